@@ -1,0 +1,305 @@
+//! `triggerfs client`: send one request, show its output live, exit with its result.
+//!
+//! [`ClientArgs`] is the flag set (each flag also a `TRIGGERFS_*` variable); [`run`] is what
+//! the binary calls. [`run_with`] takes the console, stdin and the interrupt signal as
+//! arguments so that tests can drive it without a terminal or a real Ctrl-C.
+//!
+//! Exit status: 0 every worker exited 0 (at least one ran, or `--no-wait` was queued);
+//! 1 a worker failed, exited non-zero, timed out, was lost or cancelled; 2 a request-level
+//! error or bad arguments; 3 the broker could not be reached or the connection dropped;
+//! 130 interrupted.
+
+use crate::client::{Client, RequestSpec};
+use crate::outcome::Outcome;
+use crate::render::{Console, LiveRender};
+use crate::ClientError;
+use proto::Credential;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How long to wait, after Ctrl-C and `Cancel`, for the request to end before leaving.
+const CANCEL_GRACE: Duration = Duration::from_secs(3);
+
+/// Exit status after an interrupt (128 + SIGINT), as shells expect.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Flags of `triggerfs client`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Broker address, `host:port` or `tcp://host:port`.
+    #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
+    pub broker: String,
+    /// JWT from the control plane.
+    #[arg(
+        long,
+        env = "TRIGGERFS_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// Service to send to: `service`, a worker identity, or `team/service`.
+    #[arg(long, env = "TRIGGERFS_SERVICE")]
+    pub service: String,
+    /// Plugin to run, e.g. `command/command`.
+    #[arg(long, env = "TRIGGERFS_PLUGIN")]
+    pub plugin: String,
+    /// How long the request may run (e.g. `10s`, `1h`); default: the service's timeout.
+    #[arg(long, env = "TRIGGERFS_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// The command text; when absent, all of stdin (one trailing newline trimmed).
+    #[arg(long, env = "TRIGGERFS_COMMAND")]
+    pub command: Option<String>,
+    /// A plugin argument `key=value`; repeat for more.
+    #[arg(long = "args", env = "TRIGGERFS_ARGS", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub args: Vec<(String, String)>,
+    /// File whose bytes are the request's payload.
+    #[arg(long, env = "TRIGGERFS_PAYLOAD_FILE")]
+    pub payload_file: Option<PathBuf>,
+    /// Print one JSON document at the end instead of live lines.
+    #[arg(long, env = "TRIGGERFS_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    pub json: bool,
+    /// Fire and forget: return once the broker has queued the request.
+    #[arg(long, env = "TRIGGERFS_NO_WAIT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_wait: bool,
+}
+
+/// Parses `key=value`; the key must be non-empty, the value may contain `=`.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        Some(_) => Err(format!("`{s}` has an empty key (expected KEY=VALUE)")),
+        None => Err(format!("`{s}` has no `=` (expected KEY=VALUE)")),
+    }
+}
+
+/// Runs the command on the process's stdio; Ctrl-C cancels the request.
+pub async fn run(args: ClientArgs) -> Result<i32, ClientError> {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handler: never interrupt rather than interrupt at once.
+            std::future::pending::<()>().await;
+        }
+    };
+    run_with(args, std::io::stdin(), Console::stdio(), interrupt).await
+}
+
+/// Runs the command with the given stdin, console and interrupt signal.
+///
+/// Returns the exit status; `Err` only for failures before the request is sent (bad
+/// arguments, unreadable input, unreachable broker, refused handshake) and for failing to
+/// write output. [`ClientError::exit_status`] says what such an error exits with.
+pub async fn run_with<O: Write, E: Write>(
+    args: ClientArgs,
+    stdin: impl Read,
+    mut console: Console<O, E>,
+    interrupt: impl Future<Output = ()>,
+) -> Result<i32, ClientError> {
+    let spec = request_spec(&args, stdin)?;
+    let client = Client::connect(
+        &args.broker,
+        Credential::Jwt {
+            token: args.token.clone(),
+        },
+    )
+    .await?;
+
+    let started = Instant::now();
+    let mut handle = client.request(spec).await?;
+    let mut outcome = Outcome::new(&args.service, &args.plugin);
+    let mut live = LiveRender::new(&args.service, &args.plugin, args.json);
+
+    tokio::pin!(interrupt);
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            event = handle.next() => {
+                let Some(event) = event else { break };
+                outcome.record(&event);
+                live.event(&mut console, &event).map_err(ClientError::Output)?;
+            }
+            () = &mut interrupt, if !interrupted => {
+                interrupted = true;
+                tracing::debug!(id = handle.id(), "interrupted; cancelling the request");
+                // If the connection is gone the request is over anyway.
+                let _ = handle.cancel().await;
+                break;
+            }
+        }
+    }
+    if interrupted {
+        // Keep showing what arrives while the broker winds the request down.
+        let deadline = tokio::time::Instant::now() + CANCEL_GRACE;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, handle.next()).await {
+            outcome.record(&event);
+            live.event(&mut console, &event)
+                .map_err(ClientError::Output)?;
+        }
+    }
+    outcome.finish(started.elapsed());
+    live.finish(&mut console, &outcome)
+        .map_err(ClientError::Output)?;
+    Ok(if interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        outcome.exit_status()
+    })
+}
+
+/// The request the flags describe; reads stdin when `--command` is absent.
+pub fn request_spec(args: &ClientArgs, mut stdin: impl Read) -> Result<RequestSpec, ClientError> {
+    let command_text = match &args.command {
+        Some(text) => text.clone(),
+        None => {
+            let mut text = String::new();
+            stdin
+                .read_to_string(&mut text)
+                .map_err(|source| ClientError::Read {
+                    what: "the command from stdin".to_string(),
+                    source,
+                })?;
+            trim_one_newline(text)
+        }
+    };
+    let payload = match &args.payload_file {
+        Some(path) => std::fs::read(path).map_err(|source| ClientError::Read {
+            what: format!("payload file {}", path.display()),
+            source,
+        })?,
+        None => Vec::new(),
+    };
+    Ok(RequestSpec {
+        service: args.service.clone(),
+        plugin: args.plugin.clone(),
+        // The whole text is one word: the `command` plugin hands it to `sh -c`, and
+        // splitting here would lose the user's quoting.
+        command: if command_text.is_empty() {
+            Vec::new()
+        } else {
+            vec![command_text]
+        },
+        args: args.args.clone(),
+        payload,
+        timeout: args.timeout,
+        wait: !args.no_wait,
+    })
+}
+
+fn trim_one_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        client: ClientArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ClientArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("client").chain(argv.iter().copied())).map(|c| c.client)
+    }
+
+    #[test]
+    fn key_value_arguments() {
+        let check = |s: &str, want: Result<(&str, &str), ()>| {
+            let got = parse_key_value(s);
+            match want {
+                Ok((k, v)) => assert_eq!(got, Ok((k.to_string(), v.to_string())), "{s}"),
+                Err(()) => assert!(got.is_err(), "{s} should be refused, got {got:?}"),
+            }
+        };
+        check("k=v", Ok(("k", "v")));
+        check("k=", Ok(("k", "")));
+        check("url=http://x/?a=b", Ok(("url", "http://x/?a=b")));
+        check("kv", Err(()));
+        check("=v", Err(()));
+    }
+
+    #[test]
+    fn flags_parse_into_a_request() {
+        let args = parse(&[
+            "--service",
+            "demo",
+            "--plugin",
+            "command/command",
+            "--timeout",
+            "1m 30s",
+            "--command",
+            "apt-get update && apt-get upgrade",
+            "--args",
+            "a=1",
+            "--args",
+            "b=x=y",
+            "--no-wait",
+        ])
+        .unwrap();
+        let spec = request_spec(&args, std::io::empty()).unwrap();
+        assert_eq!(
+            spec,
+            RequestSpec {
+                service: "demo".into(),
+                plugin: "command/command".into(),
+                command: vec!["apt-get update && apt-get upgrade".into()],
+                args: vec![("a".into(), "1".into()), ("b".into(), "x=y".into())],
+                payload: Vec::new(),
+                timeout: Some(Duration::from_secs(90)),
+                wait: false,
+            }
+        );
+        assert_eq!(spec.timeout_ms(), 90_000);
+        assert!(!args.json);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        let err = parse(&["--service", "s", "--plugin", "p", "--args", "nokey"]).unwrap_err();
+        assert!(err.to_string().contains("nokey"), "{err}");
+        assert!(parse(&["--service", "s", "--plugin", "p", "--timeout", "soon"]).is_err());
+        assert!(parse(&["--plugin", "p"]).is_err(), "--service is required");
+    }
+
+    #[test]
+    fn command_comes_from_stdin_without_its_last_newline() {
+        let args = parse(&["--service", "s", "--plugin", "p"]).unwrap();
+        let check = |stdin: &str, want: &[&str]| {
+            let spec = request_spec(&args, stdin.as_bytes()).unwrap();
+            assert_eq!(spec.command, want, "{stdin:?}");
+            assert_eq!(spec.timeout_ms(), 0);
+            assert!(spec.wait);
+        };
+        check("uptime\n", &["uptime"]);
+        check("uptime\r\n", &["uptime"]);
+        check("a\nb\n\n", &["a\nb\n"]);
+        check("", &[]);
+    }
+
+    #[test]
+    fn payload_file_is_read_and_a_missing_one_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("triggerfs-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("payload.bin");
+        std::fs::write(&path, b"\x00bytes\xff").unwrap();
+        let mut args = parse(&["--service", "s", "--plugin", "p", "--command", "c"]).unwrap();
+        args.payload_file = Some(path.clone());
+        assert_eq!(
+            request_spec(&args, std::io::empty()).unwrap().payload,
+            b"\x00bytes\xff"
+        );
+        args.payload_file = Some(dir.join("missing"));
+        let err = request_spec(&args, std::io::empty()).unwrap_err();
+        assert_eq!(err.exit_status(), 2, "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,109 @@
+//! A tokio connection to the broker: frames in, frames out.
+//!
+//! The one place outside the broker that touches a dataplane socket; the worker, the fs
+//! module and the benchmarks all use it.
+
+use bytes::BytesMut;
+use proto::{Frame, ProtoError, DEFAULT_MAX_FRAME};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// What can go wrong on a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The socket failed.
+    #[error("connection to the broker failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent bytes that are not a frame.
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    /// The peer closed the connection.
+    #[error("the broker closed the connection")]
+    Closed,
+}
+
+/// Reads frames from one half of a socket.
+#[derive(Debug)]
+pub struct FrameReader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+    max_frame: usize,
+}
+
+/// Writes frames to the other half, buffered; call [`FrameWriter::flush`] after a batch.
+#[derive(Debug)]
+pub struct FrameWriter {
+    half: BufWriter<OwnedWriteHalf>,
+    scratch: BytesMut,
+    max_frame: usize,
+}
+
+/// Strips `tcp://` from an address as the seed's config writes it (`tcp://host:5555`).
+pub fn broker_addr(addr: &str) -> &str {
+    addr.strip_prefix("tcp://").unwrap_or(addr)
+}
+
+/// Connects to `addr` (`host:port` or `tcp://host:port`) and splits the socket.
+pub async fn connect(addr: &str) -> Result<(FrameReader, FrameWriter), ConnectionError> {
+    let stream = TcpStream::connect(broker_addr(addr)).await?;
+    stream.set_nodelay(true)?;
+    Ok(split(stream, DEFAULT_MAX_FRAME))
+}
+
+/// Splits an open socket into a reader and a writer.
+pub fn split(stream: TcpStream, max_frame: usize) -> (FrameReader, FrameWriter) {
+    let (r, w) = stream.into_split();
+    (
+        FrameReader {
+            half: r,
+            buf: BytesMut::with_capacity(8 * 1024),
+            max_frame,
+        },
+        FrameWriter {
+            half: BufWriter::with_capacity(64 * 1024, w),
+            scratch: BytesMut::with_capacity(8 * 1024),
+            max_frame,
+        },
+    )
+}
+
+impl FrameReader {
+    /// The next frame; `Err(Closed)` when the peer closed between frames.
+    pub async fn read_frame(&mut self) -> Result<Frame, ConnectionError> {
+        loop {
+            if let Some(frame) = proto::decode(&mut self.buf, self.max_frame)? {
+                return Ok(frame);
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(8 * 1024);
+            }
+            let n = self.half.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return Err(ConnectionError::Closed);
+            }
+        }
+    }
+}
+
+impl FrameWriter {
+    /// Queues one frame in the write buffer (no flush).
+    pub async fn feed(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
+        self.scratch.clear();
+        proto::encode(frame, &mut self.scratch, self.max_frame)?;
+        self.half.write_all(&self.scratch).await?;
+        Ok(())
+    }
+
+    /// Sends the buffered frames.
+    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+        self.half.flush().await?;
+        Ok(())
+    }
+
+    /// Writes one frame and flushes.
+    pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
+        self.feed(frame).await?;
+        self.flush().await
+    }
+}

@@ -1,0 +1,92 @@
+//! The triggerFS client library, and the `triggerfs client` command built on it.
+//!
+//! Layout:
+//! - [`connection`]: a tokio frame reader/writer over one broker socket; the worker, the fs
+//!   module and the benchmarks reach the broker only through it.
+//! - [`Client`] (in `client.rs`): one connection, many requests. It does the handshake, sends
+//!   heartbeats, and hands each request's frames to its own bounded channel, read through a
+//!   [`RequestHandle`] as [`ClientEvent`]s.
+//! - [`Outcome`] (in `outcome.rs`): what a request came to, summed up from its events;
+//!   serializable for `--json`.
+//! - [`render`]: the seed's text output, written to `impl Write` so it can be tested on bytes.
+//! - [`command`]: the `client` subcommand's flags and `run`.
+//!
+//! This crate does not print anything except through [`render`], and it does not install a
+//! tracing subscriber: that is the binary's job.
+#![warn(missing_docs)]
+
+mod client;
+pub mod command;
+pub mod connection;
+mod outcome;
+pub mod render;
+
+pub use client::{Client, ClientEvent, RequestHandle, RequestSpec};
+pub use outcome::{ErrorInfo, Outcome, OutputLine, WorkerOutcome, WorkerStatus};
+
+use connection::ConnectionError;
+use proto::ErrorKind;
+
+/// What can go wrong for a client, before or outside a request's own events.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker could not be reached or the handshake's socket failed.
+    #[error("cannot reach the broker at {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// Why.
+        #[source]
+        source: ConnectionError,
+    },
+    /// Connect + handshake took too long.
+    #[error("timed out connecting to the broker at {addr}")]
+    ConnectTimeout {
+        /// The address tried.
+        addr: String,
+    },
+    /// The broker refused our `Hello` (bad token, wrong version, …).
+    #[error("the broker refused the connection: {kind}: {reason}")]
+    Refused {
+        /// Why, typed.
+        kind: ErrorKind,
+        /// Detail.
+        reason: String,
+    },
+    /// The broker answered the `Hello` with something other than `Welcome` or `Refused`.
+    #[error("bad handshake with the broker: {reason}")]
+    Handshake {
+        /// What arrived instead.
+        reason: String,
+    },
+    /// The connection is gone; no request can be sent on it.
+    #[error("the connection to the broker is gone")]
+    Disconnected,
+    /// Input the command needs could not be read (stdin, payload file).
+    #[error("cannot read {what}: {source}")]
+    Read {
+        /// What was being read.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing our own output failed (e.g. a closed pipe).
+    #[error("cannot write output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl ClientError {
+    /// The process exit status for this error: 3 when the broker is unreachable or gone,
+    /// 2 when it refused us or our input is bad, 1 when our own output failed.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::ConnectTimeout { .. }
+            | ClientError::Handshake { .. }
+            | ClientError::Disconnected => 3,
+            ClientError::Refused { .. } | ClientError::Read { .. } => 2,
+            ClientError::Output(_) => 1,
+        }
+    }
+}

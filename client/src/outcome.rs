@@ -1,0 +1,422 @@
+//! What a request came to, summed up from its events: per-worker results, the summary, the
+//! request-level error. Serializable, for `client --json`.
+//!
+//! [`Outcome::record`] takes events one at a time so that the command can render them live
+//! and still end with the same `Outcome` that [`crate::RequestHandle::collect`] returns.
+
+use crate::client::ClientEvent;
+use proto::{Algorithm, ErrorKind, Stream, Summary};
+use serde::Serialize;
+use std::time::Duration;
+
+/// Everything a request came to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// The service the request went to.
+    pub service: String,
+    /// The plugin it asked for.
+    pub plugin: String,
+    /// The service's algorithm, once the broker routed the request.
+    pub algorithm: Option<Algorithm>,
+    /// Workers the broker said it would use (from `Routed` or `Queued`).
+    pub n_workers: Option<u32>,
+    /// `Some(n)` when a fire-and-forget request was queued for `n` workers.
+    pub queued: Option<u32>,
+    /// Per-worker results: finished workers in the order they finished, then any that never
+    /// finished, in the order they first appeared.
+    pub workers: Vec<WorkerOutcome>,
+    /// The broker's counts at the end, if it got that far.
+    #[serde(serialize_with = "serialize_summary")]
+    pub summary: Option<Summary>,
+    /// The request-level error, if the request failed as a whole.
+    pub error: Option<ErrorInfo>,
+    /// The connection dropped before the request ended.
+    pub disconnected: bool,
+    /// Output lines received, both streams, all workers.
+    pub total_messages: u64,
+    /// From sending the request to its final event.
+    #[serde(rename = "time_ms", serialize_with = "serialize_millis")]
+    pub elapsed: Duration,
+}
+
+/// One worker's part of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerOutcome {
+    /// The worker's identity.
+    pub worker: String,
+    /// The plugin's exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// How the run ended.
+    pub status: WorkerStatus,
+    /// Why it failed, for runs that ended without an exit code.
+    pub error: Option<ErrorInfo>,
+    /// Output lines in arrival order.
+    pub output: Vec<OutputLine>,
+    /// Position among finished workers; orders `Outcome::workers` at the end.
+    #[serde(skip)]
+    finished_rank: Option<u64>,
+}
+
+/// How one worker's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerStatus {
+    /// Exited 0.
+    Ok,
+    /// Exited non-zero.
+    Failed,
+    /// Ran past its timeout.
+    Timeout,
+    /// The worker went away mid-run.
+    Lost,
+    /// The request was cancelled.
+    Cancelled,
+    /// Failed another way (plugin not found, plugin failed to start, …).
+    Error,
+    /// No `Done` or `Failed` arrived before the request ended (e.g. the connection dropped).
+    Unfinished,
+}
+
+/// A typed error and its detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorInfo {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// Detail.
+    pub message: String,
+}
+
+/// One line of plugin output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutputLine {
+    /// stdout or stderr.
+    pub stream: Stream,
+    /// The line, lossily decoded as UTF-8.
+    pub line: String,
+}
+
+impl WorkerStatus {
+    /// The status a `Failed { kind }` event means.
+    pub fn of_failure(kind: ErrorKind) -> WorkerStatus {
+        match kind {
+            ErrorKind::Timeout => WorkerStatus::Timeout,
+            ErrorKind::WorkerLost => WorkerStatus::Lost,
+            ErrorKind::Cancelled => WorkerStatus::Cancelled,
+            _ => WorkerStatus::Error,
+        }
+    }
+
+    /// The lowercase name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Ok => "ok",
+            WorkerStatus::Failed => "failed",
+            WorkerStatus::Timeout => "timeout",
+            WorkerStatus::Lost => "lost",
+            WorkerStatus::Cancelled => "cancelled",
+            WorkerStatus::Error => "error",
+            WorkerStatus::Unfinished => "unfinished",
+        }
+    }
+}
+
+impl Outcome {
+    /// An outcome with nothing recorded yet.
+    pub fn new(service: &str, plugin: &str) -> Outcome {
+        Outcome {
+            service: service.to_string(),
+            plugin: plugin.to_string(),
+            algorithm: None,
+            n_workers: None,
+            queued: None,
+            workers: Vec::new(),
+            summary: None,
+            error: None,
+            disconnected: false,
+            total_messages: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Adds one event.
+    pub fn record(&mut self, event: &ClientEvent) {
+        match event {
+            ClientEvent::Routed {
+                algorithm,
+                n_workers,
+            } => {
+                self.algorithm = Some(*algorithm);
+                self.n_workers = Some(*n_workers);
+            }
+            ClientEvent::Queued { n_workers } => {
+                self.n_workers = Some(*n_workers);
+                self.queued = Some(*n_workers);
+            }
+            ClientEvent::Accepted { worker } => {
+                self.worker_mut(worker);
+            }
+            ClientEvent::Output {
+                worker,
+                stream,
+                data,
+                ..
+            } => {
+                self.total_messages += 1;
+                self.worker_mut(worker).output.push(OutputLine {
+                    stream: *stream,
+                    line: String::from_utf8_lossy(data).into_owned(),
+                });
+            }
+            ClientEvent::Done { worker, exit_code } => {
+                let rank = self.next_rank();
+                let w = self.worker_mut(worker);
+                w.exit_code = Some(*exit_code);
+                w.status = if *exit_code == 0 {
+                    WorkerStatus::Ok
+                } else {
+                    WorkerStatus::Failed
+                };
+                w.finished_rank = Some(rank);
+            }
+            ClientEvent::Failed {
+                worker,
+                kind,
+                message,
+            } => {
+                let rank = self.next_rank();
+                let w = self.worker_mut(worker);
+                w.status = WorkerStatus::of_failure(*kind);
+                w.error = Some(ErrorInfo {
+                    kind: *kind,
+                    message: message.clone(),
+                });
+                w.finished_rank = Some(rank);
+            }
+            ClientEvent::Summary(summary) => self.summary = Some(*summary),
+            ClientEvent::Error { kind, message } => {
+                self.error = Some(ErrorInfo {
+                    kind: *kind,
+                    message: message.clone(),
+                })
+            }
+            ClientEvent::Disconnected => self.disconnected = true,
+        }
+    }
+
+    /// Stamps the elapsed time and puts the workers in the order they finished.
+    pub fn finish(&mut self, elapsed: Duration) {
+        self.elapsed = elapsed;
+        // Stable: unfinished workers keep their first-seen order, after the finished ones.
+        self.workers
+            .sort_by_key(|w| w.finished_rank.unwrap_or(u64::MAX));
+    }
+
+    /// The process exit status this outcome means: 0 when at least one worker ran and every
+    /// one exited 0 (or a fire-and-forget request was queued); 2 for a request-level error;
+    /// 3 when the connection dropped; 1 otherwise.
+    pub fn exit_status(&self) -> i32 {
+        if self.error.is_some() {
+            return 2;
+        }
+        if self.disconnected {
+            return 3;
+        }
+        if self.queued.is_some() {
+            return 0;
+        }
+        let all_ok =
+            !self.workers.is_empty() && self.workers.iter().all(|w| w.status == WorkerStatus::Ok);
+        let summary_ok = self
+            .summary
+            .is_none_or(|s| s.failed == 0 && s.timed_out == 0 && s.lost == 0);
+        if all_ok && summary_ok {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// Whether several workers ran (mirror, serial), so results are shown per worker.
+    pub fn is_fan_out(&self) -> bool {
+        matches!(
+            self.algorithm,
+            Some(Algorithm::Mirror) | Some(Algorithm::Serial)
+        ) || self.workers.len() > 1
+    }
+
+    fn next_rank(&self) -> u64 {
+        self.workers
+            .iter()
+            .filter(|w| w.finished_rank.is_some())
+            .count() as u64
+    }
+
+    fn worker_mut(&mut self, worker: &str) -> &mut WorkerOutcome {
+        let idx = match self.workers.iter().position(|w| w.worker == worker) {
+            Some(idx) => idx,
+            None => {
+                self.workers.push(WorkerOutcome {
+                    worker: worker.to_string(),
+                    exit_code: None,
+                    status: WorkerStatus::Unfinished,
+                    error: None,
+                    output: Vec::new(),
+                    finished_rank: None,
+                });
+                self.workers.len() - 1
+            }
+        };
+        &mut self.workers[idx]
+    }
+}
+
+/// `proto::Summary` has no serde (proto stays free of our output format), so it is written
+/// here by hand.
+fn serialize_summary<S: serde::Serializer>(
+    summary: &Option<Summary>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Counts {
+        workers: u32,
+        ok: u32,
+        failed: u32,
+        timed_out: u32,
+        lost: u32,
+    }
+    summary
+        .map(|s| Counts {
+            workers: s.workers,
+            ok: s.ok,
+            failed: s.failed,
+            timed_out: s.timed_out,
+            lost: s.lost,
+        })
+        .serialize(serializer)
+}
+
+fn serialize_millis<S: serde::Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(worker: &str, exit_code: i32) -> ClientEvent {
+        ClientEvent::Done {
+            worker: worker.to_string(),
+            exit_code,
+        }
+    }
+
+    fn failed(worker: &str, kind: ErrorKind) -> ClientEvent {
+        ClientEvent::Failed {
+            worker: worker.to_string(),
+            kind,
+            message: "m".to_string(),
+        }
+    }
+
+    fn accepted(worker: &str) -> ClientEvent {
+        ClientEvent::Accepted {
+            worker: worker.to_string(),
+        }
+    }
+
+    /// Records `events` and checks the exit status and the statuses in final order.
+    #[track_caller]
+    fn check(events: &[ClientEvent], exit_status: i32, statuses: &[(&str, &str)]) {
+        let mut outcome = Outcome::new("svc", "echo");
+        for event in events {
+            outcome.record(event);
+        }
+        outcome.finish(Duration::from_millis(5));
+        let got: Vec<(&str, &str)> = outcome
+            .workers
+            .iter()
+            .map(|w| (w.worker.as_str(), w.status.as_str()))
+            .collect();
+        assert_eq!(got, statuses);
+        assert_eq!(outcome.exit_status(), exit_status);
+    }
+
+    #[test]
+    fn exit_status_and_worker_order() {
+        let mirror = ClientEvent::Routed {
+            algorithm: Algorithm::Mirror,
+            n_workers: 3,
+        };
+        let summary = |ok, failed, lost| {
+            ClientEvent::Summary(Summary {
+                workers: 3,
+                ok,
+                failed,
+                timed_out: 0,
+                lost,
+            })
+        };
+        check(
+            &[accepted("a"), done("a", 0), summary(1, 0, 0)],
+            0,
+            &[("a", "ok")],
+        );
+        // Finished order, not first-seen order.
+        check(
+            &[
+                mirror.clone(),
+                accepted("a"),
+                accepted("b"),
+                accepted("c"),
+                done("c", 0),
+                failed("a", ErrorKind::WorkerLost),
+                done("b", 3),
+                summary(1, 2, 1),
+            ],
+            1,
+            &[("c", "ok"), ("a", "lost"), ("b", "failed")],
+        );
+        // An unfinished worker goes last and the drop is exit 3.
+        check(
+            &[
+                mirror,
+                accepted("a"),
+                accepted("b"),
+                done("b", 0),
+                ClientEvent::Disconnected,
+            ],
+            3,
+            &[("b", "ok"), ("a", "unfinished")],
+        );
+        check(
+            &[ClientEvent::Error {
+                kind: ErrorKind::NoSuchService,
+                message: "x".into(),
+            }],
+            2,
+            &[],
+        );
+        // No worker ran: not a success.
+        check(&[summary(0, 0, 0)], 1, &[]);
+        check(&[ClientEvent::Queued { n_workers: 2 }], 0, &[]);
+        check(
+            &[
+                accepted("a"),
+                failed("a", ErrorKind::Timeout),
+                summary(0, 0, 0),
+            ],
+            1,
+            &[("a", "timeout")],
+        );
+        check(
+            &[accepted("a"), failed("a", ErrorKind::Cancelled)],
+            1,
+            &[("a", "cancelled")],
+        );
+        check(
+            &[failed("a", ErrorKind::PluginNotFound)],
+            1,
+            &[("a", "error")],
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! How the `client` command shows a request: live lines as events arrive, then the report.
+//!
+//! Everything writes to `impl Write` pairs held in a [`Console`], so tests render into byte
+//! vectors. The shape follows the seed's Go client:
+//!
+//! ```text
+//! 2018/04/30 21:14:06 Sending message to service demo (roundrobin)     (stderr)
+//! [command/command@demo01]  21:14:07 up  8:26, ...                     (stdout)
+//!
+//! Exit code: 0
+//! Total messages: 1
+//! Time ran: 907.914622ms
+//! ```
+
+use crate::client::ClientEvent;
+use crate::outcome::{Outcome, WorkerOutcome, WorkerStatus};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use proto::{Algorithm, Stream};
+use std::io::{self, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where the command writes, and what it knows about the terminal.
+#[derive(Debug)]
+pub struct Console<O, E> {
+    /// Our standard output.
+    pub out: O,
+    /// Our standard error.
+    pub err: E,
+    /// Whether stderr is a terminal (a progress bar is shown only then).
+    pub err_is_terminal: bool,
+    /// The wall clock for log timestamps; tests pin it.
+    pub clock: fn() -> SystemTime,
+}
+
+impl Console<io::Stdout, io::Stderr> {
+    /// The process's own stdout and stderr.
+    pub fn stdio() -> Self {
+        use std::io::IsTerminal;
+        Console {
+            out: io::stdout(),
+            err: io::stderr(),
+            err_is_terminal: io::stderr().is_terminal(),
+            clock: SystemTime::now,
+        }
+    }
+}
+
+/// `YYYY/MM/DD HH:MM:SS` in UTC, like the prefix of Go's `log` package.
+pub fn log_timestamp(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}/{month:02}/{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Renders a request's events as they arrive (nothing in `--json` mode).
+#[derive(Debug)]
+pub struct LiveRender {
+    service: String,
+    plugin: String,
+    json: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl LiveRender {
+    /// A renderer for a request to `service` with `plugin`; `json` silences live output.
+    pub fn new(service: &str, plugin: &str, json: bool) -> LiveRender {
+        LiveRender {
+            service: service.to_string(),
+            plugin: plugin.to_string(),
+            json,
+            bar: None,
+        }
+    }
+
+    /// Shows one event.
+    pub fn event<O: Write, E: Write>(
+        &mut self,
+        console: &mut Console<O, E>,
+        event: &ClientEvent,
+    ) -> io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        match event {
+            ClientEvent::Routed {
+                algorithm,
+                n_workers,
+            } => {
+                let detail = match algorithm {
+                    Algorithm::Roundrobin => algorithm.to_string(),
+                    _ => format!("{algorithm}, {n_workers} workers"),
+                };
+                let line = format!(
+                    "{} Sending message to service {} ({detail})",
+                    log_timestamp((console.clock)()),
+                    self.service
+                );
+                self.print(&mut console.err, &line)?;
+                if *algorithm != Algorithm::Roundrobin && console.err_is_terminal {
+                    let bar = ProgressBar::with_draw_target(
+                        Some(u64::from(*n_workers)),
+                        ProgressDrawTarget::stderr(),
+                    );
+                    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} done") {
+                        bar.set_style(style);
+                    }
+                    self.bar = Some(bar);
+                }
+            }
+            ClientEvent::Output {
+                worker,
+                stream,
+                data,
+                ..
+            } => {
+                let line = format!(
+                    "[{}@{worker}] {}",
+                    self.plugin,
+                    String::from_utf8_lossy(data)
+                );
+                match stream {
+                    Stream::Stdout => self.print(&mut console.out, &line)?,
+                    Stream::Stderr => self.print(&mut console.err, &line)?,
+                }
+            }
+            ClientEvent::Done { .. } | ClientEvent::Failed { .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Clears the progress bar and writes the final report (or the JSON document).
+    pub fn finish<O: Write, E: Write>(
+        &mut self,
+        console: &mut Console<O, E>,
+        outcome: &Outcome,
+    ) -> io::Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if self.json {
+            serde_json::to_writer_pretty(&mut console.out, outcome)?;
+            writeln!(console.out)?;
+            return console.out.flush();
+        }
+        write_report(&mut console.out, &mut console.err, outcome)
+    }
+
+    /// One line, flushed at once (live), without tearing the progress bar.
+    fn print(&self, to: &mut impl Write, line: &str) -> io::Result<()> {
+        let mut write = || {
+            writeln!(to, "{line}")?;
+            to.flush()
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+/// The text report after the last event: exit codes, summary, counts and time on `out`;
+/// errors on `err`.
+pub fn write_report(
+    out: &mut impl Write,
+    err: &mut impl Write,
+    outcome: &Outcome,
+) -> io::Result<()> {
+    if let Some(error) = &outcome.error {
+        writeln!(err, "Error: {}: {}", error.kind, error.message)?;
+        return err.flush();
+    }
+    if let Some(n_workers) = outcome.queued {
+        writeln!(out, "Queued for {n_workers} worker(s)")?;
+        return out.flush();
+    }
+    writeln!(out)?;
+    if outcome.is_fan_out() {
+        for worker in &outcome.workers {
+            writeln!(out, "Exit code [{}]: {}", worker.worker, exit_text(worker))?;
+        }
+        if let Some(s) = &outcome.summary {
+            writeln!(
+                out,
+                "Summary: {} workers, {} ok, {} failed, {} timed out, {} lost",
+                s.workers, s.ok, s.failed, s.timed_out, s.lost
+            )?;
+        }
+    } else if let Some(worker) = outcome.workers.first() {
+        writeln!(out, "Exit code: {}", exit_text(worker))?;
+    }
+    writeln!(out, "Total messages: {}", outcome.total_messages)?;
+    writeln!(out, "Time ran: {:?}", outcome.elapsed)?;
+    out.flush()?;
+    if outcome.disconnected {
+        writeln!(
+            err,
+            "Error: the connection to the broker dropped before the request ended"
+        )?;
+        err.flush()?;
+    }
+    Ok(())
+}
+
+/// `0`, `3`, `lost (WorkerLost: ...)`, `timeout (Timeout: ...)`, `unfinished`.
+fn exit_text(worker: &WorkerOutcome) -> String {
+    match (worker.exit_code, &worker.error) {
+        (Some(code), _) => code.to_string(),
+        (None, Some(error)) => format!(
+            "{} ({}: {})",
+            worker.status.as_str(),
+            error.kind,
+            error.message
+        ),
+        (None, None) => WorkerStatus::Unfinished.as_str().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_like_go_log() {
+        let check = |secs: u64, want: &str| {
+            assert_eq!(
+                log_timestamp(UNIX_EPOCH + Duration::from_secs(secs)),
+                want,
+                "{secs}"
+            )
+        };
+        check(0, "1970/01/01 00:00:00");
+        check(1_525_122_846, "2018/04/30 21:14:06");
+        check(951_868_799, "2000/02/29 23:59:59");
+        check(951_868_800, "2000/03/01 00:00:00");
+        check(4_102_444_800, "2100/01/01 00:00:00");
+    }
+}

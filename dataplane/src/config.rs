@@ -1,0 +1,273 @@
+//! Where the broker learns its services and whom it trusts: the [`ConfigSource`] trait.
+//!
+//! The broker never reads a database. Until the control plane exists, [`FileConfig`] reads
+//! services from the `[broker.services.<name>]` tables of a TOML file. Authentication and
+//! authorization live behind the same trait so that they are checked in exactly one place.
+
+use proto::{Algorithm, Credential, ErrorKind};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a request may run when neither the request nor the service says: long enough for
+/// a package upgrade, short enough that a forgotten request does not hold a worker forever.
+pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One service as the broker routes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Service name.
+    pub name: String,
+    /// How requests spread over workers.
+    pub algorithm: Algorithm,
+    /// Worker identities bound to it, in a stable order (serial runs in this order).
+    pub workers: Vec<String>,
+    /// Timeout when the request gives none.
+    pub timeout: Duration,
+    /// mirror: at most this many workers at once (Salt's batch mode); `None` = all.
+    pub batch: Option<usize>,
+    /// serial: stop at the first worker that fails.
+    pub stop_on_failure: bool,
+    /// roundrobin: re-dispatch even after `Accepted` when a worker is lost.
+    pub retry: bool,
+}
+
+impl ServiceConfig {
+    /// A roundrobin service with the defaults, e.g. for a worker identity used as a service.
+    pub fn implicit(name: &str) -> ServiceConfig {
+        ServiceConfig {
+            name: name.to_string(),
+            algorithm: Algorithm::Roundrobin,
+            workers: Vec::new(),
+            timeout: DEFAULT_SERVICE_TIMEOUT,
+            batch: None,
+            stop_on_failure: false,
+            retry: false,
+        }
+    }
+}
+
+/// Who a connection belongs to, once its `Hello` was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The team.
+    pub team: String,
+    /// User or worker identity.
+    pub identity: String,
+}
+
+/// Why a `Hello` or a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The typed reason.
+    pub kind: ErrorKind,
+    /// Detail for the peer.
+    pub message: String,
+}
+
+/// The broker's one window onto configuration and trust.
+pub trait ConfigSource: Send + Sync + 'static {
+    /// Every configured service, by name.
+    fn services(&self) -> BTreeMap<String, ServiceConfig>;
+    /// Checks a `Hello` credential. The only place credentials are checked.
+    fn authenticate(&self, credential: &Credential) -> Result<Principal, Refusal>;
+}
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServiceToml {
+    #[serde(default)]
+    algorithm: Option<String>,
+    #[serde(default)]
+    workers: Vec<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    batch: Option<usize>,
+    #[serde(default)]
+    stop_on_failure: bool,
+    #[serde(default)]
+    retry: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct BrokerToml {
+    #[serde(default)]
+    services: BTreeMap<String, ServiceToml>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct FileToml {
+    #[serde(default)]
+    broker: BrokerToml,
+}
+
+/// Services from a TOML file; every credential accepted (no control plane yet).
+#[derive(Debug, Clone, Default)]
+pub struct FileConfig {
+    services: BTreeMap<String, ServiceConfig>,
+}
+
+impl FileConfig {
+    /// A source with exactly these services.
+    pub fn from_services(services: impl IntoIterator<Item = ServiceConfig>) -> FileConfig {
+        FileConfig {
+            services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        }
+    }
+
+    /// Reads `path`. Other sections of `triggerfs.toml` are ignored.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        FileConfig::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses the TOML text.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        let file: FileToml = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut services = BTreeMap::new();
+        for (name, s) in file.broker.services {
+            proto::names::check_simple("service", &name).map_err(|e| e.to_string())?;
+            let algorithm = match s.algorithm.as_deref() {
+                None => Algorithm::Roundrobin,
+                Some(a) => a.parse().map_err(|e| format!("service {name}: {e}"))?,
+            };
+            let timeout = match s.timeout.as_deref() {
+                None => DEFAULT_SERVICE_TIMEOUT,
+                Some(t) => parse_duration(t).map_err(|e| format!("service {name}: {e}"))?,
+            };
+            if s.batch == Some(0) {
+                return Err(format!("service {name}: batch must be at least 1"));
+            }
+            for w in &s.workers {
+                proto::names::check_simple("worker identity", w).map_err(|e| e.to_string())?;
+            }
+            services.insert(
+                name.clone(),
+                ServiceConfig {
+                    name,
+                    algorithm,
+                    workers: s.workers,
+                    timeout,
+                    batch: s.batch,
+                    stop_on_failure: s.stop_on_failure,
+                    retry: s.retry,
+                },
+            );
+        }
+        Ok(FileConfig { services })
+    }
+}
+
+/// `250ms`, `10s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration `{text}` (use e.g. 500ms, 10s, 5m, 1h)"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("invalid duration unit in `{text}` (ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+impl ConfigSource for FileConfig {
+    fn services(&self) -> BTreeMap<String, ServiceConfig> {
+        self.services.clone()
+    }
+
+    fn authenticate(&self, credential: &Credential) -> Result<Principal, Refusal> {
+        // No control plane yet: the credential names who the peer is and is trusted as given.
+        match credential {
+            Credential::Jwt { .. } => Ok(Principal {
+                team: "default".into(),
+                identity: "client".into(),
+            }),
+            Credential::Worker { team, identity, .. } => {
+                proto::names::check_simple("worker identity", identity).map_err(|e| Refusal {
+                    kind: ErrorKind::BadRequest,
+                    message: e.to_string(),
+                })?;
+                Ok(Principal {
+                    team: team.clone(),
+                    identity: identity.clone(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_services() {
+        let cfg = FileConfig::parse(
+            r#"
+            [main]
+            team = "x"
+            [broker.services.dc1]
+            algorithm = "mirror"
+            workers = ["w1", "w2"]
+            timeout = "1h"
+            batch = 10
+            [broker.services.rr]
+            "#,
+        )
+        .unwrap();
+        let dc1 = &cfg.services["dc1"];
+        assert_eq!(dc1.algorithm, Algorithm::Mirror);
+        assert_eq!(dc1.workers, vec!["w1", "w2"]);
+        assert_eq!(dc1.timeout, Duration::from_secs(3600));
+        assert_eq!(dc1.batch, Some(10));
+        assert_eq!(cfg.services["rr"].algorithm, Algorithm::Roundrobin);
+    }
+
+    #[test]
+    fn rejects_bad_config() {
+        for bad in [
+            "[broker.services.x]\nalgorithm = \"random\"",
+            "[broker.services.x]\ntimeout = \"10 parsecs\"",
+            "[broker.services.x]\nbatch = 0",
+            "[broker.services.x]\nworkers = [\"../w\"]",
+            "[broker.services.x]\nalgoritm = \"mirror\"",
+        ] {
+            assert!(FileConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The triggerFS broker: a thread-per-core glommio dataplane.
+//!
+//! Layout:
+//! - [`config`]: the [`ConfigSource`] trait (services, authentication) and the file-backed
+//!   source used until the control plane exists.
+//! - [`registry`]: the replica of online workers and services each shard keeps.
+//! - [`request`]: one request's life as a pure state machine (roundrobin, mirror, serial).
+//! - `shard`: a glommio executor's connections and requests; `conn`: frames over a socket.
+//!
+//! Each shard binds the listening address with `SO_REUSEPORT`, so the kernel spreads
+//! connections over the shards. A request is owned by the shard its client is on; a worker
+//! on another shard is reached through the channel mesh, once each way.
+//!
+//! This crate never touches a database; it learns configuration through [`ConfigSource`].
+
+pub mod config;
+mod conn;
+pub mod registry;
+pub mod request;
+mod shard;
+
+pub use config::{ConfigSource, FileConfig, Principal, Refusal, ServiceConfig};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use shard::{Shard, ShardMsg};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tracing::{error, info};
+
+/// Tunables of a broker run.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Executors (threads); each owns a share of the connections.
+    pub shards: usize,
+    /// Heartbeat period announced in `Welcome`; a peer silent for three is dropped.
+    pub heartbeat: Duration,
+    /// Largest frame accepted or sent.
+    pub max_frame: usize,
+    /// Frames queued towards one connection before senders wait (backpressure).
+    pub queue_depth: usize,
+    /// Capacity of each cross-shard channel.
+    pub mesh_depth: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5555)),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // One second: a dead worker is noticed within 3 s even when its socket stays open.
+            heartbeat: Duration::from_secs(1),
+            max_frame: proto::DEFAULT_MAX_FRAME,
+            queue_depth: 1024,
+            mesh_depth: 4096,
+        }
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Binding or spawning failed.
+    #[error("cannot start broker shard {shard_idx}: {message}")]
+    Start {
+        /// Which shard.
+        shard_idx: usize,
+        /// The cause.
+        message: String,
+    },
+    /// `--shards 0`.
+    #[error("the broker needs at least one shard")]
+    NoShards,
+}
+
+/// Roundrobin positions shared by all shards, so rotation is fair whichever shard a client
+/// landed on. Each shard caches the `Arc` per service; the hot path is one atomic add.
+#[derive(Debug, Default)]
+pub(crate) struct RoundRobin {
+    counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
+}
+
+impl RoundRobin {
+    pub(crate) fn counter(&self, service: &str) -> Arc<AtomicU64> {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters.entry(service.to_string()).or_default().clone()
+    }
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl BrokerHandle {
+    /// The address the broker listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Asks every shard to stop accepting and exit.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for every shard to exit.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How often a shard checks for due timeouts and the stop flag: timeouts fire at most this
+/// late, which is far below any timeout a user sets.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Starts the broker's shards and returns once every shard listens.
+pub fn start(
+    settings: BrokerSettings,
+    source: Arc<dyn ConfigSource>,
+) -> Result<BrokerHandle, BrokerError> {
+    if settings.shards == 0 {
+        return Err(BrokerError::NoShards);
+    }
+    let n = settings.shards;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rr = Arc::new(RoundRobin::default());
+    let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, settings.mesh_depth));
+    let mut threads = Vec::with_capacity(n);
+    let mut addr = settings.listen;
+    for thread_idx in 0..n {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let settings = settings.clone();
+        let source = source.clone();
+        let rr = rr.clone();
+        let mesh = mesh.clone();
+        let stop_flag = stop.clone();
+        let bind_addr = addr;
+        let builder = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("broker-shard-{thread_idx}"))
+            // Sockets need no registered buffers; a small pool keeps us under a low
+            // RLIMIT_MEMLOCK (8 MiB on many machines) even with many shards.
+            .io_memory(512 * 1024);
+        let spawned = builder.spawn(move || async move {
+            let listener = match glommio::net::TcpListener::bind(bind_addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let local = listener.local_addr().unwrap_or(bind_addr);
+            let (idx, senders) = match mesh {
+                Some(mesh) => {
+                    let _ = ready_tx.send(Ok(local));
+                    match mesh.join().await {
+                        Ok((senders, receivers)) => (senders.peer_id(), Some((senders, receivers))),
+                        Err(e) => {
+                            error!(error = %e, thread_idx, "could not join the shard mesh");
+                            return;
+                        }
+                    }
+                }
+                None => {
+                    let _ = ready_tx.send(Ok(local));
+                    (0, None)
+                }
+            };
+            let (senders, receivers) = match senders {
+                Some((s, r)) => (Some(s), Some(r)),
+                None => (None, None),
+            };
+            let shard = Rc::new(Shard::new(idx, n, settings, source, rr, senders));
+            if let Some(mut receivers) = receivers {
+                for (_peer, stream) in receivers.streams() {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        while let Some(msg) = stream.recv().await {
+                            shard.on_shard_msg(msg).await;
+                        }
+                    })
+                    .detach();
+                }
+            }
+            let stop = stop_flag;
+            {
+                let shard = shard.clone();
+                let stop = stop.clone();
+                glommio::spawn_local(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        glommio::timer::sleep(TICK).await;
+                        shard.expire().await;
+                    }
+                })
+                .detach();
+            }
+            info!(shard = idx, addr = %local, "shard listening");
+            loop {
+                let accepted =
+                    futures_lite::FutureExt::or(async { Some(listener.accept().await) }, async {
+                        while !stop.load(Ordering::Relaxed) {
+                            glommio::timer::sleep(Duration::from_millis(50)).await;
+                        }
+                        None
+                    })
+                    .await;
+                match accepted {
+                    None => break,
+                    Some(Ok(stream)) => {
+                        glommio::spawn_local(shard.clone().serve(stream)).detach();
+                    }
+                    Some(Err(e)) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        error!(shard = idx, error = %e, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        let handle = spawned.map_err(|e| BrokerError::Start {
+            shard_idx: thread_idx,
+            message: e.to_string(),
+        })?;
+        match ready_rx.recv() {
+            Ok(Ok(local)) => addr = local,
+            Ok(Err(message)) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(BrokerError::Start {
+                    shard_idx: thread_idx,
+                    message,
+                });
+            }
+            Err(_) => {
+                return Err(BrokerError::Start {
+                    shard_idx: thread_idx,
+                    message: "shard thread exited during start".into(),
+                })
+            }
+        }
+        threads.push(std::thread::spawn(move || {
+            let _ = handle.join();
+        }));
+    }
+    Ok(BrokerHandle {
+        local_addr: addr,
+        stop,
+        threads,
+    })
+}

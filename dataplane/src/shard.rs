@@ -1,0 +1,917 @@
+//! One broker shard: the connections, request runs and registry replica owned by one
+//! glommio executor.
+//!
+//! State lives in `RefCell`s on the shard and is never borrowed across an await. Work that
+//! concerns another shard crosses once through the channel mesh as a [`ShardMsg`]: a dispatch
+//! to a worker connected there, a worker's events back to the shard that owns the request,
+//! cancellations, and worker online/offline news for every registry replica.
+//!
+//! A dispatch id carries the index of the shard that owns its request in its top 8 bits, so a
+//! worker's frames are routed home without a lookup table.
+
+use crate::config::{ConfigSource, Principal};
+use crate::conn::{write_loop, FrameReader, ReadError, SharedStream};
+use crate::registry::{Registry, WorkerAt, WorkerRef};
+use crate::request::{Action, Policy, RequestRun, WorkerEvent};
+use crate::{BrokerSettings, RoundRobin};
+use glommio::channels::channel_mesh::Senders;
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpStream;
+use proto::{Algorithm, Credential, ErrorKind, Frame, ProtoError, Request, Role};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Bits of a dispatch id below the owning shard's index.
+const DISPATCH_SHARD_SHIFT: u32 = 56;
+
+/// A message from one shard to another.
+#[derive(Debug)]
+pub(crate) enum ShardMsg {
+    WorkerOnline {
+        identity: Arc<str>,
+        at: WorkerAt,
+        announced: Vec<String>,
+    },
+    WorkerOffline {
+        identity: Arc<str>,
+        at: WorkerAt,
+    },
+    /// Deliver to the worker connection `conn_id` on the receiving shard.
+    Dispatch {
+        conn_id: u64,
+        dispatch: proto::Dispatch,
+    },
+    /// Tell the worker connection `conn_id` to stop `dispatch_id`.
+    Cancel {
+        conn_id: u64,
+        dispatch_id: u64,
+    },
+    /// A worker's event for a request owned by the receiving shard.
+    Event {
+        dispatch_id: u64,
+        event: WorkerEvent,
+    },
+}
+
+/// What is known about one connection.
+enum Peer {
+    Client {
+        /// Client request id → shard request key.
+        requests: HashMap<u64, u64>,
+    },
+    Worker {
+        /// Dispatches this worker is running, from any shard.
+        inflight: HashSet<u64>,
+    },
+}
+
+struct Conn {
+    tx: Rc<LocalSender<Frame>>,
+    peer: Peer,
+}
+
+/// The fields of a request every dispatch repeats.
+struct DispatchTemplate {
+    service: String,
+    plugin: String,
+    command: Vec<String>,
+    args: Vec<proto::Arg>,
+    payload: Vec<u8>,
+    timeout_ms: u64,
+}
+
+struct RequestEntry {
+    client_conn: u64,
+    client_request_id: u64,
+    wait: bool,
+    deadline: Instant,
+    template: DispatchTemplate,
+    run: RequestRun,
+}
+
+#[derive(Default)]
+struct State {
+    registry: Registry,
+    conns: HashMap<u64, Conn>,
+    requests: HashMap<u64, RequestEntry>,
+    /// Dispatch id → request key, for dispatches of requests owned here.
+    dispatch_owner: HashMap<u64, u64>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    rr_cache: HashMap<String, Arc<AtomicU64>>,
+}
+
+/// Who the client of a request is, copied out before actions run.
+#[derive(Clone, Copy)]
+struct ClientSide {
+    conn_id: u64,
+    request_id: u64,
+    wait: bool,
+}
+
+pub(crate) struct Shard {
+    idx: usize,
+    n_shards: usize,
+    settings: BrokerSettings,
+    source: Arc<dyn ConfigSource>,
+    rr: Arc<RoundRobin>,
+    senders: Option<Rc<Senders<ShardMsg>>>,
+    state: RefCell<State>,
+    next_conn: Cell<u64>,
+    next_dispatch: Cell<u64>,
+    next_request: Cell<u64>,
+    session_base: u64,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        idx: usize,
+        n_shards: usize,
+        settings: BrokerSettings,
+        source: Arc<dyn ConfigSource>,
+        rr: Arc<RoundRobin>,
+        senders: Option<Senders<ShardMsg>>,
+    ) -> Shard {
+        let senders = senders.map(Rc::new);
+        let registry = Registry::new(source.services());
+        Shard {
+            idx,
+            n_shards,
+            settings,
+            source,
+            rr,
+            senders,
+            state: RefCell::new(State {
+                registry,
+                ..State::default()
+            }),
+            next_conn: Cell::new(1),
+            next_dispatch: Cell::new(1),
+            next_request: Cell::new(1),
+            session_base: (idx as u64) << DISPATCH_SHARD_SHIFT,
+        }
+    }
+
+    fn next_dispatch_id(&self) -> u64 {
+        let n = self.next_dispatch.get();
+        self.next_dispatch.set(n + 1);
+        ((self.idx as u64) << DISPATCH_SHARD_SHIFT) | (n & ((1 << DISPATCH_SHARD_SHIFT) - 1))
+    }
+
+    // ---------------------------------------------------------------- connections
+
+    /// Serves one accepted connection until it closes.
+    pub(crate) async fn serve(self: Rc<Self>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let stream = SharedStream::new(stream);
+        let mut reader = FrameReader::new(stream.clone(), self.settings.max_frame);
+        let (tx, rx) = local_channel::new_bounded(self.settings.queue_depth);
+        let tx = Rc::new(tx);
+        glommio::spawn_local(write_loop(stream.clone(), rx, self.settings.max_frame)).detach();
+
+        let principal_role = match self.handshake(&mut reader, &tx).await {
+            Some(p) => p,
+            None => return, // tx drops here: the writer flushes the refusal and closes
+        };
+        let conn_id = self.next_conn.get();
+        self.next_conn.set(conn_id + 1);
+        let (principal, role) = principal_role;
+        let peer = match role {
+            Role::Client => Peer::Client {
+                requests: HashMap::new(),
+            },
+            Role::Worker => Peer::Worker {
+                inflight: HashSet::new(),
+            },
+        };
+        self.state.borrow_mut().conns.insert(
+            conn_id,
+            Conn {
+                tx: tx.clone(),
+                peer,
+            },
+        );
+        let _ = tx
+            .send(Frame::Welcome {
+                session: self.session_base | conn_id,
+                heartbeat_ms: self.settings.heartbeat.as_millis() as u32,
+            })
+            .await;
+        let at = WorkerAt {
+            shard_idx: self.idx,
+            conn_id,
+        };
+        let identity: Arc<str> = principal.identity.as_str().into();
+        if role == Role::Worker {
+            info!(shard = self.idx, %identity, team = %principal.team, "worker online");
+            self.broadcast_worker(ShardMsgKind::Online(Vec::new()), identity.clone(), at)
+                .await;
+        }
+
+        let last_seen = Rc::new(Cell::new(Instant::now()));
+        let alive = Rc::new(Cell::new(true));
+        glommio::spawn_local(heartbeat_loop(
+            stream.clone(),
+            tx.clone(),
+            last_seen.clone(),
+            alive.clone(),
+            self.settings.heartbeat,
+        ))
+        .detach();
+        drop(tx);
+
+        loop {
+            let frame = match reader.read_frame().await {
+                Ok(frame) => frame,
+                Err(ReadError::Closed) => break,
+                Err(ReadError::Io(e)) => {
+                    debug!(conn_id, error = %e, "read failed");
+                    break;
+                }
+                Err(ReadError::Proto(e)) => {
+                    self.reject(conn_id, &e).await;
+                    break;
+                }
+            };
+            last_seen.set(Instant::now());
+            let ok = match role {
+                Role::Client => self.on_client_frame(conn_id, frame).await,
+                Role::Worker => self.on_worker_frame(conn_id, &identity, at, frame).await,
+            };
+            if !ok {
+                break;
+            }
+        }
+        alive.set(false);
+        self.close_conn(conn_id, identity, at).await;
+    }
+
+    /// Reads and checks the `Hello`. On refusal, queues the answer and returns `None`.
+    async fn handshake(
+        &self,
+        reader: &mut FrameReader,
+        tx: &LocalSender<Frame>,
+    ) -> Option<(Principal, Role)> {
+        let deadline = self.settings.heartbeat * 3;
+        let first = futures_lite::FutureExt::or(async { Some(reader.read_frame().await) }, async {
+            glommio::timer::sleep(deadline).await;
+            None
+        })
+        .await;
+        let refuse = |kind: ErrorKind, reason: String| Frame::Refused { kind, reason };
+        let answer = match first {
+            None => refuse(
+                ErrorKind::Malformed,
+                "no Hello within the handshake deadline".into(),
+            ),
+            Some(Err(ReadError::Closed)) | Some(Err(ReadError::Io(_))) => return None,
+            Some(Err(ReadError::Proto(e))) => {
+                let (kind, message) = proto_error_kind(&e);
+                Frame::Error {
+                    id: None,
+                    kind,
+                    message,
+                }
+            }
+            Some(Ok(frame)) => match proto::codec::check_hello(frame) {
+                Err(e) => refuse(ErrorKind::BadRequest, e.to_string()),
+                Ok(hello) => match self.source.authenticate(&hello.credential) {
+                    Ok(principal) => {
+                        let role = match hello.credential {
+                            Credential::Jwt { .. } => Role::Client,
+                            Credential::Worker { .. } => Role::Worker,
+                        };
+                        return Some((principal, role));
+                    }
+                    Err(refusal) => refuse(refusal.kind, refusal.message),
+                },
+            },
+        };
+        let _ = tx.send(answer).await;
+        None
+    }
+
+    /// Answers a frame that could not be decoded; the caller then closes the connection.
+    async fn reject(&self, conn_id: u64, e: &ProtoError) {
+        let (kind, message) = proto_error_kind(e);
+        warn!(shard = self.idx, conn_id, %message, "closing connection on bad frame");
+        self.send_to_conn(
+            conn_id,
+            Frame::Error {
+                id: None,
+                kind,
+                message,
+            },
+        )
+        .await;
+    }
+
+    async fn close_conn(&self, conn_id: u64, identity: Arc<str>, at: WorkerAt) {
+        let conn = self.state.borrow_mut().conns.remove(&conn_id);
+        let Some(conn) = conn else { return };
+        match conn.peer {
+            Peer::Client { requests } => {
+                // The client left: cancel what it waits for; fire-and-forget runs on.
+                for (_, key) in requests {
+                    let waited = self
+                        .state
+                        .borrow()
+                        .requests
+                        .get(&key)
+                        .is_some_and(|r| r.wait);
+                    if waited {
+                        self.with_request(key, |run, out| run.on_cancel(out)).await;
+                    }
+                }
+            }
+            Peer::Worker { inflight, .. } => {
+                info!(shard = self.idx, %identity, n_inflight = inflight.len(), "worker offline");
+                self.broadcast_worker(ShardMsgKind::Offline, identity, at)
+                    .await;
+                for dispatch_id in inflight {
+                    self.route_event(dispatch_id, WorkerEvent::Lost).await;
+                }
+            }
+        }
+    }
+
+    async fn send_to_conn(&self, conn_id: u64, frame: Frame) {
+        let tx = self
+            .state
+            .borrow()
+            .conns
+            .get(&conn_id)
+            .map(|c| c.tx.clone());
+        if let Some(tx) = tx {
+            // A closed connection drops its frames; its close handler cleans up.
+            let _ = tx.send(frame).await;
+        }
+    }
+
+    // ---------------------------------------------------------------- clients
+
+    async fn on_client_frame(&self, conn_id: u64, frame: Frame) -> bool {
+        match frame {
+            Frame::Heartbeat => true,
+            Frame::Request(request) => {
+                self.on_request(conn_id, request).await;
+                true
+            }
+            Frame::Cancel { id } => {
+                let key = match self.state.borrow().conns.get(&conn_id) {
+                    Some(Conn {
+                        peer: Peer::Client { requests },
+                        ..
+                    }) => requests.get(&id).copied(),
+                    _ => None,
+                };
+                if let Some(key) = key {
+                    self.with_request(key, |run, out| run.on_cancel(out)).await;
+                }
+                true
+            }
+            other => {
+                self.reject(
+                    conn_id,
+                    &ProtoError::Malformed {
+                        reason: format!("a client may not send {}", other.kind_name()),
+                    },
+                )
+                .await;
+                false
+            }
+        }
+    }
+
+    async fn request_error(&self, conn_id: u64, id: u64, kind: ErrorKind, message: String) {
+        self.send_to_conn(
+            conn_id,
+            Frame::Error {
+                id: Some(id),
+                kind,
+                message,
+            },
+        )
+        .await;
+    }
+
+    async fn on_request(&self, conn_id: u64, request: Request) {
+        let id = request.id;
+        if let Err(e) = proto::names::check_service_ref(&request.service) {
+            return self
+                .request_error(conn_id, id, ErrorKind::BadRequest, e.to_string())
+                .await;
+        }
+        if let Err(e) = proto::names::check_plugin(&request.plugin) {
+            return self
+                .request_error(conn_id, id, ErrorKind::PluginNotFound, e.to_string())
+                .await;
+        }
+        let duplicate = match self.state.borrow().conns.get(&conn_id) {
+            Some(Conn {
+                peer: Peer::Client { requests },
+                ..
+            }) => requests.contains_key(&id),
+            _ => true,
+        };
+        if duplicate {
+            return self
+                .request_error(
+                    conn_id,
+                    id,
+                    ErrorKind::BadRequest,
+                    format!("request id {id} is already in use on this connection"),
+                )
+                .await;
+        }
+
+        // Resolve and pick workers without holding the borrow past this block.
+        let resolved = {
+            let mut state = self.state.borrow_mut();
+            let state = &mut *state;
+            match state.registry.resolve(&request.service) {
+                Err(e) => Err(e),
+                Ok(route) => {
+                    let service = route.service.into_owned();
+                    let mut members = route.members;
+                    if service.algorithm == Algorithm::Roundrobin && members.len() > 1 {
+                        let counter = state
+                            .rr_cache
+                            .entry(service.name.clone())
+                            .or_insert_with(|| self.rr.counter(&service.name))
+                            .clone();
+                        let start = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            as usize
+                            % members.len();
+                        members.rotate_left(start);
+                    }
+                    Ok((service, members))
+                }
+            }
+        };
+        let (service, targets) = match resolved {
+            Ok(r) => r,
+            Err((kind, message)) => return self.request_error(conn_id, id, kind, message).await,
+        };
+
+        let timeout = if request.timeout_ms > 0 {
+            Duration::from_millis(request.timeout_ms)
+        } else {
+            service.timeout
+        };
+        let run = RequestRun::new(Policy::from(&service), targets);
+        let n_workers = run.n_workers();
+        let key = self.next_request.get();
+        self.next_request.set(key + 1);
+        let deadline = Instant::now() + timeout;
+        let client = ClientSide {
+            conn_id,
+            request_id: id,
+            wait: request.wait,
+        };
+        {
+            let mut state = self.state.borrow_mut();
+            if let Some(Conn {
+                peer: Peer::Client { requests },
+                ..
+            }) = state.conns.get_mut(&conn_id)
+            {
+                requests.insert(id, key);
+            }
+            state.deadlines.insert((deadline, key));
+            state.requests.insert(
+                key,
+                RequestEntry {
+                    client_conn: conn_id,
+                    client_request_id: id,
+                    wait: request.wait,
+                    deadline,
+                    template: DispatchTemplate {
+                        service: request.service,
+                        plugin: request.plugin,
+                        command: request.command,
+                        args: request.args,
+                        payload: request.payload,
+                        timeout_ms: timeout.as_millis() as u64,
+                    },
+                    run,
+                },
+            );
+        }
+        debug!(shard = self.idx, service = %service.name, algorithm = %service.algorithm, n_workers, "request routed");
+        let first = if client.wait {
+            Frame::Routed {
+                id,
+                algorithm: service.algorithm,
+                n_workers,
+            }
+        } else {
+            Frame::Queued { id, n_workers }
+        };
+        self.send_to_conn(conn_id, first).await;
+        self.with_request(key, |run, out| {
+            let mut ids = || self.next_dispatch_id();
+            run.start(&mut ids, out)
+        })
+        .await;
+    }
+
+    /// Runs `f` on request `key`'s state machine and carries out the actions it returns.
+    async fn with_request(&self, key: u64, f: impl FnOnce(&mut RequestRun, &mut Vec<Action>)) {
+        let mut actions = Vec::new();
+        let client = {
+            let mut state = self.state.borrow_mut();
+            let Some(entry) = state.requests.get_mut(&key) else {
+                return;
+            };
+            f(&mut entry.run, &mut actions);
+            ClientSide {
+                conn_id: entry.client_conn,
+                request_id: entry.client_request_id,
+                wait: entry.wait,
+            }
+        };
+        self.carry_out(key, client, actions).await;
+    }
+
+    async fn carry_out(&self, key: u64, client: ClientSide, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Dispatch {
+                    dispatch_id,
+                    worker,
+                } => self.dispatch(key, dispatch_id, worker).await,
+                Action::Cancel { dispatch_id, at } => {
+                    if at.shard_idx == self.idx {
+                        self.cancel_local(at.conn_id, dispatch_id).await;
+                    } else {
+                        self.mesh_send(
+                            at.shard_idx,
+                            ShardMsg::Cancel {
+                                conn_id: at.conn_id,
+                                dispatch_id,
+                            },
+                        );
+                    }
+                }
+                Action::Forget { dispatch_id } => {
+                    self.state.borrow_mut().dispatch_owner.remove(&dispatch_id);
+                }
+                Action::Relay { worker, event } => {
+                    if client.wait {
+                        self.send_to_conn(
+                            client.conn_id,
+                            Frame::Reply {
+                                id: client.request_id,
+                                worker: worker.to_string(),
+                                event,
+                            },
+                        )
+                        .await;
+                    }
+                }
+                Action::Finish { summary } => {
+                    let entry = {
+                        let mut state = self.state.borrow_mut();
+                        let entry = state.requests.remove(&key);
+                        if let Some(e) = &entry {
+                            state.deadlines.remove(&(e.deadline, key));
+                        }
+                        if let Some(Conn {
+                            peer: Peer::Client { requests },
+                            ..
+                        }) = state.conns.get_mut(&client.conn_id)
+                        {
+                            requests.remove(&client.request_id);
+                        }
+                        entry
+                    };
+                    if client.wait && entry.is_some() {
+                        self.send_to_conn(
+                            client.conn_id,
+                            Frame::Summary {
+                                id: client.request_id,
+                                summary,
+                            },
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dispatch(&self, key: u64, dispatch_id: u64, worker: WorkerRef) {
+        let dispatch = {
+            let mut state = self.state.borrow_mut();
+            let Some(entry) = state.requests.get(&key) else {
+                return;
+            };
+            let t = &entry.template;
+            let dispatch = proto::Dispatch {
+                id: dispatch_id,
+                service: t.service.clone(),
+                plugin: t.plugin.clone(),
+                command: t.command.clone(),
+                args: t.args.clone(),
+                payload: t.payload.clone(),
+                timeout_ms: t.timeout_ms,
+            };
+            state.dispatch_owner.insert(dispatch_id, key);
+            dispatch
+        };
+        if worker.at.shard_idx == self.idx {
+            self.deliver_local(worker.at.conn_id, dispatch).await;
+        } else {
+            self.mesh_send(
+                worker.at.shard_idx,
+                ShardMsg::Dispatch {
+                    conn_id: worker.at.conn_id,
+                    dispatch,
+                },
+            );
+        }
+    }
+
+    // ---------------------------------------------------------------- workers
+
+    /// Hands a dispatch to a worker connected to this shard, or reports it lost.
+    async fn deliver_local(&self, conn_id: u64, dispatch: proto::Dispatch) {
+        let dispatch_id = dispatch.id;
+        let tx = {
+            let mut state = self.state.borrow_mut();
+            match state.conns.get_mut(&conn_id) {
+                Some(Conn {
+                    tx,
+                    peer: Peer::Worker { inflight, .. },
+                }) => {
+                    inflight.insert(dispatch_id);
+                    Some(tx.clone())
+                }
+                _ => None,
+            }
+        };
+        match tx {
+            Some(tx) => {
+                if tx.send(Frame::Dispatch(dispatch)).await.is_err() {
+                    // The worker closed; its close handler reports the dispatch lost.
+                }
+            }
+            None => Box::pin(self.route_event(dispatch_id, WorkerEvent::Lost)).await,
+        }
+    }
+
+    async fn cancel_local(&self, conn_id: u64, dispatch_id: u64) {
+        let tx = {
+            let mut state = self.state.borrow_mut();
+            match state.conns.get_mut(&conn_id) {
+                Some(Conn {
+                    tx,
+                    peer: Peer::Worker { inflight, .. },
+                }) => inflight.remove(&dispatch_id).then(|| tx.clone()),
+                _ => None,
+            }
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(Frame::Cancel { id: dispatch_id }).await;
+        }
+    }
+
+    async fn on_worker_frame(
+        &self,
+        conn_id: u64,
+        identity: &Arc<str>,
+        at: WorkerAt,
+        frame: Frame,
+    ) -> bool {
+        let (id, event, last) = match frame {
+            Frame::Heartbeat => return true,
+            Frame::Announce { services } => {
+                for s in &services {
+                    if let Err(e) = proto::names::check_simple("service", s) {
+                        self.reject(
+                            conn_id,
+                            &ProtoError::Malformed {
+                                reason: e.to_string(),
+                            },
+                        )
+                        .await;
+                        return false;
+                    }
+                }
+                info!(shard = self.idx, %identity, ?services, "worker announced services");
+                self.broadcast_worker(ShardMsgKind::Online(services), identity.clone(), at)
+                    .await;
+                return true;
+            }
+            Frame::Accepted { id } => (id, WorkerEvent::Accepted, false),
+            Frame::Output {
+                id,
+                seq,
+                stream,
+                data,
+            } => (id, WorkerEvent::Output { seq, stream, data }, false),
+            Frame::Done { id, exit_code } => (id, WorkerEvent::Done { exit_code }, true),
+            Frame::Failed { id, kind, message } => {
+                (id, WorkerEvent::Failed { kind, message }, true)
+            }
+            other => {
+                self.reject(
+                    conn_id,
+                    &ProtoError::Malformed {
+                        reason: format!("a worker may not send {}", other.kind_name()),
+                    },
+                )
+                .await;
+                return false;
+            }
+        };
+        // A worker may only speak of dispatches it was given (and not yet finished or
+        // cancelled); anything else is stale and dropped.
+        let known = {
+            let mut state = self.state.borrow_mut();
+            match state.conns.get_mut(&conn_id) {
+                Some(Conn {
+                    peer: Peer::Worker { inflight, .. },
+                    ..
+                }) => {
+                    if last {
+                        inflight.remove(&id)
+                    } else {
+                        inflight.contains(&id)
+                    }
+                }
+                _ => false,
+            }
+        };
+        if known {
+            self.route_event(id, event).await;
+        }
+        true
+    }
+
+    /// Sends a worker event to the shard that owns its request.
+    async fn route_event(&self, dispatch_id: u64, event: WorkerEvent) {
+        let home = (dispatch_id >> DISPATCH_SHARD_SHIFT) as usize;
+        if home == self.idx {
+            self.on_event(dispatch_id, event).await;
+        } else if home < self.n_shards {
+            if let Some(senders) = &self.senders {
+                // Awaiting here is the backpressure from a slow request owner to this worker.
+                let _ = senders
+                    .send_to(home, ShardMsg::Event { dispatch_id, event })
+                    .await;
+            }
+        }
+    }
+
+    async fn on_event(&self, dispatch_id: u64, event: WorkerEvent) {
+        let key = self
+            .state
+            .borrow()
+            .dispatch_owner
+            .get(&dispatch_id)
+            .copied();
+        if let Some(key) = key {
+            self.with_request(key, |run, out| {
+                let mut ids = || self.next_dispatch_id();
+                run.on_event(dispatch_id, event, &mut ids, out)
+            })
+            .await;
+        }
+    }
+
+    async fn broadcast_worker(&self, kind: ShardMsgKind, identity: Arc<str>, at: WorkerAt) {
+        {
+            let mut state = self.state.borrow_mut();
+            match &kind {
+                ShardMsgKind::Online(announced) => {
+                    state
+                        .registry
+                        .worker_online(identity.clone(), at, announced.clone())
+                }
+                ShardMsgKind::Offline => state.registry.worker_offline(&identity, at),
+            }
+        }
+        if let Some(senders) = &self.senders {
+            for peer in 0..self.n_shards {
+                if peer == self.idx {
+                    continue;
+                }
+                let msg = match &kind {
+                    ShardMsgKind::Online(announced) => ShardMsg::WorkerOnline {
+                        identity: identity.clone(),
+                        at,
+                        announced: announced.clone(),
+                    },
+                    ShardMsgKind::Offline => ShardMsg::WorkerOffline {
+                        identity: identity.clone(),
+                        at,
+                    },
+                };
+                // Awaited, in order, so every replica sees online before offline.
+                let _ = senders.send_to(peer, msg).await;
+            }
+        }
+    }
+
+    /// Sends without waiting when there is room; otherwise from a task of its own, so a
+    /// mesh receiver never waits on another shard (two shards waiting on each other's full
+    /// channel would deadlock).
+    fn mesh_send(&self, peer: usize, msg: ShardMsg) {
+        let Some(senders) = &self.senders else { return };
+        if let Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(msg))) =
+            senders.try_send_to(peer, msg)
+        {
+            let senders = senders.clone();
+            glommio::spawn_local(async move {
+                let _ = senders.send_to(peer, msg).await;
+            })
+            .detach();
+        }
+    }
+
+    /// Handles a message from another shard.
+    pub(crate) async fn on_shard_msg(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::WorkerOnline {
+                identity,
+                at,
+                announced,
+            } => {
+                let mut state = self.state.borrow_mut();
+                state.registry.worker_online(identity, at, announced);
+            }
+            ShardMsg::WorkerOffline { identity, at } => {
+                let mut state = self.state.borrow_mut();
+                state.registry.worker_offline(&identity, at);
+            }
+            ShardMsg::Dispatch { conn_id, dispatch } => self.deliver_local(conn_id, dispatch).await,
+            ShardMsg::Cancel {
+                conn_id,
+                dispatch_id,
+            } => self.cancel_local(conn_id, dispatch_id).await,
+            ShardMsg::Event { dispatch_id, event } => self.on_event(dispatch_id, event).await,
+        }
+    }
+
+    /// Fires the timeouts that are due. Called by the shard's ticker.
+    pub(crate) async fn expire(&self) {
+        let now = Instant::now();
+        loop {
+            let due = {
+                let state = self.state.borrow();
+                match state.deadlines.first() {
+                    Some(&(deadline, key)) if deadline <= now => Some((deadline, key)),
+                    _ => None,
+                }
+            };
+            let Some((deadline, key)) = due else { break };
+            self.state.borrow_mut().deadlines.remove(&(deadline, key));
+            self.with_request(key, |run, out| run.on_timeout(out)).await;
+        }
+    }
+}
+
+enum ShardMsgKind {
+    Online(Vec<String>),
+    Offline,
+}
+
+/// Sends heartbeats and closes the connection when the peer has been silent for three.
+async fn heartbeat_loop(
+    stream: SharedStream,
+    tx: Rc<LocalSender<Frame>>,
+    last_seen: Rc<Cell<Instant>>,
+    alive: Rc<Cell<bool>>,
+    every: Duration,
+) {
+    loop {
+        glommio::timer::sleep(every).await;
+        if !alive.get() {
+            return;
+        }
+        if last_seen.get().elapsed() > every * 3 {
+            debug!("peer missed three heartbeats; closing");
+            stream.shutdown();
+            return;
+        }
+        // A full queue means traffic is flowing; no heartbeat needed then.
+        let _ = tx.try_send(Frame::Heartbeat);
+    }
+}
+
+fn proto_error_kind(e: &ProtoError) -> (ErrorKind, String) {
+    let kind = match e {
+        ProtoError::Oversized { .. } => ErrorKind::TooLarge,
+        ProtoError::UnsupportedVersion { .. } | ProtoError::BadHandshake { .. } => {
+            ErrorKind::BadRequest
+        }
+        ProtoError::Empty | ProtoError::Malformed { .. } => ErrorKind::Malformed,
+    };
+    (kind, e.to_string())
+}

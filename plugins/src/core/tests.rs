@@ -1,0 +1,192 @@
+use super::*;
+use std::path::{Path, PathBuf};
+
+/// A directory under the system temp dir, removed on drop (no `tempfile` in the offline
+/// registry cache).
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(label: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "triggerfs-plugins-{label}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn request(command: &[&str], payload: &[u8], args: &[(&str, &str)]) -> PluginRequest {
+    let mut req = PluginRequest {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        args: args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    req.set_payload(payload);
+    req
+}
+
+/// Runs `plugin` and returns (exit code, stdout, stderr).
+fn check(
+    plugin: fn(&PluginRequest, &mut dyn Write, &mut dyn Write) -> i32,
+    req: &PluginRequest,
+) -> (i32, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = plugin(req, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+fn append_plugin(req: &PluginRequest, _out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    append(req, err)
+}
+
+#[test]
+fn argv0_names_core_plugins() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("echo", Some("echo")),
+        ("/srv/plugins/command/command", Some("command")),
+        ("./file", Some("file")),
+        ("append", Some("append")),
+        ("triggerfs", None),
+        ("/usr/bin/triggerfs", None),
+        ("echo2", None),
+        ("", None),
+    ];
+    for (argv0, want) in cases {
+        assert_eq!(core_plugin_for_argv0(argv0), *want, "{argv0:?}");
+    }
+}
+
+#[test]
+fn echo_prints_payload_else_command_line() {
+    assert_eq!(
+        check(echo, &request(&["a", "b"], b"", &[])),
+        (0, "a b\n".into(), "".into())
+    );
+    assert_eq!(
+        check(echo, &request(&["a"], b"hello", &[])),
+        (0, "hello\n".into(), "".into())
+    );
+    assert_eq!(
+        check(echo, &request(&[], b"two\nlines\n", &[])),
+        (0, "two\nlines\n".into(), "".into())
+    );
+    let mut bad = request(&[], b"", &[]);
+    bad.payload_base64 = Some("!!".into());
+    assert_eq!(check(echo, &bad).0, EXIT_USAGE);
+}
+
+#[test]
+fn file_writes_and_replaces() {
+    let tmp = TempDir::new("file");
+    let path = tmp.path().join("out.txt");
+    let path_str = path.to_str().unwrap();
+    let (code, out, _) = check(file, &request(&[], b"first", &[("path", path_str)]));
+    assert_eq!((code, out.as_str()), (0, "file has been written.\n"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\n");
+
+    // The seed's argument name, and the command line when the payload is empty.
+    let (code, _, _) = check(
+        file,
+        &request(&["from", "command"], b"", &[("filepath", path_str)]),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "from command\n");
+
+    let (code, out, err) = check(file, &request(&[], b"x", &[]));
+    assert_eq!(code, EXIT_USAGE);
+    assert_eq!(out, "");
+    assert!(err.contains("missing argument `path`"), "{err}");
+
+    let missing_dir = tmp.path().join("no/such/dir").display().to_string();
+    assert_eq!(
+        check(file, &request(&[], b"x", &[("path", &missing_dir)])).0,
+        EXIT_FAILURE
+    );
+}
+
+#[test]
+fn append_adds_lines_silently() {
+    let tmp = TempDir::new("append");
+    let path = tmp.path().join("log");
+    let path_str = path.to_str().unwrap();
+    for payload in [&b"one"[..], b"two\n", &[0xff, b'z']] {
+        assert_eq!(
+            check(append_plugin, &request(&[], payload, &[("path", path_str)])),
+            (0, "".into(), "".into())
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"one\ntwo\n\xffz\n");
+    assert_eq!(check(append_plugin, &request(&[], b"x", &[])).0, EXIT_USAGE);
+}
+
+#[test]
+fn append_is_safe_with_concurrent_appenders() {
+    let tmp = TempDir::new("append-concurrent");
+    let path = tmp.path().join("log");
+    let n_threads = 8;
+    let n_lines = 200;
+    let line = "x".repeat(1000);
+    std::thread::scope(|scope| {
+        for thread_idx in 0..n_threads {
+            let path = path.to_str().unwrap();
+            let line = &line;
+            scope.spawn(move || {
+                for line_idx in 0..n_lines {
+                    let payload = format!("{thread_idx}:{line_idx}:{line}");
+                    let req = request(&[], payload.as_bytes(), &[("path", path)]);
+                    assert_eq!(append(&req, &mut std::io::sink()), 0);
+                }
+            });
+        }
+    });
+    let content = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = content.lines().collect();
+    assert_eq!(lines.len(), n_threads * n_lines);
+    for l in lines {
+        let mut parts = l.splitn(3, ':');
+        let (_, _, rest) = (parts.next(), parts.next(), parts.next().unwrap());
+        assert_eq!(rest, line, "interleaved record");
+    }
+}
+
+#[test]
+fn command_exit_codes() {
+    assert_eq!(command(&request(&["exit", "3"], b"", &[])), 3);
+    assert_eq!(command(&request(&["true"], b"", &[])), 0);
+    // The payload is the script when there are no command words.
+    assert_eq!(command(&request(&[], b"exit 5", &[])), 5);
+    // Killed by a signal: 128 + N.
+    assert_eq!(command(&request(&["kill", "-9", "$$"], b"", &[])), 137);
+    // Nothing to run.
+    assert_eq!(command(&request(&[], b"", &[])), EXIT_USAGE);
+}
+
+#[test]
+fn command_feeds_payload_to_stdin() {
+    let tmp = TempDir::new("command-stdin");
+    let out = tmp.path().join("copy");
+    let script = format!("cat > {}", out.display());
+    assert_eq!(command(&request(&[&script], b"fed\n", &[])), 0);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "fed\n");
+}

@@ -1,0 +1,263 @@
+use super::*;
+use crate::frame::*;
+
+fn every_frame() -> Vec<Frame> {
+    let request = Request {
+        id: 7,
+        service: "demo".into(),
+        plugin: "command/command".into(),
+        command: vec!["uptime".into()],
+        args: vec![Arg {
+            key: "k".into(),
+            value: "v".into(),
+        }],
+        payload: b"payload\0bytes".to_vec(),
+        timeout_ms: 10_000,
+        wait: true,
+    };
+    let dispatch = Dispatch {
+        id: 1 << 40,
+        service: "demo".into(),
+        plugin: "echo".into(),
+        command: vec![],
+        args: vec![],
+        payload: vec![1, 2, 3],
+        timeout_ms: 5,
+    };
+    vec![
+        Frame::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            role: Role::Client,
+            credential: Credential::Jwt {
+                token: "jwt".into(),
+            },
+        }),
+        Frame::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            role: Role::Worker,
+            credential: Credential::Worker {
+                team: "t".into(),
+                identity: "w1".into(),
+                token: "tok".into(),
+            },
+        }),
+        Frame::Welcome {
+            session: 9,
+            heartbeat_ms: 1000,
+        },
+        Frame::Refused {
+            kind: ErrorKind::Forbidden,
+            reason: "no".into(),
+        },
+        Frame::Heartbeat,
+        Frame::Announce {
+            services: vec!["a".into(), "b".into()],
+        },
+        Frame::Accepted { id: 3 },
+        Frame::Output {
+            id: 3,
+            seq: 0,
+            stream: Stream::Stderr,
+            data: b"line".to_vec(),
+        },
+        Frame::Done {
+            id: 3,
+            exit_code: -1,
+        },
+        Frame::Failed {
+            id: 3,
+            kind: ErrorKind::PluginNotFound,
+            message: "x".into(),
+        },
+        Frame::Dispatch(dispatch),
+        Frame::Cancel { id: 4 },
+        Frame::Request(request),
+        Frame::Routed {
+            id: 7,
+            algorithm: Algorithm::Mirror,
+            n_workers: 5,
+        },
+        Frame::Queued {
+            id: 7,
+            n_workers: 2,
+        },
+        Frame::Reply {
+            id: 7,
+            worker: "w1".into(),
+            event: Event::Accepted,
+        },
+        Frame::Reply {
+            id: 7,
+            worker: "w1".into(),
+            event: Event::Output {
+                seq: 1,
+                stream: Stream::Stdout,
+                data: vec![0xff; 3],
+            },
+        },
+        Frame::Reply {
+            id: 7,
+            worker: "w1".into(),
+            event: Event::Done { exit_code: 2 },
+        },
+        Frame::Reply {
+            id: 7,
+            worker: "w1".into(),
+            event: Event::Failed {
+                kind: ErrorKind::WorkerLost,
+                message: "gone".into(),
+            },
+        },
+        Frame::Summary {
+            id: 7,
+            summary: Summary {
+                workers: 5,
+                ok: 4,
+                failed: 1,
+                timed_out: 0,
+                lost: 0,
+            },
+        },
+        Frame::Error {
+            id: None,
+            kind: ErrorKind::Malformed,
+            message: "bad".into(),
+        },
+        Frame::Error {
+            id: Some(1),
+            kind: ErrorKind::NoWorkersOnline,
+            message: "none".into(),
+        },
+    ]
+}
+
+#[test]
+fn round_trip_every_frame_kind() {
+    let frames = every_frame();
+    let mut buf = BytesMut::new();
+    for f in &frames {
+        encode(f, &mut buf, DEFAULT_MAX_FRAME).unwrap();
+    }
+    for f in &frames {
+        let got = decode(&mut buf, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert_eq!(&got, f);
+    }
+    assert!(buf.is_empty());
+    assert_eq!(decode(&mut buf, DEFAULT_MAX_FRAME), Ok(None));
+}
+
+#[test]
+fn truncated_input_is_incomplete_at_every_cut() {
+    for f in every_frame() {
+        let bytes = encode_to_vec(&f);
+        for cut in 0..bytes.len() {
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            assert_eq!(
+                decode(&mut buf, DEFAULT_MAX_FRAME),
+                Ok(None),
+                "{f:?} cut {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn oversized_prefix_is_refused_before_the_body_arrives() {
+    let mut buf = BytesMut::new();
+    buf.put_u32_le(u32::MAX);
+    assert_eq!(
+        decode(&mut buf, DEFAULT_MAX_FRAME),
+        Err(ProtoError::Oversized {
+            len: u32::MAX as usize,
+            max: DEFAULT_MAX_FRAME
+        })
+    );
+    let big = Frame::Output {
+        id: 1,
+        seq: 0,
+        stream: Stream::Stdout,
+        data: vec![0; 2048],
+    };
+    let mut out = BytesMut::new();
+    assert!(matches!(
+        encode(&big, &mut out, 1024),
+        Err(ProtoError::Oversized { .. })
+    ));
+}
+
+#[test]
+fn empty_frame_is_an_error() {
+    let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
+    assert_eq!(decode(&mut buf, DEFAULT_MAX_FRAME), Err(ProtoError::Empty));
+}
+
+#[test]
+fn corrupted_bodies_never_panic() {
+    // Flip every byte of every frame in turn: each result is a frame or a typed error.
+    for f in every_frame() {
+        let bytes = encode_to_vec(&f);
+        for i in LEN_PREFIX..bytes.len() {
+            for flip in [0xffu8, 0x80, 0x01] {
+                let mut b = bytes.clone();
+                b[i] ^= flip;
+                let mut buf = BytesMut::from(&b[..]);
+                let _ = decode(&mut buf, DEFAULT_MAX_FRAME);
+            }
+        }
+    }
+}
+
+#[test]
+fn random_bytes_give_typed_errors() {
+    // A fixed xorshift so the test is repeatable.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut n_errors = 0;
+    for round in 0..2000 {
+        let len = 4 + (round % 200);
+        let mut body = Vec::with_capacity(len);
+        for _ in 0..len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            body.push(x as u8);
+        }
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(len as u32);
+        buf.put_slice(&body);
+        if decode(&mut buf, DEFAULT_MAX_FRAME).is_err() {
+            n_errors += 1;
+        }
+    }
+    assert!(
+        n_errors > 1900,
+        "random bytes decoded as frames {} times",
+        2000 - n_errors
+    );
+}
+
+#[test]
+fn wrong_version_and_wrong_first_frame_are_refused() {
+    let hello = |v, role| {
+        Frame::Hello(Hello {
+            protocol_version: v,
+            role,
+            credential: Credential::Jwt { token: "t".into() },
+        })
+    };
+    assert_eq!(
+        check_hello(hello(99, Role::Client)),
+        Err(ProtoError::UnsupportedVersion {
+            got: 99,
+            expected: PROTOCOL_VERSION
+        })
+    );
+    assert!(matches!(
+        check_hello(hello(PROTOCOL_VERSION, Role::Worker)),
+        Err(ProtoError::BadHandshake { .. })
+    ));
+    assert!(matches!(
+        check_hello(Frame::Heartbeat),
+        Err(ProtoError::BadHandshake { .. })
+    ));
+    assert!(check_hello(hello(PROTOCOL_VERSION, Role::Client)).is_ok());
+}

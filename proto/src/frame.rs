@@ -1,0 +1,405 @@
+//! Every message that crosses a dataplane connection.
+//!
+//! One enum, [`Frame`], so that a connection reads and writes exactly one type. Frames are
+//! grouped by who sends them: both sides (handshake, heartbeat), client → broker, broker →
+//! client, broker → worker, worker → broker. A request id is chosen by the client and is
+//! unique per client connection; a dispatch id is chosen by the broker and is unique per
+//! broker.
+
+use rkyv::{Archive, Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this build speaks. A `Hello` with another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Who is on the other end of a connection.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sends requests and reads replies.
+    Client,
+    /// Serves requests by running plugins.
+    Worker,
+}
+
+/// What a peer presents in its `Hello`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A client's JWT from the control plane.
+    Jwt {
+        /// The encoded token.
+        token: String,
+    },
+    /// A worker's team, identity and token.
+    Worker {
+        /// The team the worker belongs to.
+        team: String,
+        /// The worker's identity, unique in its team; it is also a service name.
+        identity: String,
+        /// The secret token issued at worker creation.
+        token: String,
+    },
+}
+
+/// The first frame on every connection.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub protocol_version: u16,
+    /// Client or worker; must match the credential's kind.
+    pub role: Role,
+    /// Proof of who the peer is.
+    pub credential: Credential,
+}
+
+/// How a service spreads a request over its workers.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// One worker, rotating; fail-over before `Accepted`.
+    Roundrobin,
+    /// Every online worker in parallel (optionally in batches).
+    Mirror,
+    /// Every online worker, one after another, in a stable order.
+    Serial,
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::Roundrobin => "roundrobin",
+            Algorithm::Mirror => "mirror",
+            Algorithm::Serial => "serial",
+        })
+    }
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "roundrobin" => Ok(Algorithm::Roundrobin),
+            "mirror" => Ok(Algorithm::Mirror),
+            "serial" => Ok(Algorithm::Serial),
+            other => Err(format!(
+                "unknown algorithm `{other}` (expected roundrobin, mirror or serial)"
+            )),
+        }
+    }
+}
+
+/// Which output stream of a plugin a line came from.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Typed errors: never strings to parse.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub enum ErrorKind {
+    /// The service (or worker identity) is not known.
+    NoSuchService,
+    /// The service exists but no worker behind it is connected.
+    NoWorkersOnline,
+    /// The caller may not use this service.
+    Forbidden,
+    /// The request ran past its timeout.
+    Timeout,
+    /// The worker has no such plugin, or the name escapes its plugins path.
+    PluginNotFound,
+    /// The worker went away while it ran the request.
+    WorkerLost,
+    /// The team's quota does not allow this.
+    QuotaExceeded,
+    /// The request itself is invalid (bad name, duplicate id, …).
+    BadRequest,
+    /// A frame could not be decoded or was out of place.
+    Malformed,
+    /// A frame was larger than the limit.
+    TooLarge,
+    /// The plugin could not be started or failed inside the worker.
+    PluginFailed,
+    /// The client cancelled the request.
+    Cancelled,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One `key=value` plugin argument.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Arg {
+    /// Argument name.
+    pub key: String,
+    /// Argument value.
+    pub value: String,
+}
+
+/// A client's request to a service.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Chosen by the client, unique on its connection.
+    pub id: u64,
+    /// `service`, a worker identity, or `team/service` for another team's public service.
+    pub service: String,
+    /// Plugin name under the worker's plugins path, e.g. `command` or `command/command`.
+    pub plugin: String,
+    /// The command words handed to the plugin.
+    pub command: Vec<String>,
+    /// Plugin arguments.
+    pub args: Vec<Arg>,
+    /// Opaque payload (e.g. the bytes written to a trigger file).
+    pub payload: Vec<u8>,
+    /// 0 means the service's timeout.
+    pub timeout_ms: u64,
+    /// false: fire-and-forget; the broker answers `Queued` and drops replies.
+    pub wait: bool,
+}
+
+/// The broker's order to a worker to run one request.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Dispatch {
+    /// Chosen by the broker; every worker frame about this run carries it.
+    pub id: u64,
+    /// The service the request was sent to.
+    pub service: String,
+    /// Plugin name (checked again by the worker).
+    pub plugin: String,
+    /// The command words.
+    pub command: Vec<String>,
+    /// Plugin arguments.
+    pub args: Vec<Arg>,
+    /// Opaque payload.
+    pub payload: Vec<u8>,
+    /// How long the worker lets the plugin run.
+    pub timeout_ms: u64,
+}
+
+/// What happened on one worker, as relayed to the client.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The worker started the plugin.
+    Accepted,
+    /// One line (or chunk) of plugin output.
+    Output {
+        /// Sequence number per worker run, from 0.
+        seq: u64,
+        /// stdout or stderr.
+        stream: Stream,
+        /// The bytes, without the trailing newline.
+        data: Vec<u8>,
+    },
+    /// The plugin ended with this exit code.
+    Done {
+        /// Exit status; 128+N when killed by signal N.
+        exit_code: i32,
+    },
+    /// The run failed without an exit code.
+    Failed {
+        /// What went wrong.
+        kind: ErrorKind,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// Counts at the end of a request.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    /// Workers the request was sent to.
+    pub workers: u32,
+    /// Exited 0.
+    pub ok: u32,
+    /// Exited non-zero or failed.
+    pub failed: u32,
+    /// Ran past the timeout.
+    pub timed_out: u32,
+    /// Went away mid-run.
+    pub lost: u32,
+}
+
+/// Every frame on a dataplane connection.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    // -- both directions --
+    /// First frame from a peer.
+    Hello(Hello),
+    /// The broker accepts the `Hello`.
+    Welcome {
+        /// Session number, unique per broker run.
+        session: u64,
+        /// How often both sides send `Heartbeat`; three missed means gone.
+        heartbeat_ms: u32,
+    },
+    /// The broker refuses the `Hello`; the connection closes.
+    Refused {
+        /// Why.
+        kind: ErrorKind,
+        /// Human-readable detail.
+        reason: String,
+    },
+    /// Liveness.
+    Heartbeat,
+
+    // -- worker → broker --
+    /// Services a worker serves (in addition to its identity).
+    Announce {
+        /// Service names.
+        services: Vec<String>,
+    },
+    /// The worker started the run of dispatch `id`.
+    Accepted {
+        /// Dispatch id.
+        id: u64,
+    },
+    /// One output line of dispatch `id`.
+    Output {
+        /// Dispatch id.
+        id: u64,
+        /// Sequence number from 0.
+        seq: u64,
+        /// stdout or stderr.
+        stream: Stream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The plugin of dispatch `id` exited.
+    Done {
+        /// Dispatch id.
+        id: u64,
+        /// Exit status.
+        exit_code: i32,
+    },
+    /// Dispatch `id` failed without an exit code.
+    Failed {
+        /// Dispatch id.
+        id: u64,
+        /// What went wrong.
+        kind: ErrorKind,
+        /// Detail.
+        message: String,
+    },
+
+    // -- broker → worker --
+    /// Run a plugin.
+    Dispatch(Dispatch),
+
+    // -- client → broker; broker → worker --
+    /// Stop request (client → broker) or dispatch (broker → worker) `id`.
+    Cancel {
+        /// Request id or dispatch id.
+        id: u64,
+    },
+
+    // -- client → broker --
+    /// A request.
+    Request(Request),
+
+    // -- broker → client --
+    /// The broker resolved the request and picked its first worker(s).
+    Routed {
+        /// Request id.
+        id: u64,
+        /// The service's algorithm.
+        algorithm: Algorithm,
+        /// How many workers it will run on.
+        n_workers: u32,
+    },
+    /// A fire-and-forget request was handed to its workers.
+    Queued {
+        /// Request id.
+        id: u64,
+        /// How many workers it went to.
+        n_workers: u32,
+    },
+    /// Something happened on one worker for request `id`.
+    Reply {
+        /// Request id.
+        id: u64,
+        /// The worker's identity.
+        worker: String,
+        /// What happened.
+        event: Event,
+    },
+    /// The request is over; always the last frame about `id`.
+    Summary {
+        /// Request id.
+        id: u64,
+        /// The counts.
+        summary: Summary,
+    },
+    /// The request (`id` set) or the connection (`id` none) failed; ends the request.
+    Error {
+        /// Request id, or none for a connection-level error.
+        id: Option<u64>,
+        /// What went wrong.
+        kind: ErrorKind,
+        /// Detail.
+        message: String,
+    },
+}
+
+impl Frame {
+    /// A short name for logs and metrics.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "Hello",
+            Frame::Welcome { .. } => "Welcome",
+            Frame::Refused { .. } => "Refused",
+            Frame::Heartbeat => "Heartbeat",
+            Frame::Announce { .. } => "Announce",
+            Frame::Accepted { .. } => "Accepted",
+            Frame::Output { .. } => "Output",
+            Frame::Done { .. } => "Done",
+            Frame::Failed { .. } => "Failed",
+            Frame::Dispatch(_) => "Dispatch",
+            Frame::Cancel { .. } => "Cancel",
+            Frame::Request(_) => "Request",
+            Frame::Routed { .. } => "Routed",
+            Frame::Queued { .. } => "Queued",
+            Frame::Reply { .. } => "Reply",
+            Frame::Summary { .. } => "Summary",
+            Frame::Error { .. } => "Error",
+        }
+    }
+}

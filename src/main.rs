@@ -1,0 +1,324 @@
+//! The `triggerfs` binary: parses arguments and calls the library crates.
+//!
+//! When started under the name of a core plugin (`<pluginspath>/command/command` is a copy
+//! of this binary, laid out by `triggerfs plugins install`), it runs that plugin instead.
+
+mod settings;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use settings::Settings;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "triggerfs",
+    version,
+    about = "Firewall-friendly realtime request/reply and trigger system"
+)]
+struct Cli {
+    /// Configuration file (default: $HOME/triggerfs.toml).
+    #[arg(long, global = true, env = "TRIGGERFS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Broker and a local worker with the core plugins, in one process: zero set-up.
+    Up(UpArgs),
+    /// Run the broker.
+    Broker(BrokerArgs),
+    /// Run a worker that connects out to the broker and serves requests with plugins.
+    Worker(WorkerArgs),
+    /// Send one request to a service and stream its output.
+    Client(client::command::ClientArgs),
+    /// Manage plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginsCommand {
+    /// Lay out the core plugins (echo, command, file, append) as DIR/<name>/<name>.
+    Install {
+        /// The plugins directory (a worker's `pluginspath`).
+        dir: PathBuf,
+    },
+    /// List the core plugins.
+    List,
+}
+
+#[derive(Args, Debug)]
+struct ShardArgs {
+    /// Executors (one thread each); default: every core.
+    #[arg(long, env = "TRIGGERFS_SHARDS")]
+    shards: Option<usize>,
+    /// Heartbeat period; a peer silent for three is dropped.
+    #[arg(long, env = "TRIGGERFS_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+}
+
+#[derive(Args, Debug)]
+struct BrokerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TRIGGERFS_LISTEN", default_value = "127.0.0.1:5555")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    shard: ShardArgs,
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    /// Data directory (plugins, state).
+    #[arg(long, env = "TRIGGERFS_DATA", default_value = "triggerfs-data")]
+    data: PathBuf,
+    /// Broker address to listen on.
+    #[arg(long, env = "TRIGGERFS_LISTEN", default_value = "127.0.0.1:5555")]
+    listen: SocketAddr,
+    /// Do not start the local worker.
+    #[arg(long)]
+    no_worker: bool,
+    #[command(flatten)]
+    shard: ShardArgs,
+}
+
+#[derive(Args, Debug)]
+struct WorkerArgs {
+    /// The worker's identity (also a service name).
+    #[arg(long, env = "TRIGGERFS_IDENTITY")]
+    identity: String,
+    /// Broker address; default: [main] broker, else 127.0.0.1:5555.
+    #[arg(long, env = "TRIGGERFS_BROKER")]
+    broker: Option<String>,
+    /// The worker's team; default: the team of [workers.<team>.<identity>].
+    #[arg(long, env = "TRIGGERFS_TEAM")]
+    team: Option<String>,
+    /// The worker's token; default: from [workers.<team>.<identity>].
+    #[arg(long, env = "TRIGGERFS_WORKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Directory of plugins; default: [workers] pluginspath.
+    #[arg(long, env = "TRIGGERFS_PLUGINSPATH")]
+    pluginspath: Option<PathBuf>,
+    /// A service to announce besides the identity; repeat for more.
+    #[arg(long = "service", env = "TRIGGERFS_SERVICES", value_delimiter = ',')]
+    services: Vec<String>,
+    /// Plugins running at once; further requests wait for a slot.
+    #[arg(long, env = "TRIGGERFS_MAX_CONCURRENCY", default_value_t = 64)]
+    max_concurrency: usize,
+    /// Run plugin `echo` as a real executable instead of answering in-process.
+    #[arg(long)]
+    no_builtin_echo: bool,
+}
+
+fn main() {
+    // A copy of this binary under a core plugin's name runs that plugin.
+    if let Some(argv0) = std::env::args_os().next() {
+        if let Some(name) = plugins::core_plugin_for_argv0(&argv0.to_string_lossy()) {
+            std::process::exit(plugins::run_core(name));
+        }
+    }
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Broker(args) => run_broker(args, &settings),
+        Command::Up(args) => run_up(args),
+        Command::Worker(args) => {
+            let config = worker_config(args, &settings)?;
+            tokio_runtime()?.block_on(async {
+                worker::run(config, shutdown_signal()).await?;
+                Ok(0)
+            })
+        }
+        Command::Client(mut args) => {
+            if std::env::var_os("TRIGGERFS_BROKER").is_none() && args.broker == "127.0.0.1:5555" {
+                if let Some(broker) = &settings.broker {
+                    args.broker = broker.clone();
+                }
+            }
+            tokio_runtime()?.block_on(async {
+                match client::command::run(args).await {
+                    Ok(code) => Ok(code),
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        Ok(e.exit_status())
+                    }
+                }
+            })
+        }
+        Command::Plugins { command } => match command {
+            PluginsCommand::Install { dir } => {
+                let exe = std::env::current_exe().context("cannot find this executable")?;
+                for path in plugins::install(&dir, &exe)? {
+                    println!("installed {}", path.display());
+                }
+                Ok(0)
+            }
+            PluginsCommand::List => {
+                for name in plugins::CORE_PLUGINS {
+                    println!("{name}");
+                }
+                Ok(0)
+            }
+        },
+    }
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn broker_settings(listen: SocketAddr, shard: &ShardArgs) -> Result<dataplane::BrokerSettings> {
+    let mut settings = dataplane::BrokerSettings {
+        listen,
+        heartbeat: shard.heartbeat,
+        ..Default::default()
+    };
+    if let Some(n) = shard.shards {
+        if n == 0 {
+            bail!("--shards must be at least 1");
+        }
+        settings.shards = n;
+    }
+    Ok(settings)
+}
+
+fn run_broker(args: BrokerArgs, settings: &Settings) -> Result<i32> {
+    let source = dataplane::FileConfig::parse(&settings.text).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid [broker] section in {}: {e}",
+            settings
+                .path
+                .as_deref()
+                .map_or("the config".into(), |p| p.display().to_string())
+        )
+    })?;
+    let handle = dataplane::start(broker_settings(args.listen, &args.shard)?, Arc::new(source))?;
+    println!("listening on {}", handle.local_addr());
+    wait_then_stop(handle)
+}
+
+fn wait_then_stop(handle: dataplane::BrokerHandle) -> Result<i32> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(shutdown_signal());
+    handle.stop();
+    handle.join();
+    Ok(0)
+}
+
+fn run_up(args: UpArgs) -> Result<i32> {
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create data dir {}", args.data.display()))?;
+    let data = args.data.canonicalize()?;
+    let services = [dataplane::ServiceConfig {
+        workers: vec!["local".into()],
+        ..dataplane::ServiceConfig::implicit("demo")
+    }];
+    let source = dataplane::FileConfig::from_services(services);
+    let handle = dataplane::start(broker_settings(args.listen, &args.shard)?, Arc::new(source))?;
+    let addr = handle.local_addr();
+    println!("listening on {addr}");
+    if args.no_worker {
+        return wait_then_stop(handle);
+    }
+    let pluginspath = data.join("plugins");
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    plugins::install(&pluginspath, &exe)?;
+    println!(
+        "local worker `local` serves service `demo` with plugins in {}",
+        pluginspath.display()
+    );
+    println!(
+        "try: triggerfs client --broker {addr} --service demo --plugin command --command uptime"
+    );
+    let config = worker::WorkerConfig {
+        broker: addr.to_string(),
+        team: "default".into(),
+        identity: "local".into(),
+        token: String::new(),
+        pluginspath,
+        services: vec!["demo".into()],
+        max_concurrency: 64,
+        builtin_echo: true,
+        reconnect_max: Duration::from_secs(1),
+    };
+    tokio_runtime()?.block_on(worker::run(config, shutdown_signal()))?;
+    handle.stop();
+    handle.join();
+    Ok(0)
+}
+
+fn worker_config(args: WorkerArgs, settings: &Settings) -> Result<worker::WorkerConfig> {
+    let from_file = settings.worker_credentials(args.team.as_deref(), &args.identity);
+    let team = args
+        .team
+        .clone()
+        .or_else(|| from_file.as_ref().map(|(t, _)| t.clone()))
+        .unwrap_or_else(|| "default".into());
+    let token = args
+        .token
+        .or_else(|| from_file.map(|(_, t)| t))
+        .unwrap_or_default();
+    let pluginspath = args
+        .pluginspath
+        .or_else(|| settings.pluginspath.clone())
+        .context("no plugins path: pass --pluginspath DIR or set [workers] pluginspath")?;
+    if !Path::new(&pluginspath).is_dir() {
+        bail!("plugins path {} is not a directory", pluginspath.display());
+    }
+    if args.max_concurrency == 0 {
+        bail!("--max-concurrency must be at least 1");
+    }
+    Ok(worker::WorkerConfig {
+        broker: args
+            .broker
+            .or_else(|| settings.broker.clone())
+            .unwrap_or_else(|| "127.0.0.1:5555".into()),
+        team,
+        identity: args.identity,
+        token,
+        pluginspath,
+        services: args.services,
+        max_concurrency: args.max_concurrency,
+        builtin_echo: !args.no_builtin_echo,
+        reconnect_max: Duration::from_secs(1),
+    })
+}

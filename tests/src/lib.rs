@@ -1,0 +1,344 @@
+//! Harness for the end-to-end tests: start the real `triggerfs` binary on 127.0.0.1 and
+//! drive it.
+//!
+//! Every server binds port 0 and prints one `listening on <addr>` line that the harness
+//! reads. Nothing sleeps for readiness: [`wait_until`] polls with a deadline. Every child
+//! process is killed when its handle drops.
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The `triggerfs` binary under test: `$TRIGGERFS_BIN`, else the one cargo built beside
+/// this test executable (`target/<profile>/triggerfs`).
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRIGGERFS_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/triggerfs
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let candidate = profile_dir.join("triggerfs");
+    assert!(
+        candidate.exists(),
+        "{} not built: run `cargo build` (or cargo test --workspace) first",
+        candidate.display()
+    );
+    candidate
+}
+
+/// A child process killed on drop, with its stderr kept for failure messages.
+pub struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    /// What it is, for messages.
+    pub name: String,
+}
+
+impl Proc {
+    /// Starts `triggerfs <args>`; stdout is returned for the caller to read.
+    pub fn spawn(
+        name: &str,
+        args: &[&str],
+    ) -> Result<(Proc, BufReader<std::process::ChildStdout>)> {
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("TRIGGERFS_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Ok((
+            Proc {
+                child,
+                stderr,
+                name: name.to_string(),
+            },
+            stdout,
+        ))
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A broker process.
+pub struct Broker {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts a broker on 127.0.0.1:0 with this `triggerfs.toml` text and `shards` shards.
+    pub fn start(config: &str, shards: usize) -> Result<Broker> {
+        Broker::start_on("127.0.0.1:0", config, shards)
+    }
+
+    /// Starts a broker on a given address (e.g. the port of one that was killed).
+    pub fn start_on(listen: &str, config: &str, shards: usize) -> Result<Broker> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("triggerfs.toml");
+        std::fs::write(&path, config)?;
+        let shards = shards.to_string();
+        let (proc, mut stdout) = Proc::spawn(
+            "broker",
+            &[
+                "broker",
+                "--listen",
+                listen,
+                "--config",
+                path.to_str().unwrap(),
+                "--shards",
+                &shards,
+            ],
+        )?;
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("broker did not start: {line:?}\n{}", proc.stderr()))?
+            .parse()?;
+        Ok(Broker {
+            proc,
+            addr,
+            _dir: dir,
+        })
+    }
+}
+
+/// A plugins directory with the core plugins and any extra scripts.
+pub struct Plugins {
+    dir: tempfile::TempDir,
+}
+
+impl Plugins {
+    /// Installs the core plugins with `triggerfs plugins install`.
+    pub fn core() -> Result<Plugins> {
+        let dir = tempfile::tempdir()?;
+        let out = Command::new(bin())
+            .args(["plugins", "install"])
+            .arg(dir.path())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "plugins install failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Plugins { dir })
+    }
+
+    /// Adds an executable script as plugin `<name>/<name>`.
+    pub fn add_script(&self, name: &str, body: &str) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let d = self.dir.path().join(name);
+        std::fs::create_dir_all(&d)?;
+        let p = d.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n"))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Starts `triggerfs worker` with this identity, announcing `services`.
+pub fn start_worker(
+    broker: SocketAddr,
+    identity: &str,
+    plugins: &Plugins,
+    extra: &[&str],
+) -> Result<Proc> {
+    let addr = broker.to_string();
+    let mut args = vec![
+        "worker",
+        "--identity",
+        identity,
+        "--broker",
+        &addr,
+        "--pluginspath",
+        plugins.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (proc, _stdout) = Proc::spawn(&format!("worker {identity}"), &args)?;
+    Ok(proc)
+}
+
+/// Polls `check` every 20 ms until it is true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Connects a library client to the broker.
+pub async fn connect(addr: SocketAddr) -> Result<client::Client> {
+    Ok(client::Client::connect(
+        &addr.to_string(),
+        proto::Credential::Jwt {
+            token: String::new(),
+        },
+    )
+    .await?)
+}
+
+/// Sends one request through the library and collects it.
+pub async fn request(
+    c: &client::Client,
+    service: &str,
+    plugin: &str,
+    command: &str,
+    timeout: Duration,
+) -> Result<client::Outcome> {
+    let spec = client::RequestSpec {
+        service: service.into(),
+        plugin: plugin.into(),
+        command: vec![command.into()],
+        args: vec![],
+        payload: vec![],
+        timeout: Some(timeout),
+        wait: true,
+    };
+    Ok(c.request(spec).await?.collect().await)
+}
+
+/// Waits until every identity answers an `echo` request (the worker is connected and every
+/// shard of the broker knows it).
+pub async fn wait_for_workers(addr: SocketAddr, identities: &[&str]) -> Result<()> {
+    let c = connect(addr).await?;
+    for id in identities {
+        wait_until(Duration::from_secs(20), &format!("worker {id}"), || async {
+            matches!(
+                request(&c, id, "echo", "ping", Duration::from_secs(5)).await,
+                Ok(o) if o.exit_status() == 0
+            )
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs `triggerfs <args>` to completion with a deadline; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], timeout: Duration) -> Result<(i32, String, String)> {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env_remove("TRIGGERFS_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "`triggerfs {}` did not finish within {timeout:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok((
+        status.code().unwrap_or(-1),
+        t_out.join().unwrap(),
+        t_err.join().unwrap(),
+    ))
+}
+
+/// True while some process's command line contains `marker`.
+pub fn process_running(marker: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for e in entries.flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                // Zombies have an empty cmdline, so a match is a live process.
+                return true;
+            }
+        }
+    }
+    false
+}

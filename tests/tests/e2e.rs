@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `triggerfs` binary on 127.0.0.1.
+//!
+//! One test binary (one link, one harness), split in modules by capability.
+
+mod e2e {
+    pub mod algorithms;
+    pub mod bad_input;
+    pub mod failures;
+    pub mod fanout;
+}

@@ -1,0 +1,68 @@
+//! Many workers on one broker: mirror to all of them.
+
+use anyhow::Result;
+use std::time::Duration;
+use tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_echo_to_200_workers() -> Result<()> {
+    const N: usize = 200;
+    let broker = Broker::start("[broker.services.all]\nalgorithm = \"mirror\"\n", 2)?;
+    let plugins = Plugins::core()?;
+    // 200 worker connections from this process (the worker library, as `triggerfs worker`
+    // runs it); each announces `all`.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for i in 0..N {
+        let config = worker::WorkerConfig {
+            broker: broker.addr.to_string(),
+            team: "default".into(),
+            identity: format!("f{i:03}"),
+            token: String::new(),
+            pluginspath: plugins.path().to_path_buf(),
+            services: vec!["all".into()],
+            max_concurrency: 4,
+            builtin_echo: true,
+            reconnect_max: Duration::from_secs(1),
+        };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(worker::run(config, async move {
+            let _ = stop.changed().await;
+        }));
+    }
+    let c = connect(broker.addr).await?;
+    wait_until(Duration::from_secs(30), "200 workers online", || async {
+        matches!(
+            request(&c, "all", "echo", "count", Duration::from_secs(10)).await,
+            Ok(o) if o.summary.is_some_and(|s| s.ok as usize == N)
+        )
+    })
+    .await?;
+
+    let addr = broker.addr.to_string();
+    let (code, out, err) = run_cli(
+        &[
+            "client",
+            "--broker",
+            &addr,
+            "--service",
+            "all",
+            "--plugin",
+            "echo",
+            "--json",
+            "--command",
+            "hello fleet",
+        ],
+        Duration::from_secs(60),
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out)?;
+    let workers = doc["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), N);
+    assert!(workers
+        .iter()
+        .all(|w| w["status"] == "ok" && w["output"][0]["line"] == "hello fleet"));
+    assert_eq!(doc["summary"]["workers"], N);
+    assert_eq!(doc["summary"]["ok"], N);
+    let _ = stop_tx.send(true);
+    Ok(())
+}

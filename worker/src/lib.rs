@@ -1,0 +1,211 @@
+//! triggerFS worker: connects out to the broker, serves dispatches by running plugins.
+//!
+//! Layout:
+//! - [`run`] (this file): the reconnect loop with exponential backoff, and shutdown.
+//! - `session`: one connection: handshake (`Hello` → `Welcome`, then `Announce`),
+//!   heartbeats, the broker-silence watchdog, and routing `Dispatch`/`Cancel` frames. One
+//!   writer task owns the socket's write half, fed by an `mpsc` channel.
+//! - [`runner`]: one dispatch: slot, plugin resolution, process group, live output, stop.
+//! - [`lines`]: splitting plugin output into lines and 64 KiB chunks.
+//!
+//! Invariants: the worker reaches the broker only through `client::connection`; no broker
+//! input makes it panic (a bad frame ends the session and it reconnects); when a session
+//! ends, every plugin it started is stopped (SIGTERM, 2 s, SIGKILL to its process group).
+
+pub mod lines;
+pub mod runner;
+mod session;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{error, info, warn};
+
+/// First reconnect delay; doubled after each failed attempt up to
+/// [`WorkerConfig::reconnect_max`].
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The default cap of the reconnect backoff: a restarted broker is found within a second.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// How long [`run`] waits at shutdown for plugins to be stopped: the SIGTERM grace plus the
+/// drain, plus slack.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(4);
+
+/// How the worker connects and what it serves.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Broker address, `host:port` or `tcp://host:port`.
+    pub broker: String,
+    /// The worker's team.
+    pub team: String,
+    /// The worker's identity (also a service name).
+    pub identity: String,
+    /// The worker's secret token.
+    pub token: String,
+    /// Where plugins live.
+    pub pluginspath: PathBuf,
+    /// Services announced after `Welcome`, in addition to the identity.
+    pub services: Vec<String>,
+    /// Plugins running at once; further dispatches wait for a slot before `Accepted`.
+    pub max_concurrency: usize,
+    /// Answer plugin `echo` in-process (for benchmarks).
+    pub builtin_echo: bool,
+    /// Cap of the exponential reconnect backoff.
+    pub reconnect_max: Duration,
+}
+
+/// What can go wrong in the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The configuration cannot work.
+    #[error("invalid worker configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TCP connection could not be made.
+    #[error("cannot connect to broker {broker}: {source}")]
+    Connect {
+        /// The address.
+        broker: String,
+        /// The cause.
+        source: client::connection::ConnectionError,
+    },
+    /// Connecting or the handshake took too long.
+    #[error("broker {broker} did not answer within {waited:?}")]
+    HandshakeTimeout {
+        /// The address.
+        broker: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The broker refused our `Hello`.
+    #[error("broker refused the worker ({kind}): {reason}")]
+    Refused {
+        /// The broker's error kind.
+        kind: proto::ErrorKind,
+        /// The broker's reason.
+        reason: String,
+    },
+    /// The broker answered the `Hello` with something else.
+    #[error("unexpected {got} frame during the handshake")]
+    Handshake {
+        /// The frame kind received.
+        got: &'static str,
+    },
+    /// The connection failed or the broker sent bytes that are not a frame.
+    #[error(transparent)]
+    Connection(#[from] client::connection::ConnectionError),
+    /// Nothing was received for three heartbeat intervals.
+    #[error("broker silent for {silent:?}")]
+    BrokerSilent {
+        /// How long.
+        silent: Duration,
+    },
+    /// The broker reported a connection-level error.
+    #[error("broker reported {kind}: {message}")]
+    Broker {
+        /// The error kind.
+        kind: proto::ErrorKind,
+        /// The broker's message.
+        message: String,
+    },
+    /// The writer task ended.
+    #[error("the connection's writer stopped")]
+    WriterStopped,
+    /// A plugin name was refused.
+    #[error("plugin `{plugin}` not found: {reason}")]
+    PluginNotFound {
+        /// The requested name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Runs the worker until `shutdown` completes: connects, serves, reconnects with backoff.
+///
+/// Returns `Ok(())` after `shutdown`, once running plugins were stopped (or after a few
+/// seconds); an error only for a configuration that cannot work.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    check_config(&config)?;
+    let max_concurrency = config.max_concurrency.max(1);
+    if config.max_concurrency == 0 {
+        warn!("max_concurrency 0 means nothing could run; using 1");
+    }
+    let reconnect_max = config.reconnect_max.max(Duration::from_millis(10));
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let shared = session::Shared {
+        runner: Arc::new(runner::RunnerConfig {
+            pluginspath: config.pluginspath.clone(),
+            identity: config.identity.clone(),
+        }),
+        slots: Arc::new(Semaphore::new(max_concurrency)),
+        alive: alive_tx,
+    };
+    tokio::pin!(shutdown);
+    let mut backoff = INITIAL_BACKOFF.min(reconnect_max);
+    loop {
+        let mut welcomed = false;
+        let ended = tokio::select! {
+            () = &mut shutdown => break,
+            ended = session::serve(&config, &shared, &mut welcomed) => ended,
+        };
+        if welcomed {
+            backoff = INITIAL_BACKOFF.min(reconnect_max);
+        }
+        let delay = match &ended {
+            // A wrong token stays wrong: do not hammer the broker.
+            WorkerError::Refused { kind, reason } => {
+                error!(broker = %config.broker, identity = %config.identity, %kind, %reason, "broker refused the worker");
+                reconnect_max
+            }
+            other => {
+                if welcomed {
+                    warn!(broker = %config.broker, error = %other, "disconnected from broker");
+                } else {
+                    info!(broker = %config.broker, error = %other, ?backoff, "cannot reach broker; retrying");
+                }
+                backoff
+            }
+        };
+        backoff = (backoff * 2).min(reconnect_max);
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+    // The session is dropped: every dispatch saw its stop channel close and is stopping its
+    // plugin. Wait until the last one dropped its `alive` sender.
+    drop(shared);
+    if tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv())
+        .await
+        .is_err()
+    {
+        warn!("plugins still stopping at shutdown");
+    }
+    info!(identity = %config.identity, "worker stopped");
+    Ok(())
+}
+
+fn check_config(config: &WorkerConfig) -> Result<(), WorkerError> {
+    let invalid = |reason: String| WorkerError::InvalidConfig { reason };
+    if config.broker.trim().is_empty() {
+        return Err(invalid("broker address is empty".into()));
+    }
+    proto::names::check_simple("team", &config.team).map_err(|e| invalid(e.to_string()))?;
+    proto::names::check_simple("identity", &config.identity).map_err(|e| invalid(e.to_string()))?;
+    for service in &config.services {
+        proto::names::check_simple("service", service).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

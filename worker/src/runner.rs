@@ -1,0 +1,468 @@
+//! Runs one dispatch: waits for a slot, resolves the plugin, starts it in its own process
+//! group, streams its output as frames and stops it.
+//!
+//! The runner knows nothing about sockets: it sends frames into an `mpsc` channel that the
+//! session's writer task drains, and learns about `Cancel` (or the connection going away)
+//! through a `oneshot`. Every frame of one dispatch is sent from one task, so they are in
+//! order.
+//!
+//! Stopping a plugin is three steps: SIGTERM to the group, [`TERM_GRACE`], SIGKILL to the
+//! group. When the plugin's main process exits on its own, its pipes are drained for at most
+//! [`DRAIN_AFTER_EXIT`], then whatever is left of its group is killed: a background child
+//! holding a pipe neither keeps the dispatch open nor outlives it.
+
+use crate::lines::{LineReader, MAX_LINE};
+use crate::WorkerError;
+use proto::{Dispatch, ErrorKind, Frame, Stream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, warn};
+
+/// How long a plugin has between SIGTERM and SIGKILL: enough to flush and clean up, short
+/// enough that a cancel is felt at once.
+pub const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the pipes are read after the plugin's main process exited: its last lines are
+/// almost always already in the pipe, and a background child may hold the pipe forever.
+pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// Lines buffered between a plugin's pipe readers and its dispatch task.
+const LINE_QUEUE: usize = 64;
+
+/// How often a spawn that fails with ETXTBSY is tried again: the file was just written (an
+/// install in progress, or another thread's fork still holds a write descriptor).
+const SPAWN_ATTEMPTS: u32 = 5;
+
+/// Why a dispatch must stop before its plugin exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The broker sent `Cancel`.
+    Cancel,
+}
+
+/// What the runner needs from the worker's configuration.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Where plugins live.
+    pub pluginspath: PathBuf,
+    /// The worker identity, handed to plugins.
+    pub identity: String,
+}
+
+/// A plugin that passed every check: the file to execute and how to present it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPlugin {
+    /// The canonical path of the executable (symlinks resolved, inside the plugins path).
+    pub path: PathBuf,
+    /// `<pluginspath>/<name>` as requested: the plugin's `argv[0]`, so that the `triggerfs`
+    /// binary copied in as a core plugin sees its name even behind an internal symlink.
+    pub argv0: PathBuf,
+    /// The plugin's directory, its working directory.
+    pub dir: PathBuf,
+}
+
+/// Resolves plugin `name` under `pluginspath`: `x` means `<pluginspath>/x/x`, `x/y` means
+/// `<pluginspath>/x/y`. Refuses bad names, anything whose canonical path leaves the canonical
+/// plugins path, and anything that is not an executable regular file.
+pub fn resolve_plugin(pluginspath: &Path, name: &str) -> Result<ResolvedPlugin, WorkerError> {
+    let refuse = |reason: String| WorkerError::PluginNotFound {
+        plugin: name.to_string(),
+        reason,
+    };
+    proto::names::check_plugin(name).map_err(|e| refuse(e.to_string()))?;
+    let relative = if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new(name).join(name)
+    };
+    let root = pluginspath.canonicalize().map_err(|e| {
+        refuse(format!(
+            "plugins path {} is not usable: {e}",
+            pluginspath.display()
+        ))
+    })?;
+    let argv0 = pluginspath.join(&relative);
+    let path = argv0
+        .canonicalize()
+        .map_err(|e| refuse(format!("{}: {e}", argv0.display())))?;
+    if !path.starts_with(&root) {
+        return Err(refuse(format!(
+            "{} resolves to {}, outside the plugins path",
+            argv0.display(),
+            path.display()
+        )));
+    }
+    let meta = std::fs::metadata(&path).map_err(|e| refuse(format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(refuse(format!("{} is not a regular file", path.display())));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(refuse(format!("{} is not executable", path.display())));
+    }
+    let dir = path.parent().unwrap_or(&root).to_path_buf();
+    Ok(ResolvedPlugin { path, argv0, dir })
+}
+
+/// The JSON request a plugin reads on stdin.
+pub fn plugin_request(dispatch: &Dispatch, identity: &str) -> plugins::PluginRequest {
+    let mut request = plugins::PluginRequest {
+        request_id: dispatch.id,
+        service: dispatch.service.clone(),
+        plugin: dispatch.plugin.clone(),
+        worker: identity.to_string(),
+        command: dispatch.command.clone(),
+        args: dispatch
+            .args
+            .iter()
+            .map(|arg| (arg.key.clone(), arg.value.clone()))
+            .collect(),
+        timeout_ms: dispatch.timeout_ms,
+        ..Default::default()
+    };
+    request.set_payload(&dispatch.payload);
+    request
+}
+
+/// `TRIGGERFS_ARG_<KEY>`: the key uppercased, anything but letters, digits and `_` as `_`,
+/// so that no argument name can make an invalid (or `=`-splitting) variable name.
+pub fn arg_env_name(key: &str) -> String {
+    let key: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("TRIGGERFS_ARG_{key}")
+}
+
+/// Serves one dispatch to the end, sending `Accepted`/`Output`/`Done` or `Failed` to `out`.
+///
+/// `stop` yields [`Stop::Cancel`] on `Cancel`; its sender being dropped means the connection
+/// is gone: the plugin is stopped the same way, and nothing more is reported.
+pub async fn serve_dispatch(
+    runner: Arc<RunnerConfig>,
+    dispatch: Dispatch,
+    slots: Arc<Semaphore>,
+    mut stop: oneshot::Receiver<Stop>,
+    out: mpsc::Sender<Frame>,
+) {
+    let id = dispatch.id;
+    // The dispatch's time counts from its arrival, slot wait included: that is the time the
+    // client waits.
+    let deadline = (dispatch.timeout_ms > 0)
+        .then(|| Instant::now() + Duration::from_millis(dispatch.timeout_ms));
+    let _permit = tokio::select! {
+        permit = slots.acquire_owned() => match permit {
+            Ok(permit) => permit,
+            Err(_closed) => return,
+        },
+        stopped = &mut stop => {
+            if stopped == Ok(Stop::Cancel) {
+                let _ = out.send(failed(id, ErrorKind::Cancelled, "cancelled before it started")).await;
+            }
+            return;
+        }
+        () = until(deadline) => {
+            let message = "timed out waiting for a free plugin slot";
+            let _ = out.send(failed(id, ErrorKind::Timeout, message)).await;
+            return;
+        }
+    };
+    let plugin = match resolve_plugin(&runner.pluginspath, &dispatch.plugin) {
+        Ok(plugin) => plugin,
+        Err(e) => {
+            debug!(id, plugin = %dispatch.plugin, error = %e, "plugin refused");
+            let _ = out
+                .send(failed(id, ErrorKind::PluginNotFound, e.to_string()))
+                .await;
+            return;
+        }
+    };
+    run_plugin(&runner, &plugin, &dispatch, deadline, stop, &out).await;
+}
+
+fn failed(id: u64, kind: ErrorKind, message: impl Into<String>) -> Frame {
+    Frame::Failed {
+        id,
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Completes at `deadline`, never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends `signal` to process group `pgid`; a group that is already gone is not an error.
+fn kill_group(pgid: i32, signal: i32) {
+    // SAFETY: killpg has no memory-safety preconditions.
+    let rc = unsafe { libc::killpg(pgid, signal) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            warn!(pgid, signal, error = %err, "killpg failed");
+        }
+    }
+}
+
+/// SIGKILLs the plugin's process group when dropped: at the end of every run, and also if
+/// the dispatch task itself is dropped (runtime shutdown), so no plugin outlives its task.
+struct GroupGuard(i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0, libc::SIGKILL);
+    }
+}
+
+/// The exit code of `status`: its code, or 128+N when signal N killed it.
+fn exit_code(status: ExitStatus) -> i32 {
+    plugins::core::exit_code_of(status)
+}
+
+/// Why the plugin was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Cancel,
+    Timeout,
+    ConnectionLost,
+}
+
+fn spawn_command(
+    runner: &RunnerConfig,
+    plugin: &ResolvedPlugin,
+    dispatch: &Dispatch,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&plugin.path);
+    cmd.arg0(&plugin.argv0)
+        .current_dir(&plugin.dir)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("TRIGGERFS_REQUEST_ID", dispatch.id.to_string())
+        .env("TRIGGERFS_SERVICE", &dispatch.service)
+        .env("TRIGGERFS_PLUGIN", &dispatch.plugin)
+        .env("TRIGGERFS_WORKER", &runner.identity)
+        .env("TRIGGERFS_TIMEOUT_MS", dispatch.timeout_ms.to_string());
+    for arg in &dispatch.args {
+        // A NUL cannot be in the environment; the plugin still sees the argument on stdin.
+        if arg.value.contains('\0') {
+            continue;
+        }
+        cmd.env(arg_env_name(&arg.key), &arg.value);
+    }
+    cmd
+}
+
+async fn spawn_with_retry(
+    cmd: &mut tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    let mut attempt = 1;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < SPAWN_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn read_pipe(
+    stream: Stream,
+    pipe: impl AsyncRead + Unpin,
+    lines: mpsc::Sender<(Stream, Vec<u8>)>,
+) {
+    let mut reader = LineReader::new(pipe, MAX_LINE);
+    loop {
+        match reader.next_line().await {
+            Ok(Some(line)) => {
+                if lines.send((stream, line)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                debug!(?stream, error = %e, "plugin pipe read failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the plugin and follows it to the end.
+async fn run_plugin(
+    runner: &RunnerConfig,
+    plugin: &ResolvedPlugin,
+    dispatch: &Dispatch,
+    deadline: Option<Instant>,
+    mut stop: oneshot::Receiver<Stop>,
+    out: &mpsc::Sender<Frame>,
+) {
+    let id = dispatch.id;
+    let mut cmd = spawn_command(runner, plugin, dispatch);
+    let mut child = match spawn_with_retry(&mut cmd).await {
+        Ok(child) => child,
+        Err(e) => {
+            warn!(id, plugin = %dispatch.plugin, error = %e, "cannot start plugin");
+            let message = format!("cannot start {}: {e}", plugin.path.display());
+            let _ = out.send(failed(id, ErrorKind::PluginFailed, message)).await;
+            return;
+        }
+    };
+    let Some(pid) = child.id() else {
+        // Only after a successful wait; a fresh child always has its pid.
+        let _ = out
+            .send(failed(id, ErrorKind::PluginFailed, "plugin vanished"))
+            .await;
+        return;
+    };
+    let pgid = pid as i32;
+    let _group = GroupGuard(pgid);
+    debug!(id, pid, plugin = %dispatch.plugin, "plugin started");
+
+    let mut request = serde_json::to_vec(&plugin_request(dispatch, &runner.identity))
+        .expect("a PluginRequest always serialises");
+    request.push(b'\n');
+    let _stdin_task = child.stdin.take().map(|mut stdin| {
+        AbortOnDrop(tokio::spawn(async move {
+            // A plugin that exits without reading its stdin is not an error.
+            let _ = stdin.write_all(&request).await;
+        }))
+    });
+    let (line_tx, mut line_rx) = mpsc::channel(LINE_QUEUE);
+    let _stdout_task = child.stdout.take().map(|pipe| {
+        AbortOnDrop(tokio::spawn(read_pipe(
+            Stream::Stdout,
+            pipe,
+            line_tx.clone(),
+        )))
+    });
+    let _stderr_task = child.stderr.take().map(|pipe| {
+        AbortOnDrop(tokio::spawn(read_pipe(
+            Stream::Stderr,
+            pipe,
+            line_tx.clone(),
+        )))
+    });
+    drop(line_tx);
+
+    let mut connected = out.send(Frame::Accepted { id }).await.is_ok();
+    let mut seq = 0u64;
+    let mut cause: Option<Cause> = None;
+    let mut status: Option<std::io::Result<ExitStatus>> = None;
+    let mut lines_open = true;
+    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+    let term_sleep = tokio::time::sleep_until(far_future);
+    let drain_sleep = tokio::time::sleep_until(far_future);
+    let timeout = until(deadline);
+    tokio::pin!(term_sleep, drain_sleep, timeout);
+    let mut term_armed = false;
+    let mut drain_armed = false;
+
+    while lines_open || status.is_none() {
+        let mut stop_now = None;
+        tokio::select! {
+            line = line_rx.recv(), if lines_open => match line {
+                Some((stream, data)) => {
+                    if connected {
+                        let frame = Frame::Output { id, seq, stream, data };
+                        connected = out.send(frame).await.is_ok();
+                    }
+                    seq += 1;
+                }
+                None => lines_open = false,
+            },
+            exited = child.wait(), if status.is_none() => {
+                status = Some(exited);
+                drain_sleep.as_mut().reset(Instant::now() + DRAIN_AFTER_EXIT);
+                drain_armed = true;
+            }
+            stopped = &mut stop, if cause.is_none() => {
+                stop_now = Some(match stopped {
+                    Ok(Stop::Cancel) => Cause::Cancel,
+                    Err(_) => Cause::ConnectionLost,
+                });
+            }
+            () = &mut timeout, if cause.is_none() => stop_now = Some(Cause::Timeout),
+            () = &mut term_sleep, if term_armed && status.is_none() => {
+                debug!(id, pgid, "plugin ignored SIGTERM; killing its group");
+                kill_group(pgid, libc::SIGKILL);
+                term_armed = false;
+            }
+            () = &mut drain_sleep, if drain_armed && lines_open => {
+                debug!(id, pgid, "plugin pipes still open after it exited; killing its group");
+                break;
+            }
+        }
+        if let Some(stop_cause) = stop_now {
+            cause = Some(stop_cause);
+            if stop_cause == Cause::ConnectionLost {
+                connected = false;
+            }
+            debug!(id, pgid, ?stop_cause, "stopping plugin");
+            kill_group(pgid, libc::SIGTERM);
+            if status.is_none() {
+                term_sleep.as_mut().reset(Instant::now() + TERM_GRACE);
+                term_armed = true;
+            }
+        }
+    }
+    // Whatever is left of the group (background children) goes now, not when `_group` drops
+    // after the last frame is queued.
+    kill_group(pgid, libc::SIGKILL);
+    if !connected {
+        return;
+    }
+    let last = match (cause, status) {
+        (Some(Cause::Timeout), _) => failed(
+            id,
+            ErrorKind::Timeout,
+            format!(
+                "plugin {} ran past its timeout of {} ms",
+                dispatch.plugin, dispatch.timeout_ms
+            ),
+        ),
+        (Some(Cause::Cancel), _) => failed(id, ErrorKind::Cancelled, "cancelled"),
+        (Some(Cause::ConnectionLost), _) => return,
+        (None, Some(Ok(status))) => Frame::Done {
+            id,
+            exit_code: exit_code(status),
+        },
+        (None, Some(Err(e))) => failed(
+            id,
+            ErrorKind::PluginFailed,
+            format!("cannot wait for the plugin: {e}"),
+        ),
+        (None, None) => failed(id, ErrorKind::PluginFailed, "plugin state lost"),
+    };
+    let _ = out.send(last).await;
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

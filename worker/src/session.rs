@@ -1,0 +1,257 @@
+//! One connection to the broker, from `Hello` until it breaks.
+//!
+//! The session task reads frames and routes them; a writer task owns the write half and
+//! sends whatever the channel yields, flushing after each batch. Dropping the session drops
+//! every dispatch's stop sender, which stops their plugins, and aborts the writer, which
+//! closes the socket.
+
+use crate::runner::{self, RunnerConfig, Stop};
+use crate::{WorkerConfig, WorkerError};
+use client::connection::{connect, ConnectionError, FrameReader, FrameWriter};
+use proto::{Credential, ErrorKind, Frame, Hello, Role, PROTOCOL_VERSION};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// How long connecting plus the handshake may take before we try again.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A heartbeat interval below this from a broker is taken as this: 0 would spin.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// Frames queued for the writer: deep enough for bursts of output from many plugins, bounded
+/// so that a stalled socket slows the plugins' readers instead of growing memory.
+const OUT_QUEUE: usize = 1024;
+
+/// Frames written before a flush, at most.
+const WRITE_BATCH: usize = 64;
+
+/// State that outlives a session.
+pub(crate) struct Shared {
+    pub(crate) runner: Arc<RunnerConfig>,
+    pub(crate) slots: Arc<Semaphore>,
+    /// Each dispatch task holds a clone; [`crate::run`] waits for all to drop at shutdown.
+    pub(crate) alive: mpsc::Sender<()>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connects, handshakes and serves until the connection breaks; returns why it ended.
+/// `welcomed` is set once the broker accepted us.
+pub(crate) async fn serve(
+    config: &WorkerConfig,
+    shared: &Shared,
+    welcomed: &mut bool,
+) -> WorkerError {
+    match serve_inner(config, shared, welcomed).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+async fn handshake(config: &WorkerConfig) -> Result<(FrameReader, FrameWriter, u32), WorkerError> {
+    let (mut reader, mut writer) =
+        connect(&config.broker)
+            .await
+            .map_err(|source| WorkerError::Connect {
+                broker: config.broker.clone(),
+                source,
+            })?;
+    let hello = Frame::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        role: Role::Worker,
+        credential: Credential::Worker {
+            team: config.team.clone(),
+            identity: config.identity.clone(),
+            token: config.token.clone(),
+        },
+    });
+    writer.write_frame(&hello).await?;
+    match reader.read_frame().await? {
+        Frame::Welcome { heartbeat_ms, .. } => Ok((reader, writer, heartbeat_ms)),
+        Frame::Refused { kind, reason } => Err(WorkerError::Refused { kind, reason }),
+        Frame::Error { kind, message, .. } => Err(WorkerError::Broker { kind, message }),
+        other => Err(WorkerError::Handshake {
+            got: other.kind_name(),
+        }),
+    }
+}
+
+async fn serve_inner(
+    config: &WorkerConfig,
+    shared: &Shared,
+    welcomed: &mut bool,
+) -> Result<Never, WorkerError> {
+    let (mut reader, mut writer, heartbeat_ms) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(config))
+            .await
+            .map_err(|_| WorkerError::HandshakeTimeout {
+                broker: config.broker.clone(),
+                waited: HANDSHAKE_TIMEOUT,
+            })??;
+    *welcomed = true;
+    writer
+        .write_frame(&Frame::Announce {
+            services: config.services.clone(),
+        })
+        .await?;
+    info!(broker = %config.broker, identity = %config.identity, "connected to broker");
+
+    let heartbeat = Duration::from_millis(u64::from(heartbeat_ms)).max(MIN_HEARTBEAT);
+    let silence_limit = heartbeat * 3;
+    let (out_tx, out_rx) = mpsc::channel::<Frame>(OUT_QUEUE);
+    let mut writer_task = AbortOnDrop(tokio::spawn(write_frames(writer, out_rx)));
+    let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let silence = tokio::time::sleep(silence_limit);
+    tokio::pin!(silence);
+    // Stop senders of running dispatches; dropping one stops its plugin.
+    let mut active: HashMap<u64, oneshot::Sender<Stop>> = HashMap::new();
+
+    loop {
+        tokio::select! {
+            frame = reader.read_frame() => {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(ConnectionError::Proto(e)) => {
+                        warn!(broker = %config.broker, error = %e, "malformed frame from broker");
+                        return Err(ConnectionError::Proto(e).into());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                silence.as_mut().reset(Instant::now() + silence_limit);
+                handle_frame(config, shared, frame, &out_tx, &mut active).await?;
+            }
+            _ = ticker.tick() => {
+                // A full queue means frames are flowing anyway.
+                let _ = out_tx.try_send(Frame::Heartbeat);
+            }
+            () = &mut silence => return Err(WorkerError::BrokerSilent { silent: silence_limit }),
+            ended = &mut writer_task.0 => {
+                return Err(match ended {
+                    Ok(Err(e)) => e.into(),
+                    _ => WorkerError::WriterStopped,
+                });
+            }
+        }
+    }
+}
+
+async fn handle_frame(
+    config: &WorkerConfig,
+    shared: &Shared,
+    frame: Frame,
+    out: &mpsc::Sender<Frame>,
+    active: &mut HashMap<u64, oneshot::Sender<Stop>>,
+) -> Result<(), WorkerError> {
+    match frame {
+        Frame::Heartbeat => {}
+        Frame::Dispatch(dispatch) => {
+            let id = dispatch.id;
+            if config.builtin_echo && dispatch.plugin == "echo" {
+                let data = if dispatch.payload.is_empty() {
+                    dispatch.command.join(" ").into_bytes()
+                } else {
+                    dispatch.payload
+                };
+                for frame in [
+                    Frame::Accepted { id },
+                    Frame::Output {
+                        id,
+                        seq: 0,
+                        stream: proto::Stream::Stdout,
+                        data,
+                    },
+                    Frame::Done { id, exit_code: 0 },
+                ] {
+                    out.send(frame)
+                        .await
+                        .map_err(|_| WorkerError::WriterStopped)?;
+                }
+                return Ok(());
+            }
+            // Finished dispatches dropped their receivers.
+            active.retain(|_, stop| !stop.is_closed());
+            if active.contains_key(&id) {
+                warn!(id, "duplicate dispatch id from broker");
+                let frame = Frame::Failed {
+                    id,
+                    kind: ErrorKind::BadRequest,
+                    message: format!("dispatch {id} is already running on this worker"),
+                };
+                out.send(frame)
+                    .await
+                    .map_err(|_| WorkerError::WriterStopped)?;
+                return Ok(());
+            }
+            debug!(id, service = %dispatch.service, plugin = %dispatch.plugin, "dispatch");
+            let (stop_tx, stop_rx) = oneshot::channel();
+            active.insert(id, stop_tx);
+            let alive = shared.alive.clone();
+            let serving = runner::serve_dispatch(
+                shared.runner.clone(),
+                dispatch,
+                shared.slots.clone(),
+                stop_rx,
+                out.clone(),
+            );
+            tokio::spawn(async move {
+                serving.await;
+                // Held until the plugin is gone, so that shutdown can wait for it.
+                drop(alive);
+            });
+        }
+        Frame::Cancel { id } => match active.remove(&id) {
+            Some(stop) => {
+                let _ = stop.send(Stop::Cancel);
+            }
+            None => debug!(id, "cancel for a dispatch that is not running"),
+        },
+        Frame::Error {
+            id: None,
+            kind,
+            message,
+        } => {
+            return Err(WorkerError::Broker { kind, message });
+        }
+        Frame::Error {
+            id: Some(id),
+            kind,
+            message,
+        } => {
+            warn!(id, %kind, %message, "broker reported an error");
+        }
+        other => warn!(
+            kind = other.kind_name(),
+            "unexpected frame from broker; ignored"
+        ),
+    }
+    Ok(())
+}
+
+/// Writes every frame the channel yields, flushing after each batch.
+async fn write_frames(
+    mut writer: FrameWriter,
+    mut frames: mpsc::Receiver<Frame>,
+) -> Result<(), ConnectionError> {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while frames.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        for frame in batch.drain(..) {
+            writer.feed(&frame).await?;
+        }
+        writer.flush().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! `run` against a fake broker written with tokio in the test.
+
+use super::*;
+use crate::runner::tests::{process_alive, wait_gone, write_plugin, TempDir};
+use client::connection::{split, FrameReader, FrameWriter};
+use proto::{Credential, Dispatch, ErrorKind, Frame, Stream, DEFAULT_MAX_FRAME};
+use std::path::Path;
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct FakeBroker {
+    listener: TcpListener,
+    addr: String,
+}
+
+struct BrokerConn {
+    reader: FrameReader,
+    writer: FrameWriter,
+}
+
+impl FakeBroker {
+    async fn bind() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        FakeBroker { listener, addr }
+    }
+
+    /// Accepts the next connection and reads its `Hello`.
+    async fn accept(&self) -> (BrokerConn, Credential) {
+        let (stream, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("worker did not connect")
+            .unwrap();
+        let (reader, writer) = split(stream, DEFAULT_MAX_FRAME);
+        let mut conn = BrokerConn { reader, writer };
+        match conn.next().await {
+            Frame::Hello(hello) => {
+                assert_eq!(hello.protocol_version, proto::PROTOCOL_VERSION);
+                assert_eq!(hello.role, proto::Role::Worker);
+                (conn, hello.credential)
+            }
+            other => panic!("expected Hello, got {other:?}"),
+        }
+    }
+
+    /// Accepts, welcomes and checks the `Announce`.
+    async fn accept_welcomed(&self, heartbeat_ms: u32) -> BrokerConn {
+        let (mut conn, _) = self.accept().await;
+        conn.send(Frame::Welcome {
+            session: 1,
+            heartbeat_ms,
+        })
+        .await;
+        assert_eq!(
+            conn.next().await,
+            Frame::Announce {
+                services: vec!["svc-a".into(), "svc-b".into()]
+            }
+        );
+        conn
+    }
+}
+
+impl BrokerConn {
+    async fn send(&mut self, frame: Frame) {
+        self.writer.write_frame(&frame).await.unwrap();
+    }
+
+    /// The next frame that is not a heartbeat.
+    async fn next(&mut self) -> Frame {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.reader.read_frame())
+                .await
+                .expect("no frame from the worker")
+                .expect("worker connection failed");
+            if frame != Frame::Heartbeat {
+                return frame;
+            }
+        }
+    }
+
+    /// Frames up to and including the `Done`/`Failed` of one dispatch.
+    async fn until_end(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.next().await;
+            let last = matches!(frame, Frame::Done { .. } | Frame::Failed { .. });
+            frames.push(frame);
+            if last {
+                return frames;
+            }
+        }
+    }
+}
+
+fn config(addr: &str, pluginspath: &Path) -> WorkerConfig {
+    WorkerConfig {
+        broker: format!("tcp://{addr}"),
+        team: "team1".into(),
+        identity: "w1".into(),
+        token: "secret".into(),
+        pluginspath: pluginspath.to_path_buf(),
+        services: vec!["svc-a".into(), "svc-b".into()],
+        max_concurrency: 4,
+        builtin_echo: true,
+        reconnect_max: Duration::from_millis(200),
+    }
+}
+
+fn dispatch(id: u64, plugin: &str) -> Frame {
+    Frame::Dispatch(Dispatch {
+        id,
+        service: "svc-a".into(),
+        plugin: plugin.into(),
+        command: vec!["hi".into(), "there".into()],
+        args: vec![],
+        payload: vec![],
+        timeout_ms: 0,
+    })
+}
+
+/// Starts `run` with a oneshot as its shutdown.
+fn start(
+    config: WorkerConfig,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), WorkerError>>,
+) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, async {
+        let _ = stop_rx.await;
+    }));
+    (stop_tx, task)
+}
+
+async fn stop(
+    stop_tx: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), WorkerError>>,
+) {
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("run did not return after shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn serves_dispatches_and_reconnects() {
+    let tmp = TempDir::new("run");
+    write_plugin(
+        tmp.path(),
+        "greet/greet",
+        "echo \"hello $TRIGGERFS_WORKER\"\necho warn >&2\nexit 2",
+    );
+    write_plugin(tmp.path(), "slow/slow", "sleep 300 &\necho $!\nsleep 300");
+    let broker = FakeBroker::bind().await;
+    let (stop_tx, task) = start(config(&broker.addr, tmp.path()));
+
+    let (mut conn, credential) = {
+        let (mut conn, credential) = broker.accept().await;
+        conn.send(Frame::Welcome {
+            session: 1,
+            heartbeat_ms: 200,
+        })
+        .await;
+        assert_eq!(
+            conn.next().await,
+            Frame::Announce {
+                services: vec!["svc-a".into(), "svc-b".into()]
+            }
+        );
+        (conn, credential)
+    };
+    assert_eq!(
+        credential,
+        Credential::Worker {
+            team: "team1".into(),
+            identity: "w1".into(),
+            token: "secret".into()
+        }
+    );
+
+    // A plugin process.
+    conn.send(dispatch(1, "greet")).await;
+    assert_eq!(
+        conn.until_end().await,
+        vec![
+            Frame::Accepted { id: 1 },
+            Frame::Output {
+                id: 1,
+                seq: 0,
+                stream: Stream::Stdout,
+                data: b"hello w1".to_vec()
+            },
+            Frame::Output {
+                id: 1,
+                seq: 1,
+                stream: Stream::Stderr,
+                data: b"warn".to_vec()
+            },
+            Frame::Done {
+                id: 1,
+                exit_code: 2
+            },
+        ]
+    );
+
+    // The in-process echo.
+    conn.send(dispatch(2, "echo")).await;
+    assert_eq!(
+        conn.until_end().await,
+        vec![
+            Frame::Accepted { id: 2 },
+            Frame::Output {
+                id: 2,
+                seq: 0,
+                stream: Stream::Stdout,
+                data: b"hi there".to_vec()
+            },
+            Frame::Done {
+                id: 2,
+                exit_code: 0
+            },
+        ]
+    );
+
+    // A refused plugin name.
+    conn.send(dispatch(3, "../../bin/sh")).await;
+    match conn.next().await {
+        Frame::Failed { id: 3, kind, .. } => assert_eq!(kind, ErrorKind::PluginNotFound),
+        other => panic!("{other:?}"),
+    }
+
+    // Cancel over the wire kills the group.
+    conn.send(dispatch(4, "slow")).await;
+    assert_eq!(conn.next().await, Frame::Accepted { id: 4 });
+    let pid = match conn.next().await {
+        Frame::Output { data, .. } => String::from_utf8(data).unwrap().parse::<i32>().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    conn.send(Frame::Cancel { id: 4 }).await;
+    match conn.next().await {
+        Frame::Failed { id: 4, kind, .. } => assert_eq!(kind, ErrorKind::Cancelled),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        wait_gone(pid, Duration::from_secs(3)).await,
+        "cancelled plugin's child survived"
+    );
+
+    // Losing the broker kills running plugins; the worker comes back and serves again.
+    conn.send(dispatch(5, "slow")).await;
+    assert_eq!(conn.next().await, Frame::Accepted { id: 5 });
+    let pid = match conn.next().await {
+        Frame::Output { data, .. } => String::from_utf8(data).unwrap().parse::<i32>().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(process_alive(pid));
+    drop(conn);
+    let dropped_at = Instant::now();
+    let mut conn = broker.accept_welcomed(200).await;
+    assert!(
+        dropped_at.elapsed() < Duration::from_secs(2),
+        "reconnect took {:?}",
+        dropped_at.elapsed()
+    );
+    assert!(
+        wait_gone(pid, Duration::from_secs(4)).await,
+        "plugin survived the disconnect"
+    );
+    conn.send(dispatch(6, "echo")).await;
+    assert_eq!(
+        conn.until_end().await.last(),
+        Some(&Frame::Done {
+            id: 6,
+            exit_code: 0
+        })
+    );
+
+    stop(stop_tx, task).await;
+}
+
+#[tokio::test]
+async fn shutdown_kills_plugins_and_returns() {
+    let tmp = TempDir::new("shutdown");
+    write_plugin(tmp.path(), "slow/slow", "sleep 300 &\necho $!\nsleep 300");
+    let broker = FakeBroker::bind().await;
+    let (stop_tx, task) = start(config(&broker.addr, tmp.path()));
+    let mut conn = broker.accept_welcomed(200).await;
+    conn.send(dispatch(1, "slow")).await;
+    assert_eq!(conn.next().await, Frame::Accepted { id: 1 });
+    let pid = match conn.next().await {
+        Frame::Output { data, .. } => String::from_utf8(data).unwrap().parse::<i32>().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    stop(stop_tx, task).await;
+    assert!(
+        wait_gone(pid, Duration::from_secs(1)).await,
+        "plugin survived shutdown"
+    );
+    // The connection is closed.
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if conn.reader.read_frame().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "connection still open after shutdown");
+}
+
+#[tokio::test]
+async fn heartbeats_and_silent_broker() {
+    let tmp = TempDir::new("heartbeat");
+    let broker = FakeBroker::bind().await;
+    let (stop_tx, task) = start(config(&broker.addr, tmp.path()));
+    let mut conn = broker.accept_welcomed(50).await;
+    // The worker sends heartbeats every 50 ms.
+    let frame = tokio::time::timeout(Duration::from_secs(1), conn.reader.read_frame())
+        .await
+        .expect("no heartbeat")
+        .unwrap();
+    assert_eq!(frame, Frame::Heartbeat);
+    // We send nothing: after 3 × 50 ms the worker considers us gone and reconnects.
+    let silent_from = Instant::now();
+    let (_again, _) = broker.accept().await;
+    let waited = silent_from.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    stop(stop_tx, task).await;
+}
+
+#[tokio::test]
+async fn malformed_frame_means_reconnect() {
+    let tmp = TempDir::new("malformed");
+    let broker = FakeBroker::bind().await;
+    let (stop_tx, task) = start(config(&broker.addr, tmp.path()));
+    // Accept by hand, keeping a second handle on the socket for raw bytes.
+    let (stream, _) = tokio::time::timeout(WAIT, broker.listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let std_stream = stream.into_std().unwrap();
+    let mut raw = tokio::net::TcpStream::from_std(std_stream.try_clone().unwrap()).unwrap();
+    let (reader, writer) = split(
+        tokio::net::TcpStream::from_std(std_stream).unwrap(),
+        DEFAULT_MAX_FRAME,
+    );
+    let mut conn = BrokerConn { reader, writer };
+    assert!(matches!(conn.next().await, Frame::Hello(_)));
+    conn.send(Frame::Welcome {
+        session: 1,
+        heartbeat_ms: 1000,
+    })
+    .await;
+    assert!(matches!(conn.next().await, Frame::Announce { .. }));
+    // A length prefix followed by bytes that are no archive of a Frame.
+    let mut garbage = 8u32.to_le_bytes().to_vec();
+    garbage.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4]);
+    raw.write_all(&garbage).await.unwrap();
+    // The worker drops this connection and comes back.
+    let mut again = broker.accept_welcomed(1000).await;
+    again.send(dispatch(1, "echo")).await;
+    assert_eq!(
+        again.until_end().await.last(),
+        Some(&Frame::Done {
+            id: 1,
+            exit_code: 0
+        })
+    );
+    drop(conn);
+    stop(stop_tx, task).await;
+}
+
+#[tokio::test]
+async fn refused_worker_backs_off() {
+    let tmp = TempDir::new("refused");
+    let broker = FakeBroker::bind().await;
+    let (stop_tx, task) = start(config(&broker.addr, tmp.path()));
+    let (mut conn, _) = broker.accept().await;
+    conn.send(Frame::Refused {
+        kind: ErrorKind::Forbidden,
+        reason: "bad token".into(),
+    })
+    .await;
+    let refused_at = Instant::now();
+    let (mut conn2, _) = broker.accept().await;
+    let waited = refused_at.elapsed();
+    // reconnect_max is 200 ms: a refusal waits the full cap instead of 50 ms.
+    assert!(
+        waited >= Duration::from_millis(180),
+        "retried after only {waited:?}"
+    );
+    conn2
+        .send(Frame::Welcome {
+            session: 3,
+            heartbeat_ms: 1000,
+        })
+        .await;
+    assert!(matches!(conn2.next().await, Frame::Announce { .. }));
+    stop(stop_tx, task).await;
+}
+
+#[tokio::test]
+async fn invalid_config_is_an_error() {
+    let tmp = TempDir::new("config");
+    let mut bad = config("127.0.0.1:1", tmp.path());
+    bad.identity = "../x".into();
+    let err = run(bad, std::future::pending()).await.unwrap_err();
+    assert!(matches!(err, WorkerError::InvalidConfig { .. }), "{err}");
+}

@@ -250,7 +250,7 @@ fn run_up(args: UpArgs) -> Result<i32> {
     let data = args.data.canonicalize()?;
     let services = [dataplane::ServiceConfig {
         workers: vec!["local".into()],
-        ..dataplane::ServiceConfig::implicit("demo")
+        ..dataplane::ServiceConfig::implicit(dataplane::config::DEFAULT_TEAM, "demo")
     }];
     let source = dataplane::FileConfig::from_services(services);
     let handle = dataplane::start(broker_settings(args.listen, &args.shard)?, Arc::new(source))?;

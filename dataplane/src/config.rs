@@ -4,11 +4,19 @@
 //! services from the `[broker.services.<name>]` tables of a TOML file. Authentication and
 //! authorization live behind the same trait so that they are checked in exactly one place.
 
+use proto::control::{Visibility, WorkerStateReport};
 use proto::{Algorithm, Credential, ErrorKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The team of everything when no control plane is used.
+pub const DEFAULT_TEAM: &str = "default";
+
+/// A service's key: (team, name).
+pub type ServiceKey = (String, String);
 
 /// How long a request may run when neither the request nor the service says: long enough for
 /// a package upgrade, short enough that a forgotten request does not hold a worker forever.
@@ -17,8 +25,14 @@ pub const DEFAULT_SERVICE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One service as the broker routes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
-    /// Service name.
+    /// The team that owns it.
+    pub team: String,
+    /// Service name, unique in its team.
     pub name: String,
+    /// The user who owns it; only they may call a `local` service.
+    pub owner: Option<String>,
+    /// Who may call it.
+    pub visibility: Visibility,
     /// How requests spread over workers.
     pub algorithm: Algorithm,
     /// Worker identities bound to it, in a stable order (serial runs in this order).
@@ -35,9 +49,12 @@ pub struct ServiceConfig {
 
 impl ServiceConfig {
     /// A roundrobin service with the defaults, e.g. for a worker identity used as a service.
-    pub fn implicit(name: &str) -> ServiceConfig {
+    pub fn implicit(team: &str, name: &str) -> ServiceConfig {
         ServiceConfig {
+            team: team.to_string(),
             name: name.to_string(),
+            owner: None,
+            visibility: Visibility::Team,
             algorithm: Algorithm::Roundrobin,
             workers: Vec::new(),
             timeout: DEFAULT_SERVICE_TIMEOUT,
@@ -57,6 +74,13 @@ pub struct Principal {
     pub identity: String,
 }
 
+/// What routing needs from the configuration, at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingConfig {
+    /// Every configured service by (team, name).
+    pub services: BTreeMap<ServiceKey, ServiceConfig>,
+}
+
 /// Why a `Hello` or a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -67,11 +91,18 @@ pub struct Refusal {
 }
 
 /// The broker's one window onto configuration and trust.
+///
+/// Shards compare [`ConfigSource::revision`] on every tick and take a new
+/// [`ConfigSource::routing`] when it moved, so a change is routable within a tick.
 pub trait ConfigSource: Send + Sync + 'static {
-    /// Every configured service, by name.
-    fn services(&self) -> BTreeMap<String, ServiceConfig>;
+    /// Increases whenever the routing configuration changes.
+    fn revision(&self) -> u64;
+    /// The routing configuration now.
+    fn routing(&self) -> Arc<RoutingConfig>;
     /// Checks a `Hello` credential. The only place credentials are checked.
     fn authenticate(&self, credential: &Credential) -> Result<Principal, Refusal>;
+    /// A worker connected or left. Must not block: shards call it.
+    fn report(&self, report: WorkerStateReport);
 }
 
 /// Why a config file could not be used.
@@ -124,17 +155,22 @@ struct FileToml {
     broker: BrokerToml,
 }
 
-/// Services from a TOML file; every credential accepted (no control plane yet).
+/// Services from a TOML file, all in team `default`; every credential is accepted as
+/// given (there is no control plane to check it against). For a single trusted host and tests.
 #[derive(Debug, Clone, Default)]
 pub struct FileConfig {
-    services: BTreeMap<String, ServiceConfig>,
+    routing: Arc<RoutingConfig>,
 }
 
 impl FileConfig {
     /// A source with exactly these services.
     pub fn from_services(services: impl IntoIterator<Item = ServiceConfig>) -> FileConfig {
+        let services = services
+            .into_iter()
+            .map(|s| ((s.team.clone(), s.name.clone()), s))
+            .collect();
         FileConfig {
-            services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            routing: Arc::new(RoutingConfig { services }),
         }
     }
 
@@ -171,8 +207,11 @@ impl FileConfig {
                 proto::names::check_simple("worker identity", w).map_err(|e| e.to_string())?;
             }
             services.insert(
-                name.clone(),
+                (DEFAULT_TEAM.to_string(), name.clone()),
                 ServiceConfig {
+                    team: DEFAULT_TEAM.to_string(),
+                    owner: None,
+                    visibility: Visibility::Team,
                     name,
                     algorithm,
                     workers: s.workers,
@@ -183,7 +222,9 @@ impl FileConfig {
                 },
             );
         }
-        Ok(FileConfig { services })
+        Ok(FileConfig {
+            routing: Arc::new(RoutingConfig { services }),
+        })
     }
 }
 
@@ -206,15 +247,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl ConfigSource for FileConfig {
-    fn services(&self) -> BTreeMap<String, ServiceConfig> {
-        self.services.clone()
+    fn revision(&self) -> u64 {
+        0
+    }
+
+    fn routing(&self) -> Arc<RoutingConfig> {
+        self.routing.clone()
+    }
+
+    fn report(&self, report: WorkerStateReport) {
+        // No control plane to tell: the log is the record.
+        tracing::debug!(team = %report.team, identity = %report.identity, state = ?report.state, "worker state");
     }
 
     fn authenticate(&self, credential: &Credential) -> Result<Principal, Refusal> {
         // No control plane yet: the credential names who the peer is and is trusted as given.
         match credential {
             Credential::Jwt { .. } => Ok(Principal {
-                team: "default".into(),
+                team: DEFAULT_TEAM.into(),
                 identity: "client".into(),
             }),
             Credential::Worker { team, identity, .. } => {
@@ -250,12 +300,14 @@ mod tests {
             "#,
         )
         .unwrap();
-        let dc1 = &cfg.services["dc1"];
+        let services = &cfg.routing.services;
+        let key = |n: &str| (DEFAULT_TEAM.to_string(), n.to_string());
+        let dc1 = &services[&key("dc1")];
         assert_eq!(dc1.algorithm, Algorithm::Mirror);
         assert_eq!(dc1.workers, vec!["w1", "w2"]);
         assert_eq!(dc1.timeout, Duration::from_secs(3600));
         assert_eq!(dc1.batch, Some(10));
-        assert_eq!(cfg.services["rr"].algorithm, Algorithm::Roundrobin);
+        assert_eq!(services[&key("rr")].algorithm, Algorithm::Roundrobin);
     }
 
     #[test]

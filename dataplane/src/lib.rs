@@ -15,11 +15,13 @@
 
 pub mod config;
 mod conn;
+pub mod feed;
+pub mod metrics;
 pub mod registry;
 pub mod request;
 mod shard;
 
-pub use config::{ConfigSource, FileConfig, Principal, Refusal, ServiceConfig};
+pub use config::{ConfigSource, FileConfig, Principal, Refusal, RoutingConfig, ServiceConfig};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -200,7 +202,7 @@ pub fn start(
                 glommio::spawn_local(async move {
                     while !stop.load(Ordering::Relaxed) {
                         glommio::timer::sleep(TICK).await;
-                        shard.expire().await;
+                        shard.tick().await;
                     }
                 })
                 .detach();

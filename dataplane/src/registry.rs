@@ -5,8 +5,14 @@
 //! never takes a lock or asks another shard. Member lists come out in a stable order on every
 //! shard (configured order first, then announcing workers by identity) so that `serial`
 //! runs in the same order wherever the request arrived.
+//!
+//! Everything is scoped by team. [`Registry::resolve`] is also where team isolation is
+//! decided: a caller reaches its own team's services (a `local` one only if it owns it), its
+//! team's worker identities and announced services, and another team's `public` services
+//! as `team/service`.
 
-use crate::config::{ServiceConfig, DEFAULT_SERVICE_TIMEOUT};
+use crate::config::{Principal, RoutingConfig, ServiceConfig};
+use proto::control::Visibility;
 use proto::ErrorKind;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -45,36 +51,48 @@ pub struct Route<'a> {
     pub members: Vec<WorkerRef>,
 }
 
+/// Why a name did not resolve.
+pub type RouteError = (ErrorKind, String);
+
 /// The replica of services and online workers kept by one shard.
 #[derive(Debug, Default)]
 pub struct Registry {
-    services: BTreeMap<String, ServiceConfig>,
-    online: BTreeMap<Arc<str>, OnlineWorker>,
+    routing: Arc<RoutingConfig>,
+    /// (team, identity) → worker.
+    online: BTreeMap<(String, Arc<str>), OnlineWorker>,
 }
 
 impl Registry {
-    /// A registry with these configured services and no worker online.
-    pub fn new(services: BTreeMap<String, ServiceConfig>) -> Registry {
+    /// A registry with this configuration and no worker online.
+    pub fn new(routing: Arc<RoutingConfig>) -> Registry {
         Registry {
-            services,
+            routing,
             online: BTreeMap::new(),
         }
     }
 
     /// Replaces the configured services (a configuration change).
-    pub fn set_services(&mut self, services: BTreeMap<String, ServiceConfig>) {
-        self.services = services;
+    pub fn set_routing(&mut self, routing: Arc<RoutingConfig>) {
+        self.routing = routing;
     }
 
     /// A worker connected (or reconnected: the newest connection wins).
-    pub fn worker_online(&mut self, identity: Arc<str>, at: WorkerAt, announced: Vec<String>) {
-        self.online.insert(identity, OnlineWorker { at, announced });
+    pub fn worker_online(
+        &mut self,
+        team: &str,
+        identity: Arc<str>,
+        at: WorkerAt,
+        announced: Vec<String>,
+    ) {
+        self.online
+            .insert((team.to_string(), identity), OnlineWorker { at, announced });
     }
 
     /// A worker's connection closed; ignored when a newer connection already replaced it.
-    pub fn worker_offline(&mut self, identity: &str, at: WorkerAt) {
-        if self.online.get(identity).is_some_and(|w| w.at == at) {
-            self.online.remove(identity);
+    pub fn worker_offline(&mut self, team: &str, identity: &str, at: WorkerAt) {
+        let key = (team.to_string(), Arc::<str>::from(identity));
+        if self.online.get(&key).is_some_and(|w| w.at == at) {
+            self.online.remove(&key);
         }
     }
 
@@ -83,33 +101,70 @@ impl Registry {
         self.online.len()
     }
 
-    /// Where an online worker lives.
-    pub fn worker(&self, identity: &str) -> Option<WorkerRef> {
-        self.online.get_key_value(identity).map(|(k, w)| WorkerRef {
-            identity: k.clone(),
-            at: w.at,
-        })
+    fn worker(&self, team: &str, identity: &str) -> Option<WorkerRef> {
+        self.online
+            .get_key_value(&(team.to_string(), Arc::<str>::from(identity)))
+            .map(|((_, id), w)| WorkerRef {
+                identity: id.clone(),
+                at: w.at,
+            })
     }
 
-    /// Resolves a service name to its route.
+    fn announcers<'a>(
+        &'a self,
+        team: &'a str,
+        service: &'a str,
+    ) -> impl Iterator<Item = WorkerRef> + 'a {
+        self.online
+            .range((team.to_string(), Arc::<str>::from(""))..)
+            .take_while(move |((t, _), _)| t == team)
+            .filter(move |(_, w)| w.announced.iter().any(|s| s == service))
+            .map(|((_, id), w)| WorkerRef {
+                identity: id.clone(),
+                at: w.at,
+            })
+    }
+
+    /// Resolves `name` (`service` or `team/service`) for `caller`.
     ///
-    /// A configured service wins; else a worker identity is a service of one; else a name some
-    /// online worker announced is a roundrobin service over those workers.
-    pub fn resolve(&self, name: &str) -> Result<Route<'_>, (ErrorKind, String)> {
-        if let Some(service) = self.services.get(name) {
+    /// In the caller's team a configured service wins; else a worker identity is a service
+    /// of one; else a name online workers announced is a roundrobin service over them.
+    /// Another team's service is reachable only when it is configured `public`.
+    pub fn resolve(&self, caller: &Principal, name: &str) -> Result<Route<'_>, RouteError> {
+        let (team, service_name) = match name.split_once('/') {
+            Some((team, service)) => (team, service),
+            None => (caller.team.as_str(), name),
+        };
+        let own_team = team == caller.team;
+        let configured = self
+            .routing
+            .services
+            .get(&(team.to_string(), service_name.to_string()));
+        if let Some(service) = configured {
+            let allowed = match service.visibility {
+                Visibility::Public => true,
+                Visibility::Team => own_team,
+                Visibility::Local => own_team && service.owner.as_deref() == Some(&caller.identity),
+            };
+            if !allowed {
+                return Err((
+                    ErrorKind::Forbidden,
+                    format!(
+                        "service {team}/{service_name} is {} and not open to {}/{}",
+                        visibility_name(service.visibility),
+                        caller.team,
+                        caller.identity
+                    ),
+                ));
+            }
             let mut members: Vec<WorkerRef> = service
                 .workers
                 .iter()
-                .filter_map(|id| self.worker(id))
+                .filter_map(|id| self.worker(team, id))
                 .collect();
-            for (id, w) in &self.online {
-                if w.announced.iter().any(|s| s == name)
-                    && !service.workers.iter().any(|c| **c == **id)
-                {
-                    members.push(WorkerRef {
-                        identity: id.clone(),
-                        at: w.at,
-                    });
+            for w in self.announcers(team, service_name) {
+                if !service.workers.iter().any(|c| **c == *w.identity) {
+                    members.push(w);
                 }
             }
             if members.is_empty() {
@@ -123,31 +178,38 @@ impl Registry {
                 members,
             });
         }
-        if let Some(worker) = self.worker(name) {
+        if !own_team {
+            // Do not reveal which names exist in another team.
+            return Err((
+                ErrorKind::NoSuchService,
+                format!("no public service named {name}"),
+            ));
+        }
+        if let Some(worker) = self.worker(team, service_name) {
             return Ok(Route {
-                service: Cow::Owned(ServiceConfig::implicit(name)),
+                service: Cow::Owned(ServiceConfig::implicit(team, service_name)),
                 members: vec![worker],
             });
         }
-        let members: Vec<WorkerRef> = self
-            .online
-            .iter()
-            .filter(|(_, w)| w.announced.iter().any(|s| s == name))
-            .map(|(id, w)| WorkerRef {
-                identity: id.clone(),
-                at: w.at,
-            })
-            .collect();
+        let members: Vec<WorkerRef> = self.announcers(team, service_name).collect();
         if members.is_empty() {
-            return Err((ErrorKind::NoSuchService, format!("no service named {name}")));
+            return Err((
+                ErrorKind::NoSuchService,
+                format!("no service named {name} in team {team}"),
+            ));
         }
         Ok(Route {
-            service: Cow::Owned(ServiceConfig {
-                timeout: DEFAULT_SERVICE_TIMEOUT,
-                ..ServiceConfig::implicit(name)
-            }),
+            service: Cow::Owned(ServiceConfig::implicit(team, service_name)),
             members,
         })
+    }
+}
+
+fn visibility_name(v: Visibility) -> &'static str {
+    match v {
+        Visibility::Local => "local",
+        Visibility::Team => "team",
+        Visibility::Public => "public",
     }
 }
 
@@ -163,17 +225,35 @@ mod tests {
         }
     }
 
+    fn caller(team: &str, identity: &str) -> Principal {
+        Principal {
+            team: team.into(),
+            identity: identity.into(),
+        }
+    }
+
+    fn service(team: &str, name: &str, visibility: Visibility, workers: &[&str]) -> ServiceConfig {
+        ServiceConfig {
+            algorithm: Algorithm::Serial,
+            workers: workers.iter().map(|w| w.to_string()).collect(),
+            visibility,
+            owner: Some("alice".into()),
+            ..ServiceConfig::implicit(team, name)
+        }
+    }
+
     fn registry() -> Registry {
-        let mut services = BTreeMap::new();
-        services.insert(
-            "dc1".to_string(),
-            ServiceConfig {
-                algorithm: Algorithm::Serial,
-                workers: vec!["w3".into(), "w1".into(), "w2".into()],
-                ..ServiceConfig::implicit("dc1")
-            },
-        );
-        Registry::new(services)
+        let services = [
+            service("a", "dc1", Visibility::Team, &["w3", "w1", "w2"]),
+            service("a", "mine", Visibility::Local, &["w1"]),
+            service("a", "open", Visibility::Public, &["w1"]),
+        ];
+        Registry::new(Arc::new(RoutingConfig {
+            services: services
+                .into_iter()
+                .map(|s| ((s.team.clone(), s.name.clone()), s))
+                .collect(),
+        }))
     }
 
     fn names(route: &Route) -> Vec<String> {
@@ -187,34 +267,78 @@ mod tests {
     #[test]
     fn configured_order_then_announcers() {
         let mut r = registry();
-        r.worker_online("w1".into(), at(1), vec![]);
-        r.worker_online("w3".into(), at(3), vec![]);
-        r.worker_online("w9".into(), at(9), vec!["dc1".into()]);
-        let route = r.resolve("dc1").unwrap();
+        r.worker_online("a", "w1".into(), at(1), vec![]);
+        r.worker_online("a", "w3".into(), at(3), vec![]);
+        r.worker_online("a", "w9".into(), at(9), vec!["dc1".into()]);
+        // Same names in another team are other workers.
+        r.worker_online("b", "w2".into(), at(20), vec!["dc1".into()]);
+        let route = r.resolve(&caller("a", "bob"), "dc1").unwrap();
         assert_eq!(names(&route), ["w3", "w1", "w9"]);
         assert_eq!(route.service.algorithm, Algorithm::Serial);
     }
 
     #[test]
-    fn identity_and_announced_services() {
+    fn identity_and_announced_services_stay_in_their_team() {
         let mut r = registry();
-        r.worker_online("w1".into(), at(1), vec!["logs".into()]);
-        r.worker_online("w2".into(), at(2), vec!["logs".into()]);
-        assert_eq!(names(&r.resolve("w2").unwrap()), ["w2"]);
-        assert_eq!(names(&r.resolve("logs").unwrap()), ["w1", "w2"]);
-        assert_eq!(r.resolve("nope").unwrap_err().0, ErrorKind::NoSuchService);
+        r.worker_online("a", "w1".into(), at(1), vec!["logs".into()]);
+        r.worker_online("a", "w2".into(), at(2), vec!["logs".into()]);
+        r.worker_online("b", "w7".into(), at(7), vec!["logs".into()]);
+        let bob = caller("a", "bob");
+        assert_eq!(names(&r.resolve(&bob, "w2").unwrap()), ["w2"]);
+        assert_eq!(names(&r.resolve(&bob, "logs").unwrap()), ["w1", "w2"]);
+        assert_eq!(
+            names(&r.resolve(&caller("b", "x"), "logs").unwrap()),
+            ["w7"]
+        );
+        assert_eq!(
+            r.resolve(&bob, "w7").unwrap_err().0,
+            ErrorKind::NoSuchService
+        );
+        assert_eq!(
+            r.resolve(&bob, "nope").unwrap_err().0,
+            ErrorKind::NoSuchService
+        );
+    }
+
+    #[test]
+    fn visibility_decides_who_may_call() {
+        let mut r = registry();
+        r.worker_online("a", "w1".into(), at(1), vec![]);
+        let alice = caller("a", "alice");
+        let bob = caller("a", "bob");
+        let eve = caller("b", "eve");
+        assert!(r.resolve(&alice, "mine").is_ok());
+        assert_eq!(r.resolve(&bob, "mine").unwrap_err().0, ErrorKind::Forbidden);
+        assert!(r.resolve(&bob, "dc1").is_ok());
+        assert_eq!(
+            r.resolve(&eve, "a/dc1").unwrap_err().0,
+            ErrorKind::Forbidden
+        );
+        assert!(r.resolve(&eve, "a/open").is_ok());
+        assert_eq!(
+            r.resolve(&eve, "a/w1").unwrap_err().0,
+            ErrorKind::NoSuchService
+        );
+        assert!(
+            r.resolve(&bob, "a/dc1").is_ok(),
+            "own team may use the long form"
+        );
     }
 
     #[test]
     fn no_workers_online_and_reconnect_races() {
         let mut r = registry();
-        assert_eq!(r.resolve("dc1").unwrap_err().0, ErrorKind::NoWorkersOnline);
-        r.worker_online("w1".into(), at(1), vec![]);
+        let bob = caller("a", "bob");
+        assert_eq!(
+            r.resolve(&bob, "dc1").unwrap_err().0,
+            ErrorKind::NoWorkersOnline
+        );
+        r.worker_online("a", "w1".into(), at(1), vec![]);
         // A reconnect arrives before the old connection's close is noticed.
-        r.worker_online("w1".into(), at(5), vec![]);
-        r.worker_offline("w1", at(1));
-        assert_eq!(r.resolve("dc1").unwrap().members[0].at, at(5));
-        r.worker_offline("w1", at(5));
+        r.worker_online("a", "w1".into(), at(5), vec![]);
+        r.worker_offline("a", "w1", at(1));
+        assert_eq!(r.resolve(&bob, "dc1").unwrap().members[0].at, at(5));
+        r.worker_offline("a", "w1", at(5));
         assert_eq!(r.n_online(), 0);
     }
 }

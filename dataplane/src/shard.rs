@@ -11,12 +11,14 @@
 
 use crate::config::{ConfigSource, Principal};
 use crate::conn::{write_loop, FrameReader, ReadError, SharedStream};
+use crate::metrics;
 use crate::registry::{Registry, WorkerAt, WorkerRef};
 use crate::request::{Action, Policy, RequestRun, WorkerEvent};
 use crate::{BrokerSettings, RoundRobin};
 use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
+use proto::control::{WorkerState, WorkerStateReport};
 use proto::{Algorithm, Credential, ErrorKind, Frame, ProtoError, Request, Role};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -33,11 +35,13 @@ const DISPATCH_SHARD_SHIFT: u32 = 56;
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
     WorkerOnline {
+        team: String,
         identity: Arc<str>,
         at: WorkerAt,
         announced: Vec<String>,
     },
     WorkerOffline {
+        team: String,
         identity: Arc<str>,
         at: WorkerAt,
     },
@@ -47,10 +51,7 @@ pub(crate) enum ShardMsg {
         dispatch: proto::Dispatch,
     },
     /// Tell the worker connection `conn_id` to stop `dispatch_id`.
-    Cancel {
-        conn_id: u64,
-        dispatch_id: u64,
-    },
+    Cancel { conn_id: u64, dispatch_id: u64 },
     /// A worker's event for a request owned by the receiving shard.
     Event {
         dispatch_id: u64,
@@ -61,6 +62,8 @@ pub(crate) enum ShardMsg {
 /// What is known about one connection.
 enum Peer {
     Client {
+        /// Who it is, for routing and isolation.
+        principal: Principal,
         /// Client request id → shard request key.
         requests: HashMap<u64, u64>,
     },
@@ -86,6 +89,9 @@ struct DispatchTemplate {
 }
 
 struct RequestEntry {
+    started: Instant,
+    service: String,
+    algorithm: Algorithm,
     client_conn: u64,
     client_request_id: u64,
     wait: bool,
@@ -125,6 +131,8 @@ pub(crate) struct Shard {
     next_dispatch: Cell<u64>,
     next_request: Cell<u64>,
     session_base: u64,
+    revision: Cell<u64>,
+    n_ticks: Cell<u64>,
 }
 
 impl Shard {
@@ -137,7 +145,8 @@ impl Shard {
         senders: Option<Senders<ShardMsg>>,
     ) -> Shard {
         let senders = senders.map(Rc::new);
-        let registry = Registry::new(source.services());
+        let revision = source.revision();
+        let registry = Registry::new(source.routing());
         Shard {
             idx,
             n_shards,
@@ -153,6 +162,8 @@ impl Shard {
             next_dispatch: Cell::new(1),
             next_request: Cell::new(1),
             session_base: (idx as u64) << DISPATCH_SHARD_SHIFT,
+            revision: Cell::new(revision),
+            n_ticks: Cell::new(0),
         }
     }
 
@@ -180,8 +191,10 @@ impl Shard {
         let conn_id = self.next_conn.get();
         self.next_conn.set(conn_id + 1);
         let (principal, role) = principal_role;
+        let team = principal.team.clone();
         let peer = match role {
             Role::Client => Peer::Client {
+                principal: principal.clone(),
                 requests: HashMap::new(),
             },
             Role::Worker => Peer::Worker {
@@ -206,10 +219,19 @@ impl Shard {
             conn_id,
         };
         let identity: Arc<str> = principal.identity.as_str().into();
+        metrics::CONNECTED
+            .with_label_values(&[role_label(role), &self.idx.to_string()])
+            .inc();
         if role == Role::Worker {
-            info!(shard = self.idx, %identity, team = %principal.team, "worker online");
-            self.broadcast_worker(ShardMsgKind::Online(Vec::new()), identity.clone(), at)
-                .await;
+            info!(shard = self.idx, %identity, %team, "worker online");
+            self.report_worker(&team, &identity, WorkerState::Online);
+            self.broadcast_worker(
+                ShardMsgKind::Online(Vec::new()),
+                &team,
+                identity.clone(),
+                at,
+            )
+            .await;
         }
 
         let last_seen = Rc::new(Cell::new(Instant::now()));
@@ -240,14 +262,20 @@ impl Shard {
             last_seen.set(Instant::now());
             let ok = match role {
                 Role::Client => self.on_client_frame(conn_id, frame).await,
-                Role::Worker => self.on_worker_frame(conn_id, &identity, at, frame).await,
+                Role::Worker => {
+                    self.on_worker_frame(conn_id, &team, &identity, at, frame)
+                        .await
+                }
             };
             if !ok {
                 break;
             }
         }
         alive.set(false);
-        self.close_conn(conn_id, identity, at).await;
+        metrics::CONNECTED
+            .with_label_values(&[role_label(role), &self.idx.to_string()])
+            .dec();
+        self.close_conn(conn_id, &team, identity, at).await;
     }
 
     /// Reads and checks the `Hello`. On refusal, queues the answer and returns `None`.
@@ -287,10 +315,18 @@ impl Shard {
                         };
                         return Some((principal, role));
                     }
-                    Err(refusal) => refuse(refusal.kind, refusal.message),
+                    Err(refusal) => {
+                        warn!(shard = self.idx, kind = ?refusal.kind, reason = %refusal.message, "handshake refused");
+                        refuse(refusal.kind, refusal.message)
+                    }
                 },
             },
         };
+        let reason = match &answer {
+            Frame::Refused { kind, .. } | Frame::Error { kind, .. } => metrics::kind_label(*kind),
+            _ => "handshake",
+        };
+        metrics::REJECTED.with_label_values(&[reason]).inc();
         let _ = tx.send(answer).await;
         None
     }
@@ -298,6 +334,9 @@ impl Shard {
     /// Answers a frame that could not be decoded; the caller then closes the connection.
     async fn reject(&self, conn_id: u64, e: &ProtoError) {
         let (kind, message) = proto_error_kind(e);
+        metrics::REJECTED
+            .with_label_values(&[metrics::kind_label(kind)])
+            .inc();
         warn!(shard = self.idx, conn_id, %message, "closing connection on bad frame");
         self.send_to_conn(
             conn_id,
@@ -310,11 +349,11 @@ impl Shard {
         .await;
     }
 
-    async fn close_conn(&self, conn_id: u64, identity: Arc<str>, at: WorkerAt) {
+    async fn close_conn(&self, conn_id: u64, team: &str, identity: Arc<str>, at: WorkerAt) {
         let conn = self.state.borrow_mut().conns.remove(&conn_id);
         let Some(conn) = conn else { return };
         match conn.peer {
-            Peer::Client { requests } => {
+            Peer::Client { requests, .. } => {
                 // The client left: cancel what it waits for; fire-and-forget runs on.
                 for (_, key) in requests {
                     let waited = self
@@ -329,8 +368,9 @@ impl Shard {
                 }
             }
             Peer::Worker { inflight, .. } => {
-                info!(shard = self.idx, %identity, n_inflight = inflight.len(), "worker offline");
-                self.broadcast_worker(ShardMsgKind::Offline, identity, at)
+                info!(shard = self.idx, %identity, %team, n_inflight = inflight.len(), "worker offline");
+                self.report_worker(team, &identity, WorkerState::Disconnected);
+                self.broadcast_worker(ShardMsgKind::Offline, team, identity, at)
                     .await;
                 for dispatch_id in inflight {
                     self.route_event(dispatch_id, WorkerEvent::Lost).await;
@@ -364,7 +404,7 @@ impl Shard {
             Frame::Cancel { id } => {
                 let key = match self.state.borrow().conns.get(&conn_id) {
                     Some(Conn {
-                        peer: Peer::Client { requests },
+                        peer: Peer::Client { requests, .. },
                         ..
                     }) => requests.get(&id).copied(),
                     _ => None,
@@ -388,6 +428,9 @@ impl Shard {
     }
 
     async fn request_error(&self, conn_id: u64, id: u64, kind: ErrorKind, message: String) {
+        metrics::REQUESTS
+            .with_label_values(&["", "", metrics::kind_label(kind)])
+            .inc();
         self.send_to_conn(
             conn_id,
             Frame::Error {
@@ -411,14 +454,18 @@ impl Shard {
                 .request_error(conn_id, id, ErrorKind::PluginNotFound, e.to_string())
                 .await;
         }
-        let duplicate = match self.state.borrow().conns.get(&conn_id) {
+        let principal = match self.state.borrow().conns.get(&conn_id) {
             Some(Conn {
-                peer: Peer::Client { requests },
+                peer:
+                    Peer::Client {
+                        requests,
+                        principal,
+                    },
                 ..
-            }) => requests.contains_key(&id),
-            _ => true,
+            }) if !requests.contains_key(&id) => Some(principal.clone()),
+            _ => None,
         };
-        if duplicate {
+        let Some(principal) = principal else {
             return self
                 .request_error(
                     conn_id,
@@ -427,23 +474,27 @@ impl Shard {
                     format!("request id {id} is already in use on this connection"),
                 )
                 .await;
-        }
+        };
 
         // Resolve and pick workers without holding the borrow past this block.
         let resolved = {
             let mut state = self.state.borrow_mut();
             let state = &mut *state;
-            match state.registry.resolve(&request.service) {
+            match state.registry.resolve(&principal, &request.service) {
                 Err(e) => Err(e),
                 Ok(route) => {
                     let service = route.service.into_owned();
                     let mut members = route.members;
                     if service.algorithm == Algorithm::Roundrobin && members.len() > 1 {
-                        let counter = state
-                            .rr_cache
-                            .entry(service.name.clone())
-                            .or_insert_with(|| self.rr.counter(&service.name))
-                            .clone();
+                        let rr_key = format!("{}/{}", service.team, service.name);
+                        let counter = match state.rr_cache.get(&rr_key) {
+                            Some(c) => c.clone(),
+                            None => {
+                                let c = self.rr.counter(&rr_key);
+                                state.rr_cache.insert(rr_key, c.clone());
+                                c
+                            }
+                        };
                         let start = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                             as usize
                             % members.len();
@@ -476,7 +527,7 @@ impl Shard {
         {
             let mut state = self.state.borrow_mut();
             if let Some(Conn {
-                peer: Peer::Client { requests },
+                peer: Peer::Client { requests, .. },
                 ..
             }) = state.conns.get_mut(&conn_id)
             {
@@ -486,6 +537,9 @@ impl Shard {
             state.requests.insert(
                 key,
                 RequestEntry {
+                    started: Instant::now(),
+                    service: format!("{}/{}", service.team, service.name),
+                    algorithm: service.algorithm,
                     client_conn: conn_id,
                     client_request_id: id,
                     wait: request.wait,
@@ -502,6 +556,9 @@ impl Shard {
                 },
             );
         }
+        metrics::INFLIGHT
+            .with_label_values(&[&self.idx.to_string()])
+            .inc();
         debug!(shard = self.idx, service = %service.name, algorithm = %service.algorithm, n_workers, "request routed");
         let first = if client.wait {
             Frame::Routed {
@@ -582,7 +639,7 @@ impl Shard {
                             state.deadlines.remove(&(e.deadline, key));
                         }
                         if let Some(Conn {
-                            peer: Peer::Client { requests },
+                            peer: Peer::Client { requests, .. },
                             ..
                         }) = state.conns.get_mut(&client.conn_id)
                         {
@@ -590,6 +647,9 @@ impl Shard {
                         }
                         entry
                     };
+                    if let Some(e) = &entry {
+                        self.count_finished(e, &summary);
+                    }
                     if client.wait && entry.is_some() {
                         self.send_to_conn(
                             client.conn_id,
@@ -684,6 +744,7 @@ impl Shard {
     async fn on_worker_frame(
         &self,
         conn_id: u64,
+        team: &str,
         identity: &Arc<str>,
         at: WorkerAt,
         frame: Frame,
@@ -704,7 +765,7 @@ impl Shard {
                     }
                 }
                 info!(shard = self.idx, %identity, ?services, "worker announced services");
-                self.broadcast_worker(ShardMsgKind::Online(services), identity.clone(), at)
+                self.broadcast_worker(ShardMsgKind::Online(services), team, identity.clone(), at)
                     .await;
                 return true;
             }
@@ -785,16 +846,22 @@ impl Shard {
         }
     }
 
-    async fn broadcast_worker(&self, kind: ShardMsgKind, identity: Arc<str>, at: WorkerAt) {
+    async fn broadcast_worker(
+        &self,
+        kind: ShardMsgKind,
+        team: &str,
+        identity: Arc<str>,
+        at: WorkerAt,
+    ) {
         {
             let mut state = self.state.borrow_mut();
             match &kind {
                 ShardMsgKind::Online(announced) => {
                     state
                         .registry
-                        .worker_online(identity.clone(), at, announced.clone())
+                        .worker_online(team, identity.clone(), at, announced.clone())
                 }
-                ShardMsgKind::Offline => state.registry.worker_offline(&identity, at),
+                ShardMsgKind::Offline => state.registry.worker_offline(team, &identity, at),
             }
         }
         if let Some(senders) = &self.senders {
@@ -804,11 +871,13 @@ impl Shard {
                 }
                 let msg = match &kind {
                     ShardMsgKind::Online(announced) => ShardMsg::WorkerOnline {
+                        team: team.to_string(),
                         identity: identity.clone(),
                         at,
                         announced: announced.clone(),
                     },
                     ShardMsgKind::Offline => ShardMsg::WorkerOffline {
+                        team: team.to_string(),
                         identity: identity.clone(),
                         at,
                     },
@@ -839,16 +908,17 @@ impl Shard {
     pub(crate) async fn on_shard_msg(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::WorkerOnline {
+                team,
                 identity,
                 at,
                 announced,
             } => {
                 let mut state = self.state.borrow_mut();
-                state.registry.worker_online(identity, at, announced);
+                state.registry.worker_online(&team, identity, at, announced);
             }
-            ShardMsg::WorkerOffline { identity, at } => {
+            ShardMsg::WorkerOffline { team, identity, at } => {
                 let mut state = self.state.borrow_mut();
-                state.registry.worker_offline(&identity, at);
+                state.registry.worker_offline(&team, &identity, at);
             }
             ShardMsg::Dispatch { conn_id, dispatch } => self.deliver_local(conn_id, dispatch).await,
             ShardMsg::Cancel {
@@ -859,8 +929,62 @@ impl Shard {
         }
     }
 
-    /// Fires the timeouts that are due. Called by the shard's ticker.
-    pub(crate) async fn expire(&self) {
+    /// The shard's periodic work: configuration reloads, due timeouts, sampled gauges.
+    pub(crate) async fn tick(&self) {
+        let revision = self.source.revision();
+        if revision != self.revision.get() {
+            self.revision.set(revision);
+            let routing = self.source.routing();
+            self.state.borrow_mut().registry.set_routing(routing);
+            debug!(shard = self.idx, revision, "configuration reloaded");
+        }
+        let n = self.n_ticks.get() + 1;
+        self.n_ticks.set(n);
+        if n % 100 == 0 {
+            let queued: usize = self.state.borrow().conns.values().map(|c| c.tx.len()).sum();
+            metrics::QUEUED
+                .with_label_values(&[&self.idx.to_string()])
+                .set(queued as i64);
+        }
+        self.expire().await;
+    }
+
+    fn report_worker(&self, team: &str, identity: &str, state: WorkerState) {
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.source.report(WorkerStateReport {
+            team: team.to_string(),
+            identity: identity.to_string(),
+            state,
+            at_unix_ms,
+        });
+    }
+
+    fn count_finished(&self, entry: &RequestEntry, summary: &proto::Summary) {
+        let outcome = if summary.timed_out > 0 {
+            "timeout"
+        } else if summary.lost > 0 {
+            "lost"
+        } else if summary.failed > 0 {
+            "failed"
+        } else {
+            "ok"
+        };
+        let algorithm = entry.algorithm.to_string();
+        metrics::REQUESTS
+            .with_label_values(&[&entry.service, &algorithm, outcome])
+            .inc();
+        metrics::REQUEST_SECONDS
+            .with_label_values(&[&algorithm])
+            .observe(entry.started.elapsed().as_secs_f64());
+        metrics::INFLIGHT
+            .with_label_values(&[&self.idx.to_string()])
+            .dec();
+    }
+
+    /// Fires the timeouts that are due.
+    async fn expire(&self) {
         let now = Instant::now();
         loop {
             let due = {
@@ -914,4 +1038,11 @@ fn proto_error_kind(e: &ProtoError) -> (ErrorKind, String) {
         ProtoError::Empty | ProtoError::Malformed { .. } => ErrorKind::Malformed,
     };
     (kind, e.to_string())
+}
+
+fn role_label(role: Role) -> &'static str {
+    match role {
+        Role::Client => "client",
+        Role::Worker => "worker",
+    }
 }

@@ -138,6 +138,8 @@ pub enum ErrorKind {
     NoSuchService,
     /// The service exists but no worker behind it is connected.
     NoWorkersOnline,
+    /// The credential is wrong, unknown or expired.
+    Unauthorized,
     /// The caller may not use this service.
     Forbidden,
     /// The request ran past its timeout.

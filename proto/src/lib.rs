@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod control;
 #[allow(missing_docs)] // rkyv derives undocumented Archived twins; our own items are documented.
 pub mod frame;
 pub mod names;

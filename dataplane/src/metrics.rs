@@ -1,0 +1,92 @@
+//! The broker's Prometheus metrics, registered in the process's default registry.
+//!
+//! The binary serves `prometheus::gather()` as text on `/metrics`. Label values come from a
+//! small fixed set (outcomes, algorithms) plus service names.
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
+use std::sync::LazyLock;
+
+/// Requests by service, algorithm and outcome.
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "triggerfs_broker_requests_total",
+        "Requests handled by the broker, by service, algorithm and outcome",
+        &["service", "algorithm", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// Time from a request's arrival to its summary.
+pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "triggerfs_broker_request_duration_seconds",
+        "Request latency through the broker, arrival to summary",
+        &["algorithm"],
+        // 50 µs to ~1 h: echo round trips up to package upgrades.
+        prometheus::exponential_buckets(0.00005, 4.0, 13).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+/// Connections by role, per shard.
+pub static CONNECTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "triggerfs_broker_connected",
+        "Connections by role (client, worker) and shard",
+        &["role", "shard"]
+    )
+    .expect("metric registers once")
+});
+
+/// Requests in flight, per shard.
+pub static INFLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "triggerfs_broker_inflight_requests",
+        "Requests being served, by owning shard",
+        &["shard"]
+    )
+    .expect("metric registers once")
+});
+
+/// Frames waiting in outbound connection queues, per shard (sampled every second).
+pub static QUEUED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "triggerfs_broker_outbound_queue_frames",
+        "Frames queued towards connections, by shard",
+        &["shard"]
+    )
+    .expect("metric registers once")
+});
+
+/// Frames or handshakes refused, by reason.
+pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "triggerfs_broker_frames_rejected_total",
+        "Frames and handshakes the broker refused, by reason",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Snake-case label of an error kind.
+pub fn kind_label(kind: proto::ErrorKind) -> &'static str {
+    use proto::ErrorKind::*;
+    match kind {
+        NoSuchService => "no_such_service",
+        NoWorkersOnline => "no_workers_online",
+        Unauthorized => "unauthorized",
+        Forbidden => "forbidden",
+        Timeout => "timeout",
+        PluginNotFound => "plugin_not_found",
+        WorkerLost => "worker_lost",
+        QuotaExceeded => "quota_exceeded",
+        BadRequest => "bad_request",
+        Malformed => "malformed",
+        TooLarge => "too_large",
+        PluginFailed => "plugin_failed",
+        Cancelled => "cancelled",
+    }
+}

@@ -1,0 +1,190 @@
+//! The narrow feed between the control plane and the broker, and the JWT claims.
+//!
+//! JSON (serde) types, shared so that neither side depends on the other's crate:
+//! - `GET /api/v1/broker/snapshot` → [`BrokerSnapshot`]: everything routing and
+//!   authentication need, at one revision;
+//! - `GET /api/v1/events` (SSE, `event: config`) → [`ConfigEvent`]: "something changed", after
+//!   which the broker fetches a new snapshot;
+//! - `POST /api/v1/broker/report` ← [`BrokerReport`]: worker state flowing back.
+//!
+//! The broker authenticates to these endpoints with the broker token
+//! (`Authorization: Bearer <token>`), a secret the control plane keeps in its data dir.
+
+use crate::frame::Algorithm;
+use serde::{Deserialize, Serialize};
+
+/// Claims of a client's JWT (HS256, signed by the control plane).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// User identity.
+    pub sub: String,
+    /// The team the token acts in.
+    pub team: String,
+    /// `admin` or `member` in that team.
+    pub role: String,
+    /// Issued at (seconds since the Unix epoch).
+    pub iat: u64,
+    /// Expires at (seconds since the Unix epoch).
+    pub exp: u64,
+}
+
+/// Who may call a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Only the user who owns it.
+    #[default]
+    Local,
+    /// Every member of its team.
+    Team,
+    /// Anyone, as `team/service`.
+    Public,
+}
+
+/// A worker's connection state, as the control plane shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WorkerState {
+    /// Connected to a broker.
+    Online,
+    /// Not connected.
+    Disconnected,
+}
+
+/// A worker the broker may admit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerEntry {
+    /// Team.
+    pub team: String,
+    /// Identity, unique in the team.
+    pub identity: String,
+    /// [`token_digest`] of its token; the token itself is never stored.
+    pub token_sha256: String,
+}
+
+/// A service as the broker routes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    /// Team.
+    pub team: String,
+    /// Name, unique in the team.
+    pub name: String,
+    /// Identity of the user who owns it (for `local` visibility).
+    pub owner: String,
+    /// How requests spread.
+    pub algorithm: Algorithm,
+    /// Bound worker identities, in order.
+    pub workers: Vec<String>,
+    /// Default timeout; 0 means the broker's default.
+    pub timeout_ms: u64,
+    /// Who may call it.
+    pub visibility: Visibility,
+    /// mirror: workers at once.
+    pub batch: Option<u32>,
+    /// serial: stop at the first failure.
+    pub stop_on_failure: bool,
+    /// roundrobin: retry after `Accepted`.
+    pub retry: bool,
+}
+
+/// Everything the broker needs, at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BrokerSnapshot {
+    /// Increases with every configuration change.
+    pub revision: u64,
+    /// The HS256 key that signs client JWTs (hex), for the broker to verify them.
+    pub jwt_secret_hex: String,
+    /// Every team name.
+    pub teams: Vec<String>,
+    /// Every worker.
+    pub workers: Vec<WorkerEntry>,
+    /// Every service.
+    pub services: Vec<ServiceEntry>,
+}
+
+/// "The configuration changed"; the SSE `data` of `event: config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEvent {
+    /// The new revision.
+    pub revision: u64,
+    /// The team whose objects changed.
+    pub team: String,
+    /// `team`, `user`, `worker`, `service`, `directory`, `trigger`.
+    pub object: String,
+    /// `created`, `updated`, `deleted`.
+    pub action: String,
+    /// The object's name or path.
+    pub name: String,
+}
+
+/// One worker's state change, reported by the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStateReport {
+    /// Team.
+    pub team: String,
+    /// Identity.
+    pub identity: String,
+    /// New state.
+    pub state: WorkerState,
+    /// When (milliseconds since the Unix epoch).
+    pub at_unix_ms: u64,
+}
+
+/// What the broker reports back (`POST /api/v1/broker/report`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BrokerReport {
+    /// Worker state changes, oldest first.
+    pub workers: Vec<WorkerStateReport>,
+}
+
+/// Hex SHA-256 of a worker token: what is stored and compared, never the token.
+///
+/// Worker tokens are random UUID v4 (122 bits), so a fast hash is enough: unlike a user's
+/// secret they cannot be guessed from a dictionary, and the broker checks one per handshake.
+pub fn token_digest(token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_hex_sha256() {
+        assert_eq!(
+            token_digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn snapshot_json_shape() {
+        let s = BrokerSnapshot {
+            revision: 3,
+            services: vec![ServiceEntry {
+                team: "t".into(),
+                name: "s".into(),
+                owner: "u".into(),
+                algorithm: Algorithm::Mirror,
+                workers: vec!["w".into()],
+                timeout_ms: 0,
+                visibility: Visibility::Public,
+                batch: None,
+                stop_on_failure: false,
+                retry: false,
+            }],
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["services"][0]["algorithm"], "mirror");
+        assert_eq!(json["services"][0]["visibility"], "public");
+        let back: BrokerSnapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(
+            serde_json::to_string(&WorkerState::Disconnected).unwrap(),
+            "\"DISCONNECTED\""
+        );
+    }
+}

@@ -160,6 +160,11 @@ fn run(cli: Cli) -> Result<i32> {
                     args.broker = broker.clone();
                 }
             }
+            // Flags and environment win; `[main]` of triggerfs.toml fills the rest.
+            args.url = args.url.or_else(|| settings.url.clone());
+            args.team = args.team.or_else(|| settings.team.clone());
+            args.identity = args.identity.or_else(|| settings.identity.clone());
+            args.secret = args.secret.or_else(|| settings.secret.clone());
             tokio_runtime()?.block_on(async {
                 match client::command::run(args).await {
                     Ok(code) => Ok(code),

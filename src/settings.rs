@@ -17,6 +17,14 @@ pub struct Settings {
     pub path: Option<PathBuf>,
     /// `[main] broker`.
     pub broker: Option<String>,
+    /// `[main] url`: the control plane.
+    pub url: Option<String>,
+    /// `[main] team`.
+    pub team: Option<String>,
+    /// `[main] identity`.
+    pub identity: Option<String>,
+    /// `[main] secret`.
+    pub secret: Option<String>,
     /// `[workers] pluginspath`.
     pub pluginspath: Option<PathBuf>,
     /// `[workers.<team>.<identity>] token`, keyed by (team, identity).
@@ -120,6 +128,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.broker.as_deref(), Some("tcp://127.0.0.1:5555"));
+        assert_eq!(s.team.as_deref(), Some("team1"));
+        assert_eq!(s.identity.as_deref(), Some("hp"));
+        assert_eq!(s.secret.as_deref(), Some("password"));
         assert_eq!(s.pluginspath, Some(PathBuf::from("/opt/plugins")));
         assert_eq!(
             s.worker_credentials(None, "demo01"),

@@ -39,6 +39,18 @@ pub struct ClientArgs {
         hide_env_values = true
     )]
     pub token: String,
+    /// Control plane URL, for logging in with team, identity and secret.
+    #[arg(long, env = "TRIGGERFS_URL")]
+    pub url: Option<String>,
+    /// Team to log in to (with --identity and --secret), instead of --token.
+    #[arg(long, env = "TRIGGERFS_TEAM")]
+    pub team: Option<String>,
+    /// User identity to log in as.
+    #[arg(long, env = "TRIGGERFS_IDENTITY")]
+    pub identity: Option<String>,
+    /// The user's secret.
+    #[arg(long, env = "TRIGGERFS_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
     /// Service to send to: `service`, a worker identity, or `team/service`.
     #[arg(long, env = "TRIGGERFS_SERVICE")]
     pub service: String,
@@ -97,13 +109,8 @@ pub async fn run_with<O: Write, E: Write>(
     interrupt: impl Future<Output = ()>,
 ) -> Result<i32, ClientError> {
     let spec = request_spec(&args, stdin)?;
-    let client = Client::connect(
-        &args.broker,
-        Credential::Jwt {
-            token: args.token.clone(),
-        },
-    )
-    .await?;
+    let token = credential_token(&args).await?;
+    let client = Client::connect(&args.broker, Credential::Jwt { token }).await?;
 
     let started = Instant::now();
     let mut handle = client.request(spec).await?;
@@ -145,6 +152,21 @@ pub async fn run_with<O: Write, E: Write>(
     } else {
         outcome.exit_status()
     })
+}
+
+/// The JWT to present: `--token` as given, else a fresh login with team, identity and
+/// secret, else none (a broker without a control plane accepts any).
+pub async fn credential_token(args: &ClientArgs) -> Result<String, ClientError> {
+    if !args.token.is_empty() {
+        return Ok(args.token.clone());
+    }
+    match (&args.team, &args.identity, &args.secret) {
+        (Some(team), Some(identity), Some(secret)) => {
+            let url = args.url.as_deref().unwrap_or(crate::login::DEFAULT_URL);
+            crate::login::login(url, team, identity, secret).await
+        }
+        _ => Ok(String::new()),
+    }
 }
 
 /// The request the flags describe; reads stdin when `--command` is absent.

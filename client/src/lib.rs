@@ -18,6 +18,7 @@
 mod client;
 pub mod command;
 pub mod connection;
+pub mod login;
 mod outcome;
 pub mod render;
 
@@ -71,6 +72,22 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The control plane could not be reached for login.
+    #[error("cannot reach the control plane at {url}: {message}")]
+    ControlPlane {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The control plane refused the login.
+    #[error("login refused: {code}: {message}")]
+    Login {
+        /// The API's error code (e.g. `Unauthorized`).
+        code: String,
+        /// Detail.
+        message: String,
+    },
     /// Writing our own output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
@@ -84,8 +101,9 @@ impl ClientError {
             ClientError::Connect { .. }
             | ClientError::ConnectTimeout { .. }
             | ClientError::Handshake { .. }
-            | ClientError::Disconnected => 3,
-            ClientError::Refused { .. } | ClientError::Read { .. } => 2,
+            | ClientError::Disconnected
+            | ClientError::ControlPlane { .. } => 3,
+            ClientError::Refused { .. } | ClientError::Read { .. } | ClientError::Login { .. } => 2,
             ClientError::Output(_) => 1,
         }
     }

@@ -3,7 +3,6 @@
 //! Layout:
 //! - [`request`]: [`PluginRequest`], the JSON object a plugin reads on stdin. The worker
 //!   serialises this same struct, so the two cannot drift apart.
-//! - [`base64`]: the small standard-alphabet codec used for payloads that are not UTF-8.
 //! - [`core`]: the core plugins `echo`, `command`, `file` and `append` as plain functions over
 //!   a request and writers, plus [`run_core`], their stdin/stdout wrapper.
 //! - [`install`](mod@install): lays the core plugins out under a plugins path as copies of the
@@ -12,7 +11,6 @@
 //! This crate is not async and has no dependency on the protocol: a plugin is just a process
 //! that reads one JSON object and writes lines.
 
-pub mod base64;
 pub mod core;
 pub mod install;
 pub mod request;

@@ -9,6 +9,7 @@
 //! `payload` is the payload as text when it is valid UTF-8; otherwise it is `""` and
 //! `payload_base64` holds the bytes (standard base64), so that any payload survives JSON.
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -27,7 +28,7 @@ pub enum PluginError {
     NoRequest,
     /// `payload_base64` is not base64.
     #[error("payload_base64 is invalid: {0}")]
-    Base64(#[from] crate::base64::Base64Error),
+    Base64(#[from] base64::DecodeError),
 }
 
 /// The request a plugin serves. Missing fields read as their defaults, so that a hand-written
@@ -65,7 +66,7 @@ impl PluginRequest {
             }
             Err(_) => {
                 self.payload = String::new();
-                self.payload_base64 = Some(crate::base64::encode(bytes));
+                self.payload_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
             }
         }
     }
@@ -88,7 +89,7 @@ impl PluginRequest {
     /// The payload bytes, whichever field carries them.
     pub fn payload_bytes(&self) -> Result<Vec<u8>, PluginError> {
         match &self.payload_base64 {
-            Some(encoded) => Ok(crate::base64::decode(encoded)?),
+            Some(encoded) => Ok(base64::engine::general_purpose::STANDARD.decode(encoded)?),
             None => Ok(self.payload.as_bytes().to_vec()),
         }
     }

@@ -1,31 +1,23 @@
 use super::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A directory under the system temp dir, removed on drop (no `tempfile` in the offline
 /// registry cache).
-pub(crate) struct TempDir(PathBuf);
+/// A temporary directory removed on drop (`tempfile`), with the name tests use.
+pub(crate) struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub(crate) fn new(label: &str) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "triggerfs-plugins-{label}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
+        TempDir(
+            tempfile::Builder::new()
+                .prefix(&format!("triggerfs-{label}-"))
+                .tempdir()
+                .expect("temp dir"),
+        )
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 

@@ -3,7 +3,9 @@
 //! When started under the name of a core plugin (`<pluginspath>/command/command` is a copy
 //! of this binary, laid out by `triggerfs plugins install`), it runs that plugin instead.
 
+mod metrics_http;
 mod settings;
+mod up;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -33,10 +35,14 @@ enum Command {
     Up(UpArgs),
     /// Run the broker.
     Broker(BrokerArgs),
+    /// Run the control plane (REST API, SQLite or PostgreSQL) alone.
+    Control(ControlArgs),
     /// Run a worker that connects out to the broker and serves requests with plugins.
     Worker(WorkerArgs),
     /// Send one request to a service and stream its output.
     Client(client::command::ClientArgs),
+    /// Benchmarks: latency, throughput and fan-out against baselines.
+    Bench(bench::BenchArgs),
     /// Manage plugins.
     Plugins {
         #[command(subcommand)]
@@ -70,13 +76,50 @@ struct BrokerArgs {
     /// Address to listen on.
     #[arg(long, env = "TRIGGERFS_LISTEN", default_value = "127.0.0.1:5555")]
     listen: SocketAddr,
+    /// Control plane URL to take services and trust from (else [broker] of the config file).
+    #[arg(long, env = "TRIGGERFS_CONTROL_URL")]
+    control: Option<String>,
+    /// The control plane's broker token (see its data dir's broker.token).
+    #[arg(long, env = "TRIGGERFS_BROKER_TOKEN", hide_env_values = true)]
+    broker_token: Option<String>,
+    /// A file holding the broker token.
+    #[arg(long, env = "TRIGGERFS_BROKER_TOKEN_FILE")]
+    broker_token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`/metrics`).
+    #[arg(long, env = "TRIGGERFS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     shard: ShardArgs,
 }
 
 #[derive(Args, Debug)]
+struct ApiArgs {
+    /// Where the REST API listens.
+    #[arg(long, env = "TRIGGERFS_API_LISTEN", default_value = "127.0.0.1:8080")]
+    api_listen: SocketAddr,
+    /// `postgres://...` to use PostgreSQL; default: SQLite in the data dir.
+    #[arg(long, env = "TRIGGERFS_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// How long a login's JWT is valid.
+    #[arg(long, env = "TRIGGERFS_JWT_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
+    jwt_ttl: Duration,
+}
+
+#[derive(Args, Debug)]
+struct ControlArgs {
+    /// Data directory (SQLite database, JWT key, broker token).
+    #[arg(long, env = "TRIGGERFS_DATA", default_value = "triggerfs-data")]
+    data: PathBuf,
+    /// The broker the HTTP gateway sends requests through.
+    #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
+    broker: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
 struct UpArgs {
-    /// Data directory (plugins, state).
+    /// Data directory (database, keys, plugins, the admin's client config).
     #[arg(long, env = "TRIGGERFS_DATA", default_value = "triggerfs-data")]
     data: PathBuf,
     /// Broker address to listen on.
@@ -85,6 +128,11 @@ struct UpArgs {
     /// Do not start the local worker.
     #[arg(long)]
     no_worker: bool,
+    /// Also serve the broker's Prometheus metrics on this address (`/metrics`).
+    #[arg(long, env = "TRIGGERFS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(flatten)]
     shard: ShardArgs,
 }
@@ -146,7 +194,37 @@ fn run(cli: Cli) -> Result<i32> {
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
         Command::Broker(args) => run_broker(args, &settings),
-        Command::Up(args) => run_up(args),
+        Command::Up(args) => {
+            if let Some(addr) = args.metrics_listen {
+                println!("metrics on http://{}/metrics", metrics_http::serve(addr)?);
+            }
+            let data = absolute(&args.data)?;
+            // The HTTP gateway needs the broker's address before the broker starts (the
+            // broker takes its configuration from the control plane): settle port 0 now.
+            let listen = if args.listen.port() == 0 {
+                std::net::TcpListener::bind(args.listen)?.local_addr()?
+            } else {
+                args.listen
+            };
+            up::run_up(
+                up::ControlOptions {
+                    data,
+                    api_listen: args.api.api_listen,
+                    database_url: args.api.database_url,
+                    jwt_ttl: args.api.jwt_ttl,
+                    broker_addr: Some(listen.to_string()),
+                },
+                broker_settings(listen, &args.shard)?,
+                args.no_worker,
+            )
+        }
+        Command::Control(args) => up::run_control(up::ControlOptions {
+            data: absolute(&args.data)?,
+            api_listen: args.api.api_listen,
+            database_url: args.api.database_url,
+            jwt_ttl: args.api.jwt_ttl,
+            broker_addr: Some(args.broker),
+        }),
         Command::Worker(args) => {
             let config = worker_config(args, &settings)?;
             tokio_runtime()?.block_on(async {
@@ -175,6 +253,7 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             })
         }
+        Command::Bench(args) => tokio_runtime()?.block_on(bench::run(args)),
         Command::Plugins { command } => match command {
             PluginsCommand::Install { dir } => {
                 let exe = std::env::current_exe().context("cannot find this executable")?;
@@ -200,7 +279,7 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
@@ -224,17 +303,46 @@ fn broker_settings(listen: SocketAddr, shard: &ShardArgs) -> Result<dataplane::B
     Ok(settings)
 }
 
+fn absolute(path: &Path) -> Result<PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    })
+}
+
 fn run_broker(args: BrokerArgs, settings: &Settings) -> Result<i32> {
-    let source = dataplane::FileConfig::parse(&settings.text).map_err(|e| {
-        anyhow::anyhow!(
-            "invalid [broker] section in {}: {e}",
-            settings
-                .path
-                .as_deref()
-                .map_or("the config".into(), |p| p.display().to_string())
-        )
-    })?;
-    let handle = dataplane::start(broker_settings(args.listen, &args.shard)?, Arc::new(source))?;
+    let source: Arc<dyn dataplane::ConfigSource> = match &args.control {
+        Some(url) => {
+            let broker_token = match (&args.broker_token, &args.broker_token_file) {
+                (Some(t), _) => t.clone(),
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read {}", f.display()))?
+                    .trim()
+                    .to_string(),
+                (None, None) => bail!("--control needs --broker-token or --broker-token-file"),
+            };
+            Arc::new(dataplane::feed::ControlSource::start(
+                dataplane::feed::FeedSettings {
+                    url: url.trim_end_matches('/').to_string(),
+                    broker_token,
+                },
+            )?)
+        }
+        None => Arc::new(dataplane::FileConfig::parse(&settings.text).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid [broker] section in {}: {e}",
+                settings
+                    .path
+                    .as_deref()
+                    .map_or("the config".into(), |p| p.display().to_string())
+            )
+        })?),
+    };
+    if let Some(addr) = args.metrics_listen {
+        println!("metrics on http://{}/metrics", metrics_http::serve(addr)?);
+    }
+    let handle = dataplane::start(broker_settings(args.listen, &args.shard)?, source)?;
     println!("listening on {}", handle.local_addr());
     wait_then_stop(handle)
 }
@@ -244,48 +352,6 @@ fn wait_then_stop(handle: dataplane::BrokerHandle) -> Result<i32> {
         .enable_all()
         .build()?
         .block_on(shutdown_signal());
-    handle.stop();
-    handle.join();
-    Ok(0)
-}
-
-fn run_up(args: UpArgs) -> Result<i32> {
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("cannot create data dir {}", args.data.display()))?;
-    let data = args.data.canonicalize()?;
-    let services = [dataplane::ServiceConfig {
-        workers: vec!["local".into()],
-        ..dataplane::ServiceConfig::implicit(dataplane::config::DEFAULT_TEAM, "demo")
-    }];
-    let source = dataplane::FileConfig::from_services(services);
-    let handle = dataplane::start(broker_settings(args.listen, &args.shard)?, Arc::new(source))?;
-    let addr = handle.local_addr();
-    println!("listening on {addr}");
-    if args.no_worker {
-        return wait_then_stop(handle);
-    }
-    let pluginspath = data.join("plugins");
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    plugins::install(&pluginspath, &exe)?;
-    println!(
-        "local worker `local` serves service `demo` with plugins in {}",
-        pluginspath.display()
-    );
-    println!(
-        "try: triggerfs client --broker {addr} --service demo --plugin command --command uptime"
-    );
-    let config = worker::WorkerConfig {
-        broker: addr.to_string(),
-        team: "default".into(),
-        identity: "local".into(),
-        token: String::new(),
-        pluginspath,
-        services: vec!["demo".into()],
-        max_concurrency: 64,
-        builtin_echo: true,
-        reconnect_max: Duration::from_secs(1),
-    };
-    tokio_runtime()?.block_on(worker::run(config, shutdown_signal()))?;
     handle.stop();
     handle.join();
     Ok(0)

@@ -61,10 +61,12 @@ impl Settings {
             ..Settings::default()
         };
         if let Some(main) = table.get("main").and_then(|v| v.as_table()) {
-            settings.broker = main
-                .get("broker")
-                .and_then(|v| v.as_str())
-                .map(String::from);
+            let get = |key: &str| main.get(key).and_then(|v| v.as_str()).map(String::from);
+            settings.broker = get("broker");
+            settings.url = get("url");
+            settings.team = get("team");
+            settings.identity = get("identity");
+            settings.secret = get("secret");
         }
         if let Some(workers) = table.get("workers").and_then(|v| v.as_table()) {
             for (key, value) in workers {

@@ -84,7 +84,7 @@ impl std::fmt::Debug for ControlSource {
 }
 
 fn compile(snapshot: BrokerSnapshot) -> Result<Compiled, String> {
-    let secret = decode_hex(&snapshot.jwt_secret_hex).ok_or("jwt_secret_hex is not hex")?;
+    let secret = hex::decode(&snapshot.jwt_secret_hex).map_err(|e| format!("jwt_secret_hex: {e}"))?;
     let mut services = BTreeMap::new();
     for s in snapshot.services {
         let timeout = if s.timeout_ms == 0 {
@@ -119,16 +119,6 @@ fn compile(snapshot: BrokerSnapshot) -> Result<Compiled, String> {
             .map(|w| ((w.team, w.identity), w.token_sha256))
             .collect(),
     })
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Compares two strings in time independent of where they differ.
@@ -175,6 +165,8 @@ impl Http {
         if !resp.status().is_success() {
             return Err(format!("{url} answered {}", resp.status()));
         }
+        // Subscribed: anything that changed between our last snapshot and now is fetched.
+        changed();
         let mut buf = String::new();
         let mut event = String::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
@@ -183,7 +175,8 @@ impl Http {
                 let line = buf[..nl].trim_end_matches('\r').to_string();
                 buf.drain(..=nl);
                 if line.is_empty() {
-                    if event == "config" {
+                    // `config`: something changed; `lagged`: we fell behind and missed some.
+                    if event == "config" || event == "lagged" {
                         changed();
                     }
                     event.clear();
@@ -392,7 +385,7 @@ impl ConfigSource for ControlSource {
                         jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                             refuse("the token has expired; log in again".into())
                         }
-                        _ => refuse("the token is not valid for this broker".into()),
+                        _ => refuse(format!("the token is not valid for this broker ({e})")),
                     })?
                     .claims;
                 if !compiled.teams.contains(&claims.team) {
@@ -474,10 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn hex_and_constant_time_eq() {
-        assert_eq!(decode_hex("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(decode_hex("0"), None);
-        assert_eq!(decode_hex("zz"), None);
+    fn constant_time_eq_compares_whole_strings() {
         assert!(constant_time_eq("abc", "abc"));
         assert!(!constant_time_eq("abc", "abd"));
         assert!(!constant_time_eq("abc", "ab"));

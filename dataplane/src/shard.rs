@@ -133,6 +133,13 @@ pub(crate) struct Shard {
     session_base: u64,
     revision: Cell<u64>,
     n_ticks: Cell<u64>,
+    /// Metric handles resolved once, so the request path does no label lookups for them.
+    inflight: prometheus::IntGauge,
+    queued: prometheus::IntGauge,
+    /// Request latency histograms, indexed by [`algorithm_idx`].
+    durations: [prometheus::Histogram; 3],
+    /// (service, algorithm, outcome) → counter, resolved on first use.
+    request_counters: RefCell<HashMap<(String, Algorithm, &'static str), prometheus::IntCounter>>,
 }
 
 impl Shard {
@@ -164,6 +171,11 @@ impl Shard {
             session_base: (idx as u64) << DISPATCH_SHARD_SHIFT,
             revision: Cell::new(revision),
             n_ticks: Cell::new(0),
+            inflight: metrics::INFLIGHT.with_label_values(&[&idx.to_string()]),
+            queued: metrics::QUEUED.with_label_values(&[&idx.to_string()]),
+            durations: [Algorithm::Roundrobin, Algorithm::Mirror, Algorithm::Serial]
+                .map(|a| metrics::REQUEST_SECONDS.with_label_values(&[&a.to_string()])),
+            request_counters: RefCell::new(HashMap::new()),
         }
     }
 
@@ -556,9 +568,7 @@ impl Shard {
                 },
             );
         }
-        metrics::INFLIGHT
-            .with_label_values(&[&self.idx.to_string()])
-            .inc();
+        self.inflight.inc();
         debug!(shard = self.idx, service = %service.name, algorithm = %service.algorithm, n_workers, "request routed");
         let first = if client.wait {
             Frame::Routed {
@@ -940,11 +950,9 @@ impl Shard {
         }
         let n = self.n_ticks.get() + 1;
         self.n_ticks.set(n);
-        if n % 100 == 0 {
+        if n.is_multiple_of(100) {
             let queued: usize = self.state.borrow().conns.values().map(|c| c.tx.len()).sum();
-            metrics::QUEUED
-                .with_label_values(&[&self.idx.to_string()])
-                .set(queued as i64);
+            self.queued.set(queued as i64);
         }
         self.expire().await;
     }
@@ -971,16 +979,21 @@ impl Shard {
         } else {
             "ok"
         };
-        let algorithm = entry.algorithm.to_string();
-        metrics::REQUESTS
-            .with_label_values(&[&entry.service, &algorithm, outcome])
+        let key = (entry.service.clone(), entry.algorithm, outcome);
+        let mut counters = self.request_counters.borrow_mut();
+        counters
+            .entry(key)
+            .or_insert_with(|| {
+                metrics::REQUESTS.with_label_values(&[
+                    &entry.service,
+                    &entry.algorithm.to_string(),
+                    outcome,
+                ])
+            })
             .inc();
-        metrics::REQUEST_SECONDS
-            .with_label_values(&[&algorithm])
+        self.durations[algorithm_idx(entry.algorithm)]
             .observe(entry.started.elapsed().as_secs_f64());
-        metrics::INFLIGHT
-            .with_label_values(&[&self.idx.to_string()])
-            .dec();
+        self.inflight.dec();
     }
 
     /// Fires the timeouts that are due.
@@ -1044,5 +1057,13 @@ fn role_label(role: Role) -> &'static str {
     match role {
         Role::Client => "client",
         Role::Worker => "worker",
+    }
+}
+
+fn algorithm_idx(algorithm: Algorithm) -> usize {
+    match algorithm {
+        Algorithm::Roundrobin => 0,
+        Algorithm::Mirror => 1,
+        Algorithm::Serial => 2,
     }
 }

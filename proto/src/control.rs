@@ -143,8 +143,7 @@ pub struct BrokerReport {
 /// secret they cannot be guessed from a dictionary, and the broker checks one per handshake.
 pub fn token_digest(token: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(test)]

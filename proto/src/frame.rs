@@ -61,6 +61,7 @@ pub struct Hello {
     Copy,
     PartialEq,
     Eq,
+    Hash,
     serde::Serialize,
     serde::Deserialize,
 )]

@@ -342,3 +342,202 @@ pub fn process_running(marker: &str) -> bool {
     }
     false
 }
+
+/// Reads stdout lines until one starts with `listening on `; returns (earlier lines, addr).
+pub fn read_until_listening(
+    proc: &Proc,
+    stdout: &mut BufReader<std::process::ChildStdout>,
+) -> Result<(Vec<String>, String)> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line)? == 0 {
+            bail!(
+                "{} exited before listening:\n{}\n{}",
+                proc.name,
+                lines.join("\n"),
+                proc.stderr()
+            );
+        }
+        let line = line.trim_end().to_string();
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            return Ok((lines, addr.to_string()));
+        }
+        lines.push(line);
+    }
+}
+
+/// The value after `prefix` on the first line that has it.
+pub fn line_value(lines: &[String], prefix: &str) -> Option<String> {
+    lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
+}
+
+/// A port that was free a moment ago, for servers that must know each other's address
+/// before they start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `triggerfs control` with a fresh data dir (SQLite) or the given database URL.
+pub struct Control {
+    /// The process.
+    pub proc: Proc,
+    /// API base, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The first admin: (team, identity, secret).
+    pub admin: (String, String, String),
+    /// The data dir (JWT key, broker token).
+    pub data: tempfile::TempDir,
+}
+
+impl Control {
+    /// Starts the control plane; its gateway sends through `broker`.
+    pub fn start(broker: &str) -> Result<Control> {
+        let data = tempfile::tempdir()?;
+        let (proc, mut stdout) = Proc::spawn(
+            "control",
+            &[
+                "control",
+                "--data",
+                data.path().to_str().unwrap(),
+                "--api-listen",
+                "127.0.0.1:0",
+                "--broker",
+                broker,
+            ],
+        )?;
+        let (lines, addr) = read_until_listening(&proc, &mut stdout)?;
+        let created = line_value(&lines, "created team `")
+            .with_context(|| format!("no admin line in {lines:?}"))?;
+        // "main` and admin `admin`"
+        let team = created.split('`').next().unwrap_or_default().to_string();
+        let identity = created.split('`').nth(2).unwrap_or_default().to_string();
+        let secret = line_value(&lines, "secret:").context("no secret line")?;
+        Ok(Control {
+            proc,
+            url: format!("http://{addr}"),
+            admin: (team, identity, secret),
+            data,
+        })
+    }
+
+    /// The broker token file.
+    pub fn broker_token_file(&self) -> PathBuf {
+        self.data.path().join("broker.token")
+    }
+
+    /// The JWT signing key (hex) from the data dir.
+    pub fn jwt_key(&self) -> Result<Vec<u8>> {
+        let hex = std::fs::read_to_string(self.data.path().join("jwt.key"))?;
+        let hex = hex.trim();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).context("jwt.key is hex"))
+            .collect()
+    }
+}
+
+/// A broker that takes its configuration from a control plane.
+pub fn start_controlled_broker(
+    control: &Control,
+    port: u16,
+    extra: &[&str],
+) -> Result<(Proc, Vec<String>)> {
+    let listen = format!("127.0.0.1:{port}");
+    let token_file = control.broker_token_file();
+    let mut args = vec![
+        "broker",
+        "--listen",
+        &listen,
+        "--shards",
+        "2",
+        "--control",
+        &control.url,
+        "--broker-token-file",
+        token_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (proc, mut stdout) = Proc::spawn("broker", &args)?;
+    let (lines, _addr) = read_until_listening(&proc, &mut stdout)?;
+    Ok((proc, lines))
+}
+
+/// A small JSON API client for tests.
+pub struct Api {
+    http: reqwest::Client,
+    /// Base URL.
+    pub url: String,
+    /// Bearer token.
+    pub token: Option<String>,
+}
+
+impl Api {
+    /// An anonymous client.
+    pub fn new(url: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            url: url.to_string(),
+            token: None,
+        }
+    }
+
+    /// Logs in and returns a client carrying the JWT.
+    pub async fn login(url: &str, team: &str, identity: &str, secret: &str) -> Result<Api> {
+        let mut api = Api::new(url);
+        let (status, body) = api
+            .call(
+                "POST",
+                "/api/v1/login",
+                serde_json::json!({"team": team, "identity": identity, "secret": secret}),
+            )
+            .await?;
+        if !status.is_success() {
+            bail!("login {team}/{identity} failed: {status} {body}");
+        }
+        api.token = Some(body["token"].as_str().context("token")?.to_string());
+        Ok(api)
+    }
+
+    /// One call; returns status and JSON body (Null when none).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
+    /// A call that must succeed.
+    pub async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let (status, body) = self.call(method, path, body).await?;
+        if !status.is_success() {
+            bail!("{method} {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+}

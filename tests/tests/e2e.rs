@@ -5,6 +5,7 @@
 mod e2e {
     pub mod algorithms;
     pub mod bad_input;
+    pub mod control;
     pub mod failures;
     pub mod fanout;
 }

@@ -1,0 +1,315 @@
+//! `bench fanout`: a mirror `echo` to N connected workers, one request at a time; per round,
+//! the time from sending the request to the first and to the last `Done`, and the summary.
+//! `--idle` instead connects many idle workers and reads the broker's resident memory.
+//!
+//! There is no baseline for fan-out (the targets are absolute), so only triggerFS is measured.
+
+use crate::child::ChildBroker;
+use crate::report::{latency_histogram, FanoutFigures, IdleFigures, Report, SystemResult};
+use crate::triggerfs::{self, Workers};
+use crate::{FanoutArgs, Notes, System};
+use anyhow::{bail, Context};
+use client::{Client, ClientEvent};
+use proto::{Algorithm, Summary};
+use serde_json::{json, Map};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long all workers may take to be online before the run gives up: 10,000 connections
+/// and handshakes on a busy 2-core machine take seconds, not minutes.
+const ONLINE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// After the last idle worker is online, wait this long before reading RSS, so that every
+/// connection has exchanged a heartbeat (1 s by default) and settled its buffers.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
+
+/// File descriptors besides the workers' sockets: the runtime, the broker's io_uring
+/// rings, the client, stdio.
+const SPARE_FDS: u64 = 1024;
+
+/// What one mirror round saw.
+struct Round {
+    first_done: Option<Duration>,
+    last_done: Option<Duration>,
+    n_done: u64,
+    summary: Option<Summary>,
+}
+
+async fn mirror_round(client: &Client, service: &str, payload: &[u8]) -> anyhow::Result<Round> {
+    let sent_at = Instant::now();
+    let mut handle = client
+        .request(triggerfs::echo_request(service, payload.to_vec()))
+        .await?;
+    let mut round = Round {
+        first_done: None,
+        last_done: None,
+        n_done: 0,
+        summary: None,
+    };
+    while let Some(event) = handle.next().await {
+        match event {
+            ClientEvent::Done { exit_code, .. } => {
+                let at = sent_at.elapsed();
+                round.first_done.get_or_insert(at);
+                round.last_done = Some(at);
+                if exit_code == 0 {
+                    round.n_done += 1;
+                }
+            }
+            ClientEvent::Summary(summary) => round.summary = Some(summary),
+            ClientEvent::Error { kind, message } => bail!("{kind}: {message}"),
+            ClientEvent::Disconnected => bail!("disconnected from the broker"),
+            _ => {}
+        }
+    }
+    Ok(round)
+}
+
+/// Sends mirror rounds until one reaches `n` workers, or the deadline passes.
+async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + ONLINE_DEADLINE;
+    let mut seen = 0;
+    loop {
+        if let Ok(round) = mirror_round(client, service, b"online?").await {
+            seen = round.summary.map_or(0, |s| s.workers as usize);
+            if seen >= n {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("only {seen} of {n} workers came online within {ONLINE_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Raises the open-file limit so that `sockets` more descriptors fit (both ends of every
+/// in-process worker connection live in this process). As root the hard limit can be raised
+/// too; otherwise the soft limit goes as high as the hard one.
+fn raise_fd_limit(sockets: u64) {
+    let wanted = sockets + SPARE_FDS;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= wanted {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max.max(wanted),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            let soft = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &soft);
+            tracing::warn!(
+                wanted,
+                hard = limit.rlim_max,
+                "cannot raise the open-file limit; workers may fail to connect"
+            );
+        }
+    }
+}
+
+/// VmRSS of a process in KiB, from /proc/<pid>/status.
+fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn params(args: &FanoutArgs, shards: usize) -> Map<String, serde_json::Value> {
+    let common = &args.common;
+    let mut params = Map::new();
+    params.insert("payload".into(), json!(common.payload));
+    params.insert(
+        "shards".into(),
+        json!(common.broker.is_none().then_some(shards)),
+    );
+    params.insert("broker".into(), json!(common.broker));
+    params.insert("service".into(), json!(args.service));
+    params.insert("idle".into(), json!(args.idle));
+    if args.idle {
+        params.insert("idle_workers".into(), json!(args.idle_workers));
+    } else {
+        params.insert("workers".into(), json!(args.workers));
+        params.insert("count".into(), json!(args.count));
+        params.insert("warmup_rounds".into(), json!(args.warmup_rounds));
+    }
+    params.insert("systems".into(), json!([System::Triggerfs]));
+    params
+}
+
+/// `bench fanout` (and `--idle`).
+pub(crate) async fn measure(args: &FanoutArgs, notes: &mut Notes) -> anyhow::Result<Report> {
+    let common = &args.common;
+    if !common.systems.contains(&System::Triggerfs) {
+        bail!("fanout measures triggerfs only; add it to --systems");
+    }
+    let shards = common.shards.unwrap_or(2).max(1);
+    let mut report = Report {
+        mode: "fanout",
+        params: params(args, shards),
+        machine: crate::Machine::detect(),
+        systems: Vec::new(),
+        idle: None,
+        skipped: Vec::new(),
+        out_dir: common.out.clone(),
+        files: Vec::new(),
+    };
+    for other in common.systems.iter().filter(|s| **s != System::Triggerfs) {
+        let line = format!(
+            "{}: not measured in fanout mode (no fan-out baseline)",
+            other.name()
+        );
+        report.skipped.push(line);
+    }
+    if args.idle {
+        report.idle = Some(idle(args, shards).await?);
+        return Ok(report);
+    }
+    let n = args.workers;
+    let service = args.service.clone();
+    let (addr, broker) = match &common.broker {
+        Some(addr) => (addr.clone(), None),
+        None => {
+            raise_fd_limit(2 * n as u64);
+            let broker = triggerfs::start_broker(shards, &service, Algorithm::Mirror)?;
+            (broker.local_addr().to_string(), Some(broker))
+        }
+    };
+    // With --broker the user started the workers.
+    let workers = match broker {
+        Some(_) => Workers::start(&addr, "fan-w", n, std::slice::from_ref(&service)),
+        None => Workers::default(),
+    };
+    let outcome = async {
+        let client = triggerfs::connect(&addr).await?;
+        wait_online(&client, &service, n).await?;
+        anyhow::Ok(rounds(&client, &service, n, args, notes).await)
+    }
+    .await;
+    workers.stop().await;
+    if let Some(broker) = broker {
+        triggerfs::stop_broker(broker).await;
+    }
+    report.systems.push(outcome?);
+    Ok(report)
+}
+
+/// `fanout --idle`: connects idle workers (always in this process) to a broker in a forked
+/// child, or to `--broker` whose pid is `--broker-pid`, and reads the broker's RSS.
+async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
+    let n = args.idle_workers;
+    let service = if args.service == "fan" {
+        "idle".to_string()
+    } else {
+        args.service.clone()
+    };
+    raise_fd_limit(n as u64);
+    let (addr, pid, child) = match (&args.common.broker, args.broker_pid) {
+        (Some(addr), Some(pid)) => (addr.clone(), pid.to_string(), None),
+        (Some(_), None) => {
+            bail!("--idle with --broker needs --broker-pid to read the broker's RSS")
+        }
+        (None, _) => {
+            let child = ChildBroker::spawn(shards, &service).await?;
+            (child.addr.clone(), child.pid.to_string(), Some(child))
+        }
+    };
+    let rss_before = rss_kib(&pid);
+    let workers = Workers::start(&addr, "idle-w", n, std::slice::from_ref(&service));
+    let outcome = async {
+        let client = triggerfs::connect(&addr).await?;
+        wait_online(&client, &service, n).await?;
+        drop(client);
+        tokio::time::sleep(IDLE_SETTLE).await;
+        rss_kib(&pid).with_context(|| format!("cannot read /proc/{pid}/status"))
+    }
+    .await;
+    workers.stop().await;
+    if let Some(child) = child {
+        child.stop().await;
+    }
+    Ok(IdleFigures {
+        workers: n as u64,
+        rss_kib: outcome?,
+        rss_before_kib: rss_before,
+        source: format!("broker process {pid}"),
+    })
+}
+
+/// The measured rounds, one request at a time.
+async fn rounds(
+    client: &Client,
+    service: &str,
+    n: usize,
+    args: &FanoutArgs,
+    notes: &Notes,
+) -> SystemResult {
+    let payload = vec![b'x'; args.common.payload];
+    for _ in 0..args.warmup_rounds {
+        let _ = mirror_round(client, service, &payload).await;
+    }
+    let bar = notes.progress().then(|| {
+        let bar = indicatif::ProgressBar::new(args.count);
+        bar.set_prefix("fanout");
+        bar
+    });
+    let mut last_done = latency_histogram();
+    let mut first_done = latency_histogram();
+    let (mut received, mut errors) = (0u64, 0u64);
+    let mut fewest_ok = n as u64;
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let started = Instant::now();
+    for _ in 0..args.count {
+        match mirror_round(client, service, &payload).await {
+            Ok(round) => {
+                let ok = round.summary.as_ref().map_or(0, |s| u64::from(s.ok));
+                fewest_ok = fewest_ok.min(ok).min(round.n_done);
+                if ok == n as u64 && round.n_done == n as u64 {
+                    received += 1;
+                    if let (Some(first), Some(last)) = (round.first_done, round.last_done) {
+                        first_done.saturating_record(nanos(first));
+                        last_done.saturating_record(nanos(last));
+                    }
+                } else {
+                    tracing::warn!(ok, n_done = round.n_done, n, "fan-out round incomplete");
+                    errors += 1;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "fan-out round failed");
+                fewest_ok = 0;
+                errors += 1;
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    SystemResult {
+        name: "triggerfs",
+        hist: last_done,
+        sent: args.count,
+        received,
+        errors,
+        elapsed: started.elapsed(),
+        fanout: Some(FanoutFigures {
+            first_done,
+            workers: n as u64,
+            ok: fewest_ok,
+        }),
+    }
+}

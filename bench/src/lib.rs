@@ -1,0 +1,250 @@
+//! `triggerfs bench`: request/reply latency, throughput and mirror fan-out of triggerFS,
+//! measured in one run against baselines on the same machine (DESIGN.md §9).
+//!
+//! Layout:
+//! - [`BenchArgs`] / [`run`] (this file): the command line and the one entry point.
+//! - `load`: the load generator, open-loop at a rate (latency measured from each request's
+//!   scheduled send time, so a stall cannot hide) or closed-loop with K in flight.
+//! - `triggerfs`: an in-process broker (`dataplane::start`) with in-process echo workers, and
+//!   the caller that sends requests through the `client` library.
+//! - `relay`: the baseline "same hops, nothing else" — a minimal tokio TCP relay in front of an
+//!   echo server, with length-prefixed, id-tagged messages.
+//! - `nats`: the NATS request/reply baseline (async-nats), skipped when no server answers.
+//! - `fanout`: mirror fan-out to N workers (time to first and last `Done`) and the idle-worker
+//!   memory measurement.
+//! - `report`: the table, the JSON document, `.hgrm` files, the SVG chart, machine and commit.
+//!
+//! What it is not: a test. Nothing here asserts a timing; the functional test in `tests/` only
+//! checks counts and the shape of the JSON.
+
+mod child;
+mod fanout;
+mod load;
+mod nats;
+mod relay;
+mod report;
+mod triggerfs;
+
+pub use report::{Machine, Report, SystemResult};
+
+use clap::{Args, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `triggerfs bench latency|throughput|fanout [flags]`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+/// The benchmark modes.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Mode {
+    /// Request/reply latency: by default 1 request in flight, 64 B payload, echo.
+    Latency(LoadArgs),
+    /// Request/reply throughput: by default 256 requests in flight, 2 broker shards.
+    Throughput(LoadArgs),
+    /// Mirror fan-out to N workers: time from request to first and last `Done`.
+    Fanout(FanoutArgs),
+}
+
+/// Flags every mode has.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Use a running broker at ADDR instead of starting one (then you start the workers).
+    #[arg(long, value_name = "ADDR")]
+    pub broker: Option<String>,
+    /// Broker shards (executor threads) of the in-process broker [latency: 1, throughput: 2,
+    /// fanout: 2].
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Where the `.hgrm` files and the SVG chart go.
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Print exactly one JSON document on stdout (tables and notes go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Systems to measure, comma-separated: triggerfs, relay, nats.
+    #[arg(long, value_delimiter = ',', default_value = "triggerfs,relay,nats")]
+    pub systems: Vec<System>,
+    /// The NATS server for the `nats` baseline.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4222")]
+    pub nats: String,
+}
+
+/// Flags of `latency` and `throughput`.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Flags every mode has.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Open loop: send R requests per second on a fixed schedule; latency counts from each
+    /// request's scheduled send time. Without it the load is closed-loop (`--in-flight`).
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
+    /// Closed loop: K requests in flight at all times [latency: 1, throughput: 256]. With
+    /// `--rate`, the cap on requests outstanding (default 10000).
+    #[arg(long, value_name = "K")]
+    pub in_flight: Option<usize>,
+    /// Client connections per system; requests spread over them [latency: 1, throughput: 4].
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Echo workers (triggerfs) and NATS responders in a queue group [latency: 1,
+    /// throughput: 2]. With `--broker`, the workers you started.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Load applied before measuring, with the same shape.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub warmup: Duration,
+    /// How long to measure (ignored with `--count`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Measure exactly N requests per system instead of a duration.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// The service requests go to (with `--broker`, one your workers serve with `echo`).
+    #[arg(long, default_value = "bench")]
+    pub service: String,
+}
+
+/// Flags of `fanout`.
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    /// Flags every mode has (`--systems` other than triggerfs are not measured here).
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Workers the mirror service fans out to. With `--broker`, the workers you started.
+    #[arg(long, default_value_t = 1000)]
+    pub workers: usize,
+    /// Fan-out requests measured, one at a time.
+    #[arg(long, default_value_t = 20)]
+    pub count: u64,
+    /// Fan-out requests sent before measuring.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_rounds: u64,
+    /// The mirror service (with `--broker`, one your workers announce).
+    #[arg(long, default_value = "fan")]
+    pub service: String,
+    /// Instead: connect `--idle-workers` idle workers (always started here) and print the
+    /// broker's RSS (a broker in a forked child process, or `--broker` with `--broker-pid`).
+    #[arg(long)]
+    pub idle: bool,
+    /// Idle workers to connect with `--idle`.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_workers: usize,
+    /// With `--broker --idle`: the broker's process id, whose RSS is read from /proc.
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
+}
+
+/// A system under measurement.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    /// triggerFS: client → broker → worker (in-process echo) → broker → client.
+    Triggerfs,
+    /// The minimal TCP relay baseline.
+    Relay,
+    /// NATS request/reply.
+    Nats,
+}
+
+impl System {
+    /// The name used in tables, JSON and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Triggerfs => "triggerfs",
+            System::Relay => "relay",
+            System::Nats => "nats",
+        }
+    }
+}
+
+/// Runs a benchmark, prints its results and writes its files. Must be called inside a tokio
+/// runtime with the multi-thread scheduler (the in-process workers and baselines are tokio
+/// tasks; the broker runs on its own glommio threads).
+///
+/// Returns the exit status: 0 when every request was answered correctly, 1 otherwise.
+pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    let json = common(&args).json;
+    let mut notes = Notes::new(json);
+    let mut report = measure(&args, &mut notes).await?;
+    report.write_files()?;
+    report.print_text(notes.out())?;
+    if json {
+        let doc = serde_json::to_string_pretty(&report.json())?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{doc}")?;
+        stdout.flush()?;
+    }
+    Ok(if report.all_ok() { 0 } else { 1 })
+}
+
+/// Runs a benchmark and returns its report without printing it or writing files; `run` is
+/// this plus output. Progress notes (e.g. "nats: skipped") go to `notes`.
+pub async fn measure(args: &BenchArgs, notes: &mut Notes) -> anyhow::Result<Report> {
+    match &args.mode {
+        Mode::Latency(load) => load::measure_mode("latency", load, notes).await,
+        Mode::Throughput(load) => load::measure_mode("throughput", load, notes).await,
+        Mode::Fanout(fan) => fanout::measure(fan, notes).await,
+    }
+}
+
+fn common(args: &BenchArgs) -> &CommonArgs {
+    match &args.mode {
+        Mode::Latency(l) | Mode::Throughput(l) => &l.common,
+        Mode::Fanout(f) => &f.common,
+    }
+}
+
+/// Where human-readable lines go: stdout normally, stderr with `--json` (stdout then holds
+/// only the JSON document), nowhere when quiet (tests).
+pub struct Notes {
+    sink: Box<dyn Write + Send>,
+    progress: bool,
+}
+
+impl Notes {
+    /// stdout, or stderr when `json`.
+    pub fn new(json: bool) -> Notes {
+        use std::io::IsTerminal;
+        let sink: Box<dyn Write + Send> = if json {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        };
+        Notes {
+            sink,
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Discards everything and shows no progress (for tests).
+    pub fn quiet() -> Notes {
+        Notes {
+            sink: Box::new(std::io::sink()),
+            progress: false,
+        }
+    }
+
+    /// Prints one line.
+    pub fn line(&mut self, text: impl std::fmt::Display) {
+        let _ = writeln!(self.sink, "{text}");
+        let _ = self.sink.flush();
+    }
+
+    /// Whether to draw progress bars (only when stderr is a terminal).
+    pub fn progress(&self) -> bool {
+        self.progress
+    }
+
+    fn out(&mut self) -> &mut (dyn Write + Send) {
+        &mut *self.sink
+    }
+}

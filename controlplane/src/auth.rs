@@ -1,0 +1,256 @@
+//! Who is calling: user JWTs, the broker token, and secret hashing.
+//!
+//! [`AuthUser`] is a user with a valid JWT who is still a member of the token's team;
+//! [`BrokerAuth`] is the broker, holding the broker token; [`EventsCaller`] is either (the
+//! event stream serves both). A missing or bad credential is always an error, never a silent
+//! "anonymous" (the reason realworld-axum-sqlx keeps `MaybeAuthUser` apart from `AuthUser`).
+
+use crate::db::on_db;
+use crate::error::ApiError;
+use crate::AppState;
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordVerifier};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use proto::control::Claims;
+use std::sync::OnceLock;
+
+/// The JWT signing key and its verifier.
+pub struct JwtKeys {
+    /// The raw key as hex (what the broker gets in its snapshot).
+    pub secret_hex: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl JwtKeys {
+    /// Keys from the raw secret bytes.
+    pub fn new(secret: &[u8]) -> JwtKeys {
+        JwtKeys {
+            secret_hex: hex::encode(secret),
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        }
+    }
+
+    /// Signs claims (HS256).
+    pub fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(format!("signing a JWT: {e}")))
+    }
+
+    /// Verifies signature and expiry.
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Our clocks are the same clock; an expired token is expired.
+        validation.leeway = 0;
+        match jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(ApiError::TokenExpired),
+                _ => Err(ApiError::unauthorized()),
+            },
+        }
+    }
+}
+
+/// argon2id hash of a secret, off the async threads.
+pub async fn hash_secret(secret: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(secret.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| ApiError::Internal(format!("hashing a secret: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?
+}
+
+/// Whether `secret` matches `hash`, off the async threads. With `hash = None` (unknown user)
+/// it still spends the same time on a dummy hash, so timing does not reveal who exists.
+pub async fn verify_secret(secret: String, hash: Option<String>) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        static DUMMY: OnceLock<String> = OnceLock::new();
+        let known = hash.is_some();
+        let hash = match hash {
+            Some(h) => h,
+            None => DUMMY
+                .get_or_init(|| {
+                    let salt = SaltString::generate(&mut OsRng);
+                    Argon2::default()
+                        .hash_password(b"not a real secret", &salt)
+                        .map(|h| h.to_string())
+                        .unwrap_or_default()
+                })
+                .clone(),
+        };
+        let Ok(parsed) = PasswordHash::new(&hash) else {
+            return false;
+        };
+        let ok = Argon2::default()
+            .verify_password(secret.as_bytes(), &parsed)
+            .is_ok();
+        ok && known
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("verifying task: {e}")))
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer header".into()))?;
+    let text = header.to_str().map_err(|_| ApiError::unauthorized())?;
+    text.strip_prefix("Bearer ")
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer header".into()))
+}
+
+/// Equal-time comparison of two secrets.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// A user, authenticated by JWT, acting in the token's team (of which they are a member).
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    /// `users.id`.
+    pub user_id: i64,
+    /// Identity.
+    pub identity: String,
+    /// `teams.id` of the token's team.
+    pub team_id: i64,
+    /// The token's team.
+    pub team: String,
+    /// Current role in that team (from the store, not the token).
+    pub role: String,
+    /// Whether the user may set quotas.
+    pub operator: bool,
+    /// The bearer JWT itself (the gateway presents it to the broker).
+    pub token: String,
+}
+
+impl AuthUser {
+    /// Fails with `Forbidden` unless the caller is an admin of their team.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.role == "admin" {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "only an admin of team {} may do this",
+                self.team
+            )))
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    user_id: i64,
+    operator: bool,
+    team_id: i64,
+    role: String,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?.to_string();
+        let claims = state.jwt.verify(&token)?;
+        const SQL: &str = "SELECT u.id AS user_id, u.operator, t.id AS team_id, m.role \
+             FROM users u JOIN members m ON m.user_id = u.id JOIN teams t ON t.id = m.team_id \
+             WHERE u.identity = $1 AND t.name = $2";
+        let row: Option<MemberRow> = on_db!(&state.db, pool => {
+            sqlx::query_as(SQL).bind(&claims.sub).bind(&claims.team).fetch_optional(pool).await?
+        });
+        let row = row.ok_or_else(ApiError::unauthorized)?;
+        Ok(AuthUser {
+            user_id: row.user_id,
+            identity: claims.sub,
+            team_id: row.team_id,
+            team: claims.team,
+            role: row.role,
+            operator: row.operator,
+            token,
+        })
+    }
+}
+
+/// The broker, holding the broker token.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerAuth;
+
+impl FromRequestParts<AppState> for BrokerAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if same_secret(bearer(parts)?, &state.broker_token) {
+            Ok(BrokerAuth)
+        } else {
+            Err(ApiError::unauthorized())
+        }
+    }
+}
+
+/// Whoever may read the event stream: the broker (every team) or a user (their team).
+#[derive(Debug, Clone)]
+pub enum EventsCaller {
+    /// The broker token.
+    Broker,
+    /// A user's JWT.
+    User(AuthUser),
+}
+
+impl FromRequestParts<AppState> for EventsCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if same_secret(bearer(parts)?, &state.broker_token) {
+            return Ok(EventsCaller::Broker);
+        }
+        AuthUser::from_request_parts(parts, state)
+            .await
+            .map(EventsCaller::User)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+
+    #[test]
+    fn jwt_expiry_and_signature() {
+        let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef");
+        let now = crate::db::now_ms() as u64 / 1000;
+        let claims = |exp| Claims {
+            sub: "u".into(),
+            team: "t".into(),
+            role: "admin".into(),
+            iat: now,
+            exp,
+        };
+        let good = keys.sign(&claims(now + 60)).unwrap();
+        assert_eq!(keys.verify(&good).unwrap().sub, "u");
+        let expired = keys.sign(&claims(now - 10)).unwrap();
+        assert!(matches!(keys.verify(&expired), Err(ApiError::TokenExpired)));
+        let other = JwtKeys::new(b"another key of thirty-two bytes!");
+        let forged = other.sign(&claims(now + 60)).unwrap();
+        assert!(matches!(
+            keys.verify(&forged),
+            Err(ApiError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            keys.verify("garbage"),
+            Err(ApiError::Unauthorized(_))
+        ));
+    }
+}

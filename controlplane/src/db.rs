@@ -1,0 +1,112 @@
+//! The store: one SQLite file (default) or PostgreSQL, behind [`Db`].
+//!
+//! Queries are written once, in SQL both backends accept (`$1` placeholders, `RETURNING`,
+//! integers for timestamps and ids), and run through [`on_db!`], which expands the same code
+//! for each pool type. That keeps every query checked by the compiler against both drivers
+//! without `sqlx::Any`'s reduced type set.
+//!
+//! Every transaction that changes configuration starts with [`BUMP_REVISION`]: taking the
+//! write lock first serializes writers (no SQLite lock upgrade failures, no quota races on
+//! PostgreSQL) and gives each change its revision.
+
+use crate::error::ControlError;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A connection pool to one of the two supported databases.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// Embedded SQLite file.
+    Sqlite(SqlitePool),
+    /// PostgreSQL server.
+    Postgres(PgPool),
+}
+
+/// Runs the same block for whichever pool `$db` holds, with the pool bound to `$pool`.
+macro_rules! on_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_db;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long a query waits for a connection or a lock before failing.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Db {
+    /// Connects (SQLite: `<data_dir>/triggerfs.db`, created if missing) and applies the
+    /// backend's migrations.
+    pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Db, ControlError> {
+        let db = match database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect(url)
+                    .await?;
+                POSTGRES_MIGRATIONS.run(&pool).await?;
+                Db::Postgres(pool)
+            }
+            Some(url) if url.starts_with("sqlite:") => Db::Sqlite(
+                open_sqlite(SqliteConnectOptions::from_str(url)?.create_if_missing(true)).await?,
+            ),
+            Some(other) => return Err(ControlError::UnsupportedDatabase(other.to_string())),
+            None => Db::Sqlite(
+                open_sqlite(
+                    SqliteConnectOptions::new()
+                        .filename(data_dir.join("triggerfs.db"))
+                        .create_if_missing(true),
+                )
+                .await?,
+            ),
+        };
+        Ok(db)
+    }
+}
+
+async fn open_sqlite(options: SqliteConnectOptions) -> Result<SqlitePool, ControlError> {
+    let options = options
+        .journal_mode(SqliteJournalMode::Wal)
+        .foreign_keys(true)
+        // Writers wait for each other instead of failing at once.
+        .busy_timeout(ACQUIRE_TIMEOUT);
+    let pool = SqlitePoolOptions::new()
+        // A handful is plenty: writes serialize on the file anyway.
+        .max_connections(4)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await?;
+    SQLITE_MIGRATIONS.run(&pool).await?;
+    Ok(pool)
+}
+
+/// Takes the write lock and returns the new revision; first statement of every
+/// configuration-changing transaction.
+pub const BUMP_REVISION: &str =
+    "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision";
+
+/// Reads the current revision.
+pub const CURRENT_REVISION: &str = "SELECT revision FROM meta WHERE id = 1";
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC text of a unix-millisecond timestamp.
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,277 @@
+//! The triggerFS control plane: a JSON API under `/api/v1` over an SQLite file (default) or
+//! PostgreSQL, with login (JWT), teams, users, workers, services, directories, triggers and
+//! quotas; the broker's feed (snapshot, report, event stream); an HTTP gateway into the
+//! broker; an OpenAPI document and Prometheus metrics.
+//!
+//! It is not the broker: it never routes a request itself (the gateway is a `client` of the
+//! broker like any other). It is the only crate that talks to the database.
+//!
+//! Layout: [`db`] (pools, migrations, the `on_db!` macro), [`auth`] (JWT, argon2, extractors),
+//! [`error`] (the error enum and its JSON), [`extract`] (JSON-rejecting extractors),
+//! `routes/` (one module per object, each owning its request and response types),
+//! [`metrics`], and [`openapi`].
+
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+mod routes;
+
+pub use error::{ApiError, ControlError};
+pub use routes::ROUTES;
+
+use auth::JwtKeys;
+use db::{on_db, Db};
+use proto::control::ConfigEvent;
+use rand::RngCore;
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// How the control plane runs.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Created if missing; holds `triggerfs.db` (SQLite), `jwt.key`, `broker.token` (0600).
+    pub data_dir: PathBuf,
+    /// `postgres://...` selects PostgreSQL; `None` the SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    /// How long a login's JWT is valid.
+    pub jwt_ttl: Duration,
+    /// Larger request bodies get 413 `PayloadTooLarge`.
+    pub max_body_bytes: usize,
+    /// The broker's client address, for the HTTP gateway.
+    pub broker_addr: Option<String>,
+}
+
+impl ControlSettings {
+    /// Defaults: SQLite in `data_dir`, 12 h tokens, 1 MiB bodies, no gateway.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ControlSettings {
+        ControlSettings {
+            data_dir: data_dir.into(),
+            database_url: None,
+            jwt_ttl: Duration::from_secs(12 * 3600),
+            max_body_bytes: 1024 * 1024,
+            broker_addr: None,
+        }
+    }
+}
+
+/// The first team's admin, created by [`ControlPlane::bootstrap`] on an empty store.
+#[derive(Debug, Clone)]
+pub struct FirstAdmin {
+    /// Team name (`main`).
+    pub team: String,
+    /// Identity (`admin`).
+    pub identity: String,
+    /// The secret, shown only this once.
+    pub secret: String,
+    /// Where the credentials were also written (`<data_dir>/admin.credentials`, 0600).
+    pub path: PathBuf,
+}
+
+/// Everything a request handler needs.
+pub(crate) struct Shared {
+    pub(crate) db: Db,
+    pub(crate) settings: ControlSettings,
+    pub(crate) jwt: JwtKeys,
+    pub(crate) broker_token: String,
+    pub(crate) events: broadcast::Sender<ConfigEvent>,
+    pub(crate) metrics: metrics::Metrics,
+    pub(crate) openapi_json: OnceLock<String>,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+impl Shared {
+    /// Tells event-stream subscribers about a committed change.
+    pub(crate) fn publish(&self, event: ConfigEvent) {
+        tracing::debug!(
+            revision = event.revision,
+            team = %event.team,
+            object = %event.object,
+            action = %event.action,
+            name = %event.name,
+            "config changed"
+        );
+        // No subscribers is fine.
+        let _ = self.events.send(event);
+    }
+}
+
+/// The control plane: cheap to clone, one store and key set behind it.
+#[derive(Clone)]
+pub struct ControlPlane {
+    shared: AppState,
+}
+
+/// Events buffered per subscriber; a subscriber further behind is told to re-sync.
+const EVENT_BUFFER: usize = 1024;
+
+impl ControlPlane {
+    /// Connects, runs the migrations, and loads (or generates) the JWT key and broker token.
+    pub async fn open(settings: ControlSettings) -> Result<ControlPlane, ControlError> {
+        std::fs::create_dir_all(&settings.data_dir).map_err(|source| ControlError::Io {
+            what: "cannot create data dir",
+            path: settings.data_dir.display().to_string(),
+            source,
+        })?;
+        let db = Db::open(&settings.data_dir, settings.database_url.as_deref()).await?;
+        let key_path = settings.data_dir.join("jwt.key");
+        let key_hex = load_or_create_secret(&key_path, || random_hex(32))?;
+        let key = hex::decode(key_hex.trim()).ok()
+            .filter(|k| k.len() >= 32)
+            .ok_or_else(|| ControlError::BadFile {
+                path: key_path.display().to_string(),
+                reason: "expected at least 32 bytes of hex".into(),
+            })?;
+        let broker_token =
+            load_or_create_secret(&settings.data_dir.join("broker.token"), || random_hex(32))?;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(ControlPlane {
+            shared: Arc::new(Shared {
+                db,
+                settings,
+                jwt: JwtKeys::new(&key),
+                broker_token,
+                events,
+                metrics: metrics::Metrics::new(),
+                openapi_json: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// On an empty store: creates team `main` and user `admin` (admin, operator) with a random
+    /// secret, writes `<data_dir>/admin.credentials` (0600) and returns the credentials.
+    /// `None` when a team already exists.
+    pub async fn bootstrap(&self) -> Result<Option<FirstAdmin>, ControlError> {
+        let s = &self.shared;
+        let n_teams: i64 = on_db!(&s.db, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM teams").fetch_one(pool).await?
+        });
+        if n_teams > 0 {
+            return Ok(None);
+        }
+        let (team, identity, secret) = ("main".to_string(), "admin".to_string(), random_hex(16));
+        let hash = auth::hash_secret(secret.clone())
+            .await
+            .map_err(|e| ControlError::Hash(e.to_string()))?;
+        let now = db::now_ms();
+        let revision: i64 = on_db!(&s.db, pool => {
+            let mut tx = pool.begin().await?;
+            let revision: i64 = sqlx::query_scalar(db::BUMP_REVISION).fetch_one(&mut *tx).await?;
+            let team_id: i64 = sqlx::query_scalar(
+                "INSERT INTO teams (name, created, updated) VALUES ($1, $2, $2) RETURNING id")
+                .bind(&team).bind(now).fetch_one(&mut *tx).await?;
+            let user_id: i64 = sqlx::query_scalar(
+                "INSERT INTO users (identity, secret_hash, operator, created) VALUES ($1, $2, TRUE, $3) RETURNING id")
+                .bind(&identity).bind(&hash).bind(now).fetch_one(&mut *tx).await?;
+            sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, 'admin', $3)")
+                .bind(team_id).bind(user_id).bind(now).execute(&mut *tx).await?;
+            tx.commit().await?;
+            revision
+        });
+        let path = s.data_dir().join("admin.credentials");
+        let text =
+            format!("[main]\nteam = {team:?}\nidentity = {identity:?}\nsecret = {secret:?}\n");
+        write_private(&path, &text)?;
+        s.publish(ConfigEvent {
+            revision: revision as u64,
+            team: team.clone(),
+            object: "team".into(),
+            action: "created".into(),
+            name: team.clone(),
+        });
+        Ok(Some(FirstAdmin {
+            team,
+            identity,
+            secret,
+            path,
+        }))
+    }
+
+    /// The secret the broker presents to `/api/v1/broker/*` and `/api/v1/events`.
+    pub fn broker_token(&self) -> &str {
+        &self.shared.broker_token
+    }
+
+    /// The whole HTTP surface: `/api/v1/...`, `/metrics`, JSON fallbacks.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.shared.clone())
+    }
+
+    /// Serves [`ControlPlane::router`] on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ControlError> {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "control plane listening");
+        }
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ControlError::Serve)
+    }
+}
+
+impl Shared {
+    fn data_dir(&self) -> &Path {
+        &self.settings.data_dir
+    }
+}
+
+/// `n` random bytes as hex.
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Reads a secret file, or creates it (0600) with `make()` when missing.
+fn load_or_create_secret(
+    path: &Path,
+    make: impl FnOnce() -> String,
+) -> Result<String, ControlError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) => Err(ControlError::BadFile {
+            path: path.display().to_string(),
+            reason: "empty".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = make();
+            write_private(path, &format!("{secret}\n"))?;
+            Ok(secret)
+        }
+        Err(source) => Err(ControlError::Io {
+            what: "cannot read",
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Writes a file only its owner may read (0600).
+fn write_private(path: &Path, text: &str) -> Result<(), ControlError> {
+    let io = |source| ControlError::Io {
+        what: "cannot write",
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    Ok(())
+}

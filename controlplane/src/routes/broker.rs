@@ -1,0 +1,156 @@
+//! The broker's feed: the configuration snapshot, and worker state flowing back.
+//! Authenticated by the broker token, never by a user JWT.
+
+use crate::auth::BrokerAuth;
+use crate::db::{on_db, CURRENT_REVISION};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::Json;
+use crate::AppState;
+use axum::extract::State;
+use proto::control::{
+    BrokerReport, BrokerSnapshot, ServiceEntry, Visibility, WorkerEntry, WorkerState,
+};
+use proto::Algorithm;
+use serde::Serialize;
+use std::collections::HashMap;
+use utoipa::ToSchema;
+
+#[derive(sqlx::FromRow)]
+struct WorkerRow {
+    team: String,
+    identity: String,
+    token_sha256: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct ServiceRow {
+    id: i64,
+    team: String,
+    name: String,
+    owner: String,
+    algorithm: String,
+    timeout_ms: i64,
+    visibility: String,
+    batch: Option<i64>,
+    stop_on_failure: bool,
+    retry: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct BindingRow {
+    service_id: i64,
+    identity: String,
+}
+
+pub(crate) fn parse_algorithm(text: &str) -> Algorithm {
+    match text {
+        "mirror" => Algorithm::Mirror,
+        "serial" => Algorithm::Serial,
+        _ => Algorithm::Roundrobin,
+    }
+}
+
+pub(crate) fn parse_visibility(text: &str) -> Visibility {
+    match text {
+        "team" => Visibility::Team,
+        "public" => Visibility::Public,
+        _ => Visibility::Local,
+    }
+}
+
+/// Everything routing and authentication need, at one revision.
+#[utoipa::path(get, path = "/api/v1/broker/snapshot", tag = "broker", security(("broker_token" = [])),
+    responses((status = 200, body = crate::openapi::BrokerSnapshotDoc), (status = "default", body = ErrorBody)))]
+pub async fn snapshot(
+    State(state): State<AppState>,
+    _broker: BrokerAuth,
+) -> Result<Json<BrokerSnapshot>, ApiError> {
+    let (revision, teams, workers, services, bindings) = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(CURRENT_REVISION).fetch_one(&mut *tx).await?;
+        let teams: Vec<String> = sqlx::query_scalar("SELECT name FROM teams ORDER BY name")
+            .fetch_all(&mut *tx).await?;
+        let workers: Vec<WorkerRow> = sqlx::query_as(
+            "SELECT t.name AS team, w.identity, w.token_sha256 FROM workers w \
+             JOIN teams t ON t.id = w.team_id ORDER BY t.name, w.identity")
+            .fetch_all(&mut *tx).await?;
+        let services: Vec<ServiceRow> = sqlx::query_as(
+            "SELECT s.id, t.name AS team, s.name, s.owner, s.algorithm, s.timeout_ms, \
+             s.visibility, s.batch, s.stop_on_failure, s.retry FROM services s \
+             JOIN teams t ON t.id = s.team_id ORDER BY t.name, s.name")
+            .fetch_all(&mut *tx).await?;
+        let bindings: Vec<BindingRow> = sqlx::query_as(
+            "SELECT sw.service_id, w.identity FROM service_workers sw \
+             JOIN workers w ON w.id = sw.worker_id ORDER BY sw.service_id, sw.position")
+            .fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        (revision, teams, workers, services, bindings)
+    });
+    let mut bound: HashMap<i64, Vec<String>> = HashMap::new();
+    for b in bindings {
+        bound.entry(b.service_id).or_default().push(b.identity);
+    }
+    Ok(Json(BrokerSnapshot {
+        revision: u64::try_from(revision).unwrap_or(0),
+        jwt_secret_hex: state.jwt.secret_hex.clone(),
+        teams,
+        workers: workers
+            .into_iter()
+            .map(|w| WorkerEntry {
+                team: w.team,
+                identity: w.identity,
+                token_sha256: w.token_sha256,
+            })
+            .collect(),
+        services: services
+            .into_iter()
+            .map(|s| ServiceEntry {
+                workers: bound.remove(&s.id).unwrap_or_default(),
+                team: s.team,
+                name: s.name,
+                owner: s.owner,
+                algorithm: parse_algorithm(&s.algorithm),
+                timeout_ms: u64::try_from(s.timeout_ms).unwrap_or(0),
+                visibility: parse_visibility(&s.visibility),
+                batch: s.batch.and_then(|b| u32::try_from(b).ok()),
+                stop_on_failure: s.stop_on_failure,
+                retry: s.retry,
+            })
+            .collect(),
+    }))
+}
+
+/// How many reported workers were known.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReportAnswer {
+    /// Workers updated.
+    pub updated: u64,
+}
+
+/// Worker state changes from the broker (state and last seen).
+#[utoipa::path(post, path = "/api/v1/broker/report", tag = "broker", security(("broker_token" = [])),
+    request_body = crate::openapi::BrokerReportDoc,
+    responses((status = 200, body = ReportAnswer), (status = "default", body = ErrorBody)))]
+pub async fn report(
+    State(state): State<AppState>,
+    _broker: BrokerAuth,
+    Json(report): Json<BrokerReport>,
+) -> Result<Json<ReportAnswer>, ApiError> {
+    let mut updated = 0;
+    for w in &report.workers {
+        let text = match w.state {
+            WorkerState::Online => "ONLINE",
+            WorkerState::Disconnected => "DISCONNECTED",
+        };
+        // Clamp: a broker clock cannot push a timestamp outside what the column holds.
+        let at = i64::try_from(w.at_unix_ms).unwrap_or(i64::MAX);
+        const SQL: &str = "UPDATE workers SET state = $1, last_seen = $2 \
+            WHERE identity = $3 AND team_id = (SELECT id FROM teams WHERE name = $4)";
+        let done = on_db!(&state.db, pool => {
+            sqlx::query(SQL).bind(text).bind(at).bind(&w.identity).bind(&w.team)
+                .execute(pool).await?.rows_affected()
+        });
+        updated += done;
+    }
+    Ok(Json(ReportAnswer { updated }))
+}

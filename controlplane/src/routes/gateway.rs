@@ -1,0 +1,295 @@
+//! The HTTP gateway: `POST /api/v1/services/{name}/requests` runs a request through the
+//! broker as the caller (their own JWT) and streams its events back as they arrive:
+//! server-sent events for `Accept: text/event-stream`, JSON lines otherwise.
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Json, Path};
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use client::{Client, ClientError, ClientEvent, RequestHandle, RequestSpec};
+use futures::stream::{self, Stream};
+use proto::{Credential, ErrorKind, Stream as OutStream};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+/// How long connecting to the broker may take before the gateway answers 503.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most command words one request may carry.
+const MAX_COMMAND_WORDS: usize = 1024;
+
+/// The command: one string (handed to the plugin as one word) or several words.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum CommandWords {
+    /// One word, e.g. `"uptime"`.
+    One(String),
+    /// Several words.
+    Many(Vec<String>),
+}
+
+/// A request to run through the broker.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct GatewayRequest {
+    /// Plugin, e.g. `command/command`.
+    pub plugin: String,
+    /// Command text or words.
+    pub command: Option<CommandWords>,
+    /// Plugin arguments.
+    pub args: Option<BTreeMap<String, String>>,
+    /// Payload (text).
+    pub payload: Option<String>,
+    /// Timeout as text (`"10s"`); absent: the service's.
+    pub timeout: Option<String>,
+    /// `false`: fire-and-forget (only `queued` comes back). Default `true`.
+    pub wait: Option<bool>,
+}
+
+/// JSON of one event, as both the SSE `data` and an NDJSON line.
+fn event_json(event: &ClientEvent) -> Value {
+    match event {
+        ClientEvent::Routed {
+            algorithm,
+            n_workers,
+        } => json!({"event": "routed", "algorithm": algorithm, "workers": n_workers}),
+        ClientEvent::Queued { n_workers } => json!({"event": "queued", "workers": n_workers}),
+        ClientEvent::Accepted { worker } => json!({"event": "accepted", "worker": worker}),
+        ClientEvent::Output {
+            worker,
+            seq,
+            stream,
+            data,
+        } => json!({
+            "event": "output",
+            "worker": worker,
+            "seq": seq,
+            "stream": match stream { OutStream::Stdout => "stdout", OutStream::Stderr => "stderr" },
+            "line": String::from_utf8_lossy(data),
+        }),
+        ClientEvent::Done { worker, exit_code } => {
+            json!({"event": "done", "worker": worker, "exit_code": exit_code})
+        }
+        ClientEvent::Failed {
+            worker,
+            kind,
+            message,
+        } => {
+            json!({"event": "failed", "worker": worker, "kind": kind.to_string(), "message": message})
+        }
+        ClientEvent::Summary(s) => json!({
+            "event": "summary",
+            "workers": s.workers,
+            "ok": s.ok,
+            "failed": s.failed,
+            "timed_out": s.timed_out,
+            "lost": s.lost,
+        }),
+        ClientEvent::Error { kind, message } => {
+            json!({"event": "error", "kind": kind.to_string(), "message": message})
+        }
+        ClientEvent::Disconnected => json!({
+            "event": "error",
+            "kind": "Disconnected",
+            "message": "the connection to the broker is gone",
+        }),
+    }
+}
+
+fn event_name(event: &ClientEvent) -> &'static str {
+    match event {
+        ClientEvent::Routed { .. } => "routed",
+        ClientEvent::Queued { .. } => "queued",
+        ClientEvent::Accepted { .. } => "accepted",
+        ClientEvent::Output { .. } => "output",
+        ClientEvent::Done { .. } => "done",
+        ClientEvent::Failed { .. } => "failed",
+        ClientEvent::Summary(_) => "summary",
+        ClientEvent::Error { .. } | ClientEvent::Disconnected => "error",
+    }
+}
+
+/// The request's events until the final one. The client lives in the stream so that the
+/// connection stays open while the body is being sent; dropping the stream (the HTTP
+/// client went away) drops the handle, which cancels the request at the broker.
+fn client_events(client: Client, handle: RequestHandle) -> impl Stream<Item = ClientEvent> {
+    stream::unfold(Some((client, handle)), |state| async move {
+        let (client, mut handle) = state?;
+        let event = handle.next().await.unwrap_or(ClientEvent::Disconnected);
+        let next = if event.is_final() {
+            None
+        } else {
+            Some((client, handle))
+        };
+        Some((event, next))
+    })
+}
+
+fn connect_error(e: ClientError, addr: &str) -> ApiError {
+    match e {
+        ClientError::Refused {
+            kind: ErrorKind::Unauthorized,
+            reason,
+        } => ApiError::Unauthorized(format!("the broker refused the token: {reason}")),
+        ClientError::Refused { kind, reason } => ApiError::ServiceUnavailable(format!(
+            "the broker refused the connection: {kind}: {reason}"
+        )),
+        other => {
+            tracing::warn!(%addr, error = %other, "gateway cannot reach the broker");
+            ApiError::ServiceUnavailable(format!("the broker at {addr} is not reachable"))
+        }
+    }
+}
+
+/// Runs a request on a service (`name` or `team%2Fname`) and streams its events.
+#[utoipa::path(post, path = "/api/v1/services/{name}/requests", tag = "gateway",
+    security(("jwt" = [])), params(("name" = String, Path, description = "Service, worker identity, or team/service (URL-encoded)")),
+    request_body = GatewayRequest,
+    responses((status = 200, description = "`application/x-ndjson` (one JSON object per event), or `text/event-stream` when asked for in Accept; events: routed, queued, accepted, output, done, failed, summary, error",
+        content_type = "application/x-ndjson"),
+        (status = "default", body = ErrorBody)))]
+pub async fn run_request(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<GatewayRequest>,
+) -> Result<Response, ApiError> {
+    proto::names::check_service_ref(&service)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    proto::names::check_plugin(&req.plugin).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let command = match req.command {
+        None => Vec::new(),
+        Some(CommandWords::One(text)) if text.is_empty() => Vec::new(),
+        Some(CommandWords::One(text)) => vec![text],
+        Some(CommandWords::Many(words)) => words,
+    };
+    if command.len() > MAX_COMMAND_WORDS {
+        return Err(ApiError::Unprocessable(format!(
+            "more than {MAX_COMMAND_WORDS} command words"
+        )));
+    }
+    let timeout = match &req.timeout {
+        None => None,
+        Some(text) => Some(humantime::parse_duration(text.trim()).map_err(|e| {
+            ApiError::Unprocessable(format!("timeout `{text}` is not a duration: {e}"))
+        })?),
+    };
+    let spec = RequestSpec {
+        service,
+        plugin: req.plugin,
+        command,
+        args: req.args.unwrap_or_default().into_iter().collect(),
+        payload: req.payload.unwrap_or_default().into_bytes(),
+        timeout,
+        wait: req.wait.unwrap_or(true),
+    };
+    let Some(addr) = state.settings.broker_addr.clone() else {
+        return Err(ApiError::ServiceUnavailable(
+            "this control plane has no broker address: the gateway is off".into(),
+        ));
+    };
+    let credential = Credential::Jwt {
+        token: user.token.clone(),
+    };
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&addr, credential))
+        .await
+        .map_err(|_| ApiError::ServiceUnavailable(format!("the broker at {addr} did not answer")))?
+        .map_err(|e| connect_error(e, &addr))?;
+    let handle = client
+        .request(spec)
+        .await
+        .map_err(|e| connect_error(e, &addr))?;
+    let events = client_events(client, handle);
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_sse {
+        let sse = futures::StreamExt::map(events, |e| {
+            Ok::<_, Infallible>(
+                Event::default()
+                    .event(event_name(&e))
+                    .data(event_json(&e).to_string()),
+            )
+        });
+        return Ok(Sse::new(sse)
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
+    let lines = futures::StreamExt::map(events, |e| {
+        let mut line = event_json(&e).to_string();
+        line.push('\n');
+        Ok::<_, Infallible>(line)
+    });
+    let mut response = Body::from_stream(lines).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{Algorithm, Summary};
+
+    #[test]
+    fn event_shapes() {
+        let check = |e: ClientEvent, name: &str, want: Value| {
+            assert_eq!(event_name(&e), name);
+            assert_eq!(event_json(&e), want);
+        };
+        check(
+            ClientEvent::Output {
+                worker: "w1".into(),
+                seq: 0,
+                stream: OutStream::Stdout,
+                data: b"hi".to_vec(),
+            },
+            "output",
+            json!({"event":"output","worker":"w1","seq":0,"stream":"stdout","line":"hi"}),
+        );
+        check(
+            ClientEvent::Done {
+                worker: "w1".into(),
+                exit_code: 0,
+            },
+            "done",
+            json!({"event":"done","worker":"w1","exit_code":0}),
+        );
+        check(
+            ClientEvent::Routed {
+                algorithm: Algorithm::Mirror,
+                n_workers: 2,
+            },
+            "routed",
+            json!({"event":"routed","algorithm":"mirror","workers":2}),
+        );
+        check(
+            ClientEvent::Summary(Summary {
+                workers: 5,
+                ok: 5,
+                ..Default::default()
+            }),
+            "summary",
+            json!({"event":"summary","workers":5,"ok":5,"failed":0,"timed_out":0,"lost":0}),
+        );
+        check(
+            ClientEvent::Error {
+                kind: ErrorKind::NoSuchService,
+                message: "no".into(),
+            },
+            "error",
+            json!({"event":"error","kind":"NoSuchService","message":"no"}),
+        );
+    }
+}

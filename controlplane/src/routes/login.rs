@@ -1,0 +1,84 @@
+//! `POST /api/v1/login`: team, identity and secret for a JWT.
+
+use crate::auth;
+use crate::db::{now_ms, on_db, rfc3339};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::Json;
+use crate::AppState;
+use axum::extract::State;
+use proto::control::Claims;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Credentials.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// The team to act in.
+    pub team: String,
+    /// User identity.
+    pub identity: String,
+    /// The user's secret.
+    pub secret: String,
+}
+
+/// A JWT and what it stands for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    /// HS256 JWT; send as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// RFC 3339 expiry.
+    pub expires_at: String,
+    /// Team.
+    pub team: String,
+    /// Identity.
+    pub identity: String,
+    /// `admin` or `member`.
+    pub role: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct LoginRow {
+    secret_hash: String,
+    role: Option<String>,
+}
+
+/// Logs in. Every failure is the same 401, whatever was wrong.
+#[utoipa::path(post, path = "/api/v1/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = "default", body = ErrorBody)))]
+pub async fn login(
+    State(state): State<AppState>,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    const SQL: &str = "SELECT u.secret_hash, m.role FROM users u \
+        LEFT JOIN teams t ON t.name = $2 \
+        LEFT JOIN members m ON m.user_id = u.id AND m.team_id = t.id \
+        WHERE u.identity = $1";
+    let row: Option<LoginRow> = on_db!(&state.db, pool => {
+        sqlx::query_as(SQL).bind(&req.identity).bind(&req.team).fetch_optional(pool).await?
+    });
+    let (hash, role) = match row {
+        Some(r) => (Some(r.secret_hash), r.role),
+        None => (None, None),
+    };
+    let secret_ok = auth::verify_secret(req.secret, hash).await?;
+    let Some(role) = role.filter(|_| secret_ok) else {
+        return Err(ApiError::unauthorized());
+    };
+    let now_s = (now_ms() / 1000) as u64;
+    let exp = now_s + state.settings.jwt_ttl.as_secs().max(1);
+    let claims = Claims {
+        sub: req.identity.clone(),
+        team: req.team.clone(),
+        role: role.clone(),
+        iat: now_s,
+        exp,
+    };
+    let token = state.jwt.sign(&claims)?;
+    Ok(Json(LoginResponse {
+        token,
+        expires_at: rfc3339((exp * 1000) as i64),
+        team: req.team,
+        identity: req.identity,
+        role,
+    }))
+}

@@ -1,0 +1,489 @@
+//! Services of the caller's team: algorithm, timeout, visibility, bound workers.
+
+use super::broker::{parse_algorithm, parse_visibility};
+use super::workers::check_description;
+use super::{check_name, check_quota, config_event, may_modify, parse_timeout, timeout_text};
+use crate::auth::AuthUser;
+use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
+use crate::error::{ApiError, ErrorBody, ResultExt};
+use crate::extract::{Json, Path};
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use proto::control::Visibility;
+use proto::Algorithm;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A service.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceView {
+    /// Name, unique in the team.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// `roundrobin`, `serial` or `mirror`.
+    #[schema(value_type = String, example = "roundrobin")]
+    pub algorithm: Algorithm,
+    /// Default timeout in milliseconds; 0: the broker's default.
+    pub timeout_ms: i64,
+    /// The same as text (`"10s"`), `null` for the default.
+    pub timeout: Option<String>,
+    /// `local` (owner only), `team` or `public`.
+    #[schema(value_type = String, example = "local")]
+    pub visibility: Visibility,
+    /// Bound worker identities, in order.
+    pub workers: Vec<String>,
+    /// mirror: workers at once.
+    pub batch: Option<i64>,
+    /// serial: stop at the first failure.
+    pub stop_on_failure: bool,
+    /// roundrobin: retry after `Accepted`.
+    pub retry: bool,
+    /// Who created it.
+    pub owner: String,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub updated: String,
+}
+
+/// A new service.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateService {
+    /// Name (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// `roundrobin` (default), `serial` or `mirror`.
+    #[schema(value_type = Option<String>, example = "roundrobin")]
+    pub algorithm: Option<Algorithm>,
+    /// Default timeout as text (`"10s"`, `"1h"`).
+    pub timeout: Option<String>,
+    /// Default timeout in milliseconds (instead of `timeout`).
+    pub timeout_ms: Option<u64>,
+    /// `local` (default), `team` or `public`.
+    #[schema(value_type = Option<String>, example = "team")]
+    pub visibility: Option<Visibility>,
+    /// Worker identities of the team.
+    pub workers: Option<Vec<String>>,
+    /// mirror: workers at once (0 or absent: all).
+    pub batch: Option<u32>,
+    /// serial: stop at the first failure.
+    pub stop_on_failure: Option<bool>,
+    /// roundrobin: retry after `Accepted`.
+    pub retry: Option<bool>,
+}
+
+/// Changes to a service; absent fields stay. `workers` replaces the list.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateService {
+    /// Free text.
+    pub description: Option<String>,
+    /// `roundrobin`, `serial` or `mirror`.
+    #[schema(value_type = Option<String>, example = "mirror")]
+    pub algorithm: Option<Algorithm>,
+    /// Timeout as text.
+    pub timeout: Option<String>,
+    /// Timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// `local`, `team` or `public`.
+    #[schema(value_type = Option<String>, example = "public")]
+    pub visibility: Option<Visibility>,
+    /// Worker identities (replaces the list).
+    pub workers: Option<Vec<String>>,
+    /// mirror: workers at once (0: all).
+    pub batch: Option<u32>,
+    /// serial: stop at the first failure.
+    pub stop_on_failure: Option<bool>,
+    /// roundrobin: retry after `Accepted`.
+    pub retry: Option<bool>,
+}
+
+/// A worker to bind.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BindWorker {
+    /// Worker identity (of the team).
+    pub identity: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct ServiceRow {
+    id: i64,
+    name: String,
+    description: String,
+    algorithm: String,
+    timeout_ms: i64,
+    visibility: String,
+    batch: Option<i64>,
+    stop_on_failure: bool,
+    retry: bool,
+    owner: String,
+    created: i64,
+    updated: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct BindingRow {
+    service_id: i64,
+    identity: String,
+}
+
+impl ServiceRow {
+    fn view(self, workers: Vec<String>) -> ServiceView {
+        ServiceView {
+            timeout: timeout_text(self.timeout_ms),
+            name: self.name,
+            description: self.description,
+            algorithm: parse_algorithm(&self.algorithm),
+            timeout_ms: self.timeout_ms,
+            visibility: parse_visibility(&self.visibility),
+            workers,
+            batch: self.batch,
+            stop_on_failure: self.stop_on_failure,
+            retry: self.retry,
+            owner: self.owner,
+            created: rfc3339(self.created),
+            updated: rfc3339(self.updated),
+        }
+    }
+}
+
+const SELECT: &str = "SELECT id, name, description, algorithm, timeout_ms, visibility, batch, \
+    stop_on_failure, retry, owner, created, updated FROM services WHERE team_id = $1";
+const BINDINGS: &str = "SELECT sw.service_id, w.identity FROM service_workers sw \
+    JOIN workers w ON w.id = sw.worker_id WHERE w.team_id = $1 ORDER BY sw.service_id, sw.position";
+
+fn algorithm_text(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::Roundrobin => "roundrobin",
+        Algorithm::Mirror => "mirror",
+        Algorithm::Serial => "serial",
+    }
+}
+
+fn visibility_text(v: Visibility) -> &'static str {
+    match v {
+        Visibility::Local => "local",
+        Visibility::Team => "team",
+        Visibility::Public => "public",
+    }
+}
+
+async fn load(
+    state: &AppState,
+    user: &AuthUser,
+    name: Option<&str>,
+) -> Result<Vec<ServiceView>, ApiError> {
+    let sql = match name {
+        Some(_) => format!("{SELECT} AND name = $2"),
+        None => format!("{SELECT} ORDER BY name"),
+    };
+    let (rows, bindings): (Vec<ServiceRow>, Vec<BindingRow>) = on_db!(&state.db, pool => {
+        let mut query = sqlx::query_as(&sql).bind(user.team_id);
+        if let Some(name) = name {
+            query = query.bind(name);
+        }
+        let rows = query.fetch_all(pool).await?;
+        let bindings = sqlx::query_as(BINDINGS).bind(user.team_id).fetch_all(pool).await?;
+        (rows, bindings)
+    });
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let workers = bindings
+                .iter()
+                .filter(|b| b.service_id == row.id)
+                .map(|b| b.identity.clone())
+                .collect();
+            row.view(workers)
+        })
+        .collect())
+}
+
+async fn find(state: &AppState, user: &AuthUser, name: &str) -> Result<ServiceView, ApiError> {
+    load(state, user, Some(name))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::NotFound(format!("no service {name} in team {}", user.team)))
+}
+
+fn check_workers(workers: &[String]) -> Result<(), ApiError> {
+    for (i, w) in workers.iter().enumerate() {
+        check_name("worker", w)?;
+        if workers[..i].contains(w) {
+            return Err(ApiError::Unprocessable(format!(
+                "worker {w} is listed twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn batch_value(batch: Option<u32>) -> Option<i64> {
+    batch.filter(|b| *b > 0).map(i64::from)
+}
+
+/// Binds `workers` (replacing any binding) inside the caller's transaction.
+macro_rules! bind_workers {
+    ($tx:expr, $team_id:expr, $team:expr, $service_id:expr, $workers:expr) => {{
+        sqlx::query("DELETE FROM service_workers WHERE service_id = $1")
+            .bind($service_id)
+            .execute(&mut *$tx)
+            .await?;
+        for (position, identity) in $workers.iter().enumerate() {
+            let worker_id: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM workers WHERE team_id = $1 AND identity = $2")
+                    .bind($team_id)
+                    .bind(identity)
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+            let Some(worker_id) = worker_id else {
+                return Err(ApiError::Unprocessable(format!(
+                    "no worker {identity} in team {}",
+                    $team
+                )));
+            };
+            sqlx::query(
+                "INSERT INTO service_workers (service_id, worker_id, position) VALUES ($1, $2, $3)",
+            )
+            .bind($service_id)
+            .bind(worker_id)
+            .bind(position as i64)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    }};
+}
+
+/// The services of the caller's team.
+#[utoipa::path(get, path = "/api/v1/services", tag = "services", security(("jwt" = [])),
+    responses((status = 200, body = [ServiceView]), (status = "default", body = ErrorBody)))]
+pub async fn list_services(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Vec<ServiceView>>, ApiError> {
+    Ok(Json(load(&state, &user, None).await?))
+}
+
+/// Creates a service owned by the caller.
+#[utoipa::path(post, path = "/api/v1/services", tag = "services", security(("jwt" = [])),
+    request_body = CreateService,
+    responses((status = 201, body = ServiceView), (status = "default", body = ErrorBody)))]
+pub async fn create_service(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(req): Json<CreateService>,
+) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
+    check_name("service", &req.name)?;
+    check_description(&req.description)?;
+    let timeout_ms = parse_timeout(req.timeout.as_deref(), req.timeout_ms)?.unwrap_or(0);
+    let workers = req.workers.unwrap_or_default();
+    check_workers(&workers)?;
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let (limit, used): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT max_services, (SELECT COUNT(*) FROM services WHERE team_id = $1) FROM teams WHERE id = $1")
+            .bind(user.team_id).fetch_one(&mut *tx).await?;
+        check_quota(&user.team, "services", limit, used)?;
+        let service_id: i64 = sqlx::query_scalar(
+            "INSERT INTO services (team_id, name, description, algorithm, timeout_ms, visibility, \
+             batch, stop_on_failure, retry, owner, created, updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id")
+            .bind(user.team_id).bind(&req.name).bind(req.description.as_deref().unwrap_or(""))
+            .bind(algorithm_text(req.algorithm.unwrap_or(Algorithm::Roundrobin)))
+            .bind(timeout_ms)
+            .bind(visibility_text(req.visibility.unwrap_or_default()))
+            .bind(batch_value(req.batch))
+            .bind(req.stop_on_failure.unwrap_or(false)).bind(req.retry.unwrap_or(false))
+            .bind(&user.identity).bind(now)
+            .fetch_one(&mut *tx).await
+            .on_conflict(|| format!("service {}", req.name))?;
+        bind_workers!(tx, user.team_id, user.team, service_id, workers);
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision, &user.team, "service", "created", &req.name,
+    ));
+    Ok((
+        StatusCode::CREATED,
+        Json(find(&state, &user, &req.name).await?),
+    ))
+}
+
+/// One service.
+#[utoipa::path(get, path = "/api/v1/services/{name}", tag = "services", security(("jwt" = [])),
+    params(("name" = String, Path, description = "Service name")),
+    responses((status = 200, body = ServiceView), (status = "default", body = ErrorBody)))]
+pub async fn get_service(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(name): Path<String>,
+) -> Result<Json<ServiceView>, ApiError> {
+    Ok(Json(find(&state, &user, &name).await?))
+}
+
+async fn service_id(
+    state: &AppState,
+    user: &AuthUser,
+    name: &str,
+) -> Result<(i64, String), ApiError> {
+    let row: Option<(i64, String)> = on_db!(&state.db, pool => {
+        sqlx::query_as("SELECT id, owner FROM services WHERE team_id = $1 AND name = $2")
+            .bind(user.team_id).bind(name).fetch_optional(pool).await?
+    });
+    row.ok_or_else(|| ApiError::NotFound(format!("no service {name} in team {}", user.team)))
+}
+
+/// Changes a service (its owner or an admin).
+#[utoipa::path(patch, path = "/api/v1/services/{name}", tag = "services", security(("jwt" = [])),
+    params(("name" = String, Path, description = "Service name")), request_body = UpdateService,
+    responses((status = 200, body = ServiceView), (status = "default", body = ErrorBody)))]
+pub async fn update_service(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(name): Path<String>,
+    Json(req): Json<UpdateService>,
+) -> Result<Json<ServiceView>, ApiError> {
+    check_description(&req.description)?;
+    let timeout_ms = parse_timeout(req.timeout.as_deref(), req.timeout_ms)?;
+    if let Some(workers) = &req.workers {
+        check_workers(workers)?;
+    }
+    let (id, owner) = service_id(&state, &user, &name).await?;
+    may_modify(&user, &owner)?;
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        sqlx::query("UPDATE services SET \
+            description = COALESCE($1, description), algorithm = COALESCE($2, algorithm), \
+            timeout_ms = COALESCE($3, timeout_ms), visibility = COALESCE($4, visibility), \
+            batch = CASE WHEN $5 THEN $6 ELSE batch END, \
+            stop_on_failure = COALESCE($7, stop_on_failure), retry = COALESCE($8, retry), \
+            updated = $9 WHERE id = $10")
+            .bind(req.description.as_deref())
+            .bind(req.algorithm.map(algorithm_text))
+            .bind(timeout_ms)
+            .bind(req.visibility.map(visibility_text))
+            .bind(req.batch.is_some()).bind(batch_value(req.batch))
+            .bind(req.stop_on_failure).bind(req.retry)
+            .bind(now).bind(id)
+            .execute(&mut *tx).await?;
+        if let Some(workers) = &req.workers {
+            bind_workers!(tx, user.team_id, user.team, id, workers);
+        }
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision, &user.team, "service", "updated", &name,
+    ));
+    Ok(Json(find(&state, &user, &name).await?))
+}
+
+/// Deletes a service (its owner or an admin).
+#[utoipa::path(delete, path = "/api/v1/services/{name}", tag = "services", security(("jwt" = [])),
+    params(("name" = String, Path, description = "Service name")),
+    responses((status = 204), (status = "default", body = ErrorBody)))]
+pub async fn delete_service(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (id, owner) = service_id(&state, &user, &name).await?;
+    may_modify(&user, &owner)?;
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        sqlx::query("DELETE FROM services WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision, &user.team, "service", "deleted", &name,
+    ));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Binds one more worker of the team to the service (at the end).
+#[utoipa::path(post, path = "/api/v1/services/{name}/workers", tag = "services",
+    security(("jwt" = [])), params(("name" = String, Path, description = "Service name")),
+    request_body = BindWorker,
+    responses((status = 200, body = ServiceView), (status = "default", body = ErrorBody)))]
+pub async fn add_service_worker(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(name): Path<String>,
+    Json(req): Json<BindWorker>,
+) -> Result<Json<ServiceView>, ApiError> {
+    check_name("worker", &req.identity)?;
+    let service = find(&state, &user, &name).await?;
+    may_modify(&user, &service.owner)?;
+    if service.workers.contains(&req.identity) {
+        return Err(ApiError::Conflict(format!(
+            "worker {} is already bound to service {name}",
+            req.identity
+        )));
+    }
+    let mut workers = service.workers;
+    workers.push(req.identity);
+    let (id, _) = service_id(&state, &user, &name).await?;
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        bind_workers!(tx, user.team_id, user.team, id, workers);
+        sqlx::query("UPDATE services SET updated = $1 WHERE id = $2")
+            .bind(now).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision, &user.team, "service", "updated", &name,
+    ));
+    Ok(Json(find(&state, &user, &name).await?))
+}
+
+/// Unbinds a worker from the service.
+#[utoipa::path(delete, path = "/api/v1/services/{name}/workers/{identity}", tag = "services",
+    security(("jwt" = [])),
+    params(("name" = String, Path, description = "Service name"),
+           ("identity" = String, Path, description = "Worker identity")),
+    responses((status = 200, body = ServiceView), (status = "default", body = ErrorBody)))]
+pub async fn remove_service_worker(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((name, identity)): Path<(String, String)>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let service = find(&state, &user, &name).await?;
+    may_modify(&user, &service.owner)?;
+    if !service.workers.contains(&identity) {
+        return Err(ApiError::NotFound(format!(
+            "worker {identity} is not bound to service {name}"
+        )));
+    }
+    let workers: Vec<String> = service
+        .workers
+        .into_iter()
+        .filter(|w| *w != identity)
+        .collect();
+    let (id, _) = service_id(&state, &user, &name).await?;
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        bind_workers!(tx, user.team_id, user.team, id, workers);
+        sqlx::query("UPDATE services SET updated = $1 WHERE id = $2")
+            .bind(now).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision, &user.team, "service", "updated", &name,
+    ));
+    Ok(Json(find(&state, &user, &name).await?))
+}

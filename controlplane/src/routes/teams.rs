@@ -1,0 +1,559 @@
+//! Teams, their members (invite, join other teams, roles) and quotas.
+
+use super::{check_name, check_quota, config_event};
+use crate::auth::{self, AuthUser};
+use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
+use crate::error::{ApiError, ErrorBody, ResultExt};
+use crate::extract::{Json, Path};
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A team, as one of its members sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TeamView {
+    /// Name.
+    pub name: String,
+    /// The caller's role in it.
+    pub role: String,
+    /// Limits.
+    pub quota: QuotaLimits,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub updated: String,
+}
+
+/// A team's limits; `null` means unlimited.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, sqlx::FromRow, PartialEq, Eq)]
+pub struct QuotaLimits {
+    /// Workers.
+    pub max_workers: Option<i64>,
+    /// Services.
+    pub max_services: Option<i64>,
+    /// Triggers.
+    pub max_triggers: Option<i64>,
+    /// Users (members).
+    pub max_users: Option<i64>,
+}
+
+impl QuotaLimits {
+    /// The seed's price table: `free`, `basic`, `advanced`; and `unlimited`.
+    pub fn preset(name: &str) -> Option<QuotaLimits> {
+        let limits = |w, s, t, u| QuotaLimits {
+            max_workers: Some(w),
+            max_services: Some(s),
+            max_triggers: Some(t),
+            max_users: Some(u),
+        };
+        match name {
+            "free" => Some(limits(2, 1, 3, 2)),
+            "basic" => Some(limits(25, 5, 26, 9)),
+            "advanced" => Some(limits(100, 20, 51, 25)),
+            "unlimited" => Some(QuotaLimits {
+                max_workers: None,
+                max_services: None,
+                max_triggers: None,
+                max_users: None,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Limits and current use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaView {
+    /// Team.
+    pub team: String,
+    /// Limits (`null`: unlimited).
+    #[serde(flatten)]
+    pub limits: QuotaLimits,
+    /// Objects now.
+    pub used: QuotaUse,
+}
+
+/// Objects a team has now.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct QuotaUse {
+    /// Workers.
+    pub workers: i64,
+    /// Services.
+    pub services: i64,
+    /// Triggers.
+    pub triggers: i64,
+    /// Members.
+    pub users: i64,
+}
+
+/// New limits: a preset, or explicit numbers (omitted ones become unlimited).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct QuotaRequest {
+    /// `free`, `basic`, `advanced` or `unlimited`.
+    pub preset: Option<String>,
+    /// Workers.
+    pub max_workers: Option<i64>,
+    /// Services.
+    pub max_services: Option<i64>,
+    /// Triggers.
+    pub max_triggers: Option<i64>,
+    /// Users.
+    pub max_users: Option<i64>,
+}
+
+/// A new team.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateTeam {
+    /// Name (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+}
+
+/// A member of a team.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct MemberView {
+    /// Identity.
+    pub identity: String,
+    /// `admin` or `member`.
+    pub role: String,
+    /// Whether the user may set quotas.
+    pub operator: bool,
+    /// When they joined (RFC 3339).
+    #[sqlx(skip)]
+    pub joined: String,
+    #[serde(skip)]
+    #[schema(ignore)]
+    created: i64,
+}
+
+/// Invite a user: a new one (with `secret`) or an existing one (joins this team too).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddMember {
+    /// Identity.
+    pub identity: String,
+    /// Required when the user does not exist yet.
+    pub secret: Option<String>,
+    /// `admin` or `member` (default `member`).
+    pub role: Option<String>,
+}
+
+/// A new role.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateMember {
+    /// `admin` or `member`.
+    pub role: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct TeamRow {
+    id: i64,
+    name: String,
+    role: String,
+    max_workers: Option<i64>,
+    max_services: Option<i64>,
+    max_triggers: Option<i64>,
+    max_users: Option<i64>,
+    created: i64,
+    updated: i64,
+}
+
+impl TeamRow {
+    fn view(self) -> TeamView {
+        TeamView {
+            quota: QuotaLimits {
+                max_workers: self.max_workers,
+                max_services: self.max_services,
+                max_triggers: self.max_triggers,
+                max_users: self.max_users,
+            },
+            name: self.name,
+            role: self.role,
+            created: rfc3339(self.created),
+            updated: rfc3339(self.updated),
+        }
+    }
+}
+
+const TEAM_SELECT: &str = "SELECT t.id, t.name, m.role, t.max_workers, t.max_services, \
+    t.max_triggers, t.max_users, t.created, t.updated \
+    FROM teams t JOIN members m ON m.team_id = t.id WHERE m.user_id = $1";
+
+/// The caller's membership of `team`; 404 when they are not a member (whether or not it
+/// exists: team names are not enumerable).
+async fn membership(state: &AppState, user: &AuthUser, team: &str) -> Result<TeamRow, ApiError> {
+    let sql = format!("{TEAM_SELECT} AND t.name = $2");
+    let row: Option<TeamRow> = on_db!(&state.db, pool => {
+        sqlx::query_as(&sql).bind(user.user_id).bind(team).fetch_optional(pool).await?
+    });
+    row.ok_or_else(|| ApiError::NotFound(format!("no team {team}")))
+}
+
+async fn admin_of(state: &AppState, user: &AuthUser, team: &str) -> Result<TeamRow, ApiError> {
+    let row = membership(state, user, team).await?;
+    if row.role != "admin" {
+        return Err(ApiError::Forbidden(format!(
+            "only an admin of team {team} may do this"
+        )));
+    }
+    Ok(row)
+}
+
+fn check_role(role: &str) -> Result<(), ApiError> {
+    match role {
+        "admin" | "member" => Ok(()),
+        other => Err(ApiError::Unprocessable(format!(
+            "role `{other}` is neither admin nor member"
+        ))),
+    }
+}
+
+/// The teams the caller is a member of.
+#[utoipa::path(get, path = "/api/v1/teams", tag = "teams", security(("jwt" = [])),
+    responses((status = 200, body = [TeamView]), (status = "default", body = ErrorBody)))]
+pub async fn list_teams(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Vec<TeamView>>, ApiError> {
+    let sql = format!("{TEAM_SELECT} ORDER BY t.name");
+    let rows: Vec<TeamRow> = on_db!(&state.db, pool => {
+        sqlx::query_as(&sql).bind(user.user_id).fetch_all(pool).await?
+    });
+    Ok(Json(rows.into_iter().map(TeamRow::view).collect()))
+}
+
+/// Creates a team; the caller becomes its admin.
+#[utoipa::path(post, path = "/api/v1/teams", tag = "teams", security(("jwt" = [])),
+    request_body = CreateTeam,
+    responses((status = 201, body = TeamView), (status = "default", body = ErrorBody)))]
+pub async fn create_team(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(req): Json<CreateTeam>,
+) -> Result<(StatusCode, Json<TeamView>), ApiError> {
+    check_name("team", &req.name)?;
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let team_id: i64 = sqlx::query_scalar(
+            "INSERT INTO teams (name, created, updated) VALUES ($1, $2, $2) RETURNING id")
+            .bind(&req.name).bind(now).fetch_one(&mut *tx).await
+            .on_conflict(|| format!("team {}", req.name))?;
+        sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, 'admin', $3)")
+            .bind(team_id).bind(user.user_id).bind(now).execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision, &req.name, "team", "created", &req.name,
+    ));
+    let team = membership(&state, &user, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(team.view())))
+}
+
+/// One of the caller's teams.
+#[utoipa::path(get, path = "/api/v1/teams/{team}", tag = "teams", security(("jwt" = [])),
+    params(("team" = String, Path, description = "Team name")),
+    responses((status = 200, body = TeamView), (status = "default", body = ErrorBody)))]
+pub async fn get_team(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(team): Path<String>,
+) -> Result<Json<TeamView>, ApiError> {
+    Ok(Json(membership(&state, &user, &team).await?.view()))
+}
+
+/// Deletes a team and everything in it (admins only).
+#[utoipa::path(delete, path = "/api/v1/teams/{team}", tag = "teams", security(("jwt" = [])),
+    params(("team" = String, Path, description = "Team name")),
+    responses((status = 204), (status = "default", body = ErrorBody)))]
+pub async fn delete_team(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(team): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let row = admin_of(&state, &user, &team).await?;
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        sqlx::query("DELETE FROM teams WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(revision, &team, "team", "deleted", &team));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn members_of(state: &AppState, team_id: i64) -> Result<Vec<MemberView>, ApiError> {
+    const SQL: &str = "SELECT u.identity, m.role, u.operator, m.created FROM members m \
+        JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 ORDER BY u.identity";
+    let mut rows: Vec<MemberView> = on_db!(&state.db, pool => {
+        sqlx::query_as(SQL).bind(team_id).fetch_all(pool).await?
+    });
+    for r in &mut rows {
+        r.joined = rfc3339(r.created);
+    }
+    Ok(rows)
+}
+
+/// The members of one of the caller's teams.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/members", tag = "teams", security(("jwt" = [])),
+    params(("team" = String, Path, description = "Team name")),
+    responses((status = 200, body = [MemberView]), (status = "default", body = ErrorBody)))]
+pub async fn list_members(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(team): Path<String>,
+) -> Result<Json<Vec<MemberView>>, ApiError> {
+    let row = membership(&state, &user, &team).await?;
+    Ok(Json(members_of(&state, row.id).await?))
+}
+
+/// Invites a user (admins only): creates them when new (`secret` required), or adds an
+/// existing user to this team as well.
+#[utoipa::path(post, path = "/api/v1/teams/{team}/members", tag = "teams", security(("jwt" = [])),
+    params(("team" = String, Path, description = "Team name")), request_body = AddMember,
+    responses((status = 201, body = MemberView), (status = "default", body = ErrorBody)))]
+pub async fn add_member(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(team): Path<String>,
+    Json(req): Json<AddMember>,
+) -> Result<(StatusCode, Json<MemberView>), ApiError> {
+    let row = admin_of(&state, &user, &team).await?;
+    check_name("identity", &req.identity)?;
+    let role = req.role.unwrap_or_else(|| "member".into());
+    check_role(&role)?;
+    let hash = match &req.secret {
+        Some(secret) if secret.is_empty() => {
+            return Err(ApiError::Unprocessable("secret is empty".into()))
+        }
+        Some(secret) => Some(auth::hash_secret(secret.clone()).await?),
+        None => None,
+    };
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let n_users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE team_id = $1")
+            .bind(row.id).fetch_one(&mut *tx).await?;
+        check_quota(&team, "users", row.max_users, n_users)?;
+        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE identity = $1")
+            .bind(&req.identity).fetch_optional(&mut *tx).await?;
+        let user_id = match (existing, &hash) {
+            (Some(id), _) => id,
+            (None, Some(hash)) => sqlx::query_scalar(
+                "INSERT INTO users (identity, secret_hash, operator, created) VALUES ($1, $2, FALSE, $3) RETURNING id")
+                .bind(&req.identity).bind(hash).bind(now).fetch_one(&mut *tx).await
+                .on_conflict(|| format!("user {}", req.identity))?,
+            (None, None) => return Err(ApiError::Unprocessable(format!(
+                "user {} does not exist yet: give a secret to create it", req.identity))),
+        };
+        sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
+            .bind(row.id).bind(user_id).bind(&role).bind(now).execute(&mut *tx).await
+            .on_conflict(|| format!("member {} of team {team}", req.identity))?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision,
+        &team,
+        "user",
+        "created",
+        &req.identity,
+    ));
+    let member = members_of(&state, row.id)
+        .await?
+        .into_iter()
+        .find(|m| m.identity == req.identity)
+        .ok_or_else(|| ApiError::NotFound(format!("no member {}", req.identity)))?;
+    Ok((StatusCode::CREATED, Json(member)))
+}
+
+/// Refuses to leave a team without an admin.
+async fn keep_an_admin(
+    state: &AppState,
+    team_id: i64,
+    identity: &str,
+    team: &str,
+) -> Result<(), ApiError> {
+    const SQL: &str = "SELECT COUNT(*) FROM members m JOIN users u ON u.id = m.user_id \
+        WHERE m.team_id = $1 AND m.role = 'admin' AND u.identity <> $2";
+    let others: i64 = on_db!(&state.db, pool => {
+        sqlx::query_scalar(SQL).bind(team_id).bind(identity).fetch_one(pool).await?
+    });
+    if others == 0 {
+        return Err(ApiError::Conflict(format!(
+            "{identity} is the last admin of team {team}"
+        )));
+    }
+    Ok(())
+}
+
+/// Changes a member's role (admins only).
+#[utoipa::path(patch, path = "/api/v1/teams/{team}/members/{identity}", tag = "teams",
+    security(("jwt" = [])), request_body = UpdateMember,
+    params(("team" = String, Path, description = "Team name"),
+           ("identity" = String, Path, description = "Member identity")),
+    responses((status = 200, body = MemberView), (status = "default", body = ErrorBody)))]
+pub async fn update_member(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((team, identity)): Path<(String, String)>,
+    Json(req): Json<UpdateMember>,
+) -> Result<Json<MemberView>, ApiError> {
+    let row = admin_of(&state, &user, &team).await?;
+    check_role(&req.role)?;
+    if req.role != "admin" {
+        keep_an_admin(&state, row.id, &identity, &team).await?;
+    }
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let done = sqlx::query("UPDATE members SET role = $1 WHERE team_id = $2 \
+            AND user_id = (SELECT id FROM users WHERE identity = $3)")
+            .bind(&req.role).bind(row.id).bind(&identity).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::NotFound(format!("no member {identity} in team {team}")));
+        }
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(revision, &team, "user", "updated", &identity));
+    let member = members_of(&state, row.id)
+        .await?
+        .into_iter()
+        .find(|m| m.identity == identity)
+        .ok_or_else(|| ApiError::NotFound(format!("no member {identity}")))?;
+    Ok(Json(member))
+}
+
+/// Removes a member from the team (admins only; the user keeps their other teams).
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/members/{identity}", tag = "teams",
+    security(("jwt" = [])),
+    params(("team" = String, Path, description = "Team name"),
+           ("identity" = String, Path, description = "Member identity")),
+    responses((status = 204), (status = "default", body = ErrorBody)))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((team, identity)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let row = admin_of(&state, &user, &team).await?;
+    keep_an_admin(&state, row.id, &identity, &team).await?;
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let done = sqlx::query("DELETE FROM members WHERE team_id = $1 \
+            AND user_id = (SELECT id FROM users WHERE identity = $2)")
+            .bind(row.id).bind(&identity).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::NotFound(format!("no member {identity} in team {team}")));
+        }
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(revision, &team, "user", "deleted", &identity));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn quota_view(state: &AppState, row: &TeamRow) -> Result<QuotaView, ApiError> {
+    const SQL: &str = "SELECT \
+        (SELECT COUNT(*) FROM workers WHERE team_id = $1) AS workers, \
+        (SELECT COUNT(*) FROM services WHERE team_id = $1) AS services, \
+        (SELECT COUNT(*) FROM triggers WHERE team_id = $1) AS triggers, \
+        (SELECT COUNT(*) FROM members WHERE team_id = $1) AS users";
+    let used: QuotaUse = on_db!(&state.db, pool => {
+        sqlx::query_as(SQL).bind(row.id).fetch_one(pool).await?
+    });
+    Ok(QuotaView {
+        team: row.name.clone(),
+        limits: QuotaLimits {
+            max_workers: row.max_workers,
+            max_services: row.max_services,
+            max_triggers: row.max_triggers,
+            max_users: row.max_users,
+        },
+        used,
+    })
+}
+
+/// A team's limits and use.
+#[utoipa::path(get, path = "/api/v1/teams/{team}/quota", tag = "teams", security(("jwt" = [])),
+    params(("team" = String, Path, description = "Team name")),
+    responses((status = 200, body = QuotaView), (status = "default", body = ErrorBody)))]
+pub async fn get_quota(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(team): Path<String>,
+) -> Result<Json<QuotaView>, ApiError> {
+    let row = membership(&state, &user, &team).await?;
+    Ok(Json(quota_view(&state, &row).await?))
+}
+
+/// Sets a team's limits (operators only): a preset or explicit numbers.
+#[utoipa::path(put, path = "/api/v1/teams/{team}/quota", tag = "teams", security(("jwt" = [])),
+    params(("team" = String, Path, description = "Team name")), request_body = QuotaRequest,
+    responses((status = 200, body = QuotaView), (status = "default", body = ErrorBody)))]
+pub async fn set_quota(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(team): Path<String>,
+    Json(req): Json<QuotaRequest>,
+) -> Result<Json<QuotaView>, ApiError> {
+    if !user.operator {
+        return Err(ApiError::Forbidden(
+            "only an operator may set quotas".into(),
+        ));
+    }
+    let row = membership(&state, &user, &team).await?;
+    let explicit = QuotaLimits {
+        max_workers: req.max_workers,
+        max_services: req.max_services,
+        max_triggers: req.max_triggers,
+        max_users: req.max_users,
+    };
+    let limits = match &req.preset {
+        Some(preset) => {
+            if explicit != QuotaLimits::preset("unlimited").unwrap_or(explicit) {
+                return Err(ApiError::Unprocessable(
+                    "give either a preset or explicit limits, not both".into(),
+                ));
+            }
+            QuotaLimits::preset(preset).ok_or_else(|| {
+                ApiError::Unprocessable(format!(
+                    "preset `{preset}` is not one of free, basic, advanced, unlimited"
+                ))
+            })?
+        }
+        None => explicit,
+    };
+    for n in [
+        limits.max_workers,
+        limits.max_services,
+        limits.max_triggers,
+        limits.max_users,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if n < 0 {
+            return Err(ApiError::Unprocessable("a limit cannot be negative".into()));
+        }
+    }
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        sqlx::query("UPDATE teams SET max_workers = $1, max_services = $2, max_triggers = $3, \
+            max_users = $4, updated = $5 WHERE id = $6")
+            .bind(limits.max_workers).bind(limits.max_services).bind(limits.max_triggers)
+            .bind(limits.max_users).bind(now).bind(row.id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(revision, &team, "team", "updated", &team));
+    let row = membership(&state, &user, &team).await?;
+    Ok(Json(quota_view(&state, &row).await?))
+}

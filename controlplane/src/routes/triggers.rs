@@ -1,0 +1,452 @@
+//! Triggers: files under a directory that run a plugin through a service when written.
+
+use super::broker::parse_visibility;
+use super::directories::directory_name;
+use super::workers::check_description;
+use super::{check_quota, config_event, may_modify, parse_timeout, timeout_text};
+use crate::auth::AuthUser;
+use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
+use crate::error::{ApiError, ErrorBody, ResultExt};
+use crate::extract::{Json, Path};
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use proto::control::Visibility;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// How a trigger's output is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// One blob.
+    #[default]
+    None,
+    /// Line by line.
+    Lines,
+}
+
+impl Split {
+    fn text(self) -> &'static str {
+        match self {
+            Split::None => "none",
+            Split::Lines => "lines",
+        }
+    }
+}
+
+/// A trigger.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TriggerView {
+    /// Numeric id.
+    pub id: i64,
+    /// `/directory/name`.
+    pub path: String,
+    /// File name.
+    pub name: String,
+    /// Directory name.
+    pub directory: String,
+    /// Free text.
+    pub description: String,
+    /// Plugin, e.g. `command/command`.
+    pub plugin: String,
+    /// Service (`service` or `team/service`).
+    pub service: String,
+    /// Default plugin arguments.
+    pub args: BTreeMap<String, String>,
+    /// Timeout in milliseconds; 0: the service's.
+    pub timeout_ms: i64,
+    /// The same as text, `null` for the default.
+    pub timeout: Option<String>,
+    /// Unix mode bits (e.g. 420 = 0o644).
+    pub mode: i64,
+    /// `none` or `lines`.
+    pub split: String,
+    /// `local`, `team` or `public`.
+    #[schema(value_type = String)]
+    pub visibility: Visibility,
+    /// Times it ran.
+    pub hits: i64,
+    /// Who created it.
+    pub owner: String,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub updated: String,
+}
+
+/// A new trigger.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateTrigger {
+    /// `/directory/name`; the directory must exist.
+    pub path: String,
+    /// Plugin, e.g. `command/command`.
+    pub plugin: String,
+    /// Service (`service` or `team/service`).
+    pub service: String,
+    /// Default plugin arguments.
+    pub args: Option<BTreeMap<String, String>>,
+    /// Timeout as text (`"10s"`).
+    pub timeout: Option<String>,
+    /// Timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Unix mode bits (default 0o644 = 420).
+    pub mode: Option<u32>,
+    /// `none` (default) or `lines`.
+    pub split: Option<Split>,
+    /// Free text.
+    pub description: Option<String>,
+    /// `local` (default), `team` or `public`.
+    #[schema(value_type = Option<String>)]
+    pub visibility: Option<Visibility>,
+}
+
+/// Changes to a trigger; absent fields stay.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateTrigger {
+    /// Plugin.
+    pub plugin: Option<String>,
+    /// Service.
+    pub service: Option<String>,
+    /// Default plugin arguments (replaces them).
+    pub args: Option<BTreeMap<String, String>>,
+    /// Timeout as text.
+    pub timeout: Option<String>,
+    /// Timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Unix mode bits.
+    pub mode: Option<u32>,
+    /// `none` or `lines`.
+    pub split: Option<Split>,
+    /// Free text.
+    pub description: Option<String>,
+    /// `local`, `team` or `public`.
+    #[schema(value_type = Option<String>)]
+    pub visibility: Option<Visibility>,
+}
+
+/// Hits to add.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddHits {
+    /// How many (default 1, at most 1 000 000).
+    pub count: Option<u32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TriggerRow {
+    id: i64,
+    directory: String,
+    name: String,
+    description: String,
+    plugin: String,
+    service: String,
+    args: String,
+    timeout_ms: i64,
+    mode: i64,
+    split: String,
+    visibility: String,
+    hits: i64,
+    owner: String,
+    created: i64,
+    updated: i64,
+}
+
+impl TriggerRow {
+    fn view(self) -> TriggerView {
+        TriggerView {
+            id: self.id,
+            path: format!("/{}/{}", self.directory, self.name),
+            timeout: timeout_text(self.timeout_ms),
+            args: serde_json::from_str(&self.args).unwrap_or_default(),
+            name: self.name,
+            directory: self.directory,
+            description: self.description,
+            plugin: self.plugin,
+            service: self.service,
+            timeout_ms: self.timeout_ms,
+            mode: self.mode,
+            split: self.split,
+            visibility: parse_visibility(&self.visibility),
+            hits: self.hits,
+            owner: self.owner,
+            created: rfc3339(self.created),
+            updated: rfc3339(self.updated),
+        }
+    }
+}
+
+const SELECT: &str = "SELECT t.id, d.name AS directory, t.name, t.description, t.plugin, \
+    t.service, t.args, t.timeout_ms, t.mode, t.split, t.visibility, t.hits, t.owner, \
+    t.created, t.updated FROM triggers t JOIN directories d ON d.id = t.directory_id \
+    WHERE t.team_id = $1";
+
+/// Most hits one call may add.
+const MAX_HITS_PER_CALL: u32 = 1_000_000;
+/// Mode bits a file may have.
+const MAX_MODE: u32 = 0o7777;
+/// Most arguments a trigger keeps, and their size.
+const MAX_ARGS: usize = 256;
+const MAX_ARG_BYTES: usize = 4096;
+
+fn parse_id(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::NotFound(format!("no trigger {id}")))
+}
+
+fn check_mode(mode: Option<u32>) -> Result<(), ApiError> {
+    match mode {
+        Some(m) if m > MAX_MODE => Err(ApiError::Unprocessable(format!(
+            "mode {m:o} is not a unix mode (at most 7777 octal)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_plugin(plugin: &str) -> Result<(), ApiError> {
+    proto::names::check_plugin(plugin).map_err(|e| ApiError::Unprocessable(e.to_string()))
+}
+
+fn check_service(service: &str) -> Result<(), ApiError> {
+    proto::names::check_service_ref(service).map_err(|e| ApiError::Unprocessable(e.to_string()))
+}
+
+fn check_args(args: &Option<BTreeMap<String, String>>) -> Result<(), ApiError> {
+    if let Some(args) = args {
+        if args.len() > MAX_ARGS {
+            return Err(ApiError::Unprocessable(format!(
+                "more than {MAX_ARGS} args"
+            )));
+        }
+        for (k, v) in args {
+            if k.is_empty() || k.len() > MAX_ARG_BYTES || v.len() > MAX_ARG_BYTES {
+                return Err(ApiError::Unprocessable(format!(
+                    "arg keys must be non-empty, keys and values at most {MAX_ARG_BYTES} bytes"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn args_json(args: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(args).unwrap_or_else(|_| "{}".into())
+}
+
+async fn find(state: &AppState, user: &AuthUser, id: i64) -> Result<TriggerRow, ApiError> {
+    let sql = format!("{SELECT} AND t.id = $2");
+    let row: Option<TriggerRow> = on_db!(&state.db, pool => {
+        sqlx::query_as(&sql).bind(user.team_id).bind(id).fetch_optional(pool).await?
+    });
+    row.ok_or_else(|| ApiError::NotFound(format!("no trigger {id} in team {}", user.team)))
+}
+
+/// The triggers of the caller's team.
+#[utoipa::path(get, path = "/api/v1/triggers", tag = "triggers", security(("jwt" = [])),
+    responses((status = 200, body = [TriggerView]), (status = "default", body = ErrorBody)))]
+pub async fn list_triggers(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Vec<TriggerView>>, ApiError> {
+    let sql = format!("{SELECT} ORDER BY d.name, t.name");
+    let rows: Vec<TriggerRow> = on_db!(&state.db, pool => {
+        sqlx::query_as(&sql).bind(user.team_id).fetch_all(pool).await?
+    });
+    Ok(Json(rows.into_iter().map(TriggerRow::view).collect()))
+}
+
+/// Creates a trigger in an existing directory.
+#[utoipa::path(post, path = "/api/v1/triggers", tag = "triggers", security(("jwt" = [])),
+    request_body = CreateTrigger,
+    responses((status = 201, body = TriggerView), (status = "default", body = ErrorBody)))]
+pub async fn create_trigger(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(req): Json<CreateTrigger>,
+) -> Result<(StatusCode, Json<TriggerView>), ApiError> {
+    let path = req.path.strip_prefix('/').ok_or_else(|| {
+        ApiError::Unprocessable(format!("trigger path `{}` must start with /", req.path))
+    })?;
+    let Some((dir, name)) = path.split_once('/') else {
+        return Err(ApiError::Unprocessable(format!(
+            "trigger path `{}` must be /directory/name",
+            req.path
+        )));
+    };
+    let dir = directory_name(dir)?;
+    proto::names::check_simple("trigger", name)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    check_plugin(&req.plugin)?;
+    check_service(&req.service)?;
+    check_args(&req.args)?;
+    check_mode(req.mode)?;
+    check_description(&req.description)?;
+    let timeout_ms = parse_timeout(req.timeout.as_deref(), req.timeout_ms)?.unwrap_or(0);
+    let args = args_json(&req.args.unwrap_or_default());
+    let now = now_ms();
+    let (revision, id): (i64, i64) = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let dir_id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM directories WHERE team_id = $1 AND name = $2")
+            .bind(user.team_id).bind(dir).fetch_optional(&mut *tx).await?;
+        let Some(dir_id) = dir_id else {
+            return Err(ApiError::Unprocessable(format!(
+                "no directory /{dir} in team {}: create it first", user.team)));
+        };
+        let (limit, used): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT max_triggers, (SELECT COUNT(*) FROM triggers WHERE team_id = $1) FROM teams WHERE id = $1")
+            .bind(user.team_id).fetch_one(&mut *tx).await?;
+        check_quota(&user.team, "triggers", limit, used)?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO triggers (team_id, directory_id, name, description, plugin, service, \
+             args, timeout_ms, mode, split, visibility, owner, created, updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING id")
+            .bind(user.team_id).bind(dir_id).bind(name)
+            .bind(req.description.as_deref().unwrap_or(""))
+            .bind(&req.plugin).bind(&req.service).bind(&args).bind(timeout_ms)
+            .bind(i64::from(req.mode.unwrap_or(0o644)))
+            .bind(req.split.unwrap_or_default().text())
+            .bind(visibility_text(req.visibility.unwrap_or_default()))
+            .bind(&user.identity).bind(now)
+            .fetch_one(&mut *tx).await
+            .on_conflict(|| format!("trigger {}", req.path))?;
+        tx.commit().await?;
+        (revision, id)
+    });
+    state.publish(config_event(
+        revision, &user.team, "trigger", "created", &req.path,
+    ));
+    Ok((
+        StatusCode::CREATED,
+        Json(find(&state, &user, id).await?.view()),
+    ))
+}
+
+fn visibility_text(v: Visibility) -> &'static str {
+    match v {
+        Visibility::Local => "local",
+        Visibility::Team => "team",
+        Visibility::Public => "public",
+    }
+}
+
+/// One trigger.
+#[utoipa::path(get, path = "/api/v1/triggers/{id}", tag = "triggers", security(("jwt" = [])),
+    params(("id" = i64, Path, description = "Trigger id")),
+    responses((status = 200, body = TriggerView), (status = "default", body = ErrorBody)))]
+pub async fn get_trigger(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<TriggerView>, ApiError> {
+    let id = parse_id(&id)?;
+    Ok(Json(find(&state, &user, id).await?.view()))
+}
+
+/// Changes a trigger (its owner or an admin).
+#[utoipa::path(patch, path = "/api/v1/triggers/{id}", tag = "triggers", security(("jwt" = [])),
+    params(("id" = i64, Path, description = "Trigger id")), request_body = UpdateTrigger,
+    responses((status = 200, body = TriggerView), (status = "default", body = ErrorBody)))]
+pub async fn update_trigger(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    Json(req): Json<UpdateTrigger>,
+) -> Result<Json<TriggerView>, ApiError> {
+    let id = parse_id(&id)?;
+    if let Some(p) = &req.plugin {
+        check_plugin(p)?;
+    }
+    if let Some(s) = &req.service {
+        check_service(s)?;
+    }
+    check_args(&req.args)?;
+    check_mode(req.mode)?;
+    check_description(&req.description)?;
+    let timeout_ms = parse_timeout(req.timeout.as_deref(), req.timeout_ms)?;
+    let row = find(&state, &user, id).await?;
+    may_modify(&user, &row.owner)?;
+    let args = req.args.as_ref().map(args_json);
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        sqlx::query("UPDATE triggers SET plugin = COALESCE($1, plugin), \
+            service = COALESCE($2, service), args = COALESCE($3, args), \
+            timeout_ms = COALESCE($4, timeout_ms), mode = COALESCE($5, mode), \
+            split = COALESCE($6, split), description = COALESCE($7, description), \
+            visibility = COALESCE($8, visibility), updated = $9 WHERE id = $10")
+            .bind(req.plugin.as_deref()).bind(req.service.as_deref()).bind(args.as_deref())
+            .bind(timeout_ms).bind(req.mode.map(i64::from))
+            .bind(req.split.map(Split::text)).bind(req.description.as_deref())
+            .bind(req.visibility.map(visibility_text)).bind(now).bind(id)
+            .execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    let path = format!("/{}/{}", row.directory, row.name);
+    state.publish(config_event(
+        revision, &user.team, "trigger", "updated", &path,
+    ));
+    Ok(Json(find(&state, &user, id).await?.view()))
+}
+
+/// Deletes a trigger (its owner or an admin).
+#[utoipa::path(delete, path = "/api/v1/triggers/{id}", tag = "triggers", security(("jwt" = [])),
+    params(("id" = i64, Path, description = "Trigger id")),
+    responses((status = 204), (status = "default", body = ErrorBody)))]
+pub async fn delete_trigger(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let row = find(&state, &user, id).await?;
+    may_modify(&user, &row.owner)?;
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        sqlx::query("DELETE FROM triggers WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    let path = format!("/{}/{}", row.directory, row.name);
+    state.publish(config_event(
+        revision, &user.team, "trigger", "deleted", &path,
+    ));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Counts runs of a trigger (the fs module calls this); not a configuration change.
+#[utoipa::path(post, path = "/api/v1/triggers/{id}/hits", tag = "triggers", security(("jwt" = [])),
+    params(("id" = i64, Path, description = "Trigger id")), request_body = AddHits,
+    responses((status = 200, body = TriggerView), (status = "default", body = ErrorBody)))]
+pub async fn add_hits(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    Json(req): Json<AddHits>,
+) -> Result<Json<TriggerView>, ApiError> {
+    let id = parse_id(&id)?;
+    let count = req.count.unwrap_or(1);
+    if count > MAX_HITS_PER_CALL {
+        return Err(ApiError::Unprocessable(format!(
+            "count is more than {MAX_HITS_PER_CALL}"
+        )));
+    }
+    let done = on_db!(&state.db, pool => {
+        sqlx::query("UPDATE triggers SET hits = hits + $1, updated = $2 WHERE id = $3 AND team_id = $4")
+            .bind(i64::from(count)).bind(now_ms()).bind(id).bind(user.team_id)
+            .execute(pool).await?.rows_affected()
+    });
+    if done == 0 {
+        return Err(ApiError::NotFound(format!(
+            "no trigger {id} in team {}",
+            user.team
+        )));
+    }
+    Ok(Json(find(&state, &user, id).await?.view()))
+}

@@ -1,0 +1,256 @@
+//! Workers of the caller's team. The token (uuid v4) is shown once, at creation and on
+//! `regenerate`; only its SHA-256 digest is stored.
+
+use super::{check_name, check_quota, config_event, may_modify};
+use crate::auth::AuthUser;
+use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
+use crate::error::{ApiError, ErrorBody, ResultExt};
+use crate::extract::{Json, Path};
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A worker.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerView {
+    /// Identity, unique in the team.
+    pub identity: String,
+    /// Free text.
+    pub description: String,
+    /// `ONLINE` or `DISCONNECTED` (reported by the broker).
+    pub state: String,
+    /// When the broker last reported it (RFC 3339), if ever.
+    pub last_seen: Option<String>,
+    /// Who created it.
+    pub owner: String,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub updated: String,
+}
+
+/// A worker with its token: only in the answers of create and regenerate.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerWithToken {
+    /// The worker.
+    #[serde(flatten)]
+    pub worker: WorkerView,
+    /// The token (uuid v4); it is not shown again.
+    pub token: String,
+}
+
+/// A new worker.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateWorker {
+    /// Identity (letters, digits, `.`, `_`, `-`).
+    pub identity: String,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// Changes to a worker.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateWorker {
+    /// Free text.
+    pub description: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct WorkerRow {
+    id: i64,
+    identity: String,
+    description: String,
+    state: String,
+    last_seen: Option<i64>,
+    owner: String,
+    created: i64,
+    updated: i64,
+}
+
+impl WorkerRow {
+    fn view(self) -> WorkerView {
+        WorkerView {
+            identity: self.identity,
+            description: self.description,
+            state: self.state,
+            last_seen: self.last_seen.map(rfc3339),
+            owner: self.owner,
+            created: rfc3339(self.created),
+            updated: rfc3339(self.updated),
+        }
+    }
+}
+
+const SELECT: &str = "SELECT id, identity, description, state, last_seen, owner, created, \
+    updated FROM workers WHERE team_id = $1";
+
+/// Longest description we keep.
+const MAX_DESCRIPTION: usize = 4096;
+
+pub(crate) fn check_description(text: &Option<String>) -> Result<(), ApiError> {
+    match text {
+        Some(t) if t.len() > MAX_DESCRIPTION => Err(ApiError::Unprocessable(format!(
+            "description is longer than {MAX_DESCRIPTION} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn find(state: &AppState, user: &AuthUser, identity: &str) -> Result<WorkerRow, ApiError> {
+    let sql = format!("{SELECT} AND identity = $2");
+    let row: Option<WorkerRow> = on_db!(&state.db, pool => {
+        sqlx::query_as(&sql).bind(user.team_id).bind(identity).fetch_optional(pool).await?
+    });
+    row.ok_or_else(|| ApiError::NotFound(format!("no worker {identity} in team {}", user.team)))
+}
+
+/// The workers of the caller's team.
+#[utoipa::path(get, path = "/api/v1/workers", tag = "workers", security(("jwt" = [])),
+    responses((status = 200, body = [WorkerView]), (status = "default", body = ErrorBody)))]
+pub async fn list_workers(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Vec<WorkerView>>, ApiError> {
+    let sql = format!("{SELECT} ORDER BY identity");
+    let rows: Vec<WorkerRow> = on_db!(&state.db, pool => {
+        sqlx::query_as(&sql).bind(user.team_id).fetch_all(pool).await?
+    });
+    Ok(Json(rows.into_iter().map(WorkerRow::view).collect()))
+}
+
+/// Creates a worker; the answer holds its token, once.
+#[utoipa::path(post, path = "/api/v1/workers", tag = "workers", security(("jwt" = [])),
+    request_body = CreateWorker,
+    responses((status = 201, body = WorkerWithToken), (status = "default", body = ErrorBody)))]
+pub async fn create_worker(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(req): Json<CreateWorker>,
+) -> Result<(StatusCode, Json<WorkerWithToken>), ApiError> {
+    check_name("worker", &req.identity)?;
+    check_description(&req.description)?;
+    let token = uuid::Uuid::new_v4().to_string();
+    let digest = proto::control::token_digest(&token);
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let (limit, used): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT max_workers, (SELECT COUNT(*) FROM workers WHERE team_id = $1) FROM teams WHERE id = $1")
+            .bind(user.team_id).fetch_one(&mut *tx).await?;
+        check_quota(&user.team, "workers", limit, used)?;
+        sqlx::query("INSERT INTO workers (team_id, identity, description, token_sha256, owner, \
+            created, updated) VALUES ($1, $2, $3, $4, $5, $6, $6)")
+            .bind(user.team_id).bind(&req.identity).bind(req.description.as_deref().unwrap_or(""))
+            .bind(&digest).bind(&user.identity).bind(now).execute(&mut *tx).await
+            .on_conflict(|| format!("worker {}", req.identity))?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision,
+        &user.team,
+        "worker",
+        "created",
+        &req.identity,
+    ));
+    let worker = find(&state, &user, &req.identity).await?.view();
+    Ok((StatusCode::CREATED, Json(WorkerWithToken { worker, token })))
+}
+
+/// One worker (never its token).
+#[utoipa::path(get, path = "/api/v1/workers/{identity}", tag = "workers", security(("jwt" = [])),
+    params(("identity" = String, Path, description = "Worker identity")),
+    responses((status = 200, body = WorkerView), (status = "default", body = ErrorBody)))]
+pub async fn get_worker(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(identity): Path<String>,
+) -> Result<Json<WorkerView>, ApiError> {
+    Ok(Json(find(&state, &user, &identity).await?.view()))
+}
+
+/// Changes a worker's description (its owner or an admin).
+#[utoipa::path(patch, path = "/api/v1/workers/{identity}", tag = "workers", security(("jwt" = [])),
+    params(("identity" = String, Path, description = "Worker identity")), request_body = UpdateWorker,
+    responses((status = 200, body = WorkerView), (status = "default", body = ErrorBody)))]
+pub async fn update_worker(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(identity): Path<String>,
+    Json(req): Json<UpdateWorker>,
+) -> Result<Json<WorkerView>, ApiError> {
+    check_description(&req.description)?;
+    let row = find(&state, &user, &identity).await?;
+    may_modify(&user, &row.owner)?;
+    if let Some(description) = &req.description {
+        let now = now_ms();
+        let revision: i64 = on_db!(&state.db, pool => {
+            let mut tx = pool.begin().await?;
+            let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+            sqlx::query("UPDATE workers SET description = $1, updated = $2 WHERE id = $3")
+                .bind(description).bind(now).bind(row.id).execute(&mut *tx).await?;
+            tx.commit().await?;
+            revision
+        });
+        state.publish(config_event(
+            revision, &user.team, "worker", "updated", &identity,
+        ));
+    }
+    Ok(Json(find(&state, &user, &identity).await?.view()))
+}
+
+/// Deletes a worker (its owner or an admin); it leaves every service.
+#[utoipa::path(delete, path = "/api/v1/workers/{identity}", tag = "workers", security(("jwt" = [])),
+    params(("identity" = String, Path, description = "Worker identity")),
+    responses((status = 204), (status = "default", body = ErrorBody)))]
+pub async fn delete_worker(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(identity): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let row = find(&state, &user, &identity).await?;
+    may_modify(&user, &row.owner)?;
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        sqlx::query("DELETE FROM workers WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision, &user.team, "worker", "deleted", &identity,
+    ));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces a worker's token (its owner or an admin); the new one is in the answer, once.
+#[utoipa::path(post, path = "/api/v1/workers/{identity}/regenerate", tag = "workers",
+    security(("jwt" = [])), params(("identity" = String, Path, description = "Worker identity")),
+    responses((status = 200, body = WorkerWithToken), (status = "default", body = ErrorBody)))]
+pub async fn regenerate_token(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(identity): Path<String>,
+) -> Result<Json<WorkerWithToken>, ApiError> {
+    let row = find(&state, &user, &identity).await?;
+    may_modify(&user, &row.owner)?;
+    let token = uuid::Uuid::new_v4().to_string();
+    let digest = proto::control::token_digest(&token);
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        sqlx::query("UPDATE workers SET token_sha256 = $1, updated = $2 WHERE id = $3")
+            .bind(&digest).bind(now).bind(row.id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision, &user.team, "worker", "updated", &identity,
+    ));
+    let worker = find(&state, &user, &identity).await?.view();
+    Ok(Json(WorkerWithToken { worker, token }))
+}

@@ -1,0 +1,1170 @@
+//! The API suite, run on SQLite and on PostgreSQL (see `on_both_backends!`).
+
+mod common;
+
+use common::{assert_error, Backend, Harness};
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+on_both_backends!(
+    login_and_tokens,
+    bootstrap_runs_once,
+    team_isolation_and_membership,
+    worker_tokens,
+    services_crud,
+    directories_and_triggers,
+    quotas,
+    broker_endpoints,
+    events_stream,
+    gateway_without_broker,
+    metrics_count_requests,
+);
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn mint(key: &[u8], sub: &str, team: &str, exp: u64) -> String {
+    let claims = proto::control::Claims {
+        sub: sub.into(),
+        team: team.into(),
+        role: "admin".into(),
+        iat: now_s().saturating_sub(7200),
+        exp,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .unwrap()
+}
+
+async fn login_and_tokens(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let (status, body) = h.get("/api/v1/workers", &h.admin_token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"team": "main", "identity": "admin", "secret": h.admin.secret})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["role"], "admin");
+    assert_eq!(body["team"], "main");
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let wrong = h
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"team": "main", "identity": "admin", "secret": "nope"})),
+        )
+        .await;
+    assert_error(&wrong, 401, "Unauthorized");
+    let unknown = h
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"team": "main", "identity": "ghost", "secret": "nope"})),
+        )
+        .await;
+    assert_error(&unknown, 401, "Unauthorized");
+    let no_team = h
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"team": "other", "identity": "admin", "secret": h.admin.secret})),
+        )
+        .await;
+    assert_error(&no_team, 401, "Unauthorized");
+    assert_eq!(wrong.1["message"], unknown.1["message"]);
+    assert_eq!(wrong.1["message"], no_team.1["message"]);
+
+    let expired = mint(&h.jwt_key(), "admin", "main", now_s() - 120);
+    assert_error(
+        &h.get("/api/v1/workers", &expired).await,
+        401,
+        "TokenExpired",
+    );
+    let forged = mint(&[7u8; 32], "admin", "main", now_s() + 600);
+    assert_error(
+        &h.get("/api/v1/workers", &forged).await,
+        401,
+        "Unauthorized",
+    );
+    let valid_minted = mint(&h.jwt_key(), "admin", "main", now_s() + 600);
+    assert_eq!(
+        h.get("/api/v1/workers", &valid_minted).await.0,
+        StatusCode::OK
+    );
+    // A well-signed token for a team the user is not in is refused.
+    let other_team = mint(&h.jwt_key(), "admin", "elsewhere", now_s() + 600);
+    assert_error(
+        &h.get("/api/v1/workers", &other_team).await,
+        401,
+        "Unauthorized",
+    );
+    assert_error(
+        &h.call(Method::GET, "/api/v1/workers", None, None).await,
+        401,
+        "Unauthorized",
+    );
+    assert_error(
+        &h.get("/api/v1/workers", "not-a-jwt").await,
+        401,
+        "Unauthorized",
+    );
+}
+
+async fn bootstrap_runs_once(backend: Backend) {
+    let h = Harness::start(backend).await;
+    assert!(h.plane.bootstrap().await.unwrap().is_none());
+    let path = h.data.path().join("data/admin.credentials");
+    assert_eq!(path, h.admin.path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("[main]\n"), "{text}");
+    assert!(text.contains(&h.admin.secret));
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["admin.credentials", "jwt.key", "broker.token"] {
+        let mode = std::fs::metadata(h.data.path().join("data").join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let parsed: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(parsed["main"]["team"].as_str(), Some("main"));
+    assert_eq!(parsed["main"]["identity"].as_str(), Some("admin"));
+}
+
+async fn team_isolation_and_membership(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    assert_eq!(
+        h.post("/api/v1/workers", admin, json!({"identity": "w1"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        h.post(
+            "/api/v1/services",
+            admin,
+            json!({"name": "svc", "workers": ["w1"], "visibility": "team"})
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    // A second team, with bob as its only ordinary member.
+    let (status, team) = h
+        .post("/api/v1/teams", admin, json!({"name": "teamb"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{team}");
+    assert_eq!(team["role"], "admin");
+    assert_error(
+        &h.post("/api/v1/teams", admin, json!({"name": "teamb"}))
+            .await,
+        409,
+        "Conflict",
+    );
+    assert_error(
+        &h.post("/api/v1/teams", admin, json!({"name": "bad name"}))
+            .await,
+        422,
+        "Unprocessable",
+    );
+    let (status, body) = h
+        .post(
+            "/api/v1/teams/teamb/members",
+            admin,
+            json!({"identity": "bob", "secret": "bobsecret", "role": "member"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_error(
+        &h.post(
+            "/api/v1/teams/teamb/members",
+            admin,
+            json!({"identity": "carol"}),
+        )
+        .await,
+        422,
+        "Unprocessable",
+    );
+    let bob = h.login("teamb", "bob", "bobsecret").await;
+    // bob cannot log into main, nor see or touch main's objects.
+    let refused = h
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"team": "main", "identity": "bob", "secret": "bobsecret"})),
+        )
+        .await;
+    assert_error(&refused, 401, "Unauthorized");
+    let (status, list) = h.get("/api/v1/workers", &bob).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list, json!([]));
+    assert_error(&h.get("/api/v1/workers/w1", &bob).await, 404, "NotFound");
+    assert_error(
+        &h.call(Method::DELETE, "/api/v1/workers/w1", Some(&bob), None)
+            .await,
+        404,
+        "NotFound",
+    );
+    assert_error(&h.get("/api/v1/services/svc", &bob).await, 404, "NotFound");
+    assert_error(
+        &h.call(
+            Method::PATCH,
+            "/api/v1/services/svc",
+            Some(&bob),
+            Some(json!({"visibility": "public"})),
+        )
+        .await,
+        404,
+        "NotFound",
+    );
+    assert_error(&h.get("/api/v1/teams/main", &bob).await, 404, "NotFound");
+    assert_error(
+        &h.get("/api/v1/teams/main/members", &bob).await,
+        404,
+        "NotFound",
+    );
+    assert_error(
+        &h.call(Method::DELETE, "/api/v1/teams/main", Some(&bob), None)
+            .await,
+        404,
+        "NotFound",
+    );
+    // A member of teamb is not its admin.
+    assert_error(
+        &h.post(
+            "/api/v1/teams/teamb/members",
+            &bob,
+            json!({"identity": "eve", "secret": "x"}),
+        )
+        .await,
+        403,
+        "Forbidden",
+    );
+    assert_error(
+        &h.call(Method::DELETE, "/api/v1/teams/teamb", Some(&bob), None)
+            .await,
+        403,
+        "Forbidden",
+    );
+    let (_, teams) = h.get("/api/v1/teams", &bob).await;
+    assert_eq!(teams.as_array().unwrap().len(), 1);
+    assert_eq!(teams[0]["name"], "teamb");
+    // bob joins main too (existing user: no secret), as a member.
+    let (status, body) = h
+        .post(
+            "/api/v1/teams/main/members",
+            admin,
+            json!({"identity": "bob"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["role"], "member");
+    assert_error(
+        &h.post(
+            "/api/v1/teams/main/members",
+            admin,
+            json!({"identity": "bob"}),
+        )
+        .await,
+        409,
+        "Conflict",
+    );
+    let bob_main = h.login("main", "bob", "bobsecret").await;
+    let (_, teams) = h.get("/api/v1/teams", &bob_main).await;
+    assert_eq!(teams.as_array().unwrap().len(), 2);
+    assert_eq!(
+        h.get("/api/v1/services/svc", &bob_main).await.0,
+        StatusCode::OK
+    );
+    // ...but may not change the admin's service.
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            "/api/v1/services/svc",
+            Some(&bob_main),
+            None,
+        )
+        .await,
+        403,
+        "Forbidden",
+    );
+    // Roles: promote, then the last admin cannot be removed or demoted.
+    let (status, body) = h
+        .call(
+            Method::PATCH,
+            "/api/v1/teams/main/members/bob",
+            Some(admin),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "admin");
+    assert_error(
+        &h.call(
+            Method::PATCH,
+            "/api/v1/teams/main/members/bob",
+            Some(admin),
+            Some(json!({"role": "boss"})),
+        )
+        .await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            "/api/v1/teams/teamb/members/admin",
+            Some(admin),
+            None,
+        )
+        .await,
+        409,
+        "Conflict",
+    );
+    assert_eq!(
+        h.call(
+            Method::DELETE,
+            "/api/v1/teams/main/members/bob",
+            Some(admin),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    // bob's main token no longer works; his teamb token does.
+    assert_error(
+        &h.get("/api/v1/workers", &bob_main).await,
+        401,
+        "Unauthorized",
+    );
+    assert_eq!(h.get("/api/v1/workers", &bob).await.0, StatusCode::OK);
+    let (_, members) = h.get("/api/v1/teams/main/members", admin).await;
+    assert_eq!(members.as_array().unwrap().len(), 1);
+    // Deleting a team.
+    assert_eq!(
+        h.call(Method::DELETE, "/api/v1/teams/teamb", Some(admin), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(&h.get("/api/v1/workers", &bob).await, 401, "Unauthorized");
+}
+
+async fn snapshot(h: &Harness) -> proto::control::BrokerSnapshot {
+    let (status, body) = h.get("/api/v1/broker/snapshot", &h.broker_token()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_value(body).expect("snapshot JSON")
+}
+
+async fn worker_tokens(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let (status, created) = h
+        .post(
+            "/api/v1/workers",
+            admin,
+            json!({"identity": "w1", "description": "first"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().unwrap().to_string();
+    assert_eq!(uuid::Uuid::parse_str(&token).unwrap().get_version_num(), 4);
+    assert_eq!(created["state"], "DISCONNECTED");
+    assert_eq!(created["owner"], "admin");
+    let (_, got) = h.get("/api/v1/workers/w1", admin).await;
+    assert!(got.get("token").is_none(), "{got}");
+    assert_eq!(got["description"], "first");
+    let (_, list) = h.get("/api/v1/workers", admin).await;
+    assert!(list[0].get("token").is_none(), "{list}");
+    let snap = snapshot(&h).await;
+    assert_eq!(snap.workers.len(), 1);
+    assert_eq!(
+        snap.workers[0].token_sha256,
+        proto::control::token_digest(&token)
+    );
+    let (status, regenerated) = h
+        .post("/api/v1/workers/w1/regenerate", admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{regenerated}");
+    let new_token = regenerated["token"].as_str().unwrap();
+    assert_ne!(new_token, token);
+    let snap2 = snapshot(&h).await;
+    assert_eq!(
+        snap2.workers[0].token_sha256,
+        proto::control::token_digest(new_token)
+    );
+    assert!(snap2.revision > snap.revision);
+    // Update, conflicts, names.
+    let (status, patched) = h
+        .call(
+            Method::PATCH,
+            "/api/v1/workers/w1",
+            Some(admin),
+            Some(json!({"description": "renamed"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(patched["description"], "renamed");
+    assert_error(
+        &h.post("/api/v1/workers", admin, json!({"identity": "w1"}))
+            .await,
+        409,
+        "Conflict",
+    );
+    assert_error(
+        &h.post("/api/v1/workers", admin, json!({"identity": "wö"}))
+            .await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/workers",
+            admin,
+            json!({"identity": "x".repeat(300)}),
+        )
+        .await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &h.post("/api/v1/workers", admin, json!({"identity": ".."}))
+            .await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &h.post("/api/v1/workers", admin, json!({"identity": 5}))
+            .await,
+        400,
+        "BadRequest",
+    );
+    assert_eq!(
+        h.call(Method::DELETE, "/api/v1/workers/w1", Some(admin), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(&h.get("/api/v1/workers/w1", admin).await, 404, "NotFound");
+    assert!(snapshot(&h).await.workers.is_empty());
+}
+
+async fn services_crud(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    for w in ["w1", "w2"] {
+        assert_eq!(
+            h.post("/api/v1/workers", admin, json!({"identity": w}))
+                .await
+                .0,
+            StatusCode::CREATED
+        );
+    }
+    let (status, svc) = h
+        .post("/api/v1/services", admin, json!({"name": "svc", "workers": ["w1"], "timeout": "10s", "algorithm": "mirror", "batch": 2}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{svc}");
+    assert_eq!(svc["timeout_ms"], 10_000);
+    assert_eq!(svc["timeout"], "10s");
+    assert_eq!(svc["visibility"], "local");
+    assert_eq!(svc["algorithm"], "mirror");
+    assert_eq!(svc["batch"], 2);
+    assert_eq!(svc["workers"], json!(["w1"]));
+    assert_eq!(svc["owner"], "admin");
+    let (_, defaults) = h
+        .post("/api/v1/services", admin, json!({"name": "plain"}))
+        .await;
+    assert_eq!(defaults["algorithm"], "roundrobin");
+    assert_eq!(defaults["timeout_ms"], 0);
+    assert_eq!(defaults["timeout"], Value::Null);
+    assert_error(
+        &h.post("/api/v1/services", admin, json!({"name": "svc"}))
+            .await,
+        409,
+        "Conflict",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/services",
+            admin,
+            json!({"name": "s2", "workers": ["ghost"]}),
+        )
+        .await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/services",
+            admin,
+            json!({"name": "s3", "algorithm": "random"}),
+        )
+        .await,
+        400,
+        "BadRequest",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/services",
+            admin,
+            json!({"name": "s4", "timeout": "soon"}),
+        )
+        .await,
+        422,
+        "Unprocessable",
+    );
+    // The failed creates left nothing behind.
+    let (_, list) = h.get("/api/v1/services", admin).await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    // Workers add/remove.
+    let (status, svc) = h
+        .post(
+            "/api/v1/services/svc/workers",
+            admin,
+            json!({"identity": "w2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{svc}");
+    assert_eq!(svc["workers"], json!(["w1", "w2"]));
+    assert_error(
+        &h.post(
+            "/api/v1/services/svc/workers",
+            admin,
+            json!({"identity": "w2"}),
+        )
+        .await,
+        409,
+        "Conflict",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/services/svc/workers",
+            admin,
+            json!({"identity": "ghost"}),
+        )
+        .await,
+        422,
+        "Unprocessable",
+    );
+    let (status, svc) = h
+        .call(
+            Method::DELETE,
+            "/api/v1/services/svc/workers/w1",
+            Some(admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(svc["workers"], json!(["w2"]));
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            "/api/v1/services/svc/workers/w1",
+            Some(admin),
+            None,
+        )
+        .await,
+        404,
+        "NotFound",
+    );
+    // Visibility and the other fields.
+    let (status, svc) = h
+        .call(Method::PATCH, "/api/v1/services/svc", Some(admin),
+            Some(json!({"visibility": "public", "timeout_ms": 1500, "stop_on_failure": true, "description": "d"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{svc}");
+    assert_eq!(svc["visibility"], "public");
+    assert_eq!(svc["timeout_ms"], 1500);
+    assert_eq!(svc["stop_on_failure"], true);
+    assert_eq!(svc["algorithm"], "mirror");
+    assert_eq!(svc["batch"], 2);
+    let snap = snapshot(&h).await;
+    let entry = snap.services.iter().find(|s| s.name == "svc").unwrap();
+    assert_eq!(entry.visibility, proto::control::Visibility::Public);
+    assert_eq!(entry.workers, vec!["w2".to_string()]);
+    assert_eq!(entry.algorithm, proto::Algorithm::Mirror);
+    assert_eq!(entry.batch, Some(2));
+    assert_eq!(entry.timeout_ms, 1500);
+    assert_eq!(entry.owner, "admin");
+    // Deleting a bound worker unbinds it.
+    assert_eq!(
+        h.call(Method::DELETE, "/api/v1/workers/w2", Some(admin), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.get("/api/v1/services/svc", admin).await.1["workers"],
+        json!([])
+    );
+    assert_eq!(
+        h.call(Method::DELETE, "/api/v1/services/svc", Some(admin), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(&h.get("/api/v1/services/svc", admin).await, 404, "NotFound");
+}
+
+async fn directories_and_triggers(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let trigger = json!({"path": "/logs/t1", "plugin": "command/command", "service": "svc",
+        "args": {"k": "v"}, "timeout": "5s", "mode": 0o755, "split": "lines"});
+    assert_error(
+        &h.post("/api/v1/triggers", admin, trigger.clone()).await,
+        422,
+        "Unprocessable",
+    );
+    let (status, dir) = h
+        .post("/api/v1/directories", admin, json!({"path": "/logs"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{dir}");
+    assert_eq!(dir["path"], "/logs");
+    assert_error(
+        &h.post("/api/v1/directories", admin, json!({"path": "/logs"}))
+            .await,
+        409,
+        "Conflict",
+    );
+    assert_error(
+        &h.post("/api/v1/directories", admin, json!({"path": "/a/b"}))
+            .await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &h.post("/api/v1/directories", admin, json!({"path": "/.."}))
+            .await,
+        422,
+        "Unprocessable",
+    );
+    let (status, t) = h.post("/api/v1/triggers", admin, trigger.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    assert_eq!(t["path"], "/logs/t1");
+    assert_eq!(t["mode"], 0o755);
+    assert_eq!(t["split"], "lines");
+    assert_eq!(t["timeout_ms"], 5000);
+    assert_eq!(t["args"], json!({"k": "v"}));
+    assert_eq!(t["hits"], 0);
+    let id = t["id"].as_i64().unwrap();
+    assert_error(
+        &h.post("/api/v1/triggers", admin, trigger.clone()).await,
+        409,
+        "Conflict",
+    );
+    let mut bad_mode = trigger.clone();
+    bad_mode["path"] = json!("/logs/t2");
+    bad_mode["mode"] = json!(0o17777);
+    assert_error(
+        &h.post("/api/v1/triggers", admin, bad_mode).await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            "/api/v1/directories/logs",
+            Some(admin),
+            None,
+        )
+        .await,
+        409,
+        "Conflict",
+    );
+    let (status, hit) = h
+        .post(&format!("/api/v1/triggers/{id}/hits"), admin, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{hit}");
+    assert_eq!(hit["hits"], 1);
+    let (_, hit) = h
+        .post(
+            &format!("/api/v1/triggers/{id}/hits"),
+            admin,
+            json!({"count": 4}),
+        )
+        .await;
+    assert_eq!(hit["hits"], 5);
+    let (status, t) = h
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/triggers/{id}"),
+            Some(admin),
+            Some(json!({"plugin": "echo", "mode": 0o600})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["plugin"], "echo");
+    assert_eq!(t["mode"], 0o600);
+    assert_eq!(t["split"], "lines");
+    assert_eq!(
+        h.get(&format!("/api/v1/triggers/{id}"), admin).await.1["hits"],
+        5
+    );
+    assert_error(&h.get("/api/v1/triggers/abc", admin).await, 404, "NotFound");
+    assert_error(
+        &h.get("/api/v1/triggers/99999999999999999999999", admin)
+            .await,
+        404,
+        "NotFound",
+    );
+    assert_error(
+        &h.get("/api/v1/triggers/424242", admin).await,
+        404,
+        "NotFound",
+    );
+    let (_, list) = h.get("/api/v1/directories", admin).await;
+    assert_eq!(list[0]["n_triggers"], 1);
+    assert_eq!(
+        h.call(
+            Method::DELETE,
+            &format!("/api/v1/triggers/{id}"),
+            Some(admin),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.call(
+            Method::DELETE,
+            "/api/v1/directories/logs",
+            Some(admin),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            "/api/v1/directories/logs",
+            Some(admin),
+            None,
+        )
+        .await,
+        404,
+        "NotFound",
+    );
+}
+
+async fn quotas(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let (status, q) = h.get("/api/v1/teams/main/quota", admin).await;
+    assert_eq!(status, StatusCode::OK, "{q}");
+    assert_eq!(q["max_triggers"], Value::Null);
+    let (status, q) = h
+        .call(
+            Method::PUT,
+            "/api/v1/teams/main/quota",
+            Some(admin),
+            Some(json!({"preset": "free"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{q}");
+    assert_eq!(q["max_workers"], 2);
+    assert_eq!(q["max_services"], 1);
+    assert_eq!(q["max_triggers"], 3);
+    assert_eq!(q["max_users"], 2);
+    assert_error(
+        &h.call(
+            Method::PUT,
+            "/api/v1/teams/main/quota",
+            Some(admin),
+            Some(json!({"preset": "gold"})),
+        )
+        .await,
+        422,
+        "Unprocessable",
+    );
+    assert_eq!(
+        h.post("/api/v1/directories", admin, json!({"path": "/d"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    for i in 1..=3 {
+        let (status, body) = h
+            .post(
+                "/api/v1/triggers",
+                admin,
+                json!({"path": format!("/d/t{i}"), "plugin": "echo", "service": "s"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let fourth = h
+        .post(
+            "/api/v1/triggers",
+            admin,
+            json!({"path": "/d/t4", "plugin": "echo", "service": "s"}),
+        )
+        .await;
+    assert_error(&fourth, 403, "QuotaExceeded");
+    assert_eq!(fourth.1["message"], "team main allows 3 triggers");
+    assert_eq!(
+        h.post("/api/v1/services", admin, json!({"name": "s1"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_error(
+        &h.post("/api/v1/services", admin, json!({"name": "s2"}))
+            .await,
+        403,
+        "QuotaExceeded",
+    );
+    for w in ["w1", "w2"] {
+        assert_eq!(
+            h.post("/api/v1/workers", admin, json!({"identity": w}))
+                .await
+                .0,
+            StatusCode::CREATED
+        );
+    }
+    assert_error(
+        &h.post("/api/v1/workers", admin, json!({"identity": "w3"}))
+            .await,
+        403,
+        "QuotaExceeded",
+    );
+    assert_eq!(
+        h.post(
+            "/api/v1/teams/main/members",
+            admin,
+            json!({"identity": "u2", "secret": "s"})
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/teams/main/members",
+            admin,
+            json!({"identity": "u3", "secret": "s"}),
+        )
+        .await,
+        403,
+        "QuotaExceeded",
+    );
+    let (_, q) = h.get("/api/v1/teams/main/quota", admin).await;
+    assert_eq!(
+        q["used"],
+        json!({"workers": 2, "services": 1, "triggers": 3, "users": 2})
+    );
+    // Explicit limits; unlimited again.
+    let (status, q) = h
+        .call(
+            Method::PUT,
+            "/api/v1/teams/main/quota",
+            Some(admin),
+            Some(json!({"max_triggers": 10})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(q["max_triggers"], 10);
+    assert_eq!(q["max_workers"], Value::Null);
+    assert_eq!(
+        h.post(
+            "/api/v1/triggers",
+            admin,
+            json!({"path": "/d/t4", "plugin": "echo", "service": "s"})
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    // Only operators set quotas.
+    let u2 = h.login("main", "u2", "s").await;
+    assert_error(
+        &h.call(
+            Method::PUT,
+            "/api/v1/teams/main/quota",
+            Some(&u2),
+            Some(json!({"preset": "unlimited"})),
+        )
+        .await,
+        403,
+        "Forbidden",
+    );
+}
+
+async fn broker_endpoints(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    assert_error(
+        &h.call(Method::GET, "/api/v1/broker/snapshot", None, None)
+            .await,
+        401,
+        "Unauthorized",
+    );
+    assert_error(
+        &h.get("/api/v1/broker/snapshot", admin).await,
+        401,
+        "Unauthorized",
+    );
+    assert_error(
+        &h.get("/api/v1/broker/snapshot", "wrong").await,
+        401,
+        "Unauthorized",
+    );
+    h.post("/api/v1/workers", admin, json!({"identity": "w1"}))
+        .await;
+    h.post(
+        "/api/v1/services",
+        admin,
+        json!({"name": "svc", "workers": ["w1"], "visibility": "team"}),
+    )
+    .await;
+    let snap = snapshot(&h).await;
+    assert_eq!(snap.teams, vec!["main".to_string()]);
+    assert_eq!(snap.jwt_secret_hex.len(), 64);
+    assert_eq!(snap.services[0].workers, vec!["w1".to_string()]);
+    assert_eq!(
+        snap.services[0].visibility,
+        proto::control::Visibility::Team
+    );
+    assert_eq!(snap.revision, 3, "bootstrap, worker, service");
+    let at = 1_700_000_000_000u64;
+    let report = proto::control::BrokerReport {
+        workers: vec![
+            proto::control::WorkerStateReport {
+                team: "main".into(),
+                identity: "w1".into(),
+                state: proto::control::WorkerState::Online,
+                at_unix_ms: at,
+            },
+            proto::control::WorkerStateReport {
+                team: "main".into(),
+                identity: "ghost".into(),
+                state: proto::control::WorkerState::Online,
+                at_unix_ms: at,
+            },
+        ],
+    };
+    let body = serde_json::to_value(&report).unwrap();
+    assert_error(
+        &h.post("/api/v1/broker/report", admin, body.clone()).await,
+        401,
+        "Unauthorized",
+    );
+    let (status, answer) = h
+        .post("/api/v1/broker/report", &h.broker_token(), body)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["updated"], 1);
+    let (_, w) = h.get("/api/v1/workers/w1", admin).await;
+    assert_eq!(w["state"], "ONLINE");
+    assert_eq!(w["last_seen"], "2023-11-14T22:13:20.000Z");
+}
+
+/// Reads SSE `event: config` data lines from a response until `want` matches or 1 s passes.
+async fn next_config_event(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buf: &mut String,
+) -> Option<proto::control::ConfigEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        if let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if block.lines().any(|l| l == "event: config") {
+                let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+                return serde_json::from_str(data).ok();
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .ok()??
+            .ok()?;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+async fn events_stream(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    assert_error(
+        &h.call(Method::GET, "/api/v1/events", None, None).await,
+        401,
+        "Unauthorized",
+    );
+    let broker = h
+        .http
+        .get(h.url("/api/v1/events"))
+        .bearer_auth(h.broker_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(broker.status(), StatusCode::OK);
+    assert!(broker.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut broker_stream = broker.bytes_stream();
+    let mut broker_buf = String::new();
+    // A second team's member subscribes too: they must not see main's events.
+    h.post("/api/v1/teams", admin, json!({"name": "teamb"}))
+        .await;
+    h.post(
+        "/api/v1/teams/teamb/members",
+        admin,
+        json!({"identity": "bob", "secret": "b"}),
+    )
+    .await;
+    let bob = h.login("teamb", "bob", "b").await;
+    let bob_resp = h
+        .http
+        .get(h.url("/api/v1/events"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bob_resp.status(), StatusCode::OK);
+    let mut bob_stream = bob_resp.bytes_stream();
+    let mut bob_buf = String::new();
+    // Skip the events of the set-up above on the broker's stream.
+    let e1 = next_config_event(&mut broker_stream, &mut broker_buf)
+        .await
+        .unwrap();
+    assert_eq!(
+        (e1.object.as_str(), e1.action.as_str()),
+        ("team", "created")
+    );
+    let e2 = next_config_event(&mut broker_stream, &mut broker_buf)
+        .await
+        .unwrap();
+    assert_eq!((e2.object.as_str(), e2.name.as_str()), ("user", "bob"));
+    assert!(e2.revision > e1.revision);
+
+    let (status, _) = h
+        .post("/api/v1/services", admin, json!({"name": "fresh"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let e3 = next_config_event(&mut broker_stream, &mut broker_buf)
+        .await
+        .expect("service event within 1 s");
+    assert_eq!(e3.team, "main");
+    assert_eq!(e3.object, "service");
+    assert_eq!(e3.action, "created");
+    assert_eq!(e3.name, "fresh");
+    assert!(e3.revision > e2.revision);
+    // bob's first event is his own team's, not main's service.
+    let bob_token = h.login("teamb", "bob", "b").await;
+    let (status, _) = h
+        .post("/api/v1/workers", &bob_token, json!({"identity": "bw"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let seen = next_config_event(&mut bob_stream, &mut bob_buf)
+        .await
+        .expect("bob's event within 1 s");
+    assert_eq!(seen.team, "teamb");
+    assert_eq!(seen.object, "worker");
+    assert_eq!(seen.name, "bw");
+}
+
+async fn gateway_without_broker(backend: Backend) {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let h = Harness::start_with(backend, Some(closed.to_string())).await;
+    let body = json!({"plugin": "command/command", "command": "uptime"});
+    let answer = h
+        .post(
+            "/api/v1/services/demo/requests",
+            &h.admin_token,
+            body.clone(),
+        )
+        .await;
+    assert_error(&answer, 503, "ServiceUnavailable");
+    assert_error(
+        &h.post(
+            "/api/v1/services/demo/requests",
+            &h.admin_token,
+            json!({"plugin": "../x"}),
+        )
+        .await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &h.call(
+            Method::POST,
+            "/api/v1/services/demo/requests",
+            None,
+            Some(body),
+        )
+        .await,
+        401,
+        "Unauthorized",
+    );
+    let h2 = Harness::start(backend).await;
+    let answer = h2
+        .post(
+            "/api/v1/services/demo/requests",
+            &h2.admin_token,
+            json!({"plugin": "echo", "command": ["a", "b"]}),
+        )
+        .await;
+    assert_error(&answer, 503, "ServiceUnavailable");
+}
+
+async fn metrics_count_requests(backend: Backend) {
+    let h = Harness::start(backend).await;
+    for _ in 0..3 {
+        h.get("/api/v1/workers", &h.admin_token).await;
+    }
+    h.call(Method::GET, "/nowhere", None, None).await;
+    let text = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"triggerfs_control_http_requests_total{method="GET",route="/api/v1/workers",status="200"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="/api/v1/login",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="unmatched",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("triggerfs_control_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}

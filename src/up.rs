@@ -1,0 +1,304 @@
+//! `triggerfs up` and `triggerfs control`: the control plane, and in `up` also the broker
+//! and a local worker, in one process.
+//!
+//! `up` on an empty data dir creates the first team and admin (printed once, and written with
+//! the addresses to `<data>/triggerfs.toml`, mode 0600), then provisions the local worker and
+//! the `demo` service over the API exactly as a user would, with that admin's login.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings shared by `up` and `control`.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    pub data: PathBuf,
+    pub api_listen: SocketAddr,
+    pub database_url: Option<String>,
+    pub jwt_ttl: Duration,
+    pub broker_addr: Option<String>,
+}
+
+/// The control plane, opened and bootstrapped, with its API listening.
+pub struct RunningControl {
+    pub plane: controlplane::ControlPlane,
+    pub api_addr: SocketAddr,
+    pub first_admin: Option<controlplane::FirstAdmin>,
+}
+
+/// Opens the store, creates the first admin when there is none, and serves the API.
+pub async fn start_control(
+    opts: &ControlOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<RunningControl> {
+    std::fs::create_dir_all(&opts.data)
+        .with_context(|| format!("cannot create data dir {}", opts.data.display()))?;
+    let plane = controlplane::ControlPlane::open(controlplane::ControlSettings {
+        data_dir: opts.data.clone(),
+        database_url: opts.database_url.clone(),
+        jwt_ttl: opts.jwt_ttl,
+        max_body_bytes: 1024 * 1024,
+        broker_addr: opts.broker_addr.clone(),
+    })
+    .await?;
+    let first_admin = plane.bootstrap().await?;
+    let listener = tokio::net::TcpListener::bind(opts.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.api_listen))?;
+    let api_addr = listener.local_addr()?;
+    let serving = plane.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serving.serve(listener, shutdown).await {
+            tracing::error!(error = %e, "control plane stopped");
+        }
+    });
+    Ok(RunningControl {
+        plane,
+        api_addr,
+        first_admin,
+    })
+}
+
+/// Prints the first admin's credentials (only ever once, on the first start).
+pub fn announce_admin(admin: &controlplane::FirstAdmin) {
+    println!(
+        "created team `{}` and admin `{}`",
+        admin.team, admin.identity
+    );
+    println!("  secret: {}", admin.secret);
+    println!("  (shown once; also saved to {})", admin.path.display());
+}
+
+#[derive(Deserialize)]
+struct MainSection {
+    team: String,
+    identity: String,
+    secret: String,
+}
+
+#[derive(Deserialize)]
+struct ClientToml {
+    main: MainSection,
+}
+
+/// Writes `<data>/triggerfs.toml` (0600): the admin's login plus where to find the servers.
+fn write_client_config(
+    path: &Path,
+    admin: &controlplane::FirstAdmin,
+    api: SocketAddr,
+    broker: SocketAddr,
+) -> Result<()> {
+    let text = format!(
+        "# Written by `triggerfs up` on its first start: the admin's login.\n\
+         [main]\nteam = {:?}\nidentity = {:?}\nsecret = {:?}\nurl = \"http://{api}\"\nbroker = \"tcp://{broker}\"\n",
+        admin.team, admin.identity, admin.secret
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    Ok(())
+}
+
+/// An API call made by `up` for its own set-up.
+async fn api(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+    let mut req = http.request(method, &url).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.with_context(|| format!("calling {url}"))?;
+    let status = resp.status();
+    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+/// Makes sure worker `local` and service `demo` exist; returns a fresh token for `local`.
+async fn provision_local_worker(api_addr: SocketAddr, login: &MainSection) -> Result<String> {
+    let http = reqwest::Client::new();
+    let base = format!("http://{api_addr}/api/v1");
+    let (status, body) = api(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/login"),
+        None,
+        serde_json::json!({"team": login.team, "identity": login.identity, "secret": login.secret}),
+    )
+    .await?;
+    if !status.is_success() {
+        bail!("cannot log in as {}: {body}", login.identity);
+    }
+    let jwt = body["token"]
+        .as_str()
+        .context("login answer has no token")?
+        .to_string();
+    let (status, body) = api(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/workers"),
+        Some(&jwt),
+        serde_json::json!({"identity": "local", "description": "the worker of `triggerfs up`"}),
+    )
+    .await?;
+    let token = if status.is_success() {
+        body["token"].as_str().map(String::from)
+    } else {
+        // It exists from an earlier start: its token is stored hashed, so issue a new one.
+        let (status, body) = api(
+            &http,
+            reqwest::Method::POST,
+            format!("{base}/workers/local/regenerate"),
+            Some(&jwt),
+            serde_json::json!({}),
+        )
+        .await?;
+        if !status.is_success() {
+            bail!("cannot regenerate the local worker's token: {body}");
+        }
+        body["token"].as_str().map(String::from)
+    };
+    let token = token.context("the API returned no worker token")?;
+    let (status, body) = api(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/services"),
+        Some(&jwt),
+        serde_json::json!({"name": "demo", "algorithm": "roundrobin", "visibility": "team",
+                           "workers": ["local"], "description": "the demo service of `triggerfs up`"}),
+    )
+    .await?;
+    if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
+        bail!("cannot create service demo: {body}");
+    }
+    Ok(token)
+}
+
+/// `triggerfs up`.
+pub fn run_up(
+    opts: ControlOptions,
+    broker: dataplane::BrokerSettings,
+    no_worker: bool,
+) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let control_stop = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.changed().await;
+            }
+        };
+        let running = start_control(&opts, control_stop).await?;
+        let api_addr = running.api_addr;
+        println!("control plane listening on http://{api_addr}");
+
+        let feed = dataplane::feed::FeedSettings {
+            url: format!("http://{api_addr}"),
+            broker_token: running.plane.broker_token().to_string(),
+        };
+        let source =
+            tokio::task::spawn_blocking(move || dataplane::feed::ControlSource::start(feed))
+                .await??;
+        let handle = dataplane::start(broker, Arc::new(source))?;
+        let broker_addr = handle.local_addr();
+
+        let config_path = opts.data.join("triggerfs.toml");
+        if let Some(admin) = &running.first_admin {
+            announce_admin(admin);
+            write_client_config(&config_path, admin, api_addr, broker_addr)?;
+        }
+        println!("client config: {}", config_path.display());
+        println!(
+            "try: triggerfs --config {} client --service demo --plugin command --command uptime",
+            config_path.display()
+        );
+
+        let worker = if no_worker {
+            None
+        } else {
+            let text = std::fs::read_to_string(&config_path).with_context(|| {
+                format!(
+                    "cannot read {} for the admin login the local worker is set up with",
+                    config_path.display()
+                )
+            })?;
+            let login: ClientToml = toml::from_str(&text).with_context(|| {
+                format!(
+                    "{} has no [main] team/identity/secret",
+                    config_path.display()
+                )
+            })?;
+            let token = provision_local_worker(api_addr, &login.main).await?;
+            let pluginspath = opts.data.join("plugins");
+            let exe = std::env::current_exe().context("cannot find this executable")?;
+            plugins::install(&pluginspath, &exe)?;
+            println!(
+                "local worker `local` serves service `demo` with plugins in {}",
+                pluginspath.display()
+            );
+            let config = worker::WorkerConfig {
+                broker: broker_addr.to_string(),
+                team: login.main.team.clone(),
+                identity: "local".into(),
+                token,
+                pluginspath,
+                services: vec![],
+                max_concurrency: 64,
+                builtin_echo: true,
+                reconnect_max: Duration::from_secs(1),
+            };
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(worker::run(config, async move {
+                let _ = rx.changed().await;
+            })))
+        };
+        // The line test harnesses wait for: everything is up.
+        println!("listening on {broker_addr}");
+
+        crate::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        if let Some(w) = worker {
+            let _ = w.await;
+        }
+        handle.stop();
+        tokio::task::spawn_blocking(move || handle.join()).await?;
+        Ok(0)
+    })
+}
+
+/// `triggerfs control`.
+pub fn run_control(opts: ControlOptions) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let running = start_control(&opts, async move {
+            let _ = stop_rx.changed().await;
+        })
+        .await?;
+        if let Some(admin) = &running.first_admin {
+            announce_admin(admin);
+        }
+        println!("broker token: {}", opts.data.join("broker.token").display());
+        println!("listening on {}", running.api_addr);
+        crate::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        Ok(0)
+    })
+}

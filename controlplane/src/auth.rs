@@ -226,7 +226,6 @@ impl FromRequestParts<AppState> for EventsCaller {
 mod tests {
     use super::*;
 
-
     #[test]
     fn jwt_expiry_and_signature() {
         let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef");

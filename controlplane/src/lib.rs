@@ -124,7 +124,8 @@ impl ControlPlane {
         let db = Db::open(&settings.data_dir, settings.database_url.as_deref()).await?;
         let key_path = settings.data_dir.join("jwt.key");
         let key_hex = load_or_create_secret(&key_path, || random_hex(32))?;
-        let key = hex::decode(key_hex.trim()).ok()
+        let key = hex::decode(key_hex.trim())
+            .ok()
             .filter(|k| k.len() >= 32)
             .ok_or_else(|| ControlError::BadFile {
                 path: key_path.display().to_string(),

@@ -21,6 +21,13 @@ use std::task::{Context, Poll};
 /// syscall under load, small enough to keep latency of the first frame low.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
+/// Bytes a connection's buffers start with. Small, because an idle connection (10,000
+/// heartbeating workers) should cost little memory; they grow with the traffic.
+const INITIAL_BUFFER: usize = 4 * 1024;
+
+/// How much room one read asks for at least.
+const READ_CHUNK: usize = 8 * 1024;
+
 /// One socket shared by a connection's reader and writer tasks.
 #[derive(Clone)]
 pub(crate) struct SharedStream(Rc<RefCell<TcpStream>>);
@@ -89,21 +96,37 @@ impl FrameReader {
     pub(crate) fn new(stream: SharedStream, max_frame: usize) -> FrameReader {
         FrameReader {
             stream,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::with_capacity(INITIAL_BUFFER),
             max_frame,
         }
     }
 
     /// The next frame.
     pub(crate) async fn read_frame(&mut self) -> Result<Frame, ReadError> {
-        let mut chunk = [0u8; 16 * 1024];
         loop {
             match proto::decode(&mut self.buf, self.max_frame) {
                 Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
                 Err(e) => return Err(ReadError::Proto(e)),
             }
-            let n = self.stream.read(&mut chunk).await.map_err(ReadError::Io)?;
+            // Read straight into the buffer's spare room (no bounce buffer in the future's
+            // state, which would cost every idle connection its size).
+            let filled = self.buf.len();
+            let want = READ_CHUNK.max(proto::codec::peek_len(&self.buf).map_or(0, |l| {
+                (l + proto::LEN_PREFIX)
+                    .saturating_sub(filled)
+                    .min(self.max_frame)
+            }));
+            self.buf.resize(filled + want, 0);
+            let read = self.stream.read(&mut self.buf[filled..]).await;
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(filled);
+                    return Err(ReadError::Io(e));
+                }
+            };
+            self.buf.truncate(filled + n);
             if n == 0 {
                 if self.buf.is_empty() {
                     return Err(ReadError::Closed);
@@ -118,7 +141,6 @@ impl FrameReader {
                     ),
                 }));
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 }
@@ -127,7 +149,7 @@ impl FrameReader {
 /// sender is gone or the socket fails. Closes the socket at the end.
 pub(crate) async fn write_loop(stream: SharedStream, rx: LocalReceiver<Frame>, max_frame: usize) {
     let mut out = stream.clone();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
     while let Some(first) = rx.recv().await {
         buf.clear();
         encode_or_log(&first, &mut buf, max_frame);

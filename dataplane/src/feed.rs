@@ -84,7 +84,8 @@ impl std::fmt::Debug for ControlSource {
 }
 
 fn compile(snapshot: BrokerSnapshot) -> Result<Compiled, String> {
-    let secret = hex::decode(&snapshot.jwt_secret_hex).map_err(|e| format!("jwt_secret_hex: {e}"))?;
+    let secret =
+        hex::decode(&snapshot.jwt_secret_hex).map_err(|e| format!("jwt_secret_hex: {e}"))?;
     let mut services = BTreeMap::new();
     for s in snapshot.services {
         let timeout = if s.timeout_ms == 0 {

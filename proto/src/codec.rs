@@ -6,7 +6,6 @@
 
 use crate::frame::{Frame, Hello, Role, PROTOCOL_VERSION};
 use bytes::{Buf, BufMut, BytesMut};
-use rkyv::util::AlignedVec;
 
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
@@ -51,20 +50,55 @@ pub enum ProtoError {
     },
 }
 
-/// Appends `frame`, length-prefixed, to `out`.
+/// rkyv writes the archive straight into the output buffer, after the length prefix.
+///
+/// Positions count from the start of the body; with unaligned archives no padding depends
+/// on where the body starts, so the bytes are exactly what `to_bytes` would produce.
+struct BodyWriter<'a> {
+    out: &'a mut BytesMut,
+    body_start: usize,
+}
+
+impl rkyv::ser::Positional for BodyWriter<'_> {
+    fn pos(&self) -> usize {
+        self.out.len() - self.body_start
+    }
+}
+
+impl<E> rkyv::ser::Writer<E> for BodyWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.out.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Appends `frame`, length-prefixed, to `out`. On error `out` is left as it was.
 pub fn encode(frame: &Frame, out: &mut BytesMut, max_frame: usize) -> Result<(), ProtoError> {
-    let body = rkyv::to_bytes::<rkyv::rancor::Error>(frame).map_err(|e| ProtoError::Malformed {
-        reason: e.to_string(),
-    })?;
-    if body.len() > max_frame {
+    let prefix_at = out.len();
+    out.put_u32_le(0);
+    let body_start = out.len();
+    let written = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
+        frame,
+        BodyWriter {
+            out: &mut *out,
+            body_start,
+        },
+    );
+    if let Err(e) = written {
+        out.truncate(prefix_at);
+        return Err(ProtoError::Malformed {
+            reason: e.to_string(),
+        });
+    }
+    let len = out.len() - body_start;
+    if len > max_frame {
+        out.truncate(prefix_at);
         return Err(ProtoError::Oversized {
-            len: body.len(),
+            len,
             max: max_frame,
         });
     }
-    out.reserve(LEN_PREFIX + body.len());
-    out.put_u32_le(body.len() as u32);
-    out.put_slice(&body);
+    out[prefix_at..body_start].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
 }
 
@@ -110,11 +144,11 @@ pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Pro
 }
 
 /// Validates and deserializes one frame body (no length prefix).
+///
+/// Archived types are unaligned (rkyv's `unaligned` feature), so the body is read where it
+/// lies in the socket buffer, without a copy.
 pub fn decode_body(body: &[u8]) -> Result<Frame, ProtoError> {
-    // rkyv wants the archive aligned; a socket buffer gives no such promise.
-    let mut aligned = AlignedVec::<16>::with_capacity(body.len());
-    aligned.extend_from_slice(body);
-    rkyv::from_bytes::<Frame, rkyv::rancor::Error>(&aligned).map_err(|e| ProtoError::Malformed {
+    rkyv::from_bytes::<Frame, rkyv::rancor::Error>(body).map_err(|e| ProtoError::Malformed {
         reason: e.to_string(),
     })
 }

@@ -178,11 +178,28 @@ fn oversized_prefix_is_refused_before_the_body_arrives() {
         stream: Stream::Stdout,
         data: vec![0; 2048],
     };
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::from(&b"kept"[..]);
     assert!(matches!(
         encode(&big, &mut out, 1024),
         Err(ProtoError::Oversized { .. })
     ));
+    assert_eq!(
+        &out[..],
+        b"kept",
+        "a failed encode leaves the buffer as it was"
+    );
+}
+
+#[test]
+fn encoding_in_place_matches_a_standalone_archive() {
+    // The body written after a prefix (and after earlier frames) is byte-for-byte what
+    // rkyv produces on its own.
+    for f in every_frame() {
+        let mut out = BytesMut::from(&b"xyz"[..]);
+        encode(&f, &mut out, DEFAULT_MAX_FRAME).unwrap();
+        let alone = rkyv::to_bytes::<rkyv::rancor::Error>(&f).unwrap();
+        assert_eq!(&out[3 + LEN_PREFIX..], &alone[..], "{f:?}");
+    }
 }
 
 #[test]

@@ -28,6 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// How long `Routed` may wait for the first reply before it is sent alone, so that a client
+/// whose worker is slow to accept (busy, queued) still learns at once that it was routed.
+const ROUTED_HOLD: Duration = Duration::from_millis(5);
+
 /// Bits of a dispatch id below the owning shard's index.
 const DISPATCH_SHARD_SHIFT: u32 = 56;
 
@@ -89,6 +93,10 @@ struct DispatchTemplate {
 }
 
 struct RequestEntry {
+    /// `Routed`, held back until the first reply (or [`ROUTED_HOLD`]) so that on the fast
+    /// path both leave in one write: a separate early write costs the client a wake-up and
+    /// the broker a send per request.
+    routed: Option<Frame>,
     started: Instant,
     service: String,
     algorithm: Algorithm,
@@ -108,6 +116,8 @@ struct State {
     /// Dispatch id → request key, for dispatches of requests owned here.
     dispatch_owner: HashMap<u64, u64>,
     deadlines: BTreeSet<(Instant, u64)>,
+    /// Requests whose `Routed` is held back, oldest first.
+    routed_held: std::collections::VecDeque<(Instant, u64)>,
     rr_cache: HashMap<String, Arc<AtomicU64>>,
 }
 
@@ -546,9 +556,17 @@ impl Shard {
                 requests.insert(id, key);
             }
             state.deadlines.insert((deadline, key));
+            if request.wait {
+                state.routed_held.push_back((Instant::now(), key));
+            }
             state.requests.insert(
                 key,
                 RequestEntry {
+                    routed: request.wait.then_some(Frame::Routed {
+                        id,
+                        algorithm: service.algorithm,
+                        n_workers,
+                    }),
                     started: Instant::now(),
                     service: format!("{}/{}", service.team, service.name),
                     algorithm: service.algorithm,
@@ -570,16 +588,10 @@ impl Shard {
         }
         self.inflight.inc();
         debug!(shard = self.idx, service = %service.name, algorithm = %service.algorithm, n_workers, "request routed");
-        let first = if client.wait {
-            Frame::Routed {
-                id,
-                algorithm: service.algorithm,
-                n_workers,
-            }
-        } else {
-            Frame::Queued { id, n_workers }
-        };
-        self.send_to_conn(conn_id, first).await;
+        if !client.wait {
+            self.send_to_conn(conn_id, Frame::Queued { id, n_workers })
+                .await;
+        }
         self.with_request(key, |run, out| {
             let mut ids = || self.next_dispatch_id();
             run.start(&mut ids, out)
@@ -630,6 +642,15 @@ impl Shard {
                 }
                 Action::Relay { worker, event } => {
                     if client.wait {
+                        let routed = self
+                            .state
+                            .borrow_mut()
+                            .requests
+                            .get_mut(&key)
+                            .and_then(|e| e.routed.take());
+                        if let Some(routed) = routed {
+                            self.send_to_conn(client.conn_id, routed).await;
+                        }
                         self.send_to_conn(
                             client.conn_id,
                             Frame::Reply {
@@ -642,7 +663,7 @@ impl Shard {
                     }
                 }
                 Action::Finish { summary } => {
-                    let entry = {
+                    let mut entry = {
                         let mut state = self.state.borrow_mut();
                         let entry = state.requests.remove(&key);
                         if let Some(e) = &entry {
@@ -659,6 +680,9 @@ impl Shard {
                     };
                     if let Some(e) = &entry {
                         self.count_finished(e, &summary);
+                    }
+                    if let Some(routed) = entry.as_mut().and_then(|e| e.routed.take()) {
+                        self.send_to_conn(client.conn_id, routed).await;
                     }
                     if client.wait && entry.is_some() {
                         self.send_to_conn(
@@ -954,7 +978,31 @@ impl Shard {
             let queued: usize = self.state.borrow().conns.values().map(|c| c.tx.len()).sum();
             self.queued.set(queued as i64);
         }
+        self.release_routed().await;
         self.expire().await;
+    }
+
+    /// Sends the `Routed` frames held back longer than [`ROUTED_HOLD`].
+    async fn release_routed(&self) {
+        let now = Instant::now();
+        loop {
+            let due = {
+                let mut state = self.state.borrow_mut();
+                match state.routed_held.front() {
+                    Some(&(at, key)) if now.duration_since(at) >= ROUTED_HOLD => {
+                        state.routed_held.pop_front();
+                        state.requests.get_mut(&key).and_then(|e| {
+                            let conn_id = e.client_conn;
+                            e.routed.take().map(|frame| (conn_id, frame))
+                        })
+                    }
+                    _ => break,
+                }
+            };
+            if let Some((conn_id, frame)) = due {
+                self.send_to_conn(conn_id, frame).await;
+            }
+        }
     }
 
     fn report_worker(&self, team: &str, identity: &str, state: WorkerState) {

@@ -152,7 +152,8 @@ impl Http {
         resp.json().await.map_err(|e| e.to_string())
     }
 
-    /// Follows the event stream; returns when it breaks. Calls `changed` per config event.
+    /// Follows the event stream; calls `changed` once subscribed and per config event.
+    /// `Ok` when an established stream ended, `Err` when it could not be established.
     async fn follow(&self, changed: &mut impl FnMut()) -> Result<(), String> {
         let url = format!("{}/api/v1/events", self.settings.url);
         let mut resp = self
@@ -170,7 +171,7 @@ impl Http {
         changed();
         let mut buf = String::new();
         let mut event = String::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        while let Ok(Some(chunk)) = resp.chunk().await {
             buf.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(nl) = buf.find('\n') {
                 let line = buf[..nl].trim_end_matches('\r').to_string();
@@ -186,7 +187,7 @@ impl Http {
                 }
             }
         }
-        Err("event stream ended".into())
+        Ok(())
     }
 
     async fn report(&self, report: &BrokerReport) -> Result<(), String> {
@@ -323,10 +324,12 @@ async fn follow_loop(http: Arc<Http>, inner: Arc<Inner>) {
         let mut on_change = || {
             let _ = changed_tx.send(());
         };
-        if let Err(e) = http.follow(&mut on_change).await {
-            warn!(error = %e, "configuration event stream broke; reconnecting");
-        } else {
-            backoff = Duration::from_millis(100);
+        match http.follow(&mut on_change).await {
+            Ok(()) => {
+                warn!("configuration event stream ended; reconnecting");
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => warn!(error = %e, "cannot follow configuration events; retrying"),
         }
         drop(changed_tx);
         let _ = fetcher.await;

@@ -426,6 +426,27 @@ impl Control {
         })
     }
 
+    /// Kills the control plane and starts it again on the same address and data dir.
+    pub fn restart(mut self, broker: &str) -> Result<Control> {
+        self.proc.kill();
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let (proc, mut stdout) = Proc::spawn(
+            "control",
+            &[
+                "control",
+                "--data",
+                self.data.path().to_str().unwrap(),
+                "--api-listen",
+                &listen,
+                "--broker",
+                broker,
+            ],
+        )?;
+        read_until_listening(&proc, &mut stdout)?;
+        self.proc = proc;
+        Ok(self)
+    }
+
     /// The broker token file.
     pub fn broker_token_file(&self) -> PathBuf {
         self.data.path().join("broker.token")

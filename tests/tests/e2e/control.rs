@@ -445,3 +445,66 @@ async fn up_on_an_empty_data_dir_then_client_with_the_printed_credentials() -> R
     assert!(out.contains("[command@local] from config"), "{out}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_keeps_serving_while_the_control_plane_restarts() -> Result<()> {
+    let port = free_port();
+    let broker_addr = format!("127.0.0.1:{port}");
+    let control = Control::start(&broker_addr)?;
+    let (team, admin, secret) = control.admin.clone();
+    let api = Api::login(&control.url, &team, &admin, &secret).await?;
+    let w = api
+        .ok("POST", "/api/v1/workers", json!({"identity": "r1"}))
+        .await?;
+    let token = w["token"].as_str().unwrap().to_string();
+    api.ok(
+        "POST",
+        "/api/v1/services",
+        json!({"name": "before", "visibility": "team", "workers": ["r1"]}),
+    )
+    .await?;
+    let (_broker, _) = start_controlled_broker(&control, port, &[])?;
+    let plugins = Plugins::core()?;
+    let _w = start_worker(
+        broker_addr.parse()?,
+        "r1",
+        &plugins,
+        &["--team", &team, "--token", &token],
+    )?;
+    let c = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
+    let served = |service: &'static str| {
+        let c = c.clone();
+        async move {
+            match c.request(spec(service, "echo ok")).await {
+                Ok(h) => h.collect().await.exit_status() == 0,
+                Err(_) => false,
+            }
+        }
+    };
+    wait_until(Duration::from_secs(20), "service before", || {
+        served("before")
+    })
+    .await?;
+
+    // The control plane goes away: the broker keeps its last configuration.
+    let control = {
+        let mut control = control;
+        control.proc.kill();
+        assert!(
+            served("before").await,
+            "the broker stopped serving without its control plane"
+        );
+        control
+    };
+    // It comes back (same data, same address): changes flow again, without a broker restart.
+    let control = control.restart(&broker_addr)?;
+    let api = Api::login(&control.url, &team, &admin, &secret).await?;
+    api.ok(
+        "POST",
+        "/api/v1/services",
+        json!({"name": "after", "visibility": "team", "workers": ["r1"]}),
+    )
+    .await?;
+    wait_until(Duration::from_secs(10), "service after", || served("after")).await?;
+    Ok(())
+}

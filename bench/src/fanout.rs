@@ -155,16 +155,7 @@ pub(crate) async fn measure(args: &FanoutArgs, notes: &mut Notes) -> anyhow::Res
         bail!("fanout measures triggerfs only; add it to --systems");
     }
     let shards = common.shards.unwrap_or(2).max(1);
-    let mut report = Report {
-        mode: "fanout",
-        params: params(args, shards),
-        machine: crate::Machine::detect(),
-        systems: Vec::new(),
-        idle: None,
-        skipped: Vec::new(),
-        out_dir: common.out.clone(),
-        files: Vec::new(),
-    };
+    let mut report = Report::new("fanout", params(args, shards), common.out.clone());
     for other in common.systems.iter().filter(|s| **s != System::Triggerfs) {
         let line = format!(
             "{}: not measured in fanout mode (no fan-out baseline)",

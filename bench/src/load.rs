@@ -365,16 +365,7 @@ pub(crate) async fn measure_mode(
     }
     params.insert("broker".into(), json!(common.broker));
     params.insert("systems".into(), json!(common.systems));
-    let mut report = Report {
-        mode,
-        params,
-        machine: crate::Machine::detect(),
-        systems: Vec::new(),
-        idle: None,
-        skipped: Vec::new(),
-        out_dir: common.out.clone(),
-        files: Vec::new(),
-    };
+    let mut report = Report::new(mode, params, common.out.clone());
     let mut order = common.systems.clone();
     order.dedup();
     // triggerfs first so that ratios read naturally in the table.

@@ -201,6 +201,20 @@ impl SystemResult {
 }
 
 impl Report {
+    /// A report with no results yet.
+    pub(crate) fn new(mode: &'static str, params: Map<String, Value>, out_dir: PathBuf) -> Report {
+        Report {
+            mode,
+            params,
+            machine: crate::Machine::detect(),
+            systems: Vec::new(),
+            idle: None,
+            skipped: Vec::new(),
+            out_dir,
+            files: Vec::new(),
+        }
+    }
+
     fn system(&self, name: &str) -> Option<&SystemResult> {
         self.systems.iter().find(|s| s.name == name)
     }

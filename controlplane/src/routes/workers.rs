@@ -89,6 +89,13 @@ const SELECT: &str = "SELECT id, identity, description, state, last_seen, owner,
 /// Longest description we keep.
 const MAX_DESCRIPTION: usize = 4096;
 
+/// A fresh worker token (uuid v4, shown once) and the digest that is stored instead.
+fn new_token() -> (String, String) {
+    let token = uuid::Uuid::new_v4().to_string();
+    let digest = proto::control::token_digest(&token);
+    (token, digest)
+}
+
 pub(crate) fn check_description(text: &Option<String>) -> Result<(), ApiError> {
     match text {
         Some(t) if t.len() > MAX_DESCRIPTION => Err(ApiError::Unprocessable(format!(
@@ -131,8 +138,7 @@ pub async fn create_worker(
 ) -> Result<(StatusCode, Json<WorkerWithToken>), ApiError> {
     check_name("worker", &req.identity)?;
     check_description(&req.description)?;
-    let token = uuid::Uuid::new_v4().to_string();
-    let digest = proto::control::token_digest(&token);
+    let (token, digest) = new_token();
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
@@ -237,8 +243,7 @@ pub async fn regenerate_token(
 ) -> Result<Json<WorkerWithToken>, ApiError> {
     let row = find(&state, &user, &identity).await?;
     may_modify(&user, &row.owner)?;
-    let token = uuid::Uuid::new_v4().to_string();
-    let digest = proto::control::token_digest(&token);
+    let (token, digest) = new_token();
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;

@@ -69,6 +69,10 @@ struct ShardArgs {
     /// Heartbeat period; a peer silent for three is dropped.
     #[arg(long, env = "TRIGGERFS_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// How long an idle shard polls before sleeping (catches answers without a wake-up's
+    /// latency; pins each shard to a core). `0s`: never spin, never pin.
+    #[arg(long, env = "TRIGGERFS_SPIN", default_value = "100us", value_parser = humantime::parse_duration)]
+    spin: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -292,6 +296,7 @@ fn broker_settings(listen: SocketAddr, shard: &ShardArgs) -> Result<dataplane::B
     let mut settings = dataplane::BrokerSettings {
         listen,
         heartbeat: shard.heartbeat,
+        spin: shard.spin,
         ..Default::default()
     };
     if let Some(n) = shard.shards {

@@ -42,7 +42,7 @@ fn pipe() -> anyhow::Result<(File, File)> {
 }
 
 /// The child's whole life: start the broker, report, wait for the parent, exit.
-fn child_main(mut ready: File, mut stop: File, shards: usize, service: &str) -> ! {
+fn child_main(mut ready: File, mut stop: File, shards: usize, spin: Duration, service: &str) -> ! {
     // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag of this process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -52,6 +52,7 @@ fn child_main(mut ready: File, mut stop: File, shards: usize, service: &str) -> 
     let settings = BrokerSettings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         shards,
+        spin,
         ..BrokerSettings::default()
     };
     let line = match dataplane::start(settings, Arc::new(FileConfig::from_services([config]))) {
@@ -75,7 +76,11 @@ fn child_main(mut ready: File, mut stop: File, shards: usize, service: &str) -> 
 
 impl ChildBroker {
     /// Forks a child that runs a broker with a mirror `service`.
-    pub(crate) async fn spawn(shards: usize, service: &str) -> anyhow::Result<ChildBroker> {
+    pub(crate) async fn spawn(
+        shards: usize,
+        spin: Duration,
+        service: &str,
+    ) -> anyhow::Result<ChildBroker> {
         let (ready_rx, ready_tx) = pipe()?;
         let (stop_rx, stop_tx) = pipe()?;
         // SAFETY: see the module comment: the child only runs `child_main`, which never
@@ -87,7 +92,7 @@ impl ChildBroker {
         if pid == 0 {
             drop(ready_rx);
             drop(stop_tx);
-            child_main(ready_tx, stop_rx, shards, service);
+            child_main(ready_tx, stop_rx, shards, spin, service);
         }
         drop(ready_tx);
         drop(stop_rx);

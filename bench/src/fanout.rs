@@ -130,10 +130,7 @@ fn params(args: &FanoutArgs, shards: usize) -> Map<String, serde_json::Value> {
     let common = &args.common;
     let mut params = Map::new();
     params.insert("payload".into(), json!(common.payload));
-    params.insert(
-        "shards".into(),
-        json!(common.broker.is_none().then_some(shards)),
-    );
+    common.insert_broker_params(&mut params, shards);
     params.insert("broker".into(), json!(common.broker));
     params.insert("service".into(), json!(args.service));
     params.insert("idle".into(), json!(args.idle));
@@ -173,7 +170,8 @@ pub(crate) async fn measure(args: &FanoutArgs, notes: &mut Notes) -> anyhow::Res
         Some(addr) => (addr.clone(), None),
         None => {
             raise_fd_limit(2 * n as u64);
-            let broker = triggerfs::start_broker(shards, &service, Algorithm::Mirror)?;
+            let broker =
+                triggerfs::start_broker(shards, args.common.spin, &service, Algorithm::Mirror)?;
             (broker.local_addr().to_string(), Some(broker))
         }
     };
@@ -212,7 +210,7 @@ async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
             bail!("--idle with --broker needs --broker-pid to read the broker's RSS")
         }
         (None, _) => {
-            let child = ChildBroker::spawn(shards, &service).await?;
+            let child = ChildBroker::spawn(shards, args.common.spin, &service).await?;
             (child.addr.clone(), child.pid.to_string(), Some(child))
         }
     };

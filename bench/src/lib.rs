@@ -61,6 +61,10 @@ pub struct CommonArgs {
     /// fanout: 2].
     #[arg(long)]
     pub shards: Option<usize>,
+    /// How long an idle shard of the in-process broker polls before sleeping (as
+    /// `triggerfs broker --spin`); `0s` never spins.
+    #[arg(long, default_value = "100us", value_parser = humantime::parse_duration)]
+    pub spin: std::time::Duration,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
@@ -76,6 +80,20 @@ pub struct CommonArgs {
     /// The NATS server for the `nats` baseline.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4222")]
     pub nats: String,
+}
+
+impl CommonArgs {
+    /// `shards` and `spin_us` of the in-process broker (`null` with `--broker`).
+    pub(crate) fn insert_broker_params(
+        &self,
+        params: &mut serde_json::Map<String, serde_json::Value>,
+        shards: usize,
+    ) {
+        let own = self.broker.is_none();
+        params.insert("shards".into(), serde_json::json!(own.then_some(shards)));
+        let spin_us = self.spin.as_micros() as u64;
+        params.insert("spin_us".into(), serde_json::json!(own.then_some(spin_us)));
+    }
 }
 
 /// Flags of `latency` and `throughput`.

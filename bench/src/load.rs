@@ -347,10 +347,7 @@ pub(crate) async fn measure_mode(
     params.insert("rate".into(), json!(shape.rate));
     params.insert("in_flight".into(), json!(shape.in_flight));
     params.insert("connections".into(), json!(connections));
-    params.insert(
-        "shards".into(),
-        json!(common.broker.is_none().then_some(shards)),
-    );
+    common.insert_broker_params(&mut params, shards);
     params.insert("workers".into(), json!(workers));
     params.insert("warmup_s".into(), json!(shape.warmup.as_secs_f64()));
     match shape.stop {
@@ -376,6 +373,7 @@ pub(crate) async fn measure_mode(
                 let setup = crate::triggerfs::Setup {
                     broker: common.broker.clone(),
                     shards,
+                    spin: common.spin,
                     workers,
                     connections,
                     service: args.service.clone(),
@@ -386,7 +384,7 @@ pub(crate) async fn measure_mode(
                 report.systems.push(result);
             }
             System::Relay => {
-                let relay = crate::relay::start(connections).await?;
+                let relay = crate::relay::start(connections, shards).await?;
                 let result = drive("relay", relay.caller(), &shape, notes).await;
                 relay.stop();
                 report.systems.push(result);

@@ -6,6 +6,12 @@
 //! forwards it whole (as the broker forwards frames), opening one upstream connection per
 //! client connection; writes are batched per wake-up like the broker's. What it leaves out is
 //! everything triggerFS adds: handshakes, routing, validation, events, summaries.
+//!
+//! The relay runs where the broker runs: on threads of its own (one single-threaded tokio
+//! runtime per broker shard), not on the benchmark's runtime. The echo server runs where the
+//! triggerFS workers run, on the benchmark's runtime next to the clients. So a relayed
+//! request crosses the same threads as a brokered one; a relay sharing its clients' threads
+//! would forward by task switches on an already-running thread, which no server gets to do.
 
 use crate::load::Caller;
 use anyhow::{bail, Context};
@@ -35,25 +41,94 @@ const OUTBOUND: usize = 1024;
 pub(crate) struct Relay {
     tasks: Vec<JoinHandle<()>>,
     clients: Vec<RelayClient>,
+    threads: RelayThreads,
 }
 
-/// Starts the echo server and the relay on 127.0.0.1:0 and connects `connections` clients.
-pub(crate) async fn start(connections: usize) -> anyhow::Result<Relay> {
+/// Starts the echo server (on this runtime) and the relay (on `threads` threads of its own)
+/// on 127.0.0.1:0, and connects `connections` clients.
+pub(crate) async fn start(connections: usize, threads: usize) -> anyhow::Result<Relay> {
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let echo_addr = echo.local_addr()?;
-    let relay = TcpListener::bind("127.0.0.1:0").await?;
+    let relay = std::net::TcpListener::bind("127.0.0.1:0")?;
+    relay.set_nonblocking(true)?;
     let relay_addr = relay.local_addr()?;
-    let mut tasks = vec![
-        tokio::spawn(serve_echo(echo)),
-        tokio::spawn(serve_relay(relay, echo_addr)),
-    ];
+    let threads = RelayThreads::start(threads.max(1))?;
+    threads.serve(relay, echo_addr)?;
+    let mut tasks = vec![tokio::spawn(serve_echo(echo))];
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections.max(1) {
         let (client, reader) = RelayClient::connect(relay_addr).await?;
         tasks.push(reader);
         clients.push(client);
     }
-    Ok(Relay { tasks, clients })
+    Ok(Relay {
+        tasks,
+        clients,
+        threads,
+    })
+}
+
+/// The relay's own threads, each running a single-threaded tokio runtime until stopped.
+struct RelayThreads {
+    runtimes: Vec<tokio::runtime::Handle>,
+    stops: Vec<oneshot::Sender<()>>,
+}
+
+impl RelayThreads {
+    fn start(n: usize) -> anyhow::Result<RelayThreads> {
+        let mut runtimes = Vec::with_capacity(n);
+        let mut stops = Vec::with_capacity(n);
+        for i in 0..n {
+            let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("relay-{i}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = handle_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(async {
+                        let _ = stop_rx.await;
+                    });
+                })
+                .context("cannot start a relay thread")?;
+            let handle = handle_rx
+                .recv()
+                .context("a relay thread ended at start")?
+                .context("cannot build the relay runtime")?;
+            runtimes.push(handle);
+            stops.push(stop_tx);
+        }
+        Ok(RelayThreads { runtimes, stops })
+    }
+
+    /// Accepts on the first thread and hands connections to the threads in turn, as the
+    /// broker's shards share out connections.
+    fn serve(&self, listener: std::net::TcpListener, upstream: SocketAddr) -> anyhow::Result<()> {
+        let runtimes = self.runtimes.clone();
+        let accept_on = runtimes[0].clone();
+        let _guard = accept_on.enter();
+        let listener = TcpListener::from_std(listener)?;
+        accept_on.spawn(async move {
+            let mut next = 0;
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(client) = client.into_std() else {
+                    continue;
+                };
+                runtimes[next % runtimes.len()].spawn(relay_connection(client, upstream));
+                next += 1;
+            }
+        });
+        Ok(())
+    }
 }
 
 impl Relay {
@@ -68,6 +143,8 @@ impl Relay {
         for task in self.tasks {
             task.abort();
         }
+        // Each relay thread's runtime, and every connection on it, ends with its stop sender.
+        drop(self.threads.stops);
     }
 }
 
@@ -121,27 +198,32 @@ async fn serve_echo(listener: TcpListener) {
     }
 }
 
-async fn serve_relay(listener: TcpListener, upstream: SocketAddr) {
-    while let Ok((client, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let server = match TcpStream::connect(upstream).await {
-                Ok(server) => server,
-                Err(error) => {
-                    tracing::warn!(%error, "relay cannot reach the echo server");
-                    return;
-                }
-            };
-            let _ = client.set_nodelay(true);
-            let _ = server.set_nodelay(true);
-            let (client_rx, client_tx) = client.into_split();
-            let (server_rx, server_tx) = server.into_split();
-            let up = tokio::spawn(forward(client_rx, server_tx));
-            let down = forward(server_rx, client_tx).await;
-            up.abort();
-            if let Err(error) = down {
-                tracing::debug!(%error, "relay connection ended");
-            }
-        });
+/// Relays one client connection (moved onto this thread's runtime) to its own upstream
+/// connection to the echo server.
+async fn relay_connection(client: std::net::TcpStream, upstream: SocketAddr) {
+    let client = match TcpStream::from_std(client) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::warn!(%error, "relay cannot adopt a client connection");
+            return;
+        }
+    };
+    let server = match TcpStream::connect(upstream).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::warn!(%error, "relay cannot reach the echo server");
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (client_rx, client_tx) = client.into_split();
+    let (server_rx, server_tx) = server.into_split();
+    let up = tokio::spawn(forward(client_rx, server_tx));
+    let down = forward(server_rx, client_tx).await;
+    up.abort();
+    if let Err(error) = down {
+        tracing::debug!(%error, "relay connection ended");
     }
 }
 

@@ -27,6 +27,7 @@ pub(crate) struct Setup {
     /// A running broker; `None` starts one in-process.
     pub broker: Option<String>,
     pub shards: usize,
+    pub spin: Duration,
     pub workers: usize,
     pub connections: usize,
     pub service: String,
@@ -94,6 +95,7 @@ impl Workers {
 /// Starts a broker on 127.0.0.1:0 that knows `service` with `algorithm`.
 pub(crate) fn start_broker(
     shards: usize,
+    spin: Duration,
     service: &str,
     algorithm: Algorithm,
 ) -> anyhow::Result<BrokerHandle> {
@@ -103,6 +105,7 @@ pub(crate) fn start_broker(
     let settings = BrokerSettings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         shards,
+        spin,
         ..BrokerSettings::default()
     };
     dataplane::start(settings, source).context(
@@ -186,7 +189,12 @@ pub(crate) async fn start(setup: &Setup) -> anyhow::Result<Running> {
     let (addr, broker, workers, prefix) = match &setup.broker {
         Some(addr) => (addr.clone(), None, Workers::default(), None),
         None => {
-            let broker = start_broker(setup.shards, &setup.service, Algorithm::Roundrobin)?;
+            let broker = start_broker(
+                setup.shards,
+                setup.spin,
+                &setup.service,
+                Algorithm::Roundrobin,
+            )?;
             let addr = broker.local_addr().to_string();
             let prefix = "bench-w";
             let workers = Workers::start(

@@ -430,12 +430,7 @@ async fn write_loop(
                 _ = until_closed(&mut closed_rx) => return Ok(()),
                 frame = outbound.recv() => {
                     let Some(frame) = frame else { return Ok(()) };
-                    writer.feed(&frame).await?;
-                    // Batch whatever else is queued into the same flush.
-                    while let Ok(frame) = outbound.try_recv() {
-                        writer.feed(&frame).await?;
-                    }
-                    writer.flush().await?;
+                    writer.write_queued(&frame, &mut outbound).await?;
                 }
                 _ = ticker.tick(), if send_heartbeats => {
                     writer.write_frame(&Frame::Heartbeat).await?;
@@ -458,21 +453,26 @@ async fn read_loop(
 ) {
     let mut closed_rx = closed.subscribe();
     let silence_limit = (!heartbeat.is_zero()).then(|| heartbeat * MISSED_HEARTBEATS);
+    // One timer for the whole connection, moved forward as frames arrive, at most every
+    // eighth of the limit (a timer per frame costs more than the frame): the broker counts
+    // as silent after 7/8 to 8/8 of the limit without a frame.
+    let silence_step = silence_limit.map_or(Duration::MAX, |limit| limit / 8);
+    let silence = tokio::time::sleep(silence_limit.unwrap_or(Duration::from_secs(86_400)));
+    tokio::pin!(silence);
+    let mut silence_set = tokio::time::Instant::now();
     loop {
-        let read = async {
-            match silence_limit {
-                Some(limit) => tokio::time::timeout(limit, reader.read_frame())
-                    .await
-                    .unwrap_or_else(|_| {
-                        tracing::debug!("the broker went silent");
-                        Err(ConnectionError::Closed)
-                    }),
-                None => reader.read_frame().await,
-            }
-        };
-        let frame = tokio::select! {
-            _ = until_closed(&mut closed_rx) => break,
-            frame = read => frame,
+        // Frames already buffered are handled without the socket, the timer or the select.
+        let frame = match reader.try_frame() {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => tokio::select! {
+                _ = until_closed(&mut closed_rx) => break,
+                frame = reader.read_frame() => frame,
+                () = &mut silence, if silence_limit.is_some() => {
+                    tracing::debug!("the broker went silent");
+                    Err(ConnectionError::Closed)
+                }
+            },
+            Err(error) => Err(error),
         };
         let frame = match frame {
             Ok(frame) => frame,
@@ -481,6 +481,13 @@ async fn read_loop(
                 break;
             }
         };
+        if let Some(limit) = silence_limit {
+            let now = tokio::time::Instant::now();
+            if now.duration_since(silence_set) >= silence_step {
+                silence.as_mut().reset(now + limit);
+                silence_set = now;
+            }
+        }
         let (id, event) = match frame {
             Frame::Heartbeat => continue,
             Frame::Error {
@@ -512,9 +519,13 @@ async fn read_loop(
             continue;
         };
         // Waiting here is the backpressure: while a consumer is slow, the socket is not read.
-        let delivered = tokio::select! {
-            _ = until_closed(&mut closed_rx) => break,
-            sent = sender.send(event) => sent.is_ok(),
+        let delivered = match sender.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(event)) => tokio::select! {
+                _ = until_closed(&mut closed_rx) => break,
+                sent = sender.send(event) => sent.is_ok(),
+            },
         };
         if !delivered {
             lock(&pending).senders.remove(&id);

@@ -119,22 +119,26 @@ impl Broker {
 
     /// Starts a broker on a given address (e.g. the port of one that was killed).
     pub fn start_on(listen: &str, config: &str, shards: usize) -> Result<Broker> {
+        Broker::start_with(listen, config, shards, &[])
+    }
+
+    /// Starts a broker with extra `triggerfs broker` flags.
+    pub fn start_with(listen: &str, config: &str, shards: usize, extra: &[&str]) -> Result<Broker> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("triggerfs.toml");
         std::fs::write(&path, config)?;
         let shards = shards.to_string();
-        let (proc, mut stdout) = Proc::spawn(
+        let mut args = vec![
             "broker",
-            &[
-                "broker",
-                "--listen",
-                listen,
-                "--config",
-                path.to_str().unwrap(),
-                "--shards",
-                &shards,
-            ],
-        )?;
+            "--listen",
+            listen,
+            "--config",
+            path.to_str().unwrap(),
+            "--shards",
+            &shards,
+        ];
+        args.extend_from_slice(extra);
+        let (proc, mut stdout) = Proc::spawn("broker", &args)?;
         let mut line = String::new();
         stdout.read_line(&mut line)?;
         let addr = line

@@ -66,3 +66,33 @@ async fn mirror_echo_to_200_workers() -> Result<()> {
     let _ = stop_tx.send(true);
     Ok(())
 }
+
+/// Spinning shards are pinned to cores (more shards than cores share them); `--spin 0s`
+/// neither spins nor pins. Both serve the same mirror, every shard taking part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_serve_with_and_without_spinning() -> Result<()> {
+    const N: usize = 6;
+    let plugins = Plugins::core()?;
+    for spin in ["0s", "300us"] {
+        let broker = Broker::start_with(
+            "127.0.0.1:0",
+            "[broker.services.all]\nalgorithm = \"mirror\"\n",
+            3,
+            &["--spin", spin],
+        )?;
+        let ids: Vec<String> = (0..N).map(|i| format!("s{i}")).collect();
+        let _workers: Vec<_> = ids
+            .iter()
+            .map(|id| start_worker(broker.addr, id, &plugins, &["--service", "all"]))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        wait_for_workers(broker.addr, &refs).await?;
+        let c = connect(broker.addr).await?;
+        for _ in 0..5 {
+            let o = request(&c, "all", "echo", "spin", Duration::from_secs(10)).await?;
+            let summary = o.summary.expect("a mirror ends with a summary");
+            assert_eq!(summary.ok as usize, N, "--spin {spin}: {o:?}");
+        }
+    }
+    Ok(())
+}

@@ -56,7 +56,7 @@ struct Inner {
 /// Requests waiting for their final event, by id.
 #[derive(Debug, Default)]
 struct Pending {
-    senders: HashMap<u64, mpsc::Sender<ClientEvent>>,
+    senders: HashMap<u64, flume::Sender<ClientEvent>>,
     /// Set once the connection is gone; no request may register after that.
     closed: bool,
 }
@@ -206,7 +206,7 @@ impl ClientEvent {
 #[derive(Debug)]
 pub struct RequestHandle {
     id: u64,
-    events: mpsc::Receiver<ClientEvent>,
+    events: flume::Receiver<ClientEvent>,
     client: Client,
     finished: bool,
     service: String,
@@ -309,7 +309,7 @@ impl Client {
     /// Sends a request; its events arrive on the returned handle.
     pub async fn request(&self, spec: RequestSpec) -> Result<RequestHandle, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(EVENTS_PER_REQUEST);
+        let (tx, rx) = flume::bounded(EVENTS_PER_REQUEST);
         {
             let mut pending = lock(&self.inner.pending);
             if pending.closed {
@@ -361,10 +361,10 @@ impl RequestHandle {
         if self.finished {
             return None;
         }
-        let event = match self.events.recv().await {
-            Some(event) => event,
+        let event = match self.events.recv_async().await {
+            Ok(event) => event,
             // The reader dropped our sender without a final event: the connection is gone.
-            None => ClientEvent::Disconnected,
+            Err(flume::RecvError::Disconnected) => ClientEvent::Disconnected,
         };
         if event.is_final() {
             self.finished = true;
@@ -521,10 +521,10 @@ async fn read_loop(
         // Waiting here is the backpressure: while a consumer is slow, the socket is not read.
         let delivered = match sender.try_send(event) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(event)) => tokio::select! {
+            Err(flume::TrySendError::Disconnected(_)) => false,
+            Err(flume::TrySendError::Full(event)) => tokio::select! {
                 _ = until_closed(&mut closed_rx) => break,
-                sent = sender.send(event) => sent.is_ok(),
+                sent = sender.send_async(event) => sent.is_ok(),
             },
         };
         if !delivered {

@@ -170,7 +170,10 @@ mod tests {
             }
             let first = Frame::Cancel { id: next };
             writer.write_queued(&first, &mut rx).await.unwrap();
-            assert!(rx.try_recv().is_err(), "round {round}: the queue was drained");
+            assert!(
+                rx.try_recv().is_err(),
+                "round {round}: the queue was drained"
+            );
             for id in next..next + 5 {
                 assert_eq!(reader.read_frame().await.unwrap(), Frame::Cancel { id });
             }

@@ -7,7 +7,6 @@
 
 use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::channels::local_channel::LocalReceiver;
 use glommio::net::TcpStream;
 use proto::{Frame, ProtoError};
 use std::cell::RefCell;
@@ -15,11 +14,10 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-/// Largest batch of frames the writer encodes before one `write`: enough to amortise the
-/// syscall under load, small enough to keep latency of the first frame low.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Write buffer capacity a connection keeps between bursts.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 /// Bytes a connection's buffers start with. Small, because an idle connection (10,000
 /// heartbeating workers) should cost little memory; they grow with the traffic.
@@ -145,32 +143,196 @@ impl FrameReader {
     }
 }
 
-/// Drains a connection's outbound queue into its socket, batching what is queued, until every
-/// sender is gone or the socket fails. Closes the socket at the end.
-pub(crate) async fn write_loop(stream: SharedStream, rx: LocalReceiver<Frame>, max_frame: usize) {
-    let mut out = stream.clone();
-    let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
-    while let Some(first) = rx.recv().await {
-        buf.clear();
-        encode_or_log(&first, &mut buf, max_frame);
-        while buf.len() < WRITE_BATCH_BYTES {
-            match futures_lite::future::poll_once(rx.recv()).await {
-                Some(Some(frame)) => encode_or_log(&frame, &mut buf, max_frame),
-                _ => break,
-            }
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// `depth` frames are waiting for the writer already.
+    Full,
+    /// The connection is closing; nothing more is sent.
+    Closed,
+}
+
+/// A connection's outbound frames, encoded into one buffer as they are sent.
+///
+/// Frames are serialized by the sender, straight into the buffer the writer will hand to
+/// the socket: no frame crosses a channel or is moved through a writer's queue, and a burst
+/// queued while the writer waits for its turn leaves in one `write`. At most `depth` frames
+/// wait; a sender beyond that waits for the writer ([`Outbox::send`]) or is told so
+/// ([`Outbox::try_send`]): backpressure, as with a bounded channel.
+pub(crate) struct Outbox {
+    state: RefCell<OutboxState>,
+    depth: usize,
+    max_frame: usize,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    buf: BytesMut,
+    frames: usize,
+    closed: bool,
+    writer: Option<Waker>,
+    room: Vec<Waker>,
+}
+
+impl Outbox {
+    pub(crate) fn new(depth: usize, max_frame: usize) -> Outbox {
+        Outbox {
+            state: RefCell::default(),
+            depth: depth.max(1),
+            max_frame,
         }
-        if let Err(e) = out.write_all(&buf).await {
+    }
+
+    /// Queues `frame` if there is room.
+    pub(crate) fn try_send(&self, frame: &Frame) -> Result<(), SendError> {
+        let mut state = self.state.borrow_mut();
+        if state.closed {
+            return Err(SendError::Closed);
+        }
+        if state.frames >= self.depth {
+            return Err(SendError::Full);
+        }
+        if let Err(e) = proto::encode(frame, &mut state.buf, self.max_frame) {
+            // Only an oversized frame can fail here (e.g. a worker line at the limit plus the
+            // Reply wrapper); it is dropped with a log line rather than closing the connection.
+            tracing::warn!(error = %e, kind = frame.kind_name(), "frame not sent");
+            return Ok(());
+        }
+        state.frames += 1;
+        if let Some(writer) = state.writer.take() {
+            writer.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `frame`, waiting for room; `Err` once the connection is closing.
+    pub(crate) async fn send(&self, frame: &Frame) -> Result<(), SendError> {
+        std::future::poll_fn(|cx| match self.try_send(frame) {
+            Err(SendError::Full) => {
+                self.state.borrow_mut().room.push(cx.waker().clone());
+                Poll::Pending
+            }
+            done => Poll::Ready(done),
+        })
+        .await
+    }
+
+    /// Frames waiting for the writer.
+    pub(crate) fn len(&self) -> usize {
+        self.state.borrow().frames
+    }
+
+    /// Sends nothing more: the writer flushes what is queued and closes the socket.
+    pub(crate) fn close(&self) {
+        let mut state = self.state.borrow_mut();
+        state.closed = true;
+        if let Some(writer) = state.writer.take() {
+            writer.wake();
+        }
+        for waiter in state.room.drain(..) {
+            waiter.wake();
+        }
+    }
+
+    /// Swaps the queued bytes into `out` (empty on entry); `false` once closed and drained.
+    async fn take(&self, out: &mut BytesMut) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.borrow_mut();
+            if !state.buf.is_empty() {
+                std::mem::swap(&mut state.buf, out);
+                state.frames = 0;
+                for waiter in state.room.drain(..) {
+                    waiter.wake();
+                }
+                Poll::Ready(true)
+            } else if state.closed {
+                Poll::Ready(false)
+            } else {
+                state.writer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Writes what the outbox collects to the socket, one `write` per batch, until the outbox
+/// is closed and drained or the socket fails. Closes the socket at the end.
+pub(crate) async fn write_loop(stream: SharedStream, outbox: Rc<Outbox>) {
+    let mut out = stream.clone();
+    let mut batch = BytesMut::new();
+    while outbox.take(&mut batch).await {
+        if let Err(e) = out.write_all(&batch).await {
             tracing::debug!(error = %e, "write failed; closing connection");
             break;
         }
+        batch.clear();
+        if batch.capacity() > KEEP_BUFFER {
+            // A burst grew it; an idle connection should not keep the memory.
+            batch = BytesMut::new();
+        }
     }
+    outbox.close();
     stream.shutdown();
 }
 
-fn encode_or_log(frame: &Frame, buf: &mut BytesMut, max_frame: usize) {
-    if let Err(e) = proto::encode(frame, buf, max_frame) {
-        // Only an oversized frame can fail here (e.g. a worker line at the limit plus the
-        // Reply wrapper); it is dropped with a log line rather than closing the connection.
-        tracing::warn!(error = %e, kind = frame.kind_name(), "frame not sent");
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(512 * 1024)
+            .spawn(move || async move { f().await })
+            .expect("executor")
+            .join()
+            .expect("test body");
+    }
+
+    fn frames(bytes: &mut BytesMut) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while let Some(frame) = proto::decode(bytes, proto::DEFAULT_MAX_FRAME).unwrap() {
+            out.push(frame);
+        }
+        out
+    }
+
+    /// `depth` frames fit; the next sender waits until the writer takes the batch, then goes
+    /// on, in order; after `close` nothing more is queued and the writer drains what is left.
+    #[test]
+    fn outbox_is_bounded_ordered_and_drains_on_close() {
+        run(|| async {
+            let outbox = Rc::new(Outbox::new(3, proto::DEFAULT_MAX_FRAME));
+            for id in 0..3 {
+                outbox.try_send(&Frame::Cancel { id }).unwrap();
+            }
+            assert_eq!(
+                outbox.try_send(&Frame::Cancel { id: 3 }),
+                Err(SendError::Full)
+            );
+            assert_eq!(outbox.len(), 3);
+            let waiting = {
+                let outbox = outbox.clone();
+                glommio::spawn_local(async move { outbox.send(&Frame::Cancel { id: 3 }).await })
+            };
+            glommio::executor().yield_now().await;
+            assert_eq!(outbox.len(), 3, "the fourth sender waits for room");
+            let mut batch = BytesMut::new();
+            assert!(outbox.take(&mut batch).await);
+            let expected: Vec<_> = (0..3).map(|id| Frame::Cancel { id }).collect();
+            assert_eq!(frames(&mut batch), expected);
+            assert_eq!(waiting.await, Ok(()), "the waiting sender got room");
+            outbox.close();
+            assert_eq!(outbox.try_send(&Frame::Heartbeat), Err(SendError::Closed));
+            batch.clear();
+            assert!(
+                outbox.take(&mut batch).await,
+                "what was queued before close is sent"
+            );
+            assert_eq!(frames(&mut batch), vec![Frame::Cancel { id: 3 }]);
+            batch.clear();
+            assert!(!outbox.take(&mut batch).await, "closed and drained");
+        });
     }
 }

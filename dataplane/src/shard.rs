@@ -10,13 +10,12 @@
 //! worker's frames are routed home without a lookup table.
 
 use crate::config::{ConfigSource, Principal};
-use crate::conn::{write_loop, FrameReader, ReadError, SharedStream};
+use crate::conn::{write_loop, FrameReader, Outbox, ReadError, SendError, SharedStream};
 use crate::metrics;
 use crate::registry::{Registry, WorkerAt, WorkerRef};
 use crate::request::{Action, Policy, RequestRun, WorkerEvent};
 use crate::{BrokerSettings, RoundRobin};
 use glommio::channels::channel_mesh::Senders;
-use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
 use proto::control::{WorkerState, WorkerStateReport};
 use proto::{Algorithm, Credential, ErrorKind, Frame, ProtoError, Request, Role};
@@ -81,7 +80,7 @@ enum Peer {
 }
 
 struct Conn {
-    tx: Rc<LocalSender<Frame>>,
+    out: Rc<Outbox>,
     peer: Peer,
 }
 
@@ -205,13 +204,19 @@ impl Shard {
         let _ = stream.set_nodelay(true);
         let stream = SharedStream::new(stream);
         let mut reader = FrameReader::new(stream.clone(), self.settings.max_frame);
-        let (tx, rx) = local_channel::new_bounded(self.settings.queue_depth);
-        let tx = Rc::new(tx);
-        glommio::spawn_local(write_loop(stream.clone(), rx, self.settings.max_frame)).detach();
+        let out = Rc::new(Outbox::new(
+            self.settings.queue_depth,
+            self.settings.max_frame,
+        ));
+        glommio::spawn_local(write_loop(stream.clone(), out.clone())).detach();
 
-        let principal_role = match self.handshake(&mut reader, &tx).await {
+        let principal_role = match self.handshake(&mut reader, &out).await {
             Some(p) => p,
-            None => return, // tx drops here: the writer flushes the refusal and closes
+            None => {
+                // The writer flushes the refusal, then closes the socket.
+                out.close();
+                return;
+            }
         };
         let conn_id = self.next_conn.get();
         self.next_conn.set(conn_id + 1);
@@ -229,12 +234,12 @@ impl Shard {
         self.state.borrow_mut().conns.insert(
             conn_id,
             Conn {
-                tx: tx.clone(),
+                out: out.clone(),
                 peer,
             },
         );
-        let _ = tx
-            .send(Frame::Welcome {
+        let _ = out
+            .send(&Frame::Welcome {
                 session: self.session_base | conn_id,
                 heartbeat_ms: self.settings.heartbeat.as_millis() as u32,
             })
@@ -263,13 +268,12 @@ impl Shard {
         let alive = Rc::new(Cell::new(true));
         glommio::spawn_local(heartbeat_loop(
             stream.clone(),
-            tx.clone(),
+            out.clone(),
             last_seen.clone(),
             alive.clone(),
             self.settings.heartbeat,
         ))
         .detach();
-        drop(tx);
 
         loop {
             let frame = match reader.read_frame().await {
@@ -301,14 +305,11 @@ impl Shard {
             .with_label_values(&[role_label(role), &self.idx.to_string()])
             .dec();
         self.close_conn(conn_id, &team, identity, at).await;
+        out.close();
     }
 
     /// Reads and checks the `Hello`. On refusal, queues the answer and returns `None`.
-    async fn handshake(
-        &self,
-        reader: &mut FrameReader,
-        tx: &LocalSender<Frame>,
-    ) -> Option<(Principal, Role)> {
+    async fn handshake(&self, reader: &mut FrameReader, out: &Outbox) -> Option<(Principal, Role)> {
         let deadline = self.settings.heartbeat * 3;
         let first = futures_lite::FutureExt::or(async { Some(reader.read_frame().await) }, async {
             glommio::timer::sleep(deadline).await;
@@ -352,7 +353,7 @@ impl Shard {
             _ => "handshake",
         };
         metrics::REJECTED.with_label_values(&[reason]).inc();
-        let _ = tx.send(answer).await;
+        let _ = out.send(&answer).await;
         None
     }
 
@@ -405,16 +406,19 @@ impl Shard {
     }
 
     async fn send_to_conn(&self, conn_id: u64, frame: Frame) {
-        let tx = self
-            .state
-            .borrow()
-            .conns
-            .get(&conn_id)
-            .map(|c| c.tx.clone());
-        if let Some(tx) = tx {
-            // A closed connection drops its frames; its close handler cleans up.
-            let _ = tx.send(frame).await;
-        }
+        let out = {
+            let state = self.state.borrow();
+            let Some(conn) = state.conns.get(&conn_id) else {
+                return;
+            };
+            // The usual case: room in the outbox, queued without a future of its own.
+            match conn.out.try_send(&frame) {
+                Ok(()) | Err(SendError::Closed) => return,
+                Err(SendError::Full) => conn.out.clone(),
+            }
+        };
+        // A closed connection drops its frames; its close handler cleans up.
+        let _ = out.send(&frame).await;
     }
 
     // ---------------------------------------------------------------- clients
@@ -739,22 +743,22 @@ impl Shard {
     /// Hands a dispatch to a worker connected to this shard, or reports it lost.
     async fn deliver_local(&self, conn_id: u64, dispatch: proto::Dispatch) {
         let dispatch_id = dispatch.id;
-        let tx = {
+        let out = {
             let mut state = self.state.borrow_mut();
             match state.conns.get_mut(&conn_id) {
                 Some(Conn {
-                    tx,
+                    out,
                     peer: Peer::Worker { inflight, .. },
                 }) => {
                     inflight.insert(dispatch_id);
-                    Some(tx.clone())
+                    Some(out.clone())
                 }
                 _ => None,
             }
         };
-        match tx {
-            Some(tx) => {
-                if tx.send(Frame::Dispatch(dispatch)).await.is_err() {
+        match out {
+            Some(out) => {
+                if out.send(&Frame::Dispatch(dispatch)).await.is_err() {
                     // The worker closed; its close handler reports the dispatch lost.
                 }
             }
@@ -763,18 +767,18 @@ impl Shard {
     }
 
     async fn cancel_local(&self, conn_id: u64, dispatch_id: u64) {
-        let tx = {
+        let out = {
             let mut state = self.state.borrow_mut();
             match state.conns.get_mut(&conn_id) {
                 Some(Conn {
-                    tx,
+                    out,
                     peer: Peer::Worker { inflight, .. },
-                }) => inflight.remove(&dispatch_id).then(|| tx.clone()),
+                }) => inflight.remove(&dispatch_id).then(|| out.clone()),
                 _ => None,
             }
         };
-        if let Some(tx) = tx {
-            let _ = tx.send(Frame::Cancel { id: dispatch_id }).await;
+        if let Some(out) = out {
+            let _ = out.send(&Frame::Cancel { id: dispatch_id }).await;
         }
     }
 
@@ -978,7 +982,13 @@ impl Shard {
         let n = self.n_ticks.get() + 1;
         self.n_ticks.set(n);
         if n.is_multiple_of(100) {
-            let queued: usize = self.state.borrow().conns.values().map(|c| c.tx.len()).sum();
+            let queued: usize = self
+                .state
+                .borrow()
+                .conns
+                .values()
+                .map(|c| c.out.len())
+                .sum();
             self.queued.set(queued as i64);
         }
         self.release_routed().await;
@@ -1073,7 +1083,7 @@ enum ShardMsgKind {
 /// Sends heartbeats and closes the connection when the peer has been silent for three.
 async fn heartbeat_loop(
     stream: SharedStream,
-    tx: Rc<LocalSender<Frame>>,
+    out: Rc<Outbox>,
     last_seen: Rc<Cell<Instant>>,
     alive: Rc<Cell<bool>>,
     every: Duration,
@@ -1089,7 +1099,7 @@ async fn heartbeat_loop(
             return;
         }
         // A full queue means traffic is flowing; no heartbeat needed then.
-        let _ = tx.try_send(Frame::Heartbeat);
+        let _ = out.try_send(&Frame::Heartbeat);
     }
 }
 

@@ -12,10 +12,10 @@
 //! as `team/service`.
 
 use crate::config::{Principal, RoutingConfig, ServiceConfig};
+use foldhash::{HashMap, HashMapExt};
 use proto::control::Visibility;
 use proto::ErrorKind;
-use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Where a worker's connection lives: its shard and connection number there.
@@ -44,9 +44,9 @@ struct OnlineWorker {
 
 /// A request's route: the service and its online workers in order.
 #[derive(Debug)]
-pub struct Route<'a> {
+pub struct Route {
     /// The service (configured, or implicit for a worker identity or announced name).
-    pub service: Cow<'a, ServiceConfig>,
+    pub service: Arc<ServiceConfig>,
     /// Online workers, in stable order.
     pub members: Vec<WorkerRef>,
 }
@@ -54,29 +54,51 @@ pub struct Route<'a> {
 /// Why a name did not resolve.
 pub type RouteError = (ErrorKind, String);
 
+/// `team → name → T`: looked up with two `&str`s, without building a key.
+type ByTeam<T> = HashMap<String, HashMap<String, T>>;
+
 /// The replica of services and online workers kept by one shard.
+///
+/// Resolving a request allocates nothing but its member list: services and online workers
+/// are indexed by team and name, and the announced services of online workers have an
+/// index of their own (no scan of the team's workers per request).
 #[derive(Debug, Default)]
 pub struct Registry {
-    routing: Arc<RoutingConfig>,
-    /// (team, identity) → worker.
-    online: BTreeMap<(String, Arc<str>), OnlineWorker>,
+    /// Configured services, from the routing configuration.
+    configured: ByTeam<Arc<ServiceConfig>>,
+    /// Implicit services (a worker identity, an announced name), made once each.
+    implicit: ByTeam<Arc<ServiceConfig>>,
+    /// team → identity → worker.
+    online: HashMap<String, BTreeMap<Arc<str>, OnlineWorker>>,
+    /// team → announced service → identities announcing it.
+    announced: ByTeam<BTreeSet<Arc<str>>>,
+    n_online: usize,
 }
 
 impl Registry {
     /// A registry with this configuration and no worker online.
     pub fn new(routing: Arc<RoutingConfig>) -> Registry {
-        Registry {
-            routing,
-            online: BTreeMap::new(),
-        }
+        let mut registry = Registry::default();
+        registry.set_routing(routing);
+        registry
     }
 
     /// Replaces the configured services (a configuration change).
     pub fn set_routing(&mut self, routing: Arc<RoutingConfig>) {
-        self.routing = routing;
+        let mut configured: ByTeam<Arc<ServiceConfig>> = HashMap::new();
+        for ((team, name), service) in &routing.services {
+            configured
+                .entry(team.clone())
+                .or_default()
+                .insert(name.clone(), Arc::new(service.clone()));
+        }
+        self.configured = configured;
+        // Rebuilt on demand; dropping them here keeps names of long-gone workers from piling up.
+        self.implicit.clear();
     }
 
-    /// A worker connected (or reconnected: the newest connection wins).
+    /// A worker connected (or reconnected: the newest connection wins), or announced the
+    /// services it serves.
     pub fn worker_online(
         &mut self,
         team: &str,
@@ -84,45 +106,91 @@ impl Registry {
         at: WorkerAt,
         announced: Vec<String>,
     ) {
-        self.online
-            .insert((team.to_string(), identity), OnlineWorker { at, announced });
+        let workers = self.online.entry(team.to_string()).or_default();
+        let index = self.announced.entry(team.to_string()).or_default();
+        for service in &announced {
+            index
+                .entry(service.clone())
+                .or_default()
+                .insert(identity.clone());
+        }
+        let previous = workers.insert(identity.clone(), OnlineWorker { at, announced });
+        match previous {
+            None => self.n_online += 1,
+            Some(old) => {
+                let now = &workers[&identity].announced;
+                for service in old.announced.iter().filter(|s| !now.contains(s)) {
+                    unindex(index, service, &identity);
+                }
+            }
+        }
     }
 
     /// A worker's connection closed; ignored when a newer connection already replaced it.
     pub fn worker_offline(&mut self, team: &str, identity: &str, at: WorkerAt) {
-        let key = (team.to_string(), Arc::<str>::from(identity));
-        if self.online.get(&key).is_some_and(|w| w.at == at) {
-            self.online.remove(&key);
+        let Some(workers) = self.online.get_mut(team) else {
+            return;
+        };
+        if !workers.get(identity).is_some_and(|w| w.at == at) {
+            return;
+        }
+        let Some((identity, gone)) = workers.remove_entry(identity) else {
+            return;
+        };
+        self.n_online -= 1;
+        if workers.is_empty() {
+            self.online.remove(team);
+        }
+        if let Some(index) = self.announced.get_mut(team) {
+            for service in &gone.announced {
+                unindex(index, service, &identity);
+            }
+            if index.is_empty() {
+                self.announced.remove(team);
+            }
         }
     }
 
     /// Number of workers online.
     pub fn n_online(&self) -> usize {
-        self.online.len()
+        self.n_online
     }
 
     fn worker(&self, team: &str, identity: &str) -> Option<WorkerRef> {
         self.online
-            .get_key_value(&(team.to_string(), Arc::<str>::from(identity)))
-            .map(|((_, id), w)| WorkerRef {
+            .get(team)?
+            .get_key_value(identity)
+            .map(|(id, w)| WorkerRef {
                 identity: id.clone(),
                 at: w.at,
             })
     }
 
+    /// Online workers that announced `service`, by identity.
     fn announcers<'a>(
         &'a self,
         team: &'a str,
         service: &'a str,
     ) -> impl Iterator<Item = WorkerRef> + 'a {
-        self.online
-            .range((team.to_string(), Arc::<str>::from(""))..)
-            .take_while(move |((t, _), _)| t == team)
-            .filter(move |(_, w)| w.announced.iter().any(|s| s == service))
-            .map(|((_, id), w)| WorkerRef {
-                identity: id.clone(),
-                at: w.at,
-            })
+        self.announced
+            .get(team)
+            .and_then(|index| index.get(service))
+            .into_iter()
+            .flatten()
+            .filter_map(move |id| self.worker(team, id))
+    }
+
+    /// The implicit service `team/name` (roundrobin, team visibility), made once.
+    fn implicit(&mut self, team: &str, name: &str) -> Arc<ServiceConfig> {
+        if let Some(service) = self.implicit.get(team).and_then(|m| m.get(name)) {
+            return service.clone();
+        }
+        let service = Arc::new(ServiceConfig::implicit(team, name));
+        self.implicit
+            .entry(team.to_string())
+            .or_default()
+            .insert(name.to_string(), service.clone());
+        service
     }
 
     /// Resolves `name` (`service` or `team/service`) for `caller`.
@@ -130,16 +198,17 @@ impl Registry {
     /// In the caller's team a configured service wins; else a worker identity is a service
     /// of one; else a name online workers announced is a roundrobin service over them.
     /// Another team's service is reachable only when it is configured `public`.
-    pub fn resolve(&self, caller: &Principal, name: &str) -> Result<Route<'_>, RouteError> {
+    pub fn resolve(&mut self, caller: &Principal, name: &str) -> Result<Route, RouteError> {
         let (team, service_name) = match name.split_once('/') {
             Some((team, service)) => (team, service),
             None => (caller.team.as_str(), name),
         };
         let own_team = team == caller.team;
         let configured = self
-            .routing
-            .services
-            .get(&(team.to_string(), service_name.to_string()));
+            .configured
+            .get(team)
+            .and_then(|services| services.get(service_name))
+            .cloned();
         if let Some(service) = configured {
             let allowed = match service.visibility {
                 Visibility::Public => true,
@@ -173,10 +242,7 @@ impl Registry {
                     format!("service {name} has no worker online"),
                 ));
             }
-            return Ok(Route {
-                service: Cow::Borrowed(service),
-                members,
-            });
+            return Ok(Route { service, members });
         }
         if !own_team {
             // Do not reveal which names exist in another team.
@@ -187,7 +253,7 @@ impl Registry {
         }
         if let Some(worker) = self.worker(team, service_name) {
             return Ok(Route {
-                service: Cow::Owned(ServiceConfig::implicit(team, service_name)),
+                service: self.implicit(team, service_name),
                 members: vec![worker],
             });
         }
@@ -199,9 +265,18 @@ impl Registry {
             ));
         }
         Ok(Route {
-            service: Cow::Owned(ServiceConfig::implicit(team, service_name)),
+            service: self.implicit(team, service_name),
             members,
         })
+    }
+}
+
+fn unindex(index: &mut HashMap<String, BTreeSet<Arc<str>>>, service: &str, identity: &str) {
+    if let Some(ids) = index.get_mut(service) {
+        ids.remove(identity);
+        if ids.is_empty() {
+            index.remove(service);
+        }
     }
 }
 
@@ -323,6 +398,28 @@ mod tests {
             r.resolve(&bob, "a/dc1").is_ok(),
             "own team may use the long form"
         );
+    }
+
+    #[test]
+    fn announced_index_follows_announce_reconnect_and_offline() {
+        let mut r = registry();
+        let bob = caller("a", "bob");
+        r.worker_online("a", "w2".into(), at(2), vec!["logs".into(), "web".into()]);
+        r.worker_online("a", "w1".into(), at(1), vec!["logs".into()]);
+        assert_eq!(names(&r.resolve(&bob, "logs").unwrap()), ["w1", "w2"]);
+        // w2 announces again without `logs` (a reconnect with another list).
+        r.worker_online("a", "w2".into(), at(5), vec!["web".into()]);
+        assert_eq!(names(&r.resolve(&bob, "logs").unwrap()), ["w1"]);
+        assert_eq!(names(&r.resolve(&bob, "web").unwrap()), ["w2"]);
+        // The old connection's close changes nothing; the new one's removes w2.
+        r.worker_offline("a", "w2", at(2));
+        assert_eq!(names(&r.resolve(&bob, "web").unwrap()), ["w2"]);
+        r.worker_offline("a", "w2", at(5));
+        assert_eq!(
+            r.resolve(&bob, "web").unwrap_err().0,
+            ErrorKind::NoSuchService
+        );
+        assert_eq!(r.n_online(), 1);
     }
 
     #[test]

@@ -100,7 +100,7 @@ struct RequestEntry {
     /// the broker a send per request.
     routed: Option<Frame>,
     started: Instant,
-    service: String,
+    service: Arc<crate::config::ServiceConfig>,
     algorithm: Algorithm,
     client_conn: u64,
     client_request_id: u64,
@@ -120,7 +120,8 @@ struct State {
     deadlines: BTreeSet<(Instant, u64)>,
     /// Requests whose `Routed` is held back, oldest first.
     routed_held: std::collections::VecDeque<(Instant, u64)>,
-    rr_cache: HashMap<String, Arc<AtomicU64>>,
+    /// team → service → the broker-wide roundrobin counter, looked up once per shard.
+    rr_cache: HashMap<String, HashMap<String, Arc<AtomicU64>>>,
 }
 
 /// Who the client of a request is, copied out before actions run.
@@ -151,7 +152,14 @@ pub(crate) struct Shard {
     /// Request latency histograms, indexed by [`algorithm_idx`].
     durations: [prometheus::Histogram; 3],
     /// (service, algorithm, outcome) → counter, resolved on first use.
-    request_counters: RefCell<HashMap<(String, Algorithm, &'static str), prometheus::IntCounter>>,
+    /// team → service → (algorithm, outcome) → counter: found without building a label.
+    #[allow(clippy::type_complexity)]
+    request_counters: RefCell<
+        HashMap<
+            String,
+            HashMap<String, HashMap<(Algorithm, &'static str), prometheus::IntCounter>>,
+        >,
+    >,
 }
 
 impl Shard {
@@ -512,15 +520,25 @@ impl Shard {
             match state.registry.resolve(&principal, &request.service) {
                 Err(e) => Err(e),
                 Ok(route) => {
-                    let service = route.service.into_owned();
+                    let service = route.service;
                     let mut members = route.members;
                     if service.algorithm == Algorithm::Roundrobin && members.len() > 1 {
-                        let rr_key = format!("{}/{}", service.team, service.name);
-                        let counter = match state.rr_cache.get(&rr_key) {
-                            Some(c) => c.clone(),
+                        let cached = state
+                            .rr_cache
+                            .get(&service.team)
+                            .and_then(|m| m.get(&service.name))
+                            .cloned();
+                        let counter = match cached {
+                            Some(c) => c,
                             None => {
-                                let c = self.rr.counter(&rr_key);
-                                state.rr_cache.insert(rr_key, c.clone());
+                                let c = self
+                                    .rr
+                                    .counter(&format!("{}/{}", service.team, service.name));
+                                state
+                                    .rr_cache
+                                    .entry(service.team.clone())
+                                    .or_default()
+                                    .insert(service.name.clone(), c.clone());
                                 c
                             }
                         };
@@ -543,7 +561,7 @@ impl Shard {
         } else {
             service.timeout
         };
-        let run = RequestRun::new(Policy::from(&service), targets);
+        let run = RequestRun::new(Policy::from(&*service), targets);
         let n_workers = run.n_workers();
         let key = self.next_request.get();
         self.next_request.set(key + 1);
@@ -575,7 +593,7 @@ impl Shard {
                         n_workers,
                     }),
                     started: Instant::now(),
-                    service: format!("{}/{}", service.team, service.name),
+                    service: service.clone(),
                     algorithm: service.algorithm,
                     client_conn: conn_id,
                     client_request_id: id,
@@ -1040,18 +1058,30 @@ impl Shard {
         } else {
             "ok"
         };
-        let key = (entry.service.clone(), entry.algorithm, outcome);
+        let service = &entry.service;
+        let key = (entry.algorithm, outcome);
         let mut counters = self.request_counters.borrow_mut();
-        counters
-            .entry(key)
-            .or_insert_with(|| {
-                metrics::REQUESTS.with_label_values(&[
-                    &entry.service,
+        let known = counters
+            .get(&service.team)
+            .and_then(|m| m.get(&service.name))
+            .and_then(|m| m.get(&key));
+        match known {
+            Some(counter) => counter.inc(),
+            None => {
+                let counter = metrics::REQUESTS.with_label_values(&[
+                    &format!("{}/{}", service.team, service.name),
                     &entry.algorithm.to_string(),
                     outcome,
-                ])
-            })
-            .inc();
+                ]);
+                counter.inc();
+                counters
+                    .entry(service.team.clone())
+                    .or_default()
+                    .entry(service.name.clone())
+                    .or_default()
+                    .insert(key, counter);
+            }
+        }
         self.durations[algorithm_idx(entry.algorithm)]
             .observe(entry.started.elapsed().as_secs_f64());
         self.inflight.dec();

@@ -153,7 +153,7 @@ pub fn start(
     let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, settings.mesh_depth));
     let mut threads = Vec::with_capacity(n);
     let mut addr = settings.listen;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = allowed_cpus();
     for thread_idx in 0..n {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
         let settings = settings.clone();
@@ -164,10 +164,10 @@ pub fn start(
         let bind_addr = addr;
         // glommio spins only on an executor bound to a CPU (it ignores the setting for an
         // unbound one), so a spinning shard is pinned, one core each in turn.
-        let placement = if settings.spin.is_zero() {
+        let placement = if settings.spin.is_zero() || cores.is_empty() {
             Placement::Unbound
         } else {
-            Placement::Fixed(thread_idx % cores)
+            Placement::Fixed(cores[thread_idx % cores.len()])
         };
         let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("broker-shard-{thread_idx}"))
@@ -280,4 +280,20 @@ pub fn start(
         stop,
         threads,
     })
+}
+
+/// The CPUs this process may run on (`taskset`, cgroup cpusets): the cores shards are pinned
+/// to, in turn. Empty if the kernel does not say, and then shards are not pinned.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most
+    // size_of::<cpu_set_t>() bytes into it, and CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
 }

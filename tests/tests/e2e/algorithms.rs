@@ -241,3 +241,49 @@ async fn serial_runs_one_after_another_and_stops_on_failure() -> Result<()> {
     );
     Ok(())
 }
+
+/// A plugin that floods ~15 MB of output to a client that reads slowly: every line arrives, in
+/// order, once. The client's queue, its socket, the broker's outbox towards it (256 frames)
+/// and the worker's socket fill up in turn and push back instead of dropping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_output_to_a_slow_client_loses_nothing() -> Result<()> {
+    const LINES: usize = 30_000;
+    let broker = Broker::start(CONFIG, 2)?;
+    let plugins = Plugins::core()?;
+    let _worker = start_worker(broker.addr, "w1", &plugins, &[])?;
+    wait_for_workers(broker.addr, &["w1"]).await?;
+    let c = connect(broker.addr).await?;
+    let spec = client::RequestSpec {
+        service: "w1".into(),
+        plugin: "command".into(),
+        // ~15 MB: more than the socket buffers on the way can hold.
+        command: vec![format!(
+            "seq 1 {LINES} | awk '{{printf \"%s %0500d\\n\", $1, 0}}'"
+        )],
+        timeout: Some(Duration::from_secs(60)),
+        wait: true,
+        ..client::RequestSpec::default()
+    };
+    let mut handle = c.request(spec).await?;
+    let mut seen = 0usize;
+    let mut summary = None;
+    while let Some(event) = handle.next().await {
+        match event {
+            client::ClientEvent::Output { data, .. } => {
+                seen += 1;
+                let line = String::from_utf8_lossy(&data);
+                assert!(line.starts_with(&format!("{seen} 000")), "in order: {seen}");
+                assert_eq!(line.len(), seen.to_string().len() + 501);
+                if seen % 2_000 == 0 {
+                    // Stall now and then, long enough for every queue on the way to fill.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            client::ClientEvent::Summary(s) => summary = Some(s),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, LINES);
+    assert_eq!(summary.map(|s| s.ok), Some(1));
+    Ok(())
+}

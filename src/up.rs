@@ -8,7 +8,6 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,14 +96,7 @@ fn write_client_config(
          [main]\nteam = {:?}\nidentity = {:?}\nsecret = {:?}\nurl = \"http://{api}\"\nbroker = \"tcp://{broker}\"\n",
         admin.team, admin.identity, admin.secret
     );
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    controlplane::write_private(path, &text)?;
     Ok(())
 }
 

@@ -260,7 +260,7 @@ fn load_or_create_secret(
 }
 
 /// Writes a file only its owner may read (0600).
-fn write_private(path: &Path, text: &str) -> Result<(), ControlError> {
+pub fn write_private(path: &Path, text: &str) -> Result<(), ControlError> {
     let io = |source| ControlError::Io {
         what: "cannot write",
         path: path.display().to_string(),

@@ -274,7 +274,7 @@ async fn a_flood_of_output_to_a_slow_client_loses_nothing() -> Result<()> {
                 let line = String::from_utf8_lossy(&data);
                 assert!(line.starts_with(&format!("{seen} 000")), "in order: {seen}");
                 assert_eq!(line.len(), seen.to_string().len() + 501);
-                if seen % 2_000 == 0 {
+                if seen.is_multiple_of(2_000) {
                     // Stall now and then, long enough for every queue on the way to fill.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

@@ -462,11 +462,15 @@ async fn read_loop(
     let mut silence_set = tokio::time::Instant::now();
     loop {
         // Frames already buffered are handled without the socket, the timer or the select.
+        let mut from_socket = false;
         let frame = match reader.try_frame() {
             Ok(Some(frame)) => Ok(frame),
             Ok(None) => tokio::select! {
                 _ = until_closed(&mut closed_rx) => break,
-                frame = reader.read_frame() => frame,
+                frame = reader.read_frame() => {
+                    from_socket = true;
+                    frame
+                }
                 () = &mut silence, if silence_limit.is_some() => {
                     tracing::debug!("the broker went silent");
                     Err(ConnectionError::Closed)
@@ -481,7 +485,8 @@ async fn read_loop(
                 break;
             }
         };
-        if let Some(limit) = silence_limit {
+        // The clock is read once per read from the socket, not once per buffered frame.
+        if let (Some(limit), true) = (silence_limit, from_socket) {
             let now = tokio::time::Instant::now();
             if now.duration_since(silence_set) >= silence_step {
                 silence.as_mut().reset(now + limit);
@@ -506,29 +511,46 @@ async fn read_loop(
                 }
             },
         };
-        let sender = {
+        // The usual case is settled under one lock, without cloning the sender: room in
+        // the request's channel (`try_send` never waits), or nobody left to read it.
+        let full = {
             let mut pending = lock(&pending);
-            if event.is_final() {
-                pending.senders.remove(&id)
-            } else {
-                pending.senders.get(&id).cloned()
+            let last = event.is_final();
+            let Some(sender) = pending.senders.get(&id) else {
+                tracing::debug!(id, "event for a request nobody waits for; ignored");
+                continue;
+            };
+            match sender.try_send(event) {
+                Ok(()) => {
+                    if last {
+                        pending.senders.remove(&id);
+                    }
+                    None
+                }
+                Err(flume::TrySendError::Disconnected(_)) => {
+                    pending.senders.remove(&id);
+                    None
+                }
+                Err(flume::TrySendError::Full(event)) => {
+                    let sender = if last {
+                        pending.senders.remove(&id)
+                    } else {
+                        pending.senders.get(&id).cloned()
+                    };
+                    sender.map(|sender| (sender, event))
+                }
             }
         };
-        let Some(sender) = sender else {
-            tracing::debug!(id, "event for a request nobody waits for; ignored");
-            continue;
-        };
-        // Waiting here is the backpressure: while a consumer is slow, the socket is not read.
-        let delivered = match sender.try_send(event) {
-            Ok(()) => true,
-            Err(flume::TrySendError::Disconnected(_)) => false,
-            Err(flume::TrySendError::Full(event)) => tokio::select! {
+        // A full channel: waiting here is the backpressure. While a consumer is slow, the
+        // socket is not read.
+        if let Some((sender, event)) = full {
+            let delivered = tokio::select! {
                 _ = until_closed(&mut closed_rx) => break,
                 sent = sender.send_async(event) => sent.is_ok(),
-            },
-        };
-        if !delivered {
-            lock(&pending).senders.remove(&id);
+            };
+            if !delivered {
+                lock(&pending).senders.remove(&id);
+            }
         }
     }
     // Dropping the senders ends every pending request with `Disconnected`.

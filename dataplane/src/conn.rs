@@ -15,6 +15,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 /// Write buffer capacity a connection keeps between bursts.
 const KEEP_BUFFER: usize = 64 * 1024;
@@ -88,6 +89,9 @@ pub(crate) struct FrameReader {
     stream: SharedStream,
     buf: BytesMut,
     max_frame: usize,
+    /// When a read from the socket last brought bytes: the peer's last sign of life, read
+    /// from the clock once per burst instead of once per frame.
+    last_read: Instant,
 }
 
 impl FrameReader {
@@ -96,7 +100,13 @@ impl FrameReader {
             stream,
             buf: BytesMut::with_capacity(INITIAL_BUFFER),
             max_frame,
+            last_read: Instant::now(),
         }
+    }
+
+    /// When bytes last arrived from the socket.
+    pub(crate) fn last_read(&self) -> Instant {
+        self.last_read
     }
 
     /// The next frame.
@@ -125,6 +135,7 @@ impl FrameReader {
                 }
             };
             self.buf.truncate(filled + n);
+            self.last_read = Instant::now();
             if n == 0 {
                 if self.buf.is_empty() {
                     return Err(ReadError::Closed);

@@ -160,7 +160,12 @@ pub(crate) struct Shard {
             HashMap<String, HashMap<(Algorithm, &'static str), prometheus::IntCounter>>,
         >,
     >,
+    /// Emptied action lists, reused by [`Shard::with_request`] instead of a new one per call.
+    action_lists: RefCell<Vec<Vec<Action>>>,
 }
+
+/// Action lists the pool keeps: more than the deepest nesting of `with_request`.
+const ACTION_LISTS_KEPT: usize = 8;
 
 impl Shard {
     pub(crate) fn new(
@@ -196,6 +201,7 @@ impl Shard {
             durations: [Algorithm::Roundrobin, Algorithm::Mirror, Algorithm::Serial]
                 .map(|a| metrics::REQUEST_SECONDS.with_label_values(&[&a.to_string()])),
             request_counters: RefCell::new(HashMap::new()),
+            action_lists: RefCell::new(Vec::new()),
         }
     }
 
@@ -296,7 +302,7 @@ impl Shard {
                     break;
                 }
             };
-            last_seen.set(Instant::now());
+            last_seen.set(reader.last_read());
             let ok = match role {
                 Role::Client => self.on_client_frame(conn_id, frame).await,
                 Role::Worker => {
@@ -565,7 +571,8 @@ impl Shard {
         let n_workers = run.n_workers();
         let key = self.next_request.get();
         self.next_request.set(key + 1);
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        let deadline = now + timeout;
         let client = ClientSide {
             conn_id,
             request_id: id,
@@ -582,7 +589,7 @@ impl Shard {
             }
             state.deadlines.insert((deadline, key));
             if request.wait {
-                state.routed_held.push_back((Instant::now(), key));
+                state.routed_held.push_back((now, key));
             }
             state.requests.insert(
                 key,
@@ -592,7 +599,7 @@ impl Shard {
                         algorithm: service.algorithm,
                         n_workers,
                     }),
-                    started: Instant::now(),
+                    started: now,
                     service: service.clone(),
                     algorithm: service.algorithm,
                     client_conn: conn_id,
@@ -626,7 +633,9 @@ impl Shard {
 
     /// Runs `f` on request `key`'s state machine and carries out the actions it returns.
     async fn with_request(&self, key: u64, f: impl FnOnce(&mut RequestRun, &mut Vec<Action>)) {
-        let mut actions = Vec::new();
+        // A list from the pool: with_request runs several times per request (start, every
+        // worker event), and carrying out actions may nest another call.
+        let mut actions = self.action_lists.borrow_mut().pop().unwrap_or_default();
         let client = {
             let mut state = self.state.borrow_mut();
             let Some(entry) = state.requests.get_mut(&key) else {
@@ -642,8 +651,8 @@ impl Shard {
         self.carry_out(key, client, actions).await;
     }
 
-    async fn carry_out(&self, key: u64, client: ClientSide, actions: Vec<Action>) {
-        for action in actions {
+    async fn carry_out(&self, key: u64, client: ClientSide, mut actions: Vec<Action>) {
+        for action in actions.drain(..) {
             match action {
                 Action::Dispatch {
                     dispatch_id,
@@ -721,6 +730,10 @@ impl Shard {
                     }
                 }
             }
+        }
+        let mut pool = self.action_lists.borrow_mut();
+        if pool.len() < ACTION_LISTS_KEPT {
+            pool.push(actions);
         }
     }
 

@@ -138,9 +138,11 @@ pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, Pro
         buf.reserve(LEN_PREFIX + len - buf.len());
         return Ok(None);
     }
-    buf.advance(LEN_PREFIX);
-    let body = buf.split_to(len);
-    decode_body(&body).map(Some)
+    // Read in place, then step over it: `split_to` would turn the buffer into a shared one
+    // (an allocation, then an atomic count per frame) for a body that is dropped at once.
+    let frame = decode_body(&buf[LEN_PREFIX..LEN_PREFIX + len]);
+    buf.advance(LEN_PREFIX + len);
+    frame.map(Some)
 }
 
 /// Validates and deserializes one frame body (no length prefix).

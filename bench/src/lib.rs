@@ -126,6 +126,13 @@ pub struct LoadArgs {
     /// Measure exactly N requests per system instead of a duration.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+
+    /// Measure in this many rounds, taking turns: every system measures one slice of the
+    /// duration (or count) per round, so a change in the machine's speed during the run
+    /// touches every system alike and the ratios hold still. The first round of each
+    /// system warms up for `--warmup`, the later ones for a quarter of it.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// The service requests go to (with `--broker`, one your workers serve with `echo`).
     #[arg(long, default_value = "bench")]
     pub service: String,

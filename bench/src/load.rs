@@ -8,6 +8,11 @@
 //!   silently lowering the rate (coordinated omission).
 //!
 //! A warm-up with the same shape runs first; its requests are not counted.
+//!
+//! Every system is started first and they measure in turns (`--rounds`, default 3): one
+//! slice of the duration or count per system per round, merged at the end. The machine this
+//! runs on is shared and its speed drifts over tens of seconds; measured one after the
+//! other, the systems would each see a different machine and the ratios would move with it.
 
 use crate::report::{latency_histogram, Report, SystemResult};
 use crate::{LoadArgs, Notes, System};
@@ -52,6 +57,54 @@ pub(crate) struct Shape {
     pub warmup: Duration,
     pub stop: Stop,
     pub payload: usize,
+}
+
+impl Shape {
+    /// Round `round` of `rounds`: its share of the duration or count, and its warm-up (the
+    /// whole warm-up in the first round; a quarter of it later, to settle again after the
+    /// other systems had their turn).
+    fn slice(&self, round: u64, rounds: u64) -> Shape {
+        let rounds = rounds.max(1);
+        let stop = match self.stop {
+            Stop::After(d) => Stop::After(d / rounds as u32),
+            Stop::Count(n) => Stop::Count(n / rounds + u64::from(round < n % rounds)),
+        };
+        Shape {
+            warmup: if round == 0 {
+                self.warmup
+            } else {
+                self.warmup / 4
+            },
+            stop,
+            ..self.clone()
+        }
+    }
+}
+
+/// A system under test, started once and measured in turns.
+enum Target {
+    Triggerfs(crate::triggerfs::Running),
+    Relay(crate::relay::Relay),
+    Nats(crate::nats::Nats),
+}
+
+impl Target {
+    /// One measuring slice under `shape`.
+    async fn drive(&self, shape: &Shape, notes: &Notes) -> SystemResult {
+        match self {
+            Target::Triggerfs(running) => drive("triggerfs", running.caller(), shape, notes).await,
+            Target::Relay(relay) => drive("relay", relay.caller(), shape, notes).await,
+            Target::Nats(nats) => drive("nats", nats.caller(), shape, notes).await,
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Target::Triggerfs(running) => running.stop().await,
+            Target::Relay(relay) => relay.stop(),
+            Target::Nats(nats) => nats.stop(),
+        }
+    }
 }
 
 /// Counters and histogram of one measuring window.
@@ -362,13 +415,21 @@ pub(crate) async fn measure_mode(
     }
     params.insert("broker".into(), json!(common.broker));
     params.insert("systems".into(), json!(common.systems));
+    let rounds = match shape.stop {
+        Stop::Count(n) => u64::from(args.rounds).min(n.max(1)),
+        Stop::After(_) => u64::from(args.rounds),
+    };
+    params.insert("rounds".into(), json!(rounds));
     let mut report = Report::new(mode, params, common.out.clone());
     let mut order = common.systems.clone();
     order.dedup();
     // triggerfs first so that ratios read naturally in the table.
     order.sort_by_key(|s| *s as u8);
+
+    // Everything is started first and stays up, so that the systems can take turns.
+    let mut targets = Vec::new();
     for system in order {
-        match system {
+        let started = match system {
             System::Triggerfs => {
                 let setup = crate::triggerfs::Setup {
                     broker: common.broker.clone(),
@@ -378,29 +439,82 @@ pub(crate) async fn measure_mode(
                     connections,
                     service: args.service.clone(),
                 };
-                let running = crate::triggerfs::start(&setup).await?;
-                let result = drive("triggerfs", running.caller(), &shape, notes).await;
-                running.stop().await;
-                report.systems.push(result);
+                crate::triggerfs::start(&setup).await.map(Target::Triggerfs)
             }
-            System::Relay => {
-                let relay = crate::relay::start(connections, shards).await?;
-                let result = drive("relay", relay.caller(), &shape, notes).await;
-                relay.stop();
-                report.systems.push(result);
-            }
-            System::Nats => match crate::nats::start(&common.nats, workers, connections).await? {
-                Some(nats) => {
-                    let result = drive("nats", nats.caller(), &shape, notes).await;
-                    nats.stop();
-                    report.systems.push(result);
-                }
-                None => {
+            System::Relay => crate::relay::start(connections, shards)
+                .await
+                .map(Target::Relay),
+            System::Nats => match crate::nats::start(&common.nats, workers, connections).await {
+                Ok(Some(nats)) => Ok(Target::Nats(nats)),
+                Ok(None) => {
                     let line = format!("nats: skipped (no server on {})", common.nats);
                     report.skipped.push(line);
+                    continue;
                 }
+                Err(e) => Err(e),
             },
+        };
+        match started {
+            Ok(target) => targets.push(target),
+            Err(e) => {
+                for target in targets {
+                    target.stop().await;
+                }
+                return Err(e);
+            }
         }
     }
+
+    let mut results: Vec<Option<SystemResult>> = targets.iter().map(|_| None).collect();
+    for round in 0..rounds {
+        let slice = shape.slice(round, rounds);
+        for (target, result) in targets.iter().zip(results.iter_mut()) {
+            let measured = target.drive(&slice, notes).await;
+            *result = Some(match result.take() {
+                Some(so_far) => so_far.merge(measured),
+                None => measured,
+            });
+        }
+    }
+    for target in targets {
+        target.stop().await;
+    }
+    report.systems.extend(results.into_iter().flatten());
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(stop: Stop) -> Shape {
+        Shape {
+            rate: None,
+            in_flight: 1,
+            warmup: Duration::from_secs(2),
+            stop,
+            payload: 64,
+        }
+    }
+
+    /// The slices of a count add up to it exactly; a duration is shared evenly; only the
+    /// first round warms up fully.
+    #[test]
+    fn rounds_share_the_measurement() {
+        let whole = shape(Stop::Count(400));
+        let counts: Vec<u64> = (0..3)
+            .map(|round| match whole.slice(round, 3).stop {
+                Stop::Count(n) => n,
+                Stop::After(_) => panic!("a count stays a count"),
+            })
+            .collect();
+        assert_eq!(counts, [134, 133, 133]);
+        let timed = shape(Stop::After(Duration::from_secs(9)));
+        for round in 0..3 {
+            let slice = timed.slice(round, 3);
+            assert!(matches!(slice.stop, Stop::After(d) if d == Duration::from_secs(3)));
+            let warmup = if round == 0 { 2000 } else { 500 };
+            assert_eq!(slice.warmup, Duration::from_millis(warmup));
+        }
+    }
 }

@@ -33,7 +33,7 @@ pub struct SystemResult {
     pub received: u64,
     /// Failed, wrong or timed-out answers.
     pub errors: u64,
-    /// The measuring window (first scheduled send to last answer).
+    /// The measuring window (first scheduled send to last answer), summed over rounds.
     pub elapsed: Duration,
     /// Fan-out figures (fanout mode, triggerfs only).
     pub fanout: Option<FanoutFigures>,
@@ -152,6 +152,18 @@ impl SystemResult {
     /// p99.9 latency in µs.
     pub fn p999_us(&self) -> Option<f64> {
         self.quantile_us(0.999)
+    }
+
+    /// This result and a later slice of the same system's measurement, as one.
+    pub fn merge(mut self, other: SystemResult) -> SystemResult {
+        self.hist
+            .add(&other.hist)
+            .expect("latency histograms share their bounds");
+        self.sent += other.sent;
+        self.received += other.received;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self
     }
 
     /// Correct answers per second of the measuring window.

@@ -62,7 +62,14 @@ fn check_document(doc: &Value, expect: &[&str]) -> Vec<Value> {
     systems
 }
 
+/// One benchmark at a time in this process. `fanout --idle` forks its broker; under plain
+/// `cargo test` the other tests run on threads of the same process, and a fork taken while
+/// one of them holds a lock (the metrics registry, the log writer) leaves the child waiting
+/// on it forever. (nextest runs each test in a process of its own.)
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn run_mode(line: &str) -> (Value, tempfile::TempDir) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let out = tempfile::tempdir().unwrap();
     let mut report = bench::measure(&args(line, out.path()), &mut bench::Notes::quiet())
         .await
@@ -87,6 +94,7 @@ async fn latency_closed_loop_counts_every_answer() {
     assert_eq!(doc["params"]["in_flight"], 1);
     assert_eq!(doc["params"]["shards"], 1);
     assert_eq!(doc["params"]["spin_us"], 100, "the default spin is printed");
+    assert_eq!(doc["params"]["rounds"], 3, "systems take turns in 3 rounds by default");
     assert!(doc["ratios"]["p50_vs_relay"].as_f64().is_some(), "{doc}");
     assert!(doc["ratios"]["p50_vs_nats"].is_null(), "{doc}");
     for file in [

@@ -94,7 +94,10 @@ async fn latency_closed_loop_counts_every_answer() {
     assert_eq!(doc["params"]["in_flight"], 1);
     assert_eq!(doc["params"]["shards"], 1);
     assert_eq!(doc["params"]["spin_us"], 100, "the default spin is printed");
-    assert_eq!(doc["params"]["rounds"], 3, "systems take turns in 3 rounds by default");
+    assert_eq!(
+        doc["params"]["rounds"], 3,
+        "systems take turns in 3 rounds by default"
+    );
     assert!(doc["ratios"]["p50_vs_relay"].as_f64().is_some(), "{doc}");
     assert!(doc["ratios"]["p50_vs_nats"].is_null(), "{doc}");
     for file in [

@@ -71,7 +71,7 @@ struct ShardArgs {
     heartbeat: Duration,
     /// How long an idle shard polls before sleeping (catches answers without a wake-up's
     /// latency; pins each shard to a core). `0s`: never spin, never pin.
-    #[arg(long, env = "TRIGGERFS_SPIN", default_value = "100us", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRIGGERFS_SPIN", default_value = "30us", value_parser = humantime::parse_duration)]
     spin: Duration,
 }
 

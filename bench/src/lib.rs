@@ -63,7 +63,7 @@ pub struct CommonArgs {
     pub shards: Option<usize>,
     /// How long an idle shard of the in-process broker polls before sleeping (as
     /// `triggerfs broker --spin`); `0s` never spins.
-    #[arg(long, default_value = "100us", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30us", value_parser = humantime::parse_duration)]
     pub spin: std::time::Duration,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 64)]

@@ -93,7 +93,7 @@ async fn latency_closed_loop_counts_every_answer() {
     assert_eq!(doc["params"]["mode"], "latency");
     assert_eq!(doc["params"]["in_flight"], 1);
     assert_eq!(doc["params"]["shards"], 1);
-    assert_eq!(doc["params"]["spin_us"], 100, "the default spin is printed");
+    assert_eq!(doc["params"]["spin_us"], 30, "the default spin is printed");
     assert_eq!(
         doc["params"]["rounds"], 3,
         "systems take turns in 3 rounds by default"

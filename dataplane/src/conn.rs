@@ -216,6 +216,40 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues `frame` even beyond the bound, and says whether the bound is reached: the
+    /// caller is then to wait for [`Outbox::room`] before it takes more work. Lets a shard
+    /// handle a frame without an await (and without a future per send); the overshoot is
+    /// the few frames one incoming frame can cause.
+    pub(crate) fn push(&self, frame: &Frame) -> Result<bool, SendError> {
+        let mut state = self.state.borrow_mut();
+        if state.closed {
+            return Err(SendError::Closed);
+        }
+        if let Err(e) = proto::encode(frame, &mut state.buf, self.max_frame) {
+            tracing::warn!(error = %e, kind = frame.kind_name(), "frame not sent");
+            return Ok(state.frames >= self.depth);
+        }
+        state.frames += 1;
+        if let Some(writer) = state.writer.take() {
+            writer.wake();
+        }
+        Ok(state.frames >= self.depth)
+    }
+
+    /// Waits until fewer than `depth` frames wait for the writer, or the connection closes.
+    pub(crate) async fn room(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.borrow_mut();
+            if state.closed || state.frames < self.depth {
+                Poll::Ready(())
+            } else {
+                state.room.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
     /// Queues `frame`, waiting for room; `Err` once the connection is closing.
     pub(crate) async fn send(&self, frame: &Frame) -> Result<(), SendError> {
         std::future::poll_fn(|cx| match self.try_send(frame) {

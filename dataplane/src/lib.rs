@@ -213,7 +213,8 @@ pub fn start(
                     let shard = shard.clone();
                     glommio::spawn_local(async move {
                         while let Some(msg) = stream.recv().await {
-                            shard.on_shard_msg(msg).await;
+                            shard.on_shard_msg(msg);
+                            shard.settle_mesh_receiver().await;
                         }
                     })
                     .detach();

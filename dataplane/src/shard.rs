@@ -10,7 +10,7 @@
 //! worker's frames are routed home without a lookup table.
 
 use crate::config::{ConfigSource, Principal};
-use crate::conn::{write_loop, FrameReader, Outbox, ReadError, SendError, SharedStream};
+use crate::conn::{write_loop, FrameReader, Outbox, ReadError, SharedStream};
 use crate::metrics;
 use crate::registry::{Registry, WorkerAt, WorkerRef};
 use crate::request::{Action, Policy, RequestRun, WorkerEvent};
@@ -162,6 +162,23 @@ pub(crate) struct Shard {
     >,
     /// Emptied action lists, reused by [`Shard::with_request`] instead of a new one per call.
     action_lists: RefCell<Vec<Vec<Action>>>,
+    /// What the frame being handled left to wait for; see [`Shard::take_unsettled`].
+    unsettled: RefCell<Unsettled>,
+}
+
+/// What handling one frame (or mesh message, or tick) left behind to wait for.
+///
+/// Frames are handled without an await, so that the chain of calls a frame goes through
+/// builds no futures (each would be moved, at its full size, into its caller's). Sends that
+/// find a connection's outbox at its bound or the mesh channel full are noted here instead,
+/// and the task that handled the frame waits for them before it reads the next one: the
+/// same backpressure as awaiting each send, one frame later.
+#[derive(Default)]
+pub(crate) struct Unsettled {
+    /// Outboxes at or over their bound.
+    congested: Vec<Rc<Outbox>>,
+    /// Cross-shard messages that found the channel full, in order.
+    mesh: Vec<(usize, ShardMsg)>,
 }
 
 /// Action lists the pool keeps: more than the deepest nesting of `with_request`.
@@ -202,6 +219,7 @@ impl Shard {
                 .map(|a| metrics::REQUEST_SECONDS.with_label_values(&[&a.to_string()])),
             request_counters: RefCell::new(HashMap::new()),
             action_lists: RefCell::new(Vec::new()),
+            unsettled: RefCell::new(Unsettled::default()),
         }
     }
 
@@ -298,18 +316,20 @@ impl Shard {
                     break;
                 }
                 Err(ReadError::Proto(e)) => {
-                    self.reject(conn_id, &e).await;
+                    self.reject(conn_id, &e);
+                    self.settle().await;
                     break;
                 }
             };
             last_seen.set(reader.last_read());
-            let ok = match role {
-                Role::Client => self.on_client_frame(conn_id, frame).await,
-                Role::Worker => {
-                    self.on_worker_frame(conn_id, &team, &identity, at, frame)
-                        .await
+            let ok = match (role, frame) {
+                (Role::Client, frame) => self.on_client_frame(conn_id, frame),
+                (Role::Worker, Frame::Announce { services }) => {
+                    Box::pin(self.on_announce(conn_id, &team, &identity, at, services)).await
                 }
+                (Role::Worker, frame) => self.on_worker_frame(conn_id, frame),
             };
+            self.settle().await;
             if !ok {
                 break;
             }
@@ -319,7 +339,59 @@ impl Shard {
             .with_label_values(&[role_label(role), &self.idx.to_string()])
             .dec();
         self.close_conn(conn_id, &team, identity, at).await;
+        self.settle().await;
         out.close();
+    }
+
+    /// Takes what the handling so far left to wait for. Taken at once, before any await,
+    /// so each task waits only for what its own frame caused, in order.
+    fn take_unsettled(&self) -> Option<Unsettled> {
+        let mut unsettled = self.unsettled.borrow_mut();
+        if unsettled.congested.is_empty() && unsettled.mesh.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut *unsettled))
+    }
+
+    /// Waits for room in every outbox the last frame filled and sends the cross-shard
+    /// messages that found the mesh full. Nothing to wait for (the usual case) costs no
+    /// future.
+    pub(crate) fn settle(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let unsettled = self.take_unsettled();
+        async move {
+            let Some(unsettled) = unsettled else { return };
+            for (peer, msg) in unsettled.mesh {
+                if let Some(senders) = &self.senders {
+                    let _ = senders.send_to(peer, msg).await;
+                }
+            }
+            for out in unsettled.congested {
+                out.room().await;
+            }
+        }
+    }
+
+    /// As [`Shard::settle`], for the task that receives from the mesh: it must never wait
+    /// on the mesh itself (two shards waiting on each other's full channel would
+    /// deadlock), so its cross-shard sends go out from tasks of their own.
+    pub(crate) async fn settle_mesh_receiver(&self) {
+        let Some(unsettled) = self.take_unsettled() else {
+            return;
+        };
+        for (peer, msg) in unsettled.mesh {
+            self.mesh_send(peer, msg);
+        }
+        for out in unsettled.congested {
+            out.room().await;
+        }
+    }
+
+    /// Queues `frame` on `out`; an outbox at its bound is noted for [`Shard::settle`]. A
+    /// closed connection drops its frames; its close handler cleans up.
+    fn push_to(&self, out: &Rc<Outbox>, frame: &Frame) {
+        if let Ok(true) = out.push(frame) {
+            self.unsettled.borrow_mut().congested.push(out.clone());
+        }
     }
 
     /// Reads and checks the `Hello`. On refusal, queues the answer and returns `None`.
@@ -372,7 +444,7 @@ impl Shard {
     }
 
     /// Answers a frame that could not be decoded; the caller then closes the connection.
-    async fn reject(&self, conn_id: u64, e: &ProtoError) {
+    fn reject(&self, conn_id: u64, e: &ProtoError) {
         let (kind, message) = proto_error_kind(e);
         metrics::REJECTED
             .with_label_values(&[metrics::kind_label(kind)])
@@ -380,13 +452,12 @@ impl Shard {
         warn!(shard = self.idx, conn_id, %message, "closing connection on bad frame");
         self.send_to_conn(
             conn_id,
-            Frame::Error {
+            &Frame::Error {
                 id: None,
                 kind,
                 message,
             },
-        )
-        .await;
+        );
     }
 
     async fn close_conn(&self, conn_id: u64, team: &str, identity: Arc<str>, at: WorkerAt) {
@@ -403,7 +474,7 @@ impl Shard {
                         .get(&key)
                         .is_some_and(|r| r.wait);
                     if waited {
-                        self.with_request(key, |run, out| run.on_cancel(out)).await;
+                        self.with_request(key, |run, out| run.on_cancel(out));
                     }
                 }
             }
@@ -413,35 +484,26 @@ impl Shard {
                 self.broadcast_worker(ShardMsgKind::Offline, team, identity, at)
                     .await;
                 for dispatch_id in inflight {
-                    self.route_event(dispatch_id, WorkerEvent::Lost).await;
+                    self.route_event(dispatch_id, WorkerEvent::Lost);
                 }
             }
         }
     }
 
-    async fn send_to_conn(&self, conn_id: u64, frame: Frame) {
-        let out = {
-            let state = self.state.borrow();
-            let Some(conn) = state.conns.get(&conn_id) else {
-                return;
-            };
-            // The usual case: room in the outbox, queued without a future of its own.
-            match conn.out.try_send(&frame) {
-                Ok(()) | Err(SendError::Closed) => return,
-                Err(SendError::Full) => conn.out.clone(),
-            }
-        };
-        // A closed connection drops its frames; its close handler cleans up.
-        let _ = out.send(&frame).await;
+    fn send_to_conn(&self, conn_id: u64, frame: &Frame) {
+        let state = self.state.borrow();
+        if let Some(conn) = state.conns.get(&conn_id) {
+            self.push_to(&conn.out, frame);
+        }
     }
 
     // ---------------------------------------------------------------- clients
 
-    async fn on_client_frame(&self, conn_id: u64, frame: Frame) -> bool {
+    fn on_client_frame(&self, conn_id: u64, frame: Frame) -> bool {
         match frame {
             Frame::Heartbeat => true,
             Frame::Request(request) => {
-                self.on_request(conn_id, request).await;
+                self.on_request(conn_id, request);
                 true
             }
             Frame::Cancel { id } => {
@@ -453,7 +515,7 @@ impl Shard {
                     _ => None,
                 };
                 if let Some(key) = key {
-                    self.with_request(key, |run, out| run.on_cancel(out)).await;
+                    self.with_request(key, |run, out| run.on_cancel(out));
                 }
                 true
             }
@@ -463,39 +525,35 @@ impl Shard {
                     &ProtoError::Malformed {
                         reason: format!("a client may not send {}", other.kind_name()),
                     },
-                )
-                .await;
+                );
                 false
             }
         }
     }
 
-    async fn request_error(&self, conn_id: u64, id: u64, kind: ErrorKind, message: String) {
+    fn request_error(&self, conn_id: u64, id: u64, kind: ErrorKind, message: String) {
         metrics::REQUESTS
             .with_label_values(&["", "", metrics::kind_label(kind)])
             .inc();
         self.send_to_conn(
             conn_id,
-            Frame::Error {
+            &Frame::Error {
                 id: Some(id),
                 kind,
                 message,
             },
-        )
-        .await;
+        );
     }
 
-    async fn on_request(&self, conn_id: u64, request: Request) {
+    fn on_request(&self, conn_id: u64, request: Request) {
         let id = request.id;
         if let Err(e) = proto::names::check_service_ref(&request.service) {
             return self
-                .request_error(conn_id, id, ErrorKind::BadRequest, e.to_string())
-                .await;
+                .request_error(conn_id, id, ErrorKind::BadRequest, e.to_string());
         }
         if let Err(e) = proto::names::check_plugin(&request.plugin) {
             return self
-                .request_error(conn_id, id, ErrorKind::PluginNotFound, e.to_string())
-                .await;
+                .request_error(conn_id, id, ErrorKind::PluginNotFound, e.to_string());
         }
         let principal = match self.state.borrow().conns.get(&conn_id) {
             Some(Conn {
@@ -509,14 +567,12 @@ impl Shard {
             _ => None,
         };
         let Some(principal) = principal else {
-            return self
-                .request_error(
-                    conn_id,
-                    id,
-                    ErrorKind::BadRequest,
-                    format!("request id {id} is already in use on this connection"),
-                )
-                .await;
+            return self.request_error(
+                conn_id,
+                id,
+                ErrorKind::BadRequest,
+                format!("request id {id} is already in use on this connection"),
+            );
         };
 
         // Resolve and pick workers without holding the borrow past this block.
@@ -559,7 +615,7 @@ impl Shard {
         };
         let (service, targets) = match resolved {
             Ok(r) => r,
-            Err((kind, message)) => return self.request_error(conn_id, id, kind, message).await,
+            Err((kind, message)) => return self.request_error(conn_id, id, kind, message),
         };
 
         let timeout = if request.timeout_ms > 0 {
@@ -621,18 +677,16 @@ impl Shard {
         self.inflight.inc();
         debug!(shard = self.idx, service = %service.name, algorithm = %service.algorithm, n_workers, "request routed");
         if !client.wait {
-            self.send_to_conn(conn_id, Frame::Queued { id, n_workers })
-                .await;
+            self.send_to_conn(conn_id, &Frame::Queued { id, n_workers });
         }
         self.with_request(key, |run, out| {
             let mut ids = || self.next_dispatch_id();
             run.start(&mut ids, out)
-        })
-        .await;
+        });
     }
 
     /// Runs `f` on request `key`'s state machine and carries out the actions it returns.
-    async fn with_request(&self, key: u64, f: impl FnOnce(&mut RequestRun, &mut Vec<Action>)) {
+    fn with_request(&self, key: u64, f: impl FnOnce(&mut RequestRun, &mut Vec<Action>)) {
         // A list from the pool: with_request runs several times per request (start, every
         // worker event), and carrying out actions may nest another call.
         let mut actions = self.action_lists.borrow_mut().pop().unwrap_or_default();
@@ -648,19 +702,19 @@ impl Shard {
                 wait: entry.wait,
             }
         };
-        self.carry_out(key, client, actions).await;
+        self.carry_out(key, client, actions);
     }
 
-    async fn carry_out(&self, key: u64, client: ClientSide, mut actions: Vec<Action>) {
+    fn carry_out(&self, key: u64, client: ClientSide, mut actions: Vec<Action>) {
         for action in actions.drain(..) {
             match action {
                 Action::Dispatch {
                     dispatch_id,
                     worker,
-                } => self.dispatch(key, dispatch_id, worker).await,
+                } => self.dispatch(key, dispatch_id, worker),
                 Action::Cancel { dispatch_id, at } => {
                     if at.shard_idx == self.idx {
-                        self.cancel_local(at.conn_id, dispatch_id).await;
+                        self.cancel_local(at.conn_id, dispatch_id);
                     } else {
                         self.mesh_send(
                             at.shard_idx,
@@ -683,17 +737,16 @@ impl Shard {
                             .get_mut(&key)
                             .and_then(|e| e.routed.take());
                         if let Some(routed) = routed {
-                            self.send_to_conn(client.conn_id, routed).await;
+                            self.send_to_conn(client.conn_id, &routed);
                         }
                         self.send_to_conn(
                             client.conn_id,
-                            Frame::Reply {
+                            &Frame::Reply {
                                 id: client.request_id,
                                 worker: worker.to_string(),
                                 event,
                             },
-                        )
-                        .await;
+                        );
                     }
                 }
                 Action::Finish { summary } => {
@@ -716,17 +769,16 @@ impl Shard {
                         self.count_finished(e, &summary);
                     }
                     if let Some(routed) = entry.as_mut().and_then(|e| e.routed.take()) {
-                        self.send_to_conn(client.conn_id, routed).await;
+                        self.send_to_conn(client.conn_id, &routed);
                     }
                     if client.wait && entry.is_some() {
                         self.send_to_conn(
                             client.conn_id,
-                            Frame::Summary {
+                            &Frame::Summary {
                                 id: client.request_id,
                                 summary,
                             },
-                        )
-                        .await;
+                        );
                     }
                 }
             }
@@ -737,7 +789,7 @@ impl Shard {
         }
     }
 
-    async fn dispatch(&self, key: u64, dispatch_id: u64, worker: WorkerRef) {
+    fn dispatch(&self, key: u64, dispatch_id: u64, worker: WorkerRef) {
         let dispatch = {
             let mut state = self.state.borrow_mut();
             let Some(entry) = state.requests.get(&key) else {
@@ -757,7 +809,7 @@ impl Shard {
             dispatch
         };
         if worker.at.shard_idx == self.idx {
-            self.deliver_local(worker.at.conn_id, dispatch).await;
+            self.deliver_local(worker.at.conn_id, dispatch);
         } else {
             self.mesh_send(
                 worker.at.shard_idx,
@@ -772,7 +824,7 @@ impl Shard {
     // ---------------------------------------------------------------- workers
 
     /// Hands a dispatch to a worker connected to this shard, or reports it lost.
-    async fn deliver_local(&self, conn_id: u64, dispatch: proto::Dispatch) {
+    fn deliver_local(&self, conn_id: u64, dispatch: proto::Dispatch) {
         let dispatch_id = dispatch.id;
         let out = {
             let mut state = self.state.borrow_mut();
@@ -788,16 +840,13 @@ impl Shard {
             }
         };
         match out {
-            Some(out) => {
-                if out.send(&Frame::Dispatch(dispatch)).await.is_err() {
-                    // The worker closed; its close handler reports the dispatch lost.
-                }
-            }
-            None => Box::pin(self.route_event(dispatch_id, WorkerEvent::Lost)).await,
+            // If the worker closed, its close handler reports the dispatch lost.
+            Some(out) => self.push_to(&out, &Frame::Dispatch(dispatch)),
+            None => self.route_event(dispatch_id, WorkerEvent::Lost),
         }
     }
 
-    async fn cancel_local(&self, conn_id: u64, dispatch_id: u64) {
+    fn cancel_local(&self, conn_id: u64, dispatch_id: u64) {
         let out = {
             let mut state = self.state.borrow_mut();
             match state.conns.get_mut(&conn_id) {
@@ -809,38 +858,40 @@ impl Shard {
             }
         };
         if let Some(out) = out {
-            let _ = out.send(&Frame::Cancel { id: dispatch_id }).await;
+            self.push_to(&out, &Frame::Cancel { id: dispatch_id });
         }
     }
 
-    async fn on_worker_frame(
+    /// A worker's `Announce`: the services it serves besides its identity.
+    async fn on_announce(
         &self,
         conn_id: u64,
         team: &str,
         identity: &Arc<str>,
         at: WorkerAt,
-        frame: Frame,
+        services: Vec<String>,
     ) -> bool {
+        for s in &services {
+            if let Err(e) = proto::names::check_simple("service", s) {
+                self.reject(
+                    conn_id,
+                    &ProtoError::Malformed {
+                        reason: e.to_string(),
+                    },
+                );
+                return false;
+            }
+        }
+        info!(shard = self.idx, %identity, ?services, "worker announced services");
+        self.broadcast_worker(ShardMsgKind::Online(services), team, identity.clone(), at)
+            .await;
+        true
+    }
+
+    /// Any other frame from a worker (`Announce` is [`Shard::on_announce`]'s).
+    fn on_worker_frame(&self, conn_id: u64, frame: Frame) -> bool {
         let (id, event, last) = match frame {
             Frame::Heartbeat => return true,
-            Frame::Announce { services } => {
-                for s in &services {
-                    if let Err(e) = proto::names::check_simple("service", s) {
-                        self.reject(
-                            conn_id,
-                            &ProtoError::Malformed {
-                                reason: e.to_string(),
-                            },
-                        )
-                        .await;
-                        return false;
-                    }
-                }
-                info!(shard = self.idx, %identity, ?services, "worker announced services");
-                self.broadcast_worker(ShardMsgKind::Online(services), team, identity.clone(), at)
-                    .await;
-                return true;
-            }
             Frame::Accepted { id } => (id, WorkerEvent::Accepted, false),
             Frame::Output {
                 id,
@@ -858,8 +909,7 @@ impl Shard {
                     &ProtoError::Malformed {
                         reason: format!("a worker may not send {}", other.kind_name()),
                     },
-                )
-                .await;
+                );
                 return false;
             }
         };
@@ -882,27 +932,36 @@ impl Shard {
             }
         };
         if known {
-            self.route_event(id, event).await;
+            self.route_event(id, event);
         }
         true
     }
 
-    /// Sends a worker event to the shard that owns its request.
-    async fn route_event(&self, dispatch_id: u64, event: WorkerEvent) {
+    /// Sends a worker event to the shard that owns its request. A full mesh channel is
+    /// waited for by [`Shard::settle`]: the backpressure from a slow request owner to this
+    /// worker. Behind a message already waiting for that shard, the event waits too, so
+    /// that events keep their order.
+    fn route_event(&self, dispatch_id: u64, event: WorkerEvent) {
         let home = (dispatch_id >> DISPATCH_SHARD_SHIFT) as usize;
         if home == self.idx {
-            self.on_event(dispatch_id, event).await;
+            self.on_event(dispatch_id, event);
         } else if home < self.n_shards {
-            if let Some(senders) = &self.senders {
-                // Awaiting here is the backpressure from a slow request owner to this worker.
-                let _ = senders
-                    .send_to(home, ShardMsg::Event { dispatch_id, event })
-                    .await;
+            let Some(senders) = &self.senders else { return };
+            let msg = ShardMsg::Event { dispatch_id, event };
+            let mut unsettled = self.unsettled.borrow_mut();
+            if unsettled.mesh.iter().any(|(peer, _)| *peer == home) {
+                unsettled.mesh.push((home, msg));
+                return;
+            }
+            if let Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(msg))) =
+                senders.try_send_to(home, msg)
+            {
+                unsettled.mesh.push((home, msg));
             }
         }
     }
 
-    async fn on_event(&self, dispatch_id: u64, event: WorkerEvent) {
+    fn on_event(&self, dispatch_id: u64, event: WorkerEvent) {
         let key = self
             .state
             .borrow()
@@ -913,8 +972,7 @@ impl Shard {
             self.with_request(key, |run, out| {
                 let mut ids = || self.next_dispatch_id();
                 run.on_event(dispatch_id, event, &mut ids, out)
-            })
-            .await;
+            });
         }
     }
 
@@ -977,7 +1035,7 @@ impl Shard {
     }
 
     /// Handles a message from another shard.
-    pub(crate) async fn on_shard_msg(&self, msg: ShardMsg) {
+    pub(crate) fn on_shard_msg(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::WorkerOnline {
                 team,
@@ -992,12 +1050,12 @@ impl Shard {
                 let mut state = self.state.borrow_mut();
                 state.registry.worker_offline(&team, &identity, at);
             }
-            ShardMsg::Dispatch { conn_id, dispatch } => self.deliver_local(conn_id, dispatch).await,
+            ShardMsg::Dispatch { conn_id, dispatch } => self.deliver_local(conn_id, dispatch),
             ShardMsg::Cancel {
                 conn_id,
                 dispatch_id,
-            } => self.cancel_local(conn_id, dispatch_id).await,
-            ShardMsg::Event { dispatch_id, event } => self.on_event(dispatch_id, event).await,
+            } => self.cancel_local(conn_id, dispatch_id),
+            ShardMsg::Event { dispatch_id, event } => self.on_event(dispatch_id, event),
         }
     }
 
@@ -1022,12 +1080,13 @@ impl Shard {
                 .sum();
             self.queued.set(queued as i64);
         }
-        self.release_routed().await;
-        self.expire().await;
+        self.release_routed();
+        self.expire();
+        self.settle().await;
     }
 
     /// Sends the `Routed` frames held back longer than [`ROUTED_HOLD`].
-    async fn release_routed(&self) {
+    fn release_routed(&self) {
         let now = Instant::now();
         loop {
             let due = {
@@ -1044,7 +1103,7 @@ impl Shard {
                 }
             };
             if let Some((conn_id, frame)) = due {
-                self.send_to_conn(conn_id, frame).await;
+                self.send_to_conn(conn_id, &frame);
             }
         }
     }
@@ -1101,7 +1160,7 @@ impl Shard {
     }
 
     /// Fires the timeouts that are due.
-    async fn expire(&self) {
+    fn expire(&self) {
         let now = Instant::now();
         loop {
             let due = {
@@ -1113,7 +1172,7 @@ impl Shard {
             };
             let Some((deadline, key)) = due else { break };
             self.state.borrow_mut().deadlines.remove(&(deadline, key));
-            self.with_request(key, |run, out| run.on_timeout(out)).await;
+            self.with_request(key, |run, out| run.on_timeout(out));
         }
     }
 }

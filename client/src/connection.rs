@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 use proto::{Frame, ProtoError, DEFAULT_MAX_FRAME};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -34,13 +34,19 @@ pub struct FrameReader {
 }
 
 /// Writes frames to the other half, buffered; call [`FrameWriter::flush`] after a batch.
+///
+/// Frames are encoded straight into the buffer the socket write takes (no second copy
+/// through a `BufWriter`).
 #[derive(Debug)]
 pub struct FrameWriter {
-    half: BufWriter<OwnedWriteHalf>,
-    scratch: BytesMut,
+    half: OwnedWriteHalf,
+    buf: BytesMut,
     max_frame: usize,
     last_flush: Instant,
 }
+
+/// Buffered bytes past which [`FrameWriter::feed`] writes them out before going on.
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// A writer that flushed this recently is under load: it waits one pass of the scheduler
 /// before the next flush, so that one `send(2)` carries a whole burst.
@@ -68,8 +74,8 @@ pub fn split(stream: TcpStream, max_frame: usize) -> (FrameReader, FrameWriter) 
             max_frame,
         },
         FrameWriter {
-            half: BufWriter::with_capacity(64 * 1024, w),
-            scratch: BytesMut::with_capacity(8 * 1024),
+            half: w,
+            buf: BytesMut::with_capacity(8 * 1024),
             max_frame,
             last_flush: Instant::now(),
         },
@@ -101,17 +107,25 @@ impl FrameReader {
 }
 
 impl FrameWriter {
-    /// Queues one frame in the write buffer (no flush).
+    /// Queues one frame in the write buffer (no flush, unless the buffer is full).
     pub async fn feed(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
-        self.scratch.clear();
-        proto::encode(frame, &mut self.scratch, self.max_frame)?;
-        self.half.write_all(&self.scratch).await?;
+        if self.buf.len() >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        proto::encode(frame, &mut self.buf, self.max_frame)?;
         Ok(())
     }
 
     /// Sends the buffered frames.
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
-        self.half.flush().await?;
+        if !self.buf.is_empty() {
+            self.half.write_all(&self.buf).await?;
+            self.buf.clear();
+            if self.buf.capacity() > 4 * WRITE_BATCH {
+                // A large frame grew it; a quiet connection should not keep the memory.
+                self.buf = BytesMut::with_capacity(8 * 1024);
+            }
+        }
         Ok(())
     }
 

@@ -548,12 +548,10 @@ impl Shard {
     fn on_request(&self, conn_id: u64, request: Request) {
         let id = request.id;
         if let Err(e) = proto::names::check_service_ref(&request.service) {
-            return self
-                .request_error(conn_id, id, ErrorKind::BadRequest, e.to_string());
+            return self.request_error(conn_id, id, ErrorKind::BadRequest, e.to_string());
         }
         if let Err(e) = proto::names::check_plugin(&request.plugin) {
-            return self
-                .request_error(conn_id, id, ErrorKind::PluginNotFound, e.to_string());
+            return self.request_error(conn_id, id, ErrorKind::PluginNotFound, e.to_string());
         }
         let principal = match self.state.borrow().conns.get(&conn_id) {
             Some(Conn {

@@ -320,13 +320,19 @@ impl Client {
         let service = spec.service.clone();
         let plugin = spec.plugin.clone();
         let started = Instant::now();
-        if self
+        // Room in the writer's queue is the usual case: no future, no semaphore wait.
+        let sent = match self
             .inner
             .outbound
-            .send(Frame::Request(spec.into_request(id)))
-            .await
-            .is_err()
+            .try_send(Frame::Request(spec.into_request(id)))
         {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                self.inner.outbound.send(frame).await.is_ok()
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if !sent {
             lock(&self.inner.pending).senders.remove(&id);
             return Err(ClientError::Disconnected);
         }

@@ -218,9 +218,17 @@ async fn handle_frame(
                     },
                     Frame::Done { id, exit_code: 0 },
                 ] {
-                    out.send(frame)
-                        .await
-                        .map_err(|_| WorkerError::WriterStopped)?;
+                    // Room in the queue is the usual case: no future, no semaphore wait.
+                    match out.try_send(frame) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(frame)) => out
+                            .send(frame)
+                            .await
+                            .map_err(|_| WorkerError::WriterStopped)?,
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err(WorkerError::WriterStopped)
+                        }
+                    }
                 }
                 return Ok(());
             }

@@ -301,6 +301,24 @@ impl Outbox {
     }
 }
 
+#[cfg(test)]
+impl Outbox {
+    /// Takes the frames queued so far, decoded: what a test reads from a fake connection.
+    pub(crate) fn take_frames(&self) -> Vec<Frame> {
+        let mut state = self.state.borrow_mut();
+        let mut buf = std::mem::take(&mut state.buf);
+        state.frames = 0;
+        for waiter in state.room.drain(..) {
+            waiter.wake();
+        }
+        let mut frames = Vec::new();
+        while let Some(frame) = proto::decode(&mut buf, self.max_frame).expect("valid frames") {
+            frames.push(frame);
+        }
+        frames
+    }
+}
+
 /// Writes what the outbox collects to the socket, one `write` per batch, until the outbox
 /// is closed and drained or the socket fails. Closes the socket at the end.
 pub(crate) async fn write_loop(stream: SharedStream, outbox: Rc<Outbox>) {

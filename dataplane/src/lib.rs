@@ -5,7 +5,8 @@
 //!   source used until the control plane exists.
 //! - [`registry`]: the replica of online workers and services each shard keeps.
 //! - [`request`]: one request's life as a pure state machine (roundrobin, mirror, serial).
-//! - `shard`: a glommio executor's connections and requests; `conn`: frames over a socket.
+//! - `shard`: a glommio executor's connections, requests, workers and cross-shard messages;
+//!   `conn`: frames over a socket.
 //!
 //! Each shard binds the listening address with `SO_REUSEPORT`, so the kernel spreads
 //! connections over the shards. A request is owned by the shard its client is on; a worker
@@ -95,6 +96,12 @@ pub enum BrokerError {
     /// `--shards 0`.
     #[error("the broker needs at least one shard")]
     NoShards,
+    /// More shards than a dispatch id can name (its top 8 bits carry the shard's index).
+    #[error("the broker can run at most {max} shards")]
+    TooManyShards {
+        /// The most shards allowed.
+        max: usize,
+    },
 }
 
 /// Roundrobin positions shared by all shards, so rotation is fair whichever shard a client
@@ -149,6 +156,11 @@ pub fn start(
 ) -> Result<BrokerHandle, BrokerError> {
     if settings.shards == 0 {
         return Err(BrokerError::NoShards);
+    }
+    if settings.shards > shard::MAX_SHARDS {
+        return Err(BrokerError::TooManyShards {
+            max: shard::MAX_SHARDS,
+        });
     }
     let n = settings.shards;
     let stop = Arc::new(AtomicBool::new(false));
@@ -299,5 +311,24 @@ fn allowed_cpus() -> Vec<usize> {
         (0..libc::CPU_SETSIZE as usize)
             .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_more_shards_than_dispatch_ids_can_name() {
+        let settings = BrokerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shards: 257,
+            ..BrokerSettings::default()
+        };
+        let err = start(settings, Arc::new(FileConfig::default())).unwrap_err();
+        assert!(
+            matches!(err, BrokerError::TooManyShards { max: 256 }),
+            "{err}"
+        );
     }
 }

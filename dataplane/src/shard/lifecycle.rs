@@ -1,0 +1,277 @@
+//! A connection's life: handshake, registration, the read loop, heartbeats, close.
+
+use super::{Conn, Peer, Shard};
+use crate::config::Principal;
+use crate::conn::{write_loop, FrameReader, Outbox, ReadError, SharedStream};
+use crate::registry::WorkerAt;
+use crate::request::WorkerEvent;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use glommio::net::TcpStream;
+use proto::control::{WorkerState, WorkerStateReport};
+use proto::{Credential, ErrorKind, Frame, ProtoError, Role};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+impl Shard {
+    /// Serves one accepted connection until it closes.
+    pub(crate) async fn serve(self: Rc<Self>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let stream = SharedStream::new(stream);
+        let mut reader = FrameReader::new(stream.clone(), self.settings.max_frame);
+        let out = Rc::new(Outbox::new(
+            self.settings.queue_depth,
+            self.settings.max_frame,
+        ));
+        glommio::spawn_local(write_loop(stream.clone(), out.clone())).detach();
+
+        let Some((principal, role)) = self.handshake(&mut reader, &out).await else {
+            // The writer flushes the refusal, then closes the socket.
+            out.close();
+            return;
+        };
+        let conn_id = self.open_conn(out.clone(), principal, role);
+        self.settle().await;
+
+        let last_seen = Rc::new(Cell::new(Instant::now()));
+        let alive = Rc::new(Cell::new(true));
+        glommio::spawn_local(heartbeat_loop(
+            stream.clone(),
+            out.clone(),
+            last_seen.clone(),
+            alive.clone(),
+            self.settings.heartbeat,
+        ))
+        .detach();
+
+        loop {
+            let frame = match reader.read_frame().await {
+                Ok(frame) => frame,
+                Err(ReadError::Closed) => break,
+                Err(ReadError::Io(e)) => {
+                    debug!(conn_id, error = %e, "read failed");
+                    break;
+                }
+                Err(ReadError::Proto(e)) => {
+                    self.reject(conn_id, &e);
+                    self.settle().await;
+                    break;
+                }
+            };
+            last_seen.set(reader.last_read());
+            let ok = self.on_frame(conn_id, role, frame);
+            self.settle().await;
+            if !ok {
+                break;
+            }
+        }
+        alive.set(false);
+        self.close_conn(conn_id);
+        self.settle().await;
+        out.close();
+    }
+
+    /// Registers a connection whose `Hello` was accepted and queues its `Welcome`; a worker
+    /// is reported online and announced to every shard. Returns the connection's id.
+    pub(super) fn open_conn(&self, out: Rc<Outbox>, principal: Principal, role: Role) -> u64 {
+        let conn_id = self.next_conn.get();
+        self.next_conn.set(conn_id + 1);
+        let peer = match role {
+            Role::Client => Peer::Client {
+                requests: HashMap::new(),
+            },
+            Role::Worker => Peer::Worker {
+                inflight: HashSet::new(),
+            },
+        };
+        let conn = Conn {
+            out: out.clone(),
+            principal: principal.clone(),
+            peer,
+        };
+        self.state.borrow_mut().conns.insert(conn_id, conn);
+        self.push_to(
+            &out,
+            &Frame::Welcome {
+                session: self.session_base | conn_id,
+                heartbeat_ms: self.settings.heartbeat.as_millis() as u32,
+            },
+        );
+        self.stats.connected(role).inc();
+        if role == Role::Worker {
+            let Principal { team, identity } = &principal;
+            info!(shard = self.idx, %identity, %team, "worker online");
+            self.report_worker(team, identity, WorkerState::Online);
+            self.worker_online(conn_id, &principal, Vec::new());
+        }
+        conn_id
+    }
+
+    /// Handles one frame of an open connection; `false` means close it.
+    pub(super) fn on_frame(&self, conn_id: u64, role: Role, frame: Frame) -> bool {
+        match role {
+            Role::Client => self.on_client_frame(conn_id, frame),
+            Role::Worker => self.on_worker_frame(conn_id, frame),
+        }
+    }
+
+    /// Reads and checks the `Hello`. On refusal, queues the answer and returns `None`.
+    async fn handshake(&self, reader: &mut FrameReader, out: &Outbox) -> Option<(Principal, Role)> {
+        let deadline = self.settings.heartbeat * 3;
+        let first = futures_lite::FutureExt::or(async { Some(reader.read_frame().await) }, async {
+            glommio::timer::sleep(deadline).await;
+            None
+        })
+        .await;
+        let refuse = |kind: ErrorKind, reason: String| Frame::Refused { kind, reason };
+        let answer = match first {
+            None => refuse(
+                ErrorKind::Malformed,
+                "no Hello within the handshake deadline".into(),
+            ),
+            Some(Err(ReadError::Closed)) | Some(Err(ReadError::Io(_))) => return None,
+            Some(Err(ReadError::Proto(e))) => {
+                let (kind, message) = proto_error_kind(&e);
+                Frame::Error {
+                    id: None,
+                    kind,
+                    message,
+                }
+            }
+            Some(Ok(frame)) => match proto::codec::check_hello(frame) {
+                Err(e) => refuse(ErrorKind::BadRequest, e.to_string()),
+                Ok(hello) => match self.source.authenticate(&hello.credential) {
+                    Ok(principal) => {
+                        let role = match hello.credential {
+                            Credential::Jwt { .. } => Role::Client,
+                            Credential::Worker { .. } => Role::Worker,
+                        };
+                        return Some((principal, role));
+                    }
+                    Err(refusal) => {
+                        warn!(shard = self.idx, kind = ?refusal.kind, reason = %refusal.message, "handshake refused");
+                        refuse(refusal.kind, refusal.message)
+                    }
+                },
+            },
+        };
+        let reason = match &answer {
+            Frame::Refused { kind, .. } | Frame::Error { kind, .. } => {
+                crate::metrics::kind_label(*kind)
+            }
+            _ => "handshake",
+        };
+        crate::metrics::REJECTED.with_label_values(&[reason]).inc();
+        let _ = out.send(&answer).await;
+        None
+    }
+
+    /// Answers a frame that could not be decoded; the caller then closes the connection.
+    pub(super) fn reject(&self, conn_id: u64, e: &ProtoError) {
+        let (kind, message) = proto_error_kind(e);
+        crate::metrics::REJECTED
+            .with_label_values(&[crate::metrics::kind_label(kind)])
+            .inc();
+        warn!(shard = self.idx, conn_id, %message, "closing connection on bad frame");
+        self.send_to_conn(
+            conn_id,
+            &Frame::Error {
+                id: None,
+                kind,
+                message,
+            },
+        );
+    }
+
+    /// Forgets a closed connection: a client's waited requests are cancelled (fire-and-forget
+    /// ones run on); a worker is reported offline and its open dispatches lost.
+    pub(super) fn close_conn(&self, conn_id: u64) {
+        let conn = self.state.borrow_mut().conns.remove(&conn_id);
+        let Some(conn) = conn else { return };
+        match conn.peer {
+            Peer::Client { requests } => {
+                self.stats.connected(Role::Client).dec();
+                for (_, key) in requests {
+                    let waited = self
+                        .state
+                        .borrow()
+                        .requests
+                        .get(&key)
+                        .is_some_and(|r| r.wait);
+                    if waited {
+                        self.with_request(key, |run, out| run.on_cancel(out));
+                    }
+                }
+            }
+            Peer::Worker { inflight } => {
+                self.stats.connected(Role::Worker).dec();
+                let Principal { team, identity } = &conn.principal;
+                info!(shard = self.idx, %identity, %team, n_inflight = inflight.len(), "worker offline");
+                self.report_worker(team, identity, WorkerState::Disconnected);
+                let at = WorkerAt {
+                    shard_idx: self.idx,
+                    conn_id,
+                };
+                self.worker_offline(team, identity, at);
+                for dispatch_id in inflight {
+                    self.route_event(dispatch_id, WorkerEvent::Lost);
+                }
+            }
+        }
+    }
+
+    /// Queues `frame` to connection `conn_id`, if it is still open.
+    pub(super) fn send_to_conn(&self, conn_id: u64, frame: &Frame) {
+        let state = self.state.borrow();
+        if let Some(conn) = state.conns.get(&conn_id) {
+            self.push_to(&conn.out, frame);
+        }
+    }
+
+    fn report_worker(&self, team: &str, identity: &str, state: WorkerState) {
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.source.report(WorkerStateReport {
+            team: team.to_string(),
+            identity: identity.to_string(),
+            state,
+            at_unix_ms,
+        });
+    }
+}
+
+/// Sends heartbeats and closes the connection when the peer has been silent for three.
+async fn heartbeat_loop(
+    stream: SharedStream,
+    out: Rc<Outbox>,
+    last_seen: Rc<Cell<Instant>>,
+    alive: Rc<Cell<bool>>,
+    every: Duration,
+) {
+    loop {
+        glommio::timer::sleep(every).await;
+        if !alive.get() {
+            return;
+        }
+        if last_seen.get().elapsed() > every * 3 {
+            debug!("peer missed three heartbeats; closing");
+            stream.shutdown();
+            return;
+        }
+        // A full queue means traffic is flowing; no heartbeat needed then.
+        let _ = out.try_send(&Frame::Heartbeat);
+    }
+}
+
+fn proto_error_kind(e: &ProtoError) -> (ErrorKind, String) {
+    let kind = match e {
+        ProtoError::Oversized { .. } => ErrorKind::TooLarge,
+        ProtoError::UnsupportedVersion { .. } | ProtoError::BadHandshake { .. } => {
+            ErrorKind::BadRequest
+        }
+        ProtoError::Empty | ProtoError::Malformed { .. } => ErrorKind::Malformed,
+    };
+    (kind, e.to_string())
+}

@@ -1,0 +1,285 @@
+//! Messages to other shards, and what handling one frame leaves to wait for.
+//!
+//! Every cross-shard message takes one path, [`Shard::to_shard`]: it goes straight into the
+//! channel when nothing for that shard is waiting and there is room; otherwise it joins that
+//! shard's backlog, which one task per destination feeds into the channel in order. So
+//! messages to one shard arrive in the order they were sent (a `Cancel` never overtakes its
+//! `Dispatch`, a worker's events keep their order, offline never precedes online), and
+//! sending never awaits. The task that handled a frame then waits in [`Shard::settle`] while
+//! a backlog it added to is over its bound: the same backpressure as awaiting the send.
+
+use super::Shard;
+use crate::conn::Outbox;
+use crate::registry::WorkerAt;
+use crate::request::WorkerEvent;
+use glommio::channels::channel_mesh::Senders;
+use glommio::{GlommioError, ResourceType};
+use proto::Frame;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+/// A message from one shard to another.
+#[derive(Debug)]
+pub(crate) enum ShardMsg {
+    WorkerOnline {
+        team: String,
+        identity: Arc<str>,
+        at: WorkerAt,
+        announced: Vec<String>,
+    },
+    WorkerOffline {
+        team: String,
+        identity: Arc<str>,
+        at: WorkerAt,
+    },
+    /// Deliver to the worker connection `conn_id` on the receiving shard.
+    Dispatch {
+        conn_id: u64,
+        dispatch: proto::Dispatch,
+    },
+    /// Tell the worker connection `conn_id` to stop `dispatch_id`.
+    Cancel { conn_id: u64, dispatch_id: u64 },
+    /// A worker's event for a request owned by the receiving shard.
+    Event {
+        dispatch_id: u64,
+        event: WorkerEvent,
+    },
+}
+
+/// What handling one frame (or mesh message, or tick) left behind to wait for.
+///
+/// Frames are handled without an await, so that the chain of calls a frame goes through
+/// builds no futures (each would be moved, at its full size, into its caller's). Sends that
+/// leave a connection's outbox at its bound or a shard's backlog over its bound are noted
+/// here instead, and the task that handled the frame waits for them before it reads the
+/// next one: the same backpressure as awaiting each send, one frame later.
+#[derive(Default)]
+pub(crate) struct Unsettled {
+    /// Outboxes at or over their bound.
+    congested: Vec<Rc<Outbox>>,
+    /// Shards whose backlog is over its bound.
+    backlogged: Vec<usize>,
+}
+
+/// The channels to the other shards, and the messages waiting for room in them.
+pub(crate) struct MeshLinks {
+    pub(super) senders: Senders<ShardMsg>,
+    /// By destination shard.
+    backlogs: Box<[RefCell<Backlog>]>,
+    /// A backlog longer than this makes the task that added to it wait.
+    bound: usize,
+}
+
+#[derive(Default)]
+struct Backlog {
+    /// Messages not yet in the channel, oldest first.
+    queue: VecDeque<ShardMsg>,
+    /// A task is feeding this backlog into the channel (it may hold the oldest message,
+    /// waiting for room). While it runs, every new message joins the queue.
+    draining: bool,
+    /// Tasks waiting for the queue to shrink to the bound.
+    waiters: Vec<Waker>,
+}
+
+impl Backlog {
+    fn wake_if_under(&mut self, bound: usize) {
+        if self.queue.len() <= bound {
+            for waker in self.waiters.drain(..) {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl MeshLinks {
+    pub(crate) fn new(senders: Senders<ShardMsg>, n_shards: usize, bound: usize) -> MeshLinks {
+        MeshLinks {
+            senders,
+            backlogs: (0..n_shards).map(|_| RefCell::default()).collect(),
+            bound,
+        }
+    }
+
+    /// Sends `msg` to shard `peer` behind everything sent there before, without waiting.
+    /// Returns whether that shard's backlog is now over its bound.
+    fn send(self: &Rc<Self>, peer: usize, msg: ShardMsg) -> bool {
+        let Some(backlog) = self.backlogs.get(peer) else {
+            return false;
+        };
+        let start_draining = {
+            let mut backlog = backlog.borrow_mut();
+            if backlog.draining {
+                backlog.queue.push_back(msg);
+                return backlog.queue.len() > self.bound;
+            }
+            match self.senders.try_send_to(peer, msg) {
+                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                    backlog.queue.push_back(msg);
+                    backlog.draining = true;
+                    true
+                }
+                // Sent; or the peer is gone (the broker is stopping): nothing to keep.
+                _ => false,
+            }
+        };
+        if start_draining {
+            // Not under the borrow: glommio may run a new task at once.
+            glommio::spawn_local(self.clone().drain(peer)).detach();
+        }
+        backlog.borrow().queue.len() > self.bound
+    }
+
+    /// Feeds shard `peer`'s backlog into its channel, in order, until it is empty.
+    async fn drain(self: Rc<Self>, peer: usize) {
+        let backlog = &self.backlogs[peer];
+        loop {
+            let msg = {
+                let mut backlog = backlog.borrow_mut();
+                let Some(msg) = backlog.queue.pop_front() else {
+                    backlog.draining = false;
+                    return;
+                };
+                backlog.wake_if_under(self.bound);
+                msg
+            };
+            if self.senders.send_to(peer, msg).await.is_err() {
+                // The peer is gone (the broker is stopping): drop what waits for it.
+                let mut backlog = backlog.borrow_mut();
+                backlog.queue.clear();
+                backlog.draining = false;
+                backlog.wake_if_under(self.bound);
+                return;
+            }
+        }
+    }
+
+    /// Whether messages to shard `peer` wait for room in its channel.
+    #[cfg(test)]
+    pub(super) fn is_backlogged(&self, peer: usize) -> bool {
+        self.backlogs[peer].borrow().draining
+    }
+
+    /// Waits until shard `peer`'s backlog is within its bound.
+    async fn room(&self, peer: usize) {
+        std::future::poll_fn(|cx| {
+            let mut backlog = self.backlogs[peer].borrow_mut();
+            if backlog.queue.len() <= self.bound {
+                Poll::Ready(())
+            } else {
+                backlog.waiters.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Shard {
+    /// Sends `msg` to shard `peer`: the one path for every cross-shard message.
+    pub(super) fn to_shard(&self, peer: usize, msg: ShardMsg) {
+        let Some(mesh) = &self.mesh else { return };
+        if mesh.send(peer, msg) {
+            let mut unsettled = self.unsettled.borrow_mut();
+            if !unsettled.backlogged.contains(&peer) {
+                unsettled.backlogged.push(peer);
+            }
+        }
+    }
+
+    /// Sends a message made by `msg` to every other shard.
+    pub(super) fn to_every_shard(&self, msg: impl Fn() -> ShardMsg) {
+        let Some(mesh) = &self.mesh else { return };
+        for peer in 0..mesh.backlogs.len() {
+            if peer != self.idx {
+                self.to_shard(peer, msg());
+            }
+        }
+    }
+
+    /// Queues `frame` on `out`; an outbox at its bound is noted for [`Shard::settle`]. A
+    /// closed connection drops its frames; its close handler cleans up.
+    pub(super) fn push_to(&self, out: &Rc<Outbox>, frame: &Frame) {
+        if let Ok(true) = out.push(frame) {
+            self.unsettled.borrow_mut().congested.push(out.clone());
+        }
+    }
+
+    /// Sends a worker event to the shard that owns its request.
+    pub(super) fn route_event(&self, dispatch_id: u64, event: WorkerEvent) {
+        let home = Shard::home_of(dispatch_id);
+        if home == self.idx {
+            self.on_event(dispatch_id, event);
+        } else {
+            self.to_shard(home, ShardMsg::Event { dispatch_id, event });
+        }
+    }
+
+    /// Handles a message from another shard.
+    pub(crate) fn on_shard_msg(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::WorkerOnline {
+                team,
+                identity,
+                at,
+                announced,
+            } => {
+                let mut state = self.state.borrow_mut();
+                state.registry.worker_online(&team, identity, at, announced);
+            }
+            ShardMsg::WorkerOffline { team, identity, at } => {
+                let mut state = self.state.borrow_mut();
+                state.registry.worker_offline(&team, &identity, at);
+            }
+            ShardMsg::Dispatch { conn_id, dispatch } => self.deliver_local(conn_id, dispatch),
+            ShardMsg::Cancel {
+                conn_id,
+                dispatch_id,
+            } => self.cancel_local(conn_id, dispatch_id),
+            ShardMsg::Event { dispatch_id, event } => self.on_event(dispatch_id, event),
+        }
+    }
+
+    /// Takes what the handling so far left to wait for. Taken at once, before any await,
+    /// so each task waits only for what its own frame caused.
+    fn take_unsettled(&self) -> Option<Unsettled> {
+        let mut unsettled = self.unsettled.borrow_mut();
+        if unsettled.congested.is_empty() && unsettled.backlogged.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut *unsettled))
+    }
+
+    /// Waits for room in every outbox and backlog the last frame filled. Nothing to wait
+    /// for (the usual case) costs no future.
+    pub(crate) fn settle(&self) -> impl Future<Output = ()> + '_ {
+        let unsettled = self.take_unsettled();
+        async move {
+            let Some(unsettled) = unsettled else { return };
+            if let Some(mesh) = &self.mesh {
+                for peer in unsettled.backlogged {
+                    mesh.room(peer).await;
+                }
+            }
+            for out in unsettled.congested {
+                out.room().await;
+            }
+        }
+    }
+
+    /// As [`Shard::settle`], for the task that receives from the mesh: it never waits on
+    /// the mesh (two shards waiting on each other's full channel would deadlock), so its
+    /// messages stay in the backlogs, past the bound if need be; they are at most a few per
+    /// message it received.
+    pub(crate) async fn settle_mesh_receiver(&self) {
+        let Some(unsettled) = self.take_unsettled() else {
+            return;
+        };
+        for out in unsettled.congested {
+            out.room().await;
+        }
+    }
+}

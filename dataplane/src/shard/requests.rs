@@ -1,0 +1,421 @@
+//! The requests this shard owns: routing a client's `Request`, running its state machine
+//! and carrying out what it decides, timeouts, and the held-back `Routed`.
+
+use super::{Conn, Peer, Shard, ShardMsg};
+use crate::config::ServiceConfig;
+use crate::registry::WorkerRef;
+use crate::request::{Action, Policy, RequestRun, WorkerEvent};
+use proto::{Algorithm, ErrorKind, Frame, ProtoError, Request};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::debug;
+
+/// How long `Routed` may wait for the first reply before it is sent alone, so that a client
+/// whose worker is slow to accept (busy, queued) still learns at once that it was routed.
+const ROUTED_HOLD: Duration = Duration::from_millis(5);
+
+/// Action lists the pool keeps: more than the deepest nesting of `with_request`.
+const ACTION_LISTS_KEPT: usize = 8;
+
+/// The fields of a request every dispatch repeats.
+struct DispatchTemplate {
+    service: String,
+    plugin: String,
+    command: Vec<String>,
+    args: Vec<proto::Arg>,
+    payload: Vec<u8>,
+    timeout_ms: u64,
+}
+
+pub(super) struct RequestEntry {
+    /// `Routed`, held back until the first reply (or [`ROUTED_HOLD`]) so that on the fast
+    /// path both leave in one write: a separate early write costs the client a wake-up and
+    /// the broker a send per request.
+    routed: Option<Frame>,
+    started: Instant,
+    service: Arc<ServiceConfig>,
+    client_conn: u64,
+    client_request_id: u64,
+    pub(super) wait: bool,
+    deadline: Instant,
+    template: DispatchTemplate,
+    run: RequestRun,
+}
+
+/// Who the client of a request is, copied out before actions run.
+#[derive(Clone, Copy)]
+struct ClientSide {
+    conn_id: u64,
+    request_id: u64,
+    wait: bool,
+}
+
+impl Shard {
+    pub(super) fn on_client_frame(&self, conn_id: u64, frame: Frame) -> bool {
+        match frame {
+            Frame::Heartbeat => true,
+            Frame::Request(request) => {
+                self.on_request(conn_id, request);
+                true
+            }
+            Frame::Cancel { id } => {
+                let key = match self.state.borrow().conns.get(&conn_id) {
+                    Some(Conn {
+                        peer: Peer::Client { requests },
+                        ..
+                    }) => requests.get(&id).copied(),
+                    _ => None,
+                };
+                if let Some(key) = key {
+                    self.with_request(key, |run, out| run.on_cancel(out));
+                }
+                true
+            }
+            other => {
+                self.reject(
+                    conn_id,
+                    &ProtoError::Malformed {
+                        reason: format!("a client may not send {}", other.kind_name()),
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    fn request_error(&self, conn_id: u64, id: u64, kind: ErrorKind, message: String) {
+        self.stats.request_refused(kind);
+        self.send_to_conn(
+            conn_id,
+            &Frame::Error {
+                id: Some(id),
+                kind,
+                message,
+            },
+        );
+    }
+
+    fn on_request(&self, conn_id: u64, request: Request) {
+        let id = request.id;
+        if let Err(e) = proto::names::check_service_ref(&request.service) {
+            return self.request_error(conn_id, id, ErrorKind::BadRequest, e.to_string());
+        }
+        if let Err(e) = proto::names::check_plugin(&request.plugin) {
+            return self.request_error(conn_id, id, ErrorKind::PluginNotFound, e.to_string());
+        }
+        let principal = match self.state.borrow().conns.get(&conn_id) {
+            Some(Conn {
+                principal,
+                peer: Peer::Client { requests },
+                ..
+            }) if !requests.contains_key(&id) => Some(principal.clone()),
+            _ => None,
+        };
+        let Some(principal) = principal else {
+            return self.request_error(
+                conn_id,
+                id,
+                ErrorKind::BadRequest,
+                format!("request id {id} is already in use on this connection"),
+            );
+        };
+        let (service, targets) = match self.route(&principal, &request.service) {
+            Ok(r) => r,
+            Err((kind, message)) => return self.request_error(conn_id, id, kind, message),
+        };
+
+        let timeout = if request.timeout_ms > 0 {
+            Duration::from_millis(request.timeout_ms)
+        } else {
+            service.timeout
+        };
+        let run = RequestRun::new(Policy::from(&*service), targets);
+        let n_workers = run.n_workers();
+        let key = self.next_request.get();
+        self.next_request.set(key + 1);
+        let now = Instant::now();
+        let deadline = now + timeout;
+        {
+            let mut state = self.state.borrow_mut();
+            if let Some(Conn {
+                peer: Peer::Client { requests },
+                ..
+            }) = state.conns.get_mut(&conn_id)
+            {
+                requests.insert(id, key);
+            }
+            state.deadlines.insert((deadline, key));
+            if request.wait {
+                state.routed_held.push_back((now, key));
+            }
+            state.requests.insert(
+                key,
+                RequestEntry {
+                    routed: request.wait.then_some(Frame::Routed {
+                        id,
+                        algorithm: service.algorithm,
+                        n_workers,
+                    }),
+                    started: now,
+                    service: service.clone(),
+                    client_conn: conn_id,
+                    client_request_id: id,
+                    wait: request.wait,
+                    deadline,
+                    template: DispatchTemplate {
+                        service: request.service,
+                        plugin: request.plugin,
+                        command: request.command,
+                        args: request.args,
+                        payload: request.payload,
+                        timeout_ms: timeout.as_millis() as u64,
+                    },
+                    run,
+                },
+            );
+        }
+        self.stats.request_started();
+        debug!(shard = self.idx, service = %service.name, algorithm = %service.algorithm, n_workers, "request routed");
+        if !request.wait {
+            self.send_to_conn(conn_id, &Frame::Queued { id, n_workers });
+        }
+        self.with_request(key, |run, out| {
+            let mut ids = || self.next_dispatch_id();
+            run.start(&mut ids, out)
+        });
+    }
+
+    /// Resolves `name` for `principal` and picks its workers: for roundrobin, rotated so
+    /// that the first is the one whose turn it is and the rest are fail-over candidates.
+    fn route(
+        &self,
+        principal: &crate::config::Principal,
+        name: &str,
+    ) -> Result<(Arc<ServiceConfig>, Vec<WorkerRef>), crate::registry::RouteError> {
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        let route = state.registry.resolve(principal, name)?;
+        let service = route.service;
+        let mut members = route.members;
+        if service.algorithm == Algorithm::Roundrobin && members.len() > 1 {
+            let cached = state
+                .rr_cache
+                .get(&service.team)
+                .and_then(|m| m.get(&service.name))
+                .cloned();
+            let counter = match cached {
+                Some(c) => c,
+                None => {
+                    let c = self
+                        .rr
+                        .counter(&format!("{}/{}", service.team, service.name));
+                    state
+                        .rr_cache
+                        .entry(service.team.clone())
+                        .or_default()
+                        .insert(service.name.clone(), c.clone());
+                    c
+                }
+            };
+            let start =
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize % members.len();
+            members.rotate_left(start);
+        }
+        Ok((service, members))
+    }
+
+    /// Runs `f` on request `key`'s state machine and carries out the actions it returns.
+    pub(super) fn with_request(&self, key: u64, f: impl FnOnce(&mut RequestRun, &mut Vec<Action>)) {
+        // A list from the pool: with_request runs several times per request (start, every
+        // worker event), and carrying out actions may nest another call.
+        let mut actions = self.action_lists.borrow_mut().pop().unwrap_or_default();
+        let client = {
+            let mut state = self.state.borrow_mut();
+            let Some(entry) = state.requests.get_mut(&key) else {
+                return;
+            };
+            f(&mut entry.run, &mut actions);
+            ClientSide {
+                conn_id: entry.client_conn,
+                request_id: entry.client_request_id,
+                wait: entry.wait,
+            }
+        };
+        self.carry_out(key, client, actions);
+    }
+
+    fn carry_out(&self, key: u64, client: ClientSide, mut actions: Vec<Action>) {
+        for action in actions.drain(..) {
+            match action {
+                Action::Dispatch {
+                    dispatch_id,
+                    worker,
+                } => self.dispatch(key, dispatch_id, worker),
+                Action::Cancel { dispatch_id, at } => {
+                    if at.shard_idx == self.idx {
+                        self.cancel_local(at.conn_id, dispatch_id);
+                    } else {
+                        self.to_shard(
+                            at.shard_idx,
+                            ShardMsg::Cancel {
+                                conn_id: at.conn_id,
+                                dispatch_id,
+                            },
+                        );
+                    }
+                }
+                Action::Forget { dispatch_id } => {
+                    self.state.borrow_mut().dispatch_owner.remove(&dispatch_id);
+                }
+                Action::Relay { worker, event } => {
+                    if client.wait {
+                        let routed = self
+                            .state
+                            .borrow_mut()
+                            .requests
+                            .get_mut(&key)
+                            .and_then(|e| e.routed.take());
+                        if let Some(routed) = routed {
+                            self.send_to_conn(client.conn_id, &routed);
+                        }
+                        self.send_to_conn(
+                            client.conn_id,
+                            &Frame::Reply {
+                                id: client.request_id,
+                                worker: worker.to_string(),
+                                event,
+                            },
+                        );
+                    }
+                }
+                Action::Finish { summary } => self.finish(key, client, summary),
+            }
+        }
+        let mut pool = self.action_lists.borrow_mut();
+        if pool.len() < ACTION_LISTS_KEPT {
+            pool.push(actions);
+        }
+    }
+
+    /// Drops a request that is over and tells its client.
+    fn finish(&self, key: u64, client: ClientSide, summary: proto::Summary) {
+        let mut entry = {
+            let mut state = self.state.borrow_mut();
+            let entry = state.requests.remove(&key);
+            if let Some(e) = &entry {
+                state.deadlines.remove(&(e.deadline, key));
+            }
+            if let Some(Conn {
+                peer: Peer::Client { requests },
+                ..
+            }) = state.conns.get_mut(&client.conn_id)
+            {
+                requests.remove(&client.request_id);
+            }
+            entry
+        };
+        if let Some(e) = &entry {
+            self.stats.request_finished(&e.service, e.started, &summary);
+        }
+        if let Some(routed) = entry.as_mut().and_then(|e| e.routed.take()) {
+            self.send_to_conn(client.conn_id, &routed);
+        }
+        if client.wait && entry.is_some() {
+            self.send_to_conn(
+                client.conn_id,
+                &Frame::Summary {
+                    id: client.request_id,
+                    summary,
+                },
+            );
+        }
+    }
+
+    fn dispatch(&self, key: u64, dispatch_id: u64, worker: WorkerRef) {
+        let dispatch = {
+            let mut state = self.state.borrow_mut();
+            let Some(entry) = state.requests.get(&key) else {
+                return;
+            };
+            let t = &entry.template;
+            let dispatch = proto::Dispatch {
+                id: dispatch_id,
+                service: t.service.clone(),
+                plugin: t.plugin.clone(),
+                command: t.command.clone(),
+                args: t.args.clone(),
+                payload: t.payload.clone(),
+                timeout_ms: t.timeout_ms,
+            };
+            state.dispatch_owner.insert(dispatch_id, key);
+            dispatch
+        };
+        if worker.at.shard_idx == self.idx {
+            self.deliver_local(worker.at.conn_id, dispatch);
+        } else {
+            self.to_shard(
+                worker.at.shard_idx,
+                ShardMsg::Dispatch {
+                    conn_id: worker.at.conn_id,
+                    dispatch,
+                },
+            );
+        }
+    }
+
+    /// A worker's event for a request owned here.
+    pub(super) fn on_event(&self, dispatch_id: u64, event: WorkerEvent) {
+        let key = self
+            .state
+            .borrow()
+            .dispatch_owner
+            .get(&dispatch_id)
+            .copied();
+        if let Some(key) = key {
+            self.with_request(key, |run, out| {
+                let mut ids = || self.next_dispatch_id();
+                run.on_event(dispatch_id, event, &mut ids, out)
+            });
+        }
+    }
+
+    /// Sends the `Routed` frames held back longer than [`ROUTED_HOLD`].
+    pub(super) fn release_routed(&self) {
+        let now = Instant::now();
+        loop {
+            let due = {
+                let mut state = self.state.borrow_mut();
+                match state.routed_held.front() {
+                    Some(&(at, key)) if now.duration_since(at) >= ROUTED_HOLD => {
+                        state.routed_held.pop_front();
+                        state.requests.get_mut(&key).and_then(|e| {
+                            let conn_id = e.client_conn;
+                            e.routed.take().map(|frame| (conn_id, frame))
+                        })
+                    }
+                    _ => break,
+                }
+            };
+            if let Some((conn_id, frame)) = due {
+                self.send_to_conn(conn_id, &frame);
+            }
+        }
+    }
+
+    /// Fires the timeouts that are due.
+    pub(super) fn expire(&self) {
+        let now = Instant::now();
+        loop {
+            let due = {
+                let state = self.state.borrow();
+                match state.deadlines.first() {
+                    Some(&(deadline, key)) if deadline <= now => Some((deadline, key)),
+                    _ => None,
+                }
+            };
+            let Some((deadline, key)) = due else { break };
+            self.state.borrow_mut().deadlines.remove(&(deadline, key));
+            self.with_request(key, |run, out| run.on_timeout(out));
+        }
+    }
+}

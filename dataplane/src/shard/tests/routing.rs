@@ -1,0 +1,193 @@
+//! Routing and cancellation on one shard.
+
+use super::*;
+
+/// A worker of the roundrobin service `rr`.
+struct RrWorker {
+    conn: u64,
+    name: &'static str,
+    out: Rc<Outbox>,
+}
+
+/// Workers `w1` and `w2` serve `rr`, and a client sends it request 1. Returns the worker it
+/// went to with the dispatch id, the other worker, and the client.
+async fn rr_request(shard: &Shard) -> ((RrWorker, u64), RrWorker, (u64, Rc<Outbox>)) {
+    let [w1, w2] = ["w1", "w2"].map(|name| {
+        let (conn, out) = connect(shard, name, Role::Worker);
+        RrWorker { conn, name, out }
+    });
+    let (client, out) = connect(shard, "c", Role::Client);
+    from_client(shard, client, request(1, "rr", true)).await;
+    let (chosen, other) = if w1.out.len() > 0 { (w1, w2) } else { (w2, w1) };
+    let id = dispatched(&chosen.out.take_frames());
+    assert_eq!(other.out.len(), 0, "one worker gets the request");
+    ((chosen, id), other, (client, out))
+}
+
+fn one_shard<F, Fut>(services: Vec<ServiceConfig>, script: F)
+where
+    F: Fn(Rc<Shard>) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let source = FileConfig::from_services(services);
+    run_shards(1, 1, source, Ctl::new(1), move |shard, _| script(shard));
+}
+
+/// Roundrobin sends each request to the next worker and relays its answer; `Routed` waits
+/// for the first reply.
+#[test]
+fn roundrobin_routes_to_a_worker_and_relays_replies() {
+    let rr = service("rr", Algorithm::Roundrobin, &["w1", "w2"]);
+    one_shard(vec![rr], |shard| async move {
+        let ((chosen, id), other, (client, out)) = rr_request(&shard).await;
+        assert!(out.take_frames().is_empty(), "Routed is held back");
+        from_client(&shard, client, request(2, "rr", true)).await;
+        dispatched(&other.out.take_frames());
+
+        for frame in worker_answer(id) {
+            from_worker(&shard, chosen.conn, frame).await;
+        }
+        let (events, summary) = answer(&out.take_frames(), 1);
+        assert_eq!(events, relayed_answer(chosen.name));
+        let ok = Summary {
+            workers: 1,
+            ok: 1,
+            ..Summary::default()
+        };
+        assert_eq!(summary, ok);
+    });
+}
+
+/// Mirror sends to every worker and summarises them all.
+#[test]
+fn mirror_dispatches_to_all() {
+    let names = ["w1", "w2", "w3"];
+    one_shard(
+        vec![service("m", Algorithm::Mirror, &names)],
+        move |shard| async move {
+            let workers: Vec<_> = names
+                .iter()
+                .map(|n| connect(&shard, n, Role::Worker))
+                .collect();
+            let (client, out) = connect(&shard, "c", Role::Client);
+            from_client(&shard, client, request(1, "m", true)).await;
+            let ids: Vec<u64> = workers
+                .iter()
+                .map(|(_, o)| dispatched(&o.take_frames()))
+                .collect();
+            for ((conn, _), id) in workers.iter().zip(ids) {
+                from_worker(&shard, *conn, Frame::Done { id, exit_code: 0 }).await;
+            }
+            let (events, summary) = answer(&out.take_frames(), 1);
+            let done: Vec<_> = names
+                .iter()
+                .map(|n| (n.to_string(), Event::Done { exit_code: 0 }))
+                .collect();
+            assert_eq!(events, done);
+            assert_eq!(
+                summary,
+                Summary {
+                    workers: 3,
+                    ok: 3,
+                    ..Summary::default()
+                }
+            );
+        },
+    );
+}
+
+/// A client's `Cancel` reaches the worker as `Cancel`, the client gets its summary, and
+/// what the worker says about the dispatch afterwards is dropped.
+#[test]
+fn client_cancel_reaches_the_worker() {
+    one_shard(Vec::new(), |shard| async move {
+        let (w1, w1_out) = connect(&shard, "w1", Role::Worker);
+        let (client, out) = connect(&shard, "c", Role::Client);
+        from_client(&shard, client, request(5, "w1", true)).await;
+        let id = dispatched(&w1_out.take_frames());
+        from_worker(&shard, w1, Frame::Accepted { id }).await;
+        from_client(&shard, client, Frame::Cancel { id: 5 }).await;
+        assert_eq!(w1_out.take_frames(), vec![Frame::Cancel { id }]);
+        let (events, summary) = answer(&out.take_frames(), 5);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(matches!(
+            events[1].1,
+            Event::Failed {
+                kind: proto::ErrorKind::Cancelled,
+                ..
+            }
+        ));
+        assert_eq!(summary.failed, 1);
+        from_worker(&shard, w1, Frame::Done { id, exit_code: 0 }).await;
+        assert!(out.take_frames().is_empty(), "nothing after the summary");
+    });
+}
+
+/// A request's timeout cancels the worker and ends the request as timed out.
+#[test]
+fn timeout_cancels_and_summarises() {
+    one_shard(Vec::new(), |shard| async move {
+        let (_, w1_out) = connect(&shard, "w1", Role::Worker);
+        let (client, out) = connect(&shard, "c", Role::Client);
+        let Frame::Request(mut req) = request(3, "w1", true) else {
+            unreachable!()
+        };
+        req.timeout_ms = 1;
+        from_client(&shard, client, Frame::Request(req)).await;
+        let id = dispatched(&w1_out.take_frames());
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+        shard.tick().await;
+        assert_eq!(w1_out.take_frames(), vec![Frame::Cancel { id }]);
+        let (events, summary) = answer(&out.take_frames(), 3);
+        assert!(
+            matches!(
+                events.as_slice(),
+                [(
+                    _,
+                    Event::Failed {
+                        kind: proto::ErrorKind::Timeout,
+                        ..
+                    }
+                )]
+            ),
+            "{events:?}"
+        );
+        assert_eq!(summary.timed_out, 1);
+    });
+}
+
+/// A worker that goes away before `Accepted` is replaced by the next candidate; one that
+/// goes away after is reported lost.
+#[test]
+fn worker_lost_mid_request() {
+    let rr = service("rr", Algorithm::Roundrobin, &["w1", "w2"]);
+    one_shard(vec![rr], |shard| async move {
+        let ((gone, _), other, (_, out)) = rr_request(&shard).await;
+        shard.close_conn(gone.conn);
+        shard.settle().await;
+        let id = dispatched(&other.out.take_frames());
+        assert!(out.take_frames().is_empty(), "fail-over is silent");
+
+        from_worker(&shard, other.conn, Frame::Accepted { id }).await;
+        shard.close_conn(other.conn);
+        shard.settle().await;
+        let (events, summary) = answer(&out.take_frames(), 1);
+        assert!(
+            matches!(
+                events.as_slice(),
+                [
+                    (_, Event::Accepted),
+                    (
+                        _,
+                        Event::Failed {
+                            kind: proto::ErrorKind::WorkerLost,
+                            ..
+                        }
+                    )
+                ]
+            ),
+            "{events:?}"
+        );
+        assert_eq!(summary.lost, 1);
+    });
+}

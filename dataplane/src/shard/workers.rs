@@ -1,0 +1,157 @@
+//! The workers connected to this shard: dispatches and cancels to them, their frames, and
+//! the online/offline news every shard's registry replica follows.
+
+use super::{Conn, Peer, Shard, ShardMsg};
+use crate::config::Principal;
+use crate::conn::Outbox;
+use crate::registry::WorkerAt;
+use crate::request::WorkerEvent;
+use foldhash::HashSet;
+use proto::{Frame, ProtoError};
+use std::rc::Rc;
+use std::sync::Arc;
+use tracing::info;
+
+impl Shard {
+    /// Hands a dispatch to a worker connected to this shard, or reports it lost.
+    pub(super) fn deliver_local(&self, conn_id: u64, dispatch: proto::Dispatch) {
+        let dispatch_id = dispatch.id;
+        let out = self.with_worker(conn_id, |out, inflight| {
+            inflight.insert(dispatch_id);
+            out.clone()
+        });
+        match out {
+            // If the worker closed, its close handler reports the dispatch lost.
+            Some(out) => self.push_to(&out, &Frame::Dispatch(dispatch)),
+            None => self.route_event(dispatch_id, WorkerEvent::Lost),
+        }
+    }
+
+    /// Tells a worker connected to this shard to stop a dispatch it still runs.
+    pub(super) fn cancel_local(&self, conn_id: u64, dispatch_id: u64) {
+        let out = self.with_worker(conn_id, |out, inflight| {
+            inflight.remove(&dispatch_id).then(|| out.clone())
+        });
+        if let Some(out) = out.flatten() {
+            self.push_to(&out, &Frame::Cancel { id: dispatch_id });
+        }
+    }
+
+    /// A frame from a worker.
+    pub(super) fn on_worker_frame(&self, conn_id: u64, frame: Frame) -> bool {
+        let (id, event, last) = match frame {
+            Frame::Heartbeat => return true,
+            Frame::Accepted { id } => (id, WorkerEvent::Accepted, false),
+            Frame::Output {
+                id,
+                seq,
+                stream,
+                data,
+            } => (id, WorkerEvent::Output { seq, stream, data }, false),
+            Frame::Done { id, exit_code } => (id, WorkerEvent::Done { exit_code }, true),
+            Frame::Failed { id, kind, message } => {
+                (id, WorkerEvent::Failed { kind, message }, true)
+            }
+            Frame::Announce { services } => return self.on_announce(conn_id, services),
+            other => {
+                self.reject(
+                    conn_id,
+                    &ProtoError::Malformed {
+                        reason: format!("a worker may not send {}", other.kind_name()),
+                    },
+                );
+                return false;
+            }
+        };
+        // A worker may only speak of dispatches it was given (and not yet finished or
+        // cancelled); anything else is stale and dropped.
+        let known = self.with_worker(conn_id, |_, inflight| {
+            if last {
+                inflight.remove(&id)
+            } else {
+                inflight.contains(&id)
+            }
+        });
+        if known == Some(true) {
+            self.route_event(id, event);
+        }
+        true
+    }
+
+    /// Runs `f` on worker connection `conn_id`'s outbox and open dispatches; `None` if no
+    /// such worker is connected here.
+    fn with_worker<R>(
+        &self,
+        conn_id: u64,
+        f: impl FnOnce(&Rc<Outbox>, &mut HashSet<u64>) -> R,
+    ) -> Option<R> {
+        let mut state = self.state.borrow_mut();
+        match state.conns.get_mut(&conn_id) {
+            Some(Conn {
+                out,
+                peer: Peer::Worker { inflight },
+                ..
+            }) => Some(f(out, inflight)),
+            _ => None,
+        }
+    }
+
+    /// A worker's `Announce`: the services it serves besides its identity.
+    fn on_announce(&self, conn_id: u64, services: Vec<String>) -> bool {
+        for s in &services {
+            if let Err(e) = proto::names::check_simple("service", s) {
+                self.reject(
+                    conn_id,
+                    &ProtoError::Malformed {
+                        reason: e.to_string(),
+                    },
+                );
+                return false;
+            }
+        }
+        let principal = match self.state.borrow().conns.get(&conn_id) {
+            Some(conn) => conn.principal.clone(),
+            None => return false,
+        };
+        info!(shard = self.idx, identity = %principal.identity, ?services, "worker announced services");
+        self.worker_online(conn_id, &principal, services);
+        true
+    }
+
+    /// Records a worker connected here (again, with what it announced) in this shard's
+    /// registry and in every other shard's.
+    pub(super) fn worker_online(&self, conn_id: u64, who: &Principal, announced: Vec<String>) {
+        let identity: Arc<str> = who.identity.as_str().into();
+        let at = WorkerAt {
+            shard_idx: self.idx,
+            conn_id,
+        };
+        self.state.borrow_mut().registry.worker_online(
+            &who.team,
+            identity.clone(),
+            at,
+            announced.clone(),
+        );
+        self.to_every_shard(|| ShardMsg::WorkerOnline {
+            team: who.team.clone(),
+            identity: identity.clone(),
+            at,
+            announced: announced.clone(),
+        });
+    }
+
+    /// Removes a worker that was connected here from every shard's registry. Sent on the
+    /// same path as its online news, so every replica sees them in order.
+    pub(super) fn worker_offline(&self, team: &str, identity: &str, at: WorkerAt) {
+        self.state
+            .borrow_mut()
+            .registry
+            .worker_offline(team, identity, at);
+        let identity: Arc<str> = identity.into();
+        self.to_every_shard(|| ShardMsg::WorkerOffline {
+            team: team.to_string(),
+            identity: identity.clone(),
+            at,
+        });
+    }
+}

@@ -198,7 +198,7 @@ impl FileConfig {
             };
             let timeout = match s.timeout.as_deref() {
                 None => DEFAULT_SERVICE_TIMEOUT,
-                Some(t) => parse_duration(t).map_err(|e| format!("service {name}: {e}"))?,
+                Some(t) => parse_timeout(t).map_err(|e| format!("service {name}: {e}"))?,
             };
             if s.batch == Some(0) {
                 return Err(format!("service {name}: batch must be at least 1"));
@@ -228,22 +228,15 @@ impl FileConfig {
     }
 }
 
-/// `250ms`, `10s`, `5m`, `1h` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// A service timeout: a duration as the API takes it (`250ms`, `10s`, `1h 30m`, parsed by
+/// humantime) or a bare number of seconds.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration `{text}` (use e.g. 500ms, 10s, 5m, 1h)"))?;
-    let d = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("invalid duration unit in `{text}` (ms, s, m or h)")),
-    };
-    Ok(d)
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("timeout `{text}` is not a duration (e.g. 500ms, 10s, 1h 30m): {e}"))
 }
 
 impl ConfigSource for FileConfig {
@@ -297,6 +290,10 @@ mod tests {
             timeout = "1h"
             batch = 10
             [broker.services.rr]
+            [broker.services.long]
+            timeout = "1h 30m"
+            [broker.services.bare]
+            timeout = "90"
             "#,
         )
         .unwrap();
@@ -308,6 +305,9 @@ mod tests {
         assert_eq!(dc1.timeout, Duration::from_secs(3600));
         assert_eq!(dc1.batch, Some(10));
         assert_eq!(services[&key("rr")].algorithm, Algorithm::Roundrobin);
+        assert_eq!(services[&key("rr")].timeout, DEFAULT_SERVICE_TIMEOUT);
+        assert_eq!(services[&key("long")].timeout, Duration::from_secs(5400));
+        assert_eq!(services[&key("bare")].timeout, Duration::from_secs(90));
     }
 
     #[test]

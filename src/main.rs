@@ -333,12 +333,10 @@ fn run_broker(args: BrokerArgs, settings: &Settings) -> Result<i32> {
                     .to_string(),
                 (None, None) => bail!("--control needs --broker-token or --broker-token-file"),
             };
-            Arc::new(dataplane::feed::ControlSource::start(
-                dataplane::feed::FeedSettings {
-                    url: url.trim_end_matches('/').to_string(),
-                    broker_token,
-                },
-            )?)
+            Arc::new(feed::ControlSource::start(feed::FeedSettings {
+                url: url.trim_end_matches('/').to_string(),
+                broker_token,
+            })?)
         }
         None => Arc::new(dataplane::FileConfig::parse(&settings.text).map_err(|e| {
             anyhow::anyhow!(

@@ -199,13 +199,12 @@ pub fn run_up(
         let api_addr = running.api_addr;
         println!("control plane listening on http://{api_addr}");
 
-        let feed = dataplane::feed::FeedSettings {
+        let feed_settings = feed::FeedSettings {
             url: format!("http://{api_addr}"),
             broker_token: running.plane.broker_token().to_string(),
         };
-        let source =
-            tokio::task::spawn_blocking(move || dataplane::feed::ControlSource::start(feed))
-                .await??;
+        let source = tokio::task::spawn_blocking(move || feed::ControlSource::start(feed_settings))
+            .await??;
         let handle = dataplane::start(broker, Arc::new(source))?;
         let broker_addr = handle.local_addr();
 

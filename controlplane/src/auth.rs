@@ -15,6 +15,7 @@ use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use proto::control::Claims;
 use std::sync::OnceLock;
+use subtle::ConstantTimeEq;
 
 /// The JWT signing key and its verifier.
 pub struct JwtKeys {
@@ -109,13 +110,9 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer header".into()))
 }
 
-/// Equal-time comparison of two secrets.
+/// Equal-time comparison of two secrets (only their lengths may leak).
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 /// A user, authenticated by JWT, acting in the token's team (of which they are a member).
@@ -251,5 +248,13 @@ mod tests {
             keys.verify("garbage"),
             Err(ApiError::Unauthorized(_))
         ));
+    }
+
+    #[test]
+    fn same_secret_compares_whole_secrets() {
+        assert!(same_secret("broker-token", "broker-token"));
+        assert!(!same_secret("broker-token", "broker-tokem"));
+        assert!(!same_secret("broker-token", "broker-toke"));
+        assert!(!same_secret("", "x"));
     }
 }

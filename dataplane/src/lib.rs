@@ -16,7 +16,6 @@
 
 pub mod config;
 mod conn;
-pub mod feed;
 pub mod metrics;
 pub mod registry;
 pub mod request;

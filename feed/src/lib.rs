@@ -1,4 +1,6 @@
-//! [`ControlSource`]: the broker's configuration and trust from the control plane.
+//! [`ControlSource`]: the broker's configuration and trust from the control plane, the
+//! control-plane implementation of [`dataplane::ConfigSource`]. It lives outside `dataplane`
+//! so that the glommio broker does not link tokio, reqwest or a JWT library.
 //!
 //! A thread of its own (tokio, current-thread) keeps a compiled copy of the control plane's
 //! `BrokerSnapshot`: it fetches one at start, then follows the SSE stream of configuration
@@ -10,15 +12,18 @@
 //! Shards only read: an atomic revision per tick, and the compiled snapshot under a
 //! `RwLock` at handshakes and reloads, never per request.
 
-use crate::config::{
+use dataplane::config::{
     ConfigSource, Principal, Refusal, RoutingConfig, ServiceConfig, DEFAULT_SERVICE_TIMEOUT,
 };
+use eventsource_stream::Eventsource;
+use futures_lite::StreamExt;
 use proto::control::{BrokerReport, BrokerSnapshot, Claims, WorkerStateReport};
 use proto::{Credential, ErrorKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -122,15 +127,6 @@ fn compile(snapshot: BrokerSnapshot) -> Result<Compiled, String> {
     })
 }
 
-/// Compares two strings in time independent of where they differ.
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 struct Http {
     client: reqwest::Client,
     settings: FeedSettings,
@@ -156,7 +152,7 @@ impl Http {
     /// `Ok` when an established stream ended, `Err` when it could not be established.
     async fn follow(&self, changed: &mut impl FnMut()) -> Result<(), String> {
         let url = format!("{}/api/v1/events", self.settings.url);
-        let mut resp = self
+        let resp = self
             .client
             .get(&url)
             .bearer_auth(&self.settings.broker_token)
@@ -169,22 +165,12 @@ impl Http {
         }
         // Subscribed: anything that changed between our last snapshot and now is fetched.
         changed();
-        let mut buf = String::new();
-        let mut event = String::new();
-        while let Ok(Some(chunk)) = resp.chunk().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(nl) = buf.find('\n') {
-                let line = buf[..nl].trim_end_matches('\r').to_string();
-                buf.drain(..=nl);
-                if line.is_empty() {
-                    // `config`: something changed; `lagged`: we fell behind and missed some.
-                    if event == "config" || event == "lagged" {
-                        changed();
-                    }
-                    event.clear();
-                } else if let Some(name) = line.strip_prefix("event:") {
-                    event = name.trim().to_string();
-                }
+        let mut events = std::pin::pin!(resp.bytes_stream().eventsource());
+        // A transport or parse error ends the stream like a close does.
+        while let Some(Ok(event)) = events.next().await {
+            // `config`: something changed; `lagged`: we fell behind and missed some.
+            if event.event == "config" || event.event == "lagged" {
+                changed();
             }
         }
         Ok(())
@@ -405,18 +391,22 @@ impl ConfigSource for ControlSource {
                 identity,
                 token,
             } => {
-                let expected = compiled
-                    .worker_tokens
-                    .get(&(team.clone(), identity.clone()));
                 let presented = proto::control::token_digest(token);
-                match expected {
-                    Some(digest) if constant_time_eq(digest, &presented) => Ok(Principal {
+                // Both are SHA-256 hex digests of one length; `ct_eq` takes the same time
+                // wherever they differ.
+                let known = compiled
+                    .worker_tokens
+                    .get(&(team.clone(), identity.clone()))
+                    .is_some_and(|digest| digest.as_bytes().ct_eq(presented.as_bytes()).into());
+                if known {
+                    Ok(Principal {
                         team: team.clone(),
                         identity: identity.clone(),
-                    }),
-                    _ => Err(refuse(format!(
+                    })
+                } else {
+                    Err(refuse(format!(
                         "unknown worker {team}/{identity} or wrong token"
-                    ))),
+                    )))
                 }
             }
         }
@@ -470,10 +460,142 @@ mod tests {
         assert!(compile(bad).is_err());
     }
 
+    /// A source over `compile(snapshot())`, without a feed thread.
+    fn source() -> ControlSource {
+        let compiled = Arc::new(compile(snapshot()).unwrap());
+        let (reports, _) = mpsc::unbounded_channel();
+        ControlSource {
+            inner: Arc::new(Inner {
+                revision: AtomicU64::new(compiled.revision),
+                compiled: RwLock::new(compiled),
+                reports,
+            }),
+        }
+    }
+
+    fn worker(team: &str, identity: &str, token: &str) -> Credential {
+        Credential::Worker {
+            team: team.into(),
+            identity: identity.into(),
+            token: token.into(),
+        }
+    }
+
     #[test]
-    fn constant_time_eq_compares_whole_strings() {
-        assert!(constant_time_eq("abc", "abc"));
-        assert!(!constant_time_eq("abc", "abd"));
-        assert!(!constant_time_eq("abc", "ab"));
+    fn worker_tokens_are_checked_against_their_digest() {
+        let source = source();
+        let principal = source.authenticate(&worker("a", "w1", "tok")).unwrap();
+        assert_eq!(
+            (principal.team.as_str(), principal.identity.as_str()),
+            ("a", "w1")
+        );
+        for refused in [
+            worker("a", "w1", "tol"),
+            worker("a", "w1", ""),
+            worker("a", "w2", "tok"),
+            worker("b", "w1", "tok"),
+        ] {
+            let refusal = source.authenticate(&refused).unwrap_err();
+            assert_eq!(refusal.kind, ErrorKind::Unauthorized);
+        }
+    }
+
+    fn jwt(secret: &[u8], team: &str, exp: u64) -> Credential {
+        let claims = Claims {
+            sub: "alice".into(),
+            team: team.into(),
+            role: "member".into(),
+            iat: 0,
+            exp,
+        };
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        Credential::Jwt { token }
+    }
+
+    #[test]
+    fn jwts_are_checked_with_the_snapshot_key_and_teams() {
+        let source = source();
+        let later = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let key = [0x00, 0xff, 0x10];
+        let principal = source.authenticate(&jwt(&key, "a", later)).unwrap();
+        assert_eq!(
+            (principal.team.as_str(), principal.identity.as_str()),
+            ("a", "alice")
+        );
+        let expired = source.authenticate(&jwt(&key, "a", 1)).unwrap_err();
+        assert!(expired.message.contains("expired"), "{}", expired.message);
+        let no_team = source.authenticate(&jwt(&key, "b", later)).unwrap_err();
+        assert!(no_team.message.contains("team b"), "{}", no_team.message);
+        let other_key = source.authenticate(&jwt(b"other", "a", later)).unwrap_err();
+        assert_eq!(other_key.kind, ErrorKind::Unauthorized);
+    }
+
+    /// Serves one HTTP response with `body` as an event stream (or `status`), then closes.
+    async fn serve_once(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request ended early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+            );
+            socket.write_all(head.as_bytes()).await.unwrap();
+            // Split mid-event, as a network may.
+            let (first, second) = body.split_at(body.len() / 2);
+            socket.write_all(first.as_bytes()).await.unwrap();
+            socket.flush().await.unwrap();
+            socket.write_all(second.as_bytes()).await.unwrap();
+        });
+        url
+    }
+
+    fn http(url: String) -> Http {
+        Http {
+            client: reqwest::Client::new(),
+            settings: FeedSettings {
+                url,
+                broker_token: "bt".into(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn follow_reports_subscription_config_and_lagged_events() {
+        let body = ": keep-alive\n\n\
+                    event: config\ndata: {\"team\":\"a\"}\n\n\
+                    event: other\ndata: x\n\n\
+                    event: lagged\r\ndata: 3\r\n\r\n\
+                    event: config\ndata: {}\n\n";
+        let url = serve_once("200 OK", body).await;
+        let mut n = 0;
+        http(url).follow(&mut || n += 1).await.unwrap();
+        // Once when subscribed, then two `config` and one `lagged`.
+        assert_eq!(n, 4);
+    }
+
+    #[tokio::test]
+    async fn follow_fails_when_the_stream_is_refused() {
+        let url = serve_once("401 Unauthorized", "").await;
+        let mut n = 0;
+        let err = http(url).follow(&mut || n += 1).await.unwrap_err();
+        assert!(err.contains("401"), "{err}");
+        assert_eq!(n, 0);
     }
 }

@@ -3,6 +3,7 @@
 //! When started under the name of a core plugin (`<pluginspath>/command/command` is a copy
 //! of this binary, laid out by `triggerfs plugins install`), it runs that plugin instead.
 
+mod client_cmd;
 mod metrics_http;
 mod settings;
 mod up;
@@ -46,7 +47,7 @@ enum Command {
     /// Run a worker that connects out to the broker and serves requests with plugins.
     Worker(WorkerArgs),
     /// Send one request to a service and stream its output.
-    Client(client::command::ClientArgs),
+    Client(client_cmd::ClientArgs),
     /// Benchmarks: latency, throughput and fan-out against baselines.
     Bench(bench::BenchArgs),
     /// Manage plugins.
@@ -254,7 +255,7 @@ fn run(cli: Cli) -> Result<i32> {
             args.identity = args.identity.or_else(|| settings.identity.clone());
             args.secret = args.secret.or_else(|| settings.secret.clone());
             tokio_runtime()?.block_on(async {
-                match client::command::run(args).await {
+                match client_cmd::run(args).await {
                     Ok(code) => Ok(code),
                     Err(e) => {
                         eprintln!("Error: {e}");

@@ -6,8 +6,11 @@
 //! Searched as `--config FILE`, else `$TRIGGERFS_CONFIG`, else `$HOME/triggerfs.toml`; a
 //! missing default file is simply empty.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// What the binary takes from `triggerfs.toml`.
@@ -33,6 +36,65 @@ pub struct Settings {
     pub text: String,
 }
 
+/// The file's sections read here; others (`[broker]`, `[triggerfs]`) are ignored.
+#[derive(Debug, Default, Deserialize)]
+struct File {
+    #[serde(default)]
+    main: Main,
+    #[serde(default)]
+    workers: Workers,
+}
+
+/// `[main]`; keys other than these are ignored.
+#[derive(Debug, Default, Deserialize)]
+struct Main {
+    broker: Option<String>,
+    url: Option<String>,
+    team: Option<String>,
+    identity: Option<String>,
+    secret: Option<String>,
+}
+
+/// `[workers]`: `pluginspath`, and every other key a team of `<identity> = { token }`.
+#[derive(Debug, Default)]
+struct Workers {
+    pluginspath: Option<PathBuf>,
+    teams: BTreeMap<String, BTreeMap<String, WorkerEntry>>,
+}
+
+/// By hand rather than `#[serde(flatten)]`, which buffers the values and so loses where in
+/// the file a bad one is: this way an error points at the offending key.
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Workers, D::Error> {
+        struct WorkersVisitor;
+        impl<'de> Visitor<'de> for WorkersVisitor {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`pluginspath` and [workers.<team>.<identity>] tables")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Workers, A::Error> {
+                let mut workers = Workers::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "pluginspath" {
+                        workers.pluginspath = Some(map.next_value()?);
+                    } else {
+                        workers.teams.insert(key, map.next_value()?);
+                    }
+                }
+                Ok(workers)
+            }
+        }
+        deserializer.deserialize_map(WorkersVisitor)
+    }
+}
+
+/// `[workers.<team>.<identity>]`; keys other than `token` are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table with token = \"...\"")]
+struct WorkerEntry {
+    token: String,
+}
+
 impl Settings {
     /// Loads the file named by `explicit`, or the default one when it exists.
     pub fn load(explicit: Option<&Path>) -> Result<Settings> {
@@ -55,45 +117,27 @@ impl Settings {
 
     /// Parses the text of a `triggerfs.toml`.
     pub fn parse(text: &str) -> Result<Settings> {
-        let table: toml::Table = toml::from_str(text)?;
-        let mut settings = Settings {
+        let File { main, workers } = toml::from_str(text)?;
+        let worker_tokens = workers
+            .teams
+            .into_iter()
+            .flat_map(|(team, identities)| {
+                identities
+                    .into_iter()
+                    .map(move |(identity, entry)| ((team.clone(), identity), entry.token))
+            })
+            .collect();
+        Ok(Settings {
+            path: None,
+            broker: main.broker,
+            url: main.url,
+            team: main.team,
+            identity: main.identity,
+            secret: main.secret,
+            pluginspath: workers.pluginspath,
+            worker_tokens,
             text: text.to_string(),
-            ..Settings::default()
-        };
-        if let Some(main) = table.get("main").and_then(|v| v.as_table()) {
-            let get = |key: &str| main.get(key).and_then(|v| v.as_str()).map(String::from);
-            settings.broker = get("broker");
-            settings.url = get("url");
-            settings.team = get("team");
-            settings.identity = get("identity");
-            settings.secret = get("secret");
-        }
-        if let Some(workers) = table.get("workers").and_then(|v| v.as_table()) {
-            for (key, value) in workers {
-                match (key.as_str(), value) {
-                    ("pluginspath", toml::Value::String(p)) => {
-                        settings.pluginspath = Some(PathBuf::from(p))
-                    }
-                    ("pluginspath", _) => bail!("[workers] pluginspath must be a string"),
-                    (team, toml::Value::Table(identities)) => {
-                        for (identity, entry) in identities {
-                            let token =
-                                entry
-                                    .get("token")
-                                    .and_then(|t| t.as_str())
-                                    .with_context(|| {
-                                        format!("[workers.{team}.{identity}] needs token = \"...\"")
-                                    })?;
-                            settings
-                                .worker_tokens
-                                .insert((team.to_string(), identity.clone()), token.to_string());
-                        }
-                    }
-                    (other, _) => bail!("unexpected key `{other}` in [workers]"),
-                }
-            }
-        }
-        Ok(settings)
+        })
     }
 
     /// The team and token of a worker identity from `[workers.<team>.<identity>]`.
@@ -142,6 +186,77 @@ mod tests {
             ))
         );
         assert_eq!(s.worker_credentials(Some("other"), "demo01"), None);
+    }
+
+    #[test]
+    fn an_empty_file_is_all_defaults() {
+        let s = Settings::parse("").unwrap();
+        assert_eq!((s.broker, s.url, s.pluginspath), (None, None, None));
+        assert!(s.worker_tokens.is_empty());
+    }
+
+    #[test]
+    fn other_sections_and_unknown_main_keys_are_ignored() {
+        let text = r#"
+            [main]
+            team = "team1"
+            colour = "blue"
+            [broker.services.dc1]
+            algorithm = "mirror"
+            [triggerfs]
+            mountpoint = "/mnt/t"
+            "#;
+        let s = Settings::parse(text).unwrap();
+        assert_eq!(s.team.as_deref(), Some("team1"));
+        assert_eq!(
+            s.text, text,
+            "[broker] is parsed elsewhere, from the raw text"
+        );
+    }
+
+    #[test]
+    fn several_teams_and_identities() {
+        let s = Settings::parse(
+            r#"
+            [workers.team1.demo01]
+            token = "a"
+            [workers.team1.demo02]
+            token = "b"
+            [workers.team2.demo01]
+            token = "c"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.pluginspath, None);
+        assert_eq!(s.worker_tokens.len(), 3);
+        let creds = |team, identity| s.worker_credentials(team, identity);
+        assert_eq!(
+            creds(Some("team2"), "demo01"),
+            Some(("team2".into(), "c".into()))
+        );
+        assert_eq!(creds(None, "demo02"), Some(("team1".into(), "b".into())));
+        // Without a team, the first team in name order that has the identity.
+        assert_eq!(creds(None, "demo01"), Some(("team1".into(), "a".into())));
+        assert_eq!(creds(None, "nobody"), None);
+    }
+
+    /// Each bad file is refused with an error that names what is wrong.
+    #[test]
+    fn malformed_files_are_refused_clearly() {
+        let check = |text: &str, want: &str| {
+            let err = format!("{:#}", Settings::parse(text).unwrap_err());
+            assert!(err.contains(want), "{text:?}: {err}");
+        };
+        check("[workers.team1.demo01]\nfoo = 1", "token");
+        check("[workers.team1.demo01]\ntoken = 5", "string");
+        check("[workers]\npluginspath = 5", "path");
+        check("[workers]\nteam1 = 1", "team1");
+        check(
+            "[workers.team1]\ndemo01 = \"tok\"",
+            "expected a table with token",
+        );
+        check("[main]\nbroker = 5555", "broker");
+        check("[main\nbroker = 1", "TOML parse error");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The triggerFS client library, and the `triggerfs client` command built on it.
+//! The triggerFS client library: what every program uses to reach the broker.
 //!
 //! Layout:
 //! - [`connection`]: a tokio frame reader/writer over one broker socket; the worker, the fs
@@ -8,19 +8,16 @@
 //!   [`RequestHandle`] as [`ClientEvent`]s.
 //! - [`Outcome`] (in `outcome.rs`): what a request came to, summed up from its events;
 //!   serializable for `--json`.
-//! - [`render`]: the seed's text output, written to `impl Write` so it can be tested on bytes.
-//! - [`command`]: the `client` subcommand's flags and `run`.
+//! - [`login`]: team, identity and secret for a JWT from the control plane.
 //!
-//! This crate does not print anything except through [`render`], and it does not install a
-//! tracing subscriber: that is the binary's job.
+//! The `triggerfs client` command (flags, terminal output) lives in the binary. This crate
+//! prints nothing and does not install a tracing subscriber: both are the binary's job.
 #![warn(missing_docs)]
 
 mod client;
-pub mod command;
 pub mod connection;
 pub mod login;
 mod outcome;
-pub mod render;
 
 pub use client::{Client, ClientEvent, RequestHandle, RequestSpec};
 pub use outcome::{ErrorInfo, Outcome, OutputLine, WorkerOutcome, WorkerStatus};

@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{sleep_until, Instant};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 /// How long a plugin has between SIGTERM and SIGKILL: enough to flush and clean up, short
@@ -306,15 +307,6 @@ async fn read_pipe(
     }
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Starts the plugin and follows it to the end.
 async fn run_plugin(
     runner: &RunnerConfig,
@@ -350,21 +342,21 @@ async fn run_plugin(
         .expect("a PluginRequest always serialises");
     request.push(b'\n');
     let _stdin_task = child.stdin.take().map(|mut stdin| {
-        AbortOnDrop(tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             // A plugin that exits without reading its stdin is not an error.
             let _ = stdin.write_all(&request).await;
         }))
     });
     let (line_tx, mut line_rx) = mpsc::channel(LINE_QUEUE);
     let _stdout_task = child.stdout.take().map(|pipe| {
-        AbortOnDrop(tokio::spawn(read_pipe(
+        AbortOnDropHandle::new(tokio::spawn(read_pipe(
             Stream::Stdout,
             pipe,
             line_tx.clone(),
         )))
     });
     let _stderr_task = child.stderr.take().map(|pipe| {
-        AbortOnDrop(tokio::spawn(read_pipe(
+        AbortOnDropHandle::new(tokio::spawn(read_pipe(
             Stream::Stderr,
             pipe,
             line_tx.clone(),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 /// How long connecting plus the handshake may take before we try again.
@@ -32,15 +33,6 @@ pub(crate) struct Shared {
     pub(crate) slots: Arc<Semaphore>,
     /// Each dispatch task holds a clone; [`crate::run`] waits for all to drop at shutdown.
     pub(crate) alive: mpsc::Sender<()>,
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Connects, handshakes and serves until the connection breaks; returns why it ended.
@@ -109,7 +101,7 @@ async fn serve_inner(
     let heartbeat = Duration::from_millis(u64::from(heartbeat_ms)).max(MIN_HEARTBEAT);
     let silence_limit = heartbeat * 3;
     let (out_tx, out_rx) = mpsc::channel::<Frame>(OUT_QUEUE);
-    let mut writer_task = AbortOnDrop(tokio::spawn(write_frames(writer, out_rx)));
+    let mut writer_task = AbortOnDropHandle::new(tokio::spawn(write_frames(writer, out_rx)));
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let silence = tokio::time::sleep(silence_limit);
@@ -141,7 +133,7 @@ async fn serve_inner(
                 let _ = out_tx.try_send(Frame::Heartbeat);
             }
             () = &mut silence => return Err(WorkerError::BrokerSilent { silent: silence_limit }),
-            ended = &mut writer_task.0 => {
+            ended = &mut writer_task => {
                 return Err(match ended {
                     Ok(Err(e)) => e.into(),
                     _ => WorkerError::WriterStopped,

@@ -1,19 +1,24 @@
 //! `triggerfs client`: send one request, show its output live, exit with its result.
 //!
 //! [`ClientArgs`] is the flag set (each flag also a `TRIGGERFS_*` variable); [`run`] is what
-//! the binary calls. [`run_with`] takes the console, stdin and the interrupt signal as
-//! arguments so that tests can drive it without a terminal or a real Ctrl-C.
+//! `main` calls. [`run_with`] takes the console, stdin and the interrupt signal as
+//! arguments so that tests can drive it without a terminal or a real Ctrl-C. The `client`
+//! library does the talking; this module and [`render`] are the command's own (argument
+//! parsing, terminal output), kept in the binary so the library needs neither clap nor
+//! indicatif.
 //!
 //! Exit status: 0 every worker exited 0 (at least one ran, or `--no-wait` was queued);
 //! 1 a worker failed, exited non-zero, timed out, was lost or cancelled; 2 a request-level
 //! error or bad arguments; 3 the broker could not be reached or the connection dropped;
 //! 130 interrupted.
 
-use crate::client::{Client, RequestSpec};
-use crate::outcome::Outcome;
-use crate::render::{Console, LiveRender};
-use crate::ClientError;
+#[cfg(test)]
+mod fake_broker_tests;
+pub mod render;
+
+use client::{Client, ClientError, Outcome, RequestSpec};
 use proto::Credential;
+use render::{Console, LiveRender};
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -162,8 +167,8 @@ pub async fn credential_token(args: &ClientArgs) -> Result<String, ClientError> 
     }
     match (&args.team, &args.identity, &args.secret) {
         (Some(team), Some(identity), Some(secret)) => {
-            let url = args.url.as_deref().unwrap_or(crate::login::DEFAULT_URL);
-            crate::login::login(url, team, identity, secret).await
+            let url = args.url.as_deref().unwrap_or(client::login::DEFAULT_URL);
+            client::login::login(url, team, identity, secret).await
         }
         _ => Ok(String::new()),
     }
@@ -229,7 +234,8 @@ mod tests {
         client: ClientArgs,
     }
 
-    fn parse(argv: &[&str]) -> Result<ClientArgs, clap::Error> {
+    /// `argv` as the flags after `triggerfs client`.
+    pub(super) fn parse(argv: &[&str]) -> Result<ClientArgs, clap::Error> {
         Cli::try_parse_from(std::iter::once("client").chain(argv.iter().copied())).map(|c| c.client)
     }
 

@@ -12,12 +12,13 @@
 //! Time ran: 907.914622ms
 //! ```
 
-use crate::client::ClientEvent;
-use crate::outcome::{Outcome, WorkerOutcome, WorkerStatus};
+use client::{ClientEvent, Outcome, WorkerOutcome, WorkerStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
 use proto::{Algorithm, Stream};
 use std::io::{self, Write};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// Where the command writes, and what it knows about the terminal.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct Console<O, E> {
     pub err_is_terminal: bool,
     /// The wall clock for log timestamps; tests pin it.
     pub clock: fn() -> SystemTime,
+    /// The time zone of log timestamps: the system's, or UTC in tests.
+    pub time_zone: TimeZone,
 }
 
 impl Console<io::Stdout, io::Stderr> {
@@ -41,38 +44,20 @@ impl Console<io::Stdout, io::Stderr> {
             err: io::stderr(),
             err_is_terminal: io::stderr().is_terminal(),
             clock: SystemTime::now,
+            // `TZ`, else /etc/localtime; UTC when neither can be read.
+            time_zone: TimeZone::system(),
         }
     }
 }
 
-/// `YYYY/MM/DD HH:MM:SS` in UTC, like the prefix of Go's `log` package.
-pub fn log_timestamp(at: SystemTime) -> String {
-    let secs = at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}/{month:02}/{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// `YYYY/MM/DD HH:MM:SS` in `time_zone`, like the prefix of Go's `log` package.
+pub fn log_timestamp(at: SystemTime, time_zone: &TimeZone) -> String {
+    // Out of jiff's range (years beyond ±9999) only with a broken clock.
+    let at = Timestamp::try_from(at).unwrap_or(Timestamp::UNIX_EPOCH);
+    time_zone
+        .to_datetime(at)
+        .strftime("%Y/%m/%d %H:%M:%S")
+        .to_string()
 }
 
 /// Renders a request's events as they arrive (nothing in `--json` mode).
@@ -115,7 +100,7 @@ impl LiveRender {
                 };
                 let line = format!(
                     "{} Sending message to service {} ({detail})",
-                    log_timestamp((console.clock)()),
+                    log_timestamp((console.clock)(), &console.time_zone),
                     self.service
                 );
                 self.print(&mut console.err, &line)?;
@@ -246,21 +231,27 @@ fn exit_text(worker: &WorkerOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use jiff::tz::offset;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
-    fn timestamps_are_utc_like_go_log() {
-        let check = |secs: u64, want: &str| {
-            assert_eq!(
-                log_timestamp(UNIX_EPOCH + Duration::from_secs(secs)),
-                want,
-                "{secs}"
-            )
+    fn timestamps_are_like_go_log() {
+        let check = |secs: u64, time_zone: &TimeZone, want: &str| {
+            let at = UNIX_EPOCH + Duration::from_secs(secs);
+            assert_eq!(log_timestamp(at, time_zone), want, "{secs}")
         };
-        check(0, "1970/01/01 00:00:00");
-        check(1_525_122_846, "2018/04/30 21:14:06");
-        check(951_868_799, "2000/02/29 23:59:59");
-        check(951_868_800, "2000/03/01 00:00:00");
-        check(4_102_444_800, "2100/01/01 00:00:00");
+        let utc = TimeZone::UTC;
+        check(0, &utc, "1970/01/01 00:00:00");
+        check(1_525_122_846, &utc, "2018/04/30 21:14:06");
+        check(951_868_799, &utc, "2000/02/29 23:59:59");
+        check(951_868_800, &utc, "2000/03/01 00:00:00");
+        check(4_102_444_800, &utc, "2100/01/01 00:00:00");
+        // A zone east of UTC moves the date forward; one west, back.
+        check(
+            1_525_122_846,
+            &TimeZone::fixed(offset(3)),
+            "2018/05/01 00:14:06",
+        );
+        check(0, &TimeZone::fixed(offset(-5)), "1969/12/31 19:00:00");
     }
 }

@@ -220,9 +220,7 @@ impl Registry {
                     ErrorKind::Forbidden,
                     format!(
                         "service {team}/{service_name} is {} and not open to {}/{}",
-                        visibility_name(service.visibility),
-                        caller.team,
-                        caller.identity
+                        service.visibility, caller.team, caller.identity
                     ),
                 ));
             }
@@ -277,14 +275,6 @@ fn unindex(index: &mut HashMap<String, BTreeSet<Arc<str>>>, service: &str, ident
         if ids.is_empty() {
             index.remove(service);
         }
-    }
-}
-
-fn visibility_name(v: Visibility) -> &'static str {
-    match v {
-        Visibility::Local => "local",
-        Visibility::Team => "team",
-        Visibility::Public => "public",
     }
 }
 

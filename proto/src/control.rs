@@ -11,6 +11,7 @@
 //! (`Authorization: Bearer <token>`), a secret the control plane keeps in its data dir.
 
 use crate::frame::Algorithm;
+use crate::text_enum;
 use serde::{Deserialize, Serialize};
 
 /// Claims of a client's JWT (HS256, signed by the control plane).
@@ -28,27 +29,33 @@ pub struct Claims {
     pub exp: u64,
 }
 
-/// Who may call a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    /// Only the user who owns it.
-    #[default]
-    Local,
-    /// Every member of its team.
-    Team,
-    /// Anyone, as `team/service`.
-    Public,
+text_enum! {
+    ("visibility", "lowercase")
+    /// Who may call a service.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Visibility {
+        /// Only the user who owns it.
+        #[default]
+        Local,
+        /// Every member of its team.
+        Team,
+        /// Anyone, as `team/service`.
+        Public,
+    }
 }
 
-/// A worker's connection state, as the control plane shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum WorkerState {
-    /// Connected to a broker.
-    Online,
-    /// Not connected.
-    Disconnected,
+text_enum! {
+    ("worker state", "UPPERCASE")
+    /// A worker's connection state, as the control plane shows it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "UPPERCASE")]
+    pub enum WorkerState {
+        /// Connected to a broker.
+        Online,
+        /// Not connected.
+        Disconnected,
+    }
 }
 
 /// A worker the broker may admit.

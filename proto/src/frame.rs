@@ -6,19 +6,22 @@
 //! unique per client connection; a dispatch id is chosen by the broker and is unique per
 //! broker.
 
+use crate::text_enum;
 use rkyv::{Archive, Deserialize, Serialize};
-use std::fmt;
 
 /// The protocol version this build speaks. A `Hello` with another version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// Who is on the other end of a connection.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Sends requests and reads replies.
-    Client,
-    /// Serves requests by running plugins.
-    Worker,
+text_enum! {
+    ("role", "lowercase")
+    /// Who is on the other end of a connection.
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Role {
+        /// Sends requests and reads replies.
+        Client,
+        /// Serves requests by running plugins.
+        Worker,
+    }
 }
 
 /// What a peer presents in its `Hello`.
@@ -51,121 +54,100 @@ pub struct Hello {
     pub credential: Credential,
 }
 
-/// How a service spreads a request over its workers.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Algorithm {
-    /// One worker, rotating; fail-over before `Accepted`.
-    Roundrobin,
-    /// Every online worker in parallel (optionally in batches).
-    Mirror,
-    /// Every online worker, one after another, in a stable order.
-    Serial,
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Algorithm::Roundrobin => "roundrobin",
-            Algorithm::Mirror => "mirror",
-            Algorithm::Serial => "serial",
-        })
+text_enum! {
+    ("algorithm", "lowercase")
+    /// How a service spreads a request over its workers.
+    #[derive(
+        Archive,
+        Serialize,
+        Deserialize,
+        Debug,
+        Clone,
+        Copy,
+        PartialEq,
+        Eq,
+        Hash,
+        serde::Serialize,
+        serde::Deserialize,
+    )]
+    #[serde(rename_all = "lowercase")]
+    pub enum Algorithm {
+        /// One worker, rotating; fail-over before `Accepted`.
+        Roundrobin,
+        /// Every online worker in parallel (optionally in batches).
+        Mirror,
+        /// Every online worker, one after another, in a stable order.
+        Serial,
     }
 }
 
-impl std::str::FromStr for Algorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "roundrobin" => Ok(Algorithm::Roundrobin),
-            "mirror" => Ok(Algorithm::Mirror),
-            "serial" => Ok(Algorithm::Serial),
-            other => Err(format!(
-                "unknown algorithm `{other}` (expected roundrobin, mirror or serial)"
-            )),
-        }
+text_enum! {
+    ("stream", "lowercase")
+    /// Which output stream of a plugin a line came from.
+    #[derive(
+        Archive,
+        Serialize,
+        Deserialize,
+        Debug,
+        Clone,
+        Copy,
+        PartialEq,
+        Eq,
+        serde::Serialize,
+        serde::Deserialize,
+    )]
+    #[serde(rename_all = "lowercase")]
+    pub enum Stream {
+        /// Standard output.
+        Stdout,
+        /// Standard error.
+        Stderr,
     }
 }
 
-/// Which output stream of a plugin a line came from.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
-/// Typed errors: never strings to parse.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-pub enum ErrorKind {
-    /// The service (or worker identity) is not known.
-    NoSuchService,
-    /// The service exists but no worker behind it is connected.
-    NoWorkersOnline,
-    /// The credential is wrong, unknown or expired.
-    Unauthorized,
-    /// The caller may not use this service.
-    Forbidden,
-    /// The request ran past its timeout.
-    Timeout,
-    /// The worker has no such plugin, or the name escapes its plugins path.
-    PluginNotFound,
-    /// The worker went away while it ran the request.
-    WorkerLost,
-    /// The team's quota does not allow this.
-    QuotaExceeded,
-    /// The request itself is invalid (bad name, duplicate id, …).
-    BadRequest,
-    /// A frame could not be decoded or was out of place.
-    Malformed,
-    /// A frame was larger than the limit.
-    TooLarge,
-    /// The plugin could not be started or failed inside the worker.
-    PluginFailed,
-    /// The client cancelled the request.
-    Cancelled,
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+text_enum! {
+    ("error kind", "PascalCase")
+    /// Typed errors: never strings to parse.
+    #[derive(
+        Archive,
+        Serialize,
+        Deserialize,
+        Debug,
+        Clone,
+        Copy,
+        PartialEq,
+        Eq,
+        Hash,
+        serde::Serialize,
+        serde::Deserialize,
+    )]
+    pub enum ErrorKind {
+        /// The service (or worker identity) is not known.
+        NoSuchService,
+        /// The service exists but no worker behind it is connected.
+        NoWorkersOnline,
+        /// The credential is wrong, unknown or expired.
+        Unauthorized,
+        /// The caller may not use this service.
+        Forbidden,
+        /// The request ran past its timeout.
+        Timeout,
+        /// The worker has no such plugin, or the name escapes its plugins path.
+        PluginNotFound,
+        /// The worker went away while it ran the request.
+        WorkerLost,
+        /// The team's quota does not allow this.
+        QuotaExceeded,
+        /// The request itself is invalid (bad name, duplicate id, …).
+        BadRequest,
+        /// A frame could not be decoded or was out of place.
+        Malformed,
+        /// A frame was larger than the limit.
+        TooLarge,
+        /// The plugin could not be started or failed inside the worker.
+        PluginFailed,
+        /// The client cancelled the request.
+        Cancelled,
     }
 }
 

@@ -1,16 +1,15 @@
 //! The broker's feed: the configuration snapshot, and worker state flowing back.
 //! Authenticated by the broker token, never by a user JWT.
 
+use super::{readable, stored, Unreadable};
 use crate::auth::BrokerAuth;
 use crate::db::{on_db, CURRENT_REVISION};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
 use crate::AppState;
 use axum::extract::State;
-use proto::control::{
-    BrokerReport, BrokerSnapshot, ServiceEntry, Visibility, WorkerEntry, WorkerState,
-};
-use proto::Algorithm;
+use proto::control::{BrokerReport, BrokerSnapshot, ServiceEntry, WorkerEntry};
+use proto::TextEnum;
 use serde::Serialize;
 use std::collections::HashMap;
 use utoipa::ToSchema;
@@ -42,19 +41,21 @@ struct BindingRow {
     identity: String,
 }
 
-pub(crate) fn parse_algorithm(text: &str) -> Algorithm {
-    match text {
-        "mirror" => Algorithm::Mirror,
-        "serial" => Algorithm::Serial,
-        _ => Algorithm::Roundrobin,
-    }
-}
-
-pub(crate) fn parse_visibility(text: &str) -> Visibility {
-    match text {
-        "team" => Visibility::Team,
-        "public" => Visibility::Public,
-        _ => Visibility::Local,
+impl ServiceRow {
+    fn entry(self, workers: Vec<String>) -> Result<ServiceEntry, Unreadable> {
+        let (team, name) = (&self.team, &self.name);
+        Ok(ServiceEntry {
+            algorithm: stored(&self.algorithm, "service", team, name)?,
+            visibility: stored(&self.visibility, "service", team, name)?,
+            workers,
+            team: self.team,
+            name: self.name,
+            owner: self.owner,
+            timeout_ms: u64::try_from(self.timeout_ms).unwrap_or(0),
+            batch: self.batch.and_then(|b| u32::try_from(b).ok()),
+            stop_on_failure: self.stop_on_failure,
+            retry: self.retry,
+        })
     }
 }
 
@@ -102,21 +103,15 @@ pub async fn snapshot(
                 token_sha256: w.token_sha256,
             })
             .collect(),
-        services: services
-            .into_iter()
-            .map(|s| ServiceEntry {
-                workers: bound.remove(&s.id).unwrap_or_default(),
-                team: s.team,
-                name: s.name,
-                owner: s.owner,
-                algorithm: parse_algorithm(&s.algorithm),
-                timeout_ms: u64::try_from(s.timeout_ms).unwrap_or(0),
-                visibility: parse_visibility(&s.visibility),
-                batch: s.batch.and_then(|b| u32::try_from(b).ok()),
-                stop_on_failure: s.stop_on_failure,
-                retry: s.retry,
-            })
-            .collect(),
+        // A service whose stored algorithm or visibility cannot be read is not routed at all,
+        // rather than routed with a guessed one; every other service still reaches the broker.
+        services: readable(
+            "the broker snapshot",
+            services.into_iter().map(|s| {
+                let workers = bound.remove(&s.id).unwrap_or_default();
+                s.entry(workers)
+            }),
+        ),
     }))
 }
 
@@ -138,10 +133,7 @@ pub async fn report(
 ) -> Result<Json<ReportAnswer>, ApiError> {
     let mut updated = 0;
     for w in &report.workers {
-        let text = match w.state {
-            WorkerState::Online => "ONLINE",
-            WorkerState::Disconnected => "DISCONNECTED",
-        };
+        let text = w.state.as_str();
         // Clamp: a broker clock cannot push a timestamp outside what the column holds.
         let at = i64::try_from(w.at_unix_ms).unwrap_or(i64::MAX);
         const SQL: &str = "UPDATE workers SET state = $1, last_seen = $2 \

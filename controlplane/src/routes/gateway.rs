@@ -13,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use client::{Client, ClientError, ClientEvent, RequestHandle, RequestSpec};
 use futures::stream::{self, Stream};
-use proto::{Credential, ErrorKind, Stream as OutStream};
+use proto::{Credential, ErrorKind, TextEnum};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -71,7 +71,7 @@ fn event_json(event: &ClientEvent) -> Value {
             "event": "output",
             "worker": worker,
             "seq": seq,
-            "stream": match stream { OutStream::Stdout => "stdout", OutStream::Stderr => "stderr" },
+            "stream": stream.as_str(),
             "line": String::from_utf8_lossy(data),
         }),
         ClientEvent::Done { worker, exit_code } => {
@@ -240,7 +240,7 @@ pub async fn run_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::{Algorithm, Summary};
+    use proto::{Algorithm, Stream as OutStream, Summary};
 
     #[test]
     fn event_shapes() {

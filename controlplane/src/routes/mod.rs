@@ -21,6 +21,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use proto::control::ConfigEvent;
+use proto::UnknownText;
+use std::str::FromStr;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -242,6 +244,53 @@ pub(crate) fn may_modify(user: &crate::auth::AuthUser, owner: &str) -> Result<()
     }
 }
 
+/// A stored row whose enum text names no known value (edited by hand, or written by a newer
+/// version). The text is never guessed at: lists and the broker snapshot leave the row out,
+/// a read of that one object answers `Internal`, and each says so in an error log line.
+#[derive(Debug, thiserror::Error)]
+#[error("{object} {name} of team {team} cannot be read: {source}")]
+pub(crate) struct Unreadable {
+    object: &'static str,
+    team: String,
+    name: String,
+    #[source]
+    source: UnknownText,
+}
+
+impl From<Unreadable> for ApiError {
+    fn from(e: Unreadable) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// Reads the stored text of one enum column of `object` `name` in `team`.
+pub(crate) fn stored<T: FromStr<Err = UnknownText>>(
+    text: &str,
+    object: &'static str,
+    team: &str,
+    name: &str,
+) -> Result<T, Unreadable> {
+    text.parse().map_err(|source| Unreadable {
+        object,
+        team: team.to_string(),
+        name: name.to_string(),
+        source,
+    })
+}
+
+/// The rows that could be read; every other one is logged and left out of `answer`.
+pub(crate) fn readable<V>(
+    answer: &'static str,
+    rows: impl IntoIterator<Item = Result<V, Unreadable>>,
+) -> Vec<V> {
+    rows.into_iter()
+        .filter_map(|row| {
+            row.map_err(|e| tracing::error!(error = %e, left_out_of = answer, "unreadable row"))
+                .ok()
+        })
+        .collect()
+}
+
 /// Fails with `QuotaExceeded` when `used` has reached `limit` (`None`: unlimited).
 pub(crate) fn check_quota(
     team: &str,
@@ -279,6 +328,24 @@ mod tests {
         check(Some("100000000000000h"), None, None);
         assert_eq!(timeout_text(0), None);
         assert_eq!(timeout_text(90_000).as_deref(), Some("1m 30s"));
+    }
+
+    #[test]
+    fn unreadable_rows_are_left_out_or_internal() {
+        let read = |text: &str| stored::<proto::Algorithm>(text, "service", "main", "s");
+        assert_eq!(read("mirror").ok(), Some(proto::Algorithm::Mirror));
+        let err = read("random").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service s of team main cannot be read: unknown algorithm `random` \
+             (expected one of roundrobin, mirror, serial)"
+        );
+        assert_eq!(
+            readable("a list", [read("serial"), read(""), read("mirror")]).len(),
+            2
+        );
+        let api: ApiError = err.into();
+        assert_eq!(api.status_code().1, "Internal");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Services of the caller's team: algorithm, timeout, visibility, bound workers.
 
-use super::broker::{parse_algorithm, parse_visibility};
 use super::workers::check_description;
 use super::{check_name, check_quota, config_event, may_modify, parse_timeout, timeout_text};
+use super::{readable, stored, Unreadable};
 use crate::auth::AuthUser;
 use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
 use crate::error::{ApiError, ErrorBody, ResultExt};
@@ -11,7 +11,7 @@ use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use proto::control::Visibility;
-use proto::Algorithm;
+use proto::{Algorithm, TextEnum};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -130,14 +130,14 @@ struct BindingRow {
 }
 
 impl ServiceRow {
-    fn view(self, workers: Vec<String>) -> ServiceView {
-        ServiceView {
+    fn view(self, team: &str, workers: Vec<String>) -> Result<ServiceView, Unreadable> {
+        Ok(ServiceView {
+            algorithm: stored(&self.algorithm, "service", team, &self.name)?,
+            visibility: stored(&self.visibility, "service", team, &self.name)?,
             timeout: timeout_text(self.timeout_ms),
             name: self.name,
             description: self.description,
-            algorithm: parse_algorithm(&self.algorithm),
             timeout_ms: self.timeout_ms,
-            visibility: parse_visibility(&self.visibility),
             workers,
             batch: self.batch,
             stop_on_failure: self.stop_on_failure,
@@ -145,7 +145,7 @@ impl ServiceRow {
             owner: self.owner,
             created: rfc3339(self.created),
             updated: rfc3339(self.updated),
-        }
+        })
     }
 }
 
@@ -154,27 +154,11 @@ const SELECT: &str = "SELECT id, name, description, algorithm, timeout_ms, visib
 const BINDINGS: &str = "SELECT sw.service_id, w.identity FROM service_workers sw \
     JOIN workers w ON w.id = sw.worker_id WHERE w.team_id = $1 ORDER BY sw.service_id, sw.position";
 
-fn algorithm_text(a: Algorithm) -> &'static str {
-    match a {
-        Algorithm::Roundrobin => "roundrobin",
-        Algorithm::Mirror => "mirror",
-        Algorithm::Serial => "serial",
-    }
-}
-
-fn visibility_text(v: Visibility) -> &'static str {
-    match v {
-        Visibility::Local => "local",
-        Visibility::Team => "team",
-        Visibility::Public => "public",
-    }
-}
-
 async fn load(
     state: &AppState,
     user: &AuthUser,
     name: Option<&str>,
-) -> Result<Vec<ServiceView>, ApiError> {
+) -> Result<Vec<Result<ServiceView, Unreadable>>, ApiError> {
     let sql = match name {
         Some(_) => format!("{SELECT} AND name = $2"),
         None => format!("{SELECT} ORDER BY name"),
@@ -196,16 +180,17 @@ async fn load(
                 .filter(|b| b.service_id == row.id)
                 .map(|b| b.identity.clone())
                 .collect();
-            row.view(workers)
+            row.view(&user.team, workers)
         })
         .collect())
 }
 
 async fn find(state: &AppState, user: &AuthUser, name: &str) -> Result<ServiceView, ApiError> {
-    load(state, user, Some(name))
+    let view = load(state, user, Some(name))
         .await?
         .pop()
-        .ok_or_else(|| ApiError::NotFound(format!("no service {name} in team {}", user.team)))
+        .ok_or_else(|| ApiError::NotFound(format!("no service {name} in team {}", user.team)))?;
+    Ok(view?)
 }
 
 fn check_workers(workers: &[String]) -> Result<(), ApiError> {
@@ -263,7 +248,8 @@ pub async fn list_services(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<Vec<ServiceView>>, ApiError> {
-    Ok(Json(load(&state, &user, None).await?))
+    let views = load(&state, &user, None).await?;
+    Ok(Json(readable("the list of services", views)))
 }
 
 /// Creates a service owned by the caller.
@@ -293,9 +279,9 @@ pub async fn create_service(
              batch, stop_on_failure, retry, owner, created, updated) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id")
             .bind(user.team_id).bind(&req.name).bind(req.description.as_deref().unwrap_or(""))
-            .bind(algorithm_text(req.algorithm.unwrap_or(Algorithm::Roundrobin)))
+            .bind(req.algorithm.unwrap_or(Algorithm::Roundrobin).as_str())
             .bind(timeout_ms)
-            .bind(visibility_text(req.visibility.unwrap_or_default()))
+            .bind(req.visibility.unwrap_or_default().as_str())
             .bind(batch_value(req.batch))
             .bind(req.stop_on_failure.unwrap_or(false)).bind(req.retry.unwrap_or(false))
             .bind(&user.identity).bind(now)
@@ -366,9 +352,9 @@ pub async fn update_service(
             stop_on_failure = COALESCE($7, stop_on_failure), retry = COALESCE($8, retry), \
             updated = $9 WHERE id = $10")
             .bind(req.description.as_deref())
-            .bind(req.algorithm.map(algorithm_text))
+            .bind(req.algorithm.map(TextEnum::as_str))
             .bind(timeout_ms)
-            .bind(req.visibility.map(visibility_text))
+            .bind(req.visibility.map(TextEnum::as_str))
             .bind(req.batch.is_some()).bind(batch_value(req.batch))
             .bind(req.stop_on_failure).bind(req.retry)
             .bind(now).bind(id)

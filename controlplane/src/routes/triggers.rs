@@ -1,9 +1,9 @@
 //! Triggers: files under a directory that run a plugin through a service when written.
 
-use super::broker::parse_visibility;
 use super::directories::directory_name;
 use super::workers::check_description;
 use super::{check_quota, config_event, may_modify, parse_timeout, timeout_text};
+use super::{readable, stored, Unreadable};
 use crate::auth::AuthUser;
 use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
 use crate::error::{ApiError, ErrorBody, ResultExt};
@@ -12,27 +12,22 @@ use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use proto::control::Visibility;
+use proto::{text_enum, TextEnum};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-/// How a trigger's output is split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    /// One blob.
-    #[default]
-    None,
-    /// Line by line.
-    Lines,
-}
-
-impl Split {
-    fn text(self) -> &'static str {
-        match self {
-            Split::None => "none",
-            Split::Lines => "lines",
-        }
+text_enum! {
+    ("split", "lowercase")
+    /// How a trigger's output is split.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Split {
+        /// One blob.
+        #[default]
+        None,
+        /// Line by line.
+        Lines,
     }
 }
 
@@ -62,7 +57,8 @@ pub struct TriggerView {
     /// Unix mode bits (e.g. 420 = 0o644).
     pub mode: i64,
     /// `none` or `lines`.
-    pub split: String,
+    #[schema(value_type = String)]
+    pub split: Split,
     /// `local`, `team` or `public`.
     #[schema(value_type = String)]
     pub visibility: Visibility,
@@ -153,10 +149,13 @@ struct TriggerRow {
 }
 
 impl TriggerRow {
-    fn view(self) -> TriggerView {
-        TriggerView {
+    fn view(self, team: &str) -> Result<TriggerView, Unreadable> {
+        let path = format!("/{}/{}", self.directory, self.name);
+        Ok(TriggerView {
+            split: stored(&self.split, "trigger", team, &path)?,
+            visibility: stored(&self.visibility, "trigger", team, &path)?,
             id: self.id,
-            path: format!("/{}/{}", self.directory, self.name),
+            path,
             timeout: timeout_text(self.timeout_ms),
             args: serde_json::from_str(&self.args).unwrap_or_default(),
             name: self.name,
@@ -166,13 +165,11 @@ impl TriggerRow {
             service: self.service,
             timeout_ms: self.timeout_ms,
             mode: self.mode,
-            split: self.split,
-            visibility: parse_visibility(&self.visibility),
             hits: self.hits,
             owner: self.owner,
             created: rfc3339(self.created),
             updated: rfc3339(self.updated),
-        }
+        })
     }
 }
 
@@ -254,7 +251,8 @@ pub async fn list_triggers(
     let rows: Vec<TriggerRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).bind(user.team_id).fetch_all(pool).await?
     });
-    Ok(Json(rows.into_iter().map(TriggerRow::view).collect()))
+    let views = rows.into_iter().map(|row| row.view(&user.team));
+    Ok(Json(readable("the list of triggers", views)))
 }
 
 /// Creates a trigger in an existing directory.
@@ -308,8 +306,8 @@ pub async fn create_trigger(
             .bind(req.description.as_deref().unwrap_or(""))
             .bind(&req.plugin).bind(&req.service).bind(&args).bind(timeout_ms)
             .bind(i64::from(req.mode.unwrap_or(0o644)))
-            .bind(req.split.unwrap_or_default().text())
-            .bind(visibility_text(req.visibility.unwrap_or_default()))
+            .bind(req.split.unwrap_or_default().as_str())
+            .bind(req.visibility.unwrap_or_default().as_str())
             .bind(&user.identity).bind(now)
             .fetch_one(&mut *tx).await
             .on_conflict(|| format!("trigger {}", req.path))?;
@@ -321,16 +319,8 @@ pub async fn create_trigger(
     ));
     Ok((
         StatusCode::CREATED,
-        Json(find(&state, &user, id).await?.view()),
+        Json(find(&state, &user, id).await?.view(&user.team)?),
     ))
-}
-
-fn visibility_text(v: Visibility) -> &'static str {
-    match v {
-        Visibility::Local => "local",
-        Visibility::Team => "team",
-        Visibility::Public => "public",
-    }
 }
 
 /// One trigger.
@@ -343,7 +333,7 @@ pub async fn get_trigger(
     Path(id): Path<String>,
 ) -> Result<Json<TriggerView>, ApiError> {
     let id = parse_id(&id)?;
-    Ok(Json(find(&state, &user, id).await?.view()))
+    Ok(Json(find(&state, &user, id).await?.view(&user.team)?))
 }
 
 /// Changes a trigger (its owner or an admin).
@@ -381,8 +371,8 @@ pub async fn update_trigger(
             visibility = COALESCE($8, visibility), updated = $9 WHERE id = $10")
             .bind(req.plugin.as_deref()).bind(req.service.as_deref()).bind(args.as_deref())
             .bind(timeout_ms).bind(req.mode.map(i64::from))
-            .bind(req.split.map(Split::text)).bind(req.description.as_deref())
-            .bind(req.visibility.map(visibility_text)).bind(now).bind(id)
+            .bind(req.split.map(TextEnum::as_str)).bind(req.description.as_deref())
+            .bind(req.visibility.map(TextEnum::as_str)).bind(now).bind(id)
             .execute(&mut *tx).await?;
         tx.commit().await?;
         revision
@@ -391,7 +381,7 @@ pub async fn update_trigger(
     state.publish(config_event(
         revision, &user.team, "trigger", "updated", &path,
     ));
-    Ok(Json(find(&state, &user, id).await?.view()))
+    Ok(Json(find(&state, &user, id).await?.view(&user.team)?))
 }
 
 /// Deletes a trigger (its owner or an admin).
@@ -448,5 +438,28 @@ pub async fn add_hits(
             user.team
         )));
     }
-    Ok(Json(find(&state, &user, id).await?.view()))
+    Ok(Json(find(&state, &user, id).await?.view(&user.team)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::UnknownText;
+    use strum::VariantArray;
+
+    #[test]
+    fn split_has_one_text_per_variant() {
+        for &split in Split::VARIANTS {
+            let text = split.as_str();
+            assert_eq!(text.parse::<Split>(), Ok(split));
+            assert_eq!(serde_json::to_value(split).unwrap(), text);
+            assert_eq!(serde_json::from_value::<Split>(text.into()).unwrap(), split);
+        }
+        assert_eq!(Split::None.as_str(), "none");
+        assert_eq!(Split::Lines.as_str(), "lines");
+        for bad in ["", "Lines", "words"] {
+            assert_eq!(bad.parse::<Split>(), Err(UnknownText::of::<Split>(bad)));
+            assert!(serde_json::from_value::<Split>(bad.into()).is_err());
+        }
+    }
 }

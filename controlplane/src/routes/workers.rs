@@ -2,6 +2,7 @@
 //! `regenerate`; only its SHA-256 digest is stored.
 
 use super::{check_name, check_quota, config_event, may_modify};
+use super::{readable, stored, Unreadable};
 use crate::auth::AuthUser;
 use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
 use crate::error::{ApiError, ErrorBody, ResultExt};
@@ -9,6 +10,7 @@ use crate::extract::{Json, Path};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
+use proto::control::WorkerState;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -20,7 +22,8 @@ pub struct WorkerView {
     /// Free text.
     pub description: String,
     /// `ONLINE` or `DISCONNECTED` (reported by the broker).
-    pub state: String,
+    #[schema(value_type = String)]
+    pub state: WorkerState,
     /// When the broker last reported it (RFC 3339), if ever.
     pub last_seen: Option<String>,
     /// Who created it.
@@ -70,16 +73,16 @@ struct WorkerRow {
 }
 
 impl WorkerRow {
-    fn view(self) -> WorkerView {
-        WorkerView {
+    fn view(self, team: &str) -> Result<WorkerView, Unreadable> {
+        Ok(WorkerView {
+            state: stored(&self.state, "worker", team, &self.identity)?,
             identity: self.identity,
             description: self.description,
-            state: self.state,
             last_seen: self.last_seen.map(rfc3339),
             owner: self.owner,
             created: rfc3339(self.created),
             updated: rfc3339(self.updated),
-        }
+        })
     }
 }
 
@@ -124,7 +127,8 @@ pub async fn list_workers(
     let rows: Vec<WorkerRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).bind(user.team_id).fetch_all(pool).await?
     });
-    Ok(Json(rows.into_iter().map(WorkerRow::view).collect()))
+    let views = rows.into_iter().map(|row| row.view(&user.team));
+    Ok(Json(readable("the list of workers", views)))
 }
 
 /// Creates a worker; the answer holds its token, once.
@@ -162,7 +166,7 @@ pub async fn create_worker(
         "created",
         &req.identity,
     ));
-    let worker = find(&state, &user, &req.identity).await?.view();
+    let worker = find(&state, &user, &req.identity).await?.view(&user.team)?;
     Ok((StatusCode::CREATED, Json(WorkerWithToken { worker, token })))
 }
 
@@ -175,7 +179,9 @@ pub async fn get_worker(
     user: AuthUser,
     Path(identity): Path<String>,
 ) -> Result<Json<WorkerView>, ApiError> {
-    Ok(Json(find(&state, &user, &identity).await?.view()))
+    Ok(Json(
+        find(&state, &user, &identity).await?.view(&user.team)?,
+    ))
 }
 
 /// Changes a worker's description (its owner or an admin).
@@ -205,7 +211,9 @@ pub async fn update_worker(
             revision, &user.team, "worker", "updated", &identity,
         ));
     }
-    Ok(Json(find(&state, &user, &identity).await?.view()))
+    Ok(Json(
+        find(&state, &user, &identity).await?.view(&user.team)?,
+    ))
 }
 
 /// Deletes a worker (its owner or an admin); it leaves every service.
@@ -256,6 +264,6 @@ pub async fn regenerate_token(
     state.publish(config_event(
         revision, &user.team, "worker", "updated", &identity,
     ));
-    let worker = find(&state, &user, &identity).await?.view();
+    let worker = find(&state, &user, &identity).await?.view(&user.team)?;
     Ok(Json(WorkerWithToken { worker, token }))
 }

@@ -178,6 +178,26 @@ impl Harness {
         self.plane.broker_token().to_string()
     }
 
+    /// Runs one statement on the store behind the API's back (e.g. to plant a bad row).
+    pub async fn execute_sql(&self, sql: &str) {
+        use sqlx::Connection;
+        match &self.pg_db {
+            Some(db) => {
+                let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+                let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+                sqlx::query(sql).execute(&mut conn).await.expect(sql);
+            }
+            None => {
+                let path = self.data.path().join("data/triggerfs.db");
+                let url = format!("sqlite://{}", path.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url)
+                    .await
+                    .expect("connect");
+                sqlx::query(sql).execute(&mut conn).await.expect(sql);
+            }
+        }
+    }
+
     pub fn jwt_key(&self) -> Vec<u8> {
         let hex = std::fs::read_to_string(self.data.path().join("data/jwt.key")).unwrap();
         let hex = hex.trim();

@@ -49,7 +49,12 @@ enum Command {
     /// Send one request to a service and stream its output.
     Client(client_cmd::ClientArgs),
     /// Benchmarks: latency, throughput and fan-out against baselines.
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
+    /// A process a benchmark starts (relay, echo server, NATS responders, load).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchChild(bench::ChildArgs),
     /// Manage plugins.
     Plugins {
         #[command(subcommand)]
@@ -264,7 +269,11 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             })
         }
+        // The bench's children are started from this (the main) thread, and die with it.
+        #[cfg(feature = "bench")]
         Command::Bench(args) => tokio_runtime()?.block_on(bench::run(args)),
+        #[cfg(feature = "bench")]
+        Command::BenchChild(args) => bench::run_child(args),
         Command::Plugins { command } => match command {
             PluginsCommand::Install { dir } => {
                 let exe = std::env::current_exe().context("cannot find this executable")?;

@@ -4,13 +4,13 @@
 //!
 //! There is no baseline for fan-out (the targets are absolute), so only triggerFS is measured.
 
-use crate::child::ChildBroker;
+use crate::proc::{start_triggerfs, TriggerfsProcs, TriggerfsSetup};
 use crate::report::{latency_histogram, FanoutFigures, IdleFigures, Report, SystemResult};
 use crate::triggerfs::{self, Workers};
 use crate::{FanoutArgs, Notes, System};
 use anyhow::{bail, Context};
 use client::{Client, ClientEvent};
-use proto::{Algorithm, Summary};
+use proto::Summary;
 use serde_json::{json, Map};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -83,8 +83,8 @@ async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result
     }
 }
 
-/// Raises the open-file limit so that `sockets` more descriptors fit (both ends of every
-/// in-process worker connection live in this process). As root the hard limit can be raised
+/// Raises the open-file limit so that `sockets` more descriptors fit (the workers' ends of
+/// their connections live in this process). As root the hard limit can be raised
 /// too; otherwise the soft limit goes as high as the hard one.
 fn raise_fd_limit(sockets: u64) {
     let wanted = sockets + SPARE_FDS;
@@ -169,10 +169,9 @@ pub(crate) async fn measure(args: &FanoutArgs, notes: &mut Notes) -> anyhow::Res
     let (addr, broker) = match &common.broker {
         Some(addr) => (addr.clone(), None),
         None => {
-            raise_fd_limit(2 * n as u64);
-            let broker =
-                triggerfs::start_broker(shards, args.common.spin, &service, Algorithm::Mirror)?;
-            (broker.local_addr().to_string(), Some(broker))
+            raise_fd_limit(n as u64);
+            let broker = start_broker(args, shards, &service).await?;
+            (broker.addr.clone(), Some(broker))
         }
     };
     // With --broker the user started the workers.
@@ -187,15 +186,32 @@ pub(crate) async fn measure(args: &FanoutArgs, notes: &mut Notes) -> anyhow::Res
     }
     .await;
     workers.stop().await;
-    if let Some(broker) = broker {
-        triggerfs::stop_broker(broker).await;
-    }
+    drop(broker);
     report.systems.push(outcome?);
     Ok(report)
 }
 
-/// `fanout --idle`: connects idle workers (always in this process) to a broker in a forked
-/// child, or to `--broker` whose pid is `--broker-pid`, and reads the broker's RSS.
+/// A `triggerfs broker` process with the mirror `service`, no workers of its own.
+async fn start_broker(
+    args: &FanoutArgs,
+    shards: usize,
+    service: &str,
+) -> anyhow::Result<TriggerfsProcs> {
+    let bin = args.common.triggerfs_bin()?;
+    start_triggerfs(&TriggerfsSetup {
+        bin: &bin,
+        shards,
+        spin: args.common.spin,
+        service,
+        algorithm: "mirror",
+        workers: 0,
+        prefix: "",
+    })
+    .await
+}
+
+/// `fanout --idle`: connects idle workers (always in this process) to a broker process, or
+/// to `--broker` whose pid is `--broker-pid`, and reads the broker's RSS.
 async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
     let n = args.idle_workers;
     let service = if args.service == "fan" {
@@ -204,14 +220,17 @@ async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
         args.service.clone()
     };
     raise_fd_limit(n as u64);
-    let (addr, pid, child) = match (&args.common.broker, args.broker_pid) {
+    let (addr, pid, broker) = match (&args.common.broker, args.broker_pid) {
         (Some(addr), Some(pid)) => (addr.clone(), pid.to_string(), None),
         (Some(_), None) => {
             bail!("--idle with --broker needs --broker-pid to read the broker's RSS")
         }
         (None, _) => {
-            let child = ChildBroker::spawn(shards, args.common.spin, &service).await?;
-            (child.addr.clone(), child.pid.to_string(), Some(child))
+            let broker = start_broker(args, shards, &service).await?;
+            let pid = broker.procs[0]
+                .pid()
+                .context("the broker process is gone")?;
+            (broker.addr.clone(), pid.to_string(), Some(broker))
         }
     };
     let rss_before = rss_kib(&pid);
@@ -225,9 +244,7 @@ async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
     }
     .await;
     workers.stop().await;
-    if let Some(child) = child {
-        child.stop().await;
-    }
+    drop(broker);
     Ok(IdleFigures {
         workers: n as u64,
         rss_kib: outcome?,

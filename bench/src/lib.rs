@@ -1,12 +1,21 @@
 //! `triggerfs bench`: request/reply latency, throughput and mirror fan-out of triggerFS,
 //! measured in one run against baselines on the same machine (DESIGN.md §9).
 //!
+//! Every system runs in processes of its own and is driven by a load process of its own, of
+//! the same shape for all; the bench only starts them, hands out turns and reports.
+//!
 //! Layout:
 //! - [`BenchArgs`] / [`run`] (this file): the command line and the one entry point.
-//! - `load`: the load generator, open-loop at a rate (latency measured from each request's
-//!   scheduled send time, so a stall cannot hide) or closed-loop with K in flight.
-//! - `triggerfs`: an in-process broker (`dataplane::start`) with in-process echo workers, and
-//!   the caller that sends requests through the `client` library.
+//! - `systems`: `latency` and `throughput`: starts every system and its load process, then
+//!   measures them in turns.
+//! - `load`: the load process (`bench-child load`): open-loop at a rate (latency measured from
+//!   each request's scheduled send time, so a stall cannot hide) or closed-loop with K in
+//!   flight; and the bench's handle on it (a line protocol on its stdin/stdout).
+//! - `proc`: child processes (killed with the bench) and the `triggerfs broker` / `triggerfs
+//!   worker` processes.
+//! - `child` ([`ChildArgs`], [`run_child`]): the hidden `bench-child` roles.
+//! - `triggerfs`: the caller that sends requests through the `client` library, and the
+//!   in-process workers of `fanout`.
 //! - `relay`: the baseline "same hops, nothing else" — a minimal tokio TCP relay in front of an
 //!   echo server, with length-prefixed, id-tagged messages.
 //! - `nats`: the NATS request/reply baseline (async-nats), skipped when no server answers.
@@ -14,17 +23,20 @@
 //!   memory measurement.
 //! - `report`: the table, the JSON document, `.hgrm` files, the SVG chart, machine and commit.
 //!
-//! What it is not: a test. Nothing here asserts a timing; the functional test in `tests/` only
-//! checks counts and the shape of the JSON.
+//! What it is not: a test. Nothing here asserts a timing; the functional test in
+//! `bench/tests/` only checks counts and the shape of the JSON.
 
 mod child;
 mod fanout;
 mod load;
 mod nats;
+mod proc;
 mod relay;
 mod report;
+mod systems;
 mod triggerfs;
 
+pub use child::{run as run_child, ChildArgs, LoadChildArgs, Role};
 pub use report::{Machine, Report, SystemResult};
 
 use clap::{Args, Subcommand};
@@ -57,11 +69,11 @@ pub struct CommonArgs {
     /// Use a running broker at ADDR instead of starting one (then you start the workers).
     #[arg(long, value_name = "ADDR")]
     pub broker: Option<String>,
-    /// Broker shards (executor threads) of the in-process broker [latency: 1, throughput: 2,
-    /// fanout: 2].
+    /// Broker shards (executor threads) of the broker started here, and threads of the relay
+    /// [latency: 1, throughput: 2, fanout: 2].
     #[arg(long)]
     pub shards: Option<usize>,
-    /// How long an idle shard of the in-process broker polls before sleeping (as
+    /// How long an idle shard of the broker started here polls before sleeping (as
     /// `triggerfs broker --spin`); `0s` never spins.
     #[arg(long, default_value = "30us", value_parser = humantime::parse_duration)]
     pub spin: std::time::Duration,
@@ -80,10 +92,22 @@ pub struct CommonArgs {
     /// The NATS server for the `nats` baseline.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4222")]
     pub nats: String,
+    /// The `triggerfs` binary the broker and worker processes run [default: this one].
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub triggerfs_bin: Option<PathBuf>,
 }
 
 impl CommonArgs {
-    /// `shards` and `spin_us` of the in-process broker (`null` with `--broker`).
+    /// The binary of the broker and worker processes: `--triggerfs-bin`, else this one.
+    pub(crate) fn triggerfs_bin(&self) -> anyhow::Result<PathBuf> {
+        match &self.triggerfs_bin {
+            Some(bin) => Ok(bin.clone()),
+            None => std::env::current_exe()
+                .map_err(|e| anyhow::anyhow!("cannot find this executable: {e}")),
+        }
+    }
+
+    /// `shards` and `spin_us` of the broker started here (`null` with `--broker`).
     pub(crate) fn insert_broker_params(
         &self,
         params: &mut serde_json::Map<String, serde_json::Value>,
@@ -113,10 +137,14 @@ pub struct LoadArgs {
     /// Client connections per system; requests spread over them [latency: 1, throughput: 4].
     #[arg(long)]
     pub connections: Option<usize>,
-    /// Echo workers (triggerfs) and NATS responders in a queue group [latency: 1,
+    /// Echo worker processes (triggerfs) and NATS responders in a queue group [latency: 1,
     /// throughput: 2]. With `--broker`, the workers you started.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Also measure `triggerfs-baseline`: a broker and workers run from this other
+    /// `triggerfs` binary (e.g. a build of the previous commit), in the same run and turns.
+    #[arg(long, value_name = "PATH")]
+    pub baseline_bin: Option<PathBuf>,
     /// Load applied before measuring, with the same shape.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub warmup: Duration,
@@ -157,7 +185,7 @@ pub struct FanoutArgs {
     #[arg(long, default_value = "fan")]
     pub service: String,
     /// Instead: connect `--idle-workers` idle workers (always started here) and print the
-    /// broker's RSS (a broker in a forked child process, or `--broker` with `--broker-pid`).
+    /// broker's RSS (the broker process started here, or `--broker` with `--broker-pid`).
     #[arg(long)]
     pub idle: bool,
     /// Idle workers to connect with `--idle`.
@@ -172,7 +200,7 @@ pub struct FanoutArgs {
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum System {
-    /// triggerFS: client → broker → worker (in-process echo) → broker → client.
+    /// triggerFS: client → broker → worker (its built-in echo) → broker → client.
     Triggerfs,
     /// The minimal TCP relay baseline.
     Relay,
@@ -192,8 +220,9 @@ impl System {
 }
 
 /// Runs a benchmark, prints its results and writes its files. Must be called inside a tokio
-/// runtime with the multi-thread scheduler (the in-process workers and baselines are tokio
-/// tasks; the broker runs on its own glommio threads).
+/// runtime with the multi-thread scheduler (`fanout`'s workers are tasks of it), from the
+/// thread that blocks on it: the child processes are started from that thread, and they are
+/// killed when it ends.
 ///
 /// Returns the exit status: 0 when every request was answered correctly, 1 otherwise.
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
@@ -215,8 +244,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
 /// this plus output. Progress notes (e.g. "nats: skipped") go to `notes`.
 pub async fn measure(args: &BenchArgs, notes: &mut Notes) -> anyhow::Result<Report> {
     match &args.mode {
-        Mode::Latency(load) => load::measure_mode("latency", load, notes).await,
-        Mode::Throughput(load) => load::measure_mode("throughput", load, notes).await,
+        Mode::Latency(load) => systems::measure_mode("latency", load, notes).await,
+        Mode::Throughput(load) => systems::measure_mode("throughput", load, notes).await,
         Mode::Fanout(fan) => fanout::measure(fan, notes).await,
     }
 }

@@ -1,4 +1,6 @@
-//! The load generator, shared by every system so that they see the same load shape.
+//! The load generator: one process per system (`bench-child load`), all of the same shape —
+//! a current-thread tokio runtime, the system's client on `--connections` connections, one
+//! HDR histogram — so that they see the same load and none is slowed by another.
 //!
 //! - **Closed loop** (`--in-flight K`): K tasks each send a request, wait for its answer and
 //!   send the next; latency is answer time minus send time.
@@ -13,16 +15,25 @@
 //! slice of the duration or count per system per round, merged at the end. The machine this
 //! runs on is shared and its speed drifts over tens of seconds; measured one after the
 //! other, the systems would each see a different machine and the ratios would move with it.
+//! The load processes stay up between turns (connections stay warm): the bench sends each
+//! one a [`Run`] line on its stdin and reads one [`Measured`] line back from its stdout.
 
-use crate::report::{latency_histogram, Report, SystemResult};
-use crate::{LoadArgs, Notes, System};
+use crate::proc::{command, Spawned, StdoutLines};
+use crate::report::{latency_histogram, SystemResult};
+use anyhow::{bail, Context};
+use base64::Engine;
 use bytes::Bytes;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
-use serde_json::{json, Map};
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::ChildStdin;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -35,13 +46,13 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_OUTSTANDING: usize = 10_000;
 
 /// Sends one request and checks its answer; `Err` when it failed or came back wrong.
-pub(crate) trait Caller: Clone + Send + Sync + 'static {
+pub(crate) trait Caller: Clone + 'static {
     /// One request/reply round trip with this payload.
-    fn call(&self, payload: Bytes) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn call(&self, payload: Bytes) -> impl Future<Output = anyhow::Result<()>>;
 }
 
 /// When to stop measuring.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) enum Stop {
     /// After this long.
     After(Duration),
@@ -50,7 +61,7 @@ pub(crate) enum Stop {
 }
 
 /// The load applied to every system.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Shape {
     pub rate: Option<f64>,
     pub in_flight: usize,
@@ -63,7 +74,7 @@ impl Shape {
     /// Round `round` of `rounds`: its share of the duration or count, and its warm-up (the
     /// whole warm-up in the first round; a quarter of it later, to settle again after the
     /// other systems had their turn).
-    fn slice(&self, round: u64, rounds: u64) -> Shape {
+    pub(crate) fn slice(&self, round: u64, rounds: u64) -> Shape {
         let rounds = rounds.max(1);
         let stop = match self.stop {
             Stop::After(d) => Stop::After(d / rounds as u32),
@@ -81,33 +92,136 @@ impl Shape {
     }
 }
 
-/// A system under test, started once and measured in turns.
-enum Target {
-    Triggerfs(crate::triggerfs::Running),
-    Relay(crate::relay::Relay),
-    Nats(crate::nats::Nats),
+/// The bench → load process line: measure one slice.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Run {
+    pub shape: Shape,
+    /// Draw a progress bar on stderr (the bench's stderr is a terminal).
+    pub progress: bool,
 }
 
-impl Target {
-    /// One measuring slice under `shape`.
-    async fn drive(&self, shape: &Shape, notes: &Notes) -> SystemResult {
-        match self {
-            Target::Triggerfs(running) => drive("triggerfs", running.caller(), shape, notes).await,
-            Target::Relay(relay) => drive("relay", relay.caller(), shape, notes).await,
-            Target::Nats(nats) => drive("nats", nats.caller(), shape, notes).await,
-        }
+/// The load process → bench line: what one slice measured.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Measured {
+    pub sent: u64,
+    pub received: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// The latency histogram (ns): hdrhistogram's V2 serialization, base64.
+    pub hist: String,
+}
+
+impl Measured {
+    fn new(tally: Tally, elapsed: Duration) -> anyhow::Result<Measured> {
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(&tally.hist, &mut bytes)
+            .map_err(|e| anyhow::anyhow!("cannot serialize the histogram: {e:?}"))?;
+        Ok(Measured {
+            sent: tally.sent,
+            received: tally.received,
+            errors: tally.errors,
+            elapsed,
+            hist: base64::engine::general_purpose::STANDARD.encode(bytes),
+        })
     }
 
-    async fn stop(self) {
-        match self {
-            Target::Triggerfs(running) => running.stop().await,
-            Target::Relay(relay) => relay.stop(),
-            Target::Nats(nats) => nats.stop(),
-        }
+    fn into_result(self, name: &'static str) -> anyhow::Result<SystemResult> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.hist)
+            .context("the histogram is not base64")?;
+        let decoded: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| anyhow::anyhow!("cannot read the histogram: {e:?}"))?;
+        // Back into the bounds every result shares, so that rounds and systems merge.
+        let mut hist = latency_histogram();
+        hist.add(&decoded)
+            .map_err(|e| anyhow::anyhow!("histogram out of bounds: {e:?}"))?;
+        Ok(SystemResult {
+            name,
+            hist,
+            sent: self.sent,
+            received: self.received,
+            errors: self.errors,
+            elapsed: self.elapsed,
+            fanout: None,
+        })
     }
 }
 
-/// Counters and histogram of one measuring window.
+/// A load process, seen from the bench: started once, then driven a slice at a time.
+pub(crate) struct LoadProc {
+    name: &'static str,
+    proc: Spawned,
+    stdin: ChildStdin,
+    lines: StdoutLines,
+}
+
+impl LoadProc {
+    /// Starts `exe bench-child load --name NAME args…` and waits until it is connected and
+    /// the system answers.
+    pub(crate) async fn start(
+        exe: &Path,
+        name: &'static str,
+        args: Vec<String>,
+    ) -> anyhow::Result<LoadProc> {
+        let mut words = vec!["bench-child".to_string(), "load".into(), "--name".into()];
+        words.push(name.into());
+        words.extend(args);
+        let (mut proc, _, lines) =
+            Spawned::start_until(&format!("{name} load"), command(exe, words), "ready").await?;
+        let stdin = proc.stdin()?;
+        Ok(LoadProc {
+            name,
+            proc,
+            stdin,
+            lines,
+        })
+    }
+
+    /// Measures one slice.
+    pub(crate) async fn run(
+        &mut self,
+        shape: &Shape,
+        progress: bool,
+    ) -> anyhow::Result<SystemResult> {
+        let run = Run {
+            shape: shape.clone(),
+            progress,
+        };
+        let mut line = serde_json::to_string(&run)?;
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .with_context(|| format!("the {} process is gone", self.proc.name))?;
+        // No deadline: a slice lasts as long as the user asked.
+        let Some(answer) = self.lines.next_line().await? else {
+            bail!("the {} process ended during a run", self.proc.name);
+        };
+        let measured: Measured = serde_json::from_str(&answer)
+            .with_context(|| format!("bad answer from the {} process", self.proc.name))?;
+        measured.into_result(self.name)
+    }
+}
+
+/// The load process's life: answer every [`Run`] line on stdin with a [`Measured`] line on
+/// stdout, until stdin closes. The caller is connected and the system answers.
+pub(crate) async fn serve_runs<C: Caller>(name: &str, caller: C) -> anyhow::Result<()> {
+    println!("ready");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let run: Run = serde_json::from_str(&line).context("bad run line")?;
+        let (tally, elapsed) = drive(name, caller.clone(), &run.shape, run.progress).await;
+        println!(
+            "{}",
+            serde_json::to_string(&Measured::new(tally, elapsed)?)?
+        );
+    }
+    Ok(())
+}
+
+/// Counters and the histogram of one measuring window.
 struct Tally {
     hist: Histogram<u64>,
     sent: u64,
@@ -144,20 +258,10 @@ impl Tally {
         }
         self.last_answer = Some(self.last_answer.map_or(answered, |t| t.max(answered)));
     }
-
-    fn merge(&mut self, other: Tally) {
-        self.hist
-            .add(other.hist)
-            .expect("histograms share their bounds");
-        self.sent += other.sent;
-        self.received += other.received;
-        self.errors += other.errors;
-        self.last_answer = match (self.last_answer, other.last_answer) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-    }
 }
+
+/// The one tally of a measuring window, shared by the tasks of this (single) thread.
+type Shared = Rc<RefCell<Tally>>;
 
 async fn call_with_timeout<C: Caller>(caller: &C, payload: Bytes) -> anyhow::Result<()> {
     match tokio::time::timeout(REQUEST_TIMEOUT, caller.call(payload)).await {
@@ -166,34 +270,29 @@ async fn call_with_timeout<C: Caller>(caller: &C, payload: Bytes) -> anyhow::Res
     }
 }
 
-/// Applies `shape` to `caller` and returns what the measuring window saw.
-pub(crate) async fn drive<C: Caller>(
-    name: &'static str,
+/// Applies `shape` to `caller` and returns what the measuring window saw, and its length.
+/// Runs inside a `LocalSet` (the tasks share the tally without locks).
+async fn drive<C: Caller>(
+    name: &str,
     caller: C,
     shape: &Shape,
-    notes: &Notes,
-) -> SystemResult {
+    progress: bool,
+) -> (Tally, Duration) {
     let payload = Bytes::from(vec![b'x'; shape.payload]);
-    let progress = Progress::start(name, shape, notes.progress());
+    let tally: Shared = Rc::new(RefCell::new(Tally::new()));
+    let progress = Progress::start(name, shape, progress, tally.clone());
     let start = Instant::now();
     let measure_from = start + shape.warmup;
-    let tally = match shape.rate {
-        Some(rate) => open_loop(caller, shape, rate, payload, measure_from, &progress).await,
-        None => closed_loop(caller, shape, payload, measure_from, &progress).await,
-    };
+    match shape.rate {
+        Some(rate) => open_loop(caller, shape, rate, payload, measure_from, &tally).await,
+        None => closed_loop(caller, shape, payload, measure_from, &tally).await,
+    }
     progress.finish();
+    let tally = std::mem::replace(&mut *tally.borrow_mut(), Tally::new());
     let elapsed = tally.last_answer.map_or(Duration::ZERO, |t| {
         t.saturating_duration_since(measure_from)
     });
-    SystemResult {
-        name,
-        hist: tally.hist,
-        sent: tally.sent,
-        received: tally.received,
-        errors: tally.errors,
-        elapsed,
-        fanout: None,
-    }
+    (tally, elapsed)
 }
 
 async fn closed_loop<C: Caller>(
@@ -201,26 +300,29 @@ async fn closed_loop<C: Caller>(
     shape: &Shape,
     payload: Bytes,
     measure_from: Instant,
-    progress: &Progress,
-) -> Tally {
+    tally: &Shared,
+) {
     // Count mode: each measured request first takes a ticket, so exactly `count` are sent.
-    let tickets = Arc::new(AtomicU64::new(0));
+    let tickets = Rc::new(Cell::new(0u64));
     let mut tasks = Vec::with_capacity(shape.in_flight);
     for _ in 0..shape.in_flight.max(1) {
         let caller = caller.clone();
         let payload = payload.clone();
         let tickets = tickets.clone();
+        let tally = tally.clone();
         let stop = shape.stop;
-        let done = progress.done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tally = Tally::new();
+        tasks.push(tokio::task::spawn_local(async move {
             loop {
                 let sent_at = Instant::now();
                 let measuring = sent_at >= measure_from;
                 if measuring {
                     let over = match stop {
                         Stop::After(d) => sent_at >= measure_from + d,
-                        Stop::Count(n) => tickets.fetch_add(1, Ordering::Relaxed) >= n,
+                        Stop::Count(n) => {
+                            let ticket = tickets.get();
+                            tickets.set(ticket + 1);
+                            ticket >= n
+                        }
                     };
                     if over {
                         break;
@@ -229,21 +331,18 @@ async fn closed_loop<C: Caller>(
                 let outcome = call_with_timeout(&caller, payload.clone()).await;
                 let answered = Instant::now();
                 if measuring {
-                    tally.record(&outcome, answered - sent_at, answered);
-                    done.fetch_add(1, Ordering::Relaxed);
+                    tally
+                        .borrow_mut()
+                        .record(&outcome, answered - sent_at, answered);
                 }
             }
-            tally
         }));
     }
-    let mut total = Tally::new();
     for task in tasks {
-        match task.await {
-            Ok(tally) => total.merge(tally),
-            Err(e) => tracing::error!(error = %e, "load task failed"),
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "load task failed");
         }
     }
-    total
 }
 
 async fn open_loop<C: Caller>(
@@ -252,8 +351,8 @@ async fn open_loop<C: Caller>(
     rate: f64,
     payload: Bytes,
     measure_from: Instant,
-    progress: &Progress,
-) -> Tally {
+    tally: &Shared,
+) {
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let cap = if shape.in_flight > 1 {
         shape.in_flight
@@ -261,7 +360,6 @@ async fn open_loop<C: Caller>(
         DEFAULT_MAX_OUTSTANDING
     };
     let outstanding = Arc::new(Semaphore::new(cap));
-    let tally = Arc::new(Mutex::new(Tally::new()));
     let start = measure_from - shape.warmup;
     let mut measured = 0u64;
     for i in 0u64.. {
@@ -286,40 +384,30 @@ async fn open_loop<C: Caller>(
         let caller = caller.clone();
         let payload = payload.clone();
         let tally = tally.clone();
-        let done = progress.done.clone();
-        tokio::spawn(async move {
+        tokio::task::spawn_local(async move {
             let outcome = call_with_timeout(&caller, payload).await;
             let answered = Instant::now();
             if measuring {
-                lock(&tally).record(
+                tally.borrow_mut().record(
                     &outcome,
                     answered.saturating_duration_since(scheduled),
                     answered,
                 );
-                done.fetch_add(1, Ordering::Relaxed);
             }
             drop(permit);
         });
     }
     // Every permit back means every request was answered (or timed out).
     let _all = outstanding.acquire_many(cap as u32).await;
-    let mut tally = lock(&tally);
-    std::mem::replace(&mut *tally, Tally::new())
 }
 
-fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
-    tally.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A progress bar on stderr, only when it is a terminal.
+/// A progress bar on stderr, only when the bench's stderr is a terminal.
 struct Progress {
-    done: Arc<AtomicU64>,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Progress {
-    fn start(name: &'static str, shape: &Shape, show: bool) -> Progress {
-        let done = Arc::new(AtomicU64::new(0));
+    fn start(name: &str, shape: &Shape, show: bool, tally: Shared) -> Progress {
         let ticker = show.then(|| {
             let bar = match shape.stop {
                 Stop::Count(n) => indicatif::ProgressBar::new(n),
@@ -327,21 +415,20 @@ impl Progress {
             };
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{prefix:>10} {spinner} {pos} requests {elapsed} {wide_bar}",
+                    "{prefix:>18} {spinner} {pos} requests {elapsed} {wide_bar}",
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            bar.set_prefix(name);
-            let done = done.clone();
-            tokio::spawn(async move {
+            bar.set_prefix(name.to_string());
+            tokio::task::spawn_local(async move {
                 loop {
-                    bar.set_position(done.load(Ordering::Relaxed));
+                    bar.set_position(tally.borrow().sent);
                     bar.tick();
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             })
         });
-        Progress { done, ticker }
+        Progress { ticker }
     }
 
     fn finish(self) {
@@ -350,137 +437,6 @@ impl Progress {
             eprint!("\r\x1b[2K");
         }
     }
-}
-
-/// Resolved parameters of `latency` / `throughput`.
-fn shape_of(mode: &str, args: &LoadArgs) -> (Shape, usize, usize, usize) {
-    let throughput = mode == "throughput";
-    let in_flight = args.in_flight.unwrap_or(if throughput { 256 } else { 1 });
-    let connections = args
-        .connections
-        .unwrap_or(if throughput { 4 } else { 1 })
-        .max(1);
-    let shards = args
-        .common
-        .shards
-        .unwrap_or(if throughput { 2 } else { 1 })
-        .max(1);
-    let workers = args
-        .workers
-        .unwrap_or(if throughput { 2 } else { 1 })
-        .max(1);
-    let shape = Shape {
-        rate: args.rate,
-        in_flight,
-        warmup: args.warmup,
-        stop: args.count.map_or(Stop::After(args.duration), Stop::Count),
-        payload: args.common.payload,
-    };
-    (shape, connections, shards, workers)
-}
-
-/// `bench latency` and `bench throughput`: every chosen system under the same load.
-pub(crate) async fn measure_mode(
-    mode: &'static str,
-    args: &LoadArgs,
-    notes: &mut Notes,
-) -> anyhow::Result<Report> {
-    let (shape, connections, shards, workers) = shape_of(mode, args);
-    let common = &args.common;
-    let mut params = Map::new();
-    params.insert("payload".into(), json!(shape.payload));
-    params.insert(
-        "load".into(),
-        json!(if shape.rate.is_some() {
-            "open"
-        } else {
-            "closed"
-        }),
-    );
-    params.insert("rate".into(), json!(shape.rate));
-    params.insert("in_flight".into(), json!(shape.in_flight));
-    params.insert("connections".into(), json!(connections));
-    common.insert_broker_params(&mut params, shards);
-    params.insert("workers".into(), json!(workers));
-    params.insert("warmup_s".into(), json!(shape.warmup.as_secs_f64()));
-    match shape.stop {
-        Stop::After(d) => {
-            params.insert("duration_s".into(), json!(d.as_secs_f64()));
-            params.insert("count".into(), json!(null));
-        }
-        Stop::Count(n) => {
-            params.insert("duration_s".into(), json!(null));
-            params.insert("count".into(), json!(n));
-        }
-    }
-    params.insert("broker".into(), json!(common.broker));
-    params.insert("systems".into(), json!(common.systems));
-    let rounds = match shape.stop {
-        Stop::Count(n) => u64::from(args.rounds).min(n.max(1)),
-        Stop::After(_) => u64::from(args.rounds),
-    };
-    params.insert("rounds".into(), json!(rounds));
-    let mut report = Report::new(mode, params, common.out.clone());
-    let mut order = common.systems.clone();
-    order.dedup();
-    // triggerfs first so that ratios read naturally in the table.
-    order.sort_by_key(|s| *s as u8);
-
-    // Everything is started first and stays up, so that the systems can take turns.
-    let mut targets = Vec::new();
-    for system in order {
-        let started = match system {
-            System::Triggerfs => {
-                let setup = crate::triggerfs::Setup {
-                    broker: common.broker.clone(),
-                    shards,
-                    spin: common.spin,
-                    workers,
-                    connections,
-                    service: args.service.clone(),
-                };
-                crate::triggerfs::start(&setup).await.map(Target::Triggerfs)
-            }
-            System::Relay => crate::relay::start(connections, shards)
-                .await
-                .map(Target::Relay),
-            System::Nats => match crate::nats::start(&common.nats, workers, connections).await {
-                Ok(Some(nats)) => Ok(Target::Nats(nats)),
-                Ok(None) => {
-                    let line = format!("nats: skipped (no server on {})", common.nats);
-                    report.skipped.push(line);
-                    continue;
-                }
-                Err(e) => Err(e),
-            },
-        };
-        match started {
-            Ok(target) => targets.push(target),
-            Err(e) => {
-                for target in targets {
-                    target.stop().await;
-                }
-                return Err(e);
-            }
-        }
-    }
-
-    let mut results: Vec<Option<SystemResult>> = targets.iter().map(|_| None).collect();
-    for round in 0..rounds {
-        let slice = shape.slice(round, rounds);
-        for (target, result) in targets.iter().zip(results.iter_mut()) {
-            let measured = target.drive(&slice, notes).await;
-            *result = Some(match result.take() {
-                Some(so_far) => so_far.merge(measured),
-                None => measured,
-            });
-        }
-    }
-    for target in targets {
-        target.stop().await;
-    }
-    report.systems.extend(results.into_iter().flatten());
-    Ok(report)
 }
 
 #[cfg(test)]
@@ -516,5 +472,74 @@ mod tests {
             let warmup = if round == 0 { 2000 } else { 500 };
             assert_eq!(slice.warmup, Duration::from_millis(warmup));
         }
+    }
+
+    /// Echoes after a short sleep; fails every `fail_every`-th call.
+    #[derive(Clone)]
+    struct Fake {
+        calls: Rc<Cell<u64>>,
+        fail_every: u64,
+    }
+
+    impl Caller for Fake {
+        async fn call(&self, _payload: Bytes) -> anyhow::Result<()> {
+            let n = self.calls.get() + 1;
+            self.calls.set(n);
+            tokio::time::sleep(Duration::from_micros(50)).await;
+            if n.is_multiple_of(self.fail_every) {
+                bail!("failed on purpose");
+            }
+            Ok(())
+        }
+    }
+
+    fn run_local<F: Future>(f: F) -> F::Output {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, f)
+    }
+
+    /// A count is sent exactly, by however many tasks; failures are counted, not recorded.
+    #[test]
+    fn closed_loop_sends_the_count_exactly() {
+        let fake = Fake {
+            calls: Rc::default(),
+            fail_every: 10,
+        };
+        let mut shape = shape(Stop::Count(200));
+        shape.in_flight = 8;
+        shape.warmup = Duration::ZERO;
+        let (tally, elapsed) = run_local(drive("fake", fake.clone(), &shape, false));
+        assert_eq!(tally.sent, 200);
+        assert_eq!(tally.errors, 20);
+        assert_eq!(tally.received, 180);
+        assert_eq!(tally.hist.len(), 180);
+        assert_eq!(fake.calls.get(), 200);
+        assert!(elapsed > Duration::ZERO);
+    }
+
+    /// What a load process reports arrives whole: counts, window and histogram.
+    #[test]
+    fn measured_crosses_the_pipe_whole() {
+        let mut tally = Tally::new();
+        let now = Instant::now();
+        for micros in [10, 20, 30, 40_000] {
+            tally.record(&Ok(()), Duration::from_micros(micros), now);
+        }
+        tally.record(&Err(anyhow::anyhow!("lost")), Duration::ZERO, now);
+        let p99 = tally.hist.value_at_quantile(0.99);
+        let line =
+            serde_json::to_string(&Measured::new(tally, Duration::from_secs(2)).unwrap()).unwrap();
+        assert!(!line.contains('\n'));
+        let result = serde_json::from_str::<Measured>(&line)
+            .unwrap()
+            .into_result("relay")
+            .unwrap();
+        assert_eq!((result.sent, result.received, result.errors), (5, 4, 1));
+        assert_eq!(result.elapsed, Duration::from_secs(2));
+        assert_eq!(result.hist.len(), 4);
+        assert_eq!(result.hist.value_at_quantile(0.99), p99);
     }
 }

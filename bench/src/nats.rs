@@ -1,27 +1,24 @@
 //! The `nats` baseline: request/reply through a NATS server (the machine runs one on
-//! 127.0.0.1:4222). Responders subscribe to a subject in one queue group (one per
-//! `--workers`, like triggerFS's workers) and publish the payload back to the reply subject;
-//! callers use `Client::request` on their own connections. Skipped when no server answers
-//! within a second.
+//! 127.0.0.1:4222). Responders run in a process of their own (`bench-child nats-responders`,
+//! on a multi-thread runtime as a `triggerfs worker` does): one connection per `--workers`,
+//! subscribed to a subject in one queue group, each publishing the payload back to the reply
+//! subject. The load process calls `Client::request` on its own connections. Skipped when no
+//! server answers within a second.
 
 use crate::load::Caller;
+use crate::proc::wait_stdin_closed;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 
 /// How long to wait for a NATS server before skipping the baseline (the brief: 1 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Responders and client connections.
-pub(crate) struct Nats {
-    responders: Vec<JoinHandle<()>>,
-    clients: Vec<async_nats::Client>,
-    subject: String,
-}
+/// What the responders process prints instead of `ready` when no server answers.
+pub(crate) const SKIP: &str = "skip";
 
 async fn connect(addr: &str) -> Option<async_nats::Client> {
     let options = async_nats::ConnectOptions::new().connection_timeout(CONNECT_TIMEOUT);
@@ -38,31 +35,20 @@ async fn connect(addr: &str) -> Option<async_nats::Client> {
     }
 }
 
-/// Connects `responders` echo responders and `connections` callers; `None` when no NATS
-/// server answers at `addr`.
-pub(crate) async fn start(
-    addr: &str,
-    responders: usize,
-    connections: usize,
-) -> anyhow::Result<Option<Nats>> {
-    let Some(first) = connect(addr).await else {
-        return Ok(None);
-    };
-    // A subject of our own, so that two benchmarks on one server do not answer each other.
-    let subject = format!("triggerfs.bench.{}", rand::random::<u64>());
-    let mut tasks = Vec::with_capacity(responders);
+/// Subscribes `responders` echo responders; `false` when no NATS server answers at `addr`.
+async fn start_responders(addr: &str, subject: &str, responders: usize) -> anyhow::Result<bool> {
     for _ in 0..responders.max(1) {
-        let conn = connect(addr)
-            .await
-            .context("the NATS server stopped answering")?;
+        let Some(conn) = connect(addr).await else {
+            return Ok(false);
+        };
         let mut sub = conn
-            .queue_subscribe(subject.clone(), "echo".to_string())
+            .queue_subscribe(subject.to_string(), "echo".to_string())
             .await
             .context("cannot subscribe on NATS")?;
         conn.flush()
             .await
             .context("cannot flush the NATS subscription")?;
-        tasks.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             while let Some(message) = sub.next().await {
                 if let Some(reply) = message.reply {
                     if conn.publish(reply, message.payload).await.is_err() {
@@ -70,37 +56,45 @@ pub(crate) async fn start(
                     }
                 }
             }
-        }));
+        });
     }
-    let mut clients = vec![first];
-    while clients.len() < connections.max(1) {
+    Ok(true)
+}
+
+/// `bench-child nats-responders`: prints `ready` once subscribed (or `skip` when no server
+/// answers) and serves until stdin closes.
+pub(crate) fn responders_main(addr: &str, subject: &str, responders: usize) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if !runtime.block_on(start_responders(addr, subject, responders))? {
+        println!("{SKIP}");
+        return Ok(0);
+    }
+    println!("ready");
+    wait_stdin_closed();
+    Ok(0)
+}
+
+/// `connections` connections to the NATS server at `addr`, as a load process's caller.
+pub(crate) async fn caller(
+    addr: &str,
+    connections: usize,
+    subject: &str,
+) -> anyhow::Result<NatsCaller> {
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
         clients.push(
             connect(addr)
                 .await
-                .context("the NATS server stopped answering")?,
+                .with_context(|| format!("no NATS server answers on {addr}"))?,
         );
     }
-    Ok(Some(Nats {
-        responders: tasks,
-        clients,
-        subject,
-    }))
-}
-
-impl Nats {
-    pub(crate) fn caller(&self) -> NatsCaller {
-        NatsCaller {
-            clients: Arc::new(self.clients.clone()),
-            next: Arc::new(AtomicUsize::new(0)),
-            subject: self.subject.clone(),
-        }
-    }
-
-    pub(crate) fn stop(self) {
-        for task in self.responders {
-            task.abort();
-        }
-    }
+    Ok(NatsCaller {
+        clients: Arc::new(clients),
+        next: Arc::new(AtomicUsize::new(0)),
+        subject: subject.to_string(),
+    })
 }
 
 /// Requests through NATS, round-robin over the connections.

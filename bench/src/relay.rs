@@ -7,13 +7,13 @@
 //! client connection; writes are batched per wake-up like the broker's. What it leaves out is
 //! everything triggerFS adds: handshakes, routing, validation, events, summaries.
 //!
-//! The relay runs where the broker runs: on threads of its own (one single-threaded tokio
-//! runtime per broker shard), not on the benchmark's runtime. The echo server runs where the
-//! triggerFS workers run, on the benchmark's runtime next to the clients. So a relayed
-//! request crosses the same threads as a brokered one; a relay sharing its clients' threads
-//! would forward by task switches on an already-running thread, which no server gets to do.
+//! The relay and the echo server are processes of their own (`bench-child relay` and
+//! `bench-child echo`), as the broker and the workers are. The relay runs one single-threaded
+//! tokio runtime per broker shard, as the broker runs one executor per shard; the echo server
+//! runs on a multi-thread runtime, as a `triggerfs worker` does.
 
 use crate::load::Caller;
+use crate::proc::wait_stdin_closed;
 use anyhow::{bail, Context};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
@@ -24,7 +24,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 /// Socket buffer size in user space: large enough to batch a burst of small messages into one
 /// syscall, as the broker and client library do.
@@ -37,41 +36,51 @@ const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Messages queued towards the client's writer.
 const OUTBOUND: usize = 1024;
 
-/// The relay and echo server, and the client connections to the relay.
-pub(crate) struct Relay {
-    tasks: Vec<JoinHandle<()>>,
-    clients: Vec<RelayClient>,
-    threads: RelayThreads,
+/// `bench-child relay`: relays to `upstream` on `threads` threads until stdin closes.
+pub(crate) fn relay_main(upstream: SocketAddr, threads: usize) -> anyhow::Result<i32> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let threads = RelayThreads::start(threads.max(1))?;
+    threads.serve(listener, upstream)?;
+    println!("listening on {addr}");
+    wait_stdin_closed();
+    drop(threads);
+    Ok(0)
 }
 
-/// Starts the echo server (on this runtime) and the relay (on `threads` threads of its own)
-/// on 127.0.0.1:0, and connects `connections` clients.
-pub(crate) async fn start(connections: usize, threads: usize) -> anyhow::Result<Relay> {
-    let echo = TcpListener::bind("127.0.0.1:0").await?;
-    let echo_addr = echo.local_addr()?;
-    let relay = std::net::TcpListener::bind("127.0.0.1:0")?;
-    relay.set_nonblocking(true)?;
-    let relay_addr = relay.local_addr()?;
-    let threads = RelayThreads::start(threads.max(1))?;
-    threads.serve(relay, echo_addr)?;
-    let mut tasks = vec![tokio::spawn(serve_echo(echo))];
+/// `bench-child echo`: the relay's echo server, until stdin closes.
+pub(crate) fn echo_main() -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
+    println!("listening on {}", listener.local_addr()?);
+    runtime.spawn(serve_echo(listener));
+    wait_stdin_closed();
+    Ok(0)
+}
+
+/// `connections` connections to the relay at `addr`, as a load process's caller.
+pub(crate) async fn caller(addr: &str, connections: usize) -> anyhow::Result<RelayCaller> {
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("bad relay address {addr}"))?;
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections.max(1) {
-        let (client, reader) = RelayClient::connect(relay_addr).await?;
-        tasks.push(reader);
-        clients.push(client);
+        clients.push(RelayClient::connect(addr).await?);
     }
-    Ok(Relay {
-        tasks,
-        clients,
-        threads,
+    Ok(RelayCaller {
+        clients: Arc::new(clients),
+        next: Arc::new(AtomicUsize::new(0)),
     })
 }
 
 /// The relay's own threads, each running a single-threaded tokio runtime until stopped.
 struct RelayThreads {
     runtimes: Vec<tokio::runtime::Handle>,
-    stops: Vec<oneshot::Sender<()>>,
+    /// Each thread's runtime, and every connection on it, ends when its sender drops.
+    _stops: Vec<oneshot::Sender<()>>,
 }
 
 impl RelayThreads {
@@ -107,7 +116,10 @@ impl RelayThreads {
             runtimes.push(handle);
             stops.push(stop_tx);
         }
-        Ok(RelayThreads { runtimes, stops })
+        Ok(RelayThreads {
+            runtimes,
+            _stops: stops,
+        })
     }
 
     /// Accepts on the first thread and hands connections to the threads in turn, as the
@@ -128,23 +140,6 @@ impl RelayThreads {
             }
         });
         Ok(())
-    }
-}
-
-impl Relay {
-    pub(crate) fn caller(&self) -> RelayCaller {
-        RelayCaller {
-            clients: Arc::new(self.clients.clone()),
-            next: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    pub(crate) fn stop(self) {
-        for task in self.tasks {
-            task.abort();
-        }
-        // Each relay thread's runtime, and every connection on it, ends with its stop sender.
-        drop(self.threads.stops);
     }
 }
 
@@ -244,7 +239,7 @@ fn lock(
 }
 
 impl RelayClient {
-    async fn connect(addr: SocketAddr) -> anyhow::Result<(RelayClient, JoinHandle<()>)> {
+    async fn connect(addr: SocketAddr) -> anyhow::Result<RelayClient> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot connect to the relay at {addr}"))?;
@@ -253,15 +248,12 @@ impl RelayClient {
         let (outbound, outbound_rx) = mpsc::channel::<Bytes>(OUTBOUND);
         let waiting: Waiting = Arc::default();
         tokio::spawn(write_loop(tx, outbound_rx));
-        let reader = tokio::spawn(read_loop(rx, waiting.clone()));
-        Ok((
-            RelayClient {
-                next_id: Arc::new(AtomicU64::new(1)),
-                outbound,
-                waiting,
-            },
-            reader,
-        ))
+        tokio::spawn(read_loop(rx, waiting.clone()));
+        Ok(RelayClient {
+            next_id: Arc::new(AtomicU64::new(1)),
+            outbound,
+            waiting,
+        })
     }
 
     async fn request(&self, payload: &[u8]) -> anyhow::Result<Bytes> {

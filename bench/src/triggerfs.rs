@@ -1,46 +1,22 @@
-//! triggerFS under test: an in-process broker (`dataplane::start` on 127.0.0.1:0) with
-//! in-process workers answering plugin `echo` themselves (`builtin_echo`), or a running
-//! broker given with `--broker`; and the caller that sends requests through the `client`
-//! library, like any user would.
+//! triggerFS under test, from the client's side: the load process's caller, which sends
+//! requests through the `client` library like any user would, and the in-process workers of
+//! `bench fanout` (answering plugin `echo` themselves, `builtin_echo`). The broker and the
+//! load's workers are `triggerfs broker` / `triggerfs worker` processes (`proc.rs`).
 
 use crate::load::Caller;
+use crate::proc::READY_DEADLINE;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use client::{Client, ClientEvent, RequestSpec};
-use dataplane::config::DEFAULT_TEAM;
-use dataplane::{BrokerHandle, BrokerSettings, FileConfig, ServiceConfig};
-use proto::{Algorithm, Credential};
-use std::net::SocketAddr;
+use proto::Credential;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// How long the set-up may take to become ready (workers online, first answer): generous,
-/// because 10,000 workers connecting on a loaded 2-core machine take a while.
-const READY_DEADLINE: Duration = Duration::from_secs(120);
-
-/// What to start (or where to find it).
-#[derive(Debug, Clone)]
-pub(crate) struct Setup {
-    /// A running broker; `None` starts one in-process.
-    pub broker: Option<String>,
-    pub shards: usize,
-    pub spin: Duration,
-    pub workers: usize,
-    pub connections: usize,
-    pub service: String,
-}
-
-/// Broker and workers started in this process (absent parts were given by the user).
-pub(crate) struct Running {
-    pub addr: String,
-    broker: Option<BrokerHandle>,
-    workers: Workers,
-    clients: Vec<Client>,
-    service: String,
-}
+/// The team of a broker without a control plane (`FileConfig` puts everyone in it).
+const TEAM: &str = "default";
 
 /// In-process workers and their shutdown signals.
 #[derive(Default)]
@@ -57,7 +33,7 @@ impl Workers {
         for i in 0..n {
             let config = worker::WorkerConfig {
                 broker: addr.to_string(),
-                team: DEFAULT_TEAM.to_string(),
+                team: TEAM.to_string(),
                 identity: format!("{prefix}{i}"),
                 token: String::new(),
                 // Never used: `echo` is answered in-process.
@@ -90,33 +66,6 @@ impl Workers {
             let _ = task.await;
         }
     }
-}
-
-/// Starts a broker on 127.0.0.1:0 that knows `service` with `algorithm`.
-pub(crate) fn start_broker(
-    shards: usize,
-    spin: Duration,
-    service: &str,
-    algorithm: Algorithm,
-) -> anyhow::Result<BrokerHandle> {
-    let mut config = ServiceConfig::implicit(DEFAULT_TEAM, service);
-    config.algorithm = algorithm;
-    let source = Arc::new(FileConfig::from_services([config]));
-    let settings = BrokerSettings {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        shards,
-        spin,
-        ..BrokerSettings::default()
-    };
-    dataplane::start(settings, source).context(
-        "cannot start the broker (io_uring needs locked memory: try `ulimit -l unlimited`)",
-    )
-}
-
-/// Stops an in-process broker without blocking the runtime.
-pub(crate) async fn stop_broker(broker: BrokerHandle) {
-    broker.stop();
-    let _ = tokio::task::spawn_blocking(move || broker.join()).await;
 }
 
 /// Connects, retrying until the broker answers or the deadline passes.
@@ -184,70 +133,27 @@ pub(crate) async fn wait_answering(client: &Client, service: &str) -> anyhow::Re
     }
 }
 
-/// Starts (or reaches) triggerFS and waits until every worker answers.
-pub(crate) async fn start(setup: &Setup) -> anyhow::Result<Running> {
-    let (addr, broker, workers, prefix) = match &setup.broker {
-        Some(addr) => (addr.clone(), None, Workers::default(), None),
-        None => {
-            let broker = start_broker(
-                setup.shards,
-                setup.spin,
-                &setup.service,
-                Algorithm::Roundrobin,
-            )?;
-            let addr = broker.local_addr().to_string();
-            let prefix = "bench-w";
-            let workers = Workers::start(
-                &addr,
-                prefix,
-                setup.workers,
-                std::slice::from_ref(&setup.service),
-            );
-            (addr, Some(broker), workers, Some(prefix))
-        }
-    };
-    let mut clients = Vec::with_capacity(setup.connections);
-    for _ in 0..setup.connections {
-        clients.push(connect(&addr).await?);
+/// `connections` connections to the broker at `addr`, as a load process's caller; returns
+/// once each of `ready` (services, e.g. every worker's identity) has answered an `echo`, so
+/// that the measurement starts with all workers online.
+pub(crate) async fn caller(
+    addr: &str,
+    connections: usize,
+    service: &str,
+    ready: &[String],
+) -> anyhow::Result<TriggerfsCaller> {
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        clients.push(connect(addr).await?);
     }
-    match prefix {
-        // Each worker is also a service of its own name: ask each one, so that the
-        // measurement starts with all of them online.
-        Some(prefix) => {
-            for i in 0..setup.workers {
-                wait_answering(&clients[0], &format!("{prefix}{i}")).await?;
-            }
-        }
-        None => wait_answering(&clients[0], &setup.service).await?,
+    for name in ready {
+        wait_answering(&clients[0], name).await?;
     }
-    Ok(Running {
-        addr,
-        broker,
-        workers,
-        clients,
-        service: setup.service.clone(),
+    Ok(TriggerfsCaller {
+        clients: Arc::new(clients),
+        next: Arc::new(AtomicUsize::new(0)),
+        service: Arc::from(service),
     })
-}
-
-impl Running {
-    /// The caller that spreads requests over the connections.
-    pub(crate) fn caller(&self) -> TriggerfsCaller {
-        TriggerfsCaller {
-            clients: Arc::new(self.clients.clone()),
-            next: Arc::new(AtomicUsize::new(0)),
-            service: Arc::from(self.service.as_str()),
-        }
-    }
-
-    /// Closes the connections and stops what was started here.
-    pub(crate) async fn stop(self) {
-        drop(self.clients);
-        self.workers.stop().await;
-        if let Some(broker) = self.broker {
-            stop_broker(broker).await;
-        }
-        tracing::debug!(addr = %self.addr, "triggerfs stopped");
-    }
 }
 
 /// Requests through the client library, round-robin over the connections.

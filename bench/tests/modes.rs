@@ -1,28 +1,46 @@
-//! A short run of every mode, so the harness cannot rot: counts and the JSON shape only,
-//! never timings. `--systems triggerfs,relay` keeps it independent of a NATS server.
+//! Short runs of the real `triggerfs bench` (every system in processes of its own), so the
+//! harness cannot rot: counts, the JSON shape and the processes' lifetimes only, never
+//! timings. NATS is measured only when a server answers on 127.0.0.1:4222.
 
-use clap::Parser;
 use serde_json::Value;
-
-#[derive(Parser, Debug)]
-struct Cli {
-    #[command(flatten)]
-    args: bench::BenchArgs,
-}
-
-fn args(line: &str, out: &std::path::Path) -> bench::BenchArgs {
-    let mut words: Vec<String> = std::iter::once("bench".to_string())
-        .chain(line.split_whitespace().map(str::to_string))
-        .collect();
-    words.push("--out".into());
-    words.push(out.display().to_string());
-    Cli::try_parse_from(words).expect("valid flags").args
-}
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 const SYSTEM_FIELDS: [&str; 11] = [
     "name", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us", "rps", "sent",
     "received", "errors",
 ];
+
+/// Whether a NATS server answers on 127.0.0.1:4222.
+fn nats_here() -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 4222));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+}
+
+/// `triggerfs bench <line> --json --out <tmp>`: its JSON document and the out dir.
+fn bench(line: &str) -> (Value, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(tests::bin())
+        .arg("bench")
+        .args(line.split_whitespace())
+        .arg("--json")
+        .arg("--out")
+        .arg(out.path())
+        .env_remove("TRIGGERFS_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("triggerfs runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{line}: {stderr}");
+    let doc: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{line}: stdout is not one JSON document ({e}): {stderr}"));
+    assert!(
+        stderr.contains("machine:") && stderr.contains("params:"),
+        "{stderr}"
+    );
+    (doc, out)
+}
 
 /// Checks the stable shape, every system's counts, and returns the systems by name.
 fn check_document(doc: &Value, expect: &[&str]) -> Vec<Value> {
@@ -62,44 +80,41 @@ fn check_document(doc: &Value, expect: &[&str]) -> Vec<Value> {
     systems
 }
 
-/// One benchmark at a time in this process. `fanout --idle` forks its broker; under plain
-/// `cargo test` the other tests run on threads of the same process, and a fork taken while
-/// one of them holds a lock (the metrics registry, the log writer) leaves the child waiting
-/// on it forever. (nextest runs each test in a process of its own.)
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn run_mode(line: &str) -> (Value, tempfile::TempDir) {
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let out = tempfile::tempdir().unwrap();
-    let mut report = bench::measure(&args(line, out.path()), &mut bench::Notes::quiet())
-        .await
-        .expect("the benchmark runs");
-    report.write_files().expect("files are written");
-    assert!(report.all_ok());
-    let mut text = Vec::new();
-    report.print_text(&mut text).unwrap();
-    let text = String::from_utf8(text).unwrap();
-    assert!(text.contains("machine:") && text.contains("commit:") && text.contains("params:"));
-    (report.json(), out)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latency_closed_loop_counts_every_answer() {
-    let (doc, out) = run_mode("latency --warmup 0s --count 300 --systems triggerfs,relay").await;
-    let systems = check_document(&doc, &["triggerfs", "relay"]);
-    for s in &systems {
+#[test]
+fn latency_runs_every_system_in_its_own_processes() {
+    let nats = nats_here();
+    let systems = if nats {
+        "triggerfs,relay,nats"
+    } else {
+        "triggerfs,relay"
+    };
+    let (doc, out) = bench(&format!(
+        "latency --warmup 0s --count 300 --systems {systems}"
+    ));
+    let expect: &[&str] = if nats {
+        &["triggerfs", "relay", "nats"]
+    } else {
+        &["triggerfs", "relay"]
+    };
+    for s in check_document(&doc, expect) {
         assert_eq!(s["sent"].as_u64(), Some(300), "{s}");
     }
-    assert_eq!(doc["params"]["mode"], "latency");
-    assert_eq!(doc["params"]["in_flight"], 1);
-    assert_eq!(doc["params"]["shards"], 1);
-    assert_eq!(doc["params"]["spin_us"], 30, "the default spin is printed");
+    let params = &doc["params"];
+    assert_eq!(params["process_per_system"], true, "{doc}");
+    assert_eq!(params["mode"], "latency");
+    assert_eq!(params["in_flight"], 1);
+    assert_eq!(params["shards"], 1);
+    assert_eq!(params["spin_us"], 30, "the default spin is printed");
     assert_eq!(
-        doc["params"]["rounds"], 3,
+        params["rounds"], 3,
         "systems take turns in 3 rounds by default"
     );
     assert!(doc["ratios"]["p50_vs_relay"].as_f64().is_some(), "{doc}");
-    assert!(doc["ratios"]["p50_vs_nats"].is_null(), "{doc}");
+    assert_eq!(
+        doc["ratios"]["p50_vs_nats"].as_f64().is_some(),
+        nats,
+        "{doc}"
+    );
     for file in [
         "latency-triggerfs.hgrm",
         "latency-relay.hgrm",
@@ -108,60 +123,61 @@ async fn latency_closed_loop_counts_every_answer() {
         let text = std::fs::read_to_string(out.path().join(file)).unwrap();
         assert!(!text.is_empty(), "{file}");
     }
+    // The histogram crossed from the load process whole.
     let hgrm = std::fs::read_to_string(out.path().join("latency-relay.hgrm")).unwrap();
     assert!(hgrm.contains("Total count    =          300"), "{hgrm}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throughput_open_loop_counts_every_answer() {
-    let (doc, _out) = run_mode(
+#[test]
+fn throughput_open_loop_counts_every_answer() {
+    let (doc, _out) = bench(
         "throughput --warmup 0s --count 400 --rate 4000 --in-flight 64 --shards 2 --workers 2 \
          --systems triggerfs,relay",
-    )
-    .await;
-    let systems = check_document(&doc, &["triggerfs", "relay"]);
-    for s in &systems {
+    );
+    for s in check_document(&doc, &["triggerfs", "relay"]) {
         assert_eq!(s["sent"].as_u64(), Some(400), "{s}");
     }
     assert_eq!(doc["params"]["load"], "open");
     assert_eq!(doc["params"]["shards"], 2);
+    assert_eq!(doc["params"]["process_per_system"], true);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throughput_closed_loop_with_many_in_flight() {
-    let (doc, _out) = run_mode(
-        "throughput --warmup 0s --count 500 --in-flight 32 --connections 2 --systems relay,triggerfs",
-    )
-    .await;
+/// `--baseline-bin` adds `triggerfs-baseline`, a broker and workers from another binary
+/// (here the same one), driven like `triggerfs`.
+#[test]
+fn throughput_closed_loop_with_a_baseline_build() {
+    let bin = tests::bin();
+    let (doc, _out) = bench(&format!(
+        "throughput --warmup 0s --count 500 --in-flight 32 --connections 2 --rounds 2 \
+         --systems relay,triggerfs --baseline-bin {}",
+        bin.display()
+    ));
     // triggerfs is always listed first, whatever the order of --systems.
-    let systems = check_document(&doc, &["triggerfs", "relay"]);
-    for s in &systems {
+    for s in check_document(&doc, &["triggerfs", "triggerfs-baseline", "relay"]) {
         assert_eq!(s["sent"].as_u64(), Some(500), "{s}");
     }
+    assert_eq!(doc["params"]["rounds"], 2);
+    assert_eq!(doc["params"]["connections"], 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fanout_reaches_every_worker() {
-    let (doc, _out) = run_mode(
-        "fanout --workers 50 --count 5 --warmup-rounds 1 --shards 2 --systems triggerfs,relay",
-    )
-    .await;
+#[test]
+fn fanout_reaches_every_worker() {
+    let (doc, _out) =
+        bench("fanout --workers 50 --count 5 --warmup-rounds 1 --shards 2 --systems triggerfs");
     let systems = check_document(&doc, &["triggerfs"]);
     let fan = &systems[0];
     assert_eq!(fan["sent"].as_u64(), Some(5), "{fan}");
     assert_eq!(fan["workers"].as_u64(), Some(50), "{fan}");
     assert_eq!(fan["ok"].as_u64(), Some(50), "{fan}");
-    assert!(fan["first_done_ms"].as_f64().is_some(), "{fan}");
-    assert!(fan["last_done_ms"].as_f64().is_some(), "{fan}");
     assert!(
         fan["first_done_ms"].as_f64() <= fan["last_done_ms"].as_f64(),
         "{fan}"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_workers_report_memory() {
-    let (doc, _out) = run_mode("fanout --idle --idle-workers 50 --systems triggerfs").await;
+#[test]
+fn idle_workers_report_the_broker_process_memory() {
+    let (doc, _out) = bench("fanout --idle --idle-workers 50 --systems triggerfs");
     assert_eq!(doc["idle"]["workers"].as_u64(), Some(50), "{doc}");
     assert!(
         doc["idle"]["rss_kib"].as_u64().is_some_and(|k| k > 0),
@@ -170,20 +186,113 @@ async fn idle_workers_report_memory() {
     assert!(doc["systems"].as_array().unwrap().is_empty(), "{doc}");
 }
 
+/// The pids whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …: comm may hold spaces, so read after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// Alive and not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
+/// A bench killed with SIGKILL (no destructor runs) leaves no process behind.
+#[test]
+fn children_die_with_a_killed_bench() {
+    let mut bench = Command::new(tests::bin())
+        .args([
+            "bench",
+            "latency",
+            "--warmup",
+            "0s",
+            "--duration",
+            "60s",
+            "--systems",
+            "triggerfs,relay",
+            "--json",
+        ])
+        .env_remove("TRIGGERFS_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // broker, worker, load; echo server, relay, load.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut children = Vec::new();
+    while children.len() < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        children = children_of(bench.id());
+    }
+    assert_eq!(children.len(), 6, "the bench's children: {children:?}");
+    bench.kill().unwrap();
+    bench.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children.iter().any(|&pid| running(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = children.into_iter().filter(|&pid| running(pid)).collect();
+    assert!(
+        left.is_empty(),
+        "still running after the bench died: {left:?}"
+    );
+}
+
 #[test]
 fn flags_have_the_documented_shape() {
-    let out = std::path::Path::new("unused");
-    let parsed = args(
-        "latency --rate 1000 --payload 128 --systems nats --json",
-        out,
-    );
+    use clap::Parser;
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    }
+    let parsed = Cli::try_parse_from([
+        "bench",
+        "latency",
+        "--rate",
+        "1000",
+        "--payload",
+        "128",
+        "--systems",
+        "nats",
+        "--json",
+        "--baseline-bin",
+        "/old/triggerfs",
+    ])
+    .expect("valid flags")
+    .args;
     match parsed.mode {
         bench::Mode::Latency(load) => {
             assert_eq!(load.rate, Some(1000.0));
             assert_eq!(load.common.payload, 128);
             assert_eq!(load.common.systems, vec![bench::System::Nats]);
             assert!(load.common.json);
-            assert_eq!(load.warmup, std::time::Duration::from_secs(2));
+            assert_eq!(load.warmup, Duration::from_secs(2));
+            assert_eq!(
+                load.baseline_bin.as_deref(),
+                Some(std::path::Path::new("/old/triggerfs"))
+            );
         }
         other => panic!("parsed as {other:?}"),
     }

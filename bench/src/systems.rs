@@ -1,0 +1,290 @@
+//! `bench latency` and `bench throughput`: every system in processes of its own, each
+//! driven by a load process of the same shape (`load.rs`), all started first and then
+//! measured in turns.
+//!
+//! - `triggerfs` (and `triggerfs-baseline` with `--baseline-bin`): a `triggerfs broker`
+//!   process (no control plane, the service from its own config file) and `--workers`
+//!   `triggerfs worker` processes answering `echo` themselves; or `--broker ADDR`.
+//! - `relay`: `bench-child relay` in front of `bench-child echo`.
+//! - `nats`: `bench-child nats-responders` against the NATS server at `--nats`.
+
+use crate::load::{LoadProc, Shape, Stop};
+use crate::proc::{command, drain, start_triggerfs, Spawned, TriggerfsProcs, TriggerfsSetup};
+use crate::report::{Report, SystemResult};
+use crate::{LoadArgs, Notes, System};
+use serde_json::{json, Map};
+use std::path::Path;
+
+/// One system, started: what serves it and its load process.
+struct Started {
+    load: LoadProc,
+    /// The broker and workers (`triggerfs`).
+    _triggerfs: Option<TriggerfsProcs>,
+    /// Server processes (baselines).
+    _servers: Vec<Spawned>,
+}
+
+impl Started {
+    fn new(load: LoadProc) -> Started {
+        Started {
+            load,
+            _triggerfs: None,
+            _servers: Vec::new(),
+        }
+    }
+}
+
+/// Resolved parameters of `latency` / `throughput`: the shape, connections, shards and
+/// workers.
+fn shape_of(mode: &str, args: &LoadArgs) -> (Shape, usize, usize, usize) {
+    let throughput = mode == "throughput";
+    let in_flight = args.in_flight.unwrap_or(if throughput { 256 } else { 1 });
+    let connections = args
+        .connections
+        .unwrap_or(if throughput { 4 } else { 1 })
+        .max(1);
+    let shards = args
+        .common
+        .shards
+        .unwrap_or(if throughput { 2 } else { 1 })
+        .max(1);
+    let workers = args
+        .workers
+        .unwrap_or(if throughput { 2 } else { 1 })
+        .max(1);
+    let shape = Shape {
+        rate: args.rate,
+        in_flight,
+        warmup: args.warmup,
+        stop: args.count.map_or(Stop::After(args.duration), Stop::Count),
+        payload: args.common.payload,
+    };
+    (shape, connections, shards, workers)
+}
+
+/// What every system's start needs.
+struct Plan<'a> {
+    args: &'a LoadArgs,
+    /// This binary: the `bench-child` roles.
+    exe: &'a Path,
+    connections: usize,
+    shards: usize,
+    workers: usize,
+}
+
+impl Plan<'_> {
+    /// The flags of every load process.
+    fn load_args(&self, system: System, addr: &str, target: &str) -> Vec<String> {
+        let mut words = vec!["--system".to_string(), system.name().into()];
+        words.extend(["--addr".into(), addr.to_string()]);
+        words.extend(["--connections".into(), self.connections.to_string()]);
+        words.extend(["--target".into(), target.to_string()]);
+        words
+    }
+
+    /// triggerFS from `bin` (or the running `--broker`), measured as `name`.
+    async fn triggerfs(&self, name: &'static str, bin: &Path) -> anyhow::Result<Started> {
+        let service = &self.args.service;
+        let mut words;
+        let procs = match &self.args.common.broker {
+            Some(addr) => {
+                words = self.load_args(System::Triggerfs, addr, service);
+                words.extend(["--ready".into(), service.clone()]);
+                None
+            }
+            None => {
+                let prefix = "bench-w";
+                let procs = start_triggerfs(&TriggerfsSetup {
+                    bin,
+                    shards: self.shards,
+                    spin: self.args.common.spin,
+                    service,
+                    algorithm: "roundrobin",
+                    workers: self.workers,
+                    prefix,
+                })
+                .await?;
+                words = self.load_args(System::Triggerfs, &procs.addr, service);
+                // Each worker is also a service of its own name: ask each one, so that the
+                // measurement starts with all of them online.
+                for i in 0..self.workers {
+                    words.extend(["--ready".into(), format!("{prefix}{i}")]);
+                }
+                Some(procs)
+            }
+        };
+        let load = LoadProc::start(self.exe, name, words).await?;
+        Ok(Started {
+            _triggerfs: procs,
+            ..Started::new(load)
+        })
+    }
+
+    async fn relay(&self) -> anyhow::Result<Started> {
+        let (echo, echo_addr) =
+            Spawned::listening("echo server", command(self.exe, ["bench-child", "echo"])).await?;
+        let threads = self.shards.to_string();
+        let relay_args = [
+            "bench-child",
+            "relay",
+            "--upstream",
+            &echo_addr,
+            "--threads",
+            &threads,
+        ];
+        let (relay, relay_addr) =
+            Spawned::listening("relay", command(self.exe, relay_args)).await?;
+        let words = self.load_args(System::Relay, &relay_addr, "");
+        let load = LoadProc::start(self.exe, "relay", words).await?;
+        Ok(Started {
+            _servers: vec![echo, relay],
+            ..Started::new(load)
+        })
+    }
+
+    /// `None` when no NATS server answers.
+    async fn nats(&self) -> anyhow::Result<Option<Started>> {
+        let server = &self.args.common.nats;
+        // A subject of our own, so that two benchmarks on one server do not answer each other.
+        let subject = format!("triggerfs.bench.{}", rand::random::<u64>());
+        let responders = self.workers.to_string();
+        let words = [
+            "bench-child",
+            "nats-responders",
+            "--nats",
+            server,
+            "--subject",
+            &subject,
+            "--responders",
+            &responders,
+        ];
+        let (proc, status, lines) =
+            Spawned::start_until("nats responders", command(self.exe, words), "").await?;
+        if status == crate::nats::SKIP {
+            return Ok(None);
+        }
+        drain(lines);
+        let words = self.load_args(System::Nats, server, &subject);
+        let load = LoadProc::start(self.exe, "nats", words).await?;
+        Ok(Some(Started {
+            _servers: vec![proc],
+            ..Started::new(load)
+        }))
+    }
+}
+
+/// The parameters printed with the results.
+fn params(
+    args: &LoadArgs,
+    shape: &Shape,
+    connections: usize,
+    shards: usize,
+    workers: usize,
+    rounds: u64,
+) -> Map<String, serde_json::Value> {
+    let common = &args.common;
+    let mut params = Map::new();
+    params.insert("payload".into(), json!(shape.payload));
+    let load = if shape.rate.is_some() {
+        "open"
+    } else {
+        "closed"
+    };
+    params.insert("load".into(), json!(load));
+    params.insert("rate".into(), json!(shape.rate));
+    params.insert("in_flight".into(), json!(shape.in_flight));
+    params.insert("connections".into(), json!(connections));
+    common.insert_broker_params(&mut params, shards);
+    params.insert("workers".into(), json!(workers));
+    params.insert("warmup_s".into(), json!(shape.warmup.as_secs_f64()));
+    match shape.stop {
+        Stop::After(d) => {
+            params.insert("duration_s".into(), json!(d.as_secs_f64()));
+            params.insert("count".into(), json!(null));
+        }
+        Stop::Count(n) => {
+            params.insert("duration_s".into(), json!(null));
+            params.insert("count".into(), json!(n));
+        }
+    }
+    params.insert("broker".into(), json!(common.broker));
+    params.insert("systems".into(), json!(common.systems));
+    params.insert("rounds".into(), json!(rounds));
+    params.insert("process_per_system".into(), json!(true));
+    if let Some(bin) = &args.baseline_bin {
+        params.insert("baseline_bin".into(), json!(bin.display().to_string()));
+    }
+    params
+}
+
+/// `bench latency` and `bench throughput`: every chosen system under the same load.
+///
+/// Call it on the thread that runs the bench (see `proc::command`).
+pub(crate) async fn measure_mode(
+    mode: &'static str,
+    args: &LoadArgs,
+    notes: &mut Notes,
+) -> anyhow::Result<Report> {
+    let (shape, connections, shards, workers) = shape_of(mode, args);
+    let common = &args.common;
+    if args.baseline_bin.is_some() && common.broker.is_some() {
+        anyhow::bail!("--baseline-bin starts brokers of its own: leave out --broker");
+    }
+    let rounds = match shape.stop {
+        Stop::Count(n) => u64::from(args.rounds).min(n.max(1)),
+        Stop::After(_) => u64::from(args.rounds),
+    };
+    let params = params(args, &shape, connections, shards, workers, rounds);
+    let mut report = Report::new(mode, params, common.out.clone());
+    let mut order = common.systems.clone();
+    // triggerfs first so that ratios read naturally in the table.
+    order.sort_by_key(|s| *s as u8);
+    order.dedup();
+
+    let exe =
+        std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find this executable: {e}"))?;
+    let triggerfs_bin = common.triggerfs_bin()?;
+    let plan = Plan {
+        args,
+        exe: &exe,
+        connections,
+        shards,
+        workers,
+    };
+    // Everything is started first and stays up, so that the systems can take turns. What
+    // was started is killed when `started` drops, on success or error alike.
+    let mut started: Vec<Started> = Vec::new();
+    for system in order {
+        match system {
+            System::Triggerfs => {
+                started.push(plan.triggerfs("triggerfs", &triggerfs_bin).await?);
+                if let Some(baseline) = &args.baseline_bin {
+                    started.push(plan.triggerfs("triggerfs-baseline", baseline).await?);
+                }
+            }
+            System::Relay => started.push(plan.relay().await?),
+            System::Nats => match plan.nats().await? {
+                Some(nats) => started.push(nats),
+                None => {
+                    let line = format!("nats: skipped (no server on {})", common.nats);
+                    report.skipped.push(line);
+                }
+            },
+        }
+    }
+
+    let mut results: Vec<Option<SystemResult>> = started.iter().map(|_| None).collect();
+    for round in 0..rounds {
+        let slice = shape.slice(round, rounds);
+        for (system, result) in started.iter_mut().zip(results.iter_mut()) {
+            let measured = system.load.run(&slice, notes.progress()).await?;
+            *result = Some(match result.take() {
+                Some(so_far) => so_far.merge(measured),
+                None => measured,
+            });
+        }
+    }
+    drop(started);
+    report.systems.extend(results.into_iter().flatten());
+    Ok(report)
+}

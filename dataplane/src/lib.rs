@@ -64,7 +64,9 @@ pub struct BrokerSettings {
     /// and its connection is closed. Frames to a client never make a worker wait.
     pub max_client_backlog: usize,
     /// Connections from one address that may be between accept and the end of their
-    /// handshake at once; past it a new one is closed at once.
+    /// handshake at once; past it a new one is closed at once. Each costs a socket and a
+    /// few KiB until the handshake deadline; the default leaves room for a fleet of workers
+    /// behind one address reconnecting together (they retry with backoff past it).
     pub max_pending_per_address: usize,
     /// Capacity of each cross-shard channel.
     pub mesh_depth: usize,
@@ -84,7 +86,7 @@ impl Default for BrokerSettings {
             max_frame: proto::DEFAULT_MAX_FRAME,
             queue_depth: 256,
             max_client_backlog: 64 * 1024 * 1024,
-            max_pending_per_address: 64,
+            max_pending_per_address: 256,
             mesh_depth: 4096,
             spin: Duration::from_micros(SPIN_DEFAULT_US),
         }

@@ -85,6 +85,10 @@ struct ShardArgs {
     /// latency; pins each shard to a core). `0s`: never spin, never pin.
     #[arg(long, env = "TRIGGERFS_SPIN", default_value = "30us", value_parser = humantime::parse_duration)]
     spin: Duration,
+    /// Bytes queued towards one client past which it is cut as a slow consumer: its requests
+    /// end with `SlowConsumer` and its connection is closed (the workers are not affected).
+    #[arg(long, env = "TRIGGERFS_MAX_CLIENT_BACKLOG", default_value = "64MiB")]
+    max_client_backlog: bytesize::ByteSize,
 }
 
 #[derive(Args, Debug)]
@@ -313,6 +317,8 @@ fn broker_settings(listen: SocketAddr, shard: &ShardArgs) -> Result<dataplane::B
         listen,
         heartbeat: shard.heartbeat,
         spin: shard.spin,
+        max_client_backlog: usize::try_from(shard.max_client_backlog.as_u64())
+            .unwrap_or(usize::MAX),
         ..Default::default()
     };
     if let Some(n) = shard.shards {

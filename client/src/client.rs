@@ -507,6 +507,21 @@ async fn read_loop(
                 message,
             } => {
                 tracing::warn!(%kind, %message, "the broker closed the connection");
+                if kind == ErrorKind::SlowConsumer {
+                    // The broker ended every request of this connection: each ends with
+                    // that error (the others, after a bad frame, end as Disconnected).
+                    let senders: Vec<_> = lock(&pending).senders.drain().collect();
+                    for (_, sender) in senders {
+                        let event = ClientEvent::Error {
+                            kind,
+                            message: message.clone(),
+                        };
+                        tokio::select! {
+                            _ = until_closed(&mut closed_rx) => break,
+                            _ = sender.send_async(event) => {}
+                        }
+                    }
+                }
                 break;
             }
             other => match request_event(other) {

@@ -37,6 +37,17 @@ pub struct Outcome {
     /// From sending the request to its final event.
     #[serde(rename = "time_ms", serialize_with = "serialize_millis")]
     pub elapsed: Duration,
+    /// The most output kept, in [cost](line_cost) of lines; see [`Outcome::keep_output`].
+    #[serde(skip)]
+    keep_output: usize,
+    /// Cost of the output lines kept now, all workers.
+    #[serde(skip)]
+    kept: usize,
+}
+
+/// What keeping one output line costs, for [`Outcome::keep_output`]: its text and its slot.
+pub fn line_cost(line: &OutputLine) -> usize {
+    line.line.len() + std::mem::size_of::<OutputLine>()
 }
 
 /// One worker's part of a request.
@@ -50,8 +61,15 @@ pub struct WorkerOutcome {
     pub status: WorkerStatus,
     /// Why it failed, for runs that ended without an exit code.
     pub error: Option<ErrorInfo>,
-    /// Output lines in arrival order.
+    /// Output lines in arrival order (the latest ones, when the outcome keeps a bounded
+    /// tail: see [`Outcome::keep_output`]).
     pub output: Vec<OutputLine>,
+    /// Lines not kept in `output` (the oldest ones), to stay within the bound.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub output_dropped: u64,
+    /// Cost of the lines in `output`.
+    #[serde(skip)]
+    kept: usize,
     /// Position among finished workers; orders `Outcome::workers` at the end.
     #[serde(skip)]
     finished_rank: Option<u64>,
@@ -135,7 +153,17 @@ impl Outcome {
             disconnected: false,
             total_messages: 0,
             elapsed: Duration::ZERO,
+            keep_output: usize::MAX,
+            kept: 0,
         }
+    }
+
+    /// Keeps at most `bound` of output ([`line_cost`] summed over every worker's lines): past
+    /// it the oldest lines of the worker that holds the most are dropped and counted in
+    /// [`WorkerOutcome::output_dropped`]. 0 keeps no line; the default keeps every one.
+    pub fn keep_output(mut self, bound: usize) -> Outcome {
+        self.keep_output = bound;
+        self
     }
 
     /// Adds one event.
@@ -162,10 +190,20 @@ impl Outcome {
                 ..
             } => {
                 self.total_messages += 1;
-                self.worker_mut(worker).output.push(OutputLine {
+                if self.keep_output == 0 {
+                    self.worker_mut(worker).output_dropped += 1;
+                    return;
+                }
+                let line = OutputLine {
                     stream: *stream,
                     line: String::from_utf8_lossy(data).into_owned(),
-                });
+                };
+                let cost = line_cost(&line);
+                let w = self.worker_mut(worker);
+                w.output.push(line);
+                w.kept += cost;
+                self.kept += cost;
+                while self.kept > self.keep_output && self.drop_oldest() {}
             }
             ClientEvent::Done { worker, exit_code } => {
                 let rank = self.next_rank();
@@ -244,6 +282,23 @@ impl Outcome {
         ) || self.workers.len() > 1
     }
 
+    /// Drops the older half of the lines of the worker that keeps the most (at least one);
+    /// halves, so that a long stream of output costs amortized O(1) per line.
+    fn drop_oldest(&mut self) -> bool {
+        let Some(w) = self.workers.iter_mut().max_by_key(|w| w.kept) else {
+            return false;
+        };
+        if w.output.is_empty() {
+            return false;
+        }
+        let n = w.output.len().div_ceil(2);
+        let freed: usize = w.output.drain(..n).map(|l| line_cost(&l)).sum();
+        w.kept -= freed;
+        w.output_dropped += n as u64;
+        self.kept -= freed;
+        true
+    }
+
     fn next_rank(&self) -> u64 {
         self.workers
             .iter()
@@ -261,6 +316,8 @@ impl Outcome {
                     status: WorkerStatus::Unfinished,
                     error: None,
                     output: Vec::new(),
+                    output_dropped: 0,
+                    kept: 0,
                     finished_rank: None,
                 });
                 self.workers.len() - 1
@@ -293,6 +350,10 @@ fn serialize_summary<S: serde::Serializer>(
             lost: s.lost,
         })
         .serialize(serializer)
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn serialize_millis<S: serde::Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -418,5 +479,60 @@ mod tests {
             1,
             &[("a", "error")],
         );
+    }
+
+    fn output(worker: &str, seq: u64, text: &str) -> ClientEvent {
+        ClientEvent::Output {
+            worker: worker.to_string(),
+            seq,
+            stream: Stream::Stdout,
+            data: text.as_bytes().to_vec(),
+        }
+    }
+
+    /// A bounded outcome keeps the latest lines within its bound, takes them from the worker
+    /// that holds the most, counts what it dropped and says so in JSON; 0 keeps none.
+    #[test]
+    fn output_is_a_bounded_tail() {
+        let line = OutputLine {
+            stream: Stream::Stdout,
+            line: "0123456789".into(),
+        };
+        let bound = 100 * line_cost(&line);
+        let mut outcome = Outcome::new("svc", "command").keep_output(bound);
+        for seq in 0..10_000u64 {
+            outcome.record(&output("a", seq, &format!("{:010}", seq)));
+        }
+        for seq in 0..10u64 {
+            outcome.record(&output("b", seq, &format!("{:010}", seq)));
+        }
+        assert!(outcome.kept <= bound, "{} > {bound}", outcome.kept);
+        let (a, b) = (&outcome.workers[0], &outcome.workers[1]);
+        assert_eq!(b.output.len(), 10, "the small worker keeps its lines");
+        assert!(
+            a.output.len() >= 40 && a.output.len() <= 100,
+            "{}",
+            a.output.len()
+        );
+        assert_eq!(a.output.len() as u64 + a.output_dropped, 10_000);
+        assert_eq!(
+            a.output.last().unwrap().line,
+            "0000009999",
+            "the latest lines stay"
+        );
+        assert_eq!(outcome.total_messages, 10_010);
+        let json = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(json["workers"][0]["output_dropped"], a.output_dropped);
+        assert!(json["workers"][1].get("output_dropped").is_none());
+
+        let mut none = Outcome::new("svc", "command").keep_output(0);
+        none.record(&output("a", 0, "x"));
+        none.record(&done("a", 0));
+        assert!(none.workers[0].output.is_empty());
+        assert_eq!(
+            (none.workers[0].output_dropped, none.total_messages),
+            (1, 1)
+        );
+        assert_eq!(none.exit_status(), 0);
     }
 }

@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Write buffer capacity a connection keeps between bursts.
 const KEEP_BUFFER: usize = 64 * 1024;
@@ -85,6 +85,10 @@ pub(crate) enum ReadError {
 }
 
 /// Reads length-prefixed frames from a [`SharedStream`].
+///
+/// The buffer grows with the bytes that arrived, at most doubling per read, never with the
+/// length a prefix claims: a peer that announces a 16 MiB frame and sends nothing costs a
+/// few KiB, not 16 MiB.
 pub(crate) struct FrameReader {
     stream: SharedStream,
     buf: BytesMut,
@@ -104,6 +108,11 @@ impl FrameReader {
         }
     }
 
+    /// Changes the largest frame accepted from now on (small before the handshake).
+    pub(crate) fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// When bytes last arrived from the socket.
     pub(crate) fn last_read(&self) -> Instant {
         self.last_read
@@ -112,19 +121,29 @@ impl FrameReader {
     /// The next frame.
     pub(crate) async fn read_frame(&mut self) -> Result<Frame, ReadError> {
         loop {
-            match proto::decode(&mut self.buf, self.max_frame) {
-                Ok(Some(frame)) => return Ok(frame),
-                Ok(None) => {}
-                Err(e) => return Err(ReadError::Proto(e)),
+            // `decode` is called only when it can finish (a whole frame is buffered) or fail:
+            // for a partial frame it would reserve the claimed length.
+            let claimed = proto::codec::peek_len(&self.buf);
+            if claimed.is_some_and(|l| {
+                l == 0 || l > self.max_frame || self.buf.len() >= l + proto::LEN_PREFIX
+            }) {
+                let decoded = proto::decode(&mut self.buf, self.max_frame);
+                if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
+                    // A large frame grew it; an idle connection should not keep the memory.
+                    self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
+                }
+                match decoded {
+                    Ok(Some(frame)) => return Ok(frame),
+                    Ok(None) => {}
+                    Err(e) => return Err(ReadError::Proto(e)),
+                }
             }
             // Read straight into the buffer's spare room (no bounce buffer in the future's
-            // state, which would cost every idle connection its size).
+            // state, which would cost every idle connection its size). Room for the rest of
+            // the frame, but at most as much again as is buffered.
             let filled = self.buf.len();
-            let want = READ_CHUNK.max(proto::codec::peek_len(&self.buf).map_or(0, |l| {
-                (l + proto::LEN_PREFIX)
-                    .saturating_sub(filled)
-                    .min(self.max_frame)
-            }));
+            let missing = claimed.map_or(0, |l| (l + proto::LEN_PREFIX).saturating_sub(filled));
+            let want = READ_CHUNK.max(missing.min(filled));
             self.buf.resize(filled + want, 0);
             let read = self.stream.read(&mut self.buf[filled..]).await;
             let n = match read {
@@ -154,6 +173,14 @@ impl FrameReader {
     }
 }
 
+#[cfg(test)]
+impl FrameReader {
+    /// Bytes the read buffer holds room for.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SendError {
@@ -163,6 +190,17 @@ pub(crate) enum SendError {
     Closed,
 }
 
+/// What [`Outbox::push`] left the outbox at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Below its bound.
+    Room,
+    /// At its frame bound: the sender is to wait for [`Outbox::room`] before more work.
+    Full,
+    /// Past its byte bound (see [`Outbox::bound_bytes`]): the peer does not read; cut it.
+    Overflow,
+}
+
 /// A connection's outbound frames, encoded into one buffer as they are sent.
 ///
 /// Frames are serialized by the sender, straight into the buffer the writer will hand to
@@ -170,20 +208,51 @@ pub(crate) enum SendError {
 /// queued while the writer waits for its turn leaves in one `write`. At most `depth` frames
 /// wait; a sender beyond that waits for the writer ([`Outbox::send`]) or is told so
 /// ([`Outbox::try_send`]): backpressure, as with a bounded channel.
+///
+/// An outbox bounded in bytes instead ([`Outbox::bound_bytes`], a client's) never makes a
+/// sender wait: past its bound, [`Outbox::push`] says [`Pushed::Overflow`] and the
+/// connection is to be [cut](Outbox::cut).
 pub(crate) struct Outbox {
     state: RefCell<OutboxState>,
     depth: usize,
     max_frame: usize,
 }
 
-#[derive(Default)]
 struct OutboxState {
     buf: BytesMut,
     frames: usize,
+    /// Bytes of the batch the writer is writing (counted whole until it is written).
+    in_flight: usize,
+    /// The byte bound of a client's outbox; `usize::MAX` for a frame-bounded one.
+    byte_bound: usize,
     closed: bool,
+    /// Closed by [`Outbox::cut`]: the writer gives a write in progress a grace period.
+    cut: bool,
     writer: Option<Waker>,
     room: Vec<Waker>,
+    /// The writer, waiting on a write, to be told of a cut.
+    cut_waiter: Option<Waker>,
 }
+
+impl Default for OutboxState {
+    fn default() -> Self {
+        OutboxState {
+            buf: BytesMut::new(),
+            frames: 0,
+            in_flight: 0,
+            byte_bound: usize::MAX,
+            closed: false,
+            cut: false,
+            writer: None,
+            room: Vec::new(),
+            cut_waiter: None,
+        }
+    }
+}
+
+/// How long a write in progress may still finish after a cut, so that a slow (not stalled)
+/// peer gets the final frame; past it the socket is shut down.
+const CUT_GRACE: Duration = Duration::from_secs(1);
 
 impl Outbox {
     pub(crate) fn new(depth: usize, max_frame: usize) -> Outbox {
@@ -192,6 +261,12 @@ impl Outbox {
             depth: depth.max(1),
             max_frame,
         }
+    }
+
+    /// Bounds the outbox by bytes queued (including the batch being written) instead of by
+    /// frames: senders never wait on it, and [`Outbox::push`] reports an overflow.
+    pub(crate) fn bound_bytes(&self, bound: usize) {
+        self.state.borrow_mut().byte_bound = bound;
     }
 
     /// Queues `frame` if there is room.
@@ -216,24 +291,35 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues `frame` even beyond the bound, and says whether the bound is reached: the
-    /// caller is then to wait for [`Outbox::room`] before it takes more work. Lets a shard
-    /// handle a frame without an await (and without a future per send); the overshoot is
-    /// the few frames one incoming frame can cause.
-    pub(crate) fn push(&self, frame: &Frame) -> Result<bool, SendError> {
+    /// Queues `frame` even beyond the bound, and says where that leaves the outbox: at its
+    /// frame bound the caller is to wait for [`Outbox::room`] before it takes more work; past
+    /// its byte bound the peer is to be cut. Lets a shard handle a frame without an await
+    /// (and without a future per send); the overshoot is the few frames one incoming frame
+    /// can cause.
+    pub(crate) fn push(&self, frame: &Frame) -> Result<Pushed, SendError> {
         let mut state = self.state.borrow_mut();
         if state.closed {
             return Err(SendError::Closed);
         }
         if let Err(e) = proto::encode(frame, &mut state.buf, self.max_frame) {
             tracing::warn!(error = %e, kind = frame.kind_name(), "frame not sent");
-            return Ok(state.frames >= self.depth);
+        } else {
+            state.frames += 1;
+            if let Some(writer) = state.writer.take() {
+                writer.wake();
+            }
         }
-        state.frames += 1;
-        if let Some(writer) = state.writer.take() {
-            writer.wake();
-        }
-        Ok(state.frames >= self.depth)
+        Ok(if state.byte_bound != usize::MAX {
+            if state.buf.len() + state.in_flight > state.byte_bound {
+                Pushed::Overflow
+            } else {
+                Pushed::Room
+            }
+        } else if state.frames >= self.depth {
+            Pushed::Full
+        } else {
+            Pushed::Room
+        })
     }
 
     /// Waits until fewer than `depth` frames wait for the writer, or the connection closes.
@@ -267,6 +353,17 @@ impl Outbox {
         self.state.borrow().frames
     }
 
+    /// Bytes queued, the batch being written included.
+    pub(crate) fn backlog_bytes(&self) -> usize {
+        let state = self.state.borrow();
+        state.buf.len() + state.in_flight
+    }
+
+    /// Whether nothing more is sent (closed, cut, or the socket failed).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.borrow().closed
+    }
+
     /// Sends nothing more: the writer flushes what is queued and closes the socket.
     pub(crate) fn close(&self) {
         let mut state = self.state.borrow_mut();
@@ -279,6 +376,24 @@ impl Outbox {
         }
     }
 
+    /// Drops everything queued, queues `last` alone and closes: the writer sends it once the
+    /// write in progress (if any) is done, or shuts the socket down after [`CUT_GRACE`].
+    pub(crate) fn cut(&self, last: &Frame) {
+        let mut state = self.state.borrow_mut();
+        // A new buffer: the old one's capacity is the backlog that is being dropped.
+        state.buf = BytesMut::new();
+        state.frames = 0;
+        if proto::encode(last, &mut state.buf, self.max_frame).is_ok() {
+            state.frames = 1;
+        }
+        state.cut = true;
+        if let Some(waiter) = state.cut_waiter.take() {
+            waiter.wake();
+        }
+        drop(state);
+        self.close();
+    }
+
     /// Swaps the queued bytes into `out` (empty on entry); `false` once closed and drained.
     async fn take(&self, out: &mut BytesMut) -> bool {
         std::future::poll_fn(|cx| {
@@ -286,6 +401,7 @@ impl Outbox {
             if !state.buf.is_empty() {
                 std::mem::swap(&mut state.buf, out);
                 state.frames = 0;
+                state.in_flight = out.len();
                 for waiter in state.room.drain(..) {
                     waiter.wake();
                 }
@@ -293,11 +409,27 @@ impl Outbox {
             } else if state.closed {
                 Poll::Ready(false)
             } else {
+                state.in_flight = 0;
                 state.writer = Some(cx.waker().clone());
                 Poll::Pending
             }
         })
         .await
+    }
+
+    /// Resolves [`CUT_GRACE`] after the outbox is cut.
+    async fn cut_grace(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.borrow_mut();
+            if state.cut {
+                Poll::Ready(())
+            } else {
+                state.cut_waiter = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        glommio::timer::sleep(CUT_GRACE).await;
     }
 }
 
@@ -320,12 +452,21 @@ impl Outbox {
 }
 
 /// Writes what the outbox collects to the socket, one `write` per batch, until the outbox
-/// is closed and drained or the socket fails. Closes the socket at the end.
+/// is closed and drained or the socket fails (or a cut outbox's write does not finish within
+/// [`CUT_GRACE`]). Closes the socket at the end.
 pub(crate) async fn write_loop(stream: SharedStream, outbox: Rc<Outbox>) {
     let mut out = stream.clone();
     let mut batch = BytesMut::new();
     while outbox.take(&mut batch).await {
-        if let Err(e) = out.write_all(&batch).await {
+        // Polled only while the write waits for the socket: no cost on the usual path.
+        let cut = async {
+            outbox.cut_grace().await;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection cut and its peer does not read",
+            ))
+        };
+        if let Err(e) = futures_lite::future::or(out.write_all(&batch), cut).await {
             tracing::debug!(error = %e, "write failed; closing connection");
             break;
         }
@@ -340,62 +481,4 @@ pub(crate) async fn write_loop(stream: SharedStream, outbox: Rc<Outbox>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use glommio::{LocalExecutorBuilder, Placement};
-
-    fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(512 * 1024)
-            .spawn(move || async move { f().await })
-            .expect("executor")
-            .join()
-            .expect("test body");
-    }
-
-    fn frames(bytes: &mut BytesMut) -> Vec<Frame> {
-        let mut out = Vec::new();
-        while let Some(frame) = proto::decode(bytes, proto::DEFAULT_MAX_FRAME).unwrap() {
-            out.push(frame);
-        }
-        out
-    }
-
-    /// `depth` frames fit; the next sender waits until the writer takes the batch, then goes
-    /// on, in order; after `close` nothing more is queued and the writer drains what is left.
-    #[test]
-    fn outbox_is_bounded_ordered_and_drains_on_close() {
-        run(|| async {
-            let outbox = Rc::new(Outbox::new(3, proto::DEFAULT_MAX_FRAME));
-            for id in 0..3 {
-                outbox.try_send(&Frame::Cancel { id }).unwrap();
-            }
-            assert_eq!(
-                outbox.try_send(&Frame::Cancel { id: 3 }),
-                Err(SendError::Full)
-            );
-            assert_eq!(outbox.len(), 3);
-            let waiting = {
-                let outbox = outbox.clone();
-                glommio::spawn_local(async move { outbox.send(&Frame::Cancel { id: 3 }).await })
-            };
-            glommio::executor().yield_now().await;
-            assert_eq!(outbox.len(), 3, "the fourth sender waits for room");
-            let mut batch = BytesMut::new();
-            assert!(outbox.take(&mut batch).await);
-            let expected: Vec<_> = (0..3).map(|id| Frame::Cancel { id }).collect();
-            assert_eq!(frames(&mut batch), expected);
-            assert_eq!(waiting.await, Ok(()), "the waiting sender got room");
-            outbox.close();
-            assert_eq!(outbox.try_send(&Frame::Heartbeat), Err(SendError::Closed));
-            batch.clear();
-            assert!(
-                outbox.take(&mut batch).await,
-                "what was queued before close is sent"
-            );
-            assert_eq!(frames(&mut batch), vec![Frame::Cancel { id: 3 }]);
-            batch.clear();
-            assert!(!outbox.take(&mut batch).await, "closed and drained");
-        });
-    }
-}
+mod tests;

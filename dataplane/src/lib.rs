@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Default spin before parking, in µs. A request crosses threads four times (client →
 /// shard → worker → shard → client); a shard that polls a while after its last event
@@ -56,8 +56,17 @@ pub struct BrokerSettings {
     pub heartbeat: Duration,
     /// Largest frame accepted or sent.
     pub max_frame: usize,
-    /// Frames queued towards one connection before senders wait (backpressure).
+    /// Frames queued towards a worker before senders wait (backpressure).
     pub queue_depth: usize,
+    /// Bytes queued towards one client (the batch being written included) past which it is
+    /// cut as a slow consumer: its requests end, it gets `SlowConsumer` if that still fits,
+    /// and its connection is closed. Frames to a client never make a worker wait.
+    pub max_client_backlog: usize,
+    /// Connections from one address that may be between accept and the end of their
+    /// handshake at once; past it a new one is closed at once. Each costs a socket and a
+    /// few KiB until the handshake deadline; the default leaves room for a fleet of workers
+    /// behind one address reconnecting together (they retry with backoff past it).
+    pub max_pending_per_address: usize,
     /// Capacity of each cross-shard channel.
     pub mesh_depth: usize,
     /// How long an idle shard polls before it sleeps in the kernel: a reply that arrives
@@ -75,6 +84,8 @@ impl Default for BrokerSettings {
             heartbeat: Duration::from_secs(1),
             max_frame: proto::DEFAULT_MAX_FRAME,
             queue_depth: 256,
+            max_client_backlog: 64 * 1024 * 1024,
+            max_pending_per_address: 256,
             mesh_depth: 4096,
             spin: Duration::from_micros(SPIN_DEFAULT_US),
         }
@@ -164,6 +175,9 @@ pub fn start(
     let n = settings.shards;
     let stop = Arc::new(AtomicBool::new(false));
     let rr = Arc::new(RoundRobin::default());
+    let pending = Arc::new(shard::PendingHandshakes::new(
+        settings.max_pending_per_address,
+    ));
     let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, settings.mesh_depth));
     let mut threads = Vec::with_capacity(n);
     let mut addr = settings.listen;
@@ -173,6 +187,7 @@ pub fn start(
         let settings = settings.clone();
         let source = source.clone();
         let rr = rr.clone();
+        let pending = pending.clone();
         let mesh = mesh.clone();
         let stop_flag = stop.clone();
         let bind_addr = addr;
@@ -226,6 +241,9 @@ pub fn start(
                         while let Some(msg) = stream.recv().await {
                             shard.on_shard_msg(msg);
                             shard.settle_mesh_receiver().await;
+                            if glommio::executor().need_preempt() {
+                                glommio::yield_if_needed().await;
+                            }
                         }
                     })
                     .detach();
@@ -256,7 +274,20 @@ pub fn start(
                 match accepted {
                     None => break,
                     Some(Ok(stream)) => {
-                        glommio::spawn_local(shard.clone().serve(stream)).detach();
+                        let admitted = stream.peer_addr().ok().and_then(|peer| {
+                            let admitted = pending.admit(peer.ip());
+                            if admitted.is_none() {
+                                metrics::CLOSED
+                                    .with_label_values(&["pending_per_address"])
+                                    .inc();
+                                warn!(shard = idx, %peer, "too many pending handshakes from this address; connection closed");
+                            }
+                            admitted
+                        });
+                        // Not admitted: dropping the stream closes it.
+                        if let Some(guard) = admitted {
+                            glommio::spawn_local(shard.clone().serve(stream, guard)).detach();
+                        }
                     }
                     Some(Err(e)) => {
                         // Out of file descriptors and the like: back off instead of spinning.

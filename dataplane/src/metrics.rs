@@ -71,6 +71,19 @@ pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Connections the broker closed to protect itself or others, by reason: `slow_consumer`
+/// (a client's backlog passed its bound), `pending_per_address` (too many connections from
+/// one address had not finished their handshake), `superseded` (a newer connection of the
+/// same worker identity took over).
+pub static CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "triggerfs_broker_connections_closed_total",
+        "Connections the broker closed: slow consumers, too many pending handshakes from one address, superseded workers",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
 /// Snake-case label of an error kind.
 pub fn kind_label(kind: proto::ErrorKind) -> &'static str {
     use proto::ErrorKind::*;
@@ -88,5 +101,7 @@ pub fn kind_label(kind: proto::ErrorKind) -> &'static str {
         TooLarge => "too_large",
         PluginFailed => "plugin_failed",
         Cancelled => "cancelled",
+        SlowConsumer => "slow_consumer",
+        Superseded => "superseded",
     }
 }

@@ -39,7 +39,23 @@ pub struct WorkerRef {
 #[derive(Debug, Clone)]
 struct OnlineWorker {
     at: WorkerAt,
+    /// Orders connections of one identity broker-wide: the highest is the newest.
+    generation: u64,
     announced: Vec<String>,
+}
+
+/// What [`Registry::worker_online`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Online {
+    /// The identity was not online.
+    New,
+    /// The same connection again (an `Announce`).
+    Same,
+    /// It replaced an older connection of the identity, which is to be closed.
+    Replaced(WorkerAt),
+    /// A newer connection of the identity is already known: nothing changed, and this one
+    /// is to be closed.
+    Stale,
 }
 
 /// A request's route: the service and its online workers in order.
@@ -97,16 +113,24 @@ impl Registry {
         self.implicit.clear();
     }
 
-    /// A worker connected (or reconnected: the newest connection wins), or announced the
-    /// services it serves.
+    /// A worker connected (or reconnected: the newest connection, by `generation`, wins),
+    /// or announced the services it serves. Replicas that see the news of two connections
+    /// in either order agree on the winner.
     pub fn worker_online(
         &mut self,
         team: &str,
         identity: Arc<str>,
         at: WorkerAt,
+        generation: u64,
         announced: Vec<String>,
-    ) {
+    ) -> Online {
         let workers = self.online.entry(team.to_string()).or_default();
+        let outcome = match workers.get(&identity) {
+            None => Online::New,
+            Some(w) if w.at == at => Online::Same,
+            Some(w) if w.generation > generation => return Online::Stale,
+            Some(w) => Online::Replaced(w.at),
+        };
         let index = self.announced.entry(team.to_string()).or_default();
         for service in &announced {
             index
@@ -114,8 +138,12 @@ impl Registry {
                 .or_default()
                 .insert(identity.clone());
         }
-        let previous = workers.insert(identity.clone(), OnlineWorker { at, announced });
-        match previous {
+        let worker = OnlineWorker {
+            at,
+            generation,
+            announced,
+        };
+        match workers.insert(identity.clone(), worker) {
             None => self.n_online += 1,
             Some(old) => {
                 let now = &workers[&identity].announced;
@@ -124,6 +152,12 @@ impl Registry {
                 }
             }
         }
+        outcome
+    }
+
+    /// Where the connection of `identity` that routing uses is.
+    pub fn online_at(&self, team: &str, identity: &str) -> Option<WorkerAt> {
+        Some(self.online.get(team)?.get(identity)?.at)
     }
 
     /// A worker's connection closed; ignored when a newer connection already replaced it.
@@ -279,153 +313,4 @@ fn unindex(index: &mut HashMap<String, BTreeSet<Arc<str>>>, service: &str, ident
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::Algorithm;
-
-    fn at(conn_id: u64) -> WorkerAt {
-        WorkerAt {
-            shard_idx: 0,
-            conn_id,
-        }
-    }
-
-    fn caller(team: &str, identity: &str) -> Principal {
-        Principal {
-            team: team.into(),
-            identity: identity.into(),
-        }
-    }
-
-    fn service(team: &str, name: &str, visibility: Visibility, workers: &[&str]) -> ServiceConfig {
-        ServiceConfig {
-            algorithm: Algorithm::Serial,
-            workers: workers.iter().map(|w| w.to_string()).collect(),
-            visibility,
-            owner: Some("alice".into()),
-            ..ServiceConfig::implicit(team, name)
-        }
-    }
-
-    fn registry() -> Registry {
-        let services = [
-            service("a", "dc1", Visibility::Team, &["w3", "w1", "w2"]),
-            service("a", "mine", Visibility::Local, &["w1"]),
-            service("a", "open", Visibility::Public, &["w1"]),
-        ];
-        Registry::new(Arc::new(RoutingConfig {
-            services: services
-                .into_iter()
-                .map(|s| ((s.team.clone(), s.name.clone()), s))
-                .collect(),
-        }))
-    }
-
-    fn names(route: &Route) -> Vec<String> {
-        route
-            .members
-            .iter()
-            .map(|m| m.identity.to_string())
-            .collect()
-    }
-
-    #[test]
-    fn configured_order_then_announcers() {
-        let mut r = registry();
-        r.worker_online("a", "w1".into(), at(1), vec![]);
-        r.worker_online("a", "w3".into(), at(3), vec![]);
-        r.worker_online("a", "w9".into(), at(9), vec!["dc1".into()]);
-        // Same names in another team are other workers.
-        r.worker_online("b", "w2".into(), at(20), vec!["dc1".into()]);
-        let route = r.resolve(&caller("a", "bob"), "dc1").unwrap();
-        assert_eq!(names(&route), ["w3", "w1", "w9"]);
-        assert_eq!(route.service.algorithm, Algorithm::Serial);
-    }
-
-    #[test]
-    fn identity_and_announced_services_stay_in_their_team() {
-        let mut r = registry();
-        r.worker_online("a", "w1".into(), at(1), vec!["logs".into()]);
-        r.worker_online("a", "w2".into(), at(2), vec!["logs".into()]);
-        r.worker_online("b", "w7".into(), at(7), vec!["logs".into()]);
-        let bob = caller("a", "bob");
-        assert_eq!(names(&r.resolve(&bob, "w2").unwrap()), ["w2"]);
-        assert_eq!(names(&r.resolve(&bob, "logs").unwrap()), ["w1", "w2"]);
-        assert_eq!(
-            names(&r.resolve(&caller("b", "x"), "logs").unwrap()),
-            ["w7"]
-        );
-        assert_eq!(
-            r.resolve(&bob, "w7").unwrap_err().0,
-            ErrorKind::NoSuchService
-        );
-        assert_eq!(
-            r.resolve(&bob, "nope").unwrap_err().0,
-            ErrorKind::NoSuchService
-        );
-    }
-
-    #[test]
-    fn visibility_decides_who_may_call() {
-        let mut r = registry();
-        r.worker_online("a", "w1".into(), at(1), vec![]);
-        let alice = caller("a", "alice");
-        let bob = caller("a", "bob");
-        let eve = caller("b", "eve");
-        assert!(r.resolve(&alice, "mine").is_ok());
-        assert_eq!(r.resolve(&bob, "mine").unwrap_err().0, ErrorKind::Forbidden);
-        assert!(r.resolve(&bob, "dc1").is_ok());
-        assert_eq!(
-            r.resolve(&eve, "a/dc1").unwrap_err().0,
-            ErrorKind::Forbidden
-        );
-        assert!(r.resolve(&eve, "a/open").is_ok());
-        assert_eq!(
-            r.resolve(&eve, "a/w1").unwrap_err().0,
-            ErrorKind::NoSuchService
-        );
-        assert!(
-            r.resolve(&bob, "a/dc1").is_ok(),
-            "own team may use the long form"
-        );
-    }
-
-    #[test]
-    fn announced_index_follows_announce_reconnect_and_offline() {
-        let mut r = registry();
-        let bob = caller("a", "bob");
-        r.worker_online("a", "w2".into(), at(2), vec!["logs".into(), "web".into()]);
-        r.worker_online("a", "w1".into(), at(1), vec!["logs".into()]);
-        assert_eq!(names(&r.resolve(&bob, "logs").unwrap()), ["w1", "w2"]);
-        // w2 announces again without `logs` (a reconnect with another list).
-        r.worker_online("a", "w2".into(), at(5), vec!["web".into()]);
-        assert_eq!(names(&r.resolve(&bob, "logs").unwrap()), ["w1"]);
-        assert_eq!(names(&r.resolve(&bob, "web").unwrap()), ["w2"]);
-        // The old connection's close changes nothing; the new one's removes w2.
-        r.worker_offline("a", "w2", at(2));
-        assert_eq!(names(&r.resolve(&bob, "web").unwrap()), ["w2"]);
-        r.worker_offline("a", "w2", at(5));
-        assert_eq!(
-            r.resolve(&bob, "web").unwrap_err().0,
-            ErrorKind::NoSuchService
-        );
-        assert_eq!(r.n_online(), 1);
-    }
-
-    #[test]
-    fn no_workers_online_and_reconnect_races() {
-        let mut r = registry();
-        let bob = caller("a", "bob");
-        assert_eq!(
-            r.resolve(&bob, "dc1").unwrap_err().0,
-            ErrorKind::NoWorkersOnline
-        );
-        r.worker_online("a", "w1".into(), at(1), vec![]);
-        // A reconnect arrives before the old connection's close is noticed.
-        r.worker_online("a", "w1".into(), at(5), vec![]);
-        r.worker_offline("a", "w1", at(1));
-        assert_eq!(r.resolve(&bob, "dc1").unwrap().members[0].at, at(5));
-        r.worker_offline("a", "w1", at(5));
-        assert_eq!(r.n_online(), 0);
-    }
-}
+mod tests;

@@ -148,6 +148,13 @@ text_enum! {
         PluginFailed,
         /// The client cancelled the request.
         Cancelled,
+        /// The client did not read what the broker sent it fast enough: its backlog passed the
+        /// broker's bound (`--max-client-backlog`), so the broker ended its requests and closed
+        /// the connection (the worker serving them is not affected).
+        SlowConsumer,
+        /// A newer connection of the same worker identity took over; this one is closed. A
+        /// worker that gets it stops rather than reconnect and take the identity back.
+        Superseded,
     }
 }
 

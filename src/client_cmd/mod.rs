@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 /// How long to wait, after Ctrl-C and `Cancel`, for the request to end before leaving.
 const CANCEL_GRACE: Duration = Duration::from_secs(3);
 
+/// Output `--json` keeps (see [`Outcome::keep_output`]): the latest lines within this.
+pub const JSON_OUTPUT_KEPT: usize = 16 * 1024 * 1024;
+
 /// Exit status after an interrupt (128 + SIGINT), as shells expect.
 pub const EXIT_INTERRUPTED: i32 = 130;
 
@@ -74,7 +77,8 @@ pub struct ClientArgs {
     /// File whose bytes are the request's payload.
     #[arg(long, env = "TRIGGERFS_PAYLOAD_FILE")]
     pub payload_file: Option<PathBuf>,
-    /// Print one JSON document at the end instead of live lines.
+    /// Print one JSON document at the end instead of live lines. It keeps the latest 16 MiB
+    /// of output lines; a worker's `output_dropped` counts the older lines left out.
     #[arg(long, env = "TRIGGERFS_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
     /// Fire and forget: return once the broker has queued the request.
@@ -119,7 +123,9 @@ pub async fn run_with<O: Write, E: Write>(
 
     let started = Instant::now();
     let mut handle = client.request(spec).await?;
-    let mut outcome = Outcome::new(&args.service, &args.plugin);
+    // The live text needs no line at the end; `--json` keeps a bounded tail.
+    let keep = if args.json { JSON_OUTPUT_KEPT } else { 0 };
+    let mut outcome = Outcome::new(&args.service, &args.plugin).keep_output(keep);
     let mut live = LiveRender::new(&args.service, &args.plugin, args.json);
 
     tokio::pin!(interrupt);

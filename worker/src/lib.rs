@@ -121,15 +121,19 @@ pub enum WorkerError {
     PluginNotFound {
         /// The requested name.
         plugin: String,
-        /// Why.
+        /// Why, without paths of this host: this text goes to the client.
         reason: String,
+        /// Why, with the paths involved: for this host's log only.
+        detail: String,
     },
 }
 
 /// Runs the worker until `shutdown` completes: connects, serves, reconnects with backoff.
 ///
 /// Returns `Ok(())` after `shutdown`, once running plugins were stopped (or after a few
-/// seconds); an error only for a configuration that cannot work.
+/// seconds); an error for a configuration that cannot work, and
+/// [`WorkerError::Broker`] with [`proto::ErrorKind::Superseded`] when a newer connection of
+/// the same identity took over (the worker stops rather than take the identity back).
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
@@ -159,6 +163,18 @@ pub async fn run(
         };
         if welcomed {
             backoff = INITIAL_BACKOFF.min(reconnect_max);
+        }
+        if let WorkerError::Broker {
+            kind: proto::ErrorKind::Superseded,
+            message,
+        } = &ended
+        {
+            // Another process serves this identity now; reconnecting would take it back and
+            // the two would take turns. Stop, and say why.
+            error!(broker = %config.broker, identity = %config.identity, %message, "superseded by a newer connection of this identity; stopping");
+            drop(shared);
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv()).await;
+            return Err(ended);
         }
         let delay = match &ended {
             // A wrong token stays wrong: do not hammer the broker.

@@ -72,42 +72,70 @@ pub struct ResolvedPlugin {
 /// `<pluginspath>/x/y`. Refuses bad names, anything whose canonical path leaves the canonical
 /// plugins path, and anything that is not an executable regular file.
 pub fn resolve_plugin(pluginspath: &Path, name: &str) -> Result<ResolvedPlugin, WorkerError> {
-    let refuse = |reason: String| WorkerError::PluginNotFound {
+    // The reason goes to the client and names no path of this host; the detail is logged.
+    let refuse = |reason: &str, detail: String| WorkerError::PluginNotFound {
         plugin: name.to_string(),
-        reason,
+        reason: reason.to_string(),
+        detail,
     };
-    proto::names::check_plugin(name).map_err(|e| refuse(e.to_string()))?;
+    proto::names::check_plugin(name).map_err(|e| refuse(&e.to_string(), e.to_string()))?;
     let relative = if name.contains('/') {
         PathBuf::from(name)
     } else {
         Path::new(name).join(name)
     };
     let root = pluginspath.canonicalize().map_err(|e| {
-        refuse(format!(
-            "plugins path {} is not usable: {e}",
-            pluginspath.display()
-        ))
+        refuse(
+            "the worker's plugins path is not usable",
+            format!("plugins path {} is not usable: {e}", pluginspath.display()),
+        )
     })?;
     let argv0 = pluginspath.join(&relative);
-    let path = argv0
-        .canonicalize()
-        .map_err(|e| refuse(format!("{}: {e}", argv0.display())))?;
+    let path = argv0.canonicalize().map_err(|e| {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such plugin on this worker".to_string(),
+            _ => format!("cannot open it: {}", without_paths(&e)),
+        };
+        refuse(&reason, format!("{}: {e}", argv0.display()))
+    })?;
     if !path.starts_with(&root) {
-        return Err(refuse(format!(
-            "{} resolves to {}, outside the plugins path",
-            argv0.display(),
-            path.display()
-        )));
+        return Err(refuse(
+            "it resolves outside the plugins path",
+            format!(
+                "{} resolves to {}, outside the plugins path",
+                argv0.display(),
+                path.display()
+            ),
+        ));
     }
-    let meta = std::fs::metadata(&path).map_err(|e| refuse(format!("{}: {e}", path.display())))?;
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        refuse(
+            &format!("cannot open it: {}", without_paths(&e)),
+            format!("{}: {e}", path.display()),
+        )
+    })?;
     if !meta.is_file() {
-        return Err(refuse(format!("{} is not a regular file", path.display())));
+        return Err(refuse(
+            "it is not a regular file",
+            format!("{} is not a regular file", path.display()),
+        ));
     }
     if meta.permissions().mode() & 0o111 == 0 {
-        return Err(refuse(format!("{} is not executable", path.display())));
+        return Err(refuse(
+            "it is not executable",
+            format!("{} is not executable", path.display()),
+        ));
     }
     let dir = path.parent().unwrap_or(&root).to_path_buf();
     Ok(ResolvedPlugin { path, argv0, dir })
+}
+
+/// An I/O error's text without the path some errors carry: its kind, or its OS message.
+fn without_paths(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => e.kind().to_string(),
+    }
 }
 
 /// The JSON request a plugin reads on stdin.
@@ -182,7 +210,9 @@ pub async fn serve_dispatch(
     let plugin = match resolve_plugin(&runner.pluginspath, &dispatch.plugin) {
         Ok(plugin) => plugin,
         Err(e) => {
-            debug!(id, plugin = %dispatch.plugin, error = %e, "plugin refused");
+            if let WorkerError::PluginNotFound { detail, .. } = &e {
+                warn!(id, plugin = %dispatch.plugin, %detail, "plugin refused");
+            }
             let _ = out
                 .send(failed(id, ErrorKind::PluginNotFound, e.to_string()))
                 .await;
@@ -249,6 +279,23 @@ fn spawn_command(
     dispatch: &Dispatch,
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&plugin.path);
+    let worker_pid = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl(2),
+    // getppid(2) and errno reads, which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The plugin (its process group's leader) is killed when the worker dies, even
+            // by SIGKILL, when nothing is left to stop it in three steps.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The worker died between fork and prctl: the signal will not come.
+            if libc::getppid() != worker_pid {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
     cmd.arg0(&plugin.argv0)
         .current_dir(&plugin.dir)
         .process_group(0)
@@ -321,8 +368,13 @@ async fn run_plugin(
     let mut child = match spawn_with_retry(&mut cmd).await {
         Ok(child) => child,
         Err(e) => {
-            warn!(id, plugin = %dispatch.plugin, error = %e, "cannot start plugin");
-            let message = format!("cannot start {}: {e}", plugin.path.display());
+            warn!(id, plugin = %dispatch.plugin, path = %plugin.path.display(), error = %e, "cannot start plugin");
+            // No path of this host in what the client sees.
+            let message = format!(
+                "cannot start plugin `{}`: {}",
+                dispatch.plugin,
+                without_paths(&e)
+            );
             let _ = out.send(failed(id, ErrorKind::PluginFailed, message)).await;
             return;
         }

@@ -10,27 +10,93 @@ use glommio::net::TcpStream;
 use proto::control::{WorkerState, WorkerStateReport};
 use proto::{Credential, ErrorKind, Frame, ProtoError, Role};
 use std::cell::Cell;
+use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// The largest frame accepted before `Welcome`: a `Hello` is a few hundred bytes (a JWT, or
+/// a worker's team, identity and token). Anything larger is refused as `TooLarge`.
+pub(crate) const HANDSHAKE_MAX_FRAME: usize = 8 * 1024;
+
+/// Connections that have not finished their handshake, by peer address, broker-wide.
+#[derive(Debug)]
+pub(crate) struct PendingHandshakes {
+    per_address: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted in [`PendingHandshakes`] until it is dropped.
+pub(crate) struct PendingGuard {
+    pending: Arc<PendingHandshakes>,
+    ip: IpAddr,
+}
+
+impl PendingHandshakes {
+    pub(crate) fn new(per_address: usize) -> PendingHandshakes {
+        PendingHandshakes {
+            per_address,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a new connection from `ip`, or `None` when `ip` has its limit of pending ones
+    /// already. Once per accepted connection: the lock is never taken per frame.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PendingGuard> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.per_address {
+            return None;
+        }
+        *n += 1;
+        Some(PendingGuard {
+            pending: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut counts = self
+            .pending
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 impl Shard {
-    /// Serves one accepted connection until it closes.
-    pub(crate) async fn serve(self: Rc<Self>, stream: TcpStream) {
+    /// Serves one accepted connection until it closes. `pending` counts it among its
+    /// address's unfinished handshakes until the handshake ends.
+    pub(crate) async fn serve(self: Rc<Self>, stream: TcpStream, pending: PendingGuard) {
         let _ = stream.set_nodelay(true);
         let stream = SharedStream::new(stream);
-        let mut reader = FrameReader::new(stream.clone(), self.settings.max_frame);
+        let mut reader = FrameReader::new(
+            stream.clone(),
+            HANDSHAKE_MAX_FRAME.min(self.settings.max_frame),
+        );
         let out = Rc::new(Outbox::new(
             self.settings.queue_depth,
             self.settings.max_frame,
         ));
         glommio::spawn_local(write_loop(stream.clone(), out.clone())).detach();
 
-        let Some((principal, role)) = self.handshake(&mut reader, &out).await else {
+        let handshake = self.handshake(&mut reader, &out).await;
+        drop(pending);
+        let Some((principal, role)) = handshake else {
             // The writer flushes the refusal, then closes the socket.
             out.close();
             return;
         };
+        reader.set_max_frame(self.settings.max_frame);
         let conn_id = self.open_conn(out.clone(), principal, role);
         self.settle().await;
 
@@ -62,8 +128,15 @@ impl Shard {
             last_seen.set(reader.last_read());
             let ok = self.on_frame(conn_id, role, frame);
             self.settle().await;
-            if !ok {
+            // Closed: cut (a slow client, a superseded worker) or its socket failed.
+            if !ok || out.is_closed() {
                 break;
+            }
+            // A peer that always has a frame buffered would keep this task from returning to
+            // the scheduler (its frames to a client never wait): let timers (heartbeats) and
+            // writers run.
+            if glommio::executor().need_preempt() {
+                glommio::yield_if_needed().await;
             }
         }
         alive.set(false);
@@ -78,11 +151,16 @@ impl Shard {
         let conn_id = self.next_conn.get();
         self.next_conn.set(conn_id + 1);
         let peer = match role {
-            Role::Client => Peer::Client {
-                requests: HashMap::new(),
-            },
+            Role::Client => {
+                // Frames to a client never wait: past this bound it is cut instead.
+                out.bound_bytes(self.settings.max_client_backlog);
+                Peer::Client {
+                    requests: HashMap::new(),
+                }
+            }
             Role::Worker => Peer::Worker {
                 inflight: HashSet::new(),
+                generation: super::workers::next_generation(),
             },
         };
         let conn = Conn {
@@ -204,15 +282,21 @@ impl Shard {
                     }
                 }
             }
-            Peer::Worker { inflight } => {
+            Peer::Worker { inflight, .. } => {
                 self.stats.connected(Role::Worker).dec();
                 let Principal { team, identity } = &conn.principal;
-                info!(shard = self.idx, %identity, %team, n_inflight = inflight.len(), "worker offline");
-                self.report_worker(team, identity, WorkerState::Disconnected);
                 let at = WorkerAt {
                     shard_idx: self.idx,
                     conn_id,
                 };
+                // A superseded connection's identity is online still, on the newer one.
+                let current = self.state.borrow().registry.online_at(team, identity) == Some(at);
+                if current {
+                    info!(shard = self.idx, %identity, %team, n_inflight = inflight.len(), "worker offline");
+                    self.report_worker(team, identity, WorkerState::Disconnected);
+                } else {
+                    info!(shard = self.idx, %identity, %team, n_inflight = inflight.len(), "superseded worker connection closed");
+                }
                 self.worker_offline(team, identity, at);
                 for dispatch_id in inflight {
                     self.route_event(dispatch_id, WorkerEvent::Lost);
@@ -221,12 +305,82 @@ impl Shard {
         }
     }
 
-    /// Queues `frame` to connection `conn_id`, if it is still open.
+    /// Queues `frame` to connection `conn_id`, if it is still open. A client whose backlog
+    /// passes its bound is noted to be cut (never waited for).
     pub(super) fn send_to_conn(&self, conn_id: u64, frame: &Frame) {
         let state = self.state.borrow();
         if let Some(conn) = state.conns.get(&conn_id) {
-            self.push_to(&conn.out, frame);
+            if self.push_to(&conn.out, frame) {
+                self.close_later(conn_id, ErrorKind::SlowConsumer);
+            }
         }
+    }
+
+    /// Notes connection `conn_id` to be cut with `kind` once the handling in progress is
+    /// over (see [`Shard::cut_connections`]).
+    pub(super) fn close_later(&self, conn_id: u64, kind: ErrorKind) {
+        let mut unsettled = self.unsettled.borrow_mut();
+        if !unsettled.to_cut.iter().any(|&(id, _)| id == conn_id) {
+            unsettled.to_cut.push((conn_id, kind));
+        }
+    }
+
+    /// Cuts the connections noted by [`Shard::close_later`]: each is sent a final
+    /// `Error { id: None }` if it fits (its backlog is dropped) and closed; a client's waited
+    /// requests are cancelled. Called before anything waits, so a cut client is never waited
+    /// for.
+    pub(super) fn cut_connections(&self) {
+        loop {
+            let to_cut = std::mem::take(&mut self.unsettled.borrow_mut().to_cut);
+            if to_cut.is_empty() {
+                return;
+            }
+            for (conn_id, kind) in to_cut {
+                self.cut(conn_id, kind);
+            }
+        }
+    }
+
+    fn cut(&self, conn_id: u64, kind: ErrorKind) {
+        let Some((out, principal)) = self
+            .state
+            .borrow()
+            .conns
+            .get(&conn_id)
+            .map(|c| (c.out.clone(), c.principal.clone()))
+        else {
+            return;
+        };
+        let Principal { team, identity } = &principal;
+        let (message, reason) = match kind {
+            ErrorKind::SlowConsumer => {
+                let backlog = out.backlog_bytes();
+                warn!(shard = self.idx, conn_id, %identity, %team, backlog, kind = ?kind, "slow consumer: closing the client's connection and ending its requests");
+                (
+                    format!(
+                        "the client did not read its replies: {backlog} bytes waited for it, past the broker's bound of {}; its requests are ended",
+                        self.settings.max_client_backlog
+                    ),
+                    "slow_consumer",
+                )
+            }
+            _ => {
+                warn!(shard = self.idx, conn_id, %identity, %team, kind = ?kind, "a newer connection of this worker took over; closing the old one");
+                (
+                    format!(
+                        "a newer connection of worker `{identity}` took over; this one is closed"
+                    ),
+                    "superseded",
+                )
+            }
+        };
+        crate::metrics::CLOSED.with_label_values(&[reason]).inc();
+        out.cut(&Frame::Error {
+            id: None,
+            kind,
+            message,
+        });
+        self.close_conn(conn_id);
     }
 
     fn report_worker(&self, team: &str, identity: &str, state: WorkerState) {

@@ -9,12 +9,12 @@
 //! a backlog it added to is over its bound: the same backpressure as awaiting the send.
 
 use super::Shard;
-use crate::conn::Outbox;
-use crate::registry::WorkerAt;
+use crate::conn::{Outbox, Pushed};
+use crate::registry::{Online, WorkerAt};
 use crate::request::WorkerEvent;
 use glommio::channels::channel_mesh::Senders;
 use glommio::{GlommioError, ResourceType};
-use proto::Frame;
+use proto::{ErrorKind, Frame};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -29,6 +29,7 @@ pub(crate) enum ShardMsg {
         team: String,
         identity: Arc<str>,
         at: WorkerAt,
+        generation: u64,
         announced: Vec<String>,
     },
     WorkerOffline {
@@ -63,6 +64,9 @@ pub(crate) struct Unsettled {
     congested: Vec<Rc<Outbox>>,
     /// Shards whose backlog is over its bound.
     backlogged: Vec<usize>,
+    /// Connections to cut (a slow client, a superseded worker), with the reason they are
+    /// told; cut before anything waits, outside the handling that found them.
+    pub(super) to_cut: Vec<(u64, ErrorKind)>,
 }
 
 /// The channels to the other shards, and the messages waiting for room in them.
@@ -201,10 +205,16 @@ impl Shard {
     }
 
     /// Queues `frame` on `out`; an outbox at its bound is noted for [`Shard::settle`]. A
-    /// closed connection drops its frames; its close handler cleans up.
-    pub(super) fn push_to(&self, out: &Rc<Outbox>, frame: &Frame) {
-        if let Ok(true) = out.push(frame) {
-            self.unsettled.borrow_mut().congested.push(out.clone());
+    /// closed connection drops its frames; its close handler cleans up. Returns whether the
+    /// outbox passed its byte bound (only a client's has one; see `Shard::send_to_conn`).
+    pub(super) fn push_to(&self, out: &Rc<Outbox>, frame: &Frame) -> bool {
+        match out.push(frame) {
+            Ok(Pushed::Full) => {
+                self.unsettled.borrow_mut().congested.push(out.clone());
+                false
+            }
+            Ok(Pushed::Overflow) => true,
+            Ok(Pushed::Room) | Err(_) => false,
         }
     }
 
@@ -225,10 +235,20 @@ impl Shard {
                 team,
                 identity,
                 at,
+                generation,
                 announced,
             } => {
-                let mut state = self.state.borrow_mut();
-                state.registry.worker_online(&team, identity, at, announced);
+                let online = self
+                    .state
+                    .borrow_mut()
+                    .registry
+                    .worker_online(&team, identity, at, generation, announced);
+                // A newer connection elsewhere displaced one connected here.
+                if let Online::Replaced(old) = online {
+                    if old.shard_idx == self.idx {
+                        self.close_later(old.conn_id, ErrorKind::Superseded);
+                    }
+                }
             }
             ShardMsg::WorkerOffline { team, identity, at } => {
                 let mut state = self.state.borrow_mut();
@@ -246,11 +266,16 @@ impl Shard {
     /// Takes what the handling so far left to wait for. Taken at once, before any await,
     /// so each task waits only for what its own frame caused.
     fn take_unsettled(&self) -> Option<Unsettled> {
+        self.cut_connections();
         let mut unsettled = self.unsettled.borrow_mut();
         if unsettled.congested.is_empty() && unsettled.backlogged.is_empty() {
             return None;
         }
-        Some(std::mem::take(&mut *unsettled))
+        Some(Unsettled {
+            congested: std::mem::take(&mut unsettled.congested),
+            backlogged: std::mem::take(&mut unsettled.backlogged),
+            to_cut: Vec::new(),
+        })
     }
 
     /// Waits for room in every outbox and backlog the last frame filled. Nothing to wait

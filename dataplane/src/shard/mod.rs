@@ -24,6 +24,7 @@ mod requests;
 mod stats;
 mod workers;
 
+pub(crate) use lifecycle::PendingHandshakes;
 pub(crate) use mesh::ShardMsg;
 
 use crate::config::{ConfigSource, Principal};
@@ -61,6 +62,8 @@ enum Peer {
     Worker {
         /// Dispatches this worker is running, from any shard.
         inflight: HashSet<u64>,
+        /// Orders this identity's connections broker-wide; the newest wins.
+        generation: u64,
     },
 }
 

@@ -4,13 +4,23 @@
 use super::{Conn, Peer, Shard, ShardMsg};
 use crate::config::Principal;
 use crate::conn::Outbox;
-use crate::registry::WorkerAt;
+use crate::registry::{Online, WorkerAt};
 use crate::request::WorkerEvent;
 use foldhash::HashSet;
-use proto::{Frame, ProtoError};
+use proto::{ErrorKind, Frame, ProtoError};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::info;
+
+/// Generations of worker connections, process-wide: every connection gets a higher one
+/// than any before it, so "the newest" means the same on every shard.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A generation for a worker connection being opened.
+pub(super) fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, Ordering::Relaxed)
+}
 
 impl Shard {
     /// Hands a dispatch to a worker connected to this shard, or reports it lost.
@@ -22,7 +32,10 @@ impl Shard {
         });
         match out {
             // If the worker closed, its close handler reports the dispatch lost.
-            Some(out) => self.push_to(&out, &Frame::Dispatch(dispatch)),
+            // A worker's outbox has no byte bound: it cannot overflow, only push back.
+            Some(out) => {
+                self.push_to(&out, &Frame::Dispatch(dispatch));
+            }
             None => self.route_event(dispatch_id, WorkerEvent::Lost),
         }
     }
@@ -89,7 +102,7 @@ impl Shard {
         match state.conns.get_mut(&conn_id) {
             Some(Conn {
                 out,
-                peer: Peer::Worker { inflight },
+                peer: Peer::Worker { inflight, .. },
                 ..
             }) => Some(f(out, inflight)),
             _ => None,
@@ -119,23 +132,44 @@ impl Shard {
     }
 
     /// Records a worker connected here (again, with what it announced) in this shard's
-    /// registry and in every other shard's.
+    /// registry and in every other shard's. An older connection of the same identity is
+    /// closed wherever it is (here, or by its shard when the news arrives there); if a newer
+    /// one is known already, this one is closed instead.
     pub(super) fn worker_online(&self, conn_id: u64, who: &Principal, announced: Vec<String>) {
+        let generation = match self.state.borrow().conns.get(&conn_id) {
+            Some(Conn {
+                peer: Peer::Worker { generation, .. },
+                ..
+            }) => *generation,
+            _ => return,
+        };
         let identity: Arc<str> = who.identity.as_str().into();
         let at = WorkerAt {
             shard_idx: self.idx,
             conn_id,
         };
-        self.state.borrow_mut().registry.worker_online(
+        let online = self.state.borrow_mut().registry.worker_online(
             &who.team,
             identity.clone(),
             at,
+            generation,
             announced.clone(),
         );
+        match online {
+            Online::Stale => {
+                self.close_later(conn_id, ErrorKind::Superseded);
+                return;
+            }
+            Online::Replaced(old) if old.shard_idx == self.idx => {
+                self.close_later(old.conn_id, ErrorKind::Superseded);
+            }
+            _ => {}
+        }
         self.to_every_shard(|| ShardMsg::WorkerOnline {
             team: who.team.clone(),
             identity: identity.clone(),
             at,
+            generation,
             announced: announced.clone(),
         });
     }

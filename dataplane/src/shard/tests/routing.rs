@@ -191,3 +191,46 @@ fn worker_lost_mid_request() {
         assert_eq!(summary.lost, 1);
     });
 }
+
+/// A client that does not read is cut, never waited for: the worker's frames past the
+/// client's byte bound end the client's request (the worker is told to cancel), the client
+/// gets `SlowConsumer` alone (its backlog is dropped), and the worker stays.
+#[test]
+fn a_client_past_its_backlog_bound_is_cut_not_waited_for() {
+    let rr = service("rr", Algorithm::Roundrobin, &["w1", "w2"]);
+    one_shard(vec![rr], |shard| async move {
+        let ((chosen, id), _other, (client, out)) = rr_request(&shard).await;
+        out.bound_bytes(4096);
+        from_worker(&shard, chosen.conn, Frame::Accepted { id }).await;
+        let mut seq = 0;
+        while shard.state.borrow().conns.contains_key(&client) {
+            assert!(seq < 1000, "the client was never cut");
+            let data = vec![b'x'; 200];
+            let output = Frame::Output {
+                id,
+                seq,
+                stream: Stream::Stdout,
+                data,
+            };
+            // Never waits: the frames pile up for the client until its bound.
+            from_worker(&shard, chosen.conn, output).await;
+            seq += 1;
+        }
+        assert!(seq > 10, "cut only past the bound ({seq} frames)");
+        match out.take_frames().as_slice() {
+            [Frame::Error {
+                id: None,
+                kind: proto::ErrorKind::SlowConsumer,
+                ..
+            }] => {}
+            other => panic!("expected SlowConsumer alone, got {other:?}"),
+        }
+        assert!(out.is_closed());
+        assert_eq!(
+            chosen.out.take_frames(),
+            vec![Frame::Cancel { id }],
+            "the worker is told to stop"
+        );
+        assert!(shard.state.borrow().conns.contains_key(&chosen.conn));
+    });
+}

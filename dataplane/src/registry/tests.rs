@@ -1,0 +1,190 @@
+//! Resolution, isolation and the online/offline news of the registry.
+
+use super::*;
+use proto::Algorithm;
+
+fn at(conn_id: u64) -> WorkerAt {
+    WorkerAt {
+        shard_idx: 0,
+        conn_id,
+    }
+}
+
+fn caller(team: &str, identity: &str) -> Principal {
+    Principal {
+        team: team.into(),
+        identity: identity.into(),
+    }
+}
+
+fn service(team: &str, name: &str, visibility: Visibility, workers: &[&str]) -> ServiceConfig {
+    ServiceConfig {
+        algorithm: Algorithm::Serial,
+        workers: workers.iter().map(|w| w.to_string()).collect(),
+        visibility,
+        owner: Some("alice".into()),
+        ..ServiceConfig::implicit(team, name)
+    }
+}
+
+fn registry() -> Registry {
+    let services = [
+        service("a", "dc1", Visibility::Team, &["w3", "w1", "w2"]),
+        service("a", "mine", Visibility::Local, &["w1"]),
+        service("a", "open", Visibility::Public, &["w1"]),
+    ];
+    Registry::new(Arc::new(RoutingConfig {
+        services: services
+            .into_iter()
+            .map(|s| ((s.team.clone(), s.name.clone()), s))
+            .collect(),
+    }))
+}
+
+fn names(route: &Route) -> Vec<String> {
+    route
+        .members
+        .iter()
+        .map(|m| m.identity.to_string())
+        .collect()
+}
+
+#[test]
+fn configured_order_then_announcers() {
+    let mut r = registry();
+    r.worker_online("a", "w1".into(), at(1), 1, vec![]);
+    r.worker_online("a", "w3".into(), at(3), 3, vec![]);
+    r.worker_online("a", "w9".into(), at(9), 9, vec!["dc1".into()]);
+    // Same names in another team are other workers.
+    r.worker_online("b", "w2".into(), at(20), 20, vec!["dc1".into()]);
+    let route = r.resolve(&caller("a", "bob"), "dc1").unwrap();
+    assert_eq!(names(&route), ["w3", "w1", "w9"]);
+    assert_eq!(route.service.algorithm, Algorithm::Serial);
+}
+
+#[test]
+fn identity_and_announced_services_stay_in_their_team() {
+    let mut r = registry();
+    r.worker_online("a", "w1".into(), at(1), 1, vec!["logs".into()]);
+    r.worker_online("a", "w2".into(), at(2), 2, vec!["logs".into()]);
+    r.worker_online("b", "w7".into(), at(7), 7, vec!["logs".into()]);
+    let bob = caller("a", "bob");
+    assert_eq!(names(&r.resolve(&bob, "w2").unwrap()), ["w2"]);
+    assert_eq!(names(&r.resolve(&bob, "logs").unwrap()), ["w1", "w2"]);
+    assert_eq!(
+        names(&r.resolve(&caller("b", "x"), "logs").unwrap()),
+        ["w7"]
+    );
+    assert_eq!(
+        r.resolve(&bob, "w7").unwrap_err().0,
+        ErrorKind::NoSuchService
+    );
+    assert_eq!(
+        r.resolve(&bob, "nope").unwrap_err().0,
+        ErrorKind::NoSuchService
+    );
+}
+
+#[test]
+fn visibility_decides_who_may_call() {
+    let mut r = registry();
+    r.worker_online("a", "w1".into(), at(1), 1, vec![]);
+    let alice = caller("a", "alice");
+    let bob = caller("a", "bob");
+    let eve = caller("b", "eve");
+    assert!(r.resolve(&alice, "mine").is_ok());
+    assert_eq!(r.resolve(&bob, "mine").unwrap_err().0, ErrorKind::Forbidden);
+    assert!(r.resolve(&bob, "dc1").is_ok());
+    assert_eq!(
+        r.resolve(&eve, "a/dc1").unwrap_err().0,
+        ErrorKind::Forbidden
+    );
+    assert!(r.resolve(&eve, "a/open").is_ok());
+    assert_eq!(
+        r.resolve(&eve, "a/w1").unwrap_err().0,
+        ErrorKind::NoSuchService
+    );
+    assert!(
+        r.resolve(&bob, "a/dc1").is_ok(),
+        "own team may use the long form"
+    );
+}
+
+#[test]
+fn announced_index_follows_announce_reconnect_and_offline() {
+    let mut r = registry();
+    let bob = caller("a", "bob");
+    r.worker_online(
+        "a",
+        "w2".into(),
+        at(2),
+        2,
+        vec!["logs".into(), "web".into()],
+    );
+    r.worker_online("a", "w1".into(), at(1), 1, vec!["logs".into()]);
+    assert_eq!(names(&r.resolve(&bob, "logs").unwrap()), ["w1", "w2"]);
+    // w2 announces again without `logs` (a reconnect with another list).
+    r.worker_online("a", "w2".into(), at(5), 5, vec!["web".into()]);
+    assert_eq!(names(&r.resolve(&bob, "logs").unwrap()), ["w1"]);
+    assert_eq!(names(&r.resolve(&bob, "web").unwrap()), ["w2"]);
+    // The old connection's close changes nothing; the new one's removes w2.
+    r.worker_offline("a", "w2", at(2));
+    assert_eq!(names(&r.resolve(&bob, "web").unwrap()), ["w2"]);
+    r.worker_offline("a", "w2", at(5));
+    assert_eq!(
+        r.resolve(&bob, "web").unwrap_err().0,
+        ErrorKind::NoSuchService
+    );
+    assert_eq!(r.n_online(), 1);
+}
+
+#[test]
+fn no_workers_online_and_reconnect_races() {
+    let mut r = registry();
+    let bob = caller("a", "bob");
+    assert_eq!(
+        r.resolve(&bob, "dc1").unwrap_err().0,
+        ErrorKind::NoWorkersOnline
+    );
+    r.worker_online("a", "w1".into(), at(1), 1, vec![]);
+    // A reconnect arrives before the old connection's close is noticed.
+    r.worker_online("a", "w1".into(), at(5), 5, vec![]);
+    r.worker_offline("a", "w1", at(1));
+    assert_eq!(r.resolve(&bob, "dc1").unwrap().members[0].at, at(5));
+    r.worker_offline("a", "w1", at(5));
+    assert_eq!(r.n_online(), 0);
+}
+
+/// Two connections of one identity, their news in either order: every replica keeps
+/// the newer and says which connection is to be closed.
+#[test]
+fn the_newest_connection_wins_in_any_order() {
+    let bob = caller("a", "bob");
+    let mut r = registry();
+    assert_eq!(
+        r.worker_online("a", "w1".into(), at(1), 1, vec![]),
+        Online::New
+    );
+    assert_eq!(
+        r.worker_online("a", "w1".into(), at(1), 1, vec![]),
+        Online::Same
+    );
+    assert_eq!(
+        r.worker_online("a", "w1".into(), at(7), 2, vec![]),
+        Online::Replaced(at(1))
+    );
+    assert_eq!(r.online_at("a", "w1"), Some(at(7)));
+    let mut other = registry();
+    assert_eq!(
+        other.worker_online("a", "w1".into(), at(7), 2, vec![]),
+        Online::New
+    );
+    assert_eq!(
+        other.worker_online("a", "w1".into(), at(1), 1, vec!["dc1".into()]),
+        Online::Stale
+    );
+    for replica in [&mut r, &mut other] {
+        assert_eq!(replica.resolve(&bob, "w1").unwrap().members[0].at, at(7));
+        assert_eq!(replica.n_online(), 1);
+    }
+}

@@ -8,4 +8,5 @@ mod e2e {
     pub mod control;
     pub mod failures;
     pub mod fanout;
+    pub mod http_limits;
 }

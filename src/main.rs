@@ -123,6 +123,13 @@ struct ApiArgs {
     /// How long a login's JWT is valid.
     #[arg(long, env = "TRIGGERFS_JWT_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
     jwt_ttl: Duration,
+    /// An API connection that takes longer to send a request's headers (or its body), or
+    /// stays idle longer between requests, is closed.
+    #[arg(long, env = "TRIGGERFS_HTTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    http_timeout: Duration,
+    /// API connections served at once (default: a quarter of the open-file limit).
+    #[arg(long, env = "TRIGGERFS_HTTP_MAX_CONNECTIONS")]
+    http_max_connections: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -193,6 +200,7 @@ fn main() {
         }
     }
     let cli = Cli::parse();
+    let raised = raise_open_file_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -200,6 +208,9 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = raised {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -208,6 +219,28 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Raises the soft limit on open files to the hard limit: the common soft default of 1,024
+/// is a few hundred idle clients for a server. (Child processes, plugins included, inherit
+/// the raised limit.)
+fn raise_open_file_limit() -> std::io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok(());
+    }
+    limit.rlim_cur = limit.rlim_max;
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -233,6 +266,8 @@ fn run(cli: Cli) -> Result<i32> {
                     database_url: args.api.database_url,
                     jwt_ttl: args.api.jwt_ttl,
                     broker_addr: Some(listen.to_string()),
+                    http_timeout: args.api.http_timeout,
+                    http_max_connections: args.api.http_max_connections,
                 },
                 broker_settings(listen, &args.shard)?,
                 args.no_worker,
@@ -244,6 +279,8 @@ fn run(cli: Cli) -> Result<i32> {
             database_url: args.api.database_url,
             jwt_ttl: args.api.jwt_ttl,
             broker_addr: Some(args.broker),
+            http_timeout: args.api.http_timeout,
+            http_max_connections: args.api.http_max_connections,
         }),
         Command::Worker(args) => {
             let config = worker_config(args, &settings)?;

@@ -10,7 +10,13 @@ use crate::error::ApiError;
 use crate::AppState;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use governor::clock::{Clock, DefaultClock, QuantaInstant};
+use governor::{DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use proto::control::Claims;
@@ -56,47 +62,154 @@ impl JwtKeys {
     }
 }
 
-/// argon2id hash of a secret, off the async threads.
-pub async fn hash_secret(secret: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(secret.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::Internal(format!("hashing a secret: {e}")))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?
+/// Bounds what logins may cost: rate limits per identity and per client address, checked
+/// before any hashing, and a bound on argon2 computations at once (each holds 19 MiB).
+pub struct LoginGuard {
+    by_identity: DefaultKeyedRateLimiter<String>,
+    by_address: DefaultKeyedRateLimiter<IpAddr>,
+    hashing: Semaphore,
+}
+
+/// Keys a limiter remembers before it forgets those back at their full burst.
+const PRUNE_ABOVE: usize = 10_000;
+/// Longest identity kept as a limiter key (longer ones are cut).
+const MAX_KEY_BYTES: usize = 128;
+/// How long a hash waits for a free slot before the call is answered 503.
+const HASH_WAIT: Duration = Duration::from_secs(5);
+
+fn quota(burst: u32, period: Duration) -> Quota {
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period.max(Duration::from_millis(1)))
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
+}
+
+/// Whole seconds until `not_until`, at least 1 (for `Retry-After`).
+fn retry_after(not_until: &NotUntil<QuantaInstant>) -> u64 {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+impl LoginGuard {
+    /// Limiters for `limits`; hashing bounded to the number of cores.
+    pub fn new(limits: crate::LoginLimits) -> LoginGuard {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        LoginGuard {
+            by_identity: RateLimiter::keyed(quota(limits.identity_burst, limits.identity_period)),
+            by_address: RateLimiter::keyed(quota(limits.address_burst, limits.address_period)),
+            hashing: Semaphore::new(cores),
+        }
+    }
+
+    /// Counts one login attempt; `TooManyRequests` when the address or identity is over its
+    /// limit.
+    pub fn admit(&self, identity: &str, address: Option<IpAddr>) -> Result<(), ApiError> {
+        if let Some(address) = address {
+            self.by_address
+                .check_key(&address)
+                .map_err(|e| ApiError::TooManyRequests {
+                    retry_after: retry_after(&e),
+                    what: "login attempts from this address",
+                })?;
+        }
+        let mut end = identity.len().min(MAX_KEY_BYTES);
+        while !identity.is_char_boundary(end) {
+            end -= 1;
+        }
+        let key = identity[..end].to_string();
+        let checked = self.by_identity.check_key(&key);
+        for limiter_len in [self.by_identity.len(), self.by_address.len()] {
+            if limiter_len > PRUNE_ABOVE {
+                self.by_identity.retain_recent();
+                self.by_address.retain_recent();
+            }
+        }
+        checked.map_err(|e| ApiError::TooManyRequests {
+            retry_after: retry_after(&e),
+            what: "login attempts for this identity",
+        })
+    }
+
+    /// Runs `work` (argon2) on a blocking thread once one of the hashing slots is free.
+    async fn hash<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _slot = tokio::time::timeout(HASH_WAIT, self.hashing.acquire())
+            .await
+            .map_err(|_| ApiError::Busy {
+                retry_after: 1,
+                what: "too many logins at once",
+            })?
+            .map_err(|e| ApiError::Internal(format!("hashing slots: {e}")))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))
+    }
+}
+
+/// argon2id hash of a secret, off the async threads (one of the guard's hashing slots).
+pub async fn hash_secret(guard: &LoginGuard, secret: String) -> Result<String, ApiError> {
+    guard
+        .hash(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::default()
+                .hash_password(secret.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| ApiError::Internal(format!("hashing a secret: {e}")))
+        })
+        .await?
 }
 
 /// Whether `secret` matches `hash`, off the async threads. With `hash = None` (unknown user)
 /// it still spends the same time on a dummy hash, so timing does not reveal who exists.
-pub async fn verify_secret(secret: String, hash: Option<String>) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        static DUMMY: OnceLock<String> = OnceLock::new();
-        let known = hash.is_some();
-        let hash = match hash {
-            Some(h) => h,
-            None => DUMMY
-                .get_or_init(|| {
-                    let salt = SaltString::generate(&mut OsRng);
-                    Argon2::default()
-                        .hash_password(b"not a real secret", &salt)
-                        .map(|h| h.to_string())
-                        .unwrap_or_default()
-                })
-                .clone(),
-        };
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            return false;
-        };
-        let ok = Argon2::default()
-            .verify_password(secret.as_bytes(), &parsed)
-            .is_ok();
-        ok && known
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("verifying task: {e}")))
+pub async fn verify_secret(
+    guard: &LoginGuard,
+    secret: String,
+    hash: Option<String>,
+) -> Result<bool, ApiError> {
+    guard
+        .hash(move || {
+            static DUMMY: OnceLock<String> = OnceLock::new();
+            let known = hash.is_some();
+            let hash = match hash {
+                Some(h) => h,
+                None => DUMMY
+                    .get_or_init(|| {
+                        let salt = SaltString::generate(&mut OsRng);
+                        Argon2::default()
+                            .hash_password(b"not a real secret", &salt)
+                            .map(|h| h.to_string())
+                            .unwrap_or_default()
+                    })
+                    .clone(),
+            };
+            let Ok(parsed) = PasswordHash::new(&hash) else {
+                return false;
+            };
+            let ok = Argon2::default()
+                .verify_password(secret.as_bytes(), &parsed)
+                .is_ok();
+            ok && known
+        })
+        .await
+}
+
+/// The client's IP address, when the server recorded it (`ControlPlane::serve` does).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(PeerAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {

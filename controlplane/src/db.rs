@@ -60,16 +60,45 @@ impl Db {
                 open_sqlite(SqliteConnectOptions::from_str(url)?.create_if_missing(true)).await?,
             ),
             Some(other) => return Err(ControlError::UnsupportedDatabase(other.to_string())),
-            None => Db::Sqlite(
-                open_sqlite(
-                    SqliteConnectOptions::new()
-                        .filename(data_dir.join("triggerfs.db"))
-                        .create_if_missing(true),
+            None => {
+                let path = data_dir.join("triggerfs.db");
+                // SQLite gives its -wal and -shm files the database file's mode.
+                for file in ["triggerfs.db", "triggerfs.db-wal", "triggerfs.db-shm"] {
+                    make_private(&data_dir.join(file), file == "triggerfs.db")?;
+                }
+                Db::Sqlite(
+                    open_sqlite(
+                        SqliteConnectOptions::new()
+                            .filename(path)
+                            .create_if_missing(true),
+                    )
+                    .await?,
                 )
-                .await?,
-            ),
+            }
         };
         Ok(db)
+    }
+}
+
+/// Makes `path` readable by its owner only (0600), creating it empty first when `create`.
+fn make_private(path: &Path, create: bool) -> Result<(), ControlError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| ControlError::Io {
+        what: "cannot make private",
+        path: path.display().to_string(),
+        source,
+    };
+    if create {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(()),
+        other => other.map_err(io),
     }
 }
 

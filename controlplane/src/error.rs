@@ -52,7 +52,7 @@ pub enum ControlError {
 pub struct ErrorBody {
     /// Stable code: BadRequest, Unauthorized, TokenExpired, Forbidden, QuotaExceeded,
     /// NotFound, MethodNotAllowed, Conflict, PayloadTooLarge, Unprocessable,
-    /// ServiceUnavailable, Internal.
+    /// TooManyRequests, ServiceUnavailable, Internal.
     pub code: &'static str,
     /// Human-readable detail.
     pub message: String,
@@ -83,6 +83,14 @@ pub enum ApiError {
         /// `workers`, `services`, `triggers` or `users`.
         what: &'static str,
     },
+    /// The user may not create another team.
+    #[error("user {identity} may create {limit} teams")]
+    TeamsExceeded {
+        /// The user.
+        identity: String,
+        /// Teams they may create.
+        limit: i64,
+    },
     /// No such object (or not visible to the caller).
     #[error("{0}")]
     NotFound(String),
@@ -101,6 +109,22 @@ pub enum ApiError {
     /// A dependency (the broker) is not available.
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// Over a rate limit; retry after `retry_after` seconds.
+    #[error("too many {what}; retry in {retry_after} s")]
+    TooManyRequests {
+        /// Seconds until the next attempt is allowed (`Retry-After`).
+        retry_after: u64,
+        /// What was limited.
+        what: &'static str,
+    },
+    /// Too busy now; retry after `retry_after` seconds.
+    #[error("{what}; retry in {retry_after} s")]
+    Busy {
+        /// Seconds to wait (`Retry-After`).
+        retry_after: u64,
+        /// Why.
+        what: &'static str,
+    },
     /// A database error; logged, never shown.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -117,15 +141,18 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ApiError::TokenExpired => (StatusCode::UNAUTHORIZED, "TokenExpired"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
-            ApiError::QuotaExceeded { .. } => (StatusCode::FORBIDDEN, "QuotaExceeded"),
+            ApiError::QuotaExceeded { .. } | ApiError::TeamsExceeded { .. } => {
+                (StatusCode::FORBIDDEN, "QuotaExceeded")
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable"),
-            ApiError::ServiceUnavailable(_) => {
+            ApiError::ServiceUnavailable(_) | ApiError::Busy { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             ApiError::Database(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "Internal")
             }
@@ -150,7 +177,16 @@ impl IntoResponse for ApiError {
             code,
             message: self.to_string(),
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } | ApiError::Busy { retry_after, .. } =
+            &self
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*retry_after),
+            );
+        }
+        response
     }
 }
 

@@ -28,7 +28,7 @@ use proto::control::ConfigEvent;
 use rand::RngCore;
 use std::future::Future;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -47,10 +47,43 @@ pub struct ControlSettings {
     pub max_body_bytes: usize,
     /// The broker's client address, for the HTTP gateway.
     pub broker_addr: Option<String>,
+    /// How long a connection may take to send a request's headers, also while idle between
+    /// requests (closed after), and its body.
+    pub http_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Login attempts per identity and per client address.
+    pub login_limits: LoginLimits,
+}
+
+/// Login rate limits: a burst, then one attempt per period (per identity, per address).
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// Attempts for one identity before it has to wait.
+    pub identity_burst: u32,
+    /// After the burst, one more attempt for that identity per this period.
+    pub identity_period: Duration,
+    /// Attempts from one client address before it has to wait.
+    pub address_burst: u32,
+    /// After the burst, one more attempt from that address per this period.
+    pub address_period: Duration,
+}
+
+impl Default for LoginLimits {
+    /// 10 attempts, then one per 3 s, per identity; 50, then 5 a second, per address.
+    fn default() -> LoginLimits {
+        LoginLimits {
+            identity_burst: 10,
+            identity_period: Duration::from_secs(3),
+            address_burst: 50,
+            address_period: Duration::from_millis(200),
+        }
+    }
 }
 
 impl ControlSettings {
-    /// Defaults: SQLite in `data_dir`, 12 h tokens, 1 MiB bodies, no gateway.
+    /// Defaults: SQLite in `data_dir`, 12 h tokens, 1 MiB bodies, no gateway, 30 s HTTP
+    /// timeout, [`default_max_connections`] connections, default login limits.
     pub fn new(data_dir: impl Into<PathBuf>) -> ControlSettings {
         ControlSettings {
             data_dir: data_dir.into(),
@@ -58,8 +91,27 @@ impl ControlSettings {
             jwt_ttl: Duration::from_secs(12 * 3600),
             max_body_bytes: 1024 * 1024,
             broker_addr: None,
+            http_timeout: Duration::from_secs(30),
+            max_connections: default_max_connections(),
+            login_limits: LoginLimits::default(),
         }
     }
+}
+
+/// A quarter of the process's open-file limit (the rest is for the broker, the database and
+/// the gateway in the same process), between 64 and 10,000.
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    (soft / 4).clamp(64, 10_000)
 }
 
 /// The first team's admin, created by [`ControlPlane::bootstrap`] on an empty store.
@@ -84,6 +136,7 @@ pub(crate) struct Shared {
     pub(crate) events: broadcast::Sender<ConfigEvent>,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) openapi_json: OnceLock<String>,
+    pub(crate) guard: auth::LoginGuard,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -116,11 +169,7 @@ const EVENT_BUFFER: usize = 1024;
 impl ControlPlane {
     /// Connects, runs the migrations, and loads (or generates) the JWT key and broker token.
     pub async fn open(settings: ControlSettings) -> Result<ControlPlane, ControlError> {
-        std::fs::create_dir_all(&settings.data_dir).map_err(|source| ControlError::Io {
-            what: "cannot create data dir",
-            path: settings.data_dir.display().to_string(),
-            source,
-        })?;
+        create_private_dir(&settings.data_dir)?;
         let db = Db::open(&settings.data_dir, settings.database_url.as_deref()).await?;
         let key_path = settings.data_dir.join("jwt.key");
         let key_hex = load_or_create_secret(&key_path, || random_hex(32))?;
@@ -134,6 +183,7 @@ impl ControlPlane {
         let broker_token =
             load_or_create_secret(&settings.data_dir.join("broker.token"), || random_hex(32))?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let settings_limits = settings.login_limits;
         Ok(ControlPlane {
             shared: Arc::new(Shared {
                 db,
@@ -143,13 +193,15 @@ impl ControlPlane {
                 events,
                 metrics: metrics::Metrics::new(),
                 openapi_json: OnceLock::new(),
+                guard: auth::LoginGuard::new(settings_limits),
             }),
         })
     }
 
-    /// On an empty store: creates team `main` and user `admin` (admin, operator) with a random
-    /// secret, writes `<data_dir>/admin.credentials` (0600) and returns the credentials.
-    /// `None` when a team already exists.
+    /// On a store without teams: creates team `main` and user `admin` (admin, operator; an
+    /// existing `admin` user gets a new secret) with a random secret, writes
+    /// `<data_dir>/admin.credentials` (0600) and returns the credentials. `None` when a team
+    /// already exists.
     pub async fn bootstrap(&self) -> Result<Option<FirstAdmin>, ControlError> {
         let s = &self.shared;
         let n_teams: i64 = on_db!(&s.db, pool => {
@@ -159,7 +211,7 @@ impl ControlPlane {
             return Ok(None);
         }
         let (team, identity, secret) = ("main".to_string(), "admin".to_string(), random_hex(16));
-        let hash = auth::hash_secret(secret.clone())
+        let hash = auth::hash_secret(&s.guard, secret.clone())
             .await
             .map_err(|e| ControlError::Hash(e.to_string()))?;
         let now = db::now_ms();
@@ -169,8 +221,13 @@ impl ControlPlane {
             let team_id: i64 = sqlx::query_scalar(
                 "INSERT INTO teams (name, created, updated) VALUES ($1, $2, $2) RETURNING id")
                 .bind(&team).bind(now).fetch_one(&mut *tx).await?;
+            // A user `admin` left from a store whose teams were all deleted gets a new
+            // secret rather than failing the start on the unique identity.
             let user_id: i64 = sqlx::query_scalar(
-                "INSERT INTO users (identity, secret_hash, operator, created) VALUES ($1, $2, TRUE, $3) RETURNING id")
+                "INSERT INTO users (identity, secret_hash, operator, max_teams, created) \
+                 VALUES ($1, $2, TRUE, NULL, $3) ON CONFLICT (identity) DO UPDATE \
+                 SET secret_hash = excluded.secret_hash, operator = TRUE, max_teams = NULL \
+                 RETURNING id")
                 .bind(&identity).bind(&hash).bind(now).fetch_one(&mut *tx).await?;
             sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, 'admin', $3)")
                 .bind(team_id).bind(user_id).bind(now).execute(&mut *tx).await?;
@@ -206,26 +263,98 @@ impl ControlPlane {
         routes::router(self.shared.clone())
     }
 
-    /// Serves [`ControlPlane::router`] on `listener` until `shutdown` completes.
+    /// Serves [`ControlPlane::router`] on `listener` until `shutdown` completes: HTTP/1.1,
+    /// at most `max_connections` at once, each closed when it takes longer than
+    /// `http_timeout` to send a request's headers (idle connections included).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ControlError> {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use tower::ServiceExt;
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "control plane listening");
         }
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+        let settings = &self.shared.settings;
+        let timeout = settings.http_timeout;
+        let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
+        let router = self.router();
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            // At the limit, stop accepting: newcomers wait in the backlog until a slot frees.
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot,
+                () = &mut shutdown => break,
+            };
+            let Ok(slot) = slot else { break };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors, most likely: let connections finish.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let router = router.clone();
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                router.clone().oneshot(req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, %peer, "HTTP connection ended");
+                }
+                drop(slot);
+            });
+        }
+        drop(listener);
+        // Event streams never end on their own: give the others a bounded time.
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
             .await
-            .map_err(ControlError::Serve)
+            .is_err()
+        {
+            tracing::info!("closing the HTTP connections still open");
+        }
+        Ok(())
     }
 }
+
+/// How long a shutdown waits for open requests to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl Shared {
     fn data_dir(&self) -> &Path {
         &self.settings.data_dir
     }
+}
+
+/// Creates `dir` (and its parents) if missing and makes it private to its owner (0700).
+pub fn create_private_dir(dir: &Path) -> Result<(), ControlError> {
+    let io = |what, source| ControlError::Io {
+        what,
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io("cannot create data dir", e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io("cannot make private", e))
 }
 
 /// `n` random bytes as hex.

@@ -9,4 +9,5 @@ mod e2e {
     pub mod defences;
     pub mod failures;
     pub mod fanout;
+    pub mod http_limits;
 }

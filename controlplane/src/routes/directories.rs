@@ -33,6 +33,7 @@ pub struct DirectoryView {
 
 /// A new directory.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateDirectory {
     /// `/name`: one level under `/`.
     pub path: String,

@@ -38,6 +38,7 @@ pub enum CommandWords {
 
 /// A request to run through the broker.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct GatewayRequest {
     /// Plugin, e.g. `command/command`.
     pub plugin: String,

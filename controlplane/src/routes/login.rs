@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 /// Credentials.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// The team to act in.
     pub team: String,
@@ -42,13 +43,16 @@ struct LoginRow {
     role: Option<String>,
 }
 
-/// Logs in. Every failure is the same 401, whatever was wrong.
+/// Logs in. Every failure is the same 401, whatever was wrong; too many attempts for one
+/// identity or from one address get 429 with `Retry-After`.
 #[utoipa::path(post, path = "/api/v1/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse), (status = "default", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
+    peer: auth::PeerAddr,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    state.guard.admit(&req.identity, peer.0)?;
     const SQL: &str = "SELECT u.secret_hash, m.role FROM users u \
         LEFT JOIN teams t ON t.name = $2 \
         LEFT JOIN members m ON m.user_id = u.id AND m.team_id = t.id \
@@ -60,7 +64,7 @@ pub async fn login(
         Some(r) => (Some(r.secret_hash), r.role),
         None => (None, None),
     };
-    let secret_ok = auth::verify_secret(req.secret, hash).await?;
+    let secret_ok = auth::verify_secret(&state.guard, req.secret, hash).await?;
     let Some(role) = role.filter(|_| secret_ok) else {
         return Err(ApiError::unauthorized());
     };

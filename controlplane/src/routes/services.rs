@@ -50,6 +50,7 @@ pub struct ServiceView {
 
 /// A new service.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateService {
     /// Name (letters, digits, `.`, `_`, `-`).
     pub name: String,
@@ -77,6 +78,7 @@ pub struct CreateService {
 
 /// Changes to a service; absent fields stay. `workers` replaces the list.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateService {
     /// Free text.
     pub description: Option<String>,
@@ -102,6 +104,7 @@ pub struct UpdateService {
 
 /// A worker to bind.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct BindWorker {
     /// Worker identity (of the team).
     pub identity: String,
@@ -205,6 +208,23 @@ fn check_workers(workers: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses `public` in a team whose tier does not allow public services.
+fn check_public(team: &str, visibility: Option<Visibility>, allowed: bool) -> Result<(), ApiError> {
+    if visibility == Some(Visibility::Public) && !allowed {
+        return Err(ApiError::Forbidden(format!(
+            "the tier of team {team} does not allow public services"
+        )));
+    }
+    Ok(())
+}
+
+/// A service and a worker of one team may not share a name (the broker routes by name).
+pub(crate) fn name_taken(name: &str, team: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "{name} is already the name of a service or a worker in team {team}"
+    ))
+}
+
 fn batch_value(batch: Option<u32>) -> Option<i64> {
     batch.filter(|b| *b > 0).map(i64::from)
 }
@@ -270,10 +290,18 @@ pub async fn create_service(
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        let (limit, used): (Option<i64>, i64) = sqlx::query_as(
-            "SELECT max_services, (SELECT COUNT(*) FROM services WHERE team_id = $1) FROM teams WHERE id = $1")
+        let (limit, used, public_ok): (Option<i64>, i64, bool) = sqlx::query_as(
+            "SELECT max_services, (SELECT COUNT(*) FROM services WHERE team_id = $1), \
+             public_services FROM teams WHERE id = $1")
             .bind(user.team_id).fetch_one(&mut *tx).await?;
         check_quota(&user.team, "services", limit, used)?;
+        check_public(&user.team, req.visibility, public_ok)?;
+        let worker_named: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM workers WHERE team_id = $1 AND identity = $2")
+            .bind(user.team_id).bind(&req.name).fetch_optional(&mut *tx).await?;
+        if worker_named.is_some() {
+            return Err(name_taken(&req.name, &user.team));
+        }
         let service_id: i64 = sqlx::query_scalar(
             "INSERT INTO services (team_id, name, description, algorithm, timeout_ms, visibility, \
              batch, stop_on_failure, retry, owner, created, updated) \
@@ -345,6 +373,12 @@ pub async fn update_service(
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        if req.visibility == Some(Visibility::Public) {
+            let public_ok: bool = sqlx::query_scalar(
+                "SELECT public_services FROM teams WHERE id = $1")
+                .bind(user.team_id).fetch_one(&mut *tx).await?;
+            check_public(&user.team, req.visibility, public_ok)?;
+        }
         sqlx::query("UPDATE services SET \
             description = COALESCE($1, description), algorithm = COALESCE($2, algorithm), \
             timeout_ms = COALESCE($3, timeout_ms), visibility = COALESCE($4, visibility), \

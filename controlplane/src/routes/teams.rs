@@ -37,26 +37,30 @@ pub struct QuotaLimits {
     pub max_triggers: Option<i64>,
     /// Users (members).
     pub max_users: Option<i64>,
+    /// Whether services may be `public` (not in the `free` tier).
+    pub public_services: bool,
 }
 
 impl QuotaLimits {
     /// The seed's price table: `free`, `basic`, `advanced`; and `unlimited`.
     pub fn preset(name: &str) -> Option<QuotaLimits> {
-        let limits = |w, s, t, u| QuotaLimits {
+        let limits = |w, s, t, u, public_services| QuotaLimits {
             max_workers: Some(w),
             max_services: Some(s),
             max_triggers: Some(t),
             max_users: Some(u),
+            public_services,
         };
         match name {
-            "free" => Some(limits(2, 1, 3, 2)),
-            "basic" => Some(limits(25, 5, 26, 9)),
-            "advanced" => Some(limits(100, 20, 51, 25)),
+            "free" => Some(limits(2, 1, 3, 2, false)),
+            "basic" => Some(limits(25, 5, 26, 9, true)),
+            "advanced" => Some(limits(100, 20, 51, 25, true)),
             "unlimited" => Some(QuotaLimits {
                 max_workers: None,
                 max_services: None,
                 max_triggers: None,
                 max_users: None,
+                public_services: true,
             }),
             _ => None,
         }
@@ -90,6 +94,7 @@ pub struct QuotaUse {
 
 /// New limits: a preset, or explicit numbers (omitted ones become unlimited).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct QuotaRequest {
     /// `free`, `basic`, `advanced` or `unlimited`.
     pub preset: Option<String>,
@@ -101,10 +106,13 @@ pub struct QuotaRequest {
     pub max_triggers: Option<i64>,
     /// Users.
     pub max_users: Option<i64>,
+    /// Whether services may be `public` (default true).
+    pub public_services: Option<bool>,
 }
 
 /// A new team.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateTeam {
     /// Name (letters, digits, `.`, `_`, `-`).
     pub name: String,
@@ -129,6 +137,7 @@ pub struct MemberView {
 
 /// Invite a user: a new one (with `secret`) or an existing one (joins this team too).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddMember {
     /// Identity.
     pub identity: String,
@@ -140,6 +149,7 @@ pub struct AddMember {
 
 /// A new role.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateMember {
     /// `admin` or `member`.
     pub role: String,
@@ -154,6 +164,7 @@ struct TeamRow {
     max_services: Option<i64>,
     max_triggers: Option<i64>,
     max_users: Option<i64>,
+    public_services: bool,
     created: i64,
     updated: i64,
 }
@@ -166,6 +177,7 @@ impl TeamRow {
                 max_services: self.max_services,
                 max_triggers: self.max_triggers,
                 max_users: self.max_users,
+                public_services: self.public_services,
             },
             name: self.name,
             role: self.role,
@@ -176,7 +188,7 @@ impl TeamRow {
 }
 
 const TEAM_SELECT: &str = "SELECT t.id, t.name, m.role, t.max_workers, t.max_services, \
-    t.max_triggers, t.max_users, t.created, t.updated \
+    t.max_triggers, t.max_users, t.public_services, t.created, t.updated \
     FROM teams t JOIN members m ON m.team_id = t.id WHERE m.user_id = $1";
 
 /// The caller's membership of `team`; 404 when they are not a member (whether or not it
@@ -222,7 +234,8 @@ pub async fn list_teams(
     Ok(Json(rows.into_iter().map(TeamRow::view).collect()))
 }
 
-/// Creates a team; the caller becomes its admin.
+/// Creates a team; the caller becomes its admin. A user who is not an operator may create
+/// as many teams as their `max_teams` (one, by default), each in the `free` tier.
 #[utoipa::path(post, path = "/api/v1/teams", tag = "teams", security(("jwt" = [])),
     request_body = CreateTeam,
     responses((status = 201, body = TeamView), (status = "default", body = ErrorBody)))]
@@ -233,12 +246,30 @@ pub async fn create_team(
 ) -> Result<(StatusCode, Json<TeamView>), ApiError> {
     check_name("team", &req.name)?;
     let now = now_ms();
+    // Operators' teams are unlimited; anyone else's start in the free tier.
+    let tier = if user.operator { "unlimited" } else { "free" };
+    let limits = QuotaLimits::preset(tier)
+        .ok_or_else(|| ApiError::Internal(format!("no preset {tier}")))?;
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let (max_teams, created): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT max_teams, (SELECT COUNT(*) FROM teams WHERE creator_id = $1) \
+             FROM users WHERE id = $1")
+            .bind(user.user_id).fetch_one(&mut *tx).await?;
+        match max_teams {
+            Some(limit) if !user.operator && created >= limit => {
+                return Err(ApiError::TeamsExceeded { identity: user.identity.clone(), limit });
+            }
+            _ => {}
+        }
         let team_id: i64 = sqlx::query_scalar(
-            "INSERT INTO teams (name, created, updated) VALUES ($1, $2, $2) RETURNING id")
-            .bind(&req.name).bind(now).fetch_one(&mut *tx).await
+            "INSERT INTO teams (name, max_workers, max_services, max_triggers, max_users, \
+             public_services, creator_id, created, updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id")
+            .bind(&req.name).bind(limits.max_workers).bind(limits.max_services)
+            .bind(limits.max_triggers).bind(limits.max_users).bind(limits.public_services)
+            .bind(user.user_id).bind(now).fetch_one(&mut *tx).await
             .on_conflict(|| format!("team {}", req.name))?;
         sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, 'admin', $3)")
             .bind(team_id).bind(user.user_id).bind(now).execute(&mut *tx).await?;
@@ -264,7 +295,8 @@ pub async fn get_team(
     Ok(Json(membership(&state, &user, &team).await?.view()))
 }
 
-/// Deletes a team and everything in it (admins only).
+/// Deletes a team and everything in it (admins only; its members keep their accounts). Not
+/// the only team of an operator (409).
 #[utoipa::path(delete, path = "/api/v1/teams/{team}", tag = "teams", security(("jwt" = [])),
     params(("team" = String, Path, description = "Team name")),
     responses((status = 204), (status = "default", body = ErrorBody)))]
@@ -274,9 +306,21 @@ pub async fn delete_team(
     Path(team): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
+    // An operator must keep a team to log in to (the install's admin would be locked out).
+    const STRANDED: &str = "SELECT u.identity FROM members m JOIN users u ON u.id = m.user_id \
+        WHERE m.team_id = $1 AND u.operator = TRUE AND NOT EXISTS \
+        (SELECT 1 FROM members o WHERE o.user_id = u.id AND o.team_id <> $1) \
+        ORDER BY u.identity LIMIT 1";
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let stranded: Option<String> = sqlx::query_scalar(STRANDED)
+            .bind(row.id).fetch_optional(&mut *tx).await?;
+        if let Some(identity) = stranded {
+            return Err(ApiError::Conflict(format!(
+                "team {team} is the only team of operator {identity}: \
+                 add them to another team before deleting it")));
+        }
         sqlx::query("DELETE FROM teams WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
         tx.commit().await?;
         revision
@@ -329,7 +373,7 @@ pub async fn add_member(
         Some(secret) if secret.is_empty() => {
             return Err(ApiError::Unprocessable("secret is empty".into()))
         }
-        Some(secret) => Some(auth::hash_secret(secret.clone()).await?),
+        Some(secret) => Some(auth::hash_secret(&state.guard, secret.clone()).await?),
         None => None,
     };
     let now = now_ms();
@@ -474,6 +518,7 @@ async fn quota_view(state: &AppState, row: &TeamRow) -> Result<QuotaView, ApiErr
             max_services: row.max_services,
             max_triggers: row.max_triggers,
             max_users: row.max_users,
+            public_services: row.public_services,
         },
         used,
     })
@@ -513,10 +558,13 @@ pub async fn set_quota(
         max_services: req.max_services,
         max_triggers: req.max_triggers,
         max_users: req.max_users,
+        public_services: req.public_services.unwrap_or(true),
     };
     let limits = match &req.preset {
         Some(preset) => {
-            if explicit != QuotaLimits::preset("unlimited").unwrap_or(explicit) {
+            if explicit != QuotaLimits::preset("unlimited").unwrap_or(explicit)
+                || req.public_services.is_some()
+            {
                 return Err(ApiError::Unprocessable(
                     "give either a preset or explicit limits, not both".into(),
                 ));
@@ -547,9 +595,10 @@ pub async fn set_quota(
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         sqlx::query("UPDATE teams SET max_workers = $1, max_services = $2, max_triggers = $3, \
-            max_users = $4, updated = $5 WHERE id = $6")
+            max_users = $4, public_services = $5, updated = $6 WHERE id = $7")
             .bind(limits.max_workers).bind(limits.max_services).bind(limits.max_triggers)
-            .bind(limits.max_users).bind(now).bind(row.id).execute(&mut *tx).await?;
+            .bind(limits.max_users).bind(limits.public_services).bind(now).bind(row.id)
+            .execute(&mut *tx).await?;
         tx.commit().await?;
         revision
     });

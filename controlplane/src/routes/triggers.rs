@@ -74,6 +74,7 @@ pub struct TriggerView {
 
 /// A new trigger.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateTrigger {
     /// `/directory/name`; the directory must exist.
     pub path: String,
@@ -100,6 +101,7 @@ pub struct CreateTrigger {
 
 /// Changes to a trigger; absent fields stay.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateTrigger {
     /// Plugin.
     pub plugin: Option<String>,
@@ -124,6 +126,7 @@ pub struct UpdateTrigger {
 
 /// Hits to add.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddHits {
     /// How many (default 1, at most 1 000 000).
     pub count: Option<u32>,
@@ -228,6 +231,42 @@ fn check_args(args: &Option<BTreeMap<String, String>>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses a trigger bound to a service the caller's team cannot reach: its own team's
+/// service or worker (a worker serves its identity), or another team's public service.
+macro_rules! check_service_exists {
+    ($tx:expr, $user:expr, $service:expr) => {{
+        let (team, name) = match $service.split_once('/') {
+            Some((team, name)) => (team, name),
+            None => ($user.team.as_str(), $service),
+        };
+        let found: i64 = if team == $user.team {
+            sqlx::query_scalar(
+                "SELECT (SELECT COUNT(*) FROM services WHERE team_id = $1 AND name = $2) \
+                 + (SELECT COUNT(*) FROM workers WHERE team_id = $1 AND identity = $2)",
+            )
+            .bind($user.team_id)
+            .bind(name)
+            .fetch_one(&mut *$tx)
+            .await?
+        } else {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM services s JOIN teams t ON t.id = s.team_id \
+                 WHERE t.name = $1 AND s.name = $2 AND s.visibility = 'public'",
+            )
+            .bind(team)
+            .bind(name)
+            .fetch_one(&mut *$tx)
+            .await?
+        };
+        if found == 0 {
+            return Err(ApiError::Unprocessable(format!(
+                "no service {} for team {}",
+                $service, $user.team
+            )));
+        }
+    }};
+}
+
 fn args_json(args: &BTreeMap<String, String>) -> String {
     serde_json::to_string(args).unwrap_or_else(|_| "{}".into())
 }
@@ -298,6 +337,7 @@ pub async fn create_trigger(
             "SELECT max_triggers, (SELECT COUNT(*) FROM triggers WHERE team_id = $1) FROM teams WHERE id = $1")
             .bind(user.team_id).fetch_one(&mut *tx).await?;
         check_quota(&user.team, "triggers", limit, used)?;
+        check_service_exists!(tx, user, req.service.as_str());
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO triggers (team_id, directory_id, name, description, plugin, service, \
              args, timeout_ms, mode, split, visibility, owner, created, updated) \
@@ -364,6 +404,9 @@ pub async fn update_trigger(
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        if let Some(service) = &req.service {
+            check_service_exists!(tx, user, service.as_str());
+        }
         sqlx::query("UPDATE triggers SET plugin = COALESCE($1, plugin), \
             service = COALESCE($2, service), args = COALESCE($3, args), \
             timeout_ms = COALESCE($4, timeout_ms), mode = COALESCE($5, mode), \
@@ -410,7 +453,8 @@ pub async fn delete_trigger(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Counts runs of a trigger (the fs module calls this); not a configuration change.
+/// Counts runs of a trigger (the fs module calls this); not a configuration change. A
+/// `local` trigger's hits are counted only by its owner or an admin.
 #[utoipa::path(post, path = "/api/v1/triggers/{id}/hits", tag = "triggers", security(("jwt" = [])),
     params(("id" = i64, Path, description = "Trigger id")), request_body = AddHits,
     responses((status = 200, body = TriggerView), (status = "default", body = ErrorBody)))]
@@ -426,6 +470,11 @@ pub async fn add_hits(
         return Err(ApiError::Unprocessable(format!(
             "count is more than {MAX_HITS_PER_CALL}"
         )));
+    }
+    // Whoever may run a trigger counts its runs: a `local` one only its owner (or an admin).
+    let row = find(&state, &user, id).await?;
+    if row.visibility == Visibility::Local.as_str() {
+        may_modify(&user, &row.owner)?;
     }
     let done = on_db!(&state.db, pool => {
         sqlx::query("UPDATE triggers SET hits = hits + $1, updated = $2 WHERE id = $3 AND team_id = $4")

@@ -46,6 +46,7 @@ pub struct WorkerWithToken {
 
 /// A new worker.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateWorker {
     /// Identity (letters, digits, `.`, `_`, `-`).
     pub identity: String,
@@ -55,6 +56,7 @@ pub struct CreateWorker {
 
 /// Changes to a worker.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateWorker {
     /// Free text.
     pub description: Option<String>,
@@ -151,6 +153,12 @@ pub async fn create_worker(
             "SELECT max_workers, (SELECT COUNT(*) FROM workers WHERE team_id = $1) FROM teams WHERE id = $1")
             .bind(user.team_id).fetch_one(&mut *tx).await?;
         check_quota(&user.team, "workers", limit, used)?;
+        let service_named: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM services WHERE team_id = $1 AND name = $2")
+            .bind(user.team_id).bind(&req.identity).fetch_optional(&mut *tx).await?;
+        if service_named.is_some() {
+            return Err(super::services::name_taken(&req.identity, &user.team));
+        }
         sqlx::query("INSERT INTO workers (team_id, identity, description, token_sha256, owner, \
             created, updated) VALUES ($1, $2, $3, $4, $5, $6, $6)")
             .bind(user.team_id).bind(&req.identity).bind(req.description.as_deref().unwrap_or(""))

@@ -103,7 +103,11 @@ async fn idle_connections_do_not_lock_out_logins() -> Result<()> {
         .collect::<std::io::Result<_>>()?;
     let started = Instant::now();
     let status = control.login("admin", &control.admin_secret).await?;
-    assert_eq!(status, reqwest::StatusCode::OK, "login beside 1,024 idle sockets");
+    assert_eq!(
+        status,
+        reqwest::StatusCode::OK,
+        "login beside 1,024 idle sockets"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(idle);
     Ok(())
@@ -149,8 +153,10 @@ async fn concurrent_logins_keep_memory_bounded() -> Result<()> {
                     .build()?;
                 let resp = http
                     .post(format!("{url}/api/v1/login"))
-                    .json(&serde_json::json!({"team": "main", "identity": format!("user{i}"),
-                                              "secret": "wrong"}))
+                    .json(
+                        &serde_json::json!({"team": "main", "identity": format!("user{i}"),
+                                              "secret": "wrong"}),
+                    )
                     .send()
                     .await?;
                 anyhow::Ok(resp.status())

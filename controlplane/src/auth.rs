@@ -11,17 +11,17 @@ use crate::AppState;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
 use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use governor::clock::{Clock, DefaultClock, QuantaInstant};
 use governor::{DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
-use std::time::Duration;
-use tokio::sync::Semaphore;
-use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use proto::control::Claims;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::OnceLock;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 /// The JWT signing key and its verifier.
 pub struct JwtKeys {
@@ -118,11 +118,9 @@ impl LoginGuard {
         }
         let key = identity[..end].to_string();
         let checked = self.by_identity.check_key(&key);
-        for limiter_len in [self.by_identity.len(), self.by_address.len()] {
-            if limiter_len > PRUNE_ABOVE {
-                self.by_identity.retain_recent();
-                self.by_address.retain_recent();
-            }
+        if self.by_identity.len().max(self.by_address.len()) > PRUNE_ABOVE {
+            self.by_identity.retain_recent();
+            self.by_address.retain_recent();
         }
         checked.map_err(|e| ApiError::TooManyRequests {
             retry_after: retry_after(&e),

@@ -661,6 +661,11 @@ async fn directories_and_triggers(backend: Backend) {
         422,
         "Unprocessable",
     );
+    // A trigger names an existing service.
+    let (status, body) = h
+        .post("/api/v1/services", admin, json!({"name": "svc"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, t) = h.post("/api/v1/triggers", admin, trigger.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{t}");
     assert_eq!(t["path"], "/logs/t1");
@@ -808,6 +813,10 @@ async fn quotas(backend: Backend) {
             .0,
         StatusCode::CREATED
     );
+    let (status, body) = h
+        .post("/api/v1/services", admin, json!({"name": "s"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     for i in 1..=3 {
         let (status, body) = h
             .post(
@@ -827,12 +836,7 @@ async fn quotas(backend: Backend) {
         .await;
     assert_error(&fourth, 403, "QuotaExceeded");
     assert_eq!(fourth.1["message"], "team main allows 3 triggers");
-    assert_eq!(
-        h.post("/api/v1/services", admin, json!({"name": "s1"}))
-            .await
-            .0,
-        StatusCode::CREATED
-    );
+    // `s` above is the free tier's one service.
     assert_error(
         &h.post("/api/v1/services", admin, json!({"name": "s2"}))
             .await,

@@ -38,7 +38,9 @@ async fn member(h: &Harness, identity: &str) -> String {
 async fn deleting_main_does_not_lock_out_the_admin(backend: Backend) {
     let h = Harness::start(backend).await;
     let main = "/api/v1/teams/main";
-    let refused = h.call(Method::DELETE, main, Some(&h.admin_token), None).await;
+    let refused = h
+        .call(Method::DELETE, main, Some(&h.admin_token), None)
+        .await;
     assert_error(&refused, 409, "Conflict");
     h.login("main", "admin", &h.admin.secret).await;
 
@@ -47,7 +49,9 @@ async fn deleting_main_does_not_lock_out_the_admin(backend: Backend) {
         .post("/api/v1/teams", &h.admin_token, json!({"name": "other"}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = h.call(Method::DELETE, main, Some(&h.admin_token), None).await;
+    let (status, body) = h
+        .call(Method::DELETE, main, Some(&h.admin_token), None)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     h.login("other", "admin", &h.admin.secret).await;
 
@@ -118,7 +122,9 @@ async fn tier_limits_hold(backend: Backend) {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["quota"]["max_services"], 1, "{body}");
     assert_eq!(body["quota"]["public_services"], false, "{body}");
-    let second = h.post("/api/v1/teams", &bob, json!({"name": "bobs2"})).await;
+    let second = h
+        .post("/api/v1/teams", &bob, json!({"name": "bobs2"}))
+        .await;
     assert_error(&second, 403, "QuotaExceeded");
 
     // In the free team, services cannot be public.
@@ -132,7 +138,11 @@ async fn tier_limits_hold(backend: Backend) {
         .await;
     assert_error(&public, 403, "Forbidden");
     let (status, body) = h
-        .post("/api/v1/services", &bobs, json!({"name": "s", "visibility": "team"}))
+        .post(
+            "/api/v1/services",
+            &bobs,
+            json!({"name": "s", "visibility": "team"}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let made_public = h
@@ -202,11 +212,12 @@ async fn unknown_fields_are_refused(backend: Backend) {
 async fn triggers_need_a_reachable_service(backend: Backend) {
     let h = Harness::start(backend).await;
     let t = &h.admin_token;
-    let (status, body) = h.post("/api/v1/directories", t, json!({"path": "/d"})).await;
+    let (status, body) = h
+        .post("/api/v1/directories", t, json!({"path": "/d"}))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let trigger = |service: &str| {
-        json!({"path": "/d/x", "plugin": "command/command", "service": service})
-    };
+    let trigger =
+        |service: &str| json!({"path": "/d/x", "plugin": "command/command", "service": service});
     let missing = h.post("/api/v1/triggers", t, trigger("nope")).await;
     assert_error(&missing, 422, "Unprocessable");
     let elsewhere = h.post("/api/v1/triggers", t, trigger("other/nope")).await;
@@ -244,7 +255,9 @@ async fn local_trigger_hits_only_by_owner_or_admin(backend: Backend) {
     let bob = member(&h, "bob").await;
     let carol = member(&h, "carol").await;
     let t = &h.admin_token;
-    let (status, body) = h.post("/api/v1/directories", t, json!({"path": "/d"})).await;
+    let (status, body) = h
+        .post("/api/v1/directories", t, json!({"path": "/d"}))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = h.post("/api/v1/services", t, json!({"name": "s"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -269,13 +282,17 @@ async fn local_trigger_hits_only_by_owner_or_admin(backend: Backend) {
 async fn services_and_workers_do_not_share_names(backend: Backend) {
     let h = Harness::start(backend).await;
     let t = &h.admin_token;
-    let (status, body) = h.post("/api/v1/workers", t, json!({"identity": "w1"})).await;
+    let (status, body) = h
+        .post("/api/v1/workers", t, json!({"identity": "w1"}))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let service = h.post("/api/v1/services", t, json!({"name": "w1"})).await;
     assert_error(&service, 409, "Conflict");
     let (status, body) = h.post("/api/v1/services", t, json!({"name": "s1"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let worker = h.post("/api/v1/workers", t, json!({"identity": "s1"})).await;
+    let worker = h
+        .post("/api/v1/workers", t, json!({"identity": "s1"}))
+        .await;
     assert_error(&worker, 409, "Conflict");
 }
 
@@ -291,7 +308,11 @@ async fn data_files_are_private() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let data = h.data.path().join("data");
     let mode = |name: &str| {
-        let path = if name.is_empty() { data.clone() } else { data.join(name) };
+        let path = if name.is_empty() {
+            data.clone()
+        } else {
+            data.join(name)
+        };
         std::fs::metadata(&path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
             .permissions()

@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(round_trip::<Role>(), ["client", "worker"]);
         let kinds = round_trip_json::<ErrorKind>();
         assert_eq!(kinds[0], "NoSuchService");
-        assert_eq!(kinds.len(), 13);
+        assert_eq!(kinds.len(), 15);
     }
 
     #[test]

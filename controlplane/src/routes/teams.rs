@@ -248,8 +248,8 @@ pub async fn create_team(
     let now = now_ms();
     // Operators' teams are unlimited; anyone else's start in the free tier.
     let tier = if user.operator { "unlimited" } else { "free" };
-    let limits = QuotaLimits::preset(tier)
-        .ok_or_else(|| ApiError::Internal(format!("no preset {tier}")))?;
+    let limits =
+        QuotaLimits::preset(tier).ok_or_else(|| ApiError::Internal(format!("no preset {tier}")))?;
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;

@@ -1,5 +1,5 @@
 //! Issue 10, findings 4 and 7, against the real `triggerfs control`: idle API connections
-//! neither lock out logins (under a 1,024 soft open-file limit) nor stay open forever, and
+//! (as many as its 1,024 soft open-file limit) neither lock out logins nor stay open forever, and
 //! concurrent logins do not take the process's memory with them.
 
 use anyhow::{bail, Context, Result};
@@ -98,12 +98,16 @@ impl Drop for LimitedControl {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_do_not_lock_out_logins() -> Result<()> {
     let control = LimitedControl::start(1024, &[])?;
-    let idle: Vec<TcpStream> = (0..1000)
+    let idle: Vec<TcpStream> = (0..1024)
         .map(|_| TcpStream::connect(control.addr()))
         .collect::<std::io::Result<_>>()?;
     let started = Instant::now();
     let status = control.login("admin", &control.admin_secret).await?;
-    assert_eq!(status, reqwest::StatusCode::OK, "login beside 1,000 idle sockets");
+    assert_eq!(
+        status,
+        reqwest::StatusCode::OK,
+        "login beside 1,024 idle sockets"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(idle);
     Ok(())
@@ -149,8 +153,10 @@ async fn concurrent_logins_keep_memory_bounded() -> Result<()> {
                     .build()?;
                 let resp = http
                     .post(format!("{url}/api/v1/login"))
-                    .json(&serde_json::json!({"team": "main", "identity": format!("user{i}"),
-                                              "secret": "wrong"}))
+                    .json(
+                        &serde_json::json!({"team": "main", "identity": format!("user{i}"),
+                                              "secret": "wrong"}),
+                    )
                     .send()
                     .await?;
                 anyhow::Ok(resp.status())

@@ -170,70 +170,6 @@ async fn pending_handshakes_are_limited_per_address() -> Result<()> {
     Ok(())
 }
 
-/// A broker (one shard per core, no control plane) started with extra environment, killed
-/// on drop; its stderr is kept.
-struct EnvBroker {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    stderr: Arc<std::sync::Mutex<String>>,
-}
-
-impl EnvBroker {
-    fn start(shards: usize, env: &[(&str, &str)]) -> Result<EnvBroker> {
-        use std::io::BufRead;
-        let shards = shards.to_string();
-        let mut child = Command::new(bin())
-            .args(["broker", "--listen", "127.0.0.1:0", "--shards", &shards])
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .env_remove("TRIGGERFS_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-        let addr = match line.trim().strip_prefix("listening on ") {
-            Some(addr) => addr.parse()?,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("broker did not start: {line:?}\n{}", stderr.lock().unwrap());
-            }
-        };
-        Ok(EnvBroker {
-            child,
-            addr,
-            stderr,
-        })
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for EnvBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Finding 5: a client that asks for ~100 MB of output and never reads used to fill the
 /// broker's queue towards it until the worker's own connection stalled and was dropped
 /// (after ~25 s here), failing everyone else's requests. Now that client is cut
@@ -241,11 +177,11 @@ impl Drop for EnvBroker {
 /// stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_is_cut_not_the_worker() -> Result<()> {
-    let broker = EnvBroker::start(2, &[("TRIGGERFS_MAX_CLIENT_BACKLOG", "4MiB")])?;
+    let broker = Broker::start_with("127.0.0.1:0", "", 2, &["--max-client-backlog", "4MiB"])?;
     let plugins = Plugins::core()?;
     let _worker = start_worker(broker.addr, "ws", &plugins, &[])?;
     wait_for_workers(broker.addr, &["ws"]).await?;
-    let pid = broker.child.id();
+    let pid = broker.proc.pid();
     let before = rss(pid)?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = sample_rss(pid, stop.clone());
@@ -276,11 +212,16 @@ async fn a_client_that_does_not_read_is_cut_not_the_worker() -> Result<()> {
     for i in 0.. {
         let text = format!("ping {i}");
         let o = request(&b, "ws", "echo", &text, Duration::from_secs(5)).await?;
-        assert_eq!(o.exit_status(), 0, "request {i}: {o:?}\n{}", broker.log());
+        assert_eq!(
+            o.exit_status(),
+            0,
+            "request {i}: {o:?}\n{}",
+            broker.proc.stderr()
+        );
         assert_eq!(o.workers.len(), 1, "{o:?}");
         assert_eq!(o.workers[0].worker, "ws");
         assert_eq!(o.workers[0].output[0].line, text);
-        if cut_at.is_none() && broker.log().contains("SlowConsumer") {
+        if cut_at.is_none() && broker.proc.stderr().contains("SlowConsumer") {
             cut_at = Some(Instant::now());
         }
         let after_cut = cut_at.is_some_and(|at| at.elapsed() > Duration::from_secs(5));
@@ -294,7 +235,7 @@ async fn a_client_that_does_not_read_is_cut_not_the_worker() -> Result<()> {
     stop.store(true, Ordering::SeqCst);
     let peak = sampler.join().expect("sampler");
 
-    let log = broker.log();
+    let log = broker.proc.stderr();
     assert!(cut_at.is_some(), "the slow client was not cut:\n{log}");
     // A was closed by the broker (what its socket buffers hold, then end of file).
     assert!(

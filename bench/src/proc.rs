@@ -210,7 +210,7 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
     std::fs::write(
         &config,
         format!(
-            "[broker.services.{}]\nalgorithm = \"{}\"\n",
+            "[broker.services.{}]\nalgorithm = \"{}\"\nannounced = true\n",
             setup.service, setup.algorithm
         ),
     )

@@ -275,9 +275,11 @@ impl FromRequestParts<AppState> for AuthUser {
         let claims = state.jwt.verify(&token)?;
         const SQL: &str = "SELECT u.id AS user_id, u.operator, t.id AS team_id, m.role \
              FROM users u JOIN members m ON m.user_id = u.id JOIN teams t ON t.id = m.team_id \
-             WHERE u.identity = $1 AND t.name = $2";
+             WHERE u.identity = $1 AND t.name = $2 AND u.id = $3";
+        // `u.id`: a token outlives neither its user nor a later user of the same identity.
         let row: Option<MemberRow> = on_db!(&state.db, pool => {
-            sqlx::query_as(SQL).bind(&claims.sub).bind(&claims.team).fetch_optional(pool).await?
+            sqlx::query_as(SQL).bind(&claims.sub).bind(&claims.team).bind(claims.uid)
+                .fetch_optional(pool).await?
         });
         let row = row.ok_or_else(ApiError::unauthorized)?;
         Ok(AuthUser {
@@ -339,6 +341,7 @@ mod tests {
         let keys = JwtKeys::new(b"0123456789abcdef0123456789abcdef");
         let now = crate::db::now_ms() as u64 / 1000;
         let claims = |exp| Claims {
+            uid: 1,
             sub: "u".into(),
             team: "t".into(),
             role: "admin".into(),

@@ -42,6 +42,8 @@ pub struct BrokerSnapshotDoc {
     pub jwt_secret_hex: String,
     /// Every team name.
     pub teams: Vec<String>,
+    /// Every member of every team (whose JWTs the broker accepts for that team).
+    pub members: Vec<MemberEntryDoc>,
     /// Every worker.
     pub workers: Vec<WorkerEntryDoc>,
     /// Every service.
@@ -58,6 +60,22 @@ pub struct WorkerEntryDoc {
     pub identity: String,
     /// Hex SHA-256 of the token.
     pub token_sha256: String,
+    /// The user who created it.
+    pub owner: String,
+    /// `local` or `team`: who may use it directly and its announced services.
+    pub visibility: String,
+}
+
+/// `proto::control::MemberEntry`.
+#[derive(ToSchema)]
+#[schema(as = MemberEntry)]
+pub struct MemberEntryDoc {
+    /// Team.
+    pub team: String,
+    /// User identity.
+    pub identity: String,
+    /// The user's id (the JWT's `uid` claim).
+    pub uid: i64,
 }
 
 /// `proto::control::ServiceEntry`.
@@ -92,6 +110,8 @@ pub struct ServiceEntryDoc {
 pub struct BrokerReportDoc {
     /// Worker state changes, oldest first.
     pub workers: Vec<WorkerStateReportDoc>,
+    /// `workers` lists every worker online at the broker: any other is `DISCONNECTED`.
+    pub full: Option<bool>,
 }
 
 /// `proto::control::WorkerStateReport`.
@@ -106,6 +126,10 @@ pub struct WorkerStateReportDoc {
     pub state: String,
     /// Milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
+    /// Orders one identity's connections within one broker run.
+    pub generation: Option<u64>,
+    /// The services it announced (`ONLINE`).
+    pub services: Option<Vec<String>>,
 }
 
 /// `proto::control::ConfigEvent`: the `data` of `event: config`.

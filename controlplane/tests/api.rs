@@ -32,6 +32,7 @@ fn now_s() -> u64 {
 
 fn mint(key: &[u8], sub: &str, team: &str, exp: u64) -> String {
     let claims = proto::control::Claims {
+        uid: 1,
         sub: sub.into(),
         team: team.into(),
         role: "admin".into(),
@@ -963,14 +964,19 @@ async fn broker_endpoints(backend: Backend) {
                 identity: "w1".into(),
                 state: proto::control::WorkerState::Online,
                 at_unix_ms: at,
+                generation: 1,
+                services: vec!["logs".into()],
             },
             proto::control::WorkerStateReport {
                 team: "main".into(),
                 identity: "ghost".into(),
                 state: proto::control::WorkerState::Online,
                 at_unix_ms: at,
+                generation: 2,
+                services: vec![],
             },
         ],
+        full: false,
     };
     let body = serde_json::to_value(&report).unwrap();
     assert_error(
@@ -986,6 +992,30 @@ async fn broker_endpoints(backend: Backend) {
     let (_, w) = h.get("/api/v1/workers/w1", admin).await;
     assert_eq!(w["state"], "ONLINE");
     assert_eq!(w["last_seen"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(w["announces"], serde_json::json!(["logs"]));
+    assert_eq!(w["visibility"], "team");
+    let name = snap.services[0].name.clone();
+    let (_, service) = h.get(&format!("/api/v1/services/{name}"), admin).await;
+    assert_eq!(service["serving"], serde_json::json!(["w1"]), "{service}");
+
+    // A broker that (re)connects lists every worker online at it: w1, left ONLINE by a
+    // crash, is not among them and becomes DISCONNECTED.
+    let full = proto::control::BrokerReport {
+        workers: vec![],
+        full: true,
+    };
+    let (status, answer) = h
+        .post(
+            "/api/v1/broker/report",
+            &h.broker_token(),
+            serde_json::to_value(&full).unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (_, w) = h.get("/api/v1/workers/w1", admin).await;
+    assert_eq!(w["state"], "DISCONNECTED");
+    let (_, service) = h.get(&format!("/api/v1/services/{name}"), admin).await;
+    assert_eq!(service["serving"], serde_json::json!([]), "{service}");
 }
 
 /// Reads SSE `event: config` data lines from a response until `want` matches or 1 s passes.

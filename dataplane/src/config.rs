@@ -45,6 +45,10 @@ pub struct ServiceConfig {
     pub stop_on_failure: bool,
     /// roundrobin: re-dispatch even after `Accepted` when a worker is lost.
     pub retry: bool,
+    /// Also route to every worker of the team that announces this name. Only a config file
+    /// (one trusted host, every peer trusted) sets it; a service from the control plane
+    /// routes only to `workers`.
+    pub open_to_announcers: bool,
 }
 
 impl ServiceConfig {
@@ -61,6 +65,7 @@ impl ServiceConfig {
             batch: None,
             stop_on_failure: false,
             retry: false,
+            open_to_announcers: false,
         }
     }
 }
@@ -72,6 +77,56 @@ pub struct Principal {
     pub team: String,
     /// User or worker identity.
     pub identity: String,
+    /// What it was admitted with, checked again whenever the configuration changes.
+    pub proof: Proof,
+}
+
+impl Principal {
+    /// A principal trusted as given (no control plane to check it again).
+    pub fn trusted(team: &str, identity: &str) -> Principal {
+        Principal {
+            team: team.to_string(),
+            identity: identity.to_string(),
+            proof: Proof::Trusted,
+        }
+    }
+
+    /// When its credential expires (seconds since the Unix epoch), if it does.
+    pub fn expires_at(&self) -> Option<u64> {
+        match self.proof {
+            Proof::User { expires_at, .. } => Some(expires_at),
+            _ => None,
+        }
+    }
+}
+
+/// The credential a connection was admitted with, as [`ConfigSource::admits`] checks it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// Trusted as given: there is no control plane ([`FileConfig`]).
+    Trusted,
+    /// A user's JWT.
+    User {
+        /// The user's id (the token's `uid`).
+        uid: i64,
+        /// When the token expires (seconds since the Unix epoch).
+        expires_at: u64,
+    },
+    /// A worker token, by its digest.
+    Worker {
+        /// [`proto::control::token_digest`] of the token presented.
+        token_sha256: String,
+    },
+}
+
+/// Who may use a worker by its identity and the services it announces (ad-hoc services).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerGrant {
+    /// The user who owns the worker.
+    pub owner: String,
+    /// `local`: its owner only; `team` (and `public`): every member of its team. Ad-hoc
+    /// services are never reachable from another team: configure a service for that.
+    pub visibility: Visibility,
 }
 
 /// What routing needs from the configuration, at one revision.
@@ -79,6 +134,9 @@ pub struct Principal {
 pub struct RoutingConfig {
     /// Every configured service by (team, name).
     pub services: BTreeMap<ServiceKey, ServiceConfig>,
+    /// Workers whose use is restricted, by (team, identity); a worker not listed is open to
+    /// its whole team.
+    pub workers: BTreeMap<ServiceKey, WorkerGrant>,
 }
 
 /// Why a `Hello` or a request was refused.
@@ -101,6 +159,13 @@ pub trait ConfigSource: Send + Sync + 'static {
     fn routing(&self) -> Arc<RoutingConfig>;
     /// Checks a `Hello` credential. The only place credentials are checked.
     fn authenticate(&self, credential: &Credential) -> Result<Principal, Refusal>;
+    /// Whether a connection admitted as `principal` may stay, under the configuration now:
+    /// shards ask for every connection whenever the revision moves, and close the ones
+    /// refused (a removed member, a deleted user or team, a deleted or re-tokened worker).
+    fn admits(&self, principal: &Principal) -> Result<(), Refusal> {
+        let _ = principal;
+        Ok(())
+    }
     /// A worker connected or left. Must not block: shards call it.
     fn report(&self, report: WorkerStateReport);
 }
@@ -141,6 +206,9 @@ struct ServiceToml {
     stop_on_failure: bool,
     #[serde(default)]
     retry: bool,
+    /// Also route to every worker that announces the service's name.
+    #[serde(default)]
+    announced: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -170,7 +238,10 @@ impl FileConfig {
             .map(|s| ((s.team.clone(), s.name.clone()), s))
             .collect();
         FileConfig {
-            routing: Arc::new(RoutingConfig { services }),
+            routing: Arc::new(RoutingConfig {
+                services,
+                workers: BTreeMap::new(),
+            }),
         }
     }
 
@@ -219,11 +290,15 @@ impl FileConfig {
                     batch: s.batch,
                     stop_on_failure: s.stop_on_failure,
                     retry: s.retry,
+                    open_to_announcers: s.announced,
                 },
             );
         }
         Ok(FileConfig {
-            routing: Arc::new(RoutingConfig { services }),
+            routing: Arc::new(RoutingConfig {
+                services,
+                workers: BTreeMap::new(),
+            }),
         })
     }
 }
@@ -256,19 +331,13 @@ impl ConfigSource for FileConfig {
     fn authenticate(&self, credential: &Credential) -> Result<Principal, Refusal> {
         // No control plane yet: the credential names who the peer is and is trusted as given.
         match credential {
-            Credential::Jwt { .. } => Ok(Principal {
-                team: DEFAULT_TEAM.into(),
-                identity: "client".into(),
-            }),
+            Credential::Jwt { .. } => Ok(Principal::trusted(DEFAULT_TEAM, "client")),
             Credential::Worker { team, identity, .. } => {
                 proto::names::check_simple("worker identity", identity).map_err(|e| Refusal {
                     kind: ErrorKind::BadRequest,
                     message: e.to_string(),
                 })?;
-                Ok(Principal {
-                    team: team.clone(),
-                    identity: identity.clone(),
-                })
+                Ok(Principal::trusted(team, identity))
             }
         }
     }

@@ -103,5 +103,6 @@ pub fn kind_label(kind: proto::ErrorKind) -> &'static str {
         Cancelled => "cancelled",
         SlowConsumer => "slow_consumer",
         Superseded => "superseded",
+        Revoked => "revoked",
     }
 }

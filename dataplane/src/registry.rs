@@ -8,10 +8,12 @@
 //!
 //! Everything is scoped by team. [`Registry::resolve`] is also where team isolation is
 //! decided: a caller reaches its own team's services (a `local` one only if it owns it), its
-//! team's worker identities and announced services, and another team's `public` services
-//! as `team/service`.
+//! team's worker identities and announced services (a `local` worker's only if it owns the
+//! worker), and another team's `public` services as `team/service`. A configured service
+//! routes only to the workers bound to it: announcing its name does not join it (unless a
+//! config file opens it to announcers).
 
-use crate::config::{Principal, RoutingConfig, ServiceConfig};
+use crate::config::{Principal, RoutingConfig, ServiceConfig, WorkerGrant};
 use foldhash::{HashMap, HashMapExt};
 use proto::control::Visibility;
 use proto::ErrorKind;
@@ -84,6 +86,8 @@ pub struct Registry {
     configured: ByTeam<Arc<ServiceConfig>>,
     /// Implicit services (a worker identity, an announced name), made once each.
     implicit: ByTeam<Arc<ServiceConfig>>,
+    /// Who may use a worker directly and its announced services; absent: its whole team.
+    grants: ByTeam<WorkerGrant>,
     /// team → identity → worker.
     online: HashMap<String, BTreeMap<Arc<str>, OnlineWorker>>,
     /// team → announced service → identities announcing it.
@@ -109,6 +113,14 @@ impl Registry {
                 .insert(name.clone(), Arc::new(service.clone()));
         }
         self.configured = configured;
+        let mut grants: ByTeam<WorkerGrant> = HashMap::new();
+        for ((team, identity), grant) in &routing.workers {
+            grants
+                .entry(team.clone())
+                .or_default()
+                .insert(identity.clone(), grant.clone());
+        }
+        self.grants = grants;
         // Rebuilt on demand; dropping them here keeps names of long-gone workers from piling up.
         self.implicit.clear();
     }
@@ -214,6 +226,24 @@ impl Registry {
             .filter_map(move |id| self.worker(team, id))
     }
 
+    /// Whether `caller` (of `team`) may use worker `identity` directly or through the
+    /// services it announces: a `local` worker only its owner may.
+    fn may_use_worker(&self, team: &str, identity: &str, caller: &Principal) -> bool {
+        match self.grants.get(team).and_then(|g| g.get(identity)) {
+            Some(grant) if grant.visibility == Visibility::Local => grant.owner == caller.identity,
+            _ => true,
+        }
+    }
+
+    /// The configured service `team/name`, when `identity` is not among its workers: a worker
+    /// announcing that name is ignored (and the shard says so once).
+    pub fn configured_elsewhere(&self, team: &str, name: &str, identity: &str) -> bool {
+        self.configured
+            .get(team)
+            .and_then(|services| services.get(name))
+            .is_some_and(|s| !s.open_to_announcers && !s.workers.iter().any(|w| w == identity))
+    }
+
     /// The implicit service `team/name` (roundrobin, team visibility), made once.
     fn implicit(&mut self, team: &str, name: &str) -> Arc<ServiceConfig> {
         if let Some(service) = self.implicit.get(team).and_then(|m| m.get(name)) {
@@ -263,9 +293,11 @@ impl Registry {
                 .iter()
                 .filter_map(|id| self.worker(team, id))
                 .collect();
-            for w in self.announcers(team, service_name) {
-                if !service.workers.iter().any(|c| **c == *w.identity) {
-                    members.push(w);
+            if service.open_to_announcers {
+                for w in self.announcers(team, service_name) {
+                    if !service.workers.iter().any(|c| **c == *w.identity) {
+                        members.push(w);
+                    }
                 }
             }
             if members.is_empty() {
@@ -284,12 +316,24 @@ impl Registry {
             ));
         }
         if let Some(worker) = self.worker(team, service_name) {
+            if !self.may_use_worker(team, service_name, caller) {
+                return Err((
+                    ErrorKind::Forbidden,
+                    format!(
+                        "worker {service_name} is local to its owner and not open to {}",
+                        caller.identity
+                    ),
+                ));
+            }
             return Ok(Route {
                 service: self.implicit(team, service_name),
                 members: vec![worker],
             });
         }
-        let members: Vec<WorkerRef> = self.announcers(team, service_name).collect();
+        let members: Vec<WorkerRef> = self
+            .announcers(team, service_name)
+            .filter(|w| self.may_use_worker(team, &w.identity, caller))
+            .collect();
         if members.is_empty() {
             return Err((
                 ErrorKind::NoSuchService,

@@ -13,11 +13,12 @@
 //! `RwLock` at handshakes and reloads, never per request.
 
 use dataplane::config::{
-    ConfigSource, Principal, Refusal, RoutingConfig, ServiceConfig, DEFAULT_SERVICE_TIMEOUT,
+    ConfigSource, Principal, Proof, Refusal, RoutingConfig, ServiceConfig, WorkerGrant,
+    DEFAULT_SERVICE_TIMEOUT,
 };
 use eventsource_stream::Eventsource;
 use futures_lite::StreamExt;
-use proto::control::{BrokerReport, BrokerSnapshot, Claims, WorkerStateReport};
+use proto::control::{BrokerReport, BrokerSnapshot, Claims, WorkerState, WorkerStateReport};
 use proto::{Credential, ErrorKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +65,8 @@ struct Compiled {
     routing: Arc<RoutingConfig>,
     jwt_key: jsonwebtoken::DecodingKey,
     teams: HashSet<String>,
+    /// (team, user identity) → the user's id: whose JWTs are accepted for which team.
+    members: HashMap<(String, String), i64>,
     /// (team, identity) → token digest.
     worker_tokens: HashMap<(String, String), String>,
 }
@@ -71,7 +74,7 @@ struct Compiled {
 struct Inner {
     revision: AtomicU64,
     compiled: RwLock<Arc<Compiled>>,
-    reports: mpsc::UnboundedSender<WorkerStateReport>,
+    reports: mpsc::UnboundedSender<ReportMsg>,
 }
 
 /// Configuration and trust from the control plane; see the module docs.
@@ -111,19 +114,34 @@ fn compile(snapshot: BrokerSnapshot) -> Result<Compiled, String> {
                 batch: s.batch.map(|b| b.max(1) as usize),
                 stop_on_failure: s.stop_on_failure,
                 retry: s.retry,
+                open_to_announcers: false,
             },
         );
     }
+    let mut workers = BTreeMap::new();
+    let mut worker_tokens = HashMap::new();
+    for w in snapshot.workers {
+        let key = (w.team, w.identity);
+        workers.insert(
+            key.clone(),
+            WorkerGrant {
+                owner: w.owner,
+                visibility: w.visibility,
+            },
+        );
+        worker_tokens.insert(key, w.token_sha256);
+    }
     Ok(Compiled {
         revision: snapshot.revision,
-        routing: Arc::new(RoutingConfig { services }),
+        routing: Arc::new(RoutingConfig { services, workers }),
         jwt_key: jsonwebtoken::DecodingKey::from_secret(&secret),
         teams: snapshot.teams.into_iter().collect(),
-        worker_tokens: snapshot
-            .workers
+        members: snapshot
+            .members
             .into_iter()
-            .map(|w| ((w.team, w.identity), w.token_sha256))
+            .map(|m| ((m.team, m.identity), m.uid))
             .collect(),
+        worker_tokens,
     })
 }
 
@@ -284,7 +302,11 @@ async fn follow_loop(http: Arc<Http>, inner: Arc<Inner>) {
     loop {
         // (Re)fetch first: events may have been missed while the stream was down.
         match http.snapshot().await.and_then(compile) {
-            Ok(c) => install(&inner, c),
+            Ok(c) => {
+                install(&inner, c);
+                // Reached the control plane (again): it may hold states from before.
+                let _ = inner.reports.send(ReportMsg::Resync);
+            }
             Err(e) => {
                 warn!(error = %e, "cannot fetch configuration; keeping the last one");
                 tokio::time::sleep(backoff).await;
@@ -324,31 +346,91 @@ async fn follow_loop(http: Arc<Http>, inner: Arc<Inner>) {
     }
 }
 
-async fn report_loop(http: Arc<Http>, mut rx: mpsc::UnboundedReceiver<WorkerStateReport>) {
+/// What shards and the follower tell the report task.
+enum ReportMsg {
+    /// A worker's state changed.
+    State(WorkerStateReport),
+    /// The broker (re)connected to the control plane: tell it every worker online, so that
+    /// states it holds from before (a crash, a lost connection) are corrected.
+    Resync,
+}
+
+async fn report_loop(http: Arc<Http>, mut rx: mpsc::UnboundedReceiver<ReportMsg>) {
+    // The last state of every identity this broker has seen (bounded by the workers the
+    // configuration admits): a report about an older connection never overrides a newer one,
+    // whatever order the shards' reports arrive in.
+    let mut known: HashMap<(String, String), WorkerStateReport> = HashMap::new();
     // Latest state per worker that the control plane has not acknowledged yet.
-    let mut pending: BTreeMap<(String, String), WorkerStateReport> = BTreeMap::new();
+    let mut pending: Reports = BTreeMap::new();
+    let mut full = false;
     loop {
-        if pending.is_empty() {
+        if pending.is_empty() && !full {
             match rx.recv().await {
-                Some(r) => {
-                    pending.insert((r.team.clone(), r.identity.clone()), r);
-                }
+                Some(msg) => take(msg, &mut known, &mut pending, &mut full),
                 None => return,
             }
         }
-        while let Ok(r) = rx.try_recv() {
-            pending.insert((r.team.clone(), r.identity.clone()), r);
+        while let Ok(msg) = rx.try_recv() {
+            take(msg, &mut known, &mut pending, &mut full);
         }
-        let mut workers: Vec<WorkerStateReport> = pending.values().cloned().collect();
-        workers.sort_by_key(|r| r.at_unix_ms);
-        match http.report(&BrokerReport { workers }).await {
-            Ok(()) => pending.clear(),
+        let report = if full {
+            let mut workers: Vec<WorkerStateReport> = pending_online(&known);
+            workers.sort_by_key(|r| r.at_unix_ms);
+            BrokerReport {
+                workers,
+                full: true,
+            }
+        } else {
+            let mut workers: Vec<WorkerStateReport> = pending.values().cloned().collect();
+            workers.sort_by_key(|r| r.at_unix_ms);
+            BrokerReport {
+                workers,
+                full: false,
+            }
+        };
+        match http.report(&report).await {
+            Ok(()) => {
+                pending.clear();
+                full = false;
+            }
             Err(e) => {
-                warn!(error = %e, n = pending.len(), "cannot report worker states; will retry");
+                warn!(error = %e, n = report.workers.len(), full, "cannot report worker states; will retry");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
+}
+
+type Reports = BTreeMap<(String, String), WorkerStateReport>;
+
+/// Notes one message for the report task (see [`report_loop`]).
+fn take(
+    msg: ReportMsg,
+    known: &mut HashMap<(String, String), WorkerStateReport>,
+    pending: &mut Reports,
+    full: &mut bool,
+) {
+    match msg {
+        ReportMsg::Resync => *full = true,
+        ReportMsg::State(r) => {
+            let key = (r.team.clone(), r.identity.clone());
+            if known.get(&key).is_none_or(|k| r.supersedes(k)) {
+                known.insert(key.clone(), r.clone());
+                pending.insert(key, r);
+            } else {
+                debug!(team = %r.team, identity = %r.identity, generation = r.generation, "stale worker state report dropped");
+            }
+        }
+    }
+}
+
+/// Every worker whose last known state is `ONLINE`.
+fn pending_online(known: &HashMap<(String, String), WorkerStateReport>) -> Vec<WorkerStateReport> {
+    known
+        .values()
+        .filter(|r| r.state == WorkerState::Online)
+        .cloned()
+        .collect()
 }
 
 impl ConfigSource for ControlSource {
@@ -369,7 +451,8 @@ impl ConfigSource for ControlSource {
         match credential {
             Credential::Jwt { token } => {
                 let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-                validation.leeway = 5;
+                // No grace past `exp`: the API allows none either.
+                validation.leeway = 0;
                 let claims = jsonwebtoken::decode::<Claims>(token, &compiled.jwt_key, &validation)
                     .map_err(|e| match e.kind() {
                         jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
@@ -381,10 +464,16 @@ impl ConfigSource for ControlSource {
                 if !compiled.teams.contains(&claims.team) {
                     return Err(refuse(format!("team {} does not exist", claims.team)));
                 }
-                Ok(Principal {
+                let principal = Principal {
                     team: claims.team,
                     identity: claims.sub,
-                })
+                    proof: Proof::User {
+                        uid: claims.uid,
+                        expires_at: claims.exp,
+                    },
+                };
+                compiled.admits(&principal).map_err(|r| refuse(r.message))?;
+                Ok(principal)
             }
             Credential::Worker {
                 team,
@@ -402,6 +491,9 @@ impl ConfigSource for ControlSource {
                     Ok(Principal {
                         team: team.clone(),
                         identity: identity.clone(),
+                        proof: Proof::Worker {
+                            token_sha256: presented,
+                        },
                     })
                 } else {
                     Err(refuse(format!(
@@ -412,26 +504,77 @@ impl ConfigSource for ControlSource {
         }
     }
 
+    fn admits(&self, principal: &Principal) -> Result<(), Refusal> {
+        self.compiled().admits(principal)
+    }
+
     fn report(&self, report: WorkerStateReport) {
         // Unbounded, but drained into a map bounded by the number of workers.
-        let _ = self.inner.reports.send(report);
+        let _ = self.inner.reports.send(ReportMsg::State(report));
+    }
+}
+
+impl Compiled {
+    /// Whether `principal` still holds under this snapshot (see [`ConfigSource::admits`]).
+    fn admits(&self, principal: &Principal) -> Result<(), Refusal> {
+        let key = (principal.team.clone(), principal.identity.clone());
+        let refuse = |message: String| {
+            Err(Refusal {
+                kind: ErrorKind::Revoked,
+                message,
+            })
+        };
+        match &principal.proof {
+            Proof::Trusted => Ok(()),
+            Proof::User { uid, .. } => match self.members.get(&key) {
+                Some(known) if known == uid => Ok(()),
+                Some(_) => refuse(format!(
+                    "the token was issued to an earlier user named {}; log in again",
+                    principal.identity
+                )),
+                None => refuse(format!(
+                    "{} is not a member of team {}",
+                    principal.identity, principal.team
+                )),
+            },
+            Proof::Worker { token_sha256 } => match self.worker_tokens.get(&key) {
+                Some(digest) if bool::from(digest.as_bytes().ct_eq(token_sha256.as_bytes())) => {
+                    Ok(())
+                }
+                Some(_) => refuse(format!(
+                    "the token of worker {}/{} was regenerated; restart the worker with the new one",
+                    principal.team, principal.identity
+                )),
+                None => refuse(format!(
+                    "worker {}/{} was deleted",
+                    principal.team, principal.identity
+                )),
+            },
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::control::{ServiceEntry, Visibility, WorkerEntry};
+    use proto::control::{MemberEntry, ServiceEntry, Visibility, WorkerEntry};
 
     fn snapshot() -> BrokerSnapshot {
         BrokerSnapshot {
             revision: 7,
             jwt_secret_hex: "00ff10".into(),
             teams: vec!["a".into()],
+            members: vec![MemberEntry {
+                team: "a".into(),
+                identity: "alice".into(),
+                uid: 7,
+            }],
             workers: vec![WorkerEntry {
                 team: "a".into(),
                 identity: "w1".into(),
                 token_sha256: proto::control::token_digest("tok"),
+                owner: "alice".into(),
+                visibility: Visibility::Local,
             }],
             services: vec![ServiceEntry {
                 team: "a".into(),
@@ -501,8 +644,13 @@ mod tests {
     }
 
     fn jwt(secret: &[u8], team: &str, exp: u64) -> Credential {
+        jwt_for(secret, "alice", 7, team, exp)
+    }
+
+    fn jwt_for(secret: &[u8], sub: &str, uid: i64, team: &str, exp: u64) -> Credential {
         let claims = Claims {
-            sub: "alice".into(),
+            sub: sub.into(),
+            uid,
             team: team.into(),
             role: "member".into(),
             iat: 0,
@@ -537,6 +685,141 @@ mod tests {
         assert!(no_team.message.contains("team b"), "{}", no_team.message);
         let other_key = source.authenticate(&jwt(b"other", "a", later)).unwrap_err();
         assert_eq!(other_key.kind, ErrorKind::Unauthorized);
+        // Validly signed, but for a user who is not a member, or an earlier user of the name.
+        let stranger = source
+            .authenticate(&jwt_for(&key, "mallory", 7, "a", later))
+            .unwrap_err();
+        assert!(
+            stranger.message.contains("not a member"),
+            "{}",
+            stranger.message
+        );
+        let earlier = source
+            .authenticate(&jwt_for(&key, "alice", 3, "a", later))
+            .unwrap_err();
+        assert!(
+            earlier.message.contains("earlier user"),
+            "{}",
+            earlier.message
+        );
+        // No grace past `exp`.
+        let now = later - 3600;
+        let just_expired = source.authenticate(&jwt(&key, "a", now - 1)).unwrap_err();
+        assert!(
+            just_expired.message.contains("expired"),
+            "{}",
+            just_expired.message
+        );
+    }
+
+    /// Connections admitted under one snapshot are refused under a later one that removed
+    /// the member, deleted the worker or regenerated its token.
+    #[test]
+    fn admitted_principals_are_revoked_by_a_new_snapshot() {
+        let source = source();
+        let later = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let user = source
+            .authenticate(&jwt(&[0x00, 0xff, 0x10], "a", later))
+            .unwrap();
+        let worker = source.authenticate(&worker("a", "w1", "tok")).unwrap();
+        assert!(source.admits(&user).is_ok() && source.admits(&worker).is_ok());
+        assert_eq!(user.expires_at(), Some(later));
+
+        let mut next = snapshot();
+        next.revision = 8;
+        next.members.clear();
+        next.workers[0].token_sha256 = proto::control::token_digest("new");
+        install(&source.inner, compile(next.clone()).unwrap());
+        let refused = source.admits(&user).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::Revoked);
+        let refused = source.admits(&worker).unwrap_err();
+        assert!(
+            refused.message.contains("regenerated"),
+            "{}",
+            refused.message
+        );
+        next.workers.clear();
+        install(&source.inner, compile(next).unwrap());
+        let refused = source.admits(&worker).unwrap_err();
+        assert!(refused.message.contains("deleted"), "{}", refused.message);
+        // A trusted principal (no control plane) is never revoked.
+        assert!(source.admits(&Principal::trusted("a", "x")).is_ok());
+    }
+
+    #[test]
+    fn worker_grants_reach_routing() {
+        let c = compile(snapshot()).unwrap();
+        let grant = &c.routing.workers[&("a".to_string(), "w1".to_string())];
+        assert_eq!(
+            (grant.owner.as_str(), grant.visibility),
+            ("alice", Visibility::Local)
+        );
+        let s = &c.routing.services[&("a".to_string(), "s".to_string())];
+        assert!(!s.open_to_announcers);
+    }
+
+    fn state(identity: &str, generation: u64, state: WorkerState) -> ReportMsg {
+        ReportMsg::State(WorkerStateReport {
+            team: "a".into(),
+            identity: identity.into(),
+            state,
+            at_unix_ms: 0,
+            generation,
+            services: vec![],
+        })
+    }
+
+    /// A DISCONNECTED about an older connection that arrives after a newer connection's
+    /// ONLINE (two shards report in either order) does not override it.
+    #[test]
+    fn reports_about_older_connections_are_dropped() {
+        let (mut known, mut pending, mut full) = (HashMap::new(), BTreeMap::new(), false);
+        let key = ("a".to_string(), "w1".to_string());
+        take(
+            state("w1", 4, WorkerState::Online),
+            &mut known,
+            &mut pending,
+            &mut full,
+        );
+        take(
+            state("w1", 5, WorkerState::Online),
+            &mut known,
+            &mut pending,
+            &mut full,
+        );
+        take(
+            state("w1", 4, WorkerState::Disconnected),
+            &mut known,
+            &mut pending,
+            &mut full,
+        );
+        assert_eq!(pending[&key].state, WorkerState::Online);
+        assert_eq!(pending[&key].generation, 5);
+        take(
+            state("w1", 5, WorkerState::Disconnected),
+            &mut known,
+            &mut pending,
+            &mut full,
+        );
+        assert_eq!(pending[&key].state, WorkerState::Disconnected);
+        // A resync lists the workers online.
+        take(
+            state("w2", 6, WorkerState::Online),
+            &mut known,
+            &mut pending,
+            &mut full,
+        );
+        take(ReportMsg::Resync, &mut known, &mut pending, &mut full);
+        assert!(full);
+        let online: Vec<String> = pending_online(&known)
+            .into_iter()
+            .map(|r| r.identity)
+            .collect();
+        assert_eq!(online, ["w2"]);
     }
 
     /// Serves one HTTP response with `body` as an event stream (or `status`), then closes.

@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 pub struct Claims {
     /// User identity.
     pub sub: String,
+    /// The user's id in the store: a token outlives neither its user nor a new user who
+    /// takes the identity later.
+    pub uid: i64,
     /// The team the token acts in.
     pub team: String,
     /// `admin` or `member` in that team.
@@ -67,6 +70,28 @@ pub struct WorkerEntry {
     pub identity: String,
     /// [`token_digest`] of its token; the token itself is never stored.
     pub token_sha256: String,
+    /// The user who created it: the owner of the services it announces.
+    #[serde(default)]
+    pub owner: String,
+    /// Who may call it by its identity, and the services it announces (ad-hoc services):
+    /// `local` (its owner), `team` or `public`.
+    #[serde(default = "team_visibility")]
+    pub visibility: Visibility,
+}
+
+fn team_visibility() -> Visibility {
+    Visibility::Team
+}
+
+/// A member of a team, whose JWT the broker accepts for that team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberEntry {
+    /// Team.
+    pub team: String,
+    /// User identity.
+    pub identity: String,
+    /// The user's id (the JWT's `uid`).
+    pub uid: i64,
 }
 
 /// A service as the broker routes it.
@@ -103,6 +128,9 @@ pub struct BrokerSnapshot {
     pub jwt_secret_hex: String,
     /// Every team name.
     pub teams: Vec<String>,
+    /// Every member of every team: a JWT is accepted only for a member of its team.
+    #[serde(default)]
+    pub members: Vec<MemberEntry>,
     /// Every worker.
     pub workers: Vec<WorkerEntry>,
     /// Every service.
@@ -135,6 +163,23 @@ pub struct WorkerStateReport {
     pub state: WorkerState,
     /// When (milliseconds since the Unix epoch).
     pub at_unix_ms: u64,
+    /// Orders the connections of one identity within one broker run: a report about an
+    /// older connection never overrides one about a newer.
+    #[serde(default)]
+    pub generation: u64,
+    /// The services the worker announced (`ONLINE` only).
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+impl WorkerStateReport {
+    /// Whether this report is about a later moment of the identity than `other`: a newer
+    /// connection, or the end of the same one.
+    pub fn supersedes(&self, other: &WorkerStateReport) -> bool {
+        (self.generation, self.state == WorkerState::Disconnected)
+            > (other.generation, other.state == WorkerState::Disconnected)
+            || (self.generation == other.generation && self.state == other.state)
+    }
 }
 
 /// What the broker reports back (`POST /api/v1/broker/report`).
@@ -142,6 +187,11 @@ pub struct WorkerStateReport {
 pub struct BrokerReport {
     /// Worker state changes, oldest first.
     pub workers: Vec<WorkerStateReport>,
+    /// The reports list every worker online at this broker: any other is `DISCONNECTED`.
+    /// Sent whenever the broker (re)connects to the control plane, so that states left
+    /// `ONLINE` by a crash or a lost connection are corrected.
+    #[serde(default)]
+    pub full: bool,
 }
 
 /// Hex SHA-256 of a worker token: what is stored and compared, never the token.
@@ -163,6 +213,29 @@ mod tests {
             token_digest("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn newer_connections_and_ends_supersede() {
+        let r = |generation, state| WorkerStateReport {
+            team: "t".into(),
+            identity: "w".into(),
+            state,
+            at_unix_ms: 0,
+            generation,
+            services: vec![],
+        };
+        let (on, off) = (WorkerState::Online, WorkerState::Disconnected);
+        assert!(r(5, on).supersedes(&r(4, off)), "a newer connection");
+        assert!(!r(4, off).supersedes(&r(5, on)), "an older one's end");
+        assert!(r(5, off).supersedes(&r(5, on)), "the same one's end");
+        assert!(!r(5, on).supersedes(&r(5, off)), "the same one, ended");
+        assert!(r(5, on).supersedes(&r(5, on)), "a new announcement");
+        // Reports from a broker without generations still apply in order.
+        let old: WorkerStateReport =
+            serde_json::from_str(r#"{"team":"t","identity":"w","state":"ONLINE","at_unix_ms":1}"#)
+                .unwrap();
+        assert_eq!((old.generation, old.services.len()), (0, 0));
     }
 
     #[test]

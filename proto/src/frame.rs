@@ -155,6 +155,10 @@ text_enum! {
         /// A newer connection of the same worker identity took over; this one is closed. A
         /// worker that gets it stops rather than reconnect and take the identity back.
         Superseded,
+        /// The credential this connection was admitted with no longer holds: the member was
+        /// removed from the team, the user or the team deleted, the worker deleted or its
+        /// token regenerated, or the client's token expired. The connection is closed.
+        Revoked,
     }
 }
 

@@ -136,7 +136,8 @@ mod tests {
         assert_eq!(round_trip::<Role>(), ["client", "worker"]);
         let kinds = round_trip_json::<ErrorKind>();
         assert_eq!(kinds[0], "NoSuchService");
-        assert_eq!(kinds.len(), 15);
+        assert_eq!(kinds.len(), 16);
+        assert_eq!(kinds[15], "Revoked");
     }
 
     #[test]

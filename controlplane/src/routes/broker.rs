@@ -8,7 +8,9 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::Json;
 use crate::AppState;
 use axum::extract::State;
-use proto::control::{BrokerReport, BrokerSnapshot, ServiceEntry, WorkerEntry};
+use proto::control::{
+    BrokerReport, BrokerSnapshot, MemberEntry, ServiceEntry, Visibility, WorkerEntry, WorkerState,
+};
 use proto::TextEnum;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -19,6 +21,15 @@ struct WorkerRow {
     team: String,
     identity: String,
     token_sha256: String,
+    owner: String,
+    visibility: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    team: String,
+    identity: String,
+    uid: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -66,13 +77,18 @@ pub async fn snapshot(
     State(state): State<AppState>,
     _broker: BrokerAuth,
 ) -> Result<Json<BrokerSnapshot>, ApiError> {
-    let (revision, teams, workers, services, bindings) = on_db!(&state.db, pool => {
+    let (revision, teams, members, workers, services, bindings) = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(CURRENT_REVISION).fetch_one(&mut *tx).await?;
         let teams: Vec<String> = sqlx::query_scalar("SELECT name FROM teams ORDER BY name")
             .fetch_all(&mut *tx).await?;
+        let members: Vec<MemberRow> = sqlx::query_as(
+            "SELECT t.name AS team, u.identity, u.id AS uid FROM members m \
+             JOIN teams t ON t.id = m.team_id JOIN users u ON u.id = m.user_id \
+             ORDER BY t.name, u.identity")
+            .fetch_all(&mut *tx).await?;
         let workers: Vec<WorkerRow> = sqlx::query_as(
-            "SELECT t.name AS team, w.identity, w.token_sha256 FROM workers w \
+            "SELECT t.name AS team, w.identity, w.token_sha256, w.owner, w.visibility FROM workers w \
              JOIN teams t ON t.id = w.team_id ORDER BY t.name, w.identity")
             .fetch_all(&mut *tx).await?;
         let services: Vec<ServiceRow> = sqlx::query_as(
@@ -85,7 +101,7 @@ pub async fn snapshot(
              JOIN workers w ON w.id = sw.worker_id ORDER BY sw.service_id, sw.position")
             .fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        (revision, teams, workers, services, bindings)
+        (revision, teams, members, workers, services, bindings)
     });
     let mut bound: HashMap<i64, Vec<String>> = HashMap::new();
     for b in bindings {
@@ -95,12 +111,24 @@ pub async fn snapshot(
         revision: u64::try_from(revision).unwrap_or(0),
         jwt_secret_hex: state.jwt.secret_hex.clone(),
         teams,
+        members: members
+            .into_iter()
+            .map(|m| MemberEntry {
+                team: m.team,
+                identity: m.identity,
+                uid: m.uid,
+            })
+            .collect(),
+        // A worker whose stored visibility cannot be read is admitted as `local` (its owner
+        // only), never opened wider than what was set.
         workers: workers
             .into_iter()
             .map(|w| WorkerEntry {
+                visibility: w.visibility.parse().unwrap_or(Visibility::Local),
                 team: w.team,
                 identity: w.identity,
                 token_sha256: w.token_sha256,
+                owner: w.owner,
             })
             .collect(),
         // A service whose stored algorithm or visibility cannot be read is not routed at all,
@@ -132,17 +160,35 @@ pub async fn report(
     Json(report): Json<BrokerReport>,
 ) -> Result<Json<ReportAnswer>, ApiError> {
     let mut updated = 0;
-    for w in &report.workers {
-        let text = w.state.as_str();
-        // Clamp: a broker clock cannot push a timestamp outside what the column holds.
-        let at = i64::try_from(w.at_unix_ms).unwrap_or(i64::MAX);
-        const SQL: &str = "UPDATE workers SET state = $1, last_seen = $2 \
-            WHERE identity = $3 AND team_id = (SELECT id FROM teams WHERE name = $4)";
-        let done = on_db!(&state.db, pool => {
-            sqlx::query(SQL).bind(text).bind(at).bind(&w.identity).bind(&w.team)
-                .execute(pool).await?.rows_affected()
-        });
-        updated += done;
-    }
+    on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        if report.full {
+            // The broker lists every worker online at it: any other was left `ONLINE` by a
+            // crash or a lost connection.
+            sqlx::query("UPDATE workers SET state = $1 WHERE state = $2")
+                .bind(WorkerState::Disconnected.as_str())
+                .bind(WorkerState::Online.as_str())
+                .execute(&mut *tx).await?;
+        }
+        for w in &report.workers {
+            let text = w.state.as_str();
+            // Clamp: a broker clock cannot push a timestamp outside what the column holds.
+            let at = i64::try_from(w.at_unix_ms).unwrap_or(i64::MAX);
+            let done = if w.state == WorkerState::Online {
+                let announced = serde_json::to_string(&w.services).unwrap_or_else(|_| "[]".into());
+                const SQL: &str = "UPDATE workers SET state = $1, last_seen = $2, announced = $3 \
+                    WHERE identity = $4 AND team_id = (SELECT id FROM teams WHERE name = $5)";
+                sqlx::query(SQL).bind(text).bind(at).bind(announced).bind(&w.identity).bind(&w.team)
+                    .execute(&mut *tx).await?.rows_affected()
+            } else {
+                const SQL: &str = "UPDATE workers SET state = $1, last_seen = $2 \
+                    WHERE identity = $3 AND team_id = (SELECT id FROM teams WHERE name = $4)";
+                sqlx::query(SQL).bind(text).bind(at).bind(&w.identity).bind(&w.team)
+                    .execute(&mut *tx).await?.rows_affected()
+            };
+            updated += done;
+        }
+        tx.commit().await?;
+    });
     Ok(Json(ReportAnswer { updated }))
 }

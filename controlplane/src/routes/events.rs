@@ -1,12 +1,15 @@
 //! `GET /api/v1/events`: configuration changes as server-sent events (`event: config`).
-//! The broker (broker token) sees every team; a user (JWT) only their team.
+//! The broker (broker token) sees every team; a user (JWT) only their team, and a user's
+//! stream ends when they leave the team (removed, or the team deleted) or their token expires.
 
-use crate::auth::EventsCaller;
-use crate::error::ErrorBody;
+use crate::auth::{AuthUser, EventsCaller};
+use crate::db::on_db;
+use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream};
+use proto::control::ConfigEvent;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -23,30 +26,88 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub async fn events(
     State(state): State<AppState>,
     caller: EventsCaller,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let team = match caller {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let watch = match caller {
         EventsCaller::Broker => None,
-        EventsCaller::User(user) => Some(user.team),
+        EventsCaller::User(user) => {
+            let expires_at = state.jwt.verify(&user.token)?.exp;
+            Some(Watch { user, expires_at })
+        }
     };
     let rx = state.events.subscribe();
-    let stream = stream::unfold((rx, team), |(mut rx, team)| async move {
+    let stream = stream::unfold((rx, watch, state), |(mut rx, watch, state)| async move {
         loop {
-            match rx.recv().await {
+            let received = match &watch {
+                None => rx.recv().await,
+                Some(w) => tokio::select! {
+                    r = rx.recv() => r,
+                    // The token expired: so does the stream it opened.
+                    _ = tokio::time::sleep(w.left()) => return None,
+                },
+            };
+            match received {
                 Ok(event) => {
-                    if team.as_ref().is_some_and(|t| *t != event.team) {
-                        continue;
+                    if let Some(w) = &watch {
+                        if event.team != w.user.team {
+                            continue;
+                        }
+                        // Removed from the team (or the team deleted): the stream ends now.
+                        if w.touched_by(&event) && !w.still_member(&state).await {
+                            return None;
+                        }
                     }
                     let data = serde_json::to_string(&event).unwrap_or_default();
                     let sse = Event::default().event("config").data(data);
-                    return Some((Ok(sse), (rx, team)));
+                    return Some((Ok(sse), (rx, watch, state)));
                 }
                 Err(RecvError::Lagged(n)) => {
+                    // Missed events may have removed the caller: check before going on.
+                    if let Some(w) = &watch {
+                        if !w.still_member(&state).await {
+                            return None;
+                        }
+                    }
                     let sse = Event::default().event("lagged").data(n.to_string());
-                    return Some((Ok(sse), (rx, team)));
+                    return Some((Ok(sse), (rx, watch, state)));
                 }
                 Err(RecvError::Closed) => return None,
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// A user's stream, and what ends it.
+struct Watch {
+    user: AuthUser,
+    /// The token's `exp` (seconds since the Unix epoch).
+    expires_at: u64,
+}
+
+impl Watch {
+    fn left(&self) -> Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Duration::from_secs(self.expires_at).saturating_sub(now)
+    }
+
+    /// Whether `event` may have removed the user from the team.
+    fn touched_by(&self, event: &ConfigEvent) -> bool {
+        (event.object == "user" && event.name == self.user.identity)
+            || (event.object == "team" && event.action == "deleted")
+    }
+
+    /// Whether the user is still a member of the team (a failing store counts as no).
+    async fn still_member(&self, state: &AppState) -> bool {
+        const SQL: &str = "SELECT COUNT(*) FROM members WHERE user_id = $1 AND team_id = $2";
+        let n: Result<i64, ApiError> = async {
+            Ok(on_db!(&state.db, pool => {
+                sqlx::query_scalar(SQL).bind(self.user.user_id).bind(self.user.team_id)
+                    .fetch_one(pool).await?
+            }))
+        }
+        .await;
+        matches!(n, Ok(1))
+    }
 }

@@ -39,6 +39,7 @@ pub struct LoginResponse {
 
 #[derive(sqlx::FromRow)]
 struct LoginRow {
+    id: i64,
     secret_hash: String,
     role: Option<String>,
 }
@@ -53,16 +54,16 @@ pub async fn login(
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     state.guard.admit(&req.identity, peer.0)?;
-    const SQL: &str = "SELECT u.secret_hash, m.role FROM users u \
+    const SQL: &str = "SELECT u.id, u.secret_hash, m.role FROM users u \
         LEFT JOIN teams t ON t.name = $2 \
         LEFT JOIN members m ON m.user_id = u.id AND m.team_id = t.id \
         WHERE u.identity = $1";
     let row: Option<LoginRow> = on_db!(&state.db, pool => {
         sqlx::query_as(SQL).bind(&req.identity).bind(&req.team).fetch_optional(pool).await?
     });
-    let (hash, role) = match row {
-        Some(r) => (Some(r.secret_hash), r.role),
-        None => (None, None),
+    let (uid, hash, role) = match row {
+        Some(r) => (r.id, Some(r.secret_hash), r.role),
+        None => (0, None, None),
     };
     let secret_ok = auth::verify_secret(&state.guard, req.secret, hash).await?;
     let Some(role) = role.filter(|_| secret_ok) else {
@@ -72,6 +73,7 @@ pub async fn login(
     let exp = now_s + state.settings.jwt_ttl.as_secs().max(1);
     let claims = Claims {
         sub: req.identity.clone(),
+        uid,
         team: req.team.clone(),
         role: role.clone(),
         iat: now_s,

@@ -10,7 +10,7 @@ use crate::extract::{Json, Path};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use proto::control::Visibility;
+use proto::control::{Visibility, WorkerState};
 use proto::{Algorithm, TextEnum};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -34,6 +34,9 @@ pub struct ServiceView {
     pub visibility: Visibility,
     /// Bound worker identities, in order.
     pub workers: Vec<String>,
+    /// Who serves it now: the bound workers that are `ONLINE`, in order. Only bound
+    /// workers ever serve a configured service; a worker that announces its name does not.
+    pub serving: Vec<String>,
     /// mirror: workers at once.
     pub batch: Option<i64>,
     /// serial: stop at the first failure.
@@ -130,10 +133,16 @@ struct ServiceRow {
 struct BindingRow {
     service_id: i64,
     identity: String,
+    state: String,
 }
 
 impl ServiceRow {
-    fn view(self, team: &str, workers: Vec<String>) -> Result<ServiceView, Unreadable> {
+    fn view(
+        self,
+        team: &str,
+        workers: Vec<String>,
+        serving: Vec<String>,
+    ) -> Result<ServiceView, Unreadable> {
         Ok(ServiceView {
             algorithm: stored(&self.algorithm, "service", team, &self.name)?,
             visibility: stored(&self.visibility, "service", team, &self.name)?,
@@ -142,6 +151,7 @@ impl ServiceRow {
             description: self.description,
             timeout_ms: self.timeout_ms,
             workers,
+            serving,
             batch: self.batch,
             stop_on_failure: self.stop_on_failure,
             retry: self.retry,
@@ -154,7 +164,7 @@ impl ServiceRow {
 
 const SELECT: &str = "SELECT id, name, description, algorithm, timeout_ms, visibility, batch, \
     stop_on_failure, retry, owner, created, updated FROM services WHERE team_id = $1";
-const BINDINGS: &str = "SELECT sw.service_id, w.identity FROM service_workers sw \
+const BINDINGS: &str = "SELECT sw.service_id, w.identity, w.state FROM service_workers sw \
     JOIN workers w ON w.id = sw.worker_id WHERE w.team_id = $1 ORDER BY sw.service_id, sw.position";
 
 async fn load(
@@ -178,12 +188,14 @@ async fn load(
     Ok(rows
         .into_iter()
         .map(|row| {
-            let workers = bindings
-                .iter()
-                .filter(|b| b.service_id == row.id)
+            let bound = bindings.iter().filter(|b| b.service_id == row.id);
+            let workers = bound.clone().map(|b| b.identity.clone()).collect();
+            let online = WorkerState::Online.to_string();
+            let serving = bound
+                .filter(|b| b.state == online)
                 .map(|b| b.identity.clone())
                 .collect();
-            row.view(&user.team, workers)
+            row.view(&user.team, workers, serving)
         })
         .collect())
 }

@@ -10,7 +10,7 @@ use crate::extract::{Json, Path};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use proto::control::WorkerState;
+use proto::control::{Visibility, WorkerState};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -28,6 +28,14 @@ pub struct WorkerView {
     pub last_seen: Option<String>,
     /// Who created it.
     pub owner: String,
+    /// Who may call it by its identity and use the services it announces: `local` (its
+    /// owner) or `team` (every member). Ad-hoc services never reach other teams.
+    #[schema(value_type = String, example = "team")]
+    pub visibility: Visibility,
+    /// The services it announced when it last came online. They are ad-hoc services only
+    /// where the team has no configured service of that name (a configured service is served
+    /// only by the workers bound to it).
+    pub announces: Vec<String>,
     /// RFC 3339.
     pub created: String,
     /// RFC 3339.
@@ -52,6 +60,9 @@ pub struct CreateWorker {
     pub identity: String,
     /// Free text.
     pub description: Option<String>,
+    /// `team` (default) or `local`: who may use it directly and its announced services.
+    #[schema(value_type = Option<String>, example = "team")]
+    pub visibility: Option<Visibility>,
 }
 
 /// Changes to a worker.
@@ -60,6 +71,9 @@ pub struct CreateWorker {
 pub struct UpdateWorker {
     /// Free text.
     pub description: Option<String>,
+    /// `team` or `local`.
+    #[schema(value_type = Option<String>, example = "local")]
+    pub visibility: Option<Visibility>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -70,6 +84,8 @@ struct WorkerRow {
     state: String,
     last_seen: Option<i64>,
     owner: String,
+    visibility: String,
+    announced: String,
     created: i64,
     updated: i64,
 }
@@ -78,9 +94,12 @@ impl WorkerRow {
     fn view(self, team: &str) -> Result<WorkerView, Unreadable> {
         Ok(WorkerView {
             state: stored(&self.state, "worker", team, &self.identity)?,
+            visibility: stored(&self.visibility, "worker", team, &self.identity)?,
             identity: self.identity,
             description: self.description,
             last_seen: self.last_seen.map(rfc3339),
+            // Written by this crate only (`broker::report`); unreadable text shows as none.
+            announces: serde_json::from_str(&self.announced).unwrap_or_default(),
             owner: self.owner,
             created: rfc3339(self.created),
             updated: rfc3339(self.updated),
@@ -88,8 +107,18 @@ impl WorkerRow {
     }
 }
 
-const SELECT: &str = "SELECT id, identity, description, state, last_seen, owner, created, \
-    updated FROM workers WHERE team_id = $1";
+const SELECT: &str = "SELECT id, identity, description, state, last_seen, owner, visibility, \
+    announced, created, updated FROM workers WHERE team_id = $1";
+
+/// Ad-hoc services never reach another team: a worker is `local` or `team`.
+fn check_visibility(visibility: Option<Visibility>) -> Result<(), ApiError> {
+    if visibility == Some(Visibility::Public) {
+        return Err(ApiError::Unprocessable(
+            "a worker's visibility is `local` or `team`; configure a public service to open it to other teams".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// Longest description we keep.
 const MAX_DESCRIPTION: usize = 4096;
@@ -144,6 +173,8 @@ pub async fn create_worker(
 ) -> Result<(StatusCode, Json<WorkerWithToken>), ApiError> {
     check_name("worker", &req.identity)?;
     check_description(&req.description)?;
+    check_visibility(req.visibility)?;
+    let visibility = req.visibility.unwrap_or(Visibility::Team).to_string();
     let (token, digest) = new_token();
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
@@ -160,9 +191,9 @@ pub async fn create_worker(
             return Err(super::services::name_taken(&req.identity, &user.team));
         }
         sqlx::query("INSERT INTO workers (team_id, identity, description, token_sha256, owner, \
-            created, updated) VALUES ($1, $2, $3, $4, $5, $6, $6)")
+            visibility, created, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)")
             .bind(user.team_id).bind(&req.identity).bind(req.description.as_deref().unwrap_or(""))
-            .bind(&digest).bind(&user.identity).bind(now).execute(&mut *tx).await
+            .bind(&digest).bind(&user.identity).bind(&visibility).bind(now).execute(&mut *tx).await
             .on_conflict(|| format!("worker {}", req.identity))?;
         tx.commit().await?;
         revision
@@ -203,15 +234,20 @@ pub async fn update_worker(
     Json(req): Json<UpdateWorker>,
 ) -> Result<Json<WorkerView>, ApiError> {
     check_description(&req.description)?;
+    check_visibility(req.visibility)?;
     let row = find(&state, &user, &identity).await?;
     may_modify(&user, &row.owner)?;
-    if let Some(description) = &req.description {
+    if req.description.is_some() || req.visibility.is_some() {
+        let description = req.description.unwrap_or(row.description);
+        let visibility = req.visibility.map_or(row.visibility, |v| v.to_string());
         let now = now_ms();
         let revision: i64 = on_db!(&state.db, pool => {
             let mut tx = pool.begin().await?;
             let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-            sqlx::query("UPDATE workers SET description = $1, updated = $2 WHERE id = $3")
-                .bind(description).bind(now).bind(row.id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE workers SET description = $1, visibility = $2, updated = $3 \
+                WHERE id = $4")
+                .bind(&description).bind(&visibility).bind(now).bind(row.id)
+                .execute(&mut *tx).await?;
             tx.commit().await?;
             revision
         });

@@ -11,10 +11,7 @@ fn at(conn_id: u64) -> WorkerAt {
 }
 
 fn caller(team: &str, identity: &str) -> Principal {
-    Principal {
-        team: team.into(),
-        identity: identity.into(),
-    }
+    Principal::trusted(team, identity)
 }
 
 fn service(team: &str, name: &str, visibility: Visibility, workers: &[&str]) -> ServiceConfig {
@@ -33,11 +30,24 @@ fn registry() -> Registry {
         service("a", "mine", Visibility::Local, &["w1"]),
         service("a", "open", Visibility::Public, &["w1"]),
     ];
+    let mut open = service("a", "fleet", Visibility::Team, &["w1"]);
+    open.open_to_announcers = true;
+    let grant = |owner: &str, visibility| WorkerGrant {
+        owner: owner.into(),
+        visibility,
+    };
     Registry::new(Arc::new(RoutingConfig {
         services: services
             .into_iter()
+            .chain([open])
             .map(|s| ((s.team.clone(), s.name.clone()), s))
             .collect(),
+        workers: [
+            (("a".into(), "cw".into()), grant("carol", Visibility::Local)),
+            (("a".into(), "w9".into()), grant("bob", Visibility::Team)),
+        ]
+        .into_iter()
+        .collect(),
     }))
 }
 
@@ -49,17 +59,74 @@ fn names(route: &Route) -> Vec<String> {
         .collect()
 }
 
+/// A configured service routes only to the workers bound to it, in their order: a worker of
+/// the team that announces its name does not join it (finding 1 of issue 10).
 #[test]
-fn configured_order_then_announcers() {
+fn configured_services_route_only_to_their_workers() {
     let mut r = registry();
     r.worker_online("a", "w1".into(), at(1), 1, vec![]);
     r.worker_online("a", "w3".into(), at(3), 3, vec![]);
-    r.worker_online("a", "w9".into(), at(9), 9, vec!["dc1".into()]);
+    r.worker_online(
+        "a",
+        "w9".into(),
+        at(9),
+        9,
+        vec!["dc1".into(), "mine".into()],
+    );
     // Same names in another team are other workers.
     r.worker_online("b", "w2".into(), at(20), 20, vec!["dc1".into()]);
     let route = r.resolve(&caller("a", "bob"), "dc1").unwrap();
-    assert_eq!(names(&route), ["w3", "w1", "w9"]);
+    assert_eq!(names(&route), ["w3", "w1"]);
     assert_eq!(route.service.algorithm, Algorithm::Serial);
+    assert_eq!(
+        names(&r.resolve(&caller("a", "alice"), "mine").unwrap()),
+        ["w1"]
+    );
+    assert!(r.configured_elsewhere("a", "dc1", "w9"));
+    assert!(!r.configured_elsewhere("a", "dc1", "w1"));
+    assert!(!r.configured_elsewhere("a", "logs", "w9"));
+    // With nothing bound online, an announcer still does not serve it.
+    let mut r = registry();
+    r.worker_online("a", "w9".into(), at(9), 9, vec!["dc1".into()]);
+    assert_eq!(
+        r.resolve(&caller("a", "bob"), "dc1").unwrap_err().0,
+        ErrorKind::NoWorkersOnline
+    );
+}
+
+/// A config file may open a service to announcers (every peer is trusted there).
+#[test]
+fn a_service_open_to_announcers_takes_them_after_its_own() {
+    let mut r = registry();
+    r.worker_online("a", "w9".into(), at(9), 9, vec!["fleet".into()]);
+    r.worker_online("a", "w1".into(), at(1), 1, vec![]);
+    assert!(!r.configured_elsewhere("a", "fleet", "w9"));
+    let route = r.resolve(&caller("a", "bob"), "fleet").unwrap();
+    assert_eq!(names(&route), ["w1", "w9"]);
+}
+
+/// A `local` worker, and what it announces, is its owner's alone; a `team` one is anyone's
+/// in the team; neither reaches another team.
+#[test]
+fn worker_visibility_scopes_ad_hoc_services() {
+    let mut r = registry();
+    r.worker_online("a", "cw".into(), at(1), 1, vec!["deploy".into()]);
+    r.worker_online("a", "w9".into(), at(9), 9, vec!["deploy".into()]);
+    let carol = caller("a", "carol");
+    let bob = caller("a", "bob");
+    assert_eq!(names(&r.resolve(&carol, "deploy").unwrap()), ["cw", "w9"]);
+    assert_eq!(names(&r.resolve(&bob, "deploy").unwrap()), ["w9"]);
+    assert!(r.resolve(&carol, "cw").is_ok());
+    assert_eq!(r.resolve(&bob, "cw").unwrap_err().0, ErrorKind::Forbidden);
+    r.worker_offline("a", "w9", at(9));
+    assert_eq!(
+        r.resolve(&bob, "deploy").unwrap_err().0,
+        ErrorKind::NoSuchService
+    );
+    assert_eq!(
+        r.resolve(&caller("b", "eve"), "a/deploy").unwrap_err().0,
+        ErrorKind::NoSuchService
+    );
 }
 
 #[test]

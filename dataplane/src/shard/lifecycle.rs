@@ -178,9 +178,9 @@ impl Shard {
         );
         self.stats.connected(role).inc();
         if role == Role::Worker {
-            let Principal { team, identity } = &principal;
+            let Principal { team, identity, .. } = &principal;
             info!(shard = self.idx, %identity, %team, "worker online");
-            self.report_worker(team, identity, WorkerState::Online);
+            self.report_worker(conn_id, WorkerState::Online, Vec::new());
             self.worker_online(conn_id, &principal, Vec::new());
         }
         conn_id
@@ -282,9 +282,12 @@ impl Shard {
                     }
                 }
             }
-            Peer::Worker { inflight, .. } => {
+            Peer::Worker {
+                inflight,
+                generation,
+            } => {
                 self.stats.connected(Role::Worker).dec();
-                let Principal { team, identity } = &conn.principal;
+                let Principal { team, identity, .. } = &conn.principal;
                 let at = WorkerAt {
                     shard_idx: self.idx,
                     conn_id,
@@ -293,7 +296,12 @@ impl Shard {
                 let current = self.state.borrow().registry.online_at(team, identity) == Some(at);
                 if current {
                     info!(shard = self.idx, %identity, %team, n_inflight = inflight.len(), "worker offline");
-                    self.report_worker(team, identity, WorkerState::Disconnected);
+                    self.report_state(
+                        &conn.principal,
+                        generation,
+                        WorkerState::Disconnected,
+                        Vec::new(),
+                    );
                 } else {
                     info!(shard = self.idx, %identity, %team, n_inflight = inflight.len(), "superseded worker connection closed");
                 }
@@ -319,9 +327,14 @@ impl Shard {
     /// Notes connection `conn_id` to be cut with `kind` once the handling in progress is
     /// over (see [`Shard::cut_connections`]).
     pub(super) fn close_later(&self, conn_id: u64, kind: ErrorKind) {
+        self.close_later_why(conn_id, kind, String::new());
+    }
+
+    /// [`Shard::close_later`] with a message for the peer.
+    pub(super) fn close_later_why(&self, conn_id: u64, kind: ErrorKind, why: String) {
         let mut unsettled = self.unsettled.borrow_mut();
-        if !unsettled.to_cut.iter().any(|&(id, _)| id == conn_id) {
-            unsettled.to_cut.push((conn_id, kind));
+        if !unsettled.to_cut.iter().any(|(id, _, _)| *id == conn_id) {
+            unsettled.to_cut.push((conn_id, kind, why));
         }
     }
 
@@ -335,13 +348,13 @@ impl Shard {
             if to_cut.is_empty() {
                 return;
             }
-            for (conn_id, kind) in to_cut {
-                self.cut(conn_id, kind);
+            for (conn_id, kind, why) in to_cut {
+                self.cut(conn_id, kind, why);
             }
         }
     }
 
-    fn cut(&self, conn_id: u64, kind: ErrorKind) {
+    fn cut(&self, conn_id: u64, kind: ErrorKind, why: String) {
         let Some((out, principal)) = self
             .state
             .borrow()
@@ -351,7 +364,7 @@ impl Shard {
         else {
             return;
         };
-        let Principal { team, identity } = &principal;
+        let Principal { team, identity, .. } = &principal;
         let (message, reason) = match kind {
             ErrorKind::SlowConsumer => {
                 let backlog = out.backlog_bytes();
@@ -363,6 +376,10 @@ impl Shard {
                     ),
                     "slow_consumer",
                 )
+            }
+            ErrorKind::Revoked => {
+                warn!(shard = self.idx, conn_id, %identity, %team, %why, "credential revoked: closing the connection");
+                (why, "revoked")
             }
             _ => {
                 warn!(shard = self.idx, conn_id, %identity, %team, kind = ?kind, "a newer connection of this worker took over; closing the old one");
@@ -383,16 +400,82 @@ impl Shard {
         self.close_conn(conn_id);
     }
 
-    fn report_worker(&self, team: &str, identity: &str, state: WorkerState) {
+    /// Reports the state of worker connection `conn_id` (with what it announced).
+    pub(super) fn report_worker(&self, conn_id: u64, state: WorkerState, services: Vec<String>) {
+        let found = match self.state.borrow().conns.get(&conn_id) {
+            Some(Conn {
+                principal,
+                peer: Peer::Worker { generation, .. },
+                ..
+            }) => Some((principal.clone(), *generation)),
+            _ => None,
+        };
+        if let Some((principal, generation)) = found {
+            self.report_state(&principal, generation, state, services);
+        }
+    }
+
+    fn report_state(
+        &self,
+        who: &Principal,
+        generation: u64,
+        state: WorkerState,
+        services: Vec<String>,
+    ) {
         let at_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         self.source.report(WorkerStateReport {
-            team: team.to_string(),
-            identity: identity.to_string(),
+            team: who.team.clone(),
+            identity: who.identity.clone(),
             state,
             at_unix_ms,
+            generation,
+            services,
         });
+    }
+
+    /// Closes every connection whose credential the configuration no longer admits (a
+    /// removed member, a deleted user, team or worker, a regenerated token): called when the
+    /// revision moves.
+    pub(super) fn recheck_credentials(&self) {
+        let refused: Vec<(u64, String)> = self
+            .state
+            .borrow()
+            .conns
+            .iter()
+            .filter_map(|(&id, c)| {
+                self.source
+                    .admits(&c.principal)
+                    .err()
+                    .map(|r| (id, r.message))
+            })
+            .collect();
+        for (conn_id, why) in refused {
+            self.close_later_why(conn_id, ErrorKind::Revoked, why);
+        }
+    }
+
+    /// Closes the connections whose token expired (checked once a second).
+    pub(super) fn expire_credentials(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let expired: Vec<u64> = self
+            .state
+            .borrow()
+            .conns
+            .iter()
+            .filter(|(_, c)| c.principal.expires_at().is_some_and(|exp| exp <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for conn_id in expired {
+            self.close_later_why(
+                conn_id,
+                ErrorKind::Revoked,
+                "the token expired; log in again".into(),
+            );
+        }
     }
 }
 

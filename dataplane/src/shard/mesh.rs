@@ -66,7 +66,9 @@ pub(crate) struct Unsettled {
     backlogged: Vec<usize>,
     /// Connections to cut (a slow client, a superseded worker), with the reason they are
     /// told; cut before anything waits, outside the handling that found them.
-    pub(super) to_cut: Vec<(u64, ErrorKind)>,
+    /// Connections to cut once the frame is handled: id, why (the kind), and a message
+    /// (empty: the kind's own).
+    pub(super) to_cut: Vec<(u64, ErrorKind, String)>,
 }
 
 /// The channels to the other shards, and the messages waiting for room in them.

@@ -162,10 +162,12 @@ impl Shard {
             let routing = self.source.routing();
             self.state.borrow_mut().registry.set_routing(routing);
             debug!(shard = self.idx, revision, "configuration reloaded");
+            self.recheck_credentials();
         }
         let n = self.n_ticks.get() + 1;
         self.n_ticks.set(n);
         if n.is_multiple_of(100) {
+            self.expire_credentials();
             let queued: usize = self
                 .state
                 .borrow()

@@ -7,11 +7,12 @@ use crate::conn::Outbox;
 use crate::registry::{Online, WorkerAt};
 use crate::request::WorkerEvent;
 use foldhash::HashSet;
+use proto::control::WorkerState;
 use proto::{ErrorKind, Frame, ProtoError};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Generations of worker connections, process-wide: every connection gets a higher one
 /// than any before it, so "the newest" means the same on every shard.
@@ -127,6 +128,20 @@ impl Shard {
             None => return false,
         };
         info!(shard = self.idx, identity = %principal.identity, ?services, "worker announced services");
+        {
+            let state = self.state.borrow();
+            for s in &services {
+                if state
+                    .registry
+                    .configured_elsewhere(&principal.team, s, &principal.identity)
+                {
+                    // Once per announcement: a worker announces once per connection.
+                    warn!(shard = self.idx, identity = %principal.identity, team = %principal.team, service = %s,
+                        "worker announced a configured service it is not bound to; ignored (bind it to the service to serve it)");
+                }
+            }
+        }
+        self.report_worker(conn_id, WorkerState::Online, services.clone());
         self.worker_online(conn_id, &principal, services);
         true
     }

@@ -35,6 +35,7 @@ fn mint(key: &[u8], team: &str, sub: &str, exp_offset: i64) -> String {
         .unwrap()
         .as_secs() as i64;
     let claims = Claims {
+        uid: 1,
         sub: sub.into(),
         team: team.into(),
         role: "admin".into(),

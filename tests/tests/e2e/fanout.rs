@@ -7,7 +7,10 @@ use tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_echo_to_200_workers() -> Result<()> {
     const N: usize = 200;
-    let broker = Broker::start("[broker.services.all]\nalgorithm = \"mirror\"\n", 2)?;
+    let broker = Broker::start(
+        "[broker.services.all]\nalgorithm = \"mirror\"\nannounced = true\n",
+        2,
+    )?;
     let plugins = Plugins::core()?;
     // 200 worker connections from this process (the worker library, as `triggerfs worker`
     // runs it); each announces `all`.
@@ -76,7 +79,7 @@ async fn brokers_serve_with_and_without_spinning() -> Result<()> {
     for spin in ["0s", "300us"] {
         let broker = Broker::start_with(
             "127.0.0.1:0",
-            "[broker.services.all]\nalgorithm = \"mirror\"\n",
+            "[broker.services.all]\nalgorithm = \"mirror\"\nannounced = true\n",
             3,
             &["--spin", spin],
         )?;

@@ -161,10 +161,7 @@ fn block_until(cond: impl Fn() -> bool, what: &str) {
 }
 
 fn principal(identity: &str) -> Principal {
-    Principal {
-        team: crate::config::DEFAULT_TEAM.into(),
-        identity: identity.into(),
-    }
+    Principal::trusted(crate::config::DEFAULT_TEAM, identity)
 }
 
 fn request(id: u64, service: &str, wait: bool) -> Frame {

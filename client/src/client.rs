@@ -507,7 +507,7 @@ async fn read_loop(
                 message,
             } => {
                 tracing::warn!(%kind, %message, "the broker closed the connection");
-                if kind == ErrorKind::SlowConsumer {
+                if matches!(kind, ErrorKind::SlowConsumer | ErrorKind::Revoked) {
                     // The broker ended every request of this connection: each ends with
                     // that error (the others, after a bad frame, end as Disconnected).
                     let senders: Vec<_> = lock(&pending).senders.drain().collect();

@@ -387,7 +387,68 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// `triggerfs control` with a fresh data dir (SQLite) or the given database URL.
+/// The store a control plane runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    /// SQLite in the data dir (the default).
+    Sqlite,
+    /// A PostgreSQL database of its own on 127.0.0.1:5432 (`scripts/test` starts it).
+    Postgres,
+}
+
+/// A PostgreSQL database made for one test with `psql`, dropped with it.
+pub struct PgDb {
+    /// Its name.
+    pub name: String,
+}
+
+fn psql(sql: &str) -> Result<()> {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-qc",
+            sql,
+        ])
+        .output()
+        .context("psql (PostgreSQL client) is needed for the PostgreSQL tests")?;
+    if !out.status.success() {
+        bail!("psql `{sql}`: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+impl PgDb {
+    /// Creates a database with a fresh name.
+    pub fn create() -> Result<PgDb> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let name = format!("tfs_e2e_{}_{nanos}", std::process::id());
+        psql(&format!("CREATE DATABASE {name}"))?;
+        Ok(PgDb { name })
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// `triggerfs control` with a fresh data dir (SQLite) or a fresh PostgreSQL database.
 pub struct Control {
     /// The process.
     pub proc: Proc,
@@ -397,24 +458,37 @@ pub struct Control {
     pub admin: (String, String, String),
     /// The data dir (JWT key, broker token).
     pub data: tempfile::TempDir,
+    /// The PostgreSQL database, when it runs on one (dropped after the process).
+    pub pg: Option<PgDb>,
 }
 
 impl Control {
-    /// Starts the control plane; its gateway sends through `broker`.
+    /// Starts the control plane on SQLite; its gateway sends through `broker`.
     pub fn start(broker: &str) -> Result<Control> {
+        Control::start_on(broker, Db::Sqlite)
+    }
+
+    /// Starts the control plane on `db`; its gateway sends through `broker`.
+    pub fn start_on(broker: &str, db: Db) -> Result<Control> {
         let data = tempfile::tempdir()?;
-        let (proc, mut stdout) = Proc::spawn(
+        let pg = match db {
+            Db::Sqlite => None,
+            Db::Postgres => Some(PgDb::create()?),
+        };
+        let url = pg.as_ref().map(PgDb::url);
+        let mut args = vec![
             "control",
-            &[
-                "control",
-                "--data",
-                data.path().to_str().unwrap(),
-                "--api-listen",
-                "127.0.0.1:0",
-                "--broker",
-                broker,
-            ],
-        )?;
+            "--data",
+            data.path().to_str().unwrap(),
+            "--api-listen",
+            "127.0.0.1:0",
+            "--broker",
+            broker,
+        ];
+        if let Some(url) = &url {
+            args.extend(["--database-url", url.as_str()]);
+        }
+        let (proc, mut stdout) = Proc::spawn("control", &args)?;
         let (lines, addr) = read_until_listening(&proc, &mut stdout)?;
         let created = line_value(&lines, "created team `")
             .with_context(|| format!("no admin line in {lines:?}"))?;
@@ -427,6 +501,7 @@ impl Control {
             url: format!("http://{addr}"),
             admin: (team, identity, secret),
             data,
+            pg,
         })
     }
 
@@ -434,18 +509,20 @@ impl Control {
     pub fn restart(mut self, broker: &str) -> Result<Control> {
         self.proc.kill();
         let listen = self.url.trim_start_matches("http://").to_string();
-        let (proc, mut stdout) = Proc::spawn(
+        let url = self.pg.as_ref().map(PgDb::url);
+        let mut args = vec![
             "control",
-            &[
-                "control",
-                "--data",
-                self.data.path().to_str().unwrap(),
-                "--api-listen",
-                &listen,
-                "--broker",
-                broker,
-            ],
-        )?;
+            "--data",
+            self.data.path().to_str().unwrap(),
+            "--api-listen",
+            &listen,
+            "--broker",
+            broker,
+        ];
+        if let Some(url) = &url {
+            args.extend(["--database-url", url.as_str()]);
+        }
+        let (proc, mut stdout) = Proc::spawn("control", &args)?;
         read_until_listening(&proc, &mut stdout)?;
         self.proc = proc;
         Ok(self)

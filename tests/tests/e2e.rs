@@ -10,4 +10,5 @@ mod e2e {
     pub mod failures;
     pub mod fanout;
     pub mod http_limits;
+    pub mod trust;
 }

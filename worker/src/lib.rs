@@ -12,7 +12,8 @@
 //! input makes it panic (a bad frame ends the session and it reconnects); when a session
 //! ends, every plugin it started is stopped (SIGTERM, 2 s, SIGKILL to its process group).
 
-pub mod lines;
+pub mod leftovers;
+mod lines;
 pub mod runner;
 mod session;
 
@@ -144,11 +145,21 @@ pub async fn run(
         warn!("max_concurrency 0 means nothing could run; using 1");
     }
     let reconnect_max = config.reconnect_max.max(Duration::from_millis(10));
+    // Plugins an earlier run of this worker left behind (it was SIGKILLed) go first.
+    let instance = leftovers::instance(&config.team, &config.identity, &config.pluginspath);
+    let marked = instance.clone();
+    let reaped = tokio::task::spawn_blocking(move || leftovers::reap(&marked))
+        .await
+        .unwrap_or(0);
+    if reaped > 0 {
+        warn!(identity = %config.identity, n = reaped, "killed plugin processes left running by an earlier run of this worker");
+    }
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let shared = session::Shared {
         runner: Arc::new(runner::RunnerConfig {
             pluginspath: config.pluginspath.clone(),
             identity: config.identity.clone(),
+            instance,
         }),
         slots: Arc::new(Semaphore::new(max_concurrency)),
         alive: alive_tx,

@@ -54,6 +54,8 @@ pub struct RunnerConfig {
     pub pluginspath: PathBuf,
     /// The worker identity, handed to plugins.
     pub identity: String,
+    /// Marks every plugin process of this worker (see [`crate::leftovers`]).
+    pub instance: String,
 }
 
 /// A plugin that passed every check: the file to execute and how to present it.
@@ -306,6 +308,7 @@ fn spawn_command(
         .env("TRIGGERFS_SERVICE", &dispatch.service)
         .env("TRIGGERFS_PLUGIN", &dispatch.plugin)
         .env("TRIGGERFS_WORKER", &runner.identity)
+        .env(crate::leftovers::INSTANCE_ENV, &runner.instance)
         .env("TRIGGERFS_TIMEOUT_MS", dispatch.timeout_ms.to_string());
     for arg in &dispatch.args {
         // A NUL cannot be in the environment; the plugin still sees the argument on stdin.

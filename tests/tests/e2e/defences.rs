@@ -473,3 +473,62 @@ async fn plugins_die_with_a_killed_worker() -> Result<()> {
     }
     gone
 }
+
+/// Finding 8: a plugin's background child outlives a SIGKILLed worker (only the group's
+/// leader has `PR_SET_PDEATHSIG`), and the worker's restart kills that group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_kills_the_plugins_its_killed_run_left() -> Result<()> {
+    let marker = "303.1415";
+    let broker = Broker::start("", 1)?;
+    let plugins = Plugins::core()?;
+    // The leader waits on a background child of its group, as `sh -c "job &"` leaves one.
+    plugins.add_script("bg", &format!("sleep {marker} &\nwait"))?;
+    let mut worker = start_worker(broker.addr, "wr", &plugins, &[])?;
+    wait_for_workers(broker.addr, &["wr"]).await?;
+    let c = connect(broker.addr).await?;
+    let spec = client::RequestSpec {
+        service: "wr".into(),
+        plugin: "bg".into(),
+        timeout: Some(Duration::from_secs(600)),
+        wait: true,
+        ..client::RequestSpec::default()
+    };
+    let _handle = c.request(spec).await?;
+    wait_until(
+        Duration::from_secs(10),
+        "the plugin's child to run",
+        || async { !pids_running(marker).is_empty() },
+    )
+    .await?;
+    worker.kill();
+    // The leader is gone at once; the child is not (nothing is left to stop its group).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let orphans = pids_running(marker);
+    let restarted = start_worker(broker.addr, "wr", &plugins, &[]);
+    let gone = wait_until(
+        Duration::from_secs(10),
+        "the orphaned child to die",
+        || async { pids_running(marker).is_empty() },
+    )
+    .await;
+    for pid in pids_running(marker) {
+        // SAFETY: kill(2) on a pid this test's plugin started; no memory is involved.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    let restarted = restarted?;
+    assert!(
+        !orphans.is_empty(),
+        "the child died with the worker already: nothing to test"
+    );
+    gone.with_context(|| restarted.stderr())?;
+    assert!(
+        restarted
+            .stderr()
+            .contains("left running by an earlier run"),
+        "{}",
+        restarted.stderr()
+    );
+    Ok(())
+}

@@ -78,6 +78,7 @@ fn start(root: &Path, d: Dispatch, slots: Arc<Semaphore>) -> Run {
     let runner = Arc::new(RunnerConfig {
         pluginspath: root.to_path_buf(),
         identity: "w1".into(),
+        instance: "t/w1@test".into(),
     });
     let (out, frames) = mpsc::channel(256);
     let (stop_tx, stop_rx) = oneshot::channel();

@@ -1,7 +1,8 @@
 //! The `triggerfs` binary: parses arguments and calls the library crates.
 //!
-//! When started under the name of a core plugin (`<pluginspath>/command/command` is a copy
-//! of this binary, laid out by `triggerfs plugins install`), it runs that plugin instead.
+//! When started under the name of a core plugin (`<pluginspath>/command/command` a copy of
+//! this binary, as `triggerfs plugins install` used to lay them out), it runs that plugin
+//! instead; the worker now serves core plugins itself.
 
 mod client_cmd;
 mod metrics_http;
@@ -187,9 +188,10 @@ struct WorkerArgs {
     /// Plugins running at once; further requests wait for a slot.
     #[arg(long, env = "TRIGGERFS_MAX_CONCURRENCY", default_value_t = 64)]
     max_concurrency: usize,
-    /// Run plugin `echo` as a real executable instead of answering in-process.
-    #[arg(long)]
-    no_builtin_echo: bool,
+    /// The shell that runs the core plugin `command` (`sh -c`, or e.g. `bash` for bash
+    /// syntax); default: [workers] shell, else `sh`.
+    #[arg(long, env = "TRIGGERFS_SHELL")]
+    shell: Option<String>,
 }
 
 fn main() {
@@ -317,8 +319,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::BenchChild(args) => bench::run_child(args),
         Command::Plugins { command } => match command {
             PluginsCommand::Install { dir } => {
-                let exe = std::env::current_exe().context("cannot find this executable")?;
-                for path in plugins::install(&dir, &exe)? {
+                for path in plugins::install(&dir)? {
                     println!("installed {}", path.display());
                 }
                 Ok(0)
@@ -451,7 +452,10 @@ fn worker_config(args: WorkerArgs, settings: &Settings) -> Result<worker::Worker
         pluginspath,
         services: args.services,
         max_concurrency: args.max_concurrency,
-        builtin_echo: !args.no_builtin_echo,
+        shell: args
+            .shell
+            .or_else(|| settings.shell.clone())
+            .unwrap_or_else(|| worker::DEFAULT_SHELL.into()),
         reconnect_max: Duration::from_secs(1),
     })
 }

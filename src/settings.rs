@@ -30,6 +30,8 @@ pub struct Settings {
     pub secret: Option<String>,
     /// `[workers] pluginspath`.
     pub pluginspath: Option<PathBuf>,
+    /// `[workers] shell`: what runs the core plugin `command` (`sh` when absent).
+    pub shell: Option<String>,
     /// `[workers.<team>.<identity>] token`, keyed by (team, identity).
     pub worker_tokens: BTreeMap<(String, String), String>,
     /// The raw text, for sections other crates parse themselves (`[broker]`).
@@ -59,6 +61,7 @@ struct Main {
 #[derive(Debug, Default)]
 struct Workers {
     pluginspath: Option<PathBuf>,
+    shell: Option<String>,
     teams: BTreeMap<String, BTreeMap<String, WorkerEntry>>,
 }
 
@@ -77,6 +80,8 @@ impl<'de> Deserialize<'de> for Workers {
                 while let Some(key) = map.next_key::<String>()? {
                     if key == "pluginspath" {
                         workers.pluginspath = Some(map.next_value()?);
+                    } else if key == "shell" {
+                        workers.shell = Some(map.next_value()?);
                     } else {
                         workers.teams.insert(key, map.next_value()?);
                     }
@@ -135,6 +140,7 @@ impl Settings {
             identity: main.identity,
             secret: main.secret,
             pluginspath: workers.pluginspath,
+            shell: workers.shell,
             worker_tokens,
             text: text.to_string(),
         })
@@ -168,6 +174,7 @@ mod tests {
             broker = "tcp://127.0.0.1:5555"
             [workers]
             pluginspath = "/opt/plugins"
+            shell = "bash"
             [workers.team1.demo01]
             token = "9b1bd278-e645-4eec-bffb-0587ad84534e"
             "#,
@@ -178,6 +185,7 @@ mod tests {
         assert_eq!(s.identity.as_deref(), Some("hp"));
         assert_eq!(s.secret.as_deref(), Some("password"));
         assert_eq!(s.pluginspath, Some(PathBuf::from("/opt/plugins")));
+        assert_eq!(s.shell.as_deref(), Some("bash"));
         assert_eq!(
             s.worker_credentials(None, "demo01"),
             Some((

@@ -202,8 +202,7 @@ async fn local_worker(
     })?;
     let token = provision_local_worker(api_addr, &login.main).await?;
     let pluginspath = opts.data.join("plugins");
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    plugins::install(&pluginspath, &exe)?;
+    plugins::install(&pluginspath)?;
     println!(
         "local worker `local` serves service `demo` with plugins in {}",
         pluginspath.display()
@@ -216,7 +215,7 @@ async fn local_worker(
         pluginspath,
         services: vec![],
         max_concurrency: 64,
-        builtin_echo: true,
+        shell: worker::DEFAULT_SHELL.into(),
         reconnect_max: Duration::from_secs(1),
     })
 }

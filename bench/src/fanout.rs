@@ -176,8 +176,13 @@ pub(crate) async fn measure(args: &FanoutArgs, notes: &mut Notes) -> anyhow::Res
     };
     // With --broker the user started the workers.
     let workers = match broker {
-        Some(_) => Workers::start(&addr, "fan-w", n, std::slice::from_ref(&service)),
-        None => Workers::default(),
+        Some(_) => Some(Workers::start(
+            &addr,
+            "fan-w",
+            n,
+            std::slice::from_ref(&service),
+        )?),
+        None => None,
     };
     let outcome = async {
         let client = triggerfs::connect(&addr).await?;
@@ -185,7 +190,9 @@ pub(crate) async fn measure(args: &FanoutArgs, notes: &mut Notes) -> anyhow::Res
         anyhow::Ok(rounds(&client, &service, n, args, notes).await)
     }
     .await;
-    workers.stop().await;
+    if let Some(workers) = workers {
+        workers.stop().await;
+    }
     drop(broker);
     report.systems.push(outcome?);
     Ok(report)
@@ -234,7 +241,7 @@ async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
         }
     };
     let rss_before = rss_kib(&pid);
-    let workers = Workers::start(&addr, "idle-w", n, std::slice::from_ref(&service));
+    let workers = Workers::start(&addr, "idle-w", n, std::slice::from_ref(&service))?;
     let outcome = async {
         let client = triggerfs::connect(&addr).await?;
         wait_online(&client, &service, n).await?;

@@ -236,6 +236,9 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
             )
         })?;
     let mut procs = vec![broker];
+    // The core plugin `echo`, which the worker serves itself (a build from before the worker
+    // served core plugins answered `echo` in-process and ignores this).
+    write_echo_manifest(dir.path())?;
     let plugins = dir.path().display().to_string();
     for i in 0..setup.workers {
         let identity = format!("{}{i}", setup.prefix);
@@ -249,7 +252,6 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
             &addr,
             "--service",
             setup.service,
-            // Never used: `echo` is answered by the worker itself.
             "--pluginspath",
             &plugins,
             "--max-concurrency",
@@ -265,4 +267,12 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
         procs,
         _dir: dir,
     })
+}
+
+/// Lays out the core plugin `echo` under `dir` (`echo/plugin.toml`).
+pub(crate) fn write_echo_manifest(dir: &std::path::Path) -> anyhow::Result<()> {
+    let echo = dir.join("echo");
+    std::fs::create_dir_all(&echo).context("cannot create the echo plugin's directory")?;
+    std::fs::write(echo.join("plugin.toml"), "core = \"echo\"\n")
+        .context("cannot write the echo plugin's manifest")
 }

@@ -1,6 +1,6 @@
 //! triggerFS under test, from the client's side: the load process's caller, which sends
 //! requests through the `client` library like any user would, and the in-process workers of
-//! `bench fanout` (answering plugin `echo` themselves, `builtin_echo`). The broker and the
+//! `bench fanout` (serving the core plugin `echo` inside the worker). The broker and the
 //! load's workers are `triggerfs broker` / `triggerfs worker` processes (`proc.rs`).
 
 use crate::load::Caller;
@@ -19,28 +19,39 @@ use tokio::task::JoinHandle;
 const TEAM: &str = "default";
 
 /// In-process workers and their shutdown signals.
-#[derive(Default)]
 pub(crate) struct Workers {
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Their plugins path: the core plugin `echo` alone.
+    plugins: tempfile::TempDir,
 }
 
 impl Workers {
     /// Starts `n` workers named `<prefix><i>` announcing `services`, all answering `echo`
     /// in-process.
-    pub(crate) fn start(addr: &str, prefix: &str, n: usize, services: &[String]) -> Workers {
-        let mut workers = Workers::default();
+    pub(crate) fn start(
+        addr: &str,
+        prefix: &str,
+        n: usize,
+        services: &[String],
+    ) -> anyhow::Result<Workers> {
+        let plugins = tempfile::tempdir().context("cannot create a plugins directory")?;
+        crate::proc::write_echo_manifest(plugins.path())?;
+        let mut workers = Workers {
+            stops: Vec::new(),
+            tasks: Vec::new(),
+            plugins,
+        };
         for i in 0..n {
             let config = worker::WorkerConfig {
                 broker: addr.to_string(),
                 team: TEAM.to_string(),
                 identity: format!("{prefix}{i}"),
                 token: String::new(),
-                // Never used: `echo` is answered in-process.
-                pluginspath: std::env::temp_dir(),
+                pluginspath: workers.plugins.path().to_path_buf(),
                 services: services.to_vec(),
                 max_concurrency: 1024,
-                builtin_echo: true,
+                shell: worker::DEFAULT_SHELL.into(),
                 reconnect_max: Duration::from_millis(500),
             };
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -54,7 +65,7 @@ impl Workers {
                 }
             }));
         }
-        workers
+        Ok(workers)
     }
 
     /// Stops every worker and waits for them.

@@ -1,12 +1,14 @@
 //! Lays the core plugins out under a plugins path.
 //!
-//! Each core plugin becomes `<dir>/<name>/<name>`, a copy of the `triggerfs` binary that
-//! dispatches on its `argv[0]`. A copy, not a symlink: the worker refuses symlinks that leave
-//! its plugins path, and the binary usually lives outside it.
+//! Each core plugin becomes a directory `<dir>/<name>/` holding a `plugin.toml` that names it
+//! (`core = "<name>"`): the worker serves it itself, so nothing is copied (the binary used to
+//! be copied once per plugin, 600 MB for a debug build). An operator offers a subset by
+//! deleting the directories of the others. An existing manifest is replaced; anything else in
+//! the directory is left alone (an executable beside a `core` manifest is not used).
 
 use crate::core::CORE_PLUGINS;
+use crate::manifest::{CorePlugin, Manifest, MANIFEST};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Why the core plugins could not be installed.
@@ -20,23 +22,30 @@ pub enum InstallError {
         /// The cause.
         source: std::io::Error,
     },
-    /// Copying the binary failed.
-    #[error("cannot copy {from} to {to}: {source}")]
-    Copy {
-        /// The binary.
-        from: PathBuf,
-        /// The destination.
-        to: PathBuf,
+    /// Writing a manifest failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The manifest.
+        path: PathBuf,
         /// The cause.
         source: std::io::Error,
     },
 }
 
-/// Installs every core plugin under `dir` as a copy of `exe` (mode 0755); returns the paths.
+fn core_plugin(name: &str) -> CorePlugin {
+    match name {
+        "echo" => CorePlugin::Echo,
+        "command" => CorePlugin::Command,
+        "file" => CorePlugin::File,
+        _ => CorePlugin::Append,
+    }
+}
+
+/// Installs every core plugin under `dir` as a manifest; returns the manifests' paths.
 ///
-/// Each copy is written beside its destination and renamed over it, so re-installing while a
-/// plugin runs neither fails with "text file busy" nor leaves a half-written binary.
-pub fn install(dir: &Path, exe: &Path) -> Result<Vec<PathBuf>, InstallError> {
+/// Each manifest is written beside its destination and renamed over it, so a worker never
+/// reads a half-written one.
+pub fn install(dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
     let mut installed = Vec::with_capacity(CORE_PLUGINS.len());
     for name in CORE_PLUGINS {
         let plugin_dir = dir.join(name);
@@ -44,19 +53,16 @@ pub fn install(dir: &Path, exe: &Path) -> Result<Vec<PathBuf>, InstallError> {
             path: plugin_dir.clone(),
             source,
         })?;
-        let target = plugin_dir.join(name);
-        let staging = plugin_dir.join(format!(".{name}.installing"));
-        let copy_err = |source| InstallError::Copy {
-            from: exe.to_path_buf(),
-            to: target.clone(),
-            source,
-        };
-        let result = fs::copy(exe, &staging)
-            .and_then(|_| fs::set_permissions(&staging, fs::Permissions::from_mode(0o755)))
+        let target = plugin_dir.join(MANIFEST);
+        let staging = plugin_dir.join(format!(".{MANIFEST}.installing"));
+        let result = fs::write(&staging, Manifest::text_for(core_plugin(name)))
             .and_then(|()| fs::rename(&staging, &target));
         if let Err(source) = result {
             let _ = fs::remove_file(&staging);
-            return Err(copy_err(source));
+            return Err(InstallError::Write {
+                path: target,
+                source,
+            });
         }
         installed.push(target);
     }
@@ -69,31 +75,35 @@ mod tests {
     use crate::core::tests::TempDir;
 
     #[test]
-    fn copies_every_core_plugin_executable() {
+    fn writes_a_manifest_per_core_plugin_and_no_binary() {
         let tmp = TempDir::new("install");
-        let exe = tmp.path().join("triggerfs");
-        fs::write(&exe, b"#!/bin/sh\necho fake\n").unwrap();
         let dir = tmp.path().join("plugins");
-        let paths = install(&dir, &exe).unwrap();
+        let paths = install(&dir).unwrap();
         assert_eq!(paths.len(), CORE_PLUGINS.len());
+        let mut total = 0;
         for name in CORE_PLUGINS {
-            let path = dir.join(name).join(name);
+            let path = dir.join(name).join(MANIFEST);
             assert!(paths.contains(&path));
-            let meta = fs::symlink_metadata(&path).unwrap();
-            assert!(meta.file_type().is_file(), "{path:?} is not a regular file");
-            assert_eq!(meta.permissions().mode() & 0o777, 0o755);
-            assert_eq!(fs::read(&path).unwrap(), b"#!/bin/sh\necho fake\n");
+            let manifest = Manifest::load(&dir.join(name)).unwrap().unwrap();
+            assert_eq!(manifest.core.map(CorePlugin::name), Some(*name));
+            for entry in fs::read_dir(dir.join(name)).unwrap() {
+                total += entry.unwrap().metadata().unwrap().len();
+            }
         }
-        // Installing again replaces the copies.
-        fs::write(&exe, b"v2").unwrap();
-        install(&dir, &exe).unwrap();
-        assert_eq!(fs::read(dir.join("echo/echo")).unwrap(), b"v2");
+        assert!(total < 4096, "{total} bytes installed");
+        // Installing again replaces the manifests.
+        fs::write(dir.join("echo").join(MANIFEST), "core = \"file\"").unwrap();
+        install(&dir).unwrap();
+        let echo = Manifest::load(&dir.join("echo")).unwrap().unwrap();
+        assert_eq!(echo.core, Some(CorePlugin::Echo));
     }
 
     #[test]
-    fn missing_exe_is_an_error() {
-        let tmp = TempDir::new("install-missing");
-        let err = install(tmp.path(), &tmp.path().join("nope")).unwrap_err();
-        assert!(matches!(err, InstallError::Copy { .. }), "{err}");
+    fn an_unwritable_dir_is_an_error() {
+        let tmp = TempDir::new("install-file");
+        let file = tmp.path().join("not-a-dir");
+        fs::write(&file, b"x").unwrap();
+        let err = install(&file).unwrap_err();
+        assert!(matches!(err, InstallError::CreateDir { .. }), "{err}");
     }
 }

@@ -5,16 +5,21 @@
 //!   serialises this same struct, so the two cannot drift apart.
 //! - [`core`]: the core plugins `echo`, `command`, `file` and `append` as plain functions over
 //!   a request and writers, plus [`run_core`], their stdin/stdout wrapper.
-//! - [`install`](mod@install): lays the core plugins out under a plugins path as copies of the
-//!   `triggerfs` binary, which dispatches on `argv[0]` ([`core_plugin_for_argv0`]).
+//! - [`manifest`]: `plugin.toml`, what a plugin directory declares (a core plugin served inside
+//!   the worker, `append`'s sync policy).
+//! - [`install`](mod@install): lays the core plugins out under a plugins path as manifests the
+//!   worker serves itself. (A copy of the `triggerfs` binary started under a core plugin's
+//!   name still runs it, [`core_plugin_for_argv0`].)
 //!
 //! This crate is not async and has no dependency on the protocol: a plugin is just a process
 //! that reads one JSON object and writes lines.
 
 pub mod core;
 pub mod install;
+pub mod manifest;
 pub mod request;
 
 pub use crate::core::{core_plugin_for_argv0, run_core, CORE_PLUGINS};
 pub use crate::install::{install, InstallError};
+pub use crate::manifest::{CorePlugin, Manifest, ManifestError, SyncPolicy};
 pub use crate::request::{PluginError, PluginRequest};

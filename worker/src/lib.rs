@@ -12,6 +12,7 @@
 //! input makes it panic (a bad frame ends the session and it reconnects); when a session
 //! ends, every plugin it started is stopped (SIGTERM, 2 s, SIGKILL to its process group).
 
+mod core;
 pub mod leftovers;
 mod lines;
 pub mod runner;
@@ -23,6 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, info, warn};
+
+/// The shell that runs the core plugin `command` unless the worker is told otherwise.
+pub const DEFAULT_SHELL: &str = "sh";
 
 /// First reconnect delay; doubled after each failed attempt up to
 /// [`WorkerConfig::reconnect_max`].
@@ -52,8 +56,8 @@ pub struct WorkerConfig {
     pub services: Vec<String>,
     /// Plugins running at once; further dispatches wait for a slot before `Accepted`.
     pub max_concurrency: usize,
-    /// Answer plugin `echo` in-process (for benchmarks).
-    pub builtin_echo: bool,
+    /// The shell that runs the core plugin `command` (`<shell> -c <command line>`).
+    pub shell: String,
     /// Cap of the exponential reconnect backoff.
     pub reconnect_max: Duration,
 }
@@ -160,6 +164,8 @@ pub async fn run(
             pluginspath: config.pluginspath.clone(),
             identity: config.identity.clone(),
             instance,
+            shell: config.shell.clone(),
+            core: Default::default(),
         }),
         slots: Arc::new(Semaphore::new(max_concurrency)),
         alive: alive_tx,

@@ -11,8 +11,10 @@
 //! [`DRAIN_AFTER_EXIT`], then whatever is left of its group is killed: a background child
 //! holding a pipe neither keeps the dispatch open nor outlives it.
 
+use crate::core::Lookup;
 use crate::lines::{LineReader, MAX_LINE};
 use crate::WorkerError;
+use plugins::CorePlugin;
 use proto::{Dispatch, ErrorKind, Frame, Stream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -48,7 +50,7 @@ pub enum Stop {
 }
 
 /// What the runner needs from the worker's configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RunnerConfig {
     /// Where plugins live.
     pub pluginspath: PathBuf,
@@ -56,6 +58,10 @@ pub struct RunnerConfig {
     pub identity: String,
     /// Marks every plugin process of this worker (see [`crate::leftovers`]).
     pub instance: String,
+    /// The shell that runs the core plugin `command`.
+    pub shell: String,
+    /// The core plugins' manifests and `append` writers.
+    pub core: crate::core::CoreState,
 }
 
 /// A plugin that passed every check: the file to execute and how to present it.
@@ -192,6 +198,50 @@ pub async fn serve_dispatch(
     // client waits.
     let deadline = (dispatch.timeout_ms > 0)
         .then(|| Instant::now() + Duration::from_millis(dispatch.timeout_ms));
+    // Core plugins the worker serves itself: `echo`, `file`, `append` take no slot (no
+    // process); `command` takes one like any plugin process.
+    let core = match runner.core.lookup(&runner.pluginspath, &dispatch.plugin) {
+        Lookup::NotCore => None,
+        Lookup::Invalid(reason) => {
+            let message = format!("plugin `{}` cannot be used: {reason}", dispatch.plugin);
+            let _ = out.send(failed(id, ErrorKind::PluginFailed, message)).await;
+            return;
+        }
+        Lookup::Core(CorePlugin::Command, _) => Some(CorePlugin::Command),
+        Lookup::Core(core, manifest) => {
+            let frames = match core {
+                CorePlugin::Echo => crate::core::echo(&dispatch),
+                CorePlugin::File => crate::core::file(&dispatch).await,
+                _ => {
+                    let appended = crate::core::append(&runner.core, manifest.sync, &dispatch);
+                    tokio::select! {
+                        frames = appended => frames,
+                        // The line may still be written: it was handed to the file's writer.
+                        stopped = &mut stop => {
+                            if stopped == Ok(Stop::Cancel) {
+                                let _ = out.send(failed(id, ErrorKind::Cancelled, "cancelled")).await;
+                            }
+                            return;
+                        }
+                        () = until(deadline) => vec![failed(id, ErrorKind::Timeout, "the append did not finish within the timeout")],
+                    }
+                }
+            };
+            for frame in frames {
+                // Room in the queue is the usual case: no future, no semaphore wait.
+                match out.try_send(frame) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(frame)) => {
+                        if out.send(frame).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+            return;
+        }
+    };
     let _permit = tokio::select! {
         permit = slots.acquire_owned() => match permit {
             Ok(permit) => permit,
@@ -209,6 +259,10 @@ pub async fn serve_dispatch(
             return;
         }
     };
+    if core == Some(CorePlugin::Command) {
+        run_shell(&runner, &dispatch, deadline, stop, &out).await;
+        return;
+    }
     let plugin = match resolve_plugin(&runner.pluginspath, &dispatch.plugin) {
         Ok(plugin) => plugin,
         Err(e) => {
@@ -280,7 +334,20 @@ fn spawn_command(
     plugin: &ResolvedPlugin,
     dispatch: &Dispatch,
 ) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(&plugin.path);
+    let mut cmd = plugin_command(runner, &plugin.path, &plugin.dir, dispatch);
+    cmd.arg0(&plugin.argv0);
+    cmd
+}
+
+/// A plugin process: `program` in `dir`, its own process group whose leader dies with the
+/// worker, piped stdio, and the request's environment.
+fn plugin_command(
+    runner: &RunnerConfig,
+    program: &Path,
+    dir: &Path,
+    dispatch: &Dispatch,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
     let worker_pid = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec and calls only prctl(2),
     // getppid(2) and errno reads, which are async-signal-safe; it allocates nothing.
@@ -298,8 +365,7 @@ fn spawn_command(
             Ok(())
         });
     }
-    cmd.arg0(&plugin.argv0)
-        .current_dir(&plugin.dir)
+    cmd.current_dir(dir)
         .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -357,21 +423,82 @@ async fn read_pipe(
     }
 }
 
+/// The core plugin `command`: `<shell> -c <command line>` (with no command words, the payload
+/// is the script; with both, the payload is its stdin), started straight from the worker in
+/// the `command` plugin's directory.
+async fn run_shell(
+    runner: &RunnerConfig,
+    dispatch: &Dispatch,
+    deadline: Option<Instant>,
+    stop: oneshot::Receiver<Stop>,
+    out: &mpsc::Sender<Frame>,
+) {
+    let (script, stdin) = if dispatch.command.is_empty() {
+        (
+            String::from_utf8_lossy(&dispatch.payload).into_owned(),
+            Vec::new(),
+        )
+    } else {
+        (dispatch.command.join(" "), dispatch.payload.clone())
+    };
+    if script.trim().is_empty() {
+        let id = dispatch.id;
+        for frame in [
+            Frame::Accepted { id },
+            Frame::Output {
+                id,
+                seq: 0,
+                stream: Stream::Stderr,
+                data: b"command: nothing to run (no command words and no payload)".to_vec(),
+            },
+            Frame::Done { id, exit_code: 2 },
+        ] {
+            if out.send(frame).await.is_err() {
+                return;
+            }
+        }
+        return;
+    }
+    let dir = runner.pluginspath.join(&dispatch.plugin);
+    let mut cmd = plugin_command(runner, Path::new(&runner.shell), &dir, dispatch);
+    cmd.arg("-c").arg(&script);
+    let label = format!("{} -c", runner.shell);
+    run_process(cmd, stdin, &label, dispatch, deadline, stop, out).await;
+}
+
 /// Starts the plugin and follows it to the end.
 async fn run_plugin(
     runner: &RunnerConfig,
     plugin: &ResolvedPlugin,
     dispatch: &Dispatch,
     deadline: Option<Instant>,
+    stop: oneshot::Receiver<Stop>,
+    out: &mpsc::Sender<Frame>,
+) {
+    let cmd = spawn_command(runner, plugin, dispatch);
+    let mut request = serde_json::to_vec(&plugin_request(dispatch, &runner.identity))
+        .expect("a PluginRequest always serialises");
+    request.push(b'\n');
+    let label = plugin.path.display().to_string();
+    run_process(cmd, request, &label, dispatch, deadline, stop, out).await;
+}
+
+/// Starts `cmd` with `stdin` on its standard input and follows it to the end; `label` names
+/// it in the worker's log only.
+async fn run_process(
+    mut cmd: tokio::process::Command,
+    request: Vec<u8>,
+    label: &str,
+    dispatch: &Dispatch,
+    deadline: Option<Instant>,
     mut stop: oneshot::Receiver<Stop>,
     out: &mpsc::Sender<Frame>,
 ) {
     let id = dispatch.id;
-    let mut cmd = spawn_command(runner, plugin, dispatch);
     let mut child = match spawn_with_retry(&mut cmd).await {
         Ok(child) => child,
         Err(e) => {
-            warn!(id, plugin = %dispatch.plugin, path = %plugin.path.display(), error = %e, "cannot start plugin");
+            warn!(id, plugin = %dispatch.plugin, path = %label, error = %e, "cannot start plugin");
             // No path of this host in what the client sees.
             let message = format!(
                 "cannot start plugin `{}`: {}",
@@ -393,9 +520,6 @@ async fn run_plugin(
     let _group = GroupGuard(pgid);
     debug!(id, pid, plugin = %dispatch.plugin, "plugin started");
 
-    let mut request = serde_json::to_vec(&plugin_request(dispatch, &runner.identity))
-        .expect("a PluginRequest always serialises");
-    request.push(b'\n');
     let _stdin_task = child.stdin.take().map(|mut stdin| {
         AbortOnDropHandle::new(tokio::spawn(async move {
             // A plugin that exits without reading its stdin is not an error.

@@ -121,7 +121,7 @@ async fn serve_inner(
                 }
                 // Then every frame already buffered, without a pass through the select.
                 loop {
-                    handle_frame(config, shared, frame, &out_tx, &mut active).await?;
+                    handle_frame(shared, frame, &out_tx, &mut active).await?;
                     match checked(config, reader.try_frame())? {
                         Some(next) => frame = next,
                         None => break,
@@ -184,7 +184,6 @@ impl Active {
 }
 
 async fn handle_frame(
-    config: &WorkerConfig,
     shared: &Shared,
     frame: Frame,
     out: &mpsc::Sender<Frame>,
@@ -194,36 +193,6 @@ async fn handle_frame(
         Frame::Heartbeat => {}
         Frame::Dispatch(dispatch) => {
             let id = dispatch.id;
-            if config.builtin_echo && dispatch.plugin == "echo" {
-                let data = if dispatch.payload.is_empty() {
-                    dispatch.command.join(" ").into_bytes()
-                } else {
-                    dispatch.payload
-                };
-                for frame in [
-                    Frame::Accepted { id },
-                    Frame::Output {
-                        id,
-                        seq: 0,
-                        stream: proto::Stream::Stdout,
-                        data,
-                    },
-                    Frame::Done { id, exit_code: 0 },
-                ] {
-                    // Room in the queue is the usual case: no future, no semaphore wait.
-                    match out.try_send(frame) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(frame)) => out
-                            .send(frame)
-                            .await
-                            .map_err(|_| WorkerError::WriterStopped)?,
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            return Err(WorkerError::WriterStopped)
-                        }
-                    }
-                }
-                return Ok(());
-            }
             if active.is_running(id) {
                 warn!(id, "duplicate dispatch id from broker");
                 let frame = Frame::Failed {

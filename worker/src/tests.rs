@@ -106,7 +106,7 @@ fn config(addr: &str, pluginspath: &Path) -> WorkerConfig {
         pluginspath: pluginspath.to_path_buf(),
         services: vec!["svc-a".into(), "svc-b".into()],
         max_concurrency: 4,
-        builtin_echo: true,
+        shell: crate::DEFAULT_SHELL.into(),
         reconnect_max: Duration::from_millis(200),
     }
 }
@@ -152,6 +152,7 @@ async fn stop(
 #[tokio::test]
 async fn serves_dispatches_and_reconnects() {
     let tmp = TempDir::new("run");
+    plugins::install(tmp.path()).unwrap();
     write_plugin(
         tmp.path(),
         "greet/greet",
@@ -210,7 +211,7 @@ async fn serves_dispatches_and_reconnects() {
         ]
     );
 
-    // The in-process echo.
+    // The core plugin `echo`, served inside the worker.
     conn.send(dispatch(2, "echo")).await;
     assert_eq!(
         conn.until_end().await,
@@ -341,6 +342,7 @@ async fn heartbeats_and_silent_broker() {
 #[tokio::test]
 async fn malformed_frame_means_reconnect() {
     let tmp = TempDir::new("malformed");
+    plugins::install(tmp.path()).unwrap();
     let broker = FakeBroker::bind().await;
     let (stop_tx, task) = start(config(&broker.addr, tmp.path()));
     // Accept by hand, keeping a second handle on the socket for raw bytes.

@@ -24,7 +24,7 @@ async fn mirror_echo_to_200_workers() -> Result<()> {
             pluginspath: plugins.path().to_path_buf(),
             services: vec!["all".into()],
             max_concurrency: 4,
-            builtin_echo: true,
+            shell: worker::DEFAULT_SHELL.into(),
             reconnect_max: Duration::from_secs(1),
         };
         let mut stop = stop_rx.clone();

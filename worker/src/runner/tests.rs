@@ -79,6 +79,8 @@ fn start(root: &Path, d: Dispatch, slots: Arc<Semaphore>) -> Run {
         pluginspath: root.to_path_buf(),
         identity: "w1".into(),
         instance: "t/w1@test".into(),
+        shell: crate::DEFAULT_SHELL.into(),
+        core: Default::default(),
     });
     let (out, frames) = mpsc::channel(256);
     let (stop_tx, stop_rx) = oneshot::channel();

@@ -1,0 +1,548 @@
+//! The core plugins the worker serves itself: `echo`, `file` and `append` as tasks (no
+//! process), `command` as `<shell> -c` started straight from the worker (see
+//! [`crate::runner`]).
+//!
+//! A core plugin exists on a worker only where its directory does: `<pluginspath>/<name>/`
+//! with a `plugin.toml` naming it (`core = "append"`), as `triggerfs plugins install` lays them
+//! out. Manifests are read at most once a second per name (a cache), so a request costs no
+//! file read.
+//!
+//! `append` batches: the requests for one file that arrive together go out in one `write(2)`
+//! on a file opened with `O_APPEND` (reopened per batch, so a rotated log is followed), in the
+//! order they arrived, then are answered; the manifest's `sync` says when the data is flushed
+//! (`none`, `batch`: before answering, `interval:<d>`: at most once per interval).
+
+use crate::lines::MAX_LINE;
+use plugins::{CorePlugin, Manifest, SyncPolicy};
+use proto::{Dispatch, Frame, Stream};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::warn;
+
+/// How long a manifest read (or its absence) is trusted.
+const MANIFEST_TTL: Duration = Duration::from_secs(1);
+
+/// How long an idle file's appender task lives.
+const APPENDER_IDLE: Duration = Duration::from_secs(1);
+
+/// The most bytes one `append` batch writes at once.
+const MAX_BATCH: usize = 4 * 1024 * 1024;
+
+/// Exit codes as the process plugins use them: 2 for a request the plugin cannot serve, 1
+/// for a failure outside the request.
+const EXIT_USAGE: i32 = 2;
+const EXIT_FAILURE: i32 = 1;
+
+/// What the worker keeps for its core plugins.
+#[derive(Debug, Default)]
+pub struct CoreState {
+    manifests: Mutex<HashMap<String, (Instant, Lookup)>>,
+    appenders: Arc<Appenders>,
+}
+
+/// The core plugin behind a plugin name, if any.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Not a core plugin: run the executable.
+    NotCore,
+    /// A core plugin, with its manifest.
+    Core(CorePlugin, Manifest),
+    /// The directory has a manifest that cannot be used (the reason names no host path).
+    Invalid(String),
+}
+
+impl CoreState {
+    /// The core plugin `name` resolves to under `pluginspath`.
+    pub fn lookup(&self, pluginspath: &Path, name: &str) -> Lookup {
+        // `x/y` names an executable inside `x`; only `x` can be a core plugin's directory.
+        if name.contains('/') || proto::names::check_plugin(name).is_err() {
+            return Lookup::NotCore;
+        }
+        let now = Instant::now();
+        if let Some((at, found)) = lock(&self.manifests).get(name) {
+            if now.duration_since(*at) < MANIFEST_TTL {
+                return found.clone();
+            }
+        }
+        let found = read_manifest(pluginspath, name);
+        let mut cache = lock(&self.manifests);
+        // Bounded by the names that exist under the plugins path plus those tried within a
+        // second; stale entries go when the cache grows.
+        if cache.len() > 1024 {
+            cache.retain(|_, (at, _)| now.duration_since(*at) < MANIFEST_TTL);
+        }
+        cache.insert(name.to_string(), (now, found.clone()));
+        found
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_manifest(pluginspath: &Path, name: &str) -> Lookup {
+    let Ok(root) = pluginspath.canonicalize() else {
+        return Lookup::NotCore;
+    };
+    let Ok(dir) = root.join(name).canonicalize() else {
+        return Lookup::NotCore;
+    };
+    // A directory that resolves outside the plugins path is nobody's core plugin.
+    if !dir.starts_with(&root) || !dir.is_dir() {
+        return Lookup::NotCore;
+    }
+    match Manifest::load(&dir) {
+        Ok(Some(Manifest {
+            core: Some(core),
+            sync,
+        })) => Lookup::Core(
+            core,
+            Manifest {
+                core: Some(core),
+                sync,
+            },
+        ),
+        Ok(_) => Lookup::NotCore,
+        Err(e) => {
+            warn!(plugin = name, dir = %dir.display(), error = %e, "plugin manifest refused");
+            Lookup::Invalid(e.to_string())
+        }
+    }
+}
+
+/// Frames of one in-worker run, in order.
+struct Reply {
+    id: u64,
+    seq: u64,
+    frames: Vec<Frame>,
+}
+
+impl Reply {
+    fn new(id: u64) -> Reply {
+        Reply {
+            id,
+            seq: 0,
+            frames: vec![Frame::Accepted { id }],
+        }
+    }
+
+    /// Adds `data` as lines (a last line without `\n` too), each cut to [`MAX_LINE`], as a
+    /// plugin's output pipe would be read.
+    fn lines(&mut self, stream: Stream, data: &[u8]) {
+        let data = data.strip_suffix(b"\n").unwrap_or(data);
+        for line in data.split(|&b| b == b'\n') {
+            let mut rest = line;
+            loop {
+                let (chunk, tail) = rest.split_at(rest.len().min(MAX_LINE));
+                self.frames.push(Frame::Output {
+                    id: self.id,
+                    seq: self.seq,
+                    stream,
+                    data: chunk.to_vec(),
+                });
+                self.seq += 1;
+                if tail.is_empty() {
+                    break;
+                }
+                rest = tail;
+            }
+        }
+    }
+
+    fn done(mut self, exit_code: i32) -> Vec<Frame> {
+        self.frames.push(Frame::Done {
+            id: self.id,
+            exit_code,
+        });
+        self.frames
+    }
+}
+
+/// The payload, or the command line when the payload is empty, with a trailing newline.
+fn payload_or_command_line(dispatch: &Dispatch) -> Vec<u8> {
+    let mut data = if dispatch.payload.is_empty() {
+        dispatch.command.join(" ").into_bytes()
+    } else {
+        dispatch.payload.clone()
+    };
+    if data.last() != Some(&b'\n') {
+        data.push(b'\n');
+    }
+    data
+}
+
+/// The file named by arg `path` (or the original product's `filepath`).
+fn path_arg(dispatch: &Dispatch) -> Option<&str> {
+    ["path", "filepath"].iter().find_map(|name| {
+        dispatch
+            .args
+            .iter()
+            .find(|a| a.key == *name)
+            .map(|a| a.value.as_str())
+            .filter(|p| !p.is_empty())
+    })
+}
+
+/// `echo`: the payload (or the command line) as output lines.
+pub fn echo(dispatch: &Dispatch) -> Vec<Frame> {
+    let mut reply = Reply::new(dispatch.id);
+    if dispatch.payload.is_empty() {
+        reply.lines(Stream::Stdout, dispatch.command.join(" ").as_bytes());
+    } else {
+        reply.lines(Stream::Stdout, &dispatch.payload);
+    }
+    reply.done(0)
+}
+
+/// `file`: writes the payload (or the command line) with a trailing newline to the file in
+/// arg `path`, replacing its content.
+pub async fn file(dispatch: &Dispatch) -> Vec<Frame> {
+    let mut reply = Reply::new(dispatch.id);
+    let Some(path) = path_arg(dispatch).map(PathBuf::from) else {
+        reply.lines(
+            Stream::Stderr,
+            b"file: missing argument `path` (path=/some/file)",
+        );
+        return reply.done(EXIT_USAGE);
+    };
+    let data = payload_or_command_line(dispatch);
+    let written =
+        tokio::task::spawn_blocking(move || std::fs::write(&path, data).map_err(|e| (path, e)))
+            .await;
+    match written {
+        Ok(Ok(())) => {
+            reply.lines(Stream::Stdout, b"file has been written.");
+            reply.done(0)
+        }
+        Ok(Err((path, e))) => {
+            let text = format!("file: cannot write {}: {e}", path.display());
+            reply.lines(Stream::Stderr, text.as_bytes());
+            reply.done(EXIT_FAILURE)
+        }
+        Err(e) => {
+            let text = format!("file: the write did not finish: {e}");
+            reply.lines(Stream::Stderr, text.as_bytes());
+            reply.done(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `append`: appends the payload (or the command line), newline-terminated, to the file in
+/// arg `path`; prints nothing on success. Lines for one file are batched (module docs).
+pub async fn append(state: &CoreState, sync: SyncPolicy, dispatch: &Dispatch) -> Vec<Frame> {
+    let mut reply = Reply::new(dispatch.id);
+    let Some(path) = path_arg(dispatch).map(PathBuf::from) else {
+        reply.lines(
+            Stream::Stderr,
+            b"append: missing argument `path` (path=/some/file)",
+        );
+        return reply.done(EXIT_USAGE);
+    };
+    let data = payload_or_command_line(dispatch);
+    match state.appenders.append(path, sync, data).await {
+        Ok(()) => reply.done(0),
+        Err(text) => {
+            reply.lines(Stream::Stderr, format!("append: {text}").as_bytes());
+            reply.done(EXIT_FAILURE)
+        }
+    }
+}
+
+struct AppendJob {
+    data: Vec<u8>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// One task per file being appended to, fed through a channel.
+#[derive(Debug, Default)]
+struct Appenders {
+    files: Mutex<HashMap<PathBuf, mpsc::UnboundedSender<AppendJob>>>,
+}
+
+impl Appenders {
+    async fn append(
+        self: &Arc<Self>,
+        path: PathBuf,
+        sync: SyncPolicy,
+        data: Vec<u8>,
+    ) -> Result<(), String> {
+        let (done, answer) = oneshot::channel();
+        let mut job = AppendJob { data, done };
+        // A task that is exiting (idle) may have dropped its receiver: start another.
+        for _ in 0..3 {
+            let sender = {
+                let mut files = lock(&self.files);
+                files
+                    .entry(path.clone())
+                    .or_insert_with(|| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        tokio::spawn(append_loop(path.clone(), sync, rx, self.clone()));
+                        tx
+                    })
+                    .clone()
+            };
+            match sender.send(job) {
+                Ok(()) => {
+                    return answer
+                        .await
+                        .unwrap_or_else(|_| Err("the write did not finish".into()))
+                }
+                Err(mpsc::error::SendError(back)) => {
+                    job = back;
+                    let mut files = lock(&self.files);
+                    if files.get(&path).is_some_and(|s| s.same_channel(&sender)) {
+                        files.remove(&path);
+                    }
+                }
+            }
+        }
+        Err("the file's writer is not available".into())
+    }
+}
+
+/// Writes the batches for `path` until it has been idle for [`APPENDER_IDLE`].
+async fn append_loop(
+    path: PathBuf,
+    sync: SyncPolicy,
+    mut jobs: mpsc::UnboundedReceiver<AppendJob>,
+    appenders: Arc<Appenders>,
+) {
+    let mut last_sync = Instant::now();
+    let mut dirty = false;
+    loop {
+        let wait = match sync {
+            SyncPolicy::Interval(every) if dirty => every.saturating_sub(last_sync.elapsed()),
+            _ => APPENDER_IDLE,
+        };
+        let first = match tokio::time::timeout(wait, jobs.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(_elapsed) if dirty => {
+                let target = path.clone();
+                let _ = tokio::task::spawn_blocking(move || sync_file(&target)).await;
+                last_sync = Instant::now();
+                dirty = false;
+                continue;
+            }
+            Err(_elapsed) => {
+                // Leave only if nothing arrived meanwhile; senders look us up under this lock.
+                let mut files = lock(&appenders.files);
+                if jobs.is_empty() {
+                    files.remove(&path);
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        let mut bytes = batch[0].data.len();
+        while bytes < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    bytes += job.data.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut buf = Vec::with_capacity(bytes);
+        let mut done = Vec::with_capacity(batch.len());
+        for job in batch {
+            buf.extend_from_slice(&job.data);
+            done.push(job.done);
+        }
+        let sync_now = match sync {
+            SyncPolicy::None => false,
+            SyncPolicy::Batch => true,
+            SyncPolicy::Interval(every) => last_sync.elapsed() >= every,
+        };
+        let target = path.clone();
+        let result = tokio::task::spawn_blocking(move || write_batch(&target, &buf, sync_now))
+            .await
+            .unwrap_or_else(|e| Err(format!("the write did not finish: {e}")));
+        if sync_now {
+            last_sync = Instant::now();
+            dirty = false;
+        } else if result.is_ok() {
+            dirty = sync != SyncPolicy::None;
+        }
+        for tx in done {
+            let _ = tx.send(result.clone());
+        }
+    }
+}
+
+/// One `write(2)` of the whole batch to `path` opened with `O_APPEND` (a short write is
+/// finished with more), then `fdatasync` if `sync`.
+fn write_batch(path: &Path, buf: &[u8], sync: bool) -> Result<(), String> {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    file.write_all(buf)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if sync {
+        file.sync_data()
+            .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn sync_file(path: &Path) {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|f| f.sync_data())
+    {
+        warn!(path = %path.display(), error = %e, "append: cannot sync");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::Arg;
+
+    fn dispatch(id: u64, payload: &[u8], args: &[(&str, &str)]) -> Dispatch {
+        Dispatch {
+            id,
+            service: "s".into(),
+            plugin: "append".into(),
+            command: vec!["a".into(), "b".into()],
+            args: args
+                .iter()
+                .map(|(k, v)| Arg {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            payload: payload.to_vec(),
+            timeout_ms: 0,
+        }
+    }
+
+    fn outputs(frames: &[Frame]) -> Vec<(Stream, Vec<u8>)> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Output { stream, data, .. } => Some((*stream, data.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn exit(frames: &[Frame]) -> i32 {
+        match frames.last() {
+            Some(Frame::Done { exit_code, .. }) => *exit_code,
+            other => panic!("no Done: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn echo_prints_lines_like_a_pipe_would_be_read() {
+        let frames = echo(&dispatch(1, b"one\ntwo\n", &[]));
+        assert!(matches!(frames[0], Frame::Accepted { id: 1 }));
+        assert_eq!(
+            outputs(&frames),
+            [
+                (Stream::Stdout, b"one".to_vec()),
+                (Stream::Stdout, b"two".to_vec())
+            ]
+        );
+        assert_eq!(exit(&frames), 0);
+        assert_eq!(outputs(&echo(&dispatch(2, b"", &[])))[0].1, b"a b");
+        let long = vec![b'x'; MAX_LINE + 3];
+        let out = outputs(&echo(&dispatch(3, &long, &[])));
+        assert_eq!(
+            (out.len(), out[0].1.len(), out[1].1.len()),
+            (2, MAX_LINE, 3)
+        );
+    }
+
+    #[tokio::test]
+    async fn file_writes_and_reports_a_missing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let frames = file(&dispatch(1, b"hello", &[("path", path.to_str().unwrap())])).await;
+        assert_eq!(exit(&frames), 0);
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello\n");
+        let frames = file(&dispatch(2, b"x", &[])).await;
+        assert_eq!(exit(&frames), EXIT_USAGE);
+        assert_eq!(outputs(&frames)[0].0, Stream::Stderr);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_land_once_each_in_order_per_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let state = Arc::new(CoreState::default());
+        let p = path.to_str().unwrap().to_string();
+        let mut tasks = Vec::new();
+        for i in 0..2000u64 {
+            let state = state.clone();
+            let p = p.clone();
+            tasks.push(tokio::spawn(async move {
+                let d = dispatch(i, format!("line {i}").as_bytes(), &[("path", &p)]);
+                exit(&append(&state, SyncPolicy::Batch, &d).await)
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 0);
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2000);
+        lines.sort();
+        lines.dedup();
+        assert_eq!(lines.len(), 2000, "a line was written twice");
+        // The appender leaves when idle, and a later append starts another.
+        tokio::time::sleep(APPENDER_IDLE * 2).await;
+        assert!(lock(&state.appenders.files).is_empty());
+        let d = dispatch(9, b"later", &[("path", &p)]);
+        assert_eq!(
+            exit(&append(&state, SyncPolicy::Interval(Duration::from_millis(50)), &d).await),
+            0
+        );
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("later\n"));
+    }
+
+    #[tokio::test]
+    async fn append_to_an_unwritable_path_fails_the_request() {
+        let state = CoreState::default();
+        let d = dispatch(1, b"x", &[("path", "/proc/definitely/not/here")]);
+        let frames = append(&state, SyncPolicy::None, &d).await;
+        assert_eq!(exit(&frames), EXIT_FAILURE);
+        assert!(String::from_utf8_lossy(&outputs(&frames)[0].1).starts_with("append: cannot open"));
+    }
+
+    #[test]
+    fn lookup_finds_core_manifests_and_nothing_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        plugins::install(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("mine")).unwrap();
+        std::fs::create_dir(dir.path().join("bad")).unwrap();
+        std::fs::write(dir.path().join("bad/plugin.toml"), "core = \"rm\"").unwrap();
+        let state = CoreState::default();
+        assert!(matches!(
+            state.lookup(dir.path(), "append"),
+            Lookup::Core(CorePlugin::Append, _)
+        ));
+        assert!(matches!(state.lookup(dir.path(), "mine"), Lookup::NotCore));
+        assert!(matches!(state.lookup(dir.path(), "nope"), Lookup::NotCore));
+        assert!(matches!(
+            state.lookup(dir.path(), "echo/echo"),
+            Lookup::NotCore
+        ));
+        assert!(matches!(state.lookup(dir.path(), ".."), Lookup::NotCore));
+        match state.lookup(dir.path(), "bad") {
+            Lookup::Invalid(reason) => assert!(!reason.contains(dir.path().to_str().unwrap())),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -66,6 +66,12 @@ pub struct LoadChildArgs {
     /// triggerFS: services that must answer before the load process is ready (repeat).
     #[arg(long)]
     pub ready: Vec<String>,
+    /// triggerFS: what each request runs.
+    #[arg(long, default_value = "in-worker")]
+    pub kind: crate::PluginKind,
+    /// triggerFS, `--kind append`: the file the lines go to.
+    #[arg(long)]
+    pub append_file: Option<std::path::PathBuf>,
 }
 
 /// Runs one `bench-child` role; returns the exit status.
@@ -92,7 +98,15 @@ fn load_main(args: LoadChildArgs) -> anyhow::Result<i32> {
         let (name, addr, n) = (&args.name, &args.addr, args.connections);
         match args.system {
             System::Triggerfs => {
-                let caller = crate::triggerfs::caller(addr, n, &args.target, &args.ready).await?;
+                let caller = crate::triggerfs::caller(
+                    addr,
+                    n,
+                    &args.target,
+                    &args.ready,
+                    args.kind,
+                    args.append_file.as_deref(),
+                )
+                .await?;
                 crate::load::serve_runs(name, caller).await
             }
             System::Relay => {

@@ -44,6 +44,38 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What the triggerFS worker runs for each request of `latency` and `throughput`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// The core plugin `echo`, served inside the worker (no process).
+    InWorker,
+    /// `fecho`, a shell script started per request (fork, exec, `sed`).
+    Process,
+    /// The core plugin `append`, writing numbered lines to a file (checked after the run).
+    Append,
+}
+
+impl PluginKind {
+    /// The row's name in tables, JSON and file names.
+    pub fn row(self) -> &'static str {
+        match self {
+            PluginKind::InWorker => "triggerfs",
+            PluginKind::Process => "triggerfs-process",
+            PluginKind::Append => "triggerfs-append",
+        }
+    }
+
+    /// The plugin each request names.
+    pub fn plugin(self) -> &'static str {
+        match self {
+            PluginKind::InWorker => "echo",
+            PluginKind::Process => "fecho",
+            PluginKind::Append => "append",
+        }
+    }
+}
+
 /// `triggerfs bench latency|throughput|fanout [flags]`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -164,6 +196,11 @@ pub struct LoadArgs {
     /// The service requests go to (with `--broker`, one your workers serve with `echo`).
     #[arg(long, default_value = "bench")]
     pub service: String,
+    /// What triggerFS's workers run per request, one row each in the same run: `in-worker`
+    /// (the core `echo`, inside the worker), `process` (a shell script per request),
+    /// `append` (the core `append` into a file, checked line by line after the run).
+    #[arg(long = "plugin", value_delimiter = ',', default_value = "in-worker")]
+    pub plugins: Vec<PluginKind>,
 }
 
 /// Flags of `fanout`.

@@ -184,8 +184,15 @@ pub(crate) struct TriggerfsProcs {
     pub addr: String,
     /// The broker (first) and the workers.
     pub procs: Vec<Spawned>,
-    /// Holds the config file and the (empty) plugins directory.
-    _dir: tempfile::TempDir,
+    /// Holds the config file, the plugins directory (`plugins/`) and `append`'s file.
+    dir: tempfile::TempDir,
+}
+
+impl TriggerfsProcs {
+    /// The file the `append` plugin kind writes to.
+    pub(crate) fn append_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("append.log")
+    }
 }
 
 /// What to start with `triggerfs broker` / `triggerfs worker`.
@@ -197,8 +204,8 @@ pub(crate) struct TriggerfsSetup<'a> {
     /// The service and its algorithm (`roundrobin` or `mirror`).
     pub service: &'a str,
     pub algorithm: &'a str,
-    /// Worker processes (`<prefix><i>`), each announcing `service` and answering `echo`
-    /// in-process (the worker's built-in echo).
+    /// Worker processes (`<prefix><i>`), each announcing `service`, with every plugin kind
+    /// laid out in their plugins path (`write_plugins`).
     pub workers: usize,
     pub prefix: &'a str,
 }
@@ -236,10 +243,11 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
             )
         })?;
     let mut procs = vec![broker];
-    // The core plugin `echo`, which the worker serves itself (a build from before the worker
-    // served core plugins answered `echo` in-process and ignores this).
-    write_echo_manifest(dir.path())?;
-    let plugins = dir.path().display().to_string();
+    // A build from before the worker served core plugins answered `echo` in-process and
+    // ignores the manifests.
+    let plugins_dir = dir.path().join("plugins");
+    write_plugins(&plugins_dir)?;
+    let plugins = plugins_dir.display().to_string();
     for i in 0..setup.workers {
         let identity = format!("{}{i}", setup.prefix);
         let args = [
@@ -262,17 +270,32 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
         let (worker, _) = Spawned::start(&format!("worker {identity}"), cmd)?;
         procs.push(worker);
     }
-    Ok(TriggerfsProcs {
-        addr,
-        procs,
-        _dir: dir,
-    })
+    Ok(TriggerfsProcs { addr, procs, dir })
 }
 
-/// Lays out the core plugin `echo` under `dir` (`echo/plugin.toml`).
-pub(crate) fn write_echo_manifest(dir: &std::path::Path) -> anyhow::Result<()> {
-    let echo = dir.join("echo");
-    std::fs::create_dir_all(&echo).context("cannot create the echo plugin's directory")?;
-    std::fs::write(echo.join("plugin.toml"), "core = \"echo\"\n")
-        .context("cannot write the echo plugin's manifest")
+/// A fork-per-request echo as a user would write one in shell: it prints the request's
+/// `payload` (the bench's payloads are plain ASCII without quotes) and exits.
+const FORK_ECHO: &str = "#!/bin/sh\nsed -n 's/.*\"payload\":\"\\([^\"]*\\)\".*/\\1/p'\n";
+
+/// Lays out under `dir` the plugins of every kind (`PluginKind::plugin`): the core plugins
+/// `echo` and `append` (manifests), and `fecho`, a shell script run per request.
+pub(crate) fn write_plugins(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let write = |relative: &str, text: &str| -> anyhow::Result<()> {
+        let path = dir.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("echo/plugin.toml", "core = \"echo\"\n")?;
+    write("append/plugin.toml", "core = \"append\"\n")?;
+    write("fecho/fecho", FORK_ECHO)?;
+    std::fs::set_permissions(
+        dir.join("fecho/fecho"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .context("cannot make the fork-per-request plugin executable")?;
+    Ok(())
 }

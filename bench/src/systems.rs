@@ -11,13 +11,15 @@
 use crate::load::{LoadProc, Shape, Stop};
 use crate::proc::{command, drain, start_triggerfs, Spawned, TriggerfsProcs, TriggerfsSetup};
 use crate::report::{Report, SystemResult};
-use crate::{LoadArgs, Notes, System};
+use crate::{LoadArgs, Notes, PluginKind, System};
 use serde_json::{json, Map};
 use std::path::Path;
 
 /// One system, started: what serves it and its load process.
 struct Started {
     load: LoadProc,
+    /// `append`'s file, checked after the run.
+    append_file: Option<std::path::PathBuf>,
     /// The broker and workers (`triggerfs`).
     _triggerfs: Option<TriggerfsProcs>,
     /// Server processes (baselines).
@@ -28,6 +30,7 @@ impl Started {
     fn new(load: LoadProc) -> Started {
         Started {
             load,
+            append_file: None,
             _triggerfs: None,
             _servers: Vec::new(),
         }
@@ -82,8 +85,15 @@ impl Plan<'_> {
         words
     }
 
-    /// triggerFS from `bin` (or the running `--broker`), measured as `name`.
-    async fn triggerfs(&self, name: &'static str, bin: &Path) -> anyhow::Result<Started> {
+    /// triggerFS from `bin` (or the running `--broker`): one broker and its workers, and a
+    /// load process (a row) per plugin kind in `kinds`; `name` replaces the first kind's
+    /// row name (the baseline).
+    async fn triggerfs(
+        &self,
+        name: Option<&'static str>,
+        bin: &Path,
+        kinds: &[PluginKind],
+    ) -> anyhow::Result<Vec<Started>> {
         let service = &self.args.service;
         let mut words;
         let procs = match &self.args.common.broker {
@@ -113,11 +123,37 @@ impl Plan<'_> {
                 Some(procs)
             }
         };
-        let load = LoadProc::start(self.exe, name, words).await?;
-        Ok(Started {
-            _triggerfs: procs,
-            ..Started::new(load)
-        })
+        let mut started = Vec::with_capacity(kinds.len());
+        for (i, kind) in kinds.iter().enumerate() {
+            let mut words = words.clone();
+            words.extend(["--kind".into(), kind_arg(*kind)]);
+            let append_file = match (kind, &procs) {
+                (PluginKind::Append, Some(procs)) => Some(procs.append_file()),
+                (PluginKind::Append, None) => {
+                    anyhow::bail!(
+                        "--plugin append writes a file of the broker's workers: leave out --broker"
+                    )
+                }
+                _ => None,
+            };
+            if let Some(path) = &append_file {
+                words.extend(["--append-file".into(), path.display().to_string()]);
+            }
+            let row = match name {
+                Some(name) if i == 0 => name,
+                _ => kind.row(),
+            };
+            let load = LoadProc::start(self.exe, row, words).await?;
+            started.push(Started {
+                append_file,
+                ..Started::new(load)
+            });
+        }
+        // The processes live as long as the first row.
+        if let Some(first) = started.first_mut() {
+            first._triggerfs = procs;
+        }
+        Ok(started)
     }
 
     async fn relay(&self) -> anyhow::Result<Started> {
@@ -209,6 +245,10 @@ fn params(
     }
     params.insert("broker".into(), json!(common.broker));
     params.insert("systems".into(), json!(common.systems));
+    let mut kinds = args.plugins.clone();
+    kinds.sort();
+    kinds.dedup();
+    params.insert("plugins".into(), json!(kinds));
     params.insert("rounds".into(), json!(rounds));
     params.insert("process_per_system".into(), json!(true));
     if let Some(bin) = &args.baseline_bin {
@@ -257,9 +297,14 @@ pub(crate) async fn measure_mode(
     for system in order {
         match system {
             System::Triggerfs => {
-                started.push(plan.triggerfs("triggerfs", &triggerfs_bin).await?);
+                let mut kinds = args.plugins.clone();
+                kinds.sort();
+                kinds.dedup();
+                started.extend(plan.triggerfs(None, &triggerfs_bin, &kinds).await?);
                 if let Some(baseline) = &args.baseline_bin {
-                    started.push(plan.triggerfs("triggerfs-baseline", baseline).await?);
+                    let kinds = [PluginKind::InWorker];
+                    let name = Some("triggerfs-baseline");
+                    started.extend(plan.triggerfs(name, baseline, &kinds).await?);
                 }
             }
             System::Relay => started.push(plan.relay().await?),
@@ -284,7 +329,24 @@ pub(crate) async fn measure_mode(
             });
         }
     }
+    // Every line `append` was sent is in its file once.
+    for system in &started {
+        if let Some(path) = &system.append_file {
+            let lines = crate::triggerfs::check_appended(path)?;
+            report
+                .params
+                .insert("append_lines_checked".into(), json!(lines));
+        }
+    }
     drop(started);
     report.systems.extend(results.into_iter().flatten());
     Ok(report)
+}
+
+/// `--kind` of a load process.
+fn kind_arg(kind: PluginKind) -> String {
+    use clap::ValueEnum;
+    kind.to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
 }

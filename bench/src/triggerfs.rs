@@ -36,7 +36,7 @@ impl Workers {
         services: &[String],
     ) -> anyhow::Result<Workers> {
         let plugins = tempfile::tempdir().context("cannot create a plugins directory")?;
-        crate::proc::write_echo_manifest(plugins.path())?;
+        crate::proc::write_plugins(plugins.path())?;
         let mut workers = Workers {
             stops: Vec::new(),
             tasks: Vec::new(),
@@ -95,9 +95,13 @@ pub(crate) async fn connect(addr: &str) -> anyhow::Result<Client> {
 
 /// An `echo` request with this payload.
 pub(crate) fn echo_request(service: &str, payload: Vec<u8>) -> RequestSpec {
+    plugin_request(service, "echo", payload)
+}
+
+fn plugin_request(service: &str, plugin: &str, payload: Vec<u8>) -> RequestSpec {
     RequestSpec {
         service: service.to_string(),
-        plugin: "echo".into(),
+        plugin: plugin.into(),
         payload,
         timeout: Some(crate::load::REQUEST_TIMEOUT),
         ..RequestSpec::default()
@@ -106,8 +110,18 @@ pub(crate) fn echo_request(service: &str, payload: Vec<u8>) -> RequestSpec {
 
 /// Sends one echo request and checks that exactly one worker answered with the payload.
 async fn echo_once(client: &Client, service: &str, payload: &[u8]) -> anyhow::Result<()> {
+    echo_with(client, service, "echo", payload).await
+}
+
+/// Sends `payload` to an echoing `plugin` and checks that exactly one worker answered with it.
+async fn echo_with(
+    client: &Client,
+    service: &str,
+    plugin: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
     let mut handle = client
-        .request(echo_request(service, payload.to_vec()))
+        .request(plugin_request(service, plugin, payload.to_vec()))
         .await?;
     let mut echoed = false;
     let mut exit = None;
@@ -144,15 +158,87 @@ pub(crate) async fn wait_answering(client: &Client, service: &str) -> anyhow::Re
     }
 }
 
+/// Sends one line to the core plugin `append` and checks that exactly one worker wrote it
+/// (exit 0, no output).
+async fn append_once(
+    client: &Client,
+    service: &str,
+    path: &str,
+    line: Vec<u8>,
+) -> anyhow::Result<()> {
+    let mut spec = plugin_request(service, "append", line);
+    spec.args = vec![("path".into(), path.to_string())];
+    let mut handle = client.request(spec).await?;
+    let mut exit = None;
+    while let Some(event) = handle.next().await {
+        match event {
+            ClientEvent::Output { data, .. } => {
+                bail!("append printed {}", String::from_utf8_lossy(&data))
+            }
+            ClientEvent::Done { exit_code, .. } => exit = Some(exit_code),
+            ClientEvent::Summary(summary) => {
+                if summary.ok == 1 && exit == Some(0) {
+                    return Ok(());
+                }
+                bail!("bad answer: {summary:?}, exit {exit:?}");
+            }
+            ClientEvent::Error { kind, message } => bail!("{kind}: {message}"),
+            ClientEvent::Failed { kind, message, .. } => bail!("worker failed: {kind}: {message}"),
+            ClientEvent::Disconnected => bail!("disconnected from the broker"),
+            _ => {}
+        }
+    }
+    bail!("the request ended without a summary")
+}
+
+/// Checks `append`'s file after a run: every line once, numbered 0..n without a gap (each
+/// request the load process sent wrote exactly one line). Returns n.
+pub(crate) fn check_appended(path: &std::path::Path) -> anyhow::Result<u64> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut numbers: Vec<u64> = Vec::new();
+    for line in text.lines() {
+        let n = line
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("a line that no request wrote: {line:?}"))?;
+        numbers.push(n);
+    }
+    numbers.sort_unstable();
+    let n = numbers.len() as u64;
+    for (expected, got) in numbers.iter().enumerate() {
+        if *got != expected as u64 {
+            bail!(
+                "append: {n} lines, but line {expected} is {} (a line lost or written twice)",
+                if *got < expected as u64 {
+                    "twice"
+                } else {
+                    "missing"
+                }
+            );
+        }
+    }
+    Ok(n)
+}
+
 /// `connections` connections to the broker at `addr`, as a load process's caller; returns
 /// once each of `ready` (services, e.g. every worker's identity) has answered an `echo`, so
-/// that the measurement starts with all workers online.
+/// that the measurement starts with all workers online. `kind` says which plugin each
+/// request runs (`append` writes to `append_file`).
 pub(crate) async fn caller(
     addr: &str,
     connections: usize,
     service: &str,
     ready: &[String],
+    kind: crate::PluginKind,
+    append_file: Option<&std::path::Path>,
 ) -> anyhow::Result<TriggerfsCaller> {
+    let append_file = match (kind, append_file) {
+        (crate::PluginKind::Append, Some(path)) => Some(Arc::from(path.to_string_lossy())),
+        (crate::PluginKind::Append, None) => bail!("the append kind needs --append-file"),
+        _ => None,
+    };
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections.max(1) {
         clients.push(connect(addr).await?);
@@ -164,6 +250,8 @@ pub(crate) async fn caller(
         clients: Arc::new(clients),
         next: Arc::new(AtomicUsize::new(0)),
         service: Arc::from(service),
+        plugin: kind.plugin(),
+        append_file,
     })
 }
 
@@ -171,15 +259,27 @@ pub(crate) async fn caller(
 #[derive(Clone)]
 pub(crate) struct TriggerfsCaller {
     clients: Arc<Vec<Client>>,
+    /// Counts requests: the connection to use, and `append`'s line numbers.
     next: Arc<AtomicUsize>,
     service: Arc<str>,
+    plugin: &'static str,
+    append_file: Option<Arc<str>>,
 }
 
 impl Caller for TriggerfsCaller {
     async fn call(&self, payload: Bytes) -> anyhow::Result<()> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let client = &self.clients[n % self.clients.len()];
         // The request is complete when the final event (`Summary`) arrives: that is when a
         // user of the client library has the whole answer.
-        echo_once(&self.clients[i], &self.service, &payload).await
+        match &self.append_file {
+            Some(path) => {
+                // A numbered line of the payload's size, so that the file can be checked.
+                let mut line = format!("{n} ").into_bytes();
+                line.extend_from_slice(&payload[line.len().min(payload.len())..]);
+                append_once(client, &self.service, path, line).await
+            }
+            None => echo_with(client, &self.service, self.plugin, &payload).await,
+        }
     }
 }

@@ -160,6 +160,29 @@ fn throughput_closed_loop_with_a_baseline_build() {
     assert_eq!(doc["params"]["connections"], 2);
 }
 
+/// `--plugin` measures each plugin kind as a row of its own in the same run; `append`'s file
+/// holds every line once afterwards.
+#[test]
+fn every_plugin_kind_is_a_row_and_appended_lines_are_checked() {
+    let (doc, _out) = bench(
+        "throughput --warmup 0s --count 300 --in-flight 16 --rounds 1 --systems triggerfs \
+         --plugin append,process,in-worker",
+    );
+    for s in check_document(
+        &doc,
+        &["triggerfs", "triggerfs-process", "triggerfs-append"],
+    ) {
+        assert_eq!(s["sent"].as_u64(), Some(300), "{s}");
+    }
+    assert_eq!(
+        doc["params"]["plugins"],
+        serde_json::json!(["in-worker", "process", "append"])
+    );
+    // The measured 300, and the line each ready check sent first.
+    let checked = doc["params"]["append_lines_checked"].as_u64().unwrap();
+    assert!(checked >= 300, "{doc}");
+}
+
 #[test]
 fn fanout_reaches_every_worker() {
     let (doc, _out) =

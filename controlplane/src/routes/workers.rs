@@ -91,8 +91,8 @@ impl WorkerRow {
 const SELECT: &str = "SELECT id, identity, description, state, last_seen, owner, created, \
     updated FROM workers WHERE team_id = $1";
 
-/// Longest description we keep.
-const MAX_DESCRIPTION: usize = 4096;
+/// Longest description we keep, in characters (as JSON Schema's `maxLength` counts).
+pub(crate) const MAX_DESCRIPTION: usize = 4096;
 
 /// A fresh worker token (uuid v4, shown once) and the digest that is stored instead.
 fn new_token() -> (String, String) {
@@ -103,8 +103,8 @@ fn new_token() -> (String, String) {
 
 pub(crate) fn check_description(text: &Option<String>) -> Result<(), ApiError> {
     match text {
-        Some(t) if t.len() > MAX_DESCRIPTION => Err(ApiError::Unprocessable(format!(
-            "description is longer than {MAX_DESCRIPTION} bytes"
+        Some(t) if t.chars().count() > MAX_DESCRIPTION => Err(ApiError::Unprocessable(format!(
+            "description is longer than {MAX_DESCRIPTION} characters"
         ))),
         _ => Ok(()),
     }

@@ -177,12 +177,8 @@ pub async fn run_request(
             "more than {MAX_COMMAND_WORDS} command words"
         )));
     }
-    let timeout = match &req.timeout {
-        None => None,
-        Some(text) => Some(humantime::parse_duration(text.trim()).map_err(|e| {
-            ApiError::Unprocessable(format!("timeout `{text}` is not a duration: {e}"))
-        })?),
-    };
+    let timeout = super::parse_timeout(req.timeout.as_deref(), None)?
+        .map(|ms| Duration::from_millis(ms.unsigned_abs()));
     let spec = RequestSpec {
         service,
         plugin: req.plugin,

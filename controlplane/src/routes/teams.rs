@@ -415,27 +415,22 @@ pub async fn add_member(
     Ok((StatusCode::CREATED, Json(member)))
 }
 
-/// Refuses to leave a team without an admin.
-async fn keep_an_admin(
-    state: &AppState,
-    team_id: i64,
-    identity: &str,
-    team: &str,
-) -> Result<(), ApiError> {
-    const SQL: &str = "SELECT COUNT(*) FROM members m JOIN users u ON u.id = m.user_id \
-        WHERE m.team_id = $1 AND m.role = 'admin' AND u.identity <> $2";
-    let others: i64 = on_db!(&state.db, pool => {
-        sqlx::query_scalar(SQL).bind(team_id).bind(identity).fetch_one(pool).await?
-    });
-    if others == 0 {
-        return Err(ApiError::Conflict(format!(
-            "{identity} is the last admin of team {team}"
-        )));
-    }
-    Ok(())
+/// Admins of a team other than `identity`.
+const OTHER_ADMINS: &str = "SELECT COUNT(*) FROM members m JOIN users u ON u.id = m.user_id \
+    WHERE m.team_id = $1 AND m.role = 'admin' AND u.identity <> $2";
+
+/// Whether `identity` is an operator whose only team is `team_id`.
+const ONLY_TEAM_OF_OPERATOR: &str = "SELECT COUNT(*) FROM users u WHERE u.identity = $2 \
+    AND u.operator = TRUE AND NOT EXISTS \
+    (SELECT 1 FROM members o WHERE o.user_id = u.id AND o.team_id <> $1)";
+
+fn last_admin(identity: &str, team: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "{identity} is the last admin of team {team}: make another member an admin first"
+    ))
 }
 
-/// Changes a member's role (admins only).
+/// Changes a member's role (admins only). The team's last admin cannot be demoted.
 #[utoipa::path(patch, path = "/api/v1/teams/{team}/members/{identity}", tag = "teams",
     security(("jwt" = [])), request_body = UpdateMember,
     params(("team" = String, Path, description = "Team name"),
@@ -449,12 +444,17 @@ pub async fn update_member(
 ) -> Result<Json<MemberView>, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
     check_role(&req.role)?;
-    if req.role != "admin" {
-        keep_an_admin(&state, row.id, &identity, &team).await?;
-    }
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
+        // After the write lock: two demotions at once cannot both see the other admin.
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        if req.role != "admin" {
+            let others: i64 = sqlx::query_scalar(OTHER_ADMINS)
+                .bind(row.id).bind(&identity).fetch_one(&mut *tx).await?;
+            if others == 0 {
+                return Err(last_admin(&identity, &team));
+            }
+        }
         let done = sqlx::query("UPDATE members SET role = $1 WHERE team_id = $2 \
             AND user_id = (SELECT id FROM users WHERE identity = $3)")
             .bind(&req.role).bind(row.id).bind(&identity).execute(&mut *tx).await?;
@@ -473,7 +473,9 @@ pub async fn update_member(
     Ok(Json(member))
 }
 
-/// Removes a member from the team (admins only; the user keeps their other teams).
+/// Removes a member from the team (admins only; the user keeps their other teams). Not the
+/// team's last admin, nor an operator from their only team (409): neither a team without an
+/// admin nor an operator who cannot log in.
 #[utoipa::path(delete, path = "/api/v1/teams/{team}/members/{identity}", tag = "teams",
     security(("jwt" = [])),
     params(("team" = String, Path, description = "Team name"),
@@ -485,10 +487,21 @@ pub async fn remove_member(
     Path((team, identity)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
-    keep_an_admin(&state, row.id, &identity, &team).await?;
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let others: i64 = sqlx::query_scalar(OTHER_ADMINS)
+            .bind(row.id).bind(&identity).fetch_one(&mut *tx).await?;
+        if others == 0 {
+            return Err(last_admin(&identity, &team));
+        }
+        let stranded: i64 = sqlx::query_scalar(ONLY_TEAM_OF_OPERATOR)
+            .bind(row.id).bind(&identity).fetch_one(&mut *tx).await?;
+        if stranded > 0 {
+            return Err(ApiError::Conflict(format!(
+                "team {team} is the only team of operator {identity}: \
+                 add them to another team before removing them from it")));
+        }
         let done = sqlx::query("DELETE FROM members WHERE team_id = $1 \
             AND user_id = (SELECT id FROM users WHERE identity = $2)")
             .bind(row.id).bind(&identity).execute(&mut *tx).await?;

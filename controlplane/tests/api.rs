@@ -330,8 +330,8 @@ async fn team_isolation_and_membership(backend: Backend) {
             Some(json!({"role": "boss"})),
         )
         .await,
-        422,
-        "Unprocessable",
+        400,
+        "BadRequest",
     );
     assert_error(
         &h.call(
@@ -806,8 +806,8 @@ async fn quotas(backend: Backend) {
             Some(json!({"preset": "gold"})),
         )
         .await,
-        422,
-        "Unprocessable",
+        400,
+        "BadRequest",
     );
     assert_eq!(
         h.post("/api/v1/directories", admin, json!({"path": "/d"}))

@@ -14,6 +14,8 @@ mod teams;
 mod triggers;
 mod workers;
 
+pub(crate) use workers::MAX_DESCRIPTION;
+
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::AppState;
@@ -116,7 +118,8 @@ fn api() -> OpenApiRouter<AppState> {
 
 /// The complete router with its state, fallbacks, body limit and metrics.
 pub(crate) fn router(state: AppState) -> axum::Router {
-    let (router, doc) = api().split_for_parts();
+    let (router, mut doc) = api().split_for_parts();
+    crate::openapi::layer_responses(&mut doc);
     state.openapi_json.get_or_init(|| {
         doc.to_pretty_json()
             .unwrap_or_else(|_| "{\"openapi\":\"3.1.0\"}".to_string())

@@ -135,7 +135,8 @@ pub struct WorkerStateReportDoc {
 pub struct ConfigEventDoc {
     /// The new revision.
     pub revision: u64,
-    /// The team whose objects changed.
+    /// The team whose objects changed; empty for a change to a user that belongs to no one
+    /// team (`max_teams`).
     pub team: String,
     /// `team`, `user`, `worker`, `service`, `directory`, `trigger`.
     pub object: String,

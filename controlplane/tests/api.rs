@@ -23,6 +23,7 @@ on_both_backends!(
     unreadable_rows,
     no_lockout,
     no_lockout_under_concurrent_demotions,
+    users_max_teams,
 );
 
 fn now_s() -> u64 {
@@ -1453,4 +1454,177 @@ async fn no_lockout_under_concurrent_demotions(backend: Backend) {
             .count();
         assert_eq!(admins, 1, "round {round}: {members}");
     }
+}
+
+/// `max_teams`: operators read and set it, nobody else; unknown users are 404; an operator's
+/// stays unlimited; every change bumps the revision.
+async fn users_max_teams(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let (status, me) = h.get("/api/v1/users/admin", admin).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["operator"], true);
+    assert_eq!(me["max_teams"], Value::Null);
+    assert_eq!(
+        call_status(
+            &h,
+            Method::POST,
+            "/api/v1/teams/main/members",
+            admin,
+            Some(json!({"identity": "bob", "secret": "bob-secret"}))
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    let (status, bob_view) = h.get("/api/v1/users/bob", admin).await;
+    assert_eq!(status, StatusCode::OK, "{bob_view}");
+    assert_eq!(bob_view["operator"], false);
+    assert_eq!(bob_view["max_teams"], 1);
+    assert_eq!(bob_view["teams_created"], 0);
+    assert!(bob_view["created"].as_str().unwrap().ends_with('Z'));
+
+    // bob may create one team; then he is an admin (of that team), but no operator.
+    let bob = h.login("main", "bob", "bob-secret").await;
+    assert_eq!(
+        call_status(
+            &h,
+            Method::POST,
+            "/api/v1/teams",
+            &bob,
+            Some(json!({"name": "bobs"}))
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    assert_error(
+        &h.post("/api/v1/teams", &bob, json!({"name": "bobs2"}))
+            .await,
+        403,
+        "QuotaExceeded",
+    );
+    let bob_admin = h.login("bobs", "bob", "bob-secret").await;
+    for token in [&bob, &bob_admin] {
+        assert_error(&h.get("/api/v1/users/bob", token).await, 403, "Forbidden");
+        assert_error(&h.get("/api/v1/users/admin", token).await, 403, "Forbidden");
+        assert_error(
+            &h.call(
+                Method::PATCH,
+                "/api/v1/users/bob",
+                Some(token),
+                Some(json!({"max_teams": 5})),
+            )
+            .await,
+            403,
+            "Forbidden",
+        );
+    }
+    // Non-operators learn nothing about who exists.
+    assert_error(&h.get("/api/v1/users/nobody", &bob).await, 403, "Forbidden");
+
+    // The operator raises bob's limit: one change, one revision.
+    let before = snapshot(&h).await.revision;
+    let (status, body) = h
+        .call(
+            Method::PATCH,
+            "/api/v1/users/bob",
+            Some(admin),
+            Some(json!({"max_teams": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["max_teams"], 2);
+    assert_eq!(body["teams_created"], 1);
+    assert_eq!(snapshot(&h).await.revision, before + 1);
+    assert_eq!(
+        call_status(
+            &h,
+            Method::POST,
+            "/api/v1/teams",
+            &bob,
+            Some(json!({"name": "bobs2"}))
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    // 0 allows none; null is unlimited.
+    let (_, body) = h
+        .call(
+            Method::PATCH,
+            "/api/v1/users/bob",
+            Some(admin),
+            Some(json!({"max_teams": 0})),
+        )
+        .await;
+    assert_eq!(body["max_teams"], 0);
+    let (_, body) = h
+        .call(
+            Method::PATCH,
+            "/api/v1/users/bob",
+            Some(admin),
+            Some(json!({"max_teams": null})),
+        )
+        .await;
+    assert_eq!(body["max_teams"], Value::Null);
+    assert_eq!(
+        call_status(
+            &h,
+            Method::POST,
+            "/api/v1/teams",
+            &bob,
+            Some(json!({"name": "bobs3"}))
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    // Leaving the limit out is not "unlimited": it is refused, as are negative limits and
+    // unknown fields.
+    for (body, status, code) in [
+        (json!({}), 400, "BadRequest"),
+        (json!({"max_teams": -1}), 422, "Unprocessable"),
+        (json!({"max_teams": 1, "operator": true}), 400, "BadRequest"),
+        (json!({"max_teams": "many"}), 400, "BadRequest"),
+    ] {
+        assert_error(
+            &h.call(Method::PATCH, "/api/v1/users/bob", Some(admin), Some(body))
+                .await,
+            status,
+            code,
+        );
+    }
+    // Unknown users.
+    assert_error(&h.get("/api/v1/users/nobody", admin).await, 404, "NotFound");
+    assert_error(
+        &h.call(
+            Method::PATCH,
+            "/api/v1/users/nobody",
+            Some(admin),
+            Some(json!({"max_teams": 1})),
+        )
+        .await,
+        404,
+        "NotFound",
+    );
+    // An operator's teams stay unlimited; `null` changes nothing and bumps nothing.
+    let answer = h
+        .call(
+            Method::PATCH,
+            "/api/v1/users/admin",
+            Some(admin),
+            Some(json!({"max_teams": 3})),
+        )
+        .await;
+    assert_error(&answer, 409, "Conflict");
+    assert!(answer.1["message"].as_str().unwrap().contains("operator"));
+    let before = snapshot(&h).await.revision;
+    let (status, body) = h
+        .call(
+            Method::PATCH,
+            "/api/v1/users/admin",
+            Some(admin),
+            Some(json!({"max_teams": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["max_teams"], Value::Null);
+    assert_eq!(snapshot(&h).await.revision, before);
 }

@@ -12,6 +12,7 @@ mod login;
 mod services;
 mod teams;
 mod triggers;
+mod users;
 mod workers;
 
 pub(crate) use workers::MAX_DESCRIPTION;
@@ -66,6 +67,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/api/v1/triggers/{id}"),
     ("DELETE", "/api/v1/triggers/{id}"),
     ("POST", "/api/v1/triggers/{id}/hits"),
+    ("GET", "/api/v1/users/{identity}"),
+    ("PATCH", "/api/v1/users/{identity}"),
     ("GET", "/api/v1/broker/snapshot"),
     ("POST", "/api/v1/broker/report"),
     ("GET", "/api/v1/events"),
@@ -109,6 +112,7 @@ fn api() -> OpenApiRouter<AppState> {
             triggers::delete_trigger
         ))
         .routes(routes!(triggers::add_hits))
+        .routes(routes!(users::get_user, users::update_user))
         .routes(routes!(broker::snapshot))
         .routes(routes!(broker::report))
         .routes(routes!(events::events))

@@ -38,6 +38,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
     }
 }
 
+/// [`has_nul`]'s rule as a regular expression, for the OpenAPI document: text without NUL.
+pub const NO_NUL_PATTERN: &str = r"^[^\x00]*$";
+
 fn nul_error() -> ApiError {
     ApiError::BadRequest("text may not contain NUL characters".into())
 }
@@ -134,6 +137,14 @@ pub(crate) async fn buffer_body(
 mod tests {
     use super::has_nul;
     use serde_json::json;
+
+    #[test]
+    fn the_pattern_is_the_rule() {
+        let re = regex::Regex::new(super::NO_NUL_PATTERN).unwrap();
+        for text in ["", "a", "é a/..\\%\t\n", "a\u{0}b", "\u{0}", "ab\u{0}"] {
+            assert_eq!(re.is_match(text), !has_nul(&json!(text)), "{text:?}");
+        }
+    }
 
     #[test]
     fn finds_nul_anywhere() {

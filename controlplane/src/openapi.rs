@@ -3,8 +3,22 @@
 //!
 //! The paths themselves come from the handlers' `#[utoipa::path]` attributes, collected by
 //! the router as it registers them, so the document cannot drift from what is served.
+//!
+//! Request fields name the constrained types below (`Name`, `Timeout`, `Limit`, ...) with
+//! `#[schema(value_type = ..)]`: each builds its schema from the constant or the expression
+//! the server checks with, so that the document states exactly what the server accepts (a
+//! test sends every boundary to the server). [`layer_responses`] adds the answers that come
+//! from the layers every route shares (credentials, JSON, path, body size).
 
+use proto::names::{MAX_NAME, NAME_PATTERN, PLUGIN_PATTERN, SERVICE_REF_PATTERN};
+use proto::TextEnum;
+use strum::VariantNames;
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// The document's fixed parts.
@@ -12,7 +26,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 #[openapi(
     info(title = "triggerFS control plane", description = "Teams, users, workers, services, directories, triggers, quotas; the broker's feed; the HTTP gateway."),
     modifiers(&Security),
-    components(schemas(crate::error::ErrorBody))
+    components(schemas(crate::error::ErrorBody, TriggerId))
 )]
 pub struct ApiDoc;
 
@@ -89,12 +103,14 @@ pub struct ServiceEntryDoc {
     /// Owner identity.
     pub owner: String,
     /// `roundrobin`, `serial` or `mirror`.
+    #[schema(value_type = Algorithm)]
     pub algorithm: String,
     /// Bound worker identities, in order.
     pub workers: Vec<String>,
     /// Default timeout; 0: the broker's.
     pub timeout_ms: u64,
     /// `local`, `team` or `public`.
+    #[schema(value_type = Visibility)]
     pub visibility: String,
     /// mirror: workers at once.
     pub batch: Option<u32>,
@@ -118,13 +134,18 @@ pub struct BrokerReportDoc {
 #[derive(ToSchema)]
 #[schema(as = WorkerStateReport)]
 pub struct WorkerStateReportDoc {
-    /// Team.
+    /// Team (any text: a worker no team has is not updated, and not an error).
+    #[schema(value_type = Text)]
     pub team: String,
-    /// Identity.
+    /// Identity (any text, as `team`).
+    #[schema(value_type = Text)]
     pub identity: String,
     /// `ONLINE` or `DISCONNECTED`.
+    #[schema(value_type = WorkerState)]
     pub state: String,
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch (a later time than the column holds is stored as the
+    /// latest it holds).
+    #[schema(value_type = UnixMs)]
     pub at_unix_ms: u64,
     /// Orders one identity's connections within one broker run.
     pub generation: Option<u64>,
@@ -138,7 +159,8 @@ pub struct WorkerStateReportDoc {
 pub struct ConfigEventDoc {
     /// The new revision.
     pub revision: u64,
-    /// The team whose objects changed.
+    /// The team whose objects changed; empty for a change to a user that belongs to no one
+    /// team (`max_teams`).
     pub team: String,
     /// `team`, `user`, `worker`, `service`, `directory`, `trigger`.
     pub object: String,
@@ -146,4 +168,261 @@ pub struct ConfigEventDoc {
     pub action: String,
     /// The object's name or path.
     pub name: String,
+}
+
+/// Declares a type that exists only for the document: a named schema built by `$schema`.
+macro_rules! doc_type {
+    ($(#[$meta:meta])* $name:ident => $schema:expr) => {
+        $(#[$meta])*
+        pub struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                $schema.into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+pub(crate) use doc_type;
+
+/// A string schema.
+pub(crate) fn string(description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+}
+
+/// An integer schema with inclusive bounds.
+pub(crate) fn integer<N: Into<utoipa::Number>>(
+    description: &str,
+    minimum: N,
+    maximum: N,
+    format: KnownFormat,
+) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(format)))
+        .minimum(Some(minimum))
+        .maximum(Some(maximum))
+        .description(Some(description))
+}
+
+/// The texts of an enum, from its variants (the names serde reads).
+pub(crate) fn texts<T: TextEnum>(description: &str) -> ObjectBuilder {
+    string(description).enum_values(Some(<T as VariantNames>::VARIANTS.iter().copied()))
+}
+
+doc_type! {
+    /// A team, user, worker, service or directory name (`proto::names::check_simple`).
+    Name => string(
+        "A name: 1 to 128 letters, digits, `.`, `_` or `-`, but not `.` or `..`.",
+    )
+    .min_length(Some(1))
+    .max_length(Some(MAX_NAME))
+    .pattern(Some(NAME_PATTERN))
+}
+
+doc_type! {
+    /// A service reference (`proto::names::check_service_ref`).
+    ServiceRef => string(
+        "A service of the caller's team (or a worker identity, which serves itself), or \
+         `team/service`: another team's public service. At most 128 characters; each part is \
+         a name.",
+    )
+    .min_length(Some(1))
+    .max_length(Some(MAX_NAME))
+    .pattern(Some(SERVICE_REF_PATTERN))
+}
+
+doc_type! {
+    /// A plugin name (`proto::names::check_plugin`).
+    PluginName => string(
+        "A plugin: names separated by `/` (`command/command`), relative, at most 128 \
+         characters.",
+    )
+    .min_length(Some(1))
+    .max_length(Some(MAX_NAME))
+    .pattern(Some(PLUGIN_PATTERN))
+}
+
+doc_type! {
+    /// A trigger's id (only in paths, so listed in [`ApiDoc`]'s components).
+    TriggerId => integer("A trigger's id.", 1, i64::MAX, KnownFormat::Int64)
+}
+
+doc_type! {
+    /// A timeout as text (`crate::routes::timeout_pattern`).
+    Timeout => string(
+        "A duration of at most 7 days: one term (`90s`, `1500ms`, `168h`, `7d`) or terms in \
+         descending units separated by one space, each after the first below one of the unit \
+         before it (`1h 30m`, `6d 23h 59m 59s 999ms`). Units: `d`, `h`, `m`, `s`, `ms`. `0s`: \
+         the default.",
+    )
+    .pattern(Some(crate::routes::timeout_pattern()))
+}
+
+doc_type! {
+    /// A timeout in milliseconds.
+    TimeoutMs => integer(
+        "Milliseconds, at most 7 days (604800000); 0: the default.",
+        0,
+        crate::routes::MAX_TIMEOUT_MS,
+        KnownFormat::Int64,
+    )
+}
+
+/// A string schema for text: anything without a NUL character (`crate::extract` refuses
+/// those in every string of every body).
+pub(crate) fn text(description: &str) -> ObjectBuilder {
+    string(description).pattern(Some(crate::extract::NO_NUL_PATTERN))
+}
+
+doc_type! {
+    /// Any text.
+    Text => text("Any text without a NUL character.")
+}
+
+doc_type! {
+    /// Names to texts.
+    TextMap => ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some("Names to texts, neither with a NUL character."))
+        .property_names(Some(text("A name.")))
+        .additional_properties(Some(text("A text.")))
+}
+
+doc_type! {
+    /// Free text.
+    Description => text("Free text, at most 4096 characters.")
+        .max_length(Some(crate::routes::MAX_DESCRIPTION))
+}
+
+doc_type! {
+    /// A user's secret.
+    Secret => text("A secret: any text but the empty one.").min_length(Some(1))
+}
+
+doc_type! {
+    /// A limit on objects, users or teams.
+    Limit => integer(
+        "How many at most; 0 allows none.",
+        0,
+        i64::MAX,
+        KnownFormat::Int64,
+    )
+}
+
+doc_type! {
+    /// Worker identities, in order.
+    WorkerList => ArrayBuilder::new()
+        .items(Name::schema())
+        .unique_items(true)
+        .description(Some(
+            "Worker identities of the caller's team, in order, each at most once; every one \
+             must exist (422 otherwise).",
+        ))
+}
+
+doc_type! {
+    /// `mirror`: how many workers run at once.
+    Batch => integer(
+        "mirror: how many workers run at once; 0: all.",
+        0,
+        u32::MAX,
+        KnownFormat::Int64,
+    )
+}
+
+doc_type! {
+    /// `proto::Algorithm`.
+    Algorithm => texts::<proto::Algorithm>(
+        "How a request picks workers: `roundrobin` (one, the next), `mirror` (all), `serial` \
+         (all, one after the other).",
+    )
+}
+
+doc_type! {
+    /// `proto::control::Visibility`.
+    Visibility => texts::<proto::control::Visibility>(
+        "Who may use it: `local` (its owner), `team`, `public` (every team).",
+    )
+}
+
+doc_type! {
+    /// `proto::control::WorkerState`.
+    WorkerState => texts::<proto::control::WorkerState>(
+        "Whether the worker is connected to a broker.",
+    )
+}
+
+doc_type! {
+    /// Milliseconds since the Unix epoch, as the broker reports them.
+    UnixMs => integer(
+        "Milliseconds since the Unix epoch.",
+        0,
+        u64::MAX,
+        KnownFormat::Int64,
+    )
+}
+
+/// Adds to every operation the answers of the layers all routes share, where the route does
+/// not state them itself: 401 where it needs a credential (the `AuthUser`, `BrokerAuth` and
+/// `EventsCaller` extractors), 400 where it reads a JSON body (`crate::extract::Json`) or path
+/// parameters (`crate::extract::Path`), and 413 everywhere (`crate::extract::buffer_body`
+/// reads every body before routing).
+pub(crate) fn layer_responses(doc: &mut utoipa::openapi::OpenApi) {
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        let operations: [&mut Option<Operation>; 5] = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for op in operations.into_iter().flatten() {
+            let mut add = |status: &str, description: &str| {
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| RefOr::T(error(description)));
+            };
+            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                add(
+                    "401",
+                    "No credential, a bad one, or a JWT past its expiry (`TokenExpired`), or \
+                     the user is no longer a member of the token's team.",
+                );
+            }
+            let has_body = op.request_body.is_some();
+            let has_path = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| p.parameter_in == ParameterIn::Path);
+            if has_body || has_path {
+                add(
+                    "400",
+                    "Malformed: JSON that does not parse, a wrong type, a missing or unknown \
+                     field, a NUL character, or a path parameter that is not text.",
+                );
+            }
+            add(
+                "413",
+                "The request body is larger than the limit (1 MiB unless configured).",
+            );
+        }
+    }
 }

@@ -21,6 +21,9 @@ on_both_backends!(
     gateway_without_broker,
     metrics_count_requests,
     unreadable_rows,
+    no_lockout,
+    no_lockout_under_concurrent_demotions,
+    users_max_teams,
 );
 
 fn now_s() -> u64 {
@@ -329,8 +332,8 @@ async fn team_isolation_and_membership(backend: Backend) {
             Some(json!({"role": "boss"})),
         )
         .await,
-        422,
-        "Unprocessable",
+        400,
+        "BadRequest",
     );
     assert_error(
         &h.call(
@@ -805,8 +808,8 @@ async fn quotas(backend: Backend) {
             Some(json!({"preset": "gold"})),
         )
         .await,
-        422,
-        "Unprocessable",
+        400,
+        "BadRequest",
     );
     assert_eq!(
         h.post("/api/v1/directories", admin, json!({"path": "/d"}))
@@ -1260,4 +1263,398 @@ async fn unreadable_rows(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{fixed}");
     assert_eq!(fixed["algorithm"], "serial");
     assert_eq!(names(snapshot(&h).await), ["bad", "good"]);
+}
+
+async fn call_status(
+    h: &Harness,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> StatusCode {
+    h.call(method, path, Some(token), body).await.0
+}
+
+/// What an admin's JWT can do with valid input never leaves a team without an admin, nor the
+/// operator without a team to log in to: each is refused with 409 and a message that says
+/// what to do instead.
+async fn no_lockout(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let last_admin = |answer: &(StatusCode, Value)| {
+        assert_error(answer, 409, "Conflict");
+        let message = answer.1["message"].as_str().unwrap();
+        assert!(message.contains("last admin of team main"), "{message}");
+    };
+    // The operator is main's only admin: it cannot leave, be demoted, or delete main.
+    last_admin(
+        &h.call(
+            Method::DELETE,
+            "/api/v1/teams/main/members/admin",
+            Some(admin),
+            None,
+        )
+        .await,
+    );
+    last_admin(
+        &h.call(
+            Method::PATCH,
+            "/api/v1/teams/main/members/admin",
+            Some(admin),
+            Some(json!({"role": "member"})),
+        )
+        .await,
+    );
+    assert_error(
+        &h.call(Method::DELETE, "/api/v1/teams/main", Some(admin), None)
+            .await,
+        409,
+        "Conflict",
+    );
+    // With a second admin the operator still cannot leave main: it is their only team.
+    let (status, body) = h
+        .post(
+            "/api/v1/teams/main/members",
+            admin,
+            json!({"identity": "second", "secret": "second-secret", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let second = h.login("main", "second", "second-secret").await;
+    for token in [admin, &second] {
+        let answer = h
+            .call(
+                Method::DELETE,
+                "/api/v1/teams/main/members/admin",
+                Some(token),
+                None,
+            )
+            .await;
+        assert_error(&answer, 409, "Conflict");
+        let message = answer.1["message"].as_str().unwrap();
+        assert!(message.contains("only team of operator admin"), "{message}");
+    }
+    // Demoting the operator is not a lockout (another admin remains, the operator can still
+    // log in); removing them, demoted, from their only team still is.
+    assert_eq!(
+        call_status(
+            &h,
+            Method::PATCH,
+            "/api/v1/teams/main/members/admin",
+            &second,
+            Some(json!({"role": "member"}))
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            "/api/v1/teams/main/members/admin",
+            Some(&second),
+            None,
+        )
+        .await,
+        409,
+        "Conflict",
+    );
+    // Now `second` is main's last admin, and cannot demote or remove itself either.
+    assert_error(
+        &h.call(
+            Method::PATCH,
+            "/api/v1/teams/main/members/second",
+            Some(&second),
+            Some(json!({"role": "member"})),
+        )
+        .await,
+        409,
+        "Conflict",
+    );
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            "/api/v1/teams/main/members/second",
+            Some(&second),
+            None,
+        )
+        .await,
+        409,
+        "Conflict",
+    );
+    assert_eq!(
+        call_status(
+            &h,
+            Method::PATCH,
+            "/api/v1/teams/main/members/admin",
+            &second,
+            Some(json!({"role": "admin"}))
+        )
+        .await,
+        StatusCode::OK
+    );
+    // The operator logs in as before.
+    let again = h.login("main", "admin", &h.admin.secret).await;
+    assert_eq!(h.get("/api/v1/teams/main", &again).await.1["role"], "admin");
+    // With a team of its own elsewhere, the operator may leave main.
+    assert_eq!(
+        call_status(
+            &h,
+            Method::POST,
+            "/api/v1/teams",
+            admin,
+            Some(json!({"name": "other"}))
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        call_status(
+            &h,
+            Method::DELETE,
+            "/api/v1/teams/main/members/admin",
+            &second,
+            None
+        )
+        .await,
+        StatusCode::NO_CONTENT
+    );
+    let other = h.login("other", "admin", &h.admin.secret).await;
+    assert_eq!(h.get("/api/v1/teams", &other).await.1[0]["name"], "other");
+    // ...and then `other` is its only team, which it cannot delete.
+    assert_error(
+        &h.call(Method::DELETE, "/api/v1/teams/other", Some(&other), None)
+            .await,
+        409,
+        "Conflict",
+    );
+}
+
+/// Two admins demoting each other at the same moment: one may win, never both (the check
+/// runs in the change's transaction, after the write lock).
+async fn no_lockout_under_concurrent_demotions(backend: Backend) {
+    let h = Harness::start(backend).await;
+    for round in 0..8 {
+        let team = format!("race{round}");
+        assert_eq!(
+            call_status(
+                &h,
+                Method::POST,
+                "/api/v1/teams",
+                &h.admin_token,
+                Some(json!({"name": team}))
+            )
+            .await,
+            StatusCode::CREATED
+        );
+        let path = format!("/api/v1/teams/{team}/members");
+        let body =
+            json!({"identity": format!("peer{round}"), "secret": "peer-secret", "role": "admin"});
+        assert_eq!(
+            call_status(&h, Method::POST, &path, &h.admin_token, Some(body)).await,
+            StatusCode::CREATED
+        );
+        let admin = h.login(&team, "admin", &h.admin.secret).await;
+        let peer = h.login(&team, &format!("peer{round}"), "peer-secret").await;
+        let demote = |token: String, who: String| {
+            let h = &h;
+            let path = format!("/api/v1/teams/{team}/members/{who}");
+            async move {
+                call_status(
+                    h,
+                    Method::PATCH,
+                    &path,
+                    &token,
+                    Some(json!({"role": "member"})),
+                )
+                .await
+            }
+        };
+        let (a, b) = tokio::join!(
+            demote(admin.clone(), format!("peer{round}")),
+            demote(peer, "admin".to_string())
+        );
+        let wins = [a, b].iter().filter(|s| **s == StatusCode::OK).count();
+        assert_eq!(wins, 1, "round {round}: {a} and {b}");
+        let (_, members) = h.get(&path, &h.admin_token).await;
+        let admins = members
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "admin")
+            .count();
+        assert_eq!(admins, 1, "round {round}: {members}");
+    }
+}
+
+/// `max_teams`: operators read and set it, nobody else; unknown users are 404; an operator's
+/// stays unlimited; every change bumps the revision.
+async fn users_max_teams(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let (status, me) = h.get("/api/v1/users/admin", admin).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["operator"], true);
+    assert_eq!(me["max_teams"], Value::Null);
+    assert_eq!(
+        call_status(
+            &h,
+            Method::POST,
+            "/api/v1/teams/main/members",
+            admin,
+            Some(json!({"identity": "bob", "secret": "bob-secret"}))
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    let (status, bob_view) = h.get("/api/v1/users/bob", admin).await;
+    assert_eq!(status, StatusCode::OK, "{bob_view}");
+    assert_eq!(bob_view["operator"], false);
+    assert_eq!(bob_view["max_teams"], 1);
+    assert_eq!(bob_view["teams_created"], 0);
+    assert!(bob_view["created"].as_str().unwrap().ends_with('Z'));
+
+    // bob may create one team; then he is an admin (of that team), but no operator.
+    let bob = h.login("main", "bob", "bob-secret").await;
+    assert_eq!(
+        call_status(
+            &h,
+            Method::POST,
+            "/api/v1/teams",
+            &bob,
+            Some(json!({"name": "bobs"}))
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    assert_error(
+        &h.post("/api/v1/teams", &bob, json!({"name": "bobs2"}))
+            .await,
+        403,
+        "QuotaExceeded",
+    );
+    let bob_admin = h.login("bobs", "bob", "bob-secret").await;
+    for token in [&bob, &bob_admin] {
+        assert_error(&h.get("/api/v1/users/bob", token).await, 403, "Forbidden");
+        assert_error(&h.get("/api/v1/users/admin", token).await, 403, "Forbidden");
+        assert_error(
+            &h.call(
+                Method::PATCH,
+                "/api/v1/users/bob",
+                Some(token),
+                Some(json!({"max_teams": 5})),
+            )
+            .await,
+            403,
+            "Forbidden",
+        );
+    }
+    // Non-operators learn nothing about who exists.
+    assert_error(&h.get("/api/v1/users/nobody", &bob).await, 403, "Forbidden");
+
+    // The operator raises bob's limit: one change, one revision.
+    let before = snapshot(&h).await.revision;
+    let (status, body) = h
+        .call(
+            Method::PATCH,
+            "/api/v1/users/bob",
+            Some(admin),
+            Some(json!({"max_teams": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["max_teams"], 2);
+    assert_eq!(body["teams_created"], 1);
+    assert_eq!(snapshot(&h).await.revision, before + 1);
+    assert_eq!(
+        call_status(
+            &h,
+            Method::POST,
+            "/api/v1/teams",
+            &bob,
+            Some(json!({"name": "bobs2"}))
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    // 0 allows none; null is unlimited.
+    let (_, body) = h
+        .call(
+            Method::PATCH,
+            "/api/v1/users/bob",
+            Some(admin),
+            Some(json!({"max_teams": 0})),
+        )
+        .await;
+    assert_eq!(body["max_teams"], 0);
+    let (_, body) = h
+        .call(
+            Method::PATCH,
+            "/api/v1/users/bob",
+            Some(admin),
+            Some(json!({"max_teams": null})),
+        )
+        .await;
+    assert_eq!(body["max_teams"], Value::Null);
+    assert_eq!(
+        call_status(
+            &h,
+            Method::POST,
+            "/api/v1/teams",
+            &bob,
+            Some(json!({"name": "bobs3"}))
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    // Leaving the limit out is not "unlimited": it is refused, as are negative limits and
+    // unknown fields.
+    for (body, status, code) in [
+        (json!({}), 400, "BadRequest"),
+        (json!({"max_teams": -1}), 422, "Unprocessable"),
+        (json!({"max_teams": 1, "operator": true}), 400, "BadRequest"),
+        (json!({"max_teams": "many"}), 400, "BadRequest"),
+    ] {
+        assert_error(
+            &h.call(Method::PATCH, "/api/v1/users/bob", Some(admin), Some(body))
+                .await,
+            status,
+            code,
+        );
+    }
+    // Unknown users.
+    assert_error(&h.get("/api/v1/users/nobody", admin).await, 404, "NotFound");
+    assert_error(
+        &h.call(
+            Method::PATCH,
+            "/api/v1/users/nobody",
+            Some(admin),
+            Some(json!({"max_teams": 1})),
+        )
+        .await,
+        404,
+        "NotFound",
+    );
+    // An operator's teams stay unlimited; `null` changes nothing and bumps nothing.
+    let answer = h
+        .call(
+            Method::PATCH,
+            "/api/v1/users/admin",
+            Some(admin),
+            Some(json!({"max_teams": 3})),
+        )
+        .await;
+    assert_error(&answer, 409, "Conflict");
+    assert!(answer.1["message"].as_str().unwrap().contains("operator"));
+    let before = snapshot(&h).await.revision;
+    let (status, body) = h
+        .call(
+            Method::PATCH,
+            "/api/v1/users/admin",
+            Some(admin),
+            Some(json!({"max_teams": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["max_teams"], Value::Null);
+    assert_eq!(snapshot(&h).await.revision, before);
 }

@@ -6,6 +6,44 @@
 /// Longest name we accept; longer ones are certainly mistakes.
 pub const MAX_NAME: usize = 128;
 
+/// One segment as a regular expression (no anchors): what [`check_simple`] accepts, i.e. 1 to
+/// [`MAX_NAME`] of `[A-Za-z0-9._-]`, but not `.` or `..`. Written without look-around (so
+/// every JSON Schema validator and fuzzer reads it): a segment starts with a character other
+/// than `.`, or with one `.` and another character, or with `..` and any character. The
+/// repetition bounds are `MAX_NAME` minus the length of each start; a test checks that the
+/// expression and the code agree.
+#[macro_export]
+macro_rules! name_segment_pattern {
+    () => {
+        r"(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}|\.\.[A-Za-z0-9._-]{1,126})"
+    };
+}
+
+/// [`check_simple`] as a regular expression: a team, user, worker, service or directory name.
+pub const NAME_PATTERN: &str = concat!("^", crate::name_segment_pattern!(), "$");
+
+/// One segment (unanchored), for patterns built on names (paths of directories, triggers).
+pub const SEGMENT_PATTERN: &str = crate::name_segment_pattern!();
+
+/// [`check_service_ref`] as a regular expression; the whole reference is also at most
+/// [`MAX_NAME`] long.
+pub const SERVICE_REF_PATTERN: &str = concat!(
+    "^",
+    crate::name_segment_pattern!(),
+    "(?:/",
+    crate::name_segment_pattern!(),
+    ")?$"
+);
+
+/// [`check_plugin`] as a regular expression; the whole name is also at most [`MAX_NAME`] long.
+pub const PLUGIN_PATTERN: &str = concat!(
+    "^",
+    crate::name_segment_pattern!(),
+    "(?:/",
+    crate::name_segment_pattern!(),
+    ")*$"
+);
+
 /// Why a name was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
@@ -122,6 +160,68 @@ mod tests {
         for (name, ok) in cases {
             assert_eq!(check_plugin(name).is_ok(), *ok, "{name:?}");
         }
+    }
+
+    /// Every string over an alphabet of the interesting characters, up to 4 long, and strings
+    /// of every shape around `MAX_NAME`: the patterns accept exactly what the checks accept.
+    #[test]
+    fn patterns_are_the_checks() {
+        let re = |p: &str| regex::Regex::new(p).unwrap();
+        let (name, service, plugin) = (
+            re(NAME_PATTERN),
+            re(SERVICE_REF_PATTERN),
+            re(PLUGIN_PATTERN),
+        );
+        assert_eq!(
+            NAME_PATTERN,
+            format!("^{SEGMENT_PATTERN}$"),
+            "one segment is a name"
+        );
+        let agree = |s: &str| {
+            let short = s.len() <= MAX_NAME;
+            assert_eq!(name.is_match(s), check_simple("n", s).is_ok(), "name {s:?}");
+            assert_eq!(
+                service.is_match(s) && short,
+                check_service_ref(s).is_ok(),
+                "service {s:?}"
+            );
+            assert_eq!(
+                plugin.is_match(s) && short,
+                check_plugin(s).is_ok(),
+                "plugin {s:?}"
+            );
+        };
+        let alphabet = ['a', 'Z', '0', '.', '_', '-', '/', ' ', 'é', '\0', '\n'];
+        let mut level = vec![String::new()];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for s in &level {
+                agree(s);
+                for c in alphabet {
+                    next.push(format!("{s}{c}"));
+                }
+            }
+            level = next;
+        }
+        level.iter().for_each(|s| agree(s));
+        let mut checked = 0;
+        for n in MAX_NAME - 3..=MAX_NAME + 3 {
+            for start in ["", ".", "..", "...", "-", "_", "/", "é"] {
+                for split in [None, Some(1), Some(n / 2), Some(n.saturating_sub(2))] {
+                    let mut s = format!("{start}{}", "a".repeat(n.saturating_sub(start.len())));
+                    if let Some(at) =
+                        split.filter(|at| s.is_char_boundary(*at) && s.is_char_boundary(at + 1))
+                    {
+                        s.replace_range(at..at + 1, "/");
+                    }
+                    agree(&s);
+                    agree(&format!("{s}/.."));
+                    agree(&format!("{s}/b"));
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 200);
     }
 
     #[test]

@@ -5,11 +5,24 @@ use crate::auth::AuthUser;
 use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
 use crate::error::{ApiError, ErrorBody, ResultExt};
 use crate::extract::{Json, Path};
+use crate::openapi::{doc_type, string, Name};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
+use proto::names::MAX_NAME;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// What [`directory_name`] accepts: a name, after an optional `/`.
+pub(crate) const PATH_PATTERN: &str = concat!("^/?", proto::name_segment_pattern!(), "$");
+
+doc_type! {
+    /// A directory's path.
+    DirectoryPath => string("`/name` (or `name`): one level under `/`; the name follows the name rule.")
+        .min_length(Some(1))
+        .max_length(Some(MAX_NAME + 1))
+        .pattern(Some(PATH_PATTERN))
+}
 
 /// A directory.
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -35,7 +48,8 @@ pub struct DirectoryView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDirectory {
-    /// `/name`: one level under `/`.
+    /// `/name`: one level under `/`, unique in the team (409 when taken).
+    #[schema(value_type = DirectoryPath)]
     pub path: String,
 }
 
@@ -91,7 +105,10 @@ pub async fn list_directories(
 /// Creates a directory (mkdir).
 #[utoipa::path(post, path = "/api/v1/directories", tag = "triggers", security(("jwt" = [])),
     request_body = CreateDirectory,
-    responses((status = 201, body = DirectoryView), (status = "default", body = ErrorBody)))]
+    responses((status = 201, body = DirectoryView),
+        (status = 409, description = "The team has that directory", body = ErrorBody),
+        (status = 422, description = "Not one name under `/`", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn create_directory(
     State(state): State<AppState>,
     user: AuthUser,
@@ -125,8 +142,11 @@ pub async fn create_directory(
 
 /// Deletes an empty directory (rmdir); 409 while it holds triggers.
 #[utoipa::path(delete, path = "/api/v1/directories/{name}", tag = "triggers", security(("jwt" = [])),
-    params(("name" = String, Path, description = "Directory name")),
-    responses((status = 204), (status = "default", body = ErrorBody)))]
+    params(("name" = Name, Path, description = "Directory name")),
+    responses((status = 204),
+        (status = 404, description = "No such directory in the caller's team", body = ErrorBody),
+        (status = 409, description = "The directory holds triggers", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn delete_directory(
     State(state): State<AppState>,
     user: AuthUser,

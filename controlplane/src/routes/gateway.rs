@@ -5,6 +5,7 @@
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path};
+use crate::openapi::{text, PluginName, ServiceRef, Text, TextMap, Timeout};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -19,6 +20,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
+use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Schema};
+use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
 /// How long connecting to the broker may take before the gateway answers 503.
@@ -27,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_COMMAND_WORDS: usize = 1024;
 
 /// The command: one string (handed to the plugin as one word) or several words.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum CommandWords {
     /// One word, e.g. `"uptime"`.
@@ -36,19 +39,42 @@ pub enum CommandWords {
     Many(Vec<String>),
 }
 
+impl utoipa::PartialSchema for CommandWords {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(text("One word, e.g. `uptime`."))
+            .item(
+                ArrayBuilder::new()
+                    .items(text("A word."))
+                    .max_items(Some(MAX_COMMAND_WORDS))
+                    .description(Some("At most 1024 words.")),
+            )
+            .description(Some(
+                "The command: one string (handed to the plugin as one word) or several words.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for CommandWords {}
+
 /// A request to run through the broker.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayRequest {
     /// Plugin, e.g. `command/command`.
+    #[schema(value_type = PluginName)]
     pub plugin: String,
     /// Command text or words.
     pub command: Option<CommandWords>,
     /// Plugin arguments.
+    #[schema(value_type = Option<TextMap>)]
     pub args: Option<BTreeMap<String, String>>,
     /// Payload (text).
+    #[schema(value_type = Option<Text>)]
     pub payload: Option<String>,
     /// Timeout as text (`"10s"`); absent: the service's.
+    #[schema(value_type = Option<Timeout>)]
     pub timeout: Option<String>,
     /// `false`: fire-and-forget (only `queued` comes back). Default `true`.
     pub wait: Option<bool>,
@@ -151,10 +177,13 @@ fn connect_error(e: ClientError, addr: &str) -> ApiError {
 
 /// Runs a request on a service (`name` or `team%2Fname`) and streams its events.
 #[utoipa::path(post, path = "/api/v1/services/{name}/requests", tag = "gateway",
-    security(("jwt" = [])), params(("name" = String, Path, description = "Service, worker identity, or team/service (URL-encoded)")),
+    security(("jwt" = [])), params(("name" = ServiceRef, Path, description = "Service, worker identity, or team/service (URL-encoded)")),
     request_body = GatewayRequest,
     responses((status = 200, description = "`application/x-ndjson` (one JSON object per event), or `text/event-stream` when asked for in Accept; events: routed, queued, accepted, output, done, failed, summary, error",
         content_type = "application/x-ndjson"),
+        (status = 401, description = "No, a bad or an expired JWT, or the broker refused it", body = ErrorBody),
+        (status = 422, description = "A service or plugin name that breaks its rule, too many command words, or a bad timeout", body = ErrorBody),
+        (status = 503, description = "No broker is configured, or it cannot be reached", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn run_request(
     State(state): State<AppState>,
@@ -177,12 +206,8 @@ pub async fn run_request(
             "more than {MAX_COMMAND_WORDS} command words"
         )));
     }
-    let timeout = match &req.timeout {
-        None => None,
-        Some(text) => Some(humantime::parse_duration(text.trim()).map_err(|e| {
-            ApiError::Unprocessable(format!("timeout `{text}` is not a duration: {e}"))
-        })?),
-    };
+    let timeout = super::parse_timeout(req.timeout.as_deref(), None)?
+        .map(|ms| Duration::from_millis(ms.unsigned_abs()));
     let spec = RequestSpec {
         service,
         plugin: req.plugin,

@@ -14,11 +14,15 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    /// The team to act in.
+    /// The team to act in. No team has a name that breaks the name rule: such a login fails
+    /// like any other (401).
+    #[schema(value_type = crate::openapi::Name)]
     pub team: String,
-    /// User identity.
+    /// User identity (a name, as `team`).
+    #[schema(value_type = crate::openapi::Name)]
     pub identity: String,
-    /// The user's secret.
+    /// The user's secret (never empty, as `team`).
+    #[schema(value_type = crate::openapi::Secret)]
     pub secret: String,
 }
 
@@ -34,6 +38,7 @@ pub struct LoginResponse {
     /// Identity.
     pub identity: String,
     /// `admin` or `member`.
+    #[schema(value_type = super::teams::Role)]
     pub role: String,
 }
 
@@ -47,7 +52,11 @@ struct LoginRow {
 /// Logs in. Every failure is the same 401, whatever was wrong; too many attempts for one
 /// identity or from one address get 429 with `Retry-After`.
 #[utoipa::path(post, path = "/api/v1/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse), (status = "default", body = ErrorBody)))]
+    responses((status = 200, body = LoginResponse),
+        (status = 401, description = "Whatever was wrong: the team, the identity, the secret, or the user is not a member of the team", body = ErrorBody),
+        (status = 429, description = "Too many attempts for the identity or from the address; retry after `Retry-After`", body = ErrorBody),
+        (status = 503, description = "Too many secrets being checked at once; retry after `Retry-After`", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     peer: auth::PeerAddr,

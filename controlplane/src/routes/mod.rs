@@ -12,7 +12,10 @@ mod login;
 mod services;
 mod teams;
 mod triggers;
+mod users;
 mod workers;
+
+pub(crate) use workers::MAX_DESCRIPTION;
 
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
@@ -23,6 +26,7 @@ use axum::response::IntoResponse;
 use proto::control::ConfigEvent;
 use proto::UnknownText;
 use std::str::FromStr;
+use std::sync::OnceLock;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -63,6 +67,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/api/v1/triggers/{id}"),
     ("DELETE", "/api/v1/triggers/{id}"),
     ("POST", "/api/v1/triggers/{id}/hits"),
+    ("GET", "/api/v1/users/{identity}"),
+    ("PATCH", "/api/v1/users/{identity}"),
     ("GET", "/api/v1/broker/snapshot"),
     ("POST", "/api/v1/broker/report"),
     ("GET", "/api/v1/events"),
@@ -106,6 +112,7 @@ fn api() -> OpenApiRouter<AppState> {
             triggers::delete_trigger
         ))
         .routes(routes!(triggers::add_hits))
+        .routes(routes!(users::get_user, users::update_user))
         .routes(routes!(broker::snapshot))
         .routes(routes!(broker::report))
         .routes(routes!(events::events))
@@ -115,7 +122,8 @@ fn api() -> OpenApiRouter<AppState> {
 
 /// The complete router with its state, fallbacks, body limit and metrics.
 pub(crate) fn router(state: AppState) -> axum::Router {
-    let (router, doc) = api().split_for_parts();
+    let (router, mut doc) = api().split_for_parts();
+    crate::openapi::layer_responses(&mut doc);
     state.openapi_json.get_or_init(|| {
         doc.to_pretty_json()
             .unwrap_or_else(|_| "{\"openapi\":\"3.1.0\"}".to_string())
@@ -199,7 +207,106 @@ pub(crate) fn config_event(
 /// milliseconds far from integer overflow).
 pub(crate) const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 
-/// A timeout given as text (`"10s"`, `"1h"`) or milliseconds; `None` when neither is given.
+/// The units a timeout may be written in, largest first, with their milliseconds.
+const TIMEOUT_UNITS: [(&str, u64); 5] = [
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
+/// A regular expression for the decimal integers `0..=max`, without leading zeros.
+fn int_range(max: u64) -> String {
+    let digits: Vec<u8> = max.to_string().bytes().map(|b| b - b'0').collect();
+    let len = digits.len();
+    let any = |n: usize| match n {
+        0 => String::new(),
+        1 => "[0-9]".to_string(),
+        n => format!("[0-9]{{{n}}}"),
+    };
+    let between = |low: u8, high: u8| match high - low {
+        0 => low.to_string(),
+        _ => format!("[{low}-{high}]"),
+    };
+    if len == 1 {
+        return between(0, digits[0]);
+    }
+    // Every number with fewer digits.
+    let mut alternatives = vec!["[0-9]".to_string()];
+    match len {
+        2 => {}
+        3 => alternatives.push("[1-9][0-9]".into()),
+        _ => alternatives.push(format!("[1-9][0-9]{{1,{}}}", len - 2)),
+    }
+    // Numbers with as many digits as `max` and not above it: the first `i` digits of `max`,
+    // then a smaller digit, then anything.
+    for i in 0..len {
+        let low = u8::from(i == 0);
+        if digits[i] > low {
+            let prefix: String = digits[..i].iter().map(u8::to_string).collect();
+            alternatives.push(format!(
+                "{prefix}{}{}",
+                between(low, digits[i] - 1),
+                any(len - i - 1)
+            ));
+        }
+    }
+    alternatives.push(max.to_string());
+    format!("(?:{})", alternatives.join("|"))
+}
+
+/// The one rule for timeouts written as text, as a regular expression: the request
+/// validation runs it and the OpenAPI document states it. A timeout is one term (`90s`,
+/// `1500ms`, `168h`, `7d`: at most [`MAX_TIMEOUT_MS`]) or terms in descending units,
+/// separated by one space, where every term after the first is below one of the unit before
+/// it (`1h 30m`, `6d 23h 59m 59s 999ms`), and the first is below the maximum in its unit, so
+/// that every text it accepts is at most a week. Units: `d`, `h`, `m`, `s`, `ms`.
+pub(crate) fn timeout_pattern() -> &'static str {
+    static PATTERN: OnceLock<String> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        let mut alternatives = Vec::new();
+        for (unit, ms) in TIMEOUT_UNITS {
+            alternatives.push(format!("{}{unit}", int_range(MAX_TIMEOUT_MS / ms)));
+        }
+        for (i, (unit, ms)) in TIMEOUT_UNITS
+            .iter()
+            .enumerate()
+            .take(TIMEOUT_UNITS.len() - 1)
+        {
+            let mut alternative = format!("{}{unit}", int_range(MAX_TIMEOUT_MS / ms - 1));
+            for pair in TIMEOUT_UNITS[i..].windows(2) {
+                let ((_, above), (lower, lower_ms)) = (pair[0], pair[1]);
+                alternative.push_str(&format!("(?: {}{lower})?", int_range(above / lower_ms - 1)));
+            }
+            alternatives.push(alternative);
+        }
+        format!("^(?:{})$", alternatives.join("|"))
+    })
+}
+
+fn timeout_regex() -> &'static regex::Regex {
+    static REGEX: OnceLock<regex::Regex> = OnceLock::new();
+    REGEX.get_or_init(|| regex::Regex::new(timeout_pattern()).expect("the timeout pattern"))
+}
+
+/// Milliseconds of a timeout text that matches [`timeout_pattern`].
+fn timeout_text_ms(text: &str) -> Option<u64> {
+    if !timeout_regex().is_match(text) {
+        return None;
+    }
+    let mut total: u64 = 0;
+    for term in text.split(' ') {
+        let at = term.find(|c: char| !c.is_ascii_digit())?;
+        let (number, unit) = term.split_at(at);
+        let (_, ms) = TIMEOUT_UNITS.iter().find(|(u, _)| *u == unit)?;
+        total = total.checked_add(number.parse::<u64>().ok()?.checked_mul(*ms)?)?;
+    }
+    Some(total)
+}
+
+/// A timeout given as text (`"10s"`, `"1h 30m"`, see [`timeout_pattern`]) or milliseconds;
+/// `None` when neither is given.
 pub(crate) fn parse_timeout(text: Option<&str>, ms: Option<u64>) -> Result<Option<i64>, ApiError> {
     let ms = match (text, ms) {
         (Some(_), Some(_)) => {
@@ -207,29 +314,36 @@ pub(crate) fn parse_timeout(text: Option<&str>, ms: Option<u64>) -> Result<Optio
                 "give either timeout or timeout_ms, not both".into(),
             ))
         }
-        (Some(text), None) => {
-            let d = humantime::parse_duration(text.trim()).map_err(|e| {
-                ApiError::Unprocessable(format!("timeout `{text}` is not a duration: {e}"))
-            })?;
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-        }
+        (Some(text), None) => timeout_text_ms(text).ok_or_else(|| {
+            ApiError::Unprocessable(format!(
+                "timeout `{text}` is not a duration of at most 7d such as `10s`, `1500ms`, \
+                 `1h 30m` or `7d`"
+            ))
+        })?,
         (None, Some(ms)) => ms,
         (None, None) => return Ok(None),
     };
     if ms > MAX_TIMEOUT_MS {
         return Err(ApiError::Unprocessable(format!(
             "timeout is longer than {}",
-            humantime::format_duration(std::time::Duration::from_millis(MAX_TIMEOUT_MS))
+            timeout_text(MAX_TIMEOUT_MS as i64).unwrap_or_default()
         )));
     }
     Ok(Some(ms as i64))
 }
 
-/// `"10s"`-style text of a timeout in milliseconds; `None` for 0 (the default).
+/// The text of a timeout in milliseconds (`"1h 30m"`), in the form [`parse_timeout`] reads;
+/// `None` for 0 (the default).
 pub(crate) fn timeout_text(ms: i64) -> Option<String> {
-    (ms > 0).then(|| {
-        humantime::format_duration(std::time::Duration::from_millis(ms as u64)).to_string()
-    })
+    let mut rest = u64::try_from(ms).ok().filter(|ms| *ms > 0)?;
+    let mut terms = Vec::new();
+    for (unit, unit_ms) in TIMEOUT_UNITS {
+        if rest >= unit_ms {
+            terms.push(format!("{}{unit}", rest / unit_ms));
+            rest %= unit_ms;
+        }
+    }
+    Some(terms.join(" "))
 }
 
 /// The caller may change an object: they own it or are an admin of its team.
@@ -320,14 +434,78 @@ mod tests {
         };
         check(Some("10s"), None, Some(Some(10_000)));
         check(Some("1h"), None, Some(Some(3_600_000)));
+        check(Some("1h 30m"), None, Some(Some(5_400_000)));
+        check(Some("168h"), None, Some(Some(604_800_000)));
+        check(Some("7d"), None, Some(Some(604_800_000)));
+        check(Some("604800000ms"), None, Some(Some(604_800_000)));
+        check(Some("6d 23h 59m 59s 999ms"), None, Some(Some(604_799_999)));
+        check(Some("0s"), None, Some(Some(0)));
         check(None, Some(250), Some(Some(250)));
         check(None, None, Some(None));
-        check(Some("soon"), None, None);
+        for bad in [
+            "soon",
+            "",
+            " 10s",
+            "10s ",
+            "10 s",
+            "1h30m",
+            "10sec",
+            "01s",
+            "1.5s",
+            "-1s",
+            "169h",
+            "8d",
+            "604800001ms",
+            "7d 1ms",
+            "168h 0m",
+            "1h 60m",
+            "1m 1h",
+            "1s 1s",
+            "1h  30m",
+            "100000000000000h",
+        ] {
+            check(Some(bad), None, None);
+        }
         check(Some("1s"), Some(1), None);
         check(None, Some(u64::MAX), None);
-        check(Some("100000000000000h"), None, None);
+        check(None, Some(MAX_TIMEOUT_MS + 1), None);
         assert_eq!(timeout_text(0), None);
         assert_eq!(timeout_text(90_000).as_deref(), Some("1m 30s"));
+        assert_eq!(timeout_text(604_800_000).as_deref(), Some("7d"));
+    }
+
+    /// Every timeout text is read back as the same milliseconds, and every text the pattern
+    /// accepts is at most a week.
+    #[test]
+    fn timeout_texts_round_trip() {
+        let mut ms: u64 = 1;
+        while ms <= MAX_TIMEOUT_MS {
+            for n in [ms, ms + 1, MAX_TIMEOUT_MS - ms, ms * 7 + 999] {
+                let n = n.min(MAX_TIMEOUT_MS);
+                let text = timeout_text(n as i64).unwrap_or_else(|| "0s".into());
+                assert_eq!(
+                    parse_timeout(Some(&text), None).ok(),
+                    Some(Some(n as i64)),
+                    "{text}"
+                );
+            }
+            ms = ms * 3 + 1;
+        }
+    }
+
+    /// `int_range` against counting, around every length of number.
+    #[test]
+    fn integer_ranges() {
+        for max in [
+            0, 5, 9, 10, 11, 19, 23, 59, 99, 100, 101, 167, 999, 1000, 10079, 604799,
+        ] {
+            let re = regex::Regex::new(&format!("^{}$", int_range(max))).unwrap();
+            for n in 0..=(max + 120) {
+                assert_eq!(re.is_match(&n.to_string()), n <= max, "{n} against {max}");
+            }
+            assert!(!re.is_match(&format!("0{max}")), "leading zero");
+            assert!(!re.is_match(""), "empty");
+        }
     }
 
     #[test]

@@ -23,14 +23,14 @@ pub struct ServiceView {
     /// Free text.
     pub description: String,
     /// `roundrobin`, `serial` or `mirror`.
-    #[schema(value_type = String, example = "roundrobin")]
+    #[schema(value_type = crate::openapi::Algorithm, example = "roundrobin")]
     pub algorithm: Algorithm,
     /// Default timeout in milliseconds; 0: the broker's default.
     pub timeout_ms: i64,
     /// The same as text (`"10s"`), `null` for the default.
     pub timeout: Option<String>,
     /// `local` (owner only), `team` or `public`.
-    #[schema(value_type = String, example = "local")]
+    #[schema(value_type = crate::openapi::Visibility, example = "local")]
     pub visibility: Visibility,
     /// Bound worker identities, in order.
     pub workers: Vec<String>,
@@ -55,23 +55,30 @@ pub struct ServiceView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateService {
-    /// Name (letters, digits, `.`, `_`, `-`).
+    /// Name, unique in the team among services and workers (409 when taken).
+    #[schema(value_type = crate::openapi::Name)]
     pub name: String,
     /// Free text.
+    #[schema(value_type = Option<crate::openapi::Description>)]
     pub description: Option<String>,
     /// `roundrobin` (default), `serial` or `mirror`.
-    #[schema(value_type = Option<String>, example = "roundrobin")]
+    #[schema(value_type = Option<crate::openapi::Algorithm>, example = "roundrobin")]
     pub algorithm: Option<Algorithm>,
-    /// Default timeout as text (`"10s"`, `"1h"`).
+    /// Default timeout as text (`"10s"`, `"1h 30m"`); not with `timeout_ms` (422).
+    #[schema(value_type = Option<crate::openapi::Timeout>)]
     pub timeout: Option<String>,
     /// Default timeout in milliseconds (instead of `timeout`).
+    #[schema(value_type = Option<crate::openapi::TimeoutMs>)]
     pub timeout_ms: Option<u64>,
-    /// `local` (default), `team` or `public`.
-    #[schema(value_type = Option<String>, example = "team")]
+    /// `local` (default), `team` or `public` (403 where the team's tier has no public
+    /// services).
+    #[schema(value_type = Option<crate::openapi::Visibility>, example = "team")]
     pub visibility: Option<Visibility>,
     /// Worker identities of the team.
+    #[schema(value_type = Option<crate::openapi::WorkerList>)]
     pub workers: Option<Vec<String>>,
     /// mirror: workers at once (0 or absent: all).
+    #[schema(value_type = Option<crate::openapi::Batch>)]
     pub batch: Option<u32>,
     /// serial: stop at the first failure.
     pub stop_on_failure: Option<bool>,
@@ -84,20 +91,25 @@ pub struct CreateService {
 #[serde(deny_unknown_fields)]
 pub struct UpdateService {
     /// Free text.
+    #[schema(value_type = Option<crate::openapi::Description>)]
     pub description: Option<String>,
     /// `roundrobin`, `serial` or `mirror`.
-    #[schema(value_type = Option<String>, example = "mirror")]
+    #[schema(value_type = Option<crate::openapi::Algorithm>, example = "mirror")]
     pub algorithm: Option<Algorithm>,
-    /// Timeout as text.
+    /// Timeout as text; not with `timeout_ms` (422).
+    #[schema(value_type = Option<crate::openapi::Timeout>)]
     pub timeout: Option<String>,
     /// Timeout in milliseconds.
+    #[schema(value_type = Option<crate::openapi::TimeoutMs>)]
     pub timeout_ms: Option<u64>,
-    /// `local`, `team` or `public`.
-    #[schema(value_type = Option<String>, example = "public")]
+    /// `local`, `team` or `public` (403 where the team's tier has no public services).
+    #[schema(value_type = Option<crate::openapi::Visibility>, example = "public")]
     pub visibility: Option<Visibility>,
     /// Worker identities (replaces the list).
+    #[schema(value_type = Option<crate::openapi::WorkerList>)]
     pub workers: Option<Vec<String>>,
     /// mirror: workers at once (0: all).
+    #[schema(value_type = Option<crate::openapi::Batch>)]
     pub batch: Option<u32>,
     /// serial: stop at the first failure.
     pub stop_on_failure: Option<bool>,
@@ -109,7 +121,8 @@ pub struct UpdateService {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindWorker {
-    /// Worker identity (of the team).
+    /// Worker identity (of the team: 422 otherwise; 409 when it is bound already).
+    #[schema(value_type = crate::openapi::Name)]
     pub identity: String,
 }
 
@@ -287,7 +300,11 @@ pub async fn list_services(
 /// Creates a service owned by the caller.
 #[utoipa::path(post, path = "/api/v1/services", tag = "services", security(("jwt" = [])),
     request_body = CreateService,
-    responses((status = 201, body = ServiceView), (status = "default", body = ErrorBody)))]
+    responses((status = 201, body = ServiceView),
+        (status = 403, description = "`QuotaExceeded`: the team has as many services as it may; or `public` where its tier has no public services", body = ErrorBody),
+        (status = 409, description = "A service or a worker of the team has that name", body = ErrorBody),
+        (status = 422, description = "A field breaks its rule, both timeouts are given, or a listed worker does not exist", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn create_service(
     State(state): State<AppState>,
     user: AuthUser,
@@ -342,8 +359,10 @@ pub async fn create_service(
 
 /// One service.
 #[utoipa::path(get, path = "/api/v1/services/{name}", tag = "services", security(("jwt" = [])),
-    params(("name" = String, Path, description = "Service name")),
-    responses((status = 200, body = ServiceView), (status = "default", body = ErrorBody)))]
+    params(("name" = crate::openapi::Name, Path, description = "Service name")),
+    responses((status = 200, body = ServiceView),
+        (status = 404, description = "No service of that name in the caller's team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn get_service(
     State(state): State<AppState>,
     user: AuthUser,
@@ -366,8 +385,12 @@ async fn service_id(
 
 /// Changes a service (its owner or an admin).
 #[utoipa::path(patch, path = "/api/v1/services/{name}", tag = "services", security(("jwt" = [])),
-    params(("name" = String, Path, description = "Service name")), request_body = UpdateService,
-    responses((status = 200, body = ServiceView), (status = "default", body = ErrorBody)))]
+    params(("name" = crate::openapi::Name, Path, description = "Service name")), request_body = UpdateService,
+    responses((status = 200, body = ServiceView),
+        (status = 403, description = "The caller neither owns the service nor is an admin of the team; or `public` where the team's tier has no public services", body = ErrorBody),
+        (status = 404, description = "No service of that name in the caller's team", body = ErrorBody),
+        (status = 422, description = "A field breaks its rule, both timeouts are given, or a listed worker does not exist", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn update_service(
     State(state): State<AppState>,
     user: AuthUser,
@@ -419,8 +442,11 @@ pub async fn update_service(
 
 /// Deletes a service (its owner or an admin).
 #[utoipa::path(delete, path = "/api/v1/services/{name}", tag = "services", security(("jwt" = [])),
-    params(("name" = String, Path, description = "Service name")),
-    responses((status = 204), (status = "default", body = ErrorBody)))]
+    params(("name" = crate::openapi::Name, Path, description = "Service name")),
+    responses((status = 204),
+        (status = 403, description = "The caller neither owns the service nor is an admin of the team", body = ErrorBody),
+        (status = 404, description = "No service of that name in the caller's team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn delete_service(
     State(state): State<AppState>,
     user: AuthUser,
@@ -443,9 +469,14 @@ pub async fn delete_service(
 
 /// Binds one more worker of the team to the service (at the end).
 #[utoipa::path(post, path = "/api/v1/services/{name}/workers", tag = "services",
-    security(("jwt" = [])), params(("name" = String, Path, description = "Service name")),
+    security(("jwt" = [])), params(("name" = crate::openapi::Name, Path, description = "Service name")),
     request_body = BindWorker,
-    responses((status = 200, body = ServiceView), (status = "default", body = ErrorBody)))]
+    responses((status = 200, body = ServiceView),
+        (status = 403, description = "The caller neither owns the service nor is an admin of the team", body = ErrorBody),
+        (status = 404, description = "No service of that name in the caller's team", body = ErrorBody),
+        (status = 409, description = "The worker is bound already", body = ErrorBody),
+        (status = 422, description = "An identity that breaks the name rule, or no such worker in the team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn add_service_worker(
     State(state): State<AppState>,
     user: AuthUser,
@@ -483,9 +514,12 @@ pub async fn add_service_worker(
 /// Unbinds a worker from the service.
 #[utoipa::path(delete, path = "/api/v1/services/{name}/workers/{identity}", tag = "services",
     security(("jwt" = [])),
-    params(("name" = String, Path, description = "Service name"),
-           ("identity" = String, Path, description = "Worker identity")),
-    responses((status = 200, body = ServiceView), (status = "default", body = ErrorBody)))]
+    params(("name" = crate::openapi::Name, Path, description = "Service name"),
+           ("identity" = crate::openapi::Name, Path, description = "Worker identity")),
+    responses((status = 200, body = ServiceView),
+        (status = 403, description = "The caller neither owns the service nor is an admin of the team", body = ErrorBody),
+        (status = 404, description = "No such service in the caller's team, or the worker is not bound to it", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn remove_service_worker(
     State(state): State<AppState>,
     user: AuthUser,

@@ -5,11 +5,45 @@ use crate::auth::{self, AuthUser};
 use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
 use crate::error::{ApiError, ErrorBody, ResultExt};
 use crate::extract::{Json, Path};
+use crate::openapi::{Limit, Name, Secret};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
+use proto::{text_enum, TextEnum};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+text_enum! {
+    ("role", "lowercase")
+    /// A member's role in a team: an `admin` may invite, remove and change members and delete
+    /// the team, and change any object of it; a `member` only their own objects.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Role {
+        /// Manages the team.
+        Admin,
+        /// Uses the team.
+        Member,
+    }
+}
+
+text_enum! {
+    ("preset", "lowercase")
+    /// A tier's limits: `free` (2 workers, 1 service, 3 triggers, 2 users, no public
+    /// services), `basic` (25, 5, 26, 9), `advanced` (100, 20, 51, 25), `unlimited`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Preset {
+        /// The free tier.
+        Free,
+        /// The basic tier.
+        Basic,
+        /// The advanced tier.
+        Advanced,
+        /// No limits.
+        Unlimited,
+    }
+}
 
 /// A team, as one of its members sees it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -17,6 +51,7 @@ pub struct TeamView {
     /// Name.
     pub name: String,
     /// The caller's role in it.
+    #[schema(value_type = Role)]
     pub role: String,
     /// Limits.
     pub quota: QuotaLimits,
@@ -43,7 +78,7 @@ pub struct QuotaLimits {
 
 impl QuotaLimits {
     /// The seed's price table: `free`, `basic`, `advanced`; and `unlimited`.
-    pub fn preset(name: &str) -> Option<QuotaLimits> {
+    pub fn preset(preset: Preset) -> QuotaLimits {
         let limits = |w, s, t, u, public_services| QuotaLimits {
             max_workers: Some(w),
             max_services: Some(s),
@@ -51,18 +86,17 @@ impl QuotaLimits {
             max_users: Some(u),
             public_services,
         };
-        match name {
-            "free" => Some(limits(2, 1, 3, 2, false)),
-            "basic" => Some(limits(25, 5, 26, 9, true)),
-            "advanced" => Some(limits(100, 20, 51, 25, true)),
-            "unlimited" => Some(QuotaLimits {
+        match preset {
+            Preset::Free => limits(2, 1, 3, 2, false),
+            Preset::Basic => limits(25, 5, 26, 9, true),
+            Preset::Advanced => limits(100, 20, 51, 25, true),
+            Preset::Unlimited => QuotaLimits {
                 max_workers: None,
                 max_services: None,
                 max_triggers: None,
                 max_users: None,
                 public_services: true,
-            }),
-            _ => None,
+            },
         }
     }
 }
@@ -92,19 +126,24 @@ pub struct QuotaUse {
     pub users: i64,
 }
 
-/// New limits: a preset, or explicit numbers (omitted ones become unlimited).
+/// New limits: a preset, or explicit numbers (omitted or `null` ones become unlimited). A
+/// preset with any other field is refused (422).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaRequest {
-    /// `free`, `basic`, `advanced` or `unlimited`.
-    pub preset: Option<String>,
-    /// Workers.
+    /// A tier's limits; give no other field with it.
+    pub preset: Option<Preset>,
+    /// Workers (`null`: unlimited).
+    #[schema(value_type = Option<Limit>)]
     pub max_workers: Option<i64>,
-    /// Services.
+    /// Services (`null`: unlimited).
+    #[schema(value_type = Option<Limit>)]
     pub max_services: Option<i64>,
-    /// Triggers.
+    /// Triggers (`null`: unlimited).
+    #[schema(value_type = Option<Limit>)]
     pub max_triggers: Option<i64>,
-    /// Users.
+    /// Users (`null`: unlimited).
+    #[schema(value_type = Option<Limit>)]
     pub max_users: Option<i64>,
     /// Whether services may be `public` (default true).
     pub public_services: Option<bool>,
@@ -114,7 +153,8 @@ pub struct QuotaRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTeam {
-    /// Name (letters, digits, `.`, `_`, `-`).
+    /// Name, unique in the install (409 when taken).
+    #[schema(value_type = Name)]
     pub name: String,
 }
 
@@ -124,6 +164,7 @@ pub struct MemberView {
     /// Identity.
     pub identity: String,
     /// `admin` or `member`.
+    #[schema(value_type = Role)]
     pub role: String,
     /// Whether the user may set quotas.
     pub operator: bool,
@@ -139,20 +180,23 @@ pub struct MemberView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
-    /// Identity.
+    /// Identity, unique in the install; a user who is already a member is refused (409).
+    #[schema(value_type = Name)]
     pub identity: String,
-    /// Required when the user does not exist yet.
+    /// Required when the user does not exist yet (422 without it); ignored for an existing
+    /// user.
+    #[schema(value_type = Option<Secret>)]
     pub secret: Option<String>,
-    /// `admin` or `member` (default `member`).
-    pub role: Option<String>,
+    /// Default `member`.
+    pub role: Option<Role>,
 }
 
 /// A new role.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMember {
-    /// `admin` or `member`.
-    pub role: String,
+    /// The role; demoting the team's last admin is refused (409).
+    pub role: Role,
 }
 
 #[derive(sqlx::FromRow)]
@@ -211,13 +255,19 @@ async fn admin_of(state: &AppState, user: &AuthUser, team: &str) -> Result<TeamR
     Ok(row)
 }
 
-fn check_role(role: &str) -> Result<(), ApiError> {
-    match role {
-        "admin" | "member" => Ok(()),
-        other => Err(ApiError::Unprocessable(format!(
-            "role `{other}` is neither admin nor member"
-        ))),
-    }
+/// Admins of a team other than `identity`.
+const OTHER_ADMINS: &str = "SELECT COUNT(*) FROM members m JOIN users u ON u.id = m.user_id \
+    WHERE m.team_id = $1 AND m.role = 'admin' AND u.identity <> $2";
+
+/// Whether `identity` is an operator whose only team is `team_id`.
+const ONLY_TEAM_OF_OPERATOR: &str = "SELECT COUNT(*) FROM users u WHERE u.identity = $2 \
+    AND u.operator = TRUE AND NOT EXISTS \
+    (SELECT 1 FROM members o WHERE o.user_id = u.id AND o.team_id <> $1)";
+
+fn last_admin(identity: &str, team: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "{identity} is the last admin of team {team}: make another member an admin first"
+    ))
 }
 
 /// The teams the caller is a member of.
@@ -238,7 +288,11 @@ pub async fn list_teams(
 /// as many teams as their `max_teams` (one, by default), each in the `free` tier.
 #[utoipa::path(post, path = "/api/v1/teams", tag = "teams", security(("jwt" = [])),
     request_body = CreateTeam,
-    responses((status = 201, body = TeamView), (status = "default", body = ErrorBody)))]
+    responses((status = 201, body = TeamView),
+        (status = 403, description = "`QuotaExceeded`: the caller has created as many teams as their `max_teams`", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 422, description = "The name breaks the name rule", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn create_team(
     State(state): State<AppState>,
     user: AuthUser,
@@ -247,9 +301,11 @@ pub async fn create_team(
     check_name("team", &req.name)?;
     let now = now_ms();
     // Operators' teams are unlimited; anyone else's start in the free tier.
-    let tier = if user.operator { "unlimited" } else { "free" };
-    let limits =
-        QuotaLimits::preset(tier).ok_or_else(|| ApiError::Internal(format!("no preset {tier}")))?;
+    let limits = QuotaLimits::preset(if user.operator {
+        Preset::Unlimited
+    } else {
+        Preset::Free
+    });
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
@@ -285,8 +341,10 @@ pub async fn create_team(
 
 /// One of the caller's teams.
 #[utoipa::path(get, path = "/api/v1/teams/{team}", tag = "teams", security(("jwt" = [])),
-    params(("team" = String, Path, description = "Team name")),
-    responses((status = 200, body = TeamView), (status = "default", body = ErrorBody)))]
+    params(("team" = Name, Path, description = "Team name")),
+    responses((status = 200, body = TeamView),
+        (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn get_team(
     State(state): State<AppState>,
     user: AuthUser,
@@ -298,8 +356,12 @@ pub async fn get_team(
 /// Deletes a team and everything in it (admins only; its members keep their accounts). Not
 /// the only team of an operator (409).
 #[utoipa::path(delete, path = "/api/v1/teams/{team}", tag = "teams", security(("jwt" = [])),
-    params(("team" = String, Path, description = "Team name")),
-    responses((status = 204), (status = "default", body = ErrorBody)))]
+    params(("team" = Name, Path, description = "Team name")),
+    responses((status = 204),
+        (status = 403, description = "The caller is not an admin of the team", body = ErrorBody),
+        (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
+        (status = 409, description = "It is the only team of an operator", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn delete_team(
     State(state): State<AppState>,
     user: AuthUser,
@@ -343,8 +405,10 @@ async fn members_of(state: &AppState, team_id: i64) -> Result<Vec<MemberView>, A
 
 /// The members of one of the caller's teams.
 #[utoipa::path(get, path = "/api/v1/teams/{team}/members", tag = "teams", security(("jwt" = [])),
-    params(("team" = String, Path, description = "Team name")),
-    responses((status = 200, body = [MemberView]), (status = "default", body = ErrorBody)))]
+    params(("team" = Name, Path, description = "Team name")),
+    responses((status = 200, body = [MemberView]),
+        (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn list_members(
     State(state): State<AppState>,
     user: AuthUser,
@@ -357,8 +421,14 @@ pub async fn list_members(
 /// Invites a user (admins only): creates them when new (`secret` required), or adds an
 /// existing user to this team as well.
 #[utoipa::path(post, path = "/api/v1/teams/{team}/members", tag = "teams", security(("jwt" = [])),
-    params(("team" = String, Path, description = "Team name")), request_body = AddMember,
-    responses((status = 201, body = MemberView), (status = "default", body = ErrorBody)))]
+    params(("team" = Name, Path, description = "Team name")), request_body = AddMember,
+    responses((status = 201, body = MemberView),
+        (status = 403, description = "The caller is not an admin of the team, or `QuotaExceeded`: the team has as many users as it may", body = ErrorBody),
+        (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
+        (status = 409, description = "The user is already a member", body = ErrorBody),
+        (status = 422, description = "A name that breaks the rule, an empty secret, or a new user without a secret", body = ErrorBody),
+        (status = 503, description = "Too many secrets being hashed at once; retry after `Retry-After`", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn add_member(
     State(state): State<AppState>,
     user: AuthUser,
@@ -367,8 +437,7 @@ pub async fn add_member(
 ) -> Result<(StatusCode, Json<MemberView>), ApiError> {
     let row = admin_of(&state, &user, &team).await?;
     check_name("identity", &req.identity)?;
-    let role = req.role.unwrap_or_else(|| "member".into());
-    check_role(&role)?;
+    let role = req.role.unwrap_or(Role::Member).as_str();
     let hash = match &req.secret {
         Some(secret) if secret.is_empty() => {
             return Err(ApiError::Unprocessable("secret is empty".into()))
@@ -395,7 +464,7 @@ pub async fn add_member(
                 "user {} does not exist yet: give a secret to create it", req.identity))),
         };
         sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
-            .bind(row.id).bind(user_id).bind(&role).bind(now).execute(&mut *tx).await
+            .bind(row.id).bind(user_id).bind(role).bind(now).execute(&mut *tx).await
             .on_conflict(|| format!("member {} of team {team}", req.identity))?;
         tx.commit().await?;
         revision
@@ -415,32 +484,16 @@ pub async fn add_member(
     Ok((StatusCode::CREATED, Json(member)))
 }
 
-/// Refuses to leave a team without an admin.
-async fn keep_an_admin(
-    state: &AppState,
-    team_id: i64,
-    identity: &str,
-    team: &str,
-) -> Result<(), ApiError> {
-    const SQL: &str = "SELECT COUNT(*) FROM members m JOIN users u ON u.id = m.user_id \
-        WHERE m.team_id = $1 AND m.role = 'admin' AND u.identity <> $2";
-    let others: i64 = on_db!(&state.db, pool => {
-        sqlx::query_scalar(SQL).bind(team_id).bind(identity).fetch_one(pool).await?
-    });
-    if others == 0 {
-        return Err(ApiError::Conflict(format!(
-            "{identity} is the last admin of team {team}"
-        )));
-    }
-    Ok(())
-}
-
-/// Changes a member's role (admins only).
+/// Changes a member's role (admins only). The team's last admin cannot be demoted.
 #[utoipa::path(patch, path = "/api/v1/teams/{team}/members/{identity}", tag = "teams",
     security(("jwt" = [])), request_body = UpdateMember,
-    params(("team" = String, Path, description = "Team name"),
-           ("identity" = String, Path, description = "Member identity")),
-    responses((status = 200, body = MemberView), (status = "default", body = ErrorBody)))]
+    params(("team" = Name, Path, description = "Team name"),
+           ("identity" = Name, Path, description = "Member identity")),
+    responses((status = 200, body = MemberView),
+        (status = 403, description = "The caller is not an admin of the team", body = ErrorBody),
+        (status = 404, description = "No such team for the caller, or no such member", body = ErrorBody),
+        (status = 409, description = "The member is the team's last admin", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn update_member(
     State(state): State<AppState>,
     user: AuthUser,
@@ -448,16 +501,20 @@ pub async fn update_member(
     Json(req): Json<UpdateMember>,
 ) -> Result<Json<MemberView>, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
-    check_role(&req.role)?;
-    if req.role != "admin" {
-        keep_an_admin(&state, row.id, &identity, &team).await?;
-    }
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
+        // After the write lock: two demotions at once cannot both see the other admin.
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        if req.role != Role::Admin {
+            let others: i64 = sqlx::query_scalar(OTHER_ADMINS)
+                .bind(row.id).bind(&identity).fetch_one(&mut *tx).await?;
+            if others == 0 {
+                return Err(last_admin(&identity, &team));
+            }
+        }
         let done = sqlx::query("UPDATE members SET role = $1 WHERE team_id = $2 \
             AND user_id = (SELECT id FROM users WHERE identity = $3)")
-            .bind(&req.role).bind(row.id).bind(&identity).execute(&mut *tx).await?;
+            .bind(req.role.as_str()).bind(row.id).bind(&identity).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Err(ApiError::NotFound(format!("no member {identity} in team {team}")));
         }
@@ -473,22 +530,39 @@ pub async fn update_member(
     Ok(Json(member))
 }
 
-/// Removes a member from the team (admins only; the user keeps their other teams).
+/// Removes a member from the team (admins only; the user keeps their other teams). Not the
+/// team's last admin, nor an operator from their only team (409): neither a team without an
+/// admin nor an operator who cannot log in.
 #[utoipa::path(delete, path = "/api/v1/teams/{team}/members/{identity}", tag = "teams",
     security(("jwt" = [])),
-    params(("team" = String, Path, description = "Team name"),
-           ("identity" = String, Path, description = "Member identity")),
-    responses((status = 204), (status = "default", body = ErrorBody)))]
+    params(("team" = Name, Path, description = "Team name"),
+           ("identity" = Name, Path, description = "Member identity")),
+    responses((status = 204),
+        (status = 403, description = "The caller is not an admin of the team", body = ErrorBody),
+        (status = 404, description = "No such team for the caller, or no such member", body = ErrorBody),
+        (status = 409, description = "The member is the team's last admin, or an operator whose only team it is", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn remove_member(
     State(state): State<AppState>,
     user: AuthUser,
     Path((team, identity)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
-    keep_an_admin(&state, row.id, &identity, &team).await?;
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let others: i64 = sqlx::query_scalar(OTHER_ADMINS)
+            .bind(row.id).bind(&identity).fetch_one(&mut *tx).await?;
+        if others == 0 {
+            return Err(last_admin(&identity, &team));
+        }
+        let stranded: i64 = sqlx::query_scalar(ONLY_TEAM_OF_OPERATOR)
+            .bind(row.id).bind(&identity).fetch_one(&mut *tx).await?;
+        if stranded > 0 {
+            return Err(ApiError::Conflict(format!(
+                "team {team} is the only team of operator {identity}: \
+                 add them to another team before removing them from it")));
+        }
         let done = sqlx::query("DELETE FROM members WHERE team_id = $1 \
             AND user_id = (SELECT id FROM users WHERE identity = $2)")
             .bind(row.id).bind(&identity).execute(&mut *tx).await?;
@@ -526,8 +600,10 @@ async fn quota_view(state: &AppState, row: &TeamRow) -> Result<QuotaView, ApiErr
 
 /// A team's limits and use.
 #[utoipa::path(get, path = "/api/v1/teams/{team}/quota", tag = "teams", security(("jwt" = [])),
-    params(("team" = String, Path, description = "Team name")),
-    responses((status = 200, body = QuotaView), (status = "default", body = ErrorBody)))]
+    params(("team" = Name, Path, description = "Team name")),
+    responses((status = 200, body = QuotaView),
+        (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn get_quota(
     State(state): State<AppState>,
     user: AuthUser,
@@ -539,8 +615,12 @@ pub async fn get_quota(
 
 /// Sets a team's limits (operators only): a preset or explicit numbers.
 #[utoipa::path(put, path = "/api/v1/teams/{team}/quota", tag = "teams", security(("jwt" = [])),
-    params(("team" = String, Path, description = "Team name")), request_body = QuotaRequest,
-    responses((status = 200, body = QuotaView), (status = "default", body = ErrorBody)))]
+    params(("team" = Name, Path, description = "Team name")), request_body = QuotaRequest,
+    responses((status = 200, body = QuotaView),
+        (status = 403, description = "The caller is not an operator", body = ErrorBody),
+        (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
+        (status = 422, description = "A preset with explicit limits, or a negative limit", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn set_quota(
     State(state): State<AppState>,
     user: AuthUser,
@@ -560,20 +640,14 @@ pub async fn set_quota(
         max_users: req.max_users,
         public_services: req.public_services.unwrap_or(true),
     };
-    let limits = match &req.preset {
+    let limits = match req.preset {
         Some(preset) => {
-            if explicit != QuotaLimits::preset("unlimited").unwrap_or(explicit)
-                || req.public_services.is_some()
-            {
+            if explicit != QuotaLimits::preset(Preset::Unlimited) || req.public_services.is_some() {
                 return Err(ApiError::Unprocessable(
                     "give either a preset or explicit limits, not both".into(),
                 ));
             }
-            QuotaLimits::preset(preset).ok_or_else(|| {
-                ApiError::Unprocessable(format!(
-                    "preset `{preset}` is not one of free, basic, advanced, unlimited"
-                ))
-            })?
+            QuotaLimits::preset(preset)
         }
         None => explicit,
     };

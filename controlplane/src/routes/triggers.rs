@@ -8,6 +8,8 @@ use crate::auth::AuthUser;
 use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
 use crate::error::{ApiError, ErrorBody, ResultExt};
 use crate::extract::{Json, Path};
+use crate::openapi::{doc_type, integer, string, text};
+use crate::openapi::{Description, PluginName, ServiceRef, Timeout, TimeoutMs, TriggerId};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,6 +17,7 @@ use proto::control::Visibility;
 use proto::{text_enum, TextEnum};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 text_enum! {
@@ -29,6 +32,48 @@ text_enum! {
         /// Line by line.
         Lines,
     }
+}
+
+/// What `create_trigger` accepts as a path: `/directory/name`, both names.
+pub(crate) const PATH_PATTERN: &str = concat!(
+    "^/",
+    proto::name_segment_pattern!(),
+    "/",
+    proto::name_segment_pattern!(),
+    "$"
+);
+
+doc_type! {
+    /// A trigger's path.
+    TriggerPath => string("`/directory/name`: two names; the directory must exist (422 otherwise).")
+        .min_length(Some(4))
+        .max_length(Some(2 * proto::names::MAX_NAME + 2))
+        .pattern(Some(PATH_PATTERN))
+}
+
+doc_type! {
+    /// Unix mode bits.
+    Mode => integer(
+        "Unix mode bits, at most 0o7777 (4095); e.g. 420 = 0o644.",
+        0,
+        MAX_MODE,
+        KnownFormat::Int32,
+    )
+}
+
+doc_type! {
+    /// Hits one call adds.
+    HitCount => integer("How many runs to count.", 0, MAX_HITS_PER_CALL, KnownFormat::Int32)
+}
+
+doc_type! {
+    /// A trigger's default plugin arguments.
+    ArgMap => ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some("At most 256 arguments; keys 1 to 4096 characters, values at most 4096."))
+        .max_properties(Some(MAX_ARGS))
+        .property_names(Some(text("An argument's name.").min_length(Some(1)).max_length(Some(MAX_ARG_CHARS))))
+        .additional_properties(Some(text("An argument's value.").max_length(Some(MAX_ARG_CHARS))))
 }
 
 /// A trigger.
@@ -57,10 +102,9 @@ pub struct TriggerView {
     /// Unix mode bits (e.g. 420 = 0o644).
     pub mode: i64,
     /// `none` or `lines`.
-    #[schema(value_type = String)]
     pub split: Split,
     /// `local`, `team` or `public`.
-    #[schema(value_type = String)]
+    #[schema(value_type = crate::openapi::Visibility)]
     pub visibility: Visibility,
     /// Times it ran.
     pub hits: i64,
@@ -76,26 +120,34 @@ pub struct TriggerView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTrigger {
-    /// `/directory/name`; the directory must exist.
+    /// `/directory/name`; the directory must exist (422), the name be new in it (409).
+    #[schema(value_type = TriggerPath)]
     pub path: String,
     /// Plugin, e.g. `command/command`.
+    #[schema(value_type = PluginName)]
     pub plugin: String,
-    /// Service (`service` or `team/service`).
+    /// Service (`service` or `team/service`); it must exist for the team (422).
+    #[schema(value_type = ServiceRef)]
     pub service: String,
     /// Default plugin arguments.
+    #[schema(value_type = Option<ArgMap>)]
     pub args: Option<BTreeMap<String, String>>,
-    /// Timeout as text (`"10s"`).
+    /// Timeout as text (`"10s"`); not with `timeout_ms` (422).
+    #[schema(value_type = Option<Timeout>)]
     pub timeout: Option<String>,
     /// Timeout in milliseconds.
+    #[schema(value_type = Option<TimeoutMs>)]
     pub timeout_ms: Option<u64>,
     /// Unix mode bits (default 0o644 = 420).
+    #[schema(value_type = Option<Mode>)]
     pub mode: Option<u32>,
     /// `none` (default) or `lines`.
     pub split: Option<Split>,
     /// Free text.
+    #[schema(value_type = Option<Description>)]
     pub description: Option<String>,
     /// `local` (default), `team` or `public`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Visibility>)]
     pub visibility: Option<Visibility>,
 }
 
@@ -104,23 +156,30 @@ pub struct CreateTrigger {
 #[serde(deny_unknown_fields)]
 pub struct UpdateTrigger {
     /// Plugin.
+    #[schema(value_type = Option<PluginName>)]
     pub plugin: Option<String>,
-    /// Service.
+    /// Service; it must exist for the team (422).
+    #[schema(value_type = Option<ServiceRef>)]
     pub service: Option<String>,
     /// Default plugin arguments (replaces them).
+    #[schema(value_type = Option<ArgMap>)]
     pub args: Option<BTreeMap<String, String>>,
-    /// Timeout as text.
+    /// Timeout as text; not with `timeout_ms` (422).
+    #[schema(value_type = Option<Timeout>)]
     pub timeout: Option<String>,
     /// Timeout in milliseconds.
+    #[schema(value_type = Option<TimeoutMs>)]
     pub timeout_ms: Option<u64>,
     /// Unix mode bits.
+    #[schema(value_type = Option<Mode>)]
     pub mode: Option<u32>,
     /// `none` or `lines`.
     pub split: Option<Split>,
     /// Free text.
+    #[schema(value_type = Option<Description>)]
     pub description: Option<String>,
     /// `local`, `team` or `public`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Visibility>)]
     pub visibility: Option<Visibility>,
 }
 
@@ -128,7 +187,8 @@ pub struct UpdateTrigger {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddHits {
-    /// How many (default 1, at most 1 000 000).
+    /// How many (default 1).
+    #[schema(value_type = Option<HitCount>)]
     pub count: Option<u32>,
 }
 
@@ -185,9 +245,9 @@ const SELECT: &str = "SELECT t.id, d.name AS directory, t.name, t.description, t
 const MAX_HITS_PER_CALL: u32 = 1_000_000;
 /// Mode bits a file may have.
 const MAX_MODE: u32 = 0o7777;
-/// Most arguments a trigger keeps, and their size.
+/// Most arguments a trigger keeps, and the characters of each key and value.
 const MAX_ARGS: usize = 256;
-const MAX_ARG_BYTES: usize = 4096;
+const MAX_ARG_CHARS: usize = 4096;
 
 fn parse_id(id: &str) -> Result<i64, ApiError> {
     id.parse::<i64>()
@@ -220,10 +280,12 @@ fn check_args(args: &Option<BTreeMap<String, String>>) -> Result<(), ApiError> {
                 "more than {MAX_ARGS} args"
             )));
         }
+        let long = |text: &str| text.chars().count() > MAX_ARG_CHARS;
         for (k, v) in args {
-            if k.is_empty() || k.len() > MAX_ARG_BYTES || v.len() > MAX_ARG_BYTES {
+            if k.is_empty() || long(k) || long(v) {
                 return Err(ApiError::Unprocessable(format!(
-                    "arg keys must be non-empty, keys and values at most {MAX_ARG_BYTES} bytes"
+                    "arg keys must be non-empty, keys and values at most {MAX_ARG_CHARS} \
+                     characters"
                 )));
             }
         }
@@ -297,7 +359,11 @@ pub async fn list_triggers(
 /// Creates a trigger in an existing directory.
 #[utoipa::path(post, path = "/api/v1/triggers", tag = "triggers", security(("jwt" = [])),
     request_body = CreateTrigger,
-    responses((status = 201, body = TriggerView), (status = "default", body = ErrorBody)))]
+    responses((status = 201, body = TriggerView),
+        (status = 403, description = "`QuotaExceeded`: the team has as many triggers as it may", body = ErrorBody),
+        (status = 409, description = "The directory has a trigger of that name", body = ErrorBody),
+        (status = 422, description = "A field breaks its rule, both timeouts are given, or the directory or the service does not exist", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn create_trigger(
     State(state): State<AppState>,
     user: AuthUser,
@@ -365,8 +431,10 @@ pub async fn create_trigger(
 
 /// One trigger.
 #[utoipa::path(get, path = "/api/v1/triggers/{id}", tag = "triggers", security(("jwt" = [])),
-    params(("id" = i64, Path, description = "Trigger id")),
-    responses((status = 200, body = TriggerView), (status = "default", body = ErrorBody)))]
+    params(("id" = TriggerId, Path, description = "Trigger id")),
+    responses((status = 200, body = TriggerView),
+        (status = 404, description = "No trigger of that id in the caller's team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn get_trigger(
     State(state): State<AppState>,
     user: AuthUser,
@@ -378,8 +446,12 @@ pub async fn get_trigger(
 
 /// Changes a trigger (its owner or an admin).
 #[utoipa::path(patch, path = "/api/v1/triggers/{id}", tag = "triggers", security(("jwt" = [])),
-    params(("id" = i64, Path, description = "Trigger id")), request_body = UpdateTrigger,
-    responses((status = 200, body = TriggerView), (status = "default", body = ErrorBody)))]
+    params(("id" = TriggerId, Path, description = "Trigger id")), request_body = UpdateTrigger,
+    responses((status = 200, body = TriggerView),
+        (status = 403, description = "The caller neither owns the trigger nor is an admin of the team", body = ErrorBody),
+        (status = 404, description = "No trigger of that id in the caller's team", body = ErrorBody),
+        (status = 422, description = "A field breaks its rule, both timeouts are given, or the service does not exist", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn update_trigger(
     State(state): State<AppState>,
     user: AuthUser,
@@ -429,8 +501,11 @@ pub async fn update_trigger(
 
 /// Deletes a trigger (its owner or an admin).
 #[utoipa::path(delete, path = "/api/v1/triggers/{id}", tag = "triggers", security(("jwt" = [])),
-    params(("id" = i64, Path, description = "Trigger id")),
-    responses((status = 204), (status = "default", body = ErrorBody)))]
+    params(("id" = TriggerId, Path, description = "Trigger id")),
+    responses((status = 204),
+        (status = 403, description = "The caller neither owns the trigger nor is an admin of the team", body = ErrorBody),
+        (status = 404, description = "No trigger of that id in the caller's team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn delete_trigger(
     State(state): State<AppState>,
     user: AuthUser,
@@ -456,8 +531,12 @@ pub async fn delete_trigger(
 /// Counts runs of a trigger (the fs module calls this); not a configuration change. A
 /// `local` trigger's hits are counted only by its owner or an admin.
 #[utoipa::path(post, path = "/api/v1/triggers/{id}/hits", tag = "triggers", security(("jwt" = [])),
-    params(("id" = i64, Path, description = "Trigger id")), request_body = AddHits,
-    responses((status = 200, body = TriggerView), (status = "default", body = ErrorBody)))]
+    params(("id" = TriggerId, Path, description = "Trigger id")), request_body = AddHits,
+    responses((status = 200, body = TriggerView),
+        (status = 403, description = "A `local` trigger that the caller neither owns nor administers", body = ErrorBody),
+        (status = 404, description = "No trigger of that id in the caller's team", body = ErrorBody),
+        (status = 422, description = "`count` above the maximum", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn add_hits(
     State(state): State<AppState>,
     user: AuthUser,

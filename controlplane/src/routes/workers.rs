@@ -22,7 +22,7 @@ pub struct WorkerView {
     /// Free text.
     pub description: String,
     /// `ONLINE` or `DISCONNECTED` (reported by the broker).
-    #[schema(value_type = String)]
+    #[schema(value_type = crate::openapi::WorkerState)]
     pub state: WorkerState,
     /// When the broker last reported it (RFC 3339), if ever.
     pub last_seen: Option<String>,
@@ -56,9 +56,11 @@ pub struct WorkerWithToken {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorker {
-    /// Identity (letters, digits, `.`, `_`, `-`).
+    /// Identity, unique in the team among workers and services (409 when taken).
+    #[schema(value_type = crate::openapi::Name)]
     pub identity: String,
     /// Free text.
+    #[schema(value_type = Option<crate::openapi::Description>)]
     pub description: Option<String>,
     /// `team` (default) or `local`: who may use it directly and its announced services.
     #[schema(value_type = Option<String>, example = "team")]
@@ -70,6 +72,7 @@ pub struct CreateWorker {
 #[serde(deny_unknown_fields)]
 pub struct UpdateWorker {
     /// Free text.
+    #[schema(value_type = Option<crate::openapi::Description>)]
     pub description: Option<String>,
     /// `team` or `local`.
     #[schema(value_type = Option<String>, example = "local")]
@@ -120,8 +123,8 @@ fn check_visibility(visibility: Option<Visibility>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Longest description we keep.
-const MAX_DESCRIPTION: usize = 4096;
+/// Longest description we keep, in characters (as JSON Schema's `maxLength` counts).
+pub(crate) const MAX_DESCRIPTION: usize = 4096;
 
 /// A fresh worker token (uuid v4, shown once) and the digest that is stored instead.
 fn new_token() -> (String, String) {
@@ -132,8 +135,8 @@ fn new_token() -> (String, String) {
 
 pub(crate) fn check_description(text: &Option<String>) -> Result<(), ApiError> {
     match text {
-        Some(t) if t.len() > MAX_DESCRIPTION => Err(ApiError::Unprocessable(format!(
-            "description is longer than {MAX_DESCRIPTION} bytes"
+        Some(t) if t.chars().count() > MAX_DESCRIPTION => Err(ApiError::Unprocessable(format!(
+            "description is longer than {MAX_DESCRIPTION} characters"
         ))),
         _ => Ok(()),
     }
@@ -165,7 +168,11 @@ pub async fn list_workers(
 /// Creates a worker; the answer holds its token, once.
 #[utoipa::path(post, path = "/api/v1/workers", tag = "workers", security(("jwt" = [])),
     request_body = CreateWorker,
-    responses((status = 201, body = WorkerWithToken), (status = "default", body = ErrorBody)))]
+    responses((status = 201, body = WorkerWithToken),
+        (status = 403, description = "`QuotaExceeded`: the team has as many workers as it may", body = ErrorBody),
+        (status = 409, description = "A worker or a service of the team has that name", body = ErrorBody),
+        (status = 422, description = "An identity that breaks the name rule, or a description too long", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn create_worker(
     State(state): State<AppState>,
     user: AuthUser,
@@ -211,8 +218,10 @@ pub async fn create_worker(
 
 /// One worker (never its token).
 #[utoipa::path(get, path = "/api/v1/workers/{identity}", tag = "workers", security(("jwt" = [])),
-    params(("identity" = String, Path, description = "Worker identity")),
-    responses((status = 200, body = WorkerView), (status = "default", body = ErrorBody)))]
+    params(("identity" = crate::openapi::Name, Path, description = "Worker identity")),
+    responses((status = 200, body = WorkerView),
+        (status = 404, description = "No worker of that identity in the caller's team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn get_worker(
     State(state): State<AppState>,
     user: AuthUser,
@@ -225,8 +234,12 @@ pub async fn get_worker(
 
 /// Changes a worker's description (its owner or an admin).
 #[utoipa::path(patch, path = "/api/v1/workers/{identity}", tag = "workers", security(("jwt" = [])),
-    params(("identity" = String, Path, description = "Worker identity")), request_body = UpdateWorker,
-    responses((status = 200, body = WorkerView), (status = "default", body = ErrorBody)))]
+    params(("identity" = crate::openapi::Name, Path, description = "Worker identity")), request_body = UpdateWorker,
+    responses((status = 200, body = WorkerView),
+        (status = 403, description = "The caller neither owns the worker nor is an admin of the team", body = ErrorBody),
+        (status = 404, description = "No worker of that identity in the caller's team", body = ErrorBody),
+        (status = 422, description = "A description too long", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn update_worker(
     State(state): State<AppState>,
     user: AuthUser,
@@ -262,8 +275,11 @@ pub async fn update_worker(
 
 /// Deletes a worker (its owner or an admin); it leaves every service.
 #[utoipa::path(delete, path = "/api/v1/workers/{identity}", tag = "workers", security(("jwt" = [])),
-    params(("identity" = String, Path, description = "Worker identity")),
-    responses((status = 204), (status = "default", body = ErrorBody)))]
+    params(("identity" = crate::openapi::Name, Path, description = "Worker identity")),
+    responses((status = 204),
+        (status = 403, description = "The caller neither owns the worker nor is an admin of the team", body = ErrorBody),
+        (status = 404, description = "No worker of that identity in the caller's team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn delete_worker(
     State(state): State<AppState>,
     user: AuthUser,
@@ -286,8 +302,11 @@ pub async fn delete_worker(
 
 /// Replaces a worker's token (its owner or an admin); the new one is in the answer, once.
 #[utoipa::path(post, path = "/api/v1/workers/{identity}/regenerate", tag = "workers",
-    security(("jwt" = [])), params(("identity" = String, Path, description = "Worker identity")),
-    responses((status = 200, body = WorkerWithToken), (status = "default", body = ErrorBody)))]
+    security(("jwt" = [])), params(("identity" = crate::openapi::Name, Path, description = "Worker identity")),
+    responses((status = 200, body = WorkerWithToken),
+        (status = 403, description = "The caller neither owns the worker nor is an admin of the team", body = ErrorBody),
+        (status = 404, description = "No worker of that identity in the caller's team", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn regenerate_token(
     State(state): State<AppState>,
     user: AuthUser,

@@ -77,6 +77,14 @@ impl Harness {
     }
 
     pub async fn start_with(backend: Backend, broker_addr: Option<String>) -> Harness {
+        Harness::start_configured(backend, |settings| settings.broker_addr = broker_addr).await
+    }
+
+    /// A control plane whose settings `configure` changes last.
+    pub async fn start_configured(
+        backend: Backend,
+        configure: impl FnOnce(&mut ControlSettings),
+    ) -> Harness {
         let data = tempfile::tempdir().expect("temp dir");
         let pg_db = match backend {
             Backend::Sqlite => None,
@@ -87,7 +95,7 @@ impl Harness {
             .as_ref()
             .map(|db| format!("postgres://postgres@127.0.0.1:5432/{db}"));
         settings.max_body_bytes = MAX_BODY;
-        settings.broker_addr = broker_addr;
+        configure(&mut settings);
         let plane = ControlPlane::open(settings)
             .await
             .expect("open control plane");
@@ -194,6 +202,30 @@ impl Harness {
                     .await
                     .expect("connect");
                 sqlx::query(sql).execute(&mut conn).await.expect(sql);
+            }
+        }
+    }
+
+    /// Runs statements in order on one connection to the store.
+    pub async fn execute_sqls(&self, statements: &[String]) {
+        use sqlx::Connection;
+        match &self.pg_db {
+            Some(db) => {
+                let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+                let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut conn).await.expect(sql);
+                }
+            }
+            None => {
+                let path = self.data.path().join("data/triggerfs.db");
+                let url = format!("sqlite://{}", path.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url)
+                    .await
+                    .expect("connect");
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut conn).await.expect(sql);
+                }
             }
         }
     }

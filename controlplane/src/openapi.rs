@@ -127,7 +127,8 @@ pub struct BrokerReportDoc {
     /// Worker state changes, oldest first.
     pub workers: Vec<WorkerStateReportDoc>,
     /// `workers` lists every worker online at the broker: any other is `DISCONNECTED`.
-    pub full: Option<bool>,
+    #[schema(required = false)]
+    pub full: bool,
 }
 
 /// `proto::control::WorkerStateReport`.
@@ -148,9 +149,19 @@ pub struct WorkerStateReportDoc {
     #[schema(value_type = UnixMs)]
     pub at_unix_ms: u64,
     /// Orders one identity's connections within one broker run.
-    pub generation: Option<u64>,
+    #[schema(required = false)]
+    pub generation: u64,
     /// The services it announced (`ONLINE`).
-    pub services: Option<Vec<String>>,
+    #[schema(required = false, value_type = AnnouncedServices)]
+    pub services: Vec<String>,
+}
+
+doc_type! {
+    /// What a worker announced, as its report carries it.
+    AnnouncedServices => ArrayBuilder::new()
+        .items(<Name as utoipa::PartialSchema>::schema())
+        .max_items(Some(crate::routes::MAX_ANNOUNCED))
+        .description(Some("Service names, at most 64."))
 }
 
 /// `proto::control::ConfigEvent`: the `data` of `event: config`.
@@ -348,6 +359,15 @@ doc_type! {
     Visibility => texts::<proto::control::Visibility>(
         "Who may use it: `local` (its owner), `team`, `public` (every team).",
     )
+}
+
+doc_type! {
+    /// A worker's visibility: `proto::control::Visibility` without `public`.
+    WorkerVisibility => string(
+        "Who may use the worker by its identity and the ad-hoc services it announces: `local` \
+         (its owner) or `team` (every member). Ad-hoc services never reach other teams.",
+    )
+    .enum_values(Some(["local", "team"]))
 }
 
 doc_type! {

@@ -602,6 +602,8 @@ impl World<'_> {
             .as_secs();
         let claims = proto::control::Claims {
             sub: self.h.admin.identity.clone(),
+            // The operator is the store's first user.
+            uid: 1,
             team: team.into(),
             role: "admin".into(),
             iat: now,

@@ -153,12 +153,27 @@ pub struct ReportAnswer {
 /// Worker state changes from the broker (state and last seen).
 #[utoipa::path(post, path = "/api/v1/broker/report", tag = "broker", security(("broker_token" = [])),
     request_body = crate::openapi::BrokerReportDoc,
-    responses((status = 200, body = ReportAnswer), (status = "default", body = ErrorBody)))]
+    responses((status = 200, body = ReportAnswer),
+        (status = 422, description = "A report lists more than 64 services for a worker, or one that is not a name", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
 pub async fn report(
     State(state): State<AppState>,
     _broker: BrokerAuth,
     Json(report): Json<BrokerReport>,
 ) -> Result<Json<ReportAnswer>, ApiError> {
+    for w in &report.workers {
+        if w.services.len() > super::MAX_ANNOUNCED {
+            return Err(ApiError::Unprocessable(format!(
+                "worker {} reports {} services; at most {}",
+                w.identity,
+                w.services.len(),
+                super::MAX_ANNOUNCED
+            )));
+        }
+        for s in &w.services {
+            super::check_name("service", s)?;
+        }
+    }
     let mut updated = 0;
     on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;

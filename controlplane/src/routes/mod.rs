@@ -31,6 +31,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// The most services one worker's state report may list (a worker announces a handful).
+pub(crate) const MAX_ANNOUNCED: usize = 64;
+
 /// Every (method, path) the router serves; the OpenAPI document lists exactly these.
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/login"),

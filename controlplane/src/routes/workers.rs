@@ -30,7 +30,7 @@ pub struct WorkerView {
     pub owner: String,
     /// Who may call it by its identity and use the services it announces: `local` (its
     /// owner) or `team` (every member). Ad-hoc services never reach other teams.
-    #[schema(value_type = String, example = "team")]
+    #[schema(value_type = crate::openapi::WorkerVisibility, example = "team")]
     pub visibility: Visibility,
     /// The services it announced when it last came online. They are ad-hoc services only
     /// where the team has no configured service of that name (a configured service is served
@@ -63,7 +63,7 @@ pub struct CreateWorker {
     #[schema(value_type = Option<crate::openapi::Description>)]
     pub description: Option<String>,
     /// `team` (default) or `local`: who may use it directly and its announced services.
-    #[schema(value_type = Option<String>, example = "team")]
+    #[schema(value_type = Option<crate::openapi::WorkerVisibility>, example = "team")]
     pub visibility: Option<Visibility>,
 }
 
@@ -75,7 +75,7 @@ pub struct UpdateWorker {
     #[schema(value_type = Option<crate::openapi::Description>)]
     pub description: Option<String>,
     /// `team` or `local`.
-    #[schema(value_type = Option<String>, example = "local")]
+    #[schema(value_type = Option<crate::openapi::WorkerVisibility>, example = "local")]
     pub visibility: Option<Visibility>,
 }
 

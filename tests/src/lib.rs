@@ -45,10 +45,20 @@ impl Proc {
         name: &str,
         args: &[&str],
     ) -> Result<(Proc, BufReader<std::process::ChildStdout>)> {
-        let mut child = Command::new(bin())
+        let mut command = Command::new(bin());
+        command
             .args(args)
             .env("RUST_LOG", "info")
-            .env_remove("TRIGGERFS_CONFIG")
+            .env_remove("TRIGGERFS_CONFIG");
+        Proc::start(name, command)
+    }
+
+    /// Starts `command` with stdin from /dev/null; stdout is returned for the caller to read.
+    pub fn start(
+        name: &str,
+        mut command: Command,
+    ) -> Result<(Proc, BufReader<std::process::ChildStdout>)> {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -641,5 +651,110 @@ impl Api {
             bail!("{method} {path}: {status} {body}");
         }
         Ok(body)
+    }
+}
+
+/// A `bash` session fed one command at a time, as in a terminal: variables, the working
+/// directory and background jobs carry over from one command to the next. Each command reads
+/// stdin from /dev/null, and its stderr goes where its stdout goes, interleaved as a terminal
+/// shows them. The session is a process group of its own, killed whole on drop (background
+/// jobs with it).
+pub struct Shell {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    marker: String,
+}
+
+impl Shell {
+    /// Starts `bash` (with `set -o pipefail`) as `command` says (working directory,
+    /// environment): `Command::new("bash")` and its settings.
+    pub fn start(mut command: Command) -> Result<Shell> {
+        use std::io::Write;
+        use std::os::unix::process::CommandExt;
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut child = command.spawn().context("spawn bash")?;
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        // bash's own complaints (syntax errors) go where the commands' output goes.
+        stdin.write_all(b"exec 2>&1\nset -o pipefail\n")?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        Ok(Shell {
+            child,
+            stdin,
+            output,
+            pending: Vec::new(),
+            marker: format!("__shell_done_{}_{nanos}__", std::process::id()),
+        })
+    }
+
+    /// Runs `command` to completion; returns its exit status and output. Fails when it takes
+    /// longer than `timeout` (the session is then left as it is, to be dropped).
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
+        use std::io::Write;
+        // `{ }` rather than a subshell: assignments and `cd` stay. The status line starts
+        // with a newline of its own in case the output does not end with one.
+        let script = format!(
+            "{{\n{command}\n}} </dev/null 2>&1\nprintf '\\n%s %d\\n' {} \"$?\"\n",
+            self.marker
+        );
+        self.stdin
+            .write_all(script.as_bytes())
+            .and_then(|()| self.stdin.flush())
+            .context("the shell is gone")?;
+        let deadline = Instant::now() + timeout;
+        let end = format!("\n{} ", self.marker);
+        loop {
+            let text = String::from_utf8_lossy(&self.pending).into_owned();
+            if let Some(at) = text.find(&end) {
+                let rest = &text[at + end.len()..];
+                if let Some(nl) = rest.find('\n') {
+                    let status: i32 = rest[..nl]
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("status line {rest:?}"))?;
+                    let consumed = at + end.len() + nl + 1;
+                    let output = text[..at].to_string();
+                    self.pending = text.as_bytes()[consumed..].to_vec();
+                    return Ok((status, output));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(chunk) => self.pending.extend_from_slice(&chunk),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("did not finish within {timeout:?}; its output so far:\n{text}")
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("the shell exited; its output:\n{text}")
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with the group id of the session we started.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
     }
 }

@@ -11,5 +11,6 @@ mod e2e {
     pub mod failures;
     pub mod fanout;
     pub mod http_limits;
+    pub mod readme;
     pub mod trust;
 }

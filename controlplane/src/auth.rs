@@ -53,6 +53,10 @@ impl JwtKeys {
         // Our clocks are the same clock; an expired token is expired.
         validation.leeway = 0;
         match jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation) {
+            // jsonwebtoken still accepts a token during its `exp` second.
+            Ok(data) if data.claims.expired_at(std::time::SystemTime::now()) => {
+                Err(ApiError::TokenExpired)
+            }
             Ok(data) => Ok(data.claims),
             Err(e) => match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(ApiError::TokenExpired),

@@ -461,6 +461,10 @@ impl ConfigSource for ControlSource {
                         _ => refuse(format!("the token is not valid for this broker ({e})")),
                     })?
                     .claims;
+                // jsonwebtoken still accepts a token during its `exp` second.
+                if claims.expired_at(std::time::SystemTime::now()) {
+                    return Err(refuse("the token has expired; log in again".into()));
+                }
                 if !compiled.teams.contains(&claims.team) {
                     return Err(refuse(format!("team {} does not exist", claims.team)));
                 }

@@ -32,6 +32,15 @@ pub struct Claims {
     pub exp: u64,
 }
 
+impl Claims {
+    /// Whether the token has expired at `now`: from the second `exp` on (RFC 7519: "on or
+    /// after which the JWT MUST NOT be accepted"). The API and the broker both use this, so a
+    /// token is refused at the same moment everywhere and its connections end then too.
+    pub fn expired_at(&self, now: std::time::SystemTime) -> bool {
+        now >= std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.exp)
+    }
+}
+
 text_enum! {
     ("visibility", "lowercase")
     /// Who may call a service.

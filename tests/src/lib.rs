@@ -480,6 +480,11 @@ impl Control {
 
     /// Starts the control plane on `db`; its gateway sends through `broker`.
     pub fn start_on(broker: &str, db: Db) -> Result<Control> {
+        Control::start_with(broker, db, &[])
+    }
+
+    /// Starts the control plane on `db` with extra `triggerfs control` flags.
+    pub fn start_with(broker: &str, db: Db, extra: &[&str]) -> Result<Control> {
         let data = tempfile::tempdir()?;
         let pg = match db {
             Db::Sqlite => None,
@@ -498,6 +503,7 @@ impl Control {
         if let Some(url) = &url {
             args.extend(["--database-url", url.as_str()]);
         }
+        args.extend_from_slice(extra);
         let (proc, mut stdout) = Proc::spawn("control", &args)?;
         let (lines, addr) = read_until_listening(&proc, &mut stdout)?;
         let created = line_value(&lines, "created team `")

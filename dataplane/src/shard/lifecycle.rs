@@ -163,12 +163,18 @@ impl Shard {
                 generation: super::workers::next_generation(),
             },
         };
+        let expires_at = principal.expires_at();
         let conn = Conn {
             out: out.clone(),
             principal: principal.clone(),
             peer,
         };
-        self.state.borrow_mut().conns.insert(conn_id, conn);
+        let mut state = self.state.borrow_mut();
+        state.conns.insert(conn_id, conn);
+        if let Some(exp) = expires_at {
+            state.expiries.insert((exp, conn_id));
+        }
+        drop(state);
         self.push_to(
             &out,
             &Frame::Welcome {
@@ -265,7 +271,14 @@ impl Shard {
     /// Forgets a closed connection: a client's waited requests are cancelled (fire-and-forget
     /// ones run on); a worker is reported offline and its open dispatches lost.
     pub(super) fn close_conn(&self, conn_id: u64) {
-        let conn = self.state.borrow_mut().conns.remove(&conn_id);
+        let conn = {
+            let mut state = self.state.borrow_mut();
+            let conn = state.conns.remove(&conn_id);
+            if let Some(exp) = conn.as_ref().and_then(|c| c.principal.expires_at()) {
+                state.expiries.remove(&(exp, conn_id));
+            }
+            conn
+        };
         let Some(conn) = conn else { return };
         match conn.peer {
             Peer::Client { requests } => {
@@ -456,19 +469,24 @@ impl Shard {
         }
     }
 
-    /// Closes the connections whose token expired (checked once a second).
+    /// Closes the connections whose token expired (each tick: the earliest expiry only is
+    /// looked at, so this costs nothing until one is due).
     pub(super) fn expire_credentials(&self) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let expired: Vec<u64> = self
-            .state
-            .borrow()
-            .conns
-            .iter()
-            .filter(|(_, c)| c.principal.expires_at().is_some_and(|exp| exp <= now))
-            .map(|(&id, _)| id)
-            .collect();
+            .unwrap_or_default();
+        let mut expired = Vec::new();
+        {
+            let mut state = self.state.borrow_mut();
+            // `exp` is a whole second: the token is no longer valid from that second on.
+            while let Some(&(exp, conn_id)) = state.expiries.first() {
+                if std::time::Duration::from_secs(exp) > now {
+                    break;
+                }
+                state.expiries.pop_first();
+                expired.push(conn_id);
+            }
+        }
         for conn_id in expired {
             self.close_later_why(
                 conn_id,

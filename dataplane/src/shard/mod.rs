@@ -84,6 +84,8 @@ struct State {
     deadlines: BTreeSet<(Instant, u64)>,
     /// Requests whose `Routed` is held back, oldest first.
     routed_held: VecDeque<(Instant, u64)>,
+    /// Connections whose credential expires: (expiry in seconds since the Unix epoch, conn).
+    expiries: BTreeSet<(u64, u64)>,
     /// team → service → the broker-wide roundrobin counter, looked up once per shard.
     rr_cache: HashMap<String, HashMap<String, Arc<AtomicU64>>>,
 }
@@ -166,8 +168,8 @@ impl Shard {
         }
         let n = self.n_ticks.get() + 1;
         self.n_ticks.set(n);
+        self.expire_credentials();
         if n.is_multiple_of(100) {
-            self.expire_credentials();
             let queued: usize = self
                 .state
                 .borrow()

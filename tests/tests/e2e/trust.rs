@@ -352,6 +352,56 @@ async fn revocation_reaches_the_broker_postgres() -> Result<()> {
     revocation_reaches_the_broker(Db::Postgres).await
 }
 
+/// A client's connection ends when its JWT expires (no grace): its request ends with
+/// `Revoked`, and the token is refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_ends_when_its_token_expires() -> Result<()> {
+    let port = free_port();
+    let broker_addr = format!("127.0.0.1:{port}");
+    let control = Control::start_with(&broker_addr, Db::Sqlite, &["--jwt-ttl", "3s"])?;
+    let (team, admin, secret) = control.admin.clone();
+    let api = Api::login(&control.url, &team, &admin, &secret).await?;
+    let token = new_worker(&api, "w1").await?;
+    let (_broker, _) = start_controlled_broker(&control, port, &[])?;
+    let plugins = Plugins::core()?;
+    let _w1 = start_worker(
+        broker_addr.parse()?,
+        "w1",
+        &plugins,
+        &["--team", &team, "--token", &token],
+    )?;
+    wait_state(&api, "w1", "ONLINE", Duration::from_secs(20)).await?;
+    // A fresh token, valid for 3 s from its `iat` (whole seconds).
+    let api = Api::login(&control.url, &team, &admin, &secret).await?;
+    let jwt = api.token.clone().unwrap();
+    let claims: Claims = jsonwebtoken::decode(
+        &jwt,
+        &jsonwebtoken::DecodingKey::from_secret(&control.jwt_key()?),
+        &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+    )?
+    .claims;
+    let c = connect_jwt(&broker_addr, &jwt).await?;
+    let long = tokio::spawn(ends(c.request(spec("w1", "sleep 30")).await?));
+    let (error, ended) = tokio::time::timeout(Duration::from_secs(10), long).await??;
+    assert_eq!(error, Some(ErrorKind::Revoked));
+    let ended_at = SystemTime::now() - ended.elapsed();
+    let past_exp = ended_at
+        .duration_since(UNIX_EPOCH + Duration::from_secs(claims.exp))
+        .unwrap_or_default();
+    println!("the connection ended {past_exp:?} after the token's exp");
+    // Every shard looks at its earliest expiry each tick (10 ms).
+    assert!(past_exp < Duration::from_secs(1), "{past_exp:?}");
+    match connect_jwt(&broker_addr, &jwt).await {
+        Err(ClientError::Refused { kind, reason }) => {
+            assert_eq!(kind, ErrorKind::Unauthorized);
+            assert!(reason.contains("expired"), "{reason}");
+        }
+        Err(e) => bail!("unexpected error for an expired JWT: {e}"),
+        Ok(_) => bail!("the broker accepted an expired JWT"),
+    }
+    Ok(())
+}
+
 /// From 8: a worker whose broker crashed (and which then went away too) is not shown
 /// `ONLINE` forever: the restarted broker lists who is online and the rest is
 /// `DISCONNECTED`.

@@ -7,14 +7,21 @@
 //!   a request and writers, plus [`run_core`], their stdin/stdout wrapper.
 //! - [`install`](mod@install): lays the core plugins out under a plugins path as copies of the
 //!   `triggerfs` binary, which dispatches on `argv[0]` ([`core_plugin_for_argv0`]).
+//! - [`manifest`]: [`Manifest`], a plugin's `plugin.toml` (`persistent`, `max_concurrency`,
+//!   `restart_backoff`, `cancel_grace`).
+//! - [`persistent`]: the JSON-lines frames a persistent plugin exchanges with the worker, and
+//!   [`persistent::serve`], a helper for writing one in Rust.
 //!
-//! This crate is not async and has no dependency on the protocol: a plugin is just a process
-//! that reads one JSON object and writes lines.
+//! This crate is not async and has no dependency on the dataplane protocol: a plugin is just a
+//! process that reads JSON and writes lines (`plugins/README.md` has both contracts).
 
 pub mod core;
 pub mod install;
+pub mod manifest;
+pub mod persistent;
 pub mod request;
 
 pub use crate::core::{core_plugin_for_argv0, run_core, CORE_PLUGINS};
 pub use crate::install::{install, InstallError};
+pub use crate::manifest::{Manifest, ManifestError};
 pub use crate::request::{PluginError, PluginRequest};

@@ -79,6 +79,7 @@ fn start(root: &Path, d: Dispatch, slots: Arc<Semaphore>) -> Run {
         pluginspath: root.to_path_buf(),
         identity: "w1".into(),
         instance: "t/w1@test".into(),
+        persistent: Arc::new(crate::persistent::Manager::new()),
     });
     let (out, frames) = mpsc::channel(256);
     let (stop_tx, stop_rx) = oneshot::channel();

@@ -458,3 +458,50 @@ async fn shutdown_stops_every_instance() {
     assert_eq!(kind, ErrorKind::PluginFailed);
     assert!(message.contains("shutting down"), "{message}");
 }
+
+/// The plugin's current instance.
+fn current(w: &Worker, plugin: &str) -> Arc<Instance> {
+    let slots = lock(&w.runner.persistent.slots);
+    let slot = slots
+        .iter()
+        .find(|(path, _)| path.ends_with(format!("{plugin}/{plugin}")))
+        .map(|(_, slot)| slot.clone())
+        .expect("a slot");
+    drop(slots);
+    let instance = lock(&slot.current).clone();
+    instance.expect("an instance")
+}
+
+/// Killed instances leave nothing behind: their state, tasks, channels and requests are
+/// freed once the next instance replaces them, and the live one holds no finished request.
+#[tokio::test]
+async fn ended_instances_are_freed() {
+    let w = Worker::new("persist-free", &[("p", MANIFEST)]);
+    let mut ended = Vec::new();
+    for i in 0..5 {
+        w.pid("p").await;
+        ended.push(Arc::downgrade(&current(&w, "p").shared));
+        let mut hanging = w.start(i, "p", "hang", 0);
+        hanging.started().await;
+        hanging.stop.take().unwrap().send(Stop::Cancel).unwrap();
+        assert_eq!(failure(&hanging.all().await).0, ErrorKind::Cancelled);
+        // One that crashes, too.
+        w.pid("p").await;
+        ended.push(Arc::downgrade(&current(&w, "p").shared));
+        assert_eq!(
+            failure(&w.run(100 + i, "p", "crash").await).0,
+            ErrorKind::PluginCrashed
+        );
+    }
+    for i in 0..20 {
+        w.run(200 + i, "p", "echo x").await;
+    }
+    let live = current(&w, "p");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ended.iter().any(|e| e.strong_count() > 0) {
+        assert!(Instant::now() < deadline, "an ended instance is still held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let state = lock(&live.shared.state);
+    assert!(state.requests.is_empty() && state.ended.is_none());
+}

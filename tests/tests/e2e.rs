@@ -10,5 +10,6 @@ mod e2e {
     pub mod failures;
     pub mod fanout;
     pub mod http_limits;
+    pub mod persistent;
     pub mod trust;
 }

@@ -12,7 +12,9 @@
 //!
 //! Invariants: the worker reaches the broker only through `client::connection`; no broker
 //! input makes it panic (a bad frame ends the session and it reconnects); when a session
-//! ends, every plugin it started is stopped (SIGTERM, 2 s, SIGKILL to its process group).
+//! ends, every plugin it started is stopped (SIGTERM, 2 s, SIGKILL to its process group), and
+//! its requests to persistent plugins are cancelled; persistent instances stay up across
+//! sessions and stop with the worker (`shutdown`, 1 s, SIGKILL to the group).
 
 pub mod leftovers;
 mod lines;

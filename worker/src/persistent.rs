@@ -614,6 +614,11 @@ impl Slot {
             return Err("the worker is shutting down".to_string());
         }
         match Instance::start(runner, plugin, name).await {
+            Ok(instance) if manager.closed.load(Ordering::Relaxed) => {
+                // Shutdown began while it started: it would be missed.
+                instance.shutdown().await;
+                Err("the worker is shutting down".to_string())
+            }
             Ok(instance) => {
                 restart.not_before = None;
                 let instance = Arc::new(instance);

@@ -192,6 +192,14 @@ mod tests {
             assert!(msg.contains(&format!("(line {line})")), "{text}: {msg}");
             assert!(!msg.contains('\n'), "one line: {msg:?}");
         }
+        // The whole text, as plugins/README.md shows it.
+        assert_eq!(
+            Manifest::parse("persistant = true")
+                .unwrap_err()
+                .to_string(),
+            "invalid plugin.toml: unknown field `persistant`, expected one of `persistent`, \
+             `max_concurrency`, `restart_backoff`, `cancel_grace` (line 1)"
+        );
         for (text, want) in [
             (
                 "max_concurrency = 0",

@@ -397,6 +397,12 @@ async fn a_cancel_without_done_kills_the_instance_after_the_grace() {
     assert!(wait_gone(pid, Duration::from_secs(5)).await);
 }
 
+/// Without a `cancel_grace`, a persistent plugin gets the plain plugins' SIGTERM grace.
+#[test]
+fn the_default_cancel_grace_is_the_term_grace() {
+    assert_eq!(Manifest::default().cancel_grace, runner::TERM_GRACE);
+}
+
 #[tokio::test]
 async fn a_bad_manifest_is_refused_without_paths() {
     let w = Worker::new(

@@ -104,5 +104,7 @@ pub fn kind_label(kind: proto::ErrorKind) -> &'static str {
         SlowConsumer => "slow_consumer",
         Superseded => "superseded",
         Revoked => "revoked",
+        PluginCrashed => "plugin_crashed",
+        PluginProtocol => "plugin_protocol",
     }
 }

@@ -7,7 +7,7 @@
 //! the directory is left alone (an executable beside a `core` manifest is not used).
 
 use crate::core::CORE_PLUGINS;
-use crate::manifest::{CorePlugin, Manifest, MANIFEST};
+use crate::manifest::{CorePlugin, Manifest, MANIFEST_FILE as MANIFEST};
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -5,18 +5,22 @@
 //!   serialises this same struct, so the two cannot drift apart.
 //! - [`core`]: the core plugins `echo`, `command`, `file` and `append` as plain functions over
 //!   a request and writers, plus [`run_core`], their stdin/stdout wrapper.
-//! - [`manifest`]: `plugin.toml`, what a plugin directory declares (a core plugin served inside
-//!   the worker, `append`'s sync policy).
+//! - [`manifest`]: [`Manifest`], a plugin's `plugin.toml`: a core plugin the worker serves
+//!   itself (`core`, `append`'s `sync`), or a persistent plugin (`persistent`,
+//!   `max_concurrency`, `restart_backoff`, `cancel_grace`).
 //! - [`install`](mod@install): lays the core plugins out under a plugins path as manifests the
 //!   worker serves itself. (A copy of the `triggerfs` binary started under a core plugin's
 //!   name still runs it, [`core_plugin_for_argv0`].)
+//! - [`persistent`]: the JSON-lines frames a persistent plugin exchanges with the worker, and
+//!   [`persistent::serve`], a helper for writing one in Rust.
 //!
-//! This crate is not async and has no dependency on the protocol: a plugin is just a process
-//! that reads one JSON object and writes lines.
+//! This crate is not async and has no dependency on the dataplane protocol: a plugin is just a
+//! process that reads JSON and writes lines (`plugins/README.md` has both contracts).
 
 pub mod core;
 pub mod install;
 pub mod manifest;
+pub mod persistent;
 pub mod request;
 
 pub use crate::core::{core_plugin_for_argv0, run_core, CORE_PLUGINS};

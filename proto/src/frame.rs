@@ -159,6 +159,12 @@ text_enum! {
         /// removed from the team, the user or the team deleted, the worker deleted or its
         /// token regenerated, or the client's token expired. The connection is closed.
         Revoked,
+        /// The persistent plugin instance serving the request exited or was killed while
+        /// the request was in flight (it is restarted, with backoff, for the next request).
+        PluginCrashed,
+        /// The persistent plugin instance serving the request broke the plugin protocol
+        /// (stdout that is not a frame, a frame for an unknown request); it was killed.
+        PluginProtocol,
     }
 }
 

@@ -197,6 +197,36 @@ impl Plugins {
         Ok(())
     }
 
+    /// Adds plugin `<name>/<name>` with this whole text (its own `#!` line) and, when given,
+    /// the `plugin.toml` beside it.
+    pub fn add_executable(&self, name: &str, text: &str, manifest: Option<&str>) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let d = self.dir.path().join(name);
+        std::fs::create_dir_all(&d)?;
+        let p = d.join(name);
+        std::fs::write(&p, text)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+        if let Some(manifest) = manifest {
+            std::fs::write(d.join("plugin.toml"), manifest)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `plugins/examples/<name>/` of this repository in as plugin `<name>`.
+    pub fn add_example(&self, name: &str) -> Result<()> {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../plugins/examples")
+            .join(name);
+        let to = self.dir.path().join(name);
+        std::fs::create_dir_all(&to)?;
+        for entry in std::fs::read_dir(&from).with_context(|| format!("{}", from.display()))? {
+            let entry = entry?;
+            // `copy` keeps the mode: the executable stays executable.
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+        Ok(())
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         self.dir.path()

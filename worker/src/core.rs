@@ -97,17 +97,11 @@ fn read_manifest(pluginspath: &Path, name: &str) -> Lookup {
         return Lookup::NotCore;
     }
     match Manifest::load(&dir) {
-        Ok(Some(Manifest {
-            core: Some(core),
-            sync,
-        })) => Lookup::Core(
-            core,
-            Manifest {
-                core: Some(core),
-                sync,
-            },
-        ),
-        Ok(_) => Lookup::NotCore,
+        Ok(Some(manifest)) => match manifest.core {
+            Some(core) => Lookup::Core(core, manifest),
+            None => Lookup::NotCore,
+        },
+        Ok(None) => Lookup::NotCore,
         Err(e) => {
             warn!(plugin = name, dir = %dir.display(), error = %e, "plugin manifest refused");
             Lookup::Invalid(e.to_string())

@@ -6,15 +6,20 @@
 //!   heartbeats, the broker-silence watchdog, and routing `Dispatch`/`Cancel` frames. One
 //!   writer task owns the socket's write half, fed by an `mpsc` channel.
 //! - [`runner`]: one dispatch: slot, plugin resolution, process group, live output, stop.
+//! - [`persistent`]: plugins whose `plugin.toml` says `persistent = true`: one long-running
+//!   instance per plugin serving many requests over JSON lines, restarted with backoff.
 //! - [`lines`]: splitting plugin output into lines and 64 KiB chunks.
 //!
 //! Invariants: the worker reaches the broker only through `client::connection`; no broker
 //! input makes it panic (a bad frame ends the session and it reconnects); when a session
-//! ends, every plugin it started is stopped (SIGTERM, 2 s, SIGKILL to its process group).
+//! ends, every plugin it started is stopped (SIGTERM, 2 s, SIGKILL to its process group), and
+//! its requests to persistent plugins are cancelled; persistent instances stay up across
+//! sessions and stop with the worker (`shutdown`, 1 s, SIGKILL to the group).
 
 mod core;
 pub mod leftovers;
 mod lines;
+pub mod persistent;
 pub mod runner;
 mod session;
 
@@ -159,6 +164,7 @@ pub async fn run(
         warn!(identity = %config.identity, n = reaped, "killed plugin processes left running by an earlier run of this worker");
     }
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let persistent = Arc::new(persistent::Manager::new());
     let shared = session::Shared {
         runner: Arc::new(runner::RunnerConfig {
             pluginspath: config.pluginspath.clone(),
@@ -166,6 +172,7 @@ pub async fn run(
             instance,
             shell: config.shell.clone(),
             core: Default::default(),
+            persistent: persistent.clone(),
         }),
         slots: Arc::new(Semaphore::new(max_concurrency)),
         alive: alive_tx,
@@ -190,7 +197,10 @@ pub async fn run(
             // the two would take turns. Stop, and say why.
             error!(broker = %config.broker, identity = %config.identity, %message, "superseded by a newer connection of this identity; stopping");
             drop(shared);
-            let _ = tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv()).await;
+            let _ = tokio::join!(
+                tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv()),
+                persistent.shutdown()
+            );
             return Err(ended);
         }
         let delay = match &ended {
@@ -215,12 +225,14 @@ pub async fn run(
         }
     }
     // The session is dropped: every dispatch saw its stop channel close and is stopping its
-    // plugin. Wait until the last one dropped its `alive` sender.
+    // plugin. Wait until the last one dropped its `alive` sender; meanwhile persistent
+    // plugins are told to stop, and killed if they do not.
     drop(shared);
-    if tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv())
-        .await
-        .is_err()
-    {
+    let (waited, ()) = tokio::join!(
+        tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv()),
+        persistent.shutdown()
+    );
+    if waited.is_err() {
         warn!("plugins still stopping at shutdown");
     }
     info!(identity = %config.identity, "worker stopped");

@@ -1,5 +1,6 @@
 //! Runs one dispatch: waits for a slot, resolves the plugin, starts it in its own process
-//! group, streams its output as frames and stops it.
+//! group, streams its output as frames and stops it. A plugin whose `plugin.toml` says
+//! `persistent = true` is handed to [`crate::persistent`] instead, once resolved.
 //!
 //! The runner knows nothing about sockets: it sends frames into an `mpsc` channel that the
 //! session's writer task drains, and learns about `Cancel` (or the connection going away)
@@ -13,6 +14,7 @@
 
 use crate::core::Lookup;
 use crate::lines::{LineReader, MAX_LINE};
+use crate::persistent::Route;
 use crate::WorkerError;
 use plugins::CorePlugin;
 use proto::{Dispatch, ErrorKind, Frame, Stream};
@@ -62,6 +64,8 @@ pub struct RunnerConfig {
     pub shell: String,
     /// The core plugins' manifests and `append` writers.
     pub core: crate::core::CoreState,
+    /// The worker's running persistent plugins (see [`crate::persistent`]).
+    pub persistent: Arc<crate::persistent::Manager>,
 }
 
 /// A plugin that passed every check: the file to execute and how to present it.
@@ -139,7 +143,7 @@ pub fn resolve_plugin(pluginspath: &Path, name: &str) -> Result<ResolvedPlugin, 
 }
 
 /// An I/O error's text without the path some errors carry: its kind, or its OS message.
-fn without_paths(e: &std::io::Error) -> String {
+pub(crate) fn without_paths(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
         None => e.kind().to_string(),
@@ -275,10 +279,25 @@ pub async fn serve_dispatch(
             return;
         }
     };
-    run_plugin(&runner, &plugin, &dispatch, deadline, stop, &out).await;
+    match crate::persistent::route(&plugin, &dispatch, &out).await {
+        Route::Fork => run_plugin(&runner, &plugin, &dispatch, deadline, stop, &out).await,
+        Route::Persistent(manifest) => {
+            // Its instance's `max_concurrency` bounds it, not the worker's process slots.
+            drop(_permit);
+            let manager = runner.persistent.clone();
+            let request = crate::persistent::Request {
+                runner: &runner,
+                plugin: &plugin,
+                dispatch: &dispatch,
+                deadline,
+            };
+            manager.serve(request, manifest, stop, &out).await;
+        }
+        Route::Refused => {}
+    }
 }
 
-fn failed(id: u64, kind: ErrorKind, message: impl Into<String>) -> Frame {
+pub(crate) fn failed(id: u64, kind: ErrorKind, message: impl Into<String>) -> Frame {
     Frame::Failed {
         id,
         kind,
@@ -287,7 +306,7 @@ fn failed(id: u64, kind: ErrorKind, message: impl Into<String>) -> Frame {
 }
 
 /// Completes at `deadline`, never without one.
-async fn until(deadline: Option<Instant>) {
+pub(crate) async fn until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => sleep_until(deadline).await,
         None => std::future::pending().await,
@@ -295,7 +314,7 @@ async fn until(deadline: Option<Instant>) {
 }
 
 /// Sends `signal` to process group `pgid`; a group that is already gone is not an error.
-fn kill_group(pgid: i32, signal: i32) {
+pub(crate) fn kill_group(pgid: i32, signal: i32) {
     // SAFETY: killpg has no memory-safety preconditions.
     let rc = unsafe { libc::killpg(pgid, signal) };
     if rc != 0 {
@@ -308,7 +327,7 @@ fn kill_group(pgid: i32, signal: i32) {
 
 /// SIGKILLs the plugin's process group when dropped: at the end of every run, and also if
 /// the dispatch task itself is dropped (runtime shutdown), so no plugin outlives its task.
-struct GroupGuard(i32);
+pub(crate) struct GroupGuard(pub(crate) i32);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
@@ -329,23 +348,42 @@ enum Cause {
     ConnectionLost,
 }
 
+/// The command that starts `plugin` for one dispatch: [`plugin_command`] plus the request's
+/// environment.
 fn spawn_command(
     runner: &RunnerConfig,
     plugin: &ResolvedPlugin,
     dispatch: &Dispatch,
 ) -> tokio::process::Command {
-    let mut cmd = plugin_command(runner, &plugin.path, &plugin.dir, dispatch);
+    let mut cmd = plugin_command(runner, &plugin.path, &plugin.dir);
     cmd.arg0(&plugin.argv0);
+    request_env(&mut cmd, dispatch);
     cmd
 }
 
-/// A plugin process: `program` in `dir`, its own process group whose leader dies with the
-/// worker, piped stdio, and the request's environment.
-fn plugin_command(
+/// The request's environment: `TRIGGERFS_REQUEST_ID`, `_SERVICE`, `_PLUGIN`, `_TIMEOUT_MS`
+/// and one `TRIGGERFS_ARG_<KEY>` per argument.
+fn request_env(cmd: &mut tokio::process::Command, dispatch: &Dispatch) {
+    cmd.env("TRIGGERFS_REQUEST_ID", dispatch.id.to_string())
+        .env("TRIGGERFS_SERVICE", &dispatch.service)
+        .env("TRIGGERFS_PLUGIN", &dispatch.plugin)
+        .env("TRIGGERFS_TIMEOUT_MS", dispatch.timeout_ms.to_string());
+    for arg in &dispatch.args {
+        // A NUL cannot be in the environment; the plugin still sees the argument on stdin.
+        if arg.value.contains('\0') {
+            continue;
+        }
+        cmd.env(arg_env_name(&arg.key), &arg.value);
+    }
+}
+
+/// A plugin process, for a dispatch or as a persistent instance: `program` run in `dir`, in a
+/// process group of its own whose leader dies with the worker, marked with the worker's
+/// instance, with piped stdin, stdout and stderr.
+pub(crate) fn plugin_command(
     runner: &RunnerConfig,
     program: &Path,
     dir: &Path,
-    dispatch: &Dispatch,
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(program);
     let worker_pid = std::process::id() as libc::pid_t;
@@ -370,23 +408,12 @@ fn plugin_command(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env("TRIGGERFS_REQUEST_ID", dispatch.id.to_string())
-        .env("TRIGGERFS_SERVICE", &dispatch.service)
-        .env("TRIGGERFS_PLUGIN", &dispatch.plugin)
         .env("TRIGGERFS_WORKER", &runner.identity)
-        .env(crate::leftovers::INSTANCE_ENV, &runner.instance)
-        .env("TRIGGERFS_TIMEOUT_MS", dispatch.timeout_ms.to_string());
-    for arg in &dispatch.args {
-        // A NUL cannot be in the environment; the plugin still sees the argument on stdin.
-        if arg.value.contains('\0') {
-            continue;
-        }
-        cmd.env(arg_env_name(&arg.key), &arg.value);
-    }
+        .env(crate::leftovers::INSTANCE_ENV, &runner.instance);
     cmd
 }
 
-async fn spawn_with_retry(
+pub(crate) async fn spawn_with_retry(
     cmd: &mut tokio::process::Command,
 ) -> std::io::Result<tokio::process::Child> {
     let mut attempt = 1;
@@ -460,7 +487,8 @@ async fn run_shell(
         return;
     }
     let dir = runner.pluginspath.join(&dispatch.plugin);
-    let mut cmd = plugin_command(runner, Path::new(&runner.shell), &dir, dispatch);
+    let mut cmd = plugin_command(runner, Path::new(&runner.shell), &dir);
+    request_env(&mut cmd, dispatch);
     cmd.arg("-c").arg(&script);
     let label = format!("{} -c", runner.shell);
     run_process(cmd, stdin, &label, dispatch, deadline, stop, out).await;

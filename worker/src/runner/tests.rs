@@ -81,6 +81,7 @@ fn start(root: &Path, d: Dispatch, slots: Arc<Semaphore>) -> Run {
         instance: "t/w1@test".into(),
         shell: crate::DEFAULT_SHELL.into(),
         core: Default::default(),
+        persistent: Arc::new(crate::persistent::Manager::new()),
     });
     let (out, frames) = mpsc::channel(256);
     let (stop_tx, stop_rx) = oneshot::channel();

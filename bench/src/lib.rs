@@ -50,6 +50,9 @@ use std::time::Duration;
 pub enum PluginKind {
     /// The core plugin `echo`, served inside the worker (no process).
     InWorker,
+    /// `pyecho`, the persistent Python example plugin (`plugins/examples/pyecho`): started
+    /// once, requests over JSON lines.
+    Persistent,
     /// `fecho`, a shell script started per request (fork, exec, `sed`).
     Process,
     /// The core plugin `append`, writing numbered lines to a file (checked after the run).
@@ -61,6 +64,7 @@ impl PluginKind {
     pub fn row(self) -> &'static str {
         match self {
             PluginKind::InWorker => "triggerfs",
+            PluginKind::Persistent => "triggerfs-persistent",
             PluginKind::Process => "triggerfs-process",
             PluginKind::Append => "triggerfs-append",
         }
@@ -70,6 +74,7 @@ impl PluginKind {
     pub fn plugin(self) -> &'static str {
         match self {
             PluginKind::InWorker => "echo",
+            PluginKind::Persistent => "pyecho",
             PluginKind::Process => "fecho",
             PluginKind::Append => "append",
         }
@@ -197,7 +202,8 @@ pub struct LoadArgs {
     #[arg(long, default_value = "bench")]
     pub service: String,
     /// What triggerFS's workers run per request, one row each in the same run: `in-worker`
-    /// (the core `echo`, inside the worker), `process` (a shell script per request),
+    /// (the core `echo`, inside the worker), `persistent` (the Python example `pyecho`,
+    /// started once), `process` (a shell script per request),
     /// `append` (the core `append` into a file, checked line by line after the run).
     #[arg(long = "plugin", value_delimiter = ',', default_value = "in-worker")]
     pub plugins: Vec<PluginKind>,

@@ -277,8 +277,13 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
 /// `payload` (the bench's payloads are plain ASCII without quotes) and exits.
 const FORK_ECHO: &str = "#!/bin/sh\nsed -n 's/.*\"payload\":\"\\([^\"]*\\)\".*/\\1/p'\n";
 
+/// The persistent Python example plugin, as users would install it.
+const PYECHO: &str = include_str!("../../plugins/examples/pyecho/pyecho");
+const PYECHO_MANIFEST: &str = include_str!("../../plugins/examples/pyecho/plugin.toml");
+
 /// Lays out under `dir` the plugins of every kind (`PluginKind::plugin`): the core plugins
-/// `echo` and `append` (manifests), and `fecho`, a shell script run per request.
+/// `echo` and `append` (manifests), `fecho`, a shell script run per request, and `pyecho`,
+/// the persistent Python example.
 pub(crate) fn write_plugins(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let write = |relative: &str, text: &str| -> anyhow::Result<()> {
@@ -292,10 +297,11 @@ pub(crate) fn write_plugins(dir: &std::path::Path) -> anyhow::Result<()> {
     write("echo/plugin.toml", "core = \"echo\"\n")?;
     write("append/plugin.toml", "core = \"append\"\n")?;
     write("fecho/fecho", FORK_ECHO)?;
-    std::fs::set_permissions(
-        dir.join("fecho/fecho"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .context("cannot make the fork-per-request plugin executable")?;
+    write("pyecho/pyecho", PYECHO)?;
+    write("pyecho/plugin.toml", PYECHO_MANIFEST)?;
+    for exe in ["fecho/fecho", "pyecho/pyecho"] {
+        std::fs::set_permissions(dir.join(exe), std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make {exe} executable"))?;
+    }
     Ok(())
 }

@@ -166,17 +166,22 @@ fn throughput_closed_loop_with_a_baseline_build() {
 fn every_plugin_kind_is_a_row_and_appended_lines_are_checked() {
     let (doc, _out) = bench(
         "throughput --warmup 0s --count 300 --in-flight 16 --rounds 1 --systems triggerfs \
-         --plugin append,process,in-worker",
+         --plugin append,process,persistent,in-worker",
     );
     for s in check_document(
         &doc,
-        &["triggerfs", "triggerfs-process", "triggerfs-append"],
+        &[
+            "triggerfs",
+            "triggerfs-persistent",
+            "triggerfs-process",
+            "triggerfs-append",
+        ],
     ) {
         assert_eq!(s["sent"].as_u64(), Some(300), "{s}");
     }
     assert_eq!(
         doc["params"]["plugins"],
-        serde_json::json!(["in-worker", "process", "append"])
+        serde_json::json!(["in-worker", "persistent", "process", "append"])
     );
     // The measured 300, and the line each ready check sent first.
     let checked = doc["params"]["append_lines_checked"].as_u64().unwrap();

@@ -182,6 +182,35 @@ fn path_arg(dispatch: &Dispatch) -> Option<&str> {
     })
 }
 
+/// [`echo`] taking the dispatch: a payload of one line is sent on without a copy.
+pub fn echo_owned(dispatch: Dispatch) -> Vec<Frame> {
+    let one_line = {
+        let body = dispatch
+            .payload
+            .strip_suffix(b"\n")
+            .unwrap_or(&dispatch.payload);
+        !body.is_empty() && body.len() <= MAX_LINE && !body.contains(&b'\n')
+    };
+    if !one_line {
+        return echo(&dispatch);
+    }
+    let id = dispatch.id;
+    let mut data = dispatch.payload;
+    if data.last() == Some(&b'\n') {
+        data.pop();
+    }
+    vec![
+        Frame::Accepted { id },
+        Frame::Output {
+            id,
+            seq: 0,
+            stream: Stream::Stdout,
+            data,
+        },
+        Frame::Done { id, exit_code: 0 },
+    ]
+}
+
 /// `echo`: the payload (or the command line) as output lines.
 pub fn echo(dispatch: &Dispatch) -> Vec<Frame> {
     let mut reply = Reply::new(dispatch.id);
@@ -451,6 +480,10 @@ mod tests {
         );
         assert_eq!(exit(&frames), 0);
         assert_eq!(outputs(&echo(&dispatch(2, b"", &[])))[0].1, b"a b");
+        for payload in [&b"one\ntwo\n"[..], b"one line\n", b"one line", b"", b"\n"] {
+            let d = dispatch(4, payload, &[]);
+            assert_eq!(echo_owned(d.clone()), echo(&d), "{payload:?}");
+        }
         let long = vec![b'x'; MAX_LINE + 3];
         let out = outputs(&echo(&dispatch(3, &long, &[])));
         assert_eq!(

@@ -5,9 +5,11 @@
 //! every dispatch's stop sender, which stops their plugins, and aborts the writer, which
 //! closes the socket.
 
+use crate::core::Lookup;
 use crate::runner::{self, RunnerConfig, Stop};
 use crate::{WorkerConfig, WorkerError};
 use client::connection::{connect, ConnectionError, FrameReader, FrameWriter};
+use plugins::CorePlugin;
 use proto::{Credential, ErrorKind, Frame, Hello, Role, PROTOCOL_VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -193,6 +195,27 @@ async fn handle_frame(
         Frame::Heartbeat => {}
         Frame::Dispatch(dispatch) => {
             let id = dispatch.id;
+            // The core `echo` answers at once, on this task: no task, no stop channel.
+            if let Lookup::Core(CorePlugin::Echo, _) = shared
+                .runner
+                .core
+                .lookup(&shared.runner.pluginspath, &dispatch.plugin)
+            {
+                for frame in crate::core::echo_owned(dispatch) {
+                    // Room in the queue is the usual case: no future, no semaphore wait.
+                    match out.try_send(frame) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(frame)) => out
+                            .send(frame)
+                            .await
+                            .map_err(|_| WorkerError::WriterStopped)?,
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err(WorkerError::WriterStopped)
+                        }
+                    }
+                }
+                return Ok(());
+            }
             if active.is_running(id) {
                 warn!(id, "duplicate dispatch id from broker");
                 let frame = Frame::Failed {

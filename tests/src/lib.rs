@@ -255,6 +255,20 @@ pub fn start_worker(
     Ok(proc)
 }
 
+/// A client connection to the broker at `addr` presenting JWT `token`.
+pub async fn connect_jwt(
+    addr: &str,
+    token: &str,
+) -> std::result::Result<client::Client, client::ClientError> {
+    client::Client::connect(
+        addr,
+        proto::Credential::Jwt {
+            token: token.to_string(),
+        },
+    )
+    .await
+}
+
 /// Polls `check` every 20 ms until it is true or `timeout` passes.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
 where

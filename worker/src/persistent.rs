@@ -30,8 +30,8 @@
 
 use crate::lines::{LineReader, MAX_LINE};
 use crate::runner::{
-    self, failed, kill_group, plugin_request, until, without_paths, GroupGuard, ResolvedPlugin,
-    RunnerConfig, Stop, DRAIN_AFTER_EXIT,
+    self, failed, kill_group, plugin_request, until, without_paths, Cause, GroupGuard,
+    ResolvedPlugin, RunnerConfig, Stop, DRAIN_AFTER_EXIT,
 };
 use plugins::persistent::{output_bytes, output_lines, FromPlugin, OutStream, ToPlugin};
 use plugins::{Manifest, ManifestError};
@@ -779,14 +779,6 @@ impl Manager {
     }
 }
 
-/// Why a request stopped before its `done`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cause {
-    Cancel,
-    Timeout,
-    ConnectionLost,
-}
-
 /// Forwards one request's output until its `done` or the instance's end; on cancel or
 /// timeout sends `cancel` and kills the instance when no `done` comes within the grace.
 async fn follow(
@@ -855,16 +847,10 @@ async fn follow(
         return;
     }
     let last = match (cause, end) {
-        (Some(Cause::Timeout), _) => failed(
-            id,
-            ErrorKind::Timeout,
-            format!(
-                "plugin {} ran past its timeout of {} ms",
-                dispatch.plugin, dispatch.timeout_ms
-            ),
-        ),
-        (Some(Cause::Cancel), _) => failed(id, ErrorKind::Cancelled, "cancelled"),
-        (Some(Cause::ConnectionLost), _) => return,
+        (Some(cause), _) => match cause.last_frame(dispatch) {
+            Some(frame) => frame,
+            None => return,
+        },
         (None, Ok(exit_code)) => Frame::Done { id, exit_code },
         (None, Err(failure)) => failed(id, failure.kind(), failure.message(&dispatch.plugin)),
     };

@@ -342,10 +342,30 @@ fn exit_code(status: ExitStatus) -> i32 {
 
 /// Why the plugin was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cause {
+pub(crate) enum Cause {
     Cancel,
     Timeout,
     ConnectionLost,
+}
+
+impl Cause {
+    /// The last frame of `dispatch`, stopped for this cause; `None` when its connection is
+    /// gone (nothing more is sent).
+    pub(crate) fn last_frame(self, dispatch: &Dispatch) -> Option<Frame> {
+        let id = dispatch.id;
+        match self {
+            Cause::Timeout => Some(failed(
+                id,
+                ErrorKind::Timeout,
+                format!(
+                    "plugin {} ran past its timeout of {} ms",
+                    dispatch.plugin, dispatch.timeout_ms
+                ),
+            )),
+            Cause::Cancel => Some(failed(id, ErrorKind::Cancelled, "cancelled")),
+            Cause::ConnectionLost => None,
+        }
+    }
 }
 
 /// The command that starts `plugin` for one dispatch: [`plugin_command`] plus the request's
@@ -639,16 +659,10 @@ async fn run_process(
         return;
     }
     let last = match (cause, status) {
-        (Some(Cause::Timeout), _) => failed(
-            id,
-            ErrorKind::Timeout,
-            format!(
-                "plugin {} ran past its timeout of {} ms",
-                dispatch.plugin, dispatch.timeout_ms
-            ),
-        ),
-        (Some(Cause::Cancel), _) => failed(id, ErrorKind::Cancelled, "cancelled"),
-        (Some(Cause::ConnectionLost), _) => return,
+        (Some(cause), _) => match cause.last_frame(dispatch) {
+            Some(frame) => frame,
+            None => return,
+        },
         (None, Some(Ok(status))) => Frame::Done {
             id,
             exit_code: exit_code(status),

@@ -9,16 +9,6 @@ use serde_json::json;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tests::*;
 
-async fn connect_jwt(addr: &str, token: &str) -> Result<client::Client, ClientError> {
-    client::Client::connect(
-        addr,
-        Credential::Jwt {
-            token: token.to_string(),
-        },
-    )
-    .await
-}
-
 fn spec(service: &str, command: &str) -> RequestSpec {
     RequestSpec {
         service: service.into(),

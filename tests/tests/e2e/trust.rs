@@ -7,20 +7,10 @@ use anyhow::{bail, Context, Result};
 use client::{ClientError, ClientEvent, RequestSpec};
 use futures::StreamExt;
 use proto::control::Claims;
-use proto::{Credential, ErrorKind};
+use proto::ErrorKind;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tests::*;
-
-async fn connect_jwt(addr: &str, token: &str) -> Result<client::Client, ClientError> {
-    client::Client::connect(
-        addr,
-        Credential::Jwt {
-            token: token.to_string(),
-        },
-    )
-    .await
-}
 
 fn spec(service: &str, command: &str) -> RequestSpec {
     RequestSpec {

@@ -214,14 +214,18 @@ pub(crate) struct TriggerfsSetup<'a> {
 pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Result<TriggerfsProcs> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let config = dir.path().join("triggerfs.toml");
-    std::fs::write(
-        &config,
+    // The workers announce the service: a roundrobin one needs no configuration (and a build
+    // from before `announced` existed, run by `--baseline-bin`, reads the same file); any
+    // other algorithm is configured and opened to the announcing workers.
+    let services = if setup.algorithm == "roundrobin" {
+        String::new()
+    } else {
         format!(
             "[broker.services.{}]\nalgorithm = \"{}\"\nannounced = true\n",
             setup.service, setup.algorithm
-        ),
-    )
-    .context("cannot write the broker's config")?;
+        )
+    };
+    std::fs::write(&config, services).context("cannot write the broker's config")?;
     let config = config.display().to_string();
     let spin = format!("{}us", setup.spin.as_micros());
     let broker_args = [

@@ -278,7 +278,86 @@ pub async fn append(state: &CoreState, sync: SyncPolicy, dispatch: &Dispatch) ->
 
 struct AppendJob {
     data: Vec<u8>,
-    done: oneshot::Sender<Result<(), String>>,
+    done: Answer,
+}
+
+/// Where an append's outcome goes.
+enum Answer {
+    /// To the task that waits for it.
+    Wait(oneshot::Sender<Result<(), String>>),
+    /// As the dispatch's last frames (`Done`, after a line on stderr if it failed), straight
+    /// into the session's queue: the dispatch needs no task of its own.
+    Frames { id: u64, out: mpsc::Sender<Frame> },
+}
+
+impl Answer {
+    async fn send(self, result: Result<(), String>) {
+        match self {
+            Answer::Wait(tx) => {
+                let _ = tx.send(result);
+            }
+            Answer::Frames { id, out } => {
+                let mut reply = Reply {
+                    id,
+                    seq: 0,
+                    frames: Vec::new(),
+                };
+                let frames = match result {
+                    Ok(()) => reply.done(0),
+                    Err(text) => {
+                        reply.lines(Stream::Stderr, format!("append: {text}").as_bytes());
+                        reply.done(EXIT_FAILURE)
+                    }
+                };
+                for frame in frames {
+                    if send_frame(&out, frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Queues `frame`, waiting only when the queue is full; `Err` once the session is gone.
+pub async fn send_frame(out: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), ()> {
+    match out.try_send(frame) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(frame)) => out.send(frame).await.map_err(|_| ()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+    }
+}
+
+/// `append` served without a task of its own: `Accepted` now, then the file's writer queues
+/// `Done` (or the error) into `out` once the line is written. `Err` once the session is gone.
+pub async fn append_detached(
+    state: &CoreState,
+    sync: SyncPolicy,
+    dispatch: Dispatch,
+    out: &mpsc::Sender<Frame>,
+) -> Result<(), ()> {
+    let id = dispatch.id;
+    let Some(path) = path_arg(&dispatch).map(PathBuf::from) else {
+        let mut reply = Reply::new(id);
+        reply.lines(
+            Stream::Stderr,
+            b"append: missing argument `path` (path=/some/file)",
+        );
+        for frame in reply.done(EXIT_USAGE) {
+            send_frame(out, frame).await?;
+        }
+        return Ok(());
+    };
+    send_frame(out, Frame::Accepted { id }).await?;
+    let data = payload_or_command_line(&dispatch);
+    let answer = Answer::Frames {
+        id,
+        out: out.clone(),
+    };
+    if let Err((answer, text)) = state.appenders.submit(path, sync, data, answer) {
+        answer.send(Err(text)).await;
+    }
+    Ok(())
 }
 
 /// One task per file being appended to, fed through a channel.
@@ -295,6 +374,23 @@ impl Appenders {
         data: Vec<u8>,
     ) -> Result<(), String> {
         let (done, answer) = oneshot::channel();
+        if let Err((_, text)) = self.submit(path, sync, data, Answer::Wait(done)) {
+            return Err(text);
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the write did not finish".into()))
+    }
+
+    /// Hands `data` to the writer of `path` (started if need be); the answer goes to `done`.
+    /// `Err` gives the answer back when no writer could take it.
+    fn submit(
+        self: &Arc<Self>,
+        path: PathBuf,
+        sync: SyncPolicy,
+        data: Vec<u8>,
+        done: Answer,
+    ) -> Result<(), (Answer, String)> {
         let mut job = AppendJob { data, done };
         // A task that is exiting (idle) may have dropped its receiver: start another.
         for _ in 0..3 {
@@ -310,11 +406,7 @@ impl Appenders {
                     .clone()
             };
             match sender.send(job) {
-                Ok(()) => {
-                    return answer
-                        .await
-                        .unwrap_or_else(|_| Err("the write did not finish".into()))
-                }
+                Ok(()) => return Ok(()),
                 Err(mpsc::error::SendError(back)) => {
                     job = back;
                     let mut files = lock(&self.files);
@@ -324,7 +416,7 @@ impl Appenders {
                 }
             }
         }
-        Err("the file's writer is not available".into())
+        Err((job.done, "the file's writer is not available".into()))
     }
 }
 
@@ -394,8 +486,8 @@ async fn append_loop(
         } else if result.is_ok() {
             dirty = sync != SyncPolicy::None;
         }
-        for tx in done {
-            let _ = tx.send(result.clone());
+        for answer in done {
+            answer.send(result.clone()).await;
         }
     }
 }

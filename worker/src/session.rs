@@ -196,25 +196,29 @@ async fn handle_frame(
         Frame::Dispatch(dispatch) => {
             let id = dispatch.id;
             // The core `echo` answers at once, on this task: no task, no stop channel.
-            if let Lookup::Core(CorePlugin::Echo, _) = shared
+            let lookup = shared
                 .runner
                 .core
-                .lookup(&shared.runner.pluginspath, &dispatch.plugin)
-            {
+                .lookup(&shared.runner.pluginspath, &dispatch.plugin);
+            if let Lookup::Core(CorePlugin::Echo, _) = lookup {
                 for frame in crate::core::echo_owned(dispatch) {
                     // Room in the queue is the usual case: no future, no semaphore wait.
-                    match out.try_send(frame) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(frame)) => out
-                            .send(frame)
-                            .await
-                            .map_err(|_| WorkerError::WriterStopped)?,
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            return Err(WorkerError::WriterStopped)
-                        }
-                    }
+                    crate::core::send_frame(out, frame)
+                        .await
+                        .map_err(|_| WorkerError::WriterStopped)?;
                 }
                 return Ok(());
+            }
+            // The core `append` hands the line to its file's writer, which answers `Done`.
+            if let Lookup::Core(CorePlugin::Append, manifest) = lookup {
+                return crate::core::append_detached(
+                    &shared.runner.core,
+                    manifest.sync,
+                    dispatch,
+                    out,
+                )
+                .await
+                .map_err(|_| WorkerError::WriterStopped);
             }
             if active.is_running(id) {
                 warn!(id, "duplicate dispatch id from broker");

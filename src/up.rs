@@ -120,8 +120,12 @@ async fn api(
     Ok((status, json))
 }
 
-/// Makes sure worker `local` and service `demo` exist; returns a fresh token for `local`.
-async fn provision_local_worker(api_addr: SocketAddr, login: &MainSection) -> Result<String> {
+/// Makes sure worker `local` and service `demo` exist; returns a fresh token for `local` and
+/// the admin's JWT.
+async fn provision_local_worker(
+    api_addr: SocketAddr,
+    login: &MainSection,
+) -> Result<(String, String)> {
     let http = reqwest::Client::new();
     let base = format!("http://{api_addr}/api/v1");
     let (status, body) = api(
@@ -177,7 +181,32 @@ async fn provision_local_worker(api_addr: SocketAddr, login: &MainSection) -> Re
     if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
         bail!("cannot create service demo: {body}");
     }
-    Ok(token)
+    Ok((token, jwt))
+}
+
+/// Waits until the API shows worker `local` `ONLINE` (at most `within`), so that `up` says it
+/// is listening only once `demo` is served.
+async fn wait_local_online(api_addr: SocketAddr, jwt: &str, within: Duration) -> Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("http://{api_addr}/api/v1/workers/local");
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, body) = api(
+            &http,
+            reqwest::Method::GET,
+            url.clone(),
+            Some(jwt),
+            serde_json::Value::Null,
+        )
+        .await?;
+        if status.is_success() && body["state"] == "ONLINE" {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the local worker is not online after {within:?} ({status}: {body})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Provisions worker `local` and service `demo` with the admin login of `config_path`, and
@@ -187,7 +216,7 @@ async fn local_worker(
     config_path: &Path,
     api_addr: SocketAddr,
     broker_addr: SocketAddr,
-) -> Result<worker::WorkerConfig> {
+) -> Result<(worker::WorkerConfig, String)> {
     let text = std::fs::read_to_string(config_path).with_context(|| {
         format!(
             "cannot read {} for the admin login the local worker is set up with",
@@ -200,14 +229,14 @@ async fn local_worker(
             config_path.display()
         )
     })?;
-    let token = provision_local_worker(api_addr, &login.main).await?;
+    let (token, jwt) = provision_local_worker(api_addr, &login.main).await?;
     let pluginspath = opts.data.join("plugins");
     plugins::install(&pluginspath)?;
     println!(
         "local worker `local` serves service `demo` with plugins in {}",
         pluginspath.display()
     );
-    Ok(worker::WorkerConfig {
+    let config = worker::WorkerConfig {
         broker: broker_addr.to_string(),
         team: login.main.team.clone(),
         identity: "local".into(),
@@ -217,7 +246,8 @@ async fn local_worker(
         max_concurrency: 64,
         shell: worker::DEFAULT_SHELL.into(),
         reconnect_max: Duration::from_secs(1),
-    })
+    };
+    Ok((config, jwt))
 }
 
 /// `triggerfs up`.
@@ -265,11 +295,18 @@ pub fn run_up(
             None
         } else {
             match local_worker(&opts, &config_path, api_addr, broker_addr).await {
-                Ok(config) => {
+                Ok((config, jwt)) => {
                     let mut rx = stop_rx.clone();
-                    Some(tokio::spawn(worker::run(config, async move {
+                    let worker = tokio::spawn(worker::run(config, async move {
                         let _ = rx.changed().await;
-                    })))
+                    }));
+                    // `demo` is served before `up` says it is listening.
+                    if let Err(e) = wait_local_online(api_addr, &jwt, Duration::from_secs(10)).await
+                    {
+                        tracing::warn!(error = %format!("{e:#}"), "local worker");
+                        println!("the local worker is not online yet: {e:#}");
+                    }
+                    Some(worker)
                 }
                 Err(e) => {
                     // The rest is still useful: the API and the broker serve other workers.

@@ -75,24 +75,27 @@ pub struct WorkerOutcome {
     finished_rank: Option<u64>,
 }
 
-/// How one worker's run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerStatus {
-    /// Exited 0.
-    Ok,
-    /// Exited non-zero.
-    Failed,
-    /// Ran past its timeout.
-    Timeout,
-    /// The worker went away mid-run.
-    Lost,
-    /// The request was cancelled.
-    Cancelled,
-    /// Failed another way (plugin not found, plugin failed to start, …).
-    Error,
-    /// No `Done` or `Failed` arrived before the request ended (e.g. the connection dropped).
-    Unfinished,
+proto::text_enum! {
+    ("worker status", "lowercase")
+    /// How one worker's run ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum WorkerStatus {
+        /// Exited 0.
+        Ok,
+        /// Exited non-zero.
+        Failed,
+        /// Ran past its timeout.
+        Timeout,
+        /// The worker went away mid-run.
+        Lost,
+        /// The request was cancelled.
+        Cancelled,
+        /// Failed another way (plugin not found, plugin failed to start, …).
+        Error,
+        /// No `Done` or `Failed` arrived before the request ended (e.g. the connection dropped).
+        Unfinished,
+    }
 }
 
 /// A typed error and its detail.
@@ -121,19 +124,6 @@ impl WorkerStatus {
             ErrorKind::WorkerLost => WorkerStatus::Lost,
             ErrorKind::Cancelled => WorkerStatus::Cancelled,
             _ => WorkerStatus::Error,
-        }
-    }
-
-    /// The lowercase name, as in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerStatus::Ok => "ok",
-            WorkerStatus::Failed => "failed",
-            WorkerStatus::Timeout => "timeout",
-            WorkerStatus::Lost => "lost",
-            WorkerStatus::Cancelled => "cancelled",
-            WorkerStatus::Error => "error",
-            WorkerStatus::Unfinished => "unfinished",
         }
     }
 }
@@ -363,6 +353,30 @@ fn serialize_millis<S: serde::Serializer>(d: &Duration, serializer: S) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::TextEnum;
+    use strum::VariantArray;
+
+    /// The text of a status is its JSON name, one per variant.
+    #[test]
+    fn status_text_is_its_json_name() {
+        let texts: Vec<&str> = WorkerStatus::VARIANTS.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "ok",
+                "failed",
+                "timeout",
+                "lost",
+                "cancelled",
+                "error",
+                "unfinished"
+            ]
+        );
+        for status in WorkerStatus::VARIANTS {
+            let json = serde_json::to_string(status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+        }
+    }
 
     fn done(worker: &str, exit_code: i32) -> ClientEvent {
         ClientEvent::Done {

@@ -16,7 +16,7 @@ use client::{ClientEvent, Outcome, WorkerOutcome, WorkerStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
-use proto::{Algorithm, Stream};
+use proto::{Algorithm, Stream, TextEnum};
 use std::io::{self, Write};
 use std::time::SystemTime;
 

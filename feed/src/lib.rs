@@ -647,6 +647,15 @@ mod tests {
         }
     }
 
+    /// An hour from now, in seconds since the Unix epoch: a JWT `exp` still ahead.
+    fn in_an_hour() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600
+    }
+
     fn jwt(secret: &[u8], team: &str, exp: u64) -> Credential {
         jwt_for(secret, "alice", 7, team, exp)
     }
@@ -672,11 +681,7 @@ mod tests {
     #[test]
     fn jwts_are_checked_with_the_snapshot_key_and_teams() {
         let source = source();
-        let later = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 3600;
+        let later = in_an_hour();
         let key = [0x00, 0xff, 0x10];
         let principal = source.authenticate(&jwt(&key, "a", later)).unwrap();
         assert_eq!(
@@ -721,11 +726,7 @@ mod tests {
     #[test]
     fn admitted_principals_are_revoked_by_a_new_snapshot() {
         let source = source();
-        let later = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 3600;
+        let later = in_an_hour();
         let user = source
             .authenticate(&jwt(&[0x00, 0xff, 0x10], "a", later))
             .unwrap();

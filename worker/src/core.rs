@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -255,67 +255,59 @@ pub async fn file(dispatch: &Dispatch) -> Vec<Frame> {
     }
 }
 
-/// `append`: appends the payload (or the command line), newline-terminated, to the file in
-/// arg `path`; prints nothing on success. Lines for one file are batched (module docs).
-pub async fn append(state: &CoreState, sync: SyncPolicy, dispatch: &Dispatch) -> Vec<Frame> {
-    let mut reply = Reply::new(dispatch.id);
-    let Some(path) = path_arg(dispatch).map(PathBuf::from) else {
-        reply.lines(
-            Stream::Stderr,
-            b"append: missing argument `path` (path=/some/file)",
-        );
-        return reply.done(EXIT_USAGE);
-    };
-    let data = payload_or_command_line(dispatch);
-    match state.appenders.append(path, sync, data).await {
-        Ok(()) => reply.done(0),
-        Err(text) => {
-            reply.lines(Stream::Stderr, format!("append: {text}").as_bytes());
-            reply.done(EXIT_FAILURE)
+struct AppendJob {
+    data: Vec<u8>,
+    /// The dispatch, answered when its line is written.
+    id: u64,
+    /// Where its last frames go: the session's queue.
+    out: mpsc::Sender<Frame>,
+}
+
+impl AppendJob {
+    /// Queues the dispatch's last frames: `Done`, after a line on stderr if the write failed.
+    async fn answer(self, result: Result<(), String>) {
+        let mut reply = Reply {
+            id: self.id,
+            seq: 0,
+            frames: Vec::new(),
+        };
+        let frames = match result {
+            Ok(()) => reply.done(0),
+            Err(text) => {
+                reply.lines(Stream::Stderr, format!("append: {text}").as_bytes());
+                reply.done(EXIT_FAILURE)
+            }
+        };
+        for frame in frames {
+            if send_frame(&self.out, frame).await.is_err() {
+                return;
+            }
         }
     }
 }
 
-struct AppendJob {
-    data: Vec<u8>,
-    done: Answer,
-}
-
-/// Where an append's outcome goes.
-enum Answer {
-    /// To the task that waits for it.
-    Wait(oneshot::Sender<Result<(), String>>),
-    /// As the dispatch's last frames (`Done`, after a line on stderr if it failed), straight
-    /// into the session's queue: the dispatch needs no task of its own.
-    Frames { id: u64, out: mpsc::Sender<Frame> },
-}
-
-impl Answer {
-    async fn send(self, result: Result<(), String>) {
-        match self {
-            Answer::Wait(tx) => {
-                let _ = tx.send(result);
+/// Serves the core `echo` and `append` on the caller's task, with no task or stop channel of
+/// their own (they start no process and need no cancel): `echo` answers at once, `append`
+/// hands its line to the file's writer, which queues `Done`. Any other dispatch is given back.
+/// `Err` once the session is gone.
+pub async fn serve_inline(
+    state: &CoreState,
+    lookup: &Lookup,
+    dispatch: Dispatch,
+    out: &mpsc::Sender<Frame>,
+) -> Result<Option<Dispatch>, ()> {
+    match lookup {
+        Lookup::Core(CorePlugin::Echo, _) => {
+            for frame in echo_owned(dispatch) {
+                send_frame(out, frame).await?;
             }
-            Answer::Frames { id, out } => {
-                let mut reply = Reply {
-                    id,
-                    seq: 0,
-                    frames: Vec::new(),
-                };
-                let frames = match result {
-                    Ok(()) => reply.done(0),
-                    Err(text) => {
-                        reply.lines(Stream::Stderr, format!("append: {text}").as_bytes());
-                        reply.done(EXIT_FAILURE)
-                    }
-                };
-                for frame in frames {
-                    if send_frame(&out, frame).await.is_err() {
-                        return;
-                    }
-                }
-            }
+            Ok(None)
         }
+        Lookup::Core(CorePlugin::Append, manifest) => {
+            append(state, manifest.sync, dispatch, out).await?;
+            Ok(None)
+        }
+        _ => Ok(Some(dispatch)),
     }
 }
 
@@ -328,9 +320,11 @@ pub async fn send_frame(out: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), (
     }
 }
 
-/// `append` served without a task of its own: `Accepted` now, then the file's writer queues
-/// `Done` (or the error) into `out` once the line is written. `Err` once the session is gone.
-pub async fn append_detached(
+/// `append`: appends the payload (or the command line), newline-terminated, to the file in
+/// arg `path`; prints nothing on success. Served without a task of its own: `Accepted` now,
+/// then the file's writer (module docs) queues `Done`, or the error, into `out` once the line
+/// is written. `Err` once the session is gone.
+pub async fn append(
     state: &CoreState,
     sync: SyncPolicy,
     dispatch: Dispatch,
@@ -349,13 +343,13 @@ pub async fn append_detached(
         return Ok(());
     };
     send_frame(out, Frame::Accepted { id }).await?;
-    let data = payload_or_command_line(&dispatch);
-    let answer = Answer::Frames {
+    let job = AppendJob {
+        data: payload_or_command_line(&dispatch),
         id,
         out: out.clone(),
     };
-    if let Err((answer, text)) = state.appenders.submit(path, sync, data, answer) {
-        answer.send(Err(text)).await;
+    if let Err((job, text)) = state.appenders.submit(path, sync, job) {
+        job.answer(Err(text)).await;
     }
     Ok(())
 }
@@ -367,31 +361,14 @@ struct Appenders {
 }
 
 impl Appenders {
-    async fn append(
-        self: &Arc<Self>,
-        path: PathBuf,
-        sync: SyncPolicy,
-        data: Vec<u8>,
-    ) -> Result<(), String> {
-        let (done, answer) = oneshot::channel();
-        if let Err((_, text)) = self.submit(path, sync, data, Answer::Wait(done)) {
-            return Err(text);
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the write did not finish".into()))
-    }
-
-    /// Hands `data` to the writer of `path` (started if need be); the answer goes to `done`.
-    /// `Err` gives the answer back when no writer could take it.
+    /// Hands `job` to the writer of `path` (started if need be). `Err` gives the job back
+    /// when no writer could take it.
     fn submit(
         self: &Arc<Self>,
         path: PathBuf,
         sync: SyncPolicy,
-        data: Vec<u8>,
-        done: Answer,
-    ) -> Result<(), (Answer, String)> {
-        let mut job = AppendJob { data, done };
+        mut job: AppendJob,
+    ) -> Result<(), (AppendJob, String)> {
         // A task that is exiting (idle) may have dropped its receiver: start another.
         for _ in 0..3 {
             let sender = {
@@ -416,7 +393,7 @@ impl Appenders {
                 }
             }
         }
-        Err((job.done, "the file's writer is not available".into()))
+        Err((job, "the file's writer is not available".into()))
     }
 }
 
@@ -466,10 +443,8 @@ async fn append_loop(
             }
         }
         let mut buf = Vec::with_capacity(bytes);
-        let mut done = Vec::with_capacity(batch.len());
-        for job in batch {
-            buf.extend_from_slice(&job.data);
-            done.push(job.done);
+        for job in &mut batch {
+            buf.extend_from_slice(&std::mem::take(&mut job.data));
         }
         let sync_now = match sync {
             SyncPolicy::None => false,
@@ -486,8 +461,8 @@ async fn append_loop(
         } else if result.is_ok() {
             dirty = sync != SyncPolicy::None;
         }
-        for answer in done {
-            answer.send(result.clone()).await;
+        for job in batch {
+            job.answer(result.clone()).await;
         }
     }
 }
@@ -594,6 +569,21 @@ mod tests {
         let frames = file(&dispatch(2, b"x", &[])).await;
         assert_eq!(exit(&frames), EXIT_USAGE);
         assert_eq!(outputs(&frames)[0].0, Stream::Stderr);
+    }
+
+    /// Runs `append` and collects its frames up to its `Done`.
+    async fn append(state: &CoreState, sync: SyncPolicy, d: &Dispatch) -> Vec<Frame> {
+        let (out, mut frames) = mpsc::channel(16);
+        super::append(state, sync, d.clone(), &out).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(frame) = frames.recv().await {
+            let last = matches!(frame, Frame::Done { .. });
+            got.push(frame);
+            if last {
+                break;
+            }
+        }
+        got
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

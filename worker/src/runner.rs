@@ -188,63 +188,44 @@ pub fn arg_env_name(key: &str) -> String {
 
 /// Serves one dispatch to the end, sending `Accepted`/`Output`/`Done` or `Failed` to `out`.
 ///
+/// `lookup` is the core plugin the dispatch names, as the caller looked it up.
 /// `stop` yields [`Stop::Cancel`] on `Cancel`; its sender being dropped means the connection
 /// is gone: the plugin is stopped the same way, and nothing more is reported.
-pub async fn serve_dispatch(
+pub(crate) async fn serve_dispatch(
     runner: Arc<RunnerConfig>,
     dispatch: Dispatch,
+    lookup: Lookup,
     slots: Arc<Semaphore>,
     mut stop: oneshot::Receiver<Stop>,
     out: mpsc::Sender<Frame>,
 ) {
+    // The session serves `echo` and `append` itself; a caller that did not is served here.
+    let dispatch = match crate::core::serve_inline(&runner.core, &lookup, dispatch, &out).await {
+        Ok(Some(dispatch)) => dispatch,
+        Ok(None) | Err(()) => return,
+    };
     let id = dispatch.id;
     // The dispatch's time counts from its arrival, slot wait included: that is the time the
     // client waits.
     let deadline = (dispatch.timeout_ms > 0)
         .then(|| Instant::now() + Duration::from_millis(dispatch.timeout_ms));
-    // Core plugins the worker serves itself: `echo`, `file`, `append` take no slot (no
-    // process); `command` takes one like any plugin process.
-    let core = match runner.core.lookup(&runner.pluginspath, &dispatch.plugin) {
+    // `file` takes no slot (no process); `command` takes one like any plugin process.
+    let core = match lookup {
         Lookup::NotCore => None,
         Lookup::Invalid(reason) => {
             let message = format!("plugin `{}` cannot be used: {reason}", dispatch.plugin);
             let _ = out.send(failed(id, ErrorKind::PluginFailed, message)).await;
             return;
         }
-        Lookup::Core(CorePlugin::Command, _) => Some(CorePlugin::Command),
-        Lookup::Core(core, manifest) => {
-            let frames = match core {
-                CorePlugin::Echo => crate::core::echo(&dispatch),
-                CorePlugin::File => crate::core::file(&dispatch).await,
-                _ => {
-                    let appended = crate::core::append(&runner.core, manifest.sync, &dispatch);
-                    tokio::select! {
-                        frames = appended => frames,
-                        // The line may still be written: it was handed to the file's writer.
-                        stopped = &mut stop => {
-                            if stopped == Ok(Stop::Cancel) {
-                                let _ = out.send(failed(id, ErrorKind::Cancelled, "cancelled")).await;
-                            }
-                            return;
-                        }
-                        () = until(deadline) => vec![failed(id, ErrorKind::Timeout, "the append did not finish within the timeout")],
-                    }
-                }
-            };
-            for frame in frames {
-                // Room in the queue is the usual case: no future, no semaphore wait.
-                match out.try_send(frame) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(frame)) => {
-                        if out.send(frame).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+        Lookup::Core(CorePlugin::File, _) => {
+            for frame in crate::core::file(&dispatch).await {
+                if crate::core::send_frame(&out, frame).await.is_err() {
+                    return;
                 }
             }
             return;
         }
+        Lookup::Core(core, _) => Some(core),
     };
     let _permit = tokio::select! {
         permit = slots.acquire_owned() => match permit {

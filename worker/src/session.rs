@@ -5,11 +5,9 @@
 //! every dispatch's stop sender, which stops their plugins, and aborts the writer, which
 //! closes the socket.
 
-use crate::core::Lookup;
 use crate::runner::{self, RunnerConfig, Stop};
 use crate::{WorkerConfig, WorkerError};
 use client::connection::{connect, ConnectionError, FrameReader, FrameWriter};
-use plugins::CorePlugin;
 use proto::{Credential, ErrorKind, Frame, Hello, Role, PROTOCOL_VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -196,30 +194,23 @@ async fn handle_frame(
         Frame::Dispatch(dispatch) => {
             let id = dispatch.id;
             // The core `echo` answers at once, on this task: no task, no stop channel.
+            // The core `echo` and `append` are served on this task.
             let lookup = shared
                 .runner
                 .core
                 .lookup(&shared.runner.pluginspath, &dispatch.plugin);
-            if let Lookup::Core(CorePlugin::Echo, _) = lookup {
-                for frame in crate::core::echo_owned(dispatch) {
-                    // Room in the queue is the usual case: no future, no semaphore wait.
-                    crate::core::send_frame(out, frame)
-                        .await
-                        .map_err(|_| WorkerError::WriterStopped)?;
-                }
-                return Ok(());
-            }
-            // The core `append` hands the line to its file's writer, which answers `Done`.
-            if let Lookup::Core(CorePlugin::Append, manifest) = lookup {
-                return crate::core::append_detached(
-                    &shared.runner.core,
-                    manifest.sync,
-                    dispatch,
-                    out,
-                )
-                .await
-                .map_err(|_| WorkerError::WriterStopped);
-            }
+            let dispatch = match crate::core::serve_inline(
+                &shared.runner.core,
+                &lookup,
+                dispatch,
+                out,
+            )
+            .await
+            {
+                Ok(Some(dispatch)) => dispatch,
+                Ok(None) => return Ok(()),
+                Err(()) => return Err(WorkerError::WriterStopped),
+            };
             if active.is_running(id) {
                 warn!(id, "duplicate dispatch id from broker");
                 let frame = Frame::Failed {
@@ -239,6 +230,7 @@ async fn handle_frame(
             let serving = runner::serve_dispatch(
                 shared.runner.clone(),
                 dispatch,
+                lookup,
                 shared.slots.clone(),
                 stop_rx,
                 out.clone(),

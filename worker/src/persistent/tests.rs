@@ -128,9 +128,11 @@ impl Worker {
         d.command = command.split(' ').map(String::from).collect();
         let (out, frames) = mpsc::channel(256);
         let (stop_tx, stop_rx) = oneshot::channel();
+        let lookup = self.runner.core.lookup(&self.runner.pluginspath, &d.plugin);
         tokio::spawn(serve_dispatch(
             self.runner.clone(),
             d,
+            lookup,
             self.slots.clone(),
             stop_rx,
             out,

@@ -85,7 +85,8 @@ fn start(root: &Path, d: Dispatch, slots: Arc<Semaphore>) -> Run {
     });
     let (out, frames) = mpsc::channel(256);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(serve_dispatch(runner, d, slots, stop_rx, out));
+    let lookup = runner.core.lookup(&runner.pluginspath, &d.plugin);
+    let task = tokio::spawn(serve_dispatch(runner, d, lookup, slots, stop_rx, out));
     Run {
         frames,
         stop: Some(stop_tx),

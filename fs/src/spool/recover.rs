@@ -1,0 +1,424 @@
+//! Opening a spool directory: the lock, the id, the acknowledged position, and a check of
+//! every record in every segment.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use super::record::{Header, HEADER, MAX_RECORD};
+use super::{segment_path, Segment, SpoolConfig, SpoolError};
+
+const SOURCE: &str = "source";
+const ACK: &str = "ack";
+const LOCK: &str = "lock";
+const SEGMENT_SUFFIX: &str = ".seg";
+
+/// Bytes recovery reads at a time.
+const READ_CHUNK: usize = 1 << 20;
+
+/// A read position: the next record to look at is `next_seq`, at `offset` in the segment
+/// named `segment`. At the end of a segment, the position may name that segment (offset =
+/// its length) or the next one (offset 0); readers look the segment up by `next_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Position {
+    pub next_seq: u64,
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// What [`open`] found.
+pub(super) struct Recovered {
+    /// The directory's lock (taken by the caller into its shared state).
+    pub lock: Option<File>,
+    pub source: [u8; 16],
+    /// The segments left after deleting wholly acknowledged ones, in order.
+    pub segments: Vec<Segment>,
+    /// The seq the next appended record gets.
+    pub next_seq: u64,
+    /// The acknowledged seq from the `ack` file.
+    pub acked: u64,
+    /// Where the first unacknowledged record is (or will be).
+    pub first_unacked: Position,
+    /// Bytes of the records after `acked`.
+    pub pending_bytes: u64,
+}
+
+/// Creates or opens `cfg.dir`, takes its lock, and checks (and repairs a torn tail of) its
+/// segments.
+pub(super) fn open(cfg: &SpoolConfig) -> Result<Recovered, SpoolError> {
+    let dir = &cfg.dir;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| SpoolError::io("create directory", dir, e))?;
+    let lock = lock(dir)?;
+
+    let mut segments = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| SpoolError::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| SpoolError::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
+            continue;
+        };
+        match stem.parse::<u64>() {
+            Ok(first) if stem.len() == 20 && first > 0 => segments.push(first),
+            _ => {
+                return Err(SpoolError::corrupt(
+                    entry.path(),
+                    0,
+                    "a segment name that is not a 20-digit seq",
+                ))
+            }
+        }
+    }
+    segments.sort_unstable();
+
+    let acked = read_ack(dir)?;
+    let source = read_or_make_source(dir, !segments.is_empty() || acked.is_some())?;
+    let acked = acked.unwrap_or(0);
+
+    let mut kept: Vec<Segment> = Vec::with_capacity(segments.len());
+    // The seq after each kept segment's last record.
+    let mut ends: Vec<u64> = Vec::with_capacity(segments.len());
+    let mut next_seq = segments.first().copied().unwrap_or(acked + 1);
+    if next_seq > acked + 1 {
+        return Err(SpoolError::corrupt(
+            segment_path(dir, next_seq),
+            0,
+            format!(
+                "records {} to {} are missing (acknowledged up to {acked})",
+                acked + 1,
+                next_seq - 1
+            ),
+        ));
+    }
+    let mut pending_bytes = 0;
+    let mut first_unacked = None;
+    for (i, &first) in segments.iter().enumerate() {
+        let path = segment_path(dir, first);
+        if first != next_seq {
+            return Err(SpoolError::corrupt(
+                path,
+                0,
+                format!("the segment should start at seq {next_seq}"),
+            ));
+        }
+        let last = i + 1 == segments.len();
+        let scan = scan_segment(&path, first, acked, last)?;
+        pending_bytes += scan.pending_bytes;
+        if first_unacked.is_none() {
+            first_unacked = scan.first_unacked.map(|offset| Position {
+                next_seq: acked + 1,
+                segment: first,
+                offset,
+            });
+        }
+        next_seq = scan.next_seq;
+        kept.push(Segment {
+            first,
+            len: scan.len,
+        });
+        ends.push(scan.next_seq);
+    }
+
+    if next_seq <= acked {
+        // Only after a power loss: records were sent and acknowledged (and the ack made
+        // durable) before their segment was. Seqs must not go back, so the next record
+        // starts a segment of its own after the acknowledged one.
+        tracing::warn!(
+            dir = %dir.display(),
+            acked,
+            written = next_seq - 1,
+            "spool: records acknowledged but lost from their segment (power loss?); continuing after the acknowledged seq"
+        );
+        next_seq = acked + 1;
+    }
+
+    // Segments holding only acknowledged records: the `ack` file already says so (it is
+    // what `acked` was read from), so they can go; but not one the writer will continue
+    // (the last, when its records run up to `next_seq`), which keeps the seqs' place.
+    let last = ends.len().saturating_sub(1);
+    let deletable = ends
+        .iter()
+        .enumerate()
+        .take_while(|&(i, &end)| end <= acked + 1 && (i < last || end < next_seq))
+        .count();
+    for seg in kept.drain(..deletable) {
+        let path = segment_path(dir, seg.first);
+        fs::remove_file(&path).map_err(|e| SpoolError::io("delete", &path, e))?;
+    }
+    if deletable > 0 {
+        sync_dir(dir)?;
+    }
+
+    // With no unacknowledged record on disk, the first one will be the next appended: at
+    // the end of the last segment (which then runs up to `next_seq`), or in a new one.
+    let first_unacked = first_unacked.unwrap_or(match kept.last() {
+        Some(seg) => Position {
+            next_seq,
+            segment: seg.first,
+            offset: seg.len,
+        },
+        None => Position {
+            next_seq,
+            segment: next_seq,
+            offset: 0,
+        },
+    });
+
+    Ok(Recovered {
+        lock: Some(lock),
+        source,
+        segments: kept,
+        next_seq,
+        acked,
+        first_unacked,
+        pending_bytes,
+    })
+}
+
+/// Takes the directory's `flock`, so one spool is open on it at a time.
+fn lock(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join(LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| SpoolError::io("open", &path, e))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::WouldBlock {
+            return Err(SpoolError::InUse { dir: dir.into() });
+        }
+        return Err(SpoolError::io("lock", &path, err));
+    }
+    Ok(file)
+}
+
+/// The `ack` file's seq, `None` if there is none yet.
+fn read_ack(dir: &Path) -> Result<Option<u64>, SpoolError> {
+    let path = dir.join(ACK);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(SpoolError::io("read", &path, e)),
+    };
+    let parsed = <[u8; 12]>::try_from(bytes.as_slice()).ok().and_then(|b| {
+        let [s @ .., c0, c1, c2, c3] = b;
+        (crc32c::crc32c(&s) == u32::from_le_bytes([c0, c1, c2, c3])).then(|| u64::from_le_bytes(s))
+    });
+    match parsed {
+        Some(seq) => Ok(Some(seq)),
+        None => Err(SpoolError::corrupt(
+            path,
+            0,
+            "not an acknowledged seq and its CRC",
+        )),
+    }
+}
+
+/// Writes the `ack` file: temp file, fsync, rename, fsync of the directory.
+pub(super) fn write_ack(dir: &Path, seq: u64) -> Result<(), SpoolError> {
+    let mut bytes = [0u8; 12];
+    bytes[..8].copy_from_slice(&seq.to_le_bytes());
+    bytes[8..].copy_from_slice(&crc32c::crc32c(&seq.to_le_bytes()).to_le_bytes());
+    replace_file(dir, ACK, &bytes)
+}
+
+/// The spool's id: read from `source`, or made now for a new spool. `in_use` says there
+/// are records or an ack already: a missing id then would give the same records a new
+/// idempotency key, so it is an error.
+fn read_or_make_source(dir: &Path, in_use: bool) -> Result<[u8; 16], SpoolError> {
+    let path = dir.join(SOURCE);
+    match fs::read(&path) {
+        Ok(bytes) => <[u8; 16]>::try_from(bytes.as_slice())
+            .map_err(|_| SpoolError::corrupt(&path, 0, "the spool id is not 16 bytes")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && in_use => Err(SpoolError::corrupt(
+            &path,
+            0,
+            "the spool id is missing but records or an ack exist",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let source: [u8; 16] = rand::random();
+            replace_file(dir, SOURCE, &source)?;
+            Ok(source)
+        }
+        Err(e) => Err(SpoolError::io("read", &path, e)),
+    }
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), SpoolError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| SpoolError::io("create", &tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| SpoolError::io("write", &tmp, e))?;
+    file.sync_all()
+        .map_err(|e| SpoolError::io("fsync", &tmp, e))?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(|e| SpoolError::io("rename", &tmp, e))?;
+    sync_dir(dir)
+}
+
+/// fsyncs a directory, so entries created, renamed or removed in it are durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SpoolError::io("fsync", dir, e))
+}
+
+/// What one segment holds.
+struct Scan {
+    /// Bytes of valid records (the file is truncated to this if it had a torn tail).
+    len: u64,
+    /// The seq after its last record.
+    next_seq: u64,
+    /// Bytes of its records after `acked`.
+    pending_bytes: u64,
+    /// The offset of its first record after `acked`, if it has one.
+    first_unacked: Option<u64>,
+}
+
+/// Checks every record of a segment. A bad record in the `last` segment with no good record
+/// after it is a torn tail, truncated away; anything else bad is `Corrupt`.
+fn scan_segment(path: &Path, first: u64, acked: u64, last: bool) -> Result<Scan, SpoolError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(last)
+        .open(path)
+        .map_err(|e| SpoolError::io("open", path, e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| SpoolError::io("stat", path, e))?
+        .len();
+    let mut input = BufReader::with_capacity(READ_CHUNK, &file);
+    let mut scan = Scan {
+        len: 0,
+        next_seq: first,
+        pending_bytes: 0,
+        first_unacked: None,
+    };
+    let mut header = [0u8; HEADER];
+    let mut payload = Vec::new();
+    let bad = loop {
+        let offset = scan.len;
+        let remaining = file_len - offset;
+        if remaining == 0 {
+            return Ok(scan);
+        }
+        if remaining < HEADER as u64 {
+            break "a record header cut short";
+        }
+        input
+            .read_exact(&mut header)
+            .map_err(|e| SpoolError::io("read", path, e))?;
+        let Some(h) = Header::at(&header) else {
+            break "a record header cut short";
+        };
+        if h.seq != scan.next_seq {
+            break "a record with the wrong seq or a damaged header";
+        }
+        if h.len as usize > MAX_RECORD {
+            break "a record length over the limit";
+        }
+        if h.record_len() > remaining {
+            break "a record cut short";
+        }
+        payload.resize(h.len as usize, 0);
+        input
+            .read_exact(&mut payload)
+            .map_err(|e| SpoolError::io("read", path, e))?;
+        if !h.matches(&payload) {
+            break "a record whose CRC does not match";
+        }
+        if h.seq > acked {
+            scan.pending_bytes += h.record_len();
+            scan.first_unacked.get_or_insert(offset);
+        }
+        scan.len += h.record_len();
+        scan.next_seq += 1;
+    };
+    let offset = scan.len;
+    if !last {
+        return Err(SpoolError::corrupt(
+            path,
+            offset,
+            format!("{bad} (seq {} expected)", scan.next_seq),
+        ));
+    }
+    if let Some(at) = later_record(&file, offset, file_len, scan.next_seq)
+        .map_err(|e| SpoolError::io("read", path, e))?
+    {
+        return Err(SpoolError::corrupt(
+            path,
+            offset,
+            format!(
+                "{bad} (seq {} expected), and a good record after it at offset {at}",
+                scan.next_seq
+            ),
+        ));
+    }
+    tracing::warn!(
+        file = %path.display(),
+        offset,
+        bytes = file_len - offset,
+        reason = bad,
+        "spool: truncating a torn tail (a write cut short by a crash)"
+    );
+    file.set_len(offset)
+        .map_err(|e| SpoolError::io("truncate", path, e))?;
+    file.sync_all()
+        .map_err(|e| SpoolError::io("fsync", path, e))?;
+    Ok(scan)
+}
+
+/// The offset of a good record (seq after `expected - 1`, CRC matching) somewhere in
+/// `file[from + 1..end]`, if any: what tells corruption in the middle from a torn tail. Each
+/// offset's header is checked for a plausible seq and length before its payload is read.
+fn later_record(file: &File, from: u64, end: u64, expected: u64) -> io::Result<Option<u64>> {
+    let mut window = vec![0u8; READ_CHUNK + HEADER];
+    let mut start = from + 1;
+    let mut payload = Vec::new();
+    while start + HEADER as u64 <= end {
+        let n = (end - start).min(window.len() as u64) as usize;
+        file.read_exact_at(&mut window[..n], start)?;
+        let candidates = n - HEADER + 1;
+        for i in 0..candidates {
+            let at = start + i as u64;
+            let Some(h) = Header::at(&window[i..n]) else {
+                break;
+            };
+            // A record at `at` has at most (at - from) / HEADER records before it since
+            // `from`, so its seq is bounded; and it must fit in the file.
+            let max_seq = expected + (at - from) / HEADER as u64;
+            if h.seq < expected || h.seq > max_seq || h.len as usize > MAX_RECORD {
+                continue;
+            }
+            if at + h.record_len() > end {
+                continue;
+            }
+            payload.resize(h.len as usize, 0);
+            file.read_exact_at(&mut payload, at + HEADER as u64)?;
+            if h.matches(&payload) {
+                return Ok(Some(at));
+            }
+        }
+        start += candidates as u64;
+    }
+    Ok(None)
+}

@@ -1,0 +1,412 @@
+//! The writer thread: the one place segments are written, rolled and fdatasynced.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::record::{encode, encoded_len};
+use super::recover::{sync_dir, Recovered};
+use super::{Segment, Shared, SpoolConfig, SpoolError};
+
+/// Calls queued for the writer at most: a FUSE thread that finds the queue full waits
+/// (backpressure), and what waits in memory is bounded by this many groups.
+const QUEUE: usize = 1024;
+
+/// The writer writes what it has encoded once this much is buffered, even if more calls
+/// are queued: its buffer stays bounded.
+const FLUSH_AT: usize = 8 << 20;
+
+/// A call to the writer, with the channel its answer goes back on.
+pub(super) enum Msg {
+    Append {
+        records: Vec<Bytes>,
+        reply: Sender<Result<u64, SpoolError>>,
+    },
+    Sync {
+        reply: Sender<Result<(), SpoolError>>,
+    },
+}
+
+/// Starts the writer thread on the recovered spool.
+pub(super) fn start(
+    cfg: &SpoolConfig,
+    shared: Arc<Shared>,
+    recovered: &Recovered,
+    written: tokio::sync::watch::Sender<u64>,
+) -> Result<(Sender<Msg>, JoinHandle<()>), SpoolError> {
+    // Recovery leaves the last segment in place only when the next record continues it.
+    let current = match recovered.segments.last() {
+        Some(seg) => {
+            let path = shared.segment_path(seg.first);
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| SpoolError::io("open", &path, e))?;
+            Some((seg.len, file, path))
+        }
+        None => None,
+    };
+    let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+    let (started_tx, started) = crossbeam_channel::bounded(1);
+    let (dir, sync_every, segment_bytes) = (cfg.dir.clone(), cfg.sync_every, cfg.segment_bytes);
+    let next_seq = recovered.next_seq;
+    let thread = std::thread::Builder::new()
+        .name("spool-writer".into())
+        .spawn(move || {
+            // io_uring's runtime and files are bound to the thread that made them.
+            let init = || -> Result<Writer, SpoolError> {
+                let backend = Backend::from_env()
+                    .map_err(|e| SpoolError::io("start io_uring for", &dir, e))?;
+                let current = match current {
+                    Some((len, file, path)) => {
+                        let uring = backend
+                            .attach(&file)
+                            .map_err(|e| SpoolError::io("open", &path, e))?;
+                        Some(Current {
+                            len,
+                            file,
+                            path,
+                            uring,
+                        })
+                    }
+                    None => None,
+                };
+                Ok(Writer {
+                    shared,
+                    sync_every,
+                    segment_bytes,
+                    current,
+                    next_seq,
+                    buf: Vec::new(),
+                    waiting: Vec::new(),
+                    buffered_bytes: 0,
+                    dirty: false,
+                    last_sync: Instant::now(),
+                    failed: None,
+                    written,
+                    backend,
+                })
+            };
+            match init() {
+                Ok(mut writer) => {
+                    let _ = started_tx.send(Ok(()));
+                    writer.run(rx);
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| SpoolError::io("start the writer thread for", &cfg.dir, e))?;
+    started.recv().map_err(|_| SpoolError::Closed)??;
+    Ok((tx, thread))
+}
+
+/// The segment being appended to.
+struct Current {
+    len: u64,
+    file: File,
+    path: PathBuf,
+    uring: Option<tokio_uring::fs::File>,
+}
+
+/// The file I/O of the writer: plain `pwrite`/`fdatasync`, or io_uring (A/B measurement).
+enum Backend {
+    Std,
+    Uring(tokio_uring::Runtime),
+}
+
+impl Backend {
+    fn from_env() -> io::Result<Backend> {
+        if std::env::var_os("TRIGGERFS_SPOOL_URING").is_some() {
+            Ok(Backend::Uring(tokio_uring::Runtime::new(
+                &tokio_uring::builder(),
+            )?))
+        } else {
+            Ok(Backend::Std)
+        }
+    }
+
+    fn attach(&self, file: &File) -> io::Result<Option<tokio_uring::fs::File>> {
+        match self {
+            Backend::Std => Ok(None),
+            Backend::Uring(_) => Ok(Some(tokio_uring::fs::File::from_std(file.try_clone()?))),
+        }
+    }
+
+    fn write_all_at(&self, cur: &Current, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
+        match (self, &cur.uring) {
+            (Backend::Uring(rt), Some(file)) => rt.block_on(file.write_all_at(buf, offset)),
+            _ => (cur.file.write_all_at(&buf, offset), buf),
+        }
+    }
+
+    fn sync_data(&self, cur: &Current) -> io::Result<()> {
+        match (self, &cur.uring) {
+            (Backend::Uring(rt), Some(file)) => rt.block_on(file.sync_data()),
+            _ => cur.file.sync_data(),
+        }
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    sync_every: Duration,
+    segment_bytes: u64,
+    current: Option<Current>,
+    /// The seq the next encoded record gets.
+    next_seq: u64,
+    /// Records encoded and not yet written.
+    buf: Vec<u8>,
+    /// The callers whose records are in `buf`, with the seq of their first record.
+    waiting: Vec<(Sender<Result<u64, SpoolError>>, u64)>,
+    /// Records in `buf` (their bytes are `buf.len()`).
+    buffered_bytes: u64,
+    /// Something was written since the last fdatasync.
+    dirty: bool,
+    last_sync: Instant,
+    /// Set when an fdatasync failed: the kernel may have dropped the pages it could not
+    /// write, so what the spool holds is unknown and nothing more is accepted.
+    failed: Option<(PathBuf, String)>,
+    written: tokio::sync::watch::Sender<u64>,
+    backend: Backend,
+}
+
+impl Writer {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        loop {
+            let next_sync = self.last_sync + self.sync_every;
+            let msg = if self.dirty {
+                match rx.recv_deadline(next_sync) {
+                    Ok(msg) => Some(msg),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(msg) => Some(msg),
+                    Err(_) => break,
+                }
+            };
+            if let Some(msg) = msg {
+                self.handle(msg);
+                // Everything queued meanwhile goes into the same write.
+                while let Ok(msg) = rx.try_recv() {
+                    self.handle(msg);
+                }
+                self.flush();
+            }
+            if self.dirty && Instant::now() >= self.last_sync + self.sync_every {
+                if let Err(e) = self.sync() {
+                    tracing::error!(error = %e, "spool: periodic fdatasync failed");
+                }
+            }
+        }
+        if self.dirty {
+            if let Err(e) = self.sync() {
+                tracing::error!(error = %e, "spool: last fdatasync failed");
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Append { records, reply } => {
+                if let Err(e) = self.encode(&records) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let first = self.next_seq - records.len() as u64;
+                if records.is_empty() {
+                    let _ = reply.send(Ok(first));
+                } else {
+                    self.waiting.push((reply, first));
+                }
+                if self.buf.len() >= FLUSH_AT {
+                    self.flush();
+                }
+            }
+            Msg::Sync { reply } => {
+                self.flush();
+                let _ = reply.send(self.sync());
+            }
+        }
+    }
+
+    /// Encodes one group into `buf`, or refuses it whole.
+    fn encode(&mut self, records: &[Bytes]) -> Result<(), SpoolError> {
+        self.check_failed()?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let bytes: u64 = records.iter().map(|r| encoded_len(r)).sum();
+        let pending = self.shared.pending_bytes() + self.buffered_bytes;
+        if pending + bytes > self.shared.max_bytes {
+            self.shared
+                .refused_full_total
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(SpoolError::Full {
+                max_bytes: self.shared.max_bytes,
+            });
+        }
+        let roll = match &self.current {
+            None => true,
+            Some(cur) => {
+                let len = cur.len + self.buf.len() as u64;
+                len > 0 && len >= self.segment_bytes
+            }
+        };
+        if roll {
+            self.flush();
+            self.roll()?;
+        }
+        for record in records {
+            encode(&mut self.buf, self.next_seq, record);
+            self.next_seq += 1;
+        }
+        self.buffered_bytes += bytes;
+        Ok(())
+    }
+
+    /// Writes `buf` at the end of the current segment in one write, publishes it, and
+    /// answers the callers it holds.
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let Some(cur) = self.current.as_mut() else {
+            return; // `encode` rolls before it encodes: unreachable.
+        };
+        let first = self.waiting.first().map_or(self.next_seq, |w| w.1);
+        let buf = std::mem::take(&mut self.buf);
+        let (result, mut buf) = self.backend.write_all_at(cur, buf, cur.len);
+        let records = self.next_seq - first;
+        match result {
+            Ok(()) => {
+                cur.len += buf.len() as u64;
+                let shared = &self.shared;
+                if let Some(seg) = shared.segments().back_mut() {
+                    seg.len = cur.len;
+                }
+                shared
+                    .written_bytes
+                    .fetch_add(self.buffered_bytes, Ordering::AcqRel);
+                shared
+                    .written_seq
+                    .store(self.next_seq - 1, Ordering::Release);
+                shared.appended_total.fetch_add(records, Ordering::Relaxed);
+                self.written.send_replace(self.next_seq - 1);
+                self.dirty = true;
+                for (reply, first) in self.waiting.drain(..) {
+                    let _ = reply.send(Ok(first));
+                }
+            }
+            Err(e) => {
+                // Part of the buffer may have landed: cut it off, so the segment ends at a
+                // record boundary and the seqs can be given out again.
+                if let Err(trunc) = cur.file.set_len(cur.len) {
+                    tracing::error!(file = %cur.path.display(), error = %trunc, "spool: cannot truncate after a failed write");
+                    self.failed = Some((
+                        cur.path.clone(),
+                        format!("truncate after a failed write: {trunc}"),
+                    ));
+                }
+                self.next_seq = first;
+                for (reply, _) in self.waiting.drain(..) {
+                    let err = io::Error::new(e.kind(), e.to_string());
+                    let _ = reply.send(Err(SpoolError::io("write", &cur.path, err)));
+                }
+            }
+        }
+        buf.clear();
+        self.buf = buf;
+        self.buffered_bytes = 0;
+    }
+
+    /// Starts a new segment at `next_seq`, after making the current one durable: only the
+    /// last segment may then have a torn tail after a power loss.
+    fn roll(&mut self) -> Result<(), SpoolError> {
+        if let Some(cur) = &self.current {
+            self.backend
+                .sync_data(cur)
+                .map_err(|e| SpoolError::io("fdatasync", &cur.path, e))?;
+        }
+        let path = self.shared.segment_path(self.next_seq);
+        // Not `create_new`: an earlier roll may have created it and failed after.
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| SpoolError::io("create", &path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| SpoolError::io("stat", &path, e))?
+            .len();
+        if len != 0 {
+            return Err(SpoolError::corrupt(
+                &path,
+                0,
+                "a new segment's file already holds data",
+            ));
+        }
+        let uring = self
+            .backend
+            .attach(&file)
+            .map_err(|e| SpoolError::io("open", &path, e))?;
+        sync_dir(&self.shared.dir)?;
+        self.shared.segments().push_back(Segment {
+            first: self.next_seq,
+            len: 0,
+        });
+        self.current = Some(Current {
+            len: 0,
+            file,
+            path,
+            uring,
+        });
+        Ok(())
+    }
+
+    /// fdatasyncs the current segment (earlier ones were synced when rolled).
+    fn sync(&mut self) -> Result<(), SpoolError> {
+        self.check_failed()?;
+        self.last_sync = Instant::now();
+        let Some(cur) = &self.current else {
+            return Ok(());
+        };
+        if !self.dirty {
+            return Ok(());
+        }
+        match self.backend.sync_data(cur) {
+            Ok(()) => {
+                self.dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = Some((cur.path.clone(), format!("fdatasync failed: {e}")));
+                Err(SpoolError::io("fdatasync", &cur.path, e))
+            }
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), SpoolError> {
+        match &self.failed {
+            None => Ok(()),
+            Some((path, why)) => Err(SpoolError::io(
+                "write",
+                path,
+                io::Error::other(format!("the spool stopped after an earlier error: {why}")),
+            )),
+        }
+    }
+}

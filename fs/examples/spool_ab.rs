@@ -2,8 +2,11 @@
 //! writer's backends: plain `pwrite`/`fdatasync` on a thread, and io_uring
 //! (`TRIGGERFS_SPOOL_URING` set before the spool is opened).
 //!
-//! `cargo run --release -p fs --example spool_ab -- [records] [rounds] [dir]`
-//! (defaults: 1,000,000 records of 100 bytes, 2 rounds, a temp dir under the system's).
+//! `cargo run --release -p fs --example spool_ab -- [records] [rounds] [dir] [groups]`
+//! (defaults: 1,000,000 records of 100 bytes, 2 rounds, a temp dir under the system's,
+//! groups of 1 and of 650 records, e.g. `650` for only the latter). `SPOOL_AB_SYNC_MS`
+//! sets `sync_every` (default 100 ms) and `SPOOL_AB_SEGMENT_MB` `segment_bytes` (16): large
+//! values of both leave out every fdatasync, to measure the write path alone.
 //! Each round runs every case for both backends in turn, so drift touches both alike.
 
 use std::time::{Duration, Instant};
@@ -21,6 +24,9 @@ fn main() {
         .unwrap_or(1_000_000);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
     let base = args.next().map_or_else(std::env::temp_dir, Into::into);
+    let groups: Vec<usize> = args.next().map_or(vec![1, 650], |g| {
+        g.split(',').filter_map(|n| n.parse().ok()).collect()
+    });
     println!(
         "{records} records of {RECORD} bytes per case, {rounds} rounds, in {}",
         base.display()
@@ -30,8 +36,8 @@ fn main() {
         "io", "threads", "group", "records/s", "p50 µs", "p99 µs"
     );
     for _ in 0..rounds {
-        for (threads, group) in [(1, 1), (4, 1), (1, 650), (4, 650)] {
-            for uring in [false, true] {
+        for &group in &groups {
+            for (threads, uring) in [(1, false), (1, true), (4, false), (4, true)] {
                 run(&base, records, threads, group, uring);
             }
         }
@@ -47,6 +53,18 @@ fn run(base: &std::path::Path, records: usize, threads: usize, group: usize, uri
     let dir = tempfile::tempdir_in(base).expect("temp dir");
     let mut cfg = SpoolConfig::new(dir.path().join("spool"));
     cfg.max_bytes = 1 << 40;
+    if let Some(ms) = std::env::var("SPOOL_AB_SYNC_MS")
+        .ok()
+        .and_then(|m| m.parse().ok())
+    {
+        cfg.sync_every = Duration::from_millis(ms);
+    }
+    if let Some(mb) = std::env::var("SPOOL_AB_SEGMENT_MB")
+        .ok()
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        cfg.segment_bytes = mb << 20;
+    }
     let (spool, reader) = Spool::open(cfg).expect("open");
     let payload = Bytes::from(vec![b'x'; RECORD]);
     let calls = records / group / threads;

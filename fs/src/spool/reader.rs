@@ -83,6 +83,7 @@ impl SpoolReader {
             &mut self.read,
             &mut self.read_window,
             READ_CHUNK,
+            true,
         )?;
         if !header.matches(&record[HEADER..]) {
             return Err(SpoolError::corrupt(
@@ -111,8 +112,13 @@ impl SpoolReader {
         if seq > acked {
             let mut bytes = 0;
             while self.ack.next_seq <= seq {
-                let (header, _) =
-                    step(&self.shared, &mut self.ack, &mut self.ack_window, ACK_CHUNK)?;
+                let (header, _) = step(
+                    &self.shared,
+                    &mut self.ack,
+                    &mut self.ack_window,
+                    ACK_CHUNK,
+                    false,
+                )?;
                 bytes += header.record_len();
             }
             let shared = &self.shared;
@@ -188,12 +194,14 @@ impl Drop for SpoolReader {
 
 /// Reads the record at `pos` (which must be written) through `window` and moves `pos` past
 /// it. Checks the header's seq and length, not the CRC (the caller does, if it needs the
-/// payload). Returns the header and the whole record's bytes.
+/// payload). Returns the header and, if `whole`, the whole record's bytes (else only the
+/// header's: `ack` steps over payloads without reading them).
 fn step(
     shared: &Shared,
     pos: &mut Position,
     window: &mut Window,
     chunk: usize,
+    whole: bool,
 ) -> Result<(Header, Bytes), SpoolError> {
     let seg = {
         let segments = shared.segments();
@@ -225,8 +233,11 @@ fn step(
             format!("record {} has a damaged header", pos.next_seq),
         ));
     };
-    let len = header.record_len() as usize;
-    let record = window.get(shared, seg, pos.offset, len, chunk)?;
+    let record = if whole {
+        window.get(shared, seg, pos.offset, header.record_len() as usize, chunk)?
+    } else {
+        bytes
+    };
     pos.offset += header.record_len();
     pos.next_seq += 1;
     Ok((header, record))

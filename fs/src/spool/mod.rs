@@ -30,6 +30,32 @@
 //! encodes it into one buffer and writes it with one `pwrite(2)` at the end of the segment,
 //! then answers each caller: a burst from many threads costs one syscall.
 //!
+//! The writer uses plain `pwrite(2)`/`fdatasync(2)` (std's `FileExt::write_all_at`,
+//! `File::sync_data`), not tokio-uring. Measured with `fs/examples/spool_ab.rs` (release,
+//! 100-byte records, this 2-core VM with an ext4 virtio disk, default `sync_every` and
+//! segments; both backends interleaved in each round; the tokio-uring variant ran its
+//! `write_all_at`/`sync_data` on a `tokio_uring::Runtime` owned by the writer thread, commit
+//! 2a71856):
+//!
+//! | threads × group | pwrite records/s | tokio-uring records/s | p50 µs pwrite / uring |
+//! |---|---|---|---|
+//! | 1 × 1   | 53 k, 60 k, 78 k     | 12 k, 13 k, 10 k      | 7.5–8.5 / 15–58 |
+//! | 4 × 1   | 61 k, 89 k, 62 k     | 26 k, 30 k, 54 k      | 2.8–20 / 27–137 |
+//! | 1 × 650 | 0.8–3.5 M (median 1.3 M) | 0.8–2.7 M (median 1.7 M) | 72–172 / 62–178 |
+//! | 4 × 650 | 1.3–2.6 M (median 2.2 M) | 2.1–4.0 M (median 3.3 M) | 296–906 / 305–570 |
+//!
+//! (Group-of-1 rows: three runs of 100 k–300 k records; 650 rows: six runs of 0.1–3 M.)
+//! p99 is 1–18 ms for both wherever an fdatasync (periodic, or at a segment roll) falls in
+//! a case: the writer is blocked for it. A FUSE write is one group, mostly of one record:
+//! there pwrite is 1.2–7× faster and half the latency (tokio-uring pays a runtime
+//! park/unpark per operation on top of the submission). With 650-record groups the spread
+//! between runs is larger than the difference (tokio-uring's medians are ahead, its ranges
+//! overlap pwrite's); with every fdatasync left out (`SPOOL_AB_SYNC_MS`,
+//! `SPOOL_AB_SEGMENT_MB`) tokio-uring was ahead at 4 × 650 (3.1–6.4 M against 1.3–1.4 M
+//! records/s) and level at 1 × 650, not explained further (5 busy threads on 2 cores).
+//! So pwrite is kept: it wins the case the fs lives on and is simpler (no second runtime,
+//! no owned buffers); worth re-measuring on the target hardware with large groups.
+
 //! The [`SpoolReader`] (the sender task) reads the records back from the segment files with
 //! `pread(2)` (they are in the page cache), a chunk at a time: its memory is one chunk
 //! (1 MiB, or one record if larger) whatever `max_bytes` is. The writer publishes the last

@@ -50,63 +50,33 @@ pub(super) fn start(
                 .write(true)
                 .open(&path)
                 .map_err(|e| SpoolError::io("open", &path, e))?;
-            Some((seg.len, file, path))
+            Some(Current {
+                len: seg.len,
+                file,
+                path,
+            })
         }
         None => None,
     };
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-    let (started_tx, started) = crossbeam_channel::bounded(1);
-    let (dir, sync_every, segment_bytes) = (cfg.dir.clone(), cfg.sync_every, cfg.segment_bytes);
-    let next_seq = recovered.next_seq;
+    let mut writer = Writer {
+        shared,
+        sync_every: cfg.sync_every,
+        segment_bytes: cfg.segment_bytes,
+        current,
+        next_seq: recovered.next_seq,
+        buf: Vec::new(),
+        waiting: Vec::new(),
+        buffered_bytes: 0,
+        dirty: false,
+        last_sync: Instant::now(),
+        failed: None,
+        written,
+    };
     let thread = std::thread::Builder::new()
         .name("spool-writer".into())
-        .spawn(move || {
-            // io_uring's runtime and files are bound to the thread that made them.
-            let init = || -> Result<Writer, SpoolError> {
-                let backend = Backend::from_env()
-                    .map_err(|e| SpoolError::io("start io_uring for", &dir, e))?;
-                let current = match current {
-                    Some((len, file, path)) => {
-                        let uring = backend
-                            .attach(&file)
-                            .map_err(|e| SpoolError::io("open", &path, e))?;
-                        Some(Current {
-                            len,
-                            file,
-                            path,
-                            uring,
-                        })
-                    }
-                    None => None,
-                };
-                Ok(Writer {
-                    shared,
-                    sync_every,
-                    segment_bytes,
-                    current,
-                    next_seq,
-                    buf: Vec::new(),
-                    waiting: Vec::new(),
-                    buffered_bytes: 0,
-                    dirty: false,
-                    last_sync: Instant::now(),
-                    failed: None,
-                    written,
-                    backend,
-                })
-            };
-            match init() {
-                Ok(mut writer) => {
-                    let _ = started_tx.send(Ok(()));
-                    writer.run(rx);
-                }
-                Err(e) => {
-                    let _ = started_tx.send(Err(e));
-                }
-            }
-        })
+        .spawn(move || writer.run(rx))
         .map_err(|e| SpoolError::io("start the writer thread for", &cfg.dir, e))?;
-    started.recv().map_err(|_| SpoolError::Closed)??;
     Ok((tx, thread))
 }
 
@@ -115,46 +85,6 @@ struct Current {
     len: u64,
     file: File,
     path: PathBuf,
-    uring: Option<tokio_uring::fs::File>,
-}
-
-/// The file I/O of the writer: plain `pwrite`/`fdatasync`, or io_uring (A/B measurement).
-enum Backend {
-    Std,
-    Uring(tokio_uring::Runtime),
-}
-
-impl Backend {
-    fn from_env() -> io::Result<Backend> {
-        if std::env::var_os("TRIGGERFS_SPOOL_URING").is_some() {
-            Ok(Backend::Uring(tokio_uring::Runtime::new(
-                &tokio_uring::builder(),
-            )?))
-        } else {
-            Ok(Backend::Std)
-        }
-    }
-
-    fn attach(&self, file: &File) -> io::Result<Option<tokio_uring::fs::File>> {
-        match self {
-            Backend::Std => Ok(None),
-            Backend::Uring(_) => Ok(Some(tokio_uring::fs::File::from_std(file.try_clone()?))),
-        }
-    }
-
-    fn write_all_at(&self, cur: &Current, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
-        match (self, &cur.uring) {
-            (Backend::Uring(rt), Some(file)) => rt.block_on(file.write_all_at(buf, offset)),
-            _ => (cur.file.write_all_at(&buf, offset), buf),
-        }
-    }
-
-    fn sync_data(&self, cur: &Current) -> io::Result<()> {
-        match (self, &cur.uring) {
-            (Backend::Uring(rt), Some(file)) => rt.block_on(file.sync_data()),
-            _ => cur.file.sync_data(),
-        }
-    }
 }
 
 struct Writer {
@@ -177,7 +107,6 @@ struct Writer {
     /// write, so what the spool holds is unknown and nothing more is accepted.
     failed: Option<(PathBuf, String)>,
     written: tokio::sync::watch::Sender<u64>,
-    backend: Backend,
 }
 
 impl Writer {
@@ -286,12 +215,11 @@ impl Writer {
             return; // `encode` rolls before it encodes: unreachable.
         };
         let first = self.waiting.first().map_or(self.next_seq, |w| w.1);
-        let buf = std::mem::take(&mut self.buf);
-        let (result, mut buf) = self.backend.write_all_at(cur, buf, cur.len);
+        let result = cur.file.write_all_at(&self.buf, cur.len);
         let records = self.next_seq - first;
         match result {
             Ok(()) => {
-                cur.len += buf.len() as u64;
+                cur.len += self.buf.len() as u64;
                 let shared = &self.shared;
                 if let Some(seg) = shared.segments().back_mut() {
                     seg.len = cur.len;
@@ -326,8 +254,7 @@ impl Writer {
                 }
             }
         }
-        buf.clear();
-        self.buf = buf;
+        self.buf.clear();
         self.buffered_bytes = 0;
     }
 
@@ -335,8 +262,8 @@ impl Writer {
     /// last segment may then have a torn tail after a power loss.
     fn roll(&mut self) -> Result<(), SpoolError> {
         if let Some(cur) = &self.current {
-            self.backend
-                .sync_data(cur)
+            cur.file
+                .sync_data()
                 .map_err(|e| SpoolError::io("fdatasync", &cur.path, e))?;
         }
         let path = self.shared.segment_path(self.next_seq);
@@ -359,21 +286,12 @@ impl Writer {
                 "a new segment's file already holds data",
             ));
         }
-        let uring = self
-            .backend
-            .attach(&file)
-            .map_err(|e| SpoolError::io("open", &path, e))?;
         sync_dir(&self.shared.dir)?;
         self.shared.segments().push_back(Segment {
             first: self.next_seq,
             len: 0,
         });
-        self.current = Some(Current {
-            len: 0,
-            file,
-            path,
-            uring,
-        });
+        self.current = Some(Current { len: 0, file, path });
         Ok(())
     }
 
@@ -387,7 +305,7 @@ impl Writer {
         if !self.dirty {
             return Ok(());
         }
-        match self.backend.sync_data(cur) {
+        match cur.file.sync_data() {
             Ok(()) => {
                 self.dirty = false;
                 Ok(())

@@ -175,9 +175,10 @@ pub struct ConfigEventDoc {
     pub team: String,
     /// `team`, `user`, `worker`, `service`, `directory`, `trigger`.
     pub object: String,
-    /// `created`, `updated`, `deleted`.
+    /// `created`, `updated`, `deleted`; `renamed` for a trigger given a new path (moved or
+    /// renamed, with or without other changes).
     pub action: String,
-    /// The object's name or path.
+    /// The object's name or path; after `renamed`, the new path.
     pub name: String,
 }
 

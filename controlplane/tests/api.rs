@@ -24,6 +24,10 @@ on_both_backends!(
     no_lockout,
     no_lockout_under_concurrent_demotions,
     users_max_teams,
+    trigger_rename_and_move,
+    trigger_batch_lines,
+    hits_are_not_configuration,
+    trigger_service_must_exist,
 );
 
 fn now_s() -> u64 {
@@ -1657,4 +1661,293 @@ async fn users_max_teams(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["max_teams"], Value::Null);
     assert_eq!(snapshot(&h).await.revision, before);
+}
+
+/// Makes directories `dirs`, a service `svc` and triggers at `paths` (bound to `svc`);
+/// returns the triggers' ids.
+async fn triggers_in(h: &Harness, dirs: &[&str], paths: &[&str]) -> Vec<i64> {
+    let admin = &h.admin_token;
+    for dir in dirs {
+        let answer = h
+            .post("/api/v1/directories", admin, json!({"path": dir}))
+            .await;
+        assert_eq!(answer.0, StatusCode::CREATED, "{}", answer.1);
+    }
+    let answer = h
+        .post("/api/v1/services", admin, json!({"name": "svc"}))
+        .await;
+    assert_eq!(answer.0, StatusCode::CREATED, "{}", answer.1);
+    let mut ids = Vec::new();
+    for path in paths {
+        let body = json!({"path": path, "plugin": "command/command", "service": "svc"});
+        let (status, t) = h.post("/api/v1/triggers", admin, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{t}");
+        ids.push(t["id"].as_i64().unwrap());
+    }
+    ids
+}
+
+/// Asserts an error answer whose message says `text`.
+#[track_caller]
+fn assert_error_says(answer: &(StatusCode, Value), status: u16, code: &str, text: &str) {
+    assert_error(answer, status, code);
+    let message = answer.1["message"].as_str().unwrap_or_default();
+    assert!(message.contains(text), "`{text}` not in {}", answer.1);
+}
+
+async fn patch(h: &Harness, path: &str, body: Value) -> (StatusCode, Value) {
+    h.call(Method::PATCH, path, Some(&h.admin_token), Some(body))
+        .await
+}
+
+/// The admin's own `/events` stream.
+async fn admin_events(
+    h: &Harness,
+) -> impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin {
+    let resp = h
+        .http
+        .get(h.url("/api/v1/events"))
+        .bearer_auth(&h.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.bytes_stream()
+}
+
+/// `PATCH /api/v1/triggers/{id}` with `path`: a rename in its directory, a move to another
+/// (with another change in the same call), 409 on a taken path, 422 on a missing directory;
+/// each rename bumps the revision and emits one `renamed` event naming the new path.
+async fn trigger_rename_and_move(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let ids = triggers_in(&h, &["/logs", "/archive"], &["/logs/t1", "/logs/t2"]).await;
+    let url = format!("/api/v1/triggers/{}", ids[0]);
+    let mut events = admin_events(&h).await;
+    let mut buf = String::new();
+
+    // Renamed within its directory.
+    let before = snapshot(&h).await.revision;
+    let (status, t) = patch(&h, &url, json!({"path": "/logs/renamed"})).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["path"], "/logs/renamed");
+    assert_eq!(t["name"], "renamed");
+    assert_eq!(t["directory"], "logs");
+    assert_eq!(t["id"], ids[0]);
+    let event = next_config_event(&mut events, &mut buf)
+        .await
+        .expect("an event for the rename within 1 s");
+    assert_eq!(
+        (
+            event.team.as_str(),
+            event.object.as_str(),
+            event.action.as_str(),
+            event.name.as_str()
+        ),
+        ("main", "trigger", "renamed", "/logs/renamed")
+    );
+    assert_eq!(event.revision, before + 1);
+    assert_eq!(snapshot(&h).await.revision, before + 1);
+
+    // Moved to another directory, with another change in the same call.
+    let (status, t) = patch(&h, &url, json!({"path": "/archive/t1", "mode": 0o600})).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["path"], "/archive/t1");
+    assert_eq!(t["directory"], "archive");
+    assert_eq!(t["mode"], 0o600);
+    let event = next_config_event(&mut events, &mut buf)
+        .await
+        .expect("an event for the move within 1 s");
+    assert_eq!(
+        (event.action.as_str(), event.name.as_str()),
+        ("renamed", "/archive/t1")
+    );
+    let (_, dirs) = h.get("/api/v1/directories", &h.admin_token).await;
+    let n_triggers = |name: &str| {
+        dirs.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .map(|d| d["n_triggers"].clone())
+    };
+    assert_eq!(n_triggers("archive"), Some(json!(1)), "{dirs}");
+    assert_eq!(n_triggers("logs"), Some(json!(1)), "{dirs}");
+    let (_, got) = h.get(&url, &h.admin_token).await;
+    assert_eq!(got["path"], "/archive/t1");
+
+    // The same path again is no rename: an `updated` event.
+    let (status, t) = patch(&h, &url, json!({"path": "/archive/t1"})).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    let event = next_config_event(&mut events, &mut buf).await.unwrap();
+    assert_eq!(
+        (event.action.as_str(), event.name.as_str()),
+        ("updated", "/archive/t1")
+    );
+
+    // A taken path: 409, and nothing changes (not even the other fields of the call).
+    let before = snapshot(&h).await.revision;
+    let answer = patch(&h, &url, json!({"path": "/logs/t2", "mode": 0o644})).await;
+    assert_error_says(&answer, 409, "Conflict", "/logs/t2");
+    // A directory the team does not have: 422, saying so.
+    let answer = patch(&h, &url, json!({"path": "/nowhere/t1"})).await;
+    assert_error_says(&answer, 422, "Unprocessable", "no directory /nowhere");
+    for bad in ["logs/t1", "/logs", "/logs/a/b", "/../t1", "/logs/.."] {
+        assert_error(
+            &patch(&h, &url, json!({"path": bad})).await,
+            422,
+            "Unprocessable",
+        );
+    }
+    let (_, got) = h.get(&url, &h.admin_token).await;
+    assert_eq!(
+        (got["path"].clone(), got["mode"].clone()),
+        (json!("/archive/t1"), json!(0o600))
+    );
+    assert_eq!(snapshot(&h).await.revision, before);
+    let (_, t2) = h
+        .get(&format!("/api/v1/triggers/{}", ids[1]), &h.admin_token)
+        .await;
+    assert_eq!(t2["path"], "/logs/t2");
+    // Another team's directory is not the caller's.
+    let (status, body) = h
+        .post("/api/v1/teams", &h.admin_token, json!({"name": "other"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let other = h.login("other", "admin", &h.admin.secret).await;
+    let (status, body) = h
+        .post("/api/v1/directories", &other, json!({"path": "/elsewhere"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let answer = patch(&h, &url, json!({"path": "/elsewhere/t1"})).await;
+    assert_error(&answer, 422, "Unprocessable");
+}
+
+/// `batch_lines`: 1000 unless given, 1 to 100000 on create and on update, kept by other
+/// changes.
+async fn trigger_batch_lines(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let ids = triggers_in(&h, &["/logs"], &["/logs/plain"]).await;
+    let (_, t) = h.get(&format!("/api/v1/triggers/{}", ids[0]), admin).await;
+    assert_eq!(t["batch_lines"], 1000, "{t}");
+    let create = |name: &str, batch_lines: Value| {
+        json!({"path": format!("/logs/{name}"), "plugin": "command/command", "service": "svc",
+            "split": "lines", "batch_lines": batch_lines})
+    };
+    for (name, n) in [("one", 1), ("most", 100_000)] {
+        let (status, t) = h
+            .post("/api/v1/triggers", admin, create(name, json!(n)))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{t}");
+        assert_eq!(t["batch_lines"], n);
+    }
+    let (_, t) = h
+        .post("/api/v1/triggers", admin, create("null", Value::Null))
+        .await;
+    assert_eq!(t["batch_lines"], 1000, "{t}");
+    for n in [0, 100_001] {
+        let answer = h
+            .post("/api/v1/triggers", admin, create("bad", json!(n)))
+            .await;
+        assert_error(&answer, 422, "Unprocessable");
+    }
+    for bad in [json!(-1), json!(1.5), json!("10"), json!(u64::MAX)] {
+        let answer = h.post("/api/v1/triggers", admin, create("bad", bad)).await;
+        assert_error(&answer, 400, "BadRequest");
+    }
+
+    let url = format!("/api/v1/triggers/{}", ids[0]);
+    let (status, t) = patch(&h, &url, json!({"batch_lines": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["batch_lines"], 1);
+    let (_, t) = patch(&h, &url, json!({"mode": 0o600})).await;
+    assert_eq!(t["batch_lines"], 1, "another change keeps it");
+    for n in [0, 100_001] {
+        assert_error(
+            &patch(&h, &url, json!({"batch_lines": n})).await,
+            422,
+            "Unprocessable",
+        );
+    }
+    let (_, t) = h.get(&url, admin).await;
+    assert_eq!(t["batch_lines"], 1);
+    let (_, list) = h.get("/api/v1/triggers", admin).await;
+    let all: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap(),
+                t["batch_lines"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        all,
+        [("most", 100_000), ("null", 1000), ("one", 1), ("plain", 1)]
+    );
+}
+
+/// Counting hits changes no configuration: no revision, no event, the same `updated`.
+async fn hits_are_not_configuration(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let ids = triggers_in(&h, &["/logs"], &["/logs/t1"]).await;
+    let url = format!("/api/v1/triggers/{}", ids[0]);
+    // A recognisable `updated`, so that any write of it shows.
+    h.execute_sql("UPDATE triggers SET updated = 1").await;
+    let (_, before_view) = h.get(&url, admin).await;
+    assert_eq!(before_view["updated"], "1970-01-01T00:00:00.001Z");
+    let mut events = admin_events(&h).await;
+    let mut buf = String::new();
+    let before = snapshot(&h).await.revision;
+    for count in [1, 7, 0] {
+        let (status, t) = h
+            .post(&format!("{url}/hits"), admin, json!({"count": count}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{t}");
+    }
+    let (_, t) = h.get(&url, admin).await;
+    assert_eq!(t["hits"], 8);
+    assert_eq!(t["updated"], before_view["updated"]);
+    assert_eq!(snapshot(&h).await.revision, before);
+    // The next event is the next configuration change's, not a hit's.
+    h.post("/api/v1/directories", admin, json!({"path": "/next"}))
+        .await;
+    let event = next_config_event(&mut events, &mut buf).await.unwrap();
+    assert_eq!(
+        (event.object.as_str(), event.name.as_str()),
+        ("directory", "/next")
+    );
+    assert_eq!(event.revision, before + 1);
+}
+
+/// A trigger bound to a service its team cannot reach is refused (422), on create and on
+/// update.
+async fn trigger_service_must_exist(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let ids = triggers_in(&h, &["/logs"], &["/logs/t1"]).await;
+    let create = |service: &str| json!({"path": "/logs/t2", "plugin": "command/command", "service": service});
+    // Another team's service that is not public is out of reach too.
+    let (status, body) = h
+        .post("/api/v1/teams", admin, json!({"name": "other"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let other = h.login("other", "admin", &h.admin.secret).await;
+    let (status, body) = h
+        .post("/api/v1/services", &other, json!({"name": "private"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for missing in ["ghost", "other/private", "nosuchteam/svc"] {
+        let says = format!("no service {missing}");
+        let answer = h.post("/api/v1/triggers", admin, create(missing)).await;
+        assert_error_says(&answer, 422, "Unprocessable", &says);
+        let url = format!("/api/v1/triggers/{}", ids[0]);
+        let answer = patch(&h, &url, json!({"service": missing})).await;
+        assert_error_says(&answer, 422, "Unprocessable", &says);
+        assert_eq!(h.get(&url, admin).await.1["service"], "svc");
+    }
+    let (status, t) = h.post("/api/v1/triggers", admin, create("svc")).await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
 }

@@ -62,6 +62,17 @@ doc_type! {
 }
 
 doc_type! {
+    /// Lines one request of a `split = "lines"` trigger carries.
+    BatchLines => integer(
+        "The most complete lines one request of a `split = \"lines\"` trigger carries, 1 to \
+         100000 (default 1000); 1: one request per line.",
+        1,
+        MAX_BATCH_LINES,
+        KnownFormat::Int32,
+    )
+}
+
+doc_type! {
     /// Hits one call adds.
     HitCount => integer("How many runs to count.", 0, MAX_HITS_PER_CALL, KnownFormat::Int32)
 }
@@ -103,16 +114,18 @@ pub struct TriggerView {
     pub mode: i64,
     /// `none` or `lines`.
     pub split: Split,
+    /// `split = "lines"`: the most complete lines one request carries (1: one per line).
+    pub batch_lines: i64,
     /// `local`, `team` or `public`.
     #[schema(value_type = crate::openapi::Visibility)]
     pub visibility: Visibility,
-    /// Times it ran.
+    /// Times it ran, as counted through `POST /api/v1/triggers/{id}/hits`.
     pub hits: i64,
     /// Who created it.
     pub owner: String,
     /// RFC 3339.
     pub created: String,
-    /// RFC 3339.
+    /// RFC 3339: the last change to its configuration (or path); counting hits is none.
     pub updated: String,
 }
 
@@ -143,6 +156,9 @@ pub struct CreateTrigger {
     pub mode: Option<u32>,
     /// `none` (default) or `lines`.
     pub split: Option<Split>,
+    /// `split = "lines"`: the most complete lines one request carries (default 1000).
+    #[schema(value_type = Option<BatchLines>)]
+    pub batch_lines: Option<u32>,
     /// Free text.
     #[schema(value_type = Option<Description>)]
     pub description: Option<String>,
@@ -155,6 +171,10 @@ pub struct CreateTrigger {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTrigger {
+    /// A new `/directory/name`: renames the trigger, moves it to another directory, or both.
+    /// The directory must exist (422), and no other trigger have the path (409).
+    #[schema(value_type = Option<TriggerPath>)]
+    pub path: Option<String>,
     /// Plugin.
     #[schema(value_type = Option<PluginName>)]
     pub plugin: Option<String>,
@@ -175,6 +195,9 @@ pub struct UpdateTrigger {
     pub mode: Option<u32>,
     /// `none` or `lines`.
     pub split: Option<Split>,
+    /// `split = "lines"`: the most complete lines one request carries.
+    #[schema(value_type = Option<BatchLines>)]
+    pub batch_lines: Option<u32>,
     /// Free text.
     #[schema(value_type = Option<Description>)]
     pub description: Option<String>,
@@ -204,6 +227,7 @@ struct TriggerRow {
     timeout_ms: i64,
     mode: i64,
     split: String,
+    batch_lines: i64,
     visibility: String,
     hits: i64,
     owner: String,
@@ -228,6 +252,7 @@ impl TriggerRow {
             service: self.service,
             timeout_ms: self.timeout_ms,
             mode: self.mode,
+            batch_lines: self.batch_lines,
             hits: self.hits,
             owner: self.owner,
             created: rfc3339(self.created),
@@ -237,12 +262,16 @@ impl TriggerRow {
 }
 
 const SELECT: &str = "SELECT t.id, d.name AS directory, t.name, t.description, t.plugin, \
-    t.service, t.args, t.timeout_ms, t.mode, t.split, t.visibility, t.hits, t.owner, \
+    t.service, t.args, t.timeout_ms, t.mode, t.split, t.batch_lines, t.visibility, t.hits, t.owner, \
     t.created, t.updated FROM triggers t JOIN directories d ON d.id = t.directory_id \
     WHERE t.team_id = $1";
 
 /// Most hits one call may add.
 const MAX_HITS_PER_CALL: u32 = 1_000_000;
+/// Most lines one request of a `split = "lines"` trigger may carry.
+const MAX_BATCH_LINES: u32 = 100_000;
+/// Lines one request carries unless the trigger says otherwise.
+const DEFAULT_BATCH_LINES: u32 = 1000;
 /// Mode bits a file may have.
 const MAX_MODE: u32 = 0o7777;
 /// Most arguments a trigger keeps, and the characters of each key and value.
@@ -263,6 +292,49 @@ fn check_mode(mode: Option<u32>) -> Result<(), ApiError> {
         ))),
         _ => Ok(()),
     }
+}
+
+fn check_batch_lines(batch_lines: Option<u32>) -> Result<(), ApiError> {
+    match batch_lines {
+        Some(n) if !(1..=MAX_BATCH_LINES).contains(&n) => Err(ApiError::Unprocessable(format!(
+            "batch_lines {n} is not between 1 and {MAX_BATCH_LINES}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The directory and the name of a trigger path `/directory/name`, checked.
+fn split_path(path: &str) -> Result<(&str, &str), ApiError> {
+    let rest = path.strip_prefix('/').ok_or_else(|| {
+        ApiError::Unprocessable(format!("trigger path `{path}` must start with /"))
+    })?;
+    let Some((dir, name)) = rest.split_once('/') else {
+        return Err(ApiError::Unprocessable(format!(
+            "trigger path `{path}` must be /directory/name"
+        )));
+    };
+    let dir = directory_name(dir)?;
+    proto::names::check_simple("trigger", name)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    Ok((dir, name))
+}
+
+/// The id of directory `$dir` of the caller's team; 422 when it has none.
+macro_rules! directory_id {
+    ($tx:expr, $user:expr, $dir:expr) => {{
+        let dir_id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM directories WHERE team_id = $1 AND name = $2")
+                .bind($user.team_id)
+                .bind($dir)
+                .fetch_optional(&mut *$tx)
+                .await?;
+        dir_id.ok_or_else(|| {
+            ApiError::Unprocessable(format!(
+                "no directory /{} in team {}: create it first",
+                $dir, $user.team
+            ))
+        })?
+    }};
 }
 
 fn check_plugin(plugin: &str) -> Result<(), ApiError> {
@@ -369,22 +441,12 @@ pub async fn create_trigger(
     user: AuthUser,
     Json(req): Json<CreateTrigger>,
 ) -> Result<(StatusCode, Json<TriggerView>), ApiError> {
-    let path = req.path.strip_prefix('/').ok_or_else(|| {
-        ApiError::Unprocessable(format!("trigger path `{}` must start with /", req.path))
-    })?;
-    let Some((dir, name)) = path.split_once('/') else {
-        return Err(ApiError::Unprocessable(format!(
-            "trigger path `{}` must be /directory/name",
-            req.path
-        )));
-    };
-    let dir = directory_name(dir)?;
-    proto::names::check_simple("trigger", name)
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let (dir, name) = split_path(&req.path)?;
     check_plugin(&req.plugin)?;
     check_service(&req.service)?;
     check_args(&req.args)?;
     check_mode(req.mode)?;
+    check_batch_lines(req.batch_lines)?;
     check_description(&req.description)?;
     let timeout_ms = parse_timeout(req.timeout.as_deref(), req.timeout_ms)?.unwrap_or(0);
     let args = args_json(&req.args.unwrap_or_default());
@@ -392,13 +454,7 @@ pub async fn create_trigger(
     let (revision, id): (i64, i64) = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        let dir_id: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM directories WHERE team_id = $1 AND name = $2")
-            .bind(user.team_id).bind(dir).fetch_optional(&mut *tx).await?;
-        let Some(dir_id) = dir_id else {
-            return Err(ApiError::Unprocessable(format!(
-                "no directory /{dir} in team {}: create it first", user.team)));
-        };
+        let dir_id = directory_id!(tx, user, dir);
         let (limit, used): (Option<i64>, i64) = sqlx::query_as(
             "SELECT max_triggers, (SELECT COUNT(*) FROM triggers WHERE team_id = $1) FROM teams WHERE id = $1")
             .bind(user.team_id).fetch_one(&mut *tx).await?;
@@ -406,13 +462,15 @@ pub async fn create_trigger(
         check_service_exists!(tx, user, req.service.as_str());
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO triggers (team_id, directory_id, name, description, plugin, service, \
-             args, timeout_ms, mode, split, visibility, owner, created, updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING id")
+             args, timeout_ms, mode, split, batch_lines, visibility, owner, created, updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+             RETURNING id")
             .bind(user.team_id).bind(dir_id).bind(name)
             .bind(req.description.as_deref().unwrap_or(""))
             .bind(&req.plugin).bind(&req.service).bind(&args).bind(timeout_ms)
             .bind(i64::from(req.mode.unwrap_or(0o644)))
             .bind(req.split.unwrap_or_default().as_str())
+            .bind(i64::from(req.batch_lines.unwrap_or(DEFAULT_BATCH_LINES)))
             .bind(req.visibility.unwrap_or_default().as_str())
             .bind(&user.identity).bind(now)
             .fetch_one(&mut *tx).await
@@ -444,13 +502,16 @@ pub async fn get_trigger(
     Ok(Json(find(&state, &user, id).await?.view(&user.team)?))
 }
 
-/// Changes a trigger (its owner or an admin).
+/// Changes a trigger (its owner or an admin). A new `path` renames it or moves it to another
+/// directory of the team, in the same transaction as the other changes; the config event is
+/// then `renamed` and names the new path (otherwise `updated`, with the path it has).
 #[utoipa::path(patch, path = "/api/v1/triggers/{id}", tag = "triggers", security(("jwt" = [])),
     params(("id" = TriggerId, Path, description = "Trigger id")), request_body = UpdateTrigger,
     responses((status = 200, body = TriggerView),
         (status = 403, description = "The caller neither owns the trigger nor is an admin of the team", body = ErrorBody),
         (status = 404, description = "No trigger of that id in the caller's team", body = ErrorBody),
-        (status = 422, description = "A field breaks its rule, both timeouts are given, or the service does not exist", body = ErrorBody),
+        (status = 409, description = "Another trigger has the new `path`", body = ErrorBody),
+        (status = 422, description = "A field breaks its rule, both timeouts are given, or the directory of the new `path` or the service does not exist", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn update_trigger(
     State(state): State<AppState>,
@@ -459,6 +520,7 @@ pub async fn update_trigger(
     Json(req): Json<UpdateTrigger>,
 ) -> Result<Json<TriggerView>, ApiError> {
     let id = parse_id(&id)?;
+    let target = req.path.as_deref().map(split_path).transpose()?;
     if let Some(p) = &req.plugin {
         check_plugin(p)?;
     }
@@ -467,6 +529,7 @@ pub async fn update_trigger(
     }
     check_args(&req.args)?;
     check_mode(req.mode)?;
+    check_batch_lines(req.batch_lines)?;
     check_description(&req.description)?;
     let timeout_ms = parse_timeout(req.timeout.as_deref(), req.timeout_ms)?;
     let row = find(&state, &user, id).await?;
@@ -476,6 +539,10 @@ pub async fn update_trigger(
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = pool.begin().await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        let dir_id = match target {
+            Some((dir, _)) => Some(directory_id!(tx, user, dir)),
+            None => None,
+        };
         if let Some(service) = &req.service {
             check_service_exists!(tx, user, service.as_str());
         }
@@ -483,19 +550,25 @@ pub async fn update_trigger(
             service = COALESCE($2, service), args = COALESCE($3, args), \
             timeout_ms = COALESCE($4, timeout_ms), mode = COALESCE($5, mode), \
             split = COALESCE($6, split), description = COALESCE($7, description), \
-            visibility = COALESCE($8, visibility), updated = $9 WHERE id = $10")
+            visibility = COALESCE($8, visibility), batch_lines = COALESCE($9, batch_lines), \
+            directory_id = COALESCE($10, directory_id), name = COALESCE($11, name), \
+            updated = $12 WHERE id = $13")
             .bind(req.plugin.as_deref()).bind(req.service.as_deref()).bind(args.as_deref())
             .bind(timeout_ms).bind(req.mode.map(i64::from))
             .bind(req.split.map(TextEnum::as_str)).bind(req.description.as_deref())
-            .bind(req.visibility.map(TextEnum::as_str)).bind(now).bind(id)
-            .execute(&mut *tx).await?;
+            .bind(req.visibility.map(TextEnum::as_str)).bind(req.batch_lines.map(i64::from))
+            .bind(dir_id).bind(target.map(|(_, name)| name)).bind(now).bind(id)
+            .execute(&mut *tx).await
+            .on_conflict(|| format!("trigger {}", req.path.as_deref().unwrap_or_default()))?;
         tx.commit().await?;
         revision
     });
-    let path = format!("/{}/{}", row.directory, row.name);
-    state.publish(config_event(
-        revision, &user.team, "trigger", "updated", &path,
-    ));
+    let old = format!("/{}/{}", row.directory, row.name);
+    let (action, path) = match req.path {
+        Some(new) if new != old => ("renamed", new),
+        _ => ("updated", old),
+    };
+    state.publish(config_event(revision, &user.team, "trigger", action, &path));
     Ok(Json(find(&state, &user, id).await?.view(&user.team)?))
 }
 
@@ -528,8 +601,12 @@ pub async fn delete_trigger(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Counts runs of a trigger (the fs module calls this); not a configuration change. A
-/// `local` trigger's hits are counted only by its owner or an admin.
+/// Counts runs of a trigger: the fs module calls this about once a second per trigger with
+/// the runs since its last call. Hits are not configuration: a count bumps no revision, emits
+/// no config event, and leaves `updated` as it is (`updated` tells a follower of the events
+/// that the trigger's configuration changed; a count every second would make it refetch for
+/// nothing). It costs two queries: one read for the permission, one `UPDATE .. RETURNING`.
+/// A `local` trigger's hits are counted only by its owner or an admin.
 #[utoipa::path(post, path = "/api/v1/triggers/{id}/hits", tag = "triggers", security(("jwt" = [])),
     params(("id" = TriggerId, Path, description = "Trigger id")), request_body = AddHits,
     responses((status = 200, body = TriggerView),
@@ -551,22 +628,19 @@ pub async fn add_hits(
         )));
     }
     // Whoever may run a trigger counts its runs: a `local` one only its owner (or an admin).
-    let row = find(&state, &user, id).await?;
+    let mut row = find(&state, &user, id).await?;
     if row.visibility == Visibility::Local.as_str() {
         may_modify(&user, &row.owner)?;
     }
-    let done = on_db!(&state.db, pool => {
-        sqlx::query("UPDATE triggers SET hits = hits + $1, updated = $2 WHERE id = $3 AND team_id = $4")
-            .bind(i64::from(count)).bind(now_ms()).bind(id).bind(user.team_id)
-            .execute(pool).await?.rows_affected()
+    let hits: Option<i64> = on_db!(&state.db, pool => {
+        sqlx::query_scalar("UPDATE triggers SET hits = hits + $1 WHERE id = $2 AND team_id = $3 \
+            RETURNING hits")
+            .bind(i64::from(count)).bind(id).bind(user.team_id)
+            .fetch_optional(pool).await?
     });
-    if done == 0 {
-        return Err(ApiError::NotFound(format!(
-            "no trigger {id} in team {}",
-            user.team
-        )));
-    }
-    Ok(Json(find(&state, &user, id).await?.view(&user.team)?))
+    row.hits =
+        hits.ok_or_else(|| ApiError::NotFound(format!("no trigger {id} in team {}", user.team)))?;
+    Ok(Json(row.view(&user.team)?))
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ enum Command {
     Worker(WorkerArgs),
     /// Send one request to a service and stream its output.
     Client(client_cmd::ClientArgs),
+    /// Mount the team's trigger files (FUSE): every write to one is a request.
+    Fs(FsArgs),
     /// Benchmarks: latency, throughput and fan-out against baselines.
     #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
@@ -72,6 +74,48 @@ enum PluginsCommand {
     },
     /// List the core plugins.
     List,
+}
+
+#[derive(Args, Debug)]
+struct FsArgs {
+    /// Where to mount (default: `[triggerfs] mountpoint` of triggerfs.toml).
+    #[arg(long, env = "TRIGGERFS_MOUNT")]
+    mount: Option<PathBuf>,
+    /// Broker address (default: `[main] broker`, else 127.0.0.1:5555).
+    #[arg(long, env = "TRIGGERFS_BROKER")]
+    broker: Option<String>,
+    /// Control plane URL (default: `[main] url`, else http://127.0.0.1:8080).
+    #[arg(long, env = "TRIGGERFS_URL")]
+    url: Option<String>,
+    /// Team to log in to (default: `[main] team`).
+    #[arg(long, env = "TRIGGERFS_TEAM")]
+    team: Option<String>,
+    /// User identity (default: `[main] identity`).
+    #[arg(long, env = "TRIGGERFS_IDENTITY")]
+    identity: Option<String>,
+    /// The user's secret (default: `[main] secret`).
+    #[arg(long, env = "TRIGGERFS_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Also log to this file (default: `[triggerfs] logfile`).
+    #[arg(long, env = "TRIGGERFS_LOGFILE")]
+    logfile: Option<PathBuf>,
+    /// The spool's directory (default: `[triggerfs] spool`, else ./triggerfs-spool).
+    #[arg(long, env = "TRIGGERFS_SPOOL")]
+    spool: Option<PathBuf>,
+    /// The spool's bound; past it writes fail with ENOSPC (default: `[triggerfs] spool_max`,
+    /// else 1GiB).
+    #[arg(long, env = "TRIGGERFS_SPOOL_MAX")]
+    spool_max: Option<bytesize::ByteSize>,
+    /// How often the spool is made durable (default: `[triggerfs] spool_sync`, else 100ms);
+    /// fsync(2) on a trigger file makes it durable at once.
+    #[arg(long, env = "TRIGGERFS_SPOOL_SYNC", value_parser = humantime::parse_duration)]
+    spool_sync: Option<Duration>,
+    /// FUSE threads.
+    #[arg(long, env = "TRIGGERFS_FS_THREADS", default_value_t = 4)]
+    threads: usize,
+    /// Do not print responses on the terminal (the log file still has them).
+    #[arg(long, env = "TRIGGERFS_QUIET", value_parser = clap::builder::BoolishValueParser::new())]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -312,6 +356,13 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             })
         }
+        Command::Fs(args) => {
+            let opts = fs_options(args, &settings)?;
+            tokio_runtime()?.block_on(async {
+                fs::run(opts, shutdown_signal()).await?;
+                Ok(0)
+            })
+        }
         // The bench's children are started from this (the main) thread, and die with it.
         #[cfg(feature = "bench")]
         Command::Bench(args) => tokio_runtime()?.block_on(bench::run(args)),
@@ -332,6 +383,52 @@ fn run(cli: Cli) -> Result<i32> {
             }
         },
     }
+}
+
+/// `triggerfs fs`'s options: flags and environment first, then triggerfs.toml, then defaults.
+fn fs_options(args: FsArgs, settings: &Settings) -> Result<fs::FsOptions> {
+    let section = &settings.fs;
+    let Some(mount) = args.mount.or_else(|| section.mountpoint.clone()) else {
+        bail!(
+            "no mount point: give --mount DIR or set mountpoint in [triggerfs] of triggerfs.toml"
+        );
+    };
+    let need = |flag: Option<String>, key: &Option<String>, name: &str| {
+        flag.or_else(|| key.clone()).with_context(|| {
+            format!("no {name}: give --{name} or set {name} in [main] of triggerfs.toml")
+        })
+    };
+    Ok(fs::FsOptions {
+        mount,
+        login: fs::control::Login {
+            url: args
+                .url
+                .or_else(|| settings.url.clone())
+                .unwrap_or_else(|| client::login::DEFAULT_URL.to_string()),
+            team: need(args.team, &settings.team, "team")?,
+            identity: need(args.identity, &settings.identity, "identity")?,
+            secret: need(args.secret, &settings.secret, "secret")?,
+        },
+        broker: args
+            .broker
+            .or_else(|| settings.broker.clone())
+            .unwrap_or_else(|| "127.0.0.1:5555".to_string()),
+        logfile: args.logfile.or_else(|| section.logfile.clone()),
+        spool_dir: args
+            .spool
+            .or_else(|| section.spool.clone())
+            .unwrap_or_else(|| PathBuf::from("triggerfs-spool")),
+        spool_max: args
+            .spool_max
+            .or(section.spool_max)
+            .map_or(1 << 30, |b| b.as_u64()),
+        spool_sync: args
+            .spool_sync
+            .or(section.spool_sync)
+            .unwrap_or(Duration::from_millis(100)),
+        threads: args.threads,
+        quiet: args.quiet,
+    })
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {

@@ -34,17 +34,38 @@ pub struct Settings {
     pub shell: Option<String>,
     /// `[workers.<team>.<identity>] token`, keyed by (team, identity).
     pub worker_tokens: BTreeMap<(String, String), String>,
+    /// `[triggerfs]`: the fs module.
+    pub fs: FsSection,
     /// The raw text, for sections other crates parse themselves (`[broker]`).
     pub text: String,
 }
 
-/// The file's sections read here; others (`[broker]`, `[triggerfs]`) are ignored.
+/// `[triggerfs]`, the fs module's section (the original's): where it mounts, where it logs,
+/// and its spool. Keys other than these are ignored.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct FsSection {
+    /// Where `triggerfs fs` mounts (`./mountpoint` in the original's skeleton).
+    pub mountpoint: Option<PathBuf>,
+    /// Also log to this file.
+    pub logfile: Option<PathBuf>,
+    /// The spool's directory.
+    pub spool: Option<PathBuf>,
+    /// The spool's bound, e.g. `"1GiB"`; past it writes fail with ENOSPC.
+    pub spool_max: Option<bytesize::ByteSize>,
+    /// How often the spool is made durable, e.g. `"100ms"`.
+    #[serde(default, with = "humantime_serde")]
+    pub spool_sync: Option<std::time::Duration>,
+}
+
+/// The file's sections read here; others (`[broker]`) are ignored.
 #[derive(Debug, Default, Deserialize)]
 struct File {
     #[serde(default)]
     main: Main,
     #[serde(default)]
     workers: Workers,
+    #[serde(default)]
+    triggerfs: FsSection,
 }
 
 /// `[main]`; keys other than these are ignored.
@@ -122,7 +143,11 @@ impl Settings {
 
     /// Parses the text of a `triggerfs.toml`.
     pub fn parse(text: &str) -> Result<Settings> {
-        let File { main, workers } = toml::from_str(text)?;
+        let File {
+            main,
+            workers,
+            triggerfs,
+        } = toml::from_str(text)?;
         let worker_tokens = workers
             .teams
             .into_iter()
@@ -142,6 +167,7 @@ impl Settings {
             pluginspath: workers.pluginspath,
             shell: workers.shell,
             worker_tokens,
+            fs: triggerfs,
             text: text.to_string(),
         })
     }
@@ -213,13 +239,37 @@ mod tests {
             algorithm = "mirror"
             [triggerfs]
             mountpoint = "/mnt/t"
+            colour = "green"
             "#;
         let s = Settings::parse(text).unwrap();
         assert_eq!(s.team.as_deref(), Some("team1"));
+        assert_eq!(s.fs.mountpoint, Some(PathBuf::from("/mnt/t")));
         assert_eq!(
             s.text, text,
             "[broker] is parsed elsewhere, from the raw text"
         );
+    }
+
+    #[test]
+    fn reads_the_fs_section() {
+        let s = Settings::parse(
+            r#"
+            [triggerfs]
+            mountpoint = "./mountpoint"
+            logfile = "./triggerfs.log"
+            spool = "/var/spool/triggerfs"
+            spool_max = "64MiB"
+            spool_sync = "250ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.fs.mountpoint, Some(PathBuf::from("./mountpoint")));
+        assert_eq!(s.fs.logfile, Some(PathBuf::from("./triggerfs.log")));
+        assert_eq!(s.fs.spool, Some(PathBuf::from("/var/spool/triggerfs")));
+        assert_eq!(s.fs.spool_max.map(|b| b.as_u64()), Some(64 * 1024 * 1024));
+        assert_eq!(s.fs.spool_sync, Some(std::time::Duration::from_millis(250)));
+        let bad = Settings::parse("[triggerfs]\nspool_sync = \"soon\"\n").unwrap_err();
+        assert!(format!("{bad:#}").contains("spool_sync"), "{bad:#}");
     }
 
     #[test]

@@ -28,6 +28,7 @@
 
 mod child;
 mod fanout;
+mod fsbench;
 mod load;
 mod nats;
 mod proc;
@@ -98,6 +99,9 @@ pub enum Mode {
     Throughput(LoadArgs),
     /// Mirror fan-out to N workers: time from request to first and last `Done`.
     Fanout(FanoutArgs),
+    /// Log shipping through a mounted trigger file (`triggerfs fs`) to the in-worker
+    /// `append`, end to end, beside a plain file on the same disk.
+    Fs(fsbench::FsBenchArgs),
 }
 
 /// Flags every mode has.
@@ -269,7 +273,11 @@ impl System {
 ///
 /// Returns the exit status: 0 when every request was answered correctly, 1 otherwise.
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
-    let json = common(&args).json;
+    let json = match &args.mode {
+        Mode::Fs(fs) => return fsbench::run(fs).await,
+        Mode::Latency(l) | Mode::Throughput(l) => l.common.json,
+        Mode::Fanout(f) => f.common.json,
+    };
     let mut notes = Notes::new(json);
     let mut report = measure(&args, &mut notes).await?;
     report.write_files()?;
@@ -290,13 +298,7 @@ pub async fn measure(args: &BenchArgs, notes: &mut Notes) -> anyhow::Result<Repo
         Mode::Latency(load) => systems::measure_mode("latency", load, notes).await,
         Mode::Throughput(load) => systems::measure_mode("throughput", load, notes).await,
         Mode::Fanout(fan) => fanout::measure(fan, notes).await,
-    }
-}
-
-fn common(args: &BenchArgs) -> &CommonArgs {
-    match &args.mode {
-        Mode::Latency(l) | Mode::Throughput(l) => &l.common,
-        Mode::Fanout(f) => &f.common,
+        Mode::Fs(_) => anyhow::bail!("`bench fs` reports in a table of its own (fsbench::run)"),
     }
 }
 

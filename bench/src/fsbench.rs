@@ -1,0 +1,519 @@
+//! `triggerfs bench fs`: log shipping through a mounted trigger file, end to end.
+//!
+//! Starts the whole stack as separate processes of the binary under test (`triggerfs
+//! control`, `triggerfs broker --control`, `triggerfs worker`, `triggerfs fs`), makes a
+//! `split = "lines"` trigger bound to the in-worker `append` plugin, and has writer threads
+//! append lines to the mounted file the way a log writer does. A scenario's figure is lines
+//! per second *delivered*: from the first write until the worker's file holds every line;
+//! the file is then read back and every line checked (lost, duplicated, out of order per
+//! writer). Beside it, in the same run, the same writers write the same bytes to a plain file
+//! on the same disk: the ceiling.
+//!
+//! Scenarios: `block` (writers appending 64 KiB blocks of 100-byte lines, as nginx's
+//! `access_log ... buffer=64k`) and `line` (one writer, one line per `write(2)`, as nginx
+//! without `buffer`).
+
+use crate::proc::{command, drain, Spawned};
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Flags of `bench fs`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FsBenchArgs {
+    /// Writers of the `block` scenario.
+    #[arg(long, default_value_t = 2)]
+    pub writers: usize,
+    /// Lines each writer of the `block` scenario writes.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub lines: usize,
+    /// Bytes per line, newline included.
+    #[arg(long, default_value_t = 100)]
+    pub line_bytes: usize,
+    /// Bytes per `write(2)` in the `block` scenario (whole lines only).
+    #[arg(long, default_value_t = 65536)]
+    pub block: usize,
+    /// Lines of the `line` scenario (one writer, one line per `write(2)`).
+    #[arg(long, default_value_t = 200_000)]
+    pub line_lines: usize,
+    /// Scenarios to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "block,line")]
+    pub scenarios: Vec<Scenario>,
+    /// Print one JSON document on stdout (the table goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// The `triggerfs` binary the processes run [default: this one].
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub triggerfs_bin: Option<PathBuf>,
+}
+
+/// A way of writing.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Writers appending 64 KiB blocks of lines.
+    Block,
+    /// One writer, one line per write.
+    Line,
+}
+
+/// One scenario's figures.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    scenario: Scenario,
+    writers: usize,
+    lines: usize,
+    bytes_per_write: usize,
+    /// Lines per second the writers' `write(2)` calls took.
+    written_per_s: f64,
+    /// Lines per second delivered, first write to last line in the worker's file.
+    delivered_per_s: f64,
+    /// The same writers into a plain file on the same disk.
+    ceiling_per_s: f64,
+    /// delivered / ceiling.
+    ratio: f64,
+    lost: usize,
+    duplicated: usize,
+    out_of_order: usize,
+}
+
+/// The stack under test.
+struct Stack {
+    _procs: Vec<Spawned>,
+    dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+/// The control plane's API, logged in.
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}/api/v1/{path}", self.url))
+            .bearer_auth(&self.token);
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{method} {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+}
+
+/// Starts control plane, broker, worker and fs; makes a trigger per scenario.
+async fn start(bin: &Path, scenarios: &[Scenario]) -> anyhow::Result<Stack> {
+    let dir = tempfile::tempdir().context("cannot create a directory for the stack")?;
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let broker = format!("127.0.0.1:{port}");
+    let mut procs = Vec::new();
+
+    let (control, _, mut lines) = Spawned::start_until(
+        "control",
+        command(
+            bin,
+            [
+                "control",
+                "--data",
+                data.to_str().unwrap_or_default(),
+                "--api-listen",
+                "127.0.0.1:0",
+                "--broker",
+                &broker,
+            ],
+        ),
+        "created team `",
+    )
+    .await?;
+    procs.push(control);
+    let mut secret = String::new();
+    let mut url = String::new();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(s) = line.trim().strip_prefix("secret:") {
+            secret = s.trim().to_string();
+        }
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            url = format!("http://{}", addr.trim());
+            break;
+        }
+    }
+    drain(lines);
+    let token = client::login::login(&url, "main", "admin", &secret)
+        .await
+        .context("cannot log in to the control plane")?;
+    let api = Api {
+        http: reqwest::Client::new(),
+        url: url.clone(),
+        token,
+    };
+
+    let (b, _) = Spawned::listening(
+        "broker",
+        command(
+            bin,
+            [
+                "broker",
+                "--listen",
+                &broker,
+                "--control",
+                &url,
+                "--broker-token-file",
+                data.join("broker.token").to_str().unwrap_or_default(),
+            ],
+        ),
+    )
+    .await?;
+    procs.push(b);
+
+    let w = api
+        .call(reqwest::Method::POST, "workers", json!({"identity": "w1"}))
+        .await?;
+    let worker_token = w["token"].as_str().context("a worker token")?.to_string();
+    api.call(
+        reqwest::Method::POST,
+        "services",
+        json!({"name": "ship", "workers": ["w1"]}),
+    )
+    .await?;
+    api.call(
+        reqwest::Method::POST,
+        "directories",
+        json!({"path": "/bench"}),
+    )
+    .await?;
+    for s in scenarios {
+        let name = scenario_name(*s);
+        let sink = dir.path().join(format!("{name}.out"));
+        api.call(
+            reqwest::Method::POST,
+            "triggers",
+            json!({"path": format!("/bench/{name}"), "plugin": "append", "service": "ship", "split": "lines",
+                   "args": {"path": sink.display().to_string()}}),
+        )
+        .await?;
+    }
+    let plugins = dir.path().join("plugins");
+    crate::proc::write_plugins(&plugins)?;
+    let (worker, lines) = Spawned::start(
+        "worker",
+        command(
+            bin,
+            [
+                "worker",
+                "--broker",
+                &broker,
+                "--team",
+                "main",
+                "--identity",
+                "w1",
+                "--token",
+                &worker_token,
+                "--pluginspath",
+                plugins.to_str().unwrap_or_default(),
+            ],
+        ),
+    )?;
+    if let Some(lines) = lines {
+        drain(lines);
+    }
+    procs.push(worker);
+    let deadline = Instant::now() + crate::proc::READY_DEADLINE;
+    loop {
+        let w = api
+            .call(reqwest::Method::GET, "workers/w1", Value::Null)
+            .await?;
+        if w["state"] == "ONLINE" {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the worker did not come online");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt)?;
+    let spool = dir.path().join("spool");
+    let (fs, _, lines) = Spawned::start_until(
+        "fs",
+        command(
+            bin,
+            [
+                "fs",
+                "--mount",
+                mnt.to_str().unwrap_or_default(),
+                "--url",
+                &url,
+                "--broker",
+                &broker,
+                "--team",
+                "main",
+                "--identity",
+                "admin",
+                "--secret",
+                &secret,
+                "--spool",
+                spool.to_str().unwrap_or_default(),
+                "--quiet",
+            ],
+        ),
+        "",
+    )
+    .await?;
+    procs.push(fs);
+    let mut lines = lines;
+    // The fs logs its start-up; it is serving once it says so.
+    let ready = async {
+        while let Some(line) = lines.next_line().await? {
+            if line.ends_with("Ready and running in foreground...") {
+                return anyhow::Ok(true);
+            }
+        }
+        anyhow::Ok(false)
+    };
+    if !tokio::time::timeout(crate::proc::READY_DEADLINE, ready)
+        .await
+        .unwrap_or(Ok(false))?
+    {
+        bail!("the fs did not get ready");
+    }
+    drain(lines);
+    Ok(Stack {
+        _procs: procs,
+        dir,
+        mnt,
+    })
+}
+
+fn scenario_name(s: Scenario) -> &'static str {
+    match s {
+        Scenario::Block => "block",
+        Scenario::Line => "line",
+    }
+}
+
+/// Line `n` of writer `w`, `len` bytes with its newline.
+fn line(w: usize, n: usize, len: usize) -> String {
+    let mut s = format!("w{w} {n:010} ");
+    while s.len() + 1 < len {
+        s.push('x');
+    }
+    s.push('\n');
+    s
+}
+
+/// `writers` threads each write `lines` lines to `path`, `per_write` lines per `write(2)`;
+/// returns how long the writing took.
+fn write_all(
+    path: &Path,
+    writers: usize,
+    lines: usize,
+    line_bytes: usize,
+    per_write: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let path = path.to_path_buf();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&path)?;
+                let mut n = 0;
+                let mut buf = String::with_capacity(per_write * line_bytes);
+                while n < lines {
+                    buf.clear();
+                    let k = per_write.min(lines - n);
+                    for i in 0..k {
+                        buf.push_str(&line(w, n + i, line_bytes));
+                    }
+                    file.write_all(buf.as_bytes())?;
+                    n += k;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+    }
+    Ok(started.elapsed())
+}
+
+fn count_lines(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Lost, duplicated and out-of-order lines in the worker's file.
+fn check(path: &Path, writers: usize, lines: usize) -> anyhow::Result<(usize, usize, usize)> {
+    let text = std::fs::read_to_string(path)?;
+    let mut seen = vec![vec![false; lines]; writers];
+    let mut last = vec![None::<usize>; writers];
+    let (mut dup, mut disorder) = (0, 0);
+    for l in text.lines() {
+        let mut parts = l.split(' ');
+        let w: Option<usize> = parts
+            .next()
+            .and_then(|w| w.strip_prefix('w'))
+            .and_then(|w| w.parse().ok());
+        let n: Option<usize> = parts.next().and_then(|n| n.parse().ok());
+        let (Some(w), Some(n)) = (w, n) else { continue };
+        if w >= writers || n >= lines {
+            continue;
+        }
+        if std::mem::replace(&mut seen[w][n], true) {
+            dup += 1;
+        }
+        if last[w].is_some_and(|prev| n < prev) {
+            disorder += 1;
+        }
+        last[w] = Some(n);
+    }
+    let lost = seen.iter().flatten().filter(|s| !**s).count();
+    Ok((lost, dup, disorder))
+}
+
+/// Runs one scenario: the ceiling first, then through the fs.
+async fn scenario(stack: &Stack, s: Scenario, args: &FsBenchArgs) -> anyhow::Result<Row> {
+    let name = scenario_name(s);
+    let (writers, lines, per_write) = match s {
+        Scenario::Block => (
+            args.writers,
+            args.lines,
+            (args.block / args.line_bytes).max(1),
+        ),
+        Scenario::Line => (1, args.line_lines, 1),
+    };
+    let total = writers * lines;
+    let line_bytes = args.line_bytes.max(24);
+    let plain = stack.dir.path().join(format!("{name}.plain"));
+    let ceiling = write_all(&plain, writers, lines, line_bytes, per_write)?;
+    let _ = std::fs::remove_file(&plain);
+
+    let trigger = stack.mnt.join("bench").join(name);
+    let sink = stack.dir.path().join(format!("{name}.out"));
+    let started = Instant::now();
+    let path = trigger.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        write_all(&path, writers, lines, line_bytes, per_write)
+    })
+    .await??;
+    // Delivered: until the worker's file has every line (or nothing moves for 60 s).
+    let mut seen = 0;
+    let mut moved = Instant::now();
+    loop {
+        let n = count_lines(&sink);
+        if n >= total {
+            break;
+        }
+        if n != seen {
+            seen = n;
+            moved = Instant::now();
+        } else if moved.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delivered = started.elapsed();
+    let (lost, duplicated, out_of_order) = check(&sink, writers, lines)?;
+    let rate = |d: Duration| total as f64 / d.as_secs_f64().max(1e-9);
+    Ok(Row {
+        scenario: s,
+        writers,
+        lines: total,
+        bytes_per_write: per_write * line_bytes,
+        written_per_s: rate(written),
+        delivered_per_s: rate(delivered),
+        ceiling_per_s: rate(ceiling),
+        ratio: rate(delivered) / rate(ceiling),
+        lost,
+        duplicated,
+        out_of_order,
+    })
+}
+
+/// `triggerfs bench fs`.
+pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
+    let bin = match &args.triggerfs_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?,
+    };
+    let stack = start(&bin, &args.scenarios).await?;
+    let mut rows = Vec::new();
+    for s in &args.scenarios {
+        rows.push(scenario(&stack, *s, args).await?);
+    }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
+        .set_header([
+            "scenario",
+            "writers",
+            "lines",
+            "bytes/write",
+            "written/s",
+            "delivered/s",
+            "plain file/s",
+            "ratio",
+            "lost",
+            "dup",
+            "disorder",
+        ]);
+    for r in &rows {
+        table.add_row([
+            scenario_name(r.scenario).to_string(),
+            r.writers.to_string(),
+            r.lines.to_string(),
+            r.bytes_per_write.to_string(),
+            format!("{:.0}", r.written_per_s),
+            format!("{:.0}", r.delivered_per_s),
+            format!("{:.0}", r.ceiling_per_s),
+            format!("{:.3}", r.ratio),
+            r.lost.to_string(),
+            r.duplicated.to_string(),
+            r.out_of_order.to_string(),
+        ]);
+    }
+    if args.json {
+        eprintln!("{table}");
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"mode": "fs", "rows": rows}))?
+        );
+    } else {
+        println!("{table}");
+    }
+    let clean = rows
+        .iter()
+        .all(|r| r.lost == 0 && r.duplicated == 0 && r.out_of_order == 0);
+    // Unmount before the directory goes.
+    drop(stack._procs);
+    let _ = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(&stack.mnt)
+        .status();
+    Ok(if clean { 0 } else { 1 })
+}

@@ -1,0 +1,600 @@
+//! The FUSE side: the tree as directories and files, writes into the spool, reads of the
+//! recent responses, and `mkdir`/`rmdir`/`mv`/`chmod` through the control plane.
+//!
+//! Runs on fuser's multi-threaded session (`Config { n_threads, clone_fd }`), so every
+//! method takes `&self` and state is behind locks held only for map lookups. Trigger files
+//! are opened with `FOPEN_DIRECT_IO`: one `write(2)` reaches us as one write (through the page
+//! cache writes would arrive split at page boundaries, and some only on close), and there is
+//! no writeback cache. `getxattr` is left unimplemented: the kernel learns that from the
+//! first `ENOSYS` and stops asking on every write.
+
+use crate::lines::LineBuffer;
+use crate::record::SpooledRequest;
+use crate::spool::SpoolError;
+use crate::tree::{Trigger, ROOT};
+use crate::{FsError, Shared};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// How long the kernel may cache names and attributes: changes made through the API show
+/// within this (the follower also invalidates renamed and removed names at once).
+const TTL: Duration = Duration::from_secs(1);
+
+/// The largest write the kernel hands over in one piece; a bigger `write(2)` arrives as
+/// several writes (each a request), which keeps a request under the broker's frame limit.
+pub const MAX_WRITE: u32 = 4 * 1024 * 1024;
+
+/// One open trigger file.
+#[derive(Debug)]
+struct OpenFile {
+    trigger_id: i64,
+    /// The partial line of a `split = "lines"` trigger.
+    lines: Mutex<LineBuffer>,
+}
+
+/// The filesystem fuser serves.
+pub struct TriggerFs {
+    shared: Arc<Shared>,
+    open: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The errno an API answer means.
+fn errno(e: &FsError) -> Errno {
+    match e {
+        FsError::Api { status: 404, .. } => Errno::ENOENT,
+        FsError::Api { status: 409, .. } => Errno::EEXIST,
+        FsError::Api { status: 403, .. } => Errno::EACCES,
+        FsError::Api {
+            status: 400 | 422, ..
+        } => Errno::EINVAL,
+        _ => Errno::EIO,
+    }
+}
+
+impl TriggerFs {
+    /// The filesystem over `shared`.
+    pub fn new(shared: Arc<Shared>) -> TriggerFs {
+        TriggerFs {
+            shared,
+            open: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn dir_attr(&self, ino: u64, created: SystemTime) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(ino),
+            size: 0,
+            blocks: 0,
+            atime: created,
+            mtime: created,
+            ctime: created,
+            crtime: created,
+            kind: FileType::Directory,
+            perm: 0o755,
+            nlink: 2,
+            uid: self.shared.uid,
+            gid: self.shared.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn trigger_attr(&self, t: &Trigger) -> FileAttr {
+        let mtime = self.shared.mtime(t.id).unwrap_or(t.created);
+        FileAttr {
+            ino: INodeNo(t.ino()),
+            size: self.shared.responses.text_len(t.id) as u64,
+            blocks: 0,
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: t.created,
+            kind: FileType::RegularFile,
+            perm: (t.mode & 0o7777) as u16,
+            nlink: 1,
+            uid: self.shared.uid,
+            gid: self.shared.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn attr_of(&self, ino: u64) -> Option<FileAttr> {
+        if ino == ROOT {
+            return Some(self.dir_attr(ROOT, self.shared.started));
+        }
+        let tree = self.shared.tree();
+        if let Some(d) = tree.dir_by_ino(ino) {
+            return Some(self.dir_attr(d.ino, d.created));
+        }
+        tree.trigger_by_ino(ino).map(|t| self.trigger_attr(t))
+    }
+
+    fn name(name: &OsStr) -> Result<&str, Errno> {
+        name.to_str().ok_or(Errno::ENOENT)
+    }
+
+    /// Runs an API change, then refreshes the tree so the caller's next lookup sees it.
+    fn change(
+        &self,
+        call: impl std::future::Future<Output = Result<(), FsError>>,
+    ) -> Result<(), Errno> {
+        let shared = &self.shared;
+        shared.rt.block_on(async {
+            call.await.map_err(|e| {
+                tracing::info!(error = %e, "the control plane refused a change");
+                errno(&e)
+            })?;
+            shared.refresh().await.map(drop).map_err(|e| errno(&e))
+        })
+    }
+
+    /// Spools one request per payload for trigger `t`; `Ok` once they are in the spool file.
+    fn spool(&self, t: &Trigger, payloads: Vec<Vec<u8>>) -> Result<(), Errno> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let path = t.path();
+        let records = payloads
+            .into_iter()
+            .map(|payload| {
+                SpooledRequest {
+                    trigger_id: t.id,
+                    path: path.clone(),
+                    service: t.service.clone(),
+                    plugin: t.plugin.clone(),
+                    args: t.args.clone(),
+                    timeout_ms: t.timeout_ms,
+                    payload,
+                }
+                .encode()
+            })
+            .collect();
+        match self.shared.spool.append(records) {
+            Ok(_) => {
+                self.shared.touch(t.id, SystemTime::now());
+                Ok(())
+            }
+            Err(SpoolError::Full { max_bytes }) => {
+                let n = self.shared.refused_full.fetch_add(1, Ordering::Relaxed) + 1;
+                // Logged on the first refusal and then every 1,000th, so a full spool under a
+                // busy writer does not flood the log.
+                if n == 1 || n % 1000 == 0 {
+                    self.shared.log.line(&format!(
+                        "spool full ({max_bytes} bytes): a write to {path} failed with ENOSPC \
+                         ({n} refused so far)"
+                    ));
+                }
+                Err(Errno::ENOSPC)
+            }
+            Err(SpoolError::TooLarge { .. }) => Err(Errno::EFBIG),
+            Err(e) => {
+                tracing::error!(error = %e, %path, "the spool failed a write");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    fn open_file(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
+        lock(&self.open).get(&fh.0).cloned()
+    }
+
+    /// Sends the partial line an open file holds (at `close`).
+    fn finish_lines(&self, file: &OpenFile) -> Result<(), Errno> {
+        let mut lines = lock(&file.lines);
+        let Some(partial) = lines.finish() else {
+            return Ok(());
+        };
+        let trigger = self
+            .shared
+            .tree()
+            .trigger_by_ino(crate::tree::TRIGGER_BASE + file.trigger_id as u64)
+            .cloned();
+        let Some(trigger) = trigger else {
+            return Err(Errno::ENOENT);
+        };
+        self.spool(&trigger, vec![partial])
+    }
+}
+
+impl Filesystem for TriggerFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(max) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(max);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Ok(name) = Self::name(name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let tree = self.shared.tree();
+        let attr = if parent.0 == ROOT {
+            tree.dir(name).map(|d| self.dir_attr(d.ino, d.created))
+        } else {
+            tree.dir_by_ino(parent.0)
+                .and_then(|d| tree.trigger(&d.name, name))
+                .map(|t| self.trigger_attr(t))
+        };
+        match attr {
+            Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr_of(ino.0) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let Some(trigger) = self.shared.tree().trigger_by_ino(ino.0).cloned() else {
+            // Directories and the root: nothing of theirs can be set.
+            return match self.attr_of(ino.0) {
+                Some(_) => reply.error(Errno::EPERM),
+                None => reply.error(Errno::ENOENT),
+            };
+        };
+        // chown: only to what it already is.
+        if uid.is_some_and(|u| u != self.shared.uid) || gid.is_some_and(|g| g != self.shared.gid) {
+            return reply.error(Errno::EPERM);
+        }
+        // `> file` truncates to 0 (a trigger has nothing to truncate); any other size is not
+        // something a trigger can have.
+        if size.is_some_and(|s| s != 0) {
+            return reply.error(Errno::EPERM);
+        }
+        if let Some(mode) = mode {
+            let mode = mode & 0o7777;
+            if mode != trigger.mode {
+                let body = serde_json::json!({ "mode": mode });
+                if let Err(e) = self.change(self.shared.api.patch_trigger(trigger.id, body)) {
+                    return reply.error(e);
+                }
+            }
+        }
+        // `touch`: the times are the fs's own.
+        if let Some(t) = mtime {
+            let t = match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => SystemTime::now(),
+            };
+            self.shared.touch(trigger.id, t);
+        }
+        match self.attr_of(ino.0) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let tree = self.shared.tree();
+        let mut entries: Vec<(u64, FileType, String)> = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (ROOT, FileType::Directory, "..".into()),
+        ];
+        if ino.0 == ROOT {
+            entries.extend(
+                tree.dirs()
+                    .map(|d| (d.ino, FileType::Directory, d.name.clone())),
+            );
+        } else if let Some(d) = tree.dir_by_ino(ino.0) {
+            entries.extend(
+                tree.triggers_in(&d.name)
+                    .map(|t| (t.ino(), FileType::RegularFile, t.name.clone())),
+            );
+        } else {
+            return reply.error(Errno::ENOTDIR);
+        }
+        drop(tree);
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        // Directories live directly under the root.
+        if parent.0 != ROOT {
+            return reply.error(Errno::EPERM);
+        }
+        let Ok(name) = Self::name(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if let Err(e) = self.change(self.shared.api.mkdir(name)) {
+            return reply.error(e);
+        }
+        let tree = self.shared.tree();
+        match tree.dir(name) {
+            Some(d) => reply.entry(&TTL, &self.dir_attr(d.ino, d.created), Generation(0)),
+            None => reply.error(Errno::EIO),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if parent.0 != ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let Ok(name) = Self::name(name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if self.shared.tree().dir(name).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        match self.change(self.shared.api.rmdir(name)) {
+            Ok(()) => reply.ok(),
+            // The API's 409: the directory holds triggers.
+            Err(e) if e == Errno::EEXIST => reply.error(Errno::ENOTEMPTY),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        let (Ok(name), Ok(newname)) = (Self::name(name), Self::name(newname)) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let (trigger, new_dir) = {
+            let tree = self.shared.tree();
+            let Some(dir) = tree.dir_by_ino(parent.0) else {
+                // Renaming a directory: the control plane has no such change.
+                return reply.error(Errno::EPERM);
+            };
+            let Some(trigger) = tree.trigger(&dir.name, name).cloned() else {
+                return reply.error(Errno::ENOENT);
+            };
+            let Some(new_dir) = tree.dir_by_ino(newparent.0) else {
+                return reply.error(if newparent.0 == ROOT {
+                    Errno::EPERM
+                } else {
+                    Errno::ENOENT
+                });
+            };
+            if tree.trigger(&new_dir.name, newname).is_some() {
+                // The API does not replace a trigger with another.
+                return reply.error(Errno::EEXIST);
+            }
+            (trigger, new_dir.name.clone())
+        };
+        let body = serde_json::json!({ "path": format!("/{new_dir}/{newname}") });
+        match self.change(self.shared.api.patch_trigger(trigger.id, body)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let Some(trigger) = self.shared.tree().trigger_by_ino(ino.0).map(|t| t.id) else {
+            return reply.error(if ino.0 == ROOT {
+                Errno::EISDIR
+            } else {
+                Errno::ENOENT
+            });
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let file = Arc::new(OpenFile {
+            trigger_id: trigger,
+            lines: Mutex::new(LineBuffer::default()),
+        });
+        lock(&self.open).insert(fh, file);
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(trigger) = self.shared.tree().trigger_by_ino(ino.0).map(|t| t.id) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let text = self.shared.responses.text(trigger);
+        let bytes = text.as_bytes();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let end = start.saturating_add(size as usize).min(bytes.len());
+        reply.data(&bytes[start..end]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(trigger) = self.shared.tree().trigger_by_ino(ino.0).cloned() else {
+            return reply.error(Errno::ENOENT);
+        };
+        self.shared.writes.fetch_add(1, Ordering::Relaxed);
+        let result = if trigger.split_lines {
+            let Some(file) = self.open_file(fh) else {
+                return reply.error(Errno::EBADF);
+            };
+            let mut lines = lock(&file.lines);
+            let before = lines.clone();
+            let payloads = lines.push(data, trigger.batch_lines);
+            let result = self.spool(&trigger, payloads);
+            if result.is_err() {
+                // The write failed as a whole: its bytes are not held back either.
+                *lines = before;
+            }
+            result
+        } else {
+            self.spool(&trigger, vec![data.to_vec()])
+        };
+        match result {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Every `close(2)`: a partial line goes out now (its newline is not coming).
+        match self.open_file(fh).map(|f| self.finish_lines(&f)) {
+            Some(Err(e)) => reply.error(e),
+            _ => reply.ok(),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let file = lock(&self.open).remove(&fh.0);
+        if let Some(file) = file {
+            let _ = self.finish_lines(&file);
+        }
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.shared.spool.sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                tracing::error!(error = %e, "the spool could not be synced");
+                reply.error(Errno::EIO)
+            }
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        // Trigger files are made through the control plane, not here.
+        reply.error(Errno::EPERM);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+}

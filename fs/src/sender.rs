@@ -1,0 +1,446 @@
+//! The sender: records leave the spool for the broker in order, and each is acknowledged
+//! (removed from the spool) only once its request came to an end the fs can trust.
+//!
+//! Each request carries its idempotency key (the spool's id and the record's sequence
+//! number), so a record sent again after a lost answer is answered from the broker's (or the
+//! worker's) window instead of running twice. Up to [`MAX_IN_FLIGHT`] requests are in
+//! flight on one connection; one connection to one broker shard to one worker keeps them in
+//! order. After a reconnect, or after a request that must be sent again, one request at a time
+//! goes out until one is delivered ("probe"), so that a worker coming back in the middle of a
+//! burst cannot see the burst's tail before its head.
+//!
+//! What ends a record:
+//! - delivered: a worker ran it (any exit code, a timeout, a plugin that failed to start);
+//! - rejected: the request can never run as written (no such service, not allowed, no such
+//!   plugin, bad request): logged, shown in the trigger file, counted, acknowledged;
+//! - otherwise (connection lost, no workers online, worker lost mid-run, token refused) it is
+//!   sent again, after everything in flight has ended, with a capped backoff.
+
+use crate::record::SpooledRequest;
+use crate::responses::{Ending, Response};
+use crate::spool::SpoolReader;
+use crate::Shared;
+use client::{Client, Outcome, RequestSpec, WorkerStatus};
+use proto::{Credential, ErrorKind};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Requests in flight at once (well under `proto::IDEM_WINDOW`, so a replay of everything
+/// in flight is still inside the windows that remember them).
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// Output kept per response (the tail).
+const OUTPUT_KEPT: usize = crate::responses::OUTPUT_KEPT;
+/// Backoff between attempts after a failure: from the first to the last, doubling.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// How one request ended, for the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// It ran (or was answered from a window because it had run).
+    Delivered { replayed: bool },
+    /// It can never run as written.
+    Rejected(ErrorKind),
+    /// Send it again.
+    Retry(String),
+}
+
+/// Whether a request-level error may pass (so the request is worth sending again).
+fn transient(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::NoWorkersOnline
+            | ErrorKind::Unauthorized
+            | ErrorKind::Revoked
+            | ErrorKind::SlowConsumer
+            | ErrorKind::Cancelled
+            | ErrorKind::Superseded
+            | ErrorKind::QuotaExceeded
+    )
+}
+
+fn verdict(outcome: &Outcome) -> Verdict {
+    if outcome.disconnected {
+        return Verdict::Retry("the connection to the broker was lost".into());
+    }
+    if let Some(e) = &outcome.error {
+        return if transient(e.kind) {
+            Verdict::Retry(format!("{}: {}", e.kind, e.message))
+        } else {
+            Verdict::Rejected(e.kind)
+        };
+    }
+    for w in &outcome.workers {
+        if matches!(
+            w.status,
+            WorkerStatus::Lost | WorkerStatus::Unfinished | WorkerStatus::Cancelled
+        ) {
+            return Verdict::Retry(format!("worker {} did not finish ({})", w.worker, w.status));
+        }
+    }
+    Verdict::Delivered {
+        replayed: false, /* MERGE: idem marker */
+    }
+}
+
+/// The responses a request's outcome shows.
+fn responses(outcome: &Outcome, verdict: &Verdict) -> Vec<Response> {
+    let time = jiff::Zoned::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string();
+    if let Verdict::Rejected(kind) = verdict {
+        let message = outcome
+            .error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default();
+        return vec![Response {
+            time,
+            worker: String::new(),
+            ending: Ending::Error(kind.to_string()),
+            note: Some(message),
+            output: Vec::new(),
+            dropped: 0,
+        }];
+    }
+    let replayed = matches!(verdict, Verdict::Delivered { replayed: true });
+    outcome
+        .workers
+        .iter()
+        .map(|w| {
+            let mut output = Vec::new();
+            for line in &w.output {
+                output.extend_from_slice(line.line.as_bytes());
+                output.push(b'\n');
+            }
+            Response {
+                time: time.clone(),
+                worker: w.worker.clone(),
+                ending: match (w.exit_code, &w.error) {
+                    (Some(code), _) => Ending::Exit(code),
+                    (None, Some(e)) => Ending::Error(e.kind.to_string()),
+                    (None, None) => Ending::Error(w.status.to_string()),
+                },
+                note: replayed.then(|| "answered from the idempotency window: it had run".into()),
+                output,
+                dropped: w.output_dropped as usize,
+            }
+        })
+        .collect()
+}
+
+/// What one request task hands back.
+struct Ended {
+    seq: u64,
+    request: SpooledRequest,
+    outcome: Outcome,
+}
+
+/// Why a connection's pump stopped.
+enum Stopped {
+    /// Shutting down.
+    Shutdown,
+    /// Something must be sent again (after a backoff); the connection may be gone.
+    Retry(String),
+}
+
+/// Sends the spool's records to `broker` until `stop` turns true.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut reader: SpoolReader,
+    broker: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let source = shared.spool.source(); // MERGE: key
+                                        // Records after the acknowledged prefix that were already delivered (a later one ended
+                                        // while an earlier one must be sent again): not sent twice.
+    let mut ahead = BTreeSet::new();
+    let mut backoff = BACKOFF.0;
+    let mut client: Option<Client> = None;
+    let mut failures = 0u64;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let c = match &client {
+            Some(c) if !c.is_closed() => c.clone(),
+            _ => match connect(&shared, &broker).await {
+                Ok(c) => {
+                    shared
+                        .log
+                        .line(&format!("Connected to broker at {broker}."));
+                    client = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 20 == 0 {
+                        shared.log.line(&format!(
+                            "Cannot reach broker at {broker} ({e}); writes are spooled."
+                        ));
+                    }
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    continue;
+                }
+            },
+        };
+        reader.rewind();
+        match pump(&shared, &c, &mut reader, source, &mut ahead, &mut stop).await {
+            Stopped::Shutdown => return,
+            Stopped::Retry(why) => {
+                failures += 1;
+                if failures == 1 || failures % 20 == 0 {
+                    shared
+                        .log
+                        .line(&format!("Sending again from the spool: {why}"));
+                }
+                if why.contains("Unauthorized") || why.contains("Revoked") {
+                    shared.api.forget_token().await;
+                    client = None;
+                }
+                if sleep_or_stop(backoff, &mut stop).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+        }
+        if failures > 0
+            && shared
+                .delivered_since_failure
+                .swap(false, Ordering::Relaxed)
+        {
+            failures = 0;
+            backoff = BACKOFF.0;
+        }
+    }
+}
+
+async fn connect(shared: &Shared, broker: &str) -> Result<Client, String> {
+    let token = shared.api.jwt().await.map_err(|e| e.to_string())?;
+    Client::connect(broker, Credential::Jwt { token })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Sleeps `d`; true when told to stop meanwhile.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// Sends records on one connection until something must be sent again or the fs stops.
+async fn pump(
+    shared: &Arc<Shared>,
+    client: &Client,
+    reader: &mut SpoolReader,
+    source: [u8; 16],
+    ahead: &mut BTreeSet<u64>,
+    stop: &mut watch::Receiver<bool>,
+) -> Stopped {
+    let mut tasks: JoinSet<Ended> = JoinSet::new();
+    // Every record read since the acknowledged prefix: done or not.
+    let mut order: BTreeMap<u64, bool> = BTreeMap::new();
+    let mut limit = 1usize;
+    let mut failed: Option<String> = None;
+    loop {
+        if failed.is_some() && tasks.is_empty() {
+            ahead.extend(order.iter().filter(|(_, done)| **done).map(|(seq, _)| *seq));
+            return Stopped::Retry(failed.take().unwrap_or_default());
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return Stopped::Shutdown,
+            Some(ended) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok(ended) = ended else { continue };
+                match verdict(&ended.outcome) {
+                    Verdict::Retry(why) => {
+                        failed.get_or_insert(why);
+                    }
+                    v => {
+                        if matches!(v, Verdict::Delivered { .. }) {
+                            limit = MAX_IN_FLIGHT;
+                            shared.delivered_since_failure.store(true, Ordering::Relaxed);
+                        }
+                        finish(shared, &ended, &v);
+                        order.insert(ended.seq, true);
+                        acknowledge(shared, reader, &mut order);
+                    }
+                }
+            }
+            next = reader.next(), if failed.is_none() && tasks.len() < limit => {
+                let (seq, bytes) = match next {
+                    Ok(r) => r,
+                    Err(e) => {
+                        shared.log.line(&format!("The spool cannot be read: {e}"));
+                        failed.get_or_insert(format!("spool: {e}"));
+                        continue;
+                    }
+                };
+                if ahead.remove(&seq) {
+                    order.insert(seq, true);
+                    acknowledge(shared, reader, &mut order);
+                    continue;
+                }
+                let request = match SpooledRequest::decode(&bytes) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The CRC held, so the bytes are what was written: by another version.
+                        shared.log.line(&format!("Spooled request {seq} skipped: {e}"));
+                        order.insert(seq, true);
+                        acknowledge(shared, reader, &mut order);
+                        continue;
+                    }
+                };
+                let spec = RequestSpec {
+                    service: request.service.clone(),
+                    plugin: request.plugin.clone(),
+                    command: Vec::new(),
+                    args: request.args.clone(),
+                    payload: request.payload.clone(),
+                    timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
+                    wait: true,
+                };
+                let handle = match client.request(spec).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        failed.get_or_insert(format!("the request could not be sent: {e}"));
+                        continue;
+                    }
+                };
+                order.insert(seq, false);
+                tasks.spawn(async move {
+                    let mut handle = handle;
+                    let mut outcome = Outcome::new(&request.service, &request.plugin).keep_output(OUTPUT_KEPT);
+                    while let Some(event) = handle.next().await {
+                        outcome.record(&event);
+                    }
+                    Ended { seq, request, outcome }
+                });
+            }
+        }
+    }
+}
+
+/// Shows, logs and counts a request that ended.
+fn finish(shared: &Shared, ended: &Ended, verdict: &Verdict) {
+    let path = &ended.request.path;
+    for response in responses(&ended.outcome, verdict) {
+        let mut body = String::new();
+        response.body(path, &mut body);
+        shared.log.line(&body);
+        shared
+            .responses
+            .record(ended.request.trigger_id, path, response);
+    }
+    match verdict {
+        Verdict::Delivered { replayed: false } => shared.hit(ended.request.trigger_id),
+        Verdict::Rejected(_) => {
+            shared.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    shared.delivered.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Acknowledges the done prefix of `order`.
+fn acknowledge(shared: &Shared, reader: &mut SpoolReader, order: &mut BTreeMap<u64, bool>) {
+    let mut last = None;
+    while let Some(entry) = order.first_entry() {
+        if !*entry.get() {
+            break;
+        }
+        last = Some(*entry.key());
+        entry.remove();
+    }
+    if let Some(seq) = last {
+        if let Err(e) = reader.ack(seq) {
+            shared.log.line(&format!(
+                "The spool could not record delivery up to {seq}: {e}"
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use client::ClientEvent;
+
+    fn outcome(events: &[ClientEvent]) -> Outcome {
+        let mut o = Outcome::new("s", "p");
+        for e in events {
+            o.record(e);
+        }
+        o
+    }
+
+    #[test]
+    fn verdicts() {
+        let done = |code| ClientEvent::Done {
+            worker: "w".into(),
+            exit_code: code,
+        };
+        let accepted = ClientEvent::Accepted { worker: "w".into() };
+        let summary = ClientEvent::Summary(proto::Summary {
+            workers: 1,
+            ok: 1,
+            failed: 0,
+            timed_out: 0,
+            lost: 0,
+        });
+        assert_eq!(
+            verdict(&outcome(&[accepted.clone(), done(0), summary.clone()])),
+            Verdict::Delivered { replayed: false }
+        );
+        assert_eq!(
+            verdict(&outcome(&[accepted.clone(), done(3), summary.clone()])),
+            Verdict::Delivered { replayed: false }
+        );
+        let error = |kind| ClientEvent::Error {
+            kind,
+            message: String::new(),
+        };
+        assert!(matches!(
+            verdict(&outcome(&[error(ErrorKind::NoWorkersOnline)])),
+            Verdict::Retry(_)
+        ));
+        assert!(matches!(
+            verdict(&outcome(&[error(ErrorKind::Revoked)])),
+            Verdict::Retry(_)
+        ));
+        assert_eq!(
+            verdict(&outcome(&[error(ErrorKind::NoSuchService)])),
+            Verdict::Rejected(ErrorKind::NoSuchService)
+        );
+        assert!(matches!(
+            verdict(&outcome(&[accepted.clone(), ClientEvent::Disconnected])),
+            Verdict::Retry(_)
+        ));
+        let lost = ClientEvent::Failed {
+            worker: "w".into(),
+            kind: ErrorKind::WorkerLost,
+            message: String::new(),
+        };
+        assert!(matches!(
+            verdict(&outcome(&[accepted.clone(), lost, summary.clone()])),
+            Verdict::Retry(_)
+        ));
+        let timeout = ClientEvent::Failed {
+            worker: "w".into(),
+            kind: ErrorKind::Timeout,
+            message: String::new(),
+        };
+        assert_eq!(
+            verdict(&outcome(&[accepted, timeout, summary])),
+            Verdict::Delivered { replayed: false }
+        );
+    }
+}

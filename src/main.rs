@@ -116,6 +116,11 @@ struct FsArgs {
     /// Do not print responses on the terminal (the log file still has them).
     #[arg(long, env = "TRIGGERFS_QUIET", value_parser = clap::builder::BoolishValueParser::new())]
     quiet: bool,
+    /// Let users other than the one mounting open the trigger files (e.g. a web server's
+    /// workers); their mode bits still apply. Non-root mounts need `user_allow_other` in
+    /// /etc/fuse.conf.
+    #[arg(long, env = "TRIGGERFS_ALLOW_OTHER", value_parser = clap::builder::BoolishValueParser::new())]
+    allow_other: bool,
 }
 
 #[derive(Args, Debug)]
@@ -428,6 +433,7 @@ fn fs_options(args: FsArgs, settings: &Settings) -> Result<fs::FsOptions> {
             .unwrap_or(Duration::from_millis(100)),
         threads: args.threads,
         quiet: args.quiet,
+        allow_other: args.allow_other,
     })
 }
 

@@ -87,6 +87,9 @@ pub struct FsOptions {
     pub threads: usize,
     /// Do not print responses on the terminal (the log file still has them).
     pub quiet: bool,
+    /// Let other users than the one mounting use the files (`allow_other`; for a user
+    /// other than root, `/etc/fuse.conf` must say `user_allow_other`).
+    pub allow_other: bool,
 }
 
 /// What the FUSE threads, the sender and the follower share.

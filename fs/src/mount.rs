@@ -107,6 +107,7 @@ pub fn mount(
     fs: crate::fuse::TriggerFs,
     mount: &Path,
     threads: usize,
+    allow_other: bool,
 ) -> Result<fuser::BackgroundSession, FsError> {
     use fuser::MountOption;
     let mut config = fuser::Config::default();
@@ -120,6 +121,11 @@ pub fn mount(
         MountOption::NoExec,
         MountOption::NoAtime,
     ];
+    if allow_other {
+        // Other users (nginx's workers as www-data) may open trigger files; the mode bits
+        // `chmod` stored still decide who may write (DefaultPermissions).
+        config.acl = fuser::SessionACL::All;
+    }
     config.n_threads = Some(threads.max(1));
     config.clone_fd = true;
     fuser::spawn_mount(fs, mount, &config).map_err(|e| FsError::Mount {

@@ -720,3 +720,45 @@ async fn sigterm_unmounts() -> Result<()> {
     assert!(rig.mnt().join("logs").is_dir());
     Ok(())
 }
+
+/// `--allow-other`: another user (a web server's workers) may write to a trigger whose mode
+/// lets them; without it, or without the mode bits, they may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_users_write_only_with_allow_other_and_the_mode() -> Result<()> {
+    let mut rig = Rig::start(&["--allow-other"]).await?;
+    std::fs::set_permissions(rig.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    rig.log_trigger("www", json!({"mode": 0o622})).await?;
+    let file = rig.mnt().join("logs/www");
+    let as_nobody = |text: &str| -> Result<std::process::Output> {
+        Ok(Command::new("runuser")
+            .args(["-u", "nobody", "--", "sh", "-c"])
+            .arg(format!("printf '{text}\\n' >> {}", file.display()))
+            .output()?)
+    };
+    let out = as_nobody("from nobody 1")?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sink = rig.sink("www");
+    wait_until(Duration::from_secs(10), "nobody's line", || async { count_lines(&sink) >= 1 }).await?;
+    // chmod 644: nobody may no longer write.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
+    let out = as_nobody("from nobody 2")?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+
+    // Without --allow-other, nobody cannot even look.
+    if let Some(mut fs) = rig.fs.take() {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(fs.pid() as i32, libc::SIGTERM) };
+        wait_until(Duration::from_secs(10), "the fs stopped", || async { rig.fs_output().contains("Stopped.") })
+            .await?;
+        fs.kill();
+    }
+    rig.fs_flags.clear();
+    rig.start_fs()?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))?;
+    let out = as_nobody("from nobody 3")?;
+    assert!(!out.status.success(), "nobody wrote without --allow-other");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(std::fs::read_to_string(&sink)?, "from nobody 1\n");
+    Ok(())
+}

@@ -314,6 +314,7 @@ pub async fn request(
         payload: vec![],
         timeout: Some(timeout),
         wait: true,
+        key: None,
     };
     Ok(c.request(spec).await?.collect().await)
 }

@@ -11,6 +11,7 @@ mod e2e {
     pub mod failures;
     pub mod fanout;
     pub mod http_limits;
+    pub mod idem;
     pub mod persistent;
     pub mod readme;
     pub mod trust;

@@ -120,6 +120,7 @@ fn dispatch(id: u64, plugin: &str) -> Frame {
         args: vec![],
         payload: vec![],
         timeout_ms: 0,
+        key: None,
     })
 }
 

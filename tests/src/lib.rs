@@ -703,6 +703,29 @@ impl Api {
         }
         Ok(body)
     }
+
+    /// Creates worker `identity` in the caller's team; its token.
+    pub async fn new_worker(&self, identity: &str) -> Result<String> {
+        let w = self
+            .ok(
+                "POST",
+                "/api/v1/workers",
+                serde_json::json!({ "identity": identity }),
+            )
+            .await?;
+        Ok(w["token"].as_str().context("token")?.to_string())
+    }
+
+    /// Adds member `identity` with `secret` to `team` and logs them in.
+    pub async fn new_member(&self, team: &str, identity: &str, secret: &str) -> Result<Api> {
+        self.ok(
+            "POST",
+            &format!("/api/v1/teams/{team}/members"),
+            serde_json::json!({"identity": identity, "secret": secret}),
+        )
+        .await?;
+        Api::login(&self.url, team, identity, secret).await
+    }
 }
 
 /// A `bash` session fed one command at a time, as in a terminal: variables, the working

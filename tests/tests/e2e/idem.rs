@@ -132,25 +132,14 @@ async fn another_member_with_the_same_key_gets_its_own_run() -> Result<()> {
     let control = Control::start(&broker_addr)?;
     let (team, admin, secret) = control.admin.clone();
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
-    let token = api
-        .ok("POST", "/api/v1/workers", json!({ "identity": "iw" }))
-        .await?["token"]
-        .as_str()
-        .context("token")?
-        .to_string();
+    let token = api.new_worker("iw").await?;
     api.ok(
         "POST",
         "/api/v1/services",
         json!({"name": "svc", "visibility": "team", "workers": ["iw"]}),
     )
     .await?;
-    api.ok(
-        "POST",
-        &format!("/api/v1/teams/{team}/members"),
-        json!({"identity": "erin", "secret": "erin-secret-1"}),
-    )
-    .await?;
-    let erin = Api::login(&control.url, &team, "erin", "erin-secret-1").await?;
+    let erin = api.new_member(&team, "erin", "erin-secret-1").await?;
 
     let (_broker, _) = start_controlled_broker(&control, port, &[])?;
     let plugins = Plugins::core()?;

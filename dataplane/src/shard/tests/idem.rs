@@ -28,14 +28,26 @@ fn dispatched_key(frames: &[Frame]) -> (u64, Option<IdemKey>) {
     }
 }
 
+/// Worker `w1` serves roundrobin `rr`; client `alice` sends it keyed request 1. Returns the
+/// worker, alice and the dispatch's id and key.
+async fn keyed_request(
+    shard: &Shard,
+) -> ((u64, Rc<Outbox>), (u64, Rc<Outbox>), (u64, Option<IdemKey>)) {
+    let (worker, w_out) = connect(shard, "w1", Role::Worker);
+    let (alice, a_out) = connect(shard, "alice", Role::Client);
+    from_client(shard, alice, keyed(1)).await;
+    let dispatch = dispatched_key(&w_out.take_frames());
+    ((worker, w_out), (alice, a_out), dispatch)
+}
+
+fn rr() -> Vec<ServiceConfig> {
+    vec![service("rr", Algorithm::Roundrobin, &["w1"])]
+}
+
 #[test]
 fn a_replay_is_answered_from_the_window_per_caller() {
-    let rr = service("rr", Algorithm::Roundrobin, &["w1"]);
-    one_shard(vec![rr], |shard| async move {
-        let (worker, w_out) = connect(&shard, "w1", Role::Worker);
-        let (alice, a_out) = connect(&shard, "alice", Role::Client);
-        from_client(&shard, alice, keyed(1)).await;
-        let (id, key) = dispatched_key(&w_out.take_frames());
+    one_shard(rr(), |shard| async move {
+        let ((worker, w_out), (_, a_out), (id, key)) = keyed_request(&shard).await;
         assert_eq!(
             key,
             Some(KEY.scoped(DEFAULT_TEAM, "alice")),
@@ -77,12 +89,8 @@ fn a_replay_is_answered_from_the_window_per_caller() {
 
 #[test]
 fn a_key_whose_run_did_not_end_is_routed_again() {
-    let rr = service("rr", Algorithm::Roundrobin, &["w1"]);
-    one_shard(vec![rr], |shard| async move {
-        let (worker, w_out) = connect(&shard, "w1", Role::Worker);
-        let (alice, a_out) = connect(&shard, "alice", Role::Client);
-        from_client(&shard, alice, keyed(1)).await;
-        let (id, _) = dispatched_key(&w_out.take_frames());
+    one_shard(rr(), |shard| async move {
+        let ((worker, w_out), (alice, a_out), (id, _)) = keyed_request(&shard).await;
         from_worker(&shard, worker, Frame::Accepted { id }).await;
         // A replay while the first is in flight goes to the worker (its window decides).
         from_client(&shard, alice, keyed(2)).await;

@@ -78,6 +78,10 @@ pub struct RequestSpec {
     pub timeout: Option<Duration>,
     /// `false`: fire-and-forget, the broker only answers `Queued`.
     pub wait: bool,
+    /// Idempotency key (the fs module's spool): a request sent again with the same key runs
+    /// at most once; a replay of one whose run ended ends with a `Summary` whose `replayed`
+    /// is set. `None` for ordinary requests.
+    pub key: Option<proto::IdemKey>,
 }
 
 impl Default for RequestSpec {
@@ -91,6 +95,7 @@ impl Default for RequestSpec {
             payload: Vec::new(),
             timeout: None,
             wait: true,
+            key: None,
         }
     }
 }
@@ -121,6 +126,7 @@ impl RequestSpec {
             payload: self.payload,
             timeout_ms,
             wait: self.wait,
+            key: self.key,
         }
     }
 }

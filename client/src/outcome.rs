@@ -429,6 +429,7 @@ mod tests {
                 failed,
                 timed_out: 0,
                 lost,
+                replayed: false,
             })
         };
         check(

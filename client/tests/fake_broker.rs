@@ -125,6 +125,7 @@ async fn request_fields_reach_the_broker_and_ids_are_unique() {
             payload: b"bytes".to_vec(),
             timeout_ms: 1500,
             wait: false,
+            key: None,
         }
     );
     assert_eq!((second.id, second.service.as_str()), (b.id(), "other"));

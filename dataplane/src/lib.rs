@@ -5,6 +5,7 @@
 //!   source used until the control plane exists.
 //! - [`registry`]: the replica of online workers and services each shard keeps.
 //! - [`request`]: one request's life as a pure state machine (roundrobin, mirror, serial).
+//! - [`idem`]: the window of recent idempotency keys all shards share.
 //! - `shard`: a glommio executor's connections, requests, workers and cross-shard messages;
 //!   `conn`: frames over a socket.
 //!
@@ -16,6 +17,7 @@
 
 pub mod config;
 mod conn;
+pub mod idem;
 pub mod metrics;
 pub mod registry;
 pub mod request;
@@ -175,6 +177,7 @@ pub fn start(
     let n = settings.shards;
     let stop = Arc::new(AtomicBool::new(false));
     let rr = Arc::new(RoundRobin::default());
+    let idem = Arc::new(idem::IdemWindows::default());
     let pending = Arc::new(shard::PendingHandshakes::new(
         settings.max_pending_per_address,
     ));
@@ -187,6 +190,7 @@ pub fn start(
         let settings = settings.clone();
         let source = source.clone();
         let rr = rr.clone();
+        let idem = idem.clone();
         let pending = pending.clone();
         let mesh = mesh.clone();
         let stop_flag = stop.clone();
@@ -233,7 +237,7 @@ pub fn start(
                 Some((s, r)) => (Some(s), Some(r)),
                 None => (None, None),
             };
-            let shard = Rc::new(Shard::new(idx, n, settings, source, rr, senders));
+            let shard = Rc::new(Shard::new(idx, n, settings, source, rr, idem, senders));
             if let Some(mut receivers) = receivers {
                 for (_peer, stream) in receivers.streams() {
                     let shard = shard.clone();

@@ -4,8 +4,8 @@
 //! small fixed set (outcomes, algorithms) plus service names.
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
-    IntCounterVec, IntGaugeVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
+    HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
 };
 use std::sync::LazyLock;
 
@@ -80,6 +80,16 @@ pub static CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "triggerfs_broker_connections_closed_total",
         "Connections the broker closed: slow consumers, too many pending handshakes from one address, superseded workers",
         &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Keyed requests (`Request.key`) the broker answered from its idempotency window, without
+/// dispatching them: replays of a key whose run had ended.
+pub static IDEM_REPLAYS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "triggerfs_broker_idem_replays_total",
+        "Keyed requests answered from the broker's idempotency window without running again"
     )
     .expect("metric registers once")
 });

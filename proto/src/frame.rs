@@ -177,6 +177,46 @@ pub struct Arg {
     pub value: String,
 }
 
+/// Idempotency key of a spooled request: which spool (a random id), which record in it.
+///
+/// A request that carries one runs at most once per key (for a run that ended; a run killed
+/// part-way, by a cancel or a lost connection, is forgotten and runs again: at-least-once).
+/// The broker remembers the outcome of the last [`crate::IDEM_WINDOW`] keys of each source,
+/// scoped by the caller's team and identity, and answers a replay itself (with
+/// [`Summary::replayed`] set); it forwards the key to the worker in [`Dispatch::key`] with
+/// `source` replaced by [`IdemKey::scoped`], and the worker, which outlives a broker
+/// restart, remembers as many per scoped source and answers a replay without running it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdemKey {
+    /// The spool (a random id chosen once per spool).
+    pub source: [u8; 16],
+    /// The record in that spool.
+    pub seq: u64,
+}
+
+impl IdemKey {
+    /// The key as the broker forwards it to a worker: `source` becomes the first 16 bytes of
+    /// SHA-256 over the caller's team, identity and source (each length-prefixed), so a
+    /// worker's window is per caller too and one caller cannot suppress another's runs by
+    /// reusing its keys.
+    pub fn scoped(&self, team: &str, identity: &str) -> IdemKey {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for part in [team.as_bytes(), identity.as_bytes()] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        hasher.update(self.source);
+        let digest = hasher.finalize();
+        let mut source = [0u8; 16];
+        source.copy_from_slice(&digest[..16]);
+        IdemKey {
+            source,
+            seq: self.seq,
+        }
+    }
+}
+
 /// A client's request to a service.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -196,6 +236,9 @@ pub struct Request {
     pub timeout_ms: u64,
     /// false: fire-and-forget; the broker answers `Queued` and drops replies.
     pub wait: bool,
+    /// Set by a sender that may send the same request again (the fs module's spool): a
+    /// replay of a key whose run ended is answered without running the plugin again.
+    pub key: Option<IdemKey>,
 }
 
 /// The broker's order to a worker to run one request.
@@ -215,6 +258,10 @@ pub struct Dispatch {
     pub payload: Vec<u8>,
     /// How long the worker lets the plugin run.
     pub timeout_ms: u64,
+    /// The request's idempotency key, scoped to its caller ([`IdemKey::scoped`]). A worker
+    /// that already ran (or runs) this key answers `Accepted` and the first run's `Done`
+    /// without running the plugin again.
+    pub key: Option<IdemKey>,
 }
 
 /// What happened on one worker, as relayed to the client.
@@ -258,6 +305,12 @@ pub struct Summary {
     pub timed_out: u32,
     /// Went away mid-run.
     pub lost: u32,
+    /// The request was a replay of an idempotency key ([`Request::key`]) whose run had
+    /// ended: the broker answered it from its window without dispatching. The frames before
+    /// this summary are then the first run's shape without its output: `Routed`, and per
+    /// worker `Reply(Accepted)` and `Reply(Done { exit_code })` (or the `Failed` it ended
+    /// with), naming the worker that ran it; the counts are the first run's.
+    pub replayed: bool,
 }
 
 /// Every frame on a dataplane connection.

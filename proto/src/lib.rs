@@ -17,6 +17,18 @@ pub mod frame;
 pub mod names;
 pub mod text;
 
+/// How many recent idempotency keys ([`IdemKey`]) per source the broker and the worker
+/// remember (oldest forgotten first). A sender must keep fewer than this many keyed requests
+/// of one source in flight, or a replay may find its key forgotten and run again (the fs
+/// module keeps at most 1024).
+pub const IDEM_WINDOW: usize = 4096;
+
+/// How many sources one window remembers: the broker's per team, the worker's in all (least
+/// recently used forgotten first), so memory never grows with what peers send.
+pub const IDEM_SOURCES: usize = 64;
+
+pub mod idem;
+
 pub use codec::{decode, encode, encode_to_vec, ProtoError, DEFAULT_MAX_FRAME, LEN_PREFIX};
 pub use frame::*;
 pub use text::{TextEnum, UnknownText};

@@ -216,6 +216,7 @@ pub fn request_spec(args: &ClientArgs, mut stdin: impl Read) -> Result<RequestSp
         payload,
         timeout: args.timeout,
         wait: !args.no_wait,
+        key: None,
     })
 }
 
@@ -290,6 +291,7 @@ mod tests {
                 payload: Vec::new(),
                 timeout: Some(Duration::from_secs(90)),
                 wait: false,
+                key: None,
             }
         );
         assert_eq!(spec.timeout_ms(), 90_000);

@@ -314,6 +314,7 @@ pub async fn request(
         payload: vec![],
         timeout: Some(timeout),
         wait: true,
+        key: None,
     };
     Ok(c.request(spec).await?.collect().await)
 }
@@ -701,6 +702,29 @@ impl Api {
             bail!("{method} {path}: {status} {body}");
         }
         Ok(body)
+    }
+
+    /// Creates worker `identity` in the caller's team; its token.
+    pub async fn new_worker(&self, identity: &str) -> Result<String> {
+        let w = self
+            .ok(
+                "POST",
+                "/api/v1/workers",
+                serde_json::json!({ "identity": identity }),
+            )
+            .await?;
+        Ok(w["token"].as_str().context("token")?.to_string())
+    }
+
+    /// Adds member `identity` with `secret` to `team` and logs them in.
+    pub async fn new_member(&self, team: &str, identity: &str, secret: &str) -> Result<Api> {
+        self.ok(
+            "POST",
+            &format!("/api/v1/teams/{team}/members"),
+            serde_json::json!({"identity": identity, "secret": secret}),
+        )
+        .await?;
+        Api::login(&self.url, team, identity, secret).await
     }
 }
 

@@ -12,6 +12,7 @@ mod e2e {
     pub mod fanout;
     pub mod fs;
     pub mod http_limits;
+    pub mod idem;
     pub mod persistent;
     pub mod readme;
     pub mod trust;

@@ -514,6 +514,7 @@ mod tests {
                 .collect(),
             payload: payload.to_vec(),
             timeout_ms: 0,
+            key: None,
         }
     }
 

@@ -9,6 +9,8 @@
 //! - [`persistent`]: plugins whose `plugin.toml` says `persistent = true`: one long-running
 //!   instance per plugin serving many requests over JSON lines, restarted with backoff.
 //! - [`lines`]: splitting plugin output into lines and 64 KiB chunks.
+//! - `idem`: the window of keyed dispatches (`Dispatch.key`) that makes a replay run nothing
+//!   twice, kept across reconnections.
 //!
 //! Invariants: the worker reaches the broker only through `client::connection`; no broker
 //! input makes it panic (a bad frame ends the session and it reconnects); when a session
@@ -17,6 +19,7 @@
 //! sessions and stop with the worker (`shutdown`, 1 s, SIGKILL to the group).
 
 mod core;
+mod idem;
 pub mod leftovers;
 mod lines;
 pub mod persistent;
@@ -176,6 +179,7 @@ pub async fn run(
         }),
         slots: Arc::new(Semaphore::new(max_concurrency)),
         alive: alive_tx,
+        idem: Default::default(),
     };
     tokio::pin!(shutdown);
     let mut backoff = INITIAL_BACKOFF.min(reconnect_max);

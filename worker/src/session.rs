@@ -33,6 +33,9 @@ pub(crate) struct Shared {
     pub(crate) slots: Arc<Semaphore>,
     /// Each dispatch task holds a clone; [`crate::run`] waits for all to drop at shutdown.
     pub(crate) alive: mpsc::Sender<()>,
+    /// The idempotency window of keyed dispatches: across sessions, so a replay after the
+    /// broker restarted finds what ran before.
+    pub(crate) idem: crate::idem::SharedKeys,
 }
 
 /// Connects, handshakes and serves until the connection breaks; returns why it ended.
@@ -191,56 +194,21 @@ async fn handle_frame(
 ) -> Result<(), WorkerError> {
     match frame {
         Frame::Heartbeat => {}
-        Frame::Dispatch(dispatch) => {
-            let id = dispatch.id;
-            // The core `echo` answers at once, on this task: no task, no stop channel.
-            // The core `echo` and `append` are served on this task.
-            let lookup = shared
-                .runner
-                .core
-                .lookup(&shared.runner.pluginspath, &dispatch.plugin);
-            let dispatch = match crate::core::serve_inline(
-                &shared.runner.core,
-                &lookup,
-                dispatch,
-                out,
-            )
-            .await
-            {
-                Ok(Some(dispatch)) => dispatch,
-                Ok(None) => return Ok(()),
-                Err(()) => return Err(WorkerError::WriterStopped),
-            };
-            if active.is_running(id) {
-                warn!(id, "duplicate dispatch id from broker");
-                let frame = Frame::Failed {
-                    id,
-                    kind: ErrorKind::BadRequest,
-                    message: format!("dispatch {id} is already running on this worker"),
-                };
-                out.send(frame)
-                    .await
-                    .map_err(|_| WorkerError::WriterStopped)?;
-                return Ok(());
+        Frame::Dispatch(dispatch) => match dispatch.key {
+            None => serve_dispatch(shared, dispatch, out, active).await?,
+            Some(key) => {
+                let id = dispatch.id;
+                let served = crate::idem::serve_keyed(&shared.idem, key, id, out).await;
+                match served.map_err(|()| WorkerError::WriterStopped)? {
+                    Some(forwarder) => serve_dispatch(shared, dispatch, &forwarder, active).await?,
+                    None => debug!(
+                        id,
+                        seq = key.seq,
+                        "replayed dispatch answered from the idempotency window"
+                    ),
+                }
             }
-            debug!(id, service = %dispatch.service, plugin = %dispatch.plugin, "dispatch");
-            let (stop_tx, stop_rx) = oneshot::channel();
-            active.insert(id, stop_tx);
-            let alive = shared.alive.clone();
-            let serving = runner::serve_dispatch(
-                shared.runner.clone(),
-                dispatch,
-                lookup,
-                shared.slots.clone(),
-                stop_rx,
-                out.clone(),
-            );
-            tokio::spawn(async move {
-                serving.await;
-                // Held until the plugin is gone, so that shutdown can wait for it.
-                drop(alive);
-            });
-        }
+        },
         Frame::Cancel { id } => match active.remove(id) {
             Some(stop) => {
                 let _ = stop.send(Stop::Cancel);
@@ -266,6 +234,57 @@ async fn handle_frame(
             "unexpected frame from broker; ignored"
         ),
     }
+    Ok(())
+}
+
+/// Serves one dispatch, its frames going to `out`: the core `echo` and `append` on this
+/// task (no task, no stop channel), anything else on a task of its own.
+async fn serve_dispatch(
+    shared: &Shared,
+    dispatch: proto::Dispatch,
+    out: &mpsc::Sender<Frame>,
+    active: &mut Active,
+) -> Result<(), WorkerError> {
+    let id = dispatch.id;
+    let lookup = shared
+        .runner
+        .core
+        .lookup(&shared.runner.pluginspath, &dispatch.plugin);
+    let dispatch =
+        match crate::core::serve_inline(&shared.runner.core, &lookup, dispatch, out).await {
+            Ok(Some(dispatch)) => dispatch,
+            Ok(None) => return Ok(()),
+            Err(()) => return Err(WorkerError::WriterStopped),
+        };
+    if active.is_running(id) {
+        warn!(id, "duplicate dispatch id from broker");
+        let frame = Frame::Failed {
+            id,
+            kind: ErrorKind::BadRequest,
+            message: format!("dispatch {id} is already running on this worker"),
+        };
+        out.send(frame)
+            .await
+            .map_err(|_| WorkerError::WriterStopped)?;
+        return Ok(());
+    }
+    debug!(id, service = %dispatch.service, plugin = %dispatch.plugin, "dispatch");
+    let (stop_tx, stop_rx) = oneshot::channel();
+    active.insert(id, stop_tx);
+    let alive = shared.alive.clone();
+    let serving = runner::serve_dispatch(
+        shared.runner.clone(),
+        dispatch,
+        lookup,
+        shared.slots.clone(),
+        stop_rx,
+        out.clone(),
+    );
+    tokio::spawn(async move {
+        serving.await;
+        // Held until the plugin is gone, so that shutdown can wait for it.
+        drop(alive);
+    });
     Ok(())
 }
 

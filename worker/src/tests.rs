@@ -120,6 +120,7 @@ fn dispatch(id: u64, plugin: &str) -> Frame {
         args: vec![],
         payload: vec![],
         timeout_ms: 0,
+        key: None,
     })
 }
 
@@ -418,4 +419,89 @@ async fn invalid_config_is_an_error() {
     bad.identity = "../x".into();
     let err = run(bad, std::future::pending()).await.unwrap_err();
     assert!(matches!(err, WorkerError::InvalidConfig { .. }), "{err}");
+}
+
+fn keyed(id: u64, plugin: &str, seq: u64) -> Frame {
+    let Frame::Dispatch(d) = dispatch(id, plugin) else {
+        unreachable!()
+    };
+    Frame::Dispatch(Dispatch {
+        key: Some(proto::IdemKey {
+            source: [3; 16],
+            seq,
+        }),
+        ..d
+    })
+}
+
+/// A keyed dispatch runs once: a replay while it runs waits for its end, a replay after it
+/// (on a new connection: the broker restarted) gets its end at once; a cancelled run is
+/// forgotten and runs again.
+#[tokio::test]
+async fn keyed_dispatches_run_once_across_reconnections() {
+    let tmp = TempDir::new("idem");
+    let marks = tmp.path().join("marks");
+    write_plugin(
+        tmp.path(),
+        "mark/mark",
+        &format!("echo ran >> {}\nsleep 0.3\nexit 4", marks.display()),
+    );
+    write_plugin(tmp.path(), "slow/slow", "sleep 300");
+    let broker = FakeBroker::bind().await;
+    let (stop_tx, task) = start(config(&broker.addr, tmp.path()));
+    let mut conn = broker.accept_welcomed(200).await;
+
+    conn.send(keyed(1, "mark", 1)).await;
+    assert_eq!(conn.next().await, Frame::Accepted { id: 1 });
+    conn.send(keyed(2, "mark", 1)).await;
+    let mut frames = Vec::new();
+    while frames
+        .iter()
+        .filter(|f| matches!(f, Frame::Done { .. }))
+        .count()
+        < 2
+    {
+        frames.push(conn.next().await);
+    }
+    for want in [
+        Frame::Accepted { id: 2 },
+        Frame::Done {
+            id: 1,
+            exit_code: 4,
+        },
+        Frame::Done {
+            id: 2,
+            exit_code: 4,
+        },
+    ] {
+        assert!(frames.contains(&want), "{want:?} missing: {frames:?}");
+    }
+    drop(conn);
+
+    let mut conn = broker.accept_welcomed(200).await;
+    conn.send(keyed(3, "mark", 1)).await;
+    assert_eq!(
+        conn.until_end().await,
+        vec![
+            Frame::Accepted { id: 3 },
+            Frame::Done {
+                id: 3,
+                exit_code: 4
+            }
+        ]
+    );
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "ran\n");
+
+    // Cancelled: forgotten, so the replay runs (and is cancelled) again.
+    for id in [4, 5] {
+        conn.send(keyed(id, "slow", 2)).await;
+        assert_eq!(conn.next().await, Frame::Accepted { id });
+        conn.send(Frame::Cancel { id }).await;
+        let end = conn.until_end().await;
+        assert!(
+            matches!(end.last(), Some(Frame::Failed { id: i, kind: ErrorKind::Cancelled, .. }) if *i == id),
+            "{end:?}"
+        );
+    }
+    stop(stop_tx, task).await;
 }

@@ -181,6 +181,7 @@ pub async fn mirror_script(mut peer: Peer) {
         failed: 1,
         timed_out: 0,
         lost: 1,
+        replayed: false,
     };
     peer.send(Frame::Summary { id, summary }).await;
     while peer.reader.read_frame().await.is_ok() {}

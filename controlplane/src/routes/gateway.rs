@@ -216,6 +216,7 @@ pub async fn run_request(
         payload: req.payload.unwrap_or_default().into_bytes(),
         timeout,
         wait: req.wait.unwrap_or(true),
+        key: None,
     };
     let Some(addr) = state.settings.broker_addr.clone() else {
         return Err(ApiError::ServiceUnavailable(

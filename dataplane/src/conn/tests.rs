@@ -112,6 +112,7 @@ fn read_buffer_grows_with_bytes_received_not_with_the_claim() {
             args: Vec::new(),
             payload: vec![9; 300_000],
             timeout_ms: 0,
+            key: None,
         });
         let bytes = proto::encode_to_vec(&big);
         let writer = glommio::spawn_local(async move {

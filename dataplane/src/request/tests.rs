@@ -99,7 +99,8 @@ fn mirror_dispatches_all_and_summarises() {
             ok: 1,
             failed: 1,
             timed_out: 0,
-            lost: 1
+            lost: 1,
+            replayed: false,
         })
     );
 }

@@ -29,6 +29,7 @@ pub(crate) use mesh::ShardMsg;
 
 use crate::config::{ConfigSource, Principal};
 use crate::conn::Outbox;
+use crate::idem::IdemWindows;
 use crate::registry::Registry;
 use crate::request::Action;
 use crate::{BrokerSettings, RoundRobin};
@@ -95,6 +96,8 @@ pub(crate) struct Shard {
     settings: BrokerSettings,
     source: Arc<dyn ConfigSource>,
     rr: Arc<RoundRobin>,
+    /// The idempotency window, shared by every shard; touched only by keyed requests.
+    idem: Arc<IdemWindows>,
     /// The channels to the other shards; `None` with one shard.
     mesh: Option<Rc<MeshLinks>>,
     state: RefCell<State>,
@@ -118,6 +121,7 @@ impl Shard {
         settings: BrokerSettings,
         source: Arc<dyn ConfigSource>,
         rr: Arc<RoundRobin>,
+        idem: Arc<IdemWindows>,
         senders: Option<Senders<ShardMsg>>,
     ) -> Shard {
         let mesh = senders.map(|s| Rc::new(MeshLinks::new(s, n_shards, settings.mesh_depth)));
@@ -128,6 +132,7 @@ impl Shard {
             settings,
             source,
             rr,
+            idem,
             mesh,
             state: RefCell::new(State {
                 registry,

@@ -3,6 +3,8 @@
 
 use super::{Conn, Peer, Shard, ShardMsg};
 use crate::config::ServiceConfig;
+use crate::idem::Recording;
+use crate::metrics;
 use crate::registry::WorkerRef;
 use crate::request::{Action, Policy, RequestRun, WorkerEvent};
 use proto::{Algorithm, ErrorKind, Frame, ProtoError, Request};
@@ -25,6 +27,16 @@ struct DispatchTemplate {
     args: Vec<proto::Arg>,
     payload: Vec<u8>,
     timeout_ms: u64,
+    /// The request's key scoped to its caller ([`proto::IdemKey::scoped`]).
+    key: Option<proto::IdemKey>,
+}
+
+/// A keyed request's key as its caller sent it, and how its run ends so far.
+struct Keyed {
+    team: String,
+    identity: String,
+    key: proto::IdemKey,
+    recording: Recording,
 }
 
 pub(super) struct RequestEntry {
@@ -40,6 +52,8 @@ pub(super) struct RequestEntry {
     deadline: Instant,
     template: DispatchTemplate,
     run: RequestRun,
+    /// Set for a request with an idempotency key: recorded in the window when it finishes.
+    keyed: Option<Box<Keyed>>,
 }
 
 /// Who the client of a request is, copied out before actions run.
@@ -48,6 +62,8 @@ struct ClientSide {
     conn_id: u64,
     request_id: u64,
     wait: bool,
+    /// The request has an idempotency key: its relayed ends are recorded.
+    keyed: bool,
 }
 
 impl Shard {
@@ -123,6 +139,25 @@ impl Shard {
             Ok(r) => r,
             Err((kind, message)) => return self.request_error(conn_id, id, kind, message),
         };
+        // A replay of a key whose run ended is answered from the window, without a dispatch.
+        if let Some(key) = &request.key {
+            if let Some(recorded) = self.idem.lookup(&principal.team, &principal.identity, key) {
+                metrics::IDEM_REPLAYS.inc();
+                debug!(shard = self.idx, service = %service.name, seq = key.seq, "replay answered from the idempotency window");
+                for frame in recorded.replay(id, request.wait) {
+                    self.send_to_conn(conn_id, &frame);
+                }
+                return;
+            }
+        }
+        let keyed = request.key.map(|key| {
+            Box::new(Keyed {
+                team: principal.team.clone(),
+                identity: principal.identity.clone(),
+                key,
+                recording: Recording::default(),
+            })
+        });
 
         let timeout = if request.timeout_ms > 0 {
             Duration::from_millis(request.timeout_ms)
@@ -169,8 +204,12 @@ impl Shard {
                         args: request.args,
                         payload: request.payload,
                         timeout_ms: timeout.as_millis() as u64,
+                        key: request
+                            .key
+                            .map(|k| k.scoped(&principal.team, &principal.identity)),
                     },
                     run,
+                    keyed,
                 },
             );
         }
@@ -239,6 +278,7 @@ impl Shard {
                 conn_id: entry.client_conn,
                 request_id: entry.client_request_id,
                 wait: entry.wait,
+                keyed: entry.keyed.is_some(),
             }
         };
         self.carry_out(key, client, actions);
@@ -268,6 +308,17 @@ impl Shard {
                     self.state.borrow_mut().dispatch_owner.remove(&dispatch_id);
                 }
                 Action::Relay { worker, event } => {
+                    if client.keyed {
+                        if let Some(keyed) = self
+                            .state
+                            .borrow_mut()
+                            .requests
+                            .get_mut(&key)
+                            .and_then(|e| e.keyed.as_mut())
+                        {
+                            keyed.recording.on_relay(&worker, &event);
+                        }
+                    }
                     if client.wait {
                         let routed = self
                             .state
@@ -314,8 +365,20 @@ impl Shard {
             }
             entry
         };
-        if let Some(e) = &entry {
+        if let Some(e) = &mut entry {
             self.stats.request_finished(&e.service, e.started, &summary);
+            if let Some(keyed) = e.keyed.take() {
+                let Keyed {
+                    team,
+                    identity,
+                    key,
+                    recording,
+                } = *keyed;
+                let ended = recording.finish(e.service.algorithm, e.run.n_workers(), summary);
+                if let Some(recorded) = ended {
+                    self.idem.record(&team, &identity, &key, recorded);
+                }
+            }
         }
         if let Some(routed) = entry.as_mut().and_then(|e| e.routed.take()) {
             self.send_to_conn(client.conn_id, &routed);
@@ -346,6 +409,7 @@ impl Shard {
                 args: t.args.clone(),
                 payload: t.payload.clone(),
                 timeout_ms: t.timeout_ms,
+                key: t.key,
             };
             state.dispatch_owner.insert(dispatch_id, key);
             dispatch

@@ -14,6 +14,10 @@ fn every_frame() -> Vec<Frame> {
         payload: b"payload\0bytes".to_vec(),
         timeout_ms: 10_000,
         wait: true,
+        key: Some(IdemKey {
+            source: [7; 16],
+            seq: u64::MAX,
+        }),
     };
     let dispatch = Dispatch {
         id: 1 << 40,
@@ -23,6 +27,7 @@ fn every_frame() -> Vec<Frame> {
         args: vec![],
         payload: vec![1, 2, 3],
         timeout_ms: 5,
+        key: None,
     };
     vec![
         Frame::Hello(Hello {
@@ -116,6 +121,7 @@ fn every_frame() -> Vec<Frame> {
                 failed: 1,
                 timed_out: 0,
                 lost: 0,
+                replayed: true,
             },
         },
         Frame::Error {
@@ -277,4 +283,24 @@ fn wrong_version_and_wrong_first_frame_are_refused() {
         Err(ProtoError::BadHandshake { .. })
     ));
     assert!(check_hello(hello(PROTOCOL_VERSION, Role::Client)).is_ok());
+}
+
+#[test]
+fn a_scoped_key_depends_on_team_identity_and_source() {
+    let key = IdemKey {
+        source: [1; 16],
+        seq: 9,
+    };
+    let scoped = key.scoped("t", "alice");
+    assert_eq!(scoped.seq, 9);
+    assert_eq!(scoped, key.scoped("t", "alice"));
+    assert_ne!(scoped, key.scoped("t", "bob"));
+    assert_ne!(scoped, key.scoped("u", "alice"));
+    // Length-prefixed: moving a character from the team to the identity changes it.
+    assert_ne!(key.scoped("ta", "b"), key.scoped("t", "ab"));
+    let other = IdemKey {
+        source: [2; 16],
+        seq: 9,
+    };
+    assert_ne!(scoped, other.scoped("t", "alice"));
 }

@@ -201,6 +201,7 @@ async fn a_client_that_does_not_read_is_cut_not_the_worker() -> Result<()> {
         payload: Vec::new(),
         timeout_ms: 120_000,
         wait: true,
+        key: None,
     })));
     a.write_all(&bytes).await?;
 

@@ -25,6 +25,7 @@ fn spec(service: &str, command: &str) -> RequestSpec {
         payload: vec![],
         timeout: Some(Duration::from_secs(30)),
         wait: true,
+        key: None,
     }
 }
 

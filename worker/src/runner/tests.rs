@@ -41,6 +41,7 @@ pub(crate) fn dispatch(id: u64, plugin: &str, timeout_ms: u64) -> Dispatch {
         args: vec![],
         payload: vec![],
         timeout_ms,
+        key: None,
     }
 }
 

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+mod idem;
 mod mesh;
 mod routing;
 
@@ -86,13 +87,15 @@ where
     let ctl = Arc::new(ctl);
     let source: Arc<dyn ConfigSource> = Arc::new(source);
     let rr = Arc::new(RoundRobin::default());
+    let idem = Arc::new(IdemWindows::default());
     let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, mesh_depth));
     let handles: Vec<_> = (0..n)
         .map(|_| {
-            let (mesh, source, rr, ctl, script) = (
+            let (mesh, source, rr, idem, ctl, script) = (
                 mesh.clone(),
                 source.clone(),
                 rr.clone(),
+                idem.clone(),
                 ctl.clone(),
                 script.clone(),
             );
@@ -112,6 +115,7 @@ where
                         settings(n, mesh_depth),
                         source,
                         rr,
+                        idem,
                         senders,
                     ));
                     if let Some(mut receivers) = receivers {
@@ -140,6 +144,16 @@ where
     for handle in handles {
         handle.join().expect("shard script");
     }
+}
+
+/// Runs `script` on one shard serving `services`.
+fn one_shard<F, Fut>(services: Vec<ServiceConfig>, script: F)
+where
+    F: Fn(Rc<Shard>) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let source = FileConfig::from_services(services);
+    run_shards(1, 1, source, Ctl::new(1), move |shard, _| script(shard));
 }
 
 /// Waits, letting the shard's other tasks run, until `cond` holds; fails after [`WAIT`].
@@ -174,6 +188,7 @@ fn request(id: u64, service: &str, wait: bool) -> Frame {
         payload: b"hi".to_vec(),
         timeout_ms: 0,
         wait,
+        key: None,
     })
 }
 

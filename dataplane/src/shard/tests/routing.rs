@@ -24,15 +24,6 @@ async fn rr_request(shard: &Shard) -> ((RrWorker, u64), RrWorker, (u64, Rc<Outbo
     ((chosen, id), other, (client, out))
 }
 
-fn one_shard<F, Fut>(services: Vec<ServiceConfig>, script: F)
-where
-    F: Fn(Rc<Shard>) -> Fut + Send + Clone + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let source = FileConfig::from_services(services);
-    run_shards(1, 1, source, Ctl::new(1), move |shard, _| script(shard));
-}
-
 /// Roundrobin sends each request to the next worker and relays its answer; `Routed` waits
 /// for the first reply.
 #[test]

@@ -213,6 +213,7 @@ pub async fn run(opts: FsOptions, shutdown: impl Future<Output = ()>) -> Result<
         fuse::TriggerFs::new(shared.clone()),
         &opts.mount,
         opts.threads,
+        opts.allow_other,
     )?;
     let notifier = session.notifier();
     shared
@@ -230,8 +231,12 @@ pub async fn run(opts: FsOptions, shutdown: impl Future<Output = ()>) -> Result<
         opts.broker.clone(),
         stop.clone(),
     ));
-    tasks.spawn(follow(shared.clone(), notifier, stop.clone()));
+    let (following, followed) = tokio::sync::oneshot::channel();
+    tasks.spawn(follow(shared.clone(), notifier, stop.clone(), following));
     tasks.spawn(housekeeping(shared.clone(), stop.clone()));
+    // Ready once the tree follows the control plane (or its first attempt failed: then it
+    // retries in the background and the tree read at the start serves meanwhile).
+    let _ = followed.await;
     shared.log.line("Ready and running in foreground...");
     shared.log.flush();
 
@@ -283,16 +288,26 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// Follows the control plane's changes: the SSE stream, a refetch after each event (and
 /// after each reconnect, and every 30 s in case an event was missed), and the kernel told
 /// at once about names that are gone.
-async fn follow(shared: Arc<Shared>, notifier: fuser::Notifier, mut stop: watch::Receiver<bool>) {
+async fn follow(
+    shared: Arc<Shared>,
+    notifier: fuser::Notifier,
+    mut stop: watch::Receiver<bool>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
     use eventsource_stream::Eventsource;
     use futures_lite::StreamExt;
     let mut backoff = Duration::from_millis(100);
+    let mut ready = Some(ready);
     loop {
-        let refreshed = apply(&shared, &notifier).await;
-        let stream = match refreshed {
-            Ok(()) => shared.api.events().await,
+        // Subscribed first, then read: a change made in between is in the stream, so none
+        // is missed (the server subscribes before it answers with the stream's headers).
+        let stream = match shared.api.events().await {
+            Ok(resp) => apply(&shared, &notifier).await.map(|()| resp),
             Err(e) => Err(e),
         };
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
         match stream {
             Ok(resp) => {
                 backoff = Duration::from_millis(100);

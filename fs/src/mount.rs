@@ -74,7 +74,9 @@ pub fn clear_stale(mount: &Path) -> Result<(), FsError> {
         .into_iter()
         .any(|(p, fstype)| p == point && fstype.starts_with("fuse"));
     if mounted {
-        match std::fs::metadata(&abs) {
+        // `opendir` always reaches the daemon (a `stat` may be answered from the kernel's
+        // attribute cache for a while after the daemon died).
+        match std::fs::read_dir(&abs).and_then(|mut d| d.next().transpose()) {
             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
                 tracing::warn!(mount = %abs.display(), "clearing a stale mount a crashed fs left");
                 let status = std::process::Command::new("fusermount3")

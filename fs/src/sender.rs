@@ -21,7 +21,7 @@ use crate::responses::{Ending, Response};
 use crate::spool::SpoolReader;
 use crate::Shared;
 use client::{Client, Outcome, RequestSpec, WorkerStatus};
-use proto::{Credential, ErrorKind};
+use proto::{Credential, ErrorKind, IdemKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -82,7 +82,7 @@ fn verdict(outcome: &Outcome) -> Verdict {
         }
     }
     Verdict::Delivered {
-        replayed: false, /* MERGE: idem marker */
+        replayed: outcome.summary.as_ref().is_some_and(|s| s.replayed),
     }
 }
 
@@ -154,7 +154,7 @@ pub async fn run(
     broker: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let source = shared.spool.source(); // MERGE: key
+    let source = shared.spool.source();
                                         // Records after the acknowledged prefix that were already delivered (a later one ended
                                         // while an earlier one must be sent again): not sent twice.
     let mut ahead = BTreeSet::new();
@@ -307,6 +307,7 @@ async fn pump(
                     payload: request.payload.clone(),
                     timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
                     wait: true,
+                    key: Some(IdemKey { source, seq }),
                 };
                 let handle = match client.request(spec).await {
                     Ok(h) => h,
@@ -395,7 +396,20 @@ mod tests {
             failed: 0,
             timed_out: 0,
             lost: 0,
+            replayed: false,
         });
+        let replayed = ClientEvent::Summary(proto::Summary {
+            workers: 1,
+            ok: 1,
+            failed: 0,
+            timed_out: 0,
+            lost: 0,
+            replayed: true,
+        });
+        assert_eq!(
+            verdict(&outcome(&[accepted.clone(), done(0), replayed])),
+            Verdict::Delivered { replayed: true }
+        );
         assert_eq!(
             verdict(&outcome(&[accepted.clone(), done(0), summary.clone()])),
             Verdict::Delivered { replayed: false }

@@ -201,7 +201,9 @@ async fn handle_frame(
                 let served = crate::idem::serve_keyed(&shared.idem, key, id, out).await;
                 match served.map_err(|()| WorkerError::WriterStopped)? {
                     Some(forwarder) => serve_dispatch(shared, dispatch, &forwarder, active).await?,
-                    None => debug!(
+                    // A replay comes only after a failure (a broker restart, a lost
+                    // connection): worth a line.
+                    None => info!(
                         id,
                         seq = key.seq,
                         "replayed dispatch answered from the idempotency window"

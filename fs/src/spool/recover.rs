@@ -12,6 +12,8 @@ use super::{segment_path, Segment, SpoolConfig, SpoolError};
 
 const SOURCE: &str = "source";
 const ACK: &str = "ack";
+/// The acknowledged seq written in place, often and without fsync (see `reader.rs`).
+pub(super) const ACK_FAST: &str = "ack.fast";
 const LOCK: &str = "lock";
 const SEGMENT_SUFFIX: &str = ".seg";
 
@@ -79,7 +81,9 @@ pub(super) fn open(cfg: &SpoolConfig) -> Result<Recovered, SpoolError> {
 
     let acked = read_ack(dir)?;
     let source = read_or_make_source(dir, !segments.is_empty() || acked.is_some())?;
-    let acked = acked.unwrap_or(0);
+    // `ack.fast` may be ahead of `ack` (it is written far more often); never behind what
+    // was made durable.
+    let acked = acked.unwrap_or(0).max(read_ack_fast(dir));
 
     let mut kept: Vec<Segment> = Vec::with_capacity(segments.len());
     // The seq after each kept segment's last record.
@@ -211,11 +215,7 @@ fn read_ack(dir: &Path) -> Result<Option<u64>, SpoolError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(SpoolError::io("read", &path, e)),
     };
-    let parsed = <[u8; 12]>::try_from(bytes.as_slice()).ok().and_then(|b| {
-        let [s @ .., c0, c1, c2, c3] = b;
-        (crc32c::crc32c(&s) == u32::from_le_bytes([c0, c1, c2, c3])).then(|| u64::from_le_bytes(s))
-    });
-    match parsed {
+    match decode_ack(&bytes) {
         Some(seq) => Ok(Some(seq)),
         None => Err(SpoolError::corrupt(
             path,
@@ -225,12 +225,40 @@ fn read_ack(dir: &Path) -> Result<Option<u64>, SpoolError> {
     }
 }
 
-/// Writes the `ack` file: temp file, fsync, rename, fsync of the directory.
-pub(super) fn write_ack(dir: &Path, seq: u64) -> Result<(), SpoolError> {
+/// The seq in `ack.fast`, 0 when there is none or it is torn (a power loss in the middle of
+/// its write: then `ack` alone counts).
+fn read_ack_fast(dir: &Path) -> u64 {
+    let path = dir.join(ACK_FAST);
+    let Ok(bytes) = fs::read(&path) else {
+        return 0;
+    };
+    match decode_ack(&bytes) {
+        Some(seq) => seq,
+        None => {
+            tracing::warn!(path = %path.display(), "spool: a torn ack.fast is ignored");
+            0
+        }
+    }
+}
+
+/// An acknowledged seq and its CRC32C, as both ack files hold it.
+pub(super) fn encode_ack(seq: u64) -> [u8; 12] {
     let mut bytes = [0u8; 12];
     bytes[..8].copy_from_slice(&seq.to_le_bytes());
     bytes[8..].copy_from_slice(&crc32c::crc32c(&seq.to_le_bytes()).to_le_bytes());
-    replace_file(dir, ACK, &bytes)
+    bytes
+}
+
+fn decode_ack(bytes: &[u8]) -> Option<u64> {
+    <[u8; 12]>::try_from(bytes).ok().and_then(|b| {
+        let [s @ .., c0, c1, c2, c3] = b;
+        (crc32c::crc32c(&s) == u32::from_le_bytes([c0, c1, c2, c3])).then(|| u64::from_le_bytes(s))
+    })
+}
+
+/// Writes the `ack` file: temp file, fsync, rename, fsync of the directory.
+pub(super) fn write_ack(dir: &Path, seq: u64) -> Result<(), SpoolError> {
+    replace_file(dir, ACK, &encode_ack(seq))
 }
 
 /// The spool's id: read from `source`, or made now for a new spool. `in_use` says there

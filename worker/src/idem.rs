@@ -93,7 +93,13 @@ pub enum Begin {
     Wait,
     /// Its key ran: answer `Accepted` and this end.
     Answer(End),
+    /// Its key is running and [`MAX_WAITERS`] dispatches wait for it already: refused.
+    Busy,
 }
+
+/// Dispatches that may wait for one running key: replays of one key are a handful (one per
+/// lost answer), and the bound keeps a peer that repeats a key from growing the list.
+pub const MAX_WAITERS: usize = 16;
 
 /// Keys of recent keyed dispatches; `W` is a waiting dispatch.
 pub struct Keys<W> {
@@ -120,6 +126,7 @@ impl<W> Keys<W> {
     pub fn begin(&mut self, key: &IdemKey, waiter: impl FnOnce() -> W) -> Begin {
         match self.window.get_mut(&key.source, key.seq) {
             Some(Slot::Done(end)) => Begin::Answer(end.clone()),
+            Some(Slot::Running(waiters)) if waiters.len() >= MAX_WAITERS => Begin::Busy,
             Some(Slot::Running(waiters)) => {
                 waiters.push(waiter());
                 Begin::Wait
@@ -184,6 +191,15 @@ pub(crate) async fn serve_keyed(
             crate::core::send_frame(out, end.frame(id)).await?;
             Ok(None)
         }
+        Begin::Busy => {
+            let message = "too many replays of this request are waiting for its first run";
+            crate::core::send_frame(
+                out,
+                crate::runner::failed(id, ErrorKind::BadRequest, message),
+            )
+            .await?;
+            Ok(None)
+        }
     }
 }
 
@@ -246,6 +262,18 @@ mod tests {
         let done = End::Done { exit_code: 5 };
         assert_eq!(keys.end(&key(1, 1), Some(done.clone())), vec![11, 12]);
         assert_eq!(keys.begin(&key(1, 1), || 13), Begin::Answer(done));
+    }
+
+    #[test]
+    fn waiters_of_one_key_are_bounded() {
+        let mut keys: Keys<usize> = Keys::default();
+        assert_eq!(keys.begin(&key(1, 1), || 0), Begin::Run);
+        for n in 0..MAX_WAITERS {
+            assert_eq!(keys.begin(&key(1, 1), || n), Begin::Wait);
+        }
+        assert_eq!(keys.begin(&key(1, 1), || 99), Begin::Busy);
+        let waiters = keys.end(&key(1, 1), Some(End::Done { exit_code: 0 }));
+        assert_eq!(waiters, (0..MAX_WAITERS).collect::<Vec<_>>());
     }
 
     #[test]

@@ -135,7 +135,11 @@ impl Shard {
                 format!("request id {id} is already in use on this connection"),
             );
         };
-        let (service, targets) = match self.route(&principal, &request.service) {
+        // The key as the worker gets it: scoped to the caller.
+        let scoped = request
+            .key
+            .map(|k| k.scoped(&principal.team, &principal.identity));
+        let (service, targets) = match self.route(&principal, &request.service, scoped.as_ref()) {
             Ok(r) => r,
             Err((kind, message)) => return self.request_error(conn_id, id, kind, message),
         };
@@ -204,9 +208,7 @@ impl Shard {
                         args: request.args,
                         payload: request.payload,
                         timeout_ms: timeout.as_millis() as u64,
-                        key: request
-                            .key
-                            .map(|k| k.scoped(&principal.team, &principal.identity)),
+                        key: scoped,
                     },
                     run,
                     keyed,
@@ -225,18 +227,24 @@ impl Shard {
     }
 
     /// Resolves `name` for `principal` and picks its workers: for roundrobin, rotated so
-    /// that the first is the one whose turn it is and the rest are fail-over candidates.
+    /// that the first is the one whose turn it is and the rest are fail-over candidates. A
+    /// keyed request's turn is its key's instead ([`affinity`]): a replay goes to the worker
+    /// that ran it (whose window knows the key) while the same workers are online.
     fn route(
         &self,
         principal: &crate::config::Principal,
         name: &str,
+        key: Option<&proto::IdemKey>,
     ) -> Result<(Arc<ServiceConfig>, Vec<WorkerRef>), crate::registry::RouteError> {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         let route = state.registry.resolve(principal, name)?;
         let service = route.service;
         let mut members = route.members;
-        if service.algorithm == Algorithm::Roundrobin && members.len() > 1 {
+        if let (Some(key), Algorithm::Roundrobin) = (key, service.algorithm) {
+            let start = (affinity(key) % members.len() as u64) as usize;
+            members.rotate_left(start);
+        } else if service.algorithm == Algorithm::Roundrobin && members.len() > 1 {
             let cached = state
                 .rr_cache
                 .get(&service.team)
@@ -482,4 +490,12 @@ impl Shard {
             self.with_request(key, |run, out| run.on_timeout(out));
         }
     }
+}
+
+/// A keyed request's place among its service's workers: the same for every replay of the
+/// key, and consecutive records of one spool spread over the workers.
+fn affinity(key: &proto::IdemKey) -> u64 {
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&key.source[..8]);
+    u64::from_le_bytes(head).wrapping_add(key.seq)
 }

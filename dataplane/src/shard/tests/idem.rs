@@ -108,3 +108,30 @@ fn a_key_whose_run_did_not_end_is_routed_again() {
         dispatched_key(&w_out.take_frames());
     });
 }
+
+/// A keyed roundrobin request goes where its key points, not to the rotation's turn: a
+/// replay of a run that did not end reaches the worker whose window knows the key.
+#[test]
+fn a_replay_goes_to_the_worker_that_ran_its_key() {
+    let two = vec![service("rr", Algorithm::Roundrobin, &["w1", "w2"])];
+    one_shard(two, |shard| async move {
+        let workers = ["w1", "w2"].map(|name| connect(&shard, name, Role::Worker));
+        let (alice, a_out) = connect(&shard, "alice", Role::Client);
+        let mut went_to = Vec::new();
+        for id in 1..=4 {
+            from_client(&shard, alice, keyed(id)).await;
+            let (n, (_, out)) = workers
+                .iter()
+                .enumerate()
+                .find(|(_, (_, out))| out.len() > 0)
+                .expect("dispatched");
+            out.take_frames();
+            went_to.push(n);
+            // Cancelled: not recorded, so the next one is routed again.
+            from_client(&shard, alice, Frame::Cancel { id }).await;
+            workers.iter().for_each(|(_, out)| drop(out.take_frames()));
+            a_out.take_frames();
+        }
+        assert!(went_to.iter().all(|&n| n == went_to[0]), "{went_to:?}");
+    });
+}

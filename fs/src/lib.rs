@@ -165,6 +165,15 @@ impl Shared {
 
 /// Mounts, serves until `shutdown` completes, then unmounts. Logs as the original did.
 pub async fn run(opts: FsOptions, shutdown: impl Future<Output = ()>) -> Result<(), FsError> {
+    // Polled once now: a signal future installs its handlers when first polled, and a
+    // SIGTERM that comes right after "Ready" must unmount, not kill the process.
+    let mut shutdown = std::pin::pin!(shutdown);
+    if futures_lite::future::poll_once(&mut shutdown)
+        .await
+        .is_some()
+    {
+        return Ok(());
+    }
     let log =
         log::Log::open(opts.logfile.as_deref(), opts.quiet).map_err(|source| FsError::LogFile {
             path: opts.logfile.clone().unwrap_or_default(),

@@ -155,8 +155,8 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let source = shared.spool.source();
-                                        // Records after the acknowledged prefix that were already delivered (a later one ended
-                                        // while an earlier one must be sent again): not sent twice.
+    // Records after the acknowledged prefix that were already delivered (a later one ended
+    // while an earlier one must be sent again): not sent twice.
     let mut ahead = BTreeSet::new();
     let mut backoff = BACKOFF.0;
     let mut client: Option<Client> = None;

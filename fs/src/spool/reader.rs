@@ -27,13 +27,14 @@ const ACK_PERSIST_EVERY: Duration = Duration::from_secs(1);
 /// requests in flight, a restart after a kill sends again at most ~1,300 records, well
 /// inside the idempotency windows (`proto::IDEM_WINDOW`, 4,096 keys), which a second's worth
 /// of records at 20,000 a second would not be.
-const ACK_FAST_EVERY: u64 = 256;
+pub(super) const ACK_FAST_EVERY: u64 = 256;
 
 /// The spool's one consumer: the task that sends records to the broker.
 ///
 /// `next()` reads with `pread(2)` from the page cache on the calling task (no blocking
 /// pool); `ack` writes and fsyncs the `ack` file at most once a second or when a segment
-/// can be deleted, also on the calling task.
+/// can be deleted, and `ack.fast` (one `pwrite(2)`) every [`ACK_FAST_EVERY`]
+/// acknowledgements, also on the calling task.
 pub struct SpoolReader {
     shared: Arc<Shared>,
     written: tokio::sync::watch::Receiver<u64>,

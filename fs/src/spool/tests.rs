@@ -602,3 +602,70 @@ fn a_killed_process_keeps_every_append_it_returned() {
         "the seq went back to {next_seq}"
     );
 }
+
+/// The environment variable that turns [`ack_child`] into the acknowledging child of
+/// [`a_killed_reader_resends_at_most_what_ack_fast_allows`].
+const ACK_CRASH_DIR: &str = "TRIGGERFS_SPOOL_ACK_CRASH_DIR";
+
+/// Appends, reads and acknowledges one record at a time until killed, printing each
+/// acknowledged seq. Does nothing unless started by the test below.
+#[test]
+fn ack_child() {
+    let Some(dir) = std::env::var_os(ACK_CRASH_DIR) else {
+        return;
+    };
+    let rt = runtime();
+    let (spool, mut reader) = Spool::open(SpoolConfig::new(dir)).expect("open");
+    let mut out = std::io::stdout().lock();
+    for i in 0u64.. {
+        spool.append(records(&i.to_string(), 1)).expect("append");
+        let (seq, _) = next(&rt, &mut reader);
+        reader.ack(seq).expect("ack");
+        use std::io::Write;
+        writeln!(out, "acked {seq}").expect("stdout");
+        out.flush().expect("flush");
+    }
+}
+
+/// A sender killed without a clean stop (no durable `ack` for up to a second) sends again
+/// at most `ACK_FAST_EVERY` records it had acknowledged: `ack.fast` kept up.
+#[test]
+fn a_killed_reader_resends_at_most_what_ack_fast_allows() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("spool");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "spool::tests::ack_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ACK_CRASH_DIR, &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("child");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut last = 0u64;
+    for line in lines.by_ref() {
+        if let Some(seq) = line
+            .expect("line")
+            .strip_prefix("acked ")
+            .and_then(|s| s.parse().ok())
+        {
+            last = seq;
+            if last >= 5000 {
+                break;
+            }
+        }
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    assert!(last >= 5000, "the child acknowledged only {last}");
+    let (_spool, reader) = Spool::open(SpoolConfig::new(&dir)).expect("reopen");
+    let acked = reader.acked();
+    assert!(
+        acked + super::reader::ACK_FAST_EVERY >= last,
+        "acknowledged {last} before the kill, recovered only {acked}"
+    );
+}

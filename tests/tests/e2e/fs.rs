@@ -451,7 +451,11 @@ async fn a_broker_restart_loses_and_repeats_nothing() -> Result<()> {
     })?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly_once_in_order(&read_sink(&sink)["x"], 100_000, "after a broker restart");
-    let replays = rig._worker.stderr().matches("answered from the idempotency window").count();
+    let replays = rig
+        ._worker
+        .stderr()
+        .matches("answered from the idempotency window")
+        .count();
     eprintln!("the worker answered {replays} replayed requests from its window");
     Ok(())
 }
@@ -731,9 +735,16 @@ async fn other_users_write_only_with_allow_other_and_the_mode() -> Result<()> {
             .output()?)
     };
     let out = as_nobody("from nobody 1")?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sink = rig.sink("www");
-    wait_until(Duration::from_secs(10), "nobody's line", || async { count_lines(&sink) >= 1 }).await?;
+    wait_until(Duration::from_secs(10), "nobody's line", || async {
+        count_lines(&sink) >= 1
+    })
+    .await?;
     // chmod 644: nobody may no longer write.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
     let out = as_nobody("from nobody 2")?;
@@ -744,8 +755,10 @@ async fn other_users_write_only_with_allow_other_and_the_mode() -> Result<()> {
     if let Some(mut fs) = rig.fs.take() {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(fs.pid() as i32, libc::SIGTERM) };
-        wait_until(Duration::from_secs(10), "the fs stopped", || async { rig.fs_output().contains("Stopped.") })
-            .await?;
+        wait_until(Duration::from_secs(10), "the fs stopped", || async {
+            rig.fs_output().contains("Stopped.")
+        })
+        .await?;
         fs.kill();
     }
     rig.fs_flags.clear();

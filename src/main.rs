@@ -363,7 +363,13 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Fs(args) => {
             let opts = fs_options(args, &settings)?;
-            tokio_runtime()?.block_on(async {
+            // One thread for the sender, the follower and the connection's tasks: a request's
+            // frames then pass between them without waking another thread (the FUSE threads
+            // and the spool's writer are threads of their own).
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
                 fs::run(opts, shutdown_signal()).await?;
                 Ok(0)
             })

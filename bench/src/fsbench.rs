@@ -41,6 +41,18 @@ pub struct FsBenchArgs {
     /// Scenarios to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "block,line")]
     pub scenarios: Vec<Scenario>,
+    /// The broker's `--spin` (its default is 30us; on a machine that also runs the writers,
+    /// the fs and the worker, `0s` leaves them the cores it would poll on).
+    #[arg(long, default_value = "30us")]
+    pub broker_spin: String,
+    /// FUSE threads of the fs (`triggerfs fs --threads`).
+    #[arg(long, default_value_t = 4)]
+    pub fs_threads: usize,
+    /// Rounds: every scenario runs this many times, in turns, and the table shows the median
+    /// with the lowest and highest (a 2-core machine running writers, fs, broker and worker
+    /// at once varies a lot from run to run).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Print one JSON document on stdout (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -77,6 +89,57 @@ struct Row {
     lost: usize,
     duplicated: usize,
     out_of_order: usize,
+}
+
+/// A scenario over its rounds: medians, the spread of the delivered rate, and every lost,
+/// duplicated or disordered line of every round.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    scenario: Scenario,
+    writers: usize,
+    lines: usize,
+    bytes_per_write: usize,
+    delivered_per_s: f64,
+    delivered_min: f64,
+    delivered_max: f64,
+    ceiling_per_s: f64,
+    /// median delivered / median ceiling.
+    ratio: f64,
+    lost: usize,
+    duplicated: usize,
+    out_of_order: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+impl Summary {
+    fn of(rounds: &[Row]) -> Summary {
+        let first = &rounds[0];
+        let delivered: Vec<f64> = rounds.iter().map(|r| r.delivered_per_s).collect();
+        let ceiling = median(rounds.iter().map(|r| r.ceiling_per_s).collect());
+        let med = median(delivered.clone());
+        Summary {
+            scenario: first.scenario,
+            writers: first.writers,
+            lines: first.lines,
+            bytes_per_write: first.bytes_per_write,
+            delivered_per_s: med,
+            delivered_min: delivered.iter().copied().fold(f64::INFINITY, f64::min),
+            delivered_max: delivered.iter().copied().fold(0.0, f64::max),
+            ceiling_per_s: ceiling,
+            ratio: med / ceiling.max(1e-9),
+            lost: rounds.iter().map(|r| r.lost).sum(),
+            duplicated: rounds.iter().map(|r| r.duplicated).sum(),
+            out_of_order: rounds.iter().map(|r| r.out_of_order).sum(),
+        }
+    }
 }
 
 /// The stack under test.
@@ -118,7 +181,8 @@ impl Api {
 }
 
 /// Starts control plane, broker, worker and fs; makes a trigger per scenario.
-async fn start(bin: &Path, scenarios: &[Scenario]) -> anyhow::Result<Stack> {
+async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
+    let scenarios = &args.scenarios;
     let dir = tempfile::tempdir().context("cannot create a directory for the stack")?;
     let data = dir.path().join("data");
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -178,6 +242,8 @@ async fn start(bin: &Path, scenarios: &[Scenario]) -> anyhow::Result<Stack> {
                 &url,
                 "--broker-token-file",
                 data.join("broker.token").to_str().unwrap_or_default(),
+                "--spin",
+                &args.broker_spin,
             ],
         ),
     )
@@ -274,6 +340,8 @@ async fn start(bin: &Path, scenarios: &[Scenario]) -> anyhow::Result<Stack> {
                 "--spool",
                 spool.to_str().unwrap_or_default(),
                 "--quiet",
+                "--threads",
+                &args.fs_threads.to_string(),
             ],
         ),
         "",
@@ -361,6 +429,12 @@ fn write_all(
     Ok(started.elapsed())
 }
 
+/// Writes back every dirty page (sync(2)).
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 fn count_lines(path: &Path) -> usize {
     std::fs::read(path)
         .map(|b| b.iter().filter(|c| **c == b'\n').count())
@@ -409,12 +483,18 @@ async fn scenario(stack: &Stack, s: Scenario, args: &FsBenchArgs) -> anyhow::Res
     };
     let total = writers * lines;
     let line_bytes = args.line_bytes.max(24);
+    // Each measurement starts with the page cache written back: the previous one's hundreds
+    // of MB of dirty pages would otherwise throttle whichever writer comes next.
+    settle();
     let plain = stack.dir.path().join(format!("{name}.plain"));
     let ceiling = write_all(&plain, writers, lines, line_bytes, per_write)?;
     let _ = std::fs::remove_file(&plain);
 
+    settle();
     let trigger = stack.mnt.join("bench").join(name);
     let sink = stack.dir.path().join(format!("{name}.out"));
+    // Each round starts from an empty file (the worker's `append` reopens it per batch).
+    std::fs::File::create(&sink)?;
     let started = Instant::now();
     let path = trigger.clone();
     let written = tokio::task::spawn_blocking(move || {
@@ -461,11 +541,14 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
         Some(b) => b.clone(),
         None => std::env::current_exe()?,
     };
-    let stack = start(&bin, &args.scenarios).await?;
-    let mut rows = Vec::new();
-    for s in &args.scenarios {
-        rows.push(scenario(&stack, *s, args).await?);
+    let stack = start(&bin, args).await?;
+    let mut rounds: Vec<Vec<Row>> = args.scenarios.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.rounds {
+        for (i, s) in args.scenarios.iter().enumerate() {
+            rounds[i].push(scenario(&stack, *s, args).await?);
+        }
     }
+    let rows: Vec<Summary> = rounds.iter().map(|r| Summary::of(r)).collect();
     let mut table = comfy_table::Table::new();
     table
         .load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
@@ -474,8 +557,7 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
             "writers",
             "lines",
             "bytes/write",
-            "written/s",
-            "delivered/s",
+            "delivered/s (min–max)",
             "plain file/s",
             "ratio",
             "lost",
@@ -488,8 +570,10 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
             r.writers.to_string(),
             r.lines.to_string(),
             r.bytes_per_write.to_string(),
-            format!("{:.0}", r.written_per_s),
-            format!("{:.0}", r.delivered_per_s),
+            format!(
+                "{:.0} ({:.0}–{:.0})",
+                r.delivered_per_s, r.delivered_min, r.delivered_max
+            ),
             format!("{:.0}", r.ceiling_per_s),
             format!("{:.3}", r.ratio),
             r.lost.to_string(),
@@ -497,14 +581,20 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
             r.out_of_order.to_string(),
         ]);
     }
+    let note = format!(
+        "median of {} rounds per scenario; delivered: first write to the last line in the worker's file",
+        args.rounds
+    );
     if args.json {
-        eprintln!("{table}");
+        eprintln!("{table}\n{note}");
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"mode": "fs", "rows": rows}))?
+            serde_json::to_string_pretty(
+                &json!({"mode": "fs", "rounds": args.rounds, "rows": rows, "runs": rounds.iter().flatten().collect::<Vec<_>>()})
+            )?
         );
     } else {
-        println!("{table}");
+        println!("{table}\n{note}");
     }
     let clean = rows
         .iter()

@@ -175,7 +175,7 @@ impl TriggerFs {
                 let n = self.shared.refused_full.fetch_add(1, Ordering::Relaxed) + 1;
                 // Logged on the first refusal and then every 1,000th, so a full spool under a
                 // busy writer does not flood the log.
-                if n == 1 || n % 1000 == 0 {
+                if n == 1 || n.is_multiple_of(1000) {
                     self.shared.log.line(&format!(
                         "spool full ({max_bytes} bytes): a write to {path} failed with ENOSPC \
                          ({n} refused so far)"

@@ -288,7 +288,7 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         shared.log.flush();
         n += 1;
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             shared.flush_hits().await;
         }
     }

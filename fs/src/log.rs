@@ -1,5 +1,6 @@
 //! The fs module's log, as the original printed it: `2018/04/30 21:20:33 message` lines on
-//! the terminal and, when `logfile` is set, in that file too. Each response is logged.
+//! the terminal and, when `logfile` is set, in that file too. Each response is logged
+//! (`--quiet` keeps responses off the terminal; the file still has them).
 //!
 //! Buffered (a log shipper's responses come by the thousand a second) and flushed by
 //! [`Log::flush`], which the fs calls every 200 ms and at once for its start-up lines.
@@ -12,8 +13,10 @@ use std::sync::Mutex;
 /// Where the log goes.
 #[derive(Debug)]
 pub struct Log {
-    terminal: Option<Mutex<BufWriter<std::io::Stdout>>>,
+    terminal: Mutex<BufWriter<std::io::Stdout>>,
     file: Option<Mutex<BufWriter<File>>>,
+    /// Responses stay off the terminal.
+    quiet: bool,
 }
 
 /// The original's timestamp, in the local time zone.
@@ -22,7 +25,8 @@ pub fn timestamp() -> String {
 }
 
 impl Log {
-    /// A log on the terminal (unless `quiet`) and in `file` (appended to, created 0600).
+    /// A log on the terminal and in `file` (appended to, created 0600); `quiet` keeps
+    /// responses off the terminal.
     pub fn open(file: Option<&Path>, quiet: bool) -> std::io::Result<Log> {
         let file = match file {
             Some(path) => {
@@ -36,54 +40,55 @@ impl Log {
             }
             None => None,
         };
-        let terminal = (!quiet).then(|| Mutex::new(BufWriter::new(std::io::stdout())));
-        Ok(Log { terminal, file })
+        let terminal = Mutex::new(BufWriter::new(std::io::stdout()));
+        Ok(Log {
+            terminal,
+            file,
+            quiet,
+        })
     }
 
     /// Logs `text` (one or more lines), the first line stamped with the time.
     pub fn line(&self, text: &str) {
-        let stamped = format!(
-            "{} {}{}",
-            timestamp(),
-            text,
-            if text.ends_with('\n') { "" } else { "\n" }
-        );
-        for sink in [
-            &self.terminal.as_ref().map(|t| t as &dyn Sink),
-            &self.file.as_ref().map(|f| f as &dyn Sink),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            sink.put(stamped.as_bytes());
+        self.write(text, true);
+    }
+
+    /// Logs a response: as [`Log::line`], but not on the terminal when quiet.
+    pub fn response(&self, text: &str) {
+        self.write(text, !self.quiet);
+    }
+
+    fn write(&self, text: &str, on_terminal: bool) {
+        if !on_terminal && self.file.is_none() {
+            return;
+        }
+        let newline = if text.ends_with('\n') { "" } else { "\n" };
+        let stamped = format!("{} {text}{newline}", timestamp());
+        if on_terminal {
+            put(&self.terminal, stamped.as_bytes());
+        }
+        if let Some(f) = &self.file {
+            put(f, stamped.as_bytes());
         }
     }
 
     /// Writes out what is buffered.
     pub fn flush(&self) {
-        if let Some(t) = &self.terminal {
-            t.put_flush();
-        }
+        flush(&self.terminal);
         if let Some(f) = &self.file {
-            f.put_flush();
+            flush(f);
         }
     }
 }
 
-/// A buffered destination of the log; a failing one is skipped (the fs keeps serving).
-trait Sink {
-    fn put(&self, bytes: &[u8]);
-    fn put_flush(&self);
+// A failing destination is skipped: the fs keeps serving.
+fn put<W: Write>(sink: &Mutex<BufWriter<W>>, bytes: &[u8]) {
+    let _ = sink
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .write_all(bytes);
 }
 
-impl<W: Write> Sink for Mutex<BufWriter<W>> {
-    fn put(&self, bytes: &[u8]) {
-        let _ = self
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(bytes);
-    }
-    fn put_flush(&self) {
-        let _ = self.lock().unwrap_or_else(|e| e.into_inner()).flush();
-    }
+fn flush<W: Write>(sink: &Mutex<BufWriter<W>>) {
+    let _ = sink.lock().unwrap_or_else(|e| e.into_inner()).flush();
 }

@@ -23,7 +23,7 @@ fn unescape(field: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'\\'
-            && i + 3 < bytes.len() + 0
+            && i + 3 < bytes.len()
             && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
         {
             let code = u8::from_str_radix(&field[i + 1..i + 4], 8).unwrap_or(b'?');

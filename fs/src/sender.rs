@@ -177,7 +177,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         shared.log.line(&format!(
                             "Cannot reach broker at {broker} ({e}); writes are spooled."
                         ));
@@ -194,8 +194,16 @@ pub async fn run(
         match pump(&shared, &c, &mut reader, source, &mut ahead, &mut stop).await {
             Stopped::Shutdown => return,
             Stopped::Retry(why) => {
+                // A failure after deliveries starts the backoff afresh.
+                if shared
+                    .delivered_since_failure
+                    .swap(false, Ordering::Relaxed)
+                {
+                    failures = 0;
+                    backoff = BACKOFF.0;
+                }
                 failures += 1;
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     shared
                         .log
                         .line(&format!("Sending again from the spool: {why}"));
@@ -209,14 +217,6 @@ pub async fn run(
                 }
                 backoff = (backoff * 2).min(BACKOFF.1);
             }
-        }
-        if failures > 0
-            && shared
-                .delivered_since_failure
-                .swap(false, Ordering::Relaxed)
-        {
-            failures = 0;
-            backoff = BACKOFF.0;
         }
     }
 }
@@ -336,7 +336,7 @@ fn finish(shared: &Shared, ended: &Ended, verdict: &Verdict) {
     for response in responses(&ended.outcome, verdict) {
         let mut body = String::new();
         response.body(path, &mut body);
-        shared.log.line(&body);
+        shared.log.response(&body);
         shared
             .responses
             .record(ended.request.trigger_id, path, response);

@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ pub(super) fn start(
     shared: Arc<Shared>,
     recovered: &Recovered,
     written: tokio::sync::watch::Sender<u64>,
-) -> Result<(Sender<Msg>, JoinHandle<()>), SpoolError> {
+) -> Result<(Sender<Msg>, JoinHandle<()>, SharedWriter), SpoolError> {
     // Recovery leaves the last segment in place only when the next record continues it.
     let current = match recovered.segments.last() {
         Some(seg) => {
@@ -59,7 +59,7 @@ pub(super) fn start(
         None => None,
     };
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-    let mut writer = Writer {
+    let writer = Writer {
         shared,
         sync_every: cfg.sync_every,
         segment_bytes: cfg.segment_bytes,
@@ -72,12 +72,64 @@ pub(super) fn start(
         last_sync: Instant::now(),
         failed: None,
         written,
+        syncer: Syncer::start(cfg)?,
     };
+    let writer = Arc::new(Mutex::new(writer));
+    let w = writer.clone();
+    let sync_every = cfg.sync_every;
     let thread = std::thread::Builder::new()
         .name("spool-writer".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || run(&w, &rx, sync_every))
         .map_err(|e| SpoolError::io("start the writer thread for", &cfg.dir, e))?;
-    Ok((tx, thread))
+    Ok((tx, thread, writer))
+}
+
+/// The writer, shared by the writer thread and the callers that find it idle.
+pub(super) type SharedWriter = Arc<Mutex<Writer>>;
+
+/// Locks the writer (a panic while holding it leaves a writer that still works or has
+/// `failed` set).
+pub(super) fn lock(writer: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The writer thread: what callers queued (when the writer was busy), and the periodic
+/// fdatasync, also of what callers wrote themselves (so it wakes at least every
+/// `sync_every`).
+fn run(writer: &Mutex<Writer>, rx: &Receiver<Msg>, sync_every: Duration) {
+    loop {
+        let wait = {
+            let w = lock(writer);
+            if w.dirty {
+                (w.last_sync + sync_every).saturating_duration_since(Instant::now())
+            } else {
+                sync_every
+            }
+        };
+        let msg = match rx.recv_timeout(wait) {
+            Ok(msg) => Some(msg),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut w = lock(writer);
+        if let Some(msg) = msg {
+            w.handle(msg);
+            // Everything queued meanwhile goes into the same write.
+            while let Ok(msg) = rx.try_recv() {
+                w.handle(msg);
+            }
+            w.flush();
+        }
+        if w.dirty && Instant::now() >= w.last_sync + sync_every {
+            w.sync_in_background();
+        }
+    }
+    let mut w = lock(writer);
+    if w.dirty {
+        if let Err(e) = w.sync() {
+            tracing::error!(error = %e, "spool: last fdatasync failed");
+        }
+    }
 }
 
 /// The segment being appended to.
@@ -87,7 +139,7 @@ struct Current {
     path: PathBuf,
 }
 
-struct Writer {
+pub(super) struct Writer {
     shared: Arc<Shared>,
     sync_every: Duration,
     segment_bytes: u64,
@@ -107,43 +159,101 @@ struct Writer {
     /// write, so what the spool holds is unknown and nothing more is accepted.
     failed: Option<(PathBuf, String)>,
     written: tokio::sync::watch::Sender<u64>,
+    /// Where the periodic fdatasync runs, so appends go on meanwhile.
+    syncer: Syncer,
+}
+
+/// The thread of the periodic fdatasync. An fdatasync takes milliseconds (more while the
+/// kernel writes back other dirty pages); on the writer thread every append queued behind
+/// it would wait that long, and a FUSE write with it. A sync asked for with
+/// [`super::Spool::sync`] (a writer's `fsync(2)`) still runs on the writer thread and is
+/// answered only once durable.
+struct Syncer {
+    jobs: Sender<(File, PathBuf)>,
+    /// A sync is running: the next periodic one waits for the one after it.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    /// The first failure of a background sync (the writer then stops, as after its own).
+    failed: Arc<std::sync::Mutex<Option<(PathBuf, String)>>>,
+}
+
+impl Syncer {
+    fn start(cfg: &SpoolConfig) -> Result<Syncer, SpoolError> {
+        let (jobs, rx) = crossbeam_channel::bounded::<(File, PathBuf)>(1);
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let (b, f) = (busy.clone(), failed.clone());
+        std::thread::Builder::new()
+            .name("spool-sync".into())
+            .spawn(move || {
+                for (file, path) in rx {
+                    if let Err(e) = file.sync_data() {
+                        tracing::error!(error = %e, path = %path.display(), "spool: periodic fdatasync failed");
+                        let mut failed = f.lock().unwrap_or_else(|e| e.into_inner());
+                        failed.get_or_insert((path, format!("fdatasync failed: {e}")));
+                    }
+                    b.store(false, Ordering::Release);
+                }
+            })
+            .map_err(|e| SpoolError::io("start the sync thread for", &cfg.dir, e))?;
+        Ok(Syncer { jobs, busy, failed })
+    }
+
+    /// Hands `file` to the sync thread unless a sync is still running; true if handed.
+    fn start_sync(&self, file: &File, path: &std::path::Path) -> bool {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let handed = match file.try_clone() {
+            Ok(dup) => self.jobs.try_send((dup, path.to_path_buf())).is_ok(),
+            Err(_) => false,
+        };
+        if !handed {
+            self.busy.store(false, Ordering::Release);
+        }
+        handed
+    }
+
+    fn failure(&self) -> Option<(PathBuf, String)> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 impl Writer {
-    fn run(&mut self, rx: Receiver<Msg>) {
-        loop {
-            let next_sync = self.last_sync + self.sync_every;
-            let msg = if self.dirty {
-                match rx.recv_deadline(next_sync) {
-                    Ok(msg) => Some(msg),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(msg) => Some(msg),
-                    Err(_) => break,
-                }
-            };
-            if let Some(msg) = msg {
-                self.handle(msg);
-                // Everything queued meanwhile goes into the same write.
-                while let Ok(msg) = rx.try_recv() {
-                    self.handle(msg);
-                }
-                self.flush();
-            }
-            if self.dirty && Instant::now() >= self.last_sync + self.sync_every {
-                if let Err(e) = self.sync() {
-                    tracing::error!(error = %e, "spool: periodic fdatasync failed");
-                }
-            }
+    /// The periodic fdatasync, on the sync thread: what was written so far becomes durable
+    /// there while appends go on here.
+    fn sync_in_background(&mut self) {
+        if let Some(failure) = self.syncer.failure() {
+            self.failed.get_or_insert(failure);
+            return;
         }
-        if self.dirty {
-            if let Err(e) = self.sync() {
-                tracing::error!(error = %e, "spool: last fdatasync failed");
-            }
+        let Some(cur) = &self.current else {
+            self.dirty = false;
+            return;
+        };
+        if self.syncer.start_sync(&cur.file, &cur.path) {
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        } else {
+            // The last one still runs: try again in 5 ms (not at once, which would spin).
+            let retry = Duration::from_millis(5).min(self.sync_every);
+            self.last_sync = Instant::now()
+                .checked_sub(self.sync_every - retry)
+                .unwrap_or_else(Instant::now);
         }
+    }
+
+    /// Writes a group on the calling thread (the writer was idle): the answer is in
+    /// `reply` when this returns.
+    pub(super) fn append_here(
+        &mut self,
+        records: Vec<Bytes>,
+        reply: Sender<Result<u64, SpoolError>>,
+    ) {
+        self.handle(Msg::Append { records, reply });
+        self.flush();
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -317,7 +427,10 @@ impl Writer {
         }
     }
 
-    fn check_failed(&self) -> Result<(), SpoolError> {
+    fn check_failed(&mut self) -> Result<(), SpoolError> {
+        if let Some(failure) = self.syncer.failure() {
+            self.failed.get_or_insert(failure);
+        }
         match &self.failed {
             None => Ok(()),
             Some((path, why)) => Err(SpoolError::io(

@@ -111,6 +111,11 @@ impl Api {
         Ok(token.jwt.clone())
     }
 
+    /// The user the fs is logged in as.
+    pub fn identity(&self) -> &str {
+        &self.login.identity
+    }
+
     /// Forgets the token (it was refused): the next call logs in again.
     pub async fn forget_token(&self) {
         *self.token.lock().await = Token::default();

@@ -140,7 +140,7 @@ impl Shared {
     async fn refresh(&self) -> Result<tree::Stale, FsError> {
         let (dirs, triggers) = self.api.lists().await?;
         let mut tree = self.tree.write().unwrap_or_else(|e| e.into_inner());
-        let stale = tree.replace(dirs, triggers);
+        let stale = tree.replace(self.api.identity(), dirs, triggers);
         self.responses.retain(|id| tree.has_trigger(id));
         Ok(stale)
     }

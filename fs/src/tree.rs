@@ -51,6 +51,12 @@ pub struct TriggerView {
     pub batch_lines: i64,
     /// RFC 3339.
     pub created: String,
+    /// `local` (its owner's alone), `team` or `public`.
+    #[serde(default)]
+    pub visibility: String,
+    /// Who created it.
+    #[serde(default)]
+    pub owner: String,
 }
 
 fn default_batch_lines() -> i64 {
@@ -130,9 +136,15 @@ fn time(rfc3339: &str) -> SystemTime {
 }
 
 impl Tree {
-    /// Replaces the tree with the control plane's lists; returns the entries the kernel may
-    /// still have cached that are gone or now name something else.
-    pub fn replace(&mut self, dirs: Vec<DirectoryView>, triggers: Vec<TriggerView>) -> Stale {
+    /// Replaces the tree with the control plane's lists, as user `me` sees them (another
+    /// member's `local` triggers are not shown); returns the entries the kernel may still
+    /// have cached that are gone or now name something else.
+    pub fn replace(
+        &mut self,
+        me: &str,
+        dirs: Vec<DirectoryView>,
+        triggers: Vec<TriggerView>,
+    ) -> Stale {
         if self.next_dir_ino == 0 {
             self.next_dir_ino = ROOT + 1;
         }
@@ -166,6 +178,9 @@ impl Tree {
         let mut new_triggers = HashMap::new();
         let mut new_paths = BTreeMap::new();
         for t in triggers {
+            if t.visibility == "local" && t.owner != me {
+                continue;
+            }
             let trigger = Trigger {
                 id: t.id,
                 args: t.args.into_iter().collect(),
@@ -260,13 +275,15 @@ mod tests {
             split: "lines".into(),
             batch_lines: 1000,
             created: "2026-11-29T10:00:00Z".into(),
+            visibility: "team".into(),
+            owner: "hp".into(),
         }
     }
 
     #[test]
     fn inodes_are_stable_and_renames_are_stale() {
         let mut tree = Tree::default();
-        let stale = tree.replace(vec![dir("a"), dir("b")], vec![trigger(1, "a", "t")]);
+        let stale = tree.replace("hp", vec![dir("a"), dir("b")], vec![trigger(1, "a", "t")]);
         assert!(stale.is_empty());
         let a = tree.dir("a").unwrap().ino;
         let b = tree.dir("b").unwrap().ino;
@@ -275,7 +292,7 @@ mod tests {
         assert_eq!(tree.triggers_in("a").count(), 1);
         assert_eq!(tree.triggers_in("b").count(), 0);
         // `mv a/t b/u`: same inode, the old name is stale; `rmdir`-ed `a` too.
-        let stale = tree.replace(vec![dir("b")], vec![trigger(1, "b", "u")]);
+        let stale = tree.replace("hp", vec![dir("b")], vec![trigger(1, "b", "u")]);
         assert_eq!(stale, vec![(ROOT, "a".to_string()), (a, "t".to_string())]);
         assert_eq!(
             tree.trigger_by_ino(TRIGGER_BASE + 1).unwrap().path(),
@@ -283,8 +300,23 @@ mod tests {
         );
         assert_eq!(tree.dir("b").unwrap().ino, b);
         // `a` made again gets its old inode.
-        tree.replace(vec![dir("b"), dir("a")], vec![]);
+        tree.replace("hp", vec![dir("b"), dir("a")], vec![]);
         assert_eq!(tree.dir("a").unwrap().ino, a);
         assert!(!tree.has_trigger(1));
+    }
+
+    #[test]
+    fn another_members_local_triggers_are_not_shown() {
+        let mut tree = Tree::default();
+        let mut mine = trigger(1, "a", "mine");
+        mine.visibility = "local".into();
+        let mut theirs = trigger(2, "a", "theirs");
+        theirs.visibility = "local".into();
+        theirs.owner = "carol".into();
+        let shared = trigger(3, "a", "shared");
+        tree.replace("hp", vec![dir("a")], vec![mine, theirs, shared]);
+        let names: Vec<&str> = tree.triggers_in("a").map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["mine", "shared"]);
+        assert!(!tree.has_trigger(2));
     }
 }

@@ -126,6 +126,13 @@ impl TriggerFs {
         tree.trigger_by_ino(ino).map(|t| self.trigger_attr(t))
     }
 
+    fn reply_attr(&self, ino: u64, reply: ReplyAttr) {
+        match self.attr_of(ino) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
     fn name(name: &OsStr) -> Result<&str, Errno> {
         name.to_str().ok_or(Errno::ENOENT)
     }
@@ -240,10 +247,7 @@ impl Filesystem for TriggerFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr_of(ino.0) {
-            Some(attr) => reply.attr(&TTL, &attr),
-            None => reply.error(Errno::ENOENT),
-        }
+        self.reply_attr(ino.0, reply);
     }
 
     fn setattr(
@@ -297,10 +301,7 @@ impl Filesystem for TriggerFs {
             };
             self.shared.touch(trigger.id, t);
         }
-        match self.attr_of(ino.0) {
-            Some(attr) => reply.attr(&TTL, &attr),
-            None => reply.error(Errno::ENOENT),
-        }
+        self.reply_attr(ino.0, reply);
     }
 
     fn readdir(

@@ -190,17 +190,10 @@ impl SpoolReader {
 
     /// Writes `seq` into `ack.fast` in place.
     fn persist_fast(&mut self, seq: u64) -> Result<(), SpoolError> {
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        use std::os::unix::fs::FileExt;
         let path = self.shared.dir.join(super::recover::ACK_FAST);
         if self.fast.is_none() {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| SpoolError::io("open", &path, e))?;
-            self.fast = Some(file);
+            self.fast = Some(super::recover::open_private(&path)?);
         }
         if let Some(file) = &self.fast {
             // 12 bytes at offset 0: within one page, so a killed process leaves the old

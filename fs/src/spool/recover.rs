@@ -185,16 +185,21 @@ pub(super) fn open(cfg: &SpoolConfig) -> Result<Recovered, SpoolError> {
     })
 }
 
-/// Takes the directory's `flock`, so one spool is open on it at a time.
-fn lock(dir: &Path) -> Result<File, SpoolError> {
-    let path = dir.join(LOCK);
-    let file = OpenOptions::new()
+/// Opens `path` for writing, made 0600 if new, its contents kept.
+pub(super) fn open_private(path: &Path) -> Result<File, SpoolError> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(|e| SpoolError::io("open", &path, e))?;
+        .open(path)
+        .map_err(|e| SpoolError::io("open", path, e))
+}
+
+/// Takes the directory's `flock`, so one spool is open on it at a time.
+fn lock(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join(LOCK);
+    let file = open_private(&path)?;
     // SAFETY: flock on a descriptor we own; no memory is passed.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {

@@ -186,6 +186,22 @@ impl Rig {
     fn fs_output(&self) -> String {
         self.fs_out.lock().unwrap().join("\n")
     }
+
+    /// Waits until `sink` has at least `n` lines; the error says how many and what the fs
+    /// printed.
+    async fn wait_lines(&self, sink: &Path, n: usize, within: Duration) -> Result<()> {
+        wait_until(within, &format!("{n} lines at the worker"), || async {
+            count_lines(sink) >= n
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "{} of {n} lines; fs said:\n{}",
+                count_lines(sink),
+                self.fs_output()
+            )
+        })
+    }
 }
 
 impl Drop for Rig {
@@ -385,19 +401,8 @@ async fn two_writers_every_line_once_in_order() -> Result<()> {
         assert_eq!((n, err.map(|e| e.to_string())), (100_000, None));
     }
     let sink = rig.sink("access");
-    wait_until(
-        Duration::from_secs(60),
-        "200,000 lines at the worker",
-        || async { count_lines(&sink) >= 200_000 },
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "{} lines; fs said:\n{}",
-            count_lines(&sink),
-            rig.fs_output()
-        )
-    })?;
+    rig.wait_lines(&sink, 200_000, Duration::from_secs(60))
+        .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = read_sink(&sink);
     assert_eq!(got.len(), 2, "only the two writers' tags");
@@ -436,19 +441,8 @@ async fn a_broker_restart_loses_and_repeats_nothing() -> Result<()> {
     let (n, err) = writer.join().unwrap();
     assert_eq!((n, err.map(|e| e.to_string())), (100_000, None));
     let sink = rig.sink("access");
-    wait_until(
-        Duration::from_secs(90),
-        "100,000 lines at the worker",
-        || async { count_lines(&sink) >= 100_000 },
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "{} lines; fs said:\n{}",
-            count_lines(&sink),
-            rig.fs_output()
-        )
-    })?;
+    rig.wait_lines(&sink, 100_000, Duration::from_secs(90))
+        .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly_once_in_order(&read_sink(&sink)["x"], 100_000, "after a broker restart");
     let replays = rig
@@ -486,19 +480,8 @@ async fn an_fs_killed_mid_run_loses_no_acknowledged_write() -> Result<()> {
     // Started again on the same mount point: the stale mount is cleared.
     rig.start_fs()?;
     let sink = rig.sink("access");
-    wait_until(
-        Duration::from_secs(60),
-        "every acknowledged line at the worker",
-        || async { count_lines(&sink) >= acknowledged },
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "{} of {acknowledged}; fs said:\n{}",
-            count_lines(&sink),
-            rig.fs_output()
-        )
-    })?;
+    rig.wait_lines(&sink, acknowledged, Duration::from_secs(60))
+        .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = &read_sink(&sink)["k"];
     // The write that was in flight when the fs died may or may not have reached the spool.
@@ -511,10 +494,8 @@ async fn an_fs_killed_mid_run_loses_no_acknowledged_write() -> Result<()> {
     // And the mount works again.
     let (n2, err) = write_lines(&file, "k", n, 100, 10, Duration::ZERO, None);
     assert_eq!((n2, err.map(|e| e.to_string())), (100, None));
-    wait_until(Duration::from_secs(20), "the later lines", || async {
-        count_lines(&sink) >= n + 100
-    })
-    .await?;
+    rig.wait_lines(&sink, n + 100, Duration::from_secs(20))
+        .await?;
     Ok(())
 }
 
@@ -537,17 +518,12 @@ async fn a_full_spool_says_enospc_until_it_drains() -> Result<()> {
     .await?;
     rig.restart_broker()?;
     let sink = rig.sink("access");
-    wait_until(Duration::from_secs(60), "the spool drained", || async {
-        count_lines(&sink) >= accepted
-    })
-    .await
-    .with_context(|| rig.fs_output())?;
+    rig.wait_lines(&sink, accepted, Duration::from_secs(60))
+        .await?;
     let (more, err) = write_lines(&file, "s", accepted, 1000, 100, Duration::ZERO, None);
     assert_eq!((more, err.map(|e| e.to_string())), (1000, None));
-    wait_until(Duration::from_secs(30), "the later lines", || async {
-        count_lines(&sink) >= accepted + 1000
-    })
-    .await?;
+    rig.wait_lines(&sink, accepted + 1000, Duration::from_secs(30))
+        .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_exactly_once_in_order(
         &read_sink(&sink)["s"],
@@ -741,10 +717,7 @@ async fn other_users_write_only_with_allow_other_and_the_mode() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let sink = rig.sink("www");
-    wait_until(Duration::from_secs(10), "nobody's line", || async {
-        count_lines(&sink) >= 1
-    })
-    .await?;
+    rig.wait_lines(&sink, 1, Duration::from_secs(10)).await?;
     // chmod 644: nobody may no longer write.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
     let out = as_nobody("from nobody 2")?;

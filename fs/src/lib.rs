@@ -268,9 +268,11 @@ pub async fn run(opts: FsOptions, shutdown: impl Future<Output = ()>) -> Result<
     shared.flush_hits().await;
     let left = shared.spool.stats().pending_records;
     shared.log.line(&format!(
-        "Stopped. {} writes, {} requests ended, {} refused with ENOSPC, {left} left in the spool.",
+        "Stopped. {} writes, {} requests ended ({} rejected), {} writes refused with ENOSPC, \
+         {left} requests left in the spool.",
         shared.writes.load(Ordering::Relaxed),
         shared.delivered.load(Ordering::Relaxed),
+        shared.rejected.load(Ordering::Relaxed),
         shared.refused_full.load(Ordering::Relaxed),
     ));
     shared.log.flush();

@@ -85,7 +85,10 @@ mod tests {
             .spawn()
             .unwrap();
         let group = marked.id() as i32;
-        assert!(reap(&instance) >= 2, "the leader and its child are found");
+        // The leader at least (its background child may be caught between fork and exec,
+        // when /proc does not show its environment yet; the group kill takes it anyway,
+        // which the check below sees).
+        assert!(reap(&instance) >= 1, "the marked leader is found");
         marked.wait().unwrap();
         // The whole group is gone: kill(2) with signal 0 finds no member.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -177,10 +177,24 @@ impl Rig {
         }
     }
 
+    /// Starts the broker again on its port. While it was down, another test's connection may
+    /// have taken the port as its local one for a moment: a few attempts.
     fn restart_broker(&mut self) -> Result<()> {
-        let (broker, _) = start_controlled_broker(&self.control, self.port, &[])?;
-        self.broker = Some(broker);
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            match start_controlled_broker(&self.control, self.port, &[]) {
+                Ok((broker, _)) => {
+                    self.broker = Some(broker);
+                    return Ok(());
+                }
+                Err(e) if attempt < 20 => {
+                    eprintln!("the broker did not start again ({e:#}); trying again");
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn fs_output(&self) -> String {

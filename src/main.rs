@@ -6,11 +6,12 @@
 
 mod client_cmd;
 mod metrics_http;
+mod seed;
 mod settings;
 mod up;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use settings::Settings;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,12 @@ enum Command {
     #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchChild(bench::ChildArgs),
+    /// Create the seed's program names (triggerfs-client, triggerfs-worker, triggerfs-fs)
+    /// in DIR as symlinks to this binary; started under one, it runs that subcommand.
+    InstallLinks {
+        /// Where to create the links (e.g. a directory on PATH).
+        dir: PathBuf,
+    },
     /// Manage plugins.
     Plugins {
         #[command(subcommand)]
@@ -241,6 +248,12 @@ struct WorkerArgs {
     /// syntax); default: [workers] shell, else `sh`.
     #[arg(long, env = "TRIGGERFS_SHELL")]
     shell: Option<String>,
+    /// The seed's `-debug true`: log the acceptance, each announced service and every
+    /// heartbeat sent and received.
+    #[arg(long, env = "TRIGGERFS_DEBUG", num_args = 0..=1, default_missing_value = "true",
+          default_value = "false", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    debug: bool,
 }
 
 fn main() {
@@ -250,12 +263,26 @@ fn main() {
             std::process::exit(plugins::run_core(name));
         }
     }
-    let cli = Cli::parse();
+    // The seed's names (`triggerfs-client` ...) and single-dash flags (`-service`).
+    let cli = Cli::parse_from(seed::seed_args(
+        &Cli::command(),
+        std::env::args_os().collect(),
+    ));
+    let debug = match &cli.command {
+        Command::Worker(args) => args.debug,
+        Command::Client(args) => args.debug,
+        _ => false,
+    };
     let raised = raise_open_file_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if debug {
+                    "info,client=debug,worker=debug"
+                } else {
+                    "info"
+                })
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -379,6 +406,12 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Bench(args) => tokio_runtime()?.block_on(bench::run(args)),
         #[cfg(feature = "bench")]
         Command::BenchChild(args) => bench::run_child(args),
+        Command::InstallLinks { dir } => {
+            for link in seed::install_links(&dir)? {
+                println!("linked {}", link.display());
+            }
+            Ok(0)
+        }
         Command::Plugins { command } => match command {
             PluginsCommand::Install { dir } => {
                 for path in plugins::install(&dir)? {
@@ -566,5 +599,6 @@ fn worker_config(args: WorkerArgs, settings: &Settings) -> Result<worker::Worker
             .or_else(|| settings.shell.clone())
             .unwrap_or_else(|| worker::DEFAULT_SHELL.into()),
         reconnect_max: Duration::from_secs(1),
+        debug: args.debug,
     })
 }

@@ -246,6 +246,7 @@ async fn local_worker(
         max_concurrency: 64,
         shell: worker::DEFAULT_SHELL.into(),
         reconnect_max: Duration::from_secs(1),
+        debug: false,
     };
     Ok((config, jwt))
 }

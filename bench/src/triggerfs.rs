@@ -53,6 +53,7 @@ impl Workers {
                 max_concurrency: 1024,
                 shell: worker::DEFAULT_SHELL.into(),
                 reconnect_max: Duration::from_millis(500),
+                debug: false,
             };
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             workers.stops.push(stop_tx);

@@ -62,9 +62,12 @@ async fn run_command(args: ClientArgs, stdin: &str, interrupt: impl Future<Outpu
     }
 }
 
-/// Splits off the last line, `Time ran: <Duration Debug>`, and checks its shape.
+/// Splits off the last lines, `Time ran: <Go duration>` and the seed's empty line, and
+/// checks their shape.
 fn without_time_ran(out: &str) -> &str {
-    let body = out.strip_suffix('\n').unwrap();
+    let body = out
+        .strip_suffix("\n\n")
+        .unwrap_or_else(|| panic!("no empty last line: {out:?}"));
     let (head, last) = body.rsplit_once('\n').unwrap();
     let time = last
         .strip_prefix("Time ran: ")

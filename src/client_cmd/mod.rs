@@ -69,10 +69,10 @@ pub struct ClientArgs {
     #[arg(long, env = "TRIGGERFS_TIMEOUT", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
     /// The command text; when absent, all of stdin (one trailing newline trimmed).
-    #[arg(long, env = "TRIGGERFS_COMMAND")]
+    #[arg(long, env = "TRIGGERFS_COMMAND", allow_hyphen_values = true)]
     pub command: Option<String>,
     /// A plugin argument `key=value`; repeat for more.
-    #[arg(long = "args", env = "TRIGGERFS_ARGS", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    #[arg(long = "args", env = "TRIGGERFS_ARGS", value_name = "KEY=VALUE", allow_hyphen_values = true, value_parser = parse_key_value)]
     pub args: Vec<(String, String)>,
     /// File whose bytes are the request's payload.
     #[arg(long, env = "TRIGGERFS_PAYLOAD_FILE")]
@@ -81,6 +81,11 @@ pub struct ClientArgs {
     /// of output lines; a worker's `output_dropped` counts the older lines left out.
     #[arg(long, env = "TRIGGERFS_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
+    /// The seed's `-debug true`: also log the client library's debug lines on stderr.
+    #[arg(long, env = "TRIGGERFS_DEBUG", num_args = 0..=1, default_missing_value = "true",
+          default_value = "false", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub debug: bool,
     /// Fire and forget: return once the broker has queued the request.
     #[arg(long, env = "TRIGGERFS_NO_WAIT", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_wait: bool,

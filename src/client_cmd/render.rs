@@ -10,6 +10,7 @@
 //! Exit code: 0
 //! Total messages: 1
 //! Time ran: 907.914622ms
+//!
 //! ```
 
 use client::{ClientEvent, Outcome, WorkerOutcome, WorkerStatus};
@@ -202,7 +203,9 @@ pub fn write_report(
         writeln!(out, "Exit code: {}", exit_text(worker))?;
     }
     writeln!(out, "Total messages: {}", outcome.total_messages)?;
-    writeln!(out, "Time ran: {:?}", outcome.elapsed)?;
+    writeln!(out, "Time ran: {}", go_duration(outcome.elapsed))?;
+    // The seed ends its report with an empty line.
+    writeln!(out)?;
     out.flush()?;
     if outcome.disconnected {
         writeln!(
@@ -212,6 +215,43 @@ pub fn write_report(
         err.flush()?;
     }
     Ok(())
+}
+
+/// A duration as Go's `time.Duration` prints it, as the seed's `Time ran:` shows it:
+/// `0s`, `750ns`, `1.5µs`, `907.914622ms`, `2s`, `1m0.017s`, `1h0m0s`.
+pub fn go_duration(d: std::time::Duration) -> String {
+    // `whole.rem` with `digits` decimals, trailing zeros (and a bare point) dropped.
+    fn decimal(whole: u128, rem: u128, digits: usize) -> String {
+        let mut text = whole.to_string();
+        if rem != 0 {
+            text.push('.');
+            text.push_str(format!("{rem:0digits$}").trim_end_matches('0'));
+        }
+        text
+    }
+    let nanos = d.as_nanos();
+    match nanos {
+        0 => "0s".to_string(),
+        1..=999 => format!("{nanos}ns"),
+        1_000..=999_999 => format!("{}µs", decimal(nanos / 1_000, nanos % 1_000, 3)),
+        1_000_000..=999_999_999 => {
+            format!("{}ms", decimal(nanos / 1_000_000, nanos % 1_000_000, 6))
+        }
+        _ => {
+            let secs = nanos / 1_000_000_000;
+            let (hours, minutes) = (secs / 3600, secs / 60 % 60);
+            let mut text = String::new();
+            if hours > 0 {
+                text.push_str(&format!("{hours}h"));
+            }
+            if hours > 0 || minutes > 0 {
+                text.push_str(&format!("{minutes}m"));
+            }
+            text.push_str(&decimal(secs % 60, nanos % 1_000_000_000, 9));
+            text.push('s');
+            text
+        }
+    }
 }
 
 /// `0`, `3`, `lost (WorkerLost: ...)`, `timeout (Timeout: ...)`, `unfinished`.
@@ -233,6 +273,29 @@ mod tests {
     use super::*;
     use jiff::tz::offset;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn durations_are_like_go() {
+        let check = |nanos: u64, want: &str| {
+            assert_eq!(go_duration(Duration::from_nanos(nanos)), want, "{nanos}")
+        };
+        check(0, "0s");
+        check(1, "1ns");
+        check(999, "999ns");
+        check(1_000, "1µs");
+        check(1_500, "1.5µs");
+        check(999_999, "999.999µs");
+        check(1_000_000, "1ms");
+        check(907_914_622, "907.914622ms");
+        check(118_079_784, "118.079784ms");
+        check(1_000_000_000, "1s");
+        check(2_500_000_000, "2.5s");
+        check(59_999_999_999, "59.999999999s");
+        check(60_017_000_000, "1m0.017s");
+        check(3_600_000_000_000, "1h0m0s");
+        check(3_723_000_000_001, "1h2m3.000000001s");
+        check(90_000_000_000_000, "25h0m0s");
+    }
 
     #[test]
     fn timestamps_are_like_go_log() {

@@ -15,5 +15,6 @@ mod e2e {
     pub mod idem;
     pub mod persistent;
     pub mod readme;
+    pub mod seed_cli;
     pub mod trust;
 }

@@ -59,8 +59,15 @@ pub enum Lookup {
 impl CoreState {
     /// The core plugin `name` resolves to under `pluginspath`.
     pub fn lookup(&self, pluginspath: &Path, name: &str) -> Lookup {
-        // `x/y` names an executable inside `x`; only `x` can be a core plugin's directory.
-        if name.contains('/') || proto::names::check_plugin(name).is_err() {
+        // `x/y` names an executable inside `x`, except `x/x` (the seed's spelling, as in
+        // `command/command`): that is the plugin of directory `x`, a core one if its
+        // manifest says so.
+        let name = match name.split_once('/') {
+            Some((dir, executable)) if dir == executable => dir,
+            Some(_) => return Lookup::NotCore,
+            None => name,
+        };
+        if proto::names::check_plugin(name).is_err() {
             return Lookup::NotCore;
         }
         let now = Instant::now();
@@ -645,11 +652,31 @@ mod tests {
         ));
         assert!(matches!(state.lookup(dir.path(), "mine"), Lookup::NotCore));
         assert!(matches!(state.lookup(dir.path(), "nope"), Lookup::NotCore));
+        // The seed's `<dir>/<executable>` spelling of a core plugin is that core plugin.
         assert!(matches!(
             state.lookup(dir.path(), "echo/echo"),
+            Lookup::Core(CorePlugin::Echo, _)
+        ));
+        assert!(matches!(
+            state.lookup(dir.path(), "command/command"),
+            Lookup::Core(CorePlugin::Command, _)
+        ));
+        // Any other `x/y` is an executable inside `x`, never a core plugin.
+        assert!(matches!(
+            state.lookup(dir.path(), "echo/command"),
+            Lookup::NotCore
+        ));
+        assert!(matches!(
+            state.lookup(dir.path(), "echo/echo/echo"),
+            Lookup::NotCore
+        ));
+        assert!(matches!(
+            state.lookup(dir.path(), "mine/mine"),
             Lookup::NotCore
         ));
         assert!(matches!(state.lookup(dir.path(), ".."), Lookup::NotCore));
+        assert!(matches!(state.lookup(dir.path(), "../.."), Lookup::NotCore));
+        assert!(matches!(state.lookup(dir.path(), "/echo"), Lookup::NotCore));
         match state.lookup(dir.path(), "bad") {
             Lookup::Invalid(reason) => assert!(!reason.contains(dir.path().to_str().unwrap())),
             other => panic!("{other:?}"),

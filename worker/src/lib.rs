@@ -68,6 +68,9 @@ pub struct WorkerConfig {
     pub shell: String,
     /// Cap of the exponential reconnect backoff.
     pub reconnect_max: Duration,
+    /// The seed's `-debug true`: log the broker's acceptance, each announced service
+    /// (`Found service X. Announcing it to broker.`) and every heartbeat sent and received.
+    pub debug: bool,
 }
 
 /// What can go wrong in the worker.

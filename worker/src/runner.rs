@@ -487,7 +487,9 @@ async fn run_shell(
         }
         return;
     }
-    let dir = runner.pluginspath.join(&dispatch.plugin);
+    // The plugin's directory: `command`, or `x` of the seed's spelling `x/x`.
+    let dir_name = dispatch.plugin.split('/').next().unwrap_or_default();
+    let dir = runner.pluginspath.join(dir_name);
     let mut cmd = plugin_command(runner, Path::new(&runner.shell), &dir);
     request_env(&mut cmd, dispatch);
     cmd.arg("-c").arg(&script);

@@ -94,6 +94,21 @@ async fn serve_inner(
                 waited: HANDSHAKE_TIMEOUT,
             })??;
     *welcomed = true;
+    if config.debug {
+        info!(
+            "received BROKER_ACCEPTED from broker for worker {} - Connected",
+            config.identity
+        );
+        let mut announced: Vec<&String> = vec![&config.identity];
+        for service in &config.services {
+            if !announced.contains(&service) {
+                announced.push(service);
+            }
+        }
+        for service in announced {
+            info!("Found service {service}. Announcing it to broker.");
+        }
+    }
     writer
         .write_frame(&Frame::Announce {
             services: config.services.clone(),
@@ -124,6 +139,9 @@ async fn serve_inner(
                 }
                 // Then every frame already buffered, without a pass through the select.
                 loop {
+                    if config.debug && frame == Frame::Heartbeat {
+                        info!("received HEARTBEAT for worker {} from broker.", config.identity);
+                    }
                     handle_frame(shared, frame, &out_tx, &mut active).await?;
                     match checked(config, reader.try_frame())? {
                         Some(next) => frame = next,
@@ -133,7 +151,9 @@ async fn serve_inner(
             }
             _ = ticker.tick() => {
                 // A full queue means frames are flowing anyway.
-                let _ = out_tx.try_send(Frame::Heartbeat);
+                if out_tx.try_send(Frame::Heartbeat).is_ok() && config.debug {
+                    info!("sent HEARTBEAT for worker {} to broker.", config.identity);
+                }
             }
             () = &mut silence => return Err(WorkerError::BrokerSilent { silent: silence_limit }),
             ended = &mut writer_task => {

@@ -108,6 +108,7 @@ fn config(addr: &str, pluginspath: &Path) -> WorkerConfig {
         max_concurrency: 4,
         shell: crate::DEFAULT_SHELL.into(),
         reconnect_max: Duration::from_millis(200),
+        debug: false,
     }
 }
 

@@ -26,6 +26,7 @@ async fn mirror_echo_to_200_workers() -> Result<()> {
             max_concurrency: 4,
             shell: worker::DEFAULT_SHELL.into(),
             reconnect_max: Duration::from_secs(1),
+            debug: false,
         };
         let mut stop = stop_rx.clone();
         tokio::spawn(worker::run(config, async move {

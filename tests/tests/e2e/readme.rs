@@ -229,7 +229,8 @@ fn map_command(text: &str, ports: Ports) -> String {
 }
 
 /// Dates, clock times and durations: what differs from one run to the next.
-const VOLATILE: &str = r"\d{4}/\d{2}/\d{2}|\d{1,2}:\d{2}:\d{2}|\d+(?:\.\d+)?(?:ns|µs|ms|s)\b";
+const VOLATILE: &str =
+    r"\d{4}/\d{2}/\d{2}|\d{1,2}:\d{2}:\d{2}|(?:\d+h)?(?:\d+m)?\d+(?:\.\d+)?(?:ns|µs|ms|s)\b";
 
 /// What an output line the README shows must look like (see the module's documentation).
 fn line_pattern(expected: &str) -> Result<Regex> {

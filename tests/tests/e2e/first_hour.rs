@@ -1,0 +1,107 @@
+//! What a newcomer meets in the first hour: errors that say what to do, an HTTP gateway whose
+//! refusals are HTTP statuses, logs without colour codes in files, a worker set up from the
+//! config `up` wrote, and a test script that says it is building.
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tests::*;
+
+/// A control plane, a broker that follows it, and the admin logged in.
+async fn controlled() -> Result<(Control, Proc, String, Api)> {
+    let port = free_port();
+    let broker_addr = format!("127.0.0.1:{port}");
+    let control = Control::start(&broker_addr)?;
+    let (team, admin, secret) = control.admin.clone();
+    let api = Api::login(&control.url, &team, &admin, &secret).await?;
+    api.new_worker("idle").await?;
+    api.ok(
+        "POST",
+        "/api/v1/services",
+        json!({"name": "lonely", "algorithm": "roundrobin", "visibility": "team", "workers": ["idle"]}),
+    )
+    .await?;
+    let (broker, _lines) = start_controlled_broker(&control, port, &[])?;
+    Ok((control, broker, broker_addr, api))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_refusals_before_any_output_are_http_statuses() -> Result<()> {
+    let (control, _broker, _addr, api) = controlled().await?;
+    let (team, _, _) = control.admin.clone();
+    let body = json!({"plugin": "echo", "command": "hi"});
+    // Wait until the broker has the configuration: `lonely` is known, with no worker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let answer = api
+            .call("POST", "/api/v1/services/lonely/requests", body.clone())
+            .await?;
+        if answer.0 == reqwest::StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(last.0, 503, "{last:?}");
+    assert_eq!(last.1["code"], "ServiceUnavailable", "{last:?}");
+    assert!(
+        last.1["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("NoWorkersOnline")),
+        "{last:?}"
+    );
+
+    let (status, answer) = api
+        .call("POST", "/api/v1/services/nosuch/requests", body.clone())
+        .await?;
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(answer["code"], "NotFound", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("NoSuchService")),
+        "{answer}"
+    );
+
+    // Another team's service that is not public: the broker says it does not exist.
+    let (status, answer) = api
+        .call(
+            "POST",
+            &format!("/api/v1/services/{}%2Flonely/requests", "otherteam"),
+            body.clone(),
+        )
+        .await?;
+    assert!(
+        status == 404 || status == 403,
+        "{status} {answer} (team {team})"
+    );
+
+    // `curl -f` sees the refusal in its exit status (22: HTTP error).
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-f",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+        ])
+        .arg("-H")
+        .arg(format!(
+            "authorization: Bearer {}",
+            api.token.as_deref().unwrap()
+        ))
+        .arg("--data")
+        .arg(body.to_string())
+        .arg(format!("{}/api/v1/services/nosuch/requests", control.url))
+        .output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(22),
+        "curl -f: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

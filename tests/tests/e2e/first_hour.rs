@@ -27,6 +27,26 @@ async fn controlled() -> Result<(Control, Proc, String, Api)> {
     Ok((control, broker, broker_addr, api))
 }
 
+/// `triggerfs <args>` in an empty home (no `~/triggerfs.toml`), without `NO_COLOR` and the
+/// `TRIGGERFS_*` variables; stdout and stderr piped.
+fn command(home: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env("HOME", home)
+        .current_dir(home)
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("TRIGGERFS_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_refusals_before_any_output_are_http_statuses() -> Result<()> {
     let (control, _broker, _addr, api) = controlled().await?;
@@ -103,5 +123,39 @@ async fn gateway_refusals_before_any_output_are_http_statuses() -> Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+#[test]
+fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() -> Result<()> {
+    let home = tempfile::tempdir()?;
+    let plugins = tempfile::tempdir()?;
+    // A port nothing listens on: the worker logs that it cannot reach the broker, and retries.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let mut child = command(
+        home.path(),
+        &[
+            "worker",
+            "--identity",
+            "w1",
+            "--broker",
+            &closed,
+            "--pluginspath",
+            plugins.path().to_str().unwrap(),
+        ],
+    )
+    .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    // A connection failure is not a reason to stop.
+    assert!(
+        child.try_wait()?.is_none(),
+        "the worker stopped on a broker that is not there"
+    );
+    child.kill()?;
+    child.wait()?;
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err)?;
+    assert!(err.contains("cannot reach broker"), "{err}");
+    assert!(!err.contains("\x1b["), "colour codes in a pipe: {err:?}");
     Ok(())
 }

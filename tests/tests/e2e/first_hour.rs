@@ -159,3 +159,55 @@ fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() -> Result<()> {
     assert!(!err.contains("\x1b["), "colour codes in a pipe: {err:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_with_a_wrong_token_stops_and_says_what_to_check() -> Result<()> {
+    let (control, _broker, addr, api) = controlled().await?;
+    let (team, _, _) = control.admin.clone();
+    let _good = api.new_worker("w1").await?;
+    let home = tempfile::tempdir()?;
+    let plugins = tempfile::tempdir()?;
+    for (identity, token) in [("w1", "not-the-token"), ("nobody", "not-a-token")] {
+        let started = Instant::now();
+        let out = command(
+            home.path(),
+            &[
+                "worker",
+                "--identity",
+                identity,
+                "--team",
+                &team,
+                "--token",
+                token,
+                "--broker",
+                &addr,
+                "--pluginspath",
+                plugins.path().to_str().unwrap(),
+            ],
+        )
+        .spawn()?;
+        let pid = out.id();
+        let waiter = std::thread::spawn(move || out.wait_with_output());
+        while !waiter.is_finished() && started.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !waiter.is_finished() {
+            // SAFETY: kill(2) on the child this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let out = waiter.join().unwrap()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{identity}: still running after {:?}: {err}",
+            started.elapsed()
+        );
+        assert!(!out.status.success(), "{identity}: {err}");
+        assert!(
+            err.contains("Check the team") && err.contains("POST /api/v1/workers"),
+            "{identity}: {err}"
+        );
+        assert!(err.contains("regenerate"), "{identity}: {err}");
+    }
+    Ok(())
+}

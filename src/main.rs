@@ -540,6 +540,7 @@ fn worker_config(args: WorkerArgs, settings: &Settings) -> Result<worker::Worker
         .team
         .clone()
         .or_else(|| from_file.as_ref().map(|(t, _)| t.clone()))
+        .or_else(|| settings.team.clone())
         .unwrap_or_else(|| "default".into());
     let token = args
         .token

@@ -211,3 +211,49 @@ async fn worker_with_a_wrong_token_stops_and_says_what_to_check() -> Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_with_the_config_up_wrote_needs_only_identity_and_token() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let up = Up::start(data.path())?;
+    let config = data.path().join("triggerfs.toml");
+    let text = std::fs::read_to_string(&config)?;
+    let plugins = data.path().join("plugins");
+    assert!(
+        text.contains("[workers]") && text.contains(&format!("pluginspath = {:?}", plugins)),
+        "{text}"
+    );
+
+    let api = Api::login(&up.url, &up.team, &up.identity, &up.secret).await?;
+    let token = api.new_worker("w2").await?;
+    let home = tempfile::tempdir()?;
+    let mut worker = command(
+        home.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "worker",
+            "--identity",
+            "w2",
+            "--token",
+            &token,
+        ],
+    )
+    .spawn()?;
+    let online = wait_until(Duration::from_secs(15), "w2 ONLINE in the API", || async {
+        api.ok("GET", "/api/v1/workers/w2", serde_json::Value::Null)
+            .await
+            .is_ok_and(|w| w["state"] == "ONLINE")
+    })
+    .await;
+    let exited = worker.try_wait()?;
+    let _ = worker.kill();
+    let out = worker.wait_with_output()?;
+    online.with_context(|| {
+        format!(
+            "worker exited: {exited:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(())
+}

@@ -257,3 +257,31 @@ async fn worker_with_the_config_up_wrote_needs_only_identity_and_token() -> Resu
     })?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_without_credentials_says_how_to_give_them() -> Result<()> {
+    let (_control, _broker, addr, _api) = controlled().await?;
+    let home = tempfile::tempdir()?;
+    let out = command(
+        home.path(),
+        &[
+            "client",
+            "--broker",
+            &addr,
+            "--service",
+            "x",
+            "--plugin",
+            "echo",
+            "--command",
+            "hi",
+        ],
+    )
+    .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no credentials were given"), "{err}");
+    for how in ["--config", "[main]", "--token"] {
+        assert!(err.contains(how), "{how} not mentioned: {err}");
+    }
+    Ok(())
+}

@@ -285,3 +285,53 @@ async fn client_without_credentials_says_how_to_give_them() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn scripts_test_says_it_is_building_before_it_builds() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // Stand-ins for cargo and the tools the script would otherwise install: each prints
+    // its name and arguments and succeeds.
+    let stubs = tempfile::tempdir()?;
+    for tool in [
+        "cargo",
+        "fusermount3",
+        "curl",
+        "jq",
+        "python3",
+        "psql",
+        "pg_isready",
+        "sudo",
+        "apt-get",
+    ] {
+        let path = stubs.path().join(tool);
+        std::fs::write(&path, format!("#!/bin/sh\necho \"stub {tool} $*\"\n"))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let path = format!(
+        "{}:{}",
+        stubs.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(root.join("scripts/test"))
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let said = lines
+        .iter()
+        .position(|l| l.starts_with("scripts/test: building the workspace"))
+        .with_context(|| format!("no building line: {text}"))?;
+    let built = lines
+        .iter()
+        .position(|l| l.starts_with("stub cargo build"))
+        .with_context(|| format!("no build: {text}"))?;
+    assert!(said < built, "{text}");
+    Ok(())
+}

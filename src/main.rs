@@ -285,6 +285,11 @@ fn main() {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     if let Err(e) = raised {
         tracing::warn!(error = %e, "cannot raise the open-file limit");
@@ -568,6 +573,7 @@ fn worker_config(args: WorkerArgs, settings: &Settings) -> Result<worker::Worker
         .team
         .clone()
         .or_else(|| from_file.as_ref().map(|(t, _)| t.clone()))
+        .or_else(|| settings.team.clone())
         .unwrap_or_else(|| "default".into());
     let token = args
         .token

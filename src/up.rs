@@ -86,17 +86,25 @@ struct ClientToml {
     main: MainSection,
 }
 
-/// Writes `<data>/triggerfs.toml` (0600): the admin's login plus where to find the servers.
+/// Writes `<data>/triggerfs.toml` (0600): the admin's login plus where to find the servers,
+/// and `[workers] pluginspath` (the data dir's plugins), so that `triggerfs worker` with
+/// this file needs only `--identity` and `--token`.
 fn write_client_config(
     path: &Path,
     admin: &controlplane::FirstAdmin,
     api: SocketAddr,
     broker: SocketAddr,
+    pluginspath: &Path,
 ) -> Result<()> {
+    let pluginspath = std::path::absolute(pluginspath)?;
     let text = format!(
         "# Written by `triggerfs up` on its first start: the admin's login.\n\
-         [main]\nteam = {:?}\nidentity = {:?}\nsecret = {:?}\nurl = \"http://{api}\"\nbroker = \"tcp://{broker}\"\n",
-        admin.team, admin.identity, admin.secret
+         [main]\nteam = {:?}\nidentity = {:?}\nsecret = {:?}\nurl = \"http://{api}\"\nbroker = \"tcp://{broker}\"\n\n\
+         [workers]\npluginspath = {:?}\n",
+        admin.team,
+        admin.identity,
+        admin.secret,
+        pluginspath.display().to_string()
     );
     controlplane::write_private(path, &text)?;
     Ok(())
@@ -284,7 +292,13 @@ pub fn run_up(
         let config_path = opts.data.join("triggerfs.toml");
         if let Some(admin) = &running.first_admin {
             announce_admin(admin);
-            write_client_config(&config_path, admin, api_addr, broker_addr)?;
+            write_client_config(
+                &config_path,
+                admin,
+                api_addr,
+                broker_addr,
+                &opts.data.join("plugins"),
+            )?;
         }
         println!("client config: {}", config_path.display());
         println!(

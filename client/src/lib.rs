@@ -51,6 +51,25 @@ pub enum ClientError {
         /// Detail.
         reason: String,
     },
+    /// The broker refused a connection that presented no credentials: none were given.
+    #[error(
+        "no credentials were given{missing}, and the broker at {broker} refused the connection \
+         ({kind}: {reason}). Give them with --config FILE (a triggerfs.toml whose [main] has team, \
+         identity and secret; `triggerfs up` writes one to its data dir, triggerfs-data/triggerfs.toml), \
+         with --team, --identity and --secret (TRIGGERFS_TEAM, TRIGGERFS_IDENTITY, TRIGGERFS_SECRET), \
+         or with --token JWT (TRIGGERFS_TOKEN)"
+    )]
+    NoCredentials {
+        /// The broker's address.
+        broker: String,
+        /// What of team, identity and secret is missing when some were given, e.g.
+        /// ` (--secret is missing)`; empty when none were.
+        missing: String,
+        /// The broker's error kind.
+        kind: ErrorKind,
+        /// The broker's reason.
+        reason: String,
+    },
     /// The broker answered the `Hello` with something other than `Welcome` or `Refused`.
     #[error("bad handshake with the broker: {reason}")]
     Handshake {
@@ -100,7 +119,10 @@ impl ClientError {
             | ClientError::Handshake { .. }
             | ClientError::Disconnected
             | ClientError::ControlPlane { .. } => 3,
-            ClientError::Refused { .. } | ClientError::Read { .. } | ClientError::Login { .. } => 2,
+            ClientError::Refused { .. }
+            | ClientError::NoCredentials { .. }
+            | ClientError::Read { .. }
+            | ClientError::Login { .. } => 2,
             ClientError::Output(_) => 1,
         }
     }

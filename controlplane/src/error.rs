@@ -83,6 +83,9 @@ pub enum ApiError {
         /// `workers`, `services`, `triggers` or `users`.
         what: &'static str,
     },
+    /// The broker refused a request under the team's quota (the message says which).
+    #[error("{0}")]
+    QuotaReached(String),
     /// The user may not create another team.
     #[error("user {identity} may create {limit} teams")]
     TeamsExceeded {
@@ -141,9 +144,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ApiError::TokenExpired => (StatusCode::UNAUTHORIZED, "TokenExpired"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
-            ApiError::QuotaExceeded { .. } | ApiError::TeamsExceeded { .. } => {
-                (StatusCode::FORBIDDEN, "QuotaExceeded")
-            }
+            ApiError::QuotaExceeded { .. }
+            | ApiError::QuotaReached(_)
+            | ApiError::TeamsExceeded { .. } => (StatusCode::FORBIDDEN, "QuotaExceeded"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),

@@ -17,7 +17,7 @@ mod fake_broker_tests;
 pub mod render;
 
 use client::{Client, ClientError, Outcome, RequestSpec};
-use proto::Credential;
+use proto::{Credential, ErrorKind};
 use render::{Console, LiveRender};
 use std::future::Future;
 use std::io::{Read, Write};
@@ -124,7 +124,16 @@ pub async fn run_with<O: Write, E: Write>(
 ) -> Result<i32, ClientError> {
     let spec = request_spec(&args, stdin)?;
     let token = credential_token(&args).await?;
-    let client = Client::connect(&args.broker, Credential::Jwt { token }).await?;
+    let anonymous = token.is_empty();
+    let client = Client::connect(&args.broker, Credential::Jwt { token })
+        .await
+        .map_err(|e| {
+            if anonymous {
+                without_credentials(&args, e)
+            } else {
+                e
+            }
+        })?;
 
     let started = Instant::now();
     let mut handle = client.request(spec).await?;
@@ -182,6 +191,37 @@ pub async fn credential_token(args: &ClientArgs) -> Result<String, ClientError> 
             client::login::login(url, team, identity, secret).await
         }
         _ => Ok(String::new()),
+    }
+}
+
+/// A refusal of a connection made without credentials ([`credential_token`] found none) as
+/// [`ClientError::NoCredentials`], which says how to give them; other errors as they are.
+pub fn without_credentials(args: &ClientArgs, e: ClientError) -> ClientError {
+    match e {
+        ClientError::Refused { kind, reason }
+            if matches!(kind, ErrorKind::Unauthorized | ErrorKind::Forbidden) =>
+        {
+            let missing: Vec<&str> = [
+                ("--team", args.team.is_none()),
+                ("--identity", args.identity.is_none()),
+                ("--secret", args.secret.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, absent)| absent.then_some(flag))
+            .collect();
+            let missing = if missing.len() == 3 {
+                String::new()
+            } else {
+                format!(" ({} missing)", missing.join(", "))
+            };
+            ClientError::NoCredentials {
+                broker: args.broker.clone(),
+                missing,
+                kind,
+                reason,
+            }
+        }
+        other => other,
     }
 }
 

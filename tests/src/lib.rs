@@ -426,6 +426,55 @@ pub fn read_until_listening(
     }
 }
 
+/// `triggerfs up` on a data dir, on ports 0, and what it printed on its first start.
+pub struct Up {
+    /// The process.
+    pub proc: Proc,
+    /// The broker's address.
+    pub broker: String,
+    /// The control plane, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The first admin: team, identity and secret.
+    pub team: String,
+    /// The admin's identity.
+    pub identity: String,
+    /// The admin's secret.
+    pub secret: String,
+}
+
+impl Up {
+    /// Starts `triggerfs up --data <data>` and reads until it is listening.
+    pub fn start(data: &Path) -> Result<Up> {
+        let (proc, mut stdout) = Proc::spawn(
+            "up",
+            &[
+                "up",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ],
+        )?;
+        let (lines, broker) = read_until_listening(&proc, &mut stdout)?;
+        let secret = line_value(&lines, "secret:").with_context(|| format!("{lines:?}"))?;
+        let url = line_value(&lines, "control plane listening on ").context("api line")?;
+        let created = line_value(&lines, "created team `").context("team line")?;
+        // "main` and admin `admin`"
+        let team = created.split('`').next().unwrap_or_default().to_string();
+        let identity = created.split('`').nth(2).unwrap_or_default().to_string();
+        Ok(Up {
+            proc,
+            broker,
+            url,
+            team,
+            identity,
+            secret,
+        })
+    }
+}
+
 /// The value after `prefix` on the first line that has it.
 pub fn line_value(lines: &[String], prefix: &str) -> Option<String> {
     lines

@@ -10,6 +10,7 @@ mod e2e {
     pub mod defences;
     pub mod failures;
     pub mod fanout;
+    pub mod first_hour;
     pub mod fs;
     pub mod http_limits;
     pub mod idem;

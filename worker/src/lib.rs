@@ -43,6 +43,12 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 /// The default cap of the reconnect backoff: a restarted broker is found within a second.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(1);
 
+/// How long the broker may go on refusing the worker's credentials (`Unauthorized`,
+/// `Forbidden`, `BadRequest` at the handshake) before [`run`] gives up: long enough for a
+/// worker just created through the API to reach the broker's configuration (within a
+/// second), short enough that a wrong token or identity is reported at once.
+pub const REFUSED_GIVE_UP: Duration = Duration::from_secs(3);
+
 /// How long [`run`] waits at shutdown for plugins to be stopped: the SIGTERM grace plus the
 /// drain, plus slack.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(4);
@@ -144,12 +150,23 @@ pub enum WorkerError {
     },
 }
 
+/// True for a handshake refusal that says the credentials themselves are wrong (as opposed
+/// to a broker that is starting, overloaded or cut the handshake short).
+fn credentials_refused(kind: proto::ErrorKind) -> bool {
+    matches!(
+        kind,
+        proto::ErrorKind::Unauthorized | proto::ErrorKind::Forbidden | proto::ErrorKind::BadRequest
+    )
+}
+
 /// Runs the worker until `shutdown` completes: connects, serves, reconnects with backoff.
 ///
 /// Returns `Ok(())` after `shutdown`, once running plugins were stopped (or after a few
 /// seconds); an error for a configuration that cannot work, and
 /// [`WorkerError::Broker`] with [`proto::ErrorKind::Superseded`] when a newer connection of
-/// the same identity took over (the worker stops rather than take the identity back).
+/// the same identity took over (the worker stops rather than take the identity back), and
+/// [`WorkerError::Refused`] when the broker refused its credentials for
+/// [`REFUSED_GIVE_UP`] (connection failures are retried for ever).
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
@@ -186,6 +203,8 @@ pub async fn run(
     };
     tokio::pin!(shutdown);
     let mut backoff = INITIAL_BACKOFF.min(reconnect_max);
+    // Since when the broker has refused our credentials, without a session in between.
+    let mut refused_since: Option<std::time::Instant> = None;
     loop {
         let mut welcomed = false;
         let ended = tokio::select! {
@@ -194,6 +213,28 @@ pub async fn run(
         };
         if welcomed {
             backoff = INITIAL_BACKOFF.min(reconnect_max);
+        }
+        match &ended {
+            WorkerError::Refused { kind, reason } if credentials_refused(*kind) => {
+                let since = *refused_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= REFUSED_GIVE_UP {
+                    // A wrong token, identity or team stays wrong: say what to check, stop.
+                    error!(
+                        "the broker at {} refuses worker `{}` of team `{}` ({kind}: {reason}); stopping. \
+                         Check the team (--team, or [main] team), the identity (--identity) and the token (--token, \
+                         or [workers.<team>.<identity>] token): a worker's token is the one `POST /api/v1/workers` \
+                         printed when the worker was created, or a new one from `POST /api/v1/workers/<identity>/regenerate`",
+                        config.broker, config.identity, config.team
+                    );
+                    drop(shared);
+                    let _ = tokio::join!(
+                        tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv()),
+                        persistent.shutdown()
+                    );
+                    return Err(ended);
+                }
+            }
+            _ => refused_since = None,
         }
         if let WorkerError::Broker {
             kind: proto::ErrorKind::Superseded,
@@ -211,9 +252,9 @@ pub async fn run(
             return Err(ended);
         }
         let delay = match &ended {
-            // A wrong token stays wrong: do not hammer the broker.
+            // Do not hammer the broker; a refusal that lasts ends the loop above.
             WorkerError::Refused { kind, reason } => {
-                error!(broker = %config.broker, identity = %config.identity, %kind, %reason, "broker refused the worker");
+                warn!(broker = %config.broker, identity = %config.identity, %kind, %reason, "broker refused the worker; retrying");
                 reconnect_max
             }
             other => {

@@ -414,6 +414,41 @@ async fn refused_worker_backs_off() {
 }
 
 #[tokio::test]
+async fn credentials_refused_for_long_end_the_worker() {
+    let tmp = TempDir::new("refused-long");
+    let broker = FakeBroker::bind().await;
+    let (_stop_tx, mut task) = start(config(&broker.addr, tmp.path()));
+    let started = Instant::now();
+    let ended = loop {
+        tokio::select! {
+            ended = &mut task => break ended.unwrap(),
+            (mut conn, _) = broker.accept() => {
+                conn.send(Frame::Refused {
+                    kind: ErrorKind::Unauthorized,
+                    reason: "wrong token".into(),
+                })
+                .await;
+            }
+        }
+    };
+    assert!(
+        matches!(
+            ended,
+            Err(WorkerError::Refused {
+                kind: ErrorKind::Unauthorized,
+                ..
+            })
+        ),
+        "{ended:?}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= crate::REFUSED_GIVE_UP && took < crate::REFUSED_GIVE_UP + Duration::from_secs(2),
+        "gave up after {took:?}"
+    );
+}
+
+#[tokio::test]
 async fn invalid_config_is_an_error() {
     let tmp = TempDir::new("config");
     let mut bad = config("127.0.0.1:1", tmp.path());

@@ -143,11 +143,17 @@ fn event_name(event: &ClientEvent) -> &'static str {
     }
 }
 
-/// The request's events until the final one. The client lives in the stream so that the
-/// connection stays open while the body is being sent; dropping the stream (the HTTP
-/// client went away) drops the handle, which cancels the request at the broker.
-fn client_events(client: Client, handle: RequestHandle) -> impl Stream<Item = ClientEvent> {
-    stream::unfold(Some((client, handle)), |state| async move {
+/// The request's events until the final one, starting with `first` (already read). The
+/// client lives in the stream so that the connection stays open while the body is being
+/// sent; dropping the stream (the HTTP client went away) drops the handle, which cancels the
+/// request at the broker.
+fn client_events(
+    first: ClientEvent,
+    client: Client,
+    handle: RequestHandle,
+) -> impl Stream<Item = ClientEvent> {
+    let rest = (!first.is_final()).then_some((client, handle));
+    let rest = stream::unfold(rest, |state| async move {
         let (client, mut handle) = state?;
         let event = handle.next().await.unwrap_or(ClientEvent::Disconnected);
         let next = if event.is_final() {
@@ -156,6 +162,33 @@ fn client_events(client: Client, handle: RequestHandle) -> impl Stream<Item = Cl
             Some((client, handle))
         };
         Some((event, next))
+    });
+    futures::StreamExt::chain(stream::iter([first]), rest)
+}
+
+/// A refusal that came before anything was streamed (the request's first event), as an HTTP
+/// error, so that `curl -f` and other HTTP clients see it in the status. `None`: the first
+/// event starts the stream.
+fn refusal(first: &ClientEvent) -> Option<ApiError> {
+    let (kind, message) = match first {
+        ClientEvent::Error { kind, message } => (*kind, message),
+        ClientEvent::Disconnected => {
+            return Some(ApiError::ServiceUnavailable(
+                "the broker closed the connection before answering".into(),
+            ))
+        }
+        _ => return None,
+    };
+    let text = format!("{kind}: {message}");
+    Some(match kind {
+        ErrorKind::NoSuchService | ErrorKind::PluginNotFound => ApiError::NotFound(text),
+        ErrorKind::Forbidden => ApiError::Forbidden(text),
+        ErrorKind::Unauthorized | ErrorKind::Revoked => ApiError::Unauthorized(text),
+        ErrorKind::QuotaExceeded => ApiError::QuotaReached(text),
+        ErrorKind::BadRequest | ErrorKind::Malformed | ErrorKind::TooLarge => {
+            ApiError::BadRequest(text)
+        }
+        _ => ApiError::ServiceUnavailable(text),
     })
 }
 
@@ -181,9 +214,12 @@ fn connect_error(e: ClientError, addr: &str) -> ApiError {
     request_body = GatewayRequest,
     responses((status = 200, description = "`application/x-ndjson` (one JSON object per event), or `text/event-stream` when asked for in Accept; events: routed, queued, accepted, output, done, failed, summary, error",
         content_type = "application/x-ndjson"),
+        (status = 400, description = "The broker refused the request as invalid (`BadRequest`), before anything ran", body = ErrorBody),
         (status = 401, description = "No, a bad or an expired JWT, or the broker refused it", body = ErrorBody),
+        (status = 403, description = "The caller may not use this service (`Forbidden`), or the team's quota does not allow the request (`QuotaExceeded`)", body = ErrorBody),
+        (status = 404, description = "No such service (`NoSuchService`) or plugin (`PluginNotFound`) as the broker sees it", body = ErrorBody),
         (status = 422, description = "A service or plugin name that breaks its rule, too many command words, or a bad timeout", body = ErrorBody),
-        (status = 503, description = "No broker is configured, or it cannot be reached", body = ErrorBody),
+        (status = 503, description = "No broker is configured, it cannot be reached, or no worker of the service is online (`NoWorkersOnline`); errors after the stream began stay in the stream", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn run_request(
     State(state): State<AppState>,
@@ -230,11 +266,17 @@ pub async fn run_request(
         .await
         .map_err(|_| ApiError::ServiceUnavailable(format!("the broker at {addr} did not answer")))?
         .map_err(|e| connect_error(e, &addr))?;
-    let handle = client
+    let mut handle = client
         .request(spec)
         .await
         .map_err(|e| connect_error(e, &addr))?;
-    let events = client_events(client, handle);
+    // The first event comes at once (`routed` is held back at most a few milliseconds):
+    // a refusal is answered with its HTTP status instead of a 200 stream.
+    let first = handle.next().await.unwrap_or(ClientEvent::Disconnected);
+    if let Some(e) = refusal(&first) {
+        return Err(e);
+    }
+    let events = client_events(first, client, handle);
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -268,6 +310,34 @@ pub async fn run_request(
 mod tests {
     use super::*;
     use proto::{Algorithm, Stream as OutStream, Summary};
+
+    #[test]
+    fn refusals_before_the_stream_are_http_statuses() {
+        for (kind, status, code) in [
+            (ErrorKind::NoSuchService, 404, "NotFound"),
+            (ErrorKind::PluginNotFound, 404, "NotFound"),
+            (ErrorKind::NoWorkersOnline, 503, "ServiceUnavailable"),
+            (ErrorKind::Forbidden, 403, "Forbidden"),
+            (ErrorKind::QuotaExceeded, 403, "QuotaExceeded"),
+            (ErrorKind::BadRequest, 400, "BadRequest"),
+            (ErrorKind::Unauthorized, 401, "Unauthorized"),
+        ] {
+            let event = ClientEvent::Error {
+                kind,
+                message: "m".into(),
+            };
+            let (got, got_code) = refusal(&event).expect("a refusal").status_code();
+            assert_eq!((got.as_u16(), got_code), (status, code), "{kind}");
+        }
+        assert!(refusal(&ClientEvent::Disconnected).is_some());
+        // Anything else starts the stream (200).
+        assert!(refusal(&ClientEvent::Queued { n_workers: 1 }).is_none());
+        let routed = ClientEvent::Routed {
+            algorithm: Algorithm::Mirror,
+            n_workers: 1,
+        };
+        assert!(refusal(&routed).is_none());
+    }
 
     #[test]
     fn event_shapes() {

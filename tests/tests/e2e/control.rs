@@ -364,24 +364,14 @@ async fn gateway_streams_mirror_output_to_curl_and_broker_metrics_count() -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_on_an_empty_data_dir_then_client_with_the_printed_credentials() -> Result<()> {
     let data = tempfile::tempdir()?;
-    let (up, mut stdout) = Proc::spawn(
-        "up",
-        &[
-            "up",
-            "--data",
-            data.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ],
-    )?;
-    let (lines, broker) = read_until_listening(&up, &mut stdout)?;
-    let secret = line_value(&lines, "secret:").with_context(|| format!("{lines:?}"))?;
-    let url = line_value(&lines, "control plane listening on ").context("api line")?;
-    let created = line_value(&lines, "created team `").context("team line")?;
-    let team = created.split('`').next().unwrap().to_string();
-    let identity = created.split('`').nth(2).unwrap().to_string();
+    let Up {
+        proc: up,
+        broker,
+        url,
+        team,
+        identity,
+        secret,
+    } = Up::start(data.path())?;
     let config = data.path().join("triggerfs.toml");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(

@@ -208,11 +208,7 @@ impl TriggerFs {
         let Some(partial) = lines.finish() else {
             return Ok(());
         };
-        let trigger = self
-            .shared
-            .tree()
-            .trigger_by_ino(crate::tree::TRIGGER_BASE + file.trigger_id as u64)
-            .cloned();
+        let trigger = self.shared.tree().trigger_by_id(file.trigger_id).cloned();
         let Some(trigger) = trigger else {
             return Err(Errno::ENOENT);
         };

@@ -21,7 +21,7 @@ use control::{Api, Login};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -111,7 +111,6 @@ pub struct Shared {
     refused_full: AtomicU64,
     delivered: AtomicU64,
     rejected: AtomicU64,
-    delivered_since_failure: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,7 +140,7 @@ impl Shared {
         let (dirs, triggers) = self.api.lists().await?;
         let mut tree = self.tree.write().unwrap_or_else(|e| e.into_inner());
         let stale = tree.replace(self.api.identity(), dirs, triggers);
-        self.responses.retain(|id| tree.has_trigger(id));
+        self.responses.retain(|id| tree.trigger_by_id(id).is_some());
         Ok(stale)
     }
 
@@ -212,7 +211,6 @@ pub async fn run(opts: FsOptions, shutdown: impl Future<Output = ()>) -> Result<
         refused_full: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
-        delivered_since_failure: AtomicBool::new(false),
     });
     shared.refresh().await?;
     shared.log.line("Started triggerfs.");

@@ -45,7 +45,33 @@ enum Verdict {
     /// It can never run as written.
     Rejected(ErrorKind),
     /// Send it again.
-    Retry(String),
+    Retry(Again),
+}
+
+/// Why records are sent again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Again {
+    /// For the log.
+    why: String,
+    /// The broker refused the connection's token (`Unauthorized`, `Revoked`): log in again.
+    token_refused: bool,
+}
+
+impl Again {
+    fn because(why: impl Into<String>) -> Again {
+        Again {
+            why: why.into(),
+            token_refused: false,
+        }
+    }
+
+    /// A refusal by the broker, typed.
+    fn refused(kind: ErrorKind, reason: &str) -> Again {
+        Again {
+            why: format!("{kind}: {reason}"),
+            token_refused: matches!(kind, ErrorKind::Unauthorized | ErrorKind::Revoked),
+        }
+    }
 }
 
 /// Whether a request-level error may pass (so the request is worth sending again).
@@ -64,11 +90,11 @@ fn transient(kind: ErrorKind) -> bool {
 
 fn verdict(outcome: &Outcome) -> Verdict {
     if outcome.disconnected {
-        return Verdict::Retry("the connection to the broker was lost".into());
+        return Verdict::Retry(Again::because("the connection to the broker was lost"));
     }
     if let Some(e) = &outcome.error {
         return if transient(e.kind) {
-            Verdict::Retry(format!("{}: {}", e.kind, e.message))
+            Verdict::Retry(Again::refused(e.kind, &e.message))
         } else {
             Verdict::Rejected(e.kind)
         };
@@ -78,7 +104,10 @@ fn verdict(outcome: &Outcome) -> Verdict {
             w.status,
             WorkerStatus::Lost | WorkerStatus::Unfinished | WorkerStatus::Cancelled
         ) {
-            return Verdict::Retry(format!("worker {} did not finish ({})", w.worker, w.status));
+            return Verdict::Retry(Again::because(format!(
+                "worker {} did not finish ({})",
+                w.worker, w.status
+            )));
         }
     }
     Verdict::Delivered {
@@ -144,7 +173,12 @@ enum Stopped {
     /// Shutting down.
     Shutdown,
     /// Something must be sent again (after a backoff); the connection may be gone.
-    Retry(String),
+    Retry {
+        /// Why.
+        again: Again,
+        /// Something was delivered before it (the backoff starts afresh).
+        delivered: bool,
+    },
 }
 
 /// Sends the spool's records to `broker` until `stop` turns true.
@@ -193,12 +227,9 @@ pub async fn run(
         reader.rewind();
         match pump(&shared, &c, &mut reader, source, &mut ahead, &mut stop).await {
             Stopped::Shutdown => return,
-            Stopped::Retry(why) => {
+            Stopped::Retry { again, delivered } => {
                 // A failure after deliveries starts the backoff afresh.
-                if shared
-                    .delivered_since_failure
-                    .swap(false, Ordering::Relaxed)
-                {
+                if delivered {
                     failures = 0;
                     backoff = BACKOFF.0;
                 }
@@ -206,9 +237,9 @@ pub async fn run(
                 if failures == 1 || failures.is_multiple_of(20) {
                     shared
                         .log
-                        .line(&format!("Sending again from the spool: {why}"));
+                        .line(&format!("Sending again from the spool: {}", again.why));
                 }
-                if why.contains("Unauthorized") || why.contains("Revoked") {
+                if again.token_refused {
                     shared.api.forget_token().await;
                     client = None;
                 }
@@ -249,11 +280,14 @@ async fn pump(
     // Every record read since the acknowledged prefix: done or not.
     let mut order: BTreeMap<u64, bool> = BTreeMap::new();
     let mut limit = 1usize;
-    let mut failed: Option<String> = None;
+    let mut failed: Option<Again> = None;
+    let mut delivered = false;
     loop {
-        if failed.is_some() && tasks.is_empty() {
-            ahead.extend(order.iter().filter(|(_, done)| **done).map(|(seq, _)| *seq));
-            return Stopped::Retry(failed.take().unwrap_or_default());
+        if tasks.is_empty() {
+            if let Some(again) = failed.take() {
+                ahead.extend(order.iter().filter(|(_, done)| **done).map(|(seq, _)| *seq));
+                return Stopped::Retry { again, delivered };
+            }
         }
         tokio::select! {
             biased;
@@ -261,13 +295,13 @@ async fn pump(
             Some(ended) = tasks.join_next(), if !tasks.is_empty() => {
                 let Ok(ended) = ended else { continue };
                 match verdict(&ended.outcome) {
-                    Verdict::Retry(why) => {
-                        failed.get_or_insert(why);
+                    Verdict::Retry(again) => {
+                        failed.get_or_insert(again);
                     }
                     v => {
                         if matches!(v, Verdict::Delivered { .. }) {
                             limit = MAX_IN_FLIGHT;
-                            shared.delivered_since_failure.store(true, Ordering::Relaxed);
+                            delivered = true;
                         }
                         finish(shared, &ended, &v);
                         order.insert(ended.seq, true);
@@ -280,7 +314,7 @@ async fn pump(
                     Ok(r) => r,
                     Err(e) => {
                         shared.log.line(&format!("The spool cannot be read: {e}"));
-                        failed.get_or_insert(format!("spool: {e}"));
+                        failed.get_or_insert(Again::because(format!("spool: {e}")));
                         continue;
                     }
                 };
@@ -312,7 +346,9 @@ async fn pump(
                 let handle = match client.request(spec).await {
                     Ok(h) => h,
                     Err(e) => {
-                        failed.get_or_insert(format!("the request could not be sent: {e}"));
+                        failed.get_or_insert(Again::because(format!(
+                            "the request could not be sent: {e}"
+                        )));
                         continue;
                     }
                 };

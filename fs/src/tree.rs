@@ -228,7 +228,12 @@ impl Tree {
     /// The trigger of inode `ino`.
     pub fn trigger_by_ino(&self, ino: u64) -> Option<&Trigger> {
         let id = ino.checked_sub(TRIGGER_BASE)?;
-        self.triggers.get(&i64::try_from(id).ok()?)
+        self.trigger_by_id(i64::try_from(id).ok()?)
+    }
+
+    /// The trigger of id `id`.
+    pub fn trigger_by_id(&self, id: i64) -> Option<&Trigger> {
+        self.triggers.get(&id)
     }
 
     /// The trigger `name` in directory `dir`.
@@ -243,11 +248,6 @@ impl Tree {
             .range((dir.to_string(), String::new())..)
             .take_while(move |((d, _), _)| d == dir)
             .filter_map(|(_, id)| self.triggers.get(id))
-    }
-
-    /// Whether trigger `id` exists.
-    pub fn has_trigger(&self, id: i64) -> bool {
-        self.triggers.contains_key(&id)
     }
 }
 
@@ -302,7 +302,7 @@ mod tests {
         // `a` made again gets its old inode.
         tree.replace("hp", vec![dir("b"), dir("a")], vec![]);
         assert_eq!(tree.dir("a").unwrap().ino, a);
-        assert!(!tree.has_trigger(1));
+        assert!(tree.trigger_by_id(1).is_none());
     }
 
     #[test]
@@ -317,6 +317,6 @@ mod tests {
         tree.replace("hp", vec![dir("a")], vec![mine, theirs, shared]);
         let names: Vec<&str> = tree.triggers_in("a").map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["mine", "shared"]);
-        assert!(!tree.has_trigger(2));
+        assert!(tree.trigger_by_id(2).is_none());
     }
 }

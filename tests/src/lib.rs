@@ -765,6 +765,31 @@ impl Api {
         Ok(w["token"].as_str().context("token")?.to_string())
     }
 
+    /// A worker's state as the API shows it (`ONLINE`, `DISCONNECTED`).
+    pub async fn worker_state(&self, identity: &str) -> Result<String> {
+        let w = self
+            .ok(
+                "GET",
+                &format!("/api/v1/workers/{identity}"),
+                serde_json::Value::Null,
+            )
+            .await?;
+        Ok(w["state"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Waits until the API shows worker `identity` in state `want`.
+    pub async fn wait_worker_state(
+        &self,
+        identity: &str,
+        want: &str,
+        within: Duration,
+    ) -> Result<()> {
+        wait_until(within, &format!("{identity} {want}"), || async {
+            self.worker_state(identity).await.is_ok_and(|s| s == want)
+        })
+        .await
+    }
+
     /// Adds member `identity` with `secret` to `team` and logs them in.
     pub async fn new_member(&self, team: &str, identity: &str, secret: &str) -> Result<Api> {
         self.ok(

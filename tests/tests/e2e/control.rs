@@ -237,16 +237,8 @@ async fn control_plane_authenticates_isolates_and_reconfigures_the_broker() -> R
     }
 
     // The worker shows ONLINE in the control plane.
-    wait_until(
-        Duration::from_secs(5),
-        "worker ONLINE in the API",
-        || async {
-            api.ok("GET", "/api/v1/workers/w1", serde_json::Value::Null)
-                .await
-                .is_ok_and(|w| w["state"] == "ONLINE")
-        },
-    )
-    .await?;
+    api.wait_worker_state("w1", "ONLINE", Duration::from_secs(5))
+        .await?;
     Ok(())
 }
 
@@ -259,10 +251,7 @@ async fn gateway_streams_mirror_output_to_curl_and_broker_metrics_count() -> Res
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
     let mut tokens = Vec::new();
     for id in ["g1", "g2"] {
-        let w = api
-            .ok("POST", "/api/v1/workers", json!({"identity": id}))
-            .await?;
-        tokens.push(w["token"].as_str().unwrap().to_string());
+        tokens.push(api.new_worker(id).await?);
     }
     api.ok(
         "POST",
@@ -434,10 +423,7 @@ async fn broker_keeps_serving_while_the_control_plane_restarts() -> Result<()> {
     let control = Control::start(&broker_addr)?;
     let (team, admin, secret) = control.admin.clone();
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
-    let w = api
-        .ok("POST", "/api/v1/workers", json!({"identity": "r1"}))
-        .await?;
-    let token = w["token"].as_str().unwrap().to_string();
+    let token = api.new_worker("r1").await?;
     api.ok(
         "POST",
         "/api/v1/services",

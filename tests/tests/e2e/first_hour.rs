@@ -240,12 +240,9 @@ async fn worker_with_the_config_up_wrote_needs_only_identity_and_token() -> Resu
         ],
     )
     .spawn()?;
-    let online = wait_until(Duration::from_secs(15), "w2 ONLINE in the API", || async {
-        api.ok("GET", "/api/v1/workers/w2", serde_json::Value::Null)
-            .await
-            .is_ok_and(|w| w["state"] == "ONLINE")
-    })
-    .await;
+    let online = api
+        .wait_worker_state("w2", "ONLINE", Duration::from_secs(15))
+        .await;
     let exited = worker.try_wait()?;
     let _ = worker.kill();
     let out = worker.wait_with_output()?;

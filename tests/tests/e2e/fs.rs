@@ -43,10 +43,7 @@ impl Rig {
         let control = Control::start(&broker_addr)?;
         let (team, admin, secret) = control.admin.clone();
         let api = Api::login(&control.url, &team, &admin, &secret).await?;
-        let w = api
-            .ok("POST", "/api/v1/workers", json!({ "identity": "w1" }))
-            .await?;
-        let token = w["token"].as_str().context("token")?.to_string();
+        let token = api.new_worker("w1").await?;
         api.ok(
             "POST",
             "/api/v1/services",
@@ -63,11 +60,8 @@ impl Rig {
             &plugins,
             &["--team", &team, "--token", &token],
         )?;
-        wait_until(Duration::from_secs(20), "w1 ONLINE", || async {
-            matches!(api.ok("GET", "/api/v1/workers/w1", Value::Null).await,
-                Ok(w) if w["state"] == "ONLINE")
-        })
-        .await?;
+        api.wait_worker_state("w1", "ONLINE", Duration::from_secs(20))
+            .await?;
         let dir = tempfile::tempdir()?;
         std::fs::create_dir(dir.path().join("mnt"))?;
         let mut rig = Rig {

@@ -3,7 +3,7 @@
 //! and worker states stay true across a broker crash. Control plane and broker are separate
 //! processes, on SQLite and on PostgreSQL where the store is involved.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use client::{ClientError, ClientEvent, RequestSpec};
 use futures::StreamExt;
 use proto::control::Claims;
@@ -41,29 +41,6 @@ async fn run(
     Ok((workers, error))
 }
 
-/// A worker's state as the API shows it.
-async fn state(api: &Api, identity: &str) -> Result<String> {
-    let w = api
-        .ok("GET", &format!("/api/v1/workers/{identity}"), Value::Null)
-        .await?;
-    Ok(w["state"].as_str().unwrap_or_default().to_string())
-}
-
-async fn wait_state(api: &Api, identity: &str, want: &str, within: Duration) -> Result<()> {
-    wait_until(within, &format!("{identity} {want}"), || async {
-        state(api, identity).await.is_ok_and(|s| s == want)
-    })
-    .await
-}
-
-/// Creates a worker and returns its token.
-async fn new_worker(api: &Api, identity: &str) -> Result<String> {
-    let w = api
-        .ok("POST", "/api/v1/workers", json!({ "identity": identity }))
-        .await?;
-    Ok(w["token"].as_str().context("token")?.to_string())
-}
-
 /// Finding 1: a plain member's worker that announces the name of the admin's configured
 /// service gets none of its requests; the API shows who serves it, and the broker says once
 /// why the announcement was ignored. A `local` worker and what it announces are its owner's.
@@ -74,7 +51,7 @@ async fn a_members_worker_cannot_take_over_a_configured_service() -> Result<()> 
     let control = Control::start(&broker_addr)?;
     let (team, admin, secret) = control.admin.clone();
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
-    let admin_token = new_worker(&api, "aw").await?;
+    let admin_token = api.new_worker("aw").await?;
     api.ok(
         "POST",
         "/api/v1/services",
@@ -88,7 +65,7 @@ async fn a_members_worker_cannot_take_over_a_configured_service() -> Result<()> 
     )
     .await?;
     let carol = Api::login(&control.url, &team, "carol", "carol-secret-1").await?;
-    let carol_token = new_worker(&carol, "cw").await?;
+    let carol_token = carol.new_worker("cw").await?;
 
     let (broker, _) = start_controlled_broker(&control, port, &[])?;
     let plugins = Plugins::core()?;
@@ -115,7 +92,8 @@ async fn a_members_worker_cannot_take_over_a_configured_service() -> Result<()> 
         ],
     )?;
     for w in ["aw", "cw"] {
-        wait_state(&api, w, "ONLINE", Duration::from_secs(20)).await?;
+        api.wait_worker_state(w, "ONLINE", Duration::from_secs(20))
+            .await?;
     }
     let c = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
     let mut served_by = Vec::new();
@@ -208,8 +186,8 @@ async fn revocation_reaches_the_broker(db: Db) -> Result<()> {
     let control = Control::start_on(&broker_addr, db)?;
     let (team, admin, secret) = control.admin.clone();
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
-    let w1_token = new_worker(&api, "w1").await?;
-    let w2_token = new_worker(&api, "w2").await?;
+    let w1_token = api.new_worker("w1").await?;
+    let w2_token = api.new_worker("w2").await?;
     api.ok(
         "POST",
         "/api/v1/services",
@@ -241,7 +219,8 @@ async fn revocation_reaches_the_broker(db: Db) -> Result<()> {
         &["--team", &team, "--token", &w2_token],
     )?;
     for w in ["w1", "w2"] {
-        wait_state(&api, w, "ONLINE", Duration::from_secs(20)).await?;
+        api.wait_worker_state(w, "ONLINE", Duration::from_secs(20))
+            .await?;
     }
 
     // A JWT signed with the right key for a user who never existed.
@@ -351,7 +330,7 @@ async fn a_connection_ends_when_its_token_expires() -> Result<()> {
     let control = Control::start_with(&broker_addr, Db::Sqlite, &["--jwt-ttl", "3s"])?;
     let (team, admin, secret) = control.admin.clone();
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
-    let token = new_worker(&api, "w1").await?;
+    let token = api.new_worker("w1").await?;
     let (_broker, _) = start_controlled_broker(&control, port, &[])?;
     let plugins = Plugins::core()?;
     let _w1 = start_worker(
@@ -360,7 +339,8 @@ async fn a_connection_ends_when_its_token_expires() -> Result<()> {
         &plugins,
         &["--team", &team, "--token", &token],
     )?;
-    wait_state(&api, "w1", "ONLINE", Duration::from_secs(20)).await?;
+    api.wait_worker_state("w1", "ONLINE", Duration::from_secs(20))
+        .await?;
     // A fresh token, valid for 3 s from its `iat` (whole seconds).
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
     let jwt = api.token.clone().unwrap();
@@ -401,8 +381,8 @@ async fn states_are_true_after_a_broker_crash(db: Db) -> Result<()> {
     let control = Control::start_on(&broker_addr, db)?;
     let (team, admin, secret) = control.admin.clone();
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
-    let token = new_worker(&api, "gone").await?;
-    let stays_token = new_worker(&api, "stays").await?;
+    let token = api.new_worker("gone").await?;
+    let stays_token = api.new_worker("stays").await?;
     let (mut broker, _) = start_controlled_broker(&control, port, &[])?;
     let plugins = Plugins::core()?;
     let addr = broker_addr.parse()?;
@@ -419,15 +399,18 @@ async fn states_are_true_after_a_broker_crash(db: Db) -> Result<()> {
         &["--team", &team, "--token", &stays_token],
     )?;
     for w in ["gone", "stays"] {
-        wait_state(&api, w, "ONLINE", Duration::from_secs(20)).await?;
+        api.wait_worker_state(w, "ONLINE", Duration::from_secs(20))
+            .await?;
     }
     // The broker dies without a word, then the worker: nobody tells the control plane.
     broker.kill();
     gone.kill();
-    assert_eq!(state(&api, "gone").await?, "ONLINE");
+    assert_eq!(api.worker_state("gone").await?, "ONLINE");
     let (_broker, _) = start_controlled_broker(&control, port, &[])?;
-    wait_state(&api, "gone", "DISCONNECTED", Duration::from_secs(10)).await?;
-    wait_state(&api, "stays", "ONLINE", Duration::from_secs(20)).await?;
+    api.wait_worker_state("gone", "DISCONNECTED", Duration::from_secs(10))
+        .await?;
+    api.wait_worker_state("stays", "ONLINE", Duration::from_secs(20))
+        .await?;
     Ok(())
 }
 

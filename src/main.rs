@@ -4,6 +4,7 @@
 //! this binary, as `triggerfs plugins install` used to lay them out), it runs that plugin
 //! instead; the worker now serves core plugins itself.
 
+mod cli;
 mod client_cmd;
 mod metrics_http;
 mod seed;
@@ -52,6 +53,9 @@ enum Command {
     Client(client_cmd::ClientArgs),
     /// Mount the team's trigger files (FUSE): every write to one is a request.
     Fs(FsArgs),
+    /// The management console (set, show, delete, request, file); `-c "show workers"` runs
+    /// one command.
+    Cli(cli::CliArgs),
     /// Benchmarks: latency, throughput and fan-out against baselines.
     #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
@@ -411,6 +415,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Bench(args) => tokio_runtime()?.block_on(bench::run(args)),
         #[cfg(feature = "bench")]
         Command::BenchChild(args) => bench::run_child(args),
+        Command::Cli(args) => cli::run(args, &settings, cli.config.clone()),
         Command::InstallLinks { dir } => {
             for link in seed::install_links(&dir)? {
                 println!("linked {}", link.display());

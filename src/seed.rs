@@ -17,10 +17,11 @@ pub const SEED_NAMES: &[(&str, &str)] = &[
     ("triggerfs-client", "client"),
     ("triggerfs-worker", "worker"),
     ("triggerfs-fs", "fs"),
+    ("triggerfs-cli", "cli"),
 ];
 
 /// The subcommands whose single-dash long flags are accepted.
-const SEED_SUBCOMMANDS: &[&str] = &["client", "worker", "fs"];
+const SEED_SUBCOMMANDS: &[&str] = &["client", "worker", "fs", "cli"];
 
 /// The arguments clap parses: the subcommand of a seed name inserted after argv\[0\], and
 /// the seed's single-dash long flags rewritten (see the module's documentation).

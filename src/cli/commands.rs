@@ -96,12 +96,21 @@ pub fn quit(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
 }
 
 pub fn help(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
-    let mut lines = vec![match s.mode {
-        Mode::Operational => "Commands (operational mode):".to_string(),
-        Mode::Configure => "Commands (configure mode):".to_string(),
-    }];
-    lines.extend(help_lines(s.mode));
-    lines.push(String::new());
+    // `-c help` lists both modes: `-c` runs any command of either.
+    let modes: &[Mode] = if s.one_shot {
+        &[Mode::Operational, Mode::Configure]
+    } else {
+        std::slice::from_ref(&s.mode)
+    };
+    let mut lines = Vec::new();
+    for mode in modes {
+        lines.push(match mode {
+            Mode::Operational => "Commands (operational mode):".to_string(),
+            Mode::Configure => "Commands (configure mode, after `configure`):".to_string(),
+        });
+        lines.extend(help_lines(*mode));
+        lines.push(String::new());
+    }
     lines.push(
         "? lists what may come next, TAB completes, Ctrl-C cancels the line or the request, \
          ^D leaves the mode."
@@ -401,7 +410,7 @@ fn choice(a: &Args, kind: Kind) -> Result<&str, CliError> {
         Ok(value)
     } else {
         Err(CliError::Value(format!(
-            "`{value}` is not a {}: expected {}",
+            "`{value}` is not a valid {}: expected {}",
             kind.label(),
             kind.choices().join(", ")
         )))

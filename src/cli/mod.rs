@@ -72,6 +72,8 @@ pub struct Session {
     sigint: tokio::signal::unix::Signal,
     /// The last `request`'s exit status.
     status: i32,
+    /// Running one command (`-c`): every command of both modes is offered.
+    one_shot: bool,
 }
 
 /// The data dir: $XDG_DATA_HOME/triggerfs, else ~/.local/share/triggerfs.
@@ -126,6 +128,7 @@ pub fn run(args: CliArgs, settings: &Settings, config: Option<PathBuf>) -> Resul
         config,
         sigint,
         status: 0,
+        one_shot: args.command.is_some(),
     };
     match &args.command {
         Some(line) => Ok(session.one_shot(line)),

@@ -152,6 +152,7 @@ fn mint(key: &[u8], team: &str, sub: &str, uid: i64) -> String {
     let claims = Claims {
         sub: sub.into(),
         uid,
+        sgen: 0,
         team: team.into(),
         role: "admin".into(),
         iat: now_s(),

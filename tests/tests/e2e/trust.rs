@@ -322,6 +322,102 @@ async fn revocation_reaches_the_broker_postgres() -> Result<()> {
     revocation_reaches_the_broker(Db::Postgres).await
 }
 
+/// A user who changes their secret cuts the broker connections and the event streams of
+/// every token issued before, within a second; those tokens are refused from then on, and the
+/// token the change answers with works.
+async fn a_secret_change_revokes_older_tokens(db: Db) -> Result<()> {
+    let port = free_port();
+    let broker_addr = format!("127.0.0.1:{port}");
+    let control = Control::start_on(&broker_addr, db)?;
+    let (team, admin, secret) = control.admin.clone();
+    let api = Api::login(&control.url, &team, &admin, &secret).await?;
+    let w1_token = api.new_worker("w1").await?;
+    api.ok(
+        "POST",
+        "/api/v1/services",
+        json!({"name": "svc", "visibility": "team", "workers": ["w1"]}),
+    )
+    .await?;
+    api.ok(
+        "POST",
+        &format!("/api/v1/teams/{team}/members"),
+        json!({"identity": "dave", "secret": "dave-secret-1"}),
+    )
+    .await?;
+    let dave = Api::login(&control.url, &team, "dave", "dave-secret-1").await?;
+    let old_jwt = dave.token.clone().unwrap();
+    let (_broker, _) = start_controlled_broker(&control, port, &[])?;
+    let plugins = Plugins::core()?;
+    let _w1 = start_worker(
+        broker_addr.parse()?,
+        "w1",
+        &plugins,
+        &["--team", &team, "--token", &w1_token],
+    )?;
+    api.wait_worker_state("w1", "ONLINE", Duration::from_secs(20))
+        .await?;
+
+    let c = connect_jwt(&broker_addr, &old_jwt).await?;
+    let (_, error) = run(&c, "svc", "id -un").await?;
+    assert_eq!(error, None);
+    let long = tokio::spawn(ends(c.request(spec("svc", "sleep 30")).await?));
+    let events = reqwest::Client::new()
+        .get(format!("{}/api/v1/events", control.url))
+        .bearer_auth(&old_jwt)
+        .send()
+        .await?;
+    assert!(events.status().is_success(), "{}", events.status());
+    let mut events = events.bytes_stream();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let answer = dave
+        .ok(
+            "PUT",
+            "/api/v1/users/dave/secret",
+            json!({"current": "dave-secret-1", "new": "dave-secret-2"}),
+        )
+        .await?;
+    let changed = Instant::now();
+    let new_jwt = answer["token"].as_str().unwrap().to_string();
+    let (error, ended) = tokio::time::timeout(Duration::from_secs(10), long).await??;
+    let took = ended - changed;
+    println!("the older token's request ended after {took:?}");
+    assert_eq!(error, Some(ErrorKind::Revoked));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(c.is_closed(), "the older token's connection is open");
+    match connect_jwt(&broker_addr, &old_jwt).await {
+        Err(ClientError::Refused { kind, reason }) => {
+            assert_eq!(kind, ErrorKind::Unauthorized);
+            assert!(reason.contains("secret"), "{reason}");
+        }
+        Err(e) => bail!("unexpected error for a token older than the secret: {e}"),
+        Ok(_) => bail!("the broker accepted a token older than the secret"),
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = events.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the older token's event stream goes on");
+    let c = connect_jwt(&broker_addr, &new_jwt).await?;
+    let (_, error) = run(&c, "svc", "id -un").await?;
+    assert_eq!(error, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_change_revokes_older_tokens_sqlite() -> Result<()> {
+    a_secret_change_revokes_older_tokens(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_change_revokes_older_tokens_postgres() -> Result<()> {
+    a_secret_change_revokes_older_tokens(Db::Postgres).await
+}
+
 /// A client's connection ends when its JWT expires (no grace): its request ends with
 /// `Revoked`, and the token is refused from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

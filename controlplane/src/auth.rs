@@ -266,6 +266,7 @@ impl AuthUser {
 #[derive(sqlx::FromRow)]
 struct MemberRow {
     user_id: i64,
+    secret_gen: i64,
     operator: bool,
     team_id: i64,
     role: String,
@@ -277,7 +278,8 @@ impl FromRequestParts<AppState> for AuthUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?.to_string();
         let claims = state.jwt.verify(&token)?;
-        const SQL: &str = "SELECT u.id AS user_id, u.operator, t.id AS team_id, m.role \
+        const SQL: &str =
+            "SELECT u.id AS user_id, u.secret_gen, u.operator, t.id AS team_id, m.role \
              FROM users u JOIN members m ON m.user_id = u.id JOIN teams t ON t.id = m.team_id \
              WHERE u.identity = $1 AND t.name = $2 AND u.id = $3";
         // `u.id`: a token outlives neither its user nor a later user of the same identity.
@@ -286,6 +288,12 @@ impl FromRequestParts<AppState> for AuthUser {
                 .fetch_optional(pool).await?
         });
         let row = row.ok_or_else(ApiError::unauthorized)?;
+        // A token outlives no change of its user's secret either.
+        if row.secret_gen != claims.sgen {
+            return Err(ApiError::Unauthorized(
+                "the secret has changed since this token was issued; log in again".into(),
+            ));
+        }
         Ok(AuthUser {
             user_id: row.user_id,
             identity: claims.sub,
@@ -346,6 +354,7 @@ mod tests {
         let now = crate::db::now_ms() as u64 / 1000;
         let claims = |exp| Claims {
             uid: 1,
+            sgen: 0,
             sub: "u".into(),
             team: "t".into(),
             role: "admin".into(),

@@ -90,6 +90,9 @@ pub struct MemberEntryDoc {
     pub identity: String,
     /// The user's id (the JWT's `uid` claim).
     pub uid: i64,
+    /// The user's secret generation (the JWT's `sgen` claim): a token from before the user's
+    /// last change of secret is refused.
+    pub sgen: i64,
 }
 
 /// `proto::control::ServiceEntry`.
@@ -314,6 +317,13 @@ doc_type! {
 doc_type! {
     /// A user's secret.
     Secret => text("A secret: any text but the empty one.").min_length(Some(1))
+}
+
+doc_type! {
+    /// A new secret for a user (`crate::routes::MAX_SECRET`).
+    NewSecret => text("A new secret: 1 to 1024 characters.")
+        .min_length(Some(1))
+        .max_length(Some(crate::routes::MAX_SECRET))
 }
 
 doc_type! {

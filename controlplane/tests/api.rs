@@ -28,6 +28,10 @@ on_both_backends!(
     trigger_batch_lines,
     hits_are_not_configuration,
     trigger_service_must_exist,
+    invitations,
+    invitation_accept_respects_quota,
+    secret_change,
+    triggers_created_before_configured,
 );
 
 fn now_s() -> u64 {
@@ -40,6 +44,7 @@ fn now_s() -> u64 {
 fn mint(key: &[u8], sub: &str, team: &str, exp: u64) -> String {
     let claims = proto::control::Claims {
         uid: 1,
+        sgen: 0,
         sub: sub.into(),
         team: team.into(),
         role: "admin".into(),
@@ -1950,4 +1955,468 @@ async fn trigger_service_must_exist(backend: Backend) {
     }
     let (status, t) = h.post("/api/v1/triggers", admin, create("svc")).await;
     assert_eq!(status, StatusCode::CREATED, "{t}");
+}
+
+async fn put(h: &Harness, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    h.call(Method::PUT, path, Some(token), Some(body)).await
+}
+
+async fn delete(h: &Harness, path: &str, token: &str) -> (StatusCode, Value) {
+    h.call(Method::DELETE, path, Some(token), None).await
+}
+
+/// Makes user `identity` (secret `secret`) as a member of `team`, through the admin.
+async fn new_user(h: &Harness, team: &str, identity: &str, secret: &str) {
+    let url = format!("/api/v1/teams/{team}/members");
+    let body = json!({"identity": identity, "secret": secret});
+    let answer = h.post(&url, &h.admin_token, body).await;
+    assert_eq!(answer.0, StatusCode::CREATED, "{}", answer.1);
+}
+
+fn identities(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            format!(
+                "{}/{}",
+                i["team"].as_str().unwrap(),
+                i["identity"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Invitations: an admin invites an existing user, who accepts or declines; admins list and
+/// withdraw them; nothing of them reaches plain members or other teams.
+async fn invitations(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    // `side` holds the users who are not (yet) members of `main`.
+    assert_eq!(
+        h.post("/api/v1/teams", admin, json!({"name": "side"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    new_user(&h, "main", "carol", "carol-secret").await;
+    for who in ["bob", "dave", "erin"] {
+        new_user(&h, "side", who, &format!("{who}-secret")).await;
+    }
+    let carol = h.login("main", "carol", "carol-secret").await;
+    let bob = h.login("side", "bob", "bob-secret").await;
+    let dave = h.login("side", "dave", "dave-secret").await;
+
+    // A plain member may neither invite nor see or withdraw the team's invitations.
+    let url = "/api/v1/teams/main/invitations";
+    assert_error(
+        &h.post(url, &carol, json!({"identity": "bob"})).await,
+        403,
+        "Forbidden",
+    );
+    assert_error(&h.get(url, &carol).await, 403, "Forbidden");
+    // Refusals: no such user, already a member, unknown field, bad name.
+    assert_error_says(
+        &h.post(url, admin, json!({"identity": "ghost"})).await,
+        422,
+        "Unprocessable",
+        "user ghost does not exist",
+    );
+    assert_error_says(
+        &h.post(url, admin, json!({"identity": "carol"})).await,
+        409,
+        "Conflict",
+        "already a member",
+    );
+    assert_error(
+        &h.post(url, admin, json!({"identity": "bob", "secret": "x"}))
+            .await,
+        400,
+        "BadRequest",
+    );
+    assert_error(
+        &h.post(url, admin, json!({"identity": "a b"})).await,
+        422,
+        "Unprocessable",
+    );
+    let (status, view) = h
+        .post(url, admin, json!({"identity": "bob", "role": "admin"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    assert_eq!(view["team"], "main");
+    assert_eq!(view["identity"], "bob");
+    assert_eq!(view["role"], "admin");
+    assert_eq!(view["invited_by"], "admin");
+    assert!(view["created"].as_str().unwrap().ends_with('Z'), "{view}");
+    assert_error_says(
+        &h.post(url, admin, json!({"identity": "bob"})).await,
+        409,
+        "Conflict",
+        "invitation",
+    );
+    let (status, list) = h.get(url, admin).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(identities(&list), ["main/bob"]);
+    assert_eq!(list[0], view);
+    assert_error(
+        &delete(&h, "/api/v1/teams/main/invitations/bob", &carol).await,
+        403,
+        "Forbidden",
+    );
+
+    // Another team's admin learns nothing about main's invitations.
+    assert_eq!(
+        h.post("/api/v1/teams", &dave, json!({"name": "teamb"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_error(&h.get(url, &dave).await, 404, "NotFound");
+    assert_error(
+        &h.post(url, &dave, json!({"identity": "erin"})).await,
+        404,
+        "NotFound",
+    );
+    assert_error(
+        &delete(&h, "/api/v1/teams/main/invitations/bob", &dave).await,
+        404,
+        "NotFound",
+    );
+    let (status, list) = h.get("/api/v1/teams/teamb/invitations", &dave).await;
+    assert_eq!((status, list), (StatusCode::OK, json!([])));
+    // Nor do plain members or outsiders through their own lists.
+    assert_eq!(h.get("/api/v1/invitations", &carol).await.1, json!([]));
+    assert_eq!(h.get("/api/v1/invitations", &dave).await.1, json!([]));
+    assert_error(
+        &h.call(
+            Method::POST,
+            "/api/v1/invitations/main/accept",
+            Some(&dave),
+            None,
+        )
+        .await,
+        404,
+        "NotFound",
+    );
+
+    // The invited user sees it, from any team they act in.
+    let (status, mine) = h.get("/api/v1/invitations", &bob).await;
+    assert_eq!(status, StatusCode::OK, "{mine}");
+    assert_eq!(mine, json!([view]));
+
+    // Withdrawn by the admin: gone for both.
+    let gone = delete(&h, "/api/v1/teams/main/invitations/bob", admin).await;
+    assert_eq!(gone.0, StatusCode::NO_CONTENT, "{}", gone.1);
+    assert_error(
+        &delete(&h, "/api/v1/teams/main/invitations/bob", admin).await,
+        404,
+        "NotFound",
+    );
+    assert_eq!(h.get("/api/v1/invitations", &bob).await.1, json!([]));
+
+    // Declined by the user: gone, and they did not join.
+    assert_eq!(
+        h.post(url, admin, json!({"identity": "bob"})).await.0,
+        StatusCode::CREATED
+    );
+    let declined = delete(&h, "/api/v1/invitations/main", &bob).await;
+    assert_eq!(declined.0, StatusCode::NO_CONTENT, "{}", declined.1);
+    assert_error(
+        &delete(&h, "/api/v1/invitations/main", &bob).await,
+        404,
+        "NotFound",
+    );
+    assert_eq!(h.get(url, admin).await.1, json!([]));
+    let accept = |token: String| {
+        let h = &h;
+        async move {
+            h.call(
+                Method::POST,
+                "/api/v1/invitations/main/accept",
+                Some(&token),
+                None,
+            )
+            .await
+        }
+    };
+    assert_error(&accept(bob.clone()).await, 404, "NotFound");
+
+    // Accepted: a member with the invited role, a new revision, in the broker's snapshot.
+    assert_eq!(
+        h.post(url, admin, json!({"identity": "bob", "role": "admin"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let broker = h.broker_token();
+    let before = h.get("/api/v1/broker/snapshot", &broker).await.1["revision"]
+        .as_u64()
+        .unwrap();
+    let (status, team) = accept(bob.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{team}");
+    assert_eq!(team["name"], "main");
+    assert_eq!(team["role"], "admin");
+    let snapshot = h.get("/api/v1/broker/snapshot", &broker).await.1;
+    assert!(
+        snapshot["revision"].as_u64().unwrap() > before,
+        "{snapshot}"
+    );
+    assert!(snapshot["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["team"] == "main" && m["identity"] == "bob"));
+    let members = h.get("/api/v1/teams/main/members", admin).await.1;
+    assert!(members
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["identity"] == "bob" && m["role"] == "admin"));
+    assert_eq!(h.get(url, admin).await.1, json!([]));
+    assert_eq!(h.get("/api/v1/invitations", &bob).await.1, json!([]));
+    h.login("main", "bob", "bob-secret").await;
+    assert_error(&accept(bob.clone()).await, 404, "NotFound");
+
+    // Deleting the team, or the user, removes their invitations.
+    let b_url = "/api/v1/teams/teamb/invitations";
+    assert_eq!(
+        h.post(b_url, &dave, json!({"identity": "erin"})).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        h.post(url, admin, json!({"identity": "erin"})).await.0,
+        StatusCode::CREATED
+    );
+    let erin = h.login("side", "erin", "erin-secret").await;
+    assert_eq!(
+        identities(&h.get("/api/v1/invitations", &erin).await.1),
+        ["main/erin", "teamb/erin"]
+    );
+    assert_eq!(
+        delete(&h, "/api/v1/teams/teamb", &dave).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        identities(&h.get("/api/v1/invitations", &erin).await.1),
+        ["main/erin"]
+    );
+    h.execute_sql("DELETE FROM users WHERE identity = 'erin'")
+        .await;
+    assert_eq!(h.get(url, admin).await.1, json!([]));
+}
+
+/// Accepting checks the team's `max_users` then, as adding a member does; a refused accept
+/// keeps the invitation.
+async fn invitation_accept_respects_quota(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    assert_eq!(
+        h.post("/api/v1/teams", admin, json!({"name": "side"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    new_user(&h, "main", "carol", "carol-secret").await;
+    new_user(&h, "side", "bob", "bob-secret").await;
+    let bob = h.login("side", "bob", "bob-secret").await;
+    let quota = |n: i64| json!({"max_users": n});
+    let set = put(&h, "/api/v1/teams/main/quota", admin, quota(2)).await;
+    assert_eq!(set.0, StatusCode::OK, "{}", set.1);
+    // Inviting is allowed at the limit; joining is not.
+    let (status, body) = h
+        .post(
+            "/api/v1/teams/main/invitations",
+            admin,
+            json!({"identity": "bob"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let accept = h
+        .call(
+            Method::POST,
+            "/api/v1/invitations/main/accept",
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_error(&accept, 403, "QuotaExceeded");
+    assert_eq!(accept.1["message"], "team main allows 2 users");
+    assert_eq!(
+        identities(&h.get("/api/v1/invitations", &bob).await.1),
+        ["main/bob"]
+    );
+    let set = put(&h, "/api/v1/teams/main/quota", admin, quota(3)).await;
+    assert_eq!(set.0, StatusCode::OK, "{}", set.1);
+    let (status, team) = h
+        .call(
+            Method::POST,
+            "/api/v1/invitations/main/accept",
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{team}");
+    assert_eq!(team["role"], "member");
+    let used = h.get("/api/v1/teams/main/quota", admin).await.1;
+    assert_eq!(used["used"]["users"], 3, "{used}");
+}
+
+/// A user changes their own secret: the old one no longer logs in, the new one does, and
+/// every JWT issued before the change is refused (by the API here; by the broker through the
+/// snapshot's `sgen`).
+async fn secret_change(backend: Backend) {
+    let h = Harness::start(backend).await;
+    new_user(&h, "main", "carol", "old-secret").await;
+    let carol = h.login("main", "carol", "old-secret").await;
+    let url = "/api/v1/users/carol/secret";
+    let change = |current: &str, new: &str| json!({"current": current, "new": new});
+    // Only the user themself.
+    assert_error_says(
+        &put(&h, url, &h.admin_token, change(&h.admin.secret, "x")).await,
+        403,
+        "Forbidden",
+        "only carol",
+    );
+    assert_error(
+        &put(
+            &h,
+            "/api/v1/users/admin/secret",
+            &carol,
+            change("old-secret", "x"),
+        )
+        .await,
+        403,
+        "Forbidden",
+    );
+    assert_error_says(
+        &put(&h, url, &carol, change("wrong", "new-secret")).await,
+        403,
+        "Forbidden",
+        "current secret",
+    );
+    assert_error(
+        &put(&h, url, &carol, change("old-secret", "")).await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &put(&h, url, &carol, change("old-secret", &"x".repeat(1025))).await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &put(&h, url, &carol, json!({"current": "old-secret"})).await,
+        400,
+        "BadRequest",
+    );
+    // Nothing changed so far.
+    let still = h.get("/api/v1/teams", &carol).await;
+    assert_eq!(still.0, StatusCode::OK, "{}", still.1);
+
+    let (status, answer) = put(&h, url, &carol, change("old-secret", "new-secret")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["identity"], "carol");
+    assert_eq!(answer["team"], "main");
+    assert_eq!(answer["role"], "member");
+    let fresh = answer["token"].as_str().unwrap().to_string();
+    assert_eq!(h.get("/api/v1/teams", &fresh).await.0, StatusCode::OK);
+    // The token from before the change is refused, with a reason.
+    assert_error_says(
+        &h.get("/api/v1/teams", &carol).await,
+        401,
+        "Unauthorized",
+        "secret has changed",
+    );
+    let old_login = h
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            None,
+            Some(json!({"team": "main", "identity": "carol", "secret": "old-secret"})),
+        )
+        .await;
+    assert_error(&old_login, 401, "Unauthorized");
+    let relogged = h.login("main", "carol", "new-secret").await;
+    assert_eq!(h.get("/api/v1/teams", &relogged).await.0, StatusCode::OK);
+    // The broker learns the new generation from its snapshot.
+    let snapshot = h.get("/api/v1/broker/snapshot", &h.broker_token()).await.1;
+    let entry = snapshot["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["identity"] == "carol")
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["sgen"], 1, "{entry}");
+    // The old secret no longer proves anything, here either.
+    assert_error(
+        &put(&h, url, &relogged, change("old-secret", "third")).await,
+        403,
+        "Forbidden",
+    );
+}
+
+/// A trigger may be created with neither plugin nor service (both `""`), and given them
+/// later; a change never sets them empty.
+async fn triggers_created_before_configured(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let ids = triggers_in(&h, &["/d"], &[]).await;
+    assert!(ids.is_empty());
+    let (status, t) = h
+        .post("/api/v1/triggers", admin, json!({"path": "/d/bare"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    assert_eq!(
+        (t["plugin"].as_str(), t["service"].as_str()),
+        (Some(""), Some(""))
+    );
+    let url = format!("/api/v1/triggers/{}", t["id"]);
+    for empty in [json!({"plugin": ""}), json!({"service": ""})] {
+        assert_error(&patch(&h, &url, empty).await, 422, "Unprocessable");
+    }
+    assert_error(
+        &patch(&h, &url, json!({"service": "ghost"})).await,
+        422,
+        "Unprocessable",
+    );
+    let (status, t) = patch(&h, &url, json!({"plugin": "command/command"})).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(
+        (t["plugin"].as_str(), t["service"].as_str()),
+        (Some("command/command"), Some(""))
+    );
+    let (status, t) = patch(&h, &url, json!({"service": "svc"})).await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["service"], "svc");
+    // One of the two alone is fine too; a given one is still checked.
+    let (status, t) = h
+        .post(
+            "/api/v1/triggers",
+            admin,
+            json!({"path": "/d/half", "service": "svc"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+    assert_eq!(t["plugin"], "");
+    assert_error(
+        &h.post(
+            "/api/v1/triggers",
+            admin,
+            json!({"path": "/d/bad", "plugin": ""}),
+        )
+        .await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &h.post(
+            "/api/v1/triggers",
+            admin,
+            json!({"path": "/d/bad", "service": "ghost"}),
+        )
+        .await,
+        422,
+        "Unprocessable",
+    );
 }

@@ -604,6 +604,7 @@ impl World<'_> {
             sub: self.h.admin.identity.clone(),
             // The operator is the store's first user.
             uid: 1,
+            sgen: 0,
             team: team.into(),
             role: "admin".into(),
             iat: now,
@@ -657,6 +658,14 @@ impl World<'_> {
     async fn ensure_member(&self, team: &str, identity: &Value) {
         let path = format!("/api/v1/teams/{}/members", encode(team));
         let body = json!({"identity": identity, "secret": SECRET});
+        self.call(Method::POST, &path, &self.mint(team), Some(body))
+            .await;
+    }
+
+    /// Invites `identity` to `team` (whose admin the operator is).
+    async fn invite(&self, team: &str, identity: &Value) {
+        let path = format!("/api/v1/teams/{}/invitations", encode(team));
+        let body = json!({"identity": identity});
         self.call(Method::POST, &path, &self.mint(team), Some(body))
             .await;
     }
@@ -764,6 +773,28 @@ async fn baseline(w: &mut World<'_>, op: &Op) -> (BTreeMap<String, String>, Opti
         ("POST", "/api/v1/teams/{team}/members") => {
             param("team", w.team.clone());
             Some(json!({"identity": w.fresh("u"), "secret": SECRET}))
+        }
+        ("GET", "/api/v1/teams/{team}/invitations") => {
+            param("team", w.team.clone());
+            None
+        }
+        ("POST", "/api/v1/teams/{team}/invitations") => {
+            param("team", w.team.clone());
+            Some(json!({"identity": w.fresh("u")}))
+        }
+        ("DELETE", "/api/v1/teams/{team}/invitations/{identity}") => {
+            param("team", w.team.clone());
+            param("identity", w.fresh("u"));
+            None
+        }
+        ("POST", "/api/v1/invitations/{team}/accept")
+        | ("DELETE", "/api/v1/invitations/{team}") => {
+            param("team", w.fresh("t"));
+            None
+        }
+        ("PUT", "/api/v1/users/{identity}/secret") => {
+            param("identity", w.fresh("u"));
+            Some(json!({"current": SECRET, "new": "another-secret"}))
         }
         ("PATCH", "/api/v1/teams/{team}/members/{identity}") => {
             param("team", w.team.clone());
@@ -886,6 +917,39 @@ async fn prepare(
         ("PATCH", "/api/v1/teams/{team}/members/{identity}")
         | ("DELETE", "/api/v1/teams/{team}/members/{identity}") => {
             w.ensure_member(&team, &json!(path["identity"])).await;
+        }
+        // Only an existing user may be invited.
+        ("POST", "/api/v1/teams/{team}/invitations") => {
+            w.ensure_member("scratch", &field("identity")).await;
+        }
+        ("DELETE", "/api/v1/teams/{team}/invitations/{identity}") => {
+            let identity = json!(path["identity"]);
+            w.ensure_member("scratch", &identity).await;
+            w.invite(&team, &identity).await;
+        }
+        // The caller is a user of the group's team invited to `team` (the operator is a
+        // member of every team the fixtures make, so cannot be invited).
+        ("POST", "/api/v1/invitations/{team}/accept")
+        | ("DELETE", "/api/v1/invitations/{team}") => {
+            let invitee = w.fresh("i");
+            w.ensure_member(&w.team, &json!(invitee)).await;
+            w.invite(&team, &json!(invitee)).await;
+            return Who::Operator(w.h.login(&w.team, &invitee, SECRET).await);
+        }
+        // The caller is the user themself, whose secret is `current`.
+        ("PUT", "/api/v1/users/{identity}/secret") => {
+            let identity = &path["identity"];
+            let current = field("current");
+            let url = format!("/api/v1/teams/{}/members", encode(&w.team));
+            let body = json!({"identity": identity, "secret": current});
+            w.call(Method::POST, &url, &w.token, Some(body)).await;
+            let login = json!({"team": w.team, "identity": identity, "secret": current});
+            let (status, answer) =
+                w.h.call(Method::POST, "/api/v1/login", None, Some(login))
+                    .await;
+            if status == StatusCode::OK {
+                return Who::Operator(answer["token"].as_str().unwrap().to_string());
+            }
         }
         ("GET", "/api/v1/workers/{identity}")
         | ("PATCH", "/api/v1/workers/{identity}")

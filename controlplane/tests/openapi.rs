@@ -171,9 +171,11 @@ async fn every_documented_route_survives_bad_input(backend: Backend) {
                             .unwrap_or_else(|_| panic!("{what}: {status}: not JSON: {text:?}"));
                         assert!(body["code"].is_string(), "{what}: {body}");
                         assert!(body["message"].is_string(), "{what}: {body}");
-                        assert_ne!(body["code"], "MethodNotAllowed", "{what}: route not served");
-                        let missed =
-                            body["code"] == "NotFound" && body["message"] == "no such route";
+                        // A `..` segment may land on another route, which may not serve the
+                        // method (`/api/v1/teams/../invitations` is `/api/v1/invitations`).
+                        let missed = (body["code"] == "NotFound"
+                            && body["message"] == "no such route")
+                            || body["code"] == "MethodNotAllowed";
                         if *must_match {
                             assert!(!missed, "{what}: documented route not served");
                         }

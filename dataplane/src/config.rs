@@ -109,6 +109,8 @@ pub enum Proof {
     User {
         /// The user's id (the token's `uid`).
         uid: i64,
+        /// The user's secret generation the token was issued at (its `sgen`).
+        sgen: i64,
         /// When the token expires (seconds since the Unix epoch).
         expires_at: u64,
     },

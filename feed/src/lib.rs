@@ -66,7 +66,7 @@ struct Compiled {
     jwt_key: jsonwebtoken::DecodingKey,
     teams: HashSet<String>,
     /// (team, user identity) → the user's id: whose JWTs are accepted for which team.
-    members: HashMap<(String, String), i64>,
+    members: HashMap<(String, String), (i64, i64)>,
     /// (team, identity) → token digest.
     worker_tokens: HashMap<(String, String), String>,
 }
@@ -139,7 +139,7 @@ fn compile(snapshot: BrokerSnapshot) -> Result<Compiled, String> {
         members: snapshot
             .members
             .into_iter()
-            .map(|m| ((m.team, m.identity), m.uid))
+            .map(|m| ((m.team, m.identity), (m.uid, m.sgen)))
             .collect(),
         worker_tokens,
     })
@@ -473,6 +473,7 @@ impl ConfigSource for ControlSource {
                     identity: claims.sub,
                     proof: Proof::User {
                         uid: claims.uid,
+                        sgen: claims.sgen,
                         expires_at: claims.exp,
                     },
                 };
@@ -530,8 +531,12 @@ impl Compiled {
         };
         match &principal.proof {
             Proof::Trusted => Ok(()),
-            Proof::User { uid, .. } => match self.members.get(&key) {
-                Some(known) if known == uid => Ok(()),
+            Proof::User { uid, sgen, .. } => match self.members.get(&key) {
+                Some((known, known_sgen)) if known == uid && known_sgen == sgen => Ok(()),
+                Some((known, _)) if known == uid => refuse(format!(
+                    "the secret of {} has changed since the token was issued; log in again",
+                    principal.identity
+                )),
                 Some(_) => refuse(format!(
                     "the token was issued to an earlier user named {}; log in again",
                     principal.identity
@@ -572,6 +577,7 @@ mod tests {
                 team: "a".into(),
                 identity: "alice".into(),
                 uid: 7,
+                sgen: 0,
             }],
             workers: vec![WorkerEntry {
                 team: "a".into(),
@@ -664,6 +670,7 @@ mod tests {
         let claims = Claims {
             sub: sub.into(),
             uid,
+            sgen: 0,
             team: team.into(),
             role: "member".into(),
             iat: 0,
@@ -736,6 +743,16 @@ mod tests {
 
         let mut next = snapshot();
         next.revision = 8;
+        // The user changed their secret: tokens of the earlier generation are refused.
+        next.members[0].sgen = 1;
+        install(&source.inner, compile(next.clone()).unwrap());
+        let refused = source.admits(&user).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::Revoked);
+        assert!(refused.message.contains("secret"), "{}", refused.message);
+        let stale = source
+            .authenticate(&jwt(&[0x00, 0xff, 0x10], "a", later))
+            .unwrap_err();
+        assert!(stale.message.contains("secret"), "{}", stale.message);
         next.members.clear();
         next.workers[0].token_sha256 = proto::control::token_digest("new");
         install(&source.inner, compile(next.clone()).unwrap());

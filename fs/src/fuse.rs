@@ -152,11 +152,40 @@ impl TriggerFs {
         })
     }
 
+    /// `EDESTADDRREQ` for a trigger created without its service or plugin yet: a write to it
+    /// has nowhere to go, so nothing is spooled. Logged when the trigger or what it lacks
+    /// differs from the last one logged, and every 1,000th refusal, so a busy writer does not
+    /// flood the log.
+    fn configured(&self, t: &Trigger) -> Result<(), Errno> {
+        let (what, set) = match (t.service.is_empty(), t.plugin.is_empty()) {
+            (false, false) => return Ok(()),
+            (true, _) => ("service", "service attach SERVICE"),
+            (false, true) => ("plugin", "plugin PLUGIN"),
+        };
+        let n = self
+            .shared
+            .refused_unconfigured
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        let new =
+            lock(&self.shared.unconfigured_logged).replace((t.id, what)) != Some((t.id, what));
+        if new || n.is_multiple_of(1000) {
+            self.shared.log.line(&format!(
+                "trigger {} has no {what}: set trigger {} {set} \
+                 (a write to it failed with EDESTADDRREQ, {n} refused so far)",
+                t.path(),
+                t.name
+            ));
+        }
+        Err(Errno::EDESTADDRREQ)
+    }
+
     /// Spools one request per payload for trigger `t`; `Ok` once they are in the spool file.
     fn spool(&self, t: &Trigger, payloads: Vec<Vec<u8>>) -> Result<(), Errno> {
         if payloads.is_empty() {
             return Ok(());
         }
+        self.configured(t)?;
         let path = t.path();
         let records = payloads
             .into_iter()
@@ -482,6 +511,9 @@ impl Filesystem for TriggerFs {
             return reply.error(Errno::ENOENT);
         };
         self.shared.writes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.configured(&trigger) {
+            return reply.error(e);
+        }
         let result = if trigger.split_lines {
             let Some(file) = self.open_file(fh) else {
                 return reply.error(Errno::EBADF);

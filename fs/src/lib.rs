@@ -109,6 +109,9 @@ pub struct Shared {
     hits: Mutex<HashMap<i64, u32>>,
     writes: AtomicU64,
     refused_full: AtomicU64,
+    refused_unconfigured: AtomicU64,
+    /// The trigger and the missing part of the last such refusal that was logged.
+    unconfigured_logged: Mutex<Option<(i64, &'static str)>>,
     delivered: AtomicU64,
     rejected: AtomicU64,
 }
@@ -209,6 +212,8 @@ pub async fn run(opts: FsOptions, shutdown: impl Future<Output = ()>) -> Result<
         hits: Mutex::new(HashMap::new()),
         writes: AtomicU64::new(0),
         refused_full: AtomicU64::new(0),
+        refused_unconfigured: AtomicU64::new(0),
+        unconfigured_logged: Mutex::new(None),
         delivered: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
     });

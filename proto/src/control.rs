@@ -22,6 +22,10 @@ pub struct Claims {
     /// The user's id in the store: a token outlives neither its user nor a new user who
     /// takes the identity later.
     pub uid: i64,
+    /// The user's secret generation when the token was issued: a token outlives no change
+    /// of its user's secret (absent in tokens from before it existed: 0).
+    #[serde(default)]
+    pub sgen: i64,
     /// The team the token acts in.
     pub team: String,
     /// `admin` or `member` in that team.
@@ -101,6 +105,10 @@ pub struct MemberEntry {
     pub identity: String,
     /// The user's id (the JWT's `uid`).
     pub uid: i64,
+    /// The user's secret generation (the JWT's `sgen`): a token from before the last change
+    /// of the secret is refused.
+    #[serde(default)]
+    pub sgen: i64,
 }
 
 /// A service as the broker routes it.

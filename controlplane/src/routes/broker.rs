@@ -30,6 +30,7 @@ struct MemberRow {
     team: String,
     identity: String,
     uid: i64,
+    sgen: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -83,7 +84,7 @@ pub async fn snapshot(
         let teams: Vec<String> = sqlx::query_scalar("SELECT name FROM teams ORDER BY name")
             .fetch_all(&mut *tx).await?;
         let members: Vec<MemberRow> = sqlx::query_as(
-            "SELECT t.name AS team, u.identity, u.id AS uid FROM members m \
+            "SELECT t.name AS team, u.identity, u.id AS uid, u.secret_gen AS sgen FROM members m \
              JOIN teams t ON t.id = m.team_id JOIN users u ON u.id = m.user_id \
              ORDER BY t.name, u.identity")
             .fetch_all(&mut *tx).await?;
@@ -117,6 +118,7 @@ pub async fn snapshot(
                 team: m.team,
                 identity: m.identity,
                 uid: m.uid,
+                sgen: m.sgen,
             })
             .collect(),
         // A worker whose stored visibility cannot be read is admitted as `local` (its owner

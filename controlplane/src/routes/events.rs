@@ -30,8 +30,12 @@ pub async fn events(
     let watch = match caller {
         EventsCaller::Broker => None,
         EventsCaller::User(user) => {
-            let expires_at = state.jwt.verify(&user.token)?.exp;
-            Some(Watch { user, expires_at })
+            let claims = state.jwt.verify(&user.token)?;
+            Some(Watch {
+                user,
+                expires_at: claims.exp,
+                sgen: claims.sgen,
+            })
         }
     };
     let rx = state.events.subscribe();
@@ -48,10 +52,13 @@ pub async fn events(
             match received {
                 Ok(event) => {
                     if let Some(w) = &watch {
-                        if event.team != w.user.team {
+                        // A change to the user themself (their secret) names no team.
+                        let own = event.team.is_empty() && w.touched_by(&event);
+                        if event.team != w.user.team && !own {
                             continue;
                         }
-                        // Removed from the team (or the team deleted): the stream ends now.
+                        // Removed from the team (or the team deleted), or the secret changed:
+                        // the stream ends now.
                         if w.touched_by(&event) && !w.still_member(&state).await {
                             return None;
                         }
@@ -82,6 +89,8 @@ struct Watch {
     user: AuthUser,
     /// The token's `exp` (seconds since the Unix epoch).
     expires_at: u64,
+    /// The token's `sgen`: the stream ends when the user's secret changes.
+    sgen: i64,
 }
 
 impl Watch {
@@ -98,13 +107,15 @@ impl Watch {
             || (event.object == "team" && event.action == "deleted")
     }
 
-    /// Whether the user is still a member of the team (a failing store counts as no).
+    /// Whether the user is still a member of the team and their secret has not changed since
+    /// the token (a failing store counts as no).
     async fn still_member(&self, state: &AppState) -> bool {
-        const SQL: &str = "SELECT COUNT(*) FROM members WHERE user_id = $1 AND team_id = $2";
+        const SQL: &str = "SELECT COUNT(*) FROM members m JOIN users u ON u.id = m.user_id \
+            WHERE m.user_id = $1 AND m.team_id = $2 AND u.secret_gen = $3";
         let n: Result<i64, ApiError> = async {
             Ok(on_db!(&state.db, pool => {
                 sqlx::query_scalar(SQL).bind(self.user.user_id).bind(self.user.team_id)
-                    .fetch_one(pool).await?
+                    .bind(self.sgen).fetch_one(pool).await?
             }))
         }
         .await;

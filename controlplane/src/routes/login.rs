@@ -45,6 +45,7 @@ pub struct LoginResponse {
 #[derive(sqlx::FromRow)]
 struct LoginRow {
     id: i64,
+    secret_gen: i64,
     secret_hash: String,
     role: Option<String>,
 }
@@ -63,37 +64,45 @@ pub async fn login(
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     state.guard.admit(&req.identity, peer.0)?;
-    const SQL: &str = "SELECT u.id, u.secret_hash, m.role FROM users u \
+    const SQL: &str = "SELECT u.id, u.secret_gen, u.secret_hash, m.role FROM users u \
         LEFT JOIN teams t ON t.name = $2 \
         LEFT JOIN members m ON m.user_id = u.id AND m.team_id = t.id \
         WHERE u.identity = $1";
     let row: Option<LoginRow> = on_db!(&state.db, pool => {
         sqlx::query_as(SQL).bind(&req.identity).bind(&req.team).fetch_optional(pool).await?
     });
-    let (uid, hash, role) = match row {
-        Some(r) => (r.id, Some(r.secret_hash), r.role),
-        None => (0, None, None),
+    let (uid, sgen, hash, role) = match row {
+        Some(r) => (r.id, r.secret_gen, Some(r.secret_hash), r.role),
+        None => (0, 0, None, None),
     };
     let secret_ok = auth::verify_secret(&state.guard, req.secret, hash).await?;
     let Some(role) = role.filter(|_| secret_ok) else {
         return Err(ApiError::unauthorized());
     };
-    let now_s = (now_ms() / 1000) as u64;
-    let exp = now_s + state.settings.jwt_ttl.as_secs().max(1);
     let claims = Claims {
-        sub: req.identity.clone(),
+        sub: req.identity,
         uid,
-        team: req.team.clone(),
-        role: role.clone(),
-        iat: now_s,
-        exp,
-    };
-    let token = state.jwt.sign(&claims)?;
-    Ok(Json(LoginResponse {
-        token,
-        expires_at: rfc3339((exp * 1000) as i64),
+        sgen,
         team: req.team,
-        identity: req.identity,
         role,
-    }))
+        iat: 0,
+        exp: 0,
+    };
+    Ok(Json(issue(&state, claims)?))
+}
+
+/// Signs `claims` as a new token valid from now for the configured time (`iat` and `exp`
+/// are set here).
+pub(super) fn issue(state: &AppState, mut claims: Claims) -> Result<LoginResponse, ApiError> {
+    let now_s = (now_ms() / 1000) as u64;
+    claims.iat = now_s;
+    claims.exp = now_s + state.settings.jwt_ttl.as_secs().max(1);
+    let token = state.jwt.sign(&claims)?;
+    Ok(LoginResponse {
+        token,
+        expires_at: rfc3339((claims.exp * 1000) as i64),
+        team: claims.team,
+        identity: claims.sub,
+        role: claims.role,
+    })
 }

@@ -8,6 +8,7 @@ mod broker;
 mod directories;
 mod events;
 mod gateway;
+mod invitations;
 mod login;
 mod services;
 mod teams;
@@ -15,6 +16,7 @@ mod triggers;
 mod users;
 mod workers;
 
+pub(crate) use users::MAX_SECRET;
 pub(crate) use workers::MAX_DESCRIPTION;
 
 use crate::error::ApiError;
@@ -47,6 +49,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/teams/{team}/members/{identity}"),
     ("GET", "/api/v1/teams/{team}/quota"),
     ("PUT", "/api/v1/teams/{team}/quota"),
+    ("GET", "/api/v1/teams/{team}/invitations"),
+    ("POST", "/api/v1/teams/{team}/invitations"),
+    ("DELETE", "/api/v1/teams/{team}/invitations/{identity}"),
+    ("GET", "/api/v1/invitations"),
+    ("POST", "/api/v1/invitations/{team}/accept"),
+    ("DELETE", "/api/v1/invitations/{team}"),
     ("GET", "/api/v1/workers"),
     ("POST", "/api/v1/workers"),
     ("GET", "/api/v1/workers/{identity}"),
@@ -72,6 +80,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/triggers/{id}/hits"),
     ("GET", "/api/v1/users/{identity}"),
     ("PATCH", "/api/v1/users/{identity}"),
+    ("PUT", "/api/v1/users/{identity}/secret"),
     ("GET", "/api/v1/broker/snapshot"),
     ("POST", "/api/v1/broker/report"),
     ("GET", "/api/v1/events"),
@@ -87,6 +96,14 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(teams::list_members, teams::add_member))
         .routes(routes!(teams::update_member, teams::remove_member))
         .routes(routes!(teams::get_quota, teams::set_quota))
+        .routes(routes!(
+            invitations::list_team_invitations,
+            invitations::create_invitation
+        ))
+        .routes(routes!(invitations::withdraw_invitation))
+        .routes(routes!(invitations::list_my_invitations))
+        .routes(routes!(invitations::accept_invitation))
+        .routes(routes!(invitations::decline_invitation))
         .routes(routes!(workers::list_workers, workers::create_worker))
         .routes(routes!(
             workers::get_worker,
@@ -116,6 +133,7 @@ fn api() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(triggers::add_hits))
         .routes(routes!(users::get_user, users::update_user))
+        .routes(routes!(users::change_secret))
         .routes(routes!(broker::snapshot))
         .routes(routes!(broker::report))
         .routes(routes!(events::events))

@@ -200,21 +200,21 @@ pub struct UpdateMember {
 }
 
 #[derive(sqlx::FromRow)]
-struct TeamRow {
-    id: i64,
+pub(super) struct TeamRow {
+    pub(super) id: i64,
     name: String,
     role: String,
     max_workers: Option<i64>,
     max_services: Option<i64>,
     max_triggers: Option<i64>,
-    max_users: Option<i64>,
+    pub(super) max_users: Option<i64>,
     public_services: bool,
     created: i64,
     updated: i64,
 }
 
 impl TeamRow {
-    fn view(self) -> TeamView {
+    pub(super) fn view(self) -> TeamView {
         TeamView {
             quota: QuotaLimits {
                 max_workers: self.max_workers,
@@ -237,7 +237,11 @@ const TEAM_SELECT: &str = "SELECT t.id, t.name, m.role, t.max_workers, t.max_ser
 
 /// The caller's membership of `team`; 404 when they are not a member (whether or not it
 /// exists: team names are not enumerable).
-async fn membership(state: &AppState, user: &AuthUser, team: &str) -> Result<TeamRow, ApiError> {
+pub(super) async fn membership(
+    state: &AppState,
+    user: &AuthUser,
+    team: &str,
+) -> Result<TeamRow, ApiError> {
     let sql = format!("{TEAM_SELECT} AND t.name = $2");
     let row: Option<TeamRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).bind(user.user_id).bind(team).fetch_optional(pool).await?
@@ -245,7 +249,11 @@ async fn membership(state: &AppState, user: &AuthUser, team: &str) -> Result<Tea
     row.ok_or_else(|| ApiError::NotFound(format!("no team {team}")))
 }
 
-async fn admin_of(state: &AppState, user: &AuthUser, team: &str) -> Result<TeamRow, ApiError> {
+pub(super) async fn admin_of(
+    state: &AppState,
+    user: &AuthUser,
+    team: &str,
+) -> Result<TeamRow, ApiError> {
     let row = membership(state, user, team).await?;
     if row.role != "admin" {
         return Err(ApiError::Forbidden(format!(

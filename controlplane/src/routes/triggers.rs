@@ -100,9 +100,9 @@ pub struct TriggerView {
     pub directory: String,
     /// Free text.
     pub description: String,
-    /// Plugin, e.g. `command/command`.
+    /// Plugin, e.g. `command/command`; `""` until one is set (writes to the file fail then).
     pub plugin: String,
-    /// Service (`service` or `team/service`).
+    /// Service (`service` or `team/service`); `""` until one is set (writes fail then).
     pub service: String,
     /// Default plugin arguments.
     pub args: BTreeMap<String, String>,
@@ -136,12 +136,14 @@ pub struct CreateTrigger {
     /// `/directory/name`; the directory must exist (422), the name be new in it (409).
     #[schema(value_type = TriggerPath)]
     pub path: String,
-    /// Plugin, e.g. `command/command`.
-    #[schema(value_type = PluginName)]
-    pub plugin: String,
-    /// Service (`service` or `team/service`); it must exist for the team (422).
-    #[schema(value_type = ServiceRef)]
-    pub service: String,
+    /// Plugin, e.g. `command/command`. Optional: a trigger may be created first and given
+    /// its plugin later (`PATCH`); until then it has none (`""`) and writes to it fail.
+    #[schema(value_type = Option<PluginName>)]
+    pub plugin: Option<String>,
+    /// Service (`service` or `team/service`); it must exist for the team (422). Optional, as
+    /// `plugin`: without one the trigger has none (`""`) until a `PATCH` gives it one.
+    #[schema(value_type = Option<ServiceRef>)]
+    pub service: Option<String>,
     /// Default plugin arguments.
     #[schema(value_type = Option<ArgMap>)]
     pub args: Option<BTreeMap<String, String>>,
@@ -442,8 +444,12 @@ pub async fn create_trigger(
     Json(req): Json<CreateTrigger>,
 ) -> Result<(StatusCode, Json<TriggerView>), ApiError> {
     let (dir, name) = split_path(&req.path)?;
-    check_plugin(&req.plugin)?;
-    check_service(&req.service)?;
+    if let Some(p) = &req.plugin {
+        check_plugin(p)?;
+    }
+    if let Some(s) = &req.service {
+        check_service(s)?;
+    }
     check_args(&req.args)?;
     check_mode(req.mode)?;
     check_batch_lines(req.batch_lines)?;
@@ -459,7 +465,9 @@ pub async fn create_trigger(
             "SELECT max_triggers, (SELECT COUNT(*) FROM triggers WHERE team_id = $1) FROM teams WHERE id = $1")
             .bind(user.team_id).fetch_one(&mut *tx).await?;
         check_quota(&user.team, "triggers", limit, used)?;
-        check_service_exists!(tx, user, req.service.as_str());
+        if let Some(service) = &req.service {
+            check_service_exists!(tx, user, service.as_str());
+        }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO triggers (team_id, directory_id, name, description, plugin, service, \
              args, timeout_ms, mode, split, batch_lines, visibility, owner, created, updated) \
@@ -467,7 +475,9 @@ pub async fn create_trigger(
              RETURNING id")
             .bind(user.team_id).bind(dir_id).bind(name)
             .bind(req.description.as_deref().unwrap_or(""))
-            .bind(&req.plugin).bind(&req.service).bind(&args).bind(timeout_ms)
+            .bind(req.plugin.as_deref().unwrap_or(""))
+            .bind(req.service.as_deref().unwrap_or(""))
+            .bind(&args).bind(timeout_ms)
             .bind(i64::from(req.mode.unwrap_or(0o644)))
             .bind(req.split.unwrap_or_default().as_str())
             .bind(i64::from(req.batch_lines.unwrap_or(DEFAULT_BATCH_LINES)))

@@ -1,13 +1,16 @@
-//! Users across teams, as an operator sees them: how many teams each may create.
+//! Users across teams, as an operator sees them: how many teams each may create; and a
+//! user's change of their own secret.
 
 use super::config_event;
-use crate::auth::AuthUser;
+use super::login::{issue, LoginResponse};
+use crate::auth::{self, AuthUser, PeerAddr};
 use crate::db::{on_db, rfc3339, BUMP_REVISION};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path};
-use crate::openapi::{Limit, Name};
+use crate::openapi::{Limit, Name, NewSecret, Secret};
 use crate::AppState;
 use axum::extract::State;
+use proto::control::Claims;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -40,6 +43,21 @@ pub struct UpdateUser {
     #[serde(deserialize_with = "Option::deserialize")]
     #[schema(value_type = Option<Limit>, required = true)]
     pub max_teams: Option<i64>,
+}
+
+/// The longest new secret, in characters.
+pub(crate) const MAX_SECRET: usize = 1024;
+
+/// A change of one's own secret.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeSecret {
+    /// The secret now (403 when it is not).
+    #[schema(value_type = Secret)]
+    pub current: String,
+    /// The new secret.
+    #[schema(value_type = NewSecret)]
+    pub new: String,
 }
 
 const SELECT: &str = "SELECT u.identity, u.operator, u.max_teams, \
@@ -125,4 +143,82 @@ pub async fn update_user(
         state.publish(config_event(revision, "", "user", "updated", &identity));
     }
     Ok(Json(find(&state, &identity).await?))
+}
+
+/// Changes the caller's own secret: `identity` must be the caller's, and `current` their
+/// secret now. Every JWT of the user issued before the change is refused from then on, by
+/// this API and by the broker (which closes the connections they opened); the answer is a new
+/// token for the caller's team. Attempts count against the same limits as logins.
+#[utoipa::path(put, path = "/api/v1/users/{identity}/secret", tag = "users",
+    security(("jwt" = [])),
+    params(("identity" = Name, Path, description = "User identity: the caller's own")),
+    request_body = ChangeSecret,
+    responses((status = 200, body = LoginResponse),
+        (status = 403, description = "`identity` is not the caller, or `current` is not their secret", body = ErrorBody),
+        (status = 409, description = "The secret changed meanwhile (another change came first)", body = ErrorBody),
+        (status = 422, description = "The new secret is empty or longer than 1024 characters", body = ErrorBody),
+        (status = 429, description = "Too many attempts for the identity or from the address; retry after `Retry-After`", body = ErrorBody),
+        (status = 503, description = "Too many secrets being hashed at once; retry after `Retry-After`", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
+pub async fn change_secret(
+    State(state): State<AppState>,
+    user: AuthUser,
+    peer: PeerAddr,
+    Path(identity): Path<String>,
+    Json(req): Json<ChangeSecret>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    if identity != user.identity {
+        return Err(ApiError::Forbidden(format!(
+            "only {identity} may change their own secret"
+        )));
+    }
+    if req.new.is_empty() {
+        return Err(ApiError::Unprocessable("the new secret is empty".into()));
+    }
+    if req.new.chars().count() > MAX_SECRET {
+        return Err(ApiError::Unprocessable(format!(
+            "the new secret is longer than {MAX_SECRET} characters"
+        )));
+    }
+    // A wrong `current` is a guess at the secret, as a failed login is.
+    state.guard.admit(&identity, peer.0)?;
+    let old_hash: String = on_db!(&state.db, pool => {
+        sqlx::query_scalar("SELECT secret_hash FROM users WHERE id = $1")
+            .bind(user.user_id).fetch_one(pool).await?
+    });
+    if !auth::verify_secret(&state.guard, req.current, Some(old_hash.clone())).await? {
+        return Err(ApiError::Forbidden(
+            "the current secret is not right".into(),
+        ));
+    }
+    let new_hash = auth::hash_secret(&state.guard, req.new).await?;
+    let (revision, sgen): (i64, i64) = on_db!(&state.db, pool => {
+        let mut tx = pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        // Only over the hash that was checked: of two changes at once, one wins.
+        let sgen: Option<i64> = sqlx::query_scalar(
+            "UPDATE users SET secret_hash = $1, secret_gen = secret_gen + 1 \
+             WHERE id = $2 AND secret_hash = $3 RETURNING secret_gen")
+            .bind(&new_hash).bind(user.user_id).bind(&old_hash)
+            .fetch_optional(&mut *tx).await?;
+        let Some(sgen) = sgen else {
+            return Err(ApiError::Conflict(
+                "the secret changed meanwhile: log in with the new one".into()));
+        };
+        tx.commit().await?;
+        (revision, sgen)
+    });
+    // A user belongs to no one team: the event names none (the broker refetches and cuts the
+    // connections of older tokens; the user's own event streams end).
+    state.publish(config_event(revision, "", "user", "updated", &identity));
+    let claims = Claims {
+        sub: identity,
+        uid: user.user_id,
+        sgen,
+        team: user.team,
+        role: user.role,
+        iat: 0,
+        exp: 0,
+    };
+    Ok(Json(issue(&state, claims)?))
 }

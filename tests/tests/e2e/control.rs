@@ -26,6 +26,7 @@ fn mint(key: &[u8], team: &str, sub: &str, exp_offset: i64) -> String {
         .as_secs() as i64;
     let claims = Claims {
         uid: 1,
+        sgen: 0,
         sub: sub.into(),
         team: team.into(),
         role: "admin".into(),

@@ -694,6 +694,99 @@ async fn the_tree_follows_the_api_and_refuses_the_rest() -> Result<()> {
     Ok(())
 }
 
+/// A trigger created before it is configured (the console's `set trigger NAME /dir/name`):
+/// a write to it fails with EDESTADDRREQ and one log line says what to set, nothing is
+/// spooled; once a PATCH gives it a service and a plugin, writes go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_without_service_or_plugin_says_edestaddrreq() -> Result<()> {
+    let rig = Rig::start(&[]).await?;
+    let sink = rig.sink("pending");
+    let t = rig
+        .api
+        .ok(
+            "POST",
+            "/api/v1/triggers",
+            json!({"path": "/logs/pending", "split": "lines",
+                   "args": {"path": sink.display().to_string()}}),
+        )
+        .await?;
+    assert_eq!(
+        (t["plugin"].as_str(), t["service"].as_str()),
+        (Some(""), Some(""))
+    );
+    let id = t["id"].as_i64().context("id")?;
+    let file = rig.mnt().join("logs/pending");
+    wait_until(
+        Duration::from_secs(5),
+        "the trigger in the mount",
+        || async { file.exists() },
+    )
+    .await?;
+    let write = |line: &str| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&file)?;
+        f.write_all(line.as_bytes())
+    };
+    let logfile = rig.logfile();
+    let refused = |what: &str| {
+        let what = what.to_string();
+        let (write, logfile) = (&write, &logfile);
+        async move {
+            // The fs learns each change through its event stream: try until it has.
+            let said = format!("trigger /logs/pending has no {what}: set trigger pending {what}");
+            wait_until(
+                Duration::from_secs(5),
+                &format!("no {what} in the log"),
+                || async {
+                    let e = write("early\n").expect_err("a write to an unconfigured trigger");
+                    assert_eq!(e.raw_os_error(), Some(libc::EDESTADDRREQ), "{e}");
+                    std::fs::read_to_string(logfile).is_ok_and(|l| l.contains(&said))
+                },
+            )
+            .await
+        }
+    };
+    refused("service").await?;
+    rig.api
+        .ok(
+            "PATCH",
+            &format!("/api/v1/triggers/{id}"),
+            json!({"service": "ship"}),
+        )
+        .await?;
+    refused("plugin").await?;
+    let log = std::fs::read_to_string(rig.logfile())?;
+    assert!(
+        log.contains("set trigger pending service attach SERVICE"),
+        "{log}"
+    );
+    rig.api
+        .ok(
+            "PATCH",
+            &format!("/api/v1/triggers/{id}"),
+            json!({"plugin": "append"}),
+        )
+        .await?;
+    wait_until(
+        Duration::from_secs(5),
+        "a write that goes through",
+        || async {
+            match write("shipped\n") {
+                Ok(()) => true,
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EDESTADDRREQ), "{e}");
+                    false
+                }
+            }
+        },
+    )
+    .await?;
+    rig.wait_lines(&sink, 1, Duration::from_secs(20)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing written before was spooled: the one line that went through is all there is.
+    assert_eq!(std::fs::read_to_string(&sink)?, "shipped\n");
+    Ok(())
+}
+
 /// SIGTERM unmounts cleanly, and a later start on the same directory works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_unmounts() -> Result<()> {

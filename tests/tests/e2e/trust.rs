@@ -152,6 +152,7 @@ fn mint(key: &[u8], team: &str, sub: &str, uid: i64) -> String {
     let claims = Claims {
         sub: sub.into(),
         uid,
+        sgen: 0,
         team: team.into(),
         role: "admin".into(),
         iat: now_s(),
@@ -176,22 +177,33 @@ async fn ends(mut handle: client::RequestHandle) -> (Option<ErrorKind>, Instant)
     (error, Instant::now())
 }
 
-/// Finding 2: removing a member, deleting a worker or regenerating its token closes the
-/// connections they hold at the broker within a second; their JWTs and tokens are refused
-/// from then on, as is a validly signed JWT for a user who never existed; a removed member's
-/// `/events` stream ends.
-async fn revocation_reaches_the_broker(db: Db) -> Result<()> {
+/// A control plane on `db`, a broker taking its configuration from it, workers `workers`
+/// (online) bound to the team service `svc`, and member `dave` (secret `dave-secret-1`).
+struct Stack {
+    control: Control,
+    broker_addr: String,
+    api: Api,
+    dave: Api,
+    team: String,
+    broker: Proc,
+    _workers: Vec<Proc>,
+    _plugins: Plugins,
+}
+
+async fn stack(db: Db, workers: &[&str]) -> Result<Stack> {
     let port = free_port();
     let broker_addr = format!("127.0.0.1:{port}");
     let control = Control::start_on(&broker_addr, db)?;
     let (team, admin, secret) = control.admin.clone();
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
-    let w1_token = api.new_worker("w1").await?;
-    let w2_token = api.new_worker("w2").await?;
+    let mut tokens = Vec::new();
+    for w in workers {
+        tokens.push(api.new_worker(w).await?);
+    }
     api.ok(
         "POST",
         "/api/v1/services",
-        json!({"name": "svc", "visibility": "team", "workers": ["w1", "w2"]}),
+        json!({"name": "svc", "visibility": "team", "workers": workers}),
     )
     .await?;
     api.ok(
@@ -201,31 +213,78 @@ async fn revocation_reaches_the_broker(db: Db) -> Result<()> {
     )
     .await?;
     let dave = Api::login(&control.url, &team, "dave", "dave-secret-1").await?;
-    let dave_jwt = dave.token.clone().unwrap();
-
     let (broker, _) = start_controlled_broker(&control, port, &[])?;
     let plugins = Plugins::core()?;
     let addr = broker_addr.parse()?;
-    let _w1 = start_worker(
-        addr,
-        "w1",
-        &plugins,
-        &["--team", &team, "--token", &w1_token],
-    )?;
-    let _w2 = start_worker(
-        addr,
-        "w2",
-        &plugins,
-        &["--team", &team, "--token", &w2_token],
-    )?;
-    for w in ["w1", "w2"] {
+    let mut procs = Vec::new();
+    for (w, token) in workers.iter().zip(&tokens) {
+        procs.push(start_worker(
+            addr,
+            w,
+            &plugins,
+            &["--team", &team, "--token", token],
+        )?);
+    }
+    for w in workers {
         api.wait_worker_state(w, "ONLINE", Duration::from_secs(20))
             .await?;
     }
+    Ok(Stack {
+        control,
+        broker_addr,
+        api,
+        dave,
+        team,
+        broker,
+        _workers: procs,
+        _plugins: plugins,
+    })
+}
+
+/// Opens `/api/v1/events` with `jwt`.
+async fn open_events(
+    control: &Control,
+    jwt: &str,
+) -> Result<impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin> {
+    let events = reqwest::Client::new()
+        .get(format!("{}/api/v1/events", control.url))
+        .bearer_auth(jwt)
+        .send()
+        .await?;
+    assert!(events.status().is_success(), "{}", events.status());
+    Ok(events.bytes_stream())
+}
+
+/// Whether an event stream ends within 5 s (a keep-alive may come first).
+async fn stream_ends(
+    mut events: impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+) -> bool {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = events.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Finding 2: removing a member, deleting a worker or regenerating its token closes the
+/// connections they hold at the broker within a second; their JWTs and tokens are refused
+/// from then on, as is a validly signed JWT for a user who never existed; a removed member's
+/// `/events` stream ends.
+async fn revocation_reaches_the_broker(db: Db) -> Result<()> {
+    // Bound as a whole: the workers and plugins must live as long as the test.
+    let s = stack(db, &["w1", "w2"]).await?;
+    let (control, broker_addr, api, team, broker) =
+        (&s.control, &s.broker_addr, &s.api, &s.team, &s.broker);
+    let dave = &s.dave;
+    let dave_jwt = dave.token.clone().unwrap();
 
     // A JWT signed with the right key for a user who never existed.
     let key = control.jwt_key()?;
-    match connect_jwt(&broker_addr, &mint(&key, &team, "ghost", 999)).await {
+    match connect_jwt(broker_addr, &mint(&key, team, "ghost", 999)).await {
         Err(ClientError::Refused { kind, reason }) => {
             assert_eq!(kind, ErrorKind::Unauthorized);
             assert!(reason.contains("not a member"), "{reason}");
@@ -235,17 +294,11 @@ async fn revocation_reaches_the_broker(db: Db) -> Result<()> {
     }
 
     // Dave, connected, runs something long; his event stream is open.
-    let c = connect_jwt(&broker_addr, &dave_jwt).await?;
+    let c = connect_jwt(broker_addr, &dave_jwt).await?;
     let (_, error) = run(&c, "svc", "id -un").await?;
     assert_eq!(error, None);
     let long = c.request(spec("svc", "sleep 30")).await?;
-    let events = reqwest::Client::new()
-        .get(format!("{}/api/v1/events", control.url))
-        .bearer_auth(&dave_jwt)
-        .send()
-        .await?;
-    assert!(events.status().is_success(), "{}", events.status());
-    let mut events = events.bytes_stream();
+    let events = open_events(control, &dave_jwt).await?;
     let long = tokio::spawn(ends(long));
     // The long request has reached a worker before he is removed.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -263,24 +316,19 @@ async fn revocation_reaches_the_broker(db: Db) -> Result<()> {
     assert_eq!(error, Some(ErrorKind::Revoked));
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert!(c.is_closed(), "the removed member's connection is open");
-    match connect_jwt(&broker_addr, &dave_jwt).await {
+    match connect_jwt(broker_addr, &dave_jwt).await {
         Err(ClientError::Refused { kind, .. }) => assert_eq!(kind, ErrorKind::Unauthorized),
         Err(e) => bail!("unexpected error for a removed member's JWT: {e}"),
         Ok(_) => bail!("the broker accepted a removed member's JWT"),
     }
-    // His event stream ends (a keep-alive may come first).
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(chunk) = events.next().await {
-            if chunk.is_err() {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the removed member's event stream goes on");
+    // His event stream ends.
+    assert!(
+        stream_ends(events).await,
+        "the removed member's event stream goes on"
+    );
 
     // A regenerated token, a deleted worker: their connections close within a second.
-    let admin_client = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
+    let admin_client = connect_jwt(broker_addr, api.token.as_deref().unwrap()).await?;
     for (identity, method, path) in [
         ("w1", "POST", "/api/v1/workers/w1/regenerate"),
         ("w2", "DELETE", "/api/v1/workers/w2"),
@@ -319,6 +367,63 @@ async fn revocation_reaches_the_broker_sqlite() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_reaches_the_broker_postgres() -> Result<()> {
     revocation_reaches_the_broker(Db::Postgres).await
+}
+
+/// A user who changes their secret cuts the broker connections and the event streams of
+/// every token issued before, within a second; those tokens are refused from then on, and the
+/// token the change answers with works.
+async fn a_secret_change_revokes_older_tokens(db: Db) -> Result<()> {
+    let s = stack(db, &["w1"]).await?;
+    let (control, broker_addr, dave) = (&s.control, &s.broker_addr, &s.dave);
+    let old_jwt = dave.token.clone().unwrap();
+    let c = connect_jwt(broker_addr, &old_jwt).await?;
+    let (_, error) = run(&c, "svc", "id -un").await?;
+    assert_eq!(error, None);
+    let long = tokio::spawn(ends(c.request(spec("svc", "sleep 30")).await?));
+    let events = open_events(control, &old_jwt).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let answer = dave
+        .ok(
+            "PUT",
+            "/api/v1/users/dave/secret",
+            json!({"current": "dave-secret-1", "new": "dave-secret-2"}),
+        )
+        .await?;
+    let changed = Instant::now();
+    let new_jwt = answer["token"].as_str().unwrap().to_string();
+    let (error, ended) = tokio::time::timeout(Duration::from_secs(10), long).await??;
+    let took = ended - changed;
+    println!("the older token's request ended after {took:?}");
+    assert_eq!(error, Some(ErrorKind::Revoked));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(c.is_closed(), "the older token's connection is open");
+    match connect_jwt(broker_addr, &old_jwt).await {
+        Err(ClientError::Refused { kind, reason }) => {
+            assert_eq!(kind, ErrorKind::Unauthorized);
+            assert!(reason.contains("secret"), "{reason}");
+        }
+        Err(e) => bail!("unexpected error for a token older than the secret: {e}"),
+        Ok(_) => bail!("the broker accepted a token older than the secret"),
+    }
+    assert!(
+        stream_ends(events).await,
+        "the older token's event stream goes on"
+    );
+    let c = connect_jwt(broker_addr, &new_jwt).await?;
+    let (_, error) = run(&c, "svc", "id -un").await?;
+    assert_eq!(error, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_change_revokes_older_tokens_sqlite() -> Result<()> {
+    a_secret_change_revokes_older_tokens(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_change_revokes_older_tokens_postgres() -> Result<()> {
+    a_secret_change_revokes_older_tokens(Db::Postgres).await
 }
 
 /// A client's connection ends when its JWT expires (no grace): its request ends with

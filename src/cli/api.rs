@@ -102,6 +102,15 @@ impl Api {
         Ok(api)
     }
 
+    /// After `set password`: the new secret, and the JWT the change answered with.
+    pub fn changed_secret(&self, secret: String, token: &str) {
+        self.login.borrow_mut().secret = secret;
+        *self.token.borrow_mut() = token.to_string();
+        if let Some(path) = &self.cache {
+            write_cache(path, &self.login.borrow(), token);
+        }
+    }
+
     /// The current JWT (for the broker).
     pub fn token(&self) -> String {
         self.token.borrow().clone()

@@ -428,11 +428,13 @@ fn boolean(a: &Args) -> Result<bool, CliError> {
     Ok(choice(a, Kind::Bool)? == "true")
 }
 
-fn duration(a: &Args) -> Result<&str, CliError> {
+/// A duration as people type it (`10s`, `1m30s`, `1h`), in milliseconds for the API.
+fn duration_ms(a: &Args) -> Result<u64, CliError> {
     let value = a.get(Kind::Duration);
     humantime::parse_duration(value)
-        .map(|_| value)
-        .map_err(|_| {
+        .ok()
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| {
             CliError::Value(format!(
                 "`{value}` is not a duration such as 10s, 1m30s or 1h"
             ))
@@ -467,7 +469,7 @@ pub fn service_algorithm(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 }
 
 pub fn service_timeout(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_service(s, a, json!({ "timeout": duration(a)? }))
+    patch_service(s, a, json!({ "timeout_ms": duration_ms(a)? }))
 }
 
 pub fn service_visibility(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -652,7 +654,7 @@ pub fn trigger_batch_lines(s: &mut Session, a: &Args) -> Result<Reply, CliError>
 }
 
 pub fn trigger_timeout(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_trigger(s, a, json!({ "timeout": duration(a)? }))
+    patch_trigger(s, a, json!({ "timeout_ms": duration_ms(a)? }))
 }
 
 pub fn trigger_mode(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -831,14 +833,17 @@ pub fn quota_field(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 pub fn password(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
     let (current, new) = s.ask_secrets()?;
     let identity = s.api.login.borrow().identity.clone();
-    s.api.call(
+    let answer = s.api.call(
         Method::PUT,
         &format!("/users/{}/secret", path_part(&identity)),
         Some(json!({ "current": current, "new": new })),
     )?;
-    s.api.login.borrow_mut().secret = new;
+    // Every JWT issued before the change is refused from now on: this is the new one.
+    s.api.changed_secret(new, &text(&answer, "token"));
     done(
-        "Secret changed. Put the new one into secret of [main] in triggerfs.toml.".to_string(),
+        "Secret changed; tokens issued before are refused from now on. Put the new secret \
+         into secret of [main] in triggerfs.toml."
+            .to_string(),
         Value::Null,
     )
 }

@@ -25,7 +25,12 @@ impl Rig {
         let up = Up::start(&dir.path().join("data"))?;
         let config = dir.path().join("data/triggerfs.toml");
         let api = Api::login(&up.url, &up.team, &up.identity, &up.secret).await?;
-        Ok(Rig { dir, up, config, api })
+        Ok(Rig {
+            dir,
+            up,
+            config,
+            api,
+        })
     }
 
     /// `triggerfs --config <config> cli <args>` with HOME and XDG_DATA_HOME in the rig.
@@ -56,7 +61,11 @@ impl Rig {
             .stderr(Stdio::piped())
             .spawn()
             .context("spawn triggerfs cli")?;
-        child.stdin.take().context("stdin")?.write_all(stdin.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while child.try_wait()?.is_none() {
             if Instant::now() > deadline {
@@ -95,7 +104,9 @@ impl Rig {
     }
 
     async fn get(&self, path: &str) -> Result<Value> {
-        self.api.ok("GET", &format!("/api/v1{path}"), Value::Null).await
+        self.api
+            .ok("GET", &format!("/api/v1{path}"), Value::Null)
+            .await
     }
 }
 
@@ -164,7 +175,10 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
     assert_eq!(s["stop_on_failure"], true);
     assert_eq!(s["retry"], true);
     let out = ok!("set services s1 workers add w1");
-    ensure!(out.contains("Notice: service s1 (mirror) is now served by w1"), "{out}");
+    ensure!(
+        out.contains("Notice: service s1 (mirror) is now served by w1"),
+        "{out}"
+    );
     assert_eq!(rig.get("/services/s1").await?["workers"], json!(["w1"]));
     ok!("set services s1 workers remove w1");
     assert_eq!(rig.get("/services/s1").await?["workers"], json!([]));
@@ -200,7 +214,10 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
     assert_eq!(t["path"], "/logs/access2");
     assert_eq!(t["args"], json!({"path": "/var/log/x.log"}));
     let shown = ok!("show triggers");
-    ensure!(shown.contains("access2") && shown.contains("(1 rows)"), "{shown}");
+    ensure!(
+        shown.contains("access2") && shown.contains("(1 rows)"),
+        "{shown}"
+    );
     ok!("delete trigger /logs/access2");
     assert_eq!(rig.get("/triggers").await?, json!([]));
     ok!("delete directory logs");
@@ -211,7 +228,11 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
     ok!("set users bob role admin");
     let members = rig.get(&format!("/teams/{team}/members")).await?;
     ensure!(
-        members.as_array().unwrap().iter().any(|m| m["identity"] == "bob" && m["role"] == "admin"),
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["identity"] == "bob" && m["role"] == "admin"),
         "{members}"
     );
     ok!("delete users bob");
@@ -227,7 +248,10 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
     assert_eq!(q["max_workers"], 7);
     assert_eq!(q["max_services"], 5, "the other limits stay: {q}");
     ok!("set quota max_workers unlimited");
-    assert_eq!(rig.get(&format!("/teams/{team}/quota")).await?["max_workers"], Value::Null);
+    assert_eq!(
+        rig.get(&format!("/teams/{team}/quota")).await?["max_workers"],
+        Value::Null
+    );
     ok!("set quota preset unlimited");
 
     // Invitations: carol, of another team, is invited, declines, is invited again, accepts.
@@ -235,26 +259,57 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
         .ok("POST", "/api/v1/teams", json!({"name": "other"}))
         .await?;
     rig.api.new_member("other", "carol", "carol-secret").await?;
-    let carol = ["--team", "other", "--identity", "carol", "--secret", "carol-secret"];
+    let carol = [
+        "--team",
+        "other",
+        "--identity",
+        "carol",
+        "--secret",
+        "carol-secret",
+    ];
     ok!("invite carol");
     let pending = rig.get(&format!("/teams/{team}/invitations")).await?;
     ensure!(pending.to_string().contains("\"carol\""), "{pending}");
     ok!("delete invitations carol");
-    assert_eq!(rig.get(&format!("/teams/{team}/invitations")).await?, json!([]));
+    assert_eq!(
+        rig.get(&format!("/teams/{team}/invitations")).await?,
+        json!([])
+    );
     ok!("invite carol role member");
-    let (code, out, err) = rig.run(rig.command(&bin(), &[&carol[..], &["-c", "show invitations"]].concat()), "")?;
-    ensure!(code == 0 && out.contains(&team) && out.contains("(1 rows)"), "{out}{err}");
-    let (code, out, err) = rig.run(rig.command(&bin(), &[&carol[..], &["-c", &format!("accept {team}")]].concat()), "")?;
-    ensure!(code == 0 && out.contains(&format!("You joined team {team}")), "{out}{err}");
+    let (code, out, err) = rig.run(
+        rig.command(&bin(), &[&carol[..], &["-c", "show invitations"]].concat()),
+        "",
+    )?;
+    ensure!(
+        code == 0 && out.contains(&team) && out.contains("(1 rows)"),
+        "{out}{err}"
+    );
+    let (code, out, err) = rig.run(
+        rig.command(
+            &bin(),
+            &[&carol[..], &["-c", &format!("accept {team}")]].concat(),
+        ),
+        "",
+    )?;
+    ensure!(
+        code == 0 && out.contains(&format!("You joined team {team}")),
+        "{out}{err}"
+    );
     let members = rig.get(&format!("/teams/{team}/members")).await?;
     ensure!(members.to_string().contains("\"carol\""), "{members}");
 
     // Deletions last: the service and the worker.
     ok!("delete services s1");
-    let (status, _) = rig.api.call("GET", "/api/v1/services/s1", Value::Null).await?;
+    let (status, _) = rig
+        .api
+        .call("GET", "/api/v1/services/s1", Value::Null)
+        .await?;
     assert_eq!(status.as_u16(), 404);
     ok!("delete workers w1");
-    let (status, _) = rig.api.call("GET", "/api/v1/workers/w1", Value::Null).await?;
+    let (status, _) = rig
+        .api
+        .call("GET", "/api/v1/workers/w1", Value::Null)
+        .await?;
     assert_eq!(status.as_u16(), 404);
 
     // The secret, changed from a script: current and new on stdin.
@@ -295,14 +350,30 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
 async fn errors_are_one_line_and_the_console_keeps_running() -> Result<()> {
     let rig = Rig::start().await?;
     rig.api
-        .ok("POST", &format!("/api/v1/teams/{}/members", rig.up.team), json!({"identity": "mia", "secret": "mia-secret"}))
+        .ok(
+            "POST",
+            &format!("/api/v1/teams/{}/members", rig.up.team),
+            json!({"identity": "mia", "secret": "mia-secret"}),
+        )
         .await?;
     let mia = ["--identity", "mia", "--secret", "mia-secret"];
     let cases: [(&[&str], &str, &str); 5] = [
         (&[], "sett workers", "error: unknown command `sett`"),
-        (&[], "set services nosuch algorithm mirror", "error: no service nosuch"),
-        (&[], "set services demo algorithm sideways", "error: `sideways` is not a valid algorithm"),
-        (&[], "set trigger nosuch plugin echo", "error: no trigger nosuch"),
+        (
+            &[],
+            "set services nosuch algorithm mirror",
+            "error: no service nosuch",
+        ),
+        (
+            &[],
+            "set services demo algorithm sideways",
+            "error: `sideways` is not a valid algorithm",
+        ),
+        (
+            &[],
+            "set trigger nosuch plugin echo",
+            "error: no trigger nosuch",
+        ),
         (&mia, "delete users admin", "(Forbidden)"),
     ];
     for (args, line, want) in cases {
@@ -316,15 +387,24 @@ async fn errors_are_one_line_and_the_console_keeps_running() -> Result<()> {
         let (code, out, err) = rig.run(rig.command(&bin(), &all), &input)?;
         ensure!(code == 0, "console exited {code}: {out}{err}");
         ensure!(err.trim_end() == one, "`{line}`: {err:?} is not {one:?}");
-        ensure!(out.contains("\"max_workers\""), "the console stopped after `{line}`:\n{out}");
+        ensure!(
+            out.contains("\"max_workers\""),
+            "the console stopped after `{line}`:\n{out}"
+        );
     }
     // A configure-mode command in operational mode says so.
     let (_, _, err) = rig.run(rig.command(&bin(), &[]), "set services name x\n")?;
-    ensure!(err.contains("is a configure-mode command: type configure first"), "{err}");
+    ensure!(
+        err.contains("is a configure-mode command: type configure first"),
+        "{err}"
+    );
     // `?` on a line lists what may come next, without running anything.
     let (_, out, _) = rig.run(rig.command(&bin(), &[]), "configure\nset services demo ?\n")?;
     for word in ["algorithm", "timeout", "visibility", "workers", "batch"] {
-        ensure!(out.contains(&format!("  {word} ")), "`?` lacks {word}:\n{out}");
+        ensure!(
+            out.contains(&format!("  {word} ")),
+            "`?` lacks {word}:\n{out}"
+        );
     }
     Ok(())
 }
@@ -362,7 +442,21 @@ impl Screen {
 async fn the_seeds_get_started_flow_typed_in_the_console() -> Result<()> {
     let rig = Rig::start().await?;
     let host = "(main) admin@127.0.0.1";
-    let mut command = rig.command(&bin(), &[]);
+    // A terminal of a person's size (a new pty has 0 columns): through `stty`, before the
+    // console starts, so its first prompt already knows it.
+    let console = rig.command(&bin(), &[]);
+    let mut script = format!("stty cols 300 rows 50 && exec '{}'", bin().display());
+    for arg in console.get_args() {
+        script.push_str(&format!(" '{}'", arg.to_string_lossy()));
+    }
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(script).current_dir(rig.dir.path());
+    for (k, v) in console.get_envs() {
+        match v {
+            Some(v) => command.env(k, v),
+            None => command.env_remove(k),
+        };
+    }
     command
         .env("TERM", "xterm")
         .env("SHELL", "/bin/sh")
@@ -394,7 +488,14 @@ async fn the_seeds_get_started_flow_typed_in_the_console() -> Result<()> {
     // `?` lists the properties, and gives the line back.
     screen.send("set services demoservice ?")?;
     screen.expect("Possible completions:")?;
-    for word in ["algorithm", "batch", "description", "timeout", "visibility", "workers"] {
+    for word in [
+        "algorithm",
+        "batch",
+        "description",
+        "timeout",
+        "visibility",
+        "workers",
+    ] {
         screen.expect(&format!("  {word} "))?;
     }
     screen.expect(&format!("{host}# set services demoservice "))?;
@@ -405,8 +506,17 @@ async fn the_seeds_get_started_flow_typed_in_the_console() -> Result<()> {
     let (mut worker, _stdout) = Proc::spawn(
         "demo01",
         &[
-            "worker", "--identity", "demo01", "--team", "main", "--token", &token,
-            "--broker", &rig.up.broker, "--pluginspath", plugins.to_str().unwrap(),
+            "worker",
+            "--identity",
+            "demo01",
+            "--team",
+            "main",
+            "--token",
+            &token,
+            "--broker",
+            &rig.up.broker,
+            "--pluginspath",
+            plugins.to_str().unwrap(),
         ],
     )?;
     rig.api
@@ -465,7 +575,10 @@ async fn the_seeds_get_started_flow_typed_in_the_console() -> Result<()> {
     screen.send("\x03")?;
     screen.expect("Exit code")?;
     screen.expect(&format!("{host}$ "))?;
-    ensure!(cancelled.elapsed() < Duration::from_secs(10), "Ctrl-C did not cancel the request");
+    ensure!(
+        cancelled.elapsed() < Duration::from_secs(10),
+        "Ctrl-C did not cancel the request"
+    );
     // Ctrl-C on a line drops the line.
     screen.send("show wor\x03")?;
     screen.expect(&format!("{host}$ "))?;
@@ -477,7 +590,10 @@ async fn the_seeds_get_started_flow_typed_in_the_console() -> Result<()> {
     screen.pty.exp_eof()?;
     worker.kill();
     let history = std::fs::read_to_string(rig.dir.path().join("xdg/triggerfs/cli_history"))?;
-    ensure!(history.contains("set services name demoservice"), "{history}");
+    ensure!(
+        history.contains("set services name demoservice"),
+        "{history}"
+    );
     Ok(())
 }
 
@@ -485,7 +601,10 @@ async fn the_seeds_get_started_flow_typed_in_the_console() -> Result<()> {
 async fn triggerfs_cli_link_takes_the_seeds_flags() -> Result<()> {
     let rig = Rig::start().await?;
     let links = rig.dir.path().join("bin");
-    let (code, out, err) = run_cli(&["install-links", links.to_str().unwrap()], Duration::from_secs(30))?;
+    let (code, out, err) = run_cli(
+        &["install-links", links.to_str().unwrap()],
+        Duration::from_secs(30),
+    )?;
     ensure!(code == 0, "{out}{err}");
     let mut command = Command::new(links.join("triggerfs-cli"));
     command
@@ -495,6 +614,9 @@ async fn triggerfs_cli_link_takes_the_seeds_flags() -> Result<()> {
         .env("XDG_DATA_HOME", rig.dir.path().join("xdg"))
         .env_remove("TRIGGERFS_CONFIG");
     let (code, out, err) = rig.run(command, "")?;
-    ensure!(code == 0 && out.contains("demo") && out.contains("(1 rows)"), "{out}{err}");
+    ensure!(
+        code == 0 && out.contains("demo") && out.contains("(1 rows)"),
+        "{out}{err}"
+    );
     Ok(())
 }

@@ -129,10 +129,8 @@ pub fn show_workers(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
         "state",
         "last seen",
         "visibility",
-        "announces",
         "owner",
         "created",
-        "updated",
     ]);
     for w in items(&answer) {
         t.row(vec![
@@ -141,10 +139,8 @@ pub fn show_workers(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
             text(&w, "state"),
             time(&w, "last_seen"),
             text(&w, "visibility"),
-            text(&w, "announces"),
             text(&w, "owner"),
             time(&w, "created"),
-            time(&w, "updated"),
         ]);
     }
     Ok(Reply::Table(t, answer))

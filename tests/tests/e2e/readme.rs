@@ -10,8 +10,8 @@
 //!   any number of lines; a line `[plugin@worker] text` is a plugin's output as the client
 //!   shows it, whose text is the host's (what `uptime` or `df` print differs from machine to
 //!   machine), so only its `[plugin@worker]` must match; in every other line, dates
-//!   (`2026/11/25`), clock times (`10:14:06`) and durations (`4.914622ms`) match any date,
-//!   time or duration, and the rest is literal. A command shown with no output has its output
+//!   (`2026/11/25`, the console's `Sun, 29 Nov 2026 08:04:46 UTC`), clock times (`10:14:06`)
+//!   and durations (`4.914622ms`) match any date, time or duration, and the rest is literal. A command shown with no output has its output
 //!   unchecked.
 //! - A ```` ```sh ```` block without `$ ` lines is a script: its commands (a line, with the
 //!   lines that `\` continues or that bash needs to complete it; comments skipped) run one
@@ -229,8 +229,7 @@ fn map_command(text: &str, ports: Ports) -> String {
 }
 
 /// Dates, clock times and durations: what differs from one run to the next.
-const VOLATILE: &str =
-    r"\d{4}/\d{2}/\d{2}|\d{1,2}:\d{2}:\d{2}|(?:\d+h)?(?:\d+m)?\d+(?:\.\d+)?(?:ns|µs|ms|s)\b";
+const VOLATILE: &str = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} UTC|\d{4}/\d{2}/\d{2}|\d{1,2}:\d{2}:\d{2}|(?:\d+h)?(?:\d+m)?\d+(?:\.\d+)?(?:ns|µs|ms|s)\b";
 
 /// What an output line the README shows must look like (see the module's documentation).
 fn line_pattern(expected: &str) -> Result<Regex> {

@@ -213,6 +213,20 @@ impl Http {
 }
 
 impl ControlSource {
+    /// A source over one fixed snapshot, with no control plane behind it and no feed thread:
+    /// for tests and fuzzing the trust checks. Reports (worker states) go nowhere.
+    pub fn offline(snapshot: BrokerSnapshot) -> Result<ControlSource, String> {
+        let compiled = Arc::new(compile(snapshot)?);
+        let (reports, _) = mpsc::unbounded_channel();
+        Ok(ControlSource {
+            inner: Arc::new(Inner {
+                revision: AtomicU64::new(compiled.revision),
+                compiled: RwLock::new(compiled),
+                reports,
+            }),
+        })
+    }
+
     /// Starts the feed thread and waits for the first snapshot.
     pub fn start(settings: FeedSettings) -> Result<ControlSource, FeedError> {
         let (report_tx, report_rx) = mpsc::unbounded_channel();
@@ -615,15 +629,7 @@ mod tests {
 
     /// A source over `compile(snapshot())`, without a feed thread.
     fn source() -> ControlSource {
-        let compiled = Arc::new(compile(snapshot()).unwrap());
-        let (reports, _) = mpsc::unbounded_channel();
-        ControlSource {
-            inner: Arc::new(Inner {
-                revision: AtomicU64::new(compiled.revision),
-                compiled: RwLock::new(compiled),
-                reports,
-            }),
-        }
+        ControlSource::offline(snapshot()).unwrap()
     }
 
     fn worker(team: &str, identity: &str, token: &str) -> Credential {

@@ -197,6 +197,9 @@ pub async fn run_with<O: Write, E: Write>(
 
     tokio::pin!(interrupt);
     let mut interrupted = false;
+    // Output held under a progress bar goes out on this beat when no event comes.
+    let mut beat = tokio::time::interval(Duration::from_secs(1) / u32::from(render::BAR_HZ));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = handle.next() => {
@@ -204,6 +207,7 @@ pub async fn run_with<O: Write, E: Write>(
                 outcome.record(&event);
                 live.event(&mut console, &event).map_err(ClientError::Output)?;
             }
+            _ = beat.tick() => live.tick(&mut console).map_err(ClientError::Output)?,
             () = &mut interrupt, if !interrupted => {
                 interrupted = true;
                 tracing::debug!(id = handle.id(), "interrupted; cancelling the request");

@@ -19,7 +19,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use proto::{Algorithm, Stream, TextEnum};
 use std::io::{self, Write};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Where the command writes, and what it knows about the terminal.
 #[derive(Debug)]
@@ -165,6 +165,12 @@ pub struct LiveRender {
     running: std::collections::HashSet<String>,
     /// Whether the final report is the table (on a terminal).
     table: bool,
+    /// Output lines waiting for the next batch under the bar.
+    pending: Vec<(Stream, String)>,
+    /// When the last batch went out.
+    last_flush: Instant,
+    /// Batches written (each one redraw of the bar).
+    flushes: u64,
 }
 
 impl LiveRender {
@@ -178,6 +184,9 @@ impl LiveRender {
             counts: Counts::default(),
             running: std::collections::HashSet::new(),
             table: false,
+            pending: Vec::new(),
+            last_flush: Instant::now(),
+            flushes: 0,
         }
     }
 
@@ -248,9 +257,15 @@ impl LiveRender {
                     self.plugin,
                     String::from_utf8_lossy(data)
                 );
-                match stream {
-                    Stream::Stdout => self.print(&mut console.out, &line)?,
-                    Stream::Stderr => self.print(&mut console.err, &line)?,
+                if self.bar.is_some() {
+                    // Under the bar, lines go out in batches, one redraw per batch.
+                    self.pending.push((*stream, line));
+                    self.tick(console)?;
+                } else {
+                    match stream {
+                        Stream::Stdout => self.print(&mut console.out, &line)?,
+                        Stream::Stderr => self.print(&mut console.err, &line)?,
+                    }
                 }
             }
             ClientEvent::Done { .. } | ClientEvent::Failed { .. } => {
@@ -269,12 +284,48 @@ impl LiveRender {
         Ok(())
     }
 
+    /// Prints the output lines held under the progress bar, at most [`BAR_HZ`] times a
+    /// second: each batch clears and redraws the bar once, however many workers answer.
+    /// The command calls it on every event and on a timer.
+    pub fn tick<O: Write, E: Write>(&mut self, console: &mut Console<O, E>) -> io::Result<()> {
+        let due = self.last_flush.elapsed() >= Duration::from_secs(1) / u32::from(BAR_HZ);
+        if due {
+            self.flush_pending(console)?;
+        }
+        Ok(())
+    }
+
+    fn flush_pending<O: Write, E: Write>(&mut self, console: &mut Console<O, E>) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut write = || -> io::Result<()> {
+            for (stream, line) in &pending {
+                match stream {
+                    Stream::Stdout => writeln!(console.out, "{line}")?,
+                    Stream::Stderr => writeln!(console.err, "{line}")?,
+                }
+            }
+            console.out.flush()?;
+            console.err.flush()
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write)?,
+            None => write()?,
+        }
+        self.last_flush = Instant::now();
+        self.flushes += 1;
+        Ok(())
+    }
+
     /// Clears the progress bar and writes the final report (or the JSON document).
     pub fn finish<O: Write, E: Write>(
         &mut self,
         console: &mut Console<O, E>,
         outcome: &Outcome,
     ) -> io::Result<()> {
+        self.flush_pending(console)?;
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
@@ -290,16 +341,10 @@ impl LiveRender {
         write_report(&mut console.out, &mut console.err, outcome, !self.table)
     }
 
-    /// One line, flushed at once (live), without tearing the progress bar.
+    /// One line, flushed at once (live); without a bar (plain lines, or before it exists).
     fn print(&self, to: &mut impl Write, line: &str) -> io::Result<()> {
-        let mut write = || {
-            writeln!(to, "{line}")?;
-            to.flush()
-        };
-        match &self.bar {
-            Some(bar) => bar.suspend(write),
-            None => write(),
-        }
+        writeln!(to, "{line}")?;
+        to.flush()
     }
 }
 
@@ -577,6 +622,50 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// A flood of output under the bar is written in batches: one redraw per tenth of a
+    /// second, not one per line, and no line is lost.
+    #[test]
+    fn output_under_the_bar_is_batched() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut console = Console {
+            out: &mut out,
+            err: &mut err,
+            err_is_terminal: true,
+            clock: SystemTime::now,
+            time_zone: TimeZone::UTC,
+        };
+        let mut live = LiveRender::new("dc1", "p", false);
+        let routed = ClientEvent::Routed {
+            algorithm: Algorithm::Mirror,
+            n_workers: 1000,
+        };
+        live.event(&mut console, &routed).unwrap();
+        let started = Instant::now();
+        for i in 0..10_000u64 {
+            let event = ClientEvent::Output {
+                worker: format!("w{}", i % 1000),
+                seq: i / 1000,
+                stream: Stream::Stdout,
+                data: b"line".to_vec(),
+            };
+            live.event(&mut console, &event).unwrap();
+        }
+        let elapsed = started.elapsed();
+        let most = 1 + elapsed.as_millis() as u64 / 100 + 1;
+        assert!(
+            live.flushes <= most,
+            "{} batches in {elapsed:?}",
+            live.flushes
+        );
+        live.finish(&mut console, &Outcome::new("dc1", "p"))
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("[p@w")).count(),
+            10_000
+        );
     }
 
     #[test]

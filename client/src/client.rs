@@ -82,6 +82,9 @@ pub struct RequestSpec {
     /// at most once; a replay of one whose run ended ends with a `Summary` whose `replayed`
     /// is set. `None` for ordinary requests.
     pub key: Option<proto::IdemKey>,
+    /// Per-request fan-out options (mirror, serial): batch, max failures, quorum, deadline,
+    /// and `only`, the subset of the service's workers to run on.
+    pub fleet: proto::Fleet,
 }
 
 impl Default for RequestSpec {
@@ -96,6 +99,7 @@ impl Default for RequestSpec {
             timeout: None,
             wait: true,
             key: None,
+            fleet: proto::Fleet::default(),
         }
     }
 }
@@ -127,6 +131,7 @@ impl RequestSpec {
             timeout_ms,
             wait: self.wait,
             key: self.key,
+            fleet: self.fleet,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! and still end with the same `Outcome` that [`crate::RequestHandle::collect`] returns.
 
 use crate::client::ClientEvent;
-use proto::{Algorithm, ErrorKind, Stream, Summary};
+use proto::{Algorithm, ErrorKind, Stream, Summary, TextEnum};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -43,6 +43,9 @@ pub struct Outcome {
     /// Cost of the output lines kept now, all workers.
     #[serde(skip)]
     kept: usize,
+    /// When recording started, for per-worker durations.
+    #[serde(skip)]
+    started: std::time::Instant,
 }
 
 /// What keeping one output line costs, for [`Outcome::keep_output`]: its text and its slot.
@@ -67,6 +70,14 @@ pub struct WorkerOutcome {
     /// Lines not kept in `output` (the oldest ones), to stay within the bound.
     #[serde(skip_serializing_if = "is_zero")]
     pub output_dropped: u64,
+    /// The last output line (either stream), kept even when `output` keeps none.
+    pub last_line: Option<String>,
+    /// From the request's start to the worker's `Accepted`, as the client saw it.
+    #[serde(skip)]
+    accepted_at: Option<Duration>,
+    /// From its `Accepted` to its end (from the request's start when it never accepted).
+    #[serde(rename = "duration_ms", serialize_with = "serialize_opt_millis")]
+    pub duration: Option<Duration>,
     /// Cost of the lines in `output`.
     #[serde(skip)]
     kept: usize,
@@ -76,10 +87,10 @@ pub struct WorkerOutcome {
 }
 
 proto::text_enum! {
-    ("worker status", "lowercase")
+    ("worker status", "snake_case")
     /// How one worker's run ended.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-    #[serde(rename_all = "lowercase")]
+    #[serde(rename_all = "snake_case")]
     pub enum WorkerStatus {
         /// Exited 0.
         Ok,
@@ -95,6 +106,14 @@ proto::text_enum! {
         Error,
         /// No `Done` or `Failed` arrived before the request ended (e.g. the connection dropped).
         Unfinished,
+        /// Bound to the service but offline when the request was dispatched.
+        Offline,
+        /// Sent the request but did not answer before the deadline.
+        NoResponse,
+        /// Not started (max failures, quorum, deadline, a serial run's stop).
+        Skipped,
+        /// Still running when the quorum was reached; left to run on.
+        Detached,
     }
 }
 
@@ -123,7 +142,38 @@ impl WorkerStatus {
             ErrorKind::Timeout => WorkerStatus::Timeout,
             ErrorKind::WorkerLost => WorkerStatus::Lost,
             ErrorKind::Cancelled => WorkerStatus::Cancelled,
+            ErrorKind::Offline => WorkerStatus::Offline,
+            ErrorKind::NoResponse => WorkerStatus::NoResponse,
+            ErrorKind::Skipped => WorkerStatus::Skipped,
+            ErrorKind::Detached => WorkerStatus::Detached,
             _ => WorkerStatus::Error,
+        }
+    }
+
+    /// Where a worker with this status goes in the final table: failures first, then the
+    /// workers that never answered, then those that did not run, successes last.
+    pub fn table_rank(self) -> u8 {
+        match self {
+            WorkerStatus::Failed => 0,
+            WorkerStatus::Error => 1,
+            WorkerStatus::Lost => 2,
+            WorkerStatus::Timeout => 3,
+            WorkerStatus::NoResponse => 4,
+            WorkerStatus::Offline => 5,
+            WorkerStatus::Unfinished => 6,
+            WorkerStatus::Cancelled => 7,
+            WorkerStatus::Skipped => 8,
+            WorkerStatus::Detached => 9,
+            WorkerStatus::Ok => 10,
+        }
+    }
+
+    /// The status as the table and the live view say it (`no response`).
+    pub fn words(self) -> &'static str {
+        match self {
+            WorkerStatus::NoResponse => "no response",
+            WorkerStatus::Timeout => "timed out",
+            other => other.as_str(),
         }
     }
 }
@@ -145,6 +195,7 @@ impl Outcome {
             elapsed: Duration::ZERO,
             keep_output: usize::MAX,
             kept: 0,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -171,7 +222,8 @@ impl Outcome {
                 self.queued = Some(*n_workers);
             }
             ClientEvent::Accepted { worker } => {
-                self.worker_mut(worker);
+                let at = self.started.elapsed();
+                self.worker_mut(worker).accepted_at = Some(at);
             }
             ClientEvent::Output {
                 worker,
@@ -180,6 +232,8 @@ impl Outcome {
                 ..
             } => {
                 self.total_messages += 1;
+                self.worker_mut(worker).last_line =
+                    Some(String::from_utf8_lossy(data).into_owned());
                 if self.keep_output == 0 {
                     self.worker_mut(worker).output_dropped += 1;
                     return;
@@ -197,7 +251,9 @@ impl Outcome {
             }
             ClientEvent::Done { worker, exit_code } => {
                 let rank = self.next_rank();
+                let now = self.started.elapsed();
                 let w = self.worker_mut(worker);
+                w.duration = Some(now.saturating_sub(w.accepted_at.unwrap_or_default()));
                 w.exit_code = Some(*exit_code);
                 w.status = if *exit_code == 0 {
                     WorkerStatus::Ok
@@ -212,8 +268,12 @@ impl Outcome {
                 message,
             } => {
                 let rank = self.next_rank();
+                let now = self.started.elapsed();
                 let w = self.worker_mut(worker);
                 w.status = WorkerStatus::of_failure(*kind);
+                if w.accepted_at.is_some() {
+                    w.duration = w.accepted_at.map(|at| now.saturating_sub(at));
+                }
                 w.error = Some(ErrorInfo {
                     kind: *kind,
                     message: message.clone(),
@@ -240,28 +300,54 @@ impl Outcome {
     }
 
     /// The process exit status this outcome means: 0 when at least one worker ran and every
-    /// one exited 0 (or a fire-and-forget request was queued); 2 for a request-level error;
-    /// 3 when the connection dropped; 1 otherwise.
+    /// one exited 0 (or a fire-and-forget request was queued, or the quorum was met); 2 for
+    /// a request-level error; 4 when `max_failures` stopped the run; 3 when a worker timed
+    /// out, was offline or gave no response, or the connection dropped; 1 otherwise.
     pub fn exit_status(&self) -> i32 {
         if self.error.is_some() {
             return 2;
         }
-        if self.disconnected {
-            return 3;
-        }
-        if self.queued.is_some() {
+        if self.queued.is_some() || self.summary.is_some_and(|s| s.quorum_met) {
             return 0;
+        }
+        if self.summary.is_some_and(|s| s.stopped) {
+            return 4;
+        }
+        let unanswered = |s: &WorkerStatus| {
+            matches!(
+                s,
+                WorkerStatus::Timeout | WorkerStatus::Offline | WorkerStatus::NoResponse
+            )
+        };
+        let summary_unanswered = self
+            .summary
+            .is_some_and(|s| s.timed_out + s.offline + s.no_response > 0);
+        if self.disconnected
+            || summary_unanswered
+            || self.workers.iter().any(|w| unanswered(&w.status))
+        {
+            return 3;
         }
         let all_ok =
             !self.workers.is_empty() && self.workers.iter().all(|w| w.status == WorkerStatus::Ok);
         let summary_ok = self
             .summary
-            .is_none_or(|s| s.failed == 0 && s.timed_out == 0 && s.lost == 0);
+            .is_none_or(|s| s.failed == 0 && s.lost == 0 && s.skipped == 0 && s.detached == 0);
         if all_ok && summary_ok {
             0
         } else {
             1
         }
+    }
+
+    /// The workers in the final table's order: by [`WorkerStatus::table_rank`], then by
+    /// identity.
+    pub fn table(&self) -> Vec<&WorkerOutcome> {
+        let mut rows: Vec<&WorkerOutcome> = self.workers.iter().collect();
+        rows.sort_by(|a, b| {
+            (a.status.table_rank(), &a.worker).cmp(&(b.status.table_rank(), &b.worker))
+        });
+        rows
     }
 
     /// Whether several workers ran (mirror, serial), so results are shown per worker.
@@ -307,6 +393,9 @@ impl Outcome {
                     error: None,
                     output: Vec::new(),
                     output_dropped: 0,
+                    last_line: None,
+                    accepted_at: None,
+                    duration: None,
                     kept: 0,
                     finished_rank: None,
                 });
@@ -330,6 +419,12 @@ fn serialize_summary<S: serde::Serializer>(
         failed: u32,
         timed_out: u32,
         lost: u32,
+        offline: u32,
+        skipped: u32,
+        no_response: u32,
+        detached: u32,
+        stopped: bool,
+        quorum_met: bool,
     }
     summary
         .map(|s| Counts {
@@ -338,12 +433,25 @@ fn serialize_summary<S: serde::Serializer>(
             failed: s.failed,
             timed_out: s.timed_out,
             lost: s.lost,
+            offline: s.offline,
+            skipped: s.skipped,
+            no_response: s.no_response,
+            detached: s.detached,
+            stopped: s.stopped,
+            quorum_met: s.quorum_met,
         })
         .serialize(serializer)
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn serialize_opt_millis<S: serde::Serializer>(
+    d: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    d.map(|d| d.as_secs_f64() * 1000.0).serialize(serializer)
 }
 
 fn serialize_millis<S: serde::Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -353,7 +461,6 @@ fn serialize_millis<S: serde::Serializer>(d: &Duration, serializer: S) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::TextEnum;
     use strum::VariantArray;
 
     /// The text of a status is its JSON name, one per variant.
@@ -369,7 +476,11 @@ mod tests {
                 "lost",
                 "cancelled",
                 "error",
-                "unfinished"
+                "unfinished",
+                "offline",
+                "no_response",
+                "skipped",
+                "detached"
             ]
         );
         for status in WorkerStatus::VARIANTS {
@@ -430,6 +541,7 @@ mod tests {
                 timed_out: 0,
                 lost,
                 replayed: false,
+                ..Default::default()
             })
         };
         check(
@@ -481,7 +593,7 @@ mod tests {
                 failed("a", ErrorKind::Timeout),
                 summary(0, 0, 0),
             ],
-            1,
+            3,
             &[("a", "timeout")],
         );
         check(

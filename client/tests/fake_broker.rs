@@ -126,6 +126,7 @@ async fn request_fields_reach_the_broker_and_ids_are_unique() {
             timeout_ms: 1500,
             wait: false,
             key: None,
+            fleet: Default::default(),
         }
     );
     assert_eq!((second.id, second.service.as_str()), (b.id(), "other"));

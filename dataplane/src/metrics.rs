@@ -116,5 +116,9 @@ pub fn kind_label(kind: proto::ErrorKind) -> &'static str {
         Revoked => "revoked",
         PluginCrashed => "plugin_crashed",
         PluginProtocol => "plugin_protocol",
+        Offline => "offline",
+        Skipped => "skipped",
+        NoResponse => "no_response",
+        Detached => "detached",
     }
 }

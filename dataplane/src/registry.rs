@@ -67,6 +67,9 @@ pub struct Route {
     pub service: Arc<ServiceConfig>,
     /// Online workers, in stable order.
     pub members: Vec<WorkerRef>,
+    /// Workers bound to a configured mirror or serial service but offline, in configured
+    /// order (empty for roundrobin and implicit services).
+    pub offline: Vec<Arc<str>>,
 }
 
 /// Why a name did not resolve.
@@ -306,7 +309,20 @@ impl Registry {
                     format!("service {name} has no worker online"),
                 ));
             }
-            return Ok(Route { service, members });
+            let offline = match service.algorithm {
+                proto::Algorithm::Roundrobin => Vec::new(),
+                _ => service
+                    .workers
+                    .iter()
+                    .filter(|id| !members.iter().any(|m| *m.identity == ***id))
+                    .map(|id| Arc::from(id.as_str()))
+                    .collect(),
+            };
+            return Ok(Route {
+                service,
+                members,
+                offline,
+            });
         }
         if !own_team {
             // Do not reveal which names exist in another team.
@@ -328,6 +344,7 @@ impl Registry {
             return Ok(Route {
                 service: self.implicit(team, service_name),
                 members: vec![worker],
+                offline: Vec::new(),
             });
         }
         let members: Vec<WorkerRef> = self
@@ -343,6 +360,7 @@ impl Registry {
         Ok(Route {
             service: self.implicit(team, service_name),
             members,
+            offline: Vec::new(),
         })
     }
 }

@@ -83,7 +83,7 @@ struct Running {
     accepted: bool,
 }
 
-/// Per-request settings taken from the service.
+/// Per-request settings taken from the service (and the request's [`proto::Fleet`]).
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Algorithm.
@@ -94,6 +94,16 @@ pub struct Policy {
     pub stop_on_failure: bool,
     /// roundrobin: retry after Accepted on loss.
     pub retry: bool,
+    /// mirror, serial: start no worker once more than this many failed.
+    pub max_failures: Option<usize>,
+    /// mirror, serial: end once this many exited 0 (0: no quorum).
+    pub quorum: usize,
+    /// With `quorum`: cancel the workers still running instead of leaving them to run on.
+    pub quorum_cancel: bool,
+    /// The one text of a timeout, whether the worker or the broker noticed it.
+    pub timeout_message: String,
+    /// The text of the request's deadline (`Fleet::deadline_ms`) passing, if it has one.
+    pub deadline_message: Option<String>,
 }
 
 impl From<&ServiceConfig> for Policy {
@@ -103,7 +113,26 @@ impl From<&ServiceConfig> for Policy {
             batch: s.batch,
             stop_on_failure: s.stop_on_failure,
             retry: s.retry,
+            max_failures: None,
+            quorum: 0,
+            quorum_cancel: false,
+            timeout_message: "request timed out".to_string(),
+            deadline_message: None,
         }
+    }
+}
+
+impl Policy {
+    /// Applies a request's fleet options for a request over `total` workers (online and
+    /// offline).
+    pub fn with_fleet(mut self, fleet: &proto::Fleet, total: usize) -> Policy {
+        if let Some(batch) = fleet.batch {
+            self.batch = Some(batch.of(total, true).max(1));
+        }
+        self.max_failures = fleet.max_failures.map(|m| m.of(total, false));
+        self.quorum = fleet.quorum as usize;
+        self.quorum_cancel = fleet.quorum_cancel;
+        self
     }
 }
 
@@ -115,6 +144,8 @@ pub struct RequestRun {
     targets: Vec<WorkerRef>,
     next_idx: usize,
     running: Vec<Running>,
+    /// mirror/serial: workers bound to the service but offline, reported at start.
+    offline: Vec<Arc<str>>,
     summary: Summary,
     failures: u32,
     finished: bool,
@@ -129,17 +160,33 @@ impl RequestRun {
             targets,
             next_idx: 0,
             running: Vec::new(),
+            offline: Vec::new(),
             summary: Summary::default(),
             failures: 0,
             finished: false,
         }
     }
 
+    /// Workers bound to a mirror or serial service but offline: each is reported
+    /// `Failed { Offline }` when the request starts (ignored for roundrobin).
+    pub fn with_offline(mut self, offline: Vec<Arc<str>>) -> RequestRun {
+        if self.policy.algorithm != Algorithm::Roundrobin {
+            self.offline = offline;
+        }
+        self
+    }
+
+    fn fans_out(&self) -> bool {
+        self.policy.algorithm != Algorithm::Roundrobin
+    }
+
     /// How many workers the request will run on (for `Routed`/`Queued`).
     pub fn n_workers(&self) -> u32 {
         match self.policy.algorithm {
             Algorithm::Roundrobin => 1,
-            Algorithm::Mirror | Algorithm::Serial => self.targets.len() as u32,
+            Algorithm::Mirror | Algorithm::Serial => {
+                (self.targets.len() + self.offline.len()) as u32
+            }
         }
     }
 
@@ -155,6 +202,17 @@ impl RequestRun {
 
     /// Starts the first dispatch(es).
     pub fn start(&mut self, next_id: &mut impl FnMut() -> u64, out: &mut Vec<Action>) {
+        for worker in std::mem::take(&mut self.offline) {
+            self.summary.offline += 1;
+            self.summary.workers += 1;
+            out.push(Action::Relay {
+                event: Event::Failed {
+                    kind: ErrorKind::Offline,
+                    message: format!("worker {worker} is bound to the service but offline"),
+                },
+                worker,
+            });
+        }
         self.advance(next_id, out);
     }
 
@@ -206,6 +264,12 @@ impl RequestRun {
                 self.advance(next_id, out);
             }
             WorkerEvent::Failed { kind, message } => {
+                // One text for a timeout, whichever side noticed it.
+                let message = if kind == ErrorKind::Timeout {
+                    self.policy.timeout_message.clone()
+                } else {
+                    message
+                };
                 self.running.swap_remove(pos);
                 out.push(Action::Forget { dispatch_id });
                 self.count_failure(kind);
@@ -240,9 +304,13 @@ impl RequestRun {
         }
     }
 
-    /// The request's timeout fired: cancel what runs, report it, finish.
+    /// The request's timeout (or deadline) fired: cancel what runs, report it (a worker
+    /// that never accepted as `NoResponse`), report the workers not started, finish.
     pub fn on_timeout(&mut self, out: &mut Vec<Action>) {
-        self.stop_all(ErrorKind::Timeout, "request timed out", out);
+        let message = (self.policy.deadline_message.as_ref())
+            .unwrap_or(&self.policy.timeout_message)
+            .clone();
+        self.stop_all(ErrorKind::Timeout, &message, out);
     }
 
     /// The client sent `Cancel`.
@@ -263,7 +331,78 @@ impl RequestRun {
             out.push(Action::Forget {
                 dispatch_id: run.dispatch_id,
             });
+            let (kind, message) = if kind == ErrorKind::Timeout && !run.accepted && self.fans_out()
+            {
+                (
+                    ErrorKind::NoResponse,
+                    format!(
+                        "worker {} did not answer before the deadline",
+                        target.identity
+                    ),
+                )
+            } else {
+                (kind, message.to_string())
+            };
             self.count_failure(kind);
+            out.push(Action::Relay {
+                worker: target.identity,
+                event: Event::Failed { kind, message },
+            });
+        }
+        let why = match kind {
+            ErrorKind::Timeout => "not started: the request ran out of time",
+            _ => "not started: the request was cancelled",
+        };
+        self.skip_rest(why, out);
+        self.finish(out);
+    }
+
+    /// Reports every worker not started yet as `Skipped` (mirror, serial).
+    fn skip_rest(&mut self, why: &str, out: &mut Vec<Action>) {
+        if !self.fans_out() {
+            return;
+        }
+        while self.next_idx < self.targets.len() {
+            let worker = self.targets[self.next_idx].identity.clone();
+            self.next_idx += 1;
+            self.summary.skipped += 1;
+            self.summary.workers += 1;
+            out.push(Action::Relay {
+                worker,
+                event: Event::Failed {
+                    kind: ErrorKind::Skipped,
+                    message: why.to_string(),
+                },
+            });
+        }
+    }
+
+    /// The quorum is reached: workers not started are skipped, running ones cancelled
+    /// (`quorum_cancel`) or left to run on (`Detached`); the request ends.
+    fn end_at_quorum(&mut self, out: &mut Vec<Action>) {
+        self.summary.quorum_met = true;
+        for run in std::mem::take(&mut self.running) {
+            let target = self.targets[run.target_idx].clone();
+            if self.policy.quorum_cancel {
+                out.push(Action::Cancel {
+                    dispatch_id: run.dispatch_id,
+                    at: target.at,
+                });
+            }
+            out.push(Action::Forget {
+                dispatch_id: run.dispatch_id,
+            });
+            let (kind, message) = if self.policy.quorum_cancel {
+                self.count_failure(ErrorKind::Cancelled);
+                (ErrorKind::Cancelled, "cancelled: the quorum was reached")
+            } else {
+                self.summary.detached += 1;
+                self.summary.workers += 1;
+                (
+                    ErrorKind::Detached,
+                    "still running when the quorum was reached; left to run on",
+                )
+            };
             out.push(Action::Relay {
                 worker: target.identity,
                 event: Event::Failed {
@@ -272,6 +411,7 @@ impl RequestRun {
                 },
             });
         }
+        self.skip_rest("not started: the quorum was reached", out);
         self.finish(out);
     }
 
@@ -279,6 +419,7 @@ impl RequestRun {
         match kind {
             ErrorKind::Timeout => self.summary.timed_out += 1,
             ErrorKind::WorkerLost => self.summary.lost += 1,
+            ErrorKind::NoResponse => self.summary.no_response += 1,
             _ => self.summary.failed += 1,
         }
         self.summary.workers += 1;
@@ -323,23 +464,37 @@ impl RequestRun {
                     }
                 }
             }
-            Algorithm::Mirror => {
-                let batch = self.policy.batch.unwrap_or(usize::MAX);
+            Algorithm::Mirror | Algorithm::Serial => {
+                if self.policy.quorum > 0 && self.summary.ok as usize >= self.policy.quorum {
+                    return self.end_at_quorum(out);
+                }
+                let serial = self.policy.algorithm == Algorithm::Serial;
+                if self
+                    .policy
+                    .max_failures
+                    .is_some_and(|max| self.failures as usize > max)
+                {
+                    // Stopped only when some worker is left not started.
+                    if !self.summary.stopped && self.next_idx < self.targets.len() {
+                        self.summary.stopped = true;
+                        let why = format!(
+                            "not started: {} workers failed, more than --max-failures {}",
+                            self.failures,
+                            self.policy.max_failures.unwrap_or_default()
+                        );
+                        self.skip_rest(&why, out);
+                    }
+                } else if serial && self.policy.stop_on_failure && self.failures > 0 {
+                    self.skip_rest("not started: the serial run stops at a failure", out);
+                }
+                let batch = match serial {
+                    true => 1,
+                    false => self.policy.batch.unwrap_or(usize::MAX),
+                };
                 while self.running.len() < batch && self.next_idx < self.targets.len() {
                     self.dispatch_next(next_id, out);
                 }
                 if self.running.is_empty() {
-                    self.finish(out);
-                }
-            }
-            Algorithm::Serial => {
-                if !self.running.is_empty() {
-                    return;
-                }
-                let stop = self.policy.stop_on_failure && self.failures > 0;
-                if !stop && self.next_idx < self.targets.len() {
-                    self.dispatch_next(next_id, out);
-                } else {
                     self.finish(out);
                 }
             }

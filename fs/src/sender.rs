@@ -342,6 +342,7 @@ async fn pump(
                     timeout: (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms)),
                     wait: true,
                     key: Some(IdemKey { source, seq }),
+                    fleet: Default::default(),
                 };
                 let handle = match client.request(spec).await {
                     Ok(h) => h,
@@ -433,6 +434,7 @@ mod tests {
             timed_out: 0,
             lost: 0,
             replayed: false,
+            ..Default::default()
         });
         let replayed = ClientEvent::Summary(proto::Summary {
             workers: 1,
@@ -441,6 +443,7 @@ mod tests {
             timed_out: 0,
             lost: 0,
             replayed: true,
+            ..Default::default()
         });
         assert_eq!(
             verdict(&outcome(&[accepted.clone(), done(0), replayed])),

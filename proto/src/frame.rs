@@ -10,7 +10,10 @@ use crate::text_enum;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+// 2: `Request::fleet`, the fleet counts of `Summary`, `ErrorKind::{Offline, Skipped,
+// NoResponse, Detached}`: an older peer is refused at `Hello` with a clear version
+// mismatch rather than failing frame validation later.
 
 text_enum! {
     ("role", "lowercase")
@@ -165,6 +168,16 @@ text_enum! {
         /// The persistent plugin instance serving the request broke the plugin protocol
         /// (stdout that is not a frame, a frame for an unknown request); it was killed.
         PluginProtocol,
+        /// A worker bound to the service was not connected when the request was dispatched
+        /// (mirror, serial): it is reported, not left out.
+        Offline,
+        /// The worker was not started: `max_failures` was passed, the quorum was reached,
+        /// the deadline came or the serial run stopped at a failure.
+        Skipped,
+        /// The worker was sent the request but had not accepted it by the deadline.
+        NoResponse,
+        /// The quorum was reached while the worker still ran; it runs on, unobserved.
+        Detached,
     }
 }
 
@@ -217,6 +230,85 @@ impl IdemKey {
     }
 }
 
+/// A count of workers, as given (`10`) or as a share of the request's workers (`10%`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// So many workers.
+    Count(u32),
+    /// This percentage of the request's workers (0–100).
+    Percent(u32),
+}
+
+impl Share {
+    /// Workers out of `total`: a count as it is, a percentage rounded up (`round_up`) or
+    /// down.
+    pub fn of(self, total: usize, round_up: bool) -> usize {
+        match self {
+            Share::Count(n) => n as usize,
+            Share::Percent(p) => {
+                let scaled = total * p.min(100) as usize;
+                if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Share::Count(n) => write!(f, "{n}"),
+            Share::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for Share {
+    type Err = String;
+    /// `10` or `10%` (at most `100%`).
+    fn from_str(s: &str) -> Result<Share, String> {
+        let bad = || format!("`{s}` is not a count or a percentage (e.g. 10 or 10%)");
+        match s.trim().strip_suffix('%') {
+            Some(p) => match p.trim().parse::<u32>() {
+                Ok(p) if p <= 100 => Ok(Share::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => s.trim().parse::<u32>().map(Share::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+/// How a mirror or serial request spreads over the service's workers, per request
+/// (`triggerfs client --batch/--max-failures/--quorum/--deadline/--only-workers`, the
+/// gateway's JSON body). The default changes nothing.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fleet {
+    /// Workers running at once (mirror); overrides the service's `batch`. A percentage is
+    /// of the request's workers, rounded up, at least 1.
+    pub batch: Option<Share>,
+    /// Once more workers than this failed (exit non-zero, timeout, lost, error), no new
+    /// worker is started; the rest are reported `Skipped` and `Summary::stopped` is set. A
+    /// percentage is of the request's workers, rounded down.
+    pub max_failures: Option<Share>,
+    /// 0: none. Otherwise the request ends once this many workers exited 0
+    /// (`Summary::quorum_met`); workers not started are `Skipped`, running ones `Detached`
+    /// (they run on) or, with `quorum_cancel`, cancelled.
+    pub quorum: u32,
+    /// With `quorum`: cancel the workers still running when it is reached.
+    pub quorum_cancel: bool,
+    /// 0: none. Otherwise the whole request ends this long after it started, with what it
+    /// has: running workers `Timeout`, sent but not accepted `NoResponse`, not started
+    /// `Skipped`. The request's `timeout_ms` then bounds each worker's run, not the request.
+    pub deadline_ms: u64,
+    /// Empty: every worker of the service. Otherwise only these identities (each must be a
+    /// worker of the service, online or bound to it); the others are not part of the
+    /// request at all.
+    pub only: Vec<String>,
+}
+
 /// A client's request to a service.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -239,6 +331,8 @@ pub struct Request {
     /// Set by a sender that may send the same request again (the fs module's spool): a
     /// replay of a key whose run ended is answered without running the plugin again.
     pub key: Option<IdemKey>,
+    /// Per-request fan-out options (batch, max failures, quorum, deadline, subset).
+    pub fleet: Fleet,
 }
 
 /// The broker's order to a worker to run one request.
@@ -305,6 +399,18 @@ pub struct Summary {
     pub timed_out: u32,
     /// Went away mid-run.
     pub lost: u32,
+    /// Bound to the service but offline at dispatch.
+    pub offline: u32,
+    /// Never started (max failures, quorum, deadline, serial stop).
+    pub skipped: u32,
+    /// Sent the request but no answer by the deadline.
+    pub no_response: u32,
+    /// Still running when the quorum was reached, left to run on.
+    pub detached: u32,
+    /// The run stopped starting workers because `Fleet::max_failures` was passed.
+    pub stopped: bool,
+    /// `Fleet::quorum` workers exited 0.
+    pub quorum_met: bool,
     /// The request was a replay of an idempotency key ([`Request::key`]) whose run had
     /// ended: the broker answered it from its window without dispatching. The frames before
     /// this summary are then the first run's shape without its output: `Routed`, and per

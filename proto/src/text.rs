@@ -136,9 +136,13 @@ mod tests {
         assert_eq!(round_trip::<Role>(), ["client", "worker"]);
         let kinds = round_trip_json::<ErrorKind>();
         assert_eq!(kinds[0], "NoSuchService");
-        assert_eq!(kinds.len(), 18);
+        assert_eq!(kinds.len(), 22);
         assert_eq!(kinds[15], "Revoked");
-        assert_eq!(kinds[16..], ["PluginCrashed", "PluginProtocol"]);
+        assert_eq!(kinds[16..18], ["PluginCrashed", "PluginProtocol"]);
+        assert_eq!(
+            kinds[18..],
+            ["Offline", "Skipped", "NoResponse", "Detached"]
+        );
     }
 
     #[test]

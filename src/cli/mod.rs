@@ -247,6 +247,12 @@ impl Session {
             json: self.json,
             debug: false,
             no_wait: false,
+            batch: None,
+            max_failures: None,
+            quorum: None,
+            quorum_cancel: false,
+            deadline: None,
+            only_workers: Vec::new(),
         };
         let rt = self.api.rt.clone();
         let sigint = &mut self.sigint;

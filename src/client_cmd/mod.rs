@@ -7,17 +7,18 @@
 //! parsing, terminal output), kept in the binary so the library needs neither clap nor
 //! indicatif.
 //!
-//! Exit status: 0 every worker exited 0 (at least one ran, or `--no-wait` was queued);
-//! 1 a worker failed, exited non-zero, timed out, was lost or cancelled; 2 a request-level
-//! error or bad arguments; 3 the broker could not be reached or the connection dropped;
-//! 130 interrupted.
+//! Exit status: 0 every worker exited 0 (at least one ran, or `--no-wait` was queued, or
+//! `--quorum` was met); 1 a worker failed, exited non-zero, was lost, cancelled or skipped;
+//! 2 a request-level error or bad arguments; 3 a worker timed out, was offline or gave no
+//! response, or the broker could not be reached or the connection dropped; 4 the run was
+//! stopped by `--max-failures`; 130 interrupted.
 
 #[cfg(test)]
 mod fake_broker_tests;
 pub mod render;
 
 use client::{Client, ClientError, Outcome, RequestSpec};
-use proto::{Credential, ErrorKind};
+use proto::{Credential, ErrorKind, Fleet, Share};
 use render::{Console, LiveRender};
 use std::future::Future;
 use std::io::{Read, Write};
@@ -89,6 +90,58 @@ pub struct ClientArgs {
     /// Fire and forget: return once the broker has queued the request.
     #[arg(long, env = "TRIGGERFS_NO_WAIT", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_wait: bool,
+    /// Mirror: workers at once, `N` or `P%` of the request's workers (overrides the
+    /// service's batch).
+    #[arg(long, env = "TRIGGERFS_BATCH", value_name = "N|P%")]
+    pub batch: Option<Share>,
+    /// Mirror, serial: start no new worker once more than `N` (or `P%`) failed; the rest
+    /// are reported `skipped` and the exit status is 4.
+    #[arg(long, env = "TRIGGERFS_MAX_FAILURES", value_name = "N|P%")]
+    pub max_failures: Option<Share>,
+    /// Mirror, serial: the request succeeds (and returns) once K workers exited 0; the
+    /// others run on unless --quorum-cancel.
+    #[arg(long, env = "TRIGGERFS_QUORUM", value_name = "K",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub quorum: Option<u32>,
+    /// With --quorum: cancel the workers still running when the quorum is reached.
+    #[arg(long, env = "TRIGGERFS_QUORUM_CANCEL", requires = "quorum",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub quorum_cancel: bool,
+    /// Mirror, serial: the request ends this long after it started (e.g. `10m`), with what
+    /// it has: late workers `timed out`, unreachable ones `no response`. --timeout then
+    /// bounds each worker's run.
+    #[arg(long, env = "TRIGGERFS_DEADLINE", value_parser = humantime::parse_duration)]
+    pub deadline: Option<Duration>,
+    /// Run only on these workers of the service (comma-separated identities).
+    #[arg(
+        long,
+        env = "TRIGGERFS_ONLY_WORKERS",
+        value_name = "W1,W2",
+        value_delimiter = ','
+    )]
+    pub only_workers: Vec<String>,
+}
+
+impl ClientArgs {
+    /// The per-request fan-out options the flags give.
+    pub fn fleet(&self) -> Fleet {
+        Fleet {
+            batch: self.batch,
+            max_failures: self.max_failures,
+            quorum: self.quorum.unwrap_or(0),
+            quorum_cancel: self.quorum_cancel,
+            deadline_ms: self
+                .deadline
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+                .unwrap_or(0),
+            only: self
+                .only_workers
+                .iter()
+                .map(|w| w.trim().to_string())
+                .filter(|w| !w.is_empty())
+                .collect(),
+        }
+    }
 }
 
 /// Parses `key=value`; the key must be non-empty, the value may contain `=`.
@@ -144,6 +197,9 @@ pub async fn run_with<O: Write, E: Write>(
 
     tokio::pin!(interrupt);
     let mut interrupted = false;
+    // Output held under a progress bar goes out on this beat when no event comes.
+    let mut beat = tokio::time::interval(Duration::from_secs(1) / u32::from(render::BAR_HZ));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = handle.next() => {
@@ -151,6 +207,7 @@ pub async fn run_with<O: Write, E: Write>(
                 outcome.record(&event);
                 live.event(&mut console, &event).map_err(ClientError::Output)?;
             }
+            _ = beat.tick() => live.tick(&mut console).map_err(ClientError::Output)?,
             () = &mut interrupt, if !interrupted => {
                 interrupted = true;
                 tracing::debug!(id = handle.id(), "interrupted; cancelling the request");
@@ -262,6 +319,7 @@ pub fn request_spec(args: &ClientArgs, mut stdin: impl Read) -> Result<RequestSp
         timeout: args.timeout,
         wait: !args.no_wait,
         key: None,
+        fleet: args.fleet(),
     })
 }
 
@@ -337,10 +395,55 @@ mod tests {
                 timeout: Some(Duration::from_secs(90)),
                 wait: false,
                 key: None,
+                fleet: Fleet::default(),
             }
         );
         assert_eq!(spec.timeout_ms(), 90_000);
         assert!(!args.json);
+    }
+
+    #[test]
+    fn fleet_flags_parse() {
+        let args = parse(&[
+            "--service",
+            "s",
+            "--plugin",
+            "p",
+            "--batch",
+            "10%",
+            "--max-failures",
+            "5",
+            "--quorum",
+            "3",
+            "--quorum-cancel",
+            "--deadline",
+            "10m",
+            "--only-workers",
+            "w1,w2",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.fleet(),
+            Fleet {
+                batch: Some(Share::Percent(10)),
+                max_failures: Some(Share::Count(5)),
+                quorum: 3,
+                quorum_cancel: true,
+                deadline_ms: 600_000,
+                only: vec!["w1".into(), "w2".into()],
+            }
+        );
+        let base = ["--service", "s", "--plugin", "p"];
+        for bad in [
+            &["--batch", "ten"][..],
+            &["--batch", "101%"],
+            &["--quorum", "0"],
+            &["--quorum-cancel"],
+            &["--deadline", "soon"],
+        ] {
+            let argv: Vec<&str> = base.iter().chain(bad).copied().collect();
+            assert!(parse(&argv).is_err(), "{bad:?} should be refused");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use proto::{Algorithm, Stream, TextEnum};
 use std::io::{self, Write};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Where the command writes, and what it knows about the terminal.
 #[derive(Debug)]
@@ -61,6 +61,98 @@ pub fn log_timestamp(at: SystemTime, time_zone: &TimeZone) -> String {
         .to_string()
 }
 
+/// How often the progress bar may redraw, however many workers answer.
+pub const BAR_HZ: u8 = 10;
+
+/// The live counts of a fan-out request, as the progress bar shows them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Workers the request covers (from `Routed`).
+    pub n_workers: u32,
+    /// Exited 0.
+    pub ok: u32,
+    /// Exited non-zero, lost, cancelled or failed another way.
+    pub failed: u32,
+    /// Ran past their timeout.
+    pub timed_out: u32,
+    /// Accepted and not ended yet.
+    pub running: u32,
+    /// Not started.
+    pub skipped: u32,
+    /// Never answered before the deadline.
+    pub no_response: u32,
+    /// Bound but offline.
+    pub offline: u32,
+    /// Left running at the quorum.
+    pub detached: u32,
+    /// Ended, any way.
+    pub ended: u32,
+}
+
+impl Counts {
+    /// Adds one event (`running` tracks `Accepted` until the worker's end).
+    pub fn record(&mut self, event: &ClientEvent, was_running: bool) {
+        match event {
+            ClientEvent::Routed { n_workers, .. } => self.n_workers = *n_workers,
+            ClientEvent::Accepted { .. } => self.running += 1,
+            ClientEvent::Done { exit_code, .. } => {
+                self.end(was_running);
+                match exit_code {
+                    0 => self.ok += 1,
+                    _ => self.failed += 1,
+                }
+            }
+            ClientEvent::Failed { kind, .. } => {
+                self.end(was_running);
+                match WorkerStatus::of_failure(*kind) {
+                    WorkerStatus::Timeout => self.timed_out += 1,
+                    WorkerStatus::Skipped => self.skipped += 1,
+                    WorkerStatus::NoResponse => self.no_response += 1,
+                    WorkerStatus::Offline => self.offline += 1,
+                    WorkerStatus::Detached => self.detached += 1,
+                    _ => self.failed += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn end(&mut self, was_running: bool) {
+        self.ended += 1;
+        if was_running {
+            self.running = self.running.saturating_sub(1);
+        }
+    }
+
+    /// Workers neither running nor ended.
+    pub fn waiting(&self) -> u32 {
+        self.n_workers.saturating_sub(self.ended + self.running)
+    }
+
+    /// `ok 3 · failed 1 · running 20 · waiting 176`, then the rarer counts when not 0.
+    pub fn text(&self) -> String {
+        let mut text = format!(
+            "ok {} · failed {} · running {} · waiting {}",
+            self.ok,
+            self.failed,
+            self.running,
+            self.waiting()
+        );
+        for (n, what) in [
+            (self.timed_out, "timed out"),
+            (self.skipped, "skipped"),
+            (self.no_response, "no response"),
+            (self.offline, "offline"),
+            (self.detached, "detached"),
+        ] {
+            if n > 0 {
+                text.push_str(&format!(" · {what} {n}"));
+            }
+        }
+        text
+    }
+}
+
 /// Renders a request's events as they arrive (nothing in `--json` mode).
 #[derive(Debug)]
 pub struct LiveRender {
@@ -68,6 +160,17 @@ pub struct LiveRender {
     plugin: String,
     json: bool,
     bar: Option<ProgressBar>,
+    counts: Counts,
+    /// Workers that accepted and have not ended.
+    running: std::collections::HashSet<String>,
+    /// Whether the final report is the table (on a terminal).
+    table: bool,
+    /// Output lines waiting for the next batch under the bar.
+    pending: Vec<(Stream, String)>,
+    /// When the last batch went out.
+    last_flush: Instant,
+    /// Batches written (each one redraw of the bar).
+    flushes: u64,
 }
 
 impl LiveRender {
@@ -78,7 +181,19 @@ impl LiveRender {
             plugin: plugin.to_string(),
             json,
             bar: None,
+            counts: Counts::default(),
+            running: std::collections::HashSet::new(),
+            table: false,
+            pending: Vec::new(),
+            last_flush: Instant::now(),
+            flushes: 0,
         }
+    }
+
+    /// The live counts so far.
+    #[cfg(test)]
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// Shows one event.
@@ -87,6 +202,17 @@ impl LiveRender {
         console: &mut Console<O, E>,
         event: &ClientEvent,
     ) -> io::Result<()> {
+        let was_running = match event {
+            ClientEvent::Accepted { worker } => {
+                self.running.insert(worker.clone());
+                false
+            }
+            ClientEvent::Done { worker, .. } | ClientEvent::Failed { worker, .. } => {
+                self.running.remove(worker)
+            }
+            _ => false,
+        };
+        self.counts.record(event, was_running);
         if self.json {
             return Ok(());
         }
@@ -106,13 +232,17 @@ impl LiveRender {
                 );
                 self.print(&mut console.err, &line)?;
                 if *algorithm != Algorithm::Roundrobin && console.err_is_terminal {
+                    self.table = true;
                     let bar = ProgressBar::with_draw_target(
                         Some(u64::from(*n_workers)),
-                        ProgressDrawTarget::stderr(),
+                        ProgressDrawTarget::stderr_with_hz(BAR_HZ),
                     );
-                    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} done") {
+                    if let Ok(style) =
+                        ProgressStyle::with_template("{elapsed_precise} {bar:20} {pos}/{len} {msg}")
+                    {
                         bar.set_style(style);
                     }
+                    bar.set_message(self.counts.text());
                     self.bar = Some(bar);
                 }
             }
@@ -127,18 +257,65 @@ impl LiveRender {
                     self.plugin,
                     String::from_utf8_lossy(data)
                 );
-                match stream {
-                    Stream::Stdout => self.print(&mut console.out, &line)?,
-                    Stream::Stderr => self.print(&mut console.err, &line)?,
+                if self.bar.is_some() {
+                    // Under the bar, lines go out in batches, one redraw per batch.
+                    self.pending.push((*stream, line));
+                    self.tick(console)?;
+                } else {
+                    match stream {
+                        Stream::Stdout => self.print(&mut console.out, &line)?,
+                        Stream::Stderr => self.print(&mut console.err, &line)?,
+                    }
                 }
             }
             ClientEvent::Done { .. } | ClientEvent::Failed { .. } => {
                 if let Some(bar) = &self.bar {
                     bar.inc(1);
+                    bar.set_message(self.counts.text());
+                }
+            }
+            ClientEvent::Accepted { .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_message(self.counts.text());
                 }
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Prints the output lines held under the progress bar, at most [`BAR_HZ`] times a
+    /// second: each batch clears and redraws the bar once, however many workers answer.
+    /// The command calls it on every event and on a timer.
+    pub fn tick<O: Write, E: Write>(&mut self, console: &mut Console<O, E>) -> io::Result<()> {
+        let due = self.last_flush.elapsed() >= Duration::from_secs(1) / u32::from(BAR_HZ);
+        if due {
+            self.flush_pending(console)?;
+        }
+        Ok(())
+    }
+
+    fn flush_pending<O: Write, E: Write>(&mut self, console: &mut Console<O, E>) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut write = || -> io::Result<()> {
+            for (stream, line) in &pending {
+                match stream {
+                    Stream::Stdout => writeln!(console.out, "{line}")?,
+                    Stream::Stderr => writeln!(console.err, "{line}")?,
+                }
+            }
+            console.out.flush()?;
+            console.err.flush()
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write)?,
+            None => write()?,
+        }
+        self.last_flush = Instant::now();
+        self.flushes += 1;
         Ok(())
     }
 
@@ -148,6 +325,7 @@ impl LiveRender {
         console: &mut Console<O, E>,
         outcome: &Outcome,
     ) -> io::Result<()> {
+        self.flush_pending(console)?;
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
@@ -156,28 +334,31 @@ impl LiveRender {
             writeln!(console.out)?;
             return console.out.flush();
         }
-        write_report(&mut console.out, &mut console.err, outcome)
+        if self.table && outcome.error.is_none() {
+            writeln!(console.out)?;
+            write_table(&mut console.out, outcome)?;
+        }
+        write_report(&mut console.out, &mut console.err, outcome, !self.table)
     }
 
-    /// One line, flushed at once (live), without tearing the progress bar.
+    /// One line, flushed at once (live); without a bar (plain lines, or before it exists).
     fn print(&self, to: &mut impl Write, line: &str) -> io::Result<()> {
-        let mut write = || {
-            writeln!(to, "{line}")?;
-            to.flush()
-        };
-        match &self.bar {
-            Some(bar) => bar.suspend(write),
-            None => write(),
-        }
+        writeln!(to, "{line}")?;
+        to.flush()
     }
 }
 
 /// The text report after the last event: exit codes, summary, counts and time on `out`;
 /// errors on `err`.
+///
+/// `per_worker`: a fan-out request's `Exit code [worker]: ...` lines (the plain form of the
+/// table, in the order the workers ended, as the seed printed them); left out when the
+/// table was written.
 pub fn write_report(
     out: &mut impl Write,
     err: &mut impl Write,
     outcome: &Outcome,
+    per_worker: bool,
 ) -> io::Result<()> {
     if let Some(error) = &outcome.error {
         writeln!(err, "Error: {}: {}", error.kind, error.message)?;
@@ -189,15 +370,13 @@ pub fn write_report(
     }
     writeln!(out)?;
     if outcome.is_fan_out() {
-        for worker in &outcome.workers {
-            writeln!(out, "Exit code [{}]: {}", worker.worker, exit_text(worker))?;
+        if per_worker {
+            for worker in &outcome.workers {
+                writeln!(out, "Exit code [{}]: {}", worker.worker, exit_text(worker))?;
+            }
         }
         if let Some(s) = &outcome.summary {
-            writeln!(
-                out,
-                "Summary: {} workers, {} ok, {} failed, {} timed out, {} lost",
-                s.workers, s.ok, s.failed, s.timed_out, s.lost
-            )?;
+            writeln!(out, "{}", summary_line(s))?;
         }
     } else if let Some(worker) = outcome.workers.first() {
         writeln!(out, "Exit code: {}", exit_text(worker))?;
@@ -213,6 +392,67 @@ pub fn write_report(
             "Error: the connection to the broker dropped before the request ended"
         )?;
         err.flush()?;
+    }
+    Ok(())
+}
+
+/// `Summary: 200 workers, 195 ok, 5 failed, 0 timed out, 0 lost`, then the fleet counts
+/// that are not 0 and how the run stopped.
+pub fn summary_line(s: &proto::Summary) -> String {
+    let mut line = format!(
+        "Summary: {} workers, {} ok, {} failed, {} timed out, {} lost",
+        s.workers, s.ok, s.failed, s.timed_out, s.lost
+    );
+    for (n, what) in [
+        (s.offline, "offline"),
+        (s.no_response, "no response"),
+        (s.skipped, "skipped"),
+        (s.detached, "detached"),
+    ] {
+        if n > 0 {
+            line.push_str(&format!(", {n} {what}"));
+        }
+    }
+    if s.stopped {
+        line.push_str("; stopped by --max-failures");
+    }
+    if s.quorum_met {
+        line.push_str("; quorum met");
+    }
+    line
+}
+
+/// Longest last output line the table shows (longer ones end with `…`).
+const LAST_LINE_SHOWN: usize = 60;
+
+/// Every worker of a fan-out request, sorted by outcome (failures first): worker, outcome,
+/// exit code, duration, last output line; columns aligned.
+pub fn write_table(out: &mut impl Write, outcome: &Outcome) -> io::Result<()> {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(["WORKER", "OUTCOME", "EXIT", "DURATION", "LAST LINE"]);
+    for w in outcome.table() {
+        let last = w.last_line.as_deref().unwrap_or("");
+        let last = match last.char_indices().nth(LAST_LINE_SHOWN) {
+            Some((cut, _)) => format!("{}…", &last[..cut]),
+            None => last.to_string(),
+        };
+        table.add_row([
+            w.worker.clone(),
+            w.status.words().to_string(),
+            w.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            w.duration
+                .map(|d| go_duration(std::time::Duration::from_millis(d.as_millis() as u64)))
+                .unwrap_or_else(|| "-".into()),
+            last,
+        ]);
+    }
+    for line in table.lines() {
+        writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
 }
@@ -273,6 +513,160 @@ mod tests {
     use super::*;
     use jiff::tz::offset;
     use std::time::{Duration, UNIX_EPOCH};
+
+    fn done(worker: &str, exit_code: i32) -> ClientEvent {
+        ClientEvent::Done {
+            worker: worker.into(),
+            exit_code,
+        }
+    }
+
+    fn failed(worker: &str, kind: proto::ErrorKind) -> ClientEvent {
+        ClientEvent::Failed {
+            worker: worker.into(),
+            kind,
+            message: "m".into(),
+        }
+    }
+
+    /// On a terminal a fan-out request counts its workers live and ends with an aligned
+    /// table sorted by outcome; without one, the plain `Exit code [w]` lines in that order.
+    #[test]
+    fn fleet_counts_and_table() {
+        use proto::ErrorKind;
+        let events = [
+            ClientEvent::Routed {
+                algorithm: Algorithm::Mirror,
+                n_workers: 5,
+            },
+            failed("off1", ErrorKind::Offline),
+            ClientEvent::Accepted { worker: "a".into() },
+            ClientEvent::Accepted {
+                worker: "bb".into(),
+            },
+            ClientEvent::Output {
+                worker: "a".into(),
+                seq: 0,
+                stream: Stream::Stdout,
+                data: b"0 upgraded, 0 newly installed".to_vec(),
+            },
+            done("a", 0),
+            done("bb", 7),
+            failed("c", ErrorKind::Skipped),
+            ClientEvent::Accepted { worker: "d".into() },
+            ClientEvent::Summary(proto::Summary {
+                workers: 4,
+                ok: 1,
+                failed: 1,
+                offline: 1,
+                skipped: 1,
+                ..Default::default()
+            }),
+        ];
+        for terminal in [true, false] {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let mut console = Console {
+                out: &mut out,
+                err: &mut err,
+                err_is_terminal: terminal,
+                clock: SystemTime::now,
+                time_zone: TimeZone::UTC,
+            };
+            let mut live = LiveRender::new("dc1", "command", false);
+            let mut outcome = Outcome::new("dc1", "command");
+            for event in &events {
+                outcome.record(event);
+                live.event(&mut console, event).unwrap();
+            }
+            let counts = live.counts().clone();
+            assert_eq!(
+                (counts.ok, counts.failed, counts.running, counts.waiting()),
+                (1, 1, 1, 0)
+            );
+            assert_eq!(
+                counts.text(),
+                "ok 1 · failed 1 · running 1 · waiting 0 · skipped 1 · offline 1"
+            );
+            outcome.finish(Duration::from_millis(30));
+            live.finish(&mut console, &outcome).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let rows: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('['))
+                .collect();
+            if terminal {
+                let order: Vec<&str> = rows[..6]
+                    .iter()
+                    .map(|r| r.split_whitespace().next().unwrap())
+                    .collect();
+                assert_eq!(order, ["WORKER", "bb", "off1", "d", "c", "a"], "{text}");
+                let column = |r: &str, word: &str| r.find(word).unwrap();
+                assert_eq!(
+                    column(rows[0], "OUTCOME"),
+                    column(rows[2], "offline"),
+                    "{text}"
+                );
+                assert!(
+                    rows[5].contains("ok") && rows[5].ends_with("0 upgraded, 0 newly installed")
+                );
+                assert!(!text.contains("Exit code ["), "{text}");
+            } else {
+                assert!(
+                    rows[0].starts_with("Exit code [off1]: offline (Offline"),
+                    "{text}"
+                );
+                assert_eq!(rows[2], "Exit code [bb]: 7", "{text}");
+            }
+            assert!(
+                text.contains("Summary: 4 workers, 1 ok, 1 failed, 0 timed out, 0 lost, 1 offline, 1 skipped\n"),
+                "{text}"
+            );
+        }
+    }
+
+    /// A flood of output under the bar is written in batches: one redraw per tenth of a
+    /// second, not one per line, and no line is lost.
+    #[test]
+    fn output_under_the_bar_is_batched() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut console = Console {
+            out: &mut out,
+            err: &mut err,
+            err_is_terminal: true,
+            clock: SystemTime::now,
+            time_zone: TimeZone::UTC,
+        };
+        let mut live = LiveRender::new("dc1", "p", false);
+        let routed = ClientEvent::Routed {
+            algorithm: Algorithm::Mirror,
+            n_workers: 1000,
+        };
+        live.event(&mut console, &routed).unwrap();
+        let started = Instant::now();
+        for i in 0..10_000u64 {
+            let event = ClientEvent::Output {
+                worker: format!("w{}", i % 1000),
+                seq: i / 1000,
+                stream: Stream::Stdout,
+                data: b"line".to_vec(),
+            };
+            live.event(&mut console, &event).unwrap();
+        }
+        let elapsed = started.elapsed();
+        let most = 1 + elapsed.as_millis() as u64 / 100 + 1;
+        assert!(
+            live.flushes <= most,
+            "{} batches in {elapsed:?}",
+            live.flushes
+        );
+        live.finish(&mut console, &Outcome::new("dc1", "p"))
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("[p@w")).count(),
+            10_000
+        );
+    }
 
     #[test]
     fn durations_are_like_go() {

@@ -255,6 +255,71 @@ pub fn start_worker(
     Ok(proc)
 }
 
+/// Connects one in-process worker (the worker library, as `triggerfs worker` runs it) per
+/// identity in `ids` to the broker at `broker`, in team `default`, each announcing
+/// `services`; they stop when the returned sender sends `true` or is dropped.
+pub fn library_workers(
+    broker: SocketAddr,
+    plugins: &Plugins,
+    ids: &[String],
+    services: &[&str],
+) -> tokio::sync::watch::Sender<bool> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for id in ids {
+        let config = worker::WorkerConfig {
+            broker: broker.to_string(),
+            team: "default".into(),
+            identity: id.clone(),
+            token: String::new(),
+            pluginspath: plugins.path().to_path_buf(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+            max_concurrency: 4,
+            shell: worker::DEFAULT_SHELL.into(),
+            reconnect_max: Duration::from_secs(1),
+            debug: false,
+        };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(worker::run(config, async move {
+            let _ = stop.changed().await;
+        }));
+    }
+    stop_tx
+}
+
+/// Runs a request through the control plane's HTTP gateway with `curl` (as a user would)
+/// and returns its NDJSON stream, one value per event.
+pub fn gateway_events(
+    control_url: &str,
+    token: &str,
+    service: &str,
+    body: &serde_json::Value,
+) -> Result<Vec<serde_json::Value>> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-H",
+        ])
+        .arg(format!("authorization: Bearer {token}"))
+        .arg("--data")
+        .arg(body.to_string())
+        .arg(format!("{control_url}/api/v1/services/{service}/requests"))
+        .output()?;
+    if !out.status.success() {
+        bail!("curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("not JSON lines: {text}"))
+}
+
 /// A client connection to the broker at `addr` presenting JWT `token`.
 pub async fn connect_jwt(
     addr: &str,
@@ -315,6 +380,7 @@ pub async fn request(
         timeout: Some(timeout),
         wait: true,
         key: None,
+        fleet: Default::default(),
     };
     Ok(c.request(spec).await?.collect().await)
 }

@@ -12,6 +12,7 @@ mod e2e {
     pub mod failures;
     pub mod fanout;
     pub mod first_hour;
+    pub mod fleet;
     pub mod fs;
     pub mod http_limits;
     pub mod idem;

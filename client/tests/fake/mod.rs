@@ -182,6 +182,7 @@ pub async fn mirror_script(mut peer: Peer) {
         timed_out: 0,
         lost: 1,
         replayed: false,
+        ..Default::default()
     };
     peer.send(Frame::Summary { id, summary }).await;
     while peer.reader.read_frame().await.is_ok() {}

@@ -58,6 +58,47 @@ impl utoipa::PartialSchema for CommandWords {
 
 impl ToSchema for CommandWords {}
 
+/// A count of workers or a share of them: `10`, `"10"` or `"10%"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ShareText {
+    /// A count.
+    Count(u32),
+    /// `"10"` or `"10%"`.
+    Text(String),
+}
+
+impl ShareText {
+    fn parse(&self, field: &str) -> Result<proto::Share, ApiError> {
+        match self {
+            ShareText::Count(n) => Ok(proto::Share::Count(*n)),
+            ShareText::Text(t) => t
+                .parse()
+                .map_err(|e: String| ApiError::Unprocessable(format!("{field}: {e}"))),
+        }
+    }
+}
+
+impl utoipa::PartialSchema for ShareText {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .item(text(
+                "A count (`\"10\"`) or a percentage of the request's workers (`\"10%\"`).",
+            ))
+            .description(Some(
+                "A count of workers, or a percentage of them: `10`, `\"10%\"`.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ShareText {}
+
 /// A request to run through the broker.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +119,55 @@ pub struct GatewayRequest {
     pub timeout: Option<String>,
     /// `false`: fire-and-forget (only `queued` comes back). Default `true`.
     pub wait: Option<bool>,
+    /// Mirror: workers at once (overrides the service's batch).
+    pub batch: Option<ShareText>,
+    /// Mirror, serial: start no new worker once more than this many failed (the rest are
+    /// `skipped`, the summary says `stopped`).
+    pub max_failures: Option<ShareText>,
+    /// Mirror, serial: the request ends once this many workers exited 0.
+    #[schema(minimum = 1)]
+    pub quorum: Option<u32>,
+    /// With `quorum`: cancel the workers still running when it is reached.
+    pub quorum_cancel: Option<bool>,
+    /// Mirror, serial: the whole request ends this long after it started (`"10m"`).
+    #[schema(value_type = Option<Timeout>)]
+    pub deadline: Option<String>,
+    /// Only these workers of the service.
+    #[schema(value_type = Option<Vec<Text>>)]
+    pub only: Option<Vec<String>>,
+}
+
+impl GatewayRequest {
+    /// The fan-out options of the body.
+    fn fleet(&self) -> Result<proto::Fleet, ApiError> {
+        if self.quorum == Some(0) {
+            return Err(ApiError::Unprocessable("quorum: must be at least 1".into()));
+        }
+        if self.quorum_cancel == Some(true) && self.quorum.is_none() {
+            return Err(ApiError::Unprocessable(
+                "quorum_cancel: needs a quorum".into(),
+            ));
+        }
+        let deadline_ms = super::parse_timeout(self.deadline.as_deref(), None)
+            .map_err(|_| {
+                ApiError::Unprocessable(format!(
+                    "deadline `{}` is not a duration of at most 7d such as `10m`",
+                    self.deadline.as_deref().unwrap_or_default()
+                ))
+            })?
+            .map(|ms| ms.unsigned_abs())
+            .unwrap_or(0);
+        Ok(proto::Fleet {
+            batch: self.batch.as_ref().map(|b| b.parse("batch")).transpose()?,
+            max_failures: (self.max_failures.as_ref())
+                .map(|m| m.parse("max_failures"))
+                .transpose()?,
+            quorum: self.quorum.unwrap_or(0),
+            quorum_cancel: self.quorum_cancel.unwrap_or(false),
+            deadline_ms,
+            only: self.only.clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// JSON of one event, as both the SSE `data` and an NDJSON line.
@@ -118,6 +208,12 @@ fn event_json(event: &ClientEvent) -> Value {
             "failed": s.failed,
             "timed_out": s.timed_out,
             "lost": s.lost,
+            "offline": s.offline,
+            "skipped": s.skipped,
+            "no_response": s.no_response,
+            "detached": s.detached,
+            "stopped": s.stopped,
+            "quorum_met": s.quorum_met,
         }),
         ClientEvent::Error { kind, message } => {
             json!({"event": "error", "kind": kind.to_string(), "message": message})
@@ -231,6 +327,7 @@ pub async fn run_request(
     proto::names::check_service_ref(&service)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     proto::names::check_plugin(&req.plugin).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let fleet = req.fleet()?;
     let command = match req.command {
         None => Vec::new(),
         Some(CommandWords::One(text)) if text.is_empty() => Vec::new(),
@@ -245,6 +342,7 @@ pub async fn run_request(
     let timeout = super::parse_timeout(req.timeout.as_deref(), None)?
         .map(|ms| Duration::from_millis(ms.unsigned_abs()));
     let spec = RequestSpec {
+        fleet,
         service,
         plugin: req.plugin,
         command,
@@ -339,6 +437,41 @@ mod tests {
         assert!(refusal(&routed).is_none());
     }
 
+    /// The body's fan-out options become the request's `Fleet`; bad ones are 422.
+    #[test]
+    fn fleet_options_of_the_body() {
+        let body = |v: Value| serde_json::from_value::<GatewayRequest>(v).unwrap();
+        let fleet = body(
+            json!({"plugin": "command", "batch": 10, "max_failures": "5%",
+            "quorum": 3, "quorum_cancel": true, "deadline": "10m", "only": ["w1"]}),
+        )
+        .fleet()
+        .unwrap();
+        assert_eq!(
+            fleet,
+            proto::Fleet {
+                batch: Some(proto::Share::Count(10)),
+                max_failures: Some(proto::Share::Percent(5)),
+                quorum: 3,
+                quorum_cancel: true,
+                deadline_ms: 600_000,
+                only: vec!["w1".into()],
+            }
+        );
+        assert_eq!(
+            body(json!({"plugin": "p"})).fleet().unwrap(),
+            proto::Fleet::default()
+        );
+        for bad in [
+            json!({"plugin": "p", "batch": "ten"}),
+            json!({"plugin": "p", "quorum": 0}),
+            json!({"plugin": "p", "quorum_cancel": true}),
+            json!({"plugin": "p", "deadline": "soon"}),
+        ] {
+            assert!(body(bad.clone()).fleet().is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn event_shapes() {
         let check = |e: ClientEvent, name: &str, want: Value| {
@@ -378,7 +511,8 @@ mod tests {
                 ..Default::default()
             }),
             "summary",
-            json!({"event":"summary","workers":5,"ok":5,"failed":0,"timed_out":0,"lost":0}),
+            json!({"event":"summary","workers":5,"ok":5,"failed":0,"timed_out":0,"lost":0,
+                "offline":0,"skipped":0,"no_response":0,"detached":0,"stopped":false,"quorum_met":false}),
         );
         check(
             ClientEvent::Error {

@@ -18,6 +18,11 @@ fn policy(algorithm: Algorithm) -> Policy {
         batch: None,
         stop_on_failure: false,
         retry: false,
+        max_failures: None,
+        quorum: 0,
+        quorum_cancel: false,
+        timeout_message: "timed out after 1s".into(),
+        deadline_message: None,
     }
 }
 
@@ -30,8 +35,13 @@ struct Harness {
 
 impl Harness {
     fn new(p: Policy, n: usize) -> Harness {
+        Harness::started(RequestRun::new(p, workers(n)))
+    }
+
+    /// Starts `run`.
+    fn started(run: RequestRun) -> Harness {
         let mut h = Harness {
-            run: RequestRun::new(p, workers(n)),
+            run,
             ids: 100,
             out: Vec::new(),
         };
@@ -101,6 +111,7 @@ fn mirror_dispatches_all_and_summarises() {
             timed_out: 0,
             lost: 1,
             replayed: false,
+            ..Default::default()
         })
     );
 }
@@ -177,6 +188,7 @@ fn timeout_cancels_running_dispatches() {
     let mut h = Harness::new(policy(Algorithm::Mirror), 2);
     let d = h.dispatched();
     h.event(d[0].0, WorkerEvent::Done { exit_code: 0 });
+    h.event(d[1].0, WorkerEvent::Accepted);
     h.run.on_timeout(&mut h.out);
     assert!(h
         .out
@@ -186,4 +198,123 @@ fn timeout_cancels_running_dispatches() {
     // Late events after the finish are ignored.
     h.event(d[1].0, WorkerEvent::Done { exit_code: 0 });
     assert_eq!(h.finish().unwrap().ok, 1);
+}
+
+/// The ends relayed so far, as (worker, kind) for `Failed` and (worker, exit) for `Done`.
+fn ends(out: &[Action]) -> Vec<(String, String)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Relay {
+                worker,
+                event: Event::Failed { kind, .. },
+            } => Some((worker.to_string(), kind.to_string())),
+            Action::Relay {
+                worker,
+                event: Event::Done { exit_code },
+            } => Some((worker.to_string(), exit_code.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Bound-but-offline workers are reported first and counted; `n_workers` includes them.
+#[test]
+fn offline_workers_are_reported() {
+    let run =
+        RequestRun::new(policy(Algorithm::Mirror), workers(2)).with_offline(vec!["gone".into()]);
+    assert_eq!(run.n_workers(), 3);
+    let mut h = Harness::started(run);
+    assert_eq!(ends(&h.out), [("gone".to_string(), "Offline".to_string())]);
+    for (id, _) in h.dispatched() {
+        h.event(id, WorkerEvent::Done { exit_code: 0 });
+    }
+    let s = h.finish().unwrap();
+    assert_eq!((s.workers, s.ok, s.offline), (3, 2, 1));
+}
+
+/// Past `max_failures` no worker starts; the rest are skipped and the summary says stopped.
+#[test]
+fn max_failures_stops_starting_workers() {
+    let mut p = policy(Algorithm::Mirror);
+    p.batch = Some(2);
+    p.max_failures = Some(1);
+    let mut h = Harness::new(p, 6);
+    let d = h.dispatched();
+    h.event(d[0].0, WorkerEvent::Done { exit_code: 1 });
+    let d = h.dispatched();
+    assert_eq!(d.len(), 3, "one failure is not past 1");
+    h.event(d[1].0, WorkerEvent::Done { exit_code: 1 });
+    assert_eq!(
+        h.dispatched().len(),
+        3,
+        "two are past it: nothing new starts"
+    );
+    h.event(d[2].0, WorkerEvent::Done { exit_code: 0 });
+    let s = h.finish().unwrap();
+    assert!(s.stopped);
+    assert_eq!((s.workers, s.ok, s.failed, s.skipped), (6, 1, 2, 3));
+}
+
+/// The quorum ends the request: running workers detached (or cancelled), the rest skipped.
+#[test]
+fn quorum_ends_the_request() {
+    for cancel in [false, true] {
+        let mut p = policy(Algorithm::Mirror);
+        p.batch = Some(3);
+        p.quorum = 2;
+        p.quorum_cancel = cancel;
+        let mut h = Harness::new(p, 5);
+        let d = h.dispatched();
+        h.event(d[0].0, WorkerEvent::Done { exit_code: 0 });
+        h.event(d[1].0, WorkerEvent::Done { exit_code: 0 });
+        let s = h.finish().expect("ends at the quorum");
+        assert!(s.quorum_met);
+        assert_eq!(s.skipped, 1, "{s:?}");
+        let cancels = h
+            .out
+            .iter()
+            .filter(|a| matches!(a, Action::Cancel { .. }))
+            .count();
+        // Two were running (the batch refilled after the first ended).
+        assert_eq!(cancels, if cancel { 2 } else { 0 });
+        assert_eq!(s.detached, if cancel { 0 } else { 2 });
+    }
+}
+
+/// At the deadline a worker that accepted timed out, one that never did gave no response,
+/// one not started was skipped; a worker's own timeout has the same text as the broker's.
+#[test]
+fn deadline_splits_timed_out_and_no_response() {
+    let mut p = policy(Algorithm::Mirror);
+    p.batch = Some(3);
+    p.deadline_message = Some("deadline".into());
+    let mut h = Harness::new(p, 4);
+    let d = h.dispatched();
+    h.event(
+        d[0].0,
+        WorkerEvent::Failed {
+            kind: ErrorKind::Timeout,
+            message: "the worker's own words".into(),
+        },
+    );
+    h.event(d[1].0, WorkerEvent::Accepted);
+    h.run.on_timeout(&mut h.out);
+    let s = h.finish().unwrap();
+    assert_eq!(
+        (s.timed_out, s.no_response, s.skipped, s.workers),
+        (2, 2, 0, 4),
+        "the batch refilled after the first ended: two never accepted"
+    );
+    let texts: Vec<&str> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Relay {
+                event: Event::Failed { kind, message },
+                ..
+            } if *kind == ErrorKind::Timeout => Some(message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["timed out after 1s", "deadline"]);
 }

@@ -19,6 +19,12 @@ const ROUTED_HOLD: Duration = Duration::from_millis(5);
 /// Action lists the pool keeps: more than the deepest nesting of `with_request`.
 const ACTION_LISTS_KEPT: usize = 8;
 
+/// A routed request: its service, its online workers in order, its bound-but-offline ones.
+type RouteTo = (Arc<ServiceConfig>, Vec<WorkerRef>, Vec<Arc<str>>);
+
+/// The online and the offline workers a request runs on.
+type Subset = (Vec<WorkerRef>, Vec<Arc<str>>);
+
 /// The fields of a request every dispatch repeats.
 struct DispatchTemplate {
     service: String,
@@ -139,7 +145,12 @@ impl Shard {
         let scoped = request
             .key
             .map(|k| k.scoped(&principal.team, &principal.identity));
-        let (service, targets) = match self.route(&principal, &request.service, scoped.as_ref()) {
+        let (service, targets, offline) = match self
+            .route(&principal, &request.service, scoped.as_ref())
+            .and_then(|(service, targets, offline)| {
+                let (targets, offline) = only(&request.fleet.only, &service, targets, offline)?;
+                Ok((service, targets, offline))
+            }) {
             Ok(r) => r,
             Err((kind, message)) => return self.request_error(conn_id, id, kind, message),
         };
@@ -168,12 +179,25 @@ impl Shard {
         } else {
             service.timeout
         };
-        let run = RequestRun::new(Policy::from(&*service), targets);
+        let fleet = &request.fleet;
+        let mut policy = Policy::from(&*service).with_fleet(fleet, targets.len() + offline.len());
+        policy.timeout_message = format!("timed out after {}", humantime::format_duration(timeout));
+        let whole = if fleet.deadline_ms > 0 {
+            let deadline = Duration::from_millis(fleet.deadline_ms);
+            policy.deadline_message = Some(format!(
+                "timed out at the request's deadline ({})",
+                humantime::format_duration(deadline)
+            ));
+            deadline
+        } else {
+            timeout
+        };
+        let run = RequestRun::new(policy, targets).with_offline(offline);
         let n_workers = run.n_workers();
         let key = self.next_request.get();
         self.next_request.set(key + 1);
         let now = Instant::now();
-        let deadline = now + timeout;
+        let deadline = now + whole;
         {
             let mut state = self.state.borrow_mut();
             if let Some(Conn {
@@ -235,7 +259,7 @@ impl Shard {
         principal: &crate::config::Principal,
         name: &str,
         key: Option<&proto::IdemKey>,
-    ) -> Result<(Arc<ServiceConfig>, Vec<WorkerRef>), crate::registry::RouteError> {
+    ) -> Result<RouteTo, crate::registry::RouteError> {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         let route = state.registry.resolve(principal, name)?;
@@ -268,7 +292,7 @@ impl Shard {
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize % members.len();
             members.rotate_left(start);
         }
-        Ok((service, members))
+        Ok((service, members, route.offline))
     }
 
     /// Runs `f` on request `key`'s state machine and carries out the actions it returns.
@@ -490,6 +514,42 @@ impl Shard {
             self.with_request(key, |run, out| run.on_timeout(out));
         }
     }
+}
+
+/// The request's `Fleet::only`: keeps the online and offline workers it names, and refuses
+/// a name that is neither (`BadRequest`) or a subset with none online (`NoWorkersOnline`).
+fn only(
+    names: &[String],
+    service: &ServiceConfig,
+    targets: Vec<WorkerRef>,
+    offline: Vec<Arc<str>>,
+) -> Result<Subset, crate::registry::RouteError> {
+    if names.is_empty() {
+        return Ok((targets, offline));
+    }
+    if let Some(unknown) = names.iter().find(|n| {
+        !targets.iter().any(|t| *t.identity == ***n)
+            && !offline.iter().any(|o| **o == ***n)
+            && !service.workers.iter().any(|w| w == *n)
+    }) {
+        return Err((
+            ErrorKind::BadRequest,
+            format!("{unknown} is not a worker of service {}", service.name),
+        ));
+    }
+    let wanted = |id: &str| names.iter().any(|n| n == id);
+    let targets: Vec<WorkerRef> = targets
+        .into_iter()
+        .filter(|t| wanted(&t.identity))
+        .collect();
+    let offline: Vec<Arc<str>> = offline.into_iter().filter(|o| wanted(o)).collect();
+    if targets.is_empty() {
+        return Err((
+            ErrorKind::NoWorkersOnline,
+            format!("none of {} is online", names.join(", ")),
+        ));
+    }
+    Ok((targets, offline))
 }
 
 /// A keyed request's place among its service's workers: the same for every replay of the

@@ -1,6 +1,21 @@
 use super::*;
 use crate::frame::*;
 
+/// `10`, `10%`; a share of a total rounds as asked.
+#[test]
+fn shares_parse_and_apply() {
+    assert_eq!("10".parse::<Share>(), Ok(Share::Count(10)));
+    assert_eq!(" 5% ".parse::<Share>(), Ok(Share::Percent(5)));
+    for bad in ["", "x", "-1", "101%", "1.5%"] {
+        assert!(bad.parse::<Share>().is_err(), "{bad}");
+    }
+    assert_eq!(Share::Percent(10).of(200, true), 20);
+    assert_eq!(Share::Percent(10).of(15, true), 2);
+    assert_eq!(Share::Percent(5).of(10, false), 0);
+    assert_eq!(Share::Count(3).of(1, false), 3);
+    assert_eq!(Share::Percent(5).to_string(), "5%");
+}
+
 fn every_frame() -> Vec<Frame> {
     let request = Request {
         id: 7,
@@ -18,6 +33,14 @@ fn every_frame() -> Vec<Frame> {
             source: [7; 16],
             seq: u64::MAX,
         }),
+        fleet: Fleet {
+            batch: Some(Share::Percent(10)),
+            max_failures: Some(Share::Count(3)),
+            quorum: 5,
+            quorum_cancel: true,
+            deadline_ms: 600_000,
+            only: vec!["w1".into()],
+        },
     };
     let dispatch = Dispatch {
         id: 1 << 40,
@@ -122,6 +145,7 @@ fn every_frame() -> Vec<Frame> {
                 timed_out: 0,
                 lost: 0,
                 replayed: true,
+                ..Default::default()
             },
         },
         Frame::Error {

@@ -236,7 +236,11 @@ async fn serial_runs_one_after_another_and_stops_on_failure() -> Result<()> {
         "s3 must not run after s2 failed:\n{out}"
     );
     assert!(
-        out.contains("Summary: 2 workers, 1 ok, 1 failed, 0 timed out, 0 lost"),
+        out.contains("Exit code [s3]: skipped (Skipped: "),
+        "s3 is reported, not left out:\n{out}"
+    );
+    assert!(
+        out.contains("Summary: 3 workers, 1 ok, 1 failed, 0 timed out, 0 lost, 1 skipped"),
         "{out}"
     );
     Ok(())

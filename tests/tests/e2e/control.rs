@@ -286,36 +286,8 @@ async fn gateway_streams_mirror_output_to_curl_and_broker_metrics_count() -> Res
     .await?;
 
     let body = json!({"plugin": "command", "command": "echo one; sleep 0.2; echo two from $TRIGGERFS_WORKER", "timeout": "10s"});
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-N",
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "-H",
-        ])
-        .arg(format!(
-            "authorization: Bearer {}",
-            api.token.as_deref().unwrap()
-        ))
-        .arg("--data")
-        .arg(body.to_string())
-        .arg(format!("{}/api/v1/services/fleet/requests", control.url))
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("not JSON lines: {text}"))?;
+    let events = gateway_events(&control.url, api.token.as_deref().unwrap(), "fleet", &body)?;
+    let text = format!("{events:?}");
     for id in ["g1", "g2"] {
         assert!(
             events.iter().any(|e| e["event"] == "output"

@@ -202,6 +202,7 @@ async fn a_client_that_does_not_read_is_cut_not_the_worker() -> Result<()> {
         timeout_ms: 120_000,
         wait: true,
         key: None,
+        fleet: Default::default(),
     })));
     a.write_all(&bytes).await?;
 

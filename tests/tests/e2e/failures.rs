@@ -26,6 +26,7 @@ fn spec(service: &str, command: &str) -> RequestSpec {
         timeout: Some(Duration::from_secs(30)),
         wait: true,
         key: None,
+        fleet: Default::default(),
     }
 }
 
@@ -190,9 +191,13 @@ async fn timeout_kills_the_plugin_and_reports_timeout() -> Result<()> {
         "took {:?}",
         started.elapsed()
     );
-    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(code, 3, "a timeout exits 3: {out}\n{err}");
     let doc: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(doc["workers"][0]["status"], "timeout", "{doc}");
+    assert_eq!(
+        doc["workers"][0]["error"]["message"], "timed out after 1s",
+        "one text whichever side noticed: {doc}"
+    );
     assert_eq!(doc["workers"][0]["error"]["kind"], "Timeout", "{doc}");
     assert_eq!(doc["summary"]["timed_out"], 1);
     wait_until(

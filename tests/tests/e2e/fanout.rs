@@ -14,25 +14,8 @@ async fn mirror_echo_to_200_workers() -> Result<()> {
     let plugins = Plugins::core()?;
     // 200 worker connections from this process (the worker library, as `triggerfs worker`
     // runs it); each announces `all`.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    for i in 0..N {
-        let config = worker::WorkerConfig {
-            broker: broker.addr.to_string(),
-            team: "default".into(),
-            identity: format!("f{i:03}"),
-            token: String::new(),
-            pluginspath: plugins.path().to_path_buf(),
-            services: vec!["all".into()],
-            max_concurrency: 4,
-            shell: worker::DEFAULT_SHELL.into(),
-            reconnect_max: Duration::from_secs(1),
-            debug: false,
-        };
-        let mut stop = stop_rx.clone();
-        tokio::spawn(worker::run(config, async move {
-            let _ = stop.changed().await;
-        }));
-    }
+    let ids: Vec<String> = (0..N).map(|i| format!("f{i:03}")).collect();
+    let stop_tx = library_workers(broker.addr, &plugins, &ids, &["all"]);
     let c = connect(broker.addr).await?;
     wait_until(Duration::from_secs(30), "200 workers online", || async {
         matches!(

@@ -25,6 +25,7 @@ fn append(service: &str, path: &Path, line: &str, seq: u64) -> client::RequestSp
         args: vec![("path".into(), path.display().to_string())],
         timeout: Some(Duration::from_secs(30)),
         key: Some(key(seq)),
+        fleet: Default::default(),
         ..client::RequestSpec::default()
     }
 }

@@ -189,6 +189,7 @@ fn request(id: u64, service: &str, wait: bool) -> Frame {
         timeout_ms: 0,
         wait,
         key: None,
+        fleet: Default::default(),
     })
 }
 

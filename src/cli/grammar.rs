@@ -78,6 +78,8 @@ pub enum Kind {
     Number,
     /// A number or `unlimited`.
     Limit,
+    /// A count, or a percentage (`10%`).
+    Share,
     /// `key=value`.
     KeyValue,
     /// A trigger argument's key.
@@ -169,6 +171,11 @@ const KINDS: &[(Kind, &str, &str)] = &[
     (Kind::Duration, "duration", "e.g. 10s, 1m30s, 1h (0s: none)"),
     (Kind::Number, "number", "a whole number"),
     (Kind::Limit, "limit", "a whole number, or unlimited"),
+    (
+        Kind::Share,
+        "share",
+        "a number of workers, or a percentage such as 10%",
+    ),
     (Kind::KeyValue, "key=value", "an argument the plugin gets"),
     (Kind::Key, "key", "an argument's key"),
     (
@@ -232,6 +239,11 @@ const WORDS: &[(&str, &str)] = &[
     ("timeout", "how long a request may run"),
     ("batch", "mirror: at most this many workers at once"),
     (
+        "max-failures",
+        "stop starting workers once this many failed",
+    ),
+    ("deadline", "end the request at this time with what it has"),
+    (
         "stop-on-failure",
         "serial: stop at the first failing worker",
     ),
@@ -282,7 +294,7 @@ impl std::fmt::Debug for Entry {
 pub static ENTRIES: &[Entry] = &[
     // Operational mode.
     Entry { modes: Modes::Oper, pattern: "configure", help: "enter configure mode (set, delete)", run: cmd::configure },
-    Entry { modes: Modes::Oper, pattern: "request <service> <plugin> [timeout <duration>] [args <key=value>]... command <text...>",
+    Entry { modes: Modes::Oper, pattern: "request <service> <plugin> [timeout <duration>] [args <key=value>]... [batch <share>] [max-failures <share>] [deadline <duration>] command <text...>",
         help: "send a request and show its output live (Ctrl-C cancels it)", run: cmd::request },
     Entry { modes: Modes::Oper, pattern: "file", help: "start a shell in a temporary mount of the trigger files", run: cmd::file },
     Entry { modes: Modes::Oper, pattern: "accept <invitation>", help: "join a team that invited you", run: cmd::accept },

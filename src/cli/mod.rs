@@ -231,6 +231,25 @@ impl Session {
             .map(|kv| client_cmd::parse_key_value(kv))
             .collect::<Result<Vec<_>, _>>()
             .map_err(CliError::Value)?;
+        let share = |keyword: &str| -> Result<Option<proto::Share>, CliError> {
+            a.option(keyword)
+                .first()
+                .map(|text| {
+                    text.parse::<proto::Share>().map_err(|_| {
+                        CliError::Value(format!(
+                            "`{text}` is not a number of workers or a percentage such as 10%"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let deadline =
+            match a.option("deadline").first() {
+                Some(text) => Some(humantime::parse_duration(text).map_err(|_| {
+                    CliError::Value(format!("`{text}` is not a duration such as 10m"))
+                })?),
+                None => None,
+            };
         let args = ClientArgs {
             broker: self.broker.clone(),
             token: self.api.token(),
@@ -247,11 +266,11 @@ impl Session {
             json: self.json,
             debug: false,
             no_wait: false,
-            batch: None,
-            max_failures: None,
+            batch: share("batch")?,
+            max_failures: share("max-failures")?,
             quorum: None,
             quorum_cancel: false,
-            deadline: None,
+            deadline,
             only_workers: Vec::new(),
         };
         let rt = self.api.rt.clone();

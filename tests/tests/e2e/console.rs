@@ -392,6 +392,12 @@ async fn errors_are_one_line_and_the_console_keeps_running() -> Result<()> {
             "the console stopped after `{line}`:\n{out}"
         );
     }
+    // A request's fleet options are checked before anything is sent.
+    let one = rig.fails(&[], "request demo command batch ten command uptime")?;
+    ensure!(
+        one.contains("`ten` is not a number of workers or a percentage"),
+        "{one}"
+    );
     // A configure-mode command in operational mode says so.
     let (_, _, err) = rig.run(rig.command(&bin(), &[]), "set services name x\n")?;
     ensure!(

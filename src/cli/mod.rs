@@ -15,7 +15,7 @@ mod api;
 mod commands;
 mod editor;
 mod grammar;
-mod table;
+pub(crate) mod table;
 
 use crate::client_cmd::{self, render::Console, ClientArgs};
 use crate::settings::Settings;
@@ -247,6 +247,8 @@ impl Session {
             json: self.json,
             debug: false,
             no_wait: false,
+            rerun: None,
+            only: crate::jobs_cmd::Only::Failed,
         };
         let rt = self.api.rt.clone();
         let sigint = &mut self.sigint;

@@ -54,6 +54,8 @@ pub(super) struct RequestEntry {
     run: RequestRun,
     /// Set for a request with an idempotency key: recorded in the window when it finishes.
     keyed: Option<Box<Keyed>>,
+    /// Its job-history record in the making (`shard/jobs.rs`).
+    pub(super) job: Option<Box<crate::jobs::JobTrace>>,
 }
 
 /// Who the client of a request is, copied out before actions run.
@@ -168,6 +170,7 @@ impl Shard {
         } else {
             service.timeout
         };
+        let job = self.trace_request(&principal, &request, &service);
         let run = RequestRun::new(Policy::from(&*service), targets);
         let n_workers = run.n_workers();
         let key = self.next_request.get();
@@ -212,6 +215,7 @@ impl Shard {
                     },
                     run,
                     keyed,
+                    job,
                 },
             );
         }
@@ -316,6 +320,7 @@ impl Shard {
                     self.state.borrow_mut().dispatch_owner.remove(&dispatch_id);
                 }
                 Action::Relay { worker, event } => {
+                    self.trace_relay(key, &worker, &event);
                     if client.keyed {
                         if let Some(keyed) = self
                             .state
@@ -375,6 +380,7 @@ impl Shard {
         };
         if let Some(e) = &mut entry {
             self.stats.request_finished(&e.service, e.started, &summary);
+            self.trace_finish(e.job.take());
             if let Some(keyed) = e.keyed.take() {
                 let Keyed {
                     team,

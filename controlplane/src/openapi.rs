@@ -495,7 +495,7 @@ doc_type! {
 doc_type! {
     /// A job's command words.
     JobCommand => ArrayBuilder::new()
-        .items(text("A word, at most 16384 characters.").max_length(Some(proto::job::MAX_JOB_TEXT)))
+        .items(text("A word, at most 4096 characters (the broker cuts longer ones).").max_length(Some(proto::job::MAX_JOB_TEXT)))
         .max_items(Some(proto::job::MAX_JOB_ITEMS))
         .description(Some("The command words, at most 256."))
 }
@@ -505,7 +505,7 @@ doc_type! {
     JobArgs => ArrayBuilder::new()
         .items(
             ArrayBuilder::new()
-                .items(text("A name or value, at most 16384 characters.").max_length(Some(proto::job::MAX_JOB_TEXT)))
+                .items(text("A name or value, at most 4096 characters (the broker cuts longer ones).").max_length(Some(proto::job::MAX_JOB_TEXT)))
                 .min_items(Some(2))
                 .max_items(Some(2)),
         )
@@ -576,7 +576,7 @@ pub struct JobWorkerDoc {
     /// Exit code, when it exited.
     #[schema(required = false, minimum = -2147483648, maximum = 2147483647)]
     pub exit_code: Option<i32>,
-    /// Dispatch to end (milliseconds).
+    /// From its first answer (`Accepted`) to its end (milliseconds).
     pub duration_ms: u64,
     /// The tail of its output.
     #[schema(required = false, value_type = JobOutput)]

@@ -65,6 +65,8 @@ pub struct JobTrace {
     started_unix_ms: u64,
     started: Instant,
     workers: Vec<WorkerTrace>,
+    /// Where each worker is in `workers` (a mirror request may reach thousands).
+    index: foldhash::HashMap<Arc<str>, usize>,
 }
 
 impl JobTrace {
@@ -105,14 +107,15 @@ impl JobTrace {
                 .unwrap_or(0),
             started,
             workers: Vec::new(),
+            index: Default::default(),
         }
     }
 
     fn worker(&mut self, worker: &Arc<str>) -> &mut WorkerTrace {
-        // Newest first: the worker an event is about is almost always a recent one.
-        let idx = match self.workers.iter().rposition(|w| w.worker == *worker) {
-            Some(i) => i,
+        let idx = match self.index.get(worker) {
+            Some(&i) => i,
             None => {
+                self.index.insert(worker.clone(), self.workers.len());
                 self.workers.push(WorkerTrace {
                     worker: worker.clone(),
                     first_seen: Instant::now(),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const JOB_OUTPUT_TAIL: usize = 64 * 1024;
 
 /// Characters of one command word or argument a record keeps (longer ones are cut).
-pub const MAX_JOB_TEXT: usize = 16 * 1024;
+pub const MAX_JOB_TEXT: usize = 4096;
 /// Characters of a name in a record (team, identity, service, plugin, worker, key, ...).
 pub const MAX_JOB_NAME: usize = 512;
 /// Command words, and arguments, a record keeps at most.
@@ -107,7 +107,8 @@ pub struct JobWorker {
     /// The plugin's exit code, when it exited.
     #[serde(default)]
     pub exit_code: Option<i32>,
-    /// From dispatch to its end (milliseconds).
+    /// From its first answer (`Accepted`, or its end when it had none) to its end
+    /// (milliseconds).
     pub duration_ms: u64,
     /// The last [`JOB_OUTPUT_TAIL`] bytes of its output (stdout and stderr, one line each),
     /// cut at a line start; invalid UTF-8 replaced.

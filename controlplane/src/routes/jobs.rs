@@ -240,7 +240,7 @@ pub struct JobWorkerView {
     pub outcome: String,
     /// The plugin's exit code, when it exited.
     pub exit_code: Option<i64>,
-    /// Dispatch to end (milliseconds).
+    /// From its first answer (`Accepted`) to its end (milliseconds).
     pub duration_ms: i64,
     /// The last 64 KiB of its output (stderr lines start with `[stderr] `).
     pub output: String,

@@ -57,6 +57,9 @@ pub enum JobsCommand {
         /// At most this many jobs (1 to 500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// The next page: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
         /// One JSON document (the API's page) instead of a table.
         #[arg(long)]
         json: bool,
@@ -227,9 +230,13 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
             status,
             since,
             limit,
+            cursor,
             json,
         } => {
             let mut query = vec![("limit", limit.to_string())];
+            if let Some(c) = cursor {
+                query.push(("cursor", c));
+            }
             if let Some(s) = service {
                 query.push(("service", s));
             }
@@ -246,6 +253,9 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
             } else {
                 for line in list_table(&page.jobs) {
                     println!("{line}");
+                }
+                if let Some(c) = &page.next_cursor {
+                    println!("(more: the same command with --cursor {c})");
                 }
             }
         }
@@ -520,6 +530,21 @@ mod tests {
         let mut argv = vec!["x", "--service", "s", "--plugin", "p"];
         argv.extend_from_slice(extra);
         Wrap::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn rerun_needs_no_service_or_plugin_and_only_needs_rerun() {
+        let a = Wrap::try_parse_from(["x", "--rerun", "7", "--only", "all"])
+            .unwrap()
+            .args;
+        assert_eq!((a.rerun, a.only), (Some(7), Only::All));
+        let a = Wrap::try_parse_from(["x", "--rerun", "7"]).unwrap().args;
+        assert_eq!(a.only, Only::Failed);
+        assert!(Wrap::try_parse_from(["x", "--plugin", "p"]).is_err());
+        assert!(
+            Wrap::try_parse_from(["x", "--service", "s", "--plugin", "p", "--only", "all"])
+                .is_err()
+        );
     }
 
     #[test]

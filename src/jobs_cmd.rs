@@ -537,9 +537,9 @@ mod tests {
         let a = Wrap::try_parse_from(["x", "--rerun", "7", "--only", "all"])
             .unwrap()
             .args;
-        assert_eq!((a.rerun, a.only), (Some(7), Only::All));
+        assert_eq!((a.rerun, a.rerun_only), (Some(7), Only::All));
         let a = Wrap::try_parse_from(["x", "--rerun", "7"]).unwrap().args;
-        assert_eq!(a.only, Only::Failed);
+        assert_eq!(a.rerun_only, Only::Failed);
         assert!(Wrap::try_parse_from(["x", "--plugin", "p"]).is_err());
         assert!(
             Wrap::try_parse_from(["x", "--service", "s", "--plugin", "p", "--only", "all"])

@@ -396,7 +396,7 @@ fn run(cli: Cli) -> Result<i32> {
             args.identity = args.identity.or_else(|| settings.identity.clone());
             args.secret = args.secret.or_else(|| settings.secret.clone());
             if let Some(id) = args.rerun {
-                let only = args.only;
+                let only = args.rerun_only;
                 return tokio_runtime()?.block_on(jobs_cmd::run_rerun(args, id, only));
             }
             tokio_runtime()?.block_on(async {

@@ -248,7 +248,7 @@ impl Session {
             debug: false,
             no_wait: false,
             rerun: None,
-            only: crate::jobs_cmd::Only::Failed,
+            rerun_only: crate::jobs_cmd::Only::Failed,
         };
         let rt = self.api.rt.clone();
         let sigint = &mut self.sigint;

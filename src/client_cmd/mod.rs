@@ -80,8 +80,13 @@ pub struct ClientArgs {
     #[arg(long, value_name = "ID")]
     pub rerun: Option<i64>,
     /// With --rerun: `failed` (every worker that did not exit 0) or `all`.
-    #[arg(long, value_enum, requires = "rerun", default_value = "failed")]
-    pub only: crate::jobs_cmd::Only,
+    #[arg(
+        long = "only",
+        value_enum,
+        requires = "rerun",
+        default_value = "failed"
+    )]
+    pub rerun_only: crate::jobs_cmd::Only,
     /// How long the request may run (e.g. `10s`, `1h`); default: the service's timeout.
     #[arg(long, env = "TRIGGERFS_TIMEOUT", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,

@@ -6,6 +6,7 @@
 
 mod cli;
 mod client_cmd;
+mod jobs_cmd;
 mod metrics_http;
 mod seed;
 mod settings;
@@ -51,6 +52,8 @@ enum Command {
     Worker(WorkerArgs),
     /// Send one request to a service and stream its output.
     Client(client_cmd::ClientArgs),
+    /// The job history: every request through a service (`list`, `show ID`).
+    Jobs(jobs_cmd::JobsArgs),
     /// Mount the team's trigger files (FUSE): every write to one is a request.
     Fs(FsArgs),
     /// The management console (set, show, delete, request, file); `-c "show workers"` runs
@@ -191,6 +194,9 @@ struct ApiArgs {
     /// API connections served at once (default: a quarter of the open-file limit).
     #[arg(long, env = "TRIGGERFS_HTTP_MAX_CONNECTIONS")]
     http_max_connections: Option<usize>,
+    /// How long the job history keeps a request (e.g. `7d`, `12h`); older ones are deleted.
+    #[arg(long, env = "TRIGGERFS_JOB_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    job_retention: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -355,6 +361,7 @@ fn run(cli: Cli) -> Result<i32> {
                     broker_addr: Some(listen.to_string()),
                     http_timeout: args.api.http_timeout,
                     http_max_connections: args.api.http_max_connections,
+                    job_retention: args.api.job_retention,
                 },
                 broker_settings(listen, &args.shard)?,
                 args.no_worker,
@@ -368,6 +375,7 @@ fn run(cli: Cli) -> Result<i32> {
             broker_addr: Some(args.broker),
             http_timeout: args.api.http_timeout,
             http_max_connections: args.api.http_max_connections,
+            job_retention: args.api.job_retention,
         }),
         Command::Worker(args) => {
             let config = worker_config(args, &settings)?;
@@ -387,6 +395,10 @@ fn run(cli: Cli) -> Result<i32> {
             args.team = args.team.or_else(|| settings.team.clone());
             args.identity = args.identity.or_else(|| settings.identity.clone());
             args.secret = args.secret.or_else(|| settings.secret.clone());
+            if let Some(id) = args.rerun {
+                let only = args.rerun_only;
+                return tokio_runtime()?.block_on(jobs_cmd::run_rerun(args, id, only));
+            }
             tokio_runtime()?.block_on(async {
                 match client_cmd::run(args).await {
                     Ok(code) => Ok(code),
@@ -396,6 +408,14 @@ fn run(cli: Cli) -> Result<i32> {
                     }
                 }
             })
+        }
+        Command::Jobs(mut args) => {
+            // Flags and environment win; `[main]` of triggerfs.toml fills the rest.
+            args.url = args.url.or_else(|| settings.url.clone());
+            args.team = args.team.or_else(|| settings.team.clone());
+            args.identity = args.identity.or_else(|| settings.identity.clone());
+            args.secret = args.secret.or_else(|| settings.secret.clone());
+            tokio_runtime()?.block_on(jobs_cmd::run(args))
         }
         Command::Fs(args) => {
             let opts = fs_options(args, &settings)?;

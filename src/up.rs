@@ -22,6 +22,7 @@ pub struct ControlOptions {
     pub broker_addr: Option<String>,
     pub http_timeout: Duration,
     pub http_max_connections: Option<usize>,
+    pub job_retention: Duration,
 }
 
 /// The control plane, opened and bootstrapped, with its API listening.
@@ -42,6 +43,7 @@ pub async fn start_control(
     settings.jwt_ttl = opts.jwt_ttl;
     settings.broker_addr = opts.broker_addr.clone();
     settings.http_timeout = opts.http_timeout;
+    settings.job_retention = opts.job_retention;
     if let Some(n) = opts.http_max_connections {
         settings.max_connections = n;
     }

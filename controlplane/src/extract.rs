@@ -110,7 +110,11 @@ pub(crate) async fn buffer_body(
     req: Request,
     next: Next,
 ) -> Response {
-    let limit = state.settings.max_body_bytes;
+    let limit = if req.uri().path() == crate::routes::JOBS_PATH {
+        crate::routes::JOBS_MAX_BODY.max(state.settings.max_body_bytes)
+    } else {
+        state.settings.max_body_bytes
+    };
     let (parts, body) = req.into_parts();
     let mut stream = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();

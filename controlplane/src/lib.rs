@@ -54,7 +54,15 @@ pub struct ControlSettings {
     pub max_connections: usize,
     /// Login attempts per identity and per client address.
     pub login_limits: LoginLimits,
+    /// Jobs older than this are deleted (checked every [`JOB_PRUNE_EVERY`] while serving).
+    pub job_retention: Duration,
 }
+
+/// How long jobs are kept when nothing says: 7 days.
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How often the retention task deletes old jobs.
+pub const JOB_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Login rate limits: a burst, then one attempt per period (per identity, per address).
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +102,7 @@ impl ControlSettings {
             http_timeout: Duration::from_secs(30),
             max_connections: default_max_connections(),
             login_limits: LoginLimits::default(),
+            job_retention: DEFAULT_JOB_RETENTION,
         }
     }
 }
@@ -258,6 +267,13 @@ impl ControlPlane {
         &self.shared.broker_token
     }
 
+    /// Deletes the jobs older than the retention now; returns how many. [`ControlPlane::serve`]
+    /// does this every [`JOB_PRUNE_EVERY`].
+    pub async fn prune_jobs(&self) -> Result<u64, ControlError> {
+        let s = &self.shared;
+        Ok(routes::prune_jobs(&s.db, s.settings.job_retention).await?)
+    }
+
     /// The whole HTTP surface: `/api/v1/...`, `/metrics`, JSON fallbacks.
     pub fn router(&self) -> axum::Router {
         routes::router(self.shared.clone())
@@ -280,6 +296,20 @@ impl ControlPlane {
         let timeout = settings.http_timeout;
         let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
         let router = self.router();
+        let pruner = {
+            let cp = self.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(JOB_PRUNE_EVERY);
+                loop {
+                    every.tick().await;
+                    match cp.prune_jobs().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "jobs past their retention deleted"),
+                        Err(e) => tracing::warn!(error = %e, "cannot delete old jobs"),
+                    }
+                }
+            })
+        };
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -321,6 +351,7 @@ impl ControlPlane {
             });
         }
         drop(listener);
+        pruner.abort();
         // Event streams never end on their own: give the others a bounded time.
         if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
             .await

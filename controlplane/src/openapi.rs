@@ -26,7 +26,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 #[openapi(
     info(title = "triggerFS control plane", description = "Teams, users, workers, services, directories, triggers, quotas; the broker's feed; the HTTP gateway."),
     modifiers(&Security),
-    components(schemas(crate::error::ErrorBody, TriggerId))
+    components(schemas(crate::error::ErrorBody, TriggerId, JobId))
 )]
 pub struct ApiDoc;
 
@@ -456,4 +456,132 @@ pub(crate) fn layer_responses(doc: &mut utoipa::openapi::OpenApi) {
             );
         }
     }
+}
+
+doc_type! {
+    /// A job's id (only in paths).
+    JobId => integer("A job's id.", 1, i64::MAX, KnownFormat::Int64)
+}
+
+doc_type! {
+    /// `proto::job::JobStatus`.
+    JobStatusDoc => texts::<proto::job::JobStatus>(
+        "A job's status, the worst of its workers' outcomes: `ok` (every worker exited 0), \
+         `failed` (some failed), `timed_out` (none failed, some timed out or never answered), \
+         `lost` (some went away mid-run), `cancelled`.",
+    )
+}
+
+doc_type! {
+    /// `proto::job::JobOutcome`.
+    JobOutcomeDoc => texts::<proto::job::JobOutcome>(
+        "How one worker's part ended: `ok`, `failed` (non-zero exit or no run), `timed_out`, \
+         `lost` (its connection went away), `cancelled`, `no_response`.",
+    )
+}
+
+doc_type! {
+    /// A name in a job record.
+    JobName => text("Any text without a NUL character, at most 512 characters.")
+        .max_length(Some(proto::job::MAX_JOB_NAME))
+}
+
+doc_type! {
+    /// A worker's output tail in a job record.
+    JobOutput => text("Any text without a NUL character, at most 65536 characters.")
+        .max_length(Some(proto::job::JOB_OUTPUT_TAIL))
+}
+
+doc_type! {
+    /// A job's command words.
+    JobCommand => ArrayBuilder::new()
+        .items(text("A word, at most 4096 characters (the broker cuts longer ones).").max_length(Some(proto::job::MAX_JOB_TEXT)))
+        .max_items(Some(proto::job::MAX_JOB_ITEMS))
+        .description(Some("The command words, at most 256."))
+}
+
+doc_type! {
+    /// A job's arguments as pairs.
+    JobArgs => ArrayBuilder::new()
+        .items(
+            ArrayBuilder::new()
+                .items(text("A name or value, at most 4096 characters (the broker cuts longer ones).").max_length(Some(proto::job::MAX_JOB_TEXT)))
+                .min_items(Some(2))
+                .max_items(Some(2)),
+        )
+        .max_items(Some(proto::job::MAX_JOB_ITEMS))
+        .description(Some(
+            "Arguments as `[name, value]` pairs, at most 256; values of secret-looking names \
+             are stored as `***`.",
+        ))
+}
+
+/// `proto::job::JobBatch`.
+#[derive(ToSchema)]
+#[schema(as = JobBatch)]
+pub struct JobBatchDoc {
+    /// Records, oldest first (at most 1024).
+    #[schema(max_items = 1024)]
+    pub jobs: Vec<JobRecordDoc>,
+}
+
+/// `proto::job::JobRecord`.
+#[derive(ToSchema)]
+#[schema(as = JobRecord)]
+pub struct JobRecordDoc {
+    /// Unique per record (the parts of one record share it); a record whose key is stored
+    /// already only adds the workers not stored yet.
+    #[schema(value_type = JobName)]
+    pub key: String,
+    /// The caller's team; a record of a team that does not exist is skipped.
+    #[schema(value_type = JobName)]
+    pub team: String,
+    /// The caller.
+    #[schema(value_type = JobName)]
+    pub identity: String,
+    /// The service as the request named it.
+    #[schema(value_type = JobName)]
+    pub service: String,
+    /// The service's algorithm.
+    #[schema(value_type = JobName)]
+    pub algorithm: String,
+    /// The plugin.
+    #[schema(value_type = JobName)]
+    pub plugin: String,
+    /// The command words.
+    #[schema(required = false, value_type = JobCommand)]
+    pub command: Vec<String>,
+    /// Arguments.
+    #[schema(required = false, value_type = JobArgs)]
+    pub args: Vec<(String, String)>,
+    /// Arrival (milliseconds since the Unix epoch).
+    pub started_unix_ms: u64,
+    /// Arrival to summary (milliseconds).
+    pub duration_ms: u64,
+    /// The workers (of this part), at most 10000.
+    #[schema(required = false, max_items = 10000)]
+    pub workers: Vec<JobWorkerDoc>,
+}
+
+/// `proto::job::JobWorker`.
+#[derive(ToSchema)]
+#[schema(as = JobWorker)]
+pub struct JobWorkerDoc {
+    /// Worker identity.
+    #[schema(value_type = JobName)]
+    pub worker: String,
+    /// How it ended.
+    #[schema(value_type = JobOutcomeDoc)]
+    pub outcome: String,
+    /// Exit code, when it exited.
+    #[schema(required = false, minimum = -2147483648, maximum = 2147483647)]
+    pub exit_code: Option<i32>,
+    /// From its first answer (`Accepted`) to its end (milliseconds).
+    pub duration_ms: u64,
+    /// The tail of its output.
+    #[schema(required = false, value_type = JobOutput)]
+    pub output: String,
+    /// Earlier output was left out.
+    #[schema(required = false)]
+    pub truncated: bool,
 }

@@ -586,6 +586,8 @@ struct World<'h> {
     team: String,
     token: String,
     trigger: Option<i64>,
+    /// The operation under test moves a job's id rather than a trigger's.
+    moving_job: bool,
 }
 
 impl World<'_> {
@@ -740,6 +742,29 @@ impl World<'_> {
         id
     }
 
+    /// A job of the group's team, without workers (so that its id may be moved), made by the
+    /// broker route.
+    async fn job(&mut self) -> i64 {
+        let key = self.fresh("job");
+        let body = json!({"jobs": [{
+            "key": key, "team": self.team, "identity": "u", "service": "s",
+            "algorithm": "mirror", "plugin": "p", "duration_ms": 1,
+            // Now: the retention task must not take it away.
+            "started_unix_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+        }]});
+        let token = self.h.broker_token();
+        let (status, answer) = self
+            .call(Method::POST, "/api/v1/broker/jobs", &token, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let (status, page) = self
+            .call(Method::GET, "/api/v1/jobs?limit=1", &self.token, None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        page["jobs"][0]["id"].as_i64().expect("a job id")
+    }
+
     async fn sql(&self, statements: &[String]) {
         self.h.execute_sqls(statements).await;
     }
@@ -861,6 +886,15 @@ async fn baseline(w: &mut World<'_>, op: &Op) -> (BTreeMap<String, String>, Opti
         ("POST", "/api/v1/broker/report") => Some(json!({"workers": [
             {"team": w.team, "identity": "w", "state": "ONLINE", "at_unix_ms": 1}
         ]})),
+        ("POST", "/api/v1/broker/jobs") => Some(json!({"jobs": [{
+            "key": w.fresh("k"), "team": w.team, "identity": "u", "service": "s",
+            "algorithm": "mirror", "plugin": "p", "started_unix_ms": 1, "duration_ms": 1,
+            "workers": [{"worker": "w", "outcome": "ok", "exit_code": 0, "duration_ms": 1}]
+        }]})),
+        ("GET", "/api/v1/jobs/{id}") => {
+            param("id", w.job().await.to_string());
+            None
+        }
         ("GET", "/api/v1/users/{identity}") => {
             param("identity", w.fresh("u"));
             None
@@ -1005,7 +1039,7 @@ async fn prepare(
             }
             w.ensure_service(&field("service")).await;
         }
-        ("POST", "/api/v1/broker/report") => return Who::Broker,
+        ("POST", "/api/v1/broker/report") | ("POST", "/api/v1/broker/jobs") => return Who::Broker,
         ("GET", "/api/v1/users/{identity}") | ("PATCH", "/api/v1/users/{identity}") => {
             w.ensure_member("scratch", &json!(path["identity"])).await;
         }
@@ -1017,21 +1051,21 @@ async fn prepare(
 /// Moves trigger `from` to id `to` (the schema allows any id from 1 to 2^63-1; the fixture
 /// cannot choose the ids it creates) and back.
 async fn move_trigger(w: &World<'_>, from: &str, to: &str) {
+    let table = if w.moving_job { "jobs" } else { "triggers" };
     // Only ids a row can have (a document that allows others is caught by the request).
     if from == to || from.parse::<i64>().is_err() || to.parse::<i64>().is_err() {
         return;
     }
     let mut statements = vec![
-        format!("DELETE FROM triggers WHERE id = {to}"),
-        format!("UPDATE triggers SET id = {to} WHERE id = {from}"),
+        format!("DELETE FROM {table} WHERE id = {to}"),
+        format!("UPDATE {table} SET id = {to} WHERE id = {from}"),
     ];
     if matches!(w.backend, Backend::Sqlite) {
         // AUTOINCREMENT must not carry on from 2^63 - 1.
-        statements.push(
-            "UPDATE sqlite_sequence SET seq = (SELECT MAX(id) FROM triggers \
-             WHERE id < 1000000000) WHERE name = 'triggers'"
-                .into(),
-        );
+        statements.push(format!(
+            "UPDATE sqlite_sequence SET seq = (SELECT COALESCE(MAX(id), 0) FROM {table} \
+                 WHERE id < 1000000000) WHERE name = '{table}'"
+        ));
     }
     w.sql(&statements).await;
 }
@@ -1066,6 +1100,7 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
         team: String::new(),
         token: String::new(),
         trigger: None,
+        moving_job: false,
     };
     w.ensure_team("scratch").await;
 
@@ -1148,6 +1183,7 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
                 for case in cases {
                     let (mut path_values, mut body) = baseline(&mut w, &op).await;
                     let baseline_id = path_values.get("id").cloned();
+                    w.moving_job = op.path.starts_with("/api/v1/jobs/");
                     if let Some((name, text)) = &case.param {
                         path_values.insert(name.clone(), text.clone());
                     }

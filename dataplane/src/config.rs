@@ -170,6 +170,16 @@ pub trait ConfigSource: Send + Sync + 'static {
     }
     /// A worker connected or left. Must not block: shards call it.
     fn report(&self, report: WorkerStateReport);
+    /// Whether requests should be traced for the job history ([`ConfigSource::job`]); a
+    /// source without a control plane says no, and shards then keep no trace at all.
+    fn records_jobs(&self) -> bool {
+        false
+    }
+    /// A request through a service ended. Must not block or wait: shards call it when a
+    /// request finishes; a source that cannot keep up drops records (and counts them).
+    fn job(&self, record: proto::job::JobRecord) {
+        let _ = record;
+    }
 }
 
 /// Why a config file could not be used.

@@ -18,6 +18,7 @@
 pub mod config;
 mod conn;
 pub mod idem;
+pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod request;

@@ -122,3 +122,23 @@ pub fn kind_label(kind: proto::ErrorKind) -> &'static str {
         Detached => "detached",
     }
 }
+
+/// Job-history records the control plane stored.
+pub static JOBS_DELIVERED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "triggerfs_broker_jobs_delivered_total",
+        "Job-history records delivered to the control plane"
+    )
+    .expect("metric registers once")
+});
+
+/// Job-history records lost: dropped because the queue towards the control plane was full
+/// (`queue_full`), or given up after the delivery retries (`undelivered`).
+pub static JOBS_LOST: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "triggerfs_broker_jobs_lost_total",
+        "Job-history records lost, by reason (queue_full, undelivered)",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});

@@ -12,6 +12,8 @@
 //! Shards only read: an atomic revision per tick, and the compiled snapshot under a
 //! `RwLock` at handshakes and reloads, never per request.
 
+pub mod jobs;
+
 use dataplane::config::{
     ConfigSource, Principal, Proof, Refusal, RoutingConfig, ServiceConfig, WorkerGrant,
     DEFAULT_SERVICE_TIMEOUT,
@@ -75,6 +77,8 @@ struct Inner {
     revision: AtomicU64,
     compiled: RwLock<Arc<Compiled>>,
     reports: mpsc::UnboundedSender<ReportMsg>,
+    /// Job-history records on their way to the control plane ([`jobs`]).
+    jobs: jobs::JobQueue,
 }
 
 /// Configuration and trust from the control plane; see the module docs.
@@ -194,6 +198,31 @@ impl Http {
         Ok(())
     }
 
+    async fn post_jobs(&self, batch: &proto::job::JobBatch) -> jobs::Delivery {
+        let url = format!("{}/api/v1/broker/jobs", self.settings.url);
+        let sent = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.settings.broker_token)
+            .timeout(Duration::from_secs(30))
+            .json(batch)
+            .send()
+            .await;
+        match sent {
+            Err(e) => jobs::Delivery::Retry(e.to_string()),
+            Ok(resp) if resp.status().is_success() => jobs::Delivery::Done,
+            Ok(resp) => {
+                let status = resp.status();
+                let why = format!("{url} answered {status}");
+                if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+                    jobs::Delivery::Retry(why)
+                } else {
+                    jobs::Delivery::Refused(why)
+                }
+            }
+        }
+    }
+
     async fn report(&self, report: &BrokerReport) -> Result<(), String> {
         let url = format!("{}/api/v1/broker/report", self.settings.url);
         let resp = self
@@ -223,6 +252,7 @@ impl ControlSource {
                 revision: AtomicU64::new(compiled.revision),
                 compiled: RwLock::new(compiled),
                 reports,
+                jobs: jobs::queue().0,
             }),
         })
     }
@@ -230,6 +260,7 @@ impl ControlSource {
     /// Starts the feed thread and waits for the first snapshot.
     pub fn start(settings: FeedSettings) -> Result<ControlSource, FeedError> {
         let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let (job_queue, job_drain) = jobs::queue();
         let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<Arc<Compiled>, String>>();
         let http = Arc::new(Http {
             client: reqwest::Client::builder()
@@ -265,6 +296,11 @@ impl ControlSource {
                     }
                     let Ok(inner) = inner_rx.recv() else { return };
                     tokio::spawn(report_loop(http.clone(), report_rx));
+                    let poster = http.clone();
+                    tokio::spawn(jobs::deliver_loop(job_drain, move |batch| {
+                        let http = poster.clone();
+                        async move { http.post_jobs(&batch).await }
+                    }));
                     follow_loop(http, inner).await;
                 })
             })?;
@@ -278,6 +314,7 @@ impl ControlSource {
                         revision: AtomicU64::new(compiled.revision),
                         compiled: RwLock::new(compiled),
                         reports: report_tx,
+                        jobs: job_queue,
                     });
                     let _ = inner_tx.send(inner.clone());
                     info!(url = %settings.url, revision = inner.revision.load(Ordering::Relaxed), "configuration from the control plane");
@@ -530,6 +567,14 @@ impl ConfigSource for ControlSource {
     fn report(&self, report: WorkerStateReport) {
         // Unbounded, but drained into a map bounded by the number of workers.
         let _ = self.inner.reports.send(ReportMsg::State(report));
+    }
+
+    fn records_jobs(&self) -> bool {
+        true
+    }
+
+    fn job(&self, record: proto::job::JobRecord) {
+        self.inner.jobs.push(record);
     }
 }
 

@@ -28,6 +28,7 @@ pub const IDEM_WINDOW: usize = 4096;
 pub const IDEM_SOURCES: usize = 64;
 
 pub mod idem;
+pub mod job;
 
 pub use codec::{decode, encode, encode_to_vec, ProtoError, DEFAULT_MAX_FRAME, LEN_PREFIX};
 pub use frame::*;

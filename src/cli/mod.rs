@@ -15,7 +15,7 @@ mod api;
 mod commands;
 mod editor;
 mod grammar;
-mod table;
+pub(crate) mod table;
 
 use crate::client_cmd::{self, render::Console, ClientArgs};
 use crate::settings::Settings;
@@ -272,6 +272,8 @@ impl Session {
             quorum_cancel: false,
             deadline,
             only_workers: Vec::new(),
+            rerun: None,
+            rerun_only: crate::jobs_cmd::Only::Failed,
         };
         let rt = self.api.rt.clone();
         let sigint = &mut self.sigint;

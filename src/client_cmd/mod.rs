@@ -61,11 +61,33 @@ pub struct ClientArgs {
     #[arg(long, env = "TRIGGERFS_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
     /// Service to send to: `service`, a worker identity, or `team/service`.
-    #[arg(long, env = "TRIGGERFS_SERVICE")]
+    #[arg(
+        long,
+        env = "TRIGGERFS_SERVICE",
+        required_unless_present = "rerun",
+        default_value = ""
+    )]
     pub service: String,
     /// Plugin to run, e.g. `command/command`.
-    #[arg(long, env = "TRIGGERFS_PLUGIN")]
+    #[arg(
+        long,
+        env = "TRIGGERFS_PLUGIN",
+        required_unless_present = "rerun",
+        default_value = ""
+    )]
     pub plugin: String,
+    /// Run the recorded job ID again (its service, plugin, command and arguments), on the
+    /// workers `--only` picks (see `triggerfs jobs list`).
+    #[arg(long, value_name = "ID")]
+    pub rerun: Option<i64>,
+    /// With --rerun: `failed` (every worker that did not exit 0) or `all`.
+    #[arg(
+        long = "only",
+        value_enum,
+        requires = "rerun",
+        default_value = "failed"
+    )]
+    pub rerun_only: crate::jobs_cmd::Only,
     /// How long the request may run (e.g. `10s`, `1h`); default: the service's timeout.
     #[arg(long, env = "TRIGGERFS_TIMEOUT", value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,

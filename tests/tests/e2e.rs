@@ -16,6 +16,7 @@ mod e2e {
     pub mod fs;
     pub mod http_limits;
     pub mod idem;
+    pub mod jobs;
     pub mod persistent;
     pub mod readme;
     pub mod seed_cli;

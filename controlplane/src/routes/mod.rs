@@ -9,6 +9,7 @@ mod directories;
 mod events;
 mod gateway;
 mod invitations;
+mod jobs;
 mod login;
 mod services;
 mod teams;
@@ -16,6 +17,8 @@ mod triggers;
 mod users;
 mod workers;
 
+pub(crate) use jobs::prune as prune_jobs;
+pub(crate) use jobs::{JOBS_MAX_BODY, JOBS_PATH};
 pub(crate) use users::MAX_SECRET;
 pub(crate) use workers::MAX_DESCRIPTION;
 
@@ -30,7 +33,7 @@ use proto::UnknownText;
 use std::str::FromStr;
 use std::sync::OnceLock;
 use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 /// The most services one worker's state report may list (a worker announces a handful).
@@ -83,6 +86,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/v1/users/{identity}/secret"),
     ("GET", "/api/v1/broker/snapshot"),
     ("POST", "/api/v1/broker/report"),
+    ("POST", "/api/v1/broker/jobs"),
+    ("GET", "/api/v1/jobs"),
+    ("GET", "/api/v1/jobs/{id}"),
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/metrics"),
@@ -136,6 +142,9 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(users::change_secret))
         .routes(routes!(broker::snapshot))
         .routes(routes!(broker::report))
+        .routes(routes!(jobs::ingest).layer(DefaultBodyLimit::max(jobs::JOBS_MAX_BODY)))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
         .routes(routes!(events::events))
         .routes(routes!(openapi_json))
         .routes(routes!(metrics))

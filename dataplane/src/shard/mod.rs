@@ -16,8 +16,10 @@
 //! - `workers`: the workers connected here (dispatches and cancels to them, their frames,
 //!   `Announce`, online/offline news);
 //! - `mesh`: messages to other shards and the backpressure of a frame ([`Unsettled`]);
-//! - `stats`: the shard's metric handles.
+//! - `stats`: the shard's metric handles;
+//! - `jobs`: the job-history trace of each request (off unless the source records jobs).
 
+mod jobs;
 mod lifecycle;
 mod mesh;
 mod requests;

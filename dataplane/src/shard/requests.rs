@@ -60,6 +60,8 @@ pub(super) struct RequestEntry {
     run: RequestRun,
     /// Set for a request with an idempotency key: recorded in the window when it finishes.
     keyed: Option<Box<Keyed>>,
+    /// Its job-history record in the making (`shard/jobs.rs`).
+    pub(super) job: Option<Box<crate::jobs::JobTrace>>,
 }
 
 /// Who the client of a request is, copied out before actions run.
@@ -179,6 +181,7 @@ impl Shard {
         } else {
             service.timeout
         };
+        let job = self.trace_request(&principal, &request, &service);
         let fleet = &request.fleet;
         let mut policy = Policy::from(&*service).with_fleet(fleet, targets.len() + offline.len());
         policy.timeout_message = format!("timed out after {}", humantime::format_duration(timeout));
@@ -236,6 +239,7 @@ impl Shard {
                     },
                     run,
                     keyed,
+                    job,
                 },
             );
         }
@@ -340,6 +344,7 @@ impl Shard {
                     self.state.borrow_mut().dispatch_owner.remove(&dispatch_id);
                 }
                 Action::Relay { worker, event } => {
+                    self.trace_relay(key, &worker, &event);
                     if client.keyed {
                         if let Some(keyed) = self
                             .state
@@ -399,6 +404,7 @@ impl Shard {
         };
         if let Some(e) = &mut entry {
             self.stats.request_finished(&e.service, e.started, &summary);
+            self.trace_finish(e.job.take());
             if let Some(keyed) = e.keyed.take() {
                 let Keyed {
                     team,

@@ -1,0 +1,371 @@
+//! Job history: records from the broker route, listed and shown per team, filtered and
+//! paged, redacted, pruned after the retention; on SQLite and PostgreSQL.
+
+mod common;
+
+use common::{assert_error, Backend, Harness};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+on_both_backends!(
+    broker_records_are_listed_and_shown,
+    filters_and_paging,
+    team_isolation,
+    retention_deletes_old_jobs,
+    secret_looking_args_are_redacted,
+);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn worker(name: &str, outcome: &str, exit_code: Option<i32>, output: &str) -> Value {
+    json!({"worker": name, "outcome": outcome, "exit_code": exit_code, "duration_ms": 12,
+           "output": output, "truncated": false})
+}
+
+fn record(key: &str, team: &str, service: &str, started: u64, workers: Vec<Value>) -> Value {
+    json!({"key": key, "team": team, "identity": "admin", "service": service,
+           "algorithm": "mirror", "plugin": "command/command", "command": ["uptime"],
+           "args": [["host", "web01"]], "started_unix_ms": started, "duration_ms": 40,
+           "workers": workers})
+}
+
+async fn deliver(h: &Harness, jobs: Vec<Value>) -> Value {
+    let (status, body) = h
+        .post(
+            "/api/v1/broker/jobs",
+            &h.broker_token(),
+            json!({ "jobs": jobs }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn broker_records_are_listed_and_shown(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    // Only the broker may deliver.
+    assert_error(
+        &h.post("/api/v1/broker/jobs", admin, json!({"jobs": []}))
+            .await,
+        401,
+        "Unauthorized",
+    );
+    let started = now_ms();
+    let rec = record(
+        "k1",
+        "main",
+        "dc1",
+        started,
+        vec![
+            worker("web01", "ok", Some(0), "up 3 days\n"),
+            worker("web02", "failed", Some(2), "E: broken\n"),
+            worker("web03", "timed_out", None, ""),
+        ],
+    );
+    let answer = deliver(&h, vec![rec.clone()]).await;
+    assert_eq!(answer, json!({"stored": 1, "skipped": 0}));
+    // Delivered again (a lost answer): stored once.
+    deliver(&h, vec![rec]).await;
+    // A second part of the same record adds its other workers.
+    deliver(
+        &h,
+        vec![record(
+            "k1",
+            "main",
+            "dc1",
+            started,
+            vec![worker("web04", "ok", Some(0), "")],
+        )],
+    )
+    .await;
+    // A record of a team that does not exist is skipped.
+    let answer = deliver(&h, vec![record("k2", "nosuchteam", "x", started, vec![])]).await;
+    assert_eq!(answer["skipped"], 1);
+
+    let (status, page) = h.get("/api/v1/jobs", admin).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{page}");
+    let job = &jobs[0];
+    assert_eq!(job["service"], "dc1");
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["workers"], 4);
+    assert_eq!(job["ok"], 2);
+    assert_eq!(job["command"], json!(["uptime"]));
+    assert_eq!(job["args"], json!([{"key": "host", "value": "web01"}]));
+    assert_eq!(job["started_unix_ms"], started);
+    assert!(page["next_cursor"].is_null());
+
+    let id = job["id"].as_i64().unwrap();
+    let (status, shown) = h.get(&format!("/api/v1/jobs/{id}"), admin).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let outcomes: Vec<(String, String, Value)> = shown["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["worker"].as_str().unwrap().to_string(),
+                w["outcome"].as_str().unwrap().to_string(),
+                w["exit_code"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("web01".into(), "ok".into(), json!(0)),
+            ("web02".into(), "failed".into(), json!(2)),
+            ("web03".into(), "timed_out".into(), Value::Null),
+            ("web04".into(), "ok".into(), json!(0)),
+        ]
+    );
+    assert_eq!(shown["outcomes"][1]["output"], "E: broken\n");
+    assert_error(&h.get("/api/v1/jobs/999999", admin).await, 404, "NotFound");
+    assert_error(&h.get("/api/v1/jobs/abc", admin).await, 404, "NotFound");
+}
+
+async fn filters_and_paging(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let t0 = now_ms() - 100_000;
+    let mut jobs = Vec::new();
+    for i in 0..7u64 {
+        let (service, outcome) = if i % 2 == 0 {
+            ("a", "ok")
+        } else {
+            ("b", "failed")
+        };
+        let code = if outcome == "ok" { 0 } else { 1 };
+        jobs.push(record(
+            &format!("k{i}"),
+            "main",
+            service,
+            t0 + i * 1000,
+            vec![worker("w", outcome, Some(code), "")],
+        ));
+    }
+    deliver(&h, jobs).await;
+    let ids = |page: &Value| -> Vec<String> {
+        page["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["service"].as_str().unwrap().to_string() + j["status"].as_str().unwrap())
+            .collect()
+    };
+    let (_, page) = h.get("/api/v1/jobs?service=a", admin).await;
+    assert_eq!(ids(&page), vec!["aok"; 4]);
+    let (_, page) = h.get("/api/v1/jobs?status=failed", admin).await;
+    assert_eq!(ids(&page), vec!["bfailed"; 3]);
+    let (_, page) = h.get("/api/v1/jobs?service=a&status=failed", admin).await;
+    assert_eq!(ids(&page).len(), 0);
+    // Time range: started in [t0+2s, t0+5s).
+    let at = |ms: u64| {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .to_string()
+    };
+    let (status, page) = h
+        .get(
+            &format!(
+                "/api/v1/jobs?since={}&until={}",
+                at(t0 + 2000),
+                at(t0 + 5000)
+            ),
+            admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let started: Vec<u64> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["started_unix_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(started, vec![t0 + 4000, t0 + 3000, t0 + 2000]);
+    // Paging with a cursor: newest first, every job once.
+    let mut seen = Vec::new();
+    let mut url = "/api/v1/jobs?limit=3".to_string();
+    loop {
+        let (status, page) = h.get(&url, admin).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for j in page["jobs"].as_array().unwrap() {
+            seen.push(j["started_unix_ms"].as_u64().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => url = format!("/api/v1/jobs?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..7).rev().map(|i| t0 + i * 1000).collect::<Vec<_>>()
+    );
+    // Paging with an offset.
+    let (_, page) = h.get("/api/v1/jobs?limit=2&offset=5", admin).await;
+    let started: Vec<u64> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["started_unix_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(started, vec![t0 + 1000, t0]);
+    // Bad parameters are 400s.
+    for bad in [
+        "status=nonsense",
+        "since=yesterday",
+        "limit=0",
+        "limit=501",
+        "cursor=x",
+        "cursor=5&offset=1",
+        "unknown=1",
+    ] {
+        assert_error(
+            &h.get(&format!("/api/v1/jobs?{bad}"), admin).await,
+            400,
+            "BadRequest",
+        );
+    }
+}
+
+async fn team_isolation(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let (status, body) = h
+        .post("/api/v1/teams", admin, json!({"name": "teamb"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = h
+        .post(
+            "/api/v1/teams/teamb/members",
+            admin,
+            json!({"identity": "bob", "secret": "bobsecret", "role": "member"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let bob = h.login("teamb", "bob", "bobsecret").await;
+    deliver(
+        &h,
+        vec![
+            record(
+                "a1",
+                "main",
+                "secretsvc",
+                now_ms(),
+                vec![worker("w", "ok", Some(0), "x")],
+            ),
+            record(
+                "b1",
+                "teamb",
+                "bsvc",
+                now_ms(),
+                vec![worker("w", "ok", Some(0), "y")],
+            ),
+        ],
+    )
+    .await;
+    let (_, page) = h.get("/api/v1/jobs", &bob).await;
+    let jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{page}");
+    assert_eq!(jobs[0]["service"], "bsvc");
+    let (_, page) = h.get("/api/v1/jobs", admin).await;
+    let main_jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(main_jobs.len(), 1, "{page}");
+    let main_id = main_jobs[0]["id"].as_i64().unwrap();
+    // bob cannot see team main's job by its id: 404, as if it did not exist.
+    assert_error(
+        &h.get(&format!("/api/v1/jobs/{main_id}"), &bob).await,
+        404,
+        "NotFound",
+    );
+    // A key of team main's record, reported again for teamb, does not extend it.
+    deliver(
+        &h,
+        vec![record(
+            "a1",
+            "teamb",
+            "secretsvc",
+            now_ms(),
+            vec![worker("v", "ok", Some(0), "")],
+        )],
+    )
+    .await;
+    let (_, shown) = h.get(&format!("/api/v1/jobs/{main_id}"), admin).await;
+    assert_eq!(shown["outcomes"].as_array().unwrap().len(), 1, "{shown}");
+    // Without a token: 401.
+    assert_eq!(
+        h.call(Method::GET, "/api/v1/jobs", None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn retention_deletes_old_jobs(backend: Backend) {
+    let h = Harness::start_configured(backend, |s| {
+        s.job_retention = Duration::from_secs(3600);
+    })
+    .await;
+    let admin = &h.admin_token;
+    let now = now_ms();
+    deliver(
+        &h,
+        vec![
+            record(
+                "old",
+                "main",
+                "s",
+                now - 2 * 3600 * 1000,
+                vec![worker("w", "ok", Some(0), "")],
+            ),
+            record(
+                "new",
+                "main",
+                "s",
+                now - 60 * 1000,
+                vec![worker("w", "ok", Some(0), "")],
+            ),
+        ],
+    )
+    .await;
+    let (_, page) = h.get("/api/v1/jobs", admin).await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(h.plane.prune_jobs().await.unwrap(), 1);
+    let (_, page) = h.get("/api/v1/jobs", admin).await;
+    let jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["started_unix_ms"], now - 60 * 1000);
+    // The old job's workers went with it.
+    assert_eq!(h.plane.prune_jobs().await.unwrap(), 0);
+}
+
+async fn secret_looking_args_are_redacted(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let mut rec = record("r", "main", "s", now_ms(), vec![]);
+    rec["args"] = json!([
+        ["host", "web01"],
+        ["password", "hunter2"],
+        ["API_KEY", "abc"],
+        ["db_token", "t"],
+        ["client_secret", "s"]
+    ]);
+    deliver(&h, vec![rec]).await;
+    let (_, page) = h.get("/api/v1/jobs", &h.admin_token).await;
+    assert_eq!(
+        page["jobs"][0]["args"],
+        json!([
+            {"key": "host", "value": "web01"},
+            {"key": "password", "value": "***"},
+            {"key": "API_KEY", "value": "***"},
+            {"key": "db_token", "value": "***"},
+            {"key": "client_secret", "value": "***"}
+        ])
+    );
+    let text = serde_json::to_string(&page).unwrap();
+    assert!(!text.contains("hunter2"));
+}

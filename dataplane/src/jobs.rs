@@ -1,0 +1,297 @@
+//! Job history on the broker's side: [`JobTrace`] follows one request's relayed frames
+//! (per worker: its end, its exit code, a bounded tail of its output) and becomes a
+//! [`proto::job::JobRecord`] when the request finishes, which the shard hands to
+//! [`crate::ConfigSource::job`]. Delivering it (a bounded queue, batches, retries) is the
+//! source's business and never the request's: see the `feed` crate.
+//!
+//! Memory per request: at most twice [`JOB_OUTPUT_TAIL`] of output per worker it went to (the
+//! tail is trimmed back to the bound whenever it reaches twice that).
+
+use proto::job::{clip, redact, JobOutcome, JobRecord, JobWorker, JOB_OUTPUT_TAIL};
+use proto::job::{MAX_JOB_ITEMS, MAX_JOB_NAME, MAX_JOB_TEXT};
+use proto::{ErrorKind, Event, Stream};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// One worker's part so far.
+#[derive(Debug)]
+struct WorkerTrace {
+    worker: Arc<str>,
+    first_seen: Instant,
+    /// Output lines, newline-terminated; may start mid-line only after trimming.
+    tail: Vec<u8>,
+    truncated: bool,
+    end: Option<(JobOutcome, Option<i32>, Instant)>,
+}
+
+impl WorkerTrace {
+    fn push_line(&mut self, stream: Stream, data: &[u8]) {
+        if stream == Stream::Stderr {
+            self.tail.extend_from_slice(b"[stderr] ");
+        }
+        self.tail.extend_from_slice(data);
+        self.tail.push(b'\n');
+        if self.tail.len() >= 2 * JOB_OUTPUT_TAIL {
+            self.trim();
+        }
+    }
+
+    /// Keeps the last [`JOB_OUTPUT_TAIL`] bytes, from a line start when there is one.
+    fn trim(&mut self) {
+        if self.tail.len() <= JOB_OUTPUT_TAIL {
+            return;
+        }
+        let mut cut = self.tail.len() - JOB_OUTPUT_TAIL;
+        if let Some(nl) = self.tail[cut..].iter().position(|&b| b == b'\n') {
+            if cut + nl + 1 < self.tail.len() {
+                cut += nl + 1;
+            }
+        }
+        self.tail.drain(..cut);
+        self.truncated = true;
+    }
+}
+
+/// One request's record in the making; see the module docs.
+#[derive(Debug)]
+pub struct JobTrace {
+    team: String,
+    identity: String,
+    service: String,
+    algorithm: String,
+    plugin: String,
+    command: Vec<String>,
+    args: Vec<(String, String)>,
+    started_unix_ms: u64,
+    started: Instant,
+    workers: Vec<WorkerTrace>,
+    /// Where each worker is in `workers` (a mirror request may reach thousands).
+    index: foldhash::HashMap<Arc<str>, usize>,
+}
+
+impl JobTrace {
+    /// A request as it arrived (arguments are redacted here, before they leave the shard).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        team: &str,
+        identity: &str,
+        service: &str,
+        algorithm: proto::Algorithm,
+        plugin: &str,
+        command: &[String],
+        args: &[proto::Arg],
+        started: Instant,
+    ) -> JobTrace {
+        JobTrace {
+            team: clip(team, MAX_JOB_NAME),
+            identity: clip(identity, MAX_JOB_NAME),
+            service: clip(service, MAX_JOB_NAME),
+            algorithm: algorithm.to_string(),
+            plugin: clip(plugin, MAX_JOB_NAME),
+            command: command
+                .iter()
+                .take(MAX_JOB_ITEMS)
+                .map(|c| clip(c, MAX_JOB_TEXT))
+                .collect(),
+            args: args
+                .iter()
+                .take(MAX_JOB_ITEMS)
+                .map(|a| {
+                    let value = redact(&a.key, &a.value);
+                    (clip(&a.key, MAX_JOB_TEXT), clip(&value, MAX_JOB_TEXT))
+                })
+                .collect(),
+            started_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            started,
+            workers: Vec::new(),
+            index: Default::default(),
+        }
+    }
+
+    fn worker(&mut self, worker: &Arc<str>) -> &mut WorkerTrace {
+        let idx = match self.index.get(worker) {
+            Some(&i) => i,
+            None => {
+                self.index.insert(worker.clone(), self.workers.len());
+                self.workers.push(WorkerTrace {
+                    worker: worker.clone(),
+                    first_seen: Instant::now(),
+                    tail: Vec::new(),
+                    truncated: false,
+                    end: None,
+                });
+                self.workers.len() - 1
+            }
+        };
+        &mut self.workers[idx]
+    }
+
+    /// `event` was relayed from `worker`.
+    pub fn on_relay(&mut self, worker: &Arc<str>, event: &Event) {
+        let w = self.worker(worker);
+        match event {
+            Event::Accepted => {}
+            Event::Output { stream, data, .. } => w.push_line(*stream, data),
+            Event::Done { exit_code } => {
+                let outcome = if *exit_code == 0 {
+                    JobOutcome::Ok
+                } else {
+                    JobOutcome::Failed
+                };
+                w.end = Some((outcome, Some(*exit_code), Instant::now()));
+            }
+            Event::Failed { kind, message } => {
+                let outcome = match kind {
+                    ErrorKind::Timeout => JobOutcome::TimedOut,
+                    ErrorKind::WorkerLost => JobOutcome::Lost,
+                    ErrorKind::Cancelled => JobOutcome::Cancelled,
+                    ErrorKind::Offline => JobOutcome::Offline,
+                    ErrorKind::Skipped => JobOutcome::Skipped,
+                    ErrorKind::NoResponse => JobOutcome::NoResponse,
+                    ErrorKind::Detached => JobOutcome::Detached,
+                    _ => JobOutcome::Failed,
+                };
+                w.push_line(Stream::Stderr, format!("{kind}: {message}").as_bytes());
+                w.end = Some((outcome, None, Instant::now()));
+            }
+        }
+    }
+
+    /// The record of the finished request; its `key` is left empty for the source to set.
+    pub fn finish(self) -> JobRecord {
+        let now = Instant::now();
+        let workers = self
+            .workers
+            .into_iter()
+            .map(|mut w| {
+                w.trim();
+                let (outcome, exit_code, ended) =
+                    w.end.unwrap_or((JobOutcome::NoResponse, None, now));
+                JobWorker {
+                    worker: clip(&w.worker, MAX_JOB_NAME),
+                    outcome,
+                    exit_code,
+                    duration_ms: ended.duration_since(w.first_seen).as_millis() as u64,
+                    // Each byte is at most one character, so this cuts only what a
+                    // trim that found no line start left over.
+                    output: clip(&String::from_utf8_lossy(&w.tail), JOB_OUTPUT_TAIL),
+                    truncated: w.truncated,
+                }
+            })
+            .collect();
+        JobRecord {
+            key: String::new(),
+            team: self.team,
+            identity: self.identity,
+            service: self.service,
+            algorithm: self.algorithm,
+            plugin: self.plugin,
+            command: self.command,
+            args: self.args,
+            started_unix_ms: self.started_unix_ms,
+            duration_ms: now.duration_since(self.started).as_millis() as u64,
+            workers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::job::{JobStatus, REDACTED};
+
+    fn trace() -> JobTrace {
+        JobTrace::new(
+            "t",
+            "alice",
+            "dc1",
+            proto::Algorithm::Mirror,
+            "command/command",
+            &["uptime".to_string()],
+            &[
+                proto::Arg {
+                    key: "host".into(),
+                    value: "web01".into(),
+                },
+                proto::Arg {
+                    key: "api_token".into(),
+                    value: "hunter2".into(),
+                },
+            ],
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn follows_each_workers_end_and_redacts() {
+        let mut t = trace();
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        t.on_relay(&a, &Event::Accepted);
+        t.on_relay(&b, &Event::Accepted);
+        t.on_relay(&c, &Event::Accepted);
+        t.on_relay(
+            &a,
+            &Event::Output {
+                seq: 0,
+                stream: Stream::Stdout,
+                data: b"up 3 days".to_vec(),
+            },
+        );
+        t.on_relay(&a, &Event::Done { exit_code: 0 });
+        t.on_relay(&b, &Event::Done { exit_code: 2 });
+        let r = t.finish();
+        assert_eq!(r.args[0], ("host".to_string(), "web01".to_string()));
+        assert_eq!(r.args[1], ("api_token".to_string(), REDACTED.to_string()));
+        let outcomes: Vec<_> = r
+            .workers
+            .iter()
+            .map(|w| (w.worker.as_str(), w.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("a", JobOutcome::Ok),
+                ("b", JobOutcome::Failed),
+                ("c", JobOutcome::NoResponse)
+            ]
+        );
+        assert_eq!(r.workers[0].output, "up 3 days\n");
+        assert_eq!(r.workers[1].exit_code, Some(2));
+        assert_eq!(r.status(), JobStatus::Failed);
+    }
+
+    #[test]
+    fn output_is_a_bounded_tail_from_a_line_start() {
+        let mut t = trace();
+        let a: Arc<str> = "a".into();
+        let line = vec![b'x'; 999];
+        for _ in 0..1000 {
+            t.on_relay(
+                &a,
+                &Event::Output {
+                    seq: 0,
+                    stream: Stream::Stdout,
+                    data: line.clone(),
+                },
+            );
+            assert!(t.workers[0].tail.len() < 2 * JOB_OUTPUT_TAIL);
+        }
+        t.on_relay(
+            &a,
+            &Event::Output {
+                seq: 0,
+                stream: Stream::Stdout,
+                data: b"last".to_vec(),
+            },
+        );
+        let r = t.finish();
+        let w = &r.workers[0];
+        assert!(w.truncated);
+        assert!(w.output.len() <= JOB_OUTPUT_TAIL);
+        assert!(w.output.starts_with('x') && w.output.ends_with("last\n"));
+        assert!(w.output.split('\n').next().unwrap().len() == 999);
+    }
+}

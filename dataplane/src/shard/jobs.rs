@@ -1,0 +1,55 @@
+//! The job-history hooks of a request: a trace when it is routed, each relayed frame, the
+//! record handed to the source when it finishes ([`crate::jobs`]). Off (no trace, one branch
+//! per relay) when the source does not record jobs; requests with an idempotency key (the fs
+//! module's spooled log lines) are not traced: their record is the trigger's.
+
+use super::Shard;
+use crate::config::{Principal, ServiceConfig};
+use crate::jobs::JobTrace;
+use proto::{Event, Request};
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Shard {
+    /// The trace of a request about to run, when jobs are recorded.
+    pub(super) fn trace_request(
+        &self,
+        principal: &Principal,
+        request: &Request,
+        service: &ServiceConfig,
+    ) -> Option<Box<JobTrace>> {
+        if request.key.is_some() || !self.source.records_jobs() {
+            return None;
+        }
+        Some(Box::new(JobTrace::new(
+            &principal.team,
+            &principal.identity,
+            &request.service,
+            service.algorithm,
+            &request.plugin,
+            &request.command,
+            &request.args,
+            Instant::now(),
+        )))
+    }
+
+    /// Request `key` relayed `event` from `worker`.
+    pub(super) fn trace_relay(&self, key: u64, worker: &Arc<str>, event: &Event) {
+        if let Some(job) = self
+            .state
+            .borrow_mut()
+            .requests
+            .get_mut(&key)
+            .and_then(|e| e.job.as_mut())
+        {
+            job.on_relay(worker, event);
+        }
+    }
+
+    /// A traced request finished: its record goes to the source, which must not wait.
+    pub(super) fn trace_finish(&self, job: Option<Box<JobTrace>>) {
+        if let Some(job) = job {
+            self.source.job(job.finish());
+        }
+    }
+}

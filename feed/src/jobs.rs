@@ -1,0 +1,281 @@
+//! Job history, off the request path: shards hand finished requests' records to
+//! [`JobQueue::push`] (never waits), a task of the feed thread drains the queue in batches to
+//! `POST /api/v1/broker/jobs`.
+//!
+//! - The queue is bounded by [`QUEUE_RECORDS`] records and [`QUEUE_BYTES`] bytes; a record that
+//!   does not fit is dropped and counted (`triggerfs_broker_jobs_lost_total{reason="queue_full"}`).
+//! - A batch is at most [`BATCH_RECORDS`] records and about [`POST_BYTES`] of JSON (the
+//!   control plane takes up to 16 MiB on this route, JSON escaping included); a record larger
+//!   than that (many workers with long output) goes in parts, each with some of its workers
+//!   and the same key, which the control plane merges.
+//! - A failed delivery is tried [`ATTEMPTS`] times in all, with a doubling pause from
+//!   [`FIRST_RETRY`]; then its records are counted lost
+//!   (`triggerfs_broker_jobs_lost_total{reason="undelivered"}`) and logged. A refusal (4xx
+//!   other than 408/429) is not retried. The next batch starts afresh, so records flow again
+//!   as soon as the control plane is back.
+
+use dataplane::metrics::{JOBS_DELIVERED, JOBS_LOST};
+use proto::job::{JobBatch, JobRecord, MAX_JOB_WORKERS};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+/// Records queued at most.
+pub const QUEUE_RECORDS: usize = 4096;
+/// Bytes of records queued at most.
+pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Records per delivery at most.
+pub const BATCH_RECORDS: usize = 256;
+/// Bytes of records per delivery, about (JSON escaping may add some).
+pub const POST_BYTES: usize = 2 * 1024 * 1024;
+/// Attempts per delivery.
+pub const ATTEMPTS: u32 = 4;
+/// Pause before the first retry; doubled for each next one.
+pub const FIRST_RETRY: Duration = Duration::from_millis(250);
+
+/// Where shards put records; see the module docs.
+#[derive(Debug)]
+pub struct JobQueue {
+    tx: mpsc::Sender<JobRecord>,
+    bytes: Arc<AtomicUsize>,
+    boot: u64,
+    seq: AtomicU64,
+}
+
+/// The receiving end, for [`deliver_loop`].
+pub struct JobDrain {
+    rx: mpsc::Receiver<JobRecord>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// A queue and its drain.
+pub fn queue() -> (JobQueue, JobDrain) {
+    let (tx, rx) = mpsc::channel(QUEUE_RECORDS);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 32);
+    (
+        JobQueue {
+            tx,
+            bytes: bytes.clone(),
+            boot,
+            seq: AtomicU64::new(0),
+        },
+        JobDrain { rx, bytes },
+    )
+}
+
+impl JobQueue {
+    /// Queues `record` (giving it its key), or drops and counts it when the queue is full.
+    pub fn push(&self, mut record: JobRecord) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        record.key = format!("{:016x}-{seq}", self.boot);
+        let weight = record.weight();
+        if self.bytes.fetch_add(weight, Ordering::Relaxed) + weight > QUEUE_BYTES {
+            self.bytes.fetch_sub(weight, Ordering::Relaxed);
+            JOBS_LOST.with_label_values(&["queue_full"]).inc();
+            return;
+        }
+        if self.tx.try_send(record).is_err() {
+            self.bytes.fetch_sub(weight, Ordering::Relaxed);
+            JOBS_LOST.with_label_values(&["queue_full"]).inc();
+        }
+    }
+}
+
+/// How a delivery went.
+pub enum Delivery {
+    /// Stored.
+    Done,
+    /// Worth another try (no answer, 5xx, 408, 429).
+    Retry(String),
+    /// Refused for good.
+    Refused(String),
+}
+
+/// Splits `records` into posts of at most [`BATCH_RECORDS`] records and about
+/// [`POST_BYTES`] bytes; a record over the byte bound is split by its workers (each part has
+/// the record's key, so the control plane merges them).
+pub fn posts(records: Vec<JobRecord>) -> Vec<JobBatch> {
+    let mut out: Vec<JobBatch> = Vec::new();
+    let mut current = JobBatch::default();
+    let mut size = 0;
+    let flush = |current: &mut JobBatch, size: &mut usize, out: &mut Vec<JobBatch>| {
+        if !current.jobs.is_empty() {
+            out.push(std::mem::take(current));
+        }
+        *size = 0;
+    };
+    for record in records {
+        for part in split(record) {
+            let w = part.weight();
+            if !current.jobs.is_empty()
+                && (size + w > POST_BYTES || current.jobs.len() >= BATCH_RECORDS)
+            {
+                flush(&mut current, &mut size, &mut out);
+            }
+            size += w;
+            current.jobs.push(part);
+        }
+    }
+    flush(&mut current, &mut size, &mut out);
+    out
+}
+
+/// `record`, or parts of it of at most about [`POST_BYTES`] each.
+fn split(mut record: JobRecord) -> Vec<JobRecord> {
+    if (record.weight() <= POST_BYTES && record.workers.len() <= MAX_JOB_WORKERS)
+        || record.workers.len() <= 1
+    {
+        return vec![record];
+    }
+    let workers = std::mem::take(&mut record.workers);
+    let base = record.weight();
+    let mut parts = Vec::new();
+    let mut part = record.clone();
+    let mut size = base;
+    for w in workers {
+        let ww = w.worker.len() + w.output.len() + 64;
+        if !part.workers.is_empty()
+            && (size + ww > POST_BYTES || part.workers.len() >= MAX_JOB_WORKERS)
+        {
+            parts.push(std::mem::replace(&mut part, record.clone()));
+            size = base;
+        }
+        size += ww;
+        part.workers.push(w);
+    }
+    parts.push(part);
+    parts
+}
+
+/// Drains the queue into `post` until the queue is closed; see the module docs.
+pub async fn deliver_loop<F, Fut>(mut drain: JobDrain, post: F)
+where
+    F: Fn(JobBatch) -> Fut,
+    Fut: std::future::Future<Output = Delivery>,
+{
+    let mut records = Vec::new();
+    loop {
+        let Some(first) = drain.rx.recv().await else {
+            return;
+        };
+        records.push(first);
+        while records.len() < BATCH_RECORDS {
+            match drain.rx.try_recv() {
+                Ok(r) => records.push(r),
+                Err(_) => break,
+            }
+        }
+        let weight: usize = records.iter().map(JobRecord::weight).sum();
+        drain.bytes.fetch_sub(weight, Ordering::Relaxed);
+        for batch in posts(std::mem::take(&mut records)) {
+            let n = batch.jobs.len() as u64;
+            let mut pause = FIRST_RETRY;
+            let mut attempt = 1;
+            loop {
+                match post(batch.clone()).await {
+                    Delivery::Done => {
+                        JOBS_DELIVERED.inc_by(n);
+                        break;
+                    }
+                    Delivery::Retry(e) if attempt < ATTEMPTS => {
+                        tracing::debug!(error = %e, attempt, "job history delivery failed; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                        attempt += 1;
+                    }
+                    Delivery::Retry(e) | Delivery::Refused(e) => {
+                        JOBS_LOST.with_label_values(&["undelivered"]).inc_by(n);
+                        warn!(error = %e, records = n, attempts = attempt, "job history records lost");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::job::{JobOutcome, JobWorker};
+    use std::sync::Mutex;
+
+    fn record(workers: usize, output: usize) -> JobRecord {
+        JobRecord {
+            key: String::new(),
+            team: "t".into(),
+            identity: "u".into(),
+            service: "s".into(),
+            algorithm: "mirror".into(),
+            plugin: "p".into(),
+            command: vec![],
+            args: vec![],
+            started_unix_ms: 1,
+            duration_ms: 1,
+            workers: (0..workers)
+                .map(|i| JobWorker {
+                    worker: format!("w{i}"),
+                    outcome: JobOutcome::Ok,
+                    exit_code: Some(0),
+                    duration_ms: 1,
+                    output: "x".repeat(output),
+                    truncated: false,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn large_records_go_in_parts_with_one_key() {
+        let mut r = record(100, 64 * 1024);
+        r.key = "k".into();
+        let batches = posts(vec![r, record(1, 10)]);
+        let parts: Vec<&JobRecord> = batches.iter().flat_map(|b| &b.jobs).collect();
+        let workers: usize = parts
+            .iter()
+            .filter(|p| p.key == "k")
+            .map(|p| p.workers.len())
+            .sum();
+        assert_eq!(workers, 100);
+        assert!(batches.len() >= 3);
+        for b in &batches {
+            let w: usize = b.jobs.iter().map(JobRecord::weight).sum();
+            assert!(w <= POST_BYTES + 1024, "{w}");
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (q, _drain) = queue();
+        let before = JOBS_LOST.with_label_values(&["queue_full"]).get();
+        for _ in 0..QUEUE_RECORDS + 10 {
+            q.push(record(1, 1));
+        }
+        let after = JOBS_LOST.with_label_values(&["queue_full"]).get();
+        assert!(after - before >= 10);
+    }
+
+    #[tokio::test]
+    async fn failed_deliveries_are_retried_then_counted_lost() {
+        let (q, drain) = queue();
+        let calls = Arc::new(Mutex::new(0));
+        let lost = JOBS_LOST.with_label_values(&["undelivered"]).get();
+        q.push(record(1, 1));
+        drop(q);
+        let c = calls.clone();
+        deliver_loop(drain, move |_| {
+            *c.lock().unwrap() += 1;
+            async { Delivery::Retry("down".into()) }
+        })
+        .await;
+        assert_eq!(*calls.lock().unwrap(), ATTEMPTS);
+        assert!(JOBS_LOST.with_label_values(&["undelivered"]).get() > lost);
+    }
+}

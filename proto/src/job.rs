@@ -1,0 +1,258 @@
+//! Job history: what the broker reports about every request it ran through a service
+//! (`POST /api/v1/broker/jobs` ← [`JobBatch`]), and the rules both sides share (what a job's
+//! status is, which arguments are secret).
+
+use crate::text_enum;
+use serde::{Deserialize, Serialize};
+
+/// How much output the history keeps per worker: the last 64 KiB.
+pub const JOB_OUTPUT_TAIL: usize = 64 * 1024;
+
+/// Characters of one command word or argument a record keeps (longer ones are cut).
+pub const MAX_JOB_TEXT: usize = 4096;
+/// Characters of a name in a record (team, identity, service, plugin, worker, key, ...).
+pub const MAX_JOB_NAME: usize = 512;
+/// Command words, and arguments, a record keeps at most.
+pub const MAX_JOB_ITEMS: usize = 256;
+/// Workers of one record (or one part of it) at most.
+pub const MAX_JOB_WORKERS: usize = 10_000;
+/// Records of one batch at most.
+pub const MAX_JOB_BATCH: usize = 1024;
+
+/// `text` cut to at most `max` characters.
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => text[..at].to_string(),
+        None => text.to_string(),
+    }
+}
+
+/// What stands in for a secret-looking argument's value.
+pub const REDACTED: &str = "***";
+
+text_enum! {
+    ("job outcome", "snake_case")
+    /// How one worker's part of a request ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobOutcome {
+        /// Exited 0.
+        Ok,
+        /// Exited non-zero, or failed without running to an end (plugin missing, crashed).
+        Failed,
+        /// Ran past the timeout.
+        TimedOut,
+        /// Its connection went away mid-run.
+        Lost,
+        /// Cancelled (by the client, or because the client went away) before it ended.
+        Cancelled,
+        /// Never answered before the request ended.
+        NoResponse,
+        /// Bound to the service but not connected when the request was dispatched.
+        Offline,
+        /// Never started: the request stopped first (`--max-failures`, a serial run's
+        /// failure, the quorum, the deadline).
+        Skipped,
+        /// Still running when the quorum was reached; its end was not followed.
+        Detached,
+    }
+}
+
+text_enum! {
+    ("job status", "snake_case")
+    /// A whole request's result: the worst of its workers' outcomes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobStatus {
+        /// Every worker exited 0.
+        Ok,
+        /// Some worker failed.
+        Failed,
+        /// None failed, some timed out or never answered.
+        TimedOut,
+        /// None failed or timed out, some were lost.
+        Lost,
+        /// None of the above, some were cancelled.
+        Cancelled,
+    }
+}
+
+impl JobStatus {
+    /// The status of a request whose workers ended with `outcomes`.
+    pub fn of(outcomes: impl IntoIterator<Item = JobOutcome>) -> JobStatus {
+        let mut status = JobStatus::Ok;
+        let rank = |s: JobStatus| match s {
+            JobStatus::Ok => 0,
+            JobStatus::Cancelled => 1,
+            JobStatus::Lost => 2,
+            JobStatus::TimedOut => 3,
+            JobStatus::Failed => 4,
+        };
+        for o in outcomes {
+            let s = match o {
+                JobOutcome::Ok => JobStatus::Ok,
+                JobOutcome::Failed => JobStatus::Failed,
+                JobOutcome::TimedOut | JobOutcome::NoResponse | JobOutcome::Offline => {
+                    JobStatus::TimedOut
+                }
+                JobOutcome::Lost => JobStatus::Lost,
+                JobOutcome::Cancelled | JobOutcome::Skipped => JobStatus::Cancelled,
+                JobOutcome::Detached => JobStatus::Ok,
+            };
+            if rank(s) > rank(status) {
+                status = s;
+            }
+        }
+        status
+    }
+}
+
+/// One worker's part of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobWorker {
+    /// Worker identity.
+    pub worker: String,
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// The plugin's exit code, when it exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// From its first answer (`Accepted`, or its end when it had none) to its end
+    /// (milliseconds).
+    pub duration_ms: u64,
+    /// The last [`JOB_OUTPUT_TAIL`] bytes of its output (stdout and stderr, one line each),
+    /// cut at a line start; invalid UTF-8 replaced.
+    #[serde(default)]
+    pub output: String,
+    /// Earlier output was left out.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One request through a service, as the broker saw it end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Unique per broker run and record: a batch delivered twice is stored once.
+    pub key: String,
+    /// The caller's team.
+    pub team: String,
+    /// The caller (user or worker identity).
+    pub identity: String,
+    /// The service as the request named it (`name`, or `team/name` for another team's).
+    pub service: String,
+    /// `roundrobin`, `serial` or `mirror`.
+    pub algorithm: String,
+    /// The plugin.
+    pub plugin: String,
+    /// The command words.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Arguments, secret-looking values already replaced by [`REDACTED`].
+    #[serde(default)]
+    pub args: Vec<(String, String)>,
+    /// When it arrived (milliseconds since the Unix epoch).
+    pub started_unix_ms: u64,
+    /// Arrival to summary (milliseconds).
+    pub duration_ms: u64,
+    /// Every worker it went to, in dispatch order.
+    #[serde(default)]
+    pub workers: Vec<JobWorker>,
+}
+
+impl JobRecord {
+    /// The request's status: the worst of its workers' outcomes.
+    pub fn status(&self) -> JobStatus {
+        JobStatus::of(self.workers.iter().map(|w| w.outcome))
+    }
+
+    /// Bytes this record holds, roughly (for bounding queues).
+    pub fn weight(&self) -> usize {
+        let text: usize = self.command.iter().map(String::len).sum::<usize>()
+            + self
+                .args
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        let workers: usize = self
+            .workers
+            .iter()
+            .map(|w| w.worker.len() + w.output.len() + 64)
+            .sum();
+        256 + text + workers
+    }
+}
+
+/// A batch of records (`POST /api/v1/broker/jobs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct JobBatch {
+    /// Records, oldest first.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// Whether an argument named `key` looks like it holds a secret: its name contains
+/// `secret`, `token`, `passw`, `passwd`, `pwd`, `key` (`apikey`, `api_key`, `ssh-key`),
+/// `credential`, `auth` or `private` (any case).
+pub fn is_secret_key(key: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "secret",
+        "token",
+        "passw",
+        "passwd",
+        "pwd",
+        "key",
+        "credential",
+        "auth",
+        "private",
+        "cookie",
+        "session",
+    ];
+    let lower = key.to_ascii_lowercase();
+    WORDS.iter().any(|w| lower.contains(w))
+}
+
+/// `value`, or [`REDACTED`] when `key` looks secret.
+pub fn redact(key: &str, value: &str) -> String {
+    if is_secret_key(key) {
+        REDACTED.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_keys() {
+        for k in [
+            "secret",
+            "API_KEY",
+            "apikey",
+            "token",
+            "db_password",
+            "Passwd",
+            "aws-secret-access-key",
+            "Authorization",
+        ] {
+            assert!(is_secret_key(k), "{k}");
+            assert_eq!(redact(k, "hunter2"), REDACTED);
+        }
+        for k in ["host", "package", "count", "mode"] {
+            assert!(!is_secret_key(k), "{k}");
+            assert_eq!(redact(k, "v"), "v");
+        }
+    }
+
+    #[test]
+    fn status_is_the_worst_outcome() {
+        use JobOutcome::*;
+        assert_eq!(JobStatus::of([]), JobStatus::Ok);
+        assert_eq!(JobStatus::of([Ok, Ok]), JobStatus::Ok);
+        assert_eq!(JobStatus::of([Ok, Cancelled]), JobStatus::Cancelled);
+        assert_eq!(JobStatus::of([Lost, NoResponse]), JobStatus::TimedOut);
+        assert_eq!(JobStatus::of([TimedOut, Failed, Ok]), JobStatus::Failed);
+        assert_eq!("timed_out".parse::<JobOutcome>().unwrap(), TimedOut);
+        assert_eq!(NoResponse.to_string(), "no_response");
+    }
+}

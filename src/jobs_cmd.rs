@@ -1,0 +1,581 @@
+//! `triggerfs jobs list|show` (the job history of the control plane, `GET /api/v1/jobs`) and
+//! the `--rerun ID --only failed` glue of `triggerfs client`: which workers of a recorded job
+//! to run again, and the request that does it.
+//!
+//! Logging in is `triggerfs client`'s ([`crate::client_cmd::credential_token`]): `--token`, or
+//! team, identity and secret from the flags, the environment or `[main]` of triggerfs.toml.
+
+use crate::cli::table::Table;
+use crate::client_cmd::ClientArgs;
+use anyhow::{anyhow, bail, Context, Result};
+use proto::job::REDACTED;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Flags of `triggerfs jobs`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobsArgs {
+    /// Control plane URL (default: `[main] url`, else http://127.0.0.1:8080).
+    #[arg(long, env = "TRIGGERFS_URL", global = true)]
+    pub url: Option<String>,
+    /// JWT from the control plane, instead of logging in.
+    #[arg(
+        long,
+        env = "TRIGGERFS_TOKEN",
+        default_value = "",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: String,
+    /// Team to log in to (default: `[main] team`).
+    #[arg(long, env = "TRIGGERFS_TEAM", global = true)]
+    pub team: Option<String>,
+    /// User identity (default: `[main] identity`).
+    #[arg(long, env = "TRIGGERFS_IDENTITY", global = true)]
+    pub identity: Option<String>,
+    /// The user's secret (default: `[main] secret`).
+    #[arg(long, env = "TRIGGERFS_SECRET", hide_env_values = true, global = true)]
+    pub secret: Option<String>,
+    #[command(subcommand)]
+    pub command: JobsCommand,
+}
+
+/// `triggerfs jobs ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum JobsCommand {
+    /// The team's jobs, newest first.
+    List {
+        /// Only requests to this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only jobs with this status: ok, failed, timed_out, lost, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs started within this long (e.g. `1h`, `2d`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// At most this many jobs (1 to 500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// The next page: the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// One JSON document (the API's page) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: every worker's outcome, exit code, duration and output.
+    Show {
+        /// The job's id (from `jobs list`).
+        id: i64,
+        /// The API's JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A job in a list (`GET /api/v1/jobs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub id: i64,
+    pub started: String,
+    pub identity: String,
+    pub service: String,
+    pub algorithm: String,
+    pub plugin: String,
+    pub command: Vec<String>,
+    pub args: Vec<JobArg>,
+    pub status: String,
+    pub workers: i64,
+    pub ok: i64,
+    pub duration_ms: i64,
+}
+
+/// One argument of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobArg {
+    pub key: String,
+    pub value: String,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// One worker's part of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobWorker {
+    pub worker: String,
+    pub outcome: String,
+    pub exit_code: Option<i64>,
+    pub duration_ms: i64,
+    pub output: String,
+    pub truncated: bool,
+}
+
+/// A job with its workers (`GET /api/v1/jobs/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    pub outcomes: Vec<JobWorker>,
+}
+
+/// The control plane's JSON API, as one user.
+pub struct Api {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// Logs in with `--token`, or team, identity and secret.
+    pub async fn login(
+        url: Option<&str>,
+        token: &str,
+        team: Option<&str>,
+        identity: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<Api> {
+        let url = url
+            .unwrap_or(client::login::DEFAULT_URL)
+            .trim_end_matches('/')
+            .to_string();
+        let token = if !token.is_empty() {
+            token.to_string()
+        } else {
+            match (team, identity, secret) {
+                (Some(t), Some(i), Some(s)) => client::login::login(&url, t, i, s).await?,
+                _ => bail!(
+                    "no credentials: give --token, or --team, --identity and --secret (or \
+                     `[main]` team, identity and secret in triggerfs.toml)"
+                ),
+            }
+        };
+        Ok(Api {
+            url,
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+        })
+    }
+
+    async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {
+        let url = format!("{}{path}", self.url);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the control plane at {}", self.url))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            let message = body["message"].as_str().unwrap_or("no details");
+            bail!("{message} ({status})");
+        }
+        serde_json::from_value(body).context("unexpected answer from the control plane")
+    }
+
+    /// `GET /api/v1/jobs?...`.
+    pub async fn list(&self, query: &[(&str, String)]) -> Result<JobPage> {
+        let mut path = "/api/v1/jobs".to_string();
+        for (i, (k, v)) in query.iter().enumerate() {
+            path.push(if i == 0 { '?' } else { '&' });
+            path.push_str(k);
+            path.push('=');
+            path.push_str(&encode(v));
+        }
+        self.get(&path).await
+    }
+
+    /// `GET /api/v1/jobs/{id}`.
+    pub async fn show(&self, id: i64) -> Result<JobView> {
+        self.get(&format!("/api/v1/jobs/{id}")).await
+    }
+}
+
+/// Percent-encodes a query value.
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `triggerfs jobs ...`: prints to stdout, returns the exit status.
+pub async fn run(args: JobsArgs) -> Result<i32> {
+    let api = Api::login(
+        args.url.as_deref(),
+        &args.token,
+        args.team.as_deref(),
+        args.identity.as_deref(),
+        args.secret.as_deref(),
+    )
+    .await?;
+    match args.command {
+        JobsCommand::List {
+            service,
+            status,
+            since,
+            limit,
+            cursor,
+            json,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            if let Some(c) = cursor {
+                query.push(("cursor", c));
+            }
+            if let Some(s) = service {
+                query.push(("service", s));
+            }
+            if let Some(s) = status {
+                query.push(("status", s));
+            }
+            if let Some(d) = since {
+                let t = std::time::SystemTime::now() - d;
+                query.push(("since", humantime::format_rfc3339_millis(t).to_string()));
+            }
+            let page = api.list(&query).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                for line in list_table(&page.jobs) {
+                    println!("{line}");
+                }
+                if let Some(c) = &page.next_cursor {
+                    println!("(more: the same command with --cursor {c})");
+                }
+            }
+        }
+        JobsCommand::Show { id, json } => {
+            let job = api.show(id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                for line in show_lines(&job) {
+                    println!("{line}");
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn command_text(job: &JobSummary) -> String {
+    job.command.join(" ")
+}
+
+/// The lines of `jobs list`.
+pub fn list_table(jobs: &[JobSummary]) -> Vec<String> {
+    let mut t = Table::new(&[
+        "id", "started", "service", "plugin", "command", "status", "ok", "workers", "who",
+    ]);
+    for j in jobs {
+        t.row(vec![
+            j.id.to_string(),
+            j.started.clone(),
+            j.service.clone(),
+            j.plugin.clone(),
+            clip(&command_text(j), 40),
+            j.status.clone(),
+            j.ok.to_string(),
+            j.workers.to_string(),
+            j.identity.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// The lines of `jobs show`: the job, a table of its workers, then each one's output.
+pub fn show_lines(job: &JobView) -> Vec<String> {
+    let j = &job.job;
+    let mut lines = vec![
+        format!(
+            "Job {}: {} on service {} ({})",
+            j.id, j.status, j.service, j.algorithm
+        ),
+        format!("Started:  {} by {}", j.started, j.identity),
+        format!("Plugin:   {}", j.plugin),
+        format!("Command:  {}", command_text(j)),
+    ];
+    if !j.args.is_empty() {
+        let args: Vec<String> = j
+            .args
+            .iter()
+            .map(|a| format!("{}={}", a.key, a.value))
+            .collect();
+        lines.push(format!("Args:     {}", args.join(" ")));
+    }
+    lines.push(format!(
+        "Duration: {}",
+        humantime::format_duration(Duration::from_millis(j.duration_ms.max(0) as u64))
+    ));
+    lines.push(String::new());
+    let mut t = Table::new(&["worker", "outcome", "exit code", "duration", "last line"]);
+    for w in &job.outcomes {
+        t.row(vec![
+            w.worker.clone(),
+            w.outcome.clone(),
+            w.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            humantime::format_duration(Duration::from_millis(w.duration_ms.max(0) as u64))
+                .to_string(),
+            clip(w.output.lines().last().unwrap_or(""), 60),
+        ]);
+    }
+    lines.extend(t.render());
+    for w in &job.outcomes {
+        if w.output.is_empty() {
+            continue;
+        }
+        lines.push(String::new());
+        let more = if w.truncated {
+            " (earlier output left out)"
+        } else {
+            ""
+        };
+        lines.push(format!("--- {} ({}){more}", w.worker, w.outcome));
+        lines.extend(w.output.lines().map(str::to_string));
+    }
+    lines
+}
+
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let mut s: String = text.chars().take(max - 1).collect();
+        s.push('…');
+        s
+    }
+}
+
+/// Which workers `--rerun ID --only WHICH` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// Every worker whose outcome was not `ok` (failed, timed out, lost, cancelled, never
+    /// answered).
+    Failed,
+    /// Every worker of the job.
+    All,
+}
+
+/// The workers of `job` to run again, in the job's order.
+pub fn rerun_workers(job: &JobView, only: Only) -> Vec<String> {
+    job.outcomes
+        .iter()
+        .filter(|w| only == Only::All || w.outcome != "ok")
+        .map(|w| w.worker.clone())
+        .collect()
+}
+
+/// The request that re-runs `job` on `workers`, from the caller's `base` flags (broker,
+/// credentials, `--timeout`, `--json`, ...): the job's service restricted to `workers` with
+/// the request option `only` (as `--only-workers`). Arguments given with `--args` replace
+/// the job's of the same name; an argument the history redacted must be given again.
+pub fn rerun_request(job: &JobView, workers: &[String], base: &ClientArgs) -> Result<ClientArgs> {
+    let j = &job.job;
+    let mut args = base.clone();
+    args.service = j.service.clone();
+    args.plugin = j.plugin.clone();
+    args.command = Some(command_text(j));
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for a in &j.args {
+        if let Some((_, v)) = base.args.iter().find(|(k, _)| *k == a.key) {
+            merged.push((a.key.clone(), v.clone()));
+        } else if a.value == REDACTED {
+            bail!(
+                "argument `{}` of job {} was redacted in the history; give it again with \
+                 --args {}=VALUE",
+                a.key,
+                j.id,
+                a.key
+            );
+        } else {
+            merged.push((a.key.clone(), a.value.clone()));
+        }
+    }
+    for (k, v) in &base.args {
+        if !merged.iter().any(|(mk, _)| mk == k) {
+            merged.push((k.clone(), v.clone()));
+        }
+    }
+    args.args = merged;
+    args.only_workers = workers.to_vec();
+    Ok(args)
+}
+
+/// `triggerfs client --rerun ID --only WHICH`: loads the job, picks its workers, and runs
+/// the job's request once, on exactly those workers of its service (a worker no longer
+/// bound to the service is refused by the broker, naming it).
+pub async fn run_rerun(base: ClientArgs, id: i64, only: Only) -> Result<i32> {
+    let token = crate::client_cmd::credential_token(&base)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let api = Api::login(base.url.as_deref(), &token, None, None, None).await?;
+    let job = api.show(id).await?;
+    let workers = rerun_workers(&job, only);
+    if workers.is_empty() {
+        eprintln!(
+            "Job {id}: no worker to run again ({} of {} ok)",
+            job.job.ok, job.job.workers
+        );
+        return Ok(0);
+    }
+    let rerun = rerun_request(&job, &workers, &base)?;
+    eprintln!(
+        "Re-running job {id} ({}) on {} workers: {}",
+        command_text(&job.job),
+        workers.len(),
+        workers.join(", ")
+    );
+    let mut args = rerun;
+    args.token = token;
+    Ok(match crate::client_cmd::run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            e.exit_status()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn job() -> JobView {
+        let w = |worker: &str, outcome: &str, code: Option<i64>| JobWorker {
+            worker: worker.into(),
+            outcome: outcome.into(),
+            exit_code: code,
+            duration_ms: 1500,
+            output: format!("line 1\n{worker} says {outcome}\n"),
+            truncated: false,
+        };
+        JobView {
+            job: JobSummary {
+                id: 42,
+                started: "2026-11-29T08:00:00.000Z".into(),
+                identity: "admin".into(),
+                service: "dc1".into(),
+                algorithm: "mirror".into(),
+                plugin: "command/command".into(),
+                command: vec!["apt-get -y upgrade".into()],
+                args: vec![
+                    JobArg {
+                        key: "host".into(),
+                        value: "x".into(),
+                    },
+                    JobArg {
+                        key: "api_token".into(),
+                        value: REDACTED.into(),
+                    },
+                ],
+                status: "failed".into(),
+                workers: 4,
+                ok: 2,
+                duration_ms: 2000,
+            },
+            outcomes: vec![
+                w("web01", "ok", Some(0)),
+                w("web02", "failed", Some(100)),
+                w("web03", "ok", Some(0)),
+                w("web04", "timed_out", None),
+            ],
+        }
+    }
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: ClientArgs,
+    }
+
+    fn base(extra: &[&str]) -> ClientArgs {
+        let mut argv = vec!["x", "--service", "s", "--plugin", "p"];
+        argv.extend_from_slice(extra);
+        Wrap::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn rerun_needs_no_service_or_plugin_and_only_needs_rerun() {
+        let a = Wrap::try_parse_from(["x", "--rerun", "7", "--only", "all"])
+            .unwrap()
+            .args;
+        assert_eq!((a.rerun, a.rerun_only), (Some(7), Only::All));
+        let a = Wrap::try_parse_from(["x", "--rerun", "7"]).unwrap().args;
+        assert_eq!(a.rerun_only, Only::Failed);
+        assert!(Wrap::try_parse_from(["x", "--plugin", "p"]).is_err());
+        assert!(
+            Wrap::try_parse_from(["x", "--service", "s", "--plugin", "p", "--only", "all"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn only_failed_picks_the_workers_that_did_not_succeed() {
+        let j = job();
+        assert_eq!(rerun_workers(&j, Only::Failed), vec!["web02", "web04"]);
+        assert_eq!(rerun_workers(&j, Only::All).len(), 4);
+    }
+
+    #[test]
+    fn the_rerun_request_repeats_the_job_and_asks_for_redacted_args() {
+        let j = job();
+        let workers = rerun_workers(&j, Only::Failed);
+        let err = rerun_request(&j, &workers, &base(&[])).unwrap_err();
+        assert!(err.to_string().contains("api_token"), "{err}");
+        let r = rerun_request(&j, &workers, &base(&["--args", "api_token=t0k"])).unwrap();
+        assert_eq!(r.service, "dc1");
+        assert_eq!(r.plugin, "command/command");
+        assert_eq!(r.command.as_deref(), Some("apt-get -y upgrade"));
+        assert_eq!(
+            r.args,
+            vec![
+                ("host".to_string(), "x".to_string()),
+                ("api_token".to_string(), "t0k".to_string())
+            ]
+        );
+        assert_eq!(r.only_workers, vec!["web02", "web04"]);
+    }
+
+    #[test]
+    fn tables_are_aligned() {
+        let j = job();
+        let lines = show_lines(&j);
+        assert!(
+            lines[0].starts_with("Job 42: failed on service dc1"),
+            "{lines:?}"
+        );
+        let table: Vec<&String> = lines.iter().filter(|l| l.contains("web0")).collect();
+        assert!(table
+            .iter()
+            .any(|l| l.contains("web04") && l.contains("timed_out")));
+        let list = list_table(std::slice::from_ref(&j.job));
+        assert!(list.last().unwrap().contains("(1 rows)"), "{list:?}");
+        let widths: Vec<usize> = list[..list.len() - 1]
+            .iter()
+            .map(|l| l.find('|').unwrap_or(0))
+            .collect();
+        assert!(
+            widths
+                .windows(2)
+                .all(|w| w[0] == w[1] || w[1] == 0 || w[0] == 0),
+            "{list:?}"
+        );
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    }
+}

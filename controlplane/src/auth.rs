@@ -72,6 +72,23 @@ pub struct LoginGuard {
     by_identity: DefaultKeyedRateLimiter<String>,
     by_address: DefaultKeyedRateLimiter<IpAddr>,
     hashing: Semaphore,
+    /// Wrong secrets in a row and locks, by identity (cut to `MAX_KEY_BYTES`). Identities
+    /// that do not exist are counted and locked the same way, so a lock says nothing about
+    /// whether a user exists; the map is pruned above `PRUNE_ABOVE` entries like the rate
+    /// limiters, so it does not grow with what callers claim.
+    lockouts: std::sync::Mutex<std::collections::HashMap<String, Lockout>>,
+    limits: crate::LoginLimits,
+}
+
+/// One user's wrong secrets in a row, and their lock.
+#[derive(Debug, Default)]
+struct Lockout {
+    failures: u32,
+    /// Locks so far without a good login between (the next is twice as long).
+    locks: u32,
+    until: Option<std::time::Instant>,
+    /// The failures that set the current lock (for the message).
+    locked_after: u32,
 }
 
 /// Keys a limiter remembers before it forgets those back at their full burst.
@@ -88,6 +105,15 @@ fn quota(burst: u32, period: Duration) -> Quota {
         .allow_burst(burst)
 }
 
+/// `identity` cut to at most `MAX_KEY_BYTES` (at a character boundary), as limiters key it.
+fn limiter_key(identity: &str) -> &str {
+    let mut end = identity.len().min(MAX_KEY_BYTES);
+    while !identity.is_char_boundary(end) {
+        end -= 1;
+    }
+    &identity[..end]
+}
+
 /// Whole seconds until `not_until`, at least 1 (for `Retry-After`).
 fn retry_after(not_until: &NotUntil<QuantaInstant>) -> u64 {
     let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -102,6 +128,66 @@ impl LoginGuard {
             by_identity: RateLimiter::keyed(quota(limits.identity_burst, limits.identity_period)),
             by_address: RateLimiter::keyed(quota(limits.address_burst, limits.address_period)),
             hashing: Semaphore::new(cores),
+            lockouts: std::sync::Mutex::new(std::collections::HashMap::new()),
+            limits,
+        }
+    }
+
+    fn lockouts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Lockout>> {
+        self.lockouts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `LockedOut` while `identity`'s logins are locked (the right secret too).
+    pub fn check_lock(&self, identity: &str) -> Result<(), ApiError> {
+        let lockouts = self.lockouts();
+        let Some(lock) = lockouts.get(limiter_key(identity)) else {
+            return Ok(());
+        };
+        match lock.until {
+            Some(until) if until > std::time::Instant::now() => {
+                let left = until - std::time::Instant::now();
+                Err(ApiError::LockedOut {
+                    identity: identity.to_string(),
+                    failures: lock.locked_after,
+                    retry_after: (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a checked secret for `identity`: a good one clears the count and the locks;
+    /// `lockout_after` wrong ones in a row lock its logins (see [`crate::LoginLimits`]).
+    pub fn record(&self, identity: &str, good: bool) {
+        let key = limiter_key(identity);
+        let mut lockouts = self.lockouts();
+        if good {
+            lockouts.remove(key);
+            return;
+        }
+        if lockouts.len() > PRUNE_ABOVE {
+            let now = std::time::Instant::now();
+            lockouts.retain(|_, l| l.until.is_some_and(|u| u > now));
+            if lockouts.len() > PRUNE_ABOVE {
+                lockouts.clear();
+            }
+        }
+        let limits = &self.limits;
+        let lock = lockouts.entry(key.to_string()).or_default();
+        lock.failures += 1;
+        if lock.failures >= limits.lockout_after.max(1) {
+            let factor = 1u32 << lock.locks.min(16);
+            let length = limits
+                .lockout
+                .saturating_mul(factor)
+                .min(limits.lockout_max);
+            lock.until = Some(std::time::Instant::now() + length);
+            lock.locked_after = lock.failures;
+            lock.locks += 1;
+            lock.failures = 0;
+            tracing::warn!(%identity, failures = lock.locked_after, lock_s = length.as_secs(), "logins locked after wrong secrets in a row");
         }
     }
 
@@ -116,11 +202,7 @@ impl LoginGuard {
                     what: "login attempts from this address",
                 })?;
         }
-        let mut end = identity.len().min(MAX_KEY_BYTES);
-        while !identity.is_char_boundary(end) {
-            end -= 1;
-        }
-        let key = identity[..end].to_string();
+        let key = limiter_key(identity).to_string();
         let checked = self.by_identity.check_key(&key);
         if self.by_identity.len().max(self.by_address.len()) > PRUNE_ABOVE {
             self.by_identity.retain_recent();
@@ -346,6 +428,31 @@ impl FromRequestParts<AppState> for EventsCaller {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn each_lock_without_a_good_login_between_is_twice_the_one_before_up_to_the_max() {
+        let guard = LoginGuard::new(crate::LoginLimits {
+            lockout_after: 1,
+            lockout: Duration::from_secs(10),
+            lockout_max: Duration::from_secs(25),
+            ..crate::LoginLimits::default()
+        });
+        let retry = |guard: &LoginGuard| match guard.check_lock("eve") {
+            Err(ApiError::LockedOut { retry_after, .. }) => retry_after,
+            other => panic!("not locked: {other:?}"),
+        };
+        assert!(guard.check_lock("eve").is_ok());
+        guard.record("eve", false);
+        assert_eq!(retry(&guard), 10);
+        guard.record("eve", false);
+        assert_eq!(retry(&guard), 20);
+        guard.record("eve", false);
+        assert_eq!(retry(&guard), 25);
+        guard.record("eve", true);
+        assert!(guard.check_lock("eve").is_ok());
+        assert!(guard.check_lock("someone else").is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -52,7 +52,7 @@ pub enum ControlError {
 pub struct ErrorBody {
     /// Stable code: BadRequest, Unauthorized, TokenExpired, Forbidden, QuotaExceeded,
     /// NotFound, MethodNotAllowed, Conflict, PayloadTooLarge, Unprocessable,
-    /// TooManyRequests, ServiceUnavailable, Internal.
+    /// TooManyRequests, LockedOut, ServiceUnavailable, Internal.
     pub code: &'static str,
     /// Human-readable detail.
     pub message: String,
@@ -120,6 +120,20 @@ pub enum ApiError {
         /// What was limited.
         what: &'static str,
     },
+    /// A user's logins are locked after too many wrong secrets; even the right one is
+    /// refused until the lock ends.
+    #[error(
+        "logins for {identity} are locked after {failures} wrong secrets in a row; retry in \
+         {retry_after} s"
+    )]
+    LockedOut {
+        /// Whose.
+        identity: String,
+        /// Wrong secrets that set the lock.
+        failures: u32,
+        /// Seconds until the lock ends (`Retry-After`).
+        retry_after: u64,
+    },
     /// Too busy now; retry after `retry_after` seconds.
     #[error("{what}; retry in {retry_after} s")]
     Busy {
@@ -156,6 +170,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+            ApiError::LockedOut { .. } => (StatusCode::TOO_MANY_REQUESTS, "LockedOut"),
             ApiError::Database(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "Internal")
             }
@@ -181,8 +196,9 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if let ApiError::TooManyRequests { retry_after, .. } | ApiError::Busy { retry_after, .. } =
-            &self
+        if let ApiError::TooManyRequests { retry_after, .. }
+        | ApiError::Busy { retry_after, .. }
+        | ApiError::LockedOut { retry_after, .. } = &self
         {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

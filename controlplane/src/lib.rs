@@ -52,6 +52,10 @@ pub struct ControlSettings {
     pub http_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Event streams (`/api/v1/events`) open at once, in all; past it a new one gets 503.
+    pub max_event_streams: usize,
+    /// Event streams one user may hold open at once; past it a new one gets 429.
+    pub max_event_streams_per_user: usize,
     /// Login attempts per identity and per client address.
     pub login_limits: LoginLimits,
     /// Jobs older than this are deleted (checked every [`JOB_PRUNE_EVERY`] while serving).
@@ -75,16 +79,27 @@ pub struct LoginLimits {
     pub address_burst: u32,
     /// After the burst, one more attempt from that address per this period.
     pub address_period: Duration,
+    /// Wrong secrets in a row for one user before their logins are locked.
+    pub lockout_after: u32,
+    /// The first lock's length; each further lock (without a good login between) is twice
+    /// the one before, up to [`LoginLimits::lockout_max`].
+    pub lockout: Duration,
+    /// The longest lock.
+    pub lockout_max: Duration,
 }
 
 impl Default for LoginLimits {
-    /// 10 attempts, then one per 3 s, per identity; 50, then 5 a second, per address.
+    /// 10 attempts, then one per 3 s, per identity; 50, then 5 a second, per address; 10
+    /// wrong secrets in a row lock a user's logins for 1 min, then 2, 4, ... up to 1 h.
     fn default() -> LoginLimits {
         LoginLimits {
             identity_burst: 10,
             identity_period: Duration::from_secs(3),
             address_burst: 50,
             address_period: Duration::from_millis(200),
+            lockout_after: 10,
+            lockout: Duration::from_secs(60),
+            lockout_max: Duration::from_secs(3600),
         }
     }
 }
@@ -101,6 +116,8 @@ impl ControlSettings {
             broker_addr: None,
             http_timeout: Duration::from_secs(30),
             max_connections: default_max_connections(),
+            max_event_streams: 1024,
+            max_event_streams_per_user: 8,
             login_limits: LoginLimits::default(),
             job_retention: DEFAULT_JOB_RETENTION,
         }
@@ -146,6 +163,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: metrics::Metrics,
     pub(crate) openapi_json: OnceLock<String>,
     pub(crate) guard: auth::LoginGuard,
+    pub(crate) streams: routes::events::Streams,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -203,6 +221,7 @@ impl ControlPlane {
                 metrics: metrics::Metrics::new(),
                 openapi_json: OnceLock::new(),
                 guard: auth::LoginGuard::new(settings_limits),
+                streams: routes::events::Streams::default(),
             }),
         })
     }

@@ -1079,9 +1079,10 @@ struct Case {
 
 async fn documented_constraints_are_the_servers(backend: Backend) {
     let h = Harness::start_configured(backend, |settings| {
-        // Logins are part of what is tried; the limiter is not.
+        // Logins are part of what is tried; the limiter and the lockout are not.
         settings.login_limits.identity_burst = 100_000;
         settings.login_limits.address_burst = 100_000;
+        settings.login_limits.lockout_after = 100_000;
     })
     .await;
     let (status, doc) = h

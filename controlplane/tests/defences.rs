@@ -14,6 +14,8 @@ use std::time::Duration;
 on_both_backends!(
     deleting_main_does_not_lock_out_the_admin,
     logins_are_rate_limited,
+    wrong_secrets_in_a_row_lock_logins,
+    event_streams_are_bounded,
     tier_limits_hold,
     unknown_fields_are_refused,
     triggers_need_a_reachable_service,
@@ -70,7 +72,8 @@ async fn deleting_main_does_not_lock_out_the_admin(backend: Backend) {
 }
 
 async fn logins_are_rate_limited(backend: Backend) {
-    let h = Harness::start(backend).await;
+    // The rate limiter alone: wrong secrets in a row do not lock here.
+    let h = Harness::start_configured(backend, |s| s.login_limits.lockout_after = 1000).await;
     let wrong = json!({"team": "main", "identity": "admin", "secret": "wrong"});
     let mut limited = None;
     for _ in 0..50 {
@@ -113,6 +116,128 @@ async fn logins_are_rate_limited(backend: Backend) {
     // ...and works once the window has passed.
     tokio::time::sleep(Duration::from_secs(retry)).await;
     h.login("main", "admin", &h.admin.secret).await;
+}
+
+/// One login attempt; its status, `code` and `Retry-After`.
+async fn attempt(h: &Harness, identity: &str, secret: &str) -> (u16, String, Option<u64>) {
+    let resp = h
+        .http
+        .post(h.url("/api/v1/login"))
+        .json(&json!({"team": "main", "identity": identity, "secret": secret}))
+        .send()
+        .await
+        .expect("login");
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let text = format!(
+        "{} {}",
+        body["code"].as_str().unwrap_or(""),
+        body["message"]
+    );
+    (status, text, retry)
+}
+
+async fn wrong_secrets_in_a_row_lock_logins(backend: Backend) {
+    let h = Harness::start_configured(backend, |s| {
+        // The lockout alone (the rate limiter would answer first), with a short lock.
+        s.login_limits.identity_burst = 100_000;
+        s.login_limits.address_burst = 100_000;
+        s.login_limits.lockout_after = 10;
+        s.login_limits.lockout = Duration::from_secs(2);
+    })
+    .await;
+    // 200 wrong secrets: 10 are checked (401), then the identity is locked (429 LockedOut).
+    let mut answers = Vec::new();
+    for _ in 0..200 {
+        answers.push(attempt(&h, "admin", "wrong").await);
+    }
+    assert!(
+        answers[..10].iter().all(|a| a.0 == 401),
+        "{:?}",
+        &answers[..11]
+    );
+    for (status, text, retry) in &answers[10..] {
+        assert_eq!(*status, 429, "{text}");
+        assert!(text.starts_with("LockedOut"), "{text}");
+        assert!(text.contains("locked after 10 wrong secrets"), "{text}");
+        assert!(retry.is_some_and(|r| (1..=2).contains(&r)), "{retry:?}");
+    }
+    // The right secret fails too while the lock lasts, saying so...
+    let (status, text, _) = attempt(&h, "admin", &h.admin.secret).await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("retry in"), "{text}");
+    // ...and works once it has ended; the count starts again.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    h.login("main", "admin", &h.admin.secret).await;
+    // An identity that does not exist locks the same way: a lock tells nothing.
+    for _ in 0..10 {
+        assert_eq!(attempt(&h, "ghost", "wrong").await.0, 401);
+    }
+    let (status, text, _) = attempt(&h, "ghost", "wrong").await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.starts_with("LockedOut"), "{text}");
+    // After a good login the count and the locks start again: the next lock is the first's
+    // length, not twice it.
+    for _ in 0..10 {
+        attempt(&h, "admin", "wrong").await;
+    }
+    let (_, text, retry) = attempt(&h, "admin", &h.admin.secret).await;
+    assert!(text.starts_with("LockedOut"), "{text}");
+    assert!(
+        retry.is_some_and(|r| r <= 2),
+        "a good login in between reset the locks: {retry:?}"
+    );
+}
+
+async fn event_streams_are_bounded(backend: Backend) {
+    let h = Harness::start_configured(backend, |s| {
+        s.max_event_streams = 3;
+        s.max_event_streams_per_user = 2;
+    })
+    .await;
+    let open = |token: String| {
+        let http = h.http.clone();
+        let url = h.url("/api/v1/events");
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("events")
+        }
+    };
+    let first = open(h.admin_token.clone()).await;
+    let second = open(h.admin_token.clone()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    // A third for the same user: 429.
+    let third = open(h.admin_token.clone()).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another user may open one; then the control plane is full: 503.
+    let bob = member(&h, "bob").await;
+    let bobs = open(bob.clone()).await;
+    assert_eq!(bobs.status(), StatusCode::OK);
+    let full = open(bob.clone()).await;
+    assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // A closed stream frees its slot.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = open(h.admin_token.clone()).await;
+        if again.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed stream's slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn tier_limits_hold(backend: Backend) {

@@ -22,6 +22,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
     security(("jwt" = []), ("broker_token" = [])),
     responses((status = 200, description = "`text/event-stream`: `event: config`, `data: ConfigEvent` JSON; `event: lagged` when events were dropped (re-read the snapshot)",
         content_type = "text/event-stream", body = crate::openapi::ConfigEventDoc),
+        (status = 429, description = "`TooManyRequests`: the user has as many event streams open as they may (`max_event_streams_per_user`, 8)", body = ErrorBody),
+        (status = 503, description = "The control plane has as many event streams open as it may (`max_event_streams`, 1024)", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
@@ -38,49 +40,57 @@ pub async fn events(
             })
         }
     };
+    // The broker's own stream is not counted: it must always get one.
+    let slot = match &watch {
+        None => None,
+        Some(w) => Some(state.streams.open(&state, w.user.user_id)?),
+    };
     let rx = state.events.subscribe();
-    let stream = stream::unfold((rx, watch, state), |(mut rx, watch, state)| async move {
-        loop {
-            let received = match &watch {
-                None => rx.recv().await,
-                Some(w) => tokio::select! {
-                    r = rx.recv() => r,
-                    // The token expired: so does the stream it opened.
-                    _ = tokio::time::sleep(w.left()) => return None,
-                },
-            };
-            match received {
-                Ok(event) => {
-                    if let Some(w) = &watch {
-                        // A change to the user themself (their secret) names no team.
-                        let own = event.team.is_empty() && w.touched_by(&event);
-                        if event.team != w.user.team && !own {
-                            continue;
+    let stream = stream::unfold(
+        (rx, watch, state, slot),
+        |(mut rx, watch, state, slot)| async move {
+            loop {
+                let received = match &watch {
+                    None => rx.recv().await,
+                    Some(w) => tokio::select! {
+                        r = rx.recv() => r,
+                        // The token expired: so does the stream it opened.
+                        _ = tokio::time::sleep(w.left()) => return None,
+                    },
+                };
+                match received {
+                    Ok(event) => {
+                        if let Some(w) = &watch {
+                            // A change to the user themself (their secret) names no team.
+                            let own = event.team.is_empty() && w.touched_by(&event);
+                            if event.team != w.user.team && !own {
+                                continue;
+                            }
+                            // Removed from the team (or the team deleted), or the secret changed:
+                            // the stream ends now.
+                            if w.touched_by(&event) && !w.still_member(&state).await {
+                                return None;
+                            }
                         }
-                        // Removed from the team (or the team deleted), or the secret changed:
-                        // the stream ends now.
-                        if w.touched_by(&event) && !w.still_member(&state).await {
-                            return None;
-                        }
+                        let data = serde_json::to_string(&event).unwrap_or_default();
+                        let sse = Event::default().event("config").data(data);
+                        return Some((Ok(sse), (rx, watch, state, slot)));
                     }
-                    let data = serde_json::to_string(&event).unwrap_or_default();
-                    let sse = Event::default().event("config").data(data);
-                    return Some((Ok(sse), (rx, watch, state)));
-                }
-                Err(RecvError::Lagged(n)) => {
-                    // Missed events may have removed the caller: check before going on.
-                    if let Some(w) = &watch {
-                        if !w.still_member(&state).await {
-                            return None;
+                    Err(RecvError::Lagged(n)) => {
+                        // Missed events may have removed the caller: check before going on.
+                        if let Some(w) = &watch {
+                            if !w.still_member(&state).await {
+                                return None;
+                            }
                         }
+                        let sse = Event::default().event("lagged").data(n.to_string());
+                        return Some((Ok(sse), (rx, watch, state, slot)));
                     }
-                    let sse = Event::default().event("lagged").data(n.to_string());
-                    return Some((Ok(sse), (rx, watch, state)));
+                    Err(RecvError::Closed) => return None,
                 }
-                Err(RecvError::Closed) => return None,
             }
-        }
-    });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
@@ -120,5 +130,72 @@ impl Watch {
         }
         .await;
         matches!(n, Ok(1))
+    }
+}
+
+/// Event streams open now, in all and per user, so that neither grows without bound.
+#[derive(Default)]
+pub(crate) struct Streams {
+    by_user: std::sync::Mutex<std::collections::HashMap<i64, usize>>,
+}
+
+/// One open stream; dropping it (the stream ends, or its client goes away) frees it.
+pub(crate) struct StreamSlot {
+    state: AppState,
+    user_id: i64,
+}
+
+impl Streams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, usize>> {
+        self.by_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for one more stream of `user_id`, or 503 (too many in all) / 429 (too many
+    /// for this user).
+    fn open(&self, state: &AppState, user_id: i64) -> Result<StreamSlot, ApiError> {
+        let settings = &state.settings;
+        let mut by_user = self.lock();
+        let total: usize = by_user.values().sum();
+        if total >= settings.max_event_streams {
+            tracing::warn!(
+                total,
+                "event stream refused: the control plane's limit is reached"
+            );
+            return Err(ApiError::Busy {
+                retry_after: 5,
+                what: "too many event streams are open",
+            });
+        }
+        let mine = by_user.entry(user_id).or_insert(0);
+        if *mine >= settings.max_event_streams_per_user {
+            tracing::warn!(
+                user_id,
+                open = *mine,
+                "event stream refused: the user's limit is reached"
+            );
+            return Err(ApiError::TooManyRequests {
+                retry_after: 5,
+                what: "event streams open for this user",
+            });
+        }
+        *mine += 1;
+        Ok(StreamSlot {
+            state: state.clone(),
+            user_id,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut by_user = self.state.streams.lock();
+        if let Some(n) = by_user.get_mut(&self.user_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_user.remove(&self.user_id);
+            }
+        }
     }
 }

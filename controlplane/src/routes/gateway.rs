@@ -68,13 +68,32 @@ pub enum ShareText {
     Text(String),
 }
 
+/// What a share's text must be, as the document states it: a count of at most 9 digits,
+/// or a percentage from 0% to 100%.
+const SHARE_PATTERN: &str = "^([0-9]{1,9}|[0-9]{1,2}%|100%)$";
+
 impl ShareText {
     fn parse(&self, field: &str) -> Result<proto::Share, ApiError> {
         match self {
             ShareText::Count(n) => Ok(proto::Share::Count(*n)),
-            ShareText::Text(t) => t
-                .parse()
-                .map_err(|e: String| ApiError::Unprocessable(format!("{field}: {e}"))),
+            ShareText::Text(t) => {
+                let (digits, percent) = match t.strip_suffix('%') {
+                    Some(d) => (d, true),
+                    None => (t.as_str(), false),
+                };
+                let max_digits = if percent { 3 } else { 9 };
+                let plain = !digits.is_empty()
+                    && digits.len() <= max_digits
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && (!percent || digits.len() < 3 || digits == "100");
+                if !plain {
+                    return Err(ApiError::Unprocessable(format!(
+                        "{field}: `{t}` is not a count or a percentage (e.g. 10 or 10%)"
+                    )));
+                }
+                t.parse()
+                    .map_err(|e: String| ApiError::Unprocessable(format!("{field}: {e}")))
+            }
         }
     }
 }
@@ -85,11 +104,13 @@ impl utoipa::PartialSchema for ShareText {
             .item(
                 utoipa::openapi::ObjectBuilder::new()
                     .schema_type(utoipa::openapi::schema::Type::Integer)
-                    .minimum(Some(0)),
+                    .minimum(Some(0))
+                    .maximum(Some(u32::MAX)),
             )
-            .item(text(
-                "A count (`\"10\"`) or a percentage of the request's workers (`\"10%\"`).",
-            ))
+            .item(
+                text("A count (`\"10\"`) or a percentage of the request's workers (`\"10%\"`).")
+                    .pattern(Some(SHARE_PATTERN)),
+            )
             .description(Some(
                 "A count of workers, or a percentage of them: `10`, `\"10%\"`.",
             ))
@@ -125,15 +146,16 @@ pub struct GatewayRequest {
     /// `skipped`, the summary says `stopped`).
     pub max_failures: Option<ShareText>,
     /// Mirror, serial: the request ends once this many workers exited 0.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     pub quorum: Option<u32>,
-    /// With `quorum`: cancel the workers still running when it is reached.
+    /// With `quorum`: cancel the workers still running when it is reached (without one,
+    /// nothing to cancel: ignored).
     pub quorum_cancel: Option<bool>,
     /// Mirror, serial: the whole request ends this long after it started (`"10m"`).
     #[schema(value_type = Option<Timeout>)]
     pub deadline: Option<String>,
-    /// Only these workers of the service.
-    #[schema(value_type = Option<Vec<Text>>)]
+    /// Only these workers of the service (a name that is not one of them is refused).
+    #[schema(value_type = Option<crate::openapi::WorkerList>)]
     pub only: Option<Vec<String>>,
 }
 
@@ -143,10 +165,14 @@ impl GatewayRequest {
         if self.quorum == Some(0) {
             return Err(ApiError::Unprocessable("quorum: must be at least 1".into()));
         }
-        if self.quorum_cancel == Some(true) && self.quorum.is_none() {
-            return Err(ApiError::Unprocessable(
-                "quorum_cancel: needs a quorum".into(),
-            ));
+        let only = self.only.clone().unwrap_or_default();
+        for (i, name) in only.iter().enumerate() {
+            super::check_name("worker", name)?;
+            if only[..i].contains(name) {
+                return Err(ApiError::Unprocessable(format!(
+                    "only: {name} is named twice"
+                )));
+            }
         }
         let deadline_ms = super::parse_timeout(self.deadline.as_deref(), None)
             .map_err(|_| {
@@ -165,7 +191,7 @@ impl GatewayRequest {
             quorum: self.quorum.unwrap_or(0),
             quorum_cancel: self.quorum_cancel.unwrap_or(false),
             deadline_ms,
-            only: self.only.clone().unwrap_or_default(),
+            only,
         })
     }
 }
@@ -465,7 +491,6 @@ mod tests {
         for bad in [
             json!({"plugin": "p", "batch": "ten"}),
             json!({"plugin": "p", "quorum": 0}),
-            json!({"plugin": "p", "quorum_cancel": true}),
             json!({"plugin": "p", "deadline": "soon"}),
         ] {
             assert!(body(bad.clone()).fleet().is_err(), "{bad}");

@@ -55,7 +55,7 @@ struct LoginRow {
 #[utoipa::path(post, path = "/api/v1/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse),
         (status = 401, description = "Whatever was wrong: the team, the identity, the secret, or the user is not a member of the team", body = ErrorBody),
-        (status = 429, description = "Too many attempts for the identity or from the address; retry after `Retry-After`", body = ErrorBody),
+        (status = 429, description = "`TooManyRequests`: too many attempts for the identity or from the address; `LockedOut`: the user's logins are locked after wrong secrets in a row (the right secret too); retry after `Retry-After`", body = ErrorBody),
         (status = 503, description = "Too many secrets being checked at once; retry after `Retry-After`", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn login(
@@ -75,7 +75,11 @@ pub async fn login(
         Some(r) => (r.id, r.secret_gen, Some(r.secret_hash), r.role),
         None => (0, 0, None, None),
     };
+    // A locked identity is refused before the secret is checked: the right one fails too.
+    // Identities that do not exist lock the same way (a lock tells nothing).
+    state.guard.check_lock(&req.identity)?;
     let secret_ok = auth::verify_secret(&state.guard, req.secret, hash).await?;
+    state.guard.record(&req.identity, secret_ok);
     let Some(role) = role.filter(|_| secret_ok) else {
         return Err(ApiError::unauthorized());
     };

@@ -6,7 +6,7 @@
 
 mod broker;
 mod directories;
-mod events;
+pub(crate) mod events;
 mod gateway;
 mod invitations;
 mod jobs;

@@ -22,6 +22,8 @@ pub struct Settings {
     pub broker: Option<String>,
     /// `[main] url`: the control plane.
     pub url: Option<String>,
+    /// `[main] ca`: the CA for `tls://` and `https://` (relative to the file's directory).
+    pub ca: Option<PathBuf>,
     /// `[main] team`.
     pub team: Option<String>,
     /// `[main] identity`.
@@ -73,6 +75,7 @@ struct File {
 struct Main {
     broker: Option<String>,
     url: Option<String>,
+    ca: Option<PathBuf>,
     team: Option<String>,
     identity: Option<String>,
     secret: Option<String>,
@@ -137,6 +140,9 @@ impl Settings {
             .with_context(|| format!("cannot read config {}", path.display()))?;
         let mut settings =
             Settings::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        if let (Some(ca), Some(dir)) = (&settings.ca, path.parent()) {
+            settings.ca = Some(dir.join(ca));
+        }
         settings.path = Some(path);
         Ok(settings)
     }
@@ -161,6 +167,7 @@ impl Settings {
             path: None,
             broker: main.broker,
             url: main.url,
+            ca: main.ca,
             team: main.team,
             identity: main.identity,
             secret: main.secret,

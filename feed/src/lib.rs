@@ -218,7 +218,7 @@ impl ControlSource {
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<Arc<Compiled>, String>>();
         let http = Arc::new(Http {
-            client: reqwest::Client::builder()
+            client: tls::http_client()
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| std::io::Error::other(e.to_string()))?,

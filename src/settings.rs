@@ -230,6 +230,20 @@ mod tests {
     }
 
     #[test]
+    fn a_relative_ca_is_relative_to_the_file() {
+        let dir = std::env::temp_dir().join(format!("triggerfs-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("triggerfs.toml");
+        std::fs::write(&path, "[main]\nca = \"tls/ca.pem\"\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.ca, Some(dir.join("tls/ca.pem")));
+        std::fs::write(&path, "[main]\nca = \"/etc/ca.pem\"\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.ca, Some(PathBuf::from("/etc/ca.pem")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn an_empty_file_is_all_defaults() {
         let s = Settings::parse("").unwrap();
         assert_eq!((s.broker, s.url, s.pluginspath), (None, None, None));

@@ -163,6 +163,28 @@ fn start_worker_tls(
     Ok(proc)
 }
 
+/// `curl -fsS --cacert CA URL [-H authorization] -d BODY`: the answer's body.
+fn curl_body(ca: &str, url: &str, token: Option<&str>, body: &serde_json::Value) -> Result<String> {
+    let mut command = Command::new("curl");
+    command.args(["-fsSN", "--max-time", "20", "--cacert", ca, url]);
+    command.args([
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &body.to_string(),
+    ]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("authorization: Bearer {token}")]);
+    }
+    let out = command.output().context("curl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `curl -sS [--cacert CA] URL`: (exit code, HTTP status).
 fn curl(ca: Option<&str>, url: &str) -> Result<(i32, String)> {
     let mut command = Command::new("curl");
@@ -253,6 +275,21 @@ async fn up_with_tls_writes_a_client_config_that_works_as_is() -> Result<()> {
     let (code, out, err) = echo(&["--config", config.to_str().unwrap()], None, "demo")?;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("hi"), "{out}");
+    // The API over https with the development CA, and its HTTP gateway, which reaches the
+    // broker over tls:// with the trust `up` set for itself.
+    let ca = data.path().join("tls").join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let login = serde_json::json!({"team": up.team, "identity": up.identity, "secret": up.secret});
+    let answer = curl_body(ca, &format!("{}/api/v1/login", up.url), None, &login)?;
+    let token: serde_json::Value = serde_json::from_str(&answer).context(answer)?;
+    let token = token["token"].as_str().context("a token")?;
+    let body = serde_json::json!({"plugin": "echo", "command": "via the gateway"});
+    let url = format!("{}/api/v1/services/demo/requests", up.url);
+    let stream = curl_body(ca, &url, Some(token), &body)?;
+    assert!(
+        stream.contains("via the gateway") && stream.contains(r#""event":"done""#),
+        "{stream}"
+    );
     drop(up);
 
     // Plaintext on an address other than loopback is refused without --insecure-plaintext.

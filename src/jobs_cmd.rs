@@ -158,7 +158,7 @@ impl Api {
         Ok(Api {
             url,
             token,
-            http: reqwest::Client::builder()
+            http: tls::http_client()
                 .timeout(Duration::from_secs(30))
                 .build()?,
         })

@@ -36,6 +36,10 @@ struct Cli {
     /// Configuration file (default: $HOME/triggerfs.toml).
     #[arg(long, global = true, env = "TRIGGERFS_CONFIG")]
     config: Option<PathBuf>,
+    /// PEM file of the CA that signed the servers' certificates, for `tls://` broker
+    /// addresses and `https://` URLs (default: `[main] ca`, else the public web PKI roots).
+    #[arg(long, global = true, env = "TRIGGERFS_CA")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,6 +159,35 @@ struct ShardArgs {
     max_client_backlog: bytesize::ByteSize,
 }
 
+/// A server's TLS: its certificate and key, and the CA of the client certificates it checks.
+#[derive(Args, Debug, Clone, Default)]
+struct TlsArgs {
+    /// PEM certificate chain: serve TLS (with --tls-key).
+    #[arg(long, env = "TRIGGERFS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TRIGGERFS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA of client certificates: the broker then requires one, signed by it, from every
+    /// worker (mutual TLS); clients need none.
+    #[arg(long, env = "TRIGGERFS_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The server configuration, when TLS was asked for.
+    fn server_config(&self) -> Result<Option<Arc<tls::rustls::ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(tls::server_config(
+                cert,
+                key,
+                self.tls_client_ca.as_deref(),
+            )?)),
+            _ => Ok(None),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 struct BrokerArgs {
     /// Address to listen on.
@@ -174,6 +207,8 @@ struct BrokerArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     shard: ShardArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +244,8 @@ struct ControlArgs {
     broker: String,
     #[command(flatten)]
     api: ApiArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -225,10 +262,19 @@ struct UpArgs {
     /// Also serve the broker's Prometheus metrics on this address (`/metrics`).
     #[arg(long, env = "TRIGGERFS_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// TLS on both planes with a development CA made in the data dir (`<data>/tls`); the
+    /// client config written on the first start trusts it (`ca`, `tls://`, `https://`).
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls: bool,
+    /// Serve plaintext on an address other than loopback (refused without it).
+    #[arg(long)]
+    insecure_plaintext: bool,
     #[command(flatten)]
     api: ApiArgs,
     #[command(flatten)]
     shard: ShardArgs,
+    #[command(flatten)]
+    tls_files: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -264,6 +310,12 @@ struct WorkerArgs {
           default_value = "false", action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     debug: bool,
+    /// PEM client certificate presented to a broker that requires one (`--tls-client-ca`).
+    #[arg(long, env = "TRIGGERFS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TRIGGERFS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() {
@@ -338,6 +390,20 @@ fn raise_open_file_limit() -> std::io::Result<()> {
 
 fn run(cli: Cli) -> Result<i32> {
     let settings = Settings::load(cli.config.as_deref())?;
+    // One rustls provider (ring) for the process, made the default before anything asks.
+    tls::install_provider();
+    let mut trust = tls::Trust {
+        ca: cli.ca.clone().or_else(|| settings.ca.clone()),
+        ..tls::Trust::default()
+    };
+    if let Command::Worker(args) = &cli.command {
+        trust.cert = args.tls_cert.clone();
+        trust.key = args.tls_key.clone();
+    }
+    // `up` sets its own (its development CA, its certificate for the local worker).
+    if !matches!(cli.command, Command::Up(_)) {
+        tls::set_trust(&trust)?;
+    }
     match cli.command {
         Command::Broker(args) => run_broker(args, &settings),
         Command::Up(args) => {
@@ -345,6 +411,7 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("metrics on http://{}/metrics", metrics_http::serve(addr)?);
             }
             let data = absolute(&args.data)?;
+            let server_tls = up_tls(&args, &data, trust)?;
             // The HTTP gateway needs the broker's address before the broker starts (the
             // broker takes its configuration from the control plane): settle port 0 now.
             let listen = if args.listen.port() == 0 {
@@ -358,12 +425,21 @@ fn run(cli: Cli) -> Result<i32> {
                     api_listen: args.api.api_listen,
                     database_url: args.api.database_url,
                     jwt_ttl: args.api.jwt_ttl,
-                    broker_addr: Some(listen.to_string()),
+                    broker_addr: Some(if server_tls.is_some() {
+                        format!("tls://{}", up::connectable(listen))
+                    } else {
+                        listen.to_string()
+                    }),
                     http_timeout: args.api.http_timeout,
                     http_max_connections: args.api.http_max_connections,
                     job_retention: args.api.job_retention,
+                    tls: server_tls.clone(),
                 },
-                broker_settings(listen, &args.shard)?,
+                dataplane::BrokerSettings {
+                    worker_cert_required: args.tls_files.tls_client_ca.is_some(),
+                    tls: server_tls,
+                    ..broker_settings(listen, &args.shard)?
+                },
                 args.no_worker,
             )
         }
@@ -376,6 +452,7 @@ fn run(cli: Cli) -> Result<i32> {
             http_timeout: args.api.http_timeout,
             http_max_connections: args.api.http_max_connections,
             job_retention: args.api.job_retention,
+            tls: args.tls.server_config()?,
         }),
         Command::Worker(args) => {
             let config = worker_config(args, &settings)?;
@@ -540,6 +617,55 @@ fn broker_settings(listen: SocketAddr, shard: &ShardArgs) -> Result<dataplane::B
     Ok(settings)
 }
 
+/// `up`'s TLS: the development CA (`--tls`) or the given files; refuses plaintext on an
+/// address other than loopback without `--insecure-plaintext`. Sets the process's trust: the
+/// development CA (unless `--ca` names another), and the server's certificate as the local
+/// worker's client certificate (for `--tls-client-ca`).
+fn up_tls(
+    args: &UpArgs,
+    data: &Path,
+    mut trust: tls::Trust,
+) -> Result<Option<Arc<tls::rustls::ServerConfig>>> {
+    let config = if args.tls {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        for ip in [args.listen.ip(), args.api.api_listen.ip()] {
+            let name = ip.to_string();
+            if !ip.is_unspecified() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        controlplane::create_private_dir(data)?;
+        let files = tls::dev_files(&data.join("tls"), &names)?;
+        trust.ca = trust.ca.or(Some(files.ca.clone()));
+        trust.cert = Some(files.cert.clone());
+        trust.key = Some(files.key.clone());
+        Some(tls::server_config(
+            &files.cert,
+            &files.key,
+            args.tls_files.tls_client_ca.as_deref(),
+        )?)
+    } else {
+        let config = args.tls_files.server_config()?;
+        if config.is_some() {
+            trust.cert = args.tls_files.tls_cert.clone();
+            trust.key = args.tls_files.tls_key.clone();
+        }
+        config
+    };
+    let public = [args.listen.ip(), args.api.api_listen.ip()]
+        .into_iter()
+        .find(|ip| !ip.is_loopback());
+    if let (None, Some(ip), false) = (&config, public, args.insecure_plaintext) {
+        bail!(
+            "refusing to serve plaintext on {ip}, which is not loopback: tokens and secrets would \
+             cross the network in clear. Use --tls (a development CA in the data dir), \
+             --tls-cert and --tls-key, or --insecure-plaintext"
+        );
+    }
+    tls::set_trust(&trust)?;
+    Ok(config)
+}
+
 fn absolute(path: &Path) -> Result<PathBuf> {
     Ok(if path.is_absolute() {
         path.to_path_buf()
@@ -577,7 +703,12 @@ fn run_broker(args: BrokerArgs, settings: &Settings) -> Result<i32> {
     if let Some(addr) = args.metrics_listen {
         println!("metrics on http://{}/metrics", metrics_http::serve(addr)?);
     }
-    let handle = dataplane::start(broker_settings(args.listen, &args.shard)?, source)?;
+    let broker = dataplane::BrokerSettings {
+        tls: args.tls.server_config()?,
+        worker_cert_required: args.tls.tls_client_ca.is_some(),
+        ..broker_settings(args.listen, &args.shard)?
+    };
+    let handle = dataplane::start(broker, source)?;
     println!("listening on {}", handle.local_addr());
     wait_then_stop(handle)
 }

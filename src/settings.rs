@@ -22,6 +22,8 @@ pub struct Settings {
     pub broker: Option<String>,
     /// `[main] url`: the control plane.
     pub url: Option<String>,
+    /// `[main] ca`: the CA for `tls://` and `https://` (relative to the file's directory).
+    pub ca: Option<PathBuf>,
     /// `[main] team`.
     pub team: Option<String>,
     /// `[main] identity`.
@@ -73,6 +75,7 @@ struct File {
 struct Main {
     broker: Option<String>,
     url: Option<String>,
+    ca: Option<PathBuf>,
     team: Option<String>,
     identity: Option<String>,
     secret: Option<String>,
@@ -137,6 +140,9 @@ impl Settings {
             .with_context(|| format!("cannot read config {}", path.display()))?;
         let mut settings =
             Settings::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        if let (Some(ca), Some(dir)) = (&settings.ca, path.parent()) {
+            settings.ca = Some(dir.join(ca));
+        }
         settings.path = Some(path);
         Ok(settings)
     }
@@ -161,6 +167,7 @@ impl Settings {
             path: None,
             broker: main.broker,
             url: main.url,
+            ca: main.ca,
             team: main.team,
             identity: main.identity,
             secret: main.secret,
@@ -220,6 +227,20 @@ mod tests {
             ))
         );
         assert_eq!(s.worker_credentials(Some("other"), "demo01"), None);
+    }
+
+    #[test]
+    fn a_relative_ca_is_relative_to_the_file() {
+        let dir = std::env::temp_dir().join(format!("triggerfs-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("triggerfs.toml");
+        std::fs::write(&path, "[main]\nca = \"tls/ca.pem\"\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.ca, Some(dir.join("tls/ca.pem")));
+        std::fs::write(&path, "[main]\nca = \"/etc/ca.pem\"\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.ca, Some(PathBuf::from("/etc/ca.pem")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -23,6 +23,37 @@ pub struct ControlOptions {
     pub http_timeout: Duration,
     pub http_max_connections: Option<usize>,
     pub job_retention: Duration,
+    /// HTTPS for the API (and, in `up`, TLS for the broker too).
+    pub tls: Option<Arc<tls::rustls::ServerConfig>>,
+}
+
+impl ControlOptions {
+    /// The API's URL for the programs of this process and the client config.
+    fn api_url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", connectable(addr))
+    }
+
+    /// The broker's address as the client config and the local worker write it.
+    fn broker_url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
+        format!("{scheme}://{}", connectable(addr))
+    }
+}
+
+/// `addr` as a peer can connect to it: an unspecified address (`0.0.0.0`) becomes loopback,
+/// which the development certificate names.
+pub fn connectable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
 }
 
 /// The control plane, opened and bootstrapped, with its API listening.
@@ -44,6 +75,7 @@ pub async fn start_control(
     settings.broker_addr = opts.broker_addr.clone();
     settings.http_timeout = opts.http_timeout;
     settings.job_retention = opts.job_retention;
+    settings.tls = opts.tls.clone();
     if let Some(n) = opts.http_max_connections {
         settings.max_connections = n;
     }
@@ -94,14 +126,22 @@ struct ClientToml {
 fn write_client_config(
     path: &Path,
     admin: &controlplane::FirstAdmin,
-    api: SocketAddr,
-    broker: SocketAddr,
+    api: &str,
+    broker: &str,
+    ca: Option<&Path>,
     pluginspath: &Path,
 ) -> Result<()> {
     let pluginspath = std::path::absolute(pluginspath)?;
+    let ca = match ca {
+        Some(ca) => format!(
+            "ca = {:?}\n",
+            std::path::absolute(ca)?.display().to_string()
+        ),
+        None => String::new(),
+    };
     let text = format!(
         "# Written by `triggerfs up` on its first start: the admin's login.\n\
-         [main]\nteam = {:?}\nidentity = {:?}\nsecret = {:?}\nurl = \"http://{api}\"\nbroker = \"tcp://{broker}\"\n\n\
+         [main]\nteam = {:?}\nidentity = {:?}\nsecret = {:?}\nurl = {api:?}\nbroker = {broker:?}\n{ca}\n\
          [workers]\npluginspath = {:?}\n",
         admin.team,
         admin.identity,
@@ -132,12 +172,9 @@ async fn api(
 
 /// Makes sure worker `local` and service `demo` exist; returns a fresh token for `local` and
 /// the admin's JWT.
-async fn provision_local_worker(
-    api_addr: SocketAddr,
-    login: &MainSection,
-) -> Result<(String, String)> {
-    let http = reqwest::Client::new();
-    let base = format!("http://{api_addr}/api/v1");
+async fn provision_local_worker(api_url: &str, login: &MainSection) -> Result<(String, String)> {
+    let http = tls::http_client().build()?;
+    let base = format!("{api_url}/api/v1");
     let (status, body) = api(
         &http,
         reqwest::Method::POST,
@@ -196,9 +233,9 @@ async fn provision_local_worker(
 
 /// Waits until the API shows worker `local` `ONLINE` (at most `within`), so that `up` says it
 /// is listening only once `demo` is served.
-async fn wait_local_online(api_addr: SocketAddr, jwt: &str, within: Duration) -> Result<()> {
-    let http = reqwest::Client::new();
-    let url = format!("http://{api_addr}/api/v1/workers/local");
+async fn wait_local_online(api_url: &str, jwt: &str, within: Duration) -> Result<()> {
+    let http = tls::http_client().build()?;
+    let url = format!("{api_url}/api/v1/workers/local");
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let (status, body) = api(
@@ -239,7 +276,7 @@ async fn local_worker(
             config_path.display()
         )
     })?;
-    let (token, jwt) = provision_local_worker(api_addr, &login.main).await?;
+    let (token, jwt) = provision_local_worker(&opts.api_url(api_addr), &login.main).await?;
     let pluginspath = opts.data.join("plugins");
     plugins::install(&pluginspath)?;
     println!(
@@ -247,7 +284,7 @@ async fn local_worker(
         pluginspath.display()
     );
     let config = worker::WorkerConfig {
-        broker: broker_addr.to_string(),
+        broker: opts.broker_url(broker_addr),
         team: login.main.team.clone(),
         identity: "local".into(),
         token,
@@ -280,10 +317,11 @@ pub fn run_up(
         };
         let running = start_control(&opts, control_stop).await?;
         let api_addr = running.api_addr;
-        println!("control plane listening on http://{api_addr}");
+        let api_url = opts.api_url(api_addr);
+        println!("control plane listening on {api_url}");
 
         let feed_settings = feed::FeedSettings {
-            url: format!("http://{api_addr}"),
+            url: api_url.clone(),
             broker_token: running.plane.broker_token().to_string(),
         };
         let source = tokio::task::spawn_blocking(move || feed::ControlSource::start(feed_settings))
@@ -294,11 +332,17 @@ pub fn run_up(
         let config_path = opts.data.join("triggerfs.toml");
         if let Some(admin) = &running.first_admin {
             announce_admin(admin);
+            let tls_dir = opts.data.join("tls");
             write_client_config(
                 &config_path,
                 admin,
-                api_addr,
-                broker_addr,
+                &api_url,
+                &opts.broker_url(broker_addr),
+                opts.tls
+                    .as_ref()
+                    .map(|_| tls_dir.join("ca.pem"))
+                    .filter(|ca| ca.exists())
+                    .as_deref(),
                 &opts.data.join("plugins"),
             )?;
         }
@@ -318,7 +362,7 @@ pub fn run_up(
                         let _ = rx.changed().await;
                     }));
                     // `demo` is served before `up` says it is listening.
-                    if let Err(e) = wait_local_online(api_addr, &jwt, Duration::from_secs(10)).await
+                    if let Err(e) = wait_local_online(&api_url, &jwt, Duration::from_secs(10)).await
                     {
                         tracing::warn!(error = %format!("{e:#}"), "local worker");
                         println!("the local worker is not online yet: {e:#}");

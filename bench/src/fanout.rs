@@ -213,6 +213,7 @@ async fn start_broker(
         algorithm: "mirror",
         workers: 0,
         prefix: "",
+        tls: None,
     })
     .await
 }

@@ -186,6 +186,11 @@ pub struct LoadArgs {
     /// `triggerfs` binary (e.g. a build of the previous commit), in the same run and turns.
     #[arg(long, value_name = "PATH")]
     pub baseline_bin: Option<PathBuf>,
+    /// Also measure triggerFS over TLS (row `triggerfs-tls`): a broker of its own with a
+    /// development certificate, its workers and the load's connections over `tls://`, in the
+    /// same run and turns as plaintext.
+    #[arg(long)]
+    pub tls: bool,
     /// Load applied before measuring, with the same shape.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub warmup: Duration,

@@ -208,6 +208,9 @@ pub(crate) struct TriggerfsSetup<'a> {
     /// laid out in their plugins path (`write_plugins`).
     pub workers: usize,
     pub prefix: &'a str,
+    /// TLS: the broker serves this certificate; workers trust its CA and connect to
+    /// `tls://`.
+    pub tls: Option<&'a tls::DevFiles>,
 }
 
 /// Starts a broker (no control plane: services from its own config file) and workers.
@@ -228,17 +231,28 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
     std::fs::write(&config, services).context("cannot write the broker's config")?;
     let config = config.display().to_string();
     let spin = format!("{}us", setup.spin.as_micros());
-    let broker_args = [
+    let shards = setup.shards.to_string();
+    let mut broker_args = vec![
         "--config",
         &config,
         "broker",
         "--listen",
         "127.0.0.1:0",
         "--shards",
-        &setup.shards.to_string(),
+        &shards,
         "--spin",
         &spin,
     ];
+    let tls_files = setup.tls.map(|files| {
+        (
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+            files.ca.display().to_string(),
+        )
+    });
+    if let Some((cert, key, _)) = &tls_files {
+        broker_args.extend(["--tls-cert", cert, "--tls-key", key]);
+    }
     let (broker, addr) = Spawned::listening("broker", command(setup.bin, broker_args))
         .await
         .map_err(|e| {
@@ -246,6 +260,10 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
                 "cannot start the broker (io_uring needs locked memory: try `ulimit -l unlimited`)",
             )
         })?;
+    let addr = match setup.tls {
+        Some(_) => format!("tls://{addr}"),
+        None => addr,
+    };
     let mut procs = vec![broker];
     // A build from before the worker served core plugins answered `echo` in-process and
     // ignores the manifests.
@@ -254,7 +272,7 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
     let plugins = plugins_dir.display().to_string();
     for i in 0..setup.workers {
         let identity = format!("{}{i}", setup.prefix);
-        let args = [
+        let mut args = vec![
             "--config",
             &config,
             "worker",
@@ -269,6 +287,9 @@ pub(crate) async fn start_triggerfs(setup: &TriggerfsSetup<'_>) -> anyhow::Resul
             "--max-concurrency",
             "1024",
         ];
+        if let Some((_, _, ca)) = &tls_files {
+            args.extend(["--ca", ca]);
+        }
         let mut cmd = command(setup.bin, args);
         cmd.stdout(Stdio::null());
         let (worker, _) = Spawned::start(&format!("worker {identity}"), cmd)?;

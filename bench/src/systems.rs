@@ -12,6 +12,7 @@ use crate::load::{LoadProc, Shape, Stop};
 use crate::proc::{command, drain, start_triggerfs, Spawned, TriggerfsProcs, TriggerfsSetup};
 use crate::report::{Report, SystemResult};
 use crate::{LoadArgs, Notes, PluginKind, System};
+use anyhow::Context;
 use serde_json::{json, Map};
 use std::path::Path;
 
@@ -93,6 +94,7 @@ impl Plan<'_> {
         name: Option<&'static str>,
         bin: &Path,
         kinds: &[PluginKind],
+        tls: Option<&tls::DevFiles>,
     ) -> anyhow::Result<Vec<Started>> {
         let service = &self.args.service;
         let mut words;
@@ -112,9 +114,14 @@ impl Plan<'_> {
                     algorithm: "roundrobin",
                     workers: self.workers,
                     prefix,
+                    tls,
                 })
                 .await?;
                 words = self.load_args(System::Triggerfs, &procs.addr, service);
+                if let Some(files) = tls {
+                    // `--ca` is the binary's global flag: the load process's trust.
+                    words.extend(["--ca".into(), files.ca.display().to_string()]);
+                }
                 // Each worker is also a service of its own name: ask each one, so that the
                 // measurement starts with all of them online.
                 for i in 0..self.workers {
@@ -230,6 +237,7 @@ fn params(
     params.insert("rate".into(), json!(shape.rate));
     params.insert("in_flight".into(), json!(shape.in_flight));
     params.insert("connections".into(), json!(connections));
+    params.insert("tls".into(), json!(args.tls));
     common.insert_broker_params(&mut params, shards);
     params.insert("workers".into(), json!(workers));
     params.insert("warmup_s".into(), json!(shape.warmup.as_secs_f64()));
@@ -270,6 +278,9 @@ pub(crate) async fn measure_mode(
     if args.baseline_bin.is_some() && common.broker.is_some() {
         anyhow::bail!("--baseline-bin starts brokers of its own: leave out --broker");
     }
+    if args.tls && common.broker.is_some() {
+        anyhow::bail!("--tls starts a broker of its own: leave out --broker");
+    }
     let rounds = match shape.stop {
         Stop::Count(n) => u64::from(args.rounds).min(n.max(1)),
         Stop::After(_) => u64::from(args.rounds),
@@ -294,17 +305,32 @@ pub(crate) async fn measure_mode(
     // Everything is started first and stays up, so that the systems can take turns. What
     // was started is killed when `started` drops, on success or error alike.
     let mut started: Vec<Started> = Vec::new();
+    // A development CA and a certificate for 127.0.0.1, as `triggerfs up --tls` makes them.
+    let tls_files = match args.tls {
+        true => {
+            let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+            let files = tls::dev_files(dir.path(), &["127.0.0.1".to_string()])?;
+            Some((dir, files))
+        }
+        false => None,
+    };
     for system in order {
         match system {
             System::Triggerfs => {
                 let mut kinds = args.plugins.clone();
                 kinds.sort();
                 kinds.dedup();
-                started.extend(plan.triggerfs(None, &triggerfs_bin, &kinds).await?);
+                started.extend(plan.triggerfs(None, &triggerfs_bin, &kinds, None).await?);
                 if let Some(baseline) = &args.baseline_bin {
                     let kinds = [PluginKind::InWorker];
                     let name = Some("triggerfs-baseline");
-                    started.extend(plan.triggerfs(name, baseline, &kinds).await?);
+                    started.extend(plan.triggerfs(name, baseline, &kinds, None).await?);
+                }
+                if let Some(files) = &tls_files {
+                    let kinds = [PluginKind::InWorker];
+                    let name = Some("triggerfs-tls");
+                    let tls = Some(&files.1);
+                    started.extend(plan.triggerfs(name, &triggerfs_bin, &kinds, tls).await?);
                 }
             }
             System::Relay => started.push(plan.relay().await?),

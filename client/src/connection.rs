@@ -5,11 +5,15 @@
 
 use bytes::BytesMut;
 use proto::{Frame, ProtoError, DEFAULT_MAX_FRAME};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
 
 /// What can go wrong on a connection.
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +27,86 @@ pub enum ConnectionError {
     /// The peer closed the connection.
     #[error("the broker closed the connection")]
     Closed,
+    /// A plaintext connection was answered in TLS: the broker needs `tls://`.
+    #[error(
+        "the broker speaks TLS: connect with tls://host:port (and --ca FILE or [main] ca for its CA)"
+    )]
+    TlsRequired,
+    /// The TLS handshake failed (unknown CA, wrong name, no client certificate, ...).
+    #[error("TLS handshake with the broker failed: {0}")]
+    Tls(io::Error),
+    /// The address is not `host:port`, `tcp://host:port` or `tls://host:port`.
+    #[error("bad broker address {addr}: {reason}")]
+    Address {
+        /// The address given.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The read side of a broker socket: plaintext (the halves of a `TcpStream`, no lock) or TLS
+/// (the halves of one TLS stream).
+#[derive(Debug)]
+enum ReadSide {
+    Plain(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The write side, as [`ReadSide`].
+#[derive(Debug)]
+enum WriteSide {
+    Plain(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadSide::Plain(half) => Pin::new(half).poll_read(cx, buf),
+            ReadSide::Tls(half) => Pin::new(half).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteSide::Plain(half) => Pin::new(half).poll_write(cx, buf),
+            WriteSide::Tls(half) => Pin::new(half).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Plain(half) => Pin::new(half).poll_flush(cx),
+            WriteSide::Tls(half) => Pin::new(half).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteSide::Plain(half) => Pin::new(half).poll_shutdown(cx),
+            WriteSide::Tls(half) => Pin::new(half).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Reads frames from one half of a socket.
 #[derive(Debug)]
 pub struct FrameReader {
-    half: OwnedReadHalf,
+    half: ReadSide,
     buf: BytesMut,
     max_frame: usize,
+    /// Nothing has been read yet on a plaintext socket: bytes that open a TLS record mean
+    /// the broker wants TLS ([`ConnectionError::TlsRequired`]).
+    first_read: bool,
 }
 
 /// Writes frames to the other half, buffered; call [`FrameWriter::flush`] after a batch.
@@ -39,7 +115,7 @@ pub struct FrameReader {
 /// through a `BufWriter`).
 #[derive(Debug)]
 pub struct FrameWriter {
-    half: OwnedWriteHalf,
+    half: WriteSide,
     buf: BytesMut,
     max_frame: usize,
     last_flush: Instant,
@@ -52,26 +128,65 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// before the next flush, so that one `send(2)` carries a whole burst.
 const BUSY_WITHIN: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// Strips `tcp://` from an address as the seed's config writes it (`tcp://host:5555`).
+/// Strips `tcp://` or `tls://` from an address as the seed's config writes it
+/// (`tcp://host:5555`).
 pub fn broker_addr(addr: &str) -> &str {
-    addr.strip_prefix("tcp://").unwrap_or(addr)
+    let addr = addr.strip_prefix("tcp://").unwrap_or(addr);
+    addr.strip_prefix("tls://").unwrap_or(addr)
 }
 
-/// Connects to `addr` (`host:port` or `tcp://host:port`) and splits the socket.
+/// Whether `addr` asks for TLS (`tls://host:port`).
+pub fn is_tls(addr: &str) -> bool {
+    addr.starts_with("tls://")
+}
+
+/// Connects to `addr` (`host:port`, `tcp://host:port`, or `tls://host:port` for TLS with the
+/// process's trust, [`tls::set_trust`]) and splits the socket.
 pub async fn connect(addr: &str) -> Result<(FrameReader, FrameWriter), ConnectionError> {
-    let stream = TcpStream::connect(broker_addr(addr)).await?;
+    let host_port = broker_addr(addr);
+    // The name is checked before any I/O: a bad address is not a network failure.
+    let name = if is_tls(addr) {
+        Some(
+            tls::server_name(host_port).map_err(|e| ConnectionError::Address {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?,
+        )
+    } else {
+        None
+    };
+    let stream = TcpStream::connect(host_port).await?;
     stream.set_nodelay(true)?;
-    Ok(split(stream, DEFAULT_MAX_FRAME))
+    let Some(name) = name else {
+        return Ok(split(stream, DEFAULT_MAX_FRAME));
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls::client_config());
+    let stream = connector
+        .connect(name, stream)
+        .await
+        .map_err(ConnectionError::Tls)?;
+    let (r, w) = tokio::io::split(stream);
+    Ok(halves(
+        ReadSide::Tls(r),
+        WriteSide::Tls(w),
+        DEFAULT_MAX_FRAME,
+        false,
+    ))
 }
 
-/// Splits an open socket into a reader and a writer.
+/// Splits an open (plaintext) socket into a reader and a writer.
 pub fn split(stream: TcpStream, max_frame: usize) -> (FrameReader, FrameWriter) {
     let (r, w) = stream.into_split();
+    halves(ReadSide::Plain(r), WriteSide::Plain(w), max_frame, true)
+}
+
+fn halves(r: ReadSide, w: WriteSide, max_frame: usize, plain: bool) -> (FrameReader, FrameWriter) {
     (
         FrameReader {
             half: r,
             buf: BytesMut::with_capacity(8 * 1024),
             max_frame,
+            first_read: plain,
         },
         FrameWriter {
             half: w,
@@ -80,6 +195,13 @@ pub fn split(stream: TcpStream, max_frame: usize) -> (FrameReader, FrameWriter) 
             last_flush: Instant::now(),
         },
     )
+}
+
+/// Whether `bytes` open a TLS record (an alert or a handshake, TLS 1.0 to 1.3). As a frame's
+/// length prefix those bytes would claim more than 64 KiB, which no first frame from a
+/// broker (a `Welcome` or a refusal) comes near.
+fn tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, 0x01..=0x04, ..])
 }
 
 impl FrameReader {
@@ -99,6 +221,12 @@ impl FrameReader {
                 self.buf.reserve(8 * 1024);
             }
             let n = self.half.read_buf(&mut self.buf).await?;
+            if self.first_read && n > 0 {
+                self.first_read = false;
+                if tls_record(&self.buf) {
+                    return Err(ConnectionError::TlsRequired);
+                }
+            }
             if n == 0 {
                 return Err(ConnectionError::Closed);
             }

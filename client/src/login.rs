@@ -30,9 +30,9 @@ pub async fn login(
     let endpoint = format!("{}/api/v1/login", url.trim_end_matches('/'));
     let unreachable = |e: reqwest::Error| ClientError::ControlPlane {
         url: url.to_string(),
-        message: e.to_string(),
+        message: tls::error_chain(&e),
     };
-    let resp = reqwest::Client::builder()
+    let resp = tls::http_client()
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(unreachable)?

@@ -60,6 +60,8 @@ pub struct ControlSettings {
     pub login_limits: LoginLimits,
     /// Jobs older than this are deleted (checked every [`JOB_PRUNE_EVERY`] while serving).
     pub job_retention: Duration,
+    /// HTTPS (`--tls-cert`, `--tls-key`); `None`: plain HTTP.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// How long jobs are kept when nothing says: 7 days.
@@ -120,6 +122,7 @@ impl ControlSettings {
             max_event_streams_per_user: 8,
             login_limits: LoginLimits::default(),
             job_retention: DEFAULT_JOB_RETENTION,
+            tls: None,
         }
     }
 }
@@ -298,7 +301,8 @@ impl ControlPlane {
         routes::router(self.shared.clone())
     }
 
-    /// Serves [`ControlPlane::router`] on `listener` until `shutdown` completes: HTTP/1.1,
+    /// Serves [`ControlPlane::router`] on `listener` until `shutdown` completes: HTTP/1.1 (over
+    /// TLS with `settings.tls`),
     /// at most `max_connections` at once, each closed when it takes longer than
     /// `http_timeout` to send a request's headers (idle connections included).
     pub async fn serve(
@@ -329,6 +333,7 @@ impl ControlPlane {
                 }
             })
         };
+        let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -357,17 +362,47 @@ impl ControlPlane {
                     .insert(axum::extract::ConnectInfo(peer));
                 router.clone().oneshot(req)
             });
-            let conn = hyper::server::conn::http1::Builder::new()
+            let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, %peer, "HTTP connection ended");
+                .clone();
+            match &tls {
+                None => {
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, %peer, "HTTP connection ended");
+                        }
+                        drop(slot);
+                    });
                 }
-                drop(slot);
-            });
+                Some(acceptor) => {
+                    // The TLS handshake runs in the connection's task, within the header
+                    // timeout: a peer that never finishes it holds a slot no longer.
+                    let acceptor = acceptor.clone();
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let stream =
+                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn =
+                            watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, %peer, "HTTPS connection ended");
+                        }
+                        drop(slot);
+                    });
+                }
+            }
         }
         drop(listener);
         pruner.abort();

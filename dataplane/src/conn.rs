@@ -27,18 +27,34 @@ const INITIAL_BUFFER: usize = 4 * 1024;
 /// How much room one read asks for at least.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// A connection's socket: plaintext, or TLS over it. An enum rather than a trait object or
+/// a type parameter: the plaintext path costs one match per read and write.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
 /// One socket shared by a connection's reader and writer tasks.
 #[derive(Clone)]
-pub(crate) struct SharedStream(Rc<RefCell<TcpStream>>);
+pub(crate) struct SharedStream(Rc<RefCell<Stream>>);
 
 impl SharedStream {
-    pub(crate) fn new(stream: TcpStream) -> SharedStream {
+    pub(crate) fn new(stream: Stream) -> SharedStream {
         SharedStream(Rc::new(RefCell::new(stream)))
     }
 
     /// Closes both directions now; pending reads return end-of-file.
     pub(crate) fn shutdown(&self) {
-        let fd = self.0.borrow().as_raw_fd();
+        let fd = self.0.borrow().tcp().as_raw_fd();
         // SAFETY: fd is owned by the stream, which this Rc keeps alive; shutdown(2) does
         // not close or invalidate it.
         unsafe {
@@ -53,7 +69,10 @@ impl AsyncRead for SharedStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+        match &mut *self.0.borrow_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
     }
 }
 
@@ -63,13 +82,22 @@ impl AsyncWrite for SharedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+        match &mut *self.0.borrow_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+        match &mut *self.0.borrow_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
     }
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+        match &mut *self.0.borrow_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_close(cx),
+        }
     }
 }
 
@@ -466,7 +494,13 @@ pub(crate) async fn write_loop(stream: SharedStream, outbox: Rc<Outbox>) {
                 "connection cut and its peer does not read",
             ))
         };
-        if let Err(e) = futures_lite::future::or(out.write_all(&batch), cut).await {
+        // The flush is a no-op on a plaintext socket; on TLS it sends records rustls still
+        // holds when the socket took only part of the batch.
+        let write = async {
+            out.write_all(&batch).await?;
+            out.flush().await
+        };
+        if let Err(e) = futures_lite::future::or(write, cut).await {
             tracing::debug!(error = %e, "write failed; closing connection");
             break;
         }

@@ -76,6 +76,12 @@ pub struct BrokerSettings {
     /// within this window is picked up without a wake-up's latency. Non-zero pins each
     /// shard to a core (glommio spins only when pinned); zero never spins and never pins.
     pub spin: Duration,
+    /// TLS on every connection (`--tls-cert`, `--tls-key`); `None`: plaintext. A plaintext
+    /// peer of a TLS broker is answered `Refused { BadRequest }` in plaintext and closed.
+    pub tls: Option<Arc<futures_rustls::rustls::ServerConfig>>,
+    /// Workers must present a client certificate (`--tls-client-ca`; the configuration
+    /// checks the ones presented against that CA): one without is refused `Unauthorized`.
+    pub worker_cert_required: bool,
 }
 
 impl Default for BrokerSettings {
@@ -91,6 +97,8 @@ impl Default for BrokerSettings {
             max_pending_per_address: 256,
             mesh_depth: 4096,
             spin: Duration::from_micros(SPIN_DEFAULT_US),
+            tls: None,
+            worker_cert_required: false,
         }
     }
 }

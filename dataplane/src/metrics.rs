@@ -74,7 +74,8 @@ pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// Connections the broker closed to protect itself or others, by reason: `slow_consumer`
 /// (a client's backlog passed its bound), `pending_per_address` (too many connections from
 /// one address had not finished their handshake), `superseded` (a newer connection of the
-/// same worker identity took over).
+/// same worker identity took over), `plaintext` (a plaintext peer of a TLS broker), `tls`
+/// (a failed TLS handshake: an unknown client certificate, garbage).
 pub static CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "triggerfs_broker_connections_closed_total",

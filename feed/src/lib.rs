@@ -263,7 +263,7 @@ impl ControlSource {
         let (job_queue, job_drain) = jobs::queue();
         let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<Arc<Compiled>, String>>();
         let http = Arc::new(Http {
-            client: reqwest::Client::builder()
+            client: tls::http_client()
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| std::io::Error::other(e.to_string()))?,

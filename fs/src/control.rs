@@ -76,7 +76,7 @@ fn expiry(jwt: &str) -> u64 {
 impl Api {
     /// Logs in.
     pub async fn login(login: Login) -> Result<Api, FsError> {
-        let http = reqwest::Client::builder()
+        let http = tls::http_client()
             .timeout(CALL_TIMEOUT)
             .build()
             .map_err(|e| FsError::Http(e.to_string()))?;
@@ -219,7 +219,9 @@ impl Api {
     /// Opens the SSE stream of configuration changes.
     pub async fn events(&self) -> Result<reqwest::Response, FsError> {
         // No overall timeout: the stream stays open (keep-alives every 15 s).
-        let resp = reqwest::Client::new()
+        let resp = tls::http_client()
+            .build()
+            .map_err(|e| FsError::Http(e.to_string()))?
             .get(self.endpoint("events"))
             .bearer_auth(self.jwt().await?)
             .send()

@@ -76,7 +76,7 @@ impl Api {
         login: Login,
         cache_dir: Option<&Path>,
     ) -> Result<Api, ApiError> {
-        let http = reqwest::Client::builder()
+        let http = tls::http_client()
             .timeout(CALL_TIMEOUT)
             .build()
             .map_err(|e| ApiError::Unreachable {

@@ -498,7 +498,7 @@ pub struct Up {
     pub proc: Proc,
     /// The broker's address.
     pub broker: String,
-    /// The control plane, `http://127.0.0.1:PORT`.
+    /// The control plane, `http://127.0.0.1:PORT` (`https://` with `--tls`).
     pub url: String,
     /// The first admin: team, identity and secret.
     pub team: String,
@@ -511,18 +511,22 @@ pub struct Up {
 impl Up {
     /// Starts `triggerfs up --data <data>` and reads until it is listening.
     pub fn start(data: &Path) -> Result<Up> {
-        let (proc, mut stdout) = Proc::spawn(
+        Up::start_with(data, &[])
+    }
+
+    /// Starts `triggerfs up --data <data>` with extra flags (e.g. `--tls`).
+    pub fn start_with(data: &Path, extra: &[&str]) -> Result<Up> {
+        let mut args = vec![
             "up",
-            &[
-                "up",
-                "--data",
-                data.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--api-listen",
-                "127.0.0.1:0",
-            ],
-        )?;
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let (proc, mut stdout) = Proc::spawn("up", &args)?;
         let (lines, broker) = read_until_listening(&proc, &mut stdout)?;
         let secret = line_value(&lines, "secret:").with_context(|| format!("{lines:?}"))?;
         let url = line_value(&lines, "control plane listening on ").context("api line")?;

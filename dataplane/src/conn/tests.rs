@@ -74,7 +74,10 @@ async fn pair() -> (TcpStream, TcpStream) {
 fn read_buffer_grows_with_bytes_received_not_with_the_claim() {
     run(|| async {
         let (mut peer, ours) = pair().await;
-        let mut reader = FrameReader::new(SharedStream::new(ours), proto::DEFAULT_MAX_FRAME);
+        let mut reader = FrameReader::new(
+            SharedStream::new(Stream::Plain(ours)),
+            proto::DEFAULT_MAX_FRAME,
+        );
         let claim = (proto::DEFAULT_MAX_FRAME as u32).to_le_bytes();
         peer.write_all(&claim).await.unwrap();
         peer.write_all(&[7u8; 1000]).await.unwrap();
@@ -91,7 +94,7 @@ fn read_buffer_grows_with_bytes_received_not_with_the_claim() {
         );
 
         let (mut peer, ours) = pair().await;
-        let mut reader = FrameReader::new(SharedStream::new(ours), 8 * 1024);
+        let mut reader = FrameReader::new(SharedStream::new(Stream::Plain(ours)), 8 * 1024);
         peer.write_all(&claim).await.unwrap();
         match reader.read_frame().await {
             Err(ReadError::Proto(ProtoError::Oversized { len, max })) => {
@@ -103,7 +106,10 @@ fn read_buffer_grows_with_bytes_received_not_with_the_claim() {
         // A frame that arrives in pieces still reads whole, and the buffer it grew is
         // given back once it is consumed.
         let (mut peer, ours) = pair().await;
-        let mut reader = FrameReader::new(SharedStream::new(ours), proto::DEFAULT_MAX_FRAME);
+        let mut reader = FrameReader::new(
+            SharedStream::new(Stream::Plain(ours)),
+            proto::DEFAULT_MAX_FRAME,
+        );
         let big = Frame::Dispatch(proto::Dispatch {
             id: 1,
             service: "s".into(),

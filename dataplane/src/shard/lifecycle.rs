@@ -2,7 +2,7 @@
 
 use super::{Conn, Peer, Shard};
 use crate::config::Principal;
-use crate::conn::{write_loop, FrameReader, Outbox, ReadError, SharedStream};
+use crate::conn::{write_loop, FrameReader, Outbox, ReadError, SharedStream, Stream};
 use crate::registry::WorkerAt;
 use crate::request::WorkerEvent;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -15,6 +15,9 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
+
+/// The content type of a TLS handshake record: the first byte a TLS client sends.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// The largest frame accepted before `Welcome`: a `Hello` is a few hundred bytes (a JWT, or
 /// a worker's team, identity and token). Anything larger is refused as `TooLarge`.
@@ -78,6 +81,13 @@ impl Shard {
     /// address's unfinished handshakes until the handshake ends.
     pub(crate) async fn serve(self: Rc<Self>, stream: TcpStream, pending: PendingGuard) {
         let _ = stream.set_nodelay(true);
+        let (stream, certified) = match &self.settings.tls {
+            None => (Stream::Plain(stream), false),
+            Some(config) => match self.accept_tls(stream, config.clone()).await {
+                Some(accepted) => accepted,
+                None => return,
+            },
+        };
         let stream = SharedStream::new(stream);
         let mut reader = FrameReader::new(
             stream.clone(),
@@ -89,7 +99,7 @@ impl Shard {
         ));
         glommio::spawn_local(write_loop(stream.clone(), out.clone())).detach();
 
-        let handshake = self.handshake(&mut reader, &out).await;
+        let handshake = self.handshake(&mut reader, &out, certified).await;
         drop(pending);
         let Some((principal, role)) = handshake else {
             // The writer flushes the refusal, then closes the socket.
@@ -200,8 +210,76 @@ impl Shard {
         }
     }
 
+    /// The TLS handshake, within the `Hello` deadline; with it, whether the peer presented a
+    /// client certificate (the configuration checked it against `--tls-client-ca`). A peer
+    /// whose first bytes are no TLS record speaks plaintext: it is answered
+    /// `Refused { BadRequest }` in plaintext, so a plaintext client gets a typed error
+    /// instead of a hang or a reset.
+    async fn accept_tls(
+        &self,
+        stream: TcpStream,
+        config: std::sync::Arc<futures_rustls::rustls::ServerConfig>,
+    ) -> Option<(Stream, bool)> {
+        let deadline = self.settings.heartbeat * 3;
+        let accept = async {
+            let mut first = [0u8; 1];
+            match stream.peek(&mut first).await {
+                Ok(1) if first[0] != TLS_HANDSHAKE_RECORD => {
+                    return Err(Some(stream));
+                }
+                Ok(1) => {}
+                _ => return Err(None),
+            }
+            let acceptor = futures_rustls::TlsAcceptor::from(config);
+            match acceptor.accept(stream).await {
+                Ok(tls) => Ok(tls),
+                Err(e) => {
+                    debug!(shard = self.idx, error = %e, "TLS handshake failed");
+                    crate::metrics::CLOSED.with_label_values(&["tls"]).inc();
+                    Err(None)
+                }
+            }
+        };
+        let accepted = futures_lite::FutureExt::or(async { Some(accept.await) }, async {
+            glommio::timer::sleep(deadline).await;
+            None
+        })
+        .await;
+        match accepted {
+            Some(Ok(tls)) => {
+                let certified = tls.get_ref().1.peer_certificates().is_some();
+                Some((Stream::Tls(Box::new(tls)), certified))
+            }
+            Some(Err(Some(plain))) => {
+                crate::metrics::CLOSED
+                    .with_label_values(&["plaintext"])
+                    .inc();
+                warn!(
+                    shard = self.idx,
+                    "plaintext connection to a TLS broker refused"
+                );
+                let stream = SharedStream::new(Stream::Plain(plain));
+                let out = Rc::new(Outbox::new(1, HANDSHAKE_MAX_FRAME));
+                let _ = out.try_send(&Frame::Refused {
+                    kind: ErrorKind::BadRequest,
+                    reason: "this broker requires TLS: connect with tls://host:port".into(),
+                });
+                out.close();
+                write_loop(stream, out).await;
+                None
+            }
+            Some(Err(None)) | None => None,
+        }
+    }
+
     /// Reads and checks the `Hello`. On refusal, queues the answer and returns `None`.
-    async fn handshake(&self, reader: &mut FrameReader, out: &Outbox) -> Option<(Principal, Role)> {
+    /// `certified`: the peer presented a client certificate its TLS handshake verified.
+    async fn handshake(
+        &self,
+        reader: &mut FrameReader,
+        out: &Outbox,
+        certified: bool,
+    ) -> Option<(Principal, Role)> {
         let deadline = self.settings.heartbeat * 3;
         let first = futures_lite::FutureExt::or(async { Some(reader.read_frame().await) }, async {
             glommio::timer::sleep(deadline).await;
@@ -231,7 +309,21 @@ impl Shard {
                             Credential::Jwt { .. } => Role::Client,
                             Credential::Worker { .. } => Role::Worker,
                         };
-                        return Some((principal, role));
+                        if role == Role::Worker && self.settings.worker_cert_required && !certified
+                        {
+                            warn!(
+                                shard = self.idx,
+                                "worker without a client certificate refused"
+                            );
+                            refuse(
+                                ErrorKind::Unauthorized,
+                                "this broker requires a client certificate from workers \
+                                 (--tls-cert and --tls-key, signed by its --tls-client-ca)"
+                                    .into(),
+                            )
+                        } else {
+                            return Some((principal, role));
+                        }
                     }
                     Err(refusal) => {
                         warn!(shard = self.idx, kind = ?refusal.kind, reason = %refusal.message, "handshake refused");

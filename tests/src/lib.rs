@@ -403,8 +403,18 @@ pub async fn wait_for_workers(addr: SocketAddr, identities: &[&str]) -> Result<(
 
 /// Runs `triggerfs <args>` to completion with a deadline; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], timeout: Duration) -> Result<(i32, String, String)> {
+    run_cli_env(args, &[], timeout)
+}
+
+/// [`run_cli`] with these environment variables set.
+pub fn run_cli_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(i32, String, String)> {
     let mut child = Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("TRIGGERFS_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use std::process::Command;
 use std::time::Duration;
-use tests::{read_until_listening, run_cli, wait_until, Broker, Plugins, Proc, Up};
+use tests::{read_until_listening, run_cli, run_cli_env, wait_until, Broker, Plugins, Proc, Up};
 
 /// A CA, the server certificate it signed, a second (wrong) CA, and a client CA with a
 /// worker certificate signed by it and one signed by the wrong CA.
@@ -290,6 +290,24 @@ async fn up_with_tls_writes_a_client_config_that_works_as_is() -> Result<()> {
         stream.contains("via the gateway") && stream.contains(r#""event":"done""#),
         "{stream}"
     );
+    // The console with the same config: the API over https, a request over tls://.
+    let xdg = data.path().join("xdg");
+    let xdg = xdg.to_str().unwrap();
+    for (line, want) in [
+        ("show workers", "ONLINE"),
+        (
+            "request demo echo command over the console",
+            "[echo@local] over the console",
+        ),
+    ] {
+        let (code, out, err) = run_cli_env(
+            &["--config", config.to_str().unwrap(), "cli", "-c", line],
+            &[("XDG_DATA_HOME", xdg)],
+            Duration::from_secs(20),
+        )?;
+        assert_eq!(code, 0, "{line}: {out}{err}");
+        assert!(out.contains(want), "{line}: {out}{err}");
+    }
     drop(up);
 
     // Plaintext on an address other than loopback is refused without --insecure-plaintext.

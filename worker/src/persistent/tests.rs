@@ -116,6 +116,7 @@ impl Worker {
                 persistent: Arc::new(Manager::new()),
                 shell: crate::DEFAULT_SHELL.into(),
                 core: Default::default(),
+                max_output: crate::DEFAULT_MAX_OUTPUT,
             }),
             // One process slot: persistent requests must not be held by it.
             slots: Arc::new(Semaphore::new(1)),

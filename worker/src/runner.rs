@@ -352,7 +352,7 @@ impl Cause {
                 id,
                 ErrorKind::OutputLimit,
                 format!(
-                    "plugin {} wrote more than {limit} bytes of output, the worker's limit (--max-output); it was stopped",
+                    "plugin {} wrote more than {limit} bytes of output, the worker's limit (--max-output); its run was stopped",
                     dispatch.plugin
                 ),
             )),

@@ -157,6 +157,31 @@ struct ShardArgs {
     /// end with `SlowConsumer` and its connection is closed (the workers are not affected).
     #[arg(long, env = "TRIGGERFS_MAX_CLIENT_BACKLOG", default_value = "64MiB")]
     max_client_backlog: bytesize::ByteSize,
+    /// Requests one client connection may have open at once; past it a new request is
+    /// refused with `TooManyRequests` (the connection stays).
+    #[arg(long, env = "TRIGGERFS_MAX_OPEN_REQUESTS", default_value_t = 10_000)]
+    max_open_requests: usize,
+    /// Requests per client connection and unit of time (`20000/s`, `600/m`); past it a request
+    /// is refused with `RateLimited` (the connection stays). Default: no limit.
+    #[arg(long, env = "TRIGGERFS_CLIENT_RATE")]
+    client_rate: Option<dataplane::ClientRate>,
+    /// Requests a client connection may send at once under `--client-rate` (the bucket's
+    /// size); default: one second's worth.
+    #[arg(long, env = "TRIGGERFS_CLIENT_BURST", requires = "client_rate")]
+    client_burst: Option<u64>,
+    /// Connections (handshake done) one address may have open; past it a new one is refused
+    /// with `TooManyConnections`. Generous: the workers of one site behind NAT share one.
+    #[arg(
+        long,
+        env = "TRIGGERFS_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 16_384
+    )]
+    max_connections_per_address: usize,
+    /// On SIGTERM (or SIGINT), how long requests in flight may take to finish: new
+    /// connections and requests are refused meanwhile; those still open at the end get
+    /// `ShuttingDown`. A second signal stops at once.
+    #[arg(long, env = "TRIGGERFS_DRAIN", default_value = "30s", value_parser = humantime::parse_duration)]
+    drain: Duration,
 }
 
 /// A server's TLS: its certificate and key, and the CA of the client certificates it checks.
@@ -316,6 +341,10 @@ struct WorkerArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "TRIGGERFS_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Output (stdout and stderr, in bytes) one request's plugin may write; past it the
+    /// plugin's process group is stopped and the request ends with `OutputLimit`.
+    #[arg(long, env = "TRIGGERFS_MAX_OUTPUT", default_value = "64MiB")]
+    max_output: bytesize::ByteSize,
 }
 
 fn main() {
@@ -606,6 +635,13 @@ fn broker_settings(listen: SocketAddr, shard: &ShardArgs) -> Result<dataplane::B
         spin: shard.spin,
         max_client_backlog: usize::try_from(shard.max_client_backlog.as_u64())
             .unwrap_or(usize::MAX),
+        max_open_requests: shard.max_open_requests.max(1),
+        client_rate: shard.client_rate.map(|rate| match shard.client_burst {
+            Some(burst) => rate.with_burst(burst),
+            None => rate,
+        }),
+        max_connections_per_address: shard.max_connections_per_address.max(1),
+        drain: shard.drain,
         ..Default::default()
     };
     if let Some(n) = shard.shards {
@@ -703,6 +739,14 @@ fn run_broker(args: BrokerArgs, settings: &Settings) -> Result<i32> {
     if let Some(addr) = args.metrics_listen {
         println!("metrics on http://{}/metrics", metrics_http::serve(addr)?);
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Before `listening on`: a SIGTERM right after it drains, never kills.
+    let signals = {
+        let _context = runtime.enter();
+        ShutdownSignals::new()?
+    };
     let broker = dataplane::BrokerSettings {
         tls: args.tls.server_config()?,
         worker_cert_required: args.tls.tls_client_ca.is_some(),
@@ -710,17 +754,58 @@ fn run_broker(args: BrokerArgs, settings: &Settings) -> Result<i32> {
     };
     let handle = dataplane::start(broker, source)?;
     println!("listening on {}", handle.local_addr());
-    wait_then_stop(handle)
+    runtime.block_on(drain_broker(handle, signals))?;
+    Ok(0)
 }
 
-fn wait_then_stop(handle: dataplane::BrokerHandle) -> Result<i32> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(shutdown_signal());
-    handle.stop();
-    handle.join();
-    Ok(0)
+/// SIGINT and SIGTERM, caught from when this is made (inside a tokio runtime).
+pub(crate) struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    pub(crate) fn new() -> Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    /// Completes on the next SIGINT or SIGTERM.
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// After the first SIGINT/SIGTERM: drains `handle` (see `--drain`) and waits for its shards
+/// to exit; a second signal meanwhile stops it at once.
+pub(crate) async fn drain_broker(
+    handle: dataplane::BrokerHandle,
+    mut signals: ShutdownSignals,
+) -> Result<()> {
+    signals.recv().await;
+    tracing::info!("shutdown signal: draining the broker");
+    handle.drain();
+    let handle = Arc::new(handle);
+    let joined = {
+        let handle = handle.clone();
+        tokio::task::spawn_blocking(move || handle.wait())
+    };
+    tokio::pin!(joined);
+    tokio::select! {
+        r = &mut joined => r?,
+        () = signals.recv() => {
+            tracing::warn!("second shutdown signal: stopping the broker now");
+            handle.stop();
+            joined.await?;
+        }
+    }
+    Ok(())
 }
 
 fn worker_config(args: WorkerArgs, settings: &Settings) -> Result<worker::WorkerConfig> {
@@ -762,5 +847,6 @@ fn worker_config(args: WorkerArgs, settings: &Settings) -> Result<worker::Worker
             .unwrap_or_else(|| worker::DEFAULT_SHELL.into()),
         reconnect_max: Duration::from_secs(1),
         debug: args.debug,
+        max_output: args.max_output.as_u64(),
     })
 }

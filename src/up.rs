@@ -294,6 +294,7 @@ async fn local_worker(
         shell: worker::DEFAULT_SHELL.into(),
         reconnect_max: Duration::from_secs(1),
         debug: false,
+        max_output: worker::DEFAULT_MAX_OUTPUT,
     };
     Ok((config, jwt))
 }
@@ -377,16 +378,18 @@ pub fn run_up(
                 }
             }
         };
+        // Before `listening on`: a SIGTERM right after it drains, never kills.
+        let signals = crate::ShutdownSignals::new()?;
         // The line test harnesses wait for: everything is up.
         println!("listening on {broker_addr}");
 
-        crate::shutdown_signal().await;
+        // The broker drains first (see `--drain`), while the control plane and the local
+        // worker still serve the requests in flight; then they stop.
+        crate::drain_broker(handle, signals).await?;
         let _ = stop_tx.send(true);
         if let Some(w) = worker {
             let _ = w.await;
         }
-        handle.stop();
-        tokio::task::spawn_blocking(move || handle.join()).await?;
         Ok(0)
     })
 }

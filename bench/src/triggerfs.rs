@@ -54,6 +54,7 @@ impl Workers {
                 shell: worker::DEFAULT_SHELL.into(),
                 reconnect_max: Duration::from_millis(500),
                 debug: false,
+                max_output: worker::DEFAULT_MAX_OUTPUT,
             };
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             workers.stops.push(stop_tx);

@@ -518,7 +518,10 @@ async fn read_loop(
                 message,
             } => {
                 tracing::warn!(%kind, %message, "the broker closed the connection");
-                if matches!(kind, ErrorKind::SlowConsumer | ErrorKind::Revoked) {
+                if matches!(
+                    kind,
+                    ErrorKind::SlowConsumer | ErrorKind::Revoked | ErrorKind::ShuttingDown
+                ) {
                     // The broker ended every request of this connection: each ends with
                     // that error (the others, after a bad frame, end as Disconnected).
                     let senders: Vec<_> = lock(&pending).senders.drain().collect();

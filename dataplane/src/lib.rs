@@ -19,12 +19,14 @@ pub mod config;
 mod conn;
 pub mod idem;
 pub mod jobs;
+pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod request;
 mod shard;
 
 pub use config::{ConfigSource, FileConfig, Principal, Refusal, RoutingConfig, ServiceConfig};
+pub use limits::ClientRate;
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -70,6 +72,19 @@ pub struct BrokerSettings {
     /// few KiB until the handshake deadline; the default leaves room for a fleet of workers
     /// behind one address reconnecting together (they retry with backoff past it).
     pub max_pending_per_address: usize,
+    /// Connections from one address that may be open (handshake done) at once; past it a
+    /// new one is refused at its handshake with `TooManyConnections`. Generous by default:
+    /// the workers of one site behind NAT share an address.
+    pub max_connections_per_address: usize,
+    /// Requests one client connection may have open at once; past it a new request is
+    /// refused with `TooManyRequests` (the connection stays).
+    pub max_open_requests: usize,
+    /// Request rate per client connection (a token bucket); past it a request is refused
+    /// with `RateLimited` (the connection stays). `None`: no limit.
+    pub client_rate: Option<ClientRate>,
+    /// How long a drain ([`BrokerHandle::drain`]) lets requests in flight finish before
+    /// their clients get `ShuttingDown` and the broker exits.
+    pub drain: Duration,
     /// Capacity of each cross-shard channel.
     pub mesh_depth: usize,
     /// How long an idle shard polls before it sleeps in the kernel: a reply that arrives
@@ -95,6 +110,10 @@ impl Default for BrokerSettings {
             queue_depth: 256,
             max_client_backlog: 64 * 1024 * 1024,
             max_pending_per_address: 256,
+            max_connections_per_address: 16_384,
+            max_open_requests: 10_000,
+            client_rate: None,
+            drain: Duration::from_secs(30),
             mesh_depth: 4096,
             spin: Duration::from_micros(SPIN_DEFAULT_US),
             tls: None,
@@ -144,7 +163,8 @@ impl RoundRobin {
 pub struct BrokerHandle {
     local_addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    drain: Arc<shard::Drain>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl BrokerHandle {
@@ -158,9 +178,26 @@ impl BrokerHandle {
         self.stop.store(true, Ordering::Relaxed);
     }
 
+    /// Starts a graceful shutdown: every shard stops accepting (new connections are refused)
+    /// and refuses new requests with `ShuttingDown`; once no request is in flight on any
+    /// shard, or [`BrokerSettings::drain`] has passed, every connection is sent
+    /// `Error { ShuttingDown }` (ending the requests still open) and closed, and the shards
+    /// exit. [`BrokerHandle::join`] waits for that. A [`BrokerHandle::stop`] meanwhile cuts
+    /// the drain short.
+    pub fn drain(&self) {
+        self.drain.start();
+    }
+
     /// Waits for every shard to exit.
     pub fn join(self) {
-        for t in self.threads {
+        self.wait();
+    }
+
+    /// Waits for every shard to exit, through a shared handle (so that another thread may
+    /// [`BrokerHandle::stop`] a drain meanwhile).
+    pub fn wait(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
             let _ = t.join();
         }
     }
@@ -189,7 +226,9 @@ pub fn start(
     let idem = Arc::new(idem::IdemWindows::default());
     let pending = Arc::new(shard::PendingHandshakes::new(
         settings.max_pending_per_address,
+        settings.max_connections_per_address,
     ));
+    let drain = Arc::new(shard::Drain::new(n, settings.drain));
     let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, settings.mesh_depth));
     let mut threads = Vec::with_capacity(n);
     let mut addr = settings.listen;
@@ -203,6 +242,7 @@ pub fn start(
         let pending = pending.clone();
         let mesh = mesh.clone();
         let stop_flag = stop.clone();
+        let drain = drain.clone();
         let bind_addr = addr;
         // glommio spins only on an executor bound to a CPU (it ignores the setting for an
         // unbound one), so a spinning shard is pinned, one core each in turn.
@@ -278,7 +318,7 @@ pub fn start(
             loop {
                 let accepted =
                     futures_lite::FutureExt::or(async { Some(listener.accept().await) }, async {
-                        while !stop.load(Ordering::Relaxed) {
+                        while !stop.load(Ordering::Relaxed) && !drain.started() {
                             glommio::timer::sleep(Duration::from_millis(50)).await;
                         }
                         None
@@ -309,6 +349,11 @@ pub fn start(
                     }
                 }
             }
+            // New connections are refused from here on; a drain lets those open finish.
+            drop(listener);
+            if !stop.load(Ordering::Relaxed) {
+                shard.drain_out(&drain, &stop).await;
+            }
         });
         let handle = spawned.map_err(|e| BrokerError::Start {
             shard_idx: thread_idx,
@@ -337,7 +382,8 @@ pub fn start(
     Ok(BrokerHandle {
         local_addr: addr,
         stop,
-        threads,
+        drain,
+        threads: Mutex::new(threads),
     })
 }
 

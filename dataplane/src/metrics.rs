@@ -121,6 +121,11 @@ pub fn kind_label(kind: proto::ErrorKind) -> &'static str {
         Skipped => "skipped",
         NoResponse => "no_response",
         Detached => "detached",
+        TooManyRequests => "too_many_requests",
+        RateLimited => "rate_limited",
+        TooManyConnections => "too_many_connections",
+        OutputLimit => "output_limit",
+        ShuttingDown => "shutting_down",
     }
 }
 

@@ -85,6 +85,9 @@ fn transient(kind: ErrorKind) -> bool {
             | ErrorKind::Cancelled
             | ErrorKind::Superseded
             | ErrorKind::QuotaExceeded
+            | ErrorKind::TooManyRequests
+            | ErrorKind::RateLimited
+            | ErrorKind::ShuttingDown
     )
 }
 

@@ -10,10 +10,12 @@ use crate::text_enum;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 // 2: `Request::fleet`, the fleet counts of `Summary`, `ErrorKind::{Offline, Skipped,
 // NoResponse, Detached}`: an older peer is refused at `Hello` with a clear version
 // mismatch rather than failing frame validation later.
+// 3: `ErrorKind::{TooManyRequests, RateLimited, TooManyConnections, OutputLimit,
+// ShuttingDown}` (the limits and the broker's drain).
 
 text_enum! {
     ("role", "lowercase")
@@ -178,6 +180,21 @@ text_enum! {
         NoResponse,
         /// The quorum was reached while the worker still ran; it runs on, unobserved.
         Detached,
+        /// The client connection already has as many requests open as the broker allows
+        /// (`--max-open-requests`): this request is refused, the connection stays.
+        TooManyRequests,
+        /// The client sent requests faster than the broker's rate allows (`--client-rate`,
+        /// a token bucket per connection): this request is refused, the connection stays.
+        RateLimited,
+        /// The peer's address has as many connections open as the broker allows
+        /// (`--max-connections-per-address`): this connection is refused at its handshake.
+        TooManyConnections,
+        /// The plugin wrote more output for this request than the worker allows
+        /// (`triggerfs worker --max-output`): it was stopped (its process group killed).
+        OutputLimit,
+        /// The broker is shutting down: it takes no new requests, and those not finished
+        /// within its drain (`--drain`) end with this error. Workers reconnect with backoff.
+        ShuttingDown,
     }
 }
 

@@ -136,12 +136,22 @@ mod tests {
         assert_eq!(round_trip::<Role>(), ["client", "worker"]);
         let kinds = round_trip_json::<ErrorKind>();
         assert_eq!(kinds[0], "NoSuchService");
-        assert_eq!(kinds.len(), 22);
+        assert_eq!(kinds.len(), 27);
         assert_eq!(kinds[15], "Revoked");
         assert_eq!(kinds[16..18], ["PluginCrashed", "PluginProtocol"]);
         assert_eq!(
-            kinds[18..],
+            kinds[18..22],
             ["Offline", "Skipped", "NoResponse", "Detached"]
+        );
+        assert_eq!(
+            kinds[22..],
+            [
+                "TooManyRequests",
+                "RateLimited",
+                "TooManyConnections",
+                "OutputLimit",
+                "ShuttingDown"
+            ]
         );
     }
 

@@ -99,6 +99,29 @@ impl Proc {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; it has not been reaped (`kill`/`wait_exit`
+        // reap it), so the pid is still its own.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -277,6 +300,7 @@ pub fn library_workers(
             shell: worker::DEFAULT_SHELL.into(),
             reconnect_max: Duration::from_secs(1),
             debug: false,
+            max_output: worker::DEFAULT_MAX_OUTPUT,
         };
         let mut stop = stop_rx.clone();
         tokio::spawn(worker::run(config, async move {
@@ -363,15 +387,14 @@ pub async fn connect(addr: SocketAddr) -> Result<client::Client> {
     .await?)
 }
 
-/// Sends one request through the library and collects it.
-pub async fn request(
-    c: &client::Client,
+/// A waited request with one command word, no arguments and no payload.
+pub fn request_spec(
     service: &str,
     plugin: &str,
     command: &str,
     timeout: Duration,
-) -> Result<client::Outcome> {
-    let spec = client::RequestSpec {
+) -> client::RequestSpec {
+    client::RequestSpec {
         service: service.into(),
         plugin: plugin.into(),
         command: vec![command.into()],
@@ -381,8 +404,35 @@ pub async fn request(
         wait: true,
         key: None,
         fleet: Default::default(),
-    };
+    }
+}
+
+/// Sends one request through the library and collects it.
+pub async fn request(
+    c: &client::Client,
+    service: &str,
+    plugin: &str,
+    command: &str,
+    timeout: Duration,
+) -> Result<client::Outcome> {
+    let spec = request_spec(service, plugin, command, timeout);
     Ok(c.request(spec).await?.collect().await)
+}
+
+/// A field of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`); `None` once the process is
+/// gone (or a zombie, which has no memory lines).
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line
+        .trim_start_matches(field)
+        .trim_start_matches(':')
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Waits until every identity answers an `echo` request (the worker is connected and every

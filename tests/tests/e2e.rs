@@ -17,6 +17,7 @@ mod e2e {
     pub mod http_limits;
     pub mod idem;
     pub mod jobs;
+    pub mod limits;
     pub mod persistent;
     pub mod readme;
     pub mod seed_cli;

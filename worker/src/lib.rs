@@ -77,7 +77,13 @@ pub struct WorkerConfig {
     /// The seed's `-debug true`: log the broker's acceptance, each announced service
     /// (`Found service X. Announcing it to broker.`) and every heartbeat sent and received.
     pub debug: bool,
+    /// Bytes of output (stdout and stderr) one request's plugin may write; past it the
+    /// plugin is stopped and the request ends with `OutputLimit`.
+    pub max_output: u64,
 }
+
+/// The default of [`WorkerConfig::max_output`]: 64 MiB.
+pub const DEFAULT_MAX_OUTPUT: u64 = 64 * 1024 * 1024;
 
 /// What can go wrong in the worker.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +202,7 @@ pub async fn run(
             shell: config.shell.clone(),
             core: Default::default(),
             persistent: persistent.clone(),
+            max_output: config.max_output,
         }),
         slots: Arc::new(Semaphore::new(max_concurrency)),
         alive: alive_tx,

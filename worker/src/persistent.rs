@@ -757,6 +757,7 @@ impl Manager {
             deadline,
             stop,
             out,
+            runner.max_output,
         )
         .await;
     }
@@ -779,8 +780,10 @@ impl Manager {
     }
 }
 
-/// Forwards one request's output until its `done` or the instance's end; on cancel or
-/// timeout sends `cancel` and kills the instance when no `done` comes within the grace.
+/// Forwards one request's output until its `done` or the instance's end; on cancel,
+/// timeout or output past `max_output` (the request ends `OutputLimit`; the instance serves
+/// on) sends `cancel` and kills the instance when no `done` comes within the grace.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     instance: &Instance,
     mut registration: Registration,
@@ -789,10 +792,12 @@ async fn follow(
     deadline: Option<Instant>,
     mut stop: oneshot::Receiver<Stop>,
     out: &mpsc::Sender<Frame>,
+    max_output: u64,
 ) {
     let id = dispatch.id;
     let mut connected = out.send(Frame::Accepted { id }).await.is_ok();
     let mut seq = 0u64;
+    let mut written = 0u64;
     let mut cause: Option<Cause> = None;
     let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
     let grace = tokio::time::sleep_until(far_future);
@@ -804,7 +809,13 @@ async fn follow(
         tokio::select! {
             event = registration.events.recv() => match event {
                 Some(Event::Output(stream, bytes)) => {
-                    if connected {
+                    written = written.saturating_add(bytes.len() as u64);
+                    if written > max_output {
+                        if cause.is_none() {
+                            warn!(id, plugin = %dispatch.plugin, limit = max_output, "persistent plugin output past the limit; cancelling the request");
+                            stop_now = Some(Cause::OutputLimit(max_output));
+                        }
+                    } else if connected {
                         connected = forward(out, id, &mut seq, stream, &bytes).await;
                     }
                 }

@@ -66,6 +66,8 @@ pub struct RunnerConfig {
     pub core: crate::core::CoreState,
     /// The worker's running persistent plugins (see [`crate::persistent`]).
     pub persistent: Arc<crate::persistent::Manager>,
+    /// Bytes of output one plain plugin run may write (see [`crate::WorkerConfig`]).
+    pub max_output: u64,
 }
 
 /// A plugin that passed every check: the file to execute and how to present it.
@@ -327,6 +329,8 @@ pub(crate) enum Cause {
     Cancel,
     Timeout,
     ConnectionLost,
+    /// It wrote more than this many bytes of output.
+    OutputLimit(u64),
 }
 
 impl Cause {
@@ -344,6 +348,14 @@ impl Cause {
                 ),
             )),
             Cause::Cancel => Some(failed(id, ErrorKind::Cancelled, "cancelled")),
+            Cause::OutputLimit(limit) => Some(failed(
+                id,
+                ErrorKind::OutputLimit,
+                format!(
+                    "plugin {} wrote more than {limit} bytes of output, the worker's limit (--max-output); its run was stopped",
+                    dispatch.plugin
+                ),
+            )),
             Cause::ConnectionLost => None,
         }
     }
@@ -494,7 +506,8 @@ async fn run_shell(
     request_env(&mut cmd, dispatch);
     cmd.arg("-c").arg(&script);
     let label = format!("{} -c", runner.shell);
-    run_process(cmd, stdin, &label, dispatch, deadline, stop, out).await;
+    let limit = runner.max_output;
+    run_process(cmd, stdin, &label, dispatch, deadline, stop, out, limit).await;
 }
 
 /// Starts the plugin and follows it to the end.
@@ -511,11 +524,14 @@ async fn run_plugin(
         .expect("a PluginRequest always serialises");
     request.push(b'\n');
     let label = plugin.path.display().to_string();
-    run_process(cmd, request, &label, dispatch, deadline, stop, out).await;
+    let limit = runner.max_output;
+    run_process(cmd, request, &label, dispatch, deadline, stop, out, limit).await;
 }
 
 /// Starts `cmd` with `stdin` on its standard input and follows it to the end; `label` names
-/// it in the worker's log only.
+/// it in the worker's log only. Past `max_output` bytes of output it is stopped (as for a
+/// timeout) and the dispatch ends with `OutputLimit`; nothing past the limit is sent.
+#[allow(clippy::too_many_arguments)]
 async fn run_process(
     mut cmd: tokio::process::Command,
     request: Vec<u8>,
@@ -524,6 +540,7 @@ async fn run_process(
     deadline: Option<Instant>,
     mut stop: oneshot::Receiver<Stop>,
     out: &mpsc::Sender<Frame>,
+    max_output: u64,
 ) {
     let id = dispatch.id;
     let mut child = match spawn_with_retry(&mut cmd).await {
@@ -576,6 +593,8 @@ async fn run_process(
 
     let mut connected = out.send(Frame::Accepted { id }).await.is_ok();
     let mut seq = 0u64;
+    let mut written = 0u64;
+    let mut over_limit = false;
     let mut cause: Option<Cause> = None;
     let mut status: Option<std::io::Result<ExitStatus>> = None;
     let mut lines_open = true;
@@ -592,7 +611,16 @@ async fn run_process(
         tokio::select! {
             line = line_rx.recv(), if lines_open => match line {
                 Some((stream, data)) => {
-                    if connected {
+                    written = written.saturating_add(data.len() as u64);
+                    if written > max_output {
+                        if !over_limit {
+                            over_limit = true;
+                            warn!(id, pgid, plugin = %dispatch.plugin, limit = max_output, "plugin output past the limit; stopping it");
+                            if cause.is_none() {
+                                stop_now = Some(Cause::OutputLimit(max_output));
+                            }
+                        }
+                    } else if connected {
                         let frame = Frame::Output { id, seq, stream, data };
                         connected = out.send(frame).await.is_ok();
                     }

@@ -109,6 +109,7 @@ fn config(addr: &str, pluginspath: &Path) -> WorkerConfig {
         shell: crate::DEFAULT_SHELL.into(),
         reconnect_max: Duration::from_millis(200),
         debug: false,
+        max_output: crate::DEFAULT_MAX_OUTPUT,
     }
 }
 

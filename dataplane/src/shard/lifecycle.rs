@@ -23,56 +23,112 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// a worker's team, identity and token). Anything larger is refused as `TooLarge`.
 pub(crate) const HANDSHAKE_MAX_FRAME: usize = 8 * 1024;
 
-/// Connections that have not finished their handshake, by peer address, broker-wide.
+/// Connections by peer address, broker-wide: those that have not finished their handshake
+/// yet (`pending`), and those open (`open`, handshake done). The lock is taken when a
+/// connection is accepted, when its handshake ends and when it closes: never per frame.
 #[derive(Debug)]
 pub(crate) struct PendingHandshakes {
     per_address: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
+    open_per_address: usize,
+    counts: Mutex<HashMap<IpAddr, Counts>>,
 }
 
-/// One connection counted in [`PendingHandshakes`] until it is dropped.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    pending: usize,
+    open: usize,
+}
+
+/// One connection counted as pending in [`PendingHandshakes`] until it is dropped.
 pub(crate) struct PendingGuard {
     pending: Arc<PendingHandshakes>,
     ip: IpAddr,
 }
 
+/// One connection counted as open in [`PendingHandshakes`] until it is dropped.
+pub(crate) struct OpenGuard {
+    pending: Arc<PendingHandshakes>,
+    ip: IpAddr,
+}
+
 impl PendingHandshakes {
-    pub(crate) fn new(per_address: usize) -> PendingHandshakes {
+    pub(crate) fn new(per_address: usize, open_per_address: usize) -> PendingHandshakes {
         PendingHandshakes {
             per_address,
+            open_per_address,
             counts: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Counts>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts a new connection from `ip`, or `None` when `ip` has its limit of pending ones
     /// already. Once per accepted connection: the lock is never taken per frame.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PendingGuard> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(ip).or_insert(0);
-        if *n >= self.per_address {
+        let mut counts = self.counts();
+        let n = counts.entry(ip).or_default();
+        if n.pending >= self.per_address {
             return None;
         }
-        *n += 1;
+        n.pending += 1;
         Some(PendingGuard {
             pending: self.clone(),
             ip,
         })
     }
+
+    /// Forgets one count of `ip` (`open` or pending), and the address when none is left.
+    fn release(&self, ip: IpAddr, open: bool) {
+        let mut counts = self.counts();
+        if let Some(n) = counts.get_mut(&ip) {
+            if open {
+                n.open = n.open.saturating_sub(1);
+            } else {
+                n.pending = n.pending.saturating_sub(1);
+            }
+            if n.pending == 0 && n.open == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+}
+
+impl PendingGuard {
+    /// The handshake succeeded: the connection counts as open instead of pending, or, when
+    /// its address has `max_connections_per_address` open already, `Err(open)`.
+    pub(crate) fn establish(self) -> Result<OpenGuard, usize> {
+        let pending = self.pending.clone();
+        let ip = self.ip;
+        let mut counts = pending.counts();
+        let n = counts.entry(ip).or_default();
+        if n.open >= pending.open_per_address {
+            let open = n.open;
+            drop(counts);
+            return Err(open);
+        }
+        n.open += 1;
+        drop(counts);
+        drop(self);
+        Ok(OpenGuard { pending, ip })
+    }
+
+    /// The peer's address.
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        let mut counts = self
-            .pending
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
-        }
+        self.pending.release(self.ip, false);
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.pending.release(self.ip, true);
     }
 }
 
@@ -100,11 +156,31 @@ impl Shard {
         glommio::spawn_local(write_loop(stream.clone(), out.clone())).detach();
 
         let handshake = self.handshake(&mut reader, &out, certified).await;
-        drop(pending);
         let Some((principal, role)) = handshake else {
             // The writer flushes the refusal, then closes the socket.
             out.close();
             return;
+        };
+        let ip = pending.ip();
+        let _open = match pending.establish() {
+            Ok(open) => open,
+            Err(open) => {
+                let limit = self.settings.max_connections_per_address;
+                warn!(shard = self.idx, %ip, open, limit, identity = %principal.identity, "too many connections from this address; refused");
+                crate::metrics::CLOSED
+                    .with_label_values(&["connections_per_address"])
+                    .inc();
+                let _ = out
+                    .send(&Frame::Refused {
+                        kind: ErrorKind::TooManyConnections,
+                        reason: format!(
+                            "{ip} has {open} connections open to this broker, its limit (--max-connections-per-address {limit})"
+                        ),
+                    })
+                    .await;
+                out.close();
+                return;
+            }
         };
         reader.set_max_frame(self.settings.max_frame);
         let conn_id = self.open_conn(out.clone(), principal, role);
@@ -166,6 +242,14 @@ impl Shard {
                 out.bound_bytes(self.settings.max_client_backlog);
                 Peer::Client {
                     requests: HashMap::new(),
+                    limits: super::ClientLimits {
+                        bucket: self
+                            .settings
+                            .client_rate
+                            .as_ref()
+                            .map(|rate| crate::limits::Bucket::new(rate, Instant::now())),
+                        ..Default::default()
+                    },
                 }
             }
             Role::Worker => Peer::Worker {
@@ -373,7 +457,7 @@ impl Shard {
         };
         let Some(conn) = conn else { return };
         match conn.peer {
-            Peer::Client { requests } => {
+            Peer::Client { requests, .. } => {
                 self.stats.connected(Role::Client).dec();
                 for (_, key) in requests {
                     let waited = self

@@ -19,6 +19,7 @@
 //! - `stats`: the shard's metric handles;
 //! - `jobs`: the job-history trace of each request (off unless the source records jobs).
 
+mod drain;
 mod jobs;
 mod lifecycle;
 mod mesh;
@@ -26,6 +27,7 @@ mod requests;
 mod stats;
 mod workers;
 
+pub(crate) use drain::Drain;
 pub(crate) use lifecycle::PendingHandshakes;
 pub(crate) use mesh::ShardMsg;
 
@@ -61,6 +63,8 @@ enum Peer {
     Client {
         /// Client request id → shard request key.
         requests: HashMap<u64, u64>,
+        /// Its request rate and its refusals' log.
+        limits: ClientLimits,
     },
     Worker {
         /// Dispatches this worker is running, from any shard.
@@ -68,6 +72,13 @@ enum Peer {
         /// Orders this identity's connections broker-wide; the newest wins.
         generation: u64,
     },
+}
+
+/// A client connection's rate bucket (when a rate is set) and its refusals' log.
+#[derive(Debug, Default)]
+struct ClientLimits {
+    bucket: Option<crate::limits::Bucket>,
+    log: crate::limits::LogEvery,
 }
 
 struct Conn {
@@ -114,6 +125,8 @@ pub(crate) struct Shard {
     action_lists: RefCell<Vec<Vec<Action>>>,
     /// What the frame being handled left to wait for; see [`Shard::settle`].
     unsettled: RefCell<Unsettled>,
+    /// Set when the broker drains: new requests are refused with `ShuttingDown`.
+    draining: Cell<bool>,
 }
 
 impl Shard {
@@ -149,6 +162,7 @@ impl Shard {
             stats: Stats::new(idx),
             action_lists: RefCell::new(Vec::new()),
             unsettled: RefCell::new(Unsettled::default()),
+            draining: Cell::new(false),
         }
     }
 

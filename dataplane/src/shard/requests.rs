@@ -2,7 +2,7 @@
 //! and carrying out what it decides, timeouts, and the held-back `Routed`.
 
 use super::{Conn, Peer, Shard, ShardMsg};
-use crate::config::ServiceConfig;
+use crate::config::{Principal, ServiceConfig};
 use crate::idem::Recording;
 use crate::metrics;
 use crate::registry::WorkerRef;
@@ -10,7 +10,7 @@ use crate::request::{Action, Policy, RequestRun, WorkerEvent};
 use proto::{Algorithm, ErrorKind, Frame, ProtoError, Request};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// How long `Routed` may wait for the first reply before it is sent alone, so that a client
 /// whose worker is slow to accept (busy, queued) still learns at once that it was routed.
@@ -85,7 +85,7 @@ impl Shard {
             Frame::Cancel { id } => {
                 let key = match self.state.borrow().conns.get(&conn_id) {
                     Some(Conn {
-                        peer: Peer::Client { requests },
+                        peer: Peer::Client { requests, .. },
                         ..
                     }) => requests.get(&id).copied(),
                     _ => None,
@@ -119,6 +119,64 @@ impl Shard {
         );
     }
 
+    /// The caller of a new request `id` on client connection `conn_id`, or why the request
+    /// is refused: a duplicate id, the broker draining, the connection's open requests or
+    /// its rate at their limits (the connection stays; refusals are logged once a second).
+    fn admit_request(&self, conn_id: u64, id: u64) -> Result<Principal, (ErrorKind, String)> {
+        let mut state = self.state.borrow_mut();
+        let Some(Conn {
+            principal,
+            peer: Peer::Client { requests, limits },
+            ..
+        }) = state.conns.get_mut(&conn_id)
+        else {
+            return Err((
+                ErrorKind::BadRequest,
+                format!("request id {id} is already in use on this connection"),
+            ));
+        };
+        if requests.contains_key(&id) {
+            return Err((
+                ErrorKind::BadRequest,
+                format!("request id {id} is already in use on this connection"),
+            ));
+        }
+        if self.draining.get() {
+            return Err((
+                ErrorKind::ShuttingDown,
+                "the broker is shutting down and takes no new requests".into(),
+            ));
+        }
+        let max_open = self.settings.max_open_requests;
+        let refused = if requests.len() >= max_open {
+            Some((
+                ErrorKind::TooManyRequests,
+                format!(
+                    "this connection has {max_open} requests open, the broker's limit (--max-open-requests); wait for some to end"
+                ),
+            ))
+        } else {
+            match (&self.settings.client_rate, &mut limits.bucket) {
+                (Some(rate), Some(bucket)) => (!bucket.take(rate, Instant::now())).then(|| (
+                    ErrorKind::RateLimited,
+                    format!(
+                        "this connection sent requests faster than the broker allows (--client-rate {}/s, burst {}); slow down",
+                        rate.per_sec, rate.burst
+                    ),
+                )),
+                _ => None,
+            }
+        };
+        let Some((kind, message)) = refused else {
+            return Ok(principal.clone());
+        };
+        if let Some(n) = limits.log.refused(Instant::now()) {
+            let Principal { team, identity, .. } = &*principal;
+            warn!(shard = self.idx, conn_id, %identity, %team, kind = ?kind, refused = n, open = requests.len(), "client over its limit: requests refused");
+        }
+        Err((kind, message))
+    }
+
     fn on_request(&self, conn_id: u64, request: Request) {
         let id = request.id;
         if let Err(e) = proto::names::check_service_ref(&request.service) {
@@ -127,21 +185,9 @@ impl Shard {
         if let Err(e) = proto::names::check_plugin(&request.plugin) {
             return self.request_error(conn_id, id, ErrorKind::PluginNotFound, e.to_string());
         }
-        let principal = match self.state.borrow().conns.get(&conn_id) {
-            Some(Conn {
-                principal,
-                peer: Peer::Client { requests },
-                ..
-            }) if !requests.contains_key(&id) => Some(principal.clone()),
-            _ => None,
-        };
-        let Some(principal) = principal else {
-            return self.request_error(
-                conn_id,
-                id,
-                ErrorKind::BadRequest,
-                format!("request id {id} is already in use on this connection"),
-            );
+        let principal = match self.admit_request(conn_id, id) {
+            Ok(principal) => principal,
+            Err((kind, message)) => return self.request_error(conn_id, id, kind, message),
         };
         // The key as the worker gets it: scoped to the caller.
         let scoped = request
@@ -204,7 +250,7 @@ impl Shard {
         {
             let mut state = self.state.borrow_mut();
             if let Some(Conn {
-                peer: Peer::Client { requests },
+                peer: Peer::Client { requests, .. },
                 ..
             }) = state.conns.get_mut(&conn_id)
             {
@@ -394,7 +440,7 @@ impl Shard {
                 state.deadlines.remove(&(e.deadline, key));
             }
             if let Some(Conn {
-                peer: Peer::Client { requests },
+                peer: Peer::Client { requests, .. },
                 ..
             }) = state.conns.get_mut(&client.conn_id)
             {

@@ -16,22 +16,6 @@ use tokio::net::TcpStream;
 
 const MIB: u64 = 1024 * 1024;
 
-/// A field of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`); `None` once the process is
-/// gone (or a zombie, which has no memory lines).
-fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: u64 = line
-        .trim_start_matches(field)
-        .trim_start_matches(':')
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
 fn rss(pid: u32) -> Result<u64> {
     proc_status_bytes(pid, "VmRSS").with_context(|| format!("no VmRSS for pid {pid}"))
 }

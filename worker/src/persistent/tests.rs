@@ -46,6 +46,10 @@ def serve(rid, req, cancelled):
         out(rid, "waiting")
         cancelled.wait()
         return done(rid, 143)
+    elif op == "flood":
+        while not cancelled.is_set():
+            out(rid, "x" * 1000)
+        return done(rid, 143)
     elif op == "hang":
         out(rid, "hanging")
         return
@@ -104,6 +108,10 @@ struct Run {
 
 impl Worker {
     fn new(label: &str, plugins: &[(&str, &str)]) -> Worker {
+        Worker::with_max_output(label, plugins, crate::DEFAULT_MAX_OUTPUT)
+    }
+
+    fn with_max_output(label: &str, plugins: &[(&str, &str)], max_output: u64) -> Worker {
         let tmp = TempDir::new(label);
         for (name, manifest) in plugins {
             install(tmp.path(), name, manifest);
@@ -116,6 +124,7 @@ impl Worker {
                 persistent: Arc::new(Manager::new()),
                 shell: crate::DEFAULT_SHELL.into(),
                 core: Default::default(),
+                max_output,
             }),
             // One process slot: persistent requests must not be held by it.
             slots: Arc::new(Semaphore::new(1)),
@@ -514,4 +523,19 @@ async fn ended_instances_are_freed() {
     }
     let state = lock(&live.shared.state);
     assert!(state.requests.is_empty() && state.ended.is_none());
+}
+
+#[tokio::test]
+async fn output_past_the_limit_cancels_the_request_and_the_instance_serves_on() {
+    let w = Worker::with_max_output("persist-output", &[("p", MANIFEST)], 100_000);
+    let pid = w.pid("p").await;
+    let frames = w.run(1, "p", "flood").await;
+    let (kind, message) = failure(&frames);
+    assert_eq!(kind, ErrorKind::OutputLimit, "{message}");
+    let relayed: usize = lines(&frames).iter().map(String::len).sum();
+    assert!(relayed <= 100_000, "{relayed} bytes relayed");
+    // Cancelled, answered: the same instance serves the next request.
+    let frames = w.run(2, "p", "echo after").await;
+    assert_eq!(lines(&frames), ["after"]);
+    assert_eq!(w.pid("p").await, pid);
 }

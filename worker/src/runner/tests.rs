@@ -83,6 +83,7 @@ fn start(root: &Path, d: Dispatch, slots: Arc<Semaphore>) -> Run {
         shell: crate::DEFAULT_SHELL.into(),
         core: Default::default(),
         persistent: Arc::new(crate::persistent::Manager::new()),
+        max_output: 1024 * 1024,
     });
     let (out, frames) = mpsc::channel(256);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -354,6 +355,46 @@ async fn timeout_kills_the_whole_group() {
     assert!(
         wait_gone(child_pid, Duration::from_secs(3)).await,
         "background sleep {child_pid} survived the timeout"
+    );
+}
+
+#[tokio::test]
+async fn output_past_the_limit_stops_the_whole_group() {
+    let tmp = TempDir::new("output-limit");
+    // A background child holding the pipe, and endless output (the test runner's limit is
+    // 1 MiB).
+    write_plugin(
+        tmp.path(),
+        "chatty/chatty",
+        "sleep 300 &\necho $!\nwhile true; do echo 0123456789012345678901234567890123456789; done",
+    );
+    let started = StdInstant::now();
+    let mut run = start(tmp.path(), dispatch(4, "chatty", 60_000), one_slot());
+    let child_pid = first_line_pid(&mut run).await;
+    let rest = run.all().await;
+    let relayed: usize = rest
+        .iter()
+        .map(|f| match f {
+            Frame::Output { data, .. } => data.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(relayed <= 1024 * 1024, "{relayed} bytes relayed");
+    match rest.last() {
+        Some(Frame::Failed {
+            id: 4,
+            kind,
+            message,
+        }) => {
+            assert_eq!(*kind, ErrorKind::OutputLimit, "{message}");
+            assert!(message.contains("1048576 bytes"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        wait_gone(child_pid, Duration::from_secs(3)).await,
+        "background sleep {child_pid} survived the output limit"
     );
 }
 

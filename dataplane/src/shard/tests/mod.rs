@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 mod idem;
+mod limits;
 mod mesh;
 mod routing;
 

@@ -71,6 +71,18 @@ fn items(v: &Value) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
 
+/// A change whose answer only `--json` shows.
+fn change(s: &Session, method: Method, path: &str, body: Option<Value>) -> Result<Reply, CliError> {
+    let answer = s.api.call(method, path, body)?;
+    Ok(Reply::Done(Vec::new(), answer))
+}
+
+/// A deletion: nothing to show.
+fn delete(s: &Session, path: &str) -> Result<Reply, CliError> {
+    s.api.call(Method::DELETE, path, None)?;
+    Ok(Reply::Quiet)
+}
+
 fn done(line: String, answer: Value) -> Result<Reply, CliError> {
     Ok(Reply::Done(vec![line], answer))
 }
@@ -361,12 +373,12 @@ pub fn create_worker(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 
 fn patch_worker(s: &mut Session, a: &Args, body: Value) -> Result<Reply, CliError> {
     let worker = a.get(Kind::Worker);
-    let answer = s.api.call(
+    change(
+        s,
         Method::PATCH,
         &format!("/workers/{}", path_part(worker)),
         Some(body),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn worker_description(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -438,22 +450,22 @@ fn duration_ms(a: &Args) -> Result<u64, CliError> {
 }
 
 pub fn create_service(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let answer = s.api.call(
+    change(
+        s,
         Method::POST,
         "/services",
         Some(json!({ "name": a.get(Kind::Name) })),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 fn patch_service(s: &mut Session, a: &Args, body: Value) -> Result<Reply, CliError> {
     let service = a.get(Kind::Service);
-    let answer = s.api.call(
+    change(
+        s,
         Method::PATCH,
         &format!("/services/{}", path_part(service)),
         Some(body),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn service_description(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -510,7 +522,8 @@ pub fn service_add_worker(s: &mut Session, a: &Args) -> Result<Reply, CliError> 
 
 pub fn service_remove_worker(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let service = a.get(Kind::Service);
-    let answer = s.api.call(
+    change(
+        s,
         Method::DELETE,
         &format!(
             "/services/{}/workers/{}",
@@ -518,8 +531,7 @@ pub fn service_remove_worker(s: &mut Session, a: &Args) -> Result<Reply, CliErro
             path_part(a.get(Kind::Worker))
         ),
         None,
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn delete_service(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -536,12 +548,12 @@ pub fn delete_service(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 
 pub fn create_directory(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let name = a.get(Kind::Name).trim_start_matches('/');
-    let answer = s.api.call(
+    change(
+        s,
         Method::POST,
         "/directories",
         Some(json!({ "path": format!("/{name}") })),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn delete_directory(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -579,19 +591,16 @@ fn trigger(s: &Session, a: &Args) -> Result<Value, CliError> {
 
 fn patch_trigger(s: &mut Session, a: &Args, body: Value) -> Result<Reply, CliError> {
     let id = text(&trigger(s, a)?, "id");
-    let answer = s
-        .api
-        .call(Method::PATCH, &format!("/triggers/{id}"), Some(body))?;
-    Ok(Reply::Done(Vec::new(), answer))
+    change(s, Method::PATCH, &format!("/triggers/{id}"), Some(body))
 }
 
 pub fn create_trigger(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let answer = s.api.call(
+    change(
+        s,
         Method::POST,
         "/triggers",
         Some(json!({ "path": a.get(Kind::Path) })),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn trigger_plugin(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -615,12 +624,12 @@ pub fn trigger_arg(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let t = trigger(s, a)?;
     let mut args = trigger_args(&t);
     args.insert(key, Value::String(value));
-    let answer = s.api.call(
+    change(
+        s,
         Method::PATCH,
         &format!("/triggers/{}", text(&t, "id")),
         Some(json!({ "args": args })),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn trigger_delete_arg(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -633,12 +642,12 @@ pub fn trigger_delete_arg(s: &mut Session, a: &Args) -> Result<Reply, CliError> 
             text(&t, "path")
         )));
     }
-    let answer = s.api.call(
+    change(
+        s,
         Method::PATCH,
         &format!("/triggers/{}", text(&t, "id")),
         Some(json!({ "args": args })),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn trigger_split(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -674,9 +683,7 @@ pub fn trigger_rename(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 
 pub fn delete_trigger(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let id = text(&trigger(s, a)?, "id");
-    s.api
-        .call(Method::DELETE, &format!("/triggers/{id}"), None)?;
-    Ok(Reply::Quiet)
+    delete(s, &format!("/triggers/{id}"))
 }
 
 // ---------------------------------------------------------------- users, teams, invitations
@@ -686,28 +693,27 @@ fn members_path(s: &Session) -> String {
 }
 
 pub fn create_user(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let answer = s.api.call(
+    change(
+        s,
         Method::POST,
         &members_path(s),
         Some(json!({ "identity": a.get(Kind::Name), "secret": a.get(Kind::Text) })),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn user_role(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let path = format!("{}/{}", members_path(s), path_part(a.get(Kind::Member)));
-    let answer = s.api.call(
+    change(
+        s,
         Method::PATCH,
         &path,
         Some(json!({ "role": choice(a, Kind::Role)? })),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn delete_user(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let path = format!("{}/{}", members_path(s), path_part(a.get(Kind::Member)));
-    s.api.call(Method::DELETE, &path, None)?;
-    Ok(Reply::Quiet)
+    delete(s, &path)
 }
 
 pub fn invite(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -737,8 +743,7 @@ pub fn withdraw(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
         path_part(&s.team()),
         path_part(a.get(Kind::Invited))
     );
-    s.api.call(Method::DELETE, &path, None)?;
-    Ok(Reply::Quiet)
+    delete(s, &path)
 }
 
 pub fn accept(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -766,19 +771,17 @@ pub fn decline(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 }
 
 pub fn create_team(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let answer = s.api.call(
+    change(
+        s,
         Method::POST,
         "/teams",
         Some(json!({ "name": a.get(Kind::Name) })),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn delete_team(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let team = a.get(Kind::Team);
-    s.api
-        .call(Method::DELETE, &format!("/teams/{}", path_part(team)), None)?;
-    Ok(Reply::Quiet)
+    delete(s, &format!("/teams/{}", path_part(team)))
 }
 
 fn quota_path(s: &Session) -> String {
@@ -787,12 +790,12 @@ fn quota_path(s: &Session) -> String {
 
 pub fn quota_preset(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let preset = choice(a, Kind::Preset)?;
-    let answer = s.api.call(
+    change(
+        s,
         Method::PUT,
         &quota_path(s),
         Some(json!({ "preset": preset })),
-    )?;
-    Ok(Reply::Done(Vec::new(), answer))
+    )
 }
 
 pub fn quota_field(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -820,10 +823,7 @@ pub fn quota_field(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
             .unwrap_or(Value::Bool(false)),
     );
     body.insert(field.to_string(), value);
-    let answer = s
-        .api
-        .call(Method::PUT, &quota_path(s), Some(Value::Object(body)))?;
-    Ok(Reply::Done(Vec::new(), answer))
+    change(s, Method::PUT, &quota_path(s), Some(Value::Object(body)))
 }
 
 pub fn password(s: &mut Session, _: &Args) -> Result<Reply, CliError> {

@@ -68,11 +68,16 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
+        let mut kept = kept_log(name, child.id());
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err_pipe.read(&mut buf) {
                 if n == 0 {
                     break;
+                }
+                if let Some(file) = kept.as_mut() {
+                    use std::io::Write;
+                    let _ = file.write_all(&buf[..n]);
                 }
                 sink.lock()
                     .unwrap()
@@ -451,6 +456,45 @@ pub async fn wait_for_workers(addr: SocketAddr, identities: &[&str]) -> Result<(
     Ok(())
 }
 
+/// Where the suite keeps what its processes log, when `TRIGGERFS_TEST_LOGS` names a
+/// directory (`scripts/test` sets it, then `scripts/check-logs` greps the logs for every
+/// secret, worker token and JWT the tests handled: none may be there).
+fn test_logs() -> Option<PathBuf> {
+    std::env::var_os("TRIGGERFS_TEST_LOGS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// A file for process `name`'s stderr in the kept logs, if they are kept.
+fn kept_log(name: &str, pid: u32) -> Option<std::fs::File> {
+    let dir = test_logs()?;
+    let _ = std::fs::create_dir_all(&dir);
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    std::fs::File::create(dir.join(format!("{safe}-{pid}.log"))).ok()
+}
+
+/// Notes a secret, worker token or JWT the test handled, so that `scripts/check-logs` can
+/// look for it in the logs. Short test-chosen words are not noted (they match prose).
+pub fn remember_secret(secret: &str) {
+    const SHORTEST: usize = 12;
+    let Some(dir) = test_logs() else { return };
+    if secret.len() < SHORTEST || secret.contains('\n') {
+        return;
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("secrets.txt"))
+    {
+        use std::io::Write;
+        let _ = writeln!(file, "{secret}");
+    }
+}
+
 /// Runs `triggerfs <args>` to completion with a deadline; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], timeout: Duration) -> Result<(i32, String, String)> {
     run_cli_env(args, &[], timeout)
@@ -589,6 +633,7 @@ impl Up {
         let (proc, mut stdout) = Proc::spawn("up", &args)?;
         let (lines, broker) = read_until_listening(&proc, &mut stdout)?;
         let secret = line_value(&lines, "secret:").with_context(|| format!("{lines:?}"))?;
+        remember_secret(&secret);
         let url = line_value(&lines, "control plane listening on ").context("api line")?;
         let created = line_value(&lines, "created team `").context("team line")?;
         // "main` and admin `admin`"
@@ -736,6 +781,7 @@ impl Control {
         let team = created.split('`').next().unwrap_or_default().to_string();
         let identity = created.split('`').nth(2).unwrap_or_default().to_string();
         let secret = line_value(&lines, "secret:").context("no secret line")?;
+        remember_secret(&secret);
         Ok(Control {
             proc,
             url: format!("http://{addr}"),
@@ -842,6 +888,7 @@ impl Api {
             bail!("login {team}/{identity} failed: {status} {body}");
         }
         api.token = Some(body["token"].as_str().context("token")?.to_string());
+        remember_secret(api.token.as_deref().unwrap_or_default());
         Ok(api)
     }
 
@@ -892,7 +939,9 @@ impl Api {
                 serde_json::json!({ "identity": identity }),
             )
             .await?;
-        Ok(w["token"].as_str().context("token")?.to_string())
+        let token = w["token"].as_str().context("token")?.to_string();
+        remember_secret(&token);
+        Ok(token)
     }
 
     /// A worker's state as the API shows it (`ONLINE`, `DISCONNECTED`).
@@ -922,6 +971,7 @@ impl Api {
 
     /// Adds member `identity` with `secret` to `team` and logs them in.
     pub async fn new_member(&self, team: &str, identity: &str, secret: &str) -> Result<Api> {
+        remember_secret(secret);
         self.ok(
             "POST",
             &format!("/api/v1/teams/{team}/members"),

@@ -20,5 +20,6 @@ mod e2e {
     pub mod persistent;
     pub mod readme;
     pub mod seed_cli;
+    pub mod soak;
     pub mod trust;
 }

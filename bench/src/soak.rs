@@ -52,6 +52,11 @@ pub struct SoakArgs {
     /// Requests per second over all clients.
     #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
+    /// The share of requests that run `fsleep` (a shell script that sleeps 1 s, a process
+    /// per request) instead of the in-worker `echo`, so that SIGKILLs and the broker's
+    /// restart catch requests while they run.
+    #[arg(long, default_value_t = 0.2)]
+    pub slow_share: f64,
     /// SIGKILLs of a random worker process during the run.
     #[arg(long, default_value_t = 10)]
     pub worker_kills: usize,
@@ -75,6 +80,9 @@ pub struct SoakArgs {
 /// The service every request goes to.
 const SERVICE: &str = "soak";
 
+/// The slow requests' plugin: a process that runs for a second.
+const SLOW_PLUGIN: &str = "#!/bin/sh\nsleep 1\necho slept\n";
+
 /// How long a worker process stays dead after a SIGKILL.
 const DEAD_FOR: Duration = Duration::from_secs(1);
 
@@ -85,6 +93,13 @@ pub(crate) fn workers_main(broker: &str, team: &str, ids: &Path) -> anyhow::Resu
         std::fs::read_to_string(ids).with_context(|| format!("cannot read {}", ids.display()))?;
     let plugins = tempfile::tempdir()?;
     crate::proc::write_plugins(plugins.path())?;
+    let fsleep = plugins.path().join("fsleep/fsleep");
+    std::fs::create_dir_all(plugins.path().join("fsleep"))?;
+    std::fs::write(&fsleep, SLOW_PLUGIN)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fsleep, std::fs::Permissions::from_mode(0o755))?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -127,6 +142,16 @@ struct Tally {
     lost_why: BTreeMap<&'static str, u64>,
     /// Answers per second of the run.
     answered_per_s: Vec<u64>,
+    /// Typed failures per second of the run.
+    failed_per_s: Vec<u64>,
+}
+
+/// Adds one to `per_s[second]`.
+fn bump(per_s: &mut Vec<u64>, second: usize) {
+    if per_s.len() <= second {
+        per_s.resize(second + 1, 0);
+    }
+    per_s[second] += 1;
 }
 
 /// How one request ended.
@@ -141,12 +166,12 @@ impl Tally {
         match end {
             End::Answered => {
                 self.answered += 1;
-                if self.answered_per_s.len() <= second {
-                    self.answered_per_s.resize(second + 1, 0);
-                }
-                self.answered_per_s[second] += 1;
+                bump(&mut self.answered_per_s, second);
             }
-            End::Failed(kind) => *self.failed.entry(kind).or_default() += 1,
+            End::Failed(kind) => {
+                *self.failed.entry(kind).or_default() += 1;
+                bump(&mut self.failed_per_s, second);
+            }
             End::Lost(why) => {
                 self.lost += 1;
                 *self.lost_why.entry(why).or_default() += 1;
@@ -207,6 +232,9 @@ struct Load {
     jwt: String,
     period: Duration,
     spec: RequestSpec,
+    /// `spec` running `fsleep`, for a `slow_share` of the requests.
+    slow_spec: RequestSpec,
+    slow_share: f64,
     bound: Duration,
     started: Instant,
     stop: AtomicBool,
@@ -248,7 +276,12 @@ async fn client_loop(load: Arc<Load>, offset: Duration) {
             }
         }
         let Some(c) = &client else { continue };
-        match c.request(load.spec.clone()).await {
+        let spec = if rand::thread_rng().gen_bool(load.slow_share.clamp(0.0, 1.0)) {
+            &load.slow_spec
+        } else {
+            &load.spec
+        };
+        match c.request(spec.clone()).await {
             Ok(handle) => {
                 let load = load.clone();
                 inflight.spawn(async move {
@@ -418,17 +451,23 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
 
     let clients = args.clients.max(1);
     let period = Duration::from_secs_f64(clients as f64 / args.rate.max(0.001));
+    let spec = RequestSpec {
+        service: SERVICE.into(),
+        plugin: "echo".into(),
+        payload: b"soak".to_vec(),
+        timeout: Some(args.timeout),
+        ..RequestSpec::default()
+    };
     let load = Arc::new(Load {
         addr: addr.clone(),
         jwt: api.token.clone(),
         period,
-        spec: RequestSpec {
-            service: SERVICE.into(),
-            plugin: "echo".into(),
-            payload: b"soak".to_vec(),
-            timeout: Some(args.timeout),
-            ..RequestSpec::default()
+        slow_spec: RequestSpec {
+            plugin: "fsleep".into(),
+            ..spec.clone()
         },
+        slow_share: args.slow_share,
+        spec,
         bound: args.timeout + args.lost_after,
         started: Instant::now(),
         stop: AtomicBool::new(false),
@@ -515,6 +554,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
             "worker_procs": procs_n,
             "clients": clients,
             "rate": args.rate,
+            "slow_share": args.slow_share,
             "timeout_s": args.timeout.as_secs_f64(),
             "lost_after_s": args.lost_after.as_secs_f64(),
             "shards": args.shards,
@@ -534,6 +574,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
         "unaccounted": tally.sent.saturating_sub(accounted),
         "elapsed_s": elapsed.as_secs_f64(),
         "answered_per_s": tally.answered_per_s,
+        "failed_per_s": tally.failed_per_s,
         "workers_online_at_end": online_at_end,
         "broker_peak_rss_kib": peaks.rss_kib,
         "broker_peak_fds": peaks.fds,

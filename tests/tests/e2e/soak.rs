@@ -1,5 +1,6 @@
 //! The soak with faults (issue 16), 20 s: `triggerfs bench soak` with a control plane, a
-//! broker following it, workers in processes of their own and 50 clients at a steady rate;
+//! broker following it, workers in processes of their own and 50 clients at a steady rate
+//! (a fifth of the requests a plugin process that runs 1 s, so faults catch some mid-run);
 //! worker processes SIGKILLed, the broker and the control plane restarted once each. Every
 //! request must end in an answer or a typed error (lost = 0) and the broker's peak RSS stays
 //! under 512 MiB.

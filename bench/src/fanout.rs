@@ -69,15 +69,22 @@ async fn mirror_round(client: &Client, service: &str, payload: &[u8]) -> anyhow:
 async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + ONLINE_DEADLINE;
     let mut seen = 0;
+    let mut last_error = String::from("none");
     loop {
-        if let Ok(round) = mirror_round(client, service, b"online?").await {
-            seen = round.summary.map_or(0, |s| s.workers as usize);
-            if seen >= n {
-                return Ok(());
+        match mirror_round(client, service, b"online?").await {
+            Ok(round) => {
+                seen = round.summary.map_or(0, |s| s.workers as usize);
+                if seen >= n {
+                    return Ok(());
+                }
             }
+            Err(e) => last_error = format!("{e:#}"),
         }
         if Instant::now() >= deadline {
-            bail!("only {seen} of {n} workers came online within {ONLINE_DEADLINE:?}");
+            bail!(
+                "only {seen} of {n} workers came online within {ONLINE_DEADLINE:?} \
+                 (last error: {last_error})"
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -230,6 +230,9 @@ struct BrokerArgs {
     /// Serve Prometheus metrics on this address (`/metrics`).
     #[arg(long, env = "TRIGGERFS_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// With --control: record no job history (to measure what recording costs).
+    #[arg(long, hide = true)]
+    no_job_records: bool,
     #[command(flatten)]
     shard: ShardArgs,
     #[command(flatten)]
@@ -724,6 +727,7 @@ fn run_broker(args: BrokerArgs, settings: &Settings) -> Result<i32> {
             Arc::new(feed::ControlSource::start(feed::FeedSettings {
                 url: url.trim_end_matches('/').to_string(),
                 broker_token,
+                record_jobs: !args.no_job_records,
             })?)
         }
         None => Arc::new(dataplane::FileConfig::parse(&settings.text).map_err(|e| {

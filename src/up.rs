@@ -324,6 +324,7 @@ pub fn run_up(
         let feed_settings = feed::FeedSettings {
             url: api_url.clone(),
             broker_token: running.plane.broker_token().to_string(),
+            record_jobs: true,
         };
         let source = tokio::task::spawn_blocking(move || feed::ControlSource::start(feed_settings))
             .await??;

@@ -43,6 +43,18 @@ pub enum Role {
     },
     /// A load process: drives one system.
     Load(LoadChildArgs),
+    /// `bench soak`'s workers: one per `identity token` line of `--ids`, in this process.
+    SoakWorkers {
+        /// The broker.
+        #[arg(long)]
+        broker: String,
+        /// Their team.
+        #[arg(long)]
+        team: String,
+        /// A file of `identity token` lines.
+        #[arg(long)]
+        ids: std::path::PathBuf,
+    },
 }
 
 /// `bench-child load`.
@@ -85,6 +97,7 @@ pub fn run(args: ChildArgs) -> anyhow::Result<i32> {
             responders,
         } => crate::nats::responders_main(&nats, &subject, responders),
         Role::Load(load) => load_main(load),
+        Role::SoakWorkers { broker, team, ids } => crate::soak::workers_main(&broker, &team, &ids),
     }
 }
 

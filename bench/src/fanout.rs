@@ -69,15 +69,22 @@ async fn mirror_round(client: &Client, service: &str, payload: &[u8]) -> anyhow:
 async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + ONLINE_DEADLINE;
     let mut seen = 0;
+    let mut last_error = String::from("none");
     loop {
-        if let Ok(round) = mirror_round(client, service, b"online?").await {
-            seen = round.summary.map_or(0, |s| s.workers as usize);
-            if seen >= n {
-                return Ok(());
+        match mirror_round(client, service, b"online?").await {
+            Ok(round) => {
+                seen = round.summary.map_or(0, |s| s.workers as usize);
+                if seen >= n {
+                    return Ok(());
+                }
             }
+            Err(e) => last_error = format!("{e:#}"),
         }
         if Instant::now() >= deadline {
-            bail!("only {seen} of {n} workers came online within {ONLINE_DEADLINE:?}");
+            bail!(
+                "only {seen} of {n} workers came online within {ONLINE_DEADLINE:?} \
+                 (last error: {last_error})"
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -134,6 +141,7 @@ fn params(args: &FanoutArgs, shards: usize) -> Map<String, serde_json::Value> {
     params.insert("broker".into(), json!(common.broker));
     params.insert("service".into(), json!(args.service));
     params.insert("idle".into(), json!(args.idle));
+    params.insert("control".into(), json!(args.control));
     if args.idle {
         params.insert("idle_workers".into(), json!(args.idle_workers));
     } else {
@@ -162,6 +170,10 @@ pub(crate) async fn measure(args: &FanoutArgs, notes: &mut Notes) -> anyhow::Res
     }
     if args.idle {
         report.idle = Some(idle(args, shards).await?);
+        return Ok(report);
+    }
+    if args.control {
+        report.systems = controlled(args, shards, notes).await?;
         return Ok(report);
     }
     let n = args.workers;
@@ -261,6 +273,83 @@ async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
     })
 }
 
+/// Rounds of one system, added up.
+struct Rounds {
+    n: usize,
+    last_done: hdrhistogram::Histogram<u64>,
+    first_done: hdrhistogram::Histogram<u64>,
+    received: u64,
+    errors: u64,
+    fewest_ok: u64,
+    sent: u64,
+    elapsed: Duration,
+    /// Each complete round's time to the last `Done`.
+    last: Vec<Duration>,
+}
+
+impl Rounds {
+    fn new(n: usize) -> Rounds {
+        Rounds {
+            n,
+            last_done: latency_histogram(),
+            first_done: latency_histogram(),
+            received: 0,
+            errors: 0,
+            fewest_ok: n as u64,
+            sent: 0,
+            elapsed: Duration::ZERO,
+            last: Vec::new(),
+        }
+    }
+
+    /// Runs one round and adds it.
+    async fn run(&mut self, client: &Client, service: &str, payload: &[u8]) {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let n = self.n as u64;
+        let started = Instant::now();
+        self.sent += 1;
+        match mirror_round(client, service, payload).await {
+            Ok(round) => {
+                let ok = round.summary.as_ref().map_or(0, |s| u64::from(s.ok));
+                self.fewest_ok = self.fewest_ok.min(ok).min(round.n_done);
+                if ok == n && round.n_done == n {
+                    self.received += 1;
+                    if let (Some(first), Some(last)) = (round.first_done, round.last_done) {
+                        self.first_done.saturating_record(nanos(first));
+                        self.last_done.saturating_record(nanos(last));
+                        self.last.push(last);
+                    }
+                } else {
+                    tracing::warn!(ok, n_done = round.n_done, n, "fan-out round incomplete");
+                    self.errors += 1;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "fan-out round failed");
+                self.fewest_ok = 0;
+                self.errors += 1;
+            }
+        }
+        self.elapsed += started.elapsed();
+    }
+
+    fn result(self, name: &'static str) -> SystemResult {
+        SystemResult {
+            name,
+            hist: self.last_done,
+            sent: self.sent,
+            received: self.received,
+            errors: self.errors,
+            elapsed: self.elapsed,
+            fanout: Some(FanoutFigures {
+                first_done: self.first_done,
+                workers: self.n as u64,
+                ok: self.fewest_ok,
+            }),
+        }
+    }
+}
+
 /// The measured rounds, one request at a time.
 async fn rounds(
     client: &Client,
@@ -278,34 +367,9 @@ async fn rounds(
         bar.set_prefix("fanout");
         bar
     });
-    let mut last_done = latency_histogram();
-    let mut first_done = latency_histogram();
-    let (mut received, mut errors) = (0u64, 0u64);
-    let mut fewest_ok = n as u64;
-    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
-    let started = Instant::now();
+    let mut rounds = Rounds::new(n);
     for _ in 0..args.count {
-        match mirror_round(client, service, &payload).await {
-            Ok(round) => {
-                let ok = round.summary.as_ref().map_or(0, |s| u64::from(s.ok));
-                fewest_ok = fewest_ok.min(ok).min(round.n_done);
-                if ok == n as u64 && round.n_done == n as u64 {
-                    received += 1;
-                    if let (Some(first), Some(last)) = (round.first_done, round.last_done) {
-                        first_done.saturating_record(nanos(first));
-                        last_done.saturating_record(nanos(last));
-                    }
-                } else {
-                    tracing::warn!(ok, n_done = round.n_done, n, "fan-out round incomplete");
-                    errors += 1;
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "fan-out round failed");
-                fewest_ok = 0;
-                errors += 1;
-            }
-        }
+        rounds.run(client, service, &payload).await;
         if let Some(bar) = &bar {
             bar.inc(1);
         }
@@ -313,17 +377,146 @@ async fn rounds(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    SystemResult {
-        name: "triggerfs",
-        hist: last_done,
-        sent: args.count,
-        received,
-        errors,
-        elapsed: started.elapsed(),
-        fanout: Some(FanoutFigures {
-            first_done,
-            workers: n as u64,
-            ok: fewest_ok,
-        }),
+    rounds.result("triggerfs")
+}
+
+/// `fanout --control`: the same fan-out through two brokers that follow one control plane,
+/// one recording every request in the job history (as any broker with `--control` does) and
+/// one started with `--no-job-records`; the same workers (identities and tokens from the
+/// control plane) connected to both, blocks of rounds taken in turns. Rows `triggerfs-jobs` and
+/// `triggerfs-nojobs`, and the overhead of recording on the median time to the last `Done`.
+async fn controlled(
+    args: &FanoutArgs,
+    shards: usize,
+    notes: &mut Notes,
+) -> anyhow::Result<Vec<SystemResult>> {
+    let bin = args.common.triggerfs_bin()?;
+    let n = args.workers;
+    let service = args.service.clone();
+    raise_fd_limit(2 * n as u64);
+    let dir = tempfile::tempdir().context("cannot create a directory")?;
+    let with_addr = crate::stack::free_addr()?;
+    let without_addr = crate::stack::free_addr()?;
+    let (control, api) =
+        crate::stack::Control::start(&bin, &dir.path().join("data"), &with_addr).await?;
+    notes.line(format!(
+        "fanout --control: creating {n} workers in the control plane"
+    ));
+    let ids = api.new_fleet("fan-w", n, &service, "mirror").await?;
+    let spin = format!("{}us", args.common.spin.as_micros());
+    let shards = shards.to_string();
+    let flags = ["--shards", shards.as_str(), "--spin", spin.as_str()];
+    let (with_broker, _) = control.broker(&bin, &with_addr, &flags).await?;
+    let mut without_flags = flags.to_vec();
+    without_flags.push("--no-job-records");
+    let (without_broker, _) = control.broker(&bin, &without_addr, &without_flags).await?;
+    let services = std::slice::from_ref(&service);
+    let with_workers = Workers::start_in(&with_addr, "main", &ids, services)?;
+    let without_workers = Workers::start_in(&without_addr, "main", &ids, services)?;
+    let outcome = async {
+        let with = triggerfs::connect_as(&with_addr, &api.token).await?;
+        let without = triggerfs::connect_as(&without_addr, &api.token).await?;
+        wait_online(&with, &service, n).await?;
+        wait_online(&without, &service, n).await?;
+        let payload = vec![b'x'; args.common.payload];
+        for _ in 0..args.warmup_rounds {
+            let _ = mirror_round(&with, &service, &payload).await;
+            let _ = mirror_round(&without, &service, &payload).await;
+        }
+        let (mut rec, mut bare) = (Rounds::new(n), Rounds::new(n));
+        // Blocks of rounds in turns, each block after one round that is not counted: the
+        // control plane storing a recorded job and the feed sending it run after the
+        // request ended, on the same cores, so they slow whatever comes next; the uncounted
+        // round takes the other block's leftovers.
+        let mut rec_first = true;
+        while rec.sent < args.count || bare.sent < args.count {
+            let turns = if rec_first {
+                [(&mut rec, &with), (&mut bare, &without)]
+            } else {
+                [(&mut bare, &without), (&mut rec, &with)]
+            };
+            for (rounds, client) in turns {
+                let _ = mirror_round(client, &service, &payload).await;
+                for _ in 0..BLOCK.min(args.count - rounds.sent) {
+                    rounds.run(client, &service, &payload).await;
+                }
+            }
+            rec_first = !rec_first;
+        }
+        // The recording broker's records, as the control plane stored them (checked so that
+        // "with" is not silently "without").
+        let recorded = recorded_jobs(&api, &service, args.count).await?;
+        notes.line(format!(
+            "fanout --control: the control plane holds {recorded} jobs of `{service}`"
+        ));
+        let (m_rec, m_bare) = (median(&rec.last), median(&bare.last));
+        let worst = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
+        notes.line(format!(
+            "fanout --control: time to the last Done to {n} workers over {} rounds each: \
+             with job records median {:.2} ms (worst {:.2} ms), without median {:.2} ms \
+             (worst {:.2} ms): recording adds {:+.1} %",
+            args.count,
+            ms(m_rec),
+            ms(worst(&rec.last)),
+            ms(m_bare),
+            ms(worst(&bare.last)),
+            (ms(m_rec) / ms(m_bare).max(1e-9) - 1.0) * 100.0
+        ));
+        anyhow::Ok(vec![
+            rec.result("triggerfs-jobs"),
+            bare.result("triggerfs-nojobs"),
+        ])
+    }
+    .await;
+    with_workers.stop().await;
+    without_workers.stop().await;
+    drop((with_broker, without_broker, control));
+    outcome
+}
+
+/// The jobs of `service` in the history, once there are at least `want` (within 30 s).
+async fn recorded_jobs(api: &crate::stack::Api, service: &str, want: u64) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut count = 0u64;
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("jobs?service={service}&limit=500");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = api
+                .call(reqwest::Method::GET, &path, serde_json::Value::Null)
+                .await?;
+            count += page["jobs"].as_array().map_or(0, |j| j.len() as u64);
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        if count >= want {
+            return Ok(count);
+        }
+        if Instant::now() > deadline {
+            bail!("only {count} jobs of {service} were recorded, expected at least {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `fanout --control`: rounds per block (see [`controlled`]).
+const BLOCK: u64 = 5;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    match v.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2,
     }
 }

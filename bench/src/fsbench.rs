@@ -149,105 +149,20 @@ struct Stack {
     mnt: PathBuf,
 }
 
-/// The control plane's API, logged in.
-struct Api {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Value,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}/api/v1/{path}", self.url))
-            .bearer_auth(&self.token);
-        if !body.is_null() {
-            req = req.json(&body);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{method} {path}: {status} {body}");
-        }
-        Ok(body)
-    }
-}
-
 /// Starts control plane, broker, worker and fs; makes a trigger per scenario.
 async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
     let scenarios = &args.scenarios;
     let dir = tempfile::tempdir().context("cannot create a directory for the stack")?;
     let data = dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let broker = format!("127.0.0.1:{port}");
+    let broker = crate::stack::free_addr()?;
     let mut procs = Vec::new();
-
-    let (control, _, mut lines) = Spawned::start_until(
-        "control",
-        command(
-            bin,
-            [
-                "control",
-                "--data",
-                data.to_str().unwrap_or_default(),
-                "--api-listen",
-                "127.0.0.1:0",
-                "--broker",
-                &broker,
-            ],
-        ),
-        "created team `",
-    )
-    .await?;
-    procs.push(control);
-    let mut secret = String::new();
-    let mut url = String::new();
-    while let Some(line) = lines.next_line().await? {
-        if let Some(s) = line.trim().strip_prefix("secret:") {
-            secret = s.trim().to_string();
-        }
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            url = format!("http://{}", addr.trim());
-            break;
-        }
-    }
-    drain(lines);
-    let token = client::login::login(&url, "main", "admin", &secret)
-        .await
-        .context("cannot log in to the control plane")?;
-    let api = Api {
-        http: reqwest::Client::new(),
-        url: url.clone(),
-        token,
-    };
-
-    let (b, _) = Spawned::listening(
-        "broker",
-        command(
-            bin,
-            [
-                "broker",
-                "--listen",
-                &broker,
-                "--control",
-                &url,
-                "--broker-token-file",
-                data.join("broker.token").to_str().unwrap_or_default(),
-                "--spin",
-                &args.broker_spin,
-            ],
-        ),
-    )
-    .await?;
+    let (control, api) = crate::stack::Control::start(bin, &data, &broker).await?;
+    let url = control.url.clone();
+    let secret = api.secret.clone();
+    let (b, _) = control
+        .broker(bin, &broker, &["--spin", &args.broker_spin])
+        .await?;
+    procs.push(control.proc);
     procs.push(b);
 
     let w = api

@@ -21,6 +21,8 @@
 //! - `nats`: the NATS request/reply baseline (async-nats), skipped when no server answers.
 //! - `fanout`: mirror fan-out to N workers (time to first and last `Done`) and the idle-worker
 //!   memory measurement.
+//! - `soak`: the soak with faults (`bench soak`) and its worker processes.
+//! - `stack`: a control plane and the brokers that follow it, as processes.
 //! - `report`: the table, the JSON document, `.hgrm` files, the SVG chart, machine and commit.
 //!
 //! What it is not: a test. Nothing here asserts a timing; the functional test in
@@ -34,6 +36,8 @@ mod nats;
 mod proc;
 mod relay;
 mod report;
+mod soak;
+mod stack;
 mod systems;
 mod triggerfs;
 
@@ -102,6 +106,10 @@ pub enum Mode {
     /// Log shipping through a mounted trigger file (`triggerfs fs`) to the in-worker
     /// `append`, end to end, beside a plain file on the same disk.
     Fs(fsbench::FsBenchArgs),
+    /// The whole system (control plane, broker, 2,000 workers, 50 clients) at a steady rate
+    /// with faults: workers SIGKILLed, the broker and the control plane restarted; every
+    /// request must end in an answer or a typed error.
+    Soak(soak::SoakArgs),
 }
 
 /// Flags every mode has.
@@ -246,6 +254,11 @@ pub struct FanoutArgs {
     /// With `--broker --idle`: the broker's process id, whose RSS is read from /proc.
     #[arg(long, value_name = "PID")]
     pub broker_pid: Option<u32>,
+    /// Through a control plane: the same rounds, in turns, on a broker that records every
+    /// request in the job history and on one started with `--no-job-records`; rows
+    /// `triggerfs-jobs` and `triggerfs-nojobs` and the overhead of recording.
+    #[arg(long, conflicts_with_all = ["idle", "broker"])]
+    pub control: bool,
 }
 
 /// A system under measurement.
@@ -280,6 +293,7 @@ impl System {
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let json = match &args.mode {
         Mode::Fs(fs) => return fsbench::run(fs).await,
+        Mode::Soak(soak) => return soak::run(soak).await,
         Mode::Latency(l) | Mode::Throughput(l) => l.common.json,
         Mode::Fanout(f) => f.common.json,
     };
@@ -304,6 +318,7 @@ pub async fn measure(args: &BenchArgs, notes: &mut Notes) -> anyhow::Result<Repo
         Mode::Throughput(load) => systems::measure_mode("throughput", load, notes).await,
         Mode::Fanout(fan) => fanout::measure(fan, notes).await,
         Mode::Fs(_) => anyhow::bail!("`bench fs` reports in a table of its own (fsbench::run)"),
+        Mode::Soak(_) => anyhow::bail!("`bench soak` reports on its own (soak::run)"),
     }
 }
 

@@ -100,6 +100,12 @@ impl Spawned {
         Ok((spawned, rest, lines))
     }
 
+    /// SIGKILLs the child and reaps it.
+    pub(crate) async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
     /// The process id.
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()

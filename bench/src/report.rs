@@ -325,7 +325,8 @@ impl Report {
                 if !s.hist.is_empty() {
                     writeln!(
                         out,
-                        "fanout: {} workers, {} rounds: first Done p50 {:.2} ms, last Done p50 {:.2} ms, max {:.2} ms; fewest ok in a round {}/{}",
+                        "fanout ({}): {} workers, {} rounds: first Done p50 {:.2} ms, last Done p50 {:.2} ms, max {:.2} ms; fewest ok in a round {}/{}",
+                        s.name,
                         fan.workers,
                         s.received + s.errors,
                         ms(fan.first_done.value_at_quantile(0.5)),

@@ -35,6 +35,20 @@ impl Workers {
         n: usize,
         services: &[String],
     ) -> anyhow::Result<Workers> {
+        let ids: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("{prefix}{i}"), String::new()))
+            .collect();
+        Workers::start_in(addr, TEAM, &ids, services)
+    }
+
+    /// Starts a worker per (identity, token) of `team`, announcing `services`, all
+    /// answering `echo` in-process.
+    pub(crate) fn start_in(
+        addr: &str,
+        team: &str,
+        ids: &[(String, String)],
+        services: &[String],
+    ) -> anyhow::Result<Workers> {
         let plugins = tempfile::tempdir().context("cannot create a plugins directory")?;
         crate::proc::write_plugins(plugins.path())?;
         let mut workers = Workers {
@@ -42,20 +56,15 @@ impl Workers {
             tasks: Vec::new(),
             plugins,
         };
-        for i in 0..n {
-            let config = worker::WorkerConfig {
-                broker: addr.to_string(),
-                team: TEAM.to_string(),
-                identity: format!("{prefix}{i}"),
-                token: String::new(),
-                pluginspath: workers.plugins.path().to_path_buf(),
-                services: services.to_vec(),
-                max_concurrency: 1024,
-                shell: worker::DEFAULT_SHELL.into(),
-                reconnect_max: Duration::from_millis(500),
-                debug: false,
-                max_output: worker::DEFAULT_MAX_OUTPUT,
-            };
+        for (identity, token) in ids {
+            let config = worker_config(
+                addr,
+                team,
+                identity,
+                token,
+                workers.plugins.path(),
+                services,
+            );
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             workers.stops.push(stop_tx);
             workers.tasks.push(tokio::spawn(async move {
@@ -81,11 +90,44 @@ impl Workers {
     }
 }
 
+/// The configuration of one in-process bench worker: `echo` and every other kind from
+/// `pluginspath`, 1,024 at once, reconnecting within 500 ms.
+pub(crate) fn worker_config(
+    addr: &str,
+    team: &str,
+    identity: &str,
+    token: &str,
+    pluginspath: &std::path::Path,
+    services: &[String],
+) -> worker::WorkerConfig {
+    worker::WorkerConfig {
+        broker: addr.to_string(),
+        team: team.to_string(),
+        identity: identity.to_string(),
+        token: token.to_string(),
+        pluginspath: pluginspath.to_path_buf(),
+        services: services.to_vec(),
+        max_concurrency: 1024,
+        shell: worker::DEFAULT_SHELL.into(),
+        reconnect_max: Duration::from_millis(500),
+        debug: false,
+        max_output: worker::DEFAULT_MAX_OUTPUT,
+    }
+}
+
 /// Connects, retrying until the broker answers or the deadline passes.
 pub(crate) async fn connect(addr: &str) -> anyhow::Result<Client> {
+    connect_as(addr, "").await
+}
+
+/// [`connect`] with a JWT (from the control plane's login).
+pub(crate) async fn connect_as(addr: &str, jwt: &str) -> anyhow::Result<Client> {
     let deadline = tokio::time::Instant::now() + READY_DEADLINE;
     loop {
-        match Client::connect(addr, Credential::Jwt { token: "".into() }).await {
+        let credential = Credential::Jwt {
+            token: jwt.to_string(),
+        };
+        match Client::connect(addr, credential).await {
             Ok(client) => return Ok(client),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(e).with_context(|| format!("cannot connect to the broker at {addr}"))

@@ -204,6 +204,19 @@ fn fanout_reaches_every_worker() {
 }
 
 #[test]
+fn fanout_through_a_control_plane_with_and_without_job_records() {
+    let (doc, _out) = bench(
+        "fanout --control --workers 20 --count 6 --warmup-rounds 1 --shards 2 --systems triggerfs",
+    );
+    let systems = check_document(&doc, &["triggerfs-jobs", "triggerfs-nojobs"]);
+    for fan in &systems {
+        assert_eq!(fan["sent"].as_u64(), Some(6), "{fan}");
+        assert_eq!(fan["ok"].as_u64(), Some(20), "{fan}");
+    }
+    assert_eq!(doc["params"]["control"], true, "{doc}");
+}
+
+#[test]
 fn idle_workers_report_the_broker_process_memory() {
     let (doc, _out) = bench("fanout --idle --idle-workers 50 --systems triggerfs");
     assert_eq!(doc["idle"]["workers"].as_u64(), Some(50), "{doc}");

@@ -60,6 +60,9 @@ pub struct FeedSettings {
     pub url: String,
     /// The broker token from the control plane's data dir.
     pub broker_token: String,
+    /// Whether finished requests are recorded as jobs (`ConfigSource::records_jobs`); off
+    /// only to measure what recording costs (`triggerfs broker --no-job-records`).
+    pub record_jobs: bool,
 }
 
 struct Compiled {
@@ -79,6 +82,8 @@ struct Inner {
     reports: mpsc::UnboundedSender<ReportMsg>,
     /// Job-history records on their way to the control plane ([`jobs`]).
     jobs: jobs::JobQueue,
+    /// [`FeedSettings::record_jobs`].
+    record_jobs: bool,
 }
 
 /// Configuration and trust from the control plane; see the module docs.
@@ -253,6 +258,7 @@ impl ControlSource {
                 compiled: RwLock::new(compiled),
                 reports,
                 jobs: jobs::queue().0,
+                record_jobs: true,
             }),
         })
     }
@@ -315,6 +321,7 @@ impl ControlSource {
                         compiled: RwLock::new(compiled),
                         reports: report_tx,
                         jobs: job_queue,
+                        record_jobs: settings.record_jobs,
                     });
                     let _ = inner_tx.send(inner.clone());
                     info!(url = %settings.url, revision = inner.revision.load(Ordering::Relaxed), "configuration from the control plane");
@@ -570,7 +577,7 @@ impl ConfigSource for ControlSource {
     }
 
     fn records_jobs(&self) -> bool {
-        true
+        self.inner.record_jobs
     }
 
     fn job(&self, record: proto::job::JobRecord) {
@@ -928,6 +935,7 @@ mod tests {
             settings: FeedSettings {
                 url,
                 broker_token: "bt".into(),
+                record_jobs: true,
             },
         }
     }

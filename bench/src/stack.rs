@@ -1,0 +1,231 @@
+//! A control plane and brokers that follow it, as processes (`triggerfs control`,
+//! `triggerfs broker --control`), and the API calls that set them up: shared by `bench fs`,
+//! `bench soak` and `bench fanout --control`.
+
+use crate::proc::{command, drain, Spawned};
+use anyhow::{bail, Context};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// The control plane's API, logged in as the first admin.
+pub(crate) struct Api {
+    http: reqwest::Client,
+    pub url: String,
+    pub token: String,
+    /// The first admin's secret (team `main`, identity `admin`).
+    pub secret: String,
+}
+
+impl Api {
+    /// One call under `/api/v1/`; fails on any status but 2xx.
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}/api/v1/{path}", self.url))
+            .bearer_auth(&self.token);
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{method} {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// Creates workers `<prefix><i>` for i in 0..n (a few calls at a time); their identities
+    /// and tokens, in order.
+    pub(crate) async fn new_workers(
+        &self,
+        prefix: &str,
+        n: usize,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        futures::stream::iter(0..n)
+            .map(|i| async move {
+                let identity = format!("{prefix}{i}");
+                let w = self
+                    .call(
+                        reqwest::Method::POST,
+                        "workers",
+                        json!({ "identity": identity }),
+                    )
+                    .await?;
+                let token = w["token"].as_str().context("a worker token")?.to_string();
+                anyhow::Ok((identity, token))
+            })
+            .buffered(8)
+            .try_collect()
+            .await
+    }
+
+    /// Creates `n` workers `<prefix><i>` and a service `name` of `algorithm` bound to them
+    /// all; the workers' identities and tokens.
+    pub(crate) async fn new_fleet(
+        &self,
+        prefix: &str,
+        n: usize,
+        name: &str,
+        algorithm: &str,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let ids = self.new_workers(prefix, n).await?;
+        let names: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+        self.call(
+            reqwest::Method::POST,
+            "services",
+            json!({"name": name, "algorithm": algorithm, "workers": names}),
+        )
+        .await?;
+        Ok(ids)
+    }
+
+    /// How many of `service`'s bound workers the control plane sees online.
+    pub(crate) async fn serving(&self, service: &str) -> anyhow::Result<usize> {
+        let s = self
+            .call(
+                reqwest::Method::GET,
+                &format!("services/{service}"),
+                Value::Null,
+            )
+            .await?;
+        Ok(s["serving"].as_array().map_or(0, Vec::len))
+    }
+}
+
+/// A `triggerfs control` process on SQLite in `data`.
+pub(crate) struct Control {
+    pub proc: Spawned,
+    /// `http://ADDR`.
+    pub url: String,
+    pub data: PathBuf,
+    /// The `--broker` its gateway uses.
+    broker: String,
+}
+
+impl Control {
+    /// Starts a control plane on a fresh `data` dir; returns it and the API logged in as the
+    /// first admin (team `main`).
+    pub(crate) async fn start(
+        bin: &Path,
+        data: &Path,
+        broker: &str,
+    ) -> anyhow::Result<(Control, Api)> {
+        let (proc, url, secret) = spawn_control(bin, data, "127.0.0.1:0", broker).await?;
+        let secret = secret.context("the control plane printed no first admin")?;
+        let token = client::login::login(&url, "main", "admin", &secret)
+            .await
+            .context("cannot log in to the control plane")?;
+        let api = Api {
+            http: reqwest::Client::new(),
+            url: url.clone(),
+            token,
+            secret,
+        };
+        let control = Control {
+            proc,
+            url,
+            data: data.to_path_buf(),
+            broker: broker.to_string(),
+        };
+        Ok((control, api))
+    }
+
+    /// SIGKILLs the control plane and starts it again on the same address and data dir.
+    /// Call from the bench's main thread (see `proc::command`).
+    pub(crate) async fn restart(&mut self, bin: &Path) -> anyhow::Result<()> {
+        self.proc.kill().await;
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let (proc, _, _) = spawn_control(bin, &self.data, &listen, &self.broker).await?;
+        self.proc = proc;
+        Ok(())
+    }
+
+    /// The broker token file in its data dir.
+    pub(crate) fn broker_token_file(&self) -> PathBuf {
+        self.data.join("broker.token")
+    }
+
+    /// Starts `triggerfs broker --control` on `listen` with `extra` flags.
+    pub(crate) async fn broker(
+        &self,
+        bin: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<(Spawned, String)> {
+        let token_file = self.broker_token_file().display().to_string();
+        let mut args = vec![
+            "broker",
+            "--listen",
+            listen,
+            "--control",
+            &self.url,
+            "--broker-token-file",
+            &token_file,
+        ];
+        args.extend_from_slice(extra);
+        Spawned::listening("broker", command(bin, args)).await
+    }
+}
+
+/// Starts `triggerfs control` and reads its stdout up to `listening on`: the URL, and the
+/// first admin's secret when it made one.
+async fn spawn_control(
+    bin: &Path,
+    data: &Path,
+    listen: &str,
+    broker: &str,
+) -> anyhow::Result<(Spawned, String, Option<String>)> {
+    let data = data.display().to_string();
+    let cmd = command(
+        bin,
+        [
+            "control",
+            "--data",
+            &data,
+            "--api-listen",
+            listen,
+            "--broker",
+            broker,
+        ],
+    );
+    let (mut proc, lines) = Spawned::start("control", cmd)?;
+    let mut lines = lines.context("child stdout is piped")?;
+    let mut secret = None;
+    let read = async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(s) = line.trim().strip_prefix("secret:") {
+                secret = Some(s.trim().to_string());
+            }
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                return anyhow::Ok(Some(format!("http://{}", addr.trim())));
+            }
+        }
+        anyhow::Ok(None)
+    };
+    let url = match tokio::time::timeout(crate::proc::READY_DEADLINE, read).await {
+        Ok(Ok(Some(url))) => url,
+        Ok(Err(e)) => return Err(e),
+        _ => {
+            proc.kill().await;
+            bail!("the control plane did not print `listening on`")
+        }
+    };
+    drain(lines);
+    Ok((proc, url, secret))
+}
+
+/// A free port on 127.0.0.1 (bound and released: another process may take it meanwhile, which
+/// on a test machine does not happen in practice).
+pub(crate) fn free_addr() -> anyhow::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("127.0.0.1:{port}"))
+}

@@ -14,6 +14,7 @@ on_both_backends!(
     team_isolation,
     retention_deletes_old_jobs,
     secret_looking_args_are_redacted,
+    records_and_worker_reports_written_at_once_never_fail,
 );
 
 fn now_ms() -> u64 {
@@ -368,4 +369,31 @@ async fn secret_looking_args_are_redacted(backend: Backend) {
     );
     let text = serde_json::to_string(&page).unwrap();
     assert!(!text.contains("hunter2"));
+}
+
+/// The broker delivers job records while it reports worker states: on SQLite both write,
+/// and a record's transaction (which reads before it writes) once failed with "database is
+/// locked" (a 500) when a report committed between its read and its write.
+async fn records_and_worker_reports_written_at_once_never_fail(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let token = h.broker_token();
+    let report = json!({"workers": [], "full": true});
+    let calls = (0..40).map(|i| {
+        let (path, body) = if i % 2 == 0 {
+            let key = format!("k{i}");
+            let workers = vec![worker("w1", "ok", Some(0), "fine")];
+            (
+                "/api/v1/broker/jobs",
+                json!({"jobs": [record(&key, "main", "dc1", now_ms(), workers)]}),
+            )
+        } else {
+            ("/api/v1/broker/report", report.clone())
+        };
+        let token = token.clone();
+        let h = &h;
+        async move { (path, h.post(path, &token, body).await) }
+    });
+    for (path, (status, body)) in futures::future::join_all(calls).await {
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
 }

@@ -51,8 +51,16 @@ pub async fn ingest(
 ) -> Result<Json<JobsAnswer>, ApiError> {
     check(&batch)?;
     let (mut stored, mut skipped) = (0, 0);
+    // The transaction reads before it writes. On SQLite a deferred one would then have to
+    // upgrade its read lock, which fails with "database is locked" (SQLITE_BUSY_SNAPSHOT)
+    // when another write (a worker-state report) committed meanwhile: take the write lock
+    // at the start, waiting for it like every other write.
+    let begin = match &state.db {
+        Db::Sqlite(_) => "BEGIN IMMEDIATE",
+        Db::Postgres(_) => "BEGIN",
+    };
     on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_with(begin).await?;
         for job in &batch.jobs {
             let team_id: Option<i64> = sqlx::query_scalar("SELECT id FROM teams WHERE name = $1")
                 .bind(&job.team).fetch_optional(&mut *tx).await?;

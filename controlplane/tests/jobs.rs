@@ -15,6 +15,7 @@ on_both_backends!(
     retention_deletes_old_jobs,
     secret_looking_args_are_redacted,
     records_and_worker_reports_written_at_once_never_fail,
+    a_fleet_sized_record_is_stored_whole_and_in_order,
 );
 
 fn now_ms() -> u64 {
@@ -396,4 +397,43 @@ async fn records_and_worker_reports_written_at_once_never_fail(backend: Backend)
     for (path, (status, body)) in futures::future::join_all(calls).await {
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
     }
+}
+
+/// A record of 1,200 workers (several multi-row inserts), then a second part of it with 300
+/// more and 5 repeated: every worker once, in the order they were delivered.
+async fn a_fleet_sized_record_is_stored_whole_and_in_order(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let names = |from: usize, to: usize| -> Vec<Value> {
+        (from..to)
+            .map(|i| {
+                worker(
+                    &format!("w{i:04}"),
+                    if i % 7 == 0 { "failed" } else { "ok" },
+                    Some(0),
+                    "x",
+                )
+            })
+            .collect()
+    };
+    deliver(
+        &h,
+        vec![record("big", "main", "dc1", now_ms(), names(0, 1200))],
+    )
+    .await;
+    let mut again = names(1195, 1500);
+    again.truncate(305);
+    deliver(&h, vec![record("big", "main", "dc1", now_ms(), again)]).await;
+    let (_, page) = h.get("/api/v1/jobs", admin).await;
+    let id = page["jobs"][0]["id"].as_i64().unwrap();
+    assert_eq!(page["jobs"][0]["workers"], 1500, "{page}");
+    let (_, shown) = h.get(&format!("/api/v1/jobs/{id}"), admin).await;
+    let workers: Vec<&str> = shown["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["worker"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (0..1500).map(|i| format!("w{i:04}")).collect();
+    assert_eq!(workers, want);
 }

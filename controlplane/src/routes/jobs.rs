@@ -37,6 +37,10 @@ pub struct JobsAnswer {
     pub skipped: u64,
 }
 
+/// Rows of `job_workers` per INSERT: 8 parameters each, well under SQLite's 32,766 and
+/// PostgreSQL's 65,535.
+const WORKER_ROWS_PER_INSERT: usize = 500;
+
 /// Job records from the broker (`proto::job::JobBatch`), stored once per `key`; parts of one
 /// record (same `key`, other workers) are merged.
 #[utoipa::path(post, path = "/api/v1/broker/jobs", tag = "broker", security(("broker_token" = [])),
@@ -93,16 +97,20 @@ pub async fn ingest(
             };
             let base: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_workers WHERE job_id = $1")
                 .bind(job_id).fetch_one(&mut *tx).await?;
-            for (i, w) in job.workers.iter().enumerate() {
-                sqlx::query(
+            // Many rows per statement: a 1,000-worker job is two statements, not 1,000.
+            for (n, chunk) in job.workers.chunks(WORKER_ROWS_PER_INSERT).enumerate() {
+                let first = base + (n * WORKER_ROWS_PER_INSERT) as i64;
+                let mut insert = sqlx::QueryBuilder::new(
                     "INSERT INTO job_workers (job_id, position, worker, outcome, exit_code, \
-                     duration_ms, output, truncated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (job_id, worker) DO NOTHING")
-                    .bind(job_id).bind(base + i as i64).bind(&w.worker)
-                    .bind(w.outcome.as_str()).bind(w.exit_code.map(i64::from))
-                    .bind(i64::try_from(w.duration_ms).unwrap_or(i64::MAX))
-                    .bind(&w.output).bind(w.truncated)
-                    .execute(&mut *tx).await?;
+                     duration_ms, output, truncated) ");
+                insert.push_values(chunk.iter().enumerate(), |mut row, (i, w)| {
+                    row.push_bind(job_id).push_bind(first + i as i64).push_bind(&w.worker)
+                        .push_bind(w.outcome.as_str()).push_bind(w.exit_code.map(i64::from))
+                        .push_bind(i64::try_from(w.duration_ms).unwrap_or(i64::MAX))
+                        .push_bind(&w.output).push_bind(w.truncated);
+                });
+                insert.push(" ON CONFLICT (job_id, worker) DO NOTHING");
+                insert.build().execute(&mut *tx).await?;
             }
             let outcomes: Vec<String> =
                 sqlx::query_scalar("SELECT outcome FROM job_workers WHERE job_id = $1")

@@ -171,6 +171,12 @@ pub struct LiveRender {
     last_flush: Instant,
     /// Batches written (each one redraw of the bar).
     flushes: u64,
+    /// The counts the bar shows (its `{counts}` key reads it when it draws).
+    bar_counts: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Whether the counts changed since the bar was last drawn.
+    dirty: bool,
+    /// Where the bar draws: stderr (tests count the frames).
+    draw_target: fn() -> ProgressDrawTarget,
 }
 
 impl LiveRender {
@@ -187,7 +193,18 @@ impl LiveRender {
             pending: Vec::new(),
             last_flush: Instant::now(),
             flushes: 0,
+            bar_counts: Default::default(),
+            dirty: false,
+            draw_target: || ProgressDrawTarget::stderr_with_hz(BAR_HZ),
         }
+    }
+
+    /// Gives the bar the counts as they are now, for its next draw (which is `flush`'s).
+    fn show_counts(&mut self) {
+        if let Ok(mut text) = self.bar_counts.lock() {
+            *text = self.counts.text();
+        }
+        self.dirty = true;
     }
 
     /// The live counts so far.
@@ -235,15 +252,27 @@ impl LiveRender {
                     self.table = true;
                     let bar = ProgressBar::with_draw_target(
                         Some(u64::from(*n_workers)),
-                        ProgressDrawTarget::stderr_with_hz(BAR_HZ),
+                        (self.draw_target)(),
                     );
-                    if let Ok(style) =
-                        ProgressStyle::with_template("{elapsed_precise} {bar:20} {pos}/{len} {msg}")
-                    {
-                        bar.set_style(style);
+                    let counts = self.bar_counts.clone();
+                    if let Ok(style) = ProgressStyle::with_template(
+                        "{elapsed_precise} {bar:20} {pos}/{len} {counts}",
+                    ) {
+                        bar.set_style(style.with_key(
+                            "counts",
+                            move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                                if let Ok(text) = counts.lock() {
+                                    let _ = w.write_str(&text);
+                                }
+                            },
+                        ));
                     }
-                    bar.set_message(self.counts.text());
+                    // One redraw path: with a ticker installed, `inc` does not draw, and
+                    // this one never ticks; the bar is drawn only by `flush`, at most
+                    // BAR_HZ times a second, however many workers answer.
+                    bar.enable_steady_tick(Duration::from_secs(24 * 3600));
                     self.bar = Some(bar);
+                    self.show_counts();
                 }
             }
             ClientEvent::Output {
@@ -271,13 +300,13 @@ impl LiveRender {
             ClientEvent::Done { .. } | ClientEvent::Failed { .. } => {
                 if let Some(bar) = &self.bar {
                     bar.inc(1);
-                    bar.set_message(self.counts.text());
+                    self.show_counts();
+                    self.tick(console)?;
                 }
             }
-            ClientEvent::Accepted { .. } => {
-                if let Some(bar) = &self.bar {
-                    bar.set_message(self.counts.text());
-                }
+            ClientEvent::Accepted { .. } if self.bar.is_some() => {
+                self.show_counts();
+                self.tick(console)?;
             }
             _ => {}
         }
@@ -296,9 +325,12 @@ impl LiveRender {
     }
 
     fn flush_pending<O: Write, E: Write>(&mut self, console: &mut Console<O, E>) -> io::Result<()> {
-        if self.pending.is_empty() {
+        // Without new lines or counts, the bar is still redrawn once a second (its clock).
+        let stale = self.bar.is_some() && self.last_flush.elapsed() >= Duration::from_secs(1);
+        if self.pending.is_empty() && !self.dirty && !stale {
             return Ok(());
         }
+        self.dirty = false;
         let pending = std::mem::take(&mut self.pending);
         let mut write = || -> io::Result<()> {
             for (stream, line) in &pending {
@@ -622,6 +654,104 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// Frames the bar drew, counted from what it writes.
+    static FRAMES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    #[derive(Debug)]
+    struct CountingTerm;
+
+    impl indicatif::TermLike for CountingTerm {
+        fn width(&self) -> u16 {
+            120
+        }
+        fn move_cursor_up(&self, _: usize) -> io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> io::Result<()> {
+            self.write_str(s)
+        }
+        fn write_str(&self, s: &str) -> io::Result<()> {
+            if s.contains("/1000") {
+                FRAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        }
+        fn clear_line(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The bar has one redraw path: 1,000 workers accepting and ending as fast as they can,
+    /// with output, redraw it at most 10 times a second (and once to start and to end).
+    #[test]
+    fn the_bar_redraws_at_most_ten_times_a_second() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut console = Console {
+            out: &mut out,
+            err: &mut err,
+            err_is_terminal: true,
+            clock: SystemTime::now,
+            time_zone: TimeZone::UTC,
+        };
+        let mut live = LiveRender::new("dc1", "p", false);
+        live.draw_target = || ProgressDrawTarget::term_like_with_hz(Box::new(CountingTerm), BAR_HZ);
+        let routed = ClientEvent::Routed {
+            algorithm: Algorithm::Mirror,
+            n_workers: 1000,
+        };
+        live.event(&mut console, &routed).unwrap();
+        let started = Instant::now();
+        for round in 0..20u64 {
+            for i in 0..1000u64 {
+                let worker = format!("w{i}");
+                let events = [
+                    ClientEvent::Accepted {
+                        worker: worker.clone(),
+                    },
+                    ClientEvent::Output {
+                        worker: worker.clone(),
+                        seq: round,
+                        stream: Stream::Stdout,
+                        data: b"line".to_vec(),
+                    },
+                ];
+                for event in &events {
+                    live.event(&mut console, event).unwrap();
+                }
+                if round == 19 {
+                    let done = ClientEvent::Done {
+                        worker,
+                        exit_code: 0,
+                    };
+                    live.event(&mut console, &done).unwrap();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        let elapsed = started.elapsed();
+        let frames = FRAMES.load(std::sync::atomic::Ordering::Relaxed);
+        let most = 2 + elapsed.as_millis() as usize / 100 + 1;
+        assert!(
+            frames <= most,
+            "{frames} frames in {elapsed:?} (at most {most})"
+        );
+        assert!(frames >= 2, "the bar was drawn {frames} times");
+        live.finish(&mut console, &Outcome::new("dc1", "p"))
+            .unwrap();
     }
 
     /// A flood of output under the bar is written in batches: one redraw per tenth of a

@@ -6,6 +6,25 @@ use crate::ClientError;
 use serde::Deserialize;
 use std::time::Duration;
 
+/// The `exp` claim of a JWT (seconds since the Unix epoch), read without verifying it: only
+/// to know when to log in again; 0 when it has none.
+pub fn token_expiry(jwt: &str) -> u64 {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Claims {
+        exp: u64,
+    }
+    jwt.split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice::<Claims>(&json).ok())
+        .map_or(0, |c| c.exp)
+}
+
 /// The control plane's default address (the original product's API port).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 
@@ -51,4 +70,19 @@ pub async fn login(
         Err(_) => (status.to_string(), "no details".to_string()),
     };
     Err(ClientError::Login { code, message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn reads_the_expiry_of_a_jwt() {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"hp","exp":1900000000}"#);
+        assert_eq!(token_expiry(&format!("h.{payload}.s")), 1_900_000_000);
+        assert_eq!(token_expiry("garbage"), 0);
+        assert_eq!(token_expiry("a.!!.c"), 0);
+    }
 }

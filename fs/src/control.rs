@@ -4,7 +4,6 @@
 
 use crate::tree::{DirectoryView, TriggerView};
 use crate::FsError;
-use base64::Engine;
 use serde::Deserialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
@@ -56,23 +55,6 @@ fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
-/// The `exp` claim of a JWT (not verified: the fs only needs to know when to log in again).
-fn expiry(jwt: &str) -> u64 {
-    #[derive(Deserialize)]
-    struct Claims {
-        exp: u64,
-    }
-    jwt.split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|json| serde_json::from_slice::<Claims>(&json).ok())
-        .map_or(0, |c| c.exp)
-}
-
 impl Api {
     /// Logs in.
     pub async fn login(login: Login) -> Result<Api, FsError> {
@@ -104,7 +86,7 @@ impl Api {
             .await
             .map_err(|e| FsError::Login(e.to_string()))?;
             *token = Token {
-                exp: expiry(&jwt),
+                exp: client::login::token_expiry(&jwt),
                 jwt,
             };
         }
@@ -238,19 +220,5 @@ impl Api {
             });
         }
         Ok(resp)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_expiry_of_a_jwt() {
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(br#"{"sub":"hp","exp":1900000000}"#);
-        assert_eq!(expiry(&format!("h.{payload}.s")), 1_900_000_000);
-        assert_eq!(expiry("garbage"), 0);
-        assert_eq!(expiry("a.!!.c"), 0);
     }
 }

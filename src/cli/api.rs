@@ -87,7 +87,7 @@ impl Api {
         let cached = cache
             .as_deref()
             .and_then(|path| read_cache(path, &login))
-            .filter(|jwt| expiry(jwt) > now_s() + REFRESH_BEFORE.as_secs());
+            .filter(|jwt| client::login::token_expiry(jwt) > now_s() + REFRESH_BEFORE.as_secs());
         let api = Api {
             rt,
             http,
@@ -236,21 +236,6 @@ fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The `exp` claim of a JWT (unverified: only to know when to log in again); 0 if none.
-fn expiry(jwt: &str) -> u64 {
-    use base64::Engine;
-    jwt.split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|json| serde_json::from_slice::<Value>(&json).ok())
-        .and_then(|claims| claims.get("exp").and_then(Value::as_u64))
-        .unwrap_or(0)
 }
 
 /// One cache file per control plane, team and identity.

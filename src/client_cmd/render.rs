@@ -546,6 +546,21 @@ mod tests {
     use jiff::tz::offset;
     use std::time::{Duration, UNIX_EPOCH};
 
+    /// A console writing into `out` and `err`, on a terminal or not, in UTC.
+    fn test_console<'a>(
+        out: &'a mut Vec<u8>,
+        err: &'a mut Vec<u8>,
+        terminal: bool,
+    ) -> Console<&'a mut Vec<u8>, &'a mut Vec<u8>> {
+        Console {
+            out,
+            err,
+            err_is_terminal: terminal,
+            clock: SystemTime::now,
+            time_zone: TimeZone::UTC,
+        }
+    }
+
     fn done(worker: &str, exit_code: i32) -> ClientEvent {
         ClientEvent::Done {
             worker: worker.into(),
@@ -597,13 +612,7 @@ mod tests {
         ];
         for terminal in [true, false] {
             let (mut out, mut err) = (Vec::new(), Vec::new());
-            let mut console = Console {
-                out: &mut out,
-                err: &mut err,
-                err_is_terminal: terminal,
-                clock: SystemTime::now,
-                time_zone: TimeZone::UTC,
-            };
+            let mut console = test_console(&mut out, &mut err, terminal);
             let mut live = LiveRender::new("dc1", "command", false);
             let mut outcome = Outcome::new("dc1", "command");
             for event in &events {
@@ -700,13 +709,7 @@ mod tests {
     #[test]
     fn the_bar_redraws_at_most_ten_times_a_second() {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let mut console = Console {
-            out: &mut out,
-            err: &mut err,
-            err_is_terminal: true,
-            clock: SystemTime::now,
-            time_zone: TimeZone::UTC,
-        };
+        let mut console = test_console(&mut out, &mut err, true);
         let mut live = LiveRender::new("dc1", "p", false);
         live.draw_target = || ProgressDrawTarget::term_like_with_hz(Box::new(CountingTerm), BAR_HZ);
         let routed = ClientEvent::Routed {
@@ -759,13 +762,7 @@ mod tests {
     #[test]
     fn output_under_the_bar_is_batched() {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let mut console = Console {
-            out: &mut out,
-            err: &mut err,
-            err_is_terminal: true,
-            clock: SystemTime::now,
-            time_zone: TimeZone::UTC,
-        };
+        let mut console = test_console(&mut out, &mut err, true);
         let mut live = LiveRender::new("dc1", "p", false);
         let routed = ClientEvent::Routed {
             algorithm: Algorithm::Mirror,

@@ -13,7 +13,6 @@ use rustyline::{
     Cmd, CompletionType, ConditionalEventHandler, Config, Context, Editor, Event, EventContext,
     EventHandler, Helper, KeyEvent, RepeatCount,
 };
-use std::cell::Cell;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -21,7 +20,7 @@ use std::sync::{Arc, Mutex};
 /// TAB's knowledge: the grammar, the mode, and the API for names.
 struct ConsoleHelper {
     api: Rc<super::api::Api>,
-    mode: Rc<Cell<Mode>>,
+    mode: Arc<Mutex<Mode>>,
 }
 
 impl ConsoleHelper {
@@ -69,7 +68,8 @@ impl Completer for ConsoleHelper {
         };
         let words: Vec<String> = words.into_iter().map(|w| w.text).collect();
         let mut candidates: Vec<String> = Vec::new();
-        for next in grammar::next(Some(self.mode.get()), &words) {
+        let mode = self.mode.lock().map_or(Mode::Operational, |m| *m);
+        for next in grammar::next(Some(mode), &words) {
             match next {
                 Next::Word(w, _) => candidates.push(w.to_string()),
                 Next::Value(kind) => candidates.extend(self.names(kind, &partial)),
@@ -124,18 +124,19 @@ pub fn run(session: &mut Session, history: Option<&Path>) -> anyhow::Result<()> 
         .max_history_size(5000)?
         .build();
     let mut editor: Editor<ConsoleHelper, DefaultHistory> = Editor::with_config(config)?;
-    let mode = Rc::new(Cell::new(session.mode));
+    // The mode the line is read in, for TAB (the helper) and `?` (a key handler, which
+    // must be Send): one cell for both.
+    let mode = Arc::new(Mutex::new(session.mode));
     editor.set_helper(Some(ConsoleHelper {
         api: session.api.clone(),
         mode: mode.clone(),
     }));
     let asked = Arc::new(Mutex::new(None::<String>));
-    let shared_mode = Arc::new(Mutex::new(session.mode));
     editor.bind_sequence(
         KeyEvent::from('?'),
         EventHandler::Conditional(Box::new(QuestionMark {
             asked: asked.clone(),
-            mode: shared_mode.clone(),
+            mode: mode.clone(),
         })),
     );
     if let Some(path) = history {
@@ -147,8 +148,7 @@ pub fn run(session: &mut Session, history: Option<&Path>) -> anyhow::Result<()> 
     }
     let mut initial = String::new();
     while !session.leave {
-        mode.set(session.mode);
-        if let Ok(mut m) = shared_mode.lock() {
+        if let Ok(mut m) = mode.lock() {
             *m = session.mode;
         }
         let prompt = session.prompt();

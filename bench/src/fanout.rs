@@ -285,6 +285,8 @@ struct Rounds {
     elapsed: Duration,
     /// Each complete round's time to the last `Done`.
     last: Vec<Duration>,
+    /// `fanout --control`: the median of `last` in each block.
+    blocks: Vec<Duration>,
 }
 
 impl Rounds {
@@ -299,6 +301,7 @@ impl Rounds {
             sent: 0,
             elapsed: Duration::ZERO,
             last: Vec::new(),
+            blocks: Vec::new(),
         }
     }
 
@@ -424,10 +427,12 @@ async fn controlled(
             let _ = mirror_round(&without, &service, &payload).await;
         }
         let (mut rec, mut bare) = (Rounds::new(n), Rounds::new(n));
-        // Blocks of rounds in turns, each block after one round that is not counted: the
-        // control plane storing a recorded job and the feed sending it run after the
-        // request ended, on the same cores, so they slow whatever comes next; the uncounted
-        // round takes the other block's leftovers.
+        // Long blocks of back-to-back rounds in turns, each after a quiet pause and one round
+        // that is not counted. The recording broker's records are made and sent, and the
+        // control plane stores them, after their requests ended, every `DRAIN_EVERY`, on the
+        // same two cores: within a block that work lands on the block's own later rounds, as
+        // it would for a user sending fan-outs back to back; the pause lets the last of it
+        // end before the other broker's block starts, so none of it lands there.
         let mut rec_first = true;
         while rec.sent < args.count || bare.sent < args.count {
             let turns = if rec_first {
@@ -436,13 +441,40 @@ async fn controlled(
                 [(&mut bare, &without), (&mut rec, &with)]
             };
             for (rounds, client) in turns {
+                tokio::time::sleep(QUIET).await;
                 let _ = mirror_round(client, &service, &payload).await;
+                let from = rounds.last.len();
                 for _ in 0..BLOCK.min(args.count - rounds.sent) {
                     rounds.run(client, &service, &payload).await;
                 }
+                rounds.blocks.push(median(&rounds.last[from..]));
             }
             rec_first = !rec_first;
         }
+        // Each block against the other broker's block next to it: the machine's speed
+        // drifts over tens of seconds, less within a pair.
+        let pairs: Vec<f64> = rec
+            .blocks
+            .iter()
+            .zip(&bare.blocks)
+            .filter(|(_, b)| !b.is_zero())
+            .map(|(r, b)| (ms(*r) / ms(*b) - 1.0) * 100.0)
+            .collect();
+        let mut sorted = pairs.clone();
+        sorted.sort_by(f64::total_cmp);
+        let paired = match sorted.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        notes.line(format!(
+            "fanout --control: per pair of blocks, recording adds {} %: median {paired:+.1} %",
+            pairs
+                .iter()
+                .map(|p| format!("{p:+.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         // The recording broker's records, as the control plane stored them (checked so that
         // "with" is not silently "without").
         let recorded = recorded_jobs(&api, &service, args.count).await?;
@@ -504,8 +536,14 @@ async fn recorded_jobs(api: &crate::stack::Api, service: &str, want: u64) -> any
     }
 }
 
-/// `fanout --control`: rounds per block (see [`controlled`]).
-const BLOCK: u64 = 5;
+/// `fanout --control`: rounds per block (see [`controlled`]), about 2.3 s of fan-outs to
+/// 1,000 workers here: the records of all but the block's last `DRAIN_EVERY` (200 ms) are
+/// made, sent and stored while the block runs.
+const BLOCK: u64 = 100;
+
+/// `fanout --control`: the pause before each block, for the last block's records to be
+/// delivered and stored (`DRAIN_EVERY` and one post).
+const QUIET: Duration = Duration::from_millis(1000);
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

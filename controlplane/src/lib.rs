@@ -15,6 +15,7 @@ pub mod auth;
 pub mod db;
 pub mod error;
 pub mod extract;
+mod job_store;
 pub mod metrics;
 pub mod openapi;
 mod routes;
@@ -167,6 +168,7 @@ pub(crate) struct Shared {
     pub(crate) openapi_json: OnceLock<String>,
     pub(crate) guard: auth::LoginGuard,
     pub(crate) streams: routes::events::Streams,
+    pub(crate) jobs: job_store::JobStore,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -214,6 +216,11 @@ impl ControlPlane {
             load_or_create_secret(&settings.data_dir.join("broker.token"), || random_hex(32))?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let settings_limits = settings.login_limits;
+        let jobs = job_store::JobStore::start().map_err(|source| ControlError::Io {
+            what: "cannot start the job-store thread",
+            path: settings.data_dir.display().to_string(),
+            source,
+        })?;
         Ok(ControlPlane {
             shared: Arc::new(Shared {
                 db,
@@ -225,6 +232,7 @@ impl ControlPlane {
                 openapi_json: OnceLock::new(),
                 guard: auth::LoginGuard::new(settings_limits),
                 streams: routes::events::Streams::default(),
+                jobs,
             }),
         })
     }

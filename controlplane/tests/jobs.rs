@@ -16,6 +16,7 @@ on_both_backends!(
     secret_looking_args_are_redacted,
     records_and_worker_reports_written_at_once_never_fail,
     a_fleet_sized_record_is_stored_whole_and_in_order,
+    jobs_stored_before_workers_moved_into_the_job_row_keep_them,
 );
 
 fn now_ms() -> u64 {
@@ -436,4 +437,163 @@ async fn a_fleet_sized_record_is_stored_whole_and_in_order(backend: Backend) {
         .collect();
     let want: Vec<String> = (0..1500).map(|i| format!("w{i:04}")).collect();
     assert_eq!(workers, want);
+}
+
+/// A database at migration 6 (a row per worker in `job_workers`) with a job in it: migration
+/// 7 moves each job's workers into its row, in their order, every field kept, and drops the
+/// old table.
+async fn jobs_stored_before_workers_moved_into_the_job_row_keep_them(backend: Backend) {
+    use sqlx::migrate::Migrator;
+    let dialect = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    // The migrations up to 6, as they were applied before 7 existed.
+    let old = tempfile::tempdir().unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0007" {
+            std::fs::copy(&path, old.path().join(&name)).unwrap();
+        }
+    }
+    let until_6 = Migrator::new(old.path()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (url, pg_db) = match backend {
+        Backend::Sqlite => (
+            format!("sqlite://{}", data.path().join("old.db").display()),
+            None,
+        ),
+        Backend::Postgres => {
+            let db = common::create_pg_database().await;
+            (format!("postgres://postgres@127.0.0.1:5432/{db}"), Some(db))
+        }
+    };
+    let statements = [
+        "INSERT INTO teams (name, created, updated) VALUES ('old', 1, 1)",
+        "INSERT INTO jobs (team_id, report_key, identity, service, algorithm, plugin, command, \
+         args, started, duration_ms, status, n_workers, n_ok) VALUES ((SELECT id FROM teams), \
+         'k1', 'alice', 'dc1', 'mirror', 'apt-upgrade', '[]', '[]', 5, 40, 'failed', 3, 1)",
+        // Inserted out of order: `position` is the order.
+        "INSERT INTO job_workers VALUES ((SELECT id FROM jobs), 2, 'web03', 'no_response', \
+         NULL, 7, '', FALSE)",
+        "INSERT INTO job_workers VALUES ((SELECT id FROM jobs), 0, 'web01', 'ok', 0, 12, \
+         'line \"1\"\n2 upgraded\n', TRUE)",
+        "INSERT INTO job_workers VALUES ((SELECT id FROM jobs), 1, 'web02', 'failed', 100, 9, \
+         'E: dpkg was interrupted\n', FALSE)",
+    ];
+    // The same steps on either pool type: to 6, the rows, `open` (which migrates to 7),
+    // then what 7 left.
+    macro_rules! migrate_and_read {
+        ($connect:expr, $reconnect:expr) => {{
+            let pool = $connect;
+            until_6.run(&pool).await.unwrap();
+            for s in statements {
+                sqlx::query(s).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+            let mut settings = controlplane::ControlSettings::new(data.path().join("data"));
+            settings.database_url = Some(url.clone());
+            drop(controlplane::ControlPlane::open(settings).await.unwrap());
+            let pool = $reconnect;
+            let gone = sqlx::query("SELECT 1 FROM job_workers")
+                .execute(&pool)
+                .await;
+            assert!(gone.is_err(), "job_workers is dropped");
+            let workers: String = sqlx::query_scalar("SELECT workers FROM jobs")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            workers
+        }};
+    }
+    let workers = match backend {
+        Backend::Sqlite => {
+            let opts = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+                .unwrap()
+                .create_if_missing(true);
+            migrate_and_read!(
+                sqlx::SqlitePool::connect_with(opts).await.unwrap(),
+                sqlx::SqlitePool::connect(&url).await.unwrap()
+            )
+        }
+        Backend::Postgres => migrate_and_read!(
+            sqlx::PgPool::connect(&url).await.unwrap(),
+            sqlx::PgPool::connect(&url).await.unwrap()
+        ),
+    };
+    if let Some(db) = pg_db {
+        common::drop_pg_database(db);
+    }
+    let workers: Vec<proto::job::JobWorker> = serde_json::from_str(&workers).unwrap();
+    let w = |worker: &str, outcome, exit_code, duration_ms, output: &str, truncated| {
+        proto::job::JobWorker {
+            worker: worker.into(),
+            outcome,
+            exit_code,
+            duration_ms,
+            output: output.into(),
+            truncated,
+        }
+    };
+    use proto::job::JobOutcome::*;
+    assert_eq!(
+        workers,
+        [
+            w("web01", Ok, Some(0), 12, "line \"1\"\n2 upgraded\n", true),
+            w(
+                "web02",
+                Failed,
+                Some(100),
+                9,
+                "E: dpkg was interrupted\n",
+                false
+            ),
+            w("web03", NoResponse, None, 7, "", false),
+        ]
+    );
+}
+
+/// The scheduling policy of each thread of this process named `name` (Linux: `/proc`).
+fn policies_of_threads(name: &str) -> Vec<i32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let tid: i32 = dir.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        // SAFETY: a query of a thread of this process.
+        policies.push(unsafe { libc::sched_getscheduler(tid) });
+    }
+    policies
+}
+
+/// Batches are prepared on the `job-store` thread, scheduled idle; the rest of the control
+/// plane (its HTTP threads, which run the transaction) keeps its normal policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_records_are_prepared_by_an_idle_priority_thread() {
+    let h = Harness::start(Backend::Sqlite).await;
+    let answer = deliver(
+        &h,
+        vec![record(
+            "n1",
+            "main",
+            "dc1",
+            now_ms(),
+            vec![worker("w", "ok", Some(0), "")],
+        )],
+    )
+    .await;
+    assert_eq!(answer["stored"], 1, "{answer}");
+    let store = policies_of_threads("job-store");
+    assert!(!store.is_empty(), "no job-store thread");
+    assert!(store.iter().all(|p| *p == libc::SCHED_IDLE), "{store:?}");
+    let http = policies_of_threads("tokio-runtime-w");
+    assert!(http.iter().all(|p| *p == libc::SCHED_OTHER), "{http:?}");
 }

@@ -175,10 +175,12 @@ pub trait ConfigSource: Send + Sync + 'static {
     fn records_jobs(&self) -> bool {
         false
     }
-    /// A request through a service ended. Must not block or wait: shards call it when a
-    /// request finishes; a source that cannot keep up drops records (and counts them).
-    fn job(&self, record: proto::job::JobRecord) {
-        let _ = record;
+    /// A request through a service ended. Must not block, wait or wake anyone: shards call
+    /// it when a request finishes; the source makes the record of it
+    /// ([`crate::jobs::JobTrace::finish`]) off the shard, and one that cannot keep up drops
+    /// traces (and counts them).
+    fn job(&self, trace: Box<crate::jobs::JobTrace>) {
+        let _ = trace;
     }
 }
 

@@ -16,7 +16,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// One worker's part so far.
 #[derive(Debug)]
 struct WorkerTrace {
-    worker: Arc<str>,
+    /// Copied, not shared: the trace is dropped on another thread (the feed's), and the
+    /// shard's own `Arc` of the name should not have its count changed from there.
+    worker: Box<str>,
     first_seen: Instant,
     /// Output lines, newline-terminated; may start mid-line only after trimming.
     tail: Vec<u8>,
@@ -66,7 +68,11 @@ pub struct JobTrace {
     started: Instant,
     workers: Vec<WorkerTrace>,
     /// Where each worker is in `workers` (a mirror request may reach thousands).
-    index: foldhash::HashMap<Arc<str>, usize>,
+    index: foldhash::HashMap<Box<str>, usize>,
+    /// When the request ended ([`JobTrace::end`]); until then, [`JobTrace::finish`] takes now.
+    ended: Option<Instant>,
+    /// Bytes of output held (for [`JobTrace::weight`]).
+    tail_bytes: usize,
 }
 
 impl JobTrace {
@@ -108,16 +114,32 @@ impl JobTrace {
             started,
             workers: Vec::new(),
             index: Default::default(),
+            ended: None,
+            tail_bytes: 0,
         }
     }
 
+    /// The request ended now: the shard marks it so, and hands the trace on; turning it into
+    /// a record ([`JobTrace::finish`], a few hundred microseconds for a thousand workers) is
+    /// done later, off the shard, by whoever delivers it.
+    pub fn end(&mut self, at: Instant) {
+        self.ended = Some(at);
+    }
+
+    /// Bytes this trace holds, roughly (for bounding queues; as [`JobRecord::weight`]).
+    pub fn weight(&self) -> usize {
+        let text = proto::job::text_weight(&self.command, &self.args);
+        let workers: usize = self.workers.iter().map(|w| w.worker.len() + 64).sum();
+        256 + text + workers + self.tail_bytes
+    }
+
     fn worker(&mut self, worker: &Arc<str>) -> &mut WorkerTrace {
-        let idx = match self.index.get(worker) {
+        let idx = match self.index.get(&**worker) {
             Some(&i) => i,
             None => {
-                self.index.insert(worker.clone(), self.workers.len());
+                self.index.insert(Box::from(&**worker), self.workers.len());
                 self.workers.push(WorkerTrace {
-                    worker: worker.clone(),
+                    worker: Box::from(&**worker),
                     first_seen: Instant::now(),
                     tail: Vec::new(),
                     truncated: false,
@@ -132,6 +154,7 @@ impl JobTrace {
     /// `event` was relayed from `worker`.
     pub fn on_relay(&mut self, worker: &Arc<str>, event: &Event) {
         let w = self.worker(worker);
+        let before = w.tail.len();
         match event {
             Event::Accepted => {}
             Event::Output { stream, data, .. } => w.push_line(*stream, data),
@@ -158,11 +181,13 @@ impl JobTrace {
                 w.end = Some((outcome, None, Instant::now()));
             }
         }
+        let after = w.tail.len();
+        self.tail_bytes = (self.tail_bytes + after).saturating_sub(before);
     }
 
     /// The record of the finished request; its `key` is left empty for the source to set.
     pub fn finish(self) -> JobRecord {
-        let now = Instant::now();
+        let now = self.ended.unwrap_or_else(Instant::now);
         let workers = self
             .workers
             .into_iter()
@@ -176,7 +201,8 @@ impl JobTrace {
                     exit_code,
                     duration_ms: ended.duration_since(w.first_seen).as_millis() as u64,
                     // Each byte is at most one character, so this cuts only what a
-                    // trim that found no line start left over.
+                    // trim that found no line start left over; a NUL becomes U+FFFD, as
+                    // invalid UTF-8 does ([`clip`]).
                     output: clip(&String::from_utf8_lossy(&w.tail), JOB_OUTPUT_TAIL),
                     truncated: w.truncated,
                 }
@@ -261,6 +287,38 @@ mod tests {
         assert_eq!(r.workers[0].output, "up 3 days\n");
         assert_eq!(r.workers[1].exit_code, Some(2));
         assert_eq!(r.status(), JobStatus::Failed);
+    }
+
+    #[test]
+    fn nul_and_invalid_utf8_become_replacement_characters() {
+        let mut t = trace();
+        let a: Arc<str> = "a".into();
+        t.on_relay(
+            &a,
+            &Event::Output {
+                seq: 0,
+                stream: Stream::Stdout,
+                data: b"nul\0here \xff".to_vec(),
+            },
+        );
+        t.on_relay(&a, &Event::Done { exit_code: 0 });
+        assert_eq!(t.finish().workers[0].output, "nul\u{FFFD}here \u{FFFD}\n");
+        let t = JobTrace::new(
+            "t",
+            "alice",
+            "dc1",
+            proto::Algorithm::Mirror,
+            "command/command",
+            &["echo\0x".to_string()],
+            &[proto::Arg {
+                key: "host\0".into(),
+                value: "web\0x1".into(),
+            }],
+            Instant::now(),
+        );
+        let r = t.finish();
+        assert_eq!(r.command, ["echo\u{FFFD}x"]);
+        assert_eq!(r.args, [("host\u{FFFD}".into(), "web\u{FFFD}x1".into())]);
     }
 
     #[test]

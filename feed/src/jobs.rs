@@ -1,6 +1,12 @@
-//! Job history, off the request path: shards hand finished requests' records to
-//! [`JobQueue::push`] (never waits), a task of the feed thread drains the queue in batches to
-//! `POST /api/v1/broker/jobs`.
+//! Job history, off the request path: shards hand finished requests' traces to
+//! [`JobQueue::push`], which never waits and wakes no one; the `job-history` thread
+//! ([`spawn_delivery`], scheduled `SCHED_IDLE`) drains the queue every [`DRAIN_EVERY`], turns
+//! the traces into records and posts them in batches to `POST /api/v1/broker/jobs`. None of
+//! that runs on a shard, nor takes a core a shard wants: a fan-out to a thousand workers
+//! followed by the next one would otherwise share its cores with the record of the last
+//! (measured: +23 % to the next fan-out's time when each push woke the feed thread and the
+//! shard made the record). Under a load that leaves no core idle for long, records wait in
+//! the queue, and past its bounds are dropped and counted: requests come first.
 //!
 //! - The queue is bounded by [`QUEUE_RECORDS`] records and [`QUEUE_BYTES`] bytes; a record that
 //!   does not fit is dropped and counted (`triggerfs_broker_jobs_lost_total{reason="queue_full"}`).
@@ -14,9 +20,10 @@
 //!   other than 408/429) is not retried. The next batch starts afresh, so records flow again
 //!   as soon as the control plane is back.
 
+use dataplane::jobs::JobTrace;
 use dataplane::metrics::{JOBS_DELIVERED, JOBS_LOST};
 use proto::job::{JobBatch, JobRecord, MAX_JOB_WORKERS};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -34,20 +41,24 @@ pub const POST_BYTES: usize = 2 * 1024 * 1024;
 pub const ATTEMPTS: u32 = 4;
 /// Pause before the first retry; doubled for each next one.
 pub const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// How often the queue is drained: a record reaches the control plane this long after its
+/// request ended, plus the post.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(200);
 
 /// Where shards put records; see the module docs.
 #[derive(Debug)]
 pub struct JobQueue {
-    tx: mpsc::Sender<JobRecord>,
+    tx: mpsc::Sender<(Box<JobTrace>, usize)>,
     bytes: Arc<AtomicUsize>,
-    boot: u64,
-    seq: AtomicU64,
 }
 
-/// The receiving end, for [`deliver_loop`].
+/// The receiving end, for [`deliver_loop`]; it gives each record its key (this boot and a
+/// sequence number).
 pub struct JobDrain {
-    rx: mpsc::Receiver<JobRecord>,
+    rx: mpsc::Receiver<(Box<JobTrace>, usize)>,
     bytes: Arc<AtomicUsize>,
+    boot: u64,
+    seq: u64,
 }
 
 /// A queue and its drain.
@@ -63,25 +74,27 @@ pub fn queue() -> (JobQueue, JobDrain) {
         JobQueue {
             tx,
             bytes: bytes.clone(),
-            boot,
-            seq: AtomicU64::new(0),
         },
-        JobDrain { rx, bytes },
+        JobDrain {
+            rx,
+            bytes,
+            boot,
+            seq: 0,
+        },
     )
 }
 
 impl JobQueue {
-    /// Queues `record` (giving it its key), or drops and counts it when the queue is full.
-    pub fn push(&self, mut record: JobRecord) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        record.key = format!("{:016x}-{seq}", self.boot);
-        let weight = record.weight();
+    /// Queues `trace`, or drops and counts it when the queue is full. Wakes no one: the
+    /// drain looks every [`DRAIN_EVERY`] (it never waits on the queue, so no waker is set).
+    pub fn push(&self, trace: Box<JobTrace>) {
+        let weight = trace.weight();
         if self.bytes.fetch_add(weight, Ordering::Relaxed) + weight > QUEUE_BYTES {
             self.bytes.fetch_sub(weight, Ordering::Relaxed);
             JOBS_LOST.with_label_values(&["queue_full"]).inc();
             return;
         }
-        if self.tx.try_send(record).is_err() {
+        if self.tx.try_send((trace, weight)).is_err() {
             self.bytes.fetch_sub(weight, Ordering::Relaxed);
             JOBS_LOST.with_label_values(&["queue_full"]).inc();
         }
@@ -154,6 +167,39 @@ fn split(mut record: JobRecord) -> Vec<JobRecord> {
     parts
 }
 
+/// Runs [`deliver_loop`] on a thread of its own (`job-history`), scheduled `SCHED_IDLE`:
+/// turning a thousand-worker trace into JSON and posting it is a millisecond of CPU that
+/// must not take a core from a shard in the middle of the next request.
+pub fn spawn_delivery<F, Fut>(drain: JobDrain, post: F) -> std::io::Result<()>
+where
+    F: Fn(JobBatch) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Delivery>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("job-history".into())
+        .spawn(move || {
+            if let Err(e) = idle_priority() {
+                warn!(error = %e, "job history: cannot lower the thread's priority");
+            }
+            runtime.block_on(deliver_loop(drain, post));
+        })?;
+    Ok(())
+}
+
+/// Schedules the calling thread `SCHED_IDLE` (Linux: per thread): it runs only on a core no
+/// other thread wants.
+fn idle_priority() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a syscall on the calling thread (0) with a parameter that outlives it.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Drains the queue into `post` until the queue is closed; see the module docs.
 pub async fn deliver_loop<F, Fut>(mut drain: JobDrain, post: F)
 where
@@ -161,19 +207,37 @@ where
     Fut: std::future::Future<Output = Delivery>,
 {
     let mut records = Vec::new();
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closed = false;
     loop {
-        let Some(first) = drain.rx.recv().await else {
-            return;
-        };
-        records.push(first);
+        if records.is_empty() {
+            if closed {
+                return;
+            }
+            tick.tick().await;
+        }
+        let mut weight = 0;
         while records.len() < BATCH_RECORDS {
             match drain.rx.try_recv() {
-                Ok(r) => records.push(r),
-                Err(_) => break,
+                Ok((trace, w)) => {
+                    weight += w;
+                    let mut record = trace.finish();
+                    record.key = format!("{:016x}-{}", drain.boot, drain.seq);
+                    drain.seq += 1;
+                    records.push(record);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
             }
         }
-        let weight: usize = records.iter().map(JobRecord::weight).sum();
         drain.bytes.fetch_sub(weight, Ordering::Relaxed);
+        if records.is_empty() {
+            continue;
+        }
         for batch in posts(std::mem::take(&mut records)) {
             let n = batch.jobs.len() as u64;
             let mut pause = FIRST_RETRY;
@@ -232,6 +296,33 @@ mod tests {
         }
     }
 
+    fn trace(workers: usize, output: usize) -> Box<JobTrace> {
+        let mut t = JobTrace::new(
+            "t",
+            "u",
+            "s",
+            proto::Algorithm::Mirror,
+            "p",
+            &[],
+            &[],
+            std::time::Instant::now(),
+        );
+        for i in 0..workers {
+            let w: std::sync::Arc<str> = format!("w{i}").into();
+            t.on_relay(
+                &w,
+                &proto::Event::Output {
+                    seq: 0,
+                    stream: proto::Stream::Stdout,
+                    data: vec![b'x'; output],
+                },
+            );
+            t.on_relay(&w, &proto::Event::Done { exit_code: 0 });
+        }
+        t.end(std::time::Instant::now());
+        Box::new(t)
+    }
+
     #[test]
     fn large_records_go_in_parts_with_one_key() {
         let mut r = record(100, 64 * 1024);
@@ -256,7 +347,7 @@ mod tests {
         let (q, _drain) = queue();
         let before = JOBS_LOST.with_label_values(&["queue_full"]).get();
         for _ in 0..QUEUE_RECORDS + 10 {
-            q.push(record(1, 1));
+            q.push(trace(1, 1));
         }
         let after = JOBS_LOST.with_label_values(&["queue_full"]).get();
         assert!(after - before >= 10);
@@ -267,7 +358,7 @@ mod tests {
         let (q, drain) = queue();
         let calls = Arc::new(Mutex::new(0));
         let lost = JOBS_LOST.with_label_values(&["undelivered"]).get();
-        q.push(record(1, 1));
+        q.push(trace(1, 1));
         drop(q);
         let c = calls.clone();
         deliver_loop(drain, move |_| {
@@ -277,5 +368,52 @@ mod tests {
         .await;
         assert_eq!(*calls.lock().unwrap(), ATTEMPTS);
         assert!(JOBS_LOST.with_label_values(&["undelivered"]).get() > lost);
+    }
+
+    #[test]
+    fn delivery_runs_on_an_idle_priority_thread() {
+        let (q, drain) = queue();
+        let (tx, rx) = std::sync::mpsc::channel();
+        spawn_delivery(drain, move |_| {
+            // SAFETY: a query of the calling thread.
+            let policy = unsafe { libc::sched_getscheduler(0) };
+            let name = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+            let _ = tx.send((name.trim().to_string(), policy));
+            async { Delivery::Done }
+        })
+        .unwrap();
+        q.push(trace(1, 1));
+        let (name, policy) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((name.as_str(), policy), ("job-history", libc::SCHED_IDLE));
+    }
+
+    #[tokio::test]
+    async fn traces_become_keyed_records_at_the_next_drain() {
+        let (q, drain) = queue();
+        let posted = Arc::new(Mutex::new(Vec::<JobRecord>::new()));
+        let p = posted.clone();
+        let task = tokio::spawn(deliver_loop(drain, move |batch| {
+            p.lock().unwrap().extend(batch.jobs);
+            async { Delivery::Done }
+        }));
+        tokio::time::sleep(DRAIN_EVERY / 2).await;
+        q.push(trace(3, 5));
+        q.push(trace(1, 5));
+        let waited = std::time::Instant::now();
+        while posted.lock().unwrap().len() < 2 && waited.elapsed() < 10 * DRAIN_EVERY {
+            tokio::time::sleep(DRAIN_EVERY / 10).await;
+        }
+        {
+            let posted = posted.lock().unwrap();
+            assert_eq!(posted.len(), 2);
+            assert_eq!(posted[0].workers.len(), 3);
+            assert_eq!(posted[0].workers[0].output, "xxxxx\n");
+            assert_ne!(posted[0].key, posted[1].key);
+        }
+        drop(q);
+        tokio::time::timeout(DRAIN_EVERY * 2, task)
+            .await
+            .expect("the loop ends once the queue is closed and drained")
+            .unwrap();
     }
 }

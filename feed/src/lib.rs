@@ -302,14 +302,22 @@ impl ControlSource {
                     }
                     let Ok(inner) = inner_rx.recv() else { return };
                     tokio::spawn(report_loop(http.clone(), report_rx));
-                    let poster = http.clone();
-                    tokio::spawn(jobs::deliver_loop(job_drain, move |batch| {
-                        let http = poster.clone();
-                        async move { http.post_jobs(&batch).await }
-                    }));
                     follow_loop(http, inner).await;
                 })
             })?;
+        // Job records go on a thread of their own, below the shards' priority, with a client
+        // of their own (a pooled connection belongs to the runtime that made it).
+        let poster = Arc::new(Http {
+            client: tls::http_client()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+            settings: settings.clone(),
+        });
+        jobs::spawn_delivery(job_drain, move |batch| {
+            let http = poster.clone();
+            async move { http.post_jobs(&batch).await }
+        })?;
         let deadline = std::time::Instant::now() + FIRST_SNAPSHOT_WAIT;
         let mut last_error = String::from("no answer");
         loop {
@@ -580,8 +588,8 @@ impl ConfigSource for ControlSource {
         self.inner.record_jobs
     }
 
-    fn job(&self, record: proto::job::JobRecord) {
-        self.inner.jobs.push(record);
+    fn job(&self, trace: Box<dataplane::jobs::JobTrace>) {
+        self.inner.jobs.push(trace);
     }
 }
 

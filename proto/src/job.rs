@@ -19,11 +19,18 @@ pub const MAX_JOB_WORKERS: usize = 10_000;
 /// Records of one batch at most.
 pub const MAX_JOB_BATCH: usize = 1024;
 
-/// `text` cut to at most `max` characters.
+/// `text` cut to at most `max` characters, each NUL replaced by U+FFFD: the control plane
+/// takes no NUL in any text (PostgreSQL's TEXT cannot hold one), and one NUL in one
+/// request's argument must not get a whole batch of records refused.
 pub fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => text[..at].to_string(),
-        None => text.to_string(),
+    let cut = match text.char_indices().nth(max) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    };
+    if cut.contains('\0') {
+        cut.replace('\0', "\u{FFFD}")
+    } else {
+        cut.to_string()
     }
 }
 
@@ -167,12 +174,7 @@ impl JobRecord {
 
     /// Bytes this record holds, roughly (for bounding queues).
     pub fn weight(&self) -> usize {
-        let text: usize = self.command.iter().map(String::len).sum::<usize>()
-            + self
-                .args
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
+        let text = text_weight(&self.command, &self.args);
         let workers: usize = self
             .workers
             .iter()
@@ -180,6 +182,13 @@ impl JobRecord {
             .sum();
         256 + text + workers
     }
+}
+
+/// Bytes of a record's command words and arguments (for [`JobRecord::weight`] and the
+/// broker's trace of one in the making).
+pub fn text_weight(command: &[String], args: &[(String, String)]) -> usize {
+    command.iter().map(String::len).sum::<usize>()
+        + args.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
 /// A batch of records (`POST /api/v1/broker/jobs`).

@@ -6,14 +6,15 @@
 use crate::auth::{AuthUser, BrokerAuth};
 use crate::db::{now_ms, on_db, rfc3339, Db};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Json, Path};
+use crate::extract::{Json, JsonBody, Path};
 use crate::openapi::JobId;
 use crate::AppState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use proto::job::{redact, JobBatch, JobOutcome, JobStatus};
+use proto::job::{redact, JobBatch, JobOutcome, JobRecord, JobStatus, JobWorker};
 use proto::TextEnum;
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
@@ -37,12 +38,11 @@ pub struct JobsAnswer {
     pub skipped: u64,
 }
 
-/// Rows of `job_workers` per INSERT: 8 parameters each, well under SQLite's 32,766 and
-/// PostgreSQL's 65,535.
-const WORKER_ROWS_PER_INSERT: usize = 500;
-
 /// Job records from the broker (`proto::job::JobBatch`), stored once per `key`; parts of one
 /// record (same `key`, other workers) are merged.
+///
+/// A job is one row: its workers are one JSON array in it (a worker named twice is kept
+/// once, the first time), so a fan-out to 1,000 workers costs one insert.
 #[utoipa::path(post, path = "/api/v1/broker/jobs", tag = "broker", security(("broker_token" = [])),
     request_body = crate::openapi::JobBatchDoc,
     responses((status = 200, body = JobsAnswer),
@@ -51,82 +51,156 @@ const WORKER_ROWS_PER_INSERT: usize = 500;
 pub async fn ingest(
     State(state): State<AppState>,
     _broker: BrokerAuth,
-    Json(batch): Json<JobBatch>,
+    JsonBody(body): JsonBody,
 ) -> Result<Json<JobsAnswer>, ApiError> {
+    let limit = JOBS_MAX_BODY.max(state.settings.max_body_bytes);
+    let prepared = state.jobs.prepare(body, limit).await?;
+    store(&state.db, prepared).await.map(Json)
+}
+
+/// A record made ready to store: everything but the transaction (run by the
+/// [`crate::job_store`] thread, at idle priority).
+pub(crate) struct Prepared {
+    record: JobRecord,
+    /// The record's workers, each named once (its `workers` is left empty).
+    workers: Vec<JobWorker>,
+    workers_json: String,
+    tally: Tally,
+    command: String,
+    args: String,
+}
+
+/// Checks a batch and makes its records ready to store.
+pub(crate) fn prepare(batch: JobBatch) -> Result<Vec<Prepared>, ApiError> {
     check(&batch)?;
+    Ok(batch
+        .jobs
+        .into_iter()
+        .map(|mut record| {
+            let workers = distinct(std::mem::take(&mut record.workers), &mut HashSet::new());
+            let args: Vec<(String, String)> = record
+                .args
+                .iter()
+                .map(|(k, v)| (k.clone(), redact(k, v)))
+                .collect();
+            Prepared {
+                workers_json: json_of(&workers),
+                tally: Tally::of(&workers),
+                command: serde_json::to_string(&record.command).unwrap_or_else(|_| "[]".into()),
+                args: serde_json::to_string(&args).unwrap_or_else(|_| "[]".into()),
+                workers,
+                record,
+            }
+        })
+        .collect())
+}
+
+/// Stores prepared records (see [`ingest`]) in one transaction, at the caller's priority:
+/// the write lock is never held by an idle-priority thread.
+async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
     let (mut stored, mut skipped) = (0, 0);
     // The transaction reads before it writes. On SQLite a deferred one would then have to
     // upgrade its read lock, which fails with "database is locked" (SQLITE_BUSY_SNAPSHOT)
     // when another write (a worker-state report) committed meanwhile: take the write lock
     // at the start, waiting for it like every other write.
-    let begin = match &state.db {
+    let begin = match db {
         Db::Sqlite(_) => "BEGIN IMMEDIATE",
         Db::Postgres(_) => "BEGIN",
     };
-    on_db!(&state.db, pool => {
+    let mut teams: HashMap<String, Option<i64>> = HashMap::new();
+    on_db!(db, pool => {
         let mut tx = pool.begin_with(begin).await?;
-        for job in &batch.jobs {
-            let team_id: Option<i64> = sqlx::query_scalar("SELECT id FROM teams WHERE name = $1")
-                .bind(&job.team).fetch_optional(&mut *tx).await?;
+        for p in batch {
+            let job = &p.record;
+            let team_id = match teams.get(job.team.as_str()) {
+                Some(known) => *known,
+                None => {
+                    let id: Option<i64> =
+                        sqlx::query_scalar("SELECT id FROM teams WHERE name = $1")
+                            .bind(&job.team).fetch_optional(&mut *tx).await?;
+                    teams.insert(job.team.clone(), id);
+                    id
+                }
+            };
             let Some(team_id) = team_id else {
                 skipped += 1;
                 continue;
             };
-            let command = serde_json::to_string(&job.command).unwrap_or_else(|_| "[]".into());
-            let args: Vec<(String, String)> =
-                job.args.iter().map(|(k, v)| (k.clone(), redact(k, v))).collect();
-            let args = serde_json::to_string(&args).unwrap_or_else(|_| "[]".into());
             let started = i64::try_from(job.started_unix_ms).unwrap_or(i64::MAX);
             let duration = i64::try_from(job.duration_ms).unwrap_or(i64::MAX);
-            sqlx::query(
+            let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO jobs (team_id, report_key, identity, service, algorithm, plugin, \
-                 command, args, started, duration_ms, status, n_workers, n_ok) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ok', 0, 0) \
-                 ON CONFLICT (report_key) DO NOTHING")
+                 command, args, started, duration_ms, status, n_workers, n_ok, workers) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 ON CONFLICT (report_key) DO NOTHING RETURNING id")
                 .bind(team_id).bind(&job.key).bind(&job.identity).bind(&job.service)
-                .bind(&job.algorithm).bind(&job.plugin).bind(&command).bind(&args)
-                .bind(started).bind(duration)
-                .execute(&mut *tx).await?;
-            let job_id: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM jobs WHERE report_key = $1 AND team_id = $2")
-                .bind(&job.key).bind(team_id).fetch_optional(&mut *tx).await?;
-            let Some(job_id) = job_id else {
-                // The key is another team's: not this record's to extend.
-                skipped += 1;
-                continue;
-            };
-            let base: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_workers WHERE job_id = $1")
-                .bind(job_id).fetch_one(&mut *tx).await?;
-            // Many rows per statement: a 1,000-worker job is two statements, not 1,000.
-            for (n, chunk) in job.workers.chunks(WORKER_ROWS_PER_INSERT).enumerate() {
-                let first = base + (n * WORKER_ROWS_PER_INSERT) as i64;
-                let mut insert = sqlx::QueryBuilder::new(
-                    "INSERT INTO job_workers (job_id, position, worker, outcome, exit_code, \
-                     duration_ms, output, truncated) ");
-                insert.push_values(chunk.iter().enumerate(), |mut row, (i, w)| {
-                    row.push_bind(job_id).push_bind(first + i as i64).push_bind(&w.worker)
-                        .push_bind(w.outcome.as_str()).push_bind(w.exit_code.map(i64::from))
-                        .push_bind(i64::try_from(w.duration_ms).unwrap_or(i64::MAX))
-                        .push_bind(&w.output).push_bind(w.truncated);
-                });
-                insert.push(" ON CONFLICT (job_id, worker) DO NOTHING");
-                insert.build().execute(&mut *tx).await?;
+                .bind(&job.algorithm).bind(&job.plugin).bind(&p.command).bind(&p.args)
+                .bind(started).bind(duration).bind(p.tally.status.as_str())
+                .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers_json)
+                .fetch_optional(&mut *tx).await?;
+            if inserted.is_none() {
+                // Another part of a record stored before, or the same record again.
+                let existing: Option<(i64, String)> = sqlx::query_as(
+                    "SELECT id, workers FROM jobs WHERE report_key = $1 AND team_id = $2")
+                    .bind(&job.key).bind(team_id).fetch_optional(&mut *tx).await?;
+                let Some((job_id, known)) = existing else {
+                    // The key is another team's: not this record's to extend.
+                    skipped += 1;
+                    continue;
+                };
+                let mut all: Vec<JobWorker> = serde_json::from_str(&known).unwrap_or_default();
+                let mut names: HashSet<String> = all.iter().map(|w| w.worker.clone()).collect();
+                let added = distinct(p.workers, &mut names);
+                if !added.is_empty() {
+                    all.extend(added);
+                    let tally = Tally::of(&all);
+                    sqlx::query("UPDATE jobs SET status = $1, n_workers = $2, n_ok = $3, \
+                                 workers = $4 WHERE id = $5")
+                        .bind(tally.status.as_str()).bind(tally.workers).bind(tally.ok)
+                        .bind(json_of(&all)).bind(job_id)
+                        .execute(&mut *tx).await?;
+                }
             }
-            let outcomes: Vec<String> =
-                sqlx::query_scalar("SELECT outcome FROM job_workers WHERE job_id = $1")
-                    .bind(job_id).fetch_all(&mut *tx).await?;
-            let outcomes: Vec<JobOutcome> =
-                outcomes.iter().filter_map(|o| o.parse().ok()).collect();
-            let n_ok = outcomes.iter().filter(|o| **o == JobOutcome::Ok).count() as i64;
-            sqlx::query("UPDATE jobs SET status = $1, n_workers = $2, n_ok = $3 WHERE id = $4")
-                .bind(JobStatus::of(outcomes.iter().copied()).as_str())
-                .bind(outcomes.len() as i64).bind(n_ok).bind(job_id)
-                .execute(&mut *tx).await?;
             stored += 1;
         }
         tx.commit().await?;
     });
-    Ok(Json(JobsAnswer { stored, skipped }))
+    Ok(JobsAnswer { stored, skipped })
+}
+
+/// `workers` without the ones named before (in `seen`, or earlier in `workers`).
+fn distinct(
+    workers: impl IntoIterator<Item = JobWorker>,
+    seen: &mut HashSet<String>,
+) -> Vec<JobWorker> {
+    workers
+        .into_iter()
+        .filter(|w| seen.insert(w.worker.clone()))
+        .collect()
+}
+
+fn json_of(workers: &[JobWorker]) -> String {
+    serde_json::to_string(workers).unwrap_or_else(|_| "[]".into())
+}
+
+/// What a job's row says of its workers.
+struct Tally {
+    status: JobStatus,
+    workers: i64,
+    ok: i64,
+}
+
+impl Tally {
+    fn of(workers: &[JobWorker]) -> Tally {
+        Tally {
+            status: JobStatus::of(workers.iter().map(|w| w.outcome)),
+            workers: workers.len() as i64,
+            ok: workers
+                .iter()
+                .filter(|w| w.outcome == JobOutcome::Ok)
+                .count() as i64,
+        }
+    }
 }
 
 /// Refuses a batch over the bounds the document states.
@@ -315,14 +389,12 @@ impl JobRow {
     }
 }
 
+/// A job's row with its workers (a JSON array of [`JobWorker`]).
 #[derive(sqlx::FromRow)]
-struct WorkerRow {
-    worker: String,
-    outcome: String,
-    exit_code: Option<i64>,
-    duration_ms: i64,
-    output: String,
-    truncated: bool,
+struct WithWorkers {
+    #[sqlx(flatten)]
+    job: JobRow,
+    workers: String,
 }
 
 const JOB_COLUMNS: &str = "id, identity, service, algorithm, plugin, command, args, started, \
@@ -423,26 +495,21 @@ pub async fn get_job(
         .ok()
         .filter(|i| *i > 0)
         .ok_or_else(not_found)?;
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND team_id = $2");
-    let (row, workers): (Option<JobRow>, Vec<WorkerRow>) = on_db!(&state.db, pool => {
-        let row = sqlx::query_as(&sql).bind(job_id).bind(user.team_id)
-            .fetch_optional(pool).await?;
-        let workers = sqlx::query_as(
-            "SELECT worker, outcome, exit_code, duration_ms, output, truncated \
-             FROM job_workers WHERE job_id = $1 ORDER BY position")
-            .bind(job_id).fetch_all(pool).await?;
-        (row, workers)
+    let sql = format!("SELECT {JOB_COLUMNS}, workers FROM jobs WHERE id = $1 AND team_id = $2");
+    let row: Option<WithWorkers> = on_db!(&state.db, pool => {
+        sqlx::query_as(&sql).bind(job_id).bind(user.team_id).fetch_optional(pool).await?
     });
     let row = row.ok_or_else(not_found)?;
+    let workers: Vec<JobWorker> = serde_json::from_str(&row.workers).unwrap_or_default();
     Ok(Json(JobView {
-        job: row.summary(),
+        job: row.job.summary(),
         outcomes: workers
             .into_iter()
             .map(|w| JobWorkerView {
                 worker: w.worker,
-                outcome: w.outcome,
-                exit_code: w.exit_code,
-                duration_ms: w.duration_ms,
+                outcome: w.outcome.as_str().to_string(),
+                exit_code: w.exit_code.map(i64::from),
+                duration_ms: i64::try_from(w.duration_ms).unwrap_or(i64::MAX),
                 output: w.output,
                 truncated: w.truncated,
             })

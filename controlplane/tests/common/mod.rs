@@ -39,7 +39,7 @@ fn random_hex(n: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-async fn create_pg_database() -> String {
+pub async fn create_pg_database() -> String {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(PG_MAINTENANCE)
         .await
@@ -52,7 +52,7 @@ async fn create_pg_database() -> String {
     name
 }
 
-fn drop_pg_database(name: String) {
+pub fn drop_pg_database(name: String) {
     // Drop runs outside any runtime's async context: use a thread with its own runtime.
     let done = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -46,10 +46,12 @@ impl Shard {
         }
     }
 
-    /// A traced request finished: its record goes to the source, which must not wait.
+    /// A traced request finished: its trace goes to the source, which must not wait (and
+    /// makes the record of it later, off the shard).
     pub(super) fn trace_finish(&self, job: Option<Box<JobTrace>>) {
-        if let Some(job) = job {
-            self.source.job(job.finish());
+        if let Some(mut job) = job {
+            job.end(Instant::now());
+            self.source.job(job);
         }
     }
 }

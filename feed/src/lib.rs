@@ -160,6 +160,17 @@ struct Http {
 }
 
 impl Http {
+    /// A client of its own for `settings`' control plane.
+    fn new(settings: &FeedSettings) -> std::io::Result<Http> {
+        Ok(Http {
+            client: tls::http_client()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+            settings: settings.clone(),
+        })
+    }
+
     async fn snapshot(&self) -> Result<BrokerSnapshot, String> {
         let url = format!("{}/api/v1/broker/snapshot", self.settings.url);
         let resp = self
@@ -268,13 +279,7 @@ impl ControlSource {
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let (job_queue, job_drain) = jobs::queue();
         let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<Arc<Compiled>, String>>();
-        let http = Arc::new(Http {
-            client: tls::http_client()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| std::io::Error::other(e.to_string()))?,
-            settings: settings.clone(),
-        });
+        let http = Arc::new(Http::new(&settings)?);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -307,13 +312,7 @@ impl ControlSource {
             })?;
         // Job records go on a thread of their own, below the shards' priority, with a client
         // of their own (a pooled connection belongs to the runtime that made it).
-        let poster = Arc::new(Http {
-            client: tls::http_client()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| std::io::Error::other(e.to_string()))?,
-            settings: settings.clone(),
-        });
+        let poster = Arc::new(Http::new(&settings)?);
         jobs::spawn_delivery(job_drain, move |batch| {
             let http = poster.clone();
             async move { http.post_jobs(&batch).await }

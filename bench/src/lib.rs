@@ -259,6 +259,11 @@ pub struct FanoutArgs {
     /// `triggerfs-jobs` and `triggerfs-nojobs` and the overhead of recording.
     #[arg(long, conflicts_with_all = ["idle", "broker"])]
     pub control: bool,
+    /// With `--control`: both brokers without job records (rows `triggerfs-a` and
+    /// `triggerfs-b`), everything else the same: the difference the pairing shows when there
+    /// is none, i.e. the noise floor of the `--control` figures on this machine.
+    #[arg(long, requires = "control")]
+    pub noise_floor: bool,
 }
 
 /// A system under measurement.

@@ -72,7 +72,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, A
 /// [`has_nul`]'s rule as a regular expression, for the OpenAPI document: text without NUL.
 pub const NO_NUL_PATTERN: &str = r"^[^\x00]*$";
 
-fn nul_error() -> ApiError {
+pub(crate) fn nul_error() -> ApiError {
     ApiError::BadRequest("text may not contain NUL characters".into())
 }
 
@@ -80,7 +80,7 @@ fn nul_error() -> ApiError {
 /// holds no raw control character in a string (the parser refuses one), so a NUL can only
 /// be written `\u0000`: an escape when the backslashes in a row before `u0000` are odd in
 /// number (`\\u0000` is a backslash, then `u0000`).
-fn has_nul(body: &[u8]) -> bool {
+pub(crate) fn has_nul(body: &[u8]) -> bool {
     if body.contains(&0) {
         return true;
     }

@@ -7,7 +7,7 @@
 //! Memory per request: at most twice [`JOB_OUTPUT_TAIL`] of output per worker it went to (the
 //! tail is trimmed back to the bound whenever it reaches twice that).
 
-use proto::job::{clip, redact, JobOutcome, JobRecord, JobWorker, JOB_OUTPUT_TAIL};
+use proto::job::{clip, clip_owned, redact, JobOutcome, JobRecord, JobWorker, JOB_OUTPUT_TAIL};
 use proto::job::{MAX_JOB_ITEMS, MAX_JOB_NAME, MAX_JOB_TEXT};
 use proto::{ErrorKind, Event, Stream};
 use std::sync::Arc;
@@ -57,14 +57,8 @@ impl WorkerTrace {
 /// One request's record in the making; see the module docs.
 #[derive(Debug)]
 pub struct JobTrace {
-    team: String,
-    identity: String,
-    service: String,
-    algorithm: String,
-    plugin: String,
-    command: Vec<String>,
-    args: Vec<(String, String)>,
-    started_unix_ms: u64,
+    /// What the record says of the request (its key, duration and workers are set later).
+    head: JobRecord<()>,
     started: Instant,
     workers: Vec<WorkerTrace>,
     /// Where each worker is in `workers` (a mirror request may reach thousands).
@@ -88,7 +82,8 @@ impl JobTrace {
         args: &[proto::Arg],
         started: Instant,
     ) -> JobTrace {
-        JobTrace {
+        let head = JobRecord {
+            key: String::new(),
             team: clip(team, MAX_JOB_NAME),
             identity: clip(identity, MAX_JOB_NAME),
             service: clip(service, MAX_JOB_NAME),
@@ -111,6 +106,11 @@ impl JobTrace {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            duration_ms: 0,
+            workers: Vec::new(),
+        };
+        JobTrace {
+            head,
             started,
             workers: Vec::new(),
             index: Default::default(),
@@ -128,7 +128,7 @@ impl JobTrace {
 
     /// Bytes this trace holds, roughly (for bounding queues; as [`JobRecord::weight`]).
     pub fn weight(&self) -> usize {
-        let text = proto::job::text_weight(&self.command, &self.args);
+        let text = proto::job::text_weight(&self.head.command, &self.head.args);
         let workers: usize = self.workers.iter().map(|w| w.worker.len() + 64).sum();
         256 + text + workers + self.tail_bytes
     }
@@ -195,32 +195,26 @@ impl JobTrace {
                 w.trim();
                 let (outcome, exit_code, ended) =
                     w.end.unwrap_or((JobOutcome::NoResponse, None, now));
+                let output = match String::from_utf8(w.tail) {
+                    Ok(text) => text,
+                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                };
                 JobWorker {
-                    worker: clip(&w.worker, MAX_JOB_NAME),
+                    worker: clip_owned(w.worker.into(), MAX_JOB_NAME),
                     outcome,
                     exit_code,
                     duration_ms: ended.duration_since(w.first_seen).as_millis() as u64,
                     // Each byte is at most one character, so this cuts only what a
                     // trim that found no line start left over; a NUL becomes U+FFFD, as
                     // invalid UTF-8 does ([`clip`]).
-                    output: clip(&String::from_utf8_lossy(&w.tail), JOB_OUTPUT_TAIL),
+                    output: clip_owned(output, JOB_OUTPUT_TAIL),
                     truncated: w.truncated,
                 }
             })
             .collect();
-        JobRecord {
-            key: String::new(),
-            team: self.team,
-            identity: self.identity,
-            service: self.service,
-            algorithm: self.algorithm,
-            plugin: self.plugin,
-            command: self.command,
-            args: self.args,
-            started_unix_ms: self.started_unix_ms,
-            duration_ms: now.duration_since(self.started).as_millis() as u64,
-            workers,
-        }
+        let (mut record, _) = self.head.with_workers(workers);
+        record.duration_ms = now.duration_since(self.started).as_millis() as u64;
+        record
     }
 }
 

@@ -34,6 +34,16 @@ pub fn clip(text: &str, max: usize) -> String {
     }
 }
 
+/// [`clip`] for a string the caller owns: returned as it is (no copy) when it is short
+/// enough and holds no NUL, as most are.
+pub fn clip_owned(text: String, max: usize) -> String {
+    if text.len() <= max && !text.contains('\0') {
+        text
+    } else {
+        clip(&text, max)
+    }
+}
+
 /// What stands in for a secret-looking argument's value.
 pub const REDACTED: &str = "***";
 
@@ -136,9 +146,10 @@ pub struct JobWorker {
     pub truncated: bool,
 }
 
-/// One request through a service, as the broker saw it end.
+/// One request through a service, as the broker saw it end. (`W`: how its workers are
+/// held; the control plane reads them as JSON text it checks and stores as it came.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobRecord {
+pub struct JobRecord<W = JobWorker> {
     /// Unique per broker run and record: a batch delivered twice is stored once.
     pub key: String,
     /// The caller's team.
@@ -162,8 +173,28 @@ pub struct JobRecord {
     /// Arrival to summary (milliseconds).
     pub duration_ms: u64,
     /// Every worker it went to, in dispatch order.
-    #[serde(default)]
-    pub workers: Vec<JobWorker>,
+    #[serde(default = "Vec::new")]
+    pub workers: Vec<W>,
+}
+
+impl<W> JobRecord<W> {
+    /// The record with `workers` in place of its own, and its own.
+    pub fn with_workers<V>(self, workers: Vec<V>) -> (JobRecord<V>, Vec<W>) {
+        let record = JobRecord {
+            key: self.key,
+            team: self.team,
+            identity: self.identity,
+            service: self.service,
+            algorithm: self.algorithm,
+            plugin: self.plugin,
+            command: self.command,
+            args: self.args,
+            started_unix_ms: self.started_unix_ms,
+            duration_ms: self.duration_ms,
+            workers,
+        };
+        (record, self.workers)
+    }
 }
 
 impl JobRecord {
@@ -251,6 +282,15 @@ mod tests {
             assert!(!is_secret_key(k), "{k}");
             assert_eq!(redact(k, "v"), "v");
         }
+    }
+
+    #[test]
+    fn clipping_cuts_characters_and_replaces_nul() {
+        for text in ["", "short", "é\0x", "ééééé", "abcdef"] {
+            assert_eq!(clip_owned(text.to_string(), 4), clip(text, 4), "{text}");
+        }
+        assert_eq!(clip("ééééé", 4), "éééé");
+        assert_eq!(clip("a\0b", 10), "a\u{FFFD}b");
     }
 
     #[test]

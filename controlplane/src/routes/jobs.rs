@@ -7,14 +7,15 @@ use crate::auth::{AuthUser, BrokerAuth};
 use crate::db::{now_ms, on_db, rfc3339, Db};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, JsonBody, Path};
+use crate::job_store::{merge, Prepared};
 use crate::openapi::JobId;
 use crate::AppState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use proto::job::{redact, JobBatch, JobOutcome, JobRecord, JobStatus, JobWorker};
+use proto::job::{JobStatus, JobWorker};
 use proto::TextEnum;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
@@ -58,43 +59,6 @@ pub async fn ingest(
     store(&state.db, prepared).await.map(Json)
 }
 
-/// A record made ready to store: everything but the transaction (run by the
-/// [`crate::job_store`] thread, at idle priority).
-pub(crate) struct Prepared {
-    record: JobRecord,
-    /// The record's workers, each named once (its `workers` is left empty).
-    workers: Vec<JobWorker>,
-    workers_json: String,
-    tally: Tally,
-    command: String,
-    args: String,
-}
-
-/// Checks a batch and makes its records ready to store.
-pub(crate) fn prepare(batch: JobBatch) -> Result<Vec<Prepared>, ApiError> {
-    check(&batch)?;
-    Ok(batch
-        .jobs
-        .into_iter()
-        .map(|mut record| {
-            let workers = distinct(std::mem::take(&mut record.workers), &mut HashSet::new());
-            let args: Vec<(String, String)> = record
-                .args
-                .iter()
-                .map(|(k, v)| (k.clone(), redact(k, v)))
-                .collect();
-            Prepared {
-                workers_json: json_of(&workers),
-                tally: Tally::of(&workers),
-                command: serde_json::to_string(&record.command).unwrap_or_else(|_| "[]".into()),
-                args: serde_json::to_string(&args).unwrap_or_else(|_| "[]".into()),
-                workers,
-                record,
-            }
-        })
-        .collect())
-}
-
 /// Stores prepared records (see [`ingest`]) in one transaction, at the caller's priority:
 /// the write lock is never held by an idle-priority thread.
 async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
@@ -136,7 +100,7 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
                 .bind(team_id).bind(&job.key).bind(&job.identity).bind(&job.service)
                 .bind(&job.algorithm).bind(&job.plugin).bind(&p.command).bind(&p.args)
                 .bind(started).bind(duration).bind(p.tally.status.as_str())
-                .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers_json)
+                .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers)
                 .fetch_optional(&mut *tx).await?;
             if inserted.is_none() {
                 // Another part of a record stored before, or the same record again.
@@ -148,16 +112,11 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
                     skipped += 1;
                     continue;
                 };
-                let mut all: Vec<JobWorker> = serde_json::from_str(&known).unwrap_or_default();
-                let mut names: HashSet<String> = all.iter().map(|w| w.worker.clone()).collect();
-                let added = distinct(p.workers, &mut names);
-                if !added.is_empty() {
-                    all.extend(added);
-                    let tally = Tally::of(&all);
+                if let Some((all, tally)) = merge(&known, &p.workers) {
                     sqlx::query("UPDATE jobs SET status = $1, n_workers = $2, n_ok = $3, \
                                  workers = $4 WHERE id = $5")
                         .bind(tally.status.as_str()).bind(tally.workers).bind(tally.ok)
-                        .bind(json_of(&all)).bind(job_id)
+                        .bind(all).bind(job_id)
                         .execute(&mut *tx).await?;
                 }
             }
@@ -166,84 +125,6 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
         tx.commit().await?;
     });
     Ok(JobsAnswer { stored, skipped })
-}
-
-/// `workers` without the ones named before (in `seen`, or earlier in `workers`).
-fn distinct(
-    workers: impl IntoIterator<Item = JobWorker>,
-    seen: &mut HashSet<String>,
-) -> Vec<JobWorker> {
-    workers
-        .into_iter()
-        .filter(|w| seen.insert(w.worker.clone()))
-        .collect()
-}
-
-fn json_of(workers: &[JobWorker]) -> String {
-    serde_json::to_string(workers).unwrap_or_else(|_| "[]".into())
-}
-
-/// What a job's row says of its workers.
-struct Tally {
-    status: JobStatus,
-    workers: i64,
-    ok: i64,
-}
-
-impl Tally {
-    fn of(workers: &[JobWorker]) -> Tally {
-        Tally {
-            status: JobStatus::of(workers.iter().map(|w| w.outcome)),
-            workers: workers.len() as i64,
-            ok: workers
-                .iter()
-                .filter(|w| w.outcome == JobOutcome::Ok)
-                .count() as i64,
-        }
-    }
-}
-
-/// Refuses a batch over the bounds the document states.
-fn check(batch: &JobBatch) -> Result<(), ApiError> {
-    use proto::job::{JOB_OUTPUT_TAIL, MAX_JOB_BATCH, MAX_JOB_ITEMS, MAX_JOB_NAME, MAX_JOB_TEXT};
-    let over = |what: &str, n: usize, max: usize| {
-        (n > max).then(|| ApiError::Unprocessable(format!("{what}: {n}, at most {max}")))
-    };
-    let chars = |t: &str| t.chars().count();
-    let mut problems = vec![over("records", batch.jobs.len(), MAX_JOB_BATCH)];
-    for j in &batch.jobs {
-        for (what, t) in [
-            ("key", &j.key),
-            ("team", &j.team),
-            ("identity", &j.identity),
-            ("service", &j.service),
-            ("algorithm", &j.algorithm),
-            ("plugin", &j.plugin),
-        ] {
-            problems.push(over(what, chars(t), MAX_JOB_NAME));
-        }
-        problems.push(over("command words", j.command.len(), MAX_JOB_ITEMS));
-        problems.push(over("arguments", j.args.len(), MAX_JOB_ITEMS));
-        problems.push(over(
-            "workers",
-            j.workers.len(),
-            proto::job::MAX_JOB_WORKERS,
-        ));
-        for c in &j.command {
-            problems.push(over("a command word", chars(c), MAX_JOB_TEXT));
-        }
-        for (k, v) in &j.args {
-            problems.push(over("an argument", chars(k).max(chars(v)), MAX_JOB_TEXT));
-        }
-        for w in &j.workers {
-            problems.push(over("worker", chars(&w.worker), MAX_JOB_NAME));
-            problems.push(over("output", chars(&w.output), JOB_OUTPUT_TAIL));
-        }
-    }
-    match problems.into_iter().flatten().next() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
 }
 
 /// Which jobs, and which page of them.

@@ -87,10 +87,34 @@ pub(crate) struct Prepared {
     pub command: String,
     /// The arguments (secret-looking values redacted), as a JSON array of pairs.
     pub args: String,
-    /// The workers, each named once, as a JSON array of [`proto::job::JobWorker`]: the
-    /// broker's own text of each, checked but not rewritten.
-    pub workers: String,
+    /// The workers, each named once, as a JSON array of [`proto::job::JobWorker`] (the
+    /// broker's own text of each, checked but not rewritten), [`pack`]ed.
+    pub workers: Vec<u8>,
     pub tally: Tally,
+}
+
+/// zstd level for the workers' JSON: the fastest; the JSON of a fan-out is repetitive
+/// enough that it still shrinks it by an order of magnitude or more.
+const ZSTD_LEVEL: i32 = 1;
+
+/// A job's workers' JSON as stored (`jobs.workers_zstd`, migration 0008).
+pub(crate) fn pack(json: &str) -> Vec<u8> {
+    // Compressing a byte slice into memory fails only when memory does.
+    zstd::bulk::compress(json.as_bytes(), ZSTD_LEVEL).unwrap_or_default()
+}
+
+/// A job's workers' JSON from its row: `workers_zstd` unpacked, or for a row stored before
+/// migration 0008 (NULL there), its `workers` text. A blob that does not unpack (nothing
+/// the control plane wrote) reads as no workers, and is logged.
+pub(crate) fn unpack(text: String, packed: Option<Vec<u8>>) -> String {
+    let Some(packed) = packed else { return text };
+    match zstd::stream::decode_all(&packed[..]).map(String::from_utf8) {
+        Ok(Ok(json)) => json,
+        _ => {
+            tracing::warn!(bytes = packed.len(), "a job's workers do not unpack");
+            "[]".into()
+        }
+    }
 }
 
 /// What a job's row says of its workers.
@@ -193,9 +217,9 @@ pub(crate) fn prepare(body: &[u8], limit: usize) -> Result<Vec<Prepared>, ApiErr
                 .map(|(k, v)| (k.clone(), redact(k, v)))
                 .collect();
             Prepared {
+                workers: pack(&workers),
                 command: serde_json::to_string(&record.command).unwrap_or_else(|_| "[]".into()),
                 args: serde_json::to_string(&args).unwrap_or_else(|_| "[]".into()),
-                workers,
                 tally,
                 record,
             }
@@ -319,7 +343,8 @@ mod tests {
             worker("a", "failed")
         ]);
         let p = prepare(&body(sent.clone()), 1).unwrap().remove(0);
-        let stored: Vec<proto::job::JobWorker> = serde_json::from_str(&p.workers).unwrap();
+        let json = unpack(String::new(), Some(p.workers));
+        let stored: Vec<proto::job::JobWorker> = serde_json::from_str(&json).unwrap();
         let want: Vec<proto::job::JobWorker> =
             serde_json::from_value(json!([sent[0], sent[1]])).unwrap();
         assert_eq!(stored, want);
@@ -327,7 +352,7 @@ mod tests {
         assert_eq!(p.tally.status, JobStatus::Failed);
         // A second part: only the new names are added.
         let more = serde_json::to_string(&json!([worker("b", "ok"), worker("c", "ok")])).unwrap();
-        let (all, tally) = merge(&p.workers, &more).unwrap();
+        let (all, tally) = merge(&json, &more).unwrap();
         let names: Vec<String> = serde_json::from_str::<Vec<proto::job::JobWorker>>(&all)
             .unwrap()
             .into_iter()
@@ -336,6 +361,30 @@ mod tests {
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!((tally.workers, tally.ok), (3, 2));
         assert!(merge(&all, &more).is_none());
+        // Rows stored before migration 0008 have the text only; a blob that is not zstd
+        // reads as no workers.
+        assert_eq!(unpack(all.clone(), None), all);
+        assert_eq!(unpack(all, Some(b"not zstd".to_vec())), "[]");
+    }
+
+    #[test]
+    fn a_fan_outs_workers_pack_small() {
+        let sent: Vec<_> = (0..1000)
+            .map(|i| {
+                let mut w = worker(&format!("web{i:04}"), "ok");
+                w["output"] = json!(format!("{}\n", "x".repeat(64)));
+                w
+            })
+            .collect();
+        let p = prepare(&body(json!(sent)), 1).unwrap().remove(0);
+        let json = unpack(String::new(), Some(p.workers.clone()));
+        assert!(json.len() > 100_000, "{}", json.len());
+        assert!(
+            p.workers.len() * 10 < json.len(),
+            "{} of {}",
+            p.workers.len(),
+            json.len()
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::auth::{AuthUser, BrokerAuth};
 use crate::db::{now_ms, on_db, rfc3339, Db};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, JsonBody, Path};
-use crate::job_store::{merge, Prepared};
+use crate::job_store::{merge, pack, unpack, Prepared};
 use crate::openapi::JobId;
 use crate::AppState;
 use axum::extract::rejection::QueryRejection;
@@ -42,8 +42,9 @@ pub struct JobsAnswer {
 /// Job records from the broker (`proto::job::JobBatch`), stored once per `key`; parts of one
 /// record (same `key`, other workers) are merged.
 ///
-/// A job is one row: its workers are one JSON array in it (a worker named twice is kept
-/// once, the first time), so a fan-out to 1,000 workers costs one insert.
+/// A job is one row: its workers are one JSON array in it, zstd-compressed (a worker named
+/// twice is kept once, the first time), so a fan-out to 1,000 workers costs one insert of a
+/// few KB.
 #[utoipa::path(post, path = "/api/v1/broker/jobs", tag = "broker", security(("broker_token" = [])),
     request_body = crate::openapi::JobBatchDoc,
     responses((status = 200, body = JobsAnswer),
@@ -94,7 +95,7 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
             let duration = i64::try_from(job.duration_ms).unwrap_or(i64::MAX);
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO jobs (team_id, report_key, identity, service, algorithm, plugin, \
-                 command, args, started, duration_ms, status, n_workers, n_ok, workers) \
+                 command, args, started, duration_ms, status, n_workers, n_ok, workers_zstd) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (report_key) DO NOTHING RETURNING id")
                 .bind(team_id).bind(&job.key).bind(&job.identity).bind(&job.service)
@@ -104,19 +105,22 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
                 .fetch_optional(&mut *tx).await?;
             if inserted.is_none() {
                 // Another part of a record stored before, or the same record again.
-                let existing: Option<(i64, String)> = sqlx::query_as(
-                    "SELECT id, workers FROM jobs WHERE report_key = $1 AND team_id = $2")
+                let existing: Option<(i64, String, Option<Vec<u8>>)> = sqlx::query_as(
+                    "SELECT id, workers, workers_zstd FROM jobs \
+                     WHERE report_key = $1 AND team_id = $2")
                     .bind(&job.key).bind(team_id).fetch_optional(&mut *tx).await?;
-                let Some((job_id, known)) = existing else {
+                let Some((job_id, text, packed)) = existing else {
                     // The key is another team's: not this record's to extend.
                     skipped += 1;
                     continue;
                 };
-                if let Some((all, tally)) = merge(&known, &p.workers) {
+                let known = unpack(text, packed);
+                let added = unpack(String::new(), Some(p.workers));
+                if let Some((all, tally)) = merge(&known, &added) {
                     sqlx::query("UPDATE jobs SET status = $1, n_workers = $2, n_ok = $3, \
-                                 workers = $4 WHERE id = $5")
+                                 workers = '[]', workers_zstd = $4 WHERE id = $5")
                         .bind(tally.status.as_str()).bind(tally.workers).bind(tally.ok)
-                        .bind(all).bind(job_id)
+                        .bind(pack(&all)).bind(job_id)
                         .execute(&mut *tx).await?;
                 }
             }
@@ -270,12 +274,14 @@ impl JobRow {
     }
 }
 
-/// A job's row with its workers (a JSON array of [`JobWorker`]).
+/// A job's row with its workers (a JSON array of [`JobWorker`], in one of two columns: see
+/// [`unpack`]).
 #[derive(sqlx::FromRow)]
 struct WithWorkers {
     #[sqlx(flatten)]
     job: JobRow,
     workers: String,
+    workers_zstd: Option<Vec<u8>>,
 }
 
 const JOB_COLUMNS: &str = "id, identity, service, algorithm, plugin, command, args, started, \
@@ -376,12 +382,15 @@ pub async fn get_job(
         .ok()
         .filter(|i| *i > 0)
         .ok_or_else(not_found)?;
-    let sql = format!("SELECT {JOB_COLUMNS}, workers FROM jobs WHERE id = $1 AND team_id = $2");
+    let sql = format!(
+        "SELECT {JOB_COLUMNS}, workers, workers_zstd FROM jobs WHERE id = $1 AND team_id = $2"
+    );
     let row: Option<WithWorkers> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).bind(job_id).bind(user.team_id).fetch_optional(pool).await?
     });
     let row = row.ok_or_else(not_found)?;
-    let workers: Vec<JobWorker> = serde_json::from_str(&row.workers).unwrap_or_default();
+    let json = unpack(row.workers, row.workers_zstd);
+    let workers: Vec<JobWorker> = serde_json::from_str(&json).unwrap_or_default();
     Ok(Json(JobView {
         job: row.job.summary(),
         outcomes: workers

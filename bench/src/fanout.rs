@@ -80,13 +80,28 @@ async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result
             }
             Err(e) => last_error = format!("{e:#}"),
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || client.is_closed() {
             bail!(
                 "only {seen} of {n} workers came online within {ONLINE_DEADLINE:?} \
                  (last error: {last_error})"
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`wait_online`] through a connection to `addr`, made again whenever it is gone: 10,000
+/// workers connecting at once keep a 2-core broker so busy that a client connected
+/// meanwhile can miss its heartbeats and be dropped.
+async fn wait_online_at(addr: &str, service: &str, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + ONLINE_DEADLINE;
+    loop {
+        let client = triggerfs::connect(addr).await?;
+        match wait_online(&client, service, n).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !client.is_closed() || Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }
 
@@ -256,9 +271,7 @@ async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
     let rss_before = rss_kib(&pid);
     let workers = Workers::start(&addr, "idle-w", n, std::slice::from_ref(&service))?;
     let outcome = async {
-        let client = triggerfs::connect(&addr).await?;
-        wait_online(&client, &service, n).await?;
-        drop(client);
+        wait_online_at(&addr, &service, n).await?;
         tokio::time::sleep(IDLE_SETTLE).await;
         rss_kib(&pid).with_context(|| format!("cannot read /proc/{pid}/status"))
     }

@@ -100,10 +100,12 @@ pub struct Policy {
     pub quorum: usize,
     /// With `quorum`: cancel the workers still running instead of leaving them to run on.
     pub quorum_cancel: bool,
-    /// The one text of a timeout, whether the worker or the broker noticed it.
-    pub timeout_message: String,
-    /// The text of the request's deadline (`Fleet::deadline_ms`) passing, if it has one.
-    pub deadline_message: Option<String>,
+    /// The request's timeout: its one text ([`Policy::timeout_message`]), whether the worker
+    /// or the broker noticed it. (Kept as a duration and worded only when a timeout
+    /// happens: formatting it for every request cost more than the rest of `Policy`.)
+    pub timeout: Option<std::time::Duration>,
+    /// The request's deadline (`Fleet::deadline_ms`), if it has one.
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl From<&ServiceConfig> for Policy {
@@ -116,13 +118,32 @@ impl From<&ServiceConfig> for Policy {
             max_failures: None,
             quorum: 0,
             quorum_cancel: false,
-            timeout_message: "request timed out".to_string(),
-            deadline_message: None,
+            timeout: None,
+            deadline: None,
         }
     }
 }
 
 impl Policy {
+    /// The one text of a timeout, whichever side noticed it.
+    pub fn timeout_message(&self) -> String {
+        match self.timeout {
+            Some(t) => format!("timed out after {}", humantime::format_duration(t)),
+            None => "request timed out".to_string(),
+        }
+    }
+
+    /// The text of the request's end at its deadline (or at its timeout, without one).
+    fn deadline_message(&self) -> String {
+        match self.deadline {
+            Some(d) => format!(
+                "timed out at the request's deadline ({})",
+                humantime::format_duration(d)
+            ),
+            None => self.timeout_message(),
+        }
+    }
+
     /// Applies a request's fleet options for a request over `total` workers (online and
     /// offline).
     pub fn with_fleet(mut self, fleet: &proto::Fleet, total: usize) -> Policy {
@@ -266,7 +287,7 @@ impl RequestRun {
             WorkerEvent::Failed { kind, message } => {
                 // One text for a timeout, whichever side noticed it.
                 let message = if kind == ErrorKind::Timeout {
-                    self.policy.timeout_message.clone()
+                    self.policy.timeout_message()
                 } else {
                     message
                 };
@@ -307,9 +328,7 @@ impl RequestRun {
     /// The request's timeout (or deadline) fired: cancel what runs, report it (a worker
     /// that never accepted as `NoResponse`), report the workers not started, finish.
     pub fn on_timeout(&mut self, out: &mut Vec<Action>) {
-        let message = (self.policy.deadline_message.as_ref())
-            .unwrap_or(&self.policy.timeout_message)
-            .clone();
+        let message = self.policy.deadline_message();
         self.stop_all(ErrorKind::Timeout, &message, out);
     }
 

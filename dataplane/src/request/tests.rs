@@ -21,8 +21,8 @@ fn policy(algorithm: Algorithm) -> Policy {
         max_failures: None,
         quorum: 0,
         quorum_cancel: false,
-        timeout_message: "timed out after 1s".into(),
-        deadline_message: None,
+        timeout: Some(std::time::Duration::from_secs(1)),
+        deadline: None,
     }
 }
 
@@ -287,7 +287,7 @@ fn quorum_ends_the_request() {
 fn deadline_splits_timed_out_and_no_response() {
     let mut p = policy(Algorithm::Mirror);
     p.batch = Some(3);
-    p.deadline_message = Some("deadline".into());
+    p.deadline = Some(std::time::Duration::from_secs(2));
     let mut h = Harness::new(p, 4);
     let d = h.dispatched();
     h.event(
@@ -316,5 +316,11 @@ fn deadline_splits_timed_out_and_no_response() {
             _ => None,
         })
         .collect();
-    assert_eq!(texts, ["timed out after 1s", "deadline"]);
+    assert_eq!(
+        texts,
+        [
+            "timed out after 1s",
+            "timed out at the request's deadline (2s)"
+        ]
+    );
 }

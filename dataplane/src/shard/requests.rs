@@ -230,13 +230,10 @@ impl Shard {
         let job = self.trace_request(&principal, &request, &service);
         let fleet = &request.fleet;
         let mut policy = Policy::from(&*service).with_fleet(fleet, targets.len() + offline.len());
-        policy.timeout_message = format!("timed out after {}", humantime::format_duration(timeout));
+        policy.timeout = Some(timeout);
         let whole = if fleet.deadline_ms > 0 {
             let deadline = Duration::from_millis(fleet.deadline_ms);
-            policy.deadline_message = Some(format!(
-                "timed out at the request's deadline ({})",
-                humantime::format_duration(deadline)
-            ));
+            policy.deadline = Some(deadline);
             deadline
         } else {
             timeout

@@ -81,10 +81,11 @@ async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result
             Err(e) => last_error = format!("{e:#}"),
         }
         if Instant::now() >= deadline || client.is_closed() {
-            bail!(
-                "only {seen} of {n} workers came online within {ONLINE_DEADLINE:?} \
-                 (last error: {last_error})"
-            );
+            let waited = match client.is_closed() {
+                true => "before the connection closed".to_string(),
+                false => format!("within {ONLINE_DEADLINE:?}"),
+            };
+            bail!("only {seen} of {n} workers came online {waited} (last error: {last_error})");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

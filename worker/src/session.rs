@@ -157,14 +157,43 @@ async fn serve_inner(
             }
             () = &mut silence => return Err(WorkerError::BrokerSilent { silent: silence_limit }),
             ended = &mut writer_task => {
-                return Err(match ended {
+                let failed = match ended {
                     Ok(Err(e)) => e.into(),
                     _ => WorkerError::WriterStopped,
-                });
+                };
+                return Err(last_word(&mut reader).await.unwrap_or(failed));
             }
         }
     }
 }
+
+/// Why the broker closed the connection, when it said so: the connection-level `Error` it
+/// sent last, if it arrives within [`LAST_WORD_WAIT`]. A write can fail (`EPIPE`) before
+/// that frame is read: a worker superseded by a newer connection of its identity would
+/// then take it for a network failure, reconnect, and take the identity back (seen in an
+/// e2e run: the two took turns).
+pub(crate) async fn last_word(reader: &mut FrameReader) -> Option<WorkerError> {
+    let read = async {
+        loop {
+            match reader.read_frame().await {
+                Ok(Frame::Error {
+                    id: None,
+                    kind,
+                    message,
+                }) => return Some(WorkerError::Broker { kind, message }),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(LAST_WORD_WAIT, read)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// How long a worker whose write failed reads on for the broker's reason.
+const LAST_WORD_WAIT: Duration = Duration::from_millis(200);
 
 /// A frame as read, with a malformed one logged; `Option`s pass through.
 fn checked<T>(config: &WorkerConfig, read: Result<T, ConnectionError>) -> Result<T, WorkerError> {

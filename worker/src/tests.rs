@@ -542,3 +542,35 @@ async fn keyed_dispatches_run_once_across_reconnections() {
     }
     stop(stop_tx, task).await;
 }
+
+/// A worker whose write failed still reads why the broker closed: the `Error` it sent last.
+#[tokio::test]
+async fn a_failed_write_still_reads_the_brokers_last_word() {
+    for said in [true, false] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (_reader, mut writer) = split(stream, DEFAULT_MAX_FRAME);
+            writer.write_frame(&Frame::Heartbeat).await.unwrap();
+            if said {
+                let superseded = Frame::Error {
+                    id: None,
+                    kind: ErrorKind::Superseded,
+                    message: "a newer connection of this identity".into(),
+                };
+                writer.write_frame(&superseded).await.unwrap();
+            }
+        });
+        let (mut reader, _writer) = client::connection::connect(&addr).await.unwrap();
+        server.await.unwrap();
+        let word = crate::session::last_word(&mut reader).await;
+        match (said, word) {
+            (true, Some(WorkerError::Broker { kind, .. })) => {
+                assert_eq!(kind, ErrorKind::Superseded)
+            }
+            (false, None) => {}
+            (said, other) => panic!("said {said}: {other:?}"),
+        }
+    }
+}

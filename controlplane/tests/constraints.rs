@@ -959,6 +959,15 @@ async fn prepare(
         ("DELETE", "/api/v1/teams/{team}/invitations/{identity}") => {
             let identity = json!(path["identity"]);
             w.ensure_member("scratch", &identity).await;
+            // A member cannot be invited: an earlier fixture may have made this value a
+            // member of `team` (seen once: the invitation was then never made, and the
+            // DELETE answered 404).
+            let member = format!(
+                "/api/v1/teams/{}/members/{}",
+                encode(&team),
+                encode(&path["identity"])
+            );
+            w.call(Method::DELETE, &member, &w.mint(&team), None).await;
             w.invite(&team, &identity).await;
         }
         // The caller is a user of the group's team invited to `team` (the operator is a

@@ -493,66 +493,61 @@ async fn controlled(
         drop((first, second));
         outcome?;
     }
-    let outcome = async {
-        // Each block against the other broker's block next to it: the machine's speed
-        // drifts over tens of seconds, less within a pair.
-        let pairs: Vec<f64> = rec
-            .blocks
+    // Each block against the other broker's block next to it: the machine's speed
+    // drifts over tens of seconds, less within a pair.
+    let pairs: Vec<f64> = rec
+        .blocks
+        .iter()
+        .zip(&bare.blocks)
+        .filter(|(_, b)| !b.is_zero())
+        .map(|(r, b)| (ms(*r) / ms(*b) - 1.0) * 100.0)
+        .collect();
+    let mut sorted = pairs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let paired = match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    let (adds, names) = match args.noise_floor {
+        false => ("recording adds", ["triggerfs-jobs", "triggerfs-nojobs"]),
+        true => (
+            "broker a (no records either) differs by",
+            ["triggerfs-a", "triggerfs-b"],
+        ),
+    };
+    notes.line(format!(
+        "fanout --control: per pair of blocks, {adds} {} %: median {paired:+.1} %",
+        pairs
             .iter()
-            .zip(&bare.blocks)
-            .filter(|(_, b)| !b.is_zero())
-            .map(|(r, b)| (ms(*r) / ms(*b) - 1.0) * 100.0)
-            .collect();
-        let mut sorted = pairs.clone();
-        sorted.sort_by(f64::total_cmp);
-        let paired = match sorted.len() {
-            0 => 0.0,
-            n if n % 2 == 1 => sorted[n / 2],
-            n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-        };
-        let (adds, names) = match args.noise_floor {
-            false => ("recording adds", ["triggerfs-jobs", "triggerfs-nojobs"]),
-            true => (
-                "broker a (no records either) differs by",
-                ["triggerfs-a", "triggerfs-b"],
-            ),
-        };
+            .map(|p| format!("{p:+.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    // The recording broker's records, as the control plane stored them (checked so that
+    // "with" is not silently "without").
+    if !args.noise_floor {
+        let recorded = recorded_jobs(&api, &service, args.count).await?;
         notes.line(format!(
-            "fanout --control: per pair of blocks, {adds} {} %: median {paired:+.1} %",
-            pairs
-                .iter()
-                .map(|p| format!("{p:+.1}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "fanout --control: the control plane holds {recorded} jobs of `{service}`"
         ));
-        // The recording broker's records, as the control plane stored them (checked so that
-        // "with" is not silently "without").
-        if !args.noise_floor {
-            let recorded = recorded_jobs(&api, &service, args.count).await?;
-            notes.line(format!(
-                "fanout --control: the control plane holds {recorded} jobs of `{service}`"
-            ));
-        }
-        let (m_rec, m_bare) = (median(&rec.last), median(&bare.last));
-        let worst = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
-        notes.line(format!(
-            "fanout --control: time to the last Done to {n} workers over {} rounds each: \
-             {} median {:.2} ms (worst {:.2} ms), {} median {:.2} ms (worst {:.2} ms): \
-             {adds} {:+.1} %",
-            args.count,
-            names[0],
-            ms(m_rec),
-            ms(worst(&rec.last)),
-            names[1],
-            ms(m_bare),
-            ms(worst(&bare.last)),
-            (ms(m_rec) / ms(m_bare).max(1e-9) - 1.0) * 100.0
-        ));
-        anyhow::Ok(vec![rec.result(names[0]), bare.result(names[1])])
     }
-    .await;
-    drop(control);
-    outcome
+    let (m_rec, m_bare) = (median(&rec.last), median(&bare.last));
+    let worst = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
+    notes.line(format!(
+        "fanout --control: time to the last Done to {n} workers over {} rounds each: \
+         {} median {:.2} ms (worst {:.2} ms), {} median {:.2} ms (worst {:.2} ms): \
+         {adds} {:+.1} %",
+        args.count,
+        names[0],
+        ms(m_rec),
+        ms(worst(&rec.last)),
+        names[1],
+        ms(m_bare),
+        ms(worst(&bare.last)),
+        (ms(m_rec) / ms(m_bare).max(1e-9) - 1.0) * 100.0
+    ));
+    Ok(vec![rec.result(names[0]), bare.result(names[1])])
 }
 
 /// The jobs of `service` in the history, once there are at least `want` (within 30 s).

@@ -9,7 +9,7 @@ mod directories;
 pub(crate) mod events;
 mod gateway;
 mod invitations;
-pub(crate) mod jobs;
+mod jobs;
 mod login;
 mod services;
 mod teams;

@@ -588,6 +588,9 @@ struct World<'h> {
     trigger: Option<i64>,
     /// The operation under test moves a job's id rather than a trigger's.
     moving_job: bool,
+    /// Why the fixture could not make what the request refers to, if it could not: said
+    /// beside the request's refusal.
+    fixture_note: Option<String>,
 }
 
 impl World<'_> {
@@ -657,19 +660,19 @@ impl World<'_> {
         .await;
     }
 
-    async fn ensure_member(&self, team: &str, identity: &Value) {
+    async fn ensure_member(&self, team: &str, identity: &Value) -> (StatusCode, Value) {
         let path = format!("/api/v1/teams/{}/members", encode(team));
         let body = json!({"identity": identity, "secret": SECRET});
         self.call(Method::POST, &path, &self.mint(team), Some(body))
-            .await;
+            .await
     }
 
     /// Invites `identity` to `team` (whose admin the operator is).
-    async fn invite(&self, team: &str, identity: &Value) {
+    async fn invite(&self, team: &str, identity: &Value) -> (StatusCode, Value) {
         let path = format!("/api/v1/teams/{}/invitations", encode(team));
         let body = json!({"identity": identity});
         self.call(Method::POST, &path, &self.mint(team), Some(body))
-            .await;
+            .await
     }
 
     async fn ensure_worker(&self, identity: &Value) {
@@ -958,7 +961,7 @@ async fn prepare(
         }
         ("DELETE", "/api/v1/teams/{team}/invitations/{identity}") => {
             let identity = json!(path["identity"]);
-            w.ensure_member("scratch", &identity).await;
+            let made = w.ensure_member("scratch", &identity).await;
             // A member cannot be invited: an earlier fixture may have made this value a
             // member of `team` (seen once: the invitation was then never made, and the
             // DELETE answered 404).
@@ -967,8 +970,15 @@ async fn prepare(
                 encode(&team),
                 encode(&path["identity"])
             );
-            w.call(Method::DELETE, &member, &w.mint(&team), None).await;
-            w.invite(&team, &identity).await;
+            let removed = w.call(Method::DELETE, &member, &w.mint(&team), None).await;
+            let invited = w.invite(&team, &identity).await;
+            if invited.0 != StatusCode::CREATED {
+                // Said beside a refusal of a valid case (the DELETE's 404 alone hid why).
+                w.fixture_note = Some(format!(
+                    "inviting {identity} to {team:?}: {} {}; making the user: {} {}; removing them from the team: {} {}",
+                    invited.0, invited.1, made.0, made.1, removed.0, removed.1
+                ));
+            }
         }
         // The caller is a user of the group's team invited to `team` (the operator is a
         // member of every team the fixtures make, so cannot be invited).
@@ -1111,6 +1121,7 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
         token: String::new(),
         trigger: None,
         moving_job: false,
+        fixture_note: None,
     };
     w.ensure_team("scratch").await;
 
@@ -1211,6 +1222,7 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
                         };
                         valid &= v.valid(schema, &as_json);
                     }
+                    w.fixture_note = None;
                     let who = prepare(&mut w, &op, &path_values, &body).await;
                     if let (Some(from), Some(to)) = (&baseline_id, path_values.get("id")) {
                         if valid {
@@ -1260,7 +1272,12 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
                         if status.is_success() || gateway_got_through {
                             accepted += 1;
                         } else {
-                            failures.push(format!("valid by the document, refused: {what}"));
+                            let note = w
+                                .fixture_note
+                                .take()
+                                .map(|n| format!(" (the fixture: {n})"))
+                                .unwrap_or_default();
+                            failures.push(format!("valid by the document, refused: {what}{note}"));
                         }
                     } else if !status.is_client_error() {
                         failures.push(format!("invalid by the document, not a 4xx: {what}"));

@@ -657,13 +657,53 @@ pub fn line_value(lines: &[String], prefix: &str) -> Option<String> {
         .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
 }
 
-/// A port that was free a moment ago, for servers that must know each other's address
-/// before they start.
+/// A port for a server that must be known before it starts (the control plane is told the
+/// broker's address before the broker listens), kept for this test process.
+///
+/// A port the kernel hands out for `127.0.0.1:0` comes from its ephemeral range, from which
+/// every outgoing connection of every test running meanwhile also takes its source port: one
+/// could take it before the server binds it (seen in CI: a broker that could not start). So
+/// the port is taken below that range (`ip_local_port_range`), free when tried, and claimed
+/// across test processes by a lock on a file named after it, held until this process ends.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    assert!(
+        span > 1_000,
+        "the ephemeral port range starts at {ephemeral_low}"
+    );
+    let dir = std::env::temp_dir().join("triggerfs-test-ports");
+    std::fs::create_dir_all(&dir).expect("a directory for port claims");
+    // Each process starts somewhere else, so that claims rarely meet.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let start = (std::process::id().wrapping_mul(7_919) ^ nanos) % span;
+    for i in 0..span {
+        let port = (LOWEST + (start + i) % span) as u16;
+        let Ok(claim) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        if claim.try_lock().is_err() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap().push(claim);
+            return port;
+        }
+    }
+    panic!("no free port between {LOWEST} and {ephemeral_low}");
 }
 
 /// The store a control plane runs on.
@@ -1084,5 +1124,36 @@ impl Drop for Shell {
             libc::kill(-(self.child.id() as i32), libc::SIGKILL);
         }
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    #[test]
+    fn ports_given_are_distinct_below_the_ephemeral_range_and_claimed() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768);
+        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in &ports {
+            assert!((10_000..low).contains(port), "{port} is not below {low}");
+            // Claimed: another process (or another open of the claim) cannot take it.
+            let claim = std::fs::OpenOptions::new()
+                .write(true)
+                .open(
+                    std::env::temp_dir()
+                        .join("triggerfs-test-ports")
+                        .join(port.to_string()),
+                )
+                .unwrap();
+            assert!(claim.try_lock().is_err(), "{port} is not claimed");
+            // And the server can bind it.
+            std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap();
+        }
     }
 }

@@ -488,7 +488,15 @@ fn run(cli: Cli) -> Result<i32> {
         }),
         Command::Worker(args) => {
             let config = worker_config(args, &settings)?;
-            tokio_runtime()?.block_on(async {
+            // One thread for the connection's reader and writer and the plugins' pipes: a
+            // dispatch's answer then passes from the reader to the writer without waking
+            // another thread (with two threads, a third of a busy worker's time went to
+            // those wake-ups). Blocking work (file writes of `file`, `append`) still goes to
+            // the blocking pool.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
                 worker::run(config, shutdown_signal()).await?;
                 Ok(0)
             })

@@ -190,8 +190,9 @@ pub struct LoadArgs {
     /// throughput: 2]. With `--broker`, the workers you started.
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Also measure `triggerfs-baseline`: a broker and workers run from this other
-    /// `triggerfs` binary (e.g. a build of the previous commit), in the same run and turns.
+    /// Also measure `triggerfs-baseline`: a broker, workers and load process run from this
+    /// other `triggerfs` binary (e.g. a build of the previous commit: the client library is
+    /// part of what changes), in the same run and turns.
     #[arg(long, value_name = "PATH")]
     pub baseline_bin: Option<PathBuf>,
     /// Also measure triggerFS over TLS (row `triggerfs-tls`): a broker of its own with a

@@ -87,8 +87,8 @@ impl Plan<'_> {
     }
 
     /// triggerFS from `bin` (or the running `--broker`): one broker and its workers, and a
-    /// load process (a row) per plugin kind in `kinds`; `name` replaces the first kind's
-    /// row name (the baseline).
+    /// load process (a row) per plugin kind in `kinds`, all run from `bin`; `name` replaces
+    /// the first kind's row name (the baseline).
     async fn triggerfs(
         &self,
         name: Option<&'static str>,
@@ -150,7 +150,8 @@ impl Plan<'_> {
                 Some(name) if i == 0 => name,
                 _ => kind.row(),
             };
-            let load = LoadProc::start(self.exe, row, words).await?;
+            // The load process too is `bin`'s: its client library speaks `bin`'s protocol.
+            let load = LoadProc::start(bin, row, words).await?;
             started.push(Started {
                 append_file,
                 ..Started::new(load)

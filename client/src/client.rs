@@ -477,7 +477,7 @@ async fn read_loop(
     let silence = tokio::time::sleep(silence_limit.unwrap_or(Duration::from_secs(86_400)));
     tokio::pin!(silence);
     let mut silence_set = tokio::time::Instant::now();
-    loop {
+    'read: loop {
         // Frames already buffered are handled without the socket, the timer or the select.
         let mut from_socket = false;
         let frame = match reader.try_frame() {
@@ -510,7 +510,7 @@ async fn read_loop(
                 silence_set = now;
             }
         }
-        let (id, event) = match frame {
+        let (id, events) = match frame {
             Frame::Heartbeat => continue,
             Frame::Error {
                 id: None,
@@ -538,53 +538,57 @@ async fn read_loop(
                 }
                 break;
             }
-            other => match request_event(other) {
-                Ok(routed) => routed,
+            other => match request_events(other) {
+                Ok(events) => events,
                 Err(name) => {
                     tracing::warn!(frame = name, "unexpected frame from the broker; ignored");
                     continue;
                 }
             },
         };
-        // The usual case is settled under one lock, without cloning the sender: room in
-        // the request's channel (`try_send` never waits), or nobody left to read it.
-        let full = {
-            let mut pending = lock(&pending);
-            let last = event.is_final();
-            let Some(sender) = pending.senders.get(&id) else {
-                tracing::debug!(id, "event for a request nobody waits for; ignored");
-                continue;
-            };
-            match sender.try_send(event) {
-                Ok(()) => {
-                    if last {
-                        pending.senders.remove(&id);
+        // Each event of the frame in turn (a `Replies` frame has several).
+        for event in events {
+            // The usual case is settled under one lock, without cloning the sender: room in
+            // the request's channel (`try_send` never waits), or nobody left to read it.
+            let full = {
+                let mut pending = lock(&pending);
+                let last = event.is_final();
+                let Some(sender) = pending.senders.get(&id) else {
+                    tracing::debug!(id, "event for a request nobody waits for; ignored");
+                    break;
+                };
+                match sender.try_send(event) {
+                    Ok(()) => {
+                        if last {
+                            pending.senders.remove(&id);
+                        }
+                        None
                     }
-                    None
+                    Err(flume::TrySendError::Disconnected(_)) => {
+                        pending.senders.remove(&id);
+                        None
+                    }
+                    Err(flume::TrySendError::Full(event)) => {
+                        let sender = if last {
+                            pending.senders.remove(&id)
+                        } else {
+                            pending.senders.get(&id).cloned()
+                        };
+                        sender.map(|sender| (sender, event))
+                    }
                 }
-                Err(flume::TrySendError::Disconnected(_)) => {
-                    pending.senders.remove(&id);
-                    None
-                }
-                Err(flume::TrySendError::Full(event)) => {
-                    let sender = if last {
-                        pending.senders.remove(&id)
-                    } else {
-                        pending.senders.get(&id).cloned()
-                    };
-                    sender.map(|sender| (sender, event))
-                }
-            }
-        };
-        // A full channel: waiting here is the backpressure. While a consumer is slow, the
-        // socket is not read.
-        if let Some((sender, event)) = full {
-            let delivered = tokio::select! {
-                _ = until_closed(&mut closed_rx) => break,
-                sent = sender.send_async(event) => sent.is_ok(),
             };
-            if !delivered {
-                lock(&pending).senders.remove(&id);
+            // A full channel: waiting here is the backpressure. While a consumer is slow, the
+            // socket is not read.
+            if let Some((sender, event)) = full {
+                let delivered = tokio::select! {
+                    _ = until_closed(&mut closed_rx) => break 'read,
+                    sent = sender.send_async(event) => sent.is_ok(),
+                };
+                if !delivered {
+                    lock(&pending).senders.remove(&id);
+                    break;
+                }
             }
         }
     }
@@ -604,8 +608,65 @@ async fn until_closed(closed: &mut watch::Receiver<bool>) {
     let _ = closed.wait_for(|closed| *closed).await;
 }
 
-/// The request id and event a broker → client frame carries, or the frame's name if it is
+/// The events of one broker → client frame, in order: one, or a `Replies` frame's several.
+enum FrameEvents {
+    One(Option<ClientEvent>),
+    Replies {
+        worker: String,
+        events: std::vec::IntoIter<Event>,
+    },
+}
+
+impl Iterator for FrameEvents {
+    type Item = ClientEvent;
+    fn next(&mut self) -> Option<ClientEvent> {
+        match self {
+            FrameEvents::One(event) => event.take(),
+            FrameEvents::Replies { worker, events } => {
+                let event = events.next()?;
+                // The last event takes the name; the others copy it.
+                let worker = if events.len() == 0 {
+                    std::mem::take(worker)
+                } else {
+                    worker.clone()
+                };
+                Some(reply_event(worker, event))
+            }
+        }
+    }
+}
+
+/// A worker's event relayed to the client.
+fn reply_event(worker: String, event: Event) -> ClientEvent {
+    match event {
+        Event::Accepted => ClientEvent::Accepted { worker },
+        Event::Output { seq, stream, data } => ClientEvent::Output {
+            worker,
+            seq,
+            stream,
+            data,
+        },
+        Event::Done { exit_code } => ClientEvent::Done { worker, exit_code },
+        Event::Failed { kind, message } => ClientEvent::Failed {
+            worker,
+            kind,
+            message,
+        },
+    }
+}
+
+/// The request id and events a broker → client frame carries, or the frame's name if it is
 /// not one a client should get.
+fn request_events(frame: Frame) -> Result<(u64, FrameEvents), &'static str> {
+    if let Frame::Replies { id, worker, events } = frame {
+        let events = events.into_iter();
+        return Ok((id, FrameEvents::Replies { worker, events }));
+    }
+    request_event(frame).map(|(id, event)| (id, FrameEvents::One(Some(event))))
+}
+
+/// The request id and event a broker → client frame of one event carries, or the frame's
+/// name if it is not one a client should get.
 fn request_event(frame: Frame) -> Result<(u64, ClientEvent), &'static str> {
     Ok(match frame {
         Frame::Routed {
@@ -620,24 +681,7 @@ fn request_event(frame: Frame) -> Result<(u64, ClientEvent), &'static str> {
             },
         ),
         Frame::Queued { id, n_workers } => (id, ClientEvent::Queued { n_workers }),
-        Frame::Reply { id, worker, event } => (
-            id,
-            match event {
-                Event::Accepted => ClientEvent::Accepted { worker },
-                Event::Output { seq, stream, data } => ClientEvent::Output {
-                    worker,
-                    seq,
-                    stream,
-                    data,
-                },
-                Event::Done { exit_code } => ClientEvent::Done { worker, exit_code },
-                Event::Failed { kind, message } => ClientEvent::Failed {
-                    worker,
-                    kind,
-                    message,
-                },
-            },
-        ),
+        Frame::Reply { id, worker, event } => (id, reply_event(worker, event)),
         Frame::Summary { id, summary } => (id, ClientEvent::Summary(summary)),
         Frame::Error {
             id: Some(id),

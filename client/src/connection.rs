@@ -271,16 +271,44 @@ impl FrameWriter {
         queue: &mut mpsc::Receiver<Frame>,
     ) -> Result<(), ConnectionError> {
         self.feed(first).await?;
-        let now = Instant::now();
-        if now.duration_since(self.last_flush) < BUSY_WITHIN {
-            tokio::task::yield_now().await;
-        }
+        let now = self.yield_if_busy().await;
         // The write buffer sends by itself when full, so draining everything is bounded.
         while let Ok(frame) = queue.try_recv() {
             self.feed(&frame).await?;
         }
         self.last_flush = now;
         self.flush().await
+    }
+
+    /// [`FrameWriter::write_queued`] for a worker: each run of frames about one dispatch in
+    /// the batch goes as one [`Frame::Events`] ([`Frame::merge_worker_events`]), so an
+    /// answer ready at once (`Accepted`, its output, `Done`) costs both sides one frame.
+    /// The batch is held whole first: at most the queue's capacity.
+    pub async fn write_queued_merged(
+        &mut self,
+        first: Frame,
+        queue: &mut mpsc::Receiver<Frame>,
+    ) -> Result<(), ConnectionError> {
+        let now = self.yield_if_busy().await;
+        let mut batch = vec![first];
+        while let Ok(frame) = queue.try_recv() {
+            batch.push(frame);
+        }
+        for frame in Frame::merge_worker_events(batch) {
+            self.feed(&frame).await?;
+        }
+        self.last_flush = now;
+        self.flush().await
+    }
+
+    /// Yields once when the last flush was recent (see [`FrameWriter::write_queued`]);
+    /// returns the time it was called.
+    async fn yield_if_busy(&self) -> Instant {
+        let now = Instant::now();
+        if now.duration_since(self.last_flush) < BUSY_WITHIN {
+            tokio::task::yield_now().await;
+        }
+        now
     }
 
     /// Writes one frame and flushes.

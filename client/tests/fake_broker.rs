@@ -3,6 +3,7 @@
 mod fake;
 
 use client::{Client, ClientError, ClientEvent, RequestSpec, WorkerStatus};
+use fake::replies_script;
 use fake::{fake_broker, mirror_script, no_such_service_script, roundrobin_script, Peer};
 use fake::{DEADLINE, QUIET_HEARTBEAT_MS};
 use proto::{Algorithm, Credential, ErrorKind, Event, Frame, Request, Stream, Summary};
@@ -80,6 +81,22 @@ async fn roundrobin_events_arrive_in_order_and_end() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A `Replies` frame gives the client the events its single `Reply` frames would, in order.
+#[tokio::test]
+async fn a_replies_frame_gives_the_events_of_its_replies() {
+    async fn events(addr: String) -> Vec<ClientEvent> {
+        let client = Client::connect(&format!("tcp://{addr}"), jwt())
+            .await
+            .unwrap();
+        let mut handle = client.request(spec("demo")).await.unwrap();
+        all_events(&mut handle).await
+    }
+    let singly = events(fake_broker(roundrobin_script).await.0).await;
+    let at_once = events(fake_broker(replies_script).await.0).await;
+    assert_eq!(singly.len(), 6, "{singly:?}");
+    assert_eq!(at_once, singly);
 }
 
 #[tokio::test]

@@ -40,6 +40,17 @@ pub enum WorkerEvent {
     Lost,
 }
 
+impl From<proto::Event> for WorkerEvent {
+    fn from(event: proto::Event) -> WorkerEvent {
+        match event {
+            proto::Event::Accepted => WorkerEvent::Accepted,
+            proto::Event::Output { seq, stream, data } => WorkerEvent::Output { seq, stream, data },
+            proto::Event::Done { exit_code } => WorkerEvent::Done { exit_code },
+            proto::Event::Failed { kind, message } => WorkerEvent::Failed { kind, message },
+        }
+    }
+}
+
 /// What the shard must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {

@@ -10,12 +10,14 @@ use crate::text_enum;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 // 2: `Request::fleet`, the fleet counts of `Summary`, `ErrorKind::{Offline, Skipped,
 // NoResponse, Detached}`: an older peer is refused at `Hello` with a clear version
 // mismatch rather than failing frame validation later.
 // 3: `ErrorKind::{TooManyRequests, RateLimited, TooManyConnections, OutputLimit,
 // ShuttingDown}` (the limits and the broker's drain).
+// 4: `Frame::Events` (a worker's events of one dispatch in one frame) and `Frame::Replies`
+// (the broker's relay of them in one frame).
 
 text_enum! {
     ("role", "lowercase")
@@ -403,6 +405,13 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// `Done` or `Failed`: the last event of a run.
+    pub fn ends_run(&self) -> bool {
+        matches!(self, Event::Done { .. } | Event::Failed { .. })
+    }
+}
+
 /// Counts at the end of a request.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Summary {
@@ -498,6 +507,17 @@ pub enum Frame {
         message: String,
     },
 
+    /// Several events of dispatch `id` at once, in order, as the single frames above would
+    /// carry them: what a worker sends when a run's `Accepted`, output and end are ready
+    /// together (an in-worker plugin such as `echo`), so that they cost one frame. Never
+    /// empty; only the last may end the run (`Done`, `Failed`).
+    Events {
+        /// Dispatch id.
+        id: u64,
+        /// The events.
+        events: Vec<Event>,
+    },
+
     // -- broker → worker --
     /// Run a plugin.
     Dispatch(Dispatch),
@@ -539,6 +559,16 @@ pub enum Frame {
         /// What happened.
         event: Event,
     },
+    /// Several things that happened on one worker for request `id`, in order, as that many
+    /// `Reply` frames would carry them (the relay of a worker's `Events`).
+    Replies {
+        /// Request id.
+        id: u64,
+        /// The worker's identity.
+        worker: String,
+        /// What happened.
+        events: Vec<Event>,
+    },
     /// The request is over; always the last frame about `id`.
     Summary {
         /// Request id.
@@ -558,6 +588,74 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// A worker's frame about one dispatch as its id and event (`Accepted`, `Output`,
+    /// `Done`, `Failed`); any other frame is given back.
+    // The frame given back is the one taken, moved: its size costs nothing more.
+    #[allow(clippy::result_large_err)]
+    pub fn into_worker_event(self) -> Result<(u64, Event), Frame> {
+        Ok(match self {
+            Frame::Accepted { id } => (id, Event::Accepted),
+            Frame::Output {
+                id,
+                seq,
+                stream,
+                data,
+            } => (id, Event::Output { seq, stream, data }),
+            Frame::Done { id, exit_code } => (id, Event::Done { exit_code }),
+            Frame::Failed { id, kind, message } => (id, Event::Failed { kind, message }),
+            other => return Err(other),
+        })
+    }
+
+    /// Merges runs of consecutive worker frames about the same dispatch into one
+    /// [`Frame::Events`] each (a run of one stays as it was); order is kept.
+    pub fn merge_worker_events(frames: impl IntoIterator<Item = Frame>) -> Vec<Frame> {
+        let mut merged: Vec<Frame> = Vec::new();
+        // The run being gathered: its dispatch and events.
+        let mut run: Option<(u64, Vec<Event>)> = None;
+        fn close(merged: &mut Vec<Frame>, run: Option<(u64, Vec<Event>)>) {
+            if let Some((id, mut events)) = run {
+                merged.push(if events.len() == 1 {
+                    Frame::from_worker_event(id, events.pop().expect("one event"))
+                } else {
+                    Frame::Events { id, events }
+                });
+            }
+        }
+        for frame in frames {
+            match frame.into_worker_event() {
+                Ok((id, event)) => match &mut run {
+                    Some((open, events)) if *open == id => events.push(event),
+                    _ => {
+                        close(&mut merged, run.take());
+                        run = Some((id, vec![event]));
+                    }
+                },
+                Err(other) => {
+                    close(&mut merged, run.take());
+                    merged.push(other);
+                }
+            }
+        }
+        close(&mut merged, run);
+        merged
+    }
+
+    /// The single worker frame that carries `event` of dispatch `id`.
+    pub fn from_worker_event(id: u64, event: Event) -> Frame {
+        match event {
+            Event::Accepted => Frame::Accepted { id },
+            Event::Output { seq, stream, data } => Frame::Output {
+                id,
+                seq,
+                stream,
+                data,
+            },
+            Event::Done { exit_code } => Frame::Done { id, exit_code },
+            Event::Failed { kind, message } => Frame::Failed { id, kind, message },
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind_name(&self) -> &'static str {
         match self {
@@ -570,12 +668,14 @@ impl Frame {
             Frame::Output { .. } => "Output",
             Frame::Done { .. } => "Done",
             Frame::Failed { .. } => "Failed",
+            Frame::Events { .. } => "Events",
             Frame::Dispatch(_) => "Dispatch",
             Frame::Cancel { .. } => "Cancel",
             Frame::Request(_) => "Request",
             Frame::Routed { .. } => "Routed",
             Frame::Queued { .. } => "Queued",
             Frame::Reply { .. } => "Reply",
+            Frame::Replies { .. } => "Replies",
             Frame::Summary { .. } => "Summary",
             Frame::Error { .. } => "Error",
         }

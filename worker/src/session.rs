@@ -339,13 +339,14 @@ async fn serve_dispatch(
     Ok(())
 }
 
-/// Writes every frame the channel yields, flushing after each batch.
+/// Writes every frame the channel yields, flushing after each batch; a dispatch's frames
+/// queued together go as one `Events` frame.
 async fn write_frames(
     mut writer: FrameWriter,
     mut frames: mpsc::Receiver<Frame>,
 ) -> Result<(), ConnectionError> {
     while let Some(frame) = frames.recv().await {
-        writer.write_queued(&frame, &mut frames).await?;
+        writer.write_queued_merged(frame, &mut frames).await?;
     }
     Ok(())
 }

@@ -20,6 +20,21 @@ struct FakeBroker {
 struct BrokerConn {
     reader: FrameReader,
     writer: FrameWriter,
+    /// The single frames of an `Events` frame not taken yet.
+    expanded: std::collections::VecDeque<Frame>,
+    /// `Events` frames read.
+    events_frames: usize,
+}
+
+impl BrokerConn {
+    fn new((reader, writer): (FrameReader, FrameWriter)) -> BrokerConn {
+        BrokerConn {
+            reader,
+            writer,
+            expanded: Default::default(),
+            events_frames: 0,
+        }
+    }
 }
 
 impl FakeBroker {
@@ -35,8 +50,7 @@ impl FakeBroker {
             .await
             .expect("worker did not connect")
             .unwrap();
-        let (reader, writer) = split(stream, DEFAULT_MAX_FRAME);
-        let mut conn = BrokerConn { reader, writer };
+        let mut conn = BrokerConn::new(split(stream, DEFAULT_MAX_FRAME));
         match conn.next().await {
             Frame::Hello(hello) => {
                 assert_eq!(hello.protocol_version, proto::PROTOCOL_VERSION);
@@ -70,15 +84,28 @@ impl BrokerConn {
         self.writer.write_frame(&frame).await.unwrap();
     }
 
-    /// The next frame that is not a heartbeat.
+    /// The next frame that is not a heartbeat; an `Events` frame's events come one by one,
+    /// as the single frames they stand for (as the broker handles them).
     async fn next(&mut self) -> Frame {
         loop {
+            if let Some(frame) = self.expanded.pop_front() {
+                return frame;
+            }
             let frame = tokio::time::timeout(WAIT, self.reader.read_frame())
                 .await
                 .expect("no frame from the worker")
                 .expect("worker connection failed");
-            if frame != Frame::Heartbeat {
-                return frame;
+            match frame {
+                Frame::Heartbeat => {}
+                Frame::Events { id, events } => {
+                    assert!(!events.is_empty(), "an empty Events frame");
+                    self.events_frames += 1;
+                    let frames = events
+                        .into_iter()
+                        .map(|event| Frame::from_worker_event(id, event));
+                    self.expanded.extend(frames);
+                }
+                frame => return frame,
             }
         }
     }
@@ -214,7 +241,9 @@ async fn serves_dispatches_and_reconnects() {
         ]
     );
 
-    // The core plugin `echo`, served inside the worker.
+    // The core plugin `echo`, served inside the worker: its answer is ready at once, and
+    // goes as one `Events` frame.
+    let events_frames = conn.events_frames;
     conn.send(dispatch(2, "echo")).await;
     assert_eq!(
         conn.until_end().await,
@@ -232,6 +261,7 @@ async fn serves_dispatches_and_reconnects() {
             },
         ]
     );
+    assert_eq!(conn.events_frames, events_frames + 1);
 
     // A refused plugin name.
     conn.send(dispatch(3, "../../bin/sh")).await;
@@ -355,11 +385,10 @@ async fn malformed_frame_means_reconnect() {
         .unwrap();
     let std_stream = stream.into_std().unwrap();
     let mut raw = tokio::net::TcpStream::from_std(std_stream.try_clone().unwrap()).unwrap();
-    let (reader, writer) = split(
+    let mut conn = BrokerConn::new(split(
         tokio::net::TcpStream::from_std(std_stream).unwrap(),
         DEFAULT_MAX_FRAME,
-    );
-    let mut conn = BrokerConn { reader, writer };
+    ));
     assert!(matches!(conn.next().await, Frame::Hello(_)));
     conn.send(Frame::Welcome {
         session: 1,

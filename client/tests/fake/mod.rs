@@ -153,6 +153,35 @@ pub async fn roundrobin_script(mut peer: Peer) {
     while peer.reader.read_frame().await.is_ok() {}
 }
 
+/// [`roundrobin_script`]'s answer with the worker's events after `Accepted` in one
+/// `Replies` frame, as the broker relays a worker's `Events`.
+#[allow(dead_code)] // used by client/tests, not by the `client` command's tests
+pub async fn replies_script(mut peer: Peer) {
+    let id = peer.accept_roundrobin("demo01").await;
+    let output = |seq, stream, line: &str| Event::Output {
+        seq,
+        stream,
+        data: line.as_bytes().to_vec(),
+    };
+    peer.send(Frame::Replies {
+        id,
+        worker: "demo01".into(),
+        events: vec![
+            output(0, Stream::Stdout, " 21:14:07 up  8:26"),
+            output(1, Stream::Stderr, "warning: x"),
+            Event::Done { exit_code: 0 },
+        ],
+    })
+    .await;
+    let summary = Summary {
+        workers: 1,
+        ok: 1,
+        ..Summary::default()
+    };
+    peer.send(Frame::Summary { id, summary }).await;
+    while peer.reader.read_frame().await.is_ok() {}
+}
+
 /// Mirror over three workers: w2 exits 0, w1 exits 3, w3 is lost.
 pub async fn mirror_script(mut peer: Peer) {
     peer.welcome(QUIET_HEARTBEAT_MS).await;

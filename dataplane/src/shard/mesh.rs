@@ -49,6 +49,11 @@ pub(crate) enum ShardMsg {
         dispatch_id: u64,
         event: WorkerEvent,
     },
+    /// A worker's events of one dispatch, in order (its `Events` frame).
+    Events {
+        dispatch_id: u64,
+        events: Vec<WorkerEvent>,
+    },
 }
 
 /// What handling one frame (or mesh message, or tick) left behind to wait for.
@@ -230,6 +235,22 @@ impl Shard {
         }
     }
 
+    /// [`Shard::route_event`] for several events of one dispatch: one message for all.
+    pub(super) fn route_events(&self, dispatch_id: u64, events: Vec<WorkerEvent>) {
+        let home = Shard::home_of(dispatch_id);
+        if home == self.idx {
+            self.on_events(dispatch_id, events);
+        } else {
+            self.to_shard(
+                home,
+                ShardMsg::Events {
+                    dispatch_id,
+                    events,
+                },
+            );
+        }
+    }
+
     /// Handles a message from another shard.
     pub(crate) fn on_shard_msg(&self, msg: ShardMsg) {
         match msg {
@@ -262,6 +283,10 @@ impl Shard {
                 dispatch_id,
             } => self.cancel_local(conn_id, dispatch_id),
             ShardMsg::Event { dispatch_id, event } => self.on_event(dispatch_id, event),
+            ShardMsg::Events {
+                dispatch_id,
+                events,
+            } => self.on_events(dispatch_id, events),
         }
     }
 

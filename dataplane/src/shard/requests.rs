@@ -364,7 +364,20 @@ impl Shard {
     }
 
     fn carry_out(&self, key: u64, client: ClientSide, mut actions: Vec<Action>) {
+        // Consecutive relays of one worker's events leave as one frame (`Replies` when
+        // there are several): gathered here, sent before the effect of any other action
+        // but `Forget` (which only drops a map entry; the others may send to the client,
+        // some through a nested call).
+        let mut relays: Option<(Arc<str>, Vec<proto::Event>)> = None;
         for action in actions.drain(..) {
+            let gathers = match &action {
+                Action::Relay { worker, .. } => relays.as_ref().is_none_or(|(w, _)| w == worker),
+                Action::Forget { .. } => true,
+                _ => false,
+            };
+            if !gathers {
+                self.send_relays(key, client, relays.take());
+            }
             match action {
                 Action::Dispatch {
                     dispatch_id,
@@ -400,32 +413,59 @@ impl Shard {
                         }
                     }
                     if client.wait {
-                        let routed = self
-                            .state
-                            .borrow_mut()
-                            .requests
-                            .get_mut(&key)
-                            .and_then(|e| e.routed.take());
-                        if let Some(routed) = routed {
-                            self.send_to_conn(client.conn_id, &routed);
-                        }
-                        self.send_to_conn(
-                            client.conn_id,
-                            &Frame::Reply {
-                                id: client.request_id,
-                                worker: worker.to_string(),
-                                event,
-                            },
-                        );
+                        relays
+                            .get_or_insert_with(|| (worker, Vec::new()))
+                            .1
+                            .push(event);
                     }
                 }
                 Action::Finish { summary } => self.finish(key, client, summary),
             }
         }
+        self.send_relays(key, client, relays);
         let mut pool = self.action_lists.borrow_mut();
         if pool.len() < ACTION_LISTS_KEPT {
             pool.push(actions);
         }
+    }
+
+    /// Sends one worker's relayed events to the client: after the held `Routed` if it is
+    /// still held, as a `Reply` (one event) or a `Replies` frame (several).
+    fn send_relays(
+        &self,
+        key: u64,
+        client: ClientSide,
+        relays: Option<(Arc<str>, Vec<proto::Event>)>,
+    ) {
+        let Some((worker, mut events)) = relays else {
+            return;
+        };
+        let routed = self
+            .state
+            .borrow_mut()
+            .requests
+            .get_mut(&key)
+            .and_then(|e| e.routed.take());
+        if let Some(routed) = routed {
+            self.send_to_conn(client.conn_id, &routed);
+        }
+        let frame = match events.pop() {
+            Some(event) if events.is_empty() => Frame::Reply {
+                id: client.request_id,
+                worker: worker.to_string(),
+                event,
+            },
+            Some(last) => {
+                events.push(last);
+                Frame::Replies {
+                    id: client.request_id,
+                    worker: worker.to_string(),
+                    events,
+                }
+            }
+            None => return,
+        };
+        self.send_to_conn(client.conn_id, &frame);
     }
 
     /// Drops a request that is over and tells its client.
@@ -510,6 +550,16 @@ impl Shard {
 
     /// A worker's event for a request owned here.
     pub(super) fn on_event(&self, dispatch_id: u64, event: WorkerEvent) {
+        self.on_events(dispatch_id, [event]);
+    }
+
+    /// [`Shard::on_event`] for several events of one dispatch, in order: the request runs
+    /// them in one go, so that what it relays of them leaves as one `Replies` frame.
+    pub(super) fn on_events(
+        &self,
+        dispatch_id: u64,
+        events: impl IntoIterator<Item = WorkerEvent>,
+    ) {
         let key = self
             .state
             .borrow()
@@ -519,7 +569,9 @@ impl Shard {
         if let Some(key) = key {
             self.with_request(key, |run, out| {
                 let mut ids = || self.next_dispatch_id();
-                run.on_event(dispatch_id, event, &mut ids, out)
+                for event in events {
+                    run.on_event(dispatch_id, event, &mut ids, out);
+                }
             });
         }
     }

@@ -66,6 +66,7 @@ impl Shard {
             Frame::Failed { id, kind, message } => {
                 (id, WorkerEvent::Failed { kind, message }, true)
             }
+            Frame::Events { id, events } => return self.on_worker_events(conn_id, id, events),
             Frame::Announce { services } => return self.on_announce(conn_id, services),
             other => {
                 self.reject(
@@ -77,17 +78,49 @@ impl Shard {
                 return false;
             }
         };
-        // A worker may only speak of dispatches it was given (and not yet finished or
-        // cancelled); anything else is stale and dropped.
+        if self.worker_runs(conn_id, id, last) {
+            self.route_event(id, event);
+        }
+        true
+    }
+
+    /// Whether worker connection `conn_id` runs dispatch `id` (was given it, and has not
+    /// finished it nor been told to cancel it): a worker may only speak of those, anything
+    /// else is stale and dropped. With `ends`, the dispatch is over for it from now on.
+    fn worker_runs(&self, conn_id: u64, id: u64, ends: bool) -> bool {
         let known = self.with_worker(conn_id, |_, inflight| {
-            if last {
+            if ends {
                 inflight.remove(&id)
             } else {
                 inflight.contains(&id)
             }
         });
-        if known == Some(true) {
-            self.route_event(id, event);
+        known == Some(true)
+    }
+
+    /// A worker's `Events`: handled as its single frames would be, routed (and carried to
+    /// the request's shard) once for all of them.
+    fn on_worker_events(&self, conn_id: u64, id: u64, events: Vec<proto::Event>) -> bool {
+        let Some((last, before)) = events.split_last() else {
+            self.reject(
+                conn_id,
+                &ProtoError::Malformed {
+                    reason: "Events without an event".into(),
+                },
+            );
+            return false;
+        };
+        if before.iter().any(proto::Event::ends_run) {
+            self.reject(
+                conn_id,
+                &ProtoError::Malformed {
+                    reason: "Events with an event after the run's end".into(),
+                },
+            );
+            return false;
+        }
+        if self.worker_runs(conn_id, id, last.ends_run()) {
+            self.route_events(id, events.into_iter().map(WorkerEvent::from).collect());
         }
         true
     }

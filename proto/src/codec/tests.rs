@@ -97,6 +97,18 @@ fn every_frame() -> Vec<Frame> {
             kind: ErrorKind::PluginNotFound,
             message: "x".into(),
         },
+        Frame::Events {
+            id: 3,
+            events: vec![
+                Event::Accepted,
+                Event::Output {
+                    seq: 0,
+                    stream: Stream::Stdout,
+                    data: b"hi".to_vec(),
+                },
+                Event::Done { exit_code: 0 },
+            ],
+        },
         Frame::Dispatch(dispatch),
         Frame::Cancel { id: 4 },
         Frame::Request(request),
@@ -135,6 +147,11 @@ fn every_frame() -> Vec<Frame> {
                 kind: ErrorKind::WorkerLost,
                 message: "gone".into(),
             },
+        },
+        Frame::Replies {
+            id: 7,
+            worker: "w2".into(),
+            events: vec![Event::Accepted, Event::Done { exit_code: 0 }],
         },
         Frame::Summary {
             id: 7,
@@ -327,4 +344,64 @@ fn a_scoped_key_depends_on_team_identity_and_source() {
         seq: 9,
     };
     assert_ne!(scoped, other.scoped("t", "alice"));
+}
+
+/// A worker's frames go out with each run of frames about one dispatch as one `Events`
+/// (a run of one as it was), in the order they were queued.
+#[test]
+fn worker_frames_about_one_dispatch_merge_in_order() {
+    let out = |id, seq: u64| Frame::Output {
+        id,
+        seq,
+        stream: Stream::Stdout,
+        data: vec![b'a' + seq as u8],
+    };
+    let frames = vec![
+        Frame::Accepted { id: 1 },
+        out(1, 0),
+        Frame::Done {
+            id: 1,
+            exit_code: 0,
+        },
+        Frame::Accepted { id: 2 },
+        Frame::Heartbeat,
+        out(2, 0),
+        out(3, 0),
+        Frame::Failed {
+            id: 3,
+            kind: ErrorKind::Timeout,
+            message: "late".into(),
+        },
+    ];
+    let merged = Frame::merge_worker_events(frames.clone());
+    let event = |frame: Frame| frame.into_worker_event().unwrap().1;
+    assert_eq!(
+        merged,
+        vec![
+            Frame::Events {
+                id: 1,
+                events: frames[..3].iter().cloned().map(event).collect(),
+            },
+            Frame::Accepted { id: 2 },
+            Frame::Heartbeat,
+            out(2, 0),
+            Frame::Events {
+                id: 3,
+                events: frames[6..].iter().cloned().map(event).collect(),
+            },
+        ]
+    );
+    // Expanded again, they are the frames queued.
+    let expanded: Vec<Frame> = merged
+        .into_iter()
+        .flat_map(|f| match f {
+            Frame::Events { id, events } => events
+                .into_iter()
+                .map(|e| Frame::from_worker_event(id, e))
+                .collect(),
+            other => vec![other],
+        })
+        .collect();
+    assert_eq!(expanded, frames);
+    assert!(Frame::merge_worker_events(Vec::new()).is_empty());
 }

@@ -49,6 +49,61 @@ fn roundrobin_routes_to_a_worker_and_relays_replies() {
     });
 }
 
+/// A worker's whole answer in one `Events` frame reaches the client as one `Replies` frame
+/// (after the held `Routed`, before the `Summary`), with what the single frames would carry.
+#[test]
+fn an_events_frame_is_relayed_as_one_replies_frame() {
+    let rr = service("rr", Algorithm::Roundrobin, &["w1", "w2"]);
+    one_shard(vec![rr], |shard| async move {
+        let ((chosen, id), _other, (_client, out)) = rr_request(&shard).await;
+        let events = Frame::merge_worker_events(worker_answer(id));
+        assert!(matches!(events.as_slice(), [Frame::Events { .. }]));
+        from_worker(&shard, chosen.conn, events.into_iter().next().unwrap()).await;
+        let frames = out.take_frames();
+        let [Frame::Routed { id: 1, .. }, Frame::Replies {
+            id: 1,
+            worker,
+            events,
+        }, Frame::Summary { id: 1, summary }] = frames.as_slice()
+        else {
+            panic!("expected Routed, Replies, Summary; got {frames:?}");
+        };
+        let relayed: Vec<_> = events.iter().map(|e| (worker.clone(), e.clone())).collect();
+        assert_eq!(relayed, relayed_answer(chosen.name));
+        assert_eq!((summary.workers, summary.ok), (1, 1));
+        // The run is over for the broker: a late frame about it is dropped.
+        from_worker(&shard, chosen.conn, Frame::Done { id, exit_code: 1 }).await;
+        assert!(out.take_frames().is_empty());
+    });
+}
+
+/// An `Events` frame that is empty, or goes on after the run's end, is malformed: the
+/// worker's connection is refused, and nothing reaches the client.
+#[test]
+fn events_frames_that_break_their_rules_are_refused() {
+    let rr = service("rr", Algorithm::Roundrobin, &["w1", "w2"]);
+    one_shard(vec![rr], |shard| async move {
+        let ((chosen, id), _other, (_client, out)) = rr_request(&shard).await;
+        let empty = Frame::Events {
+            id,
+            events: Vec::new(),
+        };
+        assert!(!shard.on_frame(chosen.conn, Role::Worker, empty));
+        let after_the_end = Frame::Events {
+            id,
+            events: vec![Event::Done { exit_code: 0 }, Event::Accepted],
+        };
+        assert!(!shard.on_frame(chosen.conn, Role::Worker, after_the_end));
+        shard.settle().await;
+        assert!(
+            !out.take_frames()
+                .iter()
+                .any(|f| matches!(f, Frame::Replies { .. } | Frame::Reply { .. })),
+            "nothing was relayed"
+        );
+    });
+}
+
 /// Mirror sends to every worker and summarises them all.
 #[test]
 fn mirror_dispatches_to_all() {

@@ -405,10 +405,25 @@ pub enum Event {
     },
 }
 
+/// The most payload bytes (output, failure text) one `Events` or `Replies` frame gathers:
+/// merging saves the per-frame cost of small events, and a frame of merged events must stay
+/// far below the largest frame a peer takes (a worker may have a thousand 64 KiB lines
+/// queued).
+pub const MERGE_BYTES: usize = 64 * 1024;
+
 impl Event {
     /// `Done` or `Failed`: the last event of a run.
     pub fn ends_run(&self) -> bool {
         matches!(self, Event::Done { .. } | Event::Failed { .. })
+    }
+
+    /// Its payload bytes (output data, failure text), as counted against [`MERGE_BYTES`].
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Event::Output { data, .. } => data.len(),
+            Event::Failed { message, .. } => message.len(),
+            Event::Accepted | Event::Done { .. } => 0,
+        }
     }
 }
 
@@ -608,11 +623,14 @@ impl Frame {
     }
 
     /// Merges runs of consecutive worker frames about the same dispatch into one
-    /// [`Frame::Events`] each (a run of one stays as it was); order is kept.
+    /// [`Frame::Events`] each (a run of one stays as it was); an event with payload joins a
+    /// run only within [`MERGE_BYTES`] (one larger than that starts a run of its own), one
+    /// without always joins; order is kept.
     pub fn merge_worker_events(frames: impl IntoIterator<Item = Frame>) -> Vec<Frame> {
         let mut merged: Vec<Frame> = Vec::new();
-        // The run being gathered: its dispatch and events.
+        // The run being gathered: its dispatch, events and payload bytes.
         let mut run: Option<(u64, Vec<Event>)> = None;
+        let mut run_bytes = 0;
         fn close(merged: &mut Vec<Frame>, run: Option<(u64, Vec<Event>)>) {
             if let Some((id, mut events)) = run {
                 merged.push(if events.len() == 1 {
@@ -624,13 +642,22 @@ impl Frame {
         }
         for frame in frames {
             match frame.into_worker_event() {
-                Ok((id, event)) => match &mut run {
-                    Some((open, events)) if *open == id => events.push(event),
-                    _ => {
-                        close(&mut merged, run.take());
-                        run = Some((id, vec![event]));
+                Ok((id, event)) => {
+                    let bytes = event.payload_len();
+                    match &mut run {
+                        Some((open, events))
+                            if *open == id && (bytes == 0 || run_bytes + bytes <= MERGE_BYTES) =>
+                        {
+                            events.push(event)
+                        }
+                        _ => {
+                            close(&mut merged, run.take());
+                            run = Some((id, vec![event]));
+                            run_bytes = 0;
+                        }
                     }
-                },
+                    run_bytes += bytes;
+                }
                 Err(other) => {
                     close(&mut merged, run.take());
                     merged.push(other);

@@ -437,7 +437,7 @@ impl Shard {
         client: ClientSide,
         relays: Option<(Arc<str>, Vec<proto::Event>)>,
     ) {
-        let Some((worker, mut events)) = relays else {
+        let Some((worker, events)) = relays else {
             return;
         };
         let routed = self
@@ -449,23 +449,25 @@ impl Shard {
         if let Some(routed) = routed {
             self.send_to_conn(client.conn_id, &routed);
         }
-        let frame = match events.pop() {
-            Some(event) if events.is_empty() => Frame::Reply {
+        // Merged only within `MERGE_BYTES` (a worker's `Events` frame may be as large as
+        // the largest frame, and the client's limit must hold for the relay too).
+        let bytes: usize = events.iter().map(proto::Event::payload_len).sum();
+        if events.len() > 1 && bytes <= proto::MERGE_BYTES {
+            let frame = Frame::Replies {
+                id: client.request_id,
+                worker: worker.to_string(),
+                events,
+            };
+            return self.send_to_conn(client.conn_id, &frame);
+        }
+        for event in events {
+            let frame = Frame::Reply {
                 id: client.request_id,
                 worker: worker.to_string(),
                 event,
-            },
-            Some(last) => {
-                events.push(last);
-                Frame::Replies {
-                    id: client.request_id,
-                    worker: worker.to_string(),
-                    events,
-                }
-            }
-            None => return,
-        };
-        self.send_to_conn(client.conn_id, &frame);
+            };
+            self.send_to_conn(client.conn_id, &frame);
+        }
     }
 
     /// Drops a request that is over and tells its client.

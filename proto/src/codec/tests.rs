@@ -405,3 +405,45 @@ fn worker_frames_about_one_dispatch_merge_in_order() {
     assert_eq!(expanded, frames);
     assert!(Frame::merge_worker_events(Vec::new()).is_empty());
 }
+
+/// A run of small events merges; past `MERGE_BYTES` of payload the next event starts a new
+/// frame, an event larger than that stays alone, and events without payload always join.
+#[test]
+fn merged_events_stay_within_their_byte_bound() {
+    let line = |seq: u64, len: usize| Frame::Output {
+        id: 9,
+        seq,
+        stream: Stream::Stdout,
+        data: vec![b'x'; len],
+    };
+    let quarter = MERGE_BYTES / 4;
+    let mut frames = vec![Frame::Accepted { id: 9 }];
+    frames.extend((0..10).map(|seq| line(seq, quarter)));
+    frames.push(line(10, MERGE_BYTES + 1));
+    frames.push(Frame::Done {
+        id: 9,
+        exit_code: 0,
+    });
+    let merged = Frame::merge_worker_events(frames.clone());
+    let sizes: Vec<(usize, usize)> = merged
+        .iter()
+        .map(|f| match f {
+            Frame::Events { events, .. } => (
+                events.len(),
+                events.iter().map(Event::payload_len).sum::<usize>(),
+            ),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            (5, MERGE_BYTES),
+            (4, MERGE_BYTES),
+            (2, 2 * quarter),
+            (2, MERGE_BYTES + 1)
+        ]
+    );
+    let n_events: usize = sizes.iter().map(|(n, _)| n).sum();
+    assert_eq!(n_events, frames.len());
+}

@@ -77,6 +77,34 @@ fn an_events_frame_is_relayed_as_one_replies_frame() {
     });
 }
 
+/// Events with more than `MERGE_BYTES` of payload are relayed one `Reply` each, so that the
+/// relay stays within the client's frame limit whatever a worker merged.
+#[test]
+fn large_events_are_relayed_one_by_one() {
+    let rr = service("rr", Algorithm::Roundrobin, &["w1", "w2"]);
+    one_shard(vec![rr], |shard| async move {
+        let ((chosen, id), _other, (_client, out)) = rr_request(&shard).await;
+        let big = Event::Output {
+            seq: 0,
+            stream: Stream::Stdout,
+            data: vec![b'x'; proto::MERGE_BYTES + 1],
+        };
+        let events = vec![Event::Accepted, big, Event::Done { exit_code: 0 }];
+        let frame = Frame::Events {
+            id,
+            events: events.clone(),
+        };
+        from_worker(&shard, chosen.conn, frame).await;
+        let (relayed, summary) = answer(&out.take_frames(), 1);
+        let expected: Vec<_> = events
+            .into_iter()
+            .map(|e| (chosen.name.to_string(), e))
+            .collect();
+        assert_eq!(relayed, expected);
+        assert_eq!(summary.ok, 1);
+    });
+}
+
 /// An `Events` frame that is empty, or goes on after the run's end, is malformed: the
 /// worker's connection is refused, and nothing reaches the client.
 #[test]

@@ -625,7 +625,7 @@ impl Frame {
     /// Merges runs of consecutive worker frames about the same dispatch into one
     /// [`Frame::Events`] each (a run of one stays as it was); an event with payload joins a
     /// run only within [`MERGE_BYTES`] (one larger than that starts a run of its own), one
-    /// without always joins; order is kept.
+    /// without always joins, and a run closes at its end (`Done`, `Failed`); order is kept.
     pub fn merge_worker_events(frames: impl IntoIterator<Item = Frame>) -> Vec<Frame> {
         let mut merged: Vec<Frame> = Vec::new();
         // The run being gathered: its dispatch, events and payload bytes.
@@ -644,6 +644,7 @@ impl Frame {
             match frame.into_worker_event() {
                 Ok((id, event)) => {
                     let bytes = event.payload_len();
+                    let ends = event.ends_run();
                     match &mut run {
                         Some((open, events))
                             if *open == id && (bytes == 0 || run_bytes + bytes <= MERGE_BYTES) =>
@@ -657,6 +658,11 @@ impl Frame {
                         }
                     }
                     run_bytes += bytes;
+                    // Nothing joins a run after its end (a stray frame after `Done` stays
+                    // a frame of its own, which the broker drops as stale).
+                    if ends {
+                        close(&mut merged, run.take());
+                    }
                 }
                 Err(other) => {
                     close(&mut merged, run.take());

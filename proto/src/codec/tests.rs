@@ -404,6 +404,19 @@ fn worker_frames_about_one_dispatch_merge_in_order() {
         .collect();
     assert_eq!(expanded, frames);
     assert!(Frame::merge_worker_events(Vec::new()).is_empty());
+    // A frame after a run's end is not merged into it.
+    let stray = vec![
+        Frame::Done {
+            id: 4,
+            exit_code: 0,
+        },
+        Frame::Failed {
+            id: 4,
+            kind: ErrorKind::Cancelled,
+            message: "late".into(),
+        },
+    ];
+    assert_eq!(Frame::merge_worker_events(stray.clone()), stray);
 }
 
 /// A run of small events merges; past `MERGE_BYTES` of payload the next event starts a new

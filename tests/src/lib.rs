@@ -662,7 +662,8 @@ pub fn line_value(lines: &[String], prefix: &str) -> Option<String> {
 ///
 /// A port the kernel hands out for `127.0.0.1:0` comes from its ephemeral range, from which
 /// every outgoing connection of every test running meanwhile also takes its source port: one
-/// could take it before the server binds it (seen in CI: a broker that could not start). So
+/// could take it before the server binds it (suspected behind a CI failure early in an e2e
+/// test whose broker was started on such a port). So
 /// the port is taken below that range (`ip_local_port_range`), free when tried, and claimed
 /// across test processes by a lock on a file named after it, held until this process ends.
 pub fn free_port() -> u16 {

@@ -335,7 +335,7 @@ impl Client {
         let sent = match self
             .inner
             .outbound
-            .try_send(Frame::Request(spec.into_request(id)))
+            .try_send(Frame::Request(Box::new(spec.into_request(id))))
         {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(frame)) => {

@@ -534,8 +534,10 @@ pub enum Frame {
     },
 
     // -- broker → worker --
-    /// Run a plugin.
-    Dispatch(Dispatch),
+    /// Run a plugin. (Boxed, as `Request`: they are the two large variants, and a `Frame` is
+    /// as large as its largest; the small ones on the hot path are moved several times
+    /// each, from the decoder to where they are handled.)
+    Dispatch(Box<Dispatch>),
 
     // -- client → broker; broker → worker --
     /// Stop request (client → broker) or dispatch (broker → worker) `id`.
@@ -546,7 +548,7 @@ pub enum Frame {
 
     // -- client → broker --
     /// A request.
-    Request(Request),
+    Request(Box<Request>),
 
     // -- broker → client --
     /// The broker resolved the request and picked its first worker(s).
@@ -605,8 +607,6 @@ pub enum Frame {
 impl Frame {
     /// A worker's frame about one dispatch as its id and event (`Accepted`, `Output`,
     /// `Done`, `Failed`); any other frame is given back.
-    // The frame given back is the one taken, moved: its size costs nothing more.
-    #[allow(clippy::result_large_err)]
     pub fn into_worker_event(self) -> Result<(u64, Event), Frame> {
         Ok(match self {
             Frame::Accepted { id } => (id, Event::Accepted),

@@ -244,12 +244,14 @@ async fn handle_frame(
     match frame {
         Frame::Heartbeat => {}
         Frame::Dispatch(dispatch) => match dispatch.key {
-            None => serve_dispatch(shared, dispatch, out, active).await?,
+            None => serve_dispatch(shared, *dispatch, out, active).await?,
             Some(key) => {
                 let id = dispatch.id;
                 let served = crate::idem::serve_keyed(&shared.idem, key, id, out).await;
                 match served.map_err(|()| WorkerError::WriterStopped)? {
-                    Some(forwarder) => serve_dispatch(shared, dispatch, &forwarder, active).await?,
+                    Some(forwarder) => {
+                        serve_dispatch(shared, *dispatch, &forwarder, active).await?
+                    }
                     // A replay comes only after a failure (a broker restart, a lost
                     // connection): worth a line.
                     None => info!(

@@ -141,16 +141,19 @@ fn config(addr: &str, pluginspath: &Path) -> WorkerConfig {
 }
 
 fn dispatch(id: u64, plugin: &str) -> Frame {
-    Frame::Dispatch(Dispatch {
-        id,
-        service: "svc-a".into(),
-        plugin: plugin.into(),
-        command: vec!["hi".into(), "there".into()],
-        args: vec![],
-        payload: vec![],
-        timeout_ms: 0,
-        key: None,
-    })
+    Frame::Dispatch(
+        Dispatch {
+            id,
+            service: "svc-a".into(),
+            plugin: plugin.into(),
+            command: vec!["hi".into(), "there".into()],
+            args: vec![],
+            payload: vec![],
+            timeout_ms: 0,
+            key: None,
+        }
+        .into(),
+    )
 }
 
 /// Starts `run` with a oneshot as its shutdown.
@@ -491,13 +494,16 @@ fn keyed(id: u64, plugin: &str, seq: u64) -> Frame {
     let Frame::Dispatch(d) = dispatch(id, plugin) else {
         unreachable!()
     };
-    Frame::Dispatch(Dispatch {
-        key: Some(proto::IdemKey {
-            source: [3; 16],
-            seq,
-        }),
-        ..d
-    })
+    Frame::Dispatch(
+        Dispatch {
+            key: Some(proto::IdemKey {
+                source: [3; 16],
+                seq,
+            }),
+            ..*d
+        }
+        .into(),
+    )
 }
 
 /// A keyed dispatch runs once: a replay while it runs waits for its end, a replay after it

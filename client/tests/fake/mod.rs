@@ -59,7 +59,7 @@ impl Peer {
 
     pub async fn request(&mut self) -> Request {
         match self.next().await {
-            Frame::Request(request) => request,
+            Frame::Request(request) => *request,
             other => panic!("expected Request, got {other:?}"),
         }
     }

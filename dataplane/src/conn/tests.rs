@@ -110,16 +110,19 @@ fn read_buffer_grows_with_bytes_received_not_with_the_claim() {
             SharedStream::new(Stream::Plain(ours)),
             proto::DEFAULT_MAX_FRAME,
         );
-        let big = Frame::Dispatch(proto::Dispatch {
-            id: 1,
-            service: "s".into(),
-            plugin: "p".into(),
-            command: Vec::new(),
-            args: Vec::new(),
-            payload: vec![9; 300_000],
-            timeout_ms: 0,
-            key: None,
-        });
+        let big = Frame::Dispatch(
+            proto::Dispatch {
+                id: 1,
+                service: "s".into(),
+                plugin: "p".into(),
+                command: Vec::new(),
+                args: Vec::new(),
+                payload: vec![9; 300_000],
+                timeout_ms: 0,
+                key: None,
+            }
+            .into(),
+        );
         let bytes = proto::encode_to_vec(&big);
         let writer = glommio::spawn_local(async move {
             for chunk in bytes.chunks(50_000) {

@@ -79,7 +79,7 @@ impl Shard {
         match frame {
             Frame::Heartbeat => true,
             Frame::Request(request) => {
-                self.on_request(conn_id, request);
+                self.on_request(conn_id, *request);
                 true
             }
             Frame::Cancel { id } => {

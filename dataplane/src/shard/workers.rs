@@ -35,7 +35,7 @@ impl Shard {
             // If the worker closed, its close handler reports the dispatch lost.
             // A worker's outbox has no byte bound: it cannot overflow, only push back.
             Some(out) => {
-                self.push_to(&out, &Frame::Dispatch(dispatch));
+                self.push_to(&out, &Frame::Dispatch(Box::new(dispatch)));
             }
             None => self.route_event(dispatch_id, WorkerEvent::Lost),
         }

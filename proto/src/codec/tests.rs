@@ -109,9 +109,9 @@ fn every_frame() -> Vec<Frame> {
                 Event::Done { exit_code: 0 },
             ],
         },
-        Frame::Dispatch(dispatch),
+        Frame::Dispatch(dispatch.into()),
         Frame::Cancel { id: 4 },
-        Frame::Request(request),
+        Frame::Request(request.into()),
         Frame::Routed {
             id: 7,
             algorithm: Algorithm::Mirror,
@@ -459,4 +459,12 @@ fn merged_events_stay_within_their_byte_bound() {
     );
     let n_events: usize = sizes.iter().map(|(n, _)| n).sum();
     assert_eq!(n_events, frames.len());
+}
+
+/// A `Frame` stays small: every frame is moved several times between the decoder and where
+/// it is handled, so its largest variants (`Request`, `Dispatch`) are boxed.
+#[test]
+fn a_frame_is_small() {
+    let size = std::mem::size_of::<Frame>();
+    assert!(size <= 96, "a Frame is {size} bytes");
 }

@@ -176,18 +176,21 @@ async fn a_client_that_does_not_read_is_cut_not_the_worker() -> Result<()> {
     socket.set_recv_buffer_size(4096)?;
     let mut a = socket.connect(broker.addr).await?;
     let mut bytes = hello();
-    bytes.extend(proto::encode_to_vec(&Frame::Request(Request {
-        id: 1,
-        service: "ws".into(),
-        plugin: "command".into(),
-        command: vec!["yes \"$(printf '%0200d' 0)\" | head -c 100000000".into()],
-        args: Vec::new(),
-        payload: Vec::new(),
-        timeout_ms: 120_000,
-        wait: true,
-        key: None,
-        fleet: Default::default(),
-    })));
+    bytes.extend(proto::encode_to_vec(&Frame::Request(
+        Request {
+            id: 1,
+            service: "ws".into(),
+            plugin: "command".into(),
+            command: vec!["yes \"$(printf '%0200d' 0)\" | head -c 100000000".into()],
+            args: Vec::new(),
+            payload: Vec::new(),
+            timeout_ms: 120_000,
+            wait: true,
+            key: None,
+            fleet: Default::default(),
+        }
+        .into(),
+    )));
     a.write_all(&bytes).await?;
 
     // Client B: an echo every 100 ms, all answered by the same worker, for at least 10 s and

@@ -30,18 +30,21 @@ async fn accepted(h: &mut client::RequestHandle) -> Result<()> {
 }
 
 fn raw_request(id: u64, service: &str, command: &str, payload: Vec<u8>) -> Frame {
-    Frame::Request(Request {
-        id,
-        service: service.into(),
-        plugin: "command".into(),
-        command: vec![command.into()],
-        args: Vec::new(),
-        payload,
-        timeout_ms: 120_000,
-        wait: true,
-        key: None,
-        fleet: Default::default(),
-    })
+    Frame::Request(
+        Request {
+            id,
+            service: service.into(),
+            plugin: "command".into(),
+            command: vec![command.into()],
+            args: Vec::new(),
+            payload,
+            timeout_ms: 120_000,
+            wait: true,
+            key: None,
+            fleet: Default::default(),
+        }
+        .into(),
+    )
 }
 
 /// Reads frames off a raw connection.

@@ -14,10 +14,13 @@ fn keyed(id: u64) -> Frame {
     let Frame::Request(request) = request(id, "rr", true) else {
         unreachable!()
     };
-    Frame::Request(Request {
-        key: Some(KEY),
-        ..request
-    })
+    Frame::Request(
+        Request {
+            key: Some(KEY),
+            ..*request
+        }
+        .into(),
+    )
 }
 
 /// The one `Dispatch` in `frames`, with its key.

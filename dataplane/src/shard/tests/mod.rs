@@ -180,18 +180,21 @@ fn principal(identity: &str) -> Principal {
 }
 
 fn request(id: u64, service: &str, wait: bool) -> Frame {
-    Frame::Request(Request {
-        id,
-        service: service.into(),
-        plugin: "echo".into(),
-        command: Vec::new(),
-        args: Vec::new(),
-        payload: b"hi".to_vec(),
-        timeout_ms: 0,
-        wait,
-        key: None,
-        fleet: Default::default(),
-    })
+    Frame::Request(
+        Request {
+            id,
+            service: service.into(),
+            plugin: "echo".into(),
+            command: Vec::new(),
+            args: Vec::new(),
+            payload: b"hi".to_vec(),
+            timeout_ms: 0,
+            wait,
+            key: None,
+            fleet: Default::default(),
+        }
+        .into(),
+    )
 }
 
 /// Opens a connection without a socket, as `serve` does after the handshake; returns its

@@ -53,22 +53,12 @@ impl Shard {
 
     /// A frame from a worker.
     pub(super) fn on_worker_frame(&self, conn_id: u64, frame: Frame) -> bool {
-        let (id, event, last) = match frame {
-            Frame::Heartbeat => return true,
-            Frame::Accepted { id } => (id, WorkerEvent::Accepted, false),
-            Frame::Output {
-                id,
-                seq,
-                stream,
-                data,
-            } => (id, WorkerEvent::Output { seq, stream, data }, false),
-            Frame::Done { id, exit_code } => (id, WorkerEvent::Done { exit_code }, true),
-            Frame::Failed { id, kind, message } => {
-                (id, WorkerEvent::Failed { kind, message }, true)
-            }
-            Frame::Events { id, events } => return self.on_worker_events(conn_id, id, events),
-            Frame::Announce { services } => return self.on_announce(conn_id, services),
-            other => {
+        let (id, event) = match frame.into_worker_event() {
+            Ok(event) => event,
+            Err(Frame::Heartbeat) => return true,
+            Err(Frame::Events { id, events }) => return self.on_worker_events(conn_id, id, events),
+            Err(Frame::Announce { services }) => return self.on_announce(conn_id, services),
+            Err(other) => {
                 self.reject(
                     conn_id,
                     &ProtoError::Malformed {
@@ -78,8 +68,8 @@ impl Shard {
                 return false;
             }
         };
-        if self.worker_runs(conn_id, id, last) {
-            self.route_event(id, event);
+        if self.worker_runs(conn_id, id, event.ends_run()) {
+            self.route_event(id, event.into());
         }
         true
     }

@@ -163,7 +163,8 @@ struct WorkerIn<'a> {
     _truncated: bool,
 }
 
-/// A JSON string's length in characters, without keeping it.
+/// A JSON string's length against [`proto::job::JOB_OUTPUT_TAIL`] ([`chars_within`]),
+/// without keeping it.
 fn text_chars<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     struct Chars;
     impl Visitor<'_> for Chars {
@@ -172,10 +173,20 @@ fn text_chars<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
             f.write_str("a string")
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<usize, E> {
-            Ok(v.chars().count())
+            Ok(chars_within(v, proto::job::JOB_OUTPUT_TAIL))
         }
     }
     d.deserialize_str(Chars)
+}
+
+/// `text`'s length to hold against a bound of `max` characters: its characters, counted
+/// only when its bytes are more than `max` (else its bytes, which are never fewer and so
+/// decide alike).
+fn chars_within(text: &str, max: usize) -> usize {
+    match text.len() > max {
+        true => text.chars().count(),
+        false => text.len(),
+    }
 }
 
 /// Parses and checks a batch (`POST /api/v1/broker/jobs`'s body) and makes its records ready
@@ -275,11 +286,6 @@ fn check(batch: &BatchIn, workers: &[Vec<WorkerIn>]) -> Result<(), ApiError> {
         ))),
         false => Ok(()),
     };
-    // Characters, counted only when the bytes could be too many.
-    let chars = |t: &str, max: usize| match t.len() > max {
-        true => t.chars().count(),
-        false => t.len(),
-    };
     over("records", batch.jobs.len(), MAX_JOB_BATCH)?;
     for (j, parsed) in batch.jobs.iter().zip(workers) {
         for (what, t) in [
@@ -290,20 +296,28 @@ fn check(batch: &BatchIn, workers: &[Vec<WorkerIn>]) -> Result<(), ApiError> {
             ("algorithm", &j.algorithm),
             ("plugin", &j.plugin),
         ] {
-            over(what, chars(t, MAX_JOB_NAME), MAX_JOB_NAME)?;
+            over(what, chars_within(t, MAX_JOB_NAME), MAX_JOB_NAME)?;
         }
         over("command words", j.command.len(), MAX_JOB_ITEMS)?;
         over("arguments", j.args.len(), MAX_JOB_ITEMS)?;
         over("workers", parsed.len(), proto::job::MAX_JOB_WORKERS)?;
         for c in &j.command {
-            over("a command word", chars(c, MAX_JOB_TEXT), MAX_JOB_TEXT)?;
+            over(
+                "a command word",
+                chars_within(c, MAX_JOB_TEXT),
+                MAX_JOB_TEXT,
+            )?;
         }
         for (k, v) in &j.args {
-            let n = chars(k, MAX_JOB_TEXT).max(chars(v, MAX_JOB_TEXT));
+            let n = chars_within(k, MAX_JOB_TEXT).max(chars_within(v, MAX_JOB_TEXT));
             over("an argument", n, MAX_JOB_TEXT)?;
         }
         for w in parsed {
-            over("worker", chars(&w.worker, MAX_JOB_NAME), MAX_JOB_NAME)?;
+            over(
+                "worker",
+                chars_within(&w.worker, MAX_JOB_NAME),
+                MAX_JOB_NAME,
+            )?;
             over("output", w.output_chars, JOB_OUTPUT_TAIL)?;
         }
     }

@@ -54,6 +54,10 @@ pub enum JobsCommand {
         /// Only jobs started within this long (e.g. `1h`, `2d`).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<Duration>,
+        /// Only jobs started more than this long ago (e.g. `1d`; with `--since 2d`, the
+        /// day before yesterday).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        until: Option<Duration>,
         /// At most this many jobs (1 to 500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -229,6 +233,7 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
             service,
             status,
             since,
+            until,
             limit,
             cursor,
             json,
@@ -243,9 +248,13 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
             if let Some(s) = status {
                 query.push(("status", s));
             }
-            if let Some(d) = since {
-                let t = std::time::SystemTime::now() - d;
-                query.push(("since", humantime::format_rfc3339_millis(t).to_string()));
+            for (name, ago) in [("since", since), ("until", until)] {
+                if let Some(d) = ago {
+                    let t = std::time::SystemTime::now()
+                        .checked_sub(d)
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    query.push((name, humantime::format_rfc3339_millis(t).to_string()));
+                }
             }
             let page = api.list(&query).await?;
             if json {
@@ -383,13 +392,25 @@ pub fn rerun_workers(job: &JobView, only: Only) -> Vec<String> {
 /// The request that re-runs `job` on `workers`, from the caller's `base` flags (broker,
 /// credentials, `--timeout`, `--json`, ...): the job's service restricted to `workers` with
 /// the request option `only` (as `--only-workers`). Arguments given with `--args` replace
-/// the job's of the same name; an argument the history redacted must be given again.
+/// the job's of the same name; an argument the history redacted must be given again. The
+/// command is the job's, word for word, unless `--command` gives another (which it must
+/// when the history redacted a secret in it).
 pub fn rerun_request(job: &JobView, workers: &[String], base: &ClientArgs) -> Result<ClientArgs> {
     let j = &job.job;
     let mut args = base.clone();
     args.service = j.service.clone();
     args.plugin = j.plugin.clone();
-    args.command = Some(command_text(j));
+    if base.command.is_none() {
+        if j.command.iter().any(|word| word.contains(REDACTED)) {
+            bail!(
+                "the command of job {} had a secret redacted in the history ({}); give it \
+                 again with --command",
+                j.id,
+                command_text(j)
+            );
+        }
+        args.command_words = Some(j.command.clone());
+    }
     let mut merged: Vec<(String, String)> = Vec::new();
     for a in &j.args {
         if let Some((_, v)) = base.args.iter().find(|(k, _)| *k == a.key) {
@@ -541,7 +562,11 @@ mod tests {
         let r = rerun_request(&j, &workers, &base(&["--args", "api_token=t0k"])).unwrap();
         assert_eq!(r.service, "dc1");
         assert_eq!(r.plugin, "command/command");
-        assert_eq!(r.command.as_deref(), Some("apt-get -y upgrade"));
+        assert_eq!(r.command, None);
+        assert_eq!(
+            r.command_words.as_deref(),
+            Some(&["apt-get -y upgrade".to_string()][..])
+        );
         assert_eq!(
             r.args,
             vec![
@@ -550,6 +575,31 @@ mod tests {
             ]
         );
         assert_eq!(r.only_workers, vec!["web02", "web04"]);
+    }
+
+    /// A job sent as several words runs again as those words; one whose command had a
+    /// secret redacted needs `--command`, which then replaces it.
+    #[test]
+    fn the_rerun_keeps_the_words_and_asks_for_a_redacted_command() {
+        let mut j = job();
+        j.job.args.clear();
+        j.job.command = vec!["printf".into(), "%s\n".into(), "a b".into()];
+        let r = rerun_request(&j, &[], &base(&[])).unwrap();
+        assert_eq!(
+            r.command_words,
+            Some(vec!["printf".into(), "%s\n".into(), "a b".into()])
+        );
+        let spec = crate::client_cmd::request_spec(&r, std::io::empty()).unwrap();
+        assert_eq!(spec.command, ["printf", "%s\n", "a b"]);
+        j.job.command = vec!["curl https://u:***@repo/x".into()];
+        let err = rerun_request(&j, &[], &base(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("give it again with --command"),
+            "{err}"
+        );
+        let r = rerun_request(&j, &[], &base(&["--command", "curl https://u:pw@repo/x"])).unwrap();
+        let spec = crate::client_cmd::request_spec(&r, std::io::empty()).unwrap();
+        assert_eq!(spec.command, ["curl https://u:pw@repo/x"]);
     }
 
     #[test]

@@ -561,6 +561,9 @@ pub struct JobRecordDoc {
     /// The workers (of this part), at most 10000.
     #[schema(required = false, max_items = 10000)]
     pub workers: Vec<JobWorkerDoc>,
+    /// Through a `local` service or worker: only its caller sees the job.
+    #[schema(required = false)]
+    pub private: bool,
 }
 
 /// `proto::job::JobWorker`.

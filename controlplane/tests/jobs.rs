@@ -12,6 +12,7 @@ on_both_backends!(
     broker_records_are_listed_and_shown,
     filters_and_paging,
     team_isolation,
+    private_jobs_are_their_callers_alone,
     retention_deletes_old_jobs,
     secret_looking_args_are_redacted,
     records_and_worker_reports_written_at_once_never_fail,
@@ -306,6 +307,65 @@ async fn team_isolation(backend: Backend) {
     assert_eq!(
         h.call(Method::GET, "/api/v1/jobs", None, None).await.0,
         StatusCode::UNAUTHORIZED
+    );
+}
+
+/// A job through a `local` service or worker is its caller's alone: another member of the
+/// same team (even an admin) neither lists it nor reads it by id; the team's other jobs
+/// stay visible to every member.
+async fn private_jobs_are_their_callers_alone(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    let (status, body) = h
+        .post(
+            "/api/v1/teams/main/members",
+            admin,
+            json!({"identity": "carol", "secret": "carolsecret", "role": "member"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let carol = h.login("main", "carol", "carolsecret").await;
+    let mut private = record(
+        "p1",
+        "main",
+        "carols-box",
+        now_ms(),
+        vec![worker("w", "ok", Some(0), "carol's output")],
+    );
+    private["identity"] = json!("carol");
+    private["private"] = json!(true);
+    let shared = record(
+        "s1",
+        "main",
+        "dc1",
+        now_ms(),
+        vec![worker("w", "ok", Some(0), "")],
+    );
+    deliver(&h, vec![private, shared]).await;
+
+    let services = |page: &Value| -> Vec<String> {
+        page["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["service"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, page) = h.get("/api/v1/jobs", &carol).await;
+    assert_eq!(services(&page), ["dc1", "carols-box"], "{page}");
+    let private_id = page["jobs"][1]["id"].as_i64().unwrap();
+    let (status, shown) = h.get(&format!("/api/v1/jobs/{private_id}"), &carol).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["outcomes"][0]["output"], "carol's output");
+
+    let (_, page) = h.get("/api/v1/jobs", admin).await;
+    assert_eq!(services(&page), ["dc1"], "{page}");
+    let (_, page) = h.get("/api/v1/jobs?service=carols-box", admin).await;
+    assert_eq!(services(&page), Vec::<String>::new(), "{page}");
+    assert_error(
+        &h.get(&format!("/api/v1/jobs/{private_id}"), admin).await,
+        404,
+        "NotFound",
     );
 }
 

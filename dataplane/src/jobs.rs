@@ -108,6 +108,7 @@ impl JobTrace {
                 .unwrap_or(0),
             duration_ms: 0,
             workers: Vec::new(),
+            private: false,
         };
         JobTrace {
             head,
@@ -117,6 +118,11 @@ impl JobTrace {
             ended: None,
             tail_bytes: 0,
         }
+    }
+
+    /// The request went through a `local` service or worker: only its caller may see it.
+    pub fn make_private(&mut self) {
+        self.head.private = true;
     }
 
     /// The request ended now: the shard marks it so, and hands the trace on; turning it into
@@ -214,6 +220,13 @@ impl JobTrace {
             .collect();
         let (mut record, _) = self.head.with_workers(workers);
         record.duration_ms = now.duration_since(self.started).as_millis() as u64;
+        // Secrets written into the command text (a URL's password, `--token=…`) are
+        // redacted here, on the job-history thread, not on the shard.
+        for word in &mut record.command {
+            if let std::borrow::Cow::Owned(redacted) = proto::job::redact_command(word) {
+                *word = redacted;
+            }
+        }
         record
     }
 }

@@ -231,6 +231,14 @@ impl Registry {
 
     /// Whether `caller` (of `team`) may use worker `identity` directly or through the
     /// services it announces: a `local` worker only its owner may.
+    /// Whether worker `identity` of `team` is `local` (its owner's alone).
+    pub fn is_local_worker(&self, team: &str, identity: &str) -> bool {
+        self.grants
+            .get(team)
+            .and_then(|g| g.get(identity))
+            .is_some_and(|grant| grant.visibility == Visibility::Local)
+    }
+
     fn may_use_worker(&self, team: &str, identity: &str, caller: &Principal) -> bool {
         match self.grants.get(team).and_then(|g| g.get(identity)) {
             Some(grant) if grant.visibility == Visibility::Local => grant.owner == caller.identity,
@@ -303,13 +311,7 @@ impl Registry {
                     }
                 }
             }
-            if members.is_empty() {
-                return Err((
-                    ErrorKind::NoWorkersOnline,
-                    format!("service {name} has no worker online"),
-                ));
-            }
-            let offline = match service.algorithm {
+            let offline: Vec<Arc<str>> = match service.algorithm {
                 proto::Algorithm::Roundrobin => Vec::new(),
                 _ => service
                     .workers
@@ -318,6 +320,14 @@ impl Registry {
                     .map(|id| Arc::from(id.as_str()))
                     .collect(),
             };
+            // A mirror or serial service with every bound worker offline still routes: the
+            // request reports each of them `Offline` instead of naming none of them.
+            if members.is_empty() && offline.is_empty() {
+                return Err((
+                    ErrorKind::NoWorkersOnline,
+                    format!("service {name} has no worker online"),
+                ));
+            }
             return Ok(Route {
                 service,
                 members,

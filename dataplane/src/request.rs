@@ -184,8 +184,9 @@ pub struct RequestRun {
 }
 
 impl RequestRun {
-    /// A request over `targets` (non-empty). For roundrobin, `targets` is already rotated so
-    /// that the first is the chosen worker and the rest are fail-over candidates.
+    /// A request over `targets` (non-empty for roundrobin; a mirror or serial request may
+    /// have only offline workers). For roundrobin, `targets` is already rotated so that the
+    /// first is the chosen worker and the rest are fail-over candidates.
     pub fn new(policy: Policy, targets: Vec<WorkerRef>) -> RequestRun {
         RequestRun {
             policy,
@@ -222,6 +223,17 @@ impl RequestRun {
         }
     }
 
+    /// True when its workers start at different times (a mirror batch smaller than the
+    /// fleet, or serial over more than one worker): each worker's timeout then runs from its
+    /// own start ([`RequestRun::on_dispatch_timeout`]) instead of from the request's.
+    pub fn staged(&self) -> bool {
+        match self.policy.algorithm {
+            Algorithm::Roundrobin => false,
+            Algorithm::Serial => self.targets.len() > 1,
+            Algorithm::Mirror => self.policy.batch.is_some_and(|b| b < self.targets.len()),
+        }
+    }
+
     /// True once `Finish` was emitted.
     pub fn is_finished(&self) -> bool {
         self.finished
@@ -248,6 +260,16 @@ impl RequestRun {
         self.advance(next_id, out);
     }
 
+    /// Where `dispatch_id` is in `running`, while the request runs.
+    fn running_at(&self, dispatch_id: u64) -> Option<usize> {
+        if self.finished {
+            return None;
+        }
+        self.running
+            .iter()
+            .position(|r| r.dispatch_id == dispatch_id)
+    }
+
     /// A worker reported `event` for `dispatch_id`.
     pub fn on_event(
         &mut self,
@@ -256,14 +278,7 @@ impl RequestRun {
         next_id: &mut impl FnMut() -> u64,
         out: &mut Vec<Action>,
     ) {
-        if self.finished {
-            return;
-        }
-        let Some(pos) = self
-            .running
-            .iter()
-            .position(|r| r.dispatch_id == dispatch_id)
-        else {
+        let Some(pos) = self.running_at(dispatch_id) else {
             return;
         };
         let worker = self.targets[self.running[pos].target_idx].identity.clone();
@@ -341,6 +356,48 @@ impl RequestRun {
     pub fn on_timeout(&mut self, out: &mut Vec<Action>) {
         let message = self.policy.deadline_message();
         self.stop_all(ErrorKind::Timeout, &message, out);
+    }
+
+    /// A staged run's worker reached its timeout, counted from its own dispatch: it is
+    /// cancelled and reported (`Timeout` with the request's one timeout text, or
+    /// `NoResponse` when it never accepted), and the run goes on with the next worker.
+    pub fn on_dispatch_timeout(
+        &mut self,
+        dispatch_id: u64,
+        next_id: &mut impl FnMut() -> u64,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(pos) = self.running_at(dispatch_id) else {
+            return;
+        };
+        let run = self.running.swap_remove(pos);
+        let target = self.targets[run.target_idx].clone();
+        out.push(Action::Cancel {
+            dispatch_id,
+            at: target.at,
+        });
+        out.push(Action::Forget { dispatch_id });
+        let (kind, message) = if run.accepted {
+            (ErrorKind::Timeout, self.policy.timeout_message())
+        } else {
+            (
+                ErrorKind::NoResponse,
+                format!(
+                    "worker {} did not answer within its timeout{}",
+                    target.identity,
+                    self.policy
+                        .timeout
+                        .map(|t| format!(" ({})", humantime::format_duration(t)))
+                        .unwrap_or_default()
+                ),
+            )
+        };
+        self.count_failure(kind);
+        out.push(Action::Relay {
+            worker: target.identity,
+            event: Event::Failed { kind, message },
+        });
+        self.advance(next_id, out);
     }
 
     /// The client sent `Cancel`.

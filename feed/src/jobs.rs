@@ -9,7 +9,8 @@
 //! the queue, and past its bounds are dropped and counted: requests come first.
 //!
 //! - The queue is bounded by [`QUEUE_RECORDS`] records and [`QUEUE_BYTES`] bytes; a record that
-//!   does not fit is dropped and counted (`triggerfs_broker_jobs_lost_total{reason="queue_full"}`).
+//!   does not fit is dropped and counted (`triggerfs_broker_jobs_lost_total{reason="queue_full"}`),
+//!   and the `job-history` thread logs how many at its next drain (not the shard).
 //! - A batch is at most [`BATCH_RECORDS`] records and about [`POST_BYTES`] of JSON (the
 //!   control plane takes up to 16 MiB on this route, JSON escaping included); a record larger
 //!   than that (many workers with long output) goes in parts, each with some of its workers
@@ -23,7 +24,7 @@
 use dataplane::jobs::JobTrace;
 use dataplane::metrics::{JOBS_DELIVERED, JOBS_LOST};
 use proto::job::{JobBatch, JobRecord, MAX_JOB_WORKERS};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -50,6 +51,8 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(200);
 pub struct JobQueue {
     tx: mpsc::Sender<(Box<JobTrace>, usize)>,
     bytes: Arc<AtomicUsize>,
+    /// Records dropped because the queue was full, for the drain to log.
+    dropped: Arc<AtomicU64>,
 }
 
 /// The receiving end, for [`deliver_loop`]; it gives each record its key (this boot and a
@@ -57,14 +60,28 @@ pub struct JobQueue {
 pub struct JobDrain {
     rx: mpsc::Receiver<(Box<JobTrace>, usize)>,
     bytes: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+    /// `dropped` as last logged.
+    logged: u64,
     boot: u64,
     seq: u64,
+}
+
+impl JobDrain {
+    /// Records dropped at a full queue since the last call, if any.
+    fn newly_dropped(&mut self) -> Option<u64> {
+        let now = self.dropped.load(Ordering::Relaxed);
+        let new = now - self.logged;
+        self.logged = now;
+        (new > 0).then_some(new)
+    }
 }
 
 /// A queue and its drain.
 pub fn queue() -> (JobQueue, JobDrain) {
     let (tx, rx) = mpsc::channel(QUEUE_RECORDS);
     let bytes = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
     let boot = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -74,10 +91,13 @@ pub fn queue() -> (JobQueue, JobDrain) {
         JobQueue {
             tx,
             bytes: bytes.clone(),
+            dropped: dropped.clone(),
         },
         JobDrain {
             rx,
             bytes,
+            dropped,
+            logged: 0,
             boot,
             seq: 0,
         },
@@ -91,13 +111,17 @@ impl JobQueue {
         let weight = trace.weight();
         if self.bytes.fetch_add(weight, Ordering::Relaxed) + weight > QUEUE_BYTES {
             self.bytes.fetch_sub(weight, Ordering::Relaxed);
-            JOBS_LOST.with_label_values(&["queue_full"]).inc();
-            return;
+            return self.drop_one();
         }
         if self.tx.try_send((trace, weight)).is_err() {
             self.bytes.fetch_sub(weight, Ordering::Relaxed);
-            JOBS_LOST.with_label_values(&["queue_full"]).inc();
+            self.drop_one();
         }
+    }
+
+    fn drop_one(&self) {
+        JOBS_LOST.with_label_values(&["queue_full"]).inc();
+        self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -235,6 +259,12 @@ where
             }
         }
         drain.bytes.fetch_sub(weight, Ordering::Relaxed);
+        if let Some(n) = drain.newly_dropped() {
+            warn!(
+                records = n,
+                "job history records lost: the queue was full (requests come first)"
+            );
+        }
         if records.is_empty() {
             continue;
         }
@@ -282,6 +312,7 @@ mod tests {
             command: vec![],
             args: vec![],
             started_unix_ms: 1,
+            private: false,
             duration_ms: 1,
             workers: (0..workers)
                 .map(|i| JobWorker {
@@ -344,13 +375,16 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts() {
-        let (q, _drain) = queue();
+        let (q, mut drain) = queue();
         let before = JOBS_LOST.with_label_values(&["queue_full"]).get();
         for _ in 0..QUEUE_RECORDS + 10 {
             q.push(trace(1, 1));
         }
         let after = JOBS_LOST.with_label_values(&["queue_full"]).get();
         assert!(after - before >= 10);
+        // The drain logs them once.
+        assert_eq!(drain.newly_dropped(), Some(10));
+        assert_eq!(drain.newly_dropped(), None);
     }
 
     #[tokio::test]

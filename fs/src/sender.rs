@@ -102,6 +102,25 @@ fn verdict(outcome: &Outcome) -> Verdict {
             Verdict::Rejected(e.kind)
         };
     }
+    // A mirror or serial service whose bound workers were all offline ran nowhere: the
+    // broker reports them instead of refusing with `NoWorkersOnline`, and the record waits
+    // for them just the same.
+    if !outcome.workers.is_empty()
+        && outcome
+            .workers
+            .iter()
+            .all(|w| w.status == WorkerStatus::Offline)
+    {
+        return Verdict::Retry(Again::because(format!(
+            "every worker of the service is offline ({})",
+            outcome
+                .workers
+                .iter()
+                .map(|w| w.worker.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     for w in &outcome.workers {
         if matches!(
             w.status,
@@ -495,7 +514,27 @@ mod tests {
             message: String::new(),
         };
         assert_eq!(
-            verdict(&outcome(&[accepted, timeout, summary])),
+            verdict(&outcome(&[accepted.clone(), timeout, summary])),
+            Verdict::Delivered { replayed: false }
+        );
+        // Every bound worker offline: nobody has the record, it waits for them.
+        let offline = |worker: &str| ClientEvent::Failed {
+            worker: worker.into(),
+            kind: ErrorKind::Offline,
+            message: String::new(),
+        };
+        let two = ClientEvent::Summary(proto::Summary {
+            workers: 2,
+            offline: 2,
+            ..Default::default()
+        });
+        assert!(matches!(
+            verdict(&outcome(&[offline("a"), offline("b"), two.clone()])),
+            Verdict::Retry(_)
+        ));
+        // One of two offline: the other has it.
+        assert_eq!(
+            verdict(&outcome(&[offline("a"), accepted, done(0), two])),
             Verdict::Delivered { replayed: false }
         );
     }

@@ -175,6 +175,10 @@ pub struct JobRecord<W = JobWorker> {
     /// Every worker it went to, in dispatch order.
     #[serde(default = "Vec::new")]
     pub workers: Vec<W>,
+    /// Through a `local` service or worker: the job is its caller's alone to see, not the
+    /// whole team's (the service was its caller's alone to use).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
 }
 
 impl<W> JobRecord<W> {
@@ -192,6 +196,7 @@ impl<W> JobRecord<W> {
             started_unix_ms: self.started_unix_ms,
             duration_ms: self.duration_ms,
             workers,
+            private: self.private,
         };
         (record, self.workers)
     }
@@ -259,9 +264,103 @@ pub fn redact(key: &str, value: &str) -> String {
     }
 }
 
+/// A command text as the job history keeps it: what looks like a secret replaced by
+/// [`REDACTED`], everything else as written (spacing included):
+/// - the password of a URL (`https://user:pw@host/` → `https://user:***@host/`);
+/// - the value of a word `name=value` or `--name=value` whose name looks secret
+///   ([`is_secret_key`]: `PGPASSWORD=…`, `--token=…`);
+/// - the word after a flag whose name looks secret (`--password …`, `-auth-token …`).
+///
+/// A secret the text gives in a form of its own (`mysql -pXYZ`) is kept: pass secrets as
+/// arguments (`key=value`), whose values are redacted by name, or in the worker's files.
+pub fn redact_command(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut out: Option<String> = None;
+    let mut done = 0;
+    let mut redact_next = false;
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(start) = rest.find(|c: char| !c.is_whitespace()) {
+        let len = rest[start..]
+            .find(char::is_whitespace)
+            .unwrap_or(rest.len() - start);
+        let (from, word) = (offset + start, &rest[start..start + len]);
+        offset += start + len;
+        rest = &rest[start + len..];
+        // The span of `word` to replace, if any, relative to the word.
+        let span = if std::mem::take(&mut redact_next) {
+            Some((0, word.len()))
+        } else {
+            let name = word.trim_start_matches('-');
+            if let Some((key, value)) = name.split_once('=') {
+                (is_secret_key(key) && !value.is_empty())
+                    .then(|| (word.len() - value.len(), word.len()))
+            } else if word.starts_with('-') && is_secret_key(name) {
+                redact_next = true;
+                None
+            } else {
+                url_password(word)
+            }
+        };
+        if let Some((a, b)) = span {
+            let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            out.push_str(&text[done..from + a]);
+            out.push_str(REDACTED);
+            done = from + b;
+        }
+    }
+    match out {
+        Some(mut out) => {
+            out.push_str(&text[done..]);
+            std::borrow::Cow::Owned(out)
+        }
+        None => std::borrow::Cow::Borrowed(text),
+    }
+}
+
+/// Where the password of a URL in `word` is (`scheme://user:password@host`).
+fn url_password(word: &str) -> Option<(usize, usize)> {
+    let authority = word.find("://")? + 3;
+    let end = word[authority..]
+        .find(['/', '?', '#'])
+        .map_or(word.len(), |e| authority + e);
+    let at = word[authority..end].rfind('@')? + authority;
+    let colon = word[authority..at].find(':')? + authority;
+    (colon + 1 < at).then_some((colon + 1, at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_in_command_text_are_redacted() {
+        for (text, want) in [
+            ("uptime", "uptime"),
+            ("  df -h  /  ", "  df -h  /  "),
+            (
+                "curl https://deploy:s3cr3t@repo.example/x.tar",
+                "curl https://deploy:***@repo.example/x.tar",
+            ),
+            ("git clone https://host/a@b", "git clone https://host/a@b"),
+            ("psql postgres://u@db/app", "psql postgres://u@db/app"),
+            ("PGPASSWORD=hunter2 psql -h db", "PGPASSWORD=*** psql -h db"),
+            (
+                "deploy --token=abc --verbose",
+                "deploy --token=*** --verbose",
+            ),
+            ("deploy --api-key abc  now", "deploy --api-key ***  now"),
+            ("mysql --password", "mysql --password"),
+            ("run --empty-token=", "run --empty-token="),
+            ("é --secret x é", "é --secret *** é"),
+            ("a=1 b=2", "a=1 b=2"),
+        ] {
+            assert_eq!(redact_command(text), want, "{text}");
+        }
+        assert!(matches!(
+            redact_command("ls -la"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn secret_looking_keys() {

@@ -261,6 +261,7 @@ impl Session {
             plugin: a.get(Kind::Plugin).to_string(),
             timeout,
             command: Some(a.get(Kind::Rest).to_string()),
+            command_words: None,
             args: pairs,
             payload_file: None,
             json: self.json,

@@ -94,6 +94,10 @@ pub struct ClientArgs {
     /// The command text; when absent, all of stdin (one trailing newline trimmed).
     #[arg(long, env = "TRIGGERFS_COMMAND", allow_hyphen_values = true)]
     pub command: Option<String>,
+    /// The command as the words a recorded job had (`--rerun`), kept apart so that a job
+    /// sent as several words (through the gateway) runs again as those words.
+    #[arg(skip)]
+    pub command_words: Option<Vec<String>>,
     /// A plugin argument `key=value`; repeat for more.
     #[arg(long = "args", env = "TRIGGERFS_ARGS", value_name = "KEY=VALUE", allow_hyphen_values = true, value_parser = parse_key_value)]
     pub args: Vec<(String, String)>,
@@ -306,9 +310,16 @@ pub fn without_credentials(args: &ClientArgs, e: ClientError) -> ClientError {
 
 /// The request the flags describe; reads stdin when `--command` is absent.
 pub fn request_spec(args: &ClientArgs, mut stdin: impl Read) -> Result<RequestSpec, ClientError> {
-    let command_text = match &args.command {
-        Some(text) => text.clone(),
-        None => {
+    // The whole text is one word: the `command` plugin hands it to `sh -c`, and splitting
+    // here would lose the user's quoting. A re-run job keeps the words it was sent as.
+    let one_word = |text: String| match text.is_empty() {
+        true => Vec::new(),
+        false => vec![text],
+    };
+    let command = match (&args.command, &args.command_words) {
+        (Some(text), _) => one_word(text.clone()),
+        (None, Some(words)) => words.clone(),
+        (None, None) => {
             let mut text = String::new();
             stdin
                 .read_to_string(&mut text)
@@ -316,7 +327,7 @@ pub fn request_spec(args: &ClientArgs, mut stdin: impl Read) -> Result<RequestSp
                     what: "the command from stdin".to_string(),
                     source,
                 })?;
-            trim_one_newline(text)
+            one_word(trim_one_newline(text))
         }
     };
     let payload = match &args.payload_file {
@@ -329,13 +340,7 @@ pub fn request_spec(args: &ClientArgs, mut stdin: impl Read) -> Result<RequestSp
     Ok(RequestSpec {
         service: args.service.clone(),
         plugin: args.plugin.clone(),
-        // The whole text is one word: the `command` plugin hands it to `sh -c`, and
-        // splitting here would lose the user's quoting.
-        command: if command_text.is_empty() {
-            Vec::new()
-        } else {
-            vec![command_text]
-        },
+        command,
         args: args.args.clone(),
         payload,
         timeout: args.timeout,

@@ -17,7 +17,7 @@ use client::{ClientEvent, Outcome, WorkerOutcome, WorkerStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
-use proto::{Algorithm, Stream, TextEnum};
+use proto::{Algorithm, ErrorKind, Stream, TextEnum};
 use std::io::{self, Write};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -299,6 +299,31 @@ impl LiveRender {
             }
             ClientEvent::Done { .. } | ClientEvent::Failed { .. } => {
                 if let Some(bar) = &self.bar {
+                    // A worker that failed, timed out, never answered or is offline is
+                    // named above the bar as it happens, not only in the final table.
+                    let named = match event {
+                        ClientEvent::Done {
+                            worker, exit_code, ..
+                        } if *exit_code != 0 => Some(format!(
+                            "[{}@{worker}] failed (exit code {exit_code})",
+                            self.plugin
+                        )),
+                        ClientEvent::Failed {
+                            worker,
+                            kind,
+                            message,
+                        } if !matches!(kind, ErrorKind::Skipped | ErrorKind::Detached) => {
+                            Some(format!(
+                                "[{}@{worker}] {}: {message}",
+                                self.plugin,
+                                WorkerStatus::of_failure(*kind).words()
+                            ))
+                        }
+                        _ => None,
+                    };
+                    if let Some(line) = named {
+                        self.pending.push((Stream::Stderr, line));
+                    }
                     bar.inc(1);
                     self.show_counts();
                     self.tick(console)?;
@@ -792,6 +817,63 @@ mod tests {
         assert_eq!(
             text.lines().filter(|l| l.starts_with("[p@w")).count(),
             10_000
+        );
+    }
+
+    /// Under the bar, a worker that is offline, failed, timed out or never answered is
+    /// named as it happens (on stderr, with the output lines); skipped and detached ones
+    /// are counted, not listed one by one; a success is not announced.
+    #[test]
+    fn failing_workers_are_named_under_the_bar() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut console = test_console(&mut out, &mut err, true);
+        let mut live = LiveRender::new("dc1", "p", false);
+        let events = [
+            ClientEvent::Routed {
+                algorithm: Algorithm::Mirror,
+                n_workers: 6,
+            },
+            ClientEvent::Failed {
+                worker: "web02".into(),
+                kind: ErrorKind::Offline,
+                message: "worker web02 is bound to the service but offline".into(),
+            },
+            ClientEvent::Done {
+                worker: "web03".into(),
+                exit_code: 100,
+            },
+            ClientEvent::Done {
+                worker: "web04".into(),
+                exit_code: 0,
+            },
+            ClientEvent::Failed {
+                worker: "web05".into(),
+                kind: ErrorKind::NoResponse,
+                message: "worker web05 did not answer before the deadline".into(),
+            },
+            ClientEvent::Failed {
+                worker: "web06".into(),
+                kind: ErrorKind::Skipped,
+                message: "not started".into(),
+            },
+        ];
+        for event in &events {
+            live.event(&mut console, event).unwrap();
+        }
+        live.finish(&mut console, &Outcome::new("dc1", "p"))
+            .unwrap();
+        drop(console);
+        let err = String::from_utf8(err).unwrap();
+        for want in [
+            "[p@web02] offline: worker web02 is bound to the service but offline",
+            "[p@web03] failed (exit code 100)",
+            "[p@web05] no response: worker web05 did not answer before the deadline",
+        ] {
+            assert!(err.contains(want), "{want}\n{err}");
+        }
+        assert!(
+            !err.contains("[p@web04]") && !err.contains("[p@web06]"),
+            "{err}"
         );
     }
 

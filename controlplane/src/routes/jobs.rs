@@ -95,13 +95,14 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
             let duration = i64::try_from(job.duration_ms).unwrap_or(i64::MAX);
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO jobs (team_id, report_key, identity, service, algorithm, plugin, \
-                 command, args, started, duration_ms, status, n_workers, n_ok, workers_zstd) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 command, args, started, duration_ms, status, n_workers, n_ok, workers_zstd, \
+                 private) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
                  ON CONFLICT (report_key) DO NOTHING RETURNING id")
                 .bind(team_id).bind(&job.key).bind(&job.identity).bind(&job.service)
                 .bind(&job.algorithm).bind(&job.plugin).bind(&p.command).bind(&p.args)
                 .bind(started).bind(duration).bind(p.tally.status.as_str())
-                .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers)
+                .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers).bind(job.private)
                 .fetch_optional(&mut *tx).await?;
             if inserted.is_none() {
                 // Another part of a record stored before, or the same record again.
@@ -300,7 +301,7 @@ fn time_param(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError
 }
 
 /// The caller's team's jobs, newest first, filtered and paged (`limit` with `cursor`, or with
-/// `offset`).
+/// `offset`). A job through a `local` service or worker is listed only for its caller.
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", security(("jwt" = [])),
     params(JobQuery),
     responses((status = 200, body = JobPage),
@@ -343,12 +344,13 @@ pub async fn list_jobs(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE team_id = $1 \
          AND ($2 IS NULL OR service = $2) AND ($3 IS NULL OR status = $3) \
          AND ($4 IS NULL OR started >= $4) AND ($5 IS NULL OR started < $5) \
-         AND ($6 IS NULL OR id < $6) ORDER BY id DESC LIMIT $7 OFFSET $8"
+         AND ($6 IS NULL OR id < $6) AND (NOT private OR identity = $9) \
+         ORDER BY id DESC LIMIT $7 OFFSET $8"
     );
     let rows: Vec<JobRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql)
             .bind(user.team_id).bind(&q.service).bind(&q.status).bind(since).bind(until)
-            .bind(cursor).bind(i64::from(limit) + 1).bind(offset)
+            .bind(cursor).bind(i64::from(limit) + 1).bind(offset).bind(&user.identity)
             .fetch_all(pool).await?
     });
     let more = rows.len() > limit as usize;
@@ -365,7 +367,8 @@ pub async fn list_jobs(
     Ok(Json(JobPage { jobs, next_cursor }))
 }
 
-/// One job of the caller's team, with every worker's outcome and the tail of its output.
+/// One job of the caller's team, with every worker's outcome and the tail of its output (a
+/// job through a `local` service or worker: only for its caller).
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", security(("jwt" = [])),
     params(("id" = JobId, Path, description = "Job id")),
     responses((status = 200, body = JobView),
@@ -383,10 +386,12 @@ pub async fn get_job(
         .filter(|i| *i > 0)
         .ok_or_else(not_found)?;
     let sql = format!(
-        "SELECT {JOB_COLUMNS}, workers, workers_zstd FROM jobs WHERE id = $1 AND team_id = $2"
+        "SELECT {JOB_COLUMNS}, workers, workers_zstd FROM jobs WHERE id = $1 AND team_id = $2 \
+         AND (NOT private OR identity = $3)"
     );
     let row: Option<WithWorkers> = on_db!(&state.db, pool => {
-        sqlx::query_as(&sql).bind(job_id).bind(user.team_id).fetch_optional(pool).await?
+        sqlx::query_as(&sql).bind(job_id).bind(user.team_id).bind(&user.identity)
+            .fetch_optional(pool).await?
     });
     let row = row.ok_or_else(not_found)?;
     let json = unpack(row.workers, row.workers_zstd);

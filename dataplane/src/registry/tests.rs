@@ -85,13 +85,17 @@ fn configured_services_route_only_to_their_workers() {
     assert!(r.configured_elsewhere("a", "dc1", "w9"));
     assert!(!r.configured_elsewhere("a", "dc1", "w1"));
     assert!(!r.configured_elsewhere("a", "logs", "w9"));
-    // With nothing bound online, an announcer still does not serve it.
+    // With nothing bound online, an announcer still does not serve it: the route has no
+    // member, and (serial) names every bound worker offline.
     let mut r = registry();
     r.worker_online("a", "w9".into(), at(9), 9, vec!["dc1".into()]);
-    assert_eq!(
-        r.resolve(&caller("a", "bob"), "dc1").unwrap_err().0,
-        ErrorKind::NoWorkersOnline
-    );
+    let route = r.resolve(&caller("a", "bob"), "dc1").unwrap();
+    assert!(route.members.is_empty());
+    assert_eq!(offline(&route), ["w3", "w1", "w2"]);
+}
+
+fn offline(route: &Route) -> Vec<String> {
+    route.offline.iter().map(|w| w.to_string()).collect()
 }
 
 /// A config file may open a service to announcers (every peer is trusted there).
@@ -209,10 +213,28 @@ fn announced_index_follows_announce_reconnect_and_offline() {
 fn no_workers_online_and_reconnect_races() {
     let mut r = registry();
     let bob = caller("a", "bob");
+    // A serial or mirror service reports its bound workers offline; a roundrobin one with
+    // none online, and a service with no worker bound, are refused.
     assert_eq!(
-        r.resolve(&bob, "dc1").unwrap_err().0,
-        ErrorKind::NoWorkersOnline
+        offline(&r.resolve(&bob, "dc1").unwrap()),
+        ["w3", "w1", "w2"]
     );
+    let mut rr = service("a", "rr", Visibility::Team, &["w1"]);
+    rr.algorithm = Algorithm::Roundrobin;
+    let empty = service("a", "empty", Visibility::Team, &[]);
+    let mut r2 = Registry::new(Arc::new(RoutingConfig {
+        services: [rr, empty]
+            .into_iter()
+            .map(|s| ((s.team.clone(), s.name.clone()), s))
+            .collect(),
+        workers: Default::default(),
+    }));
+    for name in ["rr", "empty"] {
+        assert_eq!(
+            r2.resolve(&bob, name).unwrap_err().0,
+            ErrorKind::NoWorkersOnline
+        );
+    }
     r.worker_online("a", "w1".into(), at(1), 1, vec![]);
     // A reconnect arrives before the old connection's close is noticed.
     r.worker_online("a", "w1".into(), at(5), 5, vec![]);

@@ -324,3 +324,103 @@ fn deadline_splits_timed_out_and_no_response() {
         ]
     );
 }
+
+/// A mirror or serial request whose bound workers are all offline reports each of them and
+/// ends at once (it is not refused as `NoWorkersOnline`, which would name none of them).
+#[test]
+fn every_worker_offline_is_reported_and_ends() {
+    for algorithm in [Algorithm::Mirror, Algorithm::Serial] {
+        let run = RequestRun::new(policy(algorithm), Vec::new())
+            .with_offline(vec!["web01".into(), "web02".into()]);
+        assert_eq!(run.n_workers(), 2);
+        let mut h = Harness::started(run);
+        assert!(h.dispatched().is_empty());
+        assert_eq!(
+            ends(&h.out),
+            [
+                ("web01".to_string(), "Offline".to_string()),
+                ("web02".to_string(), "Offline".to_string())
+            ]
+        );
+        let s = h.finish().expect("ends at start");
+        assert_eq!((s.workers, s.offline, s.ok), (2, 2, 0));
+    }
+}
+
+/// Workers that start at different times (waves of a batch, serial) are staged: each one's
+/// timeout runs from its own dispatch. One past it is cancelled and reported (`Timeout`
+/// with the request's one text once accepted, `NoResponse` before), and the next starts.
+#[test]
+fn staged_runs_time_each_worker_from_its_start() {
+    let staged = |algorithm, batch: Option<usize>, n| {
+        let mut p = policy(algorithm);
+        p.batch = batch;
+        RequestRun::new(p, workers(n)).staged()
+    };
+    assert!(staged(Algorithm::Mirror, Some(2), 5));
+    assert!(staged(Algorithm::Serial, None, 2));
+    assert!(!staged(Algorithm::Mirror, None, 5));
+    assert!(!staged(Algorithm::Mirror, Some(5), 5));
+    assert!(!staged(Algorithm::Serial, None, 1));
+    assert!(!staged(Algorithm::Roundrobin, None, 3));
+
+    let mut p = policy(Algorithm::Mirror);
+    p.batch = Some(2);
+    let mut h = Harness::new(p, 4);
+    let d = h.dispatched();
+    assert_eq!(d.len(), 2);
+    h.event(d[0].0, WorkerEvent::Accepted);
+    let timeout = |h: &mut Harness, id| {
+        let mut ids = h.ids;
+        h.run.on_dispatch_timeout(
+            id,
+            &mut || {
+                ids += 1;
+                ids
+            },
+            &mut h.out,
+        );
+        h.ids = ids;
+    };
+    timeout(&mut h, d[0].0);
+    timeout(&mut h, d[1].0);
+    // Both were cancelled, and two more started in their places.
+    let cancelled: Vec<u64> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Cancel { dispatch_id, .. } => Some(*dispatch_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancelled, [d[0].0, d[1].0]);
+    let d = h.dispatched();
+    assert_eq!(d.len(), 4);
+    let texts: Vec<(ErrorKind, String)> = h
+        .out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Relay {
+                event: Event::Failed { kind, message },
+                ..
+            } => Some((*kind, message.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            (ErrorKind::Timeout, "timed out after 1s".to_string()),
+            (
+                ErrorKind::NoResponse,
+                "worker w1 did not answer within its timeout (1s)".to_string()
+            )
+        ]
+    );
+    // A timeout for a dispatch that already ended changes nothing.
+    timeout(&mut h, d[0].0);
+    h.event(d[2].0, WorkerEvent::Done { exit_code: 0 });
+    h.event(d[3].0, WorkerEvent::Done { exit_code: 0 });
+    let s = h.finish().unwrap();
+    assert_eq!((s.workers, s.ok, s.timed_out, s.no_response), (4, 2, 1, 1));
+}

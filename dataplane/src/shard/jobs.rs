@@ -6,6 +6,8 @@
 use super::Shard;
 use crate::config::{Principal, ServiceConfig};
 use crate::jobs::JobTrace;
+use crate::registry::WorkerRef;
+use proto::control::Visibility;
 use proto::{Event, Request};
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,11 +19,20 @@ impl Shard {
         principal: &Principal,
         request: &Request,
         service: &ServiceConfig,
+        targets: &[WorkerRef],
     ) -> Option<Box<JobTrace>> {
         if request.key.is_some() || !self.source.records_jobs() {
             return None;
         }
-        Some(Box::new(JobTrace::new(
+        // Through a `local` service, or to a `local` worker: the record is its caller's
+        // alone, as the service was (the team's other members do not see it).
+        let private = service.visibility == Visibility::Local || {
+            let state = self.state.borrow();
+            targets
+                .iter()
+                .any(|t| state.registry.is_local_worker(&service.team, &t.identity))
+        };
+        let mut trace = Box::new(JobTrace::new(
             &principal.team,
             &principal.identity,
             &request.service,
@@ -30,7 +41,11 @@ impl Shard {
             &request.command,
             &request.args,
             Instant::now(),
-        )))
+        ));
+        if private {
+            trace.make_private();
+        }
+        Some(trace)
     }
 
     /// Request `key` relayed `event` from `worker`.

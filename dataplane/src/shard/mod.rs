@@ -96,6 +96,11 @@ struct State {
     /// Dispatch id → request key, for dispatches of requests owned here.
     dispatch_owner: HashMap<u64, u64>,
     deadlines: BTreeSet<(Instant, u64)>,
+    /// A staged run's dispatches by when each times out: (due, dispatch id). Each worker of
+    /// a batched mirror or a serial run has its timeout from its own start.
+    dispatch_deadlines: BTreeSet<(Instant, u64)>,
+    /// Dispatch id → its entry in `dispatch_deadlines` (removed with the dispatch).
+    dispatch_due: HashMap<u64, Instant>,
     /// Requests whose `Routed` is held back, oldest first.
     routed_held: VecDeque<(Instant, u64)>,
     /// Connections whose credential expires: (expiry in seconds since the Unix epoch, conn).

@@ -55,7 +55,12 @@ pub(super) struct RequestEntry {
     client_conn: u64,
     client_request_id: u64,
     pub(super) wait: bool,
-    deadline: Instant,
+    /// When the whole request ends: its deadline, or its timeout when every worker starts
+    /// at once. `None` for a staged run without a deadline, whose workers each time out
+    /// from their own start (`staged_timeout`).
+    deadline: Option<Instant>,
+    /// A staged run's timeout per worker, counted from its dispatch.
+    staged_timeout: Option<Duration>,
     template: DispatchTemplate,
     run: RequestRun,
     /// Set for a request with an idempotency key: recorded in the window when it finishes.
@@ -227,23 +232,27 @@ impl Shard {
         } else {
             service.timeout
         };
-        let job = self.trace_request(&principal, &request, &service);
+        let job = self.trace_request(&principal, &request, &service, &targets);
         let fleet = &request.fleet;
         let mut policy = Policy::from(&*service).with_fleet(fleet, targets.len() + offline.len());
         policy.timeout = Some(timeout);
-        let whole = if fleet.deadline_ms > 0 {
-            let deadline = Duration::from_millis(fleet.deadline_ms);
-            policy.deadline = Some(deadline);
-            deadline
-        } else {
-            timeout
-        };
+        if fleet.deadline_ms > 0 {
+            policy.deadline = Some(Duration::from_millis(fleet.deadline_ms));
+        }
         let run = RequestRun::new(policy, targets).with_offline(offline);
+        // A staged run (waves of a batch, or one worker after another) gives each worker its
+        // timeout from its own start: the request's timeout would cut the later waves short.
+        let staged_timeout = run.staged().then_some(timeout);
+        let whole = match (fleet.deadline_ms, staged_timeout) {
+            (0, Some(_)) => None,
+            (0, None) => Some(timeout),
+            (ms, _) => Some(Duration::from_millis(ms)),
+        };
         let n_workers = run.n_workers();
         let key = self.next_request.get();
         self.next_request.set(key + 1);
         let now = Instant::now();
-        let deadline = now + whole;
+        let deadline = whole.map(|whole| now + whole);
         {
             let mut state = self.state.borrow_mut();
             if let Some(Conn {
@@ -253,7 +262,9 @@ impl Shard {
             {
                 requests.insert(id, key);
             }
-            state.deadlines.insert((deadline, key));
+            if let Some(deadline) = deadline {
+                state.deadlines.insert((deadline, key));
+            }
             if request.wait {
                 state.routed_held.push_back((now, key));
             }
@@ -271,6 +282,7 @@ impl Shard {
                     client_request_id: id,
                     wait: request.wait,
                     deadline,
+                    staged_timeout,
                     template: DispatchTemplate {
                         service: request.service,
                         plugin: request.plugin,
@@ -397,7 +409,13 @@ impl Shard {
                     }
                 }
                 Action::Forget { dispatch_id } => {
-                    self.state.borrow_mut().dispatch_owner.remove(&dispatch_id);
+                    let mut state = self.state.borrow_mut();
+                    state.dispatch_owner.remove(&dispatch_id);
+                    if !state.dispatch_due.is_empty() {
+                        if let Some(due) = state.dispatch_due.remove(&dispatch_id) {
+                            state.dispatch_deadlines.remove(&(due, dispatch_id));
+                        }
+                    }
                 }
                 Action::Relay { worker, event } => {
                     self.trace_relay(key, &worker, &event);
@@ -475,8 +493,8 @@ impl Shard {
         let mut entry = {
             let mut state = self.state.borrow_mut();
             let entry = state.requests.remove(&key);
-            if let Some(e) = &entry {
-                state.deadlines.remove(&(e.deadline, key));
+            if let Some(deadline) = entry.as_ref().and_then(|e| e.deadline) {
+                state.deadlines.remove(&(deadline, key));
             }
             if let Some(Conn {
                 peer: Peer::Client { requests, .. },
@@ -534,6 +552,11 @@ impl Shard {
                 timeout_ms: t.timeout_ms,
                 key: t.key,
             };
+            if let Some(timeout) = entry.staged_timeout {
+                let due = Instant::now() + timeout;
+                state.dispatch_deadlines.insert((due, dispatch_id));
+                state.dispatch_due.insert(dispatch_id, due);
+            }
             state.dispatch_owner.insert(dispatch_id, key);
             dispatch
         };
@@ -616,11 +639,36 @@ impl Shard {
             self.state.borrow_mut().deadlines.remove(&(deadline, key));
             self.with_request(key, |run, out| run.on_timeout(out));
         }
+        // Workers of staged runs past their own timeout.
+        loop {
+            let due = {
+                let mut state = self.state.borrow_mut();
+                match state.dispatch_deadlines.first() {
+                    Some(&(due, dispatch_id)) if due <= now => {
+                        state.dispatch_deadlines.remove(&(due, dispatch_id));
+                        state.dispatch_due.remove(&dispatch_id);
+                        state
+                            .dispatch_owner
+                            .get(&dispatch_id)
+                            .map(|&key| (key, dispatch_id))
+                    }
+                    _ => break,
+                }
+            };
+            let Some((key, dispatch_id)) = due else {
+                continue;
+            };
+            self.with_request(key, |run, out| {
+                let mut ids = || self.next_dispatch_id();
+                run.on_dispatch_timeout(dispatch_id, &mut ids, out)
+            });
+        }
     }
 }
 
 /// The request's `Fleet::only`: keeps the online and offline workers it names, and refuses
-/// a name that is neither (`BadRequest`) or a subset with none online (`NoWorkersOnline`).
+/// a name that is neither (`BadRequest`) or a subset with none online and none to report
+/// offline (`NoWorkersOnline`; a mirror or serial subset of offline workers reports them).
 fn only(
     names: &[String],
     service: &ServiceConfig,
@@ -646,7 +694,7 @@ fn only(
         .filter(|t| wanted(&t.identity))
         .collect();
     let offline: Vec<Arc<str>> = offline.into_iter().filter(|o| wanted(o)).collect();
-    if targets.is_empty() {
+    if targets.is_empty() && offline.is_empty() {
         return Err((
             ErrorKind::NoWorkersOnline,
             format!("none of {} is online", names.join(", ")),

@@ -112,6 +112,12 @@ const FAILING: [&str; 5] = ["w003", "w007", "w011", "w015", "w019"];
 /// [`FAILING`]. Returns the exit status, stdout, stderr and the most workers it ever saw
 /// running at once.
 fn counted_run(addr: &str, flags: &[&str]) -> Result<(i32, String, String, u32)> {
+    counted_run_on(addr, flags, false)
+}
+
+/// [`counted_run`], on a terminal when `pty` (a pty of 200 columns): stdout is then the
+/// whole transcript, stderr empty.
+fn counted_run_on(addr: &str, flags: &[&str], pty: bool) -> Result<(i32, String, String, u32)> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("count"), "0\n")?;
     std::fs::write(dir.path().join("seen"), "")?;
@@ -125,16 +131,87 @@ fn counted_run(addr: &str, flags: &[&str]) -> Result<(i32, String, String, u32)>
          case $TRIGGERFS_WORKER in {failing}) echo \"upgrade failed on $TRIGGERFS_WORKER\"; exit 3;; esac; \
          echo \"upgraded $TRIGGERFS_WORKER\""
     );
-    let (code, out, err) = run_cli(
-        &client_args(addr, "fleet", &script, flags),
-        Duration::from_secs(120),
-    )?;
+    let args = client_args(addr, "fleet", &script, flags);
+    let (code, out, err) = if pty {
+        let (code, screen) = on_terminal(&args, 120)?;
+        (code, screen, String::new())
+    } else {
+        run_cli(&args, Duration::from_secs(120))?
+    };
     let seen = std::fs::read_to_string(dir.path().join("seen"))?;
     let most = seen
         .lines()
         .map(|l| l.trim().parse::<u32>().context("a count"))
         .try_fold(0, |most, n| anyhow::Ok(most.max(n?)))?;
     Ok((code, out, err, most))
+}
+
+/// Runs the binary with `args` in a pty of 200 columns, as on a terminal; its exit status
+/// and the whole transcript.
+fn on_terminal(args: &[&str], timeout_secs: u64) -> Result<(i32, String)> {
+    let mut script = "stty cols 200 rows 50;".to_string();
+    script.push_str(&format!(" '{}'", bin().display()));
+    for arg in args {
+        script.push_str(&format!(" '{}'", arg.replace('\'', "'\\''")));
+    }
+    script.push_str("; echo EXIT=$?");
+    let mut command = std::process::Command::new("sh");
+    command.arg("-c").arg(script).env("TERM", "xterm");
+    let mut pty = rexpect::session::spawn_command(command, Some(timeout_secs * 1000))?;
+    let screen = pty.exp_eof()?;
+    let code = screen
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("EXIT="))
+        .next_back()
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no exit status in:\n{screen}"))?;
+    Ok((code, screen))
+}
+
+/// The final table of a terminal transcript: worker → (outcome, exit code), from the rows
+/// under the `WORKER OUTCOME EXIT ...` header up to the blank line after them.
+fn table_rows(screen: &str) -> Result<BTreeMap<String, (String, String)>> {
+    let header = screen
+        .lines()
+        .position(|l| l.contains("WORKER") && l.contains("OUTCOME"))
+        .with_context(|| format!("no table in:\n{screen}"))?;
+    Ok(screen
+        .lines()
+        .skip(header + 1)
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            // `no response` and `timed out` are two words.
+            let (outcome, exit) = match cells.get(1..4)? {
+                [a, b, exit] if matches!((*a, *b), ("no", "response") | ("timed", "out")) => {
+                    (format!("{a} {b}"), *exit)
+                }
+                [a, exit, _] => (a.to_string(), *exit),
+                _ => return None,
+            };
+            Some((cells[0].to_string(), (outcome, exit.to_string())))
+        })
+        .collect())
+}
+
+/// `--json`'s workers as [`table_rows`] shows them.
+fn json_rows(doc: &Value) -> BTreeMap<String, (String, String)> {
+    doc["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let outcome = match w["status"].as_str().unwrap() {
+                "timeout" => "timed out".to_string(),
+                other => other.replace('_', " "),
+            };
+            let exit = w["exit_code"]
+                .as_i64()
+                .map_or("-".to_string(), |c| c.to_string());
+            (w["worker"].as_str().unwrap().to_string(), (outcome, exit))
+        })
+        .collect()
 }
 
 /// Acceptance 1 and 2: 200 workers, 5 failing. `--batch 20 --max-failures 10`: at most 20
@@ -167,13 +244,43 @@ async fn batch_and_max_failures_over_200_workers() -> Result<()> {
         "{out}"
     );
 
-    // The same run as one JSON document agrees with the report.
+    // The same run on a terminal: a bar, each failure named as it happens, and the table
+    // of every worker with the five failures first.
+    let (code, screen, _, most) =
+        counted_run_on(&addr, &["--batch", "20", "--max-failures", "10"], true)?;
+    ensure!(code == 1, "exit {code}\n{screen}");
+    ensure!((2..=20).contains(&most), "{most} ran at once");
+    ensure!(screen.contains("/200"), "no progress bar:\n{screen}");
+    for id in FAILING {
+        ensure!(
+            screen.contains(&format!("[command@{id}] failed (exit code 3)")),
+            "{id} not named as it failed:\n{screen}"
+        );
+    }
+    let rows = table_rows(&screen)?;
+    ensure!(rows.len() == ids.len(), "{} rows:\n{screen}", rows.len());
+    let first: Vec<&str> = screen
+        .lines()
+        .skip_while(|l| !(l.contains("WORKER") && l.contains("OUTCOME")))
+        .skip(1)
+        .take(FAILING.len())
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    ensure!(first == ["failed"; 5], "failures first:\n{screen}");
+
+    // The same run as one JSON document agrees with that table.
     let (code, out, err, most) =
-        counted_run(&addr, &["--batch", "10%", "--max-failures", "10", "--json"])?;
+        counted_run(&addr, &["--batch", "20", "--max-failures", "10", "--json"])?;
+    ensure!(code == 1, "exit {code}\n{err}");
+    ensure!(most <= 20, "{most} ran at once");
+    let doc: Value = serde_json::from_str(&out)?;
+    ensure!(json_rows(&doc) == rows, "{out}\n{screen}");
+    ensure!(json_outcomes(&doc) == table, "{out}");
+
+    // `--batch 10%` of 200 is 20 at once.
+    let (code, _, err, most) = counted_run(&addr, &["--batch", "10%", "--max-failures", "10"])?;
     ensure!(code == 1, "exit {code}\n{err}");
     ensure!(most <= 20, "--batch 10% of 200 is 20, {most} ran at once");
-    let doc: Value = serde_json::from_str(&out)?;
-    ensure!(json_outcomes(&doc) == table, "{out}");
     ensure!(doc["summary"]["failed"] == 5 && doc["summary"]["stopped"] == false);
     for w in doc["workers"].as_array().unwrap() {
         let failing = FAILING.contains(&w["worker"].as_str().unwrap());
@@ -294,8 +401,9 @@ async fn deadline_quorum_and_only_over_ten_workers() -> Result<()> {
         )?;
         let took = started.elapsed();
         ensure!(code == 0, "exit {code}\n{out}\n{err}");
+        // As soon as five succeeded: well before the 20 s the others take.
         ensure!(
-            took < Duration::from_secs(10),
+            took < Duration::from_secs(5),
             "the quorum of 5 took {took:?}"
         );
         let doc: Value = serde_json::from_str(&out)?;
@@ -308,6 +416,45 @@ async fn deadline_quorum_and_only_over_ten_workers() -> Result<()> {
             ensure!(outcomes[id] == left, "{id}: {} ({extra:?})", outcomes[id]);
         }
     }
+
+    // A staged run (waves of 4) times each worker from its own start: three waves of 1.2 s
+    // under `--timeout 2.5s` succeed (the request's timeout would cut the last waves), and
+    // p9, in the last wave, times out 2.5 s after its own start while nothing else does.
+    // (A worker stopped outright is another case: past three missed heartbeats it is
+    // `lost`; the broker's own timer for a connected but silent worker is unit-tested.)
+    let started = Instant::now();
+    let staged = [
+        "client",
+        "--broker",
+        &addr,
+        "--service",
+        "ten",
+        "--plugin",
+        "command",
+        "--timeout",
+        "2.5s",
+        "--command",
+        "case $TRIGGERFS_WORKER in p9) sleep 10;; *) sleep 1.2;; esac; echo done",
+        "--batch",
+        "4",
+        "--json",
+    ];
+    let (code, out, err) = run_cli(&staged, Duration::from_secs(60))?;
+    let took = started.elapsed();
+    ensure!(code == 3, "exit {code}\n{out}\n{err}");
+    let outcomes = json_outcomes(&serde_json::from_str(&out)?);
+    for id in &ids[..9] {
+        ensure!(
+            outcomes[id] == "0",
+            "{id}: {} ({took:?})\n{out}",
+            outcomes[id]
+        );
+    }
+    ensure!(outcomes["p9"] == "timeout", "{out}");
+    ensure!(
+        (Duration::from_millis(4_800)..Duration::from_secs(9)).contains(&took),
+        "{took:?}\n{out}"
+    );
 
     // Only: exactly the named workers; a name that is not the service's is refused.
     let (code, out, err) = run_cli(
@@ -334,6 +481,36 @@ async fn deadline_quorum_and_only_over_ten_workers() -> Result<()> {
     Ok(())
 }
 
+/// Runs the client with `args` on dc1 (web01, web02), plain and then `--json`: exit 3
+/// both times, each worker as `want` says (an exit code, or `offline` in the plain report's
+/// `Exit code [w]: offline (Offline: ...)` and in the JSON), and the plain `summary` line.
+/// Returns the JSON document.
+fn offline_report(args: &[&str], want: &[(&str, &str)], summary: &str) -> Result<Value> {
+    let (code, out, err) = run_cli(args, Duration::from_secs(30))?;
+    ensure!(code == 3, "exit {code}\n{out}\n{err}");
+    ensure!(err.contains("(mirror, 2 workers)"), "{err}");
+    let lines = exit_lines(&out);
+    for (id, shown) in want {
+        let plain = match *shown {
+            "offline" => lines[*id].starts_with("offline (Offline: "),
+            code => lines[*id] == code,
+        };
+        ensure!(plain, "{id}: {out}");
+    }
+    ensure!(out.contains(summary), "{out}");
+    let mut json = args.to_vec();
+    json.push("--json");
+    let (code, out, _) = run_cli(&json, Duration::from_secs(30))?;
+    ensure!(code == 3, "exit {code}\n{out}");
+    let doc: Value = serde_json::from_str(&out)?;
+    let want: BTreeMap<String, String> = want
+        .iter()
+        .map(|(id, shown)| (id.to_string(), shown.to_string()))
+        .collect();
+    ensure!(json_outcomes(&doc) == want, "{out}");
+    Ok(doc)
+}
+
 /// Acceptance (issue): a worker bound to the service but not running is `offline` in the
 /// plain report, the table on a terminal, `--json` and the gateway's stream; exit 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +530,7 @@ async fn a_bound_but_offline_worker_is_reported() -> Result<()> {
     .await?;
     let (_broker, _) = start_controlled_broker(&control, port, &[])?;
     let plugins = Plugins::core()?;
-    let _web01 = start_worker(
+    let web01 = start_worker(
         broker_addr.parse()?,
         "web01",
         &plugins,
@@ -370,45 +547,23 @@ async fn a_bound_but_offline_worker_is_reported() -> Result<()> {
     .await?;
 
     let base = ["--token", jwt.as_str()];
-    let mut args = client_args(&broker_addr, "dc1", "uptime", &base);
-    let (code, out, err) = run_cli(&args, Duration::from_secs(30))?;
-    ensure!(code == 3, "exit {code}\n{out}\n{err}");
-    ensure!(err.contains("(mirror, 2 workers)"), "{err}");
-    let lines = exit_lines(&out);
-    ensure!(lines["web01"] == "0", "{out}");
-    ensure!(lines["web02"].starts_with("offline (Offline: "), "{out}");
-    ensure!(
-        out.contains("Summary: 2 workers, 1 ok, 0 failed, 0 timed out, 0 lost, 1 offline\n"),
-        "{out}"
-    );
+    let args = client_args(&broker_addr, "dc1", "uptime", &base);
+    let doc = offline_report(
+        &args,
+        &[("web01", "0"), ("web02", "offline")],
+        "Summary: 2 workers, 1 ok, 0 failed, 0 timed out, 0 lost, 1 offline\n",
+    )?;
+    ensure!(doc["summary"]["offline"] == 1, "{doc}");
 
-    args.push("--json");
-    let (code, out, _) = run_cli(&args, Duration::from_secs(30))?;
-    ensure!(code == 3, "exit {code}\n{out}");
-    let doc: Value = serde_json::from_str(&out)?;
+    // On a terminal: web02 named offline as the run starts, and the table, sorted by
+    // outcome (the offline worker first).
+    let (code, screen) = on_terminal(&args, 30)?;
+    ensure!(code == 3, "{screen}");
     ensure!(
-        json_outcomes(&doc)
-            == BTreeMap::from([
-                ("web01".into(), "0".into()),
-                ("web02".into(), "offline".into())
-            ]),
-        "{out}"
+        screen
+            .contains("[command@web02] offline: worker web02 is bound to the service but offline"),
+        "{screen}"
     );
-    ensure!(doc["summary"]["offline"] == 1, "{out}");
-
-    // On a terminal: the table, sorted by outcome (the offline worker first).
-    args.pop();
-    let mut script = "stty cols 200 rows 50;".to_string();
-    script.push_str(&format!(" '{}'", bin().display()));
-    for arg in &args {
-        script.push_str(&format!(" '{}'", arg.replace('\'', "'\\''")));
-    }
-    script.push_str("; echo EXIT=$?");
-    let mut command = std::process::Command::new("sh");
-    command.arg("-c").arg(script).env("TERM", "xterm");
-    let mut pty = rexpect::session::spawn_command(command, Some(30_000))?;
-    let screen = pty.exp_eof()?;
-    ensure!(screen.contains("EXIT=3"), "{screen}");
     let header = screen
         .lines()
         .position(|l| l.contains("WORKER") && l.contains("OUTCOME"))
@@ -420,6 +575,14 @@ async fn a_bound_but_offline_worker_is_reported() -> Result<()> {
     );
     ensure!(
         rows[1].split_whitespace().take(3).collect::<Vec<_>>() == ["web01", "ok", "0"],
+        "{screen}"
+    );
+    ensure!(
+        table_rows(&screen)?
+            == BTreeMap::from([
+                ("web01".into(), ("ok".into(), "0".into())),
+                ("web02".into(), ("offline".into(), "-".into()))
+            ]),
         "{screen}"
     );
 
@@ -439,6 +602,40 @@ async fn a_bound_but_offline_worker_is_reported() -> Result<()> {
             .any(|e| e["event"] == "summary" && e["offline"] == 1 && e["ok"] == 1),
         "{text}"
     );
+
+    // The gateway takes the fleet options too: `only` web01, `quorum` 1, `batch` 50%.
+    let fleet = json!({"plugin": "command", "command": "uptime", "timeout": "10s",
+        "only": ["web01"], "quorum": 1, "batch": "50%", "max_failures": 0, "deadline": "20s"});
+    let events = gateway_events(&control.url, &jwt, "dc1", &fleet)?;
+    ensure!(
+        events.iter().all(|e| e["worker"] != "web02")
+            && events.iter().any(|e| e["event"] == "summary"
+                && e["workers"] == 1
+                && e["ok"] == 1
+                && e["quorum_met"] == true),
+        "{events:?}"
+    );
+
+    // With every bound worker offline the request is not refused naming no one: both are
+    // reported offline, exit 3, in the plain report, `--json` and the gateway's stream.
+    drop(web01);
+    wait_until(Duration::from_secs(20), "web01 offline", || async {
+        matches!(request(&c, "dc1", "echo", "x", Duration::from_secs(5)).await,
+            Ok(o) if o.summary.is_some_and(|s| s.offline == 2))
+    })
+    .await?;
+    offline_report(
+        &args,
+        &[("web01", "offline"), ("web02", "offline")],
+        "Summary: 2 workers, 0 ok, 0 failed, 0 timed out, 0 lost, 2 offline\n",
+    )?;
+    let events = gateway_events(&control.url, &jwt, "dc1", &body)?;
+    let offline: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "failed" && e["kind"] == "Offline")
+        .filter_map(|e| e["worker"].as_str())
+        .collect();
+    ensure!(offline == ["web01", "web02"], "{events:?}");
     Ok(())
 }
 
@@ -457,7 +654,12 @@ async fn apt_upgrade_example_ends_with_apts_summary() -> Result<()> {
         &apt_get,
         "#!/bin/sh\n\
          echo \"apt-get $* (frontend $DEBIAN_FRONTEND)\"\n\
-         case \"$*\" in *update*) echo 'Hit:1 http://deb.debian.org/debian bookworm InRelease'; exit 0;; esac\n\
+         held=\"$(dirname \"$0\")/$TRIGGERFS_WORKER.lists-lock-seen\"\n\
+         case \"$*\" in *update*) \
+           if [ \"$TRIGGERFS_WORKER\" = apt1 ] && [ ! -e \"$held\" ]; then : > \"$held\"; \
+             echo 'E: Could not get lock /var/lib/apt/lists/lock. It is held by process 4242 (apt-get)'; \
+             echo 'E: Unable to lock directory /var/lib/apt/lists/'; exit 100; fi; \
+           echo 'Hit:1 http://deb.debian.org/debian bookworm InRelease'; exit 0;; esac\n\
          echo 'The following packages will be upgraded:'\n\
          echo '  libc6 openssl'\n\
          echo '2 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.'\n\
@@ -487,6 +689,7 @@ async fn apt_upgrade_example_ends_with_apts_summary() -> Result<()> {
             ])
             .arg(plugins.path())
             .env("TRIGGERFS_APT_GET", &apt_get)
+            .env("TRIGGERFS_APT_RETRY_SECONDS", "1")
             .env_remove("TRIGGERFS_CONFIG");
         workers.push(Proc::start(&format!("worker {id}"), command)?.0);
     }
@@ -550,6 +753,15 @@ async fn apt_upgrade_example_ends_with_apts_summary() -> Result<()> {
     ensure!(
         lines.iter().any(|l| l.contains(" update ")),
         "apt-get update first: {ok}"
+    );
+    // apt1's first update found the lists' lock held: the plugin waited and tried again.
+    let updates = lines.iter().filter(|l| l.contains(" update ")).count();
+    ensure!(updates == 2, "{updates} updates: {ok}");
+    ensure!(
+        lines.iter().any(|l| l.starts_with(
+            "apt-upgrade: another apt holds the package lists' lock; trying again in 1s"
+        )),
+        "{ok}"
     );
     let failed = worker("apt2");
     ensure!(failed["exit_code"] == 100, "{failed}");

@@ -256,6 +256,74 @@ async fn mirror_job_is_recorded(db: Db) -> Result<()> {
         !out.contains("start j1") && !out.contains("start j3"),
         "{out}"
     );
+
+    // A secret written into the command text is redacted in the history.
+    let outcome = c
+        .request(spec(
+            "fleet",
+            "echo marker-two --token=abc123 https://deploy:pw123@repo.example/x",
+        ))
+        .await?
+        .collect()
+        .await;
+    assert_eq!(outcome.summary.map(|s| s.ok), Some(3));
+    let id = wait_job(&f.api, "fleet", "marker-two").await?;
+    let job = f
+        .api
+        .ok("GET", &format!("/api/v1/jobs/{id}"), Value::Null)
+        .await?;
+    assert_eq!(
+        job["command"],
+        json!(["echo marker-two --token=*** https://deploy:***@repo.example/x"]),
+        "{job}"
+    );
+
+    // A job through a `local` service is its caller's alone: another member of the team
+    // does not see it, though they see the team's other jobs.
+    f.api
+        .ok(
+            "POST",
+            "/api/v1/services",
+            json!({"name": "mine", "algorithm": "mirror", "visibility": "local", "workers": ["j1"]}),
+        )
+        .await?;
+    wait_until(Duration::from_secs(20), "mine routes", || async {
+        match c.request(spec("mine", "echo marker-warmup")).await {
+            Ok(h) => h.collect().await.summary.is_some_and(|s| s.ok == 1),
+            Err(_) => false,
+        }
+    })
+    .await?;
+    c.request(spec("mine", "echo marker-mine"))
+        .await?
+        .collect()
+        .await;
+    let mine = wait_job(&f.api, "mine", "marker-mine").await?;
+    f.api
+        .ok(
+            "POST",
+            &format!("/api/v1/teams/{team}/members"),
+            json!({"identity": "carol", "secret": "carol-secret-1", "role": "member"}),
+        )
+        .await?;
+    let carol = Api::login(&f.control.url, &team, "carol", "carol-secret-1").await?;
+    let seen = carol
+        .ok("GET", "/api/v1/jobs?limit=500", Value::Null)
+        .await?;
+    let services: Vec<&str> = seen["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["service"].as_str())
+        .collect();
+    assert!(
+        services.contains(&"fleet") && !services.contains(&"mine"),
+        "{seen}"
+    );
+    let (status, _) = carol
+        .call("GET", &format!("/api/v1/jobs/{mine}"), Value::Null)
+        .await?;
+    assert_eq!(status, 404);
     Ok(())
 }
 
@@ -295,11 +363,16 @@ async fn records_are_lost_while_the_control_plane_is_away_and_resume() -> Result
             .await;
         assert_eq!(o.summary.map(|s| s.ok), Some(2), "{:?}", o.error);
     }
-    // Their records cannot be delivered: after the retries they are counted lost.
+    // Their records cannot be delivered: after the retries they are counted lost, and
+    // the broker's log says so.
     wait_until(Duration::from_secs(20), "lost records counted", || async {
         counter(&metrics_url, "triggerfs_broker_jobs_lost_total")
             .await
             .is_ok_and(|n| n >= lost_before + 3)
+    })
+    .await?;
+    wait_until(Duration::from_secs(10), "the loss logged", || async {
+        f._broker.stderr().contains("job history records lost")
     })
     .await?;
     // The control plane is back: records are delivered again.

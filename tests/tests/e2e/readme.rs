@@ -21,7 +21,8 @@
 //!   is interleaved with stdout as a terminal shows them.
 //! - A ```` ```toml ```` block must parse, and the binary must accept it: a `[broker]`
 //!   section is given to `triggerfs broker`, which must start and route every service it
-//!   shows (no worker is online, so the answer is `NoWorkersOnline`, not `NoSuchService`),
+//!   shows (no worker is online, so the answer is `NoWorkersOnline`, or every bound worker
+//!   reported offline, not `NoSuchService`),
 //!   also with its commented-out `# key = value` settings uncommented; `[main]` and
 //!   `[workers]` are given to `triggerfs worker` for every `[workers.<team>.<identity>]`,
 //!   which must connect to the `[main] broker` as that team and identity (and report the
@@ -539,11 +540,19 @@ fn check_broker_section(
             for service in &services {
                 let outcome =
                     request(&client, service, "echo", "x", Duration::from_secs(5)).await?;
+                // Roundrobin: refused, no worker online. Mirror and serial: every bound
+                // worker is reported offline.
                 let kind = outcome.error.as_ref().map(|e| e.kind);
+                let all_offline = !outcome.workers.is_empty()
+                    && outcome
+                        .workers
+                        .iter()
+                        .all(|w| w.status == client::WorkerStatus::Offline);
                 ensure!(
-                    kind == Some(ErrorKind::NoWorkersOnline),
-                    "{what}: service {service} is not configured as shown: {:?}",
-                    outcome.error
+                    kind == Some(ErrorKind::NoWorkersOnline) || all_offline,
+                    "{what}: service {service} is not configured as shown: {:?} {:?}",
+                    outcome.error,
+                    outcome.workers
                 );
             }
             Ok(())

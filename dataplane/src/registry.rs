@@ -299,11 +299,18 @@ impl Registry {
                     ),
                 ));
             }
-            let mut members: Vec<WorkerRef> = service
-                .workers
-                .iter()
-                .filter_map(|id| self.worker(team, id))
-                .collect();
+            // One pass over the bound workers, online ones as members and (mirror, serial)
+            // the others as offline: a fan-out service may bind thousands.
+            let mut members: Vec<WorkerRef> = Vec::with_capacity(service.workers.len());
+            let mut offline: Vec<Arc<str>> = Vec::new();
+            let reports_offline = service.algorithm != proto::Algorithm::Roundrobin;
+            for id in &service.workers {
+                match self.worker(team, id) {
+                    Some(w) => members.push(w),
+                    None if reports_offline => offline.push(Arc::from(id.as_str())),
+                    None => {}
+                }
+            }
             if service.open_to_announcers {
                 for w in self.announcers(team, service_name) {
                     if !service.workers.iter().any(|c| **c == *w.identity) {
@@ -311,15 +318,6 @@ impl Registry {
                     }
                 }
             }
-            let offline: Vec<Arc<str>> = match service.algorithm {
-                proto::Algorithm::Roundrobin => Vec::new(),
-                _ => service
-                    .workers
-                    .iter()
-                    .filter(|id| !members.iter().any(|m| *m.identity == ***id))
-                    .map(|id| Arc::from(id.as_str()))
-                    .collect(),
-            };
             // A mirror or serial service with every bound worker offline still routes: the
             // request reports each of them `Offline` instead of naming none of them.
             if members.is_empty() && offline.is_empty() {

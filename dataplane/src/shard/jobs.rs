@@ -24,13 +24,19 @@ impl Shard {
         if request.key.is_some() || !self.source.records_jobs() {
             return None;
         }
-        // Through a `local` service, or to a `local` worker: the record is its caller's
-        // alone, as the service was (the team's other members do not see it).
-        let private = service.visibility == Visibility::Local || {
-            let state = self.state.borrow();
-            targets
-                .iter()
-                .any(|t| state.registry.is_local_worker(&service.team, &t.identity))
+        // Through a `local` service, or to a `local` worker by its name or what it announces
+        // (a service with no workers bound): the record is its caller's alone, as the
+        // service was (the team's other members do not see it). A configured service's
+        // visibility is its own, whatever its workers' are.
+        let private = match service.visibility {
+            Visibility::Local => true,
+            _ if service.workers.is_empty() => {
+                let state = self.state.borrow();
+                targets
+                    .iter()
+                    .any(|t| state.registry.is_local_worker(&service.team, &t.identity))
+            }
+            _ => false,
         };
         let mut trace = Box::new(JobTrace::new(
             &principal.team,

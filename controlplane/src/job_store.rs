@@ -26,6 +26,8 @@ const QUEUE: usize = 64;
 
 struct Work {
     body: Bytes,
+    /// The body is zstd-compressed (`Content-Encoding: zstd`).
+    zstd: bool,
     limit: usize,
     done: oneshot::Sender<Result<Vec<Prepared>, ApiError>>,
 }
@@ -46,26 +48,58 @@ impl JobStore {
                     tracing::warn!(error = %e, "job store: cannot lower the thread's priority");
                 }
                 while let Some(work) = rx.blocking_recv() {
-                    let _ = work.done.send(prepare(&work.body, work.limit));
+                    let prepared = match work.zstd {
+                        false => prepare(&work.body, work.limit),
+                        true => decompress(&work.body, work.limit)
+                            .and_then(|body| prepare(&body, work.limit)),
+                    };
+                    let _ = work.done.send(prepared);
                 }
             })?;
         Ok(JobStore { tx })
     }
 
-    /// Parses, checks and prepares one batch (`limit`: the route's body limit, for the error).
+    /// Parses, checks and prepares one batch, decompressing it first when `zstd` (`limit`:
+    /// the route's body limit, which the batch is held to either way).
     pub(crate) async fn prepare(
         &self,
         body: Bytes,
+        zstd: bool,
         limit: usize,
     ) -> Result<Vec<Prepared>, ApiError> {
         let (done, answer) = oneshot::channel();
         let gone = || ApiError::Internal("the job-store thread has stopped".into());
         self.tx
-            .send(Work { body, limit, done })
+            .send(Work {
+                body,
+                zstd,
+                limit,
+                done,
+            })
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
+}
+
+/// A zstd-compressed body, decompressed: one frame that states its size, at most `limit`
+/// bytes (checked before anything is allocated for it).
+fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+    let malformed = |why: String| ApiError::BadRequest(format!("the zstd body {why}"));
+    let size = match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(size)) => size,
+        Ok(None) => return Err(malformed("does not state its size".into())),
+        Err(_) => return Err(malformed("is not a zstd frame".into())),
+    };
+    if size > limit as u64 {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let text = zstd::bulk::decompress(body, size as usize)
+        .map_err(|e| malformed(format!("cannot be decompressed: {e}")))?;
+    if text.len() as u64 != size {
+        return Err(malformed("is shorter than it states".into()));
+    }
+    Ok(text)
 }
 
 /// Schedules the calling thread `SCHED_IDLE` (Linux: per thread): it runs only on a core no

@@ -13,6 +13,7 @@ on_both_backends!(
     filters_and_paging,
     team_isolation,
     private_jobs_are_their_callers_alone,
+    zstd_batches_are_taken_within_the_limit,
     retention_deletes_old_jobs,
     secret_looking_args_are_redacted,
     records_and_worker_reports_written_at_once_never_fail,
@@ -367,6 +368,74 @@ async fn private_jobs_are_their_callers_alone(backend: Backend) {
         404,
         "NotFound",
     );
+}
+
+/// The broker sends its batches `Content-Encoding: zstd`: stored as a plain one is. A body
+/// that is not zstd, one whose frame does not state its size or states more than the route
+/// takes, and another encoding are refused, and nothing is stored.
+async fn zstd_batches_are_taken_within_the_limit(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let post = |body: Vec<u8>, encoding: &'static str| {
+        let req = h
+            .http
+            .post(h.url("/api/v1/broker/jobs"))
+            .bearer_auth(h.broker_token())
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let batch = json!({"jobs": [record("z1", "main", "zsvc", now_ms(),
+        vec![worker("w", "ok", Some(0), &"line\n".repeat(1000))])]});
+    let text = serde_json::to_vec(&batch).unwrap();
+    let packed = zstd::bulk::compress(&text, 1).unwrap();
+    assert!(packed.len() * 10 < text.len());
+    let (status, body) = post(packed, "zstd").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stored"], 1, "{body}");
+    let (_, page) = h.get("/api/v1/jobs?service=zsvc", &h.admin_token).await;
+    let id = page["jobs"][0]["id"].as_i64().unwrap();
+    let (_, job) = h.get(&format!("/api/v1/jobs/{id}"), &h.admin_token).await;
+    assert_eq!(job["outcomes"][0]["output"], "line\n".repeat(1000));
+
+    let (status, body) = post(text.clone(), "zstd").await;
+    assert_eq!(
+        (status.as_u16(), body["code"].as_str()),
+        (400, Some("BadRequest")),
+        "{body}"
+    );
+    // A frame without its size (streamed), and one stating more than 16 MiB.
+    let mut streamed = Vec::new();
+    {
+        let mut enc = zstd::stream::write::Encoder::new(&mut streamed, 1).unwrap();
+        std::io::Write::write_all(&mut enc, &text).unwrap();
+        enc.finish().unwrap();
+    }
+    let (status, body) = post(streamed, "zstd").await;
+    assert_eq!(status.as_u16(), 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not state its size"),
+        "{body}"
+    );
+    let bomb = zstd::bulk::compress(&vec![b' '; 17 * 1024 * 1024], 3).unwrap();
+    assert!(bomb.len() < 64 * 1024);
+    let (status, body) = post(bomb, "zstd").await;
+    assert_eq!(
+        (status.as_u16(), body["code"].as_str()),
+        (413, Some("PayloadTooLarge")),
+        "{body}"
+    );
+    let (status, body) = post(text, "gzip").await;
+    assert_eq!(status.as_u16(), 400, "{body}");
+    let (_, page) = h.get("/api/v1/jobs", &h.admin_token).await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "{page}");
 }
 
 async fn retention_deletes_old_jobs(backend: Backend) {

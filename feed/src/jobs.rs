@@ -135,6 +135,13 @@ pub enum Delivery {
     Refused(String),
 }
 
+/// `batch` as JSON, zstd-compressed (level 1, with its size in the frame, which the control
+/// plane checks against its limit before decompressing).
+pub fn compressed_json(batch: &JobBatch) -> Result<Vec<u8>, String> {
+    let json = serde_json::to_vec(batch).map_err(|e| format!("job batch as JSON: {e}"))?;
+    zstd::bulk::compress(&json, 1).map_err(|e| format!("job batch compression: {e}"))
+}
+
 /// Splits `records` into posts of at most [`BATCH_RECORDS`] records and about
 /// [`POST_BYTES`] bytes; a record over the byte bound is split by its workers (each part has
 /// the record's key, so the control plane merges them).
@@ -371,6 +378,28 @@ mod tests {
             let w: usize = b.jobs.iter().map(JobRecord::weight).sum();
             assert!(w <= POST_BYTES + 1024, "{w}");
         }
+    }
+
+    /// A batch goes out as one zstd frame that states its size (the control plane refuses
+    /// one that does not), and comes back whole.
+    #[test]
+    fn batches_are_sent_as_sized_zstd_frames() {
+        let batch = JobBatch {
+            jobs: vec![record(1000, 60)],
+        };
+        let packed = compressed_json(&batch).unwrap();
+        let json = serde_json::to_vec(&batch).unwrap();
+        assert!(
+            packed.len() * 20 < json.len(),
+            "{} of {}",
+            packed.len(),
+            json.len()
+        );
+        let size = zstd::zstd_safe::get_frame_content_size(&packed).unwrap();
+        assert_eq!(size, Some(json.len() as u64));
+        let back: JobBatch =
+            serde_json::from_slice(&zstd::bulk::decompress(&packed, json.len()).unwrap()).unwrap();
+        assert_eq!(back, batch);
     }
 
     #[test]

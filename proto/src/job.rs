@@ -291,14 +291,16 @@ pub fn redact_command(text: &str) -> std::borrow::Cow<'_, str> {
             Some((0, word.len()))
         } else {
             let name = word.trim_start_matches('-');
-            if let Some((key, value)) = name.split_once('=') {
-                (is_secret_key(key) && !value.is_empty())
-                    .then(|| (word.len() - value.len(), word.len()))
-            } else if word.starts_with('-') && is_secret_key(name) {
-                redact_next = true;
-                None
-            } else {
-                url_password(word)
+            match name.split_once('=') {
+                Some((key, value)) if is_secret_key(key) => {
+                    (!value.is_empty()).then(|| (word.len() - value.len(), word.len()))
+                }
+                None if word.starts_with('-') && is_secret_key(name) => {
+                    redact_next = true;
+                    None
+                }
+                // `--url=https://u:pw@host`, or a URL alone.
+                _ => url_password(word),
             }
         };
         if let Some((a, b)) = span {
@@ -353,6 +355,14 @@ mod tests {
             ("run --empty-token=", "run --empty-token="),
             ("é --secret x é", "é --secret *** é"),
             ("a=1 b=2", "a=1 b=2"),
+            (
+                "deploy --url=https://u:pw@h/x",
+                "deploy --url=https://u:***@h/x",
+            ),
+            (
+                "curl https://h/hook?token=abc",
+                "curl https://h/hook?token=***",
+            ),
         ] {
             assert_eq!(redact_command(text), want, "{text}");
         }

@@ -539,7 +539,7 @@ pub struct JobRecordDoc {
     /// The caller.
     #[schema(value_type = JobName)]
     pub identity: String,
-    /// The service as the request named it.
+    /// The service: `name` in the caller's team, `team/name` for another team's.
     #[schema(value_type = JobName)]
     pub service: String,
     /// The service's algorithm.

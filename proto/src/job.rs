@@ -85,7 +85,8 @@ text_enum! {
         Ok,
         /// Some worker failed.
         Failed,
-        /// None failed, some timed out or never answered.
+        /// None failed, some timed out, never answered or were offline (as the client's
+        /// exit status 3).
         TimedOut,
         /// None failed or timed out, some were lost.
         Lost,
@@ -156,7 +157,8 @@ pub struct JobRecord<W = JobWorker> {
     pub team: String,
     /// The caller (user or worker identity).
     pub identity: String,
-    /// The service as the request named it (`name`, or `team/name` for another team's).
+    /// The service: `name` for one of the caller's team (however the request named it),
+    /// `team/name` for another team's.
     pub service: String,
     /// `roundrobin`, `serial` or `mirror`.
     pub algorithm: String,

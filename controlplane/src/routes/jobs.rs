@@ -154,7 +154,7 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JobQuery {
-    /// Only requests to this service (as the request named it).
+    /// Only requests to this service (`name` in the caller's team, `team/name` for another team's).
     pub service: Option<String>,
     /// Only jobs with this status.
     #[param(value_type = Option<crate::openapi::JobStatusDoc>)]
@@ -183,7 +183,7 @@ pub struct JobSummary {
     pub started_unix_ms: i64,
     /// Who sent it (user or worker identity).
     pub identity: String,
-    /// The service as the request named it.
+    /// The service: `name` in the caller's team, `team/name` for another team's.
     pub service: String,
     /// `roundrobin`, `serial` or `mirror`.
     pub algorithm: String,

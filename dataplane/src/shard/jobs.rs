@@ -38,10 +38,16 @@ impl Shard {
             }
             _ => false,
         };
+        // The service as the caller's team names it: `dc1` whether the request said `dc1`
+        // or `main/dc1`, so that one filter finds its jobs; another team's as `team/name`.
+        let name = match service.team == principal.team {
+            true => std::borrow::Cow::Borrowed(service.name.as_str()),
+            false => std::borrow::Cow::Owned(format!("{}/{}", service.team, service.name)),
+        };
         let mut trace = Box::new(JobTrace::new(
             &principal.team,
             &principal.identity,
-            &request.service,
+            &name,
             service.algorithm,
             &request.plugin,
             &request.command,

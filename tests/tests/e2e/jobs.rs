@@ -278,6 +278,14 @@ async fn mirror_job_is_recorded(db: Db) -> Result<()> {
         "{job}"
     );
 
+    // A request naming its own team's service as `team/fleet` is a job of `fleet`.
+    let own = format!("{team}/fleet");
+    c.request(spec(&own, "echo marker-three"))
+        .await?
+        .collect()
+        .await;
+    wait_job(&f.api, "fleet", "marker-three").await?;
+
     // A job through a `local` service is its caller's alone: another member of the team
     // does not see it, though they see the team's other jobs.
     f.api

@@ -8,6 +8,7 @@ use crate::metrics;
 use crate::registry::WorkerRef;
 use crate::request::{Action, Policy, RequestRun, WorkerEvent};
 use proto::{Algorithm, ErrorKind, Frame, ProtoError, Request};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -628,41 +629,36 @@ impl Shard {
     pub(super) fn expire(&self) {
         let now = Instant::now();
         loop {
-            let due = {
-                let state = self.state.borrow();
-                match state.deadlines.first() {
-                    Some(&(deadline, key)) if deadline <= now => Some((deadline, key)),
-                    _ => None,
-                }
+            let Some(key) = take_due(&mut self.state.borrow_mut().deadlines, now) else {
+                break;
             };
-            let Some((deadline, key)) = due else { break };
-            self.state.borrow_mut().deadlines.remove(&(deadline, key));
             self.with_request(key, |run, out| run.on_timeout(out));
         }
         // Workers of staged runs past their own timeout.
         loop {
-            let due = {
+            let (dispatch_id, owner) = {
                 let mut state = self.state.borrow_mut();
-                match state.dispatch_deadlines.first() {
-                    Some(&(due, dispatch_id)) if due <= now => {
-                        state.dispatch_deadlines.remove(&(due, dispatch_id));
-                        state.dispatch_due.remove(&dispatch_id);
-                        state
-                            .dispatch_owner
-                            .get(&dispatch_id)
-                            .map(|&key| (key, dispatch_id))
-                    }
-                    _ => break,
-                }
+                let Some(dispatch_id) = take_due(&mut state.dispatch_deadlines, now) else {
+                    break;
+                };
+                state.dispatch_due.remove(&dispatch_id);
+                (dispatch_id, state.dispatch_owner.get(&dispatch_id).copied())
             };
-            let Some((key, dispatch_id)) = due else {
-                continue;
-            };
-            self.with_request(key, |run, out| {
-                let mut ids = || self.next_dispatch_id();
-                run.on_dispatch_timeout(dispatch_id, &mut ids, out)
-            });
+            if let Some(key) = owner {
+                self.with_request(key, |run, out| {
+                    let mut ids = || self.next_dispatch_id();
+                    run.on_dispatch_timeout(dispatch_id, &mut ids, out)
+                });
+            }
         }
+    }
+}
+
+/// The first entry of a deadline set that is due by `now`, taken out of it: its id.
+fn take_due(set: &mut BTreeSet<(Instant, u64)>, now: Instant) -> Option<u64> {
+    match set.first() {
+        Some(&(due, _)) if due <= now => set.pop_first().map(|(_, id)| id),
+        _ => None,
     }
 }
 

@@ -39,6 +39,20 @@ pub(crate) use on_db;
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
+/// Begins a transaction. On SQLite it takes the write lock at its start (`BEGIN IMMEDIATE`),
+/// waiting for it like every other write: a deferred transaction that reads and then writes
+/// would have to upgrade its read snapshot, which fails at once with "database is locked"
+/// (SQLITE_BUSY_SNAPSHOT) when another write committed in between, a 500 for the caller.
+/// PostgreSQL's `BEGIN` has no such upgrade.
+pub(crate) async fn begin<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    match DB::NAME {
+        "SQLite" => pool.begin_with("BEGIN IMMEDIATE").await,
+        _ => pool.begin().await,
+    }
+}
+
 /// How long a query waits for a connection or a lock before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 

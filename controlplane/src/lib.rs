@@ -255,7 +255,7 @@ impl ControlPlane {
             .map_err(|e| ControlError::Hash(e.to_string()))?;
         let now = db::now_ms();
         let revision: i64 = on_db!(&s.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::db::begin(pool).await?;
             let revision: i64 = sqlx::query_scalar(db::BUMP_REVISION).fetch_one(&mut *tx).await?;
             let team_id: i64 = sqlx::query_scalar(
                 "INSERT INTO teams (name, created, updated) VALUES ($1, $2, $2) RETURNING id")

@@ -29,6 +29,7 @@ on_both_backends!(
     hits_are_not_configuration,
     trigger_service_must_exist,
     invitations,
+    invitations_made_while_others_write_never_fail,
     invitation_accept_respects_quota,
     secret_change,
     triggers_created_before_configured,
@@ -1989,6 +1990,49 @@ fn identities(list: &Value) -> Vec<String> {
 
 /// Invitations: an admin invites an existing user, who accepts or declines; admins list and
 /// withdraw them; nothing of them reaches plain members or other teams.
+/// Invitations (a transaction that reads, then writes) made while other writes commit
+/// (worker-state reports from the broker) all succeed: on SQLite a deferred transaction
+/// would fail with "database is locked", a 500, when a write lands between its read and its
+/// write (seen as a flake of the constraints test).
+async fn invitations_made_while_others_write_never_fail(backend: Backend) {
+    let h = Harness::start(backend).await;
+    let admin = &h.admin_token;
+    assert_eq!(
+        h.post("/api/v1/teams", admin, json!({"name": "side"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    for i in 0..20 {
+        new_user(&h, "side", &format!("inv{i}"), "inv-secret-1").await;
+    }
+    let token = h.broker_token();
+    let report = json!({"workers": [], "full": true});
+    let calls = (0..40).map(|i| {
+        let (path, auth, body) = if i % 2 == 0 {
+            (
+                "/api/v1/teams/main/invitations".to_string(),
+                admin.clone(),
+                json!({"identity": format!("inv{}", i / 2)}),
+            )
+        } else {
+            (
+                "/api/v1/broker/report".to_string(),
+                token.clone(),
+                report.clone(),
+            )
+        };
+        let h = &h;
+        async move {
+            let answer = h.post(&path, &auth, body).await;
+            (path, answer)
+        }
+    });
+    for (path, (status, body)) in futures::future::join_all(calls).await {
+        assert!(status.is_success(), "{path}: {status} {body}");
+    }
+}
+
 async fn invitations(backend: Backend) {
     let h = Harness::start(backend).await;
     let admin = &h.admin_token;

@@ -79,7 +79,7 @@ pub async fn snapshot(
     _broker: BrokerAuth,
 ) -> Result<Json<BrokerSnapshot>, ApiError> {
     let (revision, teams, members, workers, services, bindings) = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(CURRENT_REVISION).fetch_one(&mut *tx).await?;
         let teams: Vec<String> = sqlx::query_scalar("SELECT name FROM teams ORDER BY name")
             .fetch_all(&mut *tx).await?;
@@ -178,7 +178,7 @@ pub async fn report(
     }
     let mut updated = 0;
     on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         if report.full {
             // The broker lists every worker online at it: any other was left `ONLINE` by a
             // crash or a lost connection.

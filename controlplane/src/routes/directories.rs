@@ -117,7 +117,7 @@ pub async fn create_directory(
     let name = directory_name(&req.path)?;
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         sqlx::query("INSERT INTO directories (team_id, name, owner, created) VALUES ($1, $2, $3, $4)")
             .bind(user.team_id).bind(name).bind(&user.identity).bind(now)
@@ -153,7 +153,7 @@ pub async fn delete_directory(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let id: Option<i64> = sqlx::query_scalar("SELECT id FROM directories WHERE team_id = $1 AND name = $2")
             .bind(user.team_id).bind(&name).fetch_optional(&mut *tx).await?;

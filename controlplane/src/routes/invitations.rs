@@ -85,7 +85,7 @@ pub async fn create_invitation(
     let role = req.role.unwrap_or(Role::Member).as_str();
     let now = now_ms();
     on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let invited: Option<(i64, i64)> = sqlx::query_as(
             "SELECT u.id, (SELECT COUNT(*) FROM members m WHERE m.user_id = u.id \
              AND m.team_id = $2) FROM users u WHERE u.identity = $1")
@@ -199,7 +199,7 @@ pub async fn accept_invitation(
 ) -> Result<Json<TeamView>, ApiError> {
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         // The write lock first: two accepts at once cannot both fit under `max_users`.
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let invitation: Option<(i64, String, Option<i64>, i64)> = sqlx::query_as(

@@ -81,17 +81,12 @@ pub async fn ingest(
 /// the write lock is never held by an idle-priority thread.
 async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
     let (mut stored, mut skipped) = (0, 0);
-    // The transaction reads before it writes. On SQLite a deferred one would then have to
-    // upgrade its read lock, which fails with "database is locked" (SQLITE_BUSY_SNAPSHOT)
-    // when another write (a worker-state report) committed meanwhile: take the write lock
-    // at the start, waiting for it like every other write.
-    let begin = match db {
-        Db::Sqlite(_) => "BEGIN IMMEDIATE",
-        Db::Postgres(_) => "BEGIN",
-    };
+    // The transaction reads before it writes: on SQLite `db::begin` takes the write lock at
+    // its start (a worker-state report committing between the read and the write would
+    // otherwise make it fail with "database is locked").
     let mut teams: HashMap<String, Option<i64>> = HashMap::new();
     on_db!(db, pool => {
-        let mut tx = pool.begin_with(begin).await?;
+        let mut tx = crate::db::begin(pool).await?;
         for p in batch {
             let job = &p.record;
             let team_id = match teams.get(job.team.as_str()) {

@@ -317,7 +317,7 @@ pub async fn create_service(
     check_workers(&workers)?;
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let (limit, used, public_ok): (Option<i64>, i64, bool) = sqlx::query_as(
             "SELECT max_services, (SELECT COUNT(*) FROM services WHERE team_id = $1), \
@@ -406,7 +406,7 @@ pub async fn update_service(
     may_modify(&user, &owner)?;
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         if req.visibility == Some(Visibility::Public) {
             let public_ok: bool = sqlx::query_scalar(
@@ -455,7 +455,7 @@ pub async fn delete_service(
     let (id, owner) = service_id(&state, &user, &name).await?;
     may_modify(&user, &owner)?;
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         sqlx::query("DELETE FROM services WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -497,7 +497,7 @@ pub async fn add_service_worker(
     let (id, _) = service_id(&state, &user, &name).await?;
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         bind_workers!(tx, user.team_id, user.team, id, workers);
         sqlx::query("UPDATE services SET updated = $1 WHERE id = $2")
@@ -540,7 +540,7 @@ pub async fn remove_service_worker(
     let (id, _) = service_id(&state, &user, &name).await?;
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         bind_workers!(tx, user.team_id, user.team, id, workers);
         sqlx::query("UPDATE services SET updated = $1 WHERE id = $2")

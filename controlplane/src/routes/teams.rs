@@ -315,7 +315,7 @@ pub async fn create_team(
         Preset::Free
     });
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let (max_teams, created): (Option<i64>, i64) = sqlx::query_as(
             "SELECT max_teams, (SELECT COUNT(*) FROM teams WHERE creator_id = $1) \
@@ -382,7 +382,7 @@ pub async fn delete_team(
         (SELECT 1 FROM members o WHERE o.user_id = u.id AND o.team_id <> $1) \
         ORDER BY u.identity LIMIT 1";
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let stranded: Option<String> = sqlx::query_scalar(STRANDED)
             .bind(row.id).fetch_optional(&mut *tx).await?;
@@ -455,7 +455,7 @@ pub async fn add_member(
     };
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let n_users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE team_id = $1")
             .bind(row.id).fetch_one(&mut *tx).await?;
@@ -510,7 +510,7 @@ pub async fn update_member(
 ) -> Result<Json<MemberView>, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         // After the write lock: two demotions at once cannot both see the other admin.
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         if req.role != Role::Admin {
@@ -557,7 +557,7 @@ pub async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let others: i64 = sqlx::query_scalar(OTHER_ADMINS)
             .bind(row.id).bind(&identity).fetch_one(&mut *tx).await?;
@@ -674,7 +674,7 @@ pub async fn set_quota(
     }
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         sqlx::query("UPDATE teams SET max_workers = $1, max_services = $2, max_triggers = $3, \
             max_users = $4, public_services = $5, updated = $6 WHERE id = $7")

@@ -458,7 +458,7 @@ pub async fn create_trigger(
     let args = args_json(&req.args.unwrap_or_default());
     let now = now_ms();
     let (revision, id): (i64, i64) = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let dir_id = directory_id!(tx, user, dir);
         let (limit, used): (Option<i64>, i64) = sqlx::query_as(
@@ -547,7 +547,7 @@ pub async fn update_trigger(
     let args = req.args.as_ref().map(args_json);
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let dir_id = match target {
             Some((dir, _)) => Some(directory_id!(tx, user, dir)),
@@ -598,7 +598,7 @@ pub async fn delete_trigger(
     let row = find(&state, &user, id).await?;
     may_modify(&user, &row.owner)?;
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         sqlx::query("DELETE FROM triggers WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;

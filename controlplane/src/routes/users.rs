@@ -120,7 +120,7 @@ pub async fn update_user(
         return Err(ApiError::Unprocessable("a limit cannot be negative".into()));
     }
     let revision: Option<i64> = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let operator: Option<bool> = sqlx::query_scalar("SELECT operator FROM users WHERE identity = $1")
             .bind(&identity).fetch_optional(&mut *tx).await?;
@@ -193,7 +193,7 @@ pub async fn change_secret(
     }
     let new_hash = auth::hash_secret(&state.guard, req.new).await?;
     let (revision, sgen): (i64, i64) = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         // Only over the hash that was checked: of two changes at once, one wins.
         let sgen: Option<i64> = sqlx::query_scalar(

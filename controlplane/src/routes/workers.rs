@@ -185,7 +185,7 @@ pub async fn create_worker(
     let (token, digest) = new_token();
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         let (limit, used): (Option<i64>, i64) = sqlx::query_as(
             "SELECT max_workers, (SELECT COUNT(*) FROM workers WHERE team_id = $1) FROM teams WHERE id = $1")
@@ -255,7 +255,7 @@ pub async fn update_worker(
         let visibility = req.visibility.map_or(row.visibility, |v| v.to_string());
         let now = now_ms();
         let revision: i64 = on_db!(&state.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::db::begin(pool).await?;
             let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
             sqlx::query("UPDATE workers SET description = $1, visibility = $2, updated = $3 \
                 WHERE id = $4")
@@ -288,7 +288,7 @@ pub async fn delete_worker(
     let row = find(&state, &user, &identity).await?;
     may_modify(&user, &row.owner)?;
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         sqlx::query("DELETE FROM workers WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -317,7 +317,7 @@ pub async fn regenerate_token(
     let (token, digest) = new_token();
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
         sqlx::query("UPDATE workers SET token_sha256 = $1, updated = $2 WHERE id = $3")
             .bind(&digest).bind(now).bind(row.id).execute(&mut *tx).await?;

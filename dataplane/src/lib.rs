@@ -97,6 +97,9 @@ pub struct BrokerSettings {
     /// Workers must present a client certificate (`--tls-client-ca`; the configuration
     /// checks the ones presented against that CA): one without is refused `Unauthorized`.
     pub worker_cert_required: bool,
+    /// How often an idle shard looks at the stop and drain flags (50 ms); a test drives it
+    /// fast to show that nothing grows per turn.
+    pub stop_poll: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -118,6 +121,7 @@ impl Default for BrokerSettings {
             spin: Duration::from_micros(SPIN_DEFAULT_US),
             tls: None,
             worker_cert_required: false,
+            stop_poll: Duration::from_millis(50),
         }
     }
 }
@@ -286,6 +290,7 @@ pub fn start(
                 Some((s, r)) => (Some(s), Some(r)),
                 None => (None, None),
             };
+            let stop_poll = settings.stop_poll;
             let shard = Rc::new(Shard::new(idx, n, settings, source, rr, idem, senders));
             if let Some(mut receivers) = receivers {
                 for (_peer, stream) in receivers.streams() {
@@ -315,40 +320,24 @@ pub fn start(
                 .detach();
             }
             info!(shard = idx, addr = %local, "shard listening");
-            loop {
-                let accepted =
-                    futures_lite::FutureExt::or(async { Some(listener.accept().await) }, async {
-                        while !stop.load(Ordering::Relaxed) && !drain.started() {
-                            glommio::timer::sleep(Duration::from_millis(50)).await;
-                        }
-                        None
-                    })
-                    .await;
-                match accepted {
-                    None => break,
-                    Some(Ok(stream)) => {
-                        let admitted = stream.peer_addr().ok().and_then(|peer| {
-                            let admitted = pending.admit(peer.ip());
-                            if admitted.is_none() {
-                                metrics::CLOSED
-                                    .with_label_values(&["pending_per_address"])
-                                    .inc();
-                                warn!(shard = idx, %peer, "too many pending handshakes from this address; connection closed");
-                            }
-                            admitted
-                        });
-                        // Not admitted: dropping the stream closes it.
-                        if let Some(guard) = admitted {
-                            glommio::spawn_local(shard.clone().serve(stream, guard)).detach();
-                        }
-                    }
-                    Some(Err(e)) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        error!(shard = idx, error = %e, "accept failed");
-                        glommio::timer::sleep(Duration::from_millis(100)).await;
-                    }
-                }
+            // The accept loop is a task of its own, woken only by its listener; this task
+            // looks at the stop and drain flags and cancels it. Racing `accept` against a
+            // periodic timer in one task (as this did) polled the pending accept again at every
+            // turn, and glommio keeps a clone of the waker per poll of a pending accept
+            // (`Source::add_waiter_many`): after 32,767 turns (27 minutes at 50 ms) the task's
+            // waker count overflowed and every shard panicked.
+            let listener = Rc::new(listener);
+            let acceptor = glommio::spawn_local(accept_loop(
+                idx,
+                listener.clone(),
+                pending.clone(),
+                shard.clone(),
+            ));
+            while !stop.load(Ordering::Relaxed) && !drain.started() {
+                glommio::timer::sleep(stop_poll).await;
+                STOP_POLL_TURNS.fetch_add(1, Ordering::Relaxed);
             }
+            acceptor.cancel().await;
             // New connections are refused from here on; a drain lets those open finish.
             drop(listener);
             if !stop.load(Ordering::Relaxed) {
@@ -387,6 +376,45 @@ pub fn start(
     })
 }
 
+/// Turns of the shards' stop-flag loops, all shards together (for the test that drives them
+/// fast: nothing may grow per turn).
+static STOP_POLL_TURNS: AtomicU64 = AtomicU64::new(0);
+
+/// Accepts connections on `listener` for `shard` until the task is cancelled. Each `accept`
+/// is polled only when its own socket wakes the task.
+async fn accept_loop(
+    idx: usize,
+    listener: Rc<glommio::net::TcpListener>,
+    pending: Arc<shard::PendingHandshakes>,
+    shard: Rc<Shard>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let admitted = stream.peer_addr().ok().and_then(|peer| {
+                    let admitted = pending.admit(peer.ip());
+                    if admitted.is_none() {
+                        metrics::CLOSED
+                            .with_label_values(&["pending_per_address"])
+                            .inc();
+                        warn!(shard = idx, %peer, "too many pending handshakes from this address; connection closed");
+                    }
+                    admitted
+                });
+                // Not admitted: dropping the stream closes it.
+                if let Some(guard) = admitted {
+                    glommio::spawn_local(shard.clone().serve(stream, guard)).detach();
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                error!(shard = idx, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// The CPUs this process may run on (`taskset`, cgroup cpusets): the cores shards are pinned
 /// to, in turn. Empty if the kernel does not say, and then shards are not pinned.
 fn allowed_cpus() -> Vec<usize> {
@@ -406,6 +434,72 @@ fn allowed_cpus() -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A broker idle for 27 minutes froze: its accept was raced against the 50 ms stop
+    /// timer, and every turn left a waker clone behind, until glommio's count overflowed and
+    /// every shard panicked. Driven at 20 µs, 40,000 idle turns per shard take seconds; the
+    /// broker must still answer a `Hello` after them.
+    #[test]
+    fn an_idle_broker_still_accepts_after_many_stop_flag_turns() {
+        use std::io::{Read, Write};
+        let shards = 2;
+        let settings = BrokerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shards,
+            spin: Duration::ZERO,
+            stop_poll: Duration::from_micros(20),
+            ..BrokerSettings::default()
+        };
+        let broker = start(settings, Arc::new(FileConfig::default())).unwrap();
+        let want = 40_000 * shards as u64;
+        let (mut seen, mut moved) = (0, std::time::Instant::now());
+        loop {
+            let turns = STOP_POLL_TURNS.load(Ordering::Relaxed);
+            if turns >= want {
+                break;
+            }
+            if turns > seen {
+                (seen, moved) = (turns, std::time::Instant::now());
+            }
+            assert!(
+                moved.elapsed() < Duration::from_secs(10),
+                "the shards' stop-flag loops stopped turning after {turns} turns (a shard died?)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Several connections, so that every shard (SO_REUSEPORT spreads them) is asked.
+        for n in 0..8 {
+            let mut conn = std::net::TcpStream::connect(broker.local_addr()).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let hello = proto::Frame::Hello(proto::Hello {
+                protocol_version: proto::PROTOCOL_VERSION,
+                role: proto::Role::Worker,
+                credential: proto::Credential::Worker {
+                    team: "main".into(),
+                    identity: format!("idle{n}"),
+                    token: "t".into(),
+                },
+            });
+            conn.write_all(&proto::codec::encode_to_vec(&hello)).unwrap();
+            let mut buf = bytes::BytesMut::new();
+            let frame = loop {
+                if let Some(frame) = proto::decode(&mut buf, proto::DEFAULT_MAX_FRAME).unwrap() {
+                    break frame;
+                }
+                let mut chunk = [0u8; 4096];
+                let read = conn.read(&mut chunk).unwrap_or_else(|e| {
+                    panic!("connection {n}: no answer to Hello after the idle turns: {e}")
+                });
+                assert_ne!(read, 0, "connection {n} closed without an answer to Hello");
+                buf.extend_from_slice(&chunk[..read]);
+            };
+            assert!(
+                matches!(frame, proto::Frame::Welcome { .. }),
+                "connection {n}: {frame:?}"
+            );
+        }
+        broker.stop();
+    }
 
     #[test]
     fn refuses_more_shards_than_dispatch_ids_can_name() {

@@ -7,9 +7,12 @@
 //! [`proto::IDEM_SOURCES`] sources (least recently used first). A key is `Running` (with the
 //! dispatches that arrived meanwhile, which were answered `Accepted` and wait for the first
 //! run's end) or `Done` (its end, answered at once to a replay: `Accepted`, then the `Done`).
-//! A run that ends without an answer that means the plugin ran (cancelled, refused, or
-//! killed because its connection dropped) is forgotten, and its waiters are answered
-//! `Failed { Cancelled }`: a replay runs it again, so a run killed part-way is at-least-once.
+//! A keyed run is not stopped when its connection drops (the session hands its stop sender
+//! to a task that holds it until the run ends), so a replay through the next broker waits
+//! for it and runs nothing twice. A run that ends without an answer that means the plugin
+//! ran (cancelled by the broker, refused, or stopped by the worker's shutdown) is
+//! forgotten, and its waiters are answered `Failed { Cancelled }`: a replay runs it again, so
+//! a run stopped part-way is at-least-once.
 //!
 //! [`Keys`] is the pure structure; [`serve_keyed`] puts it around a dispatch: the run's
 //! frames pass through a forwarder task that sees its end even when the session that

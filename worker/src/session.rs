@@ -210,28 +210,55 @@ fn checked<T>(config: &WorkerConfig, read: Result<T, ConnectionError>) -> Result
 /// A finished dispatch drops its receiver, and its sender is swept out once the map has
 /// doubled since the last sweep: amortized O(1) per dispatch, where a sweep per dispatch was
 /// O(running).
+///
+/// When the session ends (the broker died or the connection dropped), unkeyed runs are
+/// stopped; a keyed run (`Dispatch.key`, the fs module's spool) runs on to its own end, which
+/// the idempotency window records: the spool sends its line again to whatever broker comes
+/// next, and that replay waits for this run instead of running the plugin a second time
+/// (a run killed after its effect and before its end was forgotten, and ran twice).
 #[derive(Default)]
 struct Active {
-    stops: HashMap<u64, oneshot::Sender<Stop>>,
+    stops: HashMap<u64, Running>,
     sweep_at: usize,
+}
+
+/// A running dispatch's stop sender, and whether it is keyed.
+struct Running {
+    stop: oneshot::Sender<Stop>,
+    keyed: bool,
 }
 
 impl Active {
     fn is_running(&self, id: u64) -> bool {
-        self.stops.get(&id).is_some_and(|stop| !stop.is_closed())
+        self.stops.get(&id).is_some_and(|run| !run.stop.is_closed())
     }
 
-    fn insert(&mut self, id: u64, stop: oneshot::Sender<Stop>) {
+    fn insert(&mut self, id: u64, stop: oneshot::Sender<Stop>, keyed: bool) {
         if self.stops.len() >= self.sweep_at {
-            self.stops.retain(|_, stop| !stop.is_closed());
+            self.stops.retain(|_, run| !run.stop.is_closed());
             self.sweep_at = (self.stops.len() * 2).max(64);
         }
-        self.stops.insert(id, stop);
+        self.stops.insert(id, Running { stop, keyed });
     }
 
     /// The stop sender of a dispatch still running.
     fn remove(&mut self, id: u64) -> Option<oneshot::Sender<Stop>> {
-        self.stops.remove(&id).filter(|stop| !stop.is_closed())
+        self.stops
+            .remove(&id)
+            .map(|run| run.stop)
+            .filter(|stop| !stop.is_closed())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        for (_, mut run) in self.stops.drain() {
+            if run.keyed && !run.stop.is_closed() {
+                // Held until the run ends (its receiver dropped); the runtime's shutdown
+                // drops it, and the plugin with it.
+                tokio::spawn(async move { run.stop.closed().await });
+            }
+        }
     }
 }
 
@@ -244,13 +271,13 @@ async fn handle_frame(
     match frame {
         Frame::Heartbeat => {}
         Frame::Dispatch(dispatch) => match dispatch.key {
-            None => serve_dispatch(shared, *dispatch, out, active).await?,
+            None => serve_dispatch(shared, *dispatch, out, active, false).await?,
             Some(key) => {
                 let id = dispatch.id;
                 let served = crate::idem::serve_keyed(&shared.idem, key, id, out).await;
                 match served.map_err(|()| WorkerError::WriterStopped)? {
                     Some(forwarder) => {
-                        serve_dispatch(shared, *dispatch, &forwarder, active).await?
+                        serve_dispatch(shared, *dispatch, &forwarder, active, true).await?
                     }
                     // A replay comes only after a failure (a broker restart, a lost
                     // connection): worth a line.
@@ -297,6 +324,7 @@ async fn serve_dispatch(
     dispatch: proto::Dispatch,
     out: &mpsc::Sender<Frame>,
     active: &mut Active,
+    keyed: bool,
 ) -> Result<(), WorkerError> {
     let id = dispatch.id;
     let lookup = shared
@@ -323,7 +351,7 @@ async fn serve_dispatch(
     }
     debug!(id, service = %dispatch.service, plugin = %dispatch.plugin, "dispatch");
     let (stop_tx, stop_rx) = oneshot::channel();
-    active.insert(id, stop_tx);
+    active.insert(id, stop_tx, keyed);
     let alive = shared.alive.clone();
     let serving = runner::serve_dispatch(
         shared.runner.clone(),
@@ -363,10 +391,10 @@ mod active_tests {
     fn finished_dispatches_are_swept_running_ones_stay() {
         let mut active = Active::default();
         let (live_tx, _live_rx) = oneshot::channel();
-        active.insert(0, live_tx);
+        active.insert(0, live_tx, false);
         for id in 1..=200 {
             let (tx, rx) = oneshot::channel();
-            active.insert(id, tx);
+            active.insert(id, tx, false);
             drop(rx); // the dispatch finished
             assert!(!active.is_running(id));
         }

@@ -126,6 +126,50 @@ async fn the_worker_remembers_a_key_across_a_broker_restart() -> Result<()> {
     Ok(())
 }
 
+/// A keyed run still going when the broker is SIGKILLed (with the fs module: the spool sends
+/// the line again to the next broker) runs once: the worker lets it finish instead of
+/// stopping it with its connection, and the replay through the new broker waits for it.
+/// Before, the run was stopped and forgotten, and the replay ran the plugin a second time
+/// (the double kill of issue 25 duplicated 62 and 102 lines of 150,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_run_in_flight_when_the_broker_dies_runs_once() -> Result<()> {
+    let mut broker = Broker::start("", 2)?;
+    let addr = broker.addr;
+    let plugins = Plugins::core()?;
+    let _worker = start_worker(addr, "iw", &plugins, &[])?;
+    wait_for_workers(addr, &["iw"]).await?;
+    let dir = tempfile::tempdir()?;
+    let marks = dir.path().join("marks");
+    let spec = client::RequestSpec {
+        service: "iw".into(),
+        plugin: "command".into(),
+        command: vec![format!("echo ran >> {}; sleep 3; echo finished", marks.display())],
+        timeout: Some(Duration::from_secs(60)),
+        key: Some(key(11)),
+        ..client::RequestSpec::default()
+    };
+    let c = connect(addr).await?;
+    let first = c.request(spec.clone()).await?;
+    wait_until(Duration::from_secs(30), "the first run started", || async {
+        lines(&marks).is_ok_and(|l| !l.is_empty())
+    })
+    .await?;
+    broker.proc.kill();
+    drop(first);
+    drop(c);
+    let _broker2 = Broker::start_on(&addr.to_string(), "", 2)?;
+    wait_for_workers(addr, &["iw"]).await?;
+    let c = connect(addr).await?;
+    let again = c.request(spec).await?.collect().await;
+    assert_eq!(
+        again.workers.first().and_then(|w| w.exit_code),
+        Some(0),
+        "the replay is answered with the first run's end: {again:?}"
+    );
+    assert_eq!(lines(&marks)?, ["ran"], "the plugin ran once");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_member_with_the_same_key_gets_its_own_run() -> Result<()> {
     let port = free_port();

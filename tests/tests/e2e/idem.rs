@@ -101,23 +101,35 @@ async fn a_replayed_key_runs_once_and_is_marked_replayed() -> Result<()> {
     Ok(())
 }
 
+/// A broker of 2 shards with the core plugins' worker `iw` online (the worker and its
+/// plugins' directory, kept while the test runs), and a temporary directory.
+async fn broker_with_worker() -> Result<(Broker, (Proc, Plugins), tempfile::TempDir)> {
+    let broker = Broker::start("", 2)?;
+    let plugins = Plugins::core()?;
+    let worker = start_worker(broker.addr, "iw", &plugins, &[])?;
+    wait_for_workers(broker.addr, &["iw"]).await?;
+    Ok((broker, (worker, plugins), tempfile::tempdir()?))
+}
+
+/// A new broker on `addr` (the last was SIGKILLed), once `iw` is back, and a client of it.
+async fn restart_broker(addr: std::net::SocketAddr) -> Result<(Broker, client::Client)> {
+    let broker = Broker::start_on(&addr.to_string(), "", 2)?;
+    wait_for_workers(addr, &["iw"]).await?;
+    let c = connect(addr).await?;
+    Ok((broker, c))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_remembers_a_key_across_a_broker_restart() -> Result<()> {
-    let mut broker = Broker::start("", 2)?;
+    let (mut broker, _worker, dir) = broker_with_worker().await?;
     let addr = broker.addr;
-    let plugins = Plugins::core()?;
-    let _worker = start_worker(addr, "iw", &plugins, &[])?;
-    wait_for_workers(addr, &["iw"]).await?;
-    let dir = tempfile::tempdir()?;
     let log = dir.path().join("log");
     let c = connect(addr).await?;
     send(&c, append("iw", &log, "once", 7)).await?;
     drop(c);
 
     broker.proc.kill();
-    let _broker2 = Broker::start_on(&addr.to_string(), "", 2)?;
-    wait_for_workers(addr, &["iw"]).await?;
-    let c = connect(addr).await?;
+    let (_broker2, c) = restart_broker(addr).await?;
     let again = send(&c, append("iw", &log, "once", 7)).await?;
     // The new broker's window is empty: the worker answered, without running append.
     assert!(!replayed(&again), "{again:?}");
@@ -133,12 +145,8 @@ async fn the_worker_remembers_a_key_across_a_broker_restart() -> Result<()> {
 /// (the double kill of issue 25 duplicated 62 and 102 lines of 150,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_run_in_flight_when_the_broker_dies_runs_once() -> Result<()> {
-    let mut broker = Broker::start("", 2)?;
+    let (mut broker, _worker, dir) = broker_with_worker().await?;
     let addr = broker.addr;
-    let plugins = Plugins::core()?;
-    let _worker = start_worker(addr, "iw", &plugins, &[])?;
-    wait_for_workers(addr, &["iw"]).await?;
-    let dir = tempfile::tempdir()?;
     let marks = dir.path().join("marks");
     let spec = client::RequestSpec {
         service: "iw".into(),
@@ -157,9 +165,7 @@ async fn a_keyed_run_in_flight_when_the_broker_dies_runs_once() -> Result<()> {
     broker.proc.kill();
     drop(first);
     drop(c);
-    let _broker2 = Broker::start_on(&addr.to_string(), "", 2)?;
-    wait_for_workers(addr, &["iw"]).await?;
-    let c = connect(addr).await?;
+    let (_broker2, c) = restart_broker(addr).await?;
     let again = c.request(spec).await?.collect().await;
     assert_eq!(
         again.workers.first().and_then(|w| w.exit_code),

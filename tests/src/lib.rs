@@ -547,6 +547,24 @@ pub fn run_cli_env(
     ))
 }
 
+/// The pids of live processes whose command line contains `marker`.
+pub fn pids_running(marker: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(marker)
+                .then_some(pid)
+        })
+        .collect()
+}
+
 /// True while some process's command line contains `marker`.
 pub fn process_running(marker: &str) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {

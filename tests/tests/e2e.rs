@@ -6,6 +6,7 @@ mod e2e {
     pub mod algorithms;
     pub mod bad_input;
     pub mod console;
+    pub mod containment;
     pub mod control;
     pub mod core_plugins;
     pub mod defences;

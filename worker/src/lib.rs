@@ -9,6 +9,8 @@
 //! - [`persistent`]: plugins whose `plugin.toml` says `persistent = true`: one long-running
 //!   instance per plugin serving many requests over JSON lines, restarted with backoff.
 //! - [`lines`]: splitting plugin output into lines and 64 KiB chunks.
+//! - [`contain`]: each plugin's process tree in a cgroup of its own (or, without one, the
+//!   worker as their subreaper), killed whole at the run's end and at shutdown.
 //! - `idem`: the window of keyed dispatches (`Dispatch.key`) that makes a replay run nothing
 //!   twice, kept across reconnections.
 //!
@@ -18,6 +20,7 @@
 //! its requests to persistent plugins are cancelled; persistent instances stay up across
 //! sessions and stop with the worker (`shutdown`, 1 s, SIGKILL to the group).
 
+pub mod contain;
 mod core;
 mod idem;
 pub mod leftovers;
@@ -192,6 +195,13 @@ pub async fn run(
     if reaped > 0 {
         warn!(identity = %config.identity, n = reaped, "killed plugin processes left running by an earlier run of this worker");
     }
+    // Each plugin's process tree is contained; what an earlier run left in its cgroups goes.
+    let marked = instance.clone();
+    let contain = Arc::new(
+        tokio::task::spawn_blocking(move || contain::Containment::init(&marked))
+            .await
+            .unwrap_or_default(),
+    );
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let persistent = Arc::new(persistent::Manager::new());
     let shared = session::Shared {
@@ -203,6 +213,7 @@ pub async fn run(
             core: Default::default(),
             persistent: persistent.clone(),
             max_output: config.max_output,
+            contain: contain.clone(),
         }),
         slots: Arc::new(Semaphore::new(max_concurrency)),
         alive: alive_tx,
@@ -238,6 +249,7 @@ pub async fn run(
                         tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv()),
                         persistent.shutdown()
                     );
+                    release(&contain).await;
                     return Err(ended);
                 }
             }
@@ -256,6 +268,7 @@ pub async fn run(
                 tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv()),
                 persistent.shutdown()
             );
+            release(&contain).await;
             return Err(ended);
         }
         let delay = match &ended {
@@ -290,8 +303,16 @@ pub async fn run(
     if waited.is_err() {
         warn!("plugins still stopping at shutdown");
     }
+    release(&contain).await;
     info!(identity = %config.identity, "worker stopped");
     Ok(())
+}
+
+/// Kills whatever plugin processes are still contained (escaped ones included) and removes
+/// the worker's cgroups.
+async fn release(contain: &Arc<contain::Containment>) {
+    let contain = contain.clone();
+    let _ = tokio::task::spawn_blocking(move || contain.shutdown()).await;
 }
 
 fn check_config(config: &WorkerConfig) -> Result<(), WorkerError> {

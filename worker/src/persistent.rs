@@ -30,8 +30,8 @@
 
 use crate::lines::{LineReader, MAX_LINE};
 use crate::runner::{
-    self, failed, kill_group, plugin_request, until, without_paths, Cause, GroupGuard,
-    ResolvedPlugin, RunnerConfig, Stop, DRAIN_AFTER_EXIT,
+    self, failed, plugin_request, until, without_paths, Cause, GroupGuard, ResolvedPlugin,
+    RunnerConfig, Stop, DRAIN_AFTER_EXIT,
 };
 use plugins::persistent::{output_bytes, output_lines, FromPlugin, OutStream, ToPlugin};
 use plugins::{Manifest, ManifestError};
@@ -304,11 +304,8 @@ impl Instance {
         let mut cmd = runner::plugin_command(runner, &plugin.path, &plugin.dir);
         cmd.arg0(&plugin.argv0);
         cmd.env("TRIGGERFS_PERSISTENT", "1");
-        let mut child = runner::spawn_with_retry(&mut cmd).await?;
-        let Some(pid) = child.id() else {
-            return Err(std::io::Error::other("the plugin vanished"));
-        };
-        let group = GroupGuard(pid as i32);
+        let (mut child, group) = runner::spawn_confined(runner, &mut cmd).await?;
+        let pid = group.pgid as u32;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -516,7 +513,7 @@ async fn supervise(s: Supervised) {
     let Supervised {
         mut child,
         shared,
-        group,
+        mut group,
         writer,
         reader,
         _logger,
@@ -546,7 +543,7 @@ async fn supervise(s: Supervised) {
             }
         }
     };
-    kill_group(group.0, libc::SIGKILL);
+    group.kill();
     let mut in_flight = None;
     if let Some(status) = &status {
         // Its last frames are in the pipe, and with the group dead nothing holds it open.

@@ -68,6 +68,8 @@ pub struct RunnerConfig {
     pub persistent: Arc<crate::persistent::Manager>,
     /// Bytes of output one plain plugin run may write (see [`crate::WorkerConfig`]).
     pub max_output: u64,
+    /// How plugin process trees are contained (see [`crate::contain`]).
+    pub contain: Arc<crate::contain::Containment>,
 }
 
 /// A plugin that passed every check: the file to execute and how to present it.
@@ -308,14 +310,50 @@ pub(crate) fn kill_group(pgid: i32, signal: i32) {
     }
 }
 
-/// SIGKILLs the plugin's process group when dropped: at the end of every run, and also if
-/// the dispatch task itself is dropped (runtime shutdown), so no plugin outlives its task.
-pub(crate) struct GroupGuard(pub(crate) i32);
+/// A plugin process's group and confinement ([`crate::contain`]): [`GroupGuard::kill`]
+/// SIGKILLs both, and so does dropping it: at the end of every run, and also if the dispatch
+/// task itself is dropped (runtime shutdown), so no plugin, nor a process it started that
+/// left its group, outlives its task.
+pub(crate) struct GroupGuard {
+    pub(crate) pgid: i32,
+    contain: Arc<crate::contain::Containment>,
+    confinement: crate::contain::Confinement,
+}
+
+impl GroupGuard {
+    /// Kills the group and everything its confinement holds.
+    pub(crate) fn kill(&mut self) {
+        kill_group(self.pgid, libc::SIGKILL);
+        self.contain.release(&mut self.confinement, self.pgid);
+    }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        kill_group(self.0, libc::SIGKILL);
+        self.kill();
     }
+}
+
+/// Spawns `cmd` (made by [`plugin_command`]) confined: its process, and every process it
+/// starts, can be killed through the returned guard.
+pub(crate) async fn spawn_confined(
+    runner: &RunnerConfig,
+    cmd: &mut tokio::process::Command,
+) -> std::io::Result<(tokio::process::Child, GroupGuard)> {
+    let confinement = runner.contain.confine()?;
+    confinement.prepare(cmd);
+    let child = spawn_with_retry(cmd).await?;
+    let Some(pid) = child.id() else {
+        return Err(std::io::Error::other("the plugin vanished"));
+    };
+    let pgid = pid as i32;
+    runner.contain.spawned(pgid);
+    let guard = GroupGuard {
+        pgid,
+        contain: runner.contain.clone(),
+        confinement,
+    };
+    Ok((child, guard))
 }
 
 /// The exit code of `status`: its code, or 128+N when signal N killed it.
@@ -506,8 +544,7 @@ async fn run_shell(
     request_env(&mut cmd, dispatch);
     cmd.arg("-c").arg(&script);
     let label = format!("{} -c", runner.shell);
-    let limit = runner.max_output;
-    run_process(cmd, stdin, &label, dispatch, deadline, stop, out, limit).await;
+    run_process(runner, cmd, stdin, &label, dispatch, deadline, stop, out).await;
 }
 
 /// Starts the plugin and follows it to the end.
@@ -524,15 +561,15 @@ async fn run_plugin(
         .expect("a PluginRequest always serialises");
     request.push(b'\n');
     let label = plugin.path.display().to_string();
-    let limit = runner.max_output;
-    run_process(cmd, request, &label, dispatch, deadline, stop, out, limit).await;
+    run_process(runner, cmd, request, &label, dispatch, deadline, stop, out).await;
 }
 
 /// Starts `cmd` with `stdin` on its standard input and follows it to the end; `label` names
-/// it in the worker's log only. Past `max_output` bytes of output it is stopped (as for a
+/// it in the worker's log only. Past the runner's `max_output` bytes of output it is stopped (as for a
 /// timeout) and the dispatch ends with `OutputLimit`; nothing past the limit is sent.
 #[allow(clippy::too_many_arguments)]
 async fn run_process(
+    runner: &RunnerConfig,
     mut cmd: tokio::process::Command,
     request: Vec<u8>,
     label: &str,
@@ -540,11 +577,11 @@ async fn run_process(
     deadline: Option<Instant>,
     mut stop: oneshot::Receiver<Stop>,
     out: &mpsc::Sender<Frame>,
-    max_output: u64,
 ) {
     let id = dispatch.id;
-    let mut child = match spawn_with_retry(&mut cmd).await {
-        Ok(child) => child,
+    let max_output = runner.max_output;
+    let (mut child, mut group) = match spawn_confined(runner, &mut cmd).await {
+        Ok(spawned) => spawned,
         Err(e) => {
             warn!(id, plugin = %dispatch.plugin, path = %label, error = %e, "cannot start plugin");
             // No path of this host in what the client sees.
@@ -557,15 +594,8 @@ async fn run_process(
             return;
         }
     };
-    let Some(pid) = child.id() else {
-        // Only after a successful wait; a fresh child always has its pid.
-        let _ = out
-            .send(failed(id, ErrorKind::PluginFailed, "plugin vanished"))
-            .await;
-        return;
-    };
-    let pgid = pid as i32;
-    let _group = GroupGuard(pgid);
+    let pgid = group.pgid;
+    let pid = pgid as u32;
     debug!(id, pid, plugin = %dispatch.plugin, "plugin started");
 
     let _stdin_task = child.stdin.take().map(|mut stdin| {
@@ -663,9 +693,9 @@ async fn run_process(
             }
         }
     }
-    // Whatever is left of the group (background children) goes now, not when `_group` drops
-    // after the last frame is queued.
-    kill_group(pgid, libc::SIGKILL);
+    // Whatever is left of the group and its confinement (background children, escaped
+    // ones) goes now, not when `group` drops after the last frame is queued.
+    group.kill();
     if !connected {
         return;
     }

@@ -408,24 +408,6 @@ async fn client_facing_errors_show_no_host_paths() -> Result<()> {
     Ok(())
 }
 
-/// The pids of live processes whose command line contains `marker`.
-fn pids_running(marker: &str) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmd)
-                .replace('\0', " ")
-                .contains(marker)
-                .then_some(pid)
-        })
-        .collect()
-}
-
 /// Finding 8: a SIGKILLed worker leaves no plugin running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_die_with_a_killed_worker() -> Result<()> {

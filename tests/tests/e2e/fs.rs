@@ -19,25 +19,25 @@ use tests::{
     free_port, start_controlled_broker, start_worker, wait_until, Api, Control, Plugins, Proc,
 };
 
-/// A whole system with an fs module mounted.
-struct Rig {
-    control: Control,
-    api: Api,
-    port: u16,
-    broker: Option<Proc>,
-    _worker: Proc,
-    _plugins: Plugins,
-    dir: tempfile::TempDir,
-    fs: Option<Proc>,
+/// A whole system with an fs module mounted (also used by `containment`).
+pub(crate) struct Rig {
+    pub(crate) control: Control,
+    pub(crate) api: Api,
+    pub(crate) port: u16,
+    pub(crate) broker: Option<Proc>,
+    pub(crate) _worker: Proc,
+    pub(crate) _plugins: Plugins,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) fs: Option<Proc>,
     /// What the fs printed on its terminal.
-    fs_out: Arc<Mutex<Vec<String>>>,
+    pub(crate) fs_out: Arc<Mutex<Vec<String>>>,
     /// Extra `triggerfs fs` flags.
-    fs_flags: Vec<String>,
+    pub(crate) fs_flags: Vec<String>,
 }
 
 impl Rig {
     /// Control plane, broker, worker `w1` bound to service `ship`, directory `/logs`.
-    async fn start(fs_flags: &[&str]) -> Result<Rig> {
+    pub(crate) async fn start(fs_flags: &[&str]) -> Result<Rig> {
         let port = free_port();
         let broker_addr = format!("127.0.0.1:{port}");
         let control = Control::start(&broker_addr)?;
@@ -80,7 +80,7 @@ impl Rig {
         Ok(rig)
     }
 
-    fn mnt(&self) -> PathBuf {
+    pub(crate) fn mnt(&self) -> PathBuf {
         self.dir.path().join("mnt")
     }
 
@@ -89,12 +89,12 @@ impl Rig {
     }
 
     /// Where `append` writes for trigger `name`.
-    fn sink(&self, name: &str) -> PathBuf {
+    pub(crate) fn sink(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.out"))
     }
 
     /// Starts `triggerfs fs` and waits for it to be serving.
-    fn start_fs(&mut self) -> Result<()> {
+    pub(crate) fn start_fs(&mut self) -> Result<()> {
         let (team, admin, secret) = self.control.admin.clone();
         let broker = format!("127.0.0.1:{}", self.port);
         let mnt = self.mnt();
@@ -144,7 +144,7 @@ impl Rig {
     }
 
     /// Creates trigger `/logs/<name>` bound to `append` writing to [`Rig::sink`].
-    async fn log_trigger(&self, name: &str, extra: Value) -> Result<Value> {
+    pub(crate) async fn log_trigger(&self, name: &str, extra: Value) -> Result<Value> {
         let mut body = json!({
             "path": format!("/logs/{name}"),
             "plugin": "append",
@@ -165,7 +165,7 @@ impl Rig {
         Ok(t)
     }
 
-    fn kill_broker(&mut self) {
+    pub(crate) fn kill_broker(&mut self) {
         if let Some(mut b) = self.broker.take() {
             b.kill();
         }
@@ -173,7 +173,7 @@ impl Rig {
 
     /// Starts the broker again on its port. While it was down, another test's connection may
     /// have taken the port as its local one for a moment: a few attempts.
-    fn restart_broker(&mut self) -> Result<()> {
+    pub(crate) fn restart_broker(&mut self) -> Result<()> {
         let mut attempt = 0;
         loop {
             match start_controlled_broker(&self.control, self.port, &[]) {
@@ -197,7 +197,7 @@ impl Rig {
 
     /// Waits until `sink` has at least `n` lines; the error says how many and what the fs
     /// printed.
-    async fn wait_lines(&self, sink: &Path, n: usize, within: Duration) -> Result<()> {
+    pub(crate) async fn wait_lines(&self, sink: &Path, n: usize, within: Duration) -> Result<()> {
         wait_until(within, &format!("{n} lines at the worker"), || async {
             count_lines(sink) >= n
         })
@@ -228,7 +228,7 @@ impl Drop for Rig {
 /// Writes `lines` lines `"<tag> <n>"` (n from `from`) to `path`, `per_write` lines per
 /// `write(2)`, pausing `pause` between writes; returns how many lines were in writes that
 /// returned, and the error that stopped it, if one did.
-fn write_lines(
+pub(crate) fn write_lines(
     path: &Path,
     tag: &str,
     from: usize,
@@ -264,7 +264,7 @@ fn write_lines(
 }
 
 /// The lines of the sink file, grouped by tag: each tag's numbers in file order.
-fn read_sink(path: &Path) -> HashMap<String, Vec<usize>> {
+pub(crate) fn read_sink(path: &Path) -> HashMap<String, Vec<usize>> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut by_tag: HashMap<String, Vec<usize>> = HashMap::new();
     for line in text.lines() {
@@ -284,7 +284,7 @@ fn count_lines(path: &Path) -> usize {
 }
 
 /// Every number from 0 to `n` once, in order.
-fn assert_exactly_once_in_order(got: &[usize], n: usize, what: &str) {
+pub(crate) fn assert_exactly_once_in_order(got: &[usize], n: usize, what: &str) {
     if got.len() == n && got.iter().enumerate().all(|(i, v)| *v == i) {
         return;
     }

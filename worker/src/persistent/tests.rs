@@ -125,6 +125,7 @@ impl Worker {
                 shell: crate::DEFAULT_SHELL.into(),
                 core: Default::default(),
                 max_output,
+                contain: Default::default(),
             }),
             // One process slot: persistent requests must not be held by it.
             slots: Arc::new(Semaphore::new(1)),

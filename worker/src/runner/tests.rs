@@ -84,6 +84,7 @@ fn start(root: &Path, d: Dispatch, slots: Arc<Semaphore>) -> Run {
         core: Default::default(),
         persistent: Arc::new(crate::persistent::Manager::new()),
         max_output: 1024 * 1024,
+        contain: Default::default(),
     });
     let (out, frames) = mpsc::channel(256);
     let (stop_tx, stop_rx) = oneshot::channel();

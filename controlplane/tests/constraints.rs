@@ -1009,6 +1009,10 @@ async fn prepare(
         | ("DELETE", "/api/v1/workers/{identity}")
         | ("POST", "/api/v1/workers/{identity}/regenerate") => {
             w.ensure_worker(&json!(path["identity"])).await;
+            // A worker's new owner must be a member of the team.
+            if field("owner").is_string() {
+                w.ensure_member(&w.team, &field("owner")).await;
+            }
         }
         ("POST", "/api/v1/services") | ("PATCH", "/api/v1/services/{name}") => {
             for identity in field("workers").as_array().into_iter().flatten() {

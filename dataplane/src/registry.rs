@@ -11,7 +11,11 @@
 //! team's worker identities and announced services (a `local` worker's only if it owns the
 //! worker), and another team's `public` services as `team/service`. A configured service
 //! routes only to the workers bound to it: announcing its name does not join it (unless a
-//! config file opens it to announcers).
+//! config file opens it to announcers), and a `local` worker serves only its owner's
+//! services, whatever is bound. An announced (ad-hoc) service belongs to the owner of the
+//! workers announcing it: a caller reaches their own announcers of the name; one who has none
+//! reaches the `team` announcers of a single other owner, and is refused when several owners
+//! announce it.
 
 use crate::config::{Principal, RoutingConfig, ServiceConfig, WorkerGrant};
 use foldhash::{HashMap, HashMapExt};
@@ -229,21 +233,37 @@ impl Registry {
             .filter_map(move |id| self.worker(team, id))
     }
 
-    /// Whether `caller` (of `team`) may use worker `identity` directly or through the
-    /// services it announces: a `local` worker only its owner may.
+    fn grant(&self, team: &str, identity: &str) -> Option<&WorkerGrant> {
+        self.grants.get(team)?.get(identity)
+    }
+
     /// Whether worker `identity` of `team` is `local` (its owner's alone).
     pub fn is_local_worker(&self, team: &str, identity: &str) -> bool {
-        self.grants
-            .get(team)
-            .and_then(|g| g.get(identity))
+        self.grant(team, identity)
             .is_some_and(|grant| grant.visibility == Visibility::Local)
     }
 
+    /// Whether `caller` (of `team`) may use worker `identity` directly or through the
+    /// services it announces: a `local` worker only its owner may.
     fn may_use_worker(&self, team: &str, identity: &str, caller: &Principal) -> bool {
-        match self.grants.get(team).and_then(|g| g.get(identity)) {
-            Some(grant) if grant.visibility == Visibility::Local => grant.owner == caller.identity,
+        self.may_serve(team, identity, Some(&caller.identity))
+    }
+
+    /// Whether worker `identity` of `team` may serve on behalf of `user` (a caller, or a
+    /// configured service's owner): a `local` worker only its owner's.
+    fn may_serve(&self, team: &str, identity: &str, user: Option<&str>) -> bool {
+        match self.grant(team, identity) {
+            Some(grant) if grant.visibility == Visibility::Local => {
+                user == Some(grant.owner.as_str())
+            }
             _ => true,
         }
+    }
+
+    /// The owner of worker `identity` of `team`; `None` for a worker the configuration
+    /// says nothing of (a config file's: the whole team's).
+    fn owner_of(&self, team: &str, identity: &str) -> Option<&str> {
+        self.grant(team, identity).map(|g| g.owner.as_str())
     }
 
     /// The configured service `team/name`, when `identity` is not among its workers: a worker
@@ -271,7 +291,9 @@ impl Registry {
     /// Resolves `name` (`service` or `team/service`) for `caller`.
     ///
     /// In the caller's team a configured service wins; else a worker identity is a service
-    /// of one; else a name online workers announced is a roundrobin service over them.
+    /// of one; else a name online workers announced is a roundrobin service over the
+    /// caller's own announcers, or those of the one other owner whose `team` workers
+    /// announce it (see the module docs).
     /// Another team's service is reachable only when it is configured `public`.
     pub fn resolve(&mut self, caller: &Principal, name: &str) -> Result<Route, RouteError> {
         let (team, service_name) = match name.split_once('/') {
@@ -304,7 +326,14 @@ impl Registry {
             let mut members: Vec<WorkerRef> = Vec::with_capacity(service.workers.len());
             let mut offline: Vec<Arc<str>> = Vec::new();
             let reports_offline = service.algorithm != proto::Algorithm::Roundrobin;
+            // A `local` worker bound to a service of another user (bound before the API
+            // checked, or made `local` since) does not serve it.
+            let mut not_theirs: Option<&str> = None;
             for id in &service.workers {
+                if !self.may_serve(team, id, service.owner.as_deref()) {
+                    not_theirs.get_or_insert(id);
+                    continue;
+                }
                 match self.worker(team, id) {
                     Some(w) => members.push(w),
                     None if reports_offline => offline.push(Arc::from(id.as_str())),
@@ -321,6 +350,16 @@ impl Registry {
             // A mirror or serial service with every bound worker offline still routes: the
             // request reports each of them `Offline` instead of naming none of them.
             if members.is_empty() && offline.is_empty() {
+                if let Some(id) = not_theirs {
+                    return Err((
+                        ErrorKind::Forbidden,
+                        format!(
+                            "worker {id} is local to {} and serves no service of {}; service {name} has no other worker",
+                            self.owner_of(team, id).unwrap_or_default(),
+                            service.owner.as_deref().unwrap_or_default()
+                        ),
+                    ));
+                }
                 return Err((
                     ErrorKind::NoWorkersOnline,
                     format!("service {name} has no worker online"),
@@ -355,10 +394,7 @@ impl Registry {
                 offline: Vec::new(),
             });
         }
-        let members: Vec<WorkerRef> = self
-            .announcers(team, service_name)
-            .filter(|w| self.may_use_worker(team, &w.identity, caller))
-            .collect();
+        let members = self.adhoc_members(team, service_name, caller)?;
         if members.is_empty() {
             return Err((
                 ErrorKind::NoSuchService,
@@ -370,6 +406,45 @@ impl Registry {
             members,
             offline: Vec::new(),
         })
+    }
+}
+
+impl Registry {
+    /// The members of the ad-hoc service `name` of `team` for `caller`: the online workers
+    /// of the caller that announce it; when there are none, the `team` workers of the one
+    /// other owner that announce it (empty when none does). Workers of several other owners
+    /// announcing it make the name ambiguous: refused, rather than spread over owners who
+    /// know nothing of each other.
+    fn adhoc_members(
+        &self,
+        team: &str,
+        name: &str,
+        caller: &Principal,
+    ) -> Result<Vec<WorkerRef>, RouteError> {
+        let mine = |w: &WorkerRef| self.owner_of(team, &w.identity) == Some(&caller.identity);
+        let own: Vec<WorkerRef> = self.announcers(team, name).filter(mine).collect();
+        if !own.is_empty() {
+            return Ok(own);
+        }
+        let open: Vec<WorkerRef> = self
+            .announcers(team, name)
+            .filter(|w| self.may_use_worker(team, &w.identity, caller))
+            .collect();
+        let owner = |w: &WorkerRef| self.owner_of(team, &w.identity);
+        if let Some(first) = open.first().map(owner) {
+            if open.iter().any(|w| owner(w) != first) {
+                let owners: BTreeSet<&str> = open.iter().filter_map(owner).collect();
+                let owners: Vec<&str> = owners.into_iter().collect();
+                return Err((
+                    ErrorKind::NoSuchService,
+                    format!(
+                        "{name} is announced by workers of several owners ({}) and none of yours: call a worker by its identity, or configure a service",
+                        owners.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(open)
     }
 }
 

@@ -568,6 +568,8 @@ impl ConfigSource for ControlSource {
                     .get(&(team.clone(), identity.clone()))
                     .is_some_and(|digest| digest.as_bytes().ct_eq(presented.as_bytes()).into());
                 if known {
+                    let key = (team.clone(), identity.clone());
+                    compiled.owner_is_member(&key).map_err(refuse)?;
                     Ok(Principal {
                         team: team.clone(),
                         identity: identity.clone(),
@@ -603,6 +605,27 @@ impl ConfigSource for ControlSource {
 }
 
 impl Compiled {
+    /// A worker serves only while its owner is a member of its team: a removed member's
+    /// workers stop until an admin gives them a new owner (or deletes them).
+    fn owner_is_member(&self, worker: &(String, String)) -> Result<(), String> {
+        let Some(grant) = self.routing.workers.get(worker) else {
+            return Ok(());
+        };
+        let (team, identity) = worker;
+        if self
+            .members
+            .contains_key(&(team.clone(), grant.owner.clone()))
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "the owner {} of worker {team}/{identity} is no longer a member of team {team}; \
+             an admin of the team may give the worker a new owner (PATCH /api/v1/workers/{identity} \
+             with `owner`) or delete it",
+            grant.owner
+        ))
+    }
+
     /// Whether `principal` still holds under this snapshot (see [`ConfigSource::admits`]).
     fn admits(&self, principal: &Principal) -> Result<(), Refusal> {
         let key = (principal.team.clone(), principal.identity.clone());
@@ -631,7 +654,7 @@ impl Compiled {
             },
             Proof::Worker { token_sha256 } => match self.worker_tokens.get(&key) {
                 Some(digest) if bool::from(digest.as_bytes().ct_eq(token_sha256.as_bytes())) => {
-                    Ok(())
+                    self.owner_is_member(&key).or_else(refuse)
                 }
                 Some(_) => refuse(format!(
                     "the token of worker {}/{} was regenerated; restart the worker with the new one",
@@ -845,6 +868,38 @@ mod tests {
         assert!(refused.message.contains("deleted"), "{}", refused.message);
         // A trusted principal (no control plane) is never revoked.
         assert!(source.admits(&Principal::trusted("a", "x")).is_ok());
+    }
+
+    /// Issue 25, finding 4: a worker serves only while its owner is a member of its team.
+    #[test]
+    fn a_removed_members_workers_are_refused() {
+        let source = source();
+        let w1 = worker("a", "w1", "tok");
+        let worker = source.authenticate(&w1).unwrap();
+        let mut next = snapshot();
+        next.revision = 8;
+        next.members.clear();
+        install(&source.inner, compile(next.clone()).unwrap());
+        let refused = source.admits(&worker).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::Revoked);
+        assert!(
+            refused
+                .message
+                .contains("owner alice of worker a/w1 is no longer a member"),
+            "{}",
+            refused.message
+        );
+        let again = source.authenticate(&w1).unwrap_err();
+        assert_eq!(again.kind, ErrorKind::Unauthorized);
+        assert!(
+            again.message.contains("no longer a member"),
+            "{}",
+            again.message
+        );
+        // A new owner who is a member brings it back.
+        next.members = snapshot().members;
+        install(&source.inner, compile(next).unwrap());
+        assert!(source.admits(&worker).is_ok());
     }
 
     #[test]

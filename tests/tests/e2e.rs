@@ -25,4 +25,5 @@ mod e2e {
     pub mod soak;
     pub mod tls;
     pub mod trust;
+    pub mod worker_rights;
 }

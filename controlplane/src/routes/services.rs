@@ -35,7 +35,8 @@ pub struct ServiceView {
     /// Bound worker identities, in order.
     pub workers: Vec<String>,
     /// Who serves it now: the bound workers that are `ONLINE`, in order. Only bound
-    /// workers ever serve a configured service; a worker that announces its name does not.
+    /// workers ever serve a configured service; a worker that announces its name does not,
+    /// nor does a bound `local` worker of another user than the service's owner.
     pub serving: Vec<String>,
     /// mirror: workers at once.
     pub batch: Option<i64>,
@@ -74,7 +75,9 @@ pub struct CreateService {
     /// services).
     #[schema(value_type = Option<crate::openapi::Visibility>, example = "team")]
     pub visibility: Option<Visibility>,
-    /// Worker identities of the team.
+    /// Worker identities of the team, each one the caller may bind (403 otherwise): their
+    /// own; another's `team` worker (into a `public` service only for an admin); never
+    /// another user's `local` worker.
     #[schema(value_type = Option<crate::openapi::WorkerList>)]
     pub workers: Option<Vec<String>>,
     /// mirror: workers at once (0 or absent: all).
@@ -102,10 +105,12 @@ pub struct UpdateService {
     /// Timeout in milliseconds.
     #[schema(value_type = Option<crate::openapi::TimeoutMs>)]
     pub timeout_ms: Option<u64>,
-    /// `local`, `team` or `public` (403 where the team's tier has no public services).
+    /// `local`, `team` or `public` (403 where the team's tier has no public services). A
+    /// wider visibility checks every bound worker again, as on create (403).
     #[schema(value_type = Option<crate::openapi::Visibility>, example = "public")]
     pub visibility: Option<Visibility>,
-    /// Worker identities (replaces the list).
+    /// Worker identities (replaces the list); a worker not bound before must be one the
+    /// caller may bind, as on create (403 otherwise).
     #[schema(value_type = Option<crate::openapi::WorkerList>)]
     pub workers: Option<Vec<String>>,
     /// mirror: workers at once (0: all).
@@ -147,6 +152,8 @@ struct BindingRow {
     service_id: i64,
     identity: String,
     state: String,
+    owner: String,
+    visibility: String,
 }
 
 impl ServiceRow {
@@ -177,7 +184,8 @@ impl ServiceRow {
 
 const SELECT: &str = "SELECT id, name, description, algorithm, timeout_ms, visibility, batch, \
     stop_on_failure, retry, owner, created, updated FROM services WHERE team_id = $1";
-const BINDINGS: &str = "SELECT sw.service_id, w.identity, w.state FROM service_workers sw \
+const BINDINGS: &str = "SELECT sw.service_id, w.identity, w.state, w.owner, w.visibility \
+    FROM service_workers sw \
     JOIN workers w ON w.id = sw.worker_id WHERE w.team_id = $1 ORDER BY sw.service_id, sw.position";
 
 async fn load(
@@ -204,8 +212,9 @@ async fn load(
             let bound = bindings.iter().filter(|b| b.service_id == row.id);
             let workers = bound.clone().map(|b| b.identity.clone()).collect();
             let online = WorkerState::Online.to_string();
+            let local = Visibility::Local.to_string();
             let serving = bound
-                .filter(|b| b.state == online)
+                .filter(|b| b.state == online && (b.visibility != local || b.owner == row.owner))
                 .map(|b| b.identity.clone())
                 .collect();
             row.view(&user.team, workers, serving)
@@ -254,26 +263,89 @@ fn batch_value(batch: Option<u32>) -> Option<i64> {
     batch.filter(|b| *b > 0).map(i64::from)
 }
 
-/// Binds `workers` (replacing any binding) inside the caller's transaction.
+/// Who binds workers to which service: binding a worker takes the right to use it.
+struct Binding<'a> {
+    /// The caller.
+    user: &'a AuthUser,
+    /// The service's name.
+    service: &'a str,
+    /// The service's owner.
+    owner: &'a str,
+    /// The service's visibility after the change.
+    visibility: Visibility,
+    /// Workers bound before that stay bound without a new check (the service was not
+    /// widened): they were checked when they were bound.
+    kept: &'a [String],
+}
+
+/// Wider visibilities reach more callers: `local` < `team` < `public`.
+fn reach(visibility: Visibility) -> u8 {
+    match visibility {
+        Visibility::Local => 0,
+        Visibility::Team => 1,
+        Visibility::Public => 2,
+    }
+}
+
+impl Binding<'_> {
+    /// Whether worker `identity` (owned by `worker_owner`, of `visibility`) may serve this
+    /// service: its owner may bind it to any service of theirs; a `local` worker serves
+    /// only its owner's services (the broker routes no other); another's `team` worker an
+    /// admin may bind anywhere, a plain member into a service no wider than `team`.
+    fn check(
+        &self,
+        identity: &str,
+        worker_owner: &str,
+        visibility: Visibility,
+    ) -> Result<(), ApiError> {
+        if self.kept.iter().any(|k| k == identity) {
+            return Ok(());
+        }
+        let (service, owner) = (self.service, self.owner);
+        match visibility {
+            Visibility::Local if worker_owner != owner => Err(ApiError::Forbidden(format!(
+                "worker {identity} is local to {worker_owner}: it serves only services of theirs, \
+                 and service {service} is {owner}'s"
+            ))),
+            Visibility::Local => Ok(()),
+            _ if worker_owner == self.user.identity || self.user.role == "admin" => Ok(()),
+            _ if self.visibility == Visibility::Public => Err(ApiError::Forbidden(format!(
+                "worker {identity} is {worker_owner}'s: a member binds another's worker only to \
+                 a service of visibility local or team, and service {service} would be public; \
+                 an admin of team {} may bind it",
+                self.user.team
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Binds `workers` (replacing any binding) inside the caller's transaction, each checked
+/// by the [`Binding`].
 macro_rules! bind_workers {
-    ($tx:expr, $team_id:expr, $team:expr, $service_id:expr, $workers:expr) => {{
+    ($tx:expr, $binding:expr, $service_id:expr, $workers:expr) => {{
+        let binding: &Binding = $binding;
+        let user = binding.user;
         sqlx::query("DELETE FROM service_workers WHERE service_id = $1")
             .bind($service_id)
             .execute(&mut *$tx)
             .await?;
         for (position, identity) in $workers.iter().enumerate() {
-            let worker_id: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM workers WHERE team_id = $1 AND identity = $2")
-                    .bind($team_id)
-                    .bind(identity)
-                    .fetch_optional(&mut *$tx)
-                    .await?;
-            let Some(worker_id) = worker_id else {
+            let worker: Option<(i64, String, String)> = sqlx::query_as(
+                "SELECT id, owner, visibility FROM workers WHERE team_id = $1 AND identity = $2",
+            )
+            .bind(user.team_id)
+            .bind(identity)
+            .fetch_optional(&mut *$tx)
+            .await?;
+            let Some((worker_id, worker_owner, visibility)) = worker else {
                 return Err(ApiError::Unprocessable(format!(
                     "no worker {identity} in team {}",
-                    $team
+                    user.team
                 )));
             };
+            let visibility = stored(&visibility, "worker", &user.team, identity)?;
+            binding.check(identity, &worker_owner, visibility)?;
             sqlx::query(
                 "INSERT INTO service_workers (service_id, worker_id, position) VALUES ($1, $2, $3)",
             )
@@ -301,7 +373,7 @@ pub async fn list_services(
 #[utoipa::path(post, path = "/api/v1/services", tag = "services", security(("jwt" = [])),
     request_body = CreateService,
     responses((status = 201, body = ServiceView),
-        (status = 403, description = "`QuotaExceeded`: the team has as many services as it may; or `public` where its tier has no public services", body = ErrorBody),
+        (status = 403, description = "`QuotaExceeded`: the team has as many services as it may; or `public` where its tier has no public services; or a listed worker the caller may not bind: another user's `local` worker (it serves only its owner's services), or, for a member who is not an admin, another's `team` worker in a `public` service", body = ErrorBody),
         (status = 409, description = "A service or a worker of the team has that name", body = ErrorBody),
         (status = 422, description = "A field breaks its rule, both timeouts are given, or a listed worker does not exist", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
@@ -344,7 +416,14 @@ pub async fn create_service(
             .bind(&user.identity).bind(now)
             .fetch_one(&mut *tx).await
             .on_conflict(|| format!("service {}", req.name))?;
-        bind_workers!(tx, user.team_id, user.team, service_id, workers);
+        let binding = Binding {
+            user: &user,
+            service: &req.name,
+            owner: &user.identity,
+            visibility: req.visibility.unwrap_or_default(),
+            kept: &[],
+        };
+        bind_workers!(tx, &binding, service_id, workers);
         tx.commit().await?;
         revision
     });
@@ -387,7 +466,7 @@ async fn service_id(
 #[utoipa::path(patch, path = "/api/v1/services/{name}", tag = "services", security(("jwt" = [])),
     params(("name" = crate::openapi::Name, Path, description = "Service name")), request_body = UpdateService,
     responses((status = 200, body = ServiceView),
-        (status = 403, description = "The caller neither owns the service nor is an admin of the team; or `public` where the team's tier has no public services", body = ErrorBody),
+        (status = 403, description = "The caller neither owns the service nor is an admin of the team; or `public` where the team's tier has no public services; or a listed worker the caller may not bind: another user's `local` worker (it serves only its owner's services), or, for a member who is not an admin, another's `team` worker in a `public` service (a change to a wider visibility checks every bound worker again)", body = ErrorBody),
         (status = 404, description = "No service of that name in the caller's team", body = ErrorBody),
         (status = 422, description = "A field breaks its rule, both timeouts are given, or a listed worker does not exist", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
@@ -414,6 +493,24 @@ pub async fn update_service(
                 .bind(user.team_id).fetch_one(&mut *tx).await?;
             check_public(&user.team, req.visibility, public_ok)?;
         }
+        // What is bound stays bound unless the service is widened, which checks it all again.
+        let (stored_visibility, bound): (String, Vec<String>) = (
+            sqlx::query_scalar("SELECT visibility FROM services WHERE id = $1")
+                .bind(id).fetch_one(&mut *tx).await?,
+            sqlx::query_scalar("SELECT w.identity FROM service_workers sw \
+                JOIN workers w ON w.id = sw.worker_id WHERE sw.service_id = $1 ORDER BY sw.position")
+                .bind(id).fetch_all(&mut *tx).await?,
+        );
+        let before: Visibility = stored(&stored_visibility, "service", &user.team, &name)?;
+        let visibility = req.visibility.unwrap_or(before);
+        let widened = reach(visibility) > reach(before);
+        let binding = Binding {
+            user: &user,
+            service: &name,
+            owner: &owner,
+            visibility,
+            kept: if widened { &[] } else { &bound },
+        };
         sqlx::query("UPDATE services SET \
             description = COALESCE($1, description), algorithm = COALESCE($2, algorithm), \
             timeout_ms = COALESCE($3, timeout_ms), visibility = COALESCE($4, visibility), \
@@ -428,8 +525,10 @@ pub async fn update_service(
             .bind(req.stop_on_failure).bind(req.retry)
             .bind(now).bind(id)
             .execute(&mut *tx).await?;
-        if let Some(workers) = &req.workers {
-            bind_workers!(tx, user.team_id, user.team, id, workers);
+        match (&req.workers, widened) {
+            (Some(workers), _) => bind_workers!(tx, &binding, id, workers),
+            (None, true) => bind_workers!(tx, &binding, id, bound),
+            (None, false) => {}
         }
         tx.commit().await?;
         revision
@@ -467,12 +566,45 @@ pub async fn delete_service(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Binds `workers` to `service` instead of its workers (one more, one fewer): those bound
+/// before stay without a new check, a new one is checked.
+async fn rebind(
+    state: &AppState,
+    user: &AuthUser,
+    service: &ServiceView,
+    workers: Vec<String>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let name = &service.name;
+    let binding = Binding {
+        user,
+        service: name,
+        owner: &service.owner,
+        visibility: service.visibility,
+        kept: &service.workers,
+    };
+    let (id, _) = service_id(state, user, name).await?;
+    let now = now_ms();
+    let revision: i64 = on_db!(&state.db, pool => {
+        let mut tx = crate::db::begin(pool).await?;
+        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+        bind_workers!(tx, &binding, id, workers);
+        sqlx::query("UPDATE services SET updated = $1 WHERE id = $2")
+            .bind(now).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        revision
+    });
+    state.publish(config_event(
+        revision, &user.team, "service", "updated", name,
+    ));
+    Ok(Json(find(state, user, name).await?))
+}
+
 /// Binds one more worker of the team to the service (at the end).
 #[utoipa::path(post, path = "/api/v1/services/{name}/workers", tag = "services",
     security(("jwt" = [])), params(("name" = crate::openapi::Name, Path, description = "Service name")),
     request_body = BindWorker,
     responses((status = 200, body = ServiceView),
-        (status = 403, description = "The caller neither owns the service nor is an admin of the team", body = ErrorBody),
+        (status = 403, description = "The caller neither owns the service nor is an admin of the team; or a worker the caller may not bind: another user's `local` worker (it serves only its owner's services), or, for a member who is not an admin, another's `team` worker in a `public` service", body = ErrorBody),
         (status = 404, description = "No service of that name in the caller's team", body = ErrorBody),
         (status = 409, description = "The worker is bound already", body = ErrorBody),
         (status = 422, description = "An identity that breaks the name rule, or no such worker in the team", body = ErrorBody),
@@ -492,23 +624,9 @@ pub async fn add_service_worker(
             req.identity
         )));
     }
-    let mut workers = service.workers;
+    let mut workers = service.workers.clone();
     workers.push(req.identity);
-    let (id, _) = service_id(&state, &user, &name).await?;
-    let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        bind_workers!(tx, user.team_id, user.team, id, workers);
-        sqlx::query("UPDATE services SET updated = $1 WHERE id = $2")
-            .bind(now).bind(id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision, &user.team, "service", "updated", &name,
-    ));
-    Ok(Json(find(&state, &user, &name).await?))
+    rebind(&state, &user, &service, workers).await
 }
 
 /// Unbinds a worker from the service.
@@ -534,22 +652,9 @@ pub async fn remove_service_worker(
     }
     let workers: Vec<String> = service
         .workers
-        .into_iter()
-        .filter(|w| *w != identity)
+        .iter()
+        .filter(|w| **w != identity)
+        .cloned()
         .collect();
-    let (id, _) = service_id(&state, &user, &name).await?;
-    let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        bind_workers!(tx, user.team_id, user.team, id, workers);
-        sqlx::query("UPDATE services SET updated = $1 WHERE id = $2")
-            .bind(now).bind(id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision, &user.team, "service", "updated", &name,
-    ));
-    Ok(Json(find(&state, &user, &name).await?))
+    rebind(&state, &user, &service, workers).await
 }

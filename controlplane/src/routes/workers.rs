@@ -26,8 +26,12 @@ pub struct WorkerView {
     pub state: WorkerState,
     /// When the broker last reported it (RFC 3339), if ever.
     pub last_seen: Option<String>,
-    /// Who created it.
+    /// Who owns it: its creator, or whom an admin gave it to.
     pub owner: String,
+    /// Whether its owner is a member of the team. A worker whose owner left or was removed
+    /// does not serve: the broker refuses it and closes its connection, until an admin gives
+    /// it a new owner (`PATCH` with `owner`) or deletes it.
+    pub owner_is_member: bool,
     /// Who may call it by its identity and use the services it announces: `local` (its
     /// owner) or `team` (every member). Ad-hoc services never reach other teams.
     #[schema(value_type = crate::openapi::WorkerVisibility, example = "team")]
@@ -77,6 +81,11 @@ pub struct UpdateWorker {
     /// `team` or `local`.
     #[schema(value_type = Option<crate::openapi::WorkerVisibility>, example = "local")]
     pub visibility: Option<Visibility>,
+    /// A new owner: a member of the team (422 otherwise); only an admin gives a worker to
+    /// someone (403). Its services and bindings stay; a `local` worker then serves only its
+    /// new owner's services.
+    #[schema(value_type = Option<crate::openapi::Name>)]
+    pub owner: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -87,6 +96,7 @@ struct WorkerRow {
     state: String,
     last_seen: Option<i64>,
     owner: String,
+    owner_is_member: bool,
     visibility: String,
     announced: String,
     created: i64,
@@ -104,14 +114,17 @@ impl WorkerRow {
             // Written by this crate only (`broker::report`); unreadable text shows as none.
             announces: serde_json::from_str(&self.announced).unwrap_or_default(),
             owner: self.owner,
+            owner_is_member: self.owner_is_member,
             created: rfc3339(self.created),
             updated: rfc3339(self.updated),
         })
     }
 }
 
-const SELECT: &str = "SELECT id, identity, description, state, last_seen, owner, visibility, \
-    announced, created, updated FROM workers WHERE team_id = $1";
+const SELECT: &str = "SELECT id, identity, description, state, last_seen, owner, \
+    EXISTS (SELECT 1 FROM members m JOIN users u ON u.id = m.user_id \
+        WHERE m.team_id = workers.team_id AND u.identity = workers.owner) AS owner_is_member, \
+    visibility, announced, created, updated FROM workers WHERE team_id = $1";
 
 /// Ad-hoc services never reach another team: a worker is `local` or `team`.
 fn check_visibility(visibility: Option<Visibility>) -> Result<(), ApiError> {
@@ -232,13 +245,14 @@ pub async fn get_worker(
     ))
 }
 
-/// Changes a worker's description (its owner or an admin).
+/// Changes a worker's description or visibility (its owner or an admin), or its owner (an
+/// admin).
 #[utoipa::path(patch, path = "/api/v1/workers/{identity}", tag = "workers", security(("jwt" = [])),
     params(("identity" = crate::openapi::Name, Path, description = "Worker identity")), request_body = UpdateWorker,
     responses((status = 200, body = WorkerView),
-        (status = 403, description = "The caller neither owns the worker nor is an admin of the team", body = ErrorBody),
+        (status = 403, description = "The caller neither owns the worker nor is an admin of the team; or a new `owner` from a caller who is not an admin", body = ErrorBody),
         (status = 404, description = "No worker of that identity in the caller's team", body = ErrorBody),
-        (status = 422, description = "A description too long", body = ErrorBody),
+        (status = 422, description = "A description too long, or an `owner` who is not a member of the team", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn update_worker(
     State(state): State<AppState>,
@@ -248,18 +262,39 @@ pub async fn update_worker(
 ) -> Result<Json<WorkerView>, ApiError> {
     check_description(&req.description)?;
     check_visibility(req.visibility)?;
+    if let Some(owner) = &req.owner {
+        check_name("owner", owner)?;
+    }
     let row = find(&state, &user, &identity).await?;
     may_modify(&user, &row.owner)?;
-    if req.description.is_some() || req.visibility.is_some() {
+    if req.owner.is_some() && user.role != "admin" {
+        return Err(ApiError::Forbidden(format!(
+            "only an admin of team {} gives a worker a new owner",
+            user.team
+        )));
+    }
+    if req.description.is_some() || req.visibility.is_some() || req.owner.is_some() {
         let description = req.description.unwrap_or(row.description);
         let visibility = req.visibility.map_or(row.visibility, |v| v.to_string());
+        let new_owner = req.owner;
+        let owner = new_owner.clone().unwrap_or(row.owner);
         let now = now_ms();
         let revision: i64 = on_db!(&state.db, pool => {
             let mut tx = crate::db::begin(pool).await?;
             let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-            sqlx::query("UPDATE workers SET description = $1, visibility = $2, updated = $3 \
-                WHERE id = $4")
-                .bind(&description).bind(&visibility).bind(now).bind(row.id)
+            if let Some(owner) = &new_owner {
+                let member: Option<i64> = sqlx::query_scalar(
+                    "SELECT u.id FROM members m JOIN users u ON u.id = m.user_id \
+                     WHERE m.team_id = $1 AND u.identity = $2")
+                    .bind(user.team_id).bind(owner).fetch_optional(&mut *tx).await?;
+                if member.is_none() {
+                    return Err(ApiError::Unprocessable(format!(
+                        "{owner} is not a member of team {}", user.team)));
+                }
+            }
+            sqlx::query("UPDATE workers SET description = $1, visibility = $2, owner = $3, \
+                updated = $4 WHERE id = $5")
+                .bind(&description).bind(&visibility).bind(&owner).bind(now).bind(row.id)
                 .execute(&mut *tx).await?;
             tx.commit().await?;
             revision

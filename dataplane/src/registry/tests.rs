@@ -110,7 +110,8 @@ fn a_service_open_to_announcers_takes_them_after_its_own() {
 }
 
 /// A `local` worker, and what it announces, is its owner's alone; a `team` one is anyone's
-/// in the team; neither reaches another team.
+/// in the team; neither reaches another team. An ad-hoc name is its announcers' owner's:
+/// each caller reaches their own announcers first.
 #[test]
 fn worker_visibility_scopes_ad_hoc_services() {
     let mut r = registry();
@@ -118,8 +119,12 @@ fn worker_visibility_scopes_ad_hoc_services() {
     r.worker_online("a", "w9".into(), at(9), 9, vec!["deploy".into()]);
     let carol = caller("a", "carol");
     let bob = caller("a", "bob");
-    assert_eq!(names(&r.resolve(&carol, "deploy").unwrap()), ["cw", "w9"]);
+    assert_eq!(names(&r.resolve(&carol, "deploy").unwrap()), ["cw"]);
     assert_eq!(names(&r.resolve(&bob, "deploy").unwrap()), ["w9"]);
+    assert_eq!(
+        names(&r.resolve(&caller("a", "dave"), "deploy").unwrap()),
+        ["w9"]
+    );
     assert!(r.resolve(&carol, "cw").is_ok());
     assert_eq!(r.resolve(&bob, "cw").unwrap_err().0, ErrorKind::Forbidden);
     r.worker_offline("a", "w9", at(9));
@@ -276,4 +281,97 @@ fn the_newest_connection_wins_in_any_order() {
         assert_eq!(replica.resolve(&bob, "w1").unwrap().members[0].at, at(7));
         assert_eq!(replica.n_online(), 1);
     }
+}
+
+/// Issue 25, finding 3: an ad-hoc name announced by several owners is each announcer's own:
+/// another owner's announcement never joins it; a caller who announces nothing of that name
+/// reaches the `team` workers of one other owner, and is refused when there are several.
+#[test]
+fn adhoc_services_belong_to_their_announcers_owner() {
+    let grant = |owner: &str, visibility| WorkerGrant {
+        owner: owner.into(),
+        visibility,
+    };
+    let mut r = Registry::new(Arc::new(RoutingConfig {
+        services: BTreeMap::new(),
+        workers: [
+            ("aw", grant("admin", Visibility::Local)),
+            ("cw", grant("carol", Visibility::Team)),
+            ("cx", grant("carol", Visibility::Team)),
+            ("iw", grant("ivan", Visibility::Team)),
+        ]
+        .into_iter()
+        .map(|(id, g)| (("a".to_string(), id.to_string()), g))
+        .collect(),
+    }));
+    r.worker_online("a", "aw".into(), at(1), 1, vec!["adhoc1".into()]);
+    r.worker_online(
+        "a",
+        "cw".into(),
+        at(2),
+        2,
+        vec!["adhoc1".into(), "adhoc2".into()],
+    );
+    r.worker_online("a", "cx".into(), at(3), 3, vec!["adhoc2".into()]);
+    r.worker_online("a", "iw".into(), at(4), 4, vec!["adhoc2".into()]);
+    let who = |id| caller("a", id);
+    assert_eq!(names(&r.resolve(&who("admin"), "adhoc1").unwrap()), ["aw"]);
+    assert_eq!(names(&r.resolve(&who("carol"), "adhoc1").unwrap()), ["cw"]);
+    assert_eq!(names(&r.resolve(&who("ivan"), "adhoc1").unwrap()), ["cw"]);
+    assert_eq!(
+        names(&r.resolve(&who("carol"), "adhoc2").unwrap()),
+        ["cw", "cx"]
+    );
+    assert_eq!(names(&r.resolve(&who("ivan"), "adhoc2").unwrap()), ["iw"]);
+    let (kind, message) = r.resolve(&who("admin"), "adhoc2").unwrap_err();
+    assert_eq!(kind, ErrorKind::NoSuchService);
+    assert!(
+        message.contains("several owners (carol, ivan)"),
+        "{message}"
+    );
+    // Once one owner's announcers are gone, the name is the other's again.
+    r.worker_offline("a", "iw", at(4));
+    assert_eq!(
+        names(&r.resolve(&who("admin"), "adhoc2").unwrap()),
+        ["cw", "cx"]
+    );
+}
+
+/// Issue 25, finding 2: a configured service reaches a `local` worker only when its owner
+/// owns the worker, whatever is bound.
+#[test]
+fn a_local_worker_serves_only_its_owners_services() {
+    let mut r = registry();
+    // `registry()`'s services are alice's; cw is carol's `local` worker.
+    let mut theirs = service("a", "theirs", Visibility::Team, &["cw", "w1"]);
+    theirs.algorithm = Algorithm::Mirror;
+    let mut only = service("a", "only", Visibility::Public, &["cw"]);
+    only.algorithm = Algorithm::Roundrobin;
+    let mut carols = service("a", "carols", Visibility::Public, &["cw"]);
+    carols.owner = Some("carol".into());
+    let mut routing = RoutingConfig::default();
+    for s in [theirs, only, carols] {
+        routing.services.insert((s.team.clone(), s.name.clone()), s);
+    }
+    routing.workers.insert(
+        ("a".into(), "cw".into()),
+        WorkerGrant {
+            owner: "carol".into(),
+            visibility: Visibility::Local,
+        },
+    );
+    r.set_routing(Arc::new(routing));
+    r.worker_online("a", "cw".into(), at(1), 1, vec![]);
+    let route = r.resolve(&caller("a", "bob"), "theirs").unwrap();
+    assert!(
+        route.members.is_empty() && offline(&route) == ["w1"],
+        "{route:?}"
+    );
+    let (kind, message) = r.resolve(&caller("a", "alice"), "only").unwrap_err();
+    assert_eq!(kind, ErrorKind::Forbidden);
+    assert!(message.contains("worker cw is local to carol"), "{message}");
+    assert_eq!(
+        names(&r.resolve(&caller("b", "eve"), "a/carols").unwrap()),
+        ["cw"]
+    );
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tests::*;
 
-fn spec(service: &str, command: &str) -> RequestSpec {
+pub(crate) fn spec(service: &str, command: &str) -> RequestSpec {
     RequestSpec {
         service: service.into(),
         plugin: "command".into(),
@@ -23,7 +23,7 @@ fn spec(service: &str, command: &str) -> RequestSpec {
 }
 
 /// Runs `command` on `service`; the workers that answered, and the error kind if it failed.
-async fn run(
+pub(crate) async fn run(
     c: &client::Client,
     service: &str,
     command: &str,

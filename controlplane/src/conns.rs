@@ -223,11 +223,13 @@ mod tests {
     fn per_address_cap_and_release() {
         let conns = Conns::new(10, 2, 1);
         let a1 = conns.admit(A).unwrap();
-        let _a2 = conns.admit(A).unwrap();
+        let a2 = conns.admit(A).unwrap();
         assert_eq!(conns.admit(A).err(), Some(Refusal::PerAddress));
         assert!(conns.admit(B).is_ok());
         drop(a1);
-        assert!(conns.admit(A).is_ok());
+        let a3 = conns.admit(A).unwrap();
+        assert_eq!(conns.state().by_address[&A], 2);
+        drop((a2, a3));
         assert!(
             conns.state().by_address.is_empty(),
             "all dropped: nothing left"
@@ -243,15 +245,18 @@ mod tests {
         // `second` is the only idle one: it goes.
         let third = conns.admit(B).unwrap();
         assert!(!conns.state().conns.contains_key(&second.0.id));
-        let _busy_third = third.busy();
+        let busy_third = third.busy();
         // Both in a request: a newcomer is refused.
         assert_eq!(conns.admit(B).err(), Some(Refusal::Full));
         // `first` idle again (its response done): it makes room.
         drop(busy);
-        assert!(conns.admit(B).is_ok());
+        let fourth = conns.admit(B).unwrap();
         assert!(!conns.state().conns.contains_key(&first.0.id));
+        // Dropping the evicted ones' tickets (their tasks ending) changes no count.
         drop((first, second));
         assert_eq!(conns.state().open, 2);
+        drop((busy_third, third, fourth));
+        assert_eq!(conns.state().open, 0);
     }
 
     #[test]

@@ -262,7 +262,9 @@ struct ApiArgs {
     /// limit the connection idle longest is closed to make room; if none is idle, 503.
     #[arg(long, env = "TRIGGERFS_HTTP_MAX_CONNECTIONS")]
     http_max_connections: Option<usize>,
-    /// API connections from one client address at once; past it, 503 and closed.
+    /// API connections from one client address at once. At the cap that address's
+    /// connection idle longest is closed to make room; if none is idle, 503. Keep it above
+    /// --http-max-unauthenticated, so anonymous requests cannot fill an address's share.
     #[arg(long, env = "TRIGGERFS_HTTP_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = controlplane::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
     http_max_connections_per_address: usize,
     /// API requests without valid credentials (no bearer token, or a bad or expired one)

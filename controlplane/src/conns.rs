@@ -2,12 +2,14 @@
 //! took the API offline without a login).
 //!
 //! - At most `max_connections` connections at once, and `max_connections_per_address` from
-//!   one client address; past the per-address cap a new connection is answered 503 and
-//!   closed at once.
-//! - At the global limit the connection idle longest (no request in progress: waiting for a
-//!   first request or between requests) is closed to make room, so a caller who sends a
-//!   request gets in however many idle sockets others hold; only when every connection is in
-//!   a request is the newcomer answered 503.
+//!   one client address. At either limit the connection idle longest (no request in
+//!   progress: waiting for a first request or between requests) — of that address, or of
+//!   all — is closed to make room, so a caller who sends a request gets in however many
+//!   idle sockets others hold, from its own address too; only when every connection in the
+//!   way is in a request is the newcomer answered 503 and closed. Since requests without
+//!   credentials hold at most `max_unauthenticated` of them, an anonymous caller can keep
+//!   no more than that many of an address's connections busy: with the per-address cap
+//!   above it (the defaults: 128 and 64), a logged-in caller from any address gets in.
 //! - A request without valid credentials (no bearer token, or one that is neither a JWT
 //!   whose signature and expiry check out nor the broker token; checked from the headers,
 //!   before the body is read) needs one of `max_unauthenticated` slots for as long as it
@@ -28,21 +30,31 @@ pub(crate) struct Conns {
     anonymous: Arc<Semaphore>,
 }
 
+/// Connections with no request in progress, by when they became idle (oldest first): the
+/// key, then the connection's id.
+type Idle = BTreeMap<u64, u64>;
+
 #[derive(Default)]
 struct State {
     open: usize,
-    by_address: HashMap<IpAddr, usize>,
-    /// Connections with no request in progress, by when they became idle (oldest first).
-    idle: BTreeMap<u64, u64>,
+    by_address: HashMap<IpAddr, Address>,
+    idle: Idle,
     conns: HashMap<u64, Entry>,
     next: u64,
+}
+
+/// One client address's connections.
+#[derive(Default)]
+struct Address {
+    open: usize,
+    idle: Idle,
 }
 
 struct Entry {
     address: IpAddr,
     /// Requests in progress (their response not yet written to the end).
     busy: usize,
-    /// Its key in `State::idle` while `busy == 0`.
+    /// Its key in the idle maps while `busy == 0`.
     idle_since: Option<u64>,
     evict: Arc<Notify>,
 }
@@ -50,7 +62,7 @@ struct Entry {
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// The address holds `max_connections_per_address` already.
+    /// The address's `max_connections_per_address` are all in a request.
     PerAddress,
     /// Every one of the `max_connections` is in a request.
     Full,
@@ -93,37 +105,41 @@ impl Conns {
     }
 
     /// Admits a new connection from `address` (idle until its first request), closing the
-    /// connection idle longest when all `max` are open.
+    /// connection idle longest of that address at its cap, or of all at the global limit.
     pub(crate) fn admit(self: &Arc<Conns>, address: IpAddr) -> Result<Ticket, Refusal> {
         let mut state = self.state();
-        if state.by_address.get(&address).copied().unwrap_or(0) >= self.per_address {
-            return Err(Refusal::PerAddress);
+        let from_address = state.by_address.get(&address).map_or(0, |a| a.open);
+        if from_address >= self.per_address {
+            let oldest = state
+                .by_address
+                .get(&address)
+                .and_then(|a| a.idle.first_key_value());
+            let Some((_, &victim)) = oldest else {
+                return Err(Refusal::PerAddress);
+            };
+            state.evict(victim);
         }
         if state.open >= self.max {
-            let Some((_, victim)) = state.idle.pop_first() else {
+            let Some((_, &victim)) = state.idle.first_key_value() else {
                 return Err(Refusal::Full);
             };
-            if let Some(entry) = state.remove(victim) {
-                entry.evict.notify_one();
-            }
+            state.evict(victim);
         }
         let id = state.next;
         state.next += 1;
-        let key = state.next;
-        state.next += 1;
         state.open += 1;
-        *state.by_address.entry(address).or_default() += 1;
-        state.idle.insert(key, id);
+        state.by_address.entry(address).or_default().open += 1;
         let evict = Arc::new(Notify::new());
         state.conns.insert(
             id,
             Entry {
                 address,
                 busy: 0,
-                idle_since: Some(key),
+                idle_since: None,
                 evict: evict.clone(),
             },
         );
+        state.set_idle(id);
         Ok(Ticket(Arc::new(TicketInner {
             conns: self.clone(),
             id,
@@ -138,16 +154,48 @@ impl Conns {
 }
 
 impl State {
-    /// Forgets connection `id` (closed, or evicted): its counts and its idle entry.
-    fn remove(&mut self, id: u64) -> Option<Entry> {
-        let entry = self.conns.remove(&id)?;
-        if let Some(key) = entry.idle_since {
-            self.idle.remove(&key);
+    /// Connection `id` (known, with no request in progress) goes to the end of the idle maps.
+    fn set_idle(&mut self, id: u64) {
+        let key = self.next;
+        self.next += 1;
+        let Some(entry) = self.conns.get_mut(&id) else {
+            return;
+        };
+        entry.idle_since = Some(key);
+        self.idle.insert(key, id);
+        if let Some(address) = self.by_address.get_mut(&entry.address) {
+            address.idle.insert(key, id);
         }
+    }
+
+    /// Connection `id` leaves the idle maps (a request began, or it is gone).
+    fn clear_idle(&mut self, id: u64) {
+        let Some(entry) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Some(key) = entry.idle_since.take() {
+            self.idle.remove(&key);
+            if let Some(address) = self.by_address.get_mut(&entry.address) {
+                address.idle.remove(&key);
+            }
+        }
+    }
+
+    /// Closes idle connection `id` to make room: forgotten now, its task told to end.
+    fn evict(&mut self, id: u64) {
+        if let Some(entry) = self.remove(id) {
+            entry.evict.notify_one();
+        }
+    }
+
+    /// Forgets connection `id` (closed, or evicted): its counts and its idle entries.
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        self.clear_idle(id);
+        let entry = self.conns.remove(&id)?;
         self.open -= 1;
-        if let Some(n) = self.by_address.get_mut(&entry.address) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(address) = self.by_address.get_mut(&entry.address) {
+            address.open -= 1;
+            if address.open == 0 {
                 self.by_address.remove(&entry.address);
             }
         }
@@ -180,12 +228,9 @@ impl Ticket {
     /// Marks a request in progress until the guard is dropped (with the response's body).
     pub(crate) fn busy(&self) -> Busy {
         let mut state = self.0.conns.state();
-        let state = &mut *state;
         if let Some(entry) = state.conns.get_mut(&self.0.id) {
             entry.busy += 1;
-            if let Some(key) = entry.idle_since.take() {
-                state.idle.remove(&key);
-            }
+            state.clear_idle(self.0.id);
         }
         Busy(self.clone())
     }
@@ -198,16 +243,12 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let inner = &self.0 .0;
         let mut state = inner.conns.state();
-        let state = &mut *state;
         let Some(entry) = state.conns.get_mut(&inner.id) else {
             return;
         };
         entry.busy = entry.busy.saturating_sub(1);
         if entry.busy == 0 && entry.idle_since.is_none() {
-            let key = state.next;
-            state.next += 1;
-            entry.idle_since = Some(key);
-            state.idle.insert(key, inner.id);
+            state.set_idle(inner.id);
         }
     }
 }
@@ -224,14 +265,19 @@ mod tests {
         let conns = Conns::new(10, 2, 1);
         let a1 = conns.admit(A).unwrap();
         let a2 = conns.admit(A).unwrap();
+        let busy = (a1.busy(), a2.busy());
+        // Both in a request: refused.
         assert_eq!(conns.admit(A).err(), Some(Refusal::PerAddress));
-        assert!(conns.admit(B).is_ok());
-        drop(a1);
+        let b = conns.admit(B).unwrap();
+        // One idle again: the newcomer from A takes its place, B's stays.
+        drop(busy.1);
         let a3 = conns.admit(A).unwrap();
-        assert_eq!(conns.state().by_address[&A], 2);
-        drop((a2, a3));
+        assert!(!conns.state().conns.contains_key(&a2.0.id));
+        assert!(conns.state().conns.contains_key(&b.0.id));
+        assert_eq!(conns.state().by_address[&A].open, 2);
+        drop((busy.0, a1, a2, a3, b));
         assert!(
-            conns.state().by_address.is_empty(),
+            conns.state().by_address.is_empty() && conns.state().idle.is_empty(),
             "all dropped: nothing left"
         );
     }

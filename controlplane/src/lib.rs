@@ -61,7 +61,8 @@ pub struct ControlSettings {
     /// Connections served at once. At the limit the connection idle longest (no request in
     /// progress) is closed to make room; when none is idle a newcomer gets 503.
     pub max_connections: usize,
-    /// Connections from one client address at once; past it a new one gets 503 and is closed.
+    /// Connections from one client address at once. At the cap that address's connection
+    /// idle longest is closed to make room; when none is idle a newcomer gets 503.
     pub max_connections_per_address: usize,
     /// Requests without valid credentials (no bearer token, or neither a JWT whose signature
     /// and expiry check out nor the broker token) in progress at once, body read included;

@@ -250,13 +250,28 @@ struct ApiArgs {
     /// How long a login's JWT is valid.
     #[arg(long, env = "TRIGGERFS_JWT_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
     jwt_ttl: Duration,
-    /// An API connection that takes longer to send a request's headers (or its body), or
-    /// stays idle longer between requests, is closed.
+    /// An API connection that takes longer to send a request's headers, or stays idle
+    /// longer between requests, is closed.
     #[arg(long, env = "TRIGGERFS_HTTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     http_timeout: Duration,
-    /// API connections served at once (default: a quarter of the open-file limit).
+    /// A request body must arrive within this, plus 1 s per 64 KiB of it; else 408 and the
+    /// connection is closed.
+    #[arg(long, env = "TRIGGERFS_HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    http_body_timeout: Duration,
+    /// API connections served at once (default: a quarter of the open-file limit). At the
+    /// limit the connection idle longest is closed to make room; if none is idle, 503.
     #[arg(long, env = "TRIGGERFS_HTTP_MAX_CONNECTIONS")]
     http_max_connections: Option<usize>,
+    /// API connections from one client address at once. At the cap that address's
+    /// connection idle longest is closed to make room; if none is idle, 503. Keep it above
+    /// --http-max-unauthenticated, so anonymous requests cannot fill an address's share.
+    #[arg(long, env = "TRIGGERFS_HTTP_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = controlplane::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    http_max_connections_per_address: usize,
+    /// API requests without valid credentials (no bearer token, or a bad or expired one)
+    /// in progress at once, logins included; past it, 503 at once. Logged-in callers and
+    /// the broker are not counted.
+    #[arg(long, env = "TRIGGERFS_HTTP_MAX_UNAUTHENTICATED", default_value_t = controlplane::DEFAULT_MAX_UNAUTHENTICATED)]
+    http_max_unauthenticated: usize,
     /// How long the job history keeps a request (e.g. `7d`, `12h`); older ones are deleted.
     #[arg(long, env = "TRIGGERFS_JOB_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     job_retention: Duration,
@@ -464,6 +479,9 @@ fn run(cli: Cli) -> Result<i32> {
                     }),
                     http_timeout: args.api.http_timeout,
                     http_max_connections: args.api.http_max_connections,
+                    http_body_timeout: args.api.http_body_timeout,
+                    http_max_connections_per_address: args.api.http_max_connections_per_address,
+                    http_max_unauthenticated: args.api.http_max_unauthenticated,
                     job_retention: args.api.job_retention,
                     tls: server_tls.clone(),
                 },
@@ -483,6 +501,9 @@ fn run(cli: Cli) -> Result<i32> {
             broker_addr: Some(args.broker),
             http_timeout: args.api.http_timeout,
             http_max_connections: args.api.http_max_connections,
+            http_body_timeout: args.api.http_body_timeout,
+            http_max_connections_per_address: args.api.http_max_connections_per_address,
+            http_max_unauthenticated: args.api.http_max_unauthenticated,
             job_retention: args.api.job_retention,
             tls: args.tls.server_config()?,
         }),

@@ -22,6 +22,9 @@ pub struct ControlOptions {
     pub broker_addr: Option<String>,
     pub http_timeout: Duration,
     pub http_max_connections: Option<usize>,
+    pub http_body_timeout: Duration,
+    pub http_max_connections_per_address: usize,
+    pub http_max_unauthenticated: usize,
     pub job_retention: Duration,
     /// HTTPS for the API (and, in `up`, TLS for the broker too).
     pub tls: Option<Arc<tls::rustls::ServerConfig>>,
@@ -74,6 +77,9 @@ pub async fn start_control(
     settings.jwt_ttl = opts.jwt_ttl;
     settings.broker_addr = opts.broker_addr.clone();
     settings.http_timeout = opts.http_timeout;
+    settings.http_body_timeout = opts.http_body_timeout;
+    settings.max_connections_per_address = opts.http_max_connections_per_address;
+    settings.max_unauthenticated = opts.http_max_unauthenticated;
     settings.job_retention = opts.job_retention;
     settings.tls = opts.tls.clone();
     if let Some(n) = opts.http_max_connections {

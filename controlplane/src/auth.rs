@@ -66,21 +66,36 @@ impl JwtKeys {
     }
 }
 
-/// Bounds what logins may cost: rate limits per identity and per client address, checked
-/// before any hashing, and a bound on argon2 computations at once (each holds 19 MiB).
+/// Bounds what logins may cost and what wrong secrets do, checked before any hashing.
+///
+/// The rule (see [`crate::LoginLimits`]):
+/// - Per client address: a rate limit on attempts, and a lock per (address, identity):
+///   `lockout_after` wrong secrets in a row from one address for one identity lock that
+///   address's logins as that identity. Only the guessing address is refused: the same
+///   identity logs in from any other address (the owner, an operator on the host), so no
+///   one can lock a user out by guessing at their secret.
+/// - Per identity: a shared budget bounds the secrets checked for it from addresses that
+///   have given a wrong one for it since their last good login. An address's first attempt
+///   for an identity is checked outside that budget (it still spends a token when one is
+///   left), so a right secret is never refused because of other addresses' guesses, while
+///   a distributed guesser gets one guess per address and then shares the budget.
+/// - At most one argon2 computation per core at a time (each holds 19 MiB).
 pub struct LoginGuard {
     by_identity: DefaultKeyedRateLimiter<String>,
     by_address: DefaultKeyedRateLimiter<IpAddr>,
     hashing: Semaphore,
-    /// Wrong secrets in a row and locks, by identity (cut to `MAX_KEY_BYTES`). Identities
-    /// that do not exist are counted and locked the same way, so a lock says nothing about
-    /// whether a user exists; the map is pruned above `PRUNE_ABOVE` entries like the rate
-    /// limiters, so it does not grow with what callers claim.
-    lockouts: std::sync::Mutex<std::collections::HashMap<String, Lockout>>,
+    /// Wrong secrets in a row and locks, by (address, identity cut to `MAX_KEY_BYTES`).
+    /// Identities that do not exist are counted and locked the same way, so a lock says
+    /// nothing about whether a user exists; the map is pruned above `PRUNE_ABOVE` entries
+    /// like the rate limiters, so it does not grow with what callers claim.
+    lockouts: std::sync::Mutex<std::collections::HashMap<LockKey, Lockout>>,
     limits: crate::LoginLimits,
 }
 
-/// One user's wrong secrets in a row, and their lock.
+/// Who guessed (the client address, when known) and for whom (the cut identity).
+type LockKey = (Option<IpAddr>, String);
+
+/// One address's wrong secrets in a row for one identity, and its lock.
 #[derive(Debug, Default)]
 struct Lockout {
     failures: u32,
@@ -114,6 +129,10 @@ fn limiter_key(identity: &str) -> &str {
     &identity[..end]
 }
 
+fn lock_key(identity: &str, address: Option<IpAddr>) -> LockKey {
+    (address, limiter_key(identity).to_string())
+}
+
 /// Whole seconds until `not_until`, at least 1 (for `Retry-After`).
 fn retry_after(not_until: &NotUntil<QuantaInstant>) -> u64 {
     let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -133,16 +152,16 @@ impl LoginGuard {
         }
     }
 
-    fn lockouts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Lockout>> {
+    fn lockouts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<LockKey, Lockout>> {
         self.lockouts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `LockedOut` while `identity`'s logins are locked (the right secret too).
-    pub fn check_lock(&self, identity: &str) -> Result<(), ApiError> {
+    /// `LockedOut` while `address`'s logins as `identity` are locked (the right secret too).
+    fn check_lock(&self, identity: &str, address: Option<IpAddr>) -> Result<(), ApiError> {
         let lockouts = self.lockouts();
-        let Some(lock) = lockouts.get(limiter_key(identity)) else {
+        let Some(lock) = lockouts.get(&lock_key(identity, address)) else {
             return Ok(());
         };
         match lock.until {
@@ -158,13 +177,14 @@ impl LoginGuard {
         }
     }
 
-    /// Counts a checked secret for `identity`: a good one clears the count and the locks;
-    /// `lockout_after` wrong ones in a row lock its logins (see [`crate::LoginLimits`]).
-    pub fn record(&self, identity: &str, good: bool) {
-        let key = limiter_key(identity);
+    /// Counts a checked secret for `identity` from `address`: a good one clears that
+    /// address's count and locks for it; `lockout_after` wrong ones in a row lock that
+    /// address's logins as `identity` (see [`crate::LoginLimits`]).
+    pub fn record(&self, identity: &str, address: Option<IpAddr>, good: bool) {
+        let key = lock_key(identity, address);
         let mut lockouts = self.lockouts();
         if good {
-            lockouts.remove(key);
+            lockouts.remove(&key);
             return;
         }
         if lockouts.len() > PRUNE_ABOVE {
@@ -175,7 +195,7 @@ impl LoginGuard {
             }
         }
         let limits = &self.limits;
-        let lock = lockouts.entry(key.to_string()).or_default();
+        let lock = lockouts.entry(key).or_default();
         lock.failures += 1;
         if lock.failures >= limits.lockout_after.max(1) {
             let factor = 1u32 << lock.locks.min(16);
@@ -187,12 +207,15 @@ impl LoginGuard {
             lock.locked_after = lock.failures;
             lock.locks += 1;
             lock.failures = 0;
-            tracing::warn!(%identity, failures = lock.locked_after, lock_s = length.as_secs(), "logins locked after wrong secrets in a row");
+            tracing::warn!(%identity, ?address, failures = lock.locked_after, lock_s = length.as_secs(), "logins from an address locked after wrong secrets in a row");
         }
     }
 
-    /// Counts one login attempt; `TooManyRequests` when the address or identity is over its
-    /// limit.
+    /// Counts one login attempt, in this order: `TooManyRequests` when the address is over
+    /// its limit; `LockedOut` while the address's logins as `identity` are locked (so a
+    /// locked guesser spends nothing of the identity's budget); `TooManyRequests` when the
+    /// address has given a wrong secret for `identity` since its last good login and the
+    /// identity's shared budget is spent.
     pub fn admit(&self, identity: &str, address: Option<IpAddr>) -> Result<(), ApiError> {
         if let Some(address) = address {
             self.by_address
@@ -202,16 +225,22 @@ impl LoginGuard {
                     what: "login attempts from this address",
                 })?;
         }
+        self.check_lock(identity, address)?;
+        let guessed = self.lockouts().contains_key(&lock_key(identity, address));
         let key = limiter_key(identity).to_string();
         let checked = self.by_identity.check_key(&key);
         if self.by_identity.len().max(self.by_address.len()) > PRUNE_ABOVE {
             self.by_identity.retain_recent();
             self.by_address.retain_recent();
         }
-        checked.map_err(|e| ApiError::TooManyRequests {
-            retry_after: retry_after(&e),
-            what: "login attempts for this identity",
-        })
+        match checked {
+            Err(e) if guessed => Err(ApiError::TooManyRequests {
+                retry_after: retry_after(&e),
+                what: "login attempts for this identity",
+            }),
+            // A fresh address is checked even with the budget spent.
+            _ => Ok(()),
+        }
     }
 
     /// Runs `work` (argon2) on a blocking thread once one of the hashing slots is free.
@@ -307,8 +336,18 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer header".into()))
 }
 
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
 /// Equal-time comparison of two secrets (only their lengths may leak).
-fn same_secret(a: &str, b: &str) -> bool {
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
@@ -437,20 +476,26 @@ mod tests {
             lockout_max: Duration::from_secs(25),
             ..crate::LoginLimits::default()
         });
-        let retry = |guard: &LoginGuard| match guard.check_lock("eve") {
+        let at = Some(IpAddr::from([192, 0, 2, 1]));
+        let retry = |guard: &LoginGuard| match guard.check_lock("eve", at) {
             Err(ApiError::LockedOut { retry_after, .. }) => retry_after,
             other => panic!("not locked: {other:?}"),
         };
-        assert!(guard.check_lock("eve").is_ok());
-        guard.record("eve", false);
+        assert!(guard.check_lock("eve", at).is_ok());
+        guard.record("eve", at, false);
         assert_eq!(retry(&guard), 10);
-        guard.record("eve", false);
+        guard.record("eve", at, false);
         assert_eq!(retry(&guard), 20);
-        guard.record("eve", false);
+        guard.record("eve", at, false);
         assert_eq!(retry(&guard), 25);
-        guard.record("eve", true);
-        assert!(guard.check_lock("eve").is_ok());
-        assert!(guard.check_lock("someone else").is_ok());
+        // Only the guessing address is locked.
+        assert!(guard
+            .check_lock("eve", Some(IpAddr::from([192, 0, 2, 2])))
+            .is_ok());
+        assert!(guard.check_lock("eve", None).is_ok());
+        guard.record("eve", at, true);
+        assert!(guard.check_lock("eve", at).is_ok());
+        assert!(guard.check_lock("someone else", at).is_ok());
     }
 
     use super::*;

@@ -51,8 +51,8 @@ pub enum ControlError {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable code: BadRequest, Unauthorized, TokenExpired, Forbidden, QuotaExceeded,
-    /// NotFound, MethodNotAllowed, Conflict, PayloadTooLarge, Unprocessable,
-    /// TooManyRequests, LockedOut, ServiceUnavailable, Internal.
+    /// NotFound, MethodNotAllowed, Conflict, RequestTimeout, PayloadTooLarge,
+    /// Unprocessable, TooManyRequests, LockedOut, ServiceUnavailable, Internal.
     pub code: &'static str,
     /// Human-readable detail.
     pub message: String,
@@ -103,6 +103,9 @@ pub enum ApiError {
     /// A unique name is taken, or the object is in use.
     #[error("{0}")]
     Conflict(String),
+    /// The body did not arrive within its deadline (the connection is closed after).
+    #[error("the request body did not arrive within {0} s")]
+    RequestTimeout(u64),
     /// The body is larger than the limit.
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -120,11 +123,11 @@ pub enum ApiError {
         /// What was limited.
         what: &'static str,
     },
-    /// A user's logins are locked after too many wrong secrets; even the right one is
-    /// refused until the lock ends.
+    /// An address's logins as a user are locked after too many wrong secrets from it; even
+    /// the right one is refused from there until the lock ends (other addresses are not).
     #[error(
-        "logins for {identity} are locked after {failures} wrong secrets in a row; retry in \
-         {retry_after} s"
+        "logins for {identity} from this address are locked after {failures} wrong secrets \
+         in a row; retry in {retry_after} s"
     )]
     LockedOut {
         /// Whose.
@@ -164,6 +167,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable"),
             ApiError::ServiceUnavailable(_) | ApiError::Busy { .. } => {

@@ -159,6 +159,10 @@ const MAX_DRAIN: usize = 16 * 1024 * 1024;
 /// Middleware: reads every request body before routing, up to the limit. A larger one is
 /// answered 413 `PayloadTooLarge` (JSON) after draining it, whatever the route, so that no
 /// handler answers while the client is still sending (which would reset the connection).
+/// A body that has not arrived by its deadline (`http_body_timeout`, plus one second per
+/// [`crate::HTTP_BODY_MIN_RATE`] bytes of its `Content-Length` or of what came) is answered
+/// 408 `RequestTimeout` and its connection closed: a drip of a byte a second holds nothing
+/// for long.
 pub(crate) async fn buffer_body(
     State(state): State<AppState>,
     req: Request,
@@ -169,11 +173,26 @@ pub(crate) async fn buffer_body(
     } else {
         state.settings.max_body_bytes
     };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let started = tokio::time::Instant::now();
+    let timeout = state.settings.http_body_timeout;
     let (parts, body) = req.into_parts();
     let mut stream = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut total: usize = 0;
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let expected = declared.max(total).min(limit.saturating_add(MAX_DRAIN));
+        let allowance =
+            timeout + std::time::Duration::from_secs((expected / crate::HTTP_BODY_MIN_RATE) as u64);
+        let Ok(chunk) = tokio::time::timeout_at(started + allowance, stream.next()).await else {
+            return crate::closing(ApiError::RequestTimeout(allowance.as_secs()).into_response());
+        };
+        let Some(chunk) = chunk else { break };
         let Ok(chunk) = chunk else {
             return ApiError::BadRequest("the request body could not be read".into())
                 .into_response();

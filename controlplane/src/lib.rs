@@ -12,6 +12,7 @@
 //! [`metrics`], and [`openapi`].
 
 pub mod auth;
+mod conns;
 pub mod db;
 pub mod error;
 pub mod extract;
@@ -24,7 +25,9 @@ pub use error::{ApiError, ControlError};
 pub use routes::ROUTES;
 
 use auth::JwtKeys;
+use axum::response::IntoResponse;
 use db::{on_db, Db};
+use futures::TryFutureExt;
 use proto::control::ConfigEvent;
 use rand::RngCore;
 use std::future::Future;
@@ -49,10 +52,22 @@ pub struct ControlSettings {
     /// The broker's client address, for the HTTP gateway.
     pub broker_addr: Option<String>,
     /// How long a connection may take to send a request's headers, also while idle between
-    /// requests (closed after), and its body.
+    /// requests (closed after).
     pub http_timeout: Duration,
-    /// Connections served at once; further ones wait in the listen backlog.
+    /// How long a request's body may take to arrive, plus one second per
+    /// [`HTTP_BODY_MIN_RATE`] bytes it has (by `Content-Length`, or as it comes): past it,
+    /// 408 `RequestTimeout` and the connection closed.
+    pub http_body_timeout: Duration,
+    /// Connections served at once. At the limit the connection idle longest (no request in
+    /// progress) is closed to make room; when none is idle a newcomer gets 503.
     pub max_connections: usize,
+    /// Connections from one client address at once. At the cap that address's connection
+    /// idle longest is closed to make room; when none is idle a newcomer gets 503.
+    pub max_connections_per_address: usize,
+    /// Requests without valid credentials (no bearer token, or neither a JWT whose signature
+    /// and expiry check out nor the broker token) in progress at once, body read included;
+    /// past it they get 503 at once. Logged-in callers and the broker are not counted.
+    pub max_unauthenticated: usize,
     /// Event streams (`/api/v1/events`) open at once, in all; past it a new one gets 503.
     pub max_event_streams: usize,
     /// Event streams one user may hold open at once; past it a new one gets 429.
@@ -65,16 +80,32 @@ pub struct ControlSettings {
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
+/// The slowest a large request body may arrive: its deadline is
+/// [`ControlSettings::http_body_timeout`] plus one second per this many bytes (64 KiB/s: the
+/// broker's largest job batch, 16 MiB, has 256 s more).
+pub const HTTP_BODY_MIN_RATE: usize = 64 * 1024;
+
+/// Connections one client address may hold when nothing says (one host running the broker,
+/// `fs` and consoles against the API uses a few dozen at most).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
+
+/// Requests without valid credentials in progress at once when nothing says.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
+
 /// How long jobs are kept when nothing says: 7 days.
 pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How often the retention task deletes old jobs.
 pub const JOB_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Login rate limits: a burst, then one attempt per period (per identity, per address).
+/// Login rate limits and locks: a burst, then one attempt per period (per address; per
+/// identity for addresses that gave it a wrong secret), and locks of the guessing address.
+/// See [`auth::LoginGuard`] for the whole rule.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginLimits {
-    /// Attempts for one identity before it has to wait.
+    /// Attempts for one identity, from addresses that gave it a wrong secret since their
+    /// last good login, before they have to wait (an address's first attempt for an
+    /// identity is always checked).
     pub identity_burst: u32,
     /// After the burst, one more attempt for that identity per this period.
     pub identity_period: Duration,
@@ -82,7 +113,8 @@ pub struct LoginLimits {
     pub address_burst: u32,
     /// After the burst, one more attempt from that address per this period.
     pub address_period: Duration,
-    /// Wrong secrets in a row for one user before their logins are locked.
+    /// Wrong secrets in a row from one address for one identity before that address's
+    /// logins as that identity are locked (other addresses are not).
     pub lockout_after: u32,
     /// The first lock's length; each further lock (without a good login between) is twice
     /// the one before, up to [`LoginLimits::lockout_max`].
@@ -92,8 +124,9 @@ pub struct LoginLimits {
 }
 
 impl Default for LoginLimits {
-    /// 10 attempts, then one per 3 s, per identity; 50, then 5 a second, per address; 10
-    /// wrong secrets in a row lock a user's logins for 1 min, then 2, 4, ... up to 1 h.
+    /// 10 attempts, then one per 3 s, per identity (from addresses that guessed wrong); 50,
+    /// then 5 a second, per address; 10 wrong secrets in a row from an address lock its
+    /// logins as that identity for 1 min, then 2, 4, ... up to 1 h.
     fn default() -> LoginLimits {
         LoginLimits {
             identity_burst: 10,
@@ -109,7 +142,9 @@ impl Default for LoginLimits {
 
 impl ControlSettings {
     /// Defaults: SQLite in `data_dir`, 12 h tokens, 1 MiB bodies, no gateway, 30 s HTTP
-    /// timeout, [`default_max_connections`] connections, default login limits.
+    /// header timeout, 10 s body timeout, [`default_max_connections`] connections,
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_ADDRESS`] per address, [`DEFAULT_MAX_UNAUTHENTICATED`]
+    /// requests without credentials, default login limits.
     pub fn new(data_dir: impl Into<PathBuf>) -> ControlSettings {
         ControlSettings {
             data_dir: data_dir.into(),
@@ -118,7 +153,10 @@ impl ControlSettings {
             max_body_bytes: 1024 * 1024,
             broker_addr: None,
             http_timeout: Duration::from_secs(30),
+            http_body_timeout: Duration::from_secs(10),
             max_connections: default_max_connections(),
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             max_event_streams: 1024,
             max_event_streams_per_user: 8,
             login_limits: LoginLimits::default(),
@@ -310,9 +348,9 @@ impl ControlPlane {
     }
 
     /// Serves [`ControlPlane::router`] on `listener` until `shutdown` completes: HTTP/1.1 (over
-    /// TLS with `settings.tls`),
-    /// at most `max_connections` at once, each closed when it takes longer than
-    /// `http_timeout` to send a request's headers (idle connections included).
+    /// TLS with `settings.tls`), each connection closed when it takes longer than
+    /// `http_timeout` to send a request's headers (idle connections included); connections
+    /// and requests without credentials admitted as the `conns` module says.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -325,8 +363,13 @@ impl ControlPlane {
         }
         let settings = &self.shared.settings;
         let timeout = settings.http_timeout;
-        let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
+        let conns = conns::Conns::new(
+            settings.max_connections,
+            settings.max_connections_per_address,
+            settings.max_unauthenticated,
+        );
         let router = self.router();
+        let shared = self.shared.clone();
         let pruner = {
             let cp = self.clone();
             tokio::spawn(async move {
@@ -345,12 +388,8 @@ impl ControlPlane {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            // At the limit, stop accepting: newcomers wait in the backlog until a slot frees.
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => slot,
-                () = &mut shutdown => break,
-            };
-            let Ok(slot) = slot else { break };
+            // Always accept: at the limit `Conns::admit` closes the connection idle longest
+            // (so a caller with a request gets in however many idle sockets others hold).
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -363,13 +402,52 @@ impl ControlPlane {
                 },
                 () = &mut shutdown => break,
             };
+            let ticket = match conns.admit(peer.ip()) {
+                Ok(ticket) => ticket,
+                Err(refusal) => {
+                    tracing::debug!(%peer, ?refusal, "HTTP connection refused");
+                    if tls.is_none() {
+                        // Best effort: a fresh socket's send buffer takes it at once.
+                        let _ = stream.try_write(&refusal.response());
+                    }
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             let router = router.clone();
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                router.clone().oneshot(req)
-            });
+            let service = {
+                let (conns, ticket, shared) = (conns.clone(), ticket.clone(), shared.clone());
+                hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    let busy = ticket.busy();
+                    let anonymous = if shared.has_credentials(req.headers()) {
+                        None
+                    } else {
+                        match conns.anonymous_slot() {
+                            Some(slot) => Some(slot),
+                            None => {
+                                let refused = closing(
+                                    ApiError::Busy {
+                                        retry_after: 1,
+                                        what: "too many requests without credentials at once",
+                                    }
+                                    .into_response(),
+                                );
+                                return futures::future::Either::Left(std::future::ready(Ok(
+                                    refused,
+                                )));
+                            }
+                        }
+                    };
+                    futures::future::Either::Right(
+                        router
+                            .clone()
+                            .oneshot(req)
+                            .map_ok(move |response| hold_until_sent(response, (busy, anonymous))),
+                    )
+                })
+            };
             let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)
@@ -377,12 +455,7 @@ impl ControlPlane {
             match &tls {
                 None => {
                     let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, %peer, "HTTP connection ended");
-                        }
-                        drop(slot);
-                    });
+                    tokio::spawn(run_connection(conn, ticket, peer, "HTTP"));
                 }
                 Some(acceptor) => {
                     // The TLS handshake runs in the connection's task, within the header
@@ -390,24 +463,24 @@ impl ControlPlane {
                     let acceptor = acceptor.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
-                        let stream =
-                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
+                        let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+                        let stream = match tokio::select! {
+                            done = handshake => done,
+                            () = ticket.evicted() => return,
+                        } {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
                         let conn =
                             watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, %peer, "HTTPS connection ended");
-                        }
-                        drop(slot);
+                        run_connection(conn, ticket, peer, "HTTPS").await;
                     });
                 }
             }
@@ -432,6 +505,56 @@ impl Shared {
     fn data_dir(&self) -> &Path {
         &self.settings.data_dir
     }
+
+    /// Whether a request's headers carry a credential that checks out without the store: a
+    /// JWT with a good signature and expiry, or the broker token (an HMAC or a compare: cheap
+    /// enough for every request, before its body is read).
+    fn has_credentials(&self, headers: &axum::http::HeaderMap) -> bool {
+        auth::bearer_token(headers).is_some_and(|token| {
+            auth::same_secret(token, &self.broker_token) || self.jwt.verify(token).is_ok()
+        })
+    }
+}
+
+/// Serves `conn` until it ends, or until it is closed to make room for a newcomer (it was
+/// idle); then its place is freed.
+async fn run_connection<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>>,
+    ticket: conns::Ticket,
+    peer: std::net::SocketAddr,
+    what: &'static str,
+) {
+    tokio::select! {
+        ended = conn => if let Err(e) = ended {
+            tracing::debug!(error = %e, %peer, "{what} connection ended");
+        },
+        () = ticket.evicted() => {
+            tracing::debug!(%peer, "idle {what} connection closed to make room");
+        }
+    }
+}
+
+/// `response` with `Connection: close`: the connection ends once it is written.
+pub(crate) fn closing(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// `response` holding `hold` until its body has been sent (or dropped).
+fn hold_until_sent<T: Send + 'static>(
+    response: axum::response::Response,
+    hold: T,
+) -> axum::response::Response {
+    use http_body_util::BodyExt;
+    response.map(|body| {
+        axum::body::Body::new(body.map_frame(move |frame| {
+            let _ = &hold;
+            frame
+        }))
+    })
 }
 
 /// Creates `dir` (and its parents) if missing and makes it private to its owner (0700).

@@ -454,6 +454,18 @@ pub(crate) fn layer_responses(doc: &mut utoipa::openapi::OpenApi) {
                 "413",
                 "The request body is larger than the limit (1 MiB unless configured).",
             );
+            add(
+                "408",
+                "`RequestTimeout`: the request body did not arrive within its deadline \
+                 (`--http-body-timeout`, 10 s unless configured, plus 1 s per 64 KiB of it); \
+                 the connection is closed.",
+            );
+            add(
+                "503",
+                "`ServiceUnavailable`: too many requests without valid credentials at once \
+                 (`--http-max-unauthenticated`), or too many connections; retry after \
+                 `Retry-After`.",
+            );
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod e2e {
     pub mod algorithms;
+    pub mod api_abuse;
     pub mod bad_input;
     pub mod console;
     pub mod containment;

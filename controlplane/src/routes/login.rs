@@ -50,12 +50,14 @@ struct LoginRow {
     role: Option<String>,
 }
 
-/// Logs in. Every failure is the same 401, whatever was wrong; too many attempts for one
-/// identity or from one address get 429 with `Retry-After`.
+/// Logs in. Every failure is the same 401, whatever was wrong; too many attempts from one
+/// address, or for one identity from addresses that gave it wrong secrets, get 429 with
+/// `Retry-After`; wrong secrets in a row lock the address they came from (for that
+/// identity), never the identity everywhere.
 #[utoipa::path(post, path = "/api/v1/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = LoginResponse),
         (status = 401, description = "Whatever was wrong: the team, the identity, the secret, or the user is not a member of the team", body = ErrorBody),
-        (status = 429, description = "`TooManyRequests`: too many attempts for the identity or from the address; `LockedOut`: the user's logins are locked after wrong secrets in a row (the right secret too); retry after `Retry-After`", body = ErrorBody),
+        (status = 429, description = "`TooManyRequests`: too many attempts from the address, or for the identity from addresses that gave it a wrong secret since their last good login (an address's first attempt is always checked); `LockedOut`: this address's logins as the identity are locked after wrong secrets in a row from it (the right secret too, from this address; other addresses are not locked); retry after `Retry-After`", body = ErrorBody),
         (status = 503, description = "Too many secrets being checked at once; retry after `Retry-After`", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn login(
@@ -63,6 +65,9 @@ pub async fn login(
     peer: auth::PeerAddr,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    // An address locked for this identity is refused here, before the secret is checked:
+    // the right one fails too, from there (other addresses are not locked). Identities that
+    // do not exist lock the same way (a lock tells nothing).
     state.guard.admit(&req.identity, peer.0)?;
     const SQL: &str = "SELECT u.id, u.secret_gen, u.secret_hash, m.role FROM users u \
         LEFT JOIN teams t ON t.name = $2 \
@@ -75,11 +80,8 @@ pub async fn login(
         Some(r) => (r.id, r.secret_gen, Some(r.secret_hash), r.role),
         None => (0, 0, None, None),
     };
-    // A locked identity is refused before the secret is checked: the right one fails too.
-    // Identities that do not exist lock the same way (a lock tells nothing).
-    state.guard.check_lock(&req.identity)?;
     let secret_ok = auth::verify_secret(&state.guard, req.secret, hash).await?;
-    state.guard.record(&req.identity, secret_ok);
+    state.guard.record(&req.identity, peer.0, secret_ok);
     let Some(role) = role.filter(|_| secret_ok) else {
         return Err(ApiError::unauthorized());
     };

@@ -180,13 +180,16 @@ pub async fn change_secret(
             "the new secret is longer than {MAX_SECRET} characters"
         )));
     }
-    // A wrong `current` is a guess at the secret, as a failed login is.
+    // A wrong `current` is a guess at the secret, as a failed login is (counted and locked
+    // the same way).
     state.guard.admit(&identity, peer.0)?;
     let old_hash: String = on_db!(&state.db, pool => {
         sqlx::query_scalar("SELECT secret_hash FROM users WHERE id = $1")
             .bind(user.user_id).fetch_one(pool).await?
     });
-    if !auth::verify_secret(&state.guard, req.current, Some(old_hash.clone())).await? {
+    let current_ok = auth::verify_secret(&state.guard, req.current, Some(old_hash.clone())).await?;
+    state.guard.record(&identity, peer.0, current_ok);
+    if !current_ok {
         return Err(ApiError::Forbidden(
             "the current secret is not right".into(),
         ));

@@ -20,20 +20,6 @@ fn rss(pid: u32) -> Result<u64> {
     proc_status_bytes(pid, "VmRSS").with_context(|| format!("no VmRSS for pid {pid}"))
 }
 
-/// Samples `pid`'s resident set every 20 ms until `stop` is set; the largest value seen.
-fn sample_rss(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let mut peak = 0;
-        while !stop.load(Ordering::SeqCst) {
-            if let Some(now) = proc_status_bytes(pid, "VmRSS") {
-                peak = peak.max(now);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        peak
-    })
-}
-
 /// Whether `pid` has exited (a zombie not yet reaped counts).
 fn exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/status")) {

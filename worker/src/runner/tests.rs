@@ -68,10 +68,11 @@ pub(crate) async fn wait_gone(pid: i32, within: Duration) -> bool {
     !process_alive(pid)
 }
 
-/// A running dispatch under test: its frames, and its stop sender.
+/// A running dispatch under test: its frames, its stop sender and its flow control.
 struct Run {
     frames: mpsc::Receiver<Frame>,
     stop: Option<oneshot::Sender<Stop>>,
+    pause: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -87,11 +88,17 @@ fn start(root: &Path, d: Dispatch, slots: Arc<Semaphore>) -> Run {
     });
     let (out, frames) = mpsc::channel(256);
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (pause, paused) = watch::channel(false);
     let lookup = runner.core.lookup(&runner.pluginspath, &d.plugin);
-    let task = tokio::spawn(serve_dispatch(runner, d, lookup, slots, stop_rx, out));
+    let signals = Signals {
+        stop: stop_rx,
+        paused,
+    };
+    let task = tokio::spawn(serve_dispatch(runner, d, lookup, slots, signals, out));
     Run {
         frames,
         stop: Some(stop_tx),
+        pause,
         task,
     }
 }
@@ -533,4 +540,62 @@ async fn dispatches_wait_for_a_slot_before_accepted() {
         other => panic!("{other:?}"),
     }
     holder.all().await;
+}
+
+/// Flow control: while its dispatch is paused, a plugin's output is not read, so the plugin
+/// blocks once its pipe is full (the copy `tee` keeps of what it wrote stops growing);
+/// resumed, every line arrives, and a slow consumer does not lose the end of the output to
+/// the drain after the plugin exited (the time spent waiting for it does not count).
+#[tokio::test]
+async fn a_paused_dispatch_blocks_its_plugin_and_resumes_without_loss() {
+    const LINES: usize = 100_000;
+    let tmp = TempDir::new("pause");
+    let copy = tmp.path().join("copy");
+    let body = format!("yes | head -n {LINES} | tee {}", copy.display());
+    write_plugin(tmp.path(), "p/p", &body);
+    let mut run = start(tmp.path(), dispatch(8, "p", 0), one_slot());
+    run.pause.send_replace(true);
+    assert_eq!(run.next().await, Frame::Accepted { id: 8 });
+    let written = || std::fs::metadata(&copy).map_or(0, |m| m.len());
+    // Paused: what the plugin wrote stops growing well short of its output.
+    let mut last = u64::MAX;
+    let deadline = StdInstant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = written();
+        if now == last && now > 0 {
+            break;
+        }
+        assert!(StdInstant::now() < deadline, "the plugin never blocked");
+        last = now;
+    }
+    assert!(
+        last < (LINES as u64 * 2) / 2,
+        "the paused plugin wrote {last} bytes of {}",
+        LINES * 2
+    );
+    run.pause.send_replace(false);
+    // A slow consumer: a pause every 50 lines.
+    let mut lines = 0;
+    let last_frame = loop {
+        let frame = run.next().await;
+        match frame {
+            Frame::Output { ref data, .. } => {
+                assert_eq!(data, b"y");
+                lines += 1;
+                if lines % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(
+        last_frame,
+        Frame::Done {
+            id: 8,
+            exit_code: 0
+        }
+    );
+    assert_eq!(lines, LINES, "every line arrives");
 }

@@ -545,21 +545,28 @@ async fn dispatches_wait_for_a_slot_before_accepted() {
 /// Flow control: while its dispatch is paused, a plugin's output is not read, so the plugin
 /// blocks once its pipe is full (the copy `tee` keeps of what it wrote stops growing);
 /// resumed, every line arrives, and a slow consumer does not lose the end of the output to
-/// the drain after the plugin exited (the time spent waiting for it does not count).
+/// the drain after the plugin exited (the drain used to end 500 ms after the exit, however
+/// long sending what was left took).
 #[tokio::test]
 async fn a_paused_dispatch_blocks_its_plugin_and_resumes_without_loss() {
-    const LINES: usize = 100_000;
+    const LINES: u64 = 10_000;
+    const LINE: u64 = 100;
     let tmp = TempDir::new("pause");
     let copy = tmp.path().join("copy");
-    let body = format!("yes | head -n {LINES} | tee {}", copy.display());
+    let body = format!(
+        "yes $(printf '%0{}d' 0) | head -n {LINES} | tee {}",
+        LINE - 1,
+        copy.display()
+    );
     write_plugin(tmp.path(), "p/p", &body);
     let mut run = start(tmp.path(), dispatch(8, "p", 0), one_slot());
     run.pause.send_replace(true);
     assert_eq!(run.next().await, Frame::Accepted { id: 8 });
     let written = || std::fs::metadata(&copy).map_or(0, |m| m.len());
-    // Paused: what the plugin wrote stops growing well short of its output.
+    // Paused: what the plugin wrote stops growing well short of its output (the pipe, the
+    // line reader's buffer and the line queue hold about 200 KB).
     let mut last = u64::MAX;
-    let deadline = StdInstant::now() + Duration::from_secs(20);
+    let deadline = StdInstant::now() + Duration::from_secs(30);
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let now = written();
@@ -570,26 +577,30 @@ async fn a_paused_dispatch_blocks_its_plugin_and_resumes_without_loss() {
         last = now;
     }
     assert!(
-        last < (LINES as u64 * 2) / 2,
+        last < LINES * LINE * 6 / 10,
         "the paused plugin wrote {last} bytes of {}",
-        LINES * 2
+        LINES * LINE
     );
     run.pause.send_replace(false);
-    // A slow consumer: a pause every 50 lines.
+    // Read as it comes until the plugin wrote everything, then slowly: what is left in the
+    // pipe alone (about 650 lines) takes more than a second.
     let mut lines = 0;
+    let mut slow = false;
     let last_frame = loop {
         let frame = run.next().await;
         match frame {
             Frame::Output { ref data, .. } => {
-                assert_eq!(data, b"y");
+                assert_eq!(data.len() as u64, LINE - 1);
                 lines += 1;
-                if lines % 50 == 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                slow = slow || written() == LINES * LINE;
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
             other => break other,
         }
     };
+    assert!(slow, "the plugin ended before its output was read");
     assert_eq!(
         last_frame,
         Frame::Done {

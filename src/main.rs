@@ -155,8 +155,23 @@ struct ShardArgs {
     spin: Duration,
     /// Bytes queued towards one client past which it is cut as a slow consumer: its requests
     /// end with `SlowConsumer` and its connection is closed (the workers are not affected).
+    /// Flow control keeps a client far below it unless its plugins cannot be paused.
     #[arg(long, env = "TRIGGERFS_MAX_CLIENT_BACKLOG", default_value = "64MiB")]
     max_client_backlog: bytesize::ByteSize,
+    /// Bytes queued towards one client past which the output of its requests is paused at
+    /// their workers (the plugin blocks in write) until a quarter of it is left; at most half
+    /// of --max-client-backlog.
+    #[arg(long, env = "TRIGGERFS_CLIENT_PAUSE_BACKLOG", default_value = "1MiB")]
+    client_pause_backlog: bytesize::ByteSize,
+    /// Bytes queued towards all clients together; past it every client is paused and one
+    /// holding more than its share (this over the clients connected) is cut as a slow
+    /// consumer.
+    #[arg(
+        long,
+        env = "TRIGGERFS_MAX_CLIENT_BACKLOG_TOTAL",
+        default_value = "256MiB"
+    )]
+    max_client_backlog_total: bytesize::ByteSize,
     /// Requests one client connection may have open at once; past it a new request is
     /// refused with `TooManyRequests` (the connection stays).
     #[arg(long, env = "TRIGGERFS_MAX_OPEN_REQUESTS", default_value_t = 10_000)]
@@ -666,6 +681,10 @@ fn broker_settings(listen: SocketAddr, shard: &ShardArgs) -> Result<dataplane::B
         heartbeat: shard.heartbeat,
         spin: shard.spin,
         max_client_backlog: usize::try_from(shard.max_client_backlog.as_u64())
+            .unwrap_or(usize::MAX),
+        client_pause_backlog: usize::try_from(shard.client_pause_backlog.as_u64())
+            .unwrap_or(usize::MAX),
+        max_client_backlog_total: usize::try_from(shard.max_client_backlog_total.as_u64())
             .unwrap_or(usize::MAX),
         max_open_requests: shard.max_open_requests.max(1),
         client_rate: shard.client_rate.map(|rate| match shard.client_burst {

@@ -589,6 +589,13 @@ async fn read_loop(
                     lock(&pending).senders.remove(&id);
                     break;
                 }
+                // The socket was not read meanwhile, by our choice: that time is not the
+                // broker's silence (the broker pauses our requests' output instead).
+                if let Some(limit) = silence_limit {
+                    let now = tokio::time::Instant::now();
+                    silence.as_mut().reset(now + limit);
+                    silence_set = now;
+                }
             }
         }
     }

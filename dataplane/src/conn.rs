@@ -14,6 +14,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -227,6 +229,60 @@ pub(crate) enum Pushed {
     Full,
     /// Past its byte bound (see [`Outbox::bound_bytes`]): the peer does not read; cut it.
     Overflow,
+    /// The broker's client outboxes together are over their budget and this one holds more
+    /// than its share of it (see [`ClientBudget`]): cut it.
+    OverBudget,
+    /// It just passed its pause mark (see [`Outbox::flow_control`]): the output of the
+    /// peer's requests is to be paused at their workers until [`Outbox::resumed`].
+    Pause,
+}
+
+/// The bytes queued towards every client of the broker, counted across shards: the budget
+/// (`--max-client-backlog-total`) that N clients that do not read cannot multiply.
+///
+/// While the total is over the budget, every frame pushed to a client pauses that client's
+/// output (whatever its backlog), and a client holding more than its share (the budget over
+/// the number of clients) is cut: what is pushed while over the budget goes only to clients
+/// under their share, so the total stays below about twice the budget.
+#[derive(Debug)]
+pub(crate) struct ClientBudget {
+    bytes: AtomicUsize,
+    clients: AtomicUsize,
+    limit: usize,
+}
+
+impl ClientBudget {
+    pub(crate) fn new(limit: usize) -> ClientBudget {
+        ClientBudget {
+            bytes: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
+            limit: limit.max(1),
+        }
+    }
+
+    /// Bytes queued towards all clients now.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The budget.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// One client's share of the budget.
+    fn share(&self) -> usize {
+        self.limit / self.clients.load(Ordering::Relaxed).max(1)
+    }
+}
+
+/// The flow control of a client's outbox: where its requests' output is paused and resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlowMarks {
+    /// A backlog at or past this pauses the client's output.
+    pub(crate) pause_at: usize,
+    /// A paused client's output resumes once its backlog is at or below this.
+    pub(crate) resume_at: usize,
 }
 
 /// A connection's outbound frames, encoded into one buffer as they are sent.
@@ -256,6 +312,16 @@ struct OutboxState {
     closed: bool,
     /// Closed by [`Outbox::cut`]: the writer gives a write in progress a grace period.
     cut: bool,
+    /// A client's flow control (`None`: none, a worker's outbox or a test's).
+    flow: Option<FlowMarks>,
+    /// The client's output is paused (it passed `pause_at` and has not come down to
+    /// `resume_at` since).
+    paused: bool,
+    /// The task that resumes a paused client, waiting for its backlog to come down.
+    flow_waiter: Option<Waker>,
+    /// The broker's budget of client backlogs, and the bytes of this outbox counted in it.
+    budget: Option<Arc<ClientBudget>>,
+    counted: usize,
     writer: Option<Waker>,
     room: Vec<Waker>,
     /// The writer, waiting on a write, to be told of a cut.
@@ -271,9 +337,49 @@ impl Default for OutboxState {
             byte_bound: usize::MAX,
             closed: false,
             cut: false,
+            flow: None,
+            paused: false,
+            flow_waiter: None,
+            budget: None,
+            counted: 0,
             writer: None,
             room: Vec::new(),
             cut_waiter: None,
+        }
+    }
+}
+
+impl OutboxState {
+    /// Bytes queued, the batch being written included.
+    fn backlog(&self) -> usize {
+        self.buf.len() + self.in_flight
+    }
+
+    /// Brings the budget's count up to date with this outbox's backlog; the budget's total.
+    fn recount(&mut self) -> usize {
+        let now = self.backlog();
+        let Some(budget) = &self.budget else {
+            return 0;
+        };
+        if now >= self.counted {
+            let added = now - self.counted;
+            self.counted = now;
+            budget.bytes.fetch_add(added, Ordering::Relaxed) + added
+        } else {
+            let freed = self.counted - now;
+            self.counted = now;
+            budget.bytes.fetch_sub(freed, Ordering::Relaxed) - freed
+        }
+    }
+
+    /// Wakes the task that resumes a paused client once its backlog is down to its mark
+    /// (or the connection closed).
+    fn wake_flow(&mut self) {
+        let down = self.paused && self.flow.is_some_and(|f| self.backlog() <= f.resume_at);
+        if down || self.closed {
+            if let Some(waiter) = self.flow_waiter.take() {
+                waiter.wake();
+            }
         }
     }
 }
@@ -295,6 +401,42 @@ impl Outbox {
     /// frames: senders never wait on it, and [`Outbox::push`] reports an overflow.
     pub(crate) fn bound_bytes(&self, bound: usize) {
         self.state.borrow_mut().byte_bound = bound;
+    }
+
+    /// Makes this a client's outbox under flow control: past `marks.pause_at` bytes,
+    /// [`Outbox::push`] says [`Pushed::Pause`] (once, until [`Outbox::resumed`]), and its bytes
+    /// count against the broker-wide `budget`.
+    pub(crate) fn flow_control(&self, marks: FlowMarks, budget: Arc<ClientBudget>) {
+        let mut state = self.state.borrow_mut();
+        state.flow = Some(marks);
+        budget.clients.fetch_add(1, Ordering::Relaxed);
+        state.budget = Some(budget);
+        state.recount();
+    }
+
+    /// Whether the peer's output is paused (see [`Outbox::flow_control`]).
+    pub(crate) fn is_paused(&self) -> bool {
+        self.state.borrow().paused
+    }
+
+    /// Waits until a paused outbox's backlog is down to its resume mark and marks it
+    /// running again: `true`; `false` once the connection is closed.
+    pub(crate) async fn resumed(&self) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.borrow_mut();
+            if state.closed {
+                return Poll::Ready(false);
+            }
+            let down = state.flow.is_some_and(|f| state.backlog() <= f.resume_at);
+            if state.paused && down {
+                state.paused = false;
+                Poll::Ready(true)
+            } else {
+                state.flow_waiter = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Queues `frame` if there is room.
@@ -338,8 +480,20 @@ impl Outbox {
             }
         }
         Ok(if state.byte_bound != usize::MAX {
-            if state.buf.len() + state.in_flight > state.byte_bound {
+            let backlog = state.backlog();
+            let total = state.recount();
+            let over_budget = state.budget.as_ref().filter(|b| total > b.limit);
+            if backlog > state.byte_bound {
                 Pushed::Overflow
+            } else if over_budget.is_some_and(|b| backlog > b.share()) {
+                Pushed::OverBudget
+            } else if !state.paused
+                && state
+                    .flow
+                    .is_some_and(|f| backlog >= f.pause_at || over_budget.is_some())
+            {
+                state.paused = true;
+                Pushed::Pause
             } else {
                 Pushed::Room
             }
@@ -402,6 +556,7 @@ impl Outbox {
         for waiter in state.room.drain(..) {
             waiter.wake();
         }
+        state.wake_flow();
     }
 
     /// Drops everything queued, queues `last` alone and closes: the writer sends it once the
@@ -414,6 +569,7 @@ impl Outbox {
         if proto::encode(last, &mut state.buf, self.max_frame).is_ok() {
             state.frames = 1;
         }
+        state.recount();
         state.cut = true;
         if let Some(waiter) = state.cut_waiter.take() {
             waiter.wake();
@@ -433,11 +589,17 @@ impl Outbox {
                 for waiter in state.room.drain(..) {
                     waiter.wake();
                 }
+                state.recount();
+                state.wake_flow();
                 Poll::Ready(true)
             } else if state.closed {
+                state.in_flight = 0;
+                state.recount();
                 Poll::Ready(false)
             } else {
                 state.in_flight = 0;
+                state.recount();
+                state.wake_flow();
                 state.writer = Some(cx.waker().clone());
                 Poll::Pending
             }
@@ -461,6 +623,16 @@ impl Outbox {
     }
 }
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        if let Some(budget) = state.budget.take() {
+            budget.bytes.fetch_sub(state.counted, Ordering::Relaxed);
+            budget.clients.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 impl Outbox {
     /// Takes the frames queued so far, decoded: what a test reads from a fake connection.
@@ -471,6 +643,8 @@ impl Outbox {
         for waiter in state.room.drain(..) {
             waiter.wake();
         }
+        state.recount();
+        state.wake_flow();
         let mut frames = Vec::new();
         while let Some(frame) = proto::decode(&mut buf, self.max_frame).expect("valid frames") {
             frames.push(frame);

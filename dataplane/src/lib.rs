@@ -65,8 +65,20 @@ pub struct BrokerSettings {
     pub queue_depth: usize,
     /// Bytes queued towards one client (the batch being written included) past which it is
     /// cut as a slow consumer: its requests end, it gets `SlowConsumer` if that still fits,
-    /// and its connection is closed. Frames to a client never make a worker wait.
+    /// and its connection is closed. Frames to a client never make a worker wait. With flow
+    /// control ([`BrokerSettings::client_pause_backlog`]) only a client whose workers do not
+    /// pause (persistent and in-worker plugins) gets this far.
     pub max_client_backlog: usize,
+    /// Bytes queued towards one client past which the output of its requests is paused at
+    /// their workers (`Frame::Pause`: the worker stops reading that plugin's output, whose
+    /// pipe fills until the plugin blocks), and resumed once a quarter of it is left. Taken
+    /// as at most half of `max_client_backlog`.
+    pub client_pause_backlog: usize,
+    /// Bytes queued towards all clients together (every shard): past it every client is
+    /// paused at its next frame and one holding more than its share (this over the number of
+    /// clients) is cut (`SlowConsumer`), so N clients that do not read cannot take N times
+    /// `max_client_backlog`.
+    pub max_client_backlog_total: usize,
     /// Connections from one address that may be between accept and the end of their
     /// handshake at once; past it a new one is closed at once. Each costs a socket and a
     /// few KiB until the handshake deadline; the default leaves room for a fleet of workers
@@ -112,6 +124,8 @@ impl Default for BrokerSettings {
             max_frame: proto::DEFAULT_MAX_FRAME,
             queue_depth: 256,
             max_client_backlog: 64 * 1024 * 1024,
+            client_pause_backlog: 1024 * 1024,
+            max_client_backlog_total: 256 * 1024 * 1024,
             max_pending_per_address: 256,
             max_connections_per_address: 16_384,
             max_open_requests: 10_000,
@@ -233,6 +247,7 @@ pub fn start(
         settings.max_connections_per_address,
     ));
     let drain = Arc::new(shard::Drain::new(n, settings.drain));
+    let budget = Arc::new(conn::ClientBudget::new(settings.max_client_backlog_total));
     let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, settings.mesh_depth));
     let mut threads = Vec::with_capacity(n);
     let mut addr = settings.listen;
@@ -243,6 +258,7 @@ pub fn start(
         let source = source.clone();
         let rr = rr.clone();
         let idem = idem.clone();
+        let budget = budget.clone();
         let pending = pending.clone();
         let mesh = mesh.clone();
         let stop_flag = stop.clone();
@@ -291,7 +307,9 @@ pub fn start(
                 None => (None, None),
             };
             let stop_poll = settings.stop_poll;
-            let shard = Rc::new(Shard::new(idx, n, settings, source, rr, idem, senders));
+            let shard = Rc::new(Shard::new(
+                idx, n, settings, source, rr, idem, budget, senders,
+            ));
             if let Some(mut receivers) = receivers {
                 for (_peer, stream) in receivers.streams() {
                     let shard = shard.clone();

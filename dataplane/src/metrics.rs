@@ -31,6 +31,16 @@ pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Times a client fell behind its replies and its requests' output was paused at their
+/// workers (flow control).
+pub static CLIENT_PAUSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "triggerfs_broker_client_pauses_total",
+        "Times a client's backlog passed its pause mark and its requests' output was paused at the workers"
+    )
+    .expect("metric registers once")
+});
+
 /// Connections by role, per shard.
 pub static CONNECTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(

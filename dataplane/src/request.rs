@@ -244,6 +244,13 @@ impl RequestRun {
         self.running.iter().map(|r| r.dispatch_id)
     }
 
+    /// Dispatches still open, with the worker each runs on.
+    pub fn open_dispatches_at(&self) -> impl Iterator<Item = (u64, WorkerAt)> + '_ {
+        self.running
+            .iter()
+            .map(|r| (r.dispatch_id, self.targets[r.target_idx].at))
+    }
+
     /// Starts the first dispatch(es).
     pub fn start(&mut self, next_id: &mut impl FnMut() -> u64, out: &mut Vec<Action>) {
         for worker in std::mem::take(&mut self.offline) {

@@ -59,6 +59,8 @@ fn main() {
                 exit_code: 0,
             },
         ),
+        ("pause", Frame::Pause { id: 7 }),
+        ("resume", Frame::Resume { id: 7 }),
     ];
     // frame: a first byte (the read size), then frames back to back.
     let mut stream = vec![7u8];

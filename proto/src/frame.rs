@@ -10,7 +10,7 @@ use crate::text_enum;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 // 2: `Request::fleet`, the fleet counts of `Summary`, `ErrorKind::{Offline, Skipped,
 // NoResponse, Detached}`: an older peer is refused at `Hello` with a clear version
 // mismatch rather than failing frame validation later.
@@ -18,6 +18,8 @@ pub const PROTOCOL_VERSION: u16 = 4;
 // ShuttingDown}` (the limits and the broker's drain).
 // 4: `Frame::Events` (a worker's events of one dispatch in one frame) and `Frame::Replies`
 // (the broker's relay of them in one frame).
+// 5: `Frame::Pause` and `Frame::Resume` (flow control of a dispatch's output: a worker of
+// version 4 would take them for malformed frames and drop its connection).
 
 text_enum! {
     ("role", "lowercase")
@@ -539,6 +541,21 @@ pub enum Frame {
     /// each, from the decoder to where they are handled.)
     Dispatch(Box<Dispatch>),
 
+    /// Flow control: stop reading the output of dispatch `id` (its plugin then blocks in
+    /// `write` once its pipe is full) until [`Frame::Resume`]. Sent when the request's client
+    /// does not keep up: its backlog in the broker passed the pause mark. The dispatch's
+    /// timeout still runs; a cancel or a timeout ends it as usual. A worker that cannot pause
+    /// a dispatch (an in-worker or persistent plugin) may ignore it; an unknown id is ignored.
+    Pause {
+        /// Dispatch id.
+        id: u64,
+    },
+    /// Flow control: read the output of dispatch `id` again (after [`Frame::Pause`]).
+    Resume {
+        /// Dispatch id.
+        id: u64,
+    },
+
     // -- client → broker; broker → worker --
     /// Stop request (client → broker) or dispatch (broker → worker) `id`.
     Cancel {
@@ -703,6 +720,8 @@ impl Frame {
             Frame::Failed { .. } => "Failed",
             Frame::Events { .. } => "Events",
             Frame::Dispatch(_) => "Dispatch",
+            Frame::Pause { .. } => "Pause",
+            Frame::Resume { .. } => "Resume",
             Frame::Cancel { .. } => "Cancel",
             Frame::Request(_) => "Request",
             Frame::Routed { .. } => "Routed",

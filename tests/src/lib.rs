@@ -440,6 +440,23 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Samples `pid`'s resident set every 20 ms until `stop` is set; the largest value seen.
+pub fn sample_rss(
+    pid: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Some(now) = proc_status_bytes(pid, "VmRSS") {
+                peak = peak.max(now);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    })
+}
+
 /// Waits until every identity answers an `echo` request (the worker is connected and every
 /// shard of the broker knows it).
 pub async fn wait_for_workers(addr: SocketAddr, identities: &[&str]) -> Result<()> {

@@ -8,9 +8,10 @@
 //! order.
 //!
 //! Stopping a plugin is three steps: SIGTERM to the group, [`TERM_GRACE`], SIGKILL to the
-//! group. When the plugin's main process exits on its own, its pipes are drained for at most
-//! [`DRAIN_AFTER_EXIT`], then whatever is left of its group is killed: a background child
-//! holding a pipe neither keeps the dispatch open nor outlives it.
+//! group. When the plugin's main process exits on its own, its pipes are drained until they
+//! stay silent for [`DRAIN_AFTER_EXIT`] (or [`DRAIN_MAX`], or [`DRAIN_MAX_BYTES`] were read
+//! since), then whatever is left of its group is killed: a background child holding a pipe
+//! neither keeps the dispatch open nor outlives it.
 
 use crate::core::Lookup;
 use crate::lines::{LineReader, MAX_LINE};
@@ -24,7 +25,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
@@ -33,9 +34,20 @@ use tracing::{debug, warn};
 /// enough that a cancel is felt at once.
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
 
-/// How long the pipes are read after the plugin's main process exited: its last lines are
-/// almost always already in the pipe, and a background child may hold the pipe forever.
+/// After the plugin's main process exited, its pipes are read until no line came for this
+/// long: its last lines are already in the pipes, and a background child may hold a pipe
+/// forever. (Counted from the last line, not from the exit: a slow client, which makes every
+/// line wait for room, must not lose the end of the output.)
 pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// At most this long is spent draining after the exit, time paused or waiting for room
+/// towards the broker not counted: a background child that writes now and then does not keep
+/// the dispatch open.
+pub const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// At most this much output is read after the exit: more than the pipes and the line queue
+/// can hold, so anything past it was written after the exit (a background child).
+pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Lines buffered between a plugin's pipe readers and its dispatch task.
 const LINE_QUEUE: usize = 64;
@@ -49,6 +61,17 @@ const SPAWN_ATTEMPTS: u32 = 5;
 pub enum Stop {
     /// The broker sent `Cancel`.
     Cancel,
+}
+
+/// What the session tells a running dispatch.
+#[derive(Debug)]
+pub(crate) struct Signals {
+    /// Yields [`Stop::Cancel`] on `Cancel`; its sender dropped means the connection is gone.
+    pub(crate) stop: oneshot::Receiver<Stop>,
+    /// `true` while the broker asks for the dispatch's output to be paused (`Pause`, until
+    /// `Resume`): a plain plugin's pipes are not read meanwhile, so it blocks in `write`
+    /// once they are full. A persistent or in-worker plugin is not paused.
+    pub(crate) paused: watch::Receiver<bool>,
 }
 
 /// What the runner needs from the worker's configuration.
@@ -193,16 +216,17 @@ pub fn arg_env_name(key: &str) -> String {
 /// Serves one dispatch to the end, sending `Accepted`/`Output`/`Done` or `Failed` to `out`.
 ///
 /// `lookup` is the core plugin the dispatch names, as the caller looked it up.
-/// `stop` yields [`Stop::Cancel`] on `Cancel`; its sender being dropped means the connection
-/// is gone: the plugin is stopped the same way, and nothing more is reported.
+/// `signals.stop` yields [`Stop::Cancel`] on `Cancel`; its sender being dropped means the
+/// connection is gone: the plugin is stopped the same way, and nothing more is reported.
 pub(crate) async fn serve_dispatch(
     runner: Arc<RunnerConfig>,
     dispatch: Dispatch,
     lookup: Lookup,
     slots: Arc<Semaphore>,
-    mut stop: oneshot::Receiver<Stop>,
+    signals: Signals,
     out: mpsc::Sender<Frame>,
 ) {
+    let Signals { mut stop, paused } = signals;
     // The session serves `echo` and `append` itself; a caller that did not is served here.
     let dispatch = match crate::core::serve_inline(&runner.core, &lookup, dispatch, &out).await {
         Ok(Some(dispatch)) => dispatch,
@@ -248,8 +272,9 @@ pub(crate) async fn serve_dispatch(
             return;
         }
     };
+    let signals = Signals { stop, paused };
     if core == Some(CorePlugin::Command) {
-        run_shell(&runner, &dispatch, deadline, stop, &out).await;
+        run_shell(&runner, &dispatch, deadline, signals, &out).await;
         return;
     }
     let plugin = match resolve_plugin(&runner.pluginspath, &dispatch.plugin) {
@@ -265,7 +290,7 @@ pub(crate) async fn serve_dispatch(
         }
     };
     match crate::persistent::route(&plugin, &dispatch, &out).await {
-        Route::Fork => run_plugin(&runner, &plugin, &dispatch, deadline, stop, &out).await,
+        Route::Fork => run_plugin(&runner, &plugin, &dispatch, deadline, signals, &out).await,
         Route::Persistent(manifest) => {
             // Its instance's `max_concurrency` bounds it, not the worker's process slots.
             drop(_permit);
@@ -276,7 +301,7 @@ pub(crate) async fn serve_dispatch(
                 dispatch: &dispatch,
                 deadline,
             };
-            manager.serve(request, manifest, stop, &out).await;
+            manager.serve(request, manifest, signals.stop, &out).await;
         }
         Route::Refused => {}
     }
@@ -508,7 +533,7 @@ async fn run_shell(
     runner: &RunnerConfig,
     dispatch: &Dispatch,
     deadline: Option<Instant>,
-    stop: oneshot::Receiver<Stop>,
+    signals: Signals,
     out: &mpsc::Sender<Frame>,
 ) {
     let (script, stdin) = if dispatch.command.is_empty() {
@@ -544,7 +569,7 @@ async fn run_shell(
     request_env(&mut cmd, dispatch);
     cmd.arg("-c").arg(&script);
     let label = format!("{} -c", runner.shell);
-    run_process(runner, cmd, stdin, &label, dispatch, deadline, stop, out).await;
+    run_process(runner, cmd, stdin, &label, dispatch, deadline, signals, out).await;
 }
 
 /// Starts the plugin and follows it to the end.
@@ -553,7 +578,7 @@ async fn run_plugin(
     plugin: &ResolvedPlugin,
     dispatch: &Dispatch,
     deadline: Option<Instant>,
-    stop: oneshot::Receiver<Stop>,
+    signals: Signals,
     out: &mpsc::Sender<Frame>,
 ) {
     let cmd = spawn_command(runner, plugin, dispatch);
@@ -561,12 +586,22 @@ async fn run_plugin(
         .expect("a PluginRequest always serialises");
     request.push(b'\n');
     let label = plugin.path.display().to_string();
-    run_process(runner, cmd, request, &label, dispatch, deadline, stop, out).await;
+    run_process(
+        runner, cmd, request, &label, dispatch, deadline, signals, out,
+    )
+    .await;
 }
 
 /// Starts `cmd` with `stdin` on its standard input and follows it to the end; `label` names
 /// it in the worker's log only. Past the runner's `max_output` bytes of output it is stopped (as for a
 /// timeout) and the dispatch ends with `OutputLimit`; nothing past the limit is sent.
+///
+/// While `signals.paused` is set (and the plugin is not being stopped), its lines are not
+/// taken: the pipe readers wait, the pipes fill and the plugin blocks in `write`. After the
+/// main process exited, what is left in the pipes is read until they are silent for
+/// [`DRAIN_AFTER_EXIT`] (at most [`DRAIN_MAX`] and [`DRAIN_MAX_BYTES`]; time paused or
+/// waiting for room towards the broker does not count), so a slow client never loses the end
+/// of the output.
 #[allow(clippy::too_many_arguments)]
 async fn run_process(
     runner: &RunnerConfig,
@@ -575,9 +610,13 @@ async fn run_process(
     label: &str,
     dispatch: &Dispatch,
     deadline: Option<Instant>,
-    mut stop: oneshot::Receiver<Stop>,
+    signals: Signals,
     out: &mpsc::Sender<Frame>,
 ) {
+    let Signals {
+        mut stop,
+        paused: mut pause,
+    } = signals;
     let id = dispatch.id;
     let max_output = runner.max_output;
     let (mut child, mut group) = match spawn_confined(runner, &mut cmd).await {
@@ -635,11 +674,41 @@ async fn run_process(
     tokio::pin!(term_sleep, drain_sleep, timeout);
     let mut term_armed = false;
     let mut drain_armed = false;
+    let mut paused = *pause.borrow_and_update();
+    let mut pause_open = true;
+    // After the exit: the end of the drain (extended by time paused or waiting on the
+    // broker), when the hold began, and the bytes read since the exit.
+    let mut drain_cap = far_future;
+    let mut held_since: Option<Instant> = None;
+    let mut drained = 0u64;
 
     while lines_open || status.is_none() {
         let mut stop_now = None;
+        // A plugin being stopped is drained whatever the flow control says.
+        let hold = paused && cause.is_none();
         tokio::select! {
-            line = line_rx.recv(), if lines_open => match line {
+            changed = pause.changed(), if pause_open => match changed {
+                Ok(()) => {
+                    paused = *pause.borrow_and_update();
+                    // The drain after exit counts only time spent waiting on the pipes.
+                    if paused && held_since.is_none() {
+                        held_since = Some(Instant::now());
+                    } else if !paused {
+                        if let Some(since) = held_since.take() {
+                            drain_cap += since.elapsed();
+                        }
+                        if drain_armed {
+                            let idle = Instant::now() + DRAIN_AFTER_EXIT;
+                            drain_sleep.as_mut().reset(idle.min(drain_cap));
+                        }
+                    }
+                }
+                Err(_) => {
+                    pause_open = false;
+                    paused = false;
+                }
+            },
+            line = line_rx.recv(), if lines_open && !hold => match line {
                 Some((stream, data)) => {
                     written = written.saturating_add(data.len() as u64);
                     if written > max_output {
@@ -651,8 +720,21 @@ async fn run_process(
                             }
                         }
                     } else if connected {
+                        let len = data.len() as u64;
                         let frame = Frame::Output { id, seq, stream, data };
+                        let sent_at = Instant::now();
                         connected = out.send(frame).await.is_ok();
+                        if drain_armed {
+                            // Waiting for room towards the broker is not draining.
+                            drain_cap += sent_at.elapsed();
+                            let idle = Instant::now() + DRAIN_AFTER_EXIT;
+                            drain_sleep.as_mut().reset(idle.min(drain_cap));
+                            drained += len;
+                            if drained > DRAIN_MAX_BYTES {
+                                debug!(id, pgid, "plugin output goes on after it exited; killing its group");
+                                break;
+                            }
+                        }
                     }
                     seq += 1;
                 }
@@ -660,7 +742,9 @@ async fn run_process(
             },
             exited = child.wait(), if status.is_none() => {
                 status = Some(exited);
-                drain_sleep.as_mut().reset(Instant::now() + DRAIN_AFTER_EXIT);
+                let now = Instant::now();
+                drain_cap = now + DRAIN_MAX;
+                drain_sleep.as_mut().reset(now + DRAIN_AFTER_EXIT);
                 drain_armed = true;
             }
             stopped = &mut stop, if cause.is_none() => {
@@ -675,7 +759,7 @@ async fn run_process(
                 kill_group(pgid, libc::SIGKILL);
                 term_armed = false;
             }
-            () = &mut drain_sleep, if drain_armed && lines_open => {
+            () = &mut drain_sleep, if drain_armed && lines_open && !hold => {
                 debug!(id, pgid, "plugin pipes still open after it exited; killing its group");
                 break;
             }

@@ -12,7 +12,7 @@ use proto::{Credential, ErrorKind, Frame, Hello, Role, PROTOCOL_VERSION};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
@@ -205,7 +205,8 @@ fn checked<T>(config: &WorkerConfig, read: Result<T, ConnectionError>) -> Result
     })
 }
 
-/// Stop senders of the dispatches running on this session; dropping one stops its plugin.
+/// Stop senders of the dispatches running on this session (dropping one stops its plugin),
+/// with the flow control of each (`Pause`/`Resume` from the broker).
 ///
 /// A finished dispatch drops its receiver, and its sender is swept out once the map has
 /// doubled since the last sweep: amortized O(1) per dispatch, where a sweep per dispatch was
@@ -218,45 +219,76 @@ fn checked<T>(config: &WorkerConfig, read: Result<T, ConnectionError>) -> Result
 /// (a run killed after its effect and before its end was forgotten, and ran twice).
 #[derive(Default)]
 struct Active {
-    stops: HashMap<u64, Running>,
+    stops: HashMap<u64, Control>,
     sweep_at: usize,
 }
 
-/// A running dispatch's stop sender, and whether it is keyed.
-struct Running {
+/// What the session holds of a running dispatch: its stop sender, whether its output is
+/// paused (the runner stops reading the plugin's pipes while it is), and whether it is keyed.
+struct Control {
     stop: oneshot::Sender<Stop>,
+    paused: watch::Sender<bool>,
     keyed: bool,
 }
 
 impl Active {
     fn is_running(&self, id: u64) -> bool {
-        self.stops.get(&id).is_some_and(|run| !run.stop.is_closed())
+        self.stops.get(&id).is_some_and(|c| !c.stop.is_closed())
     }
 
-    fn insert(&mut self, id: u64, stop: oneshot::Sender<Stop>, keyed: bool) {
+    fn insert(
+        &mut self,
+        id: u64,
+        stop: oneshot::Sender<Stop>,
+        paused: watch::Sender<bool>,
+        keyed: bool,
+    ) {
         if self.stops.len() >= self.sweep_at {
-            self.stops.retain(|_, run| !run.stop.is_closed());
+            self.stops.retain(|_, c| !c.stop.is_closed());
             self.sweep_at = (self.stops.len() * 2).max(64);
         }
-        self.stops.insert(id, Running { stop, keyed });
+        self.stops.insert(
+            id,
+            Control {
+                stop,
+                paused,
+                keyed,
+            },
+        );
     }
 
     /// The stop sender of a dispatch still running.
     fn remove(&mut self, id: u64) -> Option<oneshot::Sender<Stop>> {
         self.stops
             .remove(&id)
-            .map(|run| run.stop)
+            .map(|c| c.stop)
             .filter(|stop| !stop.is_closed())
+    }
+
+    /// Pauses or resumes the output of a dispatch still running; `false` if it is not.
+    fn set_paused(&self, id: u64, paused: bool) -> bool {
+        match self.stops.get(&id) {
+            Some(c) if !c.stop.is_closed() => {
+                c.paused.send_replace(paused);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        for (_, mut run) in self.stops.drain() {
-            if run.keyed && !run.stop.is_closed() {
-                // Held until the run ends (its receiver dropped); the runtime's shutdown
-                // drops it, and the plugin with it.
-                tokio::spawn(async move { run.stop.closed().await });
+        for (_, mut c) in self.stops.drain() {
+            if c.keyed && !c.stop.is_closed() {
+                // Nobody reads this session's output any more: the run goes on unpaused, and
+                // its stop sender is held until the run ends (its receiver dropped); the
+                // runtime's shutdown drops it, and the plugin with it.
+                c.paused.send_replace(false);
+                tokio::spawn(async move {
+                    c.stop.closed().await;
+                    drop(c.paused);
+                });
             }
         }
     }
@@ -289,6 +321,15 @@ async fn handle_frame(
                 }
             }
         },
+        Frame::Pause { id } | Frame::Resume { id } => {
+            let paused = matches!(frame, Frame::Pause { .. });
+            if !active.set_paused(id, paused) {
+                debug!(
+                    id,
+                    paused, "flow control for a dispatch that is not running"
+                );
+            }
+        }
         Frame::Cancel { id } => match active.remove(id) {
             Some(stop) => {
                 let _ = stop.send(Stop::Cancel);
@@ -351,14 +392,18 @@ async fn serve_dispatch(
     }
     debug!(id, service = %dispatch.service, plugin = %dispatch.plugin, "dispatch");
     let (stop_tx, stop_rx) = oneshot::channel();
-    active.insert(id, stop_tx, keyed);
+    let (pause_tx, pause_rx) = watch::channel(false);
+    active.insert(id, stop_tx, pause_tx, keyed);
     let alive = shared.alive.clone();
     let serving = runner::serve_dispatch(
         shared.runner.clone(),
         dispatch,
         lookup,
         shared.slots.clone(),
-        stop_rx,
+        runner::Signals {
+            stop: stop_rx,
+            paused: pause_rx,
+        },
         out.clone(),
     );
     tokio::spawn(async move {
@@ -391,10 +436,10 @@ mod active_tests {
     fn finished_dispatches_are_swept_running_ones_stay() {
         let mut active = Active::default();
         let (live_tx, _live_rx) = oneshot::channel();
-        active.insert(0, live_tx, false);
+        active.insert(0, live_tx, watch::channel(false).0, false);
         for id in 1..=200 {
             let (tx, rx) = oneshot::channel();
-            active.insert(id, tx, false);
+            active.insert(id, tx, watch::channel(false).0, false);
             drop(rx); // the dispatch finished
             assert!(!active.is_running(id));
         }

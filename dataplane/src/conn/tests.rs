@@ -3,6 +3,7 @@
 use super::*;
 use glommio::{LocalExecutorBuilder, Placement};
 use proto::ProtoError;
+use std::sync::Arc;
 
 fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
     LocalExecutorBuilder::new(Placement::Unbound)
@@ -169,5 +170,54 @@ fn a_byte_bounded_outbox_overflows_and_is_cut() {
         let mut batch = BytesMut::new();
         assert!(outbox.take(&mut batch).await);
         assert_eq!(frames(&mut batch), vec![error]);
+    });
+}
+
+/// The clients' budget: outboxes count their bytes in one total; over it, a push pauses the
+/// client it went to whatever its backlog, and one holding more than its share (the budget
+/// over the clients) is over budget. A dropped outbox gives its bytes and its share back.
+#[test]
+fn client_outboxes_share_one_budget() {
+    run(|| async {
+        let budget = Arc::new(ClientBudget::new(3000));
+        let marks = FlowMarks {
+            pause_at: 1 << 20,
+            resume_at: 1 << 18,
+        };
+        let (a, b) = (Outbox::new(2, 1 << 20), Outbox::new(2, 1 << 20));
+        for outbox in [&a, &b] {
+            outbox.bound_bytes(1 << 20);
+            outbox.flow_control(marks, budget.clone());
+        }
+        let big = Frame::Output {
+            id: 1,
+            seq: 0,
+            stream: proto::Stream::Stdout,
+            data: vec![b'x'; 1000],
+        };
+        // Under the budget: room, however far from the pause mark.
+        assert_eq!(a.push(&big).unwrap(), Pushed::Room);
+        assert_eq!(a.push(&big).unwrap(), Pushed::Room);
+        assert_eq!(budget.bytes(), a.backlog_bytes());
+        // Over it, the small one (within its share of 1500) is paused, not cut ...
+        assert_eq!(b.push(&big).unwrap(), Pushed::Pause);
+        assert_eq!(
+            b.push(&Frame::Cancel { id: 1 }).unwrap(),
+            Pushed::Room,
+            "once"
+        );
+        assert!(b.is_paused());
+        // ... and the one over its share is.
+        assert_eq!(a.push(&big).unwrap(), Pushed::OverBudget);
+        assert_eq!(budget.bytes(), a.backlog_bytes() + b.backlog_bytes());
+        drop(a);
+        assert_eq!(budget.bytes(), b.backlog_bytes());
+        // Its backlog written, the paused one resumes.
+        let mut batch = BytesMut::new();
+        assert!(b.take(&mut batch).await);
+        batch.clear();
+        // The writer finds nothing more to write (its take waits): the backlog is 0.
+        assert!(futures_lite::future::or(b.take(&mut batch), b.resumed()).await);
+        assert_eq!(budget.bytes(), 0);
     });
 }

@@ -2,7 +2,9 @@
 
 use super::{Conn, Peer, Shard};
 use crate::config::Principal;
-use crate::conn::{write_loop, FrameReader, Outbox, ReadError, SharedStream, Stream};
+use crate::conn::{
+    write_loop, FlowMarks, FrameReader, Outbox, Pushed, ReadError, SharedStream, Stream,
+};
 use crate::registry::WorkerAt;
 use crate::request::WorkerEvent;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -185,6 +187,9 @@ impl Shard {
         reader.set_max_frame(self.settings.max_frame);
         let conn_id = self.open_conn(out.clone(), principal, role);
         self.settle().await;
+        if role == Role::Client {
+            glommio::spawn_local(client_flow(self.clone(), conn_id, out.clone())).detach();
+        }
 
         let last_seen = Rc::new(Cell::new(Instant::now()));
         let alive = Rc::new(Cell::new(true));
@@ -238,8 +243,16 @@ impl Shard {
         self.next_conn.set(conn_id + 1);
         let peer = match role {
             Role::Client => {
-                // Frames to a client never wait: past this bound it is cut instead.
-                out.bound_bytes(self.settings.max_client_backlog);
+                // Frames to a client never wait: past this bound it is cut instead; past its
+                // pause mark its requests' output is paused at their workers.
+                let bound = self.settings.max_client_backlog;
+                out.bound_bytes(bound);
+                let pause_at = self.settings.client_pause_backlog.min(bound / 2).max(1);
+                let marks = FlowMarks {
+                    pause_at,
+                    resume_at: pause_at / 4,
+                };
+                out.flow_control(marks, self.budget.clone());
                 Peer::Client {
                     requests: HashMap::new(),
                     limits: super::ClientLimits {
@@ -503,13 +516,66 @@ impl Shard {
     }
 
     /// Queues `frame` to connection `conn_id`, if it is still open. A client whose backlog
-    /// passes its bound is noted to be cut (never waited for).
+    /// passes its bound (or its share of the budget) is noted to be cut (never waited for);
+    /// one that passes its pause mark, to be paused.
     pub(super) fn send_to_conn(&self, conn_id: u64, frame: &Frame) {
         let state = self.state.borrow();
         if let Some(conn) = state.conns.get(&conn_id) {
-            if self.push_to(&conn.out, frame) {
-                self.close_later(conn_id, ErrorKind::SlowConsumer);
+            match self.push_to(&conn.out, frame) {
+                Pushed::Overflow => self.close_later(conn_id, ErrorKind::SlowConsumer),
+                Pushed::OverBudget => {
+                    let backlog = conn.out.backlog_bytes();
+                    let why = format!(
+                        "the client did not read its replies: {backlog} bytes waited for it while the broker's buffers for all clients were past their bound of {} (--max-client-backlog-total), more than its share; its requests are ended",
+                        self.budget.limit()
+                    );
+                    self.close_later_why(conn_id, ErrorKind::SlowConsumer, why);
+                }
+                Pushed::Pause => self.unsettled.borrow_mut().to_pause.push(conn_id),
+                Pushed::Room | Pushed::Full => {}
             }
+        }
+    }
+
+    /// Pauses the output of the clients noted by `send_to_conn` at their workers.
+    pub(super) fn pause_clients(&self) {
+        let to_pause = std::mem::take(&mut self.unsettled.borrow_mut().to_pause);
+        for conn_id in to_pause {
+            self.flow_client(conn_id, true);
+        }
+    }
+
+    /// Pauses (or resumes) the output of every waited request of client `conn_id` at the
+    /// workers running it.
+    pub(super) fn flow_client(&self, conn_id: u64, paused: bool) {
+        let dispatches: Vec<(u64, WorkerAt)> = {
+            let state = self.state.borrow();
+            let Some(Conn {
+                peer: Peer::Client { requests, .. },
+                ..
+            }) = state.conns.get(&conn_id)
+            else {
+                return;
+            };
+            requests
+                .values()
+                .filter_map(|key| state.requests.get(key))
+                .filter(|entry| entry.wait)
+                .flat_map(|entry| entry.run.open_dispatches_at())
+                .collect()
+        };
+        if paused {
+            crate::metrics::CLIENT_PAUSES.inc();
+            debug!(
+                shard = self.idx,
+                conn_id,
+                dispatches = dispatches.len(),
+                backlog = self.budget.bytes(),
+                "client behind: pausing its requests' output"
+            );
+        }
+        for (dispatch_id, at) in dispatches {
+            self.flow_dispatch(dispatch_id, at, paused);
         }
     }
 
@@ -555,6 +621,10 @@ impl Shard {
         };
         let Principal { team, identity, .. } = &principal;
         let (message, reason) = match kind {
+            ErrorKind::SlowConsumer if !why.is_empty() => {
+                warn!(shard = self.idx, conn_id, %identity, %team, backlog = out.backlog_bytes(), total = self.budget.bytes(), kind = ?kind, "slow consumer over its share of the clients' budget: closing the client's connection and ending its requests");
+                (why, "slow_consumer")
+            }
             ErrorKind::SlowConsumer => {
                 let backlog = out.backlog_bytes();
                 warn!(shard = self.idx, conn_id, %identity, %team, backlog, kind = ?kind, "slow consumer: closing the client's connection and ending its requests");
@@ -670,6 +740,15 @@ impl Shard {
                 "the token expired; log in again".into(),
             );
         }
+    }
+}
+
+/// Resumes a paused client's output at its workers whenever its backlog came down to its
+/// resume mark; ends when the connection closes.
+async fn client_flow(shard: Rc<Shard>, conn_id: u64, out: Rc<Outbox>) {
+    while out.resumed().await {
+        shard.flow_client(conn_id, false);
+        shard.settle().await;
     }
 }
 

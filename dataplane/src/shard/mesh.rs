@@ -54,6 +54,13 @@ pub(crate) enum ShardMsg {
         dispatch_id: u64,
         events: Vec<WorkerEvent>,
     },
+    /// Tell the worker connection `conn_id` to pause (or resume) the output of
+    /// `dispatch_id`: its request's client does not keep up (or caught up again).
+    Flow {
+        conn_id: u64,
+        dispatch_id: u64,
+        paused: bool,
+    },
 }
 
 /// What handling one frame (or mesh message, or tick) left behind to wait for.
@@ -74,6 +81,9 @@ pub(crate) struct Unsettled {
     /// Connections to cut once the frame is handled: id, why (the kind), and a message
     /// (empty: the kind's own).
     pub(super) to_cut: Vec<(u64, ErrorKind, String)>,
+    /// Client connections whose outbox passed its pause mark: their requests' output is
+    /// paused at the workers once the frame is handled.
+    pub(super) to_pause: Vec<u64>,
 }
 
 /// The channels to the other shards, and the messages waiting for room in them.
@@ -212,16 +222,17 @@ impl Shard {
     }
 
     /// Queues `frame` on `out`; an outbox at its bound is noted for [`Shard::settle`]. A
-    /// closed connection drops its frames; its close handler cleans up. Returns whether the
-    /// outbox passed its byte bound (only a client's has one; see `Shard::send_to_conn`).
-    pub(super) fn push_to(&self, out: &Rc<Outbox>, frame: &Frame) -> bool {
+    /// closed connection drops its frames; its close handler cleans up. Returns where that
+    /// left a client's outbox (over a bound, at its pause mark; see `Shard::send_to_conn`);
+    /// `Room` for any other.
+    pub(super) fn push_to(&self, out: &Rc<Outbox>, frame: &Frame) -> Pushed {
         match out.push(frame) {
             Ok(Pushed::Full) => {
                 self.unsettled.borrow_mut().congested.push(out.clone());
-                false
+                Pushed::Room
             }
-            Ok(Pushed::Overflow) => true,
-            Ok(Pushed::Room) | Err(_) => false,
+            Ok(pushed) => pushed,
+            Err(_) => Pushed::Room,
         }
     }
 
@@ -287,12 +298,18 @@ impl Shard {
                 dispatch_id,
                 events,
             } => self.on_events(dispatch_id, events),
+            ShardMsg::Flow {
+                conn_id,
+                dispatch_id,
+                paused,
+            } => self.flow_local(conn_id, dispatch_id, paused),
         }
     }
 
     /// Takes what the handling so far left to wait for. Taken at once, before any await,
     /// so each task waits only for what its own frame caused.
     fn take_unsettled(&self) -> Option<Unsettled> {
+        self.pause_clients();
         self.cut_connections();
         let mut unsettled = self.unsettled.borrow_mut();
         if unsettled.congested.is_empty() && unsettled.backlogged.is_empty() {
@@ -302,6 +319,7 @@ impl Shard {
             congested: std::mem::take(&mut unsettled.congested),
             backlogged: std::mem::take(&mut unsettled.backlogged),
             to_cut: Vec::new(),
+            to_pause: Vec::new(),
         })
     }
 

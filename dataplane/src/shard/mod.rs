@@ -32,7 +32,7 @@ pub(crate) use lifecycle::PendingHandshakes;
 pub(crate) use mesh::ShardMsg;
 
 use crate::config::{ConfigSource, Principal};
-use crate::conn::Outbox;
+use crate::conn::{ClientBudget, Outbox};
 use crate::idem::IdemWindows;
 use crate::registry::Registry;
 use crate::request::Action;
@@ -116,6 +116,8 @@ pub(crate) struct Shard {
     rr: Arc<RoundRobin>,
     /// The idempotency window, shared by every shard; touched only by keyed requests.
     idem: Arc<IdemWindows>,
+    /// The bytes queued towards every client of the broker, against their budget.
+    budget: Arc<ClientBudget>,
     /// The channels to the other shards; `None` with one shard.
     mesh: Option<Rc<MeshLinks>>,
     state: RefCell<State>,
@@ -135,6 +137,7 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         idx: usize,
         n_shards: usize,
@@ -142,6 +145,7 @@ impl Shard {
         source: Arc<dyn ConfigSource>,
         rr: Arc<RoundRobin>,
         idem: Arc<IdemWindows>,
+        budget: Arc<ClientBudget>,
         senders: Option<Senders<ShardMsg>>,
     ) -> Shard {
         let mesh = senders.map(|s| Rc::new(MeshLinks::new(s, n_shards, settings.mesh_depth)));
@@ -153,6 +157,7 @@ impl Shard {
             source,
             rr,
             idem,
+            budget,
             mesh,
             state: RefCell::new(State {
                 registry,

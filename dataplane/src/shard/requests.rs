@@ -63,7 +63,7 @@ pub(super) struct RequestEntry {
     /// A staged run's timeout per worker, counted from its dispatch.
     staged_timeout: Option<Duration>,
     template: DispatchTemplate,
-    run: RequestRun,
+    pub(super) run: RequestRun,
     /// Set for a request with an idempotency key: recorded in the window when it finishes.
     keyed: Option<Box<Keyed>>,
     /// Its job-history record in the making (`shard/jobs.rs`).
@@ -537,7 +537,7 @@ impl Shard {
     }
 
     fn dispatch(&self, key: u64, dispatch_id: u64, worker: WorkerRef) {
-        let dispatch = {
+        let (dispatch, paused) = {
             let mut state = self.state.borrow_mut();
             let Some(entry) = state.requests.get(&key) else {
                 return;
@@ -553,13 +553,18 @@ impl Shard {
                 timeout_ms: t.timeout_ms,
                 key: t.key,
             };
+            let paused = entry.wait
+                && state
+                    .conns
+                    .get(&entry.client_conn)
+                    .is_some_and(|c| c.out.is_paused());
             if let Some(timeout) = entry.staged_timeout {
                 let due = Instant::now() + timeout;
                 state.dispatch_deadlines.insert((due, dispatch_id));
                 state.dispatch_due.insert(dispatch_id, due);
             }
             state.dispatch_owner.insert(dispatch_id, key);
-            dispatch
+            (dispatch, paused)
         };
         if worker.at.shard_idx == self.idx {
             self.deliver_local(worker.at.conn_id, dispatch);
@@ -571,6 +576,11 @@ impl Shard {
                     dispatch,
                 },
             );
+        }
+        // Its client is behind: the new run starts paused (the same path as the dispatch,
+        // so the pause never overtakes it).
+        if paused {
+            self.flow_dispatch(dispatch_id, worker.at, true);
         }
     }
 

@@ -51,6 +51,39 @@ impl Shard {
         }
     }
 
+    /// Tells a worker connected to this shard to pause (or resume) the output of a dispatch
+    /// it still runs.
+    pub(super) fn flow_local(&self, conn_id: u64, dispatch_id: u64, paused: bool) {
+        let out = self.with_worker(conn_id, |out, inflight| {
+            inflight.contains(&dispatch_id).then(|| out.clone())
+        });
+        if let Some(out) = out.flatten() {
+            let frame = if paused {
+                Frame::Pause { id: dispatch_id }
+            } else {
+                Frame::Resume { id: dispatch_id }
+            };
+            self.push_to(&out, &frame);
+        }
+    }
+
+    /// Pauses (or resumes) the output of dispatch `dispatch_id` at worker `at`, on whatever
+    /// shard it is connected to.
+    pub(super) fn flow_dispatch(&self, dispatch_id: u64, at: WorkerAt, paused: bool) {
+        if at.shard_idx == self.idx {
+            self.flow_local(at.conn_id, dispatch_id, paused);
+        } else {
+            self.to_shard(
+                at.shard_idx,
+                ShardMsg::Flow {
+                    conn_id: at.conn_id,
+                    dispatch_id,
+                    paused,
+                },
+            );
+        }
+    }
+
     /// A frame from a worker.
     pub(super) fn on_worker_frame(&self, conn_id: u64, frame: Frame) -> bool {
         let (id, event) = match frame.into_worker_event() {

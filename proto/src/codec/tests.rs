@@ -111,6 +111,8 @@ fn every_frame() -> Vec<Frame> {
         },
         Frame::Dispatch(dispatch.into()),
         Frame::Cancel { id: 4 },
+        Frame::Pause { id: 4 },
+        Frame::Resume { id: 4 },
         Frame::Request(request.into()),
         Frame::Routed {
             id: 7,

@@ -139,12 +139,16 @@ impl Worker {
         let (out, frames) = mpsc::channel(256);
         let (stop_tx, stop_rx) = oneshot::channel();
         let lookup = self.runner.core.lookup(&self.runner.pluginspath, &d.plugin);
+        let signals = crate::runner::Signals {
+            stop: stop_rx,
+            paused: tokio::sync::watch::channel(false).1,
+        };
         tokio::spawn(serve_dispatch(
             self.runner.clone(),
             d,
             lookup,
             self.slots.clone(),
-            stop_rx,
+            signals,
             out,
         ));
         Run {

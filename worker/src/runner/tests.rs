@@ -68,10 +68,11 @@ pub(crate) async fn wait_gone(pid: i32, within: Duration) -> bool {
     !process_alive(pid)
 }
 
-/// A running dispatch under test: its frames, and its stop sender.
+/// A running dispatch under test: its frames, its stop sender and its flow control.
 struct Run {
     frames: mpsc::Receiver<Frame>,
     stop: Option<oneshot::Sender<Stop>>,
+    pause: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -88,11 +89,17 @@ fn start(root: &Path, d: Dispatch, slots: Arc<Semaphore>) -> Run {
     });
     let (out, frames) = mpsc::channel(256);
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (pause, paused) = watch::channel(false);
     let lookup = runner.core.lookup(&runner.pluginspath, &d.plugin);
-    let task = tokio::spawn(serve_dispatch(runner, d, lookup, slots, stop_rx, out));
+    let signals = Signals {
+        stop: stop_rx,
+        paused,
+    };
+    let task = tokio::spawn(serve_dispatch(runner, d, lookup, slots, signals, out));
     Run {
         frames,
         stop: Some(stop_tx),
+        pause,
         task,
     }
 }
@@ -534,4 +541,73 @@ async fn dispatches_wait_for_a_slot_before_accepted() {
         other => panic!("{other:?}"),
     }
     holder.all().await;
+}
+
+/// Flow control: while its dispatch is paused, a plugin's output is not read, so the plugin
+/// blocks once its pipe is full (the copy `tee` keeps of what it wrote stops growing);
+/// resumed, every line arrives, and a slow consumer does not lose the end of the output to
+/// the drain after the plugin exited (the drain used to end 500 ms after the exit, however
+/// long sending what was left took).
+#[tokio::test]
+async fn a_paused_dispatch_blocks_its_plugin_and_resumes_without_loss() {
+    const LINES: u64 = 10_000;
+    const LINE: u64 = 100;
+    let tmp = TempDir::new("pause");
+    let copy = tmp.path().join("copy");
+    let body = format!(
+        "yes $(printf '%0{}d' 0) | head -n {LINES} | tee {}",
+        LINE - 1,
+        copy.display()
+    );
+    write_plugin(tmp.path(), "p/p", &body);
+    let mut run = start(tmp.path(), dispatch(8, "p", 0), one_slot());
+    run.pause.send_replace(true);
+    assert_eq!(run.next().await, Frame::Accepted { id: 8 });
+    let written = || std::fs::metadata(&copy).map_or(0, |m| m.len());
+    // Paused: what the plugin wrote stops growing well short of its output (the pipe, the
+    // line reader's buffer and the line queue hold about 200 KB).
+    let mut last = u64::MAX;
+    let deadline = StdInstant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = written();
+        if now == last && now > 0 {
+            break;
+        }
+        assert!(StdInstant::now() < deadline, "the plugin never blocked");
+        last = now;
+    }
+    assert!(
+        last < LINES * LINE * 6 / 10,
+        "the paused plugin wrote {last} bytes of {}",
+        LINES * LINE
+    );
+    run.pause.send_replace(false);
+    // Read as it comes until the plugin wrote everything, then slowly: what is left in the
+    // pipe alone (about 650 lines) takes more than a second.
+    let mut lines = 0;
+    let mut slow = false;
+    let last_frame = loop {
+        let frame = run.next().await;
+        match frame {
+            Frame::Output { ref data, .. } => {
+                assert_eq!(data.len() as u64, LINE - 1);
+                lines += 1;
+                slow = slow || written() == LINES * LINE;
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            other => break other,
+        }
+    };
+    assert!(slow, "the plugin ended before its output was read");
+    assert_eq!(
+        last_frame,
+        Frame::Done {
+            id: 8,
+            exit_code: 0
+        }
+    );
+    assert_eq!(lines, LINES, "every line arrives");
 }

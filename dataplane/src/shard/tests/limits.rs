@@ -26,6 +26,7 @@ where
                 source,
                 Arc::new(RoundRobin::default()),
                 Arc::new(IdemWindows::default()),
+                Arc::new(crate::conn::ClientBudget::new(usize::MAX)),
                 None,
             ));
             script(shard).await;

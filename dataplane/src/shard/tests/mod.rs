@@ -89,14 +89,16 @@ where
     let source: Arc<dyn ConfigSource> = Arc::new(source);
     let rr = Arc::new(RoundRobin::default());
     let idem = Arc::new(IdemWindows::default());
+    let budget = Arc::new(crate::conn::ClientBudget::new(usize::MAX));
     let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, mesh_depth));
     let handles: Vec<_> = (0..n)
         .map(|_| {
-            let (mesh, source, rr, idem, ctl, script) = (
+            let (mesh, source, rr, idem, budget, ctl, script) = (
                 mesh.clone(),
                 source.clone(),
                 rr.clone(),
                 idem.clone(),
+                budget.clone(),
                 ctl.clone(),
                 script.clone(),
             );
@@ -117,6 +119,7 @@ where
                         source,
                         rr,
                         idem,
+                        budget,
                         senders,
                     ));
                     if let Some(mut receivers) = receivers {

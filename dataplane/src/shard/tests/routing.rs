@@ -308,3 +308,42 @@ fn a_client_past_its_backlog_bound_is_cut_not_waited_for() {
         assert!(shard.state.borrow().conns.contains_key(&chosen.conn));
     });
 }
+
+/// Flow control: a client whose backlog passes its pause mark is not cut; the worker running
+/// its request is told to pause that dispatch (once), and to resume it once the client's
+/// backlog came down to its resume mark.
+#[test]
+fn a_client_past_its_pause_mark_pauses_its_worker_then_resumes_it() {
+    let rr = service("rr", Algorithm::Roundrobin, &["w1", "w2"]);
+    one_shard(vec![rr], |shard| async move {
+        let ((chosen, id), _other, (client, out)) = rr_request(&shard).await;
+        let marks = crate::conn::FlowMarks {
+            pause_at: 4096,
+            resume_at: 1024,
+        };
+        out.flow_control(marks, shard.budget.clone());
+        from_worker(&shard, chosen.conn, Frame::Accepted { id }).await;
+        for seq in 0..100 {
+            let output = Frame::Output {
+                id,
+                seq,
+                stream: Stream::Stdout,
+                data: vec![b'x'; 200],
+            };
+            from_worker(&shard, chosen.conn, output).await;
+        }
+        assert!(shard.state.borrow().conns.contains_key(&client), "not cut");
+        assert!(out.is_paused());
+        assert_eq!(
+            chosen.out.take_frames(),
+            vec![Frame::Pause { id }],
+            "the worker is told to pause, once"
+        );
+        // The client reads: its backlog is gone, the worker is told to resume.
+        assert!(out.take_frames().len() > 10);
+        assert!(out.resumed().await);
+        shard.flow_client(client, false);
+        assert!(!out.is_paused());
+        assert_eq!(chosen.out.take_frames(), vec![Frame::Resume { id }]);
+    });
+}

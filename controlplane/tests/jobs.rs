@@ -312,8 +312,8 @@ async fn team_isolation(backend: Backend) {
 }
 
 /// A job through a `local` service or worker is its caller's alone: another member of the
-/// same team (even an admin) neither lists it nor reads it by id; the team's other jobs
-/// stay visible to every member.
+/// same team (even an admin) neither lists it nor reads it by id; the team's jobs of a
+/// service whose history is `team` stay visible to every member.
 async fn private_jobs_are_their_callers_alone(backend: Backend) {
     let h = Harness::start(backend).await;
     let admin = &h.admin_token;
@@ -334,14 +334,15 @@ async fn private_jobs_are_their_callers_alone(backend: Backend) {
         vec![worker("w", "ok", Some(0), "carol's output")],
     );
     private["identity"] = json!("carol");
-    private["private"] = json!(true);
-    let shared = record(
+    private["readers"] = json!("sender");
+    let mut shared = record(
         "s1",
         "main",
         "dc1",
         now_ms(),
         vec![worker("w", "ok", Some(0), "")],
     );
+    shared["readers"] = json!("team");
     deliver(&h, vec![private, shared]).await;
 
     let services = |page: &Value| -> Vec<String> {

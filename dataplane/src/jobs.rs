@@ -210,8 +210,8 @@ impl JobTrace {
         let now = self.ended.unwrap_or_else(Instant::now);
         // Secrets written into the command text (a URL's password, `--token=…`) or into an
         // argument's value are redacted here, on the job-history thread, not on the shard;
-        // then every secret found, and every secret-looking argument's value, is redacted
-        // from the output as well.
+        // then every secret found, and every secret-looking argument's value, wherever else
+        // it appears, in the command, the arguments and the output.
         let mut secrets = std::mem::take(&mut self.secrets);
         for word in &mut self.head.command {
             if let std::borrow::Cow::Owned(redacted) = redact_text(word, &mut secrets) {
@@ -221,6 +221,14 @@ impl JobTrace {
         for (_, value) in &mut self.head.args {
             if let std::borrow::Cow::Owned(redacted) = redact_text(value, &mut secrets) {
                 *value = redacted;
+            }
+        }
+        // A secret found in one place may be written elsewhere in a form of its own
+        // (`connect X` with argument `token=X`).
+        let texts = self.head.command.iter_mut();
+        for text in texts.chain(self.head.args.iter_mut().map(|(_, v)| v)) {
+            if let std::borrow::Cow::Owned(redacted) = redact_output(text, &secrets) {
+                *text = redacted;
             }
         }
         let workers = self

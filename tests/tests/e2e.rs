@@ -24,4 +24,5 @@ mod e2e {
     pub mod soak;
     pub mod tls;
     pub mod trust;
+    pub mod trust_misc;
 }

@@ -152,15 +152,19 @@ async fn members_are_added_only_with_their_consent(backend: Backend) {
         let message = answer.1["message"].as_str().unwrap_or("").replace(identity, "X");
         (answer.0, answer.1["code"].clone(), message)
     };
+    // Without a secret: refused before any identity is looked at.
     let existing = shape(add(json!({"identity": "carol"})).await, "carol");
     let unknown = shape(add(json!({"identity": "nobody"})).await, "nobody");
-    assert_eq!(existing.0, StatusCode::UNPROCESSABLE_ENTITY, "{existing:?}");
+    assert_eq!(existing.0, StatusCode::BAD_REQUEST, "{existing:?}");
     assert_eq!(existing, unknown, "existing and unknown identities answered alike");
-    let with_secret = shape(
-        add(json!({"identity": "carol", "secret": "bobs-choice"})).await,
-        "carol",
-    );
-    assert_eq!(with_secret, unknown, "a secret for an existing identity");
+    // With one, an existing identity is not added, and the answer says why without saying
+    // more than that the identity could not be created.
+    for identity in ["carol", "admin", "bob"] {
+        let answer = add(json!({"identity": identity, "secret": "bobs-choice"})).await;
+        assert_error(&answer, 422, "Unprocessable");
+        let message = answer.1["message"].as_str().unwrap();
+        assert!(message.contains("invitation"), "{message}");
+    }
     // carol is not in teamb, and her secret is hers.
     assert_error(
         &h.call(

@@ -181,13 +181,13 @@ pub struct MemberView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
-    /// Identity, unique in the install: one that a user has already is refused (422, as
-    /// when `secret` is missing, whether or not the identity exists).
+    /// Identity, unique in the install: one that a user has already is refused (422; the
+    /// answer does not say whether a user has it, nor would it be otherwise).
     #[schema(value_type = Name)]
     pub identity: String,
-    /// The new user's secret (422 without it).
-    #[schema(value_type = Option<Secret>)]
-    pub secret: Option<String>,
+    /// The new user's secret.
+    #[schema(value_type = Secret)]
+    pub secret: String,
     /// Default `member`.
     pub role: Option<Role>,
 }
@@ -448,14 +448,15 @@ pub async fn list_members(
 
 /// Creates a user as a member of the team (admins only; `secret` required). Nobody is added
 /// without their consent: a user who exists joins through an invitation, which they accept
-/// (`POST /api/v1/teams/{team}/invitations`). The answer does not tell who exists: without a
-/// secret it is the same 422 for any identity, and a taken identity gets that 422 too.
+/// (`POST /api/v1/teams/{team}/invitations`). The answer does not tell who exists: a body
+/// without a secret is refused before any identity is looked at, and every identity that a
+/// user has gets the same 422.
 #[utoipa::path(post, path = "/api/v1/teams/{team}/members", tag = "teams", security(("jwt" = [])),
     params(("team" = Name, Path, description = "Team name")), request_body = AddMember,
     responses((status = 201, body = MemberView),
         (status = 403, description = "The caller is not an admin of the team, or `QuotaExceeded`: the team has as many users as it may", body = ErrorBody),
         (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
-        (status = 422, description = "A name that breaks the rule, an empty secret, no secret, or an identity a user has already (the same answer for each: an existing user is invited instead)", body = ErrorBody),
+        (status = 422, description = "A name that breaks the rule, an empty secret, or an identity a user has already (one answer for every such identity: an existing user is invited instead)", body = ErrorBody),
         (status = 503, description = "Too many secrets being hashed at once; retry after `Retry-After`", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn add_member(
@@ -476,13 +477,10 @@ pub async fn add_member(
             req.identity
         ))
     };
-    let hash = match &req.secret {
-        Some(secret) if secret.is_empty() => {
-            return Err(ApiError::Unprocessable("secret is empty".into()))
-        }
-        Some(secret) => auth::hash_secret(&state.guard, secret.clone()).await?,
-        None => return Err(not_added()),
-    };
+    if req.secret.is_empty() {
+        return Err(ApiError::Unprocessable("secret is empty".into()));
+    }
+    let hash = auth::hash_secret(&state.guard, req.secret.clone()).await?;
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = crate::db::begin(pool).await?;

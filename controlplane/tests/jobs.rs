@@ -256,26 +256,24 @@ async fn team_isolation(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let bob = h.login("teamb", "bob", "bobsecret").await;
-    deliver(
-        &h,
-        vec![
-            record(
-                "a1",
-                "main",
-                "secretsvc",
-                now_ms(),
-                vec![worker("w", "ok", Some(0), "x")],
-            ),
-            record(
-                "b1",
-                "teamb",
-                "bsvc",
-                now_ms(),
-                vec![worker("w", "ok", Some(0), "y")],
-            ),
-        ],
-    )
-    .await;
+    // Both are every member's of their team (the default would keep them from bob anyway).
+    let mut a1 = record(
+        "a1",
+        "main",
+        "secretsvc",
+        now_ms(),
+        vec![worker("w", "ok", Some(0), "x")],
+    );
+    a1["readers"] = json!("team");
+    let mut b1 = record(
+        "b1",
+        "teamb",
+        "bsvc",
+        now_ms(),
+        vec![worker("w", "ok", Some(0), "y")],
+    );
+    b1["readers"] = json!("team");
+    deliver(&h, vec![a1, b1]).await;
     let (_, page) = h.get("/api/v1/jobs", &bob).await;
     let jobs = page["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 1, "{page}");

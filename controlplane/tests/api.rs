@@ -295,7 +295,12 @@ async fn team_isolation_and_membership(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = h
-        .call(Method::POST, "/api/v1/invitations/main/accept", Some(&bob), None)
+        .call(
+            Method::POST,
+            "/api/v1/invitations/main/accept",
+            Some(&bob),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_error(

@@ -669,7 +669,10 @@ impl World<'_> {
         let answer = self
             .call(Method::POST, &path, &self.mint(team), Some(body))
             .await;
-        let plain = |i: &&str| i.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        let plain = |i: &&str| {
+            i.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
         if let (StatusCode::UNPROCESSABLE_ENTITY, Some(text)) =
             (answer.0, identity.as_str().filter(plain))
         {
@@ -690,7 +693,9 @@ impl World<'_> {
     /// so that a case can create it anew.
     async fn forget_user(&self, identity: &Value) {
         let plain = |i: &&str| {
-            *i != "admin" && i.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            *i != "admin"
+                && i.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         };
         if let Some(identity) = identity.as_str().filter(plain) {
             self.h

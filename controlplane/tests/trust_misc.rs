@@ -58,7 +58,12 @@ async fn readable(h: &Harness, token: &str, sender: &str, keys: &[&str]) -> Vec<
         .as_array()
         .unwrap()
         .iter()
-        .map(|j| (j["service"].as_str().unwrap().to_string(), j["id"].as_i64().unwrap()))
+        .map(|j| {
+            (
+                j["service"].as_str().unwrap().to_string(),
+                j["id"].as_i64().unwrap(),
+            )
+        })
         .collect();
     let mut seen = Vec::new();
     for key in keys {
@@ -90,9 +95,7 @@ async fn readable(h: &Harness, token: &str, sender: &str, keys: &[&str]) -> Vec<
 /// A job is its sender's and the team's admins' to read unless it says `team`; a `local`
 /// one its sender's alone. Whoever reads it, the secrets found by pattern are `***`, also in
 /// a record stored as the broker sent it (the API redacts again when it answers).
-async fn jobs_are_read_by_their_sender_and_admins_unless_the_service_says_team(
-    backend: Backend,
-) {
+async fn jobs_are_read_by_their_sender_and_admins_unless_the_service_says_team(backend: Backend) {
     let h = Harness::start(backend).await;
     let carol = member(&h, "carol").await;
     let dave = member(&h, "dave").await;
@@ -104,11 +107,19 @@ async fn jobs_are_read_by_their_sender_and_admins_unless_the_service_says_team(
         record("mine", "dave", Some("sender"), out),
     ];
     let (status, body) = h
-        .post("/api/v1/broker/jobs", &h.broker_token(), json!({ "jobs": jobs }))
+        .post(
+            "/api/v1/broker/jobs",
+            &h.broker_token(),
+            json!({ "jobs": jobs }),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let keys = ["default", "admins", "team", "mine"];
-    assert_eq!(readable(&h, &carol, &dave, &keys).await, ["team"], "a plain member");
+    assert_eq!(
+        readable(&h, &carol, &dave, &keys).await,
+        ["team"],
+        "a plain member"
+    );
     assert_eq!(readable(&h, &dave, &dave, &keys).await, keys, "the sender");
     assert_eq!(
         readable(&h, &h.admin_token, &dave, &keys).await,
@@ -123,7 +134,10 @@ async fn jobs_are_read_by_their_sender_and_admins_unless_the_service_says_team(
     let text = job.to_string();
     assert!(!text.contains("S3CR3T"), "{text}");
     assert_eq!(job["command"][0], "curl -u deploy:*** https://h", "{job}");
-    assert_eq!(job["outcomes"][0]["output"], "Authorization: Bearer ***\nok\n");
+    assert_eq!(
+        job["outcomes"][0]["output"],
+        "Authorization: Bearer ***\nok\n"
+    );
 }
 
 /// An admin of another team cannot make an existing user a member without their consent,
@@ -149,7 +163,10 @@ async fn members_are_added_only_with_their_consent(backend: Backend) {
 
     let add = |body: Value| h.post("/api/v1/teams/teamb/members", &bob, body);
     let shape = |answer: (StatusCode, Value), identity: &str| {
-        let message = answer.1["message"].as_str().unwrap_or("").replace(identity, "X");
+        let message = answer.1["message"]
+            .as_str()
+            .unwrap_or("")
+            .replace(identity, "X");
         (answer.0, answer.1["code"].clone(), message)
     };
     // Without a secret: refused before any identity is looked at.
@@ -157,7 +174,10 @@ async fn members_are_added_only_with_their_consent(backend: Backend) {
     // (Identities of one length: the parser's message names the column.)
     let unknown = shape(add(json!({"identity": "nobod"})).await, "nobod");
     assert_eq!(existing.0, StatusCode::BAD_REQUEST, "{existing:?}");
-    assert_eq!(existing, unknown, "existing and unknown identities answered alike");
+    assert_eq!(
+        existing, unknown,
+        "existing and unknown identities answered alike"
+    );
     // With one, an existing identity is not added, and the answer says why without saying
     // more than that the identity could not be created.
     for identity in ["carol", "admin", "bob"] {
@@ -186,11 +206,20 @@ async fn members_are_added_only_with_their_consent(backend: Backend) {
     h.login("teamb", "erin", "erin-secret").await;
     // Invited, carol joins when she accepts.
     let (status, body) = h
-        .post("/api/v1/teams/teamb/invitations", &bob, json!({"identity": "carol"}))
+        .post(
+            "/api/v1/teams/teamb/invitations",
+            &bob,
+            json!({"identity": "carol"}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = h
-        .call(Method::POST, "/api/v1/invitations/teamb/accept", Some(&carol), None)
+        .call(
+            Method::POST,
+            "/api/v1/invitations/teamb/accept",
+            Some(&carol),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     h.login("teamb", "carol", "carol-secret").await;
@@ -205,11 +234,19 @@ async fn the_install_team_stays(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let answer = h
-        .call(Method::DELETE, "/api/v1/teams/main", Some(&h.admin_token), None)
+        .call(
+            Method::DELETE,
+            "/api/v1/teams/main",
+            Some(&h.admin_token),
+            None,
+        )
         .await;
     assert_error(&answer, 409, "Conflict");
     assert!(
-        answer.1["message"].as_str().unwrap().contains("install's team"),
+        answer.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("install's team"),
         "{}",
         answer.1
     );
@@ -237,7 +274,12 @@ async fn the_install_team_stays(backend: Backend) {
     h.login("main", "admin", &h.admin.secret).await;
     // Any other team goes as before.
     let (status, body) = h
-        .call(Method::DELETE, "/api/v1/teams/teamb", Some(&h.admin_token), None)
+        .call(
+            Method::DELETE,
+            "/api/v1/teams/teamb",
+            Some(&h.admin_token),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 }
@@ -275,16 +317,26 @@ async fn only_object_bodies_and_bounded_gateway_args(backend: Backend) {
         (Method::PATCH, "/api/v1/workers/w0", json!(null)),
         (Method::PATCH, "/api/v1/workers/w0", json!("text")),
     ] {
-        let answer = h.call(method.clone(), path, Some(admin), Some(body.clone())).await;
+        let answer = h
+            .call(method.clone(), path, Some(admin), Some(body.clone()))
+            .await;
         assert_error(&answer, 400, "BadRequest");
         assert!(
-            answer.1["message"].as_str().unwrap().contains("JSON object"),
+            answer.1["message"]
+                .as_str()
+                .unwrap()
+                .contains("JSON object"),
             "{method} {path} {body}: {}",
             answer.1
         );
     }
     let (status, body) = h
-        .call(Method::PATCH, "/api/v1/workers/w0", Some(admin), Some(json!({})))
+        .call(
+            Method::PATCH,
+            "/api/v1/workers/w0",
+            Some(admin),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // The broker job route too.

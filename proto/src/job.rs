@@ -291,8 +291,20 @@ pub fn is_secret_key(key: &str) -> bool {
         "session",
     ];
     const WHOLE: &[&str] = &[
-        "pw", "pass", "dsn", "pin", "otp", "jwt", "bearer", "sig", "signature", "cred", "creds",
-        "hmac", "totp", "mfa",
+        "pw",
+        "pass",
+        "dsn",
+        "pin",
+        "otp",
+        "jwt",
+        "bearer",
+        "sig",
+        "signature",
+        "cred",
+        "creds",
+        "hmac",
+        "totp",
+        "mfa",
     ];
     let lower = key.to_ascii_lowercase();
     WORDS.iter().any(|w| lower.contains(w))
@@ -365,12 +377,21 @@ const GLUED_P_PASSWORD: &[&str] = &[
     "sshpass",
 ];
 /// Words that run the next word as the program (`sudo mysql -p...`).
-const WRAPPERS: &[&str] = &["sudo", "env", "exec", "nohup", "time", "command", "xargs", "doas"];
+const WRAPPERS: &[&str] = &[
+    "sudo", "env", "exec", "nohup", "time", "command", "xargs", "doas",
+];
 /// Authentication schemes written before the credential (`Authorization: Bearer X`).
 const AUTH_SCHEMES: &[&str] = &["bearer", "basic", "token", "digest", "negotiate", "apikey"];
 /// Words that look secret as such (a name with nothing before it, `aws_secret_access_key X`):
 /// stronger than [`is_secret_key`], which also takes `key` or `auth` in any name.
-const STRONG: &[&str] = &["secret", "token", "passw", "passphrase", "pwd", "credential"];
+const STRONG: &[&str] = &[
+    "secret",
+    "token",
+    "passw",
+    "passphrase",
+    "pwd",
+    "credential",
+];
 
 /// What to do with the next word.
 #[derive(Clone, Copy, PartialEq)]
@@ -420,7 +441,8 @@ pub fn redact_text<'a>(text: &'a str, found: &mut Vec<String>) -> std::borrow::C
         let word = raw[lead..].trim_end_matches(['\'', '"', '`', ';', ',']);
         let at = from + lead;
         let lower = word.to_ascii_lowercase();
-        let ends_command = raw.ends_with([';', '|', '&']) || matches!(word, "|" | "||" | "&&" | ";");
+        let ends_command =
+            raw.ends_with([';', '|', '&']) || matches!(word, "|" | "||" | "&&" | ";");
         match std::mem::replace(&mut next, Next::Keep) {
             Next::Redact => {
                 add(&mut spans, at, 0, word.len());
@@ -459,7 +481,11 @@ pub fn redact_text<'a>(text: &'a str, found: &mut Vec<String>) -> std::borrow::C
                 program = Some(base);
             }
         }
-        if flag && GLUED_P_PASSWORD.contains(&prog) && word.starts_with("-p") && !word.starts_with("--") {
+        if flag
+            && GLUED_P_PASSWORD.contains(&prog)
+            && word.starts_with("-p")
+            && !word.starts_with("--")
+        {
             match word.len() {
                 2 if prog == "sshpass" => next = Next::Redact,
                 2 => {}
@@ -511,7 +537,9 @@ pub fn redact_text<'a>(text: &'a str, found: &mut Vec<String>) -> std::borrow::C
                 continue;
             }
             if !flag
-                && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
                 && STRONG.iter().any(|s| lower.contains(s))
             {
                 next = Next::RedactValue;
@@ -562,7 +590,9 @@ fn assignments(word: &str, span: &mut dyn FnMut(usize, usize)) {
                 let query = key_start > 0 && matches!(bytes[key_start - 1], b'?' | b'&');
                 if !key.is_empty() && is_secret_key(key) {
                     let end = match query {
-                        true => word[i + 1..].find(['&', '#']).map_or(word.len(), |e| i + 1 + e),
+                        true => word[i + 1..]
+                            .find(['&', '#'])
+                            .map_or(word.len(), |e| i + 1 + e),
                         false => word.len(),
                     };
                     span(i + 1, end);
@@ -655,10 +685,22 @@ mod tests {
             ("sudo mysqldump -pS3CR3T app", "sudo mysqldump -p*** app"),
             ("mysql -p app", "mysql -p app"),
             ("ssh -p 22 h", "ssh -p 22 h"),
-            ("curl -u deploy:S3CR3T https://h", "curl -u deploy:*** https://h"),
-            ("curl -udeploy:S3CR3T https://h", "curl -udeploy:*** https://h"),
-            ("curl --user deploy:S3CR3T https://h", "curl --user deploy:*** https://h"),
-            ("curl --user=deploy:S3CR3T https://h", "curl --user=deploy:*** https://h"),
+            (
+                "curl -u deploy:S3CR3T https://h",
+                "curl -u deploy:*** https://h",
+            ),
+            (
+                "curl -udeploy:S3CR3T https://h",
+                "curl -udeploy:*** https://h",
+            ),
+            (
+                "curl --user deploy:S3CR3T https://h",
+                "curl --user deploy:*** https://h",
+            ),
+            (
+                "curl --user=deploy:S3CR3T https://h",
+                "curl --user=deploy:*** https://h",
+            ),
             (
                 "curl -H 'Authorization: Bearer S3CR3T' https://h",
                 "curl -H 'Authorization: Bearer ***' https://h",
@@ -667,7 +709,10 @@ mod tests {
                 "curl -H \"Authorization: Basic S3CR3T\" https://h",
                 "curl -H \"Authorization: Basic ***\" https://h",
             ),
-            ("curl -H 'X-Api-Key: S3CR3T' h", "curl -H 'X-Api-Key: ***' h"),
+            (
+                "curl -H 'X-Api-Key: S3CR3T' h",
+                "curl -H 'X-Api-Key: ***' h",
+            ),
             ("Bearer S3CR3T", "Bearer ***"),
             (
                 "git clone https://deploy:S3CR3T@git.example/r.git",
@@ -697,7 +742,10 @@ mod tests {
             let mut found = Vec::new();
             assert_eq!(redact_text(text, &mut found), want, "{text}");
             if text.contains("S3CR3T") {
-                assert!(found.iter().any(|f| f.contains("S3CR3T")), "{text}: {found:?}");
+                assert!(
+                    found.iter().any(|f| f.contains("S3CR3T")),
+                    "{text}: {found:?}"
+                );
             }
         }
         let mut found = Vec::new();
@@ -706,7 +754,11 @@ mod tests {
             ("pass", "S3CR3T", "***"),
             ("dsn", "postgres://u:S3CR3T@db/app", "***"),
             ("repo", "https://u:S3CR3T@h/r.git", "https://u:***@h/r.git"),
-            ("header", "Authorization: Bearer S3CR3T", "Authorization: Bearer ***"),
+            (
+                "header",
+                "Authorization: Bearer S3CR3T",
+                "Authorization: Bearer ***",
+            ),
             ("host", "web01", "web01"),
             ("compass", "north", "north"),
         ] {
@@ -738,7 +790,9 @@ mod tests {
             assert!(is_secret_key(k), "{k}");
             assert_eq!(redact(k, "hunter2"), REDACTED);
         }
-        for k in ["host", "package", "count", "mode", "bypass", "compass", "pinned"] {
+        for k in [
+            "host", "package", "count", "mode", "bypass", "compass", "pinned",
+        ] {
             assert!(!is_secret_key(k), "{k}");
             assert_eq!(redact(k, "v"), "v");
         }

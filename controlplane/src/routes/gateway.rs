@@ -2,10 +2,10 @@
 //! broker as the caller (their own JWT) and streams its events back as they arrive:
 //! server-sent events for `Accept: text/event-stream`, JSON lines otherwise.
 
+use super::triggers::{check_args, ArgMap};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path};
-use super::triggers::{check_args, ArgMap};
 use crate::openapi::{text, PluginName, ServiceRef, Text, Timeout};
 use crate::AppState;
 use axum::body::Body;

@@ -31,7 +31,10 @@ const FORMS: &[(&str, &[(&str, &str)])] = &[
     ("PGPASSWORD={S} psql -h db", &[]),
     ("export API_TOKEN={S}", &[]),
     ("psql postgres://app:{S}@db/app", &[]),
-    ("kubectl create secret generic x --from-literal=password={S}", &[]),
+    (
+        "kubectl create secret generic x --from-literal=password={S}",
+        &[],
+    ),
     ("curl https://h/hook?token={S}", &[]),
     ("deploy --api-key {S} now", &[]),
     ("run", &[("db_pw", S)]),
@@ -88,9 +91,15 @@ async fn round_ids(reader: &Api, round: usize) -> Result<Vec<i64>> {
             })
             .collect()
     };
-    wait_until(Duration::from_secs(30), "every job of the round listed", || async {
-        jobs(reader).await.is_ok_and(|listed| find(&listed).is_some())
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "every job of the round listed",
+        || async {
+            jobs(reader)
+                .await
+                .is_ok_and(|listed| find(&listed).is_some())
+        },
+    )
     .await?;
     find(&jobs(reader).await?).context("the round's jobs")
 }
@@ -134,7 +143,11 @@ async fn job_history_is_its_senders_and_admins(db: Db) -> Result<()> {
     let ids = round_ids(&dave, 0).await?;
     let carols = jobs(&carol).await?;
     let leaked: Vec<String> = (0..FORMS.len())
-        .filter(|i| Value::from(carols.clone()).to_string().contains(&secret(0, *i)))
+        .filter(|i| {
+            Value::from(carols.clone())
+                .to_string()
+                .contains(&secret(0, *i))
+        })
         .map(|i| FORMS[i].0.to_string())
         .collect();
     ensure!(
@@ -196,7 +209,11 @@ async fn job_history_is_its_senders_and_admins(db: Db) -> Result<()> {
     }
     // Round 0 stays its sender's and the admins'.
     let (status, _) = carol
-        .call("GET", &format!("/api/v1/jobs/{}", round_ids(&dave, 0).await?[0]), Value::Null)
+        .call(
+            "GET",
+            &format!("/api/v1/jobs/{}", round_ids(&dave, 0).await?[0]),
+            Value::Null,
+        )
         .await?;
     ensure!(status == 404, "{status}");
     Ok(())

@@ -371,9 +371,14 @@ pub struct AuthUser {
 }
 
 impl AuthUser {
+    /// Whether the caller is an admin of their team.
+    pub fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+
     /// Fails with `Forbidden` unless the caller is an admin of their team.
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.role == "admin" {
+        if self.is_admin() {
             Ok(())
         } else {
             Err(ApiError::Forbidden(format!(

@@ -26,6 +26,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let JsonBody(body) = JsonBody::from_request(req, state).await?;
+        require_object(&body)?;
         parse_json(&body, state.settings.max_body_bytes).map(Json)
     }
 }
@@ -66,6 +67,18 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, A
     match axum::Json::<T>::from_bytes(body) {
         Ok(axum::Json(value)) => Ok(value),
         Err(rejection) => Err(json_rejection(rejection, limit)),
+    }
+}
+
+/// Refuses a body that is not a JSON object. Every body this API takes is an object, and
+/// serde would otherwise read a struct from an array of its fields in order (`[null, null]`
+/// as a worker's changes). Whitespace before the `{` is allowed; what follows is the parser's.
+pub(crate) fn require_object(body: &[u8]) -> Result<(), ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::BadRequest(
+            "the request body must be a JSON object (`{...}`)".into(),
+        )),
     }
 }
 

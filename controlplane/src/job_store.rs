@@ -13,7 +13,7 @@
 
 use crate::error::ApiError;
 use axum::body::Bytes;
-use proto::job::{redact, JobBatch, JobOutcome, JobRecord, JobStatus};
+use proto::job::{redact_arg, JobBatch, JobOutcome, JobRecord, JobStatus};
 use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -231,6 +231,7 @@ pub(crate) fn prepare(body: &[u8], limit: usize) -> Result<Vec<Prepared>, ApiErr
     if crate::extract::has_nul(body) {
         return Err(crate::extract::nul_error());
     }
+    crate::extract::require_object(body)?;
     // The fast parse says only what went wrong; the typed one (with its path) is run only to
     // word the refusal.
     let refused = |e: serde_json::Error| match crate::extract::parse_json::<JobBatch>(body, limit) {
@@ -259,7 +260,7 @@ pub(crate) fn prepare(body: &[u8], limit: usize) -> Result<Vec<Prepared>, ApiErr
             let args: Vec<(String, String)> = record
                 .args
                 .iter()
-                .map(|(k, v)| (k.clone(), redact(k, v)))
+                .map(|(k, v)| (k.clone(), redact_arg(k, v, &mut Vec::new())))
                 .collect();
             Prepared {
                 workers: pack(&workers),

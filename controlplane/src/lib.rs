@@ -275,7 +275,8 @@ impl ControlPlane {
         })
     }
 
-    /// On a store without teams: creates team `main` and user `admin` (admin, operator; an
+    /// On a store without teams: creates team `main` (the install's team, which is never
+    /// deleted nor left by an operator) and user `admin` (admin, operator; an
     /// existing `admin` user gets a new secret) with a random secret, writes
     /// `<data_dir>/admin.credentials` (0600) and returns the credentials. `None` when a team
     /// already exists.
@@ -296,7 +297,8 @@ impl ControlPlane {
             let mut tx = crate::db::begin(pool).await?;
             let revision: i64 = sqlx::query_scalar(db::BUMP_REVISION).fetch_one(&mut *tx).await?;
             let team_id: i64 = sqlx::query_scalar(
-                "INSERT INTO teams (name, created, updated) VALUES ($1, $2, $2) RETURNING id")
+                "INSERT INTO teams (name, install, created, updated) VALUES ($1, TRUE, $2, $2) \
+                 RETURNING id")
                 .bind(&team).bind(now).fetch_one(&mut *tx).await?;
             // A user `admin` left from a store whose teams were all deleted gets a new
             // secret rather than failing the start on the unique identity.

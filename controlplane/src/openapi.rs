@@ -300,15 +300,6 @@ doc_type! {
 }
 
 doc_type! {
-    /// Names to texts.
-    TextMap => ObjectBuilder::new()
-        .schema_type(Type::Object)
-        .description(Some("Names to texts, neither with a NUL character."))
-        .property_names(Some(text("A name.")))
-        .additional_properties(Some(text("A text.")))
-}
-
-doc_type! {
     /// Free text.
     Description => text("Free text, at most 4096 characters.")
         .max_length(Some(crate::routes::MAX_DESCRIPTION))
@@ -476,6 +467,25 @@ doc_type! {
 }
 
 doc_type! {
+    /// `proto::job::JobHistory`.
+    JobHistoryDoc => texts::<proto::job::JobHistory>(
+        "Who reads the service's jobs in the team's history (its command, arguments and \
+         output, which may hold secrets): `sender` (default: the member who sent it and the \
+         team's admins) or `team` (every member of the team; redacted as ever). A job of \
+         another team's request is its sender's and that team's admins', and a `local` \
+         service's its sender's alone, whatever this says.",
+    )
+}
+
+doc_type! {
+    /// `proto::job::JobReaders`.
+    JobReadersDoc => texts::<proto::job::JobReaders>(
+        "Who reads the job: `team` (every member), `sender_and_admins` (default) or `sender` \
+         (a `local` service or worker).",
+    )
+}
+
+doc_type! {
     /// `proto::job::JobStatus`.
     JobStatusDoc => texts::<proto::job::JobStatus>(
         "A job's status, the worst of its workers' outcomes: `ok` (every worker exited 0), \
@@ -573,9 +583,9 @@ pub struct JobRecordDoc {
     /// The workers (of this part), at most 10000.
     #[schema(required = false, max_items = 10000)]
     pub workers: Vec<JobWorkerDoc>,
-    /// Through a `local` service or worker: only its caller sees the job.
-    #[schema(required = false)]
-    pub private: bool,
+    /// Who reads the job (absent: its sender and the team's admins).
+    #[schema(required = false, value_type = JobReadersDoc)]
+    pub readers: String,
 }
 
 /// `proto::job::JobWorker`.

@@ -209,6 +209,7 @@ async fn team_isolation_and_membership(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    // A new user needs a secret (a user who exists joins through an invitation).
     assert_error(
         &h.post(
             "/api/v1/teams/teamb/members",
@@ -216,8 +217,8 @@ async fn team_isolation_and_membership(backend: Backend) {
             json!({"identity": "carol"}),
         )
         .await,
-        422,
-        "Unprocessable",
+        400,
+        "BadRequest",
     );
     let bob = h.login("teamb", "bob", "bobsecret").await;
     // bob cannot log into main, nor see or touch main's objects.
@@ -284,19 +285,27 @@ async fn team_isolation_and_membership(backend: Backend) {
     let (_, teams) = h.get("/api/v1/teams", &bob).await;
     assert_eq!(teams.as_array().unwrap().len(), 1);
     assert_eq!(teams[0]["name"], "teamb");
-    // bob joins main too (existing user: no secret), as a member.
+    // bob joins main too (an existing user: invited, and he accepts), as a member.
     let (status, body) = h
         .post(
-            "/api/v1/teams/main/members",
+            "/api/v1/teams/main/invitations",
             admin,
             json!({"identity": "bob"}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["role"], "member");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/invitations/main/accept",
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_error(
         &h.post(
-            "/api/v1/teams/main/members",
+            "/api/v1/teams/main/invitations",
             admin,
             json!({"identity": "bob"}),
         )
@@ -1405,7 +1414,8 @@ async fn no_lockout(backend: Backend) {
     // The operator logs in as before.
     let again = h.login("main", "admin", &h.admin.secret).await;
     assert_eq!(h.get("/api/v1/teams/main", &again).await.1["role"], "admin");
-    // With a team of its own elsewhere, the operator may leave main.
+    // With a team of its own elsewhere, the operator still may not leave main, nor delete
+    // it: main is the install's team, which `up` logs in to (see `the_install_team_stays`).
     assert_eq!(
         call_status(
             &h,
@@ -1417,25 +1427,22 @@ async fn no_lockout(backend: Backend) {
         .await,
         StatusCode::CREATED
     );
-    assert_eq!(
-        call_status(
-            &h,
+    let answer = h
+        .call(
             Method::DELETE,
             "/api/v1/teams/main/members/admin",
-            &second,
-            None
+            Some(&second),
+            None,
         )
-        .await,
-        StatusCode::NO_CONTENT
-    );
+        .await;
+    assert_error(&answer, 409, "Conflict");
+    let message = answer.1["message"].as_str().unwrap();
+    assert!(message.contains("install's team"), "{message}");
+    // An operator's other team, which is not its only one, may go.
     let other = h.login("other", "admin", &h.admin.secret).await;
-    assert_eq!(h.get("/api/v1/teams", &other).await.1[0]["name"], "other");
-    // ...and then `other` is its only team, which it cannot delete.
-    assert_error(
-        &h.call(Method::DELETE, "/api/v1/teams/other", Some(&other), None)
-            .await,
-        409,
-        "Conflict",
+    assert_eq!(
+        call_status(&h, Method::DELETE, "/api/v1/teams/other", &other, None).await,
+        StatusCode::NO_CONTENT
     );
 }
 

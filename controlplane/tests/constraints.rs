@@ -660,11 +660,51 @@ impl World<'_> {
         .await;
     }
 
+    /// Makes `identity` a member of `team`: a new user (secret `SECRET`) through the API, a
+    /// user who exists already in the store (the API adds them only when they accept an
+    /// invitation, which would take their login).
     async fn ensure_member(&self, team: &str, identity: &Value) -> (StatusCode, Value) {
         let path = format!("/api/v1/teams/{}/members", encode(team));
         let body = json!({"identity": identity, "secret": SECRET});
-        self.call(Method::POST, &path, &self.mint(team), Some(body))
-            .await
+        let answer = self
+            .call(Method::POST, &path, &self.mint(team), Some(body))
+            .await;
+        let plain = |i: &&str| {
+            i.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if let (StatusCode::UNPROCESSABLE_ENTITY, Some(text)) =
+            (answer.0, identity.as_str().filter(plain))
+        {
+            self.h
+                .execute_sql(&format!(
+                    "INSERT INTO members (team_id, user_id, role, created) \
+                     SELECT t.id, u.id, 'member', 0 FROM teams t, users u \
+                     WHERE t.name = {} AND u.identity = {} ON CONFLICT DO NOTHING",
+                    sql_text(team),
+                    sql_text(text)
+                ))
+                .await;
+        }
+        answer
+    }
+
+    /// Deletes user `identity` from the store, if it is a plain name and not the operator's,
+    /// so that a case can create it anew.
+    async fn forget_user(&self, identity: &Value) {
+        let plain = |i: &&str| {
+            *i != "admin"
+                && i.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if let Some(identity) = identity.as_str().filter(plain) {
+            self.h
+                .execute_sql(&format!(
+                    "DELETE FROM users WHERE identity = {}",
+                    sql_text(identity)
+                ))
+                .await;
+        }
     }
 
     /// Invites `identity` to `team` (whose admin the operator is).
@@ -947,10 +987,9 @@ async fn prepare(
                 w.call(Method::DELETE, &path, &w.h.admin_token, None).await;
             }
         }
-        // Without a secret only an existing user may join: make one, elsewhere.
-        ("POST", "/api/v1/teams/{team}/members") if field("secret").is_null() => {
-            w.ensure_member("scratch", &field("identity")).await;
-        }
+        // A new user's identity must be free (an existing user joins through an
+        // invitation): an earlier case may have made one of this value.
+        ("POST", "/api/v1/teams/{team}/members") => w.forget_user(&field("identity")).await,
         ("PATCH", "/api/v1/teams/{team}/members/{identity}")
         | ("DELETE", "/api/v1/teams/{team}/members/{identity}") => {
             w.ensure_member(&team, &json!(path["identity"])).await;
@@ -992,6 +1031,8 @@ async fn prepare(
         // The caller is the user themself, whose secret is `current`.
         ("PUT", "/api/v1/users/{identity}/secret") => {
             let identity = &path["identity"];
+            // Made anew below with the secret `current` (an earlier case may have made it).
+            w.forget_user(&json!(identity)).await;
             let current = field("current");
             let url = format!("/api/v1/teams/{}/members", encode(&w.team));
             let body = json!({"identity": identity, "secret": current});
@@ -1330,4 +1371,9 @@ fn clip(text: &str) -> String {
             text.chars().take(100).collect::<String>()
         )
     }
+}
+
+/// `text` as an SQL string literal.
+fn sql_text(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }

@@ -256,26 +256,24 @@ async fn team_isolation(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let bob = h.login("teamb", "bob", "bobsecret").await;
-    deliver(
-        &h,
-        vec![
-            record(
-                "a1",
-                "main",
-                "secretsvc",
-                now_ms(),
-                vec![worker("w", "ok", Some(0), "x")],
-            ),
-            record(
-                "b1",
-                "teamb",
-                "bsvc",
-                now_ms(),
-                vec![worker("w", "ok", Some(0), "y")],
-            ),
-        ],
-    )
-    .await;
+    // Both are every member's of their team (the default would keep them from bob anyway).
+    let mut a1 = record(
+        "a1",
+        "main",
+        "secretsvc",
+        now_ms(),
+        vec![worker("w", "ok", Some(0), "x")],
+    );
+    a1["readers"] = json!("team");
+    let mut b1 = record(
+        "b1",
+        "teamb",
+        "bsvc",
+        now_ms(),
+        vec![worker("w", "ok", Some(0), "y")],
+    );
+    b1["readers"] = json!("team");
+    deliver(&h, vec![a1, b1]).await;
     let (_, page) = h.get("/api/v1/jobs", &bob).await;
     let jobs = page["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 1, "{page}");
@@ -312,8 +310,8 @@ async fn team_isolation(backend: Backend) {
 }
 
 /// A job through a `local` service or worker is its caller's alone: another member of the
-/// same team (even an admin) neither lists it nor reads it by id; the team's other jobs
-/// stay visible to every member.
+/// same team (even an admin) neither lists it nor reads it by id; the team's jobs of a
+/// service whose history is `team` stay visible to every member.
 async fn private_jobs_are_their_callers_alone(backend: Backend) {
     let h = Harness::start(backend).await;
     let admin = &h.admin_token;
@@ -334,14 +332,15 @@ async fn private_jobs_are_their_callers_alone(backend: Backend) {
         vec![worker("w", "ok", Some(0), "carol's output")],
     );
     private["identity"] = json!("carol");
-    private["private"] = json!(true);
-    let shared = record(
+    private["readers"] = json!("sender");
+    let mut shared = record(
         "s1",
         "main",
         "dc1",
         now_ms(),
         vec![worker("w", "ok", Some(0), "")],
     );
+    shared["readers"] = json!("team");
     deliver(&h, vec![private, shared]).await;
 
     let services = |page: &Value| -> Vec<String> {

@@ -45,6 +45,8 @@ pub struct ServiceConfig {
     pub stop_on_failure: bool,
     /// roundrobin: re-dispatch even after `Accepted` when a worker is lost.
     pub retry: bool,
+    /// Who reads its jobs in the history (its own team's requests only).
+    pub history: proto::job::JobHistory,
     /// Also route to every worker of the team that announces this name. Only a config file
     /// (one trusted host, every peer trusted) sets it; a service from the control plane
     /// routes only to `workers`.
@@ -65,6 +67,7 @@ impl ServiceConfig {
             batch: None,
             stop_on_failure: false,
             retry: false,
+            history: Default::default(),
             open_to_announcers: false,
         }
     }
@@ -304,6 +307,7 @@ impl FileConfig {
                     batch: s.batch,
                     stop_on_failure: s.stop_on_failure,
                     retry: s.retry,
+                    history: Default::default(),
                     open_to_announcers: s.announced,
                 },
             );

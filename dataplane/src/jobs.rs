@@ -7,7 +7,8 @@
 //! Memory per request: at most twice [`JOB_OUTPUT_TAIL`] of output per worker it went to (the
 //! tail is trimmed back to the bound whenever it reaches twice that).
 
-use proto::job::{clip, clip_owned, redact, JobOutcome, JobRecord, JobWorker, JOB_OUTPUT_TAIL};
+use proto::job::{clip, clip_owned, is_secret_key, JobOutcome, JobReaders, JobRecord, JobWorker};
+use proto::job::{redact_output, redact_text, JOB_OUTPUT_TAIL, REDACTED};
 use proto::job::{MAX_JOB_ITEMS, MAX_JOB_NAME, MAX_JOB_TEXT};
 use proto::{ErrorKind, Event, Stream};
 use std::sync::Arc;
@@ -67,10 +68,15 @@ pub struct JobTrace {
     ended: Option<Instant>,
     /// Bytes of output held (for [`JobTrace::weight`]).
     tail_bytes: usize,
+    /// The values of the secret-looking arguments, taken out of `head` when the trace is
+    /// made: [`JobTrace::finish`] redacts them in the output too (a program that echoes
+    /// its password), then drops them. They never go into the record.
+    secrets: Vec<String>,
 }
 
 impl JobTrace {
-    /// A request as it arrived (arguments are redacted here, before they leave the shard).
+    /// A request as it arrived (arguments with secret-looking names are redacted here; their
+    /// values stay in the trace only to be redacted from the output too).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         team: &str,
@@ -82,6 +88,7 @@ impl JobTrace {
         args: &[proto::Arg],
         started: Instant,
     ) -> JobTrace {
+        let mut secrets = Vec::new();
         let head = JobRecord {
             key: String::new(),
             team: clip(team, MAX_JOB_NAME),
@@ -98,8 +105,14 @@ impl JobTrace {
                 .iter()
                 .take(MAX_JOB_ITEMS)
                 .map(|a| {
-                    let value = redact(&a.key, &a.value);
-                    (clip(&a.key, MAX_JOB_TEXT), clip(&value, MAX_JOB_TEXT))
+                    let value = match is_secret_key(&a.key) {
+                        true => {
+                            secrets.push(a.value.clone());
+                            REDACTED.to_string()
+                        }
+                        false => clip(&a.value, MAX_JOB_TEXT),
+                    };
+                    (clip(&a.key, MAX_JOB_TEXT), value)
                 })
                 .collect(),
             started_unix_ms: SystemTime::now()
@@ -108,7 +121,7 @@ impl JobTrace {
                 .unwrap_or(0),
             duration_ms: 0,
             workers: Vec::new(),
-            private: false,
+            readers: JobReaders::default(),
         };
         JobTrace {
             head,
@@ -117,12 +130,13 @@ impl JobTrace {
             index: Default::default(),
             ended: None,
             tail_bytes: 0,
+            secrets,
         }
     }
 
-    /// The request went through a `local` service or worker: only its caller may see it.
-    pub fn make_private(&mut self) {
-        self.head.private = true;
+    /// Who reads the job (by default its sender and the team's admins).
+    pub fn set_readers(&mut self, readers: JobReaders) {
+        self.head.readers = readers;
     }
 
     /// The request ended now: the shard marks it so, and hands the trace on; turning it into
@@ -192,8 +206,31 @@ impl JobTrace {
     }
 
     /// The record of the finished request; its `key` is left empty for the source to set.
-    pub fn finish(self) -> JobRecord {
+    pub fn finish(mut self) -> JobRecord {
         let now = self.ended.unwrap_or_else(Instant::now);
+        // Secrets written into the command text (a URL's password, `--token=…`) or into an
+        // argument's value are redacted here, on the job-history thread, not on the shard;
+        // then every secret found, and every secret-looking argument's value, wherever else
+        // it appears, in the command, the arguments and the output.
+        let mut secrets = std::mem::take(&mut self.secrets);
+        for word in &mut self.head.command {
+            if let std::borrow::Cow::Owned(redacted) = redact_text(word, &mut secrets) {
+                *word = redacted;
+            }
+        }
+        for (_, value) in &mut self.head.args {
+            if let std::borrow::Cow::Owned(redacted) = redact_text(value, &mut secrets) {
+                *value = redacted;
+            }
+        }
+        // A secret found in one place may be written elsewhere in a form of its own
+        // (`connect X` with argument `token=X`).
+        let texts = self.head.command.iter_mut();
+        for text in texts.chain(self.head.args.iter_mut().map(|(_, v)| v)) {
+            if let std::borrow::Cow::Owned(redacted) = redact_output(text, &secrets) {
+                *text = redacted;
+            }
+        }
         let workers = self
             .workers
             .into_iter()
@@ -201,10 +238,13 @@ impl JobTrace {
                 w.trim();
                 let (outcome, exit_code, ended) =
                     w.end.unwrap_or((JobOutcome::NoResponse, None, now));
-                let output = match String::from_utf8(w.tail) {
+                let mut output = match String::from_utf8(w.tail) {
                     Ok(text) => text,
                     Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
                 };
+                if let std::borrow::Cow::Owned(redacted) = redact_output(&output, &secrets) {
+                    output = redacted;
+                }
                 JobWorker {
                     worker: clip_owned(w.worker.into(), MAX_JOB_NAME),
                     outcome,
@@ -220,13 +260,6 @@ impl JobTrace {
             .collect();
         let (mut record, _) = self.head.with_workers(workers);
         record.duration_ms = now.duration_since(self.started).as_millis() as u64;
-        // Secrets written into the command text (a URL's password, `--token=…`) are
-        // redacted here, on the job-history thread, not on the shard.
-        for word in &mut record.command {
-            if let std::borrow::Cow::Owned(redacted) = proto::job::redact_command(word) {
-                *word = redacted;
-            }
-        }
         record
     }
 }

@@ -319,7 +319,7 @@ mod tests {
             command: vec![],
             args: vec![],
             started_unix_ms: 1,
-            private: false,
+            readers: Default::default(),
             duration_ms: 1,
             workers: (0..workers)
                 .map(|i| JobWorker {

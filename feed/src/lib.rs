@@ -123,6 +123,7 @@ fn compile(snapshot: BrokerSnapshot) -> Result<Compiled, String> {
                 batch: s.batch.map(|b| b.max(1) as usize),
                 stop_on_failure: s.stop_on_failure,
                 retry: s.retry,
+                history: s.history,
                 open_to_announcers: false,
             },
         );
@@ -703,6 +704,7 @@ mod tests {
                 batch: Some(0),
                 stop_on_failure: false,
                 retry: false,
+                history: Default::default(),
             }],
         }
     }

@@ -69,6 +69,7 @@ fn source() -> &'static feed::ControlSource {
                 batch: None,
                 stop_on_failure: false,
                 retry: false,
+                history: Default::default(),
             }],
         })
         .expect("the fixed snapshot compiles")

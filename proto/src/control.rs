@@ -134,6 +134,9 @@ pub struct ServiceEntry {
     pub stop_on_failure: bool,
     /// roundrobin: retry after `Accepted`.
     pub retry: bool,
+    /// Who reads its jobs in the history (absent: its senders and the team's admins).
+    #[serde(default)]
+    pub history: crate::job::JobHistory,
 }
 
 /// Everything the broker needs, at one revision.
@@ -270,6 +273,7 @@ mod tests {
                 batch: None,
                 stop_on_failure: false,
                 retry: false,
+                history: Default::default(),
             }],
             ..Default::default()
         };

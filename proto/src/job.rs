@@ -48,6 +48,40 @@ pub fn clip_owned(text: String, max: usize) -> String {
 pub const REDACTED: &str = "***";
 
 text_enum! {
+    ("job history", "lowercase")
+    /// Who reads the jobs of a service in its team's history (a service's `history`).
+    /// A command, its arguments and its output may hold secrets that no pattern finds, so
+    /// by default a job is its sender's and the team's admins' to read.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+    #[serde(rename_all = "lowercase")]
+    pub enum JobHistory {
+        /// The sender and the team's admins.
+        #[default]
+        Sender,
+        /// Every member of the team (jobs of the team's own members: a request from another
+        /// team is recorded in that team as its sender's, whatever this says).
+        Team,
+    }
+}
+
+text_enum! {
+    ("job readers", "snake_case")
+    /// Who reads one job of the history, in the team it is recorded in.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobReaders {
+        /// Every member (a service whose `history` is `team`).
+        Team,
+        /// Its sender and the team's admins (the default).
+        #[default]
+        SenderAndAdmins,
+        /// Its sender alone: a request through a `local` service or to a `local` worker,
+        /// which was theirs alone to use.
+        Sender,
+    }
+}
+
+text_enum! {
     ("job outcome", "snake_case")
     /// How one worker's part of a request ended.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -177,10 +211,10 @@ pub struct JobRecord<W = JobWorker> {
     /// Every worker it went to, in dispatch order.
     #[serde(default = "Vec::new")]
     pub workers: Vec<W>,
-    /// Through a `local` service or worker: the job is its caller's alone to see, not the
-    /// whole team's (the service was its caller's alone to use).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub private: bool,
+    /// Who reads the job in its team's history. A record that does not say is read by its
+    /// sender and the team's admins.
+    #[serde(default)]
+    pub readers: JobReaders,
 }
 
 impl<W> JobRecord<W> {
@@ -198,7 +232,7 @@ impl<W> JobRecord<W> {
             started_unix_ms: self.started_unix_ms,
             duration_ms: self.duration_ms,
             workers,
-            private: self.private,
+            readers: self.readers,
         };
         (record, self.workers)
     }
@@ -237,14 +271,17 @@ pub struct JobBatch {
 }
 
 /// Whether an argument named `key` looks like it holds a secret: its name contains
-/// `secret`, `token`, `passw`, `passwd`, `pwd`, `key` (`apikey`, `api_key`, `ssh-key`),
-/// `credential`, `auth` or `private` (any case).
+/// `secret`, `token`, `passw`, `passphrase`, `pwd`, `key` (`apikey`, `api_key`, `ssh-key`),
+/// `credential`, `auth`, `private`, `cookie` or `session` (any case), or one of its words
+/// (split at anything but letters and digits) is `pw`, `pass`, `dsn`, `pin`, `otp`, `jwt`,
+/// `bearer`, `sig`, `signature`, `cred`, `creds`, `hmac`, `totp` or `mfa` (`db_pw`,
+/// `smtp-pass`, `DATABASE_DSN`).
 pub fn is_secret_key(key: &str) -> bool {
     const WORDS: &[&str] = &[
         "secret",
         "token",
         "passw",
-        "passwd",
+        "passphrase",
         "pwd",
         "key",
         "credential",
@@ -253,8 +290,27 @@ pub fn is_secret_key(key: &str) -> bool {
         "cookie",
         "session",
     ];
+    const WHOLE: &[&str] = &[
+        "pw",
+        "pass",
+        "dsn",
+        "pin",
+        "otp",
+        "jwt",
+        "bearer",
+        "sig",
+        "signature",
+        "cred",
+        "creds",
+        "hmac",
+        "totp",
+        "mfa",
+    ];
     let lower = key.to_ascii_lowercase();
     WORDS.iter().any(|w| lower.contains(w))
+        || lower
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|part| WHOLE.contains(&part))
 }
 
 /// `value`, or [`REDACTED`] when `key` looks secret.
@@ -266,70 +322,315 @@ pub fn redact(key: &str, value: &str) -> String {
     }
 }
 
+/// An argument's value as the job history keeps it: [`REDACTED`] when its name looks secret
+/// ([`is_secret_key`]), else the value with what looks like a secret in it redacted as in a
+/// command ([`redact_command`]: `dsn` or `repo` = `https://u:pw@host`). Each secret taken
+/// out is added to `found` (see [`redact_output`]).
+pub fn redact_arg(key: &str, value: &str, found: &mut Vec<String>) -> String {
+    if is_secret_key(key) {
+        if !value.is_empty() {
+            found.push(value.to_string());
+        }
+        REDACTED.to_string()
+    } else {
+        redact_text(value, found).into_owned()
+    }
+}
+
 /// A command text as the job history keeps it: what looks like a secret replaced by
-/// [`REDACTED`], everything else as written (spacing included):
-/// - the password of a URL (`https://user:pw@host/` → `https://user:***@host/`);
-/// - the value of a word `name=value` or `--name=value` whose name looks secret
-///   ([`is_secret_key`]: `PGPASSWORD=…`, `--token=…`);
-/// - the word after a flag whose name looks secret (`--password …`, `-auth-token …`).
-///
-/// A secret the text gives in a form of its own (`mysql -pXYZ`) is kept: pass secrets as
-/// arguments (`key=value`), whose values are redacted by name, or in the worker's files.
+/// [`REDACTED`], everything else as written (spacing included). See [`redact_text`] for
+/// the forms found.
 pub fn redact_command(text: &str) -> std::borrow::Cow<'_, str> {
-    let mut out: Option<String> = None;
-    let mut done = 0;
-    let mut redact_next = false;
+    redact_text(text, &mut Vec::new())
+}
+
+/// Output as the job history keeps it: the forms [`redact_text`] finds, and every secret in
+/// `known` (what was taken out of the request's command and arguments, when at least
+/// [`MIN_KNOWN_SECRET`] characters long) wherever it appears: a program that echoes its
+/// password, or names it in an error (`mysql --password X`: "Unknown database 'X'").
+pub fn redact_output<'a>(text: &'a str, known: &[String]) -> std::borrow::Cow<'a, str> {
+    let mut out = redact_text(text, &mut Vec::new());
+    for secret in known {
+        if secret.chars().count() >= MIN_KNOWN_SECRET && out.contains(secret.as_str()) {
+            out = std::borrow::Cow::Owned(out.replace(secret.as_str(), REDACTED));
+        }
+    }
+    out
+}
+
+/// Secrets of the request shorter than this are not searched for in its output (too many
+/// ordinary words would go).
+pub const MIN_KNOWN_SECRET: usize = 4;
+
+/// Programs whose `-pPASSWORD` (glued) is a password.
+const GLUED_P_PASSWORD: &[&str] = &[
+    "mysql",
+    "mysqldump",
+    "mysqladmin",
+    "mysqlimport",
+    "mysqlshow",
+    "mysqlcheck",
+    "mysqlpump",
+    "mariadb",
+    "mariadb-dump",
+    "mariadb-admin",
+    "sshpass",
+];
+/// Words that run the next word as the program (`sudo mysql -p...`).
+const WRAPPERS: &[&str] = &[
+    "sudo", "env", "exec", "nohup", "time", "command", "xargs", "doas",
+];
+/// Authentication schemes written before the credential (`Authorization: Bearer X`).
+const AUTH_SCHEMES: &[&str] = &["bearer", "basic", "token", "digest", "negotiate", "apikey"];
+/// Words that look secret as such (a name with nothing before it, `aws_secret_access_key X`):
+/// stronger than [`is_secret_key`], which also takes `key` or `auth` in any name.
+const STRONG: &[&str] = &[
+    "secret",
+    "token",
+    "passw",
+    "passphrase",
+    "pwd",
+    "credential",
+];
+
+/// What to do with the next word.
+#[derive(Clone, Copy, PartialEq)]
+enum Next {
+    Keep,
+    /// It is a secret (`--password X`, `sshpass -p X`).
+    Redact,
+    /// It is a secret unless it is a flag (`aws_secret_access_key X`).
+    RedactValue,
+    /// A credential after a header name, perhaps after its scheme (`Authorization: Bearer X`).
+    Credential,
+    /// `user:password`: the part after the first colon (`curl -u u:X`).
+    UserPassword,
+}
+
+/// Text (a command, an argument's value, output) with what looks like a secret replaced by
+/// [`REDACTED`], everything else as written; each secret taken out is added to `found`.
+/// Found, word by word (whitespace-separated, quotes around a word ignored):
+/// - the password of a URL (`https://user:pw@host/` → `https://user:***@host/`), and the
+///   user part of an `http(s)` URL without one (`https://TOKEN@host`);
+/// - the value of `name=value` whose name looks secret ([`is_secret_key`]: `PGPASSWORD=…`,
+///   `--token=…`, `--from-literal=password=…`, `?user=u&password=…` up to the next `&`);
+/// - the word after a flag whose name looks secret (`--password …`, `-auth-token …`), or
+///   after a word that looks secret as such (`aws_secret_access_key …`, `password: …`);
+/// - a header's credential (`Authorization: Bearer …`, `X-Api-Key: …`, `Bearer …`);
+/// - `user:password` after `-u`, `--user` or `--proxy-user` (`curl -u u:…`, `-uu:…`);
+/// - `-p…` glued to a MySQL client's flag (`mysql -p…`), and `sshpass -p …`/`-p…`.
+///
+/// A secret in a form of its own is kept (and some harmless words go): patterns only help.
+/// Who reads a job is what keeps it safe ([`JobHistory`]).
+pub fn redact_text<'a>(text: &'a str, found: &mut Vec<String>) -> std::borrow::Cow<'a, str> {
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut next = Next::Keep;
+    // The program of the current simple command (`None` until its first word).
+    let mut program: Option<&str> = None;
     let mut rest = text;
     let mut offset = 0;
     while let Some(start) = rest.find(|c: char| !c.is_whitespace()) {
         let len = rest[start..]
             .find(char::is_whitespace)
             .unwrap_or(rest.len() - start);
-        let (from, word) = (offset + start, &rest[start..start + len]);
+        let (from, raw) = (offset + start, &rest[start..start + len]);
         offset += start + len;
         rest = &rest[start + len..];
-        // The span of `word` to replace, if any, relative to the word.
-        let span = if std::mem::take(&mut redact_next) {
-            Some((0, word.len()))
-        } else {
-            let name = word.trim_start_matches('-');
-            match name.split_once('=') {
-                Some((key, value)) if is_secret_key(key) => {
-                    (!value.is_empty()).then(|| (word.len() - value.len(), word.len()))
-                }
-                None if word.starts_with('-') && is_secret_key(name) => {
-                    redact_next = true;
-                    None
-                }
-                // `--url=https://u:pw@host`, or a URL alone.
-                _ => url_password(word),
+        // The word without the quotes around it (and a `;`/`,` after it).
+        let lead = raw.len() - raw.trim_start_matches(['\'', '"', '`']).len();
+        let word = raw[lead..].trim_end_matches(['\'', '"', '`', ';', ',']);
+        let at = from + lead;
+        let lower = word.to_ascii_lowercase();
+        let ends_command =
+            raw.ends_with([';', '|', '&']) || matches!(word, "|" | "||" | "&&" | ";");
+        match std::mem::replace(&mut next, Next::Keep) {
+            Next::Redact => {
+                add(&mut spans, at, 0, word.len());
+                continue;
             }
-        };
-        if let Some((a, b)) = span {
-            let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
-            out.push_str(&text[done..from + a]);
-            out.push_str(REDACTED);
-            done = from + b;
+            Next::RedactValue if !word.starts_with('-') => {
+                add(&mut spans, at, 0, word.len());
+                continue;
+            }
+            Next::Credential if AUTH_SCHEMES.contains(&lower.as_str()) => {
+                next = Next::Redact;
+                continue;
+            }
+            Next::Credential => {
+                add(&mut spans, at, 0, word.len());
+                continue;
+            }
+            Next::UserPassword => {
+                if let Some(colon) = word.find(':') {
+                    add(&mut spans, at, colon + 1, word.len());
+                    continue;
+                }
+            }
+            Next::RedactValue | Next::Keep => {}
+        }
+        if ends_command {
+            program = None;
+        }
+        let name = word.trim_start_matches('-');
+        let flag = word.starts_with('-') && !name.is_empty();
+        // The program, and what its flags mean.
+        let prog = program.unwrap_or("");
+        if program.is_none() && !flag && !word.contains('=') && !ends_command {
+            let base = word.rsplit('/').next().unwrap_or(word);
+            if !WRAPPERS.contains(&base) {
+                program = Some(base);
+            }
+        }
+        if flag
+            && GLUED_P_PASSWORD.contains(&prog)
+            && word.starts_with("-p")
+            && !word.starts_with("--")
+        {
+            match word.len() {
+                2 if prog == "sshpass" => next = Next::Redact,
+                2 => {}
+                _ => add(&mut spans, at, 2, word.len()),
+            }
+            continue;
+        }
+        if flag {
+            if let Some(user) = ["-u", "-U", "--user=", "--proxy-user="]
+                .iter()
+                .find(|f| word.starts_with(**f))
+            {
+                let value = &word[user.len()..];
+                if value.is_empty() && !user.ends_with('=') {
+                    next = Next::UserPassword;
+                    continue;
+                }
+                if !word.starts_with("--") || user.ends_with('=') {
+                    if let Some(colon) = value.find(':') {
+                        add(&mut spans, at, user.len() + colon + 1, word.len());
+                        continue;
+                    }
+                }
+            }
+            if matches!(name, "user" | "proxy-user") {
+                next = Next::UserPassword;
+                continue;
+            }
+        }
+        // `Authorization:`, `X-Api-Key:`, `password:`; `Bearer X`.
+        if let Some(header) = word.strip_suffix(':') {
+            if is_secret_key(header) {
+                next = Next::Credential;
+                continue;
+            }
+        }
+        if matches!(lower.as_str(), "bearer" | "basic") {
+            next = Next::Redact;
+            continue;
+        }
+        let before = spans.len();
+        assignments(word, &mut |a, b| add(&mut spans, at, a, b));
+        if spans.len() > before {
+            continue;
+        }
+        if !word.contains('=') {
+            if flag && is_secret_key(name) {
+                next = Next::Redact;
+                continue;
+            }
+            if !flag
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                && STRONG.iter().any(|s| lower.contains(s))
+            {
+                next = Next::RedactValue;
+                continue;
+            }
+        }
+        if let Some((a, b)) = url_secret(word) {
+            add(&mut spans, at, a, b);
         }
     }
-    match out {
-        Some(mut out) => {
-            out.push_str(&text[done..]);
-            std::borrow::Cow::Owned(out)
+    if spans.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    spans.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut done = 0;
+    for (a, b) in spans {
+        if a < done {
+            continue;
         }
-        None => std::borrow::Cow::Borrowed(text),
+        found.push(text[a..b].to_string());
+        out.push_str(&text[done..a]);
+        out.push_str(REDACTED);
+        done = b;
+    }
+    out.push_str(&text[done..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Notes the span `a..b` of the word at `at` as a secret.
+fn add(spans: &mut Vec<(usize, usize)>, at: usize, a: usize, b: usize) {
+    if a < b {
+        spans.push((at + a, at + b));
     }
 }
 
-/// Where the password of a URL in `word` is (`scheme://user:password@host`).
-fn url_password(word: &str) -> Option<(usize, usize)> {
-    let authority = word.find("://")? + 3;
+/// Calls `span` with where each secret value of a `name=value` in `word` is: a name that
+/// looks secret, wherever it starts (after the start, `-`s, `?`, `&`, `=`, `;`, `,` or `:`);
+/// a value after `?name=` or `&name=` ends at the next `&` or `#`, any other at the end.
+fn assignments(word: &str, span: &mut dyn FnMut(usize, usize)) {
+    let bytes = word.as_bytes();
+    let mut key_start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'=' => {
+                let key = word[key_start..i].trim_start_matches('-');
+                let query = key_start > 0 && matches!(bytes[key_start - 1], b'?' | b'&');
+                if !key.is_empty() && is_secret_key(key) {
+                    let end = match query {
+                        true => word[i + 1..]
+                            .find(['&', '#'])
+                            .map_or(word.len(), |e| i + 1 + e),
+                        false => word.len(),
+                    };
+                    span(i + 1, end);
+                    if !query {
+                        return;
+                    }
+                    i = end;
+                    continue;
+                }
+                key_start = i + 1;
+            }
+            b'?' | b'&' | b';' | b',' | b':' | b'/' => key_start = i + 1,
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+/// Where the secret of a URL in `word` is: the password (`scheme://user:password@host`), or
+/// for `http(s)` a user part without one (`https://TOKEN@host`, a token as the user).
+fn url_secret(word: &str) -> Option<(usize, usize)> {
+    let scheme_end = word.find("://")?;
+    let authority = scheme_end + 3;
     let end = word[authority..]
         .find(['/', '?', '#'])
         .map_or(word.len(), |e| authority + e);
     let at = word[authority..end].rfind('@')? + authority;
-    let colon = word[authority..at].find(':')? + authority;
-    (colon + 1 < at).then_some((colon + 1, at))
+    match word[authority..at].find(':') {
+        Some(colon) => {
+            let colon = colon + authority;
+            (colon + 1 < at).then_some((colon + 1, at))
+        }
+        None => {
+            let scheme = word[..scheme_end].rsplit(['=', '\'', '"']).next()?;
+            let http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+            (http && authority < at).then_some((authority, at))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -374,6 +675,102 @@ mod tests {
         ));
     }
 
+    /// Issue 25's forms: none of the secret `S3CR3T` is left, and the words around it are.
+    #[test]
+    fn secrets_in_their_usual_forms_are_redacted() {
+        for (text, want) in [
+            ("sshpass -p S3CR3T ssh root@h", "sshpass -p *** ssh root@h"),
+            ("sshpass -pS3CR3T ssh h", "sshpass -p*** ssh h"),
+            ("mysql -uroot -pS3CR3T app", "mysql -uroot -p*** app"),
+            ("sudo mysqldump -pS3CR3T app", "sudo mysqldump -p*** app"),
+            ("mysql -p app", "mysql -p app"),
+            ("ssh -p 22 h", "ssh -p 22 h"),
+            (
+                "curl -u deploy:S3CR3T https://h",
+                "curl -u deploy:*** https://h",
+            ),
+            (
+                "curl -udeploy:S3CR3T https://h",
+                "curl -udeploy:*** https://h",
+            ),
+            (
+                "curl --user deploy:S3CR3T https://h",
+                "curl --user deploy:*** https://h",
+            ),
+            (
+                "curl --user=deploy:S3CR3T https://h",
+                "curl --user=deploy:*** https://h",
+            ),
+            (
+                "curl -H 'Authorization: Bearer S3CR3T' https://h",
+                "curl -H 'Authorization: Bearer ***' https://h",
+            ),
+            (
+                "curl -H \"Authorization: Basic S3CR3T\" https://h",
+                "curl -H \"Authorization: Basic ***\" https://h",
+            ),
+            (
+                "curl -H 'X-Api-Key: S3CR3T' h",
+                "curl -H 'X-Api-Key: ***' h",
+            ),
+            ("Bearer S3CR3T", "Bearer ***"),
+            (
+                "git clone https://deploy:S3CR3T@git.example/r.git",
+                "git clone https://deploy:***@git.example/r.git",
+            ),
+            (
+                "git clone https://S3CR3T@git.example/r.git",
+                "git clone https://***@git.example/r.git",
+            ),
+            ("ssh git@h", "ssh git@h"),
+            (
+                "aws configure set aws_secret_access_key S3CR3T",
+                "aws configure set aws_secret_access_key ***",
+            ),
+            ("export API_TOKEN=S3CR3T", "export API_TOKEN=***"),
+            (
+                "kubectl create secret generic x --from-literal=password=S3CR3T",
+                "kubectl create secret *** x --from-literal=password=***",
+            ),
+            (
+                "jdbc:mysql://h/db?user=u&password=S3CR3T&ssl=1",
+                "jdbc:mysql://h/db?user=u&password=***&ssl=1",
+            ),
+            ("password: S3CR3T", "password: ***"),
+            ("mysql --password S3CR3T", "mysql --password ***"),
+        ] {
+            let mut found = Vec::new();
+            assert_eq!(redact_text(text, &mut found), want, "{text}");
+            if text.contains("S3CR3T") {
+                assert!(
+                    found.iter().any(|f| f.contains("S3CR3T")),
+                    "{text}: {found:?}"
+                );
+            }
+        }
+        let mut found = Vec::new();
+        for (k, v, want) in [
+            ("db_pw", "S3CR3T", "***"),
+            ("pass", "S3CR3T", "***"),
+            ("dsn", "postgres://u:S3CR3T@db/app", "***"),
+            ("repo", "https://u:S3CR3T@h/r.git", "https://u:***@h/r.git"),
+            (
+                "header",
+                "Authorization: Bearer S3CR3T",
+                "Authorization: Bearer ***",
+            ),
+            ("host", "web01", "web01"),
+            ("compass", "north", "north"),
+        ] {
+            assert_eq!(redact_arg(k, v, &mut found), want, "{k}");
+        }
+        assert_eq!(
+            redact_output("ERROR 1049: Unknown database 'S3CR3T'\nok\n", &found),
+            "ERROR 1049: Unknown database '***'\nok\n"
+        );
+        assert_eq!(redact_output("abc", &["ab".into()]), "abc");
+    }
+
     #[test]
     fn secret_looking_keys() {
         for k in [
@@ -385,11 +782,17 @@ mod tests {
             "Passwd",
             "aws-secret-access-key",
             "Authorization",
+            "db_pw",
+            "smtp-pass",
+            "DATABASE_DSN",
+            "passphrase",
         ] {
             assert!(is_secret_key(k), "{k}");
             assert_eq!(redact(k, "hunter2"), REDACTED);
         }
-        for k in ["host", "package", "count", "mode"] {
+        for k in [
+            "host", "package", "count", "mode", "bypass", "compass", "pinned",
+        ] {
             assert!(!is_secret_key(k), "{k}");
             assert_eq!(redact(k, "v"), "v");
         }

@@ -484,6 +484,10 @@ pub fn service_visibility(s: &mut Session, a: &Args) -> Result<Reply, CliError> 
     patch_service(s, a, json!({ "visibility": choice(a, Kind::Visibility)? }))
 }
 
+pub fn service_history(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+    patch_service(s, a, json!({ "history": choice(a, Kind::History)? }))
+}
+
 pub fn service_batch(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     patch_service(s, a, json!({ "batch": number(a, Kind::Number)? }))
 }

@@ -72,6 +72,8 @@ pub enum Kind {
     Algorithm,
     /// `local`, `team`, `public`.
     Visibility,
+    /// `sender`, `team`: who reads a service's jobs.
+    History,
     /// `10s`, `1m30s`, `1h`.
     Duration,
     /// A whole number.
@@ -116,6 +118,7 @@ impl Kind {
         match self {
             Kind::Algorithm => &["roundrobin", "mirror", "serial"],
             Kind::Visibility => &["local", "team", "public"],
+            Kind::History => &["sender", "team"],
             Kind::Role => &["admin", "member"],
             Kind::Split => &["none", "lines"],
             Kind::Bool => &["true", "false"],
@@ -167,6 +170,11 @@ const KINDS: &[(Kind, &str, &str)] = &[
         Kind::Visibility,
         "visibility",
         "local (you) | team | public (everyone)",
+    ),
+    (
+        Kind::History,
+        "history",
+        "sender (the sender and admins) | team (every member)",
     ),
     (Kind::Duration, "duration", "e.g. 10s, 1m30s, 1h (0s: none)"),
     (Kind::Number, "number", "a whole number"),
@@ -322,6 +330,7 @@ pub static ENTRIES: &[Entry] = &[
     Entry { modes: Modes::Conf, pattern: "set services <service> algorithm <algorithm>", help: "roundrobin, mirror (every worker) or serial", run: cmd::service_algorithm },
     Entry { modes: Modes::Conf, pattern: "set services <service> timeout <duration>", help: "a request's default limit", run: cmd::service_timeout },
     Entry { modes: Modes::Conf, pattern: "set services <service> visibility <visibility>", help: "who may call it: local, team or public", run: cmd::service_visibility },
+    Entry { modes: Modes::Conf, pattern: "set services <service> history <history>", help: "who reads its jobs: sender (and admins) or team", run: cmd::service_history },
     Entry { modes: Modes::Conf, pattern: "set services <service> batch <number>", help: "mirror: at most this many workers at once", run: cmd::service_batch },
     Entry { modes: Modes::Conf, pattern: "set services <service> stop-on-failure <bool>", help: "serial: stop at the first failing worker", run: cmd::service_stop_on_failure },
     Entry { modes: Modes::Conf, pattern: "set services <service> retry <bool>", help: "roundrobin: run again elsewhere when a worker is lost", run: cmd::service_retry },

@@ -27,5 +27,6 @@ mod e2e {
     pub mod soak;
     pub mod tls;
     pub mod trust;
+    pub mod trust_misc;
     pub mod worker_rights;
 }

@@ -45,6 +45,7 @@ struct ServiceRow {
     batch: Option<i64>,
     stop_on_failure: bool,
     retry: bool,
+    history: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -59,6 +60,7 @@ impl ServiceRow {
         Ok(ServiceEntry {
             algorithm: stored(&self.algorithm, "service", team, name)?,
             visibility: stored(&self.visibility, "service", team, name)?,
+            history: stored(&self.history, "service", team, name)?,
             workers,
             team: self.team,
             name: self.name,
@@ -94,7 +96,7 @@ pub async fn snapshot(
             .fetch_all(&mut *tx).await?;
         let services: Vec<ServiceRow> = sqlx::query_as(
             "SELECT s.id, t.name AS team, s.name, s.owner, s.algorithm, s.timeout_ms, \
-             s.visibility, s.batch, s.stop_on_failure, s.retry FROM services s \
+             s.visibility, s.batch, s.stop_on_failure, s.retry, s.history FROM services s \
              JOIN teams t ON t.id = s.team_id ORDER BY t.name, s.name")
             .fetch_all(&mut *tx).await?;
         let bindings: Vec<BindingRow> = sqlx::query_as(

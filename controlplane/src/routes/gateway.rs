@@ -2,10 +2,11 @@
 //! broker as the caller (their own JWT) and streams its events back as they arrive:
 //! server-sent events for `Accept: text/event-stream`, JSON lines otherwise.
 
+use super::triggers::{check_args, ArgMap};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path};
-use crate::openapi::{text, PluginName, ServiceRef, Text, TextMap, Timeout};
+use crate::openapi::{text, PluginName, ServiceRef, Text, Timeout};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -129,8 +130,8 @@ pub struct GatewayRequest {
     pub plugin: String,
     /// Command text or words.
     pub command: Option<CommandWords>,
-    /// Plugin arguments.
-    #[schema(value_type = Option<TextMap>)]
+    /// Plugin arguments (at most 256, as a trigger's: 422 past a bound).
+    #[schema(value_type = Option<ArgMap>)]
     pub args: Option<BTreeMap<String, String>>,
     /// Payload (text).
     #[schema(value_type = Option<Text>)]
@@ -340,7 +341,7 @@ fn connect_error(e: ClientError, addr: &str) -> ApiError {
         (status = 401, description = "No, a bad or an expired JWT, or the broker refused it", body = ErrorBody),
         (status = 403, description = "The caller may not use this service (`Forbidden`), or the team's quota does not allow the request (`QuotaExceeded`)", body = ErrorBody),
         (status = 404, description = "No such service (`NoSuchService`) or plugin (`PluginNotFound`) as the broker sees it", body = ErrorBody),
-        (status = 422, description = "A service or plugin name that breaks its rule, too many command words, or a bad timeout", body = ErrorBody),
+        (status = 422, description = "A service or plugin name that breaks its rule, too many command words, too many or too long args, or a bad timeout", body = ErrorBody),
         (status = 503, description = "No broker is configured, it cannot be reached, or no worker of the service is online (`NoWorkersOnline`); errors after the stream began stay in the stream", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn run_request(
@@ -365,6 +366,7 @@ pub async fn run_request(
             "more than {MAX_COMMAND_WORDS} command words"
         )));
     }
+    check_args(&req.args)?;
     let timeout = super::parse_timeout(req.timeout.as_deref(), None)?
         .map(|ms| Duration::from_millis(ms.unsigned_abs()));
     let spec = RequestSpec {

@@ -12,7 +12,7 @@ use crate::openapi::JobId;
 use crate::AppState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use proto::job::{JobStatus, JobWorker};
+use proto::job::{redact_arg, redact_output, redact_text, JobStatus, JobWorker};
 use proto::TextEnum;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -108,13 +108,13 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO jobs (team_id, report_key, identity, service, algorithm, plugin, \
                  command, args, started, duration_ms, status, n_workers, n_ok, workers_zstd, \
-                 private) \
+                 readers) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
                  ON CONFLICT (report_key) DO NOTHING RETURNING id")
                 .bind(team_id).bind(&job.key).bind(&job.identity).bind(&job.service)
                 .bind(&job.algorithm).bind(&job.plugin).bind(&p.command).bind(&p.args)
                 .bind(started).bind(duration).bind(p.tally.status.as_str())
-                .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers).bind(job.private)
+                .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers).bind(job.readers.as_str())
                 .fetch_optional(&mut *tx).await?;
             if inserted.is_none() {
                 // Another part of a record stored before, or the same record again.
@@ -264,8 +264,12 @@ struct JobRow {
 }
 
 impl JobRow {
+    /// The job as the API shows it: its command and arguments redacted again as the broker
+    /// does (a record stored before a pattern was known, or sent by an older broker).
     fn summary(self) -> JobSummary {
         let args: Vec<(String, String)> = serde_json::from_str(&self.args).unwrap_or_default();
+        let command: Vec<String> = serde_json::from_str(&self.command).unwrap_or_default();
+        let mut found = Vec::new();
         JobSummary {
             id: self.id,
             started: rfc3339(self.started),
@@ -274,10 +278,16 @@ impl JobRow {
             service: self.service,
             algorithm: self.algorithm,
             plugin: self.plugin,
-            command: serde_json::from_str(&self.command).unwrap_or_default(),
+            command: command
+                .iter()
+                .map(|c| redact_text(c, &mut found).into_owned())
+                .collect(),
             args: args
                 .into_iter()
-                .map(|(key, value)| JobArg { key, value })
+                .map(|(key, value)| JobArg {
+                    value: redact_arg(&key, &value, &mut found),
+                    key,
+                })
                 .collect(),
             status: self.status,
             workers: self.n_workers,
@@ -297,6 +307,17 @@ struct WithWorkers {
     workers_zstd: Option<Vec<u8>>,
 }
 
+/// The condition for the jobs the caller reads, with parameter `$identity` their identity
+/// and `$admin` whether they are an admin of the team: a job is every member's (`team`), its
+/// sender's and the admins' (`sender_and_admins`), or its sender's alone (`sender`, and any
+/// text not known).
+fn readable(identity: u8, admin: u8) -> String {
+    format!(
+        "(readers = 'team' OR identity = ${identity} \
+         OR (readers = 'sender_and_admins' AND ${admin}))"
+    )
+}
+
 const JOB_COLUMNS: &str = "id, identity, service, algorithm, plugin, command, args, started, \
      duration_ms, status, n_workers, n_ok";
 
@@ -313,7 +334,9 @@ fn time_param(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError
 }
 
 /// The caller's team's jobs, newest first, filtered and paged (`limit` with `cursor`, or with
-/// `offset`). A job through a `local` service or worker is listed only for its caller.
+/// `offset`). Only the jobs the caller reads are listed: by default a job is its sender's and
+/// the team's admins' (a service's `history` = `team` opens its jobs to every member), and
+/// one through a `local` service or worker its sender's alone.
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", security(("jwt" = [])),
     params(JobQuery),
     responses((status = 200, body = JobPage),
@@ -356,13 +379,15 @@ pub async fn list_jobs(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE team_id = $1 \
          AND ($2 IS NULL OR service = $2) AND ($3 IS NULL OR status = $3) \
          AND ($4 IS NULL OR started >= $4) AND ($5 IS NULL OR started < $5) \
-         AND ($6 IS NULL OR id < $6) AND (NOT private OR identity = $9) \
-         ORDER BY id DESC LIMIT $7 OFFSET $8"
+         AND ($6 IS NULL OR id < $6) AND {} \
+         ORDER BY id DESC LIMIT $7 OFFSET $8",
+        readable(9, 10)
     );
     let rows: Vec<JobRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql)
             .bind(user.team_id).bind(&q.service).bind(&q.status).bind(since).bind(until)
             .bind(cursor).bind(i64::from(limit) + 1).bind(offset).bind(&user.identity)
+            .bind(user.is_admin())
             .fetch_all(pool).await?
     });
     let more = rows.len() > limit as usize;
@@ -380,11 +405,12 @@ pub async fn list_jobs(
 }
 
 /// One job of the caller's team, with every worker's outcome and the tail of its output (a
-/// job through a `local` service or worker: only for its caller).
+/// job the caller reads: see `GET /api/v1/jobs`). Secrets found by pattern in its command,
+/// arguments and output are `***`.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", security(("jwt" = [])),
     params(("id" = JobId, Path, description = "Job id")),
     responses((status = 200, body = JobView),
-        (status = 404, description = "No job of that id in the caller's team", body = ErrorBody),
+        (status = 404, description = "No job of that id in the caller's team that the caller reads", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn get_job(
     State(state): State<AppState>,
@@ -399,10 +425,12 @@ pub async fn get_job(
         .ok_or_else(not_found)?;
     let sql = format!(
         "SELECT {JOB_COLUMNS}, workers, workers_zstd FROM jobs WHERE id = $1 AND team_id = $2 \
-         AND (NOT private OR identity = $3)"
+         AND {}",
+        readable(3, 4)
     );
     let row: Option<WithWorkers> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).bind(job_id).bind(user.team_id).bind(&user.identity)
+            .bind(user.is_admin())
             .fetch_optional(pool).await?
     });
     let row = row.ok_or_else(not_found)?;
@@ -417,7 +445,7 @@ pub async fn get_job(
                 outcome: w.outcome.as_str().to_string(),
                 exit_code: w.exit_code.map(i64::from),
                 duration_ms: i64::try_from(w.duration_ms).unwrap_or(i64::MAX),
-                output: w.output,
+                output: redact_output(&w.output, &[]).into_owned(),
                 truncated: w.truncated,
             })
             .collect(),

@@ -11,6 +11,7 @@ use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use proto::control::{Visibility, WorkerState};
+use proto::job::JobHistory;
 use proto::{Algorithm, TextEnum};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -44,6 +45,10 @@ pub struct ServiceView {
     pub stop_on_failure: bool,
     /// roundrobin: retry after `Accepted`.
     pub retry: bool,
+    /// Who reads its jobs in the history: `sender` (the sender and the team's admins) or
+    /// `team` (every member).
+    #[schema(value_type = crate::openapi::JobHistoryDoc, example = "sender")]
+    pub history: JobHistory,
     /// Who created it.
     pub owner: String,
     /// RFC 3339.
@@ -87,6 +92,10 @@ pub struct CreateService {
     pub stop_on_failure: Option<bool>,
     /// roundrobin: retry after `Accepted`.
     pub retry: Option<bool>,
+    /// Who reads its jobs in the history: `sender` (default: the sender and the team's
+    /// admins) or `team` (every member).
+    #[schema(value_type = Option<crate::openapi::JobHistoryDoc>, example = "team")]
+    pub history: Option<JobHistory>,
 }
 
 /// Changes to a service; absent fields stay. `workers` replaces the list.
@@ -120,6 +129,10 @@ pub struct UpdateService {
     pub stop_on_failure: Option<bool>,
     /// roundrobin: retry after `Accepted`.
     pub retry: Option<bool>,
+    /// Who reads its jobs in the history: `sender` (default: the sender and the team's
+    /// admins) or `team` (every member).
+    #[schema(value_type = Option<crate::openapi::JobHistoryDoc>, example = "team")]
+    pub history: Option<JobHistory>,
 }
 
 /// A worker to bind.
@@ -142,6 +155,7 @@ struct ServiceRow {
     batch: Option<i64>,
     stop_on_failure: bool,
     retry: bool,
+    history: String,
     owner: String,
     created: i64,
     updated: i64,
@@ -166,6 +180,7 @@ impl ServiceRow {
         Ok(ServiceView {
             algorithm: stored(&self.algorithm, "service", team, &self.name)?,
             visibility: stored(&self.visibility, "service", team, &self.name)?,
+            history: stored(&self.history, "service", team, &self.name)?,
             timeout: timeout_text(self.timeout_ms),
             name: self.name,
             description: self.description,
@@ -183,7 +198,7 @@ impl ServiceRow {
 }
 
 const SELECT: &str = "SELECT id, name, description, algorithm, timeout_ms, visibility, batch, \
-    stop_on_failure, retry, owner, created, updated FROM services WHERE team_id = $1";
+    stop_on_failure, retry, history, owner, created, updated FROM services WHERE team_id = $1";
 const BINDINGS: &str = "SELECT sw.service_id, w.identity, w.state, w.owner, w.visibility \
     FROM service_workers sw \
     JOIN workers w ON w.id = sw.worker_id WHERE w.team_id = $1 ORDER BY sw.service_id, sw.position";
@@ -405,8 +420,8 @@ pub async fn create_service(
         }
         let service_id: i64 = sqlx::query_scalar(
             "INSERT INTO services (team_id, name, description, algorithm, timeout_ms, visibility, \
-             batch, stop_on_failure, retry, owner, created, updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id")
+             batch, stop_on_failure, retry, owner, created, updated, history) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) RETURNING id")
             .bind(user.team_id).bind(&req.name).bind(req.description.as_deref().unwrap_or(""))
             .bind(req.algorithm.unwrap_or(Algorithm::Roundrobin).as_str())
             .bind(timeout_ms)
@@ -414,6 +429,7 @@ pub async fn create_service(
             .bind(batch_value(req.batch))
             .bind(req.stop_on_failure.unwrap_or(false)).bind(req.retry.unwrap_or(false))
             .bind(&user.identity).bind(now)
+            .bind(req.history.unwrap_or_default().as_str())
             .fetch_one(&mut *tx).await
             .on_conflict(|| format!("service {}", req.name))?;
         let binding = Binding {
@@ -516,7 +532,7 @@ pub async fn update_service(
             timeout_ms = COALESCE($3, timeout_ms), visibility = COALESCE($4, visibility), \
             batch = CASE WHEN $5 THEN $6 ELSE batch END, \
             stop_on_failure = COALESCE($7, stop_on_failure), retry = COALESCE($8, retry), \
-            updated = $9 WHERE id = $10")
+            history = COALESCE($11, history), updated = $9 WHERE id = $10")
             .bind(req.description.as_deref())
             .bind(req.algorithm.map(TextEnum::as_str))
             .bind(timeout_ms)
@@ -524,6 +540,7 @@ pub async fn update_service(
             .bind(req.batch.is_some()).bind(batch_value(req.batch))
             .bind(req.stop_on_failure).bind(req.retry)
             .bind(now).bind(id)
+            .bind(req.history.map(TextEnum::as_str))
             .execute(&mut *tx).await?;
         match (&req.workers, widened) {
             (Some(workers), _) => bind_workers!(tx, &binding, id, workers),

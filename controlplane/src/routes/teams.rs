@@ -176,17 +176,18 @@ pub struct MemberView {
     created: i64,
 }
 
-/// Invite a user: a new one (with `secret`) or an existing one (joins this team too).
+/// A new user, made a member of the team. A user who exists already joins a team only by
+/// accepting an invitation (`POST /api/v1/teams/{team}/invitations`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
-    /// Identity, unique in the install; a user who is already a member is refused (409).
+    /// Identity, unique in the install: one that a user has already is refused (422; the
+    /// answer does not say whether a user has it, nor would it be otherwise).
     #[schema(value_type = Name)]
     pub identity: String,
-    /// Required when the user does not exist yet (422 without it); ignored for an existing
-    /// user.
-    #[schema(value_type = Option<Secret>)]
-    pub secret: Option<String>,
+    /// The new user's secret.
+    #[schema(value_type = Secret)]
+    pub secret: String,
     /// Default `member`.
     pub role: Option<Role>,
 }
@@ -362,13 +363,13 @@ pub async fn get_team(
 }
 
 /// Deletes a team and everything in it (admins only; its members keep their accounts). Not
-/// the only team of an operator (409).
+/// the only team of an operator, nor the install's team (409).
 #[utoipa::path(delete, path = "/api/v1/teams/{team}", tag = "teams", security(("jwt" = [])),
     params(("team" = Name, Path, description = "Team name")),
     responses((status = 204),
         (status = 403, description = "The caller is not an admin of the team", body = ErrorBody),
         (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
-        (status = 409, description = "It is the only team of an operator", body = ErrorBody),
+        (status = 409, description = "It is the only team of an operator, or the install's team (the one made with the first admin, which `up` and the configuration it wrote log in to)", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn delete_team(
     State(state): State<AppState>,
@@ -391,12 +392,31 @@ pub async fn delete_team(
                 "team {team} is the only team of operator {identity}: \
                  add them to another team before deleting it")));
         }
+        let install: bool = sqlx::query_scalar(INSTALL_TEAM)
+            .bind(row.id).fetch_one(&mut *tx).await?;
+        if install {
+            return Err(install_team_kept(&team, "deleted"));
+        }
         sqlx::query("DELETE FROM teams WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
         tx.commit().await?;
         revision
     });
     state.publish(config_event(revision, &team, "team", "deleted", &team));
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether `team_id` is the install's team: the one made with the first admin
+/// ([`crate::ControlPlane::bootstrap`]), which `up` logs in to at every start and whose name
+/// the configuration it wrote holds. It is never deleted, nor left by an operator, whatever
+/// other teams they are in: that would lock the install's admin out after a restart.
+/// (Checked in the change's transaction.)
+const INSTALL_TEAM: &str = "SELECT install FROM teams WHERE id = $1";
+
+fn install_team_kept(team: &str, what: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "team {team} is the install's team (made with the first admin; `up` and the \
+         configuration it wrote log in to it): it cannot be {what}"
+    ))
 }
 
 async fn members_of(state: &AppState, team_id: i64) -> Result<Vec<MemberView>, ApiError> {
@@ -426,15 +446,17 @@ pub async fn list_members(
     Ok(Json(members_of(&state, row.id).await?))
 }
 
-/// Invites a user (admins only): creates them when new (`secret` required), or adds an
-/// existing user to this team as well.
+/// Creates a user as a member of the team (admins only; `secret` required). Nobody is added
+/// without their consent: a user who exists joins through an invitation, which they accept
+/// (`POST /api/v1/teams/{team}/invitations`). The answer does not tell who exists: a body
+/// without a secret is refused before any identity is looked at, and every identity that a
+/// user has gets the same 422.
 #[utoipa::path(post, path = "/api/v1/teams/{team}/members", tag = "teams", security(("jwt" = [])),
     params(("team" = Name, Path, description = "Team name")), request_body = AddMember,
     responses((status = 201, body = MemberView),
         (status = 403, description = "The caller is not an admin of the team, or `QuotaExceeded`: the team has as many users as it may", body = ErrorBody),
         (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
-        (status = 409, description = "The user is already a member", body = ErrorBody),
-        (status = 422, description = "A name that breaks the rule, an empty secret, or a new user without a secret", body = ErrorBody),
+        (status = 422, description = "A name that breaks the rule, an empty secret, or an identity a user has already (one answer for every such identity: an existing user is invited instead)", body = ErrorBody),
         (status = 503, description = "Too many secrets being hashed at once; retry after `Retry-After`", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn add_member(
@@ -446,13 +468,19 @@ pub async fn add_member(
     let row = admin_of(&state, &user, &team).await?;
     check_name("identity", &req.identity)?;
     let role = req.role.unwrap_or(Role::Member).as_str();
-    let hash = match &req.secret {
-        Some(secret) if secret.is_empty() => {
-            return Err(ApiError::Unprocessable("secret is empty".into()))
-        }
-        Some(secret) => Some(auth::hash_secret(&state.guard, secret.clone()).await?),
-        None => None,
+    // One answer for every identity that is not created, whether a user has it or not.
+    let not_added = || {
+        ApiError::Unprocessable(format!(
+            "{} was not added: this route creates a new user, with a secret, under an identity \
+             no user has; a user who exists joins team {team} by accepting an invitation \
+             (POST /api/v1/teams/{team}/invitations)",
+            req.identity
+        ))
     };
+    if req.secret.is_empty() {
+        return Err(ApiError::Unprocessable("secret is empty".into()));
+    }
+    let hash = auth::hash_secret(&state.guard, req.secret.clone()).await?;
     let now = now_ms();
     let revision: i64 = on_db!(&state.db, pool => {
         let mut tx = crate::db::begin(pool).await?;
@@ -460,16 +488,12 @@ pub async fn add_member(
         let n_users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE team_id = $1")
             .bind(row.id).fetch_one(&mut *tx).await?;
         check_quota(&team, "users", row.max_users, n_users)?;
-        let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE identity = $1")
-            .bind(&req.identity).fetch_optional(&mut *tx).await?;
-        let user_id = match (existing, &hash) {
-            (Some(id), _) => id,
-            (None, Some(hash)) => sqlx::query_scalar(
-                "INSERT INTO users (identity, secret_hash, operator, created) VALUES ($1, $2, FALSE, $3) RETURNING id")
-                .bind(&req.identity).bind(hash).bind(now).fetch_one(&mut *tx).await
-                .on_conflict(|| format!("user {}", req.identity))?,
-            (None, None) => return Err(ApiError::Unprocessable(format!(
-                "user {} does not exist yet: give a secret to create it", req.identity))),
+        let user_id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO users (identity, secret_hash, operator, created) VALUES ($1, $2, FALSE, $3) \
+             ON CONFLICT (identity) DO NOTHING RETURNING id")
+            .bind(&req.identity).bind(&hash).bind(now).fetch_optional(&mut *tx).await?;
+        let Some(user_id) = user_id else {
+            return Err(not_added());
         };
         sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
             .bind(row.id).bind(user_id).bind(role).bind(now).execute(&mut *tx).await
@@ -548,7 +572,7 @@ pub async fn update_member(
     responses((status = 204),
         (status = 403, description = "The caller is not an admin of the team", body = ErrorBody),
         (status = 404, description = "No such team for the caller, or no such member", body = ErrorBody),
-        (status = 409, description = "The member is the team's last admin, or an operator whose only team it is", body = ErrorBody),
+        (status = 409, description = "The member is the team's last admin, an operator whose only team it is, or an operator of the install's team (the one made with the first admin)", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn remove_member(
     State(state): State<AppState>,
@@ -570,6 +594,16 @@ pub async fn remove_member(
             return Err(ApiError::Conflict(format!(
                 "team {team} is the only team of operator {identity}: \
                  add them to another team before removing them from it")));
+        }
+        let install: bool = sqlx::query_scalar(INSTALL_TEAM)
+            .bind(row.id).fetch_one(&mut *tx).await?;
+        if install {
+            let operator: Option<bool> = sqlx::query_scalar(
+                "SELECT operator FROM users WHERE identity = $1")
+                .bind(&identity).fetch_optional(&mut *tx).await?;
+            if operator == Some(true) {
+                return Err(install_team_kept(&team, &format!("left by operator {identity}")));
+            }
         }
         let done = sqlx::query("DELETE FROM members WHERE team_id = $1 \
             AND user_id = (SELECT id FROM users WHERE identity = $2)")

@@ -78,7 +78,7 @@ doc_type! {
 }
 
 doc_type! {
-    /// A trigger's default plugin arguments.
+    /// Plugin arguments: a trigger's defaults, or a gateway request's.
     ArgMap => ObjectBuilder::new()
         .schema_type(Type::Object)
         .description(Some("At most 256 arguments; keys 1 to 4096 characters, values at most 4096."))
@@ -153,7 +153,8 @@ pub struct CreateTrigger {
     /// Timeout in milliseconds.
     #[schema(value_type = Option<TimeoutMs>)]
     pub timeout_ms: Option<u64>,
-    /// Unix mode bits (default 0o644 = 420).
+    /// Unix mode bits (default 0o600 = 384: only the user who mounted the fs reads the
+    /// responses in the file, also with `--allow-other`).
     #[schema(value_type = Option<Mode>)]
     pub mode: Option<u32>,
     /// `none` (default) or `lines`.
@@ -276,6 +277,10 @@ const MAX_BATCH_LINES: u32 = 100_000;
 const DEFAULT_BATCH_LINES: u32 = 1000;
 /// Mode bits a file may have.
 const MAX_MODE: u32 = 0o7777;
+/// A new trigger's mode: read and written by the user who mounted it alone. A read of the
+/// file returns its last responses, so a file others may read (with `--allow-other`)
+/// shows them what the plugins answered.
+const DEFAULT_MODE: u32 = 0o600;
 /// Most arguments a trigger keeps, and the characters of each key and value.
 const MAX_ARGS: usize = 256;
 const MAX_ARG_CHARS: usize = 4096;
@@ -347,7 +352,7 @@ fn check_service(service: &str) -> Result<(), ApiError> {
     proto::names::check_service_ref(service).map_err(|e| ApiError::Unprocessable(e.to_string()))
 }
 
-fn check_args(args: &Option<BTreeMap<String, String>>) -> Result<(), ApiError> {
+pub(crate) fn check_args(args: &Option<BTreeMap<String, String>>) -> Result<(), ApiError> {
     if let Some(args) = args {
         if args.len() > MAX_ARGS {
             return Err(ApiError::Unprocessable(format!(
@@ -478,7 +483,7 @@ pub async fn create_trigger(
             .bind(req.plugin.as_deref().unwrap_or(""))
             .bind(req.service.as_deref().unwrap_or(""))
             .bind(&args).bind(timeout_ms)
-            .bind(i64::from(req.mode.unwrap_or(0o644)))
+            .bind(i64::from(req.mode.unwrap_or(DEFAULT_MODE)))
             .bind(req.split.unwrap_or_default().as_str())
             .bind(i64::from(req.batch_lines.unwrap_or(DEFAULT_BATCH_LINES)))
             .bind(req.visibility.unwrap_or_default().as_str())

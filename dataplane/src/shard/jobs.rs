@@ -8,6 +8,7 @@ use crate::config::{Principal, ServiceConfig};
 use crate::jobs::JobTrace;
 use crate::registry::WorkerRef;
 use proto::control::Visibility;
+use proto::job::{JobHistory, JobReaders};
 use proto::{Event, Request};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +28,9 @@ impl Shard {
         // Through a `local` service, or to a `local` worker by its name or what it announces
         // (a service with no workers bound): the record is its caller's alone, as the
         // service was (the team's other members do not see it). A configured service's
-        // visibility is its own, whatever its workers' are.
+        // visibility is its own, whatever its workers' are. Otherwise the service's
+        // `history` says, for its own team's requests: every member, or (the default, and
+        // always for another team's request) the sender and the team's admins.
         let private = match service.visibility {
             Visibility::Local => true,
             _ if service.workers.is_empty() => {
@@ -54,9 +57,13 @@ impl Shard {
             &request.args,
             Instant::now(),
         ));
-        if private {
-            trace.make_private();
-        }
+        trace.set_readers(match private {
+            true => JobReaders::Sender,
+            false if service.team == principal.team && service.history == JobHistory::Team => {
+                JobReaders::Team
+            }
+            false => JobReaders::SenderAndAdmins,
+        });
         Some(trace)
     }
 

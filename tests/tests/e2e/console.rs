@@ -166,6 +166,7 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
     ok!("set services s1 batch 2");
     ok!("set services s1 stop-on-failure true");
     ok!("set services s1 retry true");
+    ok!("set services s1 history team");
     let s = rig.get("/services/s1").await?;
     assert_eq!(s["description"], "the demo");
     assert_eq!(s["algorithm"], "mirror");
@@ -174,6 +175,7 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
     assert_eq!(s["batch"], 2);
     assert_eq!(s["stop_on_failure"], true);
     assert_eq!(s["retry"], true);
+    assert_eq!(s["history"], "team");
     let out = ok!("set services s1 workers add w1");
     ensure!(
         out.contains("Notice: service s1 (mirror) is now served by w1"),

@@ -49,7 +49,8 @@ async fn fleet(db: Db, ids: &[&str]) -> Result<Fleet> {
     api.ok(
         "POST",
         "/api/v1/services",
-        json!({"name": "fleet", "algorithm": "mirror", "visibility": "team", "workers": ids}),
+        json!({"name": "fleet", "algorithm": "mirror", "visibility": "team", "workers": ids,
+               "history": "team"}),
     )
     .await?;
     let (broker, lines) =

@@ -23,9 +23,11 @@
 //!   descendant that cleared its environment is not killed at its run's end (only at the
 //!   worker's shutdown, with every other child of the worker), and one that escaped through
 //!   another subreaper, or was started by something else (`at`, a service manager), is out
-//!   of reach.
+//!   of reach. Run markers and the set of leaders are the process's, not one worker's:
+//!   several workers may share a process (the library's tests and the bench), and one that
+//!   reaped another's leader took its exit from tokio (`ECHILD`, seen in CI's fleet test).
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -45,11 +47,17 @@ const EMPTY_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct Containment {
     mode: Mode,
-    next: AtomicU64,
-    /// In `subreaper` mode: the pids of plugin leaders not yet waited for (tokio waits for
-    /// those; every other zombie child is an orphan the worker reaps).
-    leaders: Mutex<HashSet<i32>>,
 }
+
+/// Plugin places made by this process, all its workers together: several workers may run in
+/// one process (the library's users: tests, the bench), and their places must not share a
+/// name (a run marker of one would match another's plugins).
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// In `subreaper` mode: the pids of plugin leaders not yet waited for, of every worker of
+/// this process (tokio waits for those; every other zombie child is an orphan to reap; a
+/// leader of another worker of the process reaped here was lost to tokio: `ECHILD`).
+static LEADERS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
 #[derive(Debug, Default)]
 enum Mode {
@@ -102,11 +110,7 @@ impl Containment {
                 }
             }
         };
-        Containment {
-            mode,
-            next: AtomicU64::new(0),
-            leaders: Mutex::default(),
-        }
+        Containment { mode }
     }
 
     /// The mode in use.
@@ -120,7 +124,7 @@ impl Containment {
 
     /// A place for one plugin process; [`Confinement::prepare`] puts the process there.
     pub(crate) fn confine(&self) -> std::io::Result<Confinement> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}.{n}", std::process::id());
         let place = match &self.mode {
             Mode::Cgroup { base } => {
@@ -153,7 +157,7 @@ impl Containment {
     /// A plugin leader was spawned (its pid): in `subreaper` mode it is not an orphan to reap.
     pub(crate) fn spawned(&self, pid: i32) {
         if matches!(self.mode, Mode::Subreaper) {
-            lock(&self.leaders).insert(pid);
+            lock(&LEADERS).insert(pid);
         }
     }
 
@@ -166,9 +170,9 @@ impl Containment {
                 remove_when_empty(dir.clone());
             }
             Place::Marker(marker) => {
-                lock(&self.leaders).remove(&leader);
+                lock(&LEADERS).remove(&leader);
                 let needle = format!("{RUN_ENV}={marker}");
-                let leaders = lock(&self.leaders).clone();
+                let leaders = lock(&LEADERS).clone();
                 kill_children(|pid, env| {
                     pid != leader && !leaders.contains(&pid) && env_has(env, &needle)
                 });
@@ -181,7 +185,7 @@ impl Containment {
 
     /// Reaps zombie children that are no plugin leader (escaped processes that exited).
     fn reap_orphans(&self) {
-        let leaders = lock(&self.leaders).clone();
+        let leaders = lock(&LEADERS).clone();
         for pid in children() {
             if !leaders.contains(&pid) && is_zombie(pid) {
                 // SAFETY: waitpid(2) on a zombie child of ours that tokio does not track.
@@ -200,7 +204,7 @@ impl Containment {
                 let _ = std::fs::remove_dir(base);
             }
             Mode::Subreaper => {
-                let leaders = lock(&self.leaders).clone();
+                let leaders = lock(&LEADERS).clone();
                 kill_children(|pid, _| !leaders.contains(&pid));
                 self.reap_orphans();
             }
@@ -302,16 +306,25 @@ fn cgroup_base(instance: &str) -> Result<PathBuf, String> {
         fnv1a(instance.as_bytes())
     ));
     sweep_empty(&own_dir, &base);
-    match std::fs::create_dir(&base) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", base.display())),
+    // An empty `base` may be swept by another worker starting at the same time (it is made
+    // again when needed: `confine`); a `base` gone before it was looked at is made again
+    // here, rather than taken for a kernel without `cgroup.kill` (the root cgroup has none,
+    // so it is asked of `base`).
+    for _ in 0..8 {
+        match std::fs::create_dir(&base) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create {}: {e}", base.display())),
+        }
+        if base.join("cgroup.kill").exists() {
+            return Ok(base);
+        }
+        if base.exists() {
+            let _ = std::fs::remove_dir(&base);
+            return Err("the kernel has no cgroup.kill".into());
+        }
     }
-    if !base.join("cgroup.kill").exists() {
-        let _ = std::fs::remove_dir(&base);
-        return Err("the kernel has no cgroup.kill".into());
-    }
-    Ok(base)
+    Err(format!("{} keeps being removed", base.display()))
 }
 
 /// Removes the empty `triggerfs-worker-*` directories of workers that are gone (killed

@@ -488,7 +488,8 @@ mod tests {
         // Several connections, so that every shard (SO_REUSEPORT spreads them) is asked.
         for n in 0..8 {
             let mut conn = std::net::TcpStream::connect(broker.local_addr()).unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
             let hello = proto::Frame::Hello(proto::Hello {
                 protocol_version: proto::PROTOCOL_VERSION,
                 role: proto::Role::Worker,
@@ -498,7 +499,8 @@ mod tests {
                     token: "t".into(),
                 },
             });
-            conn.write_all(&proto::codec::encode_to_vec(&hello)).unwrap();
+            conn.write_all(&proto::codec::encode_to_vec(&hello))
+                .unwrap();
             let mut buf = bytes::BytesMut::new();
             let frame = loop {
                 if let Some(frame) = proto::decode(&mut buf, proto::DEFAULT_MAX_FRAME).unwrap() {

@@ -18,10 +18,10 @@
 //! - `subreaper` (no writable cgroup v2, or no `cgroup.kill`): the worker becomes a child
 //!   subreaper (`PR_SET_CHILD_SUBREAPER`), so an escaped descendant is reparented to it
 //!   instead of init, and each plugin process carries `TRIGGERFS_PLUGIN_RUN=<pid>.<n>`. At
-//!   the run's end the worker's children carrying that marker are killed and reaped; zombie
-//!   children that are not plugin leaders are reaped too. What it cannot attribute: a
-//!   descendant that cleared its environment is not killed at its run's end (only at the
-//!   worker's shutdown, with every other child of the worker), and one that escaped through
+//!   the run's end the worker's children carrying that marker are killed and reaped, and
+//!   escaped children seen with a marker of this process are reaped once they exit (only
+//!   those: the process's other children are their spawner's to wait for). What it cannot attribute: a
+//!   descendant that cleared its environment is not killed, and one that escaped through
 //!   another subreaper, or was started by something else (`at`, a service manager), is out
 //!   of reach. Run markers and the set of leaders are the process's, not one worker's:
 //!   several workers may share a process (the library's tests and the bench), and one that
@@ -173,6 +173,7 @@ impl Containment {
                 lock(&LEADERS).remove(&leader);
                 let needle = format!("{RUN_ENV}={marker}");
                 let leaders = lock(&LEADERS).clone();
+                note_escaped(&leaders);
                 kill_children(|pid, env| {
                     pid != leader && !leaders.contains(&pid) && env_has(env, &needle)
                 });
@@ -183,20 +184,26 @@ impl Containment {
         confinement.place = Place::None;
     }
 
-    /// Reaps zombie children that are no plugin leader (escaped processes that exited).
+    /// Reaps the escaped plugin processes seen earlier that have exited since. Only those:
+    /// the process may have other children (the library's users spawn brokers and control
+    /// planes), whose exit is their parent's to collect, and a zombie's environment cannot
+    /// be read to tell them apart.
     fn reap_orphans(&self) {
-        let leaders = lock(&LEADERS).clone();
-        for pid in children() {
-            if !leaders.contains(&pid) && is_zombie(pid) {
+        let mut escaped = lock(&ESCAPED);
+        escaped.retain(|&pid| {
+            if is_zombie(pid) {
                 // SAFETY: waitpid(2) on a zombie child of ours that tokio does not track.
                 unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                false
+            } else {
+                parent_and_state(pid).is_some()
             }
-        }
+        });
     }
 
     /// At the worker's end: every plugin process still contained is killed (in `subreaper`
-    /// mode every child of the worker that is no leader tokio still waits for), and the
-    /// worker's cgroup directory removed. Blocking.
+    /// mode every child of the process that carries this process's run marker and is no
+    /// leader tokio still waits for), and the worker's cgroup directory removed. Blocking.
     pub fn shutdown(&self) {
         match &self.mode {
             Mode::Cgroup { base } => {
@@ -205,12 +212,36 @@ impl Containment {
             }
             Mode::Subreaper => {
                 let leaders = lock(&LEADERS).clone();
-                kill_children(|pid, _| !leaders.contains(&pid));
+                let ours = format!("{RUN_ENV}={}.", std::process::id());
+                kill_children(|pid, env| !leaders.contains(&pid) && env_has_prefix(env, &ours));
                 self.reap_orphans();
             }
             Mode::Off => {}
         }
     }
+}
+
+/// Children of this process that escaped a plugin of it (its run marker, no leader): kept so
+/// that they are reaped once they exit ([`Containment::reap_orphans`]).
+static ESCAPED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+fn note_escaped(leaders: &BTreeSet<i32>) {
+    let ours = format!("{RUN_ENV}={}.", std::process::id());
+    let mut escaped = lock(&ESCAPED);
+    for pid in children() {
+        if leaders.contains(&pid) || escaped.contains(&pid) {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if env_has_prefix(&env, &ours) {
+            escaped.insert(pid);
+        }
+    }
+}
+
+fn env_has_prefix(env: &[u8], prefix: &str) -> bool {
+    env.split(|&b| b == 0)
+        .any(|v| v.starts_with(prefix.as_bytes()))
 }
 
 /// Where one plugin process goes.
@@ -469,5 +500,86 @@ fn kill_children(chosen: impl Fn(i32, &[u8]) -> bool) {
                 libc::waitpid(pid, std::ptr::null_mut(), 0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive(pid: i32) -> bool {
+        parent_and_state(pid).is_some_and(|(_, state)| state != b'Z')
+    }
+
+    /// Subreaper mode in a process with children that are no plugins (the library's users:
+    /// the tests and the bench start brokers and control planes beside their workers): a
+    /// plugin's escaped process ends with its run, and the process's other children live on
+    /// through the run's end and the worker's shutdown. Before, the shutdown SIGKILLed every
+    /// child that was no plugin leader (the bench's control plane died with its workers).
+    #[test]
+    fn subreaper_mode_ends_escapees_and_spares_the_process_other_children() {
+        // A subreaper adopts every orphan of the process: run in a test process of its own,
+        // so that the other tests' orphans are not made this one's zombies.
+        const ALONE: &str = "TRIGGERFS_SUBREAPER_TEST";
+        if std::env::var_os(ALONE).is_none() {
+            let name = "contain::tests::subreaper_mode_ends_escapees_and_spares_the_process_other_children";
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--test-threads=1", "--nocapture"])
+                .env(ALONE, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            return;
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(subreaper_mode_alone());
+    }
+
+    async fn subreaper_mode_alone() {
+        // SAFETY: prctl(2) with integer arguments only.
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+            0
+        );
+        let contain = Containment {
+            mode: Mode::Subreaper,
+        };
+        let mut bystander = std::process::Command::new("sleep")
+            .arg("1000.4242")
+            .spawn()
+            .unwrap();
+        let bystander_pid = bystander.id() as i32;
+        let mut confinement = contain.confine().unwrap();
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg("setsid -f sleep 1001.4242");
+        confinement.prepare(&mut cmd);
+        let mut plugin = cmd.spawn().unwrap();
+        let leader = plugin.id().unwrap() as i32;
+        contain.spawned(leader);
+        assert!(plugin.wait().await.unwrap().success());
+        // `setsid -f` returned after its fork: the escaped `sleep` is ours now.
+        let marker = format!("{RUN_ENV}=");
+        let escaped: Vec<i32> = children()
+            .into_iter()
+            .filter(|&pid| {
+                let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                env_has_prefix(&env, &marker)
+            })
+            .collect();
+        assert_eq!(escaped.len(), 1, "one escaped process: {escaped:?}");
+        contain.release(&mut confinement, leader);
+        assert!(!alive(escaped[0]), "the escaped process ended with its run");
+        contain.shutdown();
+        assert!(
+            alive(bystander_pid),
+            "a child of the process that is no plugin survives the worker"
+        );
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
     }
 }

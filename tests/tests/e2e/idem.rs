@@ -151,7 +151,10 @@ async fn a_keyed_run_in_flight_when_the_broker_dies_runs_once() -> Result<()> {
     let spec = client::RequestSpec {
         service: "iw".into(),
         plugin: "command".into(),
-        command: vec![format!("echo ran >> {}; sleep 3; echo finished", marks.display())],
+        command: vec![format!(
+            "echo ran >> {}; sleep 3; echo finished",
+            marks.display()
+        )],
         timeout: Some(Duration::from_secs(60)),
         key: Some(key(11)),
         ..client::RequestSpec::default()

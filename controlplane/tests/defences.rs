@@ -23,20 +23,6 @@ on_both_backends!(
     services_and_workers_do_not_share_names,
 );
 
-/// Adds a member to `main` and returns their token.
-async fn member(h: &Harness, identity: &str) -> String {
-    let secret = format!("{identity}-secret");
-    let (status, body) = h
-        .post(
-            "/api/v1/teams/main/members",
-            &h.admin_token,
-            json!({"identity": identity, "secret": secret}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    h.login("main", identity, &secret).await
-}
-
 async fn deleting_main_does_not_lock_out_the_admin(backend: Backend) {
     let h = Harness::start(backend).await;
     let main = "/api/v1/teams/main";
@@ -221,7 +207,7 @@ async fn event_streams_are_bounded(backend: Backend) {
     let third = open(h.admin_token.clone()).await;
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     // Another user may open one; then the control plane is full: 503.
-    let bob = member(&h, "bob").await;
+    let bob = h.member("bob").await;
     let bobs = open(bob.clone()).await;
     assert_eq!(bobs.status(), StatusCode::OK);
     let full = open(bob.clone()).await;
@@ -244,7 +230,7 @@ async fn event_streams_are_bounded(backend: Backend) {
 
 async fn tier_limits_hold(backend: Backend) {
     let h = Harness::start(backend).await;
-    let bob = member(&h, "bob").await;
+    let bob = h.member("bob").await;
     let (status, body) = h.post("/api/v1/teams", &bob, json!({"name": "bobs"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["quota"]["max_services"], 1, "{body}");
@@ -379,8 +365,8 @@ async fn triggers_need_a_reachable_service(backend: Backend) {
 
 async fn local_trigger_hits_only_by_owner_or_admin(backend: Backend) {
     let h = Harness::start(backend).await;
-    let bob = member(&h, "bob").await;
-    let carol = member(&h, "carol").await;
+    let bob = h.member("bob").await;
+    let carol = h.member("carol").await;
     let t = &h.admin_token;
     let (status, body) = h
         .post("/api/v1/directories", t, json!({"path": "/d"}))

@@ -40,18 +40,6 @@ fn record(key: &str, team: &str, service: &str, started: u64, workers: Vec<Value
            "workers": workers})
 }
 
-async fn deliver(h: &Harness, jobs: Vec<Value>) -> Value {
-    let (status, body) = h
-        .post(
-            "/api/v1/broker/jobs",
-            &h.broker_token(),
-            json!({ "jobs": jobs }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
-}
-
 async fn broker_records_are_listed_and_shown(backend: Backend) {
     let h = Harness::start(backend).await;
     let admin = &h.admin_token;
@@ -74,24 +62,23 @@ async fn broker_records_are_listed_and_shown(backend: Backend) {
             worker("web03", "timed_out", None, ""),
         ],
     );
-    let answer = deliver(&h, vec![rec.clone()]).await;
+    let answer = h.deliver_jobs(vec![rec.clone()]).await;
     assert_eq!(answer, json!({"stored": 1, "skipped": 0}));
     // Delivered again (a lost answer): stored once.
-    deliver(&h, vec![rec]).await;
+    h.deliver_jobs(vec![rec]).await;
     // A second part of the same record adds its other workers.
-    deliver(
-        &h,
-        vec![record(
-            "k1",
-            "main",
-            "dc1",
-            started,
-            vec![worker("web04", "ok", Some(0), "")],
-        )],
-    )
+    h.deliver_jobs(vec![record(
+        "k1",
+        "main",
+        "dc1",
+        started,
+        vec![worker("web04", "ok", Some(0), "")],
+    )])
     .await;
     // A record of a team that does not exist is skipped.
-    let answer = deliver(&h, vec![record("k2", "nosuchteam", "x", started, vec![])]).await;
+    let answer = h
+        .deliver_jobs(vec![record("k2", "nosuchteam", "x", started, vec![])])
+        .await;
     assert_eq!(answer["skipped"], 1);
 
     let (status, page) = h.get("/api/v1/jobs", admin).await;
@@ -157,7 +144,7 @@ async fn filters_and_paging(backend: Backend) {
             vec![worker("w", outcome, Some(code), "")],
         ));
     }
-    deliver(&h, jobs).await;
+    h.deliver_jobs(jobs).await;
     let ids = |page: &Value| -> Vec<String> {
         page["jobs"]
             .as_array()
@@ -273,7 +260,7 @@ async fn team_isolation(backend: Backend) {
         vec![worker("w", "ok", Some(0), "y")],
     );
     b1["readers"] = json!("team");
-    deliver(&h, vec![a1, b1]).await;
+    h.deliver_jobs(vec![a1, b1]).await;
     let (_, page) = h.get("/api/v1/jobs", &bob).await;
     let jobs = page["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 1, "{page}");
@@ -289,16 +276,13 @@ async fn team_isolation(backend: Backend) {
         "NotFound",
     );
     // A key of team main's record, reported again for teamb, does not extend it.
-    deliver(
-        &h,
-        vec![record(
-            "a1",
-            "teamb",
-            "secretsvc",
-            now_ms(),
-            vec![worker("v", "ok", Some(0), "")],
-        )],
-    )
+    h.deliver_jobs(vec![record(
+        "a1",
+        "teamb",
+        "secretsvc",
+        now_ms(),
+        vec![worker("v", "ok", Some(0), "")],
+    )])
     .await;
     let (_, shown) = h.get(&format!("/api/v1/jobs/{main_id}"), admin).await;
     assert_eq!(shown["outcomes"].as_array().unwrap().len(), 1, "{shown}");
@@ -341,7 +325,7 @@ async fn private_jobs_are_their_callers_alone(backend: Backend) {
         vec![worker("w", "ok", Some(0), "")],
     );
     shared["readers"] = json!("team");
-    deliver(&h, vec![private, shared]).await;
+    h.deliver_jobs(vec![private, shared]).await;
 
     let services = |page: &Value| -> Vec<String> {
         page["jobs"]
@@ -444,25 +428,22 @@ async fn retention_deletes_old_jobs(backend: Backend) {
     .await;
     let admin = &h.admin_token;
     let now = now_ms();
-    deliver(
-        &h,
-        vec![
-            record(
-                "old",
-                "main",
-                "s",
-                now - 2 * 3600 * 1000,
-                vec![worker("w", "ok", Some(0), "")],
-            ),
-            record(
-                "new",
-                "main",
-                "s",
-                now - 60 * 1000,
-                vec![worker("w", "ok", Some(0), "")],
-            ),
-        ],
-    )
+    h.deliver_jobs(vec![
+        record(
+            "old",
+            "main",
+            "s",
+            now - 2 * 3600 * 1000,
+            vec![worker("w", "ok", Some(0), "")],
+        ),
+        record(
+            "new",
+            "main",
+            "s",
+            now - 60 * 1000,
+            vec![worker("w", "ok", Some(0), "")],
+        ),
+    ])
     .await;
     let (_, page) = h.get("/api/v1/jobs", admin).await;
     assert_eq!(page["jobs"].as_array().unwrap().len(), 2);
@@ -485,7 +466,7 @@ async fn secret_looking_args_are_redacted(backend: Backend) {
         ["db_token", "t"],
         ["client_secret", "s"]
     ]);
-    deliver(&h, vec![rec]).await;
+    h.deliver_jobs(vec![rec]).await;
     let (_, page) = h.get("/api/v1/jobs", &h.admin_token).await;
     assert_eq!(
         page["jobs"][0]["args"],
@@ -545,14 +526,12 @@ async fn a_fleet_sized_record_is_stored_whole_and_in_order(backend: Backend) {
             })
             .collect()
     };
-    deliver(
-        &h,
-        vec![record("big", "main", "dc1", now_ms(), names(0, 1200))],
-    )
-    .await;
+    h.deliver_jobs(vec![record("big", "main", "dc1", now_ms(), names(0, 1200))])
+        .await;
     let mut again = names(1195, 1500);
     again.truncate(305);
-    deliver(&h, vec![record("big", "main", "dc1", now_ms(), again)]).await;
+    h.deliver_jobs(vec![record("big", "main", "dc1", now_ms(), again)])
+        .await;
     let (_, page) = h.get("/api/v1/jobs", admin).await;
     let id = page["jobs"][0]["id"].as_i64().unwrap();
     assert_eq!(page["jobs"][0]["workers"], 1500, "{page}");
@@ -707,17 +686,15 @@ fn policies_of_threads(name: &str) -> Vec<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_records_are_prepared_by_an_idle_priority_thread() {
     let h = Harness::start(Backend::Sqlite).await;
-    let answer = deliver(
-        &h,
-        vec![record(
+    let answer = h
+        .deliver_jobs(vec![record(
             "n1",
             "main",
             "dc1",
             now_ms(),
             vec![worker("w", "ok", Some(0), "")],
-        )],
-    )
-    .await;
+        )])
+        .await;
     assert_eq!(answer["stored"], 1, "{answer}");
     let store = policies_of_threads("job-store");
     assert!(!store.is_empty(), "no job-store thread");

@@ -17,20 +17,6 @@ on_both_backends!(
     only_object_bodies_and_bounded_gateway_args,
 );
 
-/// Creates user `identity` as a member of `main`; returns their token.
-async fn member(h: &Harness, identity: &str) -> String {
-    let secret = format!("{identity}-secret");
-    let (status, body) = h
-        .post(
-            "/api/v1/teams/main/members",
-            &h.admin_token,
-            json!({"identity": identity, "secret": secret}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    h.login("main", identity, &secret).await
-}
-
 fn record(key: &str, identity: &str, readers: Option<&str>, output: &str) -> Value {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -97,8 +83,8 @@ async fn readable(h: &Harness, token: &str, sender: &str, keys: &[&str]) -> Vec<
 /// a record stored as the broker sent it (the API redacts again when it answers).
 async fn jobs_are_read_by_their_sender_and_admins_unless_the_service_says_team(backend: Backend) {
     let h = Harness::start(backend).await;
-    let carol = member(&h, "carol").await;
-    let dave = member(&h, "dave").await;
+    let carol = h.member("carol").await;
+    let dave = h.member("dave").await;
     let out = "Authorization: Bearer S3CR3T-OUT\nok\n";
     let jobs = vec![
         record("default", "dave", None, out),
@@ -106,14 +92,7 @@ async fn jobs_are_read_by_their_sender_and_admins_unless_the_service_says_team(b
         record("team", "dave", Some("team"), out),
         record("mine", "dave", Some("sender"), out),
     ];
-    let (status, body) = h
-        .post(
-            "/api/v1/broker/jobs",
-            &h.broker_token(),
-            json!({ "jobs": jobs }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    h.deliver_jobs(jobs).await;
     let keys = ["default", "admins", "team", "mine"];
     assert_eq!(
         readable(&h, &carol, &dave, &keys).await,
@@ -145,7 +124,7 @@ async fn jobs_are_read_by_their_sender_and_admins_unless_the_service_says_team(b
 /// accepting an invitation. Creating a new user with a secret works as before.
 async fn members_are_added_only_with_their_consent(backend: Backend) {
     let h = Harness::start(backend).await;
-    let carol = member(&h, "carol").await;
+    let carol = h.member("carol").await;
     // bob, admin of teamb alone.
     let (status, body) = h
         .post("/api/v1/teams", &h.admin_token, json!({"name": "teamb"}))

@@ -182,6 +182,35 @@ impl Harness {
         body["token"].as_str().expect("token").to_string()
     }
 
+    /// Creates user `identity` (secret `<identity>-secret`) as a member of `main` through
+    /// the admin; returns their token.
+    pub async fn member(&self, identity: &str) -> String {
+        let secret = format!("{identity}-secret");
+        let (status, body) = self
+            .post(
+                "/api/v1/teams/main/members",
+                &self.admin_token,
+                serde_json::json!({"identity": identity, "secret": secret}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        self.login("main", identity, &secret).await
+    }
+
+    /// Delivers job records as the broker does (`POST /api/v1/broker/jobs`), which must
+    /// answer 200; returns its answer.
+    pub async fn deliver_jobs(&self, jobs: Vec<Value>) -> Value {
+        let (status, body) = self
+            .post(
+                "/api/v1/broker/jobs",
+                &self.broker_token(),
+                serde_json::json!({ "jobs": jobs }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
     pub fn broker_token(&self) -> String {
         self.plane.broker_token().to_string()
     }

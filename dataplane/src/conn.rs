@@ -361,7 +361,10 @@ impl OutboxState {
         let Some(budget) = &self.budget else {
             return 0;
         };
-        if now >= self.counted {
+        if now == self.counted {
+            // Unchanged (a swap into the writer's batch): a load, no read-modify-write.
+            budget.bytes()
+        } else if now > self.counted {
             let added = now - self.counted;
             self.counted = now;
             budget.bytes.fetch_add(added, Ordering::Relaxed) + added
@@ -537,8 +540,7 @@ impl Outbox {
 
     /// Bytes queued, the batch being written included.
     pub(crate) fn backlog_bytes(&self) -> usize {
-        let state = self.state.borrow();
-        state.buf.len() + state.in_flight
+        self.state.borrow().backlog()
     }
 
     /// Whether nothing more is sent (closed, cut, or the socket failed).

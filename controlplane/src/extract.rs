@@ -26,7 +26,6 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let JsonBody(body) = JsonBody::from_request(req, state).await?;
-        require_object(&body)?;
         parse_json(&body, state.settings.max_body_bytes).map(Json)
     }
 }
@@ -56,24 +55,32 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-/// Parses a JSON body into `T`, refusing NUL in any string first; `limit` is what a
+/// Parses a JSON body into `T`, refusing NUL in any string and a body that is no object
+/// first ([`check_text`]); `limit` is what a
 /// `PayloadTooLarge` says. Checked on the text, then parsed straight into `T`, with no
 /// `Value` tree in between (a job record of 1,000 workers is 6,000 keys and values a tree
 /// would allocate).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, ApiError> {
-    if has_nul(body) {
-        return Err(nul_error());
-    }
+    check_text(body)?;
     match axum::Json::<T>::from_bytes(body) {
         Ok(axum::Json(value)) => Ok(value),
         Err(rejection) => Err(json_rejection(rejection, limit)),
     }
 }
 
+/// What every body is checked for before it is parsed: no NUL in any string ([`has_nul`]),
+/// and a JSON object ([`require_object`]).
+pub(crate) fn check_text(body: &[u8]) -> Result<(), ApiError> {
+    if has_nul(body) {
+        return Err(nul_error());
+    }
+    require_object(body)
+}
+
 /// Refuses a body that is not a JSON object. Every body this API takes is an object, and
 /// serde would otherwise read a struct from an array of its fields in order (`[null, null]`
 /// as a worker's changes). Whitespace before the `{` is allowed; what follows is the parser's.
-pub(crate) fn require_object(body: &[u8]) -> Result<(), ApiError> {
+fn require_object(body: &[u8]) -> Result<(), ApiError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => Ok(()),
         _ => Err(ApiError::BadRequest(
@@ -85,7 +92,7 @@ pub(crate) fn require_object(body: &[u8]) -> Result<(), ApiError> {
 /// [`has_nul`]'s rule as a regular expression, for the OpenAPI document: text without NUL.
 pub const NO_NUL_PATTERN: &str = r"^[^\x00]*$";
 
-pub(crate) fn nul_error() -> ApiError {
+fn nul_error() -> ApiError {
     ApiError::BadRequest("text may not contain NUL characters".into())
 }
 

@@ -228,10 +228,7 @@ fn chars_within(text: &str, max: usize) -> usize {
 /// path of what is wrong in it (`jobs[0].workers[3].outcome: ...`), a batch over a stated
 /// bound with 422.
 pub(crate) fn prepare(body: &[u8], limit: usize) -> Result<Vec<Prepared>, ApiError> {
-    if crate::extract::has_nul(body) {
-        return Err(crate::extract::nul_error());
-    }
-    crate::extract::require_object(body)?;
+    crate::extract::check_text(body)?;
     // The fast parse says only what went wrong; the typed one (with its path) is run only to
     // word the refusal.
     let refused = |e: serde_json::Error| match crate::extract::parse_json::<JobBatch>(body, limit) {

@@ -655,18 +655,7 @@ impl Up {
 
     /// Starts `triggerfs up --data <data>` with extra flags (e.g. `--tls`).
     pub fn start_with(data: &Path, extra: &[&str]) -> Result<Up> {
-        let mut args = vec![
-            "up",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        let (proc, mut stdout) = Proc::spawn("up", &args)?;
-        let (lines, broker) = read_until_listening(&proc, &mut stdout)?;
+        let (proc, lines, broker) = Up::restart(data, extra)?;
         let secret = line_value(&lines, "secret:").with_context(|| format!("{lines:?}"))?;
         remember_secret(&secret);
         let url = line_value(&lines, "control plane listening on ").context("api line")?;
@@ -682,6 +671,25 @@ impl Up {
             identity,
             secret,
         })
+    }
+
+    /// Starts `triggerfs up --data <data>` on ports 0 with `extra` flags, on a data dir that
+    /// may have been set up before (nothing is read of a first start's lines), and reads
+    /// until it is listening: the process, the lines before, and the broker's address.
+    pub fn restart(data: &Path, extra: &[&str]) -> Result<(Proc, Vec<String>, String)> {
+        let mut args = vec![
+            "up",
+            "--data",
+            data.to_str().context("a data dir path that is UTF-8")?,
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let (proc, mut stdout) = Proc::spawn("up", &args)?;
+        let (lines, broker) = read_until_listening(&proc, &mut stdout)?;
+        Ok((proc, lines, broker))
     }
 }
 

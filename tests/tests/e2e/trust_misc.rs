@@ -248,16 +248,6 @@ async fn up_starts_again_after_the_operator_made_another_team() -> Result<()> {
         up.team
     );
     up.proc.kill();
-    let args = [
-        "up",
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--api-listen",
-        "127.0.0.1:0",
-    ];
-    let (again, mut stdout) = Proc::spawn("up", &args)?;
-    read_until_listening(&again, &mut stdout)?;
+    let _again = Up::restart(&data, &[])?;
     Ok(())
 }

@@ -1,0 +1,1 @@
+//! `ApiClient`: log in, keep the JWT, call a route, fail over between base URLs.

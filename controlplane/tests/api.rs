@@ -353,7 +353,8 @@ async fn bob_joins_main_as_member(h: &Harness, bob: &str) -> String {
     bob_main
 }
 
-/// Roles: bob promoted in main, the last admin of teamb kept; bob removed from main, then teamb deleted.
+/// Roles: bob promoted in main, teamb's last admin kept; bob removed from main, then teamb
+/// deleted.
 async fn roles_removal_and_team_deletion(h: &Harness, bob: &str, bob_main: &str) {
     let admin = &h.admin_token;
     // Roles: promote, then the last admin cannot be removed or demoted.

@@ -398,7 +398,8 @@ fn candidates(v: &Validator, schema: &Value) -> Vec<Value> {
     out
 }
 
-/// Candidates for an array: empty, not one, too long, its items' picks alone and paired, and its `maxItems`.
+/// Candidates for an array: empty, not one, too long, its items' picks alone and paired, and
+/// around its `maxItems`.
 fn array_candidates(v: &Validator, s: &Value) -> Vec<Value> {
     let mut out = Vec::new();
     let items = s.get("items").expect("items");
@@ -431,7 +432,8 @@ fn array_candidates(v: &Validator, s: &Value) -> Vec<Value> {
     out
 }
 
-/// Candidates for a map (an object without properties): sizes around its limits, its key and value schemas.
+/// Candidates for a map (an object without properties): sizes around its limits, its key and
+/// value schemas.
 fn map_candidates(v: &Validator, s: &Value) -> Vec<Value> {
     let mut out = Vec::new();
     out.push(json!({}));
@@ -867,10 +869,13 @@ impl<'h> World<'h> {
 /// The parameters and body of a request that succeeds, with fresh names.
 async fn baseline(w: &mut World<'_>, op: &Op) -> (BTreeMap<String, String>, Option<Value>) {
     let mut path = BTreeMap::new();
+    let mut param = |name: &str, value: String| {
+        path.insert(name.to_string(), value);
+    };
     let route = (op.method.as_str(), op.path.as_str());
-    let body = match people_baseline(w, route, &mut path) {
+    let body = match people_baseline(w, route, &mut param) {
         Some(body) => body,
-        None => config_baseline(w, route, &mut path)
+        None => config_baseline(w, route, &mut param)
             .await
             .unwrap_or_else(|| {
                 panic!("{op} takes input but has no fixture in tests/constraints.rs")
@@ -883,11 +888,8 @@ async fn baseline(w: &mut World<'_>, op: &Op) -> (BTreeMap<String, String>, Opti
 fn people_baseline(
     w: &mut World<'_>,
     route: (&str, &str),
-    path: &mut BTreeMap<String, String>,
+    param: &mut impl FnMut(&str, String),
 ) -> Option<Option<Value>> {
-    let mut param = |name: &str, value: String| {
-        path.insert(name.to_string(), value);
-    };
     Some(match route {
         ("POST", "/api/v1/login") => {
             Some(json!({"team": w.team, "identity": w.fresh("u"), "secret": SECRET}))
@@ -959,11 +961,8 @@ fn people_baseline(
 async fn config_baseline(
     w: &mut World<'_>,
     route: (&str, &str),
-    path: &mut BTreeMap<String, String>,
+    param: &mut impl FnMut(&str, String),
 ) -> Option<Option<Value>> {
-    let mut param = |name: &str, value: String| {
-        path.insert(name.to_string(), value);
-    };
     Some(match route {
         ("POST", "/api/v1/workers") => Some(json!({"identity": w.fresh("w")})),
         ("GET", "/api/v1/workers/{identity}")

@@ -2251,7 +2251,7 @@ async fn others_learn_nothing_of_mains_invitations(h: &Harness, carol: &str, dav
         "NotFound",
     );
     assert_error(
-        &delete(&h, "/api/v1/teams/main/invitations/bob", dave).await,
+        &delete(h, "/api/v1/teams/main/invitations/bob", dave).await,
         404,
         "NotFound",
     );
@@ -2358,7 +2358,7 @@ async fn invitations_go_with_their_team_or_user(h: &Harness, dave: &str) {
         ["main/erin", "teamb/erin"]
     );
     assert_eq!(
-        delete(&h, "/api/v1/teams/teamb", dave).await.0,
+        delete(h, "/api/v1/teams/teamb", dave).await.0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(

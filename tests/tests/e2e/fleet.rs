@@ -761,11 +761,11 @@ fn apt_workers(
                 "--identity",
                 id,
                 "--broker",
-                &addr,
+                addr,
                 "--pluginspath",
             ])
             .arg(plugins.path())
-            .env("TRIGGERFS_APT_GET", &apt_get)
+            .env("TRIGGERFS_APT_GET", apt_get)
             .env("TRIGGERFS_APT_RETRY_SECONDS", "1")
             .env_remove("TRIGGERFS_CONFIG");
         workers.push(Proc::start(&format!("worker {id}"), command)?.0);

@@ -43,8 +43,8 @@ async fn drip(
         .ok()?
         .ok()?;
     let head = format!(
-        "POST /api/v1/login HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/json\r\n\
-         Content-Length: 100000\r\n\r\n{{"
+        "POST /api/v1/login HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/json\r\n{}",
+        "Content-Length: 100000\r\n\r\n{"
     );
     let sent = stream.write_all(head.as_bytes()).await;
     let _ = started.send(()).await;

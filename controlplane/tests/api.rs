@@ -4,6 +4,7 @@ mod common;
 
 use common::{assert_error, Backend, Harness};
 use futures::StreamExt;
+use proto::control::{Action, Object};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -1171,14 +1172,11 @@ async fn events_stream(backend: Backend) {
     let e1 = next_config_event(&mut broker_stream, &mut broker_buf)
         .await
         .unwrap();
-    assert_eq!(
-        (e1.object.as_str(), e1.action.as_str()),
-        ("team", "created")
-    );
+    assert_eq!((e1.object, e1.action), (Object::Team, Action::Created));
     let e2 = next_config_event(&mut broker_stream, &mut broker_buf)
         .await
         .unwrap();
-    assert_eq!((e2.object.as_str(), e2.name.as_str()), ("user", "bob"));
+    assert_eq!((e2.object, e2.name.as_str()), (Object::User, "bob"));
     assert!(e2.revision > e1.revision);
 
     let (status, _) = h
@@ -1189,8 +1187,8 @@ async fn events_stream(backend: Backend) {
         .await
         .expect("service event within 1 s");
     assert_eq!(e3.team, "main");
-    assert_eq!(e3.object, "service");
-    assert_eq!(e3.action, "created");
+    assert_eq!(e3.object, Object::Service);
+    assert_eq!(e3.action, Action::Created);
     assert_eq!(e3.name, "fresh");
     assert!(e3.revision > e2.revision);
     // bob's first event is his own team's, not main's service.
@@ -1203,7 +1201,7 @@ async fn events_stream(backend: Backend) {
         .await
         .expect("bob's event within 1 s");
     assert_eq!(seen.team, "teamb");
-    assert_eq!(seen.object, "worker");
+    assert_eq!(seen.object, Object::Worker);
     assert_eq!(seen.name, "bw");
 }
 
@@ -1837,11 +1835,11 @@ async fn trigger_rename_and_move(backend: Backend) {
     assert_eq!(
         (
             event.team.as_str(),
-            event.object.as_str(),
-            event.action.as_str(),
+            event.object,
+            event.action,
             event.name.as_str()
         ),
-        ("main", "trigger", "renamed", "/logs/renamed")
+        ("main", Object::Trigger, Action::Renamed, "/logs/renamed")
     );
     assert_eq!(event.revision, before + 1);
     assert_eq!(snapshot(&h).await.revision, before + 1);
@@ -1856,8 +1854,8 @@ async fn trigger_rename_and_move(backend: Backend) {
         .await
         .expect("an event for the move within 1 s");
     assert_eq!(
-        (event.action.as_str(), event.name.as_str()),
-        ("renamed", "/archive/t1")
+        (event.action, event.name.as_str()),
+        (Action::Renamed, "/archive/t1")
     );
     let (_, dirs) = h.get("/api/v1/directories", &h.admin_token).await;
     let n_triggers = |name: &str| {
@@ -1877,8 +1875,8 @@ async fn trigger_rename_and_move(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{t}");
     let event = next_config_event(&mut events, &mut buf).await.unwrap();
     assert_eq!(
-        (event.action.as_str(), event.name.as_str()),
-        ("updated", "/archive/t1")
+        (event.action, event.name.as_str()),
+        (Action::Updated, "/archive/t1")
     );
 
     refused_renames_change_nothing(&h, &url, ids[1]).await;
@@ -2019,8 +2017,8 @@ async fn hits_are_not_configuration(backend: Backend) {
         .await;
     let event = next_config_event(&mut events, &mut buf).await.unwrap();
     assert_eq!(
-        (event.object.as_str(), event.name.as_str()),
-        ("directory", "/next")
+        (event.object, event.name.as_str()),
+        (Object::Directory, "/next")
     );
     assert_eq!(event.revision, before + 1);
 }

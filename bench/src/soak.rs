@@ -20,7 +20,7 @@
 //! request was lost.
 
 use crate::proc::{command, Spawned, StdoutLines};
-use crate::stack::{free_addr, Control};
+use crate::stack::{free_addr, Control, Fleet};
 use anyhow::{bail, Context};
 use client::{Client, ClientError, ClientEvent, RequestHandle, RequestSpec};
 use proto::Credential;
@@ -460,7 +460,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
     };
     let load = Arc::new(Load {
         addr: addr.clone(),
-        jwt: api.token.clone(),
+        jwt: api.jwt().await?,
         period,
         slow_spec: RequestSpec {
             plugin: "fsleep".into(),

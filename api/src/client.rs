@@ -287,6 +287,11 @@ impl ApiClient {
         }
     }
 
+    /// The base URLs, in the order given.
+    pub fn urls(&self) -> &[String] {
+        &self.shared.urls
+    }
+
     /// The current JWT, as it is (no login).
     pub fn token(&self) -> Option<String> {
         let token = lock(&self.shared.token);

@@ -6,7 +6,6 @@
 
 use crate::proc::{start_triggerfs, TriggerfsProcs, TriggerfsSetup};
 use crate::report::{latency_histogram, FanoutFigures, IdleFigures, Report, SystemResult};
-use crate::stack::Fleet;
 use crate::triggerfs::{self, Workers};
 use crate::{FanoutArgs, Notes, System};
 use anyhow::{bail, Context};
@@ -420,7 +419,7 @@ async fn controlled(
     notes.line(format!(
         "fanout --control: creating {n} workers in the control plane"
     ));
-    let ids = api.new_fleet("fan-w", n, &service, "mirror").await?;
+    let ids = crate::stack::new_fleet(&api, "fan-w", n, &service, "mirror").await?;
     let spin = format!("{}us", args.common.spin.as_micros());
     let shards = shards.to_string();
     let flags = ["--shards", shards.as_str(), "--spin", spin.as_str()];

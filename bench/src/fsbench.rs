@@ -14,7 +14,6 @@
 //! without `buffer`).
 
 use crate::proc::{command, drain, Spawned};
-use crate::stack::Fleet;
 use anyhow::{bail, Context};
 use serde::de::IgnoredAny;
 use serde_json::json;
@@ -167,7 +166,7 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
     procs.push(control.proc);
     procs.push(b);
 
-    let worker_token = api.new_worker("w1").await?;
+    let worker_token = crate::stack::new_worker(&api, "w1").await?;
     let _: IgnoredAny = api
         .post("/services", &json!({"name": "ship", "workers": ["w1"]}))
         .await?;
@@ -206,7 +205,7 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
     procs.push(worker);
     let deadline = Instant::now() + crate::proc::READY_DEADLINE;
     loop {
-        if api.online("w1").await? {
+        if crate::stack::online(&api, "w1").await? {
             break;
         }
         if Instant::now() > deadline {

@@ -54,77 +54,50 @@ enum WorkerState {
     Disconnected,
 }
 
-/// The fleets the benches make through the control plane's API.
-pub(crate) trait Fleet {
-    /// Creates worker `identity`; its token.
-    async fn new_worker(&self, identity: &str) -> anyhow::Result<String>;
-
-    /// Creates workers `<prefix><i>` for i in 0..n (a few calls at a time); their identities
-    /// and tokens, in order.
-    async fn new_workers(&self, prefix: &str, n: usize) -> anyhow::Result<Vec<(String, String)>>;
-
-    /// Creates `n` workers `<prefix><i>` and a service `name` of `algorithm` bound to them
-    /// all; the workers' identities and tokens.
-    async fn new_fleet(
-        &self,
-        prefix: &str,
-        n: usize,
-        name: &str,
-        algorithm: &str,
-    ) -> anyhow::Result<Vec<(String, String)>>;
-
-    /// How many of `service`'s bound workers the control plane sees online.
-    async fn serving(&self, service: &str) -> anyhow::Result<usize>;
-
-    /// Whether the control plane sees worker `identity` online.
-    async fn online(&self, identity: &str) -> anyhow::Result<bool>;
+/// Creates worker `identity`; its token.
+pub(crate) async fn new_worker(api: &ApiClient, identity: &str) -> anyhow::Result<String> {
+    let created: WorkerCreated = api.post("/workers", &NewWorker { identity }).await?;
+    Ok(created.token)
 }
 
-impl Fleet for ApiClient {
-    async fn new_worker(&self, identity: &str) -> anyhow::Result<String> {
-        let created: WorkerCreated = self.post("/workers", &NewWorker { identity }).await?;
-        Ok(created.token)
-    }
+/// Creates `n` workers `<prefix><i>` and a service `name` of `algorithm` bound to them all
+/// (a few calls at a time); the workers' identities and tokens, in order.
+pub(crate) async fn new_fleet(
+    api: &ApiClient,
+    prefix: &str,
+    n: usize,
+    name: &str,
+    algorithm: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let ids: Vec<(String, String)> = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let identity = format!("{prefix}{i}");
+            let token = new_worker(api, &identity).await?;
+            anyhow::Ok((identity, token))
+        })
+        .buffered(8)
+        .try_collect()
+        .await?;
+    let workers = ids.iter().map(|(id, _)| id.as_str()).collect();
+    let service = NewService {
+        name,
+        algorithm,
+        workers,
+    };
+    let _: IgnoredAny = api.post("/services", &service).await?;
+    Ok(ids)
+}
 
-    async fn new_workers(&self, prefix: &str, n: usize) -> anyhow::Result<Vec<(String, String)>> {
-        futures::stream::iter(0..n)
-            .map(|i| async move {
-                let identity = format!("{prefix}{i}");
-                let token = self.new_worker(&identity).await?;
-                anyhow::Ok((identity, token))
-            })
-            .buffered(8)
-            .try_collect()
-            .await
-    }
+/// How many of `service`'s bound workers the control plane sees online.
+pub(crate) async fn serving(api: &ApiClient, service: &str) -> anyhow::Result<usize> {
+    let s: ServiceView = api.get(&format!("/services/{service}")).await?;
+    Ok(s.serving.len())
+}
 
-    async fn new_fleet(
-        &self,
-        prefix: &str,
-        n: usize,
-        name: &str,
-        algorithm: &str,
-    ) -> anyhow::Result<Vec<(String, String)>> {
-        let ids = self.new_workers(prefix, n).await?;
-        let workers = ids.iter().map(|(id, _)| id.as_str()).collect();
-        let service = NewService {
-            name,
-            algorithm,
-            workers,
-        };
-        let _: IgnoredAny = self.post("/services", &service).await?;
-        Ok(ids)
-    }
-
-    async fn serving(&self, service: &str) -> anyhow::Result<usize> {
-        let s: ServiceView = self.get(&format!("/services/{service}")).await?;
-        Ok(s.serving.len())
-    }
-
-    async fn online(&self, identity: &str) -> anyhow::Result<bool> {
-        let w: WorkerView = self.get(&format!("/workers/{identity}")).await?;
-        Ok(w.state == WorkerState::Online)
-    }
+/// Whether the control plane sees worker `identity` online.
+pub(crate) async fn online(api: &ApiClient, identity: &str) -> anyhow::Result<bool> {
+    let w: WorkerView = api.get(&format!("/workers/{identity}")).await?;
+    Ok(w.state == WorkerState::Online)
 }
 
 /// A `triggerfs control` process on SQLite in `data`.

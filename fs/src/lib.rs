@@ -28,6 +28,9 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
+/// One API call's limit: a FUSE thread waits on `mkdir`, `mv` and `chmod`.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What can go wrong in the fs module.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -228,7 +231,8 @@ async fn start(opts: &FsOptions) -> Result<(Arc<Shared>, spool::SpoolReader), Fs
     log.flush();
     let api = ApiClient::sign_in(&opts.login)
         .await
-        .map_err(FsError::Login)?;
+        .map_err(FsError::Login)?
+        .with_timeout(CALL_TIMEOUT);
     log.line("Successful login.");
     let mut cfg = spool::SpoolConfig::new(&opts.spool_dir);
     cfg.max_bytes = opts.spool_max;

@@ -39,3 +39,6 @@ pub use triggers::Split;
 
 /// Longest description an object keeps, in characters (as JSON Schema's `maxLength` counts).
 pub const MAX_DESCRIPTION: usize = 4096;
+
+#[cfg(feature = "client")]
+pub use client::ApiClient;

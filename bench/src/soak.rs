@@ -20,7 +20,7 @@
 //! request was lost.
 
 use crate::proc::{command, Spawned, StdoutLines};
-use crate::stack::{free_addr, Control};
+use crate::stack::{free_addr, new_fleet, serving, Control};
 use anyhow::{bail, Context};
 use client::{Client, ClientError, ClientEvent, RequestHandle, RequestSpec};
 use proto::Credential;
@@ -399,7 +399,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
     let addr = free_addr()?;
     let (mut control, api) = Control::start(&bin, &dir.path().join("data"), &addr).await?;
     writeln!(notes, "soak: creating {n} workers in the control plane")?;
-    let ids = api.new_fleet("soak-w", n, SERVICE, "roundrobin").await?;
+    let ids = new_fleet(&api, "soak-w", n, SERVICE, "roundrobin").await?;
     let shards = args.shards.to_string();
     let broker_flags = ["--shards", shards.as_str()];
     let (broker, _) = control.broker(&bin, &addr, &broker_flags).await?;
@@ -427,7 +427,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
     )?;
     let online_by = Instant::now() + crate::proc::READY_DEADLINE;
     loop {
-        let online = api.serving(SERVICE).await.unwrap_or(0);
+        let online = serving(&api, SERVICE).await.unwrap_or(0);
         if online >= n {
             break;
         }
@@ -460,7 +460,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
     };
     let load = Arc::new(Load {
         addr: addr.clone(),
-        jwt: api.token.clone(),
+        jwt: api.jwt().await?,
         period,
         slow_spec: RequestSpec {
             plugin: "fsleep".into(),
@@ -530,7 +530,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
     let mut online_at_end = 0;
     let settle_by = Instant::now() + Duration::from_secs(15);
     while Instant::now() < settle_by {
-        online_at_end = api.serving(SERVICE).await.unwrap_or(0);
+        online_at_end = serving(&api, SERVICE).await.unwrap_or(0);
         if online_at_end >= n {
             break;
         }

@@ -83,7 +83,7 @@ async fn control_plane_authenticates_isolates_and_reconfigures_the_broker() -> R
     team_b_calls_only_the_public_service(&control, &api, &broker_addr).await?;
 
     // A service created over the API is routable within a second, without a restart.
-    let admin_client = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
+    let admin_client = connect_jwt(&broker_addr, api.token().as_deref().unwrap()).await?;
     api.ok(
         "POST",
         "/api/v1/services",
@@ -256,7 +256,7 @@ async fn team_b_calls_only_the_public_service(
     )
     .await?;
     let bob = Api::login(&control.url, "teamb", "bob", "bobs-secret-123").await?;
-    let bob_client = connect_jwt(broker_addr, bob.token.as_deref().unwrap()).await?;
+    let bob_client = connect_jwt(broker_addr, bob.token().as_deref().unwrap()).await?;
     let denied = bob_client
         .request(spec(&format!("{team}/svc"), "echo hi"))
         .await?
@@ -311,7 +311,7 @@ async fn gateway_streams_mirror_output_to_curl_and_broker_metrics_count() -> Res
         &plugins,
         &["--team", &team, "--token", &tokens[1]],
     )?;
-    let c = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
+    let c = connect_jwt(&broker_addr, api.token().as_deref().unwrap()).await?;
     wait_until(Duration::from_secs(20), "both workers", || async {
         match c.request(spec("fleet", "true")).await {
             Ok(h) => h.collect().await.summary.is_some_and(|s| s.ok == 2),
@@ -321,7 +321,7 @@ async fn gateway_streams_mirror_output_to_curl_and_broker_metrics_count() -> Res
     .await?;
 
     let body = json!({"plugin": "command", "command": "echo one; sleep 0.2; echo two from $TRIGGERFS_WORKER", "timeout": "10s"});
-    let events = gateway_events(&control.url, api.token.as_deref().unwrap(), "fleet", &body)?;
+    let events = gateway_events(&control.url, api.token().as_deref().unwrap(), "fleet", &body)?;
     let text = format!("{events:?}");
     for id in ["g1", "g2"] {
         assert!(
@@ -446,7 +446,7 @@ async fn broker_keeps_serving_while_the_control_plane_restarts() -> Result<()> {
         &plugins,
         &["--team", &team, "--token", &token],
     )?;
-    let c = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
+    let c = connect_jwt(&broker_addr, api.token().as_deref().unwrap()).await?;
     let served = |service: &'static str| {
         let c = c.clone();
         async move {

@@ -561,7 +561,7 @@ async fn a_bound_but_offline_worker_is_reported() -> Result<()> {
     )?;
     api.wait_worker_state("web01", "ONLINE", Duration::from_secs(20))
         .await?;
-    let jwt = api.token.clone().unwrap();
+    let jwt = api.token().unwrap();
     let c = connect_jwt(&broker_addr, &jwt).await?;
     wait_until(Duration::from_secs(20), "web01 serves dc1", || async {
         matches!(request(&c, "dc1", "echo", "x", Duration::from_secs(5)).await,

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tests::{
     free_port, start_controlled_broker, start_worker, wait_until, Api, Control, Plugins, Proc,
+    TestApi,
 };
 
 /// A whole system with an fs module mounted (also used by `containment`).

@@ -66,7 +66,7 @@ async fn fleet(db: Db, ids: &[&str]) -> Result<Fleet> {
             &["--team", &team, "--token", token],
         )?);
     }
-    let c = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
+    let c = connect_jwt(&broker_addr, api.token().as_deref().unwrap()).await?;
     let n = ids.len() as u32;
     wait_until(Duration::from_secs(20), "every worker", || async {
         match c.request(spec("fleet", "true")).await {
@@ -123,7 +123,7 @@ async fn wait_job(api: &Api, service: &str, marker: &str) -> Result<i64> {
 async fn mirror_job_is_recorded(db: Db) -> Result<()> {
     let f = fleet(db, &["j1", "j2", "j3"]).await?;
     let (team, admin, _) = f.control.admin.clone();
-    let c = connect_jwt(&f.broker_addr, f.api.token.as_deref().unwrap()).await?;
+    let c = connect_jwt(&f.broker_addr, f.api.token().as_deref().unwrap()).await?;
     let mut request = spec("fleet", &format!("{FLEET_COMMAND} # marker-one"));
     request.args = vec![
         ("host".into(), "web".into()),
@@ -371,7 +371,7 @@ async fn mirror_job_is_recorded_on_postgres() -> Result<()> {
 async fn records_are_lost_while_the_control_plane_is_away_and_resume() -> Result<()> {
     let f = fleet(Db::Sqlite, &["k1", "k2"]).await?;
     let (team, admin, secret) = f.control.admin.clone();
-    let token = f.api.token.clone().unwrap();
+    let token = f.api.token().unwrap();
     let c = connect_jwt(&f.broker_addr, &token).await?;
     let broker_addr = f.broker_addr.clone();
     let metrics_url = f.metrics_url.clone();

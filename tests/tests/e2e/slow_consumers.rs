@@ -133,7 +133,7 @@ async fn clients_that_do_not_read_pause_their_plugins_with_bounded_memory() -> R
     let copies = tempfile::tempdir()?;
     let up = Up::start(data.path())?;
     let api = Api::login(&up.url, &up.team, &up.identity, &up.secret).await?;
-    let token = api.token.clone().context("token")?;
+    let token = api.token().context("token")?;
     // Up and idle (the local worker online, `demo` answering) before the baseline.
     let c = connect_jwt(&up.broker, &token).await?;
     wait_until(Duration::from_secs(30), "demo to answer", || async {

@@ -127,7 +127,7 @@ async fn job_history_is_its_senders_and_admins(db: Db) -> Result<()> {
         &plugins,
         &["--team", &team, "--token", &token],
     )?;
-    let c = connect_jwt(&broker_addr, dave.token.as_deref().unwrap()).await?;
+    let c = connect_jwt(&broker_addr, dave.token().as_deref().unwrap()).await?;
     wait_until(Duration::from_secs(20), "svc answers", || async {
         match c.request(request(9, 0)).await {
             Ok(h) => h.collect().await.summary.is_some_and(|s| s.ok == 1),

@@ -71,7 +71,7 @@ impl Team {
     }
 
     async fn client(&self, api: &Api) -> Result<client::Client> {
-        Ok(connect_jwt(&self.broker_addr, api.token.as_deref().context("jwt")?).await?)
+        Ok(connect_jwt(&self.broker_addr, api.token().as_deref().context("jwt")?).await?)
     }
 }
 

@@ -18,11 +18,11 @@ mod grammar;
 pub(crate) mod table;
 
 use crate::client_cmd::{self, render::Console, ClientArgs};
-use crate::settings::Settings;
 use anyhow::{Context, Result};
 use api::{Api, Login};
 use commands::{path_part, CliError, Reply};
 use grammar::{Kind, Mode, Next};
+use launch::settings::Settings;
 use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

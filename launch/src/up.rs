@@ -5,7 +5,9 @@
 //! the addresses to `<data>/triggerfs.toml`, mode 0600), then provisions the local worker and
 //! the `demo` service over the API exactly as a user would, with that admin's login.
 
+use crate::broker::{ShardArgs, TlsArgs};
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -386,13 +388,13 @@ pub fn run_up(
             }
         };
         // Before `listening on`: a SIGTERM right after it drains, never kills.
-        let signals = crate::ShutdownSignals::new()?;
+        let signals = crate::signals::ShutdownSignals::new()?;
         // The line test harnesses wait for: everything is up.
         println!("listening on {broker_addr}");
 
         // The broker drains first (see `--drain`), while the control plane and the local
         // worker still serve the requests in flight; then they stop.
-        crate::drain_broker(handle, signals).await?;
+        crate::signals::drain_broker(handle, signals).await?;
         let _ = stop_tx.send(true);
         if let Some(w) = worker {
             let _ = w.await;
@@ -417,8 +419,146 @@ pub fn run_control(opts: ControlOptions) -> Result<i32> {
         }
         println!("broker token: {}", opts.data.join("broker.token").display());
         println!("listening on {}", running.api_addr);
-        crate::shutdown_signal().await;
+        crate::signals::shutdown_signal().await;
         let _ = stop_tx.send(true);
         Ok(0)
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// Where the REST API listens.
+    #[arg(long, env = "TRIGGERFS_API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub api_listen: SocketAddr,
+    /// `postgres://...` to use PostgreSQL; default: SQLite in the data dir.
+    #[arg(long, env = "TRIGGERFS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// How long a login's JWT is valid.
+    #[arg(long, env = "TRIGGERFS_JWT_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
+    pub jwt_ttl: Duration,
+    /// An API connection that takes longer to send a request's headers, or stays idle
+    /// longer between requests, is closed.
+    #[arg(long, env = "TRIGGERFS_HTTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_timeout: Duration,
+    /// A request body must arrive within this, plus 1 s per 64 KiB of it; else 408 and the
+    /// connection is closed.
+    #[arg(long, env = "TRIGGERFS_HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_body_timeout: Duration,
+    /// API connections served at once (default: a quarter of the open-file limit). At the
+    /// limit the connection idle longest is closed to make room; if none is idle, 503.
+    #[arg(long, env = "TRIGGERFS_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// API connections from one client address at once. At the cap that address's
+    /// connection idle longest is closed to make room; if none is idle, 503. Keep it above
+    /// --http-max-unauthenticated, so anonymous requests cannot fill an address's share.
+    #[arg(long, env = "TRIGGERFS_HTTP_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = controlplane::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    pub http_max_connections_per_address: usize,
+    /// API requests without valid credentials (no bearer token, or a bad or expired one)
+    /// in progress at once, logins included; past it, 503 at once. Logged-in callers and
+    /// the broker are not counted.
+    #[arg(long, env = "TRIGGERFS_HTTP_MAX_UNAUTHENTICATED", default_value_t = controlplane::DEFAULT_MAX_UNAUTHENTICATED)]
+    pub http_max_unauthenticated: usize,
+    /// How long the job history keeps a request (e.g. `7d`, `12h`); older ones are deleted.
+    #[arg(long, env = "TRIGGERFS_JOB_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub job_retention: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct ControlArgs {
+    /// Data directory (SQLite database, JWT key, broker token).
+    #[arg(long, env = "TRIGGERFS_DATA", default_value = "triggerfs-data")]
+    pub data: PathBuf,
+    /// The broker the HTTP gateway sends requests through.
+    #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
+    pub broker: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Data directory (database, keys, plugins, the admin's client config).
+    #[arg(long, env = "TRIGGERFS_DATA", default_value = "triggerfs-data")]
+    pub data: PathBuf,
+    /// Broker address to listen on.
+    #[arg(long, env = "TRIGGERFS_LISTEN", default_value = "127.0.0.1:5555")]
+    pub listen: SocketAddr,
+    /// Do not start the local worker.
+    #[arg(long)]
+    pub no_worker: bool,
+    /// Also serve the broker's Prometheus metrics on this address (`/metrics`).
+    #[arg(long, env = "TRIGGERFS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// TLS on both planes with a development CA made in the data dir (`<data>/tls`); the
+    /// client config written on the first start trusts it (`ca`, `tls://`, `https://`).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls: bool,
+    /// Serve plaintext on an address other than loopback (refused without it).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    #[command(flatten)]
+    pub tls_files: TlsArgs,
+}
+
+/// `up`'s TLS: the development CA (`--tls`) or the given files; refuses plaintext on an
+/// address other than loopback without `--insecure-plaintext`. Sets the process's trust: the
+/// development CA (unless `--ca` names another), and the server's certificate as the local
+/// worker's client certificate (for `--tls-client-ca`).
+pub fn up_tls(
+    args: &UpArgs,
+    data: &Path,
+    mut trust: tls::Trust,
+) -> Result<Option<Arc<tls::rustls::ServerConfig>>> {
+    let config = if args.tls {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        for ip in [args.listen.ip(), args.api.api_listen.ip()] {
+            let name = ip.to_string();
+            if !ip.is_unspecified() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        controlplane::create_private_dir(data)?;
+        let files = tls::dev_files(&data.join("tls"), &names)?;
+        trust.ca = trust.ca.or(Some(files.ca.clone()));
+        trust.cert = Some(files.cert.clone());
+        trust.key = Some(files.key.clone());
+        Some(tls::server_config(
+            &files.cert,
+            &files.key,
+            args.tls_files.tls_client_ca.as_deref(),
+        )?)
+    } else {
+        let config = args.tls_files.server_config()?;
+        if config.is_some() {
+            trust.cert = args.tls_files.tls_cert.clone();
+            trust.key = args.tls_files.tls_key.clone();
+        }
+        config
+    };
+    let public = [args.listen.ip(), args.api.api_listen.ip()]
+        .into_iter()
+        .find(|ip| !ip.is_loopback());
+    if let (None, Some(ip), false) = (&config, public, args.insecure_plaintext) {
+        bail!(
+            "refusing to serve plaintext on {ip}, which is not loopback: tokens and secrets would \
+             cross the network in clear. Use --tls (a development CA in the data dir), \
+             --tls-cert and --tls-key, or --insecure-plaintext"
+        );
+    }
+    tls::set_trust(&trust)?;
+    Ok(config)
+}
+
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
     })
 }

@@ -5,8 +5,8 @@
 //! Logging in is `triggerfs client`'s ([`crate::client_cmd::credential_token`]): `--token`, or
 //! team, identity and secret from the flags, the environment or `[main]` of triggerfs.toml.
 
-use crate::cli::table::Table;
 use crate::client_cmd::ClientArgs;
+use crate::console::table::Table;
 use anyhow::{anyhow, bail, Context, Result};
 use proto::job::REDACTED;
 use serde::{Deserialize, Serialize};

@@ -6,17 +6,15 @@
 
 #[cfg(test)]
 mod seed_tests;
+#[cfg(test)]
+mod settings_tests;
 
 use anyhow::Result;
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use cli::{client_cmd, console, jobs_cmd};
-use launch::broker::{broker_settings, run_broker, BrokerArgs};
-use launch::mount::{fs_options, FsArgs};
 use launch::settings::Settings;
-use launch::signals::shutdown_signal;
-use launch::up::{self, absolute, up_tls, ControlArgs, UpArgs};
-use launch::worker::{worker_config, WorkerArgs};
-use launch::{metrics_http, seed};
+use launch::{broker, control, mount, seed, up, worker};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// mimalloc instead of glibc malloc: the hot path allocates a few dozen small objects per
@@ -36,7 +34,7 @@ struct Cli {
     #[arg(long, global = true, env = "TRIGGERFS_CONFIG")]
     config: Option<PathBuf>,
     /// PEM file of the CA that signed the servers' certificates, for `tls://` broker
-    /// addresses and `https://` URLs (default: `[main] ca`, else the public web PKI roots).
+    /// addresses and `https://` URLs (else `[main] ca`, else the public web PKI roots).
     #[arg(long, global = true, env = "TRIGGERFS_CA")]
     ca: Option<PathBuf>,
     #[command(subcommand)]
@@ -46,19 +44,19 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Broker and a local worker with the core plugins, in one process: zero set-up.
-    Up(UpArgs),
+    Up(up::UpArgs),
     /// Run the broker.
-    Broker(BrokerArgs),
+    Broker(broker::BrokerArgs),
     /// Run the control plane (REST API, SQLite or PostgreSQL) alone.
-    Control(ControlArgs),
+    Control(control::ControlArgs),
     /// Run a worker that connects out to the broker and serves requests with plugins.
-    Worker(WorkerArgs),
+    Worker(worker::WorkerArgs),
     /// Send one request to a service and stream its output.
     Client(client_cmd::ClientArgs),
     /// The job history: every request through a service (`list`, `show ID`).
     Jobs(jobs_cmd::JobsArgs),
     /// Mount the team's trigger files (FUSE): every write to one is a request.
-    Fs(FsArgs),
+    Fs(mount::FsArgs),
     /// The management console (set, show, delete, request, file); `-c "show workers"` runs
     /// one command.
     Cli(console::CliArgs),
@@ -101,10 +99,8 @@ fn main() {
         }
     }
     // The seed's names (`triggerfs-client` ...) and single-dash flags (`-service`).
-    let cli = Cli::parse_from(seed::seed_args(
-        &Cli::command(),
-        std::env::args_os().collect(),
-    ));
+    let args = seed::seed_args(&Cli::command(), std::env::args_os().collect());
+    let (cli, settings) = parse(args);
     let debug = match &cli.command {
         Command::Worker(args) => args.debug,
         Command::Client(args) => args.debug,
@@ -131,7 +127,7 @@ fn main() {
     if let Err(e) = raised {
         tracing::warn!(error = %e, "cannot raise the open-file limit");
     }
-    let code = match run(cli) {
+    let code = match settings.and_then(|settings| run(cli, &settings)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("Error: {e:#}");
@@ -139,6 +135,29 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// The command line over triggerfs.toml: the file named by `--config` (or
+/// `$TRIGGERFS_CONFIG`, else `$HOME/triggerfs.toml`) gives the defaults of the flags that
+/// stand for its keys ([`Settings::under_flags`]). A file that cannot be read is the error
+/// returned, after the command line is checked (so `--help` still works).
+fn parse(args: Vec<OsString>) -> (Cli, Result<Settings>) {
+    // A first pass, errors ignored, finds `--config` wherever it is.
+    let config = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+        .ok()
+        .and_then(|matches| matches.get_one::<PathBuf>("config").cloned());
+    let settings = Settings::load(config.as_deref());
+    let command = match &settings {
+        Ok(settings) => settings.under_flags(Cli::command()),
+        Err(_) => Cli::command(),
+    };
+    let cli = command
+        .try_get_matches_from(args)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+        .unwrap_or_else(|e| e.exit());
+    (cli, settings)
 }
 
 /// Raises the soft limit on open files to the hard limit: the common soft default of 1,024
@@ -163,145 +182,34 @@ fn raise_open_file_limit() -> std::io::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<i32> {
-    let settings = Settings::load(cli.config.as_deref())?;
+fn run(cli: Cli, settings: &Settings) -> Result<i32> {
     // One rustls provider (ring) for the process, made the default before anything asks.
     tls::install_provider();
-    let mut trust = tls::Trust {
-        ca: cli.ca.clone().or_else(|| settings.ca.clone()),
+    let trust = tls::Trust {
+        ca: cli.ca,
         ..tls::Trust::default()
     };
-    if let Command::Worker(args) = &cli.command {
-        trust.cert = args.tls_cert.clone();
-        trust.key = args.tls_key.clone();
-    }
-    // `up` sets its own (its development CA, its certificate for the local worker).
-    if !matches!(cli.command, Command::Up(_)) {
+    // `up` and `worker` add to it (a development CA, a client certificate).
+    if !matches!(cli.command, Command::Up(_) | Command::Worker(_)) {
         tls::set_trust(&trust)?;
     }
     match cli.command {
-        Command::Broker(args) => run_broker(args, &settings),
-        Command::Up(args) => {
-            if let Some(addr) = args.metrics_listen {
-                println!("metrics on http://{}/metrics", metrics_http::serve(addr)?);
-            }
-            let data = absolute(&args.data)?;
-            let server_tls = up_tls(&args, &data, trust)?;
-            // The HTTP gateway needs the broker's address before the broker starts (the
-            // broker takes its configuration from the control plane): settle port 0 now.
-            let listen = if args.listen.port() == 0 {
-                std::net::TcpListener::bind(args.listen)?.local_addr()?
-            } else {
-                args.listen
-            };
-            up::run_up(
-                up::ControlOptions {
-                    data,
-                    api_listen: args.api.api_listen,
-                    database_url: args.api.database_url,
-                    jwt_ttl: args.api.jwt_ttl,
-                    broker_addr: Some(if server_tls.is_some() {
-                        format!("tls://{}", up::connectable(listen))
-                    } else {
-                        listen.to_string()
-                    }),
-                    http_timeout: args.api.http_timeout,
-                    http_max_connections: args.api.http_max_connections,
-                    http_body_timeout: args.api.http_body_timeout,
-                    http_max_connections_per_address: args.api.http_max_connections_per_address,
-                    http_max_unauthenticated: args.api.http_max_unauthenticated,
-                    job_retention: args.api.job_retention,
-                    tls: server_tls.clone(),
-                },
-                dataplane::BrokerSettings {
-                    worker_cert_required: args.tls_files.tls_client_ca.is_some(),
-                    tls: server_tls,
-                    ..broker_settings(listen, &args.shard)?
-                },
-                args.no_worker,
-            )
-        }
-        Command::Control(args) => up::run_control(up::ControlOptions {
-            data: absolute(&args.data)?,
-            api_listen: args.api.api_listen,
-            database_url: args.api.database_url,
-            jwt_ttl: args.api.jwt_ttl,
-            broker_addr: Some(args.broker),
-            http_timeout: args.api.http_timeout,
-            http_max_connections: args.api.http_max_connections,
-            http_body_timeout: args.api.http_body_timeout,
-            http_max_connections_per_address: args.api.http_max_connections_per_address,
-            http_max_unauthenticated: args.api.http_max_unauthenticated,
-            job_retention: args.api.job_retention,
-            tls: args.tls.server_config()?,
-        }),
-        Command::Worker(args) => {
-            let config = worker_config(args, &settings)?;
-            // One thread for the connection's reader and writer and the plugins' pipes: a
-            // dispatch's answer then passes from the reader to the writer without waking
-            // another thread (with two threads, a third of a busy worker's time went to
-            // those wake-ups). Blocking work (file writes of `file`, `append`) still goes to
-            // the blocking pool.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                worker::run(config, shutdown_signal()).await?;
-                Ok(0)
-            })
-        }
-        Command::Client(mut args) => {
-            if std::env::var_os("TRIGGERFS_BROKER").is_none() && args.broker == "127.0.0.1:5555" {
-                if let Some(broker) = &settings.broker {
-                    args.broker = broker.clone();
-                }
-            }
-            // Flags and environment win; `[main]` of triggerfs.toml fills the rest.
-            args.url = args.url.or_else(|| settings.url.clone());
-            args.team = args.team.or_else(|| settings.team.clone());
-            args.identity = args.identity.or_else(|| settings.identity.clone());
-            args.secret = args.secret.or_else(|| settings.secret.clone());
-            if let Some(id) = args.rerun {
-                let only = args.rerun_only;
-                return tokio_runtime()?.block_on(jobs_cmd::run_rerun(args, id, only));
-            }
-            tokio_runtime()?.block_on(async {
-                match client_cmd::run(args).await {
-                    Ok(code) => Ok(code),
-                    Err(e) => {
-                        eprintln!("Error: {e}");
-                        Ok(e.exit_status())
-                    }
-                }
-            })
-        }
-        Command::Jobs(mut args) => {
-            // Flags and environment win; `[main]` of triggerfs.toml fills the rest.
-            args.url = args.url.or_else(|| settings.url.clone());
-            args.team = args.team.or_else(|| settings.team.clone());
-            args.identity = args.identity.or_else(|| settings.identity.clone());
-            args.secret = args.secret.or_else(|| settings.secret.clone());
-            tokio_runtime()?.block_on(jobs_cmd::run(args))
-        }
-        Command::Fs(args) => {
-            let opts = fs_options(args, &settings)?;
-            // One thread for the sender, the follower and the connection's tasks: a request's
-            // frames then pass between them without waking another thread (the FUSE threads
-            // and the spool's writer are threads of their own).
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                fs::run(opts, shutdown_signal()).await?;
-                Ok(0)
-            })
-        }
+        Command::Up(args) => up::run(args, trust),
+        Command::Broker(args) => broker::run(args, settings),
+        Command::Control(args) => control::run(args),
+        Command::Worker(args) => worker::run(args, settings, trust),
+        Command::Fs(args) => mount::run(args),
+        Command::Client(args) => client_cmd::main(args),
+        Command::Jobs(args) => jobs_cmd::main(args),
+        Command::Cli(args) => console::run(args, cli.config),
         // The bench's children are started from this (the main) thread, and die with it.
         #[cfg(feature = "bench")]
-        Command::Bench(args) => tokio_runtime()?.block_on(bench::run(args)),
+        Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(bench::run(args)),
         #[cfg(feature = "bench")]
         Command::BenchChild(args) => bench::run_child(args),
-        Command::Cli(args) => console::run(args, &settings, cli.config.clone()),
         Command::InstallLinks { dir } => {
             for link in seed::install_links(&dir)? {
                 println!("linked {}", link.display());
@@ -323,9 +231,4 @@ fn run(cli: Cli) -> Result<i32> {
             }
         },
     }
-}
-fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
 }

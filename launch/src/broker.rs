@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The broker's shards and limits, flags of `broker` and `up`.
 #[derive(Args, Debug)]
 pub struct ShardArgs {
     /// Executors (one thread each); default: every core.
@@ -97,6 +98,7 @@ impl TlsArgs {
     }
 }
 
+/// Flags of `triggerfs broker`.
 #[derive(Args, Debug)]
 pub struct BrokerArgs {
     /// Address to listen on.
@@ -123,36 +125,40 @@ pub struct BrokerArgs {
     pub tls: TlsArgs,
 }
 
-pub fn broker_settings(listen: SocketAddr, shard: &ShardArgs) -> Result<dataplane::BrokerSettings> {
-    let mut settings = dataplane::BrokerSettings {
-        listen,
-        heartbeat: shard.heartbeat,
-        spin: shard.spin,
-        max_client_backlog: usize::try_from(shard.max_client_backlog.as_u64())
-            .unwrap_or(usize::MAX),
-        client_pause_backlog: usize::try_from(shard.client_pause_backlog.as_u64())
-            .unwrap_or(usize::MAX),
-        max_client_backlog_total: usize::try_from(shard.max_client_backlog_total.as_u64())
-            .unwrap_or(usize::MAX),
-        max_open_requests: shard.max_open_requests.max(1),
-        client_rate: shard.client_rate.map(|rate| match shard.client_burst {
-            Some(burst) => rate.with_burst(burst),
-            None => rate,
-        }),
-        max_connections_per_address: shard.max_connections_per_address.max(1),
-        drain: shard.drain,
-        ..Default::default()
-    };
-    if let Some(n) = shard.shards {
-        if n == 0 {
-            bail!("--shards must be at least 1");
+impl ShardArgs {
+    /// The broker's settings, listening on `listen` (without TLS).
+    pub fn settings(&self, listen: SocketAddr) -> Result<dataplane::BrokerSettings> {
+        let mut settings = dataplane::BrokerSettings {
+            listen,
+            heartbeat: self.heartbeat,
+            spin: self.spin,
+            max_client_backlog: usize::try_from(self.max_client_backlog.as_u64())
+                .unwrap_or(usize::MAX),
+            client_pause_backlog: usize::try_from(self.client_pause_backlog.as_u64())
+                .unwrap_or(usize::MAX),
+            max_client_backlog_total: usize::try_from(self.max_client_backlog_total.as_u64())
+                .unwrap_or(usize::MAX),
+            max_open_requests: self.max_open_requests.max(1),
+            client_rate: self.client_rate.map(|rate| match self.client_burst {
+                Some(burst) => rate.with_burst(burst),
+                None => rate,
+            }),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            drain: self.drain,
+            ..Default::default()
+        };
+        if let Some(n) = self.shards {
+            if n == 0 {
+                bail!("--shards must be at least 1");
+            }
+            settings.shards = n;
         }
-        settings.shards = n;
+        Ok(settings)
     }
-    Ok(settings)
 }
 
-pub fn run_broker(args: BrokerArgs, settings: &Settings) -> Result<i32> {
+/// `triggerfs broker`: serves until SIGINT or SIGTERM, then drains (see `--drain`).
+pub fn run(args: BrokerArgs, settings: &Settings) -> Result<i32> {
     let source: Arc<dyn dataplane::ConfigSource> = match &args.control {
         Some(url) => {
             let broker_token = match (&args.broker_token, &args.broker_token_file) {
@@ -196,7 +202,7 @@ pub fn run_broker(args: BrokerArgs, settings: &Settings) -> Result<i32> {
     let broker = dataplane::BrokerSettings {
         tls: args.tls.server_config()?,
         worker_cert_required: args.tls.tls_client_ca.is_some(),
-        ..broker_settings(args.listen, &args.shard)?
+        ..args.shard.settings(args.listen)?
     };
     let handle = dataplane::start(broker, source)?;
     println!("listening on {}", handle.local_addr());

@@ -10,6 +10,7 @@
 //! - [`signals`]: SIGINT and SIGTERM, and the broker's drain on them.
 
 pub mod broker;
+pub mod control;
 pub mod metrics_http;
 pub mod mount;
 pub mod seed;

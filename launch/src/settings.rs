@@ -5,13 +5,54 @@
 //! (services, until the control plane serves them) and `[triggerfs]` (the fs module).
 //! Searched as `--config FILE`, else `$TRIGGERFS_CONFIG`, else `$HOME/triggerfs.toml`; a
 //! missing default file is simply empty.
+//!
+//! The file meets the command line in one place, [`Settings::under_flags`]: each value
+//! becomes the default of the flag that stands for it, so that clap layers the command line,
+//! then the `TRIGGERFS_*` environment, then the file, then the built-in default.
 
 use anyhow::{Context, Result};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// How a command logs in to the control plane; each flag also a `TRIGGERFS_*` variable and
+/// a key of `[main]`. Global: `triggerfs jobs --team T list` and `jobs list --team T` alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoginArgs {
+    /// Control plane URL (else `[main] url` of triggerfs.toml).
+    #[arg(long, env = "TRIGGERFS_URL", global = true, default_value = client::login::DEFAULT_URL)]
+    pub url: String,
+    /// Team to log in to (else `[main] team`).
+    #[arg(long, env = "TRIGGERFS_TEAM", global = true)]
+    pub team: Option<String>,
+    /// User identity to log in as (else `[main] identity`).
+    #[arg(long, env = "TRIGGERFS_IDENTITY", global = true)]
+    pub identity: Option<String>,
+    /// The user's secret (else `[main] secret`).
+    #[arg(long, env = "TRIGGERFS_SECRET", hide_env_values = true, global = true)]
+    pub secret: Option<String>,
+}
+
+impl LoginArgs {
+    /// The login with team, identity and secret all given; else an error naming the first
+    /// one missing, with `hint` after it.
+    pub fn required(&self, hint: &str) -> Result<fs::control::Login> {
+        let need = |value: &Option<String>, name: &str| {
+            value.clone().with_context(|| {
+                format!("no {name}: give --{name} or set {name} in [main] of triggerfs.toml{hint}")
+            })
+        };
+        Ok(fs::control::Login {
+            url: self.url.clone(),
+            team: need(&self.team, "team")?,
+            identity: need(&self.identity, "identity")?,
+            secret: need(&self.secret, "secret")?,
+        })
+    }
+}
 
 /// What the binary takes from `triggerfs.toml`.
 #[derive(Debug, Default, Clone)]
@@ -177,6 +218,77 @@ impl Settings {
             fs: triggerfs,
             text: text.to_string(),
         })
+    }
+
+    /// Makes the file's values the defaults of the flags that stand for them in `cli`, the
+    /// binary's whole command line: its `--ca`, and its subcommands' flags below. clap then
+    /// takes a flag before its variable, the variable before the file, the file before the
+    /// built-in default. (A worker's team and token come from [`Settings::worker_login`].)
+    pub fn under_flags(&self, cli: clap::Command) -> clap::Command {
+        const LOGIN: &[&str] = &["client", "jobs", "cli", "fs"];
+        const BROKER: &[&str] = &["client", "cli", "fs", "worker"];
+        let text = |value: &Option<String>| value.as_ref().map(OsString::from);
+        let path = |value: &Option<PathBuf>| value.as_ref().map(OsString::from);
+        let fs = &self.fs;
+        // (the subcommands, the flag's id, the key's value)
+        let keys: [(&[&str], &str, Option<OsString>); 12] = [
+            (BROKER, "broker", text(&self.broker)),
+            (LOGIN, "url", text(&self.url)),
+            (LOGIN, "team", text(&self.team)),
+            (LOGIN, "identity", text(&self.identity)),
+            (LOGIN, "secret", text(&self.secret)),
+            (&["worker"], "pluginspath", path(&self.pluginspath)),
+            (&["worker"], "shell", text(&self.shell)),
+            (&["fs"], "mount", path(&fs.mountpoint)),
+            (&["fs"], "logfile", path(&fs.logfile)),
+            (&["fs"], "spool", path(&fs.spool)),
+            (
+                &["fs"],
+                "spool_max",
+                fs.spool_max.map(|b| b.as_u64().to_string().into()),
+            ),
+            (
+                &["fs"],
+                "spool_sync",
+                fs.spool_sync
+                    .map(|d| humantime::format_duration(d).to_string().into()),
+            ),
+        ];
+        let with_default = |arg: clap::Arg, value: OsString| {
+            let secret = arg.get_id() == "secret";
+            arg.default_value(value).hide_default_value(secret)
+        };
+        let mut cli = match path(&self.ca) {
+            Some(ca) => cli.mut_arg("ca", |arg| with_default(arg, ca)),
+            None => cli,
+        };
+        for (subcommands, id, value) in keys {
+            let Some(value) = value else { continue };
+            for name in subcommands {
+                cli = cli.mut_subcommand(name, |sub| {
+                    sub.mut_arg(id, |arg| with_default(arg, value.clone()))
+                });
+            }
+        }
+        cli
+    }
+
+    /// A worker's team and token: `--team` and `--token` when given, else those of its
+    /// `[workers.<team>.<identity>]` entry (under `--team`'s team, when given), else
+    /// `[main] team` or `default`, and no token.
+    pub fn worker_login(
+        &self,
+        team: Option<String>,
+        identity: &str,
+        token: Option<String>,
+    ) -> (String, String) {
+        let entry = self.worker_credentials(team.as_deref(), identity);
+        let team = team
+            .or_else(|| entry.as_ref().map(|(t, _)| t.clone()))
+            .or_else(|| self.team.clone())
+            .unwrap_or_else(|| "default".into());
+        let token = token.or_else(|| entry.map(|(_, t)| t)).unwrap_or_default();
+        (team, token)
     }
 
     /// The team and token of a worker identity from `[workers.<team>.<identity>]`.

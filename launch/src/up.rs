@@ -1,11 +1,13 @@
-//! `triggerfs up` and `triggerfs control`: the control plane, and in `up` also the broker
-//! and a local worker, in one process.
+//! `triggerfs up`: the control plane, the broker and a local worker in one process.
 //!
 //! `up` on an empty data dir creates the first team and admin (printed once, and written with
 //! the addresses to `<data>/triggerfs.toml`, mode 0600), then provisions the local worker and
 //! the `demo` service over the API exactly as a user would, with that admin's login.
 
 use crate::broker::{ShardArgs, TlsArgs};
+use crate::control::{
+    absolute, announce_admin, connectable, start_control, ApiArgs, ControlOptions,
+};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
@@ -14,106 +16,34 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Settings shared by `up` and `control`.
-#[derive(Debug, Clone)]
-pub struct ControlOptions {
+/// Flags of `triggerfs up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Data directory (database, keys, plugins, the admin's client config).
+    #[arg(long, env = "TRIGGERFS_DATA", default_value = "triggerfs-data")]
     pub data: PathBuf,
-    pub api_listen: SocketAddr,
-    pub database_url: Option<String>,
-    pub jwt_ttl: Duration,
-    pub broker_addr: Option<String>,
-    pub http_timeout: Duration,
-    pub http_max_connections: Option<usize>,
-    pub http_body_timeout: Duration,
-    pub http_max_connections_per_address: usize,
-    pub http_max_unauthenticated: usize,
-    pub job_retention: Duration,
-    /// HTTPS for the API (and, in `up`, TLS for the broker too).
-    pub tls: Option<Arc<tls::rustls::ServerConfig>>,
-}
-
-impl ControlOptions {
-    /// The API's URL for the programs of this process and the client config.
-    fn api_url(&self, addr: SocketAddr) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}", connectable(addr))
-    }
-
-    /// The broker's address as the client config and the local worker write it.
-    fn broker_url(&self, addr: SocketAddr) -> String {
-        let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
-        format!("{scheme}://{}", connectable(addr))
-    }
-}
-
-/// `addr` as a peer can connect to it: an unspecified address (`0.0.0.0`) becomes loopback,
-/// which the development certificate names.
-pub fn connectable(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        let ip: std::net::IpAddr = if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        };
-        SocketAddr::new(ip, addr.port())
-    } else {
-        addr
-    }
-}
-
-/// The control plane, opened and bootstrapped, with its API listening.
-pub struct RunningControl {
-    pub plane: controlplane::ControlPlane,
-    pub api_addr: SocketAddr,
-    pub first_admin: Option<controlplane::FirstAdmin>,
-}
-
-/// Opens the store, creates the first admin when there is none, and serves the API.
-pub async fn start_control(
-    opts: &ControlOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<RunningControl> {
-    controlplane::create_private_dir(&opts.data)?;
-    let mut settings = controlplane::ControlSettings::new(&opts.data);
-    settings.database_url = opts.database_url.clone();
-    settings.jwt_ttl = opts.jwt_ttl;
-    settings.broker_addr = opts.broker_addr.clone();
-    settings.http_timeout = opts.http_timeout;
-    settings.http_body_timeout = opts.http_body_timeout;
-    settings.max_connections_per_address = opts.http_max_connections_per_address;
-    settings.max_unauthenticated = opts.http_max_unauthenticated;
-    settings.job_retention = opts.job_retention;
-    settings.tls = opts.tls.clone();
-    if let Some(n) = opts.http_max_connections {
-        settings.max_connections = n;
-    }
-    let plane = controlplane::ControlPlane::open(settings).await?;
-    let first_admin = plane.bootstrap().await?;
-    let listener = tokio::net::TcpListener::bind(opts.api_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.api_listen))?;
-    let api_addr = listener.local_addr()?;
-    let serving = plane.clone();
-    tokio::spawn(async move {
-        if let Err(e) = serving.serve(listener, shutdown).await {
-            tracing::error!(error = %e, "control plane stopped");
-        }
-    });
-    Ok(RunningControl {
-        plane,
-        api_addr,
-        first_admin,
-    })
-}
-
-/// Prints the first admin's credentials (only ever once, on the first start).
-pub fn announce_admin(admin: &controlplane::FirstAdmin) {
-    println!(
-        "created team `{}` and admin `{}`",
-        admin.team, admin.identity
-    );
-    println!("  secret: {}", admin.secret);
-    println!("  (shown once; also saved to {})", admin.path.display());
+    /// Broker address to listen on.
+    #[arg(long, env = "TRIGGERFS_LISTEN", default_value = "127.0.0.1:5555")]
+    pub listen: SocketAddr,
+    /// Do not start the local worker.
+    #[arg(long)]
+    pub no_worker: bool,
+    /// Also serve the broker's Prometheus metrics on this address (`/metrics`).
+    #[arg(long, env = "TRIGGERFS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// TLS on both planes with a development CA made in the data dir (`<data>/tls`); the
+    /// client config written on the first start trusts it (`ca`, `tls://`, `https://`).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls: bool,
+    /// Serve plaintext on an address other than loopback (refused without it).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    #[command(flatten)]
+    pub tls_files: TlsArgs,
 }
 
 #[derive(Deserialize)]
@@ -307,12 +237,42 @@ async fn local_worker(
     Ok((config, jwt))
 }
 
-/// `triggerfs up`.
-pub fn run_up(
-    opts: ControlOptions,
-    broker: dataplane::BrokerSettings,
-    no_worker: bool,
-) -> Result<i32> {
+/// `triggerfs up`: serves until SIGINT or SIGTERM, then drains the broker and stops.
+pub fn run(args: UpArgs, trust: tls::Trust) -> Result<i32> {
+    if let Some(addr) = args.metrics_listen {
+        println!(
+            "metrics on http://{}/metrics",
+            crate::metrics_http::serve(addr)?
+        );
+    }
+    let data = absolute(&args.data)?;
+    let server_tls = tls(&args, &data, trust)?;
+    // The HTTP gateway needs the broker's address before the broker starts (the broker
+    // takes its configuration from the control plane): settle port 0 now.
+    let listen = if args.listen.port() == 0 {
+        std::net::TcpListener::bind(args.listen)?.local_addr()?
+    } else {
+        args.listen
+    };
+    let broker = dataplane::BrokerSettings {
+        worker_cert_required: args.tls_files.tls_client_ca.is_some(),
+        tls: server_tls.clone(),
+        ..args.shard.settings(listen)?
+    };
+    let opts = ControlOptions {
+        data,
+        broker_addr: Some(match server_tls {
+            Some(_) => format!("tls://{}", connectable(listen)),
+            None => listen.to_string(),
+        }),
+        tls: server_tls,
+        api: args.api,
+    };
+    serve(opts, broker, args.no_worker)
+}
+
+/// The control plane, the broker and (unless `no_worker`) the local worker, until a signal.
+fn serve(opts: ControlOptions, broker: dataplane::BrokerSettings, no_worker: bool) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -403,114 +363,11 @@ pub fn run_up(
     })
 }
 
-/// `triggerfs control`.
-pub fn run_control(opts: ControlOptions) -> Result<i32> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let running = start_control(&opts, async move {
-            let _ = stop_rx.changed().await;
-        })
-        .await?;
-        if let Some(admin) = &running.first_admin {
-            announce_admin(admin);
-        }
-        println!("broker token: {}", opts.data.join("broker.token").display());
-        println!("listening on {}", running.api_addr);
-        crate::signals::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-        Ok(0)
-    })
-}
-
-#[derive(Args, Debug)]
-pub struct ApiArgs {
-    /// Where the REST API listens.
-    #[arg(long, env = "TRIGGERFS_API_LISTEN", default_value = "127.0.0.1:8080")]
-    pub api_listen: SocketAddr,
-    /// `postgres://...` to use PostgreSQL; default: SQLite in the data dir.
-    #[arg(long, env = "TRIGGERFS_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// How long a login's JWT is valid.
-    #[arg(long, env = "TRIGGERFS_JWT_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
-    pub jwt_ttl: Duration,
-    /// An API connection that takes longer to send a request's headers, or stays idle
-    /// longer between requests, is closed.
-    #[arg(long, env = "TRIGGERFS_HTTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub http_timeout: Duration,
-    /// A request body must arrive within this, plus 1 s per 64 KiB of it; else 408 and the
-    /// connection is closed.
-    #[arg(long, env = "TRIGGERFS_HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub http_body_timeout: Duration,
-    /// API connections served at once (default: a quarter of the open-file limit). At the
-    /// limit the connection idle longest is closed to make room; if none is idle, 503.
-    #[arg(long, env = "TRIGGERFS_HTTP_MAX_CONNECTIONS")]
-    pub http_max_connections: Option<usize>,
-    /// API connections from one client address at once. At the cap that address's
-    /// connection idle longest is closed to make room; if none is idle, 503. Keep it above
-    /// --http-max-unauthenticated, so anonymous requests cannot fill an address's share.
-    #[arg(long, env = "TRIGGERFS_HTTP_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = controlplane::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
-    pub http_max_connections_per_address: usize,
-    /// API requests without valid credentials (no bearer token, or a bad or expired one)
-    /// in progress at once, logins included; past it, 503 at once. Logged-in callers and
-    /// the broker are not counted.
-    #[arg(long, env = "TRIGGERFS_HTTP_MAX_UNAUTHENTICATED", default_value_t = controlplane::DEFAULT_MAX_UNAUTHENTICATED)]
-    pub http_max_unauthenticated: usize,
-    /// How long the job history keeps a request (e.g. `7d`, `12h`); older ones are deleted.
-    #[arg(long, env = "TRIGGERFS_JOB_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
-    pub job_retention: Duration,
-}
-
-#[derive(Args, Debug)]
-pub struct ControlArgs {
-    /// Data directory (SQLite database, JWT key, broker token).
-    #[arg(long, env = "TRIGGERFS_DATA", default_value = "triggerfs-data")]
-    pub data: PathBuf,
-    /// The broker the HTTP gateway sends requests through.
-    #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
-    pub broker: String,
-    #[command(flatten)]
-    pub api: ApiArgs,
-    #[command(flatten)]
-    pub tls: TlsArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct UpArgs {
-    /// Data directory (database, keys, plugins, the admin's client config).
-    #[arg(long, env = "TRIGGERFS_DATA", default_value = "triggerfs-data")]
-    pub data: PathBuf,
-    /// Broker address to listen on.
-    #[arg(long, env = "TRIGGERFS_LISTEN", default_value = "127.0.0.1:5555")]
-    pub listen: SocketAddr,
-    /// Do not start the local worker.
-    #[arg(long)]
-    pub no_worker: bool,
-    /// Also serve the broker's Prometheus metrics on this address (`/metrics`).
-    #[arg(long, env = "TRIGGERFS_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// TLS on both planes with a development CA made in the data dir (`<data>/tls`); the
-    /// client config written on the first start trusts it (`ca`, `tls://`, `https://`).
-    #[arg(long, conflicts_with = "tls_cert")]
-    pub tls: bool,
-    /// Serve plaintext on an address other than loopback (refused without it).
-    #[arg(long)]
-    pub insecure_plaintext: bool,
-    #[command(flatten)]
-    pub api: ApiArgs,
-    #[command(flatten)]
-    pub shard: ShardArgs,
-    #[command(flatten)]
-    pub tls_files: TlsArgs,
-}
-
 /// `up`'s TLS: the development CA (`--tls`) or the given files; refuses plaintext on an
 /// address other than loopback without `--insecure-plaintext`. Sets the process's trust: the
 /// development CA (unless `--ca` names another), and the server's certificate as the local
 /// worker's client certificate (for `--tls-client-ca`).
-pub fn up_tls(
+fn tls(
     args: &UpArgs,
     data: &Path,
     mut trust: tls::Trust,
@@ -553,12 +410,4 @@ pub fn up_tls(
     }
     tls::set_trust(&trust)?;
     Ok(config)
-}
-
-pub fn absolute(path: &Path) -> Result<PathBuf> {
-    Ok(if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
-    })
 }

@@ -1,4 +1,4 @@
-//! `triggerfs worker`: its flags and the worker's configuration they make.
+//! `triggerfs worker`: its flags, and the worker run until SIGINT or SIGTERM.
 
 use crate::settings::Settings;
 use anyhow::{bail, Context, Result};
@@ -6,21 +6,23 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Flags of `triggerfs worker`; those of a `[main]` or `[workers]` key default to it (see
+/// [`Settings::under_flags`]).
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     /// The worker's identity (also a service name).
     #[arg(long, env = "TRIGGERFS_IDENTITY")]
     pub identity: String,
-    /// Broker address; default: [main] broker, else 127.0.0.1:5555.
-    #[arg(long, env = "TRIGGERFS_BROKER")]
-    pub broker: Option<String>,
-    /// The worker's team; default: the team of [workers.<team>.<identity>].
+    /// Broker address (else `[main] broker` of triggerfs.toml).
+    #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
+    pub broker: String,
+    /// The worker's team (else the team of `[workers.<team>.<identity>]`, else `[main] team`).
     #[arg(long, env = "TRIGGERFS_TEAM")]
     pub team: Option<String>,
-    /// The worker's token; default: from [workers.<team>.<identity>].
+    /// The worker's token (else that of `[workers.<team>.<identity>]`).
     #[arg(long, env = "TRIGGERFS_WORKER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Directory of plugins; default: [workers] pluginspath.
+    /// Directory of plugins (else `[workers] pluginspath`).
     #[arg(long, env = "TRIGGERFS_PLUGINSPATH")]
     pub pluginspath: Option<PathBuf>,
     /// A service to announce besides the identity; repeat for more.
@@ -30,9 +32,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "TRIGGERFS_MAX_CONCURRENCY", default_value_t = 64)]
     pub max_concurrency: usize,
     /// The shell that runs the core plugin `command` (`sh -c`, or e.g. `bash` for bash
-    /// syntax); default: [workers] shell, else `sh`.
-    #[arg(long, env = "TRIGGERFS_SHELL")]
-    pub shell: Option<String>,
+    /// syntax); else `[workers] shell`.
+    #[arg(long, env = "TRIGGERFS_SHELL", default_value = worker::DEFAULT_SHELL)]
+    pub shell: String,
     /// The seed's `-debug true`: log the acceptance, each announced service and every
     /// heartbeat sent and received.
     #[arg(long, env = "TRIGGERFS_DEBUG", num_args = 0..=1, default_missing_value = "true",
@@ -51,45 +53,50 @@ pub struct WorkerArgs {
     pub max_output: bytesize::ByteSize,
 }
 
-pub fn worker_config(args: WorkerArgs, settings: &Settings) -> Result<worker::WorkerConfig> {
-    let from_file = settings.worker_credentials(args.team.as_deref(), &args.identity);
-    let team = args
-        .team
-        .clone()
-        .or_else(|| from_file.as_ref().map(|(t, _)| t.clone()))
-        .or_else(|| settings.team.clone())
-        .unwrap_or_else(|| "default".into());
-    let token = args
-        .token
-        .or_else(|| from_file.map(|(_, t)| t))
-        .unwrap_or_default();
-    let pluginspath = args
-        .pluginspath
-        .or_else(|| settings.pluginspath.clone())
-        .context("no plugins path: pass --pluginspath DIR or set [workers] pluginspath")?;
-    if !Path::new(&pluginspath).is_dir() {
-        bail!("plugins path {} is not a directory", pluginspath.display());
+impl WorkerArgs {
+    /// The worker's configuration; an error when the plugins path is missing or the limits
+    /// are out of range.
+    pub fn config(self, settings: &Settings) -> Result<worker::WorkerConfig> {
+        let (team, token) = settings.worker_login(self.team, &self.identity, self.token);
+        let pluginspath = self
+            .pluginspath
+            .context("no plugins path: pass --pluginspath DIR or set [workers] pluginspath")?;
+        if !Path::new(&pluginspath).is_dir() {
+            bail!("plugins path {} is not a directory", pluginspath.display());
+        }
+        if self.max_concurrency == 0 {
+            bail!("--max-concurrency must be at least 1");
+        }
+        Ok(worker::WorkerConfig {
+            broker: self.broker,
+            team,
+            identity: self.identity,
+            token,
+            pluginspath,
+            services: self.services,
+            max_concurrency: self.max_concurrency,
+            shell: self.shell,
+            reconnect_max: Duration::from_secs(1),
+            debug: self.debug,
+            max_output: self.max_output.as_u64(),
+        })
     }
-    if args.max_concurrency == 0 {
-        bail!("--max-concurrency must be at least 1");
-    }
-    Ok(worker::WorkerConfig {
-        broker: args
-            .broker
-            .or_else(|| settings.broker.clone())
-            .unwrap_or_else(|| "127.0.0.1:5555".into()),
-        team,
-        identity: args.identity,
-        token,
-        pluginspath,
-        services: args.services,
-        max_concurrency: args.max_concurrency,
-        shell: args
-            .shell
-            .or_else(|| settings.shell.clone())
-            .unwrap_or_else(|| worker::DEFAULT_SHELL.into()),
-        reconnect_max: Duration::from_secs(1),
-        debug: args.debug,
-        max_output: args.max_output.as_u64(),
-    })
+}
+
+/// `triggerfs worker`: connects out and serves until SIGINT or SIGTERM.
+/// `trust` (the CA) gets the worker's client certificate, if any, before it is set.
+pub fn run(args: WorkerArgs, settings: &Settings, mut trust: tls::Trust) -> Result<i32> {
+    trust.cert = args.tls_cert.clone();
+    trust.key = args.tls_key.clone();
+    tls::set_trust(&trust)?;
+    let config = args.config(settings)?;
+    // One thread for the connection's reader and writer and the plugins' pipes: a
+    // dispatch's answer then passes from the reader to the writer without waking another
+    // thread (with two threads, a third of a busy worker's time went to those wake-ups).
+    // Blocking work (file writes of `file`, `append`) still goes to the blocking pool.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(worker::run(config, crate::signals::shutdown_signal()))?;
+    Ok(0)
 }

@@ -16,6 +16,7 @@ use launch::settings::Settings;
 use launch::{broker, control, mount, seed, up, worker};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc malloc: the hot path allocates a few dozen small objects per
 /// request (frames' strings and payloads, map entries) on threads that free each other's
@@ -106,16 +107,16 @@ fn main() {
         Command::Client(args) => args.debug,
         _ => false,
     };
-    let raised = raise_open_file_limit();
+    // The soft limit on open files up to the hard one: the common soft default of 1,024 is a
+    // few hundred idle clients for a server. (Child processes, plugins included, inherit it.)
+    let raised = rlimit::increase_nofile_limit(u64::MAX);
+    let filter = match debug {
+        true => "info,client=debug,worker=debug",
+        false => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if debug {
-                    "info,client=debug,worker=debug"
-                } else {
-                    "info"
-                })
-            }),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
         // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org).
@@ -158,28 +159,6 @@ fn parse(args: Vec<OsString>) -> (Cli, Result<Settings>) {
         .and_then(|matches| Cli::from_arg_matches(&matches))
         .unwrap_or_else(|e| e.exit());
     (cli, settings)
-}
-
-/// Raises the soft limit on open files to the hard limit: the common soft default of 1,024
-/// is a few hundred idle clients for a server. (Child processes, plugins included, inherit
-/// the raised limit.)
-fn raise_open_file_limit() -> std::io::Result<()> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read or write the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if limit.rlim_cur >= limit.rlim_max {
-        return Ok(());
-    }
-    limit.rlim_cur = limit.rlim_max;
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn run(cli: Cli, settings: &Settings) -> Result<i32> {

@@ -5,7 +5,7 @@ use crate::broker::TlsArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,7 +164,7 @@ pub fn announce_admin(admin: &controlplane::FirstAdmin) {
 /// `triggerfs control`: serves the API until SIGINT or SIGTERM.
 pub fn run(args: ControlArgs) -> Result<i32> {
     let opts = ControlOptions {
-        data: absolute(&args.data)?,
+        data: std::path::absolute(&args.data)?,
         broker_addr: Some(args.broker),
         tls: args.tls.server_config()?,
         api: args.api,
@@ -173,27 +173,15 @@ pub fn run(args: ControlArgs) -> Result<i32> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let running = start_control(&opts, async move {
-            let _ = stop_rx.changed().await;
-        })
-        .await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let running = start_control(&opts, stop.clone().cancelled_owned()).await?;
         if let Some(admin) = &running.first_admin {
             announce_admin(admin);
         }
         println!("broker token: {}", opts.data.join("broker.token").display());
         println!("listening on {}", running.api_addr);
         crate::signals::shutdown_signal().await;
-        let _ = stop_tx.send(true);
+        stop.cancel();
         Ok(0)
-    })
-}
-
-/// `path` from the current directory, when it is relative.
-pub fn absolute(path: &Path) -> Result<PathBuf> {
-    Ok(if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
     })
 }

@@ -3,23 +3,26 @@
 use anyhow::{Context, Result};
 use std::sync::Arc;
 
-/// Completes on SIGINT or SIGTERM.
+/// Completes on SIGINT or SIGTERM; never if they cannot be caught (their default action
+/// then ends the process).
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match ShutdownSignals::new() {
+        Ok(mut signals) => signals.recv().await,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot catch SIGINT and SIGTERM");
+            std::future::pending().await
+        }
     }
 }
 
 /// SIGINT and SIGTERM, caught from when this is made (inside a tokio runtime).
 pub struct ShutdownSignals {
-    pub term: tokio::signal::unix::Signal,
-    pub int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
+    /// Catches them from now on.
     pub fn new() -> Result<ShutdownSignals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(ShutdownSignals {

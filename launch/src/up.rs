@@ -5,16 +5,15 @@
 //! the `demo` service over the API exactly as a user would, with that admin's login.
 
 use crate::broker::{ShardArgs, TlsArgs};
-use crate::control::{
-    absolute, announce_admin, connectable, start_control, ApiArgs, ControlOptions,
-};
+use crate::control::{announce_admin, connectable, start_control, ApiArgs, ControlOptions};
+use crate::settings::{LoginArgs, Settings};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Flags of `triggerfs up`.
 #[derive(Args, Debug)]
@@ -44,18 +43,6 @@ pub struct UpArgs {
     pub shard: ShardArgs,
     #[command(flatten)]
     pub tls_files: TlsArgs,
-}
-
-#[derive(Deserialize)]
-struct MainSection {
-    team: String,
-    identity: String,
-    secret: String,
-}
-
-#[derive(Deserialize)]
-struct ClientToml {
-    main: MainSection,
 }
 
 /// Writes `<data>/triggerfs.toml` (0600): the admin's login plus where to find the servers,
@@ -110,9 +97,9 @@ async fn api(
 
 /// Makes sure worker `local` and service `demo` exist; returns a fresh token for `local` and
 /// the admin's JWT.
-async fn provision_local_worker(api_url: &str, login: &MainSection) -> Result<(String, String)> {
+async fn provision_local_worker(login: &fs::control::Login) -> Result<(String, String)> {
     let http = tls::http_client().build()?;
-    let base = format!("{api_url}/api/v1");
+    let base = format!("{}/api/v1", login.url);
     let (status, body) = api(
         &http,
         reqwest::Method::POST,
@@ -202,19 +189,17 @@ async fn local_worker(
     api_addr: SocketAddr,
     broker_addr: SocketAddr,
 ) -> Result<(worker::WorkerConfig, String)> {
-    let text = std::fs::read_to_string(config_path).with_context(|| {
-        format!(
-            "cannot read {} for the admin login the local worker is set up with",
-            config_path.display()
-        )
-    })?;
-    let login: ClientToml = toml::from_str(&text).with_context(|| {
-        format!(
-            "{} has no [main] team/identity/secret",
-            config_path.display()
-        )
-    })?;
-    let (token, jwt) = provision_local_worker(&opts.api_url(api_addr), &login.main).await?;
+    let main = Settings::load(Some(config_path))
+        .context("the admin login the local worker is set up with")?
+        .main;
+    let login = LoginArgs {
+        url: opts.api_url(api_addr),
+        team: main.team,
+        identity: main.identity,
+        secret: main.secret,
+    }
+    .required(&format!(" ({})", config_path.display()))?;
+    let (token, jwt) = provision_local_worker(&login).await?;
     let pluginspath = opts.data.join("plugins");
     plugins::install(&pluginspath)?;
     println!(
@@ -223,7 +208,7 @@ async fn local_worker(
     );
     let config = worker::WorkerConfig {
         broker: opts.broker_url(broker_addr),
-        team: login.main.team.clone(),
+        team: login.team,
         identity: "local".into(),
         token,
         pluginspath,
@@ -245,7 +230,7 @@ pub fn run(args: UpArgs, trust: tls::Trust) -> Result<i32> {
             crate::metrics_http::serve(addr)?
         );
     }
-    let data = absolute(&args.data)?;
+    let data = std::path::absolute(&args.data)?;
     let server_tls = tls(&args, &data, trust)?;
     // The HTTP gateway needs the broker's address before the broker starts (the broker
     // takes its configuration from the control plane): settle port 0 now.
@@ -277,14 +262,8 @@ fn serve(opts: ControlOptions, broker: dataplane::BrokerSettings, no_worker: boo
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let control_stop = {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.changed().await;
-            }
-        };
-        let running = start_control(&opts, control_stop).await?;
+        let stop = CancellationToken::new();
+        let running = start_control(&opts, stop.clone().cancelled_owned()).await?;
         let api_addr = running.api_addr;
         let api_url = opts.api_url(api_addr);
         println!("control plane listening on {api_url}");
@@ -327,10 +306,7 @@ fn serve(opts: ControlOptions, broker: dataplane::BrokerSettings, no_worker: boo
         } else {
             match local_worker(&opts, &config_path, api_addr, broker_addr).await {
                 Ok((config, jwt)) => {
-                    let mut rx = stop_rx.clone();
-                    let worker = tokio::spawn(worker::run(config, async move {
-                        let _ = rx.changed().await;
-                    }));
+                    let worker = tokio::spawn(worker::run(config, stop.clone().cancelled_owned()));
                     // `demo` is served before `up` says it is listening.
                     if let Err(e) = wait_local_online(&api_url, &jwt, Duration::from_secs(10)).await
                     {
@@ -355,7 +331,7 @@ fn serve(opts: ControlOptions, broker: dataplane::BrokerSettings, no_worker: boo
         // The broker drains first (see `--drain`), while the control plane and the local
         // worker still serve the requests in flight; then they stop.
         crate::signals::drain_broker(handle, signals).await?;
-        let _ = stop_tx.send(true);
+        stop.cancel();
         if let Some(w) = worker {
             let _ = w.await;
         }

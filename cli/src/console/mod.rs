@@ -19,7 +19,7 @@ pub(crate) mod table;
 
 use crate::client_cmd::{self, render::Console, ClientArgs};
 use anyhow::Result;
-use api::{Api, Login};
+use api::Api;
 use commands::{path_part, CliError, Reply};
 use grammar::{Kind, Mode, Next};
 use launch::settings::LoginArgs;
@@ -81,12 +81,6 @@ pub fn run(args: CliArgs, config: Option<PathBuf>) -> Result<i32> {
     let login = args
         .login
         .required(" (`triggerfs up` writes one: triggerfs-data/triggerfs.toml)")?;
-    let login = Login {
-        url: login.url,
-        team: login.team,
-        identity: login.identity,
-        secret: login.secret,
-    };
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

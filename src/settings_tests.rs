@@ -139,3 +139,18 @@ fn help_never_shows_the_files_secret() {
         assert!(!help.contains("file-secret"), "{name}: {help}");
     }
 }
+
+#[test]
+fn the_subcommands_keep_their_order() {
+    let names = |command: &clap::Command| -> Vec<String> {
+        command
+            .get_subcommands()
+            .map(|sub| sub.get_name().to_string())
+            .collect()
+    };
+    let settings = Settings::parse(FULL).unwrap();
+    assert_eq!(
+        names(&settings.under_flags(Cli::command())),
+        names(&Cli::command())
+    );
+}

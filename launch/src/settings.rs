@@ -226,19 +226,18 @@ impl Settings {
             let secret = arg.get_id() == "secret";
             arg.default_value(value).hide_default_value(secret)
         };
-        let mut cli = match path(&main.ca) {
+        let cli = match path(&main.ca) {
             Some(ca) => cli.mut_arg("ca", |arg| with_default(arg, ca)),
             None => cli,
         };
-        for (subcommands, id, value) in keys {
-            let Some(value) = value else { continue };
-            for name in subcommands {
-                cli = cli.mut_subcommand(name, |sub| {
-                    sub.mut_arg(id, |arg| with_default(arg, value.clone()))
-                });
+        cli.mut_subcommands(|mut sub| {
+            for (subcommands, id, value) in &keys {
+                if let (true, Some(value)) = (subcommands.contains(&sub.get_name()), value) {
+                    sub = sub.mut_arg(*id, |arg| with_default(arg, value.clone()));
+                }
             }
-        }
-        cli
+            sub
+        })
     }
 
     /// A worker's team and token: `--team` and `--token` when given, else those of its

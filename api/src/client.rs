@@ -5,6 +5,8 @@
 //!
 //! Paths are under `/api/v1`: `client.get::<T>("/workers")` calls `<url>/api/v1/workers`.
 
+use crate::errors::{ErrorBody, ErrorCode};
+use crate::login::{LoginRequest, LoginResponse};
 use futures_lite::{Stream, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -62,12 +64,13 @@ impl Login {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The control plane answered with an error.
-    #[error("{message} ({code})")]
+    #[error("{message} ({})", code_text(*.status, *.code))]
     Refused {
         /// HTTP status.
         status: u16,
-        /// The stable code (`NotFound`, `Forbidden`, ...).
-        code: String,
+        /// The stable code (`NotFound`, `Forbidden`, ...); `None` for an answer without the
+        /// JSON error body (a proxy's 502, say).
+        code: Option<ErrorCode>,
         /// Its message.
         message: String,
     },
@@ -105,25 +108,12 @@ impl ApiError {
     }
 }
 
-/// The error answer's body.
-#[derive(Deserialize)]
-struct ErrorBody {
-    code: String,
-    message: String,
-}
-
-/// `POST /login`.
-#[derive(Serialize)]
-struct LoginRequest<'a> {
-    team: &'a str,
-    identity: &'a str,
-    secret: &'a str,
-}
-
-/// Its answer.
-#[derive(Deserialize)]
-struct LoginAnswer {
-    token: String,
+/// A refusal's code as its message shows it: the stable code, or the HTTP status's text.
+pub fn code_text(status: u16, code: Option<ErrorCode>) -> String {
+    match code {
+        Some(code) => code.to_string(),
+        None => StatusCode::from_u16(status).map_or_else(|_| status.to_string(), |s| s.to_string()),
+    }
 }
 
 /// The token cache file: the JWT, and whose it is.
@@ -427,14 +417,14 @@ impl ApiClient {
         secret: &str,
     ) -> Result<String, ApiError> {
         let body = serde_json::to_vec(&LoginRequest {
-            team,
-            identity,
-            secret,
+            team: team.to_string(),
+            identity: identity.to_string(),
+            secret: secret.to_string(),
         })
         .map_err(ApiError::Encode)?;
         let login = || async {
             let answer = self.exchange(&Method::POST, "login", Some(&body), None);
-            decode::<LoginAnswer>(answer.await?)
+            decode::<LoginResponse>(answer.await?)
         };
         let answer = match login().await {
             Err(ApiError::Refused { status: 429, .. }) => {
@@ -576,8 +566,8 @@ fn decode<T: DeserializeOwned>(answer: Answer) -> Result<T, ApiError> {
 /// An error answer as [`ApiError::Refused`]; one without the JSON body gets its status.
 fn refusal(status: StatusCode, body: &[u8]) -> ApiError {
     let (code, message) = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => (e.code, e.message),
-        Err(_) => (status.to_string(), "no details".to_string()),
+        Ok(e) => (Some(e.code), e.message),
+        Err(_) => (None, "no details".to_string()),
     };
     ApiError::Refused {
         status: status.as_u16(),

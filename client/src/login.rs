@@ -30,7 +30,15 @@ pub async fn login(
         Err(e) => Err(e),
     };
     jwt.map_err(|e| match e {
-        ApiError::Refused { code, message, .. } => ClientError::Login { code, message },
+        ApiError::Refused {
+            status,
+            code,
+            message,
+        } => ClientError::Login {
+            status,
+            code,
+            message,
+        },
         ApiError::Unreachable { cause, .. } => ClientError::ControlPlane {
             url: url.to_string(),
             message: cause,

@@ -2,36 +2,13 @@
 //! logs in again before the JWT expires): the tree's lists, the changes `mkdir`/`rmdir`/`mv`/
 //! `chmod` make, and batched hit counts. The tree follows the client's SSE stream.
 
-use crate::tree::{DirectoryView, TriggerView};
 use crate::FsError;
+use api::directories::{CreateDirectory, DirectoryView};
+use api::triggers::{AddHits, TriggerView, UpdateTrigger};
 use api::ApiClient;
 use serde::de::IgnoredAny;
-use serde::Serialize;
 
 pub use api::client::Login;
-
-/// `POST /directories`.
-#[derive(Serialize)]
-struct NewDirectory {
-    path: String,
-}
-
-/// `PATCH /triggers/{id}`: a new path (`mv`) or mode (`chmod`).
-#[derive(Debug, Default, Serialize)]
-pub struct TriggerChange {
-    /// `/dir/name`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Unix mode bits.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<u32>,
-}
-
-/// `POST /triggers/{id}/hits`.
-#[derive(Serialize)]
-struct Hits {
-    count: u32,
-}
 
 /// The team's directories and triggers.
 pub async fn lists(api: &ApiClient) -> Result<(Vec<DirectoryView>, Vec<TriggerView>), FsError> {
@@ -41,7 +18,7 @@ pub async fn lists(api: &ApiClient) -> Result<(Vec<DirectoryView>, Vec<TriggerVi
 /// `mkdir /name`.
 pub async fn mkdir(api: &ApiClient, name: &str) -> Result<(), FsError> {
     let path = format!("/{name}");
-    let _: IgnoredAny = api.post("/directories", &NewDirectory { path }).await?;
+    let _: IgnoredAny = api.post("/directories", &CreateDirectory { path }).await?;
     Ok(())
 }
 
@@ -55,7 +32,7 @@ pub async fn rmdir(api: &ApiClient, name: &str) -> Result<(), FsError> {
 pub async fn patch_trigger(
     api: &ApiClient,
     id: i64,
-    change: &TriggerChange,
+    change: &UpdateTrigger,
 ) -> Result<(), FsError> {
     let _: IgnoredAny = api.patch(&format!("/triggers/{id}"), change).await?;
     Ok(())
@@ -64,7 +41,10 @@ pub async fn patch_trigger(
 /// Adds `count` runs to a trigger's hits.
 pub async fn add_hits(api: &ApiClient, id: i64, count: u32) -> Result<(), FsError> {
     let _: IgnoredAny = api
-        .post(&format!("/triggers/{id}/hits"), &Hits { count })
+        .post(
+            &format!("/triggers/{id}/hits"),
+            &AddHits { count: Some(count) },
+        )
         .await?;
     Ok(())
 }

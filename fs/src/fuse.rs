@@ -8,12 +8,13 @@
 //! no writeback cache. `getxattr` is left unimplemented: the kernel learns that from the
 //! first `ENOSYS` and stops asking on every write.
 
-use crate::control::{self, TriggerChange};
+use crate::control;
 use crate::lines::LineBuffer;
 use crate::record::SpooledRequest;
 use crate::spool::SpoolError;
 use crate::tree::{Trigger, ROOT};
 use crate::{FsError, Shared};
+use api::triggers::UpdateTrigger;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -315,9 +316,9 @@ impl Filesystem for TriggerFs {
         if let Some(mode) = mode {
             let mode = mode & 0o7777;
             if mode != trigger.mode {
-                let change = TriggerChange {
+                let change = UpdateTrigger {
                     mode: Some(mode),
-                    ..TriggerChange::default()
+                    ..UpdateTrigger::default()
                 };
                 let patch = control::patch_trigger(&self.shared.api, trigger.id, &change);
                 if let Err(e) = self.change(patch) {
@@ -455,9 +456,9 @@ impl Filesystem for TriggerFs {
             }
             (trigger, new_dir.name.clone())
         };
-        let change = TriggerChange {
+        let change = UpdateTrigger {
             path: Some(format!("/{new_dir}/{newname}")),
-            ..TriggerChange::default()
+            ..UpdateTrigger::default()
         };
         match self.change(control::patch_trigger(
             &self.shared.api,

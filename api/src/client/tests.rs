@@ -54,7 +54,13 @@ async fn login(
     };
     let token = jwt(now() + left, n);
     *s.valid.lock().unwrap() = token.clone();
-    Ok(Json(serde_json::json!({ "token": token })))
+    Ok(Json(serde_json::json!({
+        "token": token,
+        "expires_at": "2030-01-01T00:00:00Z",
+        "team": "t",
+        "identity": "i",
+        "role": "member",
+    })))
 }
 
 async fn me(
@@ -142,7 +148,7 @@ async fn fails_over_past_a_closed_port_and_a_503_and_then_prefers_the_one_that_a
     match api.get::<Me>("/me").await {
         Err(ApiError::Refused {
             status: 503, code, ..
-        }) => assert_eq!(code, "ServiceUnavailable"),
+        }) => assert_eq!(code, Some(ErrorCode::ServiceUnavailable)),
         other => panic!("{other:?}"),
     }
     // Nothing answers: unreachable, naming the URL and why.
@@ -193,8 +199,8 @@ async fn refusals_and_answers_that_cannot_be_read_are_typed() {
             code,
             message,
         }) => assert_eq!(
-            (status, &*code, &*message),
-            (404, "NotFound", "NotFound here")
+            (status, code, &*message),
+            (404, Some(ErrorCode::NotFound), "NotFound here")
         ),
         other => panic!("{other:?}"),
     }

@@ -104,7 +104,7 @@ pub struct BrokerArgs {
     /// Address to listen on.
     #[arg(long, env = "TRIGGERFS_LISTEN", default_value = "127.0.0.1:5555")]
     pub listen: SocketAddr,
-    /// Control plane URL to take services and trust from (else [broker] of the config file).
+    /// Control plane URL to take services and trust from (else `[broker]` of the config file).
     #[arg(long, env = "TRIGGERFS_CONTROL_URL")]
     pub control: Option<String>,
     /// The control plane's broker token (see its data dir's broker.token).

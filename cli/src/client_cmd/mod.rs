@@ -4,7 +4,7 @@
 //! `main` calls. [`run_with`] takes the console, stdin and the interrupt signal as
 //! arguments so that tests can drive it without a terminal or a real Ctrl-C. The `client`
 //! library does the talking; this module and [`render`] are the command's own (argument
-//! parsing, terminal output), kept in the binary so the library needs neither clap nor
+//! parsing, terminal output), kept out of the library so that it needs neither clap nor
 //! indicatif.
 //!
 //! Exit status: 0 every worker exited 0 (at least one ran, or `--no-wait` was queued, or

@@ -1,11 +1,11 @@
 //! `triggerfs cli`: the management console in the seed's Juniper-like syntax.
 //!
-//! - [`grammar`]: every command as one table entry; parsing, `help`, `?`, TAB and `-c` all
+//! - `grammar`: every command as one table entry; parsing, `help`, `?`, TAB and `-c` all
 //!   read that table.
-//! - [`commands`]: what each entry does (API calls) and the [`Reply`] it prints.
-//! - [`api`]: the control plane, logged in from `[main]` of triggerfs.toml.
-//! - [`table`]: tables in the seed's shape.
-//! - [`editor`]: the line editor (rustyline): TAB completion of keywords and object names,
+//! - `commands`: what each entry does (API calls) and the `Reply` it prints.
+//! - `api`: the control plane, logged in from `[main]` of triggerfs.toml.
+//! - `table`: tables in the seed's shape.
+//! - `editor`: the line editor (rustyline): TAB completion of keywords and object names,
 //!   `?` at any point, history across sessions.
 //!
 //! Interactive, the console keeps running through every error (one line each); `-c` runs

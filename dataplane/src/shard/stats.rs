@@ -5,7 +5,6 @@ use crate::config::ServiceConfig;
 use crate::metrics;
 use foldhash::{HashMap, HashMapExt};
 use proto::{Algorithm, ErrorKind, Role, Summary};
-use std::cell::RefCell;
 use std::time::Instant;
 
 /// (algorithm, outcome) → counter.
@@ -19,7 +18,7 @@ pub(super) struct Stats {
     /// Request latency histograms, indexed by [`algorithm_idx`].
     durations: [prometheus::Histogram; 3],
     /// team → service → (algorithm, outcome) → counter: found without building a label.
-    request_counters: RefCell<HashMap<String, HashMap<String, OutcomeCounters>>>,
+    request_counters: HashMap<String, HashMap<String, OutcomeCounters>>,
 }
 
 impl Stats {
@@ -30,7 +29,7 @@ impl Stats {
             queued: metrics::QUEUED.with_label_values(&[&shard]),
             durations: [Algorithm::Roundrobin, Algorithm::Mirror, Algorithm::Serial]
                 .map(|a| metrics::REQUEST_SECONDS.with_label_values(&[&a.to_string()])),
-            request_counters: RefCell::new(HashMap::new()),
+            request_counters: HashMap::new(),
             shard,
         }
     }
@@ -62,7 +61,7 @@ impl Stats {
 
     /// A request that ran is over: its outcome, its latency, one fewer in flight.
     pub(super) fn request_finished(
-        &self,
+        &mut self,
         service: &ServiceConfig,
         started: Instant,
         summary: &Summary,
@@ -77,7 +76,7 @@ impl Stats {
             "ok"
         };
         let key = (service.algorithm, outcome);
-        let mut counters = self.request_counters.borrow_mut();
+        let counters = &mut self.request_counters;
         let known = counters
             .get(&service.team)
             .and_then(|m| m.get(&service.name))

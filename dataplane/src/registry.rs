@@ -307,69 +307,7 @@ impl Registry {
             .and_then(|services| services.get(service_name))
             .cloned();
         if let Some(service) = configured {
-            let allowed = match service.visibility {
-                Visibility::Public => true,
-                Visibility::Team => own_team,
-                Visibility::Local => own_team && service.owner.as_deref() == Some(&caller.identity),
-            };
-            if !allowed {
-                return Err((
-                    ErrorKind::Forbidden,
-                    format!(
-                        "service {team}/{service_name} is {} and not open to {}/{}",
-                        service.visibility, caller.team, caller.identity
-                    ),
-                ));
-            }
-            // One pass over the bound workers, online ones as members and (mirror, serial)
-            // the others as offline: a fan-out service may bind thousands.
-            let mut members: Vec<WorkerRef> = Vec::with_capacity(service.workers.len());
-            let mut offline: Vec<Arc<str>> = Vec::new();
-            let reports_offline = service.algorithm != proto::Algorithm::Roundrobin;
-            // A `local` worker bound to a service of another user (bound before the API
-            // checked, or made `local` since) does not serve it.
-            let mut not_theirs: Option<&str> = None;
-            for id in &service.workers {
-                if !self.may_serve(team, id, service.owner.as_deref()) {
-                    not_theirs.get_or_insert(id);
-                    continue;
-                }
-                match self.worker(team, id) {
-                    Some(w) => members.push(w),
-                    None if reports_offline => offline.push(Arc::from(id.as_str())),
-                    None => {}
-                }
-            }
-            if service.open_to_announcers {
-                for w in self.announcers(team, service_name) {
-                    if !service.workers.iter().any(|c| **c == *w.identity) {
-                        members.push(w);
-                    }
-                }
-            }
-            // A mirror or serial service with every bound worker offline still routes: the
-            // request reports each of them `Offline` instead of naming none of them.
-            if members.is_empty() && offline.is_empty() {
-                if let Some(id) = not_theirs {
-                    return Err((
-                        ErrorKind::Forbidden,
-                        format!(
-                            "worker {id} is local to {} and serves no service of {}; service {name} has no other worker",
-                            self.owner_of(team, id).unwrap_or_default(),
-                            service.owner.as_deref().unwrap_or_default()
-                        ),
-                    ));
-                }
-                return Err((
-                    ErrorKind::NoWorkersOnline,
-                    format!("service {name} has no worker online"),
-                ));
-            }
-            return Ok(Route {
-                service,
-                members,
-                offline,
-            });
+            return self.resolve_configured(caller, (team, service_name), name, service);
         }
         if !own_team {
             // Do not reveal which names exist in another team.
@@ -410,6 +348,82 @@ impl Registry {
 }
 
 impl Registry {
+    /// Resolves `service`, configured as `team/service_name` (`name` as the caller wrote
+    /// it), for `caller`: its visibility, then its bound workers online (and, for mirror
+    /// and serial, offline).
+    fn resolve_configured(
+        &self,
+        caller: &Principal,
+        (team, service_name): (&str, &str),
+        name: &str,
+        service: Arc<ServiceConfig>,
+    ) -> Result<Route, RouteError> {
+        let own_team = team == caller.team;
+        let allowed = match service.visibility {
+            Visibility::Public => true,
+            Visibility::Team => own_team,
+            Visibility::Local => own_team && service.owner.as_deref() == Some(&caller.identity),
+        };
+        if !allowed {
+            return Err((
+                ErrorKind::Forbidden,
+                format!(
+                    "service {team}/{service_name} is {} and not open to {}/{}",
+                    service.visibility, caller.team, caller.identity
+                ),
+            ));
+        }
+        // One pass over the bound workers, online ones as members and (mirror, serial)
+        // the others as offline: a fan-out service may bind thousands.
+        let mut members: Vec<WorkerRef> = Vec::with_capacity(service.workers.len());
+        let mut offline: Vec<Arc<str>> = Vec::new();
+        let reports_offline = service.algorithm != proto::Algorithm::Roundrobin;
+        // A `local` worker bound to a service of another user (bound before the API
+        // checked, or made `local` since) does not serve it.
+        let mut not_theirs: Option<&str> = None;
+        for id in &service.workers {
+            if !self.may_serve(team, id, service.owner.as_deref()) {
+                not_theirs.get_or_insert(id);
+                continue;
+            }
+            match self.worker(team, id) {
+                Some(w) => members.push(w),
+                None if reports_offline => offline.push(Arc::from(id.as_str())),
+                None => {}
+            }
+        }
+        if service.open_to_announcers {
+            for w in self.announcers(team, service_name) {
+                if !service.workers.iter().any(|c| **c == *w.identity) {
+                    members.push(w);
+                }
+            }
+        }
+        // A mirror or serial service with every bound worker offline still routes: the
+        // request reports each of them `Offline` instead of naming none of them.
+        if members.is_empty() && offline.is_empty() {
+            if let Some(id) = not_theirs {
+                return Err((
+                    ErrorKind::Forbidden,
+                    format!(
+                        "worker {id} is local to {} and serves no service of {}; service {name} has no other worker",
+                        self.owner_of(team, id).unwrap_or_default(),
+                        service.owner.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            return Err((
+                ErrorKind::NoWorkersOnline,
+                format!("service {name} has no worker online"),
+            ));
+        }
+        Ok(Route {
+            service,
+            members,
+            offline,
+        })
+    }
+
     /// The members of the ad-hoc service `name` of `team` for `caller`: the online workers
     /// of the caller that announce it; when there are none, the `team` workers of the one
     /// other owner that announce it (empty when none does). Workers of several other owners

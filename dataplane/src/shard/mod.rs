@@ -19,23 +19,20 @@
 //! The shard's jobs, one module each:
 //! - `executor`: the shard's tasks (listener and accept loop, mesh receivers, ticks) until
 //!   its shutdown; `drain`: the graceful one;
-//! - `serve`, `handshake`: a connection's task (TLS, `Hello`, reads, heartbeats);
-//! - `conns`: the connections (open, send, close, credentials); `cuts`: cutting one (a
-//!   slow client, a revoked credential, a superseded worker);
+//! - `serve`: a connection's task (TLS, `Hello`, reads, heartbeats);
+//! - `conns`: the connections (open, send, close, credentials, cutting one: a slow client,
+//!   a revoked credential, a superseded worker);
 //! - `requests`: admitting a client's `Request` (`routing`: to which workers); `runs`:
 //!   running its state machine and carrying out what it decides, timeouts, the held-back
 //!   `Routed`;
-//! - `workers`: the workers connected here (dispatches and cancels to them, their frames,
-//!   `Announce`, online/offline news); `flow`: pausing a slow client's output at them;
+//! - `workers`: the workers connected here (dispatches, cancels and pauses to them, their
+//!   frames, `Announce`, online/offline news);
 //! - `mesh`: messages to other shards and the backpressure of a frame ([`Unsettled`]);
 //! - `stats`: the shard's metric handles; `jobs`: the job-history trace of each request.
 
 mod conns;
-mod cuts;
 mod drain;
 mod executor;
-mod flow;
-mod handshake;
 mod jobs;
 mod mesh;
 mod requests;

@@ -1,16 +1,26 @@
-//! A connection's task: its handshake, then its frames handled one at a time (each one
-//! event on the shard's state), its heartbeats, and its close.
+//! A connection's task: TLS (when the broker has it), its `Hello` within the deadline
+//! (checked by the configuration source, refused with a typed answer otherwise), then its
+//! frames handled one at a time (each one event on the shard's state), its heartbeats, and
+//! its close.
 
-use super::handshake::HANDSHAKE_MAX_FRAME;
 use super::Shard;
+use crate::config::Principal;
 use crate::conn::{write_loop, FrameReader, Outbox, ReadError, SharedStream, Stream};
-use crate::limits::PendingGuard;
+use crate::limits::{OpenGuard, PendingGuard};
 use glommio::net::TcpStream;
-use proto::{Frame, Role};
+use proto::{Credential, ErrorKind, Frame, ProtoError, Role};
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::debug;
+use tracing::{debug, warn};
+
+/// The content type of a TLS handshake record: the first byte a TLS client sends.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The largest frame accepted before `Welcome`: a `Hello` is a few hundred bytes (a JWT, or
+/// a worker's team, identity and token). Anything larger is refused as `TooLarge`.
+const HANDSHAKE_MAX_FRAME: usize = 8 * 1024;
 
 impl Shard {
     /// Serves one accepted connection until it closes. `pending` counts it among its
@@ -91,6 +101,170 @@ impl Shard {
         self.settle().await;
         out.close();
     }
+
+    /// The TLS handshake, within the `Hello` deadline; with it, whether the peer presented a
+    /// client certificate (the configuration checked it against `--tls-client-ca`). A peer
+    /// whose first bytes are no TLS record speaks plaintext: it is answered
+    /// `Refused { BadRequest }` in plaintext, so a plaintext client gets a typed error
+    /// instead of a hang or a reset.
+    async fn accept_tls(
+        &self,
+        stream: TcpStream,
+        config: Arc<futures_rustls::rustls::ServerConfig>,
+    ) -> Option<(Stream, bool)> {
+        let deadline = self.env.settings.heartbeat * 3;
+        let accept = async {
+            let mut first = [0u8; 1];
+            match stream.peek(&mut first).await {
+                Ok(1) if first[0] != TLS_HANDSHAKE_RECORD => {
+                    return Err(Some(stream));
+                }
+                Ok(1) => {}
+                _ => return Err(None),
+            }
+            let acceptor = futures_rustls::TlsAcceptor::from(config);
+            match acceptor.accept(stream).await {
+                Ok(tls) => Ok(tls),
+                Err(e) => {
+                    debug!(shard = self.env.idx, error = %e, "TLS handshake failed");
+                    crate::metrics::CLOSED.with_label_values(&["tls"]).inc();
+                    Err(None)
+                }
+            }
+        };
+        let accepted = futures_lite::FutureExt::or(async { Some(accept.await) }, async {
+            glommio::timer::sleep(deadline).await;
+            None
+        })
+        .await;
+        match accepted {
+            Some(Ok(tls)) => {
+                let certified = tls.get_ref().1.peer_certificates().is_some();
+                Some((Stream::Tls(Box::new(tls)), certified))
+            }
+            Some(Err(Some(plain))) => {
+                crate::metrics::CLOSED
+                    .with_label_values(&["plaintext"])
+                    .inc();
+                warn!(
+                    shard = self.env.idx,
+                    "plaintext connection to a TLS broker refused"
+                );
+                let stream = SharedStream::new(Stream::Plain(plain));
+                let out = Rc::new(Outbox::new(1, HANDSHAKE_MAX_FRAME));
+                let _ = out.try_send(&Frame::Refused {
+                    kind: ErrorKind::BadRequest,
+                    reason: "this broker requires TLS: connect with tls://host:port".into(),
+                });
+                out.close();
+                write_loop(stream, out).await;
+                None
+            }
+            Some(Err(None)) | None => None,
+        }
+    }
+
+    /// Reads and checks the `Hello`. On refusal, queues the answer and returns `None`.
+    /// `certified`: the peer presented a client certificate its TLS handshake verified.
+    async fn handshake(
+        &self,
+        reader: &mut FrameReader,
+        out: &Outbox,
+        certified: bool,
+    ) -> Option<(Principal, Role)> {
+        let deadline = self.env.settings.heartbeat * 3;
+        let first = futures_lite::FutureExt::or(async { Some(reader.read_frame().await) }, async {
+            glommio::timer::sleep(deadline).await;
+            None
+        })
+        .await;
+        let refuse = |kind: ErrorKind, reason: String| Frame::Refused { kind, reason };
+        let answer = match first {
+            None => refuse(
+                ErrorKind::Malformed,
+                "no Hello within the handshake deadline".into(),
+            ),
+            Some(Err(ReadError::Closed)) | Some(Err(ReadError::Io(_))) => return None,
+            Some(Err(ReadError::Proto(e))) => {
+                let (kind, message) = proto_error_kind(&e);
+                Frame::Error {
+                    id: None,
+                    kind,
+                    message,
+                }
+            }
+            Some(Ok(frame)) => match proto::codec::check_hello(frame) {
+                Err(e) => refuse(ErrorKind::BadRequest, e.to_string()),
+                Ok(hello) => match self.env.source.authenticate(&hello.credential) {
+                    Ok(principal) => {
+                        let role = match hello.credential {
+                            Credential::Jwt { .. } => Role::Client,
+                            Credential::Worker { .. } => Role::Worker,
+                        };
+                        if role == Role::Worker
+                            && self.env.settings.worker_cert_required
+                            && !certified
+                        {
+                            warn!(
+                                shard = self.env.idx,
+                                "worker without a client certificate refused"
+                            );
+                            refuse(
+                                ErrorKind::Unauthorized,
+                                "this broker requires a client certificate from workers \
+                                 (--tls-cert and --tls-key, signed by its --tls-client-ca)"
+                                    .into(),
+                            )
+                        } else {
+                            return Some((principal, role));
+                        }
+                    }
+                    Err(refusal) => {
+                        warn!(shard = self.env.idx, kind = ?refusal.kind, reason = %refusal.message, "handshake refused");
+                        refuse(refusal.kind, refusal.message)
+                    }
+                },
+            },
+        };
+        let reason = match &answer {
+            Frame::Refused { kind, .. } | Frame::Error { kind, .. } => {
+                crate::metrics::kind_label(*kind)
+            }
+            _ => "handshake",
+        };
+        crate::metrics::REJECTED.with_label_values(&[reason]).inc();
+        let _ = out.send(&answer).await;
+        None
+    }
+
+    /// Counts a connection whose handshake succeeded as open for its address, or refuses it
+    /// `TooManyConnections` when its address has its limit open already.
+    async fn establish(
+        &self,
+        pending: PendingGuard,
+        principal: &Principal,
+        out: &Outbox,
+    ) -> Option<OpenGuard> {
+        let ip = pending.ip();
+        let open = match pending.establish() {
+            Ok(guard) => return Some(guard),
+            Err(open) => open,
+        };
+        let limit = self.env.settings.max_connections_per_address;
+        warn!(shard = self.env.idx, %ip, open, limit, identity = %principal.identity, "too many connections from this address; refused");
+        crate::metrics::CLOSED
+            .with_label_values(&["connections_per_address"])
+            .inc();
+        let _ = out
+            .send(&Frame::Refused {
+                kind: ErrorKind::TooManyConnections,
+                reason: format!(
+                    "{ip} has {open} connections open to this broker, its limit (--max-connections-per-address {limit})"
+                ),
+            })
+            .await;
+        None
+    }
 }
 
 /// Resumes a paused client's output at its workers whenever its backlog came down to its
@@ -123,4 +297,15 @@ async fn heartbeat_loop(
         // A full queue means traffic is flowing; no heartbeat needed then.
         let _ = out.try_send(&Frame::Heartbeat);
     }
+}
+
+pub(super) fn proto_error_kind(e: &ProtoError) -> (ErrorKind, String) {
+    let kind = match e {
+        ProtoError::Oversized { .. } => ErrorKind::TooLarge,
+        ProtoError::UnsupportedVersion { .. } | ProtoError::BadHandshake { .. } => {
+            ErrorKind::BadRequest
+        }
+        ProtoError::Empty | ProtoError::Malformed { .. } => ErrorKind::Malformed,
+    };
+    (kind, e.to_string())
 }

@@ -2,7 +2,7 @@
 //!
 //! [`BrokerHandle::drain`](crate::BrokerHandle::drain) and
 //! [`BrokerHandle::stop`](crate::BrokerHandle::stop) set their state and notify an
-//! [`Event`]; each shard's shutdown task awaits it ([`Shutdown::asked`]), so an idle shard
+//! [`Event`]; each shard's main task awaits it ([`Shutdown::asked`]), so an idle shard
 //! wakes for a shutdown and for nothing else. The accept loop is a task of its own, which only
 //! its listener wakes: glommio keeps a clone of the waker per poll of a pending `accept`, and
 //! a task that raced `accept` against a periodic stop check overflowed that count (an `i16`)
@@ -16,15 +16,6 @@ use std::sync::OnceLock;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-/// What was asked of the shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Asked {
-    /// A graceful shutdown: let the requests in flight finish, then close.
-    Drain,
-    /// Stop now.
-    Stop,
-}
-
 /// The broker's shutdown, shared by every shard: whether a drain or a stop was asked for,
 /// and the drain's progress (touched per tick while draining, never on the request path).
 #[derive(Debug)]
@@ -32,7 +23,8 @@ pub(crate) struct Shutdown {
     /// Notified when a drain or a stop is asked for.
     event: Event,
     stopped: AtomicBool,
-    drain_for: Duration,
+    /// How long the drain lets requests run.
+    pub(crate) drain_for: Duration,
     /// Set when the drain starts: its deadline.
     deadline: OnceLock<Instant>,
     /// Requests in flight per shard; `usize::MAX` until that shard reports.
@@ -71,37 +63,29 @@ impl Shutdown {
         self.event.notify(usize::MAX);
     }
 
-    fn now_asked(&self) -> Option<Asked> {
-        if self.stopped.load(Ordering::SeqCst) {
-            Some(Asked::Stop)
-        } else if self.deadline.get().is_some() {
-            Some(Asked::Drain)
-        } else {
-            None
-        }
+    /// Whether a stop was asked for.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
-    /// Resolves once a drain or a stop is asked for, with which.
-    pub(crate) async fn asked(&self) -> Asked {
-        self.until(Shutdown::now_asked).await
+    /// Resolves once a drain or a stop is asked for.
+    pub(crate) async fn asked(&self) {
+        self.until(|s| s.is_stopped() || s.deadline.get().is_some())
+            .await
     }
 
     /// Resolves once a stop is asked for.
     pub(crate) async fn stopped(&self) {
-        let stopped = |s: &Shutdown| (s.now_asked() == Some(Asked::Stop)).then_some(());
-        self.until(stopped).await
+        self.until(Shutdown::is_stopped).await
     }
 
     /// Waits on the event until `cond` holds (listening before the second look, so that a
     /// notification in between is not missed).
-    async fn until<T>(&self, cond: impl Fn(&Shutdown) -> Option<T>) -> T {
-        loop {
-            if let Some(t) = cond(self) {
-                return t;
-            }
+    async fn until(&self, cond: impl Fn(&Shutdown) -> bool) {
+        while !cond(self) {
             let mut listener = self.event.listen();
-            if let Some(t) = cond(self) {
-                return t;
+            if cond(self) {
+                return;
             }
             std::future::poll_fn(|cx| match Pin::new(&mut listener).poll(cx) {
                 Poll::Pending => {
@@ -123,11 +107,6 @@ impl Shutdown {
             None
         };
         futures_lite::future::or(stopped, async { Some(work.await) }).await
-    }
-
-    /// How long the drain lets requests run.
-    pub(crate) fn drain_for(&self) -> Duration {
-        self.drain_for
     }
 
     /// Shard `idx` has `open` requests in flight.

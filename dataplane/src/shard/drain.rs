@@ -45,7 +45,7 @@ impl Shard {
             0 => "the broker is shutting down".to_string(),
             _ => format!(
                 "the broker is shutting down; requests not finished within its drain ({}) are ended",
-                humantime_secs(shutdown.drain_for())
+                humantime_secs(shutdown.drain_for)
             ),
         };
         let conns: Vec<Closing> = self.handle((), |st, ()| {

@@ -4,7 +4,6 @@
 
 use super::{Shard, ShardMsg, Shared};
 use crate::limits::PendingHandshakes;
-use crate::shutdown::Asked;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::TcpListener;
@@ -59,11 +58,11 @@ pub(crate) async fn run(
     let pending = shared.pending.clone();
     let accepting = accept_loop(idx, listener.clone(), pending, shard.clone());
     let acceptor = glommio::spawn_local(accepting);
-    let asked = shared.shutdown.asked().await;
+    shared.shutdown.asked().await;
     acceptor.cancel().await;
     // New connections are refused from here on; a drain lets those open finish.
     drop(listener);
-    if asked == Asked::Drain {
+    if !shared.shutdown.is_stopped() {
         shard.drain_out(&shared.shutdown).await;
     }
 }

@@ -312,16 +312,9 @@ impl State {
     fn take_unsettled(&mut self) -> Option<Unsettled> {
         self.pause_clients();
         self.cut_connections();
-        let unsettled = &mut self.unsettled;
-        if unsettled.congested.is_empty() && unsettled.backlogged.is_empty() {
-            return None;
-        }
-        Some(Unsettled {
-            congested: std::mem::take(&mut unsettled.congested),
-            backlogged: std::mem::take(&mut unsettled.backlogged),
-            to_cut: Vec::new(),
-            to_pause: Vec::new(),
-        })
+        let unsettled = &self.unsettled;
+        let waits = !unsettled.congested.is_empty() || !unsettled.backlogged.is_empty();
+        waits.then(|| std::mem::take(&mut self.unsettled))
     }
 }
 

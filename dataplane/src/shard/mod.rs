@@ -45,8 +45,8 @@ mod workers;
 pub(crate) use executor::run;
 pub(crate) use mesh::ShardMsg;
 
-use crate::config::ConfigSource;
-use crate::conn::ClientBudget;
+use crate::config::{ConfigSource, Principal};
+use crate::conn::{ClientBudget, Outbox};
 use crate::idem::IdemWindows;
 use crate::limits::PendingHandshakes;
 use crate::request::Action;
@@ -180,33 +180,27 @@ impl Shard {
         f(&mut self.state.borrow_mut(), arg)
     }
 
-    /// Registers a connection whose `Hello` was accepted and queues its `Welcome`; a worker
-    /// is reported online and announced to every shard. Returns the connection's id.
-    pub(crate) fn open_conn(
-        &self,
-        out: Rc<crate::conn::Outbox>,
-        principal: crate::config::Principal,
-        role: Role,
-    ) -> u64 {
-        self.handle((out, principal, role), |st, (out, who, role)| {
-            st.open_conn(out, who, role)
+    /// Registers a connection whose `Hello` was accepted (see `State::open_conn`); its id.
+    pub(crate) fn open_conn(&self, out: Rc<Outbox>, principal: Principal, role: Role) -> u64 {
+        self.handle((out, principal, role), |st, (o, p, r)| {
+            st.open_conn(o, p, r)
         })
     }
 
     /// Handles one frame of an open connection; `false` means close it.
     pub(crate) fn on_frame(&self, conn_id: u64, role: Role, frame: Frame) -> bool {
         self.handle(
-            (conn_id, role, frame),
-            |st, (conn_id, role, frame)| match role {
-                Role::Client => st.on_client_frame(conn_id, frame),
-                Role::Worker => st.on_worker_frame(conn_id, frame),
+            (conn_id, frame),
+            match role {
+                Role::Client => |st, (c, f)| st.on_client_frame(c, f),
+                Role::Worker => |st, (c, f)| st.on_worker_frame(c, f),
             },
         )
     }
 
     /// Answers a frame that could not be decoded; the caller then closes the connection.
     pub(crate) fn reject(&self, conn_id: u64, e: &ProtoError) {
-        self.handle((conn_id, e), |st, (conn_id, e)| st.reject(conn_id, e))
+        self.handle((conn_id, e), |st, (c, e)| st.reject(c, e))
     }
 
     /// Forgets a closed connection (see `State::close_conn`).
@@ -216,9 +210,7 @@ impl Shard {
 
     /// Pauses (or resumes) the output of client `conn_id`'s waited requests at their workers.
     pub(crate) fn flow_client(&self, conn_id: u64, paused: bool) {
-        self.handle((conn_id, paused), |st, (conn_id, paused)| {
-            st.flow_client(conn_id, paused)
-        })
+        self.handle((conn_id, paused), |st, (c, p)| st.flow_client(c, p))
     }
 
     /// Handles a message from another shard.

@@ -75,6 +75,7 @@ impl RequestEntry {
 }
 
 /// The dispatch ids of a shard: its index in the top bits, a count below.
+#[derive(Default)]
 pub(super) struct DispatchIds {
     base: u64,
     last: u64,
@@ -89,6 +90,7 @@ impl DispatchIds {
 
 /// The requests a shard owns, by key, and what finds them: dispatch ids, deadlines, the
 /// `Routed` frames held back.
+#[derive(Default)]
 pub(super) struct Requests {
     by_key: HashMap<u64, RequestEntry>,
     /// Dispatch id → request key, for dispatches of requests owned here.
@@ -107,18 +109,11 @@ pub(super) struct Requests {
 
 impl Requests {
     pub(super) fn new(idx: usize) -> Requests {
+        let base = (idx as u64) << DISPATCH_SHARD_SHIFT;
+        let ids = DispatchIds { base, last: 0 };
         Requests {
-            by_key: HashMap::default(),
-            dispatch_owner: HashMap::default(),
-            deadlines: BTreeSet::new(),
-            dispatch_deadlines: BTreeSet::new(),
-            dispatch_due: HashMap::default(),
-            routed_held: VecDeque::new(),
-            last_key: 0,
-            ids: DispatchIds {
-                base: (idx as u64) << DISPATCH_SHARD_SHIFT,
-                last: 0,
-            },
+            ids,
+            ..Requests::default()
         }
     }
 

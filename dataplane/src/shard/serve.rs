@@ -132,12 +132,7 @@ impl Shard {
                 }
             }
         };
-        let accepted = futures_lite::FutureExt::or(async { Some(accept.await) }, async {
-            glommio::timer::sleep(deadline).await;
-            None
-        })
-        .await;
-        match accepted {
+        match within(deadline, accept).await {
             Some(Ok(tls)) => {
                 let certified = tls.get_ref().1.peer_certificates().is_some();
                 Some((Stream::Tls(Box::new(tls)), certified))
@@ -173,18 +168,12 @@ impl Shard {
         certified: bool,
     ) -> Option<(Principal, Role)> {
         let deadline = self.env.settings.heartbeat * 3;
-        let first = futures_lite::FutureExt::or(async { Some(reader.read_frame().await) }, async {
-            glommio::timer::sleep(deadline).await;
-            None
-        })
-        .await;
-        let refuse = |kind: ErrorKind, reason: String| Frame::Refused { kind, reason };
-        let answer = match first {
-            None => refuse(
-                ErrorKind::Malformed,
-                "no Hello within the handshake deadline".into(),
-            ),
-            Some(Err(ReadError::Closed)) | Some(Err(ReadError::Io(_))) => return None,
+        let answer = match within(deadline, reader.read_frame()).await {
+            None => Frame::Refused {
+                kind: ErrorKind::Malformed,
+                reason: "no Hello within the handshake deadline".into(),
+            },
+            Some(Err(ReadError::Closed | ReadError::Io(_))) => return None,
             Some(Err(ReadError::Proto(e))) => {
                 let (kind, message) = proto_error_kind(&e);
                 Frame::Error {
@@ -193,37 +182,9 @@ impl Shard {
                     message,
                 }
             }
-            Some(Ok(frame)) => match proto::codec::check_hello(frame) {
-                Err(e) => refuse(ErrorKind::BadRequest, e.to_string()),
-                Ok(hello) => match self.env.source.authenticate(&hello.credential) {
-                    Ok(principal) => {
-                        let role = match hello.credential {
-                            Credential::Jwt { .. } => Role::Client,
-                            Credential::Worker { .. } => Role::Worker,
-                        };
-                        if role == Role::Worker
-                            && self.env.settings.worker_cert_required
-                            && !certified
-                        {
-                            warn!(
-                                shard = self.env.idx,
-                                "worker without a client certificate refused"
-                            );
-                            refuse(
-                                ErrorKind::Unauthorized,
-                                "this broker requires a client certificate from workers \
-                                 (--tls-cert and --tls-key, signed by its --tls-client-ca)"
-                                    .into(),
-                            )
-                        } else {
-                            return Some((principal, role));
-                        }
-                    }
-                    Err(refusal) => {
-                        warn!(shard = self.env.idx, kind = ?refusal.kind, reason = %refusal.message, "handshake refused");
-                        refuse(refusal.kind, refusal.message)
-                    }
-                },
+            Some(Ok(frame)) => match self.admit_hello(frame, certified) {
+                Ok(admitted) => return Some(admitted),
+                Err(refused) => refused,
             },
         };
         let reason = match &answer {
@@ -235,6 +196,34 @@ impl Shard {
         crate::metrics::REJECTED.with_label_values(&[reason]).inc();
         let _ = out.send(&answer).await;
         None
+    }
+
+    /// Who a `Hello` comes from and in which role, or the `Refused` that answers it.
+    fn admit_hello(&self, frame: Frame, certified: bool) -> Result<(Principal, Role), Frame> {
+        let refuse = |kind: ErrorKind, reason: String| Frame::Refused { kind, reason };
+        let hello = proto::codec::check_hello(frame)
+            .map_err(|e| refuse(ErrorKind::BadRequest, e.to_string()))?;
+        let principal = self.env.source.authenticate(&hello.credential).map_err(|refusal| {
+            warn!(shard = self.env.idx, kind = ?refusal.kind, reason = %refusal.message, "handshake refused");
+            refuse(refusal.kind, refusal.message)
+        })?;
+        let role = match hello.credential {
+            Credential::Jwt { .. } => Role::Client,
+            Credential::Worker { .. } => Role::Worker,
+        };
+        if role == Role::Worker && self.env.settings.worker_cert_required && !certified {
+            warn!(
+                shard = self.env.idx,
+                "worker without a client certificate refused"
+            );
+            return Err(refuse(
+                ErrorKind::Unauthorized,
+                "this broker requires a client certificate from workers \
+                 (--tls-cert and --tls-key, signed by its --tls-client-ca)"
+                    .into(),
+            ));
+        }
+        Ok((principal, role))
     }
 
     /// Counts a connection whose handshake succeeded as open for its address, or refuses it
@@ -297,6 +286,15 @@ async fn heartbeat_loop(
         // A full queue means traffic is flowing; no heartbeat needed then.
         let _ = out.try_send(&Frame::Heartbeat);
     }
+}
+
+/// `work`'s output, or `None` when `deadline` passed first.
+async fn within<T>(deadline: Duration, work: impl std::future::Future<Output = T>) -> Option<T> {
+    let late = async {
+        glommio::timer::sleep(deadline).await;
+        None
+    };
+    futures_lite::future::or(async { Some(work.await) }, late).await
 }
 
 pub(super) fn proto_error_kind(e: &ProtoError) -> (ErrorKind, String) {

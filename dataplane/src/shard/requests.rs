@@ -17,18 +17,6 @@ use tracing::{debug, warn};
 /// whose worker is slow to accept (busy, queued) still learns at once that it was routed.
 const ROUTED_HOLD: Duration = Duration::from_millis(5);
 
-/// The fields of a request every dispatch repeats.
-pub(super) struct DispatchTemplate {
-    pub(super) service: String,
-    pub(super) plugin: String,
-    pub(super) command: Vec<String>,
-    pub(super) args: Vec<proto::Arg>,
-    pub(super) payload: Vec<u8>,
-    pub(super) timeout_ms: u64,
-    /// The request's key scoped to its caller ([`proto::IdemKey::scoped`]).
-    pub(super) key: Option<proto::IdemKey>,
-}
-
 /// A keyed request's key as its caller sent it, and how its run ends so far.
 pub(super) struct Keyed {
     pub(super) team: String,
@@ -53,7 +41,9 @@ pub(super) struct RequestEntry {
     deadline: Option<Instant>,
     /// A staged run's timeout per worker, counted from its dispatch.
     pub(super) staged_timeout: Option<Duration>,
-    pub(super) template: DispatchTemplate,
+    /// What every dispatch of it repeats: a `Dispatch` but for its id; its key is scoped
+    /// to the caller ([`proto::IdemKey::scoped`]).
+    pub(super) template: proto::Dispatch,
     pub(super) run: RequestRun,
     /// Set for a request with an idempotency key: recorded in the window when it finishes.
     pub(super) keyed: Option<Box<Keyed>>,
@@ -396,7 +386,8 @@ impl State {
             wait: request.wait,
             deadline: whole.map(|whole| now + whole),
             staged_timeout,
-            template: DispatchTemplate {
+            template: proto::Dispatch {
+                id: 0,
                 service: request.service,
                 plugin: request.plugin,
                 command: request.command,

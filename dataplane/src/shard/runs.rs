@@ -161,16 +161,9 @@ impl State {
         let Some(entry) = self.requests.get(key) else {
             return;
         };
-        let t = &entry.template;
         let dispatch = proto::Dispatch {
             id: dispatch_id,
-            service: t.service.clone(),
-            plugin: t.plugin.clone(),
-            command: t.command.clone(),
-            args: t.args.clone(),
-            payload: t.payload.clone(),
-            timeout_ms: t.timeout_ms,
-            key: t.key,
+            ..entry.template.clone()
         };
         let client = self.conns.get(entry.client_conn);
         let paused = entry.wait && client.is_some_and(|c| c.out.is_paused());

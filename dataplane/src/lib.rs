@@ -195,15 +195,10 @@ impl BrokerHandle {
     /// and refuses new requests with `ShuttingDown`; once no request is in flight on any
     /// shard, or [`BrokerSettings::drain`] has passed, every connection is sent
     /// `Error { ShuttingDown }` (ending the requests still open) and closed, and the shards
-    /// exit. [`BrokerHandle::join`] waits for that. A [`BrokerHandle::stop`] meanwhile cuts
+    /// exit. [`BrokerHandle::wait`] waits for that. A [`BrokerHandle::stop`] meanwhile cuts
     /// the drain short.
     pub fn drain(&self) {
         self.shutdown.drain();
-    }
-
-    /// Waits for every shard to exit.
-    pub fn join(self) {
-        self.wait();
     }
 
     /// Waits for every shard to exit, through a shared handle (so that another thread may

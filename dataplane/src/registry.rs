@@ -111,22 +111,8 @@ impl Registry {
 
     /// Replaces the configured services (a configuration change).
     pub fn set_routing(&mut self, routing: Arc<RoutingConfig>) {
-        let mut configured: ByTeam<Arc<ServiceConfig>> = HashMap::new();
-        for ((team, name), service) in &routing.services {
-            configured
-                .entry(team.clone())
-                .or_default()
-                .insert(name.clone(), Arc::new(service.clone()));
-        }
-        self.configured = configured;
-        let mut grants: ByTeam<WorkerGrant> = HashMap::new();
-        for ((team, identity), grant) in &routing.workers {
-            grants
-                .entry(team.clone())
-                .or_default()
-                .insert(identity.clone(), grant.clone());
-        }
-        self.grants = grants;
+        self.configured = by_team(&routing.services, |s| Arc::new(s.clone()));
+        self.grants = by_team(&routing.workers, WorkerGrant::clone);
         // Rebuilt on demand; dropping them here keeps names of long-gone workers from piling up.
         self.implicit.clear();
     }
@@ -456,6 +442,16 @@ impl Registry {
         }
         Ok(open)
     }
+}
+
+/// `map`, keyed by (team, name), regrouped by team, each value made by `f`.
+fn by_team<T, U>(map: &BTreeMap<(String, String), T>, f: impl Fn(&T) -> U) -> ByTeam<U> {
+    let mut by_team: ByTeam<U> = HashMap::new();
+    for ((team, name), value) in map {
+        let names = by_team.entry(team.clone()).or_default();
+        names.insert(name.clone(), f(value));
+    }
+    by_team
 }
 
 fn unindex(index: &mut HashMap<String, BTreeSet<Arc<str>>>, service: &str, identity: &str) {

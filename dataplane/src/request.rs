@@ -7,47 +7,22 @@
 
 use crate::config::ServiceConfig;
 use crate::registry::{WorkerAt, WorkerRef};
-use proto::{Algorithm, ErrorKind, Event, Stream, Summary};
+use proto::{Algorithm, Event, Summary};
 use std::sync::Arc;
 
-/// What a worker reported about one dispatch.
+/// What a worker reported about one dispatch, or that it went away.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerEvent {
-    /// Plugin started.
-    Accepted,
-    /// A line of output.
-    Output {
-        /// Sequence number.
-        seq: u64,
-        /// stdout or stderr.
-        stream: Stream,
-        /// Bytes.
-        data: Vec<u8>,
-    },
-    /// Plugin exited.
-    Done {
-        /// Exit status.
-        exit_code: i32,
-    },
-    /// The run failed (plugin missing, timeout on the worker, cancelled).
-    Failed {
-        /// Why.
-        kind: ErrorKind,
-        /// Detail.
-        message: String,
-    },
+    /// An event of the run: the plugin started, wrote a line, exited, or the run failed
+    /// (plugin missing, timeout on the worker, cancelled).
+    Ran(Event),
     /// The worker's connection closed while the dispatch was open.
     Lost,
 }
 
-impl From<proto::Event> for WorkerEvent {
-    fn from(event: proto::Event) -> WorkerEvent {
-        match event {
-            proto::Event::Accepted => WorkerEvent::Accepted,
-            proto::Event::Output { seq, stream, data } => WorkerEvent::Output { seq, stream, data },
-            proto::Event::Done { exit_code } => WorkerEvent::Done { exit_code },
-            proto::Event::Failed { kind, message } => WorkerEvent::Failed { kind, message },
-        }
+impl From<Event> for WorkerEvent {
+    fn from(event: Event) -> WorkerEvent {
+        WorkerEvent::Ran(event)
     }
 }
 

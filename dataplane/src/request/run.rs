@@ -119,11 +119,11 @@ impl RequestRun {
         };
         let worker = self.targets[self.running[pos].target_idx].identity.clone();
         let event = match event {
-            WorkerEvent::Accepted => {
+            WorkerEvent::Ran(Event::Accepted) => {
                 self.running[pos].accepted = true;
                 Event::Accepted
             }
-            WorkerEvent::Output { seq, stream, data } => Event::Output { seq, stream, data },
+            WorkerEvent::Ran(output @ Event::Output { .. }) => output,
             ended => {
                 let run = self.running.swap_remove(pos);
                 out.push(Action::Forget { dispatch_id });
@@ -145,7 +145,7 @@ impl RequestRun {
         out: &mut Vec<Action>,
     ) {
         match event {
-            WorkerEvent::Done { exit_code } => {
+            WorkerEvent::Ran(Event::Done { exit_code }) => {
                 if exit_code == 0 {
                     self.summary.ok += 1;
                 } else {
@@ -156,7 +156,7 @@ impl RequestRun {
                 let event = Event::Done { exit_code };
                 out.push(Action::Relay { worker, event });
             }
-            WorkerEvent::Failed { kind, message } => {
+            WorkerEvent::Ran(Event::Failed { kind, message }) => {
                 // One text for a timeout, whichever side noticed it.
                 let message = match kind {
                     ErrorKind::Timeout => self.policy.timeout_message(),
@@ -164,6 +164,7 @@ impl RequestRun {
                 };
                 self.fail(worker, kind, message, out);
             }
+            // `Lost` (`Accepted` and `Output` do not end a run).
             _ => {
                 let may_retry = !run.accepted || self.policy.retry;
                 // Fail-over: the client never hears about the lost worker.

@@ -229,7 +229,7 @@ impl State {
             Peer::Client { requests, .. } => {
                 self.stats.connected(Role::Client).dec();
                 for (_, key) in requests {
-                    if self.requests.get(key).is_some_and(|r| r.wait) {
+                    if self.requests.get(key).is_some_and(|r| r.client.wait) {
                         self.with_request(key, |run, _, out| run.on_cancel(out));
                     }
                 }

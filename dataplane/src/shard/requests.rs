@@ -17,6 +17,15 @@ use tracing::{debug, warn};
 /// whose worker is slow to accept (busy, queued) still learns at once that it was routed.
 const ROUTED_HOLD: Duration = Duration::from_millis(5);
 
+/// Who the client of a request is: its connection, its id for the request, whether it
+/// waits for the replies.
+#[derive(Clone, Copy)]
+pub(super) struct ClientSide {
+    pub(super) conn_id: u64,
+    pub(super) request_id: u64,
+    pub(super) wait: bool,
+}
+
 /// A keyed request's key as its caller sent it, and how its run ends so far.
 pub(super) struct Keyed {
     pub(super) team: String,
@@ -32,9 +41,7 @@ pub(super) struct RequestEntry {
     pub(super) routed: Option<Frame>,
     pub(super) started: Instant,
     pub(super) service: Arc<ServiceConfig>,
-    pub(super) client_conn: u64,
-    pub(super) client_request_id: u64,
-    pub(super) wait: bool,
+    pub(super) client: ClientSide,
     /// When the whole request ends: its deadline, or its timeout when every worker starts
     /// at once. `None` for a staged run without a deadline, whose workers each time out
     /// from their own start (`staged_timeout`).
@@ -114,7 +121,7 @@ impl Requests {
         if let Some(deadline) = entry.deadline {
             self.deadlines.insert((deadline, key));
         }
-        if entry.wait {
+        if entry.client.wait {
             self.routed_held.push_back((entry.started, key));
         }
         self.by_key.insert(key, entry);
@@ -200,7 +207,8 @@ impl Requests {
             }
             self.routed_held.pop_front();
             let entry = self.by_key.get_mut(&key);
-            if let Some((conn, frame)) = entry.and_then(|e| Some((e.client_conn, e.routed.take()?)))
+            if let Some((conn, frame)) =
+                entry.and_then(|e| Some((e.client.conn_id, e.routed.take()?)))
             {
                 return Some((conn, frame));
             }
@@ -381,9 +389,11 @@ impl State {
             }),
             started: now,
             service: service.clone(),
-            client_conn: conn_id,
-            client_request_id: id,
-            wait: request.wait,
+            client: ClientSide {
+                conn_id,
+                request_id: id,
+                wait: request.wait,
+            },
             deadline: whole.map(|whole| now + whole),
             staged_timeout,
             template: proto::Dispatch {

@@ -2,7 +2,7 @@
 //! decides carried out (dispatches, cancels, relays to the client, its end), its timeouts,
 //! and the `Routed` frames held back.
 
-use super::requests::DispatchIds;
+use super::requests::{ClientSide, DispatchIds};
 use super::{ShardMsg, State};
 use crate::registry::WorkerRef;
 use crate::request::{Action, RequestRun, WorkerEvent};
@@ -12,14 +12,6 @@ use std::time::Instant;
 
 /// Action lists the pool keeps: more than the deepest nesting of `with_request`.
 const ACTION_LISTS_KEPT: usize = 8;
-
-/// Who the client of a request is, copied out before actions run.
-#[derive(Clone, Copy)]
-struct ClientSide {
-    conn_id: u64,
-    request_id: u64,
-    wait: bool,
-}
 
 impl State {
     /// Runs `f` on request `key`'s state machine and carries out the actions it returns.
@@ -37,11 +29,7 @@ impl State {
         else {
             return;
         };
-        let client = ClientSide {
-            conn_id: entry.client_conn,
-            request_id: entry.client_request_id,
-            wait: entry.wait,
-        };
+        let client = entry.client;
         self.carry_out(key, client, actions);
     }
 
@@ -165,8 +153,8 @@ impl State {
             id: dispatch_id,
             ..entry.template.clone()
         };
-        let client = self.conns.get(entry.client_conn);
-        let paused = entry.wait && client.is_some_and(|c| c.out.is_paused());
+        let client = self.conns.get(entry.client.conn_id);
+        let paused = entry.client.wait && client.is_some_and(|c| c.out.is_paused());
         let due = entry.staged_timeout.map(|timeout| Instant::now() + timeout);
         self.requests.dispatched(dispatch_id, key, due);
         let at = worker.at;

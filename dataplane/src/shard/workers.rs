@@ -208,7 +208,7 @@ impl State {
         let dispatches: Vec<(u64, WorkerAt)> = keys
             .values()
             .filter_map(|&key| requests.get(key))
-            .filter(|entry| entry.wait)
+            .filter(|entry| entry.client.wait)
             .flat_map(|entry| entry.run.open_dispatches_at())
             .collect();
         if paused {

@@ -231,6 +231,15 @@ impl State {
         }
     }
 
+    /// Hands the message `msg` makes for its connection to the worker at `at`: handled
+    /// here when it is connected to this shard, sent to its shard otherwise.
+    pub(super) fn send_to_worker(&mut self, at: WorkerAt, msg: impl FnOnce(u64) -> ShardMsg) {
+        match at.shard_idx {
+            idx if idx == self.env.idx => self.on_shard_msg(msg(at.conn_id)),
+            idx => self.send_to_shard(idx, msg(at.conn_id)),
+        }
+    }
+
     /// Sends a message made by `msg` to every other shard.
     pub(super) fn send_to_every_shard(&mut self, msg: impl Fn() -> ShardMsg) {
         let Some(n_shards) = self.env.mesh.as_ref().map(|m| m.backlogs.len()) else {

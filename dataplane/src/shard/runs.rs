@@ -53,16 +53,11 @@ impl State {
                     dispatch_id,
                     worker,
                 } => self.dispatch(key, dispatch_id, worker),
-                Action::Cancel { dispatch_id, at } if at.shard_idx == self.env.idx => {
-                    self.cancel_local(at.conn_id, dispatch_id)
-                }
                 Action::Cancel { dispatch_id, at } => {
-                    let conn_id = at.conn_id;
-                    let msg = ShardMsg::Cancel {
+                    self.send_to_worker(at, |conn_id| ShardMsg::Cancel {
                         conn_id,
                         dispatch_id,
-                    };
-                    self.send_to_shard(at.shard_idx, msg)
+                    })
                 }
                 Action::Forget { dispatch_id } => self.requests.forget_dispatch(dispatch_id),
                 Action::Relay { worker, event } => {
@@ -158,12 +153,7 @@ impl State {
         let due = entry.staged_timeout.map(|timeout| Instant::now() + timeout);
         self.requests.dispatched(dispatch_id, key, due);
         let at = worker.at;
-        if at.shard_idx == self.env.idx {
-            self.deliver_local(at.conn_id, dispatch);
-        } else {
-            let conn_id = at.conn_id;
-            self.send_to_shard(at.shard_idx, ShardMsg::Dispatch { conn_id, dispatch });
-        }
+        self.send_to_worker(at, |conn_id| ShardMsg::Dispatch { conn_id, dispatch });
         // Its client is behind: the new run starts paused (the same path as the dispatch,
         // so the pause never overtakes it).
         if paused {

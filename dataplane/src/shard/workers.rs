@@ -226,20 +226,13 @@ impl State {
         }
     }
 
-    /// Pauses (or resumes) the output of dispatch `dispatch_id` at worker `at`, on whatever
-    /// shard it is connected to.
+    /// Pauses (or resumes) the output of dispatch `dispatch_id` at worker `at`.
     pub(super) fn flow_dispatch(&mut self, dispatch_id: u64, at: WorkerAt, paused: bool) {
-        if at.shard_idx == self.env.idx {
-            self.flow_local(at.conn_id, dispatch_id, paused);
-        } else {
-            let conn_id = at.conn_id;
-            let msg = ShardMsg::Flow {
-                conn_id,
-                dispatch_id,
-                paused,
-            };
-            self.send_to_shard(at.shard_idx, msg);
-        }
+        self.send_to_worker(at, |conn_id| ShardMsg::Flow {
+            conn_id,
+            dispatch_id,
+            paused,
+        });
     }
 
     /// Tells a worker connected to this shard to pause (or resume) the output of a dispatch

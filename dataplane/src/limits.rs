@@ -135,17 +135,18 @@ struct Counts {
     open: usize,
 }
 
-/// One connection counted as pending in [`PendingHandshakes`] until it is dropped.
-pub(crate) struct PendingGuard {
+/// One connection counted in [`PendingHandshakes`] until it is dropped: as pending
+/// ([`PendingGuard`]) or as open ([`OpenGuard`]).
+pub(crate) struct AddressGuard<const OPEN: bool> {
     pending: Arc<PendingHandshakes>,
     ip: IpAddr,
 }
 
-/// One connection counted as open in [`PendingHandshakes`] until it is dropped.
-pub(crate) struct OpenGuard {
-    pending: Arc<PendingHandshakes>,
-    ip: IpAddr,
-}
+/// A connection whose handshake has not ended.
+pub(crate) type PendingGuard = AddressGuard<false>;
+
+/// A connection whose handshake succeeded.
+pub(crate) type OpenGuard = AddressGuard<true>;
 
 impl PendingHandshakes {
     pub(crate) fn new(per_address: usize, open_per_address: usize) -> PendingHandshakes {
@@ -216,15 +217,9 @@ impl PendingGuard {
     }
 }
 
-impl Drop for PendingGuard {
+impl<const OPEN: bool> Drop for AddressGuard<OPEN> {
     fn drop(&mut self) {
-        self.pending.release(self.ip, false);
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.pending.release(self.ip, true);
+        self.pending.release(self.ip, OPEN);
     }
 }
 

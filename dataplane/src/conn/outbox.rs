@@ -157,6 +157,21 @@ impl OutboxState {
         }
     }
 
+    /// Encodes `frame` behind what is queued and wakes the writer. Only an oversized frame
+    /// can fail (e.g. a worker line at the limit plus the `Reply` wrapper): it is dropped
+    /// with a log line rather than closing the connection.
+    fn queue(&mut self, frame: &Frame, max_frame: usize) {
+        match proto::encode(frame, &mut self.buf, max_frame) {
+            Err(e) => tracing::warn!(error = %e, kind = frame.kind_name(), "frame not sent"),
+            Ok(_) => {
+                self.frames += 1;
+                if let Some(writer) = self.writer.take() {
+                    writer.wake();
+                }
+            }
+        }
+    }
+
     /// Wakes the task that resumes a paused client once its backlog is down to its mark
     /// (or the connection closed).
     fn wake_flow(&mut self) {
@@ -233,16 +248,7 @@ impl Outbox {
         if state.frames >= self.depth {
             return Err(SendError::Full);
         }
-        if let Err(e) = proto::encode(frame, &mut state.buf, self.max_frame) {
-            // Only an oversized frame can fail here (e.g. a worker line at the limit plus the
-            // Reply wrapper); it is dropped with a log line rather than closing the connection.
-            tracing::warn!(error = %e, kind = frame.kind_name(), "frame not sent");
-            return Ok(());
-        }
-        state.frames += 1;
-        if let Some(writer) = state.writer.take() {
-            writer.wake();
-        }
+        state.queue(frame, self.max_frame);
         Ok(())
     }
 
@@ -256,14 +262,7 @@ impl Outbox {
         if state.closed {
             return Err(SendError::Closed);
         }
-        if let Err(e) = proto::encode(frame, &mut state.buf, self.max_frame) {
-            tracing::warn!(error = %e, kind = frame.kind_name(), "frame not sent");
-        } else {
-            state.frames += 1;
-            if let Some(writer) = state.writer.take() {
-                writer.wake();
-            }
-        }
+        state.queue(frame, self.max_frame);
         let Some(bound) = state.byte_bound else {
             return Ok(match state.frames >= self.depth {
                 true => Pushed::Full,

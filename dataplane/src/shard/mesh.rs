@@ -10,7 +10,7 @@
 
 use super::{home_of, Shard, State};
 use crate::conn::{Outbox, Pushed};
-use crate::registry::{Online, WorkerAt};
+use crate::registry::WorkerAt;
 use crate::request::WorkerEvent;
 use glommio::channels::channel_mesh::Senders;
 use glommio::{GlommioError, ResourceType};
@@ -286,13 +286,7 @@ impl State {
                 let registry = &mut self.routing.registry;
                 let online = registry.worker_online(&team, identity, at, generation, announced);
                 // A newer connection elsewhere displaced one connected here.
-                if let Online::Replaced(old) = online {
-                    if old.shard_idx == self.env.idx {
-                        let why = String::new();
-                        self.unsettled
-                            .cut_later(old.conn_id, ErrorKind::Superseded, why);
-                    }
-                }
+                self.cut_superseded(online);
             }
             ShardMsg::WorkerOffline { team, identity, at } => {
                 self.routing.registry.worker_offline(&team, &identity, at);

@@ -156,20 +156,11 @@ impl State {
             generation,
             announced.clone(),
         );
-        let superseded = match online {
-            Online::Stale => {
-                let why = String::new();
-                return self
-                    .unsettled
-                    .cut_later(conn_id, ErrorKind::Superseded, why);
-            }
-            Online::Replaced(old) if old.shard_idx == self.env.idx => Some(old.conn_id),
-            _ => None,
-        };
-        if let Some(old) = superseded {
-            self.unsettled
-                .cut_later(old, ErrorKind::Superseded, String::new());
+        if online == Online::Stale {
+            // A newer connection of the identity is known: this one is superseded.
+            return self.cut_superseded(Online::Replaced(at));
         }
+        self.cut_superseded(online);
         self.send_to_every_shard(|| ShardMsg::WorkerOnline {
             team: who.team.clone(),
             identity: identity.clone(),
@@ -177,6 +168,17 @@ impl State {
             generation,
             announced: announced.clone(),
         });
+    }
+
+    /// Notes the connection here that `online` found replaced by a newer one to be cut.
+    pub(super) fn cut_superseded(&mut self, online: Online) {
+        match online {
+            Online::Replaced(old) if old.shard_idx == self.env.idx => {
+                let (kind, why) = (ErrorKind::Superseded, String::new());
+                self.unsettled.cut_later(old.conn_id, kind, why);
+            }
+            _ => {}
+        }
     }
 
     /// Removes a worker that was connected here from every shard's registry. Sent on the

@@ -93,12 +93,6 @@ impl Conns {
         self.by_id.len()
     }
 
-    /// Whether connection `conn_id` is open here.
-    #[cfg(test)]
-    pub(super) fn contains(&self, conn_id: u64) -> bool {
-        self.by_id.contains_key(&conn_id)
-    }
-
     /// Client connection `conn_id`: who it is, its requests (its request id → shard
     /// request key) and its limits.
     pub(super) fn client(

@@ -58,15 +58,9 @@ impl Shard {
             glommio::spawn_local(client_flow(self.clone(), conn_id, out.clone())).detach();
         }
         let last_seen = Rc::new(Cell::new(Instant::now()));
-        let alive = Rc::new(Cell::new(true));
-        glommio::spawn_local(heartbeat_loop(
-            stream.clone(),
-            out.clone(),
-            last_seen.clone(),
-            alive.clone(),
-            settings.heartbeat,
-        ))
-        .detach();
+        let (to, every) = (stream.clone(), settings.heartbeat);
+        let heartbeats =
+            glommio::spawn_local(heartbeat_loop(to, out.clone(), last_seen.clone(), every));
 
         loop {
             let frame = match reader.read_frame().await {
@@ -96,7 +90,7 @@ impl Shard {
                 glommio::yield_if_needed().await;
             }
         }
-        alive.set(false);
+        drop(heartbeats); // cancels them
         self.close_conn(conn_id);
         self.settle().await;
         out.close();
@@ -270,14 +264,10 @@ async fn heartbeat_loop(
     stream: SharedStream,
     out: Rc<Outbox>,
     last_seen: Rc<Cell<Instant>>,
-    alive: Rc<Cell<bool>>,
     every: Duration,
 ) {
     loop {
         glommio::timer::sleep(every).await;
-        if !alive.get() {
-            return;
-        }
         if last_seen.get().elapsed() > every * 3 {
             debug!("peer missed three heartbeats; closing");
             stream.shutdown();

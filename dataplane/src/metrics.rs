@@ -95,38 +95,16 @@ pub static IDEM_REPLAYS: LazyLock<IntCounter> = metric!(
     "Keyed requests answered from the broker's idempotency window without running again"
 );
 
-/// Snake-case label of an error kind.
-pub fn kind_label(kind: proto::ErrorKind) -> &'static str {
-    use proto::ErrorKind::*;
-    match kind {
-        NoSuchService => "no_such_service",
-        NoWorkersOnline => "no_workers_online",
-        Unauthorized => "unauthorized",
-        Forbidden => "forbidden",
-        Timeout => "timeout",
-        PluginNotFound => "plugin_not_found",
-        WorkerLost => "worker_lost",
-        QuotaExceeded => "quota_exceeded",
-        BadRequest => "bad_request",
-        Malformed => "malformed",
-        TooLarge => "too_large",
-        PluginFailed => "plugin_failed",
-        Cancelled => "cancelled",
-        SlowConsumer => "slow_consumer",
-        Superseded => "superseded",
-        Revoked => "revoked",
-        PluginCrashed => "plugin_crashed",
-        PluginProtocol => "plugin_protocol",
-        Offline => "offline",
-        Skipped => "skipped",
-        NoResponse => "no_response",
-        Detached => "detached",
-        TooManyRequests => "too_many_requests",
-        RateLimited => "rate_limited",
-        TooManyConnections => "too_many_connections",
-        OutputLimit => "output_limit",
-        ShuttingDown => "shutting_down",
+/// Snake-case label of an error kind: its text (`NoSuchService`) as `no_such_service`.
+pub fn kind_label(kind: proto::ErrorKind) -> String {
+    let mut label = String::new();
+    for (i, c) in proto::TextEnum::as_str(kind).char_indices() {
+        if c.is_ascii_uppercase() && i > 0 {
+            label.push('_');
+        }
+        label.push(c.to_ascii_lowercase());
     }
+    label
 }
 
 /// Job-history records the control plane stored.
@@ -144,3 +122,21 @@ pub static JOBS_LOST: LazyLock<IntCounterVec> = metric!(
     "Job-history records lost, by reason (queue_full, undelivered)",
     &["reason"]
 );
+
+#[cfg(test)]
+mod tests {
+    use proto::ErrorKind;
+
+    #[test]
+    fn error_kinds_are_labelled_in_snake_case() {
+        assert_eq!(
+            super::kind_label(ErrorKind::NoSuchService),
+            "no_such_service"
+        );
+        assert_eq!(super::kind_label(ErrorKind::Timeout), "timeout");
+        assert_eq!(
+            super::kind_label(ErrorKind::TooManyConnections),
+            "too_many_connections"
+        );
+    }
+}

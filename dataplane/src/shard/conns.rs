@@ -202,7 +202,7 @@ impl State {
     pub(super) fn reject(&mut self, conn_id: u64, e: &ProtoError) {
         let (kind, message) = super::serve::proto_error_kind(e);
         crate::metrics::REJECTED
-            .with_label_values(&[crate::metrics::kind_label(kind)])
+            .with_label_values(&[&crate::metrics::kind_label(kind)])
             .inc();
         warn!(shard = self.env.idx, conn_id, %message, "closing connection on bad frame");
         let error = Frame::Error {

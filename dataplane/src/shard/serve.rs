@@ -185,9 +185,9 @@ impl Shard {
             Frame::Refused { kind, .. } | Frame::Error { kind, .. } => {
                 crate::metrics::kind_label(*kind)
             }
-            _ => "handshake",
+            _ => "handshake".to_string(),
         };
-        crate::metrics::REJECTED.with_label_values(&[reason]).inc();
+        crate::metrics::REJECTED.with_label_values(&[&reason]).inc();
         let _ = out.send(&answer).await;
         None
     }

@@ -51,7 +51,7 @@ impl Stats {
     /// A request that was refused before it ran.
     pub(super) fn request_refused(&self, kind: ErrorKind) {
         metrics::REQUESTS
-            .with_label_values(&["", "", metrics::kind_label(kind)])
+            .with_label_values(&["", "", &metrics::kind_label(kind)])
             .inc();
     }
 

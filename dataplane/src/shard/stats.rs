@@ -7,6 +7,10 @@ use foldhash::{HashMap, HashMapExt};
 use proto::{Algorithm, ErrorKind, Role, Summary};
 use std::time::Instant;
 
+/// Every algorithm, in its declared order, which `as usize` gives.
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::Roundrobin, Algorithm::Mirror, Algorithm::Serial];
+const _: () = assert!(Algorithm::Mirror as usize == 1 && Algorithm::Serial as usize == 2);
+
 /// (algorithm, outcome) → counter.
 type OutcomeCounters = HashMap<(Algorithm, &'static str), prometheus::IntCounter>;
 
@@ -15,7 +19,8 @@ pub(super) struct Stats {
     shard: String,
     inflight: prometheus::IntGauge,
     queued: prometheus::IntGauge,
-    /// Request latency histograms, indexed by [`algorithm_idx`].
+    /// Request latency histograms, indexed by algorithm (`as usize`: its place in
+    /// [`ALGORITHMS`]).
     durations: [prometheus::Histogram; 3],
     /// team → service → (algorithm, outcome) → counter: found without building a label.
     request_counters: HashMap<String, HashMap<String, OutcomeCounters>>,
@@ -27,7 +32,7 @@ impl Stats {
         Stats {
             inflight: metrics::INFLIGHT.with_label_values(&[&shard]),
             queued: metrics::QUEUED.with_label_values(&[&shard]),
-            durations: [Algorithm::Roundrobin, Algorithm::Mirror, Algorithm::Serial]
+            durations: ALGORITHMS
                 .map(|a| metrics::REQUEST_SECONDS.with_label_values(&[&a.to_string()])),
             request_counters: HashMap::new(),
             shard,
@@ -98,15 +103,7 @@ impl Stats {
                     .insert(key, counter);
             }
         }
-        self.durations[algorithm_idx(service.algorithm)].observe(started.elapsed().as_secs_f64());
+        self.durations[service.algorithm as usize].observe(started.elapsed().as_secs_f64());
         self.inflight.dec();
-    }
-}
-
-fn algorithm_idx(algorithm: Algorithm) -> usize {
-    match algorithm {
-        Algorithm::Roundrobin => 0,
-        Algorithm::Mirror => 1,
-        Algorithm::Serial => 2,
     }
 }

@@ -33,11 +33,8 @@ impl Shard {
             shard = idx,
             conns, open, "draining: new connections refused, new requests refused with ShuttingDown; waiting for the requests in flight"
         );
-        if shutdown
-            .unless_stopped(self.wait_for_requests(shutdown))
-            .await
-            .is_none()
-        {
+        let drained = shutdown.unless_stopped(self.wait_for_requests(shutdown));
+        if drained.await.is_none() {
             return;
         }
         let open = self.handle((), |st, ()| st.requests.len());
@@ -63,16 +60,7 @@ impl Shard {
         );
         // Clients first, on every shard: a request still open ends with `ShuttingDown`,
         // not with its worker's connection closing (`WorkerLost`).
-        let close = |clients: bool| {
-            self.handle(
-                (&conns, clients, &message),
-                |st, (conns, clients, message)| {
-                    for (conn_id, _, out) in conns.iter().filter(|c| c.1 == clients) {
-                        st.close_with_shutdown(*conn_id, out, message);
-                    }
-                },
-            )
-        };
+        let close = |clients| self.handle((&conns[..], clients, &message[..]), State::close_all);
         close(true);
         shutdown.clients_closed();
         let until = Instant::now() + FLUSH_WAIT;
@@ -118,6 +106,14 @@ impl Shard {
 }
 
 impl State {
+    /// [`State::close_with_shutdown`] for each of `conns` that is a client's (`true`) or a
+    /// worker's (`false`).
+    fn close_all(&mut self, (conns, clients, message): (&[Closing], bool, &str)) {
+        for (conn_id, _, out) in conns.iter().filter(|c| c.1 == clients) {
+            self.close_with_shutdown(*conn_id, out, message);
+        }
+    }
+
     /// Queues `Error { ShuttingDown }` after what is queued for connection `conn_id` (the
     /// last replies of the requests that finished), closes its outbox and forgets it: the
     /// frames that forgetting it causes are dropped.

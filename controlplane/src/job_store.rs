@@ -224,10 +224,10 @@ fn chars_within(text: &str, max: usize) -> usize {
 /// path of what is wrong in it (`jobs[0].workers[3].outcome: ...`), a batch over a stated
 /// bound with 422.
 pub(crate) fn prepare(body: &[u8], limit: usize) -> Result<Vec<Prepared>, ApiError> {
-    crate::extract::check_text(body)?;
+    crate::json::check_text(body)?;
     // The fast parse says only what went wrong; the typed one (with its path) is run only to
     // word the refusal.
-    let refused = |e: serde_json::Error| match crate::extract::parse_json::<JobBatch>(body, limit) {
+    let refused = |e: serde_json::Error| match crate::json::parse_json::<JobBatch>(body, limit) {
         Err(precise) => precise,
         Ok(_) => ApiError::BadRequest(format!("the job batch is malformed: {e}")),
     };

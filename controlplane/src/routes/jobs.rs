@@ -97,7 +97,7 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
                  ON CONFLICT (report_key) DO NOTHING RETURNING id")
                 .bind(team_id).bind(&job.key).bind(&job.identity).bind(&job.service)
-                .bind(&job.algorithm).bind(&job.plugin).bind(&p.command).bind(&p.args)
+                .bind(job.algorithm.as_str()).bind(&job.plugin).bind(&p.command).bind(&p.args)
                 .bind(started).bind(duration).bind(p.tally.status.as_str())
                 .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers).bind(job.readers.as_str())
                 .fetch_optional(&mut *tx).await?;

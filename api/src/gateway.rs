@@ -127,51 +127,6 @@ pub enum RequestError {
     Gateway(GatewayError),
 }
 
-/// Counts at the end of a request (the `summary` event).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct GatewaySummary {
-    /// Workers the request was sent to.
-    pub workers: u32,
-    /// Exited 0.
-    pub ok: u32,
-    /// Exited non-zero or failed.
-    pub failed: u32,
-    /// Ran past the timeout.
-    pub timed_out: u32,
-    /// Went away mid-run.
-    pub lost: u32,
-    /// Bound to the service but offline at dispatch.
-    pub offline: u32,
-    /// Never started (max failures, quorum, deadline, serial stop).
-    pub skipped: u32,
-    /// Sent the request but no answer by the deadline.
-    pub no_response: u32,
-    /// Still running when the quorum was reached, left to run on.
-    pub detached: u32,
-    /// The run stopped starting workers because `max_failures` was passed.
-    pub stopped: bool,
-    /// `quorum` workers exited 0.
-    pub quorum_met: bool,
-}
-
-impl From<proto::Summary> for GatewaySummary {
-    fn from(s: proto::Summary) -> GatewaySummary {
-        GatewaySummary {
-            workers: s.workers,
-            ok: s.ok,
-            failed: s.failed,
-            timed_out: s.timed_out,
-            lost: s.lost,
-            offline: s.offline,
-            skipped: s.skipped,
-            no_response: s.no_response,
-            detached: s.detached,
-            stopped: s.stopped,
-            quorum_met: s.quorum_met,
-        }
-    }
-}
-
 /// One event of a request's stream, tagged by `event`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
@@ -221,7 +176,7 @@ pub enum GatewayEvent {
         message: String,
     },
     /// The request is over (final).
-    Summary(GatewaySummary),
+    Summary(proto::Summary),
     /// The request failed as a whole (final).
     Error {
         /// What went wrong.

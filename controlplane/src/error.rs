@@ -1,7 +1,8 @@
 //! Errors: [`ControlError`] for starting and serving, [`ApiError`] for one API call.
 //!
 //! Every [`ApiError`] becomes a JSON body (`api::ErrorBody`: `{"code": "...", "message":
-//! "..."}`) with a stable code and HTTP status. Internal causes (database, hashing) are logged, never sent.
+//! "..."}`) with a stable code and HTTP status. Internal causes (database, hashing) are
+//! logged, never sent.
 
 use api::{ErrorBody, ErrorCode};
 use axum::http::StatusCode;

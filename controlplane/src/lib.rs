@@ -8,34 +8,48 @@
 //!
 //! Layout: [`db`] (pools, migrations, the `on_db!` macro), `change` (the one way a handler
 //! changes configuration: revision, SQL, commit, typed event), `checks` (the rules a request
-//! passes), `stored` (reading stored text back into types), [`auth`] (JWT, argon2,
-//! extractors), [`error`] (the error enum and its JSON), [`extract`] (JSON-rejecting
-//! extractors), `routes/` (the router, and one module of handlers per object, taking and
-//! answering the `api` crate's types), [`metrics`], and [`openapi`] (the document's frame).
+//! passes), `stored` (reading stored text back into types), `settings`, `state` (what the
+//! handlers share), [`credentials`] (JWT keys, argon2, the login guard), [`auth`] (who is
+//! calling: extractors), [`error`] (the error enum and its JSON), `json` (the checks and the
+//! parse of a body), [`extract`] (JSON-rejecting extractors), `routes/` (the router, and one
+//! module of handlers per object, taking and answering the `api` crate's types), `streams`
+//! (event streams open), [`metrics`], and [`openapi`] (the document's frame).
 
 pub mod auth;
 mod change;
 mod checks;
 mod conns;
+pub mod credentials;
 pub mod db;
 pub mod error;
 pub mod extract;
 mod job_store;
+mod json;
 pub mod metrics;
 pub mod openapi;
 mod routes;
+mod settings;
+mod state;
 mod stored;
+mod streams;
 
 pub use error::{ApiError, ControlError};
 pub use routes::ROUTES;
+pub use settings::{
+    default_max_connections, ControlSettings, LoginLimits, DEFAULT_JOB_RETENTION,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_UNAUTHENTICATED, HTTP_BODY_MIN_RATE,
+    JOB_PRUNE_EVERY,
+};
 
-use auth::JwtKeys;
 use axum::response::IntoResponse;
+use credentials::{JwtKeys, LoginGuard};
 use db::{on_db, Db};
+use extract::closing;
 use futures::TryFutureExt;
-use proto::control::{Action, ConfigEvent, Object};
+use proto::control::{Action, Object};
 use proto::TextEnum;
 use rand::RngCore;
+use state::{AppState, Shared};
 use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -43,150 +57,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
-
-/// How the control plane runs.
-#[derive(Debug, Clone)]
-pub struct ControlSettings {
-    /// Created if missing; holds `triggerfs.db` (SQLite), `jwt.key`, `broker.token` (0600).
-    pub data_dir: PathBuf,
-    /// `postgres://...` selects PostgreSQL; `None` the SQLite file in `data_dir`.
-    pub database_url: Option<String>,
-    /// How long a login's JWT is valid.
-    pub jwt_ttl: Duration,
-    /// Larger request bodies get 413 `PayloadTooLarge`.
-    pub max_body_bytes: usize,
-    /// The broker's client address, for the HTTP gateway.
-    pub broker_addr: Option<String>,
-    /// How long a connection may take to send a request's headers, also while idle between
-    /// requests (closed after).
-    pub http_timeout: Duration,
-    /// How long a request's body may take to arrive, plus one second per
-    /// [`HTTP_BODY_MIN_RATE`] bytes it has (by `Content-Length`, or as it comes): past it,
-    /// 408 `RequestTimeout` and the connection closed.
-    pub http_body_timeout: Duration,
-    /// Connections served at once. At the limit the connection idle longest (no request in
-    /// progress) is closed to make room; when none is idle a newcomer gets 503.
-    pub max_connections: usize,
-    /// Connections from one client address at once. At the cap that address's connection
-    /// idle longest is closed to make room; when none is idle a newcomer gets 503.
-    pub max_connections_per_address: usize,
-    /// Requests without valid credentials (no bearer token, or neither a JWT whose signature
-    /// and expiry check out nor the broker token) in progress at once, body read included;
-    /// past it they get 503 at once. Logged-in callers and the broker are not counted.
-    pub max_unauthenticated: usize,
-    /// Event streams (`/api/v1/events`) open at once, in all; past it a new one gets 503.
-    pub max_event_streams: usize,
-    /// Event streams one user may hold open at once; past it a new one gets 429.
-    pub max_event_streams_per_user: usize,
-    /// Login attempts per identity and per client address.
-    pub login_limits: LoginLimits,
-    /// Jobs older than this are deleted (checked every [`JOB_PRUNE_EVERY`] while serving).
-    pub job_retention: Duration,
-    /// HTTPS (`--tls-cert`, `--tls-key`); `None`: plain HTTP.
-    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
-}
-
-/// The slowest a large request body may arrive: its deadline is
-/// [`ControlSettings::http_body_timeout`] plus one second per this many bytes (64 KiB/s: the
-/// broker's largest job batch, 16 MiB, has 256 s more).
-pub const HTTP_BODY_MIN_RATE: usize = 64 * 1024;
-
-/// Connections one client address may hold when nothing says (one host running the broker,
-/// `fs` and consoles against the API uses a few dozen at most).
-pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
-
-/// Requests without valid credentials in progress at once when nothing says.
-pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
-
-/// How long jobs are kept when nothing says: 7 days.
-pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// How often the retention task deletes old jobs.
-pub const JOB_PRUNE_EVERY: Duration = Duration::from_secs(60);
-
-/// Login rate limits and locks: a burst, then one attempt per period (per address; per
-/// identity for addresses that gave it a wrong secret), and locks of the guessing address.
-/// See [`auth::LoginGuard`] for the whole rule.
-#[derive(Debug, Clone, Copy)]
-pub struct LoginLimits {
-    /// Attempts for one identity, from addresses that gave it a wrong secret since their
-    /// last good login, before they have to wait (an address's first attempt for an
-    /// identity is always checked).
-    pub identity_burst: u32,
-    /// After the burst, one more attempt for that identity per this period.
-    pub identity_period: Duration,
-    /// Attempts from one client address before it has to wait.
-    pub address_burst: u32,
-    /// After the burst, one more attempt from that address per this period.
-    pub address_period: Duration,
-    /// Wrong secrets in a row from one address for one identity before that address's
-    /// logins as that identity are locked (other addresses are not).
-    pub lockout_after: u32,
-    /// The first lock's length; each further lock (without a good login between) is twice
-    /// the one before, up to [`LoginLimits::lockout_max`].
-    pub lockout: Duration,
-    /// The longest lock.
-    pub lockout_max: Duration,
-}
-
-impl Default for LoginLimits {
-    /// 10 attempts, then one per 3 s, per identity (from addresses that guessed wrong); 50,
-    /// then 5 a second, per address; 10 wrong secrets in a row from an address lock its
-    /// logins as that identity for 1 min, then 2, 4, ... up to 1 h.
-    fn default() -> LoginLimits {
-        LoginLimits {
-            identity_burst: 10,
-            identity_period: Duration::from_secs(3),
-            address_burst: 50,
-            address_period: Duration::from_millis(200),
-            lockout_after: 10,
-            lockout: Duration::from_secs(60),
-            lockout_max: Duration::from_secs(3600),
-        }
-    }
-}
-
-impl ControlSettings {
-    /// Defaults: SQLite in `data_dir`, 12 h tokens, 1 MiB bodies, no gateway, 30 s HTTP
-    /// header timeout, 10 s body timeout, [`default_max_connections`] connections,
-    /// [`DEFAULT_MAX_CONNECTIONS_PER_ADDRESS`] per address, [`DEFAULT_MAX_UNAUTHENTICATED`]
-    /// requests without credentials, default login limits.
-    pub fn new(data_dir: impl Into<PathBuf>) -> ControlSettings {
-        ControlSettings {
-            data_dir: data_dir.into(),
-            database_url: None,
-            jwt_ttl: Duration::from_secs(12 * 3600),
-            max_body_bytes: 1024 * 1024,
-            broker_addr: None,
-            http_timeout: Duration::from_secs(30),
-            http_body_timeout: Duration::from_secs(10),
-            max_connections: default_max_connections(),
-            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
-            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
-            max_event_streams: 1024,
-            max_event_streams_per_user: 8,
-            login_limits: LoginLimits::default(),
-            job_retention: DEFAULT_JOB_RETENTION,
-            tls: None,
-        }
-    }
-}
-
-/// A quarter of the process's open-file limit (the rest is for the broker, the database and
-/// the gateway in the same process), between 64 and 10,000.
-pub fn default_max_connections() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only into the struct we pass.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        1024
-    };
-    (soft / 4).clamp(64, 10_000)
-}
 
 /// The first team's admin, created by [`ControlPlane::bootstrap`] on an empty store.
 #[derive(Debug, Clone)]
@@ -199,38 +69,6 @@ pub struct FirstAdmin {
     pub secret: String,
     /// Where the credentials were also written (`<data_dir>/admin.credentials`, 0600).
     pub path: PathBuf,
-}
-
-/// Everything a request handler needs.
-pub(crate) struct Shared {
-    pub(crate) db: Db,
-    pub(crate) settings: ControlSettings,
-    pub(crate) jwt: JwtKeys,
-    pub(crate) broker_token: String,
-    pub(crate) events: broadcast::Sender<ConfigEvent>,
-    pub(crate) metrics: metrics::Metrics,
-    pub(crate) openapi_json: OnceLock<String>,
-    pub(crate) guard: auth::LoginGuard,
-    pub(crate) streams: routes::events::Streams,
-    pub(crate) jobs: job_store::JobStore,
-}
-
-pub(crate) type AppState = Arc<Shared>;
-
-impl Shared {
-    /// Tells event-stream subscribers about a committed change.
-    pub(crate) fn publish(&self, event: ConfigEvent) {
-        tracing::debug!(
-            revision = event.revision,
-            team = %event.team,
-            object = %event.object,
-            action = %event.action,
-            name = %event.name,
-            "config changed"
-        );
-        // No subscribers is fine.
-        let _ = self.events.send(event);
-    }
 }
 
 /// The control plane: cheap to clone, one store and key set behind it.
@@ -272,10 +110,10 @@ impl ControlPlane {
                 jwt: JwtKeys::new(&key),
                 broker_token,
                 events,
-                metrics: metrics::Metrics::new(),
+                metrics: Arc::new(metrics::Metrics::new()),
                 openapi_json: OnceLock::new(),
-                guard: auth::LoginGuard::new(settings_limits),
-                streams: routes::events::Streams::default(),
+                guard: LoginGuard::new(settings_limits),
+                streams: streams::Streams::default(),
                 jobs,
             }),
         })
@@ -295,41 +133,27 @@ impl ControlPlane {
             return Ok(None);
         }
         let (team, identity, secret) = ("main".to_string(), "admin".to_string(), random_hex(16));
-        let hash = auth::hash_secret(&s.guard, secret.clone())
+        let hash = credentials::hash_secret(&s.guard, secret.clone())
             .await
             .map_err(|e| ControlError::Hash(e.to_string()))?;
         let now = db::now_ms();
-        change::change!(s, Object::Team, Action::Created, team, team, |tx| {
+        change::change!(s, Object::Team, Action::Created, team, team, tx => {
             let team_id: i64 = sqlx::query_scalar(
                 "INSERT INTO teams (name, install, created, updated) VALUES ($1, TRUE, $2, $2) \
-                 RETURNING id",
-            )
-            .bind(&team)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+                 RETURNING id")
+                .bind(&team).bind(now).fetch_one(&mut *tx).await?;
             // A user `admin` left from a store whose teams were all deleted gets a new
             // secret rather than failing the start on the unique identity.
             let user_id: i64 = sqlx::query_scalar(
                 "INSERT INTO users (identity, secret_hash, operator, max_teams, created) \
                  VALUES ($1, $2, TRUE, NULL, $3) ON CONFLICT (identity) DO UPDATE \
                  SET secret_hash = excluded.secret_hash, operator = TRUE, max_teams = NULL \
-                 RETURNING id",
-            )
-            .bind(&identity)
-            .bind(&hash)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
+                 RETURNING id")
+                .bind(&identity).bind(&hash).bind(now).fetch_one(&mut *tx).await?;
             sqlx::query(
-                "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(team_id)
-            .bind(user_id)
-            .bind(api::Role::Admin.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
+                .bind(team_id).bind(user_id).bind(api::Role::Admin.as_str()).bind(now)
+                .execute(&mut *tx).await?;
         });
         let path = s.data_dir().join("admin.credentials");
         let text =
@@ -433,16 +257,16 @@ impl ControlPlane {
                     }
                 })
             };
-            let connection = Connection {
+            let timeout = settings.http_timeout;
+            spawn_connection(
+                stream,
+                tls.clone(),
                 service,
                 ticket,
                 peer,
-                timeout: settings.http_timeout,
-            };
-            match &tls {
-                None => connection.serve_plain(stream, &graceful),
-                Some(acceptor) => connection.serve_tls(stream, acceptor.clone(), &graceful),
-            }
+                timeout,
+                &graceful,
+            );
         }
         drop(listener);
         pruner.abort();
@@ -473,17 +297,18 @@ impl ControlPlane {
     }
 }
 
-/// One accepted connection, admitted, with the service its requests go through.
-struct Connection<S> {
+/// Serves one admitted connection in a task of its own: plain HTTP, or with `tls` HTTPS, whose
+/// handshake runs in that task within the header timeout (a peer that never finishes it
+/// holds a slot no longer).
+fn spawn_connection<S>(
+    stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
     ticket: conns::Ticket,
     peer: std::net::SocketAddr,
-    /// How long the peer may take to send a request's headers (the TLS handshake too).
     timeout: Duration,
-}
-
-impl<S> Connection<S>
-where
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+) where
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
             Response = axum::response::Response,
@@ -492,90 +317,34 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    fn http(&self) -> hyper::server::conn::http1::Builder {
-        hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(self.timeout)
-            .clone()
-    }
-
-    /// Serves plain HTTP on `stream`, in a task of its own.
-    fn serve_plain(
-        self,
-        stream: tokio::net::TcpStream,
-        graceful: &hyper_util::server::graceful::GracefulShutdown,
-    ) {
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let conn = graceful.watch(self.http().serve_connection(io, self.service));
-        tokio::spawn(run_connection(conn, self.ticket, self.peer, "HTTP"));
-    }
-
-    /// Serves HTTPS on `stream`, in a task of its own. The TLS handshake runs in that task,
-    /// within the header timeout: a peer that never finishes it holds a slot no longer.
-    fn serve_tls(
-        self,
-        stream: tokio::net::TcpStream,
-        acceptor: tokio_rustls::TlsAcceptor,
-        graceful: &hyper_util::server::graceful::GracefulShutdown,
-    ) {
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(self.timeout, acceptor.accept(stream));
-            let stream = match tokio::select! {
-                done = handshake => done,
-                () = self.ticket.evicted() => return,
-            } {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, peer = %self.peer, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %self.peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let conn = watcher.watch(self.http().serve_connection(io, self.service));
-            run_connection(conn, self.ticket, self.peer, "HTTPS").await;
-        });
-    }
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .clone();
+    let Some(acceptor) = tls else {
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(run_connection(conn, ticket, peer, "HTTP"));
+        return;
+    };
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+        let stream = match tokio::select! {
+            done = handshake => done,
+            () = ticket.evicted() => return,
+        } {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        };
+        let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+        run_connection(conn, ticket, peer, "HTTPS").await;
+    });
 }
 
 /// How long a shutdown waits for open requests to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-impl Shared {
-    fn data_dir(&self) -> &Path {
-        &self.settings.data_dir
-    }
-
-    /// The slot a request without credentials holds until its response is sent (`None`: it
-    /// has credentials); `Busy` (503, and the connection closed) when none is free.
-    fn anonymous_slot(
-        &self,
-        conns: &conns::Conns,
-        headers: &axum::http::HeaderMap,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
-        if self.has_credentials(headers) {
-            return Ok(None);
-        }
-        let busy = ApiError::Busy {
-            retry_after: 1,
-            what: "too many requests without credentials at once",
-        };
-        conns.anonymous_slot().map(Some).ok_or(busy)
-    }
-
-    /// Whether a request's headers carry a credential that checks out without the store: a
-    /// JWT with a good signature and expiry, or the broker token (an HMAC or a compare: cheap
-    /// enough for every request, before its body is read).
-    fn has_credentials(&self, headers: &axum::http::HeaderMap) -> bool {
-        auth::bearer_token(headers).is_some_and(|token| {
-            auth::same_secret(token, &self.broker_token) || self.jwt.verify(token).is_ok()
-        })
-    }
-}
 
 /// Serves `conn` until it ends, or until it is closed to make room for a newcomer (it was
 /// idle); then its place is freed.
@@ -593,15 +362,6 @@ async fn run_connection<E: std::fmt::Display>(
             tracing::debug!(%peer, "idle {what} connection closed to make room");
         }
     }
-}
-
-/// `response` with `Connection: close`: the connection ends once it is written.
-pub(crate) fn closing(mut response: axum::response::Response) -> axum::response::Response {
-    response.headers_mut().insert(
-        axum::http::header::CONNECTION,
-        axum::http::HeaderValue::from_static("close"),
-    );
-    response
 }
 
 /// `response` holding `hold` until its body has been sent (or dropped).

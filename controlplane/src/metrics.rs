@@ -2,13 +2,13 @@
 //! duration. One registry per control plane (not the global one), so several can run in one
 //! process (tests).
 
-use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The API's metrics.
@@ -68,7 +68,7 @@ impl Metrics {
 
 /// Middleware counting every request under its matched route (or `unmatched`, so that
 /// scanning random paths cannot blow up the label set).
-pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -81,7 +81,6 @@ pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Nex
     };
     let started = Instant::now();
     let response = next.run(req).await;
-    let m = &state.metrics;
     m.duration
         .with_label_values(&[&method, &route])
         .observe(started.elapsed().as_secs_f64());

@@ -43,18 +43,21 @@ impl From<Unreadable> for ApiError {
     }
 }
 
-/// Which row a stored value comes from, for the error when it does not read.
+/// Which row a stored value comes from (`service` `s` of team `main`), for the error when it
+/// does not read.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Row<'a> {
-    /// `service`, `worker`, ...
-    pub object: &'static str,
-    /// The team it belongs to.
-    pub team: &'a str,
-    /// Its name or path.
-    pub name: &'a str,
+    object: &'static str,
+    team: &'a str,
+    name: &'a str,
 }
 
-impl Row<'_> {
+impl<'a> Row<'a> {
+    /// Row `name` of `object` in `team`.
+    pub fn of(object: &'static str, team: &'a str, name: &'a str) -> Row<'a> {
+        Row { object, team, name }
+    }
+
     /// The error for this row.
     pub fn fail(self, why: impl Into<Why>) -> Unreadable {
         Unreadable {
@@ -100,11 +103,7 @@ mod tests {
 
     #[test]
     fn unreadable_rows_are_left_out_or_internal() {
-        let row = Row {
-            object: "service",
-            team: "main",
-            name: "s",
-        };
+        let row = Row::of("service", "main", "s");
         let read = |text: &str| row.text::<proto::Algorithm>(text);
         assert_eq!(read("mirror").ok(), Some(proto::Algorithm::Mirror));
         let err = read("random").unwrap_err();

@@ -94,7 +94,7 @@ impl JobTrace {
             team: clip(team, MAX_JOB_NAME),
             identity: clip(identity, MAX_JOB_NAME),
             service: clip(service, MAX_JOB_NAME),
-            algorithm: algorithm.to_string(),
+            algorithm,
             plugin: clip(plugin, MAX_JOB_NAME),
             command: command
                 .iter()

@@ -314,7 +314,7 @@ mod tests {
             team: "t".into(),
             identity: "u".into(),
             service: "s".into(),
-            algorithm: "mirror".into(),
+            algorithm: proto::Algorithm::Mirror,
             plugin: "p".into(),
             command: vec![],
             args: vec![],

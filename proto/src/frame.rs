@@ -431,8 +431,20 @@ impl Event {
     }
 }
 
-/// Counts at the end of a request.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Counts at the end of a request (as JSON, the HTTP gateway's `summary` event).
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Summary {
     /// Workers the request was sent to.
     pub workers: u32,
@@ -461,6 +473,7 @@ pub struct Summary {
     /// this summary are then the first run's shape without its output: `Routed`, and per
     /// worker `Reply(Accepted)` and `Reply(Done { exit_code })` (or the `Failed` it ended
     /// with), naming the worker that ran it; the counts are the first run's.
+    #[serde(skip)]
     pub replayed: bool,
 }
 

@@ -216,9 +216,8 @@ pub struct JobRecord<W = JobWorker> {
     /// `team/name` for another team's.
     #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
     pub service: String,
-    /// The service's algorithm: `roundrobin`, `serial` or `mirror`.
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::Algorithm))]
-    pub algorithm: String,
+    /// The service's algorithm.
+    pub algorithm: crate::Algorithm,
     /// The plugin.
     #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
     pub plugin: String,

@@ -6,8 +6,8 @@ use crate::checks::check_name;
 use crate::db::{on_db, CURRENT_REVISION};
 use crate::error::ApiError;
 use crate::extract::Json;
+use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable};
-use crate::AppState;
 use api::broker::{
     BrokerReport, BrokerSnapshot, MemberEntry, ReportAnswer, ServiceEntry, WorkerEntry,
     MAX_ANNOUNCED,
@@ -57,11 +57,7 @@ struct BindingRow {
 
 impl WorkerRow {
     fn entry(self) -> Result<WorkerEntry, Unreadable> {
-        let worker = Row {
-            object: "worker",
-            team: &self.team,
-            name: &self.identity,
-        };
+        let worker = Row::of("worker", &self.team, &self.identity);
         Ok(WorkerEntry {
             visibility: worker.text(&self.visibility)?,
             team: self.team,
@@ -74,11 +70,7 @@ impl WorkerRow {
 
 impl ServiceRow {
     fn entry(self, workers: Vec<String>) -> Result<ServiceEntry, Unreadable> {
-        let service = Row {
-            object: "service",
-            team: &self.team,
-            name: &self.name,
-        };
+        let service = Row::of("service", &self.team, &self.name);
         Ok(ServiceEntry {
             algorithm: service.text(&self.algorithm)?,
             visibility: service.text(&self.visibility)?,

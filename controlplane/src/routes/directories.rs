@@ -6,7 +6,7 @@ use crate::checks::check_name;
 use crate::db::{now_ms, on_db, rfc3339};
 use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
-use crate::AppState;
+use crate::state::AppState;
 use api::directories::{CreateDirectory, DirectoryView};
 use api::{Action, ErrorBody, Object};
 use axum::extract::State;
@@ -89,25 +89,12 @@ pub async fn create_directory(
     let name = directory_name(&req.path)?;
     let now = now_ms();
     let path = format!("/{name}");
-    change!(
-        state,
-        Object::Directory,
-        Action::Created,
-        user.team,
-        path,
-        |tx| {
-            sqlx::query(
-                "INSERT INTO directories (team_id, name, owner, created) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(user.team_id)
-            .bind(name)
-            .bind(&user.identity)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
+    change!(state, Object::Directory, Action::Created, user.team, path, tx => {
+        sqlx::query(
+            "INSERT INTO directories (team_id, name, owner, created) VALUES ($1, $2, $3, $4)")
+            .bind(user.team_id).bind(name).bind(&user.identity).bind(now).execute(&mut *tx).await
             .on_conflict(|| format!("directory /{name}"))?;
-        }
-    );
+    });
     let dir = load(&state, &user, Some(name))
         .await?
         .pop()
@@ -128,40 +115,25 @@ pub async fn delete_directory(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let path = format!("/{name}");
-    change!(
-        state,
-        Object::Directory,
-        Action::Deleted,
-        user.team,
-        path,
-        |tx| {
-            let id: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM directories WHERE team_id = $1 AND name = $2")
-                    .bind(user.team_id)
-                    .bind(&name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let Some(id) = id else {
-                return Err(ApiError::NotFound(format!(
-                    "no directory /{name} in team {}",
-                    user.team
-                )));
-            };
-            let n: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM triggers WHERE directory_id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if n > 0 {
-                return Err(ApiError::Conflict(format!(
-                    "directory /{name} holds {n} triggers"
-                )));
-            }
-            sqlx::query("DELETE FROM directories WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+    change!(state, Object::Directory, Action::Deleted, user.team, path, tx => {
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM directories WHERE team_id = $1 AND name = $2")
+                .bind(user.team_id).bind(&name).fetch_optional(&mut *tx).await?;
+        let Some(id) = id else {
+            return Err(ApiError::NotFound(format!(
+                "no directory /{name} in team {}",
+                user.team
+            )));
+        };
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM triggers WHERE directory_id = $1").bind(id)
+                .fetch_one(&mut *tx).await?;
+        if n > 0 {
+            return Err(ApiError::Conflict(format!(
+                "directory /{name} holds {n} triggers"
+            )));
         }
-    );
+        sqlx::query("DELETE FROM directories WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    });
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,7 +5,7 @@
 use crate::auth::{AuthUser, EventsCaller};
 use crate::db::on_db;
 use crate::error::ApiError;
-use crate::AppState;
+use crate::state::AppState;
 use api::{Action, ErrorBody, Object};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -44,7 +44,7 @@ pub async fn events(
     // The broker's own stream is not counted: it must always get one.
     let slot = match &watch {
         None => None,
-        Some(w) => Some(state.streams.open(&state, w.user.user_id)?),
+        Some(w) => Some(state.streams.open(&state.settings, w.user.user_id)?),
     };
     let rx = state.events.subscribe();
     let stream = stream::unfold(
@@ -131,72 +131,5 @@ impl Watch {
         }
         .await;
         matches!(n, Ok(1))
-    }
-}
-
-/// Event streams open now, in all and per user, so that neither grows without bound.
-#[derive(Default)]
-pub(crate) struct Streams {
-    by_user: std::sync::Mutex<std::collections::HashMap<i64, usize>>,
-}
-
-/// One open stream; dropping it (the stream ends, or its client goes away) frees it.
-pub(crate) struct StreamSlot {
-    state: AppState,
-    user_id: i64,
-}
-
-impl Streams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, usize>> {
-        self.by_user
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A slot for one more stream of `user_id`, or 503 (too many in all) / 429 (too many
-    /// for this user).
-    fn open(&self, state: &AppState, user_id: i64) -> Result<StreamSlot, ApiError> {
-        let settings = &state.settings;
-        let mut by_user = self.lock();
-        let total: usize = by_user.values().sum();
-        if total >= settings.max_event_streams {
-            tracing::warn!(
-                total,
-                "event stream refused: the control plane's limit is reached"
-            );
-            return Err(ApiError::Busy {
-                retry_after: 5,
-                what: "too many event streams are open",
-            });
-        }
-        let mine = by_user.entry(user_id).or_insert(0);
-        if *mine >= settings.max_event_streams_per_user {
-            tracing::warn!(
-                user_id,
-                open = *mine,
-                "event stream refused: the user's limit is reached"
-            );
-            return Err(ApiError::TooManyRequests {
-                retry_after: 5,
-                what: "event streams open for this user",
-            });
-        }
-        *mine += 1;
-        Ok(StreamSlot {
-            state: state.clone(),
-            user_id,
-        })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut by_user = self.state.streams.lock();
-        if let Some(n) = by_user.get_mut(&self.user_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                by_user.remove(&self.user_id);
-            }
-        }
     }
 }

@@ -6,7 +6,7 @@ use crate::auth::AuthUser;
 use crate::checks::{check_args, check_name, timeout_ms};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
-use crate::AppState;
+use crate::state::AppState;
 use api::gateway::{
     GatewayError, GatewayEvent, GatewayRequest, RequestError, ShareText, MAX_COMMAND_WORDS,
 };
@@ -96,7 +96,7 @@ fn gateway_event(event: ClientEvent) -> GatewayEvent {
             kind,
             message,
         },
-        ClientEvent::Summary(s) => GatewayEvent::Summary(s.into()),
+        ClientEvent::Summary(s) => GatewayEvent::Summary(s),
         ClientEvent::Error { kind, message } => GatewayEvent::Error {
             kind: RequestError::Broker(kind),
             message,

@@ -13,8 +13,8 @@ use crate::checks::{check_name, check_quota};
 use crate::db::{now_ms, on_db, rfc3339};
 use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
+use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable};
-use crate::AppState;
 use api::invitations::{CreateInvitation, InvitationView};
 use api::teams::TeamView;
 use api::{Action, ErrorBody, Object, Role};
@@ -35,11 +35,7 @@ struct InvitationRow {
 
 impl InvitationRow {
     fn view(self) -> Result<InvitationView, Unreadable> {
-        let invitation = Row {
-            object: "invitation",
-            team: &self.team,
-            name: &self.identity,
-        };
+        let invitation = Row::of("invitation", &self.team, &self.identity);
         Ok(InvitationView {
             role: invitation.text(&self.role)?,
             team: self.team,
@@ -195,44 +191,24 @@ pub async fn accept_invitation(
 ) -> Result<Json<TeamView>, ApiError> {
     let now = now_ms();
     // The write lock first: two accepts at once cannot both fit under `max_users`.
-    change!(
-        state,
-        Object::User,
-        Action::Created,
-        team,
-        user.identity,
-        |tx| {
-            let invitation: Option<(i64, String, Option<i64>, i64)> = sqlx::query_as(
-                "SELECT t.id, i.role, t.max_users, \
+    change!(state, Object::User, Action::Created, team, user.identity, tx => {
+        let invitation: Option<(i64, String, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT t.id, i.role, t.max_users, \
              (SELECT COUNT(*) FROM members m WHERE m.team_id = t.id) \
              FROM invitations i JOIN teams t ON t.id = i.team_id \
-             WHERE t.name = $1 AND i.user_id = $2",
-            )
-            .bind(&team)
-            .bind(user.user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((team_id, role, max_users, n_users)) = invitation else {
-                return Err(no_invitation(&team));
-            };
-            check_quota(&team, "users", max_users, n_users)?;
-            sqlx::query(
-                "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(team_id)
-            .bind(user.user_id)
-            .bind(&role)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
+             WHERE t.name = $1 AND i.user_id = $2")
+            .bind(&team).bind(user.user_id).fetch_optional(&mut *tx).await?;
+        let Some((team_id, role, max_users, n_users)) = invitation else {
+            return Err(no_invitation(&team));
+        };
+        check_quota(&team, "users", max_users, n_users)?;
+        sqlx::query(
+            "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
+            .bind(team_id).bind(user.user_id).bind(&role).bind(now).execute(&mut *tx).await
             .on_conflict(|| format!("member {} of team {team}", user.identity))?;
-            sqlx::query("DELETE FROM invitations WHERE team_id = $1 AND user_id = $2")
-                .bind(team_id)
-                .bind(user.user_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-    );
+        sqlx::query("DELETE FROM invitations WHERE team_id = $1 AND user_id = $2").bind(team_id)
+            .bind(user.user_id).execute(&mut *tx).await?;
+    });
     Ok(Json(membership(&state, &user, &team).await?.view))
 }
 

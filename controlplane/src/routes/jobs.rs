@@ -8,8 +8,8 @@ use crate::db::{now_ms, on_db, rfc3339, Db};
 use crate::error::ApiError;
 use crate::extract::{Json, JsonBody, Path};
 use crate::job_store::{merge, pack, unpack, Prepared};
+use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable, Why};
-use crate::AppState;
 use api::broker::JOBS_MAX_BODY;
 use api::jobs::{
     JobArg, JobPage, JobQuery, JobSummary, JobView, JobWorkerView, JobsAnswer, DEFAULT_LIMIT,
@@ -97,7 +97,7 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
                  ON CONFLICT (report_key) DO NOTHING RETURNING id")
                 .bind(team_id).bind(&job.key).bind(&job.identity).bind(&job.service)
-                .bind(&job.algorithm).bind(&job.plugin).bind(&p.command).bind(&p.args)
+                .bind(job.algorithm.as_str()).bind(&job.plugin).bind(&p.command).bind(&p.args)
                 .bind(started).bind(duration).bind(p.tally.status.as_str())
                 .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers).bind(job.readers.as_str())
                 .fetch_optional(&mut *tx).await?;
@@ -142,11 +142,7 @@ fn extend(
     added: Vec<u8>,
 ) -> Result<Option<(String, crate::job_store::Tally)>, ()> {
     let job = id.to_string();
-    let row = Row {
-        object: "job",
-        team,
-        name: &job,
-    };
+    let row = Row::of("job", team, &job);
     let merged = match unpack(text, packed) {
         None => Err(row.fail(Why::Unpack)),
         Some(known) => {
@@ -178,11 +174,7 @@ impl JobRow {
     /// does (a record stored before a pattern was known, or sent by an older broker).
     fn summary(self, team: &str) -> Result<JobSummary, Unreadable> {
         let id = self.id.to_string();
-        let job = Row {
-            object: "job",
-            team,
-            name: &id,
-        };
+        let job = Row::of("job", team, &id);
         let args: Vec<(String, String)> = job.json(&self.args)?;
         let command: Vec<String> = job.json(&self.command)?;
         let (algorithm, status) = (job.text(&self.algorithm)?, job.text(&self.status)?);
@@ -343,11 +335,7 @@ pub async fn get_job(
             .fetch_optional(pool).await?
     });
     let row = row.ok_or_else(not_found)?;
-    let job = Row {
-        object: "job",
-        team: &user.team,
-        name: &id,
-    };
+    let job = Row::of("job", &user.team, &id);
     let json = unpack(row.workers, row.workers_zstd).ok_or_else(|| job.fail(Why::Unpack))?;
     let workers: Vec<JobWorker> = job.json(&json)?;
     Ok(Json(JobView {

@@ -1,11 +1,12 @@
 //! `POST /api/v1/login`: team, identity and secret for a JWT.
 
 use crate::auth;
+use crate::credentials;
 use crate::db::{now_ms, on_db, rfc3339};
 use crate::error::ApiError;
 use crate::extract::Json;
+use crate::state::AppState;
 use crate::stored::Row;
-use crate::AppState;
 use api::login::{LoginRequest, LoginResponse};
 use api::{ErrorBody, Role};
 use axum::extract::State;
@@ -49,16 +50,12 @@ pub async fn login(
         Some(r) => (r.id, r.secret_gen, Some(r.secret_hash), r.role),
         None => (0, 0, None, None),
     };
-    let secret_ok = auth::verify_secret(&state.guard, req.secret, hash).await?;
+    let secret_ok = credentials::verify_secret(&state.guard, req.secret, hash).await?;
     state.guard.record(&req.identity, peer.0, secret_ok);
     let Some(role) = role.filter(|_| secret_ok) else {
         return Err(ApiError::unauthorized());
     };
-    let member = Row {
-        object: "member",
-        team: &req.team,
-        name: &req.identity,
-    };
+    let member = Row::of("member", &req.team, &req.identity);
     let role = member.text(&role)?;
     Ok(Json(issue(
         &state,

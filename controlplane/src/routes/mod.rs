@@ -22,7 +22,7 @@ pub(crate) use jobs::prune as prune_jobs;
 
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
-use crate::AppState;
+use crate::state::AppState;
 use api::broker::JOBS_MAX_BODY;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue};
@@ -159,7 +159,7 @@ pub(crate) fn router(state: AppState) -> axum::Router {
             crate::extract::buffer_body,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.metrics.clone(),
             crate::metrics::track,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())

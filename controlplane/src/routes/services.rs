@@ -6,8 +6,8 @@ use crate::checks::{check_description, check_name, check_quota, may_modify, time
 use crate::db::{now_ms, on_db, rfc3339};
 use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
+use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable};
-use crate::AppState;
 use api::services::{BindWorker, CreateService, ServiceView, UpdateService};
 use api::{Action, Algorithm, ErrorBody, Object, Timeout, Visibility, WorkerState};
 use axum::extract::State;
@@ -43,19 +43,11 @@ struct BindingRow {
 
 impl ServiceRow {
     fn view(self, team: &str, bound: &[&BindingRow]) -> Result<ServiceView, Unreadable> {
-        let service = Row {
-            object: "service",
-            team,
-            name: &self.name,
-        };
+        let service = Row::of("service", team, &self.name);
         // A bound worker serves when it is online and not another user's `local` one; one
         // whose state or visibility does not read is left out (and logged).
         let serves = |b: &BindingRow| {
-            let worker = Row {
-                object: "worker",
-                team,
-                name: &b.identity,
-            };
+            let worker = Row::of("worker", team, &b.identity);
             let online = worker.text::<WorkerState>(&b.state)? == WorkerState::Online;
             let local = worker.text::<Visibility>(&b.visibility)? == Visibility::Local;
             Ok(online && (!local || b.owner == self.owner))
@@ -240,11 +232,7 @@ macro_rules! bind_workers {
                     user.team
                 )));
             };
-            let worker = Row {
-                object: "worker",
-                team: &user.team,
-                name: identity,
-            };
+            let worker = Row::of("worker", &user.team, identity);
             let visibility = worker.text(&visibility)?;
             binding.check(identity, &worker_owner, visibility)?;
             sqlx::query(
@@ -289,55 +277,38 @@ pub async fn create_service(
     let workers = req.workers.unwrap_or_default();
     check_workers(&workers)?;
     let now = now_ms();
-    change!(
-        state,
-        Object::Service,
-        Action::Created,
-        user.team,
-        req.name,
-        |tx| {
-            let (limit, used, public_ok): (Option<i64>, i64, bool) = sqlx::query_as(
-                "SELECT max_services, (SELECT COUNT(*) FROM services WHERE team_id = $1), \
-             public_services FROM teams WHERE id = $1",
-            )
-            .bind(user.team_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            check_quota(&user.team, "services", limit, used)?;
-            check_public(&user.team, req.visibility, public_ok)?;
-            let worker_named: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM workers WHERE team_id = $1 AND identity = $2")
-                    .bind(user.team_id)
-                    .bind(&req.name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if worker_named.is_some() {
-                return Err(name_taken(&req.name, &user.team));
-            }
-            let service_id: i64 = sqlx::query_scalar(
+    change!(state, Object::Service, Action::Created, user.team, req.name, tx => {
+        let (limit, used, public_ok): (Option<i64>, i64, bool) = sqlx::query_as(
+            "SELECT max_services, (SELECT COUNT(*) FROM services WHERE team_id = $1), \
+             public_services FROM teams WHERE id = $1")
+            .bind(user.team_id).fetch_one(&mut *tx).await?;
+        check_quota(&user.team, "services", limit, used)?;
+        check_public(&user.team, req.visibility, public_ok)?;
+        let worker_named: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM workers WHERE team_id = $1 AND identity = $2")
+                .bind(user.team_id).bind(&req.name).fetch_optional(&mut *tx).await?;
+        if worker_named.is_some() {
+            return Err(name_taken(&req.name, &user.team));
+        }
+        let service_id: i64 = sqlx::query_scalar(
             "INSERT INTO services (team_id, name, description, algorithm, timeout_ms, visibility, \
              batch, stop_on_failure, retry, owner, created, updated, history) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) RETURNING id")
             .bind(user.team_id).bind(&req.name).bind(req.description.as_deref().unwrap_or(""))
-            .bind(req.algorithm.unwrap_or(Algorithm::Roundrobin).as_str())
-            .bind(timeout_ms)
-            .bind(req.visibility.unwrap_or_default().as_str())
-            .bind(batch_value(req.batch))
+            .bind(req.algorithm.unwrap_or(Algorithm::Roundrobin).as_str()).bind(timeout_ms)
+            .bind(req.visibility.unwrap_or_default().as_str()).bind(batch_value(req.batch))
             .bind(req.stop_on_failure.unwrap_or(false)).bind(req.retry.unwrap_or(false))
-            .bind(&user.identity).bind(now)
-            .bind(req.history.unwrap_or_default().as_str())
-            .fetch_one(&mut *tx).await
-            .on_conflict(|| format!("service {}", req.name))?;
-            let binding = Binding {
-                user: &user,
-                service: &req.name,
-                owner: &user.identity,
-                visibility: req.visibility.unwrap_or_default(),
-                kept: &[],
-            };
-            bind_workers!(tx, &binding, service_id, workers);
-        }
-    );
+            .bind(&user.identity).bind(now).bind(req.history.unwrap_or_default().as_str())
+            .fetch_one(&mut *tx).await.on_conflict(|| format!("service {}", req.name))?;
+        let binding = Binding {
+            user: &user,
+            service: &req.name,
+            owner: &user.identity,
+            visibility: req.visibility.unwrap_or_default(),
+            kept: &[],
+        };
+        bind_workers!(tx, &binding, service_id, workers);
+    });
     Ok((
         StatusCode::CREATED,
         Json(find(&state, &user, &req.name).await?),
@@ -392,72 +363,49 @@ pub async fn update_service(
     let (id, owner) = service_id(&state, &user, &name).await?;
     may_modify(&user, &owner)?;
     let now = now_ms();
-    change!(
-        state,
-        Object::Service,
-        Action::Updated,
-        user.team,
-        name,
-        |tx| {
-            if req.visibility == Some(Visibility::Public) {
-                let public_ok: bool =
-                    sqlx::query_scalar("SELECT public_services FROM teams WHERE id = $1")
-                        .bind(user.team_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                check_public(&user.team, req.visibility, public_ok)?;
-            }
-            // What is bound stays bound unless the service is widened, which checks it all again.
-            let (stored_visibility, bound): (String, Vec<String>) = (
-            sqlx::query_scalar("SELECT visibility FROM services WHERE id = $1")
-                .bind(id).fetch_one(&mut *tx).await?,
-            sqlx::query_scalar("SELECT w.identity FROM service_workers sw \
-                JOIN workers w ON w.id = sw.worker_id WHERE sw.service_id = $1 ORDER BY sw.position")
+    change!(state, Object::Service, Action::Updated, user.team, name, tx => {
+        if req.visibility == Some(Visibility::Public) {
+            let public_ok: bool =
+                sqlx::query_scalar("SELECT public_services FROM teams WHERE id = $1")
+                    .bind(user.team_id).fetch_one(&mut *tx).await?;
+            check_public(&user.team, req.visibility, public_ok)?;
+        }
+        // What is bound stays bound unless the service is widened, which checks it all again.
+        let (stored_visibility, bound): (String, Vec<String>) = (
+        sqlx::query_scalar("SELECT visibility FROM services WHERE id = $1")
+            .bind(id).fetch_one(&mut *tx).await?,
+        sqlx::query_scalar("SELECT w.identity FROM service_workers sw \
+            JOIN workers w ON w.id = sw.worker_id WHERE sw.service_id = $1 ORDER BY sw.position")
                 .bind(id).fetch_all(&mut *tx).await?,
         );
-            let service = Row {
-                object: "service",
-                team: &user.team,
-                name: &name,
-            };
-            let before: Visibility = service.text(&stored_visibility)?;
-            let visibility = req.visibility.unwrap_or(before);
-            let widened = reach(visibility) > reach(before);
-            let binding = Binding {
-                user: &user,
-                service: &name,
-                owner: &owner,
-                visibility,
-                kept: if widened { &[] } else { &bound },
-            };
-            sqlx::query(
-                "UPDATE services SET \
-            description = COALESCE($1, description), algorithm = COALESCE($2, algorithm), \
-            timeout_ms = COALESCE($3, timeout_ms), visibility = COALESCE($4, visibility), \
-            batch = CASE WHEN $5 THEN $6 ELSE batch END, \
-            stop_on_failure = COALESCE($7, stop_on_failure), retry = COALESCE($8, retry), \
-            history = COALESCE($11, history), updated = $9 WHERE id = $10",
-            )
-            .bind(req.description.as_deref())
-            .bind(req.algorithm.map(TextEnum::as_str))
-            .bind(timeout_ms)
-            .bind(req.visibility.map(TextEnum::as_str))
-            .bind(req.batch.is_some())
-            .bind(batch_value(req.batch))
-            .bind(req.stop_on_failure)
-            .bind(req.retry)
-            .bind(now)
-            .bind(id)
-            .bind(req.history.map(TextEnum::as_str))
-            .execute(&mut *tx)
-            .await?;
-            match (&req.workers, widened) {
-                (Some(workers), _) => bind_workers!(tx, &binding, id, workers),
-                (None, true) => bind_workers!(tx, &binding, id, bound),
-                (None, false) => {}
-            }
+        let service = Row::of("service", &user.team, &name);
+        let before: Visibility = service.text(&stored_visibility)?;
+        let visibility = req.visibility.unwrap_or(before);
+        let widened = reach(visibility) > reach(before);
+        let binding = Binding {
+            user: &user,
+            service: &name,
+            owner: &owner,
+            visibility,
+            kept: if widened { &[] } else { &bound },
+        };
+        sqlx::query(
+            "UPDATE services SET \
+             description = COALESCE($1, description), algorithm = COALESCE($2, algorithm), \
+             timeout_ms = COALESCE($3, timeout_ms), visibility = COALESCE($4, visibility), \
+             batch = CASE WHEN $5 THEN $6 ELSE batch END, \
+             stop_on_failure = COALESCE($7, stop_on_failure), retry = COALESCE($8, retry), \
+             history = COALESCE($11, history), updated = $9 WHERE id = $10")
+            .bind(req.description.as_deref()).bind(req.algorithm.map(TextEnum::as_str))
+            .bind(timeout_ms).bind(req.visibility.map(TextEnum::as_str)).bind(req.batch.is_some())
+            .bind(batch_value(req.batch)).bind(req.stop_on_failure).bind(req.retry).bind(now).bind(id)
+            .bind(req.history.map(TextEnum::as_str)).execute(&mut *tx).await?;
+        match (&req.workers, widened) {
+            (Some(workers), _) => bind_workers!(tx, &binding, id, workers),
+            (None, true) => bind_workers!(tx, &binding, id, bound),
+            (None, false) => {}
         }
-    );
+    });
     Ok(Json(find(&state, &user, &name).await?))
 }
 
@@ -475,19 +423,9 @@ pub async fn delete_service(
 ) -> Result<StatusCode, ApiError> {
     let (id, owner) = service_id(&state, &user, &name).await?;
     may_modify(&user, &owner)?;
-    change!(
-        state,
-        Object::Service,
-        Action::Deleted,
-        user.team,
-        name,
-        |tx| {
-            sqlx::query("DELETE FROM services WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-    );
+    change!(state, Object::Service, Action::Deleted, user.team, name, tx => {
+        sqlx::query("DELETE FROM services WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    });
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -509,21 +447,11 @@ async fn rebind(
     };
     let (id, _) = service_id(state, user, name).await?;
     let now = now_ms();
-    change!(
-        state,
-        Object::Service,
-        Action::Updated,
-        user.team,
-        name,
-        |tx| {
-            bind_workers!(tx, &binding, id, workers);
-            sqlx::query("UPDATE services SET updated = $1 WHERE id = $2")
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-    );
+    change!(state, Object::Service, Action::Updated, user.team, name, tx => {
+        bind_workers!(tx, &binding, id, workers);
+        sqlx::query("UPDATE services SET updated = $1 WHERE id = $2").bind(now).bind(id)
+            .execute(&mut *tx).await?;
+    });
     Ok(Json(find(state, user, name).await?))
 }
 

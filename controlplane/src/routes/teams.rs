@@ -1,13 +1,14 @@
 //! Teams, their members (invite, join other teams, roles) and quotas.
 
-use crate::auth::{self, AuthUser};
+use crate::auth::AuthUser;
 use crate::change::change;
 use crate::checks::{check_name, check_quota};
+use crate::credentials;
 use crate::db::{now_ms, on_db, rfc3339};
 use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
+use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable};
-use crate::AppState;
 use api::teams::{
     AddMember, CreateTeam, MemberView, Preset, QuotaLimits, QuotaRequest, QuotaUse, QuotaView,
     TeamView, UpdateMember,
@@ -40,11 +41,7 @@ pub(super) struct Team {
 
 impl TeamRow {
     fn team(self, user: &AuthUser) -> Result<Team, Unreadable> {
-        let member = Row {
-            object: "member",
-            team: &self.name,
-            name: &user.identity,
-        };
+        let member = Row::of("member", &self.name, &user.identity);
         let role = member.text(&self.role)?;
         let view = TeamView {
             quota: QuotaLimits {
@@ -159,56 +156,33 @@ pub async fn create_team(
     } else {
         Preset::Free
     });
-    change!(
-        state,
-        Object::Team,
-        Action::Created,
-        req.name,
-        req.name,
-        |tx| {
-            let (max_teams, created): (Option<i64>, i64) = sqlx::query_as(
-                "SELECT max_teams, (SELECT COUNT(*) FROM teams WHERE creator_id = $1) \
-             FROM users WHERE id = $1",
-            )
-            .bind(user.user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            match max_teams {
-                Some(limit) if !user.operator && created >= limit => {
-                    return Err(ApiError::TeamsExceeded {
-                        identity: user.identity.clone(),
-                        limit,
-                    });
-                }
-                _ => {}
+    change!(state, Object::Team, Action::Created, req.name, req.name, tx => {
+        let (max_teams, created): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT max_teams, (SELECT COUNT(*) FROM teams WHERE creator_id = $1) \
+             FROM users WHERE id = $1")
+            .bind(user.user_id).fetch_one(&mut *tx).await?;
+        match max_teams {
+            Some(limit) if !user.operator && created >= limit => {
+                return Err(ApiError::TeamsExceeded {
+                    identity: user.identity.clone(),
+                    limit,
+                });
             }
-            let team_id: i64 = sqlx::query_scalar(
-                "INSERT INTO teams (name, max_workers, max_services, max_triggers, max_users, \
-             public_services, creator_id, created, updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
-            )
-            .bind(&req.name)
-            .bind(limits.max_workers)
-            .bind(limits.max_services)
-            .bind(limits.max_triggers)
-            .bind(limits.max_users)
-            .bind(limits.public_services)
-            .bind(user.user_id)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .on_conflict(|| format!("team {}", req.name))?;
-            sqlx::query(
-                "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(team_id)
-            .bind(user.user_id)
-            .bind(Role::Admin.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            _ => {}
         }
-    );
+        let team_id: i64 = sqlx::query_scalar(
+            "INSERT INTO teams (name, max_workers, max_services, max_triggers, max_users, \
+             public_services, creator_id, created, updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id")
+            .bind(&req.name).bind(limits.max_workers).bind(limits.max_services)
+            .bind(limits.max_triggers).bind(limits.max_users).bind(limits.public_services)
+            .bind(user.user_id).bind(now).fetch_one(&mut *tx).await
+            .on_conflict(|| format!("team {}", req.name))?;
+        sqlx::query(
+            "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
+            .bind(team_id).bind(user.user_id).bind(Role::Admin.as_str()).bind(now).execute(&mut *tx)
+            .await?;
+    });
     let team = membership(&state, &user, &req.name).await?;
     Ok((StatusCode::CREATED, Json(team.view)))
 }
@@ -247,28 +221,21 @@ pub async fn delete_team(
         WHERE m.team_id = $1 AND u.operator = TRUE AND NOT EXISTS \
         (SELECT 1 FROM members o WHERE o.user_id = u.id AND o.team_id <> $1) \
         ORDER BY u.identity LIMIT 1";
-    change!(state, Object::Team, Action::Deleted, team, team, |tx| {
-        let stranded: Option<String> = sqlx::query_scalar(STRANDED)
-            .bind(row.id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    change!(state, Object::Team, Action::Deleted, team, team, tx => {
+        let stranded: Option<String> = sqlx::query_scalar(STRANDED).bind(row.id)
+            .fetch_optional(&mut *tx).await?;
         if let Some(identity) = stranded {
             return Err(ApiError::Conflict(format!(
                 "team {team} is the only team of operator {identity}: \
                  add them to another team before deleting it"
             )));
         }
-        let install: bool = sqlx::query_scalar(INSTALL_TEAM)
-            .bind(row.id)
-            .fetch_one(&mut *tx)
+        let install: bool = sqlx::query_scalar(INSTALL_TEAM).bind(row.id).fetch_one(&mut *tx)
             .await?;
         if install {
             return Err(install_team_kept(&team, "deleted"));
         }
-        sqlx::query("DELETE FROM teams WHERE id = $1")
-            .bind(row.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM teams WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
     });
     Ok(StatusCode::NO_CONTENT)
 }
@@ -298,11 +265,7 @@ async fn members_of(
         sqlx::query_as(SQL).bind(team.id).fetch_all(pool).await?
     });
     let view = |r: MemberRow| {
-        let member = Row {
-            object: "member",
-            team: &team.view.name,
-            name: &r.identity,
-        };
+        let member = Row::of("member", &team.view.name, &r.identity);
         Ok(MemberView {
             role: member.text(&r.role)?,
             identity: r.identity,
@@ -376,40 +339,25 @@ pub async fn add_member(
     if req.secret.is_empty() {
         return Err(ApiError::Unprocessable("secret is empty".into()));
     }
-    let hash = auth::hash_secret(&state.guard, req.secret.clone()).await?;
+    let hash = credentials::hash_secret(&state.guard, req.secret.clone()).await?;
     let now = now_ms();
-    change!(
-        state,
-        Object::User,
-        Action::Created,
-        team,
-        req.identity,
-        |tx| {
-            let n_users: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE team_id = $1")
-                    .bind(row.id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            check_quota(&team, "users", row.view.quota.max_users, n_users)?;
-            let user_id: Option<i64> = sqlx::query_scalar(
+    change!(state, Object::User, Action::Created, team, req.identity, tx => {
+        let n_users: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE team_id = $1").bind(row.id)
+                .fetch_one(&mut *tx).await?;
+        check_quota(&team, "users", row.view.quota.max_users, n_users)?;
+        let user_id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO users (identity, secret_hash, operator, created) VALUES ($1, $2, FALSE, $3) \
              ON CONFLICT (identity) DO NOTHING RETURNING id")
             .bind(&req.identity).bind(&hash).bind(now).fetch_optional(&mut *tx).await?;
-            let Some(user_id) = user_id else {
-                return Err(not_added());
-            };
-            sqlx::query(
-                "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(row.id)
-            .bind(user_id)
-            .bind(role.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
+        let Some(user_id) = user_id else {
+            return Err(not_added());
+        };
+        sqlx::query(
+            "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
+            .bind(row.id).bind(user_id).bind(role.as_str()).bind(now).execute(&mut *tx).await
             .on_conflict(|| format!("member {} of team {team}", req.identity))?;
-        }
-    );
+    });
     let member = member(&state, &row, &req.identity).await?;
     Ok((StatusCode::CREATED, Json(member)))
 }
@@ -432,26 +380,18 @@ pub async fn update_member(
 ) -> Result<Json<MemberView>, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
     // After the write lock: two demotions at once cannot both see the other admin.
-    change!(state, Object::User, Action::Updated, team, identity, |tx| {
+    change!(state, Object::User, Action::Updated, team, identity, tx => {
         if req.role != Role::Admin {
-            let others: i64 = sqlx::query_scalar(OTHER_ADMINS)
-                .bind(row.id)
-                .bind(&identity)
-                .fetch_one(&mut *tx)
-                .await?;
+            let others: i64 = sqlx::query_scalar(OTHER_ADMINS).bind(row.id).bind(&identity)
+                .fetch_one(&mut *tx).await?;
             if others == 0 {
                 return Err(last_admin(&identity, &team));
             }
         }
         let done = sqlx::query(
             "UPDATE members SET role = $1 WHERE team_id = $2 \
-            AND user_id = (SELECT id FROM users WHERE identity = $3)",
-        )
-        .bind(req.role.as_str())
-        .bind(row.id)
-        .bind(&identity)
-        .execute(&mut *tx)
-        .await?;
+             AND user_id = (SELECT id FROM users WHERE identity = $3)")
+            .bind(req.role.as_str()).bind(row.id).bind(&identity).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Err(ApiError::NotFound(format!(
                 "no member {identity} in team {team}"
@@ -479,36 +419,26 @@ pub async fn remove_member(
     Path((team, identity)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
-    change!(state, Object::User, Action::Deleted, team, identity, |tx| {
-        let others: i64 = sqlx::query_scalar(OTHER_ADMINS)
-            .bind(row.id)
-            .bind(&identity)
-            .fetch_one(&mut *tx)
-            .await?;
+    change!(state, Object::User, Action::Deleted, team, identity, tx => {
+        let others: i64 = sqlx::query_scalar(OTHER_ADMINS).bind(row.id).bind(&identity)
+            .fetch_one(&mut *tx).await?;
         if others == 0 {
             return Err(last_admin(&identity, &team));
         }
-        let stranded: i64 = sqlx::query_scalar(ONLY_TEAM_OF_OPERATOR)
-            .bind(row.id)
-            .bind(&identity)
-            .fetch_one(&mut *tx)
-            .await?;
+        let stranded: i64 = sqlx::query_scalar(ONLY_TEAM_OF_OPERATOR).bind(row.id).bind(&identity)
+            .fetch_one(&mut *tx).await?;
         if stranded > 0 {
             return Err(ApiError::Conflict(format!(
                 "team {team} is the only team of operator {identity}: \
                  add them to another team before removing them from it"
             )));
         }
-        let install: bool = sqlx::query_scalar(INSTALL_TEAM)
-            .bind(row.id)
-            .fetch_one(&mut *tx)
+        let install: bool = sqlx::query_scalar(INSTALL_TEAM).bind(row.id).fetch_one(&mut *tx)
             .await?;
         if install {
             let operator: Option<bool> =
-                sqlx::query_scalar("SELECT operator FROM users WHERE identity = $1")
-                    .bind(&identity)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                sqlx::query_scalar("SELECT operator FROM users WHERE identity = $1").bind(&identity)
+                    .fetch_optional(&mut *tx).await?;
             if operator == Some(true) {
                 return Err(install_team_kept(
                     &team,
@@ -518,12 +448,8 @@ pub async fn remove_member(
         }
         let done = sqlx::query(
             "DELETE FROM members WHERE team_id = $1 \
-            AND user_id = (SELECT id FROM users WHERE identity = $2)",
-        )
-        .bind(row.id)
-        .bind(&identity)
-        .execute(&mut *tx)
-        .await?;
+             AND user_id = (SELECT id FROM users WHERE identity = $2)")
+            .bind(row.id).bind(&identity).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Err(ApiError::NotFound(format!(
                 "no member {identity} in team {team}"
@@ -621,20 +547,13 @@ pub async fn set_quota(
         }
     }
     let now = now_ms();
-    change!(state, Object::Team, Action::Updated, team, team, |tx| {
+    change!(state, Object::Team, Action::Updated, team, team, tx => {
         sqlx::query(
             "UPDATE teams SET max_workers = $1, max_services = $2, max_triggers = $3, \
-            max_users = $4, public_services = $5, updated = $6 WHERE id = $7",
-        )
-        .bind(limits.max_workers)
-        .bind(limits.max_services)
-        .bind(limits.max_triggers)
-        .bind(limits.max_users)
-        .bind(limits.public_services)
-        .bind(now)
-        .bind(row.id)
-        .execute(&mut *tx)
-        .await?;
+             max_users = $4, public_services = $5, updated = $6 WHERE id = $7")
+            .bind(limits.max_workers).bind(limits.max_services).bind(limits.max_triggers)
+            .bind(limits.max_users).bind(limits.public_services).bind(now).bind(row.id)
+            .execute(&mut *tx).await?;
     });
     let row = membership(&state, &user, &team).await?;
     Ok(Json(quota_view(&state, row).await?))

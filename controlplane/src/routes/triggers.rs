@@ -7,8 +7,8 @@ use crate::checks::{check_args, check_description, check_quota, may_modify, time
 use crate::db::{now_ms, on_db, rfc3339};
 use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
+use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable};
-use crate::AppState;
 use api::schema::TriggerId;
 use api::triggers::{
     AddHits, CreateTrigger, TriggerView, UpdateTrigger, DEFAULT_BATCH_LINES, DEFAULT_MODE,
@@ -43,11 +43,7 @@ struct TriggerRow {
 impl TriggerRow {
     fn view(self, team: &str) -> Result<TriggerView, Unreadable> {
         let path = format!("/{}/{}", self.directory, self.name);
-        let trigger = Row {
-            object: "trigger",
-            team,
-            name: &path,
-        };
+        let trigger = Row::of("trigger", team, &path);
         Ok(TriggerView {
             split: trigger.text(&self.split)?,
             visibility: trigger.text(&self.visibility)?,
@@ -233,47 +229,29 @@ pub async fn create_trigger(
     let timeout_ms = timeout_ms(req.timeout.as_ref(), req.timeout_ms)?.unwrap_or(0);
     let args = args_json(&req.args.unwrap_or_default());
     let now = now_ms();
-    let id: i64 = change!(
-        state,
-        Object::Trigger,
-        Action::Created,
-        user.team,
-        req.path,
-        |tx| {
-            let dir_id = directory_id!(tx, user, dir);
-            let (limit, used): (Option<i64>, i64) = sqlx::query_as(
+    let id: i64 = change!(state, Object::Trigger, Action::Created, user.team, req.path, tx => {
+        let dir_id = directory_id!(tx, user, dir);
+        let (limit, used): (Option<i64>, i64) = sqlx::query_as(
             "SELECT max_triggers, (SELECT COUNT(*) FROM triggers WHERE team_id = $1) FROM teams WHERE id = $1")
             .bind(user.team_id).fetch_one(&mut *tx).await?;
-            check_quota(&user.team, "triggers", limit, used)?;
-            if let Some(service) = &req.service {
-                check_service_exists!(tx, user, service.as_str());
-            }
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO triggers (team_id, directory_id, name, description, plugin, service, \
+        check_quota(&user.team, "triggers", limit, used)?;
+        if let Some(service) = &req.service {
+            check_service_exists!(tx, user, service.as_str());
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO triggers (team_id, directory_id, name, description, plugin, service, \
              args, timeout_ms, mode, split, batch_lines, visibility, owner, created, updated) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
-             RETURNING id",
-            )
-            .bind(user.team_id)
-            .bind(dir_id)
-            .bind(name)
-            .bind(req.description.as_deref().unwrap_or(""))
-            .bind(req.plugin.as_deref().unwrap_or(""))
-            .bind(req.service.as_deref().unwrap_or(""))
-            .bind(&args)
-            .bind(timeout_ms)
-            .bind(i64::from(req.mode.unwrap_or(DEFAULT_MODE)))
+             RETURNING id")
+            .bind(user.team_id).bind(dir_id).bind(name).bind(req.description.as_deref().unwrap_or(""))
+            .bind(req.plugin.as_deref().unwrap_or("")).bind(req.service.as_deref().unwrap_or(""))
+            .bind(&args).bind(timeout_ms).bind(i64::from(req.mode.unwrap_or(DEFAULT_MODE)))
             .bind(req.split.unwrap_or_default().as_str())
             .bind(i64::from(req.batch_lines.unwrap_or(DEFAULT_BATCH_LINES)))
-            .bind(req.visibility.unwrap_or_default().as_str())
-            .bind(&user.identity)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .on_conflict(|| format!("trigger {}", req.path))?;
-            id
-        }
-    );
+            .bind(req.visibility.unwrap_or_default().as_str()).bind(&user.identity).bind(now)
+            .fetch_one(&mut *tx).await.on_conflict(|| format!("trigger {}", req.path))?;
+        id
+    });
     Ok((
         StatusCode::CREATED,
         Json(find(&state, &user, id).await?.view(&user.team)?),
@@ -334,7 +312,7 @@ pub async fn update_trigger(
         Some(new) if *new != old => (Action::Renamed, new.clone()),
         _ => (Action::Updated, old),
     };
-    change!(state, Object::Trigger, action, user.team, path, |tx| {
+    change!(state, Object::Trigger, action, user.team, path, tx => {
         let dir_id = match target {
             Some((dir, _)) => Some(directory_id!(tx, user, dir)),
             None => None,
@@ -344,29 +322,17 @@ pub async fn update_trigger(
         }
         sqlx::query(
             "UPDATE triggers SET plugin = COALESCE($1, plugin), \
-            service = COALESCE($2, service), args = COALESCE($3, args), \
-            timeout_ms = COALESCE($4, timeout_ms), mode = COALESCE($5, mode), \
-            split = COALESCE($6, split), description = COALESCE($7, description), \
-            visibility = COALESCE($8, visibility), batch_lines = COALESCE($9, batch_lines), \
-            directory_id = COALESCE($10, directory_id), name = COALESCE($11, name), \
-            updated = $12 WHERE id = $13",
-        )
-        .bind(req.plugin.as_deref())
-        .bind(req.service.as_deref())
-        .bind(args.as_deref())
-        .bind(timeout_ms)
-        .bind(req.mode.map(i64::from))
-        .bind(req.split.map(TextEnum::as_str))
-        .bind(req.description.as_deref())
-        .bind(req.visibility.map(TextEnum::as_str))
-        .bind(req.batch_lines.map(i64::from))
-        .bind(dir_id)
-        .bind(target.map(|(_, name)| name))
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .on_conflict(|| format!("trigger {path}"))?;
+             service = COALESCE($2, service), args = COALESCE($3, args), \
+             timeout_ms = COALESCE($4, timeout_ms), mode = COALESCE($5, mode), \
+             split = COALESCE($6, split), description = COALESCE($7, description), \
+             visibility = COALESCE($8, visibility), batch_lines = COALESCE($9, batch_lines), \
+             directory_id = COALESCE($10, directory_id), name = COALESCE($11, name), \
+             updated = $12 WHERE id = $13")
+            .bind(req.plugin.as_deref()).bind(req.service.as_deref()).bind(args.as_deref())
+            .bind(timeout_ms).bind(req.mode.map(i64::from)).bind(req.split.map(TextEnum::as_str))
+            .bind(req.description.as_deref()).bind(req.visibility.map(TextEnum::as_str))
+            .bind(req.batch_lines.map(i64::from)).bind(dir_id).bind(target.map(|(_, name)| name))
+            .bind(now).bind(id).execute(&mut *tx).await.on_conflict(|| format!("trigger {path}"))?;
     });
     Ok(Json(find(&state, &user, id).await?.view(&user.team)?))
 }
@@ -387,19 +353,9 @@ pub async fn delete_trigger(
     let row = find(&state, &user, id).await?;
     may_modify(&user, &row.owner)?;
     let path = format!("/{}/{}", row.directory, row.name);
-    change!(
-        state,
-        Object::Trigger,
-        Action::Deleted,
-        user.team,
-        path,
-        |tx| {
-            sqlx::query("DELETE FROM triggers WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-    );
+    change!(state, Object::Trigger, Action::Deleted, user.team, path, tx => {
+        sqlx::query("DELETE FROM triggers WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    });
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -432,11 +388,7 @@ pub async fn add_hits(
     // Whoever may run a trigger counts its runs: a `local` one only its owner (or an admin).
     let mut row = find(&state, &user, id).await?;
     let path = format!("/{}/{}", row.directory, row.name);
-    let trigger = Row {
-        object: "trigger",
-        team: &user.team,
-        name: &path,
-    };
+    let trigger = Row::of("trigger", &user.team, &path);
     if trigger.text::<Visibility>(&row.visibility)? == Visibility::Local {
         may_modify(&user, &row.owner)?;
     }

@@ -2,12 +2,13 @@
 //! user's change of their own secret.
 
 use super::login::issue;
-use crate::auth::{self, AuthUser, PeerAddr};
+use crate::auth::{AuthUser, PeerAddr};
 use crate::change::change;
+use crate::credentials;
 use crate::db::{on_db, rfc3339};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
-use crate::AppState;
+use crate::state::AppState;
 use api::login::LoginResponse;
 use api::users::{ChangeSecret, UpdateUser, UserView, MAX_SECRET};
 use api::{Action, ErrorBody, Object};
@@ -95,12 +96,10 @@ pub async fn update_user(
         return Ok(Json(found));
     }
     // A user belongs to no one team: the event names none.
-    change!(state, Object::User, Action::Updated, "", identity, |tx| {
+    change!(state, Object::User, Action::Updated, "", identity, tx => {
         let operator: Option<bool> =
-            sqlx::query_scalar("SELECT operator FROM users WHERE identity = $1")
-                .bind(&identity)
-                .fetch_optional(&mut *tx)
-                .await?;
+            sqlx::query_scalar("SELECT operator FROM users WHERE identity = $1").bind(&identity)
+                .fetch_optional(&mut *tx).await?;
         match operator {
             None => return Err(ApiError::NotFound(format!("no user {identity}"))),
             Some(true) => {
@@ -110,10 +109,7 @@ pub async fn update_user(
             }
             Some(false) => {
                 sqlx::query("UPDATE users SET max_teams = $1 WHERE identity = $2")
-                    .bind(req.max_teams)
-                    .bind(&identity)
-                    .execute(&mut *tx)
-                    .await?;
+                    .bind(req.max_teams).bind(&identity).execute(&mut *tx).await?;
             }
         }
     });
@@ -162,27 +158,23 @@ pub async fn change_secret(
         sqlx::query_scalar("SELECT secret_hash FROM users WHERE id = $1")
             .bind(user.user_id).fetch_one(pool).await?
     });
-    let current_ok = auth::verify_secret(&state.guard, req.current, Some(old_hash.clone())).await?;
+    let current_ok =
+        credentials::verify_secret(&state.guard, req.current, Some(old_hash.clone())).await?;
     state.guard.record(&identity, peer.0, current_ok);
     if !current_ok {
         return Err(ApiError::Forbidden(
             "the current secret is not right".into(),
         ));
     }
-    let new_hash = auth::hash_secret(&state.guard, req.new).await?;
+    let new_hash = credentials::hash_secret(&state.guard, req.new).await?;
     // A user belongs to no one team: the event names none (the broker refetches and cuts the
     // connections of older tokens; the user's own event streams end).
-    let sgen = change!(state, Object::User, Action::Updated, "", identity, |tx| {
+    let sgen = change!(state, Object::User, Action::Updated, "", identity, tx => {
         // Only over the hash that was checked: of two changes at once, one wins.
         let sgen: Option<i64> = sqlx::query_scalar(
             "UPDATE users SET secret_hash = $1, secret_gen = secret_gen + 1 \
-             WHERE id = $2 AND secret_hash = $3 RETURNING secret_gen",
-        )
-        .bind(&new_hash)
-        .bind(user.user_id)
-        .bind(&old_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
+             WHERE id = $2 AND secret_hash = $3 RETURNING secret_gen")
+            .bind(&new_hash).bind(user.user_id).bind(&old_hash).fetch_optional(&mut *tx).await?;
         let Some(sgen) = sgen else {
             return Err(ApiError::Conflict(
                 "the secret changed meanwhile: log in with the new one".into(),

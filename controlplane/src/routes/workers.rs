@@ -7,8 +7,8 @@ use crate::checks::{check_description, check_name, check_quota, may_modify};
 use crate::db::{now_ms, on_db, rfc3339};
 use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
+use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable};
-use crate::AppState;
 use api::workers::{CreateWorker, UpdateWorker, WorkerView, WorkerWithToken};
 use api::{Action, ErrorBody, Object, Role, Visibility};
 use axum::extract::State;
@@ -33,11 +33,7 @@ struct WorkerRow {
 
 impl WorkerRow {
     fn view(self, team: &str) -> Result<WorkerView, Unreadable> {
-        let worker = Row {
-            object: "worker",
-            team,
-            name: &self.identity,
-        };
+        let worker = Row::of("worker", team, &self.identity);
         Ok(WorkerView {
             state: worker.text(&self.state)?,
             visibility: worker.text(&self.visibility)?,
@@ -117,42 +113,24 @@ pub async fn create_worker(
     let visibility = req.visibility.unwrap_or(Visibility::Team);
     let (token, digest) = new_token();
     let now = now_ms();
-    change!(
-        state,
-        Object::Worker,
-        Action::Created,
-        user.team,
-        req.identity,
-        |tx| {
-            let (limit, used): (Option<i64>, i64) = sqlx::query_as(
+    change!(state, Object::Worker, Action::Created, user.team, req.identity, tx => {
+        let (limit, used): (Option<i64>, i64) = sqlx::query_as(
             "SELECT max_workers, (SELECT COUNT(*) FROM workers WHERE team_id = $1) FROM teams WHERE id = $1")
             .bind(user.team_id).fetch_one(&mut *tx).await?;
-            check_quota(&user.team, "workers", limit, used)?;
-            let service_named: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM services WHERE team_id = $1 AND name = $2")
-                    .bind(user.team_id)
-                    .bind(&req.identity)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if service_named.is_some() {
-                return Err(super::services::name_taken(&req.identity, &user.team));
-            }
-            sqlx::query(
-                "INSERT INTO workers (team_id, identity, description, token_sha256, owner, \
-            visibility, created, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-            )
-            .bind(user.team_id)
-            .bind(&req.identity)
-            .bind(req.description.as_deref().unwrap_or(""))
-            .bind(&digest)
-            .bind(&user.identity)
-            .bind(visibility.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .on_conflict(|| format!("worker {}", req.identity))?;
+        check_quota(&user.team, "workers", limit, used)?;
+        let service_named: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM services WHERE team_id = $1 AND name = $2")
+                .bind(user.team_id).bind(&req.identity).fetch_optional(&mut *tx).await?;
+        if service_named.is_some() {
+            return Err(super::services::name_taken(&req.identity, &user.team));
         }
-    );
+        sqlx::query(
+            "INSERT INTO workers (team_id, identity, description, token_sha256, owner, \
+             visibility, created, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)")
+            .bind(user.team_id).bind(&req.identity).bind(req.description.as_deref().unwrap_or(""))
+            .bind(&digest).bind(&user.identity).bind(visibility.as_str()).bind(now).execute(&mut *tx)
+            .await.on_conflict(|| format!("worker {}", req.identity))?;
+    });
     let worker = find(&state, &user, &req.identity).await?.view(&user.team)?;
     Ok((StatusCode::CREATED, Json(WorkerWithToken { worker, token })))
 }
@@ -207,42 +185,25 @@ pub async fn update_worker(
         let new_owner = req.owner;
         let owner = new_owner.clone().unwrap_or(row.owner);
         let now = now_ms();
-        change!(
-            state,
-            Object::Worker,
-            Action::Updated,
-            user.team,
-            identity,
-            |tx| {
-                if let Some(owner) = &new_owner {
-                    let member: Option<i64> = sqlx::query_scalar(
-                        "SELECT u.id FROM members m JOIN users u ON u.id = m.user_id \
-                     WHERE m.team_id = $1 AND u.identity = $2",
-                    )
-                    .bind(user.team_id)
-                    .bind(owner)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if member.is_none() {
-                        return Err(ApiError::Unprocessable(format!(
-                            "{owner} is not a member of team {}",
-                            user.team
-                        )));
-                    }
+        change!(state, Object::Worker, Action::Updated, user.team, identity, tx => {
+            if let Some(owner) = &new_owner {
+                let member: Option<i64> = sqlx::query_scalar(
+                    "SELECT u.id FROM members m JOIN users u ON u.id = m.user_id \
+                     WHERE m.team_id = $1 AND u.identity = $2")
+                    .bind(user.team_id).bind(owner).fetch_optional(&mut *tx).await?;
+                if member.is_none() {
+                    return Err(ApiError::Unprocessable(format!(
+                        "{owner} is not a member of team {}",
+                        user.team
+                    )));
                 }
-                sqlx::query(
-                    "UPDATE workers SET description = $1, visibility = $2, owner = $3, \
-                updated = $4 WHERE id = $5",
-                )
-                .bind(&description)
-                .bind(&visibility)
-                .bind(&owner)
-                .bind(now)
-                .bind(row.id)
-                .execute(&mut *tx)
-                .await?;
             }
-        );
+            sqlx::query(
+                "UPDATE workers SET description = $1, visibility = $2, owner = $3, \
+                 updated = $4 WHERE id = $5")
+                .bind(&description).bind(&visibility).bind(&owner).bind(now).bind(row.id)
+                .execute(&mut *tx).await?;
+        });
     }
     Ok(Json(
         find(&state, &user, &identity).await?.view(&user.team)?,
@@ -263,19 +224,9 @@ pub async fn delete_worker(
 ) -> Result<StatusCode, ApiError> {
     let row = find(&state, &user, &identity).await?;
     may_modify(&user, &row.owner)?;
-    change!(
-        state,
-        Object::Worker,
-        Action::Deleted,
-        user.team,
-        identity,
-        |tx| {
-            sqlx::query("DELETE FROM workers WHERE id = $1")
-                .bind(row.id)
-                .execute(&mut *tx)
-                .await?;
-        }
-    );
+    change!(state, Object::Worker, Action::Deleted, user.team, identity, tx => {
+        sqlx::query("DELETE FROM workers WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
+    });
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -295,21 +246,10 @@ pub async fn regenerate_token(
     may_modify(&user, &row.owner)?;
     let (token, digest) = new_token();
     let now = now_ms();
-    change!(
-        state,
-        Object::Worker,
-        Action::Updated,
-        user.team,
-        identity,
-        |tx| {
-            sqlx::query("UPDATE workers SET token_sha256 = $1, updated = $2 WHERE id = $3")
-                .bind(&digest)
-                .bind(now)
-                .bind(row.id)
-                .execute(&mut *tx)
-                .await?;
-        }
-    );
+    change!(state, Object::Worker, Action::Updated, user.team, identity, tx => {
+        sqlx::query("UPDATE workers SET token_sha256 = $1, updated = $2 WHERE id = $3")
+            .bind(&digest).bind(now).bind(row.id).execute(&mut *tx).await?;
+    });
     let worker = find(&state, &user, &identity).await?.view(&user.team)?;
     Ok(Json(WorkerWithToken { worker, token }))
 }

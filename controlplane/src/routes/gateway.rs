@@ -63,6 +63,11 @@ fn fleet(req: &GatewayRequest) -> Result<proto::Fleet, ApiError> {
     })
 }
 
+/// The JSON text of an event, its keys in order (as the README shows them).
+fn event_text(event: &GatewayEvent) -> String {
+    serde_json::to_value(event).map_or_else(|_| String::new(), |v| v.to_string())
+}
+
 /// One event of the request as the gateway streams it (SSE `data`, or an NDJSON line).
 fn gateway_event(event: ClientEvent) -> GatewayEvent {
     match event {
@@ -247,15 +252,14 @@ pub async fn run_request(
     if wants_sse {
         let sse = futures::StreamExt::map(events, |e| {
             let e = gateway_event(e);
-            let data = serde_json::to_string(&e).unwrap_or_default();
-            Ok::<_, Infallible>(Event::default().event(e.name()).data(data))
+            Ok::<_, Infallible>(Event::default().event(e.name()).data(event_text(&e)))
         });
         return Ok(Sse::new(sse)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
     let lines = futures::StreamExt::map(events, |e| {
-        let mut line = serde_json::to_string(&gateway_event(e)).unwrap_or_default();
+        let mut line = event_text(&gateway_event(e));
         line.push('\n');
         Ok::<_, Infallible>(line)
     });
@@ -338,7 +342,7 @@ mod tests {
         let check = |e: ClientEvent, name: &str, want: Value| {
             let e = gateway_event(e);
             assert_eq!(e.name(), name);
-            assert_eq!(serde_json::to_value(&e).unwrap(), want);
+            assert_eq!(event_text(&e), want.to_string());
         };
         check(
             ClientEvent::Output {

@@ -28,12 +28,12 @@
 //! - Nothing a plugin writes can make the worker panic: every line is parsed into a typed
 //!   frame, and anything else ends that instance only.
 
-use crate::lines::{LineReader, MAX_LINE};
+use crate::lines::{output_chunks, LineReader, MAX_LINE};
 use crate::runner::{
     self, failed, plugin_request, until, without_paths, Cause, GroupGuard, ResolvedPlugin,
     RunnerConfig, Stop, DRAIN_AFTER_EXIT,
 };
-use plugins::persistent::{output_bytes, output_lines, FromPlugin, OutStream, ToPlugin};
+use plugins::persistent::{output_bytes, FromPlugin, OutStream, ToPlugin};
 use plugins::{Manifest, ManifestError};
 use proto::{Dispatch, ErrorKind, Frame, Stream};
 use std::collections::HashMap;
@@ -878,20 +878,16 @@ async fn forward(
         OutStream::Stdout => Stream::Stdout,
         OutStream::Stderr => Stream::Stderr,
     };
-    for line in output_lines(bytes) {
-        let mut chunks = line.chunks(MAX_LINE);
-        let first = chunks.next().unwrap_or_default();
-        for data in std::iter::once(first).chain(chunks) {
-            let frame = Frame::Output {
-                id,
-                seq: *seq,
-                stream,
-                data: data.to_vec(),
-            };
-            *seq += 1;
-            if out.send(frame).await.is_err() {
-                return false;
-            }
+    for data in output_chunks(bytes) {
+        let frame = Frame::Output {
+            id,
+            seq: *seq,
+            stream,
+            data: data.to_vec(),
+        };
+        *seq += 1;
+        if out.send(frame).await.is_err() {
+            return false;
         }
     }
     true

@@ -381,11 +381,6 @@ pub(crate) async fn spawn_confined(
     Ok((child, guard))
 }
 
-/// The exit code of `status`: its code, or 128+N when signal N killed it.
-fn exit_code(status: ExitStatus) -> i32 {
-    plugins::core::exit_code_of(status)
-}
-
 /// Why the plugin was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cause {
@@ -536,40 +531,28 @@ async fn run_shell(
     signals: Signals,
     out: &mpsc::Sender<Frame>,
 ) {
-    let (script, stdin) = if dispatch.command.is_empty() {
-        (
-            String::from_utf8_lossy(&dispatch.payload).into_owned(),
-            Vec::new(),
-        )
-    } else {
-        (dispatch.command.join(" "), dispatch.payload.clone())
-    };
-    if script.trim().is_empty() {
-        let id = dispatch.id;
-        for frame in [
-            Frame::Accepted { id },
-            Frame::Output {
-                id,
-                seq: 0,
-                stream: Stream::Stderr,
-                data: b"command: nothing to run (no command words and no payload)".to_vec(),
-            },
-            Frame::Done { id, exit_code: 2 },
-        ] {
-            if out.send(frame).await.is_err() {
-                return;
+    let run = match crate::core::request(dispatch).shell() {
+        Ok(run) => run,
+        Err(e) => {
+            for frame in crate::core::refused(dispatch.id, &e) {
+                if out.send(frame).await.is_err() {
+                    break;
+                }
             }
+            return;
         }
-        return;
-    }
+    };
     // The plugin's directory: `command`, or `x` of the seed's spelling `x/x`.
     let dir_name = dispatch.plugin.split('/').next().unwrap_or_default();
     let dir = runner.pluginspath.join(dir_name);
     let mut cmd = plugin_command(runner, Path::new(&runner.shell), &dir);
     request_env(&mut cmd, dispatch);
-    cmd.arg("-c").arg(&script);
+    cmd.arg("-c").arg(&run.script);
     let label = format!("{} -c", runner.shell);
-    run_process(runner, cmd, stdin, &label, dispatch, deadline, signals, out).await;
+    run_process(
+        runner, cmd, run.stdin, &label, dispatch, deadline, signals, out,
+    )
+    .await;
 }
 
 /// Starts the plugin and follows it to the end.
@@ -790,7 +773,7 @@ async fn run_process(
         },
         (None, Some(Ok(status))) => Frame::Done {
             id,
-            exit_code: exit_code(status),
+            exit_code: plugins::core::exit_code_of(status),
         },
         (None, Some(Err(e))) => failed(
             id,

@@ -13,6 +13,7 @@
 //! (`none`, `batch`: before answering, `interval:<d>`: at most once per interval).
 
 use crate::lines::MAX_LINE;
+use crate::lock;
 use plugins::core::{append_records, CoreError, CoreRequest};
 use plugins::{CorePlugin, Manifest, SyncPolicy};
 use proto::{Dispatch, Frame, Stream};
@@ -81,10 +82,6 @@ impl CoreState {
         cache.insert(name.to_string(), (now, found.clone()));
         found
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn read_manifest(pluginspath: &Path, name: &str) -> Lookup {

@@ -28,32 +28,21 @@ pub const EXIT_FAILURE: i32 = 1;
 
 /// Why a core plugin did not serve a request: the line it prints on stderr, and its exit code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {reason}", plugin.name())]
-pub struct CoreError {
-    /// The plugin that failed.
-    pub plugin: CorePlugin,
-    /// Why, without the plugin's name.
-    pub reason: String,
-    /// [`EXIT_USAGE`] when the request is at fault, [`EXIT_FAILURE`] otherwise.
-    pub exit_code: i32,
+pub enum CoreError {
+    /// The request cannot be served as it is: exit [`EXIT_USAGE`].
+    #[error("{}: {}", .0.name(), .1)]
+    Usage(CorePlugin, String),
+    /// Something outside the request failed: exit [`EXIT_FAILURE`].
+    #[error("{}: {}", .0.name(), .1)]
+    Failure(CorePlugin, String),
 }
 
 impl CoreError {
-    /// The request cannot be served as it is.
-    pub fn usage(plugin: CorePlugin, reason: impl ToString) -> CoreError {
-        CoreError {
-            plugin,
-            reason: reason.to_string(),
-            exit_code: EXIT_USAGE,
-        }
-    }
-
-    /// Something outside the request failed.
-    pub fn failure(plugin: CorePlugin, reason: impl ToString) -> CoreError {
-        CoreError {
-            plugin,
-            reason: reason.to_string(),
-            exit_code: EXIT_FAILURE,
+    /// The plugin's exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CoreError::Usage(..) => EXIT_USAGE,
+            CoreError::Failure(..) => EXIT_FAILURE,
         }
     }
 }
@@ -103,9 +92,9 @@ impl<'a> CoreRequest<'a> {
 
     /// The file `plugin` (`file` or `append`) writes to, or why there is none.
     pub fn target(&self, plugin: CorePlugin) -> Result<&'a Path, CoreError> {
-        self.path
-            .map(Path::new)
-            .ok_or_else(|| CoreError::usage(plugin, "missing argument `path` (path=/some/file)"))
+        let missing =
+            || CoreError::Usage(plugin, "missing argument `path` (path=/some/file)".into());
+        self.path.map(Path::new).ok_or_else(missing)
     }
 
     /// What `command` runs: the command line, fed the payload (`wc -l` counts the payload's
@@ -121,7 +110,7 @@ impl<'a> CoreRequest<'a> {
         };
         if script.trim().is_empty() {
             let reason = "nothing to run (no command words and no payload)";
-            return Err(CoreError::usage(CorePlugin::Command, reason));
+            return Err(CoreError::Usage(CorePlugin::Command, reason.into()));
         }
         Ok(ShellRun { script, stdin })
     }
@@ -137,10 +126,8 @@ fn with_newline(mut data: Vec<u8>) -> Vec<u8> {
 /// `file`: replaces the content of `path` with `record`; what it prints then.
 pub fn write_file(path: &Path, record: &[u8]) -> Result<&'static str, CoreError> {
     std::fs::write(path, record).map_err(|e| {
-        CoreError::failure(
-            CorePlugin::File,
-            format!("cannot write {}: {e}", path.display()),
-        )
+        let reason = format!("cannot write {}: {e}", path.display());
+        CoreError::Failure(CorePlugin::File, reason)
     })?;
     Ok("file has been written.")
 }
@@ -151,7 +138,7 @@ pub fn write_file(path: &Path, record: &[u8]) -> Result<&'static str, CoreError>
 pub fn append_records(path: &Path, records: &[u8], sync: bool) -> Result<(), CoreError> {
     let fail = |what: &str, e: std::io::Error| {
         let reason = format!("cannot {what} {}: {e}", path.display());
-        CoreError::failure(CorePlugin::Append, reason)
+        CoreError::Failure(CorePlugin::Append, reason)
     };
     let mut file = std::fs::OpenOptions::new()
         .append(true)
@@ -182,11 +169,11 @@ pub fn core_plugin_for_argv0(argv0: &str) -> Option<CorePlugin> {
 /// Runs core plugin `plugin` on the request read from stdin; returns the exit code.
 pub fn run_core(plugin: CorePlugin) -> i32 {
     let served = PluginRequest::read_stdin()
-        .map_err(|e| CoreError::usage(plugin, e))
+        .map_err(|e| CoreError::Usage(plugin, e.to_string()))
         .and_then(|req| serve(plugin, &req, &mut std::io::stdout()));
     served.unwrap_or_else(|e| {
         eprintln!("{e}");
-        e.exit_code
+        e.exit_code()
     })
 }
 
@@ -197,9 +184,8 @@ pub fn serve(
     req: &PluginRequest,
     out: &mut dyn Write,
 ) -> Result<i32, CoreError> {
-    let payload = req
-        .payload_bytes()
-        .map_err(|e| CoreError::usage(plugin, e))?;
+    let payload = req.payload_bytes();
+    let payload = payload.map_err(|e| CoreError::Usage(plugin, e.to_string()))?;
     let core = CoreRequest {
         command: &req.command,
         payload: &payload,
@@ -218,14 +204,14 @@ pub fn serve(
     };
     out.write_all(&with_newline(printed.into_owned()))
         .and_then(|()| out.flush())
-        .map_err(|e| CoreError::failure(plugin, e))?;
+        .map_err(|e| CoreError::Failure(plugin, e.to_string()))?;
     Ok(0)
 }
 
 /// Runs `sh -c <script>`, inheriting stdout and stderr, so its output streams as it is
 /// written; its exit code.
 fn run_shell(run: &ShellRun) -> Result<i32, CoreError> {
-    let fail = |e| CoreError::failure(CorePlugin::Command, e);
+    let fail = |reason| CoreError::Failure(CorePlugin::Command, reason);
     let stdin = if run.stdin.is_empty() {
         Stdio::null()
     } else {

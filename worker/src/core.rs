@@ -149,7 +149,7 @@ impl Reply {
     /// Ends with `error`: its line on stderr, then `Done` with its exit code.
     fn error(mut self, error: &CoreError) -> Vec<Frame> {
         self.lines(Stream::Stderr, error.to_string().as_bytes());
-        self.done(error.exit_code)
+        self.done(error.exit_code())
     }
 }
 
@@ -220,7 +220,7 @@ pub async fn file(dispatch: &Dispatch) -> Vec<Frame> {
                 .await
                 .unwrap_or_else(|e| {
                     let reason = format!("the write did not finish: {e}");
-                    Err(CoreError::failure(CorePlugin::File, reason))
+                    Err(CoreError::Failure(CorePlugin::File, reason))
                 })
         }
         Err(e) => Err(e),
@@ -254,11 +254,7 @@ impl AppendJob {
             Ok(()) => reply.done(0),
             Err(e) => reply.error(&e),
         };
-        for frame in frames {
-            if send_frame(&self.out, frame).await.is_err() {
-                return;
-            }
-        }
+        let _ = send_frames(&self.out, frames).await;
     }
 }
 
@@ -274,9 +270,7 @@ pub async fn serve_inline(
 ) -> Result<Option<Dispatch>, ()> {
     match lookup {
         Lookup::Core(CorePlugin::Echo, _) => {
-            for frame in echo_owned(dispatch) {
-                send_frame(out, frame).await?;
-            }
+            send_frames(out, echo_owned(dispatch)).await?;
             Ok(None)
         }
         Lookup::Core(CorePlugin::Append, manifest) => {
@@ -285,6 +279,14 @@ pub async fn serve_inline(
         }
         _ => Ok(Some(dispatch)),
     }
+}
+
+/// Queues `frames` in order ([`send_frame`]); `Err` once the session is gone.
+pub async fn send_frames(out: &mpsc::Sender<Frame>, frames: Vec<Frame>) -> Result<(), ()> {
+    for frame in frames {
+        send_frame(out, frame).await?;
+    }
+    Ok(())
 }
 
 /// Queues `frame`, waiting only when the queue is full; `Err` once the session is gone.
@@ -311,10 +313,7 @@ pub async fn append(
     let path = match req.target(CorePlugin::Append) {
         Ok(path) => path.to_path_buf(),
         Err(e) => {
-            for frame in refused(id, &e) {
-                send_frame(out, frame).await?;
-            }
-            return Ok(());
+            return send_frames(out, refused(id, &e)).await;
         }
     };
     send_frame(out, Frame::Accepted { id }).await?;
@@ -368,8 +367,8 @@ impl Appenders {
                 }
             }
         }
-        let reason = "the file's writer is not available";
-        Err((job, CoreError::failure(CorePlugin::Append, reason)))
+        let reason = "the file's writer is not available".to_string();
+        Err((job, CoreError::Failure(CorePlugin::Append, reason)))
     }
 }
 
@@ -433,7 +432,7 @@ async fn append_loop(
             .await
             .unwrap_or_else(|e| {
                 let reason = format!("the write did not finish: {e}");
-                Err(CoreError::failure(CorePlugin::Append, reason))
+                Err(CoreError::Failure(CorePlugin::Append, reason))
             });
         if sync_now {
             last_sync = Instant::now();

@@ -304,23 +304,22 @@ impl PluginHost {
         );
         let (alive_tx, alive) = mpsc::channel::<()>(1);
         let persistent = Arc::new(persistent::Manager::new());
-        let shared = session::Shared {
-            runner: Arc::new(runner::RunnerConfig {
-                pluginspath: config.pluginspath.clone(),
-                identity: config.identity.clone(),
-                instance,
-                shell: config.shell.clone(),
-                core: Default::default(),
-                persistent: persistent.clone(),
-                max_output: config.max_output,
-                contain: contain.clone(),
-            }),
-            slots: Arc::new(Semaphore::new(max_concurrency)),
-            alive: alive_tx,
-            idem: Default::default(),
-        };
         PluginHost {
-            shared,
+            shared: session::Shared {
+                runner: Arc::new(runner::RunnerConfig {
+                    pluginspath: config.pluginspath.clone(),
+                    identity: config.identity.clone(),
+                    instance,
+                    shell: config.shell.clone(),
+                    core: Default::default(),
+                    persistent: persistent.clone(),
+                    max_output: config.max_output,
+                    contain: contain.clone(),
+                }),
+                slots: Arc::new(Semaphore::new(max_concurrency)),
+                alive: alive_tx,
+                idem: Default::default(),
+            },
             alive,
             persistent,
             contain,

@@ -54,6 +54,9 @@ pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Lines buffered between a plugin's pipe readers and its dispatch task.
 const LINE_QUEUE: usize = 64;
 
+/// A line (or chunk) read from a plugin's pipe, with the pipe's stream.
+type PipeLine = (Stream, Vec<u8>);
+
 /// How often a spawn that fails with ETXTBSY is tried again: the file was just written (an
 /// install in progress, or another thread's fork still holds a write descriptor).
 const SPAWN_ATTEMPTS: u32 = 5;
@@ -248,11 +251,7 @@ pub(crate) async fn serve_dispatch(
             return;
         }
         Lookup::Core(CorePlugin::File, _) => {
-            for frame in crate::core::file(&dispatch).await {
-                if crate::core::send_frame(&out, frame).await.is_err() {
-                    return;
-                }
-            }
+            let _ = crate::core::send_frames(&out, crate::core::file(&dispatch).await).await;
             return;
         }
         Lookup::Core(core, _) => Some(core),
@@ -446,19 +445,6 @@ impl Cause {
     }
 }
 
-/// The command that starts `plugin` for one dispatch: [`plugin_command`] plus the request's
-/// environment.
-fn spawn_command(
-    runner: &RunnerConfig,
-    plugin: &ResolvedPlugin,
-    dispatch: &Dispatch,
-) -> tokio::process::Command {
-    let mut cmd = plugin_command(runner, &plugin.path, &plugin.dir);
-    cmd.arg0(&plugin.argv0);
-    request_env(&mut cmd, dispatch);
-    cmd
-}
-
 /// The request's environment: `TRIGGERFS_REQUEST_ID`, `_SERVICE`, `_PLUGIN`, `_TIMEOUT_MS`
 /// and one `TRIGGERFS_ARG_<KEY>` per argument.
 fn request_env(cmd: &mut tokio::process::Command, dispatch: &Dispatch) {
@@ -526,24 +512,16 @@ pub(crate) async fn spawn_with_retry(
     }
 }
 
-async fn read_pipe(
-    stream: Stream,
-    pipe: impl AsyncRead + Unpin,
-    lines: mpsc::Sender<(Stream, Vec<u8>)>,
-) {
+async fn read_pipe(stream: Stream, pipe: impl AsyncRead + Unpin, lines: mpsc::Sender<PipeLine>) {
     let mut reader = LineReader::new(pipe, MAX_LINE);
     loop {
-        match reader.next_line().await {
-            Ok(Some(line)) => {
-                if lines.send((stream, line)).await.is_err() {
-                    return;
-                }
-            }
+        let line = match reader.next_line().await {
+            Ok(Some(line)) => line,
             Ok(None) => return,
-            Err(e) => {
-                debug!(?stream, error = %e, "plugin pipe read failed");
-                return;
-            }
+            Err(e) => return debug!(?stream, error = %e, "plugin pipe read failed"),
+        };
+        if lines.send((stream, line)).await.is_err() {
+            return;
         }
     }
 }
@@ -561,11 +539,7 @@ async fn run_shell(
     let run = match crate::core::request(dispatch).shell() {
         Ok(run) => run,
         Err(e) => {
-            for frame in crate::core::refused(dispatch.id, &e) {
-                if out.send(frame).await.is_err() {
-                    break;
-                }
-            }
+            let _ = crate::core::send_frames(out, crate::core::refused(dispatch.id, &e)).await;
             return;
         }
     };
@@ -573,7 +547,6 @@ async fn run_shell(
     let dir_name = dispatch.plugin.split('/').next().unwrap_or_default();
     let dir = runner.pluginspath.join(dir_name);
     let mut cmd = plugin_command(runner, Path::new(&runner.shell), &dir);
-    request_env(&mut cmd, dispatch);
     cmd.arg("-c").arg(&run.script);
     let label = format!("{} -c", runner.shell);
     run_process(
@@ -591,7 +564,8 @@ async fn run_plugin(
     signals: Signals,
     out: &mpsc::Sender<Frame>,
 ) {
-    let cmd = spawn_command(runner, plugin, dispatch);
+    let mut cmd = plugin_command(runner, &plugin.path, &plugin.dir);
+    cmd.arg0(&plugin.argv0);
     let mut request = serde_json::to_vec(&plugin_request(dispatch, &runner.identity))
         .expect("a PluginRequest always serialises");
     request.push(b'\n');
@@ -624,6 +598,7 @@ async fn run_process(
     out: &mpsc::Sender<Frame>,
 ) {
     let id = dispatch.id;
+    request_env(&mut cmd, dispatch);
     let (mut child, mut group) = match spawn_confined(runner, &mut cmd).await {
         Ok(spawned) => spawned,
         Err(e) => {
@@ -665,10 +640,7 @@ async fn run_process(
 fn pipe_tasks(
     child: &mut tokio::process::Child,
     request: Vec<u8>,
-) -> (
-    mpsc::Receiver<(Stream, Vec<u8>)>,
-    Vec<AbortOnDropHandle<()>>,
-) {
+) -> (mpsc::Receiver<PipeLine>, Vec<AbortOnDropHandle<()>>) {
     let (line_tx, line_rx) = mpsc::channel(LINE_QUEUE);
     let mut tasks = Vec::with_capacity(3);
     if let Some(mut stdin) = child.stdin.take() {
@@ -836,7 +808,7 @@ impl ProcessRun<'_> {
     async fn follow(
         &mut self,
         child: &mut tokio::process::Child,
-        mut lines: mpsc::Receiver<(Stream, Vec<u8>)>,
+        mut lines: mpsc::Receiver<PipeLine>,
         signals: Signals,
         deadline: Option<Instant>,
     ) {

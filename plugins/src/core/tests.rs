@@ -37,7 +37,7 @@ fn check(plugin: CorePlugin, req: &PluginRequest) -> (i32, String, String) {
     let mut out = Vec::new();
     let (code, err) = match serve(plugin, req, &mut out) {
         Ok(code) => (code, String::new()),
-        Err(e) => (e.exit_code, format!("{e}\n")),
+        Err(e) => (e.exit_code(), format!("{e}\n")),
     };
     (code, String::from_utf8(out).unwrap(), err)
 }
@@ -214,7 +214,7 @@ fn the_rules_both_wrappers_share() {
     assert_eq!((run.script.as_str(), run.stdin.len()), ("exit 5", 0));
     let nothing = req(&[], b" \n").shell().unwrap_err();
     assert_eq!(
-        (nothing.to_string().as_str(), nothing.exit_code),
+        (nothing.to_string().as_str(), nothing.exit_code()),
         (
             "command: nothing to run (no command words and no payload)",
             EXIT_USAGE

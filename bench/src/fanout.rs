@@ -417,7 +417,7 @@ async fn controlled(
     notes.line(format!(
         "fanout --control: creating {n} workers in the control plane"
     ));
-    let ids = api.new_fleet("fan-w", n, &args.service, "mirror").await?;
+    let ids = crate::stack::new_fleet(&api, "fan-w", n, &args.service, "mirror").await?;
     let spin = format!("{}us", args.common.spin.as_micros());
     let shards = shards.to_string();
     let flags = ["--shards", shards.as_str(), "--spin", spin.as_str()];
@@ -434,7 +434,7 @@ async fn controlled(
         control,
         addrs,
         ids,
-        token: api.token.clone(),
+        api: api.clone(),
         payload: vec![b'x'; args.common.payload],
     };
     let (mut rec, mut bare) = (Rounds::new(n), Rounds::new(n));
@@ -461,8 +461,8 @@ struct BrokerPair<'a> {
     addrs: [String; 2],
     /// The workers' identities and tokens.
     ids: Vec<(String, String)>,
-    /// The clients' JWT.
-    token: String,
+    /// The control plane's API (the clients' JWT, fresh for each half).
+    api: api::ApiClient,
     payload: Vec<u8>,
 }
 
@@ -491,8 +491,9 @@ impl BrokerPair<'_> {
             _ => (second_addr, first_addr),
         };
         let outcome = async {
-            let with = triggerfs::connect_as(rec_addr, &self.token).await?;
-            let without = triggerfs::connect_as(bare_addr, &self.token).await?;
+            let jwt = self.api.jwt().await?;
+            let with = triggerfs::connect_as(rec_addr, &jwt).await?;
+            let without = triggerfs::connect_as(bare_addr, &jwt).await?;
             wait_online(&with, service, args.workers).await?;
             wait_online(&without, service, args.workers).await?;
             for _ in 0..args.warmup_rounds {
@@ -539,7 +540,7 @@ impl BrokerPair<'_> {
 /// blocks and on the median time to the last `Done`; the two rows.
 async fn recording_overhead(
     args: &FanoutArgs,
-    api: &crate::stack::Api,
+    api: &api::ApiClient,
     rec: Rounds,
     bare: Rounds,
     notes: &mut Notes,
@@ -597,22 +598,26 @@ async fn recording_overhead(
 }
 
 /// The jobs of `service` in the history, once there are at least `want` (within 30 s).
-async fn recorded_jobs(api: &crate::stack::Api, service: &str, want: u64) -> anyhow::Result<u64> {
+async fn recorded_jobs(api: &api::ApiClient, service: &str, want: u64) -> anyhow::Result<u64> {
+    /// A page of `GET /jobs` (the fields counted).
+    #[derive(serde::Deserialize)]
+    struct JobsPage {
+        jobs: Vec<serde::de::IgnoredAny>,
+        next_cursor: Option<String>,
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut count = 0u64;
         let mut cursor: Option<String> = None;
         loop {
-            let mut path = format!("jobs?service={service}&limit=500");
+            let mut path = format!("/jobs?service={service}&limit=500");
             if let Some(c) = &cursor {
                 path.push_str(&format!("&cursor={c}"));
             }
-            let page = api
-                .call(reqwest::Method::GET, &path, serde_json::Value::Null)
-                .await?;
-            count += page["jobs"].as_array().map_or(0, |j| j.len() as u64);
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_string()),
+            let page: JobsPage = api.get(&path).await?;
+            count += page.jobs.len() as u64;
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
                 None => break,
             }
         }

@@ -15,7 +15,8 @@
 
 use crate::proc::{command, drain, Spawned};
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use serde::de::IgnoredAny;
+use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -157,6 +158,7 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
     let broker = crate::stack::free_addr()?;
     let (control, api) = crate::stack::Control::start(bin, &data, &broker).await?;
     let url = control.url.clone();
+    let secret = control.secret.clone();
     let (b, _) = control
         .broker(bin, &broker, &["--spin", &args.broker_spin])
         .await?;
@@ -170,10 +172,7 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
     )?);
     let deadline = Instant::now() + crate::proc::READY_DEADLINE;
     loop {
-        let w = api
-            .call(reqwest::Method::GET, "workers/w1", Value::Null)
-            .await?;
-        if w["state"] == "ONLINE" {
+        if crate::stack::online(&api, "w1").await? {
             break;
         }
         if Instant::now() > deadline {
@@ -194,7 +193,7 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
         "--identity",
         "admin",
         "--secret",
-        &api.secret,
+        &secret,
         "--spool",
         spool.to_str().unwrap_or_default(),
         "--quiet",
@@ -212,36 +211,21 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
 /// Creates worker `w1`, the service `ship` on it, the directory `/bench` and a trigger per
 /// scenario (`append` to `<dir>/<scenario>.out`); the worker's token.
 async fn configure(
-    api: &crate::stack::Api,
+    api: &api::ApiClient,
     dir: &Path,
     scenarios: &[Scenario],
 ) -> anyhow::Result<String> {
-    let w = api
-        .call(reqwest::Method::POST, "workers", json!({"identity": "w1"}))
+    let worker_token = crate::stack::new_worker(api, "w1").await?;
+    let _: IgnoredAny = api
+        .post("/services", &json!({"name": "ship", "workers": ["w1"]}))
         .await?;
-    let worker_token = w["token"].as_str().context("a worker token")?.to_string();
-    api.call(
-        reqwest::Method::POST,
-        "services",
-        json!({"name": "ship", "workers": ["w1"]}),
-    )
-    .await?;
-    api.call(
-        reqwest::Method::POST,
-        "directories",
-        json!({"path": "/bench"}),
-    )
-    .await?;
+    let _: IgnoredAny = api.post("/directories", &json!({"path": "/bench"})).await?;
     for s in scenarios {
         let name = scenario_name(*s);
         let sink = dir.join(format!("{name}.out"));
-        api.call(
-            reqwest::Method::POST,
-            "triggers",
-            json!({"path": format!("/bench/{name}"), "plugin": "append", "service": "ship", "split": "lines",
-                   "args": {"path": sink.display().to_string()}}),
-        )
-        .await?;
+        let trigger = json!({"path": format!("/bench/{name}"), "plugin": "append", "service": "ship",
+                             "split": "lines", "args": {"path": sink.display().to_string()}});
+        let _: IgnoredAny = api.post("/triggers", &trigger).await?;
     }
     Ok(worker_token)
 }

@@ -20,7 +20,7 @@
 //! request was lost.
 
 use crate::proc::{command, Spawned, StdoutLines};
-use crate::stack::{free_addr, Control};
+use crate::stack::{free_addr, new_fleet, serving, Control};
 use anyhow::{bail, Context};
 use client::{Client, ClientError, ClientEvent, RequestHandle, RequestSpec};
 use proto::Credential;
@@ -434,7 +434,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
     let addr = free_addr()?;
     let (control, api) = Control::start(&bin, &dir.path().join("data"), &addr).await?;
     writeln!(notes, "soak: creating {n} workers in the control plane")?;
-    let ids = api.new_fleet("soak-w", n, SERVICE, "roundrobin").await?;
+    let ids = new_fleet(&api, "soak-w", n, SERVICE, "roundrobin").await?;
     let mut stack = Stack::start(args, bin, addr, control, dir.path(), &ids).await?;
     writeln!(
         notes,
@@ -452,7 +452,8 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
         sampling.clone(),
     ));
     let clients = args.clients.max(1);
-    let load = Arc::new(Load::new(args, clients, &stack.addr, &api.token));
+    let jwt = api.jwt().await?;
+    let load = Arc::new(Load::new(args, clients, &stack.addr, &jwt));
     writeln!(
         notes,
         "soak: {clients} clients at {} req/s for {:?}",
@@ -483,10 +484,10 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
 }
 
 /// How many of `n` workers serve the soak's service, polled until all do or `within` passed.
-async fn workers_online(api: &crate::stack::Api, n: usize, within: Duration) -> usize {
+async fn workers_online(api: &api::ApiClient, n: usize, within: Duration) -> usize {
     let by = Instant::now() + within;
     loop {
-        let online = api.serving(SERVICE).await.unwrap_or(0);
+        let online = serving(api, SERVICE).await.unwrap_or(0);
         if online >= n || Instant::now() > by {
             return online;
         }

@@ -4,99 +4,100 @@
 
 use crate::proc::{command, drain, Spawned};
 use anyhow::{bail, Context};
+use api::ApiClient;
 use futures::{StreamExt, TryStreamExt};
-use serde_json::{json, Value};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// The control plane's API, logged in as the first admin.
-pub(crate) struct Api {
-    http: reqwest::Client,
-    pub url: String,
-    pub token: String,
-    /// The first admin's secret (team `main`, identity `admin`).
-    pub secret: String,
+/// One API call's limit: a bench's calls are small, but its machine is busy.
+const API_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `POST /workers`.
+#[derive(Serialize)]
+struct NewWorker<'a> {
+    identity: &'a str,
 }
 
-impl Api {
-    /// One call under `/api/v1/`; fails on any status but 2xx.
-    pub(crate) async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Value,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}/api/v1/{path}", self.url))
-            .bearer_auth(&self.token);
-        if !body.is_null() {
-            req = req.json(&body);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{method} {path}: {status} {body}");
-        }
-        Ok(body)
-    }
+/// Its answer (the fields the bench uses).
+#[derive(Deserialize)]
+struct WorkerCreated {
+    token: String,
+}
 
-    /// Creates workers `<prefix><i>` for i in 0..n (a few calls at a time); their identities
-    /// and tokens, in order.
-    pub(crate) async fn new_workers(
-        &self,
-        prefix: &str,
-        n: usize,
-    ) -> anyhow::Result<Vec<(String, String)>> {
-        futures::stream::iter(0..n)
-            .map(|i| async move {
-                let identity = format!("{prefix}{i}");
-                let w = self
-                    .call(
-                        reqwest::Method::POST,
-                        "workers",
-                        json!({ "identity": identity }),
-                    )
-                    .await?;
-                let token = w["token"].as_str().context("a worker token")?.to_string();
-                anyhow::Ok((identity, token))
-            })
-            .buffered(8)
-            .try_collect()
-            .await
-    }
+/// `POST /services`.
+#[derive(Serialize)]
+struct NewService<'a> {
+    name: &'a str,
+    algorithm: &'a str,
+    workers: Vec<&'a str>,
+}
 
-    /// Creates `n` workers `<prefix><i>` and a service `name` of `algorithm` bound to them
-    /// all; the workers' identities and tokens.
-    pub(crate) async fn new_fleet(
-        &self,
-        prefix: &str,
-        n: usize,
-        name: &str,
-        algorithm: &str,
-    ) -> anyhow::Result<Vec<(String, String)>> {
-        let ids = self.new_workers(prefix, n).await?;
-        let names: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
-        self.call(
-            reqwest::Method::POST,
-            "services",
-            json!({"name": name, "algorithm": algorithm, "workers": names}),
-        )
+/// `GET /services/{name}` (the fields the bench uses).
+#[derive(Deserialize)]
+struct ServiceView {
+    serving: Vec<IgnoredAny>,
+}
+
+/// `GET /workers/{identity}` (the fields the bench uses).
+#[derive(Deserialize)]
+struct WorkerView {
+    state: WorkerState,
+}
+
+/// A worker's state as the broker reports it.
+#[derive(Deserialize, PartialEq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum WorkerState {
+    Online,
+    Disconnected,
+}
+
+/// Creates worker `identity`; its token.
+pub(crate) async fn new_worker(api: &ApiClient, identity: &str) -> anyhow::Result<String> {
+    let created: WorkerCreated = api.post("/workers", &NewWorker { identity }).await?;
+    Ok(created.token)
+}
+
+/// Creates `n` workers `<prefix><i>` and a service `name` of `algorithm` bound to them all
+/// (a few calls at a time); the workers' identities and tokens, in order.
+pub(crate) async fn new_fleet(
+    api: &ApiClient,
+    prefix: &str,
+    n: usize,
+    name: &str,
+    algorithm: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let ids: Vec<(String, String)> = futures::stream::iter(0..n)
+        .map(|i| async move {
+            let identity = format!("{prefix}{i}");
+            let token = new_worker(api, &identity).await?;
+            anyhow::Ok((identity, token))
+        })
+        .buffered(8)
+        .try_collect()
         .await?;
-        Ok(ids)
-    }
+    let workers = ids.iter().map(|(id, _)| id.as_str()).collect();
+    let service = NewService {
+        name,
+        algorithm,
+        workers,
+    };
+    let _: IgnoredAny = api.post("/services", &service).await?;
+    Ok(ids)
+}
 
-    /// How many of `service`'s bound workers the control plane sees online.
-    pub(crate) async fn serving(&self, service: &str) -> anyhow::Result<usize> {
-        let s = self
-            .call(
-                reqwest::Method::GET,
-                &format!("services/{service}"),
-                Value::Null,
-            )
-            .await?;
-        Ok(s["serving"].as_array().map_or(0, Vec::len))
-    }
+/// How many of `service`'s bound workers the control plane sees online.
+pub(crate) async fn serving(api: &ApiClient, service: &str) -> anyhow::Result<usize> {
+    let s: ServiceView = api.get(&format!("/services/{service}")).await?;
+    Ok(s.serving.len())
+}
+
+/// Whether the control plane sees worker `identity` online.
+pub(crate) async fn online(api: &ApiClient, identity: &str) -> anyhow::Result<bool> {
+    let w: WorkerView = api.get(&format!("/workers/{identity}")).await?;
+    Ok(w.state == WorkerState::Online)
 }
 
 /// A `triggerfs control` process on SQLite in `data`.
@@ -105,6 +106,8 @@ pub(crate) struct Control {
     /// `http://ADDR`.
     pub url: String,
     pub data: PathBuf,
+    /// The first admin's secret (team `main`, identity `admin`).
+    pub secret: String,
     /// The `--broker` its gateway uses.
     broker: String,
 }
@@ -116,22 +119,21 @@ impl Control {
         bin: &Path,
         data: &Path,
         broker: &str,
-    ) -> anyhow::Result<(Control, Api)> {
+    ) -> anyhow::Result<(Control, ApiClient)> {
         let (proc, url, secret) = spawn_control(bin, data, "127.0.0.1:0", broker).await?;
         let secret = secret.context("the control plane printed no first admin")?;
-        let token = client::login::login(&url, "main", "admin", &secret)
+        let api = ApiClient::builder([url.as_str()])
+            .login("main", "admin", &secret)
+            .timeout(API_TIMEOUT)
+            .build()?;
+        api.jwt()
             .await
             .context("cannot log in to the control plane")?;
-        let api = Api {
-            http: reqwest::Client::new(),
-            url: url.clone(),
-            token,
-            secret,
-        };
         let control = Control {
             proc,
             url,
             data: data.to_path_buf(),
+            secret,
             broker: broker.to_string(),
         };
         Ok((control, api))

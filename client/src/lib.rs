@@ -97,10 +97,12 @@ pub enum ClientError {
         message: String,
     },
     /// The control plane refused the login.
-    #[error("login refused: {code}: {message}")]
+    #[error("login refused: {}: {message}", api::client::code_text(*.status, *.code))]
     Login {
-        /// The API's error code (e.g. `Unauthorized`).
-        code: String,
+        /// The HTTP status.
+        status: u16,
+        /// The API's error code (e.g. `Unauthorized`); `None` when the answer had no error body.
+        code: Option<api::ErrorCode>,
         /// Detail.
         message: String,
     },

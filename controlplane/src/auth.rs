@@ -7,7 +7,9 @@
 
 use crate::db::on_db;
 use crate::error::ApiError;
+use crate::stored::Row;
 use crate::AppState;
+use api::Role;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -363,7 +365,7 @@ pub struct AuthUser {
     /// The token's team.
     pub team: String,
     /// Current role in that team (from the store, not the token).
-    pub role: String,
+    pub role: Role,
     /// Whether the user may set quotas.
     pub operator: bool,
     /// The bearer JWT itself (the gateway presents it to the broker).
@@ -373,19 +375,7 @@ pub struct AuthUser {
 impl AuthUser {
     /// Whether the caller is an admin of their team.
     pub fn is_admin(&self) -> bool {
-        self.role == "admin"
-    }
-
-    /// Fails with `Forbidden` unless the caller is an admin of their team.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin() {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "only an admin of team {} may do this",
-                self.team
-            )))
-        }
+        self.role == Role::Admin
     }
 }
 
@@ -420,12 +410,17 @@ impl FromRequestParts<AppState> for AuthUser {
                 "the secret has changed since this token was issued; log in again".into(),
             ));
         }
+        let member = Row {
+            object: "member",
+            team: &claims.team,
+            name: &claims.sub,
+        };
         Ok(AuthUser {
+            role: member.text(&row.role)?,
             user_id: row.user_id,
             identity: claims.sub,
             team_id: row.team_id,
             team: claims.team,
-            role: row.role,
             operator: row.operator,
             token,
         })

@@ -79,8 +79,11 @@ impl Refusal {
     /// A whole HTTP/1.1 503 answer (JSON error body, `Connection: close`), written to a
     /// plain-HTTP connection before it is closed.
     pub(crate) fn response(self) -> Vec<u8> {
-        let body = serde_json::json!({"code": "ServiceUnavailable", "message": self.message()})
-            .to_string();
+        let body = api::ErrorBody {
+            code: api::ErrorCode::ServiceUnavailable,
+            message: self.message().to_string(),
+        };
+        let body = serde_json::to_string(&body).unwrap_or_default();
         format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
              retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",

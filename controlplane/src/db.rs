@@ -140,6 +140,12 @@ pub const BUMP_REVISION: &str =
 /// Reads the current revision.
 pub const CURRENT_REVISION: &str = "SELECT revision FROM meta WHERE id = 1";
 
+/// A revision as read from `meta` (which counts up from 0: a negative one is a store this
+/// crate did not write, an error like any other value that does not decode).
+pub fn revision(stored: i64) -> Result<u64, sqlx::Error> {
+    u64::try_from(stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -1,12 +1,11 @@
 //! Errors: [`ControlError`] for starting and serving, [`ApiError`] for one API call.
 //!
-//! Every [`ApiError`] becomes a JSON body `{"code": "...", "message": "..."}` with a stable
-//! code and HTTP status. Internal causes (database, hashing) are logged, never sent.
+//! Every [`ApiError`] becomes a JSON body (`api::ErrorBody`: `{"code": "...", "message":
+//! "..."}`) with a stable code and HTTP status. Internal causes (database, hashing) are logged, never sent.
 
+use api::{ErrorBody, ErrorCode};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 /// What can go wrong opening or serving the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -45,17 +44,6 @@ pub enum ControlError {
     /// The HTTP server failed.
     #[error("serving HTTP: {0}")]
     Serve(#[source] std::io::Error),
-}
-
-/// The JSON body of every error answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// Stable code: BadRequest, Unauthorized, TokenExpired, Forbidden, QuotaExceeded,
-    /// NotFound, MethodNotAllowed, Conflict, RequestTimeout, PayloadTooLarge,
-    /// Unprocessable, TooManyRequests, LockedOut, ServiceUnavailable, Internal.
-    pub code: &'static str,
-    /// Human-readable detail.
-    pub message: String,
 }
 
 /// One API call's failure.
@@ -154,29 +142,38 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The status code and the stable code string.
-    pub fn status_code(&self) -> (StatusCode, &'static str) {
+    /// The status code and the stable code.
+    pub fn status_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-            ApiError::TokenExpired => (StatusCode::UNAUTHORIZED, "TokenExpired"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::TokenExpired => (StatusCode::UNAUTHORIZED, ErrorCode::TokenExpired),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
             ApiError::QuotaExceeded { .. }
             | ApiError::QuotaReached(_)
-            | ApiError::TeamsExceeded { .. } => (StatusCode::FORBIDDEN, "QuotaExceeded"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
-            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
-            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable"),
-            ApiError::ServiceUnavailable(_) | ApiError::Busy { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            | ApiError::TeamsExceeded { .. } => (StatusCode::FORBIDDEN, ErrorCode::QuotaExceeded),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
             }
-            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
-            ApiError::LockedOut { .. } => (StatusCode::TOO_MANY_REQUESTS, "LockedOut"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout),
+            ApiError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
+            }
+            ApiError::Unprocessable(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Unprocessable)
+            }
+            ApiError::ServiceUnavailable(_) | ApiError::Busy { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ServiceUnavailable,
+            ),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+            }
+            ApiError::LockedOut { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::LockedOut),
             ApiError::Database(_) | ApiError::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "Internal")
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
             }
         }
     }

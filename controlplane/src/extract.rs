@@ -89,9 +89,6 @@ fn require_object(body: &[u8]) -> Result<(), ApiError> {
     }
 }
 
-/// [`has_nul`]'s rule as a regular expression, for the OpenAPI document: text without NUL.
-pub const NO_NUL_PATTERN: &str = r"^[^\x00]*$";
-
 fn nul_error() -> ApiError {
     ApiError::BadRequest("text may not contain NUL characters".into())
 }
@@ -188,8 +185,8 @@ pub(crate) async fn buffer_body(
     req: Request,
     next: Next,
 ) -> Response {
-    let limit = if req.uri().path() == crate::routes::JOBS_PATH {
-        crate::routes::JOBS_MAX_BODY.max(state.settings.max_body_bytes)
+    let limit = if req.uri().path() == api::broker::JOBS_PATH {
+        api::broker::JOBS_MAX_BODY.max(state.settings.max_body_bytes)
     } else {
         state.settings.max_body_bytes
     };
@@ -241,7 +238,7 @@ mod tests {
 
     #[test]
     fn the_pattern_is_the_rule() {
-        let re = regex::Regex::new(super::NO_NUL_PATTERN).unwrap();
+        let re = regex::Regex::new(proto::names::NO_NUL_PATTERN).unwrap();
         for t in [
             "",
             "a",

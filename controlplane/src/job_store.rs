@@ -138,17 +138,13 @@ pub(crate) fn pack(json: &str) -> Vec<u8> {
 }
 
 /// A job's workers' JSON from its row: `workers_zstd` unpacked, or for a row stored before
-/// migration 0008 (NULL there), its `workers` text. A blob that does not unpack (nothing
-/// the control plane wrote) reads as no workers, and is logged.
-pub(crate) fn unpack(text: String, packed: Option<Vec<u8>>) -> String {
-    let Some(packed) = packed else { return text };
-    match zstd::stream::decode_all(&packed[..]).map(String::from_utf8) {
-        Ok(Ok(json)) => json,
-        _ => {
-            tracing::warn!(bytes = packed.len(), "a job's workers do not unpack");
-            "[]".into()
-        }
-    }
+/// migration 0008 (NULL there), its `workers` text. `None`: a blob that does not unpack
+/// (nothing the control plane wrote).
+pub(crate) fn unpack(text: String, packed: Option<Vec<u8>>) -> Option<String> {
+    let Some(packed) = packed else {
+        return Some(text);
+    };
+    String::from_utf8(zstd::stream::decode_all(&packed[..]).ok()?).ok()
 }
 
 /// What a job's row says of its workers.
@@ -272,19 +268,22 @@ pub(crate) fn prepare(body: &[u8], limit: usize) -> Result<Vec<Prepared>, ApiErr
 
 /// The JSON array of `known` then `added` workers (each a JSON array of
 /// [`proto::job::JobWorker`]), a worker named in both kept the first time, and its tally;
-/// `None` when `added` names no one new. For a record that came in parts.
-pub(crate) fn merge(known: &str, added: &str) -> Option<(String, Tally)> {
-    fn items(text: &str) -> Vec<(&RawValue, WorkerIn<'_>)> {
-        serde_json::from_str::<Vec<&RawValue>>(text)
-            .unwrap_or_default()
+/// `None` when `added` names no one new. For a record that came in parts; an error when
+/// either is not such an array.
+pub(crate) fn merge(
+    known: &str,
+    added: &str,
+) -> Result<Option<(String, Tally)>, serde_json::Error> {
+    fn items(text: &str) -> Result<Vec<(&RawValue, WorkerIn<'_>)>, serde_json::Error> {
+        serde_json::from_str::<Vec<&RawValue>>(text)?
             .into_iter()
-            .filter_map(|raw| Some((raw, serde_json::from_str::<WorkerIn>(raw.get()).ok()?)))
+            .map(|raw| Ok((raw, serde_json::from_str::<WorkerIn>(raw.get())?)))
             .collect()
     }
-    let (known, added) = (items(known), items(added));
+    let (known, added) = (items(known)?, items(added)?);
     let before = known.len();
     let (json, tally) = distinct_json(known, added);
-    (tally.workers as usize > before).then_some((json, tally))
+    Ok((tally.workers as usize > before).then_some((json, tally)))
 }
 
 /// The JSON array of `first` then `then`, each worker once (the first time it is named),
@@ -330,6 +329,9 @@ fn check(batch: &BatchIn, workers: &[Vec<WorkerIn>]) -> Result<(), ApiError> {
         ] {
             over(what, chars_within(t, MAX_JOB_NAME), MAX_JOB_NAME)?;
         }
+        j.algorithm
+            .parse::<proto::Algorithm>()
+            .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
         over("command words", j.command.len(), MAX_JOB_ITEMS)?;
         over("arguments", j.args.len(), MAX_JOB_ITEMS)?;
         over("workers", parsed.len(), proto::job::MAX_JOB_WORKERS)?;
@@ -389,7 +391,7 @@ mod tests {
             worker("a", "failed")
         ]);
         let p = prepare(&body(sent.clone()), 1).unwrap().remove(0);
-        let json = unpack(String::new(), Some(p.workers));
+        let json = unpack(String::new(), Some(p.workers)).unwrap();
         let stored: Vec<proto::job::JobWorker> = serde_json::from_str(&json).unwrap();
         let want: Vec<proto::job::JobWorker> =
             serde_json::from_value(json!([sent[0], sent[1]])).unwrap();
@@ -398,7 +400,7 @@ mod tests {
         assert_eq!(p.tally.status, JobStatus::Failed);
         // A second part: only the new names are added.
         let more = serde_json::to_string(&json!([worker("b", "ok"), worker("c", "ok")])).unwrap();
-        let (all, tally) = merge(&json, &more).unwrap();
+        let (all, tally) = merge(&json, &more).unwrap().unwrap();
         let names: Vec<String> = serde_json::from_str::<Vec<proto::job::JobWorker>>(&all)
             .unwrap()
             .into_iter()
@@ -406,11 +408,12 @@ mod tests {
             .collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!((tally.workers, tally.ok), (3, 2));
-        assert!(merge(&all, &more).is_none());
+        assert!(merge(&all, &more).unwrap().is_none());
+        assert!(merge("[{", &more).is_err());
         // Rows stored before migration 0008 have the text only; a blob that is not zstd
-        // reads as no workers.
-        assert_eq!(unpack(all.clone(), None), all);
-        assert_eq!(unpack(all, Some(b"not zstd".to_vec())), "[]");
+        // does not read.
+        assert_eq!(unpack(all.clone(), None), Some(all.clone()));
+        assert_eq!(unpack(all, Some(b"not zstd".to_vec())), None);
     }
 
     #[test]
@@ -423,7 +426,7 @@ mod tests {
             })
             .collect();
         let p = prepare(&body(json!(sent)), 1).unwrap().remove(0);
-        let json = unpack(String::new(), Some(p.workers.clone()));
+        let json = unpack(String::new(), Some(p.workers.clone())).unwrap();
         assert!(json.len() > 100_000, "{}", json.len());
         assert!(
             p.workers.len() * 10 < json.len(),
@@ -459,5 +462,14 @@ mod tests {
         let mut full = worker("a", "ok");
         full["output"] = json!("é".repeat(proto::job::JOB_OUTPUT_TAIL));
         assert_eq!(prepare(&body(json!([full])), 1).unwrap().len(), 1);
+        // The algorithm is one of the three.
+        let mut record: serde_json::Value = serde_json::from_slice(&body(json!([]))).unwrap();
+        record["jobs"][0]["algorithm"] = json!("random");
+        let e = message(
+            prepare(&serde_json::to_vec(&record).unwrap(), 1)
+                .err()
+                .unwrap(),
+        );
+        assert!(e.starts_with("422 unknown algorithm `random`"), "{e}");
     }
 }

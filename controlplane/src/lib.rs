@@ -6,12 +6,16 @@
 //! It is not the broker: it never routes a request itself (the gateway is a `client` of the
 //! broker like any other). It is the only crate that talks to the database.
 //!
-//! Layout: [`db`] (pools, migrations, the `on_db!` macro), [`auth`] (JWT, argon2, extractors),
-//! [`error`] (the error enum and its JSON), [`extract`] (JSON-rejecting extractors),
-//! `routes/` (one module per object, each owning its request and response types),
-//! [`metrics`], and [`openapi`].
+//! Layout: [`db`] (pools, migrations, the `on_db!` macro), `change` (the one way a handler
+//! changes configuration: revision, SQL, commit, typed event), `checks` (the rules a request
+//! passes), `stored` (reading stored text back into types), [`auth`] (JWT, argon2,
+//! extractors), [`error`] (the error enum and its JSON), [`extract`] (JSON-rejecting
+//! extractors), `routes/` (the router, and one module of handlers per object, taking and
+//! answering the `api` crate's types), [`metrics`], and [`openapi`] (the document's frame).
 
 pub mod auth;
+mod change;
+mod checks;
 mod conns;
 pub mod db;
 pub mod error;
@@ -20,6 +24,7 @@ mod job_store;
 pub mod metrics;
 pub mod openapi;
 mod routes;
+mod stored;
 
 pub use error::{ApiError, ControlError};
 pub use routes::ROUTES;
@@ -28,7 +33,8 @@ use auth::JwtKeys;
 use axum::response::IntoResponse;
 use db::{on_db, Db};
 use futures::TryFutureExt;
-use proto::control::ConfigEvent;
+use proto::control::{Action, ConfigEvent, Object};
+use proto::TextEnum;
 use rand::RngCore;
 use std::future::Future;
 use std::io::Write;
@@ -293,37 +299,42 @@ impl ControlPlane {
             .await
             .map_err(|e| ControlError::Hash(e.to_string()))?;
         let now = db::now_ms();
-        let revision: i64 = on_db!(&s.db, pool => {
-            let mut tx = crate::db::begin(pool).await?;
-            let revision: i64 = sqlx::query_scalar(db::BUMP_REVISION).fetch_one(&mut *tx).await?;
+        change::change!(s, Object::Team, Action::Created, team, team, |tx| {
             let team_id: i64 = sqlx::query_scalar(
                 "INSERT INTO teams (name, install, created, updated) VALUES ($1, TRUE, $2, $2) \
-                 RETURNING id")
-                .bind(&team).bind(now).fetch_one(&mut *tx).await?;
+                 RETURNING id",
+            )
+            .bind(&team)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
             // A user `admin` left from a store whose teams were all deleted gets a new
             // secret rather than failing the start on the unique identity.
             let user_id: i64 = sqlx::query_scalar(
                 "INSERT INTO users (identity, secret_hash, operator, max_teams, created) \
                  VALUES ($1, $2, TRUE, NULL, $3) ON CONFLICT (identity) DO UPDATE \
                  SET secret_hash = excluded.secret_hash, operator = TRUE, max_teams = NULL \
-                 RETURNING id")
-                .bind(&identity).bind(&hash).bind(now).fetch_one(&mut *tx).await?;
-            sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, 'admin', $3)")
-                .bind(team_id).bind(user_id).bind(now).execute(&mut *tx).await?;
-            tx.commit().await?;
-            revision
+                 RETURNING id",
+            )
+            .bind(&identity)
+            .bind(&hash)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(team_id)
+            .bind(user_id)
+            .bind(api::Role::Admin.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         });
         let path = s.data_dir().join("admin.credentials");
         let text =
             format!("[main]\nteam = {team:?}\nidentity = {identity:?}\nsecret = {secret:?}\n");
         write_private(&path, &text)?;
-        s.publish(ConfigEvent {
-            revision: revision as u64,
-            team: team.clone(),
-            object: "team".into(),
-            action: "created".into(),
-            name: team.clone(),
-        });
         Ok(Some(FirstAdmin {
             team,
             identity,
@@ -358,34 +369,20 @@ impl ControlPlane {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ControlError> {
-        use hyper_util::rt::{TokioIo, TokioTimer};
-        use tower::ServiceExt;
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "control plane listening");
         }
         let settings = &self.shared.settings;
-        let timeout = settings.http_timeout;
         let conns = conns::Conns::new(
             settings.max_connections,
             settings.max_connections_per_address,
             settings.max_unauthenticated,
         );
+        use futures::future::Either;
+        use tower::ServiceExt;
         let router = self.router();
         let shared = self.shared.clone();
-        let pruner = {
-            let cp = self.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(JOB_PRUNE_EVERY);
-                loop {
-                    every.tick().await;
-                    match cp.prune_jobs().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(deleted = n, "jobs past their retention deleted"),
-                        Err(e) => tracing::warn!(error = %e, "cannot delete old jobs"),
-                    }
-                }
-            })
-        };
+        let pruner = self.spawn_pruner();
         let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -416,75 +413,35 @@ impl ControlPlane {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let router = router.clone();
             let service = {
-                let (conns, ticket, shared) = (conns.clone(), ticket.clone(), shared.clone());
+                let (router, conns, shared) = (router.clone(), conns.clone(), shared.clone());
+                let ticket = ticket.clone();
                 hyper::service::service_fn(move |mut req: hyper::Request<_>| {
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
                     let busy = ticket.busy();
-                    let anonymous = if shared.has_credentials(req.headers()) {
-                        None
-                    } else {
-                        match conns.anonymous_slot() {
-                            Some(slot) => Some(slot),
-                            None => {
-                                let refused = closing(
-                                    ApiError::Busy {
-                                        retry_after: 1,
-                                        what: "too many requests without credentials at once",
-                                    }
-                                    .into_response(),
-                                );
-                                return futures::future::Either::Left(std::future::ready(Ok(
-                                    refused,
-                                )));
-                            }
+                    match shared.anonymous_slot(&conns, req.headers()) {
+                        Err(busy) => {
+                            let refused = closing(busy.into_response());
+                            Either::Left(std::future::ready(Ok(refused)))
                         }
-                    };
-                    futures::future::Either::Right(
-                        router
-                            .clone()
-                            .oneshot(req)
-                            .map_ok(move |response| hold_until_sent(response, (busy, anonymous))),
-                    )
+                        Ok(anonymous) => {
+                            Either::Right(router.clone().oneshot(req).map_ok(move |response| {
+                                hold_until_sent(response, (busy, anonymous))
+                            }))
+                        }
+                    }
                 })
             };
-            let http = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                .clone();
+            let connection = Connection {
+                service,
+                ticket,
+                peer,
+                timeout: settings.http_timeout,
+            };
             match &tls {
-                None => {
-                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(run_connection(conn, ticket, peer, "HTTP"));
-                }
-                Some(acceptor) => {
-                    // The TLS handshake runs in the connection's task, within the header
-                    // timeout: a peer that never finishes it holds a slot no longer.
-                    let acceptor = acceptor.clone();
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
-                        let stream = match tokio::select! {
-                            done = handshake => done,
-                            () = ticket.evicted() => return,
-                        } {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let conn =
-                            watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-                        run_connection(conn, ticket, peer, "HTTPS").await;
-                    });
-                }
+                None => connection.serve_plain(stream, &graceful),
+                Some(acceptor) => connection.serve_tls(stream, acceptor.clone(), &graceful),
             }
         }
         drop(listener);
@@ -498,6 +455,91 @@ impl ControlPlane {
         }
         Ok(())
     }
+
+    /// Deletes the jobs past their retention every [`JOB_PRUNE_EVERY`], until aborted.
+    fn spawn_pruner(&self) -> tokio::task::JoinHandle<()> {
+        let cp = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(JOB_PRUNE_EVERY);
+            loop {
+                every.tick().await;
+                match cp.prune_jobs().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "jobs past their retention deleted"),
+                    Err(e) => tracing::warn!(error = %e, "cannot delete old jobs"),
+                }
+            }
+        })
+    }
+}
+
+/// One accepted connection, admitted, with the service its requests go through.
+struct Connection<S> {
+    service: S,
+    ticket: conns::Ticket,
+    peer: std::net::SocketAddr,
+    /// How long the peer may take to send a request's headers (the TLS handshake too).
+    timeout: Duration,
+}
+
+impl<S> Connection<S>
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn http(&self) -> hyper::server::conn::http1::Builder {
+        hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.timeout)
+            .clone()
+    }
+
+    /// Serves plain HTTP on `stream`, in a task of its own.
+    fn serve_plain(
+        self,
+        stream: tokio::net::TcpStream,
+        graceful: &hyper_util::server::graceful::GracefulShutdown,
+    ) {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let conn = graceful.watch(self.http().serve_connection(io, self.service));
+        tokio::spawn(run_connection(conn, self.ticket, self.peer, "HTTP"));
+    }
+
+    /// Serves HTTPS on `stream`, in a task of its own. The TLS handshake runs in that task,
+    /// within the header timeout: a peer that never finishes it holds a slot no longer.
+    fn serve_tls(
+        self,
+        stream: tokio::net::TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+        graceful: &hyper_util::server::graceful::GracefulShutdown,
+    ) {
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(self.timeout, acceptor.accept(stream));
+            let stream = match tokio::select! {
+                done = handshake => done,
+                () = self.ticket.evicted() => return,
+            } {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, peer = %self.peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = watcher.watch(self.http().serve_connection(io, self.service));
+            run_connection(conn, self.ticket, self.peer, "HTTPS").await;
+        });
+    }
 }
 
 /// How long a shutdown waits for open requests to finish.
@@ -506,6 +548,23 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 impl Shared {
     fn data_dir(&self) -> &Path {
         &self.settings.data_dir
+    }
+
+    /// The slot a request without credentials holds until its response is sent (`None`: it
+    /// has credentials); `Busy` (503, and the connection closed) when none is free.
+    fn anonymous_slot(
+        &self,
+        conns: &conns::Conns,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+        if self.has_credentials(headers) {
+            return Ok(None);
+        }
+        let busy = ApiError::Busy {
+            retry_after: 1,
+            what: "too many requests without credentials at once",
+        };
+        conns.anonymous_slot().map(Some).ok_or(busy)
     }
 
     /// Whether a request's headers carry a credential that checks out without the store: a

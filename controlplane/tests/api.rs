@@ -4,6 +4,7 @@ mod common;
 
 use common::{assert_error, Backend, Harness};
 use futures::StreamExt;
+use proto::control::{Action, Object};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -183,6 +184,15 @@ async fn team_isolation_and_membership(backend: Backend) {
         .0,
         StatusCode::CREATED
     );
+    let bob = create_teamb_with_member_bob(&h).await;
+    bob_cannot_reach_main_or_administer_teamb(&h, &bob).await;
+    let bob_main = bob_joins_main_as_member(&h, &bob).await;
+    roles_removal_and_team_deletion(&h, &bob, &bob_main).await;
+}
+
+/// Creates teamb with bob (secret `bobsecret`) as its only ordinary member; returns his token.
+async fn create_teamb_with_member_bob(h: &Harness) -> String {
+    let admin = &h.admin_token;
     // A second team, with bob as its only ordinary member.
     let (status, team) = h
         .post("/api/v1/teams", admin, json!({"name": "teamb"}))
@@ -220,7 +230,11 @@ async fn team_isolation_and_membership(backend: Backend) {
         400,
         "BadRequest",
     );
-    let bob = h.login("teamb", "bob", "bobsecret").await;
+    h.login("teamb", "bob", "bobsecret").await
+}
+
+/// bob (of teamb) cannot log into main, nor see or touch its objects, nor administer teamb.
+async fn bob_cannot_reach_main_or_administer_teamb(h: &Harness, bob: &str) {
     // bob cannot log into main, nor see or touch main's objects.
     let refused = h
         .call(
@@ -231,36 +245,36 @@ async fn team_isolation_and_membership(backend: Backend) {
         )
         .await;
     assert_error(&refused, 401, "Unauthorized");
-    let (status, list) = h.get("/api/v1/workers", &bob).await;
+    let (status, list) = h.get("/api/v1/workers", bob).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list, json!([]));
-    assert_error(&h.get("/api/v1/workers/w1", &bob).await, 404, "NotFound");
+    assert_error(&h.get("/api/v1/workers/w1", bob).await, 404, "NotFound");
     assert_error(
-        &h.call(Method::DELETE, "/api/v1/workers/w1", Some(&bob), None)
+        &h.call(Method::DELETE, "/api/v1/workers/w1", Some(bob), None)
             .await,
         404,
         "NotFound",
     );
-    assert_error(&h.get("/api/v1/services/svc", &bob).await, 404, "NotFound");
+    assert_error(&h.get("/api/v1/services/svc", bob).await, 404, "NotFound");
     assert_error(
         &h.call(
             Method::PATCH,
             "/api/v1/services/svc",
-            Some(&bob),
+            Some(bob),
             Some(json!({"visibility": "public"})),
         )
         .await,
         404,
         "NotFound",
     );
-    assert_error(&h.get("/api/v1/teams/main", &bob).await, 404, "NotFound");
+    assert_error(&h.get("/api/v1/teams/main", bob).await, 404, "NotFound");
     assert_error(
-        &h.get("/api/v1/teams/main/members", &bob).await,
+        &h.get("/api/v1/teams/main/members", bob).await,
         404,
         "NotFound",
     );
     assert_error(
-        &h.call(Method::DELETE, "/api/v1/teams/main", Some(&bob), None)
+        &h.call(Method::DELETE, "/api/v1/teams/main", Some(bob), None)
             .await,
         404,
         "NotFound",
@@ -269,7 +283,7 @@ async fn team_isolation_and_membership(backend: Backend) {
     assert_error(
         &h.post(
             "/api/v1/teams/teamb/members",
-            &bob,
+            bob,
             json!({"identity": "eve", "secret": "x"}),
         )
         .await,
@@ -277,14 +291,19 @@ async fn team_isolation_and_membership(backend: Backend) {
         "Forbidden",
     );
     assert_error(
-        &h.call(Method::DELETE, "/api/v1/teams/teamb", Some(&bob), None)
+        &h.call(Method::DELETE, "/api/v1/teams/teamb", Some(bob), None)
             .await,
         403,
         "Forbidden",
     );
-    let (_, teams) = h.get("/api/v1/teams", &bob).await;
+    let (_, teams) = h.get("/api/v1/teams", bob).await;
     assert_eq!(teams.as_array().unwrap().len(), 1);
     assert_eq!(teams[0]["name"], "teamb");
+}
+
+/// bob, an existing user, joins main by invitation as a member; returns his main token.
+async fn bob_joins_main_as_member(h: &Harness, bob: &str) -> String {
+    let admin = &h.admin_token;
     // bob joins main too (an existing user: invited, and he accepts), as a member.
     let (status, body) = h
         .post(
@@ -298,7 +317,7 @@ async fn team_isolation_and_membership(backend: Backend) {
         .call(
             Method::POST,
             "/api/v1/invitations/main/accept",
-            Some(&bob),
+            Some(bob),
             None,
         )
         .await;
@@ -332,6 +351,13 @@ async fn team_isolation_and_membership(backend: Backend) {
         403,
         "Forbidden",
     );
+    bob_main
+}
+
+/// Roles: bob promoted in main, teamb's last admin kept; bob removed from main, then teamb
+/// deleted.
+async fn roles_removal_and_team_deletion(h: &Harness, bob: &str, bob_main: &str) {
+    let admin = &h.admin_token;
     // Roles: promote, then the last admin cannot be removed or demoted.
     let (status, body) = h
         .call(
@@ -378,11 +404,11 @@ async fn team_isolation_and_membership(backend: Backend) {
     );
     // bob's main token no longer works; his teamb token does.
     assert_error(
-        &h.get("/api/v1/workers", &bob_main).await,
+        &h.get("/api/v1/workers", bob_main).await,
         401,
         "Unauthorized",
     );
-    assert_eq!(h.get("/api/v1/workers", &bob).await.0, StatusCode::OK);
+    assert_eq!(h.get("/api/v1/workers", bob).await.0, StatusCode::OK);
     let (_, members) = h.get("/api/v1/teams/main/members", admin).await;
     assert_eq!(members.as_array().unwrap().len(), 1);
     // Deleting a team.
@@ -392,7 +418,7 @@ async fn team_isolation_and_membership(backend: Backend) {
             .0,
         StatusCode::NO_CONTENT
     );
-    assert_error(&h.get("/api/v1/workers", &bob).await, 401, "Unauthorized");
+    assert_error(&h.get("/api/v1/workers", bob).await, 401, "Unauthorized");
 }
 
 async fn snapshot(h: &Harness) -> proto::control::BrokerSnapshot {
@@ -522,6 +548,50 @@ async fn services_crud(backend: Backend) {
     assert_eq!(defaults["algorithm"], "roundrobin");
     assert_eq!(defaults["timeout_ms"], 0);
     assert_eq!(defaults["timeout"], Value::Null);
+    refused_service_creates_leave_nothing(&h).await;
+    service_workers_added_and_removed(&h).await;
+    // Visibility and the other fields.
+    let (status, svc) = h
+        .call(Method::PATCH, "/api/v1/services/svc", Some(admin),
+            Some(json!({"visibility": "public", "timeout_ms": 1500, "stop_on_failure": true, "description": "d"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{svc}");
+    assert_eq!(svc["visibility"], "public");
+    assert_eq!(svc["timeout_ms"], 1500);
+    assert_eq!(svc["stop_on_failure"], true);
+    assert_eq!(svc["algorithm"], "mirror");
+    assert_eq!(svc["batch"], 2);
+    let snap = snapshot(&h).await;
+    let entry = snap.services.iter().find(|s| s.name == "svc").unwrap();
+    assert_eq!(entry.visibility, proto::control::Visibility::Public);
+    assert_eq!(entry.workers, vec!["w2".to_string()]);
+    assert_eq!(entry.algorithm, proto::Algorithm::Mirror);
+    assert_eq!(entry.batch, Some(2));
+    assert_eq!(entry.timeout_ms, 1500);
+    assert_eq!(entry.owner, "admin");
+    // Deleting a bound worker unbinds it.
+    assert_eq!(
+        h.call(Method::DELETE, "/api/v1/workers/w2", Some(admin), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.get("/api/v1/services/svc", admin).await.1["workers"],
+        json!([])
+    );
+    assert_eq!(
+        h.call(Method::DELETE, "/api/v1/services/svc", Some(admin), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(&h.get("/api/v1/services/svc", admin).await, 404, "NotFound");
+}
+
+/// Refused creates (taken name, unknown worker, bad algorithm or timeout) leave nothing behind.
+async fn refused_service_creates_leave_nothing(h: &Harness) {
+    let admin = &h.admin_token;
     assert_error(
         &h.post("/api/v1/services", admin, json!({"name": "svc"}))
             .await,
@@ -561,6 +631,11 @@ async fn services_crud(backend: Backend) {
     // The failed creates left nothing behind.
     let (_, list) = h.get("/api/v1/services", admin).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
+}
+
+/// Workers added to and removed from a service, each once.
+async fn service_workers_added_and_removed(h: &Harness) {
+    let admin = &h.admin_token;
     // Workers add/remove.
     let (status, svc) = h
         .post(
@@ -612,43 +687,6 @@ async fn services_crud(backend: Backend) {
         404,
         "NotFound",
     );
-    // Visibility and the other fields.
-    let (status, svc) = h
-        .call(Method::PATCH, "/api/v1/services/svc", Some(admin),
-            Some(json!({"visibility": "public", "timeout_ms": 1500, "stop_on_failure": true, "description": "d"})))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{svc}");
-    assert_eq!(svc["visibility"], "public");
-    assert_eq!(svc["timeout_ms"], 1500);
-    assert_eq!(svc["stop_on_failure"], true);
-    assert_eq!(svc["algorithm"], "mirror");
-    assert_eq!(svc["batch"], 2);
-    let snap = snapshot(&h).await;
-    let entry = snap.services.iter().find(|s| s.name == "svc").unwrap();
-    assert_eq!(entry.visibility, proto::control::Visibility::Public);
-    assert_eq!(entry.workers, vec!["w2".to_string()]);
-    assert_eq!(entry.algorithm, proto::Algorithm::Mirror);
-    assert_eq!(entry.batch, Some(2));
-    assert_eq!(entry.timeout_ms, 1500);
-    assert_eq!(entry.owner, "admin");
-    // Deleting a bound worker unbinds it.
-    assert_eq!(
-        h.call(Method::DELETE, "/api/v1/workers/w2", Some(admin), None)
-            .await
-            .0,
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(
-        h.get("/api/v1/services/svc", admin).await.1["workers"],
-        json!([])
-    );
-    assert_eq!(
-        h.call(Method::DELETE, "/api/v1/services/svc", Some(admin), None)
-            .await
-            .0,
-        StatusCode::NO_CONTENT
-    );
-    assert_error(&h.get("/api/v1/services/svc", admin).await, 404, "NotFound");
 }
 
 async fn directories_and_triggers(backend: Backend) {
@@ -656,6 +694,49 @@ async fn directories_and_triggers(backend: Backend) {
     let admin = &h.admin_token;
     let trigger = json!({"path": "/logs/t1", "plugin": "command/command", "service": "svc",
         "args": {"k": "v"}, "timeout": "5s", "mode": 0o755, "split": "lines"});
+    directories_come_first(&h, &trigger).await;
+    let id = create_the_trigger(&h, &trigger).await;
+    trigger_hits_and_patch(&h, id).await;
+    let (_, list) = h.get("/api/v1/directories", admin).await;
+    assert_eq!(list[0]["n_triggers"], 1);
+    assert_eq!(
+        h.call(
+            Method::DELETE,
+            &format!("/api/v1/triggers/{id}"),
+            Some(admin),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.call(
+            Method::DELETE,
+            "/api/v1/directories/logs",
+            Some(admin),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        &h.call(
+            Method::DELETE,
+            "/api/v1/directories/logs",
+            Some(admin),
+            None,
+        )
+        .await,
+        404,
+        "NotFound",
+    );
+}
+
+/// A trigger needs its directory; directories are one level, unique and well named.
+async fn directories_come_first(h: &Harness, trigger: &Value) {
+    let admin = &h.admin_token;
     assert_error(
         &h.post("/api/v1/triggers", admin, trigger.clone()).await,
         422,
@@ -684,6 +765,11 @@ async fn directories_and_triggers(backend: Backend) {
         422,
         "Unprocessable",
     );
+}
+
+/// Creates service svc and the trigger (refused twice, and /logs then cannot go); returns its id.
+async fn create_the_trigger(h: &Harness, trigger: &Value) -> i64 {
+    let admin = &h.admin_token;
     // A trigger names an existing service.
     let (status, body) = h
         .post("/api/v1/services", admin, json!({"name": "svc"}))
@@ -722,6 +808,12 @@ async fn directories_and_triggers(backend: Backend) {
         409,
         "Conflict",
     );
+    id
+}
+
+/// Hits count up; a patch keeps them; unknown ids are 404.
+async fn trigger_hits_and_patch(h: &Harness, id: i64) {
+    let admin = &h.admin_token;
     let (status, hit) = h
         .post(&format!("/api/v1/triggers/{id}/hits"), admin, json!({}))
         .await;
@@ -763,41 +855,6 @@ async fn directories_and_triggers(backend: Backend) {
         404,
         "NotFound",
     );
-    let (_, list) = h.get("/api/v1/directories", admin).await;
-    assert_eq!(list[0]["n_triggers"], 1);
-    assert_eq!(
-        h.call(
-            Method::DELETE,
-            &format!("/api/v1/triggers/{id}"),
-            Some(admin),
-            None
-        )
-        .await
-        .0,
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(
-        h.call(
-            Method::DELETE,
-            "/api/v1/directories/logs",
-            Some(admin),
-            None
-        )
-        .await
-        .0,
-        StatusCode::NO_CONTENT
-    );
-    assert_error(
-        &h.call(
-            Method::DELETE,
-            "/api/v1/directories/logs",
-            Some(admin),
-            None,
-        )
-        .await,
-        404,
-        "NotFound",
-    );
 }
 
 async fn quotas(backend: Backend) {
@@ -830,6 +887,47 @@ async fn quotas(backend: Backend) {
         400,
         "BadRequest",
     );
+    the_free_preset_is_enforced(&h).await;
+    // Explicit limits; unlimited again.
+    let (status, q) = h
+        .call(
+            Method::PUT,
+            "/api/v1/teams/main/quota",
+            Some(admin),
+            Some(json!({"max_triggers": 10})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(q["max_triggers"], 10);
+    assert_eq!(q["max_workers"], Value::Null);
+    assert_eq!(
+        h.post(
+            "/api/v1/triggers",
+            admin,
+            json!({"path": "/d/t4", "plugin": "echo", "service": "s"})
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    // Only operators set quotas.
+    let u2 = h.login("main", "u2", "s").await;
+    assert_error(
+        &h.call(
+            Method::PUT,
+            "/api/v1/teams/main/quota",
+            Some(&u2),
+            Some(json!({"preset": "unlimited"})),
+        )
+        .await,
+        403,
+        "Forbidden",
+    );
+}
+
+/// Under the free preset the 4th trigger, 2nd service, 3rd worker and 3rd user are refused.
+async fn the_free_preset_is_enforced(h: &Harness) {
+    let admin = &h.admin_token;
     assert_eq!(
         h.post("/api/v1/directories", admin, json!({"path": "/d"}))
             .await
@@ -904,41 +1002,6 @@ async fn quotas(backend: Backend) {
     assert_eq!(
         q["used"],
         json!({"workers": 2, "services": 1, "triggers": 3, "users": 2})
-    );
-    // Explicit limits; unlimited again.
-    let (status, q) = h
-        .call(
-            Method::PUT,
-            "/api/v1/teams/main/quota",
-            Some(admin),
-            Some(json!({"max_triggers": 10})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(q["max_triggers"], 10);
-    assert_eq!(q["max_workers"], Value::Null);
-    assert_eq!(
-        h.post(
-            "/api/v1/triggers",
-            admin,
-            json!({"path": "/d/t4", "plugin": "echo", "service": "s"})
-        )
-        .await
-        .0,
-        StatusCode::CREATED
-    );
-    // Only operators set quotas.
-    let u2 = h.login("main", "u2", "s").await;
-    assert_error(
-        &h.call(
-            Method::PUT,
-            "/api/v1/teams/main/quota",
-            Some(&u2),
-            Some(json!({"preset": "unlimited"})),
-        )
-        .await,
-        403,
-        "Forbidden",
     );
 }
 
@@ -1109,14 +1172,11 @@ async fn events_stream(backend: Backend) {
     let e1 = next_config_event(&mut broker_stream, &mut broker_buf)
         .await
         .unwrap();
-    assert_eq!(
-        (e1.object.as_str(), e1.action.as_str()),
-        ("team", "created")
-    );
+    assert_eq!((e1.object, e1.action), (Object::Team, Action::Created));
     let e2 = next_config_event(&mut broker_stream, &mut broker_buf)
         .await
         .unwrap();
-    assert_eq!((e2.object.as_str(), e2.name.as_str()), ("user", "bob"));
+    assert_eq!((e2.object, e2.name.as_str()), (Object::User, "bob"));
     assert!(e2.revision > e1.revision);
 
     let (status, _) = h
@@ -1127,8 +1187,8 @@ async fn events_stream(backend: Backend) {
         .await
         .expect("service event within 1 s");
     assert_eq!(e3.team, "main");
-    assert_eq!(e3.object, "service");
-    assert_eq!(e3.action, "created");
+    assert_eq!(e3.object, Object::Service);
+    assert_eq!(e3.action, Action::Created);
     assert_eq!(e3.name, "fresh");
     assert!(e3.revision > e2.revision);
     // bob's first event is his own team's, not main's service.
@@ -1141,7 +1201,7 @@ async fn events_stream(backend: Backend) {
         .await
         .expect("bob's event within 1 s");
     assert_eq!(seen.team, "teamb");
-    assert_eq!(seen.object, "worker");
+    assert_eq!(seen.object, Object::Worker);
     assert_eq!(seen.name, "bw");
 }
 
@@ -1353,14 +1413,23 @@ async fn no_lockout(backend: Backend) {
         let message = answer.1["message"].as_str().unwrap();
         assert!(message.contains("only team of operator admin"), "{message}");
     }
+    second_admin_demotes_then_restores_the_operator(&h, &second).await;
+    // The operator logs in as before.
+    let again = h.login("main", "admin", &h.admin.secret).await;
+    assert_eq!(h.get("/api/v1/teams/main", &again).await.1["role"], "admin");
+    operator_keeps_main_but_not_its_other_team(&h, &second).await;
+}
+
+/// The second admin demotes the operator, becomes main's last admin, and promotes it back.
+async fn second_admin_demotes_then_restores_the_operator(h: &Harness, second: &str) {
     // Demoting the operator is not a lockout (another admin remains, the operator can still
     // log in); removing them, demoted, from their only team still is.
     assert_eq!(
         call_status(
-            &h,
+            h,
             Method::PATCH,
             "/api/v1/teams/main/members/admin",
-            &second,
+            second,
             Some(json!({"role": "member"}))
         )
         .await,
@@ -1370,7 +1439,7 @@ async fn no_lockout(backend: Backend) {
         &h.call(
             Method::DELETE,
             "/api/v1/teams/main/members/admin",
-            Some(&second),
+            Some(second),
             None,
         )
         .await,
@@ -1382,7 +1451,7 @@ async fn no_lockout(backend: Backend) {
         &h.call(
             Method::PATCH,
             "/api/v1/teams/main/members/second",
-            Some(&second),
+            Some(second),
             Some(json!({"role": "member"})),
         )
         .await,
@@ -1393,7 +1462,7 @@ async fn no_lockout(backend: Backend) {
         &h.call(
             Method::DELETE,
             "/api/v1/teams/main/members/second",
-            Some(&second),
+            Some(second),
             None,
         )
         .await,
@@ -1402,23 +1471,25 @@ async fn no_lockout(backend: Backend) {
     );
     assert_eq!(
         call_status(
-            &h,
+            h,
             Method::PATCH,
             "/api/v1/teams/main/members/admin",
-            &second,
+            second,
             Some(json!({"role": "admin"}))
         )
         .await,
         StatusCode::OK
     );
-    // The operator logs in as before.
-    let again = h.login("main", "admin", &h.admin.secret).await;
-    assert_eq!(h.get("/api/v1/teams/main", &again).await.1["role"], "admin");
+}
+
+/// With a team of its own elsewhere, the operator still may not leave main; that other team may go.
+async fn operator_keeps_main_but_not_its_other_team(h: &Harness, second: &str) {
+    let admin = &h.admin_token;
     // With a team of its own elsewhere, the operator still may not leave main, nor delete
     // it: main is the install's team, which `up` logs in to (see `the_install_team_stays`).
     assert_eq!(
         call_status(
-            &h,
+            h,
             Method::POST,
             "/api/v1/teams",
             admin,
@@ -1431,7 +1502,7 @@ async fn no_lockout(backend: Backend) {
         .call(
             Method::DELETE,
             "/api/v1/teams/main/members/admin",
-            Some(&second),
+            Some(second),
             None,
         )
         .await;
@@ -1441,7 +1512,7 @@ async fn no_lockout(backend: Backend) {
     // An operator's other team, which is not its only one, may go.
     let other = h.login("other", "admin", &h.admin.secret).await;
     assert_eq!(
-        call_status(&h, Method::DELETE, "/api/v1/teams/other", &other, None).await,
+        call_status(h, Method::DELETE, "/api/v1/teams/other", &other, None).await,
         StatusCode::NO_CONTENT
     );
 }
@@ -1568,8 +1639,15 @@ async fn users_max_teams(backend: Backend) {
     // Non-operators learn nothing about who exists.
     assert_error(&h.get("/api/v1/users/nobody", &bob).await, 403, "Forbidden");
 
+    operator_changes_bobs_limit(&h, &bob).await;
+    max_teams_refusals_and_the_operators_limit(&h).await;
+}
+
+/// The operator raises bob's limit (one change, one revision); 0 allows none, null is unlimited.
+async fn operator_changes_bobs_limit(h: &Harness, bob: &str) {
+    let admin = &h.admin_token;
     // The operator raises bob's limit: one change, one revision.
-    let before = snapshot(&h).await.revision;
+    let before = snapshot(h).await.revision;
     let (status, body) = h
         .call(
             Method::PATCH,
@@ -1581,13 +1659,13 @@ async fn users_max_teams(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["max_teams"], 2);
     assert_eq!(body["teams_created"], 1);
-    assert_eq!(snapshot(&h).await.revision, before + 1);
+    assert_eq!(snapshot(h).await.revision, before + 1);
     assert_eq!(
         call_status(
-            &h,
+            h,
             Method::POST,
             "/api/v1/teams",
-            &bob,
+            bob,
             Some(json!({"name": "bobs2"}))
         )
         .await,
@@ -1614,15 +1692,20 @@ async fn users_max_teams(backend: Backend) {
     assert_eq!(body["max_teams"], Value::Null);
     assert_eq!(
         call_status(
-            &h,
+            h,
             Method::POST,
             "/api/v1/teams",
-            &bob,
+            bob,
             Some(json!({"name": "bobs3"}))
         )
         .await,
         StatusCode::CREATED
     );
+}
+
+/// Refused limits, unknown users, and an operator's limit that stays unlimited.
+async fn max_teams_refusals_and_the_operators_limit(h: &Harness) {
+    let admin = &h.admin_token;
     // Leaving the limit out is not "unlimited": it is refused, as are negative limits and
     // unknown fields.
     for (body, status, code) in [
@@ -1662,7 +1745,7 @@ async fn users_max_teams(backend: Backend) {
         .await;
     assert_error(&answer, 409, "Conflict");
     assert!(answer.1["message"].as_str().unwrap().contains("operator"));
-    let before = snapshot(&h).await.revision;
+    let before = snapshot(h).await.revision;
     let (status, body) = h
         .call(
             Method::PATCH,
@@ -1673,7 +1756,7 @@ async fn users_max_teams(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["max_teams"], Value::Null);
-    assert_eq!(snapshot(&h).await.revision, before);
+    assert_eq!(snapshot(h).await.revision, before);
 }
 
 /// Makes directories `dirs`, a service `svc` and triggers at `paths` (bound to `svc`);
@@ -1752,11 +1835,11 @@ async fn trigger_rename_and_move(backend: Backend) {
     assert_eq!(
         (
             event.team.as_str(),
-            event.object.as_str(),
-            event.action.as_str(),
+            event.object,
+            event.action,
             event.name.as_str()
         ),
-        ("main", "trigger", "renamed", "/logs/renamed")
+        ("main", Object::Trigger, Action::Renamed, "/logs/renamed")
     );
     assert_eq!(event.revision, before + 1);
     assert_eq!(snapshot(&h).await.revision, before + 1);
@@ -1771,8 +1854,8 @@ async fn trigger_rename_and_move(backend: Backend) {
         .await
         .expect("an event for the move within 1 s");
     assert_eq!(
-        (event.action.as_str(), event.name.as_str()),
-        ("renamed", "/archive/t1")
+        (event.action, event.name.as_str()),
+        (Action::Renamed, "/archive/t1")
     );
     let (_, dirs) = h.get("/api/v1/directories", &h.admin_token).await;
     let n_triggers = |name: &str| {
@@ -1792,32 +1875,37 @@ async fn trigger_rename_and_move(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{t}");
     let event = next_config_event(&mut events, &mut buf).await.unwrap();
     assert_eq!(
-        (event.action.as_str(), event.name.as_str()),
-        ("updated", "/archive/t1")
+        (event.action, event.name.as_str()),
+        (Action::Updated, "/archive/t1")
     );
 
+    refused_renames_change_nothing(&h, &url, ids[1]).await;
+}
+
+/// Renames to a taken path, a missing or foreign directory, or a bad path change nothing.
+async fn refused_renames_change_nothing(h: &Harness, url: &str, other_id: i64) {
     // A taken path: 409, and nothing changes (not even the other fields of the call).
-    let before = snapshot(&h).await.revision;
-    let answer = patch(&h, &url, json!({"path": "/logs/t2", "mode": 0o644})).await;
+    let before = snapshot(h).await.revision;
+    let answer = patch(h, url, json!({"path": "/logs/t2", "mode": 0o644})).await;
     assert_error_says(&answer, 409, "Conflict", "/logs/t2");
     // A directory the team does not have: 422, saying so.
-    let answer = patch(&h, &url, json!({"path": "/nowhere/t1"})).await;
+    let answer = patch(h, url, json!({"path": "/nowhere/t1"})).await;
     assert_error_says(&answer, 422, "Unprocessable", "no directory /nowhere");
     for bad in ["logs/t1", "/logs", "/logs/a/b", "/../t1", "/logs/.."] {
         assert_error(
-            &patch(&h, &url, json!({"path": bad})).await,
+            &patch(h, url, json!({"path": bad})).await,
             422,
             "Unprocessable",
         );
     }
-    let (_, got) = h.get(&url, &h.admin_token).await;
+    let (_, got) = h.get(url, &h.admin_token).await;
     assert_eq!(
         (got["path"].clone(), got["mode"].clone()),
         (json!("/archive/t1"), json!(0o600))
     );
-    assert_eq!(snapshot(&h).await.revision, before);
+    assert_eq!(snapshot(h).await.revision, before);
     let (_, t2) = h
-        .get(&format!("/api/v1/triggers/{}", ids[1]), &h.admin_token)
+        .get(&format!("/api/v1/triggers/{}", other_id), &h.admin_token)
         .await;
     assert_eq!(t2["path"], "/logs/t2");
     // Another team's directory is not the caller's.
@@ -1830,7 +1918,7 @@ async fn trigger_rename_and_move(backend: Backend) {
         .post("/api/v1/directories", &other, json!({"path": "/elsewhere"}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let answer = patch(&h, &url, json!({"path": "/elsewhere/t1"})).await;
+    let answer = patch(h, url, json!({"path": "/elsewhere/t1"})).await;
     assert_error(&answer, 422, "Unprocessable");
 }
 
@@ -1929,8 +2017,8 @@ async fn hits_are_not_configuration(backend: Backend) {
         .await;
     let event = next_config_event(&mut events, &mut buf).await.unwrap();
     assert_eq!(
-        (event.object.as_str(), event.name.as_str()),
-        ("directory", "/next")
+        (event.object, event.name.as_str()),
+        (Object::Directory, "/next")
     );
     assert_eq!(event.revision, before + 1);
 }
@@ -2058,14 +2146,41 @@ async fn invitations(backend: Backend) {
     let bob = h.login("side", "bob", "bob-secret").await;
     let dave = h.login("side", "dave", "dave-secret").await;
 
+    let view = invite_bob_to_main(&h, &carol).await;
+
+    others_learn_nothing_of_mains_invitations(&h, &carol, &dave).await;
+
+    // The invited user sees it, from any team they act in.
+    let (status, mine) = h.get("/api/v1/invitations", &bob).await;
+    assert_eq!(status, StatusCode::OK, "{mine}");
+    assert_eq!(mine, json!([view]));
+
+    // Withdrawn by the admin: gone for both.
+    let gone = delete(&h, "/api/v1/teams/main/invitations/bob", admin).await;
+    assert_eq!(gone.0, StatusCode::NO_CONTENT, "{}", gone.1);
+    assert_error(
+        &delete(&h, "/api/v1/teams/main/invitations/bob", admin).await,
+        404,
+        "NotFound",
+    );
+    assert_eq!(h.get("/api/v1/invitations", &bob).await.1, json!([]));
+
+    invitation_declined_then_accepted(&h, &bob).await;
+
+    invitations_go_with_their_team_or_user(&h, &dave).await;
+}
+
+/// The refusals of an invitation, then main invites bob as an admin; returns the invitation.
+async fn invite_bob_to_main(h: &Harness, carol: &str) -> Value {
+    let admin = &h.admin_token;
     // A plain member may neither invite nor see or withdraw the team's invitations.
     let url = "/api/v1/teams/main/invitations";
     assert_error(
-        &h.post(url, &carol, json!({"identity": "bob"})).await,
+        &h.post(url, carol, json!({"identity": "bob"})).await,
         403,
         "Forbidden",
     );
-    assert_error(&h.get(url, &carol).await, 403, "Forbidden");
+    assert_error(&h.get(url, carol).await, 403, "Forbidden");
     // Refusals: no such user, already a member, unknown field, bad name.
     assert_error_says(
         &h.post(url, admin, json!({"identity": "ghost"})).await,
@@ -2110,87 +2225,79 @@ async fn invitations(backend: Backend) {
     assert_eq!(identities(&list), ["main/bob"]);
     assert_eq!(list[0], view);
     assert_error(
-        &delete(&h, "/api/v1/teams/main/invitations/bob", &carol).await,
+        &delete(h, "/api/v1/teams/main/invitations/bob", carol).await,
         403,
         "Forbidden",
     );
+    view
+}
 
+/// Another team's admin, plain members and outsiders learn nothing about main's invitations.
+async fn others_learn_nothing_of_mains_invitations(h: &Harness, carol: &str, dave: &str) {
+    let url = "/api/v1/teams/main/invitations";
     // Another team's admin learns nothing about main's invitations.
     assert_eq!(
-        h.post("/api/v1/teams", &dave, json!({"name": "teamb"}))
+        h.post("/api/v1/teams", dave, json!({"name": "teamb"}))
             .await
             .0,
         StatusCode::CREATED
     );
-    assert_error(&h.get(url, &dave).await, 404, "NotFound");
+    assert_error(&h.get(url, dave).await, 404, "NotFound");
     assert_error(
-        &h.post(url, &dave, json!({"identity": "erin"})).await,
+        &h.post(url, dave, json!({"identity": "erin"})).await,
         404,
         "NotFound",
     );
     assert_error(
-        &delete(&h, "/api/v1/teams/main/invitations/bob", &dave).await,
+        &delete(h, "/api/v1/teams/main/invitations/bob", dave).await,
         404,
         "NotFound",
     );
-    let (status, list) = h.get("/api/v1/teams/teamb/invitations", &dave).await;
+    let (status, list) = h.get("/api/v1/teams/teamb/invitations", dave).await;
     assert_eq!((status, list), (StatusCode::OK, json!([])));
     // Nor do plain members or outsiders through their own lists.
-    assert_eq!(h.get("/api/v1/invitations", &carol).await.1, json!([]));
-    assert_eq!(h.get("/api/v1/invitations", &dave).await.1, json!([]));
+    assert_eq!(h.get("/api/v1/invitations", carol).await.1, json!([]));
+    assert_eq!(h.get("/api/v1/invitations", dave).await.1, json!([]));
     assert_error(
         &h.call(
             Method::POST,
             "/api/v1/invitations/main/accept",
-            Some(&dave),
+            Some(dave),
             None,
         )
         .await,
         404,
         "NotFound",
     );
+}
 
-    // The invited user sees it, from any team they act in.
-    let (status, mine) = h.get("/api/v1/invitations", &bob).await;
-    assert_eq!(status, StatusCode::OK, "{mine}");
-    assert_eq!(mine, json!([view]));
-
-    // Withdrawn by the admin: gone for both.
-    let gone = delete(&h, "/api/v1/teams/main/invitations/bob", admin).await;
-    assert_eq!(gone.0, StatusCode::NO_CONTENT, "{}", gone.1);
-    assert_error(
-        &delete(&h, "/api/v1/teams/main/invitations/bob", admin).await,
-        404,
-        "NotFound",
-    );
-    assert_eq!(h.get("/api/v1/invitations", &bob).await.1, json!([]));
-
+/// bob declines an invitation, then accepts another: a member with the invited role.
+async fn invitation_declined_then_accepted(h: &Harness, bob: &str) {
+    let admin = &h.admin_token;
+    let url = "/api/v1/teams/main/invitations";
     // Declined by the user: gone, and they did not join.
     assert_eq!(
         h.post(url, admin, json!({"identity": "bob"})).await.0,
         StatusCode::CREATED
     );
-    let declined = delete(&h, "/api/v1/invitations/main", &bob).await;
+    let declined = delete(h, "/api/v1/invitations/main", bob).await;
     assert_eq!(declined.0, StatusCode::NO_CONTENT, "{}", declined.1);
     assert_error(
-        &delete(&h, "/api/v1/invitations/main", &bob).await,
+        &delete(h, "/api/v1/invitations/main", bob).await,
         404,
         "NotFound",
     );
     assert_eq!(h.get(url, admin).await.1, json!([]));
-    let accept = |token: String| {
-        let h = &h;
-        async move {
-            h.call(
-                Method::POST,
-                "/api/v1/invitations/main/accept",
-                Some(&token),
-                None,
-            )
-            .await
-        }
+    let accept = |token: String| async move {
+        h.call(
+            Method::POST,
+            "/api/v1/invitations/main/accept",
+            Some(&token),
+            None,
+        )
+        .await
     };
-    assert_error(&accept(bob.clone()).await, 404, "NotFound");
+    assert_error(&accept(bob.to_string()).await, 404, "NotFound");
 
     // Accepted: a member with the invited role, a new revision, in the broker's snapshot.
     assert_eq!(
@@ -2203,7 +2310,7 @@ async fn invitations(backend: Backend) {
     let before = h.get("/api/v1/broker/snapshot", &broker).await.1["revision"]
         .as_u64()
         .unwrap();
-    let (status, team) = accept(bob.clone()).await;
+    let (status, team) = accept(bob.to_string()).await;
     assert_eq!(status, StatusCode::OK, "{team}");
     assert_eq!(team["name"], "main");
     assert_eq!(team["role"], "admin");
@@ -2224,14 +2331,19 @@ async fn invitations(backend: Backend) {
         .iter()
         .any(|m| m["identity"] == "bob" && m["role"] == "admin"));
     assert_eq!(h.get(url, admin).await.1, json!([]));
-    assert_eq!(h.get("/api/v1/invitations", &bob).await.1, json!([]));
+    assert_eq!(h.get("/api/v1/invitations", bob).await.1, json!([]));
     h.login("main", "bob", "bob-secret").await;
-    assert_error(&accept(bob.clone()).await, 404, "NotFound");
+    assert_error(&accept(bob.to_string()).await, 404, "NotFound");
+}
 
+/// Deleting the team, or the user, removes their invitations.
+async fn invitations_go_with_their_team_or_user(h: &Harness, dave: &str) {
+    let admin = &h.admin_token;
+    let url = "/api/v1/teams/main/invitations";
     // Deleting the team, or the user, removes their invitations.
     let b_url = "/api/v1/teams/teamb/invitations";
     assert_eq!(
-        h.post(b_url, &dave, json!({"identity": "erin"})).await.0,
+        h.post(b_url, dave, json!({"identity": "erin"})).await.0,
         StatusCode::CREATED
     );
     assert_eq!(
@@ -2244,7 +2356,7 @@ async fn invitations(backend: Backend) {
         ["main/erin", "teamb/erin"]
     );
     assert_eq!(
-        delete(&h, "/api/v1/teams/teamb", &dave).await.0,
+        delete(h, "/api/v1/teams/teamb", dave).await.0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(

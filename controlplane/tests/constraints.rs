@@ -133,6 +133,19 @@ impl<'d> Validator<'d> {
 
     fn valid(&self, schema: &'d Value, v: &Value) -> bool {
         let s = self.deref(schema);
+        self.valid_combined(s, v)
+            && valid_type_and_enum(s, v)
+            && match v {
+                Value::String(text) => self.valid_string(s, text),
+                Value::Number(_) => valid_number(s, v),
+                Value::Array(items) => self.valid_array(s, items),
+                Value::Object(map) => self.valid_object(s, map),
+                Value::Null | Value::Bool(_) => true,
+            }
+    }
+
+    /// `oneOf` (exactly one), `anyOf` and `allOf`.
+    fn valid_combined(&self, s: &'d Value, v: &Value) -> bool {
         if let Some(alts) = s.get("oneOf").and_then(Value::as_array) {
             if alts.iter().filter(|a| !self.valid(a, v)).count() != alts.len() - 1 {
                 return false;
@@ -148,107 +161,117 @@ impl<'d> Validator<'d> {
                 return false;
             }
         }
-        if let Some(t) = s.get("type") {
-            let types: Vec<&str> = match t {
-                Value::String(t) => vec![t.as_str()],
-                Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-                _ => panic!("type {t}"),
-            };
-            if !types.iter().any(|t| is_type(v, t)) {
+        true
+    }
+
+    fn valid_string(&self, s: &'d Value, text: &str) -> bool {
+        let len = text.chars().count();
+        if size(s, "minLength").is_some_and(|m| len < m)
+            || size(s, "maxLength").is_some_and(|m| len > m)
+        {
+            return false;
+        }
+        if let Some(p) = s.get("pattern").and_then(Value::as_str) {
+            if !self.matches(p, text) {
                 return false;
             }
-        }
-        if let Some(e) = s.get("enum").and_then(Value::as_array) {
-            if !e.contains(v) {
-                return false;
-            }
-        }
-        let n = |key: &str| s.get(key).and_then(Value::as_u64).map(|n| n as usize);
-        match v {
-            Value::String(text) => {
-                let len = text.chars().count();
-                if n("minLength").is_some_and(|m| len < m)
-                    || n("maxLength").is_some_and(|m| len > m)
-                {
-                    return false;
-                }
-                if let Some(p) = s.get("pattern").and_then(Value::as_str) {
-                    if !self.matches(p, text) {
-                        return false;
-                    }
-                }
-            }
-            Value::Number(_) => {
-                use std::cmp::Ordering::{Greater, Less};
-                if s.get("minimum").is_some_and(|m| compare(v, m) == Less)
-                    || s.get("maximum").is_some_and(|m| compare(v, m) == Greater)
-                {
-                    return false;
-                }
-            }
-            Value::Array(items) => {
-                if n("minItems").is_some_and(|m| items.len() < m)
-                    || n("maxItems").is_some_and(|m| items.len() > m)
-                {
-                    return false;
-                }
-                if s.get("uniqueItems") == Some(&Value::Bool(true))
-                    && items
-                        .iter()
-                        .enumerate()
-                        .any(|(i, x)| items[..i].contains(x))
-                {
-                    return false;
-                }
-                if let Some(item) = s.get("items") {
-                    if !items.iter().all(|x| self.valid(item, x)) {
-                        return false;
-                    }
-                }
-            }
-            Value::Object(map) => {
-                if n("maxProperties").is_some_and(|m| map.len() > m) {
-                    return false;
-                }
-                let props = s.get("properties").and_then(Value::as_object);
-                for required in s
-                    .get("required")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    if !map.contains_key(required.as_str().unwrap()) {
-                        return false;
-                    }
-                }
-                for (k, x) in map {
-                    if let Some(names) = s.get("propertyNames") {
-                        if !self.valid(names, &Value::String(k.clone())) {
-                            return false;
-                        }
-                    }
-                    match props.and_then(|p| p.get(k)) {
-                        Some(ps) => {
-                            if !self.valid(ps, x) {
-                                return false;
-                            }
-                        }
-                        None => match s.get("additionalProperties") {
-                            Some(Value::Bool(false)) => return false,
-                            Some(Value::Bool(true)) | None => {}
-                            Some(extra) => {
-                                if !self.valid(extra, x) {
-                                    return false;
-                                }
-                            }
-                        },
-                    }
-                }
-            }
-            Value::Null | Value::Bool(_) => {}
         }
         true
     }
+
+    fn valid_array(&self, s: &'d Value, items: &[Value]) -> bool {
+        if size(s, "minItems").is_some_and(|m| items.len() < m)
+            || size(s, "maxItems").is_some_and(|m| items.len() > m)
+        {
+            return false;
+        }
+        if s.get("uniqueItems") == Some(&Value::Bool(true))
+            && items
+                .iter()
+                .enumerate()
+                .any(|(i, x)| items[..i].contains(x))
+        {
+            return false;
+        }
+        if let Some(item) = s.get("items") {
+            if !items.iter().all(|x| self.valid(item, x)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn valid_object(&self, s: &'d Value, map: &Map<String, Value>) -> bool {
+        if size(s, "maxProperties").is_some_and(|m| map.len() > m) {
+            return false;
+        }
+        let props = s.get("properties").and_then(Value::as_object);
+        for required in s
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !map.contains_key(required.as_str().unwrap()) {
+                return false;
+            }
+        }
+        for (k, x) in map {
+            if let Some(names) = s.get("propertyNames") {
+                if !self.valid(names, &Value::String(k.clone())) {
+                    return false;
+                }
+            }
+            match props.and_then(|p| p.get(k)) {
+                Some(ps) => {
+                    if !self.valid(ps, x) {
+                        return false;
+                    }
+                }
+                None => match s.get("additionalProperties") {
+                    Some(Value::Bool(false)) => return false,
+                    Some(Value::Bool(true)) | None => {}
+                    Some(extra) => {
+                        if !self.valid(extra, x) {
+                            return false;
+                        }
+                    }
+                },
+            }
+        }
+        true
+    }
+}
+
+/// `type` and `enum`.
+fn valid_type_and_enum(s: &Value, v: &Value) -> bool {
+    if let Some(t) = s.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => panic!("type {t}"),
+        };
+        if !types.iter().any(|t| is_type(v, t)) {
+            return false;
+        }
+    }
+    if let Some(e) = s.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            return false;
+        }
+    }
+    true
+}
+
+fn valid_number(s: &Value, v: &Value) -> bool {
+    use std::cmp::Ordering::{Greater, Less};
+    !(s.get("minimum").is_some_and(|m| compare(v, m) == Less)
+        || s.get("maximum").is_some_and(|m| compare(v, m) == Greater))
+}
+
+/// A size bound of a schema (`maxLength`, `minItems`, …).
+fn size(s: &Value, key: &str) -> Option<usize> {
+    s.get(key).and_then(Value::as_u64).map(|n| n as usize)
 }
 
 /// Compares two JSON numbers, exactly where both are 64-bit integers (a float would round
@@ -366,68 +389,84 @@ fn candidates(v: &Validator, schema: &Value) -> Vec<Value> {
     } else if types.contains(&"boolean") {
         out.extend([json!(true), json!(false), json!("true")]);
     } else if types.contains(&"array") {
-        let items = s.get("items").expect("items");
-        let pick = picks(v, items);
-        let good = pick
-            .iter()
-            .filter(|x| v.valid(items, x))
-            .cloned()
-            .collect::<Vec<_>>();
-        out.push(json!([]));
-        out.push(json!("not a list"));
-        // A list longer than any limit the server has, of the first valid item.
-        if let Some(x) = good.first() {
-            out.push(Value::Array(vec![x.clone(); 1100]));
-        }
-        for x in &pick {
-            out.push(json!([x]));
-        }
-        if good.len() >= 2 {
-            out.push(json!([good[0], good[1]]));
-        }
-        if let Some(x) = good.first() {
-            out.push(json!([x, x]));
-            if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
-                let words = |n: u64| (0..n).map(|i| json!(format!("w{i}"))).collect::<Vec<_>>();
-                out.push(Value::Array(words(max)));
-                out.push(Value::Array(words(max + 1)));
-            }
-        }
+        out.extend(array_candidates(v, s));
     } else if types.contains(&"object") && s.get("properties").is_none() {
-        out.push(json!({}));
-        out.push(json!("not an object"));
-        // More entries than any limit the server has.
-        out.push(Value::Object(
-            (0..300).map(|i| (format!("k{i}"), json!("v"))).collect(),
-        ));
-        if let Some(max) = s.get("maxProperties").and_then(Value::as_u64) {
-            let map = |n: u64| {
-                (0..n)
-                    .map(|i| (format!("k{i}"), json!("v")))
-                    .collect::<Map<_, _>>()
-            };
-            out.push(Value::Object(map(max)));
-            out.push(Value::Object(map(max + 1)));
-        }
-        if let Some(names) = s.get("propertyNames") {
-            for k in picks(v, names)
-                .into_iter()
-                .filter_map(|k| k.as_str().map(str::to_string))
-            {
-                out.push(json!({ k: "v" }));
-            }
-        }
-        match s.get("additionalProperties") {
-            Some(Value::Bool(_)) | None => out.push(json!({"k": "v"})),
-            Some(values) => {
-                for x in picks(v, values) {
-                    out.push(json!({ "k": x }));
-                }
-            }
-        }
+        out.extend(map_candidates(v, s));
     }
     let mut seen = BTreeSet::new();
     out.retain(|x| seen.insert(x.to_string()));
+    out
+}
+
+/// Candidates for an array: empty, not one, too long, its items' picks alone and paired, and
+/// around its `maxItems`.
+fn array_candidates(v: &Validator, s: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    let items = s.get("items").expect("items");
+    let pick = picks(v, items);
+    let good = pick
+        .iter()
+        .filter(|x| v.valid(items, x))
+        .cloned()
+        .collect::<Vec<_>>();
+    out.push(json!([]));
+    out.push(json!("not a list"));
+    // A list longer than any limit the server has, of the first valid item.
+    if let Some(x) = good.first() {
+        out.push(Value::Array(vec![x.clone(); 1100]));
+    }
+    for x in &pick {
+        out.push(json!([x]));
+    }
+    if good.len() >= 2 {
+        out.push(json!([good[0], good[1]]));
+    }
+    if let Some(x) = good.first() {
+        out.push(json!([x, x]));
+        if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
+            let words = |n: u64| (0..n).map(|i| json!(format!("w{i}"))).collect::<Vec<_>>();
+            out.push(Value::Array(words(max)));
+            out.push(Value::Array(words(max + 1)));
+        }
+    }
+    out
+}
+
+/// Candidates for a map (an object without properties): sizes around its limits, its key and
+/// value schemas.
+fn map_candidates(v: &Validator, s: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    out.push(json!({}));
+    out.push(json!("not an object"));
+    // More entries than any limit the server has.
+    out.push(Value::Object(
+        (0..300).map(|i| (format!("k{i}"), json!("v"))).collect(),
+    ));
+    if let Some(max) = s.get("maxProperties").and_then(Value::as_u64) {
+        let map = |n: u64| {
+            (0..n)
+                .map(|i| (format!("k{i}"), json!("v")))
+                .collect::<Map<_, _>>()
+        };
+        out.push(Value::Object(map(max)));
+        out.push(Value::Object(map(max + 1)));
+    }
+    if let Some(names) = s.get("propertyNames") {
+        for k in picks(v, names)
+            .into_iter()
+            .filter_map(|k| k.as_str().map(str::to_string))
+        {
+            out.push(json!({ k: "v" }));
+        }
+    }
+    match s.get("additionalProperties") {
+        Some(Value::Bool(_)) | None => out.push(json!({"k": "v"})),
+        Some(values) => {
+            for x in picks(v, values) {
+                out.push(json!({ "k": x }));
+            }
+        }
+    }
     out
 }
 
@@ -447,7 +486,6 @@ fn picks(v: &Validator, schema: &Value) -> Vec<Value> {
 }
 
 fn strings(v: &Validator, s: &Value) -> Vec<String> {
-    let n = |key: &str| s.get(key).and_then(Value::as_u64).map(|n| n as usize);
     let mut out: Vec<String> = POOL.iter().map(|p| p.to_string()).collect();
     // Unconstrained text must be accepted whatever it holds.
     // (5000 characters: more than any limit the server has.)
@@ -459,10 +497,10 @@ fn strings(v: &Validator, s: &Value) -> Vec<String> {
         .take(6)
         .collect();
     let mut lengths = Vec::new();
-    if let Some(max) = n("maxLength") {
+    if let Some(max) = size(s, "maxLength") {
         lengths.extend([max, max + 1]);
     }
-    if let Some(min) = n("minLength").filter(|m| *m > 0) {
+    if let Some(min) = size(s, "minLength").filter(|m| *m > 0) {
         lengths.extend([min - 1, min]);
     }
     for len in lengths {
@@ -474,7 +512,7 @@ fn strings(v: &Validator, s: &Value) -> Vec<String> {
     }
     // One string per kind: valid or not, which characters, how it starts and ends, and its
     // length where it is near a bound (the rest only says the same again).
-    let bounds: Vec<usize> = [n("minLength"), n("maxLength")]
+    let bounds: Vec<usize> = [size(s, "minLength"), size(s, "maxLength")]
         .into_iter()
         .flatten()
         .collect();
@@ -593,7 +631,22 @@ struct World<'h> {
     fixture_note: Option<String>,
 }
 
-impl World<'_> {
+impl<'h> World<'h> {
+    /// The world of a harness, before its first team.
+    fn new(h: &'h Harness, backend: Backend) -> World<'h> {
+        World {
+            h,
+            backend,
+            key: h.jwt_key(),
+            n: 0,
+            team: String::new(),
+            token: String::new(),
+            trigger: None,
+            moving_job: false,
+            fixture_note: None,
+        }
+    }
+
     fn fresh(&mut self, prefix: &str) -> String {
         self.n += 1;
         format!("{prefix}{}", self.n)
@@ -819,7 +872,25 @@ async fn baseline(w: &mut World<'_>, op: &Op) -> (BTreeMap<String, String>, Opti
     let mut param = |name: &str, value: String| {
         path.insert(name.to_string(), value);
     };
-    let body = match (op.method.as_str(), op.path.as_str()) {
+    let route = (op.method.as_str(), op.path.as_str());
+    let body = match people_baseline(w, route, &mut param) {
+        Some(body) => body,
+        None => config_baseline(w, route, &mut param)
+            .await
+            .unwrap_or_else(|| {
+                panic!("{op} takes input but has no fixture in tests/constraints.rs")
+            }),
+    };
+    (path, body)
+}
+
+/// `baseline` for teams, members, invitations, users and logins (`None`: another route).
+fn people_baseline(
+    w: &mut World<'_>,
+    route: (&str, &str),
+    param: &mut impl FnMut(&str, String),
+) -> Option<Option<Value>> {
+    Some(match route {
         ("POST", "/api/v1/login") => {
             Some(json!({"team": w.team, "identity": w.fresh("u"), "secret": SECRET}))
         }
@@ -874,6 +945,25 @@ async fn baseline(w: &mut World<'_>, op: &Op) -> (BTreeMap<String, String>, Opti
             param("identity", w.fresh("u"));
             None
         }
+        ("GET", "/api/v1/users/{identity}") => {
+            param("identity", w.fresh("u"));
+            None
+        }
+        ("PATCH", "/api/v1/users/{identity}") => {
+            param("identity", w.fresh("u"));
+            Some(json!({"max_teams": 1}))
+        }
+        _ => return None,
+    })
+}
+
+/// `baseline` for workers, services, directories, triggers, jobs and the broker's routes.
+async fn config_baseline(
+    w: &mut World<'_>,
+    route: (&str, &str),
+    param: &mut impl FnMut(&str, String),
+) -> Option<Option<Value>> {
+    Some(match route {
         ("POST", "/api/v1/workers") => Some(json!({"identity": w.fresh("w")})),
         ("GET", "/api/v1/workers/{identity}")
         | ("DELETE", "/api/v1/workers/{identity}")
@@ -938,17 +1028,8 @@ async fn baseline(w: &mut World<'_>, op: &Op) -> (BTreeMap<String, String>, Opti
             param("id", w.job().await.to_string());
             None
         }
-        ("GET", "/api/v1/users/{identity}") => {
-            param("identity", w.fresh("u"));
-            None
-        }
-        ("PATCH", "/api/v1/users/{identity}") => {
-            param("identity", w.fresh("u"));
-            Some(json!({"max_teams": 1}))
-        }
-        _ => panic!("{op} takes input but has no fixture in tests/constraints.rs"),
-    };
-    (path, body)
+        _ => return None,
+    })
 }
 
 /// Makes the world hold what the request refers to, so that only the form of its values
@@ -969,7 +1050,26 @@ async fn prepare(
     if team != w.team {
         w.ensure_team(&team).await;
     }
-    match (op.method.as_str(), op.path.as_str()) {
+    let route = (op.method.as_str(), op.path.as_str());
+    if let Some(who) = prepare_people(w, route, &team, path, &field).await {
+        return who;
+    }
+    if let Some(who) = prepare_config(w, route, path, &field).await {
+        return who;
+    }
+    Who::Operator(w.token.clone())
+}
+
+/// `prepare` for teams, members, invitations, users and logins; `Some` names the sender
+/// where it is not the operator.
+async fn prepare_people(
+    w: &mut World<'_>,
+    route: (&str, &str),
+    team: &str,
+    path: &BTreeMap<String, String>,
+    field: impl Fn(&str) -> Value,
+) -> Option<Who> {
+    match route {
         ("POST", "/api/v1/login") => {
             let team = field("team").as_str().unwrap_or_default().to_string();
             if team != w.team {
@@ -979,7 +1079,7 @@ async fn prepare(
             let body = json!({"identity": field("identity"), "secret": field("secret")});
             w.call(Method::POST, &path, &w.mint(&team), Some(body))
                 .await;
-            return Who::Nobody;
+            return Some(Who::Nobody);
         }
         ("POST", "/api/v1/teams") => {
             if let Some(name) = field("name").as_str() {
@@ -992,7 +1092,7 @@ async fn prepare(
         ("POST", "/api/v1/teams/{team}/members") => w.forget_user(&field("identity")).await,
         ("PATCH", "/api/v1/teams/{team}/members/{identity}")
         | ("DELETE", "/api/v1/teams/{team}/members/{identity}") => {
-            w.ensure_member(&team, &json!(path["identity"])).await;
+            w.ensure_member(team, &json!(path["identity"])).await;
         }
         // Only an existing user may be invited.
         ("POST", "/api/v1/teams/{team}/invitations") => {
@@ -1006,11 +1106,11 @@ async fn prepare(
             // DELETE answered 404).
             let member = format!(
                 "/api/v1/teams/{}/members/{}",
-                encode(&team),
+                encode(team),
                 encode(&path["identity"])
             );
-            let removed = w.call(Method::DELETE, &member, &w.mint(&team), None).await;
-            let invited = w.invite(&team, &identity).await;
+            let removed = w.call(Method::DELETE, &member, &w.mint(team), None).await;
+            let invited = w.invite(team, &identity).await;
             if invited.0 != StatusCode::CREATED {
                 // Said beside a refusal of a valid case (the DELETE's 404 alone hid why).
                 w.fixture_note = Some(format!(
@@ -1025,8 +1125,8 @@ async fn prepare(
         | ("DELETE", "/api/v1/invitations/{team}") => {
             let invitee = w.fresh("i");
             w.ensure_member(&w.team, &json!(invitee)).await;
-            w.invite(&team, &json!(invitee)).await;
-            return Who::Operator(w.h.login(&w.team, &invitee, SECRET).await);
+            w.invite(team, &json!(invitee)).await;
+            return Some(Who::Operator(w.h.login(&w.team, &invitee, SECRET).await));
         }
         // The caller is the user themself, whose secret is `current`.
         ("PUT", "/api/v1/users/{identity}/secret") => {
@@ -1042,9 +1142,25 @@ async fn prepare(
                 w.h.call(Method::POST, "/api/v1/login", None, Some(login))
                     .await;
             if status == StatusCode::OK {
-                return Who::Operator(answer["token"].as_str().unwrap().to_string());
+                return Some(Who::Operator(answer["token"].as_str().unwrap().to_string()));
             }
         }
+        ("GET", "/api/v1/users/{identity}") | ("PATCH", "/api/v1/users/{identity}") => {
+            w.ensure_member("scratch", &json!(path["identity"])).await;
+        }
+        _ => {}
+    }
+    None
+}
+
+/// `prepare` for workers, services, directories, triggers and the broker's routes.
+async fn prepare_config(
+    w: &mut World<'_>,
+    route: (&str, &str),
+    path: &BTreeMap<String, String>,
+    field: impl Fn(&str) -> Value,
+) -> Option<Who> {
+    match route {
         ("GET", "/api/v1/workers/{identity}")
         | ("PATCH", "/api/v1/workers/{identity}")
         | ("DELETE", "/api/v1/workers/{identity}")
@@ -1103,13 +1219,12 @@ async fn prepare(
             }
             w.ensure_service(&field("service")).await;
         }
-        ("POST", "/api/v1/broker/report") | ("POST", "/api/v1/broker/jobs") => return Who::Broker,
-        ("GET", "/api/v1/users/{identity}") | ("PATCH", "/api/v1/users/{identity}") => {
-            w.ensure_member("scratch", &json!(path["identity"])).await;
+        ("POST", "/api/v1/broker/report") | ("POST", "/api/v1/broker/jobs") => {
+            return Some(Who::Broker)
         }
         _ => {}
     }
-    Who::Operator(w.token.clone())
+    None
 }
 
 /// Moves trigger `from` to id `to` (the schema allows any id from 1 to 2^63-1; the fixture
@@ -1157,17 +1272,7 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
         doc: &doc,
         regexes: RefCell::new(HashMap::new()),
     };
-    let mut w = World {
-        h: &h,
-        backend,
-        key: h.jwt_key(),
-        n: 0,
-        team: String::new(),
-        token: String::new(),
-        trigger: None,
-        moving_job: false,
-        fixture_note: None,
-    };
+    let mut w = World::new(&h, backend);
     w.ensure_team("scratch").await;
 
     let mut failures: Vec<String> = Vec::new();
@@ -1180,128 +1285,18 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
                 method: method.to_uppercase(),
                 path: path_template.clone(),
             };
-            let params: Vec<(String, &Value)> = op_doc["parameters"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|p| p["in"] == "path")
-                .map(|p| (p["name"].as_str().unwrap().to_string(), &p["schema"]))
-                .collect();
+            let params = path_params(op_doc);
             let body_schema = op_doc.pointer("/requestBody/content/application~1json/schema");
             if params.is_empty() && body_schema.is_none() {
                 continue;
             }
-            let mut fields: Vec<(String, &Value)> = Vec::new();
-            if let Some(schema) = body_schema {
-                body_fields(&v, schema, "", &mut fields);
-            }
-            // Every field gets its own cases; each case a fresh baseline.
-            let mut groups: Vec<(String, Vec<Case>)> = Vec::new();
-            for (name, schema) in &params {
-                let mut cases = Vec::new();
-                let mut texts = BTreeSet::new();
-                for x in candidates(&v, schema) {
-                    let text = match &x {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        _ => continue,
-                    };
-                    // A URL cannot carry an empty, `.` or `..` segment as such.
-                    if matches!(text.as_str(), "" | "." | "..") || !texts.insert(text.clone()) {
-                        continue;
-                    }
-                    cases.push(Case {
-                        what: format!("path {{{name}}} = {:?}", clip(&text)),
-                        param: Some((name.clone(), text)),
-                        body: None,
-                    });
-                }
-                groups.push((format!("{{{name}}}"), cases));
-            }
-            for (pointer, schema) in &fields {
-                let mut cases = vec![Case {
-                    what: format!("{pointer} left out"),
-                    param: None,
-                    body: Some((pointer.clone(), None)),
-                }];
-                for x in candidates(&v, schema) {
-                    cases.push(Case {
-                        what: format!("{pointer} = {}", clip(&x.to_string())),
-                        param: None,
-                        body: Some((pointer.clone(), Some(x))),
-                    });
-                }
-                groups.push((pointer.clone(), cases));
-            }
-            if body_schema.is_some() {
-                groups.push((
-                    "an unknown field".into(),
-                    vec![Case {
-                        what: "an unknown field".into(),
-                        param: None,
-                        body: Some(("/zz_unknown".into(), Some(json!(1)))),
-                    }],
-                ));
-            }
-            for (field, cases) in groups {
+            for (field, cases) in groups_of_cases(&v, &params, body_schema) {
                 w.new_team().await;
                 let (mut valid_cases, mut accepted) = (0, 0);
                 for case in cases {
-                    let (mut path_values, mut body) = baseline(&mut w, &op).await;
-                    let baseline_id = path_values.get("id").cloned();
-                    w.moving_job = op.path.starts_with("/api/v1/jobs/");
-                    if let Some((name, text)) = &case.param {
-                        path_values.insert(name.clone(), text.clone());
-                    }
-                    if let (Some((pointer, x)), Some(b)) = (&case.body, body.as_mut()) {
-                        set(b, pointer, x.clone());
-                    }
-                    // Valid or not, by the document alone.
-                    let mut valid = body_schema.is_none_or(|s| v.valid(s, body.as_ref().unwrap()));
-                    for (name, schema) in &params {
-                        let text = &path_values[name];
-                        let as_json = if v.deref(schema)["type"] == "integer" {
-                            text.parse::<i128>().map(int).unwrap_or(json!(text))
-                        } else {
-                            json!(text)
-                        };
-                        valid &= v.valid(schema, &as_json);
-                    }
-                    w.fixture_note = None;
-                    let who = prepare(&mut w, &op, &path_values, &body).await;
-                    if let (Some(from), Some(to)) = (&baseline_id, path_values.get("id")) {
-                        if valid {
-                            move_trigger(&w, from, to).await;
-                        }
-                    }
-                    let mut url = op.path.clone();
-                    for (name, text) in &path_values {
-                        url = url.replace(&format!("{{{name}}}"), &encode(text));
-                    }
-                    let mut req = h.http.request(
-                        Method::from_bytes(op.method.as_bytes()).unwrap(),
-                        h.url(&url),
-                    );
-                    req = match &who {
-                        Who::Nobody => req,
-                        Who::Operator(token) => req.bearer_auth(token),
-                        Who::Broker => req.bearer_auth(h.broker_token()),
-                    };
-                    if let Some(b) = &body {
-                        req = req.json(b);
-                    }
-                    let resp = req
-                        .send()
-                        .await
-                        .unwrap_or_else(|e| panic!("{op} {}: {e}", case.what));
+                    let (valid, status, answer) =
+                        send_case(&mut w, &v, &op, &params, body_schema, &case).await;
                     n_requests += 1;
-                    let status = resp.status();
-                    let answer: Value = resp.json().await.unwrap_or(Value::Null);
-                    if let (Some(from), Some(to)) = (&baseline_id, path_values.get("id")) {
-                        if valid {
-                            move_trigger(&w, to, from).await;
-                        }
-                    }
                     seen.entry(op.clone()).or_default().insert(status.as_u16());
                     let gateway_got_through = status == StatusCode::SERVICE_UNAVAILABLE
                         && answer["message"]
@@ -1338,17 +1333,7 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
         }
     }
 
-    // Every 4xx a route answered is documented for it.
-    for (op, statuses) in &seen {
-        let responses = &doc["paths"][&op.path][op.method.to_lowercase()]["responses"];
-        for status in statuses.iter().filter(|s| (400..500).contains(*s)) {
-            if responses.get(status.to_string()).is_none() {
-                failures.push(format!(
-                    "{op} answered {status}, which its responses do not list"
-                ));
-            }
-        }
-    }
+    failures.extend(undocumented_4xx(&doc, &seen));
     assert!(
         failures.is_empty(),
         "{} disagreements between the document and the server ({n_requests} requests); the first ones:\n{}",
@@ -1358,6 +1343,163 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
     println!("{n_requests} requests over {fields_checked} fields");
     assert!(fields_checked > 60, "only {fields_checked} fields");
     assert!(n_requests > 2000, "only {n_requests} requests");
+}
+
+/// The path parameters of an operation: name and schema.
+fn path_params(op_doc: &Value) -> Vec<(String, &Value)> {
+    op_doc["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["in"] == "path")
+        .map(|p| (p["name"].as_str().unwrap().to_string(), &p["schema"]))
+        .collect()
+}
+
+/// The cases of an operation, grouped by the field they try: each path parameter's and body
+/// field's candidates, a body field left out, and an unknown field.
+fn groups_of_cases<'d>(
+    v: &Validator<'d>,
+    params: &[(String, &'d Value)],
+    body_schema: Option<&'d Value>,
+) -> Vec<(String, Vec<Case>)> {
+    let mut fields: Vec<(String, &Value)> = Vec::new();
+    if let Some(schema) = body_schema {
+        body_fields(v, schema, "", &mut fields);
+    }
+    // Every field gets its own cases; each case a fresh baseline.
+    let mut groups: Vec<(String, Vec<Case>)> = Vec::new();
+    for (name, schema) in params {
+        let mut cases = Vec::new();
+        let mut texts = BTreeSet::new();
+        for x in candidates(v, schema) {
+            let text = match &x {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            // A URL cannot carry an empty, `.` or `..` segment as such.
+            if matches!(text.as_str(), "" | "." | "..") || !texts.insert(text.clone()) {
+                continue;
+            }
+            cases.push(Case {
+                what: format!("path {{{name}}} = {:?}", clip(&text)),
+                param: Some((name.clone(), text)),
+                body: None,
+            });
+        }
+        groups.push((format!("{{{name}}}"), cases));
+    }
+    for (pointer, schema) in &fields {
+        let mut cases = vec![Case {
+            what: format!("{pointer} left out"),
+            param: None,
+            body: Some((pointer.clone(), None)),
+        }];
+        for x in candidates(v, schema) {
+            cases.push(Case {
+                what: format!("{pointer} = {}", clip(&x.to_string())),
+                param: None,
+                body: Some((pointer.clone(), Some(x))),
+            });
+        }
+        groups.push((pointer.clone(), cases));
+    }
+    if body_schema.is_some() {
+        groups.push((
+            "an unknown field".into(),
+            vec![Case {
+                what: "an unknown field".into(),
+                param: None,
+                body: Some(("/zz_unknown".into(), Some(json!(1)))),
+            }],
+        ));
+    }
+    groups
+}
+
+/// Sends one case on a fresh baseline, its fixture prepared; returns whether the document
+/// calls it valid, and the answer.
+async fn send_case<'d>(
+    w: &mut World<'_>,
+    v: &Validator<'d>,
+    op: &Op,
+    params: &[(String, &'d Value)],
+    body_schema: Option<&'d Value>,
+    case: &Case,
+) -> (bool, StatusCode, Value) {
+    let h = w.h;
+    let (mut path_values, mut body) = baseline(w, op).await;
+    let baseline_id = path_values.get("id").cloned();
+    w.moving_job = op.path.starts_with("/api/v1/jobs/");
+    if let Some((name, text)) = &case.param {
+        path_values.insert(name.clone(), text.clone());
+    }
+    if let (Some((pointer, x)), Some(b)) = (&case.body, body.as_mut()) {
+        set(b, pointer, x.clone());
+    }
+    // Valid or not, by the document alone.
+    let mut valid = body_schema.is_none_or(|s| v.valid(s, body.as_ref().unwrap()));
+    for (name, schema) in params {
+        let text = &path_values[name];
+        let as_json = if v.deref(schema)["type"] == "integer" {
+            text.parse::<i128>().map(int).unwrap_or(json!(text))
+        } else {
+            json!(text)
+        };
+        valid &= v.valid(schema, &as_json);
+    }
+    w.fixture_note = None;
+    let who = prepare(w, op, &path_values, &body).await;
+    if let (Some(from), Some(to)) = (&baseline_id, path_values.get("id")) {
+        if valid {
+            move_trigger(w, from, to).await;
+        }
+    }
+    let mut url = op.path.clone();
+    for (name, text) in &path_values {
+        url = url.replace(&format!("{{{name}}}"), &encode(text));
+    }
+    let mut req = h.http.request(
+        Method::from_bytes(op.method.as_bytes()).unwrap(),
+        h.url(&url),
+    );
+    req = match &who {
+        Who::Nobody => req,
+        Who::Operator(token) => req.bearer_auth(token),
+        Who::Broker => req.bearer_auth(h.broker_token()),
+    };
+    if let Some(b) = &body {
+        req = req.json(b);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{op} {}: {e}", case.what));
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    if let (Some(from), Some(to)) = (&baseline_id, path_values.get("id")) {
+        if valid {
+            move_trigger(w, to, from).await;
+        }
+    }
+    (valid, status, answer)
+}
+
+/// Every 4xx a route answered that its documented responses do not list.
+fn undocumented_4xx(doc: &Value, seen: &BTreeMap<Op, BTreeSet<u16>>) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (op, statuses) in seen {
+        let responses = &doc["paths"][&op.path][op.method.to_lowercase()]["responses"];
+        for status in statuses.iter().filter(|s| (400..500).contains(*s)) {
+            if responses.get(status.to_string()).is_none() {
+                failures.push(format!(
+                    "{op} answered {status}, which its responses do not list"
+                ));
+            }
+        }
+    }
+    failures
 }
 
 /// At most 120 characters of `text`, for messages.

@@ -182,6 +182,28 @@ async fn filters_and_paging(backend: Backend) {
         .map(|j| j["started_unix_ms"].as_u64().unwrap())
         .collect();
     assert_eq!(started, vec![t0 + 4000, t0 + 3000, t0 + 2000]);
+    paging_by_cursor_and_offset(&h, t0).await;
+    // Bad parameters are 400s.
+    for bad in [
+        "status=nonsense",
+        "since=yesterday",
+        "limit=0",
+        "limit=501",
+        "cursor=x",
+        "cursor=5&offset=1",
+        "unknown=1",
+    ] {
+        assert_error(
+            &h.get(&format!("/api/v1/jobs?{bad}"), admin).await,
+            400,
+            "BadRequest",
+        );
+    }
+}
+
+/// Paging with a cursor (newest first, every job once) and with an offset.
+async fn paging_by_cursor_and_offset(h: &Harness, t0: u64) {
+    let admin = &h.admin_token;
     // Paging with a cursor: newest first, every job once.
     let mut seen = Vec::new();
     let mut url = "/api/v1/jobs?limit=3".to_string();
@@ -209,22 +231,6 @@ async fn filters_and_paging(backend: Backend) {
         .map(|j| j["started_unix_ms"].as_u64().unwrap())
         .collect();
     assert_eq!(started, vec![t0 + 1000, t0]);
-    // Bad parameters are 400s.
-    for bad in [
-        "status=nonsense",
-        "since=yesterday",
-        "limit=0",
-        "limit=501",
-        "cursor=x",
-        "cursor=5&offset=1",
-        "unknown=1",
-    ] {
-        assert_error(
-            &h.get(&format!("/api/v1/jobs?{bad}"), admin).await,
-            400,
-            "BadRequest",
-        );
-    }
 }
 
 async fn team_isolation(backend: Backend) {
@@ -550,24 +556,11 @@ async fn a_fleet_sized_record_is_stored_whole_and_in_order(backend: Backend) {
 /// 7 moves each job's workers into its row, in their order, every field kept, and drops the
 /// old table.
 async fn jobs_stored_before_workers_moved_into_the_job_row_keep_them(backend: Backend) {
-    use sqlx::migrate::Migrator;
     let dialect = match backend {
         Backend::Sqlite => "sqlite",
         Backend::Postgres => "postgres",
     };
-    // The migrations up to 6, as they were applied before 7 existed.
-    let old = tempfile::tempdir().unwrap();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(dialect);
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if name.as_str() < "0007" {
-            std::fs::copy(&path, old.path().join(&name)).unwrap();
-        }
-    }
-    let until_6 = Migrator::new(old.path()).await.unwrap();
+    let (_old, until_6) = migrations_until_6(dialect).await;
     let data = tempfile::tempdir().unwrap();
     let (url, pg_db) = match backend {
         Backend::Sqlite => (
@@ -636,7 +629,30 @@ async fn jobs_stored_before_workers_moved_into_the_job_row_keep_them(backend: Ba
     if let Some(db) = pg_db {
         common::drop_pg_database(db);
     }
-    let workers: Vec<proto::job::JobWorker> = serde_json::from_str(&workers).unwrap();
+    assert_the_moved_workers(&workers);
+}
+
+/// The migrations up to 6, as they were applied before 7 existed (in the returned directory).
+async fn migrations_until_6(dialect: &str) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
+    // The migrations up to 6, as they were applied before 7 existed.
+    let old = tempfile::tempdir().unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0007" {
+            std::fs::copy(&path, old.path().join(&name)).unwrap();
+        }
+    }
+    let until_6 = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+    (old, until_6)
+}
+
+/// The workers migration 7 left in the job's row: in their order, every field kept.
+fn assert_the_moved_workers(workers: &str) {
+    let workers: Vec<proto::job::JobWorker> = serde_json::from_str(workers).unwrap();
     let w = |worker: &str, outcome, exit_code, duration_ms, output: &str, truncated| {
         proto::job::JobWorker {
             worker: worker.into(),

@@ -8,7 +8,6 @@ use proto::control::{Visibility, WorkerStateReport};
 use proto::{Algorithm, Credential, ErrorKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,56 +186,28 @@ pub trait ConfigSource: Send + Sync + 'static {
     }
 }
 
-/// Why a config file could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The TOML is invalid.
-    #[error("invalid config {path}: {message}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct ServiceToml {
-    #[serde(default)]
     algorithm: Option<String>,
-    #[serde(default)]
     workers: Vec<String>,
-    #[serde(default)]
     timeout: Option<String>,
-    #[serde(default)]
     batch: Option<usize>,
-    #[serde(default)]
     stop_on_failure: bool,
-    #[serde(default)]
     retry: bool,
     /// Also route to every worker that announces the service's name.
-    #[serde(default)]
     announced: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(default)]
 struct BrokerToml {
-    #[serde(default)]
     services: BTreeMap<String, ServiceToml>,
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(default)]
 struct FileToml {
-    #[serde(default)]
     broker: BrokerToml,
 }
 
@@ -262,22 +233,10 @@ impl FileConfig {
         }
     }
 
-    /// Reads `path`. Other sections of `triggerfs.toml` are ignored.
-    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        FileConfig::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
-    }
-
-    /// Parses the TOML text.
+    /// Parses the TOML text (other sections than `[broker.services]` are ignored).
     pub fn parse(text: &str) -> Result<FileConfig, String> {
         let file: FileToml = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut services = BTreeMap::new();
+        let mut services = Vec::new();
         for (name, s) in file.broker.services {
             proto::names::check_simple("service", &name).map_err(|e| e.to_string())?;
             let algorithm = match s.algorithm.as_deref() {
@@ -294,30 +253,18 @@ impl FileConfig {
             for w in &s.workers {
                 proto::names::check_simple("worker identity", w).map_err(|e| e.to_string())?;
             }
-            services.insert(
-                (DEFAULT_TEAM.to_string(), name.clone()),
-                ServiceConfig {
-                    team: DEFAULT_TEAM.to_string(),
-                    owner: None,
-                    visibility: Visibility::Team,
-                    name,
-                    algorithm,
-                    workers: s.workers,
-                    timeout,
-                    batch: s.batch,
-                    stop_on_failure: s.stop_on_failure,
-                    retry: s.retry,
-                    history: Default::default(),
-                    open_to_announcers: s.announced,
-                },
-            );
+            services.push(ServiceConfig {
+                algorithm,
+                workers: s.workers,
+                timeout,
+                batch: s.batch,
+                stop_on_failure: s.stop_on_failure,
+                retry: s.retry,
+                open_to_announcers: s.announced,
+                ..ServiceConfig::implicit(DEFAULT_TEAM, &name)
+            });
         }
-        Ok(FileConfig {
-            routing: Arc::new(RoutingConfig {
-                services,
-                workers: BTreeMap::new(),
-            }),
-        })
+        Ok(FileConfig::from_services(services))
     }
 }
 

@@ -213,23 +213,15 @@ impl JobTrace {
         // then every secret found, and every secret-looking argument's value, wherever else
         // it appears, in the command, the arguments and the output.
         let mut secrets = std::mem::take(&mut self.secrets);
-        for word in &mut self.head.command {
-            if let std::borrow::Cow::Owned(redacted) = redact_text(word, &mut secrets) {
-                *word = redacted;
-            }
-        }
-        for (_, value) in &mut self.head.args {
-            if let std::borrow::Cow::Owned(redacted) = redact_text(value, &mut secrets) {
-                *value = redacted;
-            }
+        let values = self.head.args.iter_mut().map(|(_, v)| v);
+        for text in self.head.command.iter_mut().chain(values) {
+            redact(text, |t| redact_text(t, &mut secrets));
         }
         // A secret found in one place may be written elsewhere in a form of its own
         // (`connect X` with argument `token=X`).
         let texts = self.head.command.iter_mut();
         for text in texts.chain(self.head.args.iter_mut().map(|(_, v)| v)) {
-            if let std::borrow::Cow::Owned(redacted) = redact_output(text, &secrets) {
-                *text = redacted;
-            }
+            redact(text, |t| redact_output(t, &secrets));
         }
         let workers = self
             .workers
@@ -242,9 +234,7 @@ impl JobTrace {
                     Ok(text) => text,
                     Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
                 };
-                if let std::borrow::Cow::Owned(redacted) = redact_output(&output, &secrets) {
-                    output = redacted;
-                }
+                redact(&mut output, |t| redact_output(t, &secrets));
                 JobWorker {
                     worker: clip_owned(w.worker.into(), MAX_JOB_NAME),
                     outcome,
@@ -261,6 +251,13 @@ impl JobTrace {
         let (mut record, _) = self.head.with_workers(workers);
         record.duration_ms = now.duration_since(self.started).as_millis() as u64;
         record
+    }
+}
+
+/// Puts what `redacted` makes of `text` in its place, when that is not `text` as it was.
+fn redact(text: &mut String, redacted: impl FnOnce(&str) -> std::borrow::Cow<'_, str>) {
+    if let std::borrow::Cow::Owned(redacted) = redacted(text) {
+        *text = redacted;
     }
 }
 

@@ -7,7 +7,7 @@
 //! - [`request`]: one request's life as a pure state machine (roundrobin, mirror, serial).
 //! - [`idem`]: the window of recent idempotency keys all shards share.
 //! - `shard`: a glommio executor's connections, requests, workers and cross-shard messages;
-//!   `conn`: frames over a socket.
+//!   `conn`: frames over a socket; `shutdown`: the signal the shards await and their drain.
 //!
 //! Each shard binds the listening address with `SO_REUSEPORT`, so the kernel spreads
 //! connections over the shards. A request is owned by the shard its client is on; a worker
@@ -24,21 +24,21 @@ pub mod metrics;
 pub mod registry;
 pub mod request;
 mod shard;
+mod shutdown;
 
 pub use config::{ConfigSource, FileConfig, Principal, Refusal, RoutingConfig, ServiceConfig};
 pub use limits::ClientRate;
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
-use shard::{Shard, ShardMsg};
+use shard::{ShardMsg, Shared};
+use shutdown::Shutdown;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tracing::{error, info, warn};
 
 /// Default spin before parking, in µs. A request crosses threads four times (client →
 /// shard → worker → shard → client); a shard that polls a while after its last event
@@ -94,8 +94,8 @@ pub struct BrokerSettings {
     /// Request rate per client connection (a token bucket); past it a request is refused
     /// with `RateLimited` (the connection stays). `None`: no limit.
     pub client_rate: Option<ClientRate>,
-    /// How long a drain ([`BrokerHandle::drain`]) lets requests in flight finish before
-    /// their clients get `ShuttingDown` and the broker exits.
+    /// How long a drain ([`BrokerHandle::drain`]) lets requests
+    /// in flight finish before their clients get `ShuttingDown` and the broker exits.
     pub drain: Duration,
     /// Capacity of each cross-shard channel.
     pub mesh_depth: usize,
@@ -109,9 +109,6 @@ pub struct BrokerSettings {
     /// Workers must present a client certificate (`--tls-client-ca`; the configuration
     /// checks the ones presented against that CA): one without is refused `Unauthorized`.
     pub worker_cert_required: bool,
-    /// How often an idle shard looks at the stop and drain flags (50 ms); a test drives it
-    /// fast to show that nothing grows per turn.
-    pub stop_poll: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -135,7 +132,6 @@ impl Default for BrokerSettings {
             spin: Duration::from_micros(SPIN_DEFAULT_US),
             tls: None,
             worker_cert_required: false,
-            stop_poll: Duration::from_millis(50),
         }
     }
 }
@@ -180,8 +176,7 @@ impl RoundRobin {
 #[derive(Debug)]
 pub struct BrokerHandle {
     local_addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    drain: Arc<shard::Drain>,
+    shutdown: Arc<Shutdown>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -193,22 +188,17 @@ impl BrokerHandle {
 
     /// Asks every shard to stop accepting and exit.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shutdown.stop();
     }
 
     /// Starts a graceful shutdown: every shard stops accepting (new connections are refused)
     /// and refuses new requests with `ShuttingDown`; once no request is in flight on any
     /// shard, or [`BrokerSettings::drain`] has passed, every connection is sent
     /// `Error { ShuttingDown }` (ending the requests still open) and closed, and the shards
-    /// exit. [`BrokerHandle::join`] waits for that. A [`BrokerHandle::stop`] meanwhile cuts
+    /// exit. [`BrokerHandle::wait`] waits for that. A [`BrokerHandle::stop`] meanwhile cuts
     /// the drain short.
     pub fn drain(&self) {
-        self.drain.start();
-    }
-
-    /// Waits for every shard to exit.
-    pub fn join(self) {
-        self.wait();
+        self.shutdown.drain();
     }
 
     /// Waits for every shard to exit, through a shared handle (so that another thread may
@@ -221,8 +211,8 @@ impl BrokerHandle {
     }
 }
 
-/// How often a shard checks for due timeouts and the stop flag: timeouts fire at most this
-/// late, which is far below any timeout a user sets.
+/// How often a shard does its periodic work (due timeouts, configuration reloads): timeouts
+/// fire at most this late, which is far below any timeout a user sets.
 const TICK: Duration = Duration::from_millis(10);
 
 /// Starts the broker's shards and returns once every shard listens.
@@ -239,31 +229,20 @@ pub fn start(
         });
     }
     let n = settings.shards;
-    let stop = Arc::new(AtomicBool::new(false));
-    let rr = Arc::new(RoundRobin::default());
-    let idem = Arc::new(idem::IdemWindows::default());
-    let pending = Arc::new(shard::PendingHandshakes::new(
-        settings.max_pending_per_address,
-        settings.max_connections_per_address,
-    ));
-    let drain = Arc::new(shard::Drain::new(n, settings.drain));
-    let budget = Arc::new(conn::ClientBudget::new(settings.max_client_backlog_total));
-    let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, settings.mesh_depth));
+    let shared = Shared::new(settings, source);
+    let shutdown = shared.shutdown.clone();
+    let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, shared.settings.mesh_depth));
     let mut threads = Vec::with_capacity(n);
-    let mut addr = settings.listen;
+    let mut addr = shared.settings.listen;
     let cores = allowed_cpus();
     for thread_idx in 0..n {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
-        let settings = settings.clone();
-        let source = source.clone();
-        let rr = rr.clone();
-        let idem = idem.clone();
-        let budget = budget.clone();
-        let pending = pending.clone();
-        let mesh = mesh.clone();
-        let stop_flag = stop.clone();
-        let drain = drain.clone();
-        let bind_addr = addr;
+        let start_error = |message: String| BrokerError::Start {
+            shard_idx: thread_idx,
+            message,
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (shared, mesh, bind_addr) = (shared.clone(), mesh.clone(), addr);
+        let settings = &shared.settings;
         // glommio spins only on an executor bound to a CPU (it ignores the setting for an
         // unbound one), so a spinning shard is pinned, one core each in turn.
         let placement = if settings.spin.is_zero() || cores.is_empty() {
@@ -277,160 +256,26 @@ pub fn start(
             // RLIMIT_MEMLOCK (8 MiB on many machines) even with many shards.
             .io_memory(512 * 1024)
             .spin_before_park(settings.spin);
-        let spawned = builder.spawn(move || async move {
-            let listener = match glommio::net::TcpListener::bind(bind_addr) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let local = listener.local_addr().unwrap_or(bind_addr);
-            let (idx, senders) = match mesh {
-                Some(mesh) => {
-                    let _ = ready_tx.send(Ok(local));
-                    match mesh.join().await {
-                        Ok((senders, receivers)) => (senders.peer_id(), Some((senders, receivers))),
-                        Err(e) => {
-                            error!(error = %e, thread_idx, "could not join the shard mesh");
-                            return;
-                        }
-                    }
-                }
-                None => {
-                    let _ = ready_tx.send(Ok(local));
-                    (0, None)
-                }
-            };
-            let (senders, receivers) = match senders {
-                Some((s, r)) => (Some(s), Some(r)),
-                None => (None, None),
-            };
-            let stop_poll = settings.stop_poll;
-            let shard = Rc::new(Shard::new(
-                idx, n, settings, source, rr, idem, budget, senders,
-            ));
-            if let Some(mut receivers) = receivers {
-                for (_peer, stream) in receivers.streams() {
-                    let shard = shard.clone();
-                    glommio::spawn_local(async move {
-                        while let Some(msg) = stream.recv().await {
-                            shard.on_shard_msg(msg);
-                            shard.settle_mesh_receiver().await;
-                            if glommio::executor().need_preempt() {
-                                glommio::yield_if_needed().await;
-                            }
-                        }
-                    })
-                    .detach();
-                }
-            }
-            let stop = stop_flag;
-            {
-                let shard = shard.clone();
-                let stop = stop.clone();
-                glommio::spawn_local(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        glommio::timer::sleep(TICK).await;
-                        shard.tick().await;
-                    }
-                })
-                .detach();
-            }
-            info!(shard = idx, addr = %local, "shard listening");
-            // The accept loop is a task of its own, woken only by its listener; this task
-            // looks at the stop and drain flags and cancels it. Racing `accept` against a
-            // periodic timer in one task (as this did) polled the pending accept again at every
-            // turn, and glommio keeps a clone of the waker per poll of a pending accept
-            // (`Source::add_waiter_many`): after 32,767 turns (27 minutes at 50 ms) the task's
-            // waker count overflowed and every shard panicked.
-            let listener = Rc::new(listener);
-            let acceptor = glommio::spawn_local(accept_loop(
-                idx,
-                listener.clone(),
-                pending.clone(),
-                shard.clone(),
-            ));
-            while !stop.load(Ordering::Relaxed) && !drain.started() {
-                glommio::timer::sleep(stop_poll).await;
-                STOP_POLL_TURNS.fetch_add(1, Ordering::Relaxed);
-            }
-            acceptor.cancel().await;
-            // New connections are refused from here on; a drain lets those open finish.
-            drop(listener);
-            if !stop.load(Ordering::Relaxed) {
-                shard.drain_out(&drain, &stop).await;
-            }
-        });
-        let handle = spawned.map_err(|e| BrokerError::Start {
-            shard_idx: thread_idx,
-            message: e.to_string(),
-        })?;
+        let spawned = builder
+            .spawn(move || shard::run(thread_idx, shared, bind_addr, mesh, ready_tx))
+            .map_err(|e| start_error(e.to_string()))?;
         match ready_rx.recv() {
             Ok(Ok(local)) => addr = local,
             Ok(Err(message)) => {
-                stop.store(true, Ordering::Relaxed);
-                return Err(BrokerError::Start {
-                    shard_idx: thread_idx,
-                    message,
-                });
+                shutdown.stop();
+                return Err(start_error(message));
             }
-            Err(_) => {
-                return Err(BrokerError::Start {
-                    shard_idx: thread_idx,
-                    message: "shard thread exited during start".into(),
-                })
-            }
+            Err(_) => return Err(start_error("shard thread exited during start".into())),
         }
         threads.push(std::thread::spawn(move || {
-            let _ = handle.join();
+            let _ = spawned.join();
         }));
     }
     Ok(BrokerHandle {
         local_addr: addr,
-        stop,
-        drain,
+        shutdown,
         threads: Mutex::new(threads),
     })
-}
-
-/// Turns of the shards' stop-flag loops, all shards together (for the test that drives them
-/// fast: nothing may grow per turn).
-static STOP_POLL_TURNS: AtomicU64 = AtomicU64::new(0);
-
-/// Accepts connections on `listener` for `shard` until the task is cancelled. Each `accept`
-/// is polled only when its own socket wakes the task.
-async fn accept_loop(
-    idx: usize,
-    listener: Rc<glommio::net::TcpListener>,
-    pending: Arc<shard::PendingHandshakes>,
-    shard: Rc<Shard>,
-) {
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let admitted = stream.peer_addr().ok().and_then(|peer| {
-                    let admitted = pending.admit(peer.ip());
-                    if admitted.is_none() {
-                        metrics::CLOSED
-                            .with_label_values(&["pending_per_address"])
-                            .inc();
-                        warn!(shard = idx, %peer, "too many pending handshakes from this address; connection closed");
-                    }
-                    admitted
-                });
-                // Not admitted: dropping the stream closes it.
-                if let Some(guard) = admitted {
-                    glommio::spawn_local(shard.clone().serve(stream, guard)).detach();
-                }
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                error!(shard = idx, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
 }
 
 /// The CPUs this process may run on (`taskset`, cgroup cpusets): the cores shards are pinned
@@ -454,36 +299,38 @@ mod tests {
     use super::*;
 
     /// A broker idle for 27 minutes froze: its accept was raced against the 50 ms stop
-    /// timer, and every turn left a waker clone behind, until glommio's count overflowed and
-    /// every shard panicked. Driven at 20 µs, 40,000 idle turns per shard take seconds; the
-    /// broker must still answer a `Hello` after them.
+    /// timer in one task, and glommio keeps a clone of the task's waker per poll of a pending
+    /// `accept`, until its count (an `i16`) overflowed and every shard panicked. The accept
+    /// loop is now a task of its own, which wakeups of the shutdown signal do not poll: woken
+    /// 40,000 times per shard (more than the count holds) without a shutdown, every shard
+    /// must still answer a `Hello`.
     #[test]
-    fn an_idle_broker_still_accepts_after_many_stop_flag_turns() {
+    fn accepting_survives_more_shutdown_wakeups_than_a_glommio_waker_count_holds() {
         use std::io::{Read, Write};
         let shards = 2;
         let settings = BrokerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             shards,
             spin: Duration::ZERO,
-            stop_poll: Duration::from_micros(20),
             ..BrokerSettings::default()
         };
         let broker = start(settings, Arc::new(FileConfig::default())).unwrap();
-        let want = 40_000 * shards as u64;
+        let shutdown = &broker.shutdown;
+        // Each time a shard waited on the signal, a nudge wakes it once.
+        let want = 40_000 * shards;
         let (mut seen, mut moved) = (0, std::time::Instant::now());
-        loop {
-            let turns = STOP_POLL_TURNS.load(Ordering::Relaxed);
-            if turns >= want {
-                break;
+        while shutdown.parked() < want + shards {
+            if shutdown.nudge() == 0 {
+                std::thread::yield_now();
             }
-            if turns > seen {
-                (seen, moved) = (turns, std::time::Instant::now());
+            let parked = shutdown.parked();
+            if parked > seen {
+                (seen, moved) = (parked, std::time::Instant::now());
             }
             assert!(
                 moved.elapsed() < Duration::from_secs(10),
-                "the shards' stop-flag loops stopped turning after {turns} turns (a shard died?)"
+                "the shards stopped waking after {parked} waits (a shard died?)"
             );
-            std::thread::sleep(Duration::from_millis(50));
         }
         // Several connections, so that every shard (SO_REUSEPORT spreads them) is asked.
         for n in 0..8 {
@@ -508,7 +355,7 @@ mod tests {
                 }
                 let mut chunk = [0u8; 4096];
                 let read = conn.read(&mut chunk).unwrap_or_else(|e| {
-                    panic!("connection {n}: no answer to Hello after the idle turns: {e}")
+                    panic!("connection {n}: no answer to Hello after the wakeups: {e}")
                 });
                 assert_ne!(read, 0, "connection {n} closed without an answer to Hello");
                 buf.extend_from_slice(&chunk[..read]);

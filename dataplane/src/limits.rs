@@ -1,11 +1,16 @@
-//! Per-connection limits on what a client may ask of the broker: the request rate (a token
-//! bucket per connection, [`ClientRate`]). Open requests per connection and connections per
-//! address are counts kept where the connections live (`shard`).
+//! Limits on what a peer may ask of the broker: the request rate (a token bucket per
+//! connection, [`ClientRate`]) and the connections per address ([`PendingHandshakes`]).
+//! Open requests per connection are counted where the connections live (`shard`).
 //!
-//! Everything here is per connection and on the shard that owns it: no lock, no atomic,
-//! one clock read and a compare per request when a rate is set.
+//! The rate is per connection and on the shard that owns it: no lock, no atomic, one clock
+//! read and a compare per request when a rate is set. The counts per address are
+//! broker-wide, under a lock taken when a connection is accepted, when its handshake ends
+//! and when it closes: never per frame.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A request rate: `per_sec` requests a second on average, up to `burst` at once.
@@ -111,6 +116,110 @@ impl LogEvery {
                 Some(std::mem::take(&mut self.refused))
             }
         }
+    }
+}
+
+/// Connections by peer address, broker-wide: those that have not finished their handshake
+/// yet (`pending`), and those open (`open`, handshake done). The lock is taken when a
+/// connection is accepted, when its handshake ends and when it closes: never per frame.
+#[derive(Debug)]
+pub(crate) struct PendingHandshakes {
+    per_address: usize,
+    open_per_address: usize,
+    counts: Mutex<HashMap<IpAddr, Counts>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    pending: usize,
+    open: usize,
+}
+
+/// One connection counted in [`PendingHandshakes`] until it is dropped: as pending
+/// ([`PendingGuard`]) or as open ([`OpenGuard`]).
+pub(crate) struct AddressGuard<const OPEN: bool> {
+    pending: Arc<PendingHandshakes>,
+    ip: IpAddr,
+}
+
+/// A connection whose handshake has not ended.
+pub(crate) type PendingGuard = AddressGuard<false>;
+
+/// A connection whose handshake succeeded.
+pub(crate) type OpenGuard = AddressGuard<true>;
+
+impl PendingHandshakes {
+    pub(crate) fn new(per_address: usize, open_per_address: usize) -> PendingHandshakes {
+        PendingHandshakes {
+            per_address,
+            open_per_address,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Counts>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a new connection from `ip`, or `None` when `ip` has its limit of pending ones
+    /// already. Once per accepted connection: the lock is never taken per frame.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PendingGuard> {
+        let mut counts = self.counts();
+        let n = counts.entry(ip).or_default();
+        if n.pending >= self.per_address {
+            return None;
+        }
+        n.pending += 1;
+        Some(PendingGuard {
+            pending: self.clone(),
+            ip,
+        })
+    }
+
+    /// Forgets one count of `ip` (`open` or pending), and the address when none is left.
+    fn release(&self, ip: IpAddr, open: bool) {
+        let mut counts = self.counts();
+        if let Some(n) = counts.get_mut(&ip) {
+            if open {
+                n.open = n.open.saturating_sub(1);
+            } else {
+                n.pending = n.pending.saturating_sub(1);
+            }
+            if n.pending == 0 && n.open == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+}
+
+impl PendingGuard {
+    /// The handshake succeeded: the connection counts as open instead of pending, or, when
+    /// its address has `max_connections_per_address` open already, `Err(open)`.
+    pub(crate) fn establish(self) -> Result<OpenGuard, usize> {
+        let pending = self.pending.clone();
+        let ip = self.ip;
+        let mut counts = pending.counts();
+        let n = counts.entry(ip).or_default();
+        if n.open >= pending.open_per_address {
+            let open = n.open;
+            drop(counts);
+            return Err(open);
+        }
+        n.open += 1;
+        drop(counts);
+        drop(self);
+        Ok(OpenGuard { pending, ip })
+    }
+
+    /// The peer's address.
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+impl<const OPEN: bool> Drop for AddressGuard<OPEN> {
+    fn drop(&mut self) {
+        self.pending.release(self.ip, OPEN);
     }
 }
 

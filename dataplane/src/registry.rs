@@ -99,7 +99,6 @@ pub struct Registry {
     online: HashMap<String, BTreeMap<Arc<str>, OnlineWorker>>,
     /// team → announced service → identities announcing it.
     announced: ByTeam<BTreeSet<Arc<str>>>,
-    n_online: usize,
 }
 
 impl Registry {
@@ -112,22 +111,8 @@ impl Registry {
 
     /// Replaces the configured services (a configuration change).
     pub fn set_routing(&mut self, routing: Arc<RoutingConfig>) {
-        let mut configured: ByTeam<Arc<ServiceConfig>> = HashMap::new();
-        for ((team, name), service) in &routing.services {
-            configured
-                .entry(team.clone())
-                .or_default()
-                .insert(name.clone(), Arc::new(service.clone()));
-        }
-        self.configured = configured;
-        let mut grants: ByTeam<WorkerGrant> = HashMap::new();
-        for ((team, identity), grant) in &routing.workers {
-            grants
-                .entry(team.clone())
-                .or_default()
-                .insert(identity.clone(), grant.clone());
-        }
-        self.grants = grants;
+        self.configured = by_team(&routing.services, |s| Arc::new(s.clone()));
+        self.grants = by_team(&routing.workers, WorkerGrant::clone);
         // Rebuilt on demand; dropping them here keeps names of long-gone workers from piling up.
         self.implicit.clear();
     }
@@ -162,13 +147,10 @@ impl Registry {
             generation,
             announced,
         };
-        match workers.insert(identity.clone(), worker) {
-            None => self.n_online += 1,
-            Some(old) => {
-                let now = &workers[&identity].announced;
-                for service in old.announced.iter().filter(|s| !now.contains(s)) {
-                    unindex(index, service, &identity);
-                }
+        if let Some(old) = workers.insert(identity.clone(), worker) {
+            let now = &workers[&identity].announced;
+            for service in old.announced.iter().filter(|s| !now.contains(s)) {
+                unindex(index, service, &identity);
             }
         }
         outcome
@@ -190,7 +172,6 @@ impl Registry {
         let Some((identity, gone)) = workers.remove_entry(identity) else {
             return;
         };
-        self.n_online -= 1;
         if workers.is_empty() {
             self.online.remove(team);
         }
@@ -205,8 +186,9 @@ impl Registry {
     }
 
     /// Number of workers online.
+    #[cfg(test)]
     pub fn n_online(&self) -> usize {
-        self.n_online
+        self.online.values().map(BTreeMap::len).sum()
     }
 
     fn worker(&self, team: &str, identity: &str) -> Option<WorkerRef> {
@@ -307,69 +289,7 @@ impl Registry {
             .and_then(|services| services.get(service_name))
             .cloned();
         if let Some(service) = configured {
-            let allowed = match service.visibility {
-                Visibility::Public => true,
-                Visibility::Team => own_team,
-                Visibility::Local => own_team && service.owner.as_deref() == Some(&caller.identity),
-            };
-            if !allowed {
-                return Err((
-                    ErrorKind::Forbidden,
-                    format!(
-                        "service {team}/{service_name} is {} and not open to {}/{}",
-                        service.visibility, caller.team, caller.identity
-                    ),
-                ));
-            }
-            // One pass over the bound workers, online ones as members and (mirror, serial)
-            // the others as offline: a fan-out service may bind thousands.
-            let mut members: Vec<WorkerRef> = Vec::with_capacity(service.workers.len());
-            let mut offline: Vec<Arc<str>> = Vec::new();
-            let reports_offline = service.algorithm != proto::Algorithm::Roundrobin;
-            // A `local` worker bound to a service of another user (bound before the API
-            // checked, or made `local` since) does not serve it.
-            let mut not_theirs: Option<&str> = None;
-            for id in &service.workers {
-                if !self.may_serve(team, id, service.owner.as_deref()) {
-                    not_theirs.get_or_insert(id);
-                    continue;
-                }
-                match self.worker(team, id) {
-                    Some(w) => members.push(w),
-                    None if reports_offline => offline.push(Arc::from(id.as_str())),
-                    None => {}
-                }
-            }
-            if service.open_to_announcers {
-                for w in self.announcers(team, service_name) {
-                    if !service.workers.iter().any(|c| **c == *w.identity) {
-                        members.push(w);
-                    }
-                }
-            }
-            // A mirror or serial service with every bound worker offline still routes: the
-            // request reports each of them `Offline` instead of naming none of them.
-            if members.is_empty() && offline.is_empty() {
-                if let Some(id) = not_theirs {
-                    return Err((
-                        ErrorKind::Forbidden,
-                        format!(
-                            "worker {id} is local to {} and serves no service of {}; service {name} has no other worker",
-                            self.owner_of(team, id).unwrap_or_default(),
-                            service.owner.as_deref().unwrap_or_default()
-                        ),
-                    ));
-                }
-                return Err((
-                    ErrorKind::NoWorkersOnline,
-                    format!("service {name} has no worker online"),
-                ));
-            }
-            return Ok(Route {
-                service,
-                members,
-                offline,
-            });
+            return self.resolve_configured(caller, (team, service_name), name, service);
         }
         if !own_team {
             // Do not reveal which names exist in another team.
@@ -410,6 +330,82 @@ impl Registry {
 }
 
 impl Registry {
+    /// Resolves `service`, configured as `team/service_name` (`name` as the caller wrote
+    /// it), for `caller`: its visibility, then its bound workers online (and, for mirror
+    /// and serial, offline).
+    fn resolve_configured(
+        &self,
+        caller: &Principal,
+        (team, service_name): (&str, &str),
+        name: &str,
+        service: Arc<ServiceConfig>,
+    ) -> Result<Route, RouteError> {
+        let own_team = team == caller.team;
+        let allowed = match service.visibility {
+            Visibility::Public => true,
+            Visibility::Team => own_team,
+            Visibility::Local => own_team && service.owner.as_deref() == Some(&caller.identity),
+        };
+        if !allowed {
+            return Err((
+                ErrorKind::Forbidden,
+                format!(
+                    "service {team}/{service_name} is {} and not open to {}/{}",
+                    service.visibility, caller.team, caller.identity
+                ),
+            ));
+        }
+        // One pass over the bound workers, online ones as members and (mirror, serial)
+        // the others as offline: a fan-out service may bind thousands.
+        let mut members: Vec<WorkerRef> = Vec::with_capacity(service.workers.len());
+        let mut offline: Vec<Arc<str>> = Vec::new();
+        let reports_offline = service.algorithm != proto::Algorithm::Roundrobin;
+        // A `local` worker bound to a service of another user (bound before the API
+        // checked, or made `local` since) does not serve it.
+        let mut not_theirs: Option<&str> = None;
+        for id in &service.workers {
+            if !self.may_serve(team, id, service.owner.as_deref()) {
+                not_theirs.get_or_insert(id);
+                continue;
+            }
+            match self.worker(team, id) {
+                Some(w) => members.push(w),
+                None if reports_offline => offline.push(Arc::from(id.as_str())),
+                None => {}
+            }
+        }
+        if service.open_to_announcers {
+            for w in self.announcers(team, service_name) {
+                if !service.workers.iter().any(|c| **c == *w.identity) {
+                    members.push(w);
+                }
+            }
+        }
+        // A mirror or serial service with every bound worker offline still routes: the
+        // request reports each of them `Offline` instead of naming none of them.
+        if members.is_empty() && offline.is_empty() {
+            if let Some(id) = not_theirs {
+                return Err((
+                    ErrorKind::Forbidden,
+                    format!(
+                        "worker {id} is local to {} and serves no service of {}; service {name} has no other worker",
+                        self.owner_of(team, id).unwrap_or_default(),
+                        service.owner.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            return Err((
+                ErrorKind::NoWorkersOnline,
+                format!("service {name} has no worker online"),
+            ));
+        }
+        Ok(Route {
+            service,
+            members,
+            offline,
+        })
+    }
+
     /// The members of the ad-hoc service `name` of `team` for `caller`: the online workers
     /// of the caller that announce it; when there are none, the `team` workers of the one
     /// other owner that announce it (empty when none does). Workers of several other owners
@@ -446,6 +442,16 @@ impl Registry {
         }
         Ok(open)
     }
+}
+
+/// `map`, keyed by (team, name), regrouped by team, each value made by `f`.
+fn by_team<T, U>(map: &BTreeMap<(String, String), T>, f: impl Fn(&T) -> U) -> ByTeam<U> {
+    let mut by_team: ByTeam<U> = HashMap::new();
+    for ((team, name), value) in map {
+        let names = by_team.entry(team.clone()).or_default();
+        names.insert(name.clone(), f(value));
+    }
+    by_team
 }
 
 fn unindex(index: &mut HashMap<String, BTreeSet<Arc<str>>>, service: &str, identity: &str) {

@@ -8,11 +8,13 @@
 //! no writeback cache. `getxattr` is left unimplemented: the kernel learns that from the
 //! first `ENOSYS` and stops asking on every write.
 
+use crate::control;
 use crate::lines::LineBuffer;
 use crate::record::SpooledRequest;
 use crate::spool::SpoolError;
 use crate::tree::{Trigger, ROOT};
 use crate::{FsError, Shared};
+use api::triggers::UpdateTrigger;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -53,13 +55,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The errno an API answer means.
 fn errno(e: &FsError) -> Errno {
-    match e {
-        FsError::Api { status: 404, .. } => Errno::ENOENT,
-        FsError::Api { status: 409, .. } => Errno::EEXIST,
-        FsError::Api { status: 403, .. } => Errno::EACCES,
-        FsError::Api {
-            status: 400 | 422, ..
-        } => Errno::EINVAL,
+    let status = match e {
+        FsError::Control(e) => e.status(),
+        _ => None,
+    };
+    match status {
+        Some(404) => Errno::ENOENT,
+        Some(409) => Errno::EEXIST,
+        Some(403) => Errno::EACCES,
+        Some(400 | 422) => Errno::EINVAL,
         _ => Errno::EIO,
     }
 }
@@ -312,8 +316,12 @@ impl Filesystem for TriggerFs {
         if let Some(mode) = mode {
             let mode = mode & 0o7777;
             if mode != trigger.mode {
-                let body = serde_json::json!({ "mode": mode });
-                if let Err(e) = self.change(self.shared.api.patch_trigger(trigger.id, body)) {
+                let change = UpdateTrigger {
+                    mode: Some(mode),
+                    ..UpdateTrigger::default()
+                };
+                let patch = control::patch_trigger(&self.shared.api, trigger.id, &change);
+                if let Err(e) = self.change(patch) {
                     return reply.error(e);
                 }
             }
@@ -380,7 +388,7 @@ impl Filesystem for TriggerFs {
         let Ok(name) = Self::name(name) else {
             return reply.error(Errno::EINVAL);
         };
-        if let Err(e) = self.change(self.shared.api.mkdir(name)) {
+        if let Err(e) = self.change(control::mkdir(&self.shared.api, name)) {
             return reply.error(e);
         }
         let tree = self.shared.tree();
@@ -400,7 +408,7 @@ impl Filesystem for TriggerFs {
         if self.shared.tree().dir(name).is_none() {
             return reply.error(Errno::ENOENT);
         }
-        match self.change(self.shared.api.rmdir(name)) {
+        match self.change(control::rmdir(&self.shared.api, name)) {
             Ok(()) => reply.ok(),
             // The API's 409: the directory holds triggers.
             Err(e) if e == Errno::EEXIST => reply.error(Errno::ENOTEMPTY),
@@ -448,8 +456,15 @@ impl Filesystem for TriggerFs {
             }
             (trigger, new_dir.name.clone())
         };
-        let body = serde_json::json!({ "path": format!("/{new_dir}/{newname}") });
-        match self.change(self.shared.api.patch_trigger(trigger.id, body)) {
+        let change = UpdateTrigger {
+            path: Some(format!("/{new_dir}/{newname}")),
+            ..UpdateTrigger::default()
+        };
+        match self.change(control::patch_trigger(
+            &self.shared.api,
+            trigger.id,
+            &change,
+        )) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }

@@ -17,7 +17,9 @@ mod sender;
 pub mod spool;
 pub mod tree;
 
-use control::{Api, Login};
+use api::client::ApiError;
+use api::ApiClient;
+use control::Login;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -26,25 +28,18 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
+/// One API call's limit: a FUSE thread waits on `mkdir`, `mv` and `chmod`.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What can go wrong in the fs module.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    /// The control plane could not be reached or answered nonsense.
+    /// The control plane could not be reached, refused a call or answered nonsense.
     #[error("control plane: {0}")]
-    Http(String),
-    /// The control plane refused a call.
-    #[error("control plane answered {status} {code}: {message}")]
-    Api {
-        /// HTTP status.
-        status: u16,
-        /// The API's error code.
-        code: String,
-        /// Its message.
-        message: String,
-    },
+    Control(#[from] ApiError),
     /// Logging in failed.
     #[error("login failed: {0}")]
-    Login(String),
+    Login(#[source] ApiError),
     /// The spool could not be opened.
     #[error("spool: {0}")]
     Spool(#[from] spool::SpoolError),
@@ -95,7 +90,9 @@ pub struct FsOptions {
 /// What the FUSE threads, the sender and the follower share.
 pub struct Shared {
     tree: RwLock<tree::Tree>,
-    api: Api,
+    api: ApiClient,
+    /// Who the fs is logged in as.
+    identity: String,
     rt: tokio::runtime::Handle,
     spool: spool::Spool,
     responses: responses::Responses,
@@ -140,9 +137,9 @@ impl Shared {
     /// Reads the tree again from the control plane; returns what the kernel may still
     /// have cached that is gone.
     async fn refresh(&self) -> Result<tree::Stale, FsError> {
-        let (dirs, triggers) = self.api.lists().await?;
+        let (dirs, triggers) = control::lists(&self.api).await?;
         let mut tree = self.tree.write().unwrap_or_else(|e| e.into_inner());
-        let stale = tree.replace(self.api.identity(), dirs, triggers);
+        let stale = tree.replace(&self.identity, dirs, triggers);
         self.responses.retain(|id| tree.trigger_by_id(id).is_some());
         Ok(stale)
     }
@@ -151,14 +148,12 @@ impl Shared {
     async fn flush_hits(&self) {
         let hits: Vec<(i64, u32)> = lock(&self.hits).drain().collect();
         for (id, count) in hits {
-            if let Err(e) = self.api.add_hits(id, count).await {
-                match e {
-                    // Deleted meanwhile: its count goes with it.
-                    FsError::Api { status: 404, .. } => {}
-                    e => {
-                        tracing::warn!(error = %e, trigger = id, "hits not counted yet");
-                        *lock(&self.hits).entry(id).or_default() += count;
-                    }
+            match control::add_hits(&self.api, id, count).await {
+                // Deleted meanwhile: its count goes with it.
+                Ok(()) | Err(FsError::Control(ApiError::Refused { status: 404, .. })) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, trigger = id, "hits not counted yet");
+                    *lock(&self.hits).entry(id).or_default() += count;
                 }
             }
         }
@@ -176,50 +171,7 @@ pub async fn run(opts: FsOptions, shutdown: impl Future<Output = ()>) -> Result<
     {
         return Ok(());
     }
-    let log =
-        log::Log::open(opts.logfile.as_deref(), opts.quiet).map_err(|source| FsError::LogFile {
-            path: opts.logfile.clone().unwrap_or_default(),
-            source,
-        })?;
-    log.line("=== triggerfs module started ===");
-    log.line("Authenticating with login credentials in config.");
-    log.flush();
-    let api = Api::login(opts.login.clone()).await?;
-    log.line("Successful login.");
-    let mut cfg = spool::SpoolConfig::new(&opts.spool_dir);
-    cfg.max_bytes = opts.spool_max;
-    cfg.sync_every = opts.spool_sync;
-    let (spool, reader) = spool::Spool::open(cfg)?;
-    let pending = spool.stats().pending_records;
-    if pending > 0 {
-        log.line(&format!(
-            "The spool holds {pending} requests from before; they are sent first."
-        ));
-    }
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let shared = Arc::new(Shared {
-        tree: RwLock::new(tree::Tree::default()),
-        api,
-        rt: tokio::runtime::Handle::current(),
-        spool,
-        responses: responses::Responses::default(),
-        log,
-        uid,
-        gid,
-        started: SystemTime::now(),
-        mtimes: Mutex::new(HashMap::new()),
-        hits: Mutex::new(HashMap::new()),
-        writes: AtomicU64::new(0),
-        refused_full: AtomicU64::new(0),
-        refused_unconfigured: AtomicU64::new(0),
-        unconfigured_logged: Mutex::new(None),
-        delivered: AtomicU64::new(0),
-        rejected: AtomicU64::new(0),
-    });
-    shared.refresh().await?;
-    shared.log.line("Started triggerfs.");
-
+    let (shared, reader) = start(&opts).await?;
     mount::clear_stale(&opts.mount)?;
     let session = mount::mount(
         fuse::TriggerFs::new(shared.clone()),
@@ -263,6 +215,64 @@ pub async fn run(opts: FsOptions, shutdown: impl Future<Output = ()>) -> Result<
             .line(&format!("Unmounting {} failed: {e}", opts.mount.display()));
     }
     while tasks.join_next().await.is_some() {}
+    finish(&shared).await;
+    Ok(())
+}
+
+/// Opens the log, logs in, opens the spool and reads the tree: what the fs serves.
+async fn start(opts: &FsOptions) -> Result<(Arc<Shared>, spool::SpoolReader), FsError> {
+    let log =
+        log::Log::open(opts.logfile.as_deref(), opts.quiet).map_err(|source| FsError::LogFile {
+            path: opts.logfile.clone().unwrap_or_default(),
+            source,
+        })?;
+    log.line("=== triggerfs module started ===");
+    log.line("Authenticating with login credentials in config.");
+    log.flush();
+    let api = ApiClient::sign_in(&opts.login)
+        .await
+        .map_err(FsError::Login)?
+        .with_timeout(CALL_TIMEOUT);
+    log.line("Successful login.");
+    let mut cfg = spool::SpoolConfig::new(&opts.spool_dir);
+    cfg.max_bytes = opts.spool_max;
+    cfg.sync_every = opts.spool_sync;
+    let (spool, reader) = spool::Spool::open(cfg)?;
+    let pending = spool.stats().pending_records;
+    if pending > 0 {
+        log.line(&format!(
+            "The spool holds {pending} requests from before; they are sent first."
+        ));
+    }
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let shared = Arc::new(Shared {
+        tree: RwLock::new(tree::Tree::default()),
+        api,
+        identity: opts.login.identity.clone(),
+        rt: tokio::runtime::Handle::current(),
+        spool,
+        responses: responses::Responses::default(),
+        log,
+        uid,
+        gid,
+        started: SystemTime::now(),
+        mtimes: Mutex::new(HashMap::new()),
+        hits: Mutex::new(HashMap::new()),
+        writes: AtomicU64::new(0),
+        refused_full: AtomicU64::new(0),
+        refused_unconfigured: AtomicU64::new(0),
+        unconfigured_logged: Mutex::new(None),
+        delivered: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+    });
+    shared.refresh().await?;
+    shared.log.line("Started triggerfs.");
+    Ok((shared, reader))
+}
+
+/// After the unmount: the spool synced, the last hits counted, the totals logged.
+async fn finish(shared: &Shared) {
     if let Err(e) = shared.spool.sync() {
         shared
             .log
@@ -279,7 +289,6 @@ pub async fn run(opts: FsOptions, shutdown: impl Future<Output = ()>) -> Result<
         shared.refused_full.load(Ordering::Relaxed),
     ));
     shared.log.flush();
-    Ok(())
 }
 
 /// Once a second: hit counts to the control plane; every 200 ms: the log out.
@@ -308,24 +317,22 @@ async fn follow(
     mut stop: watch::Receiver<bool>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
-    use eventsource_stream::Eventsource;
     use futures_lite::StreamExt;
     let mut backoff = Duration::from_millis(100);
     let mut ready = Some(ready);
     loop {
         // Subscribed first, then read: a change made in between is in the stream, so none
         // is missed (the server subscribes before it answers with the stream's headers).
-        let stream = match shared.api.events().await {
-            Ok(resp) => apply(&shared, &notifier).await.map(|()| resp),
-            Err(e) => Err(e),
+        let stream = match shared.api.events("/events").await {
+            Ok(events) => apply(&shared, &notifier).await.map(|()| events),
+            Err(e) => Err(FsError::from(e)),
         };
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
         }
         match stream {
-            Ok(resp) => {
+            Ok(mut events) => {
                 backoff = Duration::from_millis(100);
-                let mut events = resp.bytes_stream().eventsource();
                 loop {
                     tokio::select! {
                         _ = stop.changed() => return,

@@ -262,7 +262,7 @@ pub async fn run(
                         .line(&format!("Sending again from the spool: {}", again.why));
                 }
                 if again.token_refused {
-                    shared.api.forget_token().await;
+                    shared.api.forget_token();
                     client = None;
                 }
                 if sleep_or_stop(backoff, &mut stop).await {

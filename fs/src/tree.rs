@@ -6,7 +6,9 @@
 //! same inode); a trigger is [`TRIGGER_BASE`] + its id, so a renamed trigger (`mv`) keeps its
 //! inode and open file handles keep writing to it.
 
-use serde::Deserialize;
+use api::directories::DirectoryView;
+use api::triggers::{Split, TriggerView};
+use api::Visibility;
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
@@ -14,54 +16,6 @@ use std::time::SystemTime;
 pub const ROOT: u64 = 1;
 /// Trigger inodes are this plus the trigger's id.
 pub const TRIGGER_BASE: u64 = 1 << 40;
-
-/// A directory as `GET /api/v1/directories` lists it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DirectoryView {
-    /// Its name (one path segment).
-    pub name: String,
-    /// RFC 3339.
-    pub created: String,
-}
-
-/// A trigger as `GET /api/v1/triggers` lists it (the fields the fs uses).
-#[derive(Debug, Clone, Deserialize)]
-pub struct TriggerView {
-    /// Id.
-    pub id: i64,
-    /// File name.
-    pub name: String,
-    /// Directory name.
-    pub directory: String,
-    /// Plugin.
-    pub plugin: String,
-    /// Service.
-    pub service: String,
-    /// Default plugin arguments.
-    #[serde(default)]
-    pub args: BTreeMap<String, String>,
-    /// 0: the service's.
-    pub timeout_ms: i64,
-    /// Unix mode bits.
-    pub mode: i64,
-    /// `none` or `lines`.
-    pub split: String,
-    /// Most lines per request with `split = "lines"`.
-    #[serde(default = "default_batch_lines")]
-    pub batch_lines: i64,
-    /// RFC 3339.
-    pub created: String,
-    /// `local` (its owner's alone), `team` or `public`.
-    #[serde(default)]
-    pub visibility: String,
-    /// Who created it.
-    #[serde(default)]
-    pub owner: String,
-}
-
-fn default_batch_lines() -> i64 {
-    1000
-}
 
 /// A trigger, ready for the fs.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,7 +132,7 @@ impl Tree {
         let mut new_triggers = HashMap::new();
         let mut new_paths = BTreeMap::new();
         for t in triggers {
-            if t.visibility == "local" && t.owner != me {
+            if t.visibility == Visibility::Local && t.owner != me {
                 continue;
             }
             let trigger = Trigger {
@@ -186,7 +140,7 @@ impl Tree {
                 args: t.args.into_iter().collect(),
                 timeout_ms: u64::try_from(t.timeout_ms).unwrap_or(0),
                 mode: u32::try_from(t.mode).unwrap_or(0o600) & 0o7777,
-                split_lines: t.split == "lines",
+                split_lines: t.split == Split::Lines,
                 batch_lines: usize::try_from(t.batch_lines).unwrap_or(1000).max(1),
                 created: time(&t.created),
                 dir: t.directory,
@@ -258,6 +212,9 @@ mod tests {
     fn dir(name: &str) -> DirectoryView {
         DirectoryView {
             name: name.into(),
+            path: format!("/{name}"),
+            n_triggers: 0,
+            owner: "hp".into(),
             created: "2026-11-29T10:00:00Z".into(),
         }
     }
@@ -265,18 +222,23 @@ mod tests {
     fn trigger(id: i64, dir: &str, name: &str) -> TriggerView {
         TriggerView {
             id,
+            path: format!("/{dir}/{name}"),
             name: name.into(),
             directory: dir.into(),
+            description: String::new(),
             plugin: "append".into(),
             service: "ship".into(),
             args: BTreeMap::new(),
             timeout_ms: 0,
+            timeout: None,
             mode: 0o600,
-            split: "lines".into(),
+            split: Split::Lines,
             batch_lines: 1000,
-            created: "2026-11-29T10:00:00Z".into(),
-            visibility: "team".into(),
+            visibility: Visibility::Team,
+            hits: 0,
             owner: "hp".into(),
+            created: "2026-11-29T10:00:00Z".into(),
+            updated: "2026-11-29T10:00:00Z".into(),
         }
     }
 
@@ -309,9 +271,9 @@ mod tests {
     fn another_members_local_triggers_are_not_shown() {
         let mut tree = Tree::default();
         let mut mine = trigger(1, "a", "mine");
-        mine.visibility = "local".into();
+        mine.visibility = Visibility::Local;
         let mut theirs = trigger(2, "a", "theirs");
-        theirs.visibility = "local".into();
+        theirs.visibility = Visibility::Local;
         theirs.owner = "carol".into();
         let shared = trigger(3, "a", "shared");
         tree.replace("hp", vec![dir("a")], vec![mine, theirs, shared]);

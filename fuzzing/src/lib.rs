@@ -172,8 +172,9 @@ fn plane() -> &'static Plane {
             )
             .await;
             assert_eq!(status, 200, "login: {answer}");
-            let answer: serde_json::Value = serde_json::from_str(&answer).expect("login JSON");
-            let token = answer["token"].as_str().expect("a token").to_string();
+            let answer: api::login::LoginResponse =
+                serde_json::from_str(&answer).expect("login JSON");
+            let token = answer.token;
             Plane {
                 router,
                 token,

@@ -47,8 +47,9 @@ impl Claims {
 
 text_enum! {
     ("visibility", "lowercase")
-    /// Who may call a service.
+    /// Who may use it: `local` (its owner), `team`, `public` (every team).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     #[serde(rename_all = "lowercase")]
     pub enum Visibility {
         /// Only the user who owns it.
@@ -63,8 +64,9 @@ text_enum! {
 
 text_enum! {
     ("worker state", "UPPERCASE")
-    /// A worker's connection state, as the control plane shows it.
+    /// Whether the worker is connected to a broker.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     #[serde(rename_all = "UPPERCASE")]
     pub enum WorkerState {
         /// Connected to a broker.
@@ -74,21 +76,27 @@ text_enum! {
     }
 }
 
+/// The most services one worker's state report may list (a worker announces a handful).
+pub const MAX_ANNOUNCED: usize = 64;
+
 /// A worker the broker may admit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerEntry {
     /// Team.
     pub team: String,
     /// Identity, unique in the team.
     pub identity: String,
-    /// [`token_digest`] of its token; the token itself is never stored.
+    /// Hex SHA-256 of its token (`token_digest`); the token itself is never stored.
     pub token_sha256: String,
     /// The user who created it: the owner of the services it announces.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub owner: String,
     /// Who may call it by its identity, and the services it announces (ad-hoc services):
     /// `local` (its owner), `team` or `public`.
     #[serde(default = "team_visibility")]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub visibility: Visibility,
 }
 
@@ -98,6 +106,7 @@ fn team_visibility() -> Visibility {
 
 /// A member of a team, whose JWT the broker accepts for that team.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberEntry {
     /// Team.
     pub team: String,
@@ -108,11 +117,13 @@ pub struct MemberEntry {
     /// The user's secret generation (the JWT's `sgen`): a token from before the last change
     /// of the secret is refused.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub sgen: i64,
 }
 
 /// A service as the broker routes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceEntry {
     /// Team.
     pub team: String,
@@ -136,11 +147,13 @@ pub struct ServiceEntry {
     pub retry: bool,
     /// Who reads its jobs in the history (absent: its senders and the team's admins).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub history: crate::job::JobHistory,
 }
 
 /// Everything the broker needs, at one revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BrokerSnapshot {
     /// Increases with every configuration change.
     pub revision: u64,
@@ -150,6 +163,7 @@ pub struct BrokerSnapshot {
     pub teams: Vec<String>,
     /// Every member of every team: a JWT is accepted only for a member of its team.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub members: Vec<MemberEntry>,
     /// Every worker.
     pub workers: Vec<WorkerEntry>,
@@ -157,38 +171,95 @@ pub struct BrokerSnapshot {
     pub services: Vec<ServiceEntry>,
 }
 
+text_enum! {
+    ("object", "lowercase")
+    /// What kind of object a configuration change touched.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[serde(rename_all = "lowercase")]
+    pub enum Object {
+        /// A team (its quota too).
+        Team,
+        /// A user: a member of the team (added, role changed, removed), or the user's own
+        /// secret or limit (then the event names no team).
+        User,
+        /// A worker.
+        Worker,
+        /// A service (its bound workers too).
+        Service,
+        /// A directory.
+        Directory,
+        /// A trigger.
+        Trigger,
+    }
+}
+
+text_enum! {
+    ("action", "lowercase")
+    /// What a configuration change did to its object.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[serde(rename_all = "lowercase")]
+    pub enum Action {
+        /// It was created.
+        Created,
+        /// It was changed.
+        Updated,
+        /// It was deleted.
+        Deleted,
+        /// A trigger was given a new path (moved or renamed, with or without other changes):
+        /// the event names the new path.
+        Renamed,
+    }
+}
+
+/// [`Object`] under another name for the schema derive, which reads a type named `Object` as
+/// any JSON object.
+#[cfg(feature = "openapi")]
+type ObjectKind = Object;
+
 /// "The configuration changed"; the SSE `data` of `event: config`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfigEvent {
     /// The new revision.
     pub revision: u64,
-    /// The team whose objects changed.
+    /// The team whose objects changed; empty for a change to a user that belongs to no one
+    /// team (`max_teams`, the user's secret).
     pub team: String,
-    /// `team`, `user`, `worker`, `service`, `directory`, `trigger`.
-    pub object: String,
-    /// `created`, `updated`, `deleted`.
-    pub action: String,
-    /// The object's name or path.
+    /// What kind of object changed.
+    #[cfg_attr(feature = "openapi", schema(value_type = ObjectKind))]
+    pub object: Object,
+    /// What happened to it: `created`, `updated`, `deleted`; `renamed` for a trigger given a
+    /// new path (moved or renamed, with or without other changes).
+    pub action: Action,
+    /// The object's name or path; after `renamed`, the new path.
     pub name: String,
 }
 
 /// One worker's state change, reported by the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerStateReport {
-    /// Team.
+    /// Team (any text: a worker no team has is not updated, and not an error).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Text))]
     pub team: String,
-    /// Identity.
+    /// Identity (any text, as `team`).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Text))]
     pub identity: String,
     /// New state.
     pub state: WorkerState,
-    /// When (milliseconds since the Unix epoch).
+    /// When (milliseconds since the Unix epoch; a later time than the control plane's column
+    /// holds is stored as the latest it holds).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::UnixMs))]
     pub at_unix_ms: u64,
     /// Orders the connections of one identity within one broker run: a report about an
     /// older connection never overrides one about a newer.
     #[serde(default)]
     pub generation: u64,
-    /// The services the worker announced (`ONLINE` only).
+    /// The services the worker announced (`ONLINE` only), at most 64 (`MAX_ANNOUNCED`).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::AnnouncedServices))]
     pub services: Vec<String>,
 }
 
@@ -204,6 +275,7 @@ impl WorkerStateReport {
 
 /// What the broker reports back (`POST /api/v1/broker/report`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BrokerReport {
     /// Worker state changes, oldest first.
     pub workers: Vec<WorkerStateReport>,

@@ -65,7 +65,8 @@ pub struct Hello {
 
 text_enum! {
     ("algorithm", "lowercase")
-    /// How a service spreads a request over its workers.
+    /// How a service spreads a request over its workers: `roundrobin` (one, the next),
+    /// `mirror` (all), `serial` (all, one after the other).
     #[derive(
         Archive,
         Serialize,
@@ -79,6 +80,7 @@ text_enum! {
         serde::Serialize,
         serde::Deserialize,
     )]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     #[serde(rename_all = "lowercase")]
     pub enum Algorithm {
         /// One worker, rotating; fail-over before `Accepted`.

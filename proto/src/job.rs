@@ -50,10 +50,13 @@ pub const REDACTED: &str = "***";
 
 text_enum! {
     ("job history", "lowercase")
-    /// Who reads the jobs of a service in its team's history (a service's `history`).
-    /// A command, its arguments and its output may hold secrets that no pattern finds, so
-    /// by default a job is its sender's and the team's admins' to read.
+    /// Who reads the service's jobs in the team's history (its command, arguments and
+    /// output, which may hold secrets that no pattern finds): `sender` (default: the member
+    /// who sent it and the team's admins) or `team` (every member of the team; redacted as
+    /// ever). A job of another team's request is its sender's and that team's admins', and a
+    /// `local` service's its sender's alone, whatever this says.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     #[serde(rename_all = "lowercase")]
     pub enum JobHistory {
         /// The sender and the team's admins.
@@ -67,8 +70,10 @@ text_enum! {
 
 text_enum! {
     ("job readers", "snake_case")
-    /// Who reads one job of the history, in the team it is recorded in.
+    /// Who reads one job of the history, in the team it is recorded in: `team` (every
+    /// member), `sender_and_admins` (default) or `sender` (a `local` service or worker).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     #[serde(rename_all = "snake_case")]
     pub enum JobReaders {
         /// Every member (a service whose `history` is `team`).
@@ -84,8 +89,11 @@ text_enum! {
 
 text_enum! {
     ("job outcome", "snake_case")
-    /// How one worker's part of a request ended.
+    /// How one worker's part of a request ended: `ok`, `failed` (non-zero exit or no run),
+    /// `timed_out`, `lost` (its connection went away), `cancelled`, `no_response`, `offline`,
+    /// `skipped`, `detached`.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     #[serde(rename_all = "snake_case")]
     pub enum JobOutcome {
         /// Exited 0.
@@ -112,8 +120,11 @@ text_enum! {
 
 text_enum! {
     ("job status", "snake_case")
-    /// A whole request's result: the worst of its workers' outcomes.
+    /// A whole request's result, the worst of its workers' outcomes: `ok` (every worker
+    /// exited 0), `failed` (some failed), `timed_out` (none failed, some timed out or never
+    /// answered), `lost` (some went away mid-run), `cancelled`.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     #[serde(rename_all = "snake_case")]
     pub enum JobStatus {
         /// Every worker exited 0.
@@ -162,20 +173,24 @@ impl JobStatus {
 
 /// One worker's part of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobWorker {
     /// Worker identity.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
     pub worker: String,
     /// How it ended.
     pub outcome: JobOutcome,
     /// The plugin's exit code, when it exited.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = -2147483648, maximum = 2147483647))]
     pub exit_code: Option<i32>,
     /// From its first answer (`Accepted`, or its end when it had none) to its end
     /// (milliseconds).
     pub duration_ms: u64,
-    /// The last [`JOB_OUTPUT_TAIL`] bytes of its output (stdout and stderr, one line each),
+    /// The last 64 KiB (`JOB_OUTPUT_TAIL`) of its output (stdout and stderr, one line each),
     /// cut at a line start; invalid UTF-8 replaced.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobOutput))]
     pub output: String,
     /// Earlier output was left out.
     #[serde(default)]
@@ -185,32 +200,45 @@ pub struct JobWorker {
 /// One request through a service, as the broker saw it end. (`W`: how its workers are
 /// held; the control plane reads them as JSON text it checks and stores as it came.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRecord<W = JobWorker> {
-    /// Unique per broker run and record: a batch delivered twice is stored once.
+    /// Unique per broker run and record: a batch delivered twice is stored once (the parts
+    /// of one record share it, and a record whose key is stored already only adds the
+    /// workers not stored yet).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
     pub key: String,
-    /// The caller's team.
+    /// The caller's team; a record of a team that does not exist is skipped.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
     pub team: String,
     /// The caller (user or worker identity).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
     pub identity: String,
     /// The service: `name` for one of the caller's team (however the request named it),
     /// `team/name` for another team's.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
     pub service: String,
-    /// `roundrobin`, `serial` or `mirror`.
+    /// The service's algorithm: `roundrobin`, `serial` or `mirror`.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::Algorithm))]
     pub algorithm: String,
     /// The plugin.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
     pub plugin: String,
     /// The command words.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobCommand))]
     pub command: Vec<String>,
-    /// Arguments, secret-looking values already replaced by [`REDACTED`].
+    /// Arguments, secret-looking values already replaced by `***` (`REDACTED`).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobArgs))]
     pub args: Vec<(String, String)>,
     /// When it arrived (milliseconds since the Unix epoch).
     pub started_unix_ms: u64,
     /// Arrival to summary (milliseconds).
     pub duration_ms: u64,
-    /// Every worker it went to, in dispatch order.
+    /// Every worker it went to, in dispatch order (of this part), at most 10,000
+    /// (`MAX_JOB_WORKERS`).
     #[serde(default = "Vec::new")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 10000))]
     pub workers: Vec<W>,
     /// Who reads the job in its team's history. A record that does not say is read by its
     /// sender and the team's admins.
@@ -266,8 +294,10 @@ pub fn text_weight(command: &[String], args: &[(String, String)]) -> usize {
 
 /// A batch of records (`POST /api/v1/broker/jobs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobBatch {
-    /// Records, oldest first.
+    /// Records, oldest first (at most 1024, `MAX_JOB_BATCH`).
+    #[cfg_attr(feature = "openapi", schema(max_items = 1024))]
     pub jobs: Vec<JobRecord>,
 }
 

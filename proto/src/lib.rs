@@ -5,6 +5,7 @@
 //! - [`codec`]: `u32` little-endian length prefix + validated rkyv archive.
 //! - [`names`]: what a service, identity or plugin name may look like.
 //! - [`text`]: the one text form of each enum ([`TextEnum`]) and [`UnknownText`].
+//! - `openapi` (feature `openapi`): the schemas of the OpenAPI document's constrained fields.
 //!
 //! This crate is pure: it does no I/O and has no async. Each runtime (glommio in the broker,
 //! tokio elsewhere) wraps [`codec`] in its own connection type.
@@ -15,6 +16,8 @@ pub mod control;
 #[allow(missing_docs)] // rkyv derives undocumented Archived twins; our own items are documented.
 pub mod frame;
 pub mod names;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod text;
 
 /// How many recent idempotency keys ([`IdemKey`]) per source the broker and the worker

@@ -25,6 +25,10 @@ pub const NAME_PATTERN: &str = concat!("^", crate::name_segment_pattern!(), "$")
 /// One segment (unanchored), for patterns built on names (paths of directories, triggers).
 pub const SEGMENT_PATTERN: &str = crate::name_segment_pattern!();
 
+/// Text without a NUL character, as a regular expression: the control plane refuses NUL in
+/// every string of every body (PostgreSQL's TEXT cannot hold one).
+pub const NO_NUL_PATTERN: &str = r"^[^\x00]*$";
+
 /// [`check_service_ref`] as a regular expression; the whole reference is also at most
 /// [`MAX_NAME`] long.
 pub const SERVICE_REF_PATTERN: &str = concat!(

@@ -939,69 +939,31 @@ pub fn start_controlled_broker(
     Ok((proc, lines))
 }
 
-/// A small JSON API client for tests.
-pub struct Api {
-    http: reqwest::Client,
-    /// Base URL.
-    pub url: String,
-    /// Bearer token.
-    pub token: Option<String>,
-}
+/// The control plane's client as the tests hold it: [`api::ApiClient`] with the JWT of one
+/// login, never renewed (a test sees exactly what the API answers), driven through
+/// [`TestApi`].
+pub type Api = api::ApiClient;
 
-impl Api {
-    /// An anonymous client.
-    pub fn new(url: &str) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            url: url.to_string(),
-            token: None,
-        }
-    }
+/// A test's calls: no test waits this long on one.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// What the tests call on the API: JSON in and out, the method by name, paths from `/api/v1`.
+// The tests' own trait, on the one client: no caller needs its futures to be `Send`-bounded.
+#[allow(async_fn_in_trait)]
+pub trait TestApi: Sized {
     /// Logs in and returns a client carrying the JWT.
-    pub async fn login(url: &str, team: &str, identity: &str, secret: &str) -> Result<Api> {
-        let mut api = Api::new(url);
-        let (status, body) = api
-            .call(
-                "POST",
-                "/api/v1/login",
-                serde_json::json!({"team": team, "identity": identity, "secret": secret}),
-            )
-            .await?;
-        if !status.is_success() {
-            bail!("login {team}/{identity} failed: {status} {body}");
-        }
-        api.token = Some(body["token"].as_str().context("token")?.to_string());
-        remember_secret(api.token.as_deref().unwrap_or_default());
-        Ok(api)
-    }
+    async fn login(url: &str, team: &str, identity: &str, secret: &str) -> Result<Self>;
 
     /// One call; returns status and JSON body (Null when none).
-    pub async fn call(
+    async fn call(
         &self,
         method: &str,
         path: &str,
         body: serde_json::Value,
-    ) -> Result<(reqwest::StatusCode, serde_json::Value)> {
-        let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let mut req = self.http.request(method, format!("{}{path}", self.url));
-        if !body.is_null() {
-            req = req.json(&body);
-        }
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        ))
-    }
+    ) -> Result<(reqwest::StatusCode, serde_json::Value)>;
 
     /// A call that must succeed.
-    pub async fn ok(
+    async fn ok(
         &self,
         method: &str,
         path: &str,
@@ -1015,38 +977,23 @@ impl Api {
     }
 
     /// Creates worker `identity` in the caller's team; its token.
-    pub async fn new_worker(&self, identity: &str) -> Result<String> {
-        let w = self
-            .ok(
-                "POST",
-                "/api/v1/workers",
-                serde_json::json!({ "identity": identity }),
-            )
-            .await?;
+    async fn new_worker(&self, identity: &str) -> Result<String> {
+        let body = serde_json::json!({ "identity": identity });
+        let w = self.ok("POST", "/api/v1/workers", body).await?;
         let token = w["token"].as_str().context("token")?.to_string();
         remember_secret(&token);
         Ok(token)
     }
 
     /// A worker's state as the API shows it (`ONLINE`, `DISCONNECTED`).
-    pub async fn worker_state(&self, identity: &str) -> Result<String> {
-        let w = self
-            .ok(
-                "GET",
-                &format!("/api/v1/workers/{identity}"),
-                serde_json::Value::Null,
-            )
-            .await?;
-        Ok(w["state"].as_str().unwrap_or_default().to_string())
+    async fn worker_state(&self, identity: &str) -> Result<String> {
+        let path = format!("/api/v1/workers/{identity}");
+        let w = self.ok("GET", &path, serde_json::Value::Null).await?;
+        Ok(w["state"].as_str().context("state")?.to_string())
     }
 
     /// Waits until the API shows worker `identity` in state `want`.
-    pub async fn wait_worker_state(
-        &self,
-        identity: &str,
-        want: &str,
-        within: Duration,
-    ) -> Result<()> {
+    async fn wait_worker_state(&self, identity: &str, want: &str, within: Duration) -> Result<()> {
         wait_until(within, &format!("{identity} {want}"), || async {
             self.worker_state(identity).await.is_ok_and(|s| s == want)
         })
@@ -1054,15 +1001,47 @@ impl Api {
     }
 
     /// Adds member `identity` with `secret` to `team` and logs them in.
-    pub async fn new_member(&self, team: &str, identity: &str, secret: &str) -> Result<Api> {
+    async fn new_member(&self, team: &str, identity: &str, secret: &str) -> Result<Self>;
+}
+
+impl TestApi for Api {
+    async fn login(url: &str, team: &str, identity: &str, secret: &str) -> Result<Api> {
+        let anonymous = Api::builder(url.split(',')).timeout(CALL_TIMEOUT).build()?;
+        let body = serde_json::json!({"team": team, "identity": identity, "secret": secret});
+        let (status, body) = anonymous.call("POST", "/api/v1/login", body).await?;
+        if !status.is_success() {
+            bail!("login {team}/{identity} failed: {status} {body}");
+        }
+        let token = body["token"].as_str().context("token")?;
+        remember_secret(token);
+        let api = Api::builder(url.split(',')).token(token);
+        Ok(api.timeout(CALL_TIMEOUT).build()?)
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let path = path
+            .strip_prefix("/api/v1")
+            .with_context(|| format!("{path} is not under /api/v1"))?;
+        let body = (!body.is_null()).then(|| body.to_string());
+        let (status, bytes) = self
+            .raw(method, path, body.as_deref().map(str::as_bytes))
+            .await?;
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok((status, json))
+    }
+
+    async fn new_member(&self, team: &str, identity: &str, secret: &str) -> Result<Api> {
         remember_secret(secret);
-        self.ok(
-            "POST",
-            &format!("/api/v1/teams/{team}/members"),
-            serde_json::json!({"identity": identity, "secret": secret}),
-        )
-        .await?;
-        Api::login(&self.url, team, identity, secret).await
+        let path = format!("/api/v1/teams/{team}/members");
+        let body = serde_json::json!({"identity": identity, "secret": secret});
+        self.ok("POST", &path, body).await?;
+        Api::login(&self.urls().join(","), team, identity, secret).await
     }
 }
 

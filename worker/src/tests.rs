@@ -219,6 +219,44 @@ async fn serves_dispatches_and_reconnects() {
         }
     );
 
+    a_plugin_process_then_a_core_plugin(&mut conn).await;
+
+    refused_and_cancelled_plugins(&mut conn).await;
+
+    // Losing the broker kills running plugins; the worker comes back and serves again.
+    conn.send(dispatch(5, "slow")).await;
+    assert_eq!(conn.next().await, Frame::Accepted { id: 5 });
+    let pid = match conn.next().await {
+        Frame::Output { data, .. } => String::from_utf8(data).unwrap().parse::<i32>().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(process_alive(pid));
+    drop(conn);
+    let dropped_at = Instant::now();
+    let mut conn = broker.accept_welcomed(200).await;
+    assert!(
+        dropped_at.elapsed() < Duration::from_secs(2),
+        "reconnect took {:?}",
+        dropped_at.elapsed()
+    );
+    assert!(
+        wait_gone(pid, Duration::from_secs(4)).await,
+        "plugin survived the disconnect"
+    );
+    conn.send(dispatch(6, "echo")).await;
+    assert_eq!(
+        conn.until_end().await.last(),
+        Some(&Frame::Done {
+            id: 6,
+            exit_code: 0
+        })
+    );
+
+    stop(stop_tx, task).await;
+}
+
+/// A plugin process, then the core plugin `echo`.
+async fn a_plugin_process_then_a_core_plugin(conn: &mut BrokerConn) {
     // A plugin process.
     conn.send(dispatch(1, "greet")).await;
     assert_eq!(
@@ -265,7 +303,10 @@ async fn serves_dispatches_and_reconnects() {
         ]
     );
     assert_eq!(conn.events_frames, events_frames + 1);
+}
 
+/// A refused plugin name; a cancel over the wire kills the plugin's group.
+async fn refused_and_cancelled_plugins(conn: &mut BrokerConn) {
     // A refused plugin name.
     conn.send(dispatch(3, "../../bin/sh")).await;
     match conn.next().await {
@@ -289,37 +330,6 @@ async fn serves_dispatches_and_reconnects() {
         wait_gone(pid, Duration::from_secs(3)).await,
         "cancelled plugin's child survived"
     );
-
-    // Losing the broker kills running plugins; the worker comes back and serves again.
-    conn.send(dispatch(5, "slow")).await;
-    assert_eq!(conn.next().await, Frame::Accepted { id: 5 });
-    let pid = match conn.next().await {
-        Frame::Output { data, .. } => String::from_utf8(data).unwrap().parse::<i32>().unwrap(),
-        other => panic!("{other:?}"),
-    };
-    assert!(process_alive(pid));
-    drop(conn);
-    let dropped_at = Instant::now();
-    let mut conn = broker.accept_welcomed(200).await;
-    assert!(
-        dropped_at.elapsed() < Duration::from_secs(2),
-        "reconnect took {:?}",
-        dropped_at.elapsed()
-    );
-    assert!(
-        wait_gone(pid, Duration::from_secs(4)).await,
-        "plugin survived the disconnect"
-    );
-    conn.send(dispatch(6, "echo")).await;
-    assert_eq!(
-        conn.until_end().await.last(),
-        Some(&Frame::Done {
-            id: 6,
-            exit_code: 0
-        })
-    );
-
-    stop(stop_tx, task).await;
 }
 
 #[tokio::test]

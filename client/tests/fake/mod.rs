@@ -1,7 +1,7 @@
 //! A tiny fake broker that speaks the dataplane contract: Hello → Welcome/Refused,
 //! Request → Routed, Reply…, Summary or Error. Shared by the library's tests
 //! (`client/tests/fake_broker.rs`) and the `triggerfs client` command's tests in the binary
-//! (`src/client_cmd/fake_broker_tests.rs`, which includes this file by path).
+//! (`cli/src/client_cmd/fake_broker_tests.rs`, which includes this file by path).
 
 use client::connection::{split, FrameReader, FrameWriter};
 use proto::{

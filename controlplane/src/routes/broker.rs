@@ -1,20 +1,21 @@
 //! The broker's feed: the configuration snapshot, and worker state flowing back.
 //! Authenticated by the broker token, never by a user JWT.
 
-use super::{readable, stored, Unreadable};
 use crate::auth::BrokerAuth;
+use crate::checks::check_name;
 use crate::db::{on_db, CURRENT_REVISION};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::Json;
+use crate::stored::{readable, Row, Unreadable};
 use crate::AppState;
-use axum::extract::State;
-use proto::control::{
-    BrokerReport, BrokerSnapshot, MemberEntry, ServiceEntry, Visibility, WorkerEntry, WorkerState,
+use api::broker::{
+    BrokerReport, BrokerSnapshot, MemberEntry, ReportAnswer, ServiceEntry, WorkerEntry,
+    MAX_ANNOUNCED,
 };
+use api::{ErrorBody, WorkerState};
+use axum::extract::State;
 use proto::TextEnum;
-use serde::Serialize;
 use std::collections::HashMap;
-use utoipa::ToSchema;
 
 #[derive(sqlx::FromRow)]
 struct WorkerRow {
@@ -54,19 +55,40 @@ struct BindingRow {
     identity: String,
 }
 
+impl WorkerRow {
+    fn entry(self) -> Result<WorkerEntry, Unreadable> {
+        let worker = Row {
+            object: "worker",
+            team: &self.team,
+            name: &self.identity,
+        };
+        Ok(WorkerEntry {
+            visibility: worker.text(&self.visibility)?,
+            team: self.team,
+            identity: self.identity,
+            token_sha256: self.token_sha256,
+            owner: self.owner,
+        })
+    }
+}
+
 impl ServiceRow {
     fn entry(self, workers: Vec<String>) -> Result<ServiceEntry, Unreadable> {
-        let (team, name) = (&self.team, &self.name);
+        let service = Row {
+            object: "service",
+            team: &self.team,
+            name: &self.name,
+        };
         Ok(ServiceEntry {
-            algorithm: stored(&self.algorithm, "service", team, name)?,
-            visibility: stored(&self.visibility, "service", team, name)?,
-            history: stored(&self.history, "service", team, name)?,
+            algorithm: service.text(&self.algorithm)?,
+            visibility: service.text(&self.visibility)?,
+            history: service.text(&self.history)?,
+            timeout_ms: service.number(self.timeout_ms)?,
+            batch: self.batch.map(|b| service.number(b)).transpose()?,
             workers,
             team: self.team,
             name: self.name,
             owner: self.owner,
-            timeout_ms: u64::try_from(self.timeout_ms).unwrap_or(0),
-            batch: self.batch.and_then(|b| u32::try_from(b).ok()),
             stop_on_failure: self.stop_on_failure,
             retry: self.retry,
         })
@@ -75,7 +97,7 @@ impl ServiceRow {
 
 /// Everything routing and authentication need, at one revision.
 #[utoipa::path(get, path = "/api/v1/broker/snapshot", tag = "broker", security(("broker_token" = [])),
-    responses((status = 200, body = crate::openapi::BrokerSnapshotDoc), (status = "default", body = ErrorBody)))]
+    responses((status = 200, body = BrokerSnapshot), (status = "default", body = ErrorBody)))]
 pub async fn snapshot(
     State(state): State<AppState>,
     _broker: BrokerAuth,
@@ -111,7 +133,7 @@ pub async fn snapshot(
         bound.entry(b.service_id).or_default().push(b.identity);
     }
     Ok(Json(BrokerSnapshot {
-        revision: u64::try_from(revision).unwrap_or(0),
+        revision: crate::db::revision(revision)?,
         jwt_secret_hex: state.jwt.secret_hex.clone(),
         teams,
         members: members
@@ -123,18 +145,12 @@ pub async fn snapshot(
                 sgen: m.sgen,
             })
             .collect(),
-        // A worker whose stored visibility cannot be read is admitted as `local` (its owner
-        // only), never opened wider than what was set.
-        workers: workers
-            .into_iter()
-            .map(|w| WorkerEntry {
-                visibility: w.visibility.parse().unwrap_or(Visibility::Local),
-                team: w.team,
-                identity: w.identity,
-                token_sha256: w.token_sha256,
-                owner: w.owner,
-            })
-            .collect(),
+        // A worker whose stored visibility cannot be read is not admitted at all, rather than
+        // with a guessed one; every other worker still reaches the broker.
+        workers: readable(
+            "the broker snapshot",
+            workers.into_iter().map(WorkerRow::entry),
+        ),
         // A service whose stored algorithm or visibility cannot be read is not routed at all,
         // rather than routed with a guessed one; every other service still reaches the broker.
         services: readable(
@@ -147,16 +163,9 @@ pub async fn snapshot(
     }))
 }
 
-/// How many reported workers were known.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReportAnswer {
-    /// Workers updated.
-    pub updated: u64,
-}
-
 /// Worker state changes from the broker (state and last seen).
 #[utoipa::path(post, path = "/api/v1/broker/report", tag = "broker", security(("broker_token" = [])),
-    request_body = crate::openapi::BrokerReportDoc,
+    request_body = BrokerReport,
     responses((status = 200, body = ReportAnswer),
         (status = 422, description = "A report lists more than 64 services for a worker, or one that is not a name", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
@@ -166,16 +175,15 @@ pub async fn report(
     Json(report): Json<BrokerReport>,
 ) -> Result<Json<ReportAnswer>, ApiError> {
     for w in &report.workers {
-        if w.services.len() > super::MAX_ANNOUNCED {
+        if w.services.len() > MAX_ANNOUNCED {
             return Err(ApiError::Unprocessable(format!(
-                "worker {} reports {} services; at most {}",
+                "worker {} reports {} services; at most {MAX_ANNOUNCED}",
                 w.identity,
                 w.services.len(),
-                super::MAX_ANNOUNCED
             )));
         }
         for s in &w.services {
-            super::check_name("service", s)?;
+            check_name("service", s)?;
         }
     }
     let mut updated = 0;

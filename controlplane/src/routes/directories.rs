@@ -1,56 +1,25 @@
 //! Directories: the folders directly under `/` that hold triggers.
 
-use super::{check_name, config_event};
 use crate::auth::AuthUser;
-use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
-use crate::error::{ApiError, ErrorBody, ResultExt};
+use crate::change::change;
+use crate::checks::check_name;
+use crate::db::{now_ms, on_db, rfc3339};
+use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
-use crate::openapi::{doc_type, string, Name};
 use crate::AppState;
+use api::directories::{CreateDirectory, DirectoryView};
+use api::{Action, ErrorBody, Object};
 use axum::extract::State;
 use axum::http::StatusCode;
-use proto::names::MAX_NAME;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use proto::openapi::Name;
 
-/// What [`directory_name`] accepts: a name, after an optional `/`.
-pub(crate) const PATH_PATTERN: &str = concat!("^/?", proto::name_segment_pattern!(), "$");
-
-doc_type! {
-    /// A directory's path.
-    DirectoryPath => string("`/name` (or `name`): one level under `/`; the name follows the name rule.")
-        .min_length(Some(1))
-        .max_length(Some(MAX_NAME + 1))
-        .pattern(Some(PATH_PATTERN))
-}
-
-/// A directory.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct DirectoryView {
-    /// Name (one path segment).
-    pub name: String,
-    /// `/name`.
-    #[sqlx(skip)]
-    pub path: String,
-    /// Triggers in it.
-    pub n_triggers: i64,
-    /// Who created it.
-    pub owner: String,
-    /// RFC 3339.
-    #[sqlx(skip)]
-    pub created: String,
-    #[serde(skip)]
-    #[schema(ignore)]
-    created_ms: i64,
-}
-
-/// A new directory.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateDirectory {
-    /// `/name`: one level under `/`, unique in the team (409 when taken).
-    #[schema(value_type = DirectoryPath)]
-    pub path: String,
+/// A directory as stored.
+#[derive(sqlx::FromRow)]
+struct DirectoryRow {
+    name: String,
+    n_triggers: i64,
+    owner: String,
+    created: i64,
 }
 
 /// The directory name of `/name` (or `name`), checked.
@@ -65,7 +34,7 @@ pub(crate) fn directory_name(path: &str) -> Result<&str, ApiError> {
     Ok(name)
 }
 
-const SELECT: &str = "SELECT d.name, d.owner, d.created AS created_ms, \
+const SELECT: &str = "SELECT d.name, d.owner, d.created, \
     (SELECT COUNT(*) FROM triggers t WHERE t.directory_id = d.id) AS n_triggers \
     FROM directories d WHERE d.team_id = $1";
 
@@ -78,18 +47,21 @@ async fn load(
         Some(_) => format!("{SELECT} AND d.name = $2"),
         None => format!("{SELECT} ORDER BY d.name"),
     };
-    let mut rows: Vec<DirectoryView> = on_db!(&state.db, pool => {
+    let rows: Vec<DirectoryRow> = on_db!(&state.db, pool => {
         let mut query = sqlx::query_as(&sql).bind(user.team_id);
         if let Some(name) = name {
             query = query.bind(name);
         }
         query.fetch_all(pool).await?
     });
-    for r in &mut rows {
-        r.path = format!("/{}", r.name);
-        r.created = rfc3339(r.created_ms);
-    }
-    Ok(rows)
+    let view = |r: DirectoryRow| DirectoryView {
+        path: format!("/{}", r.name),
+        name: r.name,
+        n_triggers: r.n_triggers,
+        owner: r.owner,
+        created: rfc3339(r.created),
+    };
+    Ok(rows.into_iter().map(view).collect())
 }
 
 /// The directories of the caller's team.
@@ -116,23 +88,26 @@ pub async fn create_directory(
 ) -> Result<(StatusCode, Json<DirectoryView>), ApiError> {
     let name = directory_name(&req.path)?;
     let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        sqlx::query("INSERT INTO directories (team_id, name, owner, created) VALUES ($1, $2, $3, $4)")
-            .bind(user.team_id).bind(name).bind(&user.identity).bind(now)
-            .execute(&mut *tx).await
+    let path = format!("/{name}");
+    change!(
+        state,
+        Object::Directory,
+        Action::Created,
+        user.team,
+        path,
+        |tx| {
+            sqlx::query(
+                "INSERT INTO directories (team_id, name, owner, created) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(user.team_id)
+            .bind(name)
+            .bind(&user.identity)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
             .on_conflict(|| format!("directory /{name}"))?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision,
-        &user.team,
-        "directory",
-        "created",
-        &format!("/{name}"),
-    ));
+        }
+    );
     let dir = load(&state, &user, Some(name))
         .await?
         .pop()
@@ -152,29 +127,41 @@ pub async fn delete_directory(
     user: AuthUser,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM directories WHERE team_id = $1 AND name = $2")
-            .bind(user.team_id).bind(&name).fetch_optional(&mut *tx).await?;
-        let Some(id) = id else {
-            return Err(ApiError::NotFound(format!("no directory /{name} in team {}", user.team)));
-        };
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM triggers WHERE directory_id = $1")
-            .bind(id).fetch_one(&mut *tx).await?;
-        if n > 0 {
-            return Err(ApiError::Conflict(format!("directory /{name} holds {n} triggers")));
+    let path = format!("/{name}");
+    change!(
+        state,
+        Object::Directory,
+        Action::Deleted,
+        user.team,
+        path,
+        |tx| {
+            let id: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM directories WHERE team_id = $1 AND name = $2")
+                    .bind(user.team_id)
+                    .bind(&name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(id) = id else {
+                return Err(ApiError::NotFound(format!(
+                    "no directory /{name} in team {}",
+                    user.team
+                )));
+            };
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM triggers WHERE directory_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if n > 0 {
+                return Err(ApiError::Conflict(format!(
+                    "directory /{name} holds {n} triggers"
+                )));
+            }
+            sqlx::query("DELETE FROM directories WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
-        sqlx::query("DELETE FROM directories WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision,
-        &user.team,
-        "directory",
-        "deleted",
-        &format!("/{name}"),
-    ));
+    );
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,8 +4,9 @@
 
 use crate::auth::{AuthUser, EventsCaller};
 use crate::db::on_db;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::AppState;
+use api::{Action, ErrorBody, Object};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream};
@@ -21,7 +22,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[utoipa::path(get, path = "/api/v1/events", tag = "broker",
     security(("jwt" = []), ("broker_token" = [])),
     responses((status = 200, description = "`text/event-stream`: `event: config`, `data: ConfigEvent` JSON; `event: lagged` when events were dropped (re-read the snapshot)",
-        content_type = "text/event-stream", body = crate::openapi::ConfigEventDoc),
+        content_type = "text/event-stream", body = ConfigEvent),
         (status = 429, description = "`TooManyRequests`: the user has as many event streams open as they may (`max_event_streams_per_user`, 8)", body = ErrorBody),
         (status = 503, description = "The control plane has as many event streams open as it may (`max_event_streams`, 1024)", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
@@ -113,8 +114,8 @@ impl Watch {
 
     /// Whether `event` may have removed the user from the team.
     fn touched_by(&self, event: &ConfigEvent) -> bool {
-        (event.object == "user" && event.name == self.user.identity)
-            || (event.object == "team" && event.action == "deleted")
+        (event.object == Object::User && event.name == self.user.identity)
+            || (event.object == Object::Team && event.action == Action::Deleted)
     }
 
     /// Whether the user is still a member of the team and their secret has not changed since

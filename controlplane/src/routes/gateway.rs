@@ -2,12 +2,15 @@
 //! broker as the caller (their own JWT) and streams its events back as they arrive:
 //! server-sent events for `Accept: text/event-stream`, JSON lines otherwise.
 
-use super::triggers::{check_args, ArgMap};
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ErrorBody};
+use crate::checks::{check_args, check_name, timeout_ms};
+use crate::error::ApiError;
 use crate::extract::{Json, Path};
-use crate::openapi::{text, PluginName, ServiceRef, Text, Timeout};
 use crate::AppState;
+use api::gateway::{
+    GatewayError, GatewayEvent, GatewayRequest, RequestError, ShareText, MAX_COMMAND_WORDS,
+};
+use api::ErrorBody;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -15,254 +18,93 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use client::{Client, ClientError, ClientEvent, RequestHandle, RequestSpec};
 use futures::stream::{self, Stream};
-use proto::{Credential, ErrorKind, TextEnum};
-use serde::Deserialize;
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use proto::openapi::ServiceRef;
+use proto::{Credential, ErrorKind};
 use std::convert::Infallible;
 use std::time::Duration;
-use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Schema};
-use utoipa::openapi::RefOr;
-use utoipa::ToSchema;
 
 /// How long connecting to the broker may take before the gateway answers 503.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most command words one request may carry.
-const MAX_COMMAND_WORDS: usize = 1024;
 
-/// The command: one string (handed to the plugin as one word) or several words.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum CommandWords {
-    /// One word, e.g. `"uptime"`.
-    One(String),
-    /// Several words.
-    Many(Vec<String>),
+/// The share in `field`, or 422.
+fn share(field: &str, text: &Option<ShareText>) -> Result<Option<proto::Share>, ApiError> {
+    let share = text.as_ref().map(ShareText::share).transpose();
+    share.map_err(|e| ApiError::Unprocessable(format!("{field}: {e}")))
 }
 
-impl utoipa::PartialSchema for CommandWords {
-    fn schema() -> RefOr<Schema> {
-        OneOfBuilder::new()
-            .item(text("One word, e.g. `uptime`."))
-            .item(
-                ArrayBuilder::new()
-                    .items(text("A word."))
-                    .max_items(Some(MAX_COMMAND_WORDS))
-                    .description(Some("At most 1024 words.")),
-            )
-            .description(Some(
-                "The command: one string (handed to the plugin as one word) or several words.",
+/// The fan-out options of a request's body.
+fn fleet(req: &GatewayRequest) -> Result<proto::Fleet, ApiError> {
+    if req.quorum == Some(0) {
+        return Err(ApiError::Unprocessable("quorum: must be at least 1".into()));
+    }
+    let only = req.only.clone().unwrap_or_default();
+    for (i, name) in only.iter().enumerate() {
+        check_name("worker", name)?;
+        if only[..i].contains(name) {
+            return Err(ApiError::Unprocessable(format!(
+                "only: {name} is named twice"
+            )));
+        }
+    }
+    let deadline = req.deadline.as_ref().map(|d| {
+        d.ms().map_err(|_| {
+            ApiError::Unprocessable(format!(
+                "deadline `{d}` is not a duration of at most 7d such as `10m`"
             ))
-            .into()
-    }
-}
-
-impl ToSchema for CommandWords {}
-
-/// A count of workers or a share of them: `10`, `"10"` or `"10%"`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum ShareText {
-    /// A count.
-    Count(u32),
-    /// `"10"` or `"10%"`.
-    Text(String),
-}
-
-/// What a share's text must be, as the document states it: a count of at most 9 digits,
-/// or a percentage from 0% to 100%.
-const SHARE_PATTERN: &str = "^([0-9]{1,9}|[0-9]{1,2}%|100%)$";
-
-impl ShareText {
-    fn parse(&self, field: &str) -> Result<proto::Share, ApiError> {
-        match self {
-            ShareText::Count(n) => Ok(proto::Share::Count(*n)),
-            ShareText::Text(t) => {
-                let (digits, percent) = match t.strip_suffix('%') {
-                    Some(d) => (d, true),
-                    None => (t.as_str(), false),
-                };
-                let max_digits = if percent { 3 } else { 9 };
-                let plain = !digits.is_empty()
-                    && digits.len() <= max_digits
-                    && digits.bytes().all(|b| b.is_ascii_digit())
-                    && (!percent || digits.len() < 3 || digits == "100");
-                if !plain {
-                    return Err(ApiError::Unprocessable(format!(
-                        "{field}: `{t}` is not a count or a percentage (e.g. 10 or 10%)"
-                    )));
-                }
-                t.parse()
-                    .map_err(|e: String| ApiError::Unprocessable(format!("{field}: {e}")))
-            }
-        }
-    }
-}
-
-impl utoipa::PartialSchema for ShareText {
-    fn schema() -> RefOr<Schema> {
-        OneOfBuilder::new()
-            .item(
-                utoipa::openapi::ObjectBuilder::new()
-                    .schema_type(utoipa::openapi::schema::Type::Integer)
-                    .minimum(Some(0))
-                    .maximum(Some(u32::MAX)),
-            )
-            .item(
-                text("A count (`\"10\"`) or a percentage of the request's workers (`\"10%\"`).")
-                    .pattern(Some(SHARE_PATTERN)),
-            )
-            .description(Some(
-                "A count of workers, or a percentage of them: `10`, `\"10%\"`.",
-            ))
-            .into()
-    }
-}
-
-impl ToSchema for ShareText {}
-
-/// A request to run through the broker.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GatewayRequest {
-    /// Plugin, e.g. `command/command`.
-    #[schema(value_type = PluginName)]
-    pub plugin: String,
-    /// Command text or words.
-    pub command: Option<CommandWords>,
-    /// Plugin arguments (at most 256, as a trigger's: 422 past a bound).
-    #[schema(value_type = Option<ArgMap>)]
-    pub args: Option<BTreeMap<String, String>>,
-    /// Payload (text).
-    #[schema(value_type = Option<Text>)]
-    pub payload: Option<String>,
-    /// Timeout as text (`"10s"`); absent: the service's.
-    #[schema(value_type = Option<Timeout>)]
-    pub timeout: Option<String>,
-    /// `false`: fire-and-forget (only `queued` comes back). Default `true`.
-    pub wait: Option<bool>,
-    /// Mirror: workers at once (overrides the service's batch).
-    pub batch: Option<ShareText>,
-    /// Mirror, serial: start no new worker once more than this many failed (the rest are
-    /// `skipped`, the summary says `stopped`).
-    pub max_failures: Option<ShareText>,
-    /// Mirror, serial: the request ends once this many workers exited 0.
-    #[schema(minimum = 1, maximum = 4294967295_u64)]
-    pub quorum: Option<u32>,
-    /// With `quorum`: cancel the workers still running when it is reached (without one,
-    /// nothing to cancel: ignored).
-    pub quorum_cancel: Option<bool>,
-    /// Mirror, serial: the whole request ends this long after it started (`"10m"`).
-    #[schema(value_type = Option<Timeout>)]
-    pub deadline: Option<String>,
-    /// Only these workers of the service (a name that is not one of them is refused).
-    #[schema(value_type = Option<crate::openapi::WorkerList>)]
-    pub only: Option<Vec<String>>,
-}
-
-impl GatewayRequest {
-    /// The fan-out options of the body.
-    fn fleet(&self) -> Result<proto::Fleet, ApiError> {
-        if self.quorum == Some(0) {
-            return Err(ApiError::Unprocessable("quorum: must be at least 1".into()));
-        }
-        let only = self.only.clone().unwrap_or_default();
-        for (i, name) in only.iter().enumerate() {
-            super::check_name("worker", name)?;
-            if only[..i].contains(name) {
-                return Err(ApiError::Unprocessable(format!(
-                    "only: {name} is named twice"
-                )));
-            }
-        }
-        let deadline_ms = super::parse_timeout(self.deadline.as_deref(), None)
-            .map_err(|_| {
-                ApiError::Unprocessable(format!(
-                    "deadline `{}` is not a duration of at most 7d such as `10m`",
-                    self.deadline.as_deref().unwrap_or_default()
-                ))
-            })?
-            .map(|ms| ms.unsigned_abs())
-            .unwrap_or(0);
-        Ok(proto::Fleet {
-            batch: self.batch.as_ref().map(|b| b.parse("batch")).transpose()?,
-            max_failures: (self.max_failures.as_ref())
-                .map(|m| m.parse("max_failures"))
-                .transpose()?,
-            quorum: self.quorum.unwrap_or(0),
-            quorum_cancel: self.quorum_cancel.unwrap_or(false),
-            deadline_ms,
-            only,
         })
-    }
+    });
+    Ok(proto::Fleet {
+        batch: share("batch", &req.batch)?,
+        max_failures: share("max_failures", &req.max_failures)?,
+        quorum: req.quorum.unwrap_or(0),
+        quorum_cancel: req.quorum_cancel.unwrap_or(false),
+        deadline_ms: deadline.transpose()?.unwrap_or(0),
+        only,
+    })
 }
 
-/// JSON of one event, as both the SSE `data` and an NDJSON line.
-fn event_json(event: &ClientEvent) -> Value {
+/// One event of the request as the gateway streams it (SSE `data`, or an NDJSON line).
+fn gateway_event(event: ClientEvent) -> GatewayEvent {
     match event {
         ClientEvent::Routed {
             algorithm,
             n_workers,
-        } => json!({"event": "routed", "algorithm": algorithm, "workers": n_workers}),
-        ClientEvent::Queued { n_workers } => json!({"event": "queued", "workers": n_workers}),
-        ClientEvent::Accepted { worker } => json!({"event": "accepted", "worker": worker}),
+        } => GatewayEvent::Routed {
+            algorithm,
+            workers: n_workers,
+        },
+        ClientEvent::Queued { n_workers } => GatewayEvent::Queued { workers: n_workers },
+        ClientEvent::Accepted { worker } => GatewayEvent::Accepted { worker },
         ClientEvent::Output {
             worker,
             seq,
             stream,
             data,
-        } => json!({
-            "event": "output",
-            "worker": worker,
-            "seq": seq,
-            "stream": stream.as_str(),
-            "line": String::from_utf8_lossy(data),
-        }),
-        ClientEvent::Done { worker, exit_code } => {
-            json!({"event": "done", "worker": worker, "exit_code": exit_code})
-        }
+        } => GatewayEvent::Output {
+            worker,
+            seq,
+            stream,
+            line: String::from_utf8_lossy(&data).into_owned(),
+        },
+        ClientEvent::Done { worker, exit_code } => GatewayEvent::Done { worker, exit_code },
         ClientEvent::Failed {
             worker,
             kind,
             message,
-        } => {
-            json!({"event": "failed", "worker": worker, "kind": kind.to_string(), "message": message})
-        }
-        ClientEvent::Summary(s) => json!({
-            "event": "summary",
-            "workers": s.workers,
-            "ok": s.ok,
-            "failed": s.failed,
-            "timed_out": s.timed_out,
-            "lost": s.lost,
-            "offline": s.offline,
-            "skipped": s.skipped,
-            "no_response": s.no_response,
-            "detached": s.detached,
-            "stopped": s.stopped,
-            "quorum_met": s.quorum_met,
-        }),
-        ClientEvent::Error { kind, message } => {
-            json!({"event": "error", "kind": kind.to_string(), "message": message})
-        }
-        ClientEvent::Disconnected => json!({
-            "event": "error",
-            "kind": "Disconnected",
-            "message": "the connection to the broker is gone",
-        }),
-    }
-}
-
-fn event_name(event: &ClientEvent) -> &'static str {
-    match event {
-        ClientEvent::Routed { .. } => "routed",
-        ClientEvent::Queued { .. } => "queued",
-        ClientEvent::Accepted { .. } => "accepted",
-        ClientEvent::Output { .. } => "output",
-        ClientEvent::Done { .. } => "done",
-        ClientEvent::Failed { .. } => "failed",
-        ClientEvent::Summary(_) => "summary",
-        ClientEvent::Error { .. } | ClientEvent::Disconnected => "error",
+        } => GatewayEvent::Failed {
+            worker,
+            kind,
+            message,
+        },
+        ClientEvent::Summary(s) => GatewayEvent::Summary(s.into()),
+        ClientEvent::Error { kind, message } => GatewayEvent::Error {
+            kind: RequestError::Broker(kind),
+            message,
+        },
+        ClientEvent::Disconnected => GatewayEvent::Error {
+            kind: RequestError::Gateway(GatewayError::Disconnected),
+            message: "the connection to the broker is gone".into(),
+        },
     }
 }
 
@@ -354,21 +196,16 @@ pub async fn run_request(
     proto::names::check_service_ref(&service)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     proto::names::check_plugin(&req.plugin).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    let fleet = req.fleet()?;
-    let command = match req.command {
-        None => Vec::new(),
-        Some(CommandWords::One(text)) if text.is_empty() => Vec::new(),
-        Some(CommandWords::One(text)) => vec![text],
-        Some(CommandWords::Many(words)) => words,
-    };
+    let fleet = fleet(&req)?;
+    let command = req.command.map(|c| c.into_words()).unwrap_or_default();
     if command.len() > MAX_COMMAND_WORDS {
         return Err(ApiError::Unprocessable(format!(
             "more than {MAX_COMMAND_WORDS} command words"
         )));
     }
     check_args(&req.args)?;
-    let timeout = super::parse_timeout(req.timeout.as_deref(), None)?
-        .map(|ms| Duration::from_millis(ms.unsigned_abs()));
+    let timeout =
+        timeout_ms(req.timeout.as_ref(), None)?.map(|ms| Duration::from_millis(ms.unsigned_abs()));
     let spec = RequestSpec {
         fleet,
         service,
@@ -409,18 +246,16 @@ pub async fn run_request(
         .is_some_and(|v| v.contains("text/event-stream"));
     if wants_sse {
         let sse = futures::StreamExt::map(events, |e| {
-            Ok::<_, Infallible>(
-                Event::default()
-                    .event(event_name(&e))
-                    .data(event_json(&e).to_string()),
-            )
+            let e = gateway_event(e);
+            let data = serde_json::to_string(&e).unwrap_or_default();
+            Ok::<_, Infallible>(Event::default().event(e.name()).data(data))
         });
         return Ok(Sse::new(sse)
             .keep_alive(KeepAlive::default())
             .into_response());
     }
     let lines = futures::StreamExt::map(events, |e| {
-        let mut line = event_json(&e).to_string();
+        let mut line = serde_json::to_string(&gateway_event(e)).unwrap_or_default();
         line.push('\n');
         Ok::<_, Infallible>(line)
     });
@@ -435,7 +270,8 @@ pub async fn run_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::{Algorithm, Stream as OutStream, Summary};
+    use proto::{Algorithm, Stream as OutStream, Summary, TextEnum};
+    use serde_json::{json, Value};
 
     #[test]
     fn refusals_before_the_stream_are_http_statuses() {
@@ -453,7 +289,7 @@ mod tests {
                 message: "m".into(),
             };
             let (got, got_code) = refusal(&event).expect("a refusal").status_code();
-            assert_eq!((got.as_u16(), got_code), (status, code), "{kind}");
+            assert_eq!((got.as_u16(), got_code.as_str()), (status, code), "{kind}");
         }
         assert!(refusal(&ClientEvent::Disconnected).is_some());
         // Anything else starts the stream (200).
@@ -469,14 +305,12 @@ mod tests {
     #[test]
     fn fleet_options_of_the_body() {
         let body = |v: Value| serde_json::from_value::<GatewayRequest>(v).unwrap();
-        let fleet = body(
+        let got = body(
             json!({"plugin": "command", "batch": 10, "max_failures": "5%",
             "quorum": 3, "quorum_cancel": true, "deadline": "10m", "only": ["w1"]}),
-        )
-        .fleet()
-        .unwrap();
+        );
         assert_eq!(
-            fleet,
+            fleet(&got).unwrap(),
             proto::Fleet {
                 batch: Some(proto::Share::Count(10)),
                 max_failures: Some(proto::Share::Percent(5)),
@@ -487,7 +321,7 @@ mod tests {
             }
         );
         assert_eq!(
-            body(json!({"plugin": "p"})).fleet().unwrap(),
+            fleet(&body(json!({"plugin": "p"}))).unwrap(),
             proto::Fleet::default()
         );
         for bad in [
@@ -495,15 +329,16 @@ mod tests {
             json!({"plugin": "p", "quorum": 0}),
             json!({"plugin": "p", "deadline": "soon"}),
         ] {
-            assert!(body(bad.clone()).fleet().is_err(), "{bad}");
+            assert!(fleet(&body(bad.clone())).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn event_shapes() {
         let check = |e: ClientEvent, name: &str, want: Value| {
-            assert_eq!(event_name(&e), name);
-            assert_eq!(event_json(&e), want);
+            let e = gateway_event(e);
+            assert_eq!(e.name(), name);
+            assert_eq!(serde_json::to_value(&e).unwrap(), want);
         };
         check(
             ClientEvent::Output {
@@ -548,6 +383,12 @@ mod tests {
             },
             "error",
             json!({"event":"error","kind":"NoSuchService","message":"no"}),
+        );
+        check(
+            ClientEvent::Disconnected,
+            "error",
+            json!({"event":"error","kind":"Disconnected",
+                "message":"the connection to the broker is gone"}),
         );
     }
 }

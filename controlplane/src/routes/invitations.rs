@@ -6,61 +6,58 @@
 //! team's invitations are its admins' business). Accepting one is a membership change, with
 //! its revision and event, as `POST /api/v1/teams/{team}/members`.
 
-use super::teams::{admin_of, membership, Role, TeamView};
-use super::{check_name, check_quota, config_event};
+use super::teams::{admin_of, membership};
 use crate::auth::AuthUser;
-use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
-use crate::error::{ApiError, ErrorBody, ResultExt};
+use crate::change::change;
+use crate::checks::{check_name, check_quota};
+use crate::db::{now_ms, on_db, rfc3339};
+use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
-use crate::openapi::Name;
+use crate::stored::{readable, Row, Unreadable};
 use crate::AppState;
+use api::invitations::{CreateInvitation, InvitationView};
+use api::teams::TeamView;
+use api::{Action, ErrorBody, Object, Role};
 use axum::extract::State;
 use axum::http::StatusCode;
+use proto::openapi::Name;
 use proto::TextEnum;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-/// A pending invitation.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct InvitationView {
-    /// The team the user is invited to.
-    pub team: String,
-    /// The invited user.
-    pub identity: String,
-    /// The role they get when they accept.
-    #[schema(value_type = Role)]
-    pub role: String,
-    /// The admin who invited them.
-    pub invited_by: String,
-    /// When (RFC 3339).
-    #[sqlx(skip)]
-    pub created: String,
-    #[serde(skip)]
-    #[schema(ignore)]
-    created_ms: i64,
+/// An invitation as stored.
+#[derive(sqlx::FromRow)]
+struct InvitationRow {
+    team: String,
+    identity: String,
+    role: String,
+    invited_by: String,
+    created: i64,
 }
 
-/// Invite an existing user to the team.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateInvitation {
-    /// The user's identity; the user must exist (422), be no member of the team yet and not
-    /// be invited to it already (409).
-    #[schema(value_type = Name)]
-    pub identity: String,
-    /// The role they get when they accept (default `member`).
-    pub role: Option<Role>,
-}
-
-const SELECT: &str = "SELECT t.name AS team, u.identity, i.role, i.invited_by, \
-    i.created AS created_ms FROM invitations i JOIN teams t ON t.id = i.team_id \
-    JOIN users u ON u.id = i.user_id";
-
-fn views(mut rows: Vec<InvitationView>) -> Vec<InvitationView> {
-    for r in &mut rows {
-        r.created = rfc3339(r.created_ms);
+impl InvitationRow {
+    fn view(self) -> Result<InvitationView, Unreadable> {
+        let invitation = Row {
+            object: "invitation",
+            team: &self.team,
+            name: &self.identity,
+        };
+        Ok(InvitationView {
+            role: invitation.text(&self.role)?,
+            team: self.team,
+            identity: self.identity,
+            invited_by: self.invited_by,
+            created: rfc3339(self.created),
+        })
     }
-    rows
+}
+
+const SELECT: &str = "SELECT t.name AS team, u.identity, i.role, i.invited_by, i.created \
+    FROM invitations i JOIN teams t ON t.id = i.team_id JOIN users u ON u.id = i.user_id";
+
+fn views(rows: Vec<InvitationRow>) -> Vec<InvitationView> {
+    readable(
+        "the list of invitations",
+        rows.into_iter().map(InvitationRow::view),
+    )
 }
 
 /// Invites an existing user to the team (admins only). They join when they accept
@@ -82,7 +79,7 @@ pub async fn create_invitation(
 ) -> Result<(StatusCode, Json<InvitationView>), ApiError> {
     let row = admin_of(&state, &user, &team).await?;
     check_name("identity", &req.identity)?;
-    let role = req.role.unwrap_or(Role::Member).as_str();
+    let role = req.role.unwrap_or(Role::Member);
     let now = now_ms();
     on_db!(&state.db, pool => {
         let mut tx = crate::db::begin(pool).await?;
@@ -99,7 +96,7 @@ pub async fn create_invitation(
         };
         sqlx::query("INSERT INTO invitations (team_id, user_id, role, invited_by, created) \
             VALUES ($1, $2, $3, $4, $5)")
-            .bind(row.id).bind(user_id).bind(role).bind(&user.identity).bind(now)
+            .bind(row.id).bind(user_id).bind(role.as_str()).bind(&user.identity).bind(now)
             .execute(&mut *tx).await
             .on_conflict(|| format!("an invitation of {} to team {team}", req.identity))?;
         tx.commit().await?;
@@ -107,10 +104,9 @@ pub async fn create_invitation(
     let view = InvitationView {
         team,
         identity: req.identity,
-        role: role.to_string(),
+        role,
         invited_by: user.identity,
         created: rfc3339(now),
-        created_ms: now,
     };
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -130,7 +126,7 @@ pub async fn list_team_invitations(
 ) -> Result<Json<Vec<InvitationView>>, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
     let sql = format!("{SELECT} WHERE i.team_id = $1 ORDER BY u.identity");
-    let rows: Vec<InvitationView> = on_db!(&state.db, pool => {
+    let rows: Vec<InvitationRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).bind(row.id).fetch_all(pool).await?
     });
     Ok(Json(views(rows)))
@@ -172,7 +168,7 @@ pub async fn list_my_invitations(
     user: AuthUser,
 ) -> Result<Json<Vec<InvitationView>>, ApiError> {
     let sql = format!("{SELECT} WHERE i.user_id = $1 ORDER BY t.name");
-    let rows: Vec<InvitationView> = on_db!(&state.db, pool => {
+    let rows: Vec<InvitationRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).bind(user.user_id).fetch_all(pool).await?
     });
     Ok(Json(views(rows)))
@@ -198,36 +194,46 @@ pub async fn accept_invitation(
     Path(team): Path<String>,
 ) -> Result<Json<TeamView>, ApiError> {
     let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        // The write lock first: two accepts at once cannot both fit under `max_users`.
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        let invitation: Option<(i64, String, Option<i64>, i64)> = sqlx::query_as(
-            "SELECT t.id, i.role, t.max_users, \
+    // The write lock first: two accepts at once cannot both fit under `max_users`.
+    change!(
+        state,
+        Object::User,
+        Action::Created,
+        team,
+        user.identity,
+        |tx| {
+            let invitation: Option<(i64, String, Option<i64>, i64)> = sqlx::query_as(
+                "SELECT t.id, i.role, t.max_users, \
              (SELECT COUNT(*) FROM members m WHERE m.team_id = t.id) \
              FROM invitations i JOIN teams t ON t.id = i.team_id \
-             WHERE t.name = $1 AND i.user_id = $2")
-            .bind(&team).bind(user.user_id).fetch_optional(&mut *tx).await?;
-        let Some((team_id, role, max_users, n_users)) = invitation else {
-            return Err(no_invitation(&team));
-        };
-        check_quota(&team, "users", max_users, n_users)?;
-        sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
-            .bind(team_id).bind(user.user_id).bind(&role).bind(now).execute(&mut *tx).await
+             WHERE t.name = $1 AND i.user_id = $2",
+            )
+            .bind(&team)
+            .bind(user.user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((team_id, role, max_users, n_users)) = invitation else {
+                return Err(no_invitation(&team));
+            };
+            check_quota(&team, "users", max_users, n_users)?;
+            sqlx::query(
+                "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(team_id)
+            .bind(user.user_id)
+            .bind(&role)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
             .on_conflict(|| format!("member {} of team {team}", user.identity))?;
-        sqlx::query("DELETE FROM invitations WHERE team_id = $1 AND user_id = $2")
-            .bind(team_id).bind(user.user_id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision,
-        &team,
-        "user",
-        "created",
-        &user.identity,
-    ));
-    Ok(Json(membership(&state, &user, &team).await?.view()))
+            sqlx::query("DELETE FROM invitations WHERE team_id = $1 AND user_id = $2")
+                .bind(team_id)
+                .bind(user.user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    );
+    Ok(Json(membership(&state, &user, &team).await?.view))
 }
 
 /// Declines an invitation: it is gone, and the caller does not join.

@@ -5,39 +5,24 @@
 
 use crate::auth::{AuthUser, BrokerAuth};
 use crate::db::{now_ms, on_db, rfc3339, Db};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{Json, JsonBody, Path};
 use crate::job_store::{merge, pack, unpack, Prepared};
-use crate::openapi::JobId;
+use crate::stored::{readable, Row, Unreadable, Why};
 use crate::AppState;
+use api::broker::JOBS_MAX_BODY;
+use api::jobs::{
+    JobArg, JobPage, JobQuery, JobSummary, JobView, JobWorkerView, JobsAnswer, DEFAULT_LIMIT,
+    MAX_LIMIT,
+};
+use api::schema::JobId;
+use api::ErrorBody;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use proto::job::{redact_arg, redact_output, redact_text, JobStatus, JobWorker};
+use proto::job::{redact_arg, redact_output, redact_text, JobBatch, JobWorker};
 use proto::TextEnum;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
-use utoipa::{IntoParams, ToSchema};
-
-/// The broker's route for job records.
-pub(crate) const JOBS_PATH: &str = "/api/v1/broker/jobs";
-/// Bodies the broker's job route takes at most (a batch of records with output tails).
-pub(crate) const JOBS_MAX_BODY: usize = 16 * 1024 * 1024;
-
-/// Jobs a page holds when the request does not say.
-const DEFAULT_LIMIT: u32 = 50;
-/// Jobs a page holds at most.
-pub(crate) const MAX_LIMIT: u32 = 500;
-
-/// What the control plane did with a batch.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobsAnswer {
-    /// Records (or parts of records) stored; a record delivered again is counted but not
-    /// stored twice.
-    pub stored: u64,
-    /// Records of a team that does not exist (any more): left out.
-    pub skipped: u64,
-}
 
 /// Job records from the broker (`proto::job::JobBatch`), stored once per `key`; parts of one
 /// record (same `key`, other workers) are merged.
@@ -50,7 +35,7 @@ pub struct JobsAnswer {
 /// of ~140 KB of JSON for 1,000 workers), one frame that states its size; decompressed, it
 /// is held to the same limit as a plain body.
 #[utoipa::path(post, path = "/api/v1/broker/jobs", tag = "broker", security(("broker_token" = [])),
-    request_body = crate::openapi::JobBatchDoc,
+    request_body = JobBatch,
     responses((status = 200, body = JobsAnswer),
         (status = 422, description = "A batch, record or field is over its stated bound", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
@@ -127,9 +112,11 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
                     skipped += 1;
                     continue;
                 };
-                let known = unpack(text, packed);
-                let added = unpack(String::new(), Some(p.workers));
-                if let Some((all, tally)) = merge(&known, &added) {
+                let Ok(merged) = extend(job_id, &job.team, text, packed, p.workers) else {
+                    skipped += 1;
+                    continue;
+                };
+                if let Some((all, tally)) = merged {
                     sqlx::query("UPDATE jobs SET status = $1, n_workers = $2, n_ok = $3, \
                                  workers = '[]', workers_zstd = $4 WHERE id = $5")
                         .bind(tally.status.as_str()).bind(tally.workers).bind(tally.ok)
@@ -144,107 +131,30 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
     Ok(JobsAnswer { stored, skipped })
 }
 
-/// Which jobs, and which page of them.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct JobQuery {
-    /// Only requests to this service (`name` in the caller's team, `team/name` for another team's).
-    pub service: Option<String>,
-    /// Only jobs with this status.
-    #[param(value_type = Option<crate::openapi::JobStatusDoc>)]
-    pub status: Option<String>,
-    /// Only jobs started at or after this time (RFC 3339, e.g. `2026-01-31T12:00:00Z`).
-    pub since: Option<String>,
-    /// Only jobs started before this time (RFC 3339).
-    pub until: Option<String>,
-    /// Jobs per page, 1 to 500 (default 50).
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<u32>,
-    /// The `next_cursor` of the previous page: the jobs after it (newest first).
-    pub cursor: Option<String>,
-    /// Jobs to skip instead of a cursor.
-    pub offset: Option<u32>,
-}
-
-/// A job in a list.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobSummary {
-    /// Id.
-    pub id: i64,
-    /// When the broker received the request (RFC 3339).
-    pub started: String,
-    /// The same, in milliseconds since the Unix epoch.
-    pub started_unix_ms: i64,
-    /// Who sent it (user or worker identity).
-    pub identity: String,
-    /// The service: `name` in the caller's team, `team/name` for another team's.
-    pub service: String,
-    /// `roundrobin`, `serial` or `mirror`.
-    pub algorithm: String,
-    /// The plugin.
-    pub plugin: String,
-    /// The command words.
-    pub command: Vec<String>,
-    /// Arguments; values of secret-looking names (`secret`, `token`, `password`, `key`, ...)
-    /// are `***`.
-    pub args: Vec<JobArg>,
-    /// The worst outcome of its workers: `ok`, `failed`, `timed_out`, `lost`, `cancelled`.
-    #[schema(value_type = crate::openapi::JobStatusDoc)]
-    pub status: String,
-    /// Workers it went to.
-    pub workers: i64,
-    /// Of those, exited 0.
-    pub ok: i64,
-    /// Arrival to summary (milliseconds).
-    pub duration_ms: i64,
-}
-
-/// One argument of a job.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobArg {
-    /// Name.
-    pub key: String,
-    /// Value (`***` for a secret-looking name).
-    pub value: String,
-}
-
-/// A page of jobs, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobPage {
-    /// The jobs.
-    pub jobs: Vec<JobSummary>,
-    /// Pass as `cursor` for the next page; absent on the last one.
-    pub next_cursor: Option<String>,
-}
-
-/// One worker's part of a job.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobWorkerView {
-    /// Worker identity.
-    pub worker: String,
-    /// `ok`, `failed`, `timed_out`, `lost`, `cancelled`, `no_response`, `offline`, `skipped`,
-    /// `detached`.
-    #[schema(value_type = crate::openapi::JobOutcomeDoc)]
-    pub outcome: String,
-    /// The plugin's exit code, when it exited.
-    pub exit_code: Option<i64>,
-    /// From its first answer (`Accepted`) to its end (milliseconds).
-    pub duration_ms: i64,
-    /// The last 64 KiB of its output (stderr lines start with `[stderr] `).
-    pub output: String,
-    /// Earlier output was left out.
-    pub truncated: bool,
-}
-
-/// A job with every worker's outcome and output.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobView {
-    /// What the list shows.
-    #[serde(flatten)]
-    pub job: JobSummary,
-    /// Every worker it went to, in the order they were reported.
-    pub outcomes: Vec<JobWorkerView>,
+/// The workers of stored job `id` with `added` (packed) merged in, and their tally; `None`
+/// when nothing is new. An error when the stored ones do not read (logged: the part is
+/// skipped).
+fn extend(
+    id: i64,
+    team: &str,
+    text: String,
+    packed: Option<Vec<u8>>,
+    added: Vec<u8>,
+) -> Result<Option<(String, crate::job_store::Tally)>, ()> {
+    let job = id.to_string();
+    let row = Row {
+        object: "job",
+        team,
+        name: &job,
+    };
+    let merged = match unpack(text, packed) {
+        None => Err(row.fail(Why::Unpack)),
+        Some(known) => {
+            let added = unpack(String::new(), Some(added)).unwrap_or_default();
+            merge(&known, &added).map_err(|e| row.fail(e))
+        }
+    };
+    merged.map_err(|e| tracing::error!(error = %e, "a part of a stored job is skipped"))
 }
 
 #[derive(sqlx::FromRow)]
@@ -266,17 +176,24 @@ struct JobRow {
 impl JobRow {
     /// The job as the API shows it: its command and arguments redacted again as the broker
     /// does (a record stored before a pattern was known, or sent by an older broker).
-    fn summary(self) -> JobSummary {
-        let args: Vec<(String, String)> = serde_json::from_str(&self.args).unwrap_or_default();
-        let command: Vec<String> = serde_json::from_str(&self.command).unwrap_or_default();
+    fn summary(self, team: &str) -> Result<JobSummary, Unreadable> {
+        let id = self.id.to_string();
+        let job = Row {
+            object: "job",
+            team,
+            name: &id,
+        };
+        let args: Vec<(String, String)> = job.json(&self.args)?;
+        let command: Vec<String> = job.json(&self.command)?;
+        let (algorithm, status) = (job.text(&self.algorithm)?, job.text(&self.status)?);
         let mut found = Vec::new();
-        JobSummary {
+        Ok(JobSummary {
             id: self.id,
             started: rfc3339(self.started),
             started_unix_ms: self.started,
             identity: self.identity,
             service: self.service,
-            algorithm: self.algorithm,
+            algorithm,
             plugin: self.plugin,
             command: command
                 .iter()
@@ -289,11 +206,11 @@ impl JobRow {
                     key,
                 })
                 .collect(),
-            status: self.status,
+            status,
             workers: self.n_workers,
             ok: self.n_ok,
             duration_ms: self.duration_ms,
-        }
+        })
     }
 }
 
@@ -311,7 +228,7 @@ struct WithWorkers {
 /// and `$admin` whether they are an admin of the team: a job is every member's (`team`), its
 /// sender's and the admins' (`sender_and_admins`), or its sender's alone (`sender`, and any
 /// text not known).
-fn readable(identity: u8, admin: u8) -> String {
+fn readers(identity: u8, admin: u8) -> String {
     format!(
         "(readers = 'team' OR identity = ${identity} \
          OR (readers = 'sender_and_admins' AND ${admin}))"
@@ -348,10 +265,6 @@ pub async fn list_jobs(
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if let Some(s) = &q.status {
-        s.parse::<JobStatus>()
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    }
     let since = time_param("since", &q.since)?;
     let until = time_param("until", &q.until)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
@@ -381,26 +294,22 @@ pub async fn list_jobs(
          AND ($4 IS NULL OR started >= $4) AND ($5 IS NULL OR started < $5) \
          AND ($6 IS NULL OR id < $6) AND {} \
          ORDER BY id DESC LIMIT $7 OFFSET $8",
-        readable(9, 10)
+        readers(9, 10)
     );
     let rows: Vec<JobRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql)
-            .bind(user.team_id).bind(&q.service).bind(&q.status).bind(since).bind(until)
+            .bind(user.team_id).bind(&q.service).bind(q.status.map(TextEnum::as_str))
+            .bind(since).bind(until)
             .bind(cursor).bind(i64::from(limit) + 1).bind(offset).bind(&user.identity)
             .bind(user.is_admin())
             .fetch_all(pool).await?
     });
     let more = rows.len() > limit as usize;
-    let jobs: Vec<JobSummary> = rows
-        .into_iter()
-        .take(limit as usize)
-        .map(JobRow::summary)
-        .collect();
-    let next_cursor = if more {
-        jobs.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
+    // The cursor is the last row's, read or not: the next page starts after it either way.
+    let last = rows[..rows.len().min(limit as usize)].last().map(|j| j.id);
+    let summaries = rows.into_iter().take(limit as usize);
+    let jobs = readable("a page of jobs", summaries.map(|j| j.summary(&user.team)));
+    let next_cursor = last.filter(|_| more).map(|id| id.to_string());
     Ok(Json(JobPage { jobs, next_cursor }))
 }
 
@@ -426,7 +335,7 @@ pub async fn get_job(
     let sql = format!(
         "SELECT {JOB_COLUMNS}, workers, workers_zstd FROM jobs WHERE id = $1 AND team_id = $2 \
          AND {}",
-        readable(3, 4)
+        readers(3, 4)
     );
     let row: Option<WithWorkers> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).bind(job_id).bind(user.team_id).bind(&user.identity)
@@ -434,15 +343,20 @@ pub async fn get_job(
             .fetch_optional(pool).await?
     });
     let row = row.ok_or_else(not_found)?;
-    let json = unpack(row.workers, row.workers_zstd);
-    let workers: Vec<JobWorker> = serde_json::from_str(&json).unwrap_or_default();
+    let job = Row {
+        object: "job",
+        team: &user.team,
+        name: &id,
+    };
+    let json = unpack(row.workers, row.workers_zstd).ok_or_else(|| job.fail(Why::Unpack))?;
+    let workers: Vec<JobWorker> = job.json(&json)?;
     Ok(Json(JobView {
-        job: row.job.summary(),
+        job: row.job.summary(&user.team)?,
         outcomes: workers
             .into_iter()
             .map(|w| JobWorkerView {
                 worker: w.worker,
-                outcome: w.outcome.as_str().to_string(),
+                outcome: w.outcome,
                 exit_code: w.exit_code.map(i64::from),
                 duration_ms: i64::try_from(w.duration_ms).unwrap_or(i64::MAX),
                 output: redact_output(&w.output, &[]).into_owned(),

@@ -2,45 +2,14 @@
 
 use crate::auth;
 use crate::db::{now_ms, on_db, rfc3339};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::Json;
+use crate::stored::Row;
 use crate::AppState;
+use api::login::{LoginRequest, LoginResponse};
+use api::{ErrorBody, Role};
 use axum::extract::State;
 use proto::control::Claims;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-/// Credentials.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LoginRequest {
-    /// The team to act in. No team has a name that breaks the name rule: such a login fails
-    /// like any other (401).
-    #[schema(value_type = crate::openapi::Name)]
-    pub team: String,
-    /// User identity (a name, as `team`).
-    #[schema(value_type = crate::openapi::Name)]
-    pub identity: String,
-    /// The user's secret (never empty, as `team`).
-    #[schema(value_type = crate::openapi::Secret)]
-    pub secret: String,
-}
-
-/// A JWT and what it stands for.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LoginResponse {
-    /// HS256 JWT; send as `Authorization: Bearer <token>`.
-    pub token: String,
-    /// RFC 3339 expiry.
-    pub expires_at: String,
-    /// Team.
-    pub team: String,
-    /// Identity.
-    pub identity: String,
-    /// `admin` or `member`.
-    #[schema(value_type = super::teams::Role)]
-    pub role: String,
-}
 
 #[derive(sqlx::FromRow)]
 struct LoginRow {
@@ -85,30 +54,48 @@ pub async fn login(
     let Some(role) = role.filter(|_| secret_ok) else {
         return Err(ApiError::unauthorized());
     };
-    let claims = Claims {
-        sub: req.identity,
+    let member = Row {
+        object: "member",
+        team: &req.team,
+        name: &req.identity,
+    };
+    let role = member.text(&role)?;
+    Ok(Json(issue(
+        &state,
+        req.identity,
         uid,
         sgen,
-        team: req.team,
+        req.team,
         role,
-        iat: 0,
-        exp: 0,
-    };
-    Ok(Json(issue(&state, claims)?))
+    )?))
 }
 
-/// Signs `claims` as a new token valid from now for the configured time (`iat` and `exp`
-/// are set here).
-pub(super) fn issue(state: &AppState, mut claims: Claims) -> Result<LoginResponse, ApiError> {
+/// Signs a new token for `identity` (user id `uid`, secret generation `sgen`) acting in
+/// `team` as `role`, valid from now for the configured time.
+pub(super) fn issue(
+    state: &AppState,
+    identity: String,
+    uid: i64,
+    sgen: i64,
+    team: String,
+    role: Role,
+) -> Result<LoginResponse, ApiError> {
     let now_s = (now_ms() / 1000) as u64;
-    claims.iat = now_s;
-    claims.exp = now_s + state.settings.jwt_ttl.as_secs().max(1);
+    let claims = Claims {
+        sub: identity,
+        uid,
+        sgen,
+        team,
+        role: role.to_string(),
+        iat: now_s,
+        exp: now_s + state.settings.jwt_ttl.as_secs().max(1),
+    };
     let token = state.jwt.sign(&claims)?;
     Ok(LoginResponse {
         token,
         expires_at: rfc3339((claims.exp * 1000) as i64),
         team: claims.team,
         identity: claims.sub,
-        role: claims.role,
+        role,
     })
 }

@@ -1,148 +1,19 @@
 //! Services of the caller's team: algorithm, timeout, visibility, bound workers.
 
-use super::workers::check_description;
-use super::{check_name, check_quota, config_event, may_modify, parse_timeout, timeout_text};
-use super::{readable, stored, Unreadable};
 use crate::auth::AuthUser;
-use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
-use crate::error::{ApiError, ErrorBody, ResultExt};
+use crate::change::change;
+use crate::checks::{check_description, check_name, check_quota, may_modify, timeout_ms};
+use crate::db::{now_ms, on_db, rfc3339};
+use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
+use crate::stored::{readable, Row, Unreadable};
 use crate::AppState;
+use api::services::{BindWorker, CreateService, ServiceView, UpdateService};
+use api::{Action, Algorithm, ErrorBody, Object, Timeout, Visibility, WorkerState};
 use axum::extract::State;
 use axum::http::StatusCode;
-use proto::control::{Visibility, WorkerState};
-use proto::job::JobHistory;
-use proto::{Algorithm, TextEnum};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-/// A service.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ServiceView {
-    /// Name, unique in the team.
-    pub name: String,
-    /// Free text.
-    pub description: String,
-    /// `roundrobin`, `serial` or `mirror`.
-    #[schema(value_type = crate::openapi::Algorithm, example = "roundrobin")]
-    pub algorithm: Algorithm,
-    /// Default timeout in milliseconds; 0: the broker's default.
-    pub timeout_ms: i64,
-    /// The same as text (`"10s"`), `null` for the default.
-    pub timeout: Option<String>,
-    /// `local` (owner only), `team` or `public`.
-    #[schema(value_type = crate::openapi::Visibility, example = "local")]
-    pub visibility: Visibility,
-    /// Bound worker identities, in order.
-    pub workers: Vec<String>,
-    /// Who serves it now: the bound workers that are `ONLINE`, in order. Only bound
-    /// workers ever serve a configured service; a worker that announces its name does not,
-    /// nor does a bound `local` worker of another user than the service's owner.
-    pub serving: Vec<String>,
-    /// mirror: workers at once.
-    pub batch: Option<i64>,
-    /// serial: stop at the first failure.
-    pub stop_on_failure: bool,
-    /// roundrobin: retry after `Accepted`.
-    pub retry: bool,
-    /// Who reads its jobs in the history: `sender` (the sender and the team's admins) or
-    /// `team` (every member).
-    #[schema(value_type = crate::openapi::JobHistoryDoc, example = "sender")]
-    pub history: JobHistory,
-    /// Who created it.
-    pub owner: String,
-    /// RFC 3339.
-    pub created: String,
-    /// RFC 3339.
-    pub updated: String,
-}
-
-/// A new service.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateService {
-    /// Name, unique in the team among services and workers (409 when taken).
-    #[schema(value_type = crate::openapi::Name)]
-    pub name: String,
-    /// Free text.
-    #[schema(value_type = Option<crate::openapi::Description>)]
-    pub description: Option<String>,
-    /// `roundrobin` (default), `serial` or `mirror`.
-    #[schema(value_type = Option<crate::openapi::Algorithm>, example = "roundrobin")]
-    pub algorithm: Option<Algorithm>,
-    /// Default timeout as text (`"10s"`, `"1h 30m"`); not with `timeout_ms` (422).
-    #[schema(value_type = Option<crate::openapi::Timeout>)]
-    pub timeout: Option<String>,
-    /// Default timeout in milliseconds (instead of `timeout`).
-    #[schema(value_type = Option<crate::openapi::TimeoutMs>)]
-    pub timeout_ms: Option<u64>,
-    /// `local` (default), `team` or `public` (403 where the team's tier has no public
-    /// services).
-    #[schema(value_type = Option<crate::openapi::Visibility>, example = "team")]
-    pub visibility: Option<Visibility>,
-    /// Worker identities of the team, each one the caller may bind (403 otherwise): their
-    /// own; another's `team` worker (into a `public` service only for an admin); never
-    /// another user's `local` worker.
-    #[schema(value_type = Option<crate::openapi::WorkerList>)]
-    pub workers: Option<Vec<String>>,
-    /// mirror: workers at once (0 or absent: all).
-    #[schema(value_type = Option<crate::openapi::Batch>)]
-    pub batch: Option<u32>,
-    /// serial: stop at the first failure.
-    pub stop_on_failure: Option<bool>,
-    /// roundrobin: retry after `Accepted`.
-    pub retry: Option<bool>,
-    /// Who reads its jobs in the history: `sender` (default: the sender and the team's
-    /// admins) or `team` (every member).
-    #[schema(value_type = Option<crate::openapi::JobHistoryDoc>, example = "team")]
-    pub history: Option<JobHistory>,
-}
-
-/// Changes to a service; absent fields stay. `workers` replaces the list.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateService {
-    /// Free text.
-    #[schema(value_type = Option<crate::openapi::Description>)]
-    pub description: Option<String>,
-    /// `roundrobin`, `serial` or `mirror`.
-    #[schema(value_type = Option<crate::openapi::Algorithm>, example = "mirror")]
-    pub algorithm: Option<Algorithm>,
-    /// Timeout as text; not with `timeout_ms` (422).
-    #[schema(value_type = Option<crate::openapi::Timeout>)]
-    pub timeout: Option<String>,
-    /// Timeout in milliseconds.
-    #[schema(value_type = Option<crate::openapi::TimeoutMs>)]
-    pub timeout_ms: Option<u64>,
-    /// `local`, `team` or `public` (403 where the team's tier has no public services). A
-    /// wider visibility checks every bound worker again, as on create (403).
-    #[schema(value_type = Option<crate::openapi::Visibility>, example = "public")]
-    pub visibility: Option<Visibility>,
-    /// Worker identities (replaces the list); a worker not bound before must be one the
-    /// caller may bind, as on create (403 otherwise).
-    #[schema(value_type = Option<crate::openapi::WorkerList>)]
-    pub workers: Option<Vec<String>>,
-    /// mirror: workers at once (0: all).
-    #[schema(value_type = Option<crate::openapi::Batch>)]
-    pub batch: Option<u32>,
-    /// serial: stop at the first failure.
-    pub stop_on_failure: Option<bool>,
-    /// roundrobin: retry after `Accepted`.
-    pub retry: Option<bool>,
-    /// Who reads its jobs in the history: `sender` (default: the sender and the team's
-    /// admins) or `team` (every member).
-    #[schema(value_type = Option<crate::openapi::JobHistoryDoc>, example = "team")]
-    pub history: Option<JobHistory>,
-}
-
-/// A worker to bind.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BindWorker {
-    /// Worker identity (of the team: 422 otherwise; 409 when it is bound already).
-    #[schema(value_type = crate::openapi::Name)]
-    pub identity: String,
-}
+use proto::openapi::Name;
+use proto::TextEnum;
 
 #[derive(sqlx::FromRow)]
 struct ServiceRow {
@@ -171,22 +42,38 @@ struct BindingRow {
 }
 
 impl ServiceRow {
-    fn view(
-        self,
-        team: &str,
-        workers: Vec<String>,
-        serving: Vec<String>,
-    ) -> Result<ServiceView, Unreadable> {
+    fn view(self, team: &str, bound: &[&BindingRow]) -> Result<ServiceView, Unreadable> {
+        let service = Row {
+            object: "service",
+            team,
+            name: &self.name,
+        };
+        // A bound worker serves when it is online and not another user's `local` one; one
+        // whose state or visibility does not read is left out (and logged).
+        let serves = |b: &BindingRow| {
+            let worker = Row {
+                object: "worker",
+                team,
+                name: &b.identity,
+            };
+            let online = worker.text::<WorkerState>(&b.state)? == WorkerState::Online;
+            let local = worker.text::<Visibility>(&b.visibility)? == Visibility::Local;
+            Ok(online && (!local || b.owner == self.owner))
+        };
+        let serving = bound
+            .iter()
+            .map(|b| Ok(serves(b)?.then(|| b.identity.clone())));
+        let serving = readable("a service's serving workers", serving);
         Ok(ServiceView {
-            algorithm: stored(&self.algorithm, "service", team, &self.name)?,
-            visibility: stored(&self.visibility, "service", team, &self.name)?,
-            history: stored(&self.history, "service", team, &self.name)?,
-            timeout: timeout_text(self.timeout_ms),
+            algorithm: service.text(&self.algorithm)?,
+            visibility: service.text(&self.visibility)?,
+            history: service.text(&self.history)?,
+            timeout: Timeout::from_ms(service.number(self.timeout_ms)?),
+            workers: bound.iter().map(|b| b.identity.clone()).collect(),
+            serving: serving.into_iter().flatten().collect(),
             name: self.name,
             description: self.description,
             timeout_ms: self.timeout_ms,
-            workers,
-            serving,
             batch: self.batch,
             stop_on_failure: self.stop_on_failure,
             retry: self.retry,
@@ -224,15 +111,9 @@ async fn load(
     Ok(rows
         .into_iter()
         .map(|row| {
-            let bound = bindings.iter().filter(|b| b.service_id == row.id);
-            let workers = bound.clone().map(|b| b.identity.clone()).collect();
-            let online = WorkerState::Online.to_string();
-            let local = Visibility::Local.to_string();
-            let serving = bound
-                .filter(|b| b.state == online && (b.visibility != local || b.owner == row.owner))
-                .map(|b| b.identity.clone())
-                .collect();
-            row.view(&user.team, workers, serving)
+            let bound: Vec<&BindingRow> =
+                bindings.iter().filter(|b| b.service_id == row.id).collect();
+            row.view(&user.team, &bound)
         })
         .collect())
 }
@@ -323,7 +204,7 @@ impl Binding<'_> {
                  and service {service} is {owner}'s"
             ))),
             Visibility::Local => Ok(()),
-            _ if worker_owner == self.user.identity || self.user.role == "admin" => Ok(()),
+            _ if worker_owner == self.user.identity || self.user.is_admin() => Ok(()),
             _ if self.visibility == Visibility::Public => Err(ApiError::Forbidden(format!(
                 "worker {identity} is {worker_owner}'s: a member binds another's worker only to \
                  a service of visibility local or team, and service {service} would be public; \
@@ -359,7 +240,12 @@ macro_rules! bind_workers {
                     user.team
                 )));
             };
-            let visibility = stored(&visibility, "worker", &user.team, identity)?;
+            let worker = Row {
+                object: "worker",
+                team: &user.team,
+                name: identity,
+            };
+            let visibility = worker.text(&visibility)?;
             binding.check(identity, &worker_owner, visibility)?;
             sqlx::query(
                 "INSERT INTO service_workers (service_id, worker_id, position) VALUES ($1, $2, $3)",
@@ -399,26 +285,36 @@ pub async fn create_service(
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     check_name("service", &req.name)?;
     check_description(&req.description)?;
-    let timeout_ms = parse_timeout(req.timeout.as_deref(), req.timeout_ms)?.unwrap_or(0);
+    let timeout_ms = timeout_ms(req.timeout.as_ref(), req.timeout_ms)?.unwrap_or(0);
     let workers = req.workers.unwrap_or_default();
     check_workers(&workers)?;
     let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        let (limit, used, public_ok): (Option<i64>, i64, bool) = sqlx::query_as(
-            "SELECT max_services, (SELECT COUNT(*) FROM services WHERE team_id = $1), \
-             public_services FROM teams WHERE id = $1")
-            .bind(user.team_id).fetch_one(&mut *tx).await?;
-        check_quota(&user.team, "services", limit, used)?;
-        check_public(&user.team, req.visibility, public_ok)?;
-        let worker_named: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM workers WHERE team_id = $1 AND identity = $2")
-            .bind(user.team_id).bind(&req.name).fetch_optional(&mut *tx).await?;
-        if worker_named.is_some() {
-            return Err(name_taken(&req.name, &user.team));
-        }
-        let service_id: i64 = sqlx::query_scalar(
+    change!(
+        state,
+        Object::Service,
+        Action::Created,
+        user.team,
+        req.name,
+        |tx| {
+            let (limit, used, public_ok): (Option<i64>, i64, bool) = sqlx::query_as(
+                "SELECT max_services, (SELECT COUNT(*) FROM services WHERE team_id = $1), \
+             public_services FROM teams WHERE id = $1",
+            )
+            .bind(user.team_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            check_quota(&user.team, "services", limit, used)?;
+            check_public(&user.team, req.visibility, public_ok)?;
+            let worker_named: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM workers WHERE team_id = $1 AND identity = $2")
+                    .bind(user.team_id)
+                    .bind(&req.name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if worker_named.is_some() {
+                return Err(name_taken(&req.name, &user.team));
+            }
+            let service_id: i64 = sqlx::query_scalar(
             "INSERT INTO services (team_id, name, description, algorithm, timeout_ms, visibility, \
              batch, stop_on_failure, retry, owner, created, updated, history) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) RETURNING id")
@@ -432,20 +328,16 @@ pub async fn create_service(
             .bind(req.history.unwrap_or_default().as_str())
             .fetch_one(&mut *tx).await
             .on_conflict(|| format!("service {}", req.name))?;
-        let binding = Binding {
-            user: &user,
-            service: &req.name,
-            owner: &user.identity,
-            visibility: req.visibility.unwrap_or_default(),
-            kept: &[],
-        };
-        bind_workers!(tx, &binding, service_id, workers);
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision, &user.team, "service", "created", &req.name,
-    ));
+            let binding = Binding {
+                user: &user,
+                service: &req.name,
+                owner: &user.identity,
+                visibility: req.visibility.unwrap_or_default(),
+                kept: &[],
+            };
+            bind_workers!(tx, &binding, service_id, workers);
+        }
+    );
     Ok((
         StatusCode::CREATED,
         Json(find(&state, &user, &req.name).await?),
@@ -454,7 +346,7 @@ pub async fn create_service(
 
 /// One service.
 #[utoipa::path(get, path = "/api/v1/services/{name}", tag = "services", security(("jwt" = [])),
-    params(("name" = crate::openapi::Name, Path, description = "Service name")),
+    params(("name" = Name, Path, description = "Service name")),
     responses((status = 200, body = ServiceView),
         (status = 404, description = "No service of that name in the caller's team", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
@@ -480,7 +372,7 @@ async fn service_id(
 
 /// Changes a service (its owner or an admin).
 #[utoipa::path(patch, path = "/api/v1/services/{name}", tag = "services", security(("jwt" = [])),
-    params(("name" = crate::openapi::Name, Path, description = "Service name")), request_body = UpdateService,
+    params(("name" = Name, Path, description = "Service name")), request_body = UpdateService,
     responses((status = 200, body = ServiceView),
         (status = 403, description = "The caller neither owns the service nor is an admin of the team; or `public` where the team's tier has no public services; or a listed worker the caller may not bind: another user's `local` worker (it serves only its owner's services), or, for a member who is not an admin, another's `team` worker in a `public` service (a change to a wider visibility checks every bound worker again)", body = ErrorBody),
         (status = 404, description = "No service of that name in the caller's team", body = ErrorBody),
@@ -493,72 +385,85 @@ pub async fn update_service(
     Json(req): Json<UpdateService>,
 ) -> Result<Json<ServiceView>, ApiError> {
     check_description(&req.description)?;
-    let timeout_ms = parse_timeout(req.timeout.as_deref(), req.timeout_ms)?;
+    let timeout_ms = timeout_ms(req.timeout.as_ref(), req.timeout_ms)?;
     if let Some(workers) = &req.workers {
         check_workers(workers)?;
     }
     let (id, owner) = service_id(&state, &user, &name).await?;
     may_modify(&user, &owner)?;
     let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        if req.visibility == Some(Visibility::Public) {
-            let public_ok: bool = sqlx::query_scalar(
-                "SELECT public_services FROM teams WHERE id = $1")
-                .bind(user.team_id).fetch_one(&mut *tx).await?;
-            check_public(&user.team, req.visibility, public_ok)?;
-        }
-        // What is bound stays bound unless the service is widened, which checks it all again.
-        let (stored_visibility, bound): (String, Vec<String>) = (
+    change!(
+        state,
+        Object::Service,
+        Action::Updated,
+        user.team,
+        name,
+        |tx| {
+            if req.visibility == Some(Visibility::Public) {
+                let public_ok: bool =
+                    sqlx::query_scalar("SELECT public_services FROM teams WHERE id = $1")
+                        .bind(user.team_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                check_public(&user.team, req.visibility, public_ok)?;
+            }
+            // What is bound stays bound unless the service is widened, which checks it all again.
+            let (stored_visibility, bound): (String, Vec<String>) = (
             sqlx::query_scalar("SELECT visibility FROM services WHERE id = $1")
                 .bind(id).fetch_one(&mut *tx).await?,
             sqlx::query_scalar("SELECT w.identity FROM service_workers sw \
                 JOIN workers w ON w.id = sw.worker_id WHERE sw.service_id = $1 ORDER BY sw.position")
                 .bind(id).fetch_all(&mut *tx).await?,
         );
-        let before: Visibility = stored(&stored_visibility, "service", &user.team, &name)?;
-        let visibility = req.visibility.unwrap_or(before);
-        let widened = reach(visibility) > reach(before);
-        let binding = Binding {
-            user: &user,
-            service: &name,
-            owner: &owner,
-            visibility,
-            kept: if widened { &[] } else { &bound },
-        };
-        sqlx::query("UPDATE services SET \
+            let service = Row {
+                object: "service",
+                team: &user.team,
+                name: &name,
+            };
+            let before: Visibility = service.text(&stored_visibility)?;
+            let visibility = req.visibility.unwrap_or(before);
+            let widened = reach(visibility) > reach(before);
+            let binding = Binding {
+                user: &user,
+                service: &name,
+                owner: &owner,
+                visibility,
+                kept: if widened { &[] } else { &bound },
+            };
+            sqlx::query(
+                "UPDATE services SET \
             description = COALESCE($1, description), algorithm = COALESCE($2, algorithm), \
             timeout_ms = COALESCE($3, timeout_ms), visibility = COALESCE($4, visibility), \
             batch = CASE WHEN $5 THEN $6 ELSE batch END, \
             stop_on_failure = COALESCE($7, stop_on_failure), retry = COALESCE($8, retry), \
-            history = COALESCE($11, history), updated = $9 WHERE id = $10")
+            history = COALESCE($11, history), updated = $9 WHERE id = $10",
+            )
             .bind(req.description.as_deref())
             .bind(req.algorithm.map(TextEnum::as_str))
             .bind(timeout_ms)
             .bind(req.visibility.map(TextEnum::as_str))
-            .bind(req.batch.is_some()).bind(batch_value(req.batch))
-            .bind(req.stop_on_failure).bind(req.retry)
-            .bind(now).bind(id)
+            .bind(req.batch.is_some())
+            .bind(batch_value(req.batch))
+            .bind(req.stop_on_failure)
+            .bind(req.retry)
+            .bind(now)
+            .bind(id)
             .bind(req.history.map(TextEnum::as_str))
-            .execute(&mut *tx).await?;
-        match (&req.workers, widened) {
-            (Some(workers), _) => bind_workers!(tx, &binding, id, workers),
-            (None, true) => bind_workers!(tx, &binding, id, bound),
-            (None, false) => {}
+            .execute(&mut *tx)
+            .await?;
+            match (&req.workers, widened) {
+                (Some(workers), _) => bind_workers!(tx, &binding, id, workers),
+                (None, true) => bind_workers!(tx, &binding, id, bound),
+                (None, false) => {}
+            }
         }
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision, &user.team, "service", "updated", &name,
-    ));
+    );
     Ok(Json(find(&state, &user, &name).await?))
 }
 
 /// Deletes a service (its owner or an admin).
 #[utoipa::path(delete, path = "/api/v1/services/{name}", tag = "services", security(("jwt" = [])),
-    params(("name" = crate::openapi::Name, Path, description = "Service name")),
+    params(("name" = Name, Path, description = "Service name")),
     responses((status = 204),
         (status = 403, description = "The caller neither owns the service nor is an admin of the team", body = ErrorBody),
         (status = 404, description = "No service of that name in the caller's team", body = ErrorBody),
@@ -570,16 +475,19 @@ pub async fn delete_service(
 ) -> Result<StatusCode, ApiError> {
     let (id, owner) = service_id(&state, &user, &name).await?;
     may_modify(&user, &owner)?;
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        sqlx::query("DELETE FROM services WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision, &user.team, "service", "deleted", &name,
-    ));
+    change!(
+        state,
+        Object::Service,
+        Action::Deleted,
+        user.team,
+        name,
+        |tx| {
+            sqlx::query("DELETE FROM services WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -601,24 +509,27 @@ async fn rebind(
     };
     let (id, _) = service_id(state, user, name).await?;
     let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        bind_workers!(tx, &binding, id, workers);
-        sqlx::query("UPDATE services SET updated = $1 WHERE id = $2")
-            .bind(now).bind(id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision, &user.team, "service", "updated", name,
-    ));
+    change!(
+        state,
+        Object::Service,
+        Action::Updated,
+        user.team,
+        name,
+        |tx| {
+            bind_workers!(tx, &binding, id, workers);
+            sqlx::query("UPDATE services SET updated = $1 WHERE id = $2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    );
     Ok(Json(find(state, user, name).await?))
 }
 
 /// Binds one more worker of the team to the service (at the end).
 #[utoipa::path(post, path = "/api/v1/services/{name}/workers", tag = "services",
-    security(("jwt" = [])), params(("name" = crate::openapi::Name, Path, description = "Service name")),
+    security(("jwt" = [])), params(("name" = Name, Path, description = "Service name")),
     request_body = BindWorker,
     responses((status = 200, body = ServiceView),
         (status = 403, description = "The caller neither owns the service nor is an admin of the team; or a worker the caller may not bind: another user's `local` worker (it serves only its owner's services), or, for a member who is not an admin, another's `team` worker in a `public` service", body = ErrorBody),
@@ -649,8 +560,8 @@ pub async fn add_service_worker(
 /// Unbinds a worker from the service.
 #[utoipa::path(delete, path = "/api/v1/services/{name}/workers/{identity}", tag = "services",
     security(("jwt" = [])),
-    params(("name" = crate::openapi::Name, Path, description = "Service name"),
-           ("identity" = crate::openapi::Name, Path, description = "Worker identity")),
+    params(("name" = Name, Path, description = "Service name"),
+           ("identity" = Name, Path, description = "Worker identity")),
     responses((status = 200, body = ServiceView),
         (status = 403, description = "The caller neither owns the service nor is an admin of the team", body = ErrorBody),
         (status = 404, description = "No such service in the caller's team, or the worker is not bound to it", body = ErrorBody),

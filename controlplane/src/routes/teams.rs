@@ -1,222 +1,52 @@
 //! Teams, their members (invite, join other teams, roles) and quotas.
 
-use super::{check_name, check_quota, config_event};
 use crate::auth::{self, AuthUser};
-use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
-use crate::error::{ApiError, ErrorBody, ResultExt};
+use crate::change::change;
+use crate::checks::{check_name, check_quota};
+use crate::db::{now_ms, on_db, rfc3339};
+use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
-use crate::openapi::{Limit, Name, Secret};
+use crate::stored::{readable, Row, Unreadable};
 use crate::AppState;
+use api::teams::{
+    AddMember, CreateTeam, MemberView, Preset, QuotaLimits, QuotaRequest, QuotaUse, QuotaView,
+    TeamView, UpdateMember,
+};
+use api::{Action, ErrorBody, Object, Role};
 use axum::extract::State;
 use axum::http::StatusCode;
-use proto::{text_enum, TextEnum};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-text_enum! {
-    ("role", "lowercase")
-    /// A member's role in a team: an `admin` may invite, remove and change members and delete
-    /// the team, and change any object of it; a `member` only their own objects.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-    #[serde(rename_all = "lowercase")]
-    pub enum Role {
-        /// Manages the team.
-        Admin,
-        /// Uses the team.
-        Member,
-    }
-}
-
-text_enum! {
-    ("preset", "lowercase")
-    /// A tier's limits: `free` (2 workers, 1 service, 3 triggers, 2 users, no public
-    /// services), `basic` (25, 5, 26, 9), `advanced` (100, 20, 51, 25), `unlimited`.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-    #[serde(rename_all = "lowercase")]
-    pub enum Preset {
-        /// The free tier.
-        Free,
-        /// The basic tier.
-        Basic,
-        /// The advanced tier.
-        Advanced,
-        /// No limits.
-        Unlimited,
-    }
-}
-
-/// A team, as one of its members sees it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TeamView {
-    /// Name.
-    pub name: String,
-    /// The caller's role in it.
-    #[schema(value_type = Role)]
-    pub role: String,
-    /// Limits.
-    pub quota: QuotaLimits,
-    /// RFC 3339.
-    pub created: String,
-    /// RFC 3339.
-    pub updated: String,
-}
-
-/// A team's limits; `null` means unlimited.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, sqlx::FromRow, PartialEq, Eq)]
-pub struct QuotaLimits {
-    /// Workers.
-    pub max_workers: Option<i64>,
-    /// Services.
-    pub max_services: Option<i64>,
-    /// Triggers.
-    pub max_triggers: Option<i64>,
-    /// Users (members).
-    pub max_users: Option<i64>,
-    /// Whether services may be `public` (not in the `free` tier).
-    pub public_services: bool,
-}
-
-impl QuotaLimits {
-    /// The seed's price table: `free`, `basic`, `advanced`; and `unlimited`.
-    pub fn preset(preset: Preset) -> QuotaLimits {
-        let limits = |w, s, t, u, public_services| QuotaLimits {
-            max_workers: Some(w),
-            max_services: Some(s),
-            max_triggers: Some(t),
-            max_users: Some(u),
-            public_services,
-        };
-        match preset {
-            Preset::Free => limits(2, 1, 3, 2, false),
-            Preset::Basic => limits(25, 5, 26, 9, true),
-            Preset::Advanced => limits(100, 20, 51, 25, true),
-            Preset::Unlimited => QuotaLimits {
-                max_workers: None,
-                max_services: None,
-                max_triggers: None,
-                max_users: None,
-                public_services: true,
-            },
-        }
-    }
-}
-
-/// Limits and current use.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QuotaView {
-    /// Team.
-    pub team: String,
-    /// Limits (`null`: unlimited).
-    #[serde(flatten)]
-    pub limits: QuotaLimits,
-    /// Objects now.
-    pub used: QuotaUse,
-}
-
-/// Objects a team has now.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct QuotaUse {
-    /// Workers.
-    pub workers: i64,
-    /// Services.
-    pub services: i64,
-    /// Triggers.
-    pub triggers: i64,
-    /// Members.
-    pub users: i64,
-}
-
-/// New limits: a preset, or explicit numbers (omitted or `null` ones become unlimited). A
-/// preset with any other field is refused (422).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaRequest {
-    /// A tier's limits; give no other field with it.
-    pub preset: Option<Preset>,
-    /// Workers (`null`: unlimited).
-    #[schema(value_type = Option<Limit>)]
-    pub max_workers: Option<i64>,
-    /// Services (`null`: unlimited).
-    #[schema(value_type = Option<Limit>)]
-    pub max_services: Option<i64>,
-    /// Triggers (`null`: unlimited).
-    #[schema(value_type = Option<Limit>)]
-    pub max_triggers: Option<i64>,
-    /// Users (`null`: unlimited).
-    #[schema(value_type = Option<Limit>)]
-    pub max_users: Option<i64>,
-    /// Whether services may be `public` (default true).
-    pub public_services: Option<bool>,
-}
-
-/// A new team.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTeam {
-    /// Name, unique in the install (409 when taken).
-    #[schema(value_type = Name)]
-    pub name: String,
-}
-
-/// A member of a team.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct MemberView {
-    /// Identity.
-    pub identity: String,
-    /// `admin` or `member`.
-    #[schema(value_type = Role)]
-    pub role: String,
-    /// Whether the user may set quotas.
-    pub operator: bool,
-    /// When they joined (RFC 3339).
-    #[sqlx(skip)]
-    pub joined: String,
-    #[serde(skip)]
-    #[schema(ignore)]
-    created: i64,
-}
-
-/// A new user, made a member of the team. A user who exists already joins a team only by
-/// accepting an invitation (`POST /api/v1/teams/{team}/invitations`).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AddMember {
-    /// Identity, unique in the install: one that a user has already is refused (422; the
-    /// answer does not say whether a user has it, nor would it be otherwise).
-    #[schema(value_type = Name)]
-    pub identity: String,
-    /// The new user's secret.
-    #[schema(value_type = Secret)]
-    pub secret: String,
-    /// Default `member`.
-    pub role: Option<Role>,
-}
-
-/// A new role.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateMember {
-    /// The role; demoting the team's last admin is refused (409).
-    pub role: Role,
-}
+use proto::openapi::Name;
+use proto::TextEnum;
 
 #[derive(sqlx::FromRow)]
-pub(super) struct TeamRow {
-    pub(super) id: i64,
+struct TeamRow {
+    id: i64,
     name: String,
     role: String,
     max_workers: Option<i64>,
     max_services: Option<i64>,
     max_triggers: Option<i64>,
-    pub(super) max_users: Option<i64>,
+    max_users: Option<i64>,
     public_services: bool,
     created: i64,
     updated: i64,
 }
 
+/// One of the caller's teams: its id, and the team as they see it.
+pub(super) struct Team {
+    pub(super) id: i64,
+    pub(super) view: TeamView,
+}
+
 impl TeamRow {
-    pub(super) fn view(self) -> TeamView {
-        TeamView {
+    fn team(self, user: &AuthUser) -> Result<Team, Unreadable> {
+        let member = Row {
+            object: "member",
+            team: &self.name,
+            name: &user.identity,
+        };
+        let role = member.text(&self.role)?;
+        let view = TeamView {
             quota: QuotaLimits {
                 max_workers: self.max_workers,
                 max_services: self.max_services,
@@ -225,11 +55,21 @@ impl TeamRow {
                 public_services: self.public_services,
             },
             name: self.name,
-            role: self.role,
+            role,
             created: rfc3339(self.created),
             updated: rfc3339(self.updated),
-        }
+        };
+        Ok(Team { id: self.id, view })
     }
+}
+
+/// A member as stored.
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    identity: String,
+    role: String,
+    operator: bool,
+    created: i64,
 }
 
 const TEAM_SELECT: &str = "SELECT t.id, t.name, m.role, t.max_workers, t.max_services, \
@@ -242,21 +82,24 @@ pub(super) async fn membership(
     state: &AppState,
     user: &AuthUser,
     team: &str,
-) -> Result<TeamRow, ApiError> {
+) -> Result<Team, ApiError> {
     let sql = format!("{TEAM_SELECT} AND t.name = $2");
     let row: Option<TeamRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).bind(user.user_id).bind(team).fetch_optional(pool).await?
     });
-    row.ok_or_else(|| ApiError::NotFound(format!("no team {team}")))
+    let row = row.ok_or_else(|| ApiError::NotFound(format!("no team {team}")))?;
+    Ok(row.team(user)?)
 }
 
+/// The caller's membership of `team`, when they are an admin of it; 403 when they are a
+/// plain member, 404 when not a member.
 pub(super) async fn admin_of(
     state: &AppState,
     user: &AuthUser,
     team: &str,
-) -> Result<TeamRow, ApiError> {
+) -> Result<Team, ApiError> {
     let row = membership(state, user, team).await?;
-    if row.role != "admin" {
+    if row.view.role != Role::Admin {
         return Err(ApiError::Forbidden(format!(
             "only an admin of team {team} may do this"
         )));
@@ -290,7 +133,8 @@ pub async fn list_teams(
     let rows: Vec<TeamRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).bind(user.user_id).fetch_all(pool).await?
     });
-    Ok(Json(rows.into_iter().map(TeamRow::view).collect()))
+    let teams = rows.into_iter().map(|r| r.team(&user).map(|t| t.view));
+    Ok(Json(readable("the list of teams", teams)))
 }
 
 /// Creates a team; the caller becomes its admin. A user who is not an operator may create
@@ -315,37 +159,58 @@ pub async fn create_team(
     } else {
         Preset::Free
     });
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        let (max_teams, created): (Option<i64>, i64) = sqlx::query_as(
-            "SELECT max_teams, (SELECT COUNT(*) FROM teams WHERE creator_id = $1) \
-             FROM users WHERE id = $1")
-            .bind(user.user_id).fetch_one(&mut *tx).await?;
-        match max_teams {
-            Some(limit) if !user.operator && created >= limit => {
-                return Err(ApiError::TeamsExceeded { identity: user.identity.clone(), limit });
+    change!(
+        state,
+        Object::Team,
+        Action::Created,
+        req.name,
+        req.name,
+        |tx| {
+            let (max_teams, created): (Option<i64>, i64) = sqlx::query_as(
+                "SELECT max_teams, (SELECT COUNT(*) FROM teams WHERE creator_id = $1) \
+             FROM users WHERE id = $1",
+            )
+            .bind(user.user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            match max_teams {
+                Some(limit) if !user.operator && created >= limit => {
+                    return Err(ApiError::TeamsExceeded {
+                        identity: user.identity.clone(),
+                        limit,
+                    });
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        let team_id: i64 = sqlx::query_scalar(
-            "INSERT INTO teams (name, max_workers, max_services, max_triggers, max_users, \
+            let team_id: i64 = sqlx::query_scalar(
+                "INSERT INTO teams (name, max_workers, max_services, max_triggers, max_users, \
              public_services, creator_id, created, updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id")
-            .bind(&req.name).bind(limits.max_workers).bind(limits.max_services)
-            .bind(limits.max_triggers).bind(limits.max_users).bind(limits.public_services)
-            .bind(user.user_id).bind(now).fetch_one(&mut *tx).await
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
+            )
+            .bind(&req.name)
+            .bind(limits.max_workers)
+            .bind(limits.max_services)
+            .bind(limits.max_triggers)
+            .bind(limits.max_users)
+            .bind(limits.public_services)
+            .bind(user.user_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
             .on_conflict(|| format!("team {}", req.name))?;
-        sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, 'admin', $3)")
-            .bind(team_id).bind(user.user_id).bind(now).execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision, &req.name, "team", "created", &req.name,
-    ));
+            sqlx::query(
+                "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(team_id)
+            .bind(user.user_id)
+            .bind(Role::Admin.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+    );
     let team = membership(&state, &user, &req.name).await?;
-    Ok((StatusCode::CREATED, Json(team.view())))
+    Ok((StatusCode::CREATED, Json(team.view)))
 }
 
 /// One of the caller's teams.
@@ -359,7 +224,7 @@ pub async fn get_team(
     user: AuthUser,
     Path(team): Path<String>,
 ) -> Result<Json<TeamView>, ApiError> {
-    Ok(Json(membership(&state, &user, &team).await?.view()))
+    Ok(Json(membership(&state, &user, &team).await?.view))
 }
 
 /// Deletes a team and everything in it (admins only; its members keep their accounts). Not
@@ -382,26 +247,29 @@ pub async fn delete_team(
         WHERE m.team_id = $1 AND u.operator = TRUE AND NOT EXISTS \
         (SELECT 1 FROM members o WHERE o.user_id = u.id AND o.team_id <> $1) \
         ORDER BY u.identity LIMIT 1";
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+    change!(state, Object::Team, Action::Deleted, team, team, |tx| {
         let stranded: Option<String> = sqlx::query_scalar(STRANDED)
-            .bind(row.id).fetch_optional(&mut *tx).await?;
+            .bind(row.id)
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some(identity) = stranded {
             return Err(ApiError::Conflict(format!(
                 "team {team} is the only team of operator {identity}: \
-                 add them to another team before deleting it")));
+                 add them to another team before deleting it"
+            )));
         }
         let install: bool = sqlx::query_scalar(INSTALL_TEAM)
-            .bind(row.id).fetch_one(&mut *tx).await?;
+            .bind(row.id)
+            .fetch_one(&mut *tx)
+            .await?;
         if install {
             return Err(install_team_kept(&team, "deleted"));
         }
-        sqlx::query("DELETE FROM teams WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
+        sqlx::query("DELETE FROM teams WHERE id = $1")
+            .bind(row.id)
+            .execute(&mut *tx)
+            .await?;
     });
-    state.publish(config_event(revision, &team, "team", "deleted", &team));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -419,16 +287,43 @@ fn install_team_kept(team: &str, what: &str) -> ApiError {
     ))
 }
 
-async fn members_of(state: &AppState, team_id: i64) -> Result<Vec<MemberView>, ApiError> {
+/// The members of `team`, each read or its error.
+async fn members_of(
+    state: &AppState,
+    team: &Team,
+) -> Result<Vec<Result<MemberView, Unreadable>>, ApiError> {
     const SQL: &str = "SELECT u.identity, m.role, u.operator, m.created FROM members m \
         JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 ORDER BY u.identity";
-    let mut rows: Vec<MemberView> = on_db!(&state.db, pool => {
-        sqlx::query_as(SQL).bind(team_id).fetch_all(pool).await?
+    let rows: Vec<MemberRow> = on_db!(&state.db, pool => {
+        sqlx::query_as(SQL).bind(team.id).fetch_all(pool).await?
     });
-    for r in &mut rows {
-        r.joined = rfc3339(r.created);
-    }
-    Ok(rows)
+    let view = |r: MemberRow| {
+        let member = Row {
+            object: "member",
+            team: &team.view.name,
+            name: &r.identity,
+        };
+        Ok(MemberView {
+            role: member.text(&r.role)?,
+            identity: r.identity,
+            operator: r.operator,
+            joined: rfc3339(r.created),
+        })
+    };
+    Ok(rows.into_iter().map(view).collect())
+}
+
+/// Member `identity` of `team`.
+async fn member(state: &AppState, team: &Team, identity: &str) -> Result<MemberView, ApiError> {
+    let found = members_of(state, team)
+        .await?
+        .into_iter()
+        .find(|m| match m {
+            Ok(m) => m.identity == identity,
+            Err(_) => false,
+        });
+    let member = found.ok_or_else(|| ApiError::NotFound(format!("no member {identity}")))?;
+    Ok(member?)
 }
 
 /// The members of one of the caller's teams.
@@ -443,7 +338,8 @@ pub async fn list_members(
     Path(team): Path<String>,
 ) -> Result<Json<Vec<MemberView>>, ApiError> {
     let row = membership(&state, &user, &team).await?;
-    Ok(Json(members_of(&state, row.id).await?))
+    let members = members_of(&state, &row).await?;
+    Ok(Json(readable("the list of members", members)))
 }
 
 /// Creates a user as a member of the team (admins only; `secret` required). Nobody is added
@@ -467,7 +363,7 @@ pub async fn add_member(
 ) -> Result<(StatusCode, Json<MemberView>), ApiError> {
     let row = admin_of(&state, &user, &team).await?;
     check_name("identity", &req.identity)?;
-    let role = req.role.unwrap_or(Role::Member).as_str();
+    let role = req.role.unwrap_or(Role::Member);
     // One answer for every identity that is not created, whether a user has it or not.
     let not_added = || {
         ApiError::Unprocessable(format!(
@@ -482,37 +378,39 @@ pub async fn add_member(
     }
     let hash = auth::hash_secret(&state.guard, req.secret.clone()).await?;
     let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        let n_users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE team_id = $1")
-            .bind(row.id).fetch_one(&mut *tx).await?;
-        check_quota(&team, "users", row.max_users, n_users)?;
-        let user_id: Option<i64> = sqlx::query_scalar(
+    change!(
+        state,
+        Object::User,
+        Action::Created,
+        team,
+        req.identity,
+        |tx| {
+            let n_users: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE team_id = $1")
+                    .bind(row.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            check_quota(&team, "users", row.view.quota.max_users, n_users)?;
+            let user_id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO users (identity, secret_hash, operator, created) VALUES ($1, $2, FALSE, $3) \
              ON CONFLICT (identity) DO NOTHING RETURNING id")
             .bind(&req.identity).bind(&hash).bind(now).fetch_optional(&mut *tx).await?;
-        let Some(user_id) = user_id else {
-            return Err(not_added());
-        };
-        sqlx::query("INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
-            .bind(row.id).bind(user_id).bind(role).bind(now).execute(&mut *tx).await
+            let Some(user_id) = user_id else {
+                return Err(not_added());
+            };
+            sqlx::query(
+                "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(row.id)
+            .bind(user_id)
+            .bind(role.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
             .on_conflict(|| format!("member {} of team {team}", req.identity))?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision,
-        &team,
-        "user",
-        "created",
-        &req.identity,
-    ));
-    let member = members_of(&state, row.id)
-        .await?
-        .into_iter()
-        .find(|m| m.identity == req.identity)
-        .ok_or_else(|| ApiError::NotFound(format!("no member {}", req.identity)))?;
+        }
+    );
+    let member = member(&state, &row, &req.identity).await?;
     Ok((StatusCode::CREATED, Json(member)))
 }
 
@@ -533,33 +431,34 @@ pub async fn update_member(
     Json(req): Json<UpdateMember>,
 ) -> Result<Json<MemberView>, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        // After the write lock: two demotions at once cannot both see the other admin.
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+    // After the write lock: two demotions at once cannot both see the other admin.
+    change!(state, Object::User, Action::Updated, team, identity, |tx| {
         if req.role != Role::Admin {
             let others: i64 = sqlx::query_scalar(OTHER_ADMINS)
-                .bind(row.id).bind(&identity).fetch_one(&mut *tx).await?;
+                .bind(row.id)
+                .bind(&identity)
+                .fetch_one(&mut *tx)
+                .await?;
             if others == 0 {
                 return Err(last_admin(&identity, &team));
             }
         }
-        let done = sqlx::query("UPDATE members SET role = $1 WHERE team_id = $2 \
-            AND user_id = (SELECT id FROM users WHERE identity = $3)")
-            .bind(req.role.as_str()).bind(row.id).bind(&identity).execute(&mut *tx).await?;
+        let done = sqlx::query(
+            "UPDATE members SET role = $1 WHERE team_id = $2 \
+            AND user_id = (SELECT id FROM users WHERE identity = $3)",
+        )
+        .bind(req.role.as_str())
+        .bind(row.id)
+        .bind(&identity)
+        .execute(&mut *tx)
+        .await?;
         if done.rows_affected() == 0 {
-            return Err(ApiError::NotFound(format!("no member {identity} in team {team}")));
+            return Err(ApiError::NotFound(format!(
+                "no member {identity} in team {team}"
+            )));
         }
-        tx.commit().await?;
-        revision
     });
-    state.publish(config_event(revision, &team, "user", "updated", &identity));
-    let member = members_of(&state, row.id)
-        .await?
-        .into_iter()
-        .find(|m| m.identity == identity)
-        .ok_or_else(|| ApiError::NotFound(format!("no member {identity}")))?;
-    Ok(Json(member))
+    Ok(Json(member(&state, &row, &identity).await?))
 }
 
 /// Removes a member from the team (admins only; the user keeps their other teams). Not the
@@ -580,63 +479,78 @@ pub async fn remove_member(
     Path((team, identity)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let row = admin_of(&state, &user, &team).await?;
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+    change!(state, Object::User, Action::Deleted, team, identity, |tx| {
         let others: i64 = sqlx::query_scalar(OTHER_ADMINS)
-            .bind(row.id).bind(&identity).fetch_one(&mut *tx).await?;
+            .bind(row.id)
+            .bind(&identity)
+            .fetch_one(&mut *tx)
+            .await?;
         if others == 0 {
             return Err(last_admin(&identity, &team));
         }
         let stranded: i64 = sqlx::query_scalar(ONLY_TEAM_OF_OPERATOR)
-            .bind(row.id).bind(&identity).fetch_one(&mut *tx).await?;
+            .bind(row.id)
+            .bind(&identity)
+            .fetch_one(&mut *tx)
+            .await?;
         if stranded > 0 {
             return Err(ApiError::Conflict(format!(
                 "team {team} is the only team of operator {identity}: \
-                 add them to another team before removing them from it")));
+                 add them to another team before removing them from it"
+            )));
         }
         let install: bool = sqlx::query_scalar(INSTALL_TEAM)
-            .bind(row.id).fetch_one(&mut *tx).await?;
+            .bind(row.id)
+            .fetch_one(&mut *tx)
+            .await?;
         if install {
-            let operator: Option<bool> = sqlx::query_scalar(
-                "SELECT operator FROM users WHERE identity = $1")
-                .bind(&identity).fetch_optional(&mut *tx).await?;
+            let operator: Option<bool> =
+                sqlx::query_scalar("SELECT operator FROM users WHERE identity = $1")
+                    .bind(&identity)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if operator == Some(true) {
-                return Err(install_team_kept(&team, &format!("left by operator {identity}")));
+                return Err(install_team_kept(
+                    &team,
+                    &format!("left by operator {identity}"),
+                ));
             }
         }
-        let done = sqlx::query("DELETE FROM members WHERE team_id = $1 \
-            AND user_id = (SELECT id FROM users WHERE identity = $2)")
-            .bind(row.id).bind(&identity).execute(&mut *tx).await?;
+        let done = sqlx::query(
+            "DELETE FROM members WHERE team_id = $1 \
+            AND user_id = (SELECT id FROM users WHERE identity = $2)",
+        )
+        .bind(row.id)
+        .bind(&identity)
+        .execute(&mut *tx)
+        .await?;
         if done.rows_affected() == 0 {
-            return Err(ApiError::NotFound(format!("no member {identity} in team {team}")));
+            return Err(ApiError::NotFound(format!(
+                "no member {identity} in team {team}"
+            )));
         }
-        tx.commit().await?;
-        revision
     });
-    state.publish(config_event(revision, &team, "user", "deleted", &identity));
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn quota_view(state: &AppState, row: &TeamRow) -> Result<QuotaView, ApiError> {
+async fn quota_view(state: &AppState, team: Team) -> Result<QuotaView, ApiError> {
     const SQL: &str = "SELECT \
         (SELECT COUNT(*) FROM workers WHERE team_id = $1) AS workers, \
         (SELECT COUNT(*) FROM services WHERE team_id = $1) AS services, \
         (SELECT COUNT(*) FROM triggers WHERE team_id = $1) AS triggers, \
         (SELECT COUNT(*) FROM members WHERE team_id = $1) AS users";
-    let used: QuotaUse = on_db!(&state.db, pool => {
-        sqlx::query_as(SQL).bind(row.id).fetch_one(pool).await?
+    let (workers, services, triggers, users) = on_db!(&state.db, pool => {
+        sqlx::query_as(SQL).bind(team.id).fetch_one(pool).await?
     });
     Ok(QuotaView {
-        team: row.name.clone(),
-        limits: QuotaLimits {
-            max_workers: row.max_workers,
-            max_services: row.max_services,
-            max_triggers: row.max_triggers,
-            max_users: row.max_users,
-            public_services: row.public_services,
+        team: team.view.name,
+        limits: team.view.quota,
+        used: QuotaUse {
+            workers,
+            services,
+            triggers,
+            users,
         },
-        used,
     })
 }
 
@@ -652,7 +566,7 @@ pub async fn get_quota(
     Path(team): Path<String>,
 ) -> Result<Json<QuotaView>, ApiError> {
     let row = membership(&state, &user, &team).await?;
-    Ok(Json(quota_view(&state, &row).await?))
+    Ok(Json(quota_view(&state, row).await?))
 }
 
 /// Sets a team's limits (operators only): a preset or explicit numbers.
@@ -707,18 +621,21 @@ pub async fn set_quota(
         }
     }
     let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        sqlx::query("UPDATE teams SET max_workers = $1, max_services = $2, max_triggers = $3, \
-            max_users = $4, public_services = $5, updated = $6 WHERE id = $7")
-            .bind(limits.max_workers).bind(limits.max_services).bind(limits.max_triggers)
-            .bind(limits.max_users).bind(limits.public_services).bind(now).bind(row.id)
-            .execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
+    change!(state, Object::Team, Action::Updated, team, team, |tx| {
+        sqlx::query(
+            "UPDATE teams SET max_workers = $1, max_services = $2, max_triggers = $3, \
+            max_users = $4, public_services = $5, updated = $6 WHERE id = $7",
+        )
+        .bind(limits.max_workers)
+        .bind(limits.max_services)
+        .bind(limits.max_triggers)
+        .bind(limits.max_users)
+        .bind(limits.public_services)
+        .bind(now)
+        .bind(row.id)
+        .execute(&mut *tx)
+        .await?;
     });
-    state.publish(config_event(revision, &team, "team", "updated", &team));
     let row = membership(&state, &user, &team).await?;
-    Ok(Json(quota_view(&state, &row).await?))
+    Ok(Json(quota_view(&state, row).await?))
 }

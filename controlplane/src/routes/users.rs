@@ -1,68 +1,32 @@
 //! Users across teams, as an operator sees them: how many teams each may create; and a
 //! user's change of their own secret.
 
-use super::config_event;
-use super::login::{issue, LoginResponse};
+use super::login::issue;
 use crate::auth::{self, AuthUser, PeerAddr};
-use crate::db::{on_db, rfc3339, BUMP_REVISION};
-use crate::error::{ApiError, ErrorBody};
+use crate::change::change;
+use crate::db::{on_db, rfc3339};
+use crate::error::ApiError;
 use crate::extract::{Json, Path};
-use crate::openapi::{Limit, Name, NewSecret, Secret};
 use crate::AppState;
+use api::login::LoginResponse;
+use api::users::{ChangeSecret, UpdateUser, UserView, MAX_SECRET};
+use api::{Action, ErrorBody, Object};
 use axum::extract::State;
-use proto::control::Claims;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use proto::openapi::Name;
 
-/// A user.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct UserView {
-    /// Identity.
-    pub identity: String,
-    /// Whether the user is an operator (sets quotas and limits; creates any number of teams).
-    pub operator: bool,
-    /// How many teams the user may create; `null`: unlimited (every operator).
-    #[schema(value_type = Option<Limit>)]
-    pub max_teams: Option<i64>,
-    /// Teams the user created that still exist.
-    pub teams_created: i64,
-    /// When the user was created (RFC 3339).
-    #[sqlx(skip)]
-    pub created: String,
-    #[serde(skip)]
-    #[schema(ignore)]
-    created_ms: i64,
-}
-
-/// A user's new limit.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateUser {
-    /// How many teams the user may create (`null`: unlimited). Required: leaving it out is
-    /// refused rather than read as "unlimited". An operator's cannot be limited (409).
-    #[serde(deserialize_with = "Option::deserialize")]
-    #[schema(value_type = Option<Limit>, required = true)]
-    pub max_teams: Option<i64>,
-}
-
-/// The longest new secret, in characters.
-pub(crate) const MAX_SECRET: usize = 1024;
-
-/// A change of one's own secret.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ChangeSecret {
-    /// The secret now (403 when it is not).
-    #[schema(value_type = Secret)]
-    pub current: String,
-    /// The new secret.
-    #[schema(value_type = NewSecret)]
-    pub new: String,
+/// A user as stored.
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    identity: String,
+    operator: bool,
+    max_teams: Option<i64>,
+    teams_created: i64,
+    created: i64,
 }
 
 const SELECT: &str = "SELECT u.identity, u.operator, u.max_teams, \
     (SELECT COUNT(*) FROM teams t WHERE t.creator_id = u.id) AS teams_created, \
-    u.created AS created_ms FROM users u WHERE u.identity = $1";
+    u.created FROM users u WHERE u.identity = $1";
 
 fn operator_only(user: &AuthUser) -> Result<(), ApiError> {
     if user.operator {
@@ -75,12 +39,17 @@ fn operator_only(user: &AuthUser) -> Result<(), ApiError> {
 }
 
 async fn find(state: &AppState, identity: &str) -> Result<UserView, ApiError> {
-    let row: Option<UserView> = on_db!(&state.db, pool => {
+    let row: Option<UserRow> = on_db!(&state.db, pool => {
         sqlx::query_as(SELECT).bind(identity).fetch_optional(pool).await?
     });
-    let mut view = row.ok_or_else(|| ApiError::NotFound(format!("no user {identity}")))?;
-    view.created = rfc3339(view.created_ms);
-    Ok(view)
+    let row = row.ok_or_else(|| ApiError::NotFound(format!("no user {identity}")))?;
+    Ok(UserView {
+        identity: row.identity,
+        operator: row.operator,
+        max_teams: row.max_teams,
+        teams_created: row.teams_created,
+        created: rfc3339(row.created),
+    })
 }
 
 /// One user and their limit (operators only).
@@ -119,29 +88,35 @@ pub async fn update_user(
     if req.max_teams.is_some_and(|n| n < 0) {
         return Err(ApiError::Unprocessable("a limit cannot be negative".into()));
     }
-    let revision: Option<i64> = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        let operator: Option<bool> = sqlx::query_scalar("SELECT operator FROM users WHERE identity = $1")
-            .bind(&identity).fetch_optional(&mut *tx).await?;
-        match (operator, req.max_teams) {
-            (None, _) => return Err(ApiError::NotFound(format!("no user {identity}"))),
-            (Some(true), Some(_)) => return Err(ApiError::Conflict(format!(
-                "{identity} is an operator: operators may create any number of teams"))),
-            // Nothing changes (dropping the transaction rolls the revision back).
-            (Some(true), None) => None,
-            (Some(false), max_teams) => {
+    // An operator's teams stay unlimited: `null` for one changes nothing (no revision, no
+    // event). Whether a user is an operator never changes while the API serves.
+    let found = find(&state, &identity).await?;
+    if found.operator && req.max_teams.is_none() {
+        return Ok(Json(found));
+    }
+    // A user belongs to no one team: the event names none.
+    change!(state, Object::User, Action::Updated, "", identity, |tx| {
+        let operator: Option<bool> =
+            sqlx::query_scalar("SELECT operator FROM users WHERE identity = $1")
+                .bind(&identity)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match operator {
+            None => return Err(ApiError::NotFound(format!("no user {identity}"))),
+            Some(true) => {
+                return Err(ApiError::Conflict(format!(
+                    "{identity} is an operator: operators may create any number of teams"
+                )))
+            }
+            Some(false) => {
                 sqlx::query("UPDATE users SET max_teams = $1 WHERE identity = $2")
-                    .bind(max_teams).bind(&identity).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Some(revision)
+                    .bind(req.max_teams)
+                    .bind(&identity)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
     });
-    if let Some(revision) = revision {
-        // A user belongs to no one team: the event names none.
-        state.publish(config_event(revision, "", "user", "updated", &identity));
-    }
     Ok(Json(find(&state, &identity).await?))
 }
 
@@ -195,33 +170,26 @@ pub async fn change_secret(
         ));
     }
     let new_hash = auth::hash_secret(&state.guard, req.new).await?;
-    let (revision, sgen): (i64, i64) = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
+    // A user belongs to no one team: the event names none (the broker refetches and cuts the
+    // connections of older tokens; the user's own event streams end).
+    let sgen = change!(state, Object::User, Action::Updated, "", identity, |tx| {
         // Only over the hash that was checked: of two changes at once, one wins.
         let sgen: Option<i64> = sqlx::query_scalar(
             "UPDATE users SET secret_hash = $1, secret_gen = secret_gen + 1 \
-             WHERE id = $2 AND secret_hash = $3 RETURNING secret_gen")
-            .bind(&new_hash).bind(user.user_id).bind(&old_hash)
-            .fetch_optional(&mut *tx).await?;
+             WHERE id = $2 AND secret_hash = $3 RETURNING secret_gen",
+        )
+        .bind(&new_hash)
+        .bind(user.user_id)
+        .bind(&old_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(sgen) = sgen else {
             return Err(ApiError::Conflict(
-                "the secret changed meanwhile: log in with the new one".into()));
+                "the secret changed meanwhile: log in with the new one".into(),
+            ));
         };
-        tx.commit().await?;
-        (revision, sgen)
+        sgen
     });
-    // A user belongs to no one team: the event names none (the broker refetches and cuts the
-    // connections of older tokens; the user's own event streams end).
-    state.publish(config_event(revision, "", "user", "updated", &identity));
-    let claims = Claims {
-        sub: identity,
-        uid: user.user_id,
-        sgen,
-        team: user.team,
-        role: user.role,
-        iat: 0,
-        exp: 0,
-    };
-    Ok(Json(issue(&state, claims)?))
+    let answer = issue(&state, identity, user.user_id, sgen, user.team, user.role)?;
+    Ok(Json(answer))
 }

@@ -1,92 +1,20 @@
 //! Workers of the caller's team. The token (uuid v4) is shown once, at creation and on
 //! `regenerate`; only its SHA-256 digest is stored.
 
-use super::{check_name, check_quota, config_event, may_modify};
-use super::{readable, stored, Unreadable};
 use crate::auth::AuthUser;
-use crate::db::{now_ms, on_db, rfc3339, BUMP_REVISION};
-use crate::error::{ApiError, ErrorBody, ResultExt};
+use crate::change::change;
+use crate::checks::{check_description, check_name, check_quota, may_modify};
+use crate::db::{now_ms, on_db, rfc3339};
+use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
+use crate::stored::{readable, Row, Unreadable};
 use crate::AppState;
+use api::workers::{CreateWorker, UpdateWorker, WorkerView, WorkerWithToken};
+use api::{Action, ErrorBody, Object, Role, Visibility};
 use axum::extract::State;
 use axum::http::StatusCode;
-use proto::control::{Visibility, WorkerState};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-/// A worker.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkerView {
-    /// Identity, unique in the team.
-    pub identity: String,
-    /// Free text.
-    pub description: String,
-    /// `ONLINE` or `DISCONNECTED` (reported by the broker).
-    #[schema(value_type = crate::openapi::WorkerState)]
-    pub state: WorkerState,
-    /// When the broker last reported it (RFC 3339), if ever.
-    pub last_seen: Option<String>,
-    /// Who owns it: its creator, or whom an admin gave it to.
-    pub owner: String,
-    /// Whether its owner is a member of the team. A worker whose owner left or was removed
-    /// does not serve: the broker refuses it and closes its connection, until an admin gives
-    /// it a new owner (`PATCH` with `owner`) or deletes it.
-    pub owner_is_member: bool,
-    /// Who may call it by its identity and use the services it announces: `local` (its
-    /// owner) or `team` (every member). Ad-hoc services never reach other teams.
-    #[schema(value_type = crate::openapi::WorkerVisibility, example = "team")]
-    pub visibility: Visibility,
-    /// The services it announced when it last came online. They are ad-hoc services only
-    /// where the team has no configured service of that name (a configured service is served
-    /// only by the workers bound to it).
-    pub announces: Vec<String>,
-    /// RFC 3339.
-    pub created: String,
-    /// RFC 3339.
-    pub updated: String,
-}
-
-/// A worker with its token: only in the answers of create and regenerate.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkerWithToken {
-    /// The worker.
-    #[serde(flatten)]
-    pub worker: WorkerView,
-    /// The token (uuid v4); it is not shown again.
-    pub token: String,
-}
-
-/// A new worker.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateWorker {
-    /// Identity, unique in the team among workers and services (409 when taken).
-    #[schema(value_type = crate::openapi::Name)]
-    pub identity: String,
-    /// Free text.
-    #[schema(value_type = Option<crate::openapi::Description>)]
-    pub description: Option<String>,
-    /// `team` (default) or `local`: who may use it directly and its announced services.
-    #[schema(value_type = Option<crate::openapi::WorkerVisibility>, example = "team")]
-    pub visibility: Option<Visibility>,
-}
-
-/// Changes to a worker.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateWorker {
-    /// Free text.
-    #[schema(value_type = Option<crate::openapi::Description>)]
-    pub description: Option<String>,
-    /// `team` or `local`.
-    #[schema(value_type = Option<crate::openapi::WorkerVisibility>, example = "local")]
-    pub visibility: Option<Visibility>,
-    /// A new owner: a member of the team (422 otherwise); only an admin gives a worker to
-    /// someone (403). Its services and bindings stay; a `local` worker then serves only its
-    /// new owner's services.
-    #[schema(value_type = Option<crate::openapi::Name>)]
-    pub owner: Option<String>,
-}
+use proto::openapi::Name;
+use proto::TextEnum;
 
 #[derive(sqlx::FromRow)]
 struct WorkerRow {
@@ -105,14 +33,18 @@ struct WorkerRow {
 
 impl WorkerRow {
     fn view(self, team: &str) -> Result<WorkerView, Unreadable> {
+        let worker = Row {
+            object: "worker",
+            team,
+            name: &self.identity,
+        };
         Ok(WorkerView {
-            state: stored(&self.state, "worker", team, &self.identity)?,
-            visibility: stored(&self.visibility, "worker", team, &self.identity)?,
+            state: worker.text(&self.state)?,
+            visibility: worker.text(&self.visibility)?,
+            announces: worker.json(&self.announced)?,
             identity: self.identity,
             description: self.description,
             last_seen: self.last_seen.map(rfc3339),
-            // Written by this crate only (`broker::report`); unreadable text shows as none.
-            announces: serde_json::from_str(&self.announced).unwrap_or_default(),
             owner: self.owner,
             owner_is_member: self.owner_is_member,
             created: rfc3339(self.created),
@@ -136,23 +68,11 @@ fn check_visibility(visibility: Option<Visibility>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Longest description we keep, in characters (as JSON Schema's `maxLength` counts).
-pub(crate) const MAX_DESCRIPTION: usize = 4096;
-
 /// A fresh worker token (uuid v4, shown once) and the digest that is stored instead.
 fn new_token() -> (String, String) {
     let token = uuid::Uuid::new_v4().to_string();
     let digest = proto::control::token_digest(&token);
     (token, digest)
-}
-
-pub(crate) fn check_description(text: &Option<String>) -> Result<(), ApiError> {
-    match text {
-        Some(t) if t.chars().count() > MAX_DESCRIPTION => Err(ApiError::Unprocessable(format!(
-            "description is longer than {MAX_DESCRIPTION} characters"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 async fn find(state: &AppState, user: &AuthUser, identity: &str) -> Result<WorkerRow, ApiError> {
@@ -194,44 +114,52 @@ pub async fn create_worker(
     check_name("worker", &req.identity)?;
     check_description(&req.description)?;
     check_visibility(req.visibility)?;
-    let visibility = req.visibility.unwrap_or(Visibility::Team).to_string();
+    let visibility = req.visibility.unwrap_or(Visibility::Team);
     let (token, digest) = new_token();
     let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        let (limit, used): (Option<i64>, i64) = sqlx::query_as(
+    change!(
+        state,
+        Object::Worker,
+        Action::Created,
+        user.team,
+        req.identity,
+        |tx| {
+            let (limit, used): (Option<i64>, i64) = sqlx::query_as(
             "SELECT max_workers, (SELECT COUNT(*) FROM workers WHERE team_id = $1) FROM teams WHERE id = $1")
             .bind(user.team_id).fetch_one(&mut *tx).await?;
-        check_quota(&user.team, "workers", limit, used)?;
-        let service_named: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM services WHERE team_id = $1 AND name = $2")
-            .bind(user.team_id).bind(&req.identity).fetch_optional(&mut *tx).await?;
-        if service_named.is_some() {
-            return Err(super::services::name_taken(&req.identity, &user.team));
-        }
-        sqlx::query("INSERT INTO workers (team_id, identity, description, token_sha256, owner, \
-            visibility, created, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)")
-            .bind(user.team_id).bind(&req.identity).bind(req.description.as_deref().unwrap_or(""))
-            .bind(&digest).bind(&user.identity).bind(&visibility).bind(now).execute(&mut *tx).await
+            check_quota(&user.team, "workers", limit, used)?;
+            let service_named: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM services WHERE team_id = $1 AND name = $2")
+                    .bind(user.team_id)
+                    .bind(&req.identity)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if service_named.is_some() {
+                return Err(super::services::name_taken(&req.identity, &user.team));
+            }
+            sqlx::query(
+                "INSERT INTO workers (team_id, identity, description, token_sha256, owner, \
+            visibility, created, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            )
+            .bind(user.team_id)
+            .bind(&req.identity)
+            .bind(req.description.as_deref().unwrap_or(""))
+            .bind(&digest)
+            .bind(&user.identity)
+            .bind(visibility.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
             .on_conflict(|| format!("worker {}", req.identity))?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision,
-        &user.team,
-        "worker",
-        "created",
-        &req.identity,
-    ));
+        }
+    );
     let worker = find(&state, &user, &req.identity).await?.view(&user.team)?;
     Ok((StatusCode::CREATED, Json(WorkerWithToken { worker, token })))
 }
 
 /// One worker (never its token).
 #[utoipa::path(get, path = "/api/v1/workers/{identity}", tag = "workers", security(("jwt" = [])),
-    params(("identity" = crate::openapi::Name, Path, description = "Worker identity")),
+    params(("identity" = Name, Path, description = "Worker identity")),
     responses((status = 200, body = WorkerView),
         (status = 404, description = "No worker of that identity in the caller's team", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
@@ -248,7 +176,7 @@ pub async fn get_worker(
 /// Changes a worker's description or visibility (its owner or an admin), or its owner (an
 /// admin).
 #[utoipa::path(patch, path = "/api/v1/workers/{identity}", tag = "workers", security(("jwt" = [])),
-    params(("identity" = crate::openapi::Name, Path, description = "Worker identity")), request_body = UpdateWorker,
+    params(("identity" = Name, Path, description = "Worker identity")), request_body = UpdateWorker,
     responses((status = 200, body = WorkerView),
         (status = 403, description = "The caller neither owns the worker nor is an admin of the team; or a new `owner` from a caller who is not an admin", body = ErrorBody),
         (status = 404, description = "No worker of that identity in the caller's team", body = ErrorBody),
@@ -267,7 +195,7 @@ pub async fn update_worker(
     }
     let row = find(&state, &user, &identity).await?;
     may_modify(&user, &row.owner)?;
-    if req.owner.is_some() && user.role != "admin" {
+    if req.owner.is_some() && user.role != Role::Admin {
         return Err(ApiError::Forbidden(format!(
             "only an admin of team {} gives a worker a new owner",
             user.team
@@ -279,29 +207,42 @@ pub async fn update_worker(
         let new_owner = req.owner;
         let owner = new_owner.clone().unwrap_or(row.owner);
         let now = now_ms();
-        let revision: i64 = on_db!(&state.db, pool => {
-            let mut tx = crate::db::begin(pool).await?;
-            let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-            if let Some(owner) = &new_owner {
-                let member: Option<i64> = sqlx::query_scalar(
-                    "SELECT u.id FROM members m JOIN users u ON u.id = m.user_id \
-                     WHERE m.team_id = $1 AND u.identity = $2")
-                    .bind(user.team_id).bind(owner).fetch_optional(&mut *tx).await?;
-                if member.is_none() {
-                    return Err(ApiError::Unprocessable(format!(
-                        "{owner} is not a member of team {}", user.team)));
+        change!(
+            state,
+            Object::Worker,
+            Action::Updated,
+            user.team,
+            identity,
+            |tx| {
+                if let Some(owner) = &new_owner {
+                    let member: Option<i64> = sqlx::query_scalar(
+                        "SELECT u.id FROM members m JOIN users u ON u.id = m.user_id \
+                     WHERE m.team_id = $1 AND u.identity = $2",
+                    )
+                    .bind(user.team_id)
+                    .bind(owner)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if member.is_none() {
+                        return Err(ApiError::Unprocessable(format!(
+                            "{owner} is not a member of team {}",
+                            user.team
+                        )));
+                    }
                 }
+                sqlx::query(
+                    "UPDATE workers SET description = $1, visibility = $2, owner = $3, \
+                updated = $4 WHERE id = $5",
+                )
+                .bind(&description)
+                .bind(&visibility)
+                .bind(&owner)
+                .bind(now)
+                .bind(row.id)
+                .execute(&mut *tx)
+                .await?;
             }
-            sqlx::query("UPDATE workers SET description = $1, visibility = $2, owner = $3, \
-                updated = $4 WHERE id = $5")
-                .bind(&description).bind(&visibility).bind(&owner).bind(now).bind(row.id)
-                .execute(&mut *tx).await?;
-            tx.commit().await?;
-            revision
-        });
-        state.publish(config_event(
-            revision, &user.team, "worker", "updated", &identity,
-        ));
+        );
     }
     Ok(Json(
         find(&state, &user, &identity).await?.view(&user.team)?,
@@ -310,7 +251,7 @@ pub async fn update_worker(
 
 /// Deletes a worker (its owner or an admin); it leaves every service.
 #[utoipa::path(delete, path = "/api/v1/workers/{identity}", tag = "workers", security(("jwt" = [])),
-    params(("identity" = crate::openapi::Name, Path, description = "Worker identity")),
+    params(("identity" = Name, Path, description = "Worker identity")),
     responses((status = 204),
         (status = 403, description = "The caller neither owns the worker nor is an admin of the team", body = ErrorBody),
         (status = 404, description = "No worker of that identity in the caller's team", body = ErrorBody),
@@ -322,22 +263,25 @@ pub async fn delete_worker(
 ) -> Result<StatusCode, ApiError> {
     let row = find(&state, &user, &identity).await?;
     may_modify(&user, &row.owner)?;
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        sqlx::query("DELETE FROM workers WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision, &user.team, "worker", "deleted", &identity,
-    ));
+    change!(
+        state,
+        Object::Worker,
+        Action::Deleted,
+        user.team,
+        identity,
+        |tx| {
+            sqlx::query("DELETE FROM workers WHERE id = $1")
+                .bind(row.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Replaces a worker's token (its owner or an admin); the new one is in the answer, once.
 #[utoipa::path(post, path = "/api/v1/workers/{identity}/regenerate", tag = "workers",
-    security(("jwt" = [])), params(("identity" = crate::openapi::Name, Path, description = "Worker identity")),
+    security(("jwt" = [])), params(("identity" = Name, Path, description = "Worker identity")),
     responses((status = 200, body = WorkerWithToken),
         (status = 403, description = "The caller neither owns the worker nor is an admin of the team", body = ErrorBody),
         (status = 404, description = "No worker of that identity in the caller's team", body = ErrorBody),
@@ -351,17 +295,21 @@ pub async fn regenerate_token(
     may_modify(&user, &row.owner)?;
     let (token, digest) = new_token();
     let now = now_ms();
-    let revision: i64 = on_db!(&state.db, pool => {
-        let mut tx = crate::db::begin(pool).await?;
-        let revision: i64 = sqlx::query_scalar(BUMP_REVISION).fetch_one(&mut *tx).await?;
-        sqlx::query("UPDATE workers SET token_sha256 = $1, updated = $2 WHERE id = $3")
-            .bind(&digest).bind(now).bind(row.id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        revision
-    });
-    state.publish(config_event(
-        revision, &user.team, "worker", "updated", &identity,
-    ));
+    change!(
+        state,
+        Object::Worker,
+        Action::Updated,
+        user.team,
+        identity,
+        |tx| {
+            sqlx::query("UPDATE workers SET token_sha256 = $1, updated = $2 WHERE id = $3")
+                .bind(&digest)
+                .bind(now)
+                .bind(row.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    );
     let worker = find(&state, &user, &identity).await?.view(&user.team)?;
     Ok(Json(WorkerWithToken { worker, token }))
 }

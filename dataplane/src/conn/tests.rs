@@ -1,6 +1,8 @@
 //! The frame reader and the outbox, on real sockets where it matters.
 
+use super::outbox::SendError;
 use super::*;
+use futures_lite::AsyncWriteExt;
 use glommio::{LocalExecutorBuilder, Placement};
 use proto::ProtoError;
 use std::sync::Arc;

@@ -1,4 +1,6 @@
 use super::*;
+use crate::registry::WorkerAt;
+use proto::{ErrorKind, Stream};
 
 fn workers(n: usize) -> Vec<WorkerRef> {
     (0..n)
@@ -57,11 +59,11 @@ impl Harness {
         h
     }
 
-    fn event(&mut self, id: u64, e: WorkerEvent) {
+    fn event(&mut self, id: u64, e: impl Into<WorkerEvent>) {
         let mut ids = self.ids;
         self.run.on_event(
             id,
-            e,
+            e.into(),
             &mut || {
                 ids += 1;
                 ids
@@ -98,8 +100,8 @@ fn mirror_dispatches_all_and_summarises() {
     let mut h = Harness::new(policy(Algorithm::Mirror), 3);
     let d = h.dispatched();
     assert_eq!(d.len(), 3);
-    h.event(d[0].0, WorkerEvent::Done { exit_code: 0 });
-    h.event(d[1].0, WorkerEvent::Done { exit_code: 3 });
+    h.event(d[0].0, Event::Done { exit_code: 0 });
+    h.event(d[1].0, Event::Done { exit_code: 3 });
     assert!(h.finish().is_none());
     h.event(d[2].0, WorkerEvent::Lost);
     assert_eq!(
@@ -123,7 +125,7 @@ fn mirror_batch_limits_parallelism() {
     let mut h = Harness::new(p, 5);
     assert_eq!(h.dispatched().len(), 2);
     let first = h.dispatched()[0].0;
-    h.event(first, WorkerEvent::Done { exit_code: 0 });
+    h.event(first, Event::Done { exit_code: 0 });
     assert_eq!(h.dispatched().len(), 3);
 }
 
@@ -132,14 +134,14 @@ fn serial_runs_one_after_another_and_stops_on_failure() {
     let mut h = Harness::new(policy(Algorithm::Serial), 3);
     assert_eq!(h.dispatched().len(), 1);
     let d0 = h.dispatched()[0].0;
-    h.event(d0, WorkerEvent::Done { exit_code: 1 });
+    h.event(d0, Event::Done { exit_code: 1 });
     assert_eq!(h.dispatched().len(), 2, "continues without stop_on_failure");
 
     let mut p = policy(Algorithm::Serial);
     p.stop_on_failure = true;
     let mut h = Harness::new(p, 3);
     let d0 = h.dispatched()[0].0;
-    h.event(d0, WorkerEvent::Done { exit_code: 1 });
+    h.event(d0, Event::Done { exit_code: 1 });
     assert_eq!(h.dispatched().len(), 1);
     assert_eq!(h.finish().unwrap().failed, 1);
 }
@@ -159,10 +161,10 @@ fn roundrobin_fails_over_before_accepted_only() {
             ..
         }
     )));
-    h.event(d[1].0, WorkerEvent::Accepted);
+    h.event(d[1].0, Event::Accepted);
     h.event(
         d[1].0,
-        WorkerEvent::Output {
+        Event::Output {
             seq: 0,
             stream: Stream::Stdout,
             data: b"x".to_vec(),
@@ -187,8 +189,8 @@ fn roundrobin_all_lost_reports_worker_lost() {
 fn timeout_cancels_running_dispatches() {
     let mut h = Harness::new(policy(Algorithm::Mirror), 2);
     let d = h.dispatched();
-    h.event(d[0].0, WorkerEvent::Done { exit_code: 0 });
-    h.event(d[1].0, WorkerEvent::Accepted);
+    h.event(d[0].0, Event::Done { exit_code: 0 });
+    h.event(d[1].0, Event::Accepted);
     h.run.on_timeout(&mut h.out);
     assert!(h
         .out
@@ -196,7 +198,7 @@ fn timeout_cancels_running_dispatches() {
         .any(|a| matches!(a, Action::Cancel { dispatch_id, .. } if *dispatch_id == d[1].0)));
     assert_eq!(h.finish().unwrap().timed_out, 1);
     // Late events after the finish are ignored.
-    h.event(d[1].0, WorkerEvent::Done { exit_code: 0 });
+    h.event(d[1].0, Event::Done { exit_code: 0 });
     assert_eq!(h.finish().unwrap().ok, 1);
 }
 
@@ -226,7 +228,7 @@ fn offline_workers_are_reported() {
     let mut h = Harness::started(run);
     assert_eq!(ends(&h.out), [("gone".to_string(), "Offline".to_string())]);
     for (id, _) in h.dispatched() {
-        h.event(id, WorkerEvent::Done { exit_code: 0 });
+        h.event(id, Event::Done { exit_code: 0 });
     }
     let s = h.finish().unwrap();
     assert_eq!((s.workers, s.ok, s.offline), (3, 2, 1));
@@ -240,16 +242,16 @@ fn max_failures_stops_starting_workers() {
     p.max_failures = Some(1);
     let mut h = Harness::new(p, 6);
     let d = h.dispatched();
-    h.event(d[0].0, WorkerEvent::Done { exit_code: 1 });
+    h.event(d[0].0, Event::Done { exit_code: 1 });
     let d = h.dispatched();
     assert_eq!(d.len(), 3, "one failure is not past 1");
-    h.event(d[1].0, WorkerEvent::Done { exit_code: 1 });
+    h.event(d[1].0, Event::Done { exit_code: 1 });
     assert_eq!(
         h.dispatched().len(),
         3,
         "two are past it: nothing new starts"
     );
-    h.event(d[2].0, WorkerEvent::Done { exit_code: 0 });
+    h.event(d[2].0, Event::Done { exit_code: 0 });
     let s = h.finish().unwrap();
     assert!(s.stopped);
     assert_eq!((s.workers, s.ok, s.failed, s.skipped), (6, 1, 2, 3));
@@ -265,8 +267,8 @@ fn quorum_ends_the_request() {
         p.quorum_cancel = cancel;
         let mut h = Harness::new(p, 5);
         let d = h.dispatched();
-        h.event(d[0].0, WorkerEvent::Done { exit_code: 0 });
-        h.event(d[1].0, WorkerEvent::Done { exit_code: 0 });
+        h.event(d[0].0, Event::Done { exit_code: 0 });
+        h.event(d[1].0, Event::Done { exit_code: 0 });
         let s = h.finish().expect("ends at the quorum");
         assert!(s.quorum_met);
         assert_eq!(s.skipped, 1, "{s:?}");
@@ -292,12 +294,12 @@ fn deadline_splits_timed_out_and_no_response() {
     let d = h.dispatched();
     h.event(
         d[0].0,
-        WorkerEvent::Failed {
+        Event::Failed {
             kind: ErrorKind::Timeout,
             message: "the worker's own words".into(),
         },
     );
-    h.event(d[1].0, WorkerEvent::Accepted);
+    h.event(d[1].0, Event::Accepted);
     h.run.on_timeout(&mut h.out);
     let s = h.finish().unwrap();
     assert_eq!(
@@ -369,7 +371,7 @@ fn staged_runs_time_each_worker_from_its_start() {
     let mut h = Harness::new(p, 4);
     let d = h.dispatched();
     assert_eq!(d.len(), 2);
-    h.event(d[0].0, WorkerEvent::Accepted);
+    h.event(d[0].0, Event::Accepted);
     let timeout = |h: &mut Harness, id| {
         let mut ids = h.ids;
         h.run.on_dispatch_timeout(
@@ -419,8 +421,8 @@ fn staged_runs_time_each_worker_from_its_start() {
     );
     // A timeout for a dispatch that already ended changes nothing.
     timeout(&mut h, d[0].0);
-    h.event(d[2].0, WorkerEvent::Done { exit_code: 0 });
-    h.event(d[3].0, WorkerEvent::Done { exit_code: 0 });
+    h.event(d[2].0, Event::Done { exit_code: 0 });
+    h.event(d[3].0, Event::Done { exit_code: 0 });
     let s = h.finish().unwrap();
     assert_eq!((s.workers, s.ok, s.timed_out, s.no_response), (4, 2, 1, 1));
 }

@@ -1,19 +1,19 @@
-//! The job-history hooks of a request: a trace when it is routed, each relayed frame, the
-//! record handed to the source when it finishes ([`crate::jobs`]). Off (no trace, one branch
+//! The job-history hooks of a request: a trace when it is routed, each relayed frame
+//! (`RequestEntry::on_relay`), the record handed to the source when it finishes
+//! ([`crate::jobs`]). Off (no trace, one branch
 //! per relay) when the source does not record jobs; requests with an idempotency key (the fs
 //! module's spooled log lines) are not traced: their record is the trigger's.
 
-use super::Shard;
+use super::State;
 use crate::config::{Principal, ServiceConfig};
 use crate::jobs::JobTrace;
 use crate::registry::WorkerRef;
 use proto::control::Visibility;
 use proto::job::{JobHistory, JobReaders};
-use proto::{Event, Request};
-use std::sync::Arc;
+use proto::Request;
 use std::time::Instant;
 
-impl Shard {
+impl State {
     /// The trace of a request about to run, when jobs are recorded.
     pub(super) fn trace_request(
         &self,
@@ -22,7 +22,7 @@ impl Shard {
         service: &ServiceConfig,
         targets: &[WorkerRef],
     ) -> Option<Box<JobTrace>> {
-        if request.key.is_some() || !self.source.records_jobs() {
+        if request.key.is_some() || !self.env.source.records_jobs() {
             return None;
         }
         // Through a `local` service, or to a `local` worker by its name or what it announces
@@ -34,10 +34,10 @@ impl Shard {
         let private = match service.visibility {
             Visibility::Local => true,
             _ if service.workers.is_empty() => {
-                let state = self.state.borrow();
+                let registry = &self.routing.registry;
                 targets
                     .iter()
-                    .any(|t| state.registry.is_local_worker(&service.team, &t.identity))
+                    .any(|t| registry.is_local_worker(&service.team, &t.identity))
             }
             _ => false,
         };
@@ -67,25 +67,12 @@ impl Shard {
         Some(trace)
     }
 
-    /// Request `key` relayed `event` from `worker`.
-    pub(super) fn trace_relay(&self, key: u64, worker: &Arc<str>, event: &Event) {
-        if let Some(job) = self
-            .state
-            .borrow_mut()
-            .requests
-            .get_mut(&key)
-            .and_then(|e| e.job.as_mut())
-        {
-            job.on_relay(worker, event);
-        }
-    }
-
     /// A traced request finished: its trace goes to the source, which must not wait (and
     /// makes the record of it later, off the shard).
     pub(super) fn trace_finish(&self, job: Option<Box<JobTrace>>) {
         if let Some(mut job) = job {
             job.end(Instant::now());
-            self.source.job(job);
+            self.env.source.job(job);
         }
     }
 }

@@ -1,16 +1,16 @@
-//! Messages to other shards, and what handling one frame leaves to wait for.
+//! Messages to other shards, and what handling one event leaves to wait for.
 //!
-//! Every cross-shard message takes one path, [`Shard::to_shard`]: it goes straight into the
-//! channel when nothing for that shard is waiting and there is room; otherwise it joins that
-//! shard's backlog, which one task per destination feeds into the channel in order. So
+//! Every cross-shard message takes one path, [`State::send_to_shard`]: it goes straight into
+//! the channel when nothing for that shard is waiting and there is room; otherwise it joins
+//! that shard's backlog, which one task per destination feeds into the channel in order. So
 //! messages to one shard arrive in the order they were sent (a `Cancel` never overtakes its
 //! `Dispatch`, a worker's events keep their order, offline never precedes online), and
 //! sending never awaits. The task that handled a frame then waits in [`Shard::settle`] while
 //! a backlog it added to is over its bound: the same backpressure as awaiting the send.
 
-use super::Shard;
+use super::{home_of, Shard, State};
 use crate::conn::{Outbox, Pushed};
-use crate::registry::{Online, WorkerAt};
+use crate::registry::WorkerAt;
 use crate::request::WorkerEvent;
 use glommio::channels::channel_mesh::Senders;
 use glommio::{GlommioError, ResourceType};
@@ -76,14 +76,37 @@ pub(crate) struct Unsettled {
     congested: Vec<Rc<Outbox>>,
     /// Shards whose backlog is over its bound.
     backlogged: Vec<usize>,
-    /// Connections to cut (a slow client, a superseded worker), with the reason they are
-    /// told; cut before anything waits, outside the handling that found them.
-    /// Connections to cut once the frame is handled: id, why (the kind), and a message
+    /// Connections to cut once the event is handled: id, why (the kind), and a message
     /// (empty: the kind's own).
     pub(super) to_cut: Vec<(u64, ErrorKind, String)>,
     /// Client connections whose outbox passed its pause mark: their requests' output is
-    /// paused at the workers once the frame is handled.
+    /// paused at the workers once the event is handled.
     pub(super) to_pause: Vec<u64>,
+}
+
+impl Unsettled {
+    /// Queues `frame` on `out`; an outbox at its bound is noted for [`Shard::settle`]. A
+    /// closed connection drops its frames; its close handler cleans up. Returns where that
+    /// left a client's outbox (over a bound, at its pause mark; see `State::send_to_conn`);
+    /// `Room` for any other.
+    pub(super) fn push_to(&mut self, out: &Rc<Outbox>, frame: &Frame) -> Pushed {
+        match out.push(frame) {
+            Ok(Pushed::Full) => {
+                self.congested.push(out.clone());
+                Pushed::Room
+            }
+            Ok(pushed) => pushed,
+            Err(_) => Pushed::Room,
+        }
+    }
+
+    /// Notes connection `conn_id` to be cut with `kind` (and `why`, or the kind's own text
+    /// when empty) once the event is handled (see `State::cut_connections`).
+    pub(super) fn cut_later(&mut self, conn_id: u64, kind: ErrorKind, why: String) {
+        if !self.to_cut.iter().any(|(id, _, _)| *id == conn_id) {
+            self.to_cut.push((conn_id, kind, why));
+        }
+    }
 }
 
 /// The channels to the other shards, and the messages waiting for room in them.
@@ -199,71 +222,59 @@ impl MeshLinks {
     }
 }
 
-impl Shard {
+impl State {
     /// Sends `msg` to shard `peer`: the one path for every cross-shard message.
-    pub(super) fn to_shard(&self, peer: usize, msg: ShardMsg) {
-        let Some(mesh) = &self.mesh else { return };
-        if mesh.send(peer, msg) {
-            let mut unsettled = self.unsettled.borrow_mut();
-            if !unsettled.backlogged.contains(&peer) {
-                unsettled.backlogged.push(peer);
-            }
+    pub(super) fn send_to_shard(&mut self, peer: usize, msg: ShardMsg) {
+        let Some(mesh) = &self.env.mesh else { return };
+        if mesh.send(peer, msg) && !self.unsettled.backlogged.contains(&peer) {
+            self.unsettled.backlogged.push(peer);
+        }
+    }
+
+    /// Hands the message `msg` makes for its connection to the worker at `at`: handled
+    /// here when it is connected to this shard, sent to its shard otherwise.
+    pub(super) fn send_to_worker(&mut self, at: WorkerAt, msg: impl FnOnce(u64) -> ShardMsg) {
+        match at.shard_idx {
+            idx if idx == self.env.idx => self.on_shard_msg(msg(at.conn_id)),
+            idx => self.send_to_shard(idx, msg(at.conn_id)),
         }
     }
 
     /// Sends a message made by `msg` to every other shard.
-    pub(super) fn to_every_shard(&self, msg: impl Fn() -> ShardMsg) {
-        let Some(mesh) = &self.mesh else { return };
-        for peer in 0..mesh.backlogs.len() {
-            if peer != self.idx {
-                self.to_shard(peer, msg());
-            }
-        }
-    }
-
-    /// Queues `frame` on `out`; an outbox at its bound is noted for [`Shard::settle`]. A
-    /// closed connection drops its frames; its close handler cleans up. Returns where that
-    /// left a client's outbox (over a bound, at its pause mark; see `Shard::send_to_conn`);
-    /// `Room` for any other.
-    pub(super) fn push_to(&self, out: &Rc<Outbox>, frame: &Frame) -> Pushed {
-        match out.push(frame) {
-            Ok(Pushed::Full) => {
-                self.unsettled.borrow_mut().congested.push(out.clone());
-                Pushed::Room
-            }
-            Ok(pushed) => pushed,
-            Err(_) => Pushed::Room,
+    pub(super) fn send_to_every_shard(&mut self, msg: impl Fn() -> ShardMsg) {
+        let Some(n_shards) = self.env.mesh.as_ref().map(|m| m.backlogs.len()) else {
+            return;
+        };
+        let idx = self.env.idx;
+        for peer in (0..n_shards).filter(|&peer| peer != idx) {
+            self.send_to_shard(peer, msg());
         }
     }
 
     /// Sends a worker event to the shard that owns its request.
-    pub(super) fn route_event(&self, dispatch_id: u64, event: WorkerEvent) {
-        let home = Shard::home_of(dispatch_id);
-        if home == self.idx {
-            self.on_event(dispatch_id, event);
-        } else {
-            self.to_shard(home, ShardMsg::Event { dispatch_id, event });
+    pub(super) fn route_event(&mut self, dispatch_id: u64, event: WorkerEvent) {
+        match home_of(dispatch_id) {
+            home if home == self.env.idx => self.on_event(dispatch_id, event),
+            home => self.send_to_shard(home, ShardMsg::Event { dispatch_id, event }),
         }
     }
 
-    /// [`Shard::route_event`] for several events of one dispatch: one message for all.
-    pub(super) fn route_events(&self, dispatch_id: u64, events: Vec<WorkerEvent>) {
-        let home = Shard::home_of(dispatch_id);
-        if home == self.idx {
-            self.on_events(dispatch_id, events);
-        } else {
-            self.to_shard(
-                home,
-                ShardMsg::Events {
+    /// [`State::route_event`] for several events of one dispatch: one message for all.
+    pub(super) fn route_events(&mut self, dispatch_id: u64, events: Vec<WorkerEvent>) {
+        match home_of(dispatch_id) {
+            home if home == self.env.idx => self.on_events(dispatch_id, events),
+            home => {
+                let msg = ShardMsg::Events {
                     dispatch_id,
                     events,
-                },
-            );
+                };
+                self.send_to_shard(home, msg)
+            }
         }
     }
 
     /// Handles a message from another shard.
-    pub(crate) fn on_shard_msg(&self, msg: ShardMsg) {
+    pub(super) fn on_shard_msg(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::WorkerOnline {
                 team,
@@ -272,21 +283,13 @@ impl Shard {
                 generation,
                 announced,
             } => {
-                let online = self
-                    .state
-                    .borrow_mut()
-                    .registry
-                    .worker_online(&team, identity, at, generation, announced);
+                let registry = &mut self.routing.registry;
+                let online = registry.worker_online(&team, identity, at, generation, announced);
                 // A newer connection elsewhere displaced one connected here.
-                if let Online::Replaced(old) = online {
-                    if old.shard_idx == self.idx {
-                        self.close_later(old.conn_id, ErrorKind::Superseded);
-                    }
-                }
+                self.cut_superseded(online);
             }
             ShardMsg::WorkerOffline { team, identity, at } => {
-                let mut state = self.state.borrow_mut();
-                state.registry.worker_offline(&team, &identity, at);
+                self.routing.registry.worker_offline(&team, &identity, at);
             }
             ShardMsg::Dispatch { conn_id, dispatch } => self.deliver_local(conn_id, dispatch),
             ShardMsg::Cancel {
@@ -306,30 +309,26 @@ impl Shard {
         }
     }
 
-    /// Takes what the handling so far left to wait for. Taken at once, before any await,
-    /// so each task waits only for what its own frame caused.
-    fn take_unsettled(&self) -> Option<Unsettled> {
+    /// Takes what the handling so far left to wait for, after pausing and cutting what it
+    /// left to pause and cut. Taken at once, before any await, so each task waits only for
+    /// what its own event caused.
+    fn take_unsettled(&mut self) -> Option<Unsettled> {
         self.pause_clients();
         self.cut_connections();
-        let mut unsettled = self.unsettled.borrow_mut();
-        if unsettled.congested.is_empty() && unsettled.backlogged.is_empty() {
-            return None;
-        }
-        Some(Unsettled {
-            congested: std::mem::take(&mut unsettled.congested),
-            backlogged: std::mem::take(&mut unsettled.backlogged),
-            to_cut: Vec::new(),
-            to_pause: Vec::new(),
-        })
+        let unsettled = &self.unsettled;
+        let waits = !unsettled.congested.is_empty() || !unsettled.backlogged.is_empty();
+        waits.then(|| std::mem::take(&mut self.unsettled))
     }
+}
 
-    /// Waits for room in every outbox and backlog the last frame filled. Nothing to wait
+impl Shard {
+    /// Waits for room in every outbox and backlog the last event filled. Nothing to wait
     /// for (the usual case) costs no future.
     pub(crate) fn settle(&self) -> impl Future<Output = ()> + '_ {
-        let unsettled = self.take_unsettled();
+        let unsettled = self.handle((), |st, ()| st.take_unsettled());
         async move {
             let Some(unsettled) = unsettled else { return };
-            if let Some(mesh) = &self.mesh {
+            if let Some(mesh) = &self.env.mesh {
                 for peer in unsettled.backlogged {
                     mesh.room(peer).await;
                 }
@@ -345,7 +344,7 @@ impl Shard {
     /// messages stay in the backlogs, past the bound if need be; they are at most a few per
     /// message it received.
     pub(crate) async fn settle_mesh_receiver(&self) {
-        let Some(unsettled) = self.take_unsettled() else {
+        let Some(unsettled) = self.handle((), |st, ()| st.take_unsettled()) else {
             return;
         };
         for out in unsettled.congested {

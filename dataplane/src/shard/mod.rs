@@ -1,55 +1,68 @@
 //! One broker shard: the connections, request runs and registry replica owned by one
 //! glommio executor.
 //!
-//! State lives in `RefCell`s on the shard and is never borrowed across an await. Work that
-//! concerns another shard crosses once through the channel mesh as a [`ShardMsg`]: a dispatch
-//! to a worker connected there, a worker's events back to the shard that owns the request,
-//! cancellations, and worker online/offline news for every registry replica.
+//! What handling an event changes is the shard's [`State`]: one field per concern
+//! (connections, requests, routing, stats, what the event left unsettled), each a type with
+//! `&mut self` methods of its own. The state lives in one `RefCell` that only
+//! [`Shard::handle`] borrows, once per event (a frame, a mesh message, a tick), to run a
+//! plain `fn(&mut State, _)` on it. A function pointer captures nothing and the state holds
+//! no way back to its cell, so nothing a handler calls can borrow it again: a nested borrow
+//! does not compile, where it used to panic. A handler is not async, so it cannot await
+//! while it holds the borrow; the awaits (reads, [`Shard::settle`]) come between events.
 //!
-//! A dispatch id carries the index of the shard that owns its request in its top 8 bits, so a
-//! worker's frames are routed home without a lookup table.
+//! Work that concerns another shard crosses once through the channel mesh as a
+//! [`ShardMsg`]: a dispatch to a worker connected there, a worker's events back to the
+//! shard that owns the request, cancellations, and worker online/offline news for every
+//! registry replica. A dispatch id carries the index of the shard that owns its request in
+//! its top 8 bits, so a worker's frames are routed home without a lookup table.
 //!
 //! The shard's jobs, one module each:
-//! - `lifecycle`: a connection's life (serve, handshake, heartbeats, close);
-//! - `requests`: the requests this shard owns (routing, running the state machine, timeouts,
-//!   the held-back `Routed`);
-//! - `workers`: the workers connected here (dispatches and cancels to them, their frames,
-//!   `Announce`, online/offline news);
+//! - `executor`: the shard's tasks (listener and accept loop, mesh receivers, ticks) until
+//!   its shutdown; `drain`: the graceful one;
+//! - `serve`: a connection's task (TLS, `Hello`, reads, heartbeats);
+//! - `conns`: the connections (open, send, close, credentials, cutting one: a slow client,
+//!   a revoked credential, a superseded worker);
+//! - `requests`: admitting a client's `Request` (`routing`: to which workers); `runs`:
+//!   running its state machine and carrying out what it decides, timeouts, the held-back
+//!   `Routed`;
+//! - `workers`: the workers connected here (dispatches, cancels and pauses to them, their
+//!   frames, `Announce`, online/offline news);
 //! - `mesh`: messages to other shards and the backpressure of a frame ([`Unsettled`]);
-//! - `stats`: the shard's metric handles;
-//! - `jobs`: the job-history trace of each request (off unless the source records jobs).
+//! - `stats`: the shard's metric handles; `jobs`: the job-history trace of each request.
 
+mod conns;
 mod drain;
+mod executor;
 mod jobs;
-mod lifecycle;
 mod mesh;
 mod requests;
+mod routing;
+mod runs;
+mod serve;
 mod stats;
 mod workers;
 
-pub(crate) use drain::Drain;
-pub(crate) use lifecycle::PendingHandshakes;
+pub(crate) use executor::run;
 pub(crate) use mesh::ShardMsg;
 
 use crate::config::{ConfigSource, Principal};
 use crate::conn::{ClientBudget, Outbox};
 use crate::idem::IdemWindows;
-use crate::registry::Registry;
+use crate::limits::PendingHandshakes;
 use crate::request::Action;
+use crate::shutdown::Shutdown;
 use crate::{BrokerSettings, RoundRobin};
+use conns::Conns;
 use glommio::channels::channel_mesh::Senders;
 use mesh::{MeshLinks, Unsettled};
-use requests::RequestEntry;
+use proto::{Frame, ProtoError, Role};
+use requests::Requests;
+use routing::Routing;
 use stats::Stats;
-use std::cell::{Cell, RefCell};
-// foldhash: the maps are keyed by broker-chosen ids and looked up several times per frame;
-// SipHash's DoS resistance buys nothing there and cost ~2 % of the throughput profile.
-use foldhash::{HashMap, HashSet};
-use std::collections::{BTreeSet, VecDeque};
+use std::cell::RefCell;
+use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
 use tracing::debug;
 
 /// Bits of a dispatch id below the owning shard's index.
@@ -58,161 +71,175 @@ const DISPATCH_SHARD_SHIFT: u32 = 56;
 /// The most shards a broker may have: what the top bits of a dispatch id can name.
 pub(crate) const MAX_SHARDS: usize = 1 << (u64::BITS - DISPATCH_SHARD_SHIFT);
 
-/// What is known about one connection.
-enum Peer {
-    Client {
-        /// Client request id → shard request key.
-        requests: HashMap<u64, u64>,
-        /// Its request rate and its refusals' log.
-        limits: ClientLimits,
-    },
-    Worker {
-        /// Dispatches this worker is running, from any shard.
-        inflight: HashSet<u64>,
-        /// Orders this identity's connections broker-wide; the newest wins.
-        generation: u64,
-    },
+/// The shard that owns the request of `dispatch_id`.
+fn home_of(dispatch_id: u64) -> usize {
+    (dispatch_id >> DISPATCH_SHARD_SHIFT) as usize
 }
 
-/// A client connection's rate bucket (when a rate is set) and its refusals' log.
-#[derive(Debug, Default)]
-struct ClientLimits {
-    bucket: Option<crate::limits::Bucket>,
-    log: crate::limits::LogEvery,
-}
-
-struct Conn {
-    out: Rc<Outbox>,
-    /// Who it is, for routing, isolation and the worker's online/offline news.
-    principal: Principal,
-    peer: Peer,
-}
-
-#[derive(Default)]
-struct State {
-    registry: Registry,
-    conns: HashMap<u64, Conn>,
-    requests: HashMap<u64, RequestEntry>,
-    /// Dispatch id → request key, for dispatches of requests owned here.
-    dispatch_owner: HashMap<u64, u64>,
-    deadlines: BTreeSet<(Instant, u64)>,
-    /// A staged run's dispatches by when each times out: (due, dispatch id). Each worker of
-    /// a batched mirror or a serial run has its timeout from its own start.
-    dispatch_deadlines: BTreeSet<(Instant, u64)>,
-    /// Dispatch id → its entry in `dispatch_deadlines` (removed with the dispatch).
-    dispatch_due: HashMap<u64, Instant>,
-    /// Requests whose `Routed` is held back, oldest first.
-    routed_held: VecDeque<(Instant, u64)>,
-    /// Connections whose credential expires: (expiry in seconds since the Unix epoch, conn).
-    expiries: BTreeSet<(u64, u64)>,
-    /// team → service → the broker-wide roundrobin counter, looked up once per shard.
-    rr_cache: HashMap<String, HashMap<String, Arc<AtomicU64>>>,
-}
-
-pub(crate) struct Shard {
-    idx: usize,
-    settings: BrokerSettings,
-    source: Arc<dyn ConfigSource>,
+/// What every shard of a broker shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) settings: BrokerSettings,
+    pub(crate) source: Arc<dyn ConfigSource>,
+    /// Roundrobin positions, so rotation is fair whichever shard a client landed on.
     rr: Arc<RoundRobin>,
-    /// The idempotency window, shared by every shard; touched only by keyed requests.
+    /// The idempotency window; touched only by keyed requests.
     idem: Arc<IdemWindows>,
     /// The bytes queued towards every client of the broker, against their budget.
     budget: Arc<ClientBudget>,
+    /// Connections per peer address, pending and open.
+    pending: Arc<PendingHandshakes>,
+    pub(crate) shutdown: Arc<Shutdown>,
+}
+
+impl Shared {
+    pub(crate) fn new(settings: BrokerSettings, source: Arc<dyn ConfigSource>) -> Shared {
+        Shared {
+            rr: Arc::default(),
+            idem: Arc::default(),
+            budget: Arc::new(ClientBudget::new(settings.max_client_backlog_total)),
+            pending: Arc::new(PendingHandshakes::new(
+                settings.max_pending_per_address,
+                settings.max_connections_per_address,
+            )),
+            shutdown: Arc::new(Shutdown::new(settings.shards, settings.drain)),
+            settings,
+            source,
+        }
+    }
+}
+
+/// What a shard knows that does not change while it runs: read by its tasks and by the
+/// handlers of its state alike.
+pub(crate) struct Env {
+    idx: usize,
+    settings: BrokerSettings,
+    source: Arc<dyn ConfigSource>,
+    idem: Arc<IdemWindows>,
+    budget: Arc<ClientBudget>,
     /// The channels to the other shards; `None` with one shard.
     mesh: Option<Rc<MeshLinks>>,
-    state: RefCell<State>,
-    next_conn: Cell<u64>,
-    next_dispatch: Cell<u64>,
-    next_request: Cell<u64>,
-    session_base: u64,
-    revision: Cell<u64>,
-    n_ticks: Cell<u64>,
+}
+
+/// What handling an event changes, one concern per field. Borrowed only by
+/// [`Shard::handle`].
+pub(crate) struct State {
+    env: Rc<Env>,
+    conns: Conns,
+    requests: Requests,
+    routing: Routing,
     stats: Stats,
-    /// Emptied action lists, reused by [`Shard::with_request`] instead of a new one per call.
-    action_lists: RefCell<Vec<Vec<Action>>>,
-    /// What the frame being handled left to wait for; see [`Shard::settle`].
-    unsettled: RefCell<Unsettled>,
+    /// What the event being handled left to do once it is over; see [`Shard::settle`].
+    unsettled: Unsettled,
+    /// Emptied action lists, reused by `State::with_request` instead of a new one per call.
+    action_lists: Vec<Vec<Action>>,
     /// Set when the broker drains: new requests are refused with `ShuttingDown`.
-    draining: Cell<bool>,
+    draining: bool,
+    n_ticks: u64,
+}
+
+/// One shard: what it knows, and its state.
+pub(crate) struct Shard {
+    env: Rc<Env>,
+    state: RefCell<State>,
 }
 
 impl Shard {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        idx: usize,
-        n_shards: usize,
-        settings: BrokerSettings,
-        source: Arc<dyn ConfigSource>,
-        rr: Arc<RoundRobin>,
-        idem: Arc<IdemWindows>,
-        budget: Arc<ClientBudget>,
-        senders: Option<Senders<ShardMsg>>,
-    ) -> Shard {
-        let mesh = senders.map(|s| Rc::new(MeshLinks::new(s, n_shards, settings.mesh_depth)));
-        let revision = source.revision();
-        let registry = Registry::new(source.routing());
-        Shard {
+    pub(crate) fn new(idx: usize, shared: &Shared, senders: Option<Senders<ShardMsg>>) -> Shard {
+        let settings = shared.settings.clone();
+        let mesh =
+            senders.map(|s| Rc::new(MeshLinks::new(s, settings.shards, settings.mesh_depth)));
+        let env = Rc::new(Env {
             idx,
-            settings,
-            source,
-            rr,
-            idem,
-            budget,
+            source: shared.source.clone(),
+            idem: shared.idem.clone(),
+            budget: shared.budget.clone(),
             mesh,
-            state: RefCell::new(State {
-                registry,
-                ..State::default()
-            }),
-            next_conn: Cell::new(1),
-            next_dispatch: Cell::new(1),
-            next_request: Cell::new(1),
-            session_base: (idx as u64) << DISPATCH_SHARD_SHIFT,
-            revision: Cell::new(revision),
-            n_ticks: Cell::new(0),
+            settings,
+        });
+        let state = State {
+            conns: Conns::default(),
+            requests: Requests::new(idx),
+            routing: Routing::new(&*shared.source, shared.rr.clone()),
             stats: Stats::new(idx),
-            action_lists: RefCell::new(Vec::new()),
-            unsettled: RefCell::new(Unsettled::default()),
-            draining: Cell::new(false),
+            unsettled: Unsettled::default(),
+            action_lists: Vec::new(),
+            draining: false,
+            n_ticks: 0,
+            env: env.clone(),
+        };
+        Shard {
+            env,
+            state: RefCell::new(state),
         }
     }
 
-    fn next_dispatch_id(&self) -> u64 {
-        let n = self.next_dispatch.get();
-        self.next_dispatch.set(n + 1);
-        ((self.idx as u64) << DISPATCH_SHARD_SHIFT) | (n & ((1 << DISPATCH_SHARD_SHIFT) - 1))
+    /// Handles one event: runs `f` on the state, borrowed for it alone (see the module
+    /// docs: `f` cannot reach the cell again, nor await).
+    fn handle<A, R>(&self, arg: A, f: fn(&mut State, A) -> R) -> R {
+        f(&mut self.state.borrow_mut(), arg)
     }
 
-    /// The shard that owns the request of `dispatch_id`.
-    fn home_of(dispatch_id: u64) -> usize {
-        (dispatch_id >> DISPATCH_SHARD_SHIFT) as usize
+    /// Registers a connection whose `Hello` was accepted (see `State::open_conn`); its id.
+    pub(crate) fn open_conn(&self, out: Rc<Outbox>, principal: Principal, role: Role) -> u64 {
+        self.handle((out, principal, role), |st, (o, p, r)| {
+            st.open_conn(o, p, r)
+        })
     }
 
-    /// The shard's periodic work: configuration reloads, due timeouts, sampled gauges.
-    pub(crate) async fn tick(&self) {
-        let revision = self.source.revision();
-        if revision != self.revision.get() {
-            self.revision.set(revision);
-            let routing = self.source.routing();
-            self.state.borrow_mut().registry.set_routing(routing);
-            debug!(shard = self.idx, revision, "configuration reloaded");
+    /// Handles one frame of an open connection; `false` means close it.
+    pub(crate) fn on_frame(&self, conn_id: u64, role: Role, frame: Frame) -> bool {
+        self.handle(
+            (conn_id, frame),
+            match role {
+                Role::Client => |st, (c, f)| st.on_client_frame(c, f),
+                Role::Worker => |st, (c, f)| st.on_worker_frame(c, f),
+            },
+        )
+    }
+
+    /// Answers a frame that could not be decoded; the caller then closes the connection.
+    pub(crate) fn reject(&self, conn_id: u64, e: &ProtoError) {
+        self.handle((conn_id, e), |st, (c, e)| st.reject(c, e))
+    }
+
+    /// Forgets a closed connection (see `State::close_conn`).
+    pub(crate) fn close_conn(&self, conn_id: u64) {
+        self.handle(conn_id, State::close_conn)
+    }
+
+    /// Pauses (or resumes) the output of client `conn_id`'s waited requests at their workers.
+    pub(crate) fn flow_client(&self, conn_id: u64, paused: bool) {
+        self.handle((conn_id, paused), |st, (c, p)| st.flow_client(c, p))
+    }
+
+    /// Handles a message from another shard.
+    pub(crate) fn on_shard_msg(&self, msg: ShardMsg) {
+        self.handle(msg, State::on_shard_msg)
+    }
+
+    /// The shard's periodic work: configuration reloads, expired credentials, due timeouts,
+    /// the held-back `Routed`, sampled gauges; then what that left to wait for.
+    pub(crate) fn tick(&self) -> impl Future<Output = ()> + '_ {
+        self.handle((), |st, ()| st.tick());
+        self.settle()
+    }
+}
+
+impl State {
+    fn tick(&mut self) {
+        let idx = self.env.idx;
+        if let Some(revision) = self.routing.reload(&*self.env.source) {
+            debug!(shard = idx, revision, "configuration reloaded");
             self.recheck_credentials();
         }
-        let n = self.n_ticks.get() + 1;
-        self.n_ticks.set(n);
+        self.n_ticks += 1;
         self.expire_credentials();
-        if n.is_multiple_of(100) {
-            let queued: usize = self
-                .state
-                .borrow()
-                .conns
-                .values()
-                .map(|c| c.out.len())
-                .sum();
-            self.stats.set_queued(queued);
+        if self.n_ticks.is_multiple_of(100) {
+            self.stats.set_queued(self.conns.queued());
         }
         self.release_routed();
         self.expire();
-        self.settle().await;
     }
 }
 

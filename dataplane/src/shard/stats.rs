@@ -5,8 +5,11 @@ use crate::config::ServiceConfig;
 use crate::metrics;
 use foldhash::{HashMap, HashMapExt};
 use proto::{Algorithm, ErrorKind, Role, Summary};
-use std::cell::RefCell;
 use std::time::Instant;
+
+/// Every algorithm, in its declared order, which `as usize` gives.
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::Roundrobin, Algorithm::Mirror, Algorithm::Serial];
+const _: () = assert!(Algorithm::Mirror as usize == 1 && Algorithm::Serial as usize == 2);
 
 /// (algorithm, outcome) → counter.
 type OutcomeCounters = HashMap<(Algorithm, &'static str), prometheus::IntCounter>;
@@ -16,10 +19,11 @@ pub(super) struct Stats {
     shard: String,
     inflight: prometheus::IntGauge,
     queued: prometheus::IntGauge,
-    /// Request latency histograms, indexed by [`algorithm_idx`].
+    /// Request latency histograms, indexed by algorithm (`as usize`: its place in
+    /// [`ALGORITHMS`]).
     durations: [prometheus::Histogram; 3],
     /// team → service → (algorithm, outcome) → counter: found without building a label.
-    request_counters: RefCell<HashMap<String, HashMap<String, OutcomeCounters>>>,
+    request_counters: HashMap<String, HashMap<String, OutcomeCounters>>,
 }
 
 impl Stats {
@@ -28,9 +32,9 @@ impl Stats {
         Stats {
             inflight: metrics::INFLIGHT.with_label_values(&[&shard]),
             queued: metrics::QUEUED.with_label_values(&[&shard]),
-            durations: [Algorithm::Roundrobin, Algorithm::Mirror, Algorithm::Serial]
+            durations: ALGORITHMS
                 .map(|a| metrics::REQUEST_SECONDS.with_label_values(&[&a.to_string()])),
-            request_counters: RefCell::new(HashMap::new()),
+            request_counters: HashMap::new(),
             shard,
         }
     }
@@ -52,7 +56,7 @@ impl Stats {
     /// A request that was refused before it ran.
     pub(super) fn request_refused(&self, kind: ErrorKind) {
         metrics::REQUESTS
-            .with_label_values(&["", "", metrics::kind_label(kind)])
+            .with_label_values(&["", "", &metrics::kind_label(kind)])
             .inc();
     }
 
@@ -62,7 +66,7 @@ impl Stats {
 
     /// A request that ran is over: its outcome, its latency, one fewer in flight.
     pub(super) fn request_finished(
-        &self,
+        &mut self,
         service: &ServiceConfig,
         started: Instant,
         summary: &Summary,
@@ -77,7 +81,7 @@ impl Stats {
             "ok"
         };
         let key = (service.algorithm, outcome);
-        let mut counters = self.request_counters.borrow_mut();
+        let counters = &mut self.request_counters;
         let known = counters
             .get(&service.team)
             .and_then(|m| m.get(&service.name))
@@ -99,15 +103,7 @@ impl Stats {
                     .insert(key, counter);
             }
         }
-        self.durations[algorithm_idx(service.algorithm)].observe(started.elapsed().as_secs_f64());
+        self.durations[service.algorithm as usize].observe(started.elapsed().as_secs_f64());
         self.inflight.dec();
-    }
-}
-
-fn algorithm_idx(algorithm: Algorithm) -> usize {
-    match algorithm {
-        Algorithm::Roundrobin => 0,
-        Algorithm::Mirror => 1,
-        Algorithm::Serial => 2,
     }
 }

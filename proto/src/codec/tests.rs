@@ -16,8 +16,17 @@ fn shares_parse_and_apply() {
     assert_eq!(Share::Percent(5).to_string(), "5%");
 }
 
+/// One frame of every kind, every field set (the codec tests run over all of them).
 fn every_frame() -> Vec<Frame> {
-    let request = Request {
+    let mut frames = handshake_and_worker_frames();
+    frames.push(Frame::Request(a_full_request().into()));
+    frames.extend(client_answer_frames());
+    frames
+}
+
+/// A request with every field set, the fleet options too.
+fn a_full_request() -> Request {
+    Request {
         id: 7,
         service: "demo".into(),
         plugin: "command/command".into(),
@@ -41,7 +50,11 @@ fn every_frame() -> Vec<Frame> {
             deadline_ms: 600_000,
             only: vec!["w1".into()],
         },
-    };
+    }
+}
+
+/// The handshake, and the frames between a worker and the broker.
+fn handshake_and_worker_frames() -> Vec<Frame> {
     let dispatch = Dispatch {
         id: 1 << 40,
         service: "demo".into(),
@@ -113,7 +126,12 @@ fn every_frame() -> Vec<Frame> {
         Frame::Cancel { id: 4 },
         Frame::Pause { id: 4 },
         Frame::Resume { id: 4 },
-        Frame::Request(request.into()),
+    ]
+}
+
+/// What the broker answers a client.
+fn client_answer_frames() -> Vec<Frame> {
+    vec![
         Frame::Routed {
             id: 7,
             algorithm: Algorithm::Mirror,

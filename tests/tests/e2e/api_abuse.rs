@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use reqwest::StatusCode;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
-use tests::{Api, Control, Db};
+use tests::{Api, Control, Db, TestApi};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn loopback(last: u8) -> IpAddr {
@@ -43,8 +43,8 @@ async fn drip(
         .ok()?
         .ok()?;
     let head = format!(
-        "POST /api/v1/login HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/json\r\n\
-         Content-Length: 100000\r\n\r\n{{"
+        "POST /api/v1/login HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/json\r\n{}",
+        "Content-Length: 100000\r\n\r\n{"
     );
     let sent = stream.write_all(head.as_bytes()).await;
     let _ = started.send(()).await;
@@ -91,7 +91,7 @@ async fn dripped_login_bodies_do_not_take_the_api_offline() -> Result<()> {
     )?;
     let (team, identity, secret) = control.admin.clone();
     let api = Api::login(&control.url, &team, &identity, &secret).await?;
-    let token = api.token.clone().context("token")?;
+    let token = api.token().context("token")?;
     let to = api_addr(&control)?;
 
     // 250 drips from another host and 60 from this one.
@@ -151,7 +151,7 @@ async fn idle_sockets_at_the_connection_limit_make_room_for_a_caller() -> Result
         Control::start_with("127.0.0.1:9", Db::Sqlite, &["--http-max-connections", "50"])?;
     let (team, identity, secret) = control.admin.clone();
     let api = Api::login(&control.url, &team, &identity, &secret).await?;
-    let token = api.token.clone().context("token")?;
+    let token = api.token().context("token")?;
     let to = api_addr(&control)?;
     // 120 sockets from another host that never send a byte (the header timeout is 30 s;
     // fewer than the 128 one address may hold).

@@ -83,10 +83,33 @@ async fn malformed_input_gets_typed_errors_and_the_broker_keeps_serving() -> Res
     assert_eq!(error_kind(&f), Some(ErrorKind::BadRequest), "{f:?}");
     assert!(format!("{f:?}").contains("version"), "{f:?}");
 
+    garbage_after_a_good_handshake(broker.addr, &hello).await?;
+
+    let addr = broker.addr.to_string();
+    the_client_gets_typed_refusals(&addr)?;
+
+    // Still serving, on the old connection and on a new one.
+    let o = request(&steady, "ok1", "echo", "still here", Duration::from_secs(5)).await?;
+    assert_eq!(o.exit_status(), 0, "{o:?}");
+    let fresh = connect(broker.addr).await?;
+    let o = request(
+        &fresh,
+        "ok1",
+        "command",
+        "echo fresh",
+        Duration::from_secs(5),
+    )
+    .await?;
+    assert_eq!(o.workers[0].output[0].line, "fresh");
+    Ok(())
+}
+
+/// Garbage after a good handshake (`hello`) is answered `Malformed`.
+async fn garbage_after_a_good_handshake(addr: std::net::SocketAddr, hello: &[u8]) -> Result<()> {
     // Garbage after a good handshake.
-    let mut after = hello.clone();
+    let mut after = hello.to_vec();
     after.extend_from_slice(&[5, 0, 0, 0, 1, 2, 3, 4, 5]);
-    let mut stream = TcpStream::connect(broker.addr).await?;
+    let mut stream = TcpStream::connect(addr).await?;
     stream.write_all(&after).await?;
     let (mut reader, _w) = split(stream, proto::DEFAULT_MAX_FRAME);
     let mut got_error = None;
@@ -100,14 +123,17 @@ async fn malformed_input_gets_typed_errors_and_the_broker_keeps_serving() -> Res
         }
     }
     assert_eq!(got_error, Some(ErrorKind::Malformed));
+    Ok(())
+}
 
+/// Through the real client: a plugin name that escapes the plugins path, an unknown service.
+fn the_client_gets_typed_refusals(addr: &str) -> Result<()> {
     // A plugin name that escapes the plugins path, through the real client.
-    let addr = broker.addr.to_string();
     let (code, out, err) = run_cli(
         &[
             "client",
             "--broker",
-            &addr,
+            addr,
             "--service",
             "ok1",
             "--plugin",
@@ -125,7 +151,7 @@ async fn malformed_input_gets_typed_errors_and_the_broker_keeps_serving() -> Res
         &[
             "client",
             "--broker",
-            &addr,
+            addr,
             "--service",
             "nosuch",
             "--plugin",
@@ -137,20 +163,6 @@ async fn malformed_input_gets_typed_errors_and_the_broker_keeps_serving() -> Res
     )?;
     assert_eq!(code, 2);
     assert!(err.contains("NoSuchService"), "{err}");
-
-    // Still serving, on the old connection and on a new one.
-    let o = request(&steady, "ok1", "echo", "still here", Duration::from_secs(5)).await?;
-    assert_eq!(o.exit_status(), 0, "{o:?}");
-    let fresh = connect(broker.addr).await?;
-    let o = request(
-        &fresh,
-        "ok1",
-        "command",
-        "echo fresh",
-        Duration::from_secs(5),
-    )
-    .await?;
-    assert_eq!(o.workers[0].output[0].line, "fresh");
     Ok(())
 }
 

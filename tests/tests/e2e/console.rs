@@ -129,185 +129,39 @@ fn pattern_regex(pattern: &str) -> Result<Regex> {
     Ok(Regex::new(&re)?)
 }
 
+/// `rig.ok(LINE)?`, the line noted in `ran` (every pattern of `help` must be among them).
+macro_rules! ok {
+    ($rig:ident, $ran:ident, $line:expr) => {{
+        let line: String = $line.to_string();
+        $ran.push(line.clone());
+        $rig.ok(&line)?
+    }};
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()> {
     let rig = Rig::start().await?;
     let team = rig.up.team.clone();
     let mut ran: Vec<String> = Vec::new();
-    macro_rules! ok {
-        ($line:expr) => {{
-            let line: String = $line.to_string();
-            ran.push(line.clone());
-            rig.ok(&line)?
-        }};
-    }
 
-    // Workers.
-    let out = ok!("set workers identity w1");
-    let token = Regex::new(r#"token = "([0-9a-f-]{36})""#)?
-        .captures(&out)
-        .with_context(|| format!("no token in:\n{out}"))?[1]
-        .to_string();
-    ensure!(out.contains(&format!("[workers.{team}.w1]")), "{out}");
-    ok!("set workers w1 description web front end");
-    ok!("set workers w1 visibility local");
-    let w = rig.get("/workers/w1").await?;
-    assert_eq!(w["description"], "web front end");
-    assert_eq!(w["visibility"], "local");
-    let out = ok!("set workers w1 token regenerate");
-    ensure!(out.contains("token = \"") && !out.contains(&token), "{out}");
+    workers_through_c(&rig, &mut ran, &team).await?;
 
-    // Services.
-    ok!("set services name s1");
-    ok!("set services s1 description \"the demo\"");
-    ok!("set services s1 algorithm mirror");
-    ok!("set services s1 timeout 1m30s");
-    ok!("set services s1 visibility team");
-    ok!("set services s1 batch 2");
-    ok!("set services s1 stop-on-failure true");
-    ok!("set services s1 retry true");
-    ok!("set services s1 history team");
-    let s = rig.get("/services/s1").await?;
-    assert_eq!(s["description"], "the demo");
-    assert_eq!(s["algorithm"], "mirror");
-    assert_eq!(s["timeout_ms"], 90_000);
-    assert_eq!(s["visibility"], "team");
-    assert_eq!(s["batch"], 2);
-    assert_eq!(s["stop_on_failure"], true);
-    assert_eq!(s["retry"], true);
-    assert_eq!(s["history"], "team");
-    let out = ok!("set services s1 workers add w1");
-    ensure!(
-        out.contains("Notice: service s1 (mirror) is now served by w1"),
-        "{out}"
-    );
-    assert_eq!(rig.get("/services/s1").await?["workers"], json!(["w1"]));
-    ok!("set services s1 workers remove w1");
-    assert_eq!(rig.get("/services/s1").await?["workers"], json!([]));
+    services_through_c(&rig, &mut ran).await?;
 
-    // Directories and triggers, in the seed's order: the trigger first, then its settings.
-    ok!("set directory logs");
-    ok!("set trigger name /logs/access");
-    ok!("set trigger access plugin append");
-    ok!("set trigger access service attach s1");
-    ok!("set trigger access args path=/var/log/x.log");
-    ok!("set trigger /logs/access args sync=1");
-    ok!("set trigger access split lines");
-    ok!("set trigger access batch-lines 50");
-    ok!("set trigger access timeout 5s");
-    ok!("set trigger access mode 600");
-    ok!("set trigger access description nginx access log");
-    ok!("set trigger access visibility local");
-    let triggers = rig.get("/triggers").await?;
-    let t = &triggers[0];
-    assert_eq!(t["path"], "/logs/access");
-    assert_eq!(t["plugin"], "append");
-    assert_eq!(t["service"], "s1");
-    assert_eq!(t["args"], json!({"path": "/var/log/x.log", "sync": "1"}));
-    assert_eq!(t["split"], "lines");
-    assert_eq!(t["batch_lines"], 50);
-    assert_eq!(t["timeout_ms"], 5000);
-    assert_eq!(t["mode"], 0o600);
-    assert_eq!(t["description"], "nginx access log");
-    assert_eq!(t["visibility"], "local");
-    ok!("set trigger access rename /logs/access2");
-    ok!("delete trigger access2 args sync");
-    let t = &rig.get("/triggers").await?[0];
-    assert_eq!(t["path"], "/logs/access2");
-    assert_eq!(t["args"], json!({"path": "/var/log/x.log"}));
-    let shown = ok!("show triggers");
-    ensure!(
-        shown.contains("access2") && shown.contains("(1 rows)"),
-        "{shown}"
-    );
-    ok!("delete trigger /logs/access2");
-    assert_eq!(rig.get("/triggers").await?, json!([]));
-    ok!("delete directory logs");
-    assert_eq!(rig.get("/directories").await?, json!([]));
+    directories_and_triggers_through_c(&rig, &mut ran).await?;
 
-    // Users, teams, quotas.
-    ok!("set users identity bob secret b0b-secret");
-    ok!("set users bob role admin");
-    let members = rig.get(&format!("/teams/{team}/members")).await?;
-    ensure!(
-        members
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["identity"] == "bob" && m["role"] == "admin"),
-        "{members}"
-    );
-    ok!("delete users bob");
-    let members = rig.get(&format!("/teams/{team}/members")).await?;
-    ensure!(!members.to_string().contains("\"bob\""), "{members}");
-    ok!("set teams name second");
-    ensure!(rig.get("/teams").await?.to_string().contains("\"second\""));
-    ok!("delete teams second");
-    ensure!(!rig.get("/teams").await?.to_string().contains("\"second\""));
-    ok!("set quota preset basic");
-    ok!("set quota max_workers 7");
-    let q = rig.get(&format!("/teams/{team}/quota")).await?;
-    assert_eq!(q["max_workers"], 7);
-    assert_eq!(q["max_services"], 5, "the other limits stay: {q}");
-    ok!("set quota max_workers unlimited");
-    assert_eq!(
-        rig.get(&format!("/teams/{team}/quota")).await?["max_workers"],
-        Value::Null
-    );
-    ok!("set quota preset unlimited");
+    users_teams_and_quotas_through_c(&rig, &mut ran, &team).await?;
 
-    // Invitations: carol, of another team, is invited, declines, is invited again, accepts.
-    rig.api
-        .ok("POST", "/api/v1/teams", json!({"name": "other"}))
-        .await?;
-    rig.api.new_member("other", "carol", "carol-secret").await?;
-    let carol = [
-        "--team",
-        "other",
-        "--identity",
-        "carol",
-        "--secret",
-        "carol-secret",
-    ];
-    ok!("invite carol");
-    let pending = rig.get(&format!("/teams/{team}/invitations")).await?;
-    ensure!(pending.to_string().contains("\"carol\""), "{pending}");
-    ok!("delete invitations carol");
-    assert_eq!(
-        rig.get(&format!("/teams/{team}/invitations")).await?,
-        json!([])
-    );
-    ok!("invite carol role member");
-    let (code, out, err) = rig.run(
-        rig.command(&bin(), &[&carol[..], &["-c", "show invitations"]].concat()),
-        "",
-    )?;
-    ensure!(
-        code == 0 && out.contains(&team) && out.contains("(1 rows)"),
-        "{out}{err}"
-    );
-    let (code, out, err) = rig.run(
-        rig.command(
-            &bin(),
-            &[&carol[..], &["-c", &format!("accept {team}")]].concat(),
-        ),
-        "",
-    )?;
-    ensure!(
-        code == 0 && out.contains(&format!("You joined team {team}")),
-        "{out}{err}"
-    );
-    let members = rig.get(&format!("/teams/{team}/members")).await?;
-    ensure!(members.to_string().contains("\"carol\""), "{members}");
+    invitations_through_c(&rig, &mut ran, &team).await?;
 
     // Deletions last: the service and the worker.
-    ok!("delete services s1");
+    ok!(rig, ran, "delete services s1");
     let (status, _) = rig
         .api
         .call("GET", "/api/v1/services/s1", Value::Null)
         .await?;
     assert_eq!(status.as_u16(), 404);
-    ok!("delete workers w1");
+    ok!(rig, ran, "delete workers w1");
     let (status, _) = rig
         .api
         .call("GET", "/api/v1/workers/w1", Value::Null)
@@ -345,6 +199,188 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
             "no one-shot test runs `{pattern}`"
         );
     }
+    Ok(())
+}
+
+/// Workers.
+async fn workers_through_c(rig: &Rig, ran: &mut Vec<String>, team: &str) -> Result<()> {
+    // Workers.
+    let out = ok!(rig, ran, "set workers identity w1");
+    let token = Regex::new(r#"token = "([0-9a-f-]{36})""#)?
+        .captures(&out)
+        .with_context(|| format!("no token in:\n{out}"))?[1]
+        .to_string();
+    ensure!(out.contains(&format!("[workers.{team}.w1]")), "{out}");
+    ok!(rig, ran, "set workers w1 description web front end");
+    ok!(rig, ran, "set workers w1 visibility local");
+    let w = rig.get("/workers/w1").await?;
+    assert_eq!(w["description"], "web front end");
+    assert_eq!(w["visibility"], "local");
+    let out = ok!(rig, ran, "set workers w1 token regenerate");
+    ensure!(out.contains("token = \"") && !out.contains(&token), "{out}");
+    Ok(())
+}
+
+/// Services.
+async fn services_through_c(rig: &Rig, ran: &mut Vec<String>) -> Result<()> {
+    // Services.
+    ok!(rig, ran, "set services name s1");
+    ok!(rig, ran, "set services s1 description \"the demo\"");
+    ok!(rig, ran, "set services s1 algorithm mirror");
+    ok!(rig, ran, "set services s1 timeout 1m30s");
+    ok!(rig, ran, "set services s1 visibility team");
+    ok!(rig, ran, "set services s1 batch 2");
+    ok!(rig, ran, "set services s1 stop-on-failure true");
+    ok!(rig, ran, "set services s1 retry true");
+    ok!(rig, ran, "set services s1 history team");
+    let s = rig.get("/services/s1").await?;
+    assert_eq!(s["description"], "the demo");
+    assert_eq!(s["algorithm"], "mirror");
+    assert_eq!(s["timeout_ms"], 90_000);
+    assert_eq!(s["visibility"], "team");
+    assert_eq!(s["batch"], 2);
+    assert_eq!(s["stop_on_failure"], true);
+    assert_eq!(s["retry"], true);
+    assert_eq!(s["history"], "team");
+    let out = ok!(rig, ran, "set services s1 workers add w1");
+    ensure!(
+        out.contains("Notice: service s1 (mirror) is now served by w1"),
+        "{out}"
+    );
+    assert_eq!(rig.get("/services/s1").await?["workers"], json!(["w1"]));
+    ok!(rig, ran, "set services s1 workers remove w1");
+    assert_eq!(rig.get("/services/s1").await?["workers"], json!([]));
+    Ok(())
+}
+
+/// Directories and triggers, in the seed's order: the trigger first, then its settings.
+async fn directories_and_triggers_through_c(rig: &Rig, ran: &mut Vec<String>) -> Result<()> {
+    // Directories and triggers, in the seed's order: the trigger first, then its settings.
+    ok!(rig, ran, "set directory logs");
+    ok!(rig, ran, "set trigger name /logs/access");
+    ok!(rig, ran, "set trigger access plugin append");
+    ok!(rig, ran, "set trigger access service attach s1");
+    ok!(rig, ran, "set trigger access args path=/var/log/x.log");
+    ok!(rig, ran, "set trigger /logs/access args sync=1");
+    ok!(rig, ran, "set trigger access split lines");
+    ok!(rig, ran, "set trigger access batch-lines 50");
+    ok!(rig, ran, "set trigger access timeout 5s");
+    ok!(rig, ran, "set trigger access mode 600");
+    ok!(rig, ran, "set trigger access description nginx access log");
+    ok!(rig, ran, "set trigger access visibility local");
+    let triggers = rig.get("/triggers").await?;
+    let t = &triggers[0];
+    assert_eq!(t["path"], "/logs/access");
+    assert_eq!(t["plugin"], "append");
+    assert_eq!(t["service"], "s1");
+    assert_eq!(t["args"], json!({"path": "/var/log/x.log", "sync": "1"}));
+    assert_eq!(t["split"], "lines");
+    assert_eq!(t["batch_lines"], 50);
+    assert_eq!(t["timeout_ms"], 5000);
+    assert_eq!(t["mode"], 0o600);
+    assert_eq!(t["description"], "nginx access log");
+    assert_eq!(t["visibility"], "local");
+    ok!(rig, ran, "set trigger access rename /logs/access2");
+    ok!(rig, ran, "delete trigger access2 args sync");
+    let t = &rig.get("/triggers").await?[0];
+    assert_eq!(t["path"], "/logs/access2");
+    assert_eq!(t["args"], json!({"path": "/var/log/x.log"}));
+    let shown = ok!(rig, ran, "show triggers");
+    ensure!(
+        shown.contains("access2") && shown.contains("(1 rows)"),
+        "{shown}"
+    );
+    ok!(rig, ran, "delete trigger /logs/access2");
+    assert_eq!(rig.get("/triggers").await?, json!([]));
+    ok!(rig, ran, "delete directory logs");
+    assert_eq!(rig.get("/directories").await?, json!([]));
+    Ok(())
+}
+
+/// Users, teams, quotas.
+async fn users_teams_and_quotas_through_c(
+    rig: &Rig,
+    ran: &mut Vec<String>,
+    team: &str,
+) -> Result<()> {
+    // Users, teams, quotas.
+    ok!(rig, ran, "set users identity bob secret b0b-secret");
+    ok!(rig, ran, "set users bob role admin");
+    let members = rig.get(&format!("/teams/{team}/members")).await?;
+    ensure!(
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["identity"] == "bob" && m["role"] == "admin"),
+        "{members}"
+    );
+    ok!(rig, ran, "delete users bob");
+    let members = rig.get(&format!("/teams/{team}/members")).await?;
+    ensure!(!members.to_string().contains("\"bob\""), "{members}");
+    ok!(rig, ran, "set teams name second");
+    ensure!(rig.get("/teams").await?.to_string().contains("\"second\""));
+    ok!(rig, ran, "delete teams second");
+    ensure!(!rig.get("/teams").await?.to_string().contains("\"second\""));
+    ok!(rig, ran, "set quota preset basic");
+    ok!(rig, ran, "set quota max_workers 7");
+    let q = rig.get(&format!("/teams/{team}/quota")).await?;
+    assert_eq!(q["max_workers"], 7);
+    assert_eq!(q["max_services"], 5, "the other limits stay: {q}");
+    ok!(rig, ran, "set quota max_workers unlimited");
+    assert_eq!(
+        rig.get(&format!("/teams/{team}/quota")).await?["max_workers"],
+        Value::Null
+    );
+    ok!(rig, ran, "set quota preset unlimited");
+    Ok(())
+}
+
+/// Invitations: carol, of another team, is invited, declines, is invited again, accepts.
+async fn invitations_through_c(rig: &Rig, ran: &mut Vec<String>, team: &str) -> Result<()> {
+    // Invitations: carol, of another team, is invited, declines, is invited again, accepts.
+    rig.api
+        .ok("POST", "/api/v1/teams", json!({"name": "other"}))
+        .await?;
+    rig.api.new_member("other", "carol", "carol-secret").await?;
+    let carol = [
+        "--team",
+        "other",
+        "--identity",
+        "carol",
+        "--secret",
+        "carol-secret",
+    ];
+    ok!(rig, ran, "invite carol");
+    let pending = rig.get(&format!("/teams/{team}/invitations")).await?;
+    ensure!(pending.to_string().contains("\"carol\""), "{pending}");
+    ok!(rig, ran, "delete invitations carol");
+    assert_eq!(
+        rig.get(&format!("/teams/{team}/invitations")).await?,
+        json!([])
+    );
+    ok!(rig, ran, "invite carol role member");
+    let (code, out, err) = rig.run(
+        rig.command(&bin(), &[&carol[..], &["-c", "show invitations"]].concat()),
+        "",
+    )?;
+    ensure!(
+        code == 0 && out.contains(team) && out.contains("(1 rows)"),
+        "{out}{err}"
+    );
+    let (code, out, err) = rig.run(
+        rig.command(
+            &bin(),
+            &[&carol[..], &["-c", &format!("accept {team}")]].concat(),
+        ),
+        "",
+    )?;
+    ensure!(
+        code == 0 && out.contains(&format!("You joined team {team}")),
+        "{out}{err}"
+    );
+    let members = rig.get(&format!("/teams/{team}/members")).await?;
+    ensure!(members.to_string().contains("\"carol\""), "{members}");
     Ok(())
 }
 
@@ -450,6 +486,75 @@ impl Screen {
 async fn the_seeds_get_started_flow_typed_in_the_console() -> Result<()> {
     let rig = Rig::start().await?;
     let host = "(main) admin@127.0.0.1";
+    let mut screen = console_on_a_pty(&rig)?;
+    screen.expect(&format!("{host}$ "))?;
+    screen.line("configure")?;
+    screen.expect(&format!("{host}# "))?;
+
+    let token = worker_and_service_typed(&mut screen, host)?;
+
+    // Start the worker, as the seed does on its server; the console sees it online.
+    let plugins = rig.dir.path().join("data/plugins");
+    let (mut worker, _stdout) = Proc::spawn(
+        "demo01",
+        &[
+            "worker",
+            "--identity",
+            "demo01",
+            "--team",
+            "main",
+            "--token",
+            &token,
+            "--broker",
+            &rig.up.broker,
+            "--pluginspath",
+            plugins.to_str().unwrap(),
+        ],
+    )?;
+    rig.api
+        .wait_worker_state("demo01", "ONLINE", Duration::from_secs(15))
+        .await?;
+    screen.line("show workers")?;
+    screen.expect_re(r"demo01\s+\|[^|]*\|\s+ONLINE")?;
+
+    trigger_made_and_written_through_file(&rig, &mut screen, host).await?;
+
+    // A request from the console, live; Ctrl-C cancels a long one, not the console.
+    screen.line("request demoservice command/command timeout 10s command uptime")?;
+    screen.expect("[command/command@demo01]")?;
+    screen.expect("Exit code: 0")?;
+    screen.expect(&format!("{host}$ "))?;
+    screen.line("request demoservice command command sleep 30")?;
+    screen.expect("Sending message to service demoservice")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let cancelled = Instant::now();
+    screen.send("\x03")?;
+    screen.expect("Exit code")?;
+    screen.expect(&format!("{host}$ "))?;
+    ensure!(
+        cancelled.elapsed() < Duration::from_secs(10),
+        "Ctrl-C did not cancel the request"
+    );
+    // Ctrl-C on a line drops the line.
+    screen.send("show wor\x03")?;
+    screen.expect(&format!("{host}$ "))?;
+    screen.line("show teams")?;
+    screen.expect("(1 rows)")?;
+
+    // History survives the console.
+    screen.line("exit")?;
+    screen.pty.exp_eof()?;
+    worker.kill();
+    let history = std::fs::read_to_string(rig.dir.path().join("xdg/triggerfs/cli_history"))?;
+    ensure!(
+        history.contains("set services name demoservice"),
+        "{history}"
+    );
+    Ok(())
+}
+
+/// The console on a pty of a person's size.
+fn console_on_a_pty(rig: &Rig) -> Result<Screen> {
     // A terminal of a person's size (a new pty has 0 columns): through `stty`, before the
     // console starts, so its first prompt already knows it.
     let console = rig.command(&bin(), &[]);
@@ -469,13 +574,14 @@ async fn the_seeds_get_started_flow_typed_in_the_console() -> Result<()> {
         .env("TERM", "xterm")
         .env("SHELL", "/bin/sh")
         .env("PS1", "shell> ");
-    let mut screen = Screen {
+    let screen = Screen {
         pty: rexpect::session::spawn_command(command, Some(20_000))?,
     };
-    screen.expect(&format!("{host}$ "))?;
-    screen.line("configure")?;
-    screen.expect(&format!("{host}# "))?;
+    Ok(screen)
+}
 
+/// Workers and services typed with TAB and `?`; returns the new worker's token.
+fn worker_and_service_typed(screen: &mut Screen, host: &str) -> Result<String> {
     // Workers: create one; its token is shown once, as a config section.
     screen.line("set workers identity demo01")?;
     screen.expect("[workers.main.demo01]")?;
@@ -508,31 +614,15 @@ async fn the_seeds_get_started_flow_typed_in_the_console() -> Result<()> {
     }
     screen.expect(&format!("{host}# set services demoservice "))?;
     screen.send("\x15")?; // Ctrl-U: the line goes
+    Ok(token)
+}
 
-    // Start the worker, as the seed does on its server; the console sees it online.
-    let plugins = rig.dir.path().join("data/plugins");
-    let (mut worker, _stdout) = Proc::spawn(
-        "demo01",
-        &[
-            "worker",
-            "--identity",
-            "demo01",
-            "--team",
-            "main",
-            "--token",
-            &token,
-            "--broker",
-            &rig.up.broker,
-            "--pluginspath",
-            plugins.to_str().unwrap(),
-        ],
-    )?;
-    rig.api
-        .wait_worker_state("demo01", "ONLINE", Duration::from_secs(15))
-        .await?;
-    screen.line("show workers")?;
-    screen.expect_re(r"demo01\s+\|[^|]*\|\s+ONLINE")?;
-
+/// Trigger: a directory made in `file`'s shell, then the trigger; a write to its file is a hit.
+async fn trigger_made_and_written_through_file(
+    rig: &Rig,
+    screen: &mut Screen,
+    host: &str,
+) -> Result<()> {
     // Trigger: a directory made in `file`'s shell, then the trigger and its settings.
     screen.send("\x04")?; // ^D leaves configure mode
     screen.expect(&format!("{host}$ "))?;
@@ -570,38 +660,6 @@ async fn the_seeds_get_started_flow_typed_in_the_console() -> Result<()> {
             .is_ok_and(|t| t[0]["hits"] == 1)
     })
     .await?;
-
-    // A request from the console, live; Ctrl-C cancels a long one, not the console.
-    screen.line("request demoservice command/command timeout 10s command uptime")?;
-    screen.expect("[command/command@demo01]")?;
-    screen.expect("Exit code: 0")?;
-    screen.expect(&format!("{host}$ "))?;
-    screen.line("request demoservice command command sleep 30")?;
-    screen.expect("Sending message to service demoservice")?;
-    std::thread::sleep(Duration::from_millis(500));
-    let cancelled = Instant::now();
-    screen.send("\x03")?;
-    screen.expect("Exit code")?;
-    screen.expect(&format!("{host}$ "))?;
-    ensure!(
-        cancelled.elapsed() < Duration::from_secs(10),
-        "Ctrl-C did not cancel the request"
-    );
-    // Ctrl-C on a line drops the line.
-    screen.send("show wor\x03")?;
-    screen.expect(&format!("{host}$ "))?;
-    screen.line("show teams")?;
-    screen.expect("(1 rows)")?;
-
-    // History survives the console.
-    screen.line("exit")?;
-    screen.pty.exp_eof()?;
-    worker.kill();
-    let history = std::fs::read_to_string(rig.dir.path().join("xdg/triggerfs/cli_history"))?;
-    ensure!(
-        history.contains("set services name demoservice"),
-        "{history}"
-    );
     Ok(())
 }
 

@@ -65,6 +65,58 @@ async fn control_plane_authenticates_isolates_and_reconfigures_the_broker() -> R
     let (team, admin, secret) = control.admin.clone();
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
 
+    let token = worker_and_services(&api).await?;
+
+    let (_broker, _) = start_controlled_broker(&control, port, &[])?;
+    let plugins = Plugins::core()?;
+    let worker = start_worker(
+        broker_addr.parse()?,
+        "w1",
+        &plugins,
+        &["--team", &team, "--token", &token],
+    )?;
+
+    the_admins_client_is_served(&control, &broker_addr, &worker).await?;
+
+    wrong_credentials_are_refused(&control, &broker_addr).await?;
+
+    team_b_calls_only_the_public_service(&control, &api, &broker_addr).await?;
+
+    // A service created over the API is routable within a second, without a restart.
+    let admin_client = connect_jwt(&broker_addr, api.token().as_deref().unwrap()).await?;
+    api.ok(
+        "POST",
+        "/api/v1/services",
+        json!({"name": "late", "algorithm": "serial", "visibility": "team", "workers": ["w1"]}),
+    )
+    .await?;
+    let created_at = Instant::now();
+    loop {
+        let o = admin_client
+            .request(spec("late", "echo late"))
+            .await?
+            .collect()
+            .await;
+        if o.exit_status() == 0 {
+            break;
+        }
+        assert!(
+            created_at.elapsed() < Duration::from_secs(1),
+            "not routable after {:?}: {:?}",
+            created_at.elapsed(),
+            o.error
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The worker shows ONLINE in the control plane.
+    api.wait_worker_state("w1", "ONLINE", Duration::from_secs(5))
+        .await?;
+    Ok(())
+}
+
+/// A worker, a team service bound to it, a public service; returns the worker's token.
+async fn worker_and_services(api: &Api) -> Result<String> {
     // A worker, a team service bound to it, a public service.
     let created = api
         .ok("POST", "/api/v1/workers", json!({"identity": "w1"}))
@@ -92,21 +144,21 @@ async fn control_plane_authenticates_isolates_and_reconfigures_the_broker() -> R
         json!({"name": "pub", "algorithm": "mirror", "visibility": "public", "workers": ["w1"]}),
     )
     .await?;
+    Ok(token)
+}
 
-    let (_broker, _) = start_controlled_broker(&control, port, &[])?;
-    let plugins = Plugins::core()?;
-    let _worker = start_worker(
-        broker_addr.parse()?,
-        "w1",
-        &plugins,
-        &["--team", &team, "--token", &token],
-    )?;
-
+/// The admin's real client, logging in with team, identity and secret, is served by `worker`.
+async fn the_admins_client_is_served(
+    control: &Control,
+    broker_addr: &str,
+    worker: &Proc,
+) -> Result<()> {
+    let (team, admin, secret) = control.admin.clone();
     // The admin's real client, logging in with team, identity and secret.
     let run = |service: String| {
         let (url, broker, team, admin, secret) = (
             control.url.clone(),
-            broker_addr.clone(),
+            broker_addr.to_string(),
             team.clone(),
             admin.clone(),
             secret.clone(),
@@ -149,11 +201,16 @@ async fn control_plane_authenticates_isolates_and_reconfigures_the_broker() -> R
     assert!(
         served,
         "the worker never served; worker log:\n{}",
-        _worker.stderr()
+        worker.stderr()
     );
+    Ok(())
+}
 
+/// A wrong worker token, an expired JWT and one signed with another key are refused.
+async fn wrong_credentials_are_refused(control: &Control, broker_addr: &str) -> Result<()> {
+    let (team, admin, _) = control.admin.clone();
     // A wrong worker token is refused, with a clear reason.
-    match worker_hello(&broker_addr, &team, "w1", "not-the-token").await? {
+    match worker_hello(broker_addr, &team, "w1", "not-the-token").await? {
         Frame::Refused { kind, reason } => {
             assert_eq!(kind, ErrorKind::Unauthorized);
             assert!(reason.contains("wrong token"), "{reason}");
@@ -163,7 +220,7 @@ async fn control_plane_authenticates_isolates_and_reconfigures_the_broker() -> R
 
     // An expired JWT and one signed with another key are refused.
     let key = control.jwt_key()?;
-    match connect_jwt(&broker_addr, &mint(&key, &team, &admin, -120)).await {
+    match connect_jwt(broker_addr, &mint(&key, &team, &admin, -120)).await {
         Err(ClientError::Refused { kind, reason }) => {
             assert_eq!(kind, ErrorKind::Unauthorized);
             assert!(reason.contains("expired"), "{reason}");
@@ -171,7 +228,7 @@ async fn control_plane_authenticates_isolates_and_reconfigures_the_broker() -> R
         other => panic!("expired token: {other:?}"),
     }
     match connect_jwt(
-        &broker_addr,
+        broker_addr,
         &mint(b"another key entirely", &team, &admin, 3600),
     )
     .await
@@ -179,7 +236,16 @@ async fn control_plane_authenticates_isolates_and_reconfigures_the_broker() -> R
         Err(ClientError::Refused { kind, .. }) => assert_eq!(kind, ErrorKind::Unauthorized),
         other => panic!("foreign key: {other:?}"),
     }
+    Ok(())
+}
 
+/// Team B: a member may not call team A's team service, but may call its public one.
+async fn team_b_calls_only_the_public_service(
+    control: &Control,
+    api: &Api,
+    broker_addr: &str,
+) -> Result<()> {
+    let team = &control.admin.0;
     // Team B: a member may not call team A's team service, but may call its public one.
     api.ok("POST", "/api/v1/teams", json!({"name": "teamb"}))
         .await?;
@@ -190,7 +256,7 @@ async fn control_plane_authenticates_isolates_and_reconfigures_the_broker() -> R
     )
     .await?;
     let bob = Api::login(&control.url, "teamb", "bob", "bobs-secret-123").await?;
-    let bob_client = connect_jwt(&broker_addr, bob.token.as_deref().unwrap()).await?;
+    let bob_client = connect_jwt(broker_addr, bob.token().as_deref().unwrap()).await?;
     let denied = bob_client
         .request(spec(&format!("{team}/svc"), "echo hi"))
         .await?
@@ -209,37 +275,6 @@ async fn control_plane_authenticates_isolates_and_reconfigures_the_broker() -> R
     // Bob's team does not see team A's names unqualified.
     let other = bob_client.request(spec("svc", "x")).await?.collect().await;
     assert_eq!(other.error.map(|e| e.kind), Some(ErrorKind::NoSuchService));
-
-    // A service created over the API is routable within a second, without a restart.
-    let admin_client = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
-    api.ok(
-        "POST",
-        "/api/v1/services",
-        json!({"name": "late", "algorithm": "serial", "visibility": "team", "workers": ["w1"]}),
-    )
-    .await?;
-    let created_at = Instant::now();
-    loop {
-        let o = admin_client
-            .request(spec("late", "echo late"))
-            .await?
-            .collect()
-            .await;
-        if o.exit_status() == 0 {
-            break;
-        }
-        assert!(
-            created_at.elapsed() < Duration::from_secs(1),
-            "not routable after {:?}: {:?}",
-            created_at.elapsed(),
-            o.error
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    // The worker shows ONLINE in the control plane.
-    api.wait_worker_state("w1", "ONLINE", Duration::from_secs(5))
-        .await?;
     Ok(())
 }
 
@@ -276,7 +311,7 @@ async fn gateway_streams_mirror_output_to_curl_and_broker_metrics_count() -> Res
         &plugins,
         &["--team", &team, "--token", &tokens[1]],
     )?;
-    let c = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
+    let c = connect_jwt(&broker_addr, api.token().as_deref().unwrap()).await?;
     wait_until(Duration::from_secs(20), "both workers", || async {
         match c.request(spec("fleet", "true")).await {
             Ok(h) => h.collect().await.summary.is_some_and(|s| s.ok == 2),
@@ -286,7 +321,7 @@ async fn gateway_streams_mirror_output_to_curl_and_broker_metrics_count() -> Res
     .await?;
 
     let body = json!({"plugin": "command", "command": "echo one; sleep 0.2; echo two from $TRIGGERFS_WORKER", "timeout": "10s"});
-    let events = gateway_events(&control.url, api.token.as_deref().unwrap(), "fleet", &body)?;
+    let events = gateway_events(&control.url, api.token().as_deref().unwrap(), "fleet", &body)?;
     let text = format!("{events:?}");
     for id in ["g1", "g2"] {
         assert!(
@@ -411,7 +446,7 @@ async fn broker_keeps_serving_while_the_control_plane_restarts() -> Result<()> {
         &plugins,
         &["--team", &team, "--token", &token],
     )?;
-    let c = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
+    let c = connect_jwt(&broker_addr, api.token().as_deref().unwrap()).await?;
     let served = |service: &'static str| {
         let c = c.clone();
         async move {

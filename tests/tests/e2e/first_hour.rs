@@ -110,7 +110,7 @@ async fn gateway_refusals_before_any_output_are_http_statuses() -> Result<()> {
         .arg("-H")
         .arg(format!(
             "authorization: Bearer {}",
-            api.token.as_deref().unwrap()
+            api.token().as_deref().unwrap()
         ))
         .arg("--data")
         .arg(body.to_string())

@@ -337,6 +337,44 @@ async fn deadline_quorum_and_only_over_ten_workers() -> Result<()> {
     let (broker, _plugins, procs, ids) = ten_workers().await?;
     let addr = broker.addr.to_string();
 
+    a_deadline_reports_the_stopped_workers(&broker, &procs, &ids).await?;
+
+    a_quorum_returns_with_five(&addr, &ids)?;
+
+    a_staged_run_times_each_worker_from_its_start(&addr, &ids)?;
+
+    // Only: exactly the named workers; a name that is not the service's is refused.
+    let (code, out, err) = run_cli(
+        &client_args(
+            &addr,
+            "ten",
+            "echo hi",
+            &["--only-workers", "p2,p6", "--json"],
+        ),
+        Duration::from_secs(30),
+    )?;
+    ensure!(code == 0, "exit {code}\n{out}\n{err}");
+    let doc: Value = serde_json::from_str(&out)?;
+    let names: Vec<String> = json_outcomes(&doc).into_keys().collect();
+    ensure!(names == ["p2", "p6"], "{out}");
+    let (code, _, err) = run_cli(
+        &client_args(&addr, "ten", "echo hi", &["--only-workers", "p2,nosuch"]),
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        code == 2 && err.contains("nosuch is not a worker of service ten"),
+        "exit {code}: {err}"
+    );
+    Ok(())
+}
+
+/// Deadline: p7, p8, p9 are stopped while their plugin sleeps; the stopped workers come back.
+async fn a_deadline_reports_the_stopped_workers(
+    broker: &Broker,
+    procs: &[Proc],
+    ids: &[String],
+) -> Result<()> {
+    let addr = broker.addr.to_string();
     // Deadline: p7, p8, p9 are stopped while their plugin sleeps.
     let stopped = &procs[7..];
     let started = Instant::now();
@@ -388,7 +426,11 @@ async fn deadline_quorum_and_only_over_ten_workers() -> Result<()> {
     // The stopped workers are back: wait until every one answers again.
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     wait_for_workers(broker.addr, &refs).await?;
+    Ok(())
+}
 
+/// Quorum: five answer at once, five take 20 s; the request returns with the five.
+fn a_quorum_returns_with_five(addr: &str, ids: &[String]) -> Result<()> {
     // Quorum: five answer at once, five take 20 s; the request returns with the five.
     let script = "case $TRIGGERFS_WORKER in p[0-4]) echo quick;; *) sleep 20; echo slow;; esac";
     for (extra, left) in [(None, "detached"), (Some("--quorum-cancel"), "cancelled")] {
@@ -396,7 +438,7 @@ async fn deadline_quorum_and_only_over_ten_workers() -> Result<()> {
         let mut flags = vec!["--quorum", "5", "--json"];
         flags.extend(extra);
         let (code, out, err) = run_cli(
-            &client_args(&addr, "ten", script, &flags),
+            &client_args(addr, "ten", script, &flags),
             Duration::from_secs(30),
         )?;
         let took = started.elapsed();
@@ -416,7 +458,11 @@ async fn deadline_quorum_and_only_over_ten_workers() -> Result<()> {
             ensure!(outcomes[id] == left, "{id}: {} ({extra:?})", outcomes[id]);
         }
     }
+    Ok(())
+}
 
+/// A staged run (waves of 4) times each worker from its own start.
+fn a_staged_run_times_each_worker_from_its_start(addr: &str, ids: &[String]) -> Result<()> {
     // A staged run (waves of 4) times each worker from its own start: three waves of 1.2 s
     // under `--timeout 2.5s` succeed (the request's timeout would cut the last waves), and
     // p9, in the last wave, times out 2.5 s after its own start while nothing else does.
@@ -426,7 +472,7 @@ async fn deadline_quorum_and_only_over_ten_workers() -> Result<()> {
     let staged = [
         "client",
         "--broker",
-        &addr,
+        addr,
         "--service",
         "ten",
         "--plugin",
@@ -454,29 +500,6 @@ async fn deadline_quorum_and_only_over_ten_workers() -> Result<()> {
     ensure!(
         (Duration::from_millis(4_800)..Duration::from_secs(9)).contains(&took),
         "{took:?}\n{out}"
-    );
-
-    // Only: exactly the named workers; a name that is not the service's is refused.
-    let (code, out, err) = run_cli(
-        &client_args(
-            &addr,
-            "ten",
-            "echo hi",
-            &["--only-workers", "p2,p6", "--json"],
-        ),
-        Duration::from_secs(30),
-    )?;
-    ensure!(code == 0, "exit {code}\n{out}\n{err}");
-    let doc: Value = serde_json::from_str(&out)?;
-    let names: Vec<String> = json_outcomes(&doc).into_keys().collect();
-    ensure!(names == ["p2", "p6"], "{out}");
-    let (code, _, err) = run_cli(
-        &client_args(&addr, "ten", "echo hi", &["--only-workers", "p2,nosuch"]),
-        Duration::from_secs(30),
-    )?;
-    ensure!(
-        code == 2 && err.contains("nosuch is not a worker of service ten"),
-        "exit {code}: {err}"
     );
     Ok(())
 }
@@ -538,7 +561,7 @@ async fn a_bound_but_offline_worker_is_reported() -> Result<()> {
     )?;
     api.wait_worker_state("web01", "ONLINE", Duration::from_secs(20))
         .await?;
-    let jwt = api.token.clone().unwrap();
+    let jwt = api.token().unwrap();
     let c = connect_jwt(&broker_addr, &jwt).await?;
     wait_until(Duration::from_secs(20), "web01 serves dc1", || async {
         matches!(request(&c, "dc1", "echo", "x", Duration::from_secs(5)).await,
@@ -555,9 +578,41 @@ async fn a_bound_but_offline_worker_is_reported() -> Result<()> {
     )?;
     ensure!(doc["summary"]["offline"] == 1, "{doc}");
 
+    offline_on_a_terminal(&args)?;
+
+    // The gateway's stream names it too.
+    let body = json!({"plugin": "command", "command": "uptime", "timeout": "10s"});
+    offline_in_the_gateway_stream(&control, &jwt, &body)?;
+
+    // With every bound worker offline the request is not refused naming no one: both are
+    // reported offline, exit 3, in the plain report, `--json` and the gateway's stream.
+    drop(web01);
+    wait_until(Duration::from_secs(20), "web01 offline", || async {
+        matches!(request(&c, "dc1", "echo", "x", Duration::from_secs(5)).await,
+            Ok(o) if o.summary.is_some_and(|s| s.offline == 2))
+    })
+    .await?;
+    offline_report(
+        &args,
+        &[("web01", "offline"), ("web02", "offline")],
+        "Summary: 2 workers, 0 ok, 0 failed, 0 timed out, 0 lost, 2 offline\n",
+    )?;
+    let events = gateway_events(&control.url, &jwt, "dc1", &body)?;
+    let offline: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "failed" && e["kind"] == "Offline")
+        .filter_map(|e| e["worker"].as_str())
+        .collect();
+    ensure!(offline == ["web01", "web02"], "{events:?}");
+    Ok(())
+}
+
+/// On a terminal: web02 named offline as the run starts, and the table, sorted by outcome
+/// (the offline worker first).
+fn offline_on_a_terminal(args: &[&str]) -> Result<()> {
     // On a terminal: web02 named offline as the run starts, and the table, sorted by
     // outcome (the offline worker first).
-    let (code, screen) = on_terminal(&args, 30)?;
+    let (code, screen) = on_terminal(args, 30)?;
     ensure!(code == 3, "{screen}");
     ensure!(
         screen
@@ -585,10 +640,12 @@ async fn a_bound_but_offline_worker_is_reported() -> Result<()> {
             ]),
         "{screen}"
     );
+    Ok(())
+}
 
-    // The gateway's stream names it too.
-    let body = json!({"plugin": "command", "command": "uptime", "timeout": "10s"});
-    let events = gateway_events(&control.url, &jwt, "dc1", &body)?;
+/// The gateway's stream names the offline worker too, and it takes the fleet options.
+fn offline_in_the_gateway_stream(control: &Control, jwt: &str, body: &Value) -> Result<()> {
+    let events = gateway_events(&control.url, jwt, "dc1", body)?;
     let text = format!("{events:?}");
     ensure!(
         events
@@ -606,7 +663,7 @@ async fn a_bound_but_offline_worker_is_reported() -> Result<()> {
     // The gateway takes the fleet options too: `only` web01, `quorum` 1, `batch` 50%.
     let fleet = json!({"plugin": "command", "command": "uptime", "timeout": "10s",
         "only": ["web01"], "quorum": 1, "batch": "50%", "max_failures": 0, "deadline": "20s"});
-    let events = gateway_events(&control.url, &jwt, "dc1", &fleet)?;
+    let events = gateway_events(&control.url, jwt, "dc1", &fleet)?;
     ensure!(
         events.iter().all(|e| e["worker"] != "web02")
             && events.iter().any(|e| e["event"] == "summary"
@@ -615,27 +672,6 @@ async fn a_bound_but_offline_worker_is_reported() -> Result<()> {
                 && e["quorum_met"] == true),
         "{events:?}"
     );
-
-    // With every bound worker offline the request is not refused naming no one: both are
-    // reported offline, exit 3, in the plain report, `--json` and the gateway's stream.
-    drop(web01);
-    wait_until(Duration::from_secs(20), "web01 offline", || async {
-        matches!(request(&c, "dc1", "echo", "x", Duration::from_secs(5)).await,
-            Ok(o) if o.summary.is_some_and(|s| s.offline == 2))
-    })
-    .await?;
-    offline_report(
-        &args,
-        &[("web01", "offline"), ("web02", "offline")],
-        "Summary: 2 workers, 0 ok, 0 failed, 0 timed out, 0 lost, 2 offline\n",
-    )?;
-    let events = gateway_events(&control.url, &jwt, "dc1", &body)?;
-    let offline: Vec<&str> = events
-        .iter()
-        .filter(|e| e["event"] == "failed" && e["kind"] == "Offline")
-        .filter_map(|e| e["worker"].as_str())
-        .collect();
-    ensure!(offline == ["web01", "web02"], "{events:?}");
     Ok(())
 }
 
@@ -648,6 +684,38 @@ async fn apt_upgrade_example_ends_with_apts_summary() -> Result<()> {
     let broker = Broker::start(&mirror_config("servers", &ids), 2)?;
     let plugins = Plugins::core()?;
     plugins.add_example("apt-upgrade")?;
+    let (_fake, apt_get) = fake_apt_get()?;
+    let addr = broker.addr.to_string();
+    let _workers = apt_workers(&ids, &addr, &plugins, &apt_get)?;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wait_for_workers(broker.addr, &refs).await?;
+
+    let args = [
+        "client",
+        "--broker",
+        &addr,
+        "--service",
+        "servers",
+        "--plugin",
+        "apt-upgrade",
+        "--batch",
+        "10%",
+        "--max-failures",
+        "5%",
+        "--json",
+    ];
+    let (code, out, err) = run_cli(&args, Duration::from_secs(30))?;
+    // One at a time (10% of 2, rounded up); apt2, the last, fails past 5% (0 of 2): nothing
+    // is left to stop, so it is a failure (1), not a stop (4).
+    ensure!(code == 1, "exit {code}\n{out}\n{err}");
+    let doc: Value = serde_json::from_str(&out)?;
+    apts_summary_or_what_failed(&doc)?;
+    Ok(())
+}
+
+/// A stand-in apt-get, in the returned directory: apt1's first update finds the lists' lock
+/// held; apt2's upgrade fails in dpkg.
+fn fake_apt_get() -> Result<(tempfile::TempDir, std::path::PathBuf)> {
     let fake = tempfile::tempdir()?;
     let apt_get = fake.path().join("apt-get");
     std::fs::write(
@@ -674,9 +742,18 @@ async fn apt_upgrade_example_ends_with_apts_summary() -> Result<()> {
         &apt_get,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    let addr = broker.addr.to_string();
+    Ok((fake, apt_get))
+}
+
+/// Workers `ids`, with the stand-in apt-get in their environment.
+fn apt_workers(
+    ids: &[String],
+    addr: &str,
+    plugins: &Plugins,
+    apt_get: &std::path::Path,
+) -> Result<Vec<Proc>> {
     let mut workers = Vec::new();
-    for id in &ids {
+    for id in ids {
         let mut command = std::process::Command::new(bin());
         command
             .args([
@@ -684,37 +761,21 @@ async fn apt_upgrade_example_ends_with_apts_summary() -> Result<()> {
                 "--identity",
                 id,
                 "--broker",
-                &addr,
+                addr,
                 "--pluginspath",
             ])
             .arg(plugins.path())
-            .env("TRIGGERFS_APT_GET", &apt_get)
+            .env("TRIGGERFS_APT_GET", apt_get)
             .env("TRIGGERFS_APT_RETRY_SECONDS", "1")
             .env_remove("TRIGGERFS_CONFIG");
         workers.push(Proc::start(&format!("worker {id}"), command)?.0);
     }
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    wait_for_workers(broker.addr, &refs).await?;
+    Ok(workers)
+}
 
-    let args = [
-        "client",
-        "--broker",
-        &addr,
-        "--service",
-        "servers",
-        "--plugin",
-        "apt-upgrade",
-        "--batch",
-        "10%",
-        "--max-failures",
-        "5%",
-        "--json",
-    ];
-    let (code, out, err) = run_cli(&args, Duration::from_secs(30))?;
-    // One at a time (10% of 2, rounded up); apt2, the last, fails past 5% (0 of 2): nothing
-    // is left to stop, so it is a failure (1), not a stop (4).
-    ensure!(code == 1, "exit {code}\n{out}\n{err}");
-    let doc: Value = serde_json::from_str(&out)?;
+/// apt1's run: apt asked not to prompt, to keep configuration files, to wait for the lock, its
+/// lines streamed, its summary last; apt2's: what failed.
+fn apts_summary_or_what_failed(doc: &Value) -> Result<()> {
     let worker = |id: &str| -> Value {
         doc["workers"]
             .as_array()

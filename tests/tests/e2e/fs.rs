@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tests::{
     free_port, start_controlled_broker, start_worker, wait_until, Api, Control, Plugins, Proc,
+    TestApi,
 };
 
 /// A whole system with an fs module mounted (also used by `containment`).
@@ -584,6 +585,42 @@ async fn the_tree_follows_the_api_and_refuses_the_rest() -> Result<()> {
     .await?;
     eprintln!("a new trigger showed in {:?}", started.elapsed());
 
+    mv_and_chmod_go_to_the_control_plane(&rig, &mnt, id).await?;
+
+    directories_and_what_is_refused(&rig, &mnt).await?;
+
+    // A trigger bound to a service that does not exist: the API says so.
+    let (status, body) = rig
+        .api
+        .call(
+            "POST",
+            "/api/v1/triggers",
+            json!({"path": "/logs/bad", "plugin": "append", "service": "nosuch"}),
+        )
+        .await?;
+    assert_eq!(status.as_u16(), 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no service nosuch"),
+        "{body}"
+    );
+
+    // A deleted trigger leaves the mount.
+    rig.api
+        .ok("DELETE", &format!("/api/v1/triggers/{id}"), Value::Null)
+        .await?;
+    wait_until(Duration::from_secs(1), "a deleted trigger gone", || async {
+        !mnt.join("logs/app3").exists()
+    })
+    .await?;
+    Ok(())
+}
+
+/// mv: renamed in the control plane, the new name works at once, and an API rename shows in
+/// the mount; chmod: stored, and shown back.
+async fn mv_and_chmod_go_to_the_control_plane(rig: &Rig, mnt: &Path, id: i64) -> Result<()> {
     // mv: renamed in the control plane, and the new name works at once.
     std::fs::rename(mnt.join("logs/app"), mnt.join("logs/app2"))?;
     let t = rig
@@ -624,7 +661,12 @@ async fn the_tree_follows_the_api_and_refuses_the_rest() -> Result<()> {
             & 0o7777,
         0o600
     );
+    Ok(())
+}
 
+/// mkdir and rmdir; refused: new regular files, removing a trigger, nested directories;
+/// `touch` of a trigger sets its mtime.
+async fn directories_and_what_is_refused(rig: &Rig, mnt: &Path) -> Result<()> {
     // mkdir / rmdir.
     std::fs::create_dir(mnt.join("made"))?;
     let dirs = rig
@@ -644,7 +686,7 @@ async fn the_tree_follows_the_api_and_refuses_the_rest() -> Result<()> {
     let shell = |cmd: &str| -> Result<String> {
         let out = Command::new("bash")
             .args(["-c", cmd])
-            .current_dir(&mnt)
+            .current_dir(mnt)
             .output()?;
         assert!(!out.status.success(), "`{cmd}` succeeded");
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
@@ -665,33 +707,6 @@ async fn the_tree_follows_the_api_and_refuses_the_rest() -> Result<()> {
         (18262..=18263).contains(&day),
         "2020-01-02 in any time zone: day {day}"
     );
-
-    // A trigger bound to a service that does not exist: the API says so.
-    let (status, body) = rig
-        .api
-        .call(
-            "POST",
-            "/api/v1/triggers",
-            json!({"path": "/logs/bad", "plugin": "append", "service": "nosuch"}),
-        )
-        .await?;
-    assert_eq!(status.as_u16(), 422, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("no service nosuch"),
-        "{body}"
-    );
-
-    // A deleted trigger leaves the mount.
-    rig.api
-        .ok("DELETE", &format!("/api/v1/triggers/{id}"), Value::Null)
-        .await?;
-    wait_until(Duration::from_secs(1), "a deleted trigger gone", || async {
-        !mnt.join("logs/app3").exists()
-    })
-    .await?;
     Ok(())
 }
 

@@ -203,8 +203,8 @@ async fn another_member_with_the_same_key_gets_its_own_run() -> Result<()> {
         &plugins,
         &["--team", &team, "--token", &token],
     )?;
-    let admin_c = connect_jwt(&broker_addr, api.token.as_deref().context("jwt")?).await?;
-    let erin_c = connect_jwt(&broker_addr, erin.token.as_deref().context("jwt")?).await?;
+    let admin_c = connect_jwt(&broker_addr, api.token().as_deref().context("jwt")?).await?;
+    let erin_c = connect_jwt(&broker_addr, erin.token().as_deref().context("jwt")?).await?;
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("log");
     wait_until(

@@ -66,7 +66,7 @@ async fn fleet(db: Db, ids: &[&str]) -> Result<Fleet> {
             &["--team", &team, "--token", token],
         )?);
     }
-    let c = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
+    let c = connect_jwt(&broker_addr, api.token().as_deref().unwrap()).await?;
     let n = ids.len() as u32;
     wait_until(Duration::from_secs(20), "every worker", || async {
         match c.request(spec("fleet", "true")).await {
@@ -122,8 +122,8 @@ async fn wait_job(api: &Api, service: &str, marker: &str) -> Result<i64> {
 
 async fn mirror_job_is_recorded(db: Db) -> Result<()> {
     let f = fleet(db, &["j1", "j2", "j3"]).await?;
-    let (team, admin, secret) = f.control.admin.clone();
-    let c = connect_jwt(&f.broker_addr, f.api.token.as_deref().unwrap()).await?;
+    let (team, admin, _) = f.control.admin.clone();
+    let c = connect_jwt(&f.broker_addr, f.api.token().as_deref().unwrap()).await?;
     let mut request = spec("fleet", &format!("{FLEET_COMMAND} # marker-one"));
     request.args = vec![
         ("host".into(), "web".into()),
@@ -133,6 +133,45 @@ async fn mirror_job_is_recorded(db: Db) -> Result<()> {
     let summary = outcome.summary.context("a summary")?;
     assert_eq!((summary.ok, summary.failed), (2, 1));
 
+    let id = the_recorded_job(&f, &admin).await?;
+
+    jobs_cli_shows_and_reruns(&f, id)?;
+
+    // A secret written into the command text is redacted in the history.
+    let outcome = c
+        .request(spec(
+            "fleet",
+            "echo marker-two --token=abc123 https://deploy:pw123@repo.example/x",
+        ))
+        .await?
+        .collect()
+        .await;
+    assert_eq!(outcome.summary.map(|s| s.ok), Some(3));
+    let id = wait_job(&f.api, "fleet", "marker-two").await?;
+    let job = f
+        .api
+        .ok("GET", &format!("/api/v1/jobs/{id}"), Value::Null)
+        .await?;
+    assert_eq!(
+        job["command"],
+        json!(["echo marker-two --token=*** https://deploy:***@repo.example/x"]),
+        "{job}"
+    );
+
+    // A request naming its own team's service as `team/fleet` is a job of `fleet`.
+    let own = format!("{team}/fleet");
+    c.request(spec(&own, "echo marker-three"))
+        .await?
+        .collect()
+        .await;
+    wait_job(&f.api, "fleet", "marker-three").await?;
+
+    local_jobs_are_their_callers(&f, &c, &team).await?;
+    Ok(())
+}
+
+/// The job of the request marked `marker-one`, as recorded; returns its id.
+async fn the_recorded_job(f: &Fleet, admin: &str) -> Result<i64> {
     let id = wait_job(&f.api, "fleet", "marker-one").await?;
     let job = f
         .api
@@ -187,7 +226,13 @@ async fn mirror_job_is_recorded(db: Db) -> Result<()> {
         .unwrap()
         .iter()
         .any(|j| j["id"] == id));
+    Ok(id)
+}
 
+/// `triggerfs jobs show|list` (logging in with team, identity and secret) and the re-run of
+/// job `id` on its failed workers.
+fn jobs_cli_shows_and_reruns(f: &Fleet, id: i64) -> Result<()> {
+    let (team, admin, secret) = f.control.admin.clone();
     // The CLI, logging in with team, identity and secret.
     let login = [
         "--url",
@@ -257,36 +302,12 @@ async fn mirror_job_is_recorded(db: Db) -> Result<()> {
         !out.contains("start j1") && !out.contains("start j3"),
         "{out}"
     );
+    Ok(())
+}
 
-    // A secret written into the command text is redacted in the history.
-    let outcome = c
-        .request(spec(
-            "fleet",
-            "echo marker-two --token=abc123 https://deploy:pw123@repo.example/x",
-        ))
-        .await?
-        .collect()
-        .await;
-    assert_eq!(outcome.summary.map(|s| s.ok), Some(3));
-    let id = wait_job(&f.api, "fleet", "marker-two").await?;
-    let job = f
-        .api
-        .ok("GET", &format!("/api/v1/jobs/{id}"), Value::Null)
-        .await?;
-    assert_eq!(
-        job["command"],
-        json!(["echo marker-two --token=*** https://deploy:***@repo.example/x"]),
-        "{job}"
-    );
-
-    // A request naming its own team's service as `team/fleet` is a job of `fleet`.
-    let own = format!("{team}/fleet");
-    c.request(spec(&own, "echo marker-three"))
-        .await?
-        .collect()
-        .await;
-    wait_job(&f.api, "fleet", "marker-three").await?;
-
+/// A job through a `local` service is its caller's alone: another member of the team does not
+/// see it, though they see the team's other jobs.
+async fn local_jobs_are_their_callers(f: &Fleet, c: &client::Client, team: &str) -> Result<()> {
     // A job through a `local` service is its caller's alone: another member of the team
     // does not see it, though they see the team's other jobs.
     f.api
@@ -315,7 +336,7 @@ async fn mirror_job_is_recorded(db: Db) -> Result<()> {
             json!({"identity": "carol", "secret": "carol-secret-1", "role": "member"}),
         )
         .await?;
-    let carol = Api::login(&f.control.url, &team, "carol", "carol-secret-1").await?;
+    let carol = Api::login(&f.control.url, team, "carol", "carol-secret-1").await?;
     let seen = carol
         .ok("GET", "/api/v1/jobs?limit=500", Value::Null)
         .await?;
@@ -350,7 +371,7 @@ async fn mirror_job_is_recorded_on_postgres() -> Result<()> {
 async fn records_are_lost_while_the_control_plane_is_away_and_resume() -> Result<()> {
     let f = fleet(Db::Sqlite, &["k1", "k2"]).await?;
     let (team, admin, secret) = f.control.admin.clone();
-    let token = f.api.token.clone().unwrap();
+    let token = f.api.token().unwrap();
     let c = connect_jwt(&f.broker_addr, &token).await?;
     let broker_addr = f.broker_addr.clone();
     let metrics_url = f.metrics_url.clone();

@@ -95,13 +95,16 @@ async fn raw_client(
     }
 }
 
+/// The requests the flooding client sends.
+const FLOOD: u64 = 50_000;
+/// The flooding client's `--max-open-requests`.
+const OPEN: u64 = 500;
+
 /// A client flooding requests (1 KiB each) at a worker that does not answer them is
 /// refused past `--max-open-requests` with `TooManyRequests` (its connection stays, and
 /// serves it once requests end), the broker logs it, and its memory stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_gets_too_many_requests_and_the_broker_stays_small() -> Result<()> {
-    const FLOOD: u64 = 50_000;
-    const OPEN: u64 = 500;
     let broker = Broker::start_with(
         "127.0.0.1:0",
         "",
@@ -126,54 +129,13 @@ async fn a_flooding_client_gets_too_many_requests_and_the_broker_stays_small() -
         })
     };
 
-    let (mut reader, mut writer) = raw_client(broker.addr).await?;
+    let (reader, mut writer) = raw_client(broker.addr).await?;
     let refused = Arc::new(AtomicU64::new(0));
     // Requests after the flood that ran to their end.
     let served = Arc::new(AtomicU64::new(0));
-    let counting = {
-        let refused = refused.clone();
-        let served = served.clone();
-        tokio::spawn(async move {
-            let mut other = Vec::new();
-            while let Ok(Some(frame)) = reader.next().await {
-                match frame {
-                    Frame::Error {
-                        id: Some(_),
-                        kind: ErrorKind::TooManyRequests,
-                        ..
-                    } => {
-                        refused.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Frame::Summary { id, .. } if id > FLOOD => {
-                        served.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Frame::Routed { .. } | Frame::Reply { .. } | Frame::Summary { .. } => {}
-                    f => {
-                        if other.len() < 20 {
-                            other.push(format!("{f:?}"));
-                        }
-                    }
-                }
-            }
-            other
-        })
-    };
+    let counting = count_answers(reader, refused.clone(), served.clone());
     let started = Instant::now();
-    let mut batch = Vec::new();
-    for id in 1..=FLOOD {
-        // Requests that never end by themselves: they stay open until cancelled.
-        batch.extend(proto::encode_to_vec(&raw_request(
-            id,
-            "wf",
-            "sleep 600",
-            vec![b'x'; 1024],
-        )));
-        if batch.len() > 256 * 1024 {
-            writer.write_all(&batch).await?;
-            batch.clear();
-        }
-    }
-    writer.write_all(&batch).await?;
+    send_the_flood(&mut writer).await?;
     wait_until(
         Duration::from_secs(60),
         "every request past the limit refused",
@@ -195,30 +157,7 @@ async fn a_flooding_client_gets_too_many_requests_and_the_broker_stays_small() -
     let peak = sampler.join().expect("sampler");
     assert_eq!(refused.load(Ordering::SeqCst), FLOOD - OPEN);
 
-    // The connection stays: once its requests end, it is served again.
-    let mut cancels = Vec::new();
-    for id in 1..=OPEN {
-        cancels.extend(proto::encode_to_vec(&Frame::Cancel { id }));
-    }
-    writer.write_all(&cancels).await?;
-    // Cancels take a moment to end the requests; until then a request may still be refused.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut id = FLOOD;
-    while served.load(Ordering::SeqCst) == 0 {
-        if Instant::now() > deadline {
-            bail!("not served again\n{}", broker.proc.stderr());
-        }
-        id += 1;
-        writer
-            .write_all(&proto::encode_to_vec(&raw_request(
-                id,
-                "wf",
-                "echo",
-                Vec::new(),
-            )))
-            .await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    served_again_once_cancelled(&mut writer, &served, &broker).await?;
     drop(writer);
     let other = counting.await?;
     assert!(
@@ -251,6 +190,92 @@ async fn a_flooding_client_gets_too_many_requests_and_the_broker_stays_small() -
         before / MIB,
         peak / MIB
     );
+    Ok(())
+}
+
+/// Counts the answers: `TooManyRequests` refusals, and requests after the flood served to their
+/// end; returns up to 20 other frames.
+fn count_answers(
+    mut reader: RawReader,
+    refused: Arc<AtomicU64>,
+    served: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut other = Vec::new();
+        while let Ok(Some(frame)) = reader.next().await {
+            match frame {
+                Frame::Error {
+                    id: Some(_),
+                    kind: ErrorKind::TooManyRequests,
+                    ..
+                } => {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                }
+                Frame::Summary { id, .. } if id > FLOOD => {
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+                Frame::Routed { .. } | Frame::Reply { .. } | Frame::Summary { .. } => {}
+                f => {
+                    if other.len() < 20 {
+                        other.push(format!("{f:?}"));
+                    }
+                }
+            }
+        }
+        other
+    })
+}
+
+/// Sends `FLOOD` requests that never end by themselves (1 KiB each), in batches.
+async fn send_the_flood(writer: &mut tokio::net::tcp::OwnedWriteHalf) -> Result<()> {
+    let mut batch = Vec::new();
+    for id in 1..=FLOOD {
+        // Requests that never end by themselves: they stay open until cancelled.
+        batch.extend(proto::encode_to_vec(&raw_request(
+            id,
+            "wf",
+            "sleep 600",
+            vec![b'x'; 1024],
+        )));
+        if batch.len() > 256 * 1024 {
+            writer.write_all(&batch).await?;
+            batch.clear();
+        }
+    }
+    writer.write_all(&batch).await?;
+    Ok(())
+}
+
+/// The connection stays: once its requests end (cancelled), it is served again.
+async fn served_again_once_cancelled(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    served: &AtomicU64,
+    broker: &Broker,
+) -> Result<()> {
+    // The connection stays: once its requests end, it is served again.
+    let mut cancels = Vec::new();
+    for id in 1..=OPEN {
+        cancels.extend(proto::encode_to_vec(&Frame::Cancel { id }));
+    }
+    writer.write_all(&cancels).await?;
+    // Cancels take a moment to end the requests; until then a request may still be refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut id = FLOOD;
+    while served.load(Ordering::SeqCst) == 0 {
+        if Instant::now() > deadline {
+            bail!("not served again\n{}", broker.proc.stderr());
+        }
+        id += 1;
+        writer
+            .write_all(&proto::encode_to_vec(&raw_request(
+                id,
+                "wf",
+                "echo",
+                Vec::new(),
+            )))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
 

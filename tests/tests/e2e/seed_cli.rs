@@ -49,22 +49,7 @@ async fn seed_worker_and_client_command_lines_work_through_install_links() -> Re
     let home = tempfile::tempdir()?;
     let links = home.path().join("bin");
 
-    // install-links: every seed name, once; again: nothing new.
-    let (code, out, err) = run_cli(
-        &["install-links", links.to_str().unwrap()],
-        Duration::from_secs(30),
-    )?;
-    assert_eq!(code, 0, "{out}{err}");
-    for name in ["triggerfs-client", "triggerfs-worker", "triggerfs-fs"] {
-        let link = links.join(name);
-        assert!(out.contains(&format!("linked {}", link.display())), "{out}");
-        assert_eq!(std::fs::read_link(&link)?, bin().canonicalize()?);
-    }
-    let (code, out, _) = run_cli(
-        &["install-links", links.to_str().unwrap()],
-        Duration::from_secs(30),
-    )?;
-    assert_eq!((code, out.as_str()), (0, ""));
+    install_links_lays_out_every_seed_name_once(&links)?;
 
     let broker = Broker::start("", 1)?;
     let plugins = Plugins::core()?;
@@ -99,41 +84,7 @@ async fn seed_worker_and_client_command_lines_work_through_install_links() -> Re
     .await
     .with_context(|| worker.stderr())?;
 
-    // The client as the docs run it, byte for byte.
-    let (code, out, err) = run_seed(
-        &links.join("triggerfs-client"),
-        &[
-            "-service",
-            "demo01",
-            "-plugin",
-            "command/command",
-            "-timeout",
-            "10s",
-            "-command",
-            "uptime",
-        ],
-        &config,
-        home.path(),
-    )?;
-    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
-    let sending = Regex::new(
-        r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} Sending message to service demo01 \(roundrobin\)\n$",
-    )?;
-    assert!(sending.is_match(&err), "{err:?}");
-    let lines: Vec<&str> = out.split('\n').collect();
-    // `[command/command@demo01]  21:14:07 up  8:26, ...`, then the report and an empty line.
-    assert_eq!(lines.len(), 7, "{out:?}");
-    assert!(lines[0].starts_with("[command/command@demo01] "), "{out:?}");
-    assert!(lines[0].contains(" up "), "{out:?}");
-    assert_eq!(
-        lines[1..4],
-        ["", "Exit code: 0", "Total messages: 1"],
-        "{out:?}"
-    );
-    // Go's duration format: `907.914622ms`, `1.5s`, never Rust's `1.5s`-only forms like `60.2s`.
-    let time_ran = Regex::new(r"^Time ran: (\d+h)?(\d+m)?\d+(\.\d*[1-9])?(ns|µs|ms|s)$")?;
-    assert!(time_ran.is_match(lines[4]), "{out:?}");
-    assert_eq!(lines[5..], ["", ""], "{out:?}");
+    the_seed_client_prints_as_the_docs_do(&links, &config, home.path())?;
 
     // The seed's `x/y` with y != x is an executable lookup, not a core plugin.
     let (code, out, err) = run_seed(
@@ -164,5 +115,66 @@ async fn seed_worker_and_client_command_lines_work_through_install_links() -> Re
     )?;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unexpected argument"), "{err}");
+    Ok(())
+}
+
+/// install-links: every seed name, once; again: nothing new.
+fn install_links_lays_out_every_seed_name_once(links: &Path) -> Result<()> {
+    // install-links: every seed name, once; again: nothing new.
+    let (code, out, err) = run_cli(
+        &["install-links", links.to_str().unwrap()],
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(code, 0, "{out}{err}");
+    for name in ["triggerfs-client", "triggerfs-worker", "triggerfs-fs"] {
+        let link = links.join(name);
+        assert!(out.contains(&format!("linked {}", link.display())), "{out}");
+        assert_eq!(std::fs::read_link(&link)?, bin().canonicalize()?);
+    }
+    let (code, out, _) = run_cli(
+        &["install-links", links.to_str().unwrap()],
+        Duration::from_secs(30),
+    )?;
+    assert_eq!((code, out.as_str()), (0, ""));
+    Ok(())
+}
+
+/// The client as the docs run it, byte for byte.
+fn the_seed_client_prints_as_the_docs_do(links: &Path, config: &Path, home: &Path) -> Result<()> {
+    // The client as the docs run it, byte for byte.
+    let (code, out, err) = run_seed(
+        &links.join("triggerfs-client"),
+        &[
+            "-service",
+            "demo01",
+            "-plugin",
+            "command/command",
+            "-timeout",
+            "10s",
+            "-command",
+            "uptime",
+        ],
+        config,
+        home,
+    )?;
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let sending = Regex::new(
+        r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} Sending message to service demo01 \(roundrobin\)\n$",
+    )?;
+    assert!(sending.is_match(&err), "{err:?}");
+    let lines: Vec<&str> = out.split('\n').collect();
+    // `[command/command@demo01]  21:14:07 up  8:26, ...`, then the report and an empty line.
+    assert_eq!(lines.len(), 7, "{out:?}");
+    assert!(lines[0].starts_with("[command/command@demo01] "), "{out:?}");
+    assert!(lines[0].contains(" up "), "{out:?}");
+    assert_eq!(
+        lines[1..4],
+        ["", "Exit code: 0", "Total messages: 1"],
+        "{out:?}"
+    );
+    // Go's duration format: `907.914622ms`, `1.5s`, never Rust's `1.5s`-only forms like `60.2s`.
+    let time_ran = Regex::new(r"^Time ran: (\d+h)?(\d+m)?\d+(\.\d*[1-9])?(ns|µs|ms|s)$")?;
+    assert!(time_ran.is_match(lines[4]), "{out:?}");
+    assert_eq!(lines[5..], ["", ""], "{out:?}");
     Ok(())
 }

@@ -109,6 +109,17 @@ fn written(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
+/// How many library clients (b) starts, that do not read.
+const CLIENTS: usize = 6;
+/// How many gateway readers (b) starts, that do not read.
+const GATEWAY: usize = 2;
+/// Each line is 63 characters and a newline.
+const LINE: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde";
+/// What each plugin of (b) writes.
+const PLUGIN_BYTES: u64 = 40 * MIB;
+/// Lines each plugin of (b) writes.
+const PLUGIN_LINES: u64 = PLUGIN_BYTES / 64;
+
 /// (b) Several clients that never read (library clients whose requests are not polled) and
 /// slow readers of the HTTP gateway (responses not polled), each asking for 40 MiB of output
 /// through `triggerfs up`: `up` used to buffer it all (up to 64 MiB per client; 8 such
@@ -118,17 +129,11 @@ fn written(path: &Path) -> u64 {
 /// ends `Done 0`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_do_not_read_pause_their_plugins_with_bounded_memory() -> Result<()> {
-    const CLIENTS: usize = 6;
-    const GATEWAY: usize = 2;
-    /// Each line is 63 characters and a newline.
-    const LINE: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde";
-    const BYTES: u64 = 40 * MIB;
-    const LINES: u64 = BYTES / 64;
     let data = tempfile::tempdir()?;
     let copies = tempfile::tempdir()?;
     let up = Up::start(data.path())?;
     let api = Api::login(&up.url, &up.team, &up.identity, &up.secret).await?;
-    let token = api.token.clone().context("token")?;
+    let token = api.token().context("token")?;
     // Up and idle (the local worker online, `demo` answering) before the baseline.
     let c = connect_jwt(&up.broker, &token).await?;
     wait_until(Duration::from_secs(30), "demo to answer", || async {
@@ -144,44 +149,8 @@ async fn clients_that_do_not_read_pause_their_plugins_with_bounded_memory() -> R
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_rss(pid, stop.clone());
 
-    let command = |copy: &PathBuf| {
-        format!(
-            "yes {LINE} | head -c {BYTES} | tee {}",
-            copy.to_str().expect("utf-8 path")
-        )
-    };
     let copy_of = |i: usize| copies.path().join(format!("copy-{i}"));
-    // Library clients that send their request and do not read its events.
-    let mut held = Vec::new();
-    for i in 0..CLIENTS {
-        let client = connect_jwt(&up.broker, &token).await?;
-        let spec = request_spec(
-            "demo",
-            "command",
-            &command(&copy_of(i)),
-            Duration::from_secs(900),
-        );
-        let handle = client.request(spec).await?;
-        held.push((client, handle));
-    }
-    // Gateway readers: the response's headers are read, its body is not (yet).
-    let http = reqwest::Client::new();
-    let mut responses = Vec::new();
-    for i in CLIENTS..CLIENTS + GATEWAY {
-        let body = serde_json::json!({
-            "plugin": "command",
-            "command": command(&copy_of(i)),
-            "timeout": "15m",
-        });
-        let response = http
-            .post(format!("{}/api/v1/services/demo/requests", up.url))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await?;
-        assert!(response.status().is_success(), "{}", response.status());
-        responses.push(response);
-    }
+    let (held, responses) = send_unread_requests(&up, &token, copy_of).await?;
 
     // Every plugin is paused: what each wrote stops growing, well short of its output.
     let all = CLIENTS + GATEWAY;
@@ -191,7 +160,7 @@ async fn clients_that_do_not_read_pause_their_plugins_with_bounded_memory() -> R
     while stable < 5 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let now: Vec<u64> = (0..all).map(|i| written(&copy_of(i))).collect();
-        if now.iter().any(|&n| n >= BYTES) {
+        if now.iter().any(|&n| n >= PLUGIN_BYTES) {
             stop.store(true, Ordering::SeqCst);
             let peak = sampler.join().expect("sampler");
             bail!(
@@ -222,59 +191,8 @@ async fn clients_that_do_not_read_pause_their_plugins_with_bounded_memory() -> R
     );
 
     // Now everyone reads: every line arrives, every run ends with exit code 0.
-    let mut readers = Vec::new();
-    for (client, mut handle) in held {
-        readers.push(tokio::spawn(async move {
-            let _client = client;
-            let (mut lines, mut end) = (0u64, None);
-            while let Some(event) = handle.next().await {
-                match event {
-                    client::ClientEvent::Output { data, .. } => {
-                        assert_eq!(data, LINE.as_bytes());
-                        lines += 1;
-                    }
-                    client::ClientEvent::Done { exit_code, .. } => end = Some(exit_code),
-                    client::ClientEvent::Failed { kind, message, .. } => {
-                        panic!("the run failed: {kind}: {message}")
-                    }
-                    other if other.is_final() => {
-                        assert!(
-                            matches!(other, client::ClientEvent::Summary(_)),
-                            "{other:?}"
-                        );
-                    }
-                    _ => {}
-                }
-            }
-            (lines, end)
-        }));
-    }
-    for response in responses {
-        readers.push(tokio::spawn(async move {
-            let (mut lines, mut end, mut pending) = (0u64, None, Vec::new());
-            let mut body = response.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                pending.extend_from_slice(&chunk.expect("body"));
-                let mut start = 0;
-                while let Some(n) = pending[start..].iter().position(|&b| b == b'\n') {
-                    let event: serde_json::Value =
-                        serde_json::from_slice(&pending[start..start + n]).expect("a JSON line");
-                    match event["event"].as_str() {
-                        Some("output") => {
-                            assert_eq!(event["line"], LINE);
-                            lines += 1;
-                        }
-                        Some("done") => end = event["exit_code"].as_i64().map(|c| c as i32),
-                        Some("error") => panic!("{event}"),
-                        _ => {}
-                    }
-                    start += n + 1;
-                }
-                pending.drain(..start);
-            }
-            (lines, end)
-        }));
-    }
+    let mut readers: Vec<_> = held.into_iter().map(read_client).collect();
+    readers.extend(responses.into_iter().map(read_gateway));
     for (i, reader) in readers.into_iter().enumerate() {
         let read = tokio::time::timeout(Duration::from_secs(900), reader)
             .await
@@ -282,7 +200,7 @@ async fn clients_that_do_not_read_pause_their_plugins_with_bounded_memory() -> R
         let (lines, end) = read.with_context(|| format!("reader {i}\n{}", up.proc.stderr()))?;
         assert_eq!(
             (lines, end),
-            (LINES, Some(0)),
+            (PLUGIN_LINES, Some(0)),
             "reader {i}\n{}",
             up.proc.stderr()
         );
@@ -307,4 +225,113 @@ async fn clients_that_do_not_read_pause_their_plugins_with_bounded_memory() -> R
     let log = up.proc.stderr();
     assert!(!log.contains("slow consumer"), "{log}");
     Ok(())
+}
+
+/// Sends a request for `PLUGIN_BYTES` of output (a copy kept at `copy_of(i)`) from each of
+/// `CLIENTS` library clients that do not read its events, and `GATEWAY` gateway requests
+/// whose headers are read, not their bodies.
+async fn send_unread_requests(
+    up: &Up,
+    token: &str,
+    copy_of: impl Fn(usize) -> PathBuf,
+) -> Result<(
+    Vec<(client::Client, client::RequestHandle)>,
+    Vec<reqwest::Response>,
+)> {
+    let command = |copy: &PathBuf| {
+        format!(
+            "yes {LINE} | head -c {PLUGIN_BYTES} | tee {}",
+            copy.to_str().expect("utf-8 path")
+        )
+    };
+    // Library clients that send their request and do not read its events.
+    let mut held = Vec::new();
+    for i in 0..CLIENTS {
+        let client = connect_jwt(&up.broker, token).await?;
+        let spec = request_spec(
+            "demo",
+            "command",
+            &command(&copy_of(i)),
+            Duration::from_secs(900),
+        );
+        let handle = client.request(spec).await?;
+        held.push((client, handle));
+    }
+    // Gateway readers: the response's headers are read, its body is not (yet).
+    let http = reqwest::Client::new();
+    let mut responses = Vec::new();
+    for i in CLIENTS..CLIENTS + GATEWAY {
+        let body = serde_json::json!({
+            "plugin": "command",
+            "command": command(&copy_of(i)),
+            "timeout": "15m",
+        });
+        let response = http
+            .post(format!("{}/api/v1/services/demo/requests", up.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?;
+        assert!(response.status().is_success(), "{}", response.status());
+        responses.push(response);
+    }
+    Ok((held, responses))
+}
+
+/// Reads a library client's events: the lines of output and the exit code.
+fn read_client(
+    (client, mut handle): (client::Client, client::RequestHandle),
+) -> tokio::task::JoinHandle<(u64, Option<i32>)> {
+    tokio::spawn(async move {
+        let _client = client;
+        let (mut lines, mut end) = (0u64, None);
+        while let Some(event) = handle.next().await {
+            match event {
+                client::ClientEvent::Output { data, .. } => {
+                    assert_eq!(data, LINE.as_bytes());
+                    lines += 1;
+                }
+                client::ClientEvent::Done { exit_code, .. } => end = Some(exit_code),
+                client::ClientEvent::Failed { kind, message, .. } => {
+                    panic!("the run failed: {kind}: {message}")
+                }
+                other if other.is_final() => {
+                    assert!(
+                        matches!(other, client::ClientEvent::Summary(_)),
+                        "{other:?}"
+                    );
+                }
+                _ => {}
+            }
+        }
+        (lines, end)
+    })
+}
+
+/// Reads a gateway response's JSON lines: the lines of output and the exit code.
+fn read_gateway(response: reqwest::Response) -> tokio::task::JoinHandle<(u64, Option<i32>)> {
+    tokio::spawn(async move {
+        let (mut lines, mut end, mut pending) = (0u64, None, Vec::new());
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            pending.extend_from_slice(&chunk.expect("body"));
+            let mut start = 0;
+            while let Some(n) = pending[start..].iter().position(|&b| b == b'\n') {
+                let event: serde_json::Value =
+                    serde_json::from_slice(&pending[start..start + n]).expect("a JSON line");
+                match event["event"].as_str() {
+                    Some("output") => {
+                        assert_eq!(event["line"], LINE);
+                        lines += 1;
+                    }
+                    Some("done") => end = event["exit_code"].as_i64().map(|c| c as i32),
+                    Some("error") => panic!("{event}"),
+                    _ => {}
+                }
+                start += n + 1;
+            }
+            pending.drain(..start);
+        }
+        (lines, end)
+    })
 }

@@ -95,7 +95,7 @@ async fn a_members_worker_cannot_take_over_a_configured_service() -> Result<()> 
         api.wait_worker_state(w, "ONLINE", Duration::from_secs(20))
             .await?;
     }
-    let c = connect_jwt(&broker_addr, api.token.as_deref().unwrap()).await?;
+    let c = connect_jwt(&broker_addr, api.token().as_deref().unwrap()).await?;
     let mut served_by = Vec::new();
     for _ in 0..10 {
         let (workers, error) = run(&c, "demo", "echo $TRIGGERFS_WORKER").await?;
@@ -135,7 +135,7 @@ async fn a_members_worker_cannot_take_over_a_configured_service() -> Result<()> 
     .await?;
     let (_, error) = run(&c, "cw", "echo hi").await?;
     assert_eq!(error, Some(ErrorKind::Forbidden));
-    let carol_client = connect_jwt(&broker_addr, carol.token.as_deref().unwrap()).await?;
+    let carol_client = connect_jwt(&broker_addr, carol.token().as_deref().unwrap()).await?;
     let (workers, error) = run(&carol_client, "carols", "echo hi").await?;
     assert_eq!((workers, error), (vec!["cw".to_string()], None));
     Ok(())
@@ -280,7 +280,7 @@ async fn revocation_reaches_the_broker(db: Db) -> Result<()> {
     let (control, broker_addr, api, team, broker) =
         (&s.control, &s.broker_addr, &s.api, &s.team, &s.broker);
     let dave = &s.dave;
-    let dave_jwt = dave.token.clone().unwrap();
+    let dave_jwt = dave.token().unwrap();
 
     // A JWT signed with the right key for a user who never existed.
     let key = control.jwt_key()?;
@@ -328,7 +328,7 @@ async fn revocation_reaches_the_broker(db: Db) -> Result<()> {
     );
 
     // A regenerated token, a deleted worker: their connections close within a second.
-    let admin_client = connect_jwt(broker_addr, api.token.as_deref().unwrap()).await?;
+    let admin_client = connect_jwt(broker_addr, api.token().as_deref().unwrap()).await?;
     for (identity, method, path) in [
         ("w1", "POST", "/api/v1/workers/w1/regenerate"),
         ("w2", "DELETE", "/api/v1/workers/w2"),
@@ -375,7 +375,7 @@ async fn revocation_reaches_the_broker_postgres() -> Result<()> {
 async fn a_secret_change_revokes_older_tokens(db: Db) -> Result<()> {
     let s = stack(db, &["w1"]).await?;
     let (control, broker_addr, dave) = (&s.control, &s.broker_addr, &s.dave);
-    let old_jwt = dave.token.clone().unwrap();
+    let old_jwt = dave.token().unwrap();
     let c = connect_jwt(broker_addr, &old_jwt).await?;
     let (_, error) = run(&c, "svc", "id -un").await?;
     assert_eq!(error, None);
@@ -448,7 +448,7 @@ async fn a_connection_ends_when_its_token_expires() -> Result<()> {
         .await?;
     // A fresh token, valid for 3 s from its `iat` (whole seconds).
     let api = Api::login(&control.url, &team, &admin, &secret).await?;
-    let jwt = api.token.clone().unwrap();
+    let jwt = api.token().unwrap();
     let claims: Claims = jsonwebtoken::decode(
         &jwt,
         &jsonwebtoken::DecodingKey::from_secret(&control.jwt_key()?),

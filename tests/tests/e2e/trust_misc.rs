@@ -127,7 +127,7 @@ async fn job_history_is_its_senders_and_admins(db: Db) -> Result<()> {
         &plugins,
         &["--team", &team, "--token", &token],
     )?;
-    let c = connect_jwt(&broker_addr, dave.token.as_deref().unwrap()).await?;
+    let c = connect_jwt(&broker_addr, dave.token().as_deref().unwrap()).await?;
     wait_until(Duration::from_secs(20), "svc answers", || async {
         match c.request(request(9, 0)).await {
             Ok(h) => h.collect().await.summary.is_some_and(|s| s.ok == 1),
@@ -136,44 +136,7 @@ async fn job_history_is_its_senders_and_admins(db: Db) -> Result<()> {
     })
     .await?;
 
-    // Round 0: the service's history is the default (`sender`).
-    for i in 0..FORMS.len() {
-        c.request(request(0, i)).await?.collect().await;
-    }
-    let ids = round_ids(&dave, 0).await?;
-    let carols = jobs(&carol).await?;
-    let leaked: Vec<String> = (0..FORMS.len())
-        .filter(|i| {
-            Value::from(carols.clone())
-                .to_string()
-                .contains(&secret(0, *i))
-        })
-        .map(|i| FORMS[i].0.to_string())
-        .collect();
-    ensure!(
-        carols.is_empty(),
-        "a plain member lists {} jobs of another member (secrets readable in {} forms: {leaked:?})",
-        carols.len(),
-        leaked.len()
-    );
-    for (i, id) in ids.iter().enumerate() {
-        let path = format!("/api/v1/jobs/{id}");
-        let (status, body) = carol.call("GET", &path, Value::Null).await?;
-        ensure!(
-            status == 404,
-            "form {:?}: a plain member reads job {id}: {status} {body}",
-            FORMS[i].0
-        );
-        for (who, reader) in [("the sender", &dave), ("an admin", &api)] {
-            let (status, body) = reader.call("GET", &path, Value::Null).await?;
-            ensure!(status == 200, "{who} reads job {id}: {status} {body}");
-            ensure!(
-                !body.to_string().contains(&secret(0, i)),
-                "{who} reads the secret of form {:?}: {body}",
-                FORMS[i].0
-            );
-        }
-    }
+    round_0_is_the_senders_and_admins(&c, &api, &carol, &dave).await?;
 
     // Round 1: the service says `team`; every member reads its new jobs, still redacted.
     api.ok("PATCH", "/api/v1/services/svc", json!({"history": "team"}))
@@ -216,6 +179,55 @@ async fn job_history_is_its_senders_and_admins(db: Db) -> Result<()> {
         )
         .await?;
     ensure!(status == 404, "{status}");
+    Ok(())
+}
+
+/// Round 0: the service's history is the default (`sender`): a plain member lists and reads
+/// none of another's jobs; the sender and an admin read them, redacted.
+async fn round_0_is_the_senders_and_admins(
+    c: &client::Client,
+    api: &Api,
+    carol: &Api,
+    dave: &Api,
+) -> Result<()> {
+    // Round 0: the service's history is the default (`sender`).
+    for i in 0..FORMS.len() {
+        c.request(request(0, i)).await?.collect().await;
+    }
+    let ids = round_ids(dave, 0).await?;
+    let carols = jobs(carol).await?;
+    let leaked: Vec<String> = (0..FORMS.len())
+        .filter(|i| {
+            Value::from(carols.clone())
+                .to_string()
+                .contains(&secret(0, *i))
+        })
+        .map(|i| FORMS[i].0.to_string())
+        .collect();
+    ensure!(
+        carols.is_empty(),
+        "a plain member lists {} jobs of another member (secrets readable in {} forms: {leaked:?})",
+        carols.len(),
+        leaked.len()
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let path = format!("/api/v1/jobs/{id}");
+        let (status, body) = carol.call("GET", &path, Value::Null).await?;
+        ensure!(
+            status == 404,
+            "form {:?}: a plain member reads job {id}: {status} {body}",
+            FORMS[i].0
+        );
+        for (who, reader) in [("the sender", dave), ("an admin", api)] {
+            let (status, body) = reader.call("GET", &path, Value::Null).await?;
+            ensure!(status == 200, "{who} reads job {id}: {status} {body}");
+            ensure!(
+                !body.to_string().contains(&secret(0, i)),
+                "{who} reads the secret of form {:?}: {body}",
+                FORMS[i].0
+            );
+        }
+    }
     Ok(())
 }
 

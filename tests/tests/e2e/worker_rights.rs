@@ -71,8 +71,16 @@ impl Team {
     }
 
     async fn client(&self, api: &Api) -> Result<client::Client> {
-        Ok(connect_jwt(&self.broker_addr, api.token.as_deref().context("jwt")?).await?)
+        Ok(connect_jwt(&self.broker_addr, api.token().as_deref().context("jwt")?).await?)
     }
+}
+
+/// Asserts a 403 `Forbidden` that names `worker`.
+fn refused(status: reqwest::StatusCode, body: &Value, worker: &str) {
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "Forbidden", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("worker {worker}")), "{body}");
 }
 
 /// Finding 2: a plain member binds only workers they may use: their own (into any service of
@@ -87,12 +95,6 @@ async fn binding_needs_the_right_to_use_the_worker(db: Db) -> Result<()> {
     new_worker(carol, "cw", "team").await?;
     new_worker(carol, "cl", "local").await?;
 
-    let refused = |status: reqwest::StatusCode, body: &Value, worker: &str| {
-        assert_eq!(status, 403, "{body}");
-        assert_eq!(body["code"], "Forbidden", "{body}");
-        let message = body["message"].as_str().unwrap_or_default();
-        assert!(message.contains(&format!("worker {worker}")), "{body}");
-    };
     for (visibility, worker) in [
         ("public", "aw"),
         ("team", "aw"),
@@ -141,6 +143,27 @@ async fn binding_needs_the_right_to_use_the_worker(db: Db) -> Result<()> {
     )
     .await?;
 
+    widening_and_new_bindings_are_checked(api, carol).await?;
+    // Allowed changes: unbinding, a narrower visibility, the admin widening carol's service.
+    carol
+        .ok(
+            "PATCH",
+            "/api/v1/services/carolteam",
+            json!({"visibility": "local", "workers": ["tw"]}),
+        )
+        .await?;
+    api.ok(
+        "PATCH",
+        "/api/v1/services/carolteam",
+        json!({"visibility": "public"}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Widening a service re-checks every bound worker; new bindings are checked; nothing refused
+/// is stored.
+async fn widening_and_new_bindings_are_checked(api: &Api, carol: &Api) -> Result<()> {
     // Widening a service re-checks every bound worker; new bindings are checked.
     let (status, body) = carol
         .call(
@@ -199,20 +222,6 @@ async fn binding_needs_the_right_to_use_the_worker(db: Db) -> Result<()> {
         };
         assert_eq!(view["visibility"], expected, "{view}");
     }
-    // Allowed changes: unbinding, a narrower visibility, the admin widening carol's service.
-    carol
-        .ok(
-            "PATCH",
-            "/api/v1/services/carolteam",
-            json!({"visibility": "local", "workers": ["tw"]}),
-        )
-        .await?;
-    api.ok(
-        "PATCH",
-        "/api/v1/services/carolteam",
-        json!({"visibility": "public"}),
-    )
-    .await?;
     Ok(())
 }
 

@@ -19,16 +19,7 @@ where
         .spawn(move || async move {
             let mut s = settings(1, 1);
             tweak(&mut s);
-            let shard = Rc::new(Shard::new(
-                0,
-                1,
-                s,
-                source,
-                Arc::new(RoundRobin::default()),
-                Arc::new(IdemWindows::default()),
-                Arc::new(crate::conn::ClientBudget::new(usize::MAX)),
-                None,
-            ));
+            let shard = Rc::new(Shard::new(0, &Shared::new(s, source), None));
             script(shard).await;
         })
         .expect("executor")
@@ -75,7 +66,7 @@ fn requests_past_the_open_limit_are_refused_and_the_connection_stays() {
             from_client(&shard, client, request(5, "rr", true)).await;
             let got = frames(&out, 1, "frames").await;
             assert_eq!(refusals(&got), [(5, ErrorKind::TooManyRequests)]);
-            assert!(shard.state.borrow().conns.contains_key(&client));
+            assert!(shard.state.borrow().conns.get(client).is_some());
         },
     );
 }
@@ -95,7 +86,7 @@ fn requests_past_the_rate_are_refused() {
                 refusals(&got),
                 [(3, ErrorKind::RateLimited), (4, ErrorKind::RateLimited)]
             );
-            assert!(shard.state.borrow().conns.contains_key(&client));
+            assert!(shard.state.borrow().conns.get(client).is_some());
         },
     );
 }
@@ -107,7 +98,7 @@ fn a_draining_shard_refuses_new_requests() {
         |shard| async move {
             let (_worker, _worker_out) = connect(&shard, "w1", Role::Worker);
             let (client, out) = connect(&shard, "c", Role::Client);
-            shard.draining.set(true);
+            shard.state.borrow_mut().draining = true;
             from_client(&shard, client, request(1, "rr", true)).await;
             let got = frames(&out, 1, "the refusal").await;
             assert_eq!(refusals(&got), [(1, ErrorKind::ShuttingDown)]);

@@ -7,7 +7,7 @@ use super::*;
 fn cancel_never_overtakes_its_dispatch() {
     let ctl = Ctl::new(2).closed(1);
     run_shards(2, 1, FileConfig::default(), ctl, |shard, ctl| async move {
-        if shard.idx == 1 {
+        if shard.env.idx == 1 {
             let (_, worker) = connect(&shard, "w1", Role::Worker);
             until(
                 || ctl.received(1) >= 3,
@@ -22,7 +22,7 @@ fn cancel_never_overtakes_its_dispatch() {
             ctl.set_step(1);
         } else {
             until(
-                || shard.state.borrow().registry.n_online() == 1,
+                || shard.state.borrow().routing.registry.n_online() == 1,
                 "w1 online",
             )
             .await;
@@ -33,19 +33,20 @@ fn cancel_never_overtakes_its_dispatch() {
                 event: WorkerEvent::Lost,
             };
             assert!(shard
+                .env
                 .mesh
                 .as_ref()
                 .unwrap()
                 .senders
                 .try_send_to(1, filler)
                 .is_ok());
-            assert!(shard.on_client_frame(client, request(7, "w1", true)));
-            assert!(shard.mesh.as_ref().unwrap().is_backlogged(1));
+            assert!(shard.on_frame(client, Role::Client, request(7, "w1", true)));
+            assert!(shard.env.mesh.as_ref().unwrap().is_backlogged(1));
             // Shard 1 takes the filler in; this shard's tasks do not run meanwhile, so
             // the dispatch has not gone out yet when the cancel comes.
             ctl.open(1);
             block_until(|| ctl.received(1) >= 1, "shard 1 to take the filler");
-            assert!(shard.on_client_frame(client, Frame::Cancel { id: 7 }));
+            assert!(shard.on_frame(client, Role::Client, Frame::Cancel { id: 7 }));
             shard.settle().await;
             until(|| ctl.step() == 1, "shard 1's verdict").await;
             let got = out.take_frames();
@@ -67,9 +68,9 @@ fn cross_shard_dispatch_and_events() {
         FileConfig::default(),
         Ctl::new(2),
         |shard, ctl| async move {
-            if shard.idx == 1 {
+            if shard.env.idx == 1 {
                 let (w1, id) = worker_with_a_dispatch(&shard).await;
-                assert_eq!(Shard::home_of(id), 0, "the dispatch id names its owner");
+                assert_eq!(home_of(id), 0, "the dispatch id names its owner");
                 for frame in worker_answer(id) {
                     from_worker(&shard, w1, frame).await;
                 }
@@ -97,7 +98,7 @@ fn events_keep_their_order_past_a_full_channel() {
         FileConfig::default(),
         Ctl::new(2),
         |shard, ctl| async move {
-            if shard.idx == 1 {
+            if shard.env.idx == 1 {
                 let (w1, id) = worker_with_a_dispatch(&shard).await;
                 ctl.set_step(1);
                 until(|| ctl.step() == 2, "shard 0 to stop taking messages in").await;
@@ -160,7 +161,7 @@ async fn worker_with_a_dispatch(shard: &Shard) -> (u64, u64) {
 /// Once `w1` (on another shard) is known here, a client connects and sends request 1 to it;
 /// returns the client's outbox.
 async fn client_calling_w1(shard: &Shard) -> Rc<Outbox> {
-    let online = || shard.state.borrow().registry.n_online() == 1;
+    let online = || shard.state.borrow().routing.registry.n_online() == 1;
     until(online, "w1 online").await;
     let (client, out) = connect(shard, "c", Role::Client);
     from_client(shard, client, request(1, "w1", true)).await;

@@ -2,15 +2,17 @@
 //! shards run on executors of their own, joined by a real channel mesh.
 
 use super::*;
-use crate::config::FileConfig;
-use crate::config::ServiceConfig;
+use crate::config::{FileConfig, Principal, ServiceConfig};
+use crate::conn::Outbox;
 use crate::request::WorkerEvent;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use proto::{Algorithm, Event, Frame, Request, Role, Stream, Summary};
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
 mod idem;
 mod limits;
@@ -74,6 +76,7 @@ fn settings(n: usize, mesh_depth: usize) -> BrokerSettings {
         mesh_depth,
         queue_depth: 64,
         spin: Duration::ZERO,
+        max_client_backlog_total: usize::MAX,
         ..BrokerSettings::default()
     }
 }
@@ -86,22 +89,12 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let ctl = Arc::new(ctl);
-    let source: Arc<dyn ConfigSource> = Arc::new(source);
-    let rr = Arc::new(RoundRobin::default());
-    let idem = Arc::new(IdemWindows::default());
-    let budget = Arc::new(crate::conn::ClientBudget::new(usize::MAX));
+    let shared = Shared::new(settings(n, mesh_depth), Arc::new(source));
     let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, mesh_depth));
     let handles: Vec<_> = (0..n)
         .map(|_| {
-            let (mesh, source, rr, idem, budget, ctl, script) = (
-                mesh.clone(),
-                source.clone(),
-                rr.clone(),
-                idem.clone(),
-                budget.clone(),
-                ctl.clone(),
-                script.clone(),
-            );
+            let (mesh, shared, ctl, script) =
+                (mesh.clone(), shared.clone(), ctl.clone(), script.clone());
             LocalExecutorBuilder::new(Placement::Unbound)
                 .io_memory(512 * 1024)
                 .spawn(move || async move {
@@ -112,16 +105,7 @@ where
                         }
                         None => (0, None, None),
                     };
-                    let shard = Rc::new(Shard::new(
-                        idx,
-                        n,
-                        settings(n, mesh_depth),
-                        source,
-                        rr,
-                        idem,
-                        budget,
-                        senders,
-                    ));
+                    let shard = Rc::new(Shard::new(idx, &shared, senders));
                     if let Some(mut receivers) = receivers {
                         for (_, stream) in receivers.streams() {
                             let (shard, ctl) = (shard.clone(), ctl.clone());
@@ -204,8 +188,8 @@ fn request(id: u64, service: &str, wait: bool) -> Frame {
 /// id and its outbox, where what is sent to it stays. The `Welcome` is taken off.
 fn connect(shard: &Shard, identity: &str, role: Role) -> (u64, Rc<Outbox>) {
     let out = Rc::new(Outbox::new(
-        shard.settings.queue_depth,
-        shard.settings.max_frame,
+        shard.env.settings.queue_depth,
+        shard.env.settings.max_frame,
     ));
     let conn_id = shard.open_conn(out.clone(), principal(identity), role);
     let welcome = out.take_frames();

@@ -277,7 +277,7 @@ fn a_client_past_its_backlog_bound_is_cut_not_waited_for() {
         out.bound_bytes(4096);
         from_worker(&shard, chosen.conn, Frame::Accepted { id }).await;
         let mut seq = 0;
-        while shard.state.borrow().conns.contains_key(&client) {
+        while shard.state.borrow().conns.get(client).is_some() {
             assert!(seq < 1000, "the client was never cut");
             let data = vec![b'x'; 200];
             let output = Frame::Output {
@@ -305,7 +305,7 @@ fn a_client_past_its_backlog_bound_is_cut_not_waited_for() {
             vec![Frame::Cancel { id }],
             "the worker is told to stop"
         );
-        assert!(shard.state.borrow().conns.contains_key(&chosen.conn));
+        assert!(shard.state.borrow().conns.get(chosen.conn).is_some());
     });
 }
 
@@ -321,7 +321,7 @@ fn a_client_past_its_pause_mark_pauses_its_worker_then_resumes_it() {
             pause_at: 4096,
             resume_at: 1024,
         };
-        out.flow_control(marks, shard.budget.clone());
+        out.flow_control(marks, shard.env.budget.clone());
         from_worker(&shard, chosen.conn, Frame::Accepted { id }).await;
         for seq in 0..100 {
             let output = Frame::Output {
@@ -332,7 +332,7 @@ fn a_client_past_its_pause_mark_pauses_its_worker_then_resumes_it() {
             };
             from_worker(&shard, chosen.conn, output).await;
         }
-        assert!(shard.state.borrow().conns.contains_key(&client), "not cut");
+        assert!(shard.state.borrow().conns.get(client).is_some(), "not cut");
         assert!(out.is_paused());
         assert_eq!(
             chosen.out.take_frames(),

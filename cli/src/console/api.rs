@@ -19,18 +19,8 @@ const LOGIN_BACKOFF: Duration = Duration::from_secs(3);
 /// How long TAB completion reuses a list of names.
 const NAMES_FRESH: Duration = Duration::from_secs(2);
 
-/// Who the console logs in as.
-#[derive(Debug, Clone)]
-pub struct Login {
-    /// Control plane URL.
-    pub url: String,
-    /// Team.
-    pub team: String,
-    /// User identity.
-    pub identity: String,
-    /// Secret.
-    pub secret: String,
-}
+/// Who the console logs in as: the fs module's login, the same four fields.
+pub use fs::control::Login;
 
 /// What went wrong with a call.
 #[derive(Debug, thiserror::Error)]

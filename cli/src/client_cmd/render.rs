@@ -237,44 +237,7 @@ impl LiveRender {
             ClientEvent::Routed {
                 algorithm,
                 n_workers,
-            } => {
-                let detail = match algorithm {
-                    Algorithm::Roundrobin => algorithm.to_string(),
-                    _ => format!("{algorithm}, {n_workers} workers"),
-                };
-                let line = format!(
-                    "{} Sending message to service {} ({detail})",
-                    log_timestamp((console.clock)(), &console.time_zone),
-                    self.service
-                );
-                self.print(&mut console.err, &line)?;
-                if *algorithm != Algorithm::Roundrobin && console.err_is_terminal {
-                    self.table = true;
-                    let bar = ProgressBar::with_draw_target(
-                        Some(u64::from(*n_workers)),
-                        (self.draw_target)(),
-                    );
-                    let counts = self.bar_counts.clone();
-                    if let Ok(style) = ProgressStyle::with_template(
-                        "{elapsed_precise} {bar:20} {pos}/{len} {counts}",
-                    ) {
-                        bar.set_style(style.with_key(
-                            "counts",
-                            move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                                if let Ok(text) = counts.lock() {
-                                    let _ = w.write_str(&text);
-                                }
-                            },
-                        ));
-                    }
-                    // One redraw path: with a ticker installed, `inc` does not draw, and
-                    // this one never ticks; the bar is drawn only by `flush`, at most
-                    // BAR_HZ times a second, however many workers answer.
-                    bar.enable_steady_tick(Duration::from_secs(24 * 3600));
-                    self.bar = Some(bar);
-                    self.show_counts();
-                }
-            }
+            } => self.routed(console, *algorithm, *n_workers)?,
             ClientEvent::Output {
                 worker,
                 stream,
@@ -301,27 +264,7 @@ impl LiveRender {
                 if let Some(bar) = &self.bar {
                     // A worker that failed, timed out, never answered or is offline is
                     // named above the bar as it happens, not only in the final table.
-                    let named = match event {
-                        ClientEvent::Done {
-                            worker, exit_code, ..
-                        } if *exit_code != 0 => Some(format!(
-                            "[{}@{worker}] failed (exit code {exit_code})",
-                            self.plugin
-                        )),
-                        ClientEvent::Failed {
-                            worker,
-                            kind,
-                            message,
-                        } if !matches!(kind, ErrorKind::Skipped | ErrorKind::Detached) => {
-                            Some(format!(
-                                "[{}@{worker}] {}: {message}",
-                                self.plugin,
-                                WorkerStatus::of_failure(*kind).words()
-                            ))
-                        }
-                        _ => None,
-                    };
-                    if let Some(line) = named {
+                    if let Some(line) = self.failure_line(event) {
                         self.pending.push((Stream::Stderr, line));
                     }
                     bar.inc(1);
@@ -336,6 +279,77 @@ impl LiveRender {
             _ => {}
         }
         Ok(())
+    }
+
+    /// `Routed`: the first line, and for a fan-out on a terminal the progress bar.
+    fn routed<O: Write, E: Write>(
+        &mut self,
+        console: &mut Console<O, E>,
+        algorithm: Algorithm,
+        n_workers: u32,
+    ) -> io::Result<()> {
+        let detail = match algorithm {
+            Algorithm::Roundrobin => algorithm.to_string(),
+            _ => format!("{algorithm}, {n_workers} workers"),
+        };
+        let line = format!(
+            "{} Sending message to service {} ({detail})",
+            log_timestamp((console.clock)(), &console.time_zone),
+            self.service
+        );
+        self.print(&mut console.err, &line)?;
+        if algorithm != Algorithm::Roundrobin && console.err_is_terminal {
+            self.table = true;
+            self.bar = Some(self.progress_bar(n_workers));
+            self.show_counts();
+        }
+        Ok(())
+    }
+
+    /// The bar of a fan-out to `n_workers`, with the live counts after it.
+    fn progress_bar(&self, n_workers: u32) -> ProgressBar {
+        let bar = ProgressBar::with_draw_target(Some(u64::from(n_workers)), (self.draw_target)());
+        let counts = self.bar_counts.clone();
+        if let Ok(style) =
+            ProgressStyle::with_template("{elapsed_precise} {bar:20} {pos}/{len} {counts}")
+        {
+            bar.set_style(style.with_key(
+                "counts",
+                move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    if let Ok(text) = counts.lock() {
+                        let _ = w.write_str(&text);
+                    }
+                },
+            ));
+        }
+        // One redraw path: with a ticker installed, `inc` does not draw, and this one never
+        // ticks; the bar is drawn only by `flush`, at most BAR_HZ times a second, however
+        // many workers answer.
+        bar.enable_steady_tick(Duration::from_secs(24 * 3600));
+        bar
+    }
+
+    /// The line above the bar for a worker that failed, timed out, never answered or is
+    /// offline; none for one that exited 0, was skipped or detached.
+    fn failure_line(&self, event: &ClientEvent) -> Option<String> {
+        match event {
+            ClientEvent::Done {
+                worker, exit_code, ..
+            } if *exit_code != 0 => Some(format!(
+                "[{}@{worker}] failed (exit code {exit_code})",
+                self.plugin
+            )),
+            ClientEvent::Failed {
+                worker,
+                kind,
+                message,
+            } if !matches!(kind, ErrorKind::Skipped | ErrorKind::Detached) => Some(format!(
+                "[{}@{worker}] {}: {message}",
+                self.plugin,
+                WorkerStatus::of_failure(*kind).words()
+            )),
+            _ => None,
+        }
     }
 
     /// Prints the output lines held under the progress bar, at most [`BAR_HZ`] times a

@@ -1,129 +1,48 @@
-//! `triggerfs up` and `triggerfs control`: the control plane, and in `up` also the broker
-//! and a local worker, in one process.
+//! `triggerfs up`: the control plane, the broker and a local worker in one process.
 //!
 //! `up` on an empty data dir creates the first team and admin (printed once, and written with
 //! the addresses to `<data>/triggerfs.toml`, mode 0600), then provisions the local worker and
 //! the `demo` service over the API exactly as a user would, with that admin's login.
 
+use crate::broker::{ShardArgs, TlsArgs};
+use crate::control::{announce_admin, connectable, start_control, ApiArgs, ControlOptions};
+use crate::settings::{LoginArgs, Settings};
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use clap::Args;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-/// Settings shared by `up` and `control`.
-#[derive(Debug, Clone)]
-pub struct ControlOptions {
+/// Flags of `triggerfs up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Data directory (database, keys, plugins, the admin's client config).
+    #[arg(long, env = "TRIGGERFS_DATA", default_value = "triggerfs-data")]
     pub data: PathBuf,
-    pub api_listen: SocketAddr,
-    pub database_url: Option<String>,
-    pub jwt_ttl: Duration,
-    pub broker_addr: Option<String>,
-    pub http_timeout: Duration,
-    pub http_max_connections: Option<usize>,
-    pub http_body_timeout: Duration,
-    pub http_max_connections_per_address: usize,
-    pub http_max_unauthenticated: usize,
-    pub job_retention: Duration,
-    /// HTTPS for the API (and, in `up`, TLS for the broker too).
-    pub tls: Option<Arc<tls::rustls::ServerConfig>>,
-}
-
-impl ControlOptions {
-    /// The API's URL for the programs of this process and the client config.
-    fn api_url(&self, addr: SocketAddr) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}", connectable(addr))
-    }
-
-    /// The broker's address as the client config and the local worker write it.
-    fn broker_url(&self, addr: SocketAddr) -> String {
-        let scheme = if self.tls.is_some() { "tls" } else { "tcp" };
-        format!("{scheme}://{}", connectable(addr))
-    }
-}
-
-/// `addr` as a peer can connect to it: an unspecified address (`0.0.0.0`) becomes loopback,
-/// which the development certificate names.
-pub fn connectable(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        let ip: std::net::IpAddr = if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        };
-        SocketAddr::new(ip, addr.port())
-    } else {
-        addr
-    }
-}
-
-/// The control plane, opened and bootstrapped, with its API listening.
-pub struct RunningControl {
-    pub plane: controlplane::ControlPlane,
-    pub api_addr: SocketAddr,
-    pub first_admin: Option<controlplane::FirstAdmin>,
-}
-
-/// Opens the store, creates the first admin when there is none, and serves the API.
-pub async fn start_control(
-    opts: &ControlOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<RunningControl> {
-    controlplane::create_private_dir(&opts.data)?;
-    let mut settings = controlplane::ControlSettings::new(&opts.data);
-    settings.database_url = opts.database_url.clone();
-    settings.jwt_ttl = opts.jwt_ttl;
-    settings.broker_addr = opts.broker_addr.clone();
-    settings.http_timeout = opts.http_timeout;
-    settings.http_body_timeout = opts.http_body_timeout;
-    settings.max_connections_per_address = opts.http_max_connections_per_address;
-    settings.max_unauthenticated = opts.http_max_unauthenticated;
-    settings.job_retention = opts.job_retention;
-    settings.tls = opts.tls.clone();
-    if let Some(n) = opts.http_max_connections {
-        settings.max_connections = n;
-    }
-    let plane = controlplane::ControlPlane::open(settings).await?;
-    let first_admin = plane.bootstrap().await?;
-    let listener = tokio::net::TcpListener::bind(opts.api_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.api_listen))?;
-    let api_addr = listener.local_addr()?;
-    let serving = plane.clone();
-    tokio::spawn(async move {
-        if let Err(e) = serving.serve(listener, shutdown).await {
-            tracing::error!(error = %e, "control plane stopped");
-        }
-    });
-    Ok(RunningControl {
-        plane,
-        api_addr,
-        first_admin,
-    })
-}
-
-/// Prints the first admin's credentials (only ever once, on the first start).
-pub fn announce_admin(admin: &controlplane::FirstAdmin) {
-    println!(
-        "created team `{}` and admin `{}`",
-        admin.team, admin.identity
-    );
-    println!("  secret: {}", admin.secret);
-    println!("  (shown once; also saved to {})", admin.path.display());
-}
-
-#[derive(Deserialize)]
-struct MainSection {
-    team: String,
-    identity: String,
-    secret: String,
-}
-
-#[derive(Deserialize)]
-struct ClientToml {
-    main: MainSection,
+    /// Broker address to listen on.
+    #[arg(long, env = "TRIGGERFS_LISTEN", default_value = "127.0.0.1:5555")]
+    pub listen: SocketAddr,
+    /// Do not start the local worker.
+    #[arg(long)]
+    pub no_worker: bool,
+    /// Also serve the broker's Prometheus metrics on this address (`/metrics`).
+    #[arg(long, env = "TRIGGERFS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// TLS on both planes with a development CA made in the data dir (`<data>/tls`); the
+    /// client config written on the first start trusts it (`ca`, `tls://`, `https://`).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls: bool,
+    /// Serve plaintext on an address other than loopback (refused without it).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    #[command(flatten)]
+    pub tls_files: TlsArgs,
 }
 
 /// Writes `<data>/triggerfs.toml` (0600): the admin's login plus where to find the servers,
@@ -178,9 +97,9 @@ async fn api(
 
 /// Makes sure worker `local` and service `demo` exist; returns a fresh token for `local` and
 /// the admin's JWT.
-async fn provision_local_worker(api_url: &str, login: &MainSection) -> Result<(String, String)> {
+async fn provision_local_worker(login: &fs::control::Login) -> Result<(String, String)> {
     let http = tls::http_client().build()?;
-    let base = format!("{api_url}/api/v1");
+    let base = format!("{}/api/v1", login.url);
     let (status, body) = api(
         &http,
         reqwest::Method::POST,
@@ -270,19 +189,17 @@ async fn local_worker(
     api_addr: SocketAddr,
     broker_addr: SocketAddr,
 ) -> Result<(worker::WorkerConfig, String)> {
-    let text = std::fs::read_to_string(config_path).with_context(|| {
-        format!(
-            "cannot read {} for the admin login the local worker is set up with",
-            config_path.display()
-        )
-    })?;
-    let login: ClientToml = toml::from_str(&text).with_context(|| {
-        format!(
-            "{} has no [main] team/identity/secret",
-            config_path.display()
-        )
-    })?;
-    let (token, jwt) = provision_local_worker(&opts.api_url(api_addr), &login.main).await?;
+    let main = Settings::load(Some(config_path))
+        .context("the admin login the local worker is set up with")?
+        .main;
+    let login = LoginArgs {
+        url: opts.api_url(api_addr),
+        team: main.team,
+        identity: main.identity,
+        secret: main.secret,
+    }
+    .required(&format!(" ({})", config_path.display()))?;
+    let (token, jwt) = provision_local_worker(&login).await?;
     let pluginspath = opts.data.join("plugins");
     plugins::install(&pluginspath)?;
     println!(
@@ -291,7 +208,7 @@ async fn local_worker(
     );
     let config = worker::WorkerConfig {
         broker: opts.broker_url(broker_addr),
-        team: login.main.team.clone(),
+        team: login.team,
         identity: "local".into(),
         token,
         pluginspath,
@@ -305,24 +222,48 @@ async fn local_worker(
     Ok((config, jwt))
 }
 
-/// `triggerfs up`.
-pub fn run_up(
-    opts: ControlOptions,
-    broker: dataplane::BrokerSettings,
-    no_worker: bool,
-) -> Result<i32> {
+/// `triggerfs up`: serves until SIGINT or SIGTERM, then drains the broker and stops.
+pub fn run(args: UpArgs, trust: tls::Trust) -> Result<i32> {
+    if let Some(addr) = args.metrics_listen {
+        println!(
+            "metrics on http://{}/metrics",
+            crate::metrics_http::serve(addr)?
+        );
+    }
+    let data = std::path::absolute(&args.data)?;
+    let server_tls = tls(&args, &data, trust)?;
+    // The HTTP gateway needs the broker's address before the broker starts (the broker
+    // takes its configuration from the control plane): settle port 0 now.
+    let listen = if args.listen.port() == 0 {
+        std::net::TcpListener::bind(args.listen)?.local_addr()?
+    } else {
+        args.listen
+    };
+    let broker = dataplane::BrokerSettings {
+        worker_cert_required: args.tls_files.tls_client_ca.is_some(),
+        tls: server_tls.clone(),
+        ..args.shard.settings(listen)?
+    };
+    let opts = ControlOptions {
+        data,
+        broker_addr: Some(match server_tls {
+            Some(_) => format!("tls://{}", connectable(listen)),
+            None => listen.to_string(),
+        }),
+        tls: server_tls,
+        api: args.api,
+    };
+    serve(opts, broker, args.no_worker)
+}
+
+/// The control plane, the broker and (unless `no_worker`) the local worker, until a signal.
+fn serve(opts: ControlOptions, broker: dataplane::BrokerSettings, no_worker: bool) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let control_stop = {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.changed().await;
-            }
-        };
-        let running = start_control(&opts, control_stop).await?;
+        let stop = CancellationToken::new();
+        let running = start_control(&opts, stop.clone().cancelled_owned()).await?;
         let api_addr = running.api_addr;
         let api_url = opts.api_url(api_addr);
         println!("control plane listening on {api_url}");
@@ -365,10 +306,7 @@ pub fn run_up(
         } else {
             match local_worker(&opts, &config_path, api_addr, broker_addr).await {
                 Ok((config, jwt)) => {
-                    let mut rx = stop_rx.clone();
-                    let worker = tokio::spawn(worker::run(config, async move {
-                        let _ = rx.changed().await;
-                    }));
+                    let worker = tokio::spawn(worker::run(config, stop.clone().cancelled_owned()));
                     // `demo` is served before `up` says it is listening.
                     if let Err(e) = wait_local_online(&api_url, &jwt, Duration::from_secs(10)).await
                     {
@@ -386,14 +324,14 @@ pub fn run_up(
             }
         };
         // Before `listening on`: a SIGTERM right after it drains, never kills.
-        let signals = crate::ShutdownSignals::new()?;
+        let signals = crate::signals::ShutdownSignals::new()?;
         // The line test harnesses wait for: everything is up.
         println!("listening on {broker_addr}");
 
         // The broker drains first (see `--drain`), while the control plane and the local
         // worker still serve the requests in flight; then they stop.
-        crate::drain_broker(handle, signals).await?;
-        let _ = stop_tx.send(true);
+        crate::signals::drain_broker(handle, signals).await?;
+        stop.cancel();
         if let Some(w) = worker {
             let _ = w.await;
         }
@@ -401,24 +339,51 @@ pub fn run_up(
     })
 }
 
-/// `triggerfs control`.
-pub fn run_control(opts: ControlOptions) -> Result<i32> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let running = start_control(&opts, async move {
-            let _ = stop_rx.changed().await;
-        })
-        .await?;
-        if let Some(admin) = &running.first_admin {
-            announce_admin(admin);
+/// `up`'s TLS: the development CA (`--tls`) or the given files; refuses plaintext on an
+/// address other than loopback without `--insecure-plaintext`. Sets the process's trust: the
+/// development CA (unless `--ca` names another), and the server's certificate as the local
+/// worker's client certificate (for `--tls-client-ca`).
+fn tls(
+    args: &UpArgs,
+    data: &Path,
+    mut trust: tls::Trust,
+) -> Result<Option<Arc<tls::rustls::ServerConfig>>> {
+    let config = if args.tls {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        for ip in [args.listen.ip(), args.api.api_listen.ip()] {
+            let name = ip.to_string();
+            if !ip.is_unspecified() && !names.contains(&name) {
+                names.push(name);
+            }
         }
-        println!("broker token: {}", opts.data.join("broker.token").display());
-        println!("listening on {}", running.api_addr);
-        crate::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-        Ok(0)
-    })
+        controlplane::create_private_dir(data)?;
+        let files = tls::dev_files(&data.join("tls"), &names)?;
+        trust.ca = trust.ca.or(Some(files.ca.clone()));
+        trust.cert = Some(files.cert.clone());
+        trust.key = Some(files.key.clone());
+        Some(tls::server_config(
+            &files.cert,
+            &files.key,
+            args.tls_files.tls_client_ca.as_deref(),
+        )?)
+    } else {
+        let config = args.tls_files.server_config()?;
+        if config.is_some() {
+            trust.cert = args.tls_files.tls_cert.clone();
+            trust.key = args.tls_files.tls_key.clone();
+        }
+        config
+    };
+    let public = [args.listen.ip(), args.api.api_listen.ip()]
+        .into_iter()
+        .find(|ip| !ip.is_loopback());
+    if let (None, Some(ip), false) = (&config, public, args.insecure_plaintext) {
+        bail!(
+            "refusing to serve plaintext on {ip}, which is not loopback: tokens and secrets would \
+             cross the network in clear. Use --tls (a development CA in the data dir), \
+             --tls-cert and --tls-key, or --insecure-plaintext"
+        );
+    }
+    tls::set_trust(&trust)?;
+    Ok(config)
 }

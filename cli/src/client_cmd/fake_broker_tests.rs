@@ -1,7 +1,7 @@
 //! `triggerfs client` against the fake broker of `client/tests/fake/mod.rs`: the command's
 //! exit status and its bytes on stdout and stderr.
 
-#[path = "../../client/tests/fake/mod.rs"]
+#[path = "../../../client/tests/fake/mod.rs"]
 mod fake;
 
 use super::render::Console;

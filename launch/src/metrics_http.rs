@@ -23,30 +23,20 @@ pub fn serve(addr: SocketAddr) -> Result<SocketAddr> {
         .with_context(|| format!("cannot listen on {addr} for metrics"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener = {
+        let _context = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
+    let app = axum::Router::new().route("/metrics", axum::routing::get(metrics));
     std::thread::Builder::new()
         .name("metrics-http".into())
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "metrics server cannot start");
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let app = axum::Router::new().route("/metrics", axum::routing::get(metrics));
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => {
-                        if let Err(e) = axum::serve(l, app).await {
-                            tracing::error!(error = %e, "metrics server stopped");
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "metrics server cannot start"),
-                }
-            });
+            if let Err(e) = runtime.block_on(async { axum::serve(listener, app).await }) {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
         })?;
     Ok(local)
 }

@@ -4,7 +4,7 @@
 //! `main` calls. [`run_with`] takes the console, stdin and the interrupt signal as
 //! arguments so that tests can drive it without a terminal or a real Ctrl-C. The `client`
 //! library does the talking; this module and [`render`] are the command's own (argument
-//! parsing, terminal output), kept in the binary so the library needs neither clap nor
+//! parsing, terminal output), kept out of the library so that it needs neither clap nor
 //! indicatif.
 //!
 //! Exit status: 0 every worker exited 0 (at least one ran, or `--no-wait` was queued, or
@@ -18,6 +18,7 @@ mod fake_broker_tests;
 pub mod render;
 
 use client::{Client, ClientError, Outcome, RequestSpec};
+use launch::settings::LoginArgs;
 use proto::{Credential, ErrorKind, Fleet, Share};
 use render::{Console, LiveRender};
 use std::future::Future;
@@ -37,10 +38,11 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// Flags of `triggerfs client`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// Broker address, `host:port` or `tcp://host:port`.
+    /// Broker address, `host:port` or `tcp://host:port` (else `[main] broker` of
+    /// triggerfs.toml).
     #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
     pub broker: String,
-    /// JWT from the control plane.
+    /// JWT from the control plane, instead of logging in.
     #[arg(
         long,
         env = "TRIGGERFS_TOKEN",
@@ -48,18 +50,8 @@ pub struct ClientArgs {
         hide_env_values = true
     )]
     pub token: String,
-    /// Control plane URL, for logging in with team, identity and secret.
-    #[arg(long, env = "TRIGGERFS_URL")]
-    pub url: Option<String>,
-    /// Team to log in to (with --identity and --secret), instead of --token.
-    #[arg(long, env = "TRIGGERFS_TEAM")]
-    pub team: Option<String>,
-    /// User identity to log in as.
-    #[arg(long, env = "TRIGGERFS_IDENTITY")]
-    pub identity: Option<String>,
-    /// The user's secret.
-    #[arg(long, env = "TRIGGERFS_SECRET", hide_env_values = true)]
-    pub secret: Option<String>,
+    #[command(flatten)]
+    pub login: LoginArgs,
     /// Service to send to: `service`, a worker identity, or `team/service`.
     #[arg(
         long,
@@ -179,6 +171,27 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `triggerfs client`, on a runtime of its own: the request (or `--rerun`'s); an error is
+/// printed here, and the exit status returned.
+pub fn main(args: ClientArgs) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if let Some(id) = args.rerun {
+        let only = args.rerun_only;
+        return rt.block_on(crate::jobs_cmd::run_rerun(args, id, only));
+    }
+    Ok(exit_status(rt.block_on(run(args))))
+}
+
+/// The exit status of a run; an error is printed first.
+pub fn exit_status(result: Result<i32, ClientError>) -> i32 {
+    result.unwrap_or_else(|e| {
+        eprintln!("Error: {e}");
+        e.exit_status()
+    })
+}
+
 /// Runs the command on the process's stdio; Ctrl-C cancels the request.
 pub async fn run(args: ClientArgs) -> Result<i32, ClientError> {
     let interrupt = async {
@@ -268,10 +281,10 @@ pub async fn credential_token(args: &ClientArgs) -> Result<String, ClientError> 
     if !args.token.is_empty() {
         return Ok(args.token.clone());
     }
-    match (&args.team, &args.identity, &args.secret) {
+    let login = &args.login;
+    match (&login.team, &login.identity, &login.secret) {
         (Some(team), Some(identity), Some(secret)) => {
-            let url = args.url.as_deref().unwrap_or(client::login::DEFAULT_URL);
-            client::login::login(url, team, identity, secret).await
+            client::login::login(&login.url, team, identity, secret).await
         }
         _ => Ok(String::new()),
     }
@@ -285,9 +298,9 @@ pub fn without_credentials(args: &ClientArgs, e: ClientError) -> ClientError {
             if matches!(kind, ErrorKind::Unauthorized | ErrorKind::Forbidden) =>
         {
             let missing: Vec<&str> = [
-                ("--team", args.team.is_none()),
-                ("--identity", args.identity.is_none()),
-                ("--secret", args.secret.is_none()),
+                ("--team", args.login.team.is_none()),
+                ("--identity", args.login.identity.is_none()),
+                ("--secret", args.login.secret.is_none()),
             ]
             .into_iter()
             .filter_map(|(flag, absent)| absent.then_some(flag))

@@ -1,11 +1,11 @@
 //! `triggerfs cli`: the management console in the seed's Juniper-like syntax.
 //!
-//! - [`grammar`]: every command as one table entry; parsing, `help`, `?`, TAB and `-c` all
+//! - `grammar`: every command as one table entry; parsing, `help`, `?`, TAB and `-c` all
 //!   read that table.
-//! - [`commands`]: what each entry does (API calls) and the [`Reply`] it prints.
-//! - [`api`]: the control plane, logged in from `[main]` of triggerfs.toml.
-//! - [`table`]: tables in the seed's shape.
-//! - [`editor`]: the line editor (rustyline): TAB completion of keywords and object names,
+//! - `commands`: what each entry does (API calls) and the `Reply` it prints.
+//! - `api`: the control plane, logged in from `[main]` of triggerfs.toml.
+//! - `table`: tables in the seed's shape.
+//! - `editor`: the line editor (rustyline): TAB completion of keywords and object names,
 //!   `?` at any point, history across sessions.
 //!
 //! Interactive, the console keeps running through every error (one line each); `-c` runs
@@ -18,11 +18,11 @@ mod grammar;
 pub(crate) mod table;
 
 use crate::client_cmd::{self, render::Console, ClientArgs};
-use crate::settings::Settings;
-use anyhow::{Context, Result};
-use api::{Api, Login};
+use anyhow::Result;
+use api::Api;
 use commands::{path_part, CliError, Reply};
 use grammar::{Kind, Mode, Next};
+use launch::settings::LoginArgs;
 use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -38,21 +38,11 @@ pub struct CliArgs {
     /// Print the API's JSON instead of tables and messages.
     #[arg(long, env = "TRIGGERFS_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
-    /// Control plane URL (default: `[main] url`, else http://127.0.0.1:8080).
-    #[arg(long, env = "TRIGGERFS_URL")]
-    pub url: Option<String>,
-    /// Broker address for `request` (default: `[main] broker`, else 127.0.0.1:5555).
-    #[arg(long, env = "TRIGGERFS_BROKER")]
-    pub broker: Option<String>,
-    /// Team (default: `[main] team`).
-    #[arg(long, env = "TRIGGERFS_TEAM")]
-    pub team: Option<String>,
-    /// User identity (default: `[main] identity`).
-    #[arg(long, env = "TRIGGERFS_IDENTITY")]
-    pub identity: Option<String>,
-    /// The user's secret (default: `[main] secret`).
-    #[arg(long, env = "TRIGGERFS_SECRET", hide_env_values = true)]
-    pub secret: Option<String>,
+    /// Broker address for `request` (else `[main] broker` of triggerfs.toml).
+    #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
+    pub broker: String,
+    #[command(flatten)]
+    pub login: LoginArgs,
     /// Where the console keeps its history (default:
     /// $XDG_DATA_HOME/triggerfs/cli_history, else ~/.local/share/triggerfs/cli_history).
     #[arg(long, env = "TRIGGERFS_HISTORY")]
@@ -85,26 +75,12 @@ fn data_dir() -> Option<PathBuf> {
     Some(base.join("triggerfs"))
 }
 
-/// Runs the console (or one command with `-c`); returns the exit status.
-pub fn run(args: CliArgs, settings: &Settings, config: Option<PathBuf>) -> Result<i32> {
-    let need = |flag: Option<String>, key: &Option<String>, name: &str| {
-        flag.or_else(|| key.clone()).with_context(|| {
-            format!(
-                "no {name}: give --{name} or set {name} in [main] of triggerfs.toml \
-                 (`triggerfs up` writes one: triggerfs-data/triggerfs.toml)"
-            )
-        })
-    };
-    let login = Login {
-        url: args
-            .url
-            .clone()
-            .or_else(|| settings.url.clone())
-            .unwrap_or_else(|| client::login::DEFAULT_URL.to_string()),
-        team: need(args.team.clone(), &settings.team, "team")?,
-        identity: need(args.identity.clone(), &settings.identity, "identity")?,
-        secret: need(args.secret.clone(), &settings.secret, "secret")?,
-    };
+/// Runs the console (or one command with `-c`); returns the exit status. `config` is the
+/// `--config` given, passed on to the `fs` that `file` starts.
+pub fn run(args: CliArgs, config: Option<PathBuf>) -> Result<i32> {
+    let login = args
+        .login
+        .required(" (`triggerfs up` writes one: triggerfs-data/triggerfs.toml)")?;
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -120,11 +96,7 @@ pub fn run(args: CliArgs, settings: &Settings, config: Option<PathBuf>) -> Resul
         mode: Mode::Operational,
         json: args.json,
         leave: false,
-        broker: args
-            .broker
-            .clone()
-            .or_else(|| settings.broker.clone())
-            .unwrap_or_else(|| "127.0.0.1:5555".to_string()),
+        broker: args.broker.clone(),
         config,
         sigint,
         status: 0,
@@ -253,10 +225,12 @@ impl Session {
         let args = ClientArgs {
             broker: self.broker.clone(),
             token: self.api.token(),
-            url: None,
-            team: None,
-            identity: None,
-            secret: None,
+            login: LoginArgs {
+                url: client::login::DEFAULT_URL.to_string(),
+                team: None,
+                identity: None,
+                secret: None,
+            },
             service: a.get(Kind::Service).to_string(),
             plugin: a.get(Kind::Plugin).to_string(),
             timeout,

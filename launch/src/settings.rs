@@ -5,40 +5,73 @@
 //! (services, until the control plane serves them) and `[triggerfs]` (the fs module).
 //! Searched as `--config FILE`, else `$TRIGGERFS_CONFIG`, else `$HOME/triggerfs.toml`; a
 //! missing default file is simply empty.
+//!
+//! The file meets the command line in one place, [`Settings::under_flags`]: each value
+//! becomes the default of the flag that stands for it, so that clap layers the command line,
+//! then the `TRIGGERFS_*` environment, then the file, then the built-in default.
 
 use anyhow::{Context, Result};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// What the binary takes from `triggerfs.toml`.
-#[derive(Debug, Default, Clone)]
+/// How a command logs in to the control plane; each flag also a `TRIGGERFS_*` variable and
+/// a key of `[main]`. Global: `triggerfs jobs --team T list` and `jobs list --team T` alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoginArgs {
+    /// Control plane URL (else `[main] url` of triggerfs.toml).
+    #[arg(long, env = "TRIGGERFS_URL", global = true, default_value = client::login::DEFAULT_URL)]
+    pub url: String,
+    /// Team to log in to (else `[main] team`).
+    #[arg(long, env = "TRIGGERFS_TEAM", global = true)]
+    pub team: Option<String>,
+    /// User identity to log in as (else `[main] identity`).
+    #[arg(long, env = "TRIGGERFS_IDENTITY", global = true)]
+    pub identity: Option<String>,
+    /// The user's secret (else `[main] secret`).
+    #[arg(long, env = "TRIGGERFS_SECRET", hide_env_values = true, global = true)]
+    pub secret: Option<String>,
+}
+
+impl LoginArgs {
+    /// The login with team, identity and secret all given; else an error naming the first
+    /// one missing, with `hint` after it.
+    pub fn required(&self, hint: &str) -> Result<fs::control::Login> {
+        let need = |value: &Option<String>, name: &str| {
+            value.clone().with_context(|| {
+                format!("no {name}: give --{name} or set {name} in [main] of triggerfs.toml{hint}")
+            })
+        };
+        Ok(fs::control::Login {
+            url: self.url.clone(),
+            team: need(&self.team, "team")?,
+            identity: need(&self.identity, "identity")?,
+            secret: need(&self.secret, "secret")?,
+        })
+    }
+}
+
+/// What the binary takes from `triggerfs.toml`: its sections; others (`[broker]`) are
+/// parsed by other crates from [`Settings::text`].
+#[derive(Debug, Default, Clone, Deserialize)]
 pub struct Settings {
     /// The file it came from, if any.
+    #[serde(skip)]
     pub path: Option<PathBuf>,
-    /// `[main] broker`.
-    pub broker: Option<String>,
-    /// `[main] url`: the control plane.
-    pub url: Option<String>,
-    /// `[main] ca`: the CA for `tls://` and `https://` (relative to the file's directory).
-    pub ca: Option<PathBuf>,
-    /// `[main] team`.
-    pub team: Option<String>,
-    /// `[main] identity`.
-    pub identity: Option<String>,
-    /// `[main] secret`.
-    pub secret: Option<String>,
-    /// `[workers] pluginspath`.
-    pub pluginspath: Option<PathBuf>,
-    /// `[workers] shell`: what runs the core plugin `command` (`sh` when absent).
-    pub shell: Option<String>,
-    /// `[workers.<team>.<identity>] token`, keyed by (team, identity).
-    pub worker_tokens: BTreeMap<(String, String), String>,
+    /// `[main]`.
+    #[serde(default)]
+    pub main: Main,
+    /// `[workers]`.
+    #[serde(default)]
+    pub workers: Workers,
     /// `[triggerfs]`: the fs module.
+    #[serde(default, rename = "triggerfs")]
     pub fs: FsSection,
     /// The raw text, for sections other crates parse themselves (`[broker]`).
+    #[serde(skip)]
     pub text: String,
 }
 
@@ -59,33 +92,33 @@ pub struct FsSection {
     pub spool_sync: Option<std::time::Duration>,
 }
 
-/// The file's sections read here; others (`[broker]`) are ignored.
-#[derive(Debug, Default, Deserialize)]
-struct File {
-    #[serde(default)]
-    main: Main,
-    #[serde(default)]
-    workers: Workers,
-    #[serde(default)]
-    triggerfs: FsSection,
+/// `[main]`: who the commands log in as and where the servers are; keys other than these
+/// are ignored.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct Main {
+    /// The broker's address.
+    pub broker: Option<String>,
+    /// The control plane's URL.
+    pub url: Option<String>,
+    /// The CA for `tls://` and `https://` (relative to the file's directory).
+    pub ca: Option<PathBuf>,
+    /// The team.
+    pub team: Option<String>,
+    /// The user's identity.
+    pub identity: Option<String>,
+    /// The user's secret.
+    pub secret: Option<String>,
 }
 
-/// `[main]`; keys other than these are ignored.
-#[derive(Debug, Default, Deserialize)]
-struct Main {
-    broker: Option<String>,
-    url: Option<String>,
-    ca: Option<PathBuf>,
-    team: Option<String>,
-    identity: Option<String>,
-    secret: Option<String>,
-}
-
-/// `[workers]`: `pluginspath`, and every other key a team of `<identity> = { token }`.
-#[derive(Debug, Default)]
-struct Workers {
-    pluginspath: Option<PathBuf>,
-    shell: Option<String>,
+/// `[workers]`: `pluginspath`, `shell`, and every other key a team of
+/// `<identity> = { token }`.
+#[derive(Debug, Default, Clone)]
+pub struct Workers {
+    /// Where the plugins are.
+    pub pluginspath: Option<PathBuf>,
+    /// What runs the core plugin `command` (`sh` when absent).
+    pub shell: Option<String>,
+    /// `[workers.<team>.<identity>]`: each team's workers, by identity.
     teams: BTreeMap<String, BTreeMap<String, WorkerEntry>>,
 }
 
@@ -118,7 +151,7 @@ impl<'de> Deserialize<'de> for Workers {
 }
 
 /// `[workers.<team>.<identity>]`; keys other than `token` are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(expecting = "a table with token = \"...\"")]
 struct WorkerEntry {
     token: String,
@@ -140,8 +173,8 @@ impl Settings {
             .with_context(|| format!("cannot read config {}", path.display()))?;
         let mut settings =
             Settings::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
-        if let (Some(ca), Some(dir)) = (&settings.ca, path.parent()) {
-            settings.ca = Some(dir.join(ca));
+        if let (Some(ca), Some(dir)) = (&settings.main.ca, path.parent()) {
+            settings.main.ca = Some(dir.join(ca));
         }
         settings.path = Some(path);
         Ok(settings)
@@ -149,46 +182,94 @@ impl Settings {
 
     /// Parses the text of a `triggerfs.toml`.
     pub fn parse(text: &str) -> Result<Settings> {
-        let File {
-            main,
-            workers,
-            triggerfs,
-        } = toml::from_str(text)?;
-        let worker_tokens = workers
-            .teams
-            .into_iter()
-            .flat_map(|(team, identities)| {
-                identities
-                    .into_iter()
-                    .map(move |(identity, entry)| ((team.clone(), identity), entry.token))
-            })
-            .collect();
         Ok(Settings {
-            path: None,
-            broker: main.broker,
-            url: main.url,
-            ca: main.ca,
-            team: main.team,
-            identity: main.identity,
-            secret: main.secret,
-            pluginspath: workers.pluginspath,
-            shell: workers.shell,
-            worker_tokens,
-            fs: triggerfs,
             text: text.to_string(),
+            ..toml::from_str(text)?
         })
     }
 
-    /// The team and token of a worker identity from `[workers.<team>.<identity>]`.
+    /// Makes the file's values the defaults of the flags that stand for them in `cli`, the
+    /// binary's whole command line: its `--ca`, and its subcommands' flags below. clap then
+    /// takes a flag before its variable, the variable before the file, the file before the
+    /// built-in default. (A worker's team and token come from [`Settings::worker_login`].)
+    pub fn under_flags(&self, cli: clap::Command) -> clap::Command {
+        const LOGIN: &[&str] = &["client", "jobs", "cli", "fs"];
+        const BROKER: &[&str] = &["client", "cli", "fs", "worker"];
+        let text = |value: &Option<String>| value.as_ref().map(OsString::from);
+        let path = |value: &Option<PathBuf>| value.as_ref().map(OsString::from);
+        let (main, workers, fs) = (&self.main, &self.workers, &self.fs);
+        // (the subcommands, the flag's id, the key's value)
+        let keys: [(&[&str], &str, Option<OsString>); 12] = [
+            (BROKER, "broker", text(&main.broker)),
+            (LOGIN, "url", text(&main.url)),
+            (LOGIN, "team", text(&main.team)),
+            (LOGIN, "identity", text(&main.identity)),
+            (LOGIN, "secret", text(&main.secret)),
+            (&["worker"], "pluginspath", path(&workers.pluginspath)),
+            (&["worker"], "shell", text(&workers.shell)),
+            (&["fs"], "mount", path(&fs.mountpoint)),
+            (&["fs"], "logfile", path(&fs.logfile)),
+            (&["fs"], "spool", path(&fs.spool)),
+            (
+                &["fs"],
+                "spool_max",
+                fs.spool_max.map(|b| b.as_u64().to_string().into()),
+            ),
+            (
+                &["fs"],
+                "spool_sync",
+                fs.spool_sync
+                    .map(|d| humantime::format_duration(d).to_string().into()),
+            ),
+        ];
+        let with_default = |arg: clap::Arg, value: OsString| {
+            let secret = arg.get_id() == "secret";
+            arg.default_value(value).hide_default_value(secret)
+        };
+        let cli = match path(&main.ca) {
+            Some(ca) => cli.mut_arg("ca", |arg| with_default(arg, ca)),
+            None => cli,
+        };
+        cli.mut_subcommands(|mut sub| {
+            for (subcommands, id, value) in &keys {
+                if let (true, Some(value)) = (subcommands.contains(&sub.get_name()), value) {
+                    sub = sub.mut_arg(*id, |arg| with_default(arg, value.clone()));
+                }
+            }
+            sub
+        })
+    }
+
+    /// A worker's team and token: `--team` and `--token` when given, else those of its
+    /// `[workers.<team>.<identity>]` entry (under `--team`'s team, when given), else
+    /// `[main] team` or `default`, and no token.
+    pub fn worker_login(
+        &self,
+        team: Option<String>,
+        identity: &str,
+        token: Option<String>,
+    ) -> (String, String) {
+        let entry = self.worker_credentials(team.as_deref(), identity);
+        let team = team
+            .or_else(|| entry.as_ref().map(|(t, _)| t.clone()))
+            .or_else(|| self.main.team.clone())
+            .unwrap_or_else(|| "default".into());
+        let token = token.or_else(|| entry.map(|(_, t)| t)).unwrap_or_default();
+        (team, token)
+    }
+
+    /// The team and token of a worker identity from `[workers.<team>.<identity>]`: under
+    /// `team`, else under the first team in name order that has it.
     pub fn worker_credentials(
         &self,
         team: Option<&str>,
         identity: &str,
     ) -> Option<(String, String)> {
-        self.worker_tokens
+        self.workers
+            .teams
             .iter()
-            .find(|((t, i), _)| i == identity && team.is_none_or(|want| want == t))
-            .map(|((t, _), token)| (t.clone(), token.clone()))
+            .filter(|(t, _)| team.is_none_or(|want| want == t.as_str()))
+            .find_map(|(t, identities)| Some((t.clone(), identities.get(identity)?.token.clone())))
     }
 }
 
@@ -213,12 +294,12 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(s.broker.as_deref(), Some("tcp://127.0.0.1:5555"));
-        assert_eq!(s.team.as_deref(), Some("team1"));
-        assert_eq!(s.identity.as_deref(), Some("hp"));
-        assert_eq!(s.secret.as_deref(), Some("password"));
-        assert_eq!(s.pluginspath, Some(PathBuf::from("/opt/plugins")));
-        assert_eq!(s.shell.as_deref(), Some("bash"));
+        assert_eq!(s.main.broker.as_deref(), Some("tcp://127.0.0.1:5555"));
+        assert_eq!(s.main.team.as_deref(), Some("team1"));
+        assert_eq!(s.main.identity.as_deref(), Some("hp"));
+        assert_eq!(s.main.secret.as_deref(), Some("password"));
+        assert_eq!(s.workers.pluginspath, Some(PathBuf::from("/opt/plugins")));
+        assert_eq!(s.workers.shell.as_deref(), Some("bash"));
         assert_eq!(
             s.worker_credentials(None, "demo01"),
             Some((
@@ -236,18 +317,21 @@ mod tests {
         let path = dir.join("triggerfs.toml");
         std::fs::write(&path, "[main]\nca = \"tls/ca.pem\"\n").unwrap();
         let s = Settings::load(Some(&path)).unwrap();
-        assert_eq!(s.ca, Some(dir.join("tls/ca.pem")));
+        assert_eq!(s.main.ca, Some(dir.join("tls/ca.pem")));
         std::fs::write(&path, "[main]\nca = \"/etc/ca.pem\"\n").unwrap();
         let s = Settings::load(Some(&path)).unwrap();
-        assert_eq!(s.ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(s.main.ca, Some(PathBuf::from("/etc/ca.pem")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn an_empty_file_is_all_defaults() {
         let s = Settings::parse("").unwrap();
-        assert_eq!((s.broker, s.url, s.pluginspath), (None, None, None));
-        assert!(s.worker_tokens.is_empty());
+        assert_eq!(
+            (s.main.broker, s.main.url, s.workers.pluginspath),
+            (None, None, None)
+        );
+        assert!(s.workers.teams.is_empty());
     }
 
     #[test]
@@ -263,7 +347,7 @@ mod tests {
             colour = "green"
             "#;
         let s = Settings::parse(text).unwrap();
-        assert_eq!(s.team.as_deref(), Some("team1"));
+        assert_eq!(s.main.team.as_deref(), Some("team1"));
         assert_eq!(s.fs.mountpoint, Some(PathBuf::from("/mnt/t")));
         assert_eq!(
             s.text, text,
@@ -306,8 +390,11 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(s.pluginspath, None);
-        assert_eq!(s.worker_tokens.len(), 3);
+        assert_eq!(s.workers.pluginspath, None);
+        assert_eq!(
+            s.workers.teams.values().map(BTreeMap::len).sum::<usize>(),
+            3
+        );
         let creds = |team, identity| s.worker_credentials(team, identity);
         assert_eq!(
             creds(Some("team2"), "demo01"),

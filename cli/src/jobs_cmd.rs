@@ -5,9 +5,10 @@
 //! Logging in is `triggerfs client`'s ([`crate::client_cmd::credential_token`]): `--token`, or
 //! team, identity and secret from the flags, the environment or `[main]` of triggerfs.toml.
 
-use crate::cli::table::Table;
 use crate::client_cmd::ClientArgs;
+use crate::console::table::Table;
 use anyhow::{anyhow, bail, Context, Result};
+use launch::settings::LoginArgs;
 use proto::job::REDACTED;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -15,9 +16,6 @@ use std::time::Duration;
 /// Flags of `triggerfs jobs`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobsArgs {
-    /// Control plane URL (default: `[main] url`, else http://127.0.0.1:8080).
-    #[arg(long, env = "TRIGGERFS_URL", global = true)]
-    pub url: Option<String>,
     /// JWT from the control plane, instead of logging in.
     #[arg(
         long,
@@ -27,15 +25,8 @@ pub struct JobsArgs {
         global = true
     )]
     pub token: String,
-    /// Team to log in to (default: `[main] team`).
-    #[arg(long, env = "TRIGGERFS_TEAM", global = true)]
-    pub team: Option<String>,
-    /// User identity (default: `[main] identity`).
-    #[arg(long, env = "TRIGGERFS_IDENTITY", global = true)]
-    pub identity: Option<String>,
-    /// The user's secret (default: `[main] secret`).
-    #[arg(long, env = "TRIGGERFS_SECRET", hide_env_values = true, global = true)]
-    pub secret: Option<String>,
+    #[command(flatten)]
+    pub login: LoginArgs,
     #[command(subcommand)]
     pub command: JobsCommand,
 }
@@ -218,14 +209,22 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// `triggerfs jobs ...`, on a runtime of its own.
+pub fn main(args: JobsArgs) -> Result<i32> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
 /// `triggerfs jobs ...`: prints to stdout, returns the exit status.
 pub async fn run(args: JobsArgs) -> Result<i32> {
     let api = Api::login(
-        args.url.as_deref(),
+        Some(&args.login.url),
         &args.token,
-        args.team.as_deref(),
-        args.identity.as_deref(),
-        args.secret.as_deref(),
+        args.login.team.as_deref(),
+        args.login.identity.as_deref(),
+        args.login.secret.as_deref(),
     )
     .await?;
     match args.command {
@@ -444,7 +443,7 @@ pub async fn run_rerun(base: ClientArgs, id: i64, only: Only) -> Result<i32> {
     let token = crate::client_cmd::credential_token(&base)
         .await
         .map_err(|e| anyhow!("{e}"))?;
-    let api = Api::login(base.url.as_deref(), &token, None, None, None).await?;
+    let api = Api::login(Some(&base.login.url), &token, None, None, None).await?;
     let job = api.show(id).await?;
     let workers = rerun_workers(&job, only);
     if workers.is_empty() {
@@ -463,13 +462,9 @@ pub async fn run_rerun(base: ClientArgs, id: i64, only: Only) -> Result<i32> {
     );
     let mut args = rerun;
     args.token = token;
-    Ok(match crate::client_cmd::run(args).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("Error: {e}");
-            e.exit_status()
-        }
-    })
+    Ok(crate::client_cmd::exit_status(
+        crate::client_cmd::run(args).await,
+    ))
 }
 
 #[cfg(test)]

@@ -409,17 +409,15 @@ async fn controlled(
 ) -> anyhow::Result<Vec<SystemResult>> {
     let bin = args.common.triggerfs_bin()?;
     let n = args.workers;
-    let service = args.service.clone();
     raise_fd_limit(2 * n as u64);
     let dir = tempfile::tempdir().context("cannot create a directory")?;
-    let first_addr = crate::stack::free_addr()?;
-    let second_addr = crate::stack::free_addr()?;
+    let addrs = [crate::stack::free_addr()?, crate::stack::free_addr()?];
     let (control, api) =
-        crate::stack::Control::start(&bin, &dir.path().join("data"), &first_addr).await?;
+        crate::stack::Control::start(&bin, &dir.path().join("data"), &addrs[0]).await?;
     notes.line(format!(
         "fanout --control: creating {n} workers in the control plane"
     ));
-    let ids = crate::stack::new_fleet(&api, "fan-w", n, &service, "mirror").await?;
+    let ids = crate::stack::new_fleet(&api, "fan-w", n, &args.service, "mirror").await?;
     let spin = format!("{}us", args.common.spin.as_micros());
     let shards = shards.to_string();
     let flags = ["--shards", shards.as_str(), "--spin", spin.as_str()];
@@ -430,8 +428,15 @@ async fn controlled(
     } else {
         &flags[..]
     };
-    let services = std::slice::from_ref(&service);
-    let payload = vec![b'x'; args.common.payload];
+    let pair = BrokerPair {
+        args,
+        bin,
+        control,
+        addrs,
+        ids,
+        api: api.clone(),
+        payload: vec![b'x'; args.common.payload],
+    };
     let (mut rec, mut bare) = (Rounds::new(n), Rounds::new(n));
     // Two halves, the recording broker on the first address (the one started first, and the
     // one the control plane's gateway uses) in the first and on the second in the other:
@@ -442,58 +447,105 @@ async fn controlled(
             0 => (with_flags, &without_flags),
             _ => (&without_flags, with_flags),
         };
-        let (first, _) = control.broker(&bin, &first_addr, rec_flags).await?;
-        let (second, _) = control.broker(&bin, &second_addr, bare_flags).await?;
-        let first_workers = Workers::start_in(&first_addr, "main", &ids, services)?;
-        let second_workers = Workers::start_in(&second_addr, "main", &ids, services)?;
+        let brokers = [rec_flags, bare_flags];
+        pair.half(half, brokers, [&mut rec, &mut bare]).await?;
+    }
+    recording_overhead(args, &api, rec, bare, notes).await
+}
+
+/// The two brokers of `fanout --control` and what they run on.
+struct BrokerPair<'a> {
+    args: &'a FanoutArgs,
+    bin: std::path::PathBuf,
+    control: crate::stack::Control,
+    addrs: [String; 2],
+    /// The workers' identities and tokens.
+    ids: Vec<(String, String)>,
+    /// The control plane's API (the clients' JWT, fresh for each half).
+    api: api::ApiClient,
+    payload: Vec<u8>,
+}
+
+impl BrokerPair<'_> {
+    /// Half `half` of the rounds: the recording broker (`flags[0]`, its rounds `rounds[0]`)
+    /// on the first address in half 0 and on the second in half 1, the other (`flags[1]`,
+    /// `rounds[1]`) on the other address, the same workers connected to both.
+    async fn half(
+        &self,
+        half: u64,
+        flags: [&[&str]; 2],
+        rounds: [&mut Rounds; 2],
+    ) -> anyhow::Result<()> {
+        let (args, service) = (self.args, &self.args.service);
+        let [first_addr, second_addr] = &self.addrs;
+        let (first, _) = self.control.broker(&self.bin, first_addr, flags[0]).await?;
+        let (second, _) = self
+            .control
+            .broker(&self.bin, second_addr, flags[1])
+            .await?;
+        let services = std::slice::from_ref(service);
+        let first_workers = Workers::start_in(first_addr, "main", &self.ids, services)?;
+        let second_workers = Workers::start_in(second_addr, "main", &self.ids, services)?;
         let (rec_addr, bare_addr) = match half {
-            0 => (&first_addr, &second_addr),
-            _ => (&second_addr, &first_addr),
+            0 => (first_addr, second_addr),
+            _ => (second_addr, first_addr),
         };
-        let until = args.count * (half + 1) / 2;
         let outcome = async {
-            let jwt = api.jwt().await?;
+            let jwt = self.api.jwt().await?;
             let with = triggerfs::connect_as(rec_addr, &jwt).await?;
             let without = triggerfs::connect_as(bare_addr, &jwt).await?;
-            wait_online(&with, &service, n).await?;
-            wait_online(&without, &service, n).await?;
+            wait_online(&with, service, args.workers).await?;
+            wait_online(&without, service, args.workers).await?;
             for _ in 0..args.warmup_rounds {
-                let _ = mirror_round(&with, &service, &payload).await;
-                let _ = mirror_round(&without, &service, &payload).await;
+                let _ = mirror_round(&with, service, &self.payload).await;
+                let _ = mirror_round(&without, service, &self.payload).await;
             }
-            // Long blocks of back-to-back rounds in turns, each after a quiet pause and one
-            // round that is not counted. The recording broker's records are made and sent,
-            // and the control plane stores them, after their requests ended, every
-            // `DRAIN_EVERY`, on the same two cores: within a block that work lands on the
-            // block's own later rounds, as it would for a user sending fan-outs back to back;
-            // the pause lets the last of it end before the other broker's block starts, so
-            // none of it lands there.
-            let mut rec_first = true;
-            while rec.sent < until || bare.sent < until {
-                let turns = if rec_first {
-                    [(&mut rec, &with), (&mut bare, &without)]
-                } else {
-                    [(&mut bare, &without), (&mut rec, &with)]
-                };
-                for (rounds, client) in turns {
-                    tokio::time::sleep(QUIET).await;
-                    let _ = mirror_round(client, &service, &payload).await;
-                    let from = rounds.last.len();
-                    for _ in 0..BLOCK.min(until.saturating_sub(rounds.sent)) {
-                        rounds.run(client, &service, &payload).await;
-                    }
-                    rounds.blocks.push(median(&rounds.last[from..]));
-                }
-                rec_first = !rec_first;
-            }
+            let until = args.count * (half + 1) / 2;
+            let [rec, bare] = rounds;
+            self.in_turns([(rec, &with), (bare, &without)], until).await;
             anyhow::Ok(())
         }
         .await;
         first_workers.stop().await;
         second_workers.stop().await;
         drop((first, second));
-        outcome?;
+        outcome
     }
+
+    /// Long blocks of back-to-back rounds in turns until each of `sides` sent `until`, each
+    /// after a quiet pause and one round that is not counted. The recording broker's
+    /// records are made and sent, and the control plane stores them, after their requests
+    /// ended, every `DRAIN_EVERY`, on the same two cores: within a block that work lands on
+    /// the block's own later rounds, as it would for a user sending fan-outs back to back;
+    /// the pause lets the last of it end before the other broker's block starts, so none of
+    /// it lands there.
+    async fn in_turns(&self, mut sides: [(&mut Rounds, &Client); 2], until: u64) {
+        let service = &self.args.service;
+        while sides.iter().any(|(rounds, _)| rounds.sent < until) {
+            for (rounds, client) in sides.iter_mut() {
+                tokio::time::sleep(QUIET).await;
+                let _ = mirror_round(client, service, &self.payload).await;
+                let from = rounds.last.len();
+                for _ in 0..BLOCK.min(until.saturating_sub(rounds.sent)) {
+                    rounds.run(client, service, &self.payload).await;
+                }
+                rounds.blocks.push(median(&rounds.last[from..]));
+            }
+            sides.reverse();
+        }
+    }
+}
+
+/// What recording costs, from the rounds with it (`rec`) and without (`bare`): per pair of
+/// blocks and on the median time to the last `Done`; the two rows.
+async fn recording_overhead(
+    args: &FanoutArgs,
+    api: &api::ApiClient,
+    rec: Rounds,
+    bare: Rounds,
+    notes: &mut Notes,
+) -> anyhow::Result<Vec<SystemResult>> {
+    let (n, service) = (args.workers, &args.service);
     // Each block against the other broker's block next to it: the machine's speed
     // drifts over tens of seconds, less within a pair.
     let pairs: Vec<f64> = rec
@@ -503,13 +555,7 @@ async fn controlled(
         .filter(|(_, b)| !b.is_zero())
         .map(|(r, b)| (ms(*r) / ms(*b) - 1.0) * 100.0)
         .collect();
-    let mut sorted = pairs.clone();
-    sorted.sort_by(f64::total_cmp);
-    let paired = match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    };
+    let paired = crate::fsbench::median(pairs.clone());
     let (adds, names) = match args.noise_floor {
         false => ("recording adds", ["triggerfs-jobs", "triggerfs-nojobs"]),
         true => (
@@ -528,7 +574,7 @@ async fn controlled(
     // The recording broker's records, as the control plane stored them (checked so that
     // "with" is not silently "without").
     if !args.noise_floor {
-        let recorded = recorded_jobs(&api, &service, args.count).await?;
+        let recorded = recorded_jobs(api, service, args.count).await?;
         notes.line(format!(
             "fanout --control: the control plane holds {recorded} jobs of `{service}`"
         ));

@@ -111,7 +111,8 @@ struct Summary {
     out_of_order: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (0 for none).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,
@@ -152,57 +153,23 @@ struct Stack {
 
 /// Starts control plane, broker, worker and fs; makes a trigger per scenario.
 async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
-    let scenarios = &args.scenarios;
     let dir = tempfile::tempdir().context("cannot create a directory for the stack")?;
     let data = dir.path().join("data");
     let broker = crate::stack::free_addr()?;
-    let mut procs = Vec::new();
     let (control, api) = crate::stack::Control::start(bin, &data, &broker).await?;
     let url = control.url.clone();
     let secret = control.secret.clone();
     let (b, _) = control
         .broker(bin, &broker, &["--spin", &args.broker_spin])
         .await?;
-    procs.push(control.proc);
-    procs.push(b);
-
-    let worker_token = crate::stack::new_worker(&api, "w1").await?;
-    let _: IgnoredAny = api
-        .post("/services", &json!({"name": "ship", "workers": ["w1"]}))
-        .await?;
-    let _: IgnoredAny = api.post("/directories", &json!({"path": "/bench"})).await?;
-    for s in scenarios {
-        let name = scenario_name(*s);
-        let sink = dir.path().join(format!("{name}.out"));
-        let trigger = json!({"path": format!("/bench/{name}"), "plugin": "append", "service": "ship",
-                             "split": "lines", "args": {"path": sink.display().to_string()}});
-        let _: IgnoredAny = api.post("/triggers", &trigger).await?;
-    }
-    let plugins = dir.path().join("plugins");
-    crate::proc::write_plugins(&plugins)?;
-    let (worker, lines) = Spawned::start(
-        "worker",
-        command(
-            bin,
-            [
-                "worker",
-                "--broker",
-                &broker,
-                "--team",
-                "main",
-                "--identity",
-                "w1",
-                "--token",
-                &worker_token,
-                "--pluginspath",
-                plugins.to_str().unwrap_or_default(),
-            ],
-        ),
-    )?;
-    if let Some(lines) = lines {
-        drain(lines);
-    }
-    procs.push(worker);
+    let mut procs = vec![control.proc, b];
+    let worker_token = configure(&api, dir.path(), &args.scenarios).await?;
+    procs.push(start_worker(
+        bin,
+        &broker,
+        &worker_token,
+        &dir.path().join("plugins"),
+    )?);
     let deadline = Instant::now() + crate::proc::READY_DEADLINE;
     loop {
         if crate::stack::online(&api, "w1").await? {
@@ -213,40 +180,89 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt)?;
     let spool = dir.path().join("spool");
-    let (fs, _, lines) = Spawned::start_until(
-        "fs",
+    let fs_flags = [
+        "--url",
+        &url,
+        "--broker",
+        &broker,
+        "--team",
+        "main",
+        "--identity",
+        "admin",
+        "--secret",
+        &secret,
+        "--spool",
+        spool.to_str().unwrap_or_default(),
+        "--quiet",
+        "--threads",
+        &args.fs_threads.to_string(),
+    ];
+    procs.push(start_fs(bin, &mnt, &fs_flags).await?);
+    Ok(Stack {
+        _procs: procs,
+        dir,
+        mnt,
+    })
+}
+
+/// Creates worker `w1`, the service `ship` on it, the directory `/bench` and a trigger per
+/// scenario (`append` to `<dir>/<scenario>.out`); the worker's token.
+async fn configure(
+    api: &api::ApiClient,
+    dir: &Path,
+    scenarios: &[Scenario],
+) -> anyhow::Result<String> {
+    let worker_token = crate::stack::new_worker(api, "w1").await?;
+    let _: IgnoredAny = api
+        .post("/services", &json!({"name": "ship", "workers": ["w1"]}))
+        .await?;
+    let _: IgnoredAny = api.post("/directories", &json!({"path": "/bench"})).await?;
+    for s in scenarios {
+        let name = scenario_name(*s);
+        let sink = dir.join(format!("{name}.out"));
+        let trigger = json!({"path": format!("/bench/{name}"), "plugin": "append", "service": "ship",
+                             "split": "lines", "args": {"path": sink.display().to_string()}});
+        let _: IgnoredAny = api.post("/triggers", &trigger).await?;
+    }
+    Ok(worker_token)
+}
+
+/// Starts worker `w1` with the core plugins under `plugins`.
+fn start_worker(bin: &Path, broker: &str, token: &str, plugins: &Path) -> anyhow::Result<Spawned> {
+    crate::proc::write_plugins(plugins)?;
+    let (worker, lines) = Spawned::start(
+        "worker",
         command(
             bin,
             [
-                "fs",
-                "--mount",
-                mnt.to_str().unwrap_or_default(),
-                "--url",
-                &url,
+                "worker",
                 "--broker",
-                &broker,
+                broker,
                 "--team",
                 "main",
                 "--identity",
-                "admin",
-                "--secret",
-                &secret,
-                "--spool",
-                spool.to_str().unwrap_or_default(),
-                "--quiet",
-                "--threads",
-                &args.fs_threads.to_string(),
+                "w1",
+                "--token",
+                token,
+                "--pluginspath",
+                plugins.to_str().unwrap_or_default(),
             ],
         ),
-        "",
-    )
-    .await?;
-    procs.push(fs);
-    let mut lines = lines;
+    )?;
+    if let Some(lines) = lines {
+        drain(lines);
+    }
+    Ok(worker)
+}
+
+/// Starts `triggerfs fs` on `mnt` with `flags`, and waits until it serves.
+async fn start_fs(bin: &Path, mnt: &Path, flags: &[&str]) -> anyhow::Result<Spawned> {
+    let mut fs_args = vec!["fs", "--mount", mnt.to_str().unwrap_or_default()];
+    fs_args.extend_from_slice(flags);
+    let (fs, _, mut lines) = Spawned::start_until("fs", command(bin, fs_args), "").await?;
     // The fs logs its start-up; it is serving once it says so.
     let ready = async {
         while let Some(line) = lines.next_line().await? {
@@ -263,11 +279,7 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
         bail!("the fs did not get ready");
     }
     drain(lines);
-    Ok(Stack {
-        _procs: procs,
-        dir,
-        mnt,
-    })
+    Ok(fs)
 }
 
 fn scenario_name(s: Scenario) -> &'static str {

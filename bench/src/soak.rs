@@ -242,6 +242,33 @@ struct Load {
 }
 
 impl Load {
+    /// The load `args` asks for, over `clients` connections to the broker at `addr` logged
+    /// in with `jwt`; it starts now.
+    fn new(args: &SoakArgs, clients: usize, addr: &str, jwt: &str) -> Load {
+        let spec = RequestSpec {
+            service: SERVICE.into(),
+            plugin: "echo".into(),
+            payload: b"soak".to_vec(),
+            timeout: Some(args.timeout),
+            ..RequestSpec::default()
+        };
+        Load {
+            addr: addr.to_string(),
+            jwt: jwt.to_string(),
+            period: Duration::from_secs_f64(clients as f64 / args.rate.max(0.001)),
+            slow_spec: RequestSpec {
+                plugin: "fsleep".into(),
+                ..spec.clone()
+            },
+            slow_share: args.slow_share,
+            spec,
+            bound: args.timeout + args.lost_after,
+            started: Instant::now(),
+            stop: AtomicBool::new(false),
+            tally: Mutex::new(Tally::default()),
+        }
+    }
+
     fn end(&self, end: End) {
         let second = self.started.elapsed().as_secs() as usize;
         self.tally.lock().unwrap().end(end, second);
@@ -312,6 +339,14 @@ fn sample(pid: u32) -> Option<(u64, u64)> {
         .and_then(|v| v.parse().ok())?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
     Some((hwm, fds))
+}
+
+/// Samples the broker every 100 ms while `sampling` is set.
+async fn sample_while(pid: Arc<AtomicU32>, peaks: Arc<Mutex<Peaks>>, sampling: Arc<AtomicBool>) {
+    while sampling.load(Ordering::Relaxed) {
+        take_sample(&pid, &peaks);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn take_sample(pid: &AtomicU32, peaks: &Mutex<Peaks>) {
@@ -397,82 +432,28 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
     let n = args.workers;
     let dir = tempfile::tempdir().context("cannot create a directory for the soak")?;
     let addr = free_addr()?;
-    let (mut control, api) = Control::start(&bin, &dir.path().join("data"), &addr).await?;
+    let (control, api) = Control::start(&bin, &dir.path().join("data"), &addr).await?;
     writeln!(notes, "soak: creating {n} workers in the control plane")?;
     let ids = new_fleet(&api, "soak-w", n, SERVICE, "roundrobin").await?;
-    let shards = args.shards.to_string();
-    let broker_flags = ["--shards", shards.as_str()];
-    let (broker, _) = control.broker(&bin, &addr, &broker_flags).await?;
-    let mut broker = Some(broker);
-    let pid = Arc::new(AtomicU32::new(
-        broker.as_ref().and_then(Spawned::pid).unwrap_or(0),
-    ));
-
-    let procs_n = args.worker_procs.clamp(1, n.max(1));
-    let mut workers = Vec::with_capacity(procs_n);
-    for (i, chunk) in ids.chunks(n.div_ceil(procs_n).max(1)).enumerate() {
-        let path = dir.path().join(format!("workers-{i}.ids"));
-        let text: String = chunk.iter().map(|(id, t)| format!("{id} {t}\n")).collect();
-        std::fs::write(&path, text)?;
-        let proc = start_worker_proc(&bin, &addr, &path, i).await?;
-        workers.push(WorkerProc {
-            proc: Some(proc),
-            ids: path,
-        });
-    }
+    let mut stack = Stack::start(args, bin, addr, control, dir.path(), &ids).await?;
     writeln!(
         notes,
         "soak: {} worker processes started; waiting for {n} workers online",
-        workers.len()
+        stack.workers.len()
     )?;
-    let online_by = Instant::now() + crate::proc::READY_DEADLINE;
-    loop {
-        let online = serving(&api, SERVICE).await.unwrap_or(0);
-        if online >= n {
-            break;
-        }
-        if Instant::now() > online_by {
-            bail!("only {online} of {n} workers came online");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let online = workers_online(&api, n, crate::proc::READY_DEADLINE).await;
+    if online < n {
+        bail!("only {online} of {n} workers came online");
     }
-
-    let peaks = Arc::new(Mutex::new(Peaks::default()));
     let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (pid, peaks, sampling) = (pid.clone(), peaks.clone(), sampling.clone());
-        tokio::spawn(async move {
-            while sampling.load(Ordering::Relaxed) {
-                take_sample(&pid, &peaks);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-
+    let sampler = tokio::spawn(sample_while(
+        stack.pid.clone(),
+        stack.peaks.clone(),
+        sampling.clone(),
+    ));
     let clients = args.clients.max(1);
-    let period = Duration::from_secs_f64(clients as f64 / args.rate.max(0.001));
-    let spec = RequestSpec {
-        service: SERVICE.into(),
-        plugin: "echo".into(),
-        payload: b"soak".to_vec(),
-        timeout: Some(args.timeout),
-        ..RequestSpec::default()
-    };
-    let load = Arc::new(Load {
-        addr: addr.clone(),
-        jwt: api.jwt().await?,
-        period,
-        slow_spec: RequestSpec {
-            plugin: "fsleep".into(),
-            ..spec.clone()
-        },
-        slow_share: args.slow_share,
-        spec,
-        bound: args.timeout + args.lost_after,
-        started: Instant::now(),
-        stop: AtomicBool::new(false),
-        tally: Mutex::new(Tally::default()),
-    });
+    let jwt = api.jwt().await?;
+    let load = Arc::new(Load::new(args, clients, &stack.addr, &jwt));
     writeln!(
         notes,
         "soak: {clients} clients at {} req/s for {:?}",
@@ -480,44 +461,13 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
     )?;
     let loops: Vec<_> = (0..clients)
         .map(|c| {
-            let offset = period.mul_f64(c as f64 / clients as f64);
+            let offset = load.period.mul_f64(c as f64 / clients as f64);
             tokio::spawn(client_loop(load.clone(), offset))
         })
         .collect();
-
-    let mut kills = 0u64;
-    let mut broker_restarts = 0u64;
-    let mut control_restarts = 0u64;
     for (at, fault) in schedule(args) {
         tokio::time::sleep_until(load.started + at).await;
-        match fault {
-            Fault::KillWorkers(i) => {
-                if let Some(mut p) = workers[i].proc.take() {
-                    p.kill().await;
-                    kills += 1;
-                }
-            }
-            Fault::StartWorkers(i) => {
-                if workers[i].proc.is_none() {
-                    let ids = workers[i].ids.clone();
-                    workers[i].proc = Some(start_worker_proc(&bin, &addr, &ids, i).await?);
-                }
-            }
-            Fault::RestartBroker => {
-                take_sample(&pid, &peaks);
-                if let Some(mut b) = broker.take() {
-                    b.kill().await;
-                }
-                let (b, _) = control.broker(&bin, &addr, &broker_flags).await?;
-                pid.store(b.pid().unwrap_or(0), Ordering::Relaxed);
-                broker = Some(b);
-                broker_restarts += 1;
-            }
-            Fault::RestartControl => {
-                control.restart(&bin).await?;
-                control_restarts += 1;
-            }
-        }
+        stack.apply(fault).await?;
         writeln!(notes, "soak: {:>6.1}s {fault:?}", at.as_secs_f64())?;
     }
     tokio::time::sleep_until(load.started + args.duration).await;
@@ -527,44 +477,161 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
     }
     let elapsed = load.started.elapsed();
     // The last worker process restarted may still be reporting in.
-    let mut online_at_end = 0;
-    let settle_by = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < settle_by {
-        online_at_end = serving(&api, SERVICE).await.unwrap_or(0);
-        if online_at_end >= n {
-            break;
+    let online = workers_online(&api, n, Duration::from_secs(15)).await;
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    report(args, &mut notes, stack, &load, elapsed, online)
+}
+
+/// How many of `n` workers serve the soak's service, polled until all do or `within` passed.
+async fn workers_online(api: &api::ApiClient, n: usize, within: Duration) -> usize {
+    let by = Instant::now() + within;
+    loop {
+        let online = serving(api, SERVICE).await.unwrap_or(0);
+        if online >= n || Instant::now() > by {
+            return online;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    sampling.store(false, Ordering::Relaxed);
-    let _ = sampler.await;
-    take_sample(&pid, &peaks);
-    let fds_at_end = sample(pid.load(Ordering::Relaxed)).map_or(0, |(_, f)| f);
-    drop(workers);
-    drop(broker);
+}
 
+/// The soak's processes besides the bench: the control plane, the broker and the worker
+/// processes, hurt by [`Stack::apply`].
+struct Stack {
+    bin: PathBuf,
+    /// The broker's address.
+    addr: String,
+    control: Control,
+    broker: Option<Spawned>,
+    shards: String,
+    /// The running broker's pid, for the sampler.
+    pid: Arc<AtomicU32>,
+    peaks: Arc<Mutex<Peaks>>,
+    workers: Vec<WorkerProc>,
+    faults: Faults,
+}
+
+/// The faults done, for the report.
+#[derive(serde::Serialize, Clone, Copy, Default)]
+struct Faults {
+    worker_process_kills: u64,
+    workers_per_process: usize,
+    broker_restarts: u64,
+    control_restarts: u64,
+}
+
+impl Stack {
+    /// Starts the broker and the worker processes, `ids` spread over `--worker-procs`.
+    async fn start(
+        args: &SoakArgs,
+        bin: PathBuf,
+        addr: String,
+        control: Control,
+        dir: &Path,
+        ids: &[(String, String)],
+    ) -> anyhow::Result<Stack> {
+        let n = args.workers;
+        let shards = args.shards.to_string();
+        let (broker, _) = control.broker(&bin, &addr, &["--shards", &shards]).await?;
+        let pid = Arc::new(AtomicU32::new(broker.pid().unwrap_or(0)));
+        let procs_n = args.worker_procs.clamp(1, n.max(1));
+        let mut workers = Vec::with_capacity(procs_n);
+        for (i, chunk) in ids.chunks(n.div_ceil(procs_n).max(1)).enumerate() {
+            let path = dir.join(format!("workers-{i}.ids"));
+            let text: String = chunk.iter().map(|(id, t)| format!("{id} {t}\n")).collect();
+            std::fs::write(&path, text)?;
+            let proc = start_worker_proc(&bin, &addr, &path, i).await?;
+            workers.push(WorkerProc {
+                proc: Some(proc),
+                ids: path,
+            });
+        }
+        let faults = Faults {
+            workers_per_process: n.div_ceil(procs_n),
+            ..Faults::default()
+        };
+        Ok(Stack {
+            bin,
+            addr,
+            control,
+            broker: Some(broker),
+            shards,
+            pid,
+            peaks: Arc::default(),
+            workers,
+            faults,
+        })
+    }
+
+    /// Does `fault`.
+    async fn apply(&mut self, fault: Fault) -> anyhow::Result<()> {
+        match fault {
+            Fault::KillWorkers(i) => {
+                if let Some(mut p) = self.workers[i].proc.take() {
+                    p.kill().await;
+                    self.faults.worker_process_kills += 1;
+                }
+            }
+            Fault::StartWorkers(i) => {
+                if self.workers[i].proc.is_none() {
+                    let ids = self.workers[i].ids.clone();
+                    let proc = start_worker_proc(&self.bin, &self.addr, &ids, i).await?;
+                    self.workers[i].proc = Some(proc);
+                }
+            }
+            Fault::RestartBroker => {
+                take_sample(&self.pid, &self.peaks);
+                if let Some(mut b) = self.broker.take() {
+                    b.kill().await;
+                }
+                let flags = ["--shards", self.shards.as_str()];
+                let (b, _) = self.control.broker(&self.bin, &self.addr, &flags).await?;
+                self.pid.store(b.pid().unwrap_or(0), Ordering::Relaxed);
+                self.broker = Some(b);
+                self.faults.broker_restarts += 1;
+            }
+            Fault::RestartControl => {
+                self.control.restart(&self.bin).await?;
+                self.faults.control_restarts += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes the broker's last sample, stops the processes, and prints the run's summary (and
+/// its JSON document with `--json`) for a load that ran `elapsed`, with `online` workers at
+/// its end; the exit status.
+fn report(
+    args: &SoakArgs,
+    notes: &mut dyn Write,
+    stack: Stack,
+    load: &Load,
+    elapsed: Duration,
+    online: usize,
+) -> anyhow::Result<i32> {
+    take_sample(&stack.pid, &stack.peaks);
+    let fds_at_end = sample(stack.pid.load(Ordering::Relaxed)).map_or(0, |(_, f)| f);
+    let peaks = std::mem::take(&mut *stack.peaks.lock().unwrap());
+    let faults = stack.faults;
+    drop(stack);
     let tally = std::mem::take(&mut *load.tally.lock().unwrap());
-    let peaks = std::mem::take(&mut *peaks.lock().unwrap());
+    let n = args.workers;
     let accounted = tally.answered + tally.failed_total() + tally.lost;
     let doc = json!({
         "mode": "soak",
         "params": {
             "duration_s": args.duration.as_secs_f64(),
             "workers": n,
-            "worker_procs": procs_n,
-            "clients": clients,
+            "worker_procs": args.worker_procs.clamp(1, n.max(1)),
+            "clients": args.clients.max(1),
             "rate": args.rate,
             "slow_share": args.slow_share,
             "timeout_s": args.timeout.as_secs_f64(),
             "lost_after_s": args.lost_after.as_secs_f64(),
             "shards": args.shards,
         },
-        "faults": {
-            "worker_process_kills": kills,
-            "workers_per_process": n.div_ceil(procs_n),
-            "broker_restarts": broker_restarts,
-            "control_restarts": control_restarts,
-        },
+        "faults": faults,
         "sent": tally.sent,
         "answered": tally.answered,
         "failed": tally.failed_total(),
@@ -575,7 +642,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
         "elapsed_s": elapsed.as_secs_f64(),
         "answered_per_s": tally.answered_per_s,
         "failed_per_s": tally.failed_per_s,
-        "workers_online_at_end": online_at_end,
+        "workers_online_at_end": online,
         "broker_peak_rss_kib": peaks.rss_kib,
         "broker_peak_fds": peaks.fds,
         "broker_fds_at_end": fds_at_end,
@@ -591,7 +658,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
     )?;
     writeln!(
         notes,
-        "soak: broker peak RSS {:.1} MiB, peak fds {}, fds at end {fds_at_end}; {online_at_end} of {n} workers online at the end",
+        "soak: broker peak RSS {:.1} MiB, peak fds {}, fds at end {fds_at_end}; {online} of {n} workers online at the end",
         peaks.rss_kib as f64 / 1024.0,
         peaks.fds
     )?;

@@ -15,10 +15,12 @@ use crate::outcome::Outcome;
 use crate::ClientError;
 use proto::{Algorithm, Arg, Credential, ErrorKind, Event, Frame, Hello, Role, Stream, Summary};
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep, Sleep};
 
 /// Events buffered per request before the reader waits for the consumer. Bounded so that a
 /// slow consumer pushes back on the socket (and so on the broker) instead of growing memory;
@@ -230,26 +232,18 @@ impl Client {
     ///
     /// A `Refused` answer becomes [`ClientError::Refused`].
     pub async fn connect(addr: &str, credential: Credential) -> Result<Client, ClientError> {
+        let failed = |source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
         let handshake = async {
-            let (mut reader, mut writer) =
-                connection::connect(addr)
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        addr: addr.to_string(),
-                        source,
-                    })?;
+            let (mut reader, mut writer) = connection::connect(addr).await.map_err(failed)?;
             let hello = Frame::Hello(Hello {
                 protocol_version: proto::PROTOCOL_VERSION,
                 role: Role::Client,
                 credential,
             });
-            writer
-                .write_frame(&hello)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    addr: addr.to_string(),
-                    source,
-                })?;
+            writer.write_frame(&hello).await.map_err(failed)?;
             match reader.read_frame().await {
                 Ok(Frame::Welcome {
                     session,
@@ -265,10 +259,7 @@ impl Client {
                 Err(ConnectionError::Closed) => Err(ClientError::Handshake {
                     reason: "the broker closed the connection before Welcome".to_string(),
                 }),
-                Err(source) => Err(ClientError::Connect {
-                    addr: addr.to_string(),
-                    source,
-                }),
+                Err(source) => Err(failed(source)),
             }
         };
         let (reader, writer, session, heartbeat_ms) =
@@ -469,47 +460,8 @@ async fn read_loop(
     closed: Arc<watch::Sender<bool>>,
 ) {
     let mut closed_rx = closed.subscribe();
-    let silence_limit = (!heartbeat.is_zero()).then(|| heartbeat * MISSED_HEARTBEATS);
-    // One timer for the whole connection, moved forward as frames arrive, at most every
-    // eighth of the limit (a timer per frame costs more than the frame): the broker counts
-    // as silent after 7/8 to 8/8 of the limit without a frame.
-    let silence_step = silence_limit.map_or(Duration::MAX, |limit| limit / 8);
-    let silence = tokio::time::sleep(silence_limit.unwrap_or(Duration::from_secs(86_400)));
-    tokio::pin!(silence);
-    let mut silence_set = tokio::time::Instant::now();
-    'read: loop {
-        // Frames already buffered are handled without the socket, the timer or the select.
-        let mut from_socket = false;
-        let frame = match reader.try_frame() {
-            Ok(Some(frame)) => Ok(frame),
-            Ok(None) => tokio::select! {
-                _ = until_closed(&mut closed_rx) => break,
-                frame = reader.read_frame() => {
-                    from_socket = true;
-                    frame
-                }
-                () = &mut silence, if silence_limit.is_some() => {
-                    tracing::debug!("the broker went silent");
-                    Err(ConnectionError::Closed)
-                }
-            },
-            Err(error) => Err(error),
-        };
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(error) => {
-                tracing::debug!(%error, "reading from the broker ended");
-                break;
-            }
-        };
-        // The clock is read once per read from the socket, not once per buffered frame.
-        if let (Some(limit), true) = (silence_limit, from_socket) {
-            let now = tokio::time::Instant::now();
-            if now.duration_since(silence_set) >= silence_step {
-                silence.as_mut().reset(now + limit);
-                silence_set = now;
-            }
-        }
+    let mut silence = Silence::new(heartbeat);
+    'read: while let Some(frame) = next_frame(&mut reader, &mut closed_rx, &mut silence).await {
         let (id, events) = match frame {
             Frame::Heartbeat => continue,
             Frame::Error {
@@ -517,25 +469,7 @@ async fn read_loop(
                 kind,
                 message,
             } => {
-                tracing::warn!(%kind, %message, "the broker closed the connection");
-                if matches!(
-                    kind,
-                    ErrorKind::SlowConsumer | ErrorKind::Revoked | ErrorKind::ShuttingDown
-                ) {
-                    // The broker ended every request of this connection: each ends with
-                    // that error (the others, after a bad frame, end as Disconnected).
-                    let senders: Vec<_> = lock(&pending).senders.drain().collect();
-                    for (_, sender) in senders {
-                        let event = ClientEvent::Error {
-                            kind,
-                            message: message.clone(),
-                        };
-                        tokio::select! {
-                            _ = until_closed(&mut closed_rx) => break,
-                            _ = sender.send_async(event) => {}
-                        }
-                    }
-                }
+                broker_closed(&pending, kind, message, &mut closed_rx).await;
                 break;
             }
             other => match request_events(other) {
@@ -558,13 +492,8 @@ async fn read_loop(
                     break;
                 };
                 match sender.try_send(event) {
-                    Ok(()) => {
-                        if last {
-                            pending.senders.remove(&id);
-                        }
-                        None
-                    }
-                    Err(flume::TrySendError::Disconnected(_)) => {
+                    Ok(()) if !last => None,
+                    Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {
                         pending.senders.remove(&id);
                         None
                     }
@@ -578,25 +507,22 @@ async fn read_loop(
                     }
                 }
             };
+            let Some((sender, event)) = full else {
+                continue;
+            };
             // A full channel: waiting here is the backpressure. While a consumer is slow, the
             // socket is not read.
-            if let Some((sender, event)) = full {
-                let delivered = tokio::select! {
-                    _ = until_closed(&mut closed_rx) => break 'read,
-                    sent = sender.send_async(event) => sent.is_ok(),
-                };
-                if !delivered {
-                    lock(&pending).senders.remove(&id);
-                    break;
-                }
-                // The socket was not read meanwhile, by our choice: that time is not the
-                // broker's silence (the broker pauses our requests' output instead).
-                if let Some(limit) = silence_limit {
-                    let now = tokio::time::Instant::now();
-                    silence.as_mut().reset(now + limit);
-                    silence_set = now;
-                }
+            let delivered = tokio::select! {
+                _ = until_closed(&mut closed_rx) => break 'read,
+                sent = sender.send_async(event) => sent.is_ok(),
+            };
+            if !delivered {
+                lock(&pending).senders.remove(&id);
+                break;
             }
+            // The socket was not read meanwhile, by our choice: that time is not the
+            // broker's silence (the broker pauses our requests' output instead).
+            silence.restart();
         }
     }
     // Dropping the senders ends every pending request with `Disconnected`.
@@ -606,6 +532,100 @@ async fn read_loop(
         pending.senders.clear();
     }
     closed.send_replace(true);
+}
+
+/// How long the broker has been silent, as the reader watches it: one timer for the whole
+/// connection, moved forward as frames arrive, at most every eighth of the limit (a timer
+/// per frame costs more than the frame): the broker counts as silent after 7/8 to 8/8 of
+/// the limit without a frame. No limit (no heartbeat) means no watch.
+struct Silence {
+    limit: Option<Duration>,
+    /// Its deadline is the limit after the last move.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Silence {
+    fn new(heartbeat: Duration) -> Silence {
+        let limit = (!heartbeat.is_zero()).then(|| heartbeat * MISSED_HEARTBEATS);
+        let timer = Box::pin(sleep(limit.unwrap_or(Duration::from_secs(86_400))));
+        Silence { limit, timer }
+    }
+
+    /// A read from the socket: the timer moves forward if it was not moved for an eighth of
+    /// the limit.
+    fn heard(&mut self) {
+        if let Some(limit) = self.limit {
+            let now = tokio::time::Instant::now();
+            if self.timer.deadline() + limit / 8 <= now + limit {
+                self.timer.as_mut().reset(now + limit);
+            }
+        }
+    }
+
+    /// The timer runs its whole limit again from now.
+    fn restart(&mut self) {
+        if let Some(limit) = self.limit {
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + limit);
+        }
+    }
+}
+
+/// The next frame from the broker; `None` once the connection is closed, broken or the
+/// broker went silent. Frames already buffered are handled without the socket, the timer
+/// or the select.
+async fn next_frame(
+    reader: &mut FrameReader,
+    closed: &mut watch::Receiver<bool>,
+    silence: &mut Silence,
+) -> Option<Frame> {
+    let frame = match reader.try_frame() {
+        Ok(Some(frame)) => return Some(frame),
+        Ok(None) => tokio::select! {
+            _ = until_closed(closed) => return None,
+            frame = reader.read_frame() => frame,
+            () = &mut silence.timer, if silence.limit.is_some() => {
+                tracing::debug!("the broker went silent");
+                Err(ConnectionError::Closed)
+            }
+        },
+        Err(error) => Err(error),
+    };
+    let ended = |error: &ConnectionError| tracing::debug!(%error, "reading from the broker ended");
+    let frame = frame.inspect_err(ended).ok()?;
+    // The clock is read once per read from the socket, not once per buffered frame.
+    silence.heard();
+    Some(frame)
+}
+
+/// The broker closed the connection with `kind`. When it ended every request of this
+/// connection (a slow consumer, revoked, shutting down), each ends with that error; the
+/// others, after a bad frame, end as `Disconnected`.
+async fn broker_closed(
+    pending: &Mutex<Pending>,
+    kind: ErrorKind,
+    message: String,
+    closed: &mut watch::Receiver<bool>,
+) {
+    tracing::warn!(%kind, %message, "the broker closed the connection");
+    if !matches!(
+        kind,
+        ErrorKind::SlowConsumer | ErrorKind::Revoked | ErrorKind::ShuttingDown
+    ) {
+        return;
+    }
+    let senders: Vec<_> = lock(pending).senders.drain().collect();
+    for (_, sender) in senders {
+        let event = ClientEvent::Error {
+            kind,
+            message: message.clone(),
+        };
+        tokio::select! {
+            _ = until_closed(closed) => return,
+            _ = sender.send_async(event) => {}
+        }
+    }
 }
 
 /// Resolves once the connection is marked closed (or the marker is gone).

@@ -33,6 +33,17 @@ fn main() {
             token: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2ln".into(),
         },
     );
+    frames(&corpus.join("frame"), &worker, &client);
+    handshakes(&corpus.join("handshake"), &worker, &client);
+    plugin_lines(&corpus.join("plugin_line"));
+    spool_segment(&corpus.join("spool"));
+    api_bodies(&corpus.join("api_body"));
+    println!("corpus written to {}", corpus.display());
+}
+
+/// `frame`: a first byte (the read size), then frames back to back; one file per frame and
+/// one of them all.
+fn frames(dir: &Path, worker: &Frame, client: &Frame) {
     let frames = [
         ("hello_worker", worker.clone()),
         ("hello_client", client.clone()),
@@ -62,26 +73,31 @@ fn main() {
         ("pause", Frame::Pause { id: 7 }),
         ("resume", Frame::Resume { id: 7 }),
     ];
-    // frame: a first byte (the read size), then frames back to back.
     let mut stream = vec![7u8];
     for (name, frame) in &frames {
         let bytes = proto::encode_to_vec(frame);
         let mut one = vec![255u8];
         one.extend_from_slice(&bytes);
-        put(&corpus.join("frame"), name, &one);
+        put(dir, name, &one);
         stream.extend_from_slice(&bytes);
     }
-    put(&corpus.join("frame"), "all", &stream);
-    // handshake: one frame body, no length prefix.
+    put(dir, "all", &stream);
+}
+
+/// `handshake`: one frame body, no length prefix.
+fn handshakes(dir: &Path, worker: &Frame, client: &Frame) {
     for (name, frame) in [
-        ("worker", &worker),
-        ("client", &client),
+        ("worker", worker),
+        ("client", client),
         ("heartbeat", &Frame::Heartbeat),
     ] {
         let bytes = proto::encode_to_vec(frame);
-        put(&corpus.join("handshake"), name, &bytes[proto::LEN_PREFIX..]);
+        put(dir, name, &bytes[proto::LEN_PREFIX..]);
     }
-    // plugin_line: what a persistent plugin prints.
+}
+
+/// `plugin_line`: what a persistent plugin prints.
+fn plugin_lines(dir: &Path) {
     for (name, line) in [
         (
             "output",
@@ -93,9 +109,12 @@ fn main() {
         ),
         ("done", r#"{"type":"done","id":1,"exit_code":0}"#),
     ] {
-        put(&corpus.join("plugin_line"), name, line.as_bytes());
+        put(dir, name, line.as_bytes());
     }
-    // spool: a segment the spool itself wrote, with two records.
+}
+
+/// `spool`: a segment the spool itself wrote, with two records.
+fn spool_segment(corpus: &Path) {
     let dir = tempfile::tempdir().expect("temp dir");
     {
         let (spool, _reader) =
@@ -118,13 +137,16 @@ fn main() {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "seg") {
             put(
-                &corpus.join("spool"),
+                corpus,
                 "two_records",
                 &std::fs::read(&path).expect("segment"),
             );
         }
     }
-    // api_body: the route's index, then a JSON body it accepts.
+}
+
+/// `api_body`: the route's index, then a JSON body it accepts.
+fn api_bodies(dir: &Path) {
     for (i, body) in [
         r#"{"name":"second"}"#,
         r#"{"identity":"web02","description":"x","visibility":"team"}"#,
@@ -147,7 +169,6 @@ fn main() {
     {
         let mut bytes = vec![i as u8];
         bytes.extend_from_slice(body.as_bytes());
-        put(&corpus.join("api_body"), &format!("route{i:02}"), &bytes);
+        put(dir, &format!("route{i:02}"), &bytes);
     }
-    println!("corpus written to {}", corpus.display());
 }

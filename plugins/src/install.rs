@@ -6,7 +6,6 @@
 //! deleting the directories of the others. An existing manifest is replaced; anything else in
 //! the directory is left alone (an executable beside a `core` manifest is not used).
 
-use crate::core::CORE_PLUGINS;
 use crate::manifest::{CorePlugin, Manifest, MANIFEST_FILE as MANIFEST};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,30 +31,21 @@ pub enum InstallError {
     },
 }
 
-fn core_plugin(name: &str) -> CorePlugin {
-    match name {
-        "echo" => CorePlugin::Echo,
-        "command" => CorePlugin::Command,
-        "file" => CorePlugin::File,
-        _ => CorePlugin::Append,
-    }
-}
-
 /// Installs every core plugin under `dir` as a manifest; returns the manifests' paths.
 ///
 /// Each manifest is written beside its destination and renamed over it, so a worker never
 /// reads a half-written one.
 pub fn install(dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
-    let mut installed = Vec::with_capacity(CORE_PLUGINS.len());
-    for name in CORE_PLUGINS {
-        let plugin_dir = dir.join(name);
+    let mut installed = Vec::with_capacity(CorePlugin::ALL.len());
+    for plugin in CorePlugin::ALL {
+        let plugin_dir = dir.join(plugin.name());
         fs::create_dir_all(&plugin_dir).map_err(|source| InstallError::CreateDir {
             path: plugin_dir.clone(),
             source,
         })?;
         let target = plugin_dir.join(MANIFEST);
         let staging = plugin_dir.join(format!(".{MANIFEST}.installing"));
-        let result = fs::write(&staging, Manifest::text_for(core_plugin(name)))
+        let result = fs::write(&staging, Manifest::text_for(plugin))
             .and_then(|()| fs::rename(&staging, &target));
         if let Err(source) = result {
             let _ = fs::remove_file(&staging);
@@ -73,6 +63,7 @@ pub fn install(dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
 mod tests {
     use super::*;
     use crate::core::tests::TempDir;
+    use crate::core::CORE_PLUGINS;
 
     #[test]
     fn writes_a_manifest_per_core_plugin_and_no_binary() {

@@ -3,8 +3,9 @@
 //! Layout:
 //! - [`request`]: [`PluginRequest`], the JSON object a plugin reads on stdin. The worker
 //!   serialises this same struct, so the two cannot drift apart.
-//! - [`core`]: the core plugins `echo`, `command`, `file` and `append` as plain functions over
-//!   a request and writers, plus [`run_core`], their stdin/stdout wrapper.
+//! - [`core`]: the core plugins `echo`, `command`, `file` and `append`, written once as plain
+//!   functions over a [`core::CoreRequest`]: the worker serves them with these, and
+//!   [`run_core`] is their stdin/stdout wrapper.
 //! - [`manifest`]: [`Manifest`], a plugin's `plugin.toml`: a core plugin the worker serves
 //!   itself (`core`, `append`'s `sync`), or a persistent plugin (`persistent`,
 //!   `max_concurrency`, `restart_backoff`, `cancel_grace`).

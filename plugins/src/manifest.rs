@@ -41,6 +41,21 @@ pub enum CorePlugin {
 }
 
 impl CorePlugin {
+    /// Every core plugin, in the order [`crate::CORE_PLUGINS`] names them.
+    pub const ALL: [CorePlugin; 4] = [
+        CorePlugin::Echo,
+        CorePlugin::Command,
+        CorePlugin::File,
+        CorePlugin::Append,
+    ];
+
+    /// The core plugin called `name`, if one is.
+    pub fn from_name(name: &str) -> Option<CorePlugin> {
+        CorePlugin::ALL
+            .into_iter()
+            .find(|plugin| plugin.name() == name)
+    }
+
     /// The plugin's name.
     pub fn name(self) -> &'static str {
         match self {

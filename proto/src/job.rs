@@ -4,6 +4,7 @@
 
 use crate::text_enum;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// How much output the history keeps per worker: the last 64 KiB.
 pub const JOB_OUTPUT_TAIL: usize = 64 * 1024;
@@ -306,19 +307,8 @@ pub struct JobBatch {
 /// `bearer`, `sig`, `signature`, `cred`, `creds`, `hmac`, `totp` or `mfa` (`db_pw`,
 /// `smtp-pass`, `DATABASE_DSN`).
 pub fn is_secret_key(key: &str) -> bool {
-    const WORDS: &[&str] = &[
-        "secret",
-        "token",
-        "passw",
-        "passphrase",
-        "pwd",
-        "key",
-        "credential",
-        "auth",
-        "private",
-        "cookie",
-        "session",
-    ];
+    /// Secret in a name with [`STRONG`], though not as a word of their own.
+    const WEAK: &[&str] = &["key", "auth", "private", "cookie", "session"];
     const WHOLE: &[&str] = &[
         "pw",
         "pass",
@@ -336,19 +326,10 @@ pub fn is_secret_key(key: &str) -> bool {
         "mfa",
     ];
     let lower = key.to_ascii_lowercase();
-    WORDS.iter().any(|w| lower.contains(w))
+    STRONG.iter().chain(WEAK).any(|w| lower.contains(w))
         || lower
             .split(|c: char| !c.is_ascii_alphanumeric())
             .any(|part| WHOLE.contains(&part))
-}
-
-/// `value`, or [`REDACTED`] when `key` looks secret.
-pub fn redact(key: &str, value: &str) -> String {
-    if is_secret_key(key) {
-        REDACTED.to_string()
-    } else {
-        value.to_string()
-    }
 }
 
 /// An argument's value as the job history keeps it: [`REDACTED`] when its name looks secret
@@ -369,7 +350,7 @@ pub fn redact_arg(key: &str, value: &str, found: &mut Vec<String>) -> String {
 /// A command text as the job history keeps it: what looks like a secret replaced by
 /// [`REDACTED`], everything else as written (spacing included). See [`redact_text`] for
 /// the forms found.
-pub fn redact_command(text: &str) -> std::borrow::Cow<'_, str> {
+pub fn redact_command(text: &str) -> Cow<'_, str> {
     redact_text(text, &mut Vec::new())
 }
 
@@ -377,11 +358,11 @@ pub fn redact_command(text: &str) -> std::borrow::Cow<'_, str> {
 /// `known` (what was taken out of the request's command and arguments, when at least
 /// [`MIN_KNOWN_SECRET`] characters long) wherever it appears: a program that echoes its
 /// password, or names it in an error (`mysql --password X`: "Unknown database 'X'").
-pub fn redact_output<'a>(text: &'a str, known: &[String]) -> std::borrow::Cow<'a, str> {
+pub fn redact_output<'a>(text: &'a str, known: &[String]) -> Cow<'a, str> {
     let mut out = redact_text(text, &mut Vec::new());
     for secret in known {
         if secret.chars().count() >= MIN_KNOWN_SECRET && out.contains(secret.as_str()) {
-            out = std::borrow::Cow::Owned(out.replace(secret.as_str(), REDACTED));
+            out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
         }
     }
     out
@@ -423,8 +404,9 @@ const STRONG: &[&str] = &[
 ];
 
 /// What to do with the next word.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Default)]
 enum Next {
+    #[default]
     Keep,
     /// It is a secret (`--password X`, `sshpass -p X`).
     Redact,
@@ -451,11 +433,8 @@ enum Next {
 ///
 /// A secret in a form of its own is kept (and some harmless words go): patterns only help.
 /// Who reads a job is what keeps it safe ([`JobHistory`]).
-pub fn redact_text<'a>(text: &'a str, found: &mut Vec<String>) -> std::borrow::Cow<'a, str> {
-    let mut spans: Vec<(usize, usize)> = Vec::new();
-    let mut next = Next::Keep;
-    // The program of the current simple command (`None` until its first word).
-    let mut program: Option<&str> = None;
+pub fn redact_text<'a>(text: &'a str, found: &mut Vec<String>) -> Cow<'a, str> {
+    let mut redactor = Redactor::default();
     let mut rest = text;
     let mut offset = 0;
     while let Some(start) = rest.find(|c: char| !c.is_whitespace()) {
@@ -468,119 +447,13 @@ pub fn redact_text<'a>(text: &'a str, found: &mut Vec<String>) -> std::borrow::C
         // The word without the quotes around it (and a `;`/`,` after it).
         let lead = raw.len() - raw.trim_start_matches(['\'', '"', '`']).len();
         let word = raw[lead..].trim_end_matches(['\'', '"', '`', ';', ',']);
-        let at = from + lead;
-        let lower = word.to_ascii_lowercase();
         let ends_command =
             raw.ends_with([';', '|', '&']) || matches!(word, "|" | "||" | "&&" | ";");
-        match std::mem::replace(&mut next, Next::Keep) {
-            Next::Redact => {
-                add(&mut spans, at, 0, word.len());
-                continue;
-            }
-            Next::RedactValue if !word.starts_with('-') => {
-                add(&mut spans, at, 0, word.len());
-                continue;
-            }
-            Next::Credential if AUTH_SCHEMES.contains(&lower.as_str()) => {
-                next = Next::Redact;
-                continue;
-            }
-            Next::Credential => {
-                add(&mut spans, at, 0, word.len());
-                continue;
-            }
-            Next::UserPassword => {
-                if let Some(colon) = word.find(':') {
-                    add(&mut spans, at, colon + 1, word.len());
-                    continue;
-                }
-            }
-            Next::RedactValue | Next::Keep => {}
-        }
-        if ends_command {
-            program = None;
-        }
-        let name = word.trim_start_matches('-');
-        let flag = word.starts_with('-') && !name.is_empty();
-        // The program, and what its flags mean.
-        let prog = program.unwrap_or("");
-        if program.is_none() && !flag && !word.contains('=') && !ends_command {
-            let base = word.rsplit('/').next().unwrap_or(word);
-            if !WRAPPERS.contains(&base) {
-                program = Some(base);
-            }
-        }
-        if flag
-            && GLUED_P_PASSWORD.contains(&prog)
-            && word.starts_with("-p")
-            && !word.starts_with("--")
-        {
-            match word.len() {
-                2 if prog == "sshpass" => next = Next::Redact,
-                2 => {}
-                _ => add(&mut spans, at, 2, word.len()),
-            }
-            continue;
-        }
-        if flag {
-            if let Some(user) = ["-u", "-U", "--user=", "--proxy-user="]
-                .iter()
-                .find(|f| word.starts_with(**f))
-            {
-                let value = &word[user.len()..];
-                if value.is_empty() && !user.ends_with('=') {
-                    next = Next::UserPassword;
-                    continue;
-                }
-                if !word.starts_with("--") || user.ends_with('=') {
-                    if let Some(colon) = value.find(':') {
-                        add(&mut spans, at, user.len() + colon + 1, word.len());
-                        continue;
-                    }
-                }
-            }
-            if matches!(name, "user" | "proxy-user") {
-                next = Next::UserPassword;
-                continue;
-            }
-        }
-        // `Authorization:`, `X-Api-Key:`, `password:`; `Bearer X`.
-        if let Some(header) = word.strip_suffix(':') {
-            if is_secret_key(header) {
-                next = Next::Credential;
-                continue;
-            }
-        }
-        if matches!(lower.as_str(), "bearer" | "basic") {
-            next = Next::Redact;
-            continue;
-        }
-        let before = spans.len();
-        assignments(word, &mut |a, b| add(&mut spans, at, a, b));
-        if spans.len() > before {
-            continue;
-        }
-        if !word.contains('=') {
-            if flag && is_secret_key(name) {
-                next = Next::Redact;
-                continue;
-            }
-            if !flag
-                && word
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-                && STRONG.iter().any(|s| lower.contains(s))
-            {
-                next = Next::RedactValue;
-                continue;
-            }
-        }
-        if let Some((a, b)) = url_secret(word) {
-            add(&mut spans, at, a, b);
-        }
+        redactor.word(from + lead, word, ends_command);
     }
+    let mut spans = redactor.spans;
     if spans.is_empty() {
-        return std::borrow::Cow::Borrowed(text);
+        return Cow::Borrowed(text);
     }
     spans.sort_unstable();
     let mut out = String::with_capacity(text.len());
@@ -595,13 +468,141 @@ pub fn redact_text<'a>(text: &'a str, found: &mut Vec<String>) -> std::borrow::C
         done = b;
     }
     out.push_str(&text[done..]);
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
-/// Notes the span `a..b` of the word at `at` as a secret.
-fn add(spans: &mut Vec<(usize, usize)>, at: usize, a: usize, b: usize) {
-    if a < b {
-        spans.push((at + a, at + b));
+/// What [`redact_text`] keeps while it reads a text word by word.
+#[derive(Default)]
+struct Redactor<'a> {
+    /// Where the secrets found so far are in the text.
+    spans: Vec<(usize, usize)>,
+    next: Next,
+    /// The program of the current simple command (`None` until its first word).
+    program: Option<&'a str>,
+}
+
+impl<'a> Redactor<'a> {
+    /// Reads one word: notes where it holds a secret, and what the next word is.
+    fn word(&mut self, at: usize, word: &'a str, ends_command: bool) {
+        let lower = word.to_ascii_lowercase();
+        if self.after_previous(at, word, &lower) {
+            return;
+        }
+        if ends_command {
+            self.program = None;
+        }
+        let name = word.trim_start_matches('-');
+        let flag = word.starts_with('-') && !name.is_empty();
+        // The program, and what its flags mean.
+        let program = self.program.unwrap_or("");
+        if self.program.is_none() && !flag && !word.contains('=') && !ends_command {
+            let base = word.rsplit('/').next().unwrap_or(word);
+            if !WRAPPERS.contains(&base) {
+                self.program = Some(base);
+            }
+        }
+        if flag && self.program_flag(at, word, name, program) {
+            return;
+        }
+        if self.secret_name(at, word, name, flag, &lower) {
+            return;
+        }
+        if let Some((a, b)) = url_secret(word) {
+            self.add(at, a, b);
+        }
+    }
+
+    /// Reads the word as what the previous one announced; `true` when that was all of it.
+    fn after_previous(&mut self, at: usize, word: &str, lower: &str) -> bool {
+        let len = word.len();
+        match std::mem::replace(&mut self.next, Next::Keep) {
+            Next::Redact => self.add(at, 0, len),
+            Next::RedactValue if !word.starts_with('-') => self.add(at, 0, len),
+            Next::Credential if AUTH_SCHEMES.contains(&lower) => self.next = Next::Redact,
+            Next::Credential => self.add(at, 0, len),
+            Next::UserPassword => match word.find(':') {
+                Some(colon) => self.add(at, colon + 1, len),
+                None => return false,
+            },
+            Next::RedactValue | Next::Keep => return false,
+        }
+        true
+    }
+
+    /// A flag of the program that carries a password: `mysql -p…`, `sshpass -p …`, `-u
+    /// user:…`, `--user …`; `true` when the word was read as one.
+    fn program_flag(&mut self, at: usize, word: &str, name: &str, program: &str) -> bool {
+        if GLUED_P_PASSWORD.contains(&program) && word.starts_with("-p") && !word.starts_with("--")
+        {
+            match word.len() {
+                2 if program == "sshpass" => self.next = Next::Redact,
+                2 => {}
+                _ => self.add(at, 2, word.len()),
+            }
+            return true;
+        }
+        if let Some(user) = ["-u", "-U", "--user=", "--proxy-user="]
+            .iter()
+            .find(|f| word.starts_with(**f))
+        {
+            let value = &word[user.len()..];
+            if value.is_empty() && !user.ends_with('=') {
+                self.next = Next::UserPassword;
+                return true;
+            }
+            if !word.starts_with("--") || user.ends_with('=') {
+                if let Some(colon) = value.find(':') {
+                    self.add(at, user.len() + colon + 1, word.len());
+                    return true;
+                }
+            }
+        }
+        if matches!(name, "user" | "proxy-user") {
+            self.next = Next::UserPassword;
+            return true;
+        }
+        false
+    }
+
+    /// A word that names a secret: a header (`Authorization:`, `password:`), a scheme
+    /// (`Bearer`), `name=value`, a flag (`--password`) or a word that looks secret as such
+    /// (`aws_secret_access_key`); `true` when the word was read as one.
+    fn secret_name(&mut self, at: usize, word: &str, name: &str, flag: bool, lower: &str) -> bool {
+        if word.strip_suffix(':').is_some_and(is_secret_key) {
+            self.next = Next::Credential;
+            return true;
+        }
+        if matches!(lower, "bearer" | "basic") {
+            self.next = Next::Redact;
+            return true;
+        }
+        let before = self.spans.len();
+        assignments(word, &mut |a, b| self.add(at, a, b));
+        if self.spans.len() > before {
+            return true;
+        }
+        if word.contains('=') {
+            return false;
+        }
+        if flag && is_secret_key(name) {
+            self.next = Next::Redact;
+            return true;
+        }
+        let plain = word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !flag && plain && STRONG.iter().any(|s| lower.contains(s)) {
+            self.next = Next::RedactValue;
+            return true;
+        }
+        false
+    }
+
+    /// Notes the span `a..b` of the word at `at` as a secret.
+    fn add(&mut self, at: usize, a: usize, b: usize) {
+        if a < b {
+            self.spans.push((at + a, at + b));
+        }
     }
 }
 
@@ -698,10 +699,7 @@ mod tests {
         ] {
             assert_eq!(redact_command(text), want, "{text}");
         }
-        assert!(matches!(
-            redact_command("ls -la"),
-            std::borrow::Cow::Borrowed(_)
-        ));
+        assert!(matches!(redact_command("ls -la"), Cow::Borrowed(_)));
     }
 
     /// Issue 25's forms: none of the secret `S3CR3T` is left, and the words around it are.
@@ -817,13 +815,13 @@ mod tests {
             "passphrase",
         ] {
             assert!(is_secret_key(k), "{k}");
-            assert_eq!(redact(k, "hunter2"), REDACTED);
+            assert_eq!(redact_arg(k, "hunter2", &mut Vec::new()), REDACTED);
         }
         for k in [
             "host", "package", "count", "mode", "bypass", "compass", "pinned",
         ] {
             assert!(!is_secret_key(k), "{k}");
-            assert_eq!(redact(k, "v"), "v");
+            assert_eq!(redact_arg(k, "v", &mut Vec::new()), "v");
         }
     }
 

@@ -27,6 +27,7 @@
 //!   several workers may share a process (the library's tests and the bench), and one that
 //!   reaped another's leader took its exit from tokio (`ECHILD`, seen in CI's fleet test).
 
+use crate::lock;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -297,10 +298,6 @@ impl Drop for Confinement {
             remove_when_empty(dir.clone());
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `<the worker's cgroup>/triggerfs-worker-<hash>`, made if need be, when it is writable

@@ -13,10 +13,11 @@
 //! (`none`, `batch`: before answering, `interval:<d>`: at most once per interval).
 
 use crate::lines::MAX_LINE;
+use crate::lock;
+use plugins::core::{append_records, CoreError, CoreRequest};
 use plugins::{CorePlugin, Manifest, SyncPolicy};
 use proto::{Dispatch, Frame, Stream};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,11 +33,6 @@ const APPENDER_IDLE: Duration = Duration::from_secs(1);
 
 /// The most bytes one `append` batch writes at once.
 const MAX_BATCH: usize = 4 * 1024 * 1024;
-
-/// Exit codes as the process plugins use them: 2 for a request the plugin cannot serve, 1
-/// for a failure outside the request.
-const EXIT_USAGE: i32 = 2;
-const EXIT_FAILURE: i32 = 1;
 
 /// What the worker keeps for its core plugins.
 #[derive(Debug, Default)]
@@ -88,10 +84,6 @@ impl CoreState {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn read_manifest(pluginspath: &Path, name: &str) -> Lookup {
     let Ok(root) = pluginspath.canonicalize() else {
         return Lookup::NotCore;
@@ -132,26 +124,17 @@ impl Reply {
         }
     }
 
-    /// Adds `data` as lines (a last line without `\n` too), each cut to [`MAX_LINE`], as a
-    /// plugin's output pipe would be read.
+    /// Adds `data` as lines, as a plugin's output pipe would be read
+    /// ([`crate::lines::output_chunks`]).
     fn lines(&mut self, stream: Stream, data: &[u8]) {
-        let data = data.strip_suffix(b"\n").unwrap_or(data);
-        for line in data.split(|&b| b == b'\n') {
-            let mut rest = line;
-            loop {
-                let (chunk, tail) = rest.split_at(rest.len().min(MAX_LINE));
-                self.frames.push(Frame::Output {
-                    id: self.id,
-                    seq: self.seq,
-                    stream,
-                    data: chunk.to_vec(),
-                });
-                self.seq += 1;
-                if tail.is_empty() {
-                    break;
-                }
-                rest = tail;
-            }
+        for chunk in crate::lines::output_chunks(data) {
+            self.frames.push(Frame::Output {
+                id: self.id,
+                seq: self.seq,
+                stream,
+                data: chunk.to_vec(),
+            });
+            self.seq += 1;
         }
     }
 
@@ -162,31 +145,30 @@ impl Reply {
         });
         self.frames
     }
-}
 
-/// The payload, or the command line when the payload is empty, with a trailing newline.
-fn payload_or_command_line(dispatch: &Dispatch) -> Vec<u8> {
-    let mut data = if dispatch.payload.is_empty() {
-        dispatch.command.join(" ").into_bytes()
-    } else {
-        dispatch.payload.clone()
-    };
-    if data.last() != Some(&b'\n') {
-        data.push(b'\n');
+    /// Ends with `error`: its line on stderr, then `Done` with its exit code.
+    fn error(mut self, error: &CoreError) -> Vec<Frame> {
+        self.lines(Stream::Stderr, error.to_string().as_bytes());
+        self.done(error.exit_code())
     }
-    data
 }
 
-/// The file named by arg `path` (or the original product's `filepath`).
-fn path_arg(dispatch: &Dispatch) -> Option<&str> {
-    ["path", "filepath"].iter().find_map(|name| {
-        dispatch
-            .args
-            .iter()
-            .find(|a| a.key == *name)
-            .map(|a| a.value.as_str())
-            .filter(|p| !p.is_empty())
-    })
+/// All the frames of dispatch `id`, which core plugin refused with `error`.
+pub(crate) fn refused(id: u64, error: &CoreError) -> Vec<Frame> {
+    Reply::new(id).error(error)
+}
+
+/// What the core plugins read of `dispatch`.
+pub(crate) fn request(dispatch: &Dispatch) -> CoreRequest<'_> {
+    let arg = |name: &str| {
+        let found = dispatch.args.iter().find(|arg| arg.key == name);
+        found.map(|arg| arg.value.as_str())
+    };
+    CoreRequest {
+        command: &dispatch.command,
+        payload: &dispatch.payload,
+        path: plugins::core::path_arg(arg),
+    }
 }
 
 /// [`echo`] taking the dispatch: a payload of one line is sent on without a copy.
@@ -221,11 +203,7 @@ pub fn echo_owned(dispatch: Dispatch) -> Vec<Frame> {
 /// `echo`: the payload (or the command line) as output lines.
 pub fn echo(dispatch: &Dispatch) -> Vec<Frame> {
     let mut reply = Reply::new(dispatch.id);
-    if dispatch.payload.is_empty() {
-        reply.lines(Stream::Stdout, dispatch.command.join(" ").as_bytes());
-    } else {
-        reply.lines(Stream::Stdout, &dispatch.payload);
-    }
+    reply.lines(Stream::Stdout, &request(dispatch).text());
     reply.done(0)
 }
 
@@ -233,32 +211,26 @@ pub fn echo(dispatch: &Dispatch) -> Vec<Frame> {
 /// arg `path`, replacing its content.
 pub async fn file(dispatch: &Dispatch) -> Vec<Frame> {
     let mut reply = Reply::new(dispatch.id);
-    let Some(path) = path_arg(dispatch).map(PathBuf::from) else {
-        reply.lines(
-            Stream::Stderr,
-            b"file: missing argument `path` (path=/some/file)",
-        );
-        return reply.done(EXIT_USAGE);
+    let req = request(dispatch);
+    let written = match req.target(CorePlugin::File) {
+        Ok(path) => {
+            let (path, record) = (path.to_path_buf(), req.record());
+            let write = move || plugins::core::write_file(&path, &record);
+            tokio::task::spawn_blocking(write)
+                .await
+                .unwrap_or_else(|e| {
+                    let reason = format!("the write did not finish: {e}");
+                    Err(CoreError::Failure(CorePlugin::File, reason))
+                })
+        }
+        Err(e) => Err(e),
     };
-    let data = payload_or_command_line(dispatch);
-    let written =
-        tokio::task::spawn_blocking(move || std::fs::write(&path, data).map_err(|e| (path, e)))
-            .await;
     match written {
-        Ok(Ok(())) => {
-            reply.lines(Stream::Stdout, b"file has been written.");
+        Ok(printed) => {
+            reply.lines(Stream::Stdout, printed.as_bytes());
             reply.done(0)
         }
-        Ok(Err((path, e))) => {
-            let text = format!("file: cannot write {}: {e}", path.display());
-            reply.lines(Stream::Stderr, text.as_bytes());
-            reply.done(EXIT_FAILURE)
-        }
-        Err(e) => {
-            let text = format!("file: the write did not finish: {e}");
-            reply.lines(Stream::Stderr, text.as_bytes());
-            reply.done(EXIT_FAILURE)
-        }
+        Err(e) => reply.error(&e),
     }
 }
 
@@ -272,24 +244,17 @@ struct AppendJob {
 
 impl AppendJob {
     /// Queues the dispatch's last frames: `Done`, after a line on stderr if the write failed.
-    async fn answer(self, result: Result<(), String>) {
-        let mut reply = Reply {
+    async fn answer(self, result: Result<(), CoreError>) {
+        let reply = Reply {
             id: self.id,
             seq: 0,
             frames: Vec::new(),
         };
         let frames = match result {
             Ok(()) => reply.done(0),
-            Err(text) => {
-                reply.lines(Stream::Stderr, format!("append: {text}").as_bytes());
-                reply.done(EXIT_FAILURE)
-            }
+            Err(e) => reply.error(&e),
         };
-        for frame in frames {
-            if send_frame(&self.out, frame).await.is_err() {
-                return;
-            }
-        }
+        let _ = send_frames(&self.out, frames).await;
     }
 }
 
@@ -305,9 +270,7 @@ pub async fn serve_inline(
 ) -> Result<Option<Dispatch>, ()> {
     match lookup {
         Lookup::Core(CorePlugin::Echo, _) => {
-            for frame in echo_owned(dispatch) {
-                send_frame(out, frame).await?;
-            }
+            send_frames(out, echo_owned(dispatch)).await?;
             Ok(None)
         }
         Lookup::Core(CorePlugin::Append, manifest) => {
@@ -316,6 +279,14 @@ pub async fn serve_inline(
         }
         _ => Ok(Some(dispatch)),
     }
+}
+
+/// Queues `frames` in order ([`send_frame`]); `Err` once the session is gone.
+pub async fn send_frames(out: &mpsc::Sender<Frame>, frames: Vec<Frame>) -> Result<(), ()> {
+    for frame in frames {
+        send_frame(out, frame).await?;
+    }
+    Ok(())
 }
 
 /// Queues `frame`, waiting only when the queue is full; `Err` once the session is gone.
@@ -338,25 +309,21 @@ pub async fn append(
     out: &mpsc::Sender<Frame>,
 ) -> Result<(), ()> {
     let id = dispatch.id;
-    let Some(path) = path_arg(&dispatch).map(PathBuf::from) else {
-        let mut reply = Reply::new(id);
-        reply.lines(
-            Stream::Stderr,
-            b"append: missing argument `path` (path=/some/file)",
-        );
-        for frame in reply.done(EXIT_USAGE) {
-            send_frame(out, frame).await?;
+    let req = request(&dispatch);
+    let path = match req.target(CorePlugin::Append) {
+        Ok(path) => path.to_path_buf(),
+        Err(e) => {
+            return send_frames(out, refused(id, &e)).await;
         }
-        return Ok(());
     };
     send_frame(out, Frame::Accepted { id }).await?;
     let job = AppendJob {
-        data: payload_or_command_line(&dispatch),
+        data: req.record(),
         id,
         out: out.clone(),
     };
-    if let Err((job, text)) = state.appenders.submit(path, sync, job) {
-        job.answer(Err(text)).await;
+    if let Err((job, e)) = state.appenders.submit(path, sync, job) {
+        job.answer(Err(e)).await;
     }
     Ok(())
 }
@@ -375,7 +342,7 @@ impl Appenders {
         path: PathBuf,
         sync: SyncPolicy,
         mut job: AppendJob,
-    ) -> Result<(), (AppendJob, String)> {
+    ) -> Result<(), (AppendJob, CoreError)> {
         // A task that is exiting (idle) may have dropped its receiver: start another.
         for _ in 0..3 {
             let sender = {
@@ -400,7 +367,8 @@ impl Appenders {
                 }
             }
         }
-        Err((job, "the file's writer is not available".into()))
+        let reason = "the file's writer is not available".to_string();
+        Err((job, CoreError::Failure(CorePlugin::Append, reason)))
     }
 }
 
@@ -459,9 +427,13 @@ async fn append_loop(
             SyncPolicy::Interval(every) => last_sync.elapsed() >= every,
         };
         let target = path.clone();
-        let result = tokio::task::spawn_blocking(move || write_batch(&target, &buf, sync_now))
+        let write = move || append_records(&target, &buf, sync_now);
+        let result = tokio::task::spawn_blocking(write)
             .await
-            .unwrap_or_else(|e| Err(format!("the write did not finish: {e}")));
+            .unwrap_or_else(|e| {
+                let reason = format!("the write did not finish: {e}");
+                Err(CoreError::Failure(CorePlugin::Append, reason))
+            });
         if sync_now {
             last_sync = Instant::now();
             dirty = false;
@@ -472,23 +444,6 @@ async fn append_loop(
             job.answer(result.clone()).await;
         }
     }
-}
-
-/// One `write(2)` of the whole batch to `path` opened with `O_APPEND` (a short write is
-/// finished with more), then `fdatasync` if `sync`.
-fn write_batch(path: &Path, buf: &[u8], sync: bool) -> Result<(), String> {
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    file.write_all(buf)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    if sync {
-        file.sync_data()
-            .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
-    }
-    Ok(())
 }
 
 fn sync_file(path: &Path) {
@@ -504,6 +459,7 @@ fn sync_file(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plugins::core::{EXIT_FAILURE, EXIT_USAGE};
     use proto::Arg;
 
     fn dispatch(id: u64, payload: &[u8], args: &[(&str, &str)]) -> Dispatch {

@@ -18,6 +18,7 @@
 //! frames pass through a forwarder task that sees its end even when the session that
 //! started it is gone (an `append` whose line was written still ends `Done`).
 
+use crate::lock;
 use proto::idem::Window;
 use proto::{ErrorKind, Frame, IdemKey};
 use std::sync::{Arc, Mutex};
@@ -161,10 +162,6 @@ pub(crate) type Waiter = (u64, mpsc::Sender<Frame>);
 
 /// The worker's window, shared by its sessions.
 pub(crate) type SharedKeys = Arc<Mutex<Keys<Waiter>>>;
-
-fn lock(keys: &SharedKeys) -> std::sync::MutexGuard<'_, Keys<Waiter>> {
-    keys.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Frames a keyed run may queue before its forwarder passes them on.
 const FORWARD_QUEUE: usize = 64;

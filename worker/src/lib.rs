@@ -181,44 +181,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     check_config(&config)?;
-    let max_concurrency = config.max_concurrency.max(1);
-    if config.max_concurrency == 0 {
-        warn!("max_concurrency 0 means nothing could run; using 1");
-    }
     let reconnect_max = config.reconnect_max.max(Duration::from_millis(10));
-    // Plugins an earlier run of this worker left behind (it was SIGKILLed) go first.
-    let instance = leftovers::instance(&config.team, &config.identity, &config.pluginspath);
-    let marked = instance.clone();
-    let reaped = tokio::task::spawn_blocking(move || leftovers::reap(&marked))
-        .await
-        .unwrap_or(0);
-    if reaped > 0 {
-        warn!(identity = %config.identity, n = reaped, "killed plugin processes left running by an earlier run of this worker");
-    }
-    // Each plugin's process tree is contained; what an earlier run left in its cgroups goes.
-    let marked = instance.clone();
-    let contain = Arc::new(
-        tokio::task::spawn_blocking(move || contain::Containment::init(&marked))
-            .await
-            .unwrap_or_default(),
-    );
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let persistent = Arc::new(persistent::Manager::new());
-    let shared = session::Shared {
-        runner: Arc::new(runner::RunnerConfig {
-            pluginspath: config.pluginspath.clone(),
-            identity: config.identity.clone(),
-            instance,
-            shell: config.shell.clone(),
-            core: Default::default(),
-            persistent: persistent.clone(),
-            max_output: config.max_output,
-            contain: contain.clone(),
-        }),
-        slots: Arc::new(Semaphore::new(max_concurrency)),
-        alive: alive_tx,
-        idem: Default::default(),
-    };
+    let host = PluginHost::start(&config).await;
     tokio::pin!(shutdown);
     let mut backoff = INITIAL_BACKOFF.min(reconnect_max);
     // Since when the broker has refused our credentials, without a session in between.
@@ -227,48 +191,13 @@ pub async fn run(
         let mut welcomed = false;
         let ended = tokio::select! {
             () = &mut shutdown => break,
-            ended = session::serve(&config, &shared, &mut welcomed) => ended,
+            ended = session::serve(&config, &host.shared, &mut welcomed) => ended,
         };
         if welcomed {
             backoff = INITIAL_BACKOFF.min(reconnect_max);
         }
-        match &ended {
-            WorkerError::Refused { kind, reason } if credentials_refused(*kind) => {
-                let since = *refused_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() >= REFUSED_GIVE_UP {
-                    // A wrong token, identity or team stays wrong: say what to check, stop.
-                    error!(
-                        "the broker at {} refuses worker `{}` of team `{}` ({kind}: {reason}); stopping. \
-                         Check the team (--team, or [main] team), the identity (--identity) and the token (--token, \
-                         or [workers.<team>.<identity>] token): a worker's token is the one `POST /api/v1/workers` \
-                         printed when the worker was created, or a new one from `POST /api/v1/workers/<identity>/regenerate`",
-                        config.broker, config.identity, config.team
-                    );
-                    drop(shared);
-                    let _ = tokio::join!(
-                        tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv()),
-                        persistent.shutdown()
-                    );
-                    release(&contain).await;
-                    return Err(ended);
-                }
-            }
-            _ => refused_since = None,
-        }
-        if let WorkerError::Broker {
-            kind: proto::ErrorKind::Superseded,
-            message,
-        } = &ended
-        {
-            // Another process serves this identity now; reconnecting would take it back and
-            // the two would take turns. Stop, and say why.
-            error!(broker = %config.broker, identity = %config.identity, %message, "superseded by a newer connection of this identity; stopping");
-            drop(shared);
-            let _ = tokio::join!(
-                tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv()),
-                persistent.shutdown()
-            );
-            release(&contain).await;
+        if gives_up(&config, &ended, &mut refused_since) {
+            host.stop().await;
             return Err(ended);
         }
         let delay = match &ended {
@@ -292,27 +221,133 @@ pub async fn run(
             () = tokio::time::sleep(delay) => {}
         }
     }
-    // The session is dropped: every dispatch saw its stop channel close and is stopping its
-    // plugin. Wait until the last one dropped its `alive` sender; meanwhile persistent
-    // plugins are told to stop, and killed if they do not.
-    drop(shared);
-    let (waited, ()) = tokio::join!(
-        tokio::time::timeout(SHUTDOWN_WAIT, alive_rx.recv()),
-        persistent.shutdown()
-    );
-    if waited.is_err() {
+    if !host.stop().await {
         warn!("plugins still stopping at shutdown");
     }
-    release(&contain).await;
     info!(identity = %config.identity, "worker stopped");
     Ok(())
 }
 
-/// Kills whatever plugin processes are still contained (escaped ones included) and removes
-/// the worker's cgroups.
-async fn release(contain: &Arc<contain::Containment>) {
-    let contain = contain.clone();
-    let _ = tokio::task::spawn_blocking(move || contain.shutdown()).await;
+/// Whether the worker stops after a session that ended with `ended`: the broker refused its
+/// credentials for [`REFUSED_GIVE_UP`] (since `refused_since`, kept here), or a newer
+/// connection of the same identity took over. Says why in the log.
+fn gives_up(
+    config: &WorkerConfig,
+    ended: &WorkerError,
+    refused_since: &mut Option<std::time::Instant>,
+) -> bool {
+    match ended {
+        WorkerError::Refused { kind, reason } if credentials_refused(*kind) => {
+            let since = *refused_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < REFUSED_GIVE_UP {
+                return false;
+            }
+            // A wrong token, identity or team stays wrong: say what to check, stop.
+            error!(
+                "the broker at {} refuses worker `{}` of team `{}` ({kind}: {reason}); stopping. \
+                 Check the team (--team, or [main] team), the identity (--identity) and the token (--token, \
+                 or [workers.<team>.<identity>] token): a worker's token is the one `POST /api/v1/workers` \
+                 printed when the worker was created, or a new one from `POST /api/v1/workers/<identity>/regenerate`",
+                config.broker, config.identity, config.team
+            );
+            true
+        }
+        WorkerError::Broker {
+            kind: proto::ErrorKind::Superseded,
+            message,
+        } => {
+            // Another process serves this identity now; reconnecting would take it back and
+            // the two would take turns. Stop, and say why.
+            error!(broker = %config.broker, identity = %config.identity, %message, "superseded by a newer connection of this identity; stopping");
+            true
+        }
+        _ => {
+            *refused_since = None;
+            false
+        }
+    }
+}
+
+/// What the worker keeps for its plugins across sessions: what every session shares, the
+/// persistent instances and the containment of plugin processes.
+struct PluginHost {
+    shared: session::Shared,
+    /// Yields `None` once every dispatch task dropped its `alive` sender.
+    alive: mpsc::Receiver<()>,
+    persistent: Arc<persistent::Manager>,
+    contain: Arc<contain::Containment>,
+}
+
+impl PluginHost {
+    /// Kills what an earlier run of this worker left running, then sets up the containment
+    /// and what sessions share.
+    async fn start(config: &WorkerConfig) -> PluginHost {
+        let max_concurrency = config.max_concurrency.max(1);
+        if config.max_concurrency == 0 {
+            warn!("max_concurrency 0 means nothing could run; using 1");
+        }
+        // Plugins an earlier run of this worker left behind (it was SIGKILLed) go first.
+        let instance = leftovers::instance(&config.team, &config.identity, &config.pluginspath);
+        let marked = instance.clone();
+        let reaped = tokio::task::spawn_blocking(move || leftovers::reap(&marked))
+            .await
+            .unwrap_or(0);
+        if reaped > 0 {
+            warn!(identity = %config.identity, n = reaped, "killed plugin processes left running by an earlier run of this worker");
+        }
+        // Each plugin's process tree is contained; what an earlier run left in its cgroups goes.
+        let marked = instance.clone();
+        let contain = Arc::new(
+            tokio::task::spawn_blocking(move || contain::Containment::init(&marked))
+                .await
+                .unwrap_or_default(),
+        );
+        let (alive_tx, alive) = mpsc::channel::<()>(1);
+        let persistent = Arc::new(persistent::Manager::new());
+        PluginHost {
+            shared: session::Shared {
+                runner: Arc::new(runner::RunnerConfig {
+                    pluginspath: config.pluginspath.clone(),
+                    identity: config.identity.clone(),
+                    instance,
+                    shell: config.shell.clone(),
+                    core: Default::default(),
+                    persistent: persistent.clone(),
+                    max_output: config.max_output,
+                    contain: contain.clone(),
+                }),
+                slots: Arc::new(Semaphore::new(max_concurrency)),
+                alive: alive_tx,
+                idem: Default::default(),
+            },
+            alive,
+            persistent,
+            contain,
+        }
+    }
+
+    /// Stops every plugin; `false` when some were still stopping after [`SHUTDOWN_WAIT`].
+    ///
+    /// The session is gone: every dispatch saw its stop channel close and is stopping its
+    /// plugin. This waits until the last one dropped its `alive` sender; meanwhile persistent
+    /// plugins are told to stop, and killed if they do not. Then whatever is still contained
+    /// (escaped processes included) is killed and the worker's cgroups removed.
+    async fn stop(mut self) -> bool {
+        drop(self.shared);
+        let (waited, ()) = tokio::join!(
+            tokio::time::timeout(SHUTDOWN_WAIT, self.alive.recv()),
+            self.persistent.shutdown()
+        );
+        let contain = self.contain;
+        let _ = tokio::task::spawn_blocking(move || contain.shutdown()).await;
+        waited.is_ok()
+    }
+}
+
+/// A lock that survives a panic elsewhere: nothing in the worker panics while holding one,
+/// and the data stay valid either way.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn check_config(config: &WorkerConfig) -> Result<(), WorkerError> {

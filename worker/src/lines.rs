@@ -4,11 +4,23 @@
 //! exactly [`MAX_LINE`] bytes; the newline right after a full chunk ends that line (it does
 //! not produce an extra empty line).
 
+use plugins::persistent::output_lines;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 /// Longest `Output` data: 64 KiB keeps one frame small against the 16 MiB frame limit and
 /// lets a runaway line stream instead of growing a buffer without bound.
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// The `Output` data that bytes a plugin printed at once stand for: their lines
+/// ([`output_lines`]), each cut into chunks of at most [`MAX_LINE`] bytes (an empty line is one
+/// empty chunk), as [`LineReader`] reads them from a pipe.
+pub fn output_chunks(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    output_lines(bytes).flat_map(|line| {
+        let mut chunks = line.chunks(MAX_LINE);
+        let first = chunks.next().unwrap_or_default();
+        std::iter::once(first).chain(chunks)
+    })
+}
 
 /// Splits a byte stream into lines (without their `\n`) and chunks of at most `max` bytes.
 #[derive(Debug)]

@@ -28,20 +28,20 @@
 //! - Nothing a plugin writes can make the worker panic: every line is parsed into a typed
 //!   frame, and anything else ends that instance only.
 
-use crate::lines::{LineReader, MAX_LINE};
+use crate::lines::{output_chunks, LineReader, MAX_LINE};
+use crate::lock;
 use crate::runner::{
-    self, failed, plugin_request, until, without_paths, Cause, GroupGuard, ResolvedPlugin,
-    RunnerConfig, Stop, DRAIN_AFTER_EXIT,
+    self, failed, interrupted, plugin_request, unless_stopped, until, without_paths, Cause,
+    DispatchRun, GroupGuard, ResolvedPlugin, RunnerConfig, Stop, DRAIN_AFTER_EXIT,
 };
-use plugins::persistent::{output_bytes, output_lines, FromPlugin, OutStream, ToPlugin};
+use plugins::persistent::{output_bytes, FromPlugin, OutStream, ToPlugin};
 use plugins::{Manifest, ManifestError};
 use proto::{Dispatch, ErrorKind, Frame, Stream};
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -128,12 +128,6 @@ impl std::fmt::Debug for Manager {
     }
 }
 
-/// A lock that survives a panic elsewhere: nothing here panics while holding one, and the
-/// data stay valid either way.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// One plugin executable: its manifest, its concurrency bound and its current instance.
 struct Slot {
     manifest: Manifest,
@@ -151,14 +145,6 @@ struct Restart {
     failures: u32,
     /// No instance starts before this.
     not_before: Option<Instant>,
-}
-
-/// Why a request stopped waiting before it reached the plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Interrupted {
-    Cancel,
-    ConnectionLost,
-    Timeout,
 }
 
 /// Why an instance ended.
@@ -221,7 +207,7 @@ fn describe(status: &std::io::Result<ExitStatus>) -> String {
 /// What the reader hands a request.
 #[derive(Debug)]
 enum Event {
-    Output(OutStream, Vec<u8>),
+    Output(Stream, Vec<u8>),
     Done(i32),
 }
 
@@ -460,6 +446,10 @@ async fn route_frame(shared: &Shared, line: &[u8]) -> Result<(), String> {
             let Some(events) = shared.sender(id) else {
                 return Err(format!("output for unknown request id {id}"));
             };
+            let stream = match stream {
+                OutStream::Stdout => Stream::Stdout,
+                OutStream::Stderr => Stream::Stderr,
+            };
             // A request that went away (its task dropped) no longer reads: dropped.
             let _ = events.send(Event::Output(stream, bytes)).await;
         }
@@ -644,36 +634,6 @@ impl Slot {
     }
 }
 
-/// Runs `fut` unless the dispatch is stopped or times out first.
-async fn unless_stopped<T>(
-    fut: impl Future<Output = T>,
-    stop: &mut oneshot::Receiver<Stop>,
-    deadline: Option<Instant>,
-) -> Result<T, Interrupted> {
-    tokio::select! {
-        value = fut => Ok(value),
-        stopped = stop => Err(match stopped {
-            Ok(Stop::Cancel) => Interrupted::Cancel,
-            Err(_) => Interrupted::ConnectionLost,
-        }),
-        () = until(deadline) => Err(Interrupted::Timeout),
-    }
-}
-
-/// Sends a request's last frame; nothing when its connection is gone.
-async fn interrupted(out: &mpsc::Sender<Frame>, id: u64, why: Interrupted, waiting_for: &str) {
-    let frame = match why {
-        Interrupted::Cancel => failed(id, ErrorKind::Cancelled, "cancelled before it started"),
-        Interrupted::Timeout => failed(
-            id,
-            ErrorKind::Timeout,
-            format!("timed out waiting for {waiting_for}"),
-        ),
-        Interrupted::ConnectionLost => return,
-    };
-    let _ = out.send(frame).await;
-}
-
 impl Manager {
     /// No plugins running yet.
     pub fn new() -> Manager {
@@ -792,10 +752,7 @@ async fn follow(
     max_output: u64,
 ) {
     let id = dispatch.id;
-    let mut connected = out.send(Frame::Accepted { id }).await.is_ok();
-    let mut seq = 0u64;
-    let mut written = 0u64;
-    let mut cause: Option<Cause> = None;
+    let mut run = DispatchRun::accept(dispatch, out, max_output).await;
     let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
     let grace = tokio::time::sleep_until(far_future);
     let timeout = until(deadline);
@@ -805,27 +762,22 @@ async fn follow(
         let mut stop_now = None;
         tokio::select! {
             event = registration.events.recv() => match event {
-                Some(Event::Output(stream, bytes)) => {
-                    written = written.saturating_add(bytes.len() as u64);
-                    if written > max_output {
-                        if cause.is_none() {
-                            warn!(id, plugin = %dispatch.plugin, limit = max_output, "persistent plugin output past the limit; cancelling the request");
-                            stop_now = Some(Cause::OutputLimit(max_output));
+                Some(Event::Output(stream, bytes)) => match run.count(bytes.len()) {
+                    Ok(()) => {
+                        for data in output_chunks(&bytes) {
+                            run.output(stream, data.to_vec()).await;
                         }
-                    } else if connected {
-                        connected = forward(out, id, &mut seq, stream, &bytes).await;
                     }
-                }
+                    Err(stop_for) => stop_now = stop_for,
+                },
                 Some(Event::Done(exit_code)) => break Ok(exit_code),
-                None => break Err(instance.shared.failure().unwrap_or(Failure::Shutdown)),
+                None => {
+                    let failure = instance.shared.failure().unwrap_or(Failure::Shutdown);
+                    break Err(failed(id, failure.kind(), failure.message(&dispatch.plugin)));
+                }
             },
-            stopped = &mut stop, if cause.is_none() => {
-                stop_now = Some(match stopped {
-                    Ok(Stop::Cancel) => Cause::Cancel,
-                    Err(_) => Cause::ConnectionLost,
-                });
-            }
-            () = &mut timeout, if cause.is_none() => stop_now = Some(Cause::Timeout),
+            stopped = &mut stop, if run.cause.is_none() => stop_now = Some(Cause::of_stop(stopped)),
+            () = &mut timeout, if run.cause.is_none() => stop_now = Some(Cause::Timeout),
             () = &mut grace, if grace_armed => {
                 grace_armed = false;
                 let waited = manifest.cancel_grace;
@@ -834,16 +786,9 @@ async fn follow(
                 }
             }
         }
-        if let Some(stop_cause) = stop_now {
-            cause = Some(stop_cause);
-            if stop_cause == Cause::ConnectionLost {
-                connected = false;
-            }
-            debug!(
-                id,
-                ?stop_cause,
-                "cancelling a request of a persistent plugin"
-            );
+        if let Some(cause) = stop_now {
+            run.stopping(cause);
+            debug!(id, ?cause, "cancelling a request of a persistent plugin");
             instance.send(&ToPlugin::Cancel {
                 id: registration.id,
             });
@@ -851,50 +796,7 @@ async fn follow(
             grace_armed = true;
         }
     };
-    if !connected {
-        return;
-    }
-    let last = match (cause, end) {
-        (Some(cause), _) => match cause.last_frame(dispatch) {
-            Some(frame) => frame,
-            None => return,
-        },
-        (None, Ok(exit_code)) => Frame::Done { id, exit_code },
-        (None, Err(failure)) => failed(id, failure.kind(), failure.message(&dispatch.plugin)),
-    };
-    let _ = out.send(last).await;
-}
-
-/// Sends an `output`'s lines as `Output` frames (a line over [`MAX_LINE`] in chunks of it).
-/// Returns whether the connection is still there.
-async fn forward(
-    out: &mpsc::Sender<Frame>,
-    id: u64,
-    seq: &mut u64,
-    stream: OutStream,
-    bytes: &[u8],
-) -> bool {
-    let stream = match stream {
-        OutStream::Stdout => Stream::Stdout,
-        OutStream::Stderr => Stream::Stderr,
-    };
-    for line in output_lines(bytes) {
-        let mut chunks = line.chunks(MAX_LINE);
-        let first = chunks.next().unwrap_or_default();
-        for data in std::iter::once(first).chain(chunks) {
-            let frame = Frame::Output {
-                id,
-                seq: *seq,
-                stream,
-                data: data.to_vec(),
-            };
-            *seq += 1;
-            if out.send(frame).await.is_err() {
-                return false;
-            }
-        }
-    }
-    true
+    run.finish(end).await;
 }
 
 #[cfg(test)]

@@ -19,14 +19,16 @@ use crate::persistent::Route;
 use crate::WorkerError;
 use plugins::CorePlugin;
 use proto::{Dispatch, ErrorKind, Frame, Stream};
+use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
@@ -51,6 +53,9 @@ pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Lines buffered between a plugin's pipe readers and its dispatch task.
 const LINE_QUEUE: usize = 64;
+
+/// A line (or chunk) read from a plugin's pipe, with the pipe's stream.
+type PipeLine = (Stream, Vec<u8>);
 
 /// How often a spawn that fails with ETXTBSY is tried again: the file was just written (an
 /// install in progress, or another thread's fork still holds a write descriptor).
@@ -246,31 +251,15 @@ pub(crate) async fn serve_dispatch(
             return;
         }
         Lookup::Core(CorePlugin::File, _) => {
-            for frame in crate::core::file(&dispatch).await {
-                if crate::core::send_frame(&out, frame).await.is_err() {
-                    return;
-                }
-            }
+            let _ = crate::core::send_frames(&out, crate::core::file(&dispatch).await).await;
             return;
         }
         Lookup::Core(core, _) => Some(core),
     };
-    let _permit = tokio::select! {
-        permit = slots.acquire_owned() => match permit {
-            Ok(permit) => permit,
-            Err(_closed) => return,
-        },
-        stopped = &mut stop => {
-            if stopped == Ok(Stop::Cancel) {
-                let _ = out.send(failed(id, ErrorKind::Cancelled, "cancelled before it started")).await;
-            }
-            return;
-        }
-        () = until(deadline) => {
-            let message = "timed out waiting for a free plugin slot";
-            let _ = out.send(failed(id, ErrorKind::Timeout, message)).await;
-            return;
-        }
+    let _permit = match unless_stopped(slots.acquire_owned(), &mut stop, deadline).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_closed)) => return,
+        Err(why) => return interrupted(&out, id, why, "a free plugin slot").await,
     };
     let signals = Signals { stop, paused };
     if core == Some(CorePlugin::Command) {
@@ -313,6 +302,34 @@ pub(crate) fn failed(id: u64, kind: ErrorKind, message: impl Into<String>) -> Fr
         kind,
         message: message.into(),
     }
+}
+
+/// Runs `fut` unless the dispatch is stopped or times out first.
+pub(crate) async fn unless_stopped<T>(
+    fut: impl std::future::Future<Output = T>,
+    stop: &mut oneshot::Receiver<Stop>,
+    deadline: Option<Instant>,
+) -> Result<T, Cause> {
+    tokio::select! {
+        value = fut => Ok(value),
+        stopped = stop => Err(Cause::of_stop(stopped)),
+        () = until(deadline) => Err(Cause::Timeout),
+    }
+}
+
+/// Sends the last frame of a dispatch stopped for `why` while it waited for `waiting_for`,
+/// before its plugin started; nothing when its connection is gone.
+pub(crate) async fn interrupted(out: &mpsc::Sender<Frame>, id: u64, why: Cause, waiting_for: &str) {
+    let frame = match why {
+        Cause::Cancel => failed(id, ErrorKind::Cancelled, "cancelled before it started"),
+        Cause::Timeout => failed(
+            id,
+            ErrorKind::Timeout,
+            format!("timed out waiting for {waiting_for}"),
+        ),
+        Cause::ConnectionLost | Cause::OutputLimit(_) => return,
+    };
+    let _ = out.send(frame).await;
 }
 
 /// Completes at `deadline`, never without one.
@@ -381,11 +398,6 @@ pub(crate) async fn spawn_confined(
     Ok((child, guard))
 }
 
-/// The exit code of `status`: its code, or 128+N when signal N killed it.
-fn exit_code(status: ExitStatus) -> i32 {
-    plugins::core::exit_code_of(status)
-}
-
 /// Why the plugin was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cause {
@@ -397,6 +409,15 @@ pub(crate) enum Cause {
 }
 
 impl Cause {
+    /// Why a dispatch stops on what its stop receiver yields: `Cancel`, or its sender
+    /// dropped (the connection is gone).
+    pub(crate) fn of_stop(stopped: Result<Stop, oneshot::error::RecvError>) -> Cause {
+        match stopped {
+            Ok(Stop::Cancel) => Cause::Cancel,
+            Err(_) => Cause::ConnectionLost,
+        }
+    }
+
     /// The last frame of `dispatch`, stopped for this cause; `None` when its connection is
     /// gone (nothing more is sent).
     pub(crate) fn last_frame(self, dispatch: &Dispatch) -> Option<Frame> {
@@ -422,19 +443,6 @@ impl Cause {
             Cause::ConnectionLost => None,
         }
     }
-}
-
-/// The command that starts `plugin` for one dispatch: [`plugin_command`] plus the request's
-/// environment.
-fn spawn_command(
-    runner: &RunnerConfig,
-    plugin: &ResolvedPlugin,
-    dispatch: &Dispatch,
-) -> tokio::process::Command {
-    let mut cmd = plugin_command(runner, &plugin.path, &plugin.dir);
-    cmd.arg0(&plugin.argv0);
-    request_env(&mut cmd, dispatch);
-    cmd
 }
 
 /// The request's environment: `TRIGGERFS_REQUEST_ID`, `_SERVICE`, `_PLUGIN`, `_TIMEOUT_MS`
@@ -504,24 +512,16 @@ pub(crate) async fn spawn_with_retry(
     }
 }
 
-async fn read_pipe(
-    stream: Stream,
-    pipe: impl AsyncRead + Unpin,
-    lines: mpsc::Sender<(Stream, Vec<u8>)>,
-) {
+async fn read_pipe(stream: Stream, pipe: impl AsyncRead + Unpin, lines: mpsc::Sender<PipeLine>) {
     let mut reader = LineReader::new(pipe, MAX_LINE);
     loop {
-        match reader.next_line().await {
-            Ok(Some(line)) => {
-                if lines.send((stream, line)).await.is_err() {
-                    return;
-                }
-            }
+        let line = match reader.next_line().await {
+            Ok(Some(line)) => line,
             Ok(None) => return,
-            Err(e) => {
-                debug!(?stream, error = %e, "plugin pipe read failed");
-                return;
-            }
+            Err(e) => return debug!(?stream, error = %e, "plugin pipe read failed"),
+        };
+        if lines.send((stream, line)).await.is_err() {
+            return;
         }
     }
 }
@@ -536,40 +536,23 @@ async fn run_shell(
     signals: Signals,
     out: &mpsc::Sender<Frame>,
 ) {
-    let (script, stdin) = if dispatch.command.is_empty() {
-        (
-            String::from_utf8_lossy(&dispatch.payload).into_owned(),
-            Vec::new(),
-        )
-    } else {
-        (dispatch.command.join(" "), dispatch.payload.clone())
-    };
-    if script.trim().is_empty() {
-        let id = dispatch.id;
-        for frame in [
-            Frame::Accepted { id },
-            Frame::Output {
-                id,
-                seq: 0,
-                stream: Stream::Stderr,
-                data: b"command: nothing to run (no command words and no payload)".to_vec(),
-            },
-            Frame::Done { id, exit_code: 2 },
-        ] {
-            if out.send(frame).await.is_err() {
-                return;
-            }
+    let run = match crate::core::request(dispatch).shell() {
+        Ok(run) => run,
+        Err(e) => {
+            let _ = crate::core::send_frames(out, crate::core::refused(dispatch.id, &e)).await;
+            return;
         }
-        return;
-    }
+    };
     // The plugin's directory: `command`, or `x` of the seed's spelling `x/x`.
     let dir_name = dispatch.plugin.split('/').next().unwrap_or_default();
     let dir = runner.pluginspath.join(dir_name);
     let mut cmd = plugin_command(runner, Path::new(&runner.shell), &dir);
-    request_env(&mut cmd, dispatch);
-    cmd.arg("-c").arg(&script);
+    cmd.arg("-c").arg(&run.script);
     let label = format!("{} -c", runner.shell);
-    run_process(runner, cmd, stdin, &label, dispatch, deadline, signals, out).await;
+    run_process(
+        runner, cmd, run.stdin, &label, dispatch, deadline, signals, out,
+    )
+    .await;
 }
 
 /// Starts the plugin and follows it to the end.
@@ -581,7 +564,8 @@ async fn run_plugin(
     signals: Signals,
     out: &mpsc::Sender<Frame>,
 ) {
-    let cmd = spawn_command(runner, plugin, dispatch);
+    let mut cmd = plugin_command(runner, &plugin.path, &plugin.dir);
+    cmd.arg0(&plugin.argv0);
     let mut request = serde_json::to_vec(&plugin_request(dispatch, &runner.identity))
         .expect("a PluginRequest always serialises");
     request.push(b'\n');
@@ -613,12 +597,8 @@ async fn run_process(
     signals: Signals,
     out: &mpsc::Sender<Frame>,
 ) {
-    let Signals {
-        mut stop,
-        paused: mut pause,
-    } = signals;
     let id = dispatch.id;
-    let max_output = runner.max_output;
+    request_env(&mut cmd, dispatch);
     let (mut child, mut group) = match spawn_confined(runner, &mut cmd).await {
         Ok(spawned) => spawned,
         Err(e) => {
@@ -633,173 +613,303 @@ async fn run_process(
             return;
         }
     };
-    let pgid = group.pgid;
-    let pid = pgid as u32;
-    debug!(id, pid, plugin = %dispatch.plugin, "plugin started");
-
-    let _stdin_task = child.stdin.take().map(|mut stdin| {
-        AbortOnDropHandle::new(tokio::spawn(async move {
-            // A plugin that exits without reading its stdin is not an error.
-            let _ = stdin.write_all(&request).await;
-        }))
-    });
-    let (line_tx, mut line_rx) = mpsc::channel(LINE_QUEUE);
-    let _stdout_task = child.stdout.take().map(|pipe| {
-        AbortOnDropHandle::new(tokio::spawn(read_pipe(
-            Stream::Stdout,
-            pipe,
-            line_tx.clone(),
-        )))
-    });
-    let _stderr_task = child.stderr.take().map(|pipe| {
-        AbortOnDropHandle::new(tokio::spawn(read_pipe(
-            Stream::Stderr,
-            pipe,
-            line_tx.clone(),
-        )))
-    });
-    drop(line_tx);
-
-    let mut connected = out.send(Frame::Accepted { id }).await.is_ok();
-    let mut seq = 0u64;
-    let mut written = 0u64;
-    let mut over_limit = false;
-    let mut cause: Option<Cause> = None;
-    let mut status: Option<std::io::Result<ExitStatus>> = None;
-    let mut lines_open = true;
-    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
-    let term_sleep = tokio::time::sleep_until(far_future);
-    let drain_sleep = tokio::time::sleep_until(far_future);
-    let timeout = until(deadline);
-    tokio::pin!(term_sleep, drain_sleep, timeout);
-    let mut term_armed = false;
-    let mut drain_armed = false;
-    let mut paused = *pause.borrow_and_update();
-    let mut pause_open = true;
-    // After the exit: the end of the drain (extended by time paused or waiting on the
-    // broker), when the hold began, and the bytes read since the exit.
-    let mut drain_cap = far_future;
-    let mut held_since: Option<Instant> = None;
-    let mut drained = 0u64;
-
-    while lines_open || status.is_none() {
-        let mut stop_now = None;
-        // A plugin being stopped is drained whatever the flow control says.
-        let hold = paused && cause.is_none();
-        tokio::select! {
-            changed = pause.changed(), if pause_open => match changed {
-                Ok(()) => {
-                    paused = *pause.borrow_and_update();
-                    // The drain after exit counts only time spent waiting on the pipes.
-                    if paused && held_since.is_none() {
-                        held_since = Some(Instant::now());
-                    } else if !paused {
-                        if let Some(since) = held_since.take() {
-                            drain_cap += since.elapsed();
-                        }
-                        if drain_armed {
-                            let idle = Instant::now() + DRAIN_AFTER_EXIT;
-                            drain_sleep.as_mut().reset(idle.min(drain_cap));
-                        }
-                    }
-                }
-                Err(_) => {
-                    pause_open = false;
-                    paused = false;
-                }
-            },
-            line = line_rx.recv(), if lines_open && !hold => match line {
-                Some((stream, data)) => {
-                    written = written.saturating_add(data.len() as u64);
-                    if written > max_output {
-                        if !over_limit {
-                            over_limit = true;
-                            warn!(id, pgid, plugin = %dispatch.plugin, limit = max_output, "plugin output past the limit; stopping it");
-                            if cause.is_none() {
-                                stop_now = Some(Cause::OutputLimit(max_output));
-                            }
-                        }
-                    } else if connected {
-                        let len = data.len() as u64;
-                        let frame = Frame::Output { id, seq, stream, data };
-                        let sent_at = Instant::now();
-                        connected = out.send(frame).await.is_ok();
-                        if drain_armed {
-                            // Waiting for room towards the broker is not draining.
-                            drain_cap += sent_at.elapsed();
-                            let idle = Instant::now() + DRAIN_AFTER_EXIT;
-                            drain_sleep.as_mut().reset(idle.min(drain_cap));
-                            drained += len;
-                            if drained > DRAIN_MAX_BYTES {
-                                debug!(id, pgid, "plugin output goes on after it exited; killing its group");
-                                break;
-                            }
-                        }
-                    }
-                    seq += 1;
-                }
-                None => lines_open = false,
-            },
-            exited = child.wait(), if status.is_none() => {
-                status = Some(exited);
-                let now = Instant::now();
-                drain_cap = now + DRAIN_MAX;
-                drain_sleep.as_mut().reset(now + DRAIN_AFTER_EXIT);
-                drain_armed = true;
-            }
-            stopped = &mut stop, if cause.is_none() => {
-                stop_now = Some(match stopped {
-                    Ok(Stop::Cancel) => Cause::Cancel,
-                    Err(_) => Cause::ConnectionLost,
-                });
-            }
-            () = &mut timeout, if cause.is_none() => stop_now = Some(Cause::Timeout),
-            () = &mut term_sleep, if term_armed && status.is_none() => {
-                debug!(id, pgid, "plugin ignored SIGTERM; killing its group");
-                kill_group(pgid, libc::SIGKILL);
-                term_armed = false;
-            }
-            () = &mut drain_sleep, if drain_armed && lines_open && !hold => {
-                debug!(id, pgid, "plugin pipes still open after it exited; killing its group");
-                break;
-            }
-        }
-        if let Some(stop_cause) = stop_now {
-            cause = Some(stop_cause);
-            if stop_cause == Cause::ConnectionLost {
-                connected = false;
-            }
-            debug!(id, pgid, ?stop_cause, "stopping plugin");
-            kill_group(pgid, libc::SIGTERM);
-            if status.is_none() {
-                term_sleep.as_mut().reset(Instant::now() + TERM_GRACE);
-                term_armed = true;
-            }
-        }
-    }
+    debug!(id, pid = group.pgid, plugin = %dispatch.plugin, "plugin started");
+    let (lines, _pipe_tasks) = pipe_tasks(&mut child, request);
+    let mut process = ProcessRun {
+        run: DispatchRun::accept(dispatch, out, runner.max_output).await,
+        pgid: group.pgid,
+        status: None,
+        paused: false,
+        drain: Drain::default(),
+    };
+    process.follow(&mut child, lines, signals, deadline).await;
     // Whatever is left of the group and its confinement (background children, escaped
     // ones) goes now, not when `group` drops after the last frame is queued.
     group.kill();
-    if !connected {
-        return;
-    }
-    let last = match (cause, status) {
-        (Some(cause), _) => match cause.last_frame(dispatch) {
-            Some(frame) => frame,
-            None => return,
-        },
-        (None, Some(Ok(status))) => Frame::Done {
-            id,
-            exit_code: exit_code(status),
-        },
-        (None, Some(Err(e))) => failed(
-            id,
-            ErrorKind::PluginFailed,
-            format!("cannot wait for the plugin: {e}"),
-        ),
-        (None, None) => failed(id, ErrorKind::PluginFailed, "plugin state lost"),
+    let end = match process.status {
+        Some(Ok(status)) => Ok(plugins::core::exit_code_of(status)),
+        Some(Err(e)) => Err(format!("cannot wait for the plugin: {e}")),
+        None => Err("plugin state lost".to_string()),
     };
-    let _ = out.send(last).await;
+    let end = end.map_err(|message| failed(id, ErrorKind::PluginFailed, message));
+    process.run.finish(end).await;
+}
+
+/// Starts the tasks that write `request` to the child's stdin and read its stdout and stderr
+/// into the returned queue; dropping the returned handles aborts them.
+fn pipe_tasks(
+    child: &mut tokio::process::Child,
+    request: Vec<u8>,
+) -> (mpsc::Receiver<PipeLine>, Vec<AbortOnDropHandle<()>>) {
+    let (line_tx, line_rx) = mpsc::channel(LINE_QUEUE);
+    let mut tasks = Vec::with_capacity(3);
+    if let Some(mut stdin) = child.stdin.take() {
+        tasks.push(AbortOnDropHandle::new(tokio::spawn(async move {
+            // A plugin that exits without reading its stdin is not an error.
+            let _ = stdin.write_all(&request).await;
+        })));
+    }
+    if let Some(pipe) = child.stdout.take() {
+        let reader = read_pipe(Stream::Stdout, pipe, line_tx.clone());
+        tasks.push(AbortOnDropHandle::new(tokio::spawn(reader)));
+    }
+    if let Some(pipe) = child.stderr.take() {
+        let reader = read_pipe(Stream::Stderr, pipe, line_tx);
+        tasks.push(AbortOnDropHandle::new(tokio::spawn(reader)));
+    }
+    (line_rx, tasks)
+}
+
+/// What a dispatch's run has sent and why it is being stopped, alike for a plugin process
+/// ([`run_process`]) and a request to a persistent plugin ([`crate::persistent`]).
+pub(crate) struct DispatchRun<'a> {
+    pub(crate) dispatch: &'a Dispatch,
+    out: &'a mpsc::Sender<Frame>,
+    max_output: u64,
+    /// Frames still reach the broker.
+    pub(crate) connected: bool,
+    /// The next `Output`'s sequence number.
+    seq: u64,
+    /// Bytes of output read so far.
+    written: u64,
+    /// Why the run is being stopped, once it is.
+    pub(crate) cause: Option<Cause>,
+}
+
+impl<'a> DispatchRun<'a> {
+    /// Sends the dispatch's `Accepted`: its run begins. Past `max_output` bytes of output it
+    /// is stopped.
+    pub(crate) async fn accept(
+        dispatch: &'a Dispatch,
+        out: &'a mpsc::Sender<Frame>,
+        max_output: u64,
+    ) -> DispatchRun<'a> {
+        let connected = out.send(Frame::Accepted { id: dispatch.id }).await.is_ok();
+        DispatchRun {
+            dispatch,
+            out,
+            max_output,
+            connected,
+            seq: 0,
+            written: 0,
+            cause: None,
+        }
+    }
+
+    /// Counts `len` bytes of output: `Ok` within the output limit; past it they are not sent,
+    /// and `Err` holds the cause to stop the run for (`None` when it is stopping already).
+    pub(crate) fn count(&mut self, len: usize) -> Result<(), Option<Cause>> {
+        self.written = self.written.saturating_add(len as u64);
+        if self.written <= self.max_output {
+            return Ok(());
+        }
+        if self.cause.is_some() {
+            return Err(None);
+        }
+        let (id, plugin, limit) = (self.dispatch.id, &self.dispatch.plugin, self.max_output);
+        warn!(id, %plugin, limit, "plugin output past the limit; stopping it");
+        Err(Some(Cause::OutputLimit(limit)))
+    }
+
+    /// Sends `data` as the next `Output` frame, while the connection is there.
+    pub(crate) async fn output(&mut self, stream: Stream, data: Vec<u8>) {
+        if self.connected {
+            let (id, seq) = (self.dispatch.id, self.seq);
+            self.seq += 1;
+            let frame = Frame::Output {
+                id,
+                seq,
+                stream,
+                data,
+            };
+            self.connected = self.out.send(frame).await.is_ok();
+        }
+    }
+
+    /// The run is being stopped for `cause`.
+    pub(crate) fn stopping(&mut self, cause: Cause) {
+        self.cause = Some(cause);
+        if cause == Cause::ConnectionLost {
+            self.connected = false;
+        }
+    }
+
+    /// Sends the run's last frame: its stop's, else `Done` with the exit code `end` holds,
+    /// else the frame it holds; nothing once the connection is gone.
+    pub(crate) async fn finish(self, end: Result<i32, Frame>) {
+        let id = self.dispatch.id;
+        let last = match (self.cause, end) {
+            (Some(cause), _) => cause.last_frame(self.dispatch),
+            (None, Ok(exit_code)) => Some(Frame::Done { id, exit_code }),
+            (None, Err(frame)) => Some(frame),
+        };
+        if let (true, Some(last)) = (self.connected, last) {
+            let _ = self.out.send(last).await;
+        }
+    }
+}
+
+/// One plugin process being followed by [`run_process`]: its dispatch's run, how it exited,
+/// and the drain after its exit.
+struct ProcessRun<'a> {
+    run: DispatchRun<'a>,
+    pgid: i32,
+    /// How the main process exited, once it did.
+    status: Option<std::io::Result<ExitStatus>>,
+    /// The broker asked for the output to be paused.
+    paused: bool,
+    drain: Drain,
+}
+
+/// The reading of the pipes after the main process exited.
+#[derive(Default)]
+struct Drain {
+    /// Its end, once the main process exited; pushed back by time paused or waiting for room
+    /// towards the broker.
+    cap: Option<Instant>,
+    /// When the pause under way began.
+    held_since: Option<Instant>,
+    /// Bytes read since the exit.
+    bytes: u64,
+}
+
+impl Drain {
+    /// Starts the drain: the main process exited now.
+    fn start(&mut self, sleep: Pin<&mut Sleep>) {
+        let now = Instant::now();
+        self.cap = Some(now + DRAIN_MAX);
+        sleep.reset(now + DRAIN_AFTER_EXIT);
+    }
+
+    /// The output was paused (`true`) or resumed: the drain counts only time spent waiting on
+    /// the pipes.
+    fn pause(&mut self, paused: bool, sleep: Pin<&mut Sleep>) {
+        if paused {
+            self.held_since.get_or_insert_with(Instant::now);
+        } else {
+            let held = self.held_since.take().map(|since| since.elapsed());
+            self.extend(held.unwrap_or_default(), sleep);
+        }
+    }
+
+    /// Once draining: pushes the end back by `held`, and sets `sleep` to
+    /// [`DRAIN_AFTER_EXIT`] of silence from now, at the latest the end.
+    fn extend(&mut self, held: Duration, sleep: Pin<&mut Sleep>) {
+        if let Some(cap) = &mut self.cap {
+            *cap += held;
+            sleep.reset((Instant::now() + DRAIN_AFTER_EXIT).min(*cap));
+        }
+    }
+}
+
+impl ProcessRun<'_> {
+    /// Serves the plugin's lines, exit, stop signals and timers until its pipes are closed
+    /// and it exited (or the drain after its exit is over).
+    async fn follow(
+        &mut self,
+        child: &mut tokio::process::Child,
+        mut lines: mpsc::Receiver<PipeLine>,
+        signals: Signals,
+        deadline: Option<Instant>,
+    ) {
+        let Signals {
+            mut stop,
+            paused: mut pause,
+        } = signals;
+        // Timers not armed yet wait for a time no run reaches.
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let term_sleep = tokio::time::sleep_until(far_future);
+        let drain_sleep = tokio::time::sleep_until(far_future);
+        let timeout = until(deadline);
+        tokio::pin!(term_sleep, drain_sleep, timeout);
+        let (mut term_armed, mut pause_open, mut lines_open) = (false, true, true);
+        self.paused = *pause.borrow_and_update();
+        while lines_open || self.status.is_none() {
+            let mut stop_now = None;
+            // A plugin being stopped is drained whatever the flow control says.
+            let hold = self.paused && self.run.cause.is_none();
+            tokio::select! {
+                changed = pause.changed(), if pause_open => match changed {
+                    Ok(()) => {
+                        self.paused = *pause.borrow_and_update();
+                        self.drain.pause(self.paused, drain_sleep.as_mut());
+                    }
+                    Err(_) => (pause_open, self.paused) = (false, false),
+                },
+                line = lines.recv(), if lines_open && !hold => match line {
+                    Some((stream, data)) => match self.line(stream, data, drain_sleep.as_mut()).await {
+                        ControlFlow::Continue(stop_for) => stop_now = stop_for,
+                        ControlFlow::Break(()) => break,
+                    },
+                    None => lines_open = false,
+                },
+                exited = child.wait(), if self.status.is_none() => {
+                    self.status = Some(exited);
+                    self.drain.start(drain_sleep.as_mut());
+                }
+                stopped = &mut stop, if self.run.cause.is_none() => stop_now = Some(Cause::of_stop(stopped)),
+                () = &mut timeout, if self.run.cause.is_none() => stop_now = Some(Cause::Timeout),
+                () = &mut term_sleep, if term_armed && self.status.is_none() => {
+                    debug!(id = self.run.dispatch.id, pgid = self.pgid, "plugin ignored SIGTERM; killing its group");
+                    kill_group(self.pgid, libc::SIGKILL);
+                    term_armed = false;
+                }
+                () = &mut drain_sleep, if self.drain.cap.is_some() && lines_open && !hold => {
+                    debug!(id = self.run.dispatch.id, pgid = self.pgid, "plugin pipes still open after it exited; killing its group");
+                    break;
+                }
+            }
+            if let Some(cause) = stop_now {
+                self.stop(cause);
+                if self.status.is_none() {
+                    term_sleep.as_mut().reset(Instant::now() + TERM_GRACE);
+                    term_armed = true;
+                }
+            }
+        }
+    }
+
+    /// Sends one line of output (see [`DispatchRun::count`] for the output limit). `Break`
+    /// ends the run: the plugin goes on writing after it exited.
+    async fn line(
+        &mut self,
+        stream: Stream,
+        data: Vec<u8>,
+        drain_sleep: Pin<&mut Sleep>,
+    ) -> ControlFlow<(), Option<Cause>> {
+        let len = data.len() as u64;
+        if let Err(stop_for) = self.run.count(data.len()) {
+            return ControlFlow::Continue(stop_for);
+        }
+        if !self.run.connected {
+            return ControlFlow::Continue(None);
+        }
+        let sent_at = Instant::now();
+        self.run.output(stream, data).await;
+        if self.drain.cap.is_some() {
+            // Waiting for room towards the broker is not draining.
+            self.drain.extend(sent_at.elapsed(), drain_sleep);
+            self.drain.bytes += len;
+            if self.drain.bytes > DRAIN_MAX_BYTES {
+                let (id, pgid) = (self.run.dispatch.id, self.pgid);
+                debug!(
+                    id,
+                    pgid, "plugin output goes on after it exited; killing its group"
+                );
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(None)
+    }
+
+    /// Starts stopping the plugin for `cause`: SIGTERM to its group (the caller arms the
+    /// SIGKILL).
+    fn stop(&mut self, cause: Cause) {
+        self.run.stopping(cause);
+        let (id, pgid) = (self.run.dispatch.id, self.pgid);
+        debug!(id, pgid, ?cause, "stopping plugin");
+        kill_group(pgid, libc::SIGTERM);
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::{WorkerConfig, WorkerError};
 use client::connection::{connect, ConnectionError, FrameReader, FrameWriter};
 use proto::{Credential, ErrorKind, Frame, Hello, Role, PROTOCOL_VERSION};
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -45,13 +46,9 @@ pub(crate) async fn serve(
     shared: &Shared,
     welcomed: &mut bool,
 ) -> WorkerError {
-    match serve_inner(config, shared, welcomed).await {
-        Ok(never) => match never {},
-        Err(e) => e,
-    }
+    let Err(ended) = serve_inner(config, shared, welcomed).await;
+    ended
 }
-
-enum Never {}
 
 async fn handshake(config: &WorkerConfig) -> Result<(FrameReader, FrameWriter, u32), WorkerError> {
     let (mut reader, mut writer) =
@@ -85,7 +82,7 @@ async fn serve_inner(
     config: &WorkerConfig,
     shared: &Shared,
     welcomed: &mut bool,
-) -> Result<Never, WorkerError> {
+) -> Result<Infallible, WorkerError> {
     let (mut reader, mut writer, heartbeat_ms) =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(config))
             .await
@@ -340,9 +337,7 @@ async fn handle_frame(
             id: None,
             kind,
             message,
-        } => {
-            return Err(WorkerError::Broker { kind, message });
-        }
+        } => return Err(WorkerError::Broker { kind, message }),
         Frame::Error {
             id: Some(id),
             kind,

@@ -57,78 +57,14 @@ pub(super) fn open(cfg: &SpoolConfig) -> Result<Recovered, SpoolError> {
         .create(dir)
         .map_err(|e| SpoolError::io("create directory", dir, e))?;
     let lock = lock(dir)?;
-
-    let mut segments = Vec::new();
-    let entries = fs::read_dir(dir).map_err(|e| SpoolError::io("list", dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| SpoolError::io("list", dir, e))?;
-        let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
-            continue;
-        };
-        match stem.parse::<u64>() {
-            Ok(first) if stem.len() == 20 && first > 0 => segments.push(first),
-            _ => {
-                return Err(SpoolError::corrupt(
-                    entry.path(),
-                    0,
-                    "a segment name that is not a 20-digit seq",
-                ))
-            }
-        }
-    }
-    segments.sort_unstable();
-
+    let segments = list_segments(dir)?;
     let acked = read_ack(dir)?;
     let source = read_or_make_source(dir, !segments.is_empty() || acked.is_some())?;
     // `ack.fast` may be ahead of `ack` (it is written far more often); never behind what
     // was made durable.
     let acked = acked.unwrap_or(0).max(read_ack_fast(dir));
-
-    let mut kept: Vec<Segment> = Vec::with_capacity(segments.len());
-    // The seq after each kept segment's last record.
-    let mut ends: Vec<u64> = Vec::with_capacity(segments.len());
-    let mut next_seq = segments.first().copied().unwrap_or(acked + 1);
-    if next_seq > acked + 1 {
-        return Err(SpoolError::corrupt(
-            segment_path(dir, next_seq),
-            0,
-            format!(
-                "records {} to {} are missing (acknowledged up to {acked})",
-                acked + 1,
-                next_seq - 1
-            ),
-        ));
-    }
-    let mut pending_bytes = 0;
-    let mut first_unacked = None;
-    for (i, &first) in segments.iter().enumerate() {
-        let path = segment_path(dir, first);
-        if first != next_seq {
-            return Err(SpoolError::corrupt(
-                path,
-                0,
-                format!("the segment should start at seq {next_seq}"),
-            ));
-        }
-        let last = i + 1 == segments.len();
-        let scan = scan_segment(&path, first, acked, last)?;
-        pending_bytes += scan.pending_bytes;
-        if first_unacked.is_none() {
-            first_unacked = scan.first_unacked.map(|offset| Position {
-                next_seq: acked + 1,
-                segment: first,
-                offset,
-            });
-        }
-        next_seq = scan.next_seq;
-        kept.push(Segment {
-            first,
-            len: scan.len,
-        });
-        ends.push(scan.next_seq);
-    }
-
+    let mut scanned = scan_segments(dir, &segments, acked)?;
+    let next_seq = scanned.next_seq;
     if next_seq <= acked {
         // Only after a power loss: records were sent and acknowledged (and the ack made
         // durable) before their segment was. Seqs must not go back, so the next record
@@ -139,29 +75,12 @@ pub(super) fn open(cfg: &SpoolConfig) -> Result<Recovered, SpoolError> {
             written = next_seq - 1,
             "spool: records acknowledged but lost from their segment (power loss?); continuing after the acknowledged seq"
         );
-        next_seq = acked + 1;
     }
-
-    // Segments holding only acknowledged records: the `ack` file already says so (it is
-    // what `acked` was read from), so they can go; but not one the writer will continue
-    // (the last, when its records run up to `next_seq`), which keeps the seqs' place.
-    let last = ends.len().saturating_sub(1);
-    let deletable = ends
-        .iter()
-        .enumerate()
-        .take_while(|&(i, &end)| end <= acked + 1 && (i < last || end < next_seq))
-        .count();
-    for seg in kept.drain(..deletable) {
-        let path = segment_path(dir, seg.first);
-        fs::remove_file(&path).map_err(|e| SpoolError::io("delete", &path, e))?;
-    }
-    if deletable > 0 {
-        sync_dir(dir)?;
-    }
-
+    let next_seq = next_seq.max(acked + 1);
+    scanned.delete_acknowledged(dir, acked, next_seq)?;
     // With no unacknowledged record on disk, the first one will be the next appended: at
     // the end of the last segment (which then runs up to `next_seq`), or in a new one.
-    let first_unacked = first_unacked.unwrap_or(match kept.last() {
+    let first_unacked = scanned.first_unacked.unwrap_or(match scanned.kept.last() {
         Some(seg) => Position {
             next_seq,
             segment: seg.first,
@@ -173,16 +92,119 @@ pub(super) fn open(cfg: &SpoolConfig) -> Result<Recovered, SpoolError> {
             offset: 0,
         },
     });
-
     Ok(Recovered {
         lock: Some(lock),
         source,
-        segments: kept,
+        segments: scanned.kept,
         next_seq,
         acked,
         first_unacked,
-        pending_bytes,
+        pending_bytes: scanned.pending_bytes,
     })
+}
+
+/// The first seqs of the segments in `dir`, in order.
+fn list_segments(dir: &Path) -> Result<Vec<u64>, SpoolError> {
+    let mut segments = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| SpoolError::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| SpoolError::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
+            continue;
+        };
+        match stem.parse::<u64>() {
+            Ok(first) if stem.len() == 20 && first > 0 => segments.push(first),
+            _ => {
+                let why = "a segment name that is not a 20-digit seq";
+                return Err(SpoolError::corrupt(entry.path(), 0, why));
+            }
+        }
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// What [`scan_segments`] found.
+struct Scanned {
+    /// Every segment, checked.
+    kept: Vec<Segment>,
+    /// The seq after each segment's last record.
+    ends: Vec<u64>,
+    /// The seq after the last record.
+    next_seq: u64,
+    /// Bytes of the records after the acknowledged seq.
+    pending_bytes: u64,
+    /// Where the first record after the acknowledged seq is, if one is on disk.
+    first_unacked: Option<Position>,
+}
+
+/// Checks every record of `segments` (first seqs, in order), which must follow each other
+/// from at most `acked + 1` on ([`scan_segment`]).
+fn scan_segments(dir: &Path, segments: &[u64], acked: u64) -> Result<Scanned, SpoolError> {
+    let mut scanned = Scanned {
+        kept: Vec::with_capacity(segments.len()),
+        ends: Vec::with_capacity(segments.len()),
+        next_seq: segments.first().copied().unwrap_or(acked + 1),
+        pending_bytes: 0,
+        first_unacked: None,
+    };
+    if scanned.next_seq > acked + 1 {
+        let (first, last) = (acked + 1, scanned.next_seq - 1);
+        let why = format!("records {first} to {last} are missing (acknowledged up to {acked})");
+        return Err(SpoolError::corrupt(segment_path(dir, last + 1), 0, why));
+    }
+    for (i, &first) in segments.iter().enumerate() {
+        let path = segment_path(dir, first);
+        if first != scanned.next_seq {
+            let why = format!("the segment should start at seq {}", scanned.next_seq);
+            return Err(SpoolError::corrupt(path, 0, why));
+        }
+        let scan = scan_segment(&path, first, acked, i + 1 == segments.len())?;
+        scanned.pending_bytes += scan.pending_bytes;
+        if scanned.first_unacked.is_none() {
+            scanned.first_unacked = scan.first_unacked.map(|offset| Position {
+                next_seq: acked + 1,
+                segment: first,
+                offset,
+            });
+        }
+        scanned.next_seq = scan.next_seq;
+        scanned.kept.push(Segment {
+            first,
+            len: scan.len,
+        });
+        scanned.ends.push(scan.next_seq);
+    }
+    Ok(scanned)
+}
+
+impl Scanned {
+    /// Deletes the segments holding only acknowledged records: the `ack` file already says
+    /// so (it is what `acked` was read from); but not one the writer will continue (the
+    /// last, when its records run up to `next_seq`), which keeps the seqs' place.
+    fn delete_acknowledged(
+        &mut self,
+        dir: &Path,
+        acked: u64,
+        next_seq: u64,
+    ) -> Result<(), SpoolError> {
+        let last = self.ends.len().saturating_sub(1);
+        let deletable = self
+            .ends
+            .iter()
+            .enumerate()
+            .take_while(|&(i, &end)| end <= acked + 1 && (i < last || end < next_seq))
+            .count();
+        for seg in self.kept.drain(..deletable) {
+            let path = segment_path(dir, seg.first);
+            fs::remove_file(&path).map_err(|e| SpoolError::io("delete", &path, e))?;
+        }
+        if deletable > 0 {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
 }
 
 /// Opens `path` for writing, made 0600 if new, its contents kept.
@@ -220,14 +242,10 @@ fn read_ack(dir: &Path) -> Result<Option<u64>, SpoolError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(SpoolError::io("read", &path, e)),
     };
-    match decode_ack(&bytes) {
-        Some(seq) => Ok(Some(seq)),
-        None => Err(SpoolError::corrupt(
-            path,
-            0,
-            "not an acknowledged seq and its CRC",
-        )),
-    }
+    let why = "not an acknowledged seq and its CRC";
+    decode_ack(&bytes)
+        .map(Some)
+        .ok_or_else(|| SpoolError::corrupt(path, 0, why))
 }
 
 /// The seq in `ack.fast`, 0 when there is none or it is torn (a power loss in the middle of
@@ -386,25 +404,17 @@ fn scan_segment(path: &Path, first: u64, acked: u64, last: bool) -> Result<Scan,
         scan.len += h.record_len();
         scan.next_seq += 1;
     };
-    let offset = scan.len;
+    let (offset, expected) = (scan.len, scan.next_seq);
     if !last {
-        return Err(SpoolError::corrupt(
-            path,
-            offset,
-            format!("{bad} (seq {} expected)", scan.next_seq),
-        ));
+        let why = format!("{bad} (seq {expected} expected)");
+        return Err(SpoolError::corrupt(path, offset, why));
     }
-    if let Some(at) = later_record(&file, offset, file_len, scan.next_seq)
+    if let Some(at) = later_record(&file, offset, file_len, expected)
         .map_err(|e| SpoolError::io("read", path, e))?
     {
-        return Err(SpoolError::corrupt(
-            path,
-            offset,
-            format!(
-                "{bad} (seq {} expected), and a good record after it at offset {at}",
-                scan.next_seq
-            ),
-        ));
+        let why =
+            format!("{bad} (seq {expected} expected), and a good record after it at offset {at}");
+        return Err(SpoolError::corrupt(path, offset, why));
     }
     tracing::warn!(
         file = %path.display(),

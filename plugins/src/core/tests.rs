@@ -1,8 +1,6 @@
 use super::*;
 use std::path::Path;
 
-/// A directory under the system temp dir, removed on drop (no `tempfile` in the offline
-/// registry cache).
 /// A temporary directory removed on drop (`tempfile`), with the name tests use.
 pub(crate) struct TempDir(tempfile::TempDir);
 
@@ -34,22 +32,19 @@ fn request(command: &[&str], payload: &[u8], args: &[(&str, &str)]) -> PluginReq
     req
 }
 
-/// Runs `plugin` and returns (exit code, stdout, stderr).
-fn check(
-    plugin: fn(&PluginRequest, &mut dyn Write, &mut dyn Write) -> i32,
-    req: &PluginRequest,
-) -> (i32, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = plugin(req, &mut out, &mut err);
-    (
-        code,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
+/// Serves `req` with `plugin` and returns (exit code, stdout, stderr).
+fn check(plugin: CorePlugin, req: &PluginRequest) -> (i32, String, String) {
+    let mut out = Vec::new();
+    let (code, err) = match serve(plugin, req, &mut out) {
+        Ok(code) => (code, String::new()),
+        Err(e) => (e.exit_code(), format!("{e}\n")),
+    };
+    (code, String::from_utf8(out).unwrap(), err)
 }
 
-fn append_plugin(req: &PluginRequest, _out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    append(req, err)
+/// The exit code of `command` on `req` (its output goes to the test's own stdout).
+fn command(req: &PluginRequest) -> i32 {
+    check(CorePlugin::Command, req).0
 }
 
 #[test]
@@ -65,27 +60,28 @@ fn argv0_names_core_plugins() {
         ("", None),
     ];
     for (argv0, want) in cases {
-        assert_eq!(core_plugin_for_argv0(argv0), *want, "{argv0:?}");
+        let found = core_plugin_for_argv0(argv0).map(CorePlugin::name);
+        assert_eq!(found, *want, "{argv0:?}");
     }
 }
 
 #[test]
 fn echo_prints_payload_else_command_line() {
     assert_eq!(
-        check(echo, &request(&["a", "b"], b"", &[])),
+        check(CorePlugin::Echo, &request(&["a", "b"], b"", &[])),
         (0, "a b\n".into(), "".into())
     );
     assert_eq!(
-        check(echo, &request(&["a"], b"hello", &[])),
+        check(CorePlugin::Echo, &request(&["a"], b"hello", &[])),
         (0, "hello\n".into(), "".into())
     );
     assert_eq!(
-        check(echo, &request(&[], b"two\nlines\n", &[])),
+        check(CorePlugin::Echo, &request(&[], b"two\nlines\n", &[])),
         (0, "two\nlines\n".into(), "".into())
     );
     let mut bad = request(&[], b"", &[]);
     bad.payload_base64 = Some("!!".into());
-    assert_eq!(check(echo, &bad).0, EXIT_USAGE);
+    assert_eq!(check(CorePlugin::Echo, &bad).0, EXIT_USAGE);
 }
 
 #[test]
@@ -93,26 +89,33 @@ fn file_writes_and_replaces() {
     let tmp = TempDir::new("file");
     let path = tmp.path().join("out.txt");
     let path_str = path.to_str().unwrap();
-    let (code, out, _) = check(file, &request(&[], b"first", &[("path", path_str)]));
+    let (code, out, _) = check(
+        CorePlugin::File,
+        &request(&[], b"first", &[("path", path_str)]),
+    );
     assert_eq!((code, out.as_str()), (0, "file has been written.\n"));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\n");
 
     // The seed's argument name, and the command line when the payload is empty.
     let (code, _, _) = check(
-        file,
+        CorePlugin::File,
         &request(&["from", "command"], b"", &[("filepath", path_str)]),
     );
     assert_eq!(code, 0);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "from command\n");
 
-    let (code, out, err) = check(file, &request(&[], b"x", &[]));
+    let (code, out, err) = check(CorePlugin::File, &request(&[], b"x", &[]));
     assert_eq!(code, EXIT_USAGE);
     assert_eq!(out, "");
     assert!(err.contains("missing argument `path`"), "{err}");
 
     let missing_dir = tmp.path().join("no/such/dir").display().to_string();
     assert_eq!(
-        check(file, &request(&[], b"x", &[("path", &missing_dir)])).0,
+        check(
+            CorePlugin::File,
+            &request(&[], b"x", &[("path", &missing_dir)])
+        )
+        .0,
         EXIT_FAILURE
     );
 }
@@ -124,12 +127,18 @@ fn append_adds_lines_silently() {
     let path_str = path.to_str().unwrap();
     for payload in [&b"one"[..], b"two\n", &[0xff, b'z']] {
         assert_eq!(
-            check(append_plugin, &request(&[], payload, &[("path", path_str)])),
+            check(
+                CorePlugin::Append,
+                &request(&[], payload, &[("path", path_str)])
+            ),
             (0, "".into(), "".into())
         );
     }
     assert_eq!(std::fs::read(&path).unwrap(), b"one\ntwo\n\xffz\n");
-    assert_eq!(check(append_plugin, &request(&[], b"x", &[])).0, EXIT_USAGE);
+    assert_eq!(
+        check(CorePlugin::Append, &request(&[], b"x", &[])).0,
+        EXIT_USAGE
+    );
 }
 
 #[test]
@@ -147,7 +156,7 @@ fn append_is_safe_with_concurrent_appenders() {
                 for line_idx in 0..n_lines {
                     let payload = format!("{thread_idx}:{line_idx}:{line}");
                     let req = request(&[], payload.as_bytes(), &[("path", path)]);
-                    assert_eq!(append(&req, &mut std::io::sink()), 0);
+                    assert_eq!(check(CorePlugin::Append, &req).0, 0);
                 }
             });
         }
@@ -181,4 +190,46 @@ fn command_feeds_payload_to_stdin() {
     let script = format!("cat > {}", out.display());
     assert_eq!(command(&request(&[&script], b"fed\n", &[])), 0);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "fed\n");
+}
+
+#[test]
+fn the_rules_both_wrappers_share() {
+    fn req<'a>(command: &'a [String], payload: &'a [u8]) -> CoreRequest<'a> {
+        CoreRequest {
+            command,
+            payload,
+            path: None,
+        }
+    }
+    let words = &["a".to_string(), "b".to_string()];
+    assert_eq!(req(words, b"").text(), &b"a b"[..]);
+    assert_eq!(req(words, b"x\n").record(), b"x\n");
+    assert_eq!(req(words, b"x").record(), b"x\n");
+    let run = req(words, b"in").shell().unwrap();
+    assert_eq!(
+        (run.script.as_str(), run.stdin.as_slice()),
+        ("a b", &b"in"[..])
+    );
+    let run = req(&[], b"exit 5").shell().unwrap();
+    assert_eq!((run.script.as_str(), run.stdin.len()), ("exit 5", 0));
+    let nothing = req(&[], b" \n").shell().unwrap_err();
+    assert_eq!(
+        (nothing.to_string().as_str(), nothing.exit_code()),
+        (
+            "command: nothing to run (no command words and no payload)",
+            EXIT_USAGE
+        )
+    );
+    let missing = req(words, b"").target(CorePlugin::Append).unwrap_err();
+    assert_eq!(
+        missing.to_string(),
+        "append: missing argument `path` (path=/some/file)"
+    );
+    // `path` first, then the seed's `filepath`; an empty value is no value.
+    let args = [("path", ""), ("filepath", "/f")];
+    let arg = |name: &str| args.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    assert_eq!(path_arg(arg), Some("/f"));
+    assert_eq!(path_arg(|_| None), None);
+    let names: Vec<&str> = CorePlugin::ALL.iter().map(|p| p.name()).collect();
+    assert_eq!(names, CORE_PLUGINS);
 }

@@ -7,10 +7,12 @@
 
 use crate::client_cmd::ClientArgs;
 use crate::console::table::Table;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
+use api::client::ApiError;
+use api::jobs::{JobPage, JobQuery, JobSummary, JobView};
+use api::{ApiClient, JobOutcome, JobStatus};
 use launch::settings::LoginArgs;
 use proto::job::REDACTED;
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Flags of `triggerfs jobs`.
@@ -41,7 +43,7 @@ pub enum JobsCommand {
         service: Option<String>,
         /// Only jobs with this status: ok, failed, timed_out, lost, cancelled.
         #[arg(long)]
-        status: Option<String>,
+        status: Option<JobStatus>,
         /// Only jobs started within this long (e.g. `1h`, `2d`).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<Duration>,
@@ -69,144 +71,33 @@ pub enum JobsCommand {
     },
 }
 
-/// A job in a list (`GET /api/v1/jobs`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobSummary {
-    pub id: i64,
-    pub started: String,
-    pub identity: String,
-    pub service: String,
-    pub algorithm: String,
-    pub plugin: String,
-    pub command: Vec<String>,
-    pub args: Vec<JobArg>,
-    pub status: String,
-    pub workers: i64,
-    pub ok: i64,
-    pub duration_ms: i64,
+/// The control plane as one user: `token`, or (when it is empty) team, identity and secret.
+async fn sign_in(url: &str, token: &str, login: &LoginArgs) -> Result<ApiClient> {
+    let token = match (token, &login.team, &login.identity, &login.secret) {
+        ("", Some(t), Some(i), Some(s)) => client::login::login(url, t, i, s).await?,
+        ("", ..) => bail!(
+            "no credentials: give --token, or --team, --identity and --secret (or `[main]` \
+             team, identity and secret in triggerfs.toml)"
+        ),
+        (token, ..) => token.to_string(),
+    };
+    Ok(ApiClient::builder(url.split(','))
+        .token(token)
+        .timeout(Duration::from_secs(30))
+        .build()?)
 }
 
-/// One argument of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobArg {
-    pub key: String,
-    pub value: String,
-}
-
-/// A page of jobs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobPage {
-    pub jobs: Vec<JobSummary>,
-    pub next_cursor: Option<String>,
-}
-
-/// One worker's part of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobWorker {
-    pub worker: String,
-    pub outcome: String,
-    pub exit_code: Option<i64>,
-    pub duration_ms: i64,
-    pub output: String,
-    pub truncated: bool,
-}
-
-/// A job with its workers (`GET /api/v1/jobs/{id}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobView {
-    #[serde(flatten)]
-    pub job: JobSummary,
-    pub outcomes: Vec<JobWorker>,
-}
-
-/// The control plane's JSON API, as one user.
-pub struct Api {
-    url: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    /// Logs in with `--token`, or team, identity and secret.
-    pub async fn login(
-        url: Option<&str>,
-        token: &str,
-        team: Option<&str>,
-        identity: Option<&str>,
-        secret: Option<&str>,
-    ) -> Result<Api> {
-        let url = url
-            .unwrap_or(client::login::DEFAULT_URL)
-            .trim_end_matches('/')
-            .to_string();
-        let token = if !token.is_empty() {
-            token.to_string()
-        } else {
-            match (team, identity, secret) {
-                (Some(t), Some(i), Some(s)) => client::login::login(&url, t, i, s).await?,
-                _ => bail!(
-                    "no credentials: give --token, or --team, --identity and --secret (or \
-                     `[main]` team, identity and secret in triggerfs.toml)"
-                ),
-            }
-        };
-        Ok(Api {
-            url,
-            token,
-            http: tls::http_client()
-                .timeout(Duration::from_secs(30))
-                .build()?,
-        })
-    }
-
-    async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {
-        let url = format!("{}{path}", self.url);
-        let resp = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the control plane at {}", self.url))?;
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
-        if !status.is_success() {
-            let message = body["message"].as_str().unwrap_or("no details");
-            bail!("{message} ({status})");
-        }
-        serde_json::from_value(body).context("unexpected answer from the control plane")
-    }
-
-    /// `GET /api/v1/jobs?...`.
-    pub async fn list(&self, query: &[(&str, String)]) -> Result<JobPage> {
-        let mut path = "/api/v1/jobs".to_string();
-        for (i, (k, v)) in query.iter().enumerate() {
-            path.push(if i == 0 { '?' } else { '&' });
-            path.push_str(k);
-            path.push('=');
-            path.push_str(&encode(v));
-        }
-        self.get(&path).await
-    }
-
-    /// `GET /api/v1/jobs/{id}`.
-    pub async fn show(&self, id: i64) -> Result<JobView> {
-        self.get(&format!("/api/v1/jobs/{id}")).await
-    }
-}
-
-/// Percent-encodes a query value.
-fn encode(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+/// `GET path` as `T`; a refusal as `jobs` prints it, with the HTTP status.
+async fn get<T: serde::de::DeserializeOwned>(api: &ApiClient, path: &str) -> Result<T> {
+    api.get(path).await.map_err(|e| match e {
+        ApiError::Refused {
+            status, message, ..
+        } => match reqwest::StatusCode::from_u16(status) {
+            Ok(status) => anyhow!("{message} ({status})"),
+            Err(_) => anyhow!("{message} ({status})"),
+        },
+        e => e.into(),
+    })
 }
 
 /// `triggerfs jobs ...`, on a runtime of its own.
@@ -219,14 +110,7 @@ pub fn main(args: JobsArgs) -> Result<i32> {
 
 /// `triggerfs jobs ...`: prints to stdout, returns the exit status.
 pub async fn run(args: JobsArgs) -> Result<i32> {
-    let api = Api::login(
-        Some(&args.login.url),
-        &args.token,
-        args.login.team.as_deref(),
-        args.login.identity.as_deref(),
-        args.login.secret.as_deref(),
-    )
-    .await?;
+    let api = sign_in(&args.login.url, &args.token, &args.login).await?;
     match args.command {
         JobsCommand::List {
             service,
@@ -237,25 +121,26 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
             cursor,
             json,
         } => {
-            let mut query = vec![("limit", limit.to_string())];
-            if let Some(c) = cursor {
-                query.push(("cursor", c));
-            }
-            if let Some(s) = service {
-                query.push(("service", s));
-            }
-            if let Some(s) = status {
-                query.push(("status", s));
-            }
-            for (name, ago) in [("since", since), ("until", until)] {
-                if let Some(d) = ago {
-                    let t = std::time::SystemTime::now()
-                        .checked_sub(d)
-                        .unwrap_or(std::time::UNIX_EPOCH);
-                    query.push((name, humantime::format_rfc3339_millis(t).to_string()));
-                }
-            }
-            let page = api.list(&query).await?;
+            let ago = |d: Duration| {
+                let t = std::time::SystemTime::now()
+                    .checked_sub(d)
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                humantime::format_rfc3339_millis(t).to_string()
+            };
+            let query = JobQuery {
+                service,
+                status,
+                since: since.map(ago),
+                until: until.map(ago),
+                limit: Some(limit),
+                cursor,
+                offset: None,
+            };
+            let page: JobPage = get(
+                &api,
+                &format!("/jobs?{}", serde_urlencoded::to_string(&query)?),
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
             } else {
@@ -268,7 +153,7 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
             }
         }
         JobsCommand::Show { id, json } => {
-            let job = api.show(id).await?;
+            let job: JobView = get(&api, &format!("/jobs/{id}")).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&job)?);
             } else {
@@ -297,7 +182,7 @@ pub fn list_table(jobs: &[JobSummary]) -> Vec<String> {
             j.service.clone(),
             j.plugin.clone(),
             clip(&command_text(j), 40),
-            j.status.clone(),
+            j.status.to_string(),
             j.ok.to_string(),
             j.workers.to_string(),
             j.identity.clone(),
@@ -335,7 +220,7 @@ pub fn show_lines(job: &JobView) -> Vec<String> {
     for w in &job.outcomes {
         t.row(vec![
             w.worker.clone(),
-            w.outcome.clone(),
+            w.outcome.to_string(),
             w.exit_code.map(|c| c.to_string()).unwrap_or_default(),
             humantime::format_duration(Duration::from_millis(w.duration_ms.max(0) as u64))
                 .to_string(),
@@ -383,7 +268,7 @@ pub enum Only {
 pub fn rerun_workers(job: &JobView, only: Only) -> Vec<String> {
     job.outcomes
         .iter()
-        .filter(|w| only == Only::All || w.outcome != "ok")
+        .filter(|w| only == Only::All || w.outcome != JobOutcome::Ok)
         .map(|w| w.worker.clone())
         .collect()
 }
@@ -443,8 +328,8 @@ pub async fn run_rerun(base: ClientArgs, id: i64, only: Only) -> Result<i32> {
     let token = crate::client_cmd::credential_token(&base)
         .await
         .map_err(|e| anyhow!("{e}"))?;
-    let api = Api::login(Some(&base.login.url), &token, None, None, None).await?;
-    let job = api.show(id).await?;
+    let api = sign_in(&base.login.url, &token, &base.login).await?;
+    let job: JobView = get(&api, &format!("/jobs/{id}")).await?;
     let workers = rerun_workers(&job, only);
     if workers.is_empty() {
         eprintln!(
@@ -470,12 +355,14 @@ pub async fn run_rerun(base: ClientArgs, id: i64, only: Only) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use api::jobs::{JobArg, JobWorkerView};
+    use api::Algorithm;
     use clap::Parser;
 
     fn job() -> JobView {
-        let w = |worker: &str, outcome: &str, code: Option<i64>| JobWorker {
+        let w = |worker: &str, outcome: JobOutcome, code: Option<i64>| JobWorkerView {
             worker: worker.into(),
-            outcome: outcome.into(),
+            outcome,
             exit_code: code,
             duration_ms: 1500,
             output: format!("line 1\n{worker} says {outcome}\n"),
@@ -485,9 +372,10 @@ mod tests {
             job: JobSummary {
                 id: 42,
                 started: "2026-11-29T08:00:00.000Z".into(),
+                started_unix_ms: 1_795_939_200_000,
                 identity: "admin".into(),
                 service: "dc1".into(),
-                algorithm: "mirror".into(),
+                algorithm: Algorithm::Mirror,
                 plugin: "command/command".into(),
                 command: vec!["apt-get -y upgrade".into()],
                 args: vec![
@@ -500,16 +388,16 @@ mod tests {
                         value: REDACTED.into(),
                     },
                 ],
-                status: "failed".into(),
+                status: JobStatus::Failed,
                 workers: 4,
                 ok: 2,
                 duration_ms: 2000,
             },
             outcomes: vec![
-                w("web01", "ok", Some(0)),
-                w("web02", "failed", Some(100)),
-                w("web03", "ok", Some(0)),
-                w("web04", "timed_out", None),
+                w("web01", JobOutcome::Ok, Some(0)),
+                w("web02", JobOutcome::Failed, Some(100)),
+                w("web03", JobOutcome::Ok, Some(0)),
+                w("web04", JobOutcome::TimedOut, None),
             ],
         }
     }
@@ -621,6 +509,5 @@ mod tests {
                 .all(|w| w[0] == w[1] || w[1] == 0 || w[0] == 0),
             "{list:?}"
         );
-        assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
 }

@@ -8,7 +8,13 @@ use crate::broker::{ShardArgs, TlsArgs};
 use crate::control::{announce_admin, connectable, start_control, ApiArgs, ControlOptions};
 use crate::settings::{LoginArgs, Settings};
 use anyhow::{bail, Context, Result};
+use api::client::{ApiError, Login};
+use api::services::CreateService;
+use api::workers::{CreateWorker, WorkerView, WorkerWithToken};
+use api::{Algorithm, ApiClient, Visibility, WorkerState};
 use clap::Args;
+use reqwest::Method;
+use serde::de::IgnoredAny;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,105 +83,53 @@ fn write_client_config(
     Ok(())
 }
 
-/// An API call made by `up` for its own set-up.
-async fn api(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    token: Option<&str>,
-    body: serde_json::Value,
-) -> Result<(reqwest::StatusCode, serde_json::Value)> {
-    let mut req = http.request(method, &url).json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.with_context(|| format!("calling {url}"))?;
-    let status = resp.status();
-    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
-}
-
-/// Makes sure worker `local` and service `demo` exist; returns a fresh token for `local` and
-/// the admin's JWT.
-async fn provision_local_worker(login: &fs::control::Login) -> Result<(String, String)> {
-    let http = tls::http_client().build()?;
-    let base = format!("{}/api/v1", login.url);
-    let (status, body) = api(
-        &http,
-        reqwest::Method::POST,
-        format!("{base}/login"),
-        None,
-        serde_json::json!({"team": login.team, "identity": login.identity, "secret": login.secret}),
-    )
-    .await?;
-    if !status.is_success() {
-        bail!("cannot log in as {}: {body}", login.identity);
-    }
-    let jwt = body["token"]
-        .as_str()
-        .context("login answer has no token")?
-        .to_string();
-    let (status, body) = api(
-        &http,
-        reqwest::Method::POST,
-        format!("{base}/workers"),
-        Some(&jwt),
-        serde_json::json!({"identity": "local", "description": "the worker of `triggerfs up`"}),
-    )
-    .await?;
-    let token = if status.is_success() {
-        body["token"].as_str().map(String::from)
-    } else {
-        // It exists from an earlier start: its token is stored hashed, so issue a new one.
-        let (status, body) = api(
-            &http,
-            reqwest::Method::POST,
-            format!("{base}/workers/local/regenerate"),
-            Some(&jwt),
-            serde_json::json!({}),
-        )
-        .await?;
-        if !status.is_success() {
-            bail!("cannot regenerate the local worker's token: {body}");
-        }
-        body["token"].as_str().map(String::from)
+/// Makes sure worker `local` and service `demo` exist, as the admin of `login`; returns a
+/// fresh token for `local` and the admin's client.
+async fn provision_local_worker(login: &Login) -> Result<(String, ApiClient)> {
+    let api = ApiClient::sign_in(login)
+        .await
+        .with_context(|| format!("cannot log in as {}", login.identity))?;
+    let local = CreateWorker {
+        identity: "local".into(),
+        description: Some("the worker of `triggerfs up`".into()),
+        ..CreateWorker::default()
     };
-    let token = token.context("the API returned no worker token")?;
-    let (status, body) = api(
-        &http,
-        reqwest::Method::POST,
-        format!("{base}/services"),
-        Some(&jwt),
-        serde_json::json!({"name": "demo", "algorithm": "roundrobin", "visibility": "team",
-                           "workers": ["local"], "description": "the demo service of `triggerfs up`"}),
-    )
-    .await?;
-    if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
-        bail!("cannot create service demo: {body}");
+    let created: Result<WorkerWithToken, ApiError> = api.post("/workers", &local).await;
+    let worker = match created {
+        // It exists from an earlier start: its token is stored hashed, so issue a new one.
+        Err(ApiError::Refused { .. }) => api
+            .request(Method::POST, "/workers/local/regenerate", None::<&()>)
+            .await
+            .context("cannot regenerate the local worker's token")?,
+        other => other?,
+    };
+    let demo = CreateService {
+        name: "demo".into(),
+        algorithm: Some(Algorithm::Roundrobin),
+        visibility: Some(Visibility::Team),
+        workers: Some(vec!["local".into()]),
+        description: Some("the demo service of `triggerfs up`".into()),
+        ..CreateService::default()
+    };
+    match api.post::<_, IgnoredAny>("/services", &demo).await {
+        Ok(_) | Err(ApiError::Refused { status: 409, .. }) => {}
+        Err(e) => return Err(e).context("cannot create service demo"),
     }
-    Ok((token, jwt))
+    Ok((worker.token, api))
 }
 
 /// Waits until the API shows worker `local` `ONLINE` (at most `within`), so that `up` says it
 /// is listening only once `demo` is served.
-async fn wait_local_online(api_url: &str, jwt: &str, within: Duration) -> Result<()> {
-    let http = tls::http_client().build()?;
-    let url = format!("{api_url}/api/v1/workers/local");
+async fn wait_local_online(api: &ApiClient, within: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let (status, body) = api(
-            &http,
-            reqwest::Method::GET,
-            url.clone(),
-            Some(jwt),
-            serde_json::Value::Null,
-        )
-        .await?;
-        if status.is_success() && body["state"] == "ONLINE" {
-            return Ok(());
-        }
+        let state = match api.get::<WorkerView>("/workers/local").await {
+            Ok(local) if local.state == WorkerState::Online => return Ok(()),
+            Ok(local) => local.state.to_string(),
+            Err(e) => e.to_string(),
+        };
         if tokio::time::Instant::now() >= deadline {
-            bail!("the local worker is not online after {within:?} ({status}: {body})");
+            bail!("the local worker is not online after {within:?} ({state})");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -188,7 +142,7 @@ async fn local_worker(
     config_path: &Path,
     api_addr: SocketAddr,
     broker_addr: SocketAddr,
-) -> Result<(worker::WorkerConfig, String)> {
+) -> Result<(worker::WorkerConfig, ApiClient)> {
     let main = Settings::load(Some(config_path))
         .context("the admin login the local worker is set up with")?
         .main;
@@ -199,7 +153,7 @@ async fn local_worker(
         secret: main.secret,
     }
     .required(&format!(" ({})", config_path.display()))?;
-    let (token, jwt) = provision_local_worker(&login).await?;
+    let (token, api) = provision_local_worker(&login).await?;
     let pluginspath = opts.data.join("plugins");
     plugins::install(&pluginspath)?;
     println!(
@@ -219,7 +173,7 @@ async fn local_worker(
         debug: false,
         max_output: worker::DEFAULT_MAX_OUTPUT,
     };
-    Ok((config, jwt))
+    Ok((config, api))
 }
 
 /// `triggerfs up`: serves until SIGINT or SIGTERM, then drains the broker and stops.
@@ -305,11 +259,10 @@ fn serve(opts: ControlOptions, broker: dataplane::BrokerSettings, no_worker: boo
             None
         } else {
             match local_worker(&opts, &config_path, api_addr, broker_addr).await {
-                Ok((config, jwt)) => {
+                Ok((config, api)) => {
                     let worker = tokio::spawn(worker::run(config, stop.clone().cancelled_owned()));
                     // `demo` is served before `up` says it is listening.
-                    if let Err(e) = wait_local_online(&api_url, &jwt, Duration::from_secs(10)).await
-                    {
+                    if let Err(e) = wait_local_online(&api, Duration::from_secs(10)).await {
                         tracing::warn!(error = %format!("{e:#}"), "local worker");
                         println!("the local worker is not online yet: {e:#}");
                     }

@@ -1,12 +1,25 @@
 //! What each command of the console does: one function per entry of
 //! [`ENTRIES`](super::grammar::ENTRIES), each a few API calls and a [`Reply`].
 
-use super::api::ApiError;
 use super::grammar::{help_lines, Args, Kind, Mode, ParseError};
 use super::table::{seed_time, Table};
 use super::Session;
+use api::client::ApiError;
+use api::directories::{CreateDirectory, DirectoryView};
+use api::invitations::{CreateInvitation, InvitationView};
+use api::login::LoginResponse;
+use api::services::{BindWorker, CreateService, ServiceView, UpdateService};
+use api::teams::{AddMember, CreateTeam, MemberView, QuotaRequest, QuotaView, TeamView};
+use api::teams::{Role, UpdateMember};
+use api::triggers::{CreateTrigger, TriggerView, UpdateTrigger};
+use api::users::ChangeSecret;
+use api::workers::{CreateWorker, UpdateWorker, WorkerView, WorkerWithToken};
+use api::Timeout;
 use reqwest::Method;
-use serde_json::{json, Map, Value};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Serialize;
+use serde_json::Value;
+use std::str::FromStr;
 
 /// What runs a command.
 pub type Handler = fn(&mut Session, &Args) -> Result<Reply, CliError>;
@@ -50,41 +63,39 @@ pub fn path_part(text: &str) -> String {
         .replace('#', "%23")
 }
 
-fn text(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-            .collect::<Vec<_>>()
-            .join(","),
-        Some(other) => other.to_string(),
-    }
+/// `answer` as `--json` prints it: the API's JSON.
+fn json_of<T: Serialize>(answer: &T) -> Result<Value, CliError> {
+    serde_json::to_value(answer).map_err(|e| CliError::Run(format!("cannot print the answer: {e}")))
 }
 
-fn time(v: &Value, key: &str) -> String {
-    seed_time(&text(v, key))
+/// A table, or with `--json` the answer it shows.
+fn table<T: Serialize>(table: Table, answer: &T) -> Result<Reply, CliError> {
+    Ok(Reply::Table(table, json_of(answer)?))
 }
 
-fn items(v: &Value) -> Vec<Value> {
-    v.as_array().cloned().unwrap_or_default()
-}
-
-/// A change whose answer only `--json` shows.
-fn change(s: &Session, method: Method, path: &str, body: Option<Value>) -> Result<Reply, CliError> {
-    let answer = s.api.call(method, path, body)?;
-    Ok(Reply::Done(Vec::new(), answer))
+/// A change whose answer (a `T`) only `--json` shows.
+fn change<B, T>(
+    s: &Session,
+    method: Method,
+    path: &str,
+    body: Option<&B>,
+) -> Result<Reply, CliError>
+where
+    B: Serialize,
+    T: DeserializeOwned + Serialize,
+{
+    let answer: T = s.api.call(method, path, body)?;
+    Ok(Reply::Done(Vec::new(), json_of(&answer)?))
 }
 
 /// A deletion: nothing to show.
 fn delete(s: &Session, path: &str) -> Result<Reply, CliError> {
-    s.api.call(Method::DELETE, path, None)?;
+    let _: IgnoredAny = s.api.call(Method::DELETE, path, None::<&()>)?;
     Ok(Reply::Quiet)
 }
 
-fn done(line: String, answer: Value) -> Result<Reply, CliError> {
-    Ok(Reply::Done(vec![line], answer))
+fn done<T: Serialize>(line: String, answer: &T) -> Result<Reply, CliError> {
+    Ok(Reply::Done(vec![line], json_of(answer)?))
 }
 
 // ---------------------------------------------------------------- modes and help
@@ -134,7 +145,7 @@ pub fn help(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
 // ---------------------------------------------------------------- show
 
 pub fn show_workers(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
-    let answer = s.api.get("/workers")?;
+    let answer: Vec<WorkerView> = s.api.get("/workers")?;
     let mut t = Table::new(&[
         "identity",
         "description",
@@ -144,23 +155,23 @@ pub fn show_workers(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
         "owner",
         "created",
     ]);
-    for w in items(&answer) {
+    for w in &answer {
         t.row(vec![
-            text(&w, "identity"),
-            text(&w, "description"),
-            text(&w, "state"),
-            time(&w, "last_seen"),
-            text(&w, "visibility"),
-            text(&w, "owner"),
-            time(&w, "created"),
+            w.identity.clone(),
+            w.description.clone(),
+            w.state.to_string(),
+            seed_time(w.last_seen.as_deref().unwrap_or("")),
+            w.visibility.to_string(),
+            w.owner.clone(),
+            seed_time(&w.created),
         ]);
     }
-    Ok(Reply::Table(t, answer))
+    table(t, &answer)
 }
 
 pub fn show_services(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
-    let answer = s.api.get("/services")?;
-    let triggers = items(&s.api.get("/triggers")?);
+    let answer: Vec<ServiceView> = s.api.get("/services")?;
+    let triggers: Vec<TriggerView> = s.api.get("/triggers")?;
     let mut t = Table::new(&[
         "name",
         "description",
@@ -174,32 +185,31 @@ pub fn show_services(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
         "created",
         "updated",
     ]);
-    for v in items(&answer) {
-        let name = text(&v, "name");
-        let attached: Vec<String> = triggers
+    for v in &answer {
+        let attached: Vec<&str> = triggers
             .iter()
-            .filter(|t| text(t, "service") == name)
-            .map(|t| text(t, "name"))
+            .filter(|t| t.service == v.name)
+            .map(|t| t.name.as_str())
             .collect();
         t.row(vec![
-            name,
-            text(&v, "description"),
-            text(&v, "timeout"),
-            text(&v, "algorithm"),
+            v.name.clone(),
+            v.description.clone(),
+            v.timeout.as_ref().map_or("", Timeout::as_str).to_string(),
+            v.algorithm.to_string(),
             attached.join(","),
-            text(&v, "workers"),
-            text(&v, "serving"),
-            text(&v, "visibility"),
-            text(&v, "owner"),
-            time(&v, "created"),
-            time(&v, "updated"),
+            v.workers.join(","),
+            v.serving.join(","),
+            v.visibility.to_string(),
+            v.owner.clone(),
+            seed_time(&v.created),
+            seed_time(&v.updated),
         ]);
     }
-    Ok(Reply::Table(t, answer))
+    table(t, &answer)
 }
 
 pub fn show_triggers(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
-    let answer = s.api.get("/triggers")?;
+    let answer: Vec<TriggerView> = s.api.get("/triggers")?;
     let mut t = Table::new(&[
         "id",
         "name",
@@ -215,139 +225,124 @@ pub fn show_triggers(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
         "created",
         "updated",
     ]);
-    for v in items(&answer) {
-        let args = v
-            .get("args")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
+    for v in &answer {
+        let args: Vec<String> = v.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
         t.row(vec![
-            text(&v, "id"),
-            text(&v, "name"),
-            text(&v, "path"),
-            text(&v, "description"),
-            text(&v, "plugin"),
-            text(&v, "service"),
-            args,
-            text(&v, "split"),
-            text(&v, "hits"),
-            text(&v, "owner"),
-            text(&v, "visibility"),
-            time(&v, "created"),
-            time(&v, "updated"),
+            v.id.to_string(),
+            v.name.clone(),
+            v.path.clone(),
+            v.description.clone(),
+            v.plugin.clone(),
+            v.service.clone(),
+            args.join(","),
+            v.split.to_string(),
+            v.hits.to_string(),
+            v.owner.clone(),
+            v.visibility.to_string(),
+            seed_time(&v.created),
+            seed_time(&v.updated),
         ]);
     }
-    Ok(Reply::Table(t, answer))
+    table(t, &answer)
 }
 
 pub fn show_directories(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
-    let answer = s.api.get("/directories")?;
+    let answer: Vec<DirectoryView> = s.api.get("/directories")?;
     let mut t = Table::new(&["name", "path", "triggers", "owner", "created"]);
-    for v in items(&answer) {
+    for v in &answer {
         t.row(vec![
-            text(&v, "name"),
-            text(&v, "path"),
-            text(&v, "n_triggers"),
-            text(&v, "owner"),
-            time(&v, "created"),
+            v.name.clone(),
+            v.path.clone(),
+            v.n_triggers.to_string(),
+            v.owner.clone(),
+            seed_time(&v.created),
         ]);
     }
-    Ok(Reply::Table(t, answer))
+    table(t, &answer)
 }
 
 pub fn show_users(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
-    let answer = s
-        .api
-        .get(&format!("/teams/{}/members", path_part(&s.team())))?;
+    let answer: Vec<MemberView> = s.api.get(&members_path(s))?;
     let mut t = Table::new(&["identity", "role", "operator", "joined"]);
-    for v in items(&answer) {
+    for v in &answer {
         t.row(vec![
-            text(&v, "identity"),
-            text(&v, "role"),
-            text(&v, "operator"),
-            time(&v, "joined"),
+            v.identity.clone(),
+            v.role.to_string(),
+            v.operator.to_string(),
+            seed_time(&v.joined),
         ]);
     }
-    Ok(Reply::Table(t, answer))
+    table(t, &answer)
 }
 
 pub fn show_teams(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
-    let answer = s.api.get("/teams")?;
+    let answer: Vec<TeamView> = s.api.get("/teams")?;
     let mut t = Table::new(&["name", "role", "created", "updated"]);
-    for v in items(&answer) {
+    for v in &answer {
         t.row(vec![
-            text(&v, "name"),
-            text(&v, "role"),
-            time(&v, "created"),
-            time(&v, "updated"),
+            v.name.clone(),
+            v.role.to_string(),
+            seed_time(&v.created),
+            seed_time(&v.updated),
         ]);
     }
-    Ok(Reply::Table(t, answer))
+    table(t, &answer)
 }
 
 pub fn show_quota(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
-    let answer = s
-        .api
-        .get(&format!("/teams/{}/quota", path_part(&s.team())))?;
+    let answer: QuotaView = s.api.get(&quota_path(s))?;
+    let (limits, used) = (&answer.limits, &answer.used);
     let mut t = Table::new(&["objects", "used", "limit"]);
-    let limit = |key: &str| match answer.get(key) {
-        Some(Value::Null) | None => "unlimited".to_string(),
-        Some(v) => v.to_string(),
-    };
-    for (objects, key) in [
-        ("workers", "max_workers"),
-        ("services", "max_services"),
-        ("triggers", "max_triggers"),
-        ("users", "max_users"),
+    for (objects, used, limit) in [
+        ("workers", used.workers, limits.max_workers),
+        ("services", used.services, limits.max_services),
+        ("triggers", used.triggers, limits.max_triggers),
+        ("users", used.users, limits.max_users),
     ] {
-        let used = answer
-            .get("used")
-            .map(|u| text(u, objects))
-            .unwrap_or_default();
-        t.row(vec![objects.to_string(), used, limit(key)]);
+        let limit = limit.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+        t.row(vec![objects.to_string(), used.to_string(), limit]);
     }
-    let public = if answer.get("public_services") == Some(&Value::Bool(true)) {
+    let public = if limits.public_services {
         "allowed"
     } else {
         "not allowed"
     };
     t.row(vec!["public services".into(), String::new(), public.into()]);
-    Ok(Reply::Table(t, answer))
+    table(t, &answer)
+}
+
+/// `show invitations --json`: the invitations to the caller, and the team's.
+#[derive(Serialize)]
+struct Invitations {
+    received: Vec<InvitationView>,
+    sent: Vec<InvitationView>,
 }
 
 pub fn show_invitations(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
-    let mine = s.api.get("/invitations")?;
+    let received: Vec<InvitationView> = s.api.get("/invitations")?;
     // Only an admin may read the team's; a member's table is theirs alone.
-    let sent = match s
-        .api
-        .get(&format!("/teams/{}/invitations", path_part(&s.team())))
-    {
-        Ok(v) => v,
-        Err(ApiError::Refused { status: 403, .. }) => Value::Array(Vec::new()),
+    let sent = match s.api.get(&invitations_path(s)) {
+        Ok(sent) => sent,
+        Err(ApiError::Refused { status: 403, .. }) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
     let mut t = Table::new(&["team", "identity", "role", "invited by", "created"]);
-    for v in items(&mine).iter().chain(items(&sent).iter()) {
+    for v in received.iter().chain(&sent) {
         t.row(vec![
-            text(v, "team"),
-            text(v, "identity"),
-            text(v, "role"),
-            text(v, "invited_by"),
-            time(v, "created"),
+            v.team.clone(),
+            v.identity.clone(),
+            v.role.to_string(),
+            v.invited_by.clone(),
+            seed_time(&v.created),
         ]);
     }
-    Ok(Reply::Table(t, json!({ "received": mine, "sent": sent })))
+    table(t, &Invitations { received, sent })
 }
 
 // ---------------------------------------------------------------- workers
 
-fn token_lines(s: &Session, answer: &Value, what: &str) -> Vec<String> {
-    let identity = text(answer, "identity");
+fn token_lines(s: &Session, answer: &WorkerWithToken, what: &str) -> Vec<String> {
+    let identity = &answer.worker.identity;
     vec![
         format!(
             "{what} Its token is shown only now: put it into triggerfs.toml on the server \
@@ -355,85 +350,89 @@ fn token_lines(s: &Session, answer: &Value, what: &str) -> Vec<String> {
         ),
         String::new(),
         format!("[workers.{}.{identity}]", s.team()),
-        format!("token = \"{}\"", text(answer, "token")),
+        format!("token = \"{}\"", answer.token),
         String::new(),
         format!("and start it there with: triggerfs worker --identity {identity}"),
     ]
 }
 
 pub fn create_worker(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let answer = s.api.call(
-        Method::POST,
-        "/workers",
-        Some(json!({ "identity": a.get(Kind::Name) })),
-    )?;
+    let body = CreateWorker {
+        identity: a.get(Kind::Name).to_string(),
+        ..CreateWorker::default()
+    };
+    let answer: WorkerWithToken = s.api.call(Method::POST, "/workers", Some(&body))?;
     let what = format!("Worker {} created.", a.get(Kind::Name));
-    Ok(Reply::Done(token_lines(s, &answer, &what), answer))
+    Ok(Reply::Done(
+        token_lines(s, &answer, &what),
+        json_of(&answer)?,
+    ))
 }
 
-fn patch_worker(s: &mut Session, a: &Args, body: Value) -> Result<Reply, CliError> {
-    let worker = a.get(Kind::Worker);
-    change(
-        s,
-        Method::PATCH,
-        &format!("/workers/{}", path_part(worker)),
-        Some(body),
-    )
+fn patch_worker(s: &mut Session, a: &Args, body: UpdateWorker) -> Result<Reply, CliError> {
+    let path = format!("/workers/{}", path_part(a.get(Kind::Worker)));
+    change::<_, WorkerView>(s, Method::PATCH, &path, Some(&body))
 }
 
-pub fn worker_description(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_worker(s, a, json!({ "description": a.get(Kind::Rest) }))
+/// Commands that change one field of an object, the others staying: each `name: field =
+/// value;` runs `patch` with `Change { field: Some(value(args)?) }`.
+macro_rules! change_fields {
+    ($patch:ident($Change:ident): $($name:ident: $field:ident = $value:expr;)*) => {
+        $(pub fn $name(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+            let change = $Change {
+                $field: Some($value(a)?),
+                ..$Change::default()
+            };
+            $patch(s, a, change)
+        })*
+    };
 }
 
-pub fn worker_visibility(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_worker(s, a, json!({ "visibility": choice(a, Kind::Visibility)? }))
+/// The text of `kind`, as it is.
+fn text(kind: Kind) -> impl Fn(&Args) -> Result<String, CliError> {
+    move |a| Ok(a.get(kind).to_string())
+}
+
+change_fields! { patch_worker(UpdateWorker):
+    worker_description: description = text(Kind::Rest);
+    worker_visibility: visibility = |a| pick(a, Kind::Visibility);
 }
 
 pub fn worker_regenerate(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let worker = a.get(Kind::Worker);
-    let answer = s.api.call(
-        Method::POST,
-        &format!("/workers/{}/regenerate", path_part(worker)),
-        None,
-    )?;
+    let path = format!("/workers/{}/regenerate", path_part(worker));
+    let answer: WorkerWithToken = s.api.call(Method::POST, &path, None::<&()>)?;
     let what = format!("Worker {worker} has a new token; the old one is refused from now on.");
-    Ok(Reply::Done(token_lines(s, &answer, &what), answer))
+    Ok(Reply::Done(
+        token_lines(s, &answer, &what),
+        json_of(&answer)?,
+    ))
 }
 
 pub fn delete_worker(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let worker = a.get(Kind::Worker);
-    s.api.call(
-        Method::DELETE,
-        &format!("/workers/{}", path_part(worker)),
-        None,
-    )?;
-    Ok(Reply::Quiet)
+    delete(s, &format!("/workers/{}", path_part(a.get(Kind::Worker))))
 }
 
 // ---------------------------------------------------------------- services
 
-fn choice(a: &Args, kind: Kind) -> Result<&str, CliError> {
+/// The value of `kind`, one of its choices, as the type the API takes.
+fn pick<T: FromStr>(a: &Args, kind: Kind) -> Result<T, CliError> {
     let value = a.get(kind);
-    if kind.choices().contains(&value) {
-        Ok(value)
-    } else {
-        Err(CliError::Value(format!(
+    match value.parse() {
+        Ok(parsed) if kind.choices().contains(&value) => Ok(parsed),
+        _ => Err(CliError::Value(format!(
             "`{value}` is not a valid {}: expected {}",
             kind.label(),
             kind.choices().join(", ")
-        )))
+        ))),
     }
 }
 
-fn number(a: &Args, kind: Kind) -> Result<u64, CliError> {
+fn number<T: FromStr>(a: &Args, kind: Kind) -> Result<T, CliError> {
     let value = a.get(kind);
     value
-        .parse::<u64>()
+        .parse()
         .map_err(|_| CliError::Value(format!("`{value}` is not a whole number")))
-}
-
-fn boolean(a: &Args) -> Result<bool, CliError> {
-    Ok(choice(a, Kind::Bool)? == "true")
 }
 
 /// A duration as people type it (`10s`, `1m30s`, `1h`), in milliseconds for the API.
@@ -450,243 +449,174 @@ fn duration_ms(a: &Args) -> Result<u64, CliError> {
 }
 
 pub fn create_service(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    change(
-        s,
-        Method::POST,
-        "/services",
-        Some(json!({ "name": a.get(Kind::Name) })),
-    )
+    let body = CreateService {
+        name: a.get(Kind::Name).to_string(),
+        ..CreateService::default()
+    };
+    change::<_, ServiceView>(s, Method::POST, "/services", Some(&body))
 }
 
-fn patch_service(s: &mut Session, a: &Args, body: Value) -> Result<Reply, CliError> {
-    let service = a.get(Kind::Service);
-    change(
-        s,
-        Method::PATCH,
-        &format!("/services/{}", path_part(service)),
-        Some(body),
-    )
+fn patch_service(s: &mut Session, a: &Args, body: UpdateService) -> Result<Reply, CliError> {
+    let path = format!("/services/{}", path_part(a.get(Kind::Service)));
+    change::<_, ServiceView>(s, Method::PATCH, &path, Some(&body))
 }
 
-pub fn service_description(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_service(s, a, json!({ "description": a.get(Kind::Rest) }))
-}
-
-pub fn service_algorithm(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_service(s, a, json!({ "algorithm": choice(a, Kind::Algorithm)? }))
-}
-
-pub fn service_timeout(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_service(s, a, json!({ "timeout_ms": duration_ms(a)? }))
-}
-
-pub fn service_visibility(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_service(s, a, json!({ "visibility": choice(a, Kind::Visibility)? }))
-}
-
-pub fn service_history(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_service(s, a, json!({ "history": choice(a, Kind::History)? }))
-}
-
-pub fn service_batch(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_service(s, a, json!({ "batch": number(a, Kind::Number)? }))
-}
-
-pub fn service_stop_on_failure(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_service(s, a, json!({ "stop_on_failure": boolean(a)? }))
-}
-
-pub fn service_retry(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_service(s, a, json!({ "retry": boolean(a)? }))
+change_fields! { patch_service(UpdateService):
+    service_description: description = text(Kind::Rest);
+    service_algorithm: algorithm = |a| pick(a, Kind::Algorithm);
+    service_timeout: timeout_ms = duration_ms;
+    service_visibility: visibility = |a| pick(a, Kind::Visibility);
+    service_history: history = |a| pick(a, Kind::History);
+    service_batch: batch = |a| number(a, Kind::Number);
+    service_stop_on_failure: stop_on_failure = |a| pick(a, Kind::Bool);
+    service_retry: retry = |a| pick(a, Kind::Bool);
 }
 
 pub fn service_add_worker(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let service = a.get(Kind::Service);
-    let answer = s.api.call(
-        Method::POST,
-        &format!("/services/{}/workers", path_part(service)),
-        Some(json!({ "identity": a.get(Kind::Worker) })),
-    )?;
+    let body = BindWorker {
+        identity: a.get(Kind::Worker).to_string(),
+    };
+    let path = format!("/services/{}/workers", path_part(service));
+    let answer: ServiceView = s.api.call(Method::POST, &path, Some(&body))?;
     // The seed's notice, true to how this broker works: no worker needs to announce again.
-    let workers = text(&answer, "workers").replace(',', ", ");
-    let serving = text(&answer, "serving").replace(',', ", ");
-    let online = if serving.is_empty() {
+    let online = if answer.serving.is_empty() {
         "none yet".to_string()
     } else {
-        serving
+        answer.serving.join(", ")
     };
     let line = format!(
-        "Notice: service {service} ({}) is now served by {workers}; online now: {online}. \
+        "Notice: service {service} ({}) is now served by {}; online now: {online}. \
          The broker routes to a bound worker as soon as it is online: nothing needs to \
          reannounce.",
-        text(&answer, "algorithm")
+        answer.algorithm,
+        answer.workers.join(", ")
     );
-    done(line, answer)
+    done(line, &answer)
 }
 
 pub fn service_remove_worker(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let service = a.get(Kind::Service);
-    change(
-        s,
-        Method::DELETE,
-        &format!(
-            "/services/{}/workers/{}",
-            path_part(service),
-            path_part(a.get(Kind::Worker))
-        ),
-        None,
-    )
+    let path = format!(
+        "/services/{}/workers/{}",
+        path_part(a.get(Kind::Service)),
+        path_part(a.get(Kind::Worker))
+    );
+    change::<(), ServiceView>(s, Method::DELETE, &path, None)
 }
 
 pub fn delete_service(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let service = a.get(Kind::Service);
-    s.api.call(
-        Method::DELETE,
-        &format!("/services/{}", path_part(service)),
-        None,
-    )?;
-    Ok(Reply::Quiet)
+    delete(s, &format!("/services/{}", path_part(a.get(Kind::Service))))
 }
 
 // ---------------------------------------------------------------- directories, triggers
 
 pub fn create_directory(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let name = a.get(Kind::Name).trim_start_matches('/');
-    change(
-        s,
-        Method::POST,
-        "/directories",
-        Some(json!({ "path": format!("/{name}") })),
-    )
+    let body = CreateDirectory {
+        path: format!("/{name}"),
+    };
+    change::<_, DirectoryView>(s, Method::POST, "/directories", Some(&body))
 }
 
 pub fn delete_directory(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let name = a.get(Kind::Directory).trim_start_matches('/');
-    s.api.call(
-        Method::DELETE,
-        &format!("/directories/{}", path_part(name)),
-        None,
-    )?;
-    Ok(Reply::Quiet)
+    delete(s, &format!("/directories/{}", path_part(name)))
 }
 
 /// The trigger a line names: `/directory/name`, or a name that only one trigger has.
-fn trigger(s: &Session, a: &Args) -> Result<Value, CliError> {
+fn trigger(s: &Session, a: &Args) -> Result<TriggerView, CliError> {
     let wanted = a.get(Kind::Trigger);
-    let all = items(&s.api.get("/triggers")?);
-    let key = if wanted.contains('/') { "path" } else { "name" };
-    let found: Vec<&Value> = all.iter().filter(|t| text(t, key) == wanted).collect();
-    match found.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(CliError::NotFound(format!(
+    let all: Vec<TriggerView> = s.api.get("/triggers")?;
+    let by_path = wanted.contains('/');
+    let mut found: Vec<TriggerView> = all
+        .into_iter()
+        .filter(|t| if by_path { &t.path } else { &t.name } == wanted)
+        .collect();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(CliError::NotFound(format!(
             "no trigger {wanted} in team {} (show triggers lists them)",
             s.team()
         ))),
         many => Err(CliError::Value(format!(
-            "{} triggers are named {wanted}: give its path ({})",
-            many.len(),
-            many.iter()
-                .map(|t| text(t, "path"))
+            "{many} triggers are named {wanted}: give its path ({})",
+            found
+                .iter()
+                .map(|t| t.path.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),
     }
 }
 
-fn patch_trigger(s: &mut Session, a: &Args, body: Value) -> Result<Reply, CliError> {
-    let id = text(&trigger(s, a)?, "id");
-    change(s, Method::PATCH, &format!("/triggers/{id}"), Some(body))
+fn patch_trigger_id(s: &mut Session, id: i64, body: UpdateTrigger) -> Result<Reply, CliError> {
+    change::<_, TriggerView>(s, Method::PATCH, &format!("/triggers/{id}"), Some(&body))
+}
+
+fn patch_trigger(s: &mut Session, a: &Args, body: UpdateTrigger) -> Result<Reply, CliError> {
+    let id = trigger(s, a)?.id;
+    patch_trigger_id(s, id, body)
+}
+
+/// A file mode as people type it (`644`).
+fn file_mode(a: &Args) -> Result<u32, CliError> {
+    let text = a.get(Kind::FileMode);
+    u32::from_str_radix(text, 8)
+        .map_err(|_| CliError::Value(format!("`{text}` is not an octal mode such as 644")))
+}
+
+change_fields! { patch_trigger(UpdateTrigger):
+    trigger_plugin: plugin = text(Kind::Plugin);
+    trigger_service: service = text(Kind::Service);
+    trigger_split: split = |a| pick(a, Kind::Split);
+    trigger_batch_lines: batch_lines = |a| number(a, Kind::Number);
+    trigger_timeout: timeout_ms = duration_ms;
+    trigger_mode: mode = file_mode;
+    trigger_description: description = text(Kind::Rest);
+    trigger_visibility: visibility = |a| pick(a, Kind::Visibility);
+    trigger_rename: path = text(Kind::Path);
 }
 
 pub fn create_trigger(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    change(
-        s,
-        Method::POST,
-        "/triggers",
-        Some(json!({ "path": a.get(Kind::Path) })),
-    )
-}
-
-pub fn trigger_plugin(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_trigger(s, a, json!({ "plugin": a.get(Kind::Plugin) }))
-}
-
-pub fn trigger_service(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_trigger(s, a, json!({ "service": a.get(Kind::Service) }))
-}
-
-fn trigger_args(t: &Value) -> Map<String, Value> {
-    t.get("args")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
+    let body = CreateTrigger {
+        path: a.get(Kind::Path).to_string(),
+        ..CreateTrigger::default()
+    };
+    change::<_, TriggerView>(s, Method::POST, "/triggers", Some(&body))
 }
 
 pub fn trigger_arg(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let pair = a.get(Kind::KeyValue);
     let (key, value) = crate::client_cmd::parse_key_value(pair).map_err(CliError::Value)?;
     let t = trigger(s, a)?;
-    let mut args = trigger_args(&t);
-    args.insert(key, Value::String(value));
-    change(
-        s,
-        Method::PATCH,
-        &format!("/triggers/{}", text(&t, "id")),
-        Some(json!({ "args": args })),
-    )
+    let mut args = t.args;
+    args.insert(key, value);
+    let body = UpdateTrigger {
+        args: Some(args),
+        ..UpdateTrigger::default()
+    };
+    patch_trigger_id(s, t.id, body)
 }
 
 pub fn trigger_delete_arg(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let key = a.get(Kind::Key);
     let t = trigger(s, a)?;
-    let mut args = trigger_args(&t);
+    let mut args = t.args;
     if args.remove(key).is_none() {
         return Err(CliError::NotFound(format!(
             "trigger {} has no argument {key}",
-            text(&t, "path")
+            t.path
         )));
     }
-    change(
-        s,
-        Method::PATCH,
-        &format!("/triggers/{}", text(&t, "id")),
-        Some(json!({ "args": args })),
-    )
-}
-
-pub fn trigger_split(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_trigger(s, a, json!({ "split": choice(a, Kind::Split)? }))
-}
-
-pub fn trigger_batch_lines(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_trigger(s, a, json!({ "batch_lines": number(a, Kind::Number)? }))
-}
-
-pub fn trigger_timeout(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_trigger(s, a, json!({ "timeout_ms": duration_ms(a)? }))
-}
-
-pub fn trigger_mode(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let text = a.get(Kind::FileMode);
-    let mode = u32::from_str_radix(text, 8)
-        .map_err(|_| CliError::Value(format!("`{text}` is not an octal mode such as 644")))?;
-    patch_trigger(s, a, json!({ "mode": mode }))
-}
-
-pub fn trigger_description(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_trigger(s, a, json!({ "description": a.get(Kind::Rest) }))
-}
-
-pub fn trigger_visibility(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_trigger(s, a, json!({ "visibility": choice(a, Kind::Visibility)? }))
-}
-
-pub fn trigger_rename(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    patch_trigger(s, a, json!({ "path": a.get(Kind::Path) }))
+    let body = UpdateTrigger {
+        args: Some(args),
+        ..UpdateTrigger::default()
+    };
+    patch_trigger_id(s, t.id, body)
 }
 
 pub fn delete_trigger(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let id = text(&trigger(s, a)?, "id");
+    let id = trigger(s, a)?.id;
     delete(s, &format!("/triggers/{id}"))
 }
 
@@ -696,23 +626,29 @@ fn members_path(s: &Session) -> String {
     format!("/teams/{}/members", path_part(&s.team()))
 }
 
+fn invitations_path(s: &Session) -> String {
+    format!("/teams/{}/invitations", path_part(&s.team()))
+}
+
+fn quota_path(s: &Session) -> String {
+    format!("/teams/{}/quota", path_part(&s.team()))
+}
+
 pub fn create_user(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    change(
-        s,
-        Method::POST,
-        &members_path(s),
-        Some(json!({ "identity": a.get(Kind::Name), "secret": a.get(Kind::Text) })),
-    )
+    let body = AddMember {
+        identity: a.get(Kind::Name).to_string(),
+        secret: a.get(Kind::Text).to_string(),
+        role: None,
+    };
+    change::<_, MemberView>(s, Method::POST, &members_path(s), Some(&body))
 }
 
 pub fn user_role(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let path = format!("{}/{}", members_path(s), path_part(a.get(Kind::Member)));
-    change(
-        s,
-        Method::PATCH,
-        &path,
-        Some(json!({ "role": choice(a, Kind::Role)? })),
-    )
+    let body = UpdateMember {
+        role: pick(a, Kind::Role)?,
+    };
+    change::<_, MemberView>(s, Method::PATCH, &path, Some(&body))
 }
 
 pub fn delete_user(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
@@ -722,29 +658,30 @@ pub fn delete_user(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 
 pub fn invite(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let identity = a.get(Kind::Identity);
-    let mut body = json!({ "identity": identity });
-    if let Some(role) = a.option("role").first() {
-        if !Kind::Role.choices().contains(role) {
-            return Err(CliError::Value(format!(
-                "`{role}` is not a role: expected admin or member"
-            )));
-        }
-        body["role"] = json!(role);
-    }
-    let path = format!("/teams/{}/invitations", path_part(&s.team()));
-    let answer = s.api.call(Method::POST, &path, Some(body))?;
+    let role = a.option("role").first().map(|role| {
+        role.parse::<Role>().map_err(|_| {
+            CliError::Value(format!("`{role}` is not a role: expected admin or member"))
+        })
+    });
+    let body = CreateInvitation {
+        identity: identity.to_string(),
+        role: role.transpose()?,
+    };
+    let answer: InvitationView = s
+        .api
+        .call(Method::POST, &invitations_path(s), Some(&body))?;
     let line = format!(
         "Invited {identity} into team {}: they join with `accept {}` in their console.",
         s.team(),
         s.team()
     );
-    done(line, answer)
+    done(line, &answer)
 }
 
 pub fn withdraw(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let path = format!(
-        "/teams/{}/invitations/{}",
-        path_part(&s.team()),
+        "{}/{}",
+        invitations_path(s),
         path_part(a.get(Kind::Invited))
     );
     delete(s, &path)
@@ -752,99 +689,91 @@ pub fn withdraw(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 
 pub fn accept(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
     let team = a.get(Kind::Invitation);
-    let answer = s.api.call(
-        Method::POST,
-        &format!("/invitations/{}/accept", path_part(team)),
-        None,
-    )?;
+    let path = format!("/invitations/{}/accept", path_part(team));
+    let answer: TeamView = s.api.call(Method::POST, &path, None::<&()>)?;
     let line = format!(
         "You joined team {team}. Log in to it with team = \"{team}\" in [main] of \
          triggerfs.toml (or --team {team})."
     );
-    done(line, answer)
+    done(line, &answer)
 }
 
 pub fn decline(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let team = a.get(Kind::Invitation);
-    s.api.call(
-        Method::DELETE,
-        &format!("/invitations/{}", path_part(team)),
-        None,
-    )?;
-    Ok(Reply::Quiet)
+    delete(
+        s,
+        &format!("/invitations/{}", path_part(a.get(Kind::Invitation))),
+    )
 }
 
 pub fn create_team(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    change(
-        s,
-        Method::POST,
-        "/teams",
-        Some(json!({ "name": a.get(Kind::Name) })),
-    )
+    let body = CreateTeam {
+        name: a.get(Kind::Name).to_string(),
+    };
+    change::<_, TeamView>(s, Method::POST, "/teams", Some(&body))
 }
 
 pub fn delete_team(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let team = a.get(Kind::Team);
-    delete(s, &format!("/teams/{}", path_part(team)))
-}
-
-fn quota_path(s: &Session) -> String {
-    format!("/teams/{}/quota", path_part(&s.team()))
+    delete(s, &format!("/teams/{}", path_part(a.get(Kind::Team))))
 }
 
 pub fn quota_preset(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let preset = choice(a, Kind::Preset)?;
-    change(
-        s,
-        Method::PUT,
-        &quota_path(s),
-        Some(json!({ "preset": preset })),
-    )
+    let body = QuotaRequest {
+        preset: Some(pick(a, Kind::Preset)?),
+        ..QuotaRequest::default()
+    };
+    change::<_, QuotaView>(s, Method::PUT, &quota_path(s), Some(&body))
 }
 
 pub fn quota_field(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let field = choice(a, Kind::QuotaField)?;
+    let field: String = pick(a, Kind::QuotaField)?;
     let value = match a.get(Kind::Limit) {
-        "unlimited" => Value::Null,
-        text => json!(text.parse::<u64>().map_err(|_| CliError::Value(format!(
-            "`{text}` is not a whole number or unlimited"
-        )))?),
+        "unlimited" => None,
+        text => Some(
+            text.parse::<u64>()
+                .ok()
+                .and_then(|n| i64::try_from(n).ok())
+                .ok_or_else(|| {
+                    CliError::Value(format!("`{text}` is not a whole number or unlimited"))
+                })?,
+        ),
     };
     // A PUT sets every limit: start from the current ones.
-    let current = s.api.get(&quota_path(s))?;
-    let mut body = Map::new();
-    for key in Kind::QuotaField.choices() {
-        body.insert(
-            (*key).to_string(),
-            current.get(*key).cloned().unwrap_or(Value::Null),
-        );
-    }
-    body.insert(
-        "public_services".into(),
-        current
-            .get("public_services")
-            .cloned()
-            .unwrap_or(Value::Bool(false)),
-    );
-    body.insert(field.to_string(), value);
-    change(s, Method::PUT, &quota_path(s), Some(Value::Object(body)))
+    let current = s.api.get::<QuotaView>(&quota_path(s))?.limits;
+    let mut body = QuotaRequest {
+        preset: None,
+        max_workers: current.max_workers,
+        max_services: current.max_services,
+        max_triggers: current.max_triggers,
+        max_users: current.max_users,
+        public_services: Some(current.public_services),
+    };
+    // `pick` let only the four fields through.
+    let slot = match field.as_str() {
+        "max_workers" => &mut body.max_workers,
+        "max_services" => &mut body.max_services,
+        "max_triggers" => &mut body.max_triggers,
+        _ => &mut body.max_users,
+    };
+    *slot = value;
+    change::<_, QuotaView>(s, Method::PUT, &quota_path(s), Some(&body))
 }
 
 pub fn password(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
     let (current, new) = s.ask_secrets()?;
     let identity = s.api.login.borrow().identity.clone();
-    let answer = s.api.call(
-        Method::PUT,
-        &format!("/users/{}/secret", path_part(&identity)),
-        Some(json!({ "current": current, "new": new })),
-    )?;
+    let path = format!("/users/{}/secret", path_part(&identity));
+    let body = ChangeSecret {
+        current,
+        new: new.clone(),
+    };
+    let answer: LoginResponse = s.api.call(Method::PUT, &path, Some(&body))?;
     // Every JWT issued before the change is refused from now on: this is the new one.
-    s.api.changed_secret(new, &text(&answer, "token"));
+    s.api.changed_secret(new, answer.token);
     done(
         "Secret changed; tokens issued before are refused from now on. Put the new secret \
          into secret of [main] in triggerfs.toml."
             .to_string(),
-        Value::Null,
+        &(),
     )
 }
 

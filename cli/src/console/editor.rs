@@ -3,6 +3,12 @@
 
 use super::grammar::{self, Kind, Mode, Next};
 use super::{help_query, path_part, possible, print_lines, Session};
+use api::directories::DirectoryView;
+use api::invitations::InvitationView;
+use api::services::ServiceView;
+use api::teams::{MemberView, TeamView};
+use api::triggers::TriggerView;
+use api::workers::WorkerView;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
@@ -19,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 /// TAB's knowledge: the grammar, the mode, and the API for names.
 struct ConsoleHelper {
-    api: Rc<super::api::Api>,
+    api: Rc<super::control::Control>,
     mode: Arc<Mutex<Mode>>,
 }
 
@@ -28,15 +34,21 @@ impl ConsoleHelper {
         let team = path_part(&self.api.login.borrow().team);
         let api = &self.api;
         match kind {
-            Kind::Worker => api.names("/workers", "identity"),
-            Kind::Service => api.names("/services", "name"),
-            Kind::Trigger if partial.starts_with('/') => api.names("/triggers", "path"),
-            Kind::Trigger => api.names("/triggers", "name"),
-            Kind::Directory => api.names("/directories", "name"),
-            Kind::Member => api.names(&format!("/teams/{team}/members"), "identity"),
-            Kind::Team => api.names("/teams", "name"),
-            Kind::Invitation => api.names("/invitations", "team"),
-            Kind::Invited => api.names(&format!("/teams/{team}/invitations"), "identity"),
+            Kind::Worker => api.names("/workers", "identity", |w: WorkerView| w.identity),
+            Kind::Service => api.names("/services", "name", |v: ServiceView| v.name),
+            Kind::Trigger if partial.starts_with('/') => {
+                api.names("/triggers", "path", |t: TriggerView| t.path)
+            }
+            Kind::Trigger => api.names("/triggers", "name", |t: TriggerView| t.name),
+            Kind::Directory => api.names("/directories", "name", |d: DirectoryView| d.name),
+            Kind::Member => api.names(&format!("/teams/{team}/members"), "identity", {
+                |m: MemberView| m.identity
+            }),
+            Kind::Team => api.names("/teams", "name", |t: TeamView| t.name),
+            Kind::Invitation => api.names("/invitations", "team", |i: InvitationView| i.team),
+            Kind::Invited => api.names(&format!("/teams/{team}/invitations"), "identity", {
+                |i: InvitationView| i.identity
+            }),
             _ => kind.choices().iter().map(|c| (*c).to_string()).collect(),
         }
     }

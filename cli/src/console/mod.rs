@@ -3,7 +3,7 @@
 //! - `grammar`: every command as one table entry; parsing, `help`, `?`, TAB and `-c` all
 //!   read that table.
 //! - `commands`: what each entry does (API calls) and the `Reply` it prints.
-//! - `api`: the control plane, logged in from `[main]` of triggerfs.toml.
+//! - `control`: the control plane, logged in from `[main]` of triggerfs.toml.
 //! - `table`: tables in the seed's shape.
 //! - `editor`: the line editor (rustyline): TAB completion of keywords and object names,
 //!   `?` at any point, history across sessions.
@@ -11,16 +11,16 @@
 //! Interactive, the console keeps running through every error (one line each); `-c` runs
 //! one command and exits 0, 1 on an error (or the request's own status for `request`).
 
-mod api;
 mod commands;
+mod control;
 mod editor;
 mod grammar;
 pub(crate) mod table;
 
 use crate::client_cmd::{self, render::Console, ClientArgs};
 use anyhow::Result;
-use api::Api;
 use commands::{path_part, CliError, Reply};
+use control::Control;
 use grammar::{Kind, Mode, Next};
 use launch::settings::LoginArgs;
 use std::io::{BufRead, IsTerminal, Write};
@@ -51,7 +51,7 @@ pub struct CliArgs {
 
 /// A logged-in console.
 pub struct Session {
-    api: std::rc::Rc<Api>,
+    api: std::rc::Rc<Control>,
     mode: Mode,
     json: bool,
     /// Set by `exit` in operational mode and `quit`.
@@ -90,7 +90,8 @@ pub fn run(args: CliArgs, config: Option<PathBuf>) -> Result<i32> {
     let sigint = rt.block_on(async {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
     })?;
-    let api = Api::login(rt, login, data_dir().as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let api =
+        Control::login(rt, login, data_dir().as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut session = Session {
         api: std::rc::Rc::new(api),
         mode: Mode::Operational,
@@ -224,7 +225,7 @@ impl Session {
             };
         let args = ClientArgs {
             broker: self.broker.clone(),
-            token: self.api.token(),
+            token: self.api.jwt()?,
             login: LoginArgs {
                 url: client::login::DEFAULT_URL.to_string(),
                 team: None,

@@ -321,7 +321,12 @@ async fn gateway_streams_mirror_output_to_curl_and_broker_metrics_count() -> Res
     .await?;
 
     let body = json!({"plugin": "command", "command": "echo one; sleep 0.2; echo two from $TRIGGERFS_WORKER", "timeout": "10s"});
-    let events = gateway_events(&control.url, api.token().as_deref().unwrap(), "fleet", &body)?;
+    let events = gateway_events(
+        &control.url,
+        api.token().as_deref().unwrap(),
+        "fleet",
+        &body,
+    )?;
     let text = format!("{events:?}");
     for id in ["g1", "g2"] {
         assert!(

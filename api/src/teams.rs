@@ -3,20 +3,7 @@
 use proto::text_enum;
 use serde::{Deserialize, Serialize};
 
-text_enum! {
-    ("role", "lowercase")
-    /// A member's role in a team: an `admin` may invite, remove and change members and delete
-    /// the team, and change any object of it; a `member` only their own objects.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-    #[serde(rename_all = "lowercase")]
-    pub enum Role {
-        /// Manages the team.
-        Admin,
-        /// Uses the team.
-        Member,
-    }
-}
+pub use proto::control::TeamRole as Role;
 
 text_enum! {
     ("preset", "lowercase")

@@ -360,7 +360,7 @@ mod tests {
             sgen: 0,
             sub: "u".into(),
             team: "t".into(),
-            role: "admin".into(),
+            role: proto::control::TeamRole::Admin,
             iat: now,
             exp,
         };

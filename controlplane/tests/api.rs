@@ -49,7 +49,7 @@ fn mint(key: &[u8], sub: &str, team: &str, exp: u64) -> String {
         sgen: 0,
         sub: sub.into(),
         team: team.into(),
-        role: "admin".into(),
+        role: proto::control::TeamRole::Admin,
         iat: now_s().saturating_sub(7200),
         exp,
     };

@@ -83,7 +83,7 @@ pub(super) fn issue(
         uid,
         sgen,
         team,
-        role: role.to_string(),
+        role,
         iat: now_s,
         exp: now_s + state.settings.jwt_ttl.as_secs().max(1),
     };

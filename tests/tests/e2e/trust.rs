@@ -154,7 +154,7 @@ fn mint(key: &[u8], team: &str, sub: &str, uid: i64) -> String {
         uid,
         sgen: 0,
         team: team.into(),
-        role: "admin".into(),
+        role: proto::control::TeamRole::Admin,
         iat: now_s(),
         exp: now_s() + 3600,
     };

@@ -153,14 +153,17 @@ pub async fn change_secret(
     }
     // A wrong `current` is a guess at the secret, as a failed login is (counted and locked
     // the same way).
-    state.guard.admit(&identity, peer.0)?;
+    state.guard.admit(&state.db, &identity, peer.0).await?;
     let old_hash: String = on_db!(&state.db, pool => {
         sqlx::query_scalar("SELECT secret_hash FROM users WHERE id = $1")
             .bind(user.user_id).fetch_one(pool).await?
     });
     let current_ok =
         credentials::verify_secret(&state.guard, req.current, Some(old_hash.clone())).await?;
-    state.guard.record(&identity, peer.0, current_ok);
+    state
+        .guard
+        .record(&state.db, &identity, peer.0, current_ok)
+        .await?;
     if !current_ok {
         return Err(ApiError::Forbidden(
             "the current secret is not right".into(),

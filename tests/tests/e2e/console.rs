@@ -320,6 +320,13 @@ async fn users_teams_and_quotas_through_c(
     ensure!(!members.to_string().contains("\"bob\""), "{members}");
     ok!(rig, ran, "set teams name second");
     ensure!(rig.get("/teams").await?.to_string().contains("\"second\""));
+    // The operator's: another team's tier and limits, a user's allowance.
+    ok!(rig, ran, "set teams second quota preset advanced");
+    ok!(rig, ran, "set teams second quota max_teams 3");
+    let q = rig.get("/teams/second/quota").await?;
+    ensure!(q["max_teams"] == 3 && q["max_workers"] == 100, "{q}");
+    ok!(rig, ran, "set users bob max-teams 2");
+    ensure!(rig.get("/users/bob").await?["max_teams"] == 2);
     ok!(rig, ran, "delete teams second");
     ensure!(!rig.get("/teams").await?.to_string().contains("\"second\""));
     ok!(rig, ran, "set quota preset basic");

@@ -7,6 +7,7 @@
 
 use crate::auth::AuthUser;
 use crate::change::change;
+use crate::checks::operator_only;
 use crate::db::{now_ms, on_db};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
@@ -15,6 +16,9 @@ use api::teams::{Preset, QuotaLimits, QuotaRequest, QuotaUse, QuotaView};
 use api::{Action, ErrorBody, Object};
 use axum::extract::State;
 use proto::openapi::Name;
+
+/// What only an operator may do here (the 403's message).
+const WHAT: &str = "read every team's quota or set one";
 
 /// A team's limits and use as stored.
 #[derive(sqlx::FromRow)]
@@ -82,16 +86,6 @@ async fn quota_of(state: &AppState, user: &AuthUser, team: &str) -> Result<Quota
     row.ok_or_else(|| ApiError::NotFound(format!("no team {team}")))
 }
 
-fn operator_only(user: &AuthUser) -> Result<(), ApiError> {
-    if user.operator {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "only an operator may read every team's quota or set one".into(),
-        ))
-    }
-}
-
 /// Every team of the installation with its tier, limits and use (operators only).
 #[utoipa::path(get, path = "/api/v1/quotas", tag = "teams", security(("jwt" = [])),
     responses((status = 200, body = [QuotaView]),
@@ -101,7 +95,7 @@ pub async fn list_quotas(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<Vec<QuotaView>>, ApiError> {
-    operator_only(&user)?;
+    operator_only(&user, WHAT)?;
     let sql = format!("{QUOTA_SELECT} ORDER BY t.name");
     let rows: Vec<QuotaRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).fetch_all(pool).await?
@@ -174,7 +168,7 @@ pub async fn set_quota(
     Path(team): Path<String>,
     Json(req): Json<QuotaRequest>,
 ) -> Result<Json<QuotaView>, ApiError> {
-    operator_only(&user)?;
+    operator_only(&user, WHAT)?;
     let limits = limits_of(&req)?;
     let row = quota_of(&state, &user, &team).await?;
     let now = now_ms();

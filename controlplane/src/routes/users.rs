@@ -4,6 +4,7 @@
 use super::login::issue;
 use crate::auth::{AuthUser, PeerAddr};
 use crate::change::change;
+use crate::checks::operator_only;
 use crate::credentials;
 use crate::db::{on_db, rfc3339};
 use crate::error::ApiError;
@@ -14,6 +15,9 @@ use api::users::{AllowanceFrom, ChangeSecret, UpdateUser, UserView, MAX_SECRET};
 use api::{Action, ErrorBody, Object};
 use axum::extract::State;
 use proto::openapi::Name;
+
+/// What only an operator may do here (the 403's message).
+const WHAT: &str = "read or change users";
 
 /// A user as stored, with what decides their team allowance.
 #[derive(sqlx::FromRow)]
@@ -73,16 +77,6 @@ impl UserRow {
     }
 }
 
-fn operator_only(user: &AuthUser) -> Result<(), ApiError> {
-    if user.operator {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "only an operator may read or change users".into(),
-        ))
-    }
-}
-
 async fn find(state: &AppState, identity: &str) -> Result<UserView, ApiError> {
     let sql = format!("{USER_SELECT} WHERE u.identity = $1");
     let row: Option<UserRow> = on_db!(&state.db, pool => {
@@ -101,7 +95,7 @@ pub async fn list_users(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> Result<Json<Vec<UserView>>, ApiError> {
-    operator_only(&user)?;
+    operator_only(&user, WHAT)?;
     let sql = format!("{USER_SELECT} ORDER BY u.identity");
     let rows: Vec<UserRow> = on_db!(&state.db, pool => {
         sqlx::query_as(&sql).fetch_all(pool).await?
@@ -121,7 +115,7 @@ pub async fn get_user(
     user: AuthUser,
     Path(identity): Path<String>,
 ) -> Result<Json<UserView>, ApiError> {
-    operator_only(&user)?;
+    operator_only(&user, WHAT)?;
     Ok(Json(find(&state, &identity).await?))
 }
 
@@ -142,7 +136,7 @@ pub async fn update_user(
     Path(identity): Path<String>,
     Json(req): Json<UpdateUser>,
 ) -> Result<Json<UserView>, ApiError> {
-    operator_only(&user)?;
+    operator_only(&user, WHAT)?;
     if req.max_teams.is_some_and(|n| n < 0) {
         return Err(ApiError::Unprocessable("a limit cannot be negative".into()));
     }

@@ -20,6 +20,7 @@ mod e2e {
     pub mod idem;
     pub mod jobs;
     pub mod limits;
+    pub mod operator;
     pub mod persistent;
     pub mod readme;
     pub mod replicas;

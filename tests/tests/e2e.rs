@@ -23,6 +23,7 @@ mod e2e {
     pub mod persistent;
     pub mod readme;
     pub mod seed_cli;
+    pub mod seed_promises;
     pub mod slow_consumers;
     pub mod soak;
     pub mod tls;

@@ -268,9 +268,7 @@ pub enum Only {
 pub fn rerun_workers(job: &JobView, only: Only) -> Vec<String> {
     job.outcomes
         .iter()
-        .filter(|w| {
-            only == Only::All || !matches!(w.outcome, JobOutcome::Ok | JobOutcome::Retried)
-        })
+        .filter(|w| only == Only::All || !matches!(w.outcome, JobOutcome::Ok | JobOutcome::Retried))
         .map(|w| w.worker.clone())
         .collect()
 }

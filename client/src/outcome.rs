@@ -340,8 +340,13 @@ impl Outcome {
         {
             return 3;
         }
-        let answered = || self.workers.iter().filter(|w| w.status != WorkerStatus::Retried);
-        let all_ok = answered().next().is_some() && answered().all(|w| w.status == WorkerStatus::Ok);
+        let answered = || {
+            self.workers
+                .iter()
+                .filter(|w| w.status != WorkerStatus::Retried)
+        };
+        let all_ok =
+            answered().next().is_some() && answered().all(|w| w.status == WorkerStatus::Ok);
         let summary_ok = self
             .summary
             .is_none_or(|s| s.failed == 0 && s.lost == 0 && s.skipped == 0 && s.detached == 0);
@@ -636,7 +641,11 @@ mod tests {
             0,
             &[("a", "retried"), ("b", "ok")],
         );
-        check(&[accepted("a"), failed("a", ErrorKind::Retried)], 1, &[("a", "retried")]);
+        check(
+            &[accepted("a"), failed("a", ErrorKind::Retried)],
+            1,
+            &[("a", "retried")],
+        );
     }
 
     fn output(worker: &str, seq: u64, text: &str) -> ClientEvent {

@@ -21,7 +21,7 @@ pub const PROTOCOL_VERSION: u16 = 6;
 // 5: `Frame::Pause` and `Frame::Resume` (flow control of a dispatch's output: a worker of
 // version 4 would take them for malformed frames and drop its connection).
 // 6: `ErrorKind::Retried` (a roundrobin worker lost after it accepted, the request run again
-// on another worker).
+// on another worker) and `Frame::Bound` (the services a worker is bound to).
 
 text_enum! {
     ("role", "lowercase")
@@ -557,6 +557,12 @@ pub enum Frame {
     },
 
     // -- broker → worker --
+    /// After the worker's `Announce`: the configured services it is bound to (its debug log
+    /// names each, as the original's did). Informational; may be empty.
+    Bound {
+        /// Service names, in the worker's team.
+        services: Vec<String>,
+    },
     /// Run a plugin. (Boxed, as `Request`: they are the two large variants, and a `Frame` is
     /// as large as its largest; the small ones on the hot path are moved several times
     /// each, from the decoder to where they are handled.)
@@ -740,6 +746,7 @@ impl Frame {
             Frame::Done { .. } => "Done",
             Frame::Failed { .. } => "Failed",
             Frame::Events { .. } => "Events",
+            Frame::Bound { .. } => "Bound",
             Frame::Dispatch(_) => "Dispatch",
             Frame::Pause { .. } => "Pause",
             Frame::Resume { .. } => "Resume",

@@ -449,7 +449,9 @@ pub fn write_report(
         }
         if let Some(s) = &outcome.summary {
             let retried = outcome.workers.iter();
-            let retried = retried.filter(|w| w.status == WorkerStatus::Retried).count();
+            let retried = retried
+                .filter(|w| w.status == WorkerStatus::Retried)
+                .count();
             match retried {
                 0 => writeln!(out, "{}", summary_line(s))?,
                 n => writeln!(out, "{}, {n} retried elsewhere", summary_line(s))?,

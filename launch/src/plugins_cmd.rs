@@ -8,16 +8,20 @@ use std::path::PathBuf;
 /// `triggerfs plugins ...`.
 #[derive(clap::Subcommand, Debug)]
 pub enum PluginsCommand {
-    /// Lay out the core plugins (echo, command, file, append) as DIR/<name>/plugin.toml
-    /// (`core = "<name>"`): the worker serves them itself, no executable is written.
+    /// Lay out the core plugins (echo, command, file, append) as DIR/<name>/plugin.toml.
+    ///
+    /// Each manifest says `core = "<name>"`: the worker serves the plugin itself, so no
+    /// executable is written.
     Install {
         /// The plugins directory (a worker's `pluginspath`).
         dir: PathBuf,
     },
-    /// List the plugins a worker with this plugins path offers: executables directly in it
-    /// (DIR/<name>, the plain contract), directories DIR/<name> with a core plugin's
-    /// `plugin.toml` or an executable DIR/<name>/<name> (plain or persistent), and what is
-    /// refused. Without DIR and `[workers] pluginspath`: the core plugins' names.
+    /// List the plugins a plugins path offers, and how a worker serves each.
+    ///
+    /// Executables directly in it (DIR/<name>, the plain contract), directories DIR/<name>
+    /// with a core plugin's `plugin.toml` or an executable DIR/<name>/<name> (plain or
+    /// persistent), and what is refused (e.g. a symlink out of it). Without DIR and
+    /// `[workers] pluginspath`: the core plugins' names.
     List {
         /// The plugins directory (else `[workers] pluginspath`).
         dir: Option<PathBuf>,

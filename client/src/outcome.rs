@@ -619,6 +619,17 @@ mod tests {
             1,
             &[("a", "cancelled")],
         );
+    }
+
+    /// A plugin no worker has is a refused request (2); a worker `retried` elsewhere is no
+    /// failure, but alone it is no success.
+    #[test]
+    fn refused_plugins_and_retried_workers() {
+        let summary = ClientEvent::Summary(Summary {
+            workers: 1,
+            ok: 1,
+            ..Default::default()
+        });
         check(
             &[failed("a", ErrorKind::PluginNotFound)],
             2,
@@ -636,7 +647,7 @@ mod tests {
                 failed("a", ErrorKind::Retried),
                 accepted("b"),
                 done("b", 0),
-                summary(1, 0, 0),
+                summary,
             ],
             0,
             &[("a", "retried"), ("b", "ok")],

@@ -25,6 +25,7 @@ mod e2e {
     pub mod readme;
     pub mod replicas;
     pub mod seed_cli;
+    pub mod seed_promises;
     pub mod slow_consumers;
     pub mod soak;
     pub mod tls;

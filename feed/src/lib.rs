@@ -23,7 +23,7 @@ use futures_lite::StreamExt;
 use proto::control::{BrokerReport, BrokerSnapshot, Claims, WorkerState, WorkerStateReport};
 use proto::{Credential, ErrorKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -56,7 +56,8 @@ pub enum FeedError {
 /// Where the control plane is and how the broker proves itself to it.
 #[derive(Debug, Clone)]
 pub struct FeedSettings {
-    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    /// Base URL, e.g. `http://127.0.0.1:8080`; several, comma-separated, for control-plane
+    /// replicas: the feed fails over to the next when one cannot be reached or answers 5xx.
     pub url: String,
     /// The broker token from the control plane's data dir.
     pub broker_token: String,
@@ -158,6 +159,9 @@ fn compile(snapshot: BrokerSnapshot) -> Result<Compiled, String> {
 struct Http {
     client: reqwest::Client,
     settings: FeedSettings,
+    /// The base URLs of [`FeedSettings::url`], and the one in use (an index that only grows).
+    urls: Vec<String>,
+    at: AtomicUsize,
 }
 
 impl Http {
@@ -169,11 +173,35 @@ impl Http {
                 .build()
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
             settings: settings.clone(),
+            urls: settings
+                .url
+                .split(',')
+                .map(|u| u.trim().trim_end_matches('/').to_string())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            at: AtomicUsize::new(0),
         })
     }
 
+    /// The base URL in use.
+    fn base(&self) -> &str {
+        let at = self.at.load(Ordering::Relaxed);
+        self.urls
+            .get(at % self.urls.len().max(1))
+            .map_or(self.settings.url.as_str(), String::as_str)
+    }
+
+    /// After a failure: the next base URL, when there are several.
+    fn fail_over(&self, why: &str) {
+        if self.urls.len() > 1 {
+            let from = self.base().to_string();
+            self.at.fetch_add(1, Ordering::Relaxed);
+            warn!(%from, to = %self.base(), error = %why, "control plane unreachable; failing over");
+        }
+    }
+
     async fn snapshot(&self) -> Result<BrokerSnapshot, String> {
-        let url = format!("{}/api/v1/broker/snapshot", self.settings.url);
+        let url = format!("{}/api/v1/broker/snapshot", self.base());
         let resp = self
             .client
             .get(&url)
@@ -190,7 +218,7 @@ impl Http {
     /// Follows the event stream; calls `changed` once subscribed and per config event.
     /// `Ok` when an established stream ended, `Err` when it could not be established.
     async fn follow(&self, changed: &mut impl FnMut()) -> Result<(), String> {
-        let url = format!("{}/api/v1/events", self.settings.url);
+        let url = format!("{}/api/v1/events", self.base());
         let resp = self
             .client
             .get(&url)
@@ -216,7 +244,7 @@ impl Http {
     }
 
     async fn post_jobs(&self, batch: &proto::job::JobBatch) -> jobs::Delivery {
-        let url = format!("{}/api/v1/broker/jobs", self.settings.url);
+        let url = format!("{}/api/v1/broker/jobs", self.base());
         // zstd-compressed here, on the idle-priority `job-history` thread: the control
         // plane's HTTP threads, at normal priority, then read a few KB a job instead of the
         // ~140 KB of JSON a 1,000-worker job is (it is decompressed on its `job-store`
@@ -251,7 +279,7 @@ impl Http {
     }
 
     async fn report(&self, report: &BrokerReport) -> Result<(), String> {
-        let url = format!("{}/api/v1/broker/report", self.settings.url);
+        let url = format!("{}/api/v1/broker/report", self.base());
         let resp = self
             .client
             .post(&url)
@@ -385,6 +413,7 @@ async fn follow_loop(http: Arc<Http>, inner: Arc<Inner>) {
             }
             Err(e) => {
                 warn!(error = %e, "cannot fetch configuration; keeping the last one");
+                http.fail_over(&e);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -413,7 +442,10 @@ async fn follow_loop(http: Arc<Http>, inner: Arc<Inner>) {
                 warn!("configuration event stream ended; reconnecting");
                 backoff = Duration::from_millis(100);
             }
-            Err(e) => warn!(error = %e, "cannot follow configuration events; retrying"),
+            Err(e) => {
+                warn!(error = %e, "cannot follow configuration events; retrying");
+                http.fail_over(&e);
+            }
         }
         drop(changed_tx);
         let _ = fetcher.await;

@@ -104,7 +104,8 @@ pub struct BrokerArgs {
     /// Address to listen on.
     #[arg(long, env = "TRIGGERFS_LISTEN", default_value = "127.0.0.1:5555")]
     pub listen: SocketAddr,
-    /// Control plane URL to take services and trust from (else `[broker]` of the config file).
+    /// Control plane URL to take services and trust from (else `[broker]` of the config file);
+    /// several, comma-separated, for replicas: the broker fails over between them.
     #[arg(long, env = "TRIGGERFS_CONTROL_URL")]
     pub control: Option<String>,
     /// The control plane's broker token (see its data dir's broker.token).

@@ -952,8 +952,18 @@ pub fn start_controlled_broker(
     port: u16,
     extra: &[&str],
 ) -> Result<(Proc, Vec<String>)> {
+    start_broker_following(&control.url, &control.broker_token_file(), port, extra)
+}
+
+/// A broker on `port` that takes its configuration from `control_urls` (comma-separated),
+/// with the broker token in `token_file`.
+pub fn start_broker_following(
+    control_urls: &str,
+    token_file: &Path,
+    port: u16,
+    extra: &[&str],
+) -> Result<(Proc, Vec<String>)> {
     let listen = format!("127.0.0.1:{port}");
-    let token_file = control.broker_token_file();
     let mut args = vec![
         "broker",
         "--listen",
@@ -961,7 +971,7 @@ pub fn start_controlled_broker(
         "--shards",
         "2",
         "--control",
-        &control.url,
+        control_urls,
         "--broker-token-file",
         token_file.to_str().unwrap(),
     ];

@@ -2,7 +2,7 @@
 //! key and the brokers' token, each one's `/events` carries the changes made through the
 //! others (`LISTEN/NOTIFY`), so a member removed through one replica is cut at a broker that
 //! follows another; wrong secrets spread over both lock as on one; and with one replica
-//! killed, the other serves on.
+//! killed, the other serves on and the broker fails over to it.
 
 use super::api_abuse::{client_from, loopback};
 use super::trust::{ends, open_events, run, spec};
@@ -73,8 +73,9 @@ async fn replicas_share_keys_events_and_revocation() -> Result<()> {
         .await?;
     let dave = Api::login(&b.url, &team, "dave", "dave-secret-1").await?;
 
-    // The broker follows A; dave's token from B is good there.
-    let (_broker, _) = start_controlled_broker(&a, port, &[])?;
+    // The broker follows A (B when A is gone); dave's token from B is good there.
+    let urls = format!("{},{}", a.url, b.url);
+    let (_broker, _) = start_broker_following(&urls, &a.broker_token_file(), port, &[])?;
     let plugins = Plugins::core()?;
     let _worker = start_worker(
         broker_addr.parse()?,
@@ -150,5 +151,25 @@ async fn replicas_share_keys_events_and_revocation() -> Result<()> {
     let mut names: Vec<_> = services.iter().map(|s| s.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["svc", "svc2"]);
+
+    // The broker fails over to B: a member added through B is let in there.
+    api_b
+        .ok(
+            "POST",
+            &format!("/api/v1/teams/{team}/members"),
+            json!({"identity": "erin", "secret": "erin-secret-1"}),
+        )
+        .await?;
+    let erin = Api::login(&b.url, &team, "erin", "erin-secret-1").await?;
+    let erin_jwt = erin.token().context("erin's token")?;
+    let killed = Instant::now();
+    wait_until(Duration::from_secs(10), "erin let in", || async {
+        connect_jwt(&broker_addr, &erin_jwt).await.is_ok()
+    })
+    .await?;
+    println!(
+        "the broker took B's change {:?} after A was killed",
+        killed.elapsed()
+    );
     Ok(())
 }

@@ -1036,14 +1036,25 @@ mod tests {
     }
 
     fn http(url: String) -> Http {
-        Http {
-            client: reqwest::Client::new(),
-            settings: FeedSettings {
-                url,
-                broker_token: "bt".into(),
-                record_jobs: true,
-            },
-        }
+        Http::new(&FeedSettings {
+            url,
+            broker_token: "bt".into(),
+            record_jobs: true,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_feed_fails_over_between_comma_separated_urls() {
+        let http = http("http://a:1, http://b:2/".into());
+        assert_eq!(http.base(), "http://a:1");
+        http.fail_over("down");
+        assert_eq!(http.base(), "http://b:2");
+        http.fail_over("down");
+        assert_eq!(http.base(), "http://a:1");
+        let one = super::tests::http("http://c:3".into());
+        one.fail_over("down");
+        assert_eq!(one.base(), "http://c:3");
     }
 
     #[tokio::test]

@@ -819,6 +819,11 @@ async fn nested_directories_through_the_mount() -> Result<()> {
     rig.wait_lines(&sink, 2, Duration::from_secs(15)).await?;
     let e = std::fs::rename(mnt.join("sites"), mnt.join("sites/garden/rpi/x")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    // 16 levels, and no more: the 17th is ENAMETOOLONG.
+    let deep: Vec<String> = (1..=17).map(|i| format!("l{i}")).collect();
+    sh(&format!("mkdir -p {}", deep[..16].join("/")))?;
+    let e = std::fs::create_dir(mnt.join(deep.join("/"))).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}");
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use cli::{client_cmd, console, jobs_cmd};
 use launch::settings::Settings;
-use launch::{broker, control, mount, seed, up, worker};
+use launch::{broker, control, mount, plugins_cmd, seed, up, worker};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
@@ -68,8 +68,9 @@ enum Command {
     #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchChild(bench::ChildArgs),
-    /// Create the seed's program names (triggerfs-client, triggerfs-worker, triggerfs-fs)
-    /// in DIR as symlinks to this binary; started under one, it runs that subcommand.
+    /// Create the seed's program names (triggerfs-client, triggerfs-worker, triggerfs-fs,
+    /// triggerfs-cli) in DIR as symlinks to this binary; started under one, it runs that
+    /// subcommand.
     InstallLinks {
         /// Where to create the links (e.g. a directory on PATH).
         dir: PathBuf,
@@ -77,19 +78,8 @@ enum Command {
     /// Manage plugins.
     Plugins {
         #[command(subcommand)]
-        command: PluginsCommand,
+        command: plugins_cmd::PluginsCommand,
     },
-}
-
-#[derive(Subcommand, Debug)]
-enum PluginsCommand {
-    /// Lay out the core plugins (echo, command, file, append) as DIR/<name>/<name>.
-    Install {
-        /// The plugins directory (a worker's `pluginspath`).
-        dir: PathBuf,
-    },
-    /// List the core plugins.
-    List,
 }
 
 fn main() {
@@ -142,14 +132,29 @@ fn main() {
 /// `$TRIGGERFS_CONFIG`, else `$HOME/triggerfs.toml`) gives the defaults of the flags that
 /// stand for its keys ([`Settings::under_flags`]). A file that cannot be read is the error
 /// returned, after the command line is checked (so `--help` still works).
-fn parse(args: Vec<OsString>) -> (Cli, Result<Settings>) {
+fn parse(mut args: Vec<OsString>) -> (Cli, Result<Settings>) {
     // A first pass, errors ignored, finds `--config` wherever it is.
-    let config = Cli::command()
+    let first = Cli::command()
         .ignore_errors(true)
         .try_get_matches_from(&args)
-        .ok()
+        .ok();
+    let config = first
+        .as_ref()
         .and_then(|matches| matches.get_one::<PathBuf>("config").cloned());
     let settings = Settings::load(config.as_deref());
+    // `triggerfs` alone: the fs module, as the original's `./triggerfs`, when the file says
+    // where to mount; else the usage and how to mount.
+    let asks = ["-h", "--help", "-V", "--version", "help"];
+    let asks = args.iter().skip(1).any(|a| asks.iter().any(|h| a == h));
+    if !asks && first.is_some_and(|m| m.subcommand_name().is_none()) {
+        match &settings {
+            Ok(settings) if mount::bare_runs_fs(settings) => args.push("fs".into()),
+            _ => {
+                eprintln!("{}\n{}", Cli::command().render_usage(), mount::HOW_TO_MOUNT);
+                std::process::exit(2);
+            }
+        }
+    }
     let command = match &settings {
         Ok(settings) => settings.under_flags(Cli::command()),
         Err(_) => Cli::command(),
@@ -177,7 +182,7 @@ fn run(cli: Cli, settings: &Settings) -> Result<i32> {
         Command::Broker(args) => broker::run(args, settings),
         Command::Control(args) => control::run(args),
         Command::Worker(args) => worker::run(args, settings, trust),
-        Command::Fs(args) => mount::run(args),
+        Command::Fs(args) => mount::run(args, env!("CARGO_PKG_VERSION")),
         Command::Client(args) => client_cmd::main(args),
         Command::Jobs(args) => jobs_cmd::main(args),
         Command::Cli(args) => console::run(args, cli.config),
@@ -195,19 +200,6 @@ fn run(cli: Cli, settings: &Settings) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Plugins { command } => match command {
-            PluginsCommand::Install { dir } => {
-                for path in plugins::install(&dir)? {
-                    println!("installed {}", path.display());
-                }
-                Ok(0)
-            }
-            PluginsCommand::List => {
-                for name in plugins::CORE_PLUGINS {
-                    println!("{name}");
-                }
-                Ok(0)
-            }
-        },
+        Command::Plugins { command } => plugins_cmd::run(command, settings),
     }
 }

@@ -105,7 +105,7 @@ pub struct JobWorkerView {
     /// Worker identity.
     pub worker: String,
     /// `ok`, `failed`, `timed_out`, `lost`, `cancelled`, `no_response`, `offline`, `skipped`,
-    /// `detached`.
+    /// `detached`, `retried`.
     pub outcome: JobOutcome,
     /// The plugin's exit code, when it exited.
     pub exit_code: Option<i64>,

@@ -3,25 +3,13 @@
 use proto::text_enum;
 use serde::{Deserialize, Serialize};
 
-text_enum! {
-    ("role", "lowercase")
-    /// A member's role in a team: an `admin` may invite, remove and change members and delete
-    /// the team, and change any object of it; a `member` only their own objects.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-    #[serde(rename_all = "lowercase")]
-    pub enum Role {
-        /// Manages the team.
-        Admin,
-        /// Uses the team.
-        Member,
-    }
-}
+pub use proto::control::TeamRole as Role;
 
 text_enum! {
     ("preset", "lowercase")
-    /// A tier's limits: `free` (2 workers, 1 service, 3 triggers, 2 users, no public
-    /// services), `basic` (25, 5, 26, 9), `advanced` (100, 20, 51, 25), `unlimited`.
+    /// A tier's limits, as the seed's price table: `free` (2 workers, 1 service, 3 triggers,
+    /// 2 users, 1 team per admin, no public services), `basic` (25, 5, 26, 9, 1),
+    /// `advanced` (100, 20, 51, 25, 2 teams), `unlimited`.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
     #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     #[serde(rename_all = "lowercase")]
@@ -63,8 +51,12 @@ pub struct QuotaLimits {
     pub max_services: Option<i64>,
     /// Triggers.
     pub max_triggers: Option<i64>,
-    /// Users (members).
+    /// Users (members; operators are not counted).
     pub max_users: Option<i64>,
+    /// Teams each admin of this team may create, unless an operator gave them an allowance
+    /// of their own (the most generous of the teams they are an admin of counts; a user who
+    /// is an admin of no team may create 1).
+    pub max_teams: Option<i64>,
     /// Whether services may be `public` (not in the `free` tier).
     pub public_services: bool,
 }
@@ -72,25 +64,35 @@ pub struct QuotaLimits {
 impl QuotaLimits {
     /// The seed's price table: `free`, `basic`, `advanced`; and `unlimited`.
     pub fn preset(preset: Preset) -> QuotaLimits {
-        let limits = |w, s, t, u, public_services| QuotaLimits {
+        let limits = |w, s, t, u, teams, public_services| QuotaLimits {
             max_workers: Some(w),
             max_services: Some(s),
             max_triggers: Some(t),
             max_users: Some(u),
+            max_teams: Some(teams),
             public_services,
         };
         match preset {
-            Preset::Free => limits(2, 1, 3, 2, false),
-            Preset::Basic => limits(25, 5, 26, 9, true),
-            Preset::Advanced => limits(100, 20, 51, 25, true),
+            Preset::Free => limits(2, 1, 3, 2, 1, false),
+            Preset::Basic => limits(25, 5, 26, 9, 1, true),
+            Preset::Advanced => limits(100, 20, 51, 25, 2, true),
             Preset::Unlimited => QuotaLimits {
                 max_workers: None,
                 max_services: None,
                 max_triggers: None,
                 max_users: None,
+                max_teams: None,
                 public_services: true,
             },
         }
+    }
+
+    /// The preset these limits are, if any (`None`: limits of their own).
+    pub fn tier(&self) -> Option<Preset> {
+        <Preset as strum::VariantArray>::VARIANTS
+            .iter()
+            .copied()
+            .find(|p| QuotaLimits::preset(*p) == *self)
     }
 }
 
@@ -100,6 +102,8 @@ impl QuotaLimits {
 pub struct QuotaView {
     /// Team.
     pub team: String,
+    /// The preset the limits are (`null`: limits of their own).
+    pub tier: Option<Preset>,
     /// Limits (`null`: unlimited).
     #[serde(flatten)]
     pub limits: QuotaLimits,
@@ -141,6 +145,9 @@ pub struct QuotaRequest {
     /// Users (`null`: unlimited).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Limit>))]
     pub max_users: Option<i64>,
+    /// Teams each admin of the team may create (`null`: unlimited).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Limit>))]
+    pub max_teams: Option<i64>,
     /// Whether services may be `public` (default true).
     pub public_services: Option<bool>,
 }
@@ -163,7 +170,7 @@ pub struct MemberView {
     pub identity: String,
     /// `admin` or `member`.
     pub role: Role,
-    /// Whether the user may set quotas.
+    /// Whether the user is an operator (administers every team's tier and limits).
     pub operator: bool,
     /// When they joined (RFC 3339).
     pub joined: String,

@@ -258,7 +258,7 @@ fn clip(text: &str, max: usize) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Only {
     /// Every worker whose outcome was not `ok` (failed, timed out, lost, cancelled, never
-    /// answered).
+    /// answered), except one `retried` elsewhere.
     Failed,
     /// Every worker of the job.
     All,
@@ -268,7 +268,7 @@ pub enum Only {
 pub fn rerun_workers(job: &JobView, only: Only) -> Vec<String> {
     job.outcomes
         .iter()
-        .filter(|w| only == Only::All || w.outcome != JobOutcome::Ok)
+        .filter(|w| only == Only::All || !matches!(w.outcome, JobOutcome::Ok | JobOutcome::Retried))
         .map(|w| w.worker.clone())
         .collect()
 }

@@ -114,6 +114,9 @@ proto::text_enum! {
         Skipped,
         /// Still running when the quorum was reached; left to run on.
         Detached,
+        /// Went away after it accepted; the request ran again on another worker (roundrobin
+        /// with `retry`), whose answer is the request's.
+        Retried,
     }
 }
 
@@ -146,6 +149,7 @@ impl WorkerStatus {
             ErrorKind::NoResponse => WorkerStatus::NoResponse,
             ErrorKind::Skipped => WorkerStatus::Skipped,
             ErrorKind::Detached => WorkerStatus::Detached,
+            ErrorKind::Retried => WorkerStatus::Retried,
             _ => WorkerStatus::Error,
         }
     }
@@ -164,7 +168,8 @@ impl WorkerStatus {
             WorkerStatus::Cancelled => 7,
             WorkerStatus::Skipped => 8,
             WorkerStatus::Detached => 9,
-            WorkerStatus::Ok => 10,
+            WorkerStatus::Retried => 10,
+            WorkerStatus::Ok => 11,
         }
     }
 
@@ -300,11 +305,18 @@ impl Outcome {
     }
 
     /// The process exit status this outcome means: 0 when at least one worker ran and every
-    /// one exited 0 (or a fire-and-forget request was queued, or the quorum was met); 2 for
-    /// a request-level error; 4 when `max_failures` stopped the run; 3 when a worker timed
-    /// out, was offline or gave no response, or the connection dropped; 1 otherwise.
+    /// one exited 0 (or a fire-and-forget request was queued, or the quorum was met; a worker
+    /// lost and `retried` elsewhere does not count); 2 for a request-level error or a
+    /// plugin no worker has (`PluginNotFound`); 4 when `max_failures` stopped the run; 3 when
+    /// a worker timed out, was offline or gave no response, or the connection dropped; 1
+    /// otherwise.
     pub fn exit_status(&self) -> i32 {
-        if self.error.is_some() {
+        let refused = |w: &WorkerOutcome| {
+            w.error
+                .as_ref()
+                .is_some_and(|e| e.kind == ErrorKind::PluginNotFound)
+        };
+        if self.error.is_some() || self.workers.iter().any(refused) {
             return 2;
         }
         if self.queued.is_some() || self.summary.is_some_and(|s| s.quorum_met) {
@@ -328,8 +340,13 @@ impl Outcome {
         {
             return 3;
         }
+        let answered = || {
+            self.workers
+                .iter()
+                .filter(|w| w.status != WorkerStatus::Retried)
+        };
         let all_ok =
-            !self.workers.is_empty() && self.workers.iter().all(|w| w.status == WorkerStatus::Ok);
+            answered().next().is_some() && answered().all(|w| w.status == WorkerStatus::Ok);
         let summary_ok = self
             .summary
             .is_none_or(|s| s.failed == 0 && s.lost == 0 && s.skipped == 0 && s.detached == 0);
@@ -480,7 +497,8 @@ mod tests {
                 "offline",
                 "no_response",
                 "skipped",
-                "detached"
+                "detached",
+                "retried"
             ]
         );
         for status in WorkerStatus::VARIANTS {
@@ -601,10 +619,43 @@ mod tests {
             1,
             &[("a", "cancelled")],
         );
+    }
+
+    /// A plugin no worker has is a refused request (2); a worker `retried` elsewhere is no
+    /// failure, but alone it is no success.
+    #[test]
+    fn refused_plugins_and_retried_workers() {
+        let summary = ClientEvent::Summary(Summary {
+            workers: 1,
+            ok: 1,
+            ..Default::default()
+        });
         check(
             &[failed("a", ErrorKind::PluginNotFound)],
+            2,
+            &[("a", "error")],
+        );
+        check(
+            &[failed("a", ErrorKind::PluginFailed)],
             1,
             &[("a", "error")],
+        );
+        // Fail-over after `Accepted`: the lost worker is `retried`, the request succeeded.
+        check(
+            &[
+                accepted("a"),
+                failed("a", ErrorKind::Retried),
+                accepted("b"),
+                done("b", 0),
+                summary,
+            ],
+            0,
+            &[("a", "retried"), ("b", "ok")],
+        );
+        check(
+            &[accepted("a"), failed("a", ErrorKind::Retried)],
+            1,
+            &[("a", "retried")],
         );
     }
 

@@ -88,6 +88,16 @@ pub(crate) fn check_quota(
     }
 }
 
+/// The caller is an operator (the installation's: every team's quota, every user's
+/// allowance); anyone else gets 403 "only an operator may {what}".
+pub(crate) fn operator_only(user: &AuthUser, what: &str) -> Result<(), ApiError> {
+    if user.operator {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("only an operator may {what}")))
+    }
+}
+
 /// The caller may change an object: they own it or are an admin of its team.
 pub(crate) fn may_modify(user: &AuthUser, owner: &str) -> Result<(), ApiError> {
     if user.is_admin() || user.identity == owner {

@@ -1,7 +1,10 @@
 //! Credentials: the JWT keys, argon2 secret hashing, and the [`LoginGuard`] that bounds what
-//! logins may cost and what wrong secrets do. Nothing here reads a request or the store.
+//! logins may cost and what wrong secrets do (counted in the store, `guesses`). Nothing here
+//! reads a request.
 
+use crate::db::Db;
 use crate::error::ApiError;
+use crate::guesses;
 use crate::settings::LoginLimits;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
@@ -73,30 +76,13 @@ impl JwtKeys {
 ///   left), so a right secret is never refused because of other addresses' guesses, while
 ///   a distributed guesser gets one guess per address and then shares the budget.
 /// - At most one argon2 computation per core at a time (each holds 19 MiB).
+///
+/// The locks and the identity's budget are kept in the store (`guesses`), so replicas on one
+/// database count the same guesses; the address's rate limit is this process's.
 pub struct LoginGuard {
-    by_identity: DefaultKeyedRateLimiter<String>,
     by_address: DefaultKeyedRateLimiter<IpAddr>,
     hashing: Semaphore,
-    /// Wrong secrets in a row and locks, by (address, identity cut to `MAX_KEY_BYTES`).
-    /// Identities that do not exist are counted and locked the same way, so a lock says
-    /// nothing about whether a user exists; the map is pruned above `PRUNE_ABOVE` entries
-    /// like the rate limiters, so it does not grow with what callers claim.
-    lockouts: std::sync::Mutex<std::collections::HashMap<LockKey, Lockout>>,
     limits: LoginLimits,
-}
-
-/// Who guessed (the client address, when known) and for whom (the cut identity).
-type LockKey = (Option<IpAddr>, String);
-
-/// One address's wrong secrets in a row for one identity, and its lock.
-#[derive(Debug, Default)]
-struct Lockout {
-    failures: u32,
-    /// Locks so far without a good login between (the next is twice as long).
-    locks: u32,
-    until: Option<std::time::Instant>,
-    /// The failures that set the current lock (for the message).
-    locked_after: u32,
 }
 
 /// Keys a limiter remembers before it forgets those back at their full burst.
@@ -114,16 +100,12 @@ fn quota(burst: u32, period: Duration) -> Quota {
 }
 
 /// `identity` cut to at most `MAX_KEY_BYTES` (at a character boundary), as limiters key it.
-fn limiter_key(identity: &str) -> &str {
+pub(crate) fn limiter_key(identity: &str) -> &str {
     let mut end = identity.len().min(MAX_KEY_BYTES);
     while !identity.is_char_boundary(end) {
         end -= 1;
     }
     &identity[..end]
-}
-
-fn lock_key(identity: &str, address: Option<IpAddr>) -> LockKey {
-    (address, limiter_key(identity).to_string())
 }
 
 /// Whole seconds until `not_until`, at least 1 (for `Retry-After`).
@@ -137,79 +119,37 @@ impl LoginGuard {
     pub fn new(limits: LoginLimits) -> LoginGuard {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         LoginGuard {
-            by_identity: RateLimiter::keyed(quota(limits.identity_burst, limits.identity_period)),
             by_address: RateLimiter::keyed(quota(limits.address_burst, limits.address_period)),
             hashing: Semaphore::new(cores),
-            lockouts: std::sync::Mutex::new(std::collections::HashMap::new()),
             limits,
         }
     }
 
-    fn lockouts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<LockKey, Lockout>> {
-        self.lockouts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// `LockedOut` while `address`'s logins as `identity` are locked (the right secret too).
-    fn check_lock(&self, identity: &str, address: Option<IpAddr>) -> Result<(), ApiError> {
-        let lockouts = self.lockouts();
-        let Some(lock) = lockouts.get(&lock_key(identity, address)) else {
-            return Ok(());
-        };
-        match lock.until {
-            Some(until) if until > std::time::Instant::now() => {
-                let left = until - std::time::Instant::now();
-                Err(ApiError::LockedOut {
-                    identity: identity.to_string(),
-                    failures: lock.locked_after,
-                    retry_after: (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1),
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts a checked secret for `identity` from `address`: a good one clears that
-    /// address's count and locks for it; `lockout_after` wrong ones in a row lock that
-    /// address's logins as `identity` (see [`LoginLimits`]).
-    pub fn record(&self, identity: &str, address: Option<IpAddr>, good: bool) {
-        let key = lock_key(identity, address);
-        let mut lockouts = self.lockouts();
-        if good {
-            lockouts.remove(&key);
-            return;
-        }
-        if lockouts.len() > PRUNE_ABOVE {
-            let now = std::time::Instant::now();
-            lockouts.retain(|_, l| l.until.is_some_and(|u| u > now));
-            if lockouts.len() > PRUNE_ABOVE {
-                lockouts.clear();
-            }
-        }
-        let limits = &self.limits;
-        let lock = lockouts.entry(key).or_default();
-        lock.failures += 1;
-        if lock.failures >= limits.lockout_after.max(1) {
-            let factor = 1u32 << lock.locks.min(16);
-            let length = limits
-                .lockout
-                .saturating_mul(factor)
-                .min(limits.lockout_max);
-            lock.until = Some(std::time::Instant::now() + length);
-            lock.locked_after = lock.failures;
-            lock.locks += 1;
-            lock.failures = 0;
-            tracing::warn!(%identity, ?address, failures = lock.locked_after, lock_s = length.as_secs(), "logins from an address locked after wrong secrets in a row");
-        }
+    /// Counts a checked secret for `identity` from `address` (in the store: every replica
+    /// counts the same): a good one clears that address's count and locks for it;
+    /// `lockout_after` wrong ones in a row lock that address's logins as `identity` (see
+    /// [`LoginLimits`]).
+    pub async fn record(
+        &self,
+        db: &Db,
+        identity: &str,
+        address: Option<IpAddr>,
+        good: bool,
+    ) -> Result<(), ApiError> {
+        guesses::record(db, &self.limits, identity, address, good).await
     }
 
     /// Counts one login attempt, in this order: `TooManyRequests` when the address is over
-    /// its limit; `LockedOut` while the address's logins as `identity` are locked (so a
-    /// locked guesser spends nothing of the identity's budget); `TooManyRequests` when the
-    /// address has given a wrong secret for `identity` since its last good login and the
-    /// identity's shared budget is spent.
-    pub fn admit(&self, identity: &str, address: Option<IpAddr>) -> Result<(), ApiError> {
+    /// its limit (per replica: it bounds this process's hashing); `LockedOut` while the
+    /// address's logins as `identity` are locked (so a locked guesser spends nothing of the
+    /// identity's budget); `TooManyRequests` when the address has given a wrong secret for
+    /// `identity` since its last good login and the identity's shared budget is spent.
+    pub async fn admit(
+        &self,
+        db: &Db,
+        identity: &str,
+        address: Option<IpAddr>,
+    ) -> Result<(), ApiError> {
         if let Some(address) = address {
             self.by_address
                 .check_key(&address)
@@ -217,18 +157,14 @@ impl LoginGuard {
                     retry_after: retry_after(&e),
                     what: "login attempts from this address",
                 })?;
+            if self.by_address.len() > PRUNE_ABOVE {
+                self.by_address.retain_recent();
+            }
         }
-        self.check_lock(identity, address)?;
-        let guessed = self.lockouts().contains_key(&lock_key(identity, address));
-        let key = limiter_key(identity).to_string();
-        let checked = self.by_identity.check_key(&key);
-        if self.by_identity.len().max(self.by_address.len()) > PRUNE_ABOVE {
-            self.by_identity.retain_recent();
-            self.by_address.retain_recent();
-        }
-        match checked {
-            Err(e) if guessed => Err(ApiError::TooManyRequests {
-                retry_after: retry_after(&e),
+        let guessed = guesses::check_lock(db, identity, address).await?;
+        match guesses::spend_budget(db, &self.limits, identity).await? {
+            Err(retry_after) if guessed => Err(ApiError::TooManyRequests {
+                retry_after,
                 what: "login attempts for this identity",
             }),
             // A fresh address is checked even with the budget spent.
@@ -319,8 +255,10 @@ pub(crate) fn same_secret(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
 
-    #[test]
-    fn each_lock_without_a_good_login_between_is_twice_the_one_before_up_to_the_max() {
+    #[tokio::test]
+    async fn each_lock_without_a_good_login_between_is_twice_the_one_before_up_to_the_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), None).await.unwrap();
         let guard = LoginGuard::new(LoginLimits {
             lockout_after: 1,
             lockout: Duration::from_secs(10),
@@ -328,25 +266,56 @@ mod tests {
             ..LoginLimits::default()
         });
         let at = Some(IpAddr::from([192, 0, 2, 1]));
-        let retry = |guard: &LoginGuard| match guard.check_lock("eve", at) {
+        let lock = |identity, at| guesses::check_lock(&db, identity, at);
+        let retry = |result: Result<bool, ApiError>| match result {
             Err(ApiError::LockedOut { retry_after, .. }) => retry_after,
             other => panic!("not locked: {other:?}"),
         };
-        assert!(guard.check_lock("eve", at).is_ok());
-        guard.record("eve", at, false);
-        assert_eq!(retry(&guard), 10);
-        guard.record("eve", at, false);
-        assert_eq!(retry(&guard), 20);
-        guard.record("eve", at, false);
-        assert_eq!(retry(&guard), 25);
+        assert!(!lock("eve", at).await.unwrap());
+        guard.record(&db, "eve", at, false).await.unwrap();
+        assert_eq!(retry(lock("eve", at).await), 10);
+        guard.record(&db, "eve", at, false).await.unwrap();
+        assert_eq!(retry(lock("eve", at).await), 20);
+        guard.record(&db, "eve", at, false).await.unwrap();
+        assert_eq!(retry(lock("eve", at).await), 25);
         // Only the guessing address is locked.
-        assert!(guard
-            .check_lock("eve", Some(IpAddr::from([192, 0, 2, 2])))
-            .is_ok());
-        assert!(guard.check_lock("eve", None).is_ok());
-        guard.record("eve", at, true);
-        assert!(guard.check_lock("eve", at).is_ok());
-        assert!(guard.check_lock("someone else", at).is_ok());
+        assert!(!lock("eve", Some(IpAddr::from([192, 0, 2, 2])))
+            .await
+            .unwrap());
+        assert!(!lock("eve", None).await.unwrap());
+        guard.record(&db, "eve", at, true).await.unwrap();
+        assert!(!lock("eve", at).await.unwrap());
+        assert!(!lock("someone else", at).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_identitys_budget_is_spent_by_addresses_that_guessed_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), None).await.unwrap();
+        let guard = LoginGuard::new(LoginLimits {
+            identity_burst: 3,
+            identity_period: Duration::from_secs(60),
+            lockout_after: 100,
+            ..LoginLimits::default()
+        });
+        for i in 1..=3u8 {
+            let at = Some(IpAddr::from([192, 0, 2, i]));
+            guard.admit(&db, "eve", at).await.unwrap();
+            guard.record(&db, "eve", at, false).await.unwrap();
+        }
+        // The budget is spent: an address that guessed wrong waits; a fresh one is checked.
+        let guessed = Some(IpAddr::from([192, 0, 2, 1]));
+        match guard.admit(&db, "eve", guessed).await {
+            Err(ApiError::TooManyRequests { retry_after, .. }) => {
+                assert!((1..=60).contains(&retry_after), "{retry_after}")
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        guard
+            .admit(&db, "eve", Some(IpAddr::from([192, 0, 2, 9])))
+            .await
+            .unwrap();
+        guard.admit(&db, "bob", guessed).await.unwrap();
     }
 
     use super::*;
@@ -360,7 +329,7 @@ mod tests {
             sgen: 0,
             sub: "u".into(),
             team: "t".into(),
-            role: "admin".into(),
+            role: proto::control::TeamRole::Admin,
             iat: now,
             exp,
         };

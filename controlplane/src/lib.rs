@@ -23,10 +23,12 @@ pub mod credentials;
 pub mod db;
 pub mod error;
 pub mod extract;
+mod guesses;
 mod job_store;
 mod json;
 pub mod metrics;
 pub mod openapi;
+mod replicas;
 mod routes;
 mod settings;
 mod state;
@@ -86,7 +88,7 @@ impl ControlPlane {
         create_private_dir(&settings.data_dir)?;
         let db = Db::open(&settings.data_dir, settings.database_url.as_deref()).await?;
         let key_path = settings.data_dir.join("jwt.key");
-        let key_hex = load_or_create_secret(&key_path, || random_hex(32))?;
+        let key_hex = shared_file_secret(&db, "jwt.key", &key_path).await?;
         let key = hex::decode(key_hex.trim())
             .ok()
             .filter(|k| k.len() >= 32)
@@ -94,8 +96,8 @@ impl ControlPlane {
                 path: key_path.display().to_string(),
                 reason: "expected at least 32 bytes of hex".into(),
             })?;
-        let broker_token =
-            load_or_create_secret(&settings.data_dir.join("broker.token"), || random_hex(32))?;
+        let token_path = settings.data_dir.join("broker.token");
+        let broker_token = shared_file_secret(&db, "broker.token", &token_path).await?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let settings_limits = settings.login_limits;
         let jobs = job_store::JobStore::start().map_err(|source| ControlError::Io {
@@ -110,6 +112,7 @@ impl ControlPlane {
                 jwt: JwtKeys::new(&key),
                 broker_token,
                 events,
+                replica: random_hex(8),
                 metrics: Arc::new(metrics::Metrics::new()),
                 openapi_json: OnceLock::new(),
                 guard: LoginGuard::new(settings_limits),
@@ -207,6 +210,8 @@ impl ControlPlane {
         let router = self.router();
         let shared = self.shared.clone();
         let pruner = self.spawn_pruner();
+        let others =
+            replicas::spawn_listener(&shared.db, shared.replica.clone(), shared.events.clone());
         let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -270,6 +275,7 @@ impl ControlPlane {
         }
         drop(listener);
         pruner.abort();
+        others.inspect(tokio::task::JoinHandle::abort);
         // Event streams never end on their own: give the others a bounded time.
         if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
             .await
@@ -399,6 +405,19 @@ fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
     rand::thread_rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+/// Secret `name` (hex) of the data dir's file `path` (made when missing), or on PostgreSQL the
+/// one every replica shares, written to `path` when it differs (a broker on this host reads
+/// the broker token there).
+async fn shared_file_secret(db: &Db, name: &str, path: &Path) -> Result<String, ControlError> {
+    let local = load_or_create_secret(path, || random_hex(32))?;
+    let shared = replicas::shared_secret(db, name, local.clone()).await?;
+    if shared != local {
+        tracing::info!(file = %path.display(), "the replicas' shared {name} replaces this data dir's");
+        write_private(path, &format!("{shared}\n"))?;
+    }
+    Ok(shared)
 }
 
 /// Reads a secret file, or creates it (0600) with `make()` when missing.

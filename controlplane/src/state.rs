@@ -6,6 +6,7 @@ use crate::db::Db;
 use crate::error::ApiError;
 use crate::job_store::JobStore;
 use crate::metrics::Metrics;
+use crate::replicas::Feed;
 use crate::settings::ControlSettings;
 use crate::streams::Streams;
 use proto::control::ConfigEvent;
@@ -19,7 +20,9 @@ pub(crate) struct Shared {
     pub(crate) settings: ControlSettings,
     pub(crate) jwt: JwtKeys,
     pub(crate) broker_token: String,
-    pub(crate) events: broadcast::Sender<ConfigEvent>,
+    pub(crate) events: broadcast::Sender<Feed>,
+    /// This process's name among the replicas (random): its own notices are not forwarded.
+    pub(crate) replica: String,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) openapi_json: OnceLock<String>,
     pub(crate) guard: LoginGuard,
@@ -41,7 +44,7 @@ impl Shared {
             "config changed"
         );
         // No subscribers is fine.
-        let _ = self.events.send(event);
+        let _ = self.events.send(Feed::Change(event));
     }
 }
 

@@ -49,7 +49,7 @@ fn mint(key: &[u8], sub: &str, team: &str, exp: u64) -> String {
         sgen: 0,
         sub: sub.into(),
         team: team.into(),
-        role: "admin".into(),
+        role: proto::control::TeamRole::Admin,
         iat: now_s().saturating_sub(7200),
         exp,
     };
@@ -932,7 +932,8 @@ async fn quotas(backend: Backend) {
     );
 }
 
-/// Under the free preset the 4th trigger, 2nd service, 3rd worker and 3rd user are refused.
+/// Under the free preset the 4th trigger, 2nd service, 3rd worker and 3rd user (the
+/// operator is not counted) are refused.
 async fn the_free_preset_is_enforced(h: &Harness) {
     let admin = &h.admin_token;
     assert_eq!(
@@ -985,21 +986,24 @@ async fn the_free_preset_is_enforced(h: &Harness) {
         403,
         "QuotaExceeded",
     );
-    assert_eq!(
-        h.post(
-            "/api/v1/teams/main/members",
-            admin,
-            json!({"identity": "u2", "secret": "s"})
-        )
-        .await
-        .0,
-        StatusCode::CREATED
-    );
+    // The operator is not counted: u2 and u3 fit, u4 does not.
+    for identity in ["u2", "u3"] {
+        assert_eq!(
+            h.post(
+                "/api/v1/teams/main/members",
+                admin,
+                json!({"identity": identity, "secret": "s"})
+            )
+            .await
+            .0,
+            StatusCode::CREATED
+        );
+    }
     assert_error(
         &h.post(
             "/api/v1/teams/main/members",
             admin,
-            json!({"identity": "u3", "secret": "s"}),
+            json!({"identity": "u4", "secret": "s"}),
         )
         .await,
         403,
@@ -1605,6 +1609,7 @@ async fn users_max_teams(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{bob_view}");
     assert_eq!(bob_view["operator"], false);
     assert_eq!(bob_view["max_teams"], 1);
+    assert_eq!(bob_view["max_teams_from"], "tier");
     assert_eq!(bob_view["teams_created"], 0);
     assert!(bob_view["created"].as_str().unwrap().ends_with('Z'));
 
@@ -1650,7 +1655,8 @@ async fn users_max_teams(backend: Backend) {
     max_teams_refusals_and_the_operators_limit(&h).await;
 }
 
-/// The operator raises bob's limit (one change, one revision); 0 allows none, null is unlimited.
+/// The operator raises bob's limit (one change, one revision); 0 allows none; null gives the
+/// say back to the tiers of his teams (free: 1).
 async fn operator_changes_bobs_limit(h: &Harness, bob: &str) {
     let admin = &h.admin_token;
     // The operator raises bob's limit: one change, one revision.
@@ -1665,6 +1671,7 @@ async fn operator_changes_bobs_limit(h: &Harness, bob: &str) {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["max_teams"], 2);
+    assert_eq!(body["max_teams_from"], "user");
     assert_eq!(body["teams_created"], 1);
     assert_eq!(snapshot(h).await.revision, before + 1);
     assert_eq!(
@@ -1678,7 +1685,7 @@ async fn operator_changes_bobs_limit(h: &Harness, bob: &str) {
         .await,
         StatusCode::CREATED
     );
-    // 0 allows none; null is unlimited.
+    // 0 allows none; null follows the tier.
     let (_, body) = h
         .call(
             Method::PATCH,
@@ -1696,17 +1703,12 @@ async fn operator_changes_bobs_limit(h: &Harness, bob: &str) {
             Some(json!({"max_teams": null})),
         )
         .await;
-    assert_eq!(body["max_teams"], Value::Null);
-    assert_eq!(
-        call_status(
-            h,
-            Method::POST,
-            "/api/v1/teams",
-            bob,
-            Some(json!({"name": "bobs3"}))
-        )
-        .await,
-        StatusCode::CREATED
+    assert_eq!(body["max_teams"], 1, "{body}");
+    assert_eq!(body["max_teams_from"], "tier");
+    assert_error(
+        &h.post("/api/v1/teams", bob, json!({"name": "bobs3"})).await,
+        403,
+        "QuotaExceeded",
     );
 }
 
@@ -2390,7 +2392,8 @@ async fn invitation_accept_respects_quota(backend: Backend) {
     new_user(&h, "side", "bob", "bob-secret").await;
     let bob = h.login("side", "bob", "bob-secret").await;
     let quota = |n: i64| json!({"max_users": n});
-    let set = put(&h, "/api/v1/teams/main/quota", admin, quota(2)).await;
+    // carol is counted, the operator is not.
+    let set = put(&h, "/api/v1/teams/main/quota", admin, quota(1)).await;
     assert_eq!(set.0, StatusCode::OK, "{}", set.1);
     // Inviting is allowed at the limit; joining is not.
     let (status, body) = h
@@ -2410,12 +2413,12 @@ async fn invitation_accept_respects_quota(backend: Backend) {
         )
         .await;
     assert_error(&accept, 403, "QuotaExceeded");
-    assert_eq!(accept.1["message"], "team main allows 2 users");
+    assert_eq!(accept.1["message"], "team main allows 1 users");
     assert_eq!(
         identities(&h.get("/api/v1/invitations", &bob).await.1),
         ["main/bob"]
     );
-    let set = put(&h, "/api/v1/teams/main/quota", admin, quota(3)).await;
+    let set = put(&h, "/api/v1/teams/main/quota", admin, quota(2)).await;
     assert_eq!(set.0, StatusCode::OK, "{}", set.1);
     let (status, team) = h
         .call(
@@ -2428,7 +2431,7 @@ async fn invitation_accept_respects_quota(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{team}");
     assert_eq!(team["role"], "member");
     let used = h.get("/api/v1/teams/main/quota", admin).await.1;
-    assert_eq!(used["used"]["users"], 3, "{used}");
+    assert_eq!(used["used"]["users"], 2, "{used}");
 }
 
 /// A user changes their own secret: the old one no longer logs in, the new one does, and

@@ -664,7 +664,7 @@ impl<'h> World<'h> {
             uid: 1,
             sgen: 0,
             team: team.into(),
-            role: "admin".into(),
+            role: proto::control::TeamRole::Admin,
             iat: now,
             exp: now + 3600,
         };

@@ -91,7 +91,12 @@ impl Recording {
     pub fn on_relay(&mut self, worker: &Arc<str>, event: &Event) {
         match event {
             Event::Accepted => self.accepted.push(worker.clone()),
-            Event::Output { .. } => {}
+            // A worker lost and the request run again elsewhere: the other's end is the run.
+            Event::Output { .. }
+            | Event::Failed {
+                kind: ErrorKind::Retried,
+                ..
+            } => {}
             Event::Done { .. } => self.runs.push(Ran {
                 worker: worker.clone(),
                 end: event.clone(),

@@ -195,6 +195,7 @@ impl JobTrace {
                     ErrorKind::Skipped => JobOutcome::Skipped,
                     ErrorKind::NoResponse => JobOutcome::NoResponse,
                     ErrorKind::Detached => JobOutcome::Detached,
+                    ErrorKind::Retried => JobOutcome::Retried,
                     _ => JobOutcome::Failed,
                 };
                 w.push_line(Stream::Stderr, format!("{kind}: {message}").as_bytes());

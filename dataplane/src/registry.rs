@@ -257,6 +257,17 @@ impl Registry {
             .is_some_and(|s| !s.open_to_announcers && !s.workers.iter().any(|w| w == identity))
     }
 
+    /// The configured services of `team` that worker `identity` is bound to, by name.
+    pub fn bound_to(&self, team: &str, identity: &str) -> Vec<String> {
+        let services = self.configured.get(team).into_iter().flatten();
+        services
+            .filter(|(_, s)| s.workers.iter().any(|w| w == identity))
+            .map(|(name, _)| name.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
     /// The implicit service `team/name` (roundrobin, team visibility), made once.
     fn implicit(&mut self, team: &str, name: &str) -> Arc<ServiceConfig> {
         if let Some(service) = self.implicit.get(team).and_then(|m| m.get(name)) {

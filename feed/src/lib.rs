@@ -772,7 +772,7 @@ mod tests {
             uid,
             sgen: 0,
             team: team.into(),
-            role: "member".into(),
+            role: proto::control::TeamRole::Member,
             iat: 0,
             exp,
         };

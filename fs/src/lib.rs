@@ -180,6 +180,7 @@ pub async fn run(opts: FsOptions, shutdown: impl Future<Output = ()>) -> Result<
         opts.allow_other,
     )?;
     let notifier = session.notifier();
+    shared.log.line("Started triggerfs.");
     shared
         .log
         .line(&format!("Serving filesystem in {}", opts.mount.display()));

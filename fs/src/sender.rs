@@ -508,6 +508,17 @@ mod tests {
             verdict(&outcome(&[accepted.clone(), lost, summary.clone()])),
             Verdict::Retry(_)
         ));
+        // Lost, and run again on another worker that finished: delivered, not sent again.
+        let retried = ClientEvent::Failed {
+            worker: "v".into(),
+            kind: ErrorKind::Retried,
+            message: String::new(),
+        };
+        let rerun = [retried, accepted.clone(), done(0), summary.clone()];
+        assert_eq!(
+            verdict(&outcome(&rerun)),
+            Verdict::Delivered { replayed: false }
+        );
         let timeout = ClientEvent::Failed {
             worker: "w".into(),
             kind: ErrorKind::Timeout,

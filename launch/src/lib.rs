@@ -6,6 +6,7 @@
 //! - [`broker`], [`worker`], [`mount`]: `triggerfs broker`, `worker` and `fs`.
 //! - [`settings`]: the file `triggerfs.toml`, the one place it meets the flags
 //!   (`Settings::under_flags`), and the login flags every command that logs in flattens.
+//! - [`plugins_cmd`]: `triggerfs plugins install|list`.
 //! - [`seed`]: the seed's program names (`triggerfs-client` ...) and single-dash flags.
 //! - [`metrics_http`]: the broker's `/metrics` listener.
 //! - [`signals`]: SIGINT and SIGTERM, and the broker's drain on them.
@@ -14,6 +15,7 @@ pub mod broker;
 pub mod control;
 pub mod metrics_http;
 pub mod mount;
+pub mod plugins_cmd;
 pub mod seed;
 pub mod settings;
 pub mod signals;

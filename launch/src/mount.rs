@@ -1,6 +1,7 @@
-//! `triggerfs fs`: its flags, and the fs module run until SIGINT or SIGTERM.
+//! `triggerfs fs`: its flags, and the fs module run until SIGINT or SIGTERM; also what
+//! `triggerfs` alone runs (the original's `./triggerfs` was the fs module).
 
-use crate::settings::LoginArgs;
+use crate::settings::{LoginArgs, Settings};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -65,9 +66,30 @@ impl FsArgs {
     }
 }
 
-/// `triggerfs fs`: mounts, and serves until SIGINT or SIGTERM.
-pub fn run(args: FsArgs) -> Result<i32> {
+/// What `triggerfs` with no subcommand says under its usage when triggerfs.toml has no
+/// `[triggerfs]` section.
+pub const HOW_TO_MOUNT: &str = "To mount the trigger files: `triggerfs fs --mount DIR`, or \
+    add a [triggerfs] section to triggerfs.toml (mountpoint = \"./mountpoint\") and run \
+    `triggerfs` alone, as the original's ./triggerfs.";
+
+/// Whether `triggerfs` alone runs the fs module: when `settings` has a `[triggerfs]` section.
+pub fn bare_runs_fs(settings: &Settings) -> bool {
+    toml::from_str::<toml::Table>(&settings.text).is_ok_and(|t| t.contains_key("triggerfs"))
+}
+
+/// The original's start-up banner, with this binary's `version`.
+pub fn banner(version: &str) -> String {
+    let stars = "*".repeat(82);
+    format!(
+        "triggerfs (v{version})\n\n{stars}\n*** Welcome to triggerFS. A realtime messaging and \
+         distributed trigger system. ***\n{stars}\n"
+    )
+}
+
+/// `triggerfs fs`: prints the banner, mounts, and serves until SIGINT or SIGTERM.
+pub fn run(args: FsArgs, version: &str) -> Result<i32> {
     let opts = args.options()?;
+    println!("{}", banner(version));
     // One thread for the sender, the follower and the connection's tasks: a request's
     // frames then pass between them without waking another thread (the FUSE threads and
     // the spool's writer are threads of their own).

@@ -135,8 +135,8 @@ async fn wait_local_online(api: &ApiClient, within: Duration) -> Result<()> {
     }
 }
 
-/// Provisions worker `local` and service `demo` with the admin login of `config_path`, and
-/// lays out the core plugins: the local worker's configuration.
+/// Provisions worker `local` and service `demo` with the admin login of `config_path`: the
+/// local worker's configuration (the core plugins are laid out by then).
 async fn local_worker(
     opts: &ControlOptions,
     config_path: &Path,
@@ -155,7 +155,6 @@ async fn local_worker(
     .required(&format!(" ({})", config_path.display()))?;
     let (token, api) = provision_local_worker(&login).await?;
     let pluginspath = opts.data.join("plugins");
-    plugins::install(&pluginspath)?;
     println!(
         "local worker `local` serves service `demo` with plugins in {}",
         pluginspath.display()
@@ -233,6 +232,9 @@ fn serve(opts: ControlOptions, broker: dataplane::BrokerSettings, no_worker: boo
         let broker_addr = handle.local_addr();
 
         let config_path = opts.data.join("triggerfs.toml");
+        // The config names it as `[workers] pluginspath`, also with `--no-worker`: a worker
+        // started from that file finds the core plugins there.
+        plugins::install(&opts.data.join("plugins"))?;
         if let Some(admin) = &running.first_admin {
             announce_admin(admin);
             let tls_dir = opts.data.join("tls");

@@ -12,6 +12,8 @@
 //! - [`install`](mod@install): lays the core plugins out under a plugins path as manifests the
 //!   worker serves itself. (A copy of the `triggerfs` binary started under a core plugin's
 //!   name still runs it, [`core_plugin_for_argv0`].)
+//! - [`listing`]: what a plugins path offers, by name, as the worker resolves it (`triggerfs
+//!   plugins list DIR`).
 //! - [`persistent`]: the JSON-lines frames a persistent plugin exchanges with the worker, and
 //!   [`persistent::serve`], a helper for writing one in Rust.
 //!
@@ -20,11 +22,13 @@
 
 pub mod core;
 pub mod install;
+pub mod listing;
 pub mod manifest;
 pub mod persistent;
 pub mod request;
 
 pub use crate::core::{core_plugin_for_argv0, run_core, CORE_PLUGINS};
 pub use crate::install::{install, InstallError};
+pub use crate::listing::{list, Kind, Listed};
 pub use crate::manifest::{CorePlugin, Manifest, ManifestError, SyncPolicy};
 pub use crate::request::{PluginError, PluginRequest};

@@ -28,8 +28,8 @@ pub struct Claims {
     pub sgen: i64,
     /// The team the token acts in.
     pub team: String,
-    /// `admin` or `member` in that team.
-    pub role: String,
+    /// The user's role in that team.
+    pub role: TeamRole,
     /// Issued at (seconds since the Unix epoch).
     pub iat: u64,
     /// Expires at (seconds since the Unix epoch).
@@ -42,6 +42,21 @@ impl Claims {
     /// token is refused at the same moment everywhere and its connections end then too.
     pub fn expired_at(&self, now: std::time::SystemTime) -> bool {
         now >= std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.exp)
+    }
+}
+
+text_enum! {
+    ("role", "lowercase")
+    /// A member's role in a team: an `admin` may invite, remove and change members and delete
+    /// the team, and change any object of it; a `member` only their own objects.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Role))]
+    #[serde(rename_all = "lowercase")]
+    pub enum TeamRole {
+        /// Manages the team.
+        Admin,
+        /// Uses the team.
+        Member,
     }
 }
 

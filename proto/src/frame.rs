@@ -10,7 +10,7 @@ use crate::text_enum;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 // 2: `Request::fleet`, the fleet counts of `Summary`, `ErrorKind::{Offline, Skipped,
 // NoResponse, Detached}`: an older peer is refused at `Hello` with a clear version
 // mismatch rather than failing frame validation later.
@@ -20,6 +20,8 @@ pub const PROTOCOL_VERSION: u16 = 5;
 // (the broker's relay of them in one frame).
 // 5: `Frame::Pause` and `Frame::Resume` (flow control of a dispatch's output: a worker of
 // version 4 would take them for malformed frames and drop its connection).
+// 6: `ErrorKind::Retried` (a roundrobin worker lost after it accepted, the request run again
+// on another worker) and `Frame::Bound` (the services a worker is bound to).
 
 text_enum! {
     ("role", "lowercase")
@@ -201,6 +203,10 @@ text_enum! {
         /// The broker is shutting down: it takes no new requests, and those not finished
         /// within its drain (`--drain`) end with this error. Workers reconnect with backoff.
         ShuttingDown,
+        /// Not a failure of the request: the worker went away after it accepted the request,
+        /// and the broker ran the request again on another worker of the roundrobin service
+        /// (`retry = true`); that worker's answer is the request's.
+        Retried,
     }
 }
 
@@ -551,6 +557,12 @@ pub enum Frame {
     },
 
     // -- broker → worker --
+    /// After the worker's `Announce`: the configured services it is bound to (its debug log
+    /// names each, as the original's did). Informational; may be empty.
+    Bound {
+        /// Service names, in the worker's team.
+        services: Vec<String>,
+    },
     /// Run a plugin. (Boxed, as `Request`: they are the two large variants, and a `Frame` is
     /// as large as its largest; the small ones on the hot path are moved several times
     /// each, from the decoder to where they are handled.)
@@ -734,6 +746,7 @@ impl Frame {
             Frame::Done { .. } => "Done",
             Frame::Failed { .. } => "Failed",
             Frame::Events { .. } => "Events",
+            Frame::Bound { .. } => "Bound",
             Frame::Dispatch(_) => "Dispatch",
             Frame::Pause { .. } => "Pause",
             Frame::Resume { .. } => "Resume",

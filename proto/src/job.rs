@@ -91,7 +91,7 @@ text_enum! {
     ("job outcome", "snake_case")
     /// How one worker's part of a request ended: `ok`, `failed` (non-zero exit or no run),
     /// `timed_out`, `lost` (its connection went away), `cancelled`, `no_response`, `offline`,
-    /// `skipped`, `detached`.
+    /// `skipped`, `detached`, `retried` (lost, and the request answered by another worker).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
     #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
     #[serde(rename_all = "snake_case")]
@@ -115,6 +115,9 @@ text_enum! {
         Skipped,
         /// Still running when the quorum was reached; its end was not followed.
         Detached,
+        /// Its connection went away after it accepted, and the broker ran the request again
+        /// on another worker (roundrobin with `retry`): not a failure of the request.
+        Retried,
     }
 }
 
@@ -161,7 +164,7 @@ impl JobStatus {
                 }
                 JobOutcome::Lost => JobStatus::Lost,
                 JobOutcome::Cancelled | JobOutcome::Skipped => JobStatus::Cancelled,
-                JobOutcome::Detached => JobStatus::Ok,
+                JobOutcome::Detached | JobOutcome::Retried => JobStatus::Ok,
             };
             if rank(s) > rank(status) {
                 status = s;

@@ -898,6 +898,38 @@ impl Control {
         Ok(self)
     }
 
+    /// Another `triggerfs control` on this one's PostgreSQL database (a replica), with a data
+    /// dir of its own; `extra` flags added.
+    pub fn replica(&self, broker: &str, extra: &[&str]) -> Result<Control> {
+        let url = self
+            .pg
+            .as_ref()
+            .map(PgDb::url)
+            .context("a replica needs PostgreSQL")?;
+        let data = tempfile::tempdir()?;
+        let mut args = vec![
+            "control",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--api-listen",
+            "127.0.0.1:0",
+            "--broker",
+            broker,
+            "--database-url",
+            &url,
+        ];
+        args.extend_from_slice(extra);
+        let (proc, mut stdout) = Proc::spawn("control", &args)?;
+        let (_, addr) = read_until_listening(&proc, &mut stdout)?;
+        Ok(Control {
+            proc,
+            url: format!("http://{addr}"),
+            admin: self.admin.clone(),
+            data,
+            pg: None,
+        })
+    }
+
     /// The broker token file.
     pub fn broker_token_file(&self) -> PathBuf {
         self.data.path().join("broker.token")

@@ -20,9 +20,12 @@ mod e2e {
     pub mod idem;
     pub mod jobs;
     pub mod limits;
+    pub mod operator;
     pub mod persistent;
     pub mod readme;
+    pub mod replicas;
     pub mod seed_cli;
+    pub mod seed_promises;
     pub mod slow_consumers;
     pub mod soak;
     pub mod tls;

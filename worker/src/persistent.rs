@@ -83,6 +83,9 @@ pub(crate) async fn route(
     dispatch: &Dispatch,
     out: &mpsc::Sender<Frame>,
 ) -> Route {
+    if !plugin.has_manifest {
+        return Route::Fork;
+    }
     match Manifest::load(&plugin.dir) {
         Ok(Some(manifest)) if manifest.persistent => Route::Persistent(manifest),
         Ok(_) => Route::Fork,

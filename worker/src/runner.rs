@@ -110,9 +110,13 @@ pub struct ResolvedPlugin {
     pub argv0: PathBuf,
     /// The plugin's directory, its working directory.
     pub dir: PathBuf,
+    /// Whether a `plugin.toml` in `dir` is its own: not for an executable directly in the
+    /// plugins path, whose directory is every such plugin's.
+    pub has_manifest: bool,
 }
 
-/// Resolves plugin `name` under `pluginspath`: `x` means `<pluginspath>/x/x`, `x/y` means
+/// Resolves plugin `name` under `pluginspath`: `x` means the file `<pluginspath>/x` (the
+/// seed's layout) or, when `x` is a directory, `<pluginspath>/x/x`; `x/y` means
 /// `<pluginspath>/x/y`. Refuses bad names, anything whose canonical path leaves the canonical
 /// plugins path, and anything that is not an executable regular file.
 pub fn resolve_plugin(pluginspath: &Path, name: &str) -> Result<ResolvedPlugin, WorkerError> {
@@ -123,7 +127,8 @@ pub fn resolve_plugin(pluginspath: &Path, name: &str) -> Result<ResolvedPlugin, 
         detail,
     };
     proto::names::check_plugin(name).map_err(|e| refuse(&e.to_string(), e.to_string()))?;
-    let relative = if name.contains('/') {
+    let flat = !name.contains('/') && pluginspath.join(name).is_file();
+    let relative = if name.contains('/') || flat {
         PathBuf::from(name)
     } else {
         Path::new(name).join(name)
@@ -171,7 +176,12 @@ pub fn resolve_plugin(pluginspath: &Path, name: &str) -> Result<ResolvedPlugin, 
         ));
     }
     let dir = path.parent().unwrap_or(&root).to_path_buf();
-    Ok(ResolvedPlugin { path, argv0, dir })
+    Ok(ResolvedPlugin {
+        path,
+        argv0,
+        dir,
+        has_manifest: !flat,
+    })
 }
 
 /// An I/O error's text without the path some errors carry: its kind, or its OS message.

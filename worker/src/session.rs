@@ -51,6 +51,9 @@ pub(crate) async fn serve(
 }
 
 async fn handshake(config: &WorkerConfig) -> Result<(FrameReader, FrameWriter, u32), WorkerError> {
+    if config.debug {
+        info!("connecting to broker at {}...", config.broker);
+    }
     let (mut reader, mut writer) =
         connect(&config.broker)
             .await
@@ -138,6 +141,11 @@ async fn serve_inner(
                 loop {
                     if config.debug && frame == Frame::Heartbeat {
                         info!("received HEARTBEAT for worker {} from broker.", config.identity);
+                    }
+                    if let (true, Frame::Bound { services }) = (config.debug, &frame) {
+                        for service in services {
+                            info!("Found service {service}. Announcing it to broker.");
+                        }
                     }
                     handle_frame(shared, frame, &out_tx, &mut active).await?;
                     match checked(config, reader.try_frame())? {
@@ -298,7 +306,7 @@ async fn handle_frame(
     active: &mut Active,
 ) -> Result<(), WorkerError> {
     match frame {
-        Frame::Heartbeat => {}
+        Frame::Heartbeat | Frame::Bound { .. } => {}
         Frame::Dispatch(dispatch) => match dispatch.key {
             None => serve_dispatch(shared, *dispatch, out, active, false).await?,
             Some(key) => {

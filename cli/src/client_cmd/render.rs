@@ -110,6 +110,7 @@ impl Counts {
                     WorkerStatus::NoResponse => self.no_response += 1,
                     WorkerStatus::Offline => self.offline += 1,
                     WorkerStatus::Detached => self.detached += 1,
+                    WorkerStatus::Retried => {}
                     _ => self.failed += 1,
                 }
             }
@@ -447,7 +448,14 @@ pub fn write_report(
             }
         }
         if let Some(s) = &outcome.summary {
-            writeln!(out, "{}", summary_line(s))?;
+            let retried = outcome.workers.iter();
+            let retried = retried
+                .filter(|w| w.status == WorkerStatus::Retried)
+                .count();
+            match retried {
+                0 => writeln!(out, "{}", summary_line(s))?,
+                n => writeln!(out, "{}, {n} retried elsewhere", summary_line(s))?,
+            }
         }
     } else if let Some(worker) = outcome.workers.first() {
         writeln!(out, "Exit code: {}", exit_text(worker))?;

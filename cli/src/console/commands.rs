@@ -9,7 +9,7 @@ use api::directories::{CreateDirectory, DirectoryView, UpdateDirectory};
 use api::invitations::{CreateInvitation, InvitationView};
 use api::login::LoginResponse;
 use api::services::{BindWorker, CreateService, ServiceView, UpdateService};
-use api::teams::{AddMember, CreateTeam, MemberView, QuotaRequest, QuotaView, TeamView};
+use api::teams::{AddMember, CreateTeam, MemberView, Preset, QuotaRequest, QuotaView, TeamView};
 use api::teams::{Role, UpdateMember};
 use api::triggers::{CreateTrigger, TriggerView, UpdateTrigger};
 use api::users::ChangeSecret;
@@ -69,7 +69,7 @@ fn json_of<T: Serialize>(answer: &T) -> Result<Value, CliError> {
 }
 
 /// A table, or with `--json` the answer it shows.
-fn table<T: Serialize>(table: Table, answer: &T) -> Result<Reply, CliError> {
+pub(super) fn table<T: Serialize>(table: Table, answer: &T) -> Result<Reply, CliError> {
     Ok(Reply::Table(table, json_of(answer)?))
 }
 
@@ -94,7 +94,7 @@ fn delete(s: &Session, path: &str) -> Result<Reply, CliError> {
     Ok(Reply::Quiet)
 }
 
-fn done<T: Serialize>(line: String, answer: &T) -> Result<Reply, CliError> {
+pub(super) fn done<T: Serialize>(line: String, answer: &T) -> Result<Reply, CliError> {
     Ok(Reply::Done(vec![line], json_of(answer)?))
 }
 
@@ -297,6 +297,16 @@ pub fn show_teams(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
     table(t, &answer)
 }
 
+/// A limit as shown: the number, or `unlimited`.
+pub(super) fn limit_text(limit: Option<i64>) -> String {
+    limit.map_or_else(|| "unlimited".to_string(), |n| n.to_string())
+}
+
+/// A tier as shown: the preset, or `custom` for limits of a team's own.
+pub(super) fn tier_text(tier: Option<Preset>) -> String {
+    tier.map_or_else(|| "custom".to_string(), |t| t.to_string())
+}
+
 pub fn show_quota(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
     let answer: QuotaView = s.api.get(&quota_path(s))?;
     let (limits, used) = (&answer.limits, &answer.used);
@@ -307,15 +317,21 @@ pub fn show_quota(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
         ("triggers", used.triggers, limits.max_triggers),
         ("users", used.users, limits.max_users),
     ] {
-        let limit = limit.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
-        t.row(vec![objects.to_string(), used.to_string(), limit]);
+        t.row(vec![
+            objects.to_string(),
+            used.to_string(),
+            limit_text(limit),
+        ]);
     }
+    let teams = limit_text(limits.max_teams);
+    t.row(vec!["teams per admin".into(), String::new(), teams]);
     let public = if limits.public_services {
         "allowed"
     } else {
         "not allowed"
     };
     t.row(vec!["public services".into(), String::new(), public.into()]);
+    t.row(vec!["tier".into(), String::new(), tier_text(answer.tier)]);
     table(t, &answer)
 }
 
@@ -736,45 +752,60 @@ pub fn delete_team(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 }
 
 pub fn quota_preset(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+    set_preset(s, &quota_path(s), a)
+}
+
+pub fn quota_field(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+    set_limit(s, &quota_path(s), a)
+}
+
+/// Gives the team whose quota is at `path` the limits of the preset on the line.
+pub(super) fn set_preset(s: &Session, path: &str, a: &Args) -> Result<Reply, CliError> {
     let body = QuotaRequest {
         preset: Some(pick(a, Kind::Preset)?),
         ..QuotaRequest::default()
     };
-    change::<_, QuotaView>(s, Method::PUT, &quota_path(s), Some(&body))
+    change::<_, QuotaView>(s, Method::PUT, path, Some(&body))
 }
 
-pub fn quota_field(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+/// Sets the one limit on the line of the team whose quota is at `path`.
+pub(super) fn set_limit(s: &Session, path: &str, a: &Args) -> Result<Reply, CliError> {
     let field: String = pick(a, Kind::QuotaField)?;
-    let value = match a.get(Kind::Limit) {
-        "unlimited" => None,
-        text => Some(
-            text.parse::<u64>()
-                .ok()
-                .and_then(|n| i64::try_from(n).ok())
-                .ok_or_else(|| {
-                    CliError::Value(format!("`{text}` is not a whole number or unlimited"))
-                })?,
-        ),
-    };
+    let value = limit(a.get(Kind::Limit))?;
     // A PUT sets every limit: start from the current ones.
-    let current = s.api.get::<QuotaView>(&quota_path(s))?.limits;
+    let current = s.api.get::<QuotaView>(path)?.limits;
     let mut body = QuotaRequest {
         preset: None,
         max_workers: current.max_workers,
         max_services: current.max_services,
         max_triggers: current.max_triggers,
         max_users: current.max_users,
+        max_teams: current.max_teams,
         public_services: Some(current.public_services),
     };
-    // `pick` let only the four fields through.
+    // `pick` let only the five fields through.
     let slot = match field.as_str() {
         "max_workers" => &mut body.max_workers,
         "max_services" => &mut body.max_services,
         "max_triggers" => &mut body.max_triggers,
+        "max_teams" => &mut body.max_teams,
         _ => &mut body.max_users,
     };
     *slot = value;
-    change::<_, QuotaView>(s, Method::PUT, &quota_path(s), Some(&body))
+    change::<_, QuotaView>(s, Method::PUT, path, Some(&body))
+}
+
+/// A limit as typed: a whole number, or `unlimited` (`None`).
+pub(super) fn limit(text: &str) -> Result<Option<i64>, CliError> {
+    match text {
+        "unlimited" => Ok(None),
+        text => text
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| i64::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| CliError::Value(format!("`{text}` is not a whole number or unlimited"))),
+    }
 }
 
 pub fn password(s: &mut Session, _: &Args) -> Result<Reply, CliError> {

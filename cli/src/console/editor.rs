@@ -6,8 +6,9 @@ use super::{help_query, path_part, possible, print_lines, Session};
 use api::directories::DirectoryView;
 use api::invitations::InvitationView;
 use api::services::ServiceView;
-use api::teams::{MemberView, TeamView};
+use api::teams::{MemberView, QuotaView, TeamView};
 use api::triggers::TriggerView;
+use api::users::UserView;
 use api::workers::WorkerView;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
@@ -55,6 +56,8 @@ impl ConsoleHelper {
             }),
             Kind::Team => api.names("/teams", "name", |t: TeamView| t.name),
             Kind::Invitation => api.names("/invitations", "team", |i: InvitationView| i.team),
+            Kind::AnyTeam => api.names("/quotas", "team", |q: QuotaView| q.team),
+            Kind::Account => api.names("/users", "identity", |u: UserView| u.identity),
             Kind::Invited => api.names(&format!("/teams/{team}/invitations"), "identity", {
                 |i: InvitationView| i.identity
             }),

@@ -9,6 +9,7 @@
 //!   given more than once.
 
 use super::commands::{self as cmd, Handler};
+use super::operator as op;
 
 /// The console's two modes, as in the seed (and Juniper): operational and `configure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +103,12 @@ pub enum Kind {
     Preset,
     /// A quota field.
     QuotaField,
+    /// Any team of the installation (operators).
+    AnyTeam,
+    /// Any user of the installation (operators).
+    Account,
+    /// A number of teams a user may create, or `tier`.
+    Allowance,
 }
 
 impl Kind {
@@ -125,7 +132,13 @@ impl Kind {
             Kind::Split => &["none", "lines"],
             Kind::Bool => &["true", "false"],
             Kind::Preset => &["free", "basic", "advanced", "unlimited"],
-            Kind::QuotaField => &["max_workers", "max_services", "max_triggers", "max_users"],
+            Kind::QuotaField => &[
+                "max_workers",
+                "max_services",
+                "max_triggers",
+                "max_users",
+                "max_teams",
+            ],
             Kind::Plugin => &["command", "echo", "file", "append"],
             _ => &[],
         }
@@ -218,7 +231,14 @@ const KINDS: &[(Kind, &str, &str)] = &[
     (
         Kind::QuotaField,
         "field",
-        "max_workers | max_services | max_triggers | max_users",
+        "max_workers | max_services | max_triggers | max_users | max_teams (per admin)",
+    ),
+    (Kind::AnyTeam, "any-team", "any team of the installation"),
+    (Kind::Account, "account", "any user of the installation"),
+    (
+        Kind::Allowance,
+        "allowance",
+        "a number of teams, or tier (their teams' tiers decide)",
     ),
 ];
 
@@ -289,6 +309,8 @@ const WORDS: &[(&str, &str)] = &[
     ("role", "the member's role: admin or member"),
     ("secret", "the new user's secret"),
     ("preset", "a tier's limits"),
+    ("all", "operators: every one in the installation"),
+    ("max-teams", "operators: how many teams the user may create"),
 ];
 
 /// One command.
@@ -375,6 +397,12 @@ pub static ENTRIES: &[Entry] = &[
     Entry { modes: Modes::Conf, pattern: "delete teams <team>", help: "delete a team and everything in it", run: cmd::delete_team },
     Entry { modes: Modes::Conf, pattern: "set quota preset <preset>", help: "operators: a tier's limits for the team", run: cmd::quota_preset },
     Entry { modes: Modes::Conf, pattern: "set quota <field> <limit>", help: "operators: one limit of the team", run: cmd::quota_field },
+    // The operator's: any team's tier and limits, any user's team allowance.
+    Entry { modes: Modes::Both, pattern: "show teams all", help: "operators: every team, its tier, limits and use", run: op::show_all_teams },
+    Entry { modes: Modes::Both, pattern: "show users all", help: "operators: every user and how many teams they may create", run: op::show_all_users },
+    Entry { modes: Modes::Conf, pattern: "set teams <any-team> quota preset <preset>", help: "operators: give any team a tier's limits", run: op::team_preset },
+    Entry { modes: Modes::Conf, pattern: "set teams <any-team> quota <field> <limit>", help: "operators: one limit of any team", run: op::team_limit },
+    Entry { modes: Modes::Conf, pattern: "set users <account> max-teams <allowance>", help: "operators: how many teams a user may create (tier: as their teams' tiers)", run: op::user_max_teams },
     Entry { modes: Modes::Both, pattern: "set password", help: "change your secret (asks for the current one)", run: cmd::password },
 ];
 

@@ -15,6 +15,7 @@ mod commands;
 mod control;
 mod editor;
 mod grammar;
+mod operator;
 pub(crate) mod table;
 
 use crate::client_cmd::{self, render::Console, ClientArgs};

@@ -5,6 +5,7 @@
 use crate::auth::{AuthUser, EventsCaller};
 use crate::db::on_db;
 use crate::error::ApiError;
+use crate::replicas::Feed;
 use crate::state::AppState;
 use api::{Action, ErrorBody, Object};
 use axum::extract::State;
@@ -21,7 +22,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// The stream of configuration changes.
 #[utoipa::path(get, path = "/api/v1/events", tag = "broker",
     security(("jwt" = []), ("broker_token" = [])),
-    responses((status = 200, description = "`text/event-stream`: `event: config`, `data: ConfigEvent` JSON; `event: lagged` when events were dropped (re-read the snapshot)",
+    responses((status = 200, description = "`text/event-stream`: `event: config`, `data: ConfigEvent` JSON; `event: lagged` when events were dropped, or another replica's may have been missed (`data`: how many, or `unknown`; re-read the snapshot)",
         content_type = "text/event-stream", body = ConfigEvent),
         (status = 429, description = "`TooManyRequests`: the user has as many event streams open as they may (`max_event_streams_per_user`, 8)", body = ErrorBody),
         (status = 503, description = "The control plane has as many event streams open as it may (`max_event_streams`, 1024)", body = ErrorBody),
@@ -60,7 +61,7 @@ pub async fn events(
                     },
                 };
                 match received {
-                    Ok(event) => {
+                    Ok(Feed::Change(event)) => {
                         if let Some(w) = &watch {
                             // A change to the user themself (their secret) names no team.
                             let own = event.team.is_empty() && w.touched_by(&event);
@@ -77,14 +78,20 @@ pub async fn events(
                         let sse = Event::default().event("config").data(data);
                         return Some((Ok(sse), (rx, watch, state, slot)));
                     }
-                    Err(RecvError::Lagged(n)) => {
+                    // Events were dropped here, or another replica's may have been missed.
+                    missed @ (Ok(Feed::Gap) | Err(RecvError::Lagged(_))) => {
                         // Missed events may have removed the caller: check before going on.
                         if let Some(w) = &watch {
                             if !w.still_member(&state).await {
                                 return None;
                             }
                         }
-                        let sse = Event::default().event("lagged").data(n.to_string());
+                        // How many were dropped here; `unknown` when another replica's were.
+                        let n = match missed {
+                            Err(RecvError::Lagged(n)) => n.to_string(),
+                            _ => "unknown".to_string(),
+                        };
+                        let sse = Event::default().event("lagged").data(n);
                         return Some((Ok(sse), (rx, watch, state, slot)));
                     }
                     Err(RecvError::Closed) => return None,

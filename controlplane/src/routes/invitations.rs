@@ -175,7 +175,8 @@ fn no_invitation(team: &str) -> ApiError {
 }
 
 /// Accepts an invitation: the caller joins the team with the invited role (within the team's
-/// `max_users`), and the invitation is gone. Answers the team as the caller now sees it.
+/// `max_users`, which does not count operators: an operator may join a full team to help),
+/// and the invitation is gone. Answers the team as the caller now sees it.
 #[utoipa::path(post, path = "/api/v1/invitations/{team}/accept", tag = "invitations",
     security(("jwt" = [])),
     params(("team" = Name, Path, description = "Team name")),
@@ -194,14 +195,17 @@ pub async fn accept_invitation(
     change!(state, Object::User, Action::Created, team, user.identity, tx => {
         let invitation: Option<(i64, String, Option<i64>, i64)> = sqlx::query_as(
             "SELECT t.id, i.role, t.max_users, \
-             (SELECT COUNT(*) FROM members m WHERE m.team_id = t.id) \
+             (SELECT COUNT(*) FROM members m JOIN users u ON u.id = m.user_id \
+              WHERE m.team_id = t.id AND NOT u.operator) \
              FROM invitations i JOIN teams t ON t.id = i.team_id \
              WHERE t.name = $1 AND i.user_id = $2")
             .bind(&team).bind(user.user_id).fetch_optional(&mut *tx).await?;
         let Some((team_id, role, max_users, n_users)) = invitation else {
             return Err(no_invitation(&team));
         };
-        check_quota(&team, "users", max_users, n_users)?;
+        if !user.operator {
+            check_quota(&team, "users", max_users, n_users)?;
+        }
         sqlx::query(
             "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
             .bind(team_id).bind(user.user_id).bind(&role).bind(now).execute(&mut *tx).await

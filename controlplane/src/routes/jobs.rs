@@ -132,8 +132,8 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
 }
 
 /// The workers of stored job `id` with `added` (packed) merged in, and their tally; `None`
-/// when nothing is new. An error when the stored ones do not read (logged: the part is
-/// skipped).
+/// when nothing is new. An error when the stored ones or the added ones do not read (logged:
+/// the part is skipped).
 fn extend(
     id: i64,
     team: &str,
@@ -143,12 +143,9 @@ fn extend(
 ) -> Result<Option<(String, crate::job_store::Tally)>, ()> {
     let job = id.to_string();
     let row = Row::of("job", team, &job);
-    let merged = match unpack(text, packed) {
-        None => Err(row.fail(Why::Unpack)),
-        Some(known) => {
-            let added = unpack(String::new(), Some(added)).unwrap_or_default();
-            merge(&known, &added).map_err(|e| row.fail(e))
-        }
+    let merged = match (unpack(text, packed), unpack(String::new(), Some(added))) {
+        (Some(known), Some(added)) => merge(&known, &added).map_err(|e| row.fail(e)),
+        _ => Err(row.fail(Why::Unpack)),
     };
     merged.map_err(|e| tracing::error!(error = %e, "a part of a stored job is skipped"))
 }

@@ -38,7 +38,7 @@ pub async fn login(
     // An address locked for this identity is refused here, before the secret is checked:
     // the right one fails too, from there (other addresses are not locked). Identities that
     // do not exist lock the same way (a lock tells nothing).
-    state.guard.admit(&req.identity, peer.0)?;
+    state.guard.admit(&state.db, &req.identity, peer.0).await?;
     const SQL: &str = "SELECT u.id, u.secret_gen, u.secret_hash, m.role FROM users u \
         LEFT JOIN teams t ON t.name = $2 \
         LEFT JOIN members m ON m.user_id = u.id AND m.team_id = t.id \
@@ -51,7 +51,10 @@ pub async fn login(
         None => (0, 0, None, None),
     };
     let secret_ok = credentials::verify_secret(&state.guard, req.secret, hash).await?;
-    state.guard.record(&req.identity, peer.0, secret_ok);
+    state
+        .guard
+        .record(&state.db, &req.identity, peer.0, secret_ok)
+        .await?;
     let Some(role) = role.filter(|_| secret_ok) else {
         return Err(ApiError::unauthorized());
     };
@@ -83,7 +86,7 @@ pub(super) fn issue(
         uid,
         sgen,
         team,
-        role: role.to_string(),
+        role,
         iat: now_s,
         exp: now_s + state.settings.jwt_ttl.as_secs().max(1),
     };

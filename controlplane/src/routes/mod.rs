@@ -12,6 +12,7 @@ mod gateway;
 mod invitations;
 mod jobs;
 mod login;
+mod quotas;
 mod services;
 mod teams;
 mod triggers;
@@ -44,6 +45,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/teams/{team}/members/{identity}"),
     ("GET", "/api/v1/teams/{team}/quota"),
     ("PUT", "/api/v1/teams/{team}/quota"),
+    ("GET", "/api/v1/quotas"),
     ("GET", "/api/v1/teams/{team}/invitations"),
     ("POST", "/api/v1/teams/{team}/invitations"),
     ("DELETE", "/api/v1/teams/{team}/invitations/{identity}"),
@@ -74,6 +76,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/api/v1/triggers/{id}"),
     ("DELETE", "/api/v1/triggers/{id}"),
     ("POST", "/api/v1/triggers/{id}/hits"),
+    ("GET", "/api/v1/users"),
     ("GET", "/api/v1/users/{identity}"),
     ("PATCH", "/api/v1/users/{identity}"),
     ("PUT", "/api/v1/users/{identity}/secret"),
@@ -94,7 +97,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(teams::get_team, teams::delete_team))
         .routes(routes!(teams::list_members, teams::add_member))
         .routes(routes!(teams::update_member, teams::remove_member))
-        .routes(routes!(teams::get_quota, teams::set_quota))
+        .routes(routes!(quotas::get_quota, quotas::set_quota))
+        .routes(routes!(quotas::list_quotas))
         .routes(routes!(
             invitations::list_team_invitations,
             invitations::create_invitation
@@ -134,6 +138,7 @@ fn api() -> OpenApiRouter<AppState> {
             triggers::delete_trigger
         ))
         .routes(routes!(triggers::add_hits))
+        .routes(routes!(users::list_users))
         .routes(routes!(users::get_user, users::update_user))
         .routes(routes!(users::change_secret))
         .routes(routes!(broker::snapshot))

@@ -1,5 +1,6 @@
-//! Teams, their members (invite, join other teams, roles) and quotas.
+//! Teams and their members (invite, join other teams, roles); their quotas are in `quotas`.
 
+use super::users::{UserRow, USER_SELECT};
 use crate::auth::AuthUser;
 use crate::change::change;
 use crate::checks::{check_name, check_quota};
@@ -9,10 +10,7 @@ use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable};
-use api::teams::{
-    AddMember, CreateTeam, MemberView, Preset, QuotaLimits, QuotaRequest, QuotaUse, QuotaView,
-    TeamView, UpdateMember,
-};
+use api::teams::{AddMember, CreateTeam, MemberView, Preset, QuotaLimits, TeamView, UpdateMember};
 use api::{Action, ErrorBody, Object, Role};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -28,6 +26,7 @@ struct TeamRow {
     max_services: Option<i64>,
     max_triggers: Option<i64>,
     max_users: Option<i64>,
+    max_teams: Option<i64>,
     public_services: bool,
     created: i64,
     updated: i64,
@@ -49,6 +48,7 @@ impl TeamRow {
                 max_services: self.max_services,
                 max_triggers: self.max_triggers,
                 max_users: self.max_users,
+                max_teams: self.max_teams,
                 public_services: self.public_services,
             },
             name: self.name,
@@ -70,7 +70,7 @@ struct MemberRow {
 }
 
 const TEAM_SELECT: &str = "SELECT t.id, t.name, m.role, t.max_workers, t.max_services, \
-    t.max_triggers, t.max_users, t.public_services, t.created, t.updated \
+    t.max_triggers, t.max_users, t.max_teams, t.public_services, t.created, t.updated \
     FROM teams t JOIN members m ON m.team_id = t.id WHERE m.user_id = $1";
 
 /// The caller's membership of `team`; 404 when they are not a member (whether or not it
@@ -104,6 +104,11 @@ pub(super) async fn admin_of(
     Ok(row)
 }
 
+/// The members of team `$1` that its `max_users` counts: operators are not counted, so that
+/// one may join a full team to help.
+const COUNTED_MEMBERS: &str = "SELECT COUNT(*) FROM members m \
+    JOIN users u ON u.id = m.user_id WHERE m.team_id = $1 AND NOT u.operator";
+
 /// Admins of a team other than `identity`.
 const OTHER_ADMINS: &str = "SELECT COUNT(*) FROM members m JOIN users u ON u.id = m.user_id \
     WHERE m.team_id = $1 AND m.role = 'admin' AND u.identity <> $2";
@@ -135,7 +140,9 @@ pub async fn list_teams(
 }
 
 /// Creates a team; the caller becomes its admin. A user who is not an operator may create
-/// as many teams as their `max_teams` (one, by default), each in the `free` tier.
+/// as many teams as their allowance (`GET /api/v1/users/{identity}`: one an operator gave
+/// them, else the most generous `max_teams` of the teams they are an admin of, else 1), each
+/// in the `free` tier.
 #[utoipa::path(post, path = "/api/v1/teams", tag = "teams", security(("jwt" = [])),
     request_body = CreateTeam,
     responses((status = 201, body = TeamView),
@@ -157,12 +164,10 @@ pub async fn create_team(
         Preset::Free
     });
     change!(state, Object::Team, Action::Created, req.name, req.name, tx => {
-        let (max_teams, created): (Option<i64>, i64) = sqlx::query_as(
-            "SELECT max_teams, (SELECT COUNT(*) FROM teams WHERE creator_id = $1) \
-             FROM users WHERE id = $1")
+        let creator: UserRow = sqlx::query_as(&format!("{USER_SELECT} WHERE u.id = $1"))
             .bind(user.user_id).fetch_one(&mut *tx).await?;
-        match max_teams {
-            Some(limit) if !user.operator && created >= limit => {
+        match creator.allowance().0 {
+            Some(limit) if creator.teams_created >= limit => {
                 return Err(ApiError::TeamsExceeded {
                     identity: user.identity.clone(),
                     limit,
@@ -172,11 +177,11 @@ pub async fn create_team(
         }
         let team_id: i64 = sqlx::query_scalar(
             "INSERT INTO teams (name, max_workers, max_services, max_triggers, max_users, \
-             public_services, creator_id, created, updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id")
+             max_teams, public_services, creator_id, created, updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING id")
             .bind(&req.name).bind(limits.max_workers).bind(limits.max_services)
-            .bind(limits.max_triggers).bind(limits.max_users).bind(limits.public_services)
-            .bind(user.user_id).bind(now).fetch_one(&mut *tx).await
+            .bind(limits.max_triggers).bind(limits.max_users).bind(limits.max_teams)
+            .bind(limits.public_services).bind(user.user_id).bind(now).fetch_one(&mut *tx).await
             .on_conflict(|| format!("team {}", req.name))?;
         sqlx::query(
             "INSERT INTO members (team_id, user_id, role, created) VALUES ($1, $2, $3, $4)")
@@ -342,12 +347,12 @@ pub async fn add_member(
     let hash = credentials::hash_secret(&state.guard, req.secret.clone()).await?;
     let now = now_ms();
     change!(state, Object::User, Action::Created, team, req.identity, tx => {
-        let n_users: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE team_id = $1").bind(row.id)
-                .fetch_one(&mut *tx).await?;
+        let n_users: i64 = sqlx::query_scalar(COUNTED_MEMBERS).bind(row.id)
+            .fetch_one(&mut *tx).await?;
         check_quota(&team, "users", row.view.quota.max_users, n_users)?;
         let user_id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO users (identity, secret_hash, operator, created) VALUES ($1, $2, FALSE, $3) \
+            "INSERT INTO users (identity, secret_hash, operator, max_teams, created) \
+             VALUES ($1, $2, FALSE, NULL, $3) \
              ON CONFLICT (identity) DO NOTHING RETURNING id")
             .bind(&req.identity).bind(&hash).bind(now).fetch_optional(&mut *tx).await?;
         let Some(user_id) = user_id else {
@@ -457,104 +462,4 @@ pub async fn remove_member(
         }
     });
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn quota_view(state: &AppState, team: Team) -> Result<QuotaView, ApiError> {
-    const SQL: &str = "SELECT \
-        (SELECT COUNT(*) FROM workers WHERE team_id = $1) AS workers, \
-        (SELECT COUNT(*) FROM services WHERE team_id = $1) AS services, \
-        (SELECT COUNT(*) FROM triggers WHERE team_id = $1) AS triggers, \
-        (SELECT COUNT(*) FROM members WHERE team_id = $1) AS users";
-    let (workers, services, triggers, users) = on_db!(&state.db, pool => {
-        sqlx::query_as(SQL).bind(team.id).fetch_one(pool).await?
-    });
-    Ok(QuotaView {
-        team: team.view.name,
-        limits: team.view.quota,
-        used: QuotaUse {
-            workers,
-            services,
-            triggers,
-            users,
-        },
-    })
-}
-
-/// A team's limits and use.
-#[utoipa::path(get, path = "/api/v1/teams/{team}/quota", tag = "teams", security(("jwt" = [])),
-    params(("team" = Name, Path, description = "Team name")),
-    responses((status = 200, body = QuotaView),
-        (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
-        (status = "default", body = ErrorBody)))]
-pub async fn get_quota(
-    State(state): State<AppState>,
-    user: AuthUser,
-    Path(team): Path<String>,
-) -> Result<Json<QuotaView>, ApiError> {
-    let row = membership(&state, &user, &team).await?;
-    Ok(Json(quota_view(&state, row).await?))
-}
-
-/// Sets a team's limits (operators only): a preset or explicit numbers.
-#[utoipa::path(put, path = "/api/v1/teams/{team}/quota", tag = "teams", security(("jwt" = [])),
-    params(("team" = Name, Path, description = "Team name")), request_body = QuotaRequest,
-    responses((status = 200, body = QuotaView),
-        (status = 403, description = "The caller is not an operator", body = ErrorBody),
-        (status = 404, description = "The caller is not a member of such a team", body = ErrorBody),
-        (status = 422, description = "A preset with explicit limits, or a negative limit", body = ErrorBody),
-        (status = "default", body = ErrorBody)))]
-pub async fn set_quota(
-    State(state): State<AppState>,
-    user: AuthUser,
-    Path(team): Path<String>,
-    Json(req): Json<QuotaRequest>,
-) -> Result<Json<QuotaView>, ApiError> {
-    if !user.operator {
-        return Err(ApiError::Forbidden(
-            "only an operator may set quotas".into(),
-        ));
-    }
-    let row = membership(&state, &user, &team).await?;
-    let explicit = QuotaLimits {
-        max_workers: req.max_workers,
-        max_services: req.max_services,
-        max_triggers: req.max_triggers,
-        max_users: req.max_users,
-        public_services: req.public_services.unwrap_or(true),
-    };
-    let limits = match req.preset {
-        Some(preset) => {
-            if explicit != QuotaLimits::preset(Preset::Unlimited) || req.public_services.is_some() {
-                return Err(ApiError::Unprocessable(
-                    "give either a preset or explicit limits, not both".into(),
-                ));
-            }
-            QuotaLimits::preset(preset)
-        }
-        None => explicit,
-    };
-    for n in [
-        limits.max_workers,
-        limits.max_services,
-        limits.max_triggers,
-        limits.max_users,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if n < 0 {
-            return Err(ApiError::Unprocessable("a limit cannot be negative".into()));
-        }
-    }
-    let now = now_ms();
-    change!(state, Object::Team, Action::Updated, team, team, tx => {
-        sqlx::query(
-            "UPDATE teams SET max_workers = $1, max_services = $2, max_triggers = $3, \
-             max_users = $4, public_services = $5, updated = $6 WHERE id = $7")
-            .bind(limits.max_workers).bind(limits.max_services).bind(limits.max_triggers)
-            .bind(limits.max_users).bind(limits.public_services).bind(now).bind(row.id)
-            .execute(&mut *tx).await?;
-    });
-    let row = membership(&state, &user, &team).await?;
-    Ok(Json(quota_view(&state, row).await?))
 }

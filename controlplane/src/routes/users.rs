@@ -1,56 +1,106 @@
-//! Users across teams, as an operator sees them: how many teams each may create; and a
-//! user's change of their own secret.
+//! Users across teams, as an operator sees them: how many teams each may create (their own
+//! allowance, or their teams' tiers'); and a user's change of their own secret.
 
 use super::login::issue;
 use crate::auth::{AuthUser, PeerAddr};
 use crate::change::change;
+use crate::checks::operator_only;
 use crate::credentials;
 use crate::db::{on_db, rfc3339};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::state::AppState;
 use api::login::LoginResponse;
-use api::users::{ChangeSecret, UpdateUser, UserView, MAX_SECRET};
+use api::users::{AllowanceFrom, ChangeSecret, UpdateUser, UserView, MAX_SECRET};
 use api::{Action, ErrorBody, Object};
 use axum::extract::State;
 use proto::openapi::Name;
 
-/// A user as stored.
+/// What only an operator may do here (the 403's message).
+const WHAT: &str = "read or change users";
+
+/// A user as stored, with what decides their team allowance.
 #[derive(sqlx::FromRow)]
-struct UserRow {
+pub(super) struct UserRow {
     identity: String,
     operator: bool,
-    max_teams: Option<i64>,
-    teams_created: i64,
+    /// The allowance an operator gave them (`NULL`: none, the tier decides).
+    own_max_teams: Option<i64>,
+    /// Teams they are an admin of; of those, how many allow unlimited teams, and the most
+    /// any other allows.
+    admin_of: i64,
+    unlimited_tiers: i64,
+    tier_max_teams: Option<i64>,
+    pub(super) teams_created: i64,
     created: i64,
 }
 
-const SELECT: &str = "SELECT u.identity, u.operator, u.max_teams, \
+/// Every user (`WHERE` and `ORDER BY` follow), as [`UserRow`].
+pub(super) const USER_SELECT: &str = "SELECT u.identity, u.operator, \
+    u.max_teams AS own_max_teams, \
+    (SELECT COUNT(*) FROM members m WHERE m.user_id = u.id AND m.role = 'admin') AS admin_of, \
+    (SELECT COUNT(*) FROM members m JOIN teams t ON t.id = m.team_id \
+     WHERE m.user_id = u.id AND m.role = 'admin' AND t.max_teams IS NULL) AS unlimited_tiers, \
+    (SELECT MAX(t.max_teams) FROM members m JOIN teams t ON t.id = m.team_id \
+     WHERE m.user_id = u.id AND m.role = 'admin') AS tier_max_teams, \
     (SELECT COUNT(*) FROM teams t WHERE t.creator_id = u.id) AS teams_created, \
-    u.created FROM users u WHERE u.identity = $1";
+    u.created FROM users u";
 
-fn operator_only(user: &AuthUser) -> Result<(), ApiError> {
-    if user.operator {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "only an operator may read or change users".into(),
-        ))
+impl UserRow {
+    /// How many teams the user may create (`None`: unlimited), and why: an operator's are
+    /// unlimited; else the allowance an operator gave them; else the most generous tier among
+    /// the teams they are an admin of (1 when they are an admin of none).
+    pub(super) fn allowance(&self) -> (Option<i64>, AllowanceFrom) {
+        if self.operator {
+            (None, AllowanceFrom::Operator)
+        } else if let Some(own) = self.own_max_teams {
+            (Some(own), AllowanceFrom::User)
+        } else if self.admin_of == 0 {
+            (Some(1), AllowanceFrom::Tier)
+        } else if self.unlimited_tiers > 0 {
+            (None, AllowanceFrom::Tier)
+        } else {
+            (self.tier_max_teams.or(Some(1)), AllowanceFrom::Tier)
+        }
+    }
+
+    fn view(self) -> UserView {
+        let (max_teams, max_teams_from) = self.allowance();
+        UserView {
+            identity: self.identity,
+            operator: self.operator,
+            max_teams,
+            max_teams_from,
+            teams_created: self.teams_created,
+            created: rfc3339(self.created),
+        }
     }
 }
 
 async fn find(state: &AppState, identity: &str) -> Result<UserView, ApiError> {
+    let sql = format!("{USER_SELECT} WHERE u.identity = $1");
     let row: Option<UserRow> = on_db!(&state.db, pool => {
-        sqlx::query_as(SELECT).bind(identity).fetch_optional(pool).await?
+        sqlx::query_as(&sql).bind(identity).fetch_optional(pool).await?
     });
     let row = row.ok_or_else(|| ApiError::NotFound(format!("no user {identity}")))?;
-    Ok(UserView {
-        identity: row.identity,
-        operator: row.operator,
-        max_teams: row.max_teams,
-        teams_created: row.teams_created,
-        created: rfc3339(row.created),
-    })
+    Ok(row.view())
+}
+
+/// Every user of the installation and their team allowance (operators only).
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("jwt" = [])),
+    responses((status = 200, body = [UserView]),
+        (status = 403, description = "The caller is not an operator", body = ErrorBody),
+        (status = "default", body = ErrorBody)))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    operator_only(&user, WHAT)?;
+    let sql = format!("{USER_SELECT} ORDER BY u.identity");
+    let rows: Vec<UserRow> = on_db!(&state.db, pool => {
+        sqlx::query_as(&sql).fetch_all(pool).await?
+    });
+    Ok(Json(rows.into_iter().map(UserRow::view).collect()))
 }
 
 /// One user and their limit (operators only).
@@ -65,12 +115,13 @@ pub async fn get_user(
     user: AuthUser,
     Path(identity): Path<String>,
 ) -> Result<Json<UserView>, ApiError> {
-    operator_only(&user)?;
+    operator_only(&user, WHAT)?;
     Ok(Json(find(&state, &identity).await?))
 }
 
-/// Sets how many teams a user may create (operators only). An operator's teams stay
-/// unlimited: a number for one is refused (409), `null` leaves it as it is.
+/// Sets how many teams a user may create (operators only): a number of their own, or `null`
+/// for none of their own (the tiers of the teams they are an admin of decide). An operator's
+/// teams stay unlimited: a number for one is refused (409), `null` leaves it as it is.
 #[utoipa::path(patch, path = "/api/v1/users/{identity}", tag = "users", security(("jwt" = [])),
     params(("identity" = Name, Path, description = "User identity")), request_body = UpdateUser,
     responses((status = 200, body = UserView),
@@ -85,7 +136,7 @@ pub async fn update_user(
     Path(identity): Path<String>,
     Json(req): Json<UpdateUser>,
 ) -> Result<Json<UserView>, ApiError> {
-    operator_only(&user)?;
+    operator_only(&user, WHAT)?;
     if req.max_teams.is_some_and(|n| n < 0) {
         return Err(ApiError::Unprocessable("a limit cannot be negative".into()));
     }
@@ -113,7 +164,11 @@ pub async fn update_user(
             }
         }
     });
-    Ok(Json(find(&state, &identity).await?))
+    let view = find(&state, &identity).await?;
+    tracing::info!(operator = %user.identity, user = %identity, own = ?req.max_teams,
+        max_teams = ?view.max_teams, from = %view.max_teams_from,
+        "operator changed a user's team allowance");
+    Ok(Json(view))
 }
 
 /// Changes the caller's own secret: `identity` must be the caller's, and `current` their
@@ -153,14 +208,17 @@ pub async fn change_secret(
     }
     // A wrong `current` is a guess at the secret, as a failed login is (counted and locked
     // the same way).
-    state.guard.admit(&identity, peer.0)?;
+    state.guard.admit(&state.db, &identity, peer.0).await?;
     let old_hash: String = on_db!(&state.db, pool => {
         sqlx::query_scalar("SELECT secret_hash FROM users WHERE id = $1")
             .bind(user.user_id).fetch_one(pool).await?
     });
     let current_ok =
         credentials::verify_secret(&state.guard, req.current, Some(old_hash.clone())).await?;
-    state.guard.record(&identity, peer.0, current_ok);
+    state
+        .guard
+        .record(&state.db, &identity, peer.0, current_ok)
+        .await?;
     if !current_ok {
         return Err(ApiError::Forbidden(
             "the current secret is not right".into(),

@@ -167,13 +167,21 @@ impl RequestRun {
             // `Lost` (`Accepted` and `Output` do not end a run).
             _ => {
                 let may_retry = !run.accepted || self.policy.retry;
-                // Fail-over: the client never hears about the lost worker.
                 let fails_over = self.policy.algorithm == Algorithm::Roundrobin
                     && may_retry
                     && self.next_idx < self.targets.len();
                 if !fails_over {
                     let message = format!("worker {worker} went away during the request");
                     self.fail(worker, ErrorKind::WorkerLost, message, out);
+                } else if run.accepted {
+                    // The client saw this worker start: it hears that the request runs again
+                    // elsewhere (not a failure, not counted). Lost before `Accepted`, the
+                    // worker is never heard of.
+                    let next = &self.targets[self.next_idx].identity;
+                    let message = format!(
+                        "worker {worker} went away after it accepted the request; run again on {next}"
+                    );
+                    out.push(failed(worker, ErrorKind::Retried, message));
                 }
             }
         }

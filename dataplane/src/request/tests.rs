@@ -175,6 +175,31 @@ fn roundrobin_fails_over_before_accepted_only() {
     assert_eq!(h.finish().unwrap().lost, 1);
 }
 
+/// With `retry`, a worker lost after `Accepted` is reported `Retried` (not counted) and the
+/// request runs again on the next worker, whose answer is the request's.
+#[test]
+fn roundrobin_with_retry_reports_the_lost_worker_as_retried() {
+    let mut p = policy(Algorithm::Roundrobin);
+    p.retry = true;
+    let mut h = Harness::new(p, 2);
+    let d0 = h.dispatched()[0].0;
+    h.event(d0, Event::Accepted);
+    h.event(d0, WorkerEvent::Lost);
+    let d = h.dispatched();
+    assert_eq!(d.len(), 2, "run again on w1");
+    h.event(d[1].0, Event::Accepted);
+    h.event(d[1].0, Event::Done { exit_code: 0 });
+    assert_eq!(
+        ends(&h.out),
+        [
+            ("w0".to_string(), "Retried".to_string()),
+            ("w1".to_string(), "0".to_string())
+        ]
+    );
+    let s = h.finish().unwrap();
+    assert_eq!((s.workers, s.ok, s.lost, s.failed), (1, 1, 0, 0));
+}
+
 #[test]
 fn roundrobin_all_lost_reports_worker_lost() {
     let mut h = Harness::new(policy(Algorithm::Roundrobin), 2);

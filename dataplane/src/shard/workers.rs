@@ -127,6 +127,11 @@ impl State {
                     "worker announced a configured service it is not bound to; ignored (bind it to the service to serve it)");
             }
         }
+        let services_bound = self.routing.registry.bound_to(team, identity);
+        let bound = Frame::Bound {
+            services: services_bound,
+        };
+        self.send_to_conn(conn_id, &bound);
         self.report_worker(conn_id, WorkerState::Online, services.clone());
         self.worker_online(conn_id, &principal, services);
         true

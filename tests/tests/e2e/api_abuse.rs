@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use tests::{Api, Control, Db, TestApi};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn loopback(last: u8) -> IpAddr {
+pub(crate) fn loopback(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
 /// An HTTP client whose connections come from `from`.
-fn client_from(from: IpAddr) -> Result<reqwest::Client> {
+pub(crate) fn client_from(from: IpAddr) -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .local_address(from)
         .timeout(Duration::from_secs(15))
@@ -176,7 +176,11 @@ async fn idle_sockets_at_the_connection_limit_make_room_for_a_caller() -> Result
 }
 
 /// One login from `from`; its status and `code`.
-async fn login_from(from: IpAddr, control: &Control, secret: &str) -> Result<(StatusCode, String)> {
+pub(crate) async fn login_from(
+    from: IpAddr,
+    control: &Control,
+    secret: &str,
+) -> Result<(StatusCode, String)> {
     let (team, identity, _) = &control.admin;
     let resp = client_from(from)?
         .post(format!("{}/api/v1/login", control.url))

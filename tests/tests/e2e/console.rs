@@ -358,6 +358,13 @@ async fn users_teams_and_quotas_through_c(
     ensure!(!members.to_string().contains("\"bob\""), "{members}");
     ok!(rig, ran, "set teams name second");
     ensure!(rig.get("/teams").await?.to_string().contains("\"second\""));
+    // The operator's: another team's tier and limits, a user's allowance.
+    ok!(rig, ran, "set teams second quota preset advanced");
+    ok!(rig, ran, "set teams second quota max_teams 3");
+    let q = rig.get("/teams/second/quota").await?;
+    ensure!(q["max_teams"] == 3 && q["max_workers"] == 100, "{q}");
+    ok!(rig, ran, "set users bob max-teams 2");
+    ensure!(rig.get("/users/bob").await?["max_teams"] == 2);
     ok!(rig, ran, "delete teams second");
     ensure!(!rig.get("/teams").await?.to_string().contains("\"second\""));
     ok!(rig, ran, "set quota preset basic");
@@ -751,5 +758,41 @@ async fn triggerfs_cli_link_takes_the_seeds_flags() -> Result<()> {
         code == 0 && out.contains("demo") && out.contains("(1 rows)"),
         "{out}{err}"
     );
+    Ok(())
+}
+
+/// The operator's commands on a terminal: TAB completes any team and any user of the
+/// installation, though the operator is in neither's team (issue 28).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_completes_any_team_and_user_with_tab() -> Result<()> {
+    let rig = Rig::start().await?;
+    let alice = rig
+        .api
+        .new_member(&rig.up.team, "alice", "alice-secret-tab")
+        .await?;
+    alice
+        .ok("POST", "/api/v1/teams", json!({"name": "twilio"}))
+        .await?;
+    alice.new_member("twilio", "zed", "zed-secret-tab").await?;
+    let host = "(main) admin@127.0.0.1";
+    let mut screen = console_on_a_pty(&rig)?;
+    screen.expect(&format!("{host}$ "))?;
+    screen.line("configure")?;
+    screen.expect(&format!("{host}# "))?;
+    screen.send("set teams tw\t")?;
+    screen.expect("set teams twilio ")?;
+    screen.send("quota preset adv\t")?;
+    screen.expect("quota preset advanced ")?;
+    screen.line("")?;
+    screen.expect(&format!("{host}# "))?;
+    screen.send("set users z\t")?;
+    screen.expect("set users zed ")?;
+    screen.send("max-t\t")?;
+    screen.expect("max-teams ")?;
+    screen.line("4")?;
+    screen.expect("zed may create 4 teams")?;
+    let q = rig.get("/teams/twilio/quota").await?;
+    ensure!(q["tier"] == "advanced", "{q}");
+    ensure!(rig.get("/users/zed").await?["max_teams"] == 4);
     Ok(())
 }

@@ -29,7 +29,7 @@ fn mint(key: &[u8], team: &str, sub: &str, exp_offset: i64) -> String {
         sgen: 0,
         sub: sub.into(),
         team: team.into(),
-        role: "admin".into(),
+        role: proto::control::TeamRole::Admin,
         iat: (now - 3600) as u64,
         exp: (now + exp_offset) as u64,
     };

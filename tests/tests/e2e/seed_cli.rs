@@ -102,8 +102,8 @@ async fn seed_worker_and_client_command_lines_work_through_install_links() -> Re
         &config,
         home.path(),
     )?;
-    // The worker refuses it: that worker's exit is an error (status 1).
-    assert_eq!(code, 1, "{out}{err}");
+    // The worker refuses it: a refused request, status 2 (as the README's table says).
+    assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains("Exit code: error (PluginNotFound: "), "{out}");
 
     // An unknown single-dash word is refused by clap, as before.

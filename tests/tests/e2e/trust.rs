@@ -154,7 +154,7 @@ fn mint(key: &[u8], team: &str, sub: &str, uid: i64) -> String {
         uid,
         sgen: 0,
         team: team.into(),
-        role: "admin".into(),
+        role: proto::control::TeamRole::Admin,
         iat: now_s(),
         exp: now_s() + 3600,
     };
@@ -167,7 +167,7 @@ fn mint(key: &[u8], team: &str, sub: &str, uid: i64) -> String {
 }
 
 /// Waits for `handle` to end; its last error kind and when it ended.
-async fn ends(mut handle: client::RequestHandle) -> (Option<ErrorKind>, Instant) {
+pub(crate) async fn ends(mut handle: client::RequestHandle) -> (Option<ErrorKind>, Instant) {
     let mut error = None;
     while let Some(event) = handle.next().await {
         if let ClientEvent::Error { kind, .. } = event {
@@ -242,7 +242,7 @@ async fn stack(db: Db, workers: &[&str]) -> Result<Stack> {
 }
 
 /// Opens `/api/v1/events` with `jwt`.
-async fn open_events(
+pub(crate) async fn open_events(
     control: &Control,
     jwt: &str,
 ) -> Result<impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin> {

@@ -169,6 +169,14 @@ fn resolution_refuses_escapes() {
     let alias = resolve_plugin(&root, "alias").unwrap();
     assert_eq!(alias.path, ok.path);
     assert_eq!(alias.argv0, root.join("alias/alias"));
+    // The seed's layout: an executable directly in the plugins path, with no manifest.
+    write_plugin(&root, "flat", "true");
+    symlink("/bin/sh", root.join("flatevil")).unwrap();
+    let flat = resolve_plugin(&root, "flat").unwrap();
+    assert_eq!(flat.path, root.join("flat").canonicalize().unwrap());
+    assert_eq!(flat.dir, root.canonicalize().unwrap());
+    assert!(!flat.has_manifest && ok.has_manifest);
+    assert!(resolve_plugin(&root, "flatevil").is_err());
 
     for name in [
         "../../bin/sh",

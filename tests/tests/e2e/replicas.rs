@@ -1,0 +1,154 @@
+//! Control-plane replicas on one PostgreSQL database (issue 27, point 5): they share the JWT
+//! key and the brokers' token, each one's `/events` carries the changes made through the
+//! others (`LISTEN/NOTIFY`), so a member removed through one replica is cut at a broker that
+//! follows another; wrong secrets spread over both lock as on one; and with one replica
+//! killed, the other serves on.
+
+use super::api_abuse::{client_from, loopback};
+use super::trust::{ends, open_events, run, spec};
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use proto::ErrorKind;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tests::*;
+
+/// Reads an event stream until a `config` event whose data contains `needle`; how long it
+/// took. Fails after `within`.
+async fn config_event_naming(
+    events: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    needle: &str,
+    within: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let mut seen = String::new();
+    tokio::time::timeout(within, async {
+        while let Some(chunk) = events.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk?));
+            let found = seen
+                .split("\n\n")
+                .any(|e| e.contains("event: config") && e.contains(needle));
+            if found {
+                return Ok(start.elapsed());
+            }
+        }
+        anyhow::bail!("the event stream ended: {seen}")
+    })
+    .await
+    .with_context(|| format!("no config event naming {needle} within {within:?}"))?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_keys_events_and_revocation() -> Result<()> {
+    let port = free_port();
+    let broker_addr = format!("127.0.0.1:{port}");
+    let mut a = Control::start_on(&broker_addr, Db::Postgres)?;
+    let b = a.replica(&broker_addr, &[])?;
+    // One JWT key and one broker token, whichever replica's data dir is read.
+    assert_eq!(a.jwt_key()?, b.jwt_key()?);
+    assert_eq!(
+        std::fs::read_to_string(a.broker_token_file())?,
+        std::fs::read_to_string(b.broker_token_file())?
+    );
+
+    // The admin through A, the member dave made and logged in through B.
+    let (team, admin, secret) = a.admin.clone();
+    let api_a = Api::login(&a.url, &team, &admin, &secret).await?;
+    let api_b = Api::login(&b.url, &team, &admin, &secret).await?;
+    let token = api_a.new_worker("w1").await?;
+    api_b
+        .ok(
+            "POST",
+            "/api/v1/services",
+            json!({"name": "svc", "visibility": "team", "workers": ["w1"]}),
+        )
+        .await?;
+    api_b
+        .ok(
+            "POST",
+            &format!("/api/v1/teams/{team}/members"),
+            json!({"identity": "dave", "secret": "dave-secret-1"}),
+        )
+        .await?;
+    let dave = Api::login(&b.url, &team, "dave", "dave-secret-1").await?;
+
+    // The broker follows A; dave's token from B is good there.
+    let (_broker, _) = start_controlled_broker(&a, port, &[])?;
+    let plugins = Plugins::core()?;
+    let _worker = start_worker(
+        broker_addr.parse()?,
+        "w1",
+        &plugins,
+        &["--team", &team, "--token", &token],
+    )?;
+    api_b
+        .wait_worker_state("w1", "ONLINE", Duration::from_secs(20))
+        .await?;
+    let dave_jwt = dave.token().context("dave's token")?;
+    let c = connect_jwt(&broker_addr, &dave_jwt).await?;
+    let (workers, error) = run(&c, "svc", "echo hi").await?;
+    assert_eq!((workers, error), (vec!["w1".to_string()], None));
+
+    // A change through B is an event on A's stream.
+    let mut events = open_events(&a, &api_a.token().context("token")?).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api_b
+        .ok("POST", "/api/v1/services", json!({"name": "svc2"}))
+        .await?;
+    let took = config_event_naming(&mut events, "svc2", Duration::from_secs(2)).await?;
+    println!("a change through B reached A's /events after {took:?}");
+
+    // Dave removed through B: his request at the broker (following A) ends within 2 s.
+    let long = tokio::spawn(ends(c.request(spec("svc", "sleep 30")).await?));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api_b
+        .ok(
+            "DELETE",
+            &format!("/api/v1/teams/{team}/members/dave"),
+            Value::Null,
+        )
+        .await?;
+    let removed = Instant::now();
+    let (error, ended) = tokio::time::timeout(Duration::from_secs(10), long).await??;
+    println!(
+        "removed through B, cut at A's broker after {:?}",
+        ended - removed
+    );
+    assert_eq!(error, Some(ErrorKind::Revoked));
+    assert!(ended - removed < Duration::from_secs(2));
+
+    // Wrong secrets for `mallory` from 127.0.0.3, alternately through A and B: the 11th is
+    // refused as on one replica (10 in a row lock that address), through either.
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        let answer = client_from(loopback(3))?
+            .post(format!("{}/api/v1/login", replica.url))
+            .json(&json!({"team": team, "identity": "mallory", "secret": "wrong"}))
+            .send()
+            .await?;
+        let status = answer.status();
+        let body: api::ErrorBody = answer.json().await?;
+        answers.push((status, body.code));
+    }
+    let unauthorized = (StatusCode::UNAUTHORIZED, api::ErrorCode::Unauthorized);
+    let locked = (StatusCode::TOO_MANY_REQUESTS, api::ErrorCode::LockedOut);
+    assert_eq!(answers[..10], vec![unauthorized; 10][..], "{answers:?}");
+    assert_eq!(answers[10..], [locked, locked], "{answers:?}");
+
+    // A killed: B serves on, with the tokens A issued.
+    a.proc.kill();
+    let api_a_token = api_a.token().context("token")?;
+    let through_b = reqwest::Client::new()
+        .get(format!("{}/api/v1/services", b.url))
+        .bearer_auth(&api_a_token)
+        .send()
+        .await?;
+    assert!(through_b.status().is_success(), "{}", through_b.status());
+    let services: Vec<api::services::ServiceView> = through_b.json().await?;
+    let mut names: Vec<_> = services.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["svc", "svc2"]);
+    Ok(())
+}

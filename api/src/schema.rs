@@ -89,17 +89,17 @@ doc_type! {
 
 doc_type! {
     /// A directory's path.
-    DirectoryPath => string("`/name` (or `name`): one level under `/`; the name follows the name rule.")
+    DirectoryPath => string("`/name` or `/name/sub/...` (the leading `/` may be left out): 1 to 16 names, each following the name rule.")
         .min_length(Some(1))
-        .max_length(Some(MAX_NAME + 1))
+        .max_length(Some(crate::directories::MAX_PATH))
         .pattern(Some(crate::directories::PATH_PATTERN))
 }
 
 doc_type! {
     /// A trigger's path.
-    TriggerPath => string("`/directory/name`: two names; the directory must exist (422 otherwise).")
+    TriggerPath => string("`/directory/name`, the directory nested or not (1 to 16 names): the directory must exist (422 otherwise).")
         .min_length(Some(4))
-        .max_length(Some(2 * MAX_NAME + 2))
+        .max_length(Some(crate::directories::MAX_PATH + MAX_NAME + 1))
         .pattern(Some(crate::triggers::PATH_PATTERN))
 }
 

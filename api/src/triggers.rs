@@ -22,13 +22,14 @@ text_enum! {
     }
 }
 
-/// What a trigger's path may be: `/directory/name`, both names.
+/// What a trigger's path may be: `/directory/name`, the directory 1 to
+/// [`crate::directories::MAX_DEPTH`] names (as [`crate::directories::split_trigger_path`]).
 pub const PATH_PATTERN: &str = concat!(
     "^/",
     proto::name_segment_pattern!(),
-    "/",
+    "(?:/",
     proto::name_segment_pattern!(),
-    "$"
+    "){1,16}$"
 );
 
 /// Most hits one call may add.
@@ -54,11 +55,11 @@ pub const MAX_ARG_CHARS: usize = 4096;
 pub struct TriggerView {
     /// Numeric id.
     pub id: i64,
-    /// `/directory/name`.
+    /// `/directory/name` (`/weatherstation/rpi/station1`).
     pub path: String,
     /// File name.
     pub name: String,
-    /// Directory name.
+    /// The directory's path without its leading `/` (`weatherstation/rpi`).
     pub directory: String,
     /// Free text.
     pub description: String,
@@ -135,7 +136,8 @@ pub struct CreateTrigger {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTrigger {
-    /// A new `/directory/name`: renames the trigger, moves it to another directory, or both.
+    /// A new `/directory/name`: renames the trigger, moves it to another directory (at any
+    /// depth), or both.
     /// The directory must exist (422), and no other trigger have the path (409).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::TriggerPath>))]
     pub path: Option<String>,

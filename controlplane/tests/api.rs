@@ -734,7 +734,8 @@ async fn directories_and_triggers(backend: Backend) {
     );
 }
 
-/// A trigger needs its directory; directories are one level, unique and well named.
+/// A trigger needs its directory; directories are unique and well named, and a nested one
+/// needs its parent (see `directories.rs`).
 async fn directories_come_first(h: &Harness, trigger: &Value) {
     let admin = &h.admin_token;
     assert_error(
@@ -755,6 +756,12 @@ async fn directories_come_first(h: &Harness, trigger: &Value) {
     );
     assert_error(
         &h.post("/api/v1/directories", admin, json!({"path": "/a/b"}))
+            .await,
+        422,
+        "Unprocessable",
+    );
+    assert_error(
+        &h.post("/api/v1/directories", admin, json!({"path": "/logs/../x"}))
             .await,
         422,
         "Unprocessable",

@@ -806,10 +806,75 @@ impl<'h> World<'h> {
         }
     }
 
-    async fn ensure_directory(&self, name: &str) {
-        let body = json!({"path": format!("/{name}")});
+    /// Makes directory `dir` (`a/b`, with its parents) exist, removing a trigger that has
+    /// its path or one of its parents' (a name in a directory is one or the other).
+    async fn ensure_directory(&self, dir: &str) {
+        let dir = dir.strip_prefix('/').unwrap_or(dir);
+        if !path_like(dir) {
+            return;
+        }
+        let mut at = String::new();
+        for name in dir.split('/') {
+            at = if at.is_empty() {
+                name.into()
+            } else {
+                format!("{at}/{name}")
+            };
+            self.sql(&[self.drop_trigger(&at)]).await;
+        }
+        let body = json!({"path": format!("/{dir}"), "parents": true});
         self.call(Method::POST, "/api/v1/directories", &self.token, Some(body))
             .await;
+    }
+
+    /// The statement that removes the trigger of path `/{path}` in the world's team.
+    fn drop_trigger(&self, path: &str) -> String {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        format!(
+            "DELETE FROM triggers WHERE id IN (SELECT t.id FROM triggers t JOIN directories d \
+             ON d.id = t.directory_id JOIN teams g ON g.id = d.team_id WHERE g.name = {} \
+             AND d.name = {} AND t.name = {})",
+            sql_text(&self.team),
+            sql_text(dir),
+            sql_text(name)
+        )
+    }
+
+    /// Removes whatever has path `path` in the world's team: a trigger, or a directory with
+    /// everything in it.
+    async fn clear_path(&self, path: &str) {
+        let path = path.strip_prefix('/').unwrap_or(path);
+        if !path_like(path) {
+            return;
+        }
+        let team = format!(
+            "(SELECT id FROM teams WHERE name = {})",
+            sql_text(&self.team)
+        );
+        let under = sql_text(&format!("{path}/"));
+        let subtree = format!(
+            "team_id = {team} AND (name = {} OR substr(name, 1, length({under})) = {under})",
+            sql_text(path)
+        );
+        self.sql(&[
+            self.drop_trigger(path),
+            format!(
+                "DELETE FROM triggers WHERE directory_id IN \
+                 (SELECT id FROM directories WHERE {subtree})"
+            ),
+            format!("DELETE FROM directories WHERE {subtree}"),
+        ])
+        .await;
+    }
+
+    /// Makes a new directory's or a moved one's path `path` free, and its parent exist.
+    async fn free_path(&self, path: &Value) {
+        let Some(path) = path.as_str() else { return };
+        let path = path.strip_prefix('/').unwrap_or(path);
+        self.clear_path(path).await;
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.ensure_directory(parent).await;
+        }
     }
 
     async fn new_trigger(&mut self) -> i64 {
@@ -998,9 +1063,13 @@ async fn config_baseline(
             Some(json!({"plugin": "command/command"}))
         }
         ("POST", "/api/v1/directories") => Some(json!({"path": format!("/{}", w.fresh("d"))})),
-        ("DELETE", "/api/v1/directories/{name}") => {
-            param("name", w.fresh("d"));
+        ("DELETE", "/api/v1/directories/{path}") => {
+            param("path", w.fresh("d"));
             None
+        }
+        ("PATCH", "/api/v1/directories/{path}") => {
+            param("path", w.fresh("d"));
+            Some(json!({"path": format!("/{}", w.fresh("d"))}))
         }
         ("POST", "/api/v1/triggers") => {
             let (dir, service) = (w.fresh("d"), w.fresh("s"));
@@ -1199,23 +1268,31 @@ async fn prepare_config(
             )
             .await;
         }
-        ("POST", "/api/v1/directories") => {
-            if let Some(dir) = field("path").as_str() {
-                let url = format!(
-                    "/api/v1/directories/{}",
-                    encode(dir.strip_prefix('/').unwrap_or(dir))
-                );
-                w.call(Method::DELETE, &url, &w.token, None).await;
-            }
+        ("POST", "/api/v1/directories") => w.free_path(&field("path")).await,
+        ("DELETE", "/api/v1/directories/{path}") => {
+            w.clear_path(&path["path"]).await;
+            w.ensure_directory(&path["path"]).await;
         }
-        ("DELETE", "/api/v1/directories/{name}") => w.ensure_directory(&path["name"]).await,
+        ("PATCH", "/api/v1/directories/{path}") => {
+            w.clear_path(&path["path"]).await;
+            w.ensure_directory(&path["path"]).await;
+            w.free_path(&field("path")).await;
+        }
         ("POST", "/api/v1/triggers") | ("PATCH", "/api/v1/triggers/{id}") => {
-            if let Some((dir, _)) = field("path")
-                .as_str()
-                .and_then(|p| p.strip_prefix('/'))
-                .and_then(|p| p.split_once('/'))
-            {
-                w.ensure_directory(dir).await;
+            // The trigger a PATCH changes, out of the way of what is cleared for its new path
+            // (an earlier case may have moved it there).
+            if let (Some(id), "PATCH") = (w.trigger, route.0) {
+                w.ensure_directory("park").await;
+                let url = format!("/api/v1/triggers/{id}");
+                let body = json!({"path": "/park/t"});
+                w.call(Method::PATCH, &url, &w.token, Some(body)).await;
+            }
+            if let Some(path) = field("path").as_str() {
+                // Its directory, and no directory where the trigger goes.
+                w.clear_path(path).await;
+                if let Some((dir, _)) = path.strip_prefix('/').and_then(|p| p.rsplit_once('/')) {
+                    w.ensure_directory(dir).await;
+                }
             }
             w.ensure_service(&field("service")).await;
         }
@@ -1513,6 +1590,15 @@ fn clip(text: &str) -> String {
             text.chars().take(100).collect::<String>()
         )
     }
+}
+
+/// Whether `text` may be a path: only what names and paths are made of (anything else is
+/// refused by the server before a fixture could matter).
+fn path_like(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
 }
 
 /// `text` as an SQL string literal.

@@ -3,7 +3,7 @@
 //! `chmod` make, and batched hit counts. The tree follows the client's SSE stream.
 
 use crate::FsError;
-use api::directories::{CreateDirectory, DirectoryView};
+use api::directories::{CreateDirectory, DirPath, DirectoryView, UpdateDirectory};
 use api::triggers::{AddHits, TriggerView, UpdateTrigger};
 use api::ApiClient;
 use serde::de::IgnoredAny;
@@ -15,16 +15,32 @@ pub async fn lists(api: &ApiClient) -> Result<(Vec<DirectoryView>, Vec<TriggerVi
     Ok((api.get("/directories").await?, api.get("/triggers").await?))
 }
 
-/// `mkdir /name`.
-pub async fn mkdir(api: &ApiClient, name: &str) -> Result<(), FsError> {
-    let path = format!("/{name}");
-    let _: IgnoredAny = api.post("/directories", &CreateDirectory { path }).await?;
+/// `mkdir /a/b` (its parent exists: the kernel looked it up).
+pub async fn mkdir(api: &ApiClient, path: &DirPath) -> Result<(), FsError> {
+    let body = CreateDirectory {
+        path: path.absolute(),
+        parents: None,
+    };
+    let _: IgnoredAny = api.post("/directories", &body).await?;
     Ok(())
 }
 
-/// `rmdir /name` (the API refuses one that holds triggers).
-pub async fn rmdir(api: &ApiClient, name: &str) -> Result<(), FsError> {
-    let _: IgnoredAny = api.delete(&format!("/directories/{name}")).await?;
+/// `rmdir /a/b` (the API refuses one that holds triggers or directories).
+pub async fn rmdir(api: &ApiClient, path: &DirPath) -> Result<(), FsError> {
+    let _: IgnoredAny = api
+        .delete(&format!("/directories/{}", path.url_part()))
+        .await?;
+    Ok(())
+}
+
+/// `mv /a/b /c`: the directory and everything in it.
+pub async fn move_dir(api: &ApiClient, from: &DirPath, to: &DirPath) -> Result<(), FsError> {
+    let body = UpdateDirectory {
+        path: to.absolute(),
+    };
+    let _: IgnoredAny = api
+        .patch(&format!("/directories/{}", from.url_part()), &body)
+        .await?;
     Ok(())
 }
 

@@ -12,14 +12,16 @@ use crate::control;
 use crate::lines::LineBuffer;
 use crate::record::SpooledRequest;
 use crate::spool::SpoolError;
-use crate::tree::{Trigger, ROOT};
+use crate::tree::{Tree, Trigger, ROOT};
 use crate::{FsError, Shared};
+use api::directories::{DirPath, PathError};
 use api::triggers::UpdateTrigger;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
+use proto::names::NameError;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,12 @@ struct OpenFile {
     trigger_id: i64,
     /// The partial line of a `split = "lines"` trigger.
     lines: Mutex<LineBuffer>,
+}
+
+/// What a rename moves: a trigger (its id, its new path) or a directory (from, to).
+enum Move {
+    Trigger(i64, String),
+    Dir(DirPath, DirPath),
 }
 
 /// The filesystem fuser serves.
@@ -66,6 +74,26 @@ fn errno(e: &FsError) -> Errno {
         Some(400 | 422) => Errno::EINVAL,
         _ => Errno::EIO,
     }
+}
+
+/// The errno a refused path means: too deep or too long is `ENAMETOOLONG`.
+fn path_errno(e: &PathError) -> Errno {
+    match e {
+        PathError::TooDeep { .. } | PathError::Name(NameError::TooLong { .. }) => {
+            Errno::ENAMETOOLONG
+        }
+        _ => Errno::EINVAL,
+    }
+}
+
+/// Directory `name` in the directory of path `parent` (`""`: the root), checked.
+fn dir_in(parent: &str, name: &str) -> Result<DirPath, Errno> {
+    let path = if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    };
+    DirPath::parse(&path).map_err(|e| path_errno(&e))
 }
 
 impl TriggerFs {
@@ -120,10 +148,15 @@ impl TriggerFs {
     }
 
     fn attr_of(&self, ino: u64) -> Option<FileAttr> {
+        self.attr_in(&self.shared.tree(), ino)
+    }
+
+    /// The attributes of `ino` in `tree` (held by the caller: a second read lock could wait
+    /// behind a writer for ever).
+    fn attr_in(&self, tree: &Tree, ino: u64) -> Option<FileAttr> {
         if ino == ROOT {
             return Some(self.dir_attr(ROOT, self.shared.started));
         }
-        let tree = self.shared.tree();
         if let Some(d) = tree.dir_by_ino(ino) {
             return Some(self.dir_attr(d.ino, d.created));
         }
@@ -231,6 +264,33 @@ impl TriggerFs {
         }
     }
 
+    /// What `mv parent/name newparent/newname` asks of the control plane. Nothing is
+    /// replaced: a new name that is taken is `EEXIST`. A trigger stays in a directory (the
+    /// root holds none).
+    fn rename_change(
+        &self,
+        parent: u64,
+        name: &str,
+        newparent: u64,
+        newname: &str,
+    ) -> Result<Move, Errno> {
+        let tree = self.shared.tree();
+        let ino = tree.lookup(parent, name).ok_or(Errno::ENOENT)?;
+        let new_dir = tree.dir_path(newparent).ok_or(Errno::ENOENT)?;
+        if tree.lookup(newparent, newname).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if let Some(trigger) = tree.trigger_by_ino(ino) {
+            if newparent == ROOT {
+                return Err(Errno::EPERM);
+            }
+            return Ok(Move::Trigger(trigger.id, format!("/{new_dir}/{newname}")));
+        }
+        let from = tree.dir_path(ino).ok_or(Errno::ENOENT)?;
+        let from = DirPath::parse(from).map_err(|e| path_errno(&e))?;
+        Ok(Move::Dir(from, dir_in(new_dir, newname)?))
+    }
+
     fn open_file(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
         lock(&self.open).get(&fh.0).cloned()
     }
@@ -262,13 +322,9 @@ impl Filesystem for TriggerFs {
             return reply.error(Errno::ENOENT);
         };
         let tree = self.shared.tree();
-        let attr = if parent.0 == ROOT {
-            tree.dir(name).map(|d| self.dir_attr(d.ino, d.created))
-        } else {
-            tree.dir_by_ino(parent.0)
-                .and_then(|d| tree.trigger(&d.name, name))
-                .map(|t| self.trigger_attr(t))
-        };
+        let attr = tree
+            .lookup(parent.0, name)
+            .and_then(|ino| self.attr_in(&tree, ino));
         match attr {
             Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
             None => reply.error(Errno::ENOENT),
@@ -346,23 +402,22 @@ impl Filesystem for TriggerFs {
         mut reply: ReplyDirectory,
     ) {
         let tree = self.shared.tree();
-        let mut entries: Vec<(u64, FileType, String)> = vec![
-            (ino.0, FileType::Directory, ".".into()),
-            (ROOT, FileType::Directory, "..".into()),
-        ];
-        if ino.0 == ROOT {
-            entries.extend(
-                tree.dirs()
-                    .map(|d| (d.ino, FileType::Directory, d.name.clone())),
-            );
-        } else if let Some(d) = tree.dir_by_ino(ino.0) {
-            entries.extend(
-                tree.triggers_in(&d.name)
-                    .map(|t| (t.ino(), FileType::RegularFile, t.name.clone())),
-            );
-        } else {
+        if !tree.is_dir(ino.0) {
             return reply.error(Errno::ENOTDIR);
         }
+        let parent = tree.dir_by_ino(ino.0).map_or(ROOT, |d| d.parent);
+        let mut entries: Vec<(u64, FileType, String)> = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (parent, FileType::Directory, "..".into()),
+        ];
+        entries.extend(tree.children(ino.0).map(|(name, child)| {
+            let kind = if tree.is_dir(child) {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            };
+            (child, kind, name.to_string())
+        }));
         drop(tree);
         for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
@@ -381,36 +436,51 @@ impl Filesystem for TriggerFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        // Directories live directly under the root.
-        if parent.0 != ROOT {
-            return reply.error(Errno::EPERM);
-        }
         let Ok(name) = Self::name(name) else {
             return reply.error(Errno::EINVAL);
         };
-        if let Err(e) = self.change(control::mkdir(&self.shared.api, name)) {
+        let path = match self.shared.tree().dir_path(parent.0) {
+            Some(parent) => dir_in(parent, name),
+            None => Err(Errno::ENOENT),
+        };
+        let path = match path {
+            Ok(path) => path,
+            Err(e) => return reply.error(e),
+        };
+        if let Err(e) = self.change(control::mkdir(&self.shared.api, &path)) {
             return reply.error(e);
         }
         let tree = self.shared.tree();
-        match tree.dir(name) {
-            Some(d) => reply.entry(&TTL, &self.dir_attr(d.ino, d.created), Generation(0)),
+        match tree
+            .lookup(parent.0, name)
+            .and_then(|ino| self.attr_in(&tree, ino))
+        {
+            Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
             None => reply.error(Errno::EIO),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if parent.0 != ROOT {
-            return reply.error(Errno::ENOTDIR);
-        }
         let Ok(name) = Self::name(name) else {
             return reply.error(Errno::ENOENT);
         };
-        if self.shared.tree().dir(name).is_none() {
-            return reply.error(Errno::ENOENT);
-        }
-        match self.change(control::rmdir(&self.shared.api, name)) {
+        let path = {
+            let tree = self.shared.tree();
+            let Some(ino) = tree.lookup(parent.0, name) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let Some(dir) = tree.dir_by_ino(ino) else {
+                return reply.error(Errno::ENOTDIR);
+            };
+            DirPath::parse(&dir.path)
+        };
+        let Ok(path) = path else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self.change(control::rmdir(&self.shared.api, &path)) {
             Ok(()) => reply.ok(),
-            // The API's 409: the directory holds triggers.
+            // The API's 409: the directory holds triggers (maybe another member's local
+            // ones, which this mount does not show) or directories.
             Err(e) if e == Errno::EEXIST => reply.error(Errno::ENOTEMPTY),
             Err(e) => reply.error(e),
         }
@@ -434,50 +504,37 @@ impl Filesystem for TriggerFs {
         let (Ok(name), Ok(newname)) = (Self::name(name), Self::name(newname)) else {
             return reply.error(Errno::ENOENT);
         };
-        let (trigger, new_dir) = {
-            let tree = self.shared.tree();
-            let Some(dir) = tree.dir_by_ino(parent.0) else {
-                // Renaming a directory: the control plane has no such change.
-                return reply.error(Errno::EPERM);
-            };
-            let Some(trigger) = tree.trigger(&dir.name, name).cloned() else {
-                return reply.error(Errno::ENOENT);
-            };
-            let Some(new_dir) = tree.dir_by_ino(newparent.0) else {
-                return reply.error(if newparent.0 == ROOT {
-                    Errno::EPERM
-                } else {
-                    Errno::ENOENT
-                });
-            };
-            if tree.trigger(&new_dir.name, newname).is_some() {
-                // The API does not replace a trigger with another.
-                return reply.error(Errno::EEXIST);
+        let change = match self.rename_change(parent.0, name, newparent.0, newname) {
+            Ok(change) => change,
+            Err(e) => return reply.error(e),
+        };
+        let api = &self.shared.api;
+        let done = match change {
+            Move::Trigger(id, path) => {
+                let change = UpdateTrigger {
+                    path: Some(path),
+                    ..UpdateTrigger::default()
+                };
+                self.change(control::patch_trigger(api, id, &change))
             }
-            (trigger, new_dir.name.clone())
+            Move::Dir(from, to) => self.change(control::move_dir(api, &from, &to)),
         };
-        let change = UpdateTrigger {
-            path: Some(format!("/{new_dir}/{newname}")),
-            ..UpdateTrigger::default()
-        };
-        match self.change(control::patch_trigger(
-            &self.shared.api,
-            trigger.id,
-            &change,
-        )) {
+        match done {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let Some(trigger) = self.shared.tree().trigger_by_ino(ino.0).map(|t| t.id) else {
-            return reply.error(if ino.0 == ROOT {
+        let tree = self.shared.tree();
+        let Some(trigger) = tree.trigger_by_ino(ino.0).map(|t| t.id) else {
+            return reply.error(if tree.is_dir(ino.0) {
                 Errno::EISDIR
             } else {
                 Errno::ENOENT
             });
         };
+        drop(tree);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(OpenFile {
             trigger_id: trigger,

@@ -5,7 +5,7 @@ use super::grammar::{help_lines, Args, Kind, Mode, ParseError};
 use super::table::{seed_time, Table};
 use super::Session;
 use api::client::ApiError;
-use api::directories::{CreateDirectory, DirectoryView};
+use api::directories::{CreateDirectory, DirectoryView, UpdateDirectory};
 use api::invitations::{CreateInvitation, InvitationView};
 use api::login::LoginResponse;
 use api::services::{BindWorker, CreateService, ServiceView, UpdateService};
@@ -248,12 +248,20 @@ pub fn show_triggers(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
 
 pub fn show_directories(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
     let answer: Vec<DirectoryView> = s.api.get("/directories")?;
-    let mut t = Table::new(&["name", "path", "triggers", "owner", "created"]);
+    let mut t = Table::new(&[
+        "path",
+        "name",
+        "triggers",
+        "directories",
+        "owner",
+        "created",
+    ]);
     for v in &answer {
         t.row(vec![
-            v.name.clone(),
             v.path.clone(),
+            v.name.clone(),
             v.n_triggers.to_string(),
+            v.n_directories.to_string(),
             v.owner.clone(),
             seed_time(&v.created),
         ]);
@@ -526,17 +534,28 @@ pub fn delete_service(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 
 // ---------------------------------------------------------------- directories, triggers
 
+/// `set directory /a/b`: made with the directories above it that are missing (`mkdir -p`).
 pub fn create_directory(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let name = a.get(Kind::Name).trim_start_matches('/');
+    let path = a.get(Kind::DirPath).trim_start_matches('/');
     let body = CreateDirectory {
-        path: format!("/{name}"),
+        path: format!("/{path}"),
+        parents: Some(true),
     };
     change::<_, DirectoryView>(s, Method::POST, "/directories", Some(&body))
 }
 
+pub fn rename_directory(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+    let from = a.get(Kind::Directory).trim_start_matches('/');
+    let body = UpdateDirectory {
+        path: format!("/{}", a.get(Kind::DirPath).trim_start_matches('/')),
+    };
+    let url = format!("/directories/{}", path_part(from));
+    change::<_, DirectoryView>(s, Method::PATCH, &url, Some(&body))
+}
+
 pub fn delete_directory(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
-    let name = a.get(Kind::Directory).trim_start_matches('/');
-    delete(s, &format!("/directories/{}", path_part(name)))
+    let path = a.get(Kind::Directory).trim_start_matches('/');
+    delete(s, &format!("/directories/{}", path_part(path)))
 }
 
 /// The trigger a line names: `/directory/name`, or a name that only one trigger has.

@@ -41,7 +41,16 @@ impl ConsoleHelper {
                 api.names("/triggers", "path", |t: TriggerView| t.path)
             }
             Kind::Trigger => api.names("/triggers", "name", |t: TriggerView| t.name),
-            Kind::Directory => api.names("/directories", "name", |d: DirectoryView| d.name),
+            Kind::Directory if partial.starts_with('/') => {
+                api.names("/directories", "path", |d: DirectoryView| d.path)
+            }
+            Kind::Directory => api.names("/directories", "path-", |d: DirectoryView| {
+                d.path.trim_start_matches('/').to_string()
+            }),
+            // A new path: in an existing directory (TAB goes on after its `/`).
+            Kind::DirPath | Kind::Path => {
+                api.names("/directories", "path/", |d: DirectoryView| d.path + "/")
+            }
             Kind::Member => api.names(&format!("/teams/{team}/members"), "identity", {
                 |m: MemberView| m.identity
             }),
@@ -97,7 +106,12 @@ impl Completer for ConsoleHelper {
         let pairs = candidates
             .into_iter()
             .map(|c| Pair {
-                replacement: format!("{c} "),
+                // A directory's path ends in `/`: what goes in it comes next, not a space.
+                replacement: if c.ends_with('/') {
+                    c.clone()
+                } else {
+                    format!("{c} ")
+                },
                 display: c,
             })
             .collect();

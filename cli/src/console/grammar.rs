@@ -49,8 +49,10 @@ pub enum Kind {
     Service,
     /// An existing trigger (name, or /directory/name).
     Trigger,
-    /// An existing directory.
+    /// An existing directory (its path).
     Directory,
+    /// A directory's path, new or not: `/name` or `/name/sub/...`.
+    DirPath,
     /// A member of the team.
     Member,
     /// A team the user belongs to.
@@ -160,7 +162,16 @@ const KINDS: &[(Kind, &str, &str)] = &[
         "trigger",
         "a trigger: its name, or /directory/name",
     ),
-    (Kind::Directory, "directory", "a directory of trigger files"),
+    (
+        Kind::Directory,
+        "directory",
+        "a directory of trigger files: its path, /name or /name/sub",
+    ),
+    (
+        Kind::DirPath,
+        "dirpath",
+        "a directory's path: /name or /name/sub/... (up to 16 levels)",
+    ),
     (Kind::Member, "user", "a member of the team"),
     (Kind::Team, "team", "a team you belong to"),
     (Kind::Invitation, "invitation", "a team that invited you"),
@@ -174,7 +185,7 @@ const KINDS: &[(Kind, &str, &str)] = &[
     (
         Kind::Path,
         "path",
-        "the trigger file's path: /directory/name",
+        "the trigger file's path: /directory/name (the directory may be nested)",
     ),
     (Kind::Text, "text", "a word, or \"quoted text\""),
     (Kind::Rest, "text...", "the rest of the line"),
@@ -360,9 +371,10 @@ pub static ENTRIES: &[Entry] = &[
     Entry { modes: Modes::Conf, pattern: "set services <service> workers remove <worker>", help: "unbind a worker from the service", run: cmd::service_remove_worker },
     Entry { modes: Modes::Conf, pattern: "delete services <service>", help: "delete a service", run: cmd::delete_service },
     // Directories and triggers.
-    Entry { modes: Modes::Conf, pattern: "set directory <name>", help: "create a directory for trigger files", run: cmd::create_directory },
-    Entry { modes: Modes::Conf, pattern: "delete directory <directory>", help: "delete an empty directory", run: cmd::delete_directory },
-    Entry { modes: Modes::Conf, pattern: "set trigger name <path>", help: "create a trigger file /directory/name", run: cmd::create_trigger },
+    Entry { modes: Modes::Conf, pattern: "set directory <dirpath>", help: "create a directory for trigger files (and those above it)", run: cmd::create_directory },
+    Entry { modes: Modes::Conf, pattern: "set directory <directory> rename <dirpath>", help: "move a directory with everything in it", run: cmd::rename_directory },
+    Entry { modes: Modes::Conf, pattern: "delete directory <directory>", help: "delete an empty directory (no triggers, no directories)", run: cmd::delete_directory },
+    Entry { modes: Modes::Conf, pattern: "set trigger name <path>", help: "create a trigger file /directory/name (in any directory)", run: cmd::create_trigger },
     Entry { modes: Modes::Conf, pattern: "set trigger <trigger> plugin <plugin>", help: "the plugin a write runs", run: cmd::trigger_plugin },
     Entry { modes: Modes::Conf, pattern: "set trigger <trigger> service attach <service>", help: "route the trigger's writes to a service", run: cmd::trigger_service },
     Entry { modes: Modes::Conf, pattern: "set trigger <trigger> args <key=value>", help: "set an argument the plugin gets", run: cmd::trigger_arg },

@@ -68,7 +68,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/services/{name}/requests"),
     ("GET", "/api/v1/directories"),
     ("POST", "/api/v1/directories"),
-    ("DELETE", "/api/v1/directories/{name}"),
+    ("PATCH", "/api/v1/directories/{path}"),
+    ("DELETE", "/api/v1/directories/{path}"),
     ("GET", "/api/v1/triggers"),
     ("POST", "/api/v1/triggers"),
     ("GET", "/api/v1/triggers/{id}"),
@@ -126,7 +127,10 @@ fn api() -> OpenApiRouter<AppState> {
             directories::list_directories,
             directories::create_directory
         ))
-        .routes(routes!(directories::delete_directory))
+        .routes(routes!(
+            directories::update_directory,
+            directories::delete_directory
+        ))
         .routes(routes!(triggers::list_triggers, triggers::create_trigger))
         .routes(routes!(
             triggers::get_trigger,

@@ -1,6 +1,7 @@
-//! Triggers: files under a directory that run a plugin through a service when written.
+//! Triggers: files in a directory (at any depth) that run a plugin through a service when
+//! written.
 
-use super::directories::directory_name;
+use super::directories::dir_id;
 use crate::auth::AuthUser;
 use crate::change::change;
 use crate::checks::{check_args, check_description, check_quota, may_modify, timeout_ms};
@@ -9,6 +10,7 @@ use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable};
+use api::directories::{split_trigger_path, DirPath};
 use api::schema::TriggerId;
 use api::triggers::{
     AddHits, CreateTrigger, TriggerView, UpdateTrigger, DEFAULT_BATCH_LINES, DEFAULT_MODE,
@@ -98,36 +100,29 @@ fn check_batch_lines(batch_lines: Option<u32>) -> Result<(), ApiError> {
 }
 
 /// The directory and the name of a trigger path `/directory/name`, checked.
-fn split_path(path: &str) -> Result<(&str, &str), ApiError> {
-    let rest = path.strip_prefix('/').ok_or_else(|| {
-        ApiError::Unprocessable(format!("trigger path `{path}` must start with /"))
-    })?;
-    let Some((dir, name)) = rest.split_once('/') else {
-        return Err(ApiError::Unprocessable(format!(
-            "trigger path `{path}` must be /directory/name"
-        )));
-    };
-    let dir = directory_name(dir)?;
-    proto::names::check_simple("trigger", name)
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    Ok((dir, name))
+fn split_path(path: &str) -> Result<(DirPath, &str), ApiError> {
+    split_trigger_path(path).map_err(|e| ApiError::Unprocessable(e.to_string()))
 }
 
-/// The id of directory `$dir` of the caller's team; 422 when it has none.
+/// The id of directory `$dir` (a [`DirPath`]) of the caller's team; 422 when it has none.
+/// A directory already there at the trigger's own path (`$dir/$name`) is a 409.
 macro_rules! directory_id {
-    ($tx:expr, $user:expr, $dir:expr) => {{
-        let dir_id: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM directories WHERE team_id = $1 AND name = $2")
-                .bind($user.team_id)
-                .bind($dir)
-                .fetch_optional(&mut *$tx)
-                .await?;
-        dir_id.ok_or_else(|| {
+    ($tx:expr, $user:expr, $dir:expr, $name:expr) => {{
+        let dir: &DirPath = $dir;
+        let id = dir_id!($tx, $user.team_id, dir.as_str()).ok_or_else(|| {
             ApiError::Unprocessable(format!(
-                "no directory /{} in team {}: create it first",
-                $dir, $user.team
+                "no directory {dir} in team {}: create it first",
+                $user.team
             ))
-        })?
+        })?;
+        if let Ok(own) = dir.child($name) {
+            if dir_id!($tx, $user.team_id, own.as_str()).is_some() {
+                return Err(ApiError::Conflict(format!(
+                    "directory {own} already exists"
+                )));
+            }
+        }
+        id
     }};
 }
 
@@ -202,12 +197,12 @@ pub async fn list_triggers(
     Ok(Json(readable("the list of triggers", views)))
 }
 
-/// Creates a trigger in an existing directory.
+/// Creates a trigger in an existing directory (at any depth).
 #[utoipa::path(post, path = "/api/v1/triggers", tag = "triggers", security(("jwt" = [])),
     request_body = CreateTrigger,
     responses((status = 201, body = TriggerView),
         (status = 403, description = "`QuotaExceeded`: the team has as many triggers as it may", body = ErrorBody),
-        (status = 409, description = "The directory has a trigger of that name", body = ErrorBody),
+        (status = 409, description = "The directory has a trigger or a directory of that name", body = ErrorBody),
         (status = 422, description = "A field breaks its rule, both timeouts are given, or the directory or the service does not exist", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn create_trigger(
@@ -230,7 +225,7 @@ pub async fn create_trigger(
     let args = args_json(&req.args.unwrap_or_default());
     let now = now_ms();
     let id: i64 = change!(state, Object::Trigger, Action::Created, user.team, req.path, tx => {
-        let dir_id = directory_id!(tx, user, dir);
+        let dir_id = directory_id!(tx, user, &dir, name);
         let (limit, used): (Option<i64>, i64) = sqlx::query_as(
             "SELECT max_triggers, (SELECT COUNT(*) FROM triggers WHERE team_id = $1) FROM teams WHERE id = $1")
             .bind(user.team_id).fetch_one(&mut *tx).await?;
@@ -281,7 +276,7 @@ pub async fn get_trigger(
     responses((status = 200, body = TriggerView),
         (status = 403, description = "The caller neither owns the trigger nor is an admin of the team", body = ErrorBody),
         (status = 404, description = "No trigger of that id in the caller's team", body = ErrorBody),
-        (status = 409, description = "Another trigger has the new `path`", body = ErrorBody),
+        (status = 409, description = "Another trigger or a directory has the new `path`", body = ErrorBody),
         (status = 422, description = "A field breaks its rule, both timeouts are given, or the directory of the new `path` or the service does not exist", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn update_trigger(
@@ -292,6 +287,7 @@ pub async fn update_trigger(
 ) -> Result<Json<TriggerView>, ApiError> {
     let id = parse_id(&id)?;
     let target = req.path.as_deref().map(split_path).transpose()?;
+    let new_name = target.as_ref().map(|(_, name)| *name);
     if let Some(p) = &req.plugin {
         check_plugin(p)?;
     }
@@ -313,8 +309,8 @@ pub async fn update_trigger(
         _ => (Action::Updated, old),
     };
     change!(state, Object::Trigger, action, user.team, path, tx => {
-        let dir_id = match target {
-            Some((dir, _)) => Some(directory_id!(tx, user, dir)),
+        let dir_id = match &target {
+            Some((dir, name)) => Some(directory_id!(tx, user, dir, name)),
             None => None,
         };
         if let Some(service) = &req.service {
@@ -331,7 +327,7 @@ pub async fn update_trigger(
             .bind(req.plugin.as_deref()).bind(req.service.as_deref()).bind(args.as_deref())
             .bind(timeout_ms).bind(req.mode.map(i64::from)).bind(req.split.map(TextEnum::as_str))
             .bind(req.description.as_deref()).bind(req.visibility.map(TextEnum::as_str))
-            .bind(req.batch_lines.map(i64::from)).bind(dir_id).bind(target.map(|(_, name)| name))
+            .bind(req.batch_lines.map(i64::from)).bind(dir_id).bind(new_name)
             .bind(now).bind(id).execute(&mut *tx).await.on_conflict(|| format!("trigger {path}"))?;
     });
     Ok(Json(find(&state, &user, id).await?.view(&user.team)?))

@@ -292,8 +292,46 @@ async fn directories_and_triggers_through_c(rig: &Rig, ran: &mut Vec<String>) ->
     );
     ok!(rig, ran, "delete trigger /logs/access2");
     assert_eq!(rig.get("/triggers").await?, json!([]));
+    nested_directories_through_c(rig, ran).await?;
     ok!(rig, ran, "delete directory logs");
     assert_eq!(rig.get("/directories").await?, json!([]));
+    Ok(())
+}
+
+/// Issue 28: `set directory` makes a nested directory with the ones above it, `show
+/// directories` lists them, a directory moves with its trigger, and goes when empty.
+async fn nested_directories_through_c(rig: &Rig, ran: &mut Vec<String>) -> Result<()> {
+    let paths = || async {
+        let dirs = rig.get("/directories").await?;
+        let list = dirs.as_array().context("a list")?.iter();
+        let path = |d: &Value| d["path"].as_str().unwrap_or_default().to_string();
+        Ok::<Vec<String>, anyhow::Error>(list.map(path).collect())
+    };
+    ok!(rig, ran, "set directory /weatherstation/rpi");
+    assert_eq!(
+        paths().await?,
+        ["/logs", "/weatherstation", "/weatherstation/rpi"]
+    );
+    ok!(rig, ran, "set trigger name /weatherstation/rpi/station1");
+    let shown = ok!(rig, ran, "show directories");
+    ensure!(
+        shown.contains("/weatherstation/rpi") && shown.contains("(3 rows)"),
+        "{shown}"
+    );
+    ok!(rig, ran, "set directory /weatherstation rename /stations");
+    assert_eq!(paths().await?, ["/logs", "/stations", "/stations/rpi"]);
+    assert_eq!(
+        rig.get("/triggers").await?[0]["path"],
+        "/stations/rpi/station1"
+    );
+    let refused = rig.fails(&[], "delete directory /stations")?;
+    ensure!(
+        refused.contains("holds 0 triggers and 1 directories"),
+        "{refused}"
+    );
+    ok!(rig, ran, "delete trigger /stations/rpi/station1");
+    ok!(rig, ran, "delete directory /stations/rpi");
+    ok!(rig, ran, "delete directory stations");
     Ok(())
 }
 
@@ -667,6 +705,35 @@ async fn trigger_made_and_written_through_file(
             .is_ok_and(|t| t[0]["hits"] == 1)
     })
     .await?;
+    Ok(())
+}
+
+/// Issue 28: TAB completes nested directory paths: a new trigger's path goes on after its
+/// directory's `/`, and an existing directory completes to its whole path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tab_completes_nested_directories() -> Result<()> {
+    let rig = Rig::start().await?;
+    rig.ok("set directory /weatherstation/rpi")?;
+    let host = "(main) admin@127.0.0.1";
+    let mut screen = console_on_a_pty(&rig)?;
+    screen.expect(&format!("{host}$ "))?;
+    screen.line("configure")?;
+    screen.expect(&format!("{host}# "))?;
+    screen.send("set trigger name /weatherstation/r\t")?;
+    screen.expect("set trigger name /weatherstation/rpi/")?;
+    screen.line("station1")?;
+    screen.expect(&format!("{host}# "))?;
+    let triggers = rig.get("/triggers").await?;
+    assert_eq!(triggers[0]["path"], "/weatherstation/rpi/station1");
+    screen.send("set directory /weatherstation/rpi/station1\r")?;
+    // A name in a directory is a trigger or a directory, not both.
+    screen.expect("trigger /weatherstation/rpi/station1 already exists")?;
+    screen.send("delete directory /weatherstation/r\t")?;
+    screen.expect("delete directory /weatherstation/rpi ")?;
+    screen.send("\x15")?;
+    screen.line("exit")?;
+    screen.line("exit")?;
+    screen.pty.exp_eof()?;
     Ok(())
 }
 

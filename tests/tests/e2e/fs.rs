@@ -664,8 +664,8 @@ async fn mv_and_chmod_go_to_the_control_plane(rig: &Rig, mnt: &Path, id: i64) ->
     Ok(())
 }
 
-/// mkdir and rmdir; refused: new regular files, removing a trigger, nested directories;
-/// `touch` of a trigger sets its mtime.
+/// mkdir and rmdir; refused: new regular files, removing a trigger, a trigger moved to the
+/// root; `touch` of a trigger sets its mtime.
 async fn directories_and_what_is_refused(rig: &Rig, mnt: &Path) -> Result<()> {
     // mkdir / rmdir.
     std::fs::create_dir(mnt.join("made"))?;
@@ -682,7 +682,7 @@ async fn directories_and_what_is_refused(rig: &Rig, mnt: &Path) -> Result<()> {
     std::fs::remove_dir(mnt.join("made"))?;
     assert!(!mnt.join("made").exists());
 
-    // Refused: new regular files, removing a trigger, nested directories.
+    // Refused: new regular files, removing a trigger, a trigger in the root.
     let shell = |cmd: &str| -> Result<String> {
         let out = Command::new("bash")
             .args(["-c", cmd])
@@ -693,7 +693,7 @@ async fn directories_and_what_is_refused(rig: &Rig, mnt: &Path) -> Result<()> {
     };
     assert!(shell("touch logs/newfile")?.contains("Operation not permitted"));
     assert!(shell("rm logs/app3")?.contains("Operation not permitted"));
-    assert!(shell("mkdir logs/deeper")?.contains("Operation not permitted"));
+    assert!(shell("mv logs/app3 app3")?.contains("Operation not permitted"));
     // `touch` of a trigger works, and sets its mtime.
     let status = Command::new("touch")
         .arg("-d")
@@ -707,6 +707,123 @@ async fn directories_and_what_is_refused(rig: &Rig, mnt: &Path) -> Result<()> {
         (18262..=18263).contains(&day),
         "2020-01-02 in any time zone: day {day}"
     );
+    Ok(())
+}
+
+/// Issue 28: directories at any depth through the mount. `mkdir -p` makes each level in the
+/// control plane; the seed's weather station (`echo ... > weatherstation/rpi/station1`)
+/// reaches the worker; `rmdir` refuses a directory with anything in it (`ENOTEMPTY`) and
+/// removes an empty one; `mv` of a trigger and of a directory (with a trigger inside) go to
+/// the control plane, keep every inode (`stat` before and after), and the moved trigger
+/// still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_directories_through_the_mount() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let rig = Rig::start(&[]).await?;
+    let mnt = rig.mnt();
+    let sh = |cmd: &str| -> Result<()> {
+        let out = Command::new("bash")
+            .args(["-c", cmd])
+            .current_dir(&mnt)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`{cmd}`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let paths = || async {
+        let dirs = rig
+            .api
+            .ok("GET", "/api/v1/directories", Value::Null)
+            .await?;
+        let paths = dirs.as_array().context("a list")?.iter();
+        Ok::<Vec<String>, anyhow::Error>(
+            paths
+                .map(|d| d["path"].as_str().unwrap_or_default().to_string())
+                .collect(),
+        )
+    };
+    sh("mkdir -p weatherstation/rpi/spare")?;
+    assert_eq!(
+        paths().await?,
+        [
+            "/logs",
+            "/weatherstation",
+            "/weatherstation/rpi",
+            "/weatherstation/rpi/spare"
+        ]
+    );
+    let sink = rig.sink("station1");
+    let body = json!({"path": "/weatherstation/rpi/station1", "plugin": "append", "service": "ship",
+        "split": "lines", "args": {"path": sink.display().to_string()}});
+    let t = rig.api.ok("POST", "/api/v1/triggers", body).await?;
+    let station = mnt.join("weatherstation/rpi/station1");
+    wait_until(
+        Duration::from_secs(5),
+        "the trigger in the mount",
+        || async { station.exists() },
+    )
+    .await?;
+    sh("echo 'somedata 31F;10°;3.2' > weatherstation/rpi/station1")?;
+    rig.wait_lines(&sink, 1, Duration::from_secs(15)).await?;
+    assert_eq!(std::fs::read_to_string(&sink)?, "somedata 31F;10°;3.2\n");
+
+    // rmdir: an empty directory goes; one with a trigger or a directory in it stays.
+    for full in ["weatherstation", "weatherstation/rpi"] {
+        let e = std::fs::remove_dir(mnt.join(full)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{full}: {e}");
+    }
+    std::fs::remove_dir(mnt.join("weatherstation/rpi/spare"))?;
+    assert_eq!(
+        paths().await?,
+        ["/logs", "/weatherstation", "/weatherstation/rpi"]
+    );
+
+    // mv of a trigger to another directory: the same inode, the new path in the API.
+    let ino = std::fs::metadata(&station)?.ino();
+    std::fs::rename(&station, mnt.join("weatherstation/station2"))?;
+    assert_eq!(
+        std::fs::metadata(mnt.join("weatherstation/station2"))?.ino(),
+        ino
+    );
+    let url = format!("/api/v1/triggers/{}", t["id"]);
+    assert_eq!(
+        rig.api.ok("GET", &url, Value::Null).await?["path"],
+        "/weatherstation/station2"
+    );
+    std::fs::rename(mnt.join("weatherstation/station2"), &station)?;
+
+    // mv of a directory into another: everything under it moves, every inode stays.
+    let dir_ino = std::fs::metadata(mnt.join("weatherstation/rpi"))?.ino();
+    std::fs::create_dir(mnt.join("sites"))?;
+    std::fs::rename(mnt.join("weatherstation"), mnt.join("sites/garden"))?;
+    assert_eq!(
+        std::fs::metadata(mnt.join("sites/garden/rpi"))?.ino(),
+        dir_ino
+    );
+    let moved = mnt.join("sites/garden/rpi/station1");
+    assert_eq!(std::fs::metadata(&moved)?.ino(), ino);
+    assert!(!mnt.join("weatherstation").exists());
+    assert_eq!(
+        paths().await?,
+        ["/logs", "/sites", "/sites/garden", "/sites/garden/rpi"]
+    );
+    assert_eq!(
+        rig.api.ok("GET", &url, Value::Null).await?["path"],
+        "/sites/garden/rpi/station1"
+    );
+    // The moved trigger still works, and a directory does not go into itself.
+    sh("echo 'moved 30F' > sites/garden/rpi/station1")?;
+    rig.wait_lines(&sink, 2, Duration::from_secs(15)).await?;
+    let e = std::fs::rename(mnt.join("sites"), mnt.join("sites/garden/rpi/x")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    // 16 levels, and no more: the 17th is ENAMETOOLONG.
+    let deep: Vec<String> = (1..=17).map(|i| format!("l{i}")).collect();
+    sh(&format!("mkdir -p {}", deep[..16].join("/")))?;
+    let e = std::fs::create_dir(mnt.join(deep.join("/"))).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}");
     Ok(())
 }
 

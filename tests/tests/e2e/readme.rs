@@ -38,6 +38,8 @@
 //!   become the ones it bound, in commands, output and configuration. Where a person types
 //!   the next command seconds later, the test waits until `up`'s local worker serves `demo`.
 //! - `scripts/test` runs this very suite: it is only checked to be an executable file.
+//! - `/mnt/triggerfs`, the seed's mount point, becomes `mnt/triggerfs` in the working
+//!   directory: the test mounts nothing over the host's `/mnt`.
 //! - Everything runs in a temporary directory that is also `HOME` (no real `~/triggerfs.toml`
 //!   is read or written), without the `TRIGGERFS_*` and `RUST_LOG` variables of the caller.
 
@@ -224,9 +226,16 @@ fn map_ports(text: &str, ports: Ports) -> String {
     text
 }
 
-/// A command as printed → as the test runs it (see the module's documentation).
-fn map_command(text: &str, ports: Ports) -> String {
-    map_ports(&text.replace("cargo run --release --", "triggerfs"), ports)
+/// The seed's mount point, as the README shows it.
+const SEED_MOUNT: &str = "/mnt/triggerfs";
+
+/// A command as printed → as the test runs it in `work` (see the module's documentation).
+fn map_command(text: &str, ports: Ports, work: &Path) -> String {
+    let mount = work.join(SEED_MOUNT.trim_start_matches('/'));
+    let text = text
+        .replace("cargo run --release --", "triggerfs")
+        .replace(SEED_MOUNT, &mount.display().to_string());
+    map_ports(&text, ports)
 }
 
 /// Dates, clock times and durations: what differs from one run to the next.
@@ -436,7 +445,7 @@ fn readme_command_blocks_run_as_printed() -> Result<()> {
     for block in &blocks {
         for step in steps(block)? {
             let at = format!("README.md:{}", step.line);
-            let command = map_command(&step.text, ports);
+            let command = map_command(&step.text, ports, sandbox.dir());
             let words: Vec<&str> = command.split_whitespace().collect();
             if words.first() == Some(&"scripts/test") {
                 check_executable(&repo_root().join("scripts/test")).context(at)?;

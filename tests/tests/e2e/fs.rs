@@ -430,10 +430,11 @@ async fn a_broker_restart_loses_and_repeats_nothing() -> Result<()> {
     let file = rig.mnt().join("logs/access");
     let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let p = progress.clone();
-    // 100,000 lines in 10,000 writes as fast as they go: the sender runs behind the writer,
-    // so requests are in flight when the broker dies.
+    // 100,000 lines in 10,000 writes, 1.5 ms apart: the run lasts 15 s or more, so the writer
+    // is still writing while the broker is down (unpaced, a fast writer could finish first)
+    // and requests are in flight when it dies.
     let writer = std::thread::spawn(move || {
-        write_lines(&file, "x", 0, 100_000, 10, Duration::ZERO, Some(p))
+        write_lines(&file, "x", 0, 100_000, 10, Duration::from_micros(1500), Some(p))
     });
     wait_until(Duration::from_secs(60), "the writer halfway", || async {
         progress.load(std::sync::atomic::Ordering::Relaxed) >= 50_000

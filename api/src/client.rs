@@ -1,4 +1,4 @@
-//! [`ApiClient`]: the one client of the control plane's `/api/v1`. It logs in (again when the
+//! [`Api`]: the one client of the control plane's `/api/v1`. It logs in (again when the
 //! JWT has less than a minute left, and once more on a 401 answer), keeps the JWT in memory
 //! and, when asked, in a 0600 file between runs, fails over between several base URLs, and
 //! turns every answer into a typed value or an [`ApiError`].
@@ -21,7 +21,7 @@ pub use eventsource_stream::Event as ServerEvent;
 
 /// The control plane's default address (the original product's API port).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
-/// One call's limit unless the builder or [`ApiClient::with_timeout`] says otherwise.
+/// One call's limit unless the builder or [`Api::with_timeout`] says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// A JWT with less than this left is replaced by a fresh login before it is used: a call
 /// (or a broker connection) made with it must not expire on the way.
@@ -148,13 +148,13 @@ struct Shared {
 
 /// The control plane's API. Cheap to clone; clones share the JWT and the failover state.
 #[derive(Clone)]
-pub struct ApiClient {
+pub struct Api {
     shared: Arc<Shared>,
     timeout: Duration,
 }
 
-/// How an [`ApiClient`] is made: [`ApiClient::builder`].
-pub struct ApiClientBuilder {
+/// How an [`Api`] is made: [`Api::builder`].
+pub struct ApiBuilder {
     urls: Vec<String>,
     credentials: Option<(String, String, String)>,
     token: Option<String>,
@@ -162,7 +162,7 @@ pub struct ApiClientBuilder {
     timeout: Duration,
 }
 
-impl ApiClientBuilder {
+impl ApiBuilder {
     /// Logs in as `identity` of `team` (at the first call, and again when the JWT expires).
     pub fn login(mut self, team: &str, identity: &str, secret: &str) -> Self {
         self.credentials = Some((team.into(), identity.into(), secret.into()));
@@ -189,7 +189,7 @@ impl ApiClientBuilder {
     }
 
     /// The client; makes no call.
-    pub fn build(self) -> Result<ApiClient, ApiError> {
+    pub fn build(self) -> Result<Api, ApiError> {
         let urls: Vec<String> = self
             .urls
             .iter()
@@ -223,7 +223,7 @@ impl ApiClientBuilder {
             .as_deref()
             .zip(credentials.as_ref())
             .and_then(|(path, c)| read_cache(path, &joined, c));
-        Ok(ApiClient {
+        Ok(Api {
             shared: Arc::new(Shared {
                 http,
                 urls,
@@ -245,13 +245,13 @@ struct Answer {
     body: bytes::Bytes,
 }
 
-/// A server-sent event stream ([`ApiClient::events`]).
+/// A server-sent event stream ([`Api::events`]).
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ServerEvent, ApiError>> + Send>>;
 
-impl ApiClient {
+impl Api {
     /// A client of the control plane at `urls` (tried in order, failing over between them).
-    pub fn builder<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> ApiClientBuilder {
-        ApiClientBuilder {
+    pub fn builder<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> ApiBuilder {
+        ApiBuilder {
             urls: urls.into_iter().map(Into::into).collect(),
             credentials: None,
             token: None,
@@ -261,8 +261,8 @@ impl ApiClient {
     }
 
     /// Logs in as `login` says, now.
-    pub async fn sign_in(login: &Login) -> Result<ApiClient, ApiError> {
-        let client = ApiClient::builder(login.urls())
+    pub async fn sign_in(login: &Login) -> Result<Api, ApiError> {
+        let client = Api::builder(login.urls())
             .login(&login.team, &login.identity, &login.secret)
             .build()?;
         client.jwt().await?;
@@ -270,8 +270,8 @@ impl ApiClient {
     }
 
     /// The same client (JWT, failover state) with another limit per call.
-    pub fn with_timeout(&self, timeout: Duration) -> ApiClient {
-        ApiClient {
+    pub fn with_timeout(&self, timeout: Duration) -> Api {
+        Api {
             shared: self.shared.clone(),
             timeout,
         }

@@ -41,4 +41,4 @@ pub use triggers::Split;
 pub const MAX_DESCRIPTION: usize = 4096;
 
 #[cfg(feature = "client")]
-pub use client::ApiClient;
+pub use client::Api;

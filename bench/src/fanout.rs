@@ -462,7 +462,7 @@ struct BrokerPair<'a> {
     /// The workers' identities and tokens.
     ids: Vec<(String, String)>,
     /// The control plane's API (the clients' JWT, fresh for each half).
-    api: api::ApiClient,
+    api: api::Api,
     payload: Vec<u8>,
 }
 
@@ -540,7 +540,7 @@ impl BrokerPair<'_> {
 /// blocks and on the median time to the last `Done`; the two rows.
 async fn recording_overhead(
     args: &FanoutArgs,
-    api: &api::ApiClient,
+    api: &api::Api,
     rec: Rounds,
     bare: Rounds,
     notes: &mut Notes,
@@ -598,7 +598,7 @@ async fn recording_overhead(
 }
 
 /// The jobs of `service` in the history, once there are at least `want` (within 30 s).
-async fn recorded_jobs(api: &api::ApiClient, service: &str, want: u64) -> anyhow::Result<u64> {
+async fn recorded_jobs(api: &api::Api, service: &str, want: u64) -> anyhow::Result<u64> {
     /// A page of `GET /jobs` (the fields counted).
     #[derive(serde::Deserialize)]
     struct JobsPage {

@@ -210,11 +210,7 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
 
 /// Creates worker `w1`, the service `ship` on it, the directory `/bench` and a trigger per
 /// scenario (`append` to `<dir>/<scenario>.out`); the worker's token.
-async fn configure(
-    api: &api::ApiClient,
-    dir: &Path,
-    scenarios: &[Scenario],
-) -> anyhow::Result<String> {
+async fn configure(api: &api::Api, dir: &Path, scenarios: &[Scenario]) -> anyhow::Result<String> {
     let worker_token = crate::stack::new_worker(api, "w1").await?;
     let _: IgnoredAny = api
         .post("/services", &json!({"name": "ship", "workers": ["w1"]}))

@@ -484,7 +484,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
 }
 
 /// How many of `n` workers serve the soak's service, polled until all do or `within` passed.
-async fn workers_online(api: &api::ApiClient, n: usize, within: Duration) -> usize {
+async fn workers_online(api: &api::Api, n: usize, within: Duration) -> usize {
     let by = Instant::now() + within;
     loop {
         let online = serving(api, SERVICE).await.unwrap_or(0);

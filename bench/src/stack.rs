@@ -4,7 +4,7 @@
 
 use crate::proc::{command, drain, Spawned};
 use anyhow::{bail, Context};
-use api::ApiClient;
+use api::Api;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -55,7 +55,7 @@ enum WorkerState {
 }
 
 /// Creates worker `identity`; its token.
-pub(crate) async fn new_worker(api: &ApiClient, identity: &str) -> anyhow::Result<String> {
+pub(crate) async fn new_worker(api: &Api, identity: &str) -> anyhow::Result<String> {
     let created: WorkerCreated = api.post("/workers", &NewWorker { identity }).await?;
     Ok(created.token)
 }
@@ -63,7 +63,7 @@ pub(crate) async fn new_worker(api: &ApiClient, identity: &str) -> anyhow::Resul
 /// Creates `n` workers `<prefix><i>` and a service `name` of `algorithm` bound to them all
 /// (a few calls at a time); the workers' identities and tokens, in order.
 pub(crate) async fn new_fleet(
-    api: &ApiClient,
+    api: &Api,
     prefix: &str,
     n: usize,
     name: &str,
@@ -89,13 +89,13 @@ pub(crate) async fn new_fleet(
 }
 
 /// How many of `service`'s bound workers the control plane sees online.
-pub(crate) async fn serving(api: &ApiClient, service: &str) -> anyhow::Result<usize> {
+pub(crate) async fn serving(api: &Api, service: &str) -> anyhow::Result<usize> {
     let s: ServiceView = api.get(&format!("/services/{service}")).await?;
     Ok(s.serving.len())
 }
 
 /// Whether the control plane sees worker `identity` online.
-pub(crate) async fn online(api: &ApiClient, identity: &str) -> anyhow::Result<bool> {
+pub(crate) async fn online(api: &Api, identity: &str) -> anyhow::Result<bool> {
     let w: WorkerView = api.get(&format!("/workers/{identity}")).await?;
     Ok(w.state == WorkerState::Online)
 }
@@ -119,10 +119,10 @@ impl Control {
         bin: &Path,
         data: &Path,
         broker: &str,
-    ) -> anyhow::Result<(Control, ApiClient)> {
+    ) -> anyhow::Result<(Control, Api)> {
         let (proc, url, secret) = spawn_control(bin, data, "127.0.0.1:0", broker).await?;
         let secret = secret.context("the control plane printed no first admin")?;
-        let api = ApiClient::builder([url.as_str()])
+        let api = Api::builder([url.as_str()])
             .login("main", "admin", &secret)
             .timeout(API_TIMEOUT)
             .build()?;

@@ -10,7 +10,7 @@ use crate::console::table::Table;
 use anyhow::{anyhow, bail, Result};
 use api::client::ApiError;
 use api::jobs::{JobPage, JobQuery, JobSummary, JobView};
-use api::{ApiClient, JobOutcome, JobStatus};
+use api::{Api, JobOutcome, JobStatus};
 use launch::settings::LoginArgs;
 use proto::job::REDACTED;
 use std::time::Duration;
@@ -72,7 +72,7 @@ pub enum JobsCommand {
 }
 
 /// The control plane as one user: `token`, or (when it is empty) team, identity and secret.
-async fn sign_in(url: &str, token: &str, login: &LoginArgs) -> Result<ApiClient> {
+async fn sign_in(url: &str, token: &str, login: &LoginArgs) -> Result<Api> {
     let token = match (token, &login.team, &login.identity, &login.secret) {
         ("", Some(t), Some(i), Some(s)) => client::login::login(url, t, i, s).await?,
         ("", ..) => bail!(
@@ -81,14 +81,14 @@ async fn sign_in(url: &str, token: &str, login: &LoginArgs) -> Result<ApiClient>
         ),
         (token, ..) => token.to_string(),
     };
-    Ok(ApiClient::builder(url.split(','))
+    Ok(Api::builder(url.split(','))
         .token(token)
         .timeout(Duration::from_secs(30))
         .build()?)
 }
 
 /// `GET path` as `T`; a refusal as `jobs` prints it, with the HTTP status.
-async fn get<T: serde::de::DeserializeOwned>(api: &ApiClient, path: &str) -> Result<T> {
+async fn get<T: serde::de::DeserializeOwned>(api: &Api, path: &str) -> Result<T> {
     api.get(path).await.map_err(|e| match e {
         ApiError::Refused {
             status, message, ..

@@ -1,11 +1,11 @@
 //! Logging in to the control plane: team, identity and secret for a JWT, through the one
-//! control plane client ([`api::ApiClient`]).
+//! control plane client ([`api::Api`]).
 //!
 //! The JWT is what a client presents to the broker in its `Hello`.
 
 use crate::ClientError;
 use api::client::ApiError;
-use api::ApiClient;
+use api::Api;
 use std::time::Duration;
 
 pub use api::client::{token_expiry, DEFAULT_URL};
@@ -21,7 +21,7 @@ pub async fn login(
     identity: &str,
     secret: &str,
 ) -> Result<String, ClientError> {
-    let api = ApiClient::builder(url.split(','))
+    let api = Api::builder(url.split(','))
         .login(team, identity, secret)
         .timeout(LOGIN_TIMEOUT)
         .build();

@@ -18,7 +18,7 @@ pub mod spool;
 pub mod tree;
 
 use api::client::ApiError;
-use api::ApiClient;
+use api::Api;
 use control::Login;
 use std::collections::HashMap;
 use std::future::Future;
@@ -90,7 +90,7 @@ pub struct FsOptions {
 /// What the FUSE threads, the sender and the follower share.
 pub struct Shared {
     tree: RwLock<tree::Tree>,
-    api: ApiClient,
+    api: Api,
     /// Who the fs is logged in as.
     identity: String,
     rt: tokio::runtime::Handle,
@@ -230,7 +230,7 @@ async fn start(opts: &FsOptions) -> Result<(Arc<Shared>, spool::SpoolReader), Fs
     log.line("=== triggerfs module started ===");
     log.line("Authenticating with login credentials in config.");
     log.flush();
-    let api = ApiClient::sign_in(&opts.login)
+    let api = Api::sign_in(&opts.login)
         .await
         .map_err(FsError::Login)?
         .with_timeout(CALL_TIMEOUT);

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use api::client::{ApiError, Login};
 use api::services::CreateService;
 use api::workers::{CreateWorker, WorkerView, WorkerWithToken};
-use api::{Algorithm, ApiClient, Visibility, WorkerState};
+use api::{Algorithm, Api, Visibility, WorkerState};
 use clap::Args;
 use reqwest::Method;
 use serde::de::IgnoredAny;
@@ -85,8 +85,8 @@ fn write_client_config(
 
 /// Makes sure worker `local` and service `demo` exist, as the admin of `login`; returns a
 /// fresh token for `local` and the admin's client.
-async fn provision_local_worker(login: &Login) -> Result<(String, ApiClient)> {
-    let api = ApiClient::sign_in(login)
+async fn provision_local_worker(login: &Login) -> Result<(String, Api)> {
+    let api = Api::sign_in(login)
         .await
         .with_context(|| format!("cannot log in as {}", login.identity))?;
     let local = CreateWorker {
@@ -120,7 +120,7 @@ async fn provision_local_worker(login: &Login) -> Result<(String, ApiClient)> {
 
 /// Waits until the API shows worker `local` `ONLINE` (at most `within`), so that `up` says it
 /// is listening only once `demo` is served.
-async fn wait_local_online(api: &ApiClient, within: Duration) -> Result<()> {
+async fn wait_local_online(api: &Api, within: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let state = match api.get::<WorkerView>("/workers/local").await {
@@ -142,7 +142,7 @@ async fn local_worker(
     config_path: &Path,
     api_addr: SocketAddr,
     broker_addr: SocketAddr,
-) -> Result<(worker::WorkerConfig, ApiClient)> {
+) -> Result<(worker::WorkerConfig, Api)> {
     let main = Settings::load(Some(config_path))
         .context("the admin login the local worker is set up with")?
         .main;

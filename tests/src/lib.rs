@@ -981,10 +981,10 @@ pub fn start_broker_following(
     Ok((proc, lines))
 }
 
-/// The control plane's client as the tests hold it: [`api::ApiClient`] with the JWT of one
+/// The control plane's client as the tests hold it: [`api::Api`] with the JWT of one
 /// login, never renewed (a test sees exactly what the API answers), driven through
 /// [`TestApi`].
-pub type Api = api::ApiClient;
+pub use api::Api;
 
 /// A test's calls: no test waits this long on one.
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);

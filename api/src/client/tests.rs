@@ -116,8 +116,8 @@ fn closed() -> String {
     format!("http://{}", listener.local_addr().unwrap())
 }
 
-fn client(urls: &[&str]) -> ApiClient {
-    ApiClient::builder(urls.iter().copied())
+fn client(urls: &[&str]) -> Api {
+    Api::builder(urls.iter().copied())
         .login("t", "i", "s")
         .timeout(Duration::from_secs(5))
         .build()
@@ -181,10 +181,7 @@ async fn a_401_logs_in_again_once_and_a_jwt_about_to_expire_is_replaced() {
     assert_eq!(server.logins.load(Ordering::SeqCst), 4);
 
     // A client given a JWT and no credentials does not log in: the 401 is the answer.
-    let api = ApiClient::builder([url.as_str()])
-        .token("stale")
-        .build()
-        .unwrap();
+    let api = Api::builder([url.as_str()]).token("stale").build().unwrap();
     assert_eq!(api.get::<Me>("/me").await.unwrap_err().status(), Some(401));
     assert_eq!(api.token().as_deref(), Some("stale"));
 }
@@ -211,7 +208,7 @@ async fn refusals_and_answers_that_cannot_be_read_are_typed() {
         other => panic!("{other:?}"),
     }
     // A wrong secret: the login's refusal.
-    let api = ApiClient::builder([url.as_str()])
+    let api = Api::builder([url.as_str()])
         .login("t", "i", "wrong")
         .build()
         .unwrap();
@@ -230,7 +227,7 @@ async fn the_token_cache_spares_a_second_run_its_login_and_is_private() {
     let (server, url) = control_plane().await;
     let dir = tempfile::tempdir().unwrap();
     let run = || {
-        ApiClient::builder([url.as_str()])
+        Api::builder([url.as_str()])
             .login("t", "i", "s")
             .token_cache(dir.path())
             .build()
@@ -246,7 +243,7 @@ async fn the_token_cache_spares_a_second_run_its_login_and_is_private() {
         .unwrap();
     assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o600);
     // Another identity does not take it.
-    let other = ApiClient::builder([url.as_str()])
+    let other = Api::builder([url.as_str()])
         .login("t", "j", "s")
         .token_cache(dir.path())
         .build()

@@ -1,9 +1,9 @@
-//! The control plane as the console calls it: the one client ([`ApiClient`], which logs in
+//! The control plane as the console calls it: the one client ([`Api`], which logs in
 //! again when the JWT expires and keeps it between runs), blocking on the console's runtime,
 //! and the names TAB completes.
 
 use api::client::{ApiError, Login};
-use api::ApiClient;
+use api::Api;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,7 +24,7 @@ type Names = HashMap<(String, &'static str), (Instant, Vec<String>)>;
 pub struct Control {
     /// The runtime calls (and `request`) run on.
     pub rt: Arc<Runtime>,
-    client: ApiClient,
+    client: Api,
     /// Who we are (the secret changes with `set password`).
     pub login: RefCell<Login>,
     names: RefCell<Names>,
@@ -39,7 +39,7 @@ impl Control {
         cache_dir: Option<&Path>,
     ) -> Result<Control, ApiError> {
         let mut builder =
-            ApiClient::builder(login.urls()).login(&login.team, &login.identity, &login.secret);
+            Api::builder(login.urls()).login(&login.team, &login.identity, &login.secret);
         if let Some(dir) = cache_dir {
             builder = builder.token_cache(dir);
         }

@@ -434,7 +434,15 @@ async fn a_broker_restart_loses_and_repeats_nothing() -> Result<()> {
     // is still writing while the broker is down (unpaced, a fast writer could finish first)
     // and requests are in flight when it dies.
     let writer = std::thread::spawn(move || {
-        write_lines(&file, "x", 0, 100_000, 10, Duration::from_micros(1500), Some(p))
+        write_lines(
+            &file,
+            "x",
+            0,
+            100_000,
+            10,
+            Duration::from_micros(1500),
+            Some(p),
+        )
     });
     wait_until(Duration::from_secs(60), "the writer halfway", || async {
         progress.load(std::sync::atomic::Ordering::Relaxed) >= 50_000

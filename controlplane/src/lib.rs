@@ -26,12 +26,15 @@ pub mod extract;
 mod job_store;
 mod json;
 pub mod metrics;
+mod once;
 pub mod openapi;
 mod routes;
+mod scheduler;
 mod settings;
 mod state;
 mod stored;
 mod streams;
+mod timetable;
 
 pub use error::{ApiError, ControlError};
 pub use routes::ROUTES;
@@ -115,6 +118,7 @@ impl ControlPlane {
                 guard: LoginGuard::new(settings_limits),
                 streams: streams::Streams::default(),
                 jobs,
+                runs: Default::default(),
             }),
         })
     }
@@ -207,6 +211,7 @@ impl ControlPlane {
         let router = self.router();
         let shared = self.shared.clone();
         let pruner = self.spawn_pruner();
+        let scheduler = scheduler::spawn(self.shared.clone());
         let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -270,6 +275,7 @@ impl ControlPlane {
         }
         drop(listener);
         pruner.abort();
+        scheduler.abort();
         // Event streams never end on their own: give the others a bounded time.
         if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
             .await
@@ -280,16 +286,22 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Deletes the jobs past their retention every [`JOB_PRUNE_EVERY`], until aborted.
+    /// Deletes the jobs past their retention every [`JOB_PRUNE_EVERY`] (one replica a
+    /// round), until aborted.
     fn spawn_pruner(&self) -> tokio::task::JoinHandle<()> {
         let cp = self.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(JOB_PRUNE_EVERY);
             loop {
                 every.tick().await;
-                match cp.prune_jobs().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "jobs past their retention deleted"),
+                let round = once::once(&cp.shared.db, once::Work::PruneJobs, cp.prune_jobs());
+                match round
+                    .await
+                    .map_err(ControlError::from)
+                    .and_then(|r| r.transpose())
+                {
+                    Ok(None | Some(0)) => {}
+                    Ok(Some(n)) => tracing::info!(deleted = n, "jobs past their retention deleted"),
                     Err(e) => tracing::warn!(error = %e, "cannot delete old jobs"),
                 }
             }

@@ -191,6 +191,8 @@ text_enum! {
         Directory,
         /// A trigger.
         Trigger,
+        /// A schedule (its runs are not configuration: they emit nothing).
+        Schedule,
     }
 }
 

@@ -22,6 +22,7 @@ mod e2e {
     pub mod limits;
     pub mod persistent;
     pub mod readme;
+    pub mod schedules;
     pub mod seed_cli;
     pub mod slow_consumers;
     pub mod soak;

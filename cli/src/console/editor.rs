@@ -5,6 +5,7 @@ use super::grammar::{self, Kind, Mode, Next};
 use super::{help_query, path_part, possible, print_lines, Session};
 use api::directories::DirectoryView;
 use api::invitations::InvitationView;
+use api::schedules::ScheduleView;
 use api::services::ServiceView;
 use api::teams::{MemberView, TeamView};
 use api::triggers::TriggerView;
@@ -41,6 +42,7 @@ impl ConsoleHelper {
             }
             Kind::Trigger => api.names("/triggers", "name", |t: TriggerView| t.name),
             Kind::Directory => api.names("/directories", "name", |d: DirectoryView| d.name),
+            Kind::Schedule => api.names("/schedules", "name", |v: ScheduleView| v.name),
             Kind::Member => api.names(&format!("/teams/{team}/members"), "identity", {
                 |m: MemberView| m.identity
             }),

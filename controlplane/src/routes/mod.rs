@@ -8,10 +8,11 @@
 mod broker;
 mod directories;
 pub(crate) mod events;
-mod gateway;
+pub(crate) mod gateway;
 mod invitations;
 mod jobs;
 mod login;
+mod schedules;
 mod services;
 mod teams;
 mod triggers;
@@ -73,6 +74,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/api/v1/triggers/{id}"),
     ("DELETE", "/api/v1/triggers/{id}"),
     ("POST", "/api/v1/triggers/{id}/hits"),
+    ("GET", "/api/v1/schedules"),
+    ("POST", "/api/v1/schedules"),
+    ("GET", "/api/v1/schedules/{name}"),
+    ("DELETE", "/api/v1/schedules/{name}"),
+    ("POST", "/api/v1/schedules/{name}/run"),
+    ("POST", "/api/v1/schedules/{name}/pause"),
+    ("POST", "/api/v1/schedules/{name}/resume"),
     ("GET", "/api/v1/users/{identity}"),
     ("PATCH", "/api/v1/users/{identity}"),
     ("PUT", "/api/v1/users/{identity}/secret"),
@@ -130,6 +138,14 @@ fn api() -> OpenApiRouter<AppState> {
             triggers::delete_trigger
         ))
         .routes(routes!(triggers::add_hits))
+        .routes(routes!(
+            schedules::list_schedules,
+            schedules::create_schedule
+        ))
+        .routes(routes!(schedules::get_schedule, schedules::delete_schedule))
+        .routes(routes!(schedules::run_schedule))
+        .routes(routes!(schedules::pause_schedule))
+        .routes(routes!(schedules::resume_schedule))
         .routes(routes!(users::get_user, users::update_user))
         .routes(routes!(users::change_secret))
         .routes(routes!(broker::snapshot))

@@ -185,3 +185,223 @@ async fn every_2s_runs_five_times_on_time_sqlite() -> Result<()> {
 async fn every_2s_runs_five_times_on_time_postgres() -> Result<()> {
     every_2s_runs_on_time(Db::Postgres).await
 }
+
+/// `forbid` skips a due run while the last one still runs, and counts it; `replace`
+/// cancels the running one.
+async fn forbid_skips_and_replace_cancels(db: Db) -> Result<()> {
+    let s = site(db).await?;
+    let t0 = now_ms();
+    schedule(&s.api, "slow", "sleep 3", json!({"every": "2s"})).await?;
+    let body = json!({"every": "2s", "concurrency": "replace"});
+    schedule(&s.api, "restless", "sleep 5", body).await?;
+    // slow: due at 2 s (runs to 5 s), 4 s skipped, 6 s runs (to 9 s), 8 s skipped.
+    let slow = wait_runs(&s.api, "slow", 2, t0 + 9_000).await?;
+    ensure!(
+        slow.iter().all(|j| j.status == api::JobStatus::Ok),
+        "{slow:?}"
+    );
+    let v = view(&s.api, "slow").await?;
+    ensure!(v.skipped >= 1, "{v:?}");
+    // Runs that overlapped none: each one due after the last one's end.
+    for pair in slow.windows(2) {
+        let end = pair[0].started_unix_ms + pair[0].duration_ms;
+        ensure!(pair[1].started_unix_ms >= end, "{slow:?}");
+    }
+    // restless: each run is cancelled by the next one, 2 s later.
+    let restless = wait_runs(&s.api, "restless", 2, t0 + 9_000).await?;
+    ensure!(
+        restless[0].status == api::JobStatus::Cancelled && restless[0].duration_ms < 4_000,
+        "{restless:?}"
+    );
+    none_twice(&restless)?;
+    let metrics = reqwest::get(format!("{}/metrics", s.control.url))
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains("triggerfs_control_schedule_skipped_total{reason=\"forbid\"}")
+            && metrics.contains("triggerfs_control_schedule_runs_total{outcome=\"cancelled\"}"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbid_skips_and_replace_cancels_sqlite() -> Result<()> {
+    forbid_skips_and_replace_cancels(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbid_skips_and_replace_cancels_postgres() -> Result<()> {
+    forbid_skips_and_replace_cancels(Db::Postgres).await
+}
+
+/// The control plane is away across two due times: with `skip` (no starting deadline)
+/// none is made up, with a starting deadline the latest runs once; nothing runs twice.
+async fn a_restart_makes_up_only_what_it_should(db: Db) -> Result<()> {
+    let mut s = site(db).await?;
+    schedule(&s.api, "skipper", "true", json!({"every": "3s"})).await?;
+    let body = json!({"every": "3s", "starting_deadline": "1m"});
+    schedule(&s.api, "catcher", "true", body).await?;
+    wait_runs(&s.api, "skipper", 1, i64::MAX).await?;
+    wait_runs(&s.api, "catcher", 1, i64::MAX).await?;
+    let away_from = now_ms();
+    s.control.proc.kill();
+    // 7 s away: at least two due times of each pass.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    s.control = s.control.restart(&s.broker_addr)?;
+    // Due times before this passed while no control plane ran (the first round after the
+    // start is a few milliseconds before it).
+    let away_until = now_ms();
+    let (team, admin, secret) = s.control.admin.clone();
+    let api = Api::login(&s.control.url, &team, &admin, &secret).await?;
+    // The next regular due time after the restart, recorded.
+    let after = now_ms() + 3_500;
+    let made_up = |jobs: &[JobSummary]| {
+        jobs.iter()
+            .filter(|j| {
+                j.scheduled_unix_ms
+                    .is_some_and(|d| d > away_from && d < away_until)
+            })
+            .count()
+    };
+    let catcher = wait_until_runs_after(&api, "catcher", after).await?;
+    ensure!(
+        made_up(&catcher) == 1,
+        "{away_from}..{away_until}: {catcher:?}"
+    );
+    let skipper = wait_until_runs_after(&api, "skipper", after).await?;
+    ensure!(
+        made_up(&skipper) == 0,
+        "{away_from}..{away_until}: {skipper:?}"
+    );
+    none_twice(&catcher)?;
+    none_twice(&skipper)?;
+    let v = view(&api, "skipper").await?;
+    ensure!(v.skipped >= 2, "{v:?}");
+    Ok(())
+}
+
+/// Waits until `name` has a recorded run due at or after `after_ms`; returns every run.
+async fn wait_until_runs_after(api: &Api, name: &str, after_ms: i64) -> Result<Vec<JobSummary>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let jobs = runs(api, name).await?;
+        if jobs
+            .iter()
+            .any(|j| j.scheduled_unix_ms.is_some_and(|d| d >= after_ms))
+        {
+            return Ok(jobs);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{name}: no run due after {after_ms}: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_makes_up_only_what_it_should_sqlite() -> Result<()> {
+    a_restart_makes_up_only_what_it_should(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_makes_up_only_what_it_should_postgres() -> Result<()> {
+    a_restart_makes_up_only_what_it_should(Db::Postgres).await
+}
+
+/// Two control planes on one PostgreSQL database (and one data dir: one JWT key): every due
+/// time runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_run_each_due_time_once_postgres() -> Result<()> {
+    let s = site(Db::Postgres).await?;
+    let pg = s
+        .control
+        .pg
+        .as_ref()
+        .context("a PostgreSQL database")?
+        .url();
+    let data = s
+        .control
+        .data
+        .path()
+        .to_str()
+        .context("data dir")?
+        .to_string();
+    let args = [
+        "control",
+        "--data",
+        &data,
+        "--api-listen",
+        "127.0.0.1:0",
+        "--broker",
+        &s.broker_addr,
+        "--database-url",
+        &pg,
+    ];
+    let (second, mut stdout) = Proc::spawn("control 2", &args)?;
+    read_until_listening(&second, &mut stdout)?;
+    let t0 = now_ms();
+    schedule(&s.api, "both", "true", json!({"every": "1s"})).await?;
+    let jobs = wait_runs(&s.api, "both", 9, t0 + 10_000).await?;
+    let mut due: Vec<i64> = jobs.iter().filter_map(|j| j.scheduled_unix_ms).collect();
+    due.sort_unstable();
+    // Exactly once each: no due time twice, none left out.
+    ensure!(
+        due.windows(2).all(|w| w[1] - w[0] == 1_000),
+        "due times {due:?}"
+    );
+    drop(second);
+    Ok(())
+}
+
+/// An owner who leaves the team pauses their schedule: its next due time runs nothing, and
+/// the schedule says why.
+async fn an_owner_who_left_pauses_the_schedule(db: Db) -> Result<()> {
+    let s = site(db).await?;
+    let (team, _, _) = s.control.admin.clone();
+    let ops = s.api.new_member(&team, "ops", "ops-secret-29").await?;
+    schedule(&ops, "theirs", "true", json!({"every": "2s"})).await?;
+    wait_runs(&s.api, "theirs", 1, i64::MAX).await?;
+    s.api
+        .ok(
+            "DELETE",
+            &format!("/api/v1/teams/{team}/members/ops"),
+            Value::Null,
+        )
+        .await?;
+    let removed = now_ms();
+    wait_until(Duration::from_secs(10), "the schedule paused", || async {
+        view(&s.api, "theirs")
+            .await
+            .is_ok_and(|v| v.state == ScheduleState::Paused)
+    })
+    .await?;
+    let v = view(&s.api, "theirs").await?;
+    let reason = v.reason.clone().unwrap_or_default();
+    ensure!(
+        reason.contains("ops") && reason.contains("no longer a member") && v.next_run.is_none(),
+        "{v:?}"
+    );
+    // Two more due times pass: nothing ran after the removal.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let jobs = runs(&s.api, "theirs").await?;
+    ensure!(
+        jobs.iter()
+            .all(|j| j.scheduled_unix_ms.is_some_and(|d| d < removed)),
+        "{jobs:?}"
+    );
+    ensure!(view(&s.api, "theirs").await?.runs == v.runs, "{v:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_who_left_pauses_the_schedule_sqlite() -> Result<()> {
+    an_owner_who_left_pauses_the_schedule(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_who_left_pauses_the_schedule_postgres() -> Result<()> {
+    an_owner_who_left_pauses_the_schedule(Db::Postgres).await
+}

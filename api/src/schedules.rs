@@ -4,7 +4,6 @@
 
 use crate::gateway::GatewayRequest;
 use crate::timeout::Timeout;
-use proto::control::Visibility;
 use proto::text_enum;
 use serde::{Deserialize, Serialize};
 
@@ -67,8 +66,61 @@ text_enum! {
     }
 }
 
+text_enum! {
+    ("schedule visibility", "lowercase")
+    /// Who sees a schedule: `local` (its owner and the team's admins) or `team` (every
+    /// member). Only its owner or an admin changes it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+    #[serde(rename_all = "lowercase")]
+    pub enum ScheduleVisibility {
+        /// Its owner and the admins.
+        #[default]
+        Local,
+        /// Every member of the team.
+        Team,
+    }
+}
+
+/// Every so long, counted from the schedule's creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Every {
+    /// The period (`"10m"`), at least `1s`.
+    pub every: Timeout,
+    /// Each run starts up to this much later, at random (spreads the load of many
+    /// schedules).
+    pub jitter: Option<Timeout>,
+}
+
+/// A cron expression in a time zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Cron {
+    /// Five fields (minute hour day month weekday), six (with seconds first) or `@daily`-
+    /// style; weekdays by name (`Mon-Fri`).
+    pub cron: String,
+    /// The IANA time zone it is read in (default `UTC`), e.g. `Europe/Berlin`; its
+    /// daylight-saving changes are followed.
+    pub time_zone: Option<String>,
+}
+
+/// When a schedule is due: `{"every": "10m"}` or `{"cron": "0 3 * * *", "time_zone":
+/// "Europe/Berlin"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum Timetable {
+    /// Every so long.
+    Every(Every),
+    /// By a cron expression.
+    Cron(Cron),
+}
+
 /// A new schedule.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSchedule {
@@ -82,27 +134,18 @@ pub struct CreateSchedule {
     #[cfg_attr(feature = "openapi", schema(value_type = proto::openapi::ServiceRef))]
     pub service: String,
     /// What each run sends: plugin, command, args, timeout and the fleet options (`batch`,
-    /// `max_failures`, `quorum`, `deadline`, `only`), as the gateway takes them (`wait` is
-    /// always true).
+    /// `max_failures`, `quorum`, `deadline`, `only`), as the gateway takes them (a run
+    /// always waits for its end: `wait` is not read).
     pub request: GatewayRequest,
-    /// Run every so long (`"10m"`), counted from the schedule's creation; not with `cron`.
-    pub every: Option<Timeout>,
-    /// With `every`: each run starts up to this much later, at random (spreads the load of
-    /// many schedules).
-    pub jitter: Option<Timeout>,
-    /// A cron expression: five fields (minute hour day month weekday), six (with seconds
-    /// first) or `@daily`-style; weekdays by name (`Mon-Fri`). Not with `every`.
-    pub cron: Option<String>,
-    /// With `cron`: the IANA time zone it is read in (default `UTC`), e.g. `Europe/Berlin`.
-    pub time_zone: Option<String>,
+    /// When it is due (422 for a cron expression or time zone that does not read).
+    pub timetable: Timetable,
     /// While the last run still runs: `forbid` (default), `allow` or `replace`.
     pub concurrency: Option<Concurrency>,
     /// Catch-up of runs missed while no control plane could start them: absent, they are
     /// skipped; given (`"1h"`), the latest missed one runs once if it is at most this late.
     pub starting_deadline: Option<Timeout>,
-    /// `local` (default: its owner and the admins see it) or `team`.
-    #[cfg_attr(feature = "openapi", schema(example = "team"))]
-    pub visibility: Option<Visibility>,
+    /// `local` (default) or `team`.
+    pub visibility: Option<ScheduleVisibility>,
     /// Created paused.
     pub paused: Option<bool>,
 }
@@ -143,14 +186,8 @@ pub struct ScheduleView {
     pub service: String,
     /// What each run sends.
     pub request: GatewayRequest,
-    /// Its period, or `null` with `cron`.
-    pub every: Option<Timeout>,
-    /// Its jitter, if any.
-    pub jitter: Option<Timeout>,
-    /// Its cron expression, or `null` with `every`.
-    pub cron: Option<String>,
-    /// The time zone of `cron`.
-    pub time_zone: Option<String>,
+    /// When it is due.
+    pub timetable: Timetable,
     /// `forbid`, `allow` or `replace`.
     pub concurrency: Concurrency,
     /// Missed runs: `null` skips them, else the latest runs once if at most this late.
@@ -160,7 +197,7 @@ pub struct ScheduleView {
     /// Why it is paused (by whom, or why it paused itself).
     pub reason: Option<String>,
     /// `local` or `team`.
-    pub visibility: Visibility,
+    pub visibility: ScheduleVisibility,
     /// Whose rights its runs have (at the time of each run).
     pub owner: String,
     /// When it is next due (RFC 3339), `null` when paused.

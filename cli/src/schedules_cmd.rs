@@ -6,8 +6,11 @@ use crate::console::table::Table;
 use crate::jobs_cmd::{refused, sign_in};
 use anyhow::Result;
 use api::gateway::{CommandWords, GatewayRequest, ShareText};
-use api::schedules::{Concurrency, CreateSchedule, PauseSchedule, RunView, ScheduleView};
-use api::{ApiClient, Timeout, Visibility};
+use api::schedules::{
+    Concurrency, CreateSchedule, Cron, Every, PauseSchedule, RunView, ScheduleView,
+    ScheduleVisibility, Timetable,
+};
+use api::{ApiClient, Timeout};
 use launch::settings::LoginArgs;
 use std::collections::BTreeMap;
 
@@ -90,7 +93,7 @@ pub struct CreateArgs {
     #[arg(long)]
     pub timeout: Option<String>,
     /// Run every so long (`10m`); or give --cron.
-    #[arg(long, conflicts_with = "cron")]
+    #[arg(long, conflicts_with = "cron", required_unless_present = "cron")]
     pub every: Option<String>,
     /// With --every: start each run up to this much later, at random.
     #[arg(long, requires = "every")]
@@ -125,7 +128,7 @@ pub struct CreateArgs {
     pub starting_deadline: Option<String>,
     /// local (you and the admins see it) or team.
     #[arg(long)]
-    pub visibility: Option<Visibility>,
+    pub visibility: Option<ScheduleVisibility>,
 }
 
 impl CreateArgs {
@@ -148,14 +151,21 @@ impl CreateArgs {
                 only: (!self.only_workers.is_empty()).then_some(self.only_workers),
                 ..GatewayRequest::default()
             },
-            every: text(self.every),
-            jitter: text(self.jitter),
-            cron: self.cron,
-            time_zone: self.time_zone,
+            timetable: match (self.every, self.cron) {
+                (Some(every), _) => Timetable::Every(Every {
+                    every: Timeout::from(every.as_str()),
+                    jitter: text(self.jitter),
+                }),
+                (None, cron) => Timetable::Cron(Cron {
+                    cron: cron.unwrap_or_default(),
+                    time_zone: self.time_zone,
+                }),
+            },
             concurrency: self.concurrency,
             starting_deadline: text(self.starting_deadline),
             visibility: self.visibility,
-            ..CreateSchedule::default()
+            description: None,
+            paused: None,
         }
     }
 }
@@ -237,15 +247,15 @@ fn print<T: serde::Serialize>(
 
 /// `every 10m` or `cron 0 3 * * * Europe/Berlin`.
 pub fn timetable(s: &ScheduleView) -> String {
-    match (&s.every, &s.cron) {
-        (Some(every), _) => match &s.jitter {
-            Some(jitter) => format!("every {} (jitter {})", every.as_str(), jitter.as_str()),
-            None => format!("every {}", every.as_str()),
-        },
-        (None, Some(cron)) => {
-            format!("cron {cron} {}", s.time_zone.as_deref().unwrap_or("UTC"))
+    match &s.timetable {
+        Timetable::Every(Every {
+            every,
+            jitter: Some(jitter),
+        }) => format!("every {} (jitter {})", every.as_str(), jitter.as_str()),
+        Timetable::Every(Every { every, .. }) => format!("every {}", every.as_str()),
+        Timetable::Cron(Cron { cron, time_zone }) => {
+            format!("cron {cron} {}", time_zone.as_deref().unwrap_or("UTC"))
         }
-        (None, None) => String::new(),
     }
 }
 

@@ -9,7 +9,9 @@ use api::directories::{CreateDirectory, DirectoryView};
 use api::gateway::{CommandWords, GatewayRequest, ShareText};
 use api::invitations::{CreateInvitation, InvitationView};
 use api::login::LoginResponse;
-use api::schedules::{Concurrency, CreateSchedule, PauseSchedule, RunView, ScheduleView};
+use api::schedules::{
+    Concurrency, CreateSchedule, Cron, Every, PauseSchedule, RunView, ScheduleView, Timetable,
+};
 use api::services::{BindWorker, CreateService, ServiceView, UpdateService};
 use api::teams::{AddMember, CreateTeam, MemberView, QuotaRequest, QuotaView, TeamView};
 use api::teams::{Role, UpdateMember};
@@ -839,10 +841,17 @@ pub fn create_schedule(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
             deadline: duration_option(a, "deadline")?,
             ..GatewayRequest::default()
         },
-        every: duration_option(a, "every")?,
-        jitter: duration_option(a, "jitter")?,
-        cron: first("cron"),
-        time_zone: first("time-zone"),
+        timetable: match (duration_option(a, "every")?, first("cron")) {
+            (Some(every), None) => Timetable::Every(Every {
+                every,
+                jitter: duration_option(a, "jitter")?,
+            }),
+            (None, Some(cron)) => Timetable::Cron(Cron {
+                cron,
+                time_zone: first("time-zone"),
+            }),
+            _ => return Err(CliError::Value("give either every or cron".into())),
+        },
         concurrency,
         starting_deadline: duration_option(a, "starting-deadline")?,
         visibility: match first("visibility") {
@@ -852,7 +861,8 @@ pub fn create_schedule(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
             ),
             None => None,
         },
-        ..CreateSchedule::default()
+        description: None,
+        paused: None,
     };
     change::<_, ScheduleView>(s, Method::POST, "/schedules", Some(&body))
 }

@@ -12,8 +12,8 @@ use crate::scheduler::{self, ScheduleRow, Start, SELECT};
 use crate::state::AppState;
 use crate::stored::readable;
 use crate::timetable::Timetable;
-use api::schedules::{CreateSchedule, PauseSchedule, RunView, ScheduleView};
-use api::{Action, ErrorBody, Object, Timeout, Visibility};
+use api::schedules::{self, CreateSchedule, PauseSchedule, RunView, ScheduleView};
+use api::{Action, ErrorBody, Object, Timeout};
 use axum::extract::State;
 use axum::http::StatusCode;
 use proto::openapi::Name;
@@ -33,25 +33,26 @@ fn ms(field: &str, text: &Option<Timeout>) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
-/// The timetable a new schedule asks for, checked; due times count from `now`.
-fn timetable(req: &CreateSchedule, now: i64) -> Result<Timetable, ApiError> {
+/// The timetable a new schedule asks for, checked, and its columns (`every_ms`,
+/// `jitter_ms`, `cron`, `time_zone`); due times count from `now`.
+fn timetable(req: &CreateSchedule, now: i64) -> Result<(Timetable, Columns), ApiError> {
     let bad = |e: crate::timetable::BadTimetable| ApiError::Unprocessable(e.to_string());
-    match (&req.every, &req.cron) {
-        (Some(_), None) if req.time_zone.is_some() => Err(ApiError::Unprocessable(
-            "time_zone goes with cron, not with every".into(),
-        )),
-        (Some(_), None) => {
-            Timetable::every(ms("every", &req.every)?.unwrap_or(0), now).map_err(bad)
+    match &req.timetable {
+        schedules::Timetable::Every(e) => {
+            let every = ms("every", &Some(e.every.clone()))?.unwrap_or(0);
+            let jitter = ms("jitter", &e.jitter)?.unwrap_or(0);
+            let made = Timetable::every(every, now).map_err(bad)?;
+            Ok((made, (Some(every), jitter, None, None)))
         }
-        (None, Some(cron)) if req.jitter.is_some() => Err(ApiError::Unprocessable(
-            "jitter goes with every, not with cron".into(),
-        )),
-        (None, Some(cron)) => Timetable::cron(cron, req.time_zone.as_deref()).map_err(bad),
-        _ => Err(ApiError::Unprocessable(
-            "give either every or cron (one of them)".into(),
-        )),
+        schedules::Timetable::Cron(c) => {
+            let made = Timetable::cron(&c.cron, c.time_zone.as_deref()).map_err(bad)?;
+            Ok((made, (None, 0, Some(c.cron.clone()), c.time_zone.clone())))
+        }
     }
 }
+
+/// A timetable's columns: `every_ms`, `jitter_ms`, `cron`, `time_zone`.
+type Columns = (Option<i64>, i64, Option<String>, Option<String>);
 
 async fn find(state: &AppState, user: &AuthUser, name: &str) -> Result<ScheduleRow, ApiError> {
     let sql = format!("{SELECT} WHERE {SEEN} AND s.name = $4");
@@ -85,7 +86,7 @@ pub async fn list_schedules(
     request_body = CreateSchedule,
     responses((status = 201, body = ScheduleView),
         (status = 409, description = "The team has a schedule of that name", body = ErrorBody),
-        (status = 422, description = "A field breaks its rule: the request (as the gateway's), the timetable (`every` or `cron`, a time zone that is not IANA's), or visibility `public`", body = ErrorBody),
+        (status = 422, description = "A field breaks its rule: the request (as the gateway's), or the timetable (`every` under 1s, a cron expression that does not read, a time zone that is not IANA's)", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn create_schedule(
     State(state): State<AppState>,
@@ -94,23 +95,13 @@ pub async fn create_schedule(
 ) -> Result<(StatusCode, Json<ScheduleView>), ApiError> {
     check_name("schedule", &req.name)?;
     check_description(&req.description)?;
-    if req.request.wait == Some(false) {
-        return Err(ApiError::Unprocessable(
-            "a schedule's runs wait: no wait = false".into(),
-        ));
-    }
     super::gateway::request_spec(req.service.clone(), req.request.clone())?;
     let visibility = req.visibility.unwrap_or_default();
-    if visibility == Visibility::Public {
-        return Err(ApiError::Unprocessable(
-            "a schedule is local or team, not public".into(),
-        ));
-    }
     let now = now_ms();
-    let next_due = timetable(&req, now)?
+    let (made, (every, jitter, cron, time_zone)) = timetable(&req, now)?;
+    let next_due = made
         .next_after(now)
         .ok_or_else(|| ApiError::Unprocessable("the timetable is never due".into()))?;
-    let (every, jitter) = (ms("every", &req.every)?, ms("jitter", &req.jitter)?);
     let deadline = ms("starting_deadline", &req.starting_deadline)?;
     let request = serde_json::to_string(&req.request)
         .map_err(|e| ApiError::Internal(format!("the request does not write: {e}")))?;
@@ -122,8 +113,8 @@ pub async fn create_schedule(
              visibility, owner, next_due, created, updated) VALUES ($1, $2, $3, $4, $5, $6, \
              $7, $8, $9, $10, $11, $12, NULL, $13, $14, $15, $16, $16)")
             .bind(user.team_id).bind(&req.name).bind(req.description.as_deref().unwrap_or(""))
-            .bind(&req.service).bind(&request).bind(every).bind(jitter.unwrap_or(0))
-            .bind(&req.cron).bind(&req.time_zone).bind(concurrency.as_str()).bind(deadline)
+            .bind(&req.service).bind(&request).bind(every).bind(jitter)
+            .bind(&cron).bind(&time_zone).bind(concurrency.as_str()).bind(deadline)
             .bind(req.paused.unwrap_or(false)).bind(visibility.as_str()).bind(&user.identity)
             .bind(next_due).bind(now)
             .execute(&mut *tx).await.on_conflict(|| format!("schedule {}", req.name))?;

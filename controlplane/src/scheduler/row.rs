@@ -5,8 +5,8 @@ use crate::db::rfc3339;
 use crate::stored::{Row, Unreadable, Why};
 use crate::timetable::Timetable;
 use api::gateway::GatewayRequest;
-use api::schedules::{Concurrency, RunView, ScheduleState, ScheduleView};
-use api::{Timeout, Visibility};
+use api::schedules::{self, Concurrency, RunView, ScheduleState, ScheduleView, ScheduleVisibility};
+use api::Timeout;
 
 /// The columns of [`ScheduleRow`], `s` the schedule and `r` its last run.
 pub(crate) const SELECT: &str = "SELECT s.id, s.team_id, s.name, s.description, s.service, \
@@ -83,24 +83,32 @@ impl ScheduleRow {
             _ => None,
         };
         let duration = |ms: Option<i64>| ms.and_then(|ms| Timeout::from_ms(ms.max(0) as u64));
+        let timetable = match (self.cron.clone(), duration(self.every_ms)) {
+            (Some(cron), _) => schedules::Timetable::Cron(schedules::Cron {
+                cron,
+                time_zone: self.time_zone.clone(),
+            }),
+            (None, Some(every)) => schedules::Timetable::Every(schedules::Every {
+                every,
+                jitter: duration(Some(self.jitter_ms).filter(|j| *j > 0)),
+            }),
+            (None, None) => return Err(row.fail(Why::Invalid("no timetable".into()))),
+        };
         Ok(ScheduleView {
             request: self.request()?,
             concurrency: self.concurrency()?,
-            visibility: row.text::<Visibility>(&self.visibility)?,
+            visibility: row.text::<ScheduleVisibility>(&self.visibility)?,
             state: match self.paused {
                 true => ScheduleState::Paused,
                 false => ScheduleState::Active,
             },
             next_run: (!self.paused).then(|| rfc3339(self.next_due)),
-            every: duration(self.every_ms),
-            jitter: duration(Some(self.jitter_ms).filter(|j| *j > 0)),
+            timetable,
             starting_deadline: duration(self.starting_deadline_ms),
             last_run,
             name: self.name,
             description: self.description,
             service: self.service,
-            cron: self.cron,
-            time_zone: self.time_zone,
             reason: self.reason,
             owner: self.owner,
             runs: self.runs,

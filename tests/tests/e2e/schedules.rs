@@ -118,7 +118,13 @@ fn none_twice(jobs: &[JobSummary]) -> Result<()> {
 async fn every_2s_runs_on_time(db: Db) -> Result<()> {
     let s = site(db).await?;
     let t0 = now_ms();
-    schedule(&s.api, "tick", "echo tick", json!({"every": "2s"})).await?;
+    schedule(
+        &s.api,
+        "tick",
+        "echo tick",
+        json!({"timetable": {"every": "2s"}}),
+    )
+    .await?;
     let jobs = wait_runs(&s.api, "tick", 5, t0 + 11_000).await?;
     ensure!(jobs.len() == 5, "{jobs:?}");
     let mut lateness: Vec<i64> = Vec::new();
@@ -191,8 +197,14 @@ async fn every_2s_runs_five_times_on_time_postgres() -> Result<()> {
 async fn forbid_skips_and_replace_cancels(db: Db) -> Result<()> {
     let s = site(db).await?;
     let t0 = now_ms();
-    schedule(&s.api, "slow", "sleep 3", json!({"every": "2s"})).await?;
-    let body = json!({"every": "2s", "concurrency": "replace"});
+    schedule(
+        &s.api,
+        "slow",
+        "sleep 3",
+        json!({"timetable": {"every": "2s"}}),
+    )
+    .await?;
+    let body = json!({"timetable": {"every": "2s"}, "concurrency": "replace"});
     schedule(&s.api, "restless", "sleep 5", body).await?;
     // slow: due at 2 s (runs to 5 s), 4 s skipped, 6 s runs (to 9 s), 8 s skipped.
     let slow = wait_runs(&s.api, "slow", 2, t0 + 9_000).await?;
@@ -240,8 +252,14 @@ async fn forbid_skips_and_replace_cancels_postgres() -> Result<()> {
 /// none is made up, with a starting deadline the latest runs once; nothing runs twice.
 async fn a_restart_makes_up_only_what_it_should(db: Db) -> Result<()> {
     let mut s = site(db).await?;
-    schedule(&s.api, "skipper", "true", json!({"every": "3s"})).await?;
-    let body = json!({"every": "3s", "starting_deadline": "1m"});
+    schedule(
+        &s.api,
+        "skipper",
+        "true",
+        json!({"timetable": {"every": "3s"}}),
+    )
+    .await?;
+    let body = json!({"timetable": {"every": "3s"}, "starting_deadline": "1m"});
     schedule(&s.api, "catcher", "true", body).await?;
     wait_runs(&s.api, "skipper", 1, i64::MAX).await?;
     wait_runs(&s.api, "catcher", 1, i64::MAX).await?;
@@ -343,7 +361,13 @@ async fn two_control_planes_run_each_due_time_once_postgres() -> Result<()> {
     let (second, mut stdout) = Proc::spawn("control 2", &args)?;
     read_until_listening(&second, &mut stdout)?;
     let t0 = now_ms();
-    schedule(&s.api, "both", "true", json!({"every": "1s"})).await?;
+    schedule(
+        &s.api,
+        "both",
+        "true",
+        json!({"timetable": {"every": "1s"}}),
+    )
+    .await?;
     let jobs = wait_runs(&s.api, "both", 9, t0 + 10_000).await?;
     let mut due: Vec<i64> = jobs.iter().filter_map(|j| j.scheduled_unix_ms).collect();
     due.sort_unstable();
@@ -362,7 +386,13 @@ async fn an_owner_who_left_pauses_the_schedule(db: Db) -> Result<()> {
     let s = site(db).await?;
     let (team, _, _) = s.control.admin.clone();
     let ops = s.api.new_member(&team, "ops", "ops-secret-29").await?;
-    schedule(&ops, "theirs", "true", json!({"every": "2s"})).await?;
+    schedule(
+        &ops,
+        "theirs",
+        "true",
+        json!({"timetable": {"every": "2s"}}),
+    )
+    .await?;
     wait_runs(&s.api, "theirs", 1, i64::MAX).await?;
     s.api
         .ok(

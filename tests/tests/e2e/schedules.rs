@@ -179,6 +179,38 @@ async fn every_2s_runs_on_time(db: Db) -> Result<()> {
             && metrics.contains("triggerfs_control_schedule_lateness_seconds_count"),
         "{metrics}"
     );
+    schedules_cli_pauses_and_runs_now(&login, tick.runs).await
+}
+
+/// `schedules pause` stops the runs; `schedules run` runs one now all the same, as its owner.
+async fn schedules_cli_pauses_and_runs_now(login: &[&str], runs_before: i64) -> Result<()> {
+    let cli = |words: &[&str]| {
+        let mut args = vec!["schedules"];
+        args.extend_from_slice(words);
+        args.extend_from_slice(login);
+        args.push("--json");
+        run_cli(&args, Duration::from_secs(20))
+    };
+    let (code, out, err) = cli(&["pause", "tick", "--reason", "maintenance"])?;
+    ensure!(code == 0, "{out}{err}");
+    let paused: ScheduleView = serde_json::from_str(&out)?;
+    ensure!(
+        paused.state == ScheduleState::Paused && paused.reason.as_deref() == Some("maintenance"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&["run", "tick"])?;
+    ensure!(code == 0, "{out}{err}");
+    let run: api::schedules::RunView = serde_json::from_str(&out)?;
+    ensure!(run.outcome == api::schedules::RunOutcome::Running, "{out}");
+    let (code, out, err) = cli(&["show", "tick"])?;
+    ensure!(code == 0, "{out}{err}");
+    let shown: ScheduleView = serde_json::from_str(&out)?;
+    ensure!(
+        shown.runs >= runs_before + 1 && shown.state == ScheduleState::Paused,
+        "{out}"
+    );
+    let (code, out, err) = cli(&["resume", "tick"])?;
+    ensure!(code == 0 && out.contains("\"active\""), "{out}{err}");
     Ok(())
 }
 

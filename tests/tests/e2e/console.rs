@@ -661,6 +661,16 @@ fn worker_and_service_typed(screen: &mut Screen, host: &str) -> Result<String> {
     }
     screen.expect(&format!("{host}# set services demoservice "))?;
     screen.send("\x15")?; // Ctrl-U: the line goes
+                          // A schedule, its name and what may follow it completed with TAB.
+    screen.line("set schedule name nightly-demo demoservice command every 1h command uptime")?;
+    screen.expect(&format!("{host}# "))?;
+    screen.send("set schedule nig\t")?;
+    screen.expect("set schedule nightly-demo ")?;
+    screen.send("pa\t")?;
+    screen.expect("set schedule nightly-demo pause ")?;
+    screen.line("")?;
+    screen.line("show schedules")?;
+    screen.expect_re(r"nightly-demo\s+\|\s+every 1h\s+\|\s+demoservice\s+\|\s+paused")?;
     Ok(token)
 }
 

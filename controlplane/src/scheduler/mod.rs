@@ -74,6 +74,9 @@ pub(crate) enum Start {
 /// Looks for due schedules every [`TICK`] until aborted.
 pub(crate) fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        if let Err(e) = forget_dead_runs(&state).await {
+            tracing::warn!(error = %e, "cannot mark the runs of a previous start lost");
+        }
         let mut every = tokio::time::interval(TICK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -88,6 +91,20 @@ pub(crate) fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// On SQLite, where one process owns the store, the runs still `running` at a start were
+/// its predecessor's, which died with it: they are `lost`, and `forbid` waits for them no
+/// more. (On PostgreSQL another replica may be sending them: they end, or expire.)
+async fn forget_dead_runs(state: &AppState) -> Result<(), ApiError> {
+    if let crate::db::Db::Sqlite(pool) = &state.db {
+        sqlx::query("UPDATE schedule_runs SET outcome = $1 WHERE outcome = $2")
+            .bind(RunOutcome::Lost.as_str())
+            .bind(RunOutcome::Running.as_str())
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Cancels the runs this process sends whose schedule replaced them (on any replica).

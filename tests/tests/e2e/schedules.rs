@@ -467,3 +467,36 @@ async fn an_owner_who_left_pauses_the_schedule_sqlite() -> Result<()> {
 async fn an_owner_who_left_pauses_the_schedule_postgres() -> Result<()> {
     an_owner_who_left_pauses_the_schedule(Db::Postgres).await
 }
+
+/// A control plane killed mid-run on SQLite: its run is lost with it, and `forbid` does not
+/// wait for it after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_with_its_control_plane_does_not_block_forbid_sqlite() -> Result<()> {
+    let mut s = site(Db::Sqlite).await?;
+    let body = json!({"timetable": {"every": "2s"}});
+    schedule(&s.api, "long", "sleep 20", body).await?;
+    wait_until(Duration::from_secs(10), "a first run", || async {
+        view(&s.api, "long")
+            .await
+            .is_ok_and(|v| v.last_run.is_some())
+    })
+    .await?;
+    let first = view(&s.api, "long").await?.last_run.context("a run")?;
+    s.control.proc.kill();
+    s.control = s.control.restart(&s.broker_addr)?;
+    let (team, admin, secret) = s.control.admin.clone();
+    let api = Api::login(&s.control.url, &team, &admin, &secret).await?;
+    // Without the first run taken for lost, `forbid` would skip every due time until it
+    // expires (its timeout and a minute).
+    wait_until(
+        Duration::from_secs(10),
+        "a run after the restart",
+        || async {
+            view(&api, "long").await.is_ok_and(|v| {
+                v.last_run
+                    .is_some_and(|r| r.scheduled_unix_ms > first.scheduled_unix_ms)
+            })
+        },
+    )
+    .await
+}

@@ -30,6 +30,8 @@ pub struct JobsAnswer {
 pub struct JobQuery {
     /// Only requests to this service (`name` in the caller's team, `team/name` for another team's).
     pub service: Option<String>,
+    /// Only runs of this schedule.
+    pub schedule: Option<String>,
     /// Only jobs with this status.
     pub status: Option<JobStatus>,
     /// Only jobs started at or after this time (RFC 3339, e.g. `2026-01-31T12:00:00Z`).
@@ -76,6 +78,15 @@ pub struct JobSummary {
     pub ok: i64,
     /// Arrival to summary (milliseconds).
     pub duration_ms: i64,
+    /// The schedule it was a run of, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// For a schedule's run: when it was due (RFC 3339); `started` is when it arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+    /// The same in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_unix_ms: Option<i64>,
 }
 
 /// One argument of a job.

@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod invitations;
 pub mod jobs;
 pub mod login;
+pub mod schedules;
 #[cfg(feature = "openapi")]
 pub mod schema;
 pub mod services;

@@ -41,6 +41,9 @@ pub enum JobsCommand {
         /// Only requests to this service.
         #[arg(long)]
         service: Option<String>,
+        /// Only the runs of this schedule.
+        #[arg(long)]
+        schedule: Option<String>,
         /// Only jobs with this status: ok, failed, timed_out, lost, cancelled.
         #[arg(long)]
         status: Option<JobStatus>,
@@ -72,7 +75,7 @@ pub enum JobsCommand {
 }
 
 /// The control plane as one user: `token`, or (when it is empty) team, identity and secret.
-async fn sign_in(url: &str, token: &str, login: &LoginArgs) -> Result<Api> {
+pub(crate) async fn sign_in(url: &str, token: &str, login: &LoginArgs) -> Result<Api> {
     let token = match (token, &login.team, &login.identity, &login.secret) {
         ("", Some(t), Some(i), Some(s)) => client::login::login(url, t, i, s).await?,
         ("", ..) => bail!(
@@ -89,7 +92,12 @@ async fn sign_in(url: &str, token: &str, login: &LoginArgs) -> Result<Api> {
 
 /// `GET path` as `T`; a refusal as `jobs` prints it, with the HTTP status.
 async fn get<T: serde::de::DeserializeOwned>(api: &Api, path: &str) -> Result<T> {
-    api.get(path).await.map_err(|e| match e {
+    api.get(path).await.map_err(refused)
+}
+
+/// An API error as `jobs` and `schedules` print it: a refusal with its HTTP status.
+pub(crate) fn refused(e: ApiError) -> anyhow::Error {
+    match e {
         ApiError::Refused {
             status, message, ..
         } => match reqwest::StatusCode::from_u16(status) {
@@ -97,7 +105,7 @@ async fn get<T: serde::de::DeserializeOwned>(api: &Api, path: &str) -> Result<T>
             Err(_) => anyhow!("{message} ({status})"),
         },
         e => e.into(),
-    })
+    }
 }
 
 /// `triggerfs jobs ...`, on a runtime of its own.
@@ -114,6 +122,7 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
     match args.command {
         JobsCommand::List {
             service,
+            schedule,
             status,
             since,
             until,
@@ -129,6 +138,7 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
             };
             let query = JobQuery {
                 service,
+                schedule,
                 status,
                 since: since.map(ago),
                 until: until.map(ago),
@@ -392,6 +402,9 @@ mod tests {
                 workers: 4,
                 ok: 2,
                 duration_ms: 2000,
+                schedule: None,
+                scheduled_at: None,
+                scheduled_unix_ms: None,
             },
             outcomes: vec![
                 w("web01", JobOutcome::Ok, Some(0)),

@@ -4,6 +4,7 @@
 //! - [`console`]: `triggerfs cli`, the console in the seed's Juniper-like syntax.
 //! - [`client_cmd`]: `triggerfs client` and its rendering.
 //! - [`jobs_cmd`]: `triggerfs jobs list|show` and `client --rerun`.
+//! - [`schedules_cmd`]: `triggerfs schedules list|show|create|run|pause|resume|delete`.
 //!
 //! (The crate is `cli` rather than `console`: indicatif depends on a crates.io crate of that
 //! name, and `cargo -p console` would be ambiguous.)
@@ -11,3 +12,4 @@
 pub mod client_cmd;
 pub mod console;
 pub mod jobs_cmd;
+pub mod schedules_cmd;

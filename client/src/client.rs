@@ -87,6 +87,8 @@ pub struct RequestSpec {
     /// Per-request fan-out options (mirror, serial): batch, max failures, quorum, deadline,
     /// and `only`, the subset of the service's workers to run on.
     pub fleet: proto::Fleet,
+    /// A name for this run that its job record keeps (`None` for ordinary requests).
+    pub tag: Option<String>,
 }
 
 impl Default for RequestSpec {
@@ -102,6 +104,7 @@ impl Default for RequestSpec {
             wait: true,
             key: None,
             fleet: proto::Fleet::default(),
+            tag: None,
         }
     }
 }
@@ -134,6 +137,7 @@ impl RequestSpec {
             wait: self.wait,
             key: self.key,
             fleet: self.fleet,
+            tag: self.tag,
         }
     }
 }

@@ -328,6 +328,9 @@ fn check(batch: &BatchIn, workers: &[Vec<WorkerIn>]) -> Result<(), ApiError> {
         ] {
             over(what, chars_within(t, MAX_JOB_NAME), MAX_JOB_NAME)?;
         }
+        if let Some(tag) = &j.tag {
+            over("tag", chars_within(tag, MAX_JOB_NAME), MAX_JOB_NAME)?;
+        }
         over("command words", j.command.len(), MAX_JOB_ITEMS)?;
         over("arguments", j.args.len(), MAX_JOB_ITEMS)?;
         over("workers", parsed.len(), proto::job::MAX_JOB_WORKERS)?;

@@ -27,13 +27,16 @@ mod guesses;
 mod job_store;
 mod json;
 pub mod metrics;
+mod once;
 pub mod openapi;
 mod replicas;
 mod routes;
+mod scheduler;
 mod settings;
 mod state;
 mod stored;
 mod streams;
+mod timetable;
 
 pub use error::{ApiError, ControlError};
 pub use routes::ROUTES;
@@ -118,6 +121,7 @@ impl ControlPlane {
                 guard: LoginGuard::new(settings_limits),
                 streams: streams::Streams::default(),
                 jobs,
+                runs: Default::default(),
             }),
         })
     }
@@ -212,6 +216,7 @@ impl ControlPlane {
         let pruner = self.spawn_pruner();
         let others =
             replicas::spawn_listener(&shared.db, shared.replica.clone(), shared.events.clone());
+        let scheduler = scheduler::spawn(self.shared.clone());
         let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -276,6 +281,7 @@ impl ControlPlane {
         drop(listener);
         pruner.abort();
         others.inspect(tokio::task::JoinHandle::abort);
+        scheduler.abort();
         // Event streams never end on their own: give the others a bounded time.
         if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
             .await
@@ -286,16 +292,22 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Deletes the jobs past their retention every [`JOB_PRUNE_EVERY`], until aborted.
+    /// Deletes the jobs past their retention every [`JOB_PRUNE_EVERY`] (one replica a
+    /// round), until aborted.
     fn spawn_pruner(&self) -> tokio::task::JoinHandle<()> {
         let cp = self.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(JOB_PRUNE_EVERY);
             loop {
                 every.tick().await;
-                match cp.prune_jobs().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "jobs past their retention deleted"),
+                let round = once::once(&cp.shared.db, once::Work::PruneJobs, cp.prune_jobs());
+                match round
+                    .await
+                    .map_err(ControlError::from)
+                    .and_then(|r| r.transpose())
+                {
+                    Ok(None | Some(0)) => {}
+                    Ok(Some(n)) => tracing::info!(deleted = n, "jobs past their retention deleted"),
                     Err(e) => tracing::warn!(error = %e, "cannot delete old jobs"),
                 }
             }

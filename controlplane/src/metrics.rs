@@ -1,12 +1,12 @@
 //! Prometheus metrics of the API: requests by method, matched route and status, and their
-//! duration. One registry per control plane (not the global one), so several can run in one
+//! duration; the schedules' runs by outcome, their lateness, and the due runs skipped. One registry per control plane (not the global one), so several can run in one
 //! process (tests).
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +16,23 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    /// Schedules' runs that ended, by `outcome` (`api::schedules::RunOutcome`).
+    pub(crate) schedule_runs: IntCounterVec,
+    /// How late a run was sent after it was due (its jitter left out).
+    pub(crate) schedule_lateness: Histogram,
+    /// Due runs that did not start, by `reason`: `forbid` (the last run still ran),
+    /// `missed` (no control plane could start it, and no catch-up), `paused` (its owner
+    /// lost access).
+    pub(crate) schedule_skipped: IntCounterVec,
+}
+
+/// A counter by `label`, registered in `registry`.
+fn counter(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 impl Default for Metrics {
@@ -50,7 +67,31 @@ impl Metrics {
         registry
             .register(Box::new(duration.clone()))
             .expect("metric registered once");
+        let lateness = Histogram::with_opts(
+            HistogramOpts::new(
+                "triggerfs_control_schedule_lateness_seconds",
+                "How late a schedule's run was sent after it was due",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]),
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(lateness.clone()))
+            .expect("metric registered once");
         Metrics {
+            schedule_runs: counter(
+                &registry,
+                "triggerfs_control_schedule_runs_total",
+                "Schedules' runs that ended, by outcome",
+                "outcome",
+            ),
+            schedule_skipped: counter(
+                &registry,
+                "triggerfs_control_schedule_skipped_total",
+                "Schedules' due runs that did not start, by reason",
+                "reason",
+            ),
+            schedule_lateness: lateness,
             registry,
             requests,
             duration,

@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) guard: LoginGuard,
     pub(crate) streams: Streams,
     pub(crate) jobs: JobStore,
+    /// The schedules' runs this process sends.
+    pub(crate) runs: crate::scheduler::Runs,
 }
 
 pub(crate) type AppState = Arc<Shared>;

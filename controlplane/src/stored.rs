@@ -35,6 +35,9 @@ pub(crate) enum Why {
     /// A compressed value that does not decompress.
     #[error("it does not decompress")]
     Unpack,
+    /// A value its type refuses (a timetable that no longer reads).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl From<Unreadable> for ApiError {

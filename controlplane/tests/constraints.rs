@@ -1097,6 +1097,19 @@ async fn config_baseline(
             param("id", w.job().await.to_string());
             None
         }
+        ("POST", "/api/v1/schedules") => Some(json!({"name": w.fresh("sc"), "service": "s",
+            "request": {"plugin": "command/command"}, "timetable": {"every": "1h"}})),
+        ("GET", "/api/v1/schedules/{name}")
+        | ("DELETE", "/api/v1/schedules/{name}")
+        | ("POST", "/api/v1/schedules/{name}/run")
+        | ("POST", "/api/v1/schedules/{name}/resume") => {
+            param("name", w.fresh("sc"));
+            None
+        }
+        ("POST", "/api/v1/schedules/{name}/pause") => {
+            param("name", w.fresh("sc"));
+            Some(json!({}))
+        }
         _ => return None,
     })
 }
@@ -1251,6 +1264,18 @@ async fn prepare_config(
         ("GET", "/api/v1/services/{name}") | ("DELETE", "/api/v1/services/{name}") => {
             w.ensure_service(&json!(path["name"])).await;
         }
+        ("GET", "/api/v1/schedules/{name}")
+        | ("DELETE", "/api/v1/schedules/{name}")
+        | ("POST", "/api/v1/schedules/{name}/run")
+        | ("POST", "/api/v1/schedules/{name}/pause")
+        | ("POST", "/api/v1/schedules/{name}/resume") => {
+            // A schedule that runs `allow`: a run asked for while another is still
+            // trying to reach the (absent) broker is not refused.
+            let body = json!({"name": path["name"], "service": "s", "concurrency": "allow",
+                "request": {"plugin": "command/command"}, "timetable": {"every": "1h"}});
+            w.call(Method::POST, "/api/v1/schedules", &w.token, Some(body))
+                .await;
+        }
         ("POST", "/api/v1/services/{name}/workers") => {
             w.ensure_service(&json!(path["name"])).await;
             w.ensure_worker(&field("identity")).await;
@@ -1370,6 +1395,9 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
             for (field, cases) in groups_of_cases(&v, &params, body_schema) {
                 w.new_team().await;
                 let (mut valid_cases, mut accepted) = (0, 0);
+                // A required object whose schema offers no value of its own (its fields are
+                // tried one by one, or it is a choice of such objects) is only left out.
+                let only_left_out = cases.len() == 1;
                 for case in cases {
                     let (valid, status, answer) =
                         send_case(&mut w, &v, &op, &params, body_schema, &case).await;
@@ -1403,7 +1431,8 @@ async fn documented_constraints_are_the_servers(backend: Backend) {
                 fields_checked += 1;
                 // Each field was tried with values the document allows (an unknown field may
                 // have none), and some got through: the fixture works.
-                if accepted == 0 && (valid_cases > 0 || field != "an unknown field") {
+                let expected = valid_cases > 0 || (field != "an unknown field" && !only_left_out);
+                if accepted == 0 && expected {
                     failures.push(format!("{op} {field}: no valid value was accepted"));
                 }
             }

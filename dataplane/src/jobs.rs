@@ -122,6 +122,7 @@ impl JobTrace {
             duration_ms: 0,
             workers: Vec::new(),
             readers: JobReaders::default(),
+            tag: None,
         };
         JobTrace {
             head,
@@ -137,6 +138,11 @@ impl JobTrace {
     /// Who reads the job (by default its sender and the team's admins).
     pub fn set_readers(&mut self, readers: JobReaders) {
         self.head.readers = readers;
+    }
+
+    /// The request's tag, for its record (clipped as every name is).
+    pub fn set_tag(&mut self, tag: Option<&str>) {
+        self.head.tag = tag.map(|t| clip(t, MAX_JOB_NAME));
     }
 
     /// The request ended now: the shard marks it so, and hands the trace on; turning it into

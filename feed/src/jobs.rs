@@ -320,6 +320,7 @@ mod tests {
             args: vec![],
             started_unix_ms: 1,
             readers: Default::default(),
+            tag: None,
             duration_ms: 1,
             workers: (0..workers)
                 .map(|i| JobWorker {

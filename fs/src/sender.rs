@@ -365,6 +365,7 @@ async fn pump(
                     wait: true,
                     key: Some(IdemKey { source, seq }),
                     fleet: Default::default(),
+                    tag: None,
                 };
                 let handle = match client.request(spec).await {
                     Ok(h) => h,

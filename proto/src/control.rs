@@ -206,6 +206,8 @@ text_enum! {
         Directory,
         /// A trigger.
         Trigger,
+        /// A schedule (its runs are not configuration: they emit nothing).
+        Schedule,
     }
 }
 

@@ -21,7 +21,8 @@ pub const PROTOCOL_VERSION: u16 = 6;
 // 5: `Frame::Pause` and `Frame::Resume` (flow control of a dispatch's output: a worker of
 // version 4 would take them for malformed frames and drop its connection).
 // 6: `ErrorKind::Retried` (a roundrobin worker lost after it accepted, the request run again
-// on another worker) and `Frame::Bound` (the services a worker is bound to).
+// on another worker), `Frame::Bound` (the services a worker is bound to), and
+// `Request::tag` (a schedule's run, named in its job record).
 
 text_enum! {
     ("role", "lowercase")
@@ -362,6 +363,10 @@ pub struct Request {
     pub key: Option<IdemKey>,
     /// Per-request fan-out options (batch, max failures, quorum, deadline, subset).
     pub fleet: Fleet,
+    /// The sender's name for this run, kept in its job record (the control plane's
+    /// scheduler names each run of a schedule so; at most `job::MAX_JOB_NAME` characters
+    /// are kept).
+    pub tag: Option<String>,
 }
 
 /// The broker's order to a worker to run one request.

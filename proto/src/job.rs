@@ -246,6 +246,10 @@ pub struct JobRecord<W = JobWorker> {
     /// sender and the team's admins.
     #[serde(default)]
     pub readers: JobReaders,
+    /// The request's `tag`, when its sender gave one (a schedule's run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::JobName>))]
+    pub tag: Option<String>,
 }
 
 impl<W> JobRecord<W> {
@@ -264,6 +268,7 @@ impl<W> JobRecord<W> {
             duration_ms: self.duration_ms,
             workers,
             readers: self.readers,
+            tag: self.tag,
         };
         (record, self.workers)
     }

@@ -24,6 +24,7 @@ mod e2e {
     pub mod persistent;
     pub mod readme;
     pub mod replicas;
+    pub mod schedules;
     pub mod seed_cli;
     pub mod seed_promises;
     pub mod slow_consumers;

@@ -6,8 +6,12 @@ use super::table::{seed_time, Table};
 use super::Session;
 use api::client::ApiError;
 use api::directories::{CreateDirectory, DirectoryView, UpdateDirectory};
+use api::gateway::{CommandWords, GatewayRequest, ShareText};
 use api::invitations::{CreateInvitation, InvitationView};
 use api::login::LoginResponse;
+use api::schedules::{
+    Concurrency, CreateSchedule, Cron, Every, PauseSchedule, RunView, ScheduleView, Timetable,
+};
 use api::services::{BindWorker, CreateService, ServiceView, UpdateService};
 use api::teams::{AddMember, CreateTeam, MemberView, Preset, QuotaRequest, QuotaView, TeamView};
 use api::teams::{Role, UpdateMember};
@@ -835,4 +839,109 @@ pub fn request(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
 
 pub fn file(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
     s.file_shell()
+}
+
+// ---------------------------------------------------------------- schedules
+
+pub fn show_schedules(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
+    let answer: Vec<ScheduleView> = s.api.get("/schedules")?;
+    Ok(Reply::Done(
+        crate::schedules_cmd::list_table(&answer),
+        json_of(&answer)?,
+    ))
+}
+
+/// A duration option as the API writes it (`1m30s` becomes `1m 30s`).
+fn duration_option(a: &Args, keyword: &str) -> Result<Option<Timeout>, CliError> {
+    let Some(text) = a.option(keyword).first().copied() else {
+        return Ok(None);
+    };
+    humantime::parse_duration(text)
+        .ok()
+        .and_then(|d| Timeout::from_ms(u64::try_from(d.as_millis()).ok()?))
+        .map(Some)
+        .ok_or_else(|| CliError::Value(format!("`{text}` is not a duration such as 10s or 1m")))
+}
+
+pub fn create_schedule(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+    let args = a
+        .option("args")
+        .iter()
+        .map(|kv| crate::client_cmd::parse_key_value(kv))
+        .collect::<Result<std::collections::BTreeMap<_, _>, _>>()
+        .map_err(CliError::Value)?;
+    let first = |keyword: &str| a.option(keyword).first().map(|t| t.to_string());
+    let concurrency = match first("concurrency") {
+        Some(text) => Some(
+            text.parse::<Concurrency>()
+                .map_err(|e| CliError::Value(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let body = CreateSchedule {
+        name: a.get(Kind::Name).to_string(),
+        service: a.get(Kind::Service).to_string(),
+        request: GatewayRequest {
+            plugin: a.get(Kind::Plugin).to_string(),
+            command: Some(CommandWords::One(a.get(Kind::Rest).to_string())),
+            args: (!args.is_empty()).then_some(args),
+            timeout: duration_option(a, "timeout")?,
+            batch: first("batch").map(ShareText::Text),
+            max_failures: first("max-failures").map(ShareText::Text),
+            deadline: duration_option(a, "deadline")?,
+            ..GatewayRequest::default()
+        },
+        timetable: match (duration_option(a, "every")?, first("cron")) {
+            (Some(every), None) => Timetable::Every(Every {
+                every,
+                jitter: duration_option(a, "jitter")?,
+            }),
+            (None, Some(cron)) => Timetable::Cron(Cron {
+                cron,
+                time_zone: first("time-zone"),
+            }),
+            _ => return Err(CliError::Value("give either every or cron".into())),
+        },
+        concurrency,
+        starting_deadline: duration_option(a, "starting-deadline")?,
+        visibility: match first("visibility") {
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|e: proto::UnknownText| CliError::Value(e.to_string()))?,
+            ),
+            None => None,
+        },
+        description: None,
+        paused: None,
+    };
+    change::<_, ScheduleView>(s, Method::POST, "/schedules", Some(&body))
+}
+
+fn schedule_path(a: &Args, then: &str) -> String {
+    format!("/schedules/{}{then}", path_part(a.get(Kind::Schedule)))
+}
+
+pub fn schedule_pause(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+    let body = PauseSchedule::default();
+    change::<_, ScheduleView>(s, Method::POST, &schedule_path(a, "/pause"), Some(&body))
+}
+
+pub fn schedule_resume(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+    change::<_, ScheduleView>(s, Method::POST, &schedule_path(a, "/resume"), None::<&()>)
+}
+
+pub fn run_schedule(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+    let run: RunView = s
+        .api
+        .call(Method::POST, &schedule_path(a, "/run"), None::<&()>)?;
+    let line = format!(
+        "{}: run started at {}",
+        a.get(Kind::Schedule),
+        run.started_at
+    );
+    done(line, &run)
+}
+
+pub fn delete_schedule(s: &mut Session, a: &Args) -> Result<Reply, CliError> {
+    delete(s, &schedule_path(a, ""))
 }

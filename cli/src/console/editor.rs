@@ -5,6 +5,7 @@ use super::grammar::{self, Kind, Mode, Next};
 use super::{help_query, path_part, possible, print_lines, Session};
 use api::directories::DirectoryView;
 use api::invitations::InvitationView;
+use api::schedules::ScheduleView;
 use api::services::ServiceView;
 use api::teams::{MemberView, QuotaView, TeamView};
 use api::triggers::TriggerView;
@@ -51,6 +52,7 @@ impl ConsoleHelper {
             Kind::DirPath | Kind::Path => {
                 api.names("/directories", "path/", |d: DirectoryView| d.path + "/")
             }
+            Kind::Schedule => api.names("/schedules", "name", |v: ScheduleView| v.name),
             Kind::Member => api.names(&format!("/teams/{team}/members"), "identity", {
                 |m: MemberView| m.identity
             }),

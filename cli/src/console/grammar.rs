@@ -53,6 +53,10 @@ pub enum Kind {
     Directory,
     /// A directory's path, new or not: `/name` or `/name/sub/...`.
     DirPath,
+    /// An existing schedule.
+    Schedule,
+    /// `forbid`, `allow`, `replace`.
+    Concurrency,
     /// A member of the team.
     Member,
     /// A team the user belongs to.
@@ -140,6 +144,7 @@ impl Kind {
                 "max_teams",
             ],
             Kind::Plugin => &["command", "echo", "file", "append"],
+            Kind::Concurrency => &["forbid", "allow", "replace"],
             _ => &[],
         }
     }
@@ -171,6 +176,12 @@ const KINDS: &[(Kind, &str, &str)] = &[
         Kind::DirPath,
         "dirpath",
         "a directory's path: /name or /name/sub/... (up to 16 levels)",
+    ),
+    (Kind::Schedule, "schedule", "a schedule of the team"),
+    (
+        Kind::Concurrency,
+        "concurrency",
+        "forbid (skip while the last run runs) | allow | replace (cancel it)",
     ),
     (Kind::Member, "user", "a member of the team"),
     (Kind::Team, "team", "a team you belong to"),
@@ -311,6 +322,27 @@ const WORDS: &[(&str, &str)] = &[
     ("preset", "a tier's limits"),
     ("all", "operators: every one in the installation"),
     ("max-teams", "operators: how many teams the user may create"),
+    ("schedule", "schedules: requests run on a timetable"),
+    ("schedules", "schedules: requests run on a timetable"),
+    ("every", "run every so long (10m)"),
+    ("cron", "a cron expression, quoted: \"0 3 * * *\""),
+    (
+        "time-zone",
+        "the cron expression's IANA time zone (Europe/Berlin)",
+    ),
+    ("jitter", "every: start each run up to this much later"),
+    (
+        "concurrency",
+        "while the last run runs: forbid, allow or replace",
+    ),
+    (
+        "starting-deadline",
+        "missed runs: the latest runs once if at most this late",
+    ),
+    ("pause", "stop starting its runs"),
+    ("resume", "start its runs again"),
+    ("run", "run it once now"),
+    ("command", "the command text, to the end of the line"),
 ];
 
 /// One command.
@@ -347,6 +379,8 @@ pub static ENTRIES: &[Entry] = &[
     Entry { modes: Modes::Both, pattern: "show users", help: "the team's members and their roles", run: cmd::show_users },
     Entry { modes: Modes::Both, pattern: "show teams", help: "the teams you belong to", run: cmd::show_teams },
     Entry { modes: Modes::Both, pattern: "show quota", help: "the team's limits and what it uses", run: cmd::show_quota },
+    Entry { modes: Modes::Both, pattern: "show schedules", help: "the team's schedules: timetable, next and last run", run: cmd::show_schedules },
+    Entry { modes: Modes::Oper, pattern: "run schedule <schedule>", help: "run a schedule once now, as its owner", run: cmd::run_schedule },
     Entry { modes: Modes::Both, pattern: "show invitations", help: "invitations to you, and (admins) the team's pending ones", run: cmd::show_invitations },
     Entry { modes: Modes::Both, pattern: "help", help: "list the commands of this mode", run: cmd::help },
     Entry { modes: Modes::Both, pattern: "exit", help: "leave configure mode, or the console", run: cmd::exit },
@@ -387,6 +421,12 @@ pub static ENTRIES: &[Entry] = &[
     Entry { modes: Modes::Conf, pattern: "set trigger <trigger> rename <path>", help: "move the trigger to /directory/name", run: cmd::trigger_rename },
     Entry { modes: Modes::Conf, pattern: "delete trigger <trigger> args <key>", help: "remove an argument", run: cmd::trigger_delete_arg },
     Entry { modes: Modes::Conf, pattern: "delete trigger <trigger>", help: "delete a trigger", run: cmd::delete_trigger },
+    // Schedules.
+    Entry { modes: Modes::Conf, pattern: "set schedule name <name> <service> <plugin> [every <duration>] [cron <text>] [time-zone <text>] [jitter <duration>] [timeout <duration>] [args <key=value>]... [batch <share>] [max-failures <share>] [deadline <duration>] [concurrency <concurrency>] [starting-deadline <duration>] [visibility <visibility>] command <text...>",
+        help: "create a schedule: a request run every so long or by cron, as you", run: cmd::create_schedule },
+    Entry { modes: Modes::Conf, pattern: "set schedule <schedule> pause", help: "stop starting its runs", run: cmd::schedule_pause },
+    Entry { modes: Modes::Conf, pattern: "set schedule <schedule> resume", help: "start its runs again, from its next due time", run: cmd::schedule_resume },
+    Entry { modes: Modes::Conf, pattern: "delete schedule <schedule>", help: "delete a schedule", run: cmd::delete_schedule },
     // Users, teams, invitations.
     Entry { modes: Modes::Conf, pattern: "set users identity <name> secret <text>", help: "create a user in this team with a secret", run: cmd::create_user },
     Entry { modes: Modes::Conf, pattern: "set users <user> role <role>", help: "make a member an admin, or a member", run: cmd::user_role },

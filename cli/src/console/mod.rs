@@ -20,7 +20,8 @@ pub(crate) mod table;
 
 use crate::client_cmd::{self, render::Console, ClientArgs};
 use anyhow::Result;
-use commands::{path_part, CliError, Reply};
+pub(crate) use commands::path_part;
+use commands::{CliError, Reply};
 use control::Control;
 use grammar::{Kind, Mode, Next};
 use launch::settings::LoginArgs;

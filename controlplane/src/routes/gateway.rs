@@ -178,6 +178,54 @@ fn connect_error(e: ClientError, addr: &str) -> ApiError {
     }
 }
 
+/// The request a gateway body describes for `service`, checked (422 for what breaks a rule).
+pub(crate) fn request_spec(service: String, req: GatewayRequest) -> Result<RequestSpec, ApiError> {
+    proto::names::check_service_ref(&service)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    proto::names::check_plugin(&req.plugin).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let fleet = fleet(&req)?;
+    let command = req.command.map(|c| c.into_words()).unwrap_or_default();
+    if command.len() > MAX_COMMAND_WORDS {
+        return Err(ApiError::Unprocessable(format!(
+            "more than {MAX_COMMAND_WORDS} command words"
+        )));
+    }
+    check_args(&req.args)?;
+    let timeout =
+        timeout_ms(req.timeout.as_ref(), None)?.map(|ms| Duration::from_millis(ms.unsigned_abs()));
+    Ok(RequestSpec {
+        fleet,
+        service,
+        plugin: req.plugin,
+        command,
+        args: req.args.unwrap_or_default().into_iter().collect(),
+        payload: req.payload.unwrap_or_default().into_bytes(),
+        timeout,
+        wait: req.wait.unwrap_or(true),
+        key: None,
+        tag: None,
+    })
+}
+
+fn client_addr(state: &AppState) -> String {
+    state.settings.broker_addr.clone().unwrap_or_default()
+}
+
+/// A connection to the broker with JWT `token` (503 when there is no broker address or it
+/// does not answer, 401 when it refuses the token).
+pub(crate) async fn connect(state: &AppState, token: String) -> Result<Client, ApiError> {
+    let Some(addr) = state.settings.broker_addr.clone() else {
+        return Err(ApiError::ServiceUnavailable(
+            "this control plane has no broker address: the gateway is off".into(),
+        ));
+    };
+    let credential = Credential::Jwt { token };
+    tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&addr, credential))
+        .await
+        .map_err(|_| ApiError::ServiceUnavailable(format!("the broker at {addr} did not answer")))?
+        .map_err(|e| connect_error(e, &addr))
+}
+
 /// Runs a request on a service (`name` or `team%2Fname`) and streams its events.
 #[utoipa::path(post, path = "/api/v1/services/{name}/requests", tag = "gateway",
     security(("jwt" = [])), params(("name" = ServiceRef, Path, description = "Service, worker identity, or team/service (URL-encoded)")),
@@ -198,46 +246,12 @@ pub async fn run_request(
     headers: HeaderMap,
     Json(req): Json<GatewayRequest>,
 ) -> Result<Response, ApiError> {
-    proto::names::check_service_ref(&service)
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    proto::names::check_plugin(&req.plugin).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    let fleet = fleet(&req)?;
-    let command = req.command.map(|c| c.into_words()).unwrap_or_default();
-    if command.len() > MAX_COMMAND_WORDS {
-        return Err(ApiError::Unprocessable(format!(
-            "more than {MAX_COMMAND_WORDS} command words"
-        )));
-    }
-    check_args(&req.args)?;
-    let timeout =
-        timeout_ms(req.timeout.as_ref(), None)?.map(|ms| Duration::from_millis(ms.unsigned_abs()));
-    let spec = RequestSpec {
-        fleet,
-        service,
-        plugin: req.plugin,
-        command,
-        args: req.args.unwrap_or_default().into_iter().collect(),
-        payload: req.payload.unwrap_or_default().into_bytes(),
-        timeout,
-        wait: req.wait.unwrap_or(true),
-        key: None,
-    };
-    let Some(addr) = state.settings.broker_addr.clone() else {
-        return Err(ApiError::ServiceUnavailable(
-            "this control plane has no broker address: the gateway is off".into(),
-        ));
-    };
-    let credential = Credential::Jwt {
-        token: user.token.clone(),
-    };
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&addr, credential))
-        .await
-        .map_err(|_| ApiError::ServiceUnavailable(format!("the broker at {addr} did not answer")))?
-        .map_err(|e| connect_error(e, &addr))?;
+    let spec = request_spec(service, req)?;
+    let client = connect(&state, user.token.clone()).await?;
     let mut handle = client
         .request(spec)
         .await
-        .map_err(|e| connect_error(e, &addr))?;
+        .map_err(|e| connect_error(e, &client_addr(&state)))?;
     // The first event comes at once (`routed` is held back at most a few milliseconds):
     // a refusal is answered with its HTTP status instead of a 200 stream.
     let first = handle.next().await.unwrap_or(ClientEvent::Disconnected);

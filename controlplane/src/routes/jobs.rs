@@ -89,17 +89,31 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
                 continue;
             };
             let started = i64::try_from(job.started_unix_ms).unwrap_or(i64::MAX);
+            // A schedule's run (its tag names one of the team's runs, sent as its owner):
+            // the job keeps the schedule's name and when the run was due.
+            let run: Option<(String, i64)> = match &job.tag {
+                None => None,
+                Some(tag) => sqlx::query_as(
+                    "SELECT s.name, r.scheduled FROM schedule_runs r \
+                     JOIN schedules s ON s.id = r.schedule_id \
+                     WHERE r.tag = $1 AND s.team_id = $2 AND s.owner = $3")
+                    .bind(tag).bind(team_id).bind(&job.identity)
+                    .fetch_optional(&mut *tx).await?,
+            };
+            let (schedule, scheduled) = run.unzip();
             let duration = i64::try_from(job.duration_ms).unwrap_or(i64::MAX);
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO jobs (team_id, report_key, identity, service, algorithm, plugin, \
                  command, args, started, duration_ms, status, n_workers, n_ok, workers_zstd, \
-                 readers) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 readers, schedule, scheduled) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 $16, $17) \
                  ON CONFLICT (report_key) DO NOTHING RETURNING id")
                 .bind(team_id).bind(&job.key).bind(&job.identity).bind(&job.service)
                 .bind(job.algorithm.as_str()).bind(&job.plugin).bind(&p.command).bind(&p.args)
                 .bind(started).bind(duration).bind(p.tally.status.as_str())
                 .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers).bind(job.readers.as_str())
+                .bind(schedule).bind(scheduled)
                 .fetch_optional(&mut *tx).await?;
             if inserted.is_none() {
                 // Another part of a record stored before, or the same record again.
@@ -164,6 +178,8 @@ struct JobRow {
     status: String,
     n_workers: i64,
     n_ok: i64,
+    schedule: Option<String>,
+    scheduled: Option<i64>,
 }
 
 impl JobRow {
@@ -199,6 +215,9 @@ impl JobRow {
             workers: self.n_workers,
             ok: self.n_ok,
             duration_ms: self.duration_ms,
+            schedule: self.schedule,
+            scheduled_at: self.scheduled.map(rfc3339),
+            scheduled_unix_ms: self.scheduled,
         })
     }
 }
@@ -225,7 +244,7 @@ fn readers(identity: u8, admin: u8) -> String {
 }
 
 const JOB_COLUMNS: &str = "id, identity, service, algorithm, plugin, command, args, started, \
-     duration_ms, status, n_workers, n_ok";
+     duration_ms, status, n_workers, n_ok, schedule, scheduled";
 
 fn time_param(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
     let Some(text) = text else { return Ok(None) };
@@ -281,7 +300,7 @@ pub async fn list_jobs(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE team_id = $1 \
          AND ($2 IS NULL OR service = $2) AND ($3 IS NULL OR status = $3) \
          AND ($4 IS NULL OR started >= $4) AND ($5 IS NULL OR started < $5) \
-         AND ($6 IS NULL OR id < $6) AND {} \
+         AND ($6 IS NULL OR id < $6) AND ($11 IS NULL OR schedule = $11) AND {} \
          ORDER BY id DESC LIMIT $7 OFFSET $8",
         readers(9, 10)
     );
@@ -290,7 +309,7 @@ pub async fn list_jobs(
             .bind(user.team_id).bind(&q.service).bind(q.status.map(TextEnum::as_str))
             .bind(since).bind(until)
             .bind(cursor).bind(i64::from(limit) + 1).bind(offset).bind(&user.identity)
-            .bind(user.is_admin())
+            .bind(user.is_admin()).bind(&q.schedule)
             .fetch_all(pool).await?
     });
     let more = rows.len() > limit as usize;

@@ -8,11 +8,12 @@
 mod broker;
 mod directories;
 pub(crate) mod events;
-mod gateway;
+pub(crate) mod gateway;
 mod invitations;
 mod jobs;
 mod login;
 mod quotas;
+mod schedules;
 mod services;
 mod teams;
 mod triggers;
@@ -77,6 +78,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/triggers/{id}"),
     ("POST", "/api/v1/triggers/{id}/hits"),
     ("GET", "/api/v1/users"),
+    ("GET", "/api/v1/schedules"),
+    ("POST", "/api/v1/schedules"),
+    ("GET", "/api/v1/schedules/{name}"),
+    ("DELETE", "/api/v1/schedules/{name}"),
+    ("POST", "/api/v1/schedules/{name}/run"),
+    ("POST", "/api/v1/schedules/{name}/pause"),
+    ("POST", "/api/v1/schedules/{name}/resume"),
     ("GET", "/api/v1/users/{identity}"),
     ("PATCH", "/api/v1/users/{identity}"),
     ("PUT", "/api/v1/users/{identity}/secret"),
@@ -139,6 +147,14 @@ fn api() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(triggers::add_hits))
         .routes(routes!(users::list_users))
+        .routes(routes!(
+            schedules::list_schedules,
+            schedules::create_schedule
+        ))
+        .routes(routes!(schedules::get_schedule, schedules::delete_schedule))
+        .routes(routes!(schedules::run_schedule))
+        .routes(routes!(schedules::pause_schedule))
+        .routes(routes!(schedules::resume_schedule))
         .routes(routes!(users::get_user, users::update_user))
         .routes(routes!(users::change_secret))
         .routes(routes!(broker::snapshot))

@@ -64,6 +64,7 @@ impl State {
             }
             false => JobReaders::SenderAndAdmins,
         });
+        trace.set_tag(request.tag.as_deref());
         Some(trace)
     }
 

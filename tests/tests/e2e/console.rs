@@ -110,13 +110,28 @@ impl Rig {
     }
 }
 
-/// A `set`/`delete` pattern of `help` as a regex over a command line.
+/// A `set`/`delete` pattern of `help` as a regex over a command line (a group of options
+/// `[keyword <kind>]` is any number of `keyword value`, in any order).
 fn pattern_regex(pattern: &str) -> Result<Regex> {
     let mut re = String::from("^");
-    for (i, word) in pattern.split(' ').enumerate() {
+    let words: Vec<&str> = pattern.split(' ').collect();
+    let mut options: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let word = words[i];
+        if let Some(keyword) = word.strip_prefix('[') {
+            options.push(regex::escape(keyword));
+            i += 2;
+            if !words.get(i).is_some_and(|w| w.starts_with('[')) {
+                re.push_str(&format!(r"(?: (?:{}) \S+)*", options.join("|")));
+                options.clear();
+            }
+            continue;
+        }
         if i > 0 {
             re.push(' ');
         }
+        i += 1;
         if word.ends_with("...>") {
             re.push_str(".+");
         } else if word.starts_with('<') {
@@ -153,6 +168,8 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
     users_teams_and_quotas_through_c(&rig, &mut ran, &team).await?;
 
     invitations_through_c(&rig, &mut ran, &team).await?;
+
+    schedules_through_c(&rig, &mut ran).await?;
 
     // Deletions last: the service and the worker.
     ok!(rig, ran, "delete services s1");
@@ -199,6 +216,36 @@ async fn every_set_and_delete_runs_through_c_and_changes_the_api() -> Result<()>
             "no one-shot test runs `{pattern}`"
         );
     }
+    Ok(())
+}
+
+/// Schedules: made, paused, resumed, shown, deleted.
+async fn schedules_through_c(rig: &Rig, ran: &mut Vec<String>) -> Result<()> {
+    ok!(
+        rig,
+        ran,
+        "set schedule name nightly s1 command every 1h batch 10% max-failures 5 \
+         concurrency replace command apt-get -y upgrade"
+    );
+    let s = rig.get("/schedules/nightly").await?;
+    assert_eq!(s["timetable"]["every"], "1h");
+    assert_eq!(s["request"]["batch"], "10%");
+    assert_eq!(s["request"]["max_failures"], "5");
+    assert_eq!(s["request"]["command"], "apt-get -y upgrade");
+    assert_eq!(s["concurrency"], "replace");
+    assert_eq!(s["state"], "active");
+    ok!(rig, ran, "set schedule nightly pause");
+    assert_eq!(rig.get("/schedules/nightly").await?["state"], "paused");
+    ok!(rig, ran, "set schedule nightly resume");
+    assert_eq!(rig.get("/schedules/nightly").await?["state"], "active");
+    let out = rig.ok("show schedules")?;
+    ensure!(out.contains("nightly") && out.contains("every 1h"), "{out}");
+    ok!(rig, ran, "delete schedule nightly");
+    let (status, _) = rig
+        .api
+        .call("GET", "/api/v1/schedules/nightly", Value::Null)
+        .await?;
+    assert_eq!(status.as_u16(), 404);
     Ok(())
 }
 
@@ -659,6 +706,16 @@ fn worker_and_service_typed(screen: &mut Screen, host: &str) -> Result<String> {
     }
     screen.expect(&format!("{host}# set services demoservice "))?;
     screen.send("\x15")?; // Ctrl-U: the line goes
+                          // A schedule, its name and what may follow it completed with TAB.
+    screen.line("set schedule name nightly-demo demoservice command every 1h command uptime")?;
+    screen.expect(&format!("{host}# "))?;
+    screen.send("set schedule nig\t")?;
+    screen.expect("set schedule nightly-demo ")?;
+    screen.send("pa\t")?;
+    screen.expect("set schedule nightly-demo pause ")?;
+    screen.line("")?;
+    screen.line("show schedules")?;
+    screen.expect_re(r"nightly-demo\s+\|\s+every 1h\s+\|\s+demoservice\s+\|\s+paused")?;
     Ok(token)
 }
 

@@ -87,6 +87,9 @@ pub struct RequestSpec {
     /// Per-request fan-out options (mirror, serial): batch, max failures, quorum, deadline,
     /// and `only`, the subset of the service's workers to run on.
     pub fleet: proto::Fleet,
+    /// The trigger file whose write this is (the fs module's): with `key`, the job history
+    /// counts the trigger's requests and records its failures (`proto::Request::trigger`).
+    pub trigger: Option<String>,
 }
 
 impl Default for RequestSpec {
@@ -102,6 +105,7 @@ impl Default for RequestSpec {
             wait: true,
             key: None,
             fleet: proto::Fleet::default(),
+            trigger: None,
         }
     }
 }
@@ -134,6 +138,7 @@ impl RequestSpec {
             wait: self.wait,
             key: self.key,
             fleet: self.fleet,
+            trigger: self.trigger,
         }
     }
 }

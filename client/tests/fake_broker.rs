@@ -144,6 +144,7 @@ async fn request_fields_reach_the_broker_and_ids_are_unique() {
             wait: false,
             key: None,
             fleet: Default::default(),
+            trigger: None,
         }
     );
     assert_eq!((second.id, second.service.as_str()), (b.id(), "other"));

@@ -365,6 +365,7 @@ async fn pump(
                     wait: true,
                     key: Some(IdemKey { source, seq }),
                     fleet: Default::default(),
+                    trigger: Some(request.path.clone()),
                 };
                 let handle = match client.request(spec).await {
                     Ok(h) => h,

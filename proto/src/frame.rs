@@ -10,7 +10,7 @@ use crate::text_enum;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 // 2: `Request::fleet`, the fleet counts of `Summary`, `ErrorKind::{Offline, Skipped,
 // NoResponse, Detached}`: an older peer is refused at `Hello` with a clear version
 // mismatch rather than failing frame validation later.
@@ -20,6 +20,7 @@ pub const PROTOCOL_VERSION: u16 = 5;
 // (the broker's relay of them in one frame).
 // 5: `Frame::Pause` and `Frame::Resume` (flow control of a dispatch's output: a worker of
 // version 4 would take them for malformed frames and drop its connection).
+// 6: `Request::trigger` (the fs's trigger path, for the job history).
 
 text_enum! {
     ("role", "lowercase")
@@ -356,6 +357,11 @@ pub struct Request {
     pub key: Option<IdemKey>,
     /// Per-request fan-out options (batch, max failures, quorum, deadline, subset).
     pub fleet: Fleet,
+    /// The trigger file whose write this is (the fs module's, `/directory/name`, an opaque
+    /// path): with `key`, the job history counts the trigger's requests per minute by
+    /// outcome and records each failure in full, naming the trigger; without one, the
+    /// request is recorded as any other, naming it.
+    pub trigger: Option<String>,
 }
 
 /// The broker's order to a worker to run one request.

@@ -409,6 +409,7 @@ pub fn request_spec(
         wait: true,
         key: None,
         fleet: Default::default(),
+        trigger: None,
     }
 }
 

@@ -360,6 +360,7 @@ pub fn request_spec(args: &ClientArgs, mut stdin: impl Read) -> Result<RequestSp
         wait: !args.no_wait,
         key: None,
         fleet: args.fleet(),
+        trigger: None,
     })
 }
 
@@ -436,6 +437,7 @@ mod tests {
                 wait: false,
                 key: None,
                 fleet: Fleet::default(),
+                trigger: None,
             }
         );
         assert_eq!(spec.timeout_ms(), 90_000);

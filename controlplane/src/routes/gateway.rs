@@ -221,6 +221,7 @@ pub async fn run_request(
         timeout,
         wait: req.wait.unwrap_or(true),
         key: None,
+        trigger: None,
     };
     let Some(addr) = state.settings.broker_addr.clone() else {
         return Err(ApiError::ServiceUnavailable(

@@ -50,6 +50,7 @@ fn a_full_request() -> Request {
             deadline_ms: 600_000,
             only: vec!["w1".into()],
         },
+        trigger: Some("/weatherstation/rpi/station1".into()),
     }
 }
 

@@ -181,6 +181,7 @@ async fn a_client_that_does_not_read_is_cut_not_the_worker() -> Result<()> {
             wait: true,
             key: None,
             fleet: Default::default(),
+            trigger: None,
         }
         .into(),
     )));

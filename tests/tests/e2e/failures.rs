@@ -27,6 +27,7 @@ fn spec(service: &str, command: &str) -> RequestSpec {
         wait: true,
         key: None,
         fleet: Default::default(),
+        trigger: None,
     }
 }
 

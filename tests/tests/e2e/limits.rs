@@ -42,6 +42,7 @@ fn raw_request(id: u64, service: &str, command: &str, payload: Vec<u8>) -> Frame
             wait: true,
             key: None,
             fleet: Default::default(),
+            trigger: None,
         }
         .into(),
     )

@@ -179,6 +179,7 @@ fn request(id: u64, service: &str, wait: bool) -> Frame {
             wait,
             key: None,
             fleet: Default::default(),
+            trigger: None,
         }
         .into(),
     )

@@ -367,7 +367,8 @@ pub struct TriggerMinute {
     /// Who reads the counts, as for a job of the same request.
     #[serde(default)]
     pub readers: JobReaders,
-    /// The requests of the minute so far, by status.
+    /// The requests of the minute so far, by status (none when left out).
+    #[serde(default)]
     pub counts: StatusCounts,
 }
 

@@ -2,7 +2,7 @@
 //! (`GET /api/v1/jobs`, `GET /api/v1/jobs/{id}`; the broker's `POST /api/v1/broker/jobs`
 //! takes `proto::job::JobBatch` and answers [`JobsAnswer`]).
 
-use proto::job::{JobOutcome, JobStatus};
+use proto::job::{JobOutcome, JobStatus, StatusCounts};
 use proto::Algorithm;
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_LIMIT: u32 = 50;
 /// Jobs a page holds at most.
 pub const MAX_LIMIT: u32 = 500;
+/// Minutes of a trigger's counts a page holds at most (a day's), newest first.
+pub const MAX_MINUTES: u32 = 1440;
 
 /// What the control plane did with a batch.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -38,6 +40,10 @@ pub struct JobQuery {
     pub since: Option<String>,
     /// Only jobs started before this time (RFC 3339).
     pub until: Option<String>,
+    /// Only requests written to this trigger (its path as the fs wrote it, e.g.
+    /// `/logs/access`): the page's jobs are its failures, and `minutes` holds its requests
+    /// counted per minute by status (`since` and `until` apply to both).
+    pub trigger: Option<String>,
     /// Jobs per page, 1 to 500 (default 50).
     #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 500))]
     pub limit: Option<u32>,
@@ -87,6 +93,9 @@ pub struct JobSummary {
     /// The same in milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_unix_ms: Option<i64>,
+    /// The trigger file whose write the request was, if one was.
+    #[serde(default)]
+    pub trigger: Option<String>,
 }
 
 /// One argument of a job.
@@ -107,6 +116,23 @@ pub struct JobPage {
     pub jobs: Vec<JobSummary>,
     /// Pass as `cursor` for the next page; absent on the last one.
     pub next_cursor: Option<String>,
+    /// With `trigger`: its requests per minute by status, newest first (the minutes with
+    /// requests, at most 1440, `MAX_MINUTES`, on every page); else empty.
+    #[serde(default)]
+    pub minutes: Vec<TriggerMinuteView>,
+}
+
+/// A trigger's requests in one minute, by status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TriggerMinuteView {
+    /// The minute's start (RFC 3339).
+    pub minute: String,
+    /// The same, in milliseconds since the Unix epoch.
+    pub minute_unix_ms: i64,
+    /// Its requests by status.
+    #[serde(flatten)]
+    pub counts: StatusCounts,
 }
 
 /// One worker's part of a job.

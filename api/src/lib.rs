@@ -32,7 +32,7 @@ pub mod workers;
 pub use errors::{ErrorBody, ErrorCode};
 pub use events::{Action, ConfigEvent, Object};
 pub use proto::control::{Visibility, WorkerState};
-pub use proto::job::{JobHistory, JobOutcome, JobReaders, JobStatus};
+pub use proto::job::{JobHistory, JobOutcome, JobReaders, JobStatus, StatusCounts};
 pub use proto::Algorithm;
 pub use teams::Role;
 pub use timeout::Timeout;

@@ -9,7 +9,7 @@ use crate::client_cmd::ClientArgs;
 use crate::console::table::Table;
 use anyhow::{anyhow, bail, Result};
 use api::client::ApiError;
-use api::jobs::{JobPage, JobQuery, JobSummary, JobView};
+use api::jobs::{JobPage, JobQuery, JobSummary, JobView, TriggerMinuteView};
 use api::{Api, JobOutcome, JobStatus};
 use launch::settings::LoginArgs;
 use proto::job::REDACTED;
@@ -60,6 +60,10 @@ pub enum JobsCommand {
         /// The next page: the cursor the previous page printed.
         #[arg(long)]
         cursor: Option<String>,
+        /// Only writes to this trigger (its path, e.g. `/logs/access`): its requests per
+        /// minute by status, then its failures, each a job.
+        #[arg(long, value_name = "PATH")]
+        trigger: Option<String>,
         /// One JSON document (the API's page) instead of a table.
         #[arg(long)]
         json: bool,
@@ -128,6 +132,7 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
             until,
             limit,
             cursor,
+            trigger,
             json,
         } => {
             let ago = |d: Duration| {
@@ -145,6 +150,7 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
                 limit: Some(limit),
                 cursor,
                 offset: None,
+                trigger: trigger.clone(),
             };
             let page: JobPage = get(
                 &api,
@@ -154,6 +160,13 @@ pub async fn run(args: JobsArgs) -> Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&page)?);
             } else {
+                if let Some(trigger) = &trigger {
+                    println!("Trigger {trigger}: requests per minute, newest first");
+                    for line in minutes_table(&page.minutes) {
+                        println!("{line}");
+                    }
+                    println!("Its failures:");
+                }
                 for line in list_table(&page.jobs) {
                     println!("{line}");
                 }
@@ -201,6 +214,19 @@ pub fn list_table(jobs: &[JobSummary]) -> Vec<String> {
     t.render()
 }
 
+/// The lines of `jobs list --trigger`'s counts: a minute a row.
+pub fn minutes_table(minutes: &[TriggerMinuteView]) -> Vec<String> {
+    let mut t = Table::new(&["minute", "ok", "failed", "timed_out", "lost", "cancelled"]);
+    for m in minutes {
+        let c = &m.counts;
+        let counts = [c.ok, c.failed, c.timed_out, c.lost, c.cancelled];
+        let mut row = vec![m.minute.clone()];
+        row.extend(counts.iter().map(u64::to_string));
+        t.row(row);
+    }
+    t.render()
+}
+
 /// The lines of `jobs show`: the job, a table of its workers, then each one's output.
 pub fn show_lines(job: &JobView) -> Vec<String> {
     let j = &job.job;
@@ -210,9 +236,14 @@ pub fn show_lines(job: &JobView) -> Vec<String> {
             j.id, j.status, j.service, j.algorithm
         ),
         format!("Started:  {} by {}", j.started, j.identity),
+    ];
+    if let Some(trigger) = &j.trigger {
+        lines.push(format!("Trigger:  {trigger}"));
+    }
+    lines.extend([
         format!("Plugin:   {}", j.plugin),
         format!("Command:  {}", command_text(j)),
-    ];
+    ]);
     if !j.args.is_empty() {
         let args: Vec<String> = j
             .args
@@ -405,6 +436,7 @@ mod tests {
                 schedule: None,
                 scheduled_at: None,
                 scheduled_unix_ms: None,
+                trigger: None,
             },
             outcomes: vec![
                 w("web01", JobOutcome::Ok, Some(0)),

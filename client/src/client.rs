@@ -89,6 +89,9 @@ pub struct RequestSpec {
     pub fleet: proto::Fleet,
     /// A name for this run that its job record keeps (`None` for ordinary requests).
     pub tag: Option<String>,
+    /// The trigger file whose write this is (the fs module's): with `key`, the job history
+    /// counts the trigger's requests and records its failures (`proto::Request::trigger`).
+    pub trigger: Option<String>,
 }
 
 impl Default for RequestSpec {
@@ -105,6 +108,7 @@ impl Default for RequestSpec {
             key: None,
             fleet: proto::Fleet::default(),
             tag: None,
+            trigger: None,
         }
     }
 }
@@ -138,6 +142,7 @@ impl RequestSpec {
             key: self.key,
             fleet: self.fleet,
             tag: self.tag,
+            trigger: self.trigger,
         }
     }
 }

@@ -145,6 +145,7 @@ async fn request_fields_reach_the_broker_and_ids_are_unique() {
             key: None,
             fleet: Default::default(),
             tag: None,
+            trigger: None,
         }
     );
     assert_eq!((second.id, second.service.as_str()), (b.id(), "other"));

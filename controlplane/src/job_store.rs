@@ -13,7 +13,7 @@
 
 use crate::error::ApiError;
 use axum::body::Bytes;
-use proto::job::{redact_arg, JobBatch, JobOutcome, JobRecord, JobStatus};
+use proto::job::{redact_arg, JobBatch, JobOutcome, JobRecord, JobStatus, TriggerMinute};
 use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -29,7 +29,7 @@ struct Work {
     /// The body is zstd-compressed (`Content-Encoding: zstd`).
     zstd: bool,
     limit: usize,
-    done: oneshot::Sender<Result<Vec<Prepared>, ApiError>>,
+    done: oneshot::Sender<Result<PreparedBatch, ApiError>>,
 }
 
 /// The handle request handlers use.
@@ -66,7 +66,7 @@ impl JobStore {
         body: Bytes,
         zstd: bool,
         limit: usize,
-    ) -> Result<Vec<Prepared>, ApiError> {
+    ) -> Result<PreparedBatch, ApiError> {
         let (done, answer) = oneshot::channel();
         let gone = || ApiError::Internal("the job-store thread has stopped".into());
         self.tx
@@ -111,6 +111,12 @@ fn idle_priority() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A batch made ready to store: its records, and its triggers' counts (checked).
+pub(crate) struct PreparedBatch {
+    pub jobs: Vec<Prepared>,
+    pub minutes: Vec<TriggerMinute>,
 }
 
 /// A record made ready to store: everything but the transaction.
@@ -173,6 +179,8 @@ impl Tally {
 struct BatchIn<'a> {
     #[serde(borrow)]
     jobs: Vec<JobRecord<&'a RawValue>>,
+    #[serde(default)]
+    triggers: Vec<TriggerMinute>,
 }
 
 /// What the checks need of one worker; every field of [`proto::job::JobWorker`] is typed
@@ -223,7 +231,7 @@ fn chars_within(text: &str, max: usize) -> usize {
 /// to store; `limit` is what a `PayloadTooLarge` says. A malformed body is refused with the
 /// path of what is wrong in it (`jobs[0].workers[3].outcome: ...`), a batch over a stated
 /// bound with 422.
-pub(crate) fn prepare(body: &[u8], limit: usize) -> Result<Vec<Prepared>, ApiError> {
+pub(crate) fn prepare(body: &[u8], limit: usize) -> Result<PreparedBatch, ApiError> {
     crate::json::check_text(body)?;
     // The fast parse says only what went wrong; the typed one (with its path) is run only to
     // word the refusal.
@@ -243,7 +251,7 @@ pub(crate) fn prepare(body: &[u8], limit: usize) -> Result<Vec<Prepared>, ApiErr
         workers.push(parsed);
     }
     check(&batch, &workers)?;
-    Ok(batch
+    let jobs = batch
         .jobs
         .into_iter()
         .zip(workers)
@@ -263,7 +271,11 @@ pub(crate) fn prepare(body: &[u8], limit: usize) -> Result<Vec<Prepared>, ApiErr
                 record,
             }
         })
-        .collect())
+        .collect();
+    Ok(PreparedBatch {
+        jobs,
+        minutes: batch.triggers,
+    })
 }
 
 /// The JSON array of `known` then `added` workers (each a JSON array of
@@ -318,13 +330,26 @@ fn check(batch: &BatchIn, workers: &[Vec<WorkerIn>]) -> Result<(), ApiError> {
         false => Ok(()),
     };
     over("records", batch.jobs.len(), MAX_JOB_BATCH)?;
+    over("trigger counts", batch.triggers.len(), MAX_JOB_BATCH)?;
+    for m in &batch.triggers {
+        for (what, t) in [
+            ("source", &m.source),
+            ("team", &m.team),
+            ("identity", &m.identity),
+            ("service", &m.service),
+            ("trigger", &m.trigger),
+        ] {
+            over(what, chars_within(t, MAX_JOB_NAME), MAX_JOB_NAME)?;
+        }
+    }
     for (j, parsed) in batch.jobs.iter().zip(workers) {
         for (what, t) in [
-            ("key", &j.key),
+            ("key", j.key.as_str()),
             ("team", &j.team),
             ("identity", &j.identity),
             ("service", &j.service),
             ("plugin", &j.plugin),
+            ("trigger", j.trigger.as_deref().unwrap_or("")),
         ] {
             over(what, chars_within(t, MAX_JOB_NAME), MAX_JOB_NAME)?;
         }
@@ -389,7 +414,7 @@ mod tests {
             worker("b", "failed"),
             worker("a", "failed")
         ]);
-        let p = prepare(&body(sent.clone()), 1).unwrap().remove(0);
+        let p = prepare(&body(sent.clone()), 1).unwrap().jobs.remove(0);
         let json = unpack(String::new(), Some(p.workers)).unwrap();
         let stored: Vec<proto::job::JobWorker> = serde_json::from_str(&json).unwrap();
         let want: Vec<proto::job::JobWorker> =
@@ -424,7 +449,7 @@ mod tests {
                 w
             })
             .collect();
-        let p = prepare(&body(json!(sent)), 1).unwrap().remove(0);
+        let p = prepare(&body(json!(sent)), 1).unwrap().jobs.remove(0);
         let json = unpack(String::new(), Some(p.workers.clone())).unwrap();
         assert!(json.len() > 100_000, "{}", json.len());
         assert!(
@@ -460,7 +485,7 @@ mod tests {
         // Fine within the bounds (the output counted in characters, not bytes).
         let mut full = worker("a", "ok");
         full["output"] = json!("é".repeat(proto::job::JOB_OUTPUT_TAIL));
-        assert_eq!(prepare(&body(json!([full])), 1).unwrap().len(), 1);
+        assert_eq!(prepare(&body(json!([full])), 1).unwrap().jobs.len(), 1);
         // The algorithm is one of the three.
         let mut record: serde_json::Value = serde_json::from_slice(&body(json!([]))).unwrap();
         record["jobs"][0]["algorithm"] = json!("random");

@@ -1092,6 +1092,10 @@ async fn config_baseline(
             "key": w.fresh("k"), "team": w.team, "identity": "u", "service": "s",
             "algorithm": "mirror", "plugin": "p", "started_unix_ms": 1, "duration_ms": 1,
             "workers": [{"worker": "w", "outcome": "ok", "exit_code": 0, "duration_ms": 1}]
+        }], "triggers": [{
+            "source": "b-0", "team": w.team, "identity": "u", "service": "s", "trigger": "/t",
+            "minute_unix_ms": 60000, "counts": {"ok": 1, "failed": 0, "timed_out": 0, "lost": 0,
+            "cancelled": 0}
         }]})),
         ("GET", "/api/v1/jobs/{id}") => {
             param("id", w.job().await.to_string());

@@ -19,6 +19,7 @@ on_both_backends!(
     records_and_worker_reports_written_at_once_never_fail,
     a_fleet_sized_record_is_stored_whole_and_in_order,
     jobs_stored_before_workers_moved_into_the_job_row_keep_them,
+    trigger_counts_are_the_latest_per_source_summed_per_minute_and_pruned,
 );
 
 fn now_ms() -> u64 {
@@ -717,4 +718,99 @@ async fn job_records_are_prepared_by_an_idle_priority_thread() {
     assert!(store.iter().all(|p| *p == libc::SCHED_IDLE), "{store:?}");
     let http = policies_of_threads("tokio-runtime-w");
     assert!(http.iter().all(|p| *p == libc::SCHED_OTHER), "{http:?}");
+}
+
+/// A trigger's counts: each source's latest report of a minute stands (a report delivered
+/// again or superseded changes nothing), the minutes sum their sources, newest first; the
+/// trigger's failures are its jobs; a member who does not read the admin's jobs sees none of
+/// it; the retention prunes old minutes.
+async fn trigger_counts_are_the_latest_per_source_summed_per_minute_and_pruned(backend: Backend) {
+    let h = Harness::start_configured(backend, |s| {
+        s.job_retention = Duration::from_secs(3600);
+    })
+    .await;
+    let admin = &h.admin_token;
+    let now = now_ms();
+    let minute = now - now % 60_000;
+    let count = |source: &str, minute: u64, ok: u64, failed: u64| {
+        json!({"source": source, "team": "main", "identity": "admin", "service": "ship",
+               "trigger": "/logs/a", "minute_unix_ms": minute, "readers": "sender_and_admins",
+               "counts": {"ok": ok, "failed": failed, "timed_out": 0, "lost": 0, "cancelled": 0}})
+    };
+    let mut failure = record(
+        "f1",
+        "main",
+        "ship",
+        now,
+        vec![worker("w", "failed", Some(3), "E\n")],
+    );
+    failure["trigger"] = json!("/logs/a");
+    let token = h.broker_token();
+    let deliver = |jobs: Vec<Value>, triggers: Vec<Value>| {
+        h.post(
+            "/api/v1/broker/jobs",
+            &token,
+            json!({"jobs": jobs, "triggers": triggers}),
+        )
+    };
+    let (status, body) = deliver(
+        vec![failure, record("other", "main", "ship", now, vec![])],
+        vec![count("b-0", minute, 3, 1), count("b-1", minute, 2, 0)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // b-0's later report of the same minute replaces its first; an old minute; another
+    // team's (none such) is left out.
+    let mut gone = count("b-0", minute, 1, 0);
+    gone["team"] = json!("nosuchteam");
+    let old = minute - 2 * 3600 * 1000;
+    let (status, _) = deliver(
+        vec![],
+        vec![count("b-0", minute, 5, 1), count("b-0", old, 7, 0), gone],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, page) = h.get("/api/v1/jobs?trigger=/logs/a", admin).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let minutes: Vec<(u64, u64, u64)> = page["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let n = |k: &str| m[k].as_u64().unwrap();
+            (n("minute_unix_ms"), n("ok"), n("failed"))
+        })
+        .collect();
+    assert_eq!(minutes, [(minute, 7, 1), (old, 7, 0)], "{page}");
+    let jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{page}");
+    assert_eq!(
+        (&jobs[0]["trigger"], &jobs[0]["status"]),
+        (&json!("/logs/a"), &json!("failed"))
+    );
+    // `since` bounds the minutes too; without `trigger`, no minutes.
+    let since = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::from_millis(minute - 1000),
+    );
+    let (_, page) = h
+        .get(
+            &format!("/api/v1/jobs?trigger=/logs/a&since={since}"),
+            admin,
+        )
+        .await;
+    assert_eq!(page["minutes"].as_array().unwrap().len(), 1, "{page}");
+    let (_, page) = h.get("/api/v1/jobs", admin).await;
+    assert_eq!(page["minutes"], json!([]), "{page}");
+    // A member reads neither the admin's counts nor their failures.
+    let carol = h.member("carol").await;
+    let (_, page) = h.get("/api/v1/jobs?trigger=/logs/a", &carol).await;
+    assert_eq!(
+        (&page["minutes"], &page["jobs"]),
+        (&json!([]), &json!([])),
+        "{page}"
+    );
+    // The retention prunes the old minute with the jobs.
+    h.plane.prune_jobs().await.unwrap();
+    let (_, page) = h.get("/api/v1/jobs?trigger=/logs/a", admin).await;
+    assert_eq!(page["minutes"].as_array().unwrap().len(), 1, "{page}");
 }

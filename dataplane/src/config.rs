@@ -184,6 +184,12 @@ pub trait ConfigSource: Send + Sync + 'static {
     fn job(&self, trace: Box<crate::jobs::JobTrace>) {
         let _ = trace;
     }
+    /// Shard `shard`'s counts of triggers' requests in a minute so far
+    /// ([`crate::triggers::TriggerTally`]), every second at most, each with its `source` to
+    /// fill in. Must not block, wait or wake anyone, as [`ConfigSource::job`].
+    fn trigger_minutes(&self, shard: usize, minutes: Vec<proto::job::TriggerMinute>) {
+        let _ = (shard, minutes);
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -87,6 +87,16 @@ pub struct Recording {
 }
 
 impl Recording {
+    /// The workers that accepted so far.
+    pub fn accepted(&self) -> &[Arc<str>] {
+        &self.accepted
+    }
+
+    /// The recordable ends so far, in the order they came.
+    pub fn runs(&self) -> &[Ran] {
+        &self.runs
+    }
+
     /// `event` was relayed from `worker`.
     pub fn on_relay(&mut self, worker: &Arc<str>, event: &Event) {
         match event {

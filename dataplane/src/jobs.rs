@@ -12,7 +12,7 @@ use proto::job::{redact_output, redact_text, JOB_OUTPUT_TAIL, REDACTED};
 use proto::job::{MAX_JOB_ITEMS, MAX_JOB_NAME, MAX_JOB_TEXT};
 use proto::{ErrorKind, Event, Stream};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// One worker's part so far.
 #[derive(Debug)]
@@ -115,14 +115,12 @@ impl JobTrace {
                     (clip(&a.key, MAX_JOB_TEXT), value)
                 })
                 .collect(),
-            started_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            started_unix_ms: crate::triggers::unix_ms_now(),
             duration_ms: 0,
             workers: Vec::new(),
             readers: JobReaders::default(),
             tag: None,
+            trigger: None,
         };
         JobTrace {
             head,
@@ -145,6 +143,18 @@ impl JobTrace {
         self.head.tag = tag.map(|t| clip(t, MAX_JOB_NAME));
     }
 
+    /// The trigger file whose write the request was.
+    pub fn set_trigger(&mut self, path: &str) {
+        self.head.trigger = Some(clip(path, MAX_JOB_NAME));
+    }
+
+    /// The request's status so far: the worst of its workers' outcomes (one not ended yet
+    /// counts as `no_response`).
+    pub fn status(&self) -> proto::job::JobStatus {
+        let outcome = |w: &WorkerTrace| w.end.map_or(JobOutcome::NoResponse, |(o, ..)| o);
+        proto::job::JobStatus::of(self.workers.iter().map(outcome))
+    }
+
     /// The request ended now: the shard marks it so, and hands the trace on; turning it into
     /// a record ([`JobTrace::finish`], a few hundred microseconds for a thousand workers) is
     /// done later, off the shard, by whoever delivers it.
@@ -154,7 +164,8 @@ impl JobTrace {
 
     /// Bytes this trace holds, roughly (for bounding queues; as [`JobRecord::weight`]).
     pub fn weight(&self) -> usize {
-        let text = proto::job::text_weight(&self.head.command, &self.head.args);
+        let text = proto::job::text_weight(&self.head.command, &self.head.args)
+            + self.head.trigger.as_ref().map_or(0, String::len);
         let workers: usize = self.workers.iter().map(|w| w.worker.len() + 64).sum();
         256 + text + workers + self.tail_bytes
     }

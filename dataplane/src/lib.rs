@@ -25,6 +25,7 @@ pub mod registry;
 pub mod request;
 mod shard;
 mod shutdown;
+pub mod triggers;
 
 pub use config::{ConfigSource, FileConfig, Principal, Refusal, RoutingConfig, ServiceConfig};
 pub use limits::ClientRate;

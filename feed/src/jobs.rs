@@ -23,7 +23,7 @@
 
 use dataplane::jobs::JobTrace;
 use dataplane::metrics::{JOBS_DELIVERED, JOBS_LOST};
-use proto::job::{JobBatch, JobRecord, MAX_JOB_WORKERS};
+use proto::job::{JobBatch, JobRecord, TriggerMinute, MAX_JOB_WORKERS};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,10 +46,18 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// request ended, plus the post.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(200);
 
+/// What shards queue: a finished request's trace, or a shard's trigger counts
+/// (`dataplane::triggers`).
+#[derive(Debug)]
+enum Queued {
+    Trace(Box<JobTrace>),
+    Minutes(usize, Vec<TriggerMinute>),
+}
+
 /// Where shards put records; see the module docs.
 #[derive(Debug)]
 pub struct JobQueue {
-    tx: mpsc::Sender<(Box<JobTrace>, usize)>,
+    tx: mpsc::Sender<(Queued, usize)>,
     bytes: Arc<AtomicUsize>,
     /// Records dropped because the queue was full, for the drain to log.
     dropped: Arc<AtomicU64>,
@@ -58,7 +66,7 @@ pub struct JobQueue {
 /// The receiving end, for [`deliver_loop`]; it gives each record its key (this boot and a
 /// sequence number).
 pub struct JobDrain {
-    rx: mpsc::Receiver<(Box<JobTrace>, usize)>,
+    rx: mpsc::Receiver<(Queued, usize)>,
     bytes: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
     /// `dropped` as last logged.
@@ -68,6 +76,39 @@ pub struct JobDrain {
 }
 
 impl JobDrain {
+    /// Moves what is queued (up to [`BATCH_RECORDS`] records) into `records` and `minutes`,
+    /// each with its key or source; `true` when the queue is closed.
+    fn take(&mut self, records: &mut Vec<JobRecord>, minutes: &mut Vec<TriggerMinute>) -> bool {
+        let mut weight = 0;
+        let mut closed = false;
+        while records.len() < BATCH_RECORDS {
+            match self.rx.try_recv() {
+                Ok((Queued::Trace(trace), w)) => {
+                    weight += w;
+                    let mut record = trace.finish();
+                    record.key = format!("{:016x}-{}", self.boot, self.seq);
+                    self.seq += 1;
+                    records.push(record);
+                }
+                Ok((Queued::Minutes(shard, counted), w)) => {
+                    weight += w;
+                    let source = format!("{:016x}-{shard}", self.boot);
+                    minutes.extend(counted.into_iter().map(|m| TriggerMinute {
+                        source: source.clone(),
+                        ..m
+                    }));
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        self.bytes.fetch_sub(weight, Ordering::Relaxed);
+        closed
+    }
+
     /// Records dropped at a full queue since the last call, if any.
     fn newly_dropped(&mut self) -> Option<u64> {
         let now = self.dropped.load(Ordering::Relaxed);
@@ -109,11 +150,24 @@ impl JobQueue {
     /// drain looks every [`DRAIN_EVERY`] (it never waits on the queue, so no waker is set).
     pub fn push(&self, trace: Box<JobTrace>) {
         let weight = trace.weight();
+        self.queue(Queued::Trace(trace), weight);
+    }
+
+    /// Queues shard `shard`'s trigger counts, as [`JobQueue::push`] does a trace.
+    pub fn push_minutes(&self, shard: usize, minutes: Vec<TriggerMinute>) {
+        let weight = minutes
+            .iter()
+            .map(|m| 128 + m.team.len() + m.identity.len() + m.service.len() + m.trigger.len())
+            .sum();
+        self.queue(Queued::Minutes(shard, minutes), weight);
+    }
+
+    fn queue(&self, item: Queued, weight: usize) {
         if self.bytes.fetch_add(weight, Ordering::Relaxed) + weight > QUEUE_BYTES {
             self.bytes.fetch_sub(weight, Ordering::Relaxed);
             return self.drop_one();
         }
-        if self.tx.try_send((trace, weight)).is_err() {
+        if self.tx.try_send((item, weight)).is_err() {
             self.bytes.fetch_sub(weight, Ordering::Relaxed);
             self.drop_one();
         }
@@ -144,8 +198,9 @@ pub fn compressed_json(batch: &JobBatch) -> Result<Vec<u8>, String> {
 
 /// Splits `records` into posts of at most [`BATCH_RECORDS`] records and about
 /// [`POST_BYTES`] bytes; a record over the byte bound is split by its workers (each part has
-/// the record's key, so the control plane merges them).
-pub fn posts(records: Vec<JobRecord>) -> Vec<JobBatch> {
+/// the record's key, so the control plane merges them). Trigger counts go with the first
+/// post, or in posts of their own when there are more than [`BATCH_RECORDS`].
+pub fn posts(records: Vec<JobRecord>, minutes: Vec<TriggerMinute>) -> Vec<JobBatch> {
     let mut out: Vec<JobBatch> = Vec::new();
     let mut current = JobBatch::default();
     let mut size = 0;
@@ -168,6 +223,13 @@ pub fn posts(records: Vec<JobRecord>) -> Vec<JobBatch> {
         }
     }
     flush(&mut current, &mut size, &mut out);
+    match out.first_mut() {
+        Some(first) if minutes.len() <= BATCH_RECORDS => first.triggers = minutes,
+        _ => out.extend(minutes.chunks(BATCH_RECORDS).map(|chunk| JobBatch {
+            jobs: Vec::new(),
+            triggers: chunk.to_vec(),
+        })),
+    }
     out
 }
 
@@ -237,46 +299,29 @@ where
     F: Fn(JobBatch) -> Fut,
     Fut: std::future::Future<Output = Delivery>,
 {
-    let mut records = Vec::new();
+    let (mut records, mut minutes) = (Vec::new(), Vec::new());
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closed = false;
     loop {
-        if records.is_empty() {
+        if records.is_empty() && minutes.is_empty() {
             if closed {
                 return;
             }
             tick.tick().await;
         }
-        let mut weight = 0;
-        while records.len() < BATCH_RECORDS {
-            match drain.rx.try_recv() {
-                Ok((trace, w)) => {
-                    weight += w;
-                    let mut record = trace.finish();
-                    record.key = format!("{:016x}-{}", drain.boot, drain.seq);
-                    drain.seq += 1;
-                    records.push(record);
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        drain.bytes.fetch_sub(weight, Ordering::Relaxed);
+        closed |= drain.take(&mut records, &mut minutes);
         if let Some(n) = drain.newly_dropped() {
             warn!(
                 records = n,
                 "job history records lost: the queue was full (requests come first)"
             );
         }
-        if records.is_empty() {
+        if records.is_empty() && minutes.is_empty() {
             continue;
         }
-        for batch in posts(std::mem::take(&mut records)) {
-            let n = batch.jobs.len() as u64;
+        for batch in posts(std::mem::take(&mut records), std::mem::take(&mut minutes)) {
+            let n = (batch.jobs.len() + batch.triggers.len()) as u64;
             let mut pause = FIRST_RETRY;
             let mut attempt = 1;
             loop {
@@ -321,6 +366,7 @@ mod tests {
             started_unix_ms: 1,
             readers: Default::default(),
             tag: None,
+            trigger: None,
             duration_ms: 1,
             workers: (0..workers)
                 .map(|i| JobWorker {
@@ -366,7 +412,7 @@ mod tests {
     fn large_records_go_in_parts_with_one_key() {
         let mut r = record(100, 64 * 1024);
         r.key = "k".into();
-        let batches = posts(vec![r, record(1, 10)]);
+        let batches = posts(vec![r, record(1, 10)], Vec::new());
         let parts: Vec<&JobRecord> = batches.iter().flat_map(|b| &b.jobs).collect();
         let workers: usize = parts
             .iter()
@@ -387,6 +433,7 @@ mod tests {
     fn batches_are_sent_as_sized_zstd_frames() {
         let batch = JobBatch {
             jobs: vec![record(1000, 60)],
+            triggers: Vec::new(),
         };
         let packed = compressed_json(&batch).unwrap();
         let json = serde_json::to_vec(&batch).unwrap();

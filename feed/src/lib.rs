@@ -635,6 +635,10 @@ impl ConfigSource for ControlSource {
     fn job(&self, trace: Box<dataplane::jobs::JobTrace>) {
         self.inner.jobs.push(trace);
     }
+
+    fn trigger_minutes(&self, shard: usize, minutes: Vec<proto::job::TriggerMinute>) {
+        self.inner.jobs.push_minutes(shard, minutes);
+    }
 }
 
 impl Compiled {

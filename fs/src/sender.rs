@@ -366,6 +366,7 @@ async fn pump(
                     key: Some(IdemKey { source, seq }),
                     fleet: Default::default(),
                     tag: None,
+                    trigger: Some(request.path.clone()),
                 };
                 let handle = match client.request(spec).await {
                     Ok(h) => h,

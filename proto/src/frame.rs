@@ -21,8 +21,9 @@ pub const PROTOCOL_VERSION: u16 = 6;
 // 5: `Frame::Pause` and `Frame::Resume` (flow control of a dispatch's output: a worker of
 // version 4 would take them for malformed frames and drop its connection).
 // 6: `ErrorKind::Retried` (a roundrobin worker lost after it accepted, the request run again
-// on another worker), `Frame::Bound` (the services a worker is bound to), and
-// `Request::tag` (a schedule's run, named in its job record).
+// on another worker), `Frame::Bound` (the services a worker is bound to), `Request::tag` (a
+// schedule's run, named in its job record), and `Request::trigger` (the fs's trigger path, for
+// the job history).
 
 text_enum! {
     ("role", "lowercase")
@@ -367,6 +368,11 @@ pub struct Request {
     /// scheduler names each run of a schedule so; at most `job::MAX_JOB_NAME` characters
     /// are kept).
     pub tag: Option<String>,
+    /// The trigger file whose write this is (the fs module's, `/directory/name`, an opaque
+    /// path): with `key`, the job history counts the trigger's requests per minute by
+    /// outcome and records each failure in full, naming the trigger; without one, the
+    /// request is recorded as any other, naming it.
+    pub trigger: Option<String>,
 }
 
 /// The broker's order to a worker to run one request.

@@ -250,6 +250,10 @@ pub struct JobRecord<W = JobWorker> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::JobName>))]
     pub tag: Option<String>,
+    /// The trigger file whose write the request was (`Request::trigger`), if one was.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::JobName>))]
+    pub trigger: Option<String>,
 }
 
 impl<W> JobRecord<W> {
@@ -269,6 +273,7 @@ impl<W> JobRecord<W> {
             workers,
             readers: self.readers,
             tag: self.tag,
+            trigger: self.trigger,
         };
         (record, self.workers)
     }
@@ -282,7 +287,8 @@ impl JobRecord {
 
     /// Bytes this record holds, roughly (for bounding queues).
     pub fn weight(&self) -> usize {
-        let text = text_weight(&self.command, &self.args);
+        let text =
+            text_weight(&self.command, &self.args) + self.trigger.as_ref().map_or(0, String::len);
         let workers: usize = self
             .workers
             .iter()
@@ -306,6 +312,72 @@ pub struct JobBatch {
     /// Records, oldest first (at most 1024, `MAX_JOB_BATCH`).
     #[cfg_attr(feature = "openapi", schema(max_items = 1024))]
     pub jobs: Vec<JobRecord>,
+    /// Triggers' requests counted per minute (at most 1024, `MAX_JOB_BATCH`).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 1024))]
+    pub triggers: Vec<TriggerMinute>,
+}
+
+/// Requests by status: how many ended `ok`, `failed`, `timed_out`, `lost`, `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StatusCounts {
+    /// Every worker exited 0.
+    pub ok: u64,
+    /// Some worker failed.
+    pub failed: u64,
+    /// Timed out (or some worker never answered, or was offline).
+    pub timed_out: u64,
+    /// Some worker went away mid-run.
+    pub lost: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
+impl StatusCounts {
+    /// One more request that ended `status`.
+    pub fn add(&mut self, status: JobStatus) {
+        let n = match status {
+            JobStatus::Ok => &mut self.ok,
+            JobStatus::Failed => &mut self.failed,
+            JobStatus::TimedOut => &mut self.timed_out,
+            JobStatus::Lost => &mut self.lost,
+            JobStatus::Cancelled => &mut self.cancelled,
+        };
+        *n += 1;
+    }
+}
+
+/// A trigger's requests of one minute by one caller through one service, as one broker shard
+/// counted them. Each report of a minute is its count so far, not an increment: the control
+/// plane keeps the latest of each `source` (a report delivered twice, or one lost before a
+/// later one, changes nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TriggerMinute {
+    /// Who counted: the broker run and its shard.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
+    pub source: String,
+    /// The caller's team; a report of a team that does not exist is skipped.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
+    pub team: String,
+    /// The caller.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
+    pub identity: String,
+    /// The service, as a [`JobRecord`] names it.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
+    pub service: String,
+    /// The trigger's path.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::JobName))]
+    pub trigger: String,
+    /// The minute's start (milliseconds since the Unix epoch).
+    pub minute_unix_ms: u64,
+    /// Who reads the counts, as for a job of the same request.
+    #[serde(default)]
+    pub readers: JobReaders,
+    /// The requests of the minute so far, by status (none when left out).
+    #[serde(default)]
+    pub counts: StatusCounts,
 }
 
 /// Whether an argument named `key` looks like it holds a secret: its name contains

@@ -410,6 +410,7 @@ pub fn request_spec(
         key: None,
         fleet: Default::default(),
         tag: None,
+        trigger: None,
     }
 }
 

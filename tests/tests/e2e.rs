@@ -30,6 +30,7 @@ mod e2e {
     pub mod slow_consumers;
     pub mod soak;
     pub mod tls;
+    pub mod trigger_history;
     pub mod trust;
     pub mod trust_misc;
     pub mod worker_rights;

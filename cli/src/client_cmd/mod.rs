@@ -361,6 +361,7 @@ pub fn request_spec(args: &ClientArgs, mut stdin: impl Read) -> Result<RequestSp
         key: None,
         fleet: args.fleet(),
         tag: None,
+        trigger: None,
     })
 }
 
@@ -438,6 +439,7 @@ mod tests {
                 key: None,
                 fleet: Fleet::default(),
                 tag: None,
+                trigger: None,
             }
         );
         assert_eq!(spec.timeout_ms(), 90_000);

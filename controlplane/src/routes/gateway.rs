@@ -204,6 +204,7 @@ pub(crate) fn request_spec(service: String, req: GatewayRequest) -> Result<Reque
         wait: req.wait.unwrap_or(true),
         key: None,
         tag: None,
+        trigger: None,
     })
 }
 

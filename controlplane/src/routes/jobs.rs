@@ -7,19 +7,20 @@ use crate::auth::{AuthUser, BrokerAuth};
 use crate::db::{now_ms, on_db, rfc3339, Db};
 use crate::error::ApiError;
 use crate::extract::{Json, JsonBody, Path};
-use crate::job_store::{merge, pack, unpack, Prepared};
+use crate::job_store::{merge, pack, unpack, PreparedBatch};
 use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable, Why};
 use api::broker::JOBS_MAX_BODY;
 use api::jobs::{
-    JobArg, JobPage, JobQuery, JobSummary, JobView, JobWorkerView, JobsAnswer, DEFAULT_LIMIT,
-    MAX_LIMIT,
+    JobArg, JobPage, JobQuery, JobSummary, JobView, JobWorkerView, JobsAnswer, TriggerMinuteView,
+    DEFAULT_LIMIT, MAX_LIMIT, MAX_MINUTES,
 };
 use api::schema::JobId;
 use api::ErrorBody;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use proto::job::{redact_arg, redact_output, redact_text, JobBatch, JobWorker};
+use proto::job::TriggerMinute;
+use proto::job::{redact_arg, redact_output, redact_text, JobBatch, JobWorker, StatusCounts};
 use proto::TextEnum;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -58,13 +59,46 @@ pub async fn ingest(
             )))
         }
     };
-    let prepared = state.jobs.prepare(body, zstd, limit).await?;
-    store(&state.db, prepared).await.map(Json)
+    let PreparedBatch { jobs, minutes } = state.jobs.prepare(body, zstd, limit).await?;
+    let answer = store(&state.db, jobs).await?;
+    store_minutes(&state.db, minutes).await?;
+    Ok(Json(answer))
+}
+
+/// Stores triggers' counts, each replacing the count so far of its source and minute (a
+/// report of a team that does not exist is left out).
+async fn store_minutes(db: &Db, minutes: Vec<TriggerMinute>) -> Result<(), ApiError> {
+    if minutes.is_empty() {
+        return Ok(());
+    }
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    on_db!(db, pool => {
+        let mut tx = crate::db::begin(pool).await?;
+        for m in &minutes {
+            let c = &m.counts;
+            sqlx::query(
+                "INSERT INTO trigger_minutes (team_id, trigger_path, minute, source, identity, \
+                 service, readers, ok, failed, timed_out, lost, cancelled) \
+                 SELECT id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM teams \
+                 WHERE name = $1 \
+                 ON CONFLICT (team_id, trigger_path, minute, source, identity, service, readers) \
+                 DO UPDATE SET ok = excluded.ok, failed = excluded.failed, \
+                 timed_out = excluded.timed_out, lost = excluded.lost, \
+                 cancelled = excluded.cancelled")
+                .bind(&m.team).bind(&m.trigger).bind(n(m.minute_unix_ms)).bind(&m.source)
+                .bind(&m.identity).bind(&m.service).bind(m.readers.as_str())
+                .bind(n(c.ok)).bind(n(c.failed)).bind(n(c.timed_out)).bind(n(c.lost))
+                .bind(n(c.cancelled))
+                .execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    });
+    Ok(())
 }
 
 /// Stores prepared records (see [`ingest`]) in one transaction, at the caller's priority:
 /// the write lock is never held by an idle-priority thread.
-async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
+async fn store(db: &Db, batch: Vec<crate::job_store::Prepared>) -> Result<JobsAnswer, ApiError> {
     let (mut stored, mut skipped) = (0, 0);
     // The transaction reads before it writes: on SQLite `db::begin` takes the write lock at
     // its start (a worker-state report committing between the read and the write would
@@ -105,15 +139,15 @@ async fn store(db: &Db, batch: Vec<Prepared>) -> Result<JobsAnswer, ApiError> {
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO jobs (team_id, report_key, identity, service, algorithm, plugin, \
                  command, args, started, duration_ms, status, n_workers, n_ok, workers_zstd, \
-                 readers, schedule, scheduled) \
+                 readers, schedule, scheduled, trigger_path) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 $16, $17) \
+                 $16, $17, $18) \
                  ON CONFLICT (report_key) DO NOTHING RETURNING id")
                 .bind(team_id).bind(&job.key).bind(&job.identity).bind(&job.service)
                 .bind(job.algorithm.as_str()).bind(&job.plugin).bind(&p.command).bind(&p.args)
                 .bind(started).bind(duration).bind(p.tally.status.as_str())
                 .bind(p.tally.workers).bind(p.tally.ok).bind(&p.workers).bind(job.readers.as_str())
-                .bind(schedule).bind(scheduled)
+                .bind(schedule).bind(scheduled).bind(&job.trigger)
                 .fetch_optional(&mut *tx).await?;
             if inserted.is_none() {
                 // Another part of a record stored before, or the same record again.
@@ -180,6 +214,7 @@ struct JobRow {
     n_ok: i64,
     schedule: Option<String>,
     scheduled: Option<i64>,
+    trigger_path: Option<String>,
 }
 
 impl JobRow {
@@ -218,6 +253,7 @@ impl JobRow {
             schedule: self.schedule,
             scheduled_at: self.scheduled.map(rfc3339),
             scheduled_unix_ms: self.scheduled,
+            trigger: self.trigger_path,
         })
     }
 }
@@ -244,7 +280,7 @@ fn readers(identity: u8, admin: u8) -> String {
 }
 
 const JOB_COLUMNS: &str = "id, identity, service, algorithm, plugin, command, args, started, \
-     duration_ms, status, n_workers, n_ok, schedule, scheduled";
+     duration_ms, status, n_workers, n_ok, schedule, scheduled, trigger_path";
 
 fn time_param(name: &str, text: &Option<String>) -> Result<Option<i64>, ApiError> {
     let Some(text) = text else { return Ok(None) };
@@ -300,7 +336,8 @@ pub async fn list_jobs(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE team_id = $1 \
          AND ($2 IS NULL OR service = $2) AND ($3 IS NULL OR status = $3) \
          AND ($4 IS NULL OR started >= $4) AND ($5 IS NULL OR started < $5) \
-         AND ($6 IS NULL OR id < $6) AND ($11 IS NULL OR schedule = $11) AND {} \
+         AND ($6 IS NULL OR id < $6) AND ($11 IS NULL OR schedule = $11) \
+         AND ($12 IS NULL OR trigger_path = $12) AND {} \
          ORDER BY id DESC LIMIT $7 OFFSET $8",
         readers(9, 10)
     );
@@ -309,7 +346,7 @@ pub async fn list_jobs(
             .bind(user.team_id).bind(&q.service).bind(q.status.map(TextEnum::as_str))
             .bind(since).bind(until)
             .bind(cursor).bind(i64::from(limit) + 1).bind(offset).bind(&user.identity)
-            .bind(user.is_admin()).bind(&q.schedule)
+            .bind(user.is_admin()).bind(&q.schedule).bind(&q.trigger)
             .fetch_all(pool).await?
     });
     let more = rows.len() > limit as usize;
@@ -318,7 +355,59 @@ pub async fn list_jobs(
     let summaries = rows.into_iter().take(limit as usize);
     let jobs = readable("a page of jobs", summaries.map(|j| j.summary(&user.team)));
     let next_cursor = last.filter(|_| more).map(|id| id.to_string());
-    Ok(Json(JobPage { jobs, next_cursor }))
+    let minutes = match &q.trigger {
+        Some(trigger) => minutes(&state.db, &user, trigger, &q.service, since, until).await?,
+        None => Vec::new(),
+    };
+    Ok(Json(JobPage {
+        jobs,
+        next_cursor,
+        minutes,
+    }))
+}
+
+/// Trigger `trigger`'s requests per minute by status, newest first, summed over the sources
+/// that counted them; only the counts the caller reads (as for jobs).
+async fn minutes(
+    db: &Db,
+    user: &AuthUser,
+    trigger: &str,
+    service: &Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+) -> Result<Vec<TriggerMinuteView>, ApiError> {
+    let sql = format!(
+        "SELECT minute, CAST(SUM(ok) AS BIGINT), CAST(SUM(failed) AS BIGINT), \
+         CAST(SUM(timed_out) AS BIGINT), CAST(SUM(lost) AS BIGINT), \
+         CAST(SUM(cancelled) AS BIGINT) FROM trigger_minutes \
+         WHERE team_id = $1 AND trigger_path = $2 AND ($3 IS NULL OR service = $3) \
+         AND ($4 IS NULL OR minute >= $4) AND ($5 IS NULL OR minute < $5) AND {} \
+         GROUP BY minute ORDER BY minute DESC LIMIT {MAX_MINUTES}",
+        readers(6, 7)
+    );
+    let rows: Vec<(i64, i64, i64, i64, i64, i64)> = on_db!(db, pool => {
+        sqlx::query_as(&sql)
+            .bind(user.team_id).bind(trigger).bind(service).bind(since).bind(until)
+            .bind(&user.identity).bind(user.is_admin())
+            .fetch_all(pool).await?
+    });
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(rows
+        .into_iter()
+        .map(
+            |(minute, ok, failed, timed_out, lost, cancelled)| TriggerMinuteView {
+                minute: rfc3339(minute),
+                minute_unix_ms: minute,
+                counts: StatusCounts {
+                    ok: n(ok),
+                    failed: n(failed),
+                    timed_out: n(timed_out),
+                    lost: n(lost),
+                    cancelled: n(cancelled),
+                },
+            },
+        )
+        .collect())
 }
 
 /// One job of the caller's team, with every worker's outcome and the tail of its output (a
@@ -370,10 +459,13 @@ pub async fn get_job(
     }))
 }
 
-/// Deletes the jobs that started more than `retention` ago; returns how many.
+/// Deletes the jobs that started, and the triggers' counts of minutes that began, more than
+/// `retention` ago; returns how many jobs.
 pub(crate) async fn prune(db: &Db, retention: Duration) -> Result<u64, sqlx::Error> {
     let cutoff = now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
     let n = on_db!(db, pool => {
+        sqlx::query("DELETE FROM trigger_minutes WHERE minute < $1")
+            .bind(cutoff).execute(pool).await?;
         sqlx::query("DELETE FROM jobs WHERE started < $1")
             .bind(cutoff).execute(pool).await?.rows_affected()
     });

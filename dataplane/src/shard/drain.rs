@@ -75,6 +75,8 @@ impl Shard {
             .with_label_values(&["shutting_down"])
             .inc_by(conns.len() as u64);
         self.handle((), |st, ()| st.cut_connections());
+        // The triggers' counts since the last report, with the job records still queued.
+        self.handle(true, State::report_triggers);
         let until = Instant::now() + FLUSH_WAIT;
         while Instant::now() < until && conns.iter().any(|(_, _, out)| out.backlog_bytes() > 0) {
             glommio::timer::sleep(Duration::from_millis(10)).await;

@@ -136,6 +136,8 @@ pub(crate) struct State {
     /// Set when the broker drains: new requests are refused with `ShuttingDown`.
     draining: bool,
     n_ticks: u64,
+    /// The triggers' requests of the minute now (`jobs.rs`).
+    triggers: crate::triggers::TriggerTally,
 }
 
 /// One shard: what it knows, and its state.
@@ -166,6 +168,7 @@ impl Shard {
             action_lists: Vec::new(),
             draining: false,
             n_ticks: 0,
+            triggers: crate::triggers::TriggerTally::new(crate::triggers::unix_ms_now()),
             env: env.clone(),
         };
         Shard {
@@ -238,6 +241,7 @@ impl State {
         if self.n_ticks.is_multiple_of(100) {
             self.stats.set_queued(self.conns.queued());
         }
+        self.report_triggers(self.n_ticks.is_multiple_of(100));
         self.release_routed();
         self.expire();
     }

@@ -32,6 +32,8 @@ pub(super) struct Keyed {
     pub(super) identity: String,
     pub(super) key: proto::IdemKey,
     pub(super) recording: Recording,
+    /// The trigger it was written to (the fs's requests), when jobs are recorded.
+    pub(super) trigger: Option<crate::triggers::TriggerRun>,
 }
 
 pub(super) struct RequestEntry {
@@ -56,19 +58,6 @@ pub(super) struct RequestEntry {
     pub(super) keyed: Option<Box<Keyed>>,
     /// Its job-history record in the making (`shard/jobs.rs`).
     pub(super) job: Option<Box<crate::jobs::JobTrace>>,
-}
-
-impl RequestEntry {
-    /// The request relayed `event` from `worker`: its job trace and its key's recording
-    /// follow.
-    pub(super) fn on_relay(&mut self, worker: &Arc<str>, event: &proto::Event) {
-        if let Some(job) = &mut self.job {
-            job.on_relay(worker, event);
-        }
-        if let Some(keyed) = &mut self.keyed {
-            keyed.recording.on_relay(worker, event);
-        }
-    }
 }
 
 /// The dispatch ids of a shard: its index in the top bits, a count below.
@@ -344,7 +333,7 @@ impl State {
 
     /// Runs an admitted request: a replay of a key whose run ended is answered from the
     /// window, without a dispatch; any other request starts on its workers.
-    fn start_request(&mut self, conn_id: u64, request: Request, admitted: Admitted) {
+    fn start_request(&mut self, conn_id: u64, mut request: Request, admitted: Admitted) {
         let Admitted {
             principal,
             service,
@@ -364,12 +353,17 @@ impl State {
                 return;
             }
         }
+        let trigger = match request.key {
+            Some(_) => request.trigger.take(),
+            None => None,
+        };
         let keyed = request.key.map(|key| {
             Box::new(Keyed {
                 team: principal.team.clone(),
                 identity: principal.identity.clone(),
                 key,
                 recording: Recording::default(),
+                trigger: self.trigger_run(&principal, trigger, &service, &targets),
             })
         });
         let timeout = match request.timeout_ms {

@@ -121,7 +121,10 @@ impl State {
         self.stats
             .request_finished(&entry.service, entry.started, &summary);
         self.trace_finish(entry.job.take());
-        if let Some(keyed) = entry.keyed.take() {
+        if let Some(mut keyed) = entry.keyed.take() {
+            if let Some(run) = keyed.trigger.take() {
+                self.trigger_finish(&keyed, &entry.service, run);
+            }
             let algorithm = entry.service.algorithm;
             let ended = keyed
                 .recording

@@ -51,6 +51,7 @@ fn a_full_request() -> Request {
             only: vec!["w1".into()],
         },
         tag: Some("nightly-1".into()),
+        trigger: Some("/weatherstation/rpi/station1".into()),
     }
 }
 

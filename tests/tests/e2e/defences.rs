@@ -182,6 +182,7 @@ async fn a_client_that_does_not_read_is_cut_not_the_worker() -> Result<()> {
             key: None,
             fleet: Default::default(),
             tag: None,
+            trigger: None,
         }
         .into(),
     )));

@@ -28,6 +28,7 @@ fn spec(service: &str, command: &str) -> RequestSpec {
         key: None,
         fleet: Default::default(),
         tag: None,
+        trigger: None,
     }
 }
 

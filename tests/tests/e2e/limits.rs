@@ -43,6 +43,7 @@ fn raw_request(id: u64, service: &str, command: &str, payload: Vec<u8>) -> Frame
             key: None,
             fleet: Default::default(),
             tag: None,
+            trigger: None,
         }
         .into(),
     )

@@ -180,6 +180,7 @@ fn request(id: u64, service: &str, wait: bool) -> Frame {
             key: None,
             fleet: Default::default(),
             tag: None,
+            trigger: None,
         }
         .into(),
     )

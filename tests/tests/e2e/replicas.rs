@@ -119,11 +119,32 @@ async fn replicas_share_keys_events_and_revocation() -> Result<()> {
     assert_eq!(error, Some(ErrorKind::Revoked));
     assert!(ended - removed < Duration::from_secs(2));
 
-    // Wrong secrets for `mallory` from 127.0.0.3, alternately through A and B: the 11th is
-    // refused as on one replica (10 in a row lock that address), through either.
+    guesses_count_alike_on_both(&a, &b, &team).await?;
+
+    // A killed: B serves on, with the tokens A issued.
+    a.proc.kill();
+    let killed = Instant::now();
+    let api_a_token = api_a.token().context("token")?;
+    let through_b = reqwest::Client::new()
+        .get(format!("{}/api/v1/services", b.url))
+        .bearer_auth(&api_a_token)
+        .send()
+        .await?;
+    assert!(through_b.status().is_success(), "{}", through_b.status());
+    let services: Vec<api::services::ServiceView> = through_b.json().await?;
+    let mut names: Vec<_> = services.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["svc", "svc2"]);
+
+    broker_fails_over(&api_b, &b, &team, &broker_addr, killed).await
+}
+
+/// Wrong secrets for `mallory` from 127.0.0.3, alternately through A and B: the 11th is
+/// refused as on one replica (10 in a row lock that address), through either.
+async fn guesses_count_alike_on_both(a: &Control, b: &Control, team: &str) -> Result<()> {
     let mut answers = Vec::new();
     for i in 0..12 {
-        let replica = if i % 2 == 0 { &a } else { &b };
+        let replica = if i % 2 == 0 { a } else { b };
         let answer = client_from(loopback(3))?
             .post(format!("{}/api/v1/login", replica.url))
             .json(&json!({"team": team, "identity": "mallory", "secret": "wrong"}))
@@ -137,22 +158,18 @@ async fn replicas_share_keys_events_and_revocation() -> Result<()> {
     let locked = (StatusCode::TOO_MANY_REQUESTS, api::ErrorCode::LockedOut);
     assert_eq!(answers[..10], vec![unauthorized; 10][..], "{answers:?}");
     assert_eq!(answers[10..], [locked, locked], "{answers:?}");
+    Ok(())
+}
 
-    // A killed: B serves on, with the tokens A issued.
-    a.proc.kill();
-    let api_a_token = api_a.token().context("token")?;
-    let through_b = reqwest::Client::new()
-        .get(format!("{}/api/v1/services", b.url))
-        .bearer_auth(&api_a_token)
-        .send()
-        .await?;
-    assert!(through_b.status().is_success(), "{}", through_b.status());
-    let services: Vec<api::services::ServiceView> = through_b.json().await?;
-    let mut names: Vec<_> = services.iter().map(|s| s.name.as_str()).collect();
-    names.sort_unstable();
-    assert_eq!(names, ["svc", "svc2"]);
-
-    // The broker fails over to B: a member added through B is let in there.
+/// With A killed, the broker (following A then B) fails over to B: a member added through B
+/// is let in there.
+async fn broker_fails_over(
+    api_b: &Api,
+    b: &Control,
+    team: &str,
+    broker_addr: &str,
+    killed: Instant,
+) -> Result<()> {
     api_b
         .ok(
             "POST",
@@ -160,11 +177,10 @@ async fn replicas_share_keys_events_and_revocation() -> Result<()> {
             json!({"identity": "erin", "secret": "erin-secret-1"}),
         )
         .await?;
-    let erin = Api::login(&b.url, &team, "erin", "erin-secret-1").await?;
+    let erin = Api::login(&b.url, team, "erin", "erin-secret-1").await?;
     let erin_jwt = erin.token().context("erin's token")?;
-    let killed = Instant::now();
     wait_until(Duration::from_secs(10), "erin let in", || async {
-        connect_jwt(&broker_addr, &erin_jwt).await.is_ok()
+        connect_jwt(broker_addr, &erin_jwt).await.is_ok()
     })
     .await?;
     println!(

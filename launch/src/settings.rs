@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 /// a key of `[main]`. Global: `triggerfs jobs --team T list` and `jobs list --team T` alike.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoginArgs {
-    /// Control plane URL (else `[main] url` of triggerfs.toml).
+    /// Control plane URL (else `[main] url` of triggerfs.toml); several, comma-separated, to
+    /// fail over between replicas.
     #[arg(long, env = "TRIGGERFS_URL", global = true, default_value = client::login::DEFAULT_URL)]
     pub url: String,
     /// Team to log in to (else `[main] team`).

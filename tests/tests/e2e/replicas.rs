@@ -2,7 +2,7 @@
 //! key and the brokers' token, each one's `/events` carries the changes made through the
 //! others (`LISTEN/NOTIFY`), so a member removed through one replica is cut at a broker that
 //! follows another; wrong secrets spread over both lock as on one; and with one replica
-//! killed, the other serves on and the broker fails over to it.
+//! killed, the other serves on, and the broker, `jobs` and the console fail over to it.
 
 use super::api_abuse::{client_from, loopback};
 use super::trust::{ends, open_events, run, spec};
@@ -136,7 +136,39 @@ async fn replicas_share_keys_events_and_revocation() -> Result<()> {
     names.sort_unstable();
     assert_eq!(names, ["svc", "svc2"]);
 
-    broker_fails_over(&api_b, &b, &team, &broker_addr, killed).await
+    broker_fails_over(&api_b, &b, &team, &broker_addr, killed).await?;
+    tools_fail_over(&format!("{},{}", a.url, b.url), &a.admin)
+}
+
+/// With A killed, `jobs` and the console given `--url A,B` log in and answer through B.
+fn tools_fail_over(urls: &str, (team, admin, secret): &(String, String, String)) -> Result<()> {
+    let login = [
+        "--url",
+        urls,
+        "--team",
+        team,
+        "--identity",
+        admin,
+        "--secret",
+        secret,
+    ];
+    let jobs: Vec<&str> = ["jobs", "list", "--json"]
+        .into_iter()
+        .chain(login)
+        .collect();
+    let (code, out, err) = run_cli(&jobs, Duration::from_secs(60))?;
+    assert_eq!(code, 0, "jobs list through A,B with A dead: {out}{err}");
+    let page: api::jobs::JobPage = serde_json::from_str(&out)?;
+    println!("jobs list through B: {} jobs", page.jobs.len());
+    let cli: Vec<&str> = ["cli"]
+        .into_iter()
+        .chain(login)
+        .chain(["-c", "show services"])
+        .collect();
+    let (code, out, err) = run_cli(&cli, Duration::from_secs(60))?;
+    assert_eq!(code, 0, "the console through A,B with A dead: {out}{err}");
+    assert!(out.contains("svc2"), "{out}");
+    Ok(())
 }
 
 /// Wrong secrets for `mallory` from 127.0.0.3, alternately through A and B: the 11th is

@@ -609,7 +609,7 @@ async fn next_frame(
 }
 
 /// The broker closed the connection with `kind`. When it ended every request of this
-/// connection (a slow consumer, revoked, shutting down), each ends with that error; the
+/// connection (a slow consumer, revoked, shutting down, stale), each ends with that error; the
 /// others, after a bad frame, end as `Disconnected`.
 async fn broker_closed(
     pending: &Mutex<Pending>,
@@ -620,7 +620,7 @@ async fn broker_closed(
     tracing::warn!(%kind, %message, "the broker closed the connection");
     if !matches!(
         kind,
-        ErrorKind::SlowConsumer | ErrorKind::Revoked | ErrorKind::ShuttingDown
+        ErrorKind::SlowConsumer | ErrorKind::Revoked | ErrorKind::ShuttingDown | ErrorKind::Stale
     ) {
         return;
     }

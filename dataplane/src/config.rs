@@ -170,6 +170,12 @@ pub trait ConfigSource: Send + Sync + 'static {
         let _ = principal;
         Ok(())
     }
+    /// Why no connection may stay or start now (`Some`: the configuration is too old to be
+    /// trusted, e.g. the control plane has been out of reach too long); shards ask every
+    /// few ticks and close every connection while it says so.
+    fn stale(&self) -> Option<String> {
+        None
+    }
     /// A worker connected or left. Must not block: shards call it.
     fn report(&self, report: WorkerStateReport);
     /// Whether requests should be traced for the job history ([`ConfigSource::job`]); a

@@ -64,6 +64,10 @@ pub struct FeedSettings {
     /// Whether finished requests are recorded as jobs (`ConfigSource::records_jobs`); off
     /// only to measure what recording costs (`triggerfs broker --no-job-records`).
     pub record_jobs: bool,
+    /// Fail closed: with no answer from a control plane (a snapshot, an event or a
+    /// keep-alive) for longer than this, refuse new connections and close the open ones
+    /// ([`ErrorKind::Stale`]) until one answers again. `None`: serve on the last snapshot.
+    pub max_staleness: Option<Duration>,
 }
 
 struct Compiled {
@@ -85,6 +89,24 @@ struct Inner {
     jobs: jobs::JobQueue,
     /// [`FeedSettings::record_jobs`].
     record_jobs: bool,
+    /// [`FeedSettings::max_staleness`], and when a control plane last answered (ms since the
+    /// Unix epoch).
+    max_staleness: Option<Duration>,
+    last_contact_ms: AtomicU64,
+}
+
+impl Inner {
+    /// A control plane answered now.
+    fn touch(&self) {
+        self.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Configuration and trust from the control plane; see the module docs.
@@ -217,7 +239,8 @@ impl Http {
 
     /// Follows the event stream; calls `changed` once subscribed and per config event.
     /// `Ok` when an established stream ended, `Err` when it could not be established.
-    async fn follow(&self, changed: &mut impl FnMut()) -> Result<(), String> {
+    /// `alive` is called for every chunk read (events and keep-alives alike).
+    async fn follow(&self, changed: &mut impl FnMut(), alive: &impl Fn()) -> Result<(), String> {
         let url = format!("{}/api/v1/events", self.base());
         let resp = self
             .client
@@ -232,7 +255,9 @@ impl Http {
         }
         // Subscribed: anything that changed between our last snapshot and now is fetched.
         changed();
-        let mut events = std::pin::pin!(resp.bytes_stream().eventsource());
+        alive();
+        let chunks = resp.bytes_stream().inspect(|_| alive());
+        let mut events = std::pin::pin!(chunks.eventsource());
         // A transport or parse error ends the stream like a close does.
         while let Some(Ok(event)) = events.next().await {
             // `config`: something changed; `lagged`: we fell behind and missed some.
@@ -309,6 +334,8 @@ impl ControlSource {
                 reports,
                 jobs: jobs::queue().0,
                 record_jobs: true,
+                max_staleness: None,
+                last_contact_ms: AtomicU64::new(now_ms()),
             }),
         })
     }
@@ -368,6 +395,8 @@ impl ControlSource {
                         reports: report_tx,
                         jobs: job_queue,
                         record_jobs: settings.record_jobs,
+                        max_staleness: settings.max_staleness,
+                        last_contact_ms: AtomicU64::new(now_ms()),
                     });
                     let _ = inner_tx.send(inner.clone());
                     info!(url = %settings.url, revision = inner.revision.load(Ordering::Relaxed), "configuration from the control plane");
@@ -398,6 +427,7 @@ fn install(inner: &Inner, compiled: Compiled) {
     let revision = compiled.revision;
     *inner.compiled.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(compiled);
     inner.revision.store(revision, Ordering::Release);
+    inner.touch();
     debug!(revision, "new configuration installed");
 }
 
@@ -437,7 +467,7 @@ async fn follow_loop(http: Arc<Http>, inner: Arc<Inner>) {
         let mut on_change = || {
             let _ = changed_tx.send(());
         };
-        match http.follow(&mut on_change).await {
+        match http.follow(&mut on_change, &|| inner.touch()).await {
             Ok(()) => {
                 warn!("configuration event stream ended; reconnecting");
                 backoff = Duration::from_millis(100);
@@ -550,7 +580,26 @@ impl ConfigSource for ControlSource {
         self.compiled().routing.clone()
     }
 
+    fn stale(&self) -> Option<String> {
+        let limit = self.inner.max_staleness?;
+        let last = self.inner.last_contact_ms.load(Ordering::Relaxed);
+        let silent = Duration::from_millis(now_ms().saturating_sub(last));
+        (silent > limit).then(|| {
+            format!(
+                "this broker has not reached its control plane for {}s (more than --max-staleness {}s): it serves no one until it does",
+                silent.as_secs(),
+                limit.as_secs()
+            )
+        })
+    }
+
     fn authenticate(&self, credential: &Credential) -> Result<Principal, Refusal> {
+        if let Some(message) = self.stale() {
+            return Err(Refusal {
+                kind: ErrorKind::Stale,
+                message,
+            });
+        }
         let compiled = self.compiled();
         let refuse = |message: String| Refusal {
             kind: ErrorKind::Unauthorized,
@@ -1044,6 +1093,7 @@ mod tests {
             url,
             broker_token: "bt".into(),
             record_jobs: true,
+            max_staleness: None,
         })
         .unwrap()
     }
@@ -1070,7 +1120,7 @@ mod tests {
                     event: config\ndata: {}\n\n";
         let url = serve_once("200 OK", body).await;
         let mut n = 0;
-        http(url).follow(&mut || n += 1).await.unwrap();
+        http(url).follow(&mut || n += 1, &|| ()).await.unwrap();
         // Once when subscribed, then two `config` and one `lagged`.
         assert_eq!(n, 4);
     }
@@ -1079,7 +1129,7 @@ mod tests {
     async fn follow_fails_when_the_stream_is_refused() {
         let url = serve_once("401 Unauthorized", "").await;
         let mut n = 0;
-        let err = http(url).follow(&mut || n += 1).await.unwrap_err();
+        let err = http(url).follow(&mut || n += 1, &|| ()).await.unwrap_err();
         assert!(err.contains("401"), "{err}");
         assert_eq!(n, 0);
     }

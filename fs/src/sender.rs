@@ -88,6 +88,7 @@ fn transient(kind: ErrorKind) -> bool {
             | ErrorKind::TooManyRequests
             | ErrorKind::RateLimited
             | ErrorKind::ShuttingDown
+            | ErrorKind::Stale
     )
 }
 

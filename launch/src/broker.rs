@@ -111,6 +111,11 @@ pub struct BrokerArgs {
     /// The control plane's broker token (see its data dir's broker.token).
     #[arg(long, env = "TRIGGERFS_BROKER_TOKEN", hide_env_values = true)]
     pub broker_token: Option<String>,
+    /// Fail closed: a broker that has not reached a control plane for this long refuses new
+    /// connections and closes the open ones (`Stale`) until it does again, so that a
+    /// partitioned broker cannot keep a revoked member in (with --control).
+    #[arg(long, env = "TRIGGERFS_MAX_STALENESS", default_value = "60s")]
+    pub max_staleness: humantime::Duration,
     /// A file holding the broker token.
     #[arg(long, env = "TRIGGERFS_BROKER_TOKEN_FILE")]
     pub broker_token_file: Option<PathBuf>,
@@ -174,6 +179,7 @@ pub fn run(args: BrokerArgs, settings: &Settings) -> Result<i32> {
                 url: url.trim_end_matches('/').to_string(),
                 broker_token,
                 record_jobs: !args.no_job_records,
+                max_staleness: Some(args.max_staleness.into()),
             })?)
         }
         None => Arc::new(dataplane::FileConfig::parse(&settings.text).map_err(|e| {

@@ -225,6 +225,8 @@ fn serve(opts: ControlOptions, broker: dataplane::BrokerSettings, no_worker: boo
             url: api_url.clone(),
             broker_token: running.plane.broker_token().to_string(),
             record_jobs: true,
+            // One process: the control plane cannot be out of the broker's reach.
+            max_staleness: None,
         };
         let source = tokio::task::spawn_blocking(move || feed::ControlSource::start(feed_settings))
             .await??;

@@ -22,8 +22,8 @@ pub const PROTOCOL_VERSION: u16 = 6;
 // version 4 would take them for malformed frames and drop its connection).
 // 6: `ErrorKind::Retried` (a roundrobin worker lost after it accepted, the request run again
 // on another worker), `Frame::Bound` (the services a worker is bound to), `Request::tag` (a
-// schedule's run, named in its job record), and `Request::trigger` (the fs's trigger path, for
-// the job history).
+// schedule's run, named in its job record), `Request::trigger` (the fs's trigger path, for
+// the job history), and `ErrorKind::Stale` (a broker cut off from its control plane).
 
 text_enum! {
     ("role", "lowercase")
@@ -209,6 +209,10 @@ text_enum! {
         /// and the broker ran the request again on another worker of the roundrobin service
         /// (`retry = true`); that worker's answer is the request's.
         Retried,
+        /// The broker has not reached a control plane for longer than its `--max-staleness`:
+        /// it takes no new connections and has closed the open ones, so that a partitioned
+        /// broker cannot keep a revoked member in. Try another broker, or again later.
+        Stale,
     }
 }
 

@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(round_trip::<Role>(), ["client", "worker"]);
         let kinds = round_trip_json::<ErrorKind>();
         assert_eq!(kinds[0], "NoSuchService");
-        assert_eq!(kinds.len(), 28);
+        assert_eq!(kinds.len(), 29);
         assert_eq!(kinds[15], "Revoked");
         assert_eq!(kinds[16..18], ["PluginCrashed", "PluginProtocol"]);
         assert_eq!(
@@ -151,7 +151,8 @@ mod tests {
                 "TooManyConnections",
                 "OutputLimit",
                 "ShuttingDown",
-                "Retried"
+                "Retried",
+                "Stale"
             ]
         );
     }

@@ -329,6 +329,22 @@ impl State {
         }
     }
 
+    /// Closes every connection while the configuration is stale
+    /// ([`crate::config::ConfigSource::stale`]).
+    pub(super) fn close_if_stale(&mut self) {
+        if self.conns.len() == 0 {
+            return;
+        }
+        let Some(why) = self.env.source.stale() else {
+            return;
+        };
+        let all: Vec<u64> = self.conns.iter().map(|(id, _)| id).collect();
+        for conn_id in all {
+            self.unsettled
+                .cut_later(conn_id, ErrorKind::Stale, why.clone());
+        }
+    }
+
     /// Closes the connections whose token expired (each tick: the earliest expiry only is
     /// looked at, so this costs nothing until one is due).
     pub(super) fn expire_credentials(&mut self) {

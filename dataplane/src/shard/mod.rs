@@ -238,6 +238,9 @@ impl State {
         }
         self.n_ticks += 1;
         self.expire_credentials();
+        if self.n_ticks.is_multiple_of(10) {
+            self.close_if_stale();
+        }
         if self.n_ticks.is_multiple_of(100) {
             self.stats.set_queued(self.conns.queued());
         }

@@ -221,3 +221,80 @@ async fn broker_fails_over(
     );
     Ok(())
 }
+
+/// Fail closed (issue 27, point 6): a broker that reaches no control plane for longer than
+/// `--max-staleness` closes its connections and refuses new ones with `Stale`, so that cutting
+/// it off cannot keep a revoked member in; once a control plane answers again it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_cut_off_from_its_control_plane_fails_closed() -> Result<()> {
+    let port = free_port();
+    let broker_addr = format!("127.0.0.1:{port}");
+    let control = Control::start(&broker_addr)?;
+    let (team, admin, secret) = control.admin.clone();
+    let api = Api::login(&control.url, &team, &admin, &secret).await?;
+    let token = api.new_worker("w1").await?;
+    api.ok(
+        "POST",
+        "/api/v1/services",
+        json!({"name": "svc", "visibility": "team", "workers": ["w1"]}),
+    )
+    .await?;
+    let (_broker, _) = start_controlled_broker(&control, port, &["--max-staleness", "2s"])?;
+    let plugins = Plugins::core()?;
+    let _worker = start_worker(
+        broker_addr.parse()?,
+        "w1",
+        &plugins,
+        &["--team", &team, "--token", &token],
+    )?;
+    api.wait_worker_state("w1", "ONLINE", Duration::from_secs(20))
+        .await?;
+    let jwt = api.token().context("token")?;
+    let c = connect_jwt(&broker_addr, &jwt).await?;
+    assert_eq!(run(&c, "svc", "echo hi").await?.1, None);
+
+    // The control plane is gone: past 2 s the connection is closed, and a new one refused.
+    let mut control = control;
+    control.proc.kill();
+    let killed = Instant::now();
+    wait_until(Duration::from_secs(10), "the connection closed", || async {
+        c.is_closed()
+    })
+    .await?;
+    let closed = killed.elapsed();
+    println!("closed {closed:?} after the control plane was killed");
+    assert!(closed >= Duration::from_secs(2), "{closed:?}");
+    match connect_jwt(&broker_addr, &jwt).await {
+        Err(client::ClientError::Refused { kind, reason }) => {
+            assert_eq!(kind, ErrorKind::Stale, "{reason}");
+            assert!(reason.contains("--max-staleness"), "{reason}");
+        }
+        Err(e) => anyhow::bail!("unexpected error from a stale broker: {e}"),
+        Ok(_) => anyhow::bail!("a stale broker let a client in"),
+    }
+
+    // The control plane is back: the broker serves again.
+    let _control = control.restart(&broker_addr)?;
+    let back = Instant::now();
+    wait_until(
+        Duration::from_secs(15),
+        "the broker serving again",
+        || async { connect_jwt(&broker_addr, &jwt).await.is_ok() },
+    )
+    .await?;
+    println!(
+        "serving again {:?} after the control plane's restart",
+        back.elapsed()
+    );
+    // The worker, cut too, is back and answers.
+    wait_until(Duration::from_secs(20), "w1 answering again", || async {
+        match connect_jwt(&broker_addr, &jwt).await {
+            Ok(c) => run(&c, "svc", "echo again")
+                .await
+                .is_ok_and(|(w, e)| e.is_none() && w == ["w1"]),
+            Err(_) => false,
+        }
+    })
+    .await?;
+    Ok(())
+}

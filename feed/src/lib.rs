@@ -373,6 +373,9 @@ impl ControlSource {
                     }
                     let Ok(inner) = inner_rx.recv() else { return };
                     tokio::spawn(report_loop(http.clone(), report_rx));
+                    if let Some(limit) = inner.max_staleness {
+                        tokio::spawn(probe_loop(http.clone(), inner.clone(), limit));
+                    }
                     follow_loop(http, inner).await;
                 })
             })?;
@@ -491,6 +494,23 @@ enum ReportMsg {
     /// The broker (re)connected to the control plane: tell it every worker online, so that
     /// states it holds from before (a crash, a lost connection) are corrected.
     Resync,
+}
+
+/// With `--max-staleness`: asks the control plane every quarter of `limit` (at most every
+/// 5 s), with an empty report, whether it is there, so that a quiet configuration (no event
+/// between the stream's 15 s keep-alives) never reads as a silent control plane.
+async fn probe_loop(http: Arc<Http>, inner: Arc<Inner>, limit: Duration) {
+    let every = (limit / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let empty = BrokerReport {
+        workers: Vec::new(),
+        full: false,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        if http.report(&empty).await.is_ok() {
+            inner.touch();
+        }
+    }
 }
 
 async fn report_loop(http: Arc<Http>, mut rx: mpsc::UnboundedReceiver<ReportMsg>) {

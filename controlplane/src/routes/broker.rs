@@ -166,6 +166,11 @@ pub async fn report(
     _broker: BrokerAuth,
     Json(report): Json<BrokerReport>,
 ) -> Result<Json<ReportAnswer>, ApiError> {
+    // An empty report is a broker asking whether the control plane is there
+    // (`--max-staleness`): answered without touching the store.
+    if report.workers.is_empty() && !report.full {
+        return Ok(Json(ReportAnswer { updated: 0 }));
+    }
     for w in &report.workers {
         if w.services.len() > MAX_ANNOUNCED {
             return Err(ApiError::Unprocessable(format!(

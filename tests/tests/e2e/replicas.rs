@@ -252,6 +252,11 @@ async fn a_broker_cut_off_from_its_control_plane_fails_closed() -> Result<()> {
     let jwt = api.token().context("token")?;
     let c = connect_jwt(&broker_addr, &jwt).await?;
     assert_eq!(run(&c, "svc", "echo hi").await?.1, None);
+    // A quiet but reachable control plane (no change for 3 s, longer than the staleness) is
+    // not a silent one: the broker's probes keep it serving.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(run(&c, "svc", "echo still").await?.1, None);
+    assert!(!c.is_closed());
 
     // The control plane is gone: past 2 s the connection is closed, and a new one refused.
     let mut control = control;

@@ -18,6 +18,7 @@ use dataplane::config::{
     ConfigSource, Principal, Proof, Refusal, RoutingConfig, ServiceConfig, WorkerGrant,
     DEFAULT_SERVICE_TIMEOUT,
 };
+use dataplane::triggers::unix_ms_now;
 use eventsource_stream::Eventsource;
 use futures_lite::StreamExt;
 use proto::control::{BrokerReport, BrokerSnapshot, Claims, WorkerState, WorkerStateReport};
@@ -98,15 +99,8 @@ struct Inner {
 impl Inner {
     /// A control plane answered now.
     fn touch(&self) {
-        self.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_contact_ms.store(unix_ms_now(), Ordering::Relaxed);
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Configuration and trust from the control plane; see the module docs.
@@ -335,7 +329,7 @@ impl ControlSource {
                 jobs: jobs::queue().0,
                 record_jobs: true,
                 max_staleness: None,
-                last_contact_ms: AtomicU64::new(now_ms()),
+                last_contact_ms: AtomicU64::new(unix_ms_now()),
             }),
         })
     }
@@ -399,7 +393,7 @@ impl ControlSource {
                         jobs: job_queue,
                         record_jobs: settings.record_jobs,
                         max_staleness: settings.max_staleness,
-                        last_contact_ms: AtomicU64::new(now_ms()),
+                        last_contact_ms: AtomicU64::new(unix_ms_now()),
                     });
                     let _ = inner_tx.send(inner.clone());
                     info!(url = %settings.url, revision = inner.revision.load(Ordering::Relaxed), "configuration from the control plane");
@@ -603,7 +597,7 @@ impl ConfigSource for ControlSource {
     fn stale(&self) -> Option<String> {
         let limit = self.inner.max_staleness?;
         let last = self.inner.last_contact_ms.load(Ordering::Relaxed);
-        let silent = Duration::from_millis(now_ms().saturating_sub(last));
+        let silent = Duration::from_millis(unix_ms_now().saturating_sub(last));
         (silent > limit).then(|| {
             format!(
                 "this broker has not reached its control plane for {}s (more than --max-staleness {}s): it serves no one until it does",

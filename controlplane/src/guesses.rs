@@ -4,9 +4,9 @@
 //! time" per identity). The rule is [`LoginLimits`]'s, as [`crate::credentials::LoginGuard`]
 //! applies it; spreading guesses over replicas gains nothing.
 //!
-//! Both tables hold rows for identities callers only claim: each is cut back to its live rows
-//! above [`PRUNE_ABOVE`] rows (and emptied if that is not enough), so neither grows with
-//! what unauthenticated callers send.
+//! Both tables hold rows for identities callers only claim: when a row may have been added,
+//! each is cut back to its live rows above [`PRUNE_ABOVE`] rows (and emptied if that is not
+//! enough), so neither grows with what unauthenticated callers send.
 
 use crate::db::{begin, now_ms, on_db, Db};
 use crate::error::ApiError;
@@ -87,7 +87,7 @@ pub(crate) async fn record(
     const LOCK: &str = "UPDATE login_lockouts SET until_ms = $3, locked_after = failures, \
         locks = locks + 1, failures = 0 WHERE address = $1 AND identity = $2";
     let now = now_ms();
-    let locked = on_db!(db, pool => {
+    let (failures, lock) = on_db!(db, pool => {
         let mut tx = begin(pool).await?;
         let (failures, locks): (i64, i64) =
             sqlx::query_as(COUNT).bind(&addr).bind(&ident).fetch_one(&mut *tx).await?;
@@ -100,12 +100,17 @@ pub(crate) async fn record(
             sqlx::query(LOCK).bind(&addr).bind(&ident).bind(until).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        lock.map(|length| (failures, length))
+        (failures, lock)
     });
-    if let Some((failures, length)) = locked {
+    if let Some(length) = lock {
         tracing::warn!(%identity, ?address, failures, lock_s = length.as_secs(), "logins from an address locked after wrong secrets in a row");
     }
-    prune(db, &LOCKOUTS, now).await
+    // The first wrong secret in a row may have added a row: only then can the table have
+    // grown past its bound.
+    if failures == 1 {
+        prune(db, &LOCKOUTS, now).await?;
+    }
+    Ok(())
 }
 
 /// Spends one attempt of `identity`'s shared budget (`identity_burst`, then one per
@@ -128,17 +133,20 @@ pub(crate) async fn spend_budget(
     const NEW: &str = "INSERT INTO login_budgets (identity, tat) VALUES ($1, $2) \
         ON CONFLICT (identity) DO NOTHING";
     const TAT: &str = "SELECT tat FROM login_budgets WHERE identity = $1";
-    let tat: Option<i64> = on_db!(db, pool => {
-        sqlx::query(NEW).bind(&ident).bind(now).execute(pool).await?;
+    let (added, tat): (u64, Option<i64>) = on_db!(db, pool => {
+        let added = sqlx::query(NEW).bind(&ident).bind(now).execute(pool).await?.rows_affected();
         let spent = sqlx::query(SPEND).bind(&ident).bind(now).bind(period).bind(burst)
             .execute(pool).await?.rows_affected();
         if spent > 0 {
-            None
+            (added, None)
         } else {
-            Some(sqlx::query_scalar(TAT).bind(&ident).fetch_one(pool).await?)
+            (added, Some(sqlx::query_scalar(TAT).bind(&ident).fetch_one(pool).await?))
         }
     });
-    prune(db, &BUDGETS, now).await?;
+    // Only a new identity's row can take the table past its bound.
+    if added > 0 {
+        prune(db, &BUDGETS, now).await?;
+    }
     Ok(match tat {
         None => Ok(()),
         // The next attempt fits once the arrival time is within the burst again.

@@ -186,11 +186,13 @@ pub fn run(args: UpArgs, trust: tls::Trust) -> Result<i32> {
     let data = std::path::absolute(&args.data)?;
     let server_tls = tls(&args, &data, trust)?;
     // The HTTP gateway needs the broker's address before the broker starts (the broker
-    // takes its configuration from the control plane): settle port 0 now.
-    let listen = if args.listen.port() == 0 {
-        std::net::TcpListener::bind(args.listen)?.local_addr()?
+    // takes its configuration from the control plane): settle port 0 now, and hold it.
+    let (listen, held) = if args.listen.port() == 0 {
+        let held = hold_port(args.listen)?;
+        let local = held.local_addr()?.as_socket().context("no IP address")?;
+        (local, Some(held))
     } else {
-        args.listen
+        (args.listen, None)
     };
     let broker = dataplane::BrokerSettings {
         worker_cert_required: args.tls_files.tls_client_ca.is_some(),
@@ -206,11 +208,29 @@ pub fn run(args: UpArgs, trust: tls::Trust) -> Result<i32> {
         tls: server_tls,
         api: args.api,
     };
-    serve(opts, broker, args.no_worker)
+    serve(opts, broker, args.no_worker, held)
+}
+
+/// A port of `addr`'s (the kernel's choice for port 0), bound but not listening, so that
+/// nothing else takes it (an outgoing connection's port, another `bind`) while the control
+/// plane starts. `SO_REUSEPORT`, which the broker's shards set too, lets them bind it beside
+/// this socket; it receives no connections, as it never listens.
+fn hold_port(addr: SocketAddr) -> Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }
 
 /// The control plane, the broker and (unless `no_worker`) the local worker, until a signal.
-fn serve(opts: ControlOptions, broker: dataplane::BrokerSettings, no_worker: bool) -> Result<i32> {
+/// `held` keeps the broker's port (see [`hold_port`]) until its shards have bound it.
+fn serve(
+    opts: ControlOptions,
+    broker: dataplane::BrokerSettings,
+    no_worker: bool,
+    held: Option<socket2::Socket>,
+) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -231,6 +251,7 @@ fn serve(opts: ControlOptions, broker: dataplane::BrokerSettings, no_worker: boo
         let source = tokio::task::spawn_blocking(move || feed::ControlSource::start(feed_settings))
             .await??;
         let handle = dataplane::start(broker, Arc::new(source))?;
+        drop(held);
         let broker_addr = handle.local_addr();
 
         let config_path = opts.data.join("triggerfs.toml");

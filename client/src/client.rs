@@ -257,6 +257,7 @@ impl Client {
                 Ok(Frame::Welcome {
                     session,
                     heartbeat_ms,
+                    ..
                 }) => Ok((reader, writer, session, heartbeat_ms)),
                 Ok(Frame::Refused { kind, reason }) => Err(ClientError::Refused { kind, reason }),
                 Ok(Frame::Error { kind, message, .. }) => Err(ClientError::Handshake {

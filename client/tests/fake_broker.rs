@@ -107,6 +107,7 @@ async fn request_fields_reach_the_broker_and_ids_are_unique() {
         peer.send(Frame::Welcome {
             session: 1,
             heartbeat_ms: QUIET_HEARTBEAT_MS,
+            nodes: vec![],
         })
         .await;
         let first = peer.request().await;

@@ -1073,6 +1073,7 @@ async fn broker_endpoints(backend: Backend) {
             },
         ],
         full: false,
+        node: None,
     };
     let body = serde_json::to_value(&report).unwrap();
     assert_error(
@@ -1099,6 +1100,7 @@ async fn broker_endpoints(backend: Backend) {
     let full = proto::control::BrokerReport {
         workers: vec![],
         full: true,
+        node: None,
     };
     let (status, answer) = h
         .post(

@@ -498,6 +498,7 @@ async fn probe_loop(http: Arc<Http>, inner: Arc<Inner>, limit: Duration) {
     let empty = BrokerReport {
         workers: Vec::new(),
         full: false,
+        node: None,
     };
     loop {
         tokio::time::sleep(every).await;
@@ -531,6 +532,7 @@ async fn report_loop(http: Arc<Http>, mut rx: mpsc::UnboundedReceiver<ReportMsg>
             BrokerReport {
                 workers,
                 full: true,
+                node: None,
             }
         } else {
             let mut workers: Vec<WorkerStateReport> = pending.values().cloned().collect();
@@ -538,6 +540,7 @@ async fn report_loop(http: Arc<Http>, mut rx: mpsc::UnboundedReceiver<ReportMsg>
             BrokerReport {
                 workers,
                 full: false,
+                node: None,
             }
         };
         match http.report(&report).await {

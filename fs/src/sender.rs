@@ -89,6 +89,7 @@ fn transient(kind: ErrorKind) -> bool {
             | ErrorKind::RateLimited
             | ErrorKind::ShuttingDown
             | ErrorKind::Stale
+            | ErrorKind::BrokerLost
     )
 }
 

@@ -5,7 +5,10 @@
 //!   authentication need, at one revision;
 //! - `GET /api/v1/events` (SSE, `event: config`) → [`ConfigEvent`]: "something changed", after
 //!   which the broker fetches a new snapshot;
-//! - `POST /api/v1/broker/report` ← [`BrokerReport`]: worker state flowing back.
+//! - `POST /api/v1/broker/report` ← [`BrokerReport`]: worker state flowing back;
+//! - `PUT /api/v1/broker/nodes/{node}` ← [`NodeHeartbeat`] → [`NodeList`]: a broker node of a
+//!   cell registers and heartbeats, and learns the cell's live nodes;
+//!   `DELETE /api/v1/broker/nodes/{node}` when it stops.
 //!
 //! The broker authenticates to these endpoints with the broker token
 //! (`Authorization: Bearer <token>`), a secret the control plane keeps in its data dir.
@@ -301,6 +304,49 @@ pub struct BrokerReport {
     /// `ONLINE` by a crash or a lost connection are corrected.
     #[serde(default)]
     pub full: bool,
+    /// The broker node the reports come from (its id, as in its heartbeats): `full` then
+    /// speaks for that node's connections only, and a worker is `ONLINE` while any live node
+    /// reports it connected. `None` for a broker outside a cell (no `--advertise`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// A broker node of a cell, every few seconds (`PUT /api/v1/broker/nodes/{node}`, where
+/// `node` is an id the broker picks at start: a UUID). A node unseen for the control plane's
+/// lease leaves the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeHeartbeat {
+    /// The address peers connect to (`host:port`, or `tls://host:port`): `--advertise`.
+    pub advertise: String,
+    /// When this broker run started (milliseconds since the Unix epoch).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::UnixMs))]
+    pub started_unix_ms: u64,
+    /// Client connections open now.
+    pub clients: u32,
+    /// Worker connections open now.
+    pub workers: u32,
+}
+
+/// One live broker node of the cell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeEntry {
+    /// The node's id.
+    pub node: String,
+    /// Where peers connect to it.
+    pub advertise: String,
+}
+
+/// The cell's live broker nodes (those seen within the lease), ordered by address: the answer
+/// to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeList {
+    /// Every live node, the caller included.
+    pub nodes: Vec<NodeEntry>,
+    /// How long a node stays in the list without a heartbeat (milliseconds).
+    pub lease_ms: u64,
 }
 
 /// Hex SHA-256 of a worker token: what is stored and compared, never the token.

@@ -10,7 +10,7 @@ use crate::text_enum;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// The protocol version this build speaks. A `Hello` with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 // 2: `Request::fleet`, the fleet counts of `Summary`, `ErrorKind::{Offline, Skipped,
 // NoResponse, Detached}`: an older peer is refused at `Hello` with a clear version
 // mismatch rather than failing frame validation later.
@@ -24,6 +24,8 @@ pub const PROTOCOL_VERSION: u16 = 6;
 // on another worker), `Frame::Bound` (the services a worker is bound to), `Request::tag` (a
 // schedule's run, named in its job record), `Request::trigger` (the fs's trigger path, for
 // the job history), and `ErrorKind::Stale` (a broker cut off from its control plane).
+// 7: a cell of broker nodes: `Welcome::nodes`, `Frame::Nodes` (the live nodes, for peers to
+// connect to or fail over to) and `ErrorKind::BrokerLost`.
 
 text_enum! {
     ("role", "lowercase")
@@ -213,6 +215,11 @@ text_enum! {
         /// it takes no new connections and has closed the open ones, so that a partitioned
         /// broker cannot keep a revoked member in. Try another broker, or again later.
         Stale,
+        /// The connection to the broker node that carried the request was lost before the
+        /// request ended (the node died, or the network to it failed). The client reports it
+        /// and connects to another node of the cell for its next requests; whether the
+        /// request ran is unknown (a keyed request may be sent again: it runs at most once).
+        BrokerLost,
     }
 }
 
@@ -510,6 +517,16 @@ pub enum Frame {
         session: u64,
         /// How often both sides send `Heartbeat`; three missed means gone.
         heartbeat_ms: u32,
+        /// The addresses of every live broker node of the cell, as peers connect to them
+        /// (`host:port`, or `tls://host:port`), this one included; empty for a broker that
+        /// is not part of a cell (no `--advertise`). Workers connect to every one; clients
+        /// keep them to fail over to.
+        nodes: Vec<String>,
+    },
+    /// The cell's live broker nodes changed: the new list, as in `Welcome::nodes`.
+    Nodes {
+        /// Every live node's address.
+        nodes: Vec<String>,
     },
     /// The broker refuses the `Hello`; the connection closes.
     Refused {
@@ -753,6 +770,7 @@ impl Frame {
         match self {
             Frame::Hello(_) => "Hello",
             Frame::Welcome { .. } => "Welcome",
+            Frame::Nodes { .. } => "Nodes",
             Frame::Refused { .. } => "Refused",
             Frame::Heartbeat => "Heartbeat",
             Frame::Announce { .. } => "Announce",

@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(round_trip::<Role>(), ["client", "worker"]);
         let kinds = round_trip_json::<ErrorKind>();
         assert_eq!(kinds[0], "NoSuchService");
-        assert_eq!(kinds.len(), 29);
+        assert_eq!(kinds.len(), 30);
         assert_eq!(kinds[15], "Revoked");
         assert_eq!(kinds[16..18], ["PluginCrashed", "PluginProtocol"]);
         assert_eq!(
@@ -152,7 +152,8 @@ mod tests {
                 "OutputLimit",
                 "ShuttingDown",
                 "Retried",
-                "Stale"
+                "Stale",
+                "BrokerLost"
             ]
         );
     }

@@ -67,6 +67,7 @@ impl FakeBroker {
         conn.send(Frame::Welcome {
             session: 1,
             heartbeat_ms,
+            nodes: vec![],
         })
         .await;
         assert_eq!(
@@ -200,6 +201,7 @@ async fn serves_dispatches_and_reconnects() {
         conn.send(Frame::Welcome {
             session: 1,
             heartbeat_ms: 200,
+            nodes: vec![],
         })
         .await;
         assert_eq!(
@@ -406,6 +408,7 @@ async fn malformed_frame_means_reconnect() {
     conn.send(Frame::Welcome {
         session: 1,
         heartbeat_ms: 1000,
+        nodes: vec![],
     })
     .await;
     assert!(matches!(conn.next().await, Frame::Announce { .. }));
@@ -450,6 +453,7 @@ async fn refused_worker_backs_off() {
         .send(Frame::Welcome {
             session: 3,
             heartbeat_ms: 1000,
+            nodes: vec![],
         })
         .await;
     assert!(matches!(conn2.next().await, Frame::Announce { .. }));

@@ -39,6 +39,7 @@ impl Peer {
         self.send(Frame::Welcome {
             session: 7,
             heartbeat_ms,
+            nodes: vec![],
         })
         .await;
     }

@@ -87,6 +87,7 @@ fn handshake_and_worker_frames() -> Vec<Frame> {
         Frame::Welcome {
             session: 9,
             heartbeat_ms: 1000,
+            nodes: vec![],
         },
         Frame::Refused {
             kind: ErrorKind::Forbidden,

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 /// The `triggerfs` binary under test: `$TRIGGERFS_BIN`, else the one cargo built beside
 /// this test executable (`target/<profile>/triggerfs`).
 pub fn bin() -> PathBuf {

@@ -16,7 +16,7 @@ use tests::*;
 
 /// Reads an event stream until a `config` event whose data contains `needle`; how long it
 /// took. Fails after `within`.
-async fn config_event_naming(
+pub(crate) async fn config_event_naming(
     events: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
     needle: &str,
     within: Duration,

@@ -17,9 +17,10 @@
 //!
 //! Names start with `tfn`, then the test process's pid (5 base-36 digits) and a counter of
 //! its own (2 digits): interface names stay within the kernel's 15 bytes, and [`Net::new`]
-//! removes what a dead test process left (its namespaces, their processes, its links) before
-//! it makes its own. `S` is a slot claimed across test processes by a lock on a file, like
-//! [`crate::free_port`]'s ports, so that concurrent tests never share a subnet.
+//! removes what a dead test process left (its namespaces, their processes, its links, its
+//! PostgreSQL databases) before it makes its own. `S` is a slot claimed across test processes
+//! by a lock on a file, like [`crate::free_port`]'s ports, so that concurrent tests never
+//! share a subnet.
 //!
 //! Dropping the [`Net`] (also when the test panics) kills every process in its namespaces,
 //! deletes the namespaces, veths and bridges, stops the proxy and drops the databases.
@@ -242,6 +243,33 @@ fn sweep_leftovers() {
     }
 }
 
+/// Drops the PostgreSQL databases ([`PgDb`]'s `tfs_e2e_<pid>_<nanos>`) whose test process is
+/// gone (killed before its drops ran).
+fn sweep_databases() {
+    let Ok(out) = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-Atc"])
+        .arg("SELECT datname FROM pg_database WHERE datname LIKE 'tfs_e2e_%'")
+        .output()
+    else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let pid = name
+            .strip_prefix("tfs_e2e_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        let safe = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if safe && !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("netns: dropping database {name}, left by a dead test");
+            let _ = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .output();
+        }
+    }
+}
+
 /// Claims a subnet slot no other test process holds and no interface of the machine uses.
 fn claim_slot() -> Result<(u8, std::fs::File)> {
     let dir = std::env::temp_dir().join("triggerfs-test-netns");
@@ -285,6 +313,7 @@ impl Net {
         );
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         sweep_leftovers();
+        sweep_databases();
         let (slot, claim) = claim_slot()?;
         let prefix = format!(
             "{PREFIX}{}{}",

@@ -246,8 +246,11 @@ fn sweep_leftovers() {
 /// Drops the PostgreSQL databases ([`PgDb`]'s `tfs_e2e_<pid>_<nanos>`) whose test process is
 /// gone (killed before its drops ran).
 fn sweep_databases() {
+    // As the harness's `psql` connects: the server on 127.0.0.1, as `postgres`.
+    const SERVER: [&str; 6] = ["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"];
     let Ok(out) = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-Atc"])
+        .args(SERVER)
+        .arg("-Atc")
         .arg("SELECT datname FROM pg_database WHERE datname LIKE 'tfs_e2e_%'")
         .output()
     else {
@@ -263,7 +266,8 @@ fn sweep_databases() {
         if safe && !Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("netns: dropping database {name}, left by a dead test");
             let _ = Command::new("psql")
-                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+                .args(SERVER)
+                .arg("-qc")
                 .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .output();
         }
@@ -377,7 +381,15 @@ impl Net {
             ])?;
             ip(&["link", "set", &link, "master", &self.bridge(network), "up"])?;
             let addr = Ipv4Addr::new(10, network.octet(), self.slot, FIRST_HOST + n as u8);
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", inside])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                inside,
+            ])?;
             ip(&["-n", &ns, "link", "set", inside, "up"])?;
             match network {
                 Network::Control => {
@@ -471,7 +483,9 @@ impl Net {
         let mut args = vec![
             "control",
             "--data",
-            data.path().to_str().context("a UTF-8 temporary directory")?,
+            data.path()
+                .to_str()
+                .context("a UTF-8 temporary directory")?,
             "--api-listen",
             &listen,
             "--broker",

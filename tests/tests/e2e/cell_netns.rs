@@ -270,7 +270,9 @@ async fn a_killed_replica_leaves_the_cell_serving() -> Result<()> {
     // Dave, mid-request at every node, removed through B: cut at all three within 2 s.
     let mut longs = Vec::new();
     for c in &daves {
-        longs.push(tokio::spawn(ends(c.request(spec("svc", "sleep 30")).await?)));
+        longs.push(tokio::spawn(ends(
+            c.request(spec("svc", "sleep 30")).await?,
+        )));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     cell.api_b
@@ -290,7 +292,10 @@ async fn a_killed_replica_leaves_the_cell_serving() -> Result<()> {
         assert_eq!(error, Some(ErrorKind::Revoked), "node {}", i + 1);
         assert!(after < Duration::from_secs(2), "node {}: {after:?}", i + 1);
     }
-    println!("a_killed_replica_leaves_the_cell_serving: {:?}", started.elapsed());
+    println!(
+        "a_killed_replica_leaves_the_cell_serving: {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -326,13 +331,19 @@ async fn a_partitioned_node_fails_closed_and_serves_again_on_heal() -> Result<()
     let closed = cut.elapsed();
     println!("node 1 closed its client {closed:?} after the cut (--max-staleness 3s)");
     // Its last contact was up to one probe (a quarter of the limit) before the cut.
-    assert!(closed >= STALENESS - STALENESS / 4, "closed after {closed:?}");
+    assert!(
+        closed >= STALENESS - STALENESS / 4,
+        "closed after {closed:?}"
+    );
     // Refused with `Stale`, and still so while the link stays down.
     for _ in 0..2 {
         match connect_jwt(&node1, &jwt).await {
             Err(client::ClientError::Refused { kind, reason }) => {
                 assert_eq!(kind, ErrorKind::Stale, "{reason}");
-                println!("node 1 refuses a new client {:?} after the cut: {reason}", cut.elapsed());
+                println!(
+                    "node 1 refuses a new client {:?} after the cut: {reason}",
+                    cut.elapsed()
+                );
             }
             Err(e) => bail!("unexpected error from a stale node: {e}"),
             Ok(_) => bail!("a stale node let a client in"),
@@ -347,14 +358,23 @@ async fn a_partitioned_node_fails_closed_and_serves_again_on_heal() -> Result<()
 
     cell.net.heal(&cell.nodes[0].host, Network::Control)?;
     let healed = Instant::now();
-    println!("node 1's control-side link up ({:?} after the cut)", cut.elapsed());
+    println!(
+        "node 1's control-side link up ({:?} after the cut)",
+        cut.elapsed()
+    );
     wait_until(Duration::from_secs(30), "node 1 serving again", || async {
         connect_jwt(&node1, &jwt).await.is_ok()
     })
     .await?;
-    println!("node 1 lets clients in {:?} after the heal", healed.elapsed());
+    println!(
+        "node 1 lets clients in {:?} after the heal",
+        healed.elapsed()
+    );
     wait_serving(&cell, 0, &jwt, Duration::from_secs(30)).await?;
-    println!("node 1 answers from w1 {:?} after the heal", healed.elapsed());
+    println!(
+        "node 1 answers from w1 {:?} after the heal",
+        healed.elapsed()
+    );
     println!(
         "a_partitioned_node_fails_closed_and_serves_again_on_heal: {:?}",
         started.elapsed()
@@ -425,7 +445,10 @@ async fn lockout_counts_alike_across_replicas() -> Result<()> {
     let (_, admin, secret) = a.admin.clone();
     Api::login(&a.url, &team, &admin, &secret).await?;
     Api::login(&b.url, &team, &admin, &secret).await?;
-    println!("lockout_counts_alike_across_replicas: {:?}", started.elapsed());
+    println!(
+        "lockout_counts_alike_across_replicas: {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
@@ -528,10 +551,16 @@ async fn workers_on_all_nodes(
 }
 
 /// Waits until every worker of `fleet` is on all `live` nodes; when that was.
-async fn wait_all_nodes(cell: &Cell, fleet: &Fleet, live: u64, within: Duration) -> Result<Instant> {
+async fn wait_all_nodes(
+    cell: &Cell,
+    fleet: &Fleet,
+    live: u64,
+    within: Duration,
+) -> Result<Instant> {
     let deadline = Instant::now() + within;
     loop {
-        let (on_all, first_not) = workers_on_all_nodes(&cell.api_b, &fleet.identities, live).await?;
+        let (on_all, first_not) =
+            workers_on_all_nodes(&cell.api_b, &fleet.identities, live).await?;
         if on_all == fleet.identities.len() {
             return Ok(Instant::now());
         }
@@ -650,7 +679,9 @@ type Log = Arc<Mutex<Vec<(Instant, Instant, Ended)>>>;
 fn percentile(values: &mut [Duration], p: f64) -> Option<Duration> {
     values.sort_unstable();
     let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
-    values.get(rank.saturating_sub(1).min(values.len().saturating_sub(1))).copied()
+    values
+        .get(rank.saturating_sub(1).min(values.len().saturating_sub(1)))
+        .copied()
 }
 
 /// (A2) A node killed (-9) under load: 20 clients sending 200 requests a second in all to a
@@ -802,7 +833,10 @@ async fn a_node_killed_under_load_loses_no_request_silently() -> Result<()> {
     let p99 = percentile(&mut reconnects, 99.0);
     println!("{clients_lost} clients lost their node; reconnect (kill → next answer) p99 {p99:?}, all {reconnects:?}");
     assert_eq!(hung, 0, "requests that hung");
-    assert!(not_sent.is_empty(), "requests the client could not send: {not_sent:?}");
+    assert!(
+        not_sent.is_empty(),
+        "requests the client could not send: {not_sent:?}"
+    );
     assert!(answered > total / 2, "{answered} of {total} answered");
     let fanouts = fanouts.lock().unwrap();
     println!(
@@ -812,10 +846,21 @@ async fn a_node_killed_under_load_loses_no_request_silently() -> Result<()> {
             .map(|(at, e, ok)| (at.saturating_duration_since(killed), e.clone(), *ok))
             .collect::<Vec<_>>()
     );
-    assert!(fanouts.iter().all(|(_, e, _)| *e != Ended::Hung), "a fan-out hung");
+    assert!(
+        fanouts.iter().all(|(_, e, _)| *e != Ended::Hung),
+        "a fan-out hung"
+    );
     let (_, last, ok) = fanouts.last().context("no fan-out ran")?;
-    assert_eq!((last, *ok), (&Ended::Answered, FLEET), "the last fan-out, after the rejoin");
-    assert!(back - restarted <= Duration::from_secs(5), "{:?}", back - restarted);
+    assert_eq!(
+        (last, *ok),
+        (&Ended::Answered, FLEET),
+        "the last fan-out, after the rejoin"
+    );
+    assert!(
+        back - restarted <= Duration::from_secs(5),
+        "{:?}",
+        back - restarted
+    );
     println!(
         "a_node_killed_under_load_loses_no_request_silently: {:?}",
         started.elapsed()
@@ -920,9 +965,11 @@ async fn log_lines_arrive_once_through_two_kills_of_the_fs_node() -> Result<()> 
         .recv_timeout(Duration::from_secs(30))
         .map_err(|_| anyhow::anyhow!("the fs did not get ready:\n{}", fs.stderr()))?;
     let file = mnt.join("logs/access");
-    wait_until(Duration::from_secs(10), "the trigger in the mount", || async {
-        file.exists()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the trigger in the mount",
+        || async { file.exists() },
+    )
     .await?;
 
     // About 20,000 lines a second, 100 a write(2): the kills fall mid-run.
@@ -930,7 +977,15 @@ async fn log_lines_arrive_once_through_two_kills_of_the_fs_node() -> Result<()> 
     let writer = {
         let (file, progress) = (file.clone(), progress.clone());
         std::thread::spawn(move || {
-            write_lines(&file, "k", 0, LINES, PER_WRITE, Duration::from_millis(5), Some(progress))
+            write_lines(
+                &file,
+                "k",
+                0,
+                LINES,
+                PER_WRITE,
+                Duration::from_millis(5),
+                Some(progress),
+            )
         })
     };
     for (round, at) in [(1, LINES / 4), (2, LINES / 2)] {
@@ -961,9 +1016,13 @@ async fn log_lines_arrive_once_through_two_kills_of_the_fs_node() -> Result<()> 
         "every write(2) returned"
     );
     let wrote = started.elapsed();
-    wait_until(Duration::from_secs(120), "every line at the worker", || async {
-        std::fs::read(&sink).is_ok_and(|b| b.iter().filter(|c| **c == b'\n').count() >= LINES)
-    })
+    wait_until(
+        Duration::from_secs(120),
+        "every line at the worker",
+        || async {
+            std::fs::read(&sink).is_ok_and(|b| b.iter().filter(|c| **c == b'\n').count() >= LINES)
+        },
+    )
     .await
     .with_context(|| format!("the fs said:\n{}", fs.stderr()))?;
     tokio::time::sleep(Duration::from_millis(500)).await;

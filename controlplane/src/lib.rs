@@ -345,12 +345,16 @@ impl ControlPlane {
                     .and_then(|r| r.transpose())
                 {
                     Ok(None | Some(0)) => {}
-                    Ok(Some(n)) => tracing::info!(swept = n, "broker nodes whose lease ran out removed"),
+                    Ok(Some(n)) => {
+                        tracing::info!(swept = n, "broker nodes whose lease ran out removed")
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot sweep the broker nodes"),
                 }
                 match routes::nodes::reach(&cp.shared.db, lease).await {
                     Ok((reached, live)) => cp.shared.metrics.set_reach(&reached, live),
-                    Err(e) => tracing::debug!(error = %e, "cannot count the workers by nodes reached"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot count the workers by nodes reached")
+                    }
                 }
             }
         })

@@ -112,7 +112,10 @@ where
         if got == want {
             return;
         }
-        assert!(Instant::now() < deadline, "{what}: still {got:?}, want {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {got:?}, want {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -120,12 +123,20 @@ where
 async fn heartbeats_list_the_live_nodes(backend: Backend) {
     let h = &start(backend, Duration::from_secs(10)).await;
     let (status, list) = beat(&h, B, "10.0.0.12:5555").await;
-    assert_eq!(status, StatusCode::CREATED, "the first heartbeat registers: {list}");
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the first heartbeat registers: {list}"
+    );
     assert_eq!(list["lease_ms"], 10_000);
     let (status, list) = beat(&h, A, "tls://10.0.0.11:5555").await;
     assert_eq!(status, StatusCode::CREATED, "{list}");
     let (status, list) = beat(&h, B, "10.0.0.12:5555").await;
-    assert_eq!(status, StatusCode::OK, "a heartbeat of a known node: {list}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a heartbeat of a known node: {list}"
+    );
     assert_eq!(
         addresses(&list),
         ["10.0.0.12:5555", "tls://10.0.0.11:5555"],
@@ -176,9 +187,11 @@ async fn a_node_whose_lease_runs_out_leaves_the_list(backend: Backend) {
     assert_eq!(list["lease_ms"], 1500);
     // B heartbeats, A does not: A leaves the list, then the table (swept), and its next
     // heartbeat registers it anew.
-    until("A leaves the list", vec!["b.cell:5555".to_string()], || async move {
-        addresses(&beat(&h, B, "b.cell:5555").await.1)
-    })
+    until(
+        "A leaves the list",
+        vec!["b.cell:5555".to_string()],
+        || async move { addresses(&beat(&h, B, "b.cell:5555").await.1) },
+    )
     .await;
     let (_, brokers) = h.get("/api/v1/brokers", &h.admin_token).await;
     assert_eq!(brokers.as_array().unwrap().len(), 1, "{brokers}");
@@ -191,7 +204,11 @@ async fn a_node_whose_lease_runs_out_leaves_the_list(backend: Backend) {
     })
     .await;
     let (status, list) = beat(&h, A, "a.cell:5555").await;
-    assert_eq!(status, StatusCode::CREATED, "swept, then registered anew: {list}");
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "swept, then registered anew: {list}"
+    );
     assert_eq!(addresses(&list), ["a.cell:5555", "b.cell:5555"]);
 }
 
@@ -219,7 +236,10 @@ async fn links_make_workers_online_and_count_nodes_reached(backend: Backend) {
     report(&h, Some(A), false, &[("w1", false)]).await;
     assert_eq!(worker(&h, "w1").await, ("ONLINE".into(), "1/2".into()));
     report(&h, Some(B), false, &[("w1", false)]).await;
-    assert_eq!(worker(&h, "w1").await, ("DISCONNECTED".into(), "0/2".into()));
+    assert_eq!(
+        worker(&h, "w1").await,
+        ("DISCONNECTED".into(), "0/2".into())
+    );
 
     // The metrics count the workers by nodes reached.
     report(&h, Some(A), false, &[("w1", true)]).await;
@@ -249,8 +269,14 @@ async fn a_full_report_replaces_only_its_own_nodes_links(backend: Backend) {
     assert_eq!(worker(&h, "w3").await, ("ONLINE".into(), "1/2".into()));
     // An empty full report from B: w1 and w3 had no other link.
     report(&h, Some(B), true, &[]).await;
-    assert_eq!(worker(&h, "w1").await, ("DISCONNECTED".into(), "0/2".into()));
-    assert_eq!(worker(&h, "w3").await, ("DISCONNECTED".into(), "0/2".into()));
+    assert_eq!(
+        worker(&h, "w1").await,
+        ("DISCONNECTED".into(), "0/2".into())
+    );
+    assert_eq!(
+        worker(&h, "w3").await,
+        ("DISCONNECTED".into(), "0/2".into())
+    );
     assert_eq!(worker(&h, "w2").await, ("ONLINE".into(), "1/2".into()));
 
     // A broker outside a cell keeps today's rule: its full report speaks for every worker.
@@ -283,10 +309,14 @@ async fn a_node_that_expires_or_leaves_disconnects_the_workers_only_it_linked(ba
     assert_eq!(answer.0, StatusCode::NO_CONTENT);
     assert_eq!(worker(&h, "w3").await.0, "DISCONNECTED");
     // A goes silent, B heartbeats: w1 (only A's) goes, w2 stays through B.
-    until("w1 goes with A's lease", "DISCONNECTED".to_string(), || async move {
-        beat(&h, B, "b.cell:5555").await;
-        worker(&h, "w1").await.0
-    })
+    until(
+        "w1 goes with A's lease",
+        "DISCONNECTED".to_string(),
+        || async move {
+            beat(&h, B, "b.cell:5555").await;
+            worker(&h, "w1").await.0
+        },
+    )
     .await;
     beat(&h, B, "b.cell:5555").await;
     assert_eq!(worker(&h, "w2").await, ("ONLINE".into(), "1/1".into()));
@@ -365,7 +395,11 @@ async fn bad_node_ids_and_addresses_are_refused(backend: Backend) {
             )
             .await;
         assert_error(&answer, 422, "Unprocessable");
-        assert_error(&report(&h, Some(node), false, &[]).await, 422, "Unprocessable");
+        assert_error(
+            &report(&h, Some(node), false, &[]).await,
+            422,
+            "Unprocessable",
+        );
     }
     let long = format!("tls://{}:5555", vec!["a".repeat(63); 5].join("."));
     for advertise in [
@@ -384,7 +418,11 @@ async fn bad_node_ids_and_addresses_are_refused(backend: Backend) {
         assert_error(&answer, 422, "Unprocessable");
     }
     for advertise in ["[::1]:5555", "tls://a-b.cell:65535", "127.0.0.1:1"] {
-        assert_eq!(beat(&h, A, advertise).await.0.as_u16() / 100, 2, "{advertise}");
+        assert_eq!(
+            beat(&h, A, advertise).await.0.as_u16() / 100,
+            2,
+            "{advertise}"
+        );
     }
     // A report of a node that never heartbeated (an empty one asks only whether the control
     // plane is there).
@@ -397,12 +435,11 @@ async fn bad_node_ids_and_addresses_are_refused(backend: Backend) {
 
 async fn node_routes_need_the_broker_token(backend: Backend) {
     let h = &start(backend, Duration::from_secs(10)).await;
-    let body = json!({"advertise": "a.cell:5555", "started_unix_ms": 1, "clients": 0, "workers": 0});
+    let body =
+        json!({"advertise": "a.cell:5555", "started_unix_ms": 1, "clients": 0, "workers": 0});
     let path = format!("/api/v1/broker/nodes/{A}");
     for token in [None, Some(h.admin_token.as_str()), Some("not-the-token")] {
-        let answer = h
-            .call(Method::PUT, &path, token, Some(body.clone()))
-            .await;
+        let answer = h.call(Method::PUT, &path, token, Some(body.clone())).await;
         assert_error(&answer, 401, "Unauthorized");
         let answer = h.call(Method::DELETE, &path, token, None).await;
         assert_error(&answer, 401, "Unauthorized");

@@ -1096,8 +1096,10 @@ async fn config_baseline(
         }
         ("PUT", "/api/v1/broker/nodes/{node}") => {
             param("node", NODE.into());
-            Some(json!({"advertise": "10.0.0.11:5555", "started_unix_ms": 1, "clients": 0,
-                "workers": 0}))
+            Some(
+                json!({"advertise": "10.0.0.11:5555", "started_unix_ms": 1, "clients": 0,
+                "workers": 0}),
+            )
         }
         ("DELETE", "/api/v1/broker/nodes/{node}") => {
             param("node", NODE.into());

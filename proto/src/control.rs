@@ -356,8 +356,7 @@ pub struct NodeList {
 
 /// A node id as the control plane takes it: a UUID in its hyphenated lower-case form
 /// (`uuid::Uuid::to_string`), 36 characters.
-pub const NODE_ID_PATTERN: &str =
-    "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+pub const NODE_ID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
 /// The longest `advertise` a heartbeat may carry: `tls://`, a host name of 253 characters,
 /// `:` and a port of 5 digits.
@@ -419,7 +418,9 @@ pub fn check_advertise(advertise: &str) -> Result<(), String> {
     let host_ok = match host.strip_prefix('[') {
         Some(inner) => inner.strip_suffix(']').is_some_and(|ip| {
             (2..=45).contains(&ip.len())
-                && ip.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+                && ip
+                    .bytes()
+                    .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
         }),
         None => host.split('.').all(label_ok),
     };
@@ -461,11 +462,42 @@ mod tests {
         let longer_label = "a".repeat(64);
         let long_host = vec![long_label.as_str(); 4].join(".");
         let mut cases: Vec<String> = [
-            "10.0.0.11:5555", "tls://10.0.0.11:5555", "h:1", "h:0", "h:65535", "h:65536",
-            "h:99999", "h:05555", "h:", ":5555", "h", "tls://h", "tls://:1", "a-b.c:80",
-            "-a:80", "a-:80", "a..b:80", "a.:80", ".a:80", "a_b:80", "[::1]:5555", "[::1]",
-            "[]:1", "[:]:1", "[g::1]:1", "tls://[fe80::1]:443", "h:1:2", "tls:/h:1", "TLS://h:1",
-            "h :1", "é:1", "h:1\n", "udp://h:1", "h:123456", "h:6553", "h:65529",
+            "10.0.0.11:5555",
+            "tls://10.0.0.11:5555",
+            "h:1",
+            "h:0",
+            "h:65535",
+            "h:65536",
+            "h:99999",
+            "h:05555",
+            "h:",
+            ":5555",
+            "h",
+            "tls://h",
+            "tls://:1",
+            "a-b.c:80",
+            "-a:80",
+            "a-:80",
+            "a..b:80",
+            "a.:80",
+            ".a:80",
+            "a_b:80",
+            "[::1]:5555",
+            "[::1]",
+            "[]:1",
+            "[:]:1",
+            "[g::1]:1",
+            "tls://[fe80::1]:443",
+            "h:1:2",
+            "tls:/h:1",
+            "TLS://h:1",
+            "h :1",
+            "é:1",
+            "h:1\n",
+            "udp://h:1",
+            "h:123456",
+            "h:6553",
+            "h:65529",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -6,6 +6,7 @@ mod e2e {
     pub mod algorithms;
     pub mod api_abuse;
     pub mod bad_input;
+    pub mod cluster_status;
     pub mod console;
     pub mod containment;
     pub mod control;

@@ -4,6 +4,7 @@
 use super::grammar::{help_lines, Args, Kind, Mode, ParseError};
 use super::table::{seed_time, Table};
 use super::Session;
+use api::brokers::BrokerNodeView;
 use api::client::ApiError;
 use api::directories::{CreateDirectory, DirectoryView, UpdateDirectory};
 use api::gateway::{CommandWords, GatewayRequest, ShareText};
@@ -17,7 +18,6 @@ use api::teams::{AddMember, CreateTeam, MemberView, Preset, QuotaRequest, QuotaV
 use api::teams::{Role, UpdateMember};
 use api::triggers::{CreateTrigger, TriggerView, UpdateTrigger};
 use api::users::ChangeSecret;
-use api::brokers::BrokerNodeView;
 use api::workers::{CreateWorker, UpdateWorker, WorkerView, WorkerWithToken};
 use api::Timeout;
 use reqwest::Method;

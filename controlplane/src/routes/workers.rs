@@ -1,6 +1,7 @@
 //! Workers of the caller's team. The token (uuid v4) is shown once, at creation and on
 //! `regenerate`; only its SHA-256 digest is stored.
 
+use super::nodes::live_since;
 use crate::auth::AuthUser;
 use crate::change::change;
 use crate::checks::{check_description, check_name, check_quota, may_modify};
@@ -9,7 +10,6 @@ use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable};
-use super::nodes::live_since;
 use api::workers::{CreateWorker, NodesReached, UpdateWorker, WorkerView, WorkerWithToken};
 use api::{Action, ErrorBody, Object, Role, Visibility};
 use axum::extract::State;

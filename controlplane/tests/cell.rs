@@ -196,11 +196,18 @@ async fn a_node_whose_lease_runs_out_leaves_the_list(backend: Backend) {
     let (_, brokers) = h.get("/api/v1/brokers", &h.admin_token).await;
     assert_eq!(brokers.as_array().unwrap().len(), 1, "{brokers}");
     assert_eq!(brokers[0]["node"], B);
-    until("A is swept", true, || async move {
+    until("the gauge of live nodes", true, || async move {
         beat(&h, B, "b.cell:5555").await;
         let metrics = h.http.get(h.url("/metrics")).send().await.unwrap();
         let text = metrics.text().await.unwrap();
         text.contains("triggerfs_control_broker_nodes_live 1")
+    })
+    .await;
+    // Swept: a report of A's is refused (until its next heartbeat).
+    create_worker(h, "w1").await;
+    until("A is swept", StatusCode::CONFLICT, || async move {
+        beat(&h, B, "b.cell:5555").await;
+        report(&h, Some(A), false, &[("w1", true)]).await.0
     })
     .await;
     let (status, list) = beat(&h, A, "a.cell:5555").await;

@@ -58,6 +58,20 @@ macro_rules! unlink {
     }};
 }
 
+/// `FOR UPDATE` on PostgreSQL (SQLite's transactions hold the whole file's write lock).
+///
+/// A worker's row is locked before its links are read: under READ COMMITTED a statement
+/// that waited for a row lock still reads other tables as of its start, so a node that
+/// unlinked a worker could miss the link another node's report was committing, and set
+/// `DISCONNECTED` a worker that node had just linked. Locked first, the later transaction's
+/// statements see the earlier one's links.
+fn locking(db: &Db) -> &'static str {
+    match db {
+        Db::Postgres(_) => " FOR UPDATE",
+        Db::Sqlite(_) => "",
+    }
+}
+
 fn check_node(node: &str) -> Result<(), ApiError> {
     proto::control::check_node_id(node).map_err(ApiError::Unprocessable)
 }
@@ -172,8 +186,14 @@ pub async fn leave(
     check_node(&node)?;
     let since = live_since(state.settings.node_lease);
     let now = now_ms();
+    let lock = format!(
+        "SELECT id FROM workers WHERE id IN (SELECT worker_id FROM worker_links WHERE node = $1) \
+         ORDER BY id{}",
+        locking(&state.db)
+    );
     let removed = on_db!(&state.db, pool => {
         let mut tx = crate::db::begin(pool).await?;
+        let _: Vec<i64> = sqlx::query_scalar(&lock).bind(&node).fetch_all(&mut *tx).await?;
         sqlx::query(
             "UPDATE workers SET state = $1, last_seen = $2 WHERE state = $3 \
              AND id IN (SELECT worker_id FROM worker_links WHERE node = $4) \
@@ -205,6 +225,15 @@ pub(crate) async fn node_report(
     let since = live_since(state.settings.node_lease);
     let now = now_ms();
     let mut updated = 0;
+    let find = format!(
+        "SELECT w.id FROM workers w JOIN teams t ON t.id = w.team_id \
+         WHERE t.name = $1 AND w.identity = $2{}",
+        match &state.db {
+            Db::Postgres(_) => " FOR UPDATE OF w",
+            Db::Sqlite(_) => "",
+        }
+    );
+    let lock = format!("SELECT id FROM workers WHERE id = $1{}", locking(&state.db));
     on_db!(&state.db, pool => {
         let mut tx = crate::db::begin(pool).await?;
         let known: Option<i64> =
@@ -224,9 +253,7 @@ pub(crate) async fn node_report(
         };
         let mut online = BTreeSet::new();
         for w in &report.workers {
-            let id: Option<i64> = sqlx::query_scalar(
-                "SELECT w.id FROM workers w JOIN teams t ON t.id = w.team_id \
-                 WHERE t.name = $1 AND w.identity = $2")
+            let id: Option<i64> = sqlx::query_scalar(&find)
                 .bind(&w.team).bind(&w.identity).fetch_optional(&mut *tx).await?;
             let Some(id) = id else { continue };
             updated += 1;
@@ -251,6 +278,7 @@ pub(crate) async fn node_report(
         // A full report lists every worker connected to this node: its other links are
         // left from before (a crash, a lost connection). Other nodes' links stay.
         for id in linked.into_iter().filter(|id| !online.contains(id)) {
+            let _: Option<i64> = sqlx::query_scalar(&lock).bind(id).fetch_optional(&mut *tx).await?;
             unlink!(tx, node, id, now, since);
         }
         tx.commit().await?;
@@ -263,8 +291,14 @@ pub(crate) async fn node_report(
 pub(crate) async fn sweep(db: &Db, lease: Duration) -> Result<u64, sqlx::Error> {
     let since = live_since(lease);
     let now = now_ms();
+    let lock = format!(
+        "SELECT id FROM workers WHERE id IN (SELECT l.worker_id FROM worker_links l \
+         JOIN broker_nodes n ON n.node = l.node WHERE n.last_seen < $1) ORDER BY id{}",
+        locking(db)
+    );
     Ok(on_db!(db, pool => {
         let mut tx = crate::db::begin(pool).await?;
+        let _: Vec<i64> = sqlx::query_scalar(&lock).bind(since).fetch_all(&mut *tx).await?;
         sqlx::query(
             "UPDATE workers SET state = $1, last_seen = $2 WHERE state = $3 \
              AND id IN (SELECT l.worker_id FROM worker_links l JOIN broker_nodes n \

@@ -122,16 +122,16 @@ where
 
 async fn heartbeats_list_the_live_nodes(backend: Backend) {
     let h = &start(backend, Duration::from_secs(10)).await;
-    let (status, list) = beat(&h, B, "10.0.0.12:5555").await;
+    let (status, list) = beat(h, B, "10.0.0.12:5555").await;
     assert_eq!(
         status,
         StatusCode::CREATED,
         "the first heartbeat registers: {list}"
     );
     assert_eq!(list["lease_ms"], 10_000);
-    let (status, list) = beat(&h, A, "tls://10.0.0.11:5555").await;
+    let (status, list) = beat(h, A, "tls://10.0.0.11:5555").await;
     assert_eq!(status, StatusCode::CREATED, "{list}");
-    let (status, list) = beat(&h, B, "10.0.0.12:5555").await;
+    let (status, list) = beat(h, B, "10.0.0.12:5555").await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -146,7 +146,7 @@ async fn heartbeats_list_the_live_nodes(backend: Backend) {
 
     // A broker that restarts (a new id, the same address) replaces its earlier run in the
     // list at once; the earlier one stays in the table until its lease runs out.
-    let (status, list) = beat(&h, C, "10.0.0.12:5555").await;
+    let (status, list) = beat(h, C, "10.0.0.12:5555").await;
     assert_eq!(status, StatusCode::CREATED, "{list}");
     assert_eq!(addresses(&list), ["10.0.0.12:5555", "tls://10.0.0.11:5555"]);
 
@@ -175,14 +175,14 @@ async fn heartbeats_list_the_live_nodes(backend: Backend) {
             .await;
         assert_eq!(answer.0, StatusCode::NO_CONTENT, "{}", answer.1);
     }
-    let (_, list) = beat(&h, B, "10.0.0.12:5555").await;
+    let (_, list) = beat(h, B, "10.0.0.12:5555").await;
     assert_eq!(addresses(&list), ["10.0.0.12:5555"]);
 }
 
 async fn a_node_whose_lease_runs_out_leaves_the_list(backend: Backend) {
     let h = &start(backend, Duration::from_millis(1500)).await;
-    assert_eq!(beat(&h, A, "a.cell:5555").await.0, StatusCode::CREATED);
-    let (_, list) = beat(&h, B, "b.cell:5555").await;
+    assert_eq!(beat(h, A, "a.cell:5555").await.0, StatusCode::CREATED);
+    let (_, list) = beat(h, B, "b.cell:5555").await;
     assert_eq!(addresses(&list), ["a.cell:5555", "b.cell:5555"]);
     assert_eq!(list["lease_ms"], 1500);
     // B heartbeats, A does not: A leaves the list, then the table (swept), and its next
@@ -190,14 +190,14 @@ async fn a_node_whose_lease_runs_out_leaves_the_list(backend: Backend) {
     until(
         "A leaves the list",
         vec!["b.cell:5555".to_string()],
-        || async move { addresses(&beat(&h, B, "b.cell:5555").await.1) },
+        || async move { addresses(&beat(h, B, "b.cell:5555").await.1) },
     )
     .await;
     let (_, brokers) = h.get("/api/v1/brokers", &h.admin_token).await;
     assert_eq!(brokers.as_array().unwrap().len(), 1, "{brokers}");
     assert_eq!(brokers[0]["node"], B);
     until("the gauge of live nodes", true, || async move {
-        beat(&h, B, "b.cell:5555").await;
+        beat(h, B, "b.cell:5555").await;
         let metrics = h.http.get(h.url("/metrics")).send().await.unwrap();
         let text = metrics.text().await.unwrap();
         text.contains("triggerfs_control_broker_nodes_live 1")
@@ -206,11 +206,11 @@ async fn a_node_whose_lease_runs_out_leaves_the_list(backend: Backend) {
     // Swept: a report of A's is refused (until its next heartbeat).
     create_worker(h, "w1").await;
     until("A is swept", StatusCode::CONFLICT, || async move {
-        beat(&h, B, "b.cell:5555").await;
-        report(&h, Some(A), false, &[("w1", true)]).await.0
+        beat(h, B, "b.cell:5555").await;
+        report(h, Some(A), false, &[("w1", true)]).await.0
     })
     .await;
-    let (status, list) = beat(&h, A, "a.cell:5555").await;
+    let (status, list) = beat(h, A, "a.cell:5555").await;
     assert_eq!(
         status,
         StatusCode::CREATED,
@@ -221,35 +221,32 @@ async fn a_node_whose_lease_runs_out_leaves_the_list(backend: Backend) {
 
 async fn links_make_workers_online_and_count_nodes_reached(backend: Backend) {
     let h = &start(backend, Duration::from_secs(10)).await;
-    create_worker(&h, "w1").await;
+    create_worker(h, "w1").await;
     assert_eq!(
-        worker(&h, "w1").await,
+        worker(h, "w1").await,
         ("DISCONNECTED".into(), "0/0".into()),
         "no cell"
     );
-    beat(&h, A, "a.cell:5555").await;
-    beat(&h, B, "b.cell:5555").await;
-    let (status, answer) = report(&h, Some(A), false, &[("w1", true), ("ghost", true)]).await;
+    beat(h, A, "a.cell:5555").await;
+    beat(h, B, "b.cell:5555").await;
+    let (status, answer) = report(h, Some(A), false, &[("w1", true), ("ghost", true)]).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["updated"], 1, "ghost is no worker");
-    assert_eq!(worker(&h, "w1").await, ("ONLINE".into(), "1/2".into()));
-    report(&h, Some(B), false, &[("w1", true)]).await;
-    assert_eq!(worker(&h, "w1").await, ("ONLINE".into(), "2/2".into()));
+    assert_eq!(worker(h, "w1").await, ("ONLINE".into(), "1/2".into()));
+    report(h, Some(B), false, &[("w1", true)]).await;
+    assert_eq!(worker(h, "w1").await, ("ONLINE".into(), "2/2".into()));
     let (status, list) = h.get("/api/v1/workers", &h.admin_token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list[0]["nodes"], json!({"reached": 2, "live": 2}));
 
     // One node loses it: still ONLINE through the other; the other loses it too: gone.
-    report(&h, Some(A), false, &[("w1", false)]).await;
-    assert_eq!(worker(&h, "w1").await, ("ONLINE".into(), "1/2".into()));
-    report(&h, Some(B), false, &[("w1", false)]).await;
-    assert_eq!(
-        worker(&h, "w1").await,
-        ("DISCONNECTED".into(), "0/2".into())
-    );
+    report(h, Some(A), false, &[("w1", false)]).await;
+    assert_eq!(worker(h, "w1").await, ("ONLINE".into(), "1/2".into()));
+    report(h, Some(B), false, &[("w1", false)]).await;
+    assert_eq!(worker(h, "w1").await, ("DISCONNECTED".into(), "0/2".into()));
 
     // The metrics count the workers by nodes reached.
-    report(&h, Some(A), false, &[("w1", true)]).await;
+    report(h, Some(A), false, &[("w1", true)]).await;
     until("the gauge", true, || async move {
         let metrics = h.http.get(h.url("/metrics")).send().await.unwrap();
         let text = metrics.text().await.unwrap();
@@ -262,48 +259,42 @@ async fn links_make_workers_online_and_count_nodes_reached(backend: Backend) {
 async fn a_full_report_replaces_only_its_own_nodes_links(backend: Backend) {
     let h = &start(backend, Duration::from_secs(10)).await;
     for w in ["w1", "w2", "w3"] {
-        create_worker(&h, w).await;
+        create_worker(h, w).await;
     }
-    beat(&h, A, "a.cell:5555").await;
-    beat(&h, B, "b.cell:5555").await;
-    report(&h, Some(A), false, &[("w1", true), ("w2", true)]).await;
-    report(&h, Some(B), false, &[("w1", true), ("w3", true)]).await;
+    beat(h, A, "a.cell:5555").await;
+    beat(h, B, "b.cell:5555").await;
+    report(h, Some(A), false, &[("w1", true), ("w2", true)]).await;
+    report(h, Some(B), false, &[("w1", true), ("w3", true)]).await;
     // A restarts its view: it has w2 only. w1 stays through B; w3 was never A's.
-    let (status, answer) = report(&h, Some(A), true, &[("w2", true)]).await;
+    let (status, answer) = report(h, Some(A), true, &[("w2", true)]).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(worker(&h, "w1").await, ("ONLINE".into(), "1/2".into()));
-    assert_eq!(worker(&h, "w2").await, ("ONLINE".into(), "1/2".into()));
-    assert_eq!(worker(&h, "w3").await, ("ONLINE".into(), "1/2".into()));
+    assert_eq!(worker(h, "w1").await, ("ONLINE".into(), "1/2".into()));
+    assert_eq!(worker(h, "w2").await, ("ONLINE".into(), "1/2".into()));
+    assert_eq!(worker(h, "w3").await, ("ONLINE".into(), "1/2".into()));
     // An empty full report from B: w1 and w3 had no other link.
-    report(&h, Some(B), true, &[]).await;
-    assert_eq!(
-        worker(&h, "w1").await,
-        ("DISCONNECTED".into(), "0/2".into())
-    );
-    assert_eq!(
-        worker(&h, "w3").await,
-        ("DISCONNECTED".into(), "0/2".into())
-    );
-    assert_eq!(worker(&h, "w2").await, ("ONLINE".into(), "1/2".into()));
+    report(h, Some(B), true, &[]).await;
+    assert_eq!(worker(h, "w1").await, ("DISCONNECTED".into(), "0/2".into()));
+    assert_eq!(worker(h, "w3").await, ("DISCONNECTED".into(), "0/2".into()));
+    assert_eq!(worker(h, "w2").await, ("ONLINE".into(), "1/2".into()));
 
     // A broker outside a cell keeps today's rule: its full report speaks for every worker.
-    let (status, answer) = report(&h, None, true, &[("w1", true)]).await;
+    let (status, answer) = report(h, None, true, &[("w1", true)]).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(worker(&h, "w1").await.0, "ONLINE");
-    assert_eq!(worker(&h, "w2").await.0, "DISCONNECTED");
+    assert_eq!(worker(h, "w1").await.0, "ONLINE");
+    assert_eq!(worker(h, "w2").await.0, "DISCONNECTED");
 }
 
 async fn a_node_that_expires_or_leaves_disconnects_the_workers_only_it_linked(backend: Backend) {
     let h = &start(backend, Duration::from_millis(1500)).await;
     for w in ["w1", "w2", "w3"] {
-        create_worker(&h, w).await;
+        create_worker(h, w).await;
     }
-    beat(&h, A, "a.cell:5555").await;
-    beat(&h, B, "b.cell:5555").await;
-    beat(&h, C, "c.cell:5555").await;
-    report(&h, Some(A), false, &[("w1", true), ("w2", true)]).await;
-    report(&h, Some(B), false, &[("w2", true)]).await;
-    report(&h, Some(C), false, &[("w3", true)]).await;
+    beat(h, A, "a.cell:5555").await;
+    beat(h, B, "b.cell:5555").await;
+    beat(h, C, "c.cell:5555").await;
+    report(h, Some(A), false, &[("w1", true), ("w2", true)]).await;
+    report(h, Some(B), false, &[("w2", true)]).await;
+    report(h, Some(C), false, &[("w3", true)]).await;
     // C stops and says so: w3 goes at once.
     let answer = h
         .call(
@@ -314,37 +305,37 @@ async fn a_node_that_expires_or_leaves_disconnects_the_workers_only_it_linked(ba
         )
         .await;
     assert_eq!(answer.0, StatusCode::NO_CONTENT);
-    assert_eq!(worker(&h, "w3").await.0, "DISCONNECTED");
+    assert_eq!(worker(h, "w3").await.0, "DISCONNECTED");
     // A goes silent, B heartbeats: w1 (only A's) goes, w2 stays through B.
     until(
         "w1 goes with A's lease",
         "DISCONNECTED".to_string(),
         || async move {
-            beat(&h, B, "b.cell:5555").await;
-            worker(&h, "w1").await.0
+            beat(h, B, "b.cell:5555").await;
+            worker(h, "w1").await.0
         },
     )
     .await;
-    beat(&h, B, "b.cell:5555").await;
-    assert_eq!(worker(&h, "w2").await, ("ONLINE".into(), "1/1".into()));
+    beat(h, B, "b.cell:5555").await;
+    assert_eq!(worker(h, "w2").await, ("ONLINE".into(), "1/1".into()));
     // A report of the swept node is refused until it heartbeats again.
     until("A is swept", StatusCode::CONFLICT, || async move {
-        beat(&h, B, "b.cell:5555").await;
-        report(&h, Some(A), false, &[("w1", true)]).await.0
+        beat(h, B, "b.cell:5555").await;
+        report(h, Some(A), false, &[("w1", true)]).await.0
     })
     .await;
-    assert_eq!(beat(&h, A, "a.cell:5555").await.0, StatusCode::CREATED);
-    let (status, answer) = report(&h, Some(A), true, &[("w1", true)]).await;
+    assert_eq!(beat(h, A, "a.cell:5555").await.0, StatusCode::CREATED);
+    let (status, answer) = report(h, Some(A), true, &[("w1", true)]).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(worker(&h, "w1").await, ("ONLINE".into(), "1/2".into()));
+    assert_eq!(worker(h, "w1").await, ("ONLINE".into(), "1/2".into()));
 }
 
 async fn members_see_their_teams_workers_and_operators_the_totals(backend: Backend) {
     let h = &start(backend, Duration::from_secs(10)).await;
-    create_worker(&h, "w1").await;
-    create_worker(&h, "w2").await;
-    beat(&h, A, "a.cell:5555").await;
-    report(&h, Some(A), false, &[("w1", true), ("w2", true)]).await;
+    create_worker(h, "w1").await;
+    create_worker(h, "w2").await;
+    beat(h, A, "a.cell:5555").await;
+    report(h, Some(A), false, &[("w1", true), ("w2", true)]).await;
 
     let (status, view) = h.get("/api/v1/brokers", &h.admin_token).await;
     assert_eq!(status, StatusCode::OK, "{view}");
@@ -391,7 +382,7 @@ async fn bad_node_ids_and_addresses_are_refused(backend: Backend) {
         "0b5f6c2e8f2a4c1e9d3b2a7e4f1c6d80",
         "0b5f6c2e-8f2a-4c1e-9d3b-2a7e4f1c6d8",
     ] {
-        let answer = beat(&h, node, "a.cell:5555").await;
+        let answer = beat(h, node, "a.cell:5555").await;
         assert_error(&answer, 422, "Unprocessable");
         let answer = h
             .call(
@@ -403,7 +394,7 @@ async fn bad_node_ids_and_addresses_are_refused(backend: Backend) {
             .await;
         assert_error(&answer, 422, "Unprocessable");
         assert_error(
-            &report(&h, Some(node), false, &[]).await,
+            &report(h, Some(node), false, &[]).await,
             422,
             "Unprocessable",
         );
@@ -421,21 +412,21 @@ async fn bad_node_ids_and_addresses_are_refused(backend: Backend) {
         "a.cell:5555/x",
         long.as_str(),
     ] {
-        let answer = beat(&h, A, advertise).await;
+        let answer = beat(h, A, advertise).await;
         assert_error(&answer, 422, "Unprocessable");
     }
     for advertise in ["[::1]:5555", "tls://a-b.cell:65535", "127.0.0.1:1"] {
         assert_eq!(
-            beat(&h, A, advertise).await.0.as_u16() / 100,
+            beat(h, A, advertise).await.0.as_u16() / 100,
             2,
             "{advertise}"
         );
     }
     // A report of a node that never heartbeated (an empty one asks only whether the control
     // plane is there).
-    let answer = report(&h, Some(B), false, &[("w1", true)]).await;
+    let answer = report(h, Some(B), false, &[("w1", true)]).await;
     assert_error(&answer, 409, "Conflict");
-    assert_eq!(report(&h, Some(B), false, &[]).await.0, StatusCode::OK);
+    assert_eq!(report(h, Some(B), false, &[]).await.0, StatusCode::OK);
     let (_, brokers) = h.get("/api/v1/brokers", &h.admin_token).await;
     assert_eq!(brokers.as_array().unwrap().len(), 1, "{brokers}");
 }

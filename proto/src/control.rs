@@ -460,7 +460,7 @@ mod tests {
         let node = regex::Regex::new(NODE_ID_PATTERN).unwrap();
         let long_label = "a".repeat(63);
         let longer_label = "a".repeat(64);
-        let long_host = vec![long_label.as_str(); 4].join(".");
+        let long_host = [long_label.as_str(); 4].join(".");
         let mut cases: Vec<String> = [
             "10.0.0.11:5555",
             "tls://10.0.0.11:5555",

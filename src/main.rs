@@ -11,7 +11,7 @@ mod settings_tests;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use cli::{client_cmd, console, jobs_cmd, schedules_cmd};
+use cli::{client_cmd, cluster_cmd, console, jobs_cmd, schedules_cmd};
 use launch::settings::Settings;
 use launch::{broker, control, mount, plugins_cmd, seed, up, worker};
 use std::ffi::OsString;
@@ -59,6 +59,8 @@ enum Command {
     /// Schedules: requests the control plane runs on a timetable (`list`, `create`, `run`,
     /// `pause`, `resume`, ...).
     Schedules(schedules_cmd::SchedulesArgs),
+    /// The cell of brokers (`status`: its live nodes, last seen, connections, workers).
+    Cluster(cluster_cmd::ClusterArgs),
     /// Mount the team's trigger files (FUSE): every write to one is a request.
     Fs(mount::FsArgs),
     /// The management console (set, show, delete, request, file); `-c "show workers"` runs
@@ -189,6 +191,7 @@ fn run(cli: Cli, settings: &Settings) -> Result<i32> {
         Command::Client(args) => client_cmd::main(args),
         Command::Jobs(args) => jobs_cmd::main(args),
         Command::Schedules(args) => schedules_cmd::main(args),
+        Command::Cluster(args) => cluster_cmd::main(args),
         Command::Cli(args) => console::run(args, cli.config),
         // The bench's children are started from this (the main) thread, and die with it.
         #[cfg(feature = "bench")]

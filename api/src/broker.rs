@@ -2,8 +2,8 @@
 //! and worker state flowing back. The types both sides share are `proto::control`'s.
 
 pub use proto::control::{
-    BrokerReport, BrokerSnapshot, MemberEntry, ServiceEntry, WorkerEntry, WorkerStateReport,
-    MAX_ANNOUNCED,
+    BrokerReport, BrokerSnapshot, MemberEntry, NodeEntry, NodeHeartbeat, NodeList, ServiceEntry,
+    WorkerEntry, WorkerStateReport, MAX_ANNOUNCED,
 };
 pub use proto::job::{JobBatch, JobRecord, JobWorker};
 use serde::{Deserialize, Serialize};

@@ -12,6 +12,7 @@
 pub mod client;
 
 pub mod broker;
+pub mod brokers;
 pub mod directories;
 pub mod errors;
 pub mod events;

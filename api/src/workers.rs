@@ -34,6 +34,30 @@ pub struct WorkerView {
     pub created: String,
     /// RFC 3339.
     pub updated: String,
+    /// In a cell of brokers: how many of the live broker nodes it is connected to.
+    pub nodes: NodesReached,
+}
+
+/// How many of a cell's live broker nodes a worker is connected to (both 0 outside a cell:
+/// no node registered).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodesReached {
+    /// Live nodes that report it connected.
+    pub reached: u32,
+    /// Live nodes of the cell.
+    pub live: u32,
+}
+
+impl std::fmt::Display for NodesReached {
+    /// `reached/live`, or `-` outside a cell.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.live == 0 {
+            f.write_str("-")
+        } else {
+            write!(f, "{}/{}", self.reached, self.live)
+        }
+    }
 }
 
 /// A worker with its token: only in the answers of create and regenerate.

@@ -42,8 +42,8 @@ pub use error::{ApiError, ControlError};
 pub use routes::ROUTES;
 pub use settings::{
     default_max_connections, ControlSettings, LoginLimits, DEFAULT_JOB_RETENTION,
-    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_UNAUTHENTICATED, HTTP_BODY_MIN_RATE,
-    JOB_PRUNE_EVERY,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_NODE_LEASE,
+    HTTP_BODY_MIN_RATE, JOB_PRUNE_EVERY,
 };
 
 use axum::response::IntoResponse;
@@ -214,6 +214,7 @@ impl ControlPlane {
         let router = self.router();
         let shared = self.shared.clone();
         let pruner = self.spawn_pruner();
+        let sweeper = self.spawn_sweeper();
         let others =
             replicas::spawn_listener(&shared.db, shared.replica.clone(), shared.events.clone());
         let scheduler = scheduler::spawn(self.shared.clone());
@@ -280,6 +281,7 @@ impl ControlPlane {
         }
         drop(listener);
         pruner.abort();
+        sweeper.abort();
         others.inspect(tokio::task::JoinHandle::abort);
         scheduler.abort();
         // Event streams never end on their own: give the others a bounded time.
@@ -309,6 +311,50 @@ impl ControlPlane {
                     Ok(None | Some(0)) => {}
                     Ok(Some(n)) => tracing::info!(deleted = n, "jobs past their retention deleted"),
                     Err(e) => tracing::warn!(error = %e, "cannot delete old jobs"),
+                }
+            }
+        })
+    }
+}
+
+impl ControlPlane {
+    /// Removes the broker nodes whose lease ran out now (their workers linked by no other
+    /// live node become `DISCONNECTED`); returns how many. [`ControlPlane::serve`] does this
+    /// every fifth of the lease.
+    pub async fn sweep_nodes(&self) -> Result<u64, ControlError> {
+        let s = &self.shared;
+        Ok(routes::nodes::sweep(&s.db, s.settings.node_lease).await?)
+    }
+
+    /// Every fifth of the node lease (at least every 100 ms): sweeps the broker nodes whose
+    /// lease ran out (one replica a round), and sets this replica's gauges of workers by
+    /// nodes reached; until aborted.
+    fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let cp = self.clone();
+        tokio::spawn(async move {
+            let lease = cp.shared.settings.node_lease;
+            let every = (lease / 5).max(Duration::from_millis(100));
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let round = once::once(&cp.shared.db, once::Work::SweepNodes, cp.sweep_nodes());
+                match round
+                    .await
+                    .map_err(ControlError::from)
+                    .and_then(|r| r.transpose())
+                {
+                    Ok(None | Some(0)) => {}
+                    Ok(Some(n)) => {
+                        tracing::info!(swept = n, "broker nodes whose lease ran out removed")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot sweep the broker nodes"),
+                }
+                match routes::nodes::reach(&cp.shared.db, lease).await {
+                    Ok((reached, live)) => cp.shared.metrics.set_reach(&reached, live),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot count the workers by nodes reached")
+                    }
                 }
             }
         })

@@ -1,12 +1,14 @@
 //! Prometheus metrics of the API: requests by method, matched route and status, and their
-//! duration; the schedules' runs by outcome, their lateness, and the due runs skipped. One registry per control plane (not the global one), so several can run in one
+//! duration; the schedules' runs by outcome, their lateness, and the due runs skipped; in a
+//! cell, the live broker nodes and the workers by how many of them they reach. One registry per control plane (not the global one), so several can run in one
 //! process (tests).
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +26,10 @@ pub struct Metrics {
     /// `missed` (no control plane could start it, and no catch-up), `paused` (its owner
     /// lost access).
     pub(crate) schedule_skipped: IntCounterVec,
+    /// Workers by how many live broker nodes they are connected to (`reached`), every team's.
+    workers_by_nodes: IntGaugeVec,
+    /// Live broker nodes of the cell.
+    live_nodes: IntGauge,
 }
 
 /// A counter by `label`, registered in `registry`.
@@ -78,7 +84,28 @@ impl Metrics {
         registry
             .register(Box::new(lateness.clone()))
             .expect("metric registered once");
+        let workers_by_nodes = IntGaugeVec::new(
+            Opts::new(
+                "triggerfs_control_workers_by_nodes_reached",
+                "Workers by how many live broker nodes of the cell they are connected to",
+            ),
+            &["reached"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(workers_by_nodes.clone()))
+            .expect("metric registered once");
+        let live_nodes = IntGauge::new(
+            "triggerfs_control_broker_nodes_live",
+            "Broker nodes of the cell seen within the lease",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(live_nodes.clone()))
+            .expect("metric registered once");
         Metrics {
+            workers_by_nodes,
+            live_nodes,
             schedule_runs: counter(
                 &registry,
                 "triggerfs_control_schedule_runs_total",
@@ -96,6 +123,18 @@ impl Metrics {
             requests,
             duration,
         }
+    }
+
+    /// Sets the cell's gauges: workers by nodes reached (`(reached, workers)` pairs; the
+    /// counts not listed are gone), and the live nodes.
+    pub(crate) fn set_reach(&self, reached: &[(i64, i64)], live: i64) {
+        self.workers_by_nodes.reset();
+        for (n, workers) in reached {
+            self.workers_by_nodes
+                .with_label_values(&[&n.to_string()])
+                .set(*workers);
+        }
+        self.live_nodes.set(live);
     }
 
     /// The Prometheus text exposition.

@@ -1,6 +1,6 @@
 //! Periodic work that runs once across replicas: several control planes on one PostgreSQL
 //! database each try a session advisory lock before a round of the work, and only the one
-//! that gets it does the round (the scheduler's, the job history's pruning). SQLite has one
+//! that gets it does the round (the scheduler's, the job history's pruning, the sweep of broker nodes). SQLite has one
 //! process per file: there the round always runs.
 
 use crate::db::Db;
@@ -15,6 +15,8 @@ pub(crate) enum Work {
     Schedules = 0x7466_7300_0001,
     /// Deleting the jobs past their retention.
     PruneJobs = 0x7466_7300_0002,
+    /// Sweeping the broker nodes whose lease ran out.
+    SweepNodes = 0x7466_7300_0003,
 }
 
 /// Runs `round` if no other process is running a round of `work` on the same database;

@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "triggerFS control plane", description = "Teams, users, workers, services, directories, triggers, quotas; the broker's feed; the HTTP gateway."),
     modifiers(&Security),
-    components(schemas(api::ErrorBody, TriggerId, JobId, api::broker::JobWorker))
+    components(schemas(api::ErrorBody, TriggerId, JobId, proto::openapi::NodeId, api::broker::JobWorker))
 )]
 pub struct ApiDoc;
 

@@ -44,7 +44,13 @@ pub struct ControlSettings {
     pub job_retention: Duration,
     /// HTTPS (`--tls-cert`, `--tls-key`); `None`: plain HTTP.
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// How long a broker node of a cell stays in the list without a heartbeat; past it, it is
+    /// swept with its links to workers (checked every fifth of it while serving).
+    pub node_lease: Duration,
 }
+
+/// A broker node's lease when nothing says: 10 s (a node heartbeats every fifth of it).
+pub const DEFAULT_NODE_LEASE: Duration = Duration::from_secs(10);
 
 /// The slowest a large request body may arrive: its deadline is
 /// [`ControlSettings::http_body_timeout`] plus one second per this many bytes (64 KiB/s: the
@@ -108,7 +114,7 @@ impl Default for LoginLimits {
 
 impl ControlSettings {
     /// Defaults: SQLite in `data_dir`, 12 h tokens, 1 MiB bodies, no gateway, 30 s HTTP
-    /// header timeout, 10 s body timeout, [`default_max_connections`] connections,
+    /// header timeout, 10 s body timeout, a 10 s node lease, [`default_max_connections`] connections,
     /// [`DEFAULT_MAX_CONNECTIONS_PER_ADDRESS`] per address, [`DEFAULT_MAX_UNAUTHENTICATED`]
     /// requests without credentials, default login limits.
     pub fn new(data_dir: impl Into<PathBuf>) -> ControlSettings {
@@ -128,6 +134,7 @@ impl ControlSettings {
             login_limits: LoginLimits::default(),
             job_retention: DEFAULT_JOB_RETENTION,
             tls: None,
+            node_lease: DEFAULT_NODE_LEASE,
         }
     }
 }

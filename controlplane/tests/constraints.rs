@@ -91,7 +91,16 @@ const POOL: &[&str] = &[
     "-1s",
     "1.5s",
     "soon",
+    "0b5f6c2e-8f2a-4c1e-9d3b-2a7e4f1c6d80",
+    "0B5F6C2E-8F2A-4C1E-9D3B-2A7E4F1C6D80",
+    "10.0.0.11:5555",
+    "tls://node-1.cell:5555",
+    "[::1]:5555",
+    "h:65536",
 ];
+
+/// A broker node's id (the node routes' path parameter).
+const NODE: &str = "0b5f6c2e-8f2a-4c1e-9d3b-2a7e4f1c6d80";
 
 /// The operation under test.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -1085,6 +1094,17 @@ async fn config_baseline(
             param("id", w.trigger().await.to_string());
             Some(json!({}))
         }
+        ("PUT", "/api/v1/broker/nodes/{node}") => {
+            param("node", NODE.into());
+            Some(
+                json!({"advertise": "10.0.0.11:5555", "started_unix_ms": 1, "clients": 0,
+                "workers": 0}),
+            )
+        }
+        ("DELETE", "/api/v1/broker/nodes/{node}") => {
+            param("node", NODE.into());
+            None
+        }
         ("POST", "/api/v1/broker/report") => Some(json!({"workers": [
             {"team": w.team, "identity": "w", "state": "ONLINE", "at_unix_ms": 1}
         ]})),
@@ -1325,9 +1345,20 @@ async fn prepare_config(
             }
             w.ensure_service(&field("service")).await;
         }
-        ("POST", "/api/v1/broker/report") | ("POST", "/api/v1/broker/jobs") => {
-            return Some(Who::Broker)
+        ("POST", "/api/v1/broker/report") => {
+            // A report of a node: the node is in the cell.
+            if let Some(node) = field("node").as_str() {
+                let body = json!({"advertise": "10.0.0.11:5555", "started_unix_ms": 1,
+                    "clients": 0, "workers": 0});
+                let url = format!("/api/v1/broker/nodes/{}", encode(node));
+                let token = w.h.broker_token();
+                w.call(Method::PUT, &url, &token, Some(body)).await;
+            }
+            return Some(Who::Broker);
         }
+        ("POST", "/api/v1/broker/jobs")
+        | ("PUT", "/api/v1/broker/nodes/{node}")
+        | ("DELETE", "/api/v1/broker/nodes/{node}") => return Some(Who::Broker),
         _ => {}
     }
     None

@@ -46,6 +46,19 @@ pub struct ApiArgs {
     /// How long the job history keeps a request (e.g. `7d`, `12h`); older ones are deleted.
     #[arg(long, env = "TRIGGERFS_JOB_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub job_retention: Duration,
+    /// How long a broker node of a cell stays listed without a heartbeat (it sends one every
+    /// fifth of this); past it, the workers only it connected become DISCONNECTED.
+    #[arg(long, env = "TRIGGERFS_NODE_LEASE", default_value = "10s", value_parser = parse_node_lease)]
+    pub node_lease: Duration,
+}
+
+/// A node lease: at least 500 ms (a node heartbeats every fifth of it), at most a day.
+fn parse_node_lease(text: &str) -> Result<Duration, String> {
+    let lease = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if lease < Duration::from_millis(500) || lease > Duration::from_secs(24 * 3600) {
+        return Err("a node lease is from 500ms to 24h".into());
+    }
+    Ok(lease)
 }
 
 /// Flags of `triggerfs control`.
@@ -128,6 +141,7 @@ pub async fn start_control(
     settings.max_connections_per_address = api.http_max_connections_per_address;
     settings.max_unauthenticated = api.http_max_unauthenticated;
     settings.job_retention = api.job_retention;
+    settings.node_lease = api.node_lease;
     settings.tls = opts.tls.clone();
     if let Some(n) = api.http_max_connections {
         settings.max_connections = n;

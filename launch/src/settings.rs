@@ -194,7 +194,7 @@ impl Settings {
     /// takes a flag before its variable, the variable before the file, the file before the
     /// built-in default. (A worker's team and token come from [`Settings::worker_login`].)
     pub fn under_flags(&self, cli: clap::Command) -> clap::Command {
-        const LOGIN: &[&str] = &["client", "jobs", "schedules", "cli", "fs"];
+        const LOGIN: &[&str] = &["client", "jobs", "schedules", "cluster", "cli", "fs"];
         const BROKER: &[&str] = &["client", "cli", "fs", "worker"];
         let text = |value: &Option<String>| value.as_ref().map(OsString::from);
         let path = |value: &Option<PathBuf>| value.as_ref().map(OsString::from);

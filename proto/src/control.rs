@@ -308,6 +308,7 @@ pub struct BrokerReport {
     /// speaks for that node's connections only, and a worker is `ONLINE` while any live node
     /// reports it connected. `None` for a broker outside a cell (no `--advertise`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::NodeId>))]
     pub node: Option<String>,
 }
 
@@ -317,14 +318,18 @@ pub struct BrokerReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeHeartbeat {
-    /// The address peers connect to (`host:port`, or `tls://host:port`): `--advertise`.
+    /// The address peers connect to (`host:port`, or `tls://host:port`): `--advertise`
+    /// ([`check_advertise`]).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Advertise))]
     pub advertise: String,
     /// When this broker run started (milliseconds since the Unix epoch).
     #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::UnixMs))]
     pub started_unix_ms: u64,
     /// Client connections open now.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Count))]
     pub clients: u32,
     /// Worker connections open now.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Count))]
     pub workers: u32,
 }
 
@@ -349,6 +354,83 @@ pub struct NodeList {
     pub lease_ms: u64,
 }
 
+/// A node id as the control plane takes it: a UUID in its hyphenated lower-case form
+/// (`uuid::Uuid::to_string`), 36 characters.
+pub const NODE_ID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+
+/// The longest `advertise` a heartbeat may carry: `tls://`, a host name of 253 characters,
+/// `:` and a port of 5 digits.
+pub const MAX_ADVERTISE: usize = 265;
+
+/// What [`check_advertise`] accepts (all but the length, [`MAX_ADVERTISE`]): `host:port` or
+/// `tls://host:port`, the host DNS labels (1 to 63 letters, digits or `-`, neither first nor
+/// last) separated by `.`, or an IPv6 address in brackets; the port 1 to 65535.
+pub const ADVERTISE_PATTERN: &str = concat!(
+    "^(tls://)?",
+    "([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+    "|\\[[0-9A-Fa-f:.]{2,45}\\])",
+    ":([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$",
+);
+
+/// Why a text is not a node id ([`NODE_ID_PATTERN`]), if it is not.
+pub fn check_node_id(node: &str) -> Result<(), String> {
+    let b = node.as_bytes();
+    let ok = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err("a node id is a UUID in lower-case hyphenated form (36 characters)".into())
+    }
+}
+
+/// Why a text is not an address a node may advertise ([`ADVERTISE_PATTERN`],
+/// [`MAX_ADVERTISE`]), if it is not.
+pub fn check_advertise(advertise: &str) -> Result<(), String> {
+    let refuse = || {
+        Err(format!(
+            "advertise is `host:port` or `tls://host:port` (a DNS name or a bracketed IPv6 \
+             address, a port from 1 to 65535), at most {MAX_ADVERTISE} characters"
+        ))
+    };
+    if advertise.chars().count() > MAX_ADVERTISE {
+        return refuse();
+    }
+    let rest = advertise.strip_prefix("tls://").unwrap_or(advertise);
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return refuse();
+    };
+    let port_ok = !port.is_empty()
+        && port.len() <= 5
+        && !port.starts_with('0')
+        && port.bytes().all(|c| c.is_ascii_digit())
+        && port.parse::<u32>().is_ok_and(|p| p <= 65535);
+    let label_ok = |label: &str| {
+        let b = label.as_bytes();
+        (1..=63).contains(&b.len())
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    };
+    let host_ok = match host.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']').is_some_and(|ip| {
+            (2..=45).contains(&ip.len())
+                && ip
+                    .bytes()
+                    .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+        }),
+        None => host.split('.').all(label_ok),
+    };
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        refuse()
+    }
+}
+
 /// Hex SHA-256 of a worker token: what is stored and compared, never the token.
 ///
 /// Worker tokens are random UUID v4 (122 bits), so a fast hash is enough: unlike a user's
@@ -368,6 +450,85 @@ mod tests {
             token_digest("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    /// Addresses and node ids of every shape near the rules: the patterns accept exactly
+    /// what the checks accept.
+    #[test]
+    fn node_patterns_are_the_checks() {
+        let advertise = regex::Regex::new(ADVERTISE_PATTERN).unwrap();
+        let node = regex::Regex::new(NODE_ID_PATTERN).unwrap();
+        let long_label = "a".repeat(63);
+        let longer_label = "a".repeat(64);
+        let long_host = [long_label.as_str(); 4].join(".");
+        let mut cases: Vec<String> = [
+            "10.0.0.11:5555",
+            "tls://10.0.0.11:5555",
+            "h:1",
+            "h:0",
+            "h:65535",
+            "h:65536",
+            "h:99999",
+            "h:05555",
+            "h:",
+            ":5555",
+            "h",
+            "tls://h",
+            "tls://:1",
+            "a-b.c:80",
+            "-a:80",
+            "a-:80",
+            "a..b:80",
+            "a.:80",
+            ".a:80",
+            "a_b:80",
+            "[::1]:5555",
+            "[::1]",
+            "[]:1",
+            "[:]:1",
+            "[g::1]:1",
+            "tls://[fe80::1]:443",
+            "h:1:2",
+            "tls:/h:1",
+            "TLS://h:1",
+            "h :1",
+            "é:1",
+            "h:1\n",
+            "udp://h:1",
+            "h:123456",
+            "h:6553",
+            "h:65529",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        cases.push(format!("{long_label}:1"));
+        cases.push(format!("{longer_label}:1"));
+        cases.push(format!("tls://{long_host}:65535"));
+        cases.push(format!("tls://{long_host}x:65535"));
+        cases.push(format!("[{}]:1", "1".repeat(45)));
+        cases.push(format!("[{}]:1", "1".repeat(46)));
+        for port in 0..70_000 {
+            cases.push(format!("h:{port}"));
+        }
+        for case in &cases {
+            let by_pattern = advertise.is_match(case) && case.chars().count() <= MAX_ADVERTISE;
+            assert_eq!(by_pattern, check_advertise(case).is_ok(), "{case:?}");
+        }
+        let uuid = "0b5f6c2e-8f2a-4c1e-9d3b-2a7e4f1c6d80";
+        for case in [
+            uuid,
+            "0B5F6C2E-8F2A-4C1E-9D3B-2A7E4F1C6D80",
+            "0b5f6c2e8f2a4c1e9d3b2a7e4f1c6d80",
+            "0b5f6c2e-8f2a-4c1e-9d3b-2a7e4f1c6d8",
+            "0b5f6c2e-8f2a-4c1e-9d3b-2a7e4f1c6d800",
+            "0b5f6c2e-8f2a-4c1e-9d3b_2a7e4f1c6d80",
+            "0b5f6c2g-8f2a-4c1e-9d3b-2a7e4f1c6d80",
+            "",
+        ] {
+            assert_eq!(node.is_match(case), check_node_id(case).is_ok(), "{case:?}");
+        }
+        assert!(check_node_id(uuid).is_ok());
     }
 
     #[test]

@@ -150,3 +150,28 @@ doc_type! {
              are stored as `***`.",
         ))
 }
+
+doc_type! {
+    /// A count of connections, as a broker node's heartbeat carries it.
+    Count => integer("How many.", 0, u32::MAX, KnownFormat::Int64)
+}
+
+doc_type! {
+    /// A broker node's id (`crate::control::check_node_id`).
+    NodeId => string("A broker node's id: a UUID in lower-case hyphenated form.")
+        .min_length(Some(36))
+        .max_length(Some(36))
+        .pattern(Some(crate::control::NODE_ID_PATTERN))
+}
+
+doc_type! {
+    /// The address a broker node advertises (`crate::control::check_advertise`).
+    Advertise => string(
+        "`host:port` or `tls://host:port`: a DNS name (labels of 1 to 63 letters, digits or \
+         `-`, neither first nor last, separated by `.`) or an IPv6 address in brackets, and a \
+         port from 1 to 65535; at most 265 characters.",
+    )
+    .min_length(Some(1))
+    .max_length(Some(crate::control::MAX_ADVERTISE))
+    .pattern(Some(crate::control::ADVERTISE_PATTERN))
+}

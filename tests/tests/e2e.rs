@@ -7,6 +7,7 @@ mod e2e {
     pub mod api_abuse;
     pub mod bad_input;
     pub mod cell_netns;
+    pub mod cluster_status;
     pub mod console;
     pub mod containment;
     pub mod control;

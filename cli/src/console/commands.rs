@@ -4,6 +4,7 @@
 use super::grammar::{help_lines, Args, Kind, Mode, ParseError};
 use super::table::{seed_time, Table};
 use super::Session;
+use api::brokers::BrokerNodeView;
 use api::client::ApiError;
 use api::directories::{CreateDirectory, DirectoryView, UpdateDirectory};
 use api::gateway::{CommandWords, GatewayRequest, ShareText};
@@ -155,6 +156,7 @@ pub fn show_workers(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
         "description",
         "state",
         "last seen",
+        "nodes",
         "visibility",
         "owner",
         "created",
@@ -165,6 +167,7 @@ pub fn show_workers(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
             w.description.clone(),
             w.state.to_string(),
             seed_time(w.last_seen.as_deref().unwrap_or("")),
+            w.nodes.to_string(),
             w.visibility.to_string(),
             w.owner.clone(),
             seed_time(&w.created),
@@ -842,6 +845,15 @@ pub fn file(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
 }
 
 // ---------------------------------------------------------------- schedules
+
+pub fn show_brokers(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
+    let answer: Vec<BrokerNodeView> = s.api.get("/brokers")?;
+    let now = crate::cluster_cmd::unix_ms_now();
+    Ok(Reply::Done(
+        crate::cluster_cmd::status_table(&answer, now),
+        json_of(&answer)?,
+    ))
+}
 
 pub fn show_schedules(s: &mut Session, _: &Args) -> Result<Reply, CliError> {
     let answer: Vec<ScheduleView> = s.api.get("/schedules")?;

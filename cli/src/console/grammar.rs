@@ -379,6 +379,7 @@ pub static ENTRIES: &[Entry] = &[
     Entry { modes: Modes::Both, pattern: "show users", help: "the team's members and their roles", run: cmd::show_users },
     Entry { modes: Modes::Both, pattern: "show teams", help: "the teams you belong to", run: cmd::show_teams },
     Entry { modes: Modes::Both, pattern: "show quota", help: "the team's limits and what it uses", run: cmd::show_quota },
+    Entry { modes: Modes::Both, pattern: "show brokers", help: "the cell's live broker nodes: last seen, connections, the team's workers on each", run: cmd::show_brokers },
     Entry { modes: Modes::Both, pattern: "show schedules", help: "the team's schedules: timetable, next and last run", run: cmd::show_schedules },
     Entry { modes: Modes::Oper, pattern: "run schedule <schedule>", help: "run a schedule once now, as its owner", run: cmd::run_schedule },
     Entry { modes: Modes::Both, pattern: "show invitations", help: "invitations to you, and (admins) the team's pending ones", run: cmd::show_invitations },

@@ -155,17 +155,23 @@ pub async fn snapshot(
     }))
 }
 
-/// Worker state changes from the broker (state and last seen).
+/// Worker state changes from the broker (state and last seen). From a broker node of a cell
+/// (`node`), they link or unlink the worker and that node: a worker is `ONLINE` while a live
+/// node links it, and `full` speaks for that node's links only.
 #[utoipa::path(post, path = "/api/v1/broker/report", tag = "broker", security(("broker_token" = [])),
     request_body = BrokerReport,
     responses((status = 200, body = ReportAnswer),
-        (status = 422, description = "A report lists more than 64 services for a worker, or one that is not a name", body = ErrorBody),
+        (status = 409, description = "A report of a broker node (`node`) that is not in the cell: it never heartbeated, or its lease ran out (the broker heartbeats, then sends the report again)", body = ErrorBody),
+        (status = 422, description = "A report lists more than 64 services for a worker, or one that is not a name; or a `node` that is not a UUID in lower-case hyphenated form", body = ErrorBody),
         (status = "default", body = ErrorBody)))]
 pub async fn report(
     State(state): State<AppState>,
     _broker: BrokerAuth,
     Json(report): Json<BrokerReport>,
 ) -> Result<Json<ReportAnswer>, ApiError> {
+    if let Some(node) = &report.node {
+        proto::control::check_node_id(node).map_err(ApiError::Unprocessable)?;
+    }
     // An empty report is a broker asking whether the control plane is there
     // (`--max-staleness`): answered without touching the store.
     if report.workers.is_empty() && !report.full {
@@ -182,6 +188,10 @@ pub async fn report(
         for s in &w.services {
             check_name("service", s)?;
         }
+    }
+    if let Some(node) = &report.node {
+        let updated = super::nodes::node_report(&state, node, &report).await?;
+        return Ok(Json(ReportAnswer { updated }));
     }
     let mut updated = 0;
     on_db!(&state.db, pool => {

@@ -12,6 +12,7 @@ pub(crate) mod gateway;
 mod invitations;
 mod jobs;
 mod login;
+pub(crate) mod nodes;
 mod quotas;
 mod schedules;
 mod services;
@@ -90,6 +91,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/v1/users/{identity}/secret"),
     ("GET", "/api/v1/broker/snapshot"),
     ("POST", "/api/v1/broker/report"),
+    ("PUT", "/api/v1/broker/nodes/{node}"),
+    ("DELETE", "/api/v1/broker/nodes/{node}"),
+    ("GET", "/api/v1/brokers"),
     ("POST", "/api/v1/broker/jobs"),
     ("GET", "/api/v1/jobs"),
     ("GET", "/api/v1/jobs/{id}"),
@@ -159,6 +163,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(users::change_secret))
         .routes(routes!(broker::snapshot))
         .routes(routes!(broker::report))
+        .routes(routes!(nodes::heartbeat, nodes::leave))
+        .routes(routes!(nodes::list_brokers))
         .routes(routes!(jobs::ingest).layer(DefaultBodyLimit::max(JOBS_MAX_BODY)))
         .routes(routes!(jobs::list_jobs))
         .routes(routes!(jobs::get_job))

@@ -1,6 +1,7 @@
 //! Workers of the caller's team. The token (uuid v4) is shown once, at creation and on
 //! `regenerate`; only its SHA-256 digest is stored.
 
+use super::nodes::live_since;
 use crate::auth::AuthUser;
 use crate::change::change;
 use crate::checks::{check_description, check_name, check_quota, may_modify};
@@ -9,7 +10,7 @@ use crate::error::{ApiError, ResultExt};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
 use crate::stored::{readable, Row, Unreadable};
-use api::workers::{CreateWorker, UpdateWorker, WorkerView, WorkerWithToken};
+use api::workers::{CreateWorker, NodesReached, UpdateWorker, WorkerView, WorkerWithToken};
 use api::{Action, ErrorBody, Object, Role, Visibility};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -29,12 +30,19 @@ struct WorkerRow {
     announced: String,
     created: i64,
     updated: i64,
+    reached: i64,
+    live: i64,
 }
 
 impl WorkerRow {
     fn view(self, team: &str) -> Result<WorkerView, Unreadable> {
         let worker = Row::of("worker", team, &self.identity);
+        let nodes = NodesReached {
+            reached: worker.number(self.reached)?,
+            live: worker.number(self.live)?,
+        };
         Ok(WorkerView {
+            nodes,
             state: worker.text(&self.state)?,
             visibility: worker.text(&self.visibility)?,
             announces: worker.json(&self.announced)?,
@@ -52,7 +60,11 @@ impl WorkerRow {
 const SELECT: &str = "SELECT id, identity, description, state, last_seen, owner, \
     EXISTS (SELECT 1 FROM members m JOIN users u ON u.id = m.user_id \
         WHERE m.team_id = workers.team_id AND u.identity = workers.owner) AS owner_is_member, \
-    visibility, announced, created, updated FROM workers WHERE team_id = $1";
+    visibility, announced, created, updated, \
+    (SELECT COUNT(*) FROM worker_links l JOIN broker_nodes n ON n.node = l.node \
+        WHERE l.worker_id = workers.id AND n.last_seen >= $2) AS reached, \
+    (SELECT COUNT(*) FROM broker_nodes WHERE last_seen >= $2) AS live \
+    FROM workers WHERE team_id = $1";
 
 /// Ad-hoc services never reach another team: a worker is `local` or `team`.
 fn check_visibility(visibility: Option<Visibility>) -> Result<(), ApiError> {
@@ -72,9 +84,11 @@ fn new_token() -> (String, String) {
 }
 
 async fn find(state: &AppState, user: &AuthUser, identity: &str) -> Result<WorkerRow, ApiError> {
-    let sql = format!("{SELECT} AND identity = $2");
+    let sql = format!("{SELECT} AND identity = $3");
+    let since = live_since(state.settings.node_lease);
     let row: Option<WorkerRow> = on_db!(&state.db, pool => {
-        sqlx::query_as(&sql).bind(user.team_id).bind(identity).fetch_optional(pool).await?
+        sqlx::query_as(&sql).bind(user.team_id).bind(since).bind(identity)
+            .fetch_optional(pool).await?
     });
     row.ok_or_else(|| ApiError::NotFound(format!("no worker {identity} in team {}", user.team)))
 }
@@ -87,8 +101,9 @@ pub async fn list_workers(
     user: AuthUser,
 ) -> Result<Json<Vec<WorkerView>>, ApiError> {
     let sql = format!("{SELECT} ORDER BY identity");
+    let since = live_since(state.settings.node_lease);
     let rows: Vec<WorkerRow> = on_db!(&state.db, pool => {
-        sqlx::query_as(&sql).bind(user.team_id).fetch_all(pool).await?
+        sqlx::query_as(&sql).bind(user.team_id).bind(since).fetch_all(pool).await?
     });
     let views = rows.into_iter().map(|row| row.view(&user.team));
     Ok(Json(readable("the list of workers", views)))

@@ -43,7 +43,9 @@ pub(crate) async fn start_server(
     let addr = crate::stack::free_addr()?;
     let port = addr.rsplit(':').next().unwrap_or_default().to_string();
     let mut cmd = crate::proc::command(bin, ["-a", "127.0.0.1", "-p", &port]);
+    // Its log (a banner, then nothing at the default level) is not ours to show.
     cmd.stdout(std::process::Stdio::null());
+    cmd.stderr(std::process::Stdio::null());
     let (mut proc, _) = crate::proc::Spawned::start("nats-server", cmd)?;
     let deadline = tokio::time::Instant::now() + crate::proc::READY_DEADLINE;
     loop {

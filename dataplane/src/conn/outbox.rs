@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,23 +390,6 @@ impl Outbox {
         .await
     }
 
-    /// Waits until something is queued or the outbox is closed, without taking it.
-    async fn queued(&self) {
-        std::future::poll_fn(|cx| {
-            let mut state = self.state.borrow_mut();
-            if !state.buf.is_empty() || state.closed {
-                Poll::Ready(())
-            } else {
-                state.in_flight = 0;
-                state.recount();
-                state.wake_flow();
-                state.writer = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-
     /// Resolves [`CUT_GRACE`] after the outbox is cut.
     async fn cut_grace(&self) {
         std::future::poll_fn(|cx| {
@@ -453,30 +436,13 @@ impl Outbox {
     }
 }
 
-/// A writer whose last write ended less than this before its outbox had frames again is
-/// under load: it lets the tasks already woken queue theirs before it takes the batch.
-const BUSY_WITHIN: Duration = Duration::from_micros(50);
-
 /// Writes what the outbox collects to the socket, one `write` per batch, until the outbox
 /// is closed and drained or the socket fails (or a cut outbox's write does not finish within
 /// [`CUT_GRACE`]). Closes the socket at the end.
-///
-/// Under load (the last write ended within [`BUSY_WITHIN`]), the writer woken by a frame
-/// first yields once: the readers and mesh receivers already woken run before it and queue
-/// their frames for this connection too, so one `send` carries what one pass of the shard's
-/// tasks produced instead of a part of it. A lone frame after a quiet spell goes at once.
 pub(crate) async fn write_loop(stream: SharedStream, outbox: Rc<Outbox>) {
     let mut out = stream.clone();
     let mut batch = BytesMut::new();
-    let mut last_write: Option<Instant> = None;
-    loop {
-        outbox.queued().await;
-        if last_write.is_some_and(|at| at.elapsed() < BUSY_WITHIN) {
-            futures_lite::future::yield_now().await;
-        }
-        if !outbox.take(&mut batch).await {
-            break;
-        }
+    while outbox.take(&mut batch).await {
         // Polled only while the write waits for the socket: no cost on the usual path.
         let cut = async {
             outbox.cut_grace().await;
@@ -495,7 +461,6 @@ pub(crate) async fn write_loop(stream: SharedStream, outbox: Rc<Outbox>) {
             tracing::debug!(error = %e, "write failed; closing connection");
             break;
         }
-        last_write = Some(Instant::now());
         batch.clear();
         if batch.capacity() > KEEP_BUFFER {
             // A burst grew it; an idle connection should not keep the memory.

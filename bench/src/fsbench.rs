@@ -432,9 +432,10 @@ async fn scenario(stack: &Stack, s: Scenario, args: &FsBenchArgs) -> anyhow::Res
     let _ = std::fs::remove_file(&plain);
     // The floor of a write through FUSE: the same writes into a filesystem that does nothing.
     let null = stack.null_mnt.join(name);
-    let null_fuse =
-        tokio::task::spawn_blocking(move || write_all(&null, writers, lines, line_bytes, per_write))
-            .await??;
+    let null_fuse = tokio::task::spawn_blocking(move || {
+        write_all(&null, writers, lines, line_bytes, per_write)
+    })
+    .await??;
 
     settle();
     let trigger = stack.mnt.join("bench").join(name);

@@ -310,13 +310,25 @@ impl Report {
         map.insert("rps_vs_relay".into(), json!(self.ratio("relay", rps)));
         let server = |s: &SystemResult| s.server_cpu_us();
         let total = |s: &SystemResult| s.total_cpu_us();
-        map.insert("server_cpu_vs_nats".into(), json!(self.ratio("nats", server)));
-        map.insert("server_cpu_vs_relay".into(), json!(self.ratio("relay", server)));
+        map.insert(
+            "server_cpu_vs_nats".into(),
+            json!(self.ratio("nats", server)),
+        );
+        map.insert(
+            "server_cpu_vs_relay".into(),
+            json!(self.ratio("relay", server)),
+        );
         map.insert("total_cpu_vs_nats".into(), json!(self.ratio("nats", total)));
         // Latency without the broker's spin (`latency` mode): against NATS, which has no spin.
         let spin0 = "triggerfs-spin0";
-        map.insert("p50_spin0_vs_nats".into(), json!(self.ratio_of(spin0, "nats", p50)));
-        map.insert("p50_spin0_vs_relay".into(), json!(self.ratio_of(spin0, "relay", p50)));
+        map.insert(
+            "p50_spin0_vs_nats".into(),
+            json!(self.ratio_of(spin0, "nats", p50)),
+        );
+        map.insert(
+            "p50_spin0_vs_relay".into(),
+            json!(self.ratio_of(spin0, "relay", p50)),
+        );
         map
     }
 

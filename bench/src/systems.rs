@@ -225,7 +225,9 @@ impl Plan<'_> {
                 addr
             }
             (named, _) => {
-                let addr = named.clone().unwrap_or_else(|| crate::nats::DEFAULT_ADDR.into());
+                let addr = named
+                    .clone()
+                    .unwrap_or_else(|| crate::nats::DEFAULT_ADDR.into());
                 watched.extend(Watched::server(
                     "nats-server",
                     crate::cpu::listener_pid(&addr),

@@ -43,6 +43,16 @@ pub struct SystemResult {
     pub cpu: Option<CpuFigures>,
 }
 
+/// A system's CPU µs per answered request.
+struct CpuPerRequest<'a> {
+    /// By process name.
+    by_process: Vec<(&'a str, f64)>,
+    /// Every process but the load.
+    server: f64,
+    /// Every process.
+    total: f64,
+}
+
 /// What a mirror fan-out round measured, over all rounds.
 #[derive(Debug, Clone)]
 pub struct FanoutFigures {
@@ -178,28 +188,31 @@ impl SystemResult {
     }
 
     /// CPU µs per answered request: every process's, the server side's, and the total.
-    fn cpu_per_request(&self) -> Option<(Vec<(&str, bool, f64)>, f64, f64)> {
+    fn cpu_per_request(&self) -> Option<CpuPerRequest<'_>> {
         let cpu = self.cpu.as_ref()?;
         if self.received == 0 {
             return None;
         }
         let per = |ns: u64| (ns as f64 / self.received as f64 / 1e3 * 100.0).round() / 100.0;
-        let procs = cpu
-            .by_process
-            .iter()
-            .map(|(name, (server, ns))| (name.as_str(), *server, per(*ns)))
-            .collect();
-        Some((procs, per(cpu.server_ns()), per(cpu.total_ns())))
+        Some(CpuPerRequest {
+            by_process: cpu
+                .by_process
+                .iter()
+                .map(|(name, (_, ns))| (name.as_str(), per(*ns)))
+                .collect(),
+            server: per(cpu.server_ns()),
+            total: per(cpu.total_ns()),
+        })
     }
 
     /// The server side's CPU µs per request (broker and workers; server and responders).
     pub fn server_cpu_us(&self) -> Option<f64> {
-        self.cpu_per_request().map(|(_, server, _)| server)
+        self.cpu_per_request().map(|c| c.server)
     }
 
     /// Every process's CPU µs per request, the load process's included.
     pub fn total_cpu_us(&self) -> Option<f64> {
-        self.cpu_per_request().map(|(_, _, total)| total)
+        self.cpu_per_request().map(|c| c.total)
     }
 
     /// Correct answers per second of the measuring window.
@@ -234,16 +247,15 @@ impl SystemResult {
             "received": self.received,
             "errors": self.errors,
         });
-        if let (Some((procs, server, total)), Value::Object(map)) =
-            (self.cpu_per_request(), &mut entry)
-        {
-            let by: Map<String, Value> = procs
+        if let (Some(cpu), Value::Object(map)) = (self.cpu_per_request(), &mut entry) {
+            let by: Map<String, Value> = cpu
+                .by_process
                 .iter()
-                .map(|(name, _, us)| (name.to_string(), json!(us)))
+                .map(|(name, us)| (name.to_string(), json!(us)))
                 .collect();
             map.insert("cpu_us_per_req".into(), Value::Object(by));
-            map.insert("server_cpu_us_per_req".into(), json!(server));
-            map.insert("total_cpu_us_per_req".into(), json!(total));
+            map.insert("server_cpu_us_per_req".into(), json!(cpu.server));
+            map.insert("total_cpu_us_per_req".into(), json!(cpu.total));
             if let Some(cpu) = &self.cpu {
                 map.insert("cpu_unreadable".into(), json!(cpu.unreadable));
             }
@@ -400,16 +412,19 @@ impl Report {
                 writeln!(out, "ratios (triggerfs / baseline): {}", shown.join(", "))?;
             }
             for s in &self.systems {
-                if let Some((procs, server, total)) = s.cpu_per_request() {
-                    let each: Vec<String> = procs
+                if let Some(cpu) = s.cpu_per_request() {
+                    let each: Vec<String> = cpu
+                        .by_process
                         .iter()
-                        .map(|(name, _, us)| format!("{name} {us:.2}"))
+                        .map(|(name, us)| format!("{name} {us:.2}"))
                         .collect();
                     writeln!(
                         out,
-                        "CPU µs per request, {}: {} (server side {server:.2}, all {total:.2})",
+                        "CPU µs per request, {}: {} (server side {:.2}, all {:.2})",
                         s.name,
-                        each.join(", ")
+                        each.join(", "),
+                        cpu.server,
+                        cpu.total
                     )?;
                 }
             }

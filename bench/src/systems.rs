@@ -6,7 +6,8 @@
 //!   process (no control plane, the service from its own config file) and `--workers`
 //!   `triggerfs worker` processes answering `echo` themselves; or `--broker ADDR`.
 //! - `relay`: `bench-child relay` in front of `bench-child echo`.
-//! - `nats`: `bench-child nats-responders` against the NATS server at `--nats`.
+//! - `nats`: a `bench-child nats-responders` process per responder, against a `nats-server`
+//!   started for the run (or the one at `--nats`).
 
 use crate::cpu::{Sample, Watched};
 use crate::load::{LoadProc, Shape, Stop};

@@ -555,10 +555,27 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
     // Unmount before the directory goes.
     drop(stack._procs);
     for mnt in [&stack.mnt, &stack.null_mnt] {
-        let _ = std::process::Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(mnt)
-            .status();
+        unmount(mnt);
     }
     Ok(if clean { 0 } else { 1 })
+}
+
+/// Detaches the mount on `mnt` whose server was killed: `fusermount3 -u -z`, or, where that
+/// is not installed (or fails), `umount2(MNT_DETACH)` (as root). Without it the mount and
+/// its directory outlive the run.
+fn unmount(mnt: &Path) {
+    let fusermount = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(mnt)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if fusermount.is_ok_and(|status| status.success()) {
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(mnt.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
 }

@@ -43,6 +43,15 @@ pub enum Role {
     },
     /// A load process: drives one system.
     Load(LoadChildArgs),
+    /// A FUSE filesystem that accepts every write and keeps nothing (`bench fs`'s floor).
+    NullFuse {
+        /// Where to mount it.
+        #[arg(long)]
+        mount: std::path::PathBuf,
+        /// FUSE threads, each with a cloned fd (as `triggerfs fs --threads`).
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
     /// `bench soak`'s workers: one per `identity token` line of `--ids`, in this process.
     SoakWorkers {
         /// The broker.
@@ -97,6 +106,7 @@ pub fn run(args: ChildArgs) -> anyhow::Result<i32> {
             responders,
         } => crate::nats::responders_main(&nats, &subject, responders),
         Role::Load(load) => load_main(load),
+        Role::NullFuse { mount, threads } => crate::nullfuse::main(&mount, threads),
         Role::SoakWorkers { broker, team, ids } => crate::soak::workers_main(&broker, &team, &ids),
     }
 }

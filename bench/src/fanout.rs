@@ -363,6 +363,7 @@ impl Rounds {
                 workers: self.n as u64,
                 ok: self.fewest_ok,
             }),
+            cpu: None,
         }
     }
 }

@@ -9,6 +9,11 @@
 //! writer). Beside it, in the same run, the same writers write the same bytes to a plain file
 //! on the same disk: the ceiling.
 //!
+//! A third target, a FUSE filesystem that accepts every write and does nothing
+//! (`bench-child null-fuse`, mounted as the fs is), is the floor of a write through FUSE: the
+//! same writers into it show what the kernel's round trip alone allows, which bounds the
+//! one-line-per-write case however cheap the spool and the network become.
+//!
 //! Scenarios: `block` (writers appending 64 KiB blocks of 100-byte lines, as nginx's
 //! `access_log ... buffer=64k`) and `line` (one writer, one line per `write(2)`, as nginx
 //! without `buffer`).
@@ -85,8 +90,12 @@ struct Row {
     delivered_per_s: f64,
     /// The same writers into a plain file on the same disk.
     ceiling_per_s: f64,
+    /// The same writers into a FUSE file that does nothing (`bench-child null-fuse`).
+    null_fuse_per_s: f64,
     /// delivered / ceiling.
     ratio: f64,
+    /// delivered / null FUSE.
+    vs_null_fuse: f64,
     lost: usize,
     duplicated: usize,
     out_of_order: usize,
@@ -104,8 +113,12 @@ struct Summary {
     delivered_min: f64,
     delivered_max: f64,
     ceiling_per_s: f64,
+    /// The null FUSE filesystem's median.
+    null_fuse_per_s: f64,
     /// median delivered / median ceiling.
     ratio: f64,
+    /// median delivered / median null FUSE.
+    vs_null_fuse: f64,
     lost: usize,
     duplicated: usize,
     out_of_order: usize,
@@ -126,6 +139,7 @@ impl Summary {
         let first = &rounds[0];
         let delivered: Vec<f64> = rounds.iter().map(|r| r.delivered_per_s).collect();
         let ceiling = median(rounds.iter().map(|r| r.ceiling_per_s).collect());
+        let null_fuse = median(rounds.iter().map(|r| r.null_fuse_per_s).collect());
         let med = median(delivered.clone());
         Summary {
             scenario: first.scenario,
@@ -136,7 +150,9 @@ impl Summary {
             delivered_min: delivered.iter().copied().fold(f64::INFINITY, f64::min),
             delivered_max: delivered.iter().copied().fold(0.0, f64::max),
             ceiling_per_s: ceiling,
+            null_fuse_per_s: null_fuse,
             ratio: med / ceiling.max(1e-9),
+            vs_null_fuse: med / null_fuse.max(1e-9),
             lost: rounds.iter().map(|r| r.lost).sum(),
             duplicated: rounds.iter().map(|r| r.duplicated).sum(),
             out_of_order: rounds.iter().map(|r| r.out_of_order).sum(),
@@ -149,6 +165,8 @@ struct Stack {
     _procs: Vec<Spawned>,
     dir: tempfile::TempDir,
     mnt: PathBuf,
+    /// Where the null FUSE filesystem is mounted (every name in it is a file).
+    null_mnt: PathBuf,
 }
 
 /// Starts control plane, broker, worker and fs; makes a trigger per scenario.
@@ -201,10 +219,27 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
         &args.fs_threads.to_string(),
     ];
     procs.push(start_fs(bin, &mnt, &fs_flags).await?);
+    let null_mnt = dir.path().join("null");
+    std::fs::create_dir_all(&null_mnt)?;
+    let exe = std::env::current_exe()?;
+    let threads = args.fs_threads.to_string();
+    let null_args = [
+        "bench-child",
+        "null-fuse",
+        "--mount",
+        null_mnt.to_str().unwrap_or_default(),
+        "--threads",
+        &threads,
+    ];
+    let (null_fs, _, lines) =
+        Spawned::start_until("null fuse", command(&exe, null_args), "ready").await?;
+    drain(lines);
+    procs.push(null_fs);
     Ok(Stack {
         _procs: procs,
         dir,
         mnt,
+        null_mnt,
     })
 }
 
@@ -395,6 +430,12 @@ async fn scenario(stack: &Stack, s: Scenario, args: &FsBenchArgs) -> anyhow::Res
     let plain = stack.dir.path().join(format!("{name}.plain"));
     let ceiling = write_all(&plain, writers, lines, line_bytes, per_write)?;
     let _ = std::fs::remove_file(&plain);
+    // The floor of a write through FUSE: the same writes into a filesystem that does nothing.
+    let null = stack.null_mnt.join(name);
+    let null_fuse = tokio::task::spawn_blocking(move || {
+        write_all(&null, writers, lines, line_bytes, per_write)
+    })
+    .await??;
 
     settle();
     let trigger = stack.mnt.join("bench").join(name);
@@ -434,7 +475,9 @@ async fn scenario(stack: &Stack, s: Scenario, args: &FsBenchArgs) -> anyhow::Res
         written_per_s: rate(written),
         delivered_per_s: rate(delivered),
         ceiling_per_s: rate(ceiling),
+        null_fuse_per_s: rate(null_fuse),
         ratio: rate(delivered) / rate(ceiling),
+        vs_null_fuse: rate(delivered) / rate(null_fuse),
         lost,
         duplicated,
         out_of_order,
@@ -466,6 +509,8 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
             "delivered/s (min–max)",
             "plain file/s",
             "ratio",
+            "null FUSE/s",
+            "vs null FUSE",
             "lost",
             "dup",
             "disorder",
@@ -482,6 +527,8 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
             ),
             format!("{:.0}", r.ceiling_per_s),
             format!("{:.3}", r.ratio),
+            format!("{:.0}", r.null_fuse_per_s),
+            format!("{:.3}", r.vs_null_fuse),
             r.lost.to_string(),
             r.duplicated.to_string(),
             r.out_of_order.to_string(),
@@ -507,9 +554,28 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
         .all(|r| r.lost == 0 && r.duplicated == 0 && r.out_of_order == 0);
     // Unmount before the directory goes.
     drop(stack._procs);
-    let _ = std::process::Command::new("fusermount3")
-        .args(["-u", "-z"])
-        .arg(&stack.mnt)
-        .status();
+    for mnt in [&stack.mnt, &stack.null_mnt] {
+        unmount(mnt);
+    }
     Ok(if clean { 0 } else { 1 })
+}
+
+/// Detaches the mount on `mnt` whose server was killed: `fusermount3 -u -z`, or, where that
+/// is not installed (or fails), `umount2(MNT_DETACH)` (as root). Without it the mount and
+/// its directory outlive the run.
+fn unmount(mnt: &Path) {
+    let fusermount = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(mnt)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if fusermount.is_ok_and(|status| status.success()) {
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(mnt.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
 }

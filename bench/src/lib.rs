@@ -29,10 +29,12 @@
 //! `bench/tests/` only checks counts and the shape of the JSON.
 
 mod child;
+mod cpu;
 mod fanout;
 mod fsbench;
 mod load;
 mod nats;
+mod nullfuse;
 mod proc;
 mod relay;
 mod report;
@@ -42,6 +44,7 @@ mod systems;
 mod triggerfs;
 
 pub use child::{run as run_child, ChildArgs, LoadChildArgs, Role};
+pub use cpu::CpuFigures;
 pub use report::{Machine, Report, SystemResult};
 
 use clap::{Args, Subcommand};
@@ -138,9 +141,14 @@ pub struct CommonArgs {
     /// Systems to measure, comma-separated: triggerfs, relay, nats.
     #[arg(long, value_delimiter = ',', default_value = "triggerfs,relay,nats")]
     pub systems: Vec<System>,
-    /// The NATS server for the `nats` baseline.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4222")]
-    pub nats: String,
+    /// A running NATS server for the `nats` baseline [default: one started for the run from
+    /// `--nats-server`; without that binary, 127.0.0.1:4222].
+    #[arg(long, value_name = "ADDR")]
+    pub nats: Option<String>,
+    /// The `nats-server` binary the `nats` baseline starts (on 127.0.0.1, a free port, no
+    /// JetStream) [default: `nats-server` on the PATH].
+    #[arg(long, value_name = "PATH")]
+    pub nats_server: Option<PathBuf>,
     /// The `triggerfs` binary the broker and worker processes run [default: this one].
     #[arg(long, value_name = "PATH", hide = true)]
     pub triggerfs_bin: Option<PathBuf>,
@@ -200,6 +208,10 @@ pub struct LoadArgs {
     /// same run and turns as plaintext.
     #[arg(long)]
     pub tls: bool,
+    /// `latency`: leave out the row `triggerfs-spin0` (the same broker with `--spin 0s`,
+    /// measured beside the default spin when the broker started here spins).
+    #[arg(long = "no-spin0", action = clap::ArgAction::SetFalse)]
+    pub spin_zero_row: bool,
     /// Load applied before measuring, with the same shape.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub warmup: Duration,

@@ -145,6 +145,7 @@ impl Measured {
             errors: self.errors,
             elapsed: self.elapsed,
             fanout: None,
+            cpu: None,
         })
     }
 }
@@ -179,12 +180,13 @@ impl LoadProc {
         })
     }
 
-    /// Measures one slice.
-    pub(crate) async fn run(
-        &mut self,
-        shape: &Shape,
-        progress: bool,
-    ) -> anyhow::Result<SystemResult> {
+    /// The load process's id (its CPU time is read from /proc).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    /// Starts measuring one slice: the warm-up begins now.
+    pub(crate) async fn start_run(&mut self, shape: &Shape, progress: bool) -> anyhow::Result<()> {
         let run = Run {
             shape: shape.clone(),
             progress,
@@ -194,7 +196,11 @@ impl LoadProc {
         self.stdin
             .write_all(line.as_bytes())
             .await
-            .with_context(|| format!("the {} process is gone", self.proc.name))?;
+            .with_context(|| format!("the {} process is gone", self.proc.name))
+    }
+
+    /// Waits for the slice [`LoadProc::start_run`] started and returns what it measured.
+    pub(crate) async fn finish_run(&mut self) -> anyhow::Result<SystemResult> {
         // No deadline: a slice lasts as long as the user asked.
         let Some(answer) = self.lines.next_line().await? else {
             bail!("the {} process ended during a run", self.proc.name);

@@ -1,9 +1,10 @@
-//! The `nats` baseline: request/reply through a NATS server (the machine runs one on
-//! 127.0.0.1:4222). Responders run in a process of their own (`bench-child nats-responders`,
-//! on a multi-thread runtime as a `triggerfs worker` does): one connection per `--workers`,
-//! subscribed to a subject in one queue group, each publishing the payload back to the reply
-//! subject. The load process calls `Client::request` on its own connections. Skipped when no
-//! server answers within a second.
+//! The `nats` baseline: request/reply through a NATS server (one `nats-server` started for
+//! the run, as its users would start one, or a running one named by `--nats`). Each of the
+//! `--workers` responders is a process of its own (`bench-child nats-responders`), with one
+//! connection on one current-thread runtime, as a `triggerfs worker` runs: subscribed to a
+//! subject in one queue group, publishing the payload back to the reply subject. The load
+//! process calls `Client::request` on its own connections. Skipped when no server answers
+//! within a second.
 
 use crate::load::Caller;
 use crate::proc::wait_stdin_closed;
@@ -19,6 +20,45 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the responders process prints instead of `ready` when no server answers.
 pub(crate) const SKIP: &str = "skip";
+
+/// The NATS server used when none is started and `--nats` names none.
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:4222";
+
+/// The `nats-server` binary to start: `--nats-server`, else `nats-server` on the PATH.
+pub(crate) fn server_binary(common: &crate::CommonArgs) -> Option<std::path::PathBuf> {
+    if let Some(bin) = &common.nats_server {
+        return Some(bin.clone());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nats-server"))
+        .find(|bin| bin.is_file())
+}
+
+/// Starts `bin` on 127.0.0.1 on a free port (no JetStream, default limits) and waits until it
+/// accepts connections; the process and its address.
+pub(crate) async fn start_server(
+    bin: &std::path::Path,
+) -> anyhow::Result<(crate::proc::Spawned, String)> {
+    let addr = crate::stack::free_addr()?;
+    let port = addr.rsplit(':').next().unwrap_or_default().to_string();
+    let mut cmd = crate::proc::command(bin, ["-a", "127.0.0.1", "-p", &port]);
+    // Its log (a banner, then nothing at the default level) is not ours to show.
+    cmd.stdout(std::process::Stdio::null());
+    cmd.stderr(std::process::Stdio::null());
+    let (mut proc, _) = crate::proc::Spawned::start("nats-server", cmd)?;
+    let deadline = tokio::time::Instant::now() + crate::proc::READY_DEADLINE;
+    loop {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            return Ok((proc, addr));
+        }
+        if tokio::time::Instant::now() > deadline {
+            proc.kill().await;
+            bail!("{} did not listen on {addr}", bin.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 async fn connect(addr: &str) -> Option<async_nats::Client> {
     let options = async_nats::ConnectOptions::new().connection_timeout(CONNECT_TIMEOUT);
@@ -62,17 +102,22 @@ async fn start_responders(addr: &str, subject: &str, responders: usize) -> anyho
 }
 
 /// `bench-child nats-responders`: prints `ready` once subscribed (or `skip` when no server
-/// answers) and serves until stdin closes.
+/// answers) and serves until stdin closes, on one current-thread runtime (as `triggerfs
+/// worker`).
 pub(crate) fn responders_main(addr: &str, subject: &str, responders: usize) -> anyhow::Result<i32> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    if !runtime.block_on(start_responders(addr, subject, responders))? {
-        println!("{SKIP}");
-        return Ok(0);
-    }
-    println!("ready");
-    wait_stdin_closed();
+    runtime.block_on(async {
+        if !start_responders(addr, subject, responders).await? {
+            println!("{SKIP}");
+            return anyhow::Ok(());
+        }
+        println!("ready");
+        // The responders run on this thread while it waits; stdin is read on another.
+        let _ = tokio::task::spawn_blocking(wait_stdin_closed).await;
+        Ok(())
+    })?;
     Ok(0)
 }
 

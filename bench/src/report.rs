@@ -10,6 +10,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cpu::CpuFigures;
+
 /// Latencies are recorded in nanoseconds: loopback round trips are tens of microseconds, so
 /// microsecond buckets would lose the difference between the systems.
 pub(crate) const NANOS_PER_US: f64 = 1_000.0;
@@ -37,6 +39,18 @@ pub struct SystemResult {
     pub elapsed: Duration,
     /// Fan-out figures (fanout mode, triggerfs only).
     pub fanout: Option<FanoutFigures>,
+    /// CPU each of its processes spent while it was measured (`latency`, `throughput`).
+    pub cpu: Option<CpuFigures>,
+}
+
+/// A system's CPU µs per answered request.
+struct CpuPerRequest<'a> {
+    /// By process name.
+    by_process: Vec<(&'a str, f64)>,
+    /// Every process but the load.
+    server: f64,
+    /// Every process.
+    total: f64,
 }
 
 /// What a mirror fan-out round measured, over all rounds.
@@ -163,7 +177,42 @@ impl SystemResult {
         self.received += other.received;
         self.errors += other.errors;
         self.elapsed += other.elapsed;
+        self.cpu = match (self.cpu.take(), other.cpu) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.merge(theirs);
+                Some(mine)
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
         self
+    }
+
+    /// CPU µs per answered request: every process's, the server side's, and the total.
+    fn cpu_per_request(&self) -> Option<CpuPerRequest<'_>> {
+        let cpu = self.cpu.as_ref()?;
+        if self.received == 0 {
+            return None;
+        }
+        let per = |ns: u64| (ns as f64 / self.received as f64 / 1e3 * 100.0).round() / 100.0;
+        Some(CpuPerRequest {
+            by_process: cpu
+                .by_process
+                .iter()
+                .map(|(name, (_, ns))| (name.as_str(), per(*ns)))
+                .collect(),
+            server: per(cpu.server_ns()),
+            total: per(cpu.total_ns()),
+        })
+    }
+
+    /// The server side's CPU µs per request (broker and workers; server and responders).
+    pub fn server_cpu_us(&self) -> Option<f64> {
+        self.cpu_per_request().map(|c| c.server)
+    }
+
+    /// Every process's CPU µs per request, the load process's included.
+    pub fn total_cpu_us(&self) -> Option<f64> {
+        self.cpu_per_request().map(|c| c.total)
     }
 
     /// Correct answers per second of the measuring window.
@@ -198,6 +247,19 @@ impl SystemResult {
             "received": self.received,
             "errors": self.errors,
         });
+        if let (Some(cpu), Value::Object(map)) = (self.cpu_per_request(), &mut entry) {
+            let by: Map<String, Value> = cpu
+                .by_process
+                .iter()
+                .map(|(name, us)| (name.to_string(), json!(us)))
+                .collect();
+            map.insert("cpu_us_per_req".into(), Value::Object(by));
+            map.insert("server_cpu_us_per_req".into(), json!(cpu.server));
+            map.insert("total_cpu_us_per_req".into(), json!(cpu.total));
+            if let Some(cpu) = &self.cpu {
+                map.insert("cpu_unreadable".into(), json!(cpu.unreadable));
+            }
+        }
         if let (Some(fan), Value::Object(map)) = (&self.fanout, &mut entry) {
             let ms = |h: &Histogram<u64>, q: f64| {
                 (!h.is_empty()).then(|| (h.value_at_quantile(q) as f64 / 1e4).round() / 100.0)
@@ -233,7 +295,17 @@ impl Report {
 
     /// ours / theirs for a latency figure, or ours / theirs for req/s.
     fn ratio(&self, theirs: &str, figure: fn(&SystemResult) -> Option<f64>) -> Option<f64> {
-        let ours = figure(self.system("triggerfs")?)?;
+        self.ratio_of("triggerfs", theirs, figure)
+    }
+
+    /// `ours` / `theirs` for a figure of two systems.
+    fn ratio_of(
+        &self,
+        ours: &str,
+        theirs: &str,
+        figure: fn(&SystemResult) -> Option<f64>,
+    ) -> Option<f64> {
+        let ours = figure(self.system(ours)?)?;
         let theirs = figure(self.system(theirs)?)?;
         (theirs > 0.0).then(|| (ours / theirs * 1000.0).round() / 1000.0)
     }
@@ -248,6 +320,27 @@ impl Report {
         map.insert("p50_vs_nats".into(), json!(self.ratio("nats", p50)));
         map.insert("rps_vs_nats".into(), json!(self.ratio("nats", rps)));
         map.insert("rps_vs_relay".into(), json!(self.ratio("relay", rps)));
+        let server = |s: &SystemResult| s.server_cpu_us();
+        let total = |s: &SystemResult| s.total_cpu_us();
+        map.insert(
+            "server_cpu_vs_nats".into(),
+            json!(self.ratio("nats", server)),
+        );
+        map.insert(
+            "server_cpu_vs_relay".into(),
+            json!(self.ratio("relay", server)),
+        );
+        map.insert("total_cpu_vs_nats".into(), json!(self.ratio("nats", total)));
+        // Latency without the broker's spin (`latency` mode): against NATS, which has no spin.
+        let spin0 = "triggerfs-spin0";
+        map.insert(
+            "p50_spin0_vs_nats".into(),
+            json!(self.ratio_of(spin0, "nats", p50)),
+        );
+        map.insert(
+            "p50_spin0_vs_relay".into(),
+            json!(self.ratio_of(spin0, "relay", p50)),
+        );
         map
     }
 
@@ -318,6 +411,23 @@ impl Report {
             if !shown.is_empty() {
                 writeln!(out, "ratios (triggerfs / baseline): {}", shown.join(", "))?;
             }
+            for s in &self.systems {
+                if let Some(cpu) = s.cpu_per_request() {
+                    let each: Vec<String> = cpu
+                        .by_process
+                        .iter()
+                        .map(|(name, us)| format!("{name} {us:.2}"))
+                        .collect();
+                    writeln!(
+                        out,
+                        "CPU µs per request, {}: {} (server side {:.2}, all {:.2})",
+                        s.name,
+                        each.join(", "),
+                        cpu.server,
+                        cpu.total
+                    )?;
+                }
+            }
         }
         for s in &self.systems {
             if let Some(fan) = &s.fanout {
@@ -371,8 +481,11 @@ impl Report {
             "sent",
             "received",
             "errors",
+            "server CPU µs/req",
+            "all CPU µs/req",
         ]);
         let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |x| format!("{x:.1}"));
+        let fmt2 = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |x| format!("{x:.2}"));
         for s in &self.systems {
             table.add_row(vec![
                 s.name.to_string(),
@@ -386,6 +499,8 @@ impl Report {
                 s.sent.to_string(),
                 s.received.to_string(),
                 s.errors.to_string(),
+                fmt2(s.server_cpu_us()),
+                fmt2(s.total_cpu_us()),
             ]);
         }
         for col in table.column_iter_mut().skip(1) {
@@ -569,6 +684,7 @@ mod tests {
             errors: sent - values_us.len() as u64,
             elapsed: Duration::from_secs(1),
             fanout: None,
+            cpu: None,
         }
     }
 

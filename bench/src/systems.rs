@@ -6,8 +6,10 @@
 //!   process (no control plane, the service from its own config file) and `--workers`
 //!   `triggerfs worker` processes answering `echo` themselves; or `--broker ADDR`.
 //! - `relay`: `bench-child relay` in front of `bench-child echo`.
-//! - `nats`: `bench-child nats-responders` against the NATS server at `--nats`.
+//! - `nats`: a `bench-child nats-responders` process per responder, against a `nats-server`
+//!   started for the run (or the one at `--nats`).
 
+use crate::cpu::{Sample, Watched};
 use crate::load::{LoadProc, Shape, Stop};
 use crate::proc::{command, drain, start_triggerfs, Spawned, TriggerfsProcs, TriggerfsSetup};
 use crate::report::{Report, SystemResult};
@@ -19,6 +21,8 @@ use std::path::Path;
 /// One system, started: what serves it and its load process.
 struct Started {
     load: LoadProc,
+    /// The processes that serve it, whose CPU time is read while it is measured.
+    watched: Vec<Watched>,
     /// `append`'s file, checked after the run.
     append_file: Option<std::path::PathBuf>,
     /// The broker and workers (`triggerfs`).
@@ -31,6 +35,7 @@ impl Started {
     fn new(load: LoadProc) -> Started {
         Started {
             load,
+            watched: Vec::new(),
             append_file: None,
             _triggerfs: None,
             _servers: Vec::new(),
@@ -95,6 +100,7 @@ impl Plan<'_> {
         bin: &Path,
         kinds: &[PluginKind],
         tls: Option<&tls::DevFiles>,
+        spin: std::time::Duration,
     ) -> anyhow::Result<Vec<Started>> {
         let service = &self.args.service;
         let mut words;
@@ -109,7 +115,7 @@ impl Plan<'_> {
                 let procs = start_triggerfs(&TriggerfsSetup {
                     bin,
                     shards: self.shards,
-                    spin: self.args.common.spin,
+                    spin,
                     service,
                     algorithm: "roundrobin",
                     workers: self.workers,
@@ -130,6 +136,18 @@ impl Plan<'_> {
                 Some(procs)
             }
         };
+        // The broker first, then the workers (`start_triggerfs`'s order).
+        let watched: Vec<Watched> = procs
+            .iter()
+            .flat_map(|p| p.procs.iter().enumerate())
+            .filter_map(|(i, proc)| {
+                let name = match i {
+                    0 => "broker".to_string(),
+                    i => format!("worker{}", i - 1),
+                };
+                Watched::server(name, proc.pid())
+            })
+            .collect();
         let mut started = Vec::with_capacity(kinds.len());
         for (i, kind) in kinds.iter().enumerate() {
             let mut words = words.clone();
@@ -154,6 +172,7 @@ impl Plan<'_> {
             let load = LoadProc::start(bin, row, words).await?;
             started.push(Started {
                 append_file,
+                watched: watched.clone(),
                 ..Started::new(load)
             });
         }
@@ -180,38 +199,70 @@ impl Plan<'_> {
             Spawned::listening("relay", command(self.exe, relay_args)).await?;
         let words = self.load_args(System::Relay, &relay_addr, "");
         let load = LoadProc::start(self.exe, "relay", words).await?;
+        let watched = [("relay", &relay), ("echo", &echo)]
+            .into_iter()
+            .filter_map(|(name, proc)| Watched::server(name, proc.pid()))
+            .collect();
         Ok(Started {
+            watched,
             _servers: vec![echo, relay],
             ..Started::new(load)
         })
     }
 
-    /// `None` when no NATS server answers.
+    /// `None` when no NATS server answers. A NATS server of its own (`nats-server` on the
+    /// PATH, as its users would start one) unless `--nats` names a running one; responders
+    /// in processes of their own, one connection and one current-thread runtime each, as
+    /// `triggerfs worker` runs.
     async fn nats(&self) -> anyhow::Result<Option<Started>> {
-        let server = &self.args.common.nats;
+        let common = &self.args.common;
+        let mut servers = Vec::new();
+        let mut watched = Vec::new();
+        let server = match (&common.nats, crate::nats::server_binary(common)) {
+            (None, Some(bin)) => {
+                let (proc, addr) = crate::nats::start_server(&bin).await?;
+                watched.extend(Watched::server("nats-server", proc.pid()));
+                servers.push(proc);
+                addr
+            }
+            (named, _) => {
+                let addr = named
+                    .clone()
+                    .unwrap_or_else(|| crate::nats::DEFAULT_ADDR.into());
+                watched.extend(Watched::server(
+                    "nats-server",
+                    crate::cpu::listener_pid(&addr),
+                ));
+                addr
+            }
+        };
         // A subject of our own, so that two benchmarks on one server do not answer each other.
         let subject = format!("triggerfs.bench.{}", rand::random::<u64>());
-        let responders = self.workers.to_string();
-        let words = [
-            "bench-child",
-            "nats-responders",
-            "--nats",
-            server,
-            "--subject",
-            &subject,
-            "--responders",
-            &responders,
-        ];
-        let (proc, status, lines) =
-            Spawned::start_until("nats responders", command(self.exe, words), "").await?;
-        if status == crate::nats::SKIP {
-            return Ok(None);
+        for i in 0..self.workers {
+            let words = [
+                "bench-child",
+                "nats-responders",
+                "--nats",
+                &server,
+                "--subject",
+                &subject,
+                "--responders",
+                "1",
+            ];
+            let (proc, status, lines) =
+                Spawned::start_until("nats responder", command(self.exe, words), "").await?;
+            if status == crate::nats::SKIP {
+                return Ok(None);
+            }
+            drain(lines);
+            watched.extend(Watched::server(format!("responder{i}"), proc.pid()));
+            servers.push(proc);
         }
-        drain(lines);
-        let words = self.load_args(System::Nats, server, &subject);
+        let words = self.load_args(System::Nats, &server, &subject);
         let load = LoadProc::start(self.exe, "nats", words).await?;
         Ok(Some(Started {
-            _servers: vec![proc],
+            watched,
+            _servers: servers,
             ..Started::new(load)
         }))
     }
@@ -321,24 +372,38 @@ pub(crate) async fn measure_mode(
                 let mut kinds = args.plugins.clone();
                 kinds.sort();
                 kinds.dedup();
-                started.extend(plan.triggerfs(None, &triggerfs_bin, &kinds, None).await?);
+                let spin = common.spin;
+                let tfs = plan.triggerfs(None, &triggerfs_bin, &kinds, None, spin);
+                started.extend(tfs.await?);
                 if let Some(baseline) = &args.baseline_bin {
                     let kinds = [PluginKind::InWorker];
                     let name = Some("triggerfs-baseline");
-                    started.extend(plan.triggerfs(name, baseline, &kinds, None).await?);
+                    let tfs = plan.triggerfs(name, baseline, &kinds, None, spin);
+                    started.extend(tfs.await?);
+                }
+                if spin0_row(mode, args) {
+                    // The spin buys latency with CPU no other system spends: the same
+                    // broker without it, in the same turns.
+                    let kinds = [PluginKind::InWorker];
+                    let name = Some("triggerfs-spin0");
+                    let zero = std::time::Duration::ZERO;
+                    let tfs = plan.triggerfs(name, &triggerfs_bin, &kinds, None, zero);
+                    started.extend(tfs.await?);
                 }
                 if let Some(files) = &tls_files {
                     let kinds = [PluginKind::InWorker];
                     let name = Some("triggerfs-tls");
                     let tls = Some(&files.1);
-                    started.extend(plan.triggerfs(name, &triggerfs_bin, &kinds, tls).await?);
+                    let tfs = plan.triggerfs(name, &triggerfs_bin, &kinds, tls, spin);
+                    started.extend(tfs.await?);
                 }
             }
             System::Relay => started.push(plan.relay().await?),
             System::Nats => match plan.nats().await? {
                 Some(nats) => started.push(nats),
                 None => {
-                    let line = format!("nats: skipped (no server on {})", common.nats);
+                    let addr = common.nats.as_deref().unwrap_or(crate::nats::DEFAULT_ADDR);
+                    let line = format!("nats: skipped (no server on {addr})");
                     report.skipped.push(line);
                 }
             },
@@ -349,7 +414,7 @@ pub(crate) async fn measure_mode(
     for round in 0..rounds {
         let slice = shape.slice(round, rounds);
         for (system, result) in started.iter_mut().zip(results.iter_mut()) {
-            let measured = system.load.run(&slice, notes.progress()).await?;
+            let measured = measure_turn(system, &slice, notes.progress()).await?;
             *result = Some(match result.take() {
                 Some(so_far) => so_far.merge(measured),
                 None => measured,
@@ -368,6 +433,36 @@ pub(crate) async fn measure_mode(
     drop(started);
     report.systems.extend(results.into_iter().flatten());
     Ok(report)
+}
+
+/// One system's turn: the slice measured by its load process, and the CPU time every one of
+/// its processes spent from the end of the warm-up to the answer.
+async fn measure_turn(
+    system: &mut Started,
+    slice: &Shape,
+    progress: bool,
+) -> anyhow::Result<SystemResult> {
+    let mut watched = system.watched.clone();
+    watched.extend(system.load.pid().map(|pid| Watched {
+        name: "load".into(),
+        pid,
+        server: false,
+    }));
+    system.load.start_run(slice, progress).await?;
+    tokio::time::sleep(slice.warmup).await;
+    let before = Sample::take(&watched);
+    let mut measured = system.load.finish_run().await?;
+    measured.cpu = Some(before.until(&Sample::take(&watched)));
+    Ok(measured)
+}
+
+/// Whether `latency` also measures the broker with `--spin 0s` (row `triggerfs-spin0`):
+/// when the broker started here spins.
+fn spin0_row(mode: &str, args: &LoadArgs) -> bool {
+    mode == "latency"
+        && !args.common.spin.is_zero()
+        && args.common.broker.is_none()
+        && args.spin_zero_row
 }
 
 /// `--kind` of a load process.

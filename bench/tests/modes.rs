@@ -1,6 +1,7 @@
 //! Short runs of the real `triggerfs bench` (every system in processes of its own), so the
 //! harness cannot rot: counts, the JSON shape and the processes' lifetimes only, never
-//! timings. NATS is measured only when a server answers on 127.0.0.1:4222.
+//! timings. NATS is measured only when `nats-server` is on the PATH (the bench starts its
+//! own) or a server answers on 127.0.0.1:4222.
 
 use serde_json::Value;
 use std::net::{SocketAddr, TcpStream};
@@ -12,10 +13,14 @@ const SYSTEM_FIELDS: [&str; 11] = [
     "received", "errors",
 ];
 
-/// Whether a NATS server answers on 127.0.0.1:4222.
+/// Whether the bench can measure NATS: `nats-server` on the PATH, or a server answering on
+/// 127.0.0.1:4222.
 fn nats_here() -> bool {
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("nats-server").is_file())
+    });
     let addr = SocketAddr::from(([127, 0, 0, 1], 4222));
-    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+    on_path || TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
 }
 
 /// `triggerfs bench <line> --json --out <tmp>`: its JSON document and the out dir.
@@ -53,6 +58,10 @@ fn check_document(doc: &Value, expect: &[&str]) -> Vec<Value> {
         "p50_vs_nats",
         "rps_vs_nats",
         "rps_vs_relay",
+        "server_cpu_vs_nats",
+        "server_cpu_vs_relay",
+        "total_cpu_vs_nats",
+        "p50_spin0_vs_nats",
     ] {
         assert!(
             doc["ratios"].get(ratio).is_some(),
@@ -91,14 +100,33 @@ fn latency_runs_every_system_in_its_own_processes() {
     let (doc, out) = bench(&format!(
         "latency --warmup 0s --count 300 --systems {systems}"
     ));
+    // The broker spins by default: the same broker without the spin is a row too.
     let expect: &[&str] = if nats {
-        &["triggerfs", "relay", "nats"]
+        &["triggerfs", "triggerfs-spin0", "relay", "nats"]
     } else {
-        &["triggerfs", "relay"]
+        &["triggerfs", "triggerfs-spin0", "relay"]
     };
     for s in check_document(&doc, expect) {
         assert_eq!(s["sent"].as_u64(), Some(300), "{s}");
+        // CPU per request of every process of the system, and the server side's sum.
+        let cpu = s["cpu_us_per_req"].as_object().expect("cpu_us_per_req");
+        assert!(cpu.contains_key("load"), "{s}");
+        let servers: &[&str] = match s["name"].as_str().unwrap() {
+            "relay" => &["relay", "echo"],
+            "nats" => &["nats-server", "responder0"],
+            _ => &["broker", "worker0"],
+        };
+        for name in servers {
+            assert!(cpu.contains_key(*name), "{name}: {s}");
+        }
+        assert!(s["server_cpu_us_per_req"].as_f64().is_some(), "{s}");
+        assert!(s["total_cpu_us_per_req"].as_f64().is_some(), "{s}");
+        assert_eq!(s["cpu_unreadable"], serde_json::json!([]), "{s}");
     }
+    assert!(
+        doc["ratios"]["p50_spin0_vs_relay"].as_f64().is_some(),
+        "{doc}"
+    );
     let params = &doc["params"];
     assert_eq!(params["process_per_system"], true, "{doc}");
     assert_eq!(params["mode"], "latency");

@@ -69,7 +69,7 @@ fn event_text(event: &GatewayEvent) -> String {
 }
 
 /// One event of the request as the gateway streams it (SSE `data`, or an NDJSON line).
-fn gateway_event(event: ClientEvent) -> GatewayEvent {
+pub(crate) fn gateway_event(event: ClientEvent) -> GatewayEvent {
     match event {
         ClientEvent::Routed {
             algorithm,
@@ -139,7 +139,7 @@ fn client_events(
 /// A refusal that came before anything was streamed (the request's first event), as an HTTP
 /// error, so that `curl -f` and other HTTP clients see it in the status. `None`: the first
 /// event starts the stream.
-fn refusal(first: &ClientEvent) -> Option<ApiError> {
+pub(crate) fn refusal(first: &ClientEvent) -> Option<ApiError> {
     let (kind, message) = match first {
         ClientEvent::Error { kind, message } => (*kind, message),
         ClientEvent::Disconnected => {

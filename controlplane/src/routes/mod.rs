@@ -10,15 +10,15 @@ mod directories;
 pub(crate) mod events;
 pub(crate) mod gateway;
 mod invitations;
-mod jobs;
-mod login;
+pub(crate) mod jobs;
+pub(crate) mod login;
 mod quotas;
-mod schedules;
-mod services;
+pub(crate) mod schedules;
+pub(crate) mod services;
 mod teams;
 mod triggers;
 mod users;
-mod workers;
+pub(crate) mod workers;
 
 pub(crate) use jobs::prune as prune_jobs;
 
@@ -176,6 +176,7 @@ pub(crate) fn router(state: AppState) -> axum::Router {
             .unwrap_or_else(|_| "{\"openapi\":\"3.1.0\"}".to_string())
     });
     router
+        .merge(crate::web::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))

@@ -42,12 +42,12 @@ mod web;
 
 pub use error::{ApiError, ControlError};
 pub use routes::ROUTES;
-pub use web::WEB_ROUTES;
 pub use settings::{
     default_max_connections, ControlSettings, LoginLimits, DEFAULT_JOB_RETENTION,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_UNAUTHENTICATED, HTTP_BODY_MIN_RATE,
     JOB_PRUNE_EVERY,
 };
+pub use web::WEB_ROUTES;
 
 use axum::response::IntoResponse;
 use credentials::{JwtKeys, LoginGuard};

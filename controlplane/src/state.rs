@@ -82,7 +82,6 @@ impl Shared {
         let bearer = bearer_token(headers).is_some_and(|token| {
             same_secret(token, &self.broker_token) || self.jwt.verify(token).is_ok()
         });
-        bearer
-            || crate::web::session_token(headers).is_some_and(|t| self.jwt.verify(t).is_ok())
+        bearer || crate::web::session_token(headers).is_some_and(|t| self.jwt.verify(t).is_ok())
     }
 }

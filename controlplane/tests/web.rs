@@ -37,7 +37,10 @@ async fn login_nonce(h: &Harness, http: &reqwest::Client) -> String {
     let page = http.get(h.url("/login")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let (nonce, header) = set_cookie(page.headers(), "triggerfs_login").expect("login cookie");
-    assert!(header.contains("HttpOnly") && header.contains("SameSite=Strict"), "{header}");
+    assert!(
+        header.contains("HttpOnly") && header.contains("SameSite=Strict"),
+        "{header}"
+    );
     let text = page.text().await.unwrap();
     assert!(text.contains(&nonce), "the form carries the cookie's value");
     nonce
@@ -103,7 +106,11 @@ async fn every_change_without_the_csrf_token_is_refused() {
             req = req.header("cookie", format!("triggerfs_login={c}"));
         }
         let answer = req.send().await.unwrap();
-        assert_eq!(answer.status(), StatusCode::FORBIDDEN, "{cookie:?} {field:?}");
+        assert_eq!(
+            answer.status(),
+            StatusCode::FORBIDDEN,
+            "{cookie:?} {field:?}"
+        );
         assert!(set_cookie(answer.headers(), "triggerfs_session").is_none());
     }
 
@@ -169,7 +176,10 @@ async fn every_change_without_the_csrf_token_is_refused() {
         .unwrap();
     assert_eq!(out.status(), StatusCode::SEE_OTHER);
     let (cleared, header) = set_cookie(out.headers(), "triggerfs_session").unwrap();
-    assert!(cleared.is_empty() && header.contains("Max-Age=0"), "{header}");
+    assert!(
+        cleared.is_empty() && header.contains("Max-Age=0"),
+        "{header}"
+    );
 
     // The cookie is no credential for the API (which needs no CSRF token for that reason).
     for (m, p) in [("GET", "/api/v1/workers"), ("POST", "/api/v1/services")] {

@@ -148,7 +148,8 @@ fn set_cookie(state: &AppState, name: &str, value: &str, max_age: u64) -> Header
     } else {
         ""
     };
-    let text = format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}");
+    let text =
+        format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}");
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("x=; Max-Age=0"))
 }
 
@@ -199,8 +200,17 @@ fn error_page(status: StatusCode, text: &str) -> Response {
         esc(status.canonical_reason().unwrap_or("")),
         html::message("error", text)
     );
-    (status, html_response(html::page("Error", Section::Fleet, None, &body))).into_response()
+    (
+        status,
+        html_response(html::page("Error", Section::Fleet, None, &body)),
+    )
+        .into_response()
 }
+
+/// The policy of every page: its own script, style and streams only (style attributes
+/// draw the bars), never framed, forms posted here only.
+const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self'; \
+    frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
 fn html_response(text: String) -> Response {
     (
@@ -210,6 +220,19 @@ fn html_response(text: String) -> Response {
                 HeaderValue::from_static("text/html; charset=utf-8"),
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CSP),
+            ),
+            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("same-origin"),
+            ),
         ],
         text,
     )
@@ -245,11 +268,12 @@ impl axum::extract::FromRequestParts<AppState> for WebUser {
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> Result<Self, WebError> {
-        let back = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        // Back to the page after logging in (a change is not repeated: to the fleet).
+        let back = match parts.method {
+            Method::GET | Method::HEAD => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            _ => "/fleet",
+        }
+        .to_string();
         let Some(token) = session_token(&parts.headers) else {
             return Err(WebError::Login { back });
         };
@@ -298,7 +322,8 @@ async fn csrf_guard(State(state): State<AppState>, req: Request, next: Next) -> 
     });
     match given {
         Some(given) if same_secret(&given, &expected) => {
-            next.run(Request::from_parts(parts, Body::from(bytes))).await
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
         }
         _ => WebError::Csrf.into_response(),
     }
@@ -312,9 +337,7 @@ pub(crate) struct NextQuery {
 /// Where to go after logging in: a path of this site only (never `//host` or a URL).
 fn local_path(next: Option<&str>) -> String {
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => {
-            p.to_string()
-        }
+        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_string(),
         _ => "/fleet".to_string(),
     }
 }
@@ -346,9 +369,10 @@ fn login_form(
     );
     let mut response = html_response(html::page("Log in", Section::Login, None, &body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, set_cookie(state, LOGIN_COOKIE, &nonce, 3600));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(state, LOGIN_COOKIE, &nonce, 3600),
+    );
     response
 }
 
@@ -374,8 +398,7 @@ async fn login(
     match crate::routes::login::login(State(state.clone()), peer, Json(request)).await {
         Ok(Json(answer)) => {
             let ttl = state.settings.jwt_ttl.as_secs().max(1);
-            let mut response =
-                Redirect::to(&local_path(form.next.as_deref())).into_response();
+            let mut response = Redirect::to(&local_path(form.next.as_deref())).into_response();
             let headers = response.headers_mut();
             headers.append(
                 header::SET_COOKIE,
@@ -400,9 +423,10 @@ async fn login(
 /// Ends the session (the cookie removed; the JWT itself ends at its expiry, as the API's).
 async fn logout(State(state): State<AppState>) -> Response {
     let mut response = Redirect::to("/login").into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, set_cookie(&state, SESSION_COOKIE, "", 0));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(&state, SESSION_COOKIE, "", 0),
+    );
     response
 }
 

@@ -16,9 +16,9 @@ use axum::response::Response;
 use proto::control::WorkerState;
 use proto::TextEnum;
 use serde::Deserialize;
-use strum::VariantNames;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use strum::VariantNames;
 
 type PageResult = Result<Response, WebError>;
 
@@ -207,12 +207,8 @@ pub(crate) async fn service(
     web: WebUser,
     Path(name): Path<String>,
 ) -> PageResult {
-    let Json(s) = services::get_service(
-        State(state.clone()),
-        web.user.clone(),
-        Path(name.clone()),
-    )
-    .await?;
+    let Json(s) =
+        services::get_service(State(state.clone()), web.user.clone(), Path(name.clone())).await?;
     Ok(service_page(&state, &web, &s, None).await)
 }
 
@@ -304,7 +300,20 @@ pub(crate) async fn jobs(
         .filter(|(_, v)| !v.trim().is_empty())
         .map(|(k, v)| (k.into_owned(), v.trim().to_string()))
         .collect();
-    let text = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+    // `since` and `until` as `jobs list` takes them too: a duration back from now (`1d`).
+    let asked: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| match (k.as_str(), humantime::parse_duration(v)) {
+            ("since" | "until", Ok(back)) => {
+                let t = std::time::SystemTime::now()
+                    .checked_sub(back)
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (k.clone(), humantime::format_rfc3339_millis(t).to_string())
+            }
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let text = serde_urlencoded::to_string(&asked).unwrap_or_default();
     let query: JobQuery = serde_urlencoded::from_str(&text)
         .map_err(|e| WebError::Api(crate::error::ApiError::BadRequest(e.to_string())))?;
     let given: BTreeMap<&str, &str> = pairs
@@ -332,8 +341,8 @@ pub(crate) async fn jobs(
         field("service", "service"),
         field("schedule", "schedule"),
         field("trigger", "trigger path"),
-        field("since", "since (RFC 3339)"),
-        field("until", "until"),
+        field("since", "since (1d, or RFC 3339)"),
+        field("until", "until (2h, or RFC 3339)"),
     );
     body.push_str(
         "<table id=jobs><thead><tr><th>Job</th><th>Started</th><th>By</th><th>Service</th>\
@@ -455,7 +464,10 @@ fn grid(view: &JobView) -> String {
     let mut out = String::with_capacity(view.outcomes.len() * 120 + 64);
     out.push_str("<div class=grid id=grid>");
     for w in &view.outcomes {
-        let exit = w.exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+        let exit = w
+            .exit_code
+            .map(|c| format!(", exit {c}"))
+            .unwrap_or_default();
         let _ = write!(
             out,
             "<a class=\"cell {}\" data-outcome=\"{}\" href=\"/jobs/{id}/workers/{}\" \

@@ -34,6 +34,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Runs held at once (running or finished): each may hold a few MB.
 pub(crate) const MAX_RUNS: usize = 32;
+/// Runs of one user running at once (so that one user cannot take every place).
+pub(crate) const MAX_RUNNING_PER_USER: usize = 8;
 /// Output kept per worker of a run (its tail), for the cell's page.
 pub(crate) const WORKER_TAIL: usize = 16 * 1024;
 /// Output lines kept in a run's event log, for pages that join late (past it, lines are
@@ -173,7 +175,13 @@ impl RunState {
                 self.ended = Some(format!(
                     "ended: {} of {} ok, {} failed, {} timed out, {} lost, {} offline, \
                      {} skipped, {} without response",
-                    s.ok, s.workers, s.failed, s.timed_out, s.lost, s.offline, s.skipped,
+                    s.ok,
+                    s.workers,
+                    s.failed,
+                    s.timed_out,
+                    s.lost,
+                    s.offline,
+                    s.skipped,
                     s.no_response
                 ))
             }
@@ -241,10 +249,22 @@ impl LiveRuns {
             .ok_or_else(|| ApiError::NotFound(format!("no run {id}")))
     }
 
+    /// Lets go of run `id` (a request that was not sent after all).
+    fn remove(&self, id: &str) {
+        self.list().retain(|r| r.id != id);
+    }
+
     /// Holds `run`, letting go of the oldest finished one when full (503 when every run
     /// held is still running).
     fn add(&self, run: Arc<Run>) -> Result<(), ApiError> {
         let mut runs = self.list();
+        let mine = |r: &&Arc<Run>| r.user_id == run.user_id && r.team_id == run.team_id;
+        if runs.iter().filter(mine).filter(|r| r.is_running()).count() >= MAX_RUNNING_PER_USER {
+            return Err(ApiError::Busy {
+                retry_after: 5,
+                what: "too many of your requests from the web view running at once",
+            });
+        }
         if runs.len() >= MAX_RUNS {
             let Some(idx) = runs.iter().position(|r| !r.is_running()) else {
                 return Err(ApiError::Busy {
@@ -358,17 +378,19 @@ pub(crate) async fn start(
     let service = services::get_service(State(state.clone()), user.clone(), Path(name.clone()))
         .await?
         .0;
-    let refused = |text: String| {
+    // The service page again, the refusal above its form, with the API's status.
+    let refused = |e: ApiError| {
         let (state, web, service) = (state.clone(), &web, service.clone());
         async move {
+            let text = e.to_string();
             let mut page = super::pages::service_page(&state, web, &service, Some(&text)).await;
-            *page.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
+            *page.status_mut() = e.status_code().0;
             Ok(page)
         }
     };
     let request = match form.request() {
         Ok(request) => request,
-        Err(e) => return refused(e).await,
+        Err(e) => return refused(ApiError::Unprocessable(e)).await,
     };
     let command = request
         .command
@@ -377,17 +399,9 @@ pub(crate) async fn start(
         .unwrap_or_default();
     let spec = match gateway::request_spec(name.clone(), request) {
         Ok(spec) => spec,
-        Err(e) => return refused(e.to_string()).await,
+        Err(e) => return refused(e).await,
     };
-    let client = gateway::connect(&state, user.token.clone()).await?;
-    let mut handle = client
-        .request(spec)
-        .await
-        .map_err(|e| ApiError::ServiceUnavailable(format!("the broker: {e}")))?;
-    let first = handle.next().await.unwrap_or(ClientEvent::Disconnected);
-    if let Some(e) = gateway::refusal(&first) {
-        return refused(e.to_string()).await;
-    }
+    // Its place first: a request is sent only when it can be followed.
     let (changed, _) = tokio::sync::watch::channel(0);
     let run = Arc::new(Run {
         id: crate::random_hex(8),
@@ -399,6 +413,25 @@ pub(crate) async fn start(
         changed,
     });
     state.live.add(run.clone())?;
+    let sent = async {
+        let client = gateway::connect(&state, user.token.clone()).await?;
+        let mut handle = client
+            .request(spec)
+            .await
+            .map_err(|e| ApiError::ServiceUnavailable(format!("the broker: {e}")))?;
+        let first = handle.next().await.unwrap_or(ClientEvent::Disconnected);
+        match gateway::refusal(&first) {
+            Some(e) => Err(e),
+            None => Ok((client, handle, first)),
+        }
+    };
+    let (client, mut handle, first) = match sent.await {
+        Ok(sent) => sent,
+        Err(e) => {
+            state.live.remove(&run.id);
+            return refused(e).await;
+        }
+    };
     let final_first = first.is_final();
     run.push(first);
     let id = run.id.clone();
@@ -549,30 +582,27 @@ pub(crate) async fn events(
         .and_then(|v| v.parse::<usize>().ok());
     let from = resume.or(q.from).unwrap_or(0);
     let rx = run.changed.subscribe();
-    let stream = futures::stream::unfold(
-        Some((run, from, rx)),
-        |state| async move {
-            let (run, from, mut rx) = state?;
-            loop {
-                rx.borrow_and_update();
-                let (batch, next, ended) = run.slice(from);
-                if let Some(json) = batch {
-                    let event = Event::default()
-                        .event("batch")
-                        .id(next.to_string())
-                        .data(json);
-                    return Some((Ok::<_, Infallible>(event), Some((run, next, rx))));
-                }
-                if ended {
-                    let event = Event::default().event("end").data("{}");
-                    return Some((Ok(event), None));
-                }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
+    let stream = futures::stream::unfold(Some((run, from, rx)), |state| async move {
+        let (run, from, mut rx) = state?;
+        loop {
+            rx.borrow_and_update();
+            let (batch, next, ended) = run.slice(from);
+            if let Some(json) = batch {
+                let event = Event::default()
+                    .event("batch")
+                    .id(next.to_string())
+                    .data(json);
+                return Some((Ok::<_, Infallible>(event), Some((run, next, rx))));
             }
-        },
-    );
+            if ended {
+                let event = Event::default().event("end").data("{}");
+                return Some((Ok(event), None));
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())

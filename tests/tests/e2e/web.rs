@@ -111,7 +111,7 @@ fn artefact_dir() -> Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let dir = target.join("web-test");
     std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok(dir.canonicalize()?)
 }
 
 /// Polls `script` (returning a boolean) in the page until it is true.
@@ -206,7 +206,11 @@ async fn deliver(control: &Control, record: Value) -> Result<()> {
         .json(&json!({"jobs": [record]}))
         .send()
         .await?;
-    ensure!(answer.status().is_success(), "delivering a record: {}", answer.status());
+    ensure!(
+        answer.status().is_success(),
+        "delivering a record: {}",
+        answer.status()
+    );
     Ok(())
 }
 
@@ -296,13 +300,52 @@ async fn drive(b: &Browser, control: &Control, api: &Api, broker_addr: &str) -> 
     // Log in; the fleet shows every worker online.
     log_in(b, base, &team, &admin, &secret).await?;
     let session = b.get_named_cookie("triggerfs_session").await?;
-    ensure!(session.http_only() == Some(true), "the session cookie is HttpOnly");
+    ensure!(
+        session.http_only() == Some(true),
+        "the session cookie is HttpOnly"
+    );
     let same_site = format!("{:?}", session.same_site());
-    ensure!(same_site == "Some(Strict)", "the session cookie is SameSite={same_site}");
+    ensure!(
+        same_site == "Some(Strict)",
+        "the session cookie is SameSite={same_site}"
+    );
     let counts = text_of(b, "p.counts").await?;
     ensure!(counts.contains("50 online"), "fleet counts: {counts}");
-    let n_rows = js_i64(b, "return document.querySelectorAll('#fleet tbody tr').length").await?;
+    let n_rows = js_i64(
+        b,
+        "return document.querySelectorAll('#fleet tbody tr').length",
+    )
+    .await?;
     ensure!(n_rows == N_WORKERS as i64, "{n_rows} rows in the fleet");
+    // Filtered and searched: w40 to w49.
+    b.goto(&format!("{base}/fleet?q=w4&state=online")).await?;
+    let found: Vec<String> = serde_json::from_value(
+        b.execute(
+            "return [...document.querySelectorAll('#fleet tbody tr td:first-child')]\
+             .map(td => td.textContent)",
+            vec![],
+        )
+        .await?,
+    )?;
+    ensure!(
+        found.len() == 10 && found.iter().all(|w| w.starts_with("w4")),
+        "fleet search w4: {found:?}"
+    );
+    // Schedules: the next run, and the last once it ran.
+    let schedule = json!({"name": "nightly", "service": "fleet", "visibility": "team",
+        "request": {"plugin": "command", "command": "true"},
+        "timetable": {"cron": "0 3 * * *", "time_zone": "Europe/Berlin"}});
+    api.ok("POST", "/api/v1/schedules", schedule).await?;
+    let view = api
+        .ok("GET", "/api/v1/schedules/nightly", Value::Null)
+        .await?;
+    let next = view["next_run"].as_str().context("a next run")?.to_string();
+    b.goto(&format!("{base}/schedules")).await?;
+    let row = text_of(b, "#schedules tbody tr").await?;
+    ensure!(
+        row.contains("nightly") && row.contains(&next) && row.contains("never"),
+        "schedule row: {row}"
+    );
 
     // Run the mirror request from the service page, and watch it complete live.
     b.goto(&format!("{base}/services/fleet")).await?;
@@ -320,7 +363,11 @@ async fn drive(b: &Browser, control: &Control, api: &Api, broker_addr: &str) -> 
     // Marks this document: the end must arrive through the stream, not a reload.
     b.execute("window.__sameDocument = true; return true;", vec![])
         .await?;
-    let ok_at_first = js_i64(b, "return document.querySelectorAll('#grid .cell.ok').length").await?;
+    let ok_at_first = js_i64(
+        b,
+        "return document.querySelectorAll('#grid .cell.ok').length",
+    )
+    .await?;
     ensure!(
         ok_at_first < N_WORKERS as i64 - FAILING.len() as i64,
         "the run had already ended when its page loaded ({ok_at_first} ok)"
@@ -368,7 +415,10 @@ async fn drive(b: &Browser, control: &Control, api: &Api, broker_addr: &str) -> 
     ensure!(ended.starts_with("ended: 47 of 50 ok"), "{ended}");
     let screenshot = artefact_dir()?.join("job-grid.png");
     std::fs::write(&screenshot, b.screenshot().await?)?;
-    println!("web: screenshot of the live job grid: {}", screenshot.display());
+    println!(
+        "web: screenshot of the live job grid: {}",
+        screenshot.display()
+    );
     let run_url = b.current_url().await?;
 
     // A failed worker's output, from its cell.
@@ -418,7 +468,8 @@ async fn drive(b: &Browser, control: &Control, api: &Api, broker_addr: &str) -> 
 }
 
 /// Acceptance 2: a job of 1,000 workers; its page loads and paints within the budget,
-/// measured in the browser (Navigation and Paint Timing). Three loads, each within it.
+/// measured in the browser (Navigation Timing, Paint Timing when reported, and the second
+/// animation frame after `load`). Three loads, each within it.
 async fn grid_of_a_thousand(b: &Browser, control: &Control, api: &Api) -> Result<()> {
     deliver(control, big_record("big-1", "main", "big", 1000)).await?;
     let id = job_of(api, "big").await?;
@@ -428,9 +479,12 @@ async fn grid_of_a_thousand(b: &Browser, control: &Control, api: &Api) -> Result
         let t = b
             .execute_async(
                 "const done = arguments[arguments.length - 1];
-                 requestAnimationFrame(() => requestAnimationFrame(() => {
+                 const painted = [];
+                 new PerformanceObserver(l => painted.push(...l.getEntries()))
+                   .observe({type: 'paint', buffered: true});
+                 requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(() => {
                    const n = performance.getEntriesByType('navigation')[0];
-                   const p = performance.getEntriesByName('first-contentful-paint')[0];
+                   const p = painted.find(e => e.name === 'first-contentful-paint');
                    done({response: n.responseEnd - n.startTime,
                          dom: n.domContentLoadedEventEnd - n.startTime,
                          load: n.loadEventEnd - n.startTime,
@@ -438,24 +492,33 @@ async fn grid_of_a_thousand(b: &Browser, control: &Control, api: &Api) -> Result
                          painted: performance.now(),
                          cells: document.querySelectorAll('#grid .cell').length,
                          bytes: n.transferSize});
-                 }));",
+                 }, 0)));",
                 vec![],
             )
             .await?;
         let get = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
         ensure!(t["cells"] == 1000, "cells: {t}");
+        // Headless Chromium may report no Paint Timing entries: the frame after the one
+        // that showed the loaded page (two animation frames after `load`) bounds the paint.
+        let fcp = t["fcp"]
+            .as_f64()
+            .map_or("not reported".to_string(), |ms| format!("{ms:.0} ms"));
         println!(
             "web: 1000-worker job grid, load {round}: response {:.0} ms, DOMContentLoaded \
-             {:.0} ms, load {:.0} ms, first contentful paint {:.0} ms, next frame painted \
-             {:.0} ms, {} bytes",
+             {:.0} ms, load {:.0} ms, painted {:.0} ms (first contentful paint {fcp}), {} bytes",
             get("response"),
             get("dom"),
             get("load"),
-            get("fcp"),
             get("painted"),
             t["bytes"]
         );
-        let slowest = get("load").max(get("fcp")).max(get("painted"));
+        let slowest = [
+            get("load"),
+            get("painted"),
+            t["fcp"].as_f64().unwrap_or(0.0),
+        ]
+        .into_iter()
+        .fold(0.0, f64::max);
         ensure!(
             slowest < GRID_BUDGET_MS,
             "load {round} of the 1,000-worker grid took {slowest:.0} ms: {t}"
@@ -465,7 +528,10 @@ async fn grid_of_a_thousand(b: &Browser, control: &Control, api: &Api) -> Result
     println!("web: 1000-worker job grid loaded and painted within {worst:.0} ms (budget 1000 ms)");
     let shot = artefact_dir()?.join("job-grid-1000.png");
     std::fs::write(&shot, b.screenshot().await?)?;
-    println!("web: screenshot of the 1000-worker grid: {}", shot.display());
+    println!(
+        "web: screenshot of the 1000-worker grid: {}",
+        shot.display()
+    );
     Ok(())
 }
 
@@ -495,7 +561,8 @@ async fn privacy(
     let bobs_job = job_of(&bob, "private").await?;
 
     // Another team's service and job.
-    api.ok("POST", "/api/v1/teams", json!({"name": "blue"})).await?;
+    api.ok("POST", "/api/v1/teams", json!({"name": "blue"}))
+        .await?;
     let (_, admin, secret) = control.admin.clone();
     let blue = Api::login(base, "blue", &admin, &secret).await?;
     blue.ok(

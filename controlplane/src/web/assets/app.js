@@ -23,8 +23,14 @@ document.querySelectorAll("input[data-filter]").forEach(function (input) {
   var cells = {};
   grid.querySelectorAll(".cell").forEach(function (c) { cells[c.dataset.worker] = c; });
   var expected = parseInt(run.dataset.expected, 10) || 0;
-  var MAX_LINES = 2000;
-  var nLines = stream.childNodes.length;
+  // The pane keeps the last MAX_LINES lines (each worker's page has its own output).
+  var MAX_LINES = 5000;
+  var chunks = [];
+  var nLines = 0;
+  if (stream.firstChild) {
+    nLines = stream.textContent.split("\n").length - 1;
+    chunks.push(nLines);
+  }
 
   function cell(worker) {
     var c = cells[worker];
@@ -89,8 +95,12 @@ document.querySelectorAll("input[data-filter]").forEach(function (input) {
     if (lines.length) {
       var atBottom = stream.scrollTop + stream.clientHeight >= stream.scrollHeight - 4;
       stream.appendChild(document.createTextNode(lines.join("\n") + "\n"));
-      nLines++;
-      while (nLines > MAX_LINES && stream.firstChild) { stream.removeChild(stream.firstChild); nLines--; }
+      chunks.push(lines.length);
+      nLines += lines.length;
+      while (nLines > MAX_LINES && chunks.length > 1) {
+        stream.removeChild(stream.firstChild);
+        nLines -= chunks.shift();
+      }
       if (atBottom) stream.scrollTop = stream.scrollHeight;
     }
     counts();

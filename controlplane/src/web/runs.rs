@@ -540,7 +540,7 @@ pub(crate) async fn page(
         _ => None,
     });
     for (worker, line) in lines {
-        let _ = write!(body, "{}: {}\n", esc(worker), esc(line.trim_end()));
+        let _ = writeln!(body, "{}: {}", esc(worker), esc(line.trim_end()));
     }
     body.push_str("</pre>");
     if s.dropped_lines > 0 {

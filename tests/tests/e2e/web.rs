@@ -258,26 +258,8 @@ async fn the_web_view_in_a_real_browser() -> Result<()> {
     .await?;
     let (_broker, _) = start_controlled_broker(&control, port, &[])?;
     let plugins = Plugins::core()?;
-    let (stop_workers, stop) = tokio::sync::watch::channel(false);
-    for (id, token) in ids.iter().zip(&tokens) {
-        let config = worker::WorkerConfig {
-            broker: broker_addr.clone(),
-            team: team.clone(),
-            identity: id.clone(),
-            token: token.clone(),
-            pluginspath: plugins.path().to_path_buf(),
-            services: Vec::new(),
-            max_concurrency: 4,
-            shell: worker::DEFAULT_SHELL.into(),
-            reconnect_max: Duration::from_secs(1),
-            debug: false,
-            max_output: worker::DEFAULT_MAX_OUTPUT,
-        };
-        let mut stop = stop.clone();
-        tokio::spawn(worker::run(config, async move {
-            let _ = stop.changed().await;
-        }));
-    }
+    let workers: Vec<(String, String)> = ids.iter().cloned().zip(tokens).collect();
+    let stop_workers = team_library_workers(&broker_addr, &plugins, &team, &workers, &[]);
     wait_until(Duration::from_secs(30), "50 workers serving", || async {
         api.ok("GET", "/api/v1/services/fleet", Value::Null)
             .await

@@ -33,7 +33,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-/// Every (method, path) the router serves; the OpenAPI document lists exactly these.
+/// Every (method, path) the API serves; the OpenAPI document lists exactly these (the router
+/// also serves the web view's, `crate::web::WEB_ROUTES`).
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/login"),
     ("GET", "/api/v1/teams"),

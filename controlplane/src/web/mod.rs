@@ -342,19 +342,35 @@ fn local_path(next: Option<&str>) -> String {
     }
 }
 
-/// The login form, with a fresh double-submit cookie.
-async fn login_page(State(state): State<AppState>, Query(q): Query<NextQuery>) -> Response {
-    login_form(&state, q.next.as_deref(), "", None, StatusCode::OK)
+/// The login form, with its double-submit cookie.
+async fn login_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Response {
+    login_form(
+        &state,
+        &headers,
+        q.next.as_deref(),
+        "",
+        None,
+        StatusCode::OK,
+    )
 }
 
+/// The login form; its nonce is the request's login cookie when it has one (two login tabs
+/// share it), else a new one.
 fn login_form(
     state: &AppState,
+    headers: &HeaderMap,
     next: Option<&str>,
     team: &str,
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let nonce = crate::random_hex(16);
+    let nonce = cookie(headers, LOGIN_COOKIE)
+        .filter(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(|| crate::random_hex(16), str::to_string);
     let body = format!(
         "<h1>Log in</h1>{}<form class=login method=post action=\"/login\">\
          <input type=hidden name=csrf value=\"{nonce}\">\
@@ -388,6 +404,7 @@ struct LoginForm {
 async fn login(
     State(state): State<AppState>,
     peer: PeerAddr,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let request = api::login::LoginRequest {
@@ -411,6 +428,7 @@ async fn login(
             let (status, _) = e.status_code();
             login_form(
                 &state,
+                &headers,
                 form.next.as_deref(),
                 &form.team,
                 Some(&e.to_string()),

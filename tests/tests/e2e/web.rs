@@ -114,6 +114,14 @@ fn artefact_dir() -> Result<PathBuf> {
     Ok(dir.canonicalize()?)
 }
 
+/// Keeps a screenshot of the page as `name`.png beside the grid's, and says where.
+async fn keep_screenshot(b: &Browser, name: &str) -> Result<()> {
+    let path = artefact_dir()?.join(format!("{name}.png"));
+    std::fs::write(&path, b.screenshot().await?)?;
+    println!("web: screenshot of {name}: {}", path.display());
+    Ok(())
+}
+
 /// Polls `script` (returning a boolean) in the page until it is true.
 async fn wait_js(b: &Browser, what: &str, within: Duration, script: &str) -> Result<()> {
     let deadline = Instant::now() + within;
@@ -299,6 +307,7 @@ async fn drive(b: &Browser, control: &Control, api: &Api, broker_addr: &str) -> 
     )
     .await?;
     ensure!(n_rows == N_WORKERS as i64, "{n_rows} rows in the fleet");
+    keep_screenshot(b, "fleet").await?;
     // Filtered and searched: w40 to w49.
     b.goto(&format!("{base}/fleet?q=w4&state=online")).await?;
     let found: Vec<String> = serde_json::from_value(
@@ -323,6 +332,7 @@ async fn drive(b: &Browser, control: &Control, api: &Api, broker_addr: &str) -> 
         .await?;
     let next = view["next_run"].as_str().context("a next run")?.to_string();
     b.goto(&format!("{base}/schedules")).await?;
+    keep_screenshot(b, "schedules").await?;
     let row = text_of(b, "#schedules tbody tr").await?;
     ensure!(
         row.contains("nightly") && row.contains(&next) && row.contains("never"),
@@ -332,6 +342,7 @@ async fn drive(b: &Browser, control: &Control, api: &Api, broker_addr: &str) -> 
     // Run the mirror request from the service page, and watch it complete live.
     b.goto(&format!("{base}/services/fleet")).await?;
     let form = b.wait().for_element(Locator::Css("form.run")).await?;
+    keep_screenshot(b, "service").await?;
     form.find(Locator::Css("input[name=command]"))
         .await?
         .send_keys(COMMAND)
@@ -395,12 +406,7 @@ async fn drive(b: &Browser, control: &Control, api: &Api, broker_addr: &str) -> 
     ensure!(red == FAILING, "red cells: {red:?}");
     let ended = text_of(b, "#ended").await?;
     ensure!(ended.starts_with("ended: 47 of 50 ok"), "{ended}");
-    let screenshot = artefact_dir()?.join("job-grid.png");
-    std::fs::write(&screenshot, b.screenshot().await?)?;
-    println!(
-        "web: screenshot of the live job grid: {}",
-        screenshot.display()
-    );
+    keep_screenshot(b, "job-grid").await?;
     let run_url = b.current_url().await?;
 
     // A failed worker's output, from its cell.
@@ -416,6 +422,7 @@ async fn drive(b: &Browser, control: &Control, api: &Api, broker_addr: &str) -> 
     // The same job in the history: its grid, and a failed worker's output.
     let job_id = job_of(api, "fleet").await?;
     b.goto(&format!("{base}/jobs")).await?;
+    keep_screenshot(b, "jobs").await?;
     b.find(Locator::Css(&format!("a[href='/jobs/{job_id}']")))
         .await?
         .click()
@@ -525,12 +532,7 @@ async fn grid_of_a_thousand(b: &Browser, control: &Control, api: &Api) -> Result
         median < GRID_BUDGET_MS,
         "the 1,000-worker grid took {median:.0} ms (median of {took:?})"
     );
-    let shot = artefact_dir()?.join("job-grid-1000.png");
-    std::fs::write(&shot, b.screenshot().await?)?;
-    println!(
-        "web: screenshot of the 1000-worker grid: {}",
-        shot.display()
-    );
+    keep_screenshot(b, "job-grid-1000").await?;
     Ok(())
 }
 

@@ -173,6 +173,7 @@ async fn log_in(b: &Browser, base: &str, team: &str, identity: &str, secret: &st
 /// the page's script cannot read it).
 async fn status_with_session(b: &Browser, base: &str, path: &str) -> Result<u16> {
     let cookie = b.get_named_cookie("triggerfs_session").await?;
+    remember_secret(cookie.value());
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -290,6 +291,7 @@ async fn drive(b: &Browser, control: &Control, api: &Api, broker_addr: &str) -> 
     // Log in; the fleet shows every worker online.
     log_in(b, base, &team, &admin, &secret).await?;
     let session = b.get_named_cookie("triggerfs_session").await?;
+    remember_secret(session.value());
     ensure!(
         session.http_only() == Some(true),
         "the session cookie is HttpOnly"

@@ -413,42 +413,21 @@ pub(crate) async fn start(
         changed,
     });
     state.live.add(run.clone())?;
-    let sent = async {
-        let client = gateway::connect(&state, user.token.clone()).await?;
-        let mut handle = client
-            .request(spec)
-            .await
-            .map_err(|e| ApiError::ServiceUnavailable(format!("the broker: {e}")))?;
-        let first = handle.next().await.unwrap_or(ClientEvent::Disconnected);
-        match gateway::refusal(&first) {
-            Some(e) => Err(e),
-            None => Ok((client, handle, first)),
-        }
-    };
-    let (client, mut handle, first) = match sent.await {
-        Ok(sent) => sent,
+    let events = match gateway::send(&state, user.token.clone(), spec).await {
+        Ok(events) => events,
         Err(e) => {
             state.live.remove(&run.id);
             return refused(e).await;
         }
     };
-    let final_first = first.is_final();
-    run.push(first);
     let id = run.id.clone();
-    if !final_first {
-        // Followed to its end whoever watches: the client lives in this task.
-        tokio::spawn(async move {
-            let _client = client;
-            loop {
-                let event = handle.next().await.unwrap_or(ClientEvent::Disconnected);
-                let last = event.is_final();
-                run.push(event);
-                if last {
-                    break;
-                }
-            }
-        });
-    }
+    // Followed to its end whoever watches: the stream holds the connection.
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = futures::StreamExt::next(&mut events).await {
+            run.push(event);
+        }
+    });
     Ok(Redirect::to(&format!("/runs/{id}")).into_response())
 }
 

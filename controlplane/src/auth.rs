@@ -82,7 +82,14 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?.to_string();
+        AuthUser::from_token(state, bearer(parts)?.to_string()).await
+    }
+}
+
+impl AuthUser {
+    /// The user of JWT `token` (the API's bearer token, or the web view's session cookie),
+    /// still a member of its team, with the secret it was issued under.
+    pub(crate) async fn from_token(state: &AppState, token: String) -> Result<AuthUser, ApiError> {
         let claims = state.jwt.verify(&token)?;
         const SQL: &str =
             "SELECT u.id AS user_id, u.secret_gen, u.operator, t.id AS team_id, m.role \

@@ -13,7 +13,8 @@
 //! calling: extractors), [`error`] (the error enum and its JSON), `json` (the checks and the
 //! parse of a body), [`extract`] (JSON-rejecting extractors), `routes/` (the router, and one
 //! module of handlers per object, taking and answering the `api` crate's types), `streams`
-//! (event streams open), [`metrics`], and [`openapi`] (the document's frame).
+//! (event streams open), [`metrics`], [`openapi`] (the document's frame), and `web` (the
+//! browser's view at `/`, over the same handlers).
 
 pub mod auth;
 mod change;
@@ -37,6 +38,7 @@ mod state;
 mod stored;
 mod streams;
 mod timetable;
+mod web;
 
 pub use error::{ApiError, ControlError};
 pub use routes::ROUTES;
@@ -45,6 +47,7 @@ pub use settings::{
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_NODE_LEASE,
     HTTP_BODY_MIN_RATE, JOB_PRUNE_EVERY,
 };
+pub use web::WEB_ROUTES;
 
 use axum::response::IntoResponse;
 use credentials::{JwtKeys, LoginGuard};
@@ -122,6 +125,7 @@ impl ControlPlane {
                 streams: streams::Streams::default(),
                 jobs,
                 runs: Default::default(),
+                live: Default::default(),
             }),
         })
     }

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) jobs: JobStore,
     /// The schedules' runs this process sends.
     pub(crate) runs: crate::scheduler::Runs,
+    /// The requests run from the web view, followed here.
+    pub(crate) live: crate::web::runs::LiveRuns,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -73,11 +75,13 @@ impl Shared {
     }
 
     /// Whether a request's headers carry a credential that checks out without the store: a
-    /// JWT with a good signature and expiry, or the broker token (an HMAC or a compare: cheap
-    /// enough for every request, before its body is read).
+    /// JWT with a good signature and expiry (as a bearer token, or the web view's session
+    /// cookie), or the broker token (an HMAC or a compare: cheap enough for every request,
+    /// before its body is read).
     fn has_credentials(&self, headers: &axum::http::HeaderMap) -> bool {
-        bearer_token(headers).is_some_and(|token| {
+        let bearer = bearer_token(headers).is_some_and(|token| {
             same_secret(token, &self.broker_token) || self.jwt.verify(token).is_ok()
-        })
+        });
+        bearer || crate::web::session_token(headers).is_some_and(|t| self.jwt.verify(t).is_ok())
     }
 }

@@ -10,7 +10,7 @@
 use proto::job::{clip, clip_owned, is_secret_key, JobOutcome, JobReaders, JobRecord, JobWorker};
 use proto::job::{redact_output, redact_text, JOB_OUTPUT_TAIL, REDACTED};
 use proto::job::{MAX_JOB_ITEMS, MAX_JOB_NAME, MAX_JOB_TEXT};
-use proto::{ErrorKind, Event, Stream};
+use proto::{Event, Stream};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -204,17 +204,7 @@ impl JobTrace {
                 w.end = Some((outcome, Some(*exit_code), Instant::now()));
             }
             Event::Failed { kind, message } => {
-                let outcome = match kind {
-                    ErrorKind::Timeout => JobOutcome::TimedOut,
-                    ErrorKind::WorkerLost => JobOutcome::Lost,
-                    ErrorKind::Cancelled => JobOutcome::Cancelled,
-                    ErrorKind::Offline => JobOutcome::Offline,
-                    ErrorKind::Skipped => JobOutcome::Skipped,
-                    ErrorKind::NoResponse => JobOutcome::NoResponse,
-                    ErrorKind::Detached => JobOutcome::Detached,
-                    ErrorKind::Retried => JobOutcome::Retried,
-                    _ => JobOutcome::Failed,
-                };
+                let outcome = JobOutcome::of_failure(*kind);
                 w.push_line(Stream::Stderr, format!("{kind}: {message}").as_bytes());
                 w.end = Some((outcome, None, Instant::now()));
             }

@@ -144,6 +144,24 @@ text_enum! {
     }
 }
 
+impl JobOutcome {
+    /// How a worker's part ended when it failed with `kind` (a `Failed` event).
+    pub fn of_failure(kind: crate::ErrorKind) -> JobOutcome {
+        use crate::ErrorKind;
+        match kind {
+            ErrorKind::Timeout => JobOutcome::TimedOut,
+            ErrorKind::WorkerLost => JobOutcome::Lost,
+            ErrorKind::Cancelled => JobOutcome::Cancelled,
+            ErrorKind::Offline => JobOutcome::Offline,
+            ErrorKind::Skipped => JobOutcome::Skipped,
+            ErrorKind::NoResponse => JobOutcome::NoResponse,
+            ErrorKind::Detached => JobOutcome::Detached,
+            ErrorKind::Retried => JobOutcome::Retried,
+            _ => JobOutcome::Failed,
+        }
+    }
+}
+
 impl JobStatus {
     /// The status of a request whose workers ended with `outcomes`.
     pub fn of(outcomes: impl IntoIterator<Item = JobOutcome>) -> JobStatus {

@@ -294,13 +294,27 @@ pub fn library_workers(
     ids: &[String],
     services: &[&str],
 ) -> tokio::sync::watch::Sender<bool> {
+    let workers: Vec<(String, String)> = ids.iter().map(|id| (id.clone(), String::new())).collect();
+    team_library_workers(&broker.to_string(), plugins, "default", &workers, services)
+}
+
+/// Connects one in-process worker per (identity, token) of `workers` to the broker at
+/// `broker`, in `team`, each announcing `services`; they stop when the returned sender
+/// sends `true` or is dropped.
+pub fn team_library_workers(
+    broker: &str,
+    plugins: &Plugins,
+    team: &str,
+    workers: &[(String, String)],
+    services: &[&str],
+) -> tokio::sync::watch::Sender<bool> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    for id in ids {
+    for (id, token) in workers {
         let config = worker::WorkerConfig {
             broker: broker.to_string(),
-            team: "default".into(),
+            team: team.into(),
             identity: id.clone(),
-            token: String::new(),
+            token: token.clone(),
             pluginspath: plugins.path().to_path_buf(),
             services: services.iter().map(|s| s.to_string()).collect(),
             max_concurrency: 4,

@@ -35,5 +35,6 @@ mod e2e {
     pub mod trigger_history;
     pub mod trust;
     pub mod trust_misc;
+    pub mod web;
     pub mod worker_rights;
 }

@@ -69,7 +69,7 @@ fn event_text(event: &GatewayEvent) -> String {
 }
 
 /// One event of the request as the gateway streams it (SSE `data`, or an NDJSON line).
-fn gateway_event(event: ClientEvent) -> GatewayEvent {
+pub(crate) fn gateway_event(event: ClientEvent) -> GatewayEvent {
     match event {
         ClientEvent::Routed {
             algorithm,
@@ -227,6 +227,27 @@ pub(crate) async fn connect(state: &AppState, token: String) -> Result<Client, A
         .map_err(|e| connect_error(e, &addr))
 }
 
+/// Sends `spec` through the broker as the holder of JWT `token`: its events, until the final
+/// one, as they arrive (the stream holds the connection; dropping it cancels the request).
+/// The first event comes at once (`routed` is held back at most a few milliseconds): a
+/// refusal is an error here, with its HTTP status, instead of the start of a stream.
+pub(crate) async fn send(
+    state: &AppState,
+    token: String,
+    spec: RequestSpec,
+) -> Result<impl Stream<Item = ClientEvent> + Send + 'static, ApiError> {
+    let client = connect(state, token).await?;
+    let mut handle = client
+        .request(spec)
+        .await
+        .map_err(|e| connect_error(e, &client_addr(state)))?;
+    let first = handle.next().await.unwrap_or(ClientEvent::Disconnected);
+    if let Some(e) = refusal(&first) {
+        return Err(e);
+    }
+    Ok(client_events(first, client, handle))
+}
+
 /// Runs a request on a service (`name` or `team%2Fname`) and streams its events.
 #[utoipa::path(post, path = "/api/v1/services/{name}/requests", tag = "gateway",
     security(("jwt" = [])), params(("name" = ServiceRef, Path, description = "Service, worker identity, or team/service (URL-encoded)")),
@@ -248,18 +269,7 @@ pub async fn run_request(
     Json(req): Json<GatewayRequest>,
 ) -> Result<Response, ApiError> {
     let spec = request_spec(service, req)?;
-    let client = connect(&state, user.token.clone()).await?;
-    let mut handle = client
-        .request(spec)
-        .await
-        .map_err(|e| connect_error(e, &client_addr(&state)))?;
-    // The first event comes at once (`routed` is held back at most a few milliseconds):
-    // a refusal is answered with its HTTP status instead of a 200 stream.
-    let first = handle.next().await.unwrap_or(ClientEvent::Disconnected);
-    if let Some(e) = refusal(&first) {
-        return Err(e);
-    }
-    let events = client_events(first, client, handle);
+    let events = send(&state, user.token.clone(), spec).await?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -10,16 +10,16 @@ mod directories;
 pub(crate) mod events;
 pub(crate) mod gateway;
 mod invitations;
-mod jobs;
-mod login;
+pub(crate) mod jobs;
+pub(crate) mod login;
 pub(crate) mod nodes;
 mod quotas;
-mod schedules;
-mod services;
+pub(crate) mod schedules;
+pub(crate) mod services;
 mod teams;
 mod triggers;
 mod users;
-mod workers;
+pub(crate) mod workers;
 
 pub(crate) use jobs::prune as prune_jobs;
 
@@ -34,7 +34,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-/// Every (method, path) the router serves; the OpenAPI document lists exactly these.
+/// Every (method, path) the API serves; the OpenAPI document lists exactly these (the router
+/// also serves the web view's, `crate::web::WEB_ROUTES`).
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/login"),
     ("GET", "/api/v1/teams"),
@@ -182,6 +183,7 @@ pub(crate) fn router(state: AppState) -> axum::Router {
             .unwrap_or_else(|_| "{\"openapi\":\"3.1.0\"}".to_string())
     });
     router
+        .merge(crate::web::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))

@@ -160,7 +160,7 @@ async fn local_worker(
         pluginspath.display()
     );
     let config = worker::WorkerConfig {
-        broker: opts.broker_url(broker_addr),
+        brokers: vec![opts.broker_url(broker_addr)],
         team: login.team,
         identity: "local".into(),
         token,

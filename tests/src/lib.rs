@@ -295,7 +295,7 @@ pub fn library_workers(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for id in ids {
         let config = worker::WorkerConfig {
-            broker: broker.to_string(),
+            brokers: vec![broker.to_string()],
             team: "default".into(),
             identity: id.clone(),
             token: String::new(),

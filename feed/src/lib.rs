@@ -28,8 +28,7 @@ use dataplane::triggers::unix_ms_now;
 use eventsource_stream::Eventsource;
 use futures_lite::StreamExt;
 use proto::control::{
-    BrokerReport, BrokerSnapshot, Claims, NodeHeartbeat, NodeList, WorkerState,
-    WorkerStateReport,
+    BrokerReport, BrokerSnapshot, Claims, NodeHeartbeat, NodeList, WorkerState, WorkerStateReport,
 };
 use proto::{Credential, ErrorKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1436,7 +1435,10 @@ mod tests {
                                     node: "other".into(),
                                     advertise: "10.0.0.9:5555".into(),
                                 },
-                                proto::control::NodeEntry { node, advertise: me },
+                                proto::control::NodeEntry {
+                                    node,
+                                    advertise: me,
+                                },
                             ],
                             lease_ms,
                         })
@@ -1507,26 +1509,40 @@ mod tests {
             let seen = seen.lock().unwrap();
             assert!(seen.beats.len() >= 5, "{} heartbeats", seen.beats.len());
             for (id, beat) in &seen.beats {
-                assert_eq!((id.as_str(), beat.advertise.as_str()), (node.as_str(), "127.0.0.1:7001"));
+                assert_eq!(
+                    (id.as_str(), beat.advertise.as_str()),
+                    (node.as_str(), "127.0.0.1:7001")
+                );
                 assert!(beat.started_unix_ms > 0);
             }
             // The probe's reports (--max-staleness) carry the node.
             assert!(!seen.reports.is_empty());
-            assert!(seen.reports.iter().all(|r| r.node.as_deref() == Some(node.as_str())));
+            assert!(seen
+                .reports
+                .iter()
+                .all(|r| r.node.as_deref() == Some(node.as_str())));
         }
         // The same list does not move the revision.
         assert_eq!(source.nodes_revision(), revision);
         let leaving = source.clone();
-        tokio::task::spawn_blocking(move || leaving.leave()).await.unwrap();
+        tokio::task::spawn_blocking(move || leaving.leave())
+            .await
+            .unwrap();
         let beats = {
             let seen = seen.lock().unwrap();
             assert_eq!(seen.left, [node.clone()]);
             seen.beats.len()
         };
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(seen.lock().unwrap().beats.len(), beats, "heartbeats after leaving");
+        assert_eq!(
+            seen.lock().unwrap().beats.len(),
+            beats,
+            "heartbeats after leaving"
+        );
         // Leaving twice does nothing more.
-        tokio::task::spawn_blocking(move || source.leave()).await.unwrap();
+        tokio::task::spawn_blocking(move || source.leave())
+            .await
+            .unwrap();
         assert_eq!(seen.lock().unwrap().left.len(), 1);
     }
 

@@ -171,7 +171,9 @@ impl ShardArgs {
 /// `--advertise`: `HOST:PORT` or `tls://HOST:PORT`, with a port, as a peer would dial it.
 fn parse_advertise(text: &str) -> Result<String, String> {
     let bare = text.strip_prefix("tls://").unwrap_or(text);
-    let port = bare.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+    let port = bare
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
     match port {
         Some((host, Ok(port))) if !host.is_empty() && port != 0 && !bare.contains('/') => {
             Ok(text.to_string())
@@ -256,7 +258,14 @@ mod tests {
         for good in ["10.0.0.1:5555", "tls://node1.example:5555", "[::1]:5555"] {
             assert_eq!(super::parse_advertise(good).as_deref(), Ok(good));
         }
-        for bad in ["10.0.0.1", "10.0.0.1:0", ":5555", "tls://", "http://a:1", "a:b"] {
+        for bad in [
+            "10.0.0.1",
+            "10.0.0.1:0",
+            ":5555",
+            "tls://",
+            "http://a:1",
+            "a:b",
+        ] {
             assert!(super::parse_advertise(bad).is_err(), "{bad}");
         }
     }

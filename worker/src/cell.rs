@@ -258,7 +258,10 @@ mod unit {
     fn jitter_adds_up_to_half() {
         for _ in 0..100 {
             let d = jittered(Duration::from_millis(100));
-            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(150), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(100) && d <= Duration::from_millis(150),
+                "{d:?}"
+            );
         }
     }
 }

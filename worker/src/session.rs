@@ -66,12 +66,13 @@ async fn handshake(config: &WorkerConfig, broker: &str) -> Result<Welcomed, Work
     if config.debug {
         info!("connecting to broker at {broker}...");
     }
-    let (mut reader, mut writer) = connect(broker)
-        .await
-        .map_err(|source| WorkerError::Connect {
-            broker: broker.to_string(),
-            source,
-        })?;
+    let (mut reader, mut writer) =
+        connect(broker)
+            .await
+            .map_err(|source| WorkerError::Connect {
+                broker: broker.to_string(),
+                source,
+            })?;
     let hello = Frame::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
         role: Role::Worker,

@@ -16,8 +16,7 @@ async fn welcome(conn: &mut BrokerConn, nodes: &[&String]) {
 
 /// No connection arrives at `broker` within a while.
 async fn no_connection(broker: &FakeBroker, what: &str) {
-    let accepted =
-        tokio::time::timeout(Duration::from_millis(400), broker.listener.accept()).await;
+    let accepted = tokio::time::timeout(Duration::from_millis(400), broker.listener.accept()).await;
     assert!(accepted.is_err(), "{what}");
 }
 
@@ -69,26 +68,43 @@ async fn a_seed_leads_to_every_node_of_the_cell() {
         conn.send(dispatch(5, "echo")).await;
         let end = conn.until_end().await;
         assert_eq!(end.first(), Some(&Frame::Accepted { id: 5 }), "{end:?}");
-        assert!(matches!(end.last(), Some(Frame::Done { id: 5, .. })), "{end:?}");
+        assert!(
+            matches!(end.last(), Some(Frame::Done { id: 5, .. })),
+            "{end:?}"
+        );
     }
 
     // C leaves the cell (told through B): dropped. An empty list says nothing.
-    conn_b.send(Frame::Nodes { nodes: vec![a.addr.clone(), b.addr.clone()] }).await;
+    conn_b
+        .send(Frame::Nodes {
+            nodes: vec![a.addr.clone(), b.addr.clone()],
+        })
+        .await;
     closed(&mut conn_c, "the session of a node that left").await;
     no_connection(&c, "a node that left the cell").await;
     conn_a.send(Frame::Nodes { nodes: vec![] }).await;
     conn_b.send(dispatch(6, "echo")).await;
-    assert!(matches!(conn_b.until_end().await.last(), Some(Frame::Done { id: 6, .. })));
+    assert!(matches!(
+        conn_b.until_end().await.last(),
+        Some(Frame::Done { id: 6, .. })
+    ));
 
     // C comes back into the list: connected again. B breaks: it is reconnected on its own.
-    conn_a.send(Frame::Nodes { nodes: all.iter().map(|n| n.to_string()).collect() }).await;
+    conn_a
+        .send(Frame::Nodes {
+            nodes: all.iter().map(|n| n.to_string()).collect(),
+        })
+        .await;
     let (mut conn_c, _) = c.accept().await;
     welcome(&mut conn_c, &all).await;
     drop(conn_b);
     let (mut conn_b, _) = b.accept().await;
     welcome(&mut conn_b, &all).await;
     conn_a.send(dispatch(7, "echo")).await;
-    assert!(matches!(conn_a.until_end().await.last(), Some(Frame::Done { id: 7, .. })));
+    assert!(matches!(
+        conn_a.until_end().await.last(),
+        Some(Frame::Done { id: 7, .. })
+    ));
     stop(stop_tx, task).await;
 }
 
@@ -116,11 +132,21 @@ async fn every_node_shares_the_slots_and_has_its_own_dispatch_ids() {
     conn_a.send(Frame::Cancel { id: 7 }).await;
     assert!(matches!(
         conn_a.until_end().await.last(),
-        Some(Frame::Failed { id: 7, kind: ErrorKind::Cancelled, .. })
+        Some(Frame::Failed {
+            id: 7,
+            kind: ErrorKind::Cancelled,
+            ..
+        })
     ));
     let end = conn_b.until_end().await;
     assert_eq!(end.first(), Some(&Frame::Accepted { id: 7 }), "{end:?}");
-    assert!(end.contains(&Frame::Done { id: 7, exit_code: 0 }), "{end:?}");
+    assert!(
+        end.contains(&Frame::Done {
+            id: 7,
+            exit_code: 0
+        }),
+        "{end:?}"
+    );
     stop(stop_tx, task).await;
 }
 
@@ -145,14 +171,26 @@ async fn a_keyed_dispatch_through_another_node_runs_once() {
     assert_eq!(conn_a.next().await, Frame::Accepted { id: 1 });
     // While it runs, through B (with B's own id, here the same number).
     conn_b.send(keyed(1, "mark", 9)).await;
-    let done = Frame::Done { id: 1, exit_code: 4 };
-    assert_eq!(conn_b.until_end().await, [Frame::Accepted { id: 1 }, done.clone()]);
+    let done = Frame::Done {
+        id: 1,
+        exit_code: 4,
+    };
+    assert_eq!(
+        conn_b.until_end().await,
+        [Frame::Accepted { id: 1 }, done.clone()]
+    );
     assert_eq!(conn_a.until_end().await.last(), Some(&done));
     // After, through B again: answered from the window.
     conn_b.send(keyed(2, "mark", 9)).await;
     assert_eq!(
         conn_b.until_end().await,
-        [Frame::Accepted { id: 2 }, Frame::Done { id: 2, exit_code: 4 }]
+        [
+            Frame::Accepted { id: 2 },
+            Frame::Done {
+                id: 2,
+                exit_code: 4
+            }
+        ]
     );
     assert_eq!(std::fs::read_to_string(&marks).unwrap(), "ran\n");
     stop(stop_tx, task).await;
@@ -186,7 +224,10 @@ async fn refused_by_every_node_ends_the_worker() {
         }
     }
     conn_b.send(dispatch(3, "echo")).await;
-    assert!(matches!(conn_b.until_end().await.last(), Some(Frame::Done { id: 3, .. })));
+    assert!(matches!(
+        conn_b.until_end().await.last(),
+        Some(Frame::Done { id: 3, .. })
+    ));
     // Then B refuses too: the worker ends.
     drop(conn_b);
     let ended = loop {
@@ -196,7 +237,13 @@ async fn refused_by_every_node_ends_the_worker() {
         }
     };
     assert!(
-        matches!(ended, Err(WorkerError::Refused { kind: ErrorKind::Unauthorized, .. })),
+        matches!(
+            ended,
+            Err(WorkerError::Refused {
+                kind: ErrorKind::Unauthorized,
+                ..
+            })
+        ),
         "{ended:?}"
     );
     no_connection(&a, "a node given up on").await;

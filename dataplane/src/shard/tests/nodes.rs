@@ -28,10 +28,7 @@ impl ConfigSource for CellSource {
     fn routing(&self) -> Arc<crate::config::RoutingConfig> {
         self.file.routing()
     }
-    fn authenticate(
-        &self,
-        credential: &Credential,
-    ) -> Result<Principal, crate::config::Refusal> {
+    fn authenticate(&self, credential: &Credential) -> Result<Principal, crate::config::Refusal> {
         self.file.authenticate(credential)
     }
     fn report(&self, report: WorkerStateReport) {

@@ -367,8 +367,14 @@ impl Http {
         }
     }
 
-    /// `PUT /api/v1/broker/nodes/{node}`: this node is alive; the cell's live nodes.
-    async fn heartbeat(&self, node: &str, beat: &NodeHeartbeat) -> Result<NodeList, Unanswered> {
+    /// `PUT /api/v1/broker/nodes/{node}`: this node is alive; the cell's live nodes, and
+    /// whether the node is new to the cell (`201`: its first heartbeat, or the first since its
+    /// lease ran out, its links to workers gone with it).
+    async fn heartbeat(
+        &self,
+        node: &str,
+        beat: &NodeHeartbeat,
+    ) -> Result<(bool, NodeList), Unanswered> {
         let url = format!("{}/api/v1/broker/nodes/{node}", self.base());
         let resp = self
             .client
@@ -386,8 +392,9 @@ impl Http {
         if !status.is_success() {
             return Err(Unanswered::Refused(format!("{url} answered {status}")));
         }
-        resp.json()
-            .await
+        let created = status == reqwest::StatusCode::CREATED;
+        let list = resp.json().await;
+        list.map(|list| (created, list))
             .map_err(|e| Unanswered::Refused(format!("{url}: {e}")))
     }
 
@@ -677,8 +684,12 @@ async fn heartbeat_loop(http: Arc<Http>, inner: Arc<Inner>) {
             done = &mut leave_rx => return leave(&http, &cell.node, done.ok()).await,
         };
         match answer {
-            Ok(list) => {
+            Ok((created, list)) => {
                 inner.touch();
+                if created {
+                    // New to the cell: the control plane knows none of the workers here.
+                    let _ = inner.reports.send(ReportMsg::Resync);
+                }
                 if failing {
                     info!(node = %cell.node, "heartbeats answered again");
                     failing = false;
@@ -1392,8 +1403,8 @@ mod tests {
     }
 
     /// A control plane answering the feed: a snapshot, an event stream that never says
-    /// anything, heartbeats (a `NodeList` of two nodes and `lease_ms`), `DELETE`s, and reports
-    /// with `report_status`.
+    /// anything, heartbeats (a `NodeList` of two nodes and `lease_ms`; `201` for a node's
+    /// first), `DELETE`s, and reports with `report_status`.
     async fn fake_plane(
         lease_ms: u64,
         report_status: u16,
@@ -1428,20 +1439,29 @@ mod tests {
                           Path(node): Path<String>,
                           Json(beat): Json<NodeHeartbeat>| async move {
                         let me = beat.advertise.clone();
-                        seen.lock().unwrap().beats.push((node.clone(), beat));
-                        Json(NodeList {
-                            nodes: vec![
-                                proto::control::NodeEntry {
-                                    node: "other".into(),
-                                    advertise: "10.0.0.9:5555".into(),
-                                },
-                                proto::control::NodeEntry {
-                                    node,
-                                    advertise: me,
-                                },
-                            ],
-                            lease_ms,
-                        })
+                        let mut seen = seen.lock().unwrap();
+                        // New to the cell: 201.
+                        let status = match seen.beats.iter().any(|(n, _)| *n == node) {
+                            true => StatusCode::OK,
+                            false => StatusCode::CREATED,
+                        };
+                        seen.beats.push((node.clone(), beat));
+                        (
+                            status,
+                            Json(NodeList {
+                                nodes: vec![
+                                    proto::control::NodeEntry {
+                                        node: "other".into(),
+                                        advertise: "10.0.0.9:5555".into(),
+                                    },
+                                    proto::control::NodeEntry {
+                                        node,
+                                        advertise: me,
+                                    },
+                                ],
+                                lease_ms,
+                            }),
+                        )
                     },
                 )
                 .delete(
@@ -1515,8 +1535,9 @@ mod tests {
                 );
                 assert!(beat.started_unix_ms > 0);
             }
-            // The probe's reports (--max-staleness) carry the node.
-            assert!(!seen.reports.is_empty());
+            // The probe's reports (--max-staleness) carry the node; the first heartbeat (201,
+            // new to the cell) was followed by a full report.
+            assert!(seen.reports.iter().any(|r| r.full), "no full report");
             assert!(seen
                 .reports
                 .iter()

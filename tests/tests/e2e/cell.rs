@@ -5,9 +5,9 @@
 //! SIGKILLed it serves through the others, and it rejoins the node when it is back on its
 //! port.
 //!
-//! What needs the control plane's side of the cell (`PUT /api/v1/broker/nodes/{node}`,
-//! branch `cellcp`): the worker learning the nodes other than its seed, so every step past
-//! "connected to its seed".
+//! What needs the control plane's side of the cell (`PUT /api/v1/broker/nodes/{node}`, the
+//! workers' `nodes` in the API; branch `cellcp`): the worker learning the nodes other than
+//! its seed, so every step past "connected to its seed".
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -124,6 +124,12 @@ async fn cell(db: Db) -> Result<()> {
         let took = node.wait_workers(1, ON_EVERY_NODE).await?;
         println!("w1 on {} ({took:?} later)", node.addr);
     }
+    // Every node reports it (`BrokerReport::node`): the control plane counts 3 of 3.
+    wait_until(ON_EVERY_NODE, "w1 on 3/3 nodes in the API", || async {
+        let w1 = api.ok("GET", "/api/v1/workers/w1", json!(null)).await;
+        w1.is_ok_and(|w| w["nodes"] == json!({"reached": 3, "live": 3}) && w["state"] == "ONLINE")
+    })
+    .await?;
     let jwt = api.token().context("token")?;
     for node in &nodes {
         mirror_reaches_w1(node, &jwt).await?;

@@ -1551,7 +1551,7 @@ mod tests {
             .unwrap();
         let beats = {
             let seen = seen.lock().unwrap();
-            assert_eq!(seen.left, [node.clone()]);
+            assert_eq!(seen.left, [node.as_str()]);
             seen.beats.len()
         };
         tokio::time::sleep(Duration::from_millis(400)).await;

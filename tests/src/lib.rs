@@ -1194,37 +1194,6 @@ impl Drop for Shell {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::free_port;
-
-    #[test]
-    fn ports_given_are_distinct_below_the_ephemeral_range_and_claimed() {
-        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|r| r.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32_768);
-        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
-        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
-        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
-        for port in &ports {
-            assert!((10_000..low).contains(port), "{port} is not below {low}");
-            // Claimed: another process (or another open of the claim) cannot take it.
-            let claim = std::fs::OpenOptions::new()
-                .write(true)
-                .open(
-                    std::env::temp_dir()
-                        .join("triggerfs-test-ports")
-                        .join(port.to_string()),
-                )
-                .unwrap();
-            assert!(claim.try_lock().is_err(), "{port} is not claimed");
-            // And the server can bind it.
-            std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap();
-        }
-    }
-}
-
 // The cell (issue 27): broker nodes advertised to a control plane.
 
 /// A node of a cell: a broker on `port` following `control_urls` with `--advertise
@@ -1266,4 +1235,35 @@ pub async fn broker_connections(url: &str, role: &str) -> Result<u64> {
 pub async fn admin_api(control: &Control) -> Result<Api> {
     let (team, admin, secret) = &control.admin;
     Api::login(&control.url, team, admin, secret).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    #[test]
+    fn ports_given_are_distinct_below_the_ephemeral_range_and_claimed() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768);
+        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in &ports {
+            assert!((10_000..low).contains(port), "{port} is not below {low}");
+            // Claimed: another process (or another open of the claim) cannot take it.
+            let claim = std::fs::OpenOptions::new()
+                .write(true)
+                .open(
+                    std::env::temp_dir()
+                        .join("triggerfs-test-ports")
+                        .join(port.to_string()),
+                )
+                .unwrap();
+            assert!(claim.try_lock().is_err(), "{port} is not claimed");
+            // And the server can bind it.
+            std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap();
+        }
+    }
 }

@@ -1197,14 +1197,14 @@ impl Drop for Shell {
 // The cell (issue 27): broker nodes advertised to a control plane.
 
 /// A node of a cell: a broker on `port` following `control_urls` with `--advertise
-/// 127.0.0.1:<port>` and its metrics on a port of their own; the process and its `/metrics`
-/// URL.
+/// 127.0.0.1:<port>` and its metrics on a port of their own; the process, its `/metrics` URL
+/// and its node id.
 pub fn start_cell_node(
     control_urls: &str,
     token_file: &Path,
     port: u16,
     extra: &[&str],
-) -> Result<(Proc, String)> {
+) -> Result<(Proc, String, String)> {
     let advertise = format!("127.0.0.1:{port}");
     let mut args = vec![
         "--advertise",
@@ -1216,7 +1216,11 @@ pub fn start_cell_node(
     let (proc, lines) = start_broker_following(control_urls, token_file, port, &args)?;
     let metrics = line_value(&lines, "metrics on ")
         .with_context(|| format!("no metrics line in {lines:?}"))?;
-    Ok((proc, metrics))
+    // "node <id> of the cell, advertised as <address>"
+    let node = line_value(&lines, "node ")
+        .and_then(|rest| Some(rest.split_whitespace().next()?.to_string()))
+        .with_context(|| format!("no node line in {lines:?}"))?;
+    Ok((proc, metrics, node))
 }
 
 /// The connections with `role` (`client`, `worker`) a broker has open, over its shards, from

@@ -3,11 +3,11 @@
 //! nodes from its seed and connects to all three; a request through any node reaches it; a
 //! keyed request resent through another node runs once (the worker's window); with one node
 //! SIGKILLed it serves through the others, and it rejoins the node when it is back on its
-//! port.
+//! port; a node that drains leaves the cell at once.
 //!
 //! What needs the control plane's side of the cell (`PUT /api/v1/broker/nodes/{node}`, the
-//! workers' `nodes` in the API; branch `cellcp`): the worker learning the nodes other than
-//! its seed, so every step past "connected to its seed".
+//! workers' `nodes` and `GET /api/v1/brokers` in the API; branch `cellcp`): the worker
+//! learning the nodes other than its seed, so every step past "connected to its seed".
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -24,17 +24,20 @@ struct Node {
     port: u16,
     proc: Proc,
     metrics: String,
+    /// Its id in the cell.
+    id: String,
 }
 
 impl Node {
     fn start(control: &Control, port: u16) -> Result<Node> {
-        let (proc, metrics) =
+        let (proc, metrics, id) =
             start_cell_node(&control.url, &control.broker_token_file(), port, &[])?;
         Ok(Node {
             addr: format!("127.0.0.1:{port}"),
             port,
             proc,
             metrics,
+            id,
         })
     }
 
@@ -162,6 +165,24 @@ async fn cell(db: Db) -> Result<()> {
         // Never twice on one node (a second connection would supersede the first).
         assert_eq!(broker_connections(&node.metrics, "worker").await?, 1);
     }
+
+    // A node that drains (SIGTERM) leaves the cell at once (`DELETE`), well before its
+    // lease (10 s) would run out.
+    nodes[2].proc.signal(libc::SIGTERM);
+    let id = nodes[2].id.clone();
+    wait_until(
+        Duration::from_secs(4),
+        "the drained node out of the cell",
+        || async {
+            let listed = api.ok("GET", "/api/v1/brokers", json!(null)).await;
+            listed.is_ok_and(|b| {
+                b.as_array()
+                    .is_some_and(|b| !b.iter().any(|n| n["node"] == id))
+            })
+        },
+    )
+    .await?;
+    mirror_reaches_w1(&nodes[0], &jwt).await?;
     Ok(())
 }
 

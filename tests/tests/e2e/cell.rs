@@ -115,16 +115,18 @@ async fn cell(db: Db) -> Result<()> {
 
     // One seed: the first node.
     let plugins = Plugins::core()?;
-    let _worker = start_worker(
+    let worker = start_worker(
         nodes[0].addr.parse()?,
         "w1",
         &plugins,
         &["--team", &team, "--token", &token],
     )?;
-    nodes[0].wait_workers(1, ON_EVERY_NODE).await?;
+    let on_seed = nodes[0].wait_workers(1, ON_EVERY_NODE).await;
+    on_seed.with_context(|| format!("the worker said:\n{}", worker.stderr()))?;
     // Needs the control plane's node endpoints: the worker learns the other two.
     for node in &nodes {
-        let took = node.wait_workers(1, ON_EVERY_NODE).await?;
+        let took = node.wait_workers(1, ON_EVERY_NODE).await;
+        let took = took.with_context(|| format!("the worker said:\n{}", worker.stderr()))?;
         println!("w1 on {} ({took:?} later)", node.addr);
     }
     // Every node reports it (`BrokerReport::node`): the control plane counts 3 of 3.

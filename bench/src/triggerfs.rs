@@ -101,7 +101,7 @@ pub(crate) fn worker_config(
     services: &[String],
 ) -> worker::WorkerConfig {
     worker::WorkerConfig {
-        broker: addr.to_string(),
+        brokers: vec![addr.to_string()],
         team: team.to_string(),
         identity: identity.to_string(),
         token: token.to_string(),

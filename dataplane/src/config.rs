@@ -176,6 +176,17 @@ pub trait ConfigSource: Send + Sync + 'static {
     fn stale(&self) -> Option<String> {
         None
     }
+    /// Increases whenever [`ConfigSource::nodes`] changes: shards compare it on every tick
+    /// (an atomic load, nothing allocated) and tell every peer the new list.
+    fn nodes_revision(&self) -> u64 {
+        0
+    }
+    /// The addresses of the cell's live broker nodes, as peers connect to them (`host:port`
+    /// or `tls://host:port`): sent in every `Welcome` and, when it changes, as `Nodes` to
+    /// every peer. Empty for a broker outside a cell (the default).
+    fn nodes(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// A worker connected or left. Must not block: shards call it.
     fn report(&self, report: WorkerStateReport);
     /// Whether requests should be traced for the job history ([`ConfigSource::job`]); a

@@ -51,6 +51,25 @@ pub static CONNECTED: LazyLock<IntGaugeVec> = metric!(
     &["role", "shard"]
 );
 
+/// The connections open now over every shard: (clients, workers), from [`CONNECTED`].
+pub fn connections() -> (u32, u32) {
+    use prometheus::core::Collector;
+    let (mut clients, mut workers) = (0i64, 0i64);
+    for family in CONNECTED.collect() {
+        for metric in family.get_metric() {
+            let role = metric.get_label().iter().find(|l| l.name() == "role");
+            let n = metric.get_gauge().get_value() as i64;
+            match role.map(|l| l.value()) {
+                Some("client") => clients += n,
+                Some("worker") => workers += n,
+                _ => {}
+            }
+        }
+    }
+    let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    (count(clients), count(workers))
+}
+
 /// Requests in flight, per shard.
 pub static INFLIGHT: LazyLock<IntGaugeVec> = metric!(
     register_int_gauge_vec,

@@ -11,6 +11,12 @@
 //!
 //! Shards only read: an atomic revision per tick, and the compiled snapshot under a
 //! `RwLock` at handshakes and reloads, never per request.
+//!
+//! A node of a cell (`--advertise`) also heartbeats ([`heartbeat_loop`]): under a UUID
+//! chosen at start it `PUT`s a `NodeHeartbeat` at start and every fifth of the lease the
+//! answer gives, learns the cell's live nodes from the answer (shards watch their revision
+//! as they do the configuration's), and `DELETE`s itself when the broker drains
+//! ([`ControlSource::leave`]). Its reports name the node.
 
 pub mod jobs;
 
@@ -21,20 +27,29 @@ use dataplane::config::{
 use dataplane::triggers::unix_ms_now;
 use eventsource_stream::Eventsource;
 use futures_lite::StreamExt;
-use proto::control::{BrokerReport, BrokerSnapshot, Claims, WorkerState, WorkerStateReport};
+use proto::control::{
+    BrokerReport, BrokerSnapshot, Claims, NodeHeartbeat, NodeList, WorkerState, WorkerStateReport,
+};
 use proto::{Credential, ErrorKind};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 /// How long `start` waits for the first snapshot (the control plane may still be starting).
 const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(15);
 /// Longest pause between attempts to reach the control plane.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A node's heartbeat period until the control plane has said its lease.
+const FIRST_HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// Bounds of a node's heartbeat period (a fifth of the lease the control plane gives).
+const HEARTBEAT_EVERY_MIN: Duration = Duration::from_millis(100);
+const HEARTBEAT_EVERY_MAX: Duration = Duration::from_secs(60);
+/// How long a draining node waits for the control plane to forget it.
+pub const LEAVE_WAIT: Duration = Duration::from_secs(2);
 
 /// Why the feed could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +84,9 @@ pub struct FeedSettings {
     /// keep-alive) for longer than this, refuse new connections and close the open ones
     /// ([`ErrorKind::Stale`]) until one answers again. `None`: serve on the last snapshot.
     pub max_staleness: Option<Duration>,
+    /// A node of a cell: the address peers connect to it at (`host:port` or
+    /// `tls://host:port`, `--advertise`). `None`: a broker outside a cell.
+    pub advertise: Option<String>,
 }
 
 struct Compiled {
@@ -94,9 +112,61 @@ struct Inner {
     /// Unix epoch).
     max_staleness: Option<Duration>,
     last_contact_ms: AtomicU64,
+    /// This broker as a node of a cell, with `--advertise`.
+    cell: Option<Cell>,
+}
+
+/// A node of a cell: who it is, and the live nodes the control plane last listed.
+struct Cell {
+    /// A UUID chosen at start.
+    node: String,
+    advertise: String,
+    started_unix_ms: u64,
+    /// Every live node's address, as peers connect to it.
+    nodes: RwLock<Vec<String>>,
+    /// Bumped whenever `nodes` changes.
+    nodes_revision: AtomicU64,
+    /// Tells the heartbeat task to leave the cell; it answers once it did (or gave up).
+    leave: Mutex<Option<oneshot::Sender<Done>>>,
+    /// The heartbeat task's end of `leave`, until it starts.
+    told: Mutex<Option<oneshot::Receiver<Done>>>,
+}
+
+/// Where the heartbeat task says it has left the cell.
+type Done = std::sync::mpsc::Sender<()>;
+
+impl Cell {
+    fn new(advertise: String) -> Cell {
+        let (leave, told) = oneshot::channel();
+        Cell {
+            node: uuid::Uuid::new_v4().to_string(),
+            advertise,
+            started_unix_ms: unix_ms_now(),
+            nodes: RwLock::new(Vec::new()),
+            nodes_revision: AtomicU64::new(0),
+            leave: Mutex::new(Some(leave)),
+            told: Mutex::new(Some(told)),
+        }
+    }
+
+    /// The live nodes now; the revision moves only when they changed.
+    fn set_nodes(&self, list: NodeList) {
+        let nodes: Vec<String> = list.nodes.into_iter().map(|n| n.advertise).collect();
+        let mut known = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if *known != nodes {
+            info!(?nodes, "the cell's nodes");
+            *known = nodes;
+            self.nodes_revision.fetch_add(1, Ordering::Release);
+        }
+    }
 }
 
 impl Inner {
+    /// The node id reports carry, for a node of a cell.
+    fn node(&self) -> Option<String> {
+        self.cell.as_ref().map(|c| c.node.clone())
+    }
+
     /// A control plane answered now.
     fn touch(&self) {
         self.last_contact_ms.store(unix_ms_now(), Ordering::Relaxed);
@@ -297,6 +367,55 @@ impl Http {
         }
     }
 
+    /// `PUT /api/v1/broker/nodes/{node}`: this node is alive; the cell's live nodes, and
+    /// whether the node is new to the cell (`201`: its first heartbeat, or the first since its
+    /// lease ran out, its links to workers gone with it).
+    async fn heartbeat(
+        &self,
+        node: &str,
+        beat: &NodeHeartbeat,
+    ) -> Result<(bool, NodeList), Unanswered> {
+        let url = format!("{}/api/v1/broker/nodes/{node}", self.base());
+        let resp = self
+            .client
+            .put(&url)
+            .bearer_auth(&self.settings.broker_token)
+            .timeout(Duration::from_secs(5))
+            .json(beat)
+            .send()
+            .await
+            .map_err(|e| Unanswered::Unreachable(e.to_string()))?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(Unanswered::Unreachable(format!("{url} answered {status}")));
+        }
+        if !status.is_success() {
+            return Err(Unanswered::Refused(format!("{url} answered {status}")));
+        }
+        let created = status == reqwest::StatusCode::CREATED;
+        let list = resp.json().await;
+        list.map(|list| (created, list))
+            .map_err(|e| Unanswered::Refused(format!("{url}: {e}")))
+    }
+
+    /// `DELETE /api/v1/broker/nodes/{node}`: this node leaves the cell.
+    async fn leave(&self, node: &str) -> Result<(), String> {
+        let url = format!("{}/api/v1/broker/nodes/{node}", self.base());
+        let resp = self
+            .client
+            .delete(&url)
+            .bearer_auth(&self.settings.broker_token)
+            .timeout(LEAVE_WAIT)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("{url} answered {}", resp.status()))
+        }
+    }
+
     async fn report(&self, report: &BrokerReport) -> Result<(), String> {
         let url = format!("{}/api/v1/broker/report", self.base());
         let resp = self
@@ -315,6 +434,15 @@ impl Http {
     }
 }
 
+/// Why a heartbeat got no node list.
+#[derive(Debug)]
+enum Unanswered {
+    /// No answer, or a 5xx: another control plane may answer.
+    Unreachable(String),
+    /// The control plane answered, and not with a node list (e.g. one that predates cells).
+    Refused(String),
+}
+
 impl ControlSource {
     /// A source over one fixed snapshot, with no control plane behind it and no feed thread:
     /// for tests and fuzzing the trust checks. Reports (worker states) go nowhere.
@@ -330,6 +458,7 @@ impl ControlSource {
                 record_jobs: true,
                 max_staleness: None,
                 last_contact_ms: AtomicU64::new(unix_ms_now()),
+                cell: None,
             }),
         })
     }
@@ -366,9 +495,12 @@ impl ControlSource {
                         return;
                     }
                     let Ok(inner) = inner_rx.recv() else { return };
-                    tokio::spawn(report_loop(http.clone(), report_rx));
+                    tokio::spawn(report_loop(http.clone(), report_rx, inner.node()));
                     if let Some(limit) = inner.max_staleness {
                         tokio::spawn(probe_loop(http.clone(), inner.clone(), limit));
+                    }
+                    if inner.cell.is_some() {
+                        tokio::spawn(heartbeat_loop(http.clone(), inner.clone()));
                     }
                     follow_loop(http, inner).await;
                 })
@@ -394,6 +526,7 @@ impl ControlSource {
                         record_jobs: settings.record_jobs,
                         max_staleness: settings.max_staleness,
                         last_contact_ms: AtomicU64::new(unix_ms_now()),
+                        cell: settings.advertise.clone().map(Cell::new),
                     });
                     let _ = inner_tx.send(inner.clone());
                     info!(url = %settings.url, revision = inner.revision.load(Ordering::Relaxed), "configuration from the control plane");
@@ -408,6 +541,25 @@ impl ControlSource {
                     })
                 }
             }
+        }
+    }
+
+    /// This node's id in its cell (with `--advertise`).
+    pub fn node(&self) -> Option<String> {
+        self.inner.node()
+    }
+
+    /// A draining node leaves its cell: heartbeats stop and the control plane is asked to
+    /// forget it, so that peers stop being sent to it. Best effort, within [`LEAVE_WAIT`]
+    /// (and a little more); nothing for a broker outside a cell. Blocks.
+    pub fn leave(&self) {
+        let Some(cell) = &self.inner.cell else { return };
+        let Some(tell) = cell.leave.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        if tell.send(done_tx).is_ok() {
+            let _ = done_rx.recv_timeout(LEAVE_WAIT + Duration::from_millis(500));
         }
     }
 
@@ -498,7 +650,7 @@ async fn probe_loop(http: Arc<Http>, inner: Arc<Inner>, limit: Duration) {
     let empty = BrokerReport {
         workers: Vec::new(),
         full: false,
-        node: None,
+        node: inner.node(),
     };
     loop {
         tokio::time::sleep(every).await;
@@ -508,7 +660,84 @@ async fn probe_loop(http: Arc<Http>, inner: Arc<Inner>, limit: Duration) {
     }
 }
 
-async fn report_loop(http: Arc<Http>, mut rx: mpsc::UnboundedReceiver<ReportMsg>) {
+/// A node of a cell: heartbeats at start and every fifth of the lease (see the module
+/// docs), each answer a contact for `--max-staleness`; leaves the cell when told.
+async fn heartbeat_loop(http: Arc<Http>, inner: Arc<Inner>) {
+    let Some(cell) = &inner.cell else { return };
+    let Some(mut leave_rx) = cell.told.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return;
+    };
+    let mut every = FIRST_HEARTBEAT_EVERY;
+    // Said once at warn, then at debug, until a heartbeat is answered again.
+    let mut failing = false;
+    loop {
+        let (clients, workers) = dataplane::metrics::connections();
+        let beat = NodeHeartbeat {
+            advertise: cell.advertise.clone(),
+            started_unix_ms: cell.started_unix_ms,
+            clients,
+            workers,
+        };
+        let beating = http.heartbeat(&cell.node, &beat);
+        let answer = tokio::select! {
+            answer = beating => answer,
+            done = &mut leave_rx => return leave(&http, &cell.node, done.ok()).await,
+        };
+        match answer {
+            Ok((created, list)) => {
+                inner.touch();
+                if created {
+                    // New to the cell: the control plane knows none of the workers here.
+                    let _ = inner.reports.send(ReportMsg::Resync);
+                }
+                if failing {
+                    info!(node = %cell.node, "heartbeats answered again");
+                    failing = false;
+                }
+                every = Duration::from_millis(list.lease_ms / 5)
+                    .clamp(HEARTBEAT_EVERY_MIN, HEARTBEAT_EVERY_MAX);
+                cell.set_nodes(list);
+            }
+            Err(why) => {
+                let why = match why {
+                    Unanswered::Unreachable(why) => {
+                        http.fail_over(&why);
+                        why
+                    }
+                    Unanswered::Refused(why) => why,
+                };
+                if failing {
+                    debug!(node = %cell.node, error = %why, "heartbeat not answered");
+                } else {
+                    warn!(node = %cell.node, error = %why, "heartbeat not answered; the cell's nodes stay as they were");
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            done = &mut leave_rx => return leave(&http, &cell.node, done.ok()).await,
+        }
+    }
+}
+
+/// Asks the control plane to forget `node` (within [`LEAVE_WAIT`]), then says so to `done`.
+async fn leave(http: &Http, node: &str, done: Option<Done>) {
+    match tokio::time::timeout(LEAVE_WAIT, http.leave(node)).await {
+        Ok(Ok(())) => info!(%node, "left the cell"),
+        Ok(Err(e)) => warn!(%node, error = %e, "could not leave the cell; its lease will run out"),
+        Err(_) => warn!(%node, "no answer when leaving the cell; its lease will run out"),
+    }
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+}
+
+async fn report_loop(
+    http: Arc<Http>,
+    mut rx: mpsc::UnboundedReceiver<ReportMsg>,
+    node: Option<String>,
+) {
     // The last state of every identity this broker has seen (bounded by the workers the
     // configuration admits): a report about an older connection never overrides a newer one,
     // whatever order the shards' reports arrive in.
@@ -532,7 +761,7 @@ async fn report_loop(http: Arc<Http>, mut rx: mpsc::UnboundedReceiver<ReportMsg>
             BrokerReport {
                 workers,
                 full: true,
-                node: None,
+                node: node.clone(),
             }
         } else {
             let mut workers: Vec<WorkerStateReport> = pending.values().cloned().collect();
@@ -540,7 +769,7 @@ async fn report_loop(http: Arc<Http>, mut rx: mpsc::UnboundedReceiver<ReportMsg>
             BrokerReport {
                 workers,
                 full: false,
-                node: None,
+                node: node.clone(),
             }
         };
         match http.report(&report).await {
@@ -696,6 +925,19 @@ impl ConfigSource for ControlSource {
 
     fn records_jobs(&self) -> bool {
         self.inner.record_jobs
+    }
+
+    fn nodes_revision(&self) -> u64 {
+        self.inner
+            .cell
+            .as_ref()
+            .map_or(0, |c| c.nodes_revision.load(Ordering::Acquire))
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        self.inner.cell.as_ref().map_or_else(Vec::new, |c| {
+            c.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
+        })
     }
 
     fn job(&self, trace: Box<dataplane::jobs::JobTrace>) {
@@ -1111,6 +1353,7 @@ mod tests {
             broker_token: "bt".into(),
             record_jobs: true,
             max_staleness: None,
+            advertise: None,
         })
         .unwrap()
     }
@@ -1149,5 +1392,190 @@ mod tests {
         let err = http(url).follow(&mut || n += 1, &|| ()).await.unwrap_err();
         assert!(err.contains("401"), "{err}");
         assert_eq!(n, 0);
+    }
+
+    /// What the fake control plane of [`fake_plane`] was sent.
+    #[derive(Default)]
+    struct Seen {
+        beats: Vec<(String, NodeHeartbeat)>,
+        left: Vec<String>,
+        reports: Vec<BrokerReport>,
+    }
+
+    /// A control plane answering the feed: a snapshot, an event stream that never says
+    /// anything, heartbeats (a `NodeList` of two nodes and `lease_ms`; `201` for a node's
+    /// first), `DELETE`s, and reports with `report_status`.
+    async fn fake_plane(
+        lease_ms: u64,
+        report_status: u16,
+    ) -> (String, Arc<std::sync::Mutex<Seen>>) {
+        use axum::extract::{Path, State};
+        use axum::http::StatusCode;
+        use axum::routing::{get, post, put};
+        use axum::Json;
+        type Shared = Arc<std::sync::Mutex<Seen>>;
+        let seen: Shared = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/broker/snapshot",
+                get(|| async { Json(snapshot()) }),
+            )
+            .route(
+                "/api/v1/events",
+                get(|| async {
+                    let silent = futures_lite::stream::pending::<
+                        Result<axum::body::Bytes, std::io::Error>,
+                    >();
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+                        axum::body::Body::from_stream(silent),
+                    )
+                }),
+            )
+            .route(
+                "/api/v1/broker/nodes/{node}",
+                put(
+                    move |State(seen): State<Shared>,
+                          Path(node): Path<String>,
+                          Json(beat): Json<NodeHeartbeat>| async move {
+                        let me = beat.advertise.clone();
+                        let mut seen = seen.lock().unwrap();
+                        // New to the cell: 201.
+                        let status = match seen.beats.iter().any(|(n, _)| *n == node) {
+                            true => StatusCode::OK,
+                            false => StatusCode::CREATED,
+                        };
+                        seen.beats.push((node.clone(), beat));
+                        (
+                            status,
+                            Json(NodeList {
+                                nodes: vec![
+                                    proto::control::NodeEntry {
+                                        node: "other".into(),
+                                        advertise: "10.0.0.9:5555".into(),
+                                    },
+                                    proto::control::NodeEntry {
+                                        node,
+                                        advertise: me,
+                                    },
+                                ],
+                                lease_ms,
+                            }),
+                        )
+                    },
+                )
+                .delete(
+                    |State(seen): State<Shared>, Path(node): Path<String>| async move {
+                        seen.lock().unwrap().left.push(node);
+                        StatusCode::NO_CONTENT
+                    },
+                ),
+            )
+            .route(
+                "/api/v1/broker/report",
+                post(
+                    move |State(seen): State<Shared>, Json(report): Json<BrokerReport>| async move {
+                        seen.lock().unwrap().reports.push(report);
+                        StatusCode::from_u16(report_status).unwrap()
+                    },
+                ),
+            )
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, seen)
+    }
+
+    /// Starts a node advertised as `127.0.0.1:7001` on `url` (off the runtime's threads:
+    /// `start` blocks).
+    async fn start_node(url: String, max_staleness: Option<Duration>) -> ControlSource {
+        tokio::task::spawn_blocking(move || {
+            ControlSource::start(FeedSettings {
+                url,
+                broker_token: "bt".into(),
+                record_jobs: false,
+                max_staleness,
+                advertise: Some("127.0.0.1:7001".into()),
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    }
+
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A node heartbeats under its id every fifth of the lease, learns the cell's nodes,
+    /// names itself in its reports, and leaves the cell when told to.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_heartbeats_learns_the_nodes_and_leaves() {
+        let (url, seen) = fake_plane(500, 200).await;
+        let source = start_node(url, Some(Duration::from_secs(1))).await;
+        let node = source.node().expect("a node id");
+        assert_eq!(uuid::Uuid::parse_str(&node).unwrap().get_version_num(), 4);
+        eventually("the nodes", || source.nodes_revision() > 0).await;
+        assert_eq!(source.nodes(), ["10.0.0.9:5555", "127.0.0.1:7001"]);
+        let revision = source.nodes_revision();
+        // Every 100 ms (a fifth of 500): many heartbeats within a second, all of this node.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        {
+            let seen = seen.lock().unwrap();
+            assert!(seen.beats.len() >= 5, "{} heartbeats", seen.beats.len());
+            for (id, beat) in &seen.beats {
+                assert_eq!(
+                    (id.as_str(), beat.advertise.as_str()),
+                    (node.as_str(), "127.0.0.1:7001")
+                );
+                assert!(beat.started_unix_ms > 0);
+            }
+            // The probe's reports (--max-staleness) carry the node; the first heartbeat (201,
+            // new to the cell) was followed by a full report.
+            assert!(seen.reports.iter().any(|r| r.full), "no full report");
+            assert!(seen
+                .reports
+                .iter()
+                .all(|r| r.node.as_deref() == Some(node.as_str())));
+        }
+        // The same list does not move the revision.
+        assert_eq!(source.nodes_revision(), revision);
+        let leaving = source.clone();
+        tokio::task::spawn_blocking(move || leaving.leave())
+            .await
+            .unwrap();
+        let beats = {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.left, [node.as_str()]);
+            seen.beats.len()
+        };
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            seen.lock().unwrap().beats.len(),
+            beats,
+            "heartbeats after leaving"
+        );
+        // Leaving twice does nothing more.
+        tokio::task::spawn_blocking(move || source.leave())
+            .await
+            .unwrap();
+        assert_eq!(seen.lock().unwrap().left.len(), 1);
+    }
+
+    /// An answered heartbeat is contact with the control plane: with a silent event stream
+    /// and reports refused, the broker does not turn stale while heartbeats are answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answered_heartbeats_keep_a_node_fresh() {
+        let (url, _seen) = fake_plane(500, 503).await;
+        let source = start_node(url, Some(Duration::from_millis(600))).await;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(source.stale(), None);
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! a signal drains it.
 
 use crate::settings::Settings;
-use crate::signals::{drain_broker, ShutdownSignals};
+use crate::signals::{drain_broker_then, ShutdownSignals};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::SocketAddr;
@@ -116,6 +116,11 @@ pub struct BrokerArgs {
     /// partitioned broker cannot keep a revoked member in (with --control).
     #[arg(long, env = "TRIGGERFS_MAX_STALENESS", default_value = "60s")]
     pub max_staleness: humantime::Duration,
+    /// Make this broker a node of a cell: the address peers connect to it at (`HOST:PORT`, or
+    /// `tls://HOST:PORT`), registered with the control plane, which tells every node's
+    /// peers the cell's nodes (a worker then connects to all of them).
+    #[arg(long, env = "TRIGGERFS_ADVERTISE", requires = "control", value_parser = parse_advertise)]
+    pub advertise: Option<String>,
     /// A file holding the broker token.
     #[arg(long, env = "TRIGGERFS_BROKER_TOKEN_FILE")]
     pub broker_token_file: Option<PathBuf>,
@@ -163,8 +168,26 @@ impl ShardArgs {
     }
 }
 
+/// `--advertise`: `HOST:PORT` or `tls://HOST:PORT`, with a port, as a peer would dial it.
+fn parse_advertise(text: &str) -> Result<String, String> {
+    let bare = text.strip_prefix("tls://").unwrap_or(text);
+    let port = bare
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(port))) if !host.is_empty() && port != 0 && !bare.contains('/') => {
+            Ok(text.to_string())
+        }
+        _ => Err(format!(
+            "`{text}` is not HOST:PORT or tls://HOST:PORT (the address peers connect to)"
+        )),
+    }
+}
+
 /// `triggerfs broker`: serves until SIGINT or SIGTERM, then drains (see `--drain`).
 pub fn run(args: BrokerArgs, settings: &Settings) -> Result<i32> {
+    // A node of a cell leaves it when it drains.
+    let mut feed: Option<Arc<feed::ControlSource>> = None;
     let source: Arc<dyn dataplane::ConfigSource> = match &args.control {
         Some(url) => {
             let broker_token = match (&args.broker_token, &args.broker_token_file) {
@@ -175,12 +198,18 @@ pub fn run(args: BrokerArgs, settings: &Settings) -> Result<i32> {
                     .to_string(),
                 (None, None) => bail!("--control needs --broker-token or --broker-token-file"),
             };
-            Arc::new(feed::ControlSource::start(feed::FeedSettings {
+            let source = Arc::new(feed::ControlSource::start(feed::FeedSettings {
                 url: url.trim_end_matches('/').to_string(),
                 broker_token,
                 record_jobs: !args.no_job_records,
                 max_staleness: Some(args.max_staleness.into()),
-            })?)
+                advertise: args.advertise.clone(),
+            })?);
+            if let (Some(node), Some(advertise)) = (source.node(), &args.advertise) {
+                println!("node {node} of the cell, advertised as {advertise}");
+            }
+            feed = Some(source.clone());
+            source
         }
         None => Arc::new(dataplane::FileConfig::parse(&settings.text).map_err(|e| {
             anyhow::anyhow!(
@@ -213,6 +242,31 @@ pub fn run(args: BrokerArgs, settings: &Settings) -> Result<i32> {
     };
     let handle = dataplane::start(broker, source)?;
     println!("listening on {}", handle.local_addr());
-    runtime.block_on(drain_broker(handle, signals))?;
+    let leave = move || {
+        if let Some(feed) = feed {
+            feed.leave();
+        }
+    };
+    runtime.block_on(drain_broker_then(handle, signals, leave))?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn advertise_is_host_port_or_tls() {
+        for good in ["10.0.0.1:5555", "tls://node1.example:5555", "[::1]:5555"] {
+            assert_eq!(super::parse_advertise(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "10.0.0.1",
+            "10.0.0.1:0",
+            ":5555",
+            "tls://",
+            "http://a:1",
+            "a:b",
+        ] {
+            assert!(super::parse_advertise(bad).is_err(), "{bad}");
+        }
+    }
 }

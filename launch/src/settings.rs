@@ -97,7 +97,9 @@ pub struct FsSection {
 /// are ignored.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Main {
-    /// The broker's address.
+    /// The broker's address; several (a cell's nodes) as a list or comma-separated, kept
+    /// comma-separated: the form of the `--broker` flag it is the default of.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub broker: Option<String>,
     /// The control plane's URL.
     pub url: Option<String>,
@@ -109,6 +111,20 @@ pub struct Main {
     pub identity: Option<String>,
     /// The user's secret.
     pub secret: Option<String>,
+}
+
+/// A string, or a list of strings joined with commas (`broker = ["a:1", "b:2"]`).
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "an address, or a list of addresses")]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => one,
+        OneOrMany::Many(many) => many.join(","),
+    }))
 }
 
 /// `[workers]`: `pluginspath`, `shell`, and every other key a team of
@@ -424,6 +440,39 @@ mod tests {
         );
         check("[main]\nbroker = 5555", "broker");
         check("[main\nbroker = 1", "TOML parse error");
+    }
+
+    /// `[main] broker` may list several addresses; a worker's `--broker` takes them all (and
+    /// a comma-separated flag wins over the file).
+    #[test]
+    fn broker_is_one_address_or_a_list() {
+        let s = Settings::parse("[main]\nbroker = [\"a:1\", \"tls://b:2\"]\n").unwrap();
+        assert_eq!(s.main.broker.as_deref(), Some("a:1,tls://b:2"));
+        #[derive(clap::Parser, Debug)]
+        struct Cli {
+            #[command(subcommand)]
+            command: Sub,
+        }
+        #[derive(clap::Subcommand, Debug)]
+        enum Sub {
+            Worker(crate::worker::WorkerArgs),
+        }
+        use clap::{CommandFactory, FromArgMatches};
+        let parse = |settings: &Settings, args: &[&str]| {
+            let matches = settings
+                .under_flags(Cli::command())
+                .try_get_matches_from(args)
+                .unwrap();
+            let Sub::Worker(worker) = Cli::from_arg_matches(&matches).unwrap().command;
+            worker.broker
+        };
+        let base = ["triggerfs", "worker", "--identity", "w"];
+        assert_eq!(parse(&s, &base), ["a:1", "tls://b:2"]);
+        let flags = [&base[..], &["--broker", "c:3,d:4"]].concat();
+        assert_eq!(parse(&s, &flags), ["c:3", "d:4"]);
+        assert_eq!(parse(&Settings::default(), &base), ["127.0.0.1:5555"]);
+        let one = Settings::parse("[main]\nbroker = \"e:5\"\n").unwrap();
+        assert_eq!(parse(&one, &base), ["e:5"]);
     }
 
     #[test]

@@ -42,13 +42,21 @@ impl ShutdownSignals {
 
 /// After the first SIGINT/SIGTERM: drains `handle` (see `--drain`) and waits for its shards
 /// to exit; a second signal meanwhile stops it at once.
-pub async fn drain_broker(
+pub async fn drain_broker(handle: dataplane::BrokerHandle, signals: ShutdownSignals) -> Result<()> {
+    drain_broker_then(handle, signals, || {}).await
+}
+
+/// As [`drain_broker`], running `first` (blocking work: a node leaving its cell) on a
+/// thread of the blocking pool as the drain starts.
+pub async fn drain_broker_then(
     handle: dataplane::BrokerHandle,
     mut signals: ShutdownSignals,
+    first: impl FnOnce() + Send + 'static,
 ) -> Result<()> {
     signals.recv().await;
     tracing::info!("shutdown signal: draining the broker");
     handle.drain();
+    let first = tokio::task::spawn_blocking(first);
     let handle = Arc::new(handle);
     let joined = {
         let handle = handle.clone();
@@ -63,5 +71,6 @@ pub async fn drain_broker(
             joined.await?;
         }
     }
+    first.await?;
     Ok(())
 }

@@ -160,7 +160,7 @@ async fn local_worker(
         pluginspath.display()
     );
     let config = worker::WorkerConfig {
-        broker: opts.broker_url(broker_addr),
+        brokers: vec![opts.broker_url(broker_addr)],
         team: login.team,
         identity: "local".into(),
         token,
@@ -247,6 +247,7 @@ fn serve(
             record_jobs: true,
             // One process: the control plane cannot be out of the broker's reach.
             max_staleness: None,
+            advertise: None,
         };
         let source = tokio::task::spawn_blocking(move || feed::ControlSource::start(feed_settings))
             .await??;

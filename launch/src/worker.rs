@@ -13,9 +13,15 @@ pub struct WorkerArgs {
     /// The worker's identity (also a service name).
     #[arg(long, env = "TRIGGERFS_IDENTITY")]
     pub identity: String,
-    /// Broker address (else `[main] broker` of triggerfs.toml).
-    #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
-    pub broker: String,
+    /// Broker addresses, comma-separated (else `[main] broker` of triggerfs.toml, a string or
+    /// a list): seeds. The worker connects to each, and to every node of the cell they name.
+    #[arg(
+        long,
+        env = "TRIGGERFS_BROKER",
+        default_value = "127.0.0.1:5555",
+        value_delimiter = ','
+    )]
+    pub broker: Vec<String>,
     /// The worker's team (else the team of `[workers.<team>.<identity>]`, else `[main] team`).
     #[arg(long, env = "TRIGGERFS_TEAM")]
     pub team: Option<String>,
@@ -68,7 +74,7 @@ impl WorkerArgs {
             bail!("--max-concurrency must be at least 1");
         }
         Ok(worker::WorkerConfig {
-            broker: self.broker,
+            brokers: self.broker,
             team,
             identity: self.identity,
             token,

@@ -311,7 +311,7 @@ pub fn team_library_workers(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for (id, token) in workers {
         let config = worker::WorkerConfig {
-            broker: broker.to_string(),
+            brokers: vec![broker.to_string()],
             team: team.into(),
             identity: id.clone(),
             token: token.clone(),
@@ -1208,6 +1208,53 @@ impl Drop for Shell {
         }
         let _ = self.child.wait();
     }
+}
+
+// The cell (issue 27): broker nodes advertised to a control plane.
+
+/// A node of a cell: a broker on `port` following `control_urls` with `--advertise
+/// 127.0.0.1:<port>` and its metrics on a port of their own; the process, its `/metrics` URL
+/// and its node id.
+pub fn start_cell_node(
+    control_urls: &str,
+    token_file: &Path,
+    port: u16,
+    extra: &[&str],
+) -> Result<(Proc, String, String)> {
+    let advertise = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--advertise",
+        advertise.as_str(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let (proc, lines) = start_broker_following(control_urls, token_file, port, &args)?;
+    let metrics = line_value(&lines, "metrics on ")
+        .with_context(|| format!("no metrics line in {lines:?}"))?;
+    // "node <id> of the cell, advertised as <address>"
+    let node = line_value(&lines, "node ")
+        .and_then(|rest| Some(rest.split_whitespace().next()?.to_string()))
+        .with_context(|| format!("no node line in {lines:?}"))?;
+    Ok((proc, metrics, node))
+}
+
+/// The connections with `role` (`client`, `worker`) a broker has open, over its shards, from
+/// its `/metrics` at `url`.
+pub async fn broker_connections(url: &str, role: &str) -> Result<u64> {
+    let text = reqwest::get(url).await?.error_for_status()?.text().await?;
+    let prefix = format!("triggerfs_broker_connected{{role=\"{role}\"");
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// The control plane's first admin, logged in.
+pub async fn admin_api(control: &Control) -> Result<Api> {
+    let (team, admin, secret) = &control.admin;
+    Api::login(&control.url, team, admin, secret).await
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod e2e {
     pub mod algorithms;
     pub mod api_abuse;
     pub mod bad_input;
+    pub mod cell;
     pub mod cell_netns;
     pub mod cluster_status;
     pub mod console;

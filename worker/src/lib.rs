@@ -1,7 +1,9 @@
 //! triggerFS worker: connects out to the broker, serves dispatches by running plugins.
 //!
 //! Layout:
-//! - [`run`] (this file): the reconnect loop with exponential backoff, and shutdown.
+//! - [`run`] (this file): the plugins' host, and shutdown.
+//! - `cell`: a session per broker node (the seeds, and the nodes of the cell they name),
+//!   each reconnecting with exponential backoff and jitter.
 //! - `session`: one connection: handshake (`Hello` → `Welcome`, then `Announce`),
 //!   heartbeats, the broker-silence watchdog, and routing `Dispatch`/`Cancel` frames. One
 //!   writer task owns the socket's write half, fed by an `mpsc` channel.
@@ -20,6 +22,7 @@
 //! its requests to persistent plugins are cancelled; persistent instances stay up across
 //! sessions and stop with the worker (`shutdown`, 1 s, SIGKILL to the group).
 
+mod cell;
 pub mod contain;
 mod core;
 mod idem;
@@ -59,8 +62,9 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(4);
 /// How the worker connects and what it serves.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Broker address, `host:port` or `tcp://host:port`.
-    pub broker: String,
+    /// The seeds: broker addresses, `host:port`, `tcp://host:port` or `tls://host:port`.
+    /// The worker connects to each, and to every node of the cell they name.
+    pub brokers: Vec<String>,
     /// The worker's team.
     pub team: String,
     /// The worker's identity (also a service name).
@@ -168,58 +172,33 @@ fn credentials_refused(kind: proto::ErrorKind) -> bool {
     )
 }
 
-/// Runs the worker until `shutdown` completes: connects, serves, reconnects with backoff.
+/// Runs the worker until `shutdown` completes: connects to every node (see `cell`), serves,
+/// reconnects with backoff.
 ///
 /// Returns `Ok(())` after `shutdown`, once running plugins were stopped (or after a few
 /// seconds); an error for a configuration that cannot work, and
 /// [`WorkerError::Broker`] with [`proto::ErrorKind::Superseded`] when a newer connection of
-/// the same identity took over (the worker stops rather than take the identity back), and
-/// [`WorkerError::Refused`] when the broker refused its credentials for
+/// the same identity took over at a node (the worker stops rather than take the identity
+/// back), and [`WorkerError::Refused`] when every node refused its credentials for
 /// [`REFUSED_GIVE_UP`] (connection failures are retried for ever).
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     check_config(&config)?;
-    let reconnect_max = config.reconnect_max.max(Duration::from_millis(10));
     let host = PluginHost::start(&config).await;
-    tokio::pin!(shutdown);
-    let mut backoff = INITIAL_BACKOFF.min(reconnect_max);
-    // Since when the broker has refused our credentials, without a session in between.
-    let mut refused_since: Option<std::time::Instant> = None;
-    loop {
-        let mut welcomed = false;
-        let ended = tokio::select! {
-            () = &mut shutdown => break,
-            ended = session::serve(&config, &host.shared, &mut welcomed) => ended,
-        };
-        if welcomed {
-            backoff = INITIAL_BACKOFF.min(reconnect_max);
-        }
-        if gives_up(&config, &ended, &mut refused_since) {
-            host.stop().await;
-            return Err(ended);
-        }
-        let delay = match &ended {
-            // Do not hammer the broker; a refusal that lasts ends the loop above.
-            WorkerError::Refused { kind, reason } => {
-                warn!(broker = %config.broker, identity = %config.identity, %kind, %reason, "broker refused the worker; retrying");
-                reconnect_max
-            }
-            other => {
-                if welcomed {
-                    warn!(broker = %config.broker, error = %other, "disconnected from broker");
-                } else {
-                    info!(broker = %config.broker, error = %other, ?backoff, "cannot reach broker; retrying");
-                }
-                backoff
-            }
-        };
-        backoff = (backoff * 2).min(reconnect_max);
+    let config = Arc::new(config);
+    let ended = {
+        let mut sessions = cell::Sessions::new(config.clone(), host.shared.clone());
         tokio::select! {
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(delay) => {}
+            () = shutdown => None,
+            ended = sessions.run() => Some(ended),
         }
+        // Every session is dropped here: their plugins stop (keyed runs run on to their end).
+    };
+    if let Some(ended) = ended {
+        host.stop().await;
+        return Err(ended);
     }
     if !host.stop().await {
         warn!("plugins still stopping at shutdown");
@@ -233,6 +212,7 @@ pub async fn run(
 /// connection of the same identity took over. Says why in the log.
 fn gives_up(
     config: &WorkerConfig,
+    broker: &str,
     ended: &WorkerError,
     refused_since: &mut Option<std::time::Instant>,
 ) -> bool {
@@ -248,7 +228,7 @@ fn gives_up(
                  Check the team (--team, or [main] team), the identity (--identity) and the token (--token, \
                  or [workers.<team>.<identity>] token): a worker's token is the one `POST /api/v1/workers` \
                  printed when the worker was created, or a new one from `POST /api/v1/workers/<identity>/regenerate`",
-                config.broker, config.identity, config.team
+                broker, config.identity, config.team
             );
             true
         }
@@ -258,7 +238,7 @@ fn gives_up(
         } => {
             // Another process serves this identity now; reconnecting would take it back and
             // the two would take turns. Stop, and say why.
-            error!(broker = %config.broker, identity = %config.identity, %message, "superseded by a newer connection of this identity; stopping");
+            error!(%broker, identity = %config.identity, %message, "superseded by a newer connection of this identity; stopping");
             true
         }
         _ => {
@@ -352,8 +332,11 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn check_config(config: &WorkerConfig) -> Result<(), WorkerError> {
     let invalid = |reason: String| WorkerError::InvalidConfig { reason };
-    if config.broker.trim().is_empty() {
-        return Err(invalid("broker address is empty".into()));
+    if config.brokers.is_empty() {
+        return Err(invalid("no broker address".into()));
+    }
+    if config.brokers.iter().any(|b| b.trim().is_empty()) {
+        return Err(invalid("a broker address is empty".into()));
     }
     proto::names::check_simple("team", &config.team).map_err(|e| invalid(e.to_string()))?;
     proto::names::check_simple("identity", &config.identity).map_err(|e| invalid(e.to_string()))?;

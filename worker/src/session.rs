@@ -28,7 +28,15 @@ const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 /// so that a stalled socket slows the plugins' readers instead of growing memory.
 const OUT_QUEUE: usize = 1024;
 
-/// State that outlives a session.
+/// One node's session: where it connects, and where it tells the worker what it learns.
+pub(crate) struct Link {
+    /// The node's address.
+    pub(crate) addr: String,
+    pub(crate) news: mpsc::UnboundedSender<crate::cell::News>,
+}
+
+/// State that outlives a session, shared by the sessions of every node.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) runner: Arc<RunnerConfig>,
     pub(crate) slots: Arc<Semaphore>,
@@ -43,22 +51,26 @@ pub(crate) struct Shared {
 /// `welcomed` is set once the broker accepted us.
 pub(crate) async fn serve(
     config: &WorkerConfig,
+    link: &Link,
     shared: &Shared,
     welcomed: &mut bool,
 ) -> WorkerError {
-    let Err(ended) = serve_inner(config, shared, welcomed).await;
+    let Err(ended) = serve_inner(config, link, shared, welcomed).await;
     ended
 }
 
-async fn handshake(config: &WorkerConfig) -> Result<(FrameReader, FrameWriter, u32), WorkerError> {
+/// A broker's `Welcome`: its heartbeat period and the cell's nodes.
+type Welcomed = (FrameReader, FrameWriter, u32, Vec<String>);
+
+async fn handshake(config: &WorkerConfig, broker: &str) -> Result<Welcomed, WorkerError> {
     if config.debug {
-        info!("connecting to broker at {}...", config.broker);
+        info!("connecting to broker at {broker}...");
     }
     let (mut reader, mut writer) =
-        connect(&config.broker)
+        connect(broker)
             .await
             .map_err(|source| WorkerError::Connect {
-                broker: config.broker.clone(),
+                broker: broker.to_string(),
                 source,
             })?;
     let hello = Frame::Hello(Hello {
@@ -72,7 +84,11 @@ async fn handshake(config: &WorkerConfig) -> Result<(FrameReader, FrameWriter, u
     });
     writer.write_frame(&hello).await?;
     match reader.read_frame().await? {
-        Frame::Welcome { heartbeat_ms, .. } => Ok((reader, writer, heartbeat_ms)),
+        Frame::Welcome {
+            heartbeat_ms,
+            nodes,
+            ..
+        } => Ok((reader, writer, heartbeat_ms, nodes)),
         Frame::Refused { kind, reason } => Err(WorkerError::Refused { kind, reason }),
         Frame::Error { kind, message, .. } => Err(WorkerError::Broker { kind, message }),
         other => Err(WorkerError::Handshake {
@@ -83,17 +99,20 @@ async fn handshake(config: &WorkerConfig) -> Result<(FrameReader, FrameWriter, u
 
 async fn serve_inner(
     config: &WorkerConfig,
+    link: &Link,
     shared: &Shared,
     welcomed: &mut bool,
 ) -> Result<Infallible, WorkerError> {
-    let (mut reader, mut writer, heartbeat_ms) =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(config))
+    let broker = link.addr.as_str();
+    let (mut reader, mut writer, heartbeat_ms, nodes) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(config, broker))
             .await
             .map_err(|_| WorkerError::HandshakeTimeout {
-                broker: config.broker.clone(),
+                broker: broker.to_string(),
                 waited: HANDSHAKE_TIMEOUT,
             })??;
     *welcomed = true;
+    let _ = link.news.send(crate::cell::News::Nodes(nodes));
     if config.debug {
         info!(
             "received BROKER_ACCEPTED from broker for worker {} - Connected",
@@ -114,7 +133,7 @@ async fn serve_inner(
             services: config.services.clone(),
         })
         .await?;
-    info!(broker = %config.broker, identity = %config.identity, "connected to broker");
+    info!(%broker, identity = %config.identity, "connected to broker");
 
     let heartbeat = Duration::from_millis(u64::from(heartbeat_ms)).max(MIN_HEARTBEAT);
     let silence_limit = heartbeat * 3;
@@ -130,7 +149,7 @@ async fn serve_inner(
     loop {
         tokio::select! {
             frame = reader.read_frame() => {
-                let mut frame = checked(config, frame)?;
+                let mut frame = checked(broker, frame)?;
                 // Moved forward at most every eighth of the limit: a timer per frame costs
                 // more than the frame.
                 let now = Instant::now();
@@ -147,8 +166,8 @@ async fn serve_inner(
                             info!("Found service {service}. Announcing it to broker.");
                         }
                     }
-                    handle_frame(shared, frame, &out_tx, &mut active).await?;
-                    match checked(config, reader.try_frame())? {
+                    handle_frame(shared, link, frame, &out_tx, &mut active).await?;
+                    match checked(broker, reader.try_frame())? {
                         Some(next) => frame = next,
                         None => break,
                     }
@@ -201,17 +220,19 @@ pub(crate) async fn last_word(reader: &mut FrameReader) -> Option<WorkerError> {
 const LAST_WORD_WAIT: Duration = Duration::from_millis(200);
 
 /// A frame as read, with a malformed one logged; `Option`s pass through.
-fn checked<T>(config: &WorkerConfig, read: Result<T, ConnectionError>) -> Result<T, WorkerError> {
+fn checked<T>(broker: &str, read: Result<T, ConnectionError>) -> Result<T, WorkerError> {
     read.map_err(|e| {
         if let ConnectionError::Proto(e) = &e {
-            warn!(broker = %config.broker, error = %e, "malformed frame from broker");
+            warn!(%broker, error = %e, "malformed frame from broker");
         }
         e.into()
     })
 }
 
 /// Stop senders of the dispatches running on this session (dropping one stops its plugin),
-/// with the flow control of each (`Pause`/`Resume` from the broker).
+/// with the flow control of each (`Pause`/`Resume` from the broker). One per session:
+/// dispatch ids are each broker's own, so running work is known by (session, dispatch id).
+/// (Keyed runs meet across sessions in the shared idempotency window instead.)
 ///
 /// A finished dispatch drops its receiver, and its sender is swept out once the map has
 /// doubled since the last sweep: amortized O(1) per dispatch, where a sweep per dispatch was
@@ -301,12 +322,16 @@ impl Drop for Active {
 
 async fn handle_frame(
     shared: &Shared,
+    link: &Link,
     frame: Frame,
     out: &mpsc::Sender<Frame>,
     active: &mut Active,
 ) -> Result<(), WorkerError> {
     match frame {
         Frame::Heartbeat | Frame::Bound { .. } => {}
+        Frame::Nodes { nodes } => {
+            let _ = link.news.send(crate::cell::News::Nodes(nodes));
+        }
         Frame::Dispatch(dispatch) => match dispatch.key {
             None => serve_dispatch(shared, *dispatch, out, active, false).await?,
             Some(key) => {

@@ -127,7 +127,7 @@ impl BrokerConn {
 
 fn config(addr: &str, pluginspath: &Path) -> WorkerConfig {
     WorkerConfig {
-        broker: format!("tcp://{addr}"),
+        brokers: vec![format!("tcp://{addr}")],
         team: "team1".into(),
         identity: "w1".into(),
         token: "secret".into(),
@@ -623,3 +623,5 @@ async fn a_failed_write_still_reads_the_brokers_last_word() {
         }
     }
 }
+
+mod cell;

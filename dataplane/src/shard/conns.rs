@@ -186,7 +186,7 @@ impl State {
         let welcome = Frame::Welcome {
             session: ((self.env.idx as u64) << DISPATCH_SHARD_SHIFT) | conn_id,
             heartbeat_ms: self.env.settings.heartbeat.as_millis() as u32,
-            nodes: vec![],
+            nodes: self.nodes.clone(),
         };
         self.unsettled.push_to(&out, &welcome);
         self.stats.connected(role).inc();

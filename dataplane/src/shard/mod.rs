@@ -136,6 +136,10 @@ pub(crate) struct State {
     /// Set when the broker drains: new requests are refused with `ShuttingDown`.
     draining: bool,
     n_ticks: u64,
+    /// The cell's nodes as last read from the source (`Welcome::nodes`), and the source's
+    /// `nodes_revision` they were read at.
+    nodes: Vec<String>,
+    nodes_revision: u64,
     /// The triggers' requests of the minute now (`jobs.rs`).
     triggers: crate::triggers::TriggerTally,
 }
@@ -168,6 +172,8 @@ impl Shard {
             action_lists: Vec::new(),
             draining: false,
             n_ticks: 0,
+            nodes: shared.source.nodes(),
+            nodes_revision: shared.source.nodes_revision(),
             triggers: crate::triggers::TriggerTally::new(crate::triggers::unix_ms_now()),
             env: env.clone(),
         };
@@ -237,6 +243,7 @@ impl State {
             self.recheck_credentials();
         }
         self.n_ticks += 1;
+        self.tell_nodes();
         self.expire_credentials();
         if self.n_ticks.is_multiple_of(10) {
             self.close_if_stale();
@@ -247,6 +254,29 @@ impl State {
         self.report_triggers(self.n_ticks.is_multiple_of(100));
         self.release_routed();
         self.expire();
+    }
+
+    /// When the cell's nodes changed (one atomic load per tick otherwise): takes the new list
+    /// for the next `Welcome`s and sends it as `Nodes` to every peer connected here.
+    fn tell_nodes(&mut self) {
+        let revision = self.env.source.nodes_revision();
+        if revision == self.nodes_revision {
+            return;
+        }
+        self.nodes_revision = revision;
+        let nodes = self.env.source.nodes();
+        if nodes == self.nodes {
+            return;
+        }
+        debug!(shard = self.env.idx, ?nodes, "the cell's nodes changed");
+        self.nodes = nodes;
+        let frame = Frame::Nodes {
+            nodes: self.nodes.clone(),
+        };
+        let peers: Vec<u64> = self.conns.iter().map(|(id, _)| id).collect();
+        for conn_id in peers {
+            self.send_to_conn(conn_id, &frame);
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Instant;
 mod idem;
 mod limits;
 mod mesh;
+mod nodes;
 mod routing;
 
 /// How long a test waits for something before it fails.

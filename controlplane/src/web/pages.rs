@@ -106,7 +106,7 @@ pub(crate) async fn fleet(
     );
     body.push_str(
         "<table id=fleet><thead><tr><th>Worker</th><th>State</th><th>Last seen</th>\
-         <th>Services</th><th>Description</th></tr></thead><tbody>",
+         <th>Nodes</th><th>Services</th><th>Description</th></tr></thead><tbody>",
     );
     for w in &shown {
         let services = bound.get(w.identity.as_str()).map_or(String::new(), |s| {
@@ -125,11 +125,12 @@ pub(crate) async fn fleet(
         let _ = write!(
             body,
             "<tr><td>{}</td><td><span class=\"pill {}\">{}</span></td><td>{}</td><td>{}</td>\
-             <td>{}</td></tr>",
+             <td>{}</td><td>{}</td></tr>",
             esc(&w.identity),
             state_class(w.state),
             w.state.as_str(),
             esc(w.last_seen.as_deref().unwrap_or("never")),
+            w.nodes,
             services,
             esc(&w.description),
         );

@@ -97,8 +97,8 @@ pub struct FsSection {
 /// are ignored.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Main {
-    /// The broker's address.
-    pub broker: Option<String>,
+    /// The broker's address: a string (several comma-separated) or a list of them.
+    pub broker: Option<client::BrokerList>,
     /// The control plane's URL.
     pub url: Option<String>,
     /// The CA for `tls://` and `https://` (relative to the file's directory).
@@ -201,7 +201,11 @@ impl Settings {
         let (main, workers, fs) = (&self.main, &self.workers, &self.fs);
         // (the subcommands, the flag's id, the key's value)
         let keys: [(&[&str], &str, Option<OsString>); 12] = [
-            (BROKER, "broker", text(&main.broker)),
+            (
+                BROKER,
+                "broker",
+                main.broker.as_ref().map(|b| b.to_string().into()),
+            ),
             (LOGIN, "url", text(&main.url)),
             (LOGIN, "team", text(&main.team)),
             (LOGIN, "identity", text(&main.identity)),
@@ -295,7 +299,10 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(s.main.broker.as_deref(), Some("tcp://127.0.0.1:5555"));
+        assert_eq!(
+            s.main.broker.map(|b| b.to_string()).as_deref(),
+            Some("tcp://127.0.0.1:5555")
+        );
         assert_eq!(s.main.team.as_deref(), Some("team1"));
         assert_eq!(s.main.identity.as_deref(), Some("hp"));
         assert_eq!(s.main.secret.as_deref(), Some("password"));

@@ -300,7 +300,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            s.main.broker.map(|b| b.to_string()).as_deref(),
+            s.main.broker.as_ref().map(|b| b.to_string()).as_deref(),
             Some("tcp://127.0.0.1:5555")
         );
         assert_eq!(s.main.team.as_deref(), Some("team1"));

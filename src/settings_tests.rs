@@ -40,7 +40,7 @@ fn the_file_fills_the_flags_that_stand_for_its_keys() {
         panic!("not fs")
     };
     assert_eq!(fs.mount, Some(PathBuf::from("/file/mount")));
-    assert_eq!(fs.broker, "file-broker:1");
+    assert_eq!(fs.broker.to_string(), "file-broker:1");
     assert_eq!(fs.login.url, "http://file-url");
     assert_eq!(fs.login.team.as_deref(), Some("file-team"));
     assert_eq!(fs.login.identity.as_deref(), Some("file-identity"));
@@ -70,7 +70,7 @@ fn the_file_fills_the_flags_that_stand_for_its_keys() {
     let Command::Cli(console) = parse_with(FULL, &["cli"]).command else {
         panic!("not cli")
     };
-    assert_eq!(console.broker, "file-broker:1");
+    assert_eq!(console.broker.to_string(), "file-broker:1");
     assert_eq!(console.login.url, "http://file-url");
 }
 
@@ -91,7 +91,7 @@ fn flags_win_over_the_file_and_other_commands_ignore_it() {
         panic!("not client")
     };
     // Even a flag that spells the built-in default.
-    assert_eq!(client.broker, "127.0.0.1:5555");
+    assert_eq!(client.broker.to_string(), "127.0.0.1:5555");
     assert_eq!(client.login.team.as_deref(), Some("flag-team"));
     assert_eq!(client.login.secret.as_deref(), Some("file-secret"));
     // `jobs --team T list` and `jobs list --team T` alike.
@@ -108,7 +108,37 @@ fn flags_win_over_the_file_and_other_commands_ignore_it() {
     let Command::Control(control) = parse_with(FULL, &["control"]).command else {
         panic!("not control")
     };
-    assert_eq!(control.broker, "127.0.0.1:5555");
+    assert_eq!(control.broker.to_string(), "127.0.0.1:5555");
+}
+
+/// `[main] broker` as a TOML list is the same setting as a comma-separated flag.
+#[test]
+fn a_list_of_brokers_in_the_file_is_the_flags_list() {
+    let text = "[main]\nbroker = [\"a:1\", \"tls://b:2\"]\n";
+    let Command::Client(client) =
+        parse_with(text, &["client", "--service", "s", "--plugin", "p"]).command
+    else {
+        panic!("not client")
+    };
+    assert_eq!(client.broker.addrs(), ["a:1", "tls://b:2"]);
+    let Command::Cli(console) = parse_with(text, &["cli"]).command else {
+        panic!("not cli")
+    };
+    assert_eq!(console.broker, client.broker);
+    let flag = [
+        "client",
+        "--service",
+        "s",
+        "--plugin",
+        "p",
+        "--broker",
+        "c:3,d:4",
+    ];
+    let Command::Client(client) = parse_with(text, &flag).command else {
+        panic!("not client")
+    };
+    assert_eq!(client.broker.addrs(), ["c:3", "d:4"]);
+    assert!(Settings::parse("[main]\nbroker = []\n").is_err());
 }
 
 #[test]
@@ -117,7 +147,7 @@ fn without_a_file_the_built_in_defaults_hold() {
         panic!("not fs")
     };
     assert_eq!(fs.mount, None);
-    assert_eq!(fs.broker, "127.0.0.1:5555");
+    assert_eq!(fs.broker.to_string(), "127.0.0.1:5555");
     assert_eq!(fs.login.url, "http://127.0.0.1:8080");
     assert_eq!(fs.login.team, None);
     assert_eq!(fs.spool, PathBuf::from("triggerfs-spool"));

@@ -13,7 +13,7 @@
 //!
 //! Every request is accounted for: `answered` (a `Summary` with the worker's `Done`), `failed`
 //! with a typed error (the broker's `Error`, a worker's `Failed`, the client library's
-//! `Disconnected`, or a typed `ClientError` when sending or connecting, each counted by its
+//! `BrokerLost`, or a typed `ClientError` when sending or connecting, each counted by its
 //! kind), or `lost`: no final event within `--timeout` plus `--lost-after`, or an event
 //! stream that ended without one. The broker's peak RSS (VmHWM) and open descriptors are
 //! sampled from /proc every 100 ms, over both broker processes. Exit status 1 when any
@@ -214,7 +214,6 @@ async fn follow(mut handle: RequestHandle, bound: Duration) -> End {
                     };
                 }
                 ClientEvent::Error { kind, .. } => return End::Failed(format!("Error({kind})")),
-                ClientEvent::Disconnected => return End::Failed("Disconnected".into()),
                 ClientEvent::Queued { .. } => return End::Failed("Queued".into()),
                 _ => {}
             }
@@ -293,7 +292,7 @@ async fn client_loop(load: Arc<Load>, offset: Duration) {
             let credential = Credential::Jwt {
                 token: load.jwt.clone(),
             };
-            match Client::connect(&load.addr, credential).await {
+            match Client::connect(&client::BrokerList::one(load.addr.clone()), credential).await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
                     client = None;

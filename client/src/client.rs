@@ -1,44 +1,45 @@
-//! The multiplexed client: one connection, many requests, one event stream per request.
+//! The client: many requests, one event stream per request, over one connection at a time
+//! to one broker node of a list.
 //!
-//! [`Client::connect`] does the handshake and then starts two tasks:
-//! - the **reader** reads every frame from the broker and hands it, by request id, to that
-//!   request's bounded channel; it also notices a broker that went silent;
-//! - the **writer** owns the socket's write half: it sends queued frames (requests, cancels)
-//!   in batches and a `Heartbeat` every `heartbeat_ms`.
+//! [`Client::connect`] takes the broker addresses given ([`BrokerList`]), shuffles them and
+//! connects to the first that answers (a [`Session`]: the handshake, a reader and a writer
+//! task, heartbeats). It keeps the cell's nodes the broker announces (`Welcome::nodes`,
+//! `Frame::Nodes`, bounded: [`KnownNodes`]).
 //!
-//! When either task ends (socket closed, silence, all handles dropped), the connection is
-//! closed and every request still pending sees [`ClientEvent::Disconnected`] as its final
-//! event. This module does not print anything; rendering is [`crate::render`]'s job.
+//! When the connection is lost, every request in flight on it ends with
+//! `Error { kind: BrokerLost }` (none waits for an answer that cannot come), and the next
+//! request connects again: to the other known nodes first, in a random order, then to the
+//! lost one; a round that reaches none makes the next one wait (100 ms, doubling to 5 s).
+//! How the broker closed the connection decides:
+//! - lost (socket closed or broken, three heartbeats of silence, a bad frame): `BrokerLost`,
+//!   and another node next;
+//! - `ShuttingDown` (a draining node), `Stale` (a node cut off from its control plane),
+//!   `SlowConsumer`: the requests end with that error (as they always did), and another
+//!   node next;
+//! - `Revoked` (the credential was revoked or expired): the requests end with `Revoked`, and
+//!   no node is tried with that credential again: the next request fails with
+//!   [`ClientError::Refused`] until [`Client::set_credential`] gives a new one (every node
+//!   would refuse the old one, and trying them all would only look like an attack).
+//!
+//! This module does not print anything; rendering is the `client` command's job.
 
-use crate::connection::{self, ConnectionError, FrameReader, FrameWriter};
+use crate::nodes::{BrokerList, KnownNodes};
 use crate::outcome::Outcome;
+use crate::session::Session;
 use crate::ClientError;
-use proto::{Algorithm, Arg, Credential, ErrorKind, Event, Frame, Hello, Role, Stream, Summary};
-use std::collections::HashMap;
-use std::pin::Pin;
+use proto::{Algorithm, Arg, Credential, ErrorKind, Frame, Stream, Summary};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep, Sleep};
 
-/// Events buffered per request before the reader waits for the consumer. Bounded so that a
-/// slow consumer pushes back on the socket (and so on the broker) instead of growing memory;
-/// 256 output lines is enough to absorb bursts without stalling other requests for long.
-const EVENTS_PER_REQUEST: usize = 256;
+/// The wait before a round of connecting after a round that reached no node: from the first
+/// to the last, doubling. A cell's node restarts in seconds; 5 s keeps a client that lost
+/// them all from spinning, and from waiting long once one is back.
+const RECONNECT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(5));
 
-/// Frames queued for the writer task. Requests and cancels are small; a full queue means the
-/// broker is not reading, and waiting is the right answer.
-const OUTBOUND_FRAMES: usize = 1024;
-
-/// How long to wait for TCP connect + `Hello`/`Welcome`. A broker that does not answer within
-/// 10 s is as good as unreachable for an interactive command.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Missed heartbeats after which the broker counts as gone (DESIGN.md §4: three).
-const MISSED_HEARTBEATS: u32 = 3;
-
-/// A connection to the broker; cheap to clone, every clone shares the connection.
+/// Requests a client sends: to one broker node at a time, failing over to another when it
+/// is lost. Cheap to clone, every clone shares the connection.
 ///
 /// The connection closes when the last `Client` and the last [`RequestHandle`] are dropped.
 #[derive(Debug, Clone)]
@@ -49,18 +50,24 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     next_id: AtomicU64,
-    outbound: mpsc::Sender<Frame>,
-    pending: Arc<Mutex<Pending>>,
-    session: u64,
-    heartbeat: Duration,
+    nodes: Arc<Mutex<KnownNodes>>,
+    state: Mutex<State>,
+    /// Held while connecting again: one round at a time; the requests behind it use its
+    /// result.
+    connecting: tokio::sync::Mutex<()>,
 }
 
-/// Requests waiting for their final event, by id.
-#[derive(Debug, Default)]
-struct Pending {
-    senders: HashMap<u64, flume::Sender<ClientEvent>>,
-    /// Set once the connection is gone; no request may register after that.
-    closed: bool,
+#[derive(Debug)]
+struct State {
+    /// The current connection (open, or lost and not replaced yet).
+    session: Arc<Session>,
+    credential: Credential,
+    /// Counts the credentials given ([`Client::set_credential`]).
+    credential_generation: u64,
+    /// The next round's wait.
+    delay: Duration,
+    /// No round before this (after a round that reached no node).
+    not_before: Option<tokio::time::Instant>,
 }
 
 /// One request, as the caller describes it.
@@ -149,7 +156,8 @@ impl RequestSpec {
 
 /// What happened to a request, in the order the broker said it.
 ///
-/// `Queued`, `Summary`, `Error` and `Disconnected` are final: nothing follows them.
+/// `Queued`, `Summary` and `Error` are final: nothing follows them. A request whose
+/// connection was lost ends with `Error { kind: BrokerLost }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
     /// The broker resolved the service.
@@ -198,15 +206,16 @@ pub enum ClientEvent {
     },
     /// The request is over (final).
     Summary(Summary),
-    /// The request failed as a whole (final).
+    /// The request failed as a whole (final): NoSuchService, NoWorkersOnline, Forbidden, …;
+    /// `BrokerLost` when the connection carrying it was lost (whether it ran is unknown);
+    /// SlowConsumer, Revoked, ShuttingDown or Stale when the broker closed the connection
+    /// for that reason.
     Error {
-        /// What went wrong (NoSuchService, NoWorkersOnline, Forbidden, …).
+        /// What went wrong.
         kind: ErrorKind,
         /// Detail.
         message: String,
     },
-    /// The connection to the broker is gone; the request's fate is unknown (final).
-    Disconnected,
 }
 
 impl ClientEvent {
@@ -214,10 +223,7 @@ impl ClientEvent {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            ClientEvent::Queued { .. }
-                | ClientEvent::Summary(_)
-                | ClientEvent::Error { .. }
-                | ClientEvent::Disconnected
+            ClientEvent::Queued { .. } | ClientEvent::Summary(_) | ClientEvent::Error { .. }
         )
     }
 }
@@ -229,7 +235,7 @@ impl ClientEvent {
 pub struct RequestHandle {
     id: u64,
     events: flume::Receiver<ClientEvent>,
-    client: Client,
+    session: Arc<Session>,
     finished: bool,
     service: String,
     plugin: String,
@@ -237,134 +243,228 @@ pub struct RequestHandle {
 }
 
 impl Client {
-    /// Connects to `addr` (`host:port` or `tcp://host:port`) and does the handshake.
+    /// Connects to one of `brokers` (tried in a random order, so that clients spread over a
+    /// cell's nodes) and does the handshake.
     ///
-    /// A `Refused` answer becomes [`ClientError::Refused`].
-    pub async fn connect(addr: &str, credential: Credential) -> Result<Client, ClientError> {
-        let failed = |source| ClientError::Connect {
-            addr: addr.to_string(),
-            source,
-        };
-        let handshake = async {
-            let (mut reader, mut writer) = connection::connect(addr).await.map_err(failed)?;
-            let hello = Frame::Hello(Hello {
-                protocol_version: proto::PROTOCOL_VERSION,
-                role: Role::Client,
-                credential,
-            });
-            writer.write_frame(&hello).await.map_err(failed)?;
-            match reader.read_frame().await {
-                Ok(Frame::Welcome {
-                    session,
-                    heartbeat_ms,
-                    ..
-                }) => Ok((reader, writer, session, heartbeat_ms)),
-                Ok(Frame::Refused { kind, reason }) => Err(ClientError::Refused { kind, reason }),
-                Ok(Frame::Error { kind, message, .. }) => Err(ClientError::Handshake {
-                    reason: format!("{kind}: {message}"),
-                }),
-                Ok(other) => Err(ClientError::Handshake {
-                    reason: format!("expected Welcome, got {}", other.kind_name()),
-                }),
-                Err(ConnectionError::Closed) => Err(ClientError::Handshake {
-                    reason: "the broker closed the connection before Welcome".to_string(),
-                }),
-                Err(source) => Err(failed(source)),
-            }
-        };
-        let (reader, writer, session, heartbeat_ms) =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-                .await
-                .map_err(|_| ClientError::ConnectTimeout {
-                    addr: addr.to_string(),
-                })??;
-        tracing::debug!(session, heartbeat_ms, "connected to the broker");
-
-        let heartbeat = Duration::from_millis(u64::from(heartbeat_ms));
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_FRAMES);
-        // `closed` flips to true once, when either task ends; the other one then stops too.
-        let closed = Arc::new(watch::Sender::new(false));
-        tokio::spawn(write_loop(
-            writer,
-            outbound_rx,
-            heartbeat,
-            Arc::clone(&closed),
-        ));
-        tokio::spawn(read_loop(reader, Arc::clone(&pending), heartbeat, closed));
+    /// A node that is down, slow, draining (`ShuttingDown`), stale or full
+    /// (`TooManyConnections`) is passed over for the next; a refusal of the credential
+    /// ([`ClientError::Refused`]: `Unauthorized`, `Forbidden`, …) is returned at once. When
+    /// no node answers: one address's error as it is, or [`ClientError::Unreachable`].
+    pub async fn connect(
+        brokers: &BrokerList,
+        credential: Credential,
+    ) -> Result<Client, ClientError> {
+        let nodes = Arc::new(Mutex::new(KnownNodes::new(brokers)));
+        let order = lock(&nodes).order_after(None);
+        let session = connect_round(&order, &credential, 0, &nodes).await?;
+        tracing::debug!(addr = %session.addr, session = session.session, "connected to the broker");
         Ok(Client {
             inner: Arc::new(Inner {
                 next_id: AtomicU64::new(1),
-                outbound,
-                pending,
-                session,
-                heartbeat,
+                nodes,
+                state: Mutex::new(State {
+                    session,
+                    credential,
+                    credential_generation: 0,
+                    delay: RECONNECT_BACKOFF.0,
+                    not_before: None,
+                }),
+                connecting: tokio::sync::Mutex::new(()),
             }),
         })
     }
 
-    /// The session number the broker gave this connection.
+    fn current(&self) -> Arc<Session> {
+        lock(&self.inner.state).session.clone()
+    }
+
+    /// The session number the broker gave the current connection.
     pub fn session(&self) -> u64 {
-        self.inner.session
+        self.current().session
     }
 
-    /// The heartbeat interval the broker asked for (zero: none).
+    /// The heartbeat interval the current connection's broker asked for (zero: none).
     pub fn heartbeat(&self) -> Duration {
-        self.inner.heartbeat
+        self.current().heartbeat
     }
 
-    /// Whether the connection is known to be gone.
+    /// The address of the node the current connection is to.
+    pub fn addr(&self) -> String {
+        self.current().addr.clone()
+    }
+
+    /// Every broker address this client knows: the cell's nodes its broker announced last,
+    /// then the addresses it was given.
+    pub fn nodes(&self) -> Vec<String> {
+        lock(&self.inner.nodes).all()
+    }
+
+    /// Whether the current connection is known to be gone (the next request connects again).
     pub fn is_closed(&self) -> bool {
-        lock(&self.inner.pending).closed || self.inner.outbound.is_closed()
+        self.current().is_closed()
     }
 
-    /// Sends a request; its events arrive on the returned handle.
-    pub async fn request(&self, spec: RequestSpec) -> Result<RequestHandle, ClientError> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = flume::bounded(EVENTS_PER_REQUEST);
-        {
-            let mut pending = lock(&self.inner.pending);
-            if pending.closed {
-                return Err(ClientError::Disconnected);
-            }
-            pending.senders.insert(id, tx);
+    /// The credential to present from the next connection on (a fresh JWT: the broker closes
+    /// a connection whose token expired, with `Revoked`).
+    pub fn set_credential(&self, credential: Credential) {
+        let mut state = lock(&self.inner.state);
+        state.credential = credential;
+        state.credential_generation += 1;
+    }
+
+    /// Connects again if the current connection is gone: to the other known nodes first,
+    /// then to the lost one (see the module's documentation). Nothing when it is open.
+    pub async fn reconnect(&self) -> Result<(), ClientError> {
+        self.live_session().await.map(|_| ())
+    }
+
+    /// The current connection if it is open, else a new one.
+    async fn live_session(&self) -> Result<Arc<Session>, ClientError> {
+        let session = self.current();
+        if !session.is_closed() {
+            return Ok(session);
         }
+        let _round = self.inner.connecting.lock().await;
+        let (lost, credential, generation, not_before) = {
+            let state = lock(&self.inner.state);
+            let session = &state.session;
+            if !session.is_closed() {
+                // Another request connected while this one waited.
+                return Ok(session.clone());
+            }
+            let end = session.end();
+            if let Some(end) = end.filter(|e| e.kind == Some(ErrorKind::Revoked)) {
+                if session.credential_generation == state.credential_generation {
+                    return Err(ClientError::Refused {
+                        kind: ErrorKind::Revoked,
+                        reason: end.reason,
+                    });
+                }
+            }
+            (
+                session.addr.clone(),
+                state.credential.clone(),
+                state.credential_generation,
+                state.not_before,
+            )
+        };
+        if let Some(at) = not_before {
+            tokio::time::sleep_until(at).await;
+        }
+        let order = lock(&self.inner.nodes).order_after(Some(&lost));
+        let result = connect_round(&order, &credential, generation, &self.inner.nodes).await;
+        let mut state = lock(&self.inner.state);
+        match result {
+            Ok(session) => {
+                tracing::info!(lost = %lost, addr = %session.addr, "connected to another broker node");
+                state.session = session.clone();
+                state.delay = RECONNECT_BACKOFF.0;
+                state.not_before = None;
+                Ok(session)
+            }
+            Err(e) => {
+                state.not_before = Some(tokio::time::Instant::now() + state.delay);
+                state.delay = (state.delay * 2).min(RECONNECT_BACKOFF.1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends a request; its events arrive on the returned handle. After a lost connection it
+    /// connects again first ([`Client::reconnect`]).
+    pub async fn request(&self, spec: RequestSpec) -> Result<RequestHandle, ClientError> {
+        self.send_request(spec, true).await
+    }
+
+    /// Sends a request on the current connection only: [`ClientError::Disconnected`] when it
+    /// is gone. For a caller that keeps its requests in order across a lost node (the fs's
+    /// sender): it connects again itself, once every request of the lost connection ended,
+    /// so that none sent later overtakes one that must be sent again.
+    pub async fn request_on_current(
+        &self,
+        spec: RequestSpec,
+    ) -> Result<RequestHandle, ClientError> {
+        self.send_request(spec, false).await
+    }
+
+    async fn send_request(
+        &self,
+        spec: RequestSpec,
+        reconnect: bool,
+    ) -> Result<RequestHandle, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let service = spec.service.clone();
         let plugin = spec.plugin.clone();
         let started = Instant::now();
-        // Room in the writer's queue is the usual case: no future, no semaphore wait.
-        let sent = match self
-            .inner
-            .outbound
-            .try_send(Frame::Request(Box::new(spec.into_request(id))))
-        {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                self.inner.outbound.send(frame).await.is_ok()
+        let mut frame = Frame::Request(Box::new(spec.into_request(id)));
+        // Twice at most: a connection found lost while the request was handed to it is
+        // replaced once.
+        for _ in 0..2 {
+            let session = match reconnect {
+                true => self.live_session().await?,
+                false => self.current(),
+            };
+            match session.submit(id, frame).await {
+                Ok(events) => {
+                    return Ok(RequestHandle {
+                        id,
+                        events,
+                        session,
+                        finished: false,
+                        service,
+                        plugin,
+                        started,
+                    })
+                }
+                Err(_) if !reconnect => return Err(ClientError::Disconnected),
+                Err(back) => frame = back,
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        };
-        if !sent {
-            lock(&self.inner.pending).senders.remove(&id);
-            return Err(ClientError::Disconnected);
         }
-        Ok(RequestHandle {
-            id,
-            events: rx,
-            client: self.clone(),
-            finished: false,
-            service,
-            plugin,
-            started,
-        })
+        Err(ClientError::Disconnected)
     }
+}
 
-    async fn send(&self, frame: Frame) -> Result<(), ClientError> {
-        self.inner
-            .outbound
-            .send(frame)
-            .await
-            .map_err(|_| ClientError::Disconnected)
+/// Whether connecting to the next node may help after `error` from one: yes when the node
+/// is unreachable, slow, draining, stale or full; no when it refused the credential (every
+/// node of a cell would).
+fn try_another_node(error: &ClientError) -> bool {
+    match error {
+        ClientError::Refused { kind, .. } => matches!(
+            kind,
+            ErrorKind::ShuttingDown | ErrorKind::Stale | ErrorKind::TooManyConnections
+        ),
+        ClientError::Connect { .. }
+        | ClientError::ConnectTimeout { .. }
+        | ClientError::Handshake { .. } => true,
+        _ => false,
+    }
+}
+
+/// One round: each address of `order` in turn until one connects.
+async fn connect_round(
+    order: &[String],
+    credential: &Credential,
+    generation: u64,
+    nodes: &Arc<Mutex<KnownNodes>>,
+) -> Result<Arc<Session>, ClientError> {
+    let mut last = None;
+    for addr in order {
+        match Session::open(addr, credential.clone(), generation, nodes).await {
+            Ok(session) => return Ok(session),
+            Err(error) if try_another_node(&error) => {
+                tracing::debug!(%addr, %error, "this broker node did not answer; trying the next");
+                last = Some(error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    match last {
+        Some(error) if order.len() == 1 => Err(error),
+        Some(error) => Err(ClientError::Unreachable {
+            addrs: order.join(","),
+            last: Box::new(error),
+        }),
+        None => Err(ClientError::Disconnected),
     }
 }
 
@@ -372,6 +472,11 @@ impl RequestHandle {
     /// The request id on this connection.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The address of the broker node the request went to.
+    pub fn broker(&self) -> &str {
+        &self.session.addr
     }
 
     /// The next event; `None` once the final event has been returned.
@@ -382,7 +487,7 @@ impl RequestHandle {
         let event = match self.events.recv_async().await {
             Ok(event) => event,
             // The reader dropped our sender without a final event: the connection is gone.
-            Err(flume::RecvError::Disconnected) => ClientEvent::Disconnected,
+            Err(flume::RecvError::Disconnected) => self.session.lost(),
         };
         if event.is_final() {
             self.finished = true;
@@ -395,7 +500,7 @@ impl RequestHandle {
         if self.finished {
             return Ok(());
         }
-        self.client.send(Frame::Cancel { id: self.id }).await
+        self.session.send(Frame::Cancel { id: self.id }).await
     }
 
     /// Reads every remaining event and sums them up.
@@ -411,320 +516,14 @@ impl RequestHandle {
 
 impl Drop for RequestHandle {
     fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        lock(&self.client.inner.pending).senders.remove(&self.id);
-        // Best effort: if the queue is full or closed, the broker ends the request by its
-        // timeout or when the connection closes.
-        let _ = self
-            .client
-            .inner
-            .outbound
-            .try_send(Frame::Cancel { id: self.id });
-    }
-}
-
-fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
-    // The lock is held only for map operations that cannot panic half-way; a poisoned lock
-    // still holds a consistent map.
-    pending.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-async fn write_loop(
-    mut writer: FrameWriter,
-    mut outbound: mpsc::Receiver<Frame>,
-    heartbeat: Duration,
-    closed: Arc<watch::Sender<bool>>,
-) {
-    let mut closed_rx = closed.subscribe();
-    let send_heartbeats = !heartbeat.is_zero();
-    let mut ticker = tokio::time::interval(heartbeat.max(Duration::from_millis(1)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await; // the first tick is immediate; the Hello just proved we are alive.
-    let result: Result<(), ConnectionError> = async {
-        loop {
-            tokio::select! {
-                _ = until_closed(&mut closed_rx) => return Ok(()),
-                frame = outbound.recv() => {
-                    let Some(frame) = frame else { return Ok(()) };
-                    writer.write_queued(&frame, &mut outbound).await?;
-                }
-                _ = ticker.tick(), if send_heartbeats => {
-                    writer.write_frame(&Frame::Heartbeat).await?;
-                }
-            }
-        }
-    }
-    .await;
-    if let Err(error) = result {
-        tracing::debug!(%error, "writing to the broker failed");
-    }
-    closed.send_replace(true);
-}
-
-async fn read_loop(
-    mut reader: FrameReader,
-    pending: Arc<Mutex<Pending>>,
-    heartbeat: Duration,
-    closed: Arc<watch::Sender<bool>>,
-) {
-    let mut closed_rx = closed.subscribe();
-    let mut silence = Silence::new(heartbeat);
-    'read: while let Some(frame) = next_frame(&mut reader, &mut closed_rx, &mut silence).await {
-        let (id, events) = match frame {
-            Frame::Heartbeat => continue,
-            Frame::Error {
-                id: None,
-                kind,
-                message,
-            } => {
-                broker_closed(&pending, kind, message, &mut closed_rx).await;
-                break;
-            }
-            other => match request_events(other) {
-                Ok(events) => events,
-                Err(name) => {
-                    tracing::warn!(frame = name, "unexpected frame from the broker; ignored");
-                    continue;
-                }
-            },
-        };
-        // Each event of the frame in turn (a `Replies` frame has several).
-        for event in events {
-            // The usual case is settled under one lock, without cloning the sender: room in
-            // the request's channel (`try_send` never waits), or nobody left to read it.
-            let full = {
-                let mut pending = lock(&pending);
-                let last = event.is_final();
-                let Some(sender) = pending.senders.get(&id) else {
-                    tracing::debug!(id, "event for a request nobody waits for; ignored");
-                    break;
-                };
-                match sender.try_send(event) {
-                    Ok(()) if !last => None,
-                    Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {
-                        pending.senders.remove(&id);
-                        None
-                    }
-                    Err(flume::TrySendError::Full(event)) => {
-                        let sender = if last {
-                            pending.senders.remove(&id)
-                        } else {
-                            pending.senders.get(&id).cloned()
-                        };
-                        sender.map(|sender| (sender, event))
-                    }
-                }
-            };
-            let Some((sender, event)) = full else {
-                continue;
-            };
-            // A full channel: waiting here is the backpressure. While a consumer is slow, the
-            // socket is not read.
-            let delivered = tokio::select! {
-                _ = until_closed(&mut closed_rx) => break 'read,
-                sent = sender.send_async(event) => sent.is_ok(),
-            };
-            if !delivered {
-                lock(&pending).senders.remove(&id);
-                break;
-            }
-            // The socket was not read meanwhile, by our choice: that time is not the
-            // broker's silence (the broker pauses our requests' output instead).
-            silence.restart();
-        }
-    }
-    // Dropping the senders ends every pending request with `Disconnected`.
-    {
-        let mut pending = lock(&pending);
-        pending.closed = true;
-        pending.senders.clear();
-    }
-    closed.send_replace(true);
-}
-
-/// How long the broker has been silent, as the reader watches it: one timer for the whole
-/// connection, moved forward as frames arrive, at most every eighth of the limit (a timer
-/// per frame costs more than the frame): the broker counts as silent after 7/8 to 8/8 of
-/// the limit without a frame. No limit (no heartbeat) means no watch.
-struct Silence {
-    limit: Option<Duration>,
-    /// Its deadline is the limit after the last move.
-    timer: Pin<Box<Sleep>>,
-}
-
-impl Silence {
-    fn new(heartbeat: Duration) -> Silence {
-        let limit = (!heartbeat.is_zero()).then(|| heartbeat * MISSED_HEARTBEATS);
-        let timer = Box::pin(sleep(limit.unwrap_or(Duration::from_secs(86_400))));
-        Silence { limit, timer }
-    }
-
-    /// A read from the socket: the timer moves forward if it was not moved for an eighth of
-    /// the limit.
-    fn heard(&mut self) {
-        if let Some(limit) = self.limit {
-            let now = tokio::time::Instant::now();
-            if self.timer.deadline() + limit / 8 <= now + limit {
-                self.timer.as_mut().reset(now + limit);
-            }
-        }
-    }
-
-    /// The timer runs its whole limit again from now.
-    fn restart(&mut self) {
-        if let Some(limit) = self.limit {
-            self.timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + limit);
+        if !self.finished {
+            self.session.abandon(self.id);
         }
     }
 }
 
-/// The next frame from the broker; `None` once the connection is closed, broken or the
-/// broker went silent. Frames already buffered are handled without the socket, the timer
-/// or the select.
-async fn next_frame(
-    reader: &mut FrameReader,
-    closed: &mut watch::Receiver<bool>,
-    silence: &mut Silence,
-) -> Option<Frame> {
-    let frame = match reader.try_frame() {
-        Ok(Some(frame)) => return Some(frame),
-        Ok(None) => tokio::select! {
-            _ = until_closed(closed) => return None,
-            frame = reader.read_frame() => frame,
-            () = &mut silence.timer, if silence.limit.is_some() => {
-                tracing::debug!("the broker went silent");
-                Err(ConnectionError::Closed)
-            }
-        },
-        Err(error) => Err(error),
-    };
-    let ended = |error: &ConnectionError| tracing::debug!(%error, "reading from the broker ended");
-    let frame = frame.inspect_err(ended).ok()?;
-    // The clock is read once per read from the socket, not once per buffered frame.
-    silence.heard();
-    Some(frame)
-}
-
-/// The broker closed the connection with `kind`. When it ended every request of this
-/// connection (a slow consumer, revoked, shutting down, stale), each ends with that error; the
-/// others, after a bad frame, end as `Disconnected`.
-async fn broker_closed(
-    pending: &Mutex<Pending>,
-    kind: ErrorKind,
-    message: String,
-    closed: &mut watch::Receiver<bool>,
-) {
-    tracing::warn!(%kind, %message, "the broker closed the connection");
-    if !matches!(
-        kind,
-        ErrorKind::SlowConsumer | ErrorKind::Revoked | ErrorKind::ShuttingDown | ErrorKind::Stale
-    ) {
-        return;
-    }
-    let senders: Vec<_> = lock(pending).senders.drain().collect();
-    for (_, sender) in senders {
-        let event = ClientEvent::Error {
-            kind,
-            message: message.clone(),
-        };
-        tokio::select! {
-            _ = until_closed(closed) => return,
-            _ = sender.send_async(event) => {}
-        }
-    }
-}
-
-/// Resolves once the connection is marked closed (or the marker is gone).
-async fn until_closed(closed: &mut watch::Receiver<bool>) {
-    // The returned guard is dropped here: holding it across an await would make the task
-    // non-`Send`.
-    let _ = closed.wait_for(|closed| *closed).await;
-}
-
-/// The events of one broker → client frame, in order: one, or a `Replies` frame's several.
-enum FrameEvents {
-    One(Option<ClientEvent>),
-    Replies {
-        worker: String,
-        events: std::vec::IntoIter<Event>,
-    },
-}
-
-impl Iterator for FrameEvents {
-    type Item = ClientEvent;
-    fn next(&mut self) -> Option<ClientEvent> {
-        match self {
-            FrameEvents::One(event) => event.take(),
-            FrameEvents::Replies { worker, events } => {
-                let event = events.next()?;
-                // The last event takes the name; the others copy it.
-                let worker = if events.len() == 0 {
-                    std::mem::take(worker)
-                } else {
-                    worker.clone()
-                };
-                Some(reply_event(worker, event))
-            }
-        }
-    }
-}
-
-/// A worker's event relayed to the client.
-fn reply_event(worker: String, event: Event) -> ClientEvent {
-    match event {
-        Event::Accepted => ClientEvent::Accepted { worker },
-        Event::Output { seq, stream, data } => ClientEvent::Output {
-            worker,
-            seq,
-            stream,
-            data,
-        },
-        Event::Done { exit_code } => ClientEvent::Done { worker, exit_code },
-        Event::Failed { kind, message } => ClientEvent::Failed {
-            worker,
-            kind,
-            message,
-        },
-    }
-}
-
-/// The request id and events a broker → client frame carries, or the frame's name if it is
-/// not one a client should get.
-fn request_events(frame: Frame) -> Result<(u64, FrameEvents), &'static str> {
-    if let Frame::Replies { id, worker, events } = frame {
-        let events = events.into_iter();
-        return Ok((id, FrameEvents::Replies { worker, events }));
-    }
-    request_event(frame).map(|(id, event)| (id, FrameEvents::One(Some(event))))
-}
-
-/// The request id and event a broker → client frame of one event carries, or the frame's
-/// name if it is not one a client should get.
-fn request_event(frame: Frame) -> Result<(u64, ClientEvent), &'static str> {
-    Ok(match frame {
-        Frame::Routed {
-            id,
-            algorithm,
-            n_workers,
-        } => (
-            id,
-            ClientEvent::Routed {
-                algorithm,
-                n_workers,
-            },
-        ),
-        Frame::Queued { id, n_workers } => (id, ClientEvent::Queued { n_workers }),
-        Frame::Reply { id, worker, event } => (id, reply_event(worker, event)),
-        Frame::Summary { id, summary } => (id, ClientEvent::Summary(summary)),
-        Frame::Error {
-            id: Some(id),
-            kind,
-            message,
-        } => (id, ClientEvent::Error { kind, message }),
-        other => return Err(other.kind_name()),
-    })
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Held for plain field and map operations that cannot panic half-way; a poisoned lock
+    // still holds consistent data.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

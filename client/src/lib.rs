@@ -3,9 +3,11 @@
 //! Layout:
 //! - [`connection`]: a tokio frame reader/writer over one broker socket; the worker, the fs
 //!   module and the benchmarks reach the broker only through it.
-//! - [`Client`] (in `client.rs`): one connection, many requests. It does the handshake, sends
-//!   heartbeats, and hands each request's frames to its own bounded channel, read through a
-//!   [`RequestHandle`] as [`ClientEvent`]s.
+//! - [`Client`] (in `client.rs`): many requests over one connection at a time to one broker
+//!   node of a list ([`BrokerList`]), failing over to another node (given, or announced by the
+//!   broker: [`nodes`]) when it is lost. Each request's frames go to its own bounded channel,
+//!   read through a [`RequestHandle`] as [`ClientEvent`]s.
+//! - `session.rs`: one connection: the handshake, the reader and writer tasks, heartbeats.
 //! - [`Outcome`] (in `outcome.rs`): what a request came to, summed up from its events;
 //!   serializable for `--json`.
 //! - [`login`]: team, identity and secret for a JWT from the control plane.
@@ -17,9 +19,12 @@
 mod client;
 pub mod connection;
 pub mod login;
+pub mod nodes;
 mod outcome;
+mod session;
 
 pub use client::{Client, ClientEvent, RequestHandle, RequestSpec};
+pub use nodes::BrokerList;
 pub use outcome::{ErrorInfo, Outcome, OutputLine, WorkerOutcome, WorkerStatus};
 
 use connection::ConnectionError;
@@ -76,6 +81,14 @@ pub enum ClientError {
         /// What arrived instead.
         reason: String,
     },
+    /// No broker of a list of several could be reached (each one tried once).
+    #[error("cannot reach any of the brokers {addrs}; the last one: {last}")]
+    Unreachable {
+        /// The addresses tried, comma-separated, in the order tried.
+        addrs: String,
+        /// The last one's error.
+        last: Box<ClientError>,
+    },
     /// The connection is gone; no request can be sent on it.
     #[error("the connection to the broker is gone")]
     Disconnected,
@@ -119,6 +132,7 @@ impl ClientError {
             ClientError::Connect { .. }
             | ClientError::ConnectTimeout { .. }
             | ClientError::Handshake { .. }
+            | ClientError::Unreachable { .. }
             | ClientError::Disconnected
             | ClientError::ControlPlane { .. } => 3,
             ClientError::Refused { .. }

@@ -30,7 +30,8 @@ pub struct Outcome {
     pub summary: Option<Summary>,
     /// The request-level error, if the request failed as a whole.
     pub error: Option<ErrorInfo>,
-    /// The connection dropped before the request ended.
+    /// The connection dropped before the request ended: its final event was
+    /// `Error { kind: BrokerLost }` (not kept in `error`: the request itself did not fail).
     pub disconnected: bool,
     /// Output lines received, both streams, all workers.
     pub total_messages: u64,
@@ -286,13 +287,16 @@ impl Outcome {
                 w.finished_rank = Some(rank);
             }
             ClientEvent::Summary(summary) => self.summary = Some(*summary),
+            ClientEvent::Error {
+                kind: ErrorKind::BrokerLost,
+                ..
+            } => self.disconnected = true,
             ClientEvent::Error { kind, message } => {
                 self.error = Some(ErrorInfo {
                     kind: *kind,
                     message: message.clone(),
                 })
             }
-            ClientEvent::Disconnected => self.disconnected = true,
         }
     }
 
@@ -589,7 +593,10 @@ mod tests {
                 accepted("a"),
                 accepted("b"),
                 done("b", 0),
-                ClientEvent::Disconnected,
+                ClientEvent::Error {
+                    kind: ErrorKind::BrokerLost,
+                    message: "the connection to the broker at a:1 was lost: closed".into(),
+                },
             ],
             3,
             &[("b", "ok"), ("a", "unfinished")],

@@ -2,7 +2,7 @@
 
 mod fake;
 
-use client::{Client, ClientError, ClientEvent, RequestSpec, WorkerStatus};
+use client::{BrokerList, Client, ClientError, ClientEvent, RequestSpec, WorkerStatus};
 use fake::replies_script;
 use fake::{fake_broker, mirror_script, no_such_service_script, roundrobin_script, Peer};
 use fake::{DEADLINE, QUIET_HEARTBEAT_MS};
@@ -25,6 +25,14 @@ fn spec(service: &str) -> RequestSpec {
     }
 }
 
+/// The kind of a request-level error event (`BrokerLost` for a lost connection).
+fn error_kind(event: Option<&ClientEvent>) -> Option<ErrorKind> {
+    match event {
+        Some(ClientEvent::Error { kind, .. }) => Some(*kind),
+        _ => None,
+    }
+}
+
 async fn all_events(handle: &mut client::RequestHandle) -> Vec<ClientEvent> {
     let mut events = Vec::new();
     while let Some(event) = tokio::time::timeout(DEADLINE, handle.next()).await.unwrap() {
@@ -36,7 +44,7 @@ async fn all_events(handle: &mut client::RequestHandle) -> Vec<ClientEvent> {
 #[tokio::test]
 async fn roundrobin_events_arrive_in_order_and_end() {
     let (addr, broker) = fake_broker(roundrobin_script).await;
-    let client = Client::connect(&format!("tcp://{addr}"), jwt())
+    let client = Client::connect(&BrokerList::one(format!("tcp://{addr}")), jwt())
         .await
         .unwrap();
     assert_eq!(client.session(), 7);
@@ -87,7 +95,7 @@ async fn roundrobin_events_arrive_in_order_and_end() {
 #[tokio::test]
 async fn a_replies_frame_gives_the_events_of_its_replies() {
     async fn events(addr: String) -> Vec<ClientEvent> {
-        let client = Client::connect(&format!("tcp://{addr}"), jwt())
+        let client = Client::connect(&BrokerList::one(format!("tcp://{addr}")), jwt())
             .await
             .unwrap();
         let mut handle = client.request(spec("demo")).await.unwrap();
@@ -116,7 +124,9 @@ async fn request_fields_reach_the_broker_and_ids_are_unique() {
         while peer.reader.read_frame().await.is_ok() {}
     })
     .await;
-    let client = Client::connect(&addr, jwt()).await.unwrap();
+    let client = Client::connect(&BrokerList::one(&addr), jwt())
+        .await
+        .unwrap();
     let full = RequestSpec {
         args: vec![("k".into(), "v".into())],
         payload: b"bytes".to_vec(),
@@ -157,7 +167,9 @@ async fn request_fields_reach_the_broker_and_ids_are_unique() {
 #[tokio::test]
 async fn mirror_outcome_is_collected_in_finishing_order() {
     let (addr, _broker) = fake_broker(mirror_script).await;
-    let client = Client::connect(&addr, jwt()).await.unwrap();
+    let client = Client::connect(&BrokerList::one(&addr), jwt())
+        .await
+        .unwrap();
     let handle = client.request(spec("fleet")).await.unwrap();
     let outcome = tokio::time::timeout(DEADLINE, handle.collect())
         .await
@@ -185,7 +197,9 @@ async fn mirror_outcome_is_collected_in_finishing_order() {
 #[tokio::test]
 async fn a_request_level_error_is_final() {
     let (addr, _broker) = fake_broker(no_such_service_script).await;
-    let client = Client::connect(&addr, jwt()).await.unwrap();
+    let client = Client::connect(&BrokerList::one(&addr), jwt())
+        .await
+        .unwrap();
     let mut handle = client.request(spec("nope")).await.unwrap();
     assert_eq!(
         all_events(&mut handle).await,
@@ -209,7 +223,7 @@ async fn a_refused_hello_is_an_error() {
         .await;
     })
     .await;
-    match Client::connect(&addr, jwt()).await {
+    match Client::connect(&BrokerList::one(&addr), jwt()).await {
         Err(err @ ClientError::Refused { .. }) => {
             assert!(matches!(
                 &err,
@@ -222,7 +236,7 @@ async fn a_refused_hello_is_an_error() {
 }
 
 #[tokio::test]
-async fn a_dropped_connection_ends_every_pending_request_with_disconnected() {
+async fn a_dropped_connection_ends_every_pending_request_with_broker_lost() {
     let (addr, _broker) = fake_broker(|mut peer: Peer| async move {
         peer.welcome(QUIET_HEARTBEAT_MS).await;
         let a = peer.request().await.id;
@@ -237,17 +251,30 @@ async fn a_dropped_connection_ends_every_pending_request_with_disconnected() {
         // Return: the socket closes mid-request.
     })
     .await;
-    let client = Client::connect(&addr, jwt()).await.unwrap();
+    let client = Client::connect(&BrokerList::one(&addr), jwt())
+        .await
+        .unwrap();
     let mut a = client.request(spec("s")).await.unwrap();
     let mut b = client.request(spec("s")).await.unwrap();
     let events_a = all_events(&mut a).await;
     assert_eq!(events_a.len(), 3, "{events_a:?}");
-    assert_eq!(events_a.last(), Some(&ClientEvent::Disconnected));
-    assert_eq!(all_events(&mut b).await, vec![ClientEvent::Disconnected]);
+    assert_eq!(error_kind(events_a.last()), Some(ErrorKind::BrokerLost));
+    let ClientEvent::Error { message, .. } = &events_a[2] else {
+        unreachable!()
+    };
+    assert!(message.contains(&addr), "the node is named: {message}");
+    let events_b = all_events(&mut b).await;
+    assert_eq!(events_b.len(), 1, "{events_b:?}");
+    assert_eq!(error_kind(events_b.last()), Some(ErrorKind::BrokerLost));
     assert!(client.is_closed());
+    // Not on this connection; and connecting again finds nobody there.
+    assert!(matches!(
+        client.request_on_current(spec("s")).await,
+        Err(ClientError::Disconnected)
+    ));
     assert!(matches!(
         client.request(spec("s")).await,
-        Err(ClientError::Disconnected)
+        Err(ClientError::Connect { .. })
     ));
 }
 
@@ -266,12 +293,13 @@ async fn a_connection_level_error_disconnects() {
         while peer.reader.read_frame().await.is_ok() {}
     })
     .await;
-    let client = Client::connect(&addr, jwt()).await.unwrap();
+    let client = Client::connect(&BrokerList::one(&addr), jwt())
+        .await
+        .unwrap();
     let mut handle = client.request(spec("s")).await.unwrap();
-    assert_eq!(
-        all_events(&mut handle).await,
-        vec![ClientEvent::Disconnected]
-    );
+    let events = all_events(&mut handle).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(error_kind(events.last()), Some(ErrorKind::BrokerLost));
 }
 
 #[tokio::test]
@@ -284,7 +312,9 @@ async fn cancel_reaches_the_broker() {
         while peer.reader.read_frame().await.is_ok() {}
     })
     .await;
-    let client = Client::connect(&addr, jwt()).await.unwrap();
+    let client = Client::connect(&BrokerList::one(&addr), jwt())
+        .await
+        .unwrap();
     let mut handle = client.request(spec("s")).await.unwrap();
     assert!(matches!(
         handle.next().await,
@@ -333,7 +363,9 @@ async fn the_client_sends_heartbeats() {
         while reader.read_frame().await.is_ok() {}
     })
     .await;
-    let client = Client::connect(&addr, jwt()).await.unwrap();
+    let client = Client::connect(&BrokerList::one(&addr), jwt())
+        .await
+        .unwrap();
     assert_eq!(client.heartbeat(), Duration::from_millis(20));
     let n = tokio::time::timeout(DEADLINE, rx).await.unwrap().unwrap();
     assert_eq!(n, 3);
@@ -351,12 +383,13 @@ async fn a_silent_broker_counts_as_gone() {
         while peer.reader.read_frame().await.is_ok() {}
     })
     .await;
-    let client = Client::connect(&addr, jwt()).await.unwrap();
+    let client = Client::connect(&BrokerList::one(&addr), jwt())
+        .await
+        .unwrap();
     let mut handle = client.request(spec("s")).await.unwrap();
-    assert_eq!(
-        all_events(&mut handle).await,
-        vec![ClientEvent::Disconnected]
-    );
+    let events = all_events(&mut handle).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(error_kind(events.last()), Some(ErrorKind::BrokerLost));
 }
 
 #[tokio::test]
@@ -380,7 +413,9 @@ async fn a_slow_consumer_pushes_back_on_the_broker_and_loses_nothing() {
         while peer.reader.read_frame().await.is_ok() {}
     })
     .await;
-    let client = Client::connect(&addr, jwt()).await.unwrap();
+    let client = Client::connect(&BrokerList::one(&addr), jwt())
+        .await
+        .unwrap();
     let mut handle = client.request(spec("s")).await.unwrap();
 
     // Wait until the broker's progress stops changing, without reading a single event.

@@ -15,8 +15,9 @@ pub struct ControlSettings {
     pub jwt_ttl: Duration,
     /// Larger request bodies get 413 `PayloadTooLarge`.
     pub max_body_bytes: usize,
-    /// The broker's client address, for the HTTP gateway.
-    pub broker_addr: Option<String>,
+    /// The brokers' client addresses, for the HTTP gateway (and the schedules): each request
+    /// goes through one that answers.
+    pub brokers: Option<client::BrokerList>,
     /// How long a connection may take to send a request's headers, also while idle between
     /// requests (closed after).
     pub http_timeout: Duration,
@@ -123,7 +124,7 @@ impl ControlSettings {
             database_url: None,
             jwt_ttl: Duration::from_secs(12 * 3600),
             max_body_bytes: 1024 * 1024,
-            broker_addr: None,
+            brokers: None,
             http_timeout: Duration::from_secs(30),
             http_body_timeout: Duration::from_secs(10),
             max_connections: default_max_connections(),

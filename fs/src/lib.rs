@@ -68,8 +68,8 @@ pub struct FsOptions {
     pub mount: PathBuf,
     /// Who to log in as, where.
     pub login: Login,
-    /// The broker's address.
-    pub broker: String,
+    /// The brokers' addresses: requests go through one, and another when it is lost.
+    pub broker: client::BrokerList,
     /// Also log to this file.
     pub logfile: Option<PathBuf>,
     /// The spool's directory.

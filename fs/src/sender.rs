@@ -20,7 +20,7 @@ use crate::record::SpooledRequest;
 use crate::responses::{Ending, Response};
 use crate::spool::SpoolReader;
 use crate::Shared;
-use client::{Client, Outcome, RequestSpec, WorkerStatus};
+use client::{BrokerList, Client, Outcome, RequestSpec, WorkerStatus};
 use proto::{Credential, ErrorKind, IdemKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -205,11 +205,17 @@ enum Stopped {
     },
 }
 
-/// Sends the spool's records to `broker` until `stop` turns true.
+/// Sends the spool's records through one of `brokers` until `stop` turns true.
+///
+/// One [`Client`] for the whole run: when its node is lost, every request in flight ends
+/// (`BrokerLost`, or the node's own `ShuttingDown`/`Stale`), the records not acknowledged are
+/// read again from the spool's acknowledged position and sent, with the same keys, through
+/// the node the client connects to next (another one first: see [`Client::reconnect`]),
+/// with a fresh JWT.
 pub async fn run(
     shared: Arc<Shared>,
     mut reader: SpoolReader,
-    broker: String,
+    brokers: BrokerList,
     mut stop: watch::Receiver<bool>,
 ) {
     let source = shared.spool.source();
@@ -225,11 +231,11 @@ pub async fn run(
         }
         let c = match &client {
             Some(c) if !c.is_closed() => c.clone(),
-            _ => match connect(&shared, &broker).await {
+            _ => match connect(&shared, &brokers, client.as_ref()).await {
                 Ok(c) => {
                     shared
                         .log
-                        .line(&format!("Connected to broker at {broker}."));
+                        .line(&format!("Connected to broker at {}.", c.addr()));
                     client = Some(c.clone());
                     c
                 }
@@ -237,7 +243,7 @@ pub async fn run(
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(20) {
                         shared.log.line(&format!(
-                            "Cannot reach broker at {broker} ({e}); writes are spooled."
+                            "Cannot reach broker at {brokers} ({e}); writes are spooled."
                         ));
                     }
                     if sleep_or_stop(backoff, &mut stop).await {
@@ -264,8 +270,8 @@ pub async fn run(
                         .line(&format!("Sending again from the spool: {}", again.why));
                 }
                 if again.token_refused {
+                    // The next connection logs in again (`connect` sets the new JWT).
                     shared.api.forget_token();
-                    client = None;
                 }
                 if sleep_or_stop(backoff, &mut stop).await {
                     return;
@@ -276,11 +282,26 @@ pub async fn run(
     }
 }
 
-async fn connect(shared: &Shared, broker: &str) -> Result<Client, String> {
+/// A connection with a fresh JWT: the first one to one of `brokers`; after that, the same
+/// client connecting again (it keeps the nodes it learned, and tries another node than the
+/// one it lost first).
+async fn connect(
+    shared: &Shared,
+    brokers: &BrokerList,
+    client: Option<&Client>,
+) -> Result<Client, String> {
     let token = shared.api.jwt().await.map_err(|e| e.to_string())?;
-    Client::connect(broker, Credential::Jwt { token })
-        .await
-        .map_err(|e| e.to_string())
+    let credential = Credential::Jwt { token };
+    match client {
+        Some(client) => {
+            client.set_credential(credential);
+            client.reconnect().await.map_err(|e| e.to_string())?;
+            Ok(client.clone())
+        }
+        None => Client::connect(brokers, credential)
+            .await
+            .map_err(|e| e.to_string()),
+    }
 }
 
 /// Sleeps `d`; true when told to stop meanwhile.
@@ -370,7 +391,7 @@ async fn pump(
                     tag: None,
                     trigger: Some(request.path.clone()),
                 };
-                let handle = match client.request(spec).await {
+                let handle = match client.request_on_current(spec).await {
                     Ok(h) => h,
                     Err(e) => {
                         failed.get_or_insert(Again::because(format!(
@@ -453,6 +474,10 @@ mod tests {
             exit_code: code,
         };
         let accepted = ClientEvent::Accepted { worker: "w".into() };
+        let broker_lost = ClientEvent::Error {
+            kind: ErrorKind::BrokerLost,
+            message: "the connection to the broker at a:1 was lost".into(),
+        };
         let summary = ClientEvent::Summary(proto::Summary {
             workers: 1,
             ok: 1,
@@ -500,7 +525,7 @@ mod tests {
             Verdict::Rejected(ErrorKind::NoSuchService)
         );
         assert!(matches!(
-            verdict(&outcome(&[accepted.clone(), ClientEvent::Disconnected])),
+            verdict(&outcome(&[accepted.clone(), broker_lost])),
             Verdict::Retry(_)
         ));
         let lost = ClientEvent::Failed {

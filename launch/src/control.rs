@@ -67,9 +67,10 @@ pub struct ControlArgs {
     /// Data directory (SQLite database, JWT key, broker token).
     #[arg(long, env = "TRIGGERFS_DATA", default_value = "triggerfs-data")]
     pub data: PathBuf,
-    /// The broker the HTTP gateway sends requests through.
+    /// The broker the HTTP gateway sends requests through; several, comma-separated, to fail
+    /// over between a cell's nodes.
     #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
-    pub broker: String,
+    pub broker: client::BrokerList,
     #[command(flatten)]
     pub api: ApiArgs,
     #[command(flatten)]
@@ -83,8 +84,8 @@ pub struct ControlOptions {
     pub data: PathBuf,
     /// The API's flags.
     pub api: ApiArgs,
-    /// The broker the HTTP gateway sends requests through.
-    pub broker_addr: Option<String>,
+    /// The brokers the HTTP gateway sends requests through.
+    pub brokers: Option<client::BrokerList>,
     /// HTTPS for the API (and, in `up`, TLS for the broker too).
     pub tls: Option<Arc<tls::rustls::ServerConfig>>,
 }
@@ -135,7 +136,7 @@ pub async fn start_control(
     let api = &opts.api;
     settings.database_url = api.database_url.clone();
     settings.jwt_ttl = api.jwt_ttl;
-    settings.broker_addr = opts.broker_addr.clone();
+    settings.brokers = opts.brokers.clone();
     settings.http_timeout = api.http_timeout;
     settings.http_body_timeout = api.http_body_timeout;
     settings.max_connections_per_address = api.http_max_connections_per_address;
@@ -179,7 +180,7 @@ pub fn announce_admin(admin: &controlplane::FirstAdmin) {
 pub fn run(args: ControlArgs) -> Result<i32> {
     let opts = ControlOptions {
         data: std::path::absolute(&args.data)?,
-        broker_addr: Some(args.broker),
+        brokers: Some(args.broker),
         tls: args.tls.server_config()?,
         api: args.api,
     };

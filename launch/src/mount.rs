@@ -14,9 +14,10 @@ pub struct FsArgs {
     /// Where to mount (else `[triggerfs] mountpoint` of triggerfs.toml).
     #[arg(long, env = "TRIGGERFS_MOUNT")]
     pub mount: Option<PathBuf>,
-    /// Broker address (else `[main] broker`).
+    /// Broker address (else `[main] broker`); several, comma-separated, to fail over between
+    /// a cell's nodes.
     #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
-    pub broker: String,
+    pub broker: client::BrokerList,
     #[command(flatten)]
     pub login: LoginArgs,
     /// Also log to this file (else `[triggerfs] logfile`).

@@ -97,10 +97,8 @@ pub struct FsSection {
 /// are ignored.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Main {
-    /// The broker's address; several (a cell's nodes) as a list or comma-separated, kept
-    /// comma-separated: the form of the `--broker` flag it is the default of.
-    #[serde(default, deserialize_with = "one_or_many")]
-    pub broker: Option<String>,
+    /// The broker's address: a string (several comma-separated) or a list of them.
+    pub broker: Option<client::BrokerList>,
     /// The control plane's URL.
     pub url: Option<String>,
     /// The CA for `tls://` and `https://` (relative to the file's directory).
@@ -111,20 +109,6 @@ pub struct Main {
     pub identity: Option<String>,
     /// The user's secret.
     pub secret: Option<String>,
-}
-
-/// A string, or a list of strings joined with commas (`broker = ["a:1", "b:2"]`).
-fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged, expecting = "an address, or a list of addresses")]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(Some(match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::One(one) => one,
-        OneOrMany::Many(many) => many.join(","),
-    }))
 }
 
 /// `[workers]`: `pluginspath`, `shell`, and every other key a team of
@@ -217,7 +201,11 @@ impl Settings {
         let (main, workers, fs) = (&self.main, &self.workers, &self.fs);
         // (the subcommands, the flag's id, the key's value)
         let keys: [(&[&str], &str, Option<OsString>); 12] = [
-            (BROKER, "broker", text(&main.broker)),
+            (
+                BROKER,
+                "broker",
+                main.broker.as_ref().map(|b| b.to_string().into()),
+            ),
             (LOGIN, "url", text(&main.url)),
             (LOGIN, "team", text(&main.team)),
             (LOGIN, "identity", text(&main.identity)),
@@ -311,7 +299,10 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(s.main.broker.as_deref(), Some("tcp://127.0.0.1:5555"));
+        assert_eq!(
+            s.main.broker.as_ref().map(|b| b.to_string()).as_deref(),
+            Some("tcp://127.0.0.1:5555")
+        );
         assert_eq!(s.main.team.as_deref(), Some("team1"));
         assert_eq!(s.main.identity.as_deref(), Some("hp"));
         assert_eq!(s.main.secret.as_deref(), Some("password"));
@@ -447,7 +438,10 @@ mod tests {
     #[test]
     fn broker_is_one_address_or_a_list() {
         let s = Settings::parse("[main]\nbroker = [\"a:1\", \"tls://b:2\"]\n").unwrap();
-        assert_eq!(s.main.broker.as_deref(), Some("a:1,tls://b:2"));
+        assert_eq!(
+            s.main.broker.as_ref().map(ToString::to_string).as_deref(),
+            Some("a:1,tls://b:2")
+        );
         #[derive(clap::Parser, Debug)]
         struct Cli {
             #[command(subcommand)]

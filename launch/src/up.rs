@@ -201,10 +201,10 @@ pub fn run(args: UpArgs, trust: tls::Trust) -> Result<i32> {
     };
     let opts = ControlOptions {
         data,
-        broker_addr: Some(match server_tls {
+        brokers: Some(client::BrokerList::one(match server_tls {
             Some(_) => format!("tls://{}", connectable(listen)),
             None => listen.to_string(),
-        }),
+        })),
         tls: server_tls,
         api: args.api,
     };

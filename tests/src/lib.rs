@@ -371,7 +371,7 @@ pub async fn connect_jwt(
     token: &str,
 ) -> std::result::Result<client::Client, client::ClientError> {
     client::Client::connect(
-        addr,
+        &client::BrokerList::one(addr),
         proto::Credential::Jwt {
             token: token.to_string(),
         },
@@ -400,7 +400,7 @@ where
 /// Connects a library client to the broker.
 pub async fn connect(addr: SocketAddr) -> Result<client::Client> {
     Ok(client::Client::connect(
-        &addr.to_string(),
+        &client::BrokerList::one(addr.to_string()),
         proto::Credential::Jwt {
             token: String::new(),
         },

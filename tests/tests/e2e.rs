@@ -14,6 +14,7 @@ mod e2e {
     pub mod control;
     pub mod core_plugins;
     pub mod defences;
+    pub mod failover;
     pub mod failures;
     pub mod fanout;
     pub mod first_hour;

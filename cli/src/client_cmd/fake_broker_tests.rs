@@ -257,3 +257,34 @@ async fn command_cannot_reach_the_broker_exits_3() {
     assert_eq!(err.exit_status(), 3);
     assert_eq!((ran.out.as_str(), ran.err.as_str()), ("", ""));
 }
+
+/// `--broker DEAD,GOOD` (in either order): the run through the one that answers, rendered as
+/// with that address alone; with none answering, exit 3 and an error naming both.
+#[tokio::test]
+async fn command_fails_over_to_the_broker_that_answers() {
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    for _ in 0..3 {
+        let (good, _broker) = fake_broker(roundrobin_script).await;
+        let list = format!("{dead},{good}");
+        let ran = run_command(args(&list, &[]), "uptime\n", std::future::pending()).await;
+        assert_eq!(ran.status.unwrap(), 0);
+        assert_eq!(
+            without_time_ran(&ran.out),
+            "[command/command@demo01]  21:14:07 up  8:26\n\nExit code: 0\nTotal messages: 2"
+        );
+    }
+    let other_dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let list = format!("{dead},{other_dead}");
+    let ran = run_command(args(&list, &["--command", "x"]), "", std::future::pending()).await;
+    let err = ran.status.unwrap_err();
+    assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
+    assert_eq!(err.exit_status(), 3);
+    let text = err.to_string();
+    assert!(text.contains(&dead) && text.contains(&other_dead), "{text}");
+}

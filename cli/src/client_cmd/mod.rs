@@ -17,7 +17,7 @@
 mod fake_broker_tests;
 pub mod render;
 
-use client::{Client, ClientError, Outcome, RequestSpec};
+use client::{BrokerList, Client, ClientError, Outcome, RequestSpec};
 use launch::settings::LoginArgs;
 use proto::{Credential, ErrorKind, Fleet, Share};
 use render::{Console, LiveRender};
@@ -39,9 +39,9 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// Broker address, `host:port` or `tcp://host:port` (else `[main] broker` of
-    /// triggerfs.toml).
+    /// triggerfs.toml); several, comma-separated, to fail over between a cell's nodes.
     #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
-    pub broker: String,
+    pub broker: BrokerList,
     /// JWT from the control plane, instead of logging in.
     #[arg(
         long,
@@ -311,7 +311,7 @@ pub fn without_credentials(args: &ClientArgs, e: ClientError) -> ClientError {
                 format!(" ({} missing)", missing.join(", "))
             };
             ClientError::NoCredentials {
-                broker: args.broker.clone(),
+                broker: args.broker.to_string(),
                 missing,
                 kind,
                 reason,

@@ -40,9 +40,10 @@ pub struct CliArgs {
     /// Print the API's JSON instead of tables and messages.
     #[arg(long, env = "TRIGGERFS_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
-    /// Broker address for `request` (else `[main] broker` of triggerfs.toml).
+    /// Broker address for `request` and `file` (else `[main] broker` of triggerfs.toml);
+    /// several, comma-separated, to fail over between a cell's nodes.
     #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
-    pub broker: String,
+    pub broker: client::BrokerList,
     #[command(flatten)]
     pub login: LoginArgs,
     /// Where the console keeps its history (default:
@@ -58,7 +59,7 @@ pub struct Session {
     json: bool,
     /// Set by `exit` in operational mode and `quit`.
     leave: bool,
-    broker: String,
+    broker: client::BrokerList,
     config: Option<PathBuf>,
     /// SIGINT while a command runs: cancels a request, never the console.
     sigint: tokio::signal::unix::Signal,
@@ -303,7 +304,7 @@ impl Session {
             .arg("--spool")
             .arg(&spool)
             .arg("--broker")
-            .arg(&self.broker)
+            .arg(self.broker.to_string())
             // The login goes by environment, not argv: other users can read argv.
             .env("TRIGGERFS_URL", &login.url)
             .env("TRIGGERFS_TEAM", &login.team)

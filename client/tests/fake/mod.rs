@@ -33,13 +33,18 @@ impl Peer {
     }
 
     pub async fn welcome(&mut self, heartbeat_ms: u32) {
+        self.welcome_nodes(heartbeat_ms, vec![]).await;
+    }
+
+    /// `Welcome` naming the cell's `nodes`.
+    pub async fn welcome_nodes(&mut self, heartbeat_ms: u32, nodes: Vec<String>) {
         let hello = self.hello().await;
         assert_eq!(hello.role, Role::Client);
         assert_eq!(hello.protocol_version, proto::PROTOCOL_VERSION);
         self.send(Frame::Welcome {
             session: 7,
             heartbeat_ms,
-            nodes: vec![],
+            nodes,
         })
         .await;
     }

@@ -102,13 +102,17 @@ pub(crate) fn gateway_event(event: ClientEvent) -> GatewayEvent {
             message,
         },
         ClientEvent::Summary(s) => GatewayEvent::Summary(s),
+        // The connection to the broker node was lost: as the gateway has always said it.
+        ClientEvent::Error {
+            kind: ErrorKind::BrokerLost,
+            ..
+        } => GatewayEvent::Error {
+            kind: RequestError::Gateway(GatewayError::Disconnected),
+            message: "the connection to the broker is gone".into(),
+        },
         ClientEvent::Error { kind, message } => GatewayEvent::Error {
             kind: RequestError::Broker(kind),
             message,
-        },
-        ClientEvent::Disconnected => GatewayEvent::Error {
-            kind: RequestError::Gateway(GatewayError::Disconnected),
-            message: "the connection to the broker is gone".into(),
         },
     }
 }
@@ -125,7 +129,7 @@ fn client_events(
     let rest = (!first.is_final()).then_some((client, handle));
     let rest = stream::unfold(rest, |state| async move {
         let (client, mut handle) = state?;
-        let event = handle.next().await.unwrap_or(ClientEvent::Disconnected);
+        let event = handle.next().await.unwrap_or_else(lost);
         let next = if event.is_final() {
             None
         } else {
@@ -141,12 +145,15 @@ fn client_events(
 /// event starts the stream.
 fn refusal(first: &ClientEvent) -> Option<ApiError> {
     let (kind, message) = match first {
-        ClientEvent::Error { kind, message } => (*kind, message),
-        ClientEvent::Disconnected => {
+        ClientEvent::Error {
+            kind: ErrorKind::BrokerLost,
+            ..
+        } => {
             return Some(ApiError::ServiceUnavailable(
                 "the broker closed the connection before answering".into(),
             ))
         }
+        ClientEvent::Error { kind, message } => (*kind, message),
         _ => return None,
     };
     let text = format!("{kind}: {message}");
@@ -160,6 +167,15 @@ fn refusal(first: &ClientEvent) -> Option<ApiError> {
         }
         _ => ApiError::ServiceUnavailable(text),
     })
+}
+
+/// The final event of a stream that ended without one (it cannot: the handle's last event is
+/// final), as the lost connection it would be.
+fn lost() -> ClientEvent {
+    ClientEvent::Error {
+        kind: ErrorKind::BrokerLost,
+        message: "the connection to the broker is gone".into(),
+    }
 }
 
 fn connect_error(e: ClientError, addr: &str) -> ApiError {
@@ -209,19 +225,25 @@ pub(crate) fn request_spec(service: String, req: GatewayRequest) -> Result<Reque
 }
 
 fn client_addr(state: &AppState) -> String {
-    state.settings.broker_addr.clone().unwrap_or_default()
+    state
+        .settings
+        .brokers
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }
 
-/// A connection to the broker with JWT `token` (503 when there is no broker address or it
-/// does not answer, 401 when it refuses the token).
+/// A connection to one of the brokers with JWT `token` (503 when there is no broker address
+/// or none answers, 401 when it refuses the token).
 pub(crate) async fn connect(state: &AppState, token: String) -> Result<Client, ApiError> {
-    let Some(addr) = state.settings.broker_addr.clone() else {
+    let Some(brokers) = state.settings.brokers.as_ref() else {
         return Err(ApiError::ServiceUnavailable(
             "this control plane has no broker address: the gateway is off".into(),
         ));
     };
+    let addr = brokers.to_string();
     let credential = Credential::Jwt { token };
-    tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(&addr, credential))
+    tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(brokers, credential))
         .await
         .map_err(|_| ApiError::ServiceUnavailable(format!("the broker at {addr} did not answer")))?
         .map_err(|e| connect_error(e, &addr))
@@ -241,7 +263,7 @@ pub(crate) async fn send(
         .request(spec)
         .await
         .map_err(|e| connect_error(e, &client_addr(state)))?;
-    let first = handle.next().await.unwrap_or(ClientEvent::Disconnected);
+    let first = handle.next().await.unwrap_or_else(lost);
     if let Some(e) = refusal(&first) {
         return Err(e);
     }
@@ -320,7 +342,7 @@ mod tests {
             let (got, got_code) = refusal(&event).expect("a refusal").status_code();
             assert_eq!((got.as_u16(), got_code.as_str()), (status, code), "{kind}");
         }
-        assert!(refusal(&ClientEvent::Disconnected).is_some());
+        assert!(refusal(&lost()).is_some());
         // Anything else starts the stream (200).
         assert!(refusal(&ClientEvent::Queued { n_workers: 1 }).is_none());
         let routed = ClientEvent::Routed {
@@ -414,7 +436,7 @@ mod tests {
             json!({"event":"error","kind":"NoSuchService","message":"no"}),
         );
         check(
-            ClientEvent::Disconnected,
+            lost(),
             "error",
             json!({"event":"error","kind":"Disconnected",
                 "message":"the connection to the broker is gone"}),

@@ -11,7 +11,7 @@ use api::gateway::GatewayRequest;
 use api::schedules::RunOutcome;
 use client::ClientEvent;
 use proto::control::Claims;
-use proto::{Summary, TextEnum};
+use proto::{ErrorKind, Summary, TextEnum};
 use rand::Rng;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -137,11 +137,15 @@ async fn send(state: &AppState, run: Run) -> RunOutcome {
         };
         match event {
             Some(ClientEvent::Summary(summary)) => return outcome(&summary),
+            None
+            | Some(ClientEvent::Error {
+                kind: ErrorKind::BrokerLost,
+                ..
+            }) => return RunOutcome::Lost,
             Some(ClientEvent::Error { kind, message }) => {
                 tracing::warn!(tag = %run.tag, %kind, %message, "a schedule's run was refused");
                 return RunOutcome::Refused;
             }
-            None | Some(ClientEvent::Disconnected) => return RunOutcome::Lost,
             Some(_) => {}
         }
     }

@@ -77,7 +77,8 @@ impl Harness {
     }
 
     pub async fn start_with(backend: Backend, broker_addr: Option<String>) -> Harness {
-        Harness::start_configured(backend, |settings| settings.broker_addr = broker_addr).await
+        let brokers = broker_addr.map(client::BrokerList::one);
+        Harness::start_configured(backend, |settings| settings.brokers = brokers).await
     }
 
     /// A control plane whose settings `configure` changes last.

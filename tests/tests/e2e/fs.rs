@@ -34,6 +34,8 @@ pub(crate) struct Rig {
     pub(crate) fs_out: Arc<Mutex<Vec<String>>>,
     /// Extra `triggerfs fs` flags.
     pub(crate) fs_flags: Vec<String>,
+    /// The fs's `--broker`.
+    pub(crate) brokers: String,
 }
 
 impl Rig {
@@ -76,6 +78,7 @@ impl Rig {
             fs: None,
             fs_out: Arc::new(Mutex::new(Vec::new())),
             fs_flags: fs_flags.iter().map(|s| s.to_string()).collect(),
+            brokers: broker_addr,
         };
         rig.start_fs()?;
         Ok(rig)
@@ -97,7 +100,7 @@ impl Rig {
     /// Starts `triggerfs fs` and waits for it to be serving.
     pub(crate) fn start_fs(&mut self) -> Result<()> {
         let (team, admin, secret) = self.control.admin.clone();
-        let broker = format!("127.0.0.1:{}", self.port);
+        let broker = self.brokers.clone();
         let mnt = self.mnt();
         let spool = self.dir.path().join("spool");
         let logfile = self.logfile();
@@ -192,7 +195,7 @@ impl Rig {
         }
     }
 
-    fn fs_output(&self) -> String {
+    pub(crate) fn fs_output(&self) -> String {
         self.fs_out.lock().unwrap().join("\n")
     }
 

@@ -148,14 +148,12 @@ impl Cell {
 }
 
 /// A client of the cell, given every node (the client picks one, and fails over).
-///
-/// MERGE (issue 27): with the cell's client merged, `Client::connect` takes a
-/// `client::BrokerList` and `connect_jwt` one address (`BrokerList::one`, not split at
-/// commas); this body becomes `Ok(client::Client::connect(&client::BrokerList::new(list)?,
-/// proto::Credential::Jwt { token: jwt.to_string() }).await?)`.
 async fn connect_cell(nodes: &[SocketAddr], jwt: &str) -> Result<client::Client> {
-    let list: Vec<String> = nodes.iter().map(SocketAddr::to_string).collect();
-    Ok(connect_jwt(&list.join(","), jwt).await?)
+    let list = client::BrokerList::new(nodes.iter().map(SocketAddr::to_string))?;
+    let credential = proto::Credential::Jwt {
+        token: jwt.to_string(),
+    };
+    Ok(client::Client::connect(&list, credential).await?)
 }
 
 /// Workers `w1`… on one host of the data network, the `i`th connected to node `i`, and
@@ -628,7 +626,6 @@ async fn wait_node_has_fleet(
 /// all three (the API's `nodes`: 3/3) within 5 s of all being in through their seeds, and
 /// `cluster status` shows each node with all 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the cell (issue 27) merged"]
 async fn two_hundred_workers_with_one_seed_reach_all_three_nodes() -> Result<()> {
     let started = Instant::now();
     let cell = Cell::start(3, true, &[]).await?;
@@ -744,7 +741,6 @@ fn percentile(values: &mut [Duration], p: f64) -> Option<Duration> {
 /// the killed node go on through the others (the 99th percentile of their reconnect times is
 /// printed), and the node, started again, has every worker back within 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the cell (issue 27) merged"]
 async fn a_node_killed_under_load_loses_no_request_silently() -> Result<()> {
     const CLIENTS: usize = 20;
     const PER_CLIENT: Duration = Duration::from_millis(100); // 10 a second each, 200 in all
@@ -948,7 +944,6 @@ async fn a_node_killed_under_load_loses_no_request_silently() -> Result<()> {
 /// trigger (through `triggerfs fs` given every node) while the node the fs is connected to is
 /// killed (-9) and started again, twice: every line arrives exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the cell (issue 27) merged"]
 async fn log_lines_arrive_once_through_two_kills_of_the_fs_node() -> Result<()> {
     const LINES: usize = 200_000;
     const PER_WRITE: usize = 100;

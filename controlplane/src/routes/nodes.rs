@@ -58,16 +58,19 @@ macro_rules! unlink {
     }};
 }
 
-/// `FOR UPDATE` on PostgreSQL (SQLite's transactions hold the whole file's write lock).
+/// `FOR NO KEY UPDATE` on PostgreSQL (SQLite's transactions hold the whole file's write lock).
 ///
 /// A worker's row is locked before its links are read: under READ COMMITTED a statement
 /// that waited for a row lock still reads other tables as of its start, so a node that
 /// unlinked a worker could miss the link another node's report was committing, and set
 /// `DISCONNECTED` a worker that node had just linked. Locked first, the later transaction's
-/// statements see the earlier one's links.
+/// statements see the earlier one's links. Every transaction locks its workers in id order (no
+/// two reports wait for each other in a cycle), and `NO KEY` leaves the key-share locks of
+/// foreign-key checks alone: a service created meanwhile (binding those workers) neither waits
+/// for a report nor deadlocks with it.
 fn locking(db: &Db) -> &'static str {
     match db {
-        Db::Postgres(_) => " FOR UPDATE",
+        Db::Postgres(_) => " FOR NO KEY UPDATE",
         Db::Sqlite(_) => "",
     }
 }
@@ -225,14 +228,8 @@ pub(crate) async fn node_report(
     let since = live_since(state.settings.node_lease);
     let now = now_ms();
     let mut updated = 0;
-    let find = format!(
-        "SELECT w.id FROM workers w JOIN teams t ON t.id = w.team_id \
-         WHERE t.name = $1 AND w.identity = $2{}",
-        match &state.db {
-            Db::Postgres(_) => " FOR UPDATE OF w",
-            Db::Sqlite(_) => "",
-        }
-    );
+    let find = "SELECT w.id FROM workers w JOIN teams t ON t.id = w.team_id \
+                WHERE t.name = $1 AND w.identity = $2";
     let lock = format!("SELECT id FROM workers WHERE id = $1{}", locking(&state.db));
     on_db!(&state.db, pool => {
         let mut tx = crate::db::begin(pool).await?;
@@ -251,10 +248,21 @@ pub(crate) async fn node_report(
         } else {
             Vec::new()
         };
-        let mut online = BTreeSet::new();
+        let mut ids = Vec::with_capacity(report.workers.len());
         for w in &report.workers {
-            let id: Option<i64> = sqlx::query_scalar(&find)
+            let id: Option<i64> = sqlx::query_scalar(find)
                 .bind(&w.team).bind(&w.identity).fetch_optional(&mut *tx).await?;
+            ids.push(id);
+        }
+        // Every worker this report touches, locked in id order (see `locking`).
+        let mut touched: Vec<i64> = ids.iter().flatten().chain(&linked).copied().collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for id in &touched {
+            let _: Option<i64> = sqlx::query_scalar(&lock).bind(id).fetch_optional(&mut *tx).await?;
+        }
+        let mut online = BTreeSet::new();
+        for (w, id) in report.workers.iter().zip(ids) {
             let Some(id) = id else { continue };
             updated += 1;
             // Clamp: a broker clock cannot push a timestamp outside what the column holds.
@@ -278,7 +286,6 @@ pub(crate) async fn node_report(
         // A full report lists every worker connected to this node: its other links are
         // left from before (a crash, a lost connection). Other nodes' links stay.
         for id in linked.into_iter().filter(|id| !online.contains(id)) {
-            let _: Option<i64> = sqlx::query_scalar(&lock).bind(id).fetch_optional(&mut *tx).await?;
             unlink!(tx, node, id, now, since);
         }
         tx.commit().await?;

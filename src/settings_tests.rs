@@ -66,7 +66,7 @@ fn the_file_fills_the_flags_that_stand_for_its_keys() {
     let Command::Jobs(jobs) = parse_with(FULL, &["jobs", "list"]).command else {
         panic!("not jobs")
     };
-    assert_eq!(jobs.login.team.as_deref(), Some("file-team"));
+    assert_eq!(jobs.auth.login.team.as_deref(), Some("file-team"));
     let Command::Cli(console) = parse_with(FULL, &["cli"]).command else {
         panic!("not cli")
     };
@@ -102,7 +102,7 @@ fn flags_win_over_the_file_and_other_commands_ignore_it() {
         let Command::Jobs(jobs) = parse_with(FULL, &argv).command else {
             panic!("not jobs")
         };
-        assert_eq!(jobs.login.url, "http://flag");
+        assert_eq!(jobs.auth.login.url, "http://flag");
     }
     // `control --broker` is where its gateway sends, not `[main] broker`.
     let Command::Control(control) = parse_with(FULL, &["control"]).command else {

@@ -3,26 +3,16 @@
 //! Logging in is `triggerfs jobs`'s.
 
 use crate::console::table::{seed_time, Table};
-use crate::jobs_cmd::{refused, sign_in};
+use crate::jobs_cmd::{refused, ApiLogin};
 use anyhow::Result;
 use api::brokers::BrokerNodeView;
-use launch::settings::LoginArgs;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Flags of `triggerfs cluster`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterArgs {
-    /// JWT from the control plane, instead of logging in.
-    #[arg(
-        long,
-        env = "TRIGGERFS_TOKEN",
-        default_value = "",
-        hide_env_values = true,
-        global = true
-    )]
-    pub token: String,
     #[command(flatten)]
-    pub login: LoginArgs,
+    pub auth: ApiLogin,
     /// The API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -48,7 +38,7 @@ pub fn main(args: ClusterArgs) -> Result<i32> {
 
 /// `triggerfs cluster ...`: prints to stdout, returns the exit status.
 pub async fn run(args: ClusterArgs) -> Result<i32> {
-    let api = sign_in(&args.login.url, &args.token, &args.login).await?;
+    let api = args.auth.sign_in().await?;
     match args.command {
         ClusterCommand::Status => {
             let nodes: Vec<BrokerNodeView> = api.get("/brokers").await.map_err(refused)?;

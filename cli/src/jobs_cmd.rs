@@ -15,9 +15,10 @@ use launch::settings::LoginArgs;
 use proto::job::REDACTED;
 use std::time::Duration;
 
-/// Flags of `triggerfs jobs`.
+/// How `jobs`, `schedules` and `cluster` reach the API: `--token`, or team, identity and
+/// secret from the flags, the environment or `[main]` of triggerfs.toml.
 #[derive(Debug, Clone, clap::Args)]
-pub struct JobsArgs {
+pub struct ApiLogin {
     /// JWT from the control plane, instead of logging in.
     #[arg(
         long,
@@ -29,6 +30,20 @@ pub struct JobsArgs {
     pub token: String,
     #[command(flatten)]
     pub login: LoginArgs,
+}
+
+impl ApiLogin {
+    /// The API, signed in (see [`sign_in`]).
+    pub(crate) async fn sign_in(&self) -> Result<Api> {
+        sign_in(&self.login.url, &self.token, &self.login).await
+    }
+}
+
+/// Flags of `triggerfs jobs`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub auth: ApiLogin,
     #[command(subcommand)]
     pub command: JobsCommand,
 }
@@ -122,7 +137,7 @@ pub fn main(args: JobsArgs) -> Result<i32> {
 
 /// `triggerfs jobs ...`: prints to stdout, returns the exit status.
 pub async fn run(args: JobsArgs) -> Result<i32> {
-    let api = sign_in(&args.login.url, &args.token, &args.login).await?;
+    let api = args.auth.sign_in().await?;
     match args.command {
         JobsCommand::List {
             service,

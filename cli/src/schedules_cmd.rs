@@ -3,7 +3,7 @@
 //! Logging in is `triggerfs jobs`'s.
 
 use crate::console::table::Table;
-use crate::jobs_cmd::{refused, sign_in};
+use crate::jobs_cmd::{refused, ApiLogin};
 use anyhow::Result;
 use api::gateway::{CommandWords, GatewayRequest, ShareText};
 use api::schedules::{
@@ -11,23 +11,13 @@ use api::schedules::{
     ScheduleVisibility, Timetable,
 };
 use api::{Api, Timeout};
-use launch::settings::LoginArgs;
 use std::collections::BTreeMap;
 
 /// Flags of `triggerfs schedules`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SchedulesArgs {
-    /// JWT from the control plane, instead of logging in.
-    #[arg(
-        long,
-        env = "TRIGGERFS_TOKEN",
-        default_value = "",
-        hide_env_values = true,
-        global = true
-    )]
-    pub token: String,
     #[command(flatten)]
-    pub login: LoginArgs,
+    pub auth: ApiLogin,
     /// The API's JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -184,7 +174,7 @@ fn path(name: &str) -> String {
 
 /// `triggerfs schedules ...`: prints to stdout, returns the exit status.
 pub async fn run(args: SchedulesArgs) -> Result<i32> {
-    let api = sign_in(&args.login.url, &args.token, &args.login).await?;
+    let api = args.auth.sign_in().await?;
     let json = args.json;
     match args.command {
         SchedulesCommand::List => {

@@ -401,28 +401,20 @@ impl Http {
     /// `DELETE /api/v1/broker/nodes/{node}`: this node leaves the cell.
     async fn leave(&self, node: &str) -> Result<(), String> {
         let url = format!("{}/api/v1/broker/nodes/{node}", self.base());
-        let resp = self
-            .client
-            .delete(&url)
-            .bearer_auth(&self.settings.broker_token)
-            .timeout(LEAVE_WAIT)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("{url} answered {}", resp.status()))
-        }
+        let request = self.client.delete(&url).timeout(LEAVE_WAIT);
+        self.succeeds(request, &url).await
     }
 
     async fn report(&self, report: &BrokerReport) -> Result<(), String> {
         let url = format!("{}/api/v1/broker/report", self.base());
-        let resp = self
-            .client
-            .post(&url)
+        self.succeeds(self.client.post(&url).json(report), &url)
+            .await
+    }
+
+    /// Sends `request` (to `url`) with the broker token: whether it was answered with success.
+    async fn succeeds(&self, request: reqwest::RequestBuilder, url: &str) -> Result<(), String> {
+        let resp = request
             .bearer_auth(&self.settings.broker_token)
-            .json(report)
             .send()
             .await
             .map_err(|e| e.to_string())?;

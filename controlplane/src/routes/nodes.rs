@@ -230,7 +230,9 @@ pub(crate) async fn node_report(
     let mut updated = 0;
     let find = "SELECT w.id FROM workers w JOIN teams t ON t.id = w.team_id \
                 WHERE t.name = $1 AND w.identity = $2";
-    let lock = format!("SELECT id FROM workers WHERE id = $1{}", locking(&state.db));
+    // SQLite's transaction already holds the file's write lock: no row to lock.
+    let lock = matches!(state.db, Db::Postgres(_))
+        .then(|| format!("SELECT id FROM workers WHERE id = $1{}", locking(&state.db)));
     on_db!(&state.db, pool => {
         let mut tx = crate::db::begin(pool).await?;
         let known: Option<i64> =
@@ -255,11 +257,14 @@ pub(crate) async fn node_report(
             ids.push(id);
         }
         // Every worker this report touches, locked in id order (see `locking`).
-        let mut touched: Vec<i64> = ids.iter().flatten().chain(&linked).copied().collect();
-        touched.sort_unstable();
-        touched.dedup();
-        for id in &touched {
-            let _: Option<i64> = sqlx::query_scalar(&lock).bind(id).fetch_optional(&mut *tx).await?;
+        if let Some(lock) = &lock {
+            let mut touched: Vec<i64> = ids.iter().flatten().chain(&linked).copied().collect();
+            touched.sort_unstable();
+            touched.dedup();
+            for id in &touched {
+                let _: Option<i64> =
+                    sqlx::query_scalar(lock).bind(id).fetch_optional(&mut *tx).await?;
+            }
         }
         let mut online = BTreeSet::new();
         for (w, id) in report.workers.iter().zip(ids) {

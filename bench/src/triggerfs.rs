@@ -101,7 +101,7 @@ pub(crate) fn worker_config(
     services: &[String],
 ) -> worker::WorkerConfig {
     worker::WorkerConfig {
-        brokers: vec![addr.to_string()],
+        brokers: client::BrokerList::one(addr),
         team: team.to_string(),
         identity: identity.to_string(),
         token: token.to_string(),

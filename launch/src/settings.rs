@@ -458,7 +458,7 @@ mod tests {
                 .try_get_matches_from(args)
                 .unwrap();
             let Sub::Worker(worker) = Cli::from_arg_matches(&matches).unwrap().command;
-            worker.broker
+            worker.broker.addrs().to_vec()
         };
         let base = ["triggerfs", "worker", "--identity", "w"];
         assert_eq!(parse(&s, &base), ["a:1", "tls://b:2"]);

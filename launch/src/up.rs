@@ -160,7 +160,7 @@ async fn local_worker(
         pluginspath.display()
     );
     let config = worker::WorkerConfig {
-        brokers: vec![opts.broker_url(broker_addr)],
+        brokers: client::BrokerList::one(opts.broker_url(broker_addr)),
         team: login.team,
         identity: "local".into(),
         token,

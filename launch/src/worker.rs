@@ -15,13 +15,8 @@ pub struct WorkerArgs {
     pub identity: String,
     /// Broker addresses, comma-separated (else `[main] broker` of triggerfs.toml, a string or
     /// a list): seeds. The worker connects to each, and to every node of the cell they name.
-    #[arg(
-        long,
-        env = "TRIGGERFS_BROKER",
-        default_value = "127.0.0.1:5555",
-        value_delimiter = ','
-    )]
-    pub broker: Vec<String>,
+    #[arg(long, env = "TRIGGERFS_BROKER", default_value = "127.0.0.1:5555")]
+    pub broker: client::BrokerList,
     /// The worker's team (else the team of `[workers.<team>.<identity>]`, else `[main] team`).
     #[arg(long, env = "TRIGGERFS_TEAM")]
     pub team: Option<String>,

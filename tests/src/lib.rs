@@ -311,7 +311,7 @@ pub fn team_library_workers(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for (id, token) in workers {
         let config = worker::WorkerConfig {
-            brokers: vec![broker.to_string()],
+            brokers: client::BrokerList::one(broker),
             team: team.into(),
             identity: id.clone(),
             token: token.clone(),

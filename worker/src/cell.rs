@@ -68,7 +68,7 @@ pub(crate) struct Sessions {
 impl Sessions {
     pub(crate) fn new(config: Arc<WorkerConfig>, shared: session::Shared) -> Sessions {
         let mut seeds: Vec<String> = Vec::new();
-        for seed in config.brokers.iter().map(|b| node_key(b)) {
+        for seed in config.brokers.addrs().iter().map(|b| node_key(b)) {
             if !seed.is_empty() && !seeds.contains(&seed) {
                 seeds.push(seed);
             }

@@ -64,7 +64,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(4);
 pub struct WorkerConfig {
     /// The seeds: broker addresses, `host:port`, `tcp://host:port` or `tls://host:port`.
     /// The worker connects to each, and to every node of the cell they name.
-    pub brokers: Vec<String>,
+    pub brokers: client::BrokerList,
     /// The worker's team.
     pub team: String,
     /// The worker's identity (also a service name).
@@ -332,12 +332,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn check_config(config: &WorkerConfig) -> Result<(), WorkerError> {
     let invalid = |reason: String| WorkerError::InvalidConfig { reason };
-    if config.brokers.is_empty() {
-        return Err(invalid("no broker address".into()));
-    }
-    if config.brokers.iter().any(|b| b.trim().is_empty()) {
-        return Err(invalid("a broker address is empty".into()));
-    }
     proto::names::check_simple("team", &config.team).map_err(|e| invalid(e.to_string()))?;
     proto::names::check_simple("identity", &config.identity).map_err(|e| invalid(e.to_string()))?;
     for service in &config.services {

@@ -127,7 +127,7 @@ impl BrokerConn {
 
 fn config(addr: &str, pluginspath: &Path) -> WorkerConfig {
     WorkerConfig {
-        brokers: vec![format!("tcp://{addr}")],
+        brokers: client::BrokerList::one(format!("tcp://{addr}")),
         team: "team1".into(),
         identity: "w1".into(),
         token: "secret".into(),

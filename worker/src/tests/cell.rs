@@ -34,7 +34,7 @@ async fn closed(conn: &mut BrokerConn, what: &str) {
 }
 
 fn with_seeds(mut config: WorkerConfig, seeds: &[&String]) -> WorkerConfig {
-    config.brokers = seeds.iter().map(|s| s.to_string()).collect();
+    config.brokers = client::BrokerList::new(seeds).expect("a seed");
     config
 }
 

@@ -246,10 +246,12 @@ impl Client {
     /// Connects to one of `brokers` (tried in a random order, so that clients spread over a
     /// cell's nodes) and does the handshake.
     ///
-    /// A node that is down, slow, draining (`ShuttingDown`), stale or full
-    /// (`TooManyConnections`) is passed over for the next; a refusal of the credential
-    /// ([`ClientError::Refused`]: `Unauthorized`, `Forbidden`, …) is returned at once. When
-    /// no node answers: one address's error as it is, or [`ClientError::Unreachable`].
+    /// A node that is down, draining (`ShuttingDown`), stale or full (`TooManyConnections`)
+    /// is passed over for the next; one that has not welcomed the client within half a
+    /// second gets the next tried beside it, and the first to welcome wins. A refusal of the
+    /// credential ([`ClientError::Refused`]: `Unauthorized`, `Forbidden`, …) is returned at
+    /// once. When no node answers: one address's error as it is, or
+    /// [`ClientError::Unreachable`].
     pub async fn connect(
         brokers: &BrokerList,
         credential: Credential,
@@ -440,22 +442,60 @@ fn try_another_node(error: &ClientError) -> bool {
     }
 }
 
-/// One round: each address of `order` in turn until one connects.
+/// How long an attempt on one node runs alone before the next node is tried beside it (as the
+/// connection attempt delay of RFC 8305, "Happy Eyeballs", but longer: a broker busy with a
+/// crowd of reconnecting workers may take a while to welcome): a node that drops packets, or
+/// accepts and never answers, costs a round this long, not the whole handshake timeout.
+const NEXT_ATTEMPT_DELAY: Duration = Duration::from_millis(500);
+
+/// One round: the addresses of `order` in turn, each started when the one before failed or
+/// after [`NEXT_ATTEMPT_DELAY`], whichever comes first; the first to connect is kept and the
+/// others are dropped (their connections close). A refusal of the credential ends the round.
 async fn connect_round(
     order: &[String],
     credential: &Credential,
     generation: u64,
     nodes: &Arc<Mutex<KnownNodes>>,
 ) -> Result<Arc<Session>, ClientError> {
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut next = order.iter();
+    let start = |attempts: &mut tokio::task::JoinSet<_>, addr: &String| {
+        let (addr, credential, nodes) = (addr.clone(), credential.clone(), nodes.clone());
+        attempts.spawn(async move {
+            let opened = Session::open(&addr, credential, generation, &nodes).await;
+            (addr, opened)
+        });
+    };
     let mut last = None;
-    for addr in order {
-        match Session::open(addr, credential.clone(), generation, nodes).await {
-            Ok(session) => return Ok(session),
-            Err(error) if try_another_node(&error) => {
-                tracing::debug!(%addr, %error, "this broker node did not answer; trying the next");
-                last = Some(error);
+    loop {
+        if attempts.is_empty() {
+            match next.next() {
+                Some(addr) => start(&mut attempts, addr),
+                None => break,
             }
-            Err(error) => return Err(error),
+        }
+        let more = next.len() > 0;
+        tokio::select! {
+            Some(joined) = attempts.join_next() => match joined {
+                Ok((_, Ok(session))) => return Ok(session),
+                Ok((addr, Err(error))) if try_another_node(&error) => {
+                    tracing::debug!(%addr, %error, "this broker node did not answer; trying the next");
+                    last = Some(error);
+                    if let Some(addr) = next.next() {
+                        start(&mut attempts, addr);
+                    }
+                }
+                Ok((_, Err(error))) => return Err(error),
+                // An attempt panicked or was cancelled: as a node that did not answer.
+                Err(_) => {}
+            },
+            () = tokio::time::sleep(NEXT_ATTEMPT_DELAY), if more => {
+                if let Some(addr) = next.next() {
+                    tracing::debug!(%addr, "no broker node answered yet; trying the next beside it");
+                    start(&mut attempts, addr);
+                }
+            }
+            else => break,
         }
     }
     match last {

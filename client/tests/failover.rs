@@ -108,6 +108,42 @@ async fn fails_over_to_the_address_that_answers() {
     }
 }
 
+/// Nodes that accept connections and never answer (a wedged broker; a black-holed host
+/// costs the same): the client does not wait out the handshake timeout (10 s) on each before
+/// trying the next, but starts the next beside it after half a second, and keeps the first
+/// that welcomes it. Whatever order the shuffle picks, it connects within a few seconds.
+#[tokio::test]
+async fn a_node_that_never_answers_is_passed_over_without_waiting_it_out() {
+    // Bound and listening, never accepting: the kernel completes the TCP handshake, the
+    // `Hello` is never read.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let silent_addrs: Vec<String> = silent
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    for _ in 0..4 {
+        // A fake broker serves one connection.
+        let (good, _broker) = fake_broker(roundrobin_script).await;
+        let mut addrs: Vec<&str> = silent_addrs.iter().map(String::as_str).collect();
+        addrs.push(&good);
+        let brokers = list(&addrs);
+        let connect = Client::connect(&brokers, jwt());
+        let client = tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .expect("waited out a silent node's handshake timeout")
+            .unwrap();
+        assert_eq!(client.addr(), good);
+        let events = all_events(&mut client.request(spec()).await.unwrap()).await;
+        assert!(
+            matches!(events.last(), Some(ClientEvent::Summary(_))),
+            "{events:?}"
+        );
+    }
+}
+
 /// A broker that refuses the credential is not passed over for the next: the refusal comes
 /// back at once (every node of a cell would refuse it alike).
 #[tokio::test]

@@ -52,6 +52,12 @@ pub enum Role {
         #[arg(long, default_value_t = 4)]
         threads: usize,
     },
+    /// The same null filesystem served over FUSE-over-io_uring (`bench fs --fuse-uring`).
+    NullFuseUring {
+        /// Where to mount it.
+        #[arg(long)]
+        mount: std::path::PathBuf,
+    },
     /// `bench soak`'s workers: one per `identity token` line of `--ids`, in this process.
     SoakWorkers {
         /// The broker.
@@ -107,6 +113,7 @@ pub fn run(args: ChildArgs) -> anyhow::Result<i32> {
         } => crate::nats::responders_main(&nats, &subject, responders),
         Role::Load(load) => load_main(load),
         Role::NullFuse { mount, threads } => crate::nullfuse::main(&mount, threads),
+        Role::NullFuseUring { mount } => crate::nullfuse_uring::main(&mount),
         Role::SoakWorkers { broker, team, ids } => crate::soak::workers_main(&broker, &team, &ids),
     }
 }

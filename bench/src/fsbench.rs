@@ -12,7 +12,9 @@
 //! A third target, a FUSE filesystem that accepts every write and does nothing
 //! (`bench-child null-fuse`, mounted as the fs is), is the floor of a write through FUSE: the
 //! same writers into it show what the kernel's round trip alone allows, which bounds the
-//! one-line-per-write case however cheap the spool and the network become.
+//! one-line-per-write case however cheap the spool and the network become. With
+//! `--fuse-uring`, a fourth: the same null filesystem served over FUSE-over-io_uring
+//! (`bench-child null-fuse-uring`, a prototype of the transport; see `nullfuse_uring.rs`).
 //!
 //! Scenarios: `block` (writers appending 64 KiB blocks of 100-byte lines, as nginx's
 //! `access_log ... buffer=64k`) and `line` (one writer, one line per `write(2)`, as nginx
@@ -59,6 +61,10 @@ pub struct FsBenchArgs {
     /// at once varies a lot from run to run).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
+    /// Also measure the null filesystem served over FUSE-over-io_uring (sets
+    /// /sys/module/fuse/parameters/enable_uring to Y while it mounts, then back; root).
+    #[arg(long)]
+    pub fuse_uring: bool,
     /// Print one JSON document on stdout (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -92,6 +98,8 @@ struct Row {
     ceiling_per_s: f64,
     /// The same writers into a FUSE file that does nothing (`bench-child null-fuse`).
     null_fuse_per_s: f64,
+    /// The same over FUSE-over-io_uring (`--fuse-uring`).
+    null_fuse_uring_per_s: Option<f64>,
     /// delivered / ceiling.
     ratio: f64,
     /// delivered / null FUSE.
@@ -115,6 +123,10 @@ struct Summary {
     ceiling_per_s: f64,
     /// The null FUSE filesystem's median.
     null_fuse_per_s: f64,
+    /// Its median over FUSE-over-io_uring (`--fuse-uring`).
+    null_fuse_uring_per_s: Option<f64>,
+    /// That median / the null FUSE filesystem's over `/dev/fuse`.
+    uring_vs_dev_fuse: Option<f64>,
     /// median delivered / median ceiling.
     ratio: f64,
     /// median delivered / median null FUSE.
@@ -140,6 +152,11 @@ impl Summary {
         let delivered: Vec<f64> = rounds.iter().map(|r| r.delivered_per_s).collect();
         let ceiling = median(rounds.iter().map(|r| r.ceiling_per_s).collect());
         let null_fuse = median(rounds.iter().map(|r| r.null_fuse_per_s).collect());
+        let uring: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| r.null_fuse_uring_per_s)
+            .collect();
+        let uring = (!uring.is_empty()).then(|| median(uring));
         let med = median(delivered.clone());
         Summary {
             scenario: first.scenario,
@@ -151,6 +168,8 @@ impl Summary {
             delivered_max: delivered.iter().copied().fold(0.0, f64::max),
             ceiling_per_s: ceiling,
             null_fuse_per_s: null_fuse,
+            null_fuse_uring_per_s: uring,
+            uring_vs_dev_fuse: uring.map(|u| u / null_fuse.max(1e-9)),
             ratio: med / ceiling.max(1e-9),
             vs_null_fuse: med / null_fuse.max(1e-9),
             lost: rounds.iter().map(|r| r.lost).sum(),
@@ -167,6 +186,26 @@ struct Stack {
     mnt: PathBuf,
     /// Where the null FUSE filesystem is mounted (every name in it is a file).
     null_mnt: PathBuf,
+    /// Where the same over io_uring is mounted (`--fuse-uring`).
+    uring_mnt: Option<PathBuf>,
+}
+
+impl Drop for Stack {
+    /// Stops the processes and unmounts what they served, before the directory goes (also
+    /// when a run fails half-way).
+    fn drop(&mut self) {
+        drop(std::mem::take(&mut self._procs));
+        for mnt in [
+            Some(&self.mnt),
+            Some(&self.null_mnt),
+            self.uring_mnt.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            unmount(mnt);
+        }
+    }
 }
 
 /// Starts control plane, broker, worker and fs; makes a trigger per scenario.
@@ -235,11 +274,39 @@ async fn start(bin: &Path, args: &FsBenchArgs) -> anyhow::Result<Stack> {
         Spawned::start_until("null fuse", command(&exe, null_args), "ready").await?;
     drain(lines);
     procs.push(null_fs);
+    let uring_mnt = if args.fuse_uring {
+        let mnt = dir.path().join("null-uring");
+        std::fs::create_dir_all(&mnt)?;
+        let args = [
+            "bench-child",
+            "null-fuse-uring",
+            "--mount",
+            mnt.to_str().unwrap_or_default(),
+        ];
+        // The module parameter is read at FUSE_INIT: Y while the mount starts, then back
+        // (the connection keeps the ring); also when starting fails.
+        let enabled = crate::nullfuse_uring::EnableUring::set()?;
+        let started = Spawned::start_until("null fuse uring", command(&exe, args), "ready").await;
+        drop(enabled);
+        let (uring_fs, _, lines) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                unmount(&mnt);
+                return Err(e.context("FUSE over io_uring"));
+            }
+        };
+        drain(lines);
+        procs.push(uring_fs);
+        Some(mnt)
+    } else {
+        None
+    };
     Ok(Stack {
         _procs: procs,
         dir,
         mnt,
         null_mnt,
+        uring_mnt,
     })
 }
 
@@ -376,10 +443,33 @@ fn settle() {
     unsafe { libc::sync() };
 }
 
-fn count_lines(path: &Path) -> usize {
-    std::fs::read(path)
-        .map(|b| b.iter().filter(|c| **c == b'\n').count())
-        .unwrap_or(0)
+/// Counts the lines of a growing file, reading only what was added since the last call (the
+/// whole file every 5 ms took a good share of a core from the stack under test).
+struct LineCounter {
+    file: std::fs::File,
+    lines: usize,
+    buf: Vec<u8>,
+}
+
+impl LineCounter {
+    fn open(path: &Path) -> std::io::Result<LineCounter> {
+        Ok(LineCounter {
+            file: std::fs::File::open(path)?,
+            lines: 0,
+            buf: vec![0; 1 << 20],
+        })
+    }
+
+    fn count(&mut self) -> std::io::Result<usize> {
+        use std::io::Read;
+        loop {
+            let n = self.file.read(&mut self.buf)?;
+            if n == 0 {
+                return Ok(self.lines);
+            }
+            self.lines += self.buf[..n].iter().filter(|c| **c == b'\n').count();
+        }
+    }
 }
 
 /// Lost, duplicated and out-of-order lines in the worker's file.
@@ -436,12 +526,24 @@ async fn scenario(stack: &Stack, s: Scenario, args: &FsBenchArgs) -> anyhow::Res
         write_all(&null, writers, lines, line_bytes, per_write)
     })
     .await??;
+    let null_fuse_uring = match &stack.uring_mnt {
+        Some(mnt) => {
+            let path = mnt.join(name);
+            let took = tokio::task::spawn_blocking(move || {
+                write_all(&path, writers, lines, line_bytes, per_write)
+            })
+            .await??;
+            Some(took)
+        }
+        None => None,
+    };
 
     settle();
     let trigger = stack.mnt.join("bench").join(name);
     let sink = stack.dir.path().join(format!("{name}.out"));
     // Each round starts from an empty file (the worker's `append` reopens it per batch).
     std::fs::File::create(&sink)?;
+    let mut counter = LineCounter::open(&sink)?;
     let started = Instant::now();
     let path = trigger.clone();
     let written = tokio::task::spawn_blocking(move || {
@@ -452,7 +554,7 @@ async fn scenario(stack: &Stack, s: Scenario, args: &FsBenchArgs) -> anyhow::Res
     let mut seen = 0;
     let mut moved = Instant::now();
     loop {
-        let n = count_lines(&sink);
+        let n = counter.count()?;
         if n >= total {
             break;
         }
@@ -476,6 +578,7 @@ async fn scenario(stack: &Stack, s: Scenario, args: &FsBenchArgs) -> anyhow::Res
         delivered_per_s: rate(delivered),
         ceiling_per_s: rate(ceiling),
         null_fuse_per_s: rate(null_fuse),
+        null_fuse_uring_per_s: null_fuse_uring.map(rate),
         ratio: rate(delivered) / rate(ceiling),
         vs_null_fuse: rate(delivered) / rate(null_fuse),
         lost,
@@ -499,24 +602,26 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
     }
     let rows: Vec<Summary> = rounds.iter().map(|r| Summary::of(r)).collect();
     let mut table = comfy_table::Table::new();
+    let mut header = vec![
+        "scenario",
+        "writers",
+        "lines",
+        "bytes/write",
+        "delivered/s (min–max)",
+        "plain file/s",
+        "ratio",
+        "null FUSE/s",
+        "vs null FUSE",
+    ];
+    if args.fuse_uring {
+        header.extend(["null FUSE io_uring/s", "io_uring / dev"]);
+    }
+    header.extend(["lost", "dup", "disorder"]);
     table
         .load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
-        .set_header([
-            "scenario",
-            "writers",
-            "lines",
-            "bytes/write",
-            "delivered/s (min–max)",
-            "plain file/s",
-            "ratio",
-            "null FUSE/s",
-            "vs null FUSE",
-            "lost",
-            "dup",
-            "disorder",
-        ]);
+        .set_header(header);
     for r in &rows {
-        table.add_row([
+        let mut row = vec![
             scenario_name(r.scenario).to_string(),
             r.writers.to_string(),
             r.lines.to_string(),
@@ -529,10 +634,16 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
             format!("{:.3}", r.ratio),
             format!("{:.0}", r.null_fuse_per_s),
             format!("{:.3}", r.vs_null_fuse),
+        ];
+        if let (Some(uring), Some(vs)) = (r.null_fuse_uring_per_s, r.uring_vs_dev_fuse) {
+            row.extend([format!("{uring:.0}"), format!("{vs:.3}")]);
+        }
+        row.extend([
             r.lost.to_string(),
             r.duplicated.to_string(),
             r.out_of_order.to_string(),
         ]);
+        table.add_row(row);
     }
     let note = format!(
         "median of {} rounds per scenario; delivered: first write to the last line in the worker's file",
@@ -552,11 +663,7 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
     let clean = rows
         .iter()
         .all(|r| r.lost == 0 && r.duplicated == 0 && r.out_of_order == 0);
-    // Unmount before the directory goes.
-    drop(stack._procs);
-    for mnt in [&stack.mnt, &stack.null_mnt] {
-        unmount(mnt);
-    }
+    drop(stack);
     Ok(if clean { 0 } else { 1 })
 }
 

@@ -35,6 +35,7 @@ mod fsbench;
 mod load;
 mod nats;
 mod nullfuse;
+mod nullfuse_uring;
 mod proc;
 mod relay;
 mod report;

@@ -54,6 +54,12 @@ impl Log {
     }
 
     /// Logs a response: as [`Log::line`], but not on the terminal when quiet.
+    /// Whether [`Log::response`] writes anything (not `quiet`, or a log file): a caller can
+    /// skip rendering a response nobody will read.
+    pub fn keeps_responses(&self) -> bool {
+        !self.quiet || self.file.is_some()
+    }
+
     pub fn response(&self, text: &str) {
         self.write(text, !self.quiet);
     }

@@ -139,11 +139,29 @@ fn verdict(outcome: &Outcome) -> Verdict {
     }
 }
 
+/// The time a response shows, `%Y-%m-%dT%H:%M:%S%:z`: it has no part finer than a second,
+/// so it is formatted (with the time zone looked up) once a second, not once a request.
+fn now_text() -> String {
+    thread_local! {
+        static NOW: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    NOW.with_borrow_mut(|(at, text)| {
+        if *at != second || text.is_empty() {
+            *text = jiff::Zoned::now()
+                .strftime("%Y-%m-%dT%H:%M:%S%:z")
+                .to_string();
+            *at = second;
+        }
+        text.clone()
+    })
+}
+
 /// The responses a request's outcome shows.
 fn responses(outcome: &Outcome, verdict: &Verdict) -> Vec<Response> {
-    let time = jiff::Zoned::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%:z")
-        .to_string();
+    let time = now_text();
     if let Verdict::Rejected(kind) = verdict {
         let message = outcome
             .error
@@ -417,10 +435,15 @@ async fn pump(
 /// Shows, logs and counts a request that ended.
 fn finish(shared: &Shared, ended: &Ended, verdict: &Verdict) {
     let path = &ended.request.path;
+    // Rendered for the log only when the log keeps it (`--quiet` without a log file does not:
+    // a line per request in a busy log shipper).
+    let log = shared.log.keeps_responses();
     for response in responses(&ended.outcome, verdict) {
-        let mut body = String::new();
-        response.body(path, &mut body);
-        shared.log.response(&body);
+        if log {
+            let mut body = String::new();
+            response.body(path, &mut body);
+            shared.log.response(&body);
+        }
         shared
             .responses
             .record(ended.request.trigger_id, path, response);

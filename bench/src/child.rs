@@ -52,8 +52,9 @@ pub enum Role {
         #[arg(long, default_value_t = 4)]
         threads: usize,
     },
-    /// `bench soak`'s workers: one per `identity token` line of `--ids`, in this process.
-    SoakWorkers {
+    /// Workers of `bench soak` and `bench fanout`: one per `identity token` line of `--ids`,
+    /// in this process, on one current-thread runtime.
+    Workers {
         /// The broker.
         #[arg(long)]
         broker: String,
@@ -63,6 +64,9 @@ pub enum Role {
         /// A file of `identity token` lines.
         #[arg(long)]
         ids: std::path::PathBuf,
+        /// Services every worker announces (repeat; none: those the configuration binds).
+        #[arg(long)]
+        service: Vec<String>,
     },
 }
 
@@ -107,7 +111,12 @@ pub fn run(args: ChildArgs) -> anyhow::Result<i32> {
         } => crate::nats::responders_main(&nats, &subject, responders),
         Role::Load(load) => load_main(load),
         Role::NullFuse { mount, threads } => crate::nullfuse::main(&mount, threads),
-        Role::SoakWorkers { broker, team, ids } => crate::soak::workers_main(&broker, &team, &ids),
+        Role::Workers {
+            broker,
+            team,
+            ids,
+            service,
+        } => crate::soak::workers_main(&broker, &team, &ids, &service),
     }
 }
 

@@ -58,8 +58,9 @@ pub enum Role {
         #[arg(long)]
         mount: std::path::PathBuf,
     },
-    /// `bench soak`'s workers: one per `identity token` line of `--ids`, in this process.
-    SoakWorkers {
+    /// Workers of `bench soak` and `bench fanout`: one per `identity token` line of `--ids`,
+    /// in this process, on one current-thread runtime.
+    Workers {
         /// The broker.
         #[arg(long)]
         broker: String,
@@ -69,6 +70,9 @@ pub enum Role {
         /// A file of `identity token` lines.
         #[arg(long)]
         ids: std::path::PathBuf,
+        /// Services every worker announces (repeat; none: those the configuration binds).
+        #[arg(long)]
+        service: Vec<String>,
     },
 }
 
@@ -114,7 +118,12 @@ pub fn run(args: ChildArgs) -> anyhow::Result<i32> {
         Role::Load(load) => load_main(load),
         Role::NullFuse { mount, threads } => crate::nullfuse::main(&mount, threads),
         Role::NullFuseUring { mount } => crate::nullfuse_uring::main(&mount),
-        Role::SoakWorkers { broker, team, ids } => crate::soak::workers_main(&broker, &team, &ids),
+        Role::Workers {
+            broker,
+            team,
+            ids,
+            service,
+        } => crate::soak::workers_main(&broker, &team, &ids, &service),
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! There is no baseline for fan-out (the targets are absolute), so only triggerFS is measured.
 
+use crate::cpu::{Sample, Watched};
 use crate::proc::{start_triggerfs, TriggerfsProcs, TriggerfsSetup};
 use crate::report::{latency_histogram, FanoutFigures, IdleFigures, Report, SystemResult};
 use crate::triggerfs::{self, Workers};
@@ -64,7 +65,10 @@ async fn mirror_round(client: &Client, service: &str, payload: &[u8]) -> anyhow:
     Ok(round)
 }
 
-/// Sends mirror rounds until one reaches `n` workers, or the deadline passes.
+/// Sends mirror rounds until one reaches `n` workers, or the deadline passes. A lost
+/// connection does not end the wait: the client connects again at its next request (10,000
+/// workers connecting at once, or 1,000 on a loaded machine, can keep a 2-core broker so busy
+/// that a client connected meanwhile misses its heartbeats and is dropped).
 async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + ONLINE_DEADLINE;
     let mut seen = 0;
@@ -77,32 +81,26 @@ async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result
                     return Ok(());
                 }
             }
-            Err(e) => last_error = format!("{e:#}"),
+            Err(e) => {
+                last_error = format!("{e:#}");
+                tracing::warn!(error = %last_error, "waiting for the workers: a round failed");
+            }
         }
-        if Instant::now() >= deadline || client.is_closed() {
-            let waited = match client.is_closed() {
-                true => "before the connection closed".to_string(),
-                false => format!("within {ONLINE_DEADLINE:?}"),
-            };
-            bail!("only {seen} of {n} workers came online {waited} (last error: {last_error})");
+        if Instant::now() >= deadline {
+            bail!(
+                "only {seen} of {n} workers came online within {ONLINE_DEADLINE:?} \
+                 (last error: {last_error})"
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// [`wait_online`] through a connection to `addr`, made again whenever it is gone: 10,000
-/// workers connecting at once keep a 2-core broker so busy that a client connected
-/// meanwhile can miss its heartbeats and be dropped.
-async fn wait_online_at(addr: &str, service: &str, n: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + ONLINE_DEADLINE;
-    loop {
-        let client = triggerfs::connect(addr).await?;
-        match wait_online(&client, service, n).await {
-            Ok(()) => return Ok(()),
-            Err(e) if !client.is_closed() || Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+/// A client of the broker at `addr` once [`wait_online`] saw `n` workers of `service`.
+async fn online_client(addr: &str, service: &str, n: usize) -> anyhow::Result<Client> {
+    let client = triggerfs::connect(addr).await?;
+    wait_online(&client, service, n).await?;
+    Ok(client)
 }
 
 /// Raises the open-file limit so that `sockets` more descriptors fit (the workers' ends of
@@ -163,6 +161,10 @@ fn params(args: &FanoutArgs, shards: usize) -> Map<String, serde_json::Value> {
         params.insert("workers".into(), json!(args.workers));
         params.insert("count".into(), json!(args.count));
         params.insert("warmup_rounds".into(), json!(args.warmup_rounds));
+        params.insert("in_process_workers".into(), json!(args.in_process_workers));
+        if !args.in_process_workers && common.broker.is_none() {
+            params.insert("worker_procs".into(), json!(args.worker_procs));
+        }
     }
     params.insert("systems".into(), json!([System::Triggerfs]));
     params
@@ -201,28 +203,91 @@ pub(crate) async fn measure(args: &FanoutArgs, notes: &mut Notes) -> anyhow::Res
             (broker.addr.clone(), Some(broker))
         }
     };
+    // The CPU each process spends over the measured rounds.
+    let mut watched: Vec<Watched> = Vec::new();
+    let client_side = |name: &str| Watched {
+        name: name.to_string(),
+        pid: std::process::id(),
+        server: false,
+    };
     // With --broker the user started the workers.
-    let workers = match broker {
-        Some(_) => Some(Workers::start(
-            &addr,
-            "fan-w",
-            n,
-            std::slice::from_ref(&service),
-        )?),
-        None => None,
+    let workers = match &broker {
+        None => {
+            watched.push(client_side("client"));
+            None
+        }
+        Some(broker) => {
+            watched.extend(Watched::server("broker", broker.procs[0].pid()));
+            if args.in_process_workers {
+                let services = std::slice::from_ref(&service);
+                let workers = Workers::start(&addr, "fan-w", n, services)?;
+                watched.push(client_side("bench (client + workers)"));
+                Some(FanWorkers::InProcess(workers))
+            } else {
+                let procs = WorkerProcs::start(&addr, n, args.worker_procs, &service).await?;
+                for p in &procs.procs {
+                    watched.extend(Watched::server("workers", p.pid()));
+                }
+                watched.push(client_side("client"));
+                Some(FanWorkers::Procs(procs))
+            }
+        }
     };
     let outcome = async {
-        let client = triggerfs::connect(&addr).await?;
-        wait_online(&client, &service, n).await?;
-        anyhow::Ok(rounds(&client, &service, n, args, notes).await)
+        let client = online_client(&addr, &service, n).await?;
+        anyhow::Ok(rounds(&client, &service, n, args, &watched, notes).await)
     }
     .await;
-    if let Some(workers) = workers {
-        workers.stop().await;
+    match workers {
+        Some(FanWorkers::InProcess(workers)) => workers.stop().await,
+        Some(FanWorkers::Procs(procs)) => drop(procs),
+        None => {}
     }
     drop(broker);
     report.systems.push(outcome?);
     Ok(report)
+}
+
+/// Where `fanout`'s workers run.
+enum FanWorkers {
+    /// `--in-process-workers`: tasks of the bench's own runtime, beside its client.
+    InProcess(Workers),
+    /// Processes of their own (`bench-child workers`), each one current-thread runtime.
+    Procs(WorkerProcs),
+}
+
+/// `bench-child workers` processes and their identity files.
+struct WorkerProcs {
+    procs: Vec<crate::proc::Spawned>,
+    _dir: tempfile::TempDir,
+}
+
+impl WorkerProcs {
+    /// `n` workers `fan-w<i>` announcing `service`, spread over `procs` processes of this
+    /// binary in contiguous blocks.
+    async fn start(addr: &str, n: usize, procs: usize, service: &str) -> anyhow::Result<Self> {
+        let bin = std::env::current_exe().context("cannot find this binary")?;
+        let dir = tempfile::tempdir().context("cannot create a directory")?;
+        let procs_n = procs.clamp(1, n.max(1));
+        let services = [service.to_string()];
+        let mut started = Vec::with_capacity(procs_n);
+        for k in 0..procs_n {
+            let ids: String = (k * n / procs_n..(k + 1) * n / procs_n)
+                .map(|i| format!("fan-w{i} \n"))
+                .collect();
+            let path = dir.path().join(format!("ids-{k}"));
+            std::fs::write(&path, ids).context("cannot write the workers' identities")?;
+            let name = format!("workers {k}");
+            let proc =
+                crate::soak::start_workers(&bin, addr, triggerfs::TEAM, &path, &services, &name)
+                    .await?;
+            started.push(proc);
+        }
+        Ok(WorkerProcs {
+            procs: started,
+            _dir: dir,
+        })
+    }
 }
 
 /// A `triggerfs broker` process with the mirror `service`, no workers of its own.
@@ -271,7 +336,7 @@ async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
     let rss_before = rss_kib(&pid);
     let workers = Workers::start(&addr, "idle-w", n, std::slice::from_ref(&service))?;
     let outcome = async {
-        wait_online_at(&addr, &service, n).await?;
+        drop(online_client(&addr, &service, n).await?);
         tokio::time::sleep(IDLE_SETTLE).await;
         rss_kib(&pid).with_context(|| format!("cannot read /proc/{pid}/status"))
     }
@@ -361,6 +426,7 @@ impl Rounds {
                 first_done: self.first_done,
                 workers: self.n as u64,
                 ok: self.fewest_ok,
+                rounds: self.last,
             }),
             cpu: None,
         }
@@ -373,6 +439,7 @@ async fn rounds(
     service: &str,
     n: usize,
     args: &FanoutArgs,
+    watched: &[Watched],
     notes: &Notes,
 ) -> SystemResult {
     let payload = vec![b'x'; args.common.payload];
@@ -385,16 +452,20 @@ async fn rounds(
         bar
     });
     let mut rounds = Rounds::new(n);
+    let before = Sample::take(watched);
     for _ in 0..args.count {
         rounds.run(client, service, &payload).await;
         if let Some(bar) = &bar {
             bar.inc(1);
         }
     }
+    let cpu = before.until(&Sample::take(watched));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    rounds.result("triggerfs")
+    let mut result = rounds.result("triggerfs");
+    result.cpu = (!watched.is_empty()).then_some(cpu);
+    result
 }
 
 /// `fanout --control`: the same fan-out through two brokers that follow one control plane,

@@ -252,6 +252,15 @@ pub struct FanoutArgs {
     /// Fan-out requests measured, one at a time.
     #[arg(long, default_value_t = 20)]
     pub count: u64,
+    /// Processes the workers run in (`bench-child workers`, each one current-thread runtime
+    /// with its share of the workers, as `triggerfs worker` runs), when the broker is
+    /// started here.
+    #[arg(long, default_value_t = 10)]
+    pub worker_procs: usize,
+    /// Instead: the workers as tasks of the bench's own runtime, beside its client (the
+    /// arrangement of `fanout` until issue 30).
+    #[arg(long, conflicts_with = "broker")]
+    pub in_process_workers: bool,
     /// Fan-out requests sent before measuring.
     #[arg(long, default_value_t = 2)]
     pub warmup_rounds: u64,

@@ -62,6 +62,8 @@ pub struct FanoutFigures {
     pub workers: u64,
     /// The smallest number of workers that answered `Done` with exit 0 in any round.
     pub ok: u64,
+    /// Each complete round's time to the last `Done`, in the order they ran.
+    pub rounds: Vec<Duration>,
 }
 
 /// `fanout --idle`: memory with many idle workers connected.
@@ -269,6 +271,8 @@ impl SystemResult {
             map.insert("last_done_max_ms".into(), json!(ms(&self.hist, 1.0)));
             map.insert("workers".into(), json!(fan.workers));
             map.insert("ok".into(), json!(fan.ok));
+            let rounds: Vec<f64> = fan.rounds.iter().map(|d| round_ms(*d)).collect();
+            map.insert("last_done_rounds_ms".into(), json!(rounds));
         }
         entry
     }
@@ -444,6 +448,17 @@ impl Report {
                         ms(s.hist.max()),
                         fan.ok,
                         fan.workers
+                    )?;
+                    let rounds: Vec<String> = fan
+                        .rounds
+                        .iter()
+                        .map(|d| format!("{:.2}", round_ms(*d)))
+                        .collect();
+                    writeln!(
+                        out,
+                        "fanout ({}): last Done per round, in order (ms): {}",
+                        s.name,
+                        rounds.join(" ")
                     )?;
                 }
             }
@@ -665,6 +680,11 @@ fn chart(path: &Path, mode: &str, systems: &[&SystemResult]) -> anyhow::Result<(
         .map_err(|e| draw(&e))?;
     root.present().map_err(|e| draw(&e))?;
     Ok(())
+}
+
+/// Milliseconds, rounded to hundredths.
+fn round_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! Processes: a control plane (`triggerfs control`, SQLite), a broker that follows it
 //! (`triggerfs broker --control`), and `--workers` workers spread over `--worker-procs`
-//! processes (`bench-child soak-workers`: the worker library, one task per identity, each
+//! processes (`bench-child workers`: the worker library, one task per identity, each
 //! with its own TCP connection and its own token from the control plane). The bench itself
 //! runs `--clients` client connections (logged in with the admin's JWT) that together send
 //! `--rate` requests a second (`echo` on a roundrobin service bound to every worker).
@@ -86,9 +86,15 @@ const SLOW_PLUGIN: &str = "#!/bin/sh\nsleep 1\necho slept\n";
 /// How long a worker process stays dead after a SIGKILL.
 const DEAD_FOR: Duration = Duration::from_secs(1);
 
-/// `bench-child soak-workers`: runs a worker per `identity token` line of `ids` (team
-/// `team`), prints `ready` and runs until stdin closes or the process is killed.
-pub(crate) fn workers_main(broker: &str, team: &str, ids: &Path) -> anyhow::Result<i32> {
+/// `bench-child workers`: runs a worker per `identity token` line of `ids` (team `team`,
+/// announcing `services`), prints `ready` and runs until stdin closes or the process is
+/// killed.
+pub(crate) fn workers_main(
+    broker: &str,
+    team: &str,
+    ids: &Path,
+    services: &[String],
+) -> anyhow::Result<i32> {
     let text =
         std::fs::read_to_string(ids).with_context(|| format!("cannot read {}", ids.display()))?;
     let plugins = tempfile::tempdir()?;
@@ -108,8 +114,14 @@ pub(crate) fn workers_main(broker: &str, team: &str, ids: &Path) -> anyhow::Resu
         let mut tasks = Vec::new();
         for line in text.lines() {
             let (identity, token) = line.split_once(' ').context("an `identity token` line")?;
-            let config =
-                crate::triggerfs::worker_config(broker, team, identity, token, plugins.path(), &[]);
+            let config = crate::triggerfs::worker_config(
+                broker,
+                team,
+                identity,
+                token,
+                plugins.path(),
+                services,
+            );
             let mut stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let shutdown = async move {
@@ -368,22 +380,35 @@ async fn start_worker_proc(
     ids: &Path,
     i: usize,
 ) -> anyhow::Result<Spawned> {
+    start_workers(bin, broker, "main", ids, &[], &format!("workers {i}")).await
+}
+
+/// Starts `bench-child workers` from `bin`: a worker per line of `ids` in team `team`, each
+/// announcing `services`; returns once they are started (not necessarily online).
+pub(crate) async fn start_workers(
+    bin: &Path,
+    broker: &str,
+    team: &str,
+    ids: &Path,
+    services: &[String],
+    name: &str,
+) -> anyhow::Result<Spawned> {
     let ids = ids.display().to_string();
-    let cmd = command(
-        bin,
-        [
-            "bench-child",
-            "soak-workers",
-            "--broker",
-            broker,
-            "--team",
-            "main",
-            "--ids",
-            &ids,
-        ],
-    );
+    let mut args = vec![
+        "bench-child",
+        "workers",
+        "--broker",
+        broker,
+        "--team",
+        team,
+        "--ids",
+        &ids,
+    ];
+    for service in services {
+        args.extend(["--service", service]);
+    }
     let (proc, _, lines): (Spawned, String, StdoutLines) =
-        Spawned::start_until(&format!("workers {i}"), cmd, "ready").await?;
+        Spawned::start_until(name, command(bin, args), "ready").await?;
     crate::proc::drain(lines);
     Ok(proc)
 }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The team of a broker without a control plane (`FileConfig` puts everyone in it).
-const TEAM: &str = "default";
+pub(crate) const TEAM: &str = "default";
 
 /// In-process workers and their shutdown signals.
 pub(crate) struct Workers {

@@ -64,15 +64,17 @@ async fn mirror_round(client: &Client, service: &str, payload: &[u8]) -> anyhow:
     Ok(round)
 }
 
-/// Sends mirror rounds until one reaches `n` workers, or the deadline passes.
-async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result<()> {
+/// Sends mirror rounds until one is answered by `n` workers (exit 0: a service configured in
+/// a control plane counts its offline workers among those it was sent to), or the deadline
+/// passes.
+pub(crate) async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + ONLINE_DEADLINE;
     let mut seen = 0;
     let mut last_error = String::from("none");
     loop {
         match mirror_round(client, service, b"online?").await {
             Ok(round) => {
-                seen = round.summary.map_or(0, |s| s.workers as usize);
+                seen = round.summary.map_or(0, |s| s.ok as usize);
                 if seen >= n {
                     return Ok(());
                 }
@@ -90,13 +92,18 @@ async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result
     }
 }
 
-/// [`wait_online`] through a connection to `addr`, made again whenever it is gone: 10,000
-/// workers connecting at once keep a 2-core broker so busy that a client connected
-/// meanwhile can miss its heartbeats and be dropped.
-async fn wait_online_at(addr: &str, service: &str, n: usize) -> anyhow::Result<()> {
+/// [`wait_online`] through a connection to `addr` logged in with `jwt` (empty: none), made
+/// again whenever it is gone: 10,000 workers connecting at once keep a 2-core broker so busy
+/// that a client connected meanwhile can miss its heartbeats and be dropped.
+pub(crate) async fn wait_online_at(
+    addr: &str,
+    jwt: &str,
+    service: &str,
+    n: usize,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + ONLINE_DEADLINE;
     loop {
-        let client = triggerfs::connect(addr).await?;
+        let client = triggerfs::connect_as(addr, jwt).await?;
         match wait_online(&client, service, n).await {
             Ok(()) => return Ok(()),
             Err(e) if !client.is_closed() || Instant::now() >= deadline => return Err(e),
@@ -139,7 +146,7 @@ fn raise_fd_limit(sockets: u64) {
 }
 
 /// VmRSS of a process in KiB, from /proc/<pid>/status.
-fn rss_kib(pid: &str) -> Option<u64> {
+pub(crate) fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -271,7 +278,7 @@ async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
     let rss_before = rss_kib(&pid);
     let workers = Workers::start(&addr, "idle-w", n, std::slice::from_ref(&service))?;
     let outcome = async {
-        wait_online_at(&addr, &service, n).await?;
+        wait_online_at(&addr, "", &service, n).await?;
         tokio::time::sleep(IDLE_SETTLE).await;
         rss_kib(&pid).with_context(|| format!("cannot read /proc/{pid}/status"))
     }

@@ -410,9 +410,11 @@ fn fds(pid: Option<u32>) -> Option<usize> {
     )
 }
 
-/// Waits until each of `pids` has `want` descriptors more than `base` (its workers'
-/// sockets), at most `proc::READY_DEADLINE`.
+/// Waits until each of `pids` has 98 % of `want` descriptors more than `base` (its workers'
+/// sockets; a few of the process's own may close meanwhile, and the mirror through each
+/// node checks every worker at the end), at most `proc::READY_DEADLINE`.
 async fn wait_sockets(pids: &[Option<u32>], base: &[usize], want: usize) -> anyhow::Result<()> {
+    let want = want * 98 / 100;
     let deadline = Instant::now() + crate::proc::READY_DEADLINE;
     loop {
         let now: Vec<usize> = pids.iter().map(|p| fds(*p).unwrap_or(0)).collect();
@@ -476,6 +478,7 @@ async fn cpu(
         .map(String::from)
         .collect()
     };
+    // A row's name is `&'static str` (as every mode's systems); one per run.
     let all_name: &'static str = Box::leak(format!("cell-{}nodes", args.nodes).into_boxed_str());
     let mut one = LoadProc::start(&exe, "cell-1node", words(&cell.addrs[0])).await?;
     let mut all = LoadProc::start(&exe, all_name, words(&cell.addrs.join(","))).await?;

@@ -85,9 +85,14 @@ pub struct LoadChildArgs {
     /// The name shown on its progress bar.
     #[arg(long)]
     pub name: String,
-    /// The broker, relay or NATS server.
+    /// The broker, relay or NATS server. triggerFS: several nodes of a cell, comma-separated,
+    /// over which the connections are spread in turn.
     #[arg(long)]
     pub addr: String,
+    /// triggerFS: a file holding the JWT the connections log in with (a broker that follows
+    /// a control plane).
+    #[arg(long)]
+    pub jwt_file: Option<std::path::PathBuf>,
     /// Connections; requests spread over them.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
@@ -137,8 +142,13 @@ fn load_main(args: LoadChildArgs) -> anyhow::Result<i32> {
         let (name, addr, n) = (&args.name, &args.addr, args.connections);
         match args.system {
             System::Triggerfs => {
+                let jwt = match &args.jwt_file {
+                    Some(path) => std::fs::read_to_string(path)?.trim().to_string(),
+                    None => String::new(),
+                };
                 let caller = crate::triggerfs::caller(
                     addr,
+                    &jwt,
                     n,
                     &args.target,
                     &args.ready,

@@ -65,10 +65,11 @@ async fn mirror_round(client: &Client, service: &str, payload: &[u8]) -> anyhow:
     Ok(round)
 }
 
-/// Sends mirror rounds until one reaches `n` workers, or the deadline passes. A lost
-/// connection does not end the wait: the client connects again at its next request (10,000
-/// workers connecting at once, or 1,000 on a loaded machine, can keep a 2-core broker so busy
-/// that a client connected meanwhile misses its heartbeats and is dropped).
+/// Sends mirror rounds until one is answered by `n` workers (exit 0: a service configured in
+/// a control plane counts its offline workers among those it was sent to), or the deadline
+/// passes. A lost connection does not end the wait: the client connects again at its next
+/// request (10,000 workers connecting at once, or 1,000 on a loaded machine, can keep a 2-core
+/// broker so busy that a client connected meanwhile misses its heartbeats and is dropped).
 async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + ONLINE_DEADLINE;
     let mut seen = 0;
@@ -76,7 +77,7 @@ async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result
     loop {
         match mirror_round(client, service, b"online?").await {
             Ok(round) => {
-                seen = round.summary.map_or(0, |s| s.workers as usize);
+                seen = round.summary.map_or(0, |s| s.ok as usize);
                 if seen >= n {
                     return Ok(());
                 }
@@ -96,9 +97,15 @@ async fn wait_online(client: &Client, service: &str, n: usize) -> anyhow::Result
     }
 }
 
-/// A client of the broker at `addr` once [`wait_online`] saw `n` workers of `service`.
-async fn online_client(addr: &str, service: &str, n: usize) -> anyhow::Result<Client> {
-    let client = triggerfs::connect(addr).await?;
+/// A client of the broker at `addr`, logged in with `jwt` (empty: none), once [`wait_online`]
+/// saw `n` workers of `service`.
+pub(crate) async fn online_client(
+    addr: &str,
+    jwt: &str,
+    service: &str,
+    n: usize,
+) -> anyhow::Result<Client> {
+    let client = triggerfs::connect_as(addr, jwt).await?;
     wait_online(&client, service, n).await?;
     Ok(client)
 }
@@ -137,7 +144,7 @@ fn raise_fd_limit(sockets: u64) {
 }
 
 /// VmRSS of a process in KiB, from /proc/<pid>/status.
-fn rss_kib(pid: &str) -> Option<u64> {
+pub(crate) fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -234,7 +241,7 @@ pub(crate) async fn measure(args: &FanoutArgs, notes: &mut Notes) -> anyhow::Res
         }
     };
     let outcome = async {
-        let client = online_client(&addr, &service, n).await?;
+        let client = online_client(&addr, "", &service, n).await?;
         anyhow::Ok(rounds(&client, &service, n, args, &watched, notes).await)
     }
     .await;
@@ -336,7 +343,7 @@ async fn idle(args: &FanoutArgs, shards: usize) -> anyhow::Result<IdleFigures> {
     let rss_before = rss_kib(&pid);
     let workers = Workers::start(&addr, "idle-w", n, std::slice::from_ref(&service))?;
     let outcome = async {
-        drop(online_client(&addr, &service, n).await?);
+        drop(online_client(&addr, "", &service, n).await?);
         tokio::time::sleep(IDLE_SETTLE).await;
         rss_kib(&pid).with_context(|| format!("cannot read /proc/{pid}/status"))
     }

@@ -65,12 +65,9 @@ pub struct FsBenchArgs {
     /// /sys/module/fuse/parameters/enable_uring to Y while it mounts, then back; root).
     #[arg(long)]
     pub fuse_uring: bool,
-    /// Print one JSON document on stdout (the table goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// The `triggerfs` binary the processes run [default: this one].
-    #[arg(long, value_name = "PATH", hide = true)]
-    pub triggerfs_bin: Option<PathBuf>,
+    /// `--json` and the processes' binary.
+    #[command(flatten)]
+    pub own: crate::OwnArgs,
 }
 
 /// A way of writing.
@@ -589,10 +586,7 @@ async fn scenario(stack: &Stack, s: Scenario, args: &FsBenchArgs) -> anyhow::Res
 
 /// `triggerfs bench fs`.
 pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
-    let bin = match &args.triggerfs_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?,
-    };
+    let bin = args.own.bin()?;
     let stack = start(&bin, args).await?;
     let mut rounds: Vec<Vec<Row>> = args.scenarios.iter().map(|_| Vec::new()).collect();
     for _ in 0..args.rounds {
@@ -649,7 +643,7 @@ pub async fn run(args: &FsBenchArgs) -> anyhow::Result<i32> {
         "median of {} rounds per scenario; delivered: first write to the last line in the worker's file",
         args.rounds
     );
-    if args.json {
+    if args.own.json {
         eprintln!("{table}\n{note}");
         println!(
             "{}",

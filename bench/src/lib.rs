@@ -23,11 +23,14 @@
 //!   memory measurement.
 //! - `soak`: the soak with faults (`bench soak`) and its worker processes.
 //! - `stack`: a control plane and the brokers that follow it, as processes.
+//! - `cell`: a cell of broker nodes (`bench cell`): each node's RSS with idle workers, CPU
+//!   per request through one node and through all, and the clients' failover at a kill.
 //! - `report`: the table, the JSON document, `.hgrm` files, the SVG chart, machine and commit.
 //!
 //! What it is not: a test. Nothing here asserts a timing; the functional test in
 //! `bench/tests/` only checks counts and the shape of the JSON.
 
+mod cell;
 mod child;
 mod cpu;
 mod fanout;
@@ -44,6 +47,7 @@ mod stack;
 mod systems;
 mod triggerfs;
 
+pub use cell::{CellArgs, Part};
 pub use child::{run as run_child, ChildArgs, LoadChildArgs, Role};
 pub use cpu::CpuFigures;
 pub use report::{Machine, Report, SystemResult};
@@ -114,6 +118,10 @@ pub enum Mode {
     /// with faults: workers SIGKILLed, the broker and the control plane restarted; every
     /// request must end in an answer or a typed error.
     Soak(soak::SoakArgs),
+    /// A cell of broker nodes following one control plane, every worker connected to every
+    /// node: each node's RSS with idle workers, CPU per request through one node and through
+    /// all, and how long a killed node's clients take to be answered through another.
+    Cell(CellArgs),
 }
 
 /// Flags every mode has.
@@ -158,11 +166,7 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// The binary of the broker and worker processes: `--triggerfs-bin`, else this one.
     pub(crate) fn triggerfs_bin(&self) -> anyhow::Result<PathBuf> {
-        match &self.triggerfs_bin {
-            Some(bin) => Ok(bin.clone()),
-            None => std::env::current_exe()
-                .map_err(|e| anyhow::anyhow!("cannot find this executable: {e}")),
-        }
+        bin_or_this(&self.triggerfs_bin)
     }
 
     /// `shards` and `spin_us` of the broker started here (`null` with `--broker`).
@@ -175,6 +179,34 @@ impl CommonArgs {
         params.insert("shards".into(), serde_json::json!(own.then_some(shards)));
         let spin_us = self.spin.as_micros() as u64;
         params.insert("spin_us".into(), serde_json::json!(own.then_some(spin_us)));
+    }
+}
+
+/// Flags of the modes that report on their own (`fs`, `soak`, `cell`).
+#[derive(Args, Debug, Clone)]
+pub struct OwnArgs {
+    /// Print exactly one JSON document on stdout (the human-readable lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// The `triggerfs` binary the processes run [default: this one].
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub triggerfs_bin: Option<PathBuf>,
+}
+
+impl OwnArgs {
+    /// `--triggerfs-bin`, else this executable.
+    pub(crate) fn bin(&self) -> anyhow::Result<PathBuf> {
+        bin_or_this(&self.triggerfs_bin)
+    }
+}
+
+/// `bin`, else this executable.
+fn bin_or_this(bin: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match bin {
+        Some(bin) => Ok(bin.clone()),
+        None => {
+            std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find this executable: {e}"))
+        }
     }
 }
 
@@ -324,6 +356,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         Mode::Soak(soak) => return soak::run(soak).await,
         Mode::Latency(l) | Mode::Throughput(l) => l.common.json,
         Mode::Fanout(f) => f.common.json,
+        Mode::Cell(c) => c.own.json,
     };
     let mut notes = Notes::new(json);
     let mut report = measure(&args, &mut notes).await?;
@@ -345,6 +378,7 @@ pub async fn measure(args: &BenchArgs, notes: &mut Notes) -> anyhow::Result<Repo
         Mode::Latency(load) => systems::measure_mode("latency", load, notes).await,
         Mode::Throughput(load) => systems::measure_mode("throughput", load, notes).await,
         Mode::Fanout(fan) => fanout::measure(fan, notes).await,
+        Mode::Cell(cell) => cell::measure(cell, notes).await,
         Mode::Fs(_) => anyhow::bail!("`bench fs` reports in a table of its own (fsbench::run)"),
         Mode::Soak(_) => anyhow::bail!("`bench soak` reports on its own (soak::run)"),
     }

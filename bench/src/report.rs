@@ -128,7 +128,7 @@ impl Machine {
 /// Everything one benchmark run produced.
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// `latency`, `throughput` or `fanout`.
+    /// `latency`, `throughput`, `fanout` or `cell`.
     pub mode: &'static str,
     /// The parameters as they were used (defaults resolved).
     pub params: Map<String, Value>,
@@ -138,6 +138,12 @@ pub struct Report {
     pub systems: Vec<SystemResult>,
     /// `fanout --idle` only.
     pub idle: Option<IdleFigures>,
+    /// Sections of a mode's own (`cell`: `idle_nodes`, `failover`), added to the JSON
+    /// document as they are.
+    pub sections: Map<String, Value>,
+    /// What went wrong besides the systems' errors (`cell`: a request lost at a kill); the
+    /// run fails when there is any.
+    pub problems: Vec<String>,
     /// Lines explaining what was not measured (e.g. "nats: skipped (...)").
     pub skipped: Vec<String>,
     /// Where files go.
@@ -287,6 +293,8 @@ impl Report {
             machine: crate::Machine::detect(),
             systems: Vec::new(),
             idle: None,
+            sections: Map::new(),
+            problems: Vec::new(),
             skipped: Vec::new(),
             out_dir,
             files: Vec::new(),
@@ -351,11 +359,12 @@ impl Report {
     /// Whether every request sent was answered correctly (and every fan-out reached all
     /// workers).
     pub fn all_ok(&self) -> bool {
-        self.systems.iter().all(|s| {
-            s.errors == 0
-                && s.received == s.sent
-                && s.fanout.as_ref().is_none_or(|f| f.ok == f.workers)
-        })
+        self.problems.is_empty()
+            && self.systems.iter().all(|s| {
+                s.errors == 0
+                    && s.received == s.sent
+                    && s.fanout.as_ref().is_none_or(|f| f.ok == f.workers)
+            })
     }
 
     /// The one JSON document `--json` prints. Names are stable; see README.md.
@@ -380,6 +389,9 @@ impl Report {
                 }),
             );
         }
+        if let Value::Object(map) = &mut doc {
+            map.extend(self.sections.clone());
+        }
         doc
     }
 
@@ -402,7 +414,7 @@ impl Report {
             })
             .collect();
         writeln!(out, "params:  {}", params.join(" "))?;
-        for line in &self.skipped {
+        for line in self.skipped.iter().chain(&self.problems) {
             writeln!(out, "{line}")?;
         }
         if !self.systems.is_empty() {
@@ -715,6 +727,8 @@ mod tests {
             machine: Machine::detect(),
             systems,
             idle: None,
+            sections: Map::new(),
+            problems: Vec::new(),
             skipped: Vec::new(),
             out_dir: PathBuf::new(),
             files: Vec::new(),

@@ -69,12 +69,9 @@ pub struct SoakArgs {
     /// Broker shards.
     #[arg(long, default_value_t = 2)]
     pub shards: usize,
-    /// Print one JSON document on stdout (the summary goes to stderr).
-    #[arg(long)]
-    pub json: bool,
-    /// The `triggerfs` binary the processes run [default: this one].
-    #[arg(long, value_name = "PATH", hide = true)]
-    pub triggerfs_bin: Option<PathBuf>,
+    /// `--json` and the processes' binary.
+    #[command(flatten)]
+    pub own: crate::OwnArgs,
 }
 
 /// The service every request goes to.
@@ -167,7 +164,7 @@ fn bump(per_s: &mut Vec<u64>, second: usize) {
 }
 
 /// How one request ended.
-enum End {
+pub(crate) enum End {
     Answered,
     Failed(String),
     Lost(&'static str),
@@ -198,7 +195,7 @@ impl Tally {
 
 /// A `ClientError`'s variant name (with the broker's kind for `Refused`): the typed error a
 /// caller of the library gets.
-fn error_name(e: &ClientError) -> String {
+pub(crate) fn error_name(e: &ClientError) -> String {
     if let ClientError::Refused { kind, .. } = e {
         return format!("Refused({kind})");
     }
@@ -211,7 +208,7 @@ fn error_name(e: &ClientError) -> String {
 }
 
 /// Reads a request's events to its final one, within `bound`.
-async fn follow(mut handle: RequestHandle, bound: Duration) -> End {
+pub(crate) async fn follow(mut handle: RequestHandle, bound: Duration) -> End {
     let read = async {
         let (mut ok, mut failed) = (false, None);
         while let Some(event) = handle.next().await {
@@ -369,12 +366,40 @@ fn take_sample(pid: &AtomicU32, peaks: &Mutex<Peaks>) {
 }
 
 /// A worker process and its ids file.
-struct WorkerProc {
-    proc: Option<Spawned>,
+pub(crate) struct WorkerProc {
+    pub proc: Option<Spawned>,
     ids: PathBuf,
 }
 
-async fn start_worker_proc(
+/// Spreads `ids` (identity, token) over `procs` worker processes (`start_worker_proc`) given
+/// `broker`, their ids files `<name>-<i>.ids` in `dir`.
+pub(crate) async fn start_worker_procs(
+    bin: &Path,
+    broker: &str,
+    dir: &Path,
+    name: &str,
+    ids: &[(String, String)],
+    procs: usize,
+) -> anyhow::Result<Vec<WorkerProc>> {
+    let n = ids.len();
+    let procs = procs.clamp(1, n.max(1));
+    let mut workers = Vec::with_capacity(procs);
+    for (i, chunk) in ids.chunks(n.div_ceil(procs).max(1)).enumerate() {
+        let path = dir.join(format!("{name}-{i}.ids"));
+        let text: String = chunk.iter().map(|(id, t)| format!("{id} {t}\n")).collect();
+        std::fs::write(&path, text)?;
+        let proc = start_worker_proc(bin, broker, &path, i).await?;
+        workers.push(WorkerProc {
+            proc: Some(proc),
+            ids: path,
+        });
+    }
+    Ok(workers)
+}
+
+/// Starts `bench-child workers`: a worker per line of `ids` (team `main`), given
+/// `broker` (one seed of a cell is enough); returns once they were started.
+pub(crate) async fn start_worker_proc(
     bin: &Path,
     broker: &str,
     ids: &Path,
@@ -444,15 +469,12 @@ fn schedule(args: &SoakArgs) -> Vec<(Duration, Fault)> {
 
 /// `bench soak`; the exit status (0 when nothing was lost).
 pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<i32> {
-    let mut notes: Box<dyn Write> = if args.json {
+    let mut notes: Box<dyn Write> = if args.own.json {
         Box::new(std::io::stderr())
     } else {
         Box::new(std::io::stdout())
     };
-    let bin = match &args.triggerfs_bin {
-        Some(bin) => bin.clone(),
-        None => std::env::current_exe().context("cannot find this executable")?,
-    };
+    let bin = args.own.bin()?;
     let n = args.workers;
     let dir = tempfile::tempdir().context("cannot create a directory for the soak")?;
     let addr = free_addr()?;
@@ -559,17 +581,7 @@ impl Stack {
         let (broker, _) = control.broker(&bin, &addr, &["--shards", &shards]).await?;
         let pid = Arc::new(AtomicU32::new(broker.pid().unwrap_or(0)));
         let procs_n = args.worker_procs.clamp(1, n.max(1));
-        let mut workers = Vec::with_capacity(procs_n);
-        for (i, chunk) in ids.chunks(n.div_ceil(procs_n).max(1)).enumerate() {
-            let path = dir.join(format!("workers-{i}.ids"));
-            let text: String = chunk.iter().map(|(id, t)| format!("{id} {t}\n")).collect();
-            std::fs::write(&path, text)?;
-            let proc = start_worker_proc(&bin, &addr, &path, i).await?;
-            workers.push(WorkerProc {
-                proc: Some(proc),
-                ids: path,
-            });
-        }
+        let workers = start_worker_procs(&bin, &addr, dir, "workers", ids, procs_n).await?;
         let faults = Faults {
             workers_per_process: n.div_ceil(procs_n),
             ..Faults::default()
@@ -686,7 +698,7 @@ fn report(
         peaks.rss_kib as f64 / 1024.0,
         peaks.fds
     )?;
-    if args.json {
+    if args.own.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     Ok(if tally.lost == 0 && accounted == tally.sent {

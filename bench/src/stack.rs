@@ -78,6 +78,17 @@ pub(crate) async fn new_fleet(
         .buffered(8)
         .try_collect()
         .await?;
+    new_service(api, name, algorithm, &ids).await?;
+    Ok(ids)
+}
+
+/// Creates a service `name` of `algorithm` bound to the workers of `ids` (identity, token).
+pub(crate) async fn new_service(
+    api: &Api,
+    name: &str,
+    algorithm: &str,
+    ids: &[(String, String)],
+) -> anyhow::Result<()> {
     let workers = ids.iter().map(|(id, _)| id.as_str()).collect();
     let service = NewService {
         name,
@@ -85,7 +96,7 @@ pub(crate) async fn new_fleet(
         workers,
     };
     let _: IgnoredAny = api.post("/services", &service).await?;
-    Ok(ids)
+    Ok(())
 }
 
 /// How many of `service`'s bound workers the control plane sees online.
@@ -154,7 +165,8 @@ impl Control {
         self.data.join("broker.token")
     }
 
-    /// Starts `triggerfs broker --control` on `listen` with `extra` flags.
+    /// Starts `triggerfs broker --control` on `listen` with `extra` flags (a node of a cell:
+    /// `--advertise ADDR`).
     pub(crate) async fn broker(
         &self,
         bin: &Path,

@@ -410,17 +410,14 @@ pub(crate) async fn measure_mode(
         }
     }
 
-    let mut results: Vec<Option<SystemResult>> = started.iter().map(|_| None).collect();
-    for round in 0..rounds {
-        let slice = shape.slice(round, rounds);
-        for (system, result) in started.iter_mut().zip(results.iter_mut()) {
-            let measured = measure_turn(system, &slice, notes.progress()).await?;
-            *result = Some(match result.take() {
-                Some(so_far) => so_far.merge(measured),
-                None => measured,
-            });
-        }
-    }
+    let mut turns: Vec<Turn> = started
+        .iter_mut()
+        .map(|s| Turn {
+            load: &mut s.load,
+            watched: &s.watched,
+        })
+        .collect();
+    let results = in_turns(&mut turns, &shape, rounds, notes.progress()).await?;
     // Every line `append` was sent is in its file once.
     for system in &started {
         if let Some(path) = &system.append_file {
@@ -431,27 +428,55 @@ pub(crate) async fn measure_mode(
         }
     }
     drop(started);
-    report.systems.extend(results.into_iter().flatten());
+    report.systems.extend(results);
     Ok(report)
 }
 
-/// One system's turn: the slice measured by its load process, and the CPU time every one of
-/// its processes spent from the end of the warm-up to the answer.
+/// A load process and the processes whose CPU time its turns count.
+pub(crate) struct Turn<'a> {
+    pub load: &'a mut LoadProc,
+    pub watched: &'a [Watched],
+}
+
+/// Measures `shape` in `rounds` rounds, taking turns: in each round every one of `turns`
+/// measures one slice (`Shape::slice`); each one's slices merged, in the order of `turns`.
+pub(crate) async fn in_turns(
+    turns: &mut [Turn<'_>],
+    shape: &Shape,
+    rounds: u64,
+    progress: bool,
+) -> anyhow::Result<Vec<SystemResult>> {
+    let mut results: Vec<Option<SystemResult>> = turns.iter().map(|_| None).collect();
+    for round in 0..rounds {
+        let slice = shape.slice(round, rounds);
+        for (turn, result) in turns.iter_mut().zip(results.iter_mut()) {
+            let measured = measure_turn(turn, &slice, progress).await?;
+            *result = Some(match result.take() {
+                Some(so_far) => so_far.merge(measured),
+                None => measured,
+            });
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// One turn: the slice measured by its load process, and the CPU time every one of its
+/// processes spent from the end of the warm-up to the answer.
 async fn measure_turn(
-    system: &mut Started,
+    turn: &mut Turn<'_>,
     slice: &Shape,
     progress: bool,
 ) -> anyhow::Result<SystemResult> {
-    let mut watched = system.watched.clone();
-    watched.extend(system.load.pid().map(|pid| Watched {
+    let mut watched = turn.watched.to_vec();
+    watched.extend(turn.load.pid().map(|pid| Watched {
         name: "load".into(),
         pid,
         server: false,
     }));
-    system.load.start_run(slice, progress).await?;
+    turn.load.start_run(slice, progress).await?;
     tokio::time::sleep(slice.warmup).await;
     let before = Sample::take(&watched);
-    let mut measured = system.load.finish_run().await?;
+    let mut measured = turn.load.finish_run().await?;
     measured.cpu = Some(before.until(&Sample::take(&watched)));
     Ok(measured)
 }

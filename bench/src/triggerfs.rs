@@ -115,12 +115,8 @@ pub(crate) fn worker_config(
     }
 }
 
-/// Connects, retrying until the broker answers or the deadline passes.
-pub(crate) async fn connect(addr: &str) -> anyhow::Result<Client> {
-    connect_as(addr, "").await
-}
-
-/// [`connect`] with a JWT (from the control plane's login).
+/// Connects with a JWT (from the control plane's login; empty: none), retrying until the
+/// broker answers or the deadline passes.
 pub(crate) async fn connect_as(addr: &str, jwt: &str) -> anyhow::Result<Client> {
     let deadline = tokio::time::Instant::now() + READY_DEADLINE;
     loop {
@@ -264,12 +260,15 @@ pub(crate) fn check_appended(path: &std::path::Path) -> anyhow::Result<u64> {
     Ok(n)
 }
 
-/// `connections` connections to the broker at `addr`, as a load process's caller; returns
-/// once each of `ready` (services, e.g. every worker's identity) has answered an `echo`, so
-/// that the measurement starts with all workers online. `kind` says which plugin each
-/// request runs (`append` writes to `append_file`).
+/// `connections` connections to the broker at `addr`, as a load process's caller, logged in
+/// with `jwt` (empty: none); `addr` may list several nodes of a cell (`a,b,c`), and the
+/// connections are then spread over them in turn. Returns once each of `ready` (services,
+/// e.g. every worker's identity) has answered an `echo`, so that the measurement starts with
+/// all workers online. `kind` says which plugin each request runs (`append` writes to
+/// `append_file`).
 pub(crate) async fn caller(
     addr: &str,
+    jwt: &str,
     connections: usize,
     service: &str,
     ready: &[String],
@@ -281,9 +280,10 @@ pub(crate) async fn caller(
         (crate::PluginKind::Append, None) => bail!("the append kind needs --append-file"),
         _ => None,
     };
+    let nodes: Vec<&str> = addr.split(',').map(str::trim).collect();
     let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections.max(1) {
-        clients.push(connect(addr).await?);
+    for i in 0..connections.max(1) {
+        clients.push(connect_as(nodes[i % nodes.len()], jwt).await?);
     }
     for name in ready {
         wait_answering(&clients[0], name).await?;

@@ -255,6 +255,43 @@ fn idle_workers_report_the_broker_process_memory() {
     assert!(doc["systems"].as_array().unwrap().is_empty(), "{doc}");
 }
 
+/// A cell of 3 nodes, briefly: each node's RSS with idle workers, CPU per request through
+/// one node and through all (every process of the cell counted), and two kills under their
+/// clients, each client answered through another node and no request lost.
+#[test]
+fn a_cell_of_nodes_measures_memory_cpu_and_failover() {
+    let (doc, _out) = bench(
+        "cell --nodes 3 --workers 1 --connections 3 --in-flight 4 --warmup 0s --duration 1s \
+         --rounds 1 --idle-workers 20 --idle-procs 2 --clients 3 --kills 2",
+    );
+    for row in check_document(&doc, &["cell-1node", "cell-3nodes"]) {
+        let cpu = row["cpu_us_per_req"].as_object().expect("cpu_us_per_req");
+        for name in ["node1", "node2", "node3", "worker0", "control", "load"] {
+            assert!(cpu.contains_key(name), "{name}: {row}");
+        }
+        let figures = &doc["cpu"][row["name"].as_str().unwrap()];
+        assert!(figures["nodes_sum_us_per_req"].as_f64().is_some(), "{doc}");
+    }
+    let idle = &doc["idle_nodes"];
+    assert_eq!(idle["workers"].as_u64(), Some(20), "{doc}");
+    let rss = idle["rss_kib"].as_array().expect("one RSS per node");
+    assert_eq!(rss.len(), 3, "{doc}");
+    assert!(
+        rss.iter().all(|k| k.as_u64().is_some_and(|k| k > 0)),
+        "{doc}"
+    );
+    let failover = &doc["failover"];
+    assert_eq!(failover["kills"].as_array().map(Vec::len), Some(2), "{doc}");
+    assert_eq!(failover["recovery_ms"]["n"].as_u64(), Some(6), "{doc}");
+    assert_eq!(failover["never_recovered"].as_u64(), Some(0), "{doc}");
+    assert_eq!(failover["lost"].as_u64(), Some(0), "{doc}");
+    assert_eq!(
+        failover["rejoin_ms"].as_array().map(Vec::len),
+        Some(2),
+        "{doc}"
+    );
+}
+
 /// The pids whose parent is `pid`, from /proc.
 fn children_of(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();

@@ -87,35 +87,17 @@ impl Session {
         credential_generation: u64,
         nodes: &Arc<Mutex<KnownNodes>>,
     ) -> Result<Arc<Session>, ClientError> {
-        let failed = |source| ClientError::Connect {
-            addr: addr.to_string(),
-            source,
-        };
         let handshake = async {
-            let (mut reader, mut writer) = connection::connect(addr).await.map_err(failed)?;
-            let hello = Frame::Hello(Hello {
-                protocol_version: proto::PROTOCOL_VERSION,
-                role: Role::Client,
-                credential,
-            });
-            writer.write_frame(&hello).await.map_err(failed)?;
-            match reader.read_frame().await {
-                Ok(Frame::Welcome {
-                    session,
-                    heartbeat_ms,
-                    nodes,
-                }) => Ok((reader, writer, session, heartbeat_ms, nodes)),
-                Ok(Frame::Refused { kind, reason }) => Err(ClientError::Refused { kind, reason }),
-                Ok(Frame::Error { kind, message, .. }) => Err(ClientError::Handshake {
-                    reason: format!("{kind}: {message}"),
-                }),
-                Ok(other) => Err(ClientError::Handshake {
-                    reason: format!("expected Welcome, got {}", other.kind_name()),
-                }),
-                Err(ConnectionError::Closed) => Err(ClientError::Handshake {
-                    reason: "the broker closed the connection before Welcome".to_string(),
-                }),
-                Err(source) => Err(failed(source)),
+            let newest = handshake(addr, credential.clone(), proto::PROTOCOL_VERSION).await;
+            match newest {
+                // A broker of protocol 7 refuses every other version so (ours refuse
+                // `BadRequest` at `Hello` only for a version or a malformed `Hello`): say
+                // `Hello` again in the oldest version it may speak; `Answer` never comes.
+                Err(ClientError::Refused {
+                    kind: ErrorKind::BadRequest,
+                    ..
+                }) => handshake(addr, credential, proto::MIN_PROTOCOL_VERSION).await,
+                other => other,
             }
         };
         let (reader, writer, session, heartbeat_ms, announced) =
@@ -472,13 +454,57 @@ async fn until_closed(closed: &mut watch::Receiver<bool>) {
     let _ = closed.wait_for(|closed| *closed).await;
 }
 
-/// The events of one broker → client frame, in order: one, or a `Replies` frame's several.
+/// What a handshake gives: the connection's halves, and `Welcome`'s session, heartbeat and
+/// nodes.
+type Welcomed = (FrameReader, FrameWriter, u64, u32, Vec<String>);
+
+/// Connects to `addr` and says `Hello` in protocol `version`: the connection once welcomed,
+/// or why not.
+async fn handshake(
+    addr: &str,
+    credential: Credential,
+    version: u16,
+) -> Result<Welcomed, ClientError> {
+    let failed = |source| ClientError::Connect {
+        addr: addr.to_string(),
+        source,
+    };
+    let (mut reader, mut writer) = connection::connect(addr).await.map_err(failed)?;
+    let hello = Frame::Hello(Hello {
+        protocol_version: version,
+        role: Role::Client,
+        credential,
+    });
+    writer.write_frame(&hello).await.map_err(failed)?;
+    match reader.read_frame().await {
+        Ok(Frame::Welcome {
+            session,
+            heartbeat_ms,
+            nodes,
+        }) => Ok((reader, writer, session, heartbeat_ms, nodes)),
+        Ok(Frame::Refused { kind, reason }) => Err(ClientError::Refused { kind, reason }),
+        Ok(Frame::Error { kind, message, .. }) => Err(ClientError::Handshake {
+            reason: format!("{kind}: {message}"),
+        }),
+        Ok(other) => Err(ClientError::Handshake {
+            reason: format!("expected Welcome, got {}", other.kind_name()),
+        }),
+        Err(ConnectionError::Closed) => Err(ClientError::Handshake {
+            reason: "the broker closed the connection before Welcome".to_string(),
+        }),
+        Err(source) => Err(failed(source)),
+    }
+}
+
+/// The events of one broker → client frame, in order: one, a `Replies` frame's several, or
+/// an `Answer`'s `Routed`, replies and `Summary`.
 enum FrameEvents {
     One(Option<ClientEvent>),
     Replies {
         worker: String,
         events: std::vec::IntoIter<Event>,
     },
+    Answer(std::vec::IntoIter<ClientEvent>),
 }
 
 impl Iterator for FrameEvents {
@@ -486,6 +512,7 @@ impl Iterator for FrameEvents {
     fn next(&mut self) -> Option<ClientEvent> {
         match self {
             FrameEvents::One(event) => event.take(),
+            FrameEvents::Answer(events) => events.next(),
             FrameEvents::Replies { worker, events } => {
                 let event = events.next()?;
                 // The last event takes the name; the others copy it.
@@ -498,6 +525,30 @@ impl Iterator for FrameEvents {
             }
         }
     }
+}
+
+/// What an `Answer` stands for: `Routed`, each event of its worker, `Summary`.
+fn answer_events(answer: proto::Answer) -> FrameEvents {
+    let proto::Answer {
+        algorithm,
+        n_workers,
+        worker,
+        events,
+        summary,
+        ..
+    } = answer;
+    let mut all = Vec::with_capacity(events.len() + 2);
+    all.push(ClientEvent::Routed {
+        algorithm,
+        n_workers,
+    });
+    let replies = FrameEvents::Replies {
+        worker,
+        events: events.into_iter(),
+    };
+    all.extend(replies);
+    all.push(ClientEvent::Summary(summary));
+    FrameEvents::Answer(all.into_iter())
 }
 
 /// A worker's event relayed to the client.
@@ -522,10 +573,14 @@ fn reply_event(worker: String, event: Event) -> ClientEvent {
 /// The request id and events a broker → client frame carries, or the frame's name if it is
 /// not one a client should get.
 fn request_events(frame: Frame) -> Result<(u64, FrameEvents), &'static str> {
-    if let Frame::Replies { id, worker, events } = frame {
-        let events = events.into_iter();
-        return Ok((id, FrameEvents::Replies { worker, events }));
-    }
+    let frame = match frame {
+        Frame::Replies { id, worker, events } => {
+            let events = events.into_iter();
+            return Ok((id, FrameEvents::Replies { worker, events }));
+        }
+        Frame::Answer(answer) => return Ok((answer.id, answer_events(*answer))),
+        other => other,
+    };
     request_event(frame).map(|(id, event)| (id, FrameEvents::One(Some(event))))
 }
 

@@ -3,7 +3,7 @@
 mod fake;
 
 use client::{BrokerList, Client, ClientError, ClientEvent, RequestSpec, WorkerStatus};
-use fake::replies_script;
+use fake::{answer_script, replies_script};
 use fake::{fake_broker, mirror_script, no_such_service_script, roundrobin_script, Peer};
 use fake::{DEADLINE, QUIET_HEARTBEAT_MS};
 use proto::{Algorithm, Credential, ErrorKind, Event, Frame, Request, Stream, Summary};
@@ -31,6 +31,15 @@ fn error_kind(event: Option<&ClientEvent>) -> Option<ErrorKind> {
         Some(ClientEvent::Error { kind, .. }) => Some(*kind),
         _ => None,
     }
+}
+
+/// Every event of one request to `demo` through the broker at `addr`.
+async fn demo_events(addr: String) -> Vec<ClientEvent> {
+    let client = Client::connect(&BrokerList::one(format!("tcp://{addr}")), jwt())
+        .await
+        .unwrap();
+    let mut handle = client.request(spec("demo")).await.unwrap();
+    all_events(&mut handle).await
 }
 
 async fn all_events(handle: &mut client::RequestHandle) -> Vec<ClientEvent> {
@@ -91,20 +100,60 @@ async fn roundrobin_events_arrive_in_order_and_end() {
         .unwrap();
 }
 
-/// A `Replies` frame gives the client the events its single `Reply` frames would, in order.
+/// A `Replies` frame gives the client the events its single `Reply` frames would, in order;
+/// an `Answer` frame those of `Routed`, the worker's replies and `Summary`.
 #[tokio::test]
 async fn a_replies_frame_gives_the_events_of_its_replies() {
-    async fn events(addr: String) -> Vec<ClientEvent> {
-        let client = Client::connect(&BrokerList::one(format!("tcp://{addr}")), jwt())
-            .await
-            .unwrap();
-        let mut handle = client.request(spec("demo")).await.unwrap();
-        all_events(&mut handle).await
-    }
+    let events = demo_events;
     let singly = events(fake_broker(roundrobin_script).await.0).await;
     let at_once = events(fake_broker(replies_script).await.0).await;
     assert_eq!(singly.len(), 6, "{singly:?}");
     assert_eq!(at_once, singly);
+    let answered = events(fake_broker(answer_script).await.0).await;
+    assert_eq!(answered, singly);
+}
+
+/// A broker of protocol 7 refuses a `Hello` of 8 with `BadRequest`: the client says `Hello`
+/// again in 7 on a new connection, and its requests work.
+#[tokio::test]
+async fn a_broker_of_the_previous_version_is_spoken_to_in_it() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let broker = tokio::spawn(async move {
+        let mut versions = Vec::new();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (reader, writer) = client::connection::split(stream, proto::DEFAULT_MAX_FRAME);
+            let mut peer = Peer { reader, writer };
+            let hello = peer.hello().await;
+            versions.push(hello.protocol_version);
+            if hello.protocol_version != proto::MIN_PROTOCOL_VERSION {
+                let reason = format!("unsupported protocol version {}", hello.protocol_version);
+                let kind = ErrorKind::BadRequest;
+                peer.send(Frame::Refused { kind, reason }).await;
+                continue;
+            }
+            peer.send(Frame::Welcome {
+                session: 7,
+                heartbeat_ms: QUIET_HEARTBEAT_MS,
+                nodes: vec![],
+            })
+            .await;
+            let id = peer.route_and_accept("demo01").await;
+            peer.finish_ok(id, "demo01").await;
+            return versions;
+        }
+    });
+    let events = demo_events(addr).await;
+    assert_eq!(events.len(), 4, "{events:?}");
+    let versions = tokio::time::timeout(DEADLINE, broker)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        versions,
+        vec![proto::PROTOCOL_VERSION, proto::MIN_PROTOCOL_VERSION]
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! buffered yet: that is ordinary control flow, not a failure. Every archive is validated
 //! (bytecheck) before it is turned into a value, so no input can make the reader panic.
 
-use crate::frame::{Frame, Hello, Role, PROTOCOL_VERSION};
+use crate::frame::{Frame, Hello, Role, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use bytes::{Buf, BufMut, BytesMut};
 
 /// Bytes of the length prefix.
@@ -162,7 +162,7 @@ pub fn check_hello(frame: Frame) -> Result<Hello, ProtoError> {
             reason: format!("expected Hello, got {}", frame.kind_name()),
         });
     };
-    if hello.protocol_version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.protocol_version) {
         return Err(ProtoError::UnsupportedVersion {
             got: hello.protocol_version,
             expected: PROTOCOL_VERSION,

@@ -9,8 +9,18 @@
 use crate::text_enum;
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// The protocol version this build speaks. A `Hello` with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// The protocol version this build speaks. A `Hello` with a version outside
+/// [`MIN_PROTOCOL_VERSION`]`..=PROTOCOL_VERSION` is refused.
+pub const PROTOCOL_VERSION: u16 = 8;
+
+/// The oldest version a broker of this build still takes in a `Hello`: a peer of that
+/// version is sent only the frames that version knows (no [`Frame::Answer`]). A client of
+/// this build that a broker refuses at its `Hello` (`Refused` with `BadRequest`, what a
+/// broker of version 7 answers any other version) says `Hello` again with this version.
+pub const MIN_PROTOCOL_VERSION: u16 = 7;
+
+/// The first protocol version whose clients take [`Frame::Answer`].
+pub const ANSWER_SINCE: u16 = 8;
 // 2: `Request::fleet`, the fleet counts of `Summary`, `ErrorKind::{Offline, Skipped,
 // NoResponse, Detached}`: an older peer is refused at `Hello` with a clear version
 // mismatch rather than failing frame validation later.
@@ -26,6 +36,8 @@ pub const PROTOCOL_VERSION: u16 = 7;
 // the job history), and `ErrorKind::Stale` (a broker cut off from its control plane).
 // 7: a cell of broker nodes: `Welcome::nodes`, `Frame::Nodes` (the live nodes, for peers to
 // connect to or fail over to) and `ErrorKind::BrokerLost`.
+// 8: `Frame::Answer` (`Routed`, one worker's `Replies` and `Summary` in one frame), sent only
+// to a client whose `Hello` says 8 or later; a broker takes a `Hello` of 7 too.
 
 text_enum! {
     ("role", "lowercase")
@@ -505,6 +517,25 @@ pub struct Summary {
     pub replayed: bool,
 }
 
+/// A request's whole answer in one frame, when it comes from one worker at once (an
+/// in-worker plugin, or a plugin quicker than the broker's hold of `Routed`): what
+/// `Routed`, that worker's `Replies` and `Summary` would carry, in that order.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Request id.
+    pub id: u64,
+    /// As `Routed::algorithm`.
+    pub algorithm: Algorithm,
+    /// As `Routed::n_workers`.
+    pub n_workers: u32,
+    /// The worker's identity.
+    pub worker: String,
+    /// What happened on it, in order; never empty.
+    pub events: Vec<Event>,
+    /// The counts, as `Summary::summary`.
+    pub summary: Summary,
+}
+
 /// Every frame on a dataplane connection.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -678,6 +709,10 @@ pub enum Frame {
         /// Detail.
         message: String,
     },
+    /// `Routed`, `Replies` and `Summary` of request `id` at once (protocol 8; boxed, as
+    /// `Request`). The broker sends it to a client whose `Hello` said 8 or later when the
+    /// request's only worker answered whole before the held `Routed` went out.
+    Answer(Box<Answer>),
 }
 
 impl Frame {
@@ -791,6 +826,7 @@ impl Frame {
             Frame::Replies { .. } => "Replies",
             Frame::Summary { .. } => "Summary",
             Frame::Error { .. } => "Error",
+            Frame::Answer(_) => "Answer",
         }
     }
 }

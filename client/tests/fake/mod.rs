@@ -91,6 +91,12 @@ impl Peer {
     /// returns the request's id.
     pub async fn accept_roundrobin(&mut self, worker: &str) -> u64 {
         self.welcome(QUIET_HEARTBEAT_MS).await;
+        self.route_and_accept(worker).await
+    }
+
+    /// The request, `Routed` (roundrobin, one worker) and `Accepted` from `worker`; returns
+    /// the request's id.
+    pub async fn route_and_accept(&mut self, worker: &str) -> u64 {
         let id = self.request().await.id;
         self.send(Frame::Routed {
             id,
@@ -185,6 +191,38 @@ pub async fn replies_script(mut peer: Peer) {
         ..Summary::default()
     };
     peer.send(Frame::Summary { id, summary }).await;
+    while peer.reader.read_frame().await.is_ok() {}
+}
+
+/// [`roundrobin_script`]'s whole answer in one `Answer` frame (protocol 8), as the broker
+/// sends a request that one worker answered at once.
+#[allow(dead_code)] // used by client/tests, not by the `client` command's tests
+pub async fn answer_script(mut peer: Peer) {
+    peer.welcome(QUIET_HEARTBEAT_MS).await;
+    let id = peer.request().await.id;
+    let output = |seq, stream, line: &str| Event::Output {
+        seq,
+        stream,
+        data: line.as_bytes().to_vec(),
+    };
+    let answer = proto::Answer {
+        id,
+        algorithm: Algorithm::Roundrobin,
+        n_workers: 1,
+        worker: "demo01".into(),
+        events: vec![
+            Event::Accepted,
+            output(0, Stream::Stdout, " 21:14:07 up  8:26"),
+            output(1, Stream::Stderr, "warning: x"),
+            Event::Done { exit_code: 0 },
+        ],
+        summary: Summary {
+            workers: 1,
+            ok: 1,
+            ..Summary::default()
+        },
+    };
+    peer.send(Frame::Answer(Box::new(answer))).await;
     while peer.reader.read_frame().await.is_ok() {}
 }
 

@@ -26,6 +26,8 @@ pub(super) enum Peer {
         requests: HashMap<u64, u64>,
         /// Its request rate and its refusals' log.
         limits: ClientLimits,
+        /// It speaks protocol 8 or later: a request's whole answer may go as one `Answer`.
+        answers: bool,
     },
     Worker {
         /// Dispatches this worker is running, from any shard.
@@ -102,11 +104,24 @@ impl Conns {
         match self.by_id.get_mut(&conn_id) {
             Some(Conn {
                 principal,
-                peer: Peer::Client { requests, limits },
+                peer: Peer::Client {
+                    requests, limits, ..
+                },
                 ..
             }) => Some((principal, requests, limits)),
             _ => None,
         }
+    }
+
+    /// Whether client connection `conn_id` takes [`Frame::Answer`] (protocol 8 or later).
+    pub(super) fn takes_answers(&self, conn_id: u64) -> bool {
+        matches!(
+            self.by_id.get(&conn_id),
+            Some(Conn {
+                peer: Peer::Client { answers: true, .. },
+                ..
+            })
+        )
     }
 
     /// Client connection `conn_id`'s requests: its request id → shard request key.
@@ -148,9 +163,16 @@ impl Conns {
 }
 
 impl State {
-    /// Registers a connection whose `Hello` was accepted and queues its `Welcome`; a worker
-    /// is reported online and announced to every shard. Returns the connection's id.
-    pub(super) fn open_conn(&mut self, out: Rc<Outbox>, principal: Principal, role: Role) -> u64 {
+    /// Registers a connection whose `Hello` (of protocol `version`) was accepted and queues
+    /// its `Welcome`; a worker is reported online and announced to every shard. Returns the
+    /// connection's id.
+    pub(super) fn open_conn(
+        &mut self,
+        out: Rc<Outbox>,
+        principal: Principal,
+        role: Role,
+        version: u16,
+    ) -> u64 {
         let settings = &self.env.settings;
         let peer = match role {
             Role::Client => {
@@ -171,6 +193,7 @@ impl State {
                         bucket: bucket.map(|rate| Bucket::new(rate, Instant::now())),
                         ..Default::default()
                     },
+                    answers: version >= proto::ANSWER_SINCE,
                 }
             }
             Role::Worker => Peer::Worker {

@@ -190,9 +190,15 @@ impl Shard {
     }
 
     /// Registers a connection whose `Hello` was accepted (see `State::open_conn`); its id.
-    pub(crate) fn open_conn(&self, out: Rc<Outbox>, principal: Principal, role: Role) -> u64 {
-        self.handle((out, principal, role), |st, (o, p, r)| {
-            st.open_conn(o, p, r)
+    pub(crate) fn open_conn(
+        &self,
+        out: Rc<Outbox>,
+        principal: Principal,
+        role: Role,
+        version: u16,
+    ) -> u64 {
+        self.handle((out, principal, role, version), |st, (o, p, r, v)| {
+            st.open_conn(o, p, r, v)
         })
     }
 

@@ -18,12 +18,13 @@ use tracing::{debug, warn};
 const ROUTED_HOLD: Duration = Duration::from_millis(5);
 
 /// Who the client of a request is: its connection, its id for the request, whether it
-/// waits for the replies.
+/// waits for the replies, whether it takes a whole answer as one [`Frame::Answer`].
 #[derive(Clone, Copy)]
 pub(super) struct ClientSide {
     pub(super) conn_id: u64,
     pub(super) request_id: u64,
     pub(super) wait: bool,
+    pub(super) answers: bool,
 }
 
 /// A keyed request's key as its caller sent it, and how its run ends so far.
@@ -38,8 +39,9 @@ pub(super) struct Keyed {
 
 pub(super) struct RequestEntry {
     /// `Routed`, held back until the first reply (or [`ROUTED_HOLD`]) so that on the fast
-    /// path both leave in one write: a separate early write costs the client a wake-up and
-    /// the broker a send per request.
+    /// path both leave in one write (or, when the reply ends the request and the client
+    /// speaks protocol 8, one [`Frame::Answer`]): a separate early write costs the client a
+    /// wake-up and the broker a send per request.
     pub(super) routed: Option<Frame>,
     pub(super) started: Instant,
     pub(super) service: Arc<ServiceConfig>,
@@ -387,6 +389,7 @@ impl State {
                 conn_id,
                 request_id: id,
                 wait: request.wait,
+                answers: self.conns.takes_answers(conn_id),
             },
             deadline: whole.map(|whole| now + whole),
             staged_timeout,

@@ -37,12 +37,14 @@ impl State {
         // Consecutive relays of one worker's events leave as one frame (`Replies` when
         // there are several): gathered here, sent before the effect of any other action
         // but `Forget` (which only drops a map entry; the others may send to the client,
-        // some through a nested call).
+        // some through a nested call) and, for a client that takes `Answer`, `Finish`
+        // (which sends them, with the held `Routed` and the summary, in one frame).
         let mut relays: Option<(Arc<str>, Vec<proto::Event>)> = None;
         for action in actions.drain(..) {
             let gathers = match &action {
                 Action::Relay { worker, .. } => relays.as_ref().is_none_or(|(w, _)| w == worker),
                 Action::Forget { .. } => true,
+                Action::Finish { .. } => client.answers,
                 _ => false,
             };
             if !gathers {
@@ -71,7 +73,7 @@ impl State {
                             .push(event);
                     }
                 }
-                Action::Finish { summary } => self.finish(key, client, summary),
+                Action::Finish { summary } => self.finish(key, client, summary, relays.take()),
             }
         }
         self.send_relays(key, client, relays);
@@ -94,6 +96,12 @@ impl State {
         if let Some(routed) = self.requests.get_mut(key).and_then(|e| e.routed.take()) {
             self.send_to_conn(client.conn_id, &routed);
         }
+        self.send_events(client, worker, events);
+    }
+
+    /// One worker's events to the client: a `Reply` (one event) or a `Replies` frame
+    /// (several).
+    fn send_events(&mut self, client: ClientSide, worker: Arc<str>, events: Vec<proto::Event>) {
         let id = client.request_id;
         // Merged only within `MERGE_BYTES` (a worker's `Events` frame may be as large as
         // the largest frame, and the client's limit must hold for the relay too).
@@ -109,13 +117,24 @@ impl State {
         }
     }
 
-    /// Drops a request that is over and tells its client.
-    fn finish(&mut self, key: u64, client: ClientSide, summary: proto::Summary) {
+    /// Drops a request that is over and tells its client: the `relays` gathered before its
+    /// end, then the summary; all in one `Answer` for a client that takes it when `Routed`
+    /// is still held (the whole answer came at once from one worker).
+    fn finish(
+        &mut self,
+        key: u64,
+        client: ClientSide,
+        summary: proto::Summary,
+        relays: Option<(Arc<str>, Vec<proto::Event>)>,
+    ) {
         let entry = self.requests.remove(key);
         if let Some(requests) = self.conns.client_requests(client.conn_id) {
             requests.remove(&client.request_id);
         }
         let Some(mut entry) = entry else {
+            if let Some((worker, events)) = relays {
+                self.send_events(client, worker, events);
+            }
             return;
         };
         self.stats
@@ -134,8 +153,34 @@ impl State {
                 idem.record(&keyed.team, &keyed.identity, &keyed.key, recorded);
             }
         }
-        if let Some(routed) = entry.routed.take() {
+        let routed = entry.routed.take();
+        if let (Some(routed), Some((worker, events))) = (&routed, &relays) {
+            let bytes: usize = events.iter().map(proto::Event::payload_len).sum();
+            if let (
+                Frame::Routed {
+                    algorithm,
+                    n_workers,
+                    ..
+                },
+                true,
+            ) = (routed, bytes <= proto::MERGE_BYTES)
+            {
+                let answer = proto::Answer {
+                    id: client.request_id,
+                    algorithm: *algorithm,
+                    n_workers: *n_workers,
+                    worker: worker.to_string(),
+                    events: relays.map(|(_, events)| events).unwrap_or_default(),
+                    summary,
+                };
+                return self.send_to_conn(client.conn_id, &Frame::Answer(Box::new(answer)));
+            }
+        }
+        if let Some(routed) = routed {
             self.send_to_conn(client.conn_id, &routed);
+        }
+        if let Some((worker, events)) = relays {
+            self.send_events(client, worker, events);
         }
         if client.wait {
             let id = client.request_id;

@@ -42,7 +42,7 @@ impl Shard {
         glommio::spawn_local(write_loop(stream.clone(), out.clone())).detach();
 
         let handshake = self.handshake(&mut reader, &out, certified).await;
-        let Some((principal, role)) = handshake else {
+        let Some((principal, role, version)) = handshake else {
             // The writer flushes the refusal, then closes the socket.
             out.close();
             return;
@@ -52,7 +52,7 @@ impl Shard {
             return;
         };
         reader.set_max_frame(settings.max_frame);
-        let conn_id = self.open_conn(out.clone(), principal, role);
+        let conn_id = self.open_conn(out.clone(), principal, role, version);
         self.settle().await;
         if role == Role::Client {
             glommio::spawn_local(client_flow(self.clone(), conn_id, out.clone())).detach();
@@ -160,7 +160,7 @@ impl Shard {
         reader: &mut FrameReader,
         out: &Outbox,
         certified: bool,
-    ) -> Option<(Principal, Role)> {
+    ) -> Option<(Principal, Role, u16)> {
         let deadline = self.env.settings.heartbeat * 3;
         let answer = match within(deadline, reader.read_frame()).await {
             None => Frame::Refused {
@@ -192,8 +192,9 @@ impl Shard {
         None
     }
 
-    /// Who a `Hello` comes from and in which role, or the `Refused` that answers it.
-    fn admit_hello(&self, frame: Frame, certified: bool) -> Result<(Principal, Role), Frame> {
+    /// Who a `Hello` comes from, in which role and protocol version, or the `Refused` that
+    /// answers it.
+    fn admit_hello(&self, frame: Frame, certified: bool) -> Result<(Principal, Role, u16), Frame> {
         let refuse = |kind: ErrorKind, reason: String| Frame::Refused { kind, reason };
         let hello = proto::codec::check_hello(frame)
             .map_err(|e| refuse(ErrorKind::BadRequest, e.to_string()))?;
@@ -217,7 +218,7 @@ impl Shard {
                     .into(),
             ));
         }
-        Ok((principal, role))
+        Ok((principal, role, hello.protocol_version))
     }
 
     /// Counts a connection whose handshake succeeded as open for its address, or refuses it

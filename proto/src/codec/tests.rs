@@ -198,6 +198,18 @@ fn client_answer_frames() -> Vec<Frame> {
             kind: ErrorKind::NoWorkersOnline,
             message: "none".into(),
         },
+        Frame::Answer(Box::new(crate::Answer {
+            id: 8,
+            algorithm: Algorithm::Roundrobin,
+            n_workers: 1,
+            worker: "w1".into(),
+            events: vec![Event::Accepted, Event::Done { exit_code: 0 }],
+            summary: Summary {
+                workers: 1,
+                ok: 1,
+                ..Default::default()
+            },
+        })),
     ]
 }
 
@@ -347,6 +359,26 @@ fn wrong_version_and_wrong_first_frame_are_refused() {
         Err(ProtoError::BadHandshake { .. })
     ));
     assert!(check_hello(hello(PROTOCOL_VERSION, Role::Client)).is_ok());
+}
+
+/// A broker still takes the oldest version it serves (a client of 7 gets no `Answer`
+/// frames), and nothing older.
+#[test]
+fn the_previous_version_is_taken_and_older_ones_refused() {
+    let hello = |v| {
+        Frame::Hello(Hello {
+            protocol_version: v,
+            role: Role::Client,
+            credential: Credential::Jwt { token: "t".into() },
+        })
+    };
+    assert_eq!(crate::MIN_PROTOCOL_VERSION, PROTOCOL_VERSION - 1);
+    let taken = check_hello(hello(crate::MIN_PROTOCOL_VERSION)).map(|h| h.protocol_version);
+    assert_eq!(taken, Ok(crate::MIN_PROTOCOL_VERSION));
+    assert!(matches!(
+        check_hello(hello(crate::MIN_PROTOCOL_VERSION - 1)),
+        Err(ProtoError::UnsupportedVersion { .. })
+    ));
 }
 
 #[test]

@@ -216,7 +216,14 @@ fn count_answers(
                 Frame::Summary { id, .. } if id > FLOOD => {
                     served.fetch_add(1, Ordering::SeqCst);
                 }
-                Frame::Routed { .. } | Frame::Reply { .. } | Frame::Summary { .. } => {}
+                Frame::Answer(answer) if answer.id > FLOOD => {
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+                Frame::Routed { .. }
+                | Frame::Reply { .. }
+                | Frame::Replies { .. }
+                | Frame::Summary { .. }
+                | Frame::Answer(_) => {}
                 f => {
                     if other.len() < 20 {
                         other.push(format!("{f:?}"));

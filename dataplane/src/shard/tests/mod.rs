@@ -188,13 +188,20 @@ fn request(id: u64, service: &str, wait: bool) -> Frame {
 }
 
 /// Opens a connection without a socket, as `serve` does after the handshake; returns its
-/// id and its outbox, where what is sent to it stays. The `Welcome` is taken off.
+/// id and its outbox, where what is sent to it stays. The `Welcome` is taken off. It speaks
+/// the oldest protocol served ([`proto::MIN_PROTOCOL_VERSION`]): a request's answer comes as
+/// `Routed`, replies and `Summary` (see [`connect_speaking`]).
 fn connect(shard: &Shard, identity: &str, role: Role) -> (u64, Rc<Outbox>) {
+    connect_speaking(shard, identity, role, proto::MIN_PROTOCOL_VERSION)
+}
+
+/// [`connect`] with a `Hello` of protocol `version`.
+fn connect_speaking(shard: &Shard, identity: &str, role: Role, version: u16) -> (u64, Rc<Outbox>) {
     let out = Rc::new(Outbox::new(
         shard.env.settings.queue_depth,
         shard.env.settings.max_frame,
     ));
-    let conn_id = shard.open_conn(out.clone(), principal(identity), role);
+    let conn_id = shard.open_conn(out.clone(), principal(identity), role, version);
     let welcome = out.take_frames();
     assert!(
         matches!(welcome.as_slice(), [Frame::Welcome { .. }]),

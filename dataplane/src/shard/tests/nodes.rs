@@ -57,7 +57,12 @@ fn welcome_carries_the_nodes_and_a_change_reaches_every_peer() {
             ));
             let open = |role| {
                 let out = Rc::new(Outbox::new(64, proto::DEFAULT_MAX_FRAME));
-                let id = shard.open_conn(out.clone(), principal("w1"), role);
+                let id = shard.open_conn(
+                    out.clone(),
+                    principal("w1"),
+                    role,
+                    proto::MIN_PROTOCOL_VERSION,
+                );
                 (id, out)
             };
             let (_, worker) = open(Role::Worker);

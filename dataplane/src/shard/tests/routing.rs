@@ -77,6 +77,51 @@ fn an_events_frame_is_relayed_as_one_replies_frame() {
     });
 }
 
+/// A client of protocol 8 gets a worker's whole answer (one `Events` frame that ends the
+/// run) as one `Answer`: `Routed`, the replies and the `Summary` in one frame. A client of
+/// 7 gets the three frames (above).
+#[test]
+fn a_whole_answer_is_one_frame_for_a_client_that_takes_it() {
+    let rr = service("rr", Algorithm::Roundrobin, &["w1"]);
+    one_shard(vec![rr], |shard| async move {
+        let (w1, w1_out) = connect(&shard, "w1", Role::Worker);
+        let version = proto::ANSWER_SINCE;
+        let (client, out) = connect_speaking(&shard, "c", Role::Client, version);
+        from_client(&shard, client, request(1, "rr", true)).await;
+        let id = dispatched(&w1_out.take_frames());
+        let events = Frame::merge_worker_events(worker_answer(id));
+        from_worker(&shard, w1, events.into_iter().next().unwrap()).await;
+        let frames = out.take_frames();
+        let [Frame::Answer(whole)] = frames.as_slice() else {
+            panic!("expected one Answer; got {frames:?}");
+        };
+        let proto::Answer {
+            id: 1,
+            algorithm: Algorithm::Roundrobin,
+            n_workers: 1,
+            worker,
+            events,
+            summary,
+        } = &**whole
+        else {
+            panic!("not request 1's roundrobin answer: {whole:?}");
+        };
+        let relayed: Vec<_> = events.iter().map(|e| (worker.clone(), e.clone())).collect();
+        assert_eq!(relayed, relayed_answer("w1"));
+        assert_eq!((summary.workers, summary.ok), (1, 1));
+
+        // Frames that come one by one still go as `Routed`, replies, `Summary`.
+        from_client(&shard, client, request(2, "rr", true)).await;
+        let id = dispatched(&w1_out.take_frames());
+        for frame in worker_answer(id) {
+            from_worker(&shard, w1, frame).await;
+        }
+        let (events, summary) = answer(&out.take_frames(), 2);
+        assert_eq!(events, relayed_answer("w1"));
+        assert_eq!(summary.ok, 1);
+    });
+}
+
 /// Events with more than `MERGE_BYTES` of payload are relayed one `Reply` each, so that the
 /// relay stays within the client's frame limit whatever a worker merged.
 #[test]

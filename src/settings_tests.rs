@@ -57,7 +57,7 @@ fn the_file_fills_the_flags_that_stand_for_its_keys() {
     let Command::Worker(w) = parse_with(FULL, &["worker", "--identity", "w1"]).command else {
         panic!("not worker")
     };
-    assert_eq!(w.broker, ["file-broker:1"]);
+    assert_eq!(w.broker.addrs(), ["file-broker:1"]);
     assert_eq!(w.pluginspath, Some(PathBuf::from("/file/plugins")));
     assert_eq!(w.shell, "bash");
     // A worker's team is its `[workers.<team>.<identity>]`'s first (Settings::worker_login).

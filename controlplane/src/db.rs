@@ -126,10 +126,27 @@ async fn open_sqlite(options: SqliteConnectOptions) -> Result<SqlitePool, Contro
         // A handful is plenty: writes serialize on the file anyway.
         .max_connections(4)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_release(|conn, _| Box::pin(keep_after_release(conn)))
         .connect_with(options)
         .await?;
     SQLITE_MIGRATIONS.run(&pool).await?;
     Ok(pool)
+}
+
+/// Whether a connection given back to the pool may serve again: not when sqlx still counts a
+/// transaction open on it. That happens when a dropped transaction's `ROLLBACK` failed (SQLite
+/// had already ended it on an error, under a busy file): every later `BEGIN IMMEDIATE` on the
+/// connection would fail ("attempted to call begin_with at non-zero transaction depth"), a 500
+/// for one request in every few until the process restarts. Such a connection is closed (which
+/// ends whatever SQLite still holds) and the pool opens a new one. A dropped transaction queues
+/// its `ROLLBACK`; a ping runs after it, so the count is read once it has run.
+async fn keep_after_release(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::{Connection, TransactionManager};
+    type Manager = <sqlx::Sqlite as sqlx::Database>::TransactionManager;
+    if Manager::get_transaction_depth(conn) > 0 {
+        conn.ping().await?;
+    }
+    Ok(Manager::get_transaction_depth(conn) == 0)
 }
 
 /// Takes the write lock and returns the new revision; first statement of every
@@ -158,4 +175,33 @@ pub fn now_ms() -> i64 {
 pub fn rfc3339(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transaction that SQLite ended behind sqlx's back (its `ROLLBACK` on drop then fails)
+    /// does not poison the pool: the connection is closed when released, and every later
+    /// transaction begins.
+    #[tokio::test]
+    async fn a_connection_left_in_a_transaction_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let Db::Sqlite(pool) = Db::open(dir.path(), None).await.unwrap() else {
+            unreachable!("no database URL: SQLite")
+        };
+        {
+            let mut conn = pool.acquire().await.unwrap();
+            let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+        }
+        for _ in 0..8 {
+            let mut tx = begin(&pool).await.expect("a transaction begins");
+            sqlx::query(CURRENT_REVISION)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
 }

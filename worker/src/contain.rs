@@ -40,6 +40,10 @@ use tracing::{info, warn};
 /// The environment variable that names a plugin's run in `subreaper` mode.
 pub const RUN_ENV: &str = "TRIGGERFS_PLUGIN_RUN";
 
+/// How many times a plugin cgroup is made again when the worker's directory was swept from
+/// under it (see [`Containment::confine`]).
+const SWEPT_RETRIES: u32 = 8;
+
 /// How long a killed cgroup may take to empty before its directory is given up on (it is
 /// removed at the worker's shutdown or next start).
 const EMPTY_WAIT: Duration = Duration::from_secs(5);
@@ -130,13 +134,16 @@ impl Containment {
         let place = match &self.mode {
             Mode::Cgroup { base } => {
                 let dir = base.join(&name);
-                if let Err(e) = std::fs::create_dir(&dir) {
-                    // Another worker starting swept our directory while it was empty.
-                    if e.kind() != std::io::ErrorKind::NotFound {
+                let mut tries = 0;
+                while let Err(e) = std::fs::create_dir(&dir) {
+                    // Another worker starting (in any process of this cgroup) swept our
+                    // directory while it was empty, and may do so again between making it
+                    // and making `dir` in it: make both again, a few times.
+                    tries += 1;
+                    if e.kind() != std::io::ErrorKind::NotFound || tries > SWEPT_RETRIES {
                         return Err(e);
                     }
                     let _ = std::fs::create_dir(base);
-                    std::fs::create_dir(&dir)?;
                 }
                 let procs = std::fs::OpenOptions::new()
                     .write(true)
@@ -338,7 +345,7 @@ fn cgroup_base(instance: &str) -> Result<PathBuf, String> {
     // again when needed: `confine`); a `base` gone before it was looked at is made again
     // here, rather than taken for a kernel without `cgroup.kill` (the root cgroup has none,
     // so it is asked of `base`).
-    for _ in 0..8 {
+    for _ in 0..SWEPT_RETRIES {
         match std::fs::create_dir(&base) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

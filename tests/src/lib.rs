@@ -973,6 +973,30 @@ pub fn start_controlled_broker(
     start_broker_following(&control.url, &control.broker_token_file(), port, extra)
 }
 
+/// The arguments of `triggerfs broker` listening on `listen` with 2 shards, taking its
+/// configuration from `control_urls` (comma-separated) with the broker token in
+/// `token_file`, then `extra`.
+pub fn broker_following_args<'a>(
+    listen: &'a str,
+    control_urls: &'a str,
+    token_file: &'a Path,
+    extra: &[&'a str],
+) -> Result<Vec<&'a str>> {
+    let mut args = vec![
+        "broker",
+        "--listen",
+        listen,
+        "--shards",
+        "2",
+        "--control",
+        control_urls,
+        "--broker-token-file",
+        token_file.to_str().context("a UTF-8 token file path")?,
+    ];
+    args.extend_from_slice(extra);
+    Ok(args)
+}
+
 /// A broker on `port` that takes its configuration from `control_urls` (comma-separated),
 /// with the broker token in `token_file`.
 pub fn start_broker_following(
@@ -982,18 +1006,7 @@ pub fn start_broker_following(
     extra: &[&str],
 ) -> Result<(Proc, Vec<String>)> {
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "broker",
-        "--listen",
-        &listen,
-        "--shards",
-        "2",
-        "--control",
-        control_urls,
-        "--broker-token-file",
-        token_file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
+    let args = broker_following_args(&listen, control_urls, token_file, extra)?;
     let (proc, mut stdout) = Proc::spawn("broker", &args)?;
     let (lines, _addr) = read_until_listening(&proc, &mut stdout)?;
     Ok((proc, lines))

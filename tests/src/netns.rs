@@ -530,21 +530,10 @@ impl Net {
         extra: &[&str],
     ) -> Result<Proc> {
         let listen = format!("0.0.0.0:{BROKER_PORT}");
-        let mut args = vec![
-            "broker",
-            "--listen",
-            &listen,
-            "--shards",
-            "2",
-            // Three brokers and the rest on two cores: no shard spins or is pinned.
-            "--spin",
-            "0s",
-            "--control",
-            control_urls,
-            "--broker-token-file",
-            token_file.to_str().context("a UTF-8 token file path")?,
-        ];
-        args.extend_from_slice(extra);
+        // Three brokers and the rest on two cores: no shard spins or is pinned.
+        let spin = ["--spin", "0s"];
+        let extra = [&spin[..], extra].concat();
+        let args = crate::broker_following_args(&listen, control_urls, token_file, &extra)?;
         let (proc, mut stdout) = self.spawn(host, "broker", &args)?;
         read_until_listening(&proc, &mut stdout)?;
         // Keep reading what it prints, so that it never writes to a closed pipe.
